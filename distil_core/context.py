@@ -1,0 +1,128 @@
+"""Expert-conditioned contexts: what the expert sees that the student did not.
+
+The expert reads the original problem plus feedback on the student's attempt and, when a
+sibling rollout of the same problem succeeded, that sibling as a demonstration — all in the
+student's own chat template. Then come exactly the student's response token ids, so the
+expert scores the student's own states, position for position (DAgger: the expert labels
+the learner's states).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .types import ExpertQuery, Feedback, Problem, Rollout, Verdict
+
+_THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+class ContextTemplate(BaseModel):
+    """How feedback and demonstrations are rendered into the expert's user message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    demonstration: str = Field(
+        default="Correct solution: {demonstration}",
+        description="Rendered when a successful sibling exists. Variable: {demonstration}.",
+    )
+    feedback: str = Field(
+        default="Feedback on an earlier unsuccessful attempt: {feedback}",
+        description="Rendered when feedback exists. Variable: {feedback}.",
+    )
+    instruction: str = "Solve the original question correctly."
+    separator: str = "\n"
+    use_demonstrations: bool = True
+    success_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    strip_think: bool = True
+
+    def render(self, question: str, feedback: Sequence[Feedback], demonstration: Optional[str]) -> str:
+        parts = [question]
+        if demonstration is not None:
+            parts.append(self.demonstration.format(demonstration=demonstration))
+        if feedback:
+            parts.append(self.feedback.format(feedback=self.separator.join(f.text for f in feedback)))
+        if demonstration is not None or feedback:
+            parts.append(self.instruction)
+        return self.separator.join(parts)
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of ``messages`` in the tokenizer's chat template, ready for the reply."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def pick_demonstration(
+    rollout_index: int,
+    group: Sequence[tuple[int, Rollout, Verdict]],
+    threshold: float,
+) -> Optional[tuple[int, Rollout]]:
+    """A successful sibling, never the rollout itself: the best score, then the lowest index."""
+    candidates = [
+        (verdict.score, -i, i, r)
+        for i, r, verdict in group
+        if i != rollout_index and verdict.score >= threshold and verdict.passed
+    ]
+    if not candidates:
+        return None
+    _, _, i, r = max(candidates, key=lambda c: (c[0], c[1]))
+    return i, r
+
+
+class ContextBuilder:
+    """Builds one :class:`ExpertQuery` per rollout."""
+
+    def __init__(self, tokenizer: Any, template: Optional[ContextTemplate] = None, system_prompt: Optional[str] = None):
+        self.tokenizer = tokenizer
+        self.template = template or ContextTemplate()
+        self.system_prompt = system_prompt
+
+    def student_prompt_ids(self, problem: Problem) -> list[int]:
+        return prompt_ids(self.tokenizer, problem.messages(self.system_prompt))
+
+    def expert_messages(
+        self, problem: Problem, feedback: Sequence[Feedback], demonstration: Optional[str]
+    ) -> list[dict[str, str]]:
+        messages = problem.messages(self.system_prompt)
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        content = self.template.render(messages[last_user]["content"], feedback, demonstration)
+        messages[last_user] = {"role": "user", "content": content}
+        return messages
+
+    def build(
+        self,
+        problem: Problem,
+        rollout_index: int,
+        rollout: Rollout,
+        feedback: Sequence[Feedback],
+        group: Sequence[tuple[int, Rollout, Verdict]] = (),
+    ) -> ExpertQuery:
+        """``group`` is every rollout of the same problem as (batch index, rollout, verdict)."""
+        demo_text = None
+        provenance = [f.provenance for f in feedback]
+        if self.template.use_demonstrations:
+            demo = pick_demonstration(rollout_index, group, self.template.success_threshold)
+            if demo is not None:
+                demo_index, demo_rollout = demo
+                demo_text = demo_rollout.response_text
+                if self.template.strip_think:
+                    demo_text = _THINK.sub("", demo_text)
+                provenance.append(
+                    {"source": "sibling", "kind": "demonstration", "rollout": str(demo_index)}
+                )
+        messages = self.expert_messages(problem, feedback, demo_text)
+        return ExpertQuery(
+            problem_id=problem.id,
+            rollout_index=rollout_index,
+            context_messages=messages,
+            context_ids=prompt_ids(self.tokenizer, messages),
+            response_ids=list(rollout.response_ids),
+            response_text=rollout.response_text,
+            provenance=provenance,
+            has_signal=bool(feedback) or demo_text is not None,
+        )

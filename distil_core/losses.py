@@ -1,0 +1,403 @@
+"""Losses for DistIL and the baselines it is measured against (ALGORITHMS.md, sections 1-2).
+
+Reference implementations on full logits: plain tensors in, a scalar out. Shapes: logits
+``[B, T, V]``; tokens and mask ``[B, T]``, where position t's logits predict ``tokens[:, t]``
+(the caller has already shifted). The mask is 0/1. Every loss is a token mean over the mask,
+and every expert (teacher) quantity is detached inside the function.
+
+DistIL, one function per way the expert can answer:
+    distil_loss            dense expert distribution
+    distil_loss_topk       the expert's top-k log-probs plus one tail bucket
+    distil_loss_sampled    tokens sampled from the expert
+    sequence_ce_loss       an expert continuation, re-tokenised for the student
+    distil_surrogate       the surrogate they share; future_cost is its G_t
+Baselines:
+    generalized_jsd, generalized_jsd_topk    GKD / SDPO / OPSD family
+    reverse_kl_sampled                       on-policy distillation, sampled-token reverse KL
+    grpo_loss, group_advantages              GRPO, BNPO, Dr. GRPO, DAPO
+Helpers: token_logprobs, topk_with_tail.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BASELINES = ("none", "group_loo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+ADVANTAGE_SCALES = ("group", "batch", "none")
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log p_t(tokens_t) = log_softmax(logits)[..., tokens_t], shape ``[B, T]``.
+
+    Negative ids (the -100 "ignore" label) are read as id 0; such positions must be masked out.
+    """
+    return _gather(F.log_softmax(logits, dim=-1), tokens)
+
+
+def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(ids, log-probs) of the k most likely tokens of softmax(logits), each ``[..., k]``.
+
+    The tail bucket is implicit (1 - Σ exp(log-probs)); the top-k losses add it. This is what an
+    expert with dense logits sends when it can only afford top-k.
+    """
+    logprobs, ids = torch.topk(F.log_softmax(logits, dim=-1), k, dim=-1)
+    return ids, logprobs
+
+
+def future_cost(token_ce: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """G_t = Σ_{i>t, mask_i} γ^(i-t-1) · CE_i within each row, detached; 0 where masked out.
+
+    The discount counts positions, so a masked-out gap still ages the cost behind it.
+    """
+    _check_gamma(gamma)
+    return _discounted_future_sum(token_ce.detach(), mask, gamma)
+
+
+def distil_surrogate(
+    token_ce: Tensor,
+    token_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    future_credit: bool = True,
+    baseline: str = "none",
+    gamma: float = 1.0,
+    group_size: Optional[int] = None,
+) -> Tensor:
+    """DistIL surrogate: mean over masked tokens of ℓ_t = CE_t + sg(G_t - b_t) · log p_t(y_t).
+
+    ``token_ce`` ``[B, T]`` is the differentiable CE(q_t, p_t) (or an unbiased estimate of it);
+    ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens. G_t is
+    :func:`future_cost`. Averaged over rollouts y ~ π_θ, the gradient is ∇ E[Σ_t CE(q_t, p_t)]
+    (at γ = 1): the local term plus REINFORCE with the future disagreement as cost. γ < 1
+    scales the credit a token gets for the cost i - t steps later by γ^(i-t-1).
+
+    baseline "none": b_t = 0. "group_loo": rows form contiguous groups of ``group_size`` rollouts
+    of one prompt; b_t is the mean G_t of the other rollouts of the group at position t (their
+    G is 0 past their end). It depends only on siblings, so the estimator stays unbiased.
+    ``future_credit=False`` keeps only the local term (the "distil_local" ablation, whose
+    gradient on the logits is p_t - q_t per token).
+    """
+    _check_baseline(baseline, group_size, token_ce.shape[0])
+    per_token = token_ce
+    if future_credit:
+        cost = future_cost(token_ce, mask, gamma)
+        if baseline == "group_loo":
+            cost = cost - _leave_one_out_mean(cost, group_size)
+        per_token = per_token + cost * token_logprobs
+    return _masked_token_mean(per_token, mask)
+
+
+# ------------------------------------------------------------------------ DistIL loss paths
+
+
+def distil_loss(
+    student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor, mask: Tensor,
+    *,
+    future_credit: bool = True,
+    baseline: str = "none",
+    gamma: float = 1.0,
+    group_size: Optional[int] = None,
+) -> Tensor:
+    """DistIL with a dense expert: CE_t = -Σ_a q_t(a) log p_t(a), q = softmax(teacher_logits).
+
+    See :func:`distil_surrogate` for the surrogate, the baseline and the options.
+    """
+    student_logprobs = F.log_softmax(student_logits, dim=-1)
+    teacher_probs = F.softmax(teacher_logits.detach(), dim=-1)
+    token_ce = _cross_entropy(teacher_probs, student_logprobs)
+    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
+                            future_credit=future_credit, baseline=baseline, gamma=gamma,
+                            group_size=group_size)
+
+
+def distil_loss_topk(
+    student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor,
+    tokens: Tensor, mask: Tensor,
+    *,
+    future_credit: bool = True,
+    baseline: str = "none",
+    gamma: float = 1.0,
+    group_size: Optional[int] = None,
+) -> Tensor:
+    """DistIL with a top-k expert: CE_t over k+1 buckets, the expert's top-k ids and one tail.
+
+    CE_t = -Σ_{j≤k} q_t(a_j) log p_t(a_j) - q_t(tail) log p_t(tail), where q_t(tail) =
+    1 - Σ_j q_t(a_j) and p_t(tail) = 1 - Σ_j p_t(a_j) over the same ids ``topk_ids`` ``[B,T,k]``.
+    With k = V the tail carries no mass and this equals :func:`distil_loss`.
+    """
+    teacher_buckets = _with_tail(topk_logprobs.detach())
+    student_logprobs = F.log_softmax(student_logits, dim=-1)
+    student_buckets = _with_tail(student_logprobs.gather(-1, topk_ids))
+    token_ce = _cross_entropy(teacher_buckets.exp(), student_buckets)
+    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
+                            future_credit=future_credit, baseline=baseline, gamma=gamma,
+                            group_size=group_size)
+
+
+def distil_loss_sampled(
+    student_logits: Tensor, expert_samples: Tensor, tokens: Tensor, mask: Tensor,
+    *,
+    future_credit: bool = True,
+    baseline: str = "none",
+    gamma: float = 1.0,
+    group_size: Optional[int] = None,
+) -> Tensor:
+    """DistIL with a sampling expert: CE_t ≈ mean over samples a ~ q_t of -log p_t(a).
+
+    ``expert_samples`` ``[B, T, m]`` holds m ids drawn from q_t at each student state; negative
+    ids mean "no sample" and are ignored. The estimate is unbiased for CE(q_t, p_t), and so is
+    the future credit built from it. A position without a valid sample adds no CE term but
+    still counts as a token (its future-credit term remains).
+    """
+    student_logprobs = F.log_softmax(student_logits, dim=-1)
+    valid = expert_samples >= 0
+    sample_logprobs = student_logprobs.gather(-1, expert_samples.clamp(min=0))
+    n_valid = valid.sum(-1).clamp(min=1).to(student_logprobs.dtype)
+    token_ce = -torch.where(valid, sample_logprobs, 0.0).sum(-1) / n_valid
+    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
+                            future_credit=future_credit, baseline=baseline, gamma=gamma,
+                            group_size=group_size)
+
+
+def sequence_ce_loss(student_logits: Tensor, target_tokens: Tensor, mask: Tensor) -> Tensor:
+    """Text-level expert: mean over masked tokens of -log p_t(target_t).
+
+    ``target_tokens`` is the expert's continuation re-tokenised with the student's tokenizer,
+    laid out so position t predicts ``target_tokens[:, t]``.
+    """
+    return _masked_token_mean(-token_logprobs(student_logits, target_tokens), mask)
+
+
+# ------------------------------------------------------------------------------- baselines
+
+
+def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
+                    *, beta: float = 0.5, temperature: float = 1.0) -> Tensor:
+    """Generalised JSD, token mean: β·KL(q‖M) + (1-β)·KL(p‖M), M = (1-β)p + βq.
+
+    p = softmax(student_logits / τ), q = softmax(teacher_logits / τ). β = 0 is the forward
+    KL(q‖p) and β = 1 the reverse KL(p‖q), both computed directly. ``mask=None`` averages
+    over every token.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    student_logprobs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_logprobs = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    per_token = _generalized_jsd_per_token(student_logprobs, teacher_logprobs, beta)
+    return _masked_token_mean(per_token, _default_mask(mask, per_token))
+
+
+def generalized_jsd_topk(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor,
+                         mask: Optional[Tensor] = None, *, beta: float = 0.5) -> Tensor:
+    """:func:`generalized_jsd` over the k+1 buckets of :func:`distil_loss_topk`.
+
+    The expert's top-k log-probs are used as given (at whatever temperature it sampled them).
+    """
+    teacher_buckets = _with_tail(topk_logprobs.detach())
+    student_logprobs = F.log_softmax(student_logits, dim=-1)
+    student_buckets = _with_tail(student_logprobs.gather(-1, topk_ids))
+    per_token = _generalized_jsd_per_token(student_buckets, teacher_buckets, beta)
+    return _masked_token_mean(per_token, _default_mask(mask, per_token))
+
+
+def reverse_kl_sampled(student_logprobs: Tensor, teacher_logprobs: Tensor, mask: Tensor, *,
+                       gamma: float = 0.0) -> Tensor:
+    """On-policy distillation: mean over masked tokens of sg(R_t) · log p_t(y_t).
+
+    R_t = Σ_{i≥t, mask_i} γ^(i-t) (log p_i(y_i) - log q_i(y_i)): REINFORCE with per-token
+    reward log q - log p. γ = 0 keeps only i = t. Inputs are log-probs ``[B, T]`` of the
+    sampled tokens.
+    """
+    _check_gamma(gamma)
+    keep = mask.bool()
+    log_ratio = torch.where(keep, (student_logprobs - teacher_logprobs).detach(), 0.0)
+    cost = log_ratio
+    if gamma > 0:
+        cost = log_ratio + gamma * _discounted_future_sum(log_ratio, mask, gamma)
+    return _masked_token_mean(cost * student_logprobs, mask)
+
+
+def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
+              eps_low: float = 0.2, eps_high: float = 0.2, loss_type: str = "dapo",
+              normalizer: Union[float, Tensor, None] = None) -> Tensor:
+    """Clipped policy gradient: per token -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)·A).
+
+    ρ = exp(logprobs - sg(old_logprobs)); ``advantages`` is ``[B]`` (one per sequence) or
+    ``[B, T]``. Aggregation by ``loss_type``: "grpo" mean per sequence, then over sequences
+    with at least one token; "bnpo" token mean of this micro-batch; "dr_grpo" sum / (B·T),
+    T = mask.shape[1]; "dapo" sum / ``normalizer``, the token count of the whole accumulated
+    batch (this micro-batch's count when None).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    advantages = advantages.detach()
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    per_token = -torch.minimum(ratio * advantages, clipped * advantages)
+
+    if loss_type == "bnpo" or (loss_type == "dapo" and normalizer is None):
+        return _masked_token_mean(per_token, mask)
+    keep = mask.bool()
+    masked = torch.where(keep, per_token, 0.0)
+    if loss_type == "dapo":
+        return masked.sum() / normalizer
+    if loss_type == "dr_grpo":
+        return masked.sum() / mask.numel()
+    tokens_per_row = keep.sum(-1)
+    row_means = masked.sum(-1) / tokens_per_row.clamp(min=1)
+    nonempty = tokens_per_row > 0
+    return torch.where(nonempty, row_means, 0.0).sum() / nonempty.sum().clamp(min=1)
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
+    """A_i = r_i - mean(r of i's group), divided by (std + 1e-4) depending on ``scale``.
+
+    Rows form contiguous groups of ``group_size``. scale "group": the group's std; "batch":
+    the std of all rewards in the batch; "none": no division. std is the unbiased (n-1)
+    estimate, torch's default.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(ADVANTAGE_SCALES)}")
+    rewards = torch.as_tensor(rewards)
+    if not rewards.is_floating_point():
+        rewards = rewards.to(torch.get_default_dtype())
+    n = rewards.shape[0]
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} rewards cannot be split into groups of {group_size}; "
+                         "pass the number of rollouts per prompt, laid out contiguously")
+    if scale == "group" and group_size < 2:
+        raise ValueError("scale='group' needs group_size >= 2 to estimate a std; "
+                         "use scale='batch' or 'none'")
+    grouped = rewards.reshape(-1, group_size)
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (rewards.std() + 1e-4)
+    return advantages.reshape(n)
+
+
+# ------------------------------------------------------------------------ private helpers
+
+
+def _masked_token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Σ mask·x / Σ mask; with an all-zero mask, a zero that keeps its graph."""
+    keep = mask.bool()
+    # where, not multiplication: padding positions may hold inf, and 0 · inf is NaN
+    total = torch.where(keep, per_token, 0.0).sum()
+    return total / keep.sum().clamp(min=1).to(per_token.dtype)
+
+
+def _default_mask(mask: Optional[Tensor], per_token: Tensor) -> Tensor:
+    return torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
+
+
+def _gather(logprobs: Tensor, ids: Tensor) -> Tensor:
+    return logprobs.gather(-1, ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+
+def _cross_entropy(target_probs: Tensor, logprobs: Tensor) -> Tensor:
+    """-Σ_a target(a) log p(a), taking 0 · log 0 as 0 (a bucket with no expert mass)."""
+    return -torch.where(target_probs > 0, target_probs * logprobs, 0.0).sum(-1)
+
+
+def _kl(logprobs_a: Tensor, logprobs_b: Tensor) -> Tensor:
+    """KL(a‖b) = Σ a (log a - log b), taking 0 · log 0 as 0."""
+    probs_a = logprobs_a.exp()
+    return torch.where(probs_a > 0, probs_a * (logprobs_a - logprobs_b), 0.0).sum(-1)
+
+
+def _generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor,
+                               beta: float) -> Tensor:
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta}")
+    # the endpoints skip the mixture: log(0) would enter through log(beta) or log(1 - beta)
+    if beta == 0.0:
+        return _kl(teacher_logprobs, student_logprobs)
+    if beta == 1.0:
+        return _kl(student_logprobs, teacher_logprobs)
+    mixture = torch.logsumexp(torch.stack([student_logprobs + math.log(1 - beta),
+                                           teacher_logprobs + math.log(beta)]), dim=0)
+    return beta * _kl(teacher_logprobs, mixture) + (1 - beta) * _kl(student_logprobs, mixture)
+
+
+def _with_tail(logprobs_on_ids: Tensor) -> Tensor:
+    """Append the tail bucket log(1 - Σ exp(logprobs_on_ids)) as entry k+1 of the last dim.
+
+    The covered mass is clamped to at most exp(-eps) ≈ 1 - eps (eps = the dtype's machine
+    epsilon): when the ids cover (almost) the whole vocabulary it rounds to 1 or above, and the
+    tail's log would be -inf or NaN. A clamped tail has mass ~eps, so the loss moves by
+    O(eps · log eps), and no gradient flows back through a clamped value.
+    """
+    eps = torch.finfo(logprobs_on_ids.dtype).eps
+    covered = torch.logsumexp(logprobs_on_ids, dim=-1, keepdim=True).clamp(max=-eps)
+    return torch.cat([logprobs_on_ids, _log1mexp(covered)], dim=-1)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - e^x) for x < 0: log(-expm1(x)) near 0, log1p(-exp(x)) below -log 2.
+
+    Each branch sees only inputs where it is finite, so torch.where passes no NaN gradient.
+    """
+    split = -math.log(2.0)
+    near_zero = x > split
+    near = torch.log(-torch.expm1(torch.where(near_zero, x, split)))
+    far = torch.log1p(-torch.exp(torch.where(near_zero, split, x)))
+    return torch.where(near_zero, near, far)
+
+
+def _discounted_future_sum(values: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """S_t = Σ_{i>t, mask_i} γ^(i-t-1) values_i per row, 0 at masked-out positions."""
+    keep = mask.bool()
+    values = torch.where(keep, values, 0.0)
+    if gamma == 1.0:
+        # suffix sums shifted left by one position: exact, and one kernel on long sequences
+        inclusive = values.flip(-1).cumsum(-1).flip(-1)
+        future = F.pad(inclusive[:, 1:], (0, 1))
+    else:
+        running = torch.zeros_like(values[:, 0])
+        columns = []
+        for t in reversed(range(values.shape[1])):  # S_t = v_{t+1} + γ S_{t+1}
+            columns.append(running)
+            running = values[:, t] + gamma * running
+        future = torch.stack(columns[::-1], dim=1)
+    return torch.where(keep, future, 0.0)
+
+
+def _leave_one_out_mean(values: Tensor, group_size: int) -> Tensor:
+    """For each row, the mean of the other rows of its contiguous group, position by position."""
+    grouped = values.view(-1, group_size, values.shape[-1])
+    others = grouped.sum(dim=1, keepdim=True) - grouped
+    return (others / (group_size - 1)).reshape(values.shape)
+
+
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+
+
+def _check_baseline(baseline: str, group_size: Optional[int], batch_size: int) -> None:
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if baseline != "group_loo":
+        return
+    if group_size is None:
+        raise ValueError("baseline='group_loo' needs group_size: the number of rollouts per "
+                         "prompt, laid out as contiguous rows")
+    if group_size < 2:
+        raise ValueError(f"baseline='group_loo' needs group_size >= 2 (got {group_size}): "
+                         "each rollout needs a sibling to compare with")
+    if batch_size % group_size:
+        raise ValueError(f"batch of {batch_size} rows does not split into groups of "
+                         f"{group_size}; keep whole prompt groups in each micro-batch")

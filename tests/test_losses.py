@@ -1,0 +1,574 @@
+"""Losses checked against the spec (ALGORITHMS.md, sections 1-2).
+
+The DistIL gradient is checked on a tabular autoregressive policy small enough to enumerate
+every sequence, so the exact gradient of E_{y~π_θ} Σ_t CE(q_t, p_t) comes from autograd
+through the enumeration, independently of the surrogate under test. Everything else is
+checked against numbers written out by hand.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distil_core.losses import (
+    distil_loss,
+    distil_loss_sampled,
+    distil_loss_topk,
+    distil_surrogate,
+    future_cost,
+    generalized_jsd,
+    generalized_jsd_topk,
+    group_advantages,
+    grpo_loss,
+    reverse_kl_sampled,
+    sequence_ce_loss,
+    token_logprobs,
+    topk_with_tail,
+)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# ------------------------------------------------------------- tabular policy, enumerated
+
+V, T = 3, 3
+SEQUENCES = list(itertools.product(range(V), repeat=T))
+NUM_PREFIXES = sum(V**t for t in range(T))  # one logits row per prefix of length 0..T-1
+
+
+def prefix_row(prefix):
+    """Row of the table that holds the logits for the state after ``prefix``."""
+    code = 0
+    for token in prefix:
+        code = code * V + token
+    return sum(V**t for t in range(len(prefix))) + code
+
+
+def state_rows(sequence):
+    return [prefix_row(sequence[:t]) for t in range(len(sequence))]
+
+
+def make_tables(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(NUM_PREFIXES, V, generator=g).requires_grad_()
+    expert_logits = 1.5 * torch.randn(NUM_PREFIXES, V, generator=g)
+    return theta, expert_logits
+
+
+def exact_gradient(theta, expert_logits):
+    """∇ Σ_y P_θ(y) Σ_t CE(q(s_t), p_θ(s_t)), by autograd through all V^T sequences."""
+    logp = F.log_softmax(theta, dim=-1)
+    q = F.softmax(expert_logits, dim=-1)
+    objective = 0.0
+    for y in SEQUENCES:
+        rows = state_rows(y)
+        log_prob_y = sum(logp[r, a] for r, a in zip(rows, y))
+        total_ce = sum(-(q[r] * logp[r]).sum() for r in rows)
+        objective = objective + log_prob_y.exp() * total_ce
+    (grad,) = torch.autograd.grad(objective, theta)
+    return grad
+
+
+def discounted_gradient(theta, expert_logits, gamma):
+    """Exact gradient with the step-t decision's effect on the cost at step i scaled by γ^(i-t-1).
+
+    Each decision step t gets its own copy of the table and the CE evaluation another; the
+    partial derivative of E[CE_i] with respect to step t's copy is the influence of decision t
+    on cost i. At γ = 1 the weighted sum is the ordinary gradient.
+    """
+    ce_table = theta.detach().clone().requires_grad_()
+    step_tables = [theta.detach().clone().requires_grad_() for _ in range(T)]
+    q = F.softmax(expert_logits, dim=-1)
+    step_logp = [F.log_softmax(table, dim=-1) for table in step_tables]
+    ce_logp = F.log_softmax(ce_table, dim=-1)
+    total = torch.zeros_like(theta)
+    for i in range(T):
+        expected_ce_i = 0.0
+        for prefix in itertools.product(range(V), repeat=i):
+            rows = state_rows(prefix)
+            log_prob_prefix = sum((step_logp[t][r, a] for t, (r, a) in enumerate(zip(rows, prefix))),
+                                  torch.tensor(0.0))
+            state = prefix_row(prefix)
+            expected_ce_i = expected_ce_i + log_prob_prefix.exp() * -(q[state] * ce_logp[state]).sum()
+        grads = torch.autograd.grad(expected_ce_i, [ce_table, *step_tables[:i]], retain_graph=True)
+        total += grads[0] + sum((gamma ** (i - t - 1) * g for t, g in enumerate(grads[1:])),
+                                torch.zeros_like(theta))
+    return total
+
+
+def state_rows_tensor(tokens):
+    """Table rows of every state of a batch of sequences ``[N, T]``."""
+    rows, code = [], torch.zeros(tokens.shape[0], dtype=torch.long)
+    for t in range(tokens.shape[1]):
+        rows.append(sum(V**s for s in range(t)) + code)
+        code = code * V + tokens[:, t]
+    return torch.stack(rows, dim=1)
+
+
+def surrogate_gradient(theta, expert_logits, sequences, **options):
+    """Gradient of the mean per-sequence surrogate Σ_t ℓ_t over one batch of sequences."""
+    tokens = torch.tensor(sequences, dtype=torch.long)
+    rows = state_rows_tensor(tokens)
+    loss = distil_loss(theta[rows], expert_logits[rows], tokens, torch.ones(tokens.shape), **options)
+    (grad,) = torch.autograd.grad(T * loss, theta)  # distil_loss averages over B·T tokens
+    return grad
+
+
+def per_batch_gradients(theta, expert_logits, batches, **options):
+    """surrogate_gradient of many equal-sized batches at once, stacked ``[num_batches, ...]``.
+
+    Each batch reads its own copy of the table, so one backward pass keeps them apart; the
+    batches sit side by side as contiguous rows, which keeps groups within their batch.
+    """
+    num_batches, batch_size = len(batches), len(batches[0])
+    tables = theta.detach().expand(num_batches, *theta.shape).clone().requires_grad_()
+    tokens = torch.tensor(batches, dtype=torch.long).reshape(-1, T)
+    rows = state_rows_tensor(tokens)
+    batch_of_row = torch.arange(num_batches).repeat_interleave(batch_size)
+    student = tables[batch_of_row[:, None], rows]
+    loss = distil_loss(student, expert_logits[rows], tokens, torch.ones(tokens.shape), **options)
+    # the joint token mean has num_batches times the denominator of one batch's own mean
+    (grads,) = torch.autograd.grad(num_batches * T * loss, tables)
+    return grads
+
+
+def expectation(weights, values):
+    return torch.einsum("n,n...->...", weights, values)
+
+
+def sequence_probabilities(theta):
+    """P_θ(y) of every sequence in SEQUENCES, as a tensor in that order."""
+    logp = F.log_softmax(theta.detach(), dim=-1)
+    tokens = torch.tensor(SEQUENCES)
+    return logp[state_rows_tensor(tokens), tokens].sum(-1).exp()
+
+
+def sample_sequences(theta, n, generator):
+    probs = F.softmax(theta.detach(), dim=-1)
+    tokens = torch.zeros(n, T, dtype=torch.long)
+    code = torch.zeros(n, dtype=torch.long)
+    for t in range(T):
+        rows = sum(V**s for s in range(t)) + code
+        tokens[:, t] = torch.multinomial(probs[rows], 1, generator=generator).squeeze(-1)
+        code = code * V + tokens[:, t]
+    return tokens.tolist()
+
+
+SINGLE_SEQUENCE_BATCHES = [[y] for y in SEQUENCES]
+PAIR_BATCHES = [[y1, y2] for y1, y2 in itertools.product(SEQUENCES, repeat=2)]
+
+
+def test_enumerated_surrogate_gradient_is_the_exact_gradient():
+    theta, expert_logits = make_tables()
+    exact = exact_gradient(theta, expert_logits)
+    weights = sequence_probabilities(theta)
+    grads = per_batch_gradients(theta, expert_logits, SINGLE_SEQUENCE_BATCHES)
+    expected = expectation(weights, grads)
+    torch.testing.assert_close(expected, exact, atol=1e-9, rtol=0)
+    # without future credit the gradient is off by about its own size in this instance
+    local_only = expectation(weights, per_batch_gradients(
+        theta, expert_logits, SINGLE_SEQUENCE_BATCHES, future_credit=False))
+    assert (local_only - exact).norm() > 0.5 * exact.norm()
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_discounted_surrogate_gradient_matches_discounted_influence(gamma):
+    theta, expert_logits = make_tables(seed=1)
+    reference = discounted_gradient(theta, expert_logits, gamma)
+    exact = exact_gradient(theta, expert_logits)
+    if gamma == 1.0:
+        torch.testing.assert_close(reference, exact, atol=1e-12, rtol=0)
+    else:
+        assert (reference - exact).norm() > 0.05 * exact.norm()  # γ changes the target
+    weights = sequence_probabilities(theta)
+    expected = expectation(weights, per_batch_gradients(
+        theta, expert_logits, SINGLE_SEQUENCE_BATCHES, gamma=gamma))
+    torch.testing.assert_close(expected, reference, atol=1e-9, rtol=0)
+
+
+def test_monte_carlo_surrogate_gradient_converges():
+    theta, expert_logits = make_tables()
+    exact = exact_gradient(theta, expert_logits)
+    # E‖g_y - ∇J‖² of a one-sequence estimate: an N-sample mean has 1/N of it
+    deviations = per_batch_gradients(theta, expert_logits, SINGLE_SEQUENCE_BATCHES) - exact
+    per_sequence_variance = expectation(sequence_probabilities(theta), deviations.pow(2).sum((1, 2)))
+    generator = torch.Generator().manual_seed(1234)
+    errors = {}
+    for n in (250, 4000):
+        estimate = surrogate_gradient(theta, expert_logits, sample_sequences(theta, n, generator))
+        errors[n] = ((estimate - exact).norm() / exact.norm()).item()
+        expected_rms = ((per_sequence_variance / n).sqrt() / exact.norm()).item()
+        assert errors[n] < 3 * expected_rms  # about 0.32 at N=250 and 0.08 at N=4000
+    # 16 times the samples: the error should shrink about 4-fold (0.18 -> 0.03 with this seed)
+    assert errors[4000] < 0.1
+    assert errors[4000] < errors[250] / 2
+
+
+def test_group_loo_baseline_is_unbiased_and_lowers_variance():
+    theta, expert_logits = make_tables()
+    exact = exact_gradient(theta, expert_logits)
+    probs = sequence_probabilities(theta)
+    pair_weights = (probs[:, None] * probs[None, :]).reshape(-1)  # same order as PAIR_BATCHES
+    variance = {}
+    for baseline in ("none", "group_loo"):
+        grads = per_batch_gradients(theta, expert_logits, PAIR_BATCHES,
+                                    baseline=baseline, group_size=2)
+        torch.testing.assert_close(expectation(pair_weights, grads), exact, atol=1e-9, rtol=0)
+        # exact variance over the pair distribution, not a Monte-Carlo estimate of it
+        variance[baseline] = expectation(pair_weights, (grads - exact).pow(2).sum((1, 2))).item()
+    assert variance["group_loo"] < 0.5 * variance["none"]  # 1.6 vs 5.0 here
+
+
+# ----------------------------------------------------------------------- DistIL pieces
+
+
+def random_batch(B=2, T_=4, V_=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(B, T_, V_, generator=g).requires_grad_()
+    teacher = 2 * torch.randn(B, T_, V_, generator=g)
+    tokens = torch.randint(0, V_, (B, T_), generator=g)
+    mask = torch.ones(B, T_)
+    mask[0, -1] = 0
+    mask[-1, :2] = 0
+    return student, teacher, tokens, mask
+
+
+def test_future_cost_discounts_by_position_and_skips_masked_tokens():
+    ce = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    expected = torch.tensor([[2.0 + 0.25 * 8, 0.5 * 8, 0.0, 0.0]])
+    torch.testing.assert_close(future_cost(ce, mask, gamma=0.5), expected)
+    torch.testing.assert_close(future_cost(ce, mask), torch.tensor([[10.0, 8.0, 0.0, 0.0]]))
+
+
+def test_group_loo_baseline_is_the_mean_of_the_siblings():
+    # three rollouts of one prompt; the third ends after one token
+    ce = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    logprobs = torch.zeros(3, 3, requires_grad=True)
+    distil_surrogate(ce, logprobs, mask, baseline="group_loo", group_size=3).backward()
+    G = [[5.0, 3.0, 0.0], [11.0, 6.0, 0.0], [0.0, 0.0, 0.0]]
+    baseline = [[(G[1][t] + G[2][t]) / 2 for t in range(3)],
+                [(G[0][t] + G[2][t]) / 2 for t in range(3)],
+                [(G[0][t] + G[1][t]) / 2 for t in range(3)]]
+    advantage = torch.tensor(G) - torch.tensor(baseline)
+    torch.testing.assert_close(logprobs.grad, advantage * mask / 7)
+
+
+def test_local_ablation_gradient_is_p_minus_q_per_token():
+    student, teacher, tokens, mask = random_batch()
+    distil_loss(student, teacher, tokens, mask, future_credit=False).backward()
+    p, q = F.softmax(student.detach(), -1), F.softmax(teacher, -1)
+    expected = (p - q) * mask[..., None] / mask.sum()
+    torch.testing.assert_close(student.grad, expected, atol=1e-12, rtol=0)
+    assert torch.all(student.grad[mask == 0] == 0)
+
+
+def test_topk_with_all_ids_equals_dense():
+    student, teacher, tokens, mask = random_batch()
+    ids, logprobs = topk_with_tail(teacher, k=teacher.shape[-1])
+    for options in ({}, {"future_credit": False}, {"baseline": "group_loo", "group_size": 2}):
+        dense = distil_loss(student, teacher, tokens, mask, **options)
+        (dense_grad,) = torch.autograd.grad(dense, student)
+        topk = distil_loss_topk(student, ids, logprobs, tokens, mask, **options)
+        (topk_grad,) = torch.autograd.grad(topk, student)
+        torch.testing.assert_close(topk, dense, atol=1e-10, rtol=0)
+        torch.testing.assert_close(topk_grad, dense_grad, atol=1e-10, rtol=0)
+        assert torch.isfinite(topk_grad).all()
+
+
+def test_topk_with_all_ids_is_finite_in_float32():
+    student, teacher, tokens, mask = random_batch()
+    student, teacher, mask = student.detach().float().requires_grad_(), teacher.float(), mask.float()
+    ids, logprobs = topk_with_tail(teacher, k=teacher.shape[-1])
+    topk = distil_loss_topk(student, ids, logprobs, tokens, mask)
+    topk.backward()
+    assert torch.isfinite(student.grad).all()
+    dense = distil_loss(student, teacher, tokens, mask)
+    assert topk.item() == pytest.approx(dense.item(), abs=1e-5)
+
+
+def test_topk_hand_computed():
+    q = [0.5, 0.3, 0.15, 0.05]
+    p = [0.4, 0.1, 0.3, 0.2]
+    student = torch.tensor([[[math.log(x) for x in p]]], requires_grad=True)
+    ids, logprobs = topk_with_tail(torch.tensor([[[math.log(x) for x in q]]]), k=2)
+    assert ids.tolist() == [[[0, 1]]]
+    loss = distil_loss_topk(student, ids, logprobs, torch.tensor([[0]]), torch.ones(1, 1))
+    # buckets {0}, {1}, tail: expert 0.5, 0.3, 0.2; student 0.4, 0.1, 0.5; one token, no future
+    expected = -(0.5 * math.log(0.4) + 0.3 * math.log(0.1) + 0.2 * math.log(0.5))
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    # the same buckets written out from the student's softmax give the same gradient
+    (grad,) = torch.autograd.grad(loss, student)
+    probs = F.softmax(student, -1)[0, 0]
+    by_hand = -(0.5 * probs[0].log() + 0.3 * probs[1].log() + 0.2 * (probs[2] + probs[3]).log())
+    (expected_grad,) = torch.autograd.grad(by_hand, student)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=0)
+    jsd = generalized_jsd_topk(student, ids, logprobs, beta=0.0)
+    expected_kl = 0.5 * math.log(0.5 / 0.4) + 0.3 * math.log(0.3 / 0.1) + 0.2 * math.log(0.2 / 0.5)
+    assert jsd.item() == pytest.approx(expected_kl, abs=1e-12)
+
+
+def test_sampled_expectation_over_all_samples_equals_dense():
+    student, teacher, tokens, mask = random_batch(B=1, T_=3, V_=3, seed=3)
+    mask = torch.ones(1, 3)
+    q = F.softmax(teacher, -1)[0]
+    dense = distil_loss(student, teacher, tokens, mask)
+    (dense_grad,) = torch.autograd.grad(dense, student)
+    expected_loss, expected_grad = 0.0, torch.zeros_like(student)
+    for samples in itertools.product(range(3), repeat=3):
+        weight = math.prod(q[t, a].item() for t, a in enumerate(samples))
+        loss = distil_loss_sampled(student, torch.tensor(samples).reshape(1, 3, 1), tokens, mask)
+        (grad,) = torch.autograd.grad(loss, student)
+        expected_loss += weight * loss.item()
+        expected_grad += weight * grad
+    assert expected_loss == pytest.approx(dense.item(), abs=1e-10)
+    torch.testing.assert_close(expected_grad, dense_grad, atol=1e-10, rtol=0)
+
+
+def test_sampled_with_many_samples_approaches_dense_value():
+    student, teacher, tokens, mask = random_batch()
+    g = torch.Generator().manual_seed(7)
+    q = F.softmax(teacher, -1)
+    samples = torch.multinomial(q.reshape(-1, q.shape[-1]), 20000, replacement=True, generator=g)
+    samples = samples.reshape(*q.shape[:2], -1)
+    sampled = distil_loss_sampled(student, samples, tokens, mask, future_credit=False)
+    dense = distil_loss(student, teacher, tokens, mask, future_credit=False)
+    assert sampled.item() == pytest.approx(dense.item(), abs=0.02)
+
+
+def test_sampled_ignores_missing_samples():
+    student, _, tokens, mask = random_batch(B=1, T_=2, V_=4)
+    mask = torch.ones(1, 2)
+    logp = F.log_softmax(student.detach(), -1)[0]
+    samples = torch.tensor([[[2, -100], [-100, -100]]])
+    loss = distil_loss_sampled(student, samples, tokens, mask, future_credit=False)
+    # the second position has no sample: no CE term, but it still counts as a token
+    assert loss.item() == pytest.approx(-logp[0, 2].item() / 2, abs=1e-12)
+
+
+def test_sequence_ce_is_token_mean_nll():
+    student, _, targets, mask = random_batch()
+    logp = F.log_softmax(student.detach(), -1)
+    nll = [-logp[b, t, targets[b, t]].item() for b in range(2) for t in range(4) if mask[b, t]]
+    assert sequence_ce_loss(student, targets, mask).item() == pytest.approx(sum(nll) / len(nll))
+    expected = logp.gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(token_logprobs(student, targets), expected)
+
+
+def test_expert_side_gets_no_gradient():
+    student, teacher, tokens, mask = random_batch()
+    teacher.requires_grad_()
+    ids, logprobs = topk_with_tail(teacher.detach(), k=3)
+    logprobs.requires_grad_()
+    teacher_lp = token_logprobs(teacher.detach(), tokens).requires_grad_()
+    losses = [
+        distil_loss(student, teacher, tokens, mask),
+        distil_loss_topk(student, ids, logprobs, tokens, mask),
+        generalized_jsd(student, teacher, mask),
+        generalized_jsd_topk(student, ids, logprobs, mask),
+        reverse_kl_sampled(token_logprobs(student, tokens), teacher_lp, mask, gamma=0.5),
+    ]
+    sum(losses).backward()
+    assert teacher.grad is None and logprobs.grad is None and teacher_lp.grad is None
+    assert student.grad is not None
+
+
+def test_all_masked_batch_gives_zero_with_a_graph():
+    student, teacher, tokens, _ = random_batch()
+    mask = torch.zeros(2, 4)
+    for loss in (distil_loss(student, teacher, tokens, mask),
+                 generalized_jsd(student, teacher, mask)):
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.all(student.grad == 0)
+
+
+def test_group_loo_needs_valid_groups():
+    student, teacher, tokens, mask = random_batch(B=4)
+    mask = torch.ones(4, 4)
+    with pytest.raises(ValueError, match="group_size"):
+        distil_loss(student, teacher, tokens, mask, baseline="group_loo")
+    with pytest.raises(ValueError, match="groups of 3"):
+        distil_loss(student, teacher, tokens, mask, baseline="group_loo", group_size=3)
+    with pytest.raises(ValueError, match=">= 2"):
+        distil_loss(student, teacher, tokens, mask, baseline="group_loo", group_size=1)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        distil_loss(student, teacher, tokens, mask, baseline="mean")
+
+
+# -------------------------------------------------------------------------------- JSD
+
+P, Q = [0.9, 0.1], [0.5, 0.5]
+
+
+def two_token_logits(probs, scale=1.0):
+    return torch.tensor([[[scale * math.log(x) for x in probs]]])
+
+
+def kl(a, b):
+    return sum(x * math.log(x / y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.5, 0.8])
+def test_generalized_jsd_by_hand(beta):
+    mixture = [(1 - beta) * p + beta * q for p, q in zip(P, Q)]
+    expected = beta * kl(Q, mixture) + (1 - beta) * kl(P, mixture)
+    got = generalized_jsd(two_token_logits(P), two_token_logits(Q), beta=beta)
+    assert got.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_generalized_jsd_endpoints_are_forward_and_reverse_kl():
+    forward = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)   # KL(q‖p)
+    reverse = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)   # KL(p‖q)
+    student, teacher = two_token_logits(P), two_token_logits(Q)
+    assert generalized_jsd(student, teacher, beta=0.0).item() == pytest.approx(forward, abs=1e-12)
+    assert generalized_jsd(student, teacher, beta=1.0).item() == pytest.approx(reverse, abs=1e-12)
+    classic = 0.5 * (0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3)) \
+        + 0.5 * (0.9 * math.log(0.9 / 0.7) + 0.1 * math.log(0.1 / 0.3))
+    assert generalized_jsd(student, teacher, beta=0.5).item() == pytest.approx(classic, abs=1e-12)
+
+
+def test_generalized_jsd_temperature_mask_and_symmetry():
+    student, teacher = two_token_logits(P), two_token_logits(Q)
+    plain = generalized_jsd(student, teacher, beta=0.3).item()
+    # logits scaled by 2 and divided by temperature 2 give the same distributions
+    scaled = generalized_jsd(two_token_logits(P, 2.0), two_token_logits(Q, 2.0), beta=0.3,
+                             temperature=2.0)
+    assert scaled.item() == pytest.approx(plain, abs=1e-12)
+    assert generalized_jsd(two_token_logits(P, 2.0), two_token_logits(Q, 2.0), beta=0.3).item() != \
+        pytest.approx(plain, abs=1e-3)
+    # second token has identical distributions, so its loss is 0
+    students = torch.cat([student, teacher], dim=1)
+    teachers = torch.cat([teacher, teacher], dim=1)
+    assert generalized_jsd(students, teachers, beta=0.3).item() == pytest.approx(plain / 2, abs=1e-12)
+    assert generalized_jsd(students, teachers, torch.tensor([[1, 0]]), beta=0.3).item() == \
+        pytest.approx(plain, abs=1e-12)
+    swapped = generalized_jsd(teacher, student, beta=0.5)
+    original = generalized_jsd(student, teacher, beta=0.5)
+    assert swapped.item() == pytest.approx(original.item(), abs=1e-12)
+
+
+def test_generalized_jsd_topk_with_all_ids_equals_dense():
+    student, teacher, _, mask = random_batch()
+    ids, logprobs = topk_with_tail(teacher, k=5)
+    for beta in (0.0, 0.5, 1.0):
+        dense = generalized_jsd(student, teacher, mask, beta=beta)
+        topk = generalized_jsd_topk(student, ids, logprobs, mask, beta=beta)
+        assert topk.item() == pytest.approx(dense.item(), abs=1e-10)
+
+
+# ------------------------------------------------------------------------------- GRPO
+
+# ρ per token (old log-probs 0); the third token of row 1 is padding
+RATIOS = [[1.0, 1.5, 0.5], [1.3, 0.7, 5.0]]
+GRPO_MASK = [[1, 1, 1], [1, 1, 0]]
+ADVANTAGES = [1.0, -2.0]
+# row 0, A=+1: ρ=1 → -1; ρ=1.5 clipped to 1.2 → -1.2; ρ=0.5 → -0.5 (low clip idle for A>0)
+# row 1, A=-2: ρ=1.3 → +2.6 (high clip inactive for A<0); ρ=0.7 clipped to 0.8 → +1.6
+TOKEN_LOSSES = [[-1.0, -1.2, -0.5], [2.6, 1.6]]
+
+
+def grpo_inputs():
+    logprobs = torch.tensor(RATIOS).log().requires_grad_()
+    return logprobs, torch.zeros(2, 3), torch.tensor(ADVANTAGES), torch.tensor(GRPO_MASK)
+
+
+@pytest.mark.parametrize("loss_type, expected", [
+    ("grpo", ((-1.0 - 1.2 - 0.5) / 3 + (2.6 + 1.6) / 2) / 2),
+    ("bnpo", 1.5 / 5),
+    ("dr_grpo", 1.5 / 6),
+    ("dapo", 1.5 / 5),
+])
+def test_grpo_aggregations_by_hand(loss_type, expected):
+    assert grpo_loss(*grpo_inputs(), loss_type=loss_type).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_grpo_dapo_normalizer_and_asymmetric_clip():
+    assert grpo_loss(*grpo_inputs(), normalizer=10).item() == pytest.approx(0.15, abs=1e-12)
+    # ε_high = 0.28: the ρ=1.5 token now clips at 1.28
+    got = grpo_loss(*grpo_inputs(), eps_high=0.28, loss_type="bnpo").item()
+    assert got == pytest.approx((-1.0 - 1.28 - 0.5 + 2.6 + 1.6) / 5, abs=1e-12)
+
+
+def test_grpo_clipped_tokens_get_no_gradient():
+    logprobs, old, advantages, mask = grpo_inputs()
+    grpo_loss(logprobs, old, advantages, mask, loss_type="bnpo").backward()
+    # d(-ρA)/d logp = -ρA for unclipped tokens
+    expected = torch.tensor([[-1.0, 0.0, -0.5], [2.6, 0.0, 0.0]]) / 5
+    torch.testing.assert_close(logprobs.grad, expected)
+
+
+def test_grpo_on_policy_dapo_is_minus_mean_advantage():
+    logprobs = torch.randn(2, 3)
+    advantages = torch.tensor([[0.5, -1.0, 2.0], [3.0, 1.0, 7.0]])
+    mask = torch.tensor(GRPO_MASK)
+    got = grpo_loss(logprobs, logprobs.clone(), advantages, mask)
+    assert got.item() == pytest.approx(-(0.5 - 1.0 + 2.0 + 3.0 + 1.0) / 5, abs=1e-12)
+
+
+def test_grpo_mean_skips_empty_sequences():
+    logprobs = torch.zeros(3, 2)
+    got = grpo_loss(logprobs, logprobs, torch.tensor([1.0, 3.0, 100.0]),
+                    torch.tensor([[1, 1], [1, 0], [0, 0]]), loss_type="grpo")
+    assert got.item() == pytest.approx(-(1.0 + 3.0) / 2, abs=1e-12)
+
+
+def test_grpo_unknown_loss_type():
+    with pytest.raises(ValueError, match="dr_grpo"):
+        grpo_loss(*grpo_inputs(), loss_type="ppo")
+
+
+REWARDS = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_group_advantages_by_hand():
+    centred = [0.25, -0.75, 0.25, 0.25, -0.25, -0.25, -0.25, 0.75]
+    group_std = math.sqrt((3 * 0.25**2 + 0.75**2) / 3)  # 0.5 in both groups, n-1 denominator
+    batch_std = math.sqrt(8 * 0.5**2 / 7)
+    rewards = torch.tensor(REWARDS)
+    for scale, divisor in (("none", 1.0), ("group", group_std + 1e-4), ("batch", batch_std + 1e-4)):
+        expected = torch.tensor([a / divisor for a in centred])
+        torch.testing.assert_close(group_advantages(rewards, 4, scale=scale), expected)
+
+
+def test_group_advantages_rejects_bad_groups():
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(torch.tensor(REWARDS), 3)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        group_advantages(torch.tensor(REWARDS), 1, scale="group")
+    with pytest.raises(ValueError, match="unknown scale"):
+        group_advantages(torch.tensor(REWARDS), 4, scale="rank")
+
+
+# ------------------------------------------------------------------ reverse KL, sampled
+
+
+def test_reverse_kl_per_token_gradient():
+    student = torch.tensor([[-0.5, -1.0, -2.0], [-0.1, -3.0, -0.7]], requires_grad=True)
+    teacher = torch.tensor([[-1.0, -0.2, -2.5], [-0.3, -1.0, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss = reverse_kl_sampled(student, teacher, mask)
+    loss.backward()
+    log_ratio = student.detach() - teacher
+    torch.testing.assert_close(student.grad, log_ratio * mask / 5)
+    assert loss.item() == pytest.approx((log_ratio * student.detach() * mask).sum().item() / 5)
+
+
+def test_reverse_kl_discounted_cost_to_go():
+    student = torch.tensor([[-0.5, -1.0, -2.0, -0.3]], requires_grad=True)
+    teacher = torch.tensor([[-1.0, -0.2, -2.5, -0.1]])
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    reverse_kl_sampled(student, teacher, mask, gamma=0.5).backward()
+    d = [0.5, None, 0.5, -0.2]  # log p - log q; position 1 is masked out
+    expected = [d[0] + 0.25 * d[2] + 0.125 * d[3], 0.0, d[2] + 0.5 * d[3], d[3]]
+    torch.testing.assert_close(student.grad, torch.tensor([expected]) / 3)
