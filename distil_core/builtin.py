@@ -1,7 +1,7 @@
 """Built-in components, registered through the same hooks as any plugin.
 
-- task ``arith``: procedural integer arithmetic (``"37+58="`` → ``"95"``) with a fixed
-  held-out split; the embedded default trains on it.
+- task ``digits``: procedural digit puzzles (sort, reverse, add) with a fixed held-out split;
+  the embedded default trains on it.
 - verifier ``exact_match``: the first number (or, failing that, the first line) of the
   response equals the problem's reference answer.
 - feedback source ``answer_check``: on a failed rollout, reports the answer found and the
@@ -21,33 +21,40 @@ from .types import Feedback, Problem, Rollout, Verdict
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-class ArithmeticTask:
-    """Integer arithmetic ``a op b`` with operands in [0, max_operand]; test split held out."""
+class DigitsTask:
+    """Procedural digit puzzles with a fixed held-out split.
 
-    def __init__(self, max_operand: int = 99, operations: str = "+", test_size: int = 200, seed: int = 0):
-        if max_operand < 1:
-            raise ValueError("arith: max_operand must be at least 1")
-        bad = set(operations) - set("+-*")
-        if not operations or bad:
-            raise ValueError(f"arith: operations must be made of '+', '-', '*' (got {operations!r})")
-        self.max_operand = max_operand
-        self.operations = operations
-        pairs = [(a, op, b) for op in operations for a in range(max_operand + 1) for b in range(max_operand + 1)]
-        rng = random.Random(seed)
-        rng.shuffle(pairs)
-        if not 0 < test_size < len(pairs):
-            raise ValueError(f"arith: test_size must be between 1 and {len(pairs) - 1}")
-        self._splits = {"test": pairs[:test_size], "train": pairs[test_size:]}
+    ``op``: ``sort`` ("sort 48310" → "01348"), ``reverse`` ("reverse 48310" → "01384") or
+    ``add`` ("add 37 58" → "95", two numbers of ``length`` digits). Problems are drawn without
+    replacement from every possible input; the first ``test_size`` are held out.
+    """
+
+    def __init__(self, op: str = "sort", length: int = 5, train_size: int = 5000, test_size: int = 200, seed: int = 0):
+        if op not in ("sort", "reverse", "add"):
+            raise ValueError(f"digits: op must be 'sort', 'reverse' or 'add' (got {op!r})")
+        if not 1 <= length <= 9:
+            raise ValueError(f"digits: length must be between 1 and 9 (got {length})")
+        space = 10 ** (2 * length if op == "add" else length)
+        if train_size < 1 or test_size < 1 or train_size + test_size > space:
+            raise ValueError(
+                f"digits: train_size + test_size must be at most {space} for op={op!r}, length={length}"
+            )
+        self.op, self.length = op, length
+        codes = random.Random(seed).sample(range(space), test_size + train_size)
+        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self._splits:
-            raise ValueError(f"arith: unknown split {split!r}; use 'train' or 'test'")
-        return [self.problem(a, op, b) for a, op, b in self._splits[split]]
+            raise ValueError(f"digits: unknown split {split!r}; use 'train' or 'test'")
+        return [self.problem(code) for code in self._splits[split]]
 
-    @staticmethod
-    def problem(a: int, op: str, b: int) -> Problem:
-        value = {"+": a + b, "-": a - b, "*": a * b}[op]
-        return Problem(id=f"{a}{op}{b}", prompt=f"{a}{op}{b}=", reference=str(value))
+    def problem(self, code: int) -> Problem:
+        if self.op == "add":
+            a, b = divmod(code, 10**self.length)
+            return Problem(id=f"add-{a}-{b}", prompt=f"add {a} {b}", reference=str(a + b))
+        digits = str(code).zfill(self.length)
+        answer = "".join(sorted(digits)) if self.op == "sort" else digits[::-1]
+        return Problem(id=f"{self.op}-{digits}", prompt=f"{self.op} {digits}", reference=answer)
 
 
 def extract_answer(text: str) -> Optional[str]:
@@ -107,7 +114,7 @@ class AnswerCheckFeedback:
 
 @hookimpl
 def register_tasks(register):
-    register("arith", ArithmeticTask)
+    register("digits", DigitsTask)
 
 
 @hookimpl

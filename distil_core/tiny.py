@@ -11,8 +11,12 @@ from a seed. Nothing is downloaded.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 from typing import Any, Iterable, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -119,3 +123,113 @@ def default_cache_dir() -> str:
 
 def cached_path(name: str, cache_dir: Optional[str] = None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), name)
+
+
+# -- the embedded default's base model ----------------------------------------------------------
+
+
+class TinyBase(BaseModel):
+    """How the tiny base model is built and pretrained before any DistIL step.
+
+    The aim is a base LM that reads feedback in its context but has seen little of the task:
+    most pretraining examples show a problem with ``answer_check`` feedback and/or a correct
+    demonstration in the expert template, followed by the answer; a share ``plain_fraction``
+    shows the bare problem. The student starts weak on bare prompts while the same weights,
+    conditioned on feedback, are strong — the gap DistIL closes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    vocab_size: int = 400
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    plain_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+def _wrong_answer(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: one or two characters changed, or the answer cut short."""
+    chars = list(answer) or ["0"]
+    if len(chars) > 1 and rng.random() < 0.15:
+        return "".join(chars[: rng.randrange(1, len(chars))])
+    for _ in range(1 + (rng.random() < 0.3)):
+        i = rng.randrange(len(chars))
+        chars[i] = rng.choice([d for d in "0123456789" if d != chars[i]])
+    return "".join(chars)
+
+
+def base_examples(problems, template, rng: random.Random, count: int, plain_fraction: float):
+    """(messages, answer) pairs: bare prompts, or expert contexts with feedback/demonstration."""
+    from .builtin import AnswerCheckFeedback, ExactMatchVerifier
+    from .context import ContextBuilder
+    from .types import Rollout
+
+    builder = ContextBuilder(tokenizer=None, template=template)
+    verifier, source = ExactMatchVerifier(), AnswerCheckFeedback()
+    for _ in range(count):
+        problem = rng.choice(problems)
+        answer = str(problem.reference)
+        if rng.random() < plain_fraction:
+            yield problem.messages(), answer
+            continue
+        style = rng.random()
+        feedback = []
+        if style < 0.7:
+            wrong = _wrong_answer(answer, rng)
+            rollout = Rollout(problem_id=problem.id, group_index=0, response_text=wrong, response_ids=[])
+            feedback = source.feedback(problem, rollout, verifier.verify(problem, rollout))
+        demo = answer if style > 0.4 else None
+        yield builder.expert_messages(problem, feedback, demo), answer
+
+
+def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True):
+    """Train the tiny base model from scratch; returns (model, tokenizer). About a minute on 2 cores."""
+    import torch
+
+    from .modeling import pad_batch, position_ids
+
+    rng = random.Random(recipe.seed)
+    corpus = []
+    for messages, answer in base_examples(problems[:400], template, rng, 800, 0.5):
+        corpus.extend([m["content"] for m in messages] + [answer])
+    tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
+    model = build_model(
+        len(tokenizer), hidden_size=recipe.hidden_size, layers=recipe.layers, heads=recipe.heads,
+        seed=recipe.seed, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
+    examples = base_examples(problems, template, rng, recipe.steps * recipe.batch_size, recipe.plain_fraction)
+    bar = _progress(recipe.steps, "building tiny base model", progress)
+    model.train()
+    for _ in range(recipe.steps):
+        inputs, labels = [], []
+        for messages, answer in itertools.islice(examples, recipe.batch_size):
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+            target = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+            inputs.append(prompt + target)
+            labels.append([-100] * len(prompt) + target)
+        ids, mask = pad_batch(inputs, tokenizer.pad_token_id)
+        lab, _ = pad_batch(labels, -100)
+        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), labels=lab).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.update()
+    bar.close()
+    model.eval()
+    return model, tokenizer
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -1,0 +1,201 @@
+"""``distil``: train, evaluate, list plugins.
+
+    distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume]
+    distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
+    distil plugins [--json]
+
+Errors the user can fix print as one paragraph, without a traceback (exit code 2 for config
+and usage errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from . import __version__
+from .errors import ConfigError, DistilError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except DistilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distil", description="Train language models from rich feedback with DistIL.")
+    parser.add_argument("--version", action="version", version=f"distil-toolkit {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="train a model (no CONFIG: the embedded default)")
+    train.add_argument("config", nargs="?", help="YAML config file (default: the embedded default run)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.steps=20 (repeatable)")
+    train.add_argument("--output-dir", help="run directory (default: runs/<method>-<time>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its latest checkpoint")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run's final model (or a config's model) on held-out problems")
+    ev.add_argument("target", nargs="?", help="a run directory or a YAML config (default: the embedded default)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+# -- train ------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config_path = args.config
+    if args.resume:
+        if not args.output_dir:
+            raise ConfigError("--resume needs --output-dir: the run directory to continue.")
+        saved = os.path.join(args.output_dir, "config.yaml")
+        if config_path is None and os.path.exists(saved):
+            config_path = saved
+    config = load_config(config_path, args.overrides)
+    if args.quiet:
+        config.train.progress = False
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    _quiet_libraries()
+    from .trainer import Trainer
+
+    trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
+    print(f"distil train: method={config.method} task={config.task.name} expert={config.expert.name} "
+          f"steps={config.train.steps} → {trainer.run_dir}", file=sys.stderr)
+    summary = trainer.fit()
+    print(render_before_after(summary))
+    print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, provenance.jsonl, final/)")
+    return 0
+
+
+def render_before_after(summary: dict[str, Any]) -> str:
+    ev = summary["eval"]
+    head = (f"Held-out {summary['task']}: {ev['problems']} problems × {ev['samples']} samples, "
+            f"{summary['method']} for {summary['steps']} steps ({summary['wall_s']:.0f} s)")
+    rows = [("metric", "before", "after", "change")]
+    for key in summary["before"]:
+        b, a = summary["before"][key], summary["after"][key]
+        rows.append((key, f"{100 * b:.1f}", f"{100 * a:.1f}", f"{100 * (a - b):+.1f}"))
+    return head + "\n" + _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- eval -------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    target, overrides = args.target, list(args.overrides)
+    if target and os.path.isdir(target):
+        saved = os.path.join(target, "config.yaml")
+        if not os.path.exists(saved):
+            raise ConfigError(f"{target!r} is not a run directory (no config.yaml).")
+        final = os.path.join(target, "final")
+        if not os.path.isdir(final):
+            raise ConfigError(f"{target!r} has no final/ model yet; finish the run (or resume it) first.")
+        config = load_config(saved, overrides + [f"model.name={os.path.abspath(final)}"])
+    else:
+        config = load_config(target, overrides)
+    if args.quiet or args.json:
+        config.train.progress = False
+    config.method = "grpo"  # evaluation builds no expert
+    _quiet_libraries()
+    from .evaluate import evaluate
+    from .runtime import build_runtime
+
+    rt = build_runtime(config, progress=config.train.progress)
+    problems = list(rt.task.problems("test"))[: config.eval.problems]
+    result = evaluate(
+        rt.generator, [rt.context.student_prompt_ids(p) for p in problems], problems, rt.verifier,
+        samples=config.eval.samples, ks=config.eval.ks, temperature=config.eval.temperature,
+        max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
+        seed=config.seed + 7919,
+    )
+    if args.json:
+        print(json.dumps({"model": rt.model_source, "task": config.task.name, **result}, indent=2))
+    else:
+        print(f"{rt.model_source} on held-out {config.task.name} ({len(problems)} problems × {config.eval.samples} samples)")
+        print(_table([("metric", "value")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
+    return 0
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import KINDS, get_host
+
+    host = get_host()
+    infos = list(host.plugins.values())
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    rows = [("plugin", "version", "registered")]
+    for info in infos:
+        parts = []
+        for kind in KINDS:
+            names = [n for k, n in info.registered if k == kind]
+            if names:
+                parts.append(f"{kind.replace('_', ' ')}s: {', '.join(names)}")
+        registered = "; ".join(parts) or ("FAILED: " + info.error if info.error else "(nothing)")
+        rows.append((info.name, info.version or "-", registered))
+    print(_table(rows))
+    errors = host.errors()
+    for name, error in errors.items():
+        if any(n for k, n in host.plugins[name].registered):
+            print(f"warning: plugin {name!r}: {error}", file=sys.stderr)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

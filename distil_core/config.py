@@ -1,0 +1,246 @@
+"""Run configuration: YAML → pydantic, ``--set a.b=c`` overrides, errors with suggestions.
+
+Every default below is the embedded default run: ``distil train`` with no config file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Literal, Optional, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .context import ContextTemplate
+from .errors import ConfigError, did_you_mean
+
+Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
+METHODS_NEEDING_EXPERT = ("distil", "distil_local", "jsd", "reverse_kl")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(_Section):
+    """A registered plugin component, by name, with the options its factory accepts."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        default="tiny",
+        description="'tiny' (built offline and pretrained briefly on the task) or a local HF model directory.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    device: str = "auto"
+    tiny: dict[str, Any] = Field(default_factory=dict, description="Options of the tiny base model.")
+
+
+class RolloutConfig(_Section):
+    problems_per_step: int = Field(default=16, ge=1)
+    samples_per_problem: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=10, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class LossConfig(_Section):
+    future_credit: bool = True
+    baseline: Literal["none", "group_loo"] = "none"
+    gamma: float = Field(default=1.0, gt=0.0, le=1.0)
+    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
+    temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature.")
+    reverse_kl_gamma: float = Field(default=0.0, ge=0.0, le=1.0)
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    no_signal: Literal["skip", "keep"] = Field(
+        default="skip",
+        description="Rollouts whose expert context adds nothing (q = p): skip them or keep them.",
+    )
+
+
+class OptimConfig(_Section):
+    lr: float = Field(default=3e-4, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_steps: int = Field(default=0, ge=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(default=200, ge=0)
+    output_dir: Optional[str] = Field(default=None, description="Default: runs/<method>-<time>.")
+    eval_every: int = Field(default=0, ge=0, description="0: evaluate before and after only.")
+    save_every: int = Field(default=50, ge=0, description="0: save at the end only.")
+    log_every: int = Field(default=1, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    problems: int = Field(default=200, ge=1)
+    samples: int = Field(default=8, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 8])
+    temperature: float = Field(default=1.0, ge=0.0)
+    max_new_tokens: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _ks_fit(self) -> "EvalConfig":
+        bad = [k for k in self.ks if k < 1 or k > self.samples]
+        if bad:
+            raise ValueError(f"every k must be between 1 and samples={self.samples} (got {bad})")
+        return self
+
+
+class RunConfig(_Section):
+    """Everything a run needs. Registered components are named, never imported."""
+
+    method: Method = "distil"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: Component = Field(default_factory=lambda: Component(name="digits"))
+    verifier: Component = Field(default_factory=lambda: Component(name="exact_match"))
+    feedback: list[Component] = Field(default_factory=lambda: [Component(name="answer_check")])
+    expert: Component = Field(default_factory=lambda: Component(name="self", options={"weights": "frozen"}))
+    system_prompt: Optional[str] = None
+    context: ContextTemplate = Field(default_factory=ContextTemplate)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("feedback", mode="before")
+    @classmethod
+    def _names_to_components(cls, value: Any) -> Any:
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("task", "verifier", "expert", mode="before")
+    @classmethod
+    def _name_to_component(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read ``path`` (YAML; None = the embedded default), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "the default config"
+    if path is not None:
+        source = path
+        if not os.path.exists(path):
+            raise ConfigError(f"Config file {path!r} does not exist.")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}.")
+        data = loaded
+    defaults = RunConfig().model_dump(mode="json") if overrides else {}
+    for item in overrides or []:
+        apply_override(data, item, defaults)
+    check_keys(RunConfig, data, source)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str, Any]] = None) -> None:
+    """``a.b.c=value``: the value is parsed as YAML (``3`` is an int, ``[1, 2]`` a list).
+
+    A section the file does not set starts from its default, so ``--set expert.options.k=20``
+    keeps the default expert's name.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, for example --set train.steps=20")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node, default = data, defaults or {}
+    for part in parts[:-1]:
+        default = default.get(part) if isinstance(default, dict) else None
+        child = node.get(part)
+        if child is None and isinstance(default, dict):
+            child = copy.deepcopy(default)
+        if not isinstance(child, dict):
+            child = {} if child is None else _as_dict(child, part)
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _as_dict(value: Any, part: str) -> dict[str, Any]:
+    if isinstance(value, str):  # task: digits → task: {name: digits}
+        return {"name": value}
+    raise ConfigError(f"--set: {part!r} is not a section")
+
+
+def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") -> None:
+    """Reject unknown keys anywhere in ``data``, naming the key and the nearest valid one."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key {dotted!r}.{did_you_mean(str(key), fields)}"
+                " Run `distil train --print-config` to see every key with its default."
+            )
+        sub = _section_type(fields[key].annotation)
+        if sub is None:
+            continue
+        if isinstance(value, list) and fields[key].annotation is not None and get_origin(fields[key].annotation) is list:
+            for i, item in enumerate(value):
+                check_keys(sub, item, where, f"{dotted}[{i}]")
+        else:
+            check_keys(sub, value, where, dotted)
+
+
+def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err.get("type") == "literal_error" and err.get("ctx", {}).get("expected"):
+            msg = f"must be one of {err['ctx']['expected']}"
+        problems.append(f"{loc}: {msg} (got {err.get('input')!r})")
+    return f"{where}: invalid config. " + "; ".join(problems) + "."
+
+
+__all__ = ["RunConfig", "load_config", "apply_override", "check_keys", "Component", "METHODS_NEEDING_EXPERT"]

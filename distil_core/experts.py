@@ -1,0 +1,141 @@
+"""Built-in experts: ``self`` (the policy with feedback in context) and ``hf`` (another local model).
+
+Both score a batch of queries in one forward pass over ``context + response`` and return the
+logits at the response positions: row t predicts ``response_ids[t]``, exactly the positions
+at which the student is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+
+from .errors import ConfigError
+from .modeling import response_logits
+from .losses import topk_with_tail
+from .types import ExpertCapability, ExpertQuery, ExpertSignal
+
+Access = Literal["dense", "topk"]
+
+
+@torch.no_grad()
+def score_queries(
+    model: Any,
+    queries: Sequence[ExpertQuery],
+    pad_id: int,
+    *,
+    access: Access = "dense",
+    k: Optional[int] = None,
+    batch_size: int = 64,
+) -> list[ExpertSignal]:
+    """One batched prefill per ``batch_size`` queries; logits at the student's response positions."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    signals: list[ExpertSignal] = []
+    try:
+        for start in range(0, len(queries), batch_size):
+            chunk = queries[start : start + batch_size]
+            logits, _, _ = response_logits(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
+            for row, query in enumerate(chunk):
+                resp = logits[row, : len(query.response_ids)].float()
+                if access == "topk":
+                    top_ids, top_logprobs = topk_with_tail(resp, k)
+                    signals.append(ExpertSignal(access="topk", topk_ids=top_ids, topk_logprobs=top_logprobs))
+                else:
+                    signals.append(ExpertSignal(access="dense", logits=resp))
+    finally:
+        model.train(was_training)
+    return signals
+
+
+class _LocalModelExpert:
+    access: Access
+    k: Optional[int]
+    model: Any
+    pad_id: int
+
+    def _check_access(self, access: str, k: Optional[int]) -> None:
+        if access not in ("dense", "topk"):
+            raise ConfigError(f"expert access must be 'dense' or 'topk', not {access!r}")
+        if access == "topk" and not k:
+            raise ConfigError("expert access 'topk' needs k (for example k: 20)")
+
+    @property
+    def capability(self) -> ExpertCapability:
+        return ExpertCapability(access=self.access, k=self.k if self.access == "topk" else None)
+
+    def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
+        return score_queries(self.model, queries, self.pad_id, access=self.access, k=self.k)
+
+
+class SelfExpert(_LocalModelExpert):
+    """The policy itself with feedback in its context.
+
+    ``weights``: ``live`` uses the student's current weights (the same module, no copy);
+    ``frozen`` the initial weights; ``ema`` a copy updated in place after every optimizer step,
+    ``θ_T ← (1 - ema_rate) θ_T + ema_rate θ``.
+    """
+
+    def __init__(
+        self,
+        runtime: Any,
+        weights: Literal["live", "frozen", "ema"] = "live",
+        ema_rate: float = 0.05,
+        access: Access = "dense",
+        k: Optional[int] = None,
+    ):
+        if weights not in ("live", "frozen", "ema"):
+            raise ConfigError(f"expert 'self': weights must be live, frozen or ema (got {weights!r})")
+        if not 0.0 < ema_rate <= 1.0:
+            raise ConfigError(f"expert 'self': ema_rate must be in (0, 1] (got {ema_rate})")
+        self._check_access(access, k)
+        self.weights, self.ema_rate, self.access, self.k = weights, ema_rate, access, k
+        self.policy = runtime.model
+        self.pad_id = runtime.pad_id
+        if weights == "live":
+            self.model = self.policy
+        else:
+            self.model = copy.deepcopy(self.policy)
+            self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def on_policy_update(self, policy: Any) -> None:
+        """Called by the trainer after each optimizer step."""
+        if self.weights != "ema":
+            return
+        for teacher, student in zip(self.model.parameters(), policy.parameters()):
+            teacher.lerp_(student.detach(), self.ema_rate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.weights == "live" else {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.weights != "live" and "model" in state:
+            self.model.load_state_dict(state["model"])
+
+
+class HFExpert(_LocalModelExpert):
+    """Another local causal LM (a directory ``from_pretrained`` can read) with the student's tokenizer."""
+
+    def __init__(self, runtime: Any, path: str, access: Access = "dense", k: Optional[int] = None, dtype: str = "float32"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._check_access(access, k)
+        self.access, self.k = access, k
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {exc}") from None
+        if tokenizer.get_vocab() != runtime.tokenizer.get_vocab():
+            raise ConfigError(
+                f"expert 'hf': the tokenizer at {path!r} differs from the student's. Dense and "
+                "top-k signals need the same vocabulary; use a text-level expert (the API expert "
+                "plugin) for a model with another tokenizer."
+            )
+        self.model.to(runtime.device)
+        self.model.requires_grad_(False)
+        self.pad_id = runtime.pad_id

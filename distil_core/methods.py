@@ -1,0 +1,155 @@
+"""One micro-batch's loss for each method, from student logits and the expert's signals.
+
+The losses themselves live in :mod:`distil_core.losses`; this module lays the expert's
+per-rollout signals out as batch tensors, picks the loss path from the expert's access level,
+and returns the diagnostics the trainer logs (CE and KL to the expert).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import losses
+from .config import LossConfig
+from .errors import ConfigError
+from .types import ExpertSignal
+
+DISTILLATION = ("distil", "distil_local", "jsd", "reverse_kl")
+
+
+@dataclass
+class ExpertBatch:
+    """Expert signals laid out like the student's ``[B, T]`` response tensors."""
+
+    access: str
+    rows: Tensor  # [B] 1 where the row has a usable signal
+    logits: Optional[Tensor] = None  # dense  [B, T, V]
+    topk_ids: Optional[Tensor] = None  # topk   [B, T, k]
+    topk_logprobs: Optional[Tensor] = None
+    sample_ids: Optional[Tensor] = None  # sampled [B, T, m]
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def stack_signals(signals: Sequence[Optional[ExpertSignal]], width: int, vocab: int, device) -> ExpertBatch:
+    """Pad per-rollout signals (None = no signal for that row) to ``[B, T, ...]``."""
+    usable = [s for s in signals if s is not None and s.ok]
+    access = usable[0].access if usable else "dense"
+    if any(s.access != access for s in usable):
+        raise ConfigError("the expert returned signals of mixed access levels in one batch")
+    rows = torch.tensor([1.0 if s is not None and s.ok else 0.0 for s in signals], device=device)
+    batch = len(signals)
+
+    def fill(attr: str, shape_tail: tuple[int, ...], dtype, pad) -> Tensor:
+        out = torch.full((batch, width, *shape_tail), pad, dtype=dtype, device=device)
+        for b, s in enumerate(signals):
+            if s is not None and s.ok:
+                value = torch.as_tensor(getattr(s, attr), device=device)
+                out[b, : value.shape[0]] = value[:width].to(dtype)
+        return out
+
+    if access == "dense":
+        return ExpertBatch(access, rows, logits=fill("logits", (vocab,), torch.float32, 0.0))
+    if access == "topk":
+        k = usable[0].topk_ids.shape[-1]
+        return ExpertBatch(
+            access,
+            rows,
+            topk_ids=fill("topk_ids", (k,), torch.long, 0),
+            topk_logprobs=fill("topk_logprobs", (k,), torch.float32, -1e4),
+        )
+    if access == "sampled":
+        m = usable[0].sample_ids.shape[-1]
+        return ExpertBatch(access, rows, sample_ids=fill("sample_ids", (m,), torch.long, -100))
+    raise ConfigError("a text-level expert signal must go through the sequence path, not stack_signals")
+
+
+def distillation_loss(
+    method: str,
+    cfg: LossConfig,
+    student_logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    expert: ExpertBatch,
+    group_size: int,
+) -> LossOutput:
+    """Token-mean loss over rows that have a signal; stats are detached floats."""
+    mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
+    student_logits_f = student_logits.float()
+    credit = dict(
+        future_credit=(method == "distil") and cfg.future_credit,
+        baseline=cfg.baseline,
+        gamma=cfg.gamma,
+        group_size=group_size if cfg.baseline == "group_loo" else None,
+    )
+    if expert.access == "dense":
+        teacher = expert.logits
+        if method in ("distil", "distil_local"):
+            loss = losses.distil_loss(student_logits_f, teacher, tokens, mask, **credit)
+        elif method == "jsd":
+            loss = losses.generalized_jsd(student_logits_f, teacher, mask, beta=cfg.beta, temperature=cfg.temperature)
+        else:
+            teacher_lp = losses.token_logprobs(teacher, tokens)
+            student_lp = losses.token_logprobs(student_logits_f, tokens)
+            loss = losses.reverse_kl_sampled(student_lp, teacher_lp, mask, gamma=cfg.reverse_kl_gamma)
+        stats = _dense_stats(student_logits_f.detach(), teacher, mask)
+    elif expert.access == "topk":
+        ids, lps = expert.topk_ids, expert.topk_logprobs
+        if method in ("distil", "distil_local"):
+            loss = losses.distil_loss_topk(student_logits_f, ids, lps, tokens, mask, **credit)
+        elif method == "jsd":
+            loss = losses.generalized_jsd_topk(student_logits_f, ids, lps, mask, beta=cfg.beta)
+        else:
+            teacher_lp = _topk_token_logprobs(ids, lps, tokens)
+            student_lp = losses.token_logprobs(student_logits_f, tokens)
+            loss = losses.reverse_kl_sampled(student_lp, teacher_lp, mask, gamma=cfg.reverse_kl_gamma)
+        stats = {}
+    elif expert.access == "sampled":
+        if method not in ("distil", "distil_local"):
+            raise ConfigError(f"method {method!r} needs expert log-probs; this expert only samples tokens")
+        loss = losses.distil_loss_sampled(student_logits_f, expert.sample_ids, tokens, mask, **credit)
+        stats = {}
+    else:
+        raise ConfigError(f"unknown expert access {expert.access!r}")
+    stats["signal_tokens"] = float(mask.sum())
+    return LossOutput(loss, stats)
+
+
+def _topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
+    """The expert's log-prob of each sampled token; outside the top-k, the tail's log-mass (an upper bound)."""
+    hit = ids == tokens.unsqueeze(-1)
+    in_topk = (lps.masked_fill(~hit, -1e4)).max(dim=-1).values
+    tail = torch.log1p(-lps.exp().sum(-1).clamp(max=1 - 1e-6))
+    return torch.where(hit.any(-1), in_topk, tail)
+
+
+def _dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> dict[str, float]:
+    log_p = F.log_softmax(student_logits, dim=-1)
+    log_q = F.log_softmax(teacher_logits, dim=-1)
+    q = log_q.exp()
+    ce = -(q * log_p).sum(-1)
+    kl = (q * (log_q - log_p)).sum(-1)
+    n = mask.sum().clamp(min=1)
+    return {"ce_to_expert": float((ce * mask).sum() / n), "kl_to_expert": float((kl * mask).sum() / n)}
+
+
+def grpo_micro_loss(
+    cfg: LossConfig, student_logits: Tensor, tokens: Tensor, mask: Tensor, advantages: Tensor,
+    old_logprobs: Optional[Tensor], normalizer: Optional[float],
+) -> LossOutput:
+    logprobs = losses.token_logprobs(student_logits.float(), tokens)
+    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    loss = losses.grpo_loss(
+        logprobs, old, advantages, mask,
+        eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_type=cfg.loss_type, normalizer=normalizer,
+    )
+    return LossOutput(loss, {"signal_tokens": float(mask.sum())})

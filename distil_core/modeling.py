@@ -1,0 +1,55 @@
+"""Model I/O shared by the trainer and the local experts: padding, positions, response logits."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, *, side: str = "right", device: Any = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Pad id lists into ``[B, L]`` ids and a 0/1 attention mask."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), max(width, 1)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, seq in enumerate(sequences):
+        if not seq:
+            continue
+        row = torch.as_tensor(list(seq), dtype=torch.long)
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[i, cols] = row
+        mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip padding, as ``generate`` computes them, for either padding side."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(
+    model: Any, prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits that predict each response token, given its prefix, in one forward pass.
+
+    Returns ``logits [B, T, V]``, ``tokens [B, T]`` and ``mask [B, T]`` with every response
+    starting at column 0 (T = longest response): ``logits[b, t]`` predicts ``tokens[b, t]``.
+    Sequences are left-padded so all responses end on the last column, and the model computes
+    logits for the last T + 1 positions only (``logits_to_keep``), not for the prefixes.
+    """
+    device = next(model.parameters()).device
+    lengths = [len(r) for r in responses]
+    width = max(lengths, default=0)
+    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1)
+    window = out.logits[:, :-1]  # window[:, j] predicts the token in column L - width + j
+    # Shift each row left so its response starts at column 0 (ragged lengths end-aligned above).
+    starts = torch.tensor([width - n for n in lengths], device=device)
+    cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
+    logits = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+    resp_mask = (torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1))
+    tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
+    return logits, tokens[:, :width], resp_mask.to(logits.dtype)

@@ -1,0 +1,162 @@
+"""What a run is made of: the policy, its tokenizer, and the components the config names.
+
+Plugin factories that take a ``runtime`` argument receive the :class:`Runtime`, which is how
+an expert or a feedback source reaches the policy model, the tokenizer or the generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from . import __version__
+from .config import METHODS_NEEDING_EXPERT, RunConfig
+from .context import ContextBuilder
+from .errors import ConfigError
+from .generation import Generator, SamplingParams
+from .plugins import PluginHost, get_host
+from .protocols import Expert, FeedbackSource, Task, Verifier
+from .tiny import TinyBase, build_tiny_base, cached_path
+
+
+@dataclass
+class Runtime:
+    config: RunConfig
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    host: PluginHost
+    task: Any = None
+    verifier: Any = None
+    feedback_sources: list[tuple[str, Any]] = field(default_factory=list)
+    expert: Any = None
+    generator: Optional[Generator] = None
+    context: Optional[ContextBuilder] = None
+    model_source: str = ""
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True) -> Runtime:
+    """Build every component named in ``config``; errors name the component and the fix."""
+    host = host or get_host()
+    task = _build(host, "task", config.task.name, config.task.options)
+    _check_protocol(task, Task, "task", config.task.name)
+    model, tokenizer, source = load_policy(config, task, progress=progress)
+    device = pick_device(config.model.device)
+    model.to(device)
+    rt = Runtime(config=config, model=model, tokenizer=tokenizer, device=device, host=host, task=task, model_source=source)
+    rt.generator = Generator(
+        model,
+        tokenizer,
+        SamplingParams(
+            max_new_tokens=config.rollout.max_new_tokens,
+            temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p,
+        ),
+    )
+    rt.context = ContextBuilder(tokenizer, config.context, config.system_prompt)
+    rt.verifier = _build(host, "verifier", config.verifier.name, config.verifier.options, rt)
+    _check_protocol(rt.verifier, Verifier, "verifier", config.verifier.name)
+    for comp in config.feedback:
+        source = _build(host, "feedback_source", comp.name, comp.options, rt)
+        _check_protocol(source, FeedbackSource, "feedback source", comp.name)
+        rt.feedback_sources.append((comp.name, source))
+    if config.method in METHODS_NEEDING_EXPERT:
+        rt.expert = _build(host, "expert", config.expert.name, config.expert.options, rt)
+        _check_protocol(rt.expert, Expert, "expert", config.expert.name)
+    return rt
+
+
+def _build(host: PluginHost, kind: str, name: str, options: dict[str, Any], runtime: Any = None) -> Any:
+    try:
+        return host.build(kind, name, options, runtime=runtime)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{kind.replace('_', ' ')} {name!r}: {exc}") from None
+
+
+def _check_protocol(obj: Any, protocol: type, kind: str, name: str) -> None:
+    if not isinstance(obj, protocol):
+        raise ConfigError(
+            f"{kind} {name!r} was built as {type(obj).__name__}, which does not implement the "
+            f"{protocol.__name__} protocol (see docs/plugins.md)."
+        )
+
+
+# -- the policy -------------------------------------------------------------------------------
+
+
+def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple[Any, Any, str]:
+    """(model, tokenizer, where it came from). ``tiny`` is built once and cached on disk."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, config.model.dtype)
+    if config.model.name == "tiny":
+        path = ensure_tiny_base(config, task, progress=progress)
+    else:
+        path = config.model.name
+        if not os.path.isdir(path):
+            raise ConfigError(
+                f"model.name {path!r} is neither 'tiny' nor a local model directory. Give the "
+                "path of a directory that transformers' from_pretrained can read (models are "
+                "never downloaded at run time)."
+            )
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.chat_template is None:
+        raise ConfigError(f"the tokenizer at {path!r} has no chat template; the context builder needs one.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model, tokenizer, path
+
+
+def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True) -> str:
+    """Path of the tiny base model for this task and template, building it on first use."""
+    recipe = TinyBase.model_validate(config.model.tiny)
+    key = json.dumps(
+        {
+            "version": __version__,
+            "recipe": recipe.model_dump(),
+            "task": config.task.model_dump(),
+            "template": config.context.model_dump(),
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = cached_path(f"tiny-{config.task.name}-{digest}")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tiny-", dir=os.path.dirname(path))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "recipe.json"), "w") as fh:
+            fh.write(key)
+        try:
+            os.replace(tmp, path)  # atomic: a half-built base is never seen
+        except OSError:
+            if not os.path.exists(os.path.join(path, "config.json")):  # lost a race to another run
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

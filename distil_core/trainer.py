@@ -1,0 +1,387 @@
+"""The training loop: generate → verify → feedback → context → expert → loss → step.
+
+Every method runs on the same rollouts. Each piece lives in its own module; this file only
+wires them together, logs, evaluates and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import METHODS_NEEDING_EXPERT, RunConfig
+from .errors import DistilError, PluginError
+from .evaluate import evaluate
+from .losses import group_advantages, sequence_ce_loss
+from .methods import ExpertBatch, LossOutput, distillation_loss, grpo_micro_loss, stack_signals
+from .modeling import response_logits
+from .plugins import PluginHost
+from .protocols import resolve, resolve_all
+from .runtime import Runtime, build_runtime
+from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+
+EVAL_SEED_OFFSET = 7919  # before/after evaluations share one seed: common random numbers
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        run_dir: Optional[str] = None,
+        resume: bool = False,
+        host: Optional[PluginHost] = None,
+        echo: Callable[[str], None] = print,
+    ):
+        self.config = config
+        self.echo = echo
+        self.progress = config.train.progress
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.rt: Runtime = build_runtime(config, host, progress=self.progress)
+        self.model = self.rt.model
+        self.model.train()
+        opt = config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0
+        )
+        self.train_problems = list(self.rt.task.problems("train"))
+        self.test_problems = list(self.rt.task.problems("test"))[: config.eval.problems]
+        if not self.train_problems or not self.test_problems:
+            raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
+        self.run_dir = run_dir or config.train.output_dir or default_run_dir(config.method)
+        self.step = 0
+        self.evals: dict[str, dict[str, float]] = {}
+        self.started = time.time()
+        os.makedirs(self.run_dir, exist_ok=True)
+        if resume:
+            self._resume()
+        else:
+            for name in ("metrics.jsonl", "provenance.jsonl", "eval.jsonl", "summary.json"):
+                if os.path.exists(os.path.join(self.run_dir, name)):
+                    os.unlink(os.path.join(self.run_dir, name))
+        ckpt.atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def problems_for_step(self, step: int) -> list[Problem]:
+        """A deterministic function of (seed, step), so a resumed run sees the same problems."""
+        rng = random.Random(self.config.seed * 1_000_003 + step)
+        k = min(self.config.rollout.problems_per_step, len(self.train_problems))
+        return rng.sample(self.train_problems, k)
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        cfg, rt = self.config, self.rt
+        n = cfg.rollout.samples_per_problem
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[f"time_{name}"] = now - clock
+            clock = now
+
+        problems = self.problems_for_step(step)
+        prompts = [rt.context.student_prompt_ids(p) for p in problems]
+        rollouts = rt.generator.sample(prompts, [p.id for p in problems], n)
+        lap("generate")
+        verdicts = _checked(resolve_all([rt.verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, cfg.verifier.name)
+        lap("verify")
+        groups = [
+            [(j, rollouts[j], verdicts[j]) for j in range(i * n, (i + 1) * n)] for i in range(len(problems))
+        ]
+        signals: list[Optional[ExpertSignal]] = [None] * len(rollouts)
+        queries: list[ExpertQuery] = []
+        feedback: list[list[Feedback]] = [[] for _ in rollouts]
+        if cfg.method in METHODS_NEEDING_EXPERT:
+            feedback = self._collect_feedback(problems, rollouts, verdicts, groups, n)
+            lap("feedback")
+            queries = [
+                rt.context.build(problems[j // n], j, rollouts[j], feedback[j], groups[j // n])
+                for j in range(len(rollouts))
+            ]
+            asked = [q for q in queries if q.has_signal or cfg.loss.no_signal == "keep"]
+            answered = resolve(rt.expert.score(asked)) if asked else []
+            if len(answered) != len(asked):
+                raise PluginError(f"expert {cfg.expert.name!r} returned {len(answered)} signals for {len(asked)} queries")
+            for q, s in zip(asked, answered):
+                signals[q.rollout_index] = s
+            lap("expert")
+        stats = self._update(prompts, rollouts, verdicts, signals, n)
+        lap("update")
+        self._log_provenance(step, rollouts, verdicts, queries, signals)
+        generated = sum(len(r.response_ids) for r in rollouts)
+        row: dict[str, Any] = {
+            "step": step,
+            "loss": stats.pop("loss"),
+            "reward": sum(v.score for v in verdicts) / len(verdicts),
+            "pass_rate": sum(v.passed for v in verdicts) / len(verdicts),
+            **stats,
+            "feedback_coverage": sum(bool(f) for f in feedback) / len(rollouts),
+            "demo_coverage": sum(any(p["kind"] == "demonstration" for p in q.provenance) for q in queries) / len(rollouts),
+            "signal_rollouts": sum(s is not None and s.ok for s in signals),
+            "dropped_no_signal": sum(not q.has_signal for q in queries) if cfg.loss.no_signal == "skip" else 0,
+            "expert_failed": sum(s is not None and not s.ok for s in signals),
+            "response_tokens": generated / len(rollouts),
+            "tokens_per_s": generated / max(timings["time_generate"], 1e-9),
+            "lr": self.scheduler.get_last_lr()[0],
+            **timings,
+        }
+        return row
+
+    def _collect_feedback(self, problems, rollouts, verdicts, groups, n) -> list[list[Feedback]]:
+        calls, owners = [], []
+        for name, source in self.rt.feedback_sources:
+            for j, (rollout, verdict) in enumerate(zip(rollouts, verdicts)):
+                group = [(r, v) for _, r, v in groups[j // n]]
+                calls.append(source.feedback(problems[j // n], rollout, verdict, group))
+                owners.append((name, j))
+        results = resolve_all(calls)
+        out: list[list[Feedback]] = [[] for _ in rollouts]
+        for (name, j), items in zip(owners, results):
+            out[j].extend(_checked(list(items or []), Feedback, name))
+        return out
+
+    def _update(self, prompts, rollouts, verdicts, signals, n) -> dict[str, float]:
+        cfg = self.config
+        method = cfg.method
+        rows = list(range(len(rollouts)))
+        advantages = None
+        text_mode = any(s is not None and s.ok and s.access == "text" for s in signals)
+        if method == "grpo":
+            rewards = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+            advantages = group_advantages(rewards, n, scale=cfg.loss.advantage_scale) if n > 1 else rewards - rewards.mean()
+        targets = [self._text_target(s) if text_mode else r.response_ids for r, s in zip(rollouts, signals)]
+        weight_of = [len(t) if (method == "grpo" or (signals[j] is not None and signals[j].ok)) else 0 for j, t in enumerate(targets)]
+        total_tokens = sum(weight_of)
+        micro = _micro_batches(len(rows), n, cfg.optim.grad_accum)
+        totals: dict[str, float] = {"loss": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        for chunk in micro:
+            micro_tokens = sum(weight_of[j] for j in chunk)
+            if micro_tokens == 0:
+                continue
+            logits, tokens, mask = response_logits(
+                self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
+            )
+            out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n)
+            scale = _grpo_scale(cfg.loss.loss_type, len(chunk), len(rows), len(micro)) if method == "grpo" else micro_tokens / total_tokens
+            (out.loss * scale).backward()
+            totals["loss"] += float(out.loss.detach()) * scale
+            for key, value in out.stats.items():
+                if key != "signal_tokens":
+                    totals[key] = totals.get(key, 0.0) + value * micro_tokens / total_tokens
+        if cfg.optim.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            totals["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        hook = getattr(self.rt.expert, "on_policy_update", None)
+        if callable(hook):
+            hook(self.model)
+        return totals
+
+    def _micro_loss(self, chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n) -> LossOutput:
+        cfg = self.config
+        if cfg.method == "grpo":
+            return grpo_micro_loss(cfg.loss, logits, tokens, mask, advantages[chunk].to(logits.device), None, float(total_tokens))
+        if text_mode:
+            rows = torch.tensor([1.0 if signals[j] is not None and signals[j].ok else 0.0 for j in chunk], device=mask.device)
+            masked = mask * rows.unsqueeze(1)
+            return LossOutput(sequence_ce_loss(logits.float(), tokens, masked), {"signal_tokens": float(masked.sum())})
+        expert = stack_signals([signals[j] for j in chunk], tokens.shape[1], logits.shape[-1], logits.device)
+        return distillation_loss(cfg.method, cfg.loss, logits, tokens, mask, expert, n)
+
+    def _text_target(self, signal: Optional[ExpertSignal]) -> list[int]:
+        if signal is None or not signal.ok:
+            return []
+        tok = self.rt.tokenizer
+        return tok.encode(signal.text, add_special_tokens=False) + [tok.eos_token_id]
+
+    # -- logging, evaluation, checkpoints -----------------------------------------------------
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        with open(os.path.join(self.run_dir, name), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _log_provenance(self, step, rollouts, verdicts, queries, signals) -> None:
+        if not queries:
+            return
+        with open(os.path.join(self.run_dir, "provenance.jsonl"), "a", encoding="utf-8") as fh:
+            for q in queries:
+                r, v, s = rollouts[q.rollout_index], verdicts[q.rollout_index], signals[q.rollout_index]
+                fh.write(json.dumps({
+                    "step": step, "problem_id": q.problem_id, "rollout": r.group_index,
+                    "response_hash": r.response_hash, "passed": v.passed, "feedback": q.provenance,
+                    "has_signal": q.has_signal, "used": s is not None and s.ok,
+                }) + "\n")
+
+    def run_eval(self, label: str) -> dict[str, float]:
+        cfg = self.config
+        bar = _bar(len(self.test_problems), f"eval ({label})", self.progress)
+        result = evaluate(
+            self.rt.generator,
+            [self.rt.context.student_prompt_ids(p) for p in self.test_problems],
+            self.test_problems,
+            self.rt.verifier,
+            samples=cfg.eval.samples,
+            ks=cfg.eval.ks,
+            temperature=cfg.eval.temperature,
+            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            seed=cfg.seed + EVAL_SEED_OFFSET,
+            progress=bar,
+        )
+        bar.close()
+        self.evals[label] = result
+        self._append("eval.jsonl", {"step": self.step, "label": label, **result})
+        return result
+
+    def save(self) -> str:
+        expert_state = getattr(self.rt.expert, "state_dict", None)
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "expert": expert_state() if callable(expert_state) else {},
+            "rng": ckpt.rng_state(),
+            "evals": self.evals,
+            "elapsed": time.time() - self.started,
+        }
+        return ckpt.save_checkpoint(self.run_dir, self.step, state)
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise DistilError(f"--resume: no checkpoint in {self.run_dir!r}/checkpoints; start without --resume.")
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        loader = getattr(self.rt.expert, "load_state_dict", None)
+        if callable(loader):
+            loader(state.get("expert", {}))
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.evals = state.get("evals", {})
+        self.started -= state.get("elapsed", 0.0)
+        for name in ("metrics.jsonl", "provenance.jsonl", "eval.jsonl"):
+            _truncate_jsonl(os.path.join(self.run_dir, name), self.step)
+        self.echo(f"Resumed {self.run_dir} at step {self.step}.")
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        total = cfg.train.steps
+        if "before" not in self.evals:
+            self.run_eval("before")
+        bar = _bar(total, f"{cfg.method}", self.progress, initial=self.step)
+        while self.step < total:
+            self.step += 1
+            row = self.train_step(self.step)
+            self._append("metrics.jsonl", row)
+            bar.set_postfix(reward=f"{row['reward']:.2f}", loss=f"{row['loss']:.3f}")
+            bar.update()
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
+                self.run_eval(f"step {self.step}")
+            if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                self.save()
+        bar.close()
+        after = self.evals.get("after") or self.run_eval("after")
+        if cfg.train.save_every == 0 or self.step % cfg.train.save_every:
+            self.save()
+        self._save_final_model()
+        return self._summary(self.evals["before"], after)
+
+    def _save_final_model(self) -> None:
+        final = os.path.join(self.run_dir, "final")
+        tmp = tempfile.mkdtemp(prefix=".final-", dir=self.run_dir)
+        try:
+            self.model.save_pretrained(tmp)
+            self.rt.tokenizer.save_pretrained(tmp)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+        keys = [k for k in before if "@" in k]
+        summary = {
+            "method": self.config.method,
+            "task": self.config.task.name,
+            "model": self.rt.model_source,
+            "steps": self.step,
+            "seed": self.config.seed,
+            "wall_s": round(time.time() - self.started, 1),
+            "before": {k: before[k] for k in keys},
+            "after": {k: after[k] for k in keys},
+            "gain": {k: after[k] - before[k] for k in keys},
+            "eval": {"problems": len(self.test_problems), "samples": self.config.eval.samples},
+            "run_dir": os.path.abspath(self.run_dir),
+        }
+        ckpt.atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        return summary
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def default_run_dir(method: str) -> str:
+    return os.path.join("runs", f"{method}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _micro_batches(count: int, group_size: int, accum: int) -> list[list[int]]:
+    """Split rows into ``accum`` micro-batches on group boundaries (group baselines need whole groups)."""
+    groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
+    per = max(1, -(-len(groups) // accum))
+    return [sum(groups[i : i + per], []) for i in range(0, len(groups), per)]
+
+
+def _grpo_scale(loss_type: str, micro_rows: int, rows: int, micro_batches: int) -> float:
+    """Weight of one micro-batch so accumulation matches each GRPO aggregation's definition."""
+    if loss_type == "dapo":
+        return 1.0  # the loss already divides by the whole batch's token count
+    if loss_type == "bnpo":
+        return 1.0 / micro_batches  # token mean per micro-batch, averaged
+    return micro_rows / rows  # grpo / dr_grpo: means over sequences
+
+
+def _checked(items: Sequence[Any], model: type, plugin: str) -> list[Any]:
+    out = []
+    for item in items:
+        if isinstance(item, model):
+            out.append(item)
+            continue
+        try:
+            out.append(model.model_validate(item))
+        except Exception as exc:
+            raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__}: {exc}") from None
+    return out
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+    """Drop records written after the checkpoint we resume from (they will be written again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    ckpt.atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
