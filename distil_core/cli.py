@@ -107,11 +107,12 @@ def render_before_after(summary: dict[str, Any]) -> str:
     return head + "\n" + _table(rows)
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
+    """Columns in ``left`` are text (left-aligned); the others are numbers (right-aligned)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -178,7 +179,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 parts.append(f"{kind.replace('_', ' ')}s: {', '.join(names)}")
         registered = "; ".join(parts) or ("FAILED: " + info.error if info.error else "(nothing)")
         rows.append((info.name, info.version or "-", registered))
-    print(_table(rows))
+    print(_table(rows, left=(0, 2)))
     errors = host.errors()
     for name, error in errors.items():
         if any(n for k, n in host.plugins[name].registered):

@@ -149,7 +149,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             with open(path, encoding="utf-8") as fh:
                 loaded = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Config file {path!r} cannot be read as a UTF-8 text file ({exc}).") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -165,11 +167,20 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line (PyYAML's own message spans several, with a code snippet)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = ", ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    return f"{where}: {what or ' '.join(str(exc).split())}."
+
+
 def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str, Any]] = None) -> None:
     """``a.b.c=value``: the value is parsed as YAML (``3`` is an int, ``[1, 2]`` a list).
 
     A section the file does not set starts from its default, so ``--set expert.options.k=20``
-    keeps the default expert's name.
+    keeps the default expert's name. A section the file sets is the file's alone: with
+    ``expert: hf``, ``--set expert.options.k=20`` does not bring in the default expert's options.
     """
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, for example --set train.steps=20")
@@ -187,6 +198,8 @@ def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str,
         child = node.get(part)
         if child is None and isinstance(default, dict):
             child = copy.deepcopy(default)
+        else:
+            default = None
         if not isinstance(child, dict):
             child = {} if child is None else _as_dict(child, part)
         node[part] = child

@@ -54,6 +54,7 @@ class Generator:
                 top_p=p.top_p,
                 top_k=p.top_k,
                 max_new_tokens=p.max_new_tokens,
+                use_cache=True,
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_id,
                 return_dict_in_generate=True,

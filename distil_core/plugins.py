@@ -105,10 +105,17 @@ class PluginHost:
             self._add(plugin, info)
 
     def register_plugin(self, plugin: Any, name: str, *, version: Optional[str] = None) -> PluginInfo:
-        """Register an in-process plugin object or module (tests, notebooks)."""
+        """Register an in-process plugin object or module (tests, notebooks).
+
+        Raises :class:`PluginError` if ``name`` is taken or the plugin is invalid; a plugin
+        that fails is removed again, with whatever it registered before failing.
+        """
+        if name in self.plugins:
+            raise PluginError(f"a plugin named {name!r} is already registered; unregister it first or pick another name")
         info = PluginInfo(name, None, version)
         self._add(plugin, info)
         if info.error:
+            self.unregister_plugin(name)
             raise PluginError(f"plugin {name!r}: {info.error}")
         return info
 
@@ -124,7 +131,7 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=info.name)
         except Exception as exc:  # pluggy validates hook signatures here
-            info.error = f"could not register: {exc}"
+            info.error = "could not register: " + " ".join(str(exc).split())
             return
         unknown = self._unknown_hooks(plugin)
         if unknown:

@@ -1,0 +1,235 @@
+"""Run configuration, checked against DESIGN.md ("Trainer": YAML → pydantic, ``--set a.b=c``
+overrides, unknown keys are errors with suggestions) and the CLI's promise that a mistake the
+user can fix prints as one paragraph, without a traceback, with exit code 2.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from distil_core.config import RunConfig, load_config
+from distil_core.errors import ConfigError
+from distil_core.plugins import PluginHost, check_options
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def run_distil(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "distil_core.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_paragraph_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+# -- the embedded default ----------------------------------------------------------------------
+
+
+def test_no_config_file_gives_the_embedded_default():
+    config = load_config(None)
+
+    assert config.method == "distil"
+    assert config.task.name == "digits"
+    assert config.verifier.name == "exact_match"
+    assert [c.name for c in config.feedback] == ["answer_check"]
+    assert config.expert.name == "self"
+    assert config.model.name == "tiny"
+    assert config == RunConfig()
+
+
+def test_an_empty_file_is_the_embedded_default(tmp_path):
+    assert load_config(write(tmp_path, "")) == RunConfig()
+
+
+def test_component_shorthand(tmp_path):
+    config = load_config(write(tmp_path, "expert: hf\nfeedback: answer_check\n"))
+
+    assert config.expert.name == "hf" and config.expert.options == {}
+    assert [(c.name, c.options) for c in config.feedback] == [("answer_check", {})]
+
+
+# -- unknown keys ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, key, suggestion",
+    [
+        ("rollout: {samples_per_problm: 4}\n", "rollout.samples_per_problm", "samples_per_problem"),
+        ("methd: grpo\n", "methd", "method"),
+        ("feedback: [{name: answer_check, optins: {}}]\n", "feedback[0].optins", "options"),
+        ("feedback: [answer_check, {name: answer_check, nmae: x}]\n", "feedback[1].nmae", "name"),
+        ("expert: {name: self, option: {weights: ema}}\n", "expert.option", "options"),
+        ("loss: {beat: 0.3}\n", "loss.beat", "beta"),
+    ],
+    ids=["section", "top-level", "component-list", "second-component-in-list", "component", "loss"],
+)
+def test_unknown_key_names_its_path_and_the_nearest_valid_key(tmp_path, text, key, suggestion):
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+
+    message = str(err.value)
+    assert f"unknown key {key!r}" in message
+    assert f"Did you mean {suggestion!r}?" in message
+    assert path in message
+    assert err.value.exit_code == 2
+
+
+def test_unknown_key_in_an_override_is_reported_too():
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.stpes'\. Did you mean 'steps'\?"):
+        load_config(None, ["train.stpes=3"])
+
+
+# -- overrides ---------------------------------------------------------------------------------
+
+
+def test_overrides_are_parsed_as_yaml_values(tmp_path):
+    path = write(tmp_path, "method: grpo\ntrain: {steps: 50, progress: false}\n")
+
+    config = load_config(path, ["train.steps=7", "rollout.temperature=0.5", "eval.ks=[1, 2]", "train.progress=true"])
+
+    assert config.train.steps == 7
+    assert config.rollout.temperature == 0.5
+    assert config.eval.ks == [1, 2]
+    assert config.train.progress is True
+    assert config.method == "grpo"  # what the file says and no override touches stays
+
+
+def test_override_inside_a_default_section_keeps_its_other_keys():
+    config = load_config(None, ["expert.options.weights=ema"])
+
+    assert config.expert.name == "self"
+    assert config.expert.options == {"weights": "ema"}
+
+
+def test_override_inside_a_section_the_file_sets_does_not_bring_in_defaults(tmp_path):
+    config = load_config(write(tmp_path, "expert: hf\n"), ["expert.options.path=/models/teacher"])
+
+    assert config.expert.name == "hf"
+    assert config.expert.options == {"path": "/models/teacher"}  # not the default expert's weights=
+    check_options(PluginHost(load_entrypoints=False).get("expert", "hf"), config.expert.options)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [("train.steps", "expected key=value"), ("=3", "empty key"), ("train.steps.x=3", "'steps' is not a section")],
+)
+def test_malformed_override(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, [override])
+
+
+# -- bad values and bad files ------------------------------------------------------------------
+
+
+def test_bad_value_names_the_key_and_the_valid_choices(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "method: dpo\n"))
+
+    message = str(err.value)
+    assert "method: must be one of" in message
+    for choice in ("distil", "distil_local", "jsd", "reverse_kl", "grpo"):
+        assert repr(choice) in message
+    assert "(got 'dpo')" in message
+
+
+def test_out_of_range_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"rollout\.samples_per_problem: .*greater than or equal to 1"):
+        load_config(write(tmp_path, "rollout: {samples_per_problem: 0}\n"))
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("- method: distil\n- method: grpo\n", "the top level must be a mapping of keys, not list"),
+        ("just a sentence\n", "the top level must be a mapping of keys, not str"),
+        ("train: {steps: [\n", "not valid YAML at line 2, column 1"),
+        ("method: grpo\n\tseed: 1\n", "not valid YAML at line 2"),
+    ],
+    ids=["list", "scalar", "unclosed", "tab"],
+)
+def test_bad_file_contents(tmp_path, text, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(str(tmp_path))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(ConfigError, match="cannot be read as a UTF-8 text file"):
+        load_config(str(binary))
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_config_typo_is_one_paragraph_with_exit_code_2(tmp_path):
+    path = write(tmp_path, "rollout:\n  samples_per_problm: 4\n", name="bad.yaml")
+
+    result = run_distil("train", path)
+
+    assert_one_paragraph_error(result, "'rollout.samples_per_problm'", "Did you mean 'samples_per_problem'?")
+
+
+def test_cli_override_typo_is_one_paragraph_with_exit_code_2():
+    result = run_distil("train", "--set", "train.stpes=3")
+
+    assert_one_paragraph_error(result, "'train.stpes'", "Did you mean 'steps'?")
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("method: dpo\n", ["method: must be one of", "'grpo'", "'dpo'"]),
+        ("- a\n- b\n", ["must be a mapping"]),
+        ("train: {steps: [\n", ["not valid YAML"]),
+        (None, ["does not exist"]),
+    ],
+    ids=["bad-method", "not-a-mapping", "invalid-yaml", "missing-file"],
+)
+def test_cli_bad_config_files(tmp_path, text, fragments):
+    path = write(tmp_path, text) if text is not None else str(tmp_path / "missing.yaml")
+
+    result = run_distil("train", path, "--print-config")
+
+    assert_one_paragraph_error(result, *fragments)
+
+
+def test_cli_print_config_applies_typed_overrides(tmp_path):
+    path = write(tmp_path, "method: jsd\nloss: {beta: 0.25}\n")
+
+    result = run_distil(
+        "train", path, "--set", "train.steps=7", "--set", "expert.options.weights=ema", "--print-config"
+    )
+
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["train"]["steps"] == 7
+    assert printed["expert"] == {"name": "self", "options": {"weights": "ema"}}
+    assert printed["method"] == "jsd" and printed["loss"]["beta"] == 0.25
+    # What --print-config shows loads back as the same run.
+    assert load_config(write(tmp_path, result.stdout, name="printed.yaml")) == load_config(
+        path, ["train.steps=7", "expert.options.weights=ema"]
+    )

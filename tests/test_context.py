@@ -1,0 +1,102 @@
+"""The expert sees problem + feedback (+ a successful sibling) and scores the student's own ids."""
+
+import torch
+
+from distil_core.builtin import AnswerCheckFeedback, DigitsTask, ExactMatchVerifier
+from distil_core.context import prompt_ids
+from distil_core.experts import score_queries
+from distil_core.generation import Generator, SamplingParams
+from distil_core.types import Feedback, Rollout, Verdict
+
+from helpers import builder, tiny_model, tiny_tokenizer
+
+PROBLEM = DigitsTask(train_size=50, test_size=10).problems("test")[0]
+
+
+def _rollout(ids, index=0, text=None):
+    tok = tiny_tokenizer()
+    return Rollout(problem_id=PROBLEM.id, group_index=index, response_ids=ids,
+                   response_text=text if text is not None else tok.decode(ids, skip_special_tokens=True))
+
+
+def test_expert_scores_exactly_the_student_ids_at_the_same_positions():
+    torch.manual_seed(0)
+    tok, model = tiny_tokenizer(), tiny_model()
+    cb = builder()
+    rollouts = Generator(model, tok, SamplingParams(max_new_tokens=6)).sample(
+        [cb.student_prompt_ids(PROBLEM)], [PROBLEM.id], n=4)
+    # A non-canonical tokenisation: "correct" spelled one byte-token at a time. Re-encoding the
+    # text would merge it, so only an engine that keeps the ids unchanged passes.
+    odd_ids = [tok.convert_tokens_to_ids(c) for c in "correct"] + [tok.eos_token_id]
+    assert tok.encode("correct", add_special_tokens=False) != odd_ids[:-1]
+    rollouts.append(_rollout(odd_ids, index=4))
+    verifier, source = ExactMatchVerifier(), AnswerCheckFeedback()
+    queries = []
+    for i, r in enumerate(rollouts):
+        verdict = verifier.verify(PROBLEM, r)
+        queries.append(cb.build(PROBLEM, i, r, source.feedback(PROBLEM, r, verdict)))
+    signals = score_queries(model, queries, tok.pad_token_id)
+    for q, r, s in zip(queries, rollouts, signals):
+        assert q.response_ids == r.response_ids
+        assert q.input_ids[len(q.context_ids):] == r.response_ids
+        assert q.context_ids == prompt_ids(tok, q.context_messages)
+        with torch.no_grad():
+            full = model(input_ids=torch.tensor([q.input_ids])).logits[0]
+        start = len(q.context_ids) - 1  # the logit row that predicts the first response id
+        expected = full[start:start + len(r.response_ids)]
+        assert s.logits.shape == (len(r.response_ids), len(tok))
+        torch.testing.assert_close(s.logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_context_keeps_chat_template_and_system_prompt():
+    tok = tiny_tokenizer()
+    cb = builder(system_prompt="You are terse.")
+    fb = [Feedback(source="answer_check", kind="answer_check", text="Your answer 1 is wrong.")]
+    q = cb.build(PROBLEM, 0, _rollout([tok.eos_token_id]), fb)
+    student = cb.student_prompt_ids(PROBLEM)
+    assert q.context_messages[0] == {"role": "system", "content": "You are terse."}
+    assert q.context_messages[1]["content"].startswith(PROBLEM.user_text())
+    system_prefix = prompt_ids(tok, [q.context_messages[0]])[:-1]  # drop the generation prompt
+    assert student[:len(system_prefix)] == q.context_ids[:len(system_prefix)]
+    assert q.context_ids[-1] == student[-1] == tok.convert_tokens_to_ids("<|assistant|>")
+
+
+def test_render_order_and_instruction_only_with_extra_information():
+    cb = builder()
+    fb = [Feedback(source="a", kind="execution_trace", text="line 3: ZeroDivisionError"),
+          Feedback(source="b", kind="critique", text="check the base case")]
+    text = cb.template.render("Q?", fb, "A.")
+    assert text == ("Q?\nCorrect solution: A.\nFeedback on an earlier unsuccessful attempt: "
+                    "line 3: ZeroDivisionError\ncheck the base case\nSolve the original question correctly.")
+    assert cb.template.render("Q?", [], None) == "Q?"
+
+
+def test_demonstration_is_a_successful_sibling_never_itself_with_provenance():
+    tok = tiny_tokenizer()
+    cb = builder()
+    ok = Verdict(score=1.0, passed=True)
+    bad = Verdict(score=0.0, passed=False)
+    r0 = _rollout(tok.encode("<think>hmm</think>" + PROBLEM.reference, add_special_tokens=False), 0,
+                  text="<think>hmm</think>" + PROBLEM.reference)
+    r1 = _rollout(tok.encode("123", add_special_tokens=False), 1)
+    group = [(0, r0, ok), (1, r1, bad)]
+    fb = [Feedback(source="answer_check", kind="answer_check", text="Your answer 123 is wrong.")]
+    q1 = cb.build(PROBLEM, 1, r1, fb, group)
+    assert f"Correct solution: {PROBLEM.reference}\n" in q1.context_messages[-1]["content"]
+    assert "<think>" not in q1.context_messages[-1]["content"]
+    assert q1.provenance == [{"source": "answer_check", "kind": "answer_check"},
+                             {"source": "sibling", "kind": "demonstration", "rollout": "0"}]
+    assert q1.has_signal
+    # The only success cannot demonstrate for itself: no feedback, no sibling → no signal.
+    q0 = cb.build(PROBLEM, 0, r0, [], group)
+    assert "Correct solution" not in q0.context_messages[-1]["content"]
+    assert not q0.has_signal and q0.provenance == []
+    assert q0.context_ids == cb.student_prompt_ids(PROBLEM)
+
+
+def test_demonstrations_can_be_switched_off():
+    tok = tiny_tokenizer()
+    cb = builder(use_demonstrations=False)
+    r0, r1 = _rollout([tok.eos_token_id], 0), _rollout([tok.eos_token_id], 1)
+    group = [(0, r0, Verdict(score=1.0, passed=True)), (1, r1, Verdict(score=0.0, passed=False))]
+    assert not cb.build(PROBLEM, 1, r1, [], group).has_signal
