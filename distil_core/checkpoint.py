@@ -8,25 +8,33 @@ Layout inside a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import torch
 
 LATEST = "latest"
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A binary file handle whose content appears at ``path`` only once complete.
+
+    Writes go to a temporary file in the same directory, which is fsynced and renamed over
+    ``path`` when the block exits normally; on an exception it is removed and ``path`` keeps
+    its old content.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -34,6 +42,32 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, *, replace: bool = True) -> Iterator[str]:
+    """A temporary directory that becomes ``path`` when the block exits normally.
+
+    With ``replace=False`` an existing ``path`` (another process got there first) is kept and
+    the new copy discarded.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            if not replace:
+                return
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
@@ -56,21 +90,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 2) -> str:
     """Write ``state`` for ``step`` atomically, point ``latest`` at it, prune old ones."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
     name = f"step-{step:06d}.pt"
-    directory = os.path.abspath(ckpt_dir)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(os.path.join(directory, name)) as fh:
+        torch.save(state, fh)
     atomic_write_bytes(os.path.join(directory, LATEST), name.encode())
     existing = sorted(f for f in os.listdir(directory) if f.startswith("step-") and f.endswith(".pt"))
     for old in existing[:-keep] if keep > 0 else []:

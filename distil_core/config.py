@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .context import ContextTemplate
 from .errors import ConfigError, did_you_mean
+from .tiny import TinyBase
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 METHODS_NEEDING_EXPERT = ("distil", "distil_local", "jsd", "reverse_kl")
@@ -37,7 +38,7 @@ class ModelConfig(_Section):
     )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: str = "auto"
-    tiny: dict[str, Any] = Field(default_factory=dict, description="Options of the tiny base model.")
+    tiny: TinyBase = Field(default_factory=TinyBase, description="How the 'tiny' base model is built.")
 
 
 class RolloutConfig(_Section):

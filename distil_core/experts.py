@@ -31,7 +31,6 @@ def score_queries(
     batch_size: int = 64,
 ) -> list[ExpertSignal]:
     """One batched prefill per ``batch_size`` queries; logits at the student's response positions."""
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     signals: list[ExpertSignal] = []

@@ -9,21 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from . import __version__
+from .checkpoint import atomic_directory
 from .config import METHODS_NEEDING_EXPERT, RunConfig
 from .context import ContextBuilder
 from .errors import ConfigError
 from .generation import Generator, SamplingParams
 from .plugins import PluginHost, get_host
 from .protocols import Expert, FeedbackSource, Task, Verifier
-from .tiny import TinyBase, build_tiny_base, cached_path
+from .tiny import build_tiny_base, cached_path
 
 
 @dataclass
@@ -130,7 +129,7 @@ def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple
 
 def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True) -> str:
     """Path of the tiny base model for this task and template, building it on first use."""
-    recipe = TinyBase.model_validate(config.model.tiny)
+    recipe = config.model.tiny
     key = json.dumps(
         {
             "version": __version__,
@@ -145,18 +144,9 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True) -> 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tiny-", dir=os.path.dirname(path))
-    try:
+    with atomic_directory(path, replace=False) as tmp:  # a half-built base is never seen
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "recipe.json"), "w") as fh:
             fh.write(key)
-        try:
-            os.replace(tmp, path)  # atomic: a half-built base is never seen
-        except OSError:
-            if not os.path.exists(os.path.join(path, "config.json")):  # lost a race to another run
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path

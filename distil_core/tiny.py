@@ -68,7 +68,6 @@ def build_model(
     eos_token_id: int = 1,
 ) -> Any:
     """A randomly initialised ``LlamaForCausalLM`` of about ``12 * layers * hidden_size**2`` weights."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

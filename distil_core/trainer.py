@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,12 +19,12 @@ from .config import METHODS_NEEDING_EXPERT, RunConfig
 from .errors import DistilError, PluginError
 from .evaluate import evaluate
 from .losses import group_advantages, sequence_ce_loss
-from .methods import ExpertBatch, LossOutput, distillation_loss, grpo_micro_loss, stack_signals
+from .methods import LossOutput, distillation_loss, grpo_micro_loss, stack_signals
 from .modeling import response_logits
 from .plugins import PluginHost
 from .protocols import resolve, resolve_all
 from .runtime import Runtime, build_runtime
-from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Verdict
 
 EVAL_SEED_OFFSET = 7919  # before/after evaluations share one seed: common random numbers
 
@@ -44,6 +42,7 @@ class Trainer:
         self.config = config
         self.echo = echo
         self.progress = config.train.progress
+        self.started = time.time()
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.rt: Runtime = build_runtime(config, host, progress=self.progress)
@@ -63,7 +62,6 @@ class Trainer:
         self.run_dir = run_dir or config.train.output_dir or default_run_dir(config.method)
         self.step = 0
         self.evals: dict[str, dict[str, float]] = {}
-        self.started = time.time()
         os.makedirs(self.run_dir, exist_ok=True)
         if resume:
             self._resume()
@@ -306,16 +304,9 @@ class Trainer:
         return self._summary(self.evals["before"], after)
 
     def _save_final_model(self) -> None:
-        final = os.path.join(self.run_dir, "final")
-        tmp = tempfile.mkdtemp(prefix=".final-", dir=self.run_dir)
-        try:
+        with ckpt.atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
             self.model.save_pretrained(tmp)
             self.rt.tokenizer.save_pretrained(tmp)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         keys = [k for k in before if "@" in k]
