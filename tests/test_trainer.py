@@ -142,7 +142,7 @@ class _ReferenceSampledExpert(_ReferenceTextExpert):
 
         return ExpertCapability(access="sampled")
 
-    def score(self, queries):
+    async def score(self, queries):  # async experts are awaited by the engine
         from distil_core import ExpertSignal
 
         out = []
