@@ -1,0 +1,320 @@
+"""Verifier ``code_exec``: run a response's code against its problem's tests in the sandbox.
+
+Grading is out of band: nothing the code under test prints, returns or exits with is taken
+at its word.
+
+1. A trusted harness (``harness.py``, standard library only) is the sandbox's main program.
+   Its stdin carries a fresh random key and nonce, then the tests with their expected values.
+   It makes itself non-dumpable (no ptrace, no /proc/<pid>/mem or fd access by the same uid),
+   reads all of stdin, and loads modules only from directories the solution cannot write.
+2. The solution runs in a child interpreter started by a new exec (``child.py``): it holds
+   neither the key nor any expected value, and talks to the harness over a pipe pair. Its
+   own stdout and stderr go to pipes the harness reads, not to the sandbox's stdout.
+3. The harness does the checking. Function calls go to the child as (name, literal args) and
+   come back as ``repr`` text that only a literal parser reads, so a returned object with a
+   rigged ``__eq__`` is not a literal and fails. Assert statements run in the harness, with
+   each solution function a proxy for such a call. Whole programs get the test's stdin and
+   the harness compares the stdout it captured. Timeouts kill the child; the next test gets
+   a new one.
+4. Each result leaves as ``DISTIL-RESULT <hmac-sha256(key, payload)> <payload>``; the payload
+   names the test and the run's nonce. Here only lines whose HMAC verifies, for this run's
+   nonce, count, the first per test; a test without one has failed. The exit code and the
+   rest of stdout are ignored.
+
+``verify`` is a coroutine, so the engine grades a step's rollouts concurrently; ``grade`` does
+one synchronously and ``verify_many`` a batch. Verdicts of identical (code, tests) pairs are
+cached for the life of the verifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import distil_sandbox
+from distil_core.types import Problem, Rollout, Verdict
+
+from .spec import CodeTests, extract_code
+
+MARKER = "DISTIL-RESULT"
+SOLUTION_FILE = "solution.py"
+CHILD_FILE = "distil_child.py"
+_HERE = Path(__file__).resolve().parent
+_MISSING = "no trustworthy result for this test: the grading run was cut short (killed, out of time or out of output)"
+
+
+def script(name: str) -> str:
+    """The source of one of the in-sandbox scripts shipped with this package."""
+    return (_HERE / name).read_text(encoding="utf-8")
+
+
+@dataclass
+class _Run:
+    """One grading run, ready to hand to the sandbox."""
+
+    tests: CodeTests
+    key: bytes
+    nonce: str
+    job: dict[str, Any]
+    cache_key: str
+
+
+class CodeExecVerifier:
+    """Runs the response's code against the problem's tests in the sandbox; score = fraction passed.
+
+    Options: ``backend`` (a distil_sandbox backend, ``auto`` by default), ``timeout_s`` (for the
+    whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per
+    process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
+    ``workers`` (runs at once; default one per CPU) and ``cache_size`` (verdicts remembered; 0 turns caching off).
+    """
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        timeout_s: Optional[float] = None,
+        memory_mb: int = 512,
+        max_output_bytes: int = 1 << 20,
+        workers: Optional[int] = None,
+        cache_size: int = 4096,
+    ):
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
+        workers = workers or min(32, os.cpu_count() or 4)
+        if workers < 1:
+            raise ValueError(f"code_exec: workers must be at least 1 (got {workers})")
+        self.backend = distil_sandbox.get_backend(backend).name  # unavailable: fails here, with the reason
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        self.max_output_bytes, self.workers, self.cache_size = max_output_bytes, workers, cache_size
+        self._cache: "OrderedDict[str, Verdict]" = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._harness, self._child = script("harness.py"), script("child.py")
+
+    # -- the three ways in ---------------------------------------------------------------------
+
+    async def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
+        run = self._prepare(problem, rollout)
+        cached = self._cached(run.cache_key)
+        if cached is not None:
+            return cached
+        result = await asyncio.wrap_future(self._submit(run))
+        return self._finish(run, result)
+
+    def grade(self, problem: Problem, rollout: Rollout) -> Verdict:
+        """``verify``, synchronously."""
+        return self.verify_many([(problem, rollout)])[0]
+
+    def verify_many(self, pairs: Iterable[tuple[Problem, Rollout]]) -> list[Verdict]:
+        """Grade many (problem, rollout) pairs concurrently; verdicts in the same order."""
+        runs = [self._prepare(problem, rollout) for problem, rollout in pairs]
+        cached = [self._cached(run.cache_key) for run in runs]
+        futures = {i: self._submit(run) for i, run in enumerate(runs) if cached[i] is None}
+        return [v if v is not None else self._finish(runs[i], futures[i].result()) for i, v in enumerate(cached)]
+
+    def close(self) -> None:
+        """Stop the worker pool (warm containers on docker). The verifier can still be used."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            (pool.close if hasattr(pool, "close") else pool.shutdown)()
+
+    # -- one run -----------------------------------------------------------------------------
+
+    def _prepare(self, problem: Problem, rollout: Rollout) -> _Run:
+        tests = CodeTests.from_reference(problem.reference, problem.id)
+        code = extract_code(rollout.response_text)
+        timeout = tests.timeout_s
+        import_timeout = max(3.0, timeout)
+        overall = self.timeout_s or 3.0 + import_timeout + 1.1 * timeout * len(tests.cases)
+        key, nonce = secrets.token_bytes(32), secrets.token_hex(16)
+        spec = {
+            "nonce": nonce,
+            "kind": tests.kind,
+            "tests": [c.model_dump(mode="json") if hasattr(c, "model_dump") else c for c in tests.cases],
+            "setup": tests.setup,
+            "entry_point": tests.entry_point,
+            "timeout_s": timeout,
+            "import_timeout_s": import_timeout,
+            "rel_tol": tests.rel_tol,
+            "max_output_bytes": self.max_output_bytes,
+            "solution": SOLUTION_FILE,
+            "child": CHILD_FILE,
+        }
+        job = {
+            "code": self._harness,
+            "stdin": key.hex() + "\n" + json.dumps(spec),
+            "files": {SOLUTION_FILE: code, CHILD_FILE: self._child},
+            "timeout_s": overall,
+            "memory_mb": self.memory_mb,
+            "output_limit": (64 << 10) + (24 << 10) * len(tests.cases),
+        }
+        identity = json.dumps(
+            [code, tests.model_dump(mode="json"), self.backend, overall, self.memory_mb, self.max_output_bytes],
+            sort_keys=True,
+        )
+        return _Run(tests, key, nonce, job, hashlib.sha256(identity.encode()).hexdigest())
+
+    def _submit(self, run: _Run) -> "Future[distil_sandbox.ExecResult]":
+        with self._lock:
+            if self._pool is None:
+                self._pool = _make_pool(self.backend, self.workers, self.memory_mb)
+            pool = self._pool
+        if isinstance(pool, ThreadPoolExecutor):
+            return pool.submit(lambda: distil_sandbox.run(backend=self.backend, **run.job))
+        return pool.submit(run.job["code"], **{k: v for k, v in run.job.items() if k != "code"})
+
+    def _finish(self, run: _Run, result: distil_sandbox.ExecResult) -> Verdict:
+        verdict = build_verdict(run.tests, result, read_signed(result.stdout, run.key, run.nonce, len(run.tests.cases)))
+        if result.error is None:
+            self._remember(run.cache_key, verdict)
+        return verdict
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def _cached(self, key: str) -> Optional[Verdict]:
+        with self._lock:
+            verdict = self._cache.get(key)
+            if verdict is None:
+                return None
+            self._cache.move_to_end(key)
+        return verdict.model_copy(deep=True)
+
+    def _remember(self, key: str, verdict: Verdict) -> None:
+        if self.cache_size <= 0:
+            return
+        with self._lock:
+            self._cache[key] = verdict.model_copy(deep=True)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+
+def _make_pool(backend: str, workers: int, memory_mb: int) -> Any:
+    try:
+        from distil_sandbox.pool import Pool
+    except ImportError:
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distil-code-exec")
+    return Pool(backend=backend, workers=workers, memory_mb=memory_mb)
+
+
+class SignedResults:
+    """What the harness reported and signed: test payloads by index, a load error, completion."""
+
+    def __init__(self) -> None:
+        self.tests: dict[int, dict[str, Any]] = {}
+        self.error: Optional[dict[str, Any]] = None
+        self.done = False
+        self.rejected = 0  # result-looking lines that failed the check
+
+
+def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResults:
+    """Keep the lines whose HMAC verifies under ``key`` for this ``nonce``; first one per test wins."""
+    out = SignedResults()
+    for line in stdout.splitlines():
+        if not line.startswith(MARKER + " "):
+            continue
+        parts = line.split(" ", 2)
+        if len(parts) != 3:
+            out.rejected += 1
+            continue
+        _, mac, body = parts
+        expected = hmac.new(key, body.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, mac):
+            out.rejected += 1
+            continue
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(payload, dict) or payload.get("nonce") != nonce:
+            out.rejected += 1
+            continue
+        kind = payload.get("type")
+        index = payload.get("index")
+        if kind == "test" and isinstance(index, int) and 0 <= index < count and index not in out.tests:
+            out.tests[index] = payload
+        elif kind == "error" and out.error is None:
+            out.error = payload
+        elif kind == "done":
+            out.done = True
+    return out
+
+
+def build_verdict(tests: CodeTests, result: distil_sandbox.ExecResult, signed: SignedResults) -> Verdict:
+    rows = []
+    for index in range(len(tests.cases)):
+        row: dict[str, Any] = {
+            "index": index,
+            "kind": tests.kind,
+            "input": tests.describe(index),
+            "expected": tests.expected(index),
+        }
+        payload = signed.tests.get(index)
+        if payload is None:
+            row.update(passed=False, status="missing", actual=None, error=_MISSING, stdout="", stderr="")
+        else:
+            status = str(payload.get("status"))
+            row.update(
+                passed=payload.get("passed") is True and status == "passed",
+                status=status,
+                actual=payload.get("actual"),
+                error=payload.get("error"),
+                stdout=payload.get("stdout") or "",
+                stderr=payload.get("stderr") or "",
+                seconds=payload.get("seconds"),
+            )
+            if tests.kind == "assert" and payload.get("expected") is not None:
+                row["expected"] = payload["expected"]
+        rows.append(row)
+    passed = sum(row["passed"] for row in rows)
+    details: dict[str, Any] = {
+        "grader": "code_exec",
+        "kind": tests.kind,
+        "tests": rows,
+        "passed_count": passed,
+        "total": len(rows),
+        "first_error": _first_error(signed, rows, tests),
+        "backend": result.backend,
+        "wall_s": result.wall_s,
+        "timeout_s": tests.timeout_s,
+    }
+    if not signed.done:
+        details["incomplete"] = (
+            f"the grading run ended early (sandbox {'timed out' if result.timed_out else 'stopped'}"
+            f"{', ' + result.error if result.error else ''})"
+        )
+    if result.error:
+        details["infrastructure_error"] = result.error
+    if signed.rejected:
+        details["rejected_result_lines"] = signed.rejected
+    all_passed = passed == len(rows) and len(rows) > 0
+    return Verdict(score=passed / len(rows) if rows else 0.0, passed=all_passed, details=details)
+
+
+def _first_error(signed: SignedResults, rows: list[dict[str, Any]], tests: CodeTests) -> Optional[dict[str, Any]]:
+    if signed.error is not None:
+        return {
+            "stage": str(signed.error.get("stage")),
+            "test_index": None,
+            "message": str(signed.error.get("message") or ""),
+            "traceback": str(signed.error.get("traceback") or ""),
+        }
+    for row in rows:
+        if row["status"] in ("error", "timeout", "crashed", "invalid"):
+            error = row.get("error") or ""
+            last = error.strip().splitlines()[-1] if error.strip() else row["status"]
+            return {
+                "stage": {"timeout": "timeout", "invalid": "invalid"}.get(row["status"], "runtime"),
+                "test_index": row["index"],
+                "message": last,
+                "traceback": error,
+            }
+    return None
