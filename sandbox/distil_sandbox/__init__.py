@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
+from ._common import validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
+from .pool import Pool
 from .result import DEFAULT_OUTPUT_LIMIT, ExecResult, Job
 
 __version__ = "0.1.0"
@@ -35,7 +37,9 @@ def run(
     ``language``: ``"python"`` (the sandbox's ``python3``) or ``"bash"``. ``files`` maps relative
     paths to contents, written into the work directory first. ``timeout_s`` is wall-clock; on
     expiry every process of the job is killed. stdout and stderr keep ``output_limit`` bytes
-    each. Raises :class:`BackendUnavailable` (with the reason) when the backend cannot run here.
+    each. Raises ValueError for a job no backend could run (unknown language, a file path that
+    is absolute or contains ``..``, a non-positive limit) and :class:`BackendUnavailable` (with
+    the reason) when the backend cannot run here.
     """
     job = Job(
         code=code,
@@ -46,11 +50,13 @@ def run(
         memory_mb=memory_mb,
         output_limit=output_limit,
     )
+    validate_job(job)
     return get_backend(backend).run(job)
 
 
 __all__ = [
     "run",
+    "Pool",
     "Job",
     "ExecResult",
     "Backend",

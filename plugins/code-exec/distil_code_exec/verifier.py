@@ -121,6 +121,13 @@ class CodeExecVerifier:
         futures = {i: self._submit(run) for i, run in enumerate(runs) if cached[i] is None}
         return [v if v is not None else self._finish(runs[i], futures[i].result()) for i, v in enumerate(cached)]
 
+    def grading_job(self, problem: Problem, rollout: Rollout) -> dict[str, Any]:
+        """The sandbox job one grading run executes: ``distil_sandbox.run(**job)`` arguments.
+
+        Each call makes a fresh key and nonce. For benchmarks and debugging; ``verify`` runs it.
+        """
+        return dict(self._prepare(problem, rollout).job)
+
     def close(self) -> None:
         """Stop the worker pool (warm containers on docker). The verifier can still be used."""
         pool, self._pool = self._pool, None

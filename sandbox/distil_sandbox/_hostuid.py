@@ -1,0 +1,194 @@
+"""Per-job host uids, for jobs started by root.
+
+A job started by root runs under a uid of its own, taken from a reserved range and held with
+a file lock for the job's lifetime (so concurrent jobs, in one process or several, never
+share one). A uid of its own makes three things both per-job and safe: RLIMIT_NPROC (counted
+per uid), the final sweep that kills every process left with that uid (escapees that
+double-fork and ``setsid()``), and the removal of files it left in world-writable directories.
+
+The range sits above the uids that distributions and systemd hand out (regular users end at
+60000, systemd's dynamic users at 65519) and below the ranges /etc/subuid allots from 100000
+to container user namespaces. A uid that /etc/passwd names, or that already runs a process,
+is skipped, and so is one whose killed processes wait, as zombies, for a slow init to reap
+them: the kernel still counts them against the next job's RLIMIT_NPROC.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+JOB_UID_BASE = 70000
+JOB_UID_COUNT = 1000
+LOCK_DIR = "/run/distil-sandbox"
+# Directories any uid may write to; what a job leaves at their top level is removed.
+SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_NEXT_SLOT = itertools.count(random.SystemRandom().randrange(JOB_UID_COUNT))
+
+
+def tasks_of(uid: int, *, zombies: bool = False) -> list[int]:
+    """Pids of processes whose real, effective or saved uid is ``uid``; zombies only if asked
+    (they are dead, but count against RLIMIT_NPROC until their parent reaps them)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as fh:
+                status = fh.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        if str(uid) not in _field(status, "Uid:").split()[:3]:
+            continue
+        if not zombies and _field(status, "State:").strip()[:1] in ("Z", "X"):
+            continue
+        found.append(int(entry.name))
+    return found
+
+
+def _field(status: str, name: str) -> str:
+    """The value of one ``Name:`` line of a /proc/<pid>/status text ("" if absent)."""
+    start = status.find("\n" + name)
+    if start < 0:
+        return ""
+    start += len(name) + 1
+    end = status.find("\n", start)
+    return status[start:] if end < 0 else status[start:end]
+
+
+def count_tasks_of(uid: int) -> int:
+    """Tasks (threads and unreaped zombies included) of ``uid``: what RLIMIT_NPROC is
+    compared with."""
+    total = 0
+    for pid in tasks_of(uid, zombies=True):
+        try:
+            total += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return total
+
+
+def _kill_everything_signalable() -> None:
+    os.kill(-1, signal.SIGKILL)
+
+
+def kill_uid(uid: int, gid: int, *, attempts: int = 50) -> bool:
+    """Kill every process of ``uid``; True once none is left.
+
+    A helper process takes the uid and calls ``kill(-1, SIGKILL)``, which reaches every
+    process that uid may signal in one pass the kernel does not let a fork slip through;
+    /proc is scanned again until nothing is left. Needs root.
+    """
+    for attempt in range(attempts):
+        if not tasks_of(uid):
+            return True
+        subprocess.run(
+            ["/bin/true"],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            env={},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_kill_everything_signalable,
+            check=False,
+        )
+        time.sleep(0.002 * attempt)
+    return not tasks_of(uid)
+
+
+def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
+    """Remove what ``uid`` owns at the top level of ``directories`` (links are not followed)."""
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+
+def _lock_dir() -> str:
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    st = os.lstat(LOCK_DIR)
+    if st.st_uid != 0 or st.st_mode & 0o022 or not os.path.isdir(LOCK_DIR) or os.path.islink(LOCK_DIR):
+        raise RuntimeError(f"{LOCK_DIR} must be a directory owned by root and writable only by it")
+    return LOCK_DIR
+
+
+def _uid_is_named(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+@contextmanager
+def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
+    """Hold a free (uid, gid) for one job when running as root; yield None otherwise.
+
+    On exit every process of the uid is killed and its files in the shared writable
+    directories removed, before the uid is released. If a process survives, the uid stays
+    held (and unused) until this process ends.
+
+    ``contained=True`` is for jobs whose processes all live in a pid namespace of their own
+    and that cannot write to host directories (bwrap): the kernel kills every process of the
+    namespace when its init exits, so the /proc scans on taking and releasing the uid are
+    skipped. The kernel may still be tearing down the last job's tasks (a fork bomb's) when its
+    uid is released; the round robin keeps that uid out of use for the next 999 jobs.
+    """
+    if os.geteuid() != 0:
+        yield None
+        return
+    directory = _lock_dir()
+    # Round robin from a random start: a uid just released is the last to be taken again,
+    # which gives the kernel time to finish tearing down what its last job left behind.
+    first = next(_NEXT_SLOT)
+    for slot in range(first, first + JOB_UID_COUNT):
+        uid = JOB_UID_BASE + slot % JOB_UID_COUNT
+        fd = os.open(f"{directory}/{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if _uid_is_named(uid) or (not contained and tasks_of(uid, zombies=True)):
+            os.close(fd)
+            continue
+        break
+    else:
+        raise RuntimeError(f"all {JOB_UID_COUNT} sandbox uids from {JOB_UID_BASE} are in use")
+    clean = False
+    try:
+        yield uid, uid
+    finally:
+        try:
+            if contained:
+                clean = True
+            else:
+                clean = kill_uid(uid, uid)
+                remove_files_of(uid)
+        finally:
+            if clean:
+                os.close(fd)

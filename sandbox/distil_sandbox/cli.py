@@ -1,0 +1,101 @@
+"""The ``distil-sandbox`` command.
+
+    distil-sandbox backends                      which backends work here, and why not
+    distil-sandbox image build [--tag TAG]       build the docker image locally (no pull)
+    distil-sandbox run FILE [--backend B] [--timeout S] [--stdin PATH]
+                                                 run FILE in a sandbox, print the result as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .backends import BackendUnavailable, available_backends
+from .image import IMAGE
+
+_LANGUAGES = {".sh": "bash", ".bash": "bash"}  # anything else runs as Python
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="distil-sandbox", description="Run untrusted code in isolation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("backends", help="list the backends and why each unavailable one is")
+    image = commands.add_parser("image", help="the docker backend's image")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    build = image_commands.add_parser("build", help="build the image from a local root filesystem (no pull)")
+    build.add_argument("--tag", default=IMAGE, help=f"image tag (default {IMAGE})")
+    run = commands.add_parser("run", help="run a file in a sandbox and print the result as JSON")
+    run.add_argument("file", type=Path)
+    run.add_argument("--backend", default="auto", help="auto, bwrap, docker or process (default auto)")
+    run.add_argument("--timeout", type=float, default=10.0, help="wall-clock limit in seconds (default 10)")
+    run.add_argument("--memory-mb", type=int, default=512, help="memory limit (default 512)")
+    run.add_argument("--language", choices=("python", "bash"), help="default: from the file name (.sh is bash)")
+    run.add_argument("--stdin", type=Path, help="a file whose contents are the program's stdin")
+    args = parser.parse_args(argv)
+
+    if args.command == "backends":
+        return _backends()
+    if args.command == "image":
+        return _build_image(args.tag)
+    return _run(args)
+
+
+def _backends() -> int:
+    reasons = available_backends()
+    width = max(map(len, reasons))
+    for name, why in reasons.items():
+        print(f"{name:<{width}}  {'available' if not why else 'unavailable: ' + why}")
+    return 0 if any(not why for why in reasons.values()) else 1
+
+
+def _build_image(tag: str) -> int:
+    try:
+        import docker
+    except ImportError:
+        print("error: the docker Python SDK is not installed: pip install docker", file=sys.stderr)
+        return 1
+    from .docker_backend import DockerBackend
+    from .image import build_image
+
+    backend = DockerBackend(image=tag)
+    try:
+        image_id = build_image(backend.client(), tag)
+    except docker.errors.DockerException as exc:
+        print(f"error: cannot build {tag}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach the Docker engine at {backend.engine_address()}: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {tag} ({image_id})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import run
+
+    try:
+        code = args.file.read_text()
+        stdin = args.stdin.read_bytes() if args.stdin else None
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    language = args.language or _LANGUAGES.get(args.file.suffix, "python")
+    try:
+        result = run(code, language=language, stdin=stdin, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                     backend=args.backend)
+    except BackendUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, bytes)}
+    report["ok"] = result.ok
+    print(json.dumps(report, indent=2))
+    return 0 if result.error is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
