@@ -62,7 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands that plugins registered through ``register_commands``."""
+    from .plugins import get_host
+
+    host = get_host()
+    for name in host.names("command"):
+        reg = host.get("command", name)
+        command = reg.factory
+        parser = sub.add_parser(name, help=f"{reg.description} [plugin {reg.plugin}]")
+        command.configure(parser)
+        parser.set_defaults(func=command.run)
 
 
 # -- train ------------------------------------------------------------------------------------

@@ -10,17 +10,15 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal, Optional, Sequence
 
-import torch
-
 from .errors import ConfigError
-from .modeling import response_logits
-from .losses import topk_with_tail
 from .types import ExpertCapability, ExpertQuery, ExpertSignal
+
+# torch is imported where it is used, so that registering these experts (every `distil`
+# command does) stays cheap.
 
 Access = Literal["dense", "topk"]
 
 
-@torch.no_grad()
 def score_queries(
     model: Any,
     queries: Sequence[ExpertQuery],
@@ -31,13 +29,19 @@ def score_queries(
     batch_size: int = 64,
 ) -> list[ExpertSignal]:
     """One batched prefill per ``batch_size`` queries; logits at the student's response positions."""
+    import torch
+
+    from .losses import topk_with_tail
+    from .modeling import response_logits
+
     was_training = model.training
     model.eval()
     signals: list[ExpertSignal] = []
     try:
         for start in range(0, len(queries), batch_size):
             chunk = queries[start : start + batch_size]
-            logits, _, _ = response_logits(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
+            with torch.no_grad():
+                logits, _, _ = response_logits(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
             for row, query in enumerate(chunk):
                 resp = logits[row, : len(query.response_ids)].float()
                 if access == "topk":
@@ -100,13 +104,15 @@ class SelfExpert(_LocalModelExpert):
             self.model = copy.deepcopy(self.policy)
             self.model.requires_grad_(False)
 
-    @torch.no_grad()
     def on_policy_update(self, policy: Any) -> None:
         """Called by the trainer after each optimizer step."""
         if self.weights != "ema":
             return
-        for teacher, student in zip(self.model.parameters(), policy.parameters()):
-            teacher.lerp_(student.detach(), self.ema_rate)
+        import torch
+
+        with torch.no_grad():
+            for teacher, student in zip(self.model.parameters(), policy.parameters()):
+                teacher.lerp_(student.detach(), self.ema_rate)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.weights == "live" else {"model": self.model.state_dict()}
@@ -120,6 +126,7 @@ class HFExpert(_LocalModelExpert):
     """Another local causal LM (a directory ``from_pretrained`` can read) with the student's tokenizer."""
 
     def __init__(self, runtime: Any, path: str, access: Access = "dense", k: Optional[int] = None, dtype: str = "float32"):
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._check_access(access, k)

@@ -31,3 +31,12 @@ def register_experts(register):
 @hookspec
 def register_tasks(register):
     """Register Task factories (problem sources with train/test splits)."""
+
+
+@hookspec
+def register_commands(register):
+    """Register `distil` subcommands: register("review", ReviewCommand).
+
+    The factory has ``configure(parser)`` (add arguments to its argparse sub-parser) and
+    ``run(args) -> int`` (the exit code); its docstring's first line is the command's help.
+    """

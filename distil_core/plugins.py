@@ -32,7 +32,9 @@ KINDS = {
     "feedback_source": "register_feedback_sources",
     "expert": "register_experts",
     "task": "register_tasks",
+    "command": "register_commands",
 }
+BUILTIN_COMMANDS = ("train", "eval", "plugins", "serve")
 
 
 @dataclass
@@ -171,6 +173,11 @@ class PluginHost:
                 raise PluginError(f"plugin {info.name!r} registered a {kind} with an empty name")
             if not callable(factory):
                 raise PluginError(f"plugin {info.name!r}: {kind} {name!r} factory is not callable")
+            if kind == "command":
+                if name in BUILTIN_COMMANDS:
+                    raise PluginError(f"plugin {info.name!r} cannot register command {name!r}: it is built in")
+                if not (callable(getattr(factory, "configure", None)) and callable(getattr(factory, "run", None))):
+                    raise PluginError(f"plugin {info.name!r}: command {name!r} needs configure(parser) and run(args)")
             existing = self.registry[kind].get(name)
             if existing is not None:
                 raise PluginError(

@@ -132,6 +132,7 @@ class Trainer:
             "signal_rollouts": sum(s is not None and s.ok for s in signals),
             "dropped_no_signal": sum(not q.has_signal for q in queries) if cfg.loss.no_signal == "skip" else 0,
             "expert_failed": sum(s is not None and not s.ok for s in signals),
+            **_expert_accounting(signals),
             "response_tokens": generated / len(rollouts),
             "tokens_per_s": generated / max(timings["time_generate"], 1e-9),
             "lr": self.scheduler.get_last_lr()[0],
@@ -339,6 +340,19 @@ def _micro_batches(count: int, group_size: int, accum: int) -> list[list[int]]:
     groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
     per = max(1, -(-len(groups) // accum))
     return [sum(groups[i : i + per], []) for i in range(0, len(groups), per)]
+
+
+def _expert_accounting(signals: Sequence[Optional[ExpertSignal]]) -> dict[str, Any]:
+    """Which access level the expert's answers used, and what they cost (summed ``usage``)."""
+    answered = [s for s in signals if s is not None]
+    if not answered:
+        return {}
+    levels = sorted({s.access for s in answered if s.ok})
+    out: dict[str, Any] = {"expert_access": ",".join(levels) if levels else "none"}
+    for s in answered:
+        for key, value in s.usage.items():
+            out[f"expert_{key}"] = out.get(f"expert_{key}", 0.0) + float(value)
+    return out
 
 
 def _grpo_scale(loss_type: str, micro_rows: int, rows: int, micro_batches: int) -> float:

@@ -153,6 +153,7 @@ def test_entry_point_plugin_loads_from_an_installed_distribution(site):
         "feedback_source": ["toy_length"],
         "expert": [],
         "task": [],
+        "command": [],
     }
 
     verifier = host.build("verifier", "toy_contains", {"ignore_case": True})
@@ -432,9 +433,55 @@ def test_distil_plugins_json(site):
         "name": "toy",
         "distribution": "toy-distil-plugin",
         "version": "1.2.3",
-        "registered": {"verifier": ["toy_contains"], "feedback_source": ["toy_length"], "expert": [], "task": []},
+        "registered": {"verifier": ["toy_contains"], "feedback_source": ["toy_length"], "expert": [], "task": [], "command": []},
     }
     assert plugins[BUILTIN]["registered"]["expert"] == ["self", "hf"]
     assert "ImportError" in plugins["broken"]["error"]
     assert "register_verifiers" in plugins["typo"]["error"]
     assert "error" not in plugins["toy"]
+
+
+class _GreetCommand:
+    """Say hello to a run."""
+
+    @staticmethod
+    def configure(parser):
+        parser.add_argument("who")
+        parser.add_argument("--loud", action="store_true")
+
+    @staticmethod
+    def run(args):
+        text = f"hello {args.who}"
+        print(text.upper() if args.loud else text)
+        return 3
+
+
+class _CommandPlugin:
+    @hookimpl
+    def register_commands(register):
+        register("greet", _GreetCommand)
+
+
+class _TrainCommandPlugin:
+    @hookimpl
+    def register_commands(register):
+        register("train", _GreetCommand)
+
+
+def test_plugin_commands_become_distil_subcommands(capsys):
+    from distil_core.cli import main
+
+    host = get_host()
+    host.register_plugin(_CommandPlugin, "greeter")
+    try:
+        assert main(["greet", "world", "--loud"]) == 3
+        assert capsys.readouterr().out == "HELLO WORLD\n"
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "[plugin greeter]" in capsys.readouterr().out
+        with pytest.raises(PluginError, match="cannot register command 'train': it is built in"):
+            host.register_plugin(_TrainCommandPlugin, "usurper")
+    finally:
+        host.unregister_plugin("greeter")
+    with pytest.raises(SystemExit):
+        main(["greet", "world"])  # gone with its plugin

@@ -129,7 +129,7 @@ class _ReferenceTextExpert:
     def score(self, queries):
         from distil_core import ExpertSignal
 
-        return [ExpertSignal(access="text", text=self.answers[q.problem_id]) if i % 4 else
+        return [ExpertSignal(access="text", text=self.answers[q.problem_id], usage={"cost_usd": 0.5}) if i % 4 else
                 ExpertSignal.failed("text", "rate limited") for i, q in enumerate(queries)]
 
 
@@ -191,6 +191,10 @@ def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, ex
     assert failed and all({"source": "async_hint", "kind": "critique"} in r["feedback"] for r in failed)
     if expert == "reference_text":
         assert sum(r["expert_failed"] for r in rows) > 0  # every 4th query "rate limited": skipped, counted
+        assert all(r["expert_access"] == "text" for r in rows)
+        assert all(r["expert_cost_usd"] == 0.5 * r["signal_rollouts"] for r in rows)  # usage summed
+    else:
+        assert all(r["expert_access"] == "sampled" for r in rows)
     assert all(r["signal_rollouts"] + r["expert_failed"] + r["dropped_no_signal"] == 16 for r in rows)
 
 
