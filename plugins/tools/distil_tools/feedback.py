@@ -1,0 +1,132 @@
+"""Feedback source ``tools``: runs the tool calls in a response and reports their outputs.
+
+For every call found (see :mod:`distil_tools.calls`), in order and at most ``max_calls`` of
+them, one ``tool_output`` item::
+
+    Tool calculator(12 * (3 + 4)) → 84
+    Tool python(print(1/0)) → error: exit status 1
+    stderr:
+    Traceback (most recent call last): …
+    Tool call 3 is malformed: the <tool name="python"> tag is not closed with </tool>.
+
+with ``data = {"index", "tool", "input", "output", "ok", "format"}`` (plus ``"error":
+"malformed" | "unknown_tool"`` and the tool's own ``"data"``). A response without tool calls
+gets no feedback. With ``only_failed`` (the default) only failed rollouts are looked at: the
+expert context of a passed rollout carries demonstrations, and the context template presents
+feedback as being about an unsuccessful attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional, Sequence, Union
+
+from distil_core.errors import ConfigError, nearest
+from distil_core.types import Feedback, Problem, Rollout, Verdict
+
+from .base import Tool, excerpt, one_line
+from .calls import ToolCall, parse_calls
+from .registry import ToolRegistry, get_registry, run_tool
+
+SOURCE = "tools"
+KIND = "tool_output"
+INPUT_CHARS = 120  # of a call's input shown in the feedback text
+DATA_INPUT_CHARS = 2000  # of a call's input kept in the feedback data
+
+
+class ToolFeedback:
+    """Runs the tool calls in a response (calculator, python, sympy, …) and reports the outputs."""
+
+    def __init__(
+        self,
+        tools: Optional[list[str]] = None,
+        max_calls: int = 4,
+        max_chars: int = 600,
+        only_failed: bool = True,
+        tool_options: Optional[dict[str, dict[str, Any]]] = None,
+        registry: Optional[ToolRegistry] = None,
+    ):
+        if not isinstance(max_calls, int) or max_calls < 1:
+            raise ConfigError(f"tools feedback: max_calls must be a whole number ≥ 1 (got {max_calls!r})")
+        if not isinstance(max_chars, int) or max_chars < 40:
+            raise ConfigError(f"tools feedback: max_chars must be a whole number ≥ 40 (got {max_chars!r})")
+        if registry is not None and not isinstance(registry, ToolRegistry):
+            raise ConfigError("tools feedback: `registry` is for Python callers and takes a ToolRegistry; leave it out of config files")
+        self.registry = registry if registry is not None else get_registry()
+        self.max_calls, self.max_chars, self.only_failed = max_calls, max_chars, bool(only_failed)
+        if isinstance(tools, str):
+            tools = [tools]
+        names = list(tools) if tools is not None else self.registry.names()
+        tool_options = dict(tool_options or {})
+        for name in tool_options:
+            if name not in names:
+                raise ConfigError(
+                    f"tools feedback: tool_options names {name!r}, which is not among the tools in use "
+                    f"({', '.join(names) or 'none'}). Add it to `tools` or fix the name."
+                )
+        self.tools: dict[str, Tool] = {}
+        for name in names:
+            options = tool_options.get(name) or {}
+            if not isinstance(options, dict):
+                raise ConfigError(f"tools feedback: tool_options.{name} must be a mapping of option names to values")
+            self.tools[name] = self.registry.build(name, options)
+
+    async def feedback(
+        self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()
+    ) -> list[Feedback]:
+        if self.only_failed and verdict.passed:
+            return []
+        calls = parse_calls(rollout.response_text)
+        if not calls:
+            return []
+        # Tools may wait on a sandbox or a worker: off the event loop, so the engine can run
+        # the calls of different rollouts at the same time.
+        return await asyncio.to_thread(self.run_calls, calls)
+
+    def run_calls(self, calls: Union[str, list[ToolCall]]) -> list[Feedback]:
+        """The feedback for the calls in a response text (or already parsed calls)."""
+        if isinstance(calls, str):
+            calls = parse_calls(calls)
+        items = [self._one(index, call) for index, call in enumerate(calls[: self.max_calls], 1)]
+        skipped = len(calls) - self.max_calls
+        if skipped > 0:
+            plural = "s were" if skipped > 1 else " was"
+            items.append(Feedback(
+                source=SOURCE, kind=KIND,
+                text=f"{skipped} more tool call{plural} not run (at most {self.max_calls} per response).",
+                data={"skipped": skipped},
+            ))
+        return items
+
+    def _one(self, index: int, call: ToolCall) -> Feedback:
+        data: dict[str, Any] = {"index": index, "tool": call.name, "format": call.format}
+        if call.error:
+            data.update(input=call.raw, output=call.error, ok=False, error="malformed")
+            return Feedback(source=SOURCE, kind=KIND, text=f"Tool call {index} is malformed: {call.error}.", data=data)
+        assert call.name is not None and call.input is not None
+        shown = one_line(call.input, INPUT_CHARS)
+        data["input"] = call.input if isinstance(call.input, dict) else excerpt(call.input, DATA_INPUT_CHARS)
+        tool = self.tools.get(call.name)
+        if tool is None:
+            guess = nearest(call.name, self.tools)
+            hint = f" Did you mean {guess!r}?" if guess else ""
+            message = f"unknown tool {call.name!r}.{hint} Available tools: {', '.join(sorted(self.tools)) or 'none'}."
+            data.update(output=message, ok=False, error="unknown_tool")
+            return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → error: {message}", data=data)
+        result = run_tool(tool, call.input)
+        output = excerpt(result.text.strip() or "(empty output)", self.max_chars)
+        data.update(output=output, ok=result.ok)
+        if result.data:
+            data["data"] = _jsonable(result.data)
+        said = output if result.ok else f"error: {output}"
+        return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → {said}", data=data)
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    """A tool's data as JSON-able values (run logs write it as JSON); others become strings."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))

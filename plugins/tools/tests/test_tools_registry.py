@@ -1,0 +1,229 @@
+"""Tools register through the plugin's own ``register_tools`` hook, built-in and third-party alike."""
+
+import sys
+import textwrap
+
+import pytest
+
+from distil_core import hookimpl as core_hookimpl
+from distil_core.errors import ConfigError, PluginError
+from distil_core.plugins import PluginHost
+from distil_tools import ToolFeedback, ToolRegistry, ToolResult, get_registry, hookimpl
+from distil_tools.registry import reset_registry
+
+
+class Shout:
+    """Upper-cases its input."""
+
+    name = "shout"
+
+    def __init__(self, times: int = 1):
+        self.times = times
+
+    def run(self, input):
+        return ToolResult(" ".join([str(input).upper()] * self.times), data={"times": self.times})
+
+
+def reverse(input):
+    """Reverses its input."""
+    return str(input)[::-1]
+
+
+class Counter:
+    name = "count"
+    description = "Counts characters."
+
+    def run(self, input):
+        return ToolResult(str(len(input)))
+
+
+class Broken:
+    name = "broken"
+    description = "Always raises."
+
+    def run(self, input):
+        raise RuntimeError("boom")
+
+
+class ThirdParty:
+    @hookimpl
+    def register_tools(register):
+        register(Shout)
+        register(reverse)
+        register(Counter())
+        register(Broken())
+        register(lambda text: text, name="echo", description="Echoes its input.")
+        register(lambda text: 42, name="odd")
+
+
+@pytest.fixture
+def third_party():
+    registry = get_registry()
+    registry.register_plugin(ThirdParty, "third_party")
+    try:
+        yield registry
+    finally:
+        registry.unregister_plugin("third_party")
+
+
+def test_builtin_tools_register_through_the_same_hook():
+    registry = ToolRegistry(load_entrypoints=False)
+    assert registry.names() == ["calculator", "python", "sympy"]
+    assert {reg.plugin for reg in registry.tools.values()} == {"distil_tools.builtin"}
+    assert registry.pm.hook.register_tools.get_hookimpls()[0].plugin_name == "distil_tools.builtin"
+    assert registry.tools["python"].options == ["backend", "timeout_s", "memory_mb"]
+
+
+def test_a_third_party_tool_shows_up_and_runs(third_party):
+    assert third_party.names() == ["broken", "calculator", "count", "echo", "odd", "python", "reverse", "shout", "sympy"]
+    assert third_party.tools["reverse"].description == "Reverses its input."
+    assert third_party.tools["shout"].description == "Upper-cases its input."
+    source = ToolFeedback(tools=["shout", "reverse", "count", "echo"], tool_options={"shout": {"times": 2}}, max_calls=8)
+    text = ('<tool name="shout">hi</tool><tool name="reverse">abc</tool>'
+            '<tool name="count">four</tool><tool name="echo">same</tool><tool name="calculator">1</tool>')
+    items = source.run_calls(text)
+    assert [i.text for i in items] == [
+        "Tool shout(hi) → HI HI", "Tool reverse(abc) → cba", "Tool count(four) → 4", "Tool echo(same) → same",
+        "Tool calculator(1) → error: unknown tool 'calculator'. Available tools: count, echo, reverse, shout.",
+    ]
+    assert items[0].data["data"] == {"times": 2}
+
+
+def test_a_tool_that_raises_or_returns_nonsense_gives_a_failed_result(third_party):
+    source = ToolFeedback(tools=["broken", "odd"])
+    items = source.run_calls('<tool name="broken">x</tool><tool name="odd">x</tool>')
+    assert [i.text for i in items] == [
+        "Tool broken(x) → error: the tool failed: RuntimeError: boom",
+        "Tool odd(x) → error: the tool returned int, not a ToolResult or a string",
+    ]
+    assert [i.data["ok"] for i in items] == [False, False]
+
+
+def test_unregistering_a_plugin_removes_its_tools(third_party):
+    third_party.unregister_plugin("third_party")
+    assert third_party.names() == ["calculator", "python", "sympy"]
+    third_party.register_plugin(ThirdParty, "third_party")  # the fixture unregisters it again
+
+
+class Usurper:
+    @hookimpl
+    def register_tools(register):
+        register(Shout, name="calculator")
+
+
+class Misspelt:
+    @hookimpl
+    def register_tool(register):
+        register(Shout)
+
+
+class Nameless:
+    @hookimpl
+    def register_tools(register):
+        register(object())
+
+
+@pytest.mark.parametrize("plugin, message", [
+    (Usurper, "tool 'calculator' is already registered by plugin 'distil_tools.builtin'"),
+    (Misspelt, "unknown hook 'register_tool'; the tool hook is 'register_tools'"),
+    (Nameless, "neither a class, a tool nor a function"),
+])
+def test_bad_tool_plugins_are_refused_and_leave_the_registry_as_it_was(plugin, message):
+    registry = ToolRegistry(load_entrypoints=False)
+    with pytest.raises(PluginError, match=message):
+        registry.register_plugin(plugin, "bad")
+    assert registry.names() == ["calculator", "python", "sympy"] and not registry.errors
+    assert registry.tools["calculator"].plugin == "distil_tools.builtin"
+
+
+def test_tool_options_are_checked_against_the_tool():
+    registry = ToolRegistry(load_entrypoints=False)
+    registry.register_plugin(ThirdParty, "third_party")
+    with pytest.raises(ConfigError, match=r"Unknown option 'time' for tool 'shout' \(from plugin 'third_party'\). Did you mean 'times'\?"):
+        ToolFeedback(tools=["shout"], tool_options={"shout": {"time": 2}}, registry=registry)
+    with pytest.raises(ConfigError, match="Unknown option 'x' for tool 'reverse'.*It takes no options"):
+        ToolFeedback(tools=["reverse"], tool_options={"reverse": {"x": 1}}, registry=registry)
+    with pytest.raises(ConfigError, match="No tool named 'shuot' is registered. Did you mean 'shout'?"):
+        ToolFeedback(tools=["shuot"], registry=registry)
+
+
+class Both:
+    """A module may carry core hooks and tool hooks side by side."""
+
+    @core_hookimpl
+    def register_feedback_sources(register):
+        register("both_source", ToolFeedback)
+
+    @hookimpl
+    def register_tools(register):
+        register(Counter())
+
+
+def test_a_plugin_with_core_hooks_and_tool_hooks_registers_with_both():
+    host = PluginHost(load_entrypoints=False)
+    info = host.register_plugin(Both, "both")
+    assert info.error is None and ("feedback_source", "both_source") in info.registered
+    registry = ToolRegistry(load_entrypoints=False)
+    registry.register_plugin(Both, "both")
+    assert registry.tools["count"].plugin == "both"
+
+
+DICE_PLUGIN = '''
+from distil_tools import ToolResult, hookimpl
+
+
+class Dice:
+    """Reports a die's faces (a tool for tests)."""
+
+    name = "dice"
+
+    def __init__(self, faces: int = 6):
+        self.faces = faces
+
+    def run(self, input):
+        return ToolResult(f"{input}: a die with {self.faces} faces")
+
+
+@hookimpl
+def register_tools(register):
+    register(Dice)
+'''
+
+
+@pytest.fixture
+def dice_distribution(tmp_path, monkeypatch):
+    """An installed distribution (a dist-info on sys.path) with two ``distil.tools`` entry points,
+    one of which fails to import."""
+    (tmp_path / "distil_tools_dice.py").write_text(textwrap.dedent(DICE_PLUGIN))
+    (tmp_path / "distil_tools_broken_dice.py").write_text("raise ImportError('needs a missing dependency')\n")
+    info = tmp_path / "distil_tools_dice-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distil-tools-dice\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(
+        "[distil.tools]\ndice = distil_tools_dice\nbroken_dice = distil_tools_broken_dice\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield
+    finally:
+        for module in ("distil_tools_dice", "distil_tools_broken_dice"):
+            sys.modules.pop(module, None)
+
+
+def test_a_tool_from_an_entry_point_shows_up_and_runs(dice_distribution):
+    registry = ToolRegistry(load_entrypoints=True)
+    assert registry.tools["dice"].plugin == "dice"
+    assert "needs a missing dependency" in registry.errors["broken_dice"]
+    source = ToolFeedback(tools=["dice", "calculator"], tool_options={"dice": {"faces": 20}}, registry=registry)
+    items = source.run_calls('<tool name="dice">d20</tool> <tool name="calculator">20 / 2</tool>')
+    assert [i.text for i in items] == ["Tool dice(d20) → d20: a die with 20 faces", "Tool calculator(20 / 2) → 10"]
+    assert "dice" not in ToolRegistry(load_entrypoints=False).names()
+
+
+def test_the_default_registry_loads_entry_points_unless_told_not_to(dice_distribution, monkeypatch):
+    assert "dice" not in get_registry().names()  # DISTIL_NO_ENTRYPOINTS=1 in this suite
+    monkeypatch.delenv("DISTIL_NO_ENTRYPOINTS")
+    reset_registry()
+    assert "dice" in get_registry().names()
+    [item] = ToolFeedback(tools=["dice"]).run_calls('<tool name="dice">roll</tool>')
+    assert item.text == "Tool dice(roll) → roll: a die with 6 faces"
