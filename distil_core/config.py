@@ -82,6 +82,9 @@ class TrainConfig(_Section):
     save_every: int = Field(default=50, ge=0, description="0: save at the end only.")
     log_every: int = Field(default=1, ge=1)
     progress: bool = True
+    log_rollouts: bool = Field(
+        default=True, description="Write every rollout with its verdict and feedback to rollouts.jsonl."
+    )
 
 
 class EvalConfig(_Section):

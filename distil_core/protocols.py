@@ -30,6 +30,11 @@ class FeedbackSource(Protocol):
 
     ``group`` holds all rollouts of the same problem with their verdicts, so a source can
     compare siblings. Return an empty list when there is nothing useful to say.
+
+    Optional: ``feedback_batch(items) -> list[list[Feedback]]``, where each item is
+    ``(problem, rollout, verdict, group)``. When a source has it, the trainer calls it once
+    per step with every rollout instead of calling ``feedback`` per rollout (a source that
+    runs a model batches its work this way); it returns one list per item, in order.
     """
 
     def feedback(

@@ -24,7 +24,7 @@ from .modeling import response_logits
 from .plugins import PluginHost
 from .protocols import resolve, resolve_all
 from .runtime import Runtime, build_runtime
-from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Verdict
+from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 EVAL_SEED_OFFSET = 7919  # before/after evaluations share one seed: common random numbers
 
@@ -66,7 +66,7 @@ class Trainer:
         if resume:
             self._resume()
         else:
-            for name in ("metrics.jsonl", "provenance.jsonl", "eval.jsonl", "summary.json"):
+            for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl", "summary.json"):
                 if os.path.exists(os.path.join(self.run_dir, name)):
                     os.unlink(os.path.join(self.run_dir, name))
         ckpt.atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
@@ -120,6 +120,8 @@ class Trainer:
         stats = self._update(prompts, rollouts, verdicts, signals, n)
         lap("update")
         self._log_provenance(step, rollouts, verdicts, queries, signals)
+        if cfg.train.log_rollouts:
+            self._log_rollouts(step, problems, rollouts, verdicts, feedback, n)
         generated = sum(len(r.response_ids) for r in rollouts)
         row: dict[str, Any] = {
             "step": step,
@@ -141,16 +143,32 @@ class Trainer:
         return row
 
     def _collect_feedback(self, problems, rollouts, verdicts, groups, n) -> list[list[Feedback]]:
+        """Per rollout and source; a source with ``feedback_batch(items)`` gets the step in one call."""
+        items = [
+            (problems[j // n], rollout, verdict, [(r, v) for _, r, v in groups[j // n]])
+            for j, (rollout, verdict) in enumerate(zip(rollouts, verdicts))
+        ]
         calls, owners = [], []
         for name, source in self.rt.feedback_sources:
-            for j, (rollout, verdict) in enumerate(zip(rollouts, verdicts)):
-                group = [(r, v) for _, r, v in groups[j // n]]
-                calls.append(source.feedback(problems[j // n], rollout, verdict, group))
+            batch = getattr(source, "feedback_batch", None)
+            if callable(batch):
+                calls.append(batch(items))
+                owners.append((name, None))
+                continue
+            for j, item in enumerate(items):
+                calls.append(source.feedback(*item))
                 owners.append((name, j))
         results = resolve_all(calls)
         out: list[list[Feedback]] = [[] for _ in rollouts]
-        for (name, j), items in zip(owners, results):
-            out[j].extend(_checked(list(items or []), Feedback, name))
+        for (name, j), result in zip(owners, results):
+            if j is not None:
+                out[j].extend(_checked(list(result or []), Feedback, name))
+                continue
+            result = list(result or [])
+            if len(result) != len(items):
+                raise PluginError(f"feedback source {name!r}: feedback_batch returned {len(result)} lists for {len(items)} rollouts")
+            for k, per_rollout in enumerate(result):
+                out[k].extend(_checked(list(per_rollout or []), Feedback, name))
         return out
 
     def _update(self, prompts, rollouts, verdicts, signals, n) -> dict[str, float]:
@@ -228,6 +246,13 @@ class Trainer:
                     "has_signal": q.has_signal, "used": s is not None and s.ok,
                 }) + "\n")
 
+    def _log_rollouts(self, step, problems, rollouts, verdicts, feedback, n) -> None:
+        """Every rollout with its problem, verdict and feedback: what ``distil review`` shows."""
+        lines = [json.dumps(rollout_record(step, problems[j // n], r, verdicts[j], feedback[j]))
+                 for j, r in enumerate(rollouts)]
+        with open(os.path.join(self.run_dir, "rollouts.jsonl"), "a", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+
     def run_eval(self, label: str) -> dict[str, float]:
         cfg = self.config
         bar = _bar(len(self.test_problems), f"eval ({label})", self.progress)
@@ -277,7 +302,7 @@ class Trainer:
         self.step = state["step"]
         self.evals = state.get("evals", {})
         self.started -= state.get("elapsed", 0.0)
-        for name in ("metrics.jsonl", "provenance.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl"):
             _truncate_jsonl(os.path.join(self.run_dir, name), self.step)
         self.echo(f"Resumed {self.run_dir} at step {self.step}.")
 
@@ -333,6 +358,34 @@ class Trainer:
 
 def default_run_dir(method: str) -> str:
     return os.path.join("runs", f"{method}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def rollout_record(
+    step: int, problem: Problem, rollout: Rollout, verdict: Verdict, feedback: Sequence[Feedback]
+) -> dict[str, Any]:
+    """One line of ``rollouts.jsonl``; long references, details and feedback texts are cut short."""
+    return {
+        "step": step, "problem_id": problem.id, "prompt": problem.user_text(),
+        "reference": _trimmed(problem.reference, 2000), "group_index": rollout.group_index,
+        "response_text": rollout.response_text, "response_hash": rollout.response_hash, "finished": rollout.finished,
+        "verdict": {"score": verdict.score, "passed": verdict.passed, "answer": verdict.answer,
+                    "details": {k: _trimmed(v, 500) for k, v in verdict.details.items()}},
+        "feedback": [{"source": f.source, "kind": f.kind, "text": _trimmed(f.text, 2000)} for f in feedback],
+    }
+
+
+def _trimmed(value: Any, limit: int) -> Any:
+    """``value`` itself when it is JSON of at most ``limit`` characters; else its text, cut there."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "…"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    else:
+        if len(text) <= limit:
+            return value
+    return text[:limit] + "…"
 
 
 def _micro_batches(count: int, group_size: int, accum: int) -> list[list[int]]:
