@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny model: every method, provenance, accumulation, checkpoints."""
 
+import hashlib
 import json
 import os
 
@@ -70,6 +71,24 @@ def test_provenance_names_the_feedback_that_built_each_context(tmp_path):
         step = [r for r in records if r["step"] == m["step"]]
         assert m["dropped_no_signal"] == sum(not r["has_signal"] for r in step)
         assert m["feedback_coverage"] == sum(not r["passed"] for r in step) / len(step)
+
+
+def test_rollouts_log_holds_each_rollout_with_verdict_and_feedback(tmp_path):
+    trainer = _trainer(tmp_path / "on")
+    trainer.train_step(1)
+    records = _rows(tmp_path / "on" / "rollouts.jsonl")
+    assert len(records) == 16 and [r["group_index"] for r in records[:4]] == [0, 1, 2, 3]
+    problems = {p.id: p for p in trainer.train_problems}
+    for r in records:
+        problem = problems[r["problem_id"]]
+        assert r["step"] == 1 and r["prompt"] == problem.prompt and r["reference"] == problem.reference
+        assert r["response_hash"] == hashlib.sha256(r["response_text"].encode()).hexdigest()[:16]
+        assert r["verdict"]["details"]["expected"] == problem.reference
+        kinds = [(f["source"], f["kind"]) for f in r["feedback"]]
+        assert kinds == ([] if r["verdict"]["passed"] else [("answer_check", "answer_check")])
+    off = _trainer(tmp_path / "off", "train.log_rollouts=false")
+    off.train_step(1)
+    assert not (tmp_path / "off" / "rollouts.jsonl").exists()
 
 
 @pytest.mark.parametrize("method", ["distil", "grpo"])

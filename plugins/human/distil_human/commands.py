@@ -1,0 +1,88 @@
+"""The ``distil review`` and ``distil corrections`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from .exchange import export_jsonl, import_jsonl
+from .review import ReviewSession, load_failed_rollouts
+from .store import ENV_DB, CorrectionStore
+
+DB_HELP = f"the corrections store (default: ${ENV_DB}, else ~/.local/share/distil/human.sqlite)"
+
+
+class ReviewCommand:
+    """review a run's failed rollouts in the terminal and record corrections or better solutions"""
+
+    @staticmethod
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `distil train`")
+        parser.add_argument("--db", help=DB_HELP)
+        parser.add_argument("--author",
+                            help="name stored with each entry (default: $DISTIL_HUMAN_AUTHOR, else your login)")
+        parser.add_argument("--only-unreviewed", action="store_true",
+                            help="leave out responses that already have a correction or solution in the store")
+        parser.add_argument("--problem", metavar="ID", help="review only this problem's failed rollouts")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        items, unreadable = load_failed_rollouts(args.run_dir, args.problem)
+        if unreadable:
+            print(f"note: skipped {unreadable} unreadable line(s) of {args.run_dir}/rollouts.jsonl", file=sys.stderr)
+        with CorrectionStore(args.db) as store:
+            found = len(items)
+            if args.only_unreviewed:
+                done = store.reviewed()
+                items = [i for i in items if i.key not in done]
+            which = f" of problem {args.problem!r}" if args.problem else ""
+            if not items:
+                left = f" ({found} already reviewed)" if found else ""
+                print(f"Nothing to review: no failed rollout{which} in {args.run_dir}{left}.")
+                return 0
+            author = args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login()
+            left_out = f", {found - len(items)} already reviewed left out" if found > len(items) else ""
+            plural = "" if len(items) == 1 else "s"
+            print(f"{len(items)} failed response{plural}{which} from {args.run_dir}{left_out}. "
+                  f"Entries go to {store.path} as {author!r}; type ? for help.")
+            try:
+                ReviewSession(items, store, author=author, run_dir=args.run_dir).run()
+            except KeyboardInterrupt:  # between two prompts; the session itself handles the rest
+                print("\nStopped.")
+        return 0
+
+
+class CorrectionsCommand:
+    """export or import human corrections as JSONL (one JSON object a line)"""
+
+    @staticmethod
+    def configure(parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", metavar="{export,import}", required=True)
+        export = sub.add_parser("export", help="write the store's entries to FILE (atomically)")
+        export.add_argument("file", metavar="FILE")
+        export.add_argument("--db", help=DB_HELP)
+        export.add_argument("--problem", metavar="ID", help="only this problem's entries")
+        imp = sub.add_parser("import", help="validate FILE and add all its entries to the store, or none")
+        imp.add_argument("file", metavar="FILE")
+        imp.add_argument("--db", help=DB_HELP)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        with CorrectionStore(args.db) as store:
+            if args.action == "export":
+                count = export_jsonl(store, args.file, args.problem)
+                print(f"Exported {count} entries from {store.path} to {args.file}.")
+            else:
+                added, same = import_jsonl(store, args.file)
+                already = f" ({same} already present)" if same else ""
+                print(f"Imported {added} entries from {args.file} into {store.path}{already}.")
+        return 0
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""

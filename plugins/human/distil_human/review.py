@@ -1,0 +1,231 @@
+"""``distil review RUN_DIR``: a run's failed rollouts, one at a time, in the terminal.
+
+The run's ``rollouts.jsonl`` (written by the trainer unless ``train.log_rollouts: false``)
+holds every rollout with its verdict and feedback. A failed response that occurs several
+times is shown once. For each, the reviewer types a key:
+
+    c  record a correction (what is wrong)       s  record a better solution
+    n  skip (Enter does the same)                b  go back one
+    q  quit                                      ?  help
+
+A correction or solution is several lines, ended by a line holding only ``.``; it is
+committed to the store the moment that line is entered. Ctrl-C or Ctrl-D (end of input) at
+any prompt quits at once: what was saved stays saved, the entry being typed is discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from distil_core.errors import ConfigError, DistilError
+
+from .store import Correction, CorrectionStore
+
+ROLLOUTS = "rollouts.jsonl"
+PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
+TEXT_PROMPT = "| "
+HELP = """\
+  c  record a correction: what is wrong with this response
+  s  record a better solution (a demonstration for the expert)
+  n  skip to the next one (Enter does the same)
+  b  go back to the previous one
+  q  quit (Ctrl-C and Ctrl-D quit too)
+A correction or solution may span lines; end it with a line holding only '.'.
+It is saved as soon as that line is entered."""
+ACTIONS = {
+    "c": "correction", "correction": "correction",
+    "s": "solution", "solution": "solution",
+    "": "next", "n": "next", "next": "next", "skip": "next",
+    "b": "back", "back": "back", "p": "back",
+    "q": "quit", "quit": "quit", "exit": "quit",
+    "?": "help", "h": "help", "help": "help",
+}
+_REQUIRED = ("problem_id", "response_hash", "response_text", "verdict")
+
+
+@dataclass
+class ReviewItem:
+    """A failed response (first occurrence in the run) and how often the run produced it."""
+
+    record: dict[str, Any]
+    seen: int = 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.record["problem_id"], self.record["response_hash"]
+
+
+def load_failed_rollouts(run_dir: str, problem_id: Optional[str] = None) -> tuple[list[ReviewItem], int]:
+    """The run's failed responses in the order they were sampled, and the unreadable lines."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir!r} is not a directory; give the run directory that `distil train` wrote.")
+    path = os.path.join(run_dir, ROLLOUTS)
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"{run_dir} has no {ROLLOUTS}: the run was made with train.log_rollouts: false or by an older "
+            "distil. Train again with rollout logging on (the default) to review its rollouts."
+        )
+    items: dict[tuple[str, str], ReviewItem] = {}
+    unreadable = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a run killed mid-write leaves half a line
+                unreadable += 1
+                continue
+            if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
+                unreadable += 1
+                continue
+            if (record.get("verdict") or {}).get("passed") or (problem_id and record["problem_id"] != problem_id):
+                continue
+            item = ReviewItem(record)
+            if item.key in items:
+                items[item.key].seen += 1
+            else:
+                items[item.key] = item
+    return list(items.values()), unreadable
+
+
+class ReviewSession:
+    """The interactive loop. ``read`` and ``write`` default to ``input`` and ``print``."""
+
+    def __init__(
+        self,
+        items: list[ReviewItem],
+        store: CorrectionStore,
+        *,
+        author: str,
+        run_dir: str,
+        read: Callable[[str], str] = input,
+        write: Callable[[str], None] = print,
+    ):
+        self.items, self.store, self.author = items, store, author
+        self.run_dir = os.path.abspath(run_dir)
+        self.read, self.write = read, write
+        self.saved = 0
+
+    def run(self) -> int:
+        """Review until the last item or a quit; returns how many entries were saved."""
+        try:
+            self._loop()
+        except (KeyboardInterrupt, EOFError):
+            self.write("\nStopped. Anything being typed was discarded; everything entered before is saved.")
+        self.write(f"Saved {self.saved} {'entry' if self.saved == 1 else 'entries'} this session in {self.store.path}.")
+        return self.saved
+
+    def _loop(self) -> None:
+        index, show = 0, True
+        while index < len(self.items):
+            if show:
+                self.write(self.render(index))
+            show = True
+            choice = self.read(PROMPT).strip().lower()
+            action = ACTIONS.get(choice)
+            if action in ("correction", "solution"):
+                text = self._read_text(action)
+                if text is None:
+                    self.write("Nothing entered, nothing saved.")
+                    show = False
+                    continue
+                if not self._save(self.items[index], action, text):
+                    show = False
+                    continue
+                index += 1
+            elif action == "next":
+                index += 1
+            elif action == "back":
+                if index == 0:
+                    self.write("This is the first one.")
+                    show = False
+                else:
+                    index -= 1
+            elif action == "quit":
+                return
+            else:
+                self.write(HELP if action == "help" else f"Unknown choice {choice!r}; type ? for help.")
+                show = False
+        self.write("That was the last failed rollout.")
+
+    def _read_text(self, kind: str) -> Optional[str]:
+        self.write(f"Type the {kind}; end it with a line holding only '.':")
+        lines: list[str] = []
+        while True:
+            line = self.read(TEXT_PROMPT)
+            if line.strip() == ".":
+                break
+            lines.append(line.rstrip())
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return "\n".join(lines) or None
+
+    def _save(self, item: ReviewItem, kind: str, text: str) -> bool:
+        rec = item.record
+        verdict = rec.get("verdict") or {}
+        entry = Correction(
+            problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
+            author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
+            verdict={k: verdict.get(k) for k in ("score", "passed", "answer")},
+        )
+        try:
+            self.store.add(entry)
+        except DistilError as exc:  # the store is busy: give the text back rather than lose it
+            self.write(f"NOT saved: {exc}\nYour {kind} was:\n{_indent(text)}\nChoose c or s to enter it again.")
+            return False
+        self.saved += 1
+        self.write(f"Saved {kind} {entry.id[:8]}.")
+        return True
+
+    def render(self, index: int) -> str:
+        item = self.items[index]
+        rec = item.record
+        verdict = rec.get("verdict") or {}
+        seen = f", seen {item.seen} times" if item.seen > 1 else ""
+        out = [f"\n=== {index + 1}/{len(self.items)}: problem {rec['problem_id']} "
+               f"(step {rec.get('step', '?')}, sample {rec.get('group_index', '?')}{seen}) ==="]
+        out += ["Problem:", _indent(str(rec.get("prompt", "")))]
+        if rec.get("reference") is not None:
+            out.append(f"Reference: {_short(rec['reference'], 300)}")
+        unfinished = "" if rec.get("finished", True) else " (cut off at max_new_tokens)"
+        out += [f"Response {rec['response_hash']}{unfinished}:", _indent(rec["response_text"])]
+        score = verdict.get("score")
+        score_text = f", score {score:.2f}" if isinstance(score, (int, float)) else ""
+        out.append(f"Verdict: {'passed' if verdict.get('passed') else 'failed'}{score_text}, "
+                   f"answer {verdict.get('answer')!r}")
+        out += [f"    {k}: {_short(v, 200)}" for k, v in (verdict.get("details") or {}).items()]
+        feedback = rec.get("feedback") or []
+        if feedback:
+            out.append("Feedback:")
+            out += [_indent(f"[{f.get('source')}/{f.get('kind')}] {f.get('text', '')}") for f in feedback]
+        out += self._on_record(rec["problem_id"], rec["response_hash"])
+        return "\n".join(out)
+
+    def _on_record(self, problem_id: str, response_hash: str) -> list[str]:
+        entries = self.store.all(problem_id)
+        mine = [e for e in entries if e.response_hash in (response_hash, None)]
+        others = len(entries) - len(mine)
+        out = [f"On record: {'none' if not mine else ''}".rstrip()]
+        for e in mine:
+            about = "" if e.response_hash else ", about the whole problem"
+            out.append(_indent(f"{e.kind} by {e.author or '?'}, {e.created_at:%Y-%m-%d %H:%M}{about}:"))
+            out.append(_indent(e.text, 8))
+        if others:
+            out.append(f"    ({others} more on other responses to this problem)")
+        return out
+
+
+def _indent(text: str, width: int = 4) -> str:
+    return textwrap.indent(text, " " * width, lambda _: True) if text else " " * width + "(empty)"
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,288 @@
+"""The corrections store: one SQLite file shared by reviewers, imports and training runs.
+
+An entry is about a problem (``problem_id``) and, usually, one response to it
+(``response_hash`` = ``Rollout.response_hash``); an entry without a response hash is about the
+problem as a whole. ``kind`` is ``correction`` (what is wrong with the response) or
+``solution`` (a better answer, usable as a demonstration).
+
+Several processes may write at once. The database runs in WAL mode; every write takes the
+write lock up front (``BEGIN IMMEDIATE``) and waits for it up to ``busy_timeout_s`` instead of
+failing with "database is locked"; each entry is committed as soon as it is added. The
+``meta`` table records the schema version, and a store written by a newer version of this
+plugin is refused with a message rather than misread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterator, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from distil_core.errors import ConfigError, DistilError
+
+SCHEMA_VERSION = 1
+ENV_DB = "DISTIL_HUMAN_DB"
+KINDS = ("correction", "solution")
+
+_SCHEMA = (
+    """CREATE TABLE corrections (
+        id TEXT PRIMARY KEY,
+        problem_id TEXT NOT NULL,
+        response_hash TEXT,
+        kind TEXT NOT NULL CHECK (kind IN ('correction', 'solution')),
+        text TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        run_dir TEXT,
+        step INTEGER,
+        response_text TEXT,
+        verdict TEXT
+    )""",
+    "CREATE INDEX corrections_by_response ON corrections (problem_id, response_hash)",
+)
+_COLUMNS = ("id", "problem_id", "response_hash", "kind", "text", "author", "created_at",
+            "run_dir", "step", "response_text", "verdict")
+_MIGRATIONS: dict[int, Sequence[str]] = {}  # version v → statements that bring v - 1 to v
+
+
+def default_db_path() -> str:
+    """``$DISTIL_HUMAN_DB``, else ``~/.local/share/distil/human.sqlite``."""
+    return os.environ.get(ENV_DB) or os.path.join(os.path.expanduser("~"), ".local", "share", "distil", "human.sqlite")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Correction(BaseModel):
+    """One human entry about a response (or a problem). Also one line of the JSONL format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1)
+    problem_id: str = Field(min_length=1)
+    response_hash: Optional[str] = Field(
+        default=None, pattern=r"^[0-9a-f]{8,64}$", description="None: about the problem as a whole."
+    )
+    kind: Literal["correction", "solution"]
+    text: str
+    author: str = ""
+    created_at: datetime = Field(default_factory=_now)
+    run_dir: Optional[str] = None
+    step: Optional[int] = Field(default=None, ge=0)
+    response_text: Optional[str] = None
+    verdict: Optional[dict[str, Any]] = Field(default=None, description="score, passed, answer of the response.")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        out["created_at"] = self._stamp()
+        return out
+
+    def _stamp(self) -> str:
+        return self.created_at.isoformat(timespec="microseconds")
+
+    def _row(self) -> tuple[Any, ...]:
+        verdict = json.dumps(self.verdict) if self.verdict is not None else None
+        return (self.id, self.problem_id, self.response_hash, self.kind, self.text, self.author,
+                self._stamp(), self.run_dir, self.step, self.response_text, verdict)
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> "Correction":
+        data = dict(zip(_COLUMNS, row))
+        data["verdict"] = json.loads(data["verdict"]) if data["verdict"] is not None else None
+        return cls.model_validate(data)
+
+
+class DuplicateIdError(ValueError):
+    """An entry's id is already in the store with different content."""
+
+    def __init__(self, index: int, correction_id: str):
+        super().__init__(f"id {correction_id!r} is already in the store with different content")
+        self.index = index
+
+
+class CorrectionStore:
+    """The SQLite file at ``path`` (default: :func:`default_db_path`).
+
+    ``create=False`` refuses a path where no store exists yet (a training run reading
+    corrections should not quietly start from an empty one). Safe to share between threads.
+    """
+
+    def __init__(self, path: Optional[str] = None, *, create: bool = True, busy_timeout_s: float = 30.0):
+        self.path = os.path.abspath(os.path.expanduser(path or default_db_path()))
+        if not os.path.exists(self.path):
+            if not create:
+                raise ConfigError(
+                    f"No corrections store at {self.path}. Record corrections with `distil review RUN_DIR` "
+                    f"or import some with `distil corrections import FILE` first, or point the `db` option "
+                    f"(or ${ENV_DB}) at an existing store."
+                )
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lock = threading.RLock()
+        self.busy_timeout_s = busy_timeout_s
+        try:
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"Cannot open the corrections store {self.path}: {exc}.") from None
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._check_schema()
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise self._busy(exc) if "locked" in str(exc) else ConfigError(f"Cannot use {self.path}: {exc}.") from None
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(f"{self.path} is not a usable SQLite corrections store ({exc}).") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        with self._write() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "meta" not in tables:
+                if tables:
+                    raise ConfigError(
+                        f"{self.path} is a SQLite database but not a corrections store (it has tables "
+                        f"{', '.join(sorted(tables))} and no 'meta' table); choose another --db / `db` path."
+                    )
+                db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", str(SCHEMA_VERSION)))
+                return
+            row = db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()
+            version = int(row[0]) if row and str(row[0]).isdigit() else None
+            if version is None:
+                raise ConfigError(f"{self.path}: the 'meta' table has no valid schema_version; the store is damaged.")
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} has schema version {version}, but this distil-human reads versions up to "
+                    f"{SCHEMA_VERSION}: a newer distil-human wrote it. Upgrade distil-human "
+                    "(pip install -U distil-human), or use another store with --db / the `db` option."
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    db.execute(statement)
+                db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(target), "schema_version"))
+
+    def _busy(self, exc: Exception) -> DistilError:
+        return DistilError(
+            f"The corrections store {self.path} stayed locked by another process for {self.busy_timeout_s:g} s "
+            f"({exc}); try again when the other writer is done."
+        )
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()[0])
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction holding the write lock from its start, committed on a normal exit."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._busy(exc) from None
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, correction: Correction) -> Correction:
+        """Store one entry; it is committed (durable) when this returns."""
+        with self._write() as db:
+            db.execute(_INSERT, correction._row())
+        return correction
+
+    def add_many(self, corrections: Sequence[Correction]) -> tuple[int, int]:
+        """All entries in one transaction: (added, already present with the same content).
+
+        An id present with different content raises :class:`DuplicateIdError` (its ``index``
+        in ``corrections``) and nothing is stored.
+        """
+        added = same = 0
+        with self._write() as db:
+            for index, correction in enumerate(corrections):
+                row = db.execute(_SELECT + " WHERE id = ?", (correction.id,)).fetchone()
+                if row is None:
+                    db.execute(_INSERT, correction._row())
+                    added += 1
+                elif tuple(row) == correction._row():
+                    same += 1
+                else:
+                    raise DuplicateIdError(index, correction.id)
+        return added, same
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _select(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Correction]:
+        query = f"{_SELECT} {where} ORDER BY created_at, id"
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [Correction._from_row(r) for r in rows]
+
+    def all(self, problem_id: Optional[str] = None) -> list[Correction]:
+        """Every entry (of one problem), oldest first."""
+        if problem_id is None:
+            return self._select()
+        return self._select("WHERE problem_id = ?", (problem_id,))
+
+    def for_response(self, problem_id: str, response_hash: str) -> list[Correction]:
+        """Entries about exactly this response, oldest first."""
+        return self._select("WHERE problem_id = ? AND response_hash = ?", (problem_id, response_hash))
+
+    def reviewed(self) -> set[tuple[str, str]]:
+        """(problem_id, response_hash) of every response that has at least one entry."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT problem_id, response_hash FROM corrections WHERE response_hash IS NOT NULL"
+            ).fetchall()
+        return {(p, h) for p, h in rows}
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM corrections").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "CorrectionStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM corrections"
+_INSERT = f"INSERT INTO corrections ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"

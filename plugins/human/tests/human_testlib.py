@@ -1,0 +1,135 @@
+"""Shared by the human-plugin tests: entries, hand-written run directories, the `distil`
+command with this plugin loaded, a pseudo-terminal driver and a store writer for subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import sys
+import time
+from typing import Optional
+
+from distil_human.store import Correction, CorrectionStore
+
+
+def response_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def entry(problem_id="sort-12", response="21", kind="correction", text="The digits must go up.", **extra):
+    return Correction(problem_id=problem_id, response_hash=response_hash(response) if response else None,
+                      kind=kind, text=text, **extra)
+
+
+def rollout_record(problem_id, response, passed=False, step=1, group_index=0, reference="12"):
+    return {
+        "step": step, "problem_id": problem_id, "prompt": f"sort {problem_id.split('-')[-1]}",
+        "reference": reference, "group_index": group_index, "response_text": response,
+        "response_hash": response_hash(response), "finished": True,
+        "verdict": {"score": float(passed), "passed": passed, "answer": response,
+                    "details": {"expected": reference, "got": response}},
+        "feedback": [] if passed else [{
+            "source": "answer_check", "kind": "answer_check",
+            "text": f"Your answer {response} is wrong. The expected answer is {reference}.",
+        }],
+    }
+
+
+def write_run(run_dir, records) -> str:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "rollouts.jsonl"), "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+    return str(run_dir)
+
+
+def distil_argv(*args: str) -> list[str]:
+    exe = shutil.which("distil")
+    return ([exe] if exe else [sys.executable, "-m", "distil_core.cli"]) + list(args)
+
+
+def plugin_env(**extra: str) -> dict[str, str]:
+    """The environment of a `distil` process that loads this plugin (and no other)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTIL_NO_ENTRYPOINTS", "DISTIL_HUMAN_DB")}
+    env["DISTIL_PLUGINS"] = "human"
+    env.update(extra)
+    return env
+
+
+class Terminal:
+    """A command on a real pseudo-terminal; the test types on the master side and reads it.
+
+    What the terminal shows includes the echo of what was typed. Carriage returns are dropped.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
+            try:
+                os.execve(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.pid, self.fd, self.screen = pid, fd, ""
+        self.status: Optional[int] = None
+
+    def _read(self, deadline: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: the program has ended and closed the terminal
+            chunk = b""
+        if not chunk:
+            return False
+        self.screen += chunk.decode("utf-8", "replace").replace("\r", "")
+        return True
+
+    def expect(self, text: str, timeout: float = 60.0) -> str:
+        """Wait until ``text`` is shown; return what came before it (and consume both)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{text!r} never appeared; the terminal shows:\n{self.screen[-3000:]}")
+            if not self._read(deadline):
+                raise AssertionError(f"the program ended before showing {text!r}; it showed:\n{self.screen[-3000:]}")
+        before, _, self.screen = self.screen.partition(text)
+        return before
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode("utf-8"))
+
+    def line(self, text: str) -> None:
+        self.type(text + "\r")  # the Enter key sends a carriage return
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Read to the end of the output and return the exit code."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._read(deadline):
+            pass
+        for _ in range(int(timeout * 20)):
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError(f"the program did not exit; the terminal shows:\n{self.screen[-3000:]}")
+
+
+def write_entries(path: str, worker: int, count: int, barrier, errors) -> None:
+    """A subprocess: open the store when every writer is ready, then add ``count`` entries."""
+    try:
+        barrier.wait()
+        store = CorrectionStore(path, busy_timeout_s=60)
+        for i in range(count):
+            store.add(entry(problem_id=f"p{worker}", response=f"r{i}", text=f"writer {worker} entry {i}",
+                            author=f"w{worker}"))
+        store.close()
+    except BaseException as exc:  # reported to the parent, which fails the test
+        errors.put(f"writer {worker}: {type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,117 @@
+"""`distil review` on a hand-written rollouts.jsonl: what it shows, each key, and quitting."""
+
+import pytest
+from human_testlib import Terminal, distil_argv, entry, plugin_env, response_hash, rollout_record, write_run
+
+from distil_core.errors import ConfigError
+from distil_human.review import PROMPT, TEXT_PROMPT, ReviewSession, load_failed_rollouts
+from distil_human.store import CorrectionStore
+
+RECORDS = [
+    rollout_record("sort-12", "12", passed=True),
+    rollout_record("sort-12", "21", group_index=1),
+    rollout_record("sort-12", "21", group_index=2),
+    rollout_record("sort-34", "43", reference="34"),
+    rollout_record("sort-56", "", reference="56"),
+    rollout_record("sort-12", "21", step=2),
+]
+
+
+def _session(tmp_path, answers):
+    """A session reading ``answers`` (then end of input); returns it, its store and what it wrote."""
+    run = write_run(tmp_path / "run", RECORDS)
+    items, _ = load_failed_rollouts(run)
+    store = CorrectionStore(str(tmp_path / "human.sqlite"))
+    shown, replies = [], iter(answers)
+
+    def read(prompt):
+        try:
+            return next(replies)
+        except StopIteration:
+            raise EOFError from None
+
+    return ReviewSession(items, store, author="ada", run_dir=run, read=read, write=shown.append), store, shown
+
+
+def test_failed_responses_are_listed_once_in_sampling_order(tmp_path):
+    run = write_run(tmp_path / "run", RECORDS)
+    with open(f"{run}/rollouts.jsonl", "a") as fh:
+        fh.write('{"step": 3, "problem_id": "sort-1')  # a run killed mid-write
+    items, unreadable = load_failed_rollouts(run)
+    assert [(i.key, i.seen) for i in items] == [(("sort-12", response_hash("21")), 3),
+                                                (("sort-34", response_hash("43")), 1),
+                                                (("sort-56", response_hash("")), 1)]
+    assert unreadable == 1
+    assert [i.key[0] for i in load_failed_rollouts(run, problem_id="sort-34")[0]] == ["sort-34"]
+    with pytest.raises(ConfigError, match="has no rollouts.jsonl: .*train.log_rollouts: false"):
+        load_failed_rollouts(str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_failed_rollouts(str(tmp_path / "nowhere"))
+
+
+def test_each_key_does_what_it_says(tmp_path):
+    session, store, written = _session(tmp_path, [
+        "b",                                         # at the first one already
+        "x",                                         # unknown
+        "?",
+        "c", "", ".",                                # empty: nothing saved
+        "c", "  Swapped digits.", "", "Sort them.", "", ".",
+        "s", "34", ".",
+        "b", "n",                                    # back to sort-34, and on again
+        "n",
+    ])
+    assert session.run() == 2
+    shown = "\n".join(written)
+    assert "This is the first one." in shown and "Unknown choice 'x'; type ? for help." in shown
+    assert "end it with a line holding only '.'" in shown and "Nothing entered, nothing saved." in shown
+    assert "That was the last failed rollout." in shown and "Saved 2 entries this session" in shown
+    first, second = store.all()
+    assert (first.problem_id, first.response_hash, first.kind) == ("sort-12", response_hash("21"), "correction")
+    assert first.text == "  Swapped digits.\n\nSort them." and first.author == "ada" and first.step == 1
+    assert first.response_text == "21" and first.verdict == {"score": 0.0, "passed": False, "answer": "21"}
+    assert (second.problem_id, second.kind, second.text) == ("sort-34", "solution", "34")
+
+
+def test_what_a_rollout_shows(tmp_path):
+    session, store, _ = _session(tmp_path, [])
+    store.add(entry(response="21", text="Earlier note."))
+    store.add(entry(response="99", text="On another response."))
+    screen = session.render(0)
+    for part in ("=== 1/3: problem sort-12 (step 1, sample 1, seen 3 times) ===", "Problem:\n    sort 12",
+                 "Reference: 12", f"Response {response_hash('21')}:\n    21",
+                 "Verdict: failed, score 0.00, answer '21'",
+                 "    expected: 12", "Feedback:\n    [answer_check/answer_check] Your answer 21 is wrong.",
+                 "On record:\n    correction by ?, ", "        Earlier note.",
+                 "(1 more on other responses to this problem)"):
+        assert part in screen, part
+    assert "Response" in session.render(2) and "    (empty)" in session.render(2)
+    assert "On record: none" in session.render(1)
+
+
+def test_end_of_input_in_a_real_terminal_quits_and_keeps_what_was_saved(tmp_path):
+    run = write_run(tmp_path / "run", RECORDS)
+    db = str(tmp_path / "human.sqlite")
+    term = Terminal(distil_argv("review", run, "--db", db, "--author", "bo", "--problem", "sort-34"), plugin_env())
+    term.expect("1 failed response of problem 'sort-34' from ")
+    term.expect("=== 1/1: problem sort-34")
+    term.expect(PROMPT)
+    term.line("s")
+    term.expect(TEXT_PROMPT)
+    term.line("34")
+    term.expect(TEXT_PROMPT)
+    term.line(".")
+    term.expect("Saved solution")
+    term.expect("That was the last failed rollout.")
+    assert term.wait() == 0
+    term = Terminal(distil_argv("review", run, "--db", db, "--author", "bo"), plugin_env())
+    term.expect(PROMPT)
+    term.line("c")
+    term.expect(TEXT_PROMPT)
+    term.line("not finished")
+    term.expect(TEXT_PROMPT)
+    term.type("\x04")  # Ctrl-D at the start of a line: end of input
+    term.expect("Stopped.")
+    term.expect("Saved 0 entries this session")
+    assert term.wait() == 0
+    stored = [(e.problem_id, e.kind, e.text, e.author) for e in CorrectionStore(db).all()]
+    assert stored == [("sort-34", "solution", "34", "bo")]
