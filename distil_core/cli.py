@@ -3,6 +3,7 @@
     distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume]
     distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
     distil plugins [--json]
+    distil serve [--model tiny|PATH] [--port 0] [--host 127.0.0.1] [--api-key KEY] [--fault SPEC ...]
 
 Errors the user can fix print as one paragraph, without a traceback (exit code 2 for config
 and usage errors, 1 otherwise).
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 from . import __version__
@@ -62,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+
+    serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API, with log-probs")
+    serve.add_argument("--model", default="tiny", help="'tiny' (the embedded default's base model) or a local model directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
+    serve.add_argument("--name", help="the model name clients send (default: 'tiny' or the directory's name)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config overrides that pick the tiny base, e.g. --set model.tiny.steps=60")
+    serve.add_argument("--fault", dest="faults", action="append", default=[], metavar="SPEC",
+                       help="test hook for clients: make the next request fail (429[:RETRY_AFTER], 500, 503, "
+                            "slow:SECONDS, malformed, no_logprobs, ok); repeat to queue several")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.set_defaults(func=cmd_serve)
     _add_plugin_commands(sub)
     return parser
 
@@ -198,6 +214,34 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for name, error in errors.items():
         if any(n for k, n in host.plugins[name].registered):
             print(f"warning: plugin {name!r}: {error}", file=sys.stderr)
+    return 0
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from .serve import LocalOpenAIServer, load_for_serving, parse_fault
+
+    try:
+        faults = [parse_fault(f) for f in args.faults]
+    except ValueError as exc:
+        raise ConfigError(f"--fault: {exc}") from None
+    model, tokenizer, name = load_for_serving(args.model, args.overrides)
+    server = LocalOpenAIServer(model, tokenizer, model_name=args.name or name, host=args.host, port=args.port,
+                               api_key=args.api_key, faults=faults, verbose=args.verbose)
+    try:
+        base = server.start()
+    except OSError as exc:
+        raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); pick another --port.") from None
+    print(f"Serving {server.model_name!r} at {base}/v1 (Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 

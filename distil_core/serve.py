@@ -1,0 +1,265 @@
+"""``distil serve``: an OpenAI-compatible HTTP server for a local causal LM, with real log-probs.
+
+Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil_core.lm_api`):
+
+    GET  /v1/models
+    POST /v1/completions        prompt (text or token ids), max_tokens, temperature, top_p, n,
+                                seed, stop, logprobs (top-k, legacy format), echo (prompt
+                                scoring with max_tokens=0), prompt_logprobs (vLLM's format)
+    POST /v1/chat/completions   messages (the model's chat template), logprobs + top_logprobs
+
+Errors come in OpenAI's JSON shape with their status (400, 401 with an API key, 404, 500).
+Requests are served on threads; the model runs one forward pass at a time.
+
+For testing clients, a *fault schedule* makes the next requests fail on purpose (see
+:func:`parse_fault`): ``LocalOpenAIServer(..., faults=["429", "slow:2"])`` or
+``distil serve --fault 429 --fault slow:2``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional, Sequence
+
+from .lm_api import ApiError, LocalLM, token_bytes_table, token_string
+
+FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "no_logprobs", "ok")
+
+__all__ = ["LocalOpenAIServer", "Fault", "parse_fault", "load_for_serving", "token_bytes_table", "token_string"]
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """One scheduled misbehaviour: ``kind`` in FAULT_KINDS, with its delay or Retry-After."""
+
+    kind: str
+    seconds: float = 0.0
+
+
+def parse_fault(spec: str | Fault) -> Fault:
+    """``429[:retry_after_s]``, ``500``, ``503``, ``slow:delay_s``, ``malformed``, ``no_logprobs``, ``ok``.
+
+    ``slow`` answers normally after the delay; ``malformed`` answers 200 with broken JSON;
+    ``no_logprobs`` answers 200 with every log-prob field removed; ``ok`` is a normal answer
+    (a placeholder in a schedule).
+    """
+    if isinstance(spec, Fault):
+        return spec
+    kind, _, arg = str(spec).strip().partition(":")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {spec!r}; use one of {', '.join(FAULT_KINDS)} (slow:SECONDS, 429:RETRY_AFTER)")
+    try:
+        seconds = float(arg) if arg else (0.0 if kind != "slow" else 1.0)
+    except ValueError:
+        raise ValueError(f"fault {spec!r}: {arg!r} is not a number of seconds") from None
+    return Fault(kind, seconds)
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+class LocalOpenAIServer:
+    """Serves ``model`` (a HF causal LM) and ``tokenizer`` on ``host:port`` (0 = any free port).
+
+    ``start()`` returns the base URL (clients use ``base_url + "/v1"``); ``stop()`` shuts down.
+    ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``faults`` is a
+    schedule consumed one entry per completion request (see :func:`parse_fault`); more can be
+    queued with :meth:`add_faults`. ``stats`` counts requests and the most in flight at once.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
+                 port: int = 0, api_key: Optional[str] = None, faults: Sequence[str | Fault] = (),
+                 verbose: bool = False):
+        self.lm = LocalLM(model, tokenizer, model_name)
+        self.model_name = model_name
+        self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
+        self._faults: deque[Fault] = deque(parse_fault(f) for f in faults)
+        self._stats_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self.reset_stats()
+
+    # -- lifecycle
+
+    def start(self) -> str:
+        handler = type("Handler", (_Handler,), {"app": self})
+        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="distil-serve", daemon=True)
+        self._thread.start()
+        return self.base_url
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "LocalOpenAIServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- test hooks
+
+    def add_faults(self, *faults: str | Fault) -> None:
+        with self._stats_lock:
+            self._faults.extend(parse_fault(f) for f in faults)
+
+    def clear_faults(self) -> None:
+        with self._stats_lock:
+            self._faults.clear()
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {}}
+
+    def _enter(self, path: str) -> Optional[Fault]:
+        with self._stats_lock:
+            s = self.stats
+            s["requests"] += 1
+            s["paths"][path] = s["paths"].get(path, 0) + 1
+            s["in_flight"] += 1
+            s["max_in_flight"] = max(s["max_in_flight"], s["in_flight"])
+            return self._faults.popleft() if self._faults else None
+
+    def _leave(self) -> None:
+        with self._stats_lock:
+            self.stats["in_flight"] -= 1
+
+    # -- request handling
+
+    def handle(self, method: str, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One request → (status, headers, body). Never raises."""
+        path = path.split("?", 1)[0].rstrip("/")
+        try:
+            if self.api_key is not None:
+                given = headers.get("Authorization", "")
+                if given != f"Bearer {self.api_key}":
+                    raise ApiError(401, "Incorrect API key provided. Pass the key given to `distil serve --api-key`.",
+                                   "authentication_error", code="invalid_api_key")
+            if method == "GET" and path in ("/v1/models", "/models"):
+                return _json(200, {"object": "list", "data": [self._model_card()]})
+            if method == "GET" and path in ("/health", "/v1/health"):
+                return _json(200, {"status": "ok"})
+            routes = {"/v1/completions": self.lm.completions, "/v1/chat/completions": self.lm.chat_completions}
+            route = routes.get(path)
+            if route is None or method != "POST":
+                raise ApiError(404, f"Unknown endpoint {method} {path}.", code="not_found")
+            return self._handle_completion(path, route, raw)
+        except ApiError as exc:
+            return _json(exc.status, exc.body(), exc.headers)
+        except Exception as exc:  # a bug or a model failure: a 500 in OpenAI's shape
+            return _json(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
+
+    def _handle_completion(self, path: str, route: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        fault = self._enter(path)
+        try:
+            if fault is not None and fault.kind in ("429", "500", "503"):
+                return self._fault_error(fault)
+            if fault is not None and fault.kind == "slow":
+                self._stopping.wait(fault.seconds)
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                raise ApiError(400, "The request body is not valid JSON.") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "The request body must be a JSON object.")
+            if body.get("model") != self.model_name:
+                raise ApiError(404, f"The model {body.get('model')!r} does not exist; this server serves "
+                                    f"{self.model_name!r}.", param="model", code="model_not_found")
+            result = route(body)
+            if fault is not None and fault.kind == "malformed":
+                text = json.dumps(result)
+                return 200, {"Content-Type": "application/json"}, text[: len(text) // 2].encode()
+            if fault is not None and fault.kind == "no_logprobs":
+                for choice in result["choices"]:
+                    choice["logprobs"] = None
+                    choice.pop("prompt_logprobs", None)
+            return _json(200, result)
+        finally:
+            self._leave()
+
+    def _fault_error(self, fault: Fault) -> tuple[int, dict[str, str], bytes]:
+        if fault.kind == "429":
+            seconds = fault.seconds
+            headers = {"Retry-After": f"{seconds:g}", "retry-after-ms": str(int(seconds * 1000))}
+            err = ApiError(429, "Rate limit reached (scheduled fault). Retry after the given delay.",
+                           "rate_limit_error", code="rate_limit_exceeded", headers=headers)
+        elif fault.kind == "503":
+            err = ApiError(503, "The server is overloaded (scheduled fault).", "service_unavailable")
+        else:
+            err = ApiError(500, "The server had an error (scheduled fault).", "server_error")
+        return _json(err.status, err.body(), err.headers)
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "distil"}
+
+
+def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    app: LocalOpenAIServer
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        status, headers, body = self.app.handle(method, self.path, self.headers, raw)
+        try:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+            self.close_connection = True
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._serve("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet; `distil serve --verbose` logs
+        if self.app.verbose:
+            super().log_message(format, *args)
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: bool = True) -> tuple[Any, Any, str]:
+    """(model, tokenizer, served name) for ``distil serve --model``: ``tiny`` or a local directory."""
+    import os
+
+    from .config import load_config
+    from .plugins import get_host
+    from .runtime import load_policy, pick_device
+
+    config = load_config(None, [f"model.name={model}", *overrides])
+    task = get_host().build("task", config.task.name, config.task.options) if model == "tiny" else None
+    policy, tokenizer, source = load_policy(config, task, progress=progress)
+    policy.to(pick_device(config.model.device))
+    policy.eval()
+    name = "tiny" if model == "tiny" else os.path.basename(os.path.normpath(source))
+    return policy, tokenizer, name

@@ -1,0 +1,454 @@
+"""The ``api`` expert: a model behind the ``openai`` SDK or ``litellm``, at the best access level it offers.
+
+Access levels, best first (``access: auto`` probes them once, in this order):
+
+- ``prompt_scoring``: the expert context plus the student's exact response is sent as a prompt
+  (completions with ``echo`` + ``logprobs`` + ``max_tokens: 0``, or vLLM's ``prompt_logprobs``);
+  the top-k log-probs at every response position become ``ExpertSignal(access="topk")`` on the
+  student's token ids (see :mod:`distil_api_expert.align` for how positions are matched).
+- ``topk``: the expert writes its own answer with top-k log-probs (chat ``logprobs`` +
+  ``top_logprobs``). Those log-probs are on the expert's path, not the student's, so the answer
+  is used as text; the log-probs are only checked to be there.
+- ``text``: the expert writes its own answer; ``ExpertSignal(access="text")``, re-tokenised by
+  the engine and trained with sequence cross-entropy.
+
+Failures: authentication and unknown-model errors raise :class:`ConfigError` (at the probe,
+before training, or at the first call that meets them); transient errors are retried; a query
+whose retries run out, or whose answer is malformed or lacks log-probs, gets a failed signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distil_core.errors import ConfigError
+from distil_core.protocols import resolve
+from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal
+
+from . import align
+from .transport import (
+    CallError,
+    FatalApiError,
+    LiteLLMTransport,
+    OpenAITransport,
+    Pricing,
+    ResponseCache,
+    RetryPolicy,
+    Session,
+    Usage,
+    redact,
+)
+
+Access = Literal["auto", "prompt_scoring", "topk", "text"]
+LEVELS = ("prompt_scoring", "topk", "text")
+PROBE_MESSAGES = [{"role": "user", "content": "Sort the digits 3 1 2."}]
+PROBE_RESPONSE = "The sorted digits are 1 2 3."
+
+
+class ApiExpertOptions(BaseModel):
+    """The options, validated (their defaults live in :class:`ApiExpert`'s signature)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    api_base: Optional[str]
+    api_key: Optional[str]
+    api_key_env: str
+    client: Literal["openai", "litellm"]
+    access: Access
+    k: int = Field(ge=1, le=20)
+    max_concurrency: int = Field(ge=1)
+    max_retries: int = Field(ge=0)
+    timeout_s: float = Field(gt=0)
+    backoff_s: float = Field(ge=0)
+    backoff_max_s: float = Field(ge=0)
+    cache_dir: Optional[str]
+    price_prompt_per_1k: Optional[float] = Field(ge=0)
+    price_completion_per_1k: Optional[float] = Field(ge=0)
+    temperature: float = Field(ge=0)
+    max_tokens: Optional[int] = Field(ge=1)
+    text_endpoint: Literal["chat", "completions"]
+    misaligned: Literal["text", "skip"]
+    probe: bool
+    litellm_kwargs: Optional[dict[str, Any]]
+
+
+@dataclass
+class Probe:
+    """What the endpoint offers, found once."""
+
+    level: str  # prompt_scoring | topk | text
+    variant: str = ""  # prompt scoring: "echo" or "prompt_logprobs"
+    same_tokenizer: bool = False
+    send_ids: bool = False  # prompt scoring sends the student's token ids (same tokenizer, accepted)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Outcome:
+    signal: Optional[ExpertSignal]  # None: prompt scoring could not be aligned
+    usage: Usage
+    reason: str = ""
+
+
+class ApiExpert:
+    """Any model behind the openai SDK or litellm (OpenAI, vLLM, SGLang, `distil serve`, …)."""
+
+    def __init__(
+        self,
+        runtime: Any = None,
+        model: str = "",
+        api_base: Optional[str] = None,
+        api_key: Optional[str] = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        client: str = "openai",
+        access: str = "auto",
+        k: int = 20,
+        max_concurrency: int = 8,
+        max_retries: int = 4,
+        timeout_s: float = 60.0,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        cache_dir: Optional[str] = None,
+        price_prompt_per_1k: Optional[float] = None,
+        price_completion_per_1k: Optional[float] = None,
+        temperature: float = 0.0,
+        max_tokens: Optional[int] = None,
+        text_endpoint: str = "chat",
+        misaligned: str = "text",
+        probe: bool = True,
+        litellm_kwargs: Optional[dict[str, Any]] = None,
+    ):
+        values = {name: value for name, value in locals().items() if name not in ("self", "runtime")}
+        try:
+            self.options = opts = ApiExpertOptions(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
+            raise ConfigError(f"expert 'api': invalid options: {problems}.") from None
+        tokenizer = getattr(runtime, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError("expert 'api' needs the student's tokenizer (the trainer passes its runtime).")
+        self.tokenizer = tokenizer
+        self.vocab = align.StudentVocab(tokenizer)
+        config = getattr(runtime, "config", None)
+        self.max_tokens = opts.max_tokens or getattr(getattr(config, "rollout", None), "max_new_tokens", None) or 256
+        self.where = opts.api_base or ("the OpenAI API" if opts.client == "openai" else "litellm's endpoint for the model")
+        self.api_key = opts.api_key or os.environ.get(opts.api_key_env) or None
+        if self.api_key is None and opts.api_base is not None:
+            self.api_key = "EMPTY"  # servers started without a key accept anything
+        if self.api_key is None and opts.client == "openai":
+            raise ConfigError(
+                f"expert 'api': no API key for {opts.model!r}. Set the {opts.api_key_env} environment "
+                "variable, or options.api_key / options.api_key_env; a local server needs options.api_base."
+            )
+        self.cache = ResponseCache(opts.cache_dir) if opts.cache_dir else None
+        self.pricing = Pricing(opts.price_prompt_per_1k, opts.price_completion_per_1k, opts.model,
+                               use_litellm=opts.client == "litellm")
+        self.retry = RetryPolicy(opts.max_retries, opts.backoff_s, opts.backoff_max_s)
+        self.probe_result: Optional[Probe] = None
+        if opts.probe:
+            resolve(self.probe())
+        elif opts.access != "auto":
+            # no probe: trust the configured level; prompt scoring then sends text and aligns by bytes
+            self.probe_result = Probe(opts.access, "echo" if opts.access == "prompt_scoring" else "")
+
+    # -- the Expert protocol
+
+    @property
+    def capability(self) -> ExpertCapability:
+        probe = self.probe_result or resolve(self.probe())
+        if probe.level == "prompt_scoring":
+            return ExpertCapability(access="topk", k=self.options.k, same_tokenizer=probe.same_tokenizer)
+        return ExpertCapability(access="text", same_tokenizer=False)
+
+    async def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
+        probe = await self.probe()
+        async with self._session() as session:
+            try:
+                if probe.level == "prompt_scoring":
+                    outcomes = await self._prompt_scoring_batch(session, probe, queries)
+                else:
+                    outcomes = await _all([self._write(session, q, probe.level == "topk") for q in queries])
+            except FatalApiError as exc:
+                raise self._config_error(exc) from None
+        signals = []
+        for outcome in outcomes:
+            signal = outcome.signal
+            signal.usage = outcome.usage.as_dict()
+            signals.append(signal)
+        return signals
+
+    # -- probing
+
+    async def probe(self) -> Probe:
+        """Find (once) the best access level the endpoint offers; ConfigError if it offers none.
+
+        Authentication and unknown-model errors surface here, before training starts.
+        """
+        if self.probe_result is not None:
+            return self.probe_result
+        wanted = LEVELS if self.options.access == "auto" else (self.options.access,)
+        notes: list[str] = []
+        async with self._session(use_cache=False) as session:
+            for level in wanted:
+                try:
+                    found = await getattr(self, f"_probe_{level}")(session, notes)
+                except FatalApiError as exc:
+                    if exc.kind == "not_found" and self.options.access == "auto" and level != "text" \
+                            and "model" not in str(exc).lower():
+                        notes.append(f"{level}: {exc}")  # an endpoint this server lacks, not the model
+                        continue
+                    raise self._config_error(exc) from None
+                except CallError as exc:
+                    if exc.kind == "transient":
+                        raise ConfigError(
+                            f"expert 'api': no answer from {self.options.model!r} at {self.where} while probing "
+                            f"({redact(str(exc))}). Check that the server is up and reachable, or raise "
+                            "options.timeout_s / options.max_retries."
+                        ) from None
+                    notes.append(f"{level}: {exc}")
+                    continue
+                if found is not None:
+                    found.notes = notes
+                    self.probe_result = found
+                    return found
+        raise ConfigError(
+            f"expert 'api': {self.options.model!r} at {self.where} offers none of the access levels tried "
+            f"({', '.join(wanted)}): {redact('; '.join(notes))}. Pick another access level or endpoint."
+        )
+
+    def _probe_query(self) -> ExpertQuery:
+        from distil_core.context import prompt_ids
+
+        tok = self.tokenizer
+        context = prompt_ids(tok, PROBE_MESSAGES) if getattr(tok, "chat_template", None) else tok.encode(PROBE_MESSAGES[0]["content"])
+        response = list(tok.encode(PROBE_RESPONSE, add_special_tokens=False))
+        if tok.eos_token_id is not None:
+            response.append(tok.eos_token_id)
+        return ExpertQuery(problem_id="probe", rollout_index=0, context_messages=PROBE_MESSAGES,
+                           context_ids=list(context), response_ids=response, response_text=PROBE_RESPONSE)
+
+    async def _probe_prompt_scoring(self, session: Session, notes: list[str]) -> Optional[Probe]:
+        query = self._probe_query()
+        text = self._prompt_text(query)
+        canonical = list(self.tokenizer.encode(text, add_special_tokens=False))
+        try:
+            tokens, _ = await session.call("completions", self._echo_params(text), _echo_tokens, use_cache=False)
+        except CallError as exc:
+            if exc.kind == "transient":
+                raise
+            notes.append(f"echo: {exc}")
+            return await self._probe_prompt_logprobs(session, query, notes)
+        if not align.same_tokenization(tokens, canonical, self.vocab):
+            return Probe("prompt_scoring", "echo", same_tokenizer=False)
+        ids = query.context_ids + query.response_ids
+        try:
+            tokens, _ = await session.call("completions", self._echo_params(ids), _echo_tokens, use_cache=False)
+            send_ids = align.rows_by_id(tokens, query.context_ids, query.response_ids, self.vocab, self.options.k).ok
+        except CallError as exc:
+            if exc.kind == "transient":
+                raise
+            notes.append(f"echo with token ids: {exc}")
+            send_ids = False
+        return Probe("prompt_scoring", "echo", same_tokenizer=True, send_ids=send_ids)
+
+    async def _probe_prompt_logprobs(self, session: Session, query: ExpertQuery, notes: list[str]) -> Optional[Probe]:
+        ids = query.context_ids + query.response_ids
+        try:
+            tokens, _ = await session.call("completions", self._prompt_logprobs_params(ids),
+                                           lambda a: _prompt_logprobs_tokens(a, ids), use_cache=False)
+        except CallError as exc:
+            if exc.kind == "transient":
+                raise
+            notes.append(f"prompt_logprobs: {exc}")
+            return None
+        # ids only mean the same thing if the API spells them as the student does
+        if not align.rows_by_id(tokens, query.context_ids, query.response_ids, self.vocab, self.options.k).ok:
+            notes.append("prompt_logprobs: the API's tokenizer differs from the student's")
+            return None
+        return Probe("prompt_scoring", "prompt_logprobs", same_tokenizer=True, send_ids=True)
+
+    async def _probe_topk(self, session: Session, notes: list[str]) -> Optional[Probe]:
+        await self._write(session, self._probe_query(), True, use_cache=False, max_tokens=4, strict=True)
+        return Probe("topk")
+
+    async def _probe_text(self, session: Session, notes: list[str]) -> Optional[Probe]:
+        await self._write(session, self._probe_query(), False, use_cache=False, max_tokens=4, strict=True)
+        return Probe("text")
+
+    # -- prompt scoring
+
+    def _prompt_text(self, query: ExpertQuery) -> str:
+        return self.vocab.text(query.context_ids + query.response_ids).decode("utf-8", errors="replace")
+
+    def _echo_params(self, prompt: Any) -> dict[str, Any]:
+        return {"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": self.options.k, "temperature": 0.0}
+
+    def _prompt_logprobs_params(self, ids: list[int]) -> dict[str, Any]:
+        return {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "extra_body": {"prompt_logprobs": self.options.k}}
+
+    async def _prompt_scoring_batch(self, session: Session, probe: Probe, queries: Sequence[ExpertQuery]) -> list[_Outcome]:
+        outcomes = await _all([self._score_one(session, probe, q) for q in queries])
+        unaligned = [i for i, o in enumerate(outcomes) if o.signal is None]
+        if not unaligned:
+            return outcomes
+        if self.options.misaligned == "skip":
+            for i in unaligned:
+                outcomes[i].usage.misaligned += 1
+                outcomes[i].signal = ExpertSignal(access="topk", ok=False, error=f"not aligned: {outcomes[i].reason}")
+            return outcomes
+        # One step trains on one loss path: when some responses cannot be aligned, the whole
+        # batch is answered as text (the failed ones stay failed).
+        redo = [i for i, o in enumerate(outcomes) if o.signal is None or o.signal.ok]
+        written = await _all([self._write(session, queries[i], False) for i in redo])
+        for i, outcome in zip(redo, written):
+            outcome.usage = outcomes[i].usage.add(outcome.usage)
+            outcomes[i] = outcome
+        for i in unaligned:
+            outcomes[i].usage.misaligned += 1
+        return outcomes
+
+    async def _score_one(self, session: Session, probe: Probe, query: ExpertQuery) -> _Outcome:
+        import torch
+
+        k = self.options.k
+        if probe.send_ids:
+            ids = list(query.context_ids) + list(query.response_ids)
+            if probe.variant == "prompt_logprobs":
+                params, parse = self._prompt_logprobs_params(ids), (lambda a: _prompt_logprobs_tokens(a, ids))
+            else:
+                params, parse = self._echo_params(ids), _echo_tokens
+
+            def check(answer: dict[str, Any]) -> align.Alignment:
+                return align.rows_by_id(parse(answer), query.context_ids, query.response_ids, self.vocab, k)
+        else:
+            text = self._prompt_text(query)
+            sent = text.encode("utf-8")
+            context = self.vocab.text(query.context_ids)
+            params = self._echo_params(text)
+
+            def check(answer: dict[str, Any]) -> align.Alignment:
+                return align.rows_by_bytes(_echo_tokens(answer), sent, context, query.response_ids, self.vocab, k)
+
+        try:
+            result, usage = await session.call("completions", params, check)
+        except CallError as exc:
+            return _Outcome(ExpertSignal(access="topk", ok=False, error=str(exc)), exc.usage)
+        if not result.ok:
+            return _Outcome(None, usage, result.reason)
+        signal = ExpertSignal(
+            access="topk",
+            topk_ids=torch.tensor(result.ids, dtype=torch.long).reshape(len(query.response_ids), k),
+            topk_logprobs=torch.tensor(result.logprobs, dtype=torch.float32).reshape(len(query.response_ids), k),
+        )
+        return _Outcome(signal, usage)
+
+    # -- the expert writes its own answer
+
+    async def _write(self, session: Session, query: ExpertQuery, with_logprobs: bool, *, use_cache: bool = True,
+                     max_tokens: Optional[int] = None, strict: bool = False) -> _Outcome:
+        opts = self.options
+        params: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens, "temperature": opts.temperature}
+        chat = opts.text_endpoint == "chat"
+        if chat:
+            params["messages"] = query.context_messages
+            if with_logprobs:
+                params.update(logprobs=True, top_logprobs=opts.k)
+        else:
+            params["prompt"] = self.vocab.text(query.context_ids).decode("utf-8", errors="replace")
+            if with_logprobs:
+                params["logprobs"] = opts.k
+
+        def check(answer: dict[str, Any]) -> str:
+            return _written_text(answer, chat, with_logprobs)
+
+        try:
+            text, usage = await session.call("chat" if chat else "completions", params, check, use_cache=use_cache)
+        except CallError as exc:
+            if strict:
+                raise
+            return _Outcome(ExpertSignal(access="text", ok=False, error=str(exc)), exc.usage)
+        return _Outcome(ExpertSignal(access="text", text=text), usage)
+
+    # -- plumbing
+
+    def _session(self, use_cache: bool = True) -> Session:
+        opts = self.options
+        if opts.client == "litellm":
+            transport: Any = LiteLLMTransport(opts.model, opts.api_base, self.api_key, opts.timeout_s, opts.litellm_kwargs)
+        else:
+            transport = OpenAITransport(opts.model, opts.api_base, self.api_key, opts.timeout_s)
+        scope = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
+        return Session(transport, self.retry, self.pricing, opts.max_concurrency,
+                       cache=self.cache if use_cache else None, cache_scope=scope)
+
+    def _config_error(self, exc: FatalApiError) -> ConfigError:
+        opts = self.options
+        said = redact(str(exc)).rstrip(". ")
+        if exc.kind == "auth":
+            return ConfigError(
+                f"expert 'api': {self.where} rejected the credentials for model {opts.model!r}: {said}. "
+                f"Set options.api_key, or the {opts.api_key_env} environment variable, to a valid key."
+            )
+        return ConfigError(
+            f"expert 'api': model {opts.model!r} was not found at {self.where}: {said}. Check options.model "
+            "(the name the server serves; with client litellm, with its provider prefix such as openai/) "
+            "and options.api_base (OpenAI-compatible servers usually end in /v1)."
+        )
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+def _first_choice(answer: dict[str, Any]) -> dict[str, Any]:
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise CallError("malformed", "the answer has no choices")
+    return choices[0]
+
+
+def _echo_tokens(answer: dict[str, Any]) -> list[align.ApiToken]:
+    try:
+        return align.parse_echo(_first_choice(answer))
+    except align.NoLogprobs as exc:
+        raise CallError("no_logprobs", str(exc)) from None
+
+
+def _prompt_logprobs_tokens(answer: dict[str, Any], ids: Sequence[int]) -> list[align.ApiToken]:
+    choice = _first_choice(answer)
+    if "prompt_logprobs" not in choice and isinstance(answer.get("prompt_logprobs"), list):
+        choice = {"prompt_logprobs": answer["prompt_logprobs"]}
+    try:
+        return align.parse_prompt_logprobs(choice, ids)
+    except align.NoLogprobs as exc:
+        raise CallError("no_logprobs", str(exc)) from None
+
+
+def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool) -> str:
+    choice = _first_choice(answer)
+    text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    if not isinstance(text, str):
+        raise CallError("malformed", "the answer has no text")
+    if with_logprobs:
+        lp = choice.get("logprobs")
+        present = isinstance(lp, dict) and (isinstance(lp.get("content"), list) if chat else isinstance(lp.get("tokens"), list))
+        if not present:
+            raise CallError("no_logprobs", "the answer has no log-probs")
+    return text
+
+
+async def _all(coroutines: list[Any]) -> list[Any]:
+    """gather, but a raising task cancels the others (a fatal error stops the whole call)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,405 @@
+"""Talking to the provider: one request in, one JSON answer out.
+
+- :class:`OpenAITransport` and :class:`LiteLLMTransport` send a request through the ``openai``
+  SDK or ``litellm`` (imported only when chosen) and return the answer as a plain dict.
+- :class:`Session` wraps a transport for one scoring call: a semaphore caps the requests in
+  flight, transient failures are retried with exponential backoff and jitter (honouring
+  Retry-After), identical requests share one answer, and answers go to a disk cache.
+- :func:`classify` sorts exceptions from either SDK into what to do about them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class FatalApiError(Exception):
+    """Authentication failed or the model does not exist: nothing will work until the config changes."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class CallError(Exception):
+    """This request failed (retries exhausted, a malformed or unusable answer); other queries go on."""
+
+    def __init__(self, kind: str, message: str, usage: Optional["Usage"] = None):
+        super().__init__(message)
+        self.kind = kind
+        self.usage = usage or Usage()
+
+
+_TRANSIENT_NAMES = {"APITimeoutError", "Timeout", "APIConnectionError", "TimeoutException", "TransportError",
+                    "ConnectError", "ReadTimeout", "RemoteProtocolError", "TimeoutError",
+                    "ServiceUnavailableError", "InternalServerError", "RateLimitError"}
+
+
+def status_of(exc: BaseException) -> Optional[int]:
+    for source in (exc, getattr(exc, "response", None)):
+        code = getattr(source, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def classify(exc: BaseException) -> str:
+    """``auth`` | ``not_found`` | ``transient`` | ``malformed`` | ``bad_request`` | ``error``."""
+    if isinstance(exc, json.JSONDecodeError):
+        return "malformed"
+    status = status_of(exc)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if status in (401, 403) or names & {"AuthenticationError", "PermissionDeniedError"}:
+        return "auth"
+    if "missing credentials" in str(exc).lower():  # litellm reports a missing key as a server error
+        return "auth"
+    if status == 404 or "NotFoundError" in names:
+        return "not_found"
+    if status in (408, 409, 425, 429) or (status is not None and status >= 500):
+        return "transient"
+    if names & _TRANSIENT_NAMES or isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
+        return "transient"
+    if status in (400, 422) or names & {"BadRequestError", "UnprocessableEntityError", "UnsupportedParamsError"}:
+        return "bad_request"
+    return "error"
+
+
+def provider_message(exc: BaseException) -> str:
+    """What the provider said, on one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:600] + "…"
+
+
+def retry_after(exc: BaseException) -> Optional[float]:
+    """Seconds the provider asked us to wait (``retry-after-ms`` or ``Retry-After``), if it said."""
+    headers: Any = getattr(getattr(exc, "response", None), "headers", None) or {}
+    extra = getattr(exc, "litellm_response_headers", None)
+    for source in (headers, extra or {}):
+        try:
+            ms = source.get("retry-after-ms")
+            if ms is not None:
+                return max(0.0, float(ms) / 1000)
+            value = source.get("retry-after")
+        except Exception:
+            continue
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                return max(0.0, when.timestamp() - time.time())
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+# -- transports ---------------------------------------------------------------------------------
+
+
+class OpenAITransport:
+    """The ``openai`` SDK's async client; any OpenAI-compatible server through ``api_base``."""
+
+    name = "openai"
+
+    def __init__(self, model: str, api_base: Optional[str], api_key: str, timeout_s: float):
+        self.model, self.api_base, self.api_key, self.timeout_s = model, api_base, api_key, timeout_s
+        self.client: Any = None
+
+    async def open(self) -> None:
+        import openai
+
+        self.client = openai.AsyncOpenAI(base_url=self.api_base, api_key=self.api_key,
+                                         timeout=self.timeout_s, max_retries=0)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def request(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        body = {"model": self.model, **{k: v for k, v in params.items() if k != "extra_body"}}
+        body.update(params.get("extra_body") or {})
+        path = "/chat/completions" if endpoint == "chat" else "/completions"
+        response = await self.client.post(path, body=body, cast_to=httpx.Response)
+        return json.loads(response.text)  # JSONDecodeError: a malformed answer
+
+
+class LiteLLMTransport:
+    """``litellm`` (``acompletion`` / ``atext_completion``); ``extra`` goes into every call."""
+
+    name = "litellm"
+
+    def __init__(self, model: str, api_base: Optional[str], api_key: Optional[str], timeout_s: float,
+                 extra: Optional[dict[str, Any]] = None):
+        self.model, self.api_base, self.api_key, self.timeout_s = model, api_base, api_key, timeout_s
+        self.extra = dict(extra or {})
+        self.litellm: Any = None
+
+    async def open(self) -> None:
+        self.litellm = import_litellm()
+
+    async def close(self) -> None:
+        # litellm keeps async clients in a module-level cache; they belong to this event loop,
+        # which ends with the scoring call, so close and forget them
+        close = getattr(self.litellm, "close_litellm_async_clients", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:
+                pass
+        flush = getattr(getattr(self.litellm, "in_memory_llm_clients_cache", None), "flush_cache", None)
+        if callable(flush):
+            flush()
+
+    async def request(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "timeout": self.timeout_s, "num_retries": 0, **self.extra, **params}
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self.api_key:
+            kwargs["api_key"] = self.api_key
+        call = self.litellm.acompletion if endpoint == "chat" else self.litellm.atext_completion
+        response = await call(**kwargs)
+        return _plain(response)
+
+
+def import_litellm() -> Any:
+    """litellm, without its network fetch of the model cost map (it ships a local copy)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    with warnings.catch_warnings():  # its pydantic models warn at import; nothing for our users to act on
+        warnings.simplefilter("ignore")
+        import litellm
+
+    litellm.suppress_debug_info = True
+    # its pydantic models warn when first used; nothing for our users to act on
+    warnings.filterwarnings("ignore", message=".*is using the `ReadOnly` qualifier.*", category=UserWarning)
+    return litellm
+
+
+def _plain(response: Any) -> dict[str, Any]:
+    if isinstance(response, dict):
+        return response
+    for method in ("model_dump", "dict", "json"):
+        fn = getattr(response, method, None)
+        if callable(fn):
+            out = fn()
+            return json.loads(out) if isinstance(out, str) else out
+    raise TypeError(f"unexpected response type {type(response).__name__}")
+
+
+# -- accounting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Usage:
+    """What one query cost. ``cached`` counts answers served without a request; ``misaligned``
+    counts prompt-scoring answers that could not be put on the student's positions."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: int = 0
+    retries: int = 0
+    requests: int = 0
+    misaligned: int = 0
+
+    def add(self, other: "Usage") -> "Usage":
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class Pricing:
+    """USD per 1000 tokens; without prices, litellm's cost map (client litellm) or nothing."""
+
+    prompt_per_1k: Optional[float] = None
+    completion_per_1k: Optional[float] = None
+    model: str = ""
+    use_litellm: bool = False
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        if self.prompt_per_1k is not None or self.completion_per_1k is not None:
+            return (prompt_tokens * (self.prompt_per_1k or 0.0) + completion_tokens * (self.completion_per_1k or 0.0)) / 1000
+        if self.use_litellm:
+            try:
+                p, c = import_litellm().cost_per_token(model=self.model, prompt_tokens=prompt_tokens,
+                                                       completion_tokens=completion_tokens)
+                return float(p) + float(c)
+            except Exception:  # a model the cost map does not know
+                return 0.0
+        return 0.0
+
+
+# -- cache --------------------------------------------------------------------------------------
+
+
+class ResponseCache:
+    """Answers on disk, one JSON file per request hash; written atomically (temp file + rename)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    @staticmethod
+    def key(request: dict[str, Any]) -> str:
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, key[:2], key + ".json")
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        try:
+            with open(self._path(key), encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):  # missing, or damaged by something other than us
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(value, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+# -- one scoring call ---------------------------------------------------------------------------
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def delay(self, attempt: int, exc: BaseException) -> float:
+        asked = retry_after(exc)
+        if asked is not None:
+            return min(asked, max(self.backoff_max_s, 60.0))
+        base = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
+        return base * (0.5 + random.random() / 2)  # jitter: spread retries of concurrent queries
+
+
+@dataclass
+class Session:
+    """One scoring call's requests: concurrency cap, retries, shared answers, cache, usage."""
+
+    transport: Any
+    retry: RetryPolicy
+    pricing: Pricing
+    max_concurrency: int
+    cache: Optional[ResponseCache] = None
+    cache_scope: dict[str, Any] = field(default_factory=dict)
+    _semaphore: Any = None
+    _pending: dict[str, Any] = field(default_factory=dict)
+
+    async def __aenter__(self) -> "Session":
+        self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        await self.transport.open()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.transport.close()
+
+    async def call(self, endpoint: str, params: dict[str, Any], check: Callable[[dict[str, Any]], Any],
+                   *, use_cache: bool = True) -> tuple[Any, Usage]:
+        """``check(answer)`` turns the answer into what the caller needs, or raises CallError."""
+        key = ResponseCache.key({**self.cache_scope, "endpoint": endpoint, "params": params})
+        if use_cache and self.cache is not None:
+            stored = self.cache.get(key)
+            if stored is not None:
+                try:
+                    return check(stored), Usage(cached=1)
+                except CallError:
+                    pass  # an answer this version cannot use: ask again
+        if key in self._pending:  # the same request is already on its way: share its answer
+            try:
+                answer = await asyncio.shield(self._pending[key])
+            except CallError as exc:
+                raise CallError(exc.kind, str(exc)) from None
+            return check(answer), Usage(cached=1)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            answer, usage = await self._fetch(endpoint, params)
+        except BaseException as exc:
+            del self._pending[key]
+            future.set_exception(exc if isinstance(exc, Exception) else CallError("error", "cancelled"))
+            future.exception()  # marked as retrieved: sharers re-raise it, nobody else needs it
+            raise
+        future.set_result(answer)
+        try:
+            result = check(answer)
+        except CallError as exc:
+            exc.usage = usage  # the request was made (and paid for) even if its answer is unusable
+            raise
+        if use_cache and self.cache is not None:
+            self.cache.put(key, answer)
+        return result, usage
+
+    async def _fetch(self, endpoint: str, params: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+        usage = Usage()
+        attempt = 0
+        while True:
+            usage.requests += 1
+            try:
+                async with self._semaphore:
+                    answer = await self.transport.request(endpoint, params)
+            except Exception as exc:
+                kind = classify(exc)
+                message = provider_message(exc)
+                if kind in ("auth", "not_found"):
+                    raise FatalApiError(kind, message) from None
+                if kind == "transient" and attempt < self.retry.max_retries:
+                    await asyncio.sleep(self.retry.delay(attempt, exc))
+                    attempt += 1
+                    usage.retries += 1
+                    continue
+                if kind == "transient":
+                    tries = f"{attempt + 1} attempt" + ("s" if attempt else "")
+                    message = f"gave up after {tries}: {message}"
+                raise CallError(kind, message, usage) from None
+            if not isinstance(answer, dict):
+                raise CallError("malformed", f"the answer is a JSON {type(answer).__name__}, not an object", usage)
+            counts = answer.get("usage") or {}
+            usage.prompt_tokens += int(counts.get("prompt_tokens") or 0)
+            usage.completion_tokens += int(counts.get("completion_tokens") or 0)
+            usage.cost_usd += self.pricing.cost(int(counts.get("prompt_tokens") or 0),
+                                                int(counts.get("completion_tokens") or 0))
+            return answer, usage
+
+
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")
+
+
+def redact(text: str) -> str:
+    """Keep API keys out of messages that end up in logs."""
+    return _SECRET.sub(r"\1…", text)

@@ -1,0 +1,88 @@
+"""Builders shared by the api-expert tests: a tiny model and tokenizer, queries, experts."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+from distil_core.builtin import DigitsTask
+from distil_core.context import ContextBuilder, ContextTemplate
+from distil_core.tiny import build_model, build_tokenizer
+from distil_core.types import ExpertQuery, Feedback, Rollout
+
+TEMPLATE = ContextTemplate()
+
+
+def _corpus(extra: tuple[str, ...] = ()) -> list[str]:
+    task = DigitsTask(train_size=60, test_size=10)
+    corpus = [TEMPLATE.render(p.user_text(), [], p.reference) for p in task.problems("train")]
+    corpus.append("Feedback on an earlier unsuccessful attempt: Your answer 1 is wrong. The expected answer is 2.")
+    return corpus + list(extra)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer():
+    return build_tokenizer(_corpus(), vocab_size=300)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model():
+    tok = tiny_tokenizer()
+    model = build_model(len(tok), hidden_size=32, layers=1, heads=2, seed=0,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def other_tokenizer():
+    """Byte-level BPE too, but merged on different text: a different tokenisation of words."""
+    prose = ["the quick brown fox jumps over the lazy dog " * 4, "sorting sorted sorts resort " * 6,
+             "wrong answers are wrongly answered " * 5]
+    return build_tokenizer(prose, vocab_size=290)
+
+
+@functools.lru_cache(maxsize=None)
+def other_model():
+    tok = other_tokenizer()
+    return build_model(len(tok), hidden_size=32, layers=1, heads=2, seed=1,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).eval()
+
+
+def runtime(tokenizer=None, model=None, max_new_tokens: int = 6):
+    tok = tokenizer or tiny_tokenizer()
+    return SimpleNamespace(tokenizer=tok, model=model, pad_id=tok.pad_token_id,
+                           config=SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=max_new_tokens)))
+
+
+def queries(count: int = 4, *, response: str | None = None, tokenizer=None, start: int = 0) -> list[ExpertQuery]:
+    """Expert queries on held-out digits problems: feedback in the context, a response to score."""
+    tok = tokenizer or tiny_tokenizer()
+    task = DigitsTask(train_size=60, test_size=40)
+    builder = ContextBuilder(tok, TEMPLATE)
+    out = []
+    for i, problem in enumerate(task.problems("test")[start : start + count]):
+        text = response if response is not None else problem.reference[::-1]
+        ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        rollout = Rollout(problem_id=problem.id, group_index=0, response_text=text, response_ids=ids)
+        feedback = [Feedback(source="answer_check", kind="answer_check",
+                             text=f"Your answer {text} is wrong. The expected answer is {problem.reference}.")]
+        out.append(builder.build(problem, i, rollout, feedback))
+    return out
+
+
+def api_expert(server, **options):
+    from distil_api_expert import ApiExpert
+
+    options.setdefault("model", "tiny")
+    options.setdefault("api_base", server.base_url + "/v1")
+    options.setdefault("k", 5)
+    options.setdefault("backoff_s", 0.01)
+    options.setdefault("timeout_s", 20.0)
+    tokenizer = options.pop("tokenizer", None)
+    return ApiExpert(runtime(tokenizer), **options)
+
+
+def score(expert, qs):
+    from distil_core.protocols import resolve
+
+    return resolve(expert.score(qs))
