@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -146,9 +148,9 @@ class CorrectionStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"Cannot open the corrections store {self.path}: {exc}.") from None
         try:
-            self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
-            self._check_schema()
+            self._retry_while_locked(self._enable_wal)
+            self._retry_while_locked(self._check_schema)
         except sqlite3.OperationalError as exc:
             self._db.close()
             raise self._busy(exc) if "locked" in str(exc) else ConfigError(f"Cannot use {self.path}: {exc}.") from None
@@ -158,6 +160,30 @@ class CorrectionStore:
         except BaseException:
             self._db.close()
             raise
+
+    def _retry_while_locked(self, step: Callable[[], None]) -> None:
+        """Run ``step``, retrying "database is locked" until ``busy_timeout_s`` has passed.
+
+        SQLite answers some lock upgrades (switching a new file to WAL, several processes racing
+        to create the schema) with an immediate SQLITE_BUSY instead of calling its busy handler,
+        because waiting could deadlock; backing off and starting the step again cannot.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                return step()
+            except (sqlite3.OperationalError, DistilError) as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+
+    def _enable_wal(self) -> None:
+        with self._lock:
+            mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                self._db.execute("PRAGMA journal_mode = WAL")
 
     # -- schema ------------------------------------------------------------------------------
 
