@@ -5,7 +5,8 @@ Every backend builds on these pieces, so their behaviour stays the same where it
 - :func:`language_for` — how a language's program file is named and started;
 - :func:`validate_job` / :func:`job_files` — checked relative paths and the bytes to write;
 - :func:`write_files` — writes them into a fresh directory without following links;
-- :func:`rlimits_for` / :func:`preexec_setting` — resource limits for a ``preexec_fn``;
+- :func:`rlimits_for` / :func:`preexec_setting` — resource limits for a ``preexec_fn``
+  (:func:`within_hard_limits`: as far as this process may set them);
 - :class:`CappedBuffer` / :func:`supervise` — capped, never-blocking output collection with a
   wall-clock deadline and a kill callback;
 - :func:`split_exit_code`, :func:`signal_name`, :func:`make_result` — an :class:`ExecResult`.
@@ -178,16 +179,25 @@ def rlimits_for(job: Job, *, nproc: Optional[int] = None) -> list[tuple[int, int
     ]
 
 
+def within_hard_limits(limits: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``limits`` lowered where they would raise this process's hard limits."""
+    out = []
+    for res, soft, hard in limits:
+        _, current_hard = resource.getrlimit(res)
+        if current_hard != resource.RLIM_INFINITY:
+            hard = min(hard, current_hard)
+            soft = min(soft, hard)
+        out.append((res, soft, hard))
+    return out
+
+
 def preexec_setting(limits: list[tuple[int, int, int]]) -> Callable[[], None]:
-    """A ``preexec_fn`` that applies ``limits``; it only makes setrlimit calls, so it is as
-    safe as a ``preexec_fn`` can be in a threaded parent. Limits never raise a hard limit."""
+    """A ``preexec_fn`` that applies ``limits``; it only makes getrlimit and setrlimit calls, so
+    it is as safe as a ``preexec_fn`` can be in a threaded parent. Limits never raise a hard
+    limit (:func:`within_hard_limits`)."""
 
     def apply() -> None:
-        for res, soft, hard in limits:
-            _, current_hard = resource.getrlimit(res)
-            if current_hard != resource.RLIM_INFINITY:
-                hard = min(hard, current_hard)
-                soft = min(soft, hard)
+        for res, soft, hard in within_hard_limits(limits):
             resource.setrlimit(res, (soft, hard))
 
     return apply
@@ -251,6 +261,7 @@ def supervise(
     timeout_s: float,
     kill: Callable[[], None],
     started: Optional[float] = None,
+    stdout: Optional[CappedBuffer] = None,
 ) -> Supervised:
     """Feed ``stdin``, collect capped stdout/stderr and reap ``proc``, within ``timeout_s``.
 
@@ -261,11 +272,14 @@ def supervise(
     main process has exited but before it is reaped (so its pid, and its process group id,
     cannot have been reused). If the process survives ``kill()`` for
     :data:`KILL_GRACE_S`, its process group is killed. Output still flowing that long after
-    exit is abandoned. ``started`` is the ``time.monotonic()`` taken just before the spawn.
+    exit is abandoned. ``started`` is the ``time.monotonic()`` taken just before the spawn (or
+    the hand-over of the job); ``stdout`` is a buffer to collect stdout into, a
+    :class:`CappedBuffer` of ``output_limit`` bytes by default.
     """
     started = time.monotonic() if started is None else started
     deadline = started + timeout_s
-    out, err = CappedBuffer(output_limit), CappedBuffer(output_limit)
+    out = CappedBuffer(output_limit) if stdout is None else stdout
+    err = CappedBuffer(output_limit)
     sel = selectors.DefaultSelector()
     readers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     for fd in readers:

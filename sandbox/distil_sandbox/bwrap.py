@@ -10,7 +10,7 @@ Inside the sandbox the program sees:
 - private, size-capped tmpfs mounts for ``/work`` (the job's files, the working directory),
   ``/tmp`` and ``/dev/shm`` — the only writable places, all gone when it ends;
 - uid/gid 65534, no capabilities, a new session (no controlling terminal), and an
-  environment of PATH, HOME=/work and LANG only;
+  environment of HOME=/work, PATH, LANG and PWD only, in that order;
 - the job's rlimits, set on bubblewrap itself and so inherited by everything inside.
 
 bubblewrap starts with an empty environment (its own is readable from inside through
@@ -27,6 +27,16 @@ every process left in the namespace.
 
 Exit statuses come through bubblewrap as shells report them: a program that exits with
 128 + n is reported as killed by signal n.
+
+Warm sandboxes (:mod:`._warm`, :mod:`._warmer`) take bubblewrap's start-up off a job's path:
+once a shape of job (language and limits) has run, a sandbox of that shape is kept started, its
+init running a bootstrap that waits on stdin for the next job's files, and the next job of that
+shape takes it while a replacement starts. The job sees what a sandbox started for it would
+show (only the init's command line differs); ``wall_s`` and the timeout count from the
+hand-over, and ``cpu_s`` includes the bootstrap's CPU time (3-4 ms: its shell and ``tar``).
+A waiting sandbox holds its per-job uid. A sandbox found dead, or whose program never
+started, is discarded and the job runs in a sandbox started for it. ``DISTIL_SANDBOX_WARM=0``
+or ``BwrapBackend(warm=False)`` turns warm sandboxes off.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import ExitStack
+from functools import partial
 from typing import Optional
 
 from ._common import (
@@ -55,6 +67,8 @@ from ._common import (
     validate_job,
 )
 from ._hostuid import count_tasks_of, job_uid
+from ._warm import ENV, TAR, WarmSandbox, bootstrap_argv, launcher
+from ._warmer import IDLE_S, Warmer
 from .result import ExecResult, Job
 
 SANDBOX_UID = 65534
@@ -69,6 +83,12 @@ SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # with its status (128 + n for death by signal n), printing nothing. A duration of 0 never
 # times out; the wall-clock limit is enforced from outside.
 INIT = ("/usr/bin/timeout", "0")
+# The program's environment, in this order, and bubblewrap adds PWD (the work directory) last:
+# the order in which dash, as /bin/sh, exports these, so a warm sandbox's bootstrap can exec the
+# program with them as they are (see _warm.bootstrap_argv).
+SANDBOX_ENV = (("HOME", WORK_DIR), ("PATH", SANDBOX_PATH), ("LANG", SANDBOX_LANG))
+# Descriptors bubblewrap needs open besides the files it copies in: RLIMIT_NOFILE leaves room.
+BWRAP_FDS = 16
 INSTALL_HINT = "bwrap not found: install bubblewrap (apt-get install bubblewrap)"
 
 
@@ -136,9 +156,21 @@ def _kill_inside(bwrap_pid: int) -> bool:
     return False
 
 
-def _program_started(status_r: int) -> bool:
-    """Whether bubblewrap's JSON status reports an exit code: it does only for a program that
-    got as far as exec, so its absence means the sandbox itself failed."""
+def _kill_job(proc: subprocess.Popen) -> None:
+    """While bubblewrap runs, kill only the program: the init reaps it (and its CPU time) and
+    exits, which ends the namespace. Once bubblewrap has exited, kill whatever is left of its
+    group."""
+    if not _kill_inside(proc.pid):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _exit_reported(status_r: int) -> bool:
+    """Whether bubblewrap's JSON status reports an exit code: it does only once a program that
+    got as far as exec has exited, so its absence after the end means the sandbox itself failed,
+    and its presence before means the sandbox has ended."""
     os.set_blocking(status_r, False)
     data = b""
     try:
@@ -156,15 +188,35 @@ def _program_started(status_r: int) -> bool:
 
 
 class BwrapBackend:
-    """Runs each job in a fresh bubblewrap sandbox; see the module docstring."""
+    """Runs each job in a fresh bubblewrap sandbox, started for it or warm; see the module docstring.
+
+    ``warm``: keep sandboxes started ahead of time (default: on unless ``DISTIL_SANDBOX_WARM=0``);
+    ``idle_s``: how long a shape's warm sandboxes wait unused before they are discarded.
+    """
 
     name = "bwrap"
 
-    def __init__(self, executable: Optional[str] = None) -> None:
+    def __init__(
+        self, executable: Optional[str] = None, *, warm: Optional[bool] = None, idle_s: float = IDLE_S
+    ) -> None:
         found = shutil.which("bwrap") or ("/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else "")
         self.executable = executable or found
         self._probe: Optional[tuple[bool, str]] = None
         self._probe_lock = threading.Lock()
+        if warm is None:
+            warm = os.environ.get("DISTIL_SANDBOX_WARM", "1").strip() != "0"
+        warm = warm and all(os.access(tool, os.X_OK) for tool in ("/bin/sh", TAR, ENV))
+        self._warmer = Warmer(self._start_warm, idle_s=idle_s, enabled=warm)
+
+    @property
+    def warm(self) -> bool:
+        """Whether this backend keeps warm sandboxes."""
+        return self._warmer.enabled
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Jobs run ``warm`` and ``cold``; warm sandboxes ``started`` and ``discarded`` unused."""
+        return dict(self._warmer.stats)
 
     def available(self) -> tuple[bool, str]:
         """Whether a trivial sandbox starts here (checked once, then remembered)."""
@@ -180,8 +232,9 @@ class BwrapBackend:
             return False, f"{INIT[0]} (GNU coreutils) not found: the bwrap backend runs programs under it"
         if not hasattr(os, "memfd_create") or not hasattr(os, "pidfd_open"):
             return False, "the bwrap backend needs Linux >= 5.3 and Python >= 3.9 (memfd_create, pidfd_open)"
+        job = Job(code="echo ok > probe && cat probe", language="bash", timeout_s=10)
         try:
-            result = self.run(Job(code="echo ok > probe && cat probe", language="bash", timeout_s=10))
+            result = self._run_cold(job, job_files(job))
         except Exception as exc:  # the probe reports; it never raises
             return False, f"bwrap could not start a sandbox: {type(exc).__name__}: {exc}"
         if result.ok and result.stdout == "ok\n":
@@ -199,37 +252,56 @@ class BwrapBackend:
         files = job_files(job)
         if not self.executable:
             return error_result(self.name, INSTALL_HINT)
+        box = self._warmer.take(job) if self._warmable(job, files) else None
+        if box is not None:
+            seen = box.hand_over(job, files, on_start=self._warmer.wake)
+            self._warmer.done(job, warm=seen is not None, failed=seen is None)
+            if seen is not None:
+                return make_result(self.name, seen, shell_style=True)
+        else:
+            self._warmer.done(job, warm=False)
+        return self._run_cold(job, files)
+
+    def keep_warm(self, job: Job, count: int = 1, wait_s: float = 0.0) -> bool:
+        """Keep ``count`` warm sandboxes of ``job``'s shape (its language and limits) ready, and
+        wait up to ``wait_s`` for them; True once they are. False when warm sandboxes are off."""
+        validate_job(job)
+        if not self.executable or not self._warmable(job, job_files(job)):
+            return False
+        return self._warmer.keep_warm(job, count, wait_s)
+
+    def close(self) -> None:
+        """Kill the warm sandboxes and stop warming; later jobs run in sandboxes started for them."""
+        self._warmer.close()
+
+    @staticmethod
+    def _warmable(job: Job, files: dict[str, bytes]) -> bool:
+        """Whether ``job`` may run warm: its bootstrap forks ``tar`` (a process more than the
+        init), and its RLIMIT_NOFILE must not depend on how many files a cold start copies in."""
+        return job.max_processes >= 2 and job.max_open_files >= len(files) + len(ETC_FILES) + BWRAP_FDS
+
+    def _run_cold(self, job: Job, files: dict[str, bytes]) -> ExecResult:
+        """Run ``job`` in a sandbox started for it."""
         status_r, status_w = os.pipe()
         try:
             with job_uid(contained=True) as owner:
                 started = time.monotonic()
                 try:
-                    proc = self._start(job, files, status_w, owner)
+                    proc = self._spawn(job, status_w, owner, files)
                 except (OSError, subprocess.SubprocessError) as exc:
                     return error_result(self.name, f"could not start bwrap: {exc}")
                 finally:
                     os.close(status_w)  # bubblewrap holds its copy: EOF once it has exited
-
-                def kill() -> None:
-                    # While bubblewrap runs, kill only the program: the init reaps it (and its
-                    # CPU time) and exits, which ends the namespace. Once bubblewrap has
-                    # exited, kill whatever is left of its group.
-                    if not _kill_inside(proc.pid):
-                        try:
-                            os.killpg(proc.pid, signal.SIGKILL)
-                        except (ProcessLookupError, PermissionError):
-                            pass
-
                 stdin = job.stdin.encode("utf-8") if isinstance(job.stdin, str) else job.stdin
                 seen = supervise(
                     proc,
                     stdin=stdin,
                     output_limit=job.output_limit,
                     timeout_s=job.timeout_s,
-                    kill=kill,
+                    kill=partial(_kill_job, proc),
                     started=started,
                 )
-                program_ran = _program_started(status_r)
+                program_ran = _exit_reported(status_r)
         finally:
             os.close(status_r)
         error = None
@@ -237,13 +309,29 @@ class BwrapBackend:
             error = "bwrap could not set up the sandbox: " + (seen.stderr.text.strip() or "no reason given")
         return make_result(self.name, seen, shell_style=True, error=error)
 
-    def _start(
-        self, job: Job, files: dict[str, bytes], status_w: int, owner: Optional[tuple[int, int]]
+    def _start_warm(self, job: Job) -> WarmSandbox:
+        """Start a sandbox of ``job``'s shape whose bootstrap waits for a job (see :mod:`._warm`)."""
+        with ExitStack() as holding:
+            status_r, status_w = os.pipe()
+            holding.callback(os.close, status_r)
+            try:
+                owner = holding.enter_context(job_uid(contained=True))
+                proc = self._spawn(job, status_w, owner, None)
+            finally:
+                os.close(status_w)  # bubblewrap holds its copy
+            release = holding.pop_all().close  # the sandbox holds its uid until it is used or discarded
+        return WarmSandbox(
+            proc, kill=partial(_kill_job, proc), exited=partial(_exit_reported, status_r), release=release
+        )
+
+    def _spawn(
+        self, job: Job, status_w: int, owner: Optional[tuple[int, int]], files: Optional[dict[str, bytes]]
     ) -> subprocess.Popen:
-        """Start bubblewrap for ``job``; the job's files travel as memfds it copies in."""
+        """Start bubblewrap for ``job``. The job's ``files`` travel as memfds it copies in; without
+        them, the sandbox is warm: its bootstrap waits for them on stdin, always a pipe."""
         fds: list[int] = []
         try:
-            file_fds = {rel: _remember(fds, _memfd("job-file", data)) for rel, data in files.items()}
+            file_fds = {rel: _remember(fds, _memfd("job-file", data)) for rel, data in (files or {}).items()}
             etc_fds = {path: _remember(fds, _memfd("etc", text.encode())) for path, text in ETC_FILES.items()}
             # RLIMIT_NPROC is also checked against all tasks of the uid bubblewrap runs as:
             # with a uid of its own, those are the program's plus bubblewrap and the init;
@@ -255,29 +343,43 @@ class BwrapBackend:
                 nproc = count_tasks_of(os.getuid()) + job.max_processes + 2
                 identity = {}
             # bubblewrap itself holds the job files open until it has copied them.
-            room = len(fds) + 16
+            room = len(fds) + BWRAP_FDS
             limits = [
                 (res, max(soft, room), max(hard, room)) if res == resource.RLIMIT_NOFILE else (res, soft, hard)
                 for res, soft, hard in rlimits_for(job, nproc=nproc)
             ]
+            argv = language_for(job.language).argv
+            program = argv if files is not None else bootstrap_argv(argv, (*SANDBOX_ENV, ("PWD", WORK_DIR)))
+            command = self._arguments(job, status_w, file_fds, etc_fds, program)
+            prefix = launcher(limits, owner) if files is None else None
+            if prefix:
+                command, started_as = prefix + command, {}
+            else:
+                started_as = {"preexec_fn": preexec_setting(limits), **identity}
             return subprocess.Popen(
-                self._arguments(job, status_w, file_fds, etc_fds),
+                command,
                 env={},
                 cwd="/",
-                stdin=subprocess.DEVNULL if job.stdin is None else subprocess.PIPE,
+                stdin=subprocess.DEVNULL if files is not None and job.stdin is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=[status_w, *fds],
-                preexec_fn=preexec_setting(limits),
-                **identity,
+                **started_as,
             )
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _arguments(self, job: Job, status_fd: int, file_fds: dict[str, int], etc_fds: dict[str, int]) -> list[str]:
+    def _arguments(
+        self,
+        job: Job,
+        status_fd: int,
+        file_fds: dict[str, int],
+        etc_fds: dict[str, int],
+        program: tuple[str, ...],
+    ) -> list[str]:
         work_bytes = str(job.work_mb << 20)
         args = [
             self.executable,
@@ -293,9 +395,7 @@ class BwrapBackend:
             "--uid", str(SANDBOX_UID),
             "--gid", str(SANDBOX_UID),
             "--clearenv",
-            "--setenv", "PATH", SANDBOX_PATH,
-            "--setenv", "HOME", WORK_DIR,
-            "--setenv", "LANG", SANDBOX_LANG,
+            *(arg for name, value in SANDBOX_ENV for arg in ("--setenv", name, value)),
             *_system_paths(),
             "--proc", "/proc",
             "--dev", "/dev",
@@ -308,7 +408,7 @@ class BwrapBackend:
             args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
         for rel, fd in file_fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{rel}"]
-        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", *INIT, *language_for(job.language).argv]
+        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", *INIT, *program]
         return args
 
 

@@ -17,7 +17,8 @@ limit is replaced; a job whose container was lost before it could answer is run 
 fresh one.
 
 On ``bwrap`` and ``process`` every job already gets a fresh sandbox, so the pool simply runs
-``backend.run(job)`` on ``workers`` threads.
+``backend.run(job)`` on ``workers`` threads; on ``bwrap`` it also asks the backend to keep
+``workers`` warm sandboxes of its jobs' shape ready (see :mod:`distil_sandbox.bwrap`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Pool:
         self._warm: Optional[_WarmContainers] = None
         if hasattr(self.backend, "start_container"):
             self._warm = _WarmContainers(self.backend, Job(code="", **job_defaults), workers)
+        elif hasattr(self.backend, "keep_warm"):
+            self.backend.keep_warm(Job(code="", **job_defaults), workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distil-sandbox-pool")
         self._closed = False
 

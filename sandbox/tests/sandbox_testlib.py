@@ -10,27 +10,83 @@ import time
 from typing import Optional
 
 import pytest
-from distil_sandbox import AUTO_ORDER, BackendUnavailable, Job, get_backend
+from distil_sandbox import AUTO_ORDER, Backend, BackendUnavailable, ExecResult, Job, get_backend
+from distil_sandbox._common import validate_job
+from distil_sandbox.bwrap import BwrapBackend
 
-BACKENDS = list(AUTO_ORDER)
+# Every backend, and "bwrap-cold": the bwrap backend with warm sandboxes off. On "bwrap" every job
+# runs in a warm sandbox (see run_job); DISTIL_SANDBOX_REQUIRE=bwrap requires both.
+BACKENDS = [AUTO_ORDER[0], "bwrap-cold", *AUTO_ORDER[1:]]
 REQUIRED = {name.strip() for name in os.environ.get("DISTIL_SANDBOX_REQUIRE", "").split(",") if name.strip()}
 AS_ROOT = os.geteuid() == 0
 DEFAULT_JOB = Job(code="")
 
 _reasons: dict[str, str] = {}
+_sandboxes: dict[str, Backend] = {}
+
+
+def backend_name(test_backend: str) -> str:
+    """The backend a test backend is ("bwrap" for "bwrap-cold")."""
+    return "bwrap" if test_backend == "bwrap-cold" else test_backend
+
+
+def required(test_backend: str) -> bool:
+    return backend_name(test_backend) in REQUIRED
+
+
+def sandbox(test_backend: str) -> Backend:
+    """The backend instance behind a test backend name (one per session)."""
+    if test_backend not in _sandboxes:
+        if test_backend in ("bwrap", "bwrap-cold"):
+            _sandboxes[test_backend] = BwrapBackend(warm=test_backend == "bwrap")
+        else:
+            _sandboxes[test_backend] = get_backend(test_backend)
+    return _sandboxes[test_backend]
 
 
 def unavailable_reason(name: str) -> str:
-    """"" when backend ``name`` works here, else why not (asked once per session)."""
+    """"" when test backend ``name`` works here, else why not (asked once per session)."""
     if name not in _reasons:
         try:
-            get_backend(name)
+            if name in ("bwrap", "bwrap-cold"):
+                ok, why = sandbox(name).available()
+                if not ok:
+                    raise BackendUnavailable(f"sandbox backend 'bwrap' is unavailable: {why}")
+                if name == "bwrap" and not sandbox(name).warm:
+                    raise BackendUnavailable("the bwrap backend cannot keep warm sandboxes here (no /usr/bin/tar?)")
+            else:
+                sandbox(name)
             _reasons[name] = ""
         except BackendUnavailable as exc:
             _reasons[name] = str(exc)
         except Exception as exc:  # a backend that cannot even be asked is unavailable
             _reasons[name] = f"sandbox backend {name!r} could not be asked: {type(exc).__name__}: {exc}"
     return _reasons[name]
+
+
+def run(test_backend: str, code: str, **job_fields) -> ExecResult:
+    """What ``distil_sandbox.run(code, **job_fields)`` returns on ``test_backend``."""
+    job = Job(code=code, **job_fields)
+    validate_job(job)
+    return run_job(test_backend, job)
+
+
+def run_job(test_backend: str, job: Job) -> ExecResult:
+    """Run ``job`` on ``test_backend``; on "bwrap", in a warm sandbox (asserted)."""
+    backend = sandbox(test_backend)
+    if test_backend != "bwrap":
+        return backend.run(job)
+    assert backend.keep_warm(job, wait_s=10), "no warm sandbox of this job's shape could be started"
+    warm_before = backend.stats["warm"]
+    result = backend.run(job)
+    assert backend.stats["warm"] > warm_before, "the job did not run in a warm sandbox"
+    return result
+
+
+def warm_up(test_backend: str, job: Job, count: int) -> None:
+    """On "bwrap", have ``count`` warm sandboxes of ``job``'s shape waiting (for jobs run at once)."""
+    if test_backend == "bwrap":
+        assert sandbox(test_backend).keep_warm(job, count, wait_s=10)
 
 
 def weakness(request, backend: str, reason: str, *, on=("process",), when: bool = True) -> None:

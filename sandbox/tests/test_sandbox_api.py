@@ -6,12 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import distil_sandbox
 import pytest
-from distil_sandbox import AUTO_ORDER, ExecResult, available_backends, get_backend
-from sandbox_testlib import unavailable_reason
-
-
-def run(backend: str, code: str, **kwargs) -> ExecResult:
-    return distil_sandbox.run(code, backend=backend, **kwargs)
+from distil_sandbox import AUTO_ORDER, Job, available_backends, get_backend
+from sandbox_testlib import run, sandbox, unavailable_reason, warm_up
 
 
 def test_exit_codes_and_uncaught_exceptions(backend):
@@ -28,7 +24,7 @@ def test_success_fills_every_field(backend):
     assert result.ok and result.error is None and not result.timed_out
     assert result.stdout == "499999500000\n" and result.stdout_bytes == b"499999500000\n"
     assert result.stderr == "" and not result.stdout_truncated and not result.stderr_truncated
-    assert result.backend == backend
+    assert result.backend == sandbox(backend).name
     assert 0 < result.wall_s < 5 and 0 <= result.cpu_s < 5
 
 
@@ -155,6 +151,7 @@ def test_concurrent_jobs_do_not_see_each_other(backend):
         "time.sleep(0.3)\n"
         "print(open('mine').read(), sorted(os.listdir('.')))\n"
     )
+    warm_up(backend, Job(code=code, stdin="0", timeout_s=10), 4)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: run(backend, code, stdin=str(i), timeout_s=10), range(4)))
     assert [r.stdout for r in results] == [f"{i} ['main.py', 'mine']\n" for i in range(4)]

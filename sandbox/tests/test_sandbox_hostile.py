@@ -10,9 +10,8 @@ import socket
 import subprocess
 import tempfile
 
-import distil_sandbox
 import pytest
-from distil_sandbox import Job, get_backend
+from distil_sandbox import Job
 from sandbox_testlib import (
     AS_ROOT,
     DEFAULT_JOB,
@@ -21,14 +20,12 @@ from sandbox_testlib import (
     marked,
     new_marker,
     processes_with,
+    run,
+    run_job,
     weakness,
 )
 
 NOT_ROOT_REASON = "the process backend runs as the calling user when not started by root"
-
-
-def run(backend: str, code: str, **kwargs):
-    return distil_sandbox.run(code, backend=backend, **kwargs)
 
 
 # --------------------------------------------------------------------------- time and processes
@@ -517,7 +514,7 @@ def test_work_directory_is_writable_up_to_its_cap(backend, request):
         "    print('full', exc.errno)\n"
         "print(written)\n"
     )
-    result = get_backend(backend).run(Job(code=code, work_mb=8, timeout_s=10))
+    result = run_job(backend, Job(code=code, work_mb=8, timeout_s=10))
     lines = result.stdout.splitlines()
     assert lines[0] == "kept"
     assert lines[1] == "full 28"  # ENOSPC
