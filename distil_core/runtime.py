@@ -104,26 +104,41 @@ def _check_protocol(obj: Any, protocol: type, kind: str, name: str) -> None:
 
 
 def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple[Any, Any, str]:
-    """(model, tokenizer, where it came from). ``tiny`` is built once and cached on disk."""
+    """(model, tokenizer, where it came from).
+
+    ``tiny`` is built once and cached on disk; ``smollm2`` (or a ``.gguf`` path) is converted
+    once to a cached model directory; a directory of LoRA adapters (a LoRA run's ``final/``)
+    loads its base and the adapters. With ``model.lora`` set, the policy gets trainable
+    adapters and its base weights are frozen.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .lora import adapter_base, attach_lora, is_adapter_dir
+    from .smollm2 import ensure_gguf_model, is_gguf_name
+
     dtype = getattr(torch, config.model.dtype)
-    if config.model.name == "tiny":
+    name = config.model.name
+    if name == "tiny":
         path = ensure_tiny_base(config, task, progress=progress)
+    elif is_gguf_name(name):
+        path = ensure_gguf_model(name, progress=progress)
     else:
-        path = config.model.name
+        path = name
         if not os.path.isdir(path):
             raise ConfigError(
-                f"model.name {path!r} is neither 'tiny' nor a local model directory. Give the "
-                "path of a directory that transformers' from_pretrained can read (models are "
-                "never downloaded at run time)."
+                f"model.name {path!r} is neither 'tiny', 'smollm2', a .gguf file nor a local model "
+                "directory. Give the path of a directory that transformers' from_pretrained can "
+                "read (models are never downloaded at run time)."
             )
+    adapters = path if is_adapter_dir(path) else None
+    base = adapter_base(path) if adapters else path
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.chat_template is None:
         raise ConfigError(f"the tokenizer at {path!r} has no chat template; the context builder needs one.")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
+    model = attach_lora(model, config.model.lora, adapters)
     return model, tokenizer, path
 
 

@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .config import METHODS_NEEDING_EXPERT, RunConfig
 from .errors import DistilError, PluginError
 from .evaluate import evaluate
+from .lora import load_policy_state, policy_state, trainable_parameters
 from .losses import group_advantages, sequence_ce_loss
 from .methods import LossOutput, distillation_loss, grpo_micro_loss, stack_signals
 from .modeling import response_logits
@@ -50,7 +51,7 @@ class Trainer:
         self.model.train()
         opt = config.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+            trainable_parameters(self.model), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0
@@ -277,7 +278,7 @@ class Trainer:
         expert_state = getattr(self.rt.expert, "state_dict", None)
         state = {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": policy_state(self.model),  # under LoRA: the adapters only
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "expert": expert_state() if callable(expert_state) else {},
@@ -292,7 +293,7 @@ class Trainer:
         if path is None:
             raise DistilError(f"--resume: no checkpoint in {self.run_dir!r}/checkpoints; start without --resume.")
         state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        load_policy_state(self.model, state["model"], where=path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         loader = getattr(self.rt.expert, "load_state_dict", None)

@@ -1,0 +1,135 @@
+"""LoRA adapters (peft) on the policy: attach, save and restore only what is trained.
+
+With ``model.lora`` set, the policy is a ``peft`` model whose base weights are frozen; the
+optimizer sees the adapter weights alone, checkpoints hold them alone, and a run's ``final/``
+directory is a peft adapter directory (``adapter_config.json``, ``adapter_model.safetensors``
+and the tokenizer) that ``model.name`` accepts again: its base is the directory named in
+``adapter_config.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator, Optional
+
+from .errors import ConfigError
+
+ADAPTER_CONFIG = "adapter_config.json"
+INSTALL_HINT = "pip install peft (or pip install 'distil-toolkit[smollm2]')"
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError(f"model.lora needs the peft package, which is not installed: {INSTALL_HINT}.") from None
+    return peft
+
+
+def is_lora(model: Any) -> bool:
+    """Whether ``model`` carries peft adapters."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "disable_adapter", None))
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def adapter_base(path: str) -> str:
+    """The base model directory an adapter directory was trained on."""
+    with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as fh:
+        base = json.load(fh).get("base_model_name_or_path")
+    if not base or not os.path.isdir(base):
+        raise ConfigError(
+            f"model.name {path!r} holds LoRA adapters whose base model directory {base!r} (named in "
+            f"{ADAPTER_CONFIG}) does not exist here. Rebuild the base first (run once with the "
+            "model.name the adapters were trained from, e.g. smollm2 or tiny), or edit "
+            f"base_model_name_or_path in {ADAPTER_CONFIG}."
+        )
+    return base
+
+
+def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) -> Any:
+    """``model`` with adapters: new ones from ``settings`` (``model.lora``), or those saved in
+    ``adapter_dir`` — trainable when ``settings`` is set, merged into the weights otherwise."""
+    if adapter_dir is None and settings is None:
+        return model
+    peft = _peft()
+    if adapter_dir is not None:
+        loaded = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=settings is not None)
+        return loaded if settings is not None else loaded.merge_and_unload()
+    config = peft.LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    )
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        raise ConfigError(
+            f"model.lora.target_modules {settings.target_modules!r}: {exc} Module names in this "
+            f"model: {', '.join(names[:40])}."
+        ) from None
+
+
+def trainable_parameters(model: Any) -> list[Any]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def policy_state(model: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of the policy: every weight, or under LoRA the adapters only."""
+    if not is_lora(model):
+        return model.state_dict()
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoint") -> None:
+    """Inverse of :func:`policy_state`; a LoRA/full mismatch is an error that says so."""
+    if not is_lora(model):
+        if any("lora_" in key for key in state):
+            raise ConfigError(f"{where} holds LoRA adapter weights but model.lora is not set; resume with the run's model.lora.")
+        model.load_state_dict(state)
+        return
+    wanted = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise ConfigError(
+            f"{where} lacks {len(missing)} adapter weights of this model (e.g. {missing[0]!r}); "
+            "resume with the run's own model.lora settings."
+        )
+    extra = sorted(set(state) - wanted)
+    if extra:
+        raise ConfigError(
+            f"{where} holds weights this LoRA model does not train (e.g. {extra[0]!r}); it was "
+            "saved with other model.lora settings (or without LoRA)."
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def adapter_weights(model: Any) -> dict[str, Any]:
+    """A detached copy of the trainable (adapter) weights, by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def swapped_adapters(model: Any, weights: dict[str, Any]) -> Iterator[None]:
+    """Run a block with ``weights`` in place of the model's adapter weights, then put them back."""
+    import torch
+
+    params = dict(model.named_parameters())
+    saved = {}
+    with torch.no_grad():
+        for name, value in weights.items():
+            saved[name] = params[name].detach().clone()
+            params[name].copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
