@@ -3,6 +3,7 @@
     distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume]
     distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
     distil plugins [--json]
+    distil bench [SPEC] [--quick] [--suites S ...] [--methods M ...] [--seeds N ...] [--output-dir DIR] [--report-dir DIR]
     distil serve [--model tiny|PATH] [--port 0] [--host 127.0.0.1] [--api-key KEY] [--fault SPEC ...]
 
 Errors the user can fix print as one paragraph, without a traceback (exit code 2 for config
@@ -24,7 +25,9 @@ from .errors import ConfigError, DistilError
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -64,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+
+    bench = sub.add_parser("bench", help="train every method on every suite and seed with one budget; tables and plots")
+    bench.add_argument("spec", nargs="?", help="bench spec YAML (default: the embedded math/code/science bench)")
+    bench.add_argument("--quick", action="store_true", help="the spec's smoke-test sizes (one seed, a few steps)")
+    bench.add_argument("--suites", nargs="+", metavar="SUITE", help="run only these suites")
+    bench.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these methods")
+    bench.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="override the spec's seeds")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a run config key in every run (e.g. model.name=PATH)")
+    bench.add_argument("--output-dir", help="where the runs go (default: runs/bench or runs/bench-quick); "
+                                            "finished runs there are reused")
+    bench.add_argument("--report-dir", help="where bench.md, bench.json and the plots go (default: --output-dir)")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API, with log-probs")
     serve.add_argument("--model", default="tiny", help="'tiny' (the embedded default's base model) or a local model directory")
@@ -215,6 +232,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if any(n for k, n in host.plugins[name].registered):
             print(f"warning: plugin {name!r}: {error}", file=sys.stderr)
     return 0
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from .bench import main_bench
+
+    return main_bench(args)
 
 
 # -- serve ------------------------------------------------------------------------------------

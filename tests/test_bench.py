@@ -1,0 +1,134 @@
+"""`distil bench`: every method on the same budget, runs reused, reports and plots written."""
+
+import json
+import os
+import statistics
+
+import pytest
+import yaml
+
+from distil_core.bench import Bench, aggregate, load_spec, table_metrics
+from distil_core.cli import main
+from distil_core.errors import ConfigError
+
+SPEC = os.path.join(os.path.dirname(__file__), "data", "bench_digits.yaml")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DISTIL_CACHE")
+    os.environ["DISTIL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DISTIL_CACHE", None)
+    else:
+        os.environ["DISTIL_CACHE"] = old
+
+
+def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", SPEC, "--suites", "sort", "--methods", "grpo", "distil", "--output-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "Report:" in printed.out and "[4/4] sort · distil · seed 1" in printed.err
+
+    data = json.loads((out / "bench.json").read_text())
+    runs = data["runs"]
+    assert {(r["method"], r["seed"]) for r in runs} == {("grpo", 0), ("grpo", 1), ("distil", 0), ("distil", 1)}
+    for r in runs:
+        summary = json.loads((out / "sort" / r["method"] / f"seed{r['seed']}" / "summary.json").read_text())
+        assert summary["method"] == r["method"] and summary["seed"] == r["seed"] and summary["steps"] == 4
+        assert r["after"] == summary["after"]
+        # eval_every=2 over 4 steps: before (step 0), step 2, after (step 4)
+        assert [p["step"] for p in r["curve"]] == [0, 2, 4]
+    # Both methods start from the same model and are evaluated with the same seed: same "before".
+    for seed in (0, 1):
+        befores = [r["before"] for r in runs if r["seed"] == seed]
+        assert befores[0] == befores[1]
+    # The aggregate is the mean and sample std of the per-seed numbers.
+    distil_after = [r["after"]["pass@1"] for r in runs if r["method"] == "distil"]
+    mean, std, n = data["aggregate"]["sort"]["distil"]["pass@1"]
+    assert n == 2 and mean == pytest.approx(statistics.fmean(distil_after))
+    assert std == pytest.approx(statistics.stdev(distil_after))
+
+    md = (out / "bench.md").read_text()
+    assert "| **grpo** |" in md and "| **distil** |" in md and "| base |" in md
+    assert "Budget per run: 4 steps × 4 problems × 4 samples = 64 rollouts" in md
+    assert f"{100 * mean:.1f} ± {100 * std:.1f}" in md
+    assert "![pass@1 vs step on sort](bench-sort.png)" in md
+    png = (out / "bench-sort.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # A second invocation reuses every finished run instead of training again.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("sort/*/seed*/summary.json")}
+    assert main(argv) == 0
+    assert "reused" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("sort/*/seed*/summary.json")} == stamps
+
+
+def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_path, capsys):
+    out = tmp_path / "bench"
+    base = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out)]
+    assert main(base) == 0
+    assert main(base + ["--set", "optim.lr=0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run with a different config" in err and str(out / "sort" / "grpo" / "seed0") in err
+
+
+def test_an_interrupted_run_is_started_again(cache, tmp_path, capsys):
+    out = tmp_path / "bench"
+    half = out / "sort" / "distil" / "seed0"
+    half.mkdir(parents=True)
+    (half / "metrics.jsonl").write_text('{"step": 1}\n')  # no summary.json: it never finished
+    assert main(["bench", SPEC, "--quick", "--suites", "sort", "--methods", "distil", "--output-dir", str(out)]) == 0
+    assert json.loads((half / "summary.json").read_text())["steps"] == 2
+
+
+def test_methods_must_share_the_rollout_budget(tmp_path):
+    spec = yaml.safe_load(open(SPEC))
+    spec["methods"]["distil"]["set"] = {"train.steps": 8}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    loaded, base = load_spec(str(path))
+    bench = Bench(loaded, base, str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="would not get the same rollout budget"):
+        bench.run()
+
+
+def test_spec_errors_name_the_file_and_the_key(tmp_path, capsys):
+    spec = yaml.safe_load(open(SPEC))
+    spec["methods"]["jsd"]["sett"] = {}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "methods.jsd.sett" in err
+
+    assert main(["bench", SPEC, "--suites", "sorting", "--dry-run"]) == 2
+    assert "unknown suite 'sorting'" in capsys.readouterr().err
+
+    spec = yaml.safe_load(open(SPEC))
+    spec["suites"]["sort"]["set"]["rollout.samples_per_problm"] = 4
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "suite 'sort'" in err and "samples_per_problm" in err and "samples_per_problem" in err
+
+
+def test_dry_run_lists_every_run(capsys):
+    assert main(["bench", SPEC, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 * 5 * 2  # suites × methods × seeds
+
+
+def test_table_metrics_and_aggregate_of_hand_numbers():
+    assert table_metrics(["pass@8", "obs_pass@8", "pass@1", "avg@8", "maj@8"]) == ["avg@8", "pass@1", "pass@8", "maj@8"]
+    rows = [
+        {"suite": "s", "method": "m", "seed": k, "wall_s": 10.0 + k, "before": {"pass@1": 0.2}, "after": {"pass@1": a}}
+        for k, a in enumerate([0.5, 0.7, 0.9])
+    ]
+    agg = aggregate(rows)
+    assert agg["s"]["base"]["pass@1"] == pytest.approx((0.2, 0.0, 3))
+    mean, std, n = agg["s"]["m"]["pass@1"]
+    assert (round(mean, 6), round(std, 6), n) == (0.7, 0.2, 3)
