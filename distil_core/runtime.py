@@ -20,9 +20,9 @@ from .config import METHODS_NEEDING_EXPERT, RunConfig
 from .context import ContextBuilder
 from .errors import ConfigError
 from .generation import Generator, SamplingParams
-from .plugins import PluginHost, get_host
+from .plugins import PluginHost, _parameters, get_host
 from .protocols import Expert, FeedbackSource, Task, Verifier
-from .tiny import build_tiny_base, cached_path
+from .tiny import BaseFeedback, build_tiny_base, cached_path
 
 
 @dataclass
@@ -59,7 +59,7 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
     host = host or get_host()
     task = _build(host, "task", config.task.name, config.task.options)
     _check_protocol(task, Task, "task", config.task.name)
-    model, tokenizer, source = load_policy(config, task, progress=progress)
+    model, tokenizer, source = load_policy(config, task, progress=progress, host=host)
     device = pick_device(config.model.device)
     model.to(device)
     rt = Runtime(config=config, model=model, tokenizer=tokenizer, device=device, host=host, task=task, model_source=source)
@@ -103,7 +103,9 @@ def _check_protocol(obj: Any, protocol: type, kind: str, name: str) -> None:
 # -- the policy -------------------------------------------------------------------------------
 
 
-def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple[Any, Any, str]:
+def load_policy(
+    config: RunConfig, task: Any, *, progress: bool = True, host: Optional[PluginHost] = None
+) -> tuple[Any, Any, str]:
     """(model, tokenizer, where it came from).
 
     ``tiny`` is built once and cached on disk; ``smollm2`` (or a ``.gguf`` path) is converted
@@ -119,7 +121,7 @@ def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple
     dtype = getattr(torch, config.model.dtype)
     name = config.model.name
     if name == "tiny":
-        path = ensure_tiny_base(config, task, progress=progress)
+        path = ensure_tiny_base(config, task, progress=progress, host=host)
     elif is_gguf_name(name):
         path = ensure_gguf_model(name, progress=progress)
     else:
@@ -142,23 +144,57 @@ def load_policy(config: RunConfig, task: Any, *, progress: bool = True) -> tuple
     return model, tokenizer, path
 
 
-def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True) -> str:
-    """Path of the tiny base model for this task and template, building it on first use."""
+DEFAULT_BASE_FEEDBACK = {"verifier": {"name": "exact_match", "options": {}}, "feedback": [{"name": "answer_check", "options": {}}]}
+
+
+def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, Any]:
+    """The run's verifier and feedback sources that the tiny base is pretrained with: those whose
+    factory does not need the runtime (a model-backed source cannot run before the model exists).
+    Without a usable verifier or source, the built-in ``exact_match`` / ``answer_check``."""
+
+    def usable(kind: str, comp: Any) -> bool:
+        params = _parameters(host.get(kind, comp.name).factory)
+        return params is None or "runtime" not in params
+
+    verifier = config.verifier if usable("verifier", config.verifier) else None
+    sources = [c for c in config.feedback if usable("feedback_source", c)]
+    return {
+        "verifier": verifier.model_dump() if verifier else DEFAULT_BASE_FEEDBACK["verifier"],
+        "feedback": [c.model_dump() for c in sources] or DEFAULT_BASE_FEEDBACK["feedback"],
+    }
+
+
+def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, host: Optional[PluginHost] = None) -> str:
+    """Path of the tiny base model for this task and template, building it on first use.
+
+    The base is pretrained with the run's own verifier and feedback sources (see
+    :func:`base_feedback_components`), so it reads the feedback text the run will give.
+    """
+    host = host or get_host()
     recipe = config.model.tiny
-    key = json.dumps(
-        {
-            "version": __version__,
-            "recipe": recipe.model_dump(),
-            "task": config.task.model_dump(),
-            "template": config.context.model_dump(),
-        },
-        sort_keys=True,
-    )
+    components = base_feedback_components(config, host)
+    identity: dict[str, Any] = {
+        "version": __version__,
+        "recipe": recipe.model_dump(exclude={"feedback_pool"} if not recipe.feedback_pool else None),
+        "task": config.task.model_dump(),
+        "template": config.context.model_dump(),
+    }
+    if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
+        identity["base_feedback"] = components
+    key = json.dumps(identity, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = cached_path(f"tiny-{config.task.name}-{digest}")
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress)
+    verifier = _build(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
+    sources = [_build(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
+    teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
+    try:
+        model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress, teacher=teacher)
+    finally:
+        closer = getattr(verifier, "close", None)
+        if callable(closer):
+            closer()
     with atomic_directory(path, replace=False) as tmp:  # a half-built base is never seen
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

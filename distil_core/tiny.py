@@ -131,9 +131,9 @@ class TinyBase(BaseModel):
     """How the tiny base model is built and pretrained before any DistIL step.
 
     The aim is a base LM that reads feedback in its context but has seen little of the task:
-    most pretraining examples show a problem with ``answer_check`` feedback and/or a correct
-    demonstration in the expert template, followed by the answer; a share ``plain_fraction``
-    shows the bare problem. The student starts weak on bare prompts while the same weights,
+    most pretraining examples show a problem with the run's feedback on a wrong answer (see
+    :class:`BaseFeedback`) and/or a correct demonstration in the expert template, followed by
+    the answer; a share ``plain_fraction`` shows the bare problem. The student starts weak on bare prompts while the same weights,
     conditioned on feedback, are strong — the gap DistIL closes.
     """
 
@@ -147,6 +147,10 @@ class TinyBase(BaseModel):
     batch_size: int = 64
     lr: float = 3e-3
     plain_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    feedback_pool: int = Field(
+        default=0, ge=0,
+        description="0: feedback computed for every example; N: for N (problem, wrong answer) pairs, reused.",
+    )
     seed: int = 0
 
 
@@ -161,39 +165,103 @@ def _wrong_answer(answer: str, rng: random.Random) -> str:
     return "".join(chars)
 
 
-def base_examples(problems, template, rng: random.Random, count: int, plain_fraction: float):
+class BaseFeedback:
+    """What the base's pretraining examples show: answers, wrong answers and their feedback.
+
+    ``verifier`` and ``sources`` are the run's own (the base learns to read the feedback text the
+    run will give); by default ``exact_match`` and ``answer_check``. A task may define
+    ``answer_text(problem) -> str`` (the response to learn; default ``str(problem.reference)``)
+    and ``wrong_answer(problem, rng) -> str`` (default: one or two characters changed).
+
+    ``pool`` > 0 bounds the work: feedback is computed once, concurrently, for ``pool`` drawn
+    (problem, wrong answer) pairs, and every feedback example reuses one of them (for sources
+    that run code in a sandbox). 0 computes it afresh for every example.
+    """
+
+    def __init__(self, task: Any = None, verifier: Any = None, sources: Any = None, pool: int = 0):
+        from .builtin import AnswerCheckFeedback, ExactMatchVerifier
+
+        self.task = task
+        self.verifier = verifier if verifier is not None else ExactMatchVerifier()
+        self.sources = list(sources) if sources else [AnswerCheckFeedback()]
+        self.pool_size = pool
+        self.pool: Optional[list] = None
+
+    def answer(self, problem) -> Optional[str]:
+        hook = getattr(self.task, "answer_text", None)
+        return hook(problem) if callable(hook) else str(problem.reference)
+
+    def wrong(self, problem, answer: str, rng: random.Random) -> str:
+        hook = getattr(self.task, "wrong_answer", None)
+        return hook(problem, rng) if callable(hook) else _wrong_answer(answer, rng)
+
+    def feedback_many(self, pairs) -> list:
+        """Feedback for each (problem, wrong answer), graded and rendered concurrently."""
+        from .protocols import resolve_all
+        from .types import Rollout
+
+        rollouts = [Rollout(problem_id=p.id, group_index=0, response_text=w, response_ids=[]) for p, w in pairs]
+        verdicts = resolve_all([self.verifier.verify(p, r) for (p, _), r in zip(pairs, rollouts)])
+        out: list = [[] for _ in pairs]
+        for source in self.sources:
+            items = resolve_all([source.feedback(p, r, v, [(r, v)]) for (p, _), r, v in zip(pairs, rollouts, verdicts)])
+            for k, items_k in enumerate(items):
+                out[k].extend(items_k or [])
+        return out
+
+    def fill_pool(self, problems, rng: random.Random) -> None:
+        if self.pool_size <= 0 or self.pool is not None:
+            return
+        pairs = []
+        for _ in range(self.pool_size):
+            problem = rng.choice(problems)
+            pairs.append((problem, self.wrong(problem, self.answer(problem), rng)))
+        self.pool = [(p, fb) for (p, _), fb in zip(pairs, self.feedback_many(pairs))]
+
+
+def base_examples(problems, template, rng: random.Random, count: int, plain_fraction: float, teacher=None):
     """(messages, answer) pairs: bare prompts, or expert contexts with feedback/demonstration."""
-    from .builtin import AnswerCheckFeedback, ExactMatchVerifier
     from .context import ContextBuilder
-    from .types import Rollout
 
     builder = ContextBuilder(tokenizer=None, template=template)
-    verifier, source = ExactMatchVerifier(), AnswerCheckFeedback()
+    teacher = teacher or BaseFeedback()
+    teacher.fill_pool(problems, rng)
     for _ in range(count):
         problem = rng.choice(problems)
-        answer = str(problem.reference)
+        answer = teacher.answer(problem)
         if rng.random() < plain_fraction:
             yield problem.messages(), answer
             continue
         style = rng.random()
         feedback = []
         if style < 0.7:
-            wrong = _wrong_answer(answer, rng)
-            rollout = Rollout(problem_id=problem.id, group_index=0, response_text=wrong, response_ids=[])
-            feedback = source.feedback(problem, rollout, verifier.verify(problem, rollout))
+            if teacher.pool:
+                problem, feedback = rng.choice(teacher.pool)
+                answer = teacher.answer(problem)
+            else:
+                wrong = teacher.wrong(problem, answer, rng)
+                feedback = teacher.feedback_many([(problem, wrong)])[0]
         demo = answer if style > 0.4 else None
         yield builder.expert_messages(problem, feedback, demo), answer
 
 
-def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True):
-    """Train the tiny base model from scratch; returns (model, tokenizer). About a minute on 2 cores."""
+def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True, teacher: Optional[BaseFeedback] = None):
+    """Train the tiny base model from scratch; returns (model, tokenizer). About a minute on 2 cores.
+
+    ``teacher`` gives the answers, wrong answers and feedback the examples show (default: the
+    ``digits`` task's, with ``answer_check`` feedback).
+    """
     import torch
 
     from .modeling import pad_batch, position_ids
 
+    teacher = teacher or BaseFeedback()
+    problems = [p for p in problems if teacher.answer(p) is not None]
+    if not problems:
+        raise ValueError("no training problem has an answer to pretrain the tiny base on")
     rng = random.Random(recipe.seed)
     corpus = []
-    for messages, answer in base_examples(problems[:400], template, rng, 800, 0.5):
+    for messages, answer in base_examples(problems[:400], template, rng, 800, 0.5, teacher):
         corpus.extend([m["content"] for m in messages] + [answer])
     tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
     model = build_model(
@@ -202,7 +270,7 @@ def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True)
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
-    examples = base_examples(problems, template, rng, recipe.steps * recipe.batch_size, recipe.plain_fraction)
+    examples = base_examples(problems, template, rng, recipe.steps * recipe.batch_size, recipe.plain_fraction, teacher)
     bar = _progress(recipe.steps, "building tiny base model", progress)
     model.train()
     for _ in range(recipe.steps):

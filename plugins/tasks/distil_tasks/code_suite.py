@@ -1,0 +1,280 @@
+"""The ``code`` suite: task ``code``, graded and explained by the code-execution plugin.
+
+Problems carry their tests in ``reference`` in the ``code_exec`` format (``calls``, ``asserts``
+or ``io``; see distil-code-exec), so the run uses ``verifier: code_exec`` and
+``feedback: code_exec``. A known-good solution, when there is one, is ``metadata["solution"]``.
+
+Procedural problems are one-line functions described step by step:
+
+    Write f(x): add 3, then multiply by 2.   →   def f(x): return (x + 3) * 2
+
+tested on a few calls. Loaded files:
+
+- ``humaneval``: ``task_id``, ``prompt``, ``test`` (defines ``check(candidate)``),
+  ``entry_point``, optional ``canonical_solution``. The asserts inside ``check`` become one test
+  each (``candidate`` renamed to the entry point); a ``check`` with anything but asserts is one
+  test, ``check(<entry_point>)``.
+- ``mbpp``: ``task_id``, ``text``, ``test_list`` (assert statements), optional ``code`` and
+  ``test_setup_code``.
+- ``livecodebench``: ``question_id``, ``question_content``, ``public_test_cases`` and optional
+  ``private_test_cases`` (lists, or JSON strings of lists, of ``{"input", "output",
+  "testtype"}``), optional ``starter_code`` and ``metadata`` (``{"func_name": ...}`` for
+  ``functional`` tests, whose input is one JSON value per line). ``stdin`` tests run the whole
+  program; ``functional`` tests call a top-level function ``func_name``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+from typing import Any, Optional
+
+from distil_core.types import Problem
+
+from .common import Record, SuiteTask, split_procedural
+
+# -- procedural ------------------------------------------------------------------------------
+
+OPS = {  # name: (words, python operator, precedence)
+    "add": ("add {a}", "+", 1),
+    "sub": ("subtract {a}", "-", 1),
+    "mul": ("multiply by {a}", "*", 2),
+    "div": ("floor-divide by {a}", "//", 2),
+    "mod": ("take it mod {a}", "%", 2),
+}
+TEST_INPUTS = (0, 3, 7, 12)
+
+
+def one_liner(steps: list[tuple[str, int]]) -> str:
+    """``def f(x): return ...`` applying ``steps`` in order, with parentheses where needed."""
+    expr, prec = "x", 3
+    for op, a in steps:
+        _, symbol, p = OPS[op]
+        if prec < p:
+            expr = f"({expr})"
+        expr, prec = f"{expr} {symbol} {a}", p
+    return f"def f(x): return {expr}"
+
+
+def _apply(steps: list[tuple[str, int]], x: int) -> int:
+    for op, a in steps:
+        x = {"add": x + a, "sub": x - a, "mul": x * a, "div": x // a, "mod": x % a}[op]
+    return x
+
+
+# -- loaders -----------------------------------------------------------------------------------
+
+
+def _parse(record: Record, field: str, source: str) -> ast.Module:
+    try:
+        return ast.parse(source)
+    except SyntaxError as exc:
+        raise record.error(field, f"is not valid Python: {exc.msg} (line {exc.lineno})") from None
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        if node.id == self.old:
+            node.id = self.new
+        return node
+
+
+def _identifier(record: Record, field: str) -> str:
+    name = record.text(field).strip()
+    if not name.isidentifier():
+        raise record.error(field, f"must be a Python function name (got {name!r})")
+    return name
+
+
+FENCE_NOTE = "Reply with the whole program in a ```python block."
+
+
+def _humaneval(record: Record) -> Problem:
+    prompt = record.text("prompt")
+    test = record.text("test")
+    entry = _identifier(record, "entry_point")
+    tree = _parse(record, "test", test)
+    check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+    if check is None or not check.args.args:
+        raise record.error("test", "must define check(candidate), the HumanEval test function")
+    param = check.args.args[0].arg
+    body = [n for n in check.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    if body and all(isinstance(n, ast.Assert) for n in body):
+        asserts = [ast.unparse(_Rename(param, entry).visit(n)) for n in body]
+    else:
+        asserts = [f"check({entry})"]
+    solution = record.text("canonical_solution", required=False)
+    if solution is not None:
+        _parse(record, "canonical_solution", prompt + solution)
+    return Problem(
+        id=record.ident("task_id", "id"),
+        prompt=f"Complete this Python function. {FENCE_NOTE}\n```python\n{prompt}```",
+        reference={"asserts": asserts, "setup": test},
+        metadata={"entry_point": entry, "solution": prompt + solution if solution is not None else None},
+    )
+
+
+def _mbpp(record: Record) -> Problem:
+    text = record.text("text")
+    tests = record.listing("test_list")
+    for i, test in enumerate(tests):
+        if not isinstance(test, str) or not test.strip():
+            raise record.error(f"test_list[{i}]", "must be a non-empty assert statement")
+        _parse(record, f"test_list[{i}]", test)
+    setup = record.text("test_setup_code", required=False, default="") or ""
+    _parse(record, "test_setup_code", setup)
+    code = record.text("code", required=False)
+    if code is not None:
+        _parse(record, "code", code)
+    listed = "\n".join(tests)
+    return Problem(
+        id=record.ident("task_id", "id"),
+        prompt=f"{text.strip()}\nYour code should pass these tests:\n{listed}\n{FENCE_NOTE}",
+        reference={"asserts": tests, "setup": setup},
+        metadata={"solution": code},
+    )
+
+
+def _lcb_cases(record: Record, field: str, required: bool) -> list[dict[str, Any]]:
+    cases = record.listing(field, required=required) or []
+    for i, case in enumerate(cases):
+        where = f"{field}[{i}]"
+        if not isinstance(case, dict):
+            raise record.error(where, "must be an object with input, output and testtype")
+        for key in ("input", "output"):
+            if not isinstance(case.get(key), str):
+                raise record.error(f"{where}.{key}", "must be a string")
+        if case.get("testtype", "stdin") not in ("stdin", "functional"):
+            raise record.error(f"{where}.testtype", f"must be 'stdin' or 'functional' (got {case.get('testtype')!r})")
+    return cases
+
+
+def _livecodebench(record: Record) -> Problem:
+    content = record.text("question_content")
+    cases = _lcb_cases(record, "public_test_cases", True) + _lcb_cases(record, "private_test_cases", False)
+    types = {case.get("testtype", "stdin") for case in cases}
+    if len(types) != 1:
+        raise record.error("public_test_cases", "mixes stdin and functional tests; a problem needs one kind")
+    starter = record.text("starter_code", required=False, default="") or ""
+    prompt = content.strip()
+    if types == {"stdin"}:
+        reference: dict[str, Any] = {"io": [{"stdin": c["input"], "stdout": c["output"]} for c in cases]}
+        prompt += "\nRead the input from standard input and print the answer."
+    else:
+        meta = record.data.get("metadata")
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except json.JSONDecodeError:
+                raise record.error("metadata", "is a string but not JSON") from None
+        func = meta.get("func_name") if isinstance(meta, dict) else None
+        if not isinstance(func, str) or not func.isidentifier():
+            raise record.error("metadata.func_name", "functional tests need the name of the function to call")
+        calls = []
+        for i, case in enumerate(cases):
+            try:
+                args = [json.loads(line) for line in case["input"].splitlines() if line.strip()]
+                expected = json.loads(case["output"])
+            except json.JSONDecodeError:
+                raise record.error(f"test case {i}", "functional input and output must be JSON, one value per line") from None
+            calls.append({"args": args, "expected": expected})
+        reference = {"entry_point": func, "calls": calls}
+        prompt += f"\nDefine a top-level function {func}."
+    if starter.strip():
+        prompt += f"\nStarter code:\n```python\n{starter}```"
+    solution = record.text("solution", required=False)
+    return Problem(
+        id=record.ident("question_id", "id", "question_title"),
+        prompt=f"{prompt}\n{FENCE_NOTE}",
+        reference=reference,
+        metadata={"solution": solution, **{k: record.data[k] for k in ("platform", "difficulty") if record.has(k)}},
+    )
+
+
+class CodeTask(SuiteTask):
+    """One-line Python functions (procedural, by default) or a HumanEval/MBPP/LiveCodeBench JSONL.
+
+    Procedural options: ``steps`` (operations per function, 1-3), ``ops`` (any of add, sub, mul,
+    div, mod), ``max_constant`` (constants are 2..max_constant), ``train_size``/``test_size``,
+    ``seed``. Loading: ``path``, ``format`` (``humaneval``, ``mbpp``, ``livecodebench``), then
+    ``test_path`` or ``test_fraction``.
+    """
+
+    name = "code"
+    formats = {"humaneval": _humaneval, "mbpp": _mbpp, "livecodebench": _livecodebench}
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        format: Optional[str] = None,
+        test_path: Optional[str] = None,
+        test_fraction: float = 0.2,
+        steps: int = 2,
+        ops: Optional[list[str]] = None,
+        max_constant: int = 9,
+        train_size: int = 1200,
+        test_size: int = 100,
+        seed: int = 0,
+    ):
+        ops = list(ops or OPS)
+        if not ops or [o for o in ops if o not in OPS]:
+            raise ValueError(f"code: ops must be a non-empty list of {list(OPS)} (got {ops})")
+        if not 1 <= steps <= 3:
+            raise ValueError(f"code: steps must be between 1 and 3 (got {steps})")
+        if not 2 <= max_constant <= 99:
+            raise ValueError(f"code: max_constant must be between 2 and 99 (got {max_constant})")
+        self.steps, self.ops, self.max_constant = steps, ops, max_constant
+        super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
+
+    def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
+        return split_procedural(self.make, train_size, test_size, rng, "code")
+
+    def make(self, rng: random.Random) -> Problem:
+        steps = [(rng.choice(self.ops), rng.randint(2, self.max_constant)) for _ in range(self.steps)]
+        words = ", then ".join(OPS[op][0].format(a=a) for op, a in steps)
+        solution = one_liner(steps)
+        calls = [{"args": [x], "expected": _apply(steps, x)} for x in TEST_INPUTS]
+        return Problem(
+            id="code-" + "-".join(f"{op}{a}" for op, a in steps),
+            prompt=f"Write f(x): {words}.",
+            reference={"entry_point": "f", "calls": calls},
+            metadata={"solution": solution, "entry_point": "f"},
+        )
+
+    def answer_text(self, problem: Problem) -> Optional[str]:
+        return problem.metadata.get("solution")
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        """A plausible mistake: a constant or operator changed, parentheses lost, a wrong name,
+        a missing ``return`` or a line cut short."""
+        solution = problem.metadata.get("solution") or "def f(x): return x"
+        head, _, expr = solution.partition("return ")
+        kind = rng.random()
+        if kind < 0.35 and re.search(r"\d", expr):
+            spots = [m.start() for m in re.finditer(r"\d", expr)]
+            i = rng.choice(spots)
+            expr = expr[:i] + rng.choice([d for d in "23456789" if d != expr[i]]) + expr[i + 1 :]
+        elif kind < 0.6:
+            symbols = [m for m in re.finditer(r" (//|[-+*%]) ", expr)]
+            if symbols:
+                m = rng.choice(symbols)
+                other = rng.choice([s for s in ("+", "-", "*", "//", "%") if s != m.group(1)])
+                expr = expr[: m.start()] + f" {other} " + expr[m.end() :]
+            else:
+                expr = expr + " + 1"
+        elif kind < 0.7 and "(" in expr:
+            expr = expr.replace("(", "").replace(")", "")
+        elif kind < 0.8:
+            return solution.replace("def f(", "def g(")
+        elif kind < 0.9:
+            return head + expr
+        else:
+            cut = solution[: rng.randrange(len("def f(x): r"), len(solution))]
+            return cut if cut != solution else solution[:-1]
+        wrong = head + "return " + expr
+        return wrong if wrong != solution else wrong + " + 1"

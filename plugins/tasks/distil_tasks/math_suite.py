@@ -1,0 +1,324 @@
+"""The ``math`` suite: task ``math``, verifier ``math_answer``, feedback source ``math_steps``.
+
+Procedural problems are nested arithmetic, one operation per step: ``(7+5)*3 = ?`` → ``36``,
+with the worked steps ``7+5=12; 12*3=36`` kept in ``metadata["steps"]``. Loaded files:
+
+- ``gsm8k``: ``{"question": ..., "answer": "... <<48/2=24>> ... #### 72"}``; the number after
+  ``####`` is the reference, the calculator annotations ``<<expr=value>>`` are the worked steps.
+- ``math``: ``{"problem": ..., "solution": "... \\boxed{\\frac{1}{2}}"}`` with optional
+  ``answer`` (else the last ``\\boxed{}`` of the solution), ``level`` and ``type``; the solution
+  text is the worked solution.
+
+Answers are compared with ``math-verify`` (``1/2`` = ``0.5`` = ``\\frac{1}{2}``), after a fast
+exact path for plain numbers.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections import OrderedDict
+from fractions import Fraction
+from typing import Any, Optional, Sequence
+
+from distil_core.types import Feedback, Problem, Rollout, Verdict
+
+from . import arith
+from .common import Record, SuiteTask, split_procedural
+
+# -- the task ------------------------------------------------------------------------------------
+
+_GSM_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
+_GSM_STEP = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+
+
+def _gsm8k(record: Record) -> Problem:
+    question = record.text("question")
+    answer = record.text("answer")
+    match = _GSM_FINAL.search(answer)
+    if match is None:
+        raise record.error("answer", "must end with '#### <final answer>' (the GSM8K format)")
+    final = match.group(1).strip()
+    if arith.number(final) is None:
+        raise record.error("answer", f"the text after '####' must be a number (got {final!r})")
+    steps = []
+    for expr, value in _GSM_STEP.findall(answer):
+        if arith.evaluate(expr) is not None:
+            steps.append({"expr": expr.strip(), "value": value.strip()})
+    worked = _GSM_STEP.sub("", answer[: match.start()]).strip()
+    return Problem(
+        id=record.ident("id", "task_id"),
+        prompt=question,
+        reference=arith.show(arith.number(final)),
+        metadata={"steps": steps, "solution": worked},
+    )
+
+
+def _math(record: Record) -> Problem:
+    problem = record.text("problem")
+    solution = record.text("solution")
+    answer = record.text("answer", required=False)
+    if answer is None:
+        answer = last_boxed(solution)
+        if answer is None:
+            raise record.error("solution", "has no \\boxed{...} answer; add one or give an 'answer' field")
+    if not answer.strip():
+        raise record.error("answer", "is empty")
+    meta: dict[str, Any] = {"solution": solution}
+    for key in ("level", "type", "subject"):
+        if record.has(key):
+            meta[key] = record.data[key]
+    return Problem(id=record.ident("id", "unique_id", "task_id"), prompt=problem, reference=answer.strip(), metadata=meta)
+
+
+class MathTask(SuiteTask):
+    """Multi-step arithmetic (procedural, by default) or a GSM8K/MATH-style JSONL file.
+
+    Procedural options: ``steps`` (operations per problem, 1-4), ``max_operand`` (operands are
+    1..max_operand), ``ops`` (a subset of ``+-*``), ``train_size``/``test_size``, ``seed``.
+    Loading: ``path``, ``format`` (``gsm8k`` or ``math``), then ``test_path`` or ``test_fraction``
+    (see :mod:`distil_tasks.common` for the split rule).
+    """
+
+    name = "math"
+    formats = {"gsm8k": _gsm8k, "math": _math}
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        format: Optional[str] = None,
+        test_path: Optional[str] = None,
+        test_fraction: float = 0.2,
+        steps: int = 2,
+        max_operand: int = 9,
+        ops: str = "+-",
+        train_size: int = 2500,
+        test_size: int = 200,
+        seed: int = 0,
+    ):
+        if not 1 <= steps <= 4:
+            raise ValueError(f"math: steps must be between 1 and 4 (got {steps})")
+        if not 2 <= max_operand <= 99:
+            raise ValueError(f"math: max_operand must be between 2 and 99 (got {max_operand})")
+        if not ops or set(ops) - set("+-*"):
+            raise ValueError(f"math: ops must be a non-empty subset of '+-*' (got {ops!r})")
+        self.steps, self.max_operand, self.ops = steps, max_operand, "".join(dict.fromkeys(ops))
+        super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
+
+    def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
+        return split_procedural(self.make, train_size, test_size, rng, "math")
+
+    def make(self, rng: random.Random) -> Problem:
+        expr = str(rng.randint(1, self.max_operand))
+        value = Fraction(int(expr))
+        steps = []
+        for _ in range(self.steps):
+            op, b = rng.choice(self.ops), rng.randint(1, self.max_operand)
+            step = f"{arith.show(value)}{op}{b}"
+            value = arith.evaluate(step)
+            steps.append({"expr": step, "value": arith.show(value)})
+            expr = f"{expr}{op}{b}" if expr.isdigit() else f"({expr}){op}{b}"
+        return Problem(
+            id=f"math-{expr}",
+            prompt=f"{expr} = ?",
+            reference=arith.show(value),
+            metadata={"steps": steps, "expression": expr},
+        )
+
+    def answer_text(self, problem: Problem) -> str:
+        return str(problem.reference)
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        """A plausible slip: one step off by a little (carried through), or the last digit changed."""
+        steps = problem.metadata.get("steps") or []
+        truth = arith.number(str(problem.reference))
+        if steps and truth is not None and rng.random() < 0.7:
+            k = rng.randrange(len(steps))
+            value = arith.number(steps[k]["value"])
+            if value is not None:
+                value += rng.choice([-2, -1, 1, 2, 10, -10])
+                for later in steps[k + 1 :]:
+                    rest = re.match(r"^-?[\d./]+(.*)$", later["expr"])
+                    nxt = arith.evaluate(f"({value}){rest.group(1)}") if rest else None
+                    if nxt is None:
+                        break
+                    value = nxt
+                else:
+                    if value != truth:
+                        return arith.show(value)
+        text = str(problem.reference)
+        digits = [i for i, ch in enumerate(text) if ch.isdigit()]
+        if not digits:
+            return text + "1"
+        i = rng.choice(digits)
+        return text[:i] + rng.choice([d for d in "0123456789" if d != text[i]]) + text[i + 1 :]
+
+
+# -- the verifier --------------------------------------------------------------------------------
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; else None."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        rest = text[start + len("\\boxed") :].strip().split()
+        return rest[0].rstrip(".$") if rest else None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+def extract_final(text: str) -> tuple[Optional[str], Optional[str]]:
+    """(final answer, where it came from): ``\\boxed{}``, ``<answer>`` tags, ``####``, last number."""
+    boxed = last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip(), "boxed"
+    tags = _ANSWER_TAG.findall(text)
+    if tags and tags[-1].strip():
+        return tags[-1].strip(), "answer_tag"
+    match = _GSM_FINAL.search(text)
+    if match and match.group(1).strip():
+        return match.group(1).strip().splitlines()[0].strip(), "####"
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return numbers[-1], "last_number"
+    return None, None
+
+
+def normalize(answer: str) -> str:
+    text = answer.strip().strip("$").strip()
+    text = re.sub(r"\\[,!;: ]|\\text\{\s*\}", "", text)
+    text = text.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = text.rstrip(".").strip()
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        text = text.replace(",", "")
+    return text
+
+
+class MathAnswerVerifier:
+    """Passes when the final answer equals the reference, as ``math-verify`` judges it.
+
+    The final answer is the last ``\\boxed{}``, else the last ``<answer>...</answer>``, else the
+    text after ``####``, else the last number of the response. Plain numbers are compared exactly
+    first; anything else goes to ``math-verify``. Results are cached by (answer, reference).
+    Options: ``cache_size``, ``max_answer_chars`` (a longer final answer fails without parsing).
+    """
+
+    def __init__(self, cache_size: int = 65536, max_answer_chars: int = 200):
+        try:
+            import math_verify  # noqa: F401
+        except ImportError:
+            raise ValueError("math_answer needs the math-verify package: pip install math-verify") from None
+        self.cache_size, self.max_answer_chars = cache_size, max_answer_chars
+        self._cache: "OrderedDict[tuple[str, str], bool]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
+        answer, where = extract_final(rollout.response_text)
+        expected = normalize(str(problem.reference))
+        got = normalize(answer) if answer is not None else None
+        passed = got is not None and self.equivalent(got, expected)
+        return Verdict(
+            score=1.0 if passed else 0.0,
+            passed=passed,
+            answer=got,
+            details={"expected": expected, "got": got, "found_in": where, "finished": rollout.finished},
+        )
+
+    def equivalent(self, answer: str, reference: str) -> bool:
+        if answer == reference:
+            return True
+        a, r = arith.number(answer), arith.number(reference)
+        if a is not None and r is not None and (a == r or (a.denominator == 1 and r.denominator == 1)):
+            return a == r
+        if len(answer) > self.max_answer_chars:
+            return False
+        key = (answer, reference)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        result = math_verify_equal(answer, reference)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+
+def math_verify_equal(answer: str, reference: str) -> bool:
+    """``math-verify``'s judgement; its signal-based timeouts only work on the main thread."""
+    from math_verify import parse, verify
+
+    main = threading.current_thread() is threading.main_thread()
+    timeout = 5 if main else None
+    try:
+        gold = parse(f"${reference}$", parsing_timeout=timeout)
+        pred = parse(f"${answer}$", parsing_timeout=timeout)
+        return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+    except Exception:  # math-verify raises on pathological input; that answer is simply not equal
+        return False
+
+
+# -- the feedback source -------------------------------------------------------------------------
+
+
+class MathStepsFeedback:
+    """On a failed rollout: the first wrong ``expr = value`` the response wrote, the worked steps
+    (or the worked solution, cut to ``max_chars``) and, with ``show_answer``, the answer.
+
+    Kind ``worked_steps``. Options: ``show_answer`` (default true), ``max_steps`` (worked steps
+    shown), ``max_chars`` (of a worked solution text).
+    """
+
+    def __init__(self, show_answer: bool = True, max_steps: int = 8, max_chars: int = 600):
+        if max_steps < 1 or max_chars < 40:
+            raise ValueError("math_steps: max_steps must be at least 1 and max_chars at least 40")
+        self.show_answer, self.max_steps, self.max_chars = show_answer, max_steps, max_chars
+
+    def feedback(
+        self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()
+    ) -> list[Feedback]:
+        if verdict.passed:
+            return []
+        got = verdict.answer if verdict.answer is not None else extract_final(rollout.response_text)[0]
+        parts = []
+        wrong = arith.first_wrong_claim(rollout.response_text)
+        if wrong is not None:
+            parts.append(f"Your step {wrong[0]}={wrong[1]} is wrong: {wrong[0]}={wrong[2]}.")
+        elif got is not None:
+            parts.append(f"Your answer {got} is wrong.")
+        else:
+            parts.append("Your response gave no final answer.")
+        steps = problem.metadata.get("steps") or []
+        solution = problem.metadata.get("solution")
+        if steps:
+            shown = "; ".join(f"{s['expr']}={s['value']}" for s in steps[: self.max_steps])
+            parts.append(f"Steps: {shown}.")
+        elif solution:
+            text = " ".join(str(solution).split())
+            if len(text) > self.max_chars:
+                text = text[: self.max_chars - 3].rstrip() + "..."
+            parts.append(f"Worked solution: {text}")
+        if self.show_answer:
+            parts.append(f"The answer is {problem.reference}.")
+        data = {
+            "got": got,
+            "first_wrong_step": list(wrong) if wrong else None,
+            "steps": len(steps),
+            "expected": str(problem.reference) if self.show_answer else None,
+        }
+        return [Feedback(source="math_steps", kind="worked_steps", text=" ".join(parts), data=data)]

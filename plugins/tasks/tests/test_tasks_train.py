@@ -1,0 +1,122 @@
+"""The tiny base learns each suite's own feedback text, and a few real training steps run."""
+
+import json
+import random
+
+import pytest
+from distil_core.config import load_config
+from distil_core.context import ContextTemplate
+from distil_core.plugins import PluginHost
+from distil_core.runtime import base_feedback_components
+from distil_core.tiny import BaseFeedback, base_examples
+from distil_core.trainer import Trainer
+
+import distil_code_exec.plugin
+import distil_tasks.plugin
+from distil_tasks import MathAnswerVerifier, MathStepsFeedback, MathTask, MCLetterVerifier, ScienceTask, WorkedExplanationFeedback
+
+CONFIGS = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "configs")
+
+
+def _host():
+    host = PluginHost(load_entrypoints=False)
+    host.register_plugin(distil_tasks.plugin, "tasks")
+    host.register_plugin(distil_code_exec.plugin, "code_exec")
+    return host
+
+
+def test_base_examples_show_the_suites_feedback_and_answers():
+    task = ScienceTask(train_size=100, test_size=10)
+    teacher = BaseFeedback(task, MCLetterVerifier(), [WorkedExplanationFeedback()])
+    examples = list(base_examples(task.problems("train"), ContextTemplate(), random.Random(0), 200, 0.1, teacher))
+    answers = {answer for _, answer in examples}
+    assert answers <= {f"<answer>{x}</answer>" for x in "ABCD"}
+    contexts = [m[-1]["content"] for m, _ in examples]
+    with_feedback = [c for c in contexts if "Feedback on an earlier unsuccessful attempt: Your answer" in c]
+    assert len(with_feedback) > 80
+    assert all("That is" in c for c in with_feedback)
+
+
+def test_feedback_pool_bounds_how_often_the_verifier_runs():
+    class Counting(MathAnswerVerifier):
+        calls = 0
+
+        def verify(self, problem, rollout):
+            Counting.calls += 1
+            return super().verify(problem, rollout)
+
+    task = MathTask(train_size=200, test_size=10)
+    teacher = BaseFeedback(task, Counting(), [MathStepsFeedback()], pool=12)
+    examples = list(base_examples(task.problems("train"), ContextTemplate(), random.Random(0), 300, 0.1, teacher))
+    assert Counting.calls == 12 and len(teacher.pool) == 12
+    steps = [m[-1]["content"] for m, _ in examples if "Steps:" in m[-1]["content"]]
+    assert len(steps) > 100
+    # Each feedback example is one of the pooled problems, answered with that problem's answer.
+    pooled = {p.id: p for p, _ in teacher.pool}
+    for messages, answer in examples:
+        if "Steps:" in messages[-1]["content"]:
+            problem = next(p for p in pooled.values() if messages[-1]["content"].startswith(p.prompt))
+            assert answer == problem.reference
+
+
+def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_key_is_kept():
+    host = _host()
+    config = load_config(f"{CONFIGS}/science.yaml")
+    assert base_feedback_components(config, host) == {
+        "verifier": {"name": "mc_letter", "options": {}},
+        "feedback": [{"name": "worked_explanation", "options": {}}],
+    }
+
+    class NeedsModel:
+        def __init__(self, runtime):
+            self.runtime = runtime
+
+        def feedback(self, *args):
+            return []
+
+    class Plugin:
+        @staticmethod
+        @__import__("distil_core").hookimpl
+        def register_feedback_sources(register):
+            register("needs_model", NeedsModel)
+
+    host.register_plugin(Plugin, "needs-model")
+    config = load_config(None, ["feedback=[needs_model]"])
+    assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+
+
+SMOKE = [
+    "model.tiny={hidden_size: 64, layers: 2, heads: 2, steps: 40, batch_size: 32, lr: 0.005, plain_fraction: 0.3, feedback_pool: 24}",
+    "rollout.problems_per_step=4",
+    "rollout.samples_per_problem=4",
+    "eval.problems=8",
+    "eval.samples=2",
+    "eval.ks=[1, 2]",
+    "train.steps=3",
+    "train.save_every=0",
+    "train.progress=false",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", ["math", "code", "science"])
+def test_a_few_training_steps_on_each_suite(tmp_path, monkeypatch, suite):
+    monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
+    overrides = SMOKE + ["task.options.train_size=200", "task.options.test_size=8"]
+    config = load_config(f"{CONFIGS}/{suite}.yaml", overrides)
+    trainer = Trainer(config, run_dir=str(tmp_path / "run"), host=_host(), echo=lambda *_: None)
+    try:
+        summary = trainer.fit()
+    finally:
+        close = getattr(trainer.rt.verifier, "close", None)
+        if callable(close):
+            close()
+    assert summary["task"] == suite and summary["steps"] == 3
+    assert 0.0 <= summary["after"]["pass@1"] <= 1.0
+    recipe = json.loads(next((tmp_path / "cache").glob(f"tiny-{suite}-*/recipe.json")).read_text())
+    assert recipe["base_feedback"]["feedback"][0]["name"] == config.feedback[0].name
+    kinds = {"math": "worked_steps", "code": "execution_trace", "science": "worked_explanation"}[suite]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if not r["verdict"]["passed"]]
+    assert failed and all(f["kind"] == kinds for r in failed for f in r["feedback"])
+    assert any(r["feedback"] for r in failed)
