@@ -83,8 +83,9 @@ class SelfExpert(_LocalModelExpert):
 
     Under LoRA (``model.lora``) no copy of the model is made: ``frozen`` scores with the same
     module, its adapters switched off (the base weights are the initial weights, since they are
-    never trained), and ``ema`` keeps an average of the adapter weights alone, swapped in for
-    the duration of each scoring call.
+    never trained; adapters loaded from a directory are kept as a snapshot instead and swapped
+    in), and ``ema`` keeps an average of the adapter weights alone, swapped in for the duration
+    of each scoring call.
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class SelfExpert(_LocalModelExpert):
         access: Access = "dense",
         k: Optional[int] = None,
     ):
-        from .lora import adapter_weights, is_lora
+        from .lora import adapter_weights, adapters_are_identity, is_lora
 
         if weights not in ("live", "frozen", "ema"):
             raise ConfigError(f"expert 'self': weights must be live, frozen or ema (got {weights!r})")
@@ -106,17 +107,20 @@ class SelfExpert(_LocalModelExpert):
         self.policy = runtime.model
         self.pad_id = runtime.pad_id
         self.lora = is_lora(self.policy)
-        self.ema_adapters: Optional[dict[str, Any]] = None
+        self.ema_adapters: Optional[dict[str, Any]] = None  # adapter weights swapped in to score
+        self.adapters_off = False
         if weights == "live" or self.lora:
             self.model = self.policy
-            if weights == "ema":
+            if weights == "frozen" and self.lora and adapters_are_identity(self.policy):
+                self.adapters_off = True
+            elif weights != "live":
                 self.ema_adapters = adapter_weights(self.policy)
         else:
             self.model = copy.deepcopy(self.policy)
             self.model.requires_grad_(False)
 
     def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
-        if self.lora and self.weights == "frozen":
+        if self.adapters_off:
             with self.policy.disable_adapter():
                 return super().score(queries)
         if self.ema_adapters is not None:
@@ -133,7 +137,7 @@ class SelfExpert(_LocalModelExpert):
         import torch
 
         with torch.no_grad():
-            if self.ema_adapters is not None:
+            if self.ema_adapters is not None:  # LoRA: the adapters alone
                 current = dict(policy.named_parameters())
                 for name, teacher in self.ema_adapters.items():
                     teacher.lerp_(current[name].detach(), self.ema_rate)

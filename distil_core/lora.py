@@ -111,6 +111,17 @@ def load_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoin
     model.load_state_dict(state, strict=False)
 
 
+def adapters_are_identity(model: Any) -> bool:
+    """Whether the adapters change nothing yet (every ``lora_B`` is zero, as peft initialises them)."""
+    found = False
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            found = True
+            if bool(p.detach().ne(0).any()):
+                return False
+    return found
+
+
 def adapter_weights(model: Any) -> dict[str, Any]:
     """A detached copy of the trainable (adapter) weights, by name."""
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}

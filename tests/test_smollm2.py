@@ -9,6 +9,7 @@ the first run pays for the conversion.
 import importlib.util
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -83,6 +84,20 @@ def test_lora_trains_only_the_adapters_and_the_frozen_expert_is_the_base(tmp_pat
     reloaded, tokenizer, source = load_policy(config, trainer.rt.task)
     assert source == str(final) and tokenizer.get_vocab() == trainer.rt.tokenizer.get_vocab()
     torch.testing.assert_close(score_queries(reloaded, [query], trainer.rt.pad_id)[0].logits, live, rtol=1e-4, atol=1e-4)
+
+    # Training on from final/ (model.lora set): the adapters load trainable, and a frozen self
+    # expert keeps them as they were loaded (not the bare base).
+    from distil_core.experts import SelfExpert
+
+    config = load_config(None, FAST_RUN + LORA + [f"model.name={final}"])
+    again, _, _ = load_policy(config, trainer.rt.task)
+    assert {n for n, p in again.named_parameters() if p.requires_grad} == adapters
+    frozen_again = SelfExpert(types.SimpleNamespace(model=again, pad_id=trainer.rt.pad_id), weights="frozen")
+    with torch.no_grad():
+        for n, p in again.named_parameters():
+            if p.requires_grad:
+                p.add_(0.5)  # the student moves on
+    torch.testing.assert_close(frozen_again.score([query])[0].logits, live, rtol=1e-4, atol=1e-4)
 
 
 def _rollout(trainer, problem):
