@@ -181,6 +181,9 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     }
     if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
         identity["base_feedback"] = components
+    if callable(getattr(task, "answer_text", None)):  # what the base learns to answer
+        answers = [task.answer_text(p) for p in list(task.problems("train"))[:200]]
+        identity["answers"] = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
     key = json.dumps(identity, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = cached_path(f"tiny-{config.task.name}-{digest}")

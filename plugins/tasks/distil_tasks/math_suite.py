@@ -1,7 +1,8 @@
 """The ``math`` suite: task ``math``, verifier ``math_answer``, feedback source ``math_steps``.
 
-Procedural problems are nested arithmetic, one operation per step: ``(7+5)*3 = ?`` → ``36``,
-with the worked steps ``7+5=12; 12*3=36`` kept in ``metadata["steps"]``. Loaded files:
+Procedural problems are nested arithmetic, one operation per step: ``(7+5)-3 = ?`` → ``9``,
+with the worked steps kept in ``metadata["steps"]`` (with ``worked_answer: true`` the tiny base
+learns to write them, ``7+5=12; 12-3=9``; the final answer is the last number). Loaded files:
 
 - ``gsm8k``: ``{"question": ..., "answer": "... <<48/2=24>> ... #### 72"}``; the number after
   ``####`` is the reference, the calculator annotations ``<<expr=value>>`` are the worked steps.
@@ -76,7 +77,9 @@ class MathTask(SuiteTask):
     """Multi-step arithmetic (procedural, by default) or a GSM8K/MATH-style JSONL file.
 
     Procedural options: ``steps`` (operations per problem, 1-4), ``max_operand`` (operands are
-    1..max_operand), ``ops`` (a subset of ``+-*``), ``train_size``/``test_size``, ``seed``.
+    1..max_operand), ``ops`` (a subset of ``+-*``), ``worked_answer`` (the tiny base learns to
+    write the steps, ``7+5=12; 12-3=9``, instead of the final answer alone), ``train_size``/
+    ``test_size``, ``seed``.
     Loading: ``path``, ``format`` (``gsm8k`` or ``math``), then ``test_path`` or ``test_fraction``
     (see :mod:`distil_tasks.common` for the split rule).
     """
@@ -93,6 +96,7 @@ class MathTask(SuiteTask):
         steps: int = 2,
         max_operand: int = 9,
         ops: str = "+-",
+        worked_answer: bool = False,
         train_size: int = 2500,
         test_size: int = 200,
         seed: int = 0,
@@ -104,6 +108,7 @@ class MathTask(SuiteTask):
         if not ops or set(ops) - set("+-*"):
             raise ValueError(f"math: ops must be a non-empty subset of '+-*' (got {ops!r})")
         self.steps, self.max_operand, self.ops = steps, max_operand, "".join(dict.fromkeys(ops))
+        self.worked_answer = worked_answer
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 
     def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
@@ -127,32 +132,39 @@ class MathTask(SuiteTask):
         )
 
     def answer_text(self, problem: Problem) -> str:
+        """The final answer; with ``worked_answer``, a procedural problem is answered step by
+        step (``7+5=12; 12-3=9``)."""
+        steps = problem.metadata.get("steps") or []
+        if self.worked_answer and problem.metadata.get("expression") and steps:
+            return worked(steps)
         return str(problem.reference)
 
     def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
-        """A plausible slip: one step off by a little (carried through), or the last digit changed."""
+        """A plausible slip: one step off by a little, carried through the later steps (or,
+        for a loaded problem, the final answer with a digit changed)."""
         steps = problem.metadata.get("steps") or []
-        truth = arith.number(str(problem.reference))
-        if steps and truth is not None and rng.random() < 0.7:
+        if problem.metadata.get("expression") and steps:
             k = rng.randrange(len(steps))
-            value = arith.number(steps[k]["value"])
-            if value is not None:
-                value += rng.choice([-2, -1, 1, 2, 10, -10])
-                for later in steps[k + 1 :]:
-                    rest = re.match(r"^-?[\d./]+(.*)$", later["expr"])
-                    nxt = arith.evaluate(f"({value}){rest.group(1)}") if rest else None
-                    if nxt is None:
-                        break
-                    value = nxt
-                else:
-                    if value != truth:
-                        return arith.show(value)
+            out = [dict(s) for s in steps]
+            value = arith.number(out[k]["value"]) + rng.choice([-2, -1, 1, 1, 2, 10, -10])
+            out[k]["value"] = arith.show(value)
+            for later in out[k + 1 :]:
+                rest = re.match(r"^-?[\d./]+(.*)$", later["expr"])
+                later["expr"] = f"{arith.show(value)}{rest.group(1)}"
+                value = arith.evaluate(later["expr"])
+                later["value"] = arith.show(value)
+            return worked(out) if self.worked_answer else out[-1]["value"]
         text = str(problem.reference)
         digits = [i for i, ch in enumerate(text) if ch.isdigit()]
         if not digits:
             return text + "1"
         i = rng.choice(digits)
         return text[:i] + rng.choice([d for d in "0123456789" if d != text[i]]) + text[i + 1 :]
+
+
+def worked(steps: Sequence[dict[str, str]]) -> str:
+    """Steps as a person writes them: ``7+5=12; 12*3=36``."""
+    return "; ".join(f"{s['expr']}={s['value']}" for s in steps)
 
 
 # -- the verifier --------------------------------------------------------------------------------
@@ -306,7 +318,7 @@ class MathStepsFeedback:
         steps = problem.metadata.get("steps") or []
         solution = problem.metadata.get("solution")
         if steps:
-            shown = "; ".join(f"{s['expr']}={s['value']}" for s in steps[: self.max_steps])
+            shown = worked(steps[: self.max_steps])
             parts.append(f"Steps: {shown}.")
         elif solution:
             text = " ".join(str(solution).split())

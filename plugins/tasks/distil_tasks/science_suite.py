@@ -3,7 +3,8 @@
 Procedural problems are four-choice questions whose answer takes one or two steps of
 reasoning: unit conversion, stoichiometry (moles of a product), kinematics (distance, speed)
 and density. Each keeps a worked explanation in ``metadata["explanation"]``. The reference is
-the correct letter; a response answers with ``<answer>B</answer>``.
+the correct letter; a response answers with ``<answer>B</answer>`` (with ``worked_answer: true``
+the tiny base learns to write the calculation first: ``3 x 1000 = 3000 <answer>B</answer>``).
 
 Loaded files (``format: sciknoweval``): one multiple-choice question per line,
 
@@ -103,19 +104,19 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _conversion(rng: random.Random) -> tuple[str, float, list[float], str, str]:
+def _conversion(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
     src, dst, factor = rng.choice(UNITS)
     n = rng.randint(2, 30)
     if rng.random() < 0.5:
         answer = n * factor
         return (f"Convert {n} {src} to {dst}.", answer, [n * factor / 10, n * factor * 10, n, n + factor],
-                f"1 {src} = {factor} {dst}, so {n} {src} = {n} x {factor} = {_fmt(answer)} {dst}.", dst)
+                f"1 {src} = {factor} {dst}, so {n} {src} = {n} x {factor} = {_fmt(answer)} {dst}.", dst, f"{n} x {factor}")
     answer = n
     return (f"Convert {n * factor} {dst} to {src}.", answer, [n * factor, n * 10, n * factor * factor, n + 1],
-            f"1 {src} = {factor} {dst}, so {n * factor} {dst} = {n * factor} / {factor} = {n} {src}.", src)
+            f"1 {src} = {factor} {dst}, so {n * factor} {dst} = {n * factor} / {factor} = {n} {src}.", src, f"{n * factor} / {factor}")
 
 
-def _stoichiometry(rng: random.Random) -> tuple[str, float, list[float], str, str]:
+def _stoichiometry(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
     equation, coef, reactants = rng.choice(REACTIONS)
     given = rng.choice(reactants)
     product = rng.choice([s for s in coef if s not in reactants])
@@ -124,36 +125,36 @@ def _stoichiometry(rng: random.Random) -> tuple[str, float, list[float], str, st
     wrong = [n, n * coef[given] * coef[product], answer + coef[product], max(1, answer - 1)]
     return (f"{equation}. Moles of {product} from {n} mol {given}?", answer, wrong,
             f"{coef[given]} mol {given} gives {coef[product]} mol {product}, so {n} mol gives "
-            f"{n} x {coef[product]} / {coef[given]} = {answer} mol.", "mol")
+            f"{n} x {coef[product]} / {coef[given]} = {answer} mol.", "mol", f"{n} x {coef[product]} / {coef[given]}")
 
 
-def _kinematics(rng: random.Random) -> tuple[str, float, list[float], str, str]:
+def _kinematics(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
     kind = rng.randrange(3)
     t = rng.randint(2, 12)
     if kind == 0:
         v = rng.randint(2, 12)
         answer = v * t
         return (f"A car moves at {v} m/s for {t} s. Distance?", answer, [v + t, answer * 2, answer + v, abs(v - t) or 1],
-                f"distance = speed x time = {v} x {t} = {answer} m.", "m")
+                f"distance = speed x time = {v} x {t} = {answer} m.", "m", f"{v} x {t}")
     a = rng.randint(1, 6) * 2
     if kind == 1:
         answer = a * t
         return (f"From rest, a cart accelerates at {a} m/s2 for {t} s. Final speed?", answer,
-                [a + t, answer * 2, answer // 2 or 1, a * t * t], f"v = a x t = {a} x {t} = {answer} m/s.", "m/s")
+                [a + t, answer * 2, answer // 2 or 1, a * t * t], f"v = a x t = {a} x {t} = {answer} m/s.", "m/s", f"{a} x {t}")
     answer = a * t * t // 2
     return (f"From rest, a cart accelerates at {a} m/s2 for {t} s. Distance?", answer,
             [a * t, a * t * t, answer + t, a * t // 2 or 1],
-            f"d = a x t^2 / 2 = {a} x {t * t} / 2 = {answer} m.", "m")
+            f"d = a x t^2 / 2 = {a} x {t * t} / 2 = {answer} m.", "m", f"{a} x {t * t} / 2")
 
 
-def _density(rng: random.Random) -> tuple[str, float, list[float], str, str]:
+def _density(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
     d, v = rng.randint(2, 12), rng.randint(2, 12)
     answer = d * v
     return (f"A block has density {d} g/mL and volume {v} mL. Mass?", answer, [d + v, answer * 2, abs(d - v) or 1, answer + d],
-            f"mass = density x volume = {d} x {v} = {answer} g.", "g")
+            f"mass = density x volume = {d} x {v} = {answer} g.", "g", f"{d} x {v}")
 
 
-KINDS: dict[str, Callable[[random.Random], tuple[str, float, list[float], str, str]]] = {
+KINDS: dict[str, Callable[[random.Random], tuple[str, float, list[float], str, str, str]]] = {
     "conversion": _conversion,
     "stoichiometry": _stoichiometry,
     "kinematics": _kinematics,
@@ -165,7 +166,8 @@ class ScienceTask(SuiteTask):
     """Procedural multiple-choice science (by default) or a SciKnowEval-style JSONL file.
 
     Procedural options: ``kinds`` (any of conversion, stoichiometry, kinematics, density),
-    ``options`` (choices per question, 2-5), ``train_size``/``test_size``, ``seed``. There are
+    ``options`` (choices per question, 2-5), ``worked_answer`` (the tiny base learns to write the
+    calculation before the letter), ``train_size``/``test_size``, ``seed``. There are
     about 870 distinct questions; no question of the test split is in the train split. Loading:
     ``path``, ``format: sciknoweval``, then ``test_path`` or ``test_fraction``.
     """
@@ -181,6 +183,7 @@ class ScienceTask(SuiteTask):
         test_fraction: float = 0.2,
         kinds: Optional[list[str]] = None,
         options: int = 4,
+        worked_answer: bool = False,
         train_size: int = 600,
         test_size: int = 150,
         seed: int = 0,
@@ -191,7 +194,7 @@ class ScienceTask(SuiteTask):
             raise ValueError(f"science: kinds must be a non-empty list of {sorted(KINDS)} (got {kinds})")
         if not 2 <= options <= 5:
             raise ValueError(f"science: options must be between 2 and 5 (got {options})")
-        self.kinds, self.options = kinds, options
+        self.kinds, self.options, self.worked_answer = kinds, options, worked_answer
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 
     def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
@@ -199,7 +202,7 @@ class ScienceTask(SuiteTask):
 
     def make(self, rng: random.Random) -> Problem:
         kind = rng.choice(self.kinds)
-        question, answer, candidates, explanation, unit = KINDS[kind](rng)
+        question, answer, candidates, explanation, unit, calc = KINDS[kind](rng)
         wrong: list[float] = []
         for value in candidates + [answer + k for k in (1, 2, 3, -1, 5, 10)]:
             if value != answer and value > 0 and value not in wrong:
@@ -215,17 +218,33 @@ class ScienceTask(SuiteTask):
             id=f"sci-{question}",
             prompt=format_question(question, labels, texts),
             reference=letter,
-            metadata={"labels": labels, "choices": texts, "explanation": f"{explanation} That is {letter}.", "kind": kind},
+            metadata={
+                "labels": labels, "choices": texts, "explanation": f"{explanation} That is {letter}.",
+                "kind": kind, "calc": calc, "values": [_fmt(v) for v in shown],
+            },
         )
 
     def answer_text(self, problem: Problem) -> str:
+        """The tagged letter; with ``worked_answer``, the calculation first:
+        ``3 x 1000 = 3000 <answer>B</answer>``."""
+        calc, values, labels = (problem.metadata.get(k) for k in ("calc", "values", "labels"))
+        if self.worked_answer and calc and values and labels:
+            return f"{calc} = {values[labels.index(problem.reference)]} <answer>{problem.reference}</answer>"
         return f"<answer>{problem.reference}</answer>"
 
     def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        """A wrong option reached by a wrong calculation, a right calculation with a wrong letter,
+        or a letter without tags."""
         labels = problem.metadata.get("labels") or list("ABCD")
-        if rng.random() < 0.1:
-            return rng.choice([l for l in labels if l != problem.reference] or labels)  # no tags
-        return f"<answer>{rng.choice([l for l in labels if l != problem.reference] or labels)}</answer>"
+        wrong = rng.choice([l for l in labels if l != problem.reference] or labels)
+        calc, values = problem.metadata.get("calc"), problem.metadata.get("values")
+        kind = rng.random()
+        if kind < 0.1:
+            return wrong
+        if self.worked_answer and calc and values:
+            shown = values[labels.index(wrong if kind < 0.6 else problem.reference)]
+            return f"{calc} = {shown} <answer>{wrong}</answer>"
+        return f"<answer>{wrong}</answer>"
 
 
 # -- verifier and feedback ----------------------------------------------------------------------

@@ -48,12 +48,26 @@ def test_math_reference_is_the_value_of_the_expression_and_of_the_last_step():
             assert show(evaluate(step["expr"])) == step["value"]
 
 
-def test_math_wrong_answers_are_wrong_and_short():
-    task = MathTask(train_size=200, test_size=10)
+def test_math_worked_answers_are_the_steps_and_wrong_answers_slip_in_one_step():
+    from distil_tasks import MathAnswerVerifier
+    from distil_tasks.arith import first_wrong_claim
+
+    from tasks_testlib import rollout
+
+    task = MathTask(train_size=200, test_size=10, worked_answer=True)
+    final_only = MathTask(train_size=200, test_size=10)
+    verifier = MathAnswerVerifier()
     rng = random.Random(0)
     for p in task.problems("train"):
+        assert final_only.answer_text(p) == p.reference
+        assert not verifier.verify(p, rollout(final_only.wrong_answer(p, random.Random(1)))).passed
+        answer = task.answer_text(p)
+        assert answer == "; ".join(f"{s['expr']}={s['value']}" for s in p.metadata["steps"])
+        assert verifier.verify(p, rollout(answer)).passed and first_wrong_claim(answer) is None
         wrong = task.wrong_answer(p, rng)
-        assert wrong != p.reference and len(wrong) <= 4
+        assert not verifier.verify(p, rollout(wrong)).passed
+        expr, claimed, truth = first_wrong_claim(wrong)
+        assert f"{expr}={truth}" in answer and len(wrong) <= len(answer) + 4
 
 
 def test_code_solution_matches_its_tests_and_wrong_answers_differ():

@@ -29,12 +29,15 @@ def test_base_examples_show_the_suites_feedback_and_answers():
     task = ScienceTask(train_size=100, test_size=10)
     teacher = BaseFeedback(task, MCLetterVerifier(), [WorkedExplanationFeedback()])
     examples = list(base_examples(task.problems("train"), ContextTemplate(), random.Random(0), 200, 0.1, teacher))
-    answers = {answer for _, answer in examples}
-    assert answers <= {f"<answer>{x}</answer>" for x in "ABCD"}
+    assert {answer for _, answer in examples} == {f"<answer>{x}</answer>" for x in "ABCD"}
     contexts = [m[-1]["content"] for m, _ in examples]
     with_feedback = [c for c in contexts if "Feedback on an earlier unsuccessful attempt: Your answer" in c]
     assert len(with_feedback) > 80
     assert all("That is" in c for c in with_feedback)
+    worked = ScienceTask(train_size=100, test_size=10, worked_answer=True)
+    teacher = BaseFeedback(worked, MCLetterVerifier(), [WorkedExplanationFeedback()])
+    for _, answer in base_examples(worked.problems("train"), ContextTemplate(), random.Random(0), 50, 0.1, teacher):
+        assert " = " in answer and answer.endswith("</answer>")  # the calculation comes first
 
 
 def test_feedback_pool_bounds_how_often_the_verifier_runs():
@@ -56,7 +59,7 @@ def test_feedback_pool_bounds_how_often_the_verifier_runs():
     for messages, answer in examples:
         if "Steps:" in messages[-1]["content"]:
             problem = next(p for p in pooled.values() if messages[-1]["content"].startswith(p.prompt))
-            assert answer == problem.reference
+            assert answer == task.answer_text(problem) == problem.reference
 
 
 def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_key_is_kept():
