@@ -7,6 +7,7 @@ or ``io``; see distil-code-exec), so the run uses ``verifier: code_exec`` and
 Procedural problems are one-line functions described step by step:
 
     Write f(x): add 3, then multiply by 2.   →   def f(x): return (x + 3) * 2
+    Write f(x): multiply by 2 after adding 3. →   def f(x): return (x + 3) * 2
 
 tested on a few calls. Loaded files:
 
@@ -37,12 +38,12 @@ from .common import Record, SuiteTask, split_procedural
 
 # -- procedural ------------------------------------------------------------------------------
 
-OPS = {  # name: (words, python operator, precedence)
-    "add": ("add {a}", "+", 1),
-    "sub": ("subtract {a}", "-", 1),
-    "mul": ("multiply by {a}", "*", 2),
-    "div": ("floor-divide by {a}", "//", 2),
-    "mod": ("take it mod {a}", "%", 2),
+OPS = {  # name: (words, python operator, precedence, words after "after")
+    "add": ("add {a}", "+", 1, "adding {a}"),
+    "sub": ("subtract {a}", "-", 1, "subtracting {a}"),
+    "mul": ("multiply by {a}", "*", 2, "multiplying by {a}"),
+    "div": ("floor-divide by {a}", "//", 2, "floor-dividing by {a}"),
+    "mod": ("take it mod {a}", "%", 2, "taking it mod {a}"),
 }
 TEST_INPUTS = (0, 3, 7, 12)
 
@@ -51,7 +52,7 @@ def one_liner(steps: list[tuple[str, int]]) -> str:
     """``def f(x): return ...`` applying ``steps`` in order, with parentheses where needed."""
     expr, prec = "x", 3
     for op, a in steps:
-        _, symbol, p = OPS[op]
+        _, symbol, p, _ = OPS[op]
         if prec < p:
             expr = f"({expr})"
         expr, prec = f"{expr} {symbol} {a}", p
@@ -200,8 +201,9 @@ class CodeTask(SuiteTask):
     """One-line Python functions (procedural, by default) or a HumanEval/MBPP/LiveCodeBench JSONL.
 
     Procedural options: ``steps`` (operations per function, 1-3), ``ops`` (any of add, sub, mul,
-    div, mod), ``max_constant`` (constants are 2..max_constant), ``train_size``/``test_size``,
-    ``seed``. Loading: ``path``, ``format`` (``humaneval``, ``mbpp``, ``livecodebench``), then
+    div, mod), ``max_constant`` (constants are 2..max_constant), ``phrasing`` (``mixed``: half
+    the problems name the last step first, "multiply by 2 after adding 3"; ``then``: always in
+    order), ``train_size``/``test_size``, ``seed``. Loading: ``path``, ``format`` (``humaneval``, ``mbpp``, ``livecodebench``), then
     ``test_path`` or ``test_fraction``.
     """
 
@@ -217,6 +219,7 @@ class CodeTask(SuiteTask):
         steps: int = 2,
         ops: Optional[list[str]] = None,
         max_constant: int = 9,
+        phrasing: str = "mixed",
         train_size: int = 1200,
         test_size: int = 100,
         seed: int = 0,
@@ -228,7 +231,9 @@ class CodeTask(SuiteTask):
             raise ValueError(f"code: steps must be between 1 and 3 (got {steps})")
         if not 2 <= max_constant <= 99:
             raise ValueError(f"code: max_constant must be between 2 and 99 (got {max_constant})")
-        self.steps, self.ops, self.max_constant = steps, ops, max_constant
+        if phrasing not in ("mixed", "then"):
+            raise ValueError(f"code: phrasing must be 'mixed' or 'then' (got {phrasing!r})")
+        self.steps, self.ops, self.max_constant, self.phrasing = steps, ops, max_constant, phrasing
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 
     def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
@@ -236,11 +241,15 @@ class CodeTask(SuiteTask):
 
     def make(self, rng: random.Random) -> Problem:
         steps = [(rng.choice(self.ops), rng.randint(2, self.max_constant)) for _ in range(self.steps)]
-        words = ", then ".join(OPS[op][0].format(a=a) for op, a in steps)
+        if self.steps > 1 and self.phrasing == "mixed" and rng.random() < 0.5:
+            *first, (last, b) = steps  # "multiply by 2 after adding 3": the last step is named first
+            words = f"{OPS[last][0].format(a=b)} after " + ", then ".join(OPS[op][3].format(a=a) for op, a in first)
+        else:
+            words = ", then ".join(OPS[op][0].format(a=a) for op, a in steps)
         solution = one_liner(steps)
         calls = [{"args": [x], "expected": _apply(steps, x)} for x in TEST_INPUTS]
         return Problem(
-            id="code-" + "-".join(f"{op}{a}" for op, a in steps),
+            id="code-" + "-".join(f"{op}{a}" for op, a in steps) + ("-after" if " after " in words else ""),
             prompt=f"Write f(x): {words}.",
             reference={"entry_point": "f", "calls": calls},
             metadata={"solution": solution, "entry_point": "f"},

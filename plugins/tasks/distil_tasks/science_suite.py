@@ -130,13 +130,13 @@ def _stoichiometry(rng: random.Random) -> tuple[str, float, list[float], str, st
 
 def _kinematics(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
     kind = rng.randrange(3)
-    t = rng.randint(2, 12)
+    t = rng.randint(2, 9)
     if kind == 0:
-        v = rng.randint(2, 12)
+        v = rng.randint(2, 9)
         answer = v * t
         return (f"A car moves at {v} m/s for {t} s. Distance?", answer, [v + t, answer * 2, answer + v, abs(v - t) or 1],
                 f"distance = speed x time = {v} x {t} = {answer} m.", "m", f"{v} x {t}")
-    a = rng.randint(1, 6) * 2
+    a = rng.randint(1, 4) * 2
     if kind == 1:
         answer = a * t
         return (f"From rest, a cart accelerates at {a} m/s2 for {t} s. Final speed?", answer,
@@ -148,7 +148,7 @@ def _kinematics(rng: random.Random) -> tuple[str, float, list[float], str, str, 
 
 
 def _density(rng: random.Random) -> tuple[str, float, list[float], str, str, str]:
-    d, v = rng.randint(2, 12), rng.randint(2, 12)
+    d, v = rng.randint(2, 9), rng.randint(2, 9)
     answer = d * v
     return (f"A block has density {d} g/mL and volume {v} mL. Mass?", answer, [d + v, answer * 2, abs(d - v) or 1, answer + d],
             f"mass = density x volume = {d} x {v} = {answer} g.", "g", f"{d} x {v}")
@@ -168,7 +168,7 @@ class ScienceTask(SuiteTask):
     Procedural options: ``kinds`` (any of conversion, stoichiometry, kinematics, density),
     ``options`` (choices per question, 2-5), ``worked_answer`` (the tiny base learns to write the
     calculation before the letter), ``train_size``/``test_size``, ``seed``. There are
-    about 870 distinct questions; no question of the test split is in the train split. Loading:
+    about 700 distinct questions; no question of the test split is in the train split. Loading:
     ``path``, ``format: sciknoweval``, then ``test_path`` or ``test_fraction``.
     """
 
@@ -184,8 +184,8 @@ class ScienceTask(SuiteTask):
         kinds: Optional[list[str]] = None,
         options: int = 4,
         worked_answer: bool = False,
-        train_size: int = 600,
-        test_size: int = 150,
+        train_size: int = 500,
+        test_size: int = 120,
         seed: int = 0,
     ):
         kinds = list(kinds or KINDS)
@@ -219,7 +219,7 @@ class ScienceTask(SuiteTask):
             prompt=format_question(question, labels, texts),
             reference=letter,
             metadata={
-                "labels": labels, "choices": texts, "explanation": f"{explanation} That is {letter}.",
+                "labels": labels, "choices": texts, "explanation": f"{explanation} The answer is <answer>{letter}</answer>.",
                 "kind": kind, "calc": calc, "values": [_fmt(v) for v in shown],
             },
         )
@@ -320,7 +320,7 @@ class WorkedExplanationFeedback:
             said = f"Your answer {got} is wrong."
         explanation = problem.metadata.get("explanation")
         if explanation and not self.show_answer:
-            explanation = re.sub(r"\s*That is [A-Z]\.\s*$", "", str(explanation))
+            explanation = re.sub(r"\s*The answer is <answer>[A-Z]</answer>\.\s*$", "", str(explanation))
         if not explanation and self.show_answer and expected in labels and labels.index(expected) < len(choices):
             explanation = f"The correct option is {expected} ({choices[labels.index(expected)]})."
         text = said if not explanation else f"{said} {' '.join(str(explanation).split())}"

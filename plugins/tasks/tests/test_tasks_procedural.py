@@ -99,7 +99,7 @@ def test_science_letter_points_at_the_value_the_explanation_computes():
         assert labels == ["A", "B", "C", "D"] and len(set(choices)) == 4
         correct = choices[labels.index(p.reference)]
         explanation = p.metadata["explanation"]
-        assert explanation.endswith(f"That is {p.reference}.")
+        assert explanation.endswith(f"The answer is <answer>{p.reference}</answer>.")
         value = correct.split()[0]
         assert f"= {value} " in explanation or f"= {value}." in explanation, (explanation, correct)
         assert f"{p.reference}) {correct}" in p.prompt
@@ -117,3 +117,13 @@ def test_bad_options_are_rejected_with_the_option_named():
         CodeTask(ops=["pow"])
     with pytest.raises(ValueError, match="format and test_path only apply with path"):
         CodeTask(format="mbpp")
+
+
+def test_code_mixed_phrasing_names_the_last_step_first_half_the_time():
+    mixed = CodeTask(train_size=400, test_size=10).problems("train")
+    after = [p for p in mixed if " after " in p.prompt]
+    assert 0.35 < len(after) / len(mixed) < 0.65
+    p = next(p for p in after if p.prompt.startswith("Write f(x): multiply by") and "after adding" in p.prompt)
+    a, b = re.findall(r"\d+", p.prompt.split(":", 1)[1])
+    assert p.metadata["solution"] == f"def f(x): return (x + {b}) * {a}"
+    assert not any(" after " in p.prompt for p in CodeTask(train_size=100, test_size=10, phrasing="then").problems("train"))

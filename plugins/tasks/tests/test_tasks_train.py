@@ -33,7 +33,7 @@ def test_base_examples_show_the_suites_feedback_and_answers():
     contexts = [m[-1]["content"] for m, _ in examples]
     with_feedback = [c for c in contexts if "Feedback on an earlier unsuccessful attempt: Your answer" in c]
     assert len(with_feedback) > 80
-    assert all("That is" in c for c in with_feedback)
+    assert all("The answer is <answer>" in c for c in with_feedback)
     worked = ScienceTask(train_size=100, test_size=10, worked_answer=True)
     teacher = BaseFeedback(worked, MCLetterVerifier(), [WorkedExplanationFeedback()])
     for _, answer in base_examples(worked.problems("train"), ContextTemplate(), random.Random(0), 50, 0.1, teacher):

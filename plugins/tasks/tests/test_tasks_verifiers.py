@@ -126,10 +126,10 @@ def test_worked_explanation_feedback():
     [fb] = WorkedExplanationFeedback().feedback(problem, rollout(f"<answer>{wrong}</answer>"), verdict)
     chosen = problem.metadata["choices"]["ABCD".index(wrong)]
     assert fb.text == f"Your answer {wrong} ({chosen}) is wrong. {problem.metadata['explanation']}"
-    assert fb.kind == "worked_explanation" and fb.text.endswith(f"That is {problem.reference}.")
+    assert fb.kind == "worked_explanation" and fb.text.endswith(f"The answer is <answer>{problem.reference}</answer>.")
     [fb] = WorkedExplanationFeedback(show_answer=False).feedback(problem, rollout("no tags"), MCLetterVerifier().verify(problem, rollout("no tags")))
     assert fb.text.startswith("Your response has no letter in <answer></answer> tags.")
-    assert "That is" not in fb.text
+    assert "The answer is" not in fb.text and "<answer>" not in fb.text.split("tags.", 1)[1]
     passed = MCLetterVerifier().verify(problem, rollout(f"<answer>{problem.reference}</answer>"))
     assert WorkedExplanationFeedback().feedback(problem, rollout(""), passed) == []
 
