@@ -115,6 +115,7 @@ class Bench:
         self.methods = self._pick("method", methods, list(spec.methods))
         self.seeds = seeds or (spec.quick.seeds if quick and spec.quick.seeds else spec.seeds)
         self.user_overrides = list(overrides or [])
+        self.revision: Optional[str] = None
         self.configs = {(s, m, k): self.config_for(s, m, k) for s in self.suites for m in self.methods for k in self.seeds}
 
     @staticmethod
@@ -295,7 +296,8 @@ def render_markdown(bench: Bench, rows: list[dict[str, Any]], plots: dict[str, s
         "# Head-to-head benchmark",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} "
-        f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}).",
+        f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
+        + (f", source {bench.revision}" if bench.revision else "") + ").",
         "",
         f"Every method trains the same starting model on the same suites with the same rollout budget; "
         f"seeds {', '.join(map(str, bench.seeds))} (a seed fixes the problem order and the sampling, so "
@@ -416,6 +418,20 @@ def terminal_table(bench: Bench, rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(out)
 
 
+def source_revision() -> Optional[str]:
+    """The git revision of the toolkit's source (``-dirty`` with uncommitted changes), if it is a
+    checkout; None for an installed wheel."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def main_bench(args: Any) -> int:
     spec, base_dir = load_spec(args.spec)
     output_dir = args.output_dir or os.path.join("runs", "bench-quick" if args.quick else "bench")
@@ -431,6 +447,7 @@ def main_bench(args: Any) -> int:
             print(f"{suite}\t{method}\tseed {seed}\t{cfg.task.name}\t{cfg.train.steps} steps\t{bench.run_dir(suite, method, seed)}")
         return 0
     _matplotlib()  # before hours of training, not after
+    bench.revision = source_revision()  # what the runs were trained with, read before they start
     rows = bench.run()
     command = "distil " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
     written = write_report(bench, rows, args.report_dir or output_dir, command)

@@ -57,6 +57,7 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     assert "Budget per run: 4 steps × 4 problems × 4 samples = 64 rollouts" in md
     assert f"{100 * mean:.1f} ± {100 * std:.1f}" in md
     assert "![pass@1 vs step on sort](bench-sort.png)" in md
+    assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
     png = (out / "bench-sort.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
