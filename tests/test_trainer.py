@@ -197,7 +197,9 @@ def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, ex
     host = PluginHost(load_entrypoints=False)
     host.register_plugin(_TestPlugin, "test-plugin")
     try:
-        config = load_config(None, FAST_RUN + [f"expert={expert}", "feedback=[async_hint, answer_check]", "train.steps=2"])
+        # A hot sampling temperature makes sure some rollouts fail and get feedback.
+        config = load_config(None, FAST_RUN + [f"expert={expert}", "feedback=[async_hint, answer_check]", "train.steps=2",
+                                               "rollout.temperature=2.0"])
         trainer = Trainer(config, run_dir=str(tmp_path), host=host, echo=lambda *_: None)
         start = [p.detach().clone() for p in trainer.model.parameters()]
         trainer.fit()
