@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 
 from distil_core.builtin import DigitsTask
 from distil_core.context import ContextBuilder, ContextTemplate
@@ -40,3 +42,17 @@ FAST_RUN = [
     "train.save_every=2",
     "train.progress=false",
 ]
+
+
+@contextlib.contextmanager
+def distil_cache(path):
+    """DISTIL_CACHE points at ``path`` inside the block (tiny bases built there), then is restored."""
+    old = os.environ.get("DISTIL_CACHE")
+    os.environ["DISTIL_CACHE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("DISTIL_CACHE", None)
+        else:
+            os.environ["DISTIL_CACHE"] = old

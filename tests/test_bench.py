@@ -11,19 +11,15 @@ from distil_core.bench import Bench, aggregate, load_spec, table_metrics
 from distil_core.cli import main
 from distil_core.errors import ConfigError
 
+from helpers import distil_cache
+
 SPEC = os.path.join(os.path.dirname(__file__), "data", "bench_digits.yaml")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("DISTIL_CACHE")
-    os.environ["DISTIL_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("DISTIL_CACHE", None)
-    else:
-        os.environ["DISTIL_CACHE"] = old
+    with distil_cache(tmp_path_factory.mktemp("cache")) as path:
+        yield path
 
 
 def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_path, capsys):

@@ -12,20 +12,15 @@ from distil_core.config import load_config
 from distil_core.plugins import PluginHost
 from distil_core.trainer import Trainer
 
-from helpers import FAST_RUN
+from helpers import FAST_RUN, distil_cache
 
 METHODS = ["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory):
-    old = os.environ.get("DISTIL_CACHE")
-    os.environ["DISTIL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("DISTIL_CACHE", None)
-    else:
-        os.environ["DISTIL_CACHE"] = old
+    with distil_cache(tmp_path_factory.mktemp("cache")):
+        yield
 
 
 def _trainer(run_dir, *overrides, resume=False):
