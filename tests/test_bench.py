@@ -129,3 +129,21 @@ def test_table_metrics_and_aggregate_of_hand_numbers():
     assert agg["s"]["base"]["pass@1"] == pytest.approx((0.2, 0.0, 3))
     mean, std, n = agg["s"]["m"]["pass@1"]
     assert (round(mean, 6), round(std, 6), n) == (0.7, 0.2, 3)
+
+
+@pytest.mark.parametrize("suite", ["math", "code", "science"])
+def test_the_embedded_bench_trains_each_suite_as_its_run_config_does(suite):
+    """The embedded spec's suites mirror plugins/tasks/configs/<suite>.yaml: the same task,
+    grader, feedback, expert, tiny base and rollouts (only the budget and the eval differ)."""
+    from distil_core.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec, base = load_spec(None)
+    bench = Bench(spec, base, "unused", suites=[suite], methods=["distil"], seeds=[0])
+    ours = bench.configs[(suite, "distil", 0)].model_dump(mode="json")
+    theirs = load_config(os.path.join(root, "plugins", "tasks", "configs", f"{suite}.yaml")).model_dump(mode="json")
+    for key in ("task", "verifier", "feedback", "expert", "context", "system_prompt"):
+        assert ours[key] == theirs[key], key
+    assert ours["model"]["tiny"] == theirs["model"]["tiny"]
+    for key in ("max_new_tokens", "samples_per_problem", "problems_per_step", "temperature"):
+        assert ours["rollout"][key] == theirs["rollout"][key], key
