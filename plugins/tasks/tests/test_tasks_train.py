@@ -89,13 +89,13 @@ def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_ke
 
 
 SMOKE = [
-    "model.tiny={hidden_size: 64, layers: 2, heads: 2, steps: 40, batch_size: 32, lr: 0.005, plain_fraction: 0.3, feedback_pool: 24}",
+    "model.tiny={hidden_size: 32, layers: 1, heads: 2, steps: 15, batch_size: 16, lr: 0.005, plain_fraction: 0.3, feedback_pool: 12}",
     "rollout.problems_per_step=4",
     "rollout.samples_per_problem=4",
-    "eval.problems=8",
+    "eval.problems=4",
     "eval.samples=2",
     "eval.ks=[1, 2]",
-    "train.steps=3",
+    "train.steps=2",
     "train.save_every=0",
     "train.progress=false",
 ]
@@ -114,7 +114,7 @@ def test_a_few_training_steps_on_each_suite(tmp_path, monkeypatch, suite):
         close = getattr(trainer.rt.verifier, "close", None)
         if callable(close):
             close()
-    assert summary["task"] == suite and summary["steps"] == 3
+    assert summary["task"] == suite and summary["steps"] == 2
     assert 0.0 <= summary["after"]["pass@1"] <= 1.0
     recipe = json.loads(next((tmp_path / "cache").glob(f"tiny-{suite}-*/recipe.json")).read_text())
     assert recipe["base_feedback"]["feedback"][0]["name"] == config.feedback[0].name
