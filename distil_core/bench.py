@@ -432,11 +432,18 @@ def source_revision() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _flat(groups: Optional[list[Any]]) -> Optional[list[Any]]:
+    """``--methods a,b c`` arrives as [[a, b], [c]]; a plain list passes through."""
+    if not groups:
+        return None
+    return [item for group in groups for item in (group if isinstance(group, list) else [group])]
+
+
 def main_bench(args: Any) -> int:
     spec, base_dir = load_spec(args.spec)
     output_dir = args.output_dir or os.path.join("runs", "bench-quick" if args.quick else "bench")
     bench = Bench(
-        spec, base_dir, output_dir, quick=args.quick, suites=args.suites, methods=args.methods, seeds=args.seeds,
+        spec, base_dir, output_dir, quick=args.quick, suites=_flat(args.suites), methods=_flat(args.methods), seeds=_flat(args.seeds),
         overrides=args.overrides, echo=lambda m: print(m, file=sys.stderr, flush=True),
     )
     n = len(bench.configs)

@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="train every method on every suite and seed with one budget; tables and plots")
     bench.add_argument("spec", nargs="?", help="bench spec YAML (default: the embedded math/code/science bench)")
     bench.add_argument("--quick", action="store_true", help="the spec's smoke-test sizes (one seed, a few steps)")
-    bench.add_argument("--suites", nargs="+", metavar="SUITE", help="run only these suites")
-    bench.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these methods")
-    bench.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="override the spec's seeds")
+    bench.add_argument("--suites", nargs="+", type=_names, metavar="SUITE", help="run only these suites (space- or comma-separated)")
+    bench.add_argument("--methods", nargs="+", type=_names, metavar="METHOD", help="run only these methods (space- or comma-separated)")
+    bench.add_argument("--seeds", nargs="+", type=_seeds, metavar="SEED", help="override the spec's seeds")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run config key in every run (e.g. model.name=PATH)")
     bench.add_argument("--output-dir", help="where the runs go (default: runs/bench or runs/bench-quick); "
@@ -97,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     _add_plugin_commands(sub)
     return parser
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",") if seed]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are integers (got {text!r})") from None
 
 
 def _add_plugin_commands(sub: Any) -> None:
