@@ -1,0 +1,227 @@
+"""Chunked losses: the student's ``[B, T, V]`` logits are never held whole.
+
+The reference losses in :mod:`distil_core.losses` take full logits. Here the student enters as
+its last hidden states ``[B, T, H]`` and its output projection (``lm_head``); logits are made
+one chunk of positions at a time, the chunk's loss and its gradients with respect to the hidden
+states and the projection are computed at once, and the logits are freed before the next chunk.
+The backward pass only scales the stored gradients. Peak memory for logits is one chunk
+(``B × chunk × V`` floats for the student, as much for the expert) instead of the whole batch.
+
+The expert enters as full logits, as top-k ids and log-probs, or — for a local model, where its
+logits would be as large as the student's — as its own hidden states and projection
+(:class:`ExpertHead`), projected chunk by chunk too.
+
+Terms that couple positions (DistIL's future credit G_t, the discounted reverse-KL return) are
+detached sums over *later* positions, so chunks run from the last position to the first and
+carry the running sum: each chunk is processed exactly once, and values and gradients equal the
+reference implementations (tests/test_chunked.py checks both in float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import losses
+
+CHUNKED_METHODS = ("distil", "distil_local", "jsd", "reverse_kl")
+
+
+@dataclass
+class ExpertHead:
+    """A local expert given as hidden states ``[B, T, H]`` and its output projection.
+
+    Its logits are ``hidden @ weight.T + bias``, computed one chunk at a time and never
+    differentiated. ``weight`` may be the student's own (a ``live`` self expert costs no copy).
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Optional[Tensor] = None
+
+    def logits(self, start: int, stop: int) -> Tensor:
+        with torch.no_grad():
+            return F.linear(self.hidden[:, start:stop], self.weight, self.bias)
+
+
+@dataclass
+class ExpertTopK:
+    """The expert's top-k ids and log-probs ``[B, T, k]`` (the tail bucket is implicit)."""
+
+    ids: Tensor
+    logprobs: Tensor
+
+
+Expert = Union[Tensor, ExpertHead, ExpertTopK]
+
+
+def chunked_loss(
+    method: str,
+    hidden: Tensor,
+    weight: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    expert: Expert,
+    *,
+    bias: Optional[Tensor] = None,
+    chunk_size: int = 256,
+    future_credit: bool = True,
+    baseline: str = "none",
+    gamma: float = 1.0,
+    group_size: Optional[int] = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    reverse_kl_gamma: float = 0.0,
+) -> Tensor:
+    """The loss of ``method`` from student hidden states, chunk by chunk; a scalar with a graph.
+
+    ``hidden`` ``[B, T, H]`` is the student's last hidden state at the positions whose logits
+    predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses`); ``weight``
+    ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
+    The other options mean what they mean in :mod:`distil_core.losses`: ``future_credit``,
+    ``baseline``, ``gamma`` and ``group_size`` for ``distil``; ``beta`` and ``temperature`` for
+    ``jsd``; ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64
+    inputs stay float64).
+    """
+    if method not in CHUNKED_METHODS:
+        raise ValueError(f"chunked_loss: unknown method {method!r}; choose one of {', '.join(CHUNKED_METHODS)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunked_loss: chunk_size must be at least 1 (got {chunk_size})")
+    if method == "distil":
+        losses._check_baseline(baseline, group_size, hidden.shape[0])
+        losses._check_gamma(gamma)
+    if method == "jsd" and temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if method == "reverse_kl":
+        losses._check_gamma(reverse_kl_gamma)
+    options = dict(
+        chunk_size=chunk_size, future_credit=future_credit and method == "distil", baseline=baseline,
+        gamma=gamma, group_size=group_size, beta=beta, temperature=temperature, reverse_kl_gamma=reverse_kl_gamma,
+    )
+    return _ChunkedLoss.apply(hidden, weight, bias, method, tokens, mask, expert, options)
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, method, tokens, mask, expert, options):  # type: ignore[override]
+        loss, grads = _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, options)
+        ctx.save_for_backward(*grads)
+        ctx.has_bias = bias is not None
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_output
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype),
+            grad_weight * scale.to(grad_weight.dtype),
+            grad_bias * scale.to(grad_bias.dtype) if ctx.has_bias else None,
+            None, None, None, None, None,
+        )
+
+
+def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    batch, length = tokens.shape
+    keep = mask.bool()
+    count = keep.sum().clamp(min=1).to(compute)
+    grad_hidden = torch.zeros_like(hidden)
+    grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device)
+    grad_bias = torch.zeros(bias.shape, dtype=compute, device=bias.device) if bias is not None else torch.zeros(0)
+    total = torch.zeros((), dtype=compute, device=hidden.device)
+    # carried sums over later positions, one per row: DistIL's Σ_{i≥b} γ^(i-b) CE_i and the
+    # reverse-KL return Σ_{i≥b} γ^(i-b) (log p_i - log q_i)
+    carry = torch.zeros(batch, dtype=compute, device=hidden.device)
+    w = weight.detach().to(compute)
+    b_ = bias.detach().to(compute) if bias is not None else None
+    stops = list(range(length, 0, -o["chunk_size"]))
+    for stop in stops:
+        start = max(0, stop - o["chunk_size"])
+        h = hidden[:, start:stop].detach().to(compute).requires_grad_(True)
+        with torch.enable_grad():
+            w_leaf = w.detach().requires_grad_(True)
+            b_leaf = b_.detach().requires_grad_(True) if b_ is not None else None
+            logits = F.linear(h, w_leaf, b_leaf)
+            part, carry = _chunk_loss(method, logits, tokens[:, start:stop], keep[:, start:stop], expert, start, stop, carry, o)
+            part = part / count
+            leaves = [h, w_leaf] + ([b_leaf] if b_leaf is not None else [])
+            grads = torch.autograd.grad(part, leaves)
+        total = total + part.detach()
+        grad_hidden[:, start:stop] = grads[0].to(hidden.dtype)
+        grad_weight += grads[1]
+        if b_leaf is not None:
+            grad_bias += grads[2]
+        del logits, part, grads
+    return total, (
+        grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if bias is not None else grad_bias,
+    )
+
+
+def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
+    """Σ over the chunk's masked tokens of the per-token loss; returns (sum, new carry)."""
+    if method == "jsd":
+        student = F.log_softmax(logits / o["temperature"], dim=-1)
+    else:
+        student = F.log_softmax(logits, dim=-1)
+    token_lp = losses._gather(student, tokens)
+    if isinstance(expert, ExpertTopK):
+        ids, lps = expert.ids[:, start:stop], expert.logprobs[:, start:stop].detach().to(student.dtype)
+        teacher_buckets = losses._with_tail(lps)
+        student_buckets = losses._with_tail(student.gather(-1, ids))
+        if method in ("distil", "distil_local"):
+            per_token = losses._cross_entropy(teacher_buckets.exp(), student_buckets)
+        elif method == "jsd":
+            per_token = losses._generalized_jsd_per_token(student_buckets, teacher_buckets, o["beta"])
+        else:
+            from .methods import _topk_token_logprobs
+
+            teacher_lp = _topk_token_logprobs(ids, lps, tokens)
+            return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
+    else:
+        teacher_logits = expert.logits(start, stop) if isinstance(expert, ExpertHead) else expert[:, start:stop]
+        teacher_logits = teacher_logits.detach().to(student.dtype)
+        if method == "jsd":
+            teacher = F.log_softmax(teacher_logits / o["temperature"], dim=-1)
+            per_token = losses._generalized_jsd_per_token(student, teacher, o["beta"])
+        elif method == "reverse_kl":
+            teacher_lp = losses.token_logprobs(teacher_logits, tokens)
+            return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
+        else:
+            per_token = losses._cross_entropy(F.softmax(teacher_logits, dim=-1), student)
+    if o["future_credit"]:
+        cost, carry = _future(per_token.detach(), keep, o["gamma"], carry)
+        if o["baseline"] == "group_loo":
+            cost = cost - losses._leave_one_out_mean(cost, o["group_size"])
+        per_token = per_token + cost * token_lp
+    return torch.where(keep, per_token, 0.0).sum(), carry
+
+
+def _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o):
+    log_ratio = torch.where(keep, (token_lp - teacher_lp).detach(), 0.0)
+    cost = log_ratio
+    if o["reverse_kl_gamma"] > 0:
+        future, carry = _future(log_ratio, keep, o["reverse_kl_gamma"], carry)
+        cost = log_ratio + o["reverse_kl_gamma"] * future
+    return torch.where(keep, cost * token_lp, 0.0).sum(), carry
+
+
+def _future(values: Tensor, keep: Tensor, gamma: float, carry: Tensor) -> tuple[Tensor, Tensor]:
+    """S_t = Σ_{i>t, kept} γ^(i-t-1) v_i inside the chunk plus the later chunks' ``carry``
+    (their Σ_{i≥stop} γ^(i-stop) v_i); returns (S masked, the carry for the chunk before)."""
+    values = torch.where(keep, values, 0.0)
+    if gamma == 1.0:  # suffix sums: one kernel however long the chunk
+        inclusive = values.flip(-1).cumsum(-1).flip(-1) + carry.unsqueeze(1)
+        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)
+        return torch.where(keep, future, 0.0), inclusive[:, 0]
+    columns = []
+    running = carry
+    for t in reversed(range(values.shape[1])):  # S_t = running; then fold v_t in
+        columns.append(running)
+        running = values[:, t] + gamma * running
+    future = torch.stack(columns[::-1], dim=1)
+    return torch.where(keep, future, 0.0), running

@@ -1,0 +1,181 @@
+"""Chunked losses equal the reference losses on full logits: values and gradients, float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distil_core import losses
+from distil_core.chunked import ExpertHead, ExpertTopK, chunked_loss
+from distil_core.methods import _topk_token_logprobs
+
+B, T, H, V, GROUP = 4, 7, 5, 11, 2
+RTOL = 1e-5
+
+
+def _problem(seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g, dtype=dtype)
+    weight = torch.randn(V, H, generator=g, dtype=dtype)
+    bias = torch.randn(V, generator=g, dtype=dtype)
+    expert_hidden = torch.randn(B, T, H, generator=g, dtype=dtype)
+    expert_weight = torch.randn(V, H, generator=g, dtype=dtype)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=dtype)
+    mask[0, 5:] = 0  # a short row
+    mask[1, 2] = 0  # a gap
+    mask[3, 1:] = 0  # one token only
+    return hidden, weight, bias, expert_hidden, expert_weight, tokens, mask
+
+
+def _grads(loss, leaves):
+    return torch.autograd.grad(loss, leaves)
+
+
+def _compare(reference_fn, chunked_fn, seed: int = 0):
+    hidden, weight, bias, eh, ew, tokens, mask = _problem(seed)
+    leaves = [hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()]
+    teacher_logits = F.linear(eh, ew)
+    ref = reference_fn(F.linear(hidden, weight, bias), teacher_logits, tokens, mask)
+    ref_grads = _grads(ref, leaves)
+    for chunk in (1, 3, T, 100):
+        got = chunked_fn(hidden, weight, bias, ExpertHead(eh, ew), tokens, mask, chunk)
+        got_grads = _grads(got, leaves)
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=1e-12)
+        for g, r in zip(got_grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=RTOL, atol=1e-12)
+
+
+@pytest.mark.parametrize("baseline", ["none", "group_loo"])
+@pytest.mark.parametrize("gamma", [1.0, 0.6])
+def test_distil_equals_the_reference(baseline, gamma):
+    options = dict(baseline=baseline, gamma=gamma, group_size=GROUP if baseline == "group_loo" else None)
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, **options
+        ),
+    )
+
+
+def test_distil_local_equals_the_reference():
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, future_credit=False),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil_local", h, w, tokens, mask, expert, bias=b, chunk_size=chunk
+        ),
+    )
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_jsd_equals_the_reference(beta, temperature):
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.generalized_jsd(logits, teacher, mask, beta=beta, temperature=temperature),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "jsd", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, beta=beta, temperature=temperature
+        ),
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.7, 1.0])
+def test_reverse_kl_equals_the_reference(gamma):
+    def reference(logits, teacher, tokens, mask):
+        return losses.reverse_kl_sampled(
+            losses.token_logprobs(logits, tokens), losses.token_logprobs(teacher, tokens), mask, gamma=gamma
+        )
+
+    _compare(
+        reference,
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "reverse_kl", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, reverse_kl_gamma=gamma
+        ),
+    )
+
+
+@pytest.mark.parametrize("method", ["distil", "distil_local", "jsd", "reverse_kl"])
+def test_top_k_with_tail_equals_the_reference(method):
+    hidden, weight, bias, eh, ew, tokens, mask = _problem(3)
+    ids, lps = losses.topk_with_tail(F.linear(eh, ew), 4)
+    leaves = [hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()]
+    logits = F.linear(hidden, weight, bias)
+    if method in ("distil", "distil_local"):
+        ref = losses.distil_loss_topk(logits, ids, lps, tokens, mask, future_credit=method == "distil")
+    elif method == "jsd":
+        ref = losses.generalized_jsd_topk(logits, ids, lps, mask, beta=0.5)
+    else:
+        ref = losses.reverse_kl_sampled(
+            losses.token_logprobs(logits, tokens), _topk_token_logprobs(ids, lps, tokens), mask
+        )
+    ref_grads = _grads(ref, leaves)
+    for chunk in (2, 5, T):
+        got = chunked_loss(method, hidden, weight, tokens, mask, ExpertTopK(ids, lps), bias=bias, chunk_size=chunk)
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=1e-12)
+        for g, r in zip(_grads(got, leaves), ref_grads):
+            torch.testing.assert_close(g, r, rtol=RTOL, atol=1e-12)
+
+
+def test_a_live_self_expert_shares_the_students_projection_without_a_gradient_through_it():
+    """ExpertHead(weight=the student's own weight): the expert side is never differentiated."""
+    hidden, weight, _, eh, _, tokens, mask = _problem(5)
+    leaves = [hidden.requires_grad_(), weight.requires_grad_()]
+    ref = losses.distil_loss(F.linear(hidden, weight), F.linear(eh, weight.detach()), tokens, mask)
+    got = chunked_loss("distil", hidden, weight, tokens, mask, ExpertHead(eh, weight), chunk_size=3)
+    torch.testing.assert_close(got, ref, rtol=RTOL, atol=1e-12)
+    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
+        torch.testing.assert_close(g, r, rtol=RTOL, atol=1e-12)
+
+
+def test_dense_expert_logits_and_an_expert_head_agree():
+    hidden, weight, _, eh, ew, tokens, mask = _problem(7)
+    a = chunked_loss("distil", hidden, weight, tokens, mask, F.linear(eh, ew), chunk_size=2)
+    b = chunked_loss("distil", hidden, weight, tokens, mask, ExpertHead(eh, ew), chunk_size=2)
+    torch.testing.assert_close(a, b)
+
+
+def test_an_all_masked_batch_gives_zero_loss_and_zero_gradient():
+    hidden, weight, _, eh, ew, tokens, mask = _problem(9)
+    hidden.requires_grad_()
+    loss = chunked_loss("distil", hidden, weight, tokens, torch.zeros_like(mask), ExpertHead(eh, ew), chunk_size=3)
+    assert float(loss.detach()) == 0.0
+    (grad,) = torch.autograd.grad(loss, [hidden])
+    assert torch.count_nonzero(grad) == 0
+
+
+def test_the_loss_backpropagates_into_a_model_and_scales_with_the_upstream_gradient():
+    hidden, weight, _, eh, ew, tokens, mask = _problem(11)
+    layer = torch.nn.Linear(H, H, dtype=torch.float64)
+    out = chunked_loss("distil", layer(hidden), weight, tokens, mask, ExpertHead(eh, ew), chunk_size=3)
+    (3.0 * out).backward()
+    chunked_grad = layer.weight.grad.clone()
+    layer.zero_grad()
+    ref = losses.distil_loss(F.linear(layer(hidden), weight), F.linear(eh, ew), tokens, mask)
+    (3.0 * ref).backward()
+    torch.testing.assert_close(chunked_grad, layer.weight.grad, rtol=RTOL, atol=1e-12)
+
+
+def test_bfloat16_hidden_states_compute_in_float32_and_match_closely():
+    hidden, weight, _, eh, ew, tokens, mask = _problem(13, dtype=torch.float32)
+    ref = losses.distil_loss(F.linear(hidden, weight), F.linear(eh, ew), tokens, mask)
+    got = chunked_loss("distil", hidden.bfloat16(), weight.bfloat16(), tokens, mask, ExpertHead(eh, ew), chunk_size=3)
+    assert got.dtype == torch.float32
+    assert abs(float(got) - float(ref)) < 0.05 * abs(float(ref))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="grpo"), "unknown method 'grpo'"),
+        (dict(chunk_size=0), "chunk_size must be at least 1"),
+        (dict(baseline="group_loo"), "needs group_size"),
+        (dict(gamma=1.5), "gamma must lie in"),
+    ],
+)
+def test_bad_options_are_refused_with_the_reason(kwargs, message):
+    hidden, weight, _, eh, ew, tokens, mask = _problem()
+    options = dict(method="distil", chunk_size=3)
+    options.update(kwargs)
+    method = options.pop("method")
+    with pytest.raises(ValueError, match=message):
+        chunked_loss(method, hidden, weight, tokens, mask, ExpertHead(eh, ew), **options)
