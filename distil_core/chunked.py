@@ -76,6 +76,7 @@ def chunked_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     reverse_kl_gamma: float = 0.0,
+    stats: Optional[dict] = None,
 ) -> Tensor:
     """The loss of ``method`` from student hidden states, chunk by chunk; a scalar with a graph.
 
@@ -85,7 +86,8 @@ def chunked_loss(
     The other options mean what they mean in :mod:`distil_core.losses`: ``future_credit``,
     ``baseline``, ``gamma`` and ``group_size`` for ``distil``; ``beta`` and ``temperature`` for
     ``jsd``; ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64
-    inputs stay float64).
+    inputs stay float64). A ``stats`` dict, when given, receives the token means of CE and KL
+    to the expert (``ce_to_expert``, ``kl_to_expert``; dense experts only), as the trainer logs.
     """
     if method not in CHUNKED_METHODS:
         raise ValueError(f"chunked_loss: unknown method {method!r}; choose one of {', '.join(CHUNKED_METHODS)}")
@@ -101,8 +103,14 @@ def chunked_loss(
     options = dict(
         chunk_size=chunk_size, future_credit=future_credit and method == "distil", baseline=baseline,
         gamma=gamma, group_size=group_size, beta=beta, temperature=temperature, reverse_kl_gamma=reverse_kl_gamma,
+        stats={"ce": 0.0, "kl": 0.0} if stats is not None else None,
     )
-    return _ChunkedLoss.apply(hidden, weight, bias, method, tokens, mask, expert, options)
+    loss = _ChunkedLoss.apply(hidden, weight, bias, method, tokens, mask, expert, options)
+    if stats is not None and not isinstance(expert, ExpertTopK):
+        n = max(float(mask.bool().sum()), 1.0)
+        stats["ce_to_expert"] = options["stats"]["ce"] / n
+        stats["kl_to_expert"] = options["stats"]["kl"] / n
+    return loss
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -185,6 +193,8 @@ def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
     else:
         teacher_logits = expert.logits(start, stop) if isinstance(expert, ExpertHead) else expert[:, start:stop]
         teacher_logits = teacher_logits.detach().to(student.dtype)
+        if o["stats"] is not None:
+            _accumulate_stats(o["stats"], logits.detach(), teacher_logits, keep)
         if method == "jsd":
             teacher = F.log_softmax(teacher_logits / o["temperature"], dim=-1)
             per_token = losses._generalized_jsd_per_token(student, teacher, o["beta"])
@@ -199,6 +209,14 @@ def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
             cost = cost - losses._leave_one_out_mean(cost, o["group_size"])
         per_token = per_token + cost * token_lp
     return torch.where(keep, per_token, 0.0).sum(), carry
+
+
+def _accumulate_stats(acc: dict, logits: Tensor, teacher_logits: Tensor, keep: Tensor) -> None:
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(teacher_logits, dim=-1)
+    q = log_q.exp()
+    acc["ce"] += float(torch.where(keep, -(q * log_p).sum(-1), 0.0).sum())
+    acc["kl"] += float(torch.where(keep, (q * (log_q - log_p)).sum(-1), 0.0).sum())
 
 
 def _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o):

@@ -95,6 +95,12 @@ class LossConfig(_Section):
     eps_high: float = 0.2
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     advantage_scale: Literal["group", "batch", "none"] = "group"
+    chunk_size: int = Field(
+        default=0, ge=0,
+        description="0: the student's full [B, T, V] logits (reference losses); N: logits N "
+        "positions at a time, from hidden states (distil, distil_local, jsd, reverse_kl; see "
+        "distil_core.chunked).",
+    )
     no_signal: Literal["skip", "keep"] = Field(
         default="skip",
         description="Rollouts whose expert context adds nothing (q = p): skip them or keep them.",

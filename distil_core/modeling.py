@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -53,3 +53,49 @@ def response_logits(
     resp_mask = (torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1))
     tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
     return logits, tokens[:, :width], resp_mask.to(logits.dtype)
+
+
+def output_projection(model: Any) -> tuple[Tensor, Optional[Tensor]]:
+    """(weight ``[V, H]``, bias or None) of the model's output layer, for the chunked losses."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} has no output projection (get_output_embeddings)")
+    return head.weight, getattr(head, "bias", None)
+
+
+def response_hidden(
+    model: Any, prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like :func:`response_logits`, but the last hidden states ``[B, T, H]`` instead of logits.
+
+    ``hidden[b, t] @ weight.T (+ bias)`` (see :func:`output_projection`) are the logits that
+    predict ``tokens[b, t]``; :func:`check_projection` verifies that a model computes its
+    logits that way.
+    """
+    device = next(model.parameters()).device
+    lengths = [len(r) for r in responses]
+    width = max(lengths, default=0)
+    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    window = out.last_hidden_state[:, -(width + 1) : -1]
+    starts = torch.tensor([width - n for n in lengths], device=device)
+    cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
+    hidden = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+    resp_mask = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
+    tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
+    return hidden, tokens[:, :width], resp_mask.to(hidden.dtype)
+
+
+@torch.no_grad()
+def check_projection(model: Any, pad_id: int, sample: Sequence[int] = (1, 2, 3, 4)) -> None:
+    """Raise ValueError unless the model's logits are its output projection of its decoder's
+    last hidden states (no logit scaling or soft-capping), as the chunked losses assume."""
+    logits, _, _ = response_logits(model, [list(sample[:2])], [list(sample[2:])], pad_id)
+    hidden, _, _ = response_hidden(model, [list(sample[:2])], [list(sample[2:])], pad_id)
+    weight, bias = output_projection(model)
+    projected = torch.nn.functional.linear(hidden, weight, bias)
+    if not torch.allclose(projected.float(), logits.float(), rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            f"{type(model).__name__} does not compute its logits as a plain projection of its last "
+            "hidden states (scaled or soft-capped logits?); set loss.chunk_size: 0 for this model"
+        )

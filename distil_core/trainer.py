@@ -16,12 +16,13 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import METHODS_NEEDING_EXPERT, RunConfig
-from .errors import DistilError, PluginError
+from .chunked import CHUNKED_METHODS, ExpertTopK, chunked_loss
+from .errors import ConfigError, DistilError, PluginError
 from .evaluate import evaluate
 from .lora import load_policy_state, policy_state, trainable_parameters
 from .losses import group_advantages, sequence_ce_loss
 from .methods import LossOutput, distillation_loss, grpo_micro_loss, stack_signals
-from .modeling import response_logits
+from .modeling import check_projection, output_projection, response_hidden, response_logits
 from .plugins import PluginHost
 from .protocols import resolve, resolve_all
 from .runtime import Runtime, build_runtime
@@ -49,6 +50,12 @@ class Trainer:
         self.rt: Runtime = build_runtime(config, host, progress=self.progress)
         self.model = self.rt.model
         self.model.train()
+        self.chunked = config.loss.chunk_size > 0 and config.method in CHUNKED_METHODS
+        if self.chunked:
+            try:
+                check_projection(self.model, self.rt.pad_id)
+            except (ValueError, AttributeError) as exc:
+                raise ConfigError(f"loss.chunk_size: {exc}") from None
         opt = config.optim
         self.optimizer = torch.optim.AdamW(
             trainable_parameters(self.model), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
@@ -191,10 +198,16 @@ class Trainer:
             micro_tokens = sum(weight_of[j] for j in chunk)
             if micro_tokens == 0:
                 continue
-            logits, tokens, mask = response_logits(
-                self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
-            )
-            out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n)
+            if self.chunked and not text_mode:
+                hidden, tokens, mask = response_hidden(
+                    self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
+                )
+                out = self._chunked_loss(chunk, hidden, tokens, mask, signals, n)
+            else:
+                logits, tokens, mask = response_logits(
+                    self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
+                )
+                out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n)
             scale = _grpo_scale(cfg.loss.loss_type, len(chunk), len(rows), len(micro)) if method == "grpo" else micro_tokens / total_tokens
             (out.loss * scale).backward()
             totals["loss"] += float(out.loss.detach()) * scale
@@ -222,6 +235,25 @@ class Trainer:
             return LossOutput(sequence_ce_loss(logits.float(), tokens, masked), {"signal_tokens": float(masked.sum())})
         expert = stack_signals([signals[j] for j in chunk], tokens.shape[1], logits.shape[-1], logits.device)
         return distillation_loss(cfg.method, cfg.loss, logits, tokens, mask, expert, n)
+
+    def _chunked_loss(self, chunk, hidden, tokens, mask, signals, n) -> LossOutput:
+        """The distillation loss with the student's logits made a chunk at a time."""
+        cfg = self.config
+        weight, bias = output_projection(self.model)
+        batch = stack_signals([signals[j] for j in chunk], tokens.shape[1], weight.shape[0], hidden.device)
+        mask = mask * batch.rows.unsqueeze(1).to(mask.dtype)
+        if batch.access == "sampled" or cfg.method not in CHUNKED_METHODS:
+            raise ConfigError(f"loss.chunk_size: method {cfg.method!r} with a {batch.access!r} expert has no chunked path; set loss.chunk_size: 0")
+        expert = ExpertTopK(batch.topk_ids, batch.topk_logprobs) if batch.access == "topk" else batch.logits
+        stats: dict[str, float] = {}
+        loss = chunked_loss(
+            cfg.method, hidden, weight, tokens, mask, expert, bias=bias, chunk_size=cfg.loss.chunk_size,
+            future_credit=cfg.loss.future_credit, baseline=cfg.loss.baseline, gamma=cfg.loss.gamma,
+            group_size=n if cfg.loss.baseline == "group_loo" else None, beta=cfg.loss.beta,
+            temperature=cfg.loss.temperature, reverse_kl_gamma=cfg.loss.reverse_kl_gamma, stats=stats,
+        )
+        stats["signal_tokens"] = float(mask.sum())
+        return LossOutput(loss, stats)
 
     def _text_target(self, signal: Optional[ExpertSignal]) -> list[int]:
         if signal is None or not signal.ok:

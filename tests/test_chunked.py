@@ -179,3 +179,13 @@ def test_bad_options_are_refused_with_the_reason(kwargs, message):
     method = options.pop("method")
     with pytest.raises(ValueError, match=message):
         chunked_loss(method, hidden, weight, tokens, mask, ExpertHead(eh, ew), **options)
+
+
+def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
+    from distil_core.methods import _dense_stats
+
+    hidden, weight, _, eh, ew, tokens, mask = _problem(17)
+    stats: dict = {}
+    chunked_loss("jsd", hidden, weight, tokens, mask, ExpertHead(eh, ew), chunk_size=2, stats=stats)
+    expected = _dense_stats(F.linear(hidden, weight), F.linear(eh, ew), mask)
+    assert stats == pytest.approx(expected, rel=1e-9)
