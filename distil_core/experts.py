@@ -7,6 +7,7 @@ at which the student is trained.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Literal, Optional, Sequence
 
@@ -17,6 +18,7 @@ from .types import ExpertCapability, ExpertQuery, ExpertSignal
 # command does) stays cheap.
 
 Access = Literal["dense", "topk"]
+Scored = Literal["dense", "topk", "hidden"]
 
 
 def score_queries(
@@ -24,15 +26,23 @@ def score_queries(
     queries: Sequence[ExpertQuery],
     pad_id: int,
     *,
-    access: Access = "dense",
+    access: Scored = "dense",
     k: Optional[int] = None,
     batch_size: int = 64,
 ) -> list[ExpertSignal]:
-    """One batched prefill per ``batch_size`` queries; logits at the student's response positions."""
+    """One batched prefill per ``batch_size`` queries; logits at the student's response positions.
+
+    ``access="hidden"``: the last hidden states there instead, with the model's output
+    projection (shared, not copied), for the chunked losses.
+    """
     import torch
 
     from .losses import topk_with_tail
-    from .modeling import response_logits
+    from .modeling import output_projection, response_hidden, response_logits
+
+    if access == "hidden":
+        weight, bias = output_projection(model)
+        head = (weight.detach(), bias.detach() if bias is not None else None)
 
     was_training = model.training
     model.eval()
@@ -41,6 +51,13 @@ def score_queries(
         for start in range(0, len(queries), batch_size):
             chunk = queries[start : start + batch_size]
             with torch.no_grad():
+                if access == "hidden":
+                    hidden, _, _ = response_hidden(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
+                    signals.extend(
+                        ExpertSignal(access="hidden", hidden=hidden[row, : len(q.response_ids)], head=head)
+                        for row, q in enumerate(chunk)
+                    )
+                    continue
                 logits, _, _ = response_logits(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
             for row, query in enumerate(chunk):
                 resp = logits[row, : len(query.response_ids)].float()
@@ -71,7 +88,18 @@ class _LocalModelExpert:
         return ExpertCapability(access=self.access, k=self.k if self.access == "topk" else None)
 
     def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
-        return score_queries(self.model, queries, self.pad_id, access=self.access, k=self.k)
+        with self._scoring():
+            return score_queries(self.model, queries, self.pad_id, access=self.access, k=self.k)
+
+    def score_hidden(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
+        """Hidden states instead of [T, V] logits, for the trainer's chunked losses
+        (``loss.chunk_size``); a top-k expert answers with its top-k as usual."""
+        with self._scoring():
+            access = "hidden" if self.access == "dense" else self.access
+            return score_queries(self.model, queries, self.pad_id, access=access, k=self.k)
+
+    def _scoring(self) -> Any:
+        return contextlib.nullcontext()
 
 
 class SelfExpert(_LocalModelExpert):
@@ -119,16 +147,15 @@ class SelfExpert(_LocalModelExpert):
             self.model = copy.deepcopy(self.policy)
             self.model.requires_grad_(False)
 
-    def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
+    def _scoring(self) -> Any:
+        """The weights to score with: adapters off (frozen under LoRA), the EMA adapters, or as is."""
         if self.adapters_off:
-            with self.policy.disable_adapter():
-                return super().score(queries)
+            return self.policy.disable_adapter()
         if self.ema_adapters is not None:
             from .lora import swapped_adapters
 
-            with swapped_adapters(self.policy, self.ema_adapters):
-                return super().score(queries)
-        return super().score(queries)
+            return swapped_adapters(self.policy, self.ema_adapters)
+        return contextlib.nullcontext()
 
     def on_policy_update(self, policy: Any) -> None:
         """Called by the trainer after each optimizer step."""

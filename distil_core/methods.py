@@ -32,6 +32,16 @@ class ExpertBatch:
     topk_ids: Optional[Tensor] = None  # topk   [B, T, k]
     topk_logprobs: Optional[Tensor] = None
     sample_ids: Optional[Tensor] = None  # sampled [B, T, m]
+    hidden: Optional[Tensor] = None  # hidden [B, T, H], with head = (weight [V, H], bias)
+    head: Optional[tuple] = None
+
+    def dense_logits(self) -> Tensor:
+        """The expert's [B, T, V] logits (projected from hidden states when that is what it sent)."""
+        if self.access == "hidden":
+            weight, bias = self.head
+            with torch.no_grad():
+                return F.linear(self.hidden, weight, bias).float()
+        return self.logits
 
 
 @dataclass
@@ -59,6 +69,13 @@ def stack_signals(signals: Sequence[Optional[ExpertSignal]], width: int, vocab: 
 
     if access == "dense":
         return ExpertBatch(access, rows, logits=fill("logits", (vocab,), torch.float32, 0.0))
+    if access == "hidden":
+        head = usable[0].head
+        if any(s.head[0] is not head[0] for s in usable):
+            raise ConfigError("the expert's hidden-state signals in one batch name different output projections")
+        width_h = usable[0].hidden.shape[-1]
+        dtype = usable[0].hidden.dtype
+        return ExpertBatch(access, rows, hidden=fill("hidden", (width_h,), dtype, 0.0), head=head)
     if access == "topk":
         k = usable[0].topk_ids.shape[-1]
         return ExpertBatch(
@@ -91,8 +108,8 @@ def distillation_loss(
         gamma=cfg.gamma,
         group_size=group_size if cfg.baseline == "group_loo" else None,
     )
-    if expert.access == "dense":
-        teacher = expert.logits
+    if expert.access in ("dense", "hidden"):
+        teacher = expert.dense_logits()
         if method in ("distil", "distil_local"):
             loss = losses.distil_loss(student_logits_f, teacher, tokens, mask, **credit)
         elif method == "jsd":

@@ -16,7 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import METHODS_NEEDING_EXPERT, RunConfig
-from .chunked import CHUNKED_METHODS, ExpertTopK, chunked_loss
+from .chunked import CHUNKED_METHODS, ExpertHead, ExpertTopK, chunked_loss
 from .errors import ConfigError, DistilError, PluginError
 from .evaluate import evaluate
 from .lora import load_policy_state, policy_state, trainable_parameters
@@ -119,7 +119,10 @@ class Trainer:
                 for j in range(len(rollouts))
             ]
             asked = [q for q in queries if q.has_signal or cfg.loss.no_signal == "keep"]
-            answered = resolve(rt.expert.score(asked)) if asked else []
+            score = rt.expert.score
+            if self.chunked and callable(getattr(rt.expert, "score_hidden", None)):
+                score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
+            answered = resolve(score(asked)) if asked else []
             if len(answered) != len(asked):
                 raise PluginError(f"expert {cfg.expert.name!r} returned {len(answered)} signals for {len(asked)} queries")
             for q, s in zip(asked, answered):
@@ -244,7 +247,12 @@ class Trainer:
         mask = mask * batch.rows.unsqueeze(1).to(mask.dtype)
         if batch.access == "sampled" or cfg.method not in CHUNKED_METHODS:
             raise ConfigError(f"loss.chunk_size: method {cfg.method!r} with a {batch.access!r} expert has no chunked path; set loss.chunk_size: 0")
-        expert = ExpertTopK(batch.topk_ids, batch.topk_logprobs) if batch.access == "topk" else batch.logits
+        if batch.access == "topk":
+            expert = ExpertTopK(batch.topk_ids, batch.topk_logprobs)
+        elif batch.access == "hidden":
+            expert = ExpertHead(batch.hidden, *batch.head)
+        else:
+            expert = batch.logits
         stats: dict[str, float] = {}
         loss = chunked_loss(
             cfg.method, hidden, weight, tokens, mask, expert, bias=bias, chunk_size=cfg.loss.chunk_size,

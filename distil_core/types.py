@@ -156,13 +156,19 @@ class ExpertSignal(_Model):
     - topk:    ``topk_ids``     long tensor  [T, k] + ``topk_logprobs`` [T, k]
     - sampled: ``sample_ids``   long tensor  [T, m] (negative = no sample at that position)
     - text:    ``text``         a continuation/correction, re-tokenised by the engine
+    - hidden:  ``hidden``       float tensor [T, H], the last hidden states of a local expert
+      model, plus ``head`` = (weight [V, H], bias or None), its output projection (shared, not
+      copied): the dense logits are ``hidden @ weight.T + bias``, formed by the loss a chunk at
+      a time (``loss.chunk_size``) so the expert's [T, V] logits are never stored
     ``ok=False`` marks a query the expert could not answer (skipped and counted).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    access: Literal["dense", "topk", "sampled", "text"]
+    access: Literal["dense", "topk", "sampled", "text", "hidden"]
     logits: Any = None
+    hidden: Any = None
+    head: Any = None
     topk_ids: Any = None
     topk_logprobs: Any = None
     sample_ids: Any = None
@@ -180,6 +186,7 @@ class ExpertSignal(_Model):
             "topk": ("topk_ids", "topk_logprobs"),
             "sampled": ("sample_ids",),
             "text": ("text",),
+            "hidden": ("hidden", "head"),
         }[self.access]
         missing = [f for f in needed if getattr(self, f) is None]
         if missing:

@@ -189,3 +189,22 @@ def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
     chunked_loss("jsd", hidden, weight, tokens, mask, ExpertHead(eh, ew), chunk_size=2, stats=stats)
     expected = _dense_stats(F.linear(hidden, weight), F.linear(eh, ew), mask)
     assert stats == pytest.approx(expected, rel=1e-9)
+
+
+def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
+    """An expert that sends hidden states + its projection is a dense expert to the reference path."""
+    from distil_core.config import LossConfig
+    from distil_core.methods import distillation_loss, stack_signals
+    from distil_core.types import ExpertSignal
+
+    hidden, weight, _, eh, ew, tokens, mask = _problem(19, dtype=torch.float32)
+    lengths = mask.sum(1).long().tolist()
+    logits = F.linear(hidden, weight)
+    dense = [ExpertSignal(access="dense", logits=F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
+    head = (ew, None)
+    hid = [ExpertSignal(access="hidden", hidden=eh[b, :n], head=head) for b, n in enumerate(lengths)]
+    cfg = LossConfig()
+    a = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(dense, T, V, "cpu"), GROUP)
+    b = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(hid, T, V, "cpu"), GROUP)
+    torch.testing.assert_close(a.loss, b.loss)
+    assert a.stats == pytest.approx(b.stats)

@@ -243,5 +243,8 @@ def test_chunked_losses_give_the_same_update_as_full_logits(tmp_path, method, ex
     for a, b in zip(*params):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
     assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5, abs=1e-6)
+    # a dense local expert sends hidden states to the chunked path, never [T, V] logits
+    assert rows[1]["expert_access"] == ("topk" if "topk" in extra else "hidden")
+    assert rows[0]["expert_access"] == ("topk" if "topk" in extra else "dense")
     if "ce_to_expert" in rows[0]:
         assert rows[1]["ce_to_expert"] == pytest.approx(rows[0]["ce_to_expert"], rel=1e-5)
