@@ -125,6 +125,8 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_output
+        if not scale.requires_grad and float(scale) == 1.0:  # the usual case: no scaled copies
+            return grad_hidden, grad_weight, grad_bias if ctx.has_bias else None, None, None, None, None, None
         return (
             grad_hidden * scale.to(grad_hidden.dtype),
             grad_weight * scale.to(grad_weight.dtype),
@@ -150,21 +152,21 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
     stops = list(range(length, 0, -o["chunk_size"]))
     for stop in stops:
         start = max(0, stop - o["chunk_size"])
-        h = hidden[:, start:stop].detach().to(compute).requires_grad_(True)
+        h = hidden[:, start:stop].detach().to(compute)
+        with torch.no_grad():
+            logits = F.linear(h, w, b_)
+        logits.requires_grad_(True)
         with torch.enable_grad():
-            w_leaf = w.detach().requires_grad_(True)
-            b_leaf = b_.detach().requires_grad_(True) if b_ is not None else None
-            logits = F.linear(h, w_leaf, b_leaf)
             part, carry = _chunk_loss(method, logits, tokens[:, start:stop], keep[:, start:stop], expert, start, stop, carry, o)
             part = part / count
-            leaves = [h, w_leaf] + ([b_leaf] if b_leaf is not None else [])
-            grads = torch.autograd.grad(part, leaves)
+            (grad_logits,) = torch.autograd.grad(part, [logits])
         total = total + part.detach()
-        grad_hidden[:, start:stop] = grads[0].to(hidden.dtype)
-        grad_weight += grads[1]
-        if b_leaf is not None:
-            grad_bias += grads[2]
-        del logits, part, grads
+        # the projection's gradients by hand, accumulated in place: no [V, H] temporary per chunk
+        grad_hidden[:, start:stop] = (grad_logits @ w).to(hidden.dtype)
+        grad_weight.addmm_(grad_logits.flatten(0, 1).T, h.flatten(0, 1))
+        if b_ is not None:
+            grad_bias += grad_logits.sum((0, 1))
+        del logits, part, grad_logits
     return total, (
         grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if bias is not None else grad_bias,
     )
