@@ -1,0 +1,53 @@
+"""Where a `distil train` step spends its time, from the run's own metrics.jsonl.
+
+    python benchmarks/step_profile.py RUN_DIR [RUN_DIR ...] [--skip 2]
+
+The trainer times each phase of every step (generation, verification, feedback, expert scoring,
+update = loss + backward + optimizer) and logs it as ``time_<phase>``. This prints the mean
+per phase over the run's steps (the first ``--skip`` steps left out as warm-up) and its share
+of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+PHASES = ("generate", "verify", "feedback", "expert", "update")
+
+
+def profile(run_dir: str, skip: int) -> dict[str, float]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except OSError as exc:
+        raise SystemExit(f"step_profile: cannot read {path}: {exc.strerror}; give a run directory of `distil train`")
+    rows = rows[skip:] or rows
+    if not rows:
+        raise SystemExit(f"step_profile: {path} has no steps")
+    return {phase: sum(r.get(f"time_{phase}", 0.0) for r in rows) / len(rows) for phase in PHASES} | {"steps": len(rows)}
+
+
+def render(run_dir: str, means: dict[str, float]) -> str:
+    total = sum(means[p] for p in PHASES)
+    lines = [f"{run_dir} ({int(means['steps'])} steps)", f"{'phase':<10} {'ms / step':>10} {'share':>7}"]
+    for phase in PHASES:
+        lines.append(f"{phase:<10} {means[phase] * 1000:>10.1f} {means[phase] / total:>6.1%}")
+    lines.append(f"{'step':<10} {total * 1000:>10.1f} {1:>6.0%}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories (each holds metrics.jsonl)")
+    parser.add_argument("--skip", type=int, default=2, help="warm-up steps to leave out")
+    args = parser.parse_args()
+    print("\n\n".join(render(run, profile(run, args.skip)) for run in args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
