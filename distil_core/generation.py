@@ -66,8 +66,14 @@ class Generator:
         new_tokens = out.sequences[:, width:]
         # scores are the processed logits the sampler drew from: log-probs under the sampler.
         if out.scores:
-            scores = torch.stack(out.scores, dim=1).float()
-            chosen = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+            # step by step: no [B, steps, V] copy of the scores
+            chosen = torch.stack(
+                [
+                    torch.log_softmax(step.float(), dim=-1).gather(-1, new_tokens[:, i : i + 1]).squeeze(-1)
+                    for i, step in enumerate(out.scores)
+                ],
+                dim=1,
+            )
         else:
             chosen = torch.zeros(new_tokens.shape)
         rollouts = []
