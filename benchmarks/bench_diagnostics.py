@@ -1,0 +1,138 @@
+"""Diagnostics behind docs/results/README.md: is the expert right, and does the update learn?
+
+    python benchmarks/bench_diagnostics.py expert-gap SUITE [--problems 60] [--set KEY=VALUE ...]
+    python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
+
+SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
+`distil bench` configures it, seed 0.
+
+- ``expert-gap``: on held-out problems, the probability that the starting model gives the
+  reference answer (teacher-forced, the whole answer and its end token) on the bare prompt —
+  the student — and with the suite's feedback on a wrong answer in its context — the expert.
+  Also the first token alone.
+- ``memorise``: trains METHOD with the suite's budget on a fixed set of ``--problems`` training
+  problems (each seen many times), then reports pass@1 on those problems and on the held-out
+  split, before and after. It separates "the update does not move the student towards the
+  expert" (a bug) from "what it learns does not carry to new problems".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from typing import Any
+
+
+def suite_config(suite: str, method: str, overrides: list[str], output_dir: str) -> Any:
+    from distil_core.bench import Bench, load_spec
+
+    spec, base = load_spec()
+    bench = Bench(spec, base, output_dir, suites=[suite], methods=[method], seeds=[0], overrides=overrides)
+    return bench.configs[(suite, method, 0)]
+
+
+def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any]:
+    import torch
+
+    from distil_core.context import prompt_ids
+    from distil_core.protocols import resolve_all
+    from distil_core.runtime import build_runtime
+    from distil_core.tiny import BaseFeedback
+    from distil_core.types import Rollout
+
+    config = suite_config(suite, "distil", overrides, "unused")
+    rt = build_runtime(config, progress=False)
+    tok, model = rt.tokenizer, rt.model.eval()
+    held_out = rt.task.problems("test")[:problems]
+    teacher = BaseFeedback(rt.task)
+    rng = random.Random(0)
+    wrong = [teacher.wrong(p, teacher.answer(p), rng) for p in held_out]
+    rollouts = [
+        Rollout(problem_id=p.id, group_index=0, response_text=w, response_ids=tok.encode(w, add_special_tokens=False))
+        for p, w in zip(held_out, wrong)
+    ]
+    verdicts = resolve_all([rt.verifier.verify(p, r) for p, r in zip(held_out, rollouts)])
+
+    @torch.no_grad()
+    def answer_logprob(context: list[int], target: list[int]) -> tuple[float, float]:
+        ids = torch.tensor([context + target], device=rt.device)
+        logprobs = model(input_ids=ids).logits[0, len(context) - 1 : -1].float().log_softmax(-1)
+        per_token = logprobs.gather(-1, torch.tensor(target, device=rt.device)[:, None])[:, 0]
+        return float(per_token.sum()), float(per_token[0])
+
+    rows: dict[str, list[tuple[float, float]]] = {"student": [], "expert": []}
+    for problem, rollout, verdict in zip(held_out, rollouts, verdicts):
+        feedback = []
+        for _, source in rt.feedback_sources:
+            feedback += resolve_all([source.feedback(problem, rollout, verdict, [(rollout, verdict)])])[0] or []
+        target = tok.encode(teacher.answer(problem), add_special_tokens=False) + [tok.eos_token_id]
+        rows["student"].append(answer_logprob(rt.context.student_prompt_ids(problem), target))
+        rows["expert"].append(answer_logprob(prompt_ids(tok, rt.context.expert_messages(problem, feedback, None)), target))
+    out: dict[str, Any] = {"suite": suite, "problems": len(held_out)}
+    for who, values in rows.items():
+        out[who] = {
+            "p_answer": sum(math.exp(a) for a, _ in values) / len(values),
+            "p_first_token": sum(math.exp(b) for _, b in values) / len(values),
+        }
+    return out
+
+
+def memorise(suite: str, method: str, problems: int, overrides: list[str], output_dir: str) -> dict[str, Any]:
+    from distil_core.trainer import Trainer
+
+    config = suite_config(suite, method, overrides + ["train.eval_every=0"], output_dir)
+    trainer = Trainer(config, run_dir=output_dir, echo=lambda *_: None)
+    trainer.train_problems = trainer.train_problems[:problems]
+    held_out = trainer.test_problems
+
+    def on_train_set(label: str) -> float:
+        trainer.test_problems = trainer.train_problems
+        try:
+            return trainer.run_eval(label)["pass@1"]
+        finally:
+            trainer.test_problems = held_out
+
+    before = on_train_set("train set, before")
+    summary = trainer.fit()
+    after = on_train_set("train set, after")
+    return {
+        "suite": suite, "method": method, "problems": problems,
+        "train_set_pass@1": [before, after],
+        "held_out_pass@1": [summary["before"]["pass@1"], summary["after"]["pass@1"]],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gap = sub.add_parser("expert-gap", help="P(reference answer): bare prompt vs feedback in context")
+    gap.add_argument("suite")
+    gap.add_argument("--problems", type=int, default=60)
+    mem = sub.add_parser("memorise", help="train on a fixed subset; pass@1 there and held out")
+    mem.add_argument("suite")
+    mem.add_argument("method")
+    mem.add_argument("--problems", type=int, default=32)
+    mem.add_argument("--output-dir", default="runs/diagnostics")
+    for p in (gap, mem):
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    if args.command == "expert-gap":
+        result = expert_gap(args.suite, args.problems, args.overrides)
+        for who in ("student", "expert"):
+            print(f"{args.suite} {who:<8} P(answer) {result[who]['p_answer']:.3f}   P(first token) {result[who]['p_first_token']:.3f}")
+    else:
+        result = memorise(args.suite, args.method, args.problems, args.overrides,
+                          f"{args.output_dir}/{args.suite}-{args.method}")
+        tb, ta = result["train_set_pass@1"]
+        hb, ha = result["held_out_pass@1"]
+        print(f"{args.suite} {args.method}: {args.problems} training problems {100 * tb:.1f} → {100 * ta:.1f} pass@1; "
+              f"held out {100 * hb:.1f} → {100 * ha:.1f}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The performance scripts run end to end on small sizes and report what they measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_step_throughput_measures_every_figure_on_a_small_model(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--device", "cpu", "--layers", "1",
+         "--batch", "2", "--group", "2", "--prompt", "4", "--response", "6", "--new-tokens", "3",
+         "--repeats", "1", "--memory-lengths", "256", "1024", "--skip-trl", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "distil / sft step time:" in text and "sft step" in text
+    figures = json.loads(out.read_text())
+    assert set(figures["step_s"]) == {"sft", "distil", "distil_full"}
+    assert all(seconds > 0 for seconds in figures["step_s"].values())
+    memory = figures["loss_memory"]
+    # the full-logit loss holds several T × V tensors and grows with T; the chunked one holds
+    # one 256-position chunk whatever T is
+    assert memory["1024"]["full_mb"] > 2 * memory["1024"]["chunked_mb"]
+    grow_full = memory["1024"]["full_mb"] - memory["256"]["full_mb"]
+    grow_chunked = memory["1024"]["chunked_mb"] - memory["256"]["chunked_mb"]
+    assert grow_full > 500 and grow_chunked < 0.1 * grow_full
+    gen = figures["generation_tokens_per_s"]
+    assert gen["ours"] > 0 and gen["bare_generate"] > 0
+
+
+def test_step_profile_averages_the_phase_timings_of_a_run(tmp_path):
+    rows = [
+        {"step": 1, "time_generate": 9.0, "time_verify": 9.0, "time_expert": 9.0, "time_update": 9.0},
+        {"step": 2, "time_generate": 0.1, "time_verify": 0.2, "time_feedback": 0.0, "time_expert": 0.3, "time_update": 0.4},
+        {"step": 3, "time_generate": 0.3, "time_verify": 0.2, "time_feedback": 0.2, "time_expert": 0.5, "time_update": 0.8},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_profile.py"), str(tmp_path), "--skip", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[2:]}
+    assert lines["generate"] == ["200.0", "13.3%"]
+    assert lines["update"] == ["600.0", "40.0%"]
+    assert lines["step"][0] == "1500.0"
+
+
+def test_step_profile_names_a_directory_without_metrics(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_profile.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "metrics.jsonl" in proc.stderr and "distil train" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--batch 3 --group 2"])
+def test_step_throughput_refuses_a_batch_that_does_not_split_into_groups(flag):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), *flag.split()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "multiple of --group" in proc.stderr
