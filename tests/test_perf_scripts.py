@@ -24,7 +24,7 @@ def test_step_throughput_measures_every_figure_on_a_small_model(tmp_path):
     text = proc.stdout
     assert "distil / sft step time:" in text and "sft step" in text
     figures = json.loads(out.read_text())
-    assert set(figures["step_s"]) == {"sft", "distil", "distil_full"}
+    assert set(figures["step_s"]) == {"sft", "sft_plain", "distil", "distil_full"}
     assert all(seconds > 0 for seconds in figures["step_s"].values())
     memory = figures["loss_memory"]
     # the full-logit loss holds several T × V tensors and grows with T; the chunked one holds
