@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-SUITES = ("math", "code", "science")
+SUITES = ("math", "code", "science", "digits")
 METHODS = ("grpo", "reverse_kl", "jsd", "distil_local", "distil")
 
 
@@ -20,13 +20,13 @@ def test_quick_bench_runs_every_method_on_every_suite(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "distil_core.cli", "bench", "--quick", "--output-dir", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[15/15]" in proc.stderr
+    assert "[20/20]" in proc.stderr
 
     runs = json.loads((out / "bench.json").read_text())["runs"]
     assert sorted((r["suite"], r["method"]) for r in runs) == sorted((s, m) for s in SUITES for m in METHODS)
     for r in runs:
         summary = json.loads((out / r["suite"] / r["method"] / "seed0" / "summary.json").read_text())
-        assert summary["steps"] == 3 and summary["task"] == r["suite"]
+        assert summary["steps"] == 3 and summary["task"] == r["suite"]  # each suite's task has its name
         assert all(0.0 <= v <= 1.0 for v in {**summary["before"], **summary["after"]}.values())
     # Every method of a suite starts from the same model, evaluated with the same seed.
     for suite in SUITES:
