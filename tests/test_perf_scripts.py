@@ -17,7 +17,7 @@ def test_step_throughput_measures_every_figure_on_a_small_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--device", "cpu", "--layers", "1",
          "--batch", "2", "--group", "2", "--prompt", "4", "--response", "6", "--new-tokens", "3",
-         "--repeats", "1", "--memory-lengths", "256", "1024", "--skip-trl", "--json", str(out)],
+         "--repeats", "1", "--gen-repeats", "1", "--memory-lengths", "256", "1024", "--skip-trl", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
