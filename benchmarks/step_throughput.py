@@ -97,7 +97,13 @@ def make_steps(model: Any, data: Batch, group: int) -> dict[str, Callable[[], No
     from distil_core.chunked import ExpertHead, chunked_loss
     from distil_core.experts import score_queries
     from distil_core.methods import stack_signals
-    from distil_core.modeling import output_projection, pad_batch, position_ids, response_hidden, response_logits
+    from distil_core.modeling import (
+        output_projection,
+        pad_batch,
+        position_ids,
+        response_hidden,
+        response_logits,
+    )
     from distil_core.types import ExpertQuery
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -113,7 +119,7 @@ def make_steps(model: Any, data: Batch, group: int) -> dict[str, Callable[[], No
         optimizer.zero_grad(set_to_none=True)
 
     def sft() -> None:
-        logits, tokens, mask = response_logits(model, data.prompts, data.responses, 0)
+        logits, tokens, _ = response_logits(model, data.prompts, data.responses, 0)
         finish(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten()))
 
     full_ids, full_mask = pad_batch([p + r for p, r in zip(data.prompts, data.responses)], 0, side="left", device=data.device)
