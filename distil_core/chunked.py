@@ -206,7 +206,7 @@ def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
         else:
             per_token = losses._cross_entropy(F.softmax(teacher_logits, dim=-1), student)
     if o["future_credit"]:
-        cost, carry = _future(per_token.detach(), keep, o["gamma"], carry)
+        cost, carry = losses.future_sum_with_carry(per_token.detach(), keep, o["gamma"], carry)
         if o["baseline"] == "group_loo":
             cost = cost - losses._leave_one_out_mean(cost, o["group_size"])
         per_token = per_token + cost * token_lp
@@ -214,34 +214,15 @@ def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
 
 
 def _accumulate_stats(acc: dict, logits: Tensor, teacher_logits: Tensor, keep: Tensor) -> None:
-    log_p = F.log_softmax(logits, dim=-1)
-    log_q = F.log_softmax(teacher_logits, dim=-1)
-    q = log_q.exp()
-    acc["ce"] += float(torch.where(keep, -(q * log_p).sum(-1), 0.0).sum())
-    acc["kl"] += float(torch.where(keep, (q * (log_q - log_p)).sum(-1), 0.0).sum())
+    ce, kl = losses.ce_kl_per_token(logits, teacher_logits)
+    acc["ce"] += float(torch.where(keep, ce, 0.0).sum())
+    acc["kl"] += float(torch.where(keep, kl, 0.0).sum())
 
 
 def _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o):
     log_ratio = torch.where(keep, (token_lp - teacher_lp).detach(), 0.0)
     cost = log_ratio
     if o["reverse_kl_gamma"] > 0:
-        future, carry = _future(log_ratio, keep, o["reverse_kl_gamma"], carry)
+        future, carry = losses.future_sum_with_carry(log_ratio, keep, o["reverse_kl_gamma"], carry)
         cost = log_ratio + o["reverse_kl_gamma"] * future
     return torch.where(keep, cost * token_lp, 0.0).sum(), carry
-
-
-def _future(values: Tensor, keep: Tensor, gamma: float, carry: Tensor) -> tuple[Tensor, Tensor]:
-    """S_t = Σ_{i>t, kept} γ^(i-t-1) v_i inside the chunk plus the later chunks' ``carry``
-    (their Σ_{i≥stop} γ^(i-stop) v_i); returns (S masked, the carry for the chunk before)."""
-    values = torch.where(keep, values, 0.0)
-    if gamma == 1.0:  # suffix sums: one kernel however long the chunk
-        inclusive = values.flip(-1).cumsum(-1).flip(-1) + carry.unsqueeze(1)
-        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)
-        return torch.where(keep, future, 0.0), inclusive[:, 0]
-    columns = []
-    running = carry
-    for t in reversed(range(values.shape[1])):  # S_t = running; then fold v_t in
-        columns.append(running)
-        running = values[:, t] + gamma * running
-    future = torch.stack(columns[::-1], dim=1)
-    return torch.where(keep, future, 0.0), running

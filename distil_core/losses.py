@@ -359,20 +359,41 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 def _discounted_future_sum(values: Tensor, mask: Tensor, gamma: float) -> Tensor:
     """S_t = Σ_{i>t, mask_i} γ^(i-t-1) values_i per row, 0 at masked-out positions."""
+    return future_sum_with_carry(values, mask, gamma)[0]
+
+
+def future_sum_with_carry(values: Tensor, mask: Tensor, gamma: float,
+                          carry: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """:func:`_discounted_future_sum` of a block of columns that more columns follow.
+
+    ``carry`` ``[B]`` is the later columns' Σ_{i≥T} γ^(i-T) v_i (default 0), so S_t also gets
+    γ^(T-1-t)·carry. Returns (S masked, the carry for the block before: Σ_{i≥0} γ^i v_i with
+    the later columns folded in). The chunked losses walk a sequence backwards with it.
+    """
     keep = mask.bool()
     values = torch.where(keep, values, 0.0)
+    carry = torch.zeros_like(values[:, 0]) if carry is None else carry
     if gamma == 1.0:
         # suffix sums shifted left by one position: exact, and one kernel on long sequences
-        inclusive = values.flip(-1).cumsum(-1).flip(-1)
-        future = F.pad(inclusive[:, 1:], (0, 1))
+        inclusive = values.flip(-1).cumsum(-1).flip(-1) + carry.unsqueeze(1)
+        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)
+        running = inclusive[:, 0]
     else:
-        running = torch.zeros_like(values[:, 0])
+        running = carry
         columns = []
         for t in reversed(range(values.shape[1])):  # S_t = v_{t+1} + γ S_{t+1}
             columns.append(running)
             running = values[:, t] + gamma * running
         future = torch.stack(columns[::-1], dim=1)
-    return torch.where(keep, future, 0.0)
+    return torch.where(keep, future, 0.0), running
+
+
+def ce_kl_per_token(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """CE(q, p) and KL(q‖p) per position, p = softmax(student), q = softmax(teacher); detached."""
+    log_p = F.log_softmax(student_logits.detach(), dim=-1)
+    log_q = F.log_softmax(teacher_logits.detach(), dim=-1)
+    q = log_q.exp()
+    return -(q * log_p).sum(-1), (q * (log_q - log_p)).sum(-1)
 
 
 def _leave_one_out_mean(values: Tensor, group_size: int) -> Tensor:

@@ -102,12 +102,7 @@ def distillation_loss(
     """Token-mean loss over rows that have a signal; stats are detached floats."""
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
     student_logits_f = student_logits.float()
-    credit = dict(
-        future_credit=(method == "distil") and cfg.future_credit,
-        baseline=cfg.baseline,
-        gamma=cfg.gamma,
-        group_size=group_size if cfg.baseline == "group_loo" else None,
-    )
+    credit = _credit(method, cfg, group_size)
     if expert.access in ("dense", "hidden"):
         teacher = expert.dense_logits()
         if method in ("distil", "distil_local"):
@@ -141,6 +136,50 @@ def distillation_loss(
     return LossOutput(loss, stats)
 
 
+def chunked_distillation_loss(
+    method: str,
+    cfg: LossConfig,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    tokens: Tensor,
+    mask: Tensor,
+    expert: ExpertBatch,
+    group_size: int,
+) -> LossOutput:
+    """:func:`distillation_loss` from the student's hidden states and output projection, the
+    logits made ``cfg.chunk_size`` positions at a time (:mod:`distil_core.chunked`)."""
+    from .chunked import ExpertHead, ExpertTopK, chunked_loss
+
+    mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
+    if expert.access == "topk":
+        target = ExpertTopK(expert.topk_ids, expert.topk_logprobs)
+    elif expert.access == "hidden":
+        target = ExpertHead(expert.hidden, *expert.head)
+    elif expert.access == "dense":
+        target = expert.logits
+    else:
+        raise ConfigError(f"the chunked losses take dense, hidden or top-k experts, not {expert.access!r}")
+    stats: dict[str, float] = {}
+    loss = chunked_loss(
+        method, hidden, weight, tokens, mask, target, bias=bias, chunk_size=cfg.chunk_size,
+        beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
+        **_credit(method, cfg, group_size),
+    )
+    stats["signal_tokens"] = float(mask.sum())
+    return LossOutput(loss, stats)
+
+
+def _credit(method: str, cfg: LossConfig, group_size: int) -> dict:
+    """DistIL's future-credit options (only ``distil`` has future credit)."""
+    return dict(
+        future_credit=(method == "distil") and cfg.future_credit,
+        baseline=cfg.baseline,
+        gamma=cfg.gamma,
+        group_size=group_size if cfg.baseline == "group_loo" else None,
+    )
+
+
 def _topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
     """The expert's log-prob of each sampled token; outside the top-k, the tail's log-mass (an upper bound)."""
     hit = ids == tokens.unsqueeze(-1)
@@ -150,11 +189,7 @@ def _topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
 
 
 def _dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> dict[str, float]:
-    log_p = F.log_softmax(student_logits, dim=-1)
-    log_q = F.log_softmax(teacher_logits, dim=-1)
-    q = log_q.exp()
-    ce = -(q * log_p).sum(-1)
-    kl = (q * (log_q - log_p)).sum(-1)
+    ce, kl = losses.ce_kl_per_token(student_logits, teacher_logits)
     n = mask.sum().clamp(min=1)
     return {"ce_to_expert": float((ce * mask).sum() / n), "kl_to_expert": float((kl * mask).sum() / n)}
 

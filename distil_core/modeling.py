@@ -40,19 +40,11 @@ def response_logits(
     Sequences are left-padded so all responses end on the last column, and the model computes
     logits for the last T + 1 positions only (``logits_to_keep``), not for the prefixes.
     """
-    device = next(model.parameters()).device
-    lengths = [len(r) for r in responses]
-    width = max(lengths, default=0)
-    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1)
-    window = out.logits[:, :-1]  # window[:, j] predicts the token in column L - width + j
-    # Shift each row left so its response starts at column 0 (ragged lengths end-aligned above).
-    starts = torch.tensor([width - n for n in lengths], device=device)
-    cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
-    logits = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
-    resp_mask = (torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1))
-    tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
-    return logits, tokens[:, :width], resp_mask.to(logits.dtype)
+    def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1)
+        return out.logits
+
+    return _at_responses(model, prefixes, responses, pad_id, last_columns)
 
 
 def output_projection(model: Any) -> tuple[Tensor, Optional[Tensor]]:
@@ -72,18 +64,29 @@ def response_hidden(
     predict ``tokens[b, t]``; :func:`check_projection` verifies that a model computes its
     logits that way.
     """
+    def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+        return out.last_hidden_state[:, -(width + 1) :]
+
+    return _at_responses(model, prefixes, responses, pad_id, last_columns)
+
+
+def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns) -> tuple[Tensor, Tensor, Tensor]:
+    """Run ``last_columns(ids, mask, width)`` (the model's output for the last width + 1
+    positions of the left-padded ``prefix + response`` rows) and shift each row so that
+    column t holds what predicts ``response[t]``, responses starting at column 0."""
     device = next(model.parameters()).device
     lengths = [len(r) for r in responses]
     width = max(lengths, default=0)
     ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
-    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
-    window = out.last_hidden_state[:, -(width + 1) : -1]
+    window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
+    # Shift each row left so its response starts at column 0 (ragged lengths end-aligned above).
     starts = torch.tensor([width - n for n in lengths], device=device)
     cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
-    hidden = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+    aligned = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
     resp_mask = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
-    return hidden, tokens[:, :width], resp_mask.to(hidden.dtype)
+    return aligned, tokens[:, :width], resp_mask.to(aligned.dtype)
 
 
 @torch.no_grad()

@@ -15,14 +15,25 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import checkpoint as ckpt
+from .chunked import CHUNKED_METHODS
 from .config import METHODS_NEEDING_EXPERT, RunConfig
-from .chunked import CHUNKED_METHODS, ExpertHead, ExpertTopK, chunked_loss
 from .errors import ConfigError, DistilError, PluginError
 from .evaluate import evaluate
 from .lora import load_policy_state, policy_state, trainable_parameters
 from .losses import group_advantages, sequence_ce_loss
-from .methods import LossOutput, distillation_loss, grpo_micro_loss, stack_signals
-from .modeling import check_projection, output_projection, response_hidden, response_logits
+from .methods import (
+    LossOutput,
+    chunked_distillation_loss,
+    distillation_loss,
+    grpo_micro_loss,
+    stack_signals,
+)
+from .modeling import (
+    check_projection,
+    output_projection,
+    response_hidden,
+    response_logits,
+)
 from .plugins import PluginHost
 from .protocols import resolve, resolve_all
 from .runtime import Runtime, build_runtime
@@ -188,6 +199,8 @@ class Trainer:
         rows = list(range(len(rollouts)))
         advantages = None
         text_mode = any(s is not None and s.ok and s.access == "text" for s in signals)
+        # sampled-token experts never hold a distribution: they keep the full-logit path
+        sampled = any(s is not None and s.ok and s.access == "sampled" for s in signals)
         if method == "grpo":
             rewards = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
             advantages = group_advantages(rewards, n, scale=cfg.loss.advantage_scale) if n > 1 else rewards - rewards.mean()
@@ -201,7 +214,7 @@ class Trainer:
             micro_tokens = sum(weight_of[j] for j in chunk)
             if micro_tokens == 0:
                 continue
-            if self.chunked and not text_mode:
+            if self.chunked and not text_mode and not sampled:
                 hidden, tokens, mask = response_hidden(
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
@@ -241,27 +254,9 @@ class Trainer:
 
     def _chunked_loss(self, chunk, hidden, tokens, mask, signals, n) -> LossOutput:
         """The distillation loss with the student's logits made a chunk at a time."""
-        cfg = self.config
         weight, bias = output_projection(self.model)
         batch = stack_signals([signals[j] for j in chunk], tokens.shape[1], weight.shape[0], hidden.device)
-        mask = mask * batch.rows.unsqueeze(1).to(mask.dtype)
-        if batch.access == "sampled" or cfg.method not in CHUNKED_METHODS:
-            raise ConfigError(f"loss.chunk_size: method {cfg.method!r} with a {batch.access!r} expert has no chunked path; set loss.chunk_size: 0")
-        if batch.access == "topk":
-            expert = ExpertTopK(batch.topk_ids, batch.topk_logprobs)
-        elif batch.access == "hidden":
-            expert = ExpertHead(batch.hidden, *batch.head)
-        else:
-            expert = batch.logits
-        stats: dict[str, float] = {}
-        loss = chunked_loss(
-            cfg.method, hidden, weight, tokens, mask, expert, bias=bias, chunk_size=cfg.loss.chunk_size,
-            future_credit=cfg.loss.future_credit, baseline=cfg.loss.baseline, gamma=cfg.loss.gamma,
-            group_size=n if cfg.loss.baseline == "group_loo" else None, beta=cfg.loss.beta,
-            temperature=cfg.loss.temperature, reverse_kl_gamma=cfg.loss.reverse_kl_gamma, stats=stats,
-        )
-        stats["signal_tokens"] = float(mask.sum())
-        return LossOutput(loss, stats)
+        return chunked_distillation_loss(self.config.method, self.config.loss, hidden, weight, bias, tokens, mask, batch, n)
 
     def _text_target(self, signal: Optional[ExpertSignal]) -> list[int]:
         if signal is None or not signal.ok:

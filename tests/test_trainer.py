@@ -187,14 +187,16 @@ class _TestPlugin:
         register("reference_sampled", sampled)
 
 
+@pytest.mark.parametrize("chunk", [0, 3])
 @pytest.mark.parametrize("expert", ["reference_text", "reference_sampled"])
-def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, expert):
+def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, expert, chunk):
+    """Also with loss.chunk_size: these experts send no distribution and keep the full-logit path."""
     host = PluginHost(load_entrypoints=False)
     host.register_plugin(_TestPlugin, "test-plugin")
     try:
         # A hot sampling temperature makes sure some rollouts fail and get feedback.
         config = load_config(None, FAST_RUN + [f"expert={expert}", "feedback=[async_hint, answer_check]", "train.steps=2",
-                                               "rollout.temperature=2.0"])
+                                               "rollout.temperature=2.0", f"loss.chunk_size={chunk}"])
         trainer = Trainer(config, run_dir=str(tmp_path), host=host, echo=lambda *_: None)
         start = [p.detach().clone() for p in trainer.model.parameters()]
         trainer.fit()
