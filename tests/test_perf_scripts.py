@@ -71,3 +71,36 @@ def test_step_throughput_refuses_a_batch_that_does_not_split_into_groups(flag):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "multiple of --group" in proc.stderr
+
+
+TINY = ["--set", "model.tiny={hidden_size: 64, layers: 2, heads: 2, steps: 80, batch_size: 32, lr: 0.005, plain_fraction: 0.3}"]
+
+
+def _diagnostics(tmp_path, *args):
+    import os
+
+    env = dict(os.environ, DISTIL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), *args],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_diagnostics_expert_gap_shows_the_feedback_helps_on_digits(tmp_path):
+    """On digits the feedback states the answer: the expert must give it more probability."""
+    result = _diagnostics(tmp_path, "expert-gap", "digits", "--problems", "16", *TINY)
+    assert result["problems"] == 16
+    student, expert = result["student"], result["expert"]
+    assert all(0.0 < v <= 1.0 for v in (*student.values(), *expert.values()))
+    assert expert["p_answer"] > student["p_answer"]
+
+
+def test_bench_diagnostics_memorise_reports_train_set_and_held_out_pass_rates(tmp_path):
+    result = _diagnostics(tmp_path, "memorise", "digits", "grpo", "--problems", "4", *TINY,
+                          "--set", "train.steps=2", "--set", "rollout.problems_per_step=4",
+                          "--set", "eval.problems=8", "--set", "eval.samples=2", "--set", "eval.ks=[1, 2]",
+                          "--output-dir", str(tmp_path / "runs"))
+    assert result["problems"] == 4 and result["method"] == "grpo"
+    for pair in (result["train_set_pass@1"], result["held_out_pass@1"]):
+        assert len(pair) == 2 and all(0.0 <= v <= 1.0 for v in pair)
+    assert (tmp_path / "runs" / "digits-grpo" / "summary.json").exists()

@@ -63,6 +63,15 @@ def _is_bwrap(pid: int) -> bool:
         return False
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -112,6 +121,9 @@ def test_a_warm_sandbox_killed_while_waiting_is_replaced(warm):
     wait_for(lambda: any(children_of(sh) for init in children_of(bwrap) for sh in children_of(init)))
     [init] = children_of(bwrap)  # timeout, running sh, running tar: the sandbox waits
     os.kill(init, signal.SIGKILL)  # from outside
+    # SIGKILL is delivered asynchronously: wait until the sandbox is dead, as the test's name
+    # says, or the bootstrap may still read the job and start it before the kill lands
+    wait_for(lambda: _dead(init))
     result = warm.run(job)
     assert result.ok and result.stdout == "fine\n", result
     assert warm.stats["warm"] == 0 and warm.stats["cold"] == 1

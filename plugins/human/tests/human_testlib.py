@@ -70,6 +70,10 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
             try:
+                # as a terminal gives its foreground program: Ctrl-C interrupts. (A test run
+                # started in the background by a non-interactive shell inherits SIGINT ignored,
+                # and an ignored signal stays ignored across exec.)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
