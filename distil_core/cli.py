@@ -145,12 +145,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from .trainer import Trainer
 
+    from .distributed import close_world
+
     trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
-    print(f"distil train: method={config.method} task={config.task.name} expert={config.expert.name} "
-          f"steps={config.train.steps} → {trainer.run_dir}", file=sys.stderr)
-    summary = trainer.fit()
-    print(render_before_after(summary))
-    print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, provenance.jsonl, final/)")
+    world = trainer.world
+    try:
+        if world.main:
+            ranks = f" ranks={world.size}" if world.distributed else ""
+            print(f"distil train: method={config.method} task={config.task.name} expert={config.expert.name} "
+                  f"steps={config.train.steps}{ranks} → {trainer.run_dir}", file=sys.stderr)
+        summary = trainer.fit()
+        if world.main:
+            print(render_before_after(summary))
+            print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, provenance.jsonl, final/)")
+    finally:
+        close_world(world)
     return 0
 
 

@@ -17,8 +17,9 @@ import torch
 from . import checkpoint as ckpt
 from .chunked import CHUNKED_METHODS
 from .config import METHODS_NEEDING_EXPERT, RunConfig
+from .distributed import World, init_world, rank_device
 from .errors import ConfigError, DistilError, PluginError
-from .evaluate import evaluate
+from .evaluate import sample_and_grade, summarise
 from .lora import load_policy_state, policy_state, trainable_parameters
 from .losses import group_advantages, sequence_ce_loss
 from .methods import (
@@ -51,16 +52,32 @@ class Trainer:
         resume: bool = False,
         host: Optional[PluginHost] = None,
         echo: Callable[[str], None] = print,
+        world: Optional[World] = None,
     ):
         self.config = config
-        self.echo = echo
-        self.progress = config.train.progress
+        self.world = world or init_world(config.model.device)
+        main = self.world.main
+        self.echo = echo if main else (lambda _msg: None)
+        self.progress = config.train.progress and main
         self.started = time.time()
+        if self.world.size > config.rollout.problems_per_step:
+            raise ConfigError(
+                f"rollout.problems_per_step ({config.rollout.problems_per_step}) is smaller than the number of "
+                f"processes ({self.world.size}): every rank needs at least one problem per step.")
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.rt: Runtime = build_runtime(config, host, progress=self.progress)
+        local = config
+        if self.world.distributed:
+            local = config.model_copy(deep=True)
+            local.model.device = rank_device(config.model.device, self.world)
+        if not main:
+            self.world.barrier()  # rank 0 builds anything cached first (the tiny base)
+        self.rt: Runtime = build_runtime(local, host, progress=self.progress)
+        if main:
+            self.world.barrier()
         self.model = self.rt.model
         self.model.train()
+        self.world.broadcast_params(trainable_parameters(self.model))
         self.chunked = config.loss.chunk_size > 0 and config.method in CHUNKED_METHODS
         if self.chunked:
             try:
@@ -78,17 +95,20 @@ class Trainer:
         self.test_problems = list(self.rt.task.problems("test"))[: config.eval.problems]
         if not self.train_problems or not self.test_problems:
             raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
-        self.run_dir = run_dir or config.train.output_dir or default_run_dir(config.method)
+        # one run directory for every rank: rank 0's (a default name holds the time)
+        self.run_dir = self.world.gather(run_dir or config.train.output_dir or default_run_dir(config.method))[0]
         self.step = 0
         self.evals: dict[str, dict[str, float]] = {}
         os.makedirs(self.run_dir, exist_ok=True)
         if resume:
             self._resume()
-        else:
+        elif main:
             for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl", "summary.json"):
                 if os.path.exists(os.path.join(self.run_dir, name)):
                     os.unlink(os.path.join(self.run_dir, name))
-        ckpt.atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
+        if main:
+            ckpt.atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
+        self.world.barrier()
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -98,7 +118,12 @@ class Trainer:
         k = min(self.config.rollout.problems_per_step, len(self.train_problems))
         return rng.sample(self.train_problems, k)
 
+    def sampling_key(self, step: int) -> int:
+        """The key of step ``step``'s rollouts (see :mod:`distil_core.generation`)."""
+        return self.config.seed * 1_000_003 + step
+
     def train_step(self, step: int) -> dict[str, Any]:
+        """One step on this rank's shard of the step's problems; the returned row is global."""
         cfg, rt = self.config, self.rt
         n = cfg.rollout.samples_per_problem
         timings: dict[str, float] = {}
@@ -110,9 +135,11 @@ class Trainer:
             timings[f"time_{name}"] = now - clock
             clock = now
 
-        problems = self.problems_for_step(step)
+        everyone = self.problems_for_step(step)
+        lo, hi = self.world.shard(len(everyone))
+        problems = everyone[lo:hi]
         prompts = [rt.context.student_prompt_ids(p) for p in problems]
-        rollouts = rt.generator.sample(prompts, [p.id for p in problems], n)
+        rollouts = rt.generator.sample(prompts, [p.id for p in problems], n, key=self.sampling_key(step))
         lap("generate")
         verdicts = _checked(resolve_all([rt.verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, cfg.verifier.name)
         lap("verify")
@@ -141,27 +168,48 @@ class Trainer:
             lap("expert")
         stats = self._update(prompts, rollouts, verdicts, signals, n)
         lap("update")
-        self._log_provenance(step, rollouts, verdicts, queries, signals)
+        synced = getattr(rt.generator, "after_update", None)
+        if callable(synced):  # a generator outside this process gets the new policy (server rollouts)
+            stats.update(synced(self.model, step) or {})
+            lap("sync")
+        self._write_lines("provenance.jsonl", self._provenance_lines(step, rollouts, verdicts, queries, signals))
         if cfg.train.log_rollouts:
-            self._log_rollouts(step, problems, rollouts, verdicts, feedback, n)
-        generated = sum(len(r.response_ids) for r in rollouts)
-        row: dict[str, Any] = {
-            "step": step,
-            "loss": stats.pop("loss"),
-            "reward": sum(v.score for v in verdicts) / len(verdicts),
-            "pass_rate": sum(v.passed for v in verdicts) / len(verdicts),
-            **stats,
-            "feedback_coverage": sum(bool(f) for f in feedback) / len(rollouts),
-            "demo_coverage": sum(any(p["kind"] == "demonstration" for p in q.provenance) for q in queries) / len(rollouts),
+            self._write_lines("rollouts.jsonl", self._rollout_lines(step, problems, rollouts, verdicts, feedback, n))
+        counts = {
+            "rollouts": len(rollouts),
+            "reward": sum(v.score for v in verdicts),
+            "pass_rate": sum(v.passed for v in verdicts),
+            "feedback_coverage": sum(bool(f) for f in feedback),
+            "demo_coverage": sum(any(p["kind"] == "demonstration" for p in q.provenance) for q in queries),
             "signal_rollouts": sum(s is not None and s.ok for s in signals),
             "dropped_no_signal": sum(not q.has_signal for q in queries) if cfg.loss.no_signal == "skip" else 0,
             "expert_failed": sum(s is not None and not s.ok for s in signals),
-            **_expert_accounting(signals),
-            "response_tokens": generated / len(rollouts),
-            "tokens_per_s": generated / max(timings["time_generate"], 1e-9),
+            "generated": sum(len(r.response_ids) for r in rollouts),
+        }
+        ranks = self.world.gather((counts, _expert_accounting(signals), timings))
+        total = {k: sum(c[k] for c, _, _ in ranks) for k in counts}
+        # the step waits for its slowest rank
+        timings = {k: max(t.get(k, 0.0) for _, _, t in ranks) for k in timings}
+        rows = total["rollouts"]
+        row: dict[str, Any] = {
+            "step": step,
+            "loss": stats.pop("loss"),
+            "reward": total["reward"] / rows,
+            "pass_rate": total["pass_rate"] / rows,
+            **stats,
+            "feedback_coverage": total["feedback_coverage"] / rows,
+            "demo_coverage": total["demo_coverage"] / rows,
+            "signal_rollouts": total["signal_rollouts"],
+            "dropped_no_signal": total["dropped_no_signal"],
+            "expert_failed": total["expert_failed"],
+            **_merge_accounting([a for _, a, _ in ranks]),
+            "response_tokens": total["generated"] / rows,
+            "tokens_per_s": total["generated"] / max(timings["time_generate"], 1e-9),
             "lr": self.scheduler.get_last_lr()[0],
             **timings,
         }
+        if self.world.distributed:
+            row["world_size"] = self.world.size
         return row
 
     def _collect_feedback(self, problems, rollouts, verdicts, groups, n) -> list[list[Feedback]]:
@@ -201,13 +249,20 @@ class Trainer:
         text_mode = any(s is not None and s.ok and s.access == "text" for s in signals)
         # sampled-token experts never hold a distribution: they keep the full-logit path
         sampled = any(s is not None and s.ok and s.access == "sampled" for s in signals)
+        world = self.world
         if method == "grpo":
-            rewards = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+            # advantages need the whole batch's rewards under advantage_scale=batch (or n == 1)
+            everyone = world.concat([v.score for v in verdicts])
+            offset = sum(world.gather(len(verdicts))[: world.rank])
+            rewards = torch.tensor(everyone, dtype=torch.float32)
             advantages = group_advantages(rewards, n, scale=cfg.loss.advantage_scale) if n > 1 else rewards - rewards.mean()
+            advantages = advantages[offset : offset + len(verdicts)]
         targets = [self._text_target(s) if text_mode else r.response_ids for r, s in zip(rollouts, signals)]
         weight_of = [len(t) if (method == "grpo" or (signals[j] is not None and signals[j].ok)) else 0 for j, t in enumerate(targets)]
-        total_tokens = sum(weight_of)
         micro = _micro_batches(len(rows), n, cfg.optim.grad_accum)
+        # each micro-batch is weighted by its share of the global batch: the ranks' gradients add up
+        total_tokens, total_rows, total_micro = (
+            sum(part[i] for part in world.gather((sum(weight_of), len(rows), len(micro)))) for i in range(3))
         totals: dict[str, float] = {"loss": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         for chunk in micro:
@@ -224,12 +279,16 @@ class Trainer:
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
                 out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n)
-            scale = _grpo_scale(cfg.loss.loss_type, len(chunk), len(rows), len(micro)) if method == "grpo" else micro_tokens / total_tokens
+            scale = _grpo_scale(cfg.loss.loss_type, len(chunk), total_rows, total_micro) if method == "grpo" else micro_tokens / total_tokens
             (out.loss * scale).backward()
             totals["loss"] += float(out.loss.detach()) * scale
             for key, value in out.stats.items():
                 if key != "signal_tokens":
                     totals[key] = totals.get(key, 0.0) + value * micro_tokens / total_tokens
+        if world.distributed:
+            world.sum_grads(trainable_parameters(self.model))
+            parts = world.gather(totals)
+            totals = {k: sum(p.get(k, 0.0) for p in parts) for k in {k for p in parts for k in p}}
         if cfg.optim.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             totals["grad_norm"] = float(norm)
@@ -267,44 +326,52 @@ class Trainer:
     # -- logging, evaluation, checkpoints -----------------------------------------------------
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
-        with open(os.path.join(self.run_dir, name), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if self.world.main:
+            with open(os.path.join(self.run_dir, name), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
 
-    def _log_provenance(self, step, rollouts, verdicts, queries, signals) -> None:
-        if not queries:
-            return
-        with open(os.path.join(self.run_dir, "provenance.jsonl"), "a", encoding="utf-8") as fh:
-            for q in queries:
-                r, v, s = rollouts[q.rollout_index], verdicts[q.rollout_index], signals[q.rollout_index]
-                fh.write(json.dumps({
-                    "step": step, "problem_id": q.problem_id, "rollout": r.group_index,
-                    "response_hash": r.response_hash, "passed": v.passed, "feedback": q.provenance,
-                    "has_signal": q.has_signal, "used": s is not None and s.ok,
-                }) + "\n")
+    def _write_lines(self, name: str, lines: list[str]) -> None:
+        """Every rank's lines, in rank order (the global order), appended once by rank 0."""
+        lines = self.world.concat(lines)
+        if self.world.main and lines:
+            with open(os.path.join(self.run_dir, name), "a", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
 
-    def _log_rollouts(self, step, problems, rollouts, verdicts, feedback, n) -> None:
+    def _provenance_lines(self, step, rollouts, verdicts, queries, signals) -> list[str]:
+        lines = []
+        for q in queries:
+            r, v, s = rollouts[q.rollout_index], verdicts[q.rollout_index], signals[q.rollout_index]
+            lines.append(json.dumps({
+                "step": step, "problem_id": q.problem_id, "rollout": r.group_index,
+                "response_hash": r.response_hash, "passed": v.passed, "feedback": q.provenance,
+                "has_signal": q.has_signal, "used": s is not None and s.ok,
+            }))
+        return lines
+
+    def _rollout_lines(self, step, problems, rollouts, verdicts, feedback, n) -> list[str]:
         """Every rollout with its problem, verdict and feedback: what ``distil review`` shows."""
-        lines = [json.dumps(rollout_record(step, problems[j // n], r, verdicts[j], feedback[j]))
-                 for j, r in enumerate(rollouts)]
-        with open(os.path.join(self.run_dir, "rollouts.jsonl"), "a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
+        return [json.dumps(rollout_record(step, problems[j // n], r, verdicts[j], feedback[j]))
+                for j, r in enumerate(rollouts)]
 
     def run_eval(self, label: str) -> dict[str, float]:
+        """pass@k on the test problems; under several ranks each evaluates a contiguous share."""
         cfg = self.config
-        bar = _bar(len(self.test_problems), f"eval ({label})", self.progress)
-        result = evaluate(
+        lo, hi = self.world.shard(len(self.test_problems))
+        mine = self.test_problems[lo:hi]
+        bar = _bar(len(mine), f"eval ({label})", self.progress)
+        correct, answers = sample_and_grade(
             self.rt.generator,
-            [self.rt.context.student_prompt_ids(p) for p in self.test_problems],
-            self.test_problems,
+            [self.rt.context.student_prompt_ids(p) for p in mine],
+            mine,
             self.rt.verifier,
             samples=cfg.eval.samples,
-            ks=cfg.eval.ks,
             temperature=cfg.eval.temperature,
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
             seed=cfg.seed + EVAL_SEED_OFFSET,
             progress=bar,
         )
         bar.close()
+        result = summarise(self.world.concat(correct), self.world.concat(answers), ks=cfg.eval.ks, samples=cfg.eval.samples)
         self.evals[label] = result
         self._append("eval.jsonl", {"step": self.step, "label": label, **result})
         return result
@@ -320,8 +387,11 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "evals": self.evals,
             "elapsed": time.time() - self.started,
+            "world_size": self.world.size,  # for the record: a checkpoint resumes on any number of ranks
         }
-        return ckpt.save_checkpoint(self.run_dir, self.step, state)
+        path = ckpt.save_checkpoint(self.run_dir, self.step, state) if self.world.main else ""
+        self.world.barrier()
+        return path
 
     def _resume(self) -> None:
         path = ckpt.latest_checkpoint(self.run_dir)
@@ -338,8 +408,9 @@ class Trainer:
         self.step = state["step"]
         self.evals = state.get("evals", {})
         self.started -= state.get("elapsed", 0.0)
-        for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl"):
-            _truncate_jsonl(os.path.join(self.run_dir, name), self.step)
+        if self.world.main:
+            for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl"):
+                _truncate_jsonl(os.path.join(self.run_dir, name), self.step)
         self.echo(f"Resumed {self.run_dir} at step {self.step}.")
 
     def fit(self) -> dict[str, Any]:
@@ -366,9 +437,11 @@ class Trainer:
         return self._summary(self.evals["before"], after)
 
     def _save_final_model(self) -> None:
-        with ckpt.atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
-            self.model.save_pretrained(tmp)
-            self.rt.tokenizer.save_pretrained(tmp)
+        if self.world.main:
+            with ckpt.atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
+                self.model.save_pretrained(tmp)
+                self.rt.tokenizer.save_pretrained(tmp)
+        self.world.barrier()
 
     def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         keys = [k for k in before if "@" in k]
@@ -385,7 +458,8 @@ class Trainer:
             "eval": {"problems": len(self.test_problems), "samples": self.config.eval.samples},
             "run_dir": os.path.abspath(self.run_dir),
         }
-        ckpt.atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        if self.world.main:
+            ckpt.atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 
 
@@ -441,6 +515,19 @@ def _expert_accounting(signals: Sequence[Optional[ExpertSignal]]) -> dict[str, A
     for s in answered:
         for key, value in s.usage.items():
             out[f"expert_{key}"] = out.get(f"expert_{key}", 0.0) + float(value)
+    return out
+
+
+def _merge_accounting(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ranks' :func:`_expert_accounting` as one: access levels joined, costs summed."""
+    out: dict[str, Any] = {}
+    levels = sorted({lvl for p in parts for lvl in p.get("expert_access", "").split(",") if lvl and lvl != "none"})
+    if any("expert_access" in p for p in parts):
+        out["expert_access"] = ",".join(levels) if levels else "none"
+    for p in parts:
+        for key, value in p.items():
+            if key != "expert_access":
+                out[key] = out.get(key, 0.0) + float(value)
     return out
 
 

@@ -38,7 +38,7 @@ def test_n_samples_per_problem_in_one_generate_call_with_matching_logprobs(monke
     monkeypatch.setattr(model, "generate", counting_generate)
     rollouts = Generator(model, tok, SamplingParams(max_new_tokens=7)).sample(prompts, [p.id for p in problems], n=5)
     assert len(calls) == 1
-    assert calls[0]["input_ids"].shape[0] == 3 and calls[0]["num_return_sequences"] == 5
+    assert calls[0]["input_ids"].shape[0] == 3 * 5  # each prompt's row repeated n times, one batch
     assert calls[0].get("use_cache", True) is not False  # KV cache stays on
     assert [(r.problem_id, r.group_index) for r in rollouts] == [(p.id, g) for p in problems for g in range(5)]
     # Log-probs recorded while sampling equal a teacher-forced forward pass over the same ids.
@@ -103,3 +103,76 @@ def test_hf_expert_loads_a_local_model_and_rejects_another_tokenizer(tmp_path):
         HFExpert(_runtime(tiny_model()), str(tmp_path / "other"))
     with pytest.raises(ConfigError, match="cannot load"):
         HFExpert(_runtime(tiny_model()), str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (1.3, 20, 1.0), (0.0, 0, 1.0)])
+def test_recorded_logprobs_are_those_of_the_warped_distribution_sampled_from(temperature, top_k, top_p):
+    """Temperature, top-k and top-p change the distribution a token is drawn from; the recorded
+    log-prob is under that distribution (greedy: under the raw logits), and a drawn token is
+    always inside the kept set (finite log-prob)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(1)
+    tok, model = tiny_tokenizer(), tiny_model(hidden_size=64)
+    problems = DigitsTask(train_size=50, test_size=10).problems("test")[:2]
+    prompts = [builder().student_prompt_ids(p) for p in problems]
+    params = SamplingParams(max_new_tokens=6, temperature=temperature, top_k=top_k, top_p=top_p)
+    n = 4 if temperature > 0 else 1  # HF's greedy search returns one sequence per prompt
+    rollouts = Generator(model, tok, params).sample(prompts, [p.id for p in problems], n=n)
+    logits, tokens, _ = response_logits(model, [r.prompt_ids for r in rollouts],
+                                        [r.response_ids for r in rollouts], tok.pad_token_id)
+    warped = logits.float()
+    if temperature > 0:
+        rows, steps, vocab = warped.shape
+        flat = warped.reshape(rows * steps, vocab)
+        for warper in ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+                ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []):
+            flat = warper(None, flat)
+        warped = flat.reshape(rows, steps, vocab)
+    expected = torch.log_softmax(warped, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    for b, r in enumerate(rollouts):
+        got = torch.tensor(r.sampling_logprobs)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(expected[b, :len(r.response_ids)], got, rtol=1e-4, atol=1e-4)
+    if temperature == 0.0:  # greedy: each token is the argmax
+        assert all((logits[b, :len(r.response_ids)].argmax(-1) == tokens[b, :len(r.response_ids)]).all()
+                   for b, r in enumerate(rollouts))
+
+
+def test_keyed_sampling_does_not_depend_on_the_batch_a_problem_is_in():
+    """A problem's rollouts depend on (key, problem id, sample index) only: generated alone,
+    or behind other prompts of other lengths (other padding), they are the same; another key
+    gives other rollouts."""
+    torch.manual_seed(0)
+    tok, model = tiny_tokenizer(), tiny_model(hidden_size=64)
+    problems = DigitsTask(train_size=50, test_size=10).problems("test")[:4]
+    problems[0] = problems[0].model_copy(update={"prompt": "sort 12 and then some more words"})
+    prompts = [builder().student_prompt_ids(p) for p in problems]
+    gen = Generator(model, tok, SamplingParams(max_new_tokens=8, temperature=1.0))
+    together = gen.sample(prompts, [p.id for p in problems], n=3, key=11)
+    alone = gen.sample(prompts[2:3], [problems[2].id], n=3, key=11)
+    assert [r.response_ids for r in together[6:9]] == [r.response_ids for r in alone]
+    for a, b in zip(together[6:9], alone):
+        torch.testing.assert_close(torch.tensor(a.sampling_logprobs), torch.tensor(b.sampling_logprobs),
+                                   rtol=1e-4, atol=1e-4)
+    assert len({tuple(r.response_ids) for r in together[6:9]}) > 1  # the samples of a group differ
+    other = gen.sample(prompts, [p.id for p in problems], n=3, key=12)
+    assert [r.response_ids for r in other] != [r.response_ids for r in together]
+
+
+def test_keyed_gumbel_noise_draws_from_the_softmax():
+    """Gumbel-max with the keyed noise: the frequencies of argmax(logits + G) over 40 000 keys
+    match softmax(logits) within 4 standard errors, and the noise is a function of its key."""
+    from distil_core.generation import gumbel_noise, row_key
+
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 0.5])
+    keys = torch.tensor([row_key(7, f"p{i}", i % 3) for i in range(40_000)], dtype=torch.int64)
+    noise = gumbel_noise(keys, 3, len(logits))
+    torch.testing.assert_close(noise, gumbel_noise(keys, 3, len(logits)))
+    assert not torch.equal(noise, gumbel_noise(keys, 4, len(logits)))
+    freq = torch.bincount((logits + noise).argmax(-1), minlength=len(logits)).double() / len(keys)
+    p = torch.softmax(logits.double(), 0)
+    se = (p * (1 - p) / len(keys)).sqrt()
+    assert ((freq - p).abs() < 4 * se).all(), (freq, p)
+    # standard Gumbel: mean = Euler–Mascheroni constant, variance = pi^2 / 6
+    assert abs(noise.mean().item() - 0.5772) < 0.01 and abs(noise.var().item() - 1.6449) < 0.03

@@ -1,0 +1,7 @@
+"""``python -m distil_core ARGS`` is ``distil ARGS`` (what ``torchrun -m distil_core train`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
