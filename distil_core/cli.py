@@ -143,9 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     _quiet_libraries()
-    from .trainer import Trainer
-
     from .distributed import close_world
+    from .trainer import Trainer
 
     trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
     world = trainer.world

@@ -418,6 +418,8 @@ class Trainer:
         total = cfg.train.steps
         if "before" not in self.evals:
             self.run_eval("before")
+        if self.step < total:
+            self.evals.pop("after", None)  # a finished run resumed with more steps: evaluate again at its end
         bar = _bar(total, f"{cfg.method}", self.progress, initial=self.step)
         while self.step < total:
             self.step += 1
