@@ -1,26 +1,24 @@
 """Rollout generation with HF ``generate`` (KV cache), n samples per problem in one batch.
 
-Each sampled token's log-prob under the sampling distribution (after temperature, top-k and
-top-p) is recorded while generating, by :class:`_SampledLogprobs`, a logits processor placed
-after the warpers. It holds one step's scores at a time, so recording costs O(rows × V) memory
-instead of the O(steps × rows × V) that ``output_scores=True`` keeps until the call returns
-(12.9 GB for 64 rows × 1024 tokens at V = 49152).
+Sampling is *keyed*: sample ``g`` of problem ``id`` draws its token at position ``t`` by
+inverting the CDF of the sampling distribution (after temperature, top-k and top-p) at a
+uniform number that is a hash of (call key, ``id``, ``g``, ``t``), not a draw from a shared
+random stream. Which rows share a batch (and how many ranks split it) then changes nothing: a
+problem's rollouts are the same whether it is generated alone, with 15 others, or on another
+rank, which is what lets a run on 2 processes follow the 1-process run, and an evaluation be
+split across ranks. The work per token is what ``softmax`` + ``multinomial`` do.
 
-Sampling is *keyed*: the token drawn for sample ``g`` of problem ``id`` at position ``t`` is the
-Gumbel-max choice ``argmax(log p + G)``, whose noise ``G`` is a hash of (call key, ``id``,
-``g``, ``t``, token) rather than a draw from a shared random stream. Which rows share a batch
-(and how many ranks split it) then changes nothing: a problem's rollouts are the same whether
-it is generated alone, with 15 others, or on another rank, which is what lets a run on 2
-processes follow the 1-process run, and an evaluation be split across ranks. Gumbel-max is an
-exact sample from the warped distribution, and costs about what ``softmax`` + ``multinomial`` do.
+The same logits processor (:class:`KeyedSampler`, last in the chain) records each drawn token's
+log-prob as it draws it, so recording holds one step's scores at a time: O(rows × V) memory,
+not the O(steps × rows × V) that ``output_scores=True`` keeps until the call returns (12.9 GB
+for 64 rows × 1024 tokens at V = 49152).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
-
-import hashlib
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -73,25 +71,21 @@ class Generator:
         ids, mask = pad_batch(prompts, self.pad_id, side="left", device=device)
         ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
         sampling = p.temperature > 0
-        recorder = _SampledLogprobs()
-        # the warpers are ours, in HF's order, so that the recorder sees the scores sampled from
-        processors = LogitsProcessorList(_warpers(p) if sampling else [])
-        processors.append(recorder)
+        keys = None
         if sampling:
             if key is None:
                 key = int(torch.randint(0, 2**62, (1,)))
-            rows = [row_key(key, pid, g) for pid in problem_ids[: len(prompts)] for g in range(n)]
-            processors.append(GumbelNoise(rows, start=ids.shape[1]))
+            keys = [row_key(key, pid, g) for pid in problem_ids[: len(prompts)] for g in range(n)]
+        sampler = KeyedSampler(keys, start=ids.shape[1])
+        # the warpers are ours, in HF's order, so that the sampler draws from the warped scores
+        processors = LogitsProcessorList([*(_warpers(p) if sampling else []), sampler])
         was_training = self.model.training
         self.model.eval()
         try:
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                do_sample=False,  # the Gumbel noise above makes the argmax a sample
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
+                do_sample=False,  # the sampler above leaves one finite score: the argmax is its draw
                 logits_processor=processors,
                 max_new_tokens=p.max_new_tokens,
                 use_cache=True,
@@ -102,7 +96,7 @@ class Generator:
             self.model.train(was_training)
         width = ids.shape[1]
         new_tokens = out[:, width:]
-        chosen = recorder.finish(new_tokens)
+        chosen = sampler.finish(new_tokens)
         rollouts = []
         for row in range(new_tokens.shape[0]):
             toks = new_tokens[row].tolist()
@@ -136,39 +130,6 @@ def _warpers(p: SamplingParams) -> list[LogitsProcessor]:
     return out
 
 
-class _SampledLogprobs(LogitsProcessor):
-    """Records log p(sampled token) under the scores handed to the sampler, one step at a time.
-
-    Called with step t's final scores, it keeps them and their log-normaliser; at step t+1 the
-    token drawn at t is the last column of ``input_ids``, and only that one score is kept. The
-    last step's token is read from the output in :meth:`finish`.
-    """
-
-    def __init__(self) -> None:
-        self._pending: Optional[torch.Tensor] = None
-        self._chosen: list[torch.Tensor] = []
-        self._norms: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._pending is not None:
-            self._chosen.append(self._pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self._pending = scores
-        self._norms.append(torch.logsumexp(scores.float(), dim=-1))
-        return scores
-
-    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """[rows, steps] log-probs of ``new_tokens`` (the generated columns of the output)."""
-        steps = new_tokens.shape[1]
-        if self._pending is not None and len(self._chosen) < steps:
-            last = new_tokens[:, len(self._chosen) : len(self._chosen) + 1]
-            self._chosen.append(self._pending.gather(-1, last).squeeze(-1))
-        self._pending = None
-        if not steps:
-            return torch.zeros(new_tokens.shape)
-        chosen = torch.stack(self._chosen[:steps], dim=1).float()
-        return (chosen - torch.stack(self._norms[:steps], dim=1)).cpu()
-
-
 # -- keyed sampling ------------------------------------------------------------------------------
 
 _MASK64 = (1 << 64) - 1
@@ -180,8 +141,7 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >> 63 else x
 
 
-_GOLDEN, _MIX1, _MIX2, _VOCAB_STRIDE = (_signed(c) for c in (
-    0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93))
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -194,29 +154,56 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_key(key: int, problem_id: str, sample: int) -> int:
-    """The noise key of sample ``sample`` of problem ``problem_id`` in the call keyed ``key``."""
+    """The key of sample ``sample`` of problem ``problem_id`` in the call keyed ``key``."""
     digest = hashlib.blake2b(f"{key}\x00{problem_id}\x00{sample}".encode(), digest_size=8).digest()
     return _signed(int.from_bytes(digest, "little"))
 
 
-def gumbel_noise(keys: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
-    """[rows, vocab] standard Gumbel noise, a pure function of (row key, position, token)."""
-    base = _mix(keys + _signed(_GOLDEN * (position + 1)))
-    tokens = torch.arange(vocab, dtype=torch.int64, device=keys.device) * _VOCAB_STRIDE
-    bits = _mix(base[:, None] ^ tokens[None, :])
-    uniform = (((bits >> 40) & 0xFFFFFF).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1), 24 bits
-    return -torch.log(-torch.log(uniform))
+def keyed_uniform(keys: torch.Tensor, position: int) -> torch.Tensor:
+    """[rows] float32 numbers in [0, 1), a pure function of (row key, position)."""
+    bits = _mix(keys + _signed(_GOLDEN * (position + 1)))
+    return ((bits >> 40) & 0xFFFFFF).float() * (1.0 / (1 << 24))
 
 
-class GumbelNoise(LogitsProcessor):
-    """Adds keyed Gumbel noise to the final scores; greedy decoding then draws an exact sample."""
+def inverse_cdf(logprobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """[rows, 1] index where each row's CDF first exceeds ``uniform`` × its total: a draw from
+    ``exp(logprobs)``. A token of probability 0 is never drawn (its CDF step is empty)."""
+    cdf = logprobs.exp().cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(uniform.to(cdf.dtype).unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)
 
-    def __init__(self, row_keys: Sequence[int], start: int):
-        self.keys = torch.tensor(list(row_keys), dtype=torch.int64)
+
+class KeyedSampler(LogitsProcessor):
+    """Draws each row's token by :func:`inverse_cdf` at its keyed uniform (``keys`` None:
+    greedy) and records the token's log-prob under the scores it was drawn from.
+
+    It returns scores that are -inf except at the drawn token, so ``generate``'s greedy choice
+    is the draw; it must come last, after the warpers.
+    """
+
+    def __init__(self, keys: Optional[Sequence[int]], start: int):
+        self.keys = None if keys is None else torch.tensor(list(keys), dtype=torch.int64)
         self.start = start
+        self._logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.keys.device != scores.device:
-            self.keys = self.keys.to(scores.device)
-        noise = gumbel_noise(self.keys, input_ids.shape[1] - self.start, scores.shape[-1])
-        return scores + noise.to(scores.dtype)
+        logprobs = scores.float()
+        logprobs = logprobs - torch.logsumexp(logprobs, dim=-1, keepdim=True)
+        if self.keys is None:
+            choice = logprobs.argmax(-1, keepdim=True)
+        else:
+            if self.keys.device != scores.device:
+                self.keys = self.keys.to(scores.device)
+            choice = inverse_cdf(logprobs, keyed_uniform(self.keys, input_ids.shape[1] - self.start))
+        self._logprobs.append(logprobs.gather(-1, choice).squeeze(-1))
+        if self.keys is None:
+            return scores
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[rows, steps] log-probs of ``new_tokens`` (the generated columns of the output)."""
+        steps = new_tokens.shape[1]
+        if not steps:
+            return torch.zeros(new_tokens.shape)
+        return torch.stack(self._logprobs[:steps], dim=1).cpu()

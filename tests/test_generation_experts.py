@@ -160,19 +160,24 @@ def test_keyed_sampling_does_not_depend_on_the_batch_a_problem_is_in():
     assert [r.response_ids for r in other] != [r.response_ids for r in together]
 
 
-def test_keyed_gumbel_noise_draws_from_the_softmax():
-    """Gumbel-max with the keyed noise: the frequencies of argmax(logits + G) over 40 000 keys
-    match softmax(logits) within 4 standard errors, and the noise is a function of its key."""
-    from distil_core.generation import gumbel_noise, row_key
+def test_keyed_draws_follow_the_distribution_and_never_pick_a_masked_token():
+    """Inverse-CDF draws at keyed uniforms: over 40 000 keys the frequencies match the
+    distribution within 4 standard errors, a token of probability 0 (masked by top-p, say) is
+    never drawn, and the uniforms are a function of (key, position)."""
+    from distil_core.generation import inverse_cdf, keyed_uniform, row_key
 
-    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 0.5])
+    logits = torch.tensor([0.0, 1.0, float("-inf"), 2.0, -1.0, 0.5, float("-inf")])
     keys = torch.tensor([row_key(7, f"p{i}", i % 3) for i in range(40_000)], dtype=torch.int64)
-    noise = gumbel_noise(keys, 3, len(logits))
-    torch.testing.assert_close(noise, gumbel_noise(keys, 3, len(logits)))
-    assert not torch.equal(noise, gumbel_noise(keys, 4, len(logits)))
-    freq = torch.bincount((logits + noise).argmax(-1), minlength=len(logits)).double() / len(keys)
+    u = keyed_uniform(keys, 3)
+    torch.testing.assert_close(u, keyed_uniform(keys, 3))
+    assert not torch.equal(u, keyed_uniform(keys, 4))
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean().item() - 0.5) < 0.01
+    logprobs = torch.log_softmax(logits, 0).expand(len(keys), -1)
+    drawn = inverse_cdf(logprobs, u).squeeze(-1)
+    freq = torch.bincount(drawn, minlength=len(logits)).double() / len(keys)
     p = torch.softmax(logits.double(), 0)
     se = (p * (1 - p) / len(keys)).sqrt()
-    assert ((freq - p).abs() < 4 * se).all(), (freq, p)
-    # standard Gumbel: mean = Euler–Mascheroni constant, variance = pi^2 / 6
-    assert abs(noise.mean().item() - 0.5772) < 0.01 and abs(noise.var().item() - 1.6449) < 0.03
+    assert freq[2] == 0 and freq[6] == 0
+    assert ((freq - p).abs() <= 4 * se + 1e-12).all(), (freq, p)
+    # the largest uniform short of 1 still lands on a token that can be drawn
+    assert inverse_cdf(logprobs[:1], torch.tensor([1.0 - 2**-24])).item() == 5
