@@ -3,14 +3,18 @@
 :class:`LocalLM` is the model side of ``distil serve`` (:mod:`distil_core.serve` is the HTTP
 side). It takes a request body as a dict and returns the response body, in OpenAI's shapes:
 
-    completions       prompt (text or token ids), max_tokens, temperature, top_p, n, seed, stop,
+    completions       prompt (text or token ids), max_tokens, temperature, top_p, top_k, n, seed, stop,
                       logprobs (top-k, legacy format), echo (prompt scoring with max_tokens=0),
                       prompt_logprobs (vLLM's format), return_tokens_as_token_ids
     chat_completions  messages (the model's chat template), logprobs + top_logprobs
 
-Log-probs are ``log_softmax`` of the model's logits (before temperature or top-p), so an
-echoed prompt's log-probs are exactly what the model assigns to each prompt token. One lock
-serialises the forward passes.
+Log-probs are ``log_softmax`` of the model's logits (before temperature, top-k or top-p, as
+vLLM's default ``raw_logprobs``), so an echoed prompt's log-probs are exactly what the model
+assigns to each prompt token. A request's prompts and their ``n`` samples are decoded as one
+left-padded, KV-cached batch; a sample that ends at EOS keeps the EOS token (with its log-prob)
+among its tokens but not in its text, as vLLM does. A request's ``model`` may name a LoRA
+adapter loaded onto the served model (:mod:`distil_core.served_weights`). One lock serialises
+the forward passes and the weight changes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 MAX_LOGPROBS = 20
 
@@ -112,9 +116,13 @@ class ApiError(Exception):
 class LocalLM:
     """``model`` (a HF causal LM) and its ``tokenizer`` behind OpenAI's request and response shapes."""
 
-    def __init__(self, model: Any, tokenizer: Any, model_name: str = "local"):
+    def __init__(self, model: Any, tokenizer: Any, model_name: str = "local", source: Optional[str] = None):
+        from .served_weights import ServedWeights
+
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.weights = ServedWeights(model, source)
         self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.token_bytes = token_bytes_table(tokenizer)
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
         # transformers renamed `past_key_values` to `cache`; pass whichever this version takes
@@ -122,7 +130,8 @@ class LocalLM:
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._model_lock = threading.Lock()
 
-    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+    def completions(self, body: dict[str, Any], adapter: Optional[str] = None) -> dict[str, Any]:
+        """``adapter``: the loaded LoRA adapter to answer with (None: the base weights)."""
         prompts = _prompts(body.get("prompt"), len(self.token_bytes))
         max_tokens = _int(body, "max_tokens", 16, 0)
         n = _int(body, "n", 1, 1, 128)
@@ -133,16 +142,19 @@ class LocalLM:
         echo = bool(body.get("echo", False))
         as_ids = bool(body.get("return_tokens_as_token_ids", False))
         sampling = self._sampling(body)
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for p_index, prompt in enumerate(prompts):
-            ids = prompt if isinstance(prompt, list) else self._encode(prompt)
+        all_ids = [prompt if isinstance(prompt, list) else self._encode(prompt) for prompt in prompts]
+        for ids in all_ids:
             if not ids:
                 raise ApiError(400, "The prompt is empty.", param="prompt")
             self._check_length(len(ids) + max_tokens)
+        # every prompt's n samples in one batched generation
+        generations = self._generate(all_ids, n, max_tokens, sampling, logprobs or 0, adapter)
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for p_index, ids in enumerate(all_ids):
             prompt_tokens += len(ids)
-            scored = self._score(ids, max(logprobs or 0, prompt_k or 0)) if (echo and logprobs is not None) or prompt_k is not None else None
+            scored = self._score(ids, max(logprobs or 0, prompt_k or 0), adapter) if (echo and logprobs is not None) or prompt_k is not None else None
             for j in range(n):
-                gen = self._generate(ids, max_tokens, sampling, logprobs or 0)
+                gen = generations[p_index * n + j]
                 completion_tokens += len(gen.ids)
                 choice: dict[str, Any] = {"index": p_index * n + j, "finish_reason": gen.finish_reason}
                 prompt_text = self._text(ids) if echo else ""
@@ -160,11 +172,11 @@ class LocalLM:
                 choices.append(choice)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": self.model_name, "choices": choices,
+            "model": adapter or self.model_name, "choices": choices,
             "usage": _usage(prompt_tokens, completion_tokens),
         }
 
-    def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+    def chat_completions(self, body: dict[str, Any], adapter: Optional[str] = None) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects.", param="messages")
@@ -182,8 +194,7 @@ class LocalLM:
             raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
         sampling = self._sampling(body)
         choices, completion_tokens = [], 0
-        for j in range(n):
-            gen = self._generate(ids, max_tokens, sampling, top)
+        for j, gen in enumerate(self._generate([ids], n, max_tokens, sampling, top, adapter)):
             completion_tokens += len(gen.ids)
             content = None
             if want:
@@ -198,7 +209,7 @@ class LocalLM:
             })
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.model_name, "choices": choices, "usage": _usage(len(ids), completion_tokens),
+            "model": adapter or self.model_name, "choices": choices, "usage": _usage(len(ids), completion_tokens),
         }
 
     # -- model work
@@ -239,36 +250,44 @@ class LocalLM:
             raise ApiError(400, "'temperature' must be a number >= 0.", param="temperature")
         if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ApiError(400, "'top_p' must be in (0, 1].", param="top_p")
+        top_k = body.get("top_k", -1)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
+            raise ApiError(400, "'top_k' must be an integer; -1 or 0 turns it off.", param="top_k")
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
         seed = body.get("seed")
         if seed is not None and not isinstance(seed, int):
             raise ApiError(400, "'seed' must be an integer.", param="seed")
-        return {"temperature": float(temperature), "top_p": float(top_p), "stop": stop, "seed": seed,
-                "skip_special": bool(body.get("skip_special_tokens", True))}
+        return {"temperature": float(temperature), "top_p": float(top_p), "top_k": max(top_k, 0), "stop": stop,
+                "seed": seed, "skip_special": bool(body.get("skip_special_tokens", True))}
 
-    def _inference(self) -> Any:
-        """The model lock, no_grad and eval mode, for one forward pass or one generation."""
+    @contextlib.contextmanager
+    def _inference(self, adapter: Optional[str] = None) -> Iterator[tuple[Any, Any]]:
+        """(module, device) for one forward pass or one generation, under the model lock, in
+        eval mode without gradients; ``adapter`` picks the loaded LoRA adapter (None: base)."""
         import torch
 
-        @contextlib.contextmanager
-        def block() -> Any:
-            with self._model_lock, torch.no_grad():
-                was_training = self.model.training
-                self.model.eval()
-                try:
-                    yield next(self.model.parameters()).device
-                finally:
-                    self.model.train(was_training)
+        with self._model_lock, torch.no_grad(), self.weights.active(adapter) as module:
+            was_training = module.training
+            module.eval()
+            try:
+                yield module, next(module.parameters()).device
+            finally:
+                module.train(was_training)
 
-        return block()
+    @contextlib.contextmanager
+    def updating(self) -> Iterator[Any]:
+        """The served weights (:class:`~distil_core.served_weights.ServedWeights`), for one
+        change, while no request is being answered."""
+        with self._model_lock:
+            yield self.weights
 
-    def _score(self, ids: list[int], k: int) -> dict[str, Any]:
+    def _score(self, ids: list[int], k: int, adapter: Optional[str] = None) -> dict[str, Any]:
         """Log-prob of every prompt token given the ones before it, and the top-k there."""
         import torch
 
-        with self._inference() as device:
-            logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+        with self._inference(adapter) as (model, device):
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
             logp = torch.log_softmax(logits, dim=-1)[:-1]  # row j-1 predicts ids[j]
             target = torch.tensor(ids[1:], device=device)
             chosen = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -280,39 +299,59 @@ class LocalLM:
             "top_lp": top_lp.tolist() if k else [[] for _ in ids[1:]],
         }
 
-    def _generate(self, ids: list[int], max_tokens: int, sampling: dict[str, Any], k: int) -> "_Generation":
+    def _generate(self, prompts: list[list[int]], n: int, max_tokens: int, sampling: dict[str, Any], k: int,
+                  adapter: Optional[str] = None) -> list["_Generation"]:
+        """``n`` samples of each prompt, rows prompt-major, decoded together as one batch.
+
+        Prompts are left-padded into one KV-cached batch; each step samples every live row, and
+        a row stops at EOS (kept, with its log-prob, as vLLM returns it), at a stop string or at
+        ``max_tokens``.
+        """
         import torch
 
-        gen = _Generation()
+        from .modeling import pad_batch, position_ids
+
+        gens = [_Generation() for _ in range(len(prompts) * n)]
         if max_tokens == 0:
-            return gen
-        with self._inference() as device:
+            return gens
+        rows = [ids for ids in prompts for _ in range(n)]
+        with self._inference(adapter) as (model, device):
             rng = torch.Generator(device=device)
             rng.manual_seed(sampling["seed"] if sampling["seed"] is not None else int.from_bytes(uuid.uuid4().bytes[:6], "big"))
-            out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+            ids, mask = pad_batch(rows, self.pad_id, side="left", device=device)
+            positions = position_ids(mask)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            live = list(range(len(rows)))
             for _ in range(max_tokens):
-                logits = out.logits[0, -1].float()
+                logits = out.logits[:, -1].float()
                 logp = torch.log_softmax(logits, dim=-1)
-                token = _sample(logits, sampling["temperature"], sampling["top_p"], rng)
-                if token == self.eos_id:
-                    gen.finish_reason = "stop"
+                tokens = _sample(logits, sampling["temperature"], sampling["top_p"], sampling["top_k"], rng)
+                chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+                top = torch.topk(logp, k, dim=-1) if k else None
+                token_list = tokens.tolist()
+                for row in live:
+                    gen, token = gens[row], token_list[row]
+                    gen.ids.append(token)
+                    gen.logprobs.append(chosen[row])
+                    gen.top.append(list(zip(top.indices[row].tolist(), top.values[row].tolist())) if k else [])
+                    if token == self.eos_id:
+                        gen.finish_reason, gen.done = "stop", True
+                    elif sampling["stop"] and self._hit_stop(gen, sampling["stop"], sampling["skip_special"]):
+                        gen.done = True
+                live = [row for row in live if not gens[row].done]
+                if not live:
                     break
-                gen.ids.append(token)
-                gen.logprobs.append(float(logp[token]))
-                if k:
-                    top_lp, top_ids = torch.topk(logp, k)
-                    gen.top.append(list(zip(top_ids.tolist(), top_lp.tolist())))
-                else:
-                    gen.top.append([])
-                if sampling["stop"] and self._hit_stop(gen, sampling["stop"], sampling["skip_special"]):
-                    break
-                out = self.model(input_ids=torch.tensor([[token]], device=device), use_cache=True,
-                                 **{self._cache_arg: _cache_of(out)})
-        if gen.cut_text is None:
-            gen.text = self._text(gen.ids, skip_special=sampling["skip_special"])
-        else:
-            gen.text = gen.cut_text
-        return gen
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+                positions = positions[:, -1:] + 1
+                out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=positions,
+                            use_cache=True, **{self._cache_arg: _cache_of(out)})
+        for gen in gens:
+            if gen.cut_text is not None:
+                gen.text = gen.cut_text
+            else:  # EOS ends the text without appearing in it, as in vLLM
+                kept = gen.ids[:-1] if gen.finish_reason == "stop" else gen.ids
+                gen.text = self._text(kept, skip_special=sampling["skip_special"])
+        return gens
 
     def _hit_stop(self, gen: "_Generation", stops: list[str], skip_special: bool) -> bool:
         """Cut the generation before the first stop string; True when one was found."""
@@ -359,6 +398,7 @@ class _Generation:
     text: str = ""
     finish_reason: str = "length"
     cut_text: Optional[str] = None
+    done: bool = False
 
     def __post_init__(self) -> None:
         self.ids, self.logprobs, self.top = [], [], []
@@ -398,17 +438,22 @@ def _cache_of(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def _sample(logits: Any, temperature: float, top_p: float, rng: Any) -> int:
+def _sample(logits: Any, temperature: float, top_p: float, top_k: int, rng: Any) -> Any:
+    """One token per row of ``logits`` [rows, V]: greedy at temperature 0, else from the
+    temperature-scaled distribution cut to its top-k tokens and top-p nucleus."""
     import torch
 
     if temperature == 0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
+    if top_k and top_k < probs.shape[-1]:
+        kth = torch.topk(probs, top_k, dim=-1).values[:, -1:]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
     if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        probs = torch.zeros_like(probs).scatter(-1, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=rng))
+        sorted_p, order = torch.sort(probs, descending=True, dim=-1)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p * sorted_p.sum(-1, keepdim=True)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
 def _prompts(prompt: Any, vocab: int) -> list[Any]:

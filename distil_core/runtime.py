@@ -36,7 +36,7 @@ class Runtime:
     verifier: Any = None
     feedback_sources: list[tuple[str, Any]] = field(default_factory=list)
     expert: Any = None
-    generator: Optional[Generator] = None
+    generator: Any = None  # Generator, or server_rollouts.ServerGenerator
     context: Optional[ContextBuilder] = None
     model_source: str = ""
 
@@ -63,15 +63,17 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
     device = pick_device(config.model.device)
     model.to(device)
     rt = Runtime(config=config, model=model, tokenizer=tokenizer, device=device, host=host, task=task, model_source=source)
-    rt.generator = Generator(
-        model,
-        tokenizer,
-        SamplingParams(
-            max_new_tokens=config.rollout.max_new_tokens,
-            temperature=config.rollout.temperature,
-            top_p=config.rollout.top_p,
-        ),
+    params = SamplingParams(
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
     )
+    if config.rollout.backend == "server":  # an inference server samples; the policy is synced to it
+        from .server_rollouts import server_generator
+
+        rt.generator = server_generator(config, model, tokenizer, params)
+    else:
+        rt.generator = Generator(model, tokenizer, params)
     rt.context = ContextBuilder(tokenizer, config.context, config.system_prompt)
     rt.verifier = _build(host, "verifier", config.verifier.name, config.verifier.options, rt)
     _check_protocol(rt.verifier, Verifier, "verifier", config.verifier.name)

@@ -3,13 +3,24 @@
 Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil_core.lm_api`):
 
     GET  /v1/models
-    POST /v1/completions        prompt (text or token ids), max_tokens, temperature, top_p, n,
-                                seed, stop, logprobs (top-k, legacy format), echo (prompt
-                                scoring with max_tokens=0), prompt_logprobs (vLLM's format)
+    POST /v1/completions        prompt (text or token ids), max_tokens, temperature, top_p, top_k,
+                                n, seed, stop, logprobs (top-k, legacy format), echo (prompt
+                                scoring with max_tokens=0), prompt_logprobs (vLLM's format),
+                                return_tokens_as_token_ids (vLLM's ``token_id:N`` tokens)
     POST /v1/chat/completions   messages (the model's chat template), logprobs + top_logprobs
 
-Errors come in OpenAI's JSON shape with their status (400, 401 with an API key, 404, 500).
-Requests are served on threads; the model runs one forward pass at a time.
+and vLLM's endpoints for changing the served weights while it runs (the model side is
+:mod:`distil_core.served_weights`):
+
+    POST /v1/load_lora_adapter    lora_name, lora_path (a peft adapter directory), load_inplace
+    POST /v1/unload_lora_adapter  lora_name
+    POST /collective_rpc          method "reload_weights", kwargs.weights_path (a safetensors
+                                  model directory; default: where the model was loaded from)
+    POST /reset_prefix_cache      accepted; there is no prefix cache to reset
+
+A request's ``model`` is the base model's name or a loaded adapter's. Errors come in OpenAI's
+JSON shape with their status (400, 401 with an API key, 404, 500). Requests are served on
+threads; the model runs one batch at a time, and weight changes wait for it.
 
 For testing clients, a *fault schedule* makes the next requests fail on purpose (see
 :func:`parse_fault`): ``LocalOpenAIServer(..., faults=["429", "slow:2"])`` or
@@ -19,6 +30,7 @@ For testing clients, a *fault schedule* makes the next requests fail on purpose 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -27,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 from .lm_api import ApiError, LocalLM, token_bytes_table, token_string
 
-FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "no_logprobs", "ok")
+FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "no_logprobs", "no_token_ids", "ok")
 
 __all__ = ["LocalOpenAIServer", "Fault", "parse_fault", "load_for_serving", "token_bytes_table", "token_string"]
 
@@ -44,11 +56,13 @@ class Fault:
 
 
 def parse_fault(spec: str | Fault) -> Fault:
-    """``429[:retry_after_s]``, ``500``, ``503``, ``slow:delay_s``, ``malformed``, ``no_logprobs``, ``ok``.
+    """``429[:retry_after_s]``, ``500``, ``503``, ``slow:delay_s``, ``malformed``, ``no_logprobs``,
+    ``no_token_ids``, ``ok``.
 
     ``slow`` answers normally after the delay; ``malformed`` answers 200 with broken JSON;
-    ``no_logprobs`` answers 200 with every log-prob field removed; ``ok`` is a normal answer
-    (a placeholder in a schedule).
+    ``no_logprobs`` answers 200 with every log-prob field removed; ``no_token_ids`` ignores
+    ``return_tokens_as_token_ids`` (tokens come as text, as from a server without that option);
+    ``ok`` is a normal answer (a placeholder in a schedule).
     """
     if isinstance(spec, Fault):
         return spec
@@ -69,6 +83,8 @@ class LocalOpenAIServer:
     """Serves ``model`` (a HF causal LM) and ``tokenizer`` on ``host:port`` (0 = any free port).
 
     ``start()`` returns the base URL (clients use ``base_url + "/v1"``); ``stop()`` shuts down.
+    ``source`` is the model directory a full-weight reload without a path reads (default: the
+    directory the model was loaded from, when known).
     ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``faults`` is a
     schedule consumed one entry per completion request (see :func:`parse_fault`); more can be
     queued with :meth:`add_faults`. ``stats`` counts requests and the most in flight at once.
@@ -76,8 +92,10 @@ class LocalOpenAIServer:
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
                  port: int = 0, api_key: Optional[str] = None, faults: Sequence[str | Fault] = (),
-                 verbose: bool = False):
-        self.lm = LocalLM(model, tokenizer, model_name)
+                 verbose: bool = False, source: Optional[str] = None):
+        if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
+            source = model.name_or_path  # where ``reload_weights`` without a path reads from
+        self.lm = LocalLM(model, tokenizer, model_name, source=source)
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
         self._faults: deque[Fault] = deque(parse_fault(f) for f in faults)
@@ -155,9 +173,15 @@ class LocalOpenAIServer:
                     raise ApiError(401, "Incorrect API key provided. Pass the key given to `distil serve --api-key`.",
                                    "authentication_error", code="invalid_api_key")
             if method == "GET" and path in ("/v1/models", "/models"):
-                return _json(200, {"object": "list", "data": [self._model_card()]})
+                cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
+                return _json(200, {"object": "list", "data": cards})
             if method == "GET" and path in ("/health", "/v1/health"):
                 return _json(200, {"status": "ok"})
+            updates = {"/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
+                       "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
+            if method == "POST" and path in updates:
+                status, text = updates[path](_body(raw, required=path != "/reset_prefix_cache"))
+                return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
             routes = {"/v1/completions": self.lm.completions, "/v1/chat/completions": self.lm.chat_completions}
             route = routes.get(path)
             if route is None or method != "POST":
@@ -175,16 +199,15 @@ class LocalOpenAIServer:
                 return self._fault_error(fault)
             if fault is not None and fault.kind == "slow":
                 self._stopping.wait(fault.seconds)
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                raise ApiError(400, "The request body is not valid JSON.") from None
-            if not isinstance(body, dict):
-                raise ApiError(400, "The request body must be a JSON object.")
-            if body.get("model") != self.model_name:
-                raise ApiError(404, f"The model {body.get('model')!r} does not exist; this server serves "
-                                    f"{self.model_name!r}.", param="model", code="model_not_found")
-            result = route(body)
+            body = _body(raw)
+            name = body.get("model")
+            if name != self.model_name and name not in self.lm.weights.adapters:
+                served = [self.model_name, *self.lm.weights.adapters]
+                raise ApiError(404, f"The model {name!r} does not exist; this server serves "
+                                    f"{', '.join(repr(s) for s in served)}.", param="model", code="model_not_found")
+            if fault is not None and fault.kind == "no_token_ids":
+                body = {**body, "return_tokens_as_token_ids": False}
+            result = route(body, None if name == self.model_name else name)
             if fault is not None and fault.kind == "malformed":
                 text = json.dumps(result)
                 return 200, {"Content-Type": "application/json"}, text[: len(text) // 2].encode()
@@ -210,6 +233,60 @@ class LocalOpenAIServer:
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "distil"}
+
+    # -- weight updates (vLLM's endpoints and request shapes)
+
+    def _load_adapter(self, body: dict[str, Any]) -> tuple[int, str]:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise ApiError(400, "Send 'lora_name' and 'lora_path' (strings), and 'load_inplace': true to "
+                                "replace a loaded adapter.", param="lora_name")
+        if name == self.model_name:
+            raise ApiError(400, f"'lora_name' {name!r} is the base model's name; pick another.", param="lora_name")
+        with self.lm.updating() as weights:
+            try:
+                weights.load_adapter(name, path, inplace=bool(body.get("load_inplace", False)))
+            except ValueError as exc:
+                raise ApiError(400, str(exc), param="lora_path") from None
+        return 200, f"Success: LoRA adapter '{name}' added successfully."
+
+    def _unload_adapter(self, body: dict[str, Any]) -> tuple[int, str]:
+        name = body.get("lora_name")
+        with self.lm.updating() as weights:
+            try:
+                weights.unload_adapter(str(name))
+            except KeyError as exc:
+                raise ApiError(404, exc.args[0], param="lora_name", code="not_found") from None
+        return 200, f"Success: LoRA adapter '{name}' removed successfully."
+
+    def _collective_rpc(self, body: dict[str, Any]) -> tuple[int, str]:
+        """vLLM's development-mode RPC; of the worker methods only ``reload_weights`` exists here."""
+        if body.get("method") != "reload_weights":
+            raise ApiError(400, f"Method {body.get('method')!r} is not available here; this server runs "
+                                "'reload_weights' (kwargs: weights_path) only.", param="method")
+        kwargs = body.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ApiError(400, "'kwargs' must be an object, e.g. {\"weights_path\": \"/path/to/model\"}.",
+                           param="kwargs")
+        with self.lm.updating() as weights:
+            try:
+                weights.reload(kwargs.get("weights_path"))
+            except ValueError as exc:
+                raise ApiError(400, str(exc), param="weights_path") from None
+        return 200, json.dumps({"results": [None]})
+
+
+def _body(raw: bytes, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}`` unless ``required``."""
+    if not raw and not required:
+        return {}
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
 
 
 def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:

@@ -1,0 +1,424 @@
+"""Rollouts sampled by an OpenAI-compatible inference server, with its policy kept in step with training.
+
+``rollout.backend: server`` puts a :class:`ServerGenerator` where the in-process
+:class:`~distil_core.generation.Generator` would be. It offers the same ``sample`` (problem-major
+rollouts with token ids and sampling log-probs), and the trainer calls its ``after_update``
+after every optimizer step, which is when the server gets the new policy:
+
+    sample     one ``POST /v1/completions`` per prompt, up to ``max_concurrency`` at once:
+               token-id prompt, ``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``,
+               ``logprobs`` and vLLM's ``return_tokens_as_token_ids`` (so tokens come back as
+               ``token_id:N`` with their log-probs, and are never re-tokenised)
+    sync lora  ``model.save_pretrained`` of the peft adapters into a fresh directory (atomic),
+               then ``POST /v1/load_lora_adapter {lora_name, lora_path, load_inplace}``;
+               requests then name the adapter as their ``model``
+    sync weights  full safetensors weights into a fresh directory (atomic), then
+               ``POST /collective_rpc {method: reload_weights, kwargs: {weights_path}}``
+    after either  ``POST /reset_prefix_cache``, so no KV computed by older weights is reused
+
+Versions count optimizer steps: the server's ``policy_version`` is the step whose weights it
+holds, and a step's ``staleness`` is how many updates its rollouts' policy lacked (0 when
+syncing after every step). ``after_update`` returns both, with ``sync_s`` and ``sync_bytes``,
+and the trainer writes them into that step's row of ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .checkpoint import atomic_directory
+from .errors import ConfigError, DistilError
+from .generation import SamplingParams
+from .types import Rollout
+
+RETRY_STATUSES = (429, 502, 503, 504)
+KEEP_VERSIONS = 2  # the served version and the one before it stay on disk
+
+
+class ServerError(DistilError):
+    """The rollout server refused a request or answered something the rollouts cannot use."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+class ServerClient:
+    """JSON over HTTP to one server, with retries on overload and errors that say what to do."""
+
+    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 300.0, retries: int = 2):
+        self.root = base_url.rstrip("/").removesuffix("/v1")
+        self.api_key, self.timeout_s, self.retries = api_key, timeout_s, retries
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+        return self.request("POST", path, body)
+
+    def request(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+        """The parsed JSON answer (or its text); raises :class:`ServerError` on an error status."""
+        url = self.root + path
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                req = urllib.request.Request(url, data=data, method=method, headers=headers)
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
+                    return _parsed(response.read())
+            except urllib.error.HTTPError as exc:
+                text = exc.read().decode("utf-8", "replace")
+                if exc.code in RETRY_STATUSES and not last:
+                    time.sleep(_retry_after(exc.headers, attempt))
+                    continue
+                raise ServerError(f"{method} {url} answered {exc.code}: {_message(text)}", exc.code) from None
+            except (socket.timeout, TimeoutError):
+                raise ServerError(f"{method} {url} did not answer within {self.timeout_s:g} s; raise "
+                                  "rollout.server.timeout_s or lower rollout.server.max_concurrency.") from None
+            except (urllib.error.URLError, ConnectionError) as exc:
+                if not last:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                reason = getattr(exc, "reason", exc)
+                raise ServerError(f"Cannot reach the rollout server at {url} ({reason}). Start it (`vllm serve ...` "
+                                  "or `distil serve ...`), or fix rollout.server.base_url.") from None
+        raise AssertionError("unreachable")
+
+
+def _parsed(raw: bytes) -> Any:
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return text
+
+
+def _message(text: str) -> str:
+    """The error message of an OpenAI-shaped (or vLLM's older flat) error body, else the text."""
+    body = _parsed(text.encode())
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(body.get("detail"), str):
+            return body["detail"]
+    return text.strip()[:500] or "(empty body)"
+
+
+def _retry_after(headers: Any, attempt: int) -> float:
+    try:
+        return min(float(headers.get("Retry-After")), 10.0)
+    except (TypeError, ValueError):
+        return 0.5 * 2 ** attempt
+
+
+# -- syncing the policy ---------------------------------------------------------------------------
+
+
+class PolicySync:
+    """Writes the policy for the server to read and tells the server to load it.
+
+    ``mode`` is ``lora`` (peft adapters, hot-loaded under ``adapter_name``) or ``weights``
+    (every weight, reloaded in place). Each version goes to its own directory in ``sync_dir``,
+    renamed into place only once complete, so the server never reads a half-written one.
+    """
+
+    def __init__(self, client: ServerClient, mode: str, settings: Any, sync_dir: str):
+        self.client, self.mode, self.settings, self.dir = client, mode, settings, sync_dir
+        self.served_name: str = settings.model  # what completions ask for: the base until adapters load
+        self._written: list[str] = []
+        self._serial = 0
+        self._reset_cache = settings.reset_prefix_cache
+
+    def push(self, model: Any, write: bool = True) -> int:
+        """Write ``model``'s policy and load it into the server; returns the bytes written.
+
+        ``write=False`` only advances to the name the pushed policy is served under (the other
+        ranks of a run, whose rank 0 pushes).
+        """
+        self._serial += 1
+        if not write:
+            if self.mode == "lora":
+                self.served_name = self._adapter_name()
+            return 0
+        path = os.path.join(self.dir, f"{self.mode}-{self._serial:06d}")
+        with atomic_directory(path) as tmp:
+            model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        if self.mode == "lora":
+            self._load_adapter(path)
+        else:
+            self._reload_weights(path)
+        if self._reset_cache:
+            self._reset_prefix_cache()
+        self._written.append(path)
+        for old in self._written[:-KEEP_VERSIONS]:
+            shutil.rmtree(old, ignore_errors=True)
+        self._written = self._written[-KEEP_VERSIONS:]
+        return size
+
+    def _adapter_name(self) -> str:
+        s = self.settings
+        return s.adapter_name if s.lora_inplace else f"{s.adapter_name}-{self._serial}"
+
+    def _load_adapter(self, path: str) -> None:
+        s = self.settings
+        name = self._adapter_name()
+        body = {"lora_name": name, "lora_path": os.path.abspath(path), **({"load_inplace": True} if s.lora_inplace else {})}
+        try:
+            self.client.post("/v1/load_lora_adapter", body)
+        except ServerError as exc:
+            raise ServerError(f"{exc} {_lora_hint(exc, s.lora_inplace)}", exc.status) from None
+        previous, self.served_name = self.served_name, name
+        if not s.lora_inplace and previous != s.model:
+            try:
+                self.client.post("/v1/unload_lora_adapter", {"lora_name": previous})
+            except ServerError as exc:
+                if exc.status != 404:
+                    raise
+
+    def _reload_weights(self, path: str) -> None:
+        body = {"method": "reload_weights", "kwargs": {"weights_path": os.path.abspath(path)}}
+        try:
+            self.client.post("/collective_rpc", body)
+        except ServerError as exc:
+            hint = ""
+            if exc.status == 404:
+                hint = (" The server has no /collective_rpc: start vLLM with VLLM_SERVER_DEV_MODE=1 (the endpoint "
+                        "exists in development mode only), or use rollout.server.sync: lora.")
+            raise ServerError(f"{exc}{hint}", exc.status) from None
+
+    def _reset_prefix_cache(self) -> None:
+        try:
+            self.client.post("/reset_prefix_cache")
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            self._reset_cache = False
+            warnings.warn("The rollout server has no /reset_prefix_cache (vLLM: VLLM_SERVER_DEV_MODE=1), so "
+                          "prompts cached before a sync may reuse KV computed by older weights. Start it in "
+                          "development mode, or set rollout.server.reset_prefix_cache: false to silence this.",
+                          stacklevel=2)
+
+
+def _lora_hint(exc: ServerError, inplace: bool) -> str:
+    if exc.status == 404:
+        return ("The server has no /v1/load_lora_adapter: start vLLM with --enable-lora (and --max-lora-rank >= "
+                "model.lora.r) and the environment VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.")
+    if inplace and "already" in str(exc):
+        return ("This server cannot replace a loaded adapter (load_inplace is recent in vLLM); set "
+                "rollout.server.lora_inplace: false to load each version under a new name.")
+    return ("Check that the server can read rollout.server.sync_dir at the same path, and that it serves the base "
+            "model the adapters were trained on.")
+
+
+# -- the generator --------------------------------------------------------------------------------
+
+
+class ServerGenerator:
+    """Samples rollouts through an OpenAI-compatible server and keeps its policy in step.
+
+    Same interface as :class:`~distil_core.generation.Generator` (``sample``, ``model``,
+    ``params``), plus ``after_update(model, step)``, which the trainer calls after every step.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, settings: Any, params: SamplingParams, *, mode: str,
+                 sync_dir: str, api_key: Optional[str] = None, sync_steps: Sequence[int] = ()):
+        self.model, self.tokenizer, self.settings, self.params, self.mode = model, tokenizer, settings, params, mode
+        self.eos_id = tokenizer.eos_token_id
+        self.client = ServerClient(settings.base_url, api_key, settings.timeout_s, settings.retries)
+        self.sync = PolicySync(self.client, mode, settings, os.path.abspath(sync_dir))
+        self._sync_steps = set(sync_steps)  # evaluations and the last step need the current policy
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="distil-rollouts")
+        self._started = False
+        self._version: Optional[int] = None  # step whose weights the server holds; None: the start
+        self._rollouts_version: Optional[int] = None
+
+    # -- sampling
+
+    def sample(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str], n: int, *,
+               params: Optional[SamplingParams] = None, key: Optional[int] = None) -> list[Rollout]:
+        """Rollouts ordered problem-major: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``.
+
+        Each request carries a ``seed``: with ``key``, a hash of (key, problem id), so a
+        problem's samples do not depend on the problems sent with it (as far as the server's
+        sampling is deterministic); without, a draw from torch's global generator.
+        """
+        p = params or self.params
+        if not self._started:
+            self._start()
+        if key is None:
+            seeds = torch.randint(0, 2 ** 31 - 1, (len(prompts),)).tolist()
+        else:
+            seeds = [_seed(key, pid) for pid in problem_ids[: len(prompts)]]
+        bodies = [self._body(prompt, n, p, seed) for prompt, seed in zip(prompts, seeds)]
+        answers = list(self._pool.map(lambda body: self.client.post("/v1/completions", body), bodies))
+        rollouts = []
+        for i, answer in enumerate(answers):
+            for j, choice in enumerate(self._choices(answer, n)):
+                rollouts.append(self._rollout(choice, prompts[i], problem_ids[i], j))
+        self._rollouts_version = self._version
+        return rollouts
+
+    def _body(self, prompt: Sequence[int], n: int, p: SamplingParams, seed: int) -> dict[str, Any]:
+        body = {"model": self.sync.served_name, "prompt": list(prompt), "n": n, "max_tokens": p.max_new_tokens,
+                "temperature": p.temperature, "top_p": p.top_p, "seed": seed, "logprobs": 1,
+                "return_tokens_as_token_ids": True, "skip_special_tokens": True}
+        if p.top_k:
+            body["top_k"] = p.top_k
+        return body
+
+    def _choices(self, answer: Any, n: int) -> list[dict[str, Any]]:
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list) or len(choices) != n:
+            got = len(choices) if isinstance(choices, list) else "no"
+            raise ServerError(f"{self.client.root}/v1/completions answered with {got} choices for n={n}; the "
+                              "server must support 'n' (vLLM does).")
+        return sorted(choices, key=lambda c: c.get("index", 0))
+
+    def _rollout(self, choice: dict[str, Any], prompt: Sequence[int], problem_id: str, group_index: int) -> Rollout:
+        url = f"{self.client.root}/v1/completions"
+        lp = choice.get("logprobs")
+        if not isinstance(lp, dict) or lp.get("tokens") is None or lp.get("token_logprobs") is None:
+            raise ServerError(f"{url} returned no log-probs for the sampled tokens; the server backend needs "
+                              "'logprobs' in completions (vLLM and `distil serve` give them).")
+        ids = [_token_id(t, url) for t in lp["tokens"]]
+        logprobs = lp["token_logprobs"]
+        if len(logprobs) != len(ids) or any(not isinstance(x, (int, float)) for x in logprobs):
+            raise ServerError(f"{url} returned {len(logprobs)} log-probs for {len(ids)} tokens (or nulls among "
+                              "them); each sampled token needs its log-prob.")
+        finished = choice.get("finish_reason") == "stop"
+        if finished and (not ids or (ids[-1] != self.eos_id and choice.get("stop_reason") != ids[-1])):
+            raise ServerError(f"{url} stopped a completion without returning the stop token; the rollouts need it "
+                              "(vLLM returns EOS among the tokens). Do not configure stop strings on the server.")
+        return Rollout(
+            problem_id=problem_id, group_index=group_index,
+            response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            response_ids=ids, prompt_ids=list(prompt), sampling_logprobs=[float(x) for x in logprobs],
+            finished=finished,
+        )
+
+    # -- keeping the server's policy in step
+
+    def _start(self) -> None:
+        """Check that the server serves the configured model, then push the starting policy."""
+        models = self.client.get("/v1/models")
+        served = [m.get("id") for m in (models or {}).get("data", [])] if isinstance(models, dict) else []
+        if self.settings.model not in served:
+            raise ConfigError(f"rollout.server.model {self.settings.model!r} is not served at {self.client.root} "
+                              f"(it serves {', '.join(map(repr, served)) or 'nothing'}); set it to the base "
+                              "model's served name.")
+        self._started = True
+        if self.mode == "none" or not self.settings.initial_sync:
+            return
+        if self.mode == "lora":
+            from .lora import adapters_are_identity
+
+            if adapters_are_identity(self.model):
+                return  # fresh adapters change nothing: the base model is the policy
+        self._push(self.model)
+
+    def after_update(self, model: Any, step: int) -> dict[str, Any]:
+        """After optimizer step ``step``: this step's rollout version and staleness, and a sync
+        when one is due (``sync_every``, evaluations, the last step)."""
+        if self._version is None:
+            self._version = step - 1  # the weights at the start are those before this step
+        version = self._rollouts_version if self._rollouts_version is not None else step - 1
+        row: dict[str, Any] = {"policy_version": version, "staleness": step - 1 - version, "sync_s": 0.0,
+                               "sync_bytes": 0}
+        if self.mode != "none" and (step % self.settings.sync_every == 0 or step in self._sync_steps):
+            seconds, size = self._push(model)
+            self._version = step
+            row.update(sync_s=seconds, sync_bytes=size)
+        self._rollouts_version = None
+        return row
+
+    def _push(self, model: Any) -> tuple[float, int]:
+        """Sync ``model`` to the server. Under torchrun every rank holds the same weights: rank 0
+        writes and loads them, and the others wait for it before sampling again."""
+        start = time.perf_counter()
+        size = self.sync.push(model, write=_main_rank())
+        _barrier()
+        return time.perf_counter() - start, size
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _seed(key: int, problem_id: str) -> int:
+    digest = hashlib.blake2b(f"{key}\x00{problem_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def _main_rank() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _token_id(token: Any, url: str) -> int:
+    if isinstance(token, str) and token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
+        return int(token[9:])
+    raise ServerError(f"{url} returned the token {token!r} as text, not as 'token_id:N': the server ignored "
+                      "return_tokens_as_token_ids. Use a server that supports it (vLLM, `distil serve`), so "
+                      "rollouts keep the exact sampled ids.")
+
+
+# -- building one from the config -----------------------------------------------------------------
+
+
+def server_generator(config: Any, model: Any, tokenizer: Any, params: SamplingParams) -> ServerGenerator:
+    """The :class:`ServerGenerator` that ``config.rollout.server`` describes, checked against the policy."""
+    from .lora import is_lora
+
+    s = config.rollout.server
+    mode = s.sync if s.sync != "auto" else ("lora" if is_lora(model) else "weights")
+    if mode == "lora" and not is_lora(model):
+        raise ConfigError("rollout.server.sync: lora sends LoRA adapters, but the policy has none; set model.lora "
+                          "(e.g. --set model.lora={}) or use rollout.server.sync: weights.")
+    if mode == "weights" and is_lora(model):
+        raise ConfigError("rollout.server.sync: weights sends full weights, but the policy trains LoRA adapters "
+                          "(model.lora); use rollout.server.sync: lora, which hot-loads the adapters.")
+    api_key = s.api_key
+    if s.api_key_env:
+        api_key = os.environ.get(s.api_key_env)
+        if not api_key:
+            raise ConfigError(f"rollout.server.api_key_env names {s.api_key_env!r}, which is not set in the "
+                              "environment; export it or give rollout.server.api_key.")
+    sync_dir = s.sync_dir or (os.path.join(config.train.output_dir, "sync") if config.train.output_dir else None)
+    generator = ServerGenerator(model, tokenizer, s, params, mode=mode, sync_dir=sync_dir or tempfile.mkdtemp(
+        prefix="distil-sync-"), api_key=api_key, sync_steps=_eval_steps(config))
+    if sync_dir is None:  # a temporary directory goes when the generator does
+        weakref.finalize(generator, shutil.rmtree, generator.sync.dir, True)
+    return generator
+
+
+def _eval_steps(config: Any) -> list[int]:
+    """Steps after which the trainer evaluates (and the last step): the server must be current."""
+    steps, every = config.train.steps, config.train.eval_every
+    return sorted({steps, *(range(every, steps + 1, every) if every else ())})
