@@ -5,8 +5,9 @@
     result.stdout, result.exit_code, result.timed_out, result.backend
 
 Backends, chosen by name or by availability (``backend="auto"``: bwrap, then docker, then
-process): see :mod:`distil_sandbox.backends`. Only the standard library is needed; the docker
-backend uses the ``docker`` SDK when it is installed.
+process): see :mod:`distil_sandbox.backends`. Many jobs at once: :class:`Pool` (one backend)
+or :class:`EnginePool` (several Docker engines and local workers sharing one queue). Only the
+standard library is needed; the docker backend uses the ``docker`` SDK when it is installed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Mapping, Optional, Union
 
 from ._common import validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
+from .engines import EnginePool
 from .pool import Pool
 from .result import DEFAULT_OUTPUT_LIMIT, ExecResult, Job
 
@@ -57,6 +59,7 @@ def run(
 __all__ = [
     "run",
     "Pool",
+    "EnginePool",
     "Job",
     "ExecResult",
     "Backend",

@@ -2,8 +2,10 @@
 
 How a container is set up and how jobs reach it: :mod:`distil_sandbox.docker_container`. The
 :class:`~distil_sandbox.pool.Pool` keeps such containers warm to run many jobs. The Docker SDK
-is imported only when this backend is used (``pip install docker``); ``DOCKER_HOST`` and the
-other ``docker.from_env`` variables choose the engine.
+is imported only when this backend is used (``pip install docker``). The engine is
+``DockerBackend(base_url=...)`` (``unix:///run/d1.sock``, ``tcp://10.0.0.2:2375``, ...) when given, so
+several engines can be used from one process (see :mod:`distil_sandbox.engines`); otherwise
+``DOCKER_HOST`` and the other ``docker.from_env`` variables choose it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ._common import error_result
 from .docker_container import (
@@ -29,21 +31,25 @@ PROBE_TIMEOUT_S = 5.0
 
 
 class DockerBackend:
-    """Runs each job in a fresh container, removed afterwards (settings: :mod:`.docker_container`)."""
+    """Runs each job in a fresh container, removed afterwards (settings: :mod:`.docker_container`).
+
+    ``base_url``: the engine's address; None means the environment's (``DOCKER_HOST``).
+    """
 
     name = "docker"
 
-    def __init__(self, image: str = IMAGE, cpus: float = 1.0) -> None:
+    def __init__(self, image: str = IMAGE, cpus: float = 1.0, base_url: Optional[str] = None) -> None:
         self.image = image
         self.cpus = cpus
+        self.base_url = base_url
         self._client: Any = None
         self._image_ready = False
         self._checked = False
         self._lock = threading.Lock()
 
-    @staticmethod
-    def engine_address() -> str:
-        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    def engine_address(self) -> str:
+        """The engine this backend talks to: ``base_url``, else ``DOCKER_HOST``, else the local socket."""
+        return self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -56,8 +62,9 @@ class DockerBackend:
         except unreachable as exc:
             cause = _root_cause(exc)
             hint = " (is this user allowed to use the Docker socket?)" if isinstance(cause, PermissionError) else ""
-            return False, (f"cannot reach the Docker engine at {self.engine_address()}: {_short(cause)}{hint}; "
-                           "start dockerd or point DOCKER_HOST at a running engine")
+            fix = "start dockerd there or correct the address" if self.base_url else \
+                "start dockerd or point DOCKER_HOST at a running engine"
+            return False, f"cannot reach the Docker engine at {self.engine_address()}: {_short(cause)}{hint}; {fix}"
         try:
             self._ensure_image(client)
         except unreachable as exc:
@@ -85,7 +92,10 @@ class DockerBackend:
                 except engine_errors():
                     self._client = None
                     self._image_ready = False
-            client = docker.from_env(timeout=PROBE_TIMEOUT_S)
+            if self.base_url:
+                client = docker.DockerClient(base_url=self.base_url, timeout=PROBE_TIMEOUT_S)
+            else:
+                client = docker.from_env(timeout=PROBE_TIMEOUT_S)
             client.ping()
             client.api.timeout = API_TIMEOUT_S
             self._client = client
@@ -141,6 +151,14 @@ def _root_cause(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
+
+
+def engine_error_text(exc: BaseException) -> str:
+    """What went wrong with an engine, in one short line: the engine's own message when it answered
+    (an API error), else the innermost transport error (e.g. ``[Errno 111] Connection refused``)."""
+    import docker.errors
+
+    return _short(exc if isinstance(exc, docker.errors.APIError) else _root_cause(exc))
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -70,6 +70,11 @@ class SandboxBroken(RuntimeError):
     """The container stopped answering; it must not run another job."""
 
 
+class EngineFailure(RuntimeError):
+    """The Docker engine failed (unreachable, API errors, containers lost with it), not the job:
+    the job has no result and may run elsewhere."""
+
+
 @dataclass(frozen=True)
 class ContainerLimits:
     """What is fixed when a container starts (per job for ``run``, per container in a Pool)."""
@@ -129,6 +134,9 @@ def container_settings(limits: ContainerLimits, image: str) -> dict[str, Any]:
             docker.types.Ulimit(name="fsize", soft=limits.work_mb << 20, hard=limits.work_mb << 20),
         ],
         log_config=docker.types.LogConfig(type="none"),
+        # pid 1 ignores SIGTERM, so an engine stopping the container (or killing what it left
+        # running when it died and started again) would otherwise wait 10 s before SIGKILL
+        stop_signal="SIGKILL",
         labels={LABEL: "1", f"{LABEL}.pid": str(os.getpid())},  # the pid tells whose containers they are
     )
 
@@ -243,8 +251,10 @@ class SandboxContainer:
                         return result(report)
                     output[kind].feed(payload)
         except socket.timeout:
-            self.kill()
             waited = job.timeout_s + STARTUP_GRACE_S
+            if not self.kill():  # no engine to kill it: the engine, not the job, stopped answering
+                raise SandboxBroken(f"the sandbox did not answer within {waited:.0f} s and its engine could not "
+                                    "be reached to kill it")
             return result({"timed_out": True, "error": f"the sandbox did not answer within {waited:.0f} s; "
                                                        "its container was killed"})
         except OSError:
@@ -274,15 +284,24 @@ class SandboxContainer:
             parts.append(bytes(frames.supervisor_stderr).decode("utf-8", "replace").strip()[-500:])
         return "; ".join(parts)
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
+        """Kill the container; False when its engine could not be reached to do it."""
+        import docker.errors
+
         self.reusable = False
         try:
             self.container.kill()
-        except engine_errors():  # already gone; close() removes whatever is left
-            pass
+        except docker.errors.APIError:
+            pass  # not running any more, or removed; close() removes whatever is left
+        except engine_errors():
+            return False
+        return True
 
-    def close(self) -> None:
-        """Kill and remove the container; safe to call twice, and it never raises."""
+    def close(self) -> bool:
+        """Kill and remove the container; safe to call twice, and it never raises.
+
+        False when the engine could not be asked to remove it (a pool remembers it for later).
+        """
         self.reusable = False
         for stream in (self._socket, self._raw):  # closing the SocketIO alone leaves the socket open
             if stream is not None:
@@ -291,12 +310,18 @@ class SandboxContainer:
                 except OSError:
                     pass
         self._socket = self._raw = None
+        removed = True
         if self.container is not None:
+            import docker.errors
+
             try:
                 self.container.remove(force=True)
+            except docker.errors.APIError:
+                pass  # already removed (404) or being removed (409)
             except engine_errors():
-                pass  # already removed (404) or being removed (409); or the engine is gone with it
+                removed = False  # the engine is gone, the container perhaps not
             self.container = None
+        return removed
 
 
 def engine_errors() -> tuple[type[BaseException], ...]:

@@ -19,6 +19,8 @@ fresh one.
 On ``bwrap`` and ``process`` every job already gets a fresh sandbox, so the pool simply runs
 ``backend.run(job)`` on ``workers`` threads; on ``bwrap`` it also asks the backend to keep
 ``workers`` warm sandboxes of its jobs' shape ready (see :mod:`distil_sandbox.bwrap`).
+
+Several Docker engines and local sandboxes behind one queue: :mod:`distil_sandbox.engines`.
 """
 
 from __future__ import annotations
@@ -61,9 +63,7 @@ class Pool:
 
     def job(self, code: Union[str, Job], **overrides: Any) -> Job:
         """The Job that ``submit(code, **overrides)`` runs."""
-        if isinstance(code, Job):
-            return dataclasses.replace(code, **overrides) if overrides else code
-        return Job(code=code, **{**self.job_defaults, **overrides})
+        return make_job(code, self.job_defaults, overrides)
 
     def submit(self, code: Union[str, Job], **overrides: Any) -> "Future[ExecResult]":
         """Queue one job (source text plus Job fields, or a Job); the future holds its ExecResult."""
@@ -100,6 +100,13 @@ class Pool:
         self.close(cancel_pending=exc_type is not None)
 
 
+def make_job(code: Union[str, Job], defaults: dict[str, Any], overrides: dict[str, Any]) -> Job:
+    """The Job for source text (with a pool's ``defaults``) or a given Job, with ``overrides`` applied."""
+    if isinstance(code, Job):
+        return dataclasses.replace(code, **overrides) if overrides else code
+    return Job(code=code, **{**defaults, **overrides})
+
+
 class _WarmContainers:
     """``workers`` started containers, each used by one job at a time and replaced when unfit."""
 
@@ -111,6 +118,7 @@ class _WarmContainers:
         self.started = 0
         self._lock = threading.Lock()
         self._live: set[Any] = set()
+        self._orphans: set[str] = set()  # ids of containers a failed engine could not remove
         # None in the idle queue is a slot whose container will be started when a job needs it.
         self._idle: "queue.Queue[Any]" = queue.Queue()
         with ThreadPoolExecutor(max_workers=workers) as starter:
@@ -133,7 +141,10 @@ class _WarmContainers:
     def _discard(self, box: Any) -> None:
         with self._lock:
             self._live.discard(box)
-        box.close()
+        container_id = box.container.id if box.container is not None else None
+        if not box.close() and container_id:
+            with self._lock:
+                self._orphans.add(container_id)
 
     def check(self, job: Job) -> None:
         problem = self.limits.mismatch(job)
@@ -141,31 +152,80 @@ class _WarmContainers:
             raise ValueError(problem)
 
     def run(self, job: Job) -> ExecResult:
+        """Run ``job`` in a warm container; a failed engine is reported in the result."""
         from .docker_backend import sandbox_failure
-        from .docker_container import SandboxBroken, engine_errors
+        from .docker_container import EngineFailure
+
+        started = time.monotonic()
+        try:
+            return self.attempt(job)
+        except EngineFailure as exc:
+            return sandbox_failure(f"docker: {exc}", time.monotonic() - started)
+
+    def attempt(self, job: Job) -> ExecResult:
+        """Run ``job`` in a warm container (once more on a fresh one if the container is lost).
+
+        Raises :class:`~.docker_container.EngineFailure` when the engine failed before the job
+        answered: what the job did then is unknown, and it has no result.
+        """
+        from .docker_backend import engine_error_text, sandbox_failure
+        from .docker_container import EngineFailure, SandboxBroken, engine_errors
 
         started = time.monotonic()
         box = self._idle.get()
         try:
             for _ in range(2):
                 if box is None:
-                    box = self._start()
+                    box = self._start()  # asks the engine first: a dead one raises here
                 try:
                     return box.run(job)
                 except SandboxBroken as exc:
                     self._discard(box)
                     box, lost = None, exc
+            self.backend.client()  # two containers lost: blame the job only if the engine answers
             return sandbox_failure(f"docker: {lost}", time.monotonic() - started)
-        except engine_errors() as exc:  # the engine failed us: say so in the result, keep the pool going
+        except engine_errors() as exc:
             if box is not None:
                 self._discard(box)
                 box = None
-            return sandbox_failure(f"docker: {exc}", time.monotonic() - started)
+            raise EngineFailure(f"engine {self.backend.engine_address()} failed: {engine_error_text(exc)}") from exc
         finally:
             if box is not None and not box.reusable:
                 self._discard(box)
                 box = None
             self._idle.put(box)
+
+    def revive(self) -> None:
+        """After an engine failure: remove what the engine lost, and prove it works again by starting
+        a container (kept as a warm one). Raises the engine's error while it cannot."""
+        import docker.errors
+
+        client = self.backend.client()
+        for container_id in list(self._orphans):
+            try:
+                client.api.remove_container(container_id, force=True)
+            except docker.errors.APIError:
+                pass  # gone already, or going
+            self._orphans.discard(container_id)
+        slots = []
+        while True:  # the idle containers were the failed engine's: none is trusted again
+            try:
+                slots.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        fresh = None
+        try:
+            for box in slots:
+                if box is not None:
+                    self._discard(box)
+            fresh = self._start()
+        finally:
+            if slots:
+                self._idle.put(fresh)
+                for _ in slots[1:]:
+                    self._idle.put(None)
+            elif fresh is not None:  # every slot is busy: keep the worker count, drop the proof
+                self._discard(fresh)
 
     def close(self) -> None:
         self._finalizer()

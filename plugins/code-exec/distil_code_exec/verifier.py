@@ -23,7 +23,9 @@ at its word.
 
 ``verify`` is a coroutine, so the engine grades a step's rollouts concurrently; ``grade`` does
 one synchronously and ``verify_many`` a batch. Verdicts of identical (code, tests) pairs are
-cached for the life of the verifier.
+cached for the life of the verifier. With ``engines``, grading runs are spread over several Docker
+engines and local sandboxes by a :class:`distil_sandbox.EnginePool`: a run whose engine dies is
+run again on another, and each rollout still gets exactly one verdict.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any, Iterable, Optional
 
 import distil_sandbox
 from distil_core.types import Problem, Rollout, Verdict
+from distil_sandbox.engines import parse_engines
 
 from .spec import CodeTests, extract_code
 
@@ -76,6 +79,10 @@ class CodeExecVerifier:
     whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per
     process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
     ``workers`` (runs at once; default one per CPU) and ``cache_size`` (verdicts remembered; 0 turns caching off).
+    ``engines`` (instead of ``backend``): engine specs for an :class:`~distil_sandbox.EnginePool`,
+    e.g. ``["docker:unix:///run/d1.sock*4", "docker:tcp://10.0.0.2:2375*8", "bwrap*2"]``, where
+    ``workers`` is the count for a spec without ``*N``; ``max_pending``: runs queued at most
+    (grading waits for room; default twice all workers).
     """
 
     def __init__(
@@ -86,13 +93,29 @@ class CodeExecVerifier:
         max_output_bytes: int = 1 << 20,
         workers: Optional[int] = None,
         cache_size: int = 4096,
+        engines: Optional[list[str]] = None,
+        max_pending: Optional[int] = None,
     ):
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
         workers = workers or min(32, os.cpu_count() or 4)
         if workers < 1:
             raise ValueError(f"code_exec: workers must be at least 1 (got {workers})")
-        self.backend = distil_sandbox.get_backend(backend).name  # unavailable: fails here, with the reason
+        self.engines: Optional[list[str]] = None
+        if engines is not None:
+            if backend != "auto":
+                raise ValueError(f"code_exec: give either backend ({backend!r}) or engines, not both; engines may "
+                                 'list local sandboxes too, e.g. ["docker:unix:///run/d1.sock*4", "bwrap*2"]')
+            try:
+                self.engines = [spec.name + f"*{spec.workers}" for spec in parse_engines(engines, workers)]
+            except ValueError as exc:
+                raise ValueError(f"code_exec: {exc}") from None
+            self.backend = "engines"  # engines are reached when the first run is graded
+        elif max_pending is not None:
+            raise ValueError("code_exec: max_pending bounds the queue of an engine pool; give engines too")
+        else:
+            self.backend = distil_sandbox.get_backend(backend).name  # unavailable: fails here, with the reason
+        self.max_pending = max_pending
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self.max_output_bytes, self.workers, self.cache_size = max_output_bytes, workers, cache_size
         self._cache: "OrderedDict[str, Verdict]" = OrderedDict()
@@ -127,6 +150,14 @@ class CodeExecVerifier:
         Each call makes a fresh key and nonce. For benchmarks and debugging; ``verify`` runs it.
         """
         return dict(self._prepare(problem, rollout).job)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The engine pool's counters (runs per engine, requeued, engine failures, engines up and
+        down; see :attr:`distil_sandbox.EnginePool.stats`); empty without ``engines`` or before
+        the first run."""
+        pool = self._pool
+        return pool.stats if isinstance(pool, distil_sandbox.EnginePool) else {}
 
     def close(self) -> None:
         """Stop the worker pool (warm containers on docker). The verifier can still be used."""
@@ -172,7 +203,10 @@ class CodeExecVerifier:
 
     def _submit(self, run: _Run) -> "Future[distil_sandbox.ExecResult]":
         with self._lock:
-            if self._pool is None:
+            if self._pool is None and self.engines is not None:
+                self._pool = distil_sandbox.EnginePool(self.engines, max_pending=self.max_pending,
+                                                       memory_mb=self.memory_mb)
+            elif self._pool is None:
                 self._pool = _make_pool(self.backend, self.workers, self.memory_mb)
             pool = self._pool
         if isinstance(pool, ThreadPoolExecutor):
