@@ -148,6 +148,10 @@ class LocalOpenAIServer:
         with self._stats_lock:
             self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {}}
 
+    def _count(self, path: str) -> None:
+        with self._stats_lock:
+            self.stats["paths"][path] = self.stats["paths"].get(path, 0) + 1
+
     def _enter(self, path: str) -> Optional[Fault]:
         with self._stats_lock:
             s = self.stats
@@ -180,6 +184,7 @@ class LocalOpenAIServer:
             updates = {"/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
                        "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
             if method == "POST" and path in updates:
+                self._count(path)
                 status, text = updates[path](_body(raw, required=path != "/reset_prefix_cache"))
                 return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
             routes = {"/v1/completions": self.lm.completions, "/v1/chat/completions": self.lm.chat_completions}

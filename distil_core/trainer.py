@@ -127,7 +127,7 @@ class Trainer:
         cfg, rt = self.config, self.rt
         n = cfg.rollout.samples_per_problem
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
+        clock = began = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal clock
@@ -186,6 +186,7 @@ class Trainer:
             "expert_failed": sum(s is not None and not s.ok for s in signals),
             "generated": sum(len(r.response_ids) for r in rollouts),
         }
+        timings["time_step"] = time.perf_counter() - began
         ranks = self.world.gather((counts, _expert_accounting(signals), timings))
         total = {k: sum(c[k] for c, _, _ in ranks) for k in counts}
         # the step waits for its slowest rank

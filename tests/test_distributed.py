@@ -110,3 +110,38 @@ def test_more_ranks_than_problems_is_refused(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "rollout.problems_per_step (1) is smaller than the number of processes (2)" in done.stderr
+
+
+def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
+    """Rollouts from the loopback server under torchrun: rank 0 alone writes and reloads the
+    weights (the server sees one reload per sync, as with one process), every rank samples its
+    shard, and the run ends on the 1-process run's parameters."""
+    from distil_core.config import load_config
+    from distil_core.plugins import get_host
+    from distil_core.runtime import ensure_tiny_base
+    from distil_core.serve import LocalOpenAIServer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import distil_cache
+
+    with distil_cache(str(tmp_path.parent / "distil-cache")):
+        config = load_config(None, FAST_RUN)
+        base = ensure_tiny_base(config, get_host().build("task", config.task.name, config.task.options), progress=False)
+    model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    runs = {}
+    with LocalOpenAIServer(model, tok, model_name="tiny") as server:
+        for procs in (1, 2):
+            server.reset_stats()
+            run = tmp_path / f"procs{procs}"
+            args = _sets("train.steps=2", "train.save_every=0", "rollout.backend=server",
+                         f"rollout.server.base_url={server.base_url}", "rollout.server.model=tiny",
+                         "rollout.server.sync=weights", f"rollout.server.sync_dir={tmp_path / f'sync{procs}'}")
+            _run(tmp_path, run, args, procs=procs)
+            runs[procs] = (run, dict(server.stats["paths"]))
+    (one, seen_one), (two, seen_two) = runs[1], runs[2]
+    assert seen_two["/collective_rpc"] == seen_one["/collective_rpc"] == 3  # the start, then after steps 1 and 2
+    assert seen_two["/v1/completions"] == seen_one["/v1/completions"]  # one request per problem, whichever rank
+    rows = _rows(two)
+    assert [r["staleness"] for r in rows] == [0, 0] and [r["policy_version"] for r in rows] == [0, 1]
+    assert all(r["sync_bytes"] > 0 for r in rows)
+    assert _max_diff(_weights(one), _weights(two)) < TOLERANCE
