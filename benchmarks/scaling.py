@@ -42,8 +42,9 @@ def run(out_dir: str, procs: int, threads: int, steps: int, problems: int, sampl
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
-    times = [r["time_step"] for r in rows[1:]]
-    phases = {k[5:]: statistics.mean(r[k] for r in rows[1:]) for k in rows[-1] if k.startswith("time_") and k != "time_step"}
+    timed = rows[1:] or rows  # without the warm-up step
+    times = [r["time_step"] for r in timed]
+    phases = {k[5:]: statistics.mean(r[k] for r in timed) for k in timed[-1] if k.startswith("time_") and k != "time_step"}
     return {"procs": procs, "threads": threads, "step_s": statistics.median(times), "phases": phases,
             "wall_s": time.perf_counter() - started}
 
