@@ -7,7 +7,8 @@ One model, one set of prompts, one run; every ratio below is measured in this ru
 
 - rollout tokens/s of ``rollout.backend: server`` (:class:`ServerGenerator` sending one
   ``/v1/completions`` request per prompt, concurrently, to the loopback ``distil serve`` in
-  this process) against ``rollout.backend: local`` (:class:`Generator`, all prompts × n in one
+  this process, which decodes the concurrent requests together; ``server_batches_per_call``
+  counts the batches a call's requests were decoded in) against ``rollout.backend: local`` (:class:`Generator`, all prompts × n in one
   ``generate``), on the same prompts, ``n`` and ``max_tokens``. The two are alternated and each
   figure is the median of ``--repeats`` calls after one warm-up.
 - the loopback server's ``n``: one request for n samples (decoded as one batch) against n
@@ -117,8 +118,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         remote = ServerGenerator(policy, tok, settings(sync="none"), params, mode="none", sync_dir=tmp)
         local = Generator(policy, tok, params)
+        batches: list[int] = []
+
+        def server_sample() -> Any:
+            before = server.stats["batches"]
+            rollouts = remote.sample(prompts, ids, args.n)
+            batches.append(server.stats["batches"] - before)
+            return rollouts
+
         results = alternated({
-            "server": lambda: remote.sample(prompts, ids, args.n),
+            "server": server_sample,
             "local": lambda: local.sample(prompts, ids, args.n),
         }, args.repeats)
         for name, (seconds, rollouts) in results.items():
@@ -126,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out[f"{name}_s"], out[f"{name}_tokens"] = seconds, tokens
             out[f"{name}_tokens_per_s"] = tokens / seconds
         out["server_over_local"] = out["server_tokens_per_s"] / out["local_tokens_per_s"]
+        out["server_batches_per_call"] = statistics.median(batches)
 
         # the loopback server's n: one batched request against n single-sample requests
         client = ServerClient(server.base_url)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  in-process Generator   {out['local_tokens_per_s']:9.1f} tokens/s  ({out['local_tokens']} tokens, "
           f"{out['local_s']:.3f} s)")
     print(f"  server backend         {out['server_tokens_per_s']:9.1f} tokens/s  ({out['server_tokens']} tokens, "
-          f"{out['server_s']:.3f} s)")
+          f"{out['server_s']:.3f} s; {args.prompts} requests in {out['server_batches_per_call']:g} batches)")
     print(f"  server / in-process    {out['server_over_local']:9.2f}×")
     print(f"  loopback n={args.n}: one batched request {out['n_batched_s']:.3f} s, {args.n} single requests "
           f"{out['n_one_at_a_time_s']:.3f} s ({out['n_batching_speedup']:.2f}× from batching)")

@@ -10,11 +10,17 @@ side). It takes a request body as a dict and returns the response body, in OpenA
 
 Log-probs are ``log_softmax`` of the model's logits (before temperature, top-k or top-p, as
 vLLM's default ``raw_logprobs``), so an echoed prompt's log-probs are exactly what the model
-assigns to each prompt token. A request's prompts and their ``n`` samples are decoded as one
-left-padded, KV-cached batch; a sample that ends at EOS keeps the EOS token (with its log-prob)
+assigns to each prompt token. A sample that ends at EOS keeps the EOS token (with its log-prob)
 among its tokens but not in its text, as vLLM does. A request's ``model`` may name a LoRA
-adapter loaded onto the served model (:mod:`distil_core.served_weights`). One lock serialises
-the forward passes and the weight changes.
+adapter loaded onto the served model (:mod:`distil_core.served_weights`).
+
+Generation runs on one model thread (:class:`_Batcher`): requests that arrive together and
+share an adapter, ``max_tokens`` and sampling parameters are decoded as one left-padded,
+KV-cached batch, each request answered as soon as its own rows end. Sampling is keyed as in
+:mod:`distil_core.generation`: row ``j`` of prompt ``p`` draws its token at position ``t`` by
+inverse CDF at a uniform hashed from (the request's ``seed``, ``p``, ``j``, ``t``), so a seeded
+request gets the same samples whether it is decoded alone or beside others. One lock serialises
+the forward passes (batches and prompt scoring) and the weight changes.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 MAX_LOGPROBS = 20
 
@@ -116,7 +122,10 @@ class ApiError(Exception):
 class LocalLM:
     """``model`` (a HF causal LM) and its ``tokenizer`` behind OpenAI's request and response shapes."""
 
-    def __init__(self, model: Any, tokenizer: Any, model_name: str = "local", source: Optional[str] = None):
+    def __init__(self, model: Any, tokenizer: Any, model_name: str = "local", source: Optional[str] = None, *,
+                 max_batch_rows: int = 256, on_batch: Optional[Callable[[int, int], None]] = None):
+        """``max_batch_rows``: the most rows one batch gathers from several requests (a request
+        with more is decoded alone). ``on_batch(requests, rows)`` is called for every batch."""
         from .served_weights import ServedWeights
 
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
@@ -129,6 +138,12 @@ class LocalLM:
         forward = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._model_lock = threading.Lock()
+        self._batcher = _Batcher(self._decode, max_batch_rows)
+        self.on_batch = on_batch
+
+    def close(self) -> None:
+        """Stop the model thread; requests still waiting for it are answered 503."""
+        self._batcher.close()
 
     def completions(self, body: dict[str, Any], adapter: Optional[str] = None) -> dict[str, Any]:
         """``adapter``: the loaded LoRA adapter to answer with (None: the base weights)."""
@@ -301,57 +316,90 @@ class LocalLM:
 
     def _generate(self, prompts: list[list[int]], n: int, max_tokens: int, sampling: dict[str, Any], k: int,
                   adapter: Optional[str] = None) -> list["_Generation"]:
-        """``n`` samples of each prompt, rows prompt-major, decoded together as one batch.
+        """``n`` samples of each prompt, rows prompt-major, decoded on the model thread in one
+        batch with each other and with the rows of other requests that can share it.
 
-        Prompts are left-padded into one KV-cached batch; each step samples every live row, and
-        a row stops at EOS (kept, with its log-prob, as vLLM returns it), at a stop string or at
-        ``max_tokens``.
+        Row ``j`` of prompt ``p`` is keyed by (``seed``, ``p``, ``j``); without a seed, by a
+        random one.
+        """
+        from .generation import row_key
+
+        job = _Job([ids for ids in prompts for _ in range(n)], max_tokens, sampling, k, adapter)
+        if max_tokens == 0:
+            return job.gens
+        if sampling["temperature"] > 0:
+            seed = sampling["seed"] if sampling["seed"] is not None else int.from_bytes(uuid.uuid4().bytes[:7], "big")
+            job.keys = [row_key(seed, str(p), j) for p in range(len(prompts)) for j in range(n)]
+        for gen in self._batcher.run(job):
+            if gen.cut_text is not None:
+                gen.text = gen.cut_text
+            else:  # EOS ends the text without appearing in it, as in vLLM
+                kept = gen.ids[:-1] if gen.finish_reason == "stop" else gen.ids
+                gen.text = self._text(kept, skip_special=sampling["skip_special"])
+        return job.gens
+
+    def _decode(self, jobs: list["_Job"]) -> None:
+        """Decode ``jobs`` (same adapter, max_tokens and sampling parameters) as one batch.
+
+        Prompts are left-padded into one KV-cached batch; each step draws every live row's
+        token, and a row stops at EOS (kept, with its log-prob, as vLLM returns it), at one of
+        its request's stop strings or at ``max_tokens``. A request is released when its rows
+        have all stopped.
         """
         import torch
 
+        from .generation import SamplingParams, _warpers, inverse_cdf, keyed_uniform
         from .modeling import pad_batch, position_ids
 
-        gens = [_Generation() for _ in range(len(prompts) * n)]
-        if max_tokens == 0:
-            return gens
-        rows = [ids for ids in prompts for _ in range(n)]
-        with self._inference(adapter) as (model, device):
-            rng = torch.Generator(device=device)
-            rng.manual_seed(sampling["seed"] if sampling["seed"] is not None else int.from_bytes(uuid.uuid4().bytes[:6], "big"))
-            ids, mask = pad_batch(rows, self.pad_id, side="left", device=device)
+        first = jobs[0]
+        s, max_tokens = first.sampling, first.max_tokens
+        rows = [(job, gen) for job in jobs for gen in job.gens]
+        k = max(job.k for job in jobs)
+        greedy = s["temperature"] == 0
+        warpers = [] if greedy else _warpers(SamplingParams(max_tokens, s["temperature"], s["top_p"], s["top_k"]))
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), len(rows))
+        with self._inference(first.adapter) as (model, device):
+            keys = None if greedy else torch.tensor([key for job in jobs for key in job.keys], device=device)
+            ids, mask = pad_batch([ids for job in jobs for ids in job.rows], self.pad_id, side="left", device=device)
             positions = position_ids(mask)
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
             live = list(range(len(rows)))
-            for _ in range(max_tokens):
+            for step in range(max_tokens):
                 logits = out.logits[:, -1].float()
                 logp = torch.log_softmax(logits, dim=-1)
-                tokens = _sample(logits, sampling["temperature"], sampling["top_p"], sampling["top_k"], rng)
+                if greedy:
+                    tokens = torch.argmax(logits, dim=-1)
+                else:  # the warpers ignore their ids argument
+                    scores = logits
+                    for warp in warpers:
+                        scores = warp(ids, scores)
+                    tokens = inverse_cdf(torch.log_softmax(scores, dim=-1), keyed_uniform(keys, step)).squeeze(-1)
                 chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
                 top = torch.topk(logp, k, dim=-1) if k else None
+                top_ids, top_lp = (top.indices.tolist(), top.values.tolist()) if k else (None, None)
                 token_list = tokens.tolist()
                 for row in live:
-                    gen, token = gens[row], token_list[row]
+                    (job, gen), token = rows[row], token_list[row]
                     gen.ids.append(token)
                     gen.logprobs.append(chosen[row])
-                    gen.top.append(list(zip(top.indices[row].tolist(), top.values[row].tolist())) if k else [])
+                    gen.top.append(list(zip(top_ids[row][: job.k], top_lp[row][: job.k])) if job.k else [])
                     if token == self.eos_id:
                         gen.finish_reason, gen.done = "stop", True
-                    elif sampling["stop"] and self._hit_stop(gen, sampling["stop"], sampling["skip_special"]):
+                    elif job.sampling["stop"] and self._hit_stop(gen, job.sampling["stop"], job.sampling["skip_special"]):
                         gen.done = True
-                live = [row for row in live if not gens[row].done]
+                live = [row for row in live if not rows[row][1].done]
+                for job in jobs:
+                    if all(gen.done for gen in job.gens):
+                        job.finished.set()
                 if not live:
                     break
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
                 positions = positions[:, -1:] + 1
                 out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=positions,
                             use_cache=True, **{self._cache_arg: _cache_of(out)})
-        for gen in gens:
-            if gen.cut_text is not None:
-                gen.text = gen.cut_text
-            else:  # EOS ends the text without appearing in it, as in vLLM
-                kept = gen.ids[:-1] if gen.finish_reason == "stop" else gen.ids
-                gen.text = self._text(kept, skip_special=sampling["skip_special"])
-        return gens
+        for job in jobs:  # the rows that reached max_tokens
+            job.finished.set()
 
     def _hit_stop(self, gen: "_Generation", stops: list[str], skip_special: bool) -> bool:
         """Cut the generation before the first stop string; True when one was found."""
@@ -404,6 +452,115 @@ class _Generation:
         self.ids, self.logprobs, self.top = [], [], []
 
 
+class _Job:
+    """One request's rows to generate, how to sample them, and (once decoded) their generations."""
+
+    def __init__(self, rows: list[list[int]], max_tokens: int, sampling: dict[str, Any], k: int,
+                 adapter: Optional[str]):
+        self.rows, self.max_tokens, self.sampling, self.k, self.adapter = rows, max_tokens, sampling, k, adapter
+        self.keys: Optional[list[int]] = None  # each row's sampling key; None: greedy
+        self.gens = [_Generation() for _ in rows]
+        self.error: Optional[BaseException] = None
+        self.finished = threading.Event()
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys can be decoded in one batch."""
+        s = self.sampling
+        return self.adapter, self.max_tokens, s["temperature"], s["top_p"], s["top_k"]
+
+
+class _Batcher:
+    """The model thread: decodes the waiting jobs that can share a batch together.
+
+    A request's thread queues its job and waits. The model thread takes the oldest job, lets
+    the jobs that arrive right behind it join (until ``GATHER_S`` passes without a new one, at
+    most ``MAX_GATHER_S``), and decodes it with every waiting job of the same batch key, up to
+    ``max_rows`` rows; the others wait for the next batch, oldest first.
+    """
+
+    GATHER_S, MAX_GATHER_S = 0.003, 0.02
+
+    def __init__(self, decode: Callable[[list[_Job]], None], max_rows: int):
+        self._decode, self.max_rows = decode, max_rows
+        self._cond = threading.Condition()
+        self._waiting: list[_Job] = []
+        self._thread: Optional[threading.Thread] = None
+
+    def run(self, job: _Job) -> list["_Generation"]:
+        """Queue ``job``, wait until its rows are decoded, and return its generations."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="distil-serve-model", daemon=True)
+                self._thread.start()
+            self._waiting.append(job)
+            self._cond.notify_all()
+        job.finished.wait()
+        if job.error is not None:
+            raise job.error
+        return job.gens
+
+    def close(self) -> None:
+        """End the model thread after its batch; the jobs still waiting fail (a later job starts a new one)."""
+        with self._cond:
+            self._thread = None
+            self._fail(self._waiting, ApiError(503, "The server is shutting down.", "service_unavailable"))
+            self._waiting = []
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._waiting and self._thread is me:
+                    self._cond.wait()
+                if self._thread is not me:
+                    return
+                self._gather()
+                if self._thread is not me:  # closed while gathering: close() failed the waiting jobs
+                    return
+                batch = self._take()
+            try:
+                self._decode(batch)
+            except Exception as exc:  # answered to every request of the batch (a 500)
+                self._fail(batch, exc)
+            finally:  # no request waits for ever, whatever stopped the decoding
+                self._fail(batch, RuntimeError("The model thread stopped before this request's rows were decoded."))
+
+    def _gather(self) -> None:
+        """Wait (holding the condition's lock only between waits) while jobs keep arriving."""
+        deadline = time.monotonic() + self.MAX_GATHER_S
+        while True:
+            seen, left = len(self._waiting), deadline - time.monotonic()
+            if left <= 0 or self._rows(self._waiting) >= self.max_rows:
+                return
+            self._cond.wait(min(self.GATHER_S, left))
+            if len(self._waiting) == seen:
+                return
+
+    def _take(self) -> list[_Job]:
+        """The oldest job and the waiting jobs that can share its batch, within ``max_rows``."""
+        key, rows, batch, rest = self._waiting[0].batch_key(), 0, [], []
+        for job in self._waiting:
+            if job.batch_key() == key and (not batch or rows + len(job.rows) <= self.max_rows):
+                batch.append(job)
+                rows += len(job.rows)
+            else:
+                rest.append(job)
+        self._waiting = rest
+        return batch
+
+    @staticmethod
+    def _rows(jobs: list[_Job]) -> int:
+        return sum(len(job.rows) for job in jobs)
+
+    @staticmethod
+    def _fail(jobs: list[_Job], error: BaseException) -> None:
+        for job in jobs:
+            if not job.finished.is_set():
+                job.error = error
+                job.finished.set()
+
+
 class _Legacy:
     """The legacy completions ``logprobs`` object: tokens, token_logprobs, top_logprobs, text_offset."""
 
@@ -436,24 +593,6 @@ class _Legacy:
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def _sample(logits: Any, temperature: float, top_p: float, top_k: int, rng: Any) -> Any:
-    """One token per row of ``logits`` [rows, V]: greedy at temperature 0, else from the
-    temperature-scaled distribution cut to its top-k tokens and top-p nucleus."""
-    import torch
-
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_k and top_k < probs.shape[-1]:
-        kth = torch.topk(probs, top_k, dim=-1).values[:, -1:]
-        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True, dim=-1)
-        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p * sorted_p.sum(-1, keepdim=True)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
 def _prompts(prompt: Any, vocab: int) -> list[Any]:

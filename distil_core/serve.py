@@ -20,7 +20,9 @@ and vLLM's endpoints for changing the served weights while it runs (the model si
 
 A request's ``model`` is the base model's name or a loaded adapter's. Errors come in OpenAI's
 JSON shape with their status (400, 401 with an API key, 404, 500). Requests are served on
-threads; the model runs one batch at a time, and weight changes wait for it.
+threads; their generations are decoded on one model thread, concurrent requests that can share
+a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
+model runs one batch at a time, and weight changes wait for it.
 
 For testing clients, a *fault schedule* makes the next requests fail on purpose (see
 :func:`parse_fault`): ``LocalOpenAIServer(..., faults=["429", "slow:2"])`` or
@@ -87,15 +89,18 @@ class LocalOpenAIServer:
     directory the model was loaded from, when known).
     ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``faults`` is a
     schedule consumed one entry per completion request (see :func:`parse_fault`); more can be
-    queued with :meth:`add_faults`. ``stats`` counts requests and the most in flight at once.
+    queued with :meth:`add_faults`. ``stats`` counts requests, the most in flight at once, and
+    the batches generations were decoded in (``batches``; ``max_batch_requests``: the most
+    requests one batch served). ``max_batch_rows`` caps the rows one batch gathers.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
                  port: int = 0, api_key: Optional[str] = None, faults: Sequence[str | Fault] = (),
-                 verbose: bool = False, source: Optional[str] = None):
+                 verbose: bool = False, source: Optional[str] = None, max_batch_rows: int = 256):
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
-        self.lm = LocalLM(model, tokenizer, model_name, source=source)
+        self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
+                          on_batch=self._count_batch)
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
         self._faults: deque[Fault] = deque(parse_fault(f) for f in faults)
@@ -126,6 +131,7 @@ class LocalOpenAIServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        self.lm.close()
 
     def __enter__(self) -> "LocalOpenAIServer":
         self.start()
@@ -146,7 +152,13 @@ class LocalOpenAIServer:
 
     def reset_stats(self) -> None:
         with self._stats_lock:
-            self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {}}
+            self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {},
+                                          "batches": 0, "max_batch_requests": 0}
+
+    def _count_batch(self, requests: int, rows: int) -> None:
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], requests)
 
     def _count(self, path: str) -> None:
         with self._stats_lock:

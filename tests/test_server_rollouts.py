@@ -8,8 +8,10 @@ copies of the same tiny base, so only a sync can make them agree after the polic
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -130,6 +132,40 @@ def test_greedy_server_rollouts_equal_the_in_process_generator(server, base, tmp
     local = Generator(policy, tok).sample(ids, names, 2, params=greedy)
     assert [r.response_ids for r in remote] == [r.response_ids for r in local]
     assert [r.finished for r in remote] == [r.finished for r in local]
+
+
+def test_concurrent_requests_share_a_batch_and_each_gets_its_solo_samples(server, base):
+    _, tok = load(base)
+    ids, _ = prompts(tok)
+    url = server.base_url + "/v1/completions"
+    sampled = [{"model": "tiny", "prompt": ids[i % len(ids)], "n": 3, "max_tokens": 8, "temperature": 1.0,
+                "top_p": 0.95, "seed": 100 + i, "logprobs": 1, "return_tokens_as_token_ids": True} for i in range(5)]
+    greedy = [{"model": "tiny", "prompt": ids[i], "n": 1, "max_tokens": 8, "temperature": 0, "logprobs": 2}
+              for i in range(2)]
+    bodies = sampled + greedy + [{**sampled[0], "seed": 7, "stop": ["1"]}]
+    alone = [post(url, body) for body in bodies]
+    server.reset_stats()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        with server.lm.updating():  # the model is busy: the requests queue up behind it
+            answers = [pool.submit(post, url, body) for body in bodies]
+            while server.stats["in_flight"] < len(bodies):
+                time.sleep(0.01)
+            time.sleep(0.2)
+        together = [a.result() for a in answers]
+    # the first request taken, then one batch per kind of sampling: 3 batches for 8 requests
+    assert server.stats["batches"] <= 3 and server.stats["max_batch_requests"] >= 4
+    for (status, solo), (status2, batched) in zip(alone, together):
+        assert status == status2 == 200
+        solo, batched = json.loads(solo)["choices"], json.loads(batched)["choices"]
+        assert [c["text"] for c in batched] == [c["text"] for c in solo]
+        assert [c["finish_reason"] for c in batched] == [c["finish_reason"] for c in solo]
+        for a, b in zip(solo, batched):
+            assert a["logprobs"]["tokens"] == b["logprobs"]["tokens"]
+            assert a["logprobs"]["top_logprobs"][0].keys() == b["logprobs"]["top_logprobs"][0].keys()
+            assert torch.allclose(torch.tensor(a["logprobs"]["token_logprobs"]),
+                                  torch.tensor(b["logprobs"]["token_logprobs"]), atol=1e-4)
+    samples = [c["logprobs"]["tokens"] for _, text in together[: len(sampled)] for c in json.loads(text)["choices"]]
+    assert len({tuple(tokens) for tokens in samples}) > 1  # rows draw apart: samples, not copies
 
 
 # -- keeping the server's policy in step ----------------------------------------------------------
