@@ -139,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     if args.quiet:
         config.train.progress = False
+    if args.output_dir:
+        config.train.output_dir = args.output_dir  # where everything of the run goes (server syncs too)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

@@ -78,7 +78,7 @@ class Generator:
             keys = [row_key(key, pid, g) for pid in problem_ids[: len(prompts)] for g in range(n)]
         sampler = KeyedSampler(keys, start=ids.shape[1])
         # the warpers are ours, in HF's order, so that the sampler draws from the warped scores
-        processors = LogitsProcessorList([*(_warpers(p) if sampling else []), sampler])
+        processors = LogitsProcessorList([*(sampling_warpers(p) if sampling else []), sampler])
         was_training = self.model.training
         self.model.eval()
         try:
@@ -118,7 +118,7 @@ class Generator:
         return rollouts
 
 
-def _warpers(p: SamplingParams) -> list[LogitsProcessor]:
+def sampling_warpers(p: SamplingParams) -> list[LogitsProcessor]:
     """HF's sampling warpers for ``p``, in the order ``generate`` applies them."""
     out: list[LogitsProcessor] = []
     if p.temperature != 1.0:

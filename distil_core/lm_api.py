@@ -348,7 +348,7 @@ class LocalLM:
         """
         import torch
 
-        from .generation import SamplingParams, _warpers, inverse_cdf, keyed_uniform
+        from .generation import SamplingParams, sampling_warpers, inverse_cdf, keyed_uniform
         from .modeling import pad_batch, position_ids
 
         first = jobs[0]
@@ -356,7 +356,7 @@ class LocalLM:
         rows = [(job, gen) for job in jobs for gen in job.gens]
         k = max(job.k for job in jobs)
         greedy = s["temperature"] == 0
-        warpers = [] if greedy else _warpers(SamplingParams(max_tokens, s["temperature"], s["top_p"], s["top_k"]))
+        warpers = [] if greedy else sampling_warpers(SamplingParams(max_tokens, s["temperature"], s["top_p"], s["top_k"]))
         if self.on_batch is not None:
             self.on_batch(len(jobs), len(rows))
         with self._inference(first.adapter) as (model, device):
