@@ -189,6 +189,11 @@ class TrainConfig(_Section):
     log_rollouts: bool = Field(
         default=True, description="Write every rollout with its verdict and feedback to rollouts.jsonl."
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="Under torchrun: ddp (every rank holds the whole policy) or fsdp (FSDP2: parameters, "
+        "gradients and optimizer state sharded across ranks). Ignored with one process.",
+    )
 
 
 class EvalConfig(_Section):

@@ -90,10 +90,15 @@ def policy_state(model: Any) -> dict[str, Any]:
 
 def load_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoint") -> None:
     """Inverse of :func:`policy_state`; a LoRA/full mismatch is an error that says so."""
+    check_policy_state(model, state, where)
+    model.load_state_dict(state, strict=not is_lora(model))
+
+
+def check_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoint") -> None:
+    """Raise a ConfigError unless ``state`` is what :func:`policy_state` keeps of ``model``."""
     if not is_lora(model):
         if any("lora_" in key for key in state):
             raise ConfigError(f"{where} holds LoRA adapter weights but model.lora is not set; resume with the run's model.lora.")
-        model.load_state_dict(state)
         return
     wanted = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(wanted - set(state))
@@ -108,7 +113,6 @@ def load_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoin
             f"{where} holds weights this LoRA model does not train (e.g. {extra[0]!r}); it was "
             "saved with other model.lora settings (or without LoRA)."
         )
-    model.load_state_dict(state, strict=False)
 
 
 def adapters_are_identity(model: Any) -> bool:

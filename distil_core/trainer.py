@@ -6,6 +6,7 @@ wires them together, logs, evaluates and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import checkpoint as ckpt
+from . import fsdp
 from .chunked import CHUNKED_METHODS
 from .config import METHODS_NEEDING_EXPERT, RunConfig
 from .distributed import World, init_world, rank_device
@@ -64,6 +66,10 @@ class Trainer:
             raise ConfigError(
                 f"rollout.problems_per_step ({config.rollout.problems_per_step}) is smaller than the number of "
                 f"processes ({self.world.size}): every rank needs at least one problem per step.")
+        # FSDP2 shards the policy across the ranks; with one process there is nothing to shard
+        self.sharded = self.world.distributed and config.train.parallel == "fsdp"
+        if self.sharded:
+            fsdp.check_config(config)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         local = config
@@ -84,6 +90,8 @@ class Trainer:
                 check_projection(self.model, self.rt.pad_id)
             except (ValueError, AttributeError) as exc:
                 raise ConfigError(f"loss.chunk_size: {exc}") from None
+        if self.sharded:  # after the runtime: self/hf expert copies stay whole, local copies
+            fsdp.shard_policy(self.model)
         opt = config.optim
         self.optimizer = torch.optim.AdamW(
             trainable_parameters(self.model), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
@@ -139,33 +147,35 @@ class Trainer:
         lo, hi = self.world.shard(len(everyone))
         problems = everyone[lo:hi]
         prompts = [rt.context.student_prompt_ids(p) for p in problems]
-        rollouts = rt.generator.sample(prompts, [p.id for p in problems], n, key=self.sampling_key(step))
-        lap("generate")
-        verdicts = _checked(resolve_all([rt.verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, cfg.verifier.name)
-        lap("verify")
-        groups = [
-            [(j, rollouts[j], verdicts[j]) for j in range(i * n, (i + 1) * n)] for i in range(len(problems))
-        ]
-        signals: list[Optional[ExpertSignal]] = [None] * len(rollouts)
+        signals: list[Optional[ExpertSignal]] = []
         queries: list[ExpertQuery] = []
-        feedback: list[list[Feedback]] = [[] for _ in rollouts]
-        if cfg.method in METHODS_NEEDING_EXPERT:
-            feedback = self._collect_feedback(problems, rollouts, verdicts, groups, n)
-            lap("feedback")
-            queries = [
-                rt.context.build(problems[j // n], j, rollouts[j], feedback[j], groups[j // n])
-                for j in range(len(rollouts))
+        with self._full_weights():  # generation and scoring call the model unevenly across ranks
+            rollouts = rt.generator.sample(prompts, [p.id for p in problems], n, key=self.sampling_key(step))
+            lap("generate")
+            verdicts = _checked(resolve_all([rt.verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, cfg.verifier.name)
+            lap("verify")
+            groups = [
+                [(j, rollouts[j], verdicts[j]) for j in range(i * n, (i + 1) * n)] for i in range(len(problems))
             ]
-            asked = [q for q in queries if q.has_signal or cfg.loss.no_signal == "keep"]
-            score = rt.expert.score
-            if self.chunked and callable(getattr(rt.expert, "score_hidden", None)):
-                score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
-            answered = resolve(score(asked)) if asked else []
-            if len(answered) != len(asked):
-                raise PluginError(f"expert {cfg.expert.name!r} returned {len(answered)} signals for {len(asked)} queries")
-            for q, s in zip(asked, answered):
-                signals[q.rollout_index] = s
-            lap("expert")
+            signals = [None] * len(rollouts)
+            feedback: list[list[Feedback]] = [[] for _ in rollouts]
+            if cfg.method in METHODS_NEEDING_EXPERT:
+                feedback = self._collect_feedback(problems, rollouts, verdicts, groups, n)
+                lap("feedback")
+                queries = [
+                    rt.context.build(problems[j // n], j, rollouts[j], feedback[j], groups[j // n])
+                    for j in range(len(rollouts))
+                ]
+                asked = [q for q in queries if q.has_signal or cfg.loss.no_signal == "keep"]
+                score = rt.expert.score
+                if self.chunked and callable(getattr(rt.expert, "score_hidden", None)):
+                    score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
+                answered = resolve(score(asked)) if asked else []
+                if len(answered) != len(asked):
+                    raise PluginError(f"expert {cfg.expert.name!r} returned {len(answered)} signals for {len(asked)} queries")
+                for q, s in zip(asked, answered):
+                    signals[q.rollout_index] = s
+                lap("expert")
         stats = self._update(prompts, rollouts, verdicts, signals, n)
         lap("update")
         synced = getattr(rt.generator, "after_update", None)
@@ -262,8 +272,11 @@ class Trainer:
         weight_of = [len(t) if (method == "grpo" or (signals[j] is not None and signals[j].ok)) else 0 for j, t in enumerate(targets)]
         micro = _micro_batches(len(rows), n, cfg.optim.grad_accum)
         # each micro-batch is weighted by its share of the global batch: the ranks' gradients add up
-        total_tokens, total_rows, total_micro = (
-            sum(part[i] for part in world.gather((sum(weight_of), len(rows), len(micro)))) for i in range(3))
+        learning = sum(any(weight_of[j] for j in chunk) for chunk in micro)
+        parts = world.gather((sum(weight_of), len(rows), len(micro), learning))
+        total_tokens, total_rows, total_micro = (sum(part[i] for part in parts) for i in range(3))
+        # under fsdp every rank runs as many forward/backward passes as the busiest one
+        idle = max(part[3] for part in parts) - learning if self.sharded else 0
         totals: dict[str, float] = {"loss": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         for chunk in micro:
@@ -286,20 +299,29 @@ class Trainer:
             for key, value in out.stats.items():
                 if key != "signal_tokens":
                     totals[key] = totals.get(key, 0.0) + value * micro_tokens / total_tokens
+        for _ in range(idle):  # a zero-weighted pass: its collectives match the other ranks'
+            logits, _, _ = response_logits(self.model, [prompts[0]], [[self.rt.pad_id]], self.rt.pad_id)
+            (logits.sum() * 0.0).backward()
         if world.distributed:
-            world.sum_grads(trainable_parameters(self.model))
+            if not self.sharded:  # FSDP summed them in its reduce-scatters
+                world.sum_grads(trainable_parameters(self.model))
             parts = world.gather(totals)
             totals = {k: sum(p.get(k, 0.0) for p in parts) for k in {k for p in parts for k in p}}
         if cfg.optim.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            totals["grad_norm"] = float(norm)
+            totals["grad_norm"] = fsdp.norm_value(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         hook = getattr(self.rt.expert, "on_policy_update", None)
         if callable(hook):
-            hook(self.model)
+            with self._full_weights():
+                hook(self.model)
         return totals
+
+    def _full_weights(self) -> Any:
+        """Under fsdp, the whole policy gathered for the block (see :func:`fsdp.full_weights`)."""
+        return fsdp.full_weights(self.model) if self.sharded else contextlib.nullcontext()
 
     def _micro_loss(self, chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n) -> LossOutput:
         cfg = self.config
@@ -360,17 +382,18 @@ class Trainer:
         lo, hi = self.world.shard(len(self.test_problems))
         mine = self.test_problems[lo:hi]
         bar = _bar(len(mine), f"eval ({label})", self.progress)
-        correct, answers = sample_and_grade(
-            self.rt.generator,
-            [self.rt.context.student_prompt_ids(p) for p in mine],
-            mine,
-            self.rt.verifier,
-            samples=cfg.eval.samples,
-            temperature=cfg.eval.temperature,
-            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-            seed=cfg.seed + EVAL_SEED_OFFSET,
-            progress=bar,
-        )
+        with self._full_weights():
+            correct, answers = sample_and_grade(
+                self.rt.generator,
+                [self.rt.context.student_prompt_ids(p) for p in mine],
+                mine,
+                self.rt.verifier,
+                samples=cfg.eval.samples,
+                temperature=cfg.eval.temperature,
+                max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                seed=cfg.seed + EVAL_SEED_OFFSET,
+                progress=bar,
+            )
         bar.close()
         result = summarise(self.world.concat(correct), self.world.concat(answers), ks=cfg.eval.ks, samples=cfg.eval.samples)
         self.evals[label] = result
@@ -379,10 +402,14 @@ class Trainer:
 
     def save(self) -> str:
         expert_state = getattr(self.rt.expert, "state_dict", None)
+        if self.sharded:  # gathered whole on rank 0: the checkpoint of one process
+            policy, optim = fsdp.model_state(self.model), fsdp.optimizer_state(self.model, self.optimizer)
+        else:
+            policy, optim = policy_state(self.model), self.optimizer.state_dict()
         state = {
             "step": self.step,
-            "model": policy_state(self.model),  # under LoRA: the adapters only
-            "optimizer": self.optimizer.state_dict(),
+            "model": policy,  # under LoRA: the adapters only
+            "optimizer": optim,
             "scheduler": self.scheduler.state_dict(),
             "expert": expert_state() if callable(expert_state) else {},
             "rng": ckpt.rng_state(),
@@ -399,8 +426,11 @@ class Trainer:
         if path is None:
             raise DistilError(f"--resume: no checkpoint in {self.run_dir!r}/checkpoints; start without --resume.")
         state = ckpt.load_checkpoint(path)
-        load_policy_state(self.model, state["model"], where=path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            fsdp.load_state(self.model, self.optimizer, state["model"], state["optimizer"], where=path)
+        else:
+            load_policy_state(self.model, state["model"], where=path)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         loader = getattr(self.rt.expert, "load_state_dict", None)
         if callable(loader):
@@ -440,9 +470,10 @@ class Trainer:
         return self._summary(self.evals["before"], after)
 
     def _save_final_model(self) -> None:
+        weights = {"state_dict": fsdp.full_model_state(self.model)} if self.sharded else {}
         if self.world.main:
             with ckpt.atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
-                self.model.save_pretrained(tmp)
+                self.model.save_pretrained(tmp, **weights)
                 self.rt.tokenizer.save_pretrained(tmp)
         self.world.barrier()
 

@@ -4,6 +4,7 @@ The same global batch and seed give the same parameters after a few steps: rollo
 per problem (not drawn from a shared random stream), each rank's loss is weighted by its share
 of the global batch, and the gradients are summed over ranks. What differs is floating-point
 summation order, so parameters agree to TOLERANCE (measured: about 2e-7 on weights of size ~1).
+All of it holds with the policy sharded across the ranks (``train.parallel=fsdp``, FSDP2).
 """
 
 import json
@@ -43,7 +44,9 @@ def _run(tmp_path, out_dir, args, procs=1):
 
 
 def _weights(run):
-    return load_file(str(run / "final" / "model.safetensors"))
+    final = run / "final"
+    return load_file(str(final / "model.safetensors" if (final / "model.safetensors").exists()
+                         else final / "adapter_model.safetensors"))  # under LoRA: the adapters
 
 
 def _max_diff(a, b):
@@ -60,20 +63,26 @@ def _stable(rows):
             for r in rows]
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("distil", []),
-    ("grpo", ["optim.grad_accum=2", "loss.advantage_scale=batch"]),
-])
-def test_two_gloo_processes_take_the_steps_of_one(tmp_path, method, extra):
+@pytest.mark.parametrize("method,extra,parallels", [
+    ("distil", [], ["ddp", "fsdp"]),
+    ("grpo", ["optim.grad_accum=2", "loss.advantage_scale=batch"], ["ddp", "fsdp"]),
+    ("distil", ["model.lora={r: 4}"], ["fsdp"]),
+], ids=["distil", "grpo-accum2", "distil-lora"])
+def test_two_gloo_processes_take_the_steps_of_one(tmp_path, method, extra, parallels):
     args = _sets(f"method={method}", "train.steps=3", "train.save_every=0", *extra)
-    one, two = tmp_path / "one", tmp_path / "two"
+    one = tmp_path / "one"
     _run(tmp_path, one, args)
+    for parallel in parallels:
+        _check_two_processes_match(tmp_path, one, tmp_path / parallel, args + ["--set", f"train.parallel={parallel}"])
+
+
+def _check_two_processes_match(tmp_path, one, two, args, problems=4):
     done = _run(tmp_path, two, args, procs=2)
     assert "ranks=2" in done.stderr
     assert _max_diff(_weights(one), _weights(two)) < TOLERANCE
     # the same rollouts, logged once, in the same order
     hashes = lambda run: [(r["problem_id"], r["group_index"], r["response_hash"]) for r in _rows(run, "rollouts.jsonl")]
-    assert hashes(one) == hashes(two) and len(hashes(two)) == 3 * 4 * 4
+    assert hashes(one) == hashes(two) and len(hashes(two)) == 3 * problems * 4
     rows_one, rows_two = _rows(one), _rows(two)
     assert [r["step"] for r in rows_two] == [1, 2, 3] and all(r["world_size"] == 2 for r in rows_two)
     assert _stable(rows_one) == _stable(rows_two)
@@ -84,16 +93,29 @@ def test_two_gloo_processes_take_the_steps_of_one(tmp_path, method, extra):
     assert len(list((two / "checkpoints").glob("step-*.pt"))) == 1  # written once, by rank 0
 
 
+def test_fsdp_ranks_with_uneven_micro_batches_pad_with_idle_passes(tmp_path):
+    """3 problems on 2 ranks in 2 micro-batches: rank 0 has 2, rank 1 has 1 and runs a
+    zero-weighted forward/backward so that its collectives meet rank 0's."""
+    args = _sets("method=grpo", "rollout.problems_per_step=3", "optim.grad_accum=2", "train.steps=3",
+                 "train.save_every=0")
+    one = tmp_path / "one"
+    _run(tmp_path, one, args)
+    _check_two_processes_match(tmp_path, one, tmp_path / "fsdp", args + ["--set", "train.parallel=fsdp"], problems=3)
+
+
 def test_resume_on_another_number_of_processes(tmp_path):
     """2 steps on 2 processes, resumed for 2 more on 1 process, end where 4 steps on 1 end;
-    and the other way round."""
+    and the other way round; and the same with the 2 processes sharding the policy (fsdp), whose
+    checkpoints hold the whole policy as one process writes it."""
     base = _sets("train.steps=2", "train.save_every=2")
     whole = tmp_path / "whole"
     _run(tmp_path, whole, _sets("train.steps=4", "train.save_every=2"))
-    for first, then in ((2, 1), (1, 2)):
+    fsdp = ["--set", "train.parallel=fsdp"]
+    for first, then, first_args, then_args in ((2, 1, [], []), (1, 2, [], []), (2, 1, fsdp, []), (1, 2, [], fsdp)):
         run = tmp_path / f"from{first}to{then}"
-        _run(tmp_path, run, base, procs=first)
-        _run(tmp_path, run, ["--resume", "--set", "train.steps=4"], procs=then)
+        _run(tmp_path, run, base + first_args, procs=first)
+        _run(tmp_path, run, ["--resume", "--set", "train.steps=4", *then_args], procs=then)
+        assert ("parallel: fsdp" in (run / "config.yaml").read_text()) == bool(first_args or then_args)
         assert _max_diff(_weights(whole), _weights(run)) < TOLERANCE
         assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4]
         assert _stable(_rows(whole)) == _stable(_rows(run))
@@ -110,6 +132,49 @@ def test_more_ranks_than_problems_is_refused(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "rollout.problems_per_step (1) is smaller than the number of processes (2)" in done.stderr
+
+
+def test_fsdp_refuses_chunked_losses_with_a_clear_error(tmp_path):
+    env = dict(os.environ, DISTIL_CACHE=str(tmp_path.parent / "distil-cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "distil_core",
+           "train", "--quiet", "--output-dir", str(tmp_path / "run"),
+           *_sets("train.parallel=fsdp", "loss.chunk_size=4")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "loss.chunk_size is not supported with train.parallel: fsdp" in done.stderr
+    assert "Set loss.chunk_size: 0, or train.parallel: ddp." in done.stderr
+
+
+UNEVEN_FORWARDS = """
+import datetime, sys, torch, torch.distributed as dist
+from distil_core.fsdp import full_weights, shard_policy
+from distil_core.tiny import build_model
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+rank = dist.get_rank()
+model = build_model(50, hidden_size=16, layers=2, heads=2)
+want = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+shard_policy(model)
+with full_weights(model), torch.no_grad():
+    for _ in range(5 if rank == 0 else 1):  # a collective in any forward would leave rank 0 waiting
+        got = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    model.generate(torch.tensor([[1, 2]]), max_new_tokens=3 + 4 * rank, min_new_tokens=3 + 4 * rank, do_sample=False)
+assert torch.allclose(got, want, atol=1e-6)
+assert type(next(model.parameters())).__name__ == "DTensor"  # sharded again after the block
+dist.barrier()
+sys.stdout.write(f"rank {rank} done\\n")  # one write: the ranks' lines do not interleave
+sys.stdout.flush()
+"""
+
+
+def test_fsdp_forwards_on_gathered_weights_run_no_collective(tmp_path):
+    """Inside ``full_weights`` the ranks may call the sharded model different numbers of times."""
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN_FORWARDS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "rank 0 done" in done.stdout and "rank 1 done" in done.stdout
 
 
 def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
