@@ -113,6 +113,14 @@ def _reduce_bucket(grads: list[torch.Tensor]) -> None:
         offset += g.numel()
 
 
+def current_world() -> World:
+    """The :class:`World` of the process group already started (one process when there is none)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init_world(device: str = "auto") -> World:
     """The :class:`World` ``torchrun`` describes in the environment; the process group is started
     here. Without ``WORLD_SIZE`` > 1 this is a single process and nothing is started."""

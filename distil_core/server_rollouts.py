@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .checkpoint import atomic_directory
+from .distributed import current_world
 from .errors import ConfigError, DistilError
 from .generation import SamplingParams
 from .types import Rollout
@@ -356,9 +357,10 @@ class ServerGenerator:
     def _push(self, model: Any) -> tuple[float, int]:
         """Sync ``model`` to the server. Under torchrun every rank holds the same weights: rank 0
         writes and loads them, and the others wait for it before sampling again."""
+        world = current_world()
         start = time.perf_counter()
-        size = self.sync.push(model, write=_main_rank())
-        _barrier()
+        size = self.sync.push(model, write=world.main)
+        world.barrier()
         return time.perf_counter() - start, size
 
     def close(self) -> None:
@@ -368,17 +370,6 @@ class ServerGenerator:
 def _seed(key: int, problem_id: str) -> int:
     digest = hashlib.blake2b(f"{key}\x00{problem_id}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
-def _main_rank() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _token_id(token: Any, url: str) -> int:

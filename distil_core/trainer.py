@@ -263,9 +263,9 @@ class Trainer:
         world = self.world
         if method == "grpo":
             # advantages need the whole batch's rewards under advantage_scale=batch (or n == 1)
-            everyone = world.concat([v.score for v in verdicts])
-            offset = sum(world.gather(len(verdicts))[: world.rank])
-            rewards = torch.tensor(everyone, dtype=torch.float32)
+            parts = world.gather([v.score for v in verdicts])
+            offset = sum(len(part) for part in parts[: world.rank])
+            rewards = torch.tensor([r for part in parts for r in part], dtype=torch.float32)
             advantages = group_advantages(rewards, n, scale=cfg.loss.advantage_scale) if n > 1 else rewards - rewards.mean()
             advantages = advantages[offset : offset + len(verdicts)]
         targets = [self._text_target(s) if text_mode else r.response_ids for r, s in zip(rollouts, signals)]
