@@ -152,8 +152,9 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_solo_samples(server
                 time.sleep(0.01)
             time.sleep(0.2)
         together = [a.result() for a in answers]
-    # the first request taken, then one batch per kind of sampling: 3 batches for 8 requests
-    assert server.stats["batches"] <= 3 and server.stats["max_batch_requests"] >= 4
+    # the first requests taken (as many as had arrived, all of one kind), then one batch per kind
+    # of sampling: 8 requests in at most 3 batches, so one batch held at least 3 of them
+    assert server.stats["batches"] <= 3 and server.stats["max_batch_requests"] >= 3
     for (status, solo), (status2, batched) in zip(alone, together):
         assert status == status2 == 200
         solo, batched = json.loads(solo)["choices"], json.loads(batched)["choices"]
