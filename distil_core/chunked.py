@@ -70,9 +70,16 @@ def chunked_loss(
     bias: Optional[Tensor] = None,
     chunk_size: int = 256,
     future_credit: bool = True,
+    future_cost: str = "kl",
+    stop_credit: str = "full",
+    eos_id: Optional[int] = None,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
+    baseline_exclude: Optional[Tensor] = None,
+    rewards: Optional[Tensor] = None,
+    reward_weight: float = 0.0,
+    response_mask: Optional[Tensor] = None,
     beta: float = 0.5,
     temperature: float = 1.0,
     reverse_kl_gamma: float = 0.0,
@@ -84,7 +91,8 @@ def chunked_loss(
     predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses`); ``weight``
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
     The other options mean what they mean in :mod:`distil_core.losses`: ``future_credit``,
-    ``baseline``, ``gamma`` and ``group_size`` for ``distil``; ``beta`` and ``temperature`` for
+    ``future_cost``, ``stop_credit``, ``eos_id``, ``baseline``, ``gamma``, ``group_size``,
+    ``baseline_exclude``, ``rewards``, ``reward_weight`` and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for
     ``jsd``; ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64
     inputs stay float64). A ``stats`` dict, when given, receives the token means of CE and KL
     to the expert (``ce_to_expert``, ``kl_to_expert``; dense experts only), as the trainer logs.
@@ -93,17 +101,26 @@ def chunked_loss(
         raise ValueError(f"chunked_loss: unknown method {method!r}; choose one of {', '.join(CHUNKED_METHODS)}")
     if chunk_size < 1:
         raise ValueError(f"chunked_loss: chunk_size must be at least 1 (got {chunk_size})")
-    if method == "distil":
-        losses._check_baseline(baseline, group_size, hidden.shape[0])
-        losses._check_gamma(gamma)
+    credit = future_credit and method == "distil"
+    if credit:
+        losses.check_future_credit(baseline, group_size, hidden.shape[0], gamma)
+        losses.check_credit(future_cost, stop_credit, eos_id)
+        if reward_weight > 0 and (rewards is None or group_size is None or group_size < 2):
+            raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
+    rewarded = credit and reward_weight > 0
+    counted = mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool()
     if method == "jsd" and temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if method == "reverse_kl":
-        losses._check_gamma(reverse_kl_gamma)
+        losses.check_future_credit("none", None, hidden.shape[0], reverse_kl_gamma)
+    centred = None
+    if rewarded:
+        centred = reward_weight * losses.leave_one_out_rewards(torch.as_tensor(rewards), group_size)
     options = dict(
-        chunk_size=chunk_size, future_credit=future_credit and method == "distil", baseline=baseline,
-        gamma=gamma, group_size=group_size, beta=beta, temperature=temperature, reverse_kl_gamma=reverse_kl_gamma,
-        stats={"ce": 0.0, "kl": 0.0} if stats is not None else None,
+        chunk_size=chunk_size, future_credit=credit, future_cost=future_cost, stop_credit=stop_credit,
+        eos_id=eos_id, baseline=baseline, gamma=gamma, group_size=group_size, exclude=baseline_exclude,
+        centred_rewards=centred, counted=counted, beta=beta, temperature=temperature,
+        reverse_kl_gamma=reverse_kl_gamma, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None,
     )
     loss = _ChunkedLoss.apply(hidden, weight, bias, method, tokens, mask, expert, options)
     if stats is not None and not isinstance(expert, ExpertTopK):
@@ -139,7 +156,7 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     batch, length = tokens.shape
     keep = mask.bool()
-    count = keep.sum().clamp(min=1).to(compute)
+    count = o["counted"].sum().clamp(min=1).to(compute)
     grad_hidden = torch.zeros_like(hidden)
     grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device)
     grad_bias = torch.zeros(bias.shape, dtype=compute, device=bias.device) if bias is not None else torch.zeros(0)
@@ -157,7 +174,8 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
             logits = F.linear(h, w, b_)
         logits.requires_grad_(True)
         with torch.enable_grad():
-            part, carry = _chunk_loss(method, logits, tokens[:, start:stop], keep[:, start:stop], expert, start, stop, carry, o)
+            part, carry = _chunk_loss(method, logits, tokens[:, start:stop], keep[:, start:stop], expert, start, stop,
+                                      carry, o, o["counted"][:, start:stop])
             part = part / count
             (grad_logits,) = torch.autograd.grad(part, [logits])
         total = total + part.detach()
@@ -172,25 +190,27 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
     )
 
 
-def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
+def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o, counted):
     """Σ over the chunk's masked tokens of the per-token loss; returns (sum, new carry)."""
     if method == "jsd":
         student = F.log_softmax(logits / o["temperature"], dim=-1)
     else:
         student = F.log_softmax(logits, dim=-1)
-    token_lp = losses._gather(student, tokens)
+    token_lp = losses.token_logprobs_from(student, tokens)
+    entropy = None
     if isinstance(expert, ExpertTopK):
         ids, lps = expert.ids[:, start:stop], expert.logprobs[:, start:stop].detach().to(student.dtype)
-        teacher_buckets = losses._with_tail(lps)
-        student_buckets = losses._with_tail(student.gather(-1, ids))
+        if method == "jsd":
+            lps = losses.temper_topk(lps, o["temperature"])
+        teacher_buckets = losses.with_tail(lps)
+        student_buckets = losses.with_tail(student.gather(-1, ids))
         if method in ("distil", "distil_local"):
-            per_token = losses._cross_entropy(teacher_buckets.exp(), student_buckets)
+            per_token = losses.cross_entropy(teacher_buckets.exp(), student_buckets)
+            entropy = losses.cross_entropy(teacher_buckets.exp(), teacher_buckets)
         elif method == "jsd":
-            per_token = losses._generalized_jsd_per_token(student_buckets, teacher_buckets, o["beta"])
+            per_token = losses.generalized_jsd_per_token(student_buckets, teacher_buckets, o["beta"])
         else:
-            from .methods import _topk_token_logprobs
-
-            teacher_lp = _topk_token_logprobs(ids, lps, tokens)
+            teacher_lp = losses.topk_token_logprobs(ids, lps, tokens)
             return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
     else:
         teacher_logits = expert.logits(start, stop) if isinstance(expert, ExpertHead) else expert[:, start:stop]
@@ -199,18 +219,31 @@ def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o):
             _accumulate_stats(o["stats"], logits.detach(), teacher_logits, keep)
         if method == "jsd":
             teacher = F.log_softmax(teacher_logits / o["temperature"], dim=-1)
-            per_token = losses._generalized_jsd_per_token(student, teacher, o["beta"])
+            per_token = losses.generalized_jsd_per_token(student, teacher, o["beta"])
         elif method == "reverse_kl":
             teacher_lp = losses.token_logprobs(teacher_logits, tokens)
             return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
         else:
-            per_token = losses._cross_entropy(F.softmax(teacher_logits, dim=-1), student)
+            teacher = F.log_softmax(teacher_logits, dim=-1)
+            per_token = losses.cross_entropy(teacher.exp(), student)
+            entropy = losses.cross_entropy(teacher.exp(), teacher)
+    per_token = torch.where(keep, per_token, 0.0)
     if o["future_credit"]:
-        cost, carry = losses.future_sum_with_carry(per_token.detach(), keep, o["gamma"], carry)
+        pieces = losses.credit_inputs(student, per_token, entropy, tokens, future_cost=o["future_cost"],
+                                      stop_credit=o["stop_credit"], eos_id=o["eos_id"])
+        token_cost = pieces.get("token_cost", per_token.detach())
+        cost, carry = losses.future_sum_with_carry(torch.where(keep, token_cost, 0.0), keep, o["gamma"], carry)
         if o["baseline"] == "group_loo":
-            cost = cost - losses._leave_one_out_mean(cost, o["group_size"])
-        per_token = per_token + cost * token_lp
-    return torch.where(keep, per_token, 0.0).sum(), carry
+            cost = cost - losses.group_baseline(cost, keep, o["group_size"], o["exclude"])
+        cost = torch.where(keep, cost, 0.0)
+        if o["centred_rewards"] is not None:
+            rewards = o["centred_rewards"].to(device=cost.device, dtype=cost.dtype)
+            cost = cost - torch.where(counted, rewards[:, None], 0.0)
+        score = token_lp
+        if "continue_logprobs" in pieces:
+            score = torch.where(pieces["stops"], 0.0, token_lp - pieces["continue_logprobs"])
+        per_token = per_token + torch.where(counted, cost, 0.0) * score
+    return torch.where(counted, per_token, 0.0).sum(), carry
 
 
 def _accumulate_stats(acc: dict, logits: Tensor, teacher_logits: Tensor, keep: Tensor) -> None:
@@ -220,7 +253,7 @@ def _accumulate_stats(acc: dict, logits: Tensor, teacher_logits: Tensor, keep: T
 
 
 def _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o):
-    log_ratio = torch.where(keep, (token_lp - teacher_lp).detach(), 0.0)
+    log_ratio = torch.where(keep, (token_lp - teacher_lp).detach(), 0.0)  # counted = keep here
     cost = log_ratio
     if o["reverse_kl_gamma"] > 0:
         future, carry = losses.future_sum_with_carry(log_ratio, keep, o["reverse_kl_gamma"], carry)

@@ -148,11 +148,35 @@ class RolloutConfig(_Section):
 
 
 class LossConfig(_Section):
-    future_credit: bool = True
-    baseline: Literal["none", "group_loo"] = "none"
+    future_credit: bool = Field(default=True, description="distil: propagate future disagreement to earlier tokens.")
+    future_cost: Literal["kl", "ce"] = Field(
+        default="kl",
+        description="distil: the per-token cost the future credit carries back. kl: KL(q||p), zero where the "
+        "student agrees with the expert. ce: CE(q, p) = H(q) + KL(q||p), which also rewards short responses "
+        "and states where the expert is confident.",
+    )
+    stop_credit: Literal["full", "local"] = Field(
+        default="local",
+        description="distil: full — future credit may move when the student stops; local — only what it "
+        "writes (p(EOS) is left to the per-token term).",
+    )
+    baseline: Literal["none", "group_loo"] = Field(
+        default="group_loo",
+        description="distil: group_loo subtracts the masked mean future cost of the other rollouts of the "
+        "prompt (siblings whose expert context read this rollout are left out).",
+    )
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
+    reward_weight: float = Field(
+        default=0.0, ge=0.0,
+        description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "
+        "rollouts without an expert signal (a lone success) get it too.",
+    )
+    expert_temperature: float = Field(
+        default=1.0, gt=0.0,
+        description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z.",
+    )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
-    temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature.")
+    temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature (both sides).")
     reverse_kl_gamma: float = Field(default=0.0, ge=0.0, le=1.0)
     eps_low: float = 0.2
     eps_high: float = 0.2

@@ -105,8 +105,9 @@ class _LocalModelExpert:
 class SelfExpert(_LocalModelExpert):
     """The policy itself with feedback in its context.
 
-    ``weights``: ``live`` uses the student's current weights (the same module, no copy);
-    ``frozen`` the initial weights; ``ema`` a copy updated in place after every optimizer step,
+    ``weights``: ``frozen`` (the default) the initial weights; ``live`` the student's current
+    weights (the same module, no copy; a small model taught this way can collapse); ``ema`` a
+    copy updated in place after every optimizer step,
     ``θ_T ← (1 - ema_rate) θ_T + ema_rate θ``.
 
     Under LoRA (``model.lora``) no copy of the model is made: ``frozen`` scores with the same
@@ -119,7 +120,7 @@ class SelfExpert(_LocalModelExpert):
     def __init__(
         self,
         runtime: Any,
-        weights: Literal["live", "frozen", "ema"] = "live",
+        weights: Literal["live", "frozen", "ema"] = "frozen",
         ema_rate: float = 0.05,
         access: Access = "dense",
         k: Optional[int] = None,

@@ -11,6 +11,7 @@ DistIL, one function per way the expert can answer:
     distil_loss_sampled    tokens sampled from the expert
     sequence_ce_loss       an expert continuation, re-tokenised for the student
     distil_surrogate       the surrogate they share; future_cost is its G_t
+    group_baseline         the masked leave-one-out baseline b_t of ``baseline="group_loo"``
 Baselines:
     generalized_jsd, generalized_jsd_topk    GKD / SDPO / OPSD family
     reverse_kl_sampled                       on-policy distillation, sampled-token reverse KL
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BASELINES = ("none", "group_loo")
+FUTURE_COSTS = ("kl", "ce")
+STOP_CREDITS = ("full", "local")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
@@ -40,7 +43,7 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
 
     Negative ids (the -100 "ignore" label) are read as id 0; such positions must be masked out.
     """
-    return _gather(F.log_softmax(logits, dim=-1), tokens)
+    return token_logprobs_from(F.log_softmax(logits, dim=-1), tokens)
 
 
 def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -53,13 +56,56 @@ def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return ids, logprobs
 
 
-def future_cost(token_ce: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """G_t = Σ_{i>t, mask_i} γ^(i-t-1) · CE_i within each row, detached; 0 where masked out.
+def future_cost(token_cost: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """G_t = Σ_{i>t, mask_i} γ^(i-t-1) · c_i within each row, detached; 0 where masked out.
 
+    ``token_cost`` is the per-token cost c_i: KL(q_i‖p_i) or CE(q_i, p_i) (``future_cost``).
     The discount counts positions, so a masked-out gap still ages the cost behind it.
     """
     _check_gamma(gamma)
-    return _discounted_future_sum(token_ce.detach(), mask, gamma)
+    return _discounted_future_sum(token_cost.detach(), mask, gamma)
+
+
+def group_baseline(values: Tensor, mask: Tensor, group_size: int,
+                   exclude: Optional[Tensor] = None) -> Tensor:
+    """b_{i,t} = Σ_{j} w_ij m_{j,t} v_{j,t} / Σ_{j} w_ij m_{j,t}, 0 where no sibling qualifies.
+
+    Rows form contiguous groups of ``group_size`` rollouts of one prompt; w_ij = 1 for the
+    other rows j of i's group, except where ``exclude`` ``[B, group_size]`` is True (row i
+    must not read sibling j: its expert context used rollout i, so its cost depends on y_i).
+    The mean is over siblings that still contribute at t (``mask``): a sibling that ended, or
+    that has no expert signal, is not a zero that drags the baseline down. Detached.
+    """
+    batch, length = values.shape
+    groups = batch // group_size
+    keep = mask.bool().view(groups, group_size, length).to(values.dtype)
+    grouped = torch.where(mask.bool(), values.detach(), 0.0).view(groups, group_size, length)
+    weights = 1.0 - torch.eye(group_size, dtype=values.dtype, device=values.device)
+    weights = weights.expand(groups, group_size, group_size)
+    if exclude is not None:
+        allowed = ~exclude.to(torch.bool).view(groups, group_size, group_size)
+        weights = weights * allowed.to(values.dtype)
+    total = torch.einsum("gij,gjt->git", weights, grouped)
+    count = torch.einsum("gij,gjt->git", weights, keep)
+    return torch.where(count > 0, total / count.clamp(min=1), 0.0).reshape(batch, length)
+
+
+def leave_one_out_rewards(rewards: Tensor, group_size: int) -> Tensor:
+    """r_i - mean of the other rewards of i's contiguous group, ``[B]``."""
+    grouped = rewards.detach().reshape(-1, group_size)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+def stop_score(student_logprobs: Tensor, tokens: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """(log(1 - p_t(EOS)), y_t == EOS) per position, for ``stop_credit="local"``.
+
+    log p_t(y_t) - log(1 - p_t(EOS)) is the log-prob of y_t under the student's content
+    distribution given that it does not stop; its score has zero mean under the student, so
+    future credit through it moves *what* is written and never *when* the student stops.
+    """
+    eos = student_logprobs[..., eos_id].clamp(max=-torch.finfo(student_logprobs.dtype).eps)
+    return _log1mexp(eos), tokens == eos_id
 
 
 def distil_surrogate(
@@ -68,32 +114,71 @@ def distil_surrogate(
     mask: Tensor,
     *,
     future_credit: bool = True,
+    token_cost: Optional[Tensor] = None,
+    continue_logprobs: Optional[Tensor] = None,
+    stops: Optional[Tensor] = None,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
+    baseline_exclude: Optional[Tensor] = None,
+    rewards: Optional[Tensor] = None,
+    reward_weight: float = 0.0,
+    response_mask: Optional[Tensor] = None,
+    normalizer: Optional[float] = None,
 ) -> Tensor:
-    """DistIL surrogate: mean over masked tokens of ℓ_t = CE_t + sg(G_t - b_t) · log p_t(y_t).
+    """DistIL surrogate: token mean of ℓ_t = CE_t + sg(A_t) · s_t over the masked tokens.
 
     ``token_ce`` ``[B, T]`` is the differentiable CE(q_t, p_t) (or an unbiased estimate of it);
-    ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens. G_t is
-    :func:`future_cost`. Averaged over rollouts y ~ π_θ, the gradient is ∇ E[Σ_t CE(q_t, p_t)]
-    (at γ = 1): the local term plus REINFORCE with the future disagreement as cost. γ < 1
-    scales the credit a token gets for the cost i - t steps later by γ^(i-t-1).
+    ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens.
 
-    baseline "none": b_t = 0. "group_loo": rows form contiguous groups of ``group_size`` rollouts
-    of one prompt; b_t is the mean G_t of the other rollouts of the group at position t (their
-    G is 0 past their end). It depends only on siblings, so the estimator stays unbiased.
-    ``future_credit=False`` keeps only the local term (the "distil_local" ablation, whose
-    gradient on the logits is p_t - q_t per token).
+    Future credit: A_t = G_t - b_t - λ(r - r̄_{-i}). G_t is :func:`future_cost` of
+    ``token_cost`` (the per-token cost c_i, detached; default ``token_ce``, the CE reading).
+    Averaged over rollouts y ~ π_θ, the gradient is the local term plus REINFORCE with the
+    future cost (at γ = 1 with c = CE: ∇ E[Σ_t CE(q_t, p_t)] when the expert depends on the
+    state alone; an expert that reads feedback about the whole rollout makes it the
+    reward-to-go estimator instead). γ < 1 scales the credit for a cost i - t steps later by
+    γ^(i-t-1).
+
+    The score s_t is log p_t(y_t), or — when ``continue_logprobs`` (log(1 - p_t(EOS))) and
+    ``stops`` (y_t is EOS) are given, ``stop_credit="local"`` — 1[y_t ≠ EOS] · (log p_t(y_t) -
+    log(1 - p_t(EOS))): future credit then never moves the decision to stop.
+
+    ``baseline``: "none" (b = 0) or "group_loo" (:func:`group_baseline`: the masked mean G of
+    the other rollouts of the group, leaving out ``baseline_exclude``). It depends only on
+    siblings, so the estimator stays unbiased. ``rewards`` ``[B]`` with ``reward_weight`` λ > 0
+    add a terminal success term centred on the siblings' mean reward; it applies on
+    ``response_mask`` (default ``mask``), so a rollout without an expert signal — a lone
+    success — still gets it. ``future_credit=False`` keeps only the local term (the
+    "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
+
+    The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
     """
     _check_baseline(baseline, group_size, token_ce.shape[0])
-    per_token = token_ce
+    rewarded = future_credit and reward_weight > 0
+    if rewarded and (rewards is None or group_size is None or group_size < 2):
+        raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2 (rewards are "
+                         "centred on the other rollouts of the same prompt)")
+    keep = mask.bool()
+    per_token = torch.where(keep, token_ce, 0.0)
+    counted = keep
     if future_credit:
-        cost = future_cost(token_ce, mask, gamma)
+        cost = future_cost(token_ce if token_cost is None else token_cost, mask, gamma)
         if baseline == "group_loo":
-            cost = cost - _leave_one_out_mean(cost, group_size)
-        per_token = per_token + cost * token_logprobs
-    return _masked_token_mean(per_token, mask)
+            cost = cost - group_baseline(cost, mask, group_size, baseline_exclude)
+        cost = torch.where(keep, cost, 0.0)
+        if rewarded:
+            responses = keep if response_mask is None else response_mask.bool()
+            counted = keep | responses
+            centred = leave_one_out_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size)
+            cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
+        score = token_logprobs
+        if continue_logprobs is not None:
+            score = torch.where(stops, 0.0, token_logprobs - continue_logprobs)
+        per_token = per_token + torch.where(counted, cost, 0.0) * score
+    total = torch.where(counted, per_token, 0.0).sum()
+    if normalizer is not None:
+        return total / normalizer
+    return total / counted.sum().clamp(min=1).to(per_token.dtype)
 
 
 # ------------------------------------------------------------------------ DistIL loss paths
@@ -103,20 +188,32 @@ def distil_loss(
     student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor, mask: Tensor,
     *,
     future_credit: bool = True,
+    future_cost: str = "kl",
+    stop_credit: str = "full",
+    eos_id: Optional[int] = None,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
+    **options,
 ) -> Tensor:
     """DistIL with a dense expert: CE_t = -Σ_a q_t(a) log p_t(a), q = softmax(teacher_logits).
 
-    See :func:`distil_surrogate` for the surrogate, the baseline and the options.
+    ``future_cost``: the per-token cost the future credit propagates — "kl" (KL(q_t‖p_t) =
+    CE_t - H(q_t): only disagreement costs, so p = q is a fixed point) or "ce" (CE_t itself,
+    which also rewards reaching states where the expert is confident, and stopping early).
+    ``stop_credit``: "full" (the score is log p_t(y_t)) or "local" (the future credit never
+    moves p_t(EOS); needs ``eos_id``). Further ``options`` (``baseline_exclude``, ``rewards``,
+    ``reward_weight``, ``response_mask``, ``normalizer``) and the rest are those of
+    :func:`distil_surrogate`.
     """
     student_logprobs = F.log_softmax(student_logits, dim=-1)
-    teacher_probs = F.softmax(teacher_logits.detach(), dim=-1)
-    token_ce = _cross_entropy(teacher_probs, student_logprobs)
-    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
-                            future_credit=future_credit, baseline=baseline, gamma=gamma,
-                            group_size=group_size)
+    teacher_logprobs = F.log_softmax(teacher_logits.detach().to(student_logprobs.dtype), dim=-1)
+    teacher_probs = teacher_logprobs.exp()
+    token_ce = cross_entropy(teacher_probs, student_logprobs)
+    entropy = cross_entropy(teacher_probs, teacher_logprobs)
+    return _distil(student_logprobs, token_ce, entropy, tokens, mask, future_credit=future_credit,
+                   future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
+                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
 def distil_loss_topk(
@@ -124,48 +221,114 @@ def distil_loss_topk(
     tokens: Tensor, mask: Tensor,
     *,
     future_credit: bool = True,
+    future_cost: str = "kl",
+    stop_credit: str = "full",
+    eos_id: Optional[int] = None,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
+    **options,
 ) -> Tensor:
     """DistIL with a top-k expert: CE_t over k+1 buckets, the expert's top-k ids and one tail.
 
     CE_t = -Σ_{j≤k} q_t(a_j) log p_t(a_j) - q_t(tail) log p_t(tail), where q_t(tail) =
     1 - Σ_j q_t(a_j) and p_t(tail) = 1 - Σ_j p_t(a_j) over the same ids ``topk_ids`` ``[B,T,k]``.
-    With k = V the tail carries no mass and this equals :func:`distil_loss`.
+    The "kl" future cost is KL between the same k+1 buckets. With k = V the tail carries no
+    mass and this equals :func:`distil_loss`. Options as in :func:`distil_loss`.
     """
-    teacher_buckets = _with_tail(topk_logprobs.detach())
+    teacher_buckets = with_tail(topk_logprobs.detach())
     student_logprobs = F.log_softmax(student_logits, dim=-1)
-    student_buckets = _with_tail(student_logprobs.gather(-1, topk_ids))
-    token_ce = _cross_entropy(teacher_buckets.exp(), student_buckets)
-    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
-                            future_credit=future_credit, baseline=baseline, gamma=gamma,
-                            group_size=group_size)
+    student_buckets = with_tail(student_logprobs.gather(-1, topk_ids))
+    teacher_buckets = teacher_buckets.to(student_buckets.dtype)
+    teacher_probs = teacher_buckets.exp()
+    token_ce = cross_entropy(teacher_probs, student_buckets)
+    entropy = cross_entropy(teacher_probs, teacher_buckets)
+    return _distil(student_logprobs, token_ce, entropy, tokens, mask, future_credit=future_credit,
+                   future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
+                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
 def distil_loss_sampled(
     student_logits: Tensor, expert_samples: Tensor, tokens: Tensor, mask: Tensor,
     *,
     future_credit: bool = True,
+    future_cost: str = "ce",
+    stop_credit: str = "full",
+    eos_id: Optional[int] = None,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
+    **options,
 ) -> Tensor:
     """DistIL with a sampling expert: CE_t ≈ mean over samples a ~ q_t of -log p_t(a).
 
     ``expert_samples`` ``[B, T, m]`` holds m ids drawn from q_t at each student state; negative
     ids mean "no sample" and are ignored. The estimate is unbiased for CE(q_t, p_t), and so is
     the future credit built from it. A position without a valid sample adds no CE term but
-    still counts as a token (its future-credit term remains).
+    still counts as a token (its future-credit term remains). Samples carry no log q, so H(q)
+    and with it the "kl" future cost cannot be formed: ``future_cost`` must be "ce" (or turn
+    ``future_credit`` off). Options as in :func:`distil_loss`.
     """
+    if future_credit and future_cost == "kl":
+        raise ValueError("future_cost='kl' needs the expert's log-probs (KL = CE - H(q)); an expert "
+                         "that only samples tokens gives neither. Use future_cost='ce', or an expert "
+                         "with dense or top-k access")
     student_logprobs = F.log_softmax(student_logits, dim=-1)
     valid = expert_samples >= 0
     sample_logprobs = student_logprobs.gather(-1, expert_samples.clamp(min=0))
     n_valid = valid.sum(-1).clamp(min=1).to(student_logprobs.dtype)
     token_ce = -torch.where(valid, sample_logprobs, 0.0).sum(-1) / n_valid
-    return distil_surrogate(token_ce, _gather(student_logprobs, tokens), mask,
-                            future_credit=future_credit, baseline=baseline, gamma=gamma,
-                            group_size=group_size)
+    return _distil(student_logprobs, token_ce, None, tokens, mask, future_credit=future_credit,
+                   future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
+                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
+
+
+def credit_inputs(student_logprobs: Tensor, token_ce: Tensor, entropy: Optional[Tensor], tokens: Tensor,
+                  *, future_cost: str, stop_credit: str, eos_id: Optional[int]) -> dict[str, Tensor]:
+    """The per-token pieces :func:`distil_surrogate` needs for ``future_cost``/``stop_credit``.
+
+    Shared by the reference losses and the chunked ones (:mod:`distil_core.chunked`), which
+    call it on one chunk of positions at a time.
+    """
+    check_credit(future_cost, stop_credit, eos_id)
+    pieces: dict[str, Tensor] = {}
+    if future_cost == "kl":
+        pieces["token_cost"] = token_ce.detach() - entropy
+    if stop_credit == "local":
+        pieces["continue_logprobs"], pieces["stops"] = stop_score(student_logprobs, tokens, eos_id)
+    return pieces
+
+
+def check_credit(future_cost: str, stop_credit: str, eos_id: Optional[int]) -> None:
+    if future_cost not in FUTURE_COSTS:
+        raise ValueError(f"unknown future_cost {future_cost!r}; choose one of {', '.join(FUTURE_COSTS)}")
+    if stop_credit not in STOP_CREDITS:
+        raise ValueError(f"unknown stop_credit {stop_credit!r}; choose one of {', '.join(STOP_CREDITS)}")
+    if stop_credit == "local" and eos_id is None:
+        raise ValueError("stop_credit='local' needs eos_id, the id of the token that ends a response")
+
+
+def _distil(student_logprobs, token_ce, entropy, tokens, mask, *, future_credit, future_cost, stop_credit,
+            eos_id, **rest) -> Tensor:
+    pieces = {}
+    if future_credit:
+        pieces = credit_inputs(student_logprobs, token_ce, entropy, tokens, future_cost=future_cost,
+                               stop_credit=stop_credit, eos_id=eos_id)
+    return distil_surrogate(token_ce, token_logprobs_from(student_logprobs, tokens), mask, future_credit=future_credit,
+                            **pieces, **rest)
+
+
+def temper_topk(topk_logprobs: Tensor, temperature: float) -> Tensor:
+    """An expert's top-k log-probs at ``temperature``, the tail treated as one more token.
+
+    log q'_j = log q_j / τ - logsumexp over the k ids and the tail bucket of log q / τ. Exact
+    when the ids cover the vocabulary; otherwise the tail's inner spread is unknown and it is
+    tempered as a single outcome. Returned without the tail (it stays implicit).
+    """
+    if temperature == 1.0:
+        return topk_logprobs
+    buckets = with_tail(topk_logprobs.detach()) / temperature
+    return (buckets - torch.logsumexp(buckets, dim=-1, keepdim=True))[..., :-1]
 
 
 def sequence_ce_loss(student_logits: Tensor, target_tokens: Tensor, mask: Tensor) -> Tensor:
@@ -192,20 +355,24 @@ def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Option
         raise ValueError(f"temperature must be positive, got {temperature}")
     student_logprobs = F.log_softmax(student_logits / temperature, dim=-1)
     teacher_logprobs = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    per_token = _generalized_jsd_per_token(student_logprobs, teacher_logprobs, beta)
+    per_token = generalized_jsd_per_token(student_logprobs, teacher_logprobs, beta)
     return _masked_token_mean(per_token, _default_mask(mask, per_token))
 
 
 def generalized_jsd_topk(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor,
-                         mask: Optional[Tensor] = None, *, beta: float = 0.5) -> Tensor:
+                         mask: Optional[Tensor] = None, *, beta: float = 0.5,
+                         temperature: float = 1.0) -> Tensor:
     """:func:`generalized_jsd` over the k+1 buckets of :func:`distil_loss_topk`.
 
-    The expert's top-k log-probs are used as given (at whatever temperature it sampled them).
+    Both sides at ``temperature`` τ, as the dense loss: p = softmax(student_logits / τ) on the
+    buckets, and the expert's buckets tempered by :func:`temper_topk`.
     """
-    teacher_buckets = _with_tail(topk_logprobs.detach())
-    student_logprobs = F.log_softmax(student_logits, dim=-1)
-    student_buckets = _with_tail(student_logprobs.gather(-1, topk_ids))
-    per_token = _generalized_jsd_per_token(student_buckets, teacher_buckets, beta)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    teacher_buckets = with_tail(temper_topk(topk_logprobs.detach(), temperature))
+    student_logprobs = F.log_softmax(student_logits / temperature, dim=-1)
+    student_buckets = with_tail(student_logprobs.gather(-1, topk_ids))
+    per_token = generalized_jsd_per_token(student_buckets, teacher_buckets, beta)
     return _masked_token_mean(per_token, _default_mask(mask, per_token))
 
 
@@ -228,14 +395,17 @@ def reverse_kl_sampled(student_logprobs: Tensor, teacher_logprobs: Tensor, mask:
 
 def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
               eps_low: float = 0.2, eps_high: float = 0.2, loss_type: str = "dapo",
-              normalizer: Union[float, Tensor, None] = None) -> Tensor:
+              normalizer: Union[float, Tensor, None] = None,
+              max_completion_length: Optional[int] = None) -> Tensor:
     """Clipped policy gradient: per token -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)·A).
 
     ρ = exp(logprobs - sg(old_logprobs)); ``advantages`` is ``[B]`` (one per sequence) or
     ``[B, T]``. Aggregation by ``loss_type``: "grpo" mean per sequence, then over sequences
-    with at least one token; "bnpo" token mean of this micro-batch; "dr_grpo" sum / (B·T),
-    T = mask.shape[1]; "dapo" sum / ``normalizer``, the token count of the whole accumulated
-    batch (this micro-batch's count when None).
+    with at least one token; "bnpo" token mean of this micro-batch; "dr_grpo" sum / (B·L), L =
+    ``max_completion_length`` — a constant, the configured generation limit, so micro-batches
+    with different longest responses weigh their tokens alike (L = mask.shape[1] when None);
+    "dapo" sum / ``normalizer``, the token count of the whole accumulated batch (this
+    micro-batch's count when None).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
@@ -253,7 +423,8 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     if loss_type == "dapo":
         return masked.sum() / normalizer
     if loss_type == "dr_grpo":
-        return masked.sum() / mask.numel()
+        length = mask.shape[1] if max_completion_length is None else max_completion_length
+        return masked.sum() / (mask.shape[0] * length)
     tokens_per_row = keep.sum(-1)
     row_means = masked.sum(-1) / tokens_per_row.clamp(min=1)
     nonempty = tokens_per_row > 0
@@ -288,7 +459,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
     return advantages.reshape(n)
 
 
-# ------------------------------------------------------------------------ private helpers
+# ------------------------------------------------------- pieces shared with the chunked losses
 
 
 def _masked_token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
@@ -303,11 +474,11 @@ def _default_mask(mask: Optional[Tensor], per_token: Tensor) -> Tensor:
     return torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
 
 
-def _gather(logprobs: Tensor, ids: Tensor) -> Tensor:
+def token_logprobs_from(logprobs: Tensor, ids: Tensor) -> Tensor:
     return logprobs.gather(-1, ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
-def _cross_entropy(target_probs: Tensor, logprobs: Tensor) -> Tensor:
+def cross_entropy(target_probs: Tensor, logprobs: Tensor) -> Tensor:
     """-Σ_a target(a) log p(a), taking 0 · log 0 as 0 (a bucket with no expert mass)."""
     return -torch.where(target_probs > 0, target_probs * logprobs, 0.0).sum(-1)
 
@@ -318,7 +489,7 @@ def _kl(logprobs_a: Tensor, logprobs_b: Tensor) -> Tensor:
     return torch.where(probs_a > 0, probs_a * (logprobs_a - logprobs_b), 0.0).sum(-1)
 
 
-def _generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor,
+def generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor,
                                beta: float) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
@@ -332,7 +503,7 @@ def _generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tenso
     return beta * _kl(teacher_logprobs, mixture) + (1 - beta) * _kl(student_logprobs, mixture)
 
 
-def _with_tail(logprobs_on_ids: Tensor) -> Tensor:
+def with_tail(logprobs_on_ids: Tensor) -> Tensor:
     """Append the tail bucket log(1 - Σ exp(logprobs_on_ids)) as entry k+1 of the last dim.
 
     The covered mass is clamped to at most exp(-eps) ≈ 1 - eps (eps = the dtype's machine
@@ -396,11 +567,18 @@ def ce_kl_per_token(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Ten
     return -(q * log_p).sum(-1), (q * (log_q - log_p)).sum(-1)
 
 
-def _leave_one_out_mean(values: Tensor, group_size: int) -> Tensor:
-    """For each row, the mean of the other rows of its contiguous group, position by position."""
-    grouped = values.view(-1, group_size, values.shape[-1])
-    others = grouped.sum(dim=1, keepdim=True) - grouped
-    return (others / (group_size - 1)).reshape(values.shape)
+def topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
+    """The expert's log-prob of each sampled token; outside the top-k, the tail's log-mass (an upper bound)."""
+    hit = ids == tokens.unsqueeze(-1)
+    in_topk = (lps.masked_fill(~hit, -1e4)).max(dim=-1).values
+    tail = torch.log1p(-lps.exp().sum(-1).clamp(max=1 - 1e-6))
+    return torch.where(hit.any(-1), in_topk, tail)
+
+
+def check_future_credit(baseline: str, group_size: Optional[int], batch_size: int, gamma: float) -> None:
+    """Refuse a baseline, group layout or discount the losses cannot use, saying what to pass."""
+    _check_baseline(baseline, group_size, batch_size)
+    _check_gamma(gamma)
 
 
 def _check_gamma(gamma: float) -> None:

@@ -7,7 +7,7 @@ and returns the diagnostics the trainer logs (CE and KL to the expert).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
@@ -90,6 +90,21 @@ def stack_signals(signals: Sequence[Optional[ExpertSignal]], width: int, vocab: 
     raise ConfigError("a text-level expert signal must go through the sequence path, not stack_signals")
 
 
+@dataclass
+class RowContext:
+    """What the future credit needs beyond the logits: the micro-batch's rows and their groups.
+
+    ``rewards`` ``[B]`` feed ``loss.reward_weight``; ``baseline_exclude`` ``[B, group_size]``
+    marks, per row, the siblings whose expert context read that row (left out of its
+    ``group_loo`` baseline); ``eos_id`` is what ``loss.stop_credit: local`` holds fixed.
+    """
+
+    group_size: int
+    eos_id: Optional[int] = None
+    rewards: Optional[Tensor] = None
+    baseline_exclude: Optional[Tensor] = None
+
+
 def distillation_loss(
     method: str,
     cfg: LossConfig,
@@ -97,12 +112,18 @@ def distillation_loss(
     tokens: Tensor,
     mask: Tensor,
     expert: ExpertBatch,
-    group_size: int,
+    rows: RowContext,
 ) -> LossOutput:
-    """Token-mean loss over rows that have a signal; stats are detached floats."""
+    """Token-mean loss over rows that have a signal; stats are detached floats.
+
+    ``loss.expert_temperature`` is applied to the expert's distribution here, before any loss,
+    so every distillation method learns towards the same q.
+    """
+    response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
     student_logits_f = student_logits.float()
-    credit = _credit(method, cfg, group_size)
+    expert = tempered(expert, cfg.expert_temperature)
+    credit = _credit(method, cfg, rows, response_mask)
     if expert.access in ("dense", "hidden"):
         teacher = expert.dense_logits()
         if method in ("distil", "distil_local"):
@@ -119,15 +140,19 @@ def distillation_loss(
         if method in ("distil", "distil_local"):
             loss = losses.distil_loss_topk(student_logits_f, ids, lps, tokens, mask, **credit)
         elif method == "jsd":
-            loss = losses.generalized_jsd_topk(student_logits_f, ids, lps, mask, beta=cfg.beta)
+            loss = losses.generalized_jsd_topk(student_logits_f, ids, lps, mask, beta=cfg.beta,
+                                               temperature=cfg.temperature)
         else:
-            teacher_lp = _topk_token_logprobs(ids, lps, tokens)
+            teacher_lp = losses.topk_token_logprobs(ids, lps, tokens)
             student_lp = losses.token_logprobs(student_logits_f, tokens)
             loss = losses.reverse_kl_sampled(student_lp, teacher_lp, mask, gamma=cfg.reverse_kl_gamma)
         stats = {}
     elif expert.access == "sampled":
         if method not in ("distil", "distil_local"):
             raise ConfigError(f"method {method!r} needs expert log-probs; this expert only samples tokens")
+        if credit["future_credit"] and cfg.future_cost == "kl":
+            raise ConfigError("loss.future_cost: kl needs the expert's log-probs, and this expert only samples "
+                              "tokens. Set loss.future_cost: ce (or use an expert with dense or top-k access)")
         loss = losses.distil_loss_sampled(student_logits_f, expert.sample_ids, tokens, mask, **credit)
         stats = {}
     else:
@@ -145,13 +170,15 @@ def chunked_distillation_loss(
     tokens: Tensor,
     mask: Tensor,
     expert: ExpertBatch,
-    group_size: int,
+    rows: RowContext,
 ) -> LossOutput:
     """:func:`distillation_loss` from the student's hidden states and output projection, the
     logits made ``cfg.chunk_size`` positions at a time (:mod:`distil_core.chunked`)."""
     from .chunked import ExpertHead, ExpertTopK, chunked_loss
 
+    response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
+    expert = tempered(expert, cfg.expert_temperature)
     if expert.access == "topk":
         target = ExpertTopK(expert.topk_ids, expert.topk_logprobs)
     elif expert.access == "hidden":
@@ -164,28 +191,47 @@ def chunked_distillation_loss(
     loss = chunked_loss(
         method, hidden, weight, tokens, mask, target, bias=bias, chunk_size=cfg.chunk_size,
         beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
-        **_credit(method, cfg, group_size),
+        **_credit(method, cfg, rows, response_mask),
     )
     stats["signal_tokens"] = float(mask.sum())
     return LossOutput(loss, stats)
 
 
-def _credit(method: str, cfg: LossConfig, group_size: int) -> dict:
+def _credit(method: str, cfg: LossConfig, rows: RowContext, response_mask: Tensor) -> dict:
     """DistIL's future-credit options (only ``distil`` has future credit)."""
-    return dict(
+    credit = dict(
         future_credit=(method == "distil") and cfg.future_credit,
+        future_cost=cfg.future_cost,
+        stop_credit=cfg.stop_credit,
+        eos_id=rows.eos_id,
         baseline=cfg.baseline,
         gamma=cfg.gamma,
-        group_size=group_size if cfg.baseline == "group_loo" else None,
+        group_size=rows.group_size if rows.group_size > 1 else None,
+        baseline_exclude=rows.baseline_exclude,
     )
+    if credit["future_credit"] and cfg.reward_weight > 0:
+        credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, response_mask=response_mask)
+    return credit
 
 
-def _topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
-    """The expert's log-prob of each sampled token; outside the top-k, the tail's log-mass (an upper bound)."""
-    hit = ids == tokens.unsqueeze(-1)
-    in_topk = (lps.masked_fill(~hit, -1e4)).max(dim=-1).values
-    tail = torch.log1p(-lps.exp().sum(-1).clamp(max=1 - 1e-6))
-    return torch.where(hit.any(-1), in_topk, tail)
+def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
+    """The expert's signal at ``temperature`` τ: q ∝ exp(z / τ) for every access level that has logits.
+
+    Dense logits are divided by τ; hidden states keep their values and the output projection is
+    divided instead; top-k log-probs go through :func:`losses.temper_topk`. Sampled tokens carry
+    no distribution to temper.
+    """
+    if temperature == 1.0:
+        return expert
+    if expert.access == "dense":
+        return replace(expert, logits=expert.logits / temperature)
+    if expert.access == "hidden":
+        weight, bias = expert.head
+        return replace(expert, head=(weight / temperature, None if bias is None else bias / temperature))
+    if expert.access == "topk":
+        return replace(expert, topk_logprobs=losses.temper_topk(expert.topk_logprobs, temperature))
+    raise ConfigError(f"loss.expert_temperature needs an expert with log-probs; a {expert.access!r} expert "
+                      "sends none. Set loss.expert_temperature: 1.0")
 
 
 def _dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> dict[str, float]:
@@ -196,12 +242,13 @@ def _dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -
 
 def grpo_micro_loss(
     cfg: LossConfig, student_logits: Tensor, tokens: Tensor, mask: Tensor, advantages: Tensor,
-    old_logprobs: Optional[Tensor], normalizer: Optional[float],
+    old_logprobs: Optional[Tensor], normalizer: Optional[float], max_completion_length: Optional[int] = None,
 ) -> LossOutput:
     logprobs = losses.token_logprobs(student_logits.float(), tokens)
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     loss = losses.grpo_loss(
         logprobs, old, advantages, mask,
         eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_type=cfg.loss_type, normalizer=normalizer,
+        max_completion_length=max_completion_length,
     )
     return LossOutput(loss, {"signal_tokens": float(mask.sum())})

@@ -26,6 +26,7 @@ from .lora import load_policy_state, policy_state, trainable_parameters
 from .losses import group_advantages, sequence_ce_loss
 from .methods import (
     LossOutput,
+    RowContext,
     chunked_distillation_loss,
     distillation_loss,
     grpo_micro_loss,
@@ -176,7 +177,7 @@ class Trainer:
                 for q, s in zip(asked, answered):
                     signals[q.rollout_index] = s
                 lap("expert")
-        stats = self._update(prompts, rollouts, verdicts, signals, n)
+        stats = self._update(prompts, rollouts, verdicts, signals, n, queries)
         lap("update")
         synced = getattr(rt.generator, "after_update", None)
         if callable(synced):  # a generator outside this process gets the new policy (server rollouts)
@@ -252,9 +253,12 @@ class Trainer:
                 out[k].extend(_checked(list(per_rollout or []), Feedback, name))
         return out
 
-    def _update(self, prompts, rollouts, verdicts, signals, n) -> dict[str, float]:
+    def _update(self, prompts, rollouts, verdicts, signals, n, queries=()) -> dict[str, float]:
         cfg = self.config
         method = cfg.method
+        rewarded = method == "distil" and cfg.loss.future_credit and cfg.loss.reward_weight > 0
+        rewards = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+        readers = baseline_exclusions(queries, len(rollouts), n)
         rows = list(range(len(rollouts)))
         advantages = None
         text_mode = any(s is not None and s.ok and s.access == "text" for s in signals)
@@ -269,7 +273,9 @@ class Trainer:
             advantages = group_advantages(rewards, n, scale=cfg.loss.advantage_scale) if n > 1 else rewards - rewards.mean()
             advantages = advantages[offset : offset + len(verdicts)]
         targets = [self._text_target(s) if text_mode else r.response_ids for r, s in zip(rollouts, signals)]
-        weight_of = [len(t) if (method == "grpo" or (signals[j] is not None and signals[j].ok)) else 0 for j, t in enumerate(targets)]
+        # rows the loss reads: every row for GRPO; rows with a signal (and, with a success term, every row) otherwise
+        weight_of = [len(t) if (method == "grpo" or rewarded or (signals[j] is not None and signals[j].ok)) else 0
+                     for j, t in enumerate(targets)]
         micro = _micro_batches(len(rows), n, cfg.optim.grad_accum)
         # each micro-batch is weighted by its share of the global batch: the ranks' gradients add up
         learning = sum(any(weight_of[j] for j in chunk) for chunk in micro)
@@ -287,12 +293,13 @@ class Trainer:
                 hidden, tokens, mask = response_hidden(
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
-                out = self._chunked_loss(chunk, hidden, tokens, mask, signals, n)
+                out = self._chunked_loss(chunk, hidden, tokens, mask, signals, self._rows(chunk, n, rewards, readers))
             else:
                 logits, tokens, mask = response_logits(
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
-                out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n)
+                out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens,
+                                       self._rows(chunk, n, rewards, readers))
             scale = _grpo_scale(cfg.loss.loss_type, len(chunk), total_rows, total_micro) if method == "grpo" else micro_tokens / total_tokens
             (out.loss * scale).backward()
             totals["loss"] += float(out.loss.detach()) * scale
@@ -323,22 +330,27 @@ class Trainer:
         """Under fsdp, the whole policy gathered for the block (see :func:`fsdp.full_weights`)."""
         return fsdp.full_weights(self.model) if self.sharded else contextlib.nullcontext()
 
-    def _micro_loss(self, chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, n) -> LossOutput:
+    def _rows(self, chunk, n, rewards, readers) -> RowContext:
+        return RowContext(group_size=n, eos_id=self.rt.tokenizer.eos_token_id, rewards=rewards[chunk],
+                          baseline_exclude=readers[chunk])
+
+    def _micro_loss(self, chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens, rows) -> LossOutput:
         cfg = self.config
         if cfg.method == "grpo":
-            return grpo_micro_loss(cfg.loss, logits, tokens, mask, advantages[chunk].to(logits.device), None, float(total_tokens))
+            return grpo_micro_loss(cfg.loss, logits, tokens, mask, advantages[chunk].to(logits.device), None,
+                                   float(total_tokens), max_completion_length=cfg.rollout.max_new_tokens)
         if text_mode:
             rows = torch.tensor([1.0 if signals[j] is not None and signals[j].ok else 0.0 for j in chunk], device=mask.device)
             masked = mask * rows.unsqueeze(1)
             return LossOutput(sequence_ce_loss(logits.float(), tokens, masked), {"signal_tokens": float(masked.sum())})
         expert = stack_signals([signals[j] for j in chunk], tokens.shape[1], logits.shape[-1], logits.device)
-        return distillation_loss(cfg.method, cfg.loss, logits, tokens, mask, expert, n)
+        return distillation_loss(cfg.method, cfg.loss, logits, tokens, mask, expert, rows)
 
-    def _chunked_loss(self, chunk, hidden, tokens, mask, signals, n) -> LossOutput:
+    def _chunked_loss(self, chunk, hidden, tokens, mask, signals, rows) -> LossOutput:
         """The distillation loss with the student's logits made a chunk at a time."""
         weight, bias = output_projection(self.model)
         batch = stack_signals([signals[j] for j in chunk], tokens.shape[1], weight.shape[0], hidden.device)
-        return chunked_distillation_loss(self.config.method, self.config.loss, hidden, weight, bias, tokens, mask, batch, n)
+        return chunked_distillation_loss(self.config.method, self.config.loss, hidden, weight, bias, tokens, mask, batch, rows)
 
     def _text_target(self, signal: Optional[ExpertSignal]) -> list[int]:
         if signal is None or not signal.ok:
@@ -537,6 +549,23 @@ def _micro_batches(count: int, group_size: int, accum: int) -> list[list[int]]:
     groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
     per = max(1, -(-len(groups) // accum))
     return [sum(groups[i : i + per], []) for i in range(0, len(groups), per)]
+
+
+def baseline_exclusions(queries: Sequence[ExpertQuery], rows: int, group_size: int) -> torch.Tensor:
+    """``[rows, group_size]``: True where sibling b's expert context read row j (as its demonstration).
+
+    The ``group_loo`` baseline of row j must not depend on j's own rollout; a sibling whose
+    context shows j's response has a future cost that does (provenance records which rollout
+    each demonstration came from), so it is left out of j's baseline.
+    """
+    exclude = torch.zeros(rows, group_size, dtype=torch.bool)
+    for query in queries:
+        for item in query.provenance:
+            if item.get("kind") == "demonstration" and item.get("source") == "sibling":
+                read = int(item["rollout"])
+                if read // group_size == query.rollout_index // group_size:
+                    exclude[read, query.rollout_index % group_size] = True
+    return exclude
 
 
 def _expert_accounting(signals: Sequence[Optional[ExpertSignal]]) -> dict[str, Any]:

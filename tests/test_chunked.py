@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from distil_core import losses
 from distil_core.chunked import ExpertHead, ExpertTopK, chunked_loss
-from distil_core.methods import _topk_token_logprobs
 
 B, T, H, V, GROUP = 4, 7, 5, 11, 2
 RTOL = 1e-5
@@ -49,8 +48,25 @@ def _compare(reference_fn, chunked_fn, seed: int = 0):
 
 @pytest.mark.parametrize("baseline", ["none", "group_loo"])
 @pytest.mark.parametrize("gamma", [1.0, 0.6])
-def test_distil_equals_the_reference(baseline, gamma):
-    options = dict(baseline=baseline, gamma=gamma, group_size=GROUP if baseline == "group_loo" else None)
+@pytest.mark.parametrize("future_cost, stop_credit", [("kl", "full"), ("ce", "full"), ("kl", "local")])
+def test_distil_equals_the_reference(baseline, gamma, future_cost, stop_credit):
+    options = dict(baseline=baseline, gamma=gamma, group_size=GROUP if baseline == "group_loo" else None,
+                   future_cost=future_cost, stop_credit=stop_credit, eos_id=3)
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, **options
+        ),
+    )
+
+
+def test_distil_with_exclusions_and_a_success_term_equals_the_reference():
+    exclude = torch.zeros(B, GROUP, dtype=torch.bool)
+    exclude[0, 1] = True
+    response = torch.ones(B, T, dtype=torch.float64)
+    response[0, 5:] = 0
+    options = dict(baseline="group_loo", group_size=GROUP, baseline_exclude=exclude, stop_credit="local", eos_id=2,
+                   rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), reward_weight=0.7, response_mask=response)
     _compare(
         lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
         lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
@@ -94,8 +110,9 @@ def test_reverse_kl_equals_the_reference(gamma):
     )
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("method", ["distil", "distil_local", "jsd", "reverse_kl"])
-def test_top_k_with_tail_equals_the_reference(method):
+def test_top_k_with_tail_equals_the_reference(method, temperature):
     hidden, weight, bias, eh, ew, tokens, mask = _problem(3)
     ids, lps = losses.topk_with_tail(F.linear(eh, ew), 4)
     leaves = [hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()]
@@ -103,14 +120,15 @@ def test_top_k_with_tail_equals_the_reference(method):
     if method in ("distil", "distil_local"):
         ref = losses.distil_loss_topk(logits, ids, lps, tokens, mask, future_credit=method == "distil")
     elif method == "jsd":
-        ref = losses.generalized_jsd_topk(logits, ids, lps, mask, beta=0.5)
+        ref = losses.generalized_jsd_topk(logits, ids, lps, mask, beta=0.5, temperature=temperature)
     else:
         ref = losses.reverse_kl_sampled(
-            losses.token_logprobs(logits, tokens), _topk_token_logprobs(ids, lps, tokens), mask
+            losses.token_logprobs(logits, tokens), losses.topk_token_logprobs(ids, lps, tokens), mask
         )
     ref_grads = _grads(ref, leaves)
     for chunk in (2, 5, T):
-        got = chunked_loss(method, hidden, weight, tokens, mask, ExpertTopK(ids, lps), bias=bias, chunk_size=chunk)
+        got = chunked_loss(method, hidden, weight, tokens, mask, ExpertTopK(ids, lps), bias=bias, chunk_size=chunk,
+                           temperature=temperature)
         torch.testing.assert_close(got, ref, rtol=RTOL, atol=1e-12)
         for g, r in zip(_grads(got, leaves), ref_grads):
             torch.testing.assert_close(g, r, rtol=RTOL, atol=1e-12)
@@ -194,7 +212,7 @@ def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
 def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
     """An expert that sends hidden states + its projection is a dense expert to the reference path."""
     from distil_core.config import LossConfig
-    from distil_core.methods import distillation_loss, stack_signals
+    from distil_core.methods import RowContext, distillation_loss, stack_signals
     from distil_core.types import ExpertSignal
 
     hidden, weight, _, eh, ew, tokens, mask = _problem(19, dtype=torch.float32)
@@ -203,8 +221,14 @@ def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
     dense = [ExpertSignal(access="dense", logits=F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
     head = (ew, None)
     hid = [ExpertSignal(access="hidden", hidden=eh[b, :n], head=head) for b, n in enumerate(lengths)]
-    cfg = LossConfig()
-    a = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(dense, T, V, "cpu"), GROUP)
-    b = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(hid, T, V, "cpu"), GROUP)
-    torch.testing.assert_close(a.loss, b.loss)
-    assert a.stats == pytest.approx(b.stats)
+    rows = RowContext(GROUP, eos_id=0)
+    for temperature in (1.0, 0.5):
+        cfg = LossConfig(expert_temperature=temperature)
+        a = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(dense, T, V, "cpu"), rows)
+        b = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(hid, T, V, "cpu"), rows)
+        torch.testing.assert_close(a.loss, b.loss)
+        assert a.stats == pytest.approx(b.stats)
+    # the expert's temperature is what the loss learns towards: q = softmax(z / 0.5)
+    sharp = [ExpertSignal(access="dense", logits=2.0 * F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
+    c = distillation_loss("distil", LossConfig(), logits, tokens, mask, stack_signals(sharp, T, V, "cpu"), rows)
+    torch.testing.assert_close(c.loss, b.loss)

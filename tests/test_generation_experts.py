@@ -71,6 +71,13 @@ def test_self_expert_live_shares_weights_frozen_keeps_them_ema_interpolates():
     assert not any(p.requires_grad for p in frozen.model.parameters())
 
 
+def test_self_expert_defaults_to_frozen_weights():
+    """The documented default: a copy of the initial weights, not the live policy."""
+    policy = tiny_model()
+    expert = SelfExpert(_runtime(policy))
+    assert expert.weights == "frozen" and expert.model is not policy
+
+
 def test_topk_access_returns_the_k_most_likely_ids():
     policy = tiny_model()
     tok = tiny_tokenizer()

@@ -22,9 +22,11 @@ from distil_core.losses import (
     generalized_jsd,
     generalized_jsd_topk,
     group_advantages,
+    group_baseline,
     grpo_loss,
     reverse_kl_sampled,
     sequence_ce_loss,
+    temper_topk,
     token_logprobs,
     topk_with_tail,
 )
@@ -115,7 +117,11 @@ def state_rows_tensor(tokens):
 
 
 def surrogate_gradient(theta, expert_logits, sequences, **options):
-    """Gradient of the mean per-sequence surrogate Σ_t ℓ_t over one batch of sequences."""
+    """Gradient of the mean per-sequence surrogate Σ_t ℓ_t over one batch of sequences.
+
+    The exact gradient these are compared with is that of E Σ_t CE: the "ce" future cost.
+    """
+    options.setdefault("future_cost", "ce")
     tokens = torch.tensor(sequences, dtype=torch.long)
     rows = state_rows_tensor(tokens)
     loss = distil_loss(theta[rows], expert_logits[rows], tokens, torch.ones(tokens.shape), **options)
@@ -129,6 +135,7 @@ def per_batch_gradients(theta, expert_logits, batches, **options):
     Each batch reads its own copy of the table, so one backward pass keeps them apart; the
     batches sit side by side as contiguous rows, which keeps groups within their batch.
     """
+    options.setdefault("future_cost", "ce")
     num_batches, batch_size = len(batches), len(batches[0])
     tables = theta.detach().expand(num_batches, *theta.shape).clone().requires_grad_()
     tokens = torch.tensor(batches, dtype=torch.long).reshape(-1, T)
@@ -250,20 +257,6 @@ def test_future_cost_discounts_by_position_and_skips_masked_tokens():
     torch.testing.assert_close(future_cost(ce, mask), torch.tensor([[10.0, 8.0, 0.0, 0.0]]))
 
 
-def test_group_loo_baseline_is_the_mean_of_the_siblings():
-    # three rollouts of one prompt; the third ends after one token
-    ce = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    logprobs = torch.zeros(3, 3, requires_grad=True)
-    distil_surrogate(ce, logprobs, mask, baseline="group_loo", group_size=3).backward()
-    G = [[5.0, 3.0, 0.0], [11.0, 6.0, 0.0], [0.0, 0.0, 0.0]]
-    baseline = [[(G[1][t] + G[2][t]) / 2 for t in range(3)],
-                [(G[0][t] + G[2][t]) / 2 for t in range(3)],
-                [(G[0][t] + G[1][t]) / 2 for t in range(3)]]
-    advantage = torch.tensor(G) - torch.tensor(baseline)
-    torch.testing.assert_close(logprobs.grad, advantage * mask / 7)
-
-
 def test_local_ablation_gradient_is_p_minus_q_per_token():
     student, teacher, tokens, mask = random_batch()
     distil_loss(student, teacher, tokens, mask, future_credit=False).backward()
@@ -322,7 +315,7 @@ def test_sampled_expectation_over_all_samples_equals_dense():
     student, teacher, tokens, mask = random_batch(B=1, T_=3, V_=3, seed=3)
     mask = torch.ones(1, 3)
     q = F.softmax(teacher, -1)[0]
-    dense = distil_loss(student, teacher, tokens, mask)
+    dense = distil_loss(student, teacher, tokens, mask, future_cost="ce")  # samples estimate CE
     (dense_grad,) = torch.autograd.grad(dense, student)
     expected_loss, expected_grad = 0.0, torch.zeros_like(student)
     for samples in itertools.product(range(3), repeat=3):
@@ -572,3 +565,237 @@ def test_reverse_kl_discounted_cost_to_go():
     d = [0.5, None, 0.5, -0.2]  # log p - log q; position 1 is masked out
     expected = [d[0] + 0.25 * d[2] + 0.125 * d[3], 0.0, d[2] + 0.5 * d[3], d[3]]
     torch.testing.assert_close(student.grad, torch.tensor([expected]) / 3)
+
+
+# ------------------------------------------- variable-length responses: future cost, stops
+
+# Token 0 ends a response (EOS); a response stops at EOS or after L_MAX tokens. Every response
+# and every state (a prefix of content tokens) is enumerated, so expectations are exact sums.
+EOS, V_VAR, L_MAX = 0, 3, 3
+RESPONSES = [
+    prefix + (EOS,) if len(prefix) < L_MAX else prefix
+    for n in range(L_MAX + 1) for prefix in itertools.product(range(1, V_VAR), repeat=n)
+]
+VAR_STATES = [p for n in range(L_MAX) for p in itertools.product(range(1, V_VAR), repeat=n)]
+VAR_ROW = {p: i for i, p in enumerate(VAR_STATES)}
+
+
+def var_tables(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(len(VAR_STATES), V_VAR, generator=g).requires_grad_()
+    teacher = 2.0 * torch.randn(len(VAR_STATES), V_VAR, generator=g)
+    return theta, teacher
+
+
+def var_batch(responses):
+    """(state rows, tokens, mask) ``[B, L_MAX]`` of responses padded after their end."""
+    rows = torch.zeros(len(responses), L_MAX, dtype=torch.long)
+    tokens = torch.zeros(len(responses), L_MAX, dtype=torch.long)
+    mask = torch.zeros(len(responses), L_MAX)
+    for b, y in enumerate(responses):
+        for t, token in enumerate(y):
+            rows[b, t], tokens[b, t], mask[b, t] = VAR_ROW[tuple(y[:t])], token, 1.0
+    return rows, tokens, mask
+
+
+def response_logprobs(theta, responses):
+    rows, tokens, mask = var_batch(responses)
+    logp = F.log_softmax(theta, -1)[rows].gather(-1, tokens[..., None]).squeeze(-1)
+    return torch.where(mask.bool(), logp, 0.0).sum(-1)
+
+
+def exact_objective(theta, teacher, future_cost, stop_credit):
+    """The objective whose gradient the estimator's expectation is, by enumeration.
+
+    Σ_y sg(P(y)) Σ_t CE_t, plus Σ_y P̂(y) Σ_t sg(c_t) with P̂ differentiated through the path:
+    through every factor (stop_credit full) or only through the content factors p̃ = p / (1 - p(EOS))
+    (stop_credit local). The CE reading differentiates its own cost in place: Σ_y P(y) Σ_t CE_t.
+    """
+    rows, tokens, mask = var_batch(RESPONSES)
+    logp = F.log_softmax(theta, -1)[rows]
+    q = F.softmax(teacher, -1)[rows]
+    logq = F.log_softmax(teacher, -1)[rows]
+    ce = -(q * logp).sum(-1)
+    kl = (q * (logq - logp)).sum(-1)
+    token_lp = logp.gather(-1, tokens[..., None]).squeeze(-1)
+    keep = mask.bool()
+    if stop_credit == "local":
+        content = token_lp - torch.log1p(-logp[..., EOS].exp())
+        path_lp = token_lp.detach() + torch.where(tokens == EOS, 0.0, content - content.detach())
+    else:
+        path_lp = token_lp
+    path = torch.where(keep, path_lp, 0.0).sum(-1).exp()
+    probs = path.detach()
+    if future_cost == "ce" and stop_credit == "full":
+        return (path * torch.where(keep, ce, 0.0).sum(-1)).sum()
+    cost = (ce if future_cost == "ce" else kl).detach()
+    local = (probs * torch.where(keep, ce, 0.0).sum(-1)).sum()
+    return local + (path * torch.where(keep, cost, 0.0).sum(-1)).sum()
+
+
+def expected_estimator_gradient(theta, teacher, groups, **options):
+    """Σ over groups of P(group) · ∇ (summed surrogate of the group), one backward pass."""
+    flat = [y for group in groups for y in group]
+    rows, tokens, mask = var_batch(flat)
+    tables = theta.detach().expand(len(groups), *theta.shape).clone().requires_grad_()
+    size = len(groups[0])
+    group_of_row = torch.arange(len(groups)).repeat_interleave(size)
+    student = tables[group_of_row[:, None], rows]
+    weights = response_logprobs(theta.detach(), flat).reshape(len(groups), size).sum(-1).exp()
+    loss_per_group = []
+    for g in range(len(groups)):
+        part = slice(g * size, (g + 1) * size)
+        loss_per_group.append(distil_loss(student[part], teacher[rows[part]], tokens[part], mask[part],
+                                          eos_id=EOS, normalizer=1.0, **options))
+    (grads,) = torch.autograd.grad((weights * torch.stack(loss_per_group)).sum(), tables)
+    return grads.sum(0), grads, weights
+
+
+VARIANTS = [("ce", "full"), ("kl", "full"), ("kl", "local"), ("ce", "local")]
+
+
+@pytest.mark.parametrize("future_cost, stop_credit", VARIANTS)
+def test_variable_length_estimator_is_the_exact_gradient(future_cost, stop_credit):
+    theta, teacher = var_tables()
+    (exact,) = torch.autograd.grad(exact_objective(theta, teacher, future_cost, stop_credit), theta)
+    got, _, _ = expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES],
+                                            future_cost=future_cost, stop_credit=stop_credit)
+    torch.testing.assert_close(got, exact, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("future_cost, stop_credit", VARIANTS)
+def test_masked_group_baseline_is_unbiased_on_variable_lengths(future_cost, stop_credit):
+    theta, teacher = var_tables(seed=5)
+    (exact,) = torch.autograd.grad(exact_objective(theta, teacher, future_cost, stop_credit), theta)
+    pairs = [[a, b] for a, b in itertools.product(RESPONSES, repeat=2)]
+    got, _, _ = expected_estimator_gradient(
+        theta, teacher, pairs, future_cost=future_cost, stop_credit=stop_credit,
+        baseline="group_loo", group_size=2)
+    torch.testing.assert_close(got, 2 * exact, atol=1e-10, rtol=0)  # two rollouts per pair
+
+
+def test_kl_future_cost_has_the_expert_as_a_fixed_point_and_ce_pushes_towards_stopping():
+    _, teacher = var_tables()
+    theta = teacher.clone().requires_grad_()  # p = q at every state
+    for stop_credit in ("full", "local"):
+        grad, _, _ = expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES],
+                                                 future_cost="kl", stop_credit=stop_credit)
+        assert grad.abs().max() < 1e-12
+    grad, _, _ = expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES], future_cost="ce")
+    assert grad.abs().max() > 1e-3
+    # a descent step raises p(EOS) at the first state: the CE cost pays for ending early
+    p_before = F.softmax(theta.detach()[VAR_ROW[()]], -1)[EOS]
+    p_after = F.softmax((theta.detach() - 0.1 * grad)[VAR_ROW[()]], -1)[EOS]
+    assert p_after > p_before
+
+
+def test_stop_credit_local_gives_the_stop_logit_no_future_credit():
+    theta, teacher = var_tables()
+    runs = {name: expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES], **options)[0]
+            for name, options in (("full", {"stop_credit": "full"}), ("local", {"stop_credit": "local"}),
+                                  ("none", {"future_credit": False}))}
+    # the future credit is the policy gradient of the content distribution p / (1 - p(EOS)) alone:
+    # nothing of it reaches the EOS logit, whereas the full score pushes on it
+    assert (runs["local"] - runs["none"])[:, EOS].abs().max() < 1e-12
+    assert (runs["full"] - runs["none"])[:, EOS].abs().max() > 1e-3
+
+
+def test_group_baseline_averages_only_siblings_that_still_contribute():
+    # three rollouts of one prompt; the third ends after one token, so it has no G past t = 0
+    ce = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    logprobs = torch.zeros(3, 3, requires_grad=True)
+    distil_surrogate(ce, logprobs, mask, baseline="group_loo", group_size=3).backward()
+    G = [[5.0, 3.0, 0.0], [11.0, 6.0, 0.0], [0.0, 0.0, 0.0]]
+    baseline = [[(G[1][0] + G[2][0]) / 2, G[1][1], G[1][2]],
+                [(G[0][0] + G[2][0]) / 2, G[0][1], G[0][2]],
+                [(G[0][0] + G[1][0]) / 2, 0.0, 0.0]]
+    advantage = torch.tensor(G) - torch.tensor(baseline)
+    torch.testing.assert_close(logprobs.grad, advantage * mask / 7)
+
+
+def test_group_baseline_leaves_out_siblings_that_read_the_row_and_rows_without_signal():
+    values = torch.tensor([[1.0], [2.0], [4.0], [8.0]])
+    mask = torch.ones(4, 1)
+    mask[3] = 0.0  # no expert signal for row 3
+    exclude = torch.zeros(4, 4, dtype=torch.bool)
+    exclude[0, 1] = True  # row 1's context showed row 0 as its demonstration
+    got = group_baseline(values, mask, 4, exclude)
+    torch.testing.assert_close(got, torch.tensor([[4.0], [2.5], [1.5], [7.0 / 3]]))
+    exclude[0, 2] = True
+    assert group_baseline(values, mask, 4, exclude)[0, 0] == 0.0  # no sibling qualifies
+
+
+def test_reward_term_teaches_a_lone_success_without_an_expert_signal():
+    logits = torch.zeros(2, 2, 3, requires_grad=True)
+    teacher = torch.zeros(2, 2, 3)
+    tokens = torch.tensor([[1, 0], [2, 0]])
+    signal = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # row 0 succeeded and has no signal
+    response = torch.ones(2, 2)
+    loss = distil_loss(logits, teacher, tokens, signal, baseline="group_loo", group_size=2,
+                       rewards=torch.tensor([1.0, 0.0]), reward_weight=0.5, response_mask=response)
+    loss.backward()
+    # row 0: A = -0.5 · (1 - 0): descent raises log p(y) of its tokens
+    assert logits.grad[0, 0, 1] < 0 and logits.grad[0, 1, 0] < 0
+    without = torch.zeros(2, 2, 3, requires_grad=True)
+    distil_loss(without, teacher, tokens, signal, baseline="group_loo", group_size=2).backward()
+    assert without.grad[0].abs().max() == 0.0
+    with pytest.raises(ValueError, match="reward_weight"):
+        distil_loss(logits, teacher, tokens, signal, reward_weight=0.5)
+
+
+def test_sampled_expert_refuses_the_kl_future_cost():
+    student, teacher, tokens, mask = random_batch()
+    samples = torch.zeros(*tokens.shape, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="future_cost='kl' needs the expert's log-probs"):
+        distil_loss_sampled(student, samples, tokens, mask, future_cost="kl")
+    distil_loss_sampled(student, samples, tokens, mask, future_cost="ce")
+
+
+def test_topk_kl_future_cost_with_all_ids_equals_dense():
+    student, teacher, tokens, mask = random_batch()
+    ids, logprobs = topk_with_tail(teacher, k=teacher.shape[-1])
+    for options in ({"future_cost": "kl"}, {"future_cost": "kl", "stop_credit": "local", "eos_id": 1}):
+        dense = distil_loss(student, teacher, tokens, mask, **options)
+        topk = distil_loss_topk(student, ids, logprobs, tokens, mask, **options)
+        torch.testing.assert_close(topk, dense)
+
+
+def test_bad_credit_options_are_refused():
+    student, teacher, tokens, mask = random_batch()
+    with pytest.raises(ValueError, match="unknown future_cost"):
+        distil_loss(student, teacher, tokens, mask, future_cost="entropy")
+    with pytest.raises(ValueError, match="needs eos_id"):
+        distil_loss(student, teacher, tokens, mask, stop_credit="local")
+
+
+def test_temper_topk_with_all_ids_equals_tempered_dense():
+    _, teacher, _, _ = random_batch()
+    ids, logprobs = topk_with_tail(teacher, k=teacher.shape[-1])
+    torch.testing.assert_close(temper_topk(logprobs, 2.0),
+                               F.log_softmax(teacher / 2.0, -1).gather(-1, ids))
+
+
+def test_jsd_topk_applies_the_temperature_to_both_sides_as_the_dense_loss():
+    student, teacher, tokens, mask = random_batch()
+    ids, logprobs = topk_with_tail(teacher, k=teacher.shape[-1])
+    for temperature in (0.5, 2.0):
+        dense = generalized_jsd(student, teacher, mask, beta=0.3, temperature=temperature)
+        topk = generalized_jsd_topk(student, ids, logprobs, mask, beta=0.3, temperature=temperature)
+        torch.testing.assert_close(topk, dense)
+
+
+def test_dr_grpo_divides_by_a_constant_so_micro_batches_add_up_to_the_whole_batch():
+    logprobs = torch.randn(4, 5, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    advantages = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    whole = grpo_loss(logprobs, logprobs.detach(), advantages, mask, loss_type="dr_grpo", max_completion_length=6)
+    (g_whole,) = torch.autograd.grad(whole, logprobs)
+    # two micro-batches, the second trimmed to its own longest response, each weighted by its rows
+    first = grpo_loss(logprobs[:2], logprobs[:2].detach(), advantages[:2], mask[:2],
+                      loss_type="dr_grpo", max_completion_length=6)
+    second = grpo_loss(logprobs[2:, :2], logprobs[2:, :2].detach(), advantages[2:], mask[2:, :2],
+                       loss_type="dr_grpo", max_completion_length=6)
+    (g_parts,) = torch.autograd.grad(first / 2 + second / 2, logprobs)
+    torch.testing.assert_close(g_parts, g_whole)
+    assert whole.item() == pytest.approx(-(advantages * mask.sum(-1)).sum().item() / (4 * 6))

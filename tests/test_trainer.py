@@ -86,13 +86,18 @@ def test_rollouts_log_holds_each_rollout_with_verdict_and_feedback(tmp_path):
     assert not (tmp_path / "off" / "rollouts.jsonl").exists()
 
 
-@pytest.mark.parametrize("method", ["distil", "grpo"])
-def test_gradient_accumulation_gives_the_same_update(tmp_path, method):
+@pytest.mark.parametrize("method, extra", [
+    ("distil", "loss.baseline=group_loo"),
+    ("distil", "loss.reward_weight=0.5"),
+    ("grpo", "loss.loss_type=dapo"),
+    ("grpo", "loss.loss_type=dr_grpo"),
+])
+def test_gradient_accumulation_gives_the_same_update(tmp_path, method, extra):
+    """Micro-batches add up to the whole batch (dr_grpo: the divisor is batch × max_new_tokens)."""
     params = []
     for accum in (1, 2):
-        trainer = _trainer(tmp_path / f"a{accum}", f"method={method}", "train.steps=1",
-                           "loss.baseline=group_loo" if method == "distil" else "loss.loss_type=dapo",
-                           f"optim.grad_accum={accum}", "optim.grad_clip=0")
+        trainer = _trainer(tmp_path / f"a{accum}", f"method={method}", "train.steps=1", extra,
+                           "rollout.temperature=2.0", f"optim.grad_accum={accum}", "optim.grad_clip=0")
         trainer.train_step(1)
         params.append([p.detach().clone() for p in trainer.model.parameters()])
     for a, b in zip(*params):
@@ -195,7 +200,9 @@ def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, ex
     host.register_plugin(_TestPlugin, "test-plugin")
     try:
         # A hot sampling temperature makes sure some rollouts fail and get feedback.
+        # a sampling expert gives no log q: the future cost is the CE it estimates
         config = load_config(None, FAST_RUN + [f"expert={expert}", "feedback=[async_hint, answer_check]", "train.steps=2",
+                                               "loss.future_cost=ce",
                                                "rollout.temperature=2.0", f"loss.chunk_size={chunk}"])
         trainer = Trainer(config, run_dir=str(tmp_path), host=host, echo=lambda *_: None)
         start = [p.detach().clone() for p in trainer.model.parameters()]
@@ -250,3 +257,32 @@ def test_chunked_losses_give_the_same_update_as_full_logits(tmp_path, method, ex
     assert rows[0]["expert_access"] == ("topk" if "topk" in extra else "dense")
     if "ce_to_expert" in rows[0]:
         assert rows[1]["ce_to_expert"] == pytest.approx(rows[0]["ce_to_expert"], rel=1e-5)
+
+
+def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
+    from distil_core.trainer import baseline_exclusions
+    from distil_core.types import ExpertQuery
+
+    def query(index, demo=None):
+        provenance = [{"source": "answer_check", "kind": "answer_check"}]
+        if demo is not None:
+            provenance.append({"source": "sibling", "kind": "demonstration", "rollout": str(demo)})
+        return ExpertQuery(problem_id="p", rollout_index=index, context_messages=[], context_ids=[1],
+                           response_ids=[2], response_text="", provenance=provenance)
+
+    # two groups of 3: rows 1 and 2 were shown row 0; row 5 was shown row 4
+    got = baseline_exclusions([query(0), query(1, demo=0), query(2, demo=0), query(3), query(5, demo=4)], 6, 3)
+    expected = torch.zeros(6, 3, dtype=torch.bool)
+    expected[0, 1] = expected[0, 2] = True
+    expected[4, 2] = True
+    assert torch.equal(got, expected)
+
+
+def test_a_success_term_teaches_rows_that_have_no_expert_signal(tmp_path):
+    """With loss.reward_weight a lone success (no feedback, no demonstration) still moves the policy."""
+    trainer = _trainer(tmp_path, "train.steps=1", "loss.reward_weight=1.0", "optim.grad_clip=0",
+                       "feedback=[]", "context.use_demonstrations=false", "loss.no_signal=skip")
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    row = trainer.train_step(1)
+    assert row["signal_rollouts"] == 0 and row["pass_rate"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
