@@ -236,8 +236,14 @@ class Bench:
                 for line in fh:
                     rec = json.loads(line)
                     curve.append({"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k}})
+        lengths = []
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        if os.path.exists(metrics_path):
+            with open(metrics_path, encoding="utf-8") as fh:
+                lengths = [[rec["step"], rec["response_tokens"]] for rec in map(json.loads, fh) if "response_tokens" in rec]
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
-                "before": summary["before"], "after": summary["after"], "curve": curve}
+                "before": summary["before"], "after": summary["after"], "curve": curve,
+                "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens")}
 
 
 # -- aggregation and reports -------------------------------------------------------------------
@@ -269,6 +275,41 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return out
 
 
+def mean_curve(runs: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """(step, mean over seeds of ``metric``) at every step all runs evaluated."""
+    steps = sorted(set.intersection(*({p["step"] for p in r["curve"] if metric in p} for r in runs))) if runs else []
+    return [(step, statistics.fmean(p[metric] for r in runs for p in r["curve"] if p["step"] == step and metric in p))
+            for step in steps]
+
+
+def rollouts_to_reach(rows: list[dict[str, Any]], suite: str, target_method: str, metric: str,
+                      rollouts_per_step: int) -> dict[str, Optional[int]]:
+    """Per method: rollouts consumed when its mean ``metric`` curve first reaches ``target_method``'s
+    final mean (None: never within the budget). The sample-efficiency view of the bench."""
+    mine = [r for r in rows if r["suite"] == suite]
+    target_runs = [r for r in mine if r["method"] == target_method]
+    if not target_runs:
+        return {}
+    target = statistics.fmean(r["after"][metric] for r in target_runs)
+    out: dict[str, Optional[int]] = {}
+    for method in dict.fromkeys(r["method"] for r in mine):
+        curve = mean_curve([r for r in mine if r["method"] == method], metric)
+        reached = [step for step, value in curve if step > 0 and value >= target - 1e-12]
+        out[method] = reached[0] * rollouts_per_step if reached else None
+    return out
+
+
+def final_lengths(rows: list[dict[str, Any]], suite: str, method: str, tail: float = 0.1) -> Optional[float]:
+    """Mean response tokens over the last ``tail`` share of the steps, averaged over seeds."""
+    values = []
+    for r in rows:
+        if r["suite"] == suite and r["method"] == method and r.get("response_tokens"):
+            series = r["response_tokens"]
+            last = series[-max(1, int(len(series) * tail)):]
+            values.append(statistics.fmean(v for _, v in last))
+    return statistics.fmean(values) if values else None
+
+
 def table_metrics(keys: Any) -> list[str]:
     """The columns: avg@n, pass@k (by k), maj@n — what the eval measured (observed pass@n aside)."""
     def k(name: str) -> int:
@@ -277,7 +318,8 @@ def table_metrics(keys: Any) -> list[str]:
     avg = [m for m in keys if m.startswith("avg@")]
     passes = sorted((m for m in keys if m.startswith("pass@")), key=k)
     maj = [m for m in keys if m.startswith("maj@")]
-    return avg + passes + maj
+    greedy = [m for m in keys if m.startswith("greedy@")]
+    return avg + passes + maj + greedy
 
 
 def _cell(value: tuple[float, float, int], pct: bool = True) -> str:
@@ -334,8 +376,11 @@ def render_markdown(bench: Bench, rows: list[dict[str, Any]], plots: dict[str, s
             label = f"**{method}**" if method != "base" else "base"
             lines.append("| " + " | ".join([label, *cells, delta, wall]) + " |")
         lines.append("")
+        lines += _efficiency_lines(bench, rows, suite, table)
         if suite in plots:
-            lines += [f"![{bench.spec.plot_metric} vs step on {suite}]({os.path.basename(plots[suite])})", ""]
+            lines += [f"![{bench.spec.plot_metric} vs rollouts on {suite}]({os.path.basename(plots[suite])})", ""]
+        if f"{suite}:length" in plots:
+            lines += [f"![response length vs step on {suite}]({os.path.basename(plots[suite + ':length'])})", ""]
     shown = [m for m in table_metrics(rows[0]["before"]) if m.startswith("pass@")]
     shown = shown[:1] + shown[-1:] if len(shown) > 1 else shown
     lines += ["## Every run", "", "| suite | method | seed | " + " | ".join(f"{m} before → after" for m in shown)
@@ -345,6 +390,32 @@ def render_markdown(bench: Bench, rows: list[dict[str, Any]], plots: dict[str, s
         lines.append(f"| {r['suite']} | {r['method']} | {r['seed']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _efficiency_lines(bench: Bench, rows: list[dict[str, Any]], suite: str, table: dict[str, Any]) -> list[str]:
+    """Sample efficiency against GRPO and response length against the reference, per method."""
+    b = bench.budget(suite)
+    per_step = b["problems_per_step"] * b["samples_per_problem"]
+    metric = bench.spec.plot_metric
+    reach = rollouts_to_reach(rows, suite, "grpo", metric, per_step)
+    refs = [r["reference_tokens"] for r in rows if r["suite"] == suite and r.get("reference_tokens")]
+    ref = statistics.fmean(refs) if refs else None
+    methods = [m for m in table if m != "base"]
+    if not reach and ref is None:
+        return []
+    head = "| method | rollouts to reach grpo's final " + metric + " | vs grpo's budget | response tokens (last 10 % of steps) | vs reference |"
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for method in methods:
+        got = reach.get(method) if reach else None
+        cells = [f"{got}" if got is not None else ("–" if not reach else "not reached"),
+                 f"{got / b['rollouts']:.2f}×" if got is not None else "–"]
+        length = final_lengths(rows, suite, method)
+        cells += [f"{length:.1f}" if length is not None else "–",
+                  f"{length / ref:.2f}×" if length is not None and ref else "–"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if ref is not None:
+        lines += ["", f"Reference responses average {ref:.1f} tokens (with the end token)."]
+    return lines + [""]
 
 
 def _matplotlib() -> Any:
@@ -358,8 +429,11 @@ def _matplotlib() -> Any:
     return plt
 
 
-def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str) -> dict[str, str]:
-    """One PNG per suite: held-out ``metric`` vs step, mean over seeds with a ±std band."""
+def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str,
+                per_step: Optional[dict[str, int]] = None) -> dict[str, str]:
+    """Per suite: held-out ``metric`` vs rollouts consumed (``per_step`` rollouts a step; steps
+    when not given), mean over seeds with a ±std band; and response length vs step."""
+    per_step = per_step or {}
     plt = _matplotlib()
     from matplotlib.ticker import MaxNLocator
 
@@ -377,13 +451,14 @@ def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str) -> dict[s
                 m, s = mean_std(vals)
                 means.append(m)
                 stds.append(s)
-            line, = ax.plot(steps, means, marker="o", markersize=3, label=method)
-            ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+            xs = [step * per_step.get(suite, 1) for step in steps]
+            line, = ax.plot(xs, means, marker="o", markersize=3, label=method)
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.15, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("training step")
+        ax.set_xlabel("rollouts consumed" if per_step else "training step")
         ax.set_ylabel(f"held-out {metric} (%)")
-        ax.set_title(f"{suite}: {metric} vs step (mean ± std over seeds)")
+        ax.set_title(f"{suite}: {metric} vs rollouts (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -393,13 +468,49 @@ def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str) -> dict[s
         plt.close(fig)
         os.replace(tmp, path)
         paths[suite] = path
+        length_plot = _plot_lengths(plt, rows, suite, out_dir)
+        if length_plot:
+            paths[f"{suite}:length"] = length_plot
     return paths
+
+
+def _plot_lengths(plt: Any, rows: list[dict[str, Any]], suite: str, out_dir: str) -> Optional[str]:
+    mine = [r for r in rows if r["suite"] == suite and r.get("response_tokens")]
+    if not mine:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for method in dict.fromkeys(r["method"] for r in mine):
+        runs = [r for r in mine if r["method"] == method]
+        steps = sorted({s for r in runs for s, _ in r["response_tokens"]})
+        means = [statistics.fmean(v for r in runs for s, v in r["response_tokens"] if s == step) for step in steps]
+        ax.plot(steps, means, label=method, linewidth=1.2)
+    refs = [r["reference_tokens"] for r in mine if r.get("reference_tokens")]
+    if refs:
+        ref = statistics.fmean(refs)
+        ax.axhline(ref, color="black", linestyle="--", linewidth=1, label="reference")
+        ax.axhspan(0.8 * ref, 1.2 * ref, color="gray", alpha=0.12, linewidth=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("response tokens (mean of the step's rollouts)")
+    ax.set_title(f"{suite}: response length (mean over seeds; band: reference ± 20 %)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"bench-{suite}-length.png")
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:
     """``bench.json``, ``bench.md`` and the plots in ``report_dir`` (each written atomically)."""
     os.makedirs(report_dir, exist_ok=True)
-    plots = plot_curves(rows, bench.spec.plot_metric, report_dir)
+    per_step = {}
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        b = bench.budget(suite)
+        per_step[suite] = b["problems_per_step"] * b["samples_per_problem"]
+    plots = plot_curves(rows, bench.spec.plot_metric, report_dir, per_step)
     md = render_markdown(bench, rows, plots, command)
     atomic_write_json(os.path.join(report_dir, "bench.json"), {"command": command, "runs": rows,
                                                                 "aggregate": aggregate(rows)})
@@ -439,8 +550,70 @@ def _flat(groups: Optional[list[Any]]) -> Optional[list[Any]]:
     return [item for group in groups for item in (group if isinstance(group, list) else [group])]
 
 
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``optim.lr=1e-4,3e-4,1e-3`` → ("optim.lr", [0.0001, 0.0003, 0.001]); values parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,..., for example --sweep optim.lr=1e-4,3e-4,1e-3")
+    key, raw = text.split("=", 1)
+    values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+    if not key.strip() or len(values) < 2:
+        raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
+    return key.strip(), values
+
+
+def run_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values: list[Any], *,
+              quick: bool = False, suites: Optional[list[str]] = None, methods: Optional[list[str]] = None,
+              seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every method at every value of ``key`` on the validation split; per method, the value whose
+    mean validation ``plot_metric`` (over suites and seeds) is highest.
+
+    The validation problems are the last ``eval.problems`` of each task's train split, taken out of
+    training (``eval.split: validation``): the choice never looks at the test problems.
+    """
+    results: dict[str, dict[str, list[float]]] = {}
+    for value in values:
+        bench = Bench(spec, base_dir, os.path.join(output_dir, f"{key}={value}"), quick=quick, suites=suites,
+                      methods=methods, seeds=seeds, echo=echo,
+                      overrides=list(overrides or []) + ["eval.split=validation", f"{key}={json.dumps(value)}"])
+        for row in bench.run():
+            results.setdefault(row["method"], {}).setdefault(json.dumps(value), []).append(row["after"][spec.plot_metric])
+    chosen = {}
+    for method, by_value in results.items():
+        means = {v: statistics.fmean(scores) for v, scores in by_value.items()}
+        best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
+        chosen[method] = {"value": json.loads(best), "validation": means}
+    return {"key": key, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+
+
+def render_sweep(result: dict[str, Any], command: str) -> str:
+    values = [json.dumps(v) for v in result["values"]]
+    lines = [f"# Sweep of `{result['key']}` on the validation split", "",
+             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Mean validation {result['metric']} (%) "
+             "over the suites and seeds; validation problems are held out of the train split, never the test set.",
+             "", "| method | " + " | ".join(values) + " | chosen |", "|---|" + "---:|" * (len(values) + 1)]
+    for method, entry in result["chosen"].items():
+        cells = [f"{100 * entry['validation'][v]:.1f}" if v in entry["validation"] else "–" for v in values]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main_bench(args: Any) -> int:
     spec, base_dir = load_spec(args.spec)
+    if getattr(args, "sweep", None):
+        key, values = parse_sweep(args.sweep)
+        output_dir = args.output_dir or os.path.join("runs", "sweep")
+        result = run_sweep(spec, base_dir, output_dir, key, values, quick=args.quick, suites=_flat(args.suites),
+                           methods=_flat(args.methods), seeds=_flat(args.seeds), overrides=args.overrides,
+                           echo=lambda m: print(m, file=sys.stderr, flush=True))
+        command = "distil " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
+        report_dir = args.report_dir or output_dir
+        os.makedirs(report_dir, exist_ok=True)
+        atomic_write_json(os.path.join(report_dir, "sweep.json"), {"command": command, **result})
+        md = render_sweep(result, command)
+        atomic_write_bytes(os.path.join(report_dir, "sweep.md"), md.encode("utf-8"))
+        print(md)
+        return 0
     output_dir = args.output_dir or os.path.join("runs", "bench-quick" if args.quick else "bench")
     bench = Bench(
         spec, base_dir, output_dir, quick=args.quick, suites=_flat(args.suites), methods=_flat(args.methods), seeds=_flat(args.seeds),

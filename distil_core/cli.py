@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                                             "finished runs there are reused")
     bench.add_argument("--report-dir", help="where bench.md, bench.json and the plots go (default: --output-dir)")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    bench.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                       help="choose KEY per method on the validation split (eval.split=validation, never the test "
+                       "problems): every value is run and the best mean validation metric wins; writes sweep.md/json")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API, with log-probs")

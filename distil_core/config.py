@@ -222,10 +222,20 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     problems: int = Field(default=200, ge=1)
+    split: Literal["test", "validation"] = Field(
+        default="test",
+        description="test: the task's held-out problems. validation: the last `problems` of the train split, "
+        "taken out of training — for choosing learning rates and other knobs without touching the test set.",
+    )
     samples: int = Field(default=8, ge=1)
     ks: list[int] = Field(default_factory=lambda: [1, 8])
     temperature: float = Field(default=1.0, ge=0.0)
     max_new_tokens: Optional[int] = None
+    greedy: bool = Field(
+        default=False,
+        description="Also decode each problem once greedily and report greedy@1 beside the sampled metrics "
+        "(how much of a gap is sharpness at the sampling temperature).",
+    )
 
     @model_validator(mode="after")
     def _ks_fit(self) -> "EvalConfig":

@@ -100,8 +100,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0
         )
-        self.train_problems = list(self.rt.task.problems("train"))
-        self.test_problems = list(self.rt.task.problems("test"))[: config.eval.problems]
+        self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
         if not self.train_problems or not self.test_problems:
             raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
         # one run directory for every rank: rank 0's (a default name holds the time)
@@ -406,8 +405,18 @@ class Trainer:
                 seed=cfg.seed + EVAL_SEED_OFFSET,
                 progress=bar,
             )
+            greedy = None
+            if cfg.eval.greedy:
+                greedy, _ = sample_and_grade(
+                    self.rt.generator, [self.rt.context.student_prompt_ids(p) for p in mine], mine, self.rt.verifier,
+                    samples=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                    seed=cfg.seed + EVAL_SEED_OFFSET,
+                )
         bar.close()
         result = summarise(self.world.concat(correct), self.world.concat(answers), ks=cfg.eval.ks, samples=cfg.eval.samples)
+        if greedy is not None:
+            greedy = self.world.concat(greedy)
+            result["greedy@1"] = sum(row[0] for row in greedy) / max(len(greedy), 1)
         self.evals[label] = result
         self._append("eval.jsonl", {"step": self.step, "label": label, **result})
         return result
@@ -489,6 +498,18 @@ class Trainer:
                 self.rt.tokenizer.save_pretrained(tmp)
         self.world.barrier()
 
+    def _reference_tokens(self) -> Optional[float]:
+        """Mean length in tokens (with the end token) of the reference responses of the evaluation
+        problems: the length an expert that reproduces the reference writes, to set beside the
+        student's ``response_tokens``."""
+        hook = getattr(self.rt.task, "answer_text", None)
+        texts = [hook(p) if callable(hook) else p.reference for p in self.test_problems]
+        texts = [t for t in texts if isinstance(t, str)]
+        if not texts:
+            return None
+        tok = self.rt.tokenizer
+        return sum(len(tok.encode(t, add_special_tokens=False)) + 1 for t in texts) / len(texts)
+
     def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         keys = [k for k in before if "@" in k]
         summary = {
@@ -501,7 +522,9 @@ class Trainer:
             "before": {k: before[k] for k in keys},
             "after": {k: after[k] for k in keys},
             "gain": {k: after[k] - before[k] for k in keys},
-            "eval": {"problems": len(self.test_problems), "samples": self.config.eval.samples},
+            "eval": {"problems": len(self.test_problems), "samples": self.config.eval.samples,
+                     "split": self.config.eval.split},
+            "reference_tokens": self._reference_tokens(),
             "run_dir": os.path.abspath(self.run_dir),
         }
         if self.world.main:
@@ -510,6 +533,21 @@ class Trainer:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def evaluation_split(task: Any, split: str, count: int) -> tuple[list[Problem], list[Problem]]:
+    """(training problems, evaluation problems) for ``eval.split``.
+
+    "validation" holds out the last ``count`` train problems — never the test problems — and
+    trains on the rest, so knobs chosen on it say nothing about the test set in advance.
+    """
+    train = list(task.problems("train"))
+    if split == "test":
+        return train, list(task.problems("test"))[:count]
+    if count >= len(train):
+        raise ConfigError(f"eval.split: validation takes eval.problems={count} problems out of the "
+                          f"{len(train)} train problems and leaves none to train on; lower eval.problems")
+    return train[:-count], train[-count:]
 
 
 def default_run_dir(method: str) -> str:

@@ -52,7 +52,15 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     assert "| **grpo** |" in md and "| **distil** |" in md and "| base |" in md
     assert "Budget per run: 4 steps × 4 problems × 4 samples = 64 rollouts" in md
     assert f"{100 * mean:.1f} ± {100 * std:.1f}" in md
-    assert "![pass@1 vs step on sort](bench-sort.png)" in md
+    assert "![pass@1 vs rollouts on sort](bench-sort.png)" in md
+    assert "![response length vs step on sort](bench-sort-length.png)" in md
+    # sample efficiency: grpo reaches its own final pass@1 within its budget (at the latest at its end)
+    efficiency = next(line for line in md.splitlines() if line.startswith("| grpo |"))
+    reached = int(efficiency.split("|")[2])
+    assert reached in (32, 64)  # eval at step 2 or 4, 16 rollouts a step
+    for r in runs:  # the length series is the run's own metrics.jsonl
+        assert [s for s, _ in r["response_tokens"]] == [1, 2, 3, 4]
+        assert r["reference_tokens"] > 1
     assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
     png = (out / "bench-sort.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -147,3 +155,33 @@ def test_the_embedded_bench_trains_each_suite_as_its_run_config_does(suite):
     assert ours["model"]["tiny"] == theirs["model"]["tiny"]
     for key in ("max_new_tokens", "samples_per_problem", "problems_per_step", "temperature"):
         assert ours["rollout"][key] == theirs["rollout"][key], key
+
+
+def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problems(cache, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "distil",
+            "--sweep", "optim.lr=0.0003,0.003", "--output-dir", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["key"] == "optim.lr" and set(result["chosen"]) == {"grpo", "distil"}
+    for method, entry in result["chosen"].items():
+        scores = entry["validation"]
+        assert entry["value"] in (0.0003, 0.003)
+        assert scores[json.dumps(entry["value"])] == max(scores.values())
+        for value in ("0.0003", "0.003"):
+            run = out / f"optim.lr={value}" / "sort" / method / "seed0"
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["eval"]["split"] == "validation"
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["optim"]["lr"] == float(value)
+    # the validation problems are train problems held out of training, disjoint from the test split
+    from distil_core.builtin import DigitsTask
+    from distil_core.trainer import evaluation_split
+
+    task = DigitsTask(op="sort", length=2, train_size=80, test_size=16)
+    train, validation = evaluation_split(task, "validation", 16)
+    test_ids = {p.id for p in task.problems("test")}
+    assert len(train) == 64 and not {p.id for p in validation} & (test_ids | {p.id for p in train})
+    assert "| **" in (out / "sweep.md").read_text()
+    with pytest.raises(ConfigError, match="leaves none to train on"):
+        evaluation_split(task, "validation", 80)

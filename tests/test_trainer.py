@@ -286,3 +286,13 @@ def test_a_success_term_teaches_rows_that_have_no_expert_signal(tmp_path):
     row = trainer.train_step(1)
     assert row["signal_rollouts"] == 0 and row["pass_rate"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_greedy_evaluation_is_reported_beside_the_sampled_one(tmp_path):
+    trainer = _trainer(tmp_path / "a", "train.steps=0", "eval.greedy=true")
+    greedy = trainer.run_eval("before")["greedy@1"]
+    # four samples at temperature 0 are four copies of the greedy answer
+    cold = _trainer(tmp_path / "b", "train.steps=0", "eval.temperature=0").run_eval("before")
+    assert greedy == pytest.approx(cold["pass@1"]) and 0.0 <= greedy <= 1.0
+    summary = _trainer(tmp_path / "c", "train.steps=1", "eval.greedy=true").fit()
+    assert "greedy@1" in summary["after"] and summary["reference_tokens"] > 1
