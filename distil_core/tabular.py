@@ -1,32 +1,41 @@
 """Exact-gradient tabular study of DistIL and its baselines (ALGORITHMS.md sections 1, 2, 5).
 
 A policy here is a table of logits, one softmax row per state of a token tree: vocabulary
-``V``, fixed horizon ``T``, a state is a prefix ``(y_1..y_{t-1})`` and every full sequence
-``y`` of length ``T`` ends the episode with a reward ``r(y)``. ``T = 1`` is a bandit. The
-tree is small enough to enumerate all ``V**T`` sequences, so every expectation below is an
-exact sum and every gradient is autograd through that sum, in float64. Nothing is sampled.
+``V``, horizon ``T``, a state is a prefix ``(y_1..y_{t-1})`` that has not ended, and every
+terminal sequence ``y`` ends the episode with a reward ``r(y)``. On a fixed-horizon tree every
+sequence has ``T`` tokens (``T = 1`` is a bandit); on a variable-length tree an EOS token also
+ends it, so sequences have 1..T tokens (:class:`TokenTree`). The trees are small enough to
+enumerate every terminal sequence, so every expectation below is an exact sum and every
+gradient is autograd through that sum, in float64. Nothing is sampled.
 
 With ``P_θ(y) = Π_t p_t(y_t)`` the student's sequence distribution, ``p_t = softmax(θ[s_t])``,
 ``q_t`` the teacher's row at the same state and ``sg`` stop-gradient, the objectives are
-(each a sum over the ``T`` steps of a sequence; the toolkit's token mean is this divided by
-``T`` for fixed-length sequences, which only rescales the step size):
+(each a sum over the steps of a sequence; the toolkit's token mean is this divided by ``T``
+for fixed-length sequences, which only rescales the step size):
 
     expected reward       J(θ)       = Σ_y P_θ(y) r(y)
-    DistIL                L(θ)       = Σ_y P_θ(y) Σ_t CE(q_t, p_t)          (state weights differentiated)
+    DistIL, CE cost       L(θ)       = Σ_y P_θ(y) Σ_t CE(q_t, p_t)          (state weights differentiated)
+    DistIL, KL cost       L_KL(θ)    = Σ_y P_θ(y) Σ_t KL(q_t ‖ p_t)         (state weights differentiated)
+    DistIL, stop local    Σ_y sg(P_θ(y)) Σ_t CE(q_t, p_t) + Σ_y P̂_θ(y) Σ_t sg(c_t)   (see distil_objective)
     DistIL local / fwd CE L_loc(θ)   = Σ_y sg(P_θ(y)) Σ_t CE(q_t, p_t)      (state weights frozen)
     reverse KL, per token            = Σ_y sg(P_θ(y)) Σ_t KL(p_t ‖ q_t)
     reverse KL, sequence             = Σ_y P_θ(y) Σ_t KL(p_t ‖ q_t) = KL(P_θ ‖ Q)
     generalised JSD(β), per token    = Σ_y sg(P_θ(y)) Σ_t [β KL(q_t‖M_t) + (1-β) KL(p_t‖M_t)],
                                        M_t = (1-β) p_t + β q_t
 
+The CE and KL costs differ by E_P Σ_t H(q_t), the teacher's entropy along the student's path:
+the CE cost also rewards stopping early and steering into states where the teacher is
+confident, and p = q is a fixed point of the KL cost only.
+
 The frozen-weight versions are what the sampled losses in :mod:`distil_core.losses` estimate:
 ``distil_surrogate(future_credit=False)``, ``reverse_kl_sampled(gamma=0)`` and
-``generalized_jsd`` on the student's own rollouts; ``distil_surrogate`` with future credit and
-``reverse_kl_sampled(gamma=1)`` estimate the differentiated ones (tests/test_tabular.py checks
-each of these equalities by enumeration).
+``generalized_jsd`` on the student's own rollouts; ``distil_loss`` with future credit (and its
+``future_cost`` / ``stop_credit`` options) and ``reverse_kl_sampled(gamma=1)`` estimate the
+differentiated ones (tests/test_tabular.py checks each of these equalities by enumeration).
 
 Every method takes plain gradient steps on the logit table with a fixed step size ``lr``:
-``θ ← θ - lr · ∇_θ objective(θ)``. For one state (the bandit) the per-row gradients are
+``θ ← θ - lr · ∇_θ objective(θ)`` (optionally scaled per logit, :func:`gradient_step`). For
+one state (the bandit) the per-row gradients are
 
     forward CE:  p - q
     reverse KL:  p ⊙ (ℓ - E_p ℓ),  ℓ = log p - log q
@@ -38,7 +47,6 @@ step is ``-⟨∇J, ∇objective⟩`` (:func:`first_order_gain`).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,47 +61,89 @@ DTYPE = torch.float64
 # ------------------------------------------------------------------------------ the tree
 
 
+def _enumerate(vocab: int, horizon: int, eos: int | None
+               ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(states, terminal sequences) of a tree, states level by level and lexicographic within a
+    level, sequences lexicographic. A state is a prefix that has not ended: shorter than
+    ``horizon`` and free of ``eos``; a prefix ends at ``eos`` or when it reaches ``horizon``."""
+    levels = [[()]]
+    for _ in range(horizon - 1):
+        levels.append([p + (a,) for p in levels[-1] for a in range(vocab) if a != eos])
+    states = [p for level in levels for p in level]
+    terminals = sorted(p + (a,) for p in states for a in range(vocab)
+                       if a == eos or len(p) + 1 == horizon)
+    return states, terminals
+
+
 @dataclass(frozen=True)
 class TokenTree:
-    """A finite-horizon token tree: ``vocab`` actions per state, ``horizon`` steps, a reward
-    per full sequence and a fixed teacher distribution at every state.
+    """A finite token tree: ``vocab`` actions per state, at most ``horizon`` steps, a reward
+    per terminal sequence and a fixed teacher distribution at every state.
 
-    ``rewards`` is ``[vocab**horizon]`` in lexicographic order of the sequences (the order of
-    :attr:`sequences`); ``teacher`` is ``[num_states, vocab]``, row :meth:`state_index` of a
-    prefix holding ``q`` at that prefix. Build one with :func:`bandit` or :func:`token_tree`.
+    Without ``eos`` every sequence has exactly ``horizon`` tokens (the fixed-horizon tree of
+    sections 1-2). With ``eos`` (a token id) the episode also ends when ``eos`` is drawn, so
+    sequences have 1..horizon tokens, the ``eos`` counted; at depth ``horizon`` the episode
+    ends whether or not ``eos`` was chosen, and a sequence truncated there is a terminal of its
+    own with its own reward. Either way every terminal sequence is listed, so every expectation
+    stays an exact sum.
+
+    ``rewards`` is ``[N]`` in lexicographic order of the terminal sequences (the order of
+    :attr:`sequences`; for a fixed horizon, ``N = vocab**horizon``); ``teacher`` is
+    ``[num_states, vocab]``, row :meth:`state_index` of a prefix holding ``q`` at that prefix.
+    Build one with :func:`bandit`, :func:`token_tree` or :func:`variable_length_tree`.
     """
 
     vocab: int
     horizon: int
     rewards: Tensor
     teacher: Tensor
-    sequences: Tensor = field(init=False, repr=False)  # [N, T] token ids
-    rows: Tensor = field(init=False, repr=False)       # [N, T] state row of each step
+    eos: int | None = None
+    sequences: Tensor = field(init=False, repr=False)  # [N, T] token ids, 0 past the end
+    rows: Tensor = field(init=False, repr=False)       # [N, T] state row of each step, 0 after
+    mask: Tensor = field(init=False, repr=False)       # [N, T] True on the steps of the sequence
+    states: tuple[tuple[int, ...], ...] = field(init=False, repr=False)     # row -> prefix
+    terminals: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # index -> sequence
+    _row_of: dict = field(init=False, repr=False, compare=False)
+    _index_of: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        seqs = torch.tensor(list(itertools.product(range(self.vocab), repeat=self.horizon)),
+        states, terminals = _enumerate(self.vocab, self.horizon, self.eos)
+        row_of = {prefix: row for row, prefix in enumerate(states)}
+        pad = [[0] * (self.horizon - len(seq)) for seq in terminals]
+        seqs = torch.tensor([list(seq) + tail for seq, tail in zip(terminals, pad)],
                             dtype=torch.long).reshape(-1, self.horizon)
-        rows = torch.stack([torch.tensor([self.state_index(tuple(s[:t].tolist())) for s in seqs])
-                            for t in range(self.horizon)], dim=1)
-        object.__setattr__(self, "sequences", seqs)
-        object.__setattr__(self, "rows", rows)
+        rows = torch.tensor([[row_of[seq[:t]] for t in range(len(seq))] + tail
+                             for seq, tail in zip(terminals, pad)],
+                            dtype=torch.long).reshape(-1, self.horizon)
+        mask = torch.tensor([[True] * len(seq) + [False] * len(tail)
+                             for seq, tail in zip(terminals, pad)]).reshape(-1, self.horizon)
+        for name, value in (("sequences", seqs), ("rows", rows), ("mask", mask),
+                            ("states", tuple(states)), ("terminals", tuple(terminals)),
+                            ("_row_of", row_of),
+                            ("_index_of", {seq: i for i, seq in enumerate(terminals)})):
+            object.__setattr__(self, name, value)
 
     @property
     def num_states(self) -> int:
-        return sum(self.vocab ** t for t in range(self.horizon))
+        return len(self.states)
+
+    @property
+    def lengths(self) -> Tensor:
+        """Number of tokens of every terminal sequence (``eos`` included), ``[N]``."""
+        return self.mask.sum(-1)
 
     def state_index(self, prefix: Sequence[int]) -> int:
         """Row of the state reached after ``prefix`` (states are numbered level by level)."""
-        code = 0
-        for token in prefix:
-            code = code * self.vocab + int(token)
-        return sum(self.vocab ** t for t in range(len(prefix))) + code
+        key = tuple(int(token) for token in prefix)
+        if key not in self._row_of:
+            raise ValueError(f"{key} is not a state of this tree (it has ended or is too long)")
+        return self._row_of[key]
 
     def sequence_index(self, sequence: Sequence[int]) -> int:
-        code = 0
-        for token in sequence:
-            code = code * self.vocab + int(token)
-        return code
+        key = tuple(int(token) for token in sequence)
+        if key not in self._index_of:
+            raise ValueError(f"{key} is not a terminal sequence of this tree")
+        return self._index_of[key]
 
 
 def bandit(rewards: Sequence[float] | Tensor, teacher: Sequence[float] | Tensor) -> TokenTree:
@@ -125,6 +175,29 @@ def token_tree(vocab: int, horizon: int, rewards: Sequence[float] | Tensor,
     return TokenTree(vocab, horizon, rewards_t, teacher_t)
 
 
+def variable_length_tree(vocab: int, horizon: int,
+                         reward: Callable[[tuple[int, ...]], float],
+                         teacher: Callable[[tuple[int, ...]], Sequence[float]],
+                         eos: int = 0) -> TokenTree:
+    """A :class:`TokenTree` whose episodes end at ``eos`` or after ``horizon`` tokens.
+
+    ``reward(sequence)`` gives r of each terminal sequence (``eos`` included where drawn) and
+    ``teacher(prefix)`` the teacher's row at each state; the tree asks for every one of them,
+    so neither needs to know the enumeration order.
+    """
+    if vocab < 2 or horizon < 1 or not 0 <= eos < vocab:
+        raise ValueError(f"variable_length_tree needs vocab >= 2, horizon >= 1 and 0 <= eos < "
+                         f"vocab, got vocab={vocab}, horizon={horizon}, eos={eos}")
+    states, terminals = _enumerate(vocab, horizon, eos)
+    rewards_t = torch.tensor([float(reward(seq)) for seq in terminals], dtype=DTYPE)
+    teacher_t = torch.tensor([list(teacher(prefix)) for prefix in states], dtype=DTYPE)
+    if teacher_t.shape != (len(states), vocab) or (teacher_t < 0).any() or not torch.allclose(
+            teacher_t.sum(-1), torch.ones(len(states), dtype=DTYPE)):
+        raise ValueError("teacher(prefix) must return a probability distribution over the "
+                         f"{vocab} tokens (non-negative, summing to 1) for every state")
+    return TokenTree(vocab, horizon, rewards_t, teacher_t, eos)
+
+
 def logits_from_probs(probs: Sequence[Sequence[float]] | Tensor) -> Tensor:
     """A logit table whose softmax rows are ``probs`` (all entries must be positive)."""
     probs_t = torch.as_tensor(probs, dtype=DTYPE)
@@ -144,9 +217,9 @@ def sequence_logprobs(tree: TokenTree, logits: Tensor) -> Tensor:
 
 
 def step_logprobs(tree: TokenTree, logits: Tensor) -> Tensor:
-    """log p_t(y_t) for every sequence and step, ``[N, T]``."""
+    """log p_t(y_t) for every sequence and step, ``[N, T]``; 0 past a sequence's end."""
     logp = F.log_softmax(logits, dim=-1)
-    return logp[tree.rows, tree.sequences]
+    return torch.where(tree.mask, logp[tree.rows, tree.sequences], 0.0)
 
 
 def expected_reward(tree: TokenTree, logits: Tensor) -> Tensor:
@@ -156,12 +229,28 @@ def expected_reward(tree: TokenTree, logits: Tensor) -> Tensor:
 
 def teacher_reward(tree: TokenTree) -> float:
     """E_{y~Q} r(y): the reward of the teacher run on its own."""
-    logq = torch.log(tree.teacher)
-    return float((logq[tree.rows, tree.sequences].sum(-1).exp() * tree.rewards).sum())
+    return float((sequence_logprobs(tree, torch.log(tree.teacher)).exp() * tree.rewards).sum())
 
 
 def sequence_probs(tree: TokenTree, logits: Tensor) -> Tensor:
     return sequence_logprobs(tree, logits).exp()
+
+
+def expected_length(tree: TokenTree, logits: Tensor) -> float:
+    """E_{y~P_θ} |y|, tokens counted with the ``eos`` (the horizon on a fixed-horizon tree)."""
+    return float((sequence_probs(tree, logits) * tree.lengths).sum())
+
+
+def success_probability(tree: TokenTree, logits: Tensor, success: Tensor) -> float:
+    """P_θ(y ∈ S) for a boolean mask ``success`` over the terminal sequences."""
+    return float(sequence_probs(tree, logits)[success].sum())
+
+
+def path_kl(tree: TokenTree, logits: Tensor) -> float:
+    """Σ_y P_θ(y) Σ_t KL(q_t ‖ p_t): the forward KL to the teacher summed along the student's
+    own path (0 exactly when p = q on every state the student reaches)."""
+    per_state = forward_kl_rows(tree.teacher, logits)
+    return float(_state_weighted(tree, logits, per_state, False))
 
 
 def _state_weighted(tree: TokenTree, logits: Tensor, per_state: Tensor, differentiate_states: bool
@@ -170,13 +259,24 @@ def _state_weighted(tree: TokenTree, logits: Tensor, per_state: Tensor, differen
     weights = sequence_logprobs(tree, logits).exp()
     if not differentiate_states:
         weights = weights.detach()
-    return (weights * per_state[tree.rows].sum(-1)).sum()
+    return (weights * _along_path(tree, per_state)).sum()
+
+
+def _along_path(tree: TokenTree, per_state: Tensor) -> Tensor:
+    """Σ_t f(s_t(y)) for every sequence, ``[N]``, from a per-state value ``f``."""
+    return torch.where(tree.mask, per_state[tree.rows], 0.0).sum(-1)
 
 
 def cross_entropy_rows(teacher: Tensor, logits: Tensor) -> Tensor:
     """CE(q_s, p_s) for every state, 0·log 0 taken as 0."""
     logp = F.log_softmax(logits, dim=-1)
     return -torch.where(teacher > 0, teacher * logp, 0.0).sum(-1)
+
+
+def forward_kl_rows(teacher: Tensor, logits: Tensor) -> Tensor:
+    """KL(q_s ‖ p_s) = CE(q_s, p_s) - H(q_s) for every state; its gradient is CE's, p - q."""
+    entropy = -torch.where(teacher > 0, teacher * torch.log(teacher), 0.0).sum(-1)
+    return cross_entropy_rows(teacher, logits) - entropy
 
 
 def kl_rows(logp_a: Tensor, logp_b: Tensor) -> Tensor:
@@ -199,10 +299,60 @@ def jsd_rows(teacher: Tensor, logits: Tensor, beta: float) -> Tensor:
     return beta * kl_rows(logq, log_m) + (1 - beta) * kl_rows(logp, log_m)
 
 
-def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True) -> Tensor:
-    """E_{y~P_θ} Σ_t CE(q_t, p_t); without ``future_credit`` the state weights are frozen, so
-    the gradient is the local term alone (forward CE on the student's states)."""
-    return _state_weighted(tree, logits, cross_entropy_rows(tree.teacher, logits), future_credit)
+FUTURE_COSTS = ("ce", "kl")
+STOP_CREDITS = ("full", "local")
+
+
+def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True,
+                     future_cost: str = "ce", stop_credit: str = "full") -> Tensor:
+    """DistIL's exact objective: its gradient is the expectation of the sampled per-token loss
+
+        ℓ_t = CE(q_t, p_t) + sg(G_t) · s_t,    G_t = Σ_{i>t} c_i,
+
+    over the student's own sequences. ``future_cost`` picks the cost c_i propagated to
+    earlier tokens: "ce" c_i = CE(q_i, p_i) = H(q_i) + KL(q_i ‖ p_i), "kl" c_i = KL(q_i ‖ p_i).
+    ``stop_credit`` picks the score s_t: "full" log p_t(y_t); "local"
+    1[y_t ≠ EOS] · log p̃_t(y_t) with p̃_t = p_t / (1 - p_t(EOS)) the content distribution, so
+    the future credit moves what is written but never the EOS logit (its derivative of
+    log p̃_t is 0). Exactly:
+
+        full:   Σ_y P_θ(y) Σ_t c_t                     (with c = CE: E_P Σ_t CE_t, all differentiated;
+                                                         with c = KL: E_P Σ_t KL_t, all differentiated,
+                                                         since ∇CE_t = ∇KL_t)
+        local:  Σ_y sg(P_θ(y)) Σ_t CE_t + Σ_y P̂_θ(y) Σ_t sg(c_t),
+                log P̂(y) = Σ_t [sg(log p_t(y_t)) + 1[y_t≠EOS](log p̃_t(y_t) - sg(log p̃_t(y_t)))].
+
+    Every variant's value is E_P Σ_t c_t; the "local" one is written so that its value is that
+    and its autograd gradient the estimator's (its finite differences are not). On a tree
+    without ``eos`` no token stops early, so "local" is "full". Without ``future_credit`` the
+    state weights are frozen and only the local term is left (forward CE on the student's
+    states); ``future_cost`` and ``stop_credit`` then do not matter.
+    """
+    if future_cost not in FUTURE_COSTS or stop_credit not in STOP_CREDITS:
+        raise ValueError(f"future_cost must be one of {FUTURE_COSTS} and stop_credit one of "
+                         f"{STOP_CREDITS}; got {future_cost!r}, {stop_credit!r}")
+    ce = cross_entropy_rows(tree.teacher, logits)
+    if not future_credit:
+        return _state_weighted(tree, logits, ce, False)
+    cost = ce if future_cost == "ce" else forward_kl_rows(tree.teacher, logits)
+    if stop_credit == "full" or tree.eos is None:
+        return _state_weighted(tree, logits, cost, True)
+    local = _state_weighted(tree, logits, ce - ce.detach(), False)  # value 0, gradient Σ ∇CE_t
+    return local + (content_path_probs(tree, logits) * _along_path(tree, cost.detach())).sum()
+
+
+def content_path_probs(tree: TokenTree, logits: Tensor) -> Tensor:
+    """P̂_θ(y), ``[N]``: equal to P_θ(y), differentiable only through the content factors
+    p̃_t(y_t) = p_t(y_t) / (1 - p_t(EOS)) of its non-EOS tokens (``stop_credit="local"``)."""
+    if tree.eos is None:
+        return sequence_probs(tree, logits)
+    eos_column = torch.arange(tree.vocab) == tree.eos
+    log_content = F.log_softmax(logits.masked_fill(eos_column, -math.inf), dim=-1)
+    writes = tree.mask & (tree.sequences != tree.eos)
+    safe = torch.where(writes, tree.sequences, int(tree.eos == 0))  # never gather the -inf column
+    score = log_content[tree.rows, safe]
+    step = step_logprobs(tree, logits).detach() + torch.where(writes, score - score.detach(), 0.0)
+    return step.sum(-1).exp()
 
 
 def reverse_kl_objective(tree: TokenTree, logits: Tensor, sequence: bool = False) -> Tensor:
@@ -226,13 +376,20 @@ Objective = Callable[[TokenTree, Tensor], Tensor]
 
 METHODS: dict[str, Objective] = {
     "distil": lambda tree, logits: distil_objective(tree, logits, future_credit=True),
+    "distil_kl": lambda tree, logits: distil_objective(tree, logits, future_cost="kl"),
+    "distil_stop_local": lambda tree, logits: distil_objective(tree, logits,
+                                                               stop_credit="local"),
+    "distil_kl_stop_local": lambda tree, logits: distil_objective(
+        tree, logits, future_cost="kl", stop_credit="local"),
     "forward_ce": lambda tree, logits: distil_objective(tree, logits, future_credit=False),
     "reverse_kl": lambda tree, logits: reverse_kl_objective(tree, logits, sequence=False),
     "reverse_kl_seq": lambda tree, logits: reverse_kl_objective(tree, logits, sequence=True),
     "jsd": lambda tree, logits: jsd_objective(tree, logits, beta=0.5),
 }
-"""Method name -> objective. ``forward_ce`` is DistIL's local term ("distil_local"); on a
-bandit it equals ``distil`` and ``reverse_kl_seq`` equals ``reverse_kl``."""
+"""Method name -> objective. ``distil*`` are DistIL's four variants (future cost CE or KL,
+stop credit full or ``stop_local``); ``forward_ce`` is DistIL's local term ("distil_local").
+On a bandit every DistIL variant equals ``forward_ce`` and ``reverse_kl_seq`` equals
+``reverse_kl``; on a tree without EOS the ``stop_local`` variants equal the full ones."""
 
 
 def objective_gradient(tree: TokenTree, logits: Tensor, method: str) -> Tensor:
@@ -250,9 +407,15 @@ def reward_gradient(tree: TokenTree, logits: Tensor) -> Tensor:
     return grad
 
 
-def gradient_step(tree: TokenTree, logits: Tensor, method: str, lr: float) -> Tensor:
-    """One plain gradient step on the logit table: θ - lr · ∇ objective(θ)."""
-    return logits.detach() - lr * objective_gradient(tree, logits, method)
+def gradient_step(tree: TokenTree, logits: Tensor, method: str, lr: float,
+                  step_scale: Tensor | None = None) -> Tensor:
+    """One plain gradient step on the logit table: θ - lr · s ⊙ ∇ objective(θ).
+
+    ``step_scale`` s (broadcast to the table, default 1) gives some logits a smaller step:
+    that is plain gradient descent in φ for the parametrisation θ = √s ⊙ φ, e.g. content
+    logits that a network learns more slowly than the decision to stop."""
+    grad = objective_gradient(tree, logits, method)
+    return logits.detach() - lr * (grad if step_scale is None else step_scale * grad)
 
 
 def first_order_gain(tree: TokenTree, logits: Tensor, method: str) -> float:
@@ -269,20 +432,29 @@ class Trajectory:
     lr: float
     rewards: list[float]
     probs: list[Tensor]  # sequence distribution P_θ(y) at each step
+    path_kls: list[float] = field(default_factory=list)  # Σ_y P_θ(y) Σ_t KL(q_t ‖ p_t)
+    final: Tensor | None = None  # the logit table after the last step
+
+    def lengths(self, tree: TokenTree) -> list[float]:
+        """Expected sequence length E_P |y| at each step."""
+        return [float((probs * tree.lengths).sum()) for probs in self.probs]
 
 
-def run(tree: TokenTree, logits: Tensor, method: str, lr: float, steps: int) -> Trajectory:
-    """``steps`` gradient steps of ``method`` from ``logits``, recording J and P_θ."""
+def run(tree: TokenTree, logits: Tensor, method: str, lr: float, steps: int,
+        step_scale: Tensor | None = None) -> Trajectory:
+    """``steps`` gradient steps of ``method`` from ``logits``, recording J, P_θ and the KL to
+    the teacher along the student's path (``step_scale``: see :func:`gradient_step`)."""
     if lr <= 0 or steps < 0:
         raise ValueError(f"run needs lr > 0 and steps >= 0, got lr={lr}, steps={steps}")
     theta = logits.detach().clone()
-    rewards, probs = [], []
+    rewards, probs, kls = [], [], []
     for step in range(steps + 1):
         rewards.append(float(expected_reward(tree, theta)))
         probs.append(sequence_probs(tree, theta).detach())
+        kls.append(path_kl(tree, theta))
         if step < steps:
-            theta = gradient_step(tree, theta, method, lr)
-    return Trajectory(method, lr, rewards, probs)
+            theta = gradient_step(tree, theta, method, lr, step_scale)
+    return Trajectory(method, lr, rewards, probs, kls, theta)
 
 
 # ------------------------------------------------------ bandit certificates and bounds
@@ -346,7 +518,8 @@ class Instance:
     tree: TokenTree
     start: Tensor            # initial logit table θ_0
     shows: str               # one sentence: what the instance is built to exhibit
-    success: Tensor | None = None  # bandit actions that count as correct, for Pass@N
+    success: Tensor | None = None  # sequences (bandit actions) that count as correct
+    step_scale: Tensor | None = None  # per-logit step factor, see gradient_step
 
 
 def study_instances() -> list[Instance]:
@@ -397,4 +570,109 @@ def study_instances() -> list[Instance]:
             "a counterexample for DistIL's future credit: its cost is the CE, which includes "
             "the teacher's entropy, so it steers away from branch 0 (both endings correct, "
             "teacher 50/50) towards branch 1 (reward 0.8 at best)"),
+    ]
+
+
+# --------------------------------------------------------------- variable-length chains
+
+EOS = 0
+"""The EOS token of the chains; their content tokens are 1 and 2."""
+CHAIN_DEPTH = 8
+CONTENT_SLOWDOWN = 50.0
+"""``copy_chain``'s content logits take steps this many times smaller than its EOS logits."""
+
+
+def chain_tree(target: Sequence[int], teacher: Callable[[tuple[int, ...]], Sequence[float]],
+               vocab: int = 3) -> TokenTree:
+    """A variable-length chain: ``target`` (content tokens, never :data:`EOS`) followed by EOS
+    earns 1, every other sequence 0.
+
+    The horizon is ``len(target) + 1``: the student can stop early, write a wrong token (the
+    episode goes on, its reward is already 0), or write one token past the answer (truncated
+    there, reward 0). The reward is 0/1, so J is the success probability.
+    """
+    answer = tuple(target) + (EOS,)
+    if EOS in target:
+        raise ValueError("the target's tokens are content; EOS (0) only ends it")
+    return variable_length_tree(vocab, len(answer), lambda seq: float(seq == answer), teacher,
+                                EOS)
+
+
+def _chain_row(eos: float, right: float, token: int) -> tuple[float, float, float]:
+    """A row over (EOS, 1, 2) with ``eos`` on EOS, ``right`` on ``token``, the rest on the other."""
+    row = [eos, 0.0, 0.0]
+    row[token], row[3 - token] = right, 1.0 - eos - right
+    return tuple(row)
+
+
+def _table(tree: TokenTree, row: Callable[[tuple[int, ...]], Sequence[float]]) -> Tensor:
+    return logits_from_probs([list(row(prefix)) for prefix in tree.states])
+
+
+def chain_instances() -> list[Instance]:
+    """The variable-length chains of docs/results/tabular.md (depth 8, horizon 9, EOS = 0).
+
+    In all three the answer is 8 content tokens then EOS, and a row of the teacher or of the
+    starting student depends only on how many tokens were written and, in ``confused_chain``,
+    on whether a wrong token was among them.
+    """
+    depth = CHAIN_DEPTH
+    stop_row = (0.98, 0.01, 0.01)  # after `depth` tokens the answer is complete: stop
+
+    def chain_teacher(prefix):
+        return _chain_row(0.02, 0.95, 1) if len(prefix) < depth else stop_row
+
+    def weak_student(prefix):
+        return _chain_row(0.05, 0.8, 1) if len(prefix) < depth else (1 / 3, 1 / 3, 1 / 3)
+
+    plain = chain_tree((1,) * depth, chain_teacher)
+
+    copy_target = (1, 2) * (depth // 2)
+
+    def copy_teacher(prefix):
+        if len(prefix) == depth:
+            return stop_row
+        return _chain_row(0.02, 0.975, copy_target[len(prefix)])
+
+    def copy_student(prefix):  # stops like the teacher, writes either token about half the time
+        if len(prefix) == depth:
+            return stop_row
+        return _chain_row(0.02, 0.5, copy_target[len(prefix)])
+
+    copy = chain_tree(copy_target, copy_teacher)
+    slow_content = torch.ones(3, dtype=DTYPE)
+    slow_content[1:] = 1 / CONTENT_SLOWDOWN
+
+    forks = (2, 5)
+
+    def confused_teacher(prefix):
+        if 2 in prefix:                 # after a wrong token the teacher is lost
+            return (1 / 3, 1 / 3, 1 / 3)
+        if len(prefix) == depth:
+            return stop_row
+        return (0.02, 0.49, 0.49) if len(prefix) in forks else _chain_row(0.02, 0.975, 1)
+
+    confused = chain_tree((1,) * depth, confused_teacher)
+    return [
+        Instance(
+            "chain_stop", "Chain (depth 8): a teacher that rarely stops before the answer ends",
+            plain, _table(plain, weak_student),
+            "the CE future cost charges every later token the teacher's entropy, so stopping "
+            "early lowers it: DistIL with the CE cost learns to stop, with the KL cost it "
+            "converges to the teacher",
+            success=plain.rewards > 0),
+        Instance(
+            "copy_chain", "Copy-like chain (depth 8): content learns 50× more slowly than EOS",
+            copy, _table(copy, copy_student),
+            "a student whose content is far from the teacher's can lower the KL along its own "
+            "path fastest by stopping; with stop credit local the future credit cannot move "
+            "EOS, so only learning the content lowers it",
+            success=copy.rewards > 0, step_scale=slow_content),
+        Instance(
+            "confused_chain", "Chain (depth 8) with a confused teacher",
+            confused, _table(confused, weak_student),
+            "at two states the teacher puts equal mass on the right and a wrong token, and "
+            "after a wrong token it is uniform over (EOS, 1, 2): the teacher's entropy now "
+            "marks the wrong branch, which the CE cost can use only if it does not also move EOS",
+            success=confused.rewards > 0),
     ]

@@ -1,9 +1,11 @@
 """The tabular study (docs/results/tabular.md): exact objectives, their gradients, and the claims.
 
-Part 1 checks distil_core.tabular against finite differences, closed forms and the sampled
-losses of distil_core.losses (whose expectation over all enumerated sequences must give the
-exact gradients). Part 2 asserts, on the study's instances, each claim the doc's conclusion
-makes; part 3 checks the general statements behind them on random bandits.
+Part 1 checks distil_core.tabular against finite differences, closed forms, the per-token
+DistIL loss written out for each future cost and stop credit, and the sampled losses of
+distil_core.losses (whose expectation over all enumerated sequences, fixed-horizon or
+variable-length, must give the exact gradients). Part 2 asserts, on the study's instances
+(bandits, fixed-horizon trees and variable-length chains), each claim the doc makes; part 3
+checks the general statements behind them on random bandits.
 """
 
 import importlib.util
@@ -19,8 +21,13 @@ import torch.nn.functional as F
 from distil_core import tabular
 from distil_core.losses import distil_loss, generalized_jsd, reverse_kl_sampled
 from distil_core.tabular import (
+    CHAIN_DEPTH,
+    EOS,
     METHODS,
     bandit,
+    chain_instances,
+    distil_objective,
+    expected_length,
     expected_reward,
     first_order_gain,
     forward_ce_safe_step,
@@ -35,11 +42,15 @@ from distil_core.tabular import (
     success_log_lower_bound,
     teacher_reward,
     token_tree,
+    variable_length_tree,
 )
 
 SWEEP = (0.05, 0.25, 0.5, 1.0, 2.0)
 LR, STEPS = 0.5, 40  # the study's defaults (benchmarks/tabular_study.py)
-INSTANCES = {instance.key: instance for instance in study_instances()}
+INSTANCES = {instance.key: instance for instance in study_instances() + chain_instances()}
+CHAIN_STEPS = 400  # the study's default --chain-steps
+DISTIL_VARIANTS = {("ce", "full"): "distil", ("kl", "full"): "distil_kl",
+                   ("ce", "local"): "distil_stop_local", ("kl", "local"): "distil_kl_stop_local"}
 
 
 def random_tree(vocab, horizon, seed):
@@ -51,6 +62,23 @@ def random_tree(vocab, horizon, seed):
     return token_tree(vocab, horizon, rewards, teacher), theta
 
 
+def random_variable_tree(vocab, horizon, seed, eos=0):
+    """A variable-length tree with random rewards, a random positive teacher and random θ."""
+    g = torch.Generator().manual_seed(seed)
+    teacher_rows, rewards = {}, {}
+
+    def teacher(prefix):
+        return teacher_rows.setdefault(prefix, torch.softmax(
+            1.5 * torch.randn(vocab, generator=g, dtype=torch.float64), -1).tolist())
+
+    def reward(seq):
+        return rewards.setdefault(seq, float(torch.rand(1, generator=g, dtype=torch.float64)))
+
+    tree = variable_length_tree(vocab, horizon, reward, teacher, eos=eos)
+    theta = torch.randn(tree.num_states, vocab, generator=g, dtype=torch.float64)
+    return tree, theta
+
+
 def strictly_increasing(values):
     return all(after > before for before, after in itertools.pairwise(values))
 
@@ -58,20 +86,27 @@ def strictly_increasing(values):
 # ------------------------------------------------------------------ 1. exact machinery
 
 
-@pytest.mark.parametrize("vocab,horizon", [(4, 1), (3, 2), (2, 3)])
-def test_gradients_match_finite_differences(vocab, horizon):
+@pytest.mark.parametrize("vocab,horizon,eos", [(4, 1, None), (3, 2, None), (2, 3, None),
+                                              (3, 3, 0), (3, 2, 2)])
+def test_gradients_match_finite_differences(vocab, horizon, eos):
     """Central differences of J, of the differentiated objectives, and of the frozen-weight
     ones with the state weights held at θ (that is what their gradient is of)."""
-    tree, theta = random_tree(vocab, horizon, seed=vocab + 10 * horizon)
+    if eos is None:
+        tree, theta = random_tree(vocab, horizon, seed=vocab + 10 * horizon)
+    else:
+        tree, theta = random_variable_tree(vocab, horizon, seed=vocab + 10 * horizon, eos=eos)
     weights = tabular.sequence_probs(tree, theta).detach()
     logq = torch.log(tree.teacher)
 
     def frozen(per_state):
-        return lambda tr, th: (weights * per_state(th)[tr.rows].sum(-1)).sum()
+        def along(tr, th):
+            return (weights * torch.where(tr.mask, per_state(th)[tr.rows], 0.0).sum(-1)).sum()
+        return along
 
     functions = {
         "reward": expected_reward,
         "distil": METHODS["distil"],
+        "distil_kl": METHODS["distil_kl"],  # E_P Σ_t KL(q_t‖p_t), all of it differentiated
         "reverse_kl_seq": METHODS["reverse_kl_seq"],
         "forward_ce": frozen(lambda th: tabular.cross_entropy_rows(tree.teacher, th)),
         "reverse_kl": frozen(lambda th: tabular.kl_rows(F.log_softmax(th, -1), logq)),
@@ -88,9 +123,11 @@ def test_gradients_match_finite_differences(vocab, horizon):
             bump = bump.view_as(theta)
             numeric.view(-1)[index] = (fn(tree, theta + bump) - fn(tree, theta - bump)) / (2 * h)
         assert torch.allclose(exact, numeric, atol=1e-7, rtol=1e-6), name
-    if horizon > 1:  # freezing the weights matters on a tree
+    if horizon > 1:  # freezing the weights matters on a tree, and so does the future cost
         assert not torch.allclose(objective_gradient(tree, theta, "distil"),
                                   objective_gradient(tree, theta, "forward_ce"), atol=1e-3)
+        assert not torch.allclose(objective_gradient(tree, theta, "distil"),
+                                  objective_gradient(tree, theta, "distil_kl"), atol=1e-3)
 
 
 def test_bandit_gradients_have_the_closed_forms_in_the_doc():
@@ -121,26 +158,103 @@ def weighted_surrogate_gradient(tree, theta, per_sequence_loss):
     return total.detach(), grad
 
 
+def per_token_surrogate_gradient(tree, theta, future_cost, stop_credit, baseline=None):
+    """Σ_y P_θ(y) Σ_t ∇ℓ_t(y), one sequence at a time, with the per-token loss written out:
+
+        ℓ_t = CE(q_t, p_t) + sg(G_t - b_t) · s_t,   G_t = Σ_{i>t} c_i,
+        s_t = log p_t(y_t)                                      (stop credit full)
+        s_t = 1[y_t ≠ EOS] · (log p_t(y_t) - log(1 - p_t(EOS)))   (stop credit local)
+
+    ``baseline`` (one value per state, any values) gives b_t = baseline[s_t]; the expectation
+    must not depend on it.
+    """
+    theta = theta.detach().clone().requires_grad_()
+    logp = F.log_softmax(theta, -1)
+    q = tree.teacher
+    ce = -(q * logp).sum(-1)
+    cost = (ce if future_cost == "ce" else ce + (q * torch.log(q)).sum(-1)).detach()
+    total = 0.0
+    for seq in tree.terminals:
+        states = [tree.state_index(seq[:t]) for t in range(len(seq))]
+        weight = torch.stack([logp[s, a] for s, a in zip(states, seq)]).sum().exp().detach()
+        for t, (s, a) in enumerate(zip(states, seq)):
+            credit = sum((cost[i] for i in states[t + 1:]), torch.tensor(0.0, dtype=torch.float64))
+            if baseline is not None:
+                credit = credit - baseline[s]
+            if stop_credit == "local" and tree.eos is not None:
+                score = (0.0 if a == tree.eos
+                         else logp[s, a] - torch.log1p(-logp[s, tree.eos].exp()))
+            else:
+                score = logp[s, a]
+            total = total + weight * (ce[s] + credit * score)
+    (grad,) = torch.autograd.grad(total, theta)
+    return grad
+
+
+@pytest.mark.parametrize("future_cost,stop_credit", list(DISTIL_VARIANTS))
+@pytest.mark.parametrize("shape", ["fixed", "eos"])
+def test_each_distil_variant_is_the_expectation_of_its_per_token_loss(future_cost, stop_credit,
+                                                                      shape):
+    if shape == "fixed":
+        tree, theta = random_tree(3, 2, seed=7)
+    else:
+        tree, theta = random_variable_tree(3, 3, seed=8)
+    method = DISTIL_VARIANTS[future_cost, stop_credit]
+    exact = objective_gradient(tree, theta, method)
+    baseline = torch.randn(tree.num_states, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64)
+    for b in (None, baseline):
+        surrogate = per_token_surrogate_gradient(tree, theta, future_cost, stop_credit, b)
+        assert torch.allclose(surrogate, exact, atol=1e-12)
+    # the options really change the gradient where they can
+    others = {m for m in DISTIL_VARIANTS.values() if m != method}
+    if shape == "fixed":  # no EOS: local is full, the costs differ
+        twin = DISTIL_VARIANTS[future_cost, "full" if stop_credit == "local" else "local"]
+        assert torch.allclose(objective_gradient(tree, theta, twin), exact, atol=1e-14)
+        others.discard(twin)
+    for other in others:
+        assert not torch.allclose(objective_gradient(tree, theta, other), exact, atol=1e-4), other
+
+
+def test_stop_local_leaves_the_eos_logit_to_the_local_term():
+    tree, theta = random_variable_tree(3, 3, seed=9)
+    forward = objective_gradient(tree, theta, "forward_ce")
+    for method in ("distil_stop_local", "distil_kl_stop_local"):
+        grad = objective_gradient(tree, theta, method)
+        assert torch.allclose(grad[:, EOS], forward[:, EOS], atol=1e-14), method
+        assert not torch.allclose(grad, forward, atol=1e-4), method
+    for method in ("distil", "distil_kl"):
+        assert not torch.allclose(objective_gradient(tree, theta, method)[:, EOS],
+                                  forward[:, EOS], atol=1e-4), method
+
+
 def sequence_inputs(tree, theta, i):
-    rows, tokens = tree.rows[i], tree.sequences[i]
+    n = int(tree.mask[i].sum())
+    rows, tokens = tree.rows[i, :n], tree.sequences[i, :n]
     student = theta[rows][None]
     teacher = torch.log(tree.teacher[rows])[None]
-    return student, teacher, tokens[None], torch.ones(1, tree.horizon, dtype=torch.float64)
+    return student, teacher, tokens[None], torch.ones(1, n, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("future_credit,method", [(True, "distil"), (False, "forward_ce")])
-def test_distil_exact_gradient_is_the_expected_surrogate_gradient(future_credit, method):
-    tree, theta = random_tree(3, 2, seed=7)
+@pytest.mark.parametrize("future_credit,future_cost,stop_credit,method",
+                         [(False, "ce", "full", "forward_ce"), (True, "ce", "full", "distil"),
+                          (True, "kl", "full", "distil_kl"),
+                          (True, "ce", "local", "distil_stop_local"),
+                          (True, "kl", "local", "distil_kl_stop_local")])
+def test_distil_loss_of_the_losses_module_estimates_the_exact_gradient(future_credit, future_cost,
+                                                                      stop_credit, method):
+    """distil_loss on every enumerated sequence, weighted by P_θ(y): the exact gradient."""
+    tree, theta = random_variable_tree(3, 3, seed=12)
+    options = dict(future_credit=future_credit, future_cost=future_cost, stop_credit=stop_credit,
+                   eos_id=EOS)
 
     def loss(th, i):
         student, teacher, tokens, mask = sequence_inputs(tree, th, i)
-        # distil_loss is a token mean; the study's objectives sum over the T steps
-        return tree.horizon * distil_loss(student, teacher, tokens, mask, future_credit=future_credit)
+        # distil_loss is a token mean; the study's objectives sum over the steps of a sequence
+        return mask.sum() * distil_loss(student, teacher, tokens, mask, **options)
 
     _, surrogate = weighted_surrogate_gradient(tree, theta, loss)
-    assert torch.allclose(surrogate, objective_gradient(tree, theta, method), atol=1e-12)
-    if future_credit:  # the future credit really contributes on this tree
-        assert not torch.allclose(surrogate, objective_gradient(tree, theta, "forward_ce"), atol=1e-3)
+    assert torch.allclose(surrogate, objective_gradient(tree, theta, method), atol=1e-10)
 
 
 @pytest.mark.parametrize("gamma,method", [(0.0, "reverse_kl"), (1.0, "reverse_kl_seq")])
@@ -193,6 +307,12 @@ def test_bad_input_is_refused_with_a_message_that_says_what_to_fix():
         objective_gradient(zero_teacher, logits_from_probs([0.5, 0.5]), "reverse_kl")
     with pytest.raises(ValueError, match="unknown method 'kl'"):
         objective_gradient(zero_teacher, logits_from_probs([0.5, 0.5]), "kl")
+    with pytest.raises(ValueError, match="future_cost must be one of"):
+        distil_objective(zero_teacher, logits_from_probs([0.5, 0.5]), future_cost="entropy")
+    with pytest.raises(ValueError, match="probability distribution over the 3 tokens"):
+        variable_length_tree(3, 2, lambda seq: 0.0, lambda prefix: (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="is not a state of this tree"):
+        INSTANCES["chain_stop"].tree.state_index((1, EOS))
     # forward CE is fine with a teacher that has zeros (0 · log p = 0)
     grad = objective_gradient(zero_teacher, logits_from_probs([0.5, 0.5]), "forward_ce")
     assert torch.allclose(grad, torch.tensor([[-0.5, 0.5]], dtype=torch.float64))
@@ -237,7 +357,7 @@ def test_jsd_does_not_fail_on_the_zero_tail_bandit():
 
 
 @pytest.mark.parametrize("key,method", [("zero_tail", "forward_ce"), ("tree_recover", "forward_ce"),
-                                        ("tree_recover", "distil")])
+                                        ("tree_recover", "distil"), ("tree_recover", "distil_kl")])
 @pytest.mark.parametrize("lr", [0.25, 0.5, 1.0])
 def test_forward_ce_and_distil_raise_the_reward_at_every_step(key, method, lr):
     instance = INSTANCES[key]
@@ -292,6 +412,100 @@ def test_distil_ends_above_the_teacher_on_tree_recover():
     instance = INSTANCES["tree_recover"]
     rewards = run(instance.tree, instance.start, "distil", LR, STEPS).rewards
     assert rewards[-1] > teacher_reward(instance.tree)
+    # the KL cost, whose fixed point is the teacher, does not get there
+    assert run(instance.tree, instance.start, "distil_kl", LR, STEPS).rewards[-1] < teacher_reward(
+        instance.tree)
+
+
+def test_distil_with_the_kl_cost_climbs_out_of_the_entropy_trap_to_the_teacher():
+    instance = INSTANCES["entropy_trap"]
+    tree, theta = instance.tree, instance.start
+    kl = run(tree, theta, "distil_kl", LR, STEPS).rewards
+    assert strictly_increasing(kl)
+    assert kl[-1] >= teacher_reward(tree) - 1e-3
+    ce = run(tree, theta, "distil", LR, STEPS).rewards
+    assert ce[-1] < ce[0] - 0.01
+
+
+def chain_run(key, method, steps=CHAIN_STEPS, start=None):
+    instance = INSTANCES[key]
+    theta = instance.start if start is None else start
+    return run(instance.tree, theta, method, LR, steps, instance.step_scale)
+
+
+@pytest.mark.parametrize("make_tree", [lambda: random_variable_tree(3, 4, seed=21),
+                                       lambda: (INSTANCES["chain_stop"].tree, None)],
+                         ids=["random", "chain_stop"])
+def test_p_equals_q_is_a_fixed_point_of_the_kl_cost_and_not_of_the_ce_cost(make_tree):
+    tree, _ = make_tree()
+    at_teacher = logits_from_probs(tree.teacher)
+    for method in ("forward_ce", "distil_kl", "distil_kl_stop_local"):
+        assert objective_gradient(tree, at_teacher, method).abs().max() < 1e-12, method
+    ce = objective_gradient(tree, at_teacher, "distil")
+    ce_local = objective_gradient(tree, at_teacher, "distil_stop_local")
+    stepped = torch.softmax(gradient_step(tree, at_teacher, "distil", LR), -1)
+    for row, prefix in enumerate(tree.states):
+        if len(prefix) + 1 < tree.horizon:  # some entropy lies ahead: EOS is pushed up
+            assert ce[row, EOS] < 0, prefix
+            assert stepped[row, EOS] > tree.teacher[row, EOS], prefix
+        else:                               # the last token: nothing ahead, nothing to push
+            assert abs(float(ce[row, EOS])) < 1e-12, prefix
+    assert ce_local[:, EOS].abs().max() < 1e-12  # stop local: EOS stays with q
+
+
+def test_at_a_fixed_point_of_the_ce_cost_p_eos_is_q_eos_over_one_minus_future_cost():
+    """p_root(EOS) = q_root(EOS) / (1 − Ḡ_root), Ḡ the expected future CE after the root."""
+    tree = variable_length_tree(3, 3, lambda seq: 0.0,
+                                lambda prefix: (0.1, 0.85, 0.05) if prefix else (0.2, 0.7, 0.1))
+    theta = run(tree, logits_from_probs(tree.teacher), "distil", 2.0, 600).final
+    assert objective_gradient(tree, theta, "distil")[0].abs().max() < 1e-9  # the root is stationary
+    ce = tabular.cross_entropy_rows(tree.teacher, theta)
+    weights = tabular.sequence_probs(tree, theta)
+    future = float((weights * torch.where(tree.mask, ce[tree.rows], 0.0).sum(-1)).sum() - ce[0])
+    p_eos = float(torch.softmax(theta[0], -1)[EOS])
+    assert 0 < future < 1
+    assert p_eos == pytest.approx(0.2 / (1 - future), abs=1e-9)
+    assert p_eos > 0.2 + 0.01
+
+
+def test_chain_stop_the_ce_cost_learns_to_stop_the_kl_cost_reaches_the_teacher():
+    instance = INSTANCES["chain_stop"]
+    tree = instance.tree
+    assert tabular.success_probability(tree, instance.start, instance.success) == pytest.approx(
+        float(expected_reward(tree, instance.start)), abs=1e-15)  # 0/1 reward: J = P(success)
+    teacher_length = expected_length(tree, logits_from_probs(tree.teacher))
+    ce, kl = chain_run("chain_stop", "distil"), chain_run("chain_stop", "distil_kl")
+    assert kl.rewards[-1] > 3 * ce.rewards[-1]
+    assert kl.rewards[-1] > teacher_reward(tree) - 0.02
+    assert ce.lengths(tree)[-1] < 0.5 * teacher_length
+    assert abs(kl.lengths(tree)[-1] - teacher_length) < 0.2
+    assert kl.path_kls[-1] < 0.1 < ce.path_kls[-1]
+
+
+def test_copy_chain_the_kl_cost_escapes_by_stopping_stop_local_keeps_the_length():
+    tree = INSTANCES["copy_chain"].tree
+    full = chain_run("copy_chain", "distil_kl")
+    assert full.lengths(tree)[0] > 8
+    assert min(full.lengths(tree)) < 0.4 * CHAIN_DEPTH          # it stops early ...
+    assert full.path_kls[-1] < 0.5 * full.path_kls[0]           # ... which lowers its KL ...
+    assert full.rewards[-1] < full.rewards[0]                    # ... without learning the content
+    for method in ("distil_kl_stop_local", "distil_stop_local"):
+        local = chain_run("copy_chain", method)
+        assert min(local.lengths(tree)) >= 0.8 * CHAIN_DEPTH, method
+        assert strictly_increasing(local.rewards[1:]), method
+        assert local.rewards[-1] > 10 * full.rewards[-1], method
+
+
+def test_confused_chain_stop_local_keeps_the_ce_cost_useful_the_kl_cost_follows_the_teacher():
+    tree = INSTANCES["confused_chain"].tree
+    target = teacher_reward(tree)
+    ce_local = chain_run("confused_chain", "distil_stop_local")
+    assert ce_local.rewards[-1] > 2 * target
+    assert min(ce_local.lengths(tree)) >= 0.8 * CHAIN_DEPTH
+    ce_full = chain_run("confused_chain", "distil")
+    assert ce_full.rewards[-1] < 0.5 * target and ce_full.lengths(tree)[-1] < 0.3 * CHAIN_DEPTH
+    for method in ("distil_kl", "distil_kl_stop_local"):
+        assert abs(chain_run("confused_chain", method).rewards[-1] - target) < 0.02, method
 
 
 # ------------------------------------------------- 3. the general statements, at random
@@ -379,12 +593,13 @@ def test_study_script_writes_the_markdown_even_without_matplotlib(tmp_path, monk
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     threads = torch.get_num_threads()
     try:
-        assert module.main(["--out", str(tmp_path), "--steps", "12"]) == 0
+        assert module.main(["--out", str(tmp_path), "--steps", "12", "--chain-steps", "12"]) == 0
     finally:
         torch.set_num_threads(threads)
     text = (tmp_path / "tabular.md").read_text(encoding="utf-8")
     assert not (tmp_path / "tabular.png").exists()
     assert "matplotlib is not installed" in text
-    for instance in study_instances():
+    for instance in study_instances() + chain_instances():
         assert f"`{instance.key}`" in text
     assert "| 12 |" in text and "η = 0.5" in text
+    assert "## Variable-length chains" in text and "DistIL, KL cost, stop local" in text
