@@ -2,6 +2,8 @@
 
 - task ``digits``: procedural digit puzzles (sort, reverse, add) with a fixed held-out split;
   the embedded default trains on it.
+- task ``ring``: write a ring of distinct digits starting after its largest one; the first
+  digit written decides the whole answer (the bench's sparse, early-choice suite).
 - verifier ``exact_match``: the first number (or, failing that, the first line) of the
   response equals the problem's reference answer.
 - feedback source ``answer_check``: on a failed rollout, reports the answer found and the
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from typing import Optional, Sequence
@@ -55,6 +58,65 @@ class DigitsTask:
         digits = str(code).zfill(self.length)
         answer = "".join(sorted(digits)) if self.op == "sort" else digits[::-1]
         return Problem(id=f"{self.op}-{digits}", prompt=f"{self.op} {digits}", reference=answer)
+
+
+class RingTask:
+    """A ring of distinct digits, written out so that it ends at its largest digit.
+
+    "ring 4831907" → "0748319": the answer is the rotation of the input whose last digit is
+    the largest (9), so it starts with the digit after it. The first digit written is a plan —
+    it fixes the rotation — and the rest is a copy of the ring from there: once a wrong first
+    digit is written no continuation is correct, and the feedback cannot repair it later in the
+    sequence. The digits of a problem are distinct, so every rotation starts differently.
+    Problems are drawn without replacement from every arrangement; the first ``test_size``
+    are held out. ``wrong_answer`` (used to pretrain the tiny base) is mostly another rotation:
+    a wrong plan, carried out correctly.
+    """
+
+    def __init__(self, length: int = 7, train_size: int = 5000, test_size: int = 200, seed: int = 0):
+        if not 3 <= length <= 10:
+            raise ValueError(f"ring: length must be between 3 and 10 (got {length})")
+        space = math.perm(10, length)
+        if train_size < 1 or test_size < 1 or train_size + test_size > space:
+            raise ValueError(f"ring: train_size + test_size must be at most {space} for length={length}")
+        self.length = length
+        codes = random.Random(seed).sample(range(space), test_size + train_size)
+        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in self._splits:
+            raise ValueError(f"ring: unknown split {split!r}; use 'train' or 'test'")
+        return [self.problem(code) for code in self._splits[split]]
+
+    def problem(self, code: int) -> Problem:
+        pool, digits = list("0123456789"), []
+        for k in range(self.length):  # the code-th arrangement, in a mixed radix
+            code, i = divmod(code, 10 - k)
+            digits.append(pool.pop(i))
+        ring = "".join(digits)
+        return Problem(id=f"ring-{ring}", prompt=f"ring {ring}", reference=self.solve(ring))
+
+    @staticmethod
+    def solve(ring: str) -> str:
+        """The rotation of ``ring`` that ends at its largest digit."""
+        start = (ring.index(max(ring)) + 1) % len(ring)
+        return ring[start:] + ring[:start]
+
+    @staticmethod
+    def rotations(ring: str) -> list[str]:
+        return [ring[i:] + ring[:i] for i in range(len(ring))]
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        """Another rotation (a wrong first choice) most of the time, else a digit or two changed."""
+        from .tiny import _wrong_answer
+
+        reference = str(problem.reference)
+        if rng.random() < 0.7:
+            return rng.choice([r for r in self.rotations(reference) if r != reference])
+        while True:  # two changes to one position can restore it
+            wrong = _wrong_answer(reference, rng)
+            if wrong != reference:
+                return wrong
 
 
 def extract_answer(text: str) -> Optional[str]:
@@ -115,6 +177,7 @@ class AnswerCheckFeedback:
 @hookimpl
 def register_tasks(register):
     register("digits", DigitsTask)
+    register("ring", RingTask)
 
 
 @hookimpl

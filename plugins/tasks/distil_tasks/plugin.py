@@ -4,6 +4,7 @@ feedback sources (``code`` is graded and explained by the ``code_exec`` plugin).
 from distil_core import hookimpl
 
 from .code_suite import CodeTask
+from .controls import AnswerWithheldFeedback
 from .math_suite import MathAnswerVerifier, MathStepsFeedback, MathTask
 from .science_suite import MCLetterVerifier, ScienceTask, WorkedExplanationFeedback
 
@@ -25,3 +26,4 @@ def register_verifiers(register):
 def register_feedback_sources(register):
     register("math_steps", MathStepsFeedback, description="The first wrong step, the worked steps and the answer.")
     register("worked_explanation", WorkedExplanationFeedback, description="Why the chosen option is wrong, with the worked explanation.")
+    register("answer_withheld", AnswerWithheldFeedback, description="Negative control: 'your answer is wrong', without the expected one.")

@@ -1,0 +1,153 @@
+"""The bench's sparse-reward suites: the `ring` task (an early choice decides success), the
+sparse digits variant, and their negative controls (feedback that withholds the answer)."""
+
+import random
+
+import pytest
+
+from distil_core.bench import Bench, load_spec
+from distil_core.builtin import AnswerCheckFeedback, DigitsTask, ExactMatchVerifier, RingTask
+from distil_core.context import ContextTemplate
+from distil_core.plugins import PluginHost
+from distil_core.tiny import BaseFeedback, base_examples
+from distil_core.types import Rollout
+
+SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring"}
+
+
+def _rollout(text):
+    return Rollout(problem_id="p", group_index=0, response_text=text, response_ids=[])
+
+
+def _grade(problem, text):
+    return ExactMatchVerifier().verify(problem, _rollout(text))
+
+
+def test_ring_problems_are_deterministic_distinct_and_split():
+    a, b = RingTask(length=7, train_size=300, test_size=40), RingTask(length=7, train_size=300, test_size=40)
+    for split in ("train", "test"):
+        assert [p.model_dump() for p in a.problems(split)] == [p.model_dump() for p in b.problems(split)]
+    train, test = a.problems("train"), a.problems("test")
+    assert len(train) == 300 and len(test) == 40
+    ids = [p.id for p in train + test]
+    assert len(set(ids)) == len(ids)  # no problem twice, and no held-out problem in training
+    assert [p.id for p in RingTask(length=7, train_size=300, test_size=40, seed=1).problems("test")] != [p.id for p in test]
+    for p in train + test:
+        ring = p.prompt.removeprefix("ring ")
+        assert len(ring) == 7 and len(set(ring)) == 7  # distinct digits: each rotation starts differently
+        assert p.reference in RingTask.rotations(ring) and p.reference[-1] == max(ring)
+
+
+def test_ring_reference_by_hand_and_bad_options():
+    assert RingTask.solve("4831907") == "0748319"
+    assert RingTask.solve("0853749") == "0853749"
+    assert RingTask.solve("9012") == "0129"
+    with pytest.raises(ValueError, match="length"):
+        RingTask(length=11)
+    with pytest.raises(ValueError, match="at most"):
+        RingTask(length=3, train_size=700, test_size=50)  # 10*9*8 = 720 arrangements
+    with pytest.raises(ValueError, match="split"):
+        RingTask(train_size=5, test_size=5).problems("dev")
+
+
+def test_ring_is_registered_as_a_builtin_task():
+    task = PluginHost(load_entrypoints=False).build("task", "ring", {"length": 5, "train_size": 20, "test_size": 5})
+    assert isinstance(task, RingTask) and task.problems("test")[0].prompt.startswith("ring ")
+
+
+def test_ring_verifier_passes_the_reference_and_fails_every_wrong_first_choice():
+    for p in RingTask(length=7, train_size=50, test_size=10).problems("test"):
+        assert _grade(p, p.reference).passed
+        assert _grade(p, p.reference + "\n").passed
+        ring = p.prompt.removeprefix("ring ")
+        for first in set("0123456789") - {p.reference[0]}:
+            # Once a wrong first digit is written, no continuation is correct: not the rotation
+            # it starts (a wrong plan carried out well), nor the reference's own tail.
+            wrong_plans = [r for r in RingTask.rotations(ring) if r[0] == first]
+            for text in wrong_plans + [first + p.reference[1:], first + p.reference]:
+                assert not _grade(p, text).passed, (p.prompt, text)
+
+
+def test_ring_wrong_answers_for_the_base_are_mostly_wrong_plans():
+    task = RingTask(length=7, train_size=50, test_size=10)
+    rng = random.Random(0)
+    problems = task.problems("train")
+    wrong = [(p, task.wrong_answer(p, rng)) for p in problems for _ in range(4)]
+    assert all(w != p.reference and not _grade(p, w).passed for p, w in wrong)
+    rotations = sum(w in RingTask.rotations(p.reference) for p, w in wrong)
+    assert 0.5 < rotations / len(wrong) < 0.9
+    teacher = BaseFeedback(task)  # the base is pretrained on these, with the run's feedback
+    examples = list(base_examples(problems, ContextTemplate(), random.Random(0), 100, 0.02, teacher))
+    assert all(answer == RingTask.solve(m[-1]["content"].split("\n")[0].removeprefix("ring ")) for m, answer in examples)
+
+
+def test_sparse_digits_verifier_fails_a_wrong_first_digit():
+    for p in DigitsTask(op="sort", length=5, train_size=50, test_size=10).problems("test"):
+        assert _grade(p, p.reference).passed
+        first = "9" if p.reference[0] != "9" else "8"
+        assert not _grade(p, first + p.reference[1:]).passed
+
+
+@pytest.mark.parametrize("task", [RingTask(length=7, train_size=50, test_size=20), DigitsTask(train_size=50, test_size=20)])
+def test_negative_control_feedback_withholds_the_reference(task):
+    rng = random.Random(0)
+    for p in task.problems("test"):
+        wrong = task.wrong_answer(p, rng) if hasattr(task, "wrong_answer") else ("0" if p.reference[0] != "0" else "1") + p.reference[1:]
+        verdict = _grade(p, wrong)
+        assert not verdict.passed
+        with_answer = AnswerCheckFeedback().feedback(p, _rollout(wrong), verdict)
+        withheld = AnswerCheckFeedback(include_expected=False).feedback(p, _rollout(wrong), verdict)
+        assert p.reference in with_answer[0].text
+        assert p.reference not in withheld[0].text and withheld[0].data["expected"] is None
+        assert withheld[0].text == f"Your answer {wrong} is wrong."
+
+
+def test_the_bench_has_sparse_suites_each_with_a_negative_control():
+    spec, base = load_spec(None)
+    names = list(spec.suites)
+    assert names.index("sparse_digits") > names.index("digits")  # grouped after the dense suites
+    bench = Bench(spec, base, "unused", suites=[*SPARSE, *(f"{s}_noanswer" for s in SPARSE)], methods=["grpo", "distil_local"], seeds=[0])
+    for suite, task in SPARSE.items():
+        assert spec.suites[suite].description and spec.suites[f"{suite}_noanswer"].description
+        ours = bench.configs[(suite, "distil_local", 0)].model_dump(mode="json")
+        control = bench.configs[(f"{suite}_noanswer", "distil_local", 0)].model_dump(mode="json")
+        assert ours["task"]["name"] == task
+        assert [f["name"] for f in ours["feedback"]] == ["answer_check"] and not ours["feedback"][0]["options"]
+        assert control["feedback"] == [{"name": "answer_withheld", "options": {}}]
+        # The control differs only in its feedback; both share the rollout budget of every method.
+        for key in ("task", "verifier", "model", "rollout", "train", "eval", "expert", "context"):
+            assert ours[key] == control[key], (suite, key)
+        assert bench.budget(suite) == bench.budget(f"{suite}_noanswer")
+
+
+def _tasks_host():
+    plugin = pytest.importorskip("distil_tasks.plugin")
+    host = PluginHost(load_entrypoints=False)
+    host.register_plugin(plugin, "tasks")
+    return host
+
+
+def test_a_negative_control_starts_from_the_same_tiny_base_as_its_suite():
+    """`answer_withheld` is runtime-bound, so the base is pretrained on the answer-bearing
+    `answer_check` in both suites: same recipe, task and feedback, hence the same cached base."""
+    from distil_core.runtime import base_feedback_components
+
+    host = _tasks_host()
+    spec, base = load_spec(None)
+    for suite in SPARSE:
+        bench = Bench(spec, base, "unused", suites=[suite, f"{suite}_noanswer"], methods=["distil_local"], seeds=[0])
+        ours, control = bench.configs[(suite, "distil_local", 0)], bench.configs[(f"{suite}_noanswer", "distil_local", 0)]
+        assert base_feedback_components(ours, host) == base_feedback_components(control, host)
+        assert ours.model.tiny == control.model.tiny and ours.task == control.task
+
+
+def test_answer_withheld_never_shows_the_reference():
+    source = _tasks_host().build("feedback_source", "answer_withheld", {}, runtime=None)
+    task = RingTask(length=6, train_size=50, test_size=20)
+    rng = random.Random(0)
+    for p in task.problems("test"):
+        wrong = task.wrong_answer(p, rng)
+        verdict = _grade(p, wrong)
+        [item] = source.feedback(p, _rollout(wrong), verdict)
+        assert p.reference not in item.text and item.text == f"Your answer {wrong} is wrong."
+        assert source.feedback(p, _rollout(p.reference), _grade(p, p.reference)) == []
