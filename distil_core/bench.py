@@ -346,7 +346,12 @@ def render_markdown(bench: Bench, rows: list[dict[str, Any]], plots: dict[str, s
         "every method starts from the same first batch). Numbers are held-out percentages after training, "
         "mean ± sample standard deviation over seeds; `base` is the starting model, evaluated the same way. "
         "pass@k is the unbiased estimator, avg@n the mean correctness of n samples, maj@n the "
-        "accuracy of the majority-voted answer.",
+        "accuracy of the majority-voted answer; greedy@1 decodes each problem once greedily.",
+        "",
+        "| method | trains with | settings of its own |",
+        "|---|---|---|",
+        *(f"| {label} | `{m.method}` | " + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in m.set.items()) or "–") + " |"
+          for label, m in bench.spec.methods.items() if label in bench.methods),
         "",
     ]
     for suite, table in agg.items():

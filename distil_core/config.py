@@ -167,7 +167,7 @@ class LossConfig(_Section):
     )
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
     reward_weight: float = Field(
-        default=0.0, ge=0.0,
+        default=1.0, ge=0.0,
         description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "
         "rollouts without an expert signal (a lone success) get it too.",
     )

@@ -55,7 +55,8 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     assert "![pass@1 vs rollouts on sort](bench-sort.png)" in md
     assert "![response length vs step on sort](bench-sort-length.png)" in md
     # sample efficiency: grpo reaches its own final pass@1 within its budget (at the latest at its end)
-    efficiency = next(line for line in md.splitlines() if line.startswith("| grpo |"))
+    assert "| grpo | `grpo` | – |" in md  # the methods and their own settings
+    efficiency = [line for line in md.splitlines() if line.startswith("| grpo |")][1]
     reached = int(efficiency.split("|")[2])
     assert reached in (32, 64)  # eval at step 2 or 4, 16 rollouts a step
     for r in runs:  # the length series is the run's own metrics.jsonl
