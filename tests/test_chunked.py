@@ -221,7 +221,7 @@ def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
     dense = [ExpertSignal(access="dense", logits=F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
     head = (ew, None)
     hid = [ExpertSignal(access="hidden", hidden=eh[b, :n], head=head) for b, n in enumerate(lengths)]
-    rows = RowContext(GROUP, eos_id=0)
+    rows = RowContext(GROUP, eos_id=0, rewards=torch.tensor([1.0, 0.0, 0.0, 0.0]))
     for temperature in (1.0, 0.5):
         cfg = LossConfig(expert_temperature=temperature)
         a = distillation_loss("distil", cfg, logits, tokens, mask, stack_signals(dense, T, V, "cpu"), rows)
