@@ -4,6 +4,7 @@
   the embedded default trains on it.
 - task ``ring``: write a ring of distinct digits starting after its largest one; the first
   digit written decides the whole answer (the bench's sparse, early-choice suite).
+- task ``column_add``: add two numbers whose columns never carry (the bench's sparse math suite).
 - verifier ``exact_match``: the first number (or, failing that, the first line) of the
   response equals the problem's reference answer.
 - feedback source ``answer_check``: on a failed rollout, reports the answer found and the
@@ -119,6 +120,40 @@ class RingTask:
                 return wrong
 
 
+class ColumnAddTask:
+    """Addition of two numbers of ``length`` digits whose columns never carry.
+
+    "add 314 252" → "566": every digit of the sum is the sum of the two digits above it (at
+    most 9), so the answer is written column by column, left to right, with one shared skill —
+    a single-digit sum — and no carry to plan ahead for. Problems are drawn without replacement
+    from every carry-free pair (55 digit pairs per column); the first ``test_size`` are held out.
+    """
+
+    PAIRS = [(x, y) for x in range(10) for y in range(10 - x)]
+
+    def __init__(self, length: int = 3, train_size: int = 5000, test_size: int = 200, seed: int = 0):
+        if not 1 <= length <= 9:
+            raise ValueError(f"column_add: length must be between 1 and 9 (got {length})")
+        space = len(self.PAIRS) ** length
+        if train_size < 1 or test_size < 1 or train_size + test_size > space:
+            raise ValueError(f"column_add: train_size + test_size must be at most {space} for length={length}")
+        self.length = length
+        codes = random.Random(seed).sample(range(space), test_size + train_size)
+        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in self._splits:
+            raise ValueError(f"column_add: unknown split {split!r}; use 'train' or 'test'")
+        return [self.problem(code) for code in self._splits[split]]
+
+    def problem(self, code: int) -> Problem:
+        a = b = ""
+        for _ in range(self.length):
+            code, i = divmod(code, len(self.PAIRS))
+            a, b = a + str(self.PAIRS[i][0]), b + str(self.PAIRS[i][1])
+        return Problem(id=f"column_add-{a}-{b}", prompt=f"add {a} {b}", reference=str(int(a) + int(b)).zfill(self.length))
+
+
 def extract_answer(text: str) -> Optional[str]:
     """The first number in ``text``; else its first non-empty line; else None."""
     match = _NUMBER.search(text)
@@ -178,6 +213,7 @@ class AnswerCheckFeedback:
 def register_tasks(register):
     register("digits", DigitsTask)
     register("ring", RingTask)
+    register("column_add", ColumnAddTask)
 
 
 @hookimpl

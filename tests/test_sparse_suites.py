@@ -7,13 +7,13 @@ import random
 import pytest
 
 from distil_core.bench import Bench, load_spec
-from distil_core.builtin import AnswerCheckFeedback, DigitsTask, ExactMatchVerifier, RingTask
+from distil_core.builtin import AnswerCheckFeedback, ColumnAddTask, DigitsTask, ExactMatchVerifier, RingTask
 from distil_core.context import ContextTemplate
 from distil_core.plugins import PluginHost
 from distil_core.tiny import BaseFeedback, base_examples
 from distil_core.types import Rollout
 
-SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring", "sparse_add": "digits"}
+SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring", "sparse_add": "column_add"}
 
 
 def _rollout(text):
@@ -89,16 +89,22 @@ def test_sparse_digits_verifier_fails_a_wrong_first_digit():
         assert not _grade(p, first + p.reference[1:]).passed
 
 
-def test_sparse_add_references_are_sums_and_a_wrong_first_digit_fails():
-    task = DigitsTask(op="add", length=2, train_size=300, test_size=50)
+def test_column_add_problems_are_carry_free_sums_split_and_registered():
+    task = ColumnAddTask(length=3, train_size=300, test_size=50)
     train, test = task.problems("train"), task.problems("test")
-    assert not {p.id for p in train} & {p.id for p in test}
-    for p in test:
-        a, b = (int(x) for x in p.prompt.removeprefix("add ").split())
-        assert 0 <= a < 100 and 0 <= b < 100 and p.reference == str(a + b)
-        assert _grade(p, p.reference).passed
+    assert [p.model_dump() for p in test] == [p.model_dump() for p in ColumnAddTask(length=3, train_size=300, test_size=50).problems("test")]
+    assert len({p.id for p in train + test}) == 350  # no problem twice, none held out in training
+    for p in train + test:
+        a, b = p.prompt.removeprefix("add ").split()
+        assert len(a) == len(b) == len(p.reference) == 3
+        assert all(int(x) + int(y) == int(z) for x, y, z in zip(a, b, p.reference))  # no column carries
+        assert int(a) + int(b) == int(p.reference) and _grade(p, p.reference).passed
         first = "9" if p.reference[0] != "9" else "8"
         assert not _grade(p, first + p.reference[1:]).passed
+    with pytest.raises(ValueError, match="at most"):
+        ColumnAddTask(length=1, train_size=50, test_size=10)  # 55 carry-free digit pairs
+    built = PluginHost(load_entrypoints=False).build("task", "column_add", {"length": 2, "train_size": 20, "test_size": 5})
+    assert isinstance(built, ColumnAddTask) and built.problems("test")[0].prompt.startswith("add ")
 
 
 def test_sparse_suites_are_calibrated_as_documented():
@@ -109,15 +115,15 @@ def test_sparse_suites_are_calibrated_as_documented():
     ring = bench.configs[("sparse_ring", "distil_local", 0)]
     assert ring.task.options == {"length": 5} and ring.model.tiny.plain_fraction == 0.25 and ring.model.tiny.steps == 500
     add = bench.configs[("sparse_add", "distil_local", 0)]
-    assert add.task.options["op"] == "add" and add.task.options["length"] == 2
-    # The answer (at most three digits) and its end token fit the rollout.
-    assert add.rollout.max_new_tokens >= 4
+    assert add.task.name == "column_add" and add.task.options == {"length": 3}
+    assert add.model.tiny.plain_fraction == 0.12 and add.model.tiny.steps == 150
+    assert add.rollout.max_new_tokens >= 4  # the answer's three digits and its end token
     for config in (ring, add):
         assert config.rollout.problems_per_step == 16 and config.rollout.samples_per_problem == 8
         assert config.train.steps == 60 and config.eval.problems == 100
 
 
-@pytest.mark.parametrize("task", [RingTask(length=7, train_size=50, test_size=20), DigitsTask(train_size=50, test_size=20)])
+@pytest.mark.parametrize("task", [RingTask(length=7, train_size=50, test_size=20), DigitsTask(train_size=50, test_size=20), ColumnAddTask(train_size=50, test_size=20)])
 def test_negative_control_feedback_withholds_the_reference(task):
     rng = random.Random(0)
     for p in task.problems("test"):
