@@ -466,13 +466,7 @@ def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str,
         ax.set_title(f"{suite}: {metric} vs rollouts (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"bench-{suite}.png")
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, path)
-        paths[suite] = path
+        paths[suite] = _save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}.png"))
         length_plot = _plot_lengths(plt, rows, suite, out_dir)
         if length_plot:
             paths[f"{suite}:length"] = length_plot
@@ -499,8 +493,12 @@ def _plot_lengths(plt: Any, rows: list[dict[str, Any]], suite: str, out_dir: str
     ax.set_title(f"{suite}: response length (mean over seeds; band: reference ± 20 %)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return _save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}-length.png"))
+
+
+def _save_figure(plt: Any, fig: Any, path: str) -> str:
+    """Write ``fig`` to ``path`` whole or not at all (a temporary file, then a rename)."""
     fig.tight_layout()
-    path = os.path.join(out_dir, f"bench-{suite}-length.png")
     tmp = path + ".tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
