@@ -2,6 +2,7 @@
 
     python benchmarks/bench_diagnostics.py expert-gap SUITE [--problems 60] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
+    python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
 
 SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
 `distil bench` configures it, seed 0.
@@ -14,6 +15,12 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   problems (each seen many times), then reports pass@1 on those problems and on the held-out
   split, before and after. It separates "the update does not move the student towards the
   expert" (a bug) from "what it learns does not carry to new problems".
+- ``sharpness``: each trained run's final model, teacher-forced on the reference answers of the
+  held-out problems: the mean and median probability of the whole answer (a sample at
+  temperature 1 is right with that probability), and the share of answer tokens the model
+  gives less than 0.1 (confidently wrong) or more than 0.9. It tells a student that hedges on
+  every token (lower pass@1 at temperature 1, higher pass@k) from one that is sharp but wrong
+  on some problems.
 """
 
 from __future__ import annotations
@@ -105,6 +112,39 @@ def memorise(suite: str, method: str, problems: int, overrides: list[str], outpu
     }
 
 
+def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[str]) -> dict[str, Any]:
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distil_core.modeling import response_logits
+    from distil_core.runtime import build_runtime
+    from distil_core.tiny import BaseFeedback
+
+    config = suite_config(suite, "distil", overrides, "unused")
+    rt = build_runtime(config, progress=False)
+    held_out = rt.task.problems("test")[:problems]
+    teacher = BaseFeedback(rt.task)
+    tok = rt.tokenizer
+    prompts = [rt.context.student_prompt_ids(p) for p in held_out]
+    targets = [tok.encode(teacher.answer(p), add_special_tokens=False) + [tok.eos_token_id] for p in held_out]
+    out: dict[str, Any] = {"suite": suite, "problems": len(held_out), "runs": {}}
+    for run_dir in run_dirs:
+        model = AutoModelForCausalLM.from_pretrained(f"{run_dir}/final").eval()
+        with torch.no_grad():
+            logits, tokens, mask = response_logits(model, prompts, targets, tok.pad_token_id)
+        logprobs = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+        keep = mask.bool()
+        token_p = logprobs.exp()[keep]
+        answer_p = torch.where(keep, logprobs, 0.0).sum(-1).exp().tolist()
+        out["runs"][run_dir] = {
+            "mean_p_answer": statistics.fmean(answer_p), "median_p_answer": statistics.median(answer_p),
+            "tokens_below_0.1": float((token_p < 0.1).float().mean()), "tokens_above_0.9": float((token_p > 0.9).float().mean()),
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,10 +156,21 @@ def main() -> int:
     mem.add_argument("method")
     mem.add_argument("--problems", type=int, default=32)
     mem.add_argument("--output-dir", default="runs/diagnostics")
-    for p in (gap, mem):
+    sharp = sub.add_parser("sharpness", help="trained runs: P(reference answer) per problem and per token")
+    sharp.add_argument("suite")
+    sharp.add_argument("run_dirs", nargs="+")
+    sharp.add_argument("--problems", type=int, default=100)
+    for p in (gap, mem, sharp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    if args.command == "expert-gap":
+    if args.command == "sharpness":
+        result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides)
+        print("| run | mean P(answer) | median P(answer) | tokens p < 0.1 | tokens p > 0.9 |")
+        print("|---|---:|---:|---:|---:|")
+        for run, r in result["runs"].items():
+            print(f"| {run} | {r['mean_p_answer']:.3f} | {r['median_p_answer']:.3f} | "
+                  f"{100 * r['tokens_below_0.1']:.1f} % | {100 * r['tokens_above_0.9']:.1f} % |")
+    elif args.command == "expert-gap":
         result = expert_gap(args.suite, args.problems, args.overrides)
         for who in ("student", "expert"):
             print(f"{args.suite} {who:<8} P(answer) {result[who]['p_answer']:.3f}   P(first token) {result[who]['p_first_token']:.3f}")

@@ -104,3 +104,19 @@ def test_bench_diagnostics_memorise_reports_train_set_and_held_out_pass_rates(tm
     for pair in (result["train_set_pass@1"], result["held_out_pass@1"]):
         assert len(pair) == 2 and all(0.0 <= v <= 1.0 for v in pair)
     assert (tmp_path / "runs" / "digits-grpo" / "summary.json").exists()
+
+
+def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_path):
+    """The base and a run trained from it: per-problem answer probabilities and token shares."""
+    run = tmp_path / "run"
+    _diagnostics(tmp_path, "memorise", "digits", "distil", "--problems", "4", *TINY,
+                 "--set", "train.steps=2", "--set", "rollout.problems_per_step=4",
+                 "--set", "eval.problems=8", "--set", "eval.samples=2", "--set", "eval.ks=[1, 2]",
+                 "--output-dir", str(run))
+    trained = run / "digits-distil"
+    result = _diagnostics(tmp_path, "sharpness", "digits", str(trained), "--problems", "8", *TINY)
+    assert result["problems"] == 8
+    r = result["runs"][str(trained)]
+    assert 0.0 < r["median_p_answer"] <= 1.0 and 0.0 < r["mean_p_answer"] <= 1.0
+    assert 0.0 <= r["tokens_below_0.1"] <= 1.0 and 0.0 <= r["tokens_above_0.9"] <= 1.0
+    assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
