@@ -169,7 +169,8 @@ class LossConfig(_Section):
     reward_weight: float = Field(
         default=1.0, ge=0.0,
         description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "
-        "rollouts without an expert signal (a lone success) get it too.",
+        "rollouts without an expert signal (a lone success) get it too. With one sample per problem "
+        "there are no siblings: neither this term nor the group_loo baseline applies.",
     )
     expert_temperature: float = Field(
         default=1.0, gt=0.0,

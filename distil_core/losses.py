@@ -75,6 +75,11 @@ def group_baseline(values: Tensor, mask: Tensor, group_size: int,
     must not read sibling j: its expert context used rollout i, so its cost depends on y_i).
     The mean is over siblings that still contribute at t (``mask``): a sibling that ended, or
     that has no expert signal, is not a zero that drags the baseline down. Detached.
+
+    Unbiased when the siblings' costs and masks do not depend on y_i. Leaving out the readers
+    removes the direct dependence; which sibling a context picks as its demonstration (and so
+    which are left out) can still depend on whether rollout i passed — a selection effect this
+    does not remove.
     """
     batch, length = values.shape
     groups = batch // group_size
@@ -83,7 +88,7 @@ def group_baseline(values: Tensor, mask: Tensor, group_size: int,
     weights = 1.0 - torch.eye(group_size, dtype=values.dtype, device=values.device)
     weights = weights.expand(groups, group_size, group_size)
     if exclude is not None:
-        allowed = ~exclude.to(torch.bool).view(groups, group_size, group_size)
+        allowed = ~exclude.to(device=values.device, dtype=torch.bool).view(groups, group_size, group_size)
         weights = weights * allowed.to(values.dtype)
     total = torch.einsum("gij,gjt->git", weights, grouped)
     count = torch.einsum("gij,gjt->git", weights, keep)
@@ -145,7 +150,8 @@ def distil_surrogate(
 
     ``baseline``: "none" (b = 0) or "group_loo" (:func:`group_baseline`: the masked mean G of
     the other rollouts of the group, leaving out ``baseline_exclude``). It depends only on
-    siblings, so the estimator stays unbiased. ``rewards`` ``[B]`` with ``reward_weight`` λ > 0
+    siblings, so the estimator stays unbiased as long as their costs do not depend on y_i (see
+    :func:`group_baseline` for what remains). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0
     add a terminal success term centred on the siblings' mean reward; it applies on
     ``response_mask`` (default ``mask``), so a rollout without an expert signal — a lone
     success — still gets it. ``future_credit=False`` keeps only the local term (the
@@ -153,7 +159,8 @@ def distil_surrogate(
 
     The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
     """
-    _check_baseline(baseline, group_size, token_ce.shape[0])
+    if future_credit:
+        _check_baseline(baseline, group_size, token_ce.shape[0])
     rewarded = future_credit and reward_weight > 0
     if rewarded and (rewards is None or group_size is None or group_size < 2):
         raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2 (rewards are "
@@ -327,7 +334,11 @@ def temper_topk(topk_logprobs: Tensor, temperature: float) -> Tensor:
     """
     if temperature == 1.0:
         return topk_logprobs
-    buckets = with_tail(topk_logprobs.detach()) / temperature
+    buckets = with_tail(topk_logprobs.detach())
+    # a tail at with_tail's floor (~eps) is no mass: tempering would inflate the floor itself
+    floor = math.log(4 * torch.finfo(buckets.dtype).eps)
+    tail = buckets[..., -1:]
+    buckets = torch.cat([buckets[..., :-1], torch.where(tail <= floor, -math.inf, tail)], dim=-1) / temperature
     return (buckets - torch.logsumexp(buckets, dim=-1, keepdim=True))[..., :-1]
 
 

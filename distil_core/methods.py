@@ -53,7 +53,9 @@ class LossOutput:
 def stack_signals(signals: Sequence[Optional[ExpertSignal]], width: int, vocab: int, device) -> ExpertBatch:
     """Pad per-rollout signals (None = no signal for that row) to ``[B, T, ...]``."""
     usable = [s for s in signals if s is not None and s.ok]
-    access = usable[0].access if usable else "dense"
+    if not usable:  # only a success term reads these rows: no expert tensors to lay out
+        return ExpertBatch("none", torch.zeros(len(signals), device=device))
+    access = usable[0].access
     if any(s.access != access for s in usable):
         raise ConfigError("the expert returned signals of mixed access levels in one batch")
     rows = torch.tensor([1.0 if s is not None and s.ok else 0.0 for s in signals], device=device)
@@ -124,6 +126,8 @@ def distillation_loss(
     student_logits_f = student_logits.float()
     expert = tempered(expert, cfg.expert_temperature)
     credit = _credit(method, cfg, rows, response_mask)
+    if expert.access == "none":  # every row masked out of the expert terms: any target will do
+        expert = ExpertBatch("dense", expert.rows, logits=student_logits_f.detach())
     if expert.access in ("dense", "hidden"):
         teacher = expert.dense_logits()
         if method in ("distil", "distil_local"):
@@ -179,6 +183,8 @@ def chunked_distillation_loss(
     response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
     expert = tempered(expert, cfg.expert_temperature)
+    if expert.access == "none":  # every row masked out of the expert terms: the student's own head
+        expert = ExpertBatch("hidden", expert.rows, hidden=hidden.detach(), head=(weight.detach(), bias))
     if expert.access == "topk":
         target = ExpertTopK(expert.topk_ids, expert.topk_logprobs)
     elif expert.access == "hidden":
@@ -209,7 +215,9 @@ def _credit(method: str, cfg: LossConfig, rows: RowContext, response_mask: Tenso
         group_size=rows.group_size if rows.group_size > 1 else None,
         baseline_exclude=rows.baseline_exclude,
     )
-    if credit["future_credit"] and cfg.reward_weight > 0:
+    if rows.group_size < 2:  # one rollout per prompt: no sibling to compare with
+        credit.update(baseline="none", baseline_exclude=None)
+    elif credit["future_credit"] and cfg.reward_weight > 0:
         credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, response_mask=response_mask)
     return credit
 
@@ -221,7 +229,7 @@ def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
     divided instead; top-k log-probs go through :func:`losses.temper_topk`. Sampled tokens carry
     no distribution to temper.
     """
-    if temperature == 1.0:
+    if temperature == 1.0 or expert.access == "none":
         return expert
     if expert.access == "dense":
         return replace(expert, logits=expert.logits / temperature)

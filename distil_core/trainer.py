@@ -255,8 +255,8 @@ class Trainer:
     def _update(self, prompts, rollouts, verdicts, signals, n, queries=()) -> dict[str, float]:
         cfg = self.config
         method = cfg.method
-        rewarded = method == "distil" and cfg.loss.future_credit and cfg.loss.reward_weight > 0
-        rewards = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+        rewarded = method == "distil" and cfg.loss.future_credit and cfg.loss.reward_weight > 0 and n > 1
+        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)  # this rank's rows
         readers = baseline_exclusions(queries, len(rollouts), n)
         rows = list(range(len(rollouts)))
         advantages = None
@@ -292,13 +292,13 @@ class Trainer:
                 hidden, tokens, mask = response_hidden(
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
-                out = self._chunked_loss(chunk, hidden, tokens, mask, signals, self._rows(chunk, n, rewards, readers))
+                out = self._chunked_loss(chunk, hidden, tokens, mask, signals, self._rows(chunk, n, scores, readers))
             else:
                 logits, tokens, mask = response_logits(
                     self.model, [prompts[j // n] for j in chunk], [targets[j] for j in chunk], self.rt.pad_id
                 )
                 out = self._micro_loss(chunk, logits, tokens, mask, signals, advantages, text_mode, total_tokens,
-                                       self._rows(chunk, n, rewards, readers))
+                                       self._rows(chunk, n, scores, readers))
             scale = _grpo_scale(cfg.loss.loss_type, len(chunk), total_rows, total_micro) if method == "grpo" else micro_tokens / total_tokens
             (out.loss * scale).backward()
             totals["loss"] += float(out.loss.detach()) * scale

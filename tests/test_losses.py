@@ -799,3 +799,23 @@ def test_dr_grpo_divides_by_a_constant_so_micro_batches_add_up_to_the_whole_batc
     (g_parts,) = torch.autograd.grad(first / 2 + second / 2, logprobs)
     torch.testing.assert_close(g_parts, g_whole)
     assert whole.item() == pytest.approx(-(advantages * mask.sum(-1)).sum().item() / (4 * 6))
+
+
+def test_group_baseline_takes_the_exclusions_to_the_costs_device():
+    """The trainer builds the exclusions on the CPU; the costs live where the logits do."""
+    values = torch.zeros(4, 3, device="meta")
+    exclude = torch.zeros(4, 2, dtype=torch.bool)
+    assert group_baseline(values, torch.ones(4, 3, device="meta"), 2, exclude).device.type == "meta"
+
+
+def test_temper_topk_does_not_inflate_an_empty_tail():
+    one_hot = torch.full((1, 4), -1e4)
+    one_hot[0, 2] = 0.0
+    ids, logprobs = topk_with_tail(one_hot.float(), k=4)
+    tempered = temper_topk(logprobs, 4.0)
+    assert tempered.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_distil_local_needs_no_group_layout():
+    student, teacher, tokens, mask = random_batch()
+    distil_loss(student, teacher, tokens, mask, future_credit=False, baseline="group_loo")

@@ -296,3 +296,26 @@ def test_greedy_evaluation_is_reported_beside_the_sampled_one(tmp_path):
     assert greedy == pytest.approx(cold["pass@1"]) and 0.0 <= greedy <= 1.0
     summary = _trainer(tmp_path / "c", "train.steps=1", "eval.greedy=true").fit()
     assert "greedy@1" in summary["after"] and summary["reference_tokens"] > 1
+
+
+@pytest.mark.parametrize("method", ["distil", "distil_local"])
+def test_one_sample_per_problem_trains_without_siblings(tmp_path, method):
+    """The default group baseline and success term need siblings; with one rollout each they step aside."""
+    trainer = _trainer(tmp_path, f"method={method}", "train.steps=1", "rollout.samples_per_problem=1",
+                       "rollout.temperature=2.0")
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(1)
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_a_micro_batch_without_any_expert_signal_takes_only_the_success_term(tmp_path):
+    """Chunked: rows with no signal get no [B, T, V] target laid out, only the success term."""
+    from distil_core.methods import stack_signals
+
+    assert stack_signals([None, None], 3, 10, "cpu").access == "none"
+    trainer = _trainer(tmp_path, "train.steps=1", "loss.chunk_size=2", "optim.grad_clip=0",
+                       "feedback=[]", "context.use_demonstrations=false")
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    row = trainer.train_step(1)
+    assert row["signal_rollouts"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
