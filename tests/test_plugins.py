@@ -111,7 +111,7 @@ def test_builtins_register_through_the_hooks():
     host = PluginHost(load_entrypoints=False)
 
     expected = {
-        "task": ["digits"],
+        "task": ["column_add", "digits", "ring"],
         "verifier": ["exact_match"],
         "feedback_source": ["answer_check"],
         "expert": ["hf", "self"],
