@@ -25,7 +25,31 @@ from .types import Feedback, Problem, Rollout, Verdict
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-class DigitsTask:
+class _DrawnSplits:
+    """Problems drawn without replacement from ``space`` codes; the first ``test_size`` held out.
+
+    A task names itself (``name``, for errors), checks its own options, calls :meth:`_draw`,
+    and turns a code into a :class:`Problem` in ``problem(code)``.
+    """
+
+    name = "task"
+
+    def _draw(self, space: int, train_size: int, test_size: int, seed: int, options: str) -> None:
+        if train_size < 1 or test_size < 1 or train_size + test_size > space:
+            raise ValueError(f"{self.name}: train_size + test_size must be at most {space} for {options}")
+        codes = random.Random(seed).sample(range(space), test_size + train_size)
+        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in self._splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; use 'train' or 'test'")
+        return [self.problem(code) for code in self._splits[split]]
+
+    def problem(self, code: int) -> Problem:
+        raise NotImplementedError
+
+
+class DigitsTask(_DrawnSplits):
     """Procedural digit puzzles with a fixed held-out split.
 
     ``op``: ``sort`` ("sort 48310" → "01348"), ``reverse`` ("reverse 48310" → "01384") or
@@ -33,24 +57,16 @@ class DigitsTask:
     replacement from every possible input; the first ``test_size`` are held out.
     """
 
+    name = "digits"
+
     def __init__(self, op: str = "sort", length: int = 5, train_size: int = 5000, test_size: int = 200, seed: int = 0):
         if op not in ("sort", "reverse", "add"):
             raise ValueError(f"digits: op must be 'sort', 'reverse' or 'add' (got {op!r})")
         if not 1 <= length <= 9:
             raise ValueError(f"digits: length must be between 1 and 9 (got {length})")
-        space = 10 ** (2 * length if op == "add" else length)
-        if train_size < 1 or test_size < 1 or train_size + test_size > space:
-            raise ValueError(
-                f"digits: train_size + test_size must be at most {space} for op={op!r}, length={length}"
-            )
         self.op, self.length = op, length
-        codes = random.Random(seed).sample(range(space), test_size + train_size)
-        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
-
-    def problems(self, split: str) -> list[Problem]:
-        if split not in self._splits:
-            raise ValueError(f"digits: unknown split {split!r}; use 'train' or 'test'")
-        return [self.problem(code) for code in self._splits[split]]
+        self._draw(10 ** (2 * length if op == "add" else length), train_size, test_size, seed,
+                   f"op={op!r}, length={length}")
 
     def problem(self, code: int) -> Problem:
         if self.op == "add":
@@ -61,7 +77,7 @@ class DigitsTask:
         return Problem(id=f"{self.op}-{digits}", prompt=f"{self.op} {digits}", reference=answer)
 
 
-class RingTask:
+class RingTask(_DrawnSplits):
     """A ring of distinct digits, written out so that it ends at its largest digit.
 
     "ring 4831907" → "0748319": the answer is the rotation of the input whose last digit is
@@ -74,20 +90,13 @@ class RingTask:
     a wrong plan, carried out correctly.
     """
 
+    name = "ring"
+
     def __init__(self, length: int = 7, train_size: int = 5000, test_size: int = 200, seed: int = 0):
         if not 3 <= length <= 10:
             raise ValueError(f"ring: length must be between 3 and 10 (got {length})")
-        space = math.perm(10, length)
-        if train_size < 1 or test_size < 1 or train_size + test_size > space:
-            raise ValueError(f"ring: train_size + test_size must be at most {space} for length={length}")
         self.length = length
-        codes = random.Random(seed).sample(range(space), test_size + train_size)
-        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
-
-    def problems(self, split: str) -> list[Problem]:
-        if split not in self._splits:
-            raise ValueError(f"ring: unknown split {split!r}; use 'train' or 'test'")
-        return [self.problem(code) for code in self._splits[split]]
+        self._draw(math.perm(10, length), train_size, test_size, seed, f"length={length}")
 
     def problem(self, code: int) -> Problem:
         pool, digits = list("0123456789"), []
@@ -120,7 +129,7 @@ class RingTask:
                 return wrong
 
 
-class ColumnAddTask:
+class ColumnAddTask(_DrawnSplits):
     """Addition of two numbers of ``length`` digits whose columns never carry.
 
     "add 314 252" → "566": every digit of the sum is the sum of the two digits above it (at
@@ -129,22 +138,15 @@ class ColumnAddTask:
     from every carry-free pair (55 digit pairs per column); the first ``test_size`` are held out.
     """
 
+    name = "column_add"
+
     PAIRS = [(x, y) for x in range(10) for y in range(10 - x)]
 
     def __init__(self, length: int = 3, train_size: int = 5000, test_size: int = 200, seed: int = 0):
         if not 1 <= length <= 9:
             raise ValueError(f"column_add: length must be between 1 and 9 (got {length})")
-        space = len(self.PAIRS) ** length
-        if train_size < 1 or test_size < 1 or train_size + test_size > space:
-            raise ValueError(f"column_add: train_size + test_size must be at most {space} for length={length}")
         self.length = length
-        codes = random.Random(seed).sample(range(space), test_size + train_size)
-        self._splits = {"test": codes[:test_size], "train": codes[test_size:]}
-
-    def problems(self, split: str) -> list[Problem]:
-        if split not in self._splits:
-            raise ValueError(f"column_add: unknown split {split!r}; use 'train' or 'test'")
-        return [self.problem(code) for code in self._splits[split]]
+        self._draw(len(self.PAIRS) ** length, train_size, test_size, seed, f"length={length}")
 
     def problem(self, code: int) -> Problem:
         a = b = ""
