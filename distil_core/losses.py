@@ -1,4 +1,4 @@
-"""Losses for DistIL and the baselines it is measured against (ALGORITHMS.md, sections 1-2).
+"""Losses for DistIL and the baselines it is measured against (docs/guide.md, "Methods").
 
 Reference implementations on full logits: plain tensors in, a scalar out. Shapes: logits
 ``[B, T, V]``; tokens and mask ``[B, T]``, where position t's logits predict ``tokens[:, t]``

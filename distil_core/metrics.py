@@ -1,4 +1,4 @@
-"""Evaluation metrics over n samples per problem (ALGORITHMS.md, section 4).
+"""Evaluation metrics over n samples per problem (pass@k, avg@n, maj@n, observed pass@n).
 
 ``correct`` is one sequence per problem of per-sample correctness: bools, or scores in
 [0, 1]. avg@n averages the scores; the counting metrics (pass@k, observed pass, best@N) treat

@@ -1,4 +1,4 @@
-"""Exact-gradient tabular study of DistIL and its baselines (ALGORITHMS.md sections 1, 2, 5).
+"""Exact-gradient tabular study of DistIL and its baselines (docs/guide.md, "Methods"; docs/results/tabular.md).
 
 A policy here is a table of logits, one softmax row per state of a token tree: vocabulary
 ``V``, horizon ``T``, a state is a prefix ``(y_1..y_{t-1})`` that has not ended, and every
@@ -480,7 +480,7 @@ def forward_ce_safe_step(rewards: Tensor, logits: Tensor, teacher: Tensor) -> fl
 
 
 def success_log_lower_bound(teacher: Tensor, logits: Tensor, success: Tensor) -> float:
-    """Lower bound on log p(S) from the forward cross-entropy (bandit, ALGORITHMS.md §5).
+    """Lower bound on log p(S) from the forward cross-entropy (bandit).
 
     With q_S = q(·|S): Σ_{a∈S} q_a log p_a = q(S)[log p(S) - CE(q_S, p(·|S))] and
     CE(q_S, p(·|S)) >= H(q_S); the failing actions only add -q_a log p_a >= 0 to CE(q, p). So

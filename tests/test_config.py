@@ -1,4 +1,4 @@
-"""Run configuration, checked against DESIGN.md ("Trainer": YAML → pydantic, ``--set a.b=c``
+"""Run configuration, checked against docs/guide.md ("Configuration": YAML → pydantic, ``--set a.b=c``
 overrides, unknown keys are errors with suggestions) and the CLI's promise that a mistake the
 user can fix prints as one paragraph, without a traceback, with exit code 2.
 """

@@ -1,4 +1,4 @@
-"""Losses checked against the spec (ALGORITHMS.md, sections 1-2).
+"""Losses checked against their definitions (docs/guide.md, "Methods").
 
 The DistIL gradient is checked on a tabular autoregressive policy small enough to enumerate
 every sequence, so the exact gradient of E_{y~π_θ} Σ_t CE(q_t, p_t) comes from autograd

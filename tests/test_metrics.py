@@ -1,4 +1,4 @@
-"""Metrics checked against the spec (ALGORITHMS.md, section 4) and brute-force counting."""
+"""Metrics checked against their definitions and brute-force counting."""
 
 import itertools
 import math

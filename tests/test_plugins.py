@@ -1,4 +1,4 @@
-"""The plugin host, checked against DESIGN.md ("Plugins").
+"""The plugin host, checked against docs/plugins.md.
 
 Third-party plugins here are real distributions: a module plus a ``*.dist-info`` directory
 with an ``entry_points.txt``, put on ``sys.path`` exactly as pip would leave them, so the
