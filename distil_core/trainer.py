@@ -393,10 +393,11 @@ class Trainer:
         lo, hi = self.world.shard(len(self.test_problems))
         mine = self.test_problems[lo:hi]
         bar = _bar(len(mine), f"eval ({label})", self.progress)
+        prompts = [self.rt.context.student_prompt_ids(p) for p in mine]
         with self._full_weights():
             correct, answers = sample_and_grade(
                 self.rt.generator,
-                [self.rt.context.student_prompt_ids(p) for p in mine],
+                prompts,
                 mine,
                 self.rt.verifier,
                 samples=cfg.eval.samples,
@@ -408,7 +409,7 @@ class Trainer:
             greedy = None
             if cfg.eval.greedy:
                 greedy, _ = sample_and_grade(
-                    self.rt.generator, [self.rt.context.student_prompt_ids(p) for p in mine], mine, self.rt.verifier,
+                    self.rt.generator, prompts, mine, self.rt.verifier,
                     samples=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                     seed=cfg.seed + EVAL_SEED_OFFSET,
                 )
