@@ -34,7 +34,7 @@ from typing import Any
 
 
 def suite_config(suite: str, method: str, overrides: list[str], output_dir: str) -> Any:
-    from distil_core.bench import Bench, load_spec
+    from distil_core.cli.bench import Bench, load_spec
 
     spec, base = load_spec()
     bench = Bench(spec, base, output_dir, suites=[suite], methods=[method], seeds=[0], overrides=overrides)
@@ -46,8 +46,8 @@ def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any
 
     from distil_core.context import prompt_ids
     from distil_core.protocols import resolve_all
-    from distil_core.runtime import build_runtime
-    from distil_core.tiny import BaseFeedback
+    from distil_core.training.runtime import build_runtime
+    from distil_core.models.tiny import BaseFeedback
     from distil_core.types import Rollout
 
     config = suite_config(suite, "distil", overrides, "unused")
@@ -88,7 +88,7 @@ def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any
 
 
 def memorise(suite: str, method: str, problems: int, overrides: list[str], output_dir: str) -> dict[str, Any]:
-    from distil_core.trainer import Trainer
+    from distil_core.training.trainer import Trainer
 
     config = suite_config(suite, method, overrides + ["train.eval_every=0"], output_dir)
     trainer = Trainer(config, run_dir=output_dir, echo=lambda *_: None)
@@ -118,9 +118,9 @@ def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[st
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distil_core.modeling import response_logits
-    from distil_core.runtime import build_runtime
-    from distil_core.tiny import BaseFeedback
+    from distil_core.models.forward import response_logits
+    from distil_core.training.runtime import build_runtime
+    from distil_core.models.tiny import BaseFeedback
 
     config = suite_config(suite, "distil", overrides, "unused")
     rt = build_runtime(config, progress=False)

@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from distil_core.bench import Bench, final_lengths, load_spec
+    from distil_core.cli.bench import Bench, final_lengths, load_spec
 
     spec, base = load_spec()
     results = {}

@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from distil_core.config import LoraSettings, RolloutServer
-    from distil_core.generation import Generator, SamplingParams
-    from distil_core.lora import attach_lora
-    from distil_core.serve import LocalOpenAIServer
-    from distil_core.server_rollouts import ServerClient, ServerGenerator
+    from distil_core.rollouts.local import Generator, SamplingParams
+    from distil_core.models.lora import attach_lora
+    from distil_core.serving.http import LocalOpenAIServer
+    from distil_core.rollouts.server import ServerClient, ServerGenerator
     from distil_core.types import Problem
     from helpers import builder, tiny_tokenizer
 

@@ -93,11 +93,11 @@ class Batch:
 
 
 def make_steps(model: Any, data: Batch, group: int) -> dict[str, Callable[[], None]]:
-    from distil_core import losses
-    from distil_core.chunked import ExpertHead, chunked_loss
-    from distil_core.experts import score_queries
-    from distil_core.methods import stack_signals
-    from distil_core.modeling import (
+    from distil_core.losses import reference as losses
+    from distil_core.losses.chunked import ExpertHead, chunked_loss
+    from distil_core.models.experts import score_queries
+    from distil_core.losses.methods import stack_signals
+    from distil_core.models.forward import (
         output_projection,
         pad_batch,
         position_ids,
@@ -185,8 +185,8 @@ def trl_gkd_loss() -> Any:
 
 def memory_case(kind: str, length: int, device: str) -> float:
     """MB of peak memory the DistIL loss (forward + backward) adds, measured in this process."""
-    from distil_core import losses
-    from distil_core.chunked import ExpertHead, chunked_loss
+    from distil_core.losses import reference as losses
+    from distil_core.losses.chunked import ExpertHead, chunked_loss
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, length, HIDDEN, generator=g).to(device).requires_grad_(True)
@@ -258,8 +258,8 @@ class _Ids:
 
 
 def generation(model: Any, data: Batch, n: int, new_tokens: int, repeats: int, device: str) -> tuple[float, float]:
-    from distil_core.generation import Generator, SamplingParams
-    from distil_core.modeling import pad_batch
+    from distil_core.rollouts.local import Generator, SamplingParams
+    from distil_core.models.forward import pad_batch
 
     model.config.use_cache = True
     generator = Generator(model, _Ids(), SamplingParams(max_new_tokens=new_tokens, temperature=1.0))

@@ -2,8 +2,8 @@
 
     python benchmarks/tabular_study.py [--out docs/results] [--lr 0.5] [--steps 40] [--chain-steps 400]
 
-Runs every method of :mod:`distil_core.tabular` on every instance of
-``distil_core.tabular.study_instances()`` (``--steps``) and of ``chain_instances()``
+Runs every method of :mod:`tabular` on every instance of
+``tabular.study_instances()`` (``--steps``) and of ``chain_instances()``
 (variable-length, ``--chain-steps``) with plain gradient steps on the logit table, prints the
 tables, and writes ``tabular.md`` (always) and ``tabular.png`` (when matplotlib imports) into
 ``--out``. Everything is exact (enumerated, float64); it takes well under a minute on one core.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from distil_core.tabular import (
+from tabular import (
     CONTENT_SLOWDOWN,
     EOS,
     Instance,

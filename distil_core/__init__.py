@@ -6,9 +6,9 @@ marker — and imports neither torch nor transformers.
 
 __version__ = "0.1.0"
 
-from .hookspecs import hookimpl
-from .protocols import Expert, FeedbackSource, Task, Verifier
-from .types import (
+from distil_core.hookspecs import hookimpl
+from distil_core.protocols import Expert, FeedbackSource, Task, Verifier
+from distil_core.types import (
     ExpertCapability,
     ExpertQuery,
     ExpertSignal,

@@ -9,7 +9,8 @@
   response equals the problem's reference answer.
 - feedback source ``answer_check``: on a failed rollout, reports the answer found and the
   expected one — the information a failing unit test gives.
-- experts ``self`` and ``hf`` (see :mod:`distil_core.experts`).
+- the experts ``self`` and ``hf`` are registered by :mod:`distil_core.models.experts`, a second
+  built-in plugin (they need torch; this module does not).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import random
 import re
 from typing import Optional, Sequence
 
-from .hookspecs import hookimpl
-from .types import Feedback, Problem, Rollout, Verdict
+from distil_core.hookspecs import hookimpl
+from distil_core.types import Feedback, Problem, Rollout, Verdict
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -118,13 +119,11 @@ class RingTask(_DrawnSplits):
 
     def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
         """Another rotation (a wrong first choice) most of the time, else a digit or two changed."""
-        from .tiny import _wrong_answer
-
         reference = str(problem.reference)
         if rng.random() < 0.7:
             return rng.choice([r for r in self.rotations(reference) if r != reference])
         while True:  # two changes to one position can restore it
-            wrong = _wrong_answer(reference, rng)
+            wrong = wrong_answer(reference, rng)
             if wrong != reference:
                 return wrong
 
@@ -154,6 +153,17 @@ class ColumnAddTask(_DrawnSplits):
             code, i = divmod(code, len(self.PAIRS))
             a, b = a + str(self.PAIRS[i][0]), b + str(self.PAIRS[i][1])
         return Problem(id=f"column_add-{a}-{b}", prompt=f"add {a} {b}", reference=str(int(a) + int(b)).zfill(self.length))
+
+
+def wrong_answer(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: one or two characters changed, or the answer cut short."""
+    chars = list(answer) or ["0"]
+    if len(chars) > 1 and rng.random() < 0.15:
+        return "".join(chars[: rng.randrange(1, len(chars))])
+    for _ in range(1 + (rng.random() < 0.3)):
+        i = rng.randrange(len(chars))
+        chars[i] = rng.choice([d for d in "0123456789" if d != chars[i]])
+    return "".join(chars)
 
 
 def extract_answer(text: str) -> Optional[str]:
@@ -226,11 +236,3 @@ def register_verifiers(register):
 @hookimpl
 def register_feedback_sources(register):
     register("answer_check", AnswerCheckFeedback)
-
-
-@hookimpl
-def register_experts(register):
-    from .experts import HFExpert, SelfExpert
-
-    register("self", SelfExpert, description="The policy itself, with feedback in its context.")
-    register("hf", HFExpert, description="Another local HF model with the student's tokenizer.")

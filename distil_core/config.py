@@ -12,9 +12,9 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .context import ContextTemplate
-from .errors import ConfigError, did_you_mean
-from .tiny import TinyBase
+from distil_core.context import ContextTemplate
+from distil_core.errors import ConfigError, did_you_mean
+from distil_core.models.tiny import TinyBase
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 METHODS_NEEDING_EXPERT = ("distil", "distil_local", "jsd", "reverse_kl")
@@ -187,7 +187,7 @@ class LossConfig(_Section):
         default=0, ge=0,
         description="0: the student's full [B, T, V] logits (reference losses); N: logits N "
         "positions at a time, from hidden states (distil, distil_local, jsd, reverse_kl; see "
-        "distil_core.chunked).",
+        "distil_core.losses.chunked).",
     )
     no_signal: Literal["skip", "keep"] = Field(
         default="skip",

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .types import ExpertQuery, Feedback, Problem, Rollout, Verdict
+from distil_core.types import ExpertQuery, Feedback, Problem, Rollout, Verdict
 
 _THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 

@@ -11,7 +11,7 @@ import inspect
 import threading
 from typing import Any, Awaitable, Protocol, Sequence, TypeVar, Union, runtime_checkable
 
-from .types import ExpertCapability, ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 T = TypeVar("T")
 MaybeAwaitable = Union[T, Awaitable[T]]

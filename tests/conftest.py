@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 def _fresh_plugin_host():
     """Each test starts from a process-wide plugin host built for it (the allow-list and
     entry-point settings it sees are its own)."""
-    from distil_core.plugins import reset_host
+    from distil_core.plugin_host import reset_host
 
     reset_host()
     yield

@@ -8,7 +8,7 @@ import os
 
 from distil_core.builtin import DigitsTask
 from distil_core.context import ContextBuilder, ContextTemplate
-from distil_core.tiny import build_model, build_tokenizer
+from distil_core.models.tiny import build_model, build_tokenizer
 
 
 @functools.lru_cache(maxsize=None)

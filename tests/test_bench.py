@@ -7,8 +7,8 @@ import statistics
 import pytest
 import yaml
 
-from distil_core.bench import Bench, aggregate, load_spec, table_metrics
-from distil_core.cli import main
+from distil_core.cli.bench import Bench, aggregate, load_spec, table_metrics
+from distil_core.cli.main import main
 from distil_core.errors import ConfigError
 
 from helpers import distil_cache
@@ -177,7 +177,7 @@ def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problem
             assert config["optim"]["lr"] == float(value)
     # the validation problems are train problems held out of training, disjoint from the test split
     from distil_core.builtin import DigitsTask
-    from distil_core.trainer import evaluation_split
+    from distil_core.training.trainer import evaluation_split
 
     task = DigitsTask(op="sort", length=2, train_size=80, test_size=16)
     train, validation = evaluation_split(task, "validation", 16)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from distil_core.bench import load_spec
+from distil_core.cli.bench import load_spec
 
 SPEC, _ = load_spec()
 SUITES = tuple(SPEC.suites)

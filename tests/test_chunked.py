@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_core import losses
-from distil_core.chunked import ExpertHead, ExpertTopK, chunked_loss
+from distil_core.losses import reference as losses
+from distil_core.losses.chunked import ExpertHead, ExpertTopK, chunked_loss
 
 B, T, H, V, GROUP = 4, 7, 5, 11, 2
 RTOL = 1e-5
@@ -200,7 +200,7 @@ def test_bad_options_are_refused_with_the_reason(kwargs, message):
 
 
 def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
-    from distil_core.methods import _dense_stats
+    from distil_core.losses.methods import _dense_stats
 
     hidden, weight, _, eh, ew, tokens, mask = _problem(17)
     stats: dict = {}
@@ -212,7 +212,7 @@ def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
 def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
     """An expert that sends hidden states + its projection is a dense expert to the reference path."""
     from distil_core.config import LossConfig
-    from distil_core.methods import RowContext, distillation_loss, stack_signals
+    from distil_core.losses.methods import RowContext, distillation_loss, stack_signals
     from distil_core.types import ExpertSignal
 
     hidden, weight, _, eh, ew, tokens, mask = _problem(19, dtype=torch.float32)

@@ -11,7 +11,7 @@ import yaml
 
 from distil_core.config import RunConfig, load_config
 from distil_core.errors import ConfigError
-from distil_core.plugins import PluginHost, check_options
+from distil_core.plugin_host import PluginHost, check_options
 
 
 def write(tmp_path, text, name="run.yaml"):

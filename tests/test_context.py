@@ -4,8 +4,8 @@ import torch
 
 from distil_core.builtin import AnswerCheckFeedback, DigitsTask, ExactMatchVerifier
 from distil_core.context import prompt_ids
-from distil_core.experts import score_queries
-from distil_core.generation import Generator, SamplingParams
+from distil_core.models.experts import score_queries
+from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.types import Feedback, Rollout, Verdict
 
 from helpers import builder, tiny_model, tiny_tokenizer

@@ -147,8 +147,8 @@ def test_fsdp_refuses_chunked_losses_with_a_clear_error(tmp_path):
 
 UNEVEN_FORWARDS = """
 import datetime, sys, torch, torch.distributed as dist
-from distil_core.fsdp import full_weights, shard_policy
-from distil_core.tiny import build_model
+from distil_core.training.fsdp import full_weights, shard_policy
+from distil_core.models.tiny import build_model
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 rank = dist.get_rank()
 model = build_model(50, hidden_size=16, layers=2, heads=2)
@@ -182,9 +182,9 @@ def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
     weights (the server sees one reload per sync, as with one process), every rank samples its
     shard, and the run ends on the 1-process run's parameters."""
     from distil_core.config import load_config
-    from distil_core.plugins import get_host
-    from distil_core.runtime import ensure_tiny_base
-    from distil_core.serve import LocalOpenAIServer
+    from distil_core.plugin_host import get_host
+    from distil_core.training.runtime import ensure_tiny_base
+    from distil_core.serving.http import LocalOpenAIServer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers import distil_cache

@@ -7,10 +7,10 @@ import torch
 
 from distil_core.builtin import DigitsTask
 from distil_core.errors import ConfigError
-from distil_core.experts import HFExpert, SelfExpert
-from distil_core.generation import Generator, SamplingParams
-from distil_core.modeling import response_logits
-from distil_core.tiny import build_model, build_tokenizer
+from distil_core.models.experts import HFExpert, SelfExpert
+from distil_core.rollouts.local import Generator, SamplingParams
+from distil_core.models.forward import response_logits
+from distil_core.models.tiny import build_model, build_tokenizer
 from distil_core.types import ExpertQuery
 
 from helpers import builder, tiny_model, tiny_tokenizer
@@ -171,7 +171,7 @@ def test_keyed_draws_follow_the_distribution_and_never_pick_a_masked_token():
     """Inverse-CDF draws at keyed uniforms: over 40 000 keys the frequencies match the
     distribution within 4 standard errors, a token of probability 0 (masked by top-p, say) is
     never drawn, and the uniforms are a function of (key, position)."""
-    from distil_core.generation import inverse_cdf, keyed_uniform, row_key
+    from distil_core.rollouts.local import inverse_cdf, keyed_uniform, row_key
 
     logits = torch.tensor([0.0, 1.0, float("-inf"), 2.0, -1.0, 0.5, float("-inf")])
     keys = torch.tensor([row_key(7, f"p{i}", i % 3) for i in range(40_000)], dtype=torch.int64)

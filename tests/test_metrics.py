@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from distil_core.metrics import (
+from distil_core.training.metrics import (
     BootstrapEstimate,
     avg_at_n,
     bootstrap_best_at_n,

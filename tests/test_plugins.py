@@ -15,7 +15,7 @@ import pytest
 
 from distil_core.errors import ConfigError, PluginError
 from distil_core.hookspecs import hookimpl
-from distil_core.plugins import PluginHost, get_host
+from distil_core.plugin_host import PluginHost, get_host
 from distil_core.types import Problem, Rollout, Verdict
 
 BUILTIN = "distil_core.builtin"
@@ -469,7 +469,7 @@ class _TrainCommandPlugin:
 
 
 def test_plugin_commands_become_distil_subcommands(capsys):
-    from distil_core.cli import main
+    from distil_core.cli.main import main
 
     host = get_host()
     host.register_plugin(_CommandPlugin, "greeter")

@@ -19,14 +19,14 @@ import torch
 from distil_core.config import LoraSettings, RolloutServer, load_config
 from distil_core.context import ContextBuilder
 from distil_core.errors import ConfigError
-from distil_core.generation import Generator, SamplingParams
-from distil_core.lora import attach_lora
-from distil_core.modeling import response_logits
-from distil_core.plugins import PluginHost, get_host
-from distil_core.runtime import ensure_tiny_base
-from distil_core.serve import LocalOpenAIServer
-from distil_core.server_rollouts import ServerClient, ServerError, ServerGenerator
-from distil_core.trainer import Trainer
+from distil_core.rollouts.local import Generator, SamplingParams
+from distil_core.models.lora import attach_lora
+from distil_core.models.forward import response_logits
+from distil_core.plugin_host import PluginHost, get_host
+from distil_core.training.runtime import ensure_tiny_base
+from distil_core.serving.http import LocalOpenAIServer
+from distil_core.rollouts.server import ServerClient, ServerError, ServerGenerator
+from distil_core.training.trainer import Trainer
 
 from helpers import FAST_RUN, distil_cache, tiny_model
 

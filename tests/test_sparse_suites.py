@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from distil_core.bench import Bench, load_spec
+from distil_core.cli.bench import Bench, load_spec
 from distil_core.builtin import AnswerCheckFeedback, ColumnAddTask, DigitsTask, ExactMatchVerifier, RingTask
 from distil_core.context import ContextTemplate
-from distil_core.plugins import PluginHost
-from distil_core.tiny import BaseFeedback, base_examples
+from distil_core.plugin_host import PluginHost
+from distil_core.models.tiny import BaseFeedback, base_examples
 from distil_core.types import Rollout
 
 SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring", "sparse_add": "column_add"}
@@ -165,7 +165,7 @@ def _tasks_host():
 def test_a_negative_control_starts_from_the_same_tiny_base_as_its_suite():
     """`answer_withheld` is runtime-bound, so the base is pretrained on the answer-bearing
     `answer_check` in both suites: same recipe, task and feedback, hence the same cached base."""
-    from distil_core.runtime import base_feedback_components
+    from distil_core.training.runtime import base_feedback_components
 
     host = _tasks_host()
     spec, base = load_spec(None)

@@ -1,8 +1,8 @@
 """The tabular study (docs/results/tabular.md): exact objectives, their gradients, and the claims.
 
-Part 1 checks distil_core.tabular against finite differences, closed forms, the per-token
+Part 1 checks tabular against finite differences, closed forms, the per-token
 DistIL loss written out for each future cost and stop credit, and the sampled losses of
-distil_core.losses (whose expectation over all enumerated sequences, fixed-horizon or
+distil_core.losses.reference (whose expectation over all enumerated sequences, fixed-horizon or
 variable-length, must give the exact gradients). Part 2 asserts, on the study's instances
 (bandits, fixed-horizon trees and variable-length chains), each claim the doc makes; part 3
 checks the general statements behind them on random bandits.
@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_core import tabular
-from distil_core.losses import distil_loss, generalized_jsd, reverse_kl_sampled
-from distil_core.tabular import (
+import tabular
+from distil_core.losses.reference import distil_loss, generalized_jsd, reverse_kl_sampled
+from tabular import (
     CHAIN_DEPTH,
     EOS,
     METHODS,

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from distil_core import checkpoint as ckpt
+from distil_core.training import checkpointing as ckpt
 from distil_core.config import load_config
-from distil_core.plugins import PluginHost
-from distil_core.trainer import Trainer
+from distil_core.plugin_host import PluginHost
+from distil_core.training.trainer import Trainer
 
 from helpers import FAST_RUN, distil_cache
 
@@ -224,7 +224,7 @@ def test_text_and_sampled_experts_async_feedback_and_failed_signals(tmp_path, ex
 
 
 def test_distil_eval_scores_a_finished_run_like_the_trainer_did(tmp_path, capsys):
-    from distil_core.cli import main
+    from distil_core.cli.main import main
 
     summary = _trainer(tmp_path, "train.steps=2").fit()
     assert main(["eval", str(tmp_path), "--json"]) == 0
@@ -260,7 +260,7 @@ def test_chunked_losses_give_the_same_update_as_full_logits(tmp_path, method, ex
 
 
 def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
-    from distil_core.trainer import baseline_exclusions
+    from distil_core.training.trainer import baseline_exclusions
     from distil_core.types import ExpertQuery
 
     def query(index, demo=None):
@@ -310,7 +310,7 @@ def test_one_sample_per_problem_trains_without_siblings(tmp_path, method):
 
 def test_a_micro_batch_without_any_expert_signal_takes_only_the_success_term(tmp_path):
     """Chunked: rows with no signal get no [B, T, V] target laid out, only the success term."""
-    from distil_core.methods import stack_signals
+    from distil_core.losses.methods import stack_signals
 
     assert stack_signals([None, None], 3, 10, "cpu").access == "none"
     trainer = _trainer(tmp_path, "train.steps=1", "loss.chunk_size=2", "optim.grad_clip=0",

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 from ._common import error_result, validate_job
 from .backends import BackendUnavailable, get_backend
-from .pool import _WarmContainers, make_job
+from .pool import WarmContainers, make_job
 from .result import ExecResult, Job
 
 KINDS = ("docker", "bwrap", "process")
@@ -116,7 +116,7 @@ class _Engine:
         self.name = spec.name
         self.template = template
         self.backend: Any = None
-        self.warm: Optional[_WarmContainers] = None
+        self.warm: Optional[WarmContainers] = None
         self.up = False
         self.reason = "not started"
         self.jobs = self.requeued = self.failures = self.busy = 0
@@ -139,7 +139,7 @@ class _Engine:
         ok, why = self.backend.available()
         if not ok:
             raise BackendUnavailable(why)
-        self.warm = _WarmContainers(self.backend, self.template, self.spec.workers)
+        self.warm = WarmContainers(self.backend, self.template, self.spec.workers)
 
     def run(self, job: Job) -> ExecResult:
         """The job's result; :class:`~.docker_container.EngineFailure` when the engine failed instead."""

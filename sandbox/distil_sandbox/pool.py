@@ -48,9 +48,9 @@ class Pool:
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.workers = workers
         self.job_defaults = dict(job_defaults)
-        self._warm: Optional[_WarmContainers] = None
+        self._warm: Optional[WarmContainers] = None
         if hasattr(self.backend, "start_container"):
-            self._warm = _WarmContainers(self.backend, Job(code="", **job_defaults), workers)
+            self._warm = WarmContainers(self.backend, Job(code="", **job_defaults), workers)
         elif hasattr(self.backend, "keep_warm"):
             self.backend.keep_warm(Job(code="", **job_defaults), workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distil-sandbox-pool")
@@ -107,7 +107,7 @@ def make_job(code: Union[str, Job], defaults: dict[str, Any], overrides: dict[st
     return Job(code=code, **{**defaults, **overrides})
 
 
-class _WarmContainers:
+class WarmContainers:
     """``workers`` started containers, each used by one job at a time and replaced when unfit."""
 
     def __init__(self, backend: Any, template: Job, workers: int) -> None:

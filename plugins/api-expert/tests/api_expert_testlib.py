@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from distil_core.builtin import DigitsTask
 from distil_core.context import ContextBuilder, ContextTemplate
-from distil_core.tiny import build_model, build_tokenizer
+from distil_core.models.tiny import build_model, build_tokenizer
 from distil_core.types import ExpertQuery, Feedback, Rollout
 
 TEMPLATE = ContextTemplate()

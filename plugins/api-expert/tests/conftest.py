@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def served():
     """A LocalOpenAIServer serving the tiny model as 'tiny'."""
-    from distil_core.serve import LocalOpenAIServer
+    from distil_core.serving.http import LocalOpenAIServer
 
     from api_expert_testlib import tiny_model, tiny_tokenizer
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from distil_core.errors import ConfigError
-from distil_core.experts import SelfExpert
-from distil_core.lm_api import token_bytes_table
-from distil_core.plugins import PluginHost
-from distil_core.serve import LocalOpenAIServer
+from distil_core.models.experts import SelfExpert
+from distil_core.serving.engine import token_bytes_table
+from distil_core.plugin_host import PluginHost
+from distil_core.serving.http import LocalOpenAIServer
 
 from api_expert_testlib import (
     api_expert,

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from distil_core.errors import ConfigError
-from distil_core.serve import LocalOpenAIServer
+from distil_core.serving.http import LocalOpenAIServer
 from distil_api_expert.transport import RetryPolicy, classify, retry_after
 
 from api_expert_testlib import api_expert, queries, score, tiny_model, tiny_tokenizer

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distil_core.errors import ConfigError
-from distil_core.experts import SelfExpert
+from distil_core.models.experts import SelfExpert
 
 from api_expert_testlib import api_expert, queries, runtime, score, tiny_model
 

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 import torch
 
-from distil_core.lm_api import token_bytes_table, token_string
-from distil_core.serve import LocalOpenAIServer, parse_fault
+from distil_core.serving.engine import token_bytes_table, token_string
+from distil_core.serving.http import LocalOpenAIServer, parse_fault
 
 from api_expert_testlib import tiny_model, tiny_tokenizer
 

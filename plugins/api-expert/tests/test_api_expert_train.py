@@ -6,9 +6,9 @@ import os
 import pytest
 
 from distil_core.config import load_config
-from distil_core.plugins import PluginHost
-from distil_core.serve import LocalOpenAIServer, load_for_serving
-from distil_core.trainer import Trainer
+from distil_core.plugin_host import PluginHost
+from distil_core.serving.http import LocalOpenAIServer, load_for_serving
+from distil_core.training.trainer import Trainer
 
 FAST_TINY = [
     "model.tiny={hidden_size: 32, layers: 1, heads: 2, steps: 15, batch_size: 16, lr: 0.005, plain_fraction: 0.3}",

@@ -10,7 +10,7 @@ import pytest
 from code_exec_testlib import ADD_CALLS, problem, rollout
 
 from distil_core.errors import ConfigError
-from distil_core.plugins import PluginHost
+from distil_core.plugin_host import PluginHost
 from distil_core.protocols import FeedbackSource, Verifier, resolve
 
 

@@ -38,7 +38,7 @@ class LocalCritic:
         """One ``generate`` call for the whole batch; decoded with special tokens skipped."""
         import torch
 
-        from distil_core.modeling import pad_batch
+        from distil_core.models.forward import pad_batch
 
         prompts = [prompt_ids(self.tokenizer, messages) for messages in conversations]
         device = next(self.model.parameters()).device
@@ -154,7 +154,7 @@ def _expert_critic(spec: dict, runtime: Any, where: str) -> TextExpertCritic:
         raise ConfigError(f"{where}: the options of expert {name!r} must be a mapping (got {options!r}).")
     host = getattr(runtime, "host", None)
     if host is None:
-        from distil_core.plugins import get_host
+        from distil_core.plugin_host import get_host
 
         host = get_host()
     reg = host.get("expert", name)

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _fresh_plugin_host():
     """The process-wide host is rebuilt for each test, under the environment that test sets."""
-    from distil_core.plugins import reset_host
+    from distil_core.plugin_host import reset_host
 
     reset_host()
     yield

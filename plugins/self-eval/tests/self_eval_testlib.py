@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 from distil_core import ExpertCapability, ExpertSignal, hookimpl
-from distil_core.plugins import PluginHost
+from distil_core.plugin_host import PluginHost
 from distil_core.types import Problem, Rollout, Verdict
 from helpers import tiny_model, tiny_tokenizer
 

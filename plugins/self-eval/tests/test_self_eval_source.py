@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from distil_core.errors import ConfigError
-from distil_core.plugins import PluginHost
+from distil_core.plugin_host import PluginHost
 from distil_core.protocols import FeedbackSource
-from distil_core.tiny import save_pretrained
+from distil_core.models.tiny import save_pretrained
 from helpers import tiny_model, tiny_tokenizer
 from self_eval_testlib import GenerateCounter, WriterPlugin, graded, host_with_plugin, student_runtime
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 import yaml
-from distil_core.cli import main
-from distil_core.tiny import save_pretrained
+from distil_core.cli.main import main
+from distil_core.models.tiny import save_pretrained
 from helpers import FAST_RUN, tiny_model, tiny_tokenizer
 
 from distil_self_eval import LocalCritic

@@ -2,7 +2,7 @@
 
 ``answer_withheld`` is ``answer_check`` without the expected answer ("Your answer 01358 is
 wrong."). Its factory takes the ``runtime``, which keeps it out of the tiny base's pretraining
-(:func:`distil_core.runtime.base_feedback_components` skips runtime-bound sources and falls back
+(:func:`distil_core.training.runtime.base_feedback_components` skips runtime-bound sources and falls back
 to ``answer_check``): a control suite therefore starts from exactly the same base model as the
 suite it controls, and only the feedback the expert reads at training time differs. (Plain
 ``answer_check`` with ``include_expected: false`` would instead pretrain another base on the

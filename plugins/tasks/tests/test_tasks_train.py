@@ -6,10 +6,10 @@ import random
 import pytest
 from distil_core.config import load_config
 from distil_core.context import ContextTemplate
-from distil_core.plugins import PluginHost
-from distil_core.runtime import base_feedback_components
-from distil_core.tiny import BaseFeedback, base_examples
-from distil_core.trainer import Trainer
+from distil_core.plugin_host import PluginHost
+from distil_core.training.runtime import base_feedback_components
+from distil_core.models.tiny import BaseFeedback, base_examples
+from distil_core.training.trainer import Trainer
 
 import distil_code_exec.plugin
 import distil_tasks.plugin

@@ -11,7 +11,7 @@ from tools_testlib import FAILED, PROBLEM, isolating_backend, rollout
 
 from distil_core.context import ContextTemplate
 from distil_core.errors import ConfigError
-from distil_core.plugins import PluginHost
+from distil_core.plugin_host import PluginHost
 from distil_core.protocols import FeedbackSource, resolve, resolve_all
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from distil_core import hookimpl as core_hookimpl
 from distil_core.errors import ConfigError, PluginError
-from distil_core.plugins import PluginHost
+from distil_core.plugin_host import PluginHost
 from distil_tools import ToolFeedback, ToolRegistry, ToolResult, get_registry, hookimpl
 from distil_tools.registry import reset_registry
 

@@ -6,10 +6,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import metrics
-from .generation import Generator, SamplingParams
-from .protocols import resolve_all
-from .types import Problem
+from distil_core.training import metrics
+from distil_core.rollouts.local import Generator, SamplingParams
+from distil_core.protocols import resolve_all
+from distil_core.types import Problem
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def sample_and_grade(
 ) -> tuple[list[list[float]], list[list[Optional[str]]]]:
     """Per problem: whether each sample passed, and the answer it gave.
 
-    Sampling is keyed by ``seed`` (see :mod:`distil_core.generation`), so a problem's samples
+    Sampling is keyed by ``seed`` (see :mod:`distil_core.rollouts.local`), so a problem's samples
     do not depend on the problems evaluated with it: evaluations split across ranks add up to
     the one-process evaluation. A generator without keys gets its own seeded RNG stream
     (``torch.random.fork_rng``); either way an evaluation never shifts the training run's

@@ -11,8 +11,9 @@ import contextlib
 import copy
 from typing import Any, Literal, Optional, Sequence
 
-from .errors import ConfigError
-from .types import ExpertCapability, ExpertQuery, ExpertSignal
+from distil_core.errors import ConfigError
+from distil_core.hookspecs import hookimpl
+from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal
 
 # torch is imported where it is used, so that registering these experts (every `distil`
 # command does) stays cheap.
@@ -37,8 +38,8 @@ def score_queries(
     """
     import torch
 
-    from .losses import topk_with_tail
-    from .modeling import output_projection, response_hidden, response_logits
+    from distil_core.losses.reference import topk_with_tail
+    from distil_core.models.forward import output_projection, response_hidden, response_logits
 
     if access == "hidden":
         weight, bias = output_projection(model)
@@ -125,7 +126,7 @@ class SelfExpert(_LocalModelExpert):
         access: Access = "dense",
         k: Optional[int] = None,
     ):
-        from .lora import adapter_weights, adapters_are_identity, is_lora
+        from distil_core.models.lora import adapter_weights, adapters_are_identity, is_lora
 
         if weights not in ("live", "frozen", "ema"):
             raise ConfigError(f"expert 'self': weights must be live, frozen or ema (got {weights!r})")
@@ -153,7 +154,7 @@ class SelfExpert(_LocalModelExpert):
         if self.adapters_off:
             return self.policy.disable_adapter()
         if self.ema_adapters is not None:
-            from .lora import swapped_adapters
+            from distil_core.models.lora import swapped_adapters
 
             return swapped_adapters(self.policy, self.ema_adapters)
         return contextlib.nullcontext()
@@ -211,3 +212,9 @@ class HFExpert(_LocalModelExpert):
         self.model.to(runtime.device)
         self.model.requires_grad_(False)
         self.pad_id = runtime.pad_id
+
+
+@hookimpl
+def register_experts(register):
+    register("self", SelfExpert, description="The policy itself, with feedback in its context.")
+    register("hf", HFExpert, description="Another local HF model with the student's tokenizer.")

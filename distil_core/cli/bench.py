@@ -32,9 +32,9 @@ from typing import Any, Callable, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
-from .config import Method, RunConfig, format_validation_error, load_config
-from .errors import ConfigError, DistilError
+from distil_core.io import atomic_write_bytes, atomic_write_json
+from distil_core.config import Method, RunConfig, format_validation_error, load_config
+from distil_core.errors import ConfigError, DistilError
 
 DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "bench.yaml")
 
@@ -163,7 +163,7 @@ class Bench:
         return next(iter(seen.values()))
 
     def run(self) -> list[dict[str, Any]]:
-        from .trainer import Trainer
+        from distil_core.training.trainer import Trainer
 
         for suite in self.suites:
             self.budget(suite)
@@ -196,8 +196,8 @@ class Bench:
     def prepare(self) -> None:
         """Build each suite's tiny base model (if the runs use one) before the runs, so it is
         built once and no run's wall time includes it."""
-        from .plugins import get_host
-        from .runtime import _build, ensure_tiny_base
+        from distil_core.plugin_host import get_host
+        from distil_core.training.runtime import build_component, ensure_tiny_base
 
         done = set()
         for (suite, _method, _seed), config in self.configs.items():
@@ -205,7 +205,7 @@ class Bench:
                 continue
             done.add(suite)
             host = get_host()
-            task = _build(host, "task", config.task.name, config.task.options)
+            task = build_component(host, "task", config.task.name, config.task.options)
             self.echo(f"{suite}: preparing the tiny base model (built once, then cached)…")
             ensure_tiny_base(config, task, progress=False, host=host)
 
@@ -522,7 +522,7 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
 
 
 def terminal_table(bench: Bench, rows: list[dict[str, Any]]) -> str:
-    from .cli import _table
+    from distil_core.cli.main import _table
 
     out = []
     for suite, table in aggregate(rows).items():

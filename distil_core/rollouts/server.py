@@ -1,7 +1,7 @@
 """Rollouts sampled by an OpenAI-compatible inference server, with its policy kept in step with training.
 
 ``rollout.backend: server`` puts a :class:`ServerGenerator` where the in-process
-:class:`~distil_core.generation.Generator` would be. It offers the same ``sample`` (problem-major
+:class:`~distil_core.rollouts.local.Generator` would be. It offers the same ``sample`` (problem-major
 rollouts with token ids and sampling log-probs), and the trainer calls its ``after_update``
 after every optimizer step, which is when the server gets the new policy:
 
@@ -40,11 +40,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .checkpoint import atomic_directory
-from .distributed import current_world
-from .errors import ConfigError, DistilError
-from .generation import SamplingParams
-from .types import Rollout
+from distil_core.io import atomic_directory
+from distil_core.training.distributed import current_world
+from distil_core.errors import ConfigError, DistilError
+from distil_core.rollouts.local import SamplingParams
+from distil_core.types import Rollout
 
 RETRY_STATUSES = (429, 502, 503, 504)
 KEEP_VERSIONS = 2  # the served version and the one before it stay on disk
@@ -239,7 +239,7 @@ def _lora_hint(exc: ServerError, inplace: bool) -> str:
 class ServerGenerator:
     """Samples rollouts through an OpenAI-compatible server and keeps its policy in step.
 
-    Same interface as :class:`~distil_core.generation.Generator` (``sample``, ``model``,
+    Same interface as :class:`~distil_core.rollouts.local.Generator` (``sample``, ``model``,
     ``params``), plus ``after_update(model, step)``, which the trainer calls after every step.
     """
 
@@ -333,7 +333,7 @@ class ServerGenerator:
         if self.mode == "none" or not self.settings.initial_sync:
             return
         if self.mode == "lora":
-            from .lora import adapters_are_identity
+            from distil_core.models.lora import adapters_are_identity
 
             if adapters_are_identity(self.model):
                 return  # fresh adapters change nothing: the base model is the policy
@@ -385,7 +385,7 @@ def _token_id(token: Any, url: str) -> int:
 
 def server_generator(config: Any, model: Any, tokenizer: Any, params: SamplingParams) -> ServerGenerator:
     """The :class:`ServerGenerator` that ``config.rollout.server`` describes, checked against the policy."""
-    from .lora import is_lora
+    from distil_core.models.lora import is_lora
 
     s = config.rollout.server
     mode = s.sync if s.sync != "auto" else ("lora" if is_lora(model) else "weights")

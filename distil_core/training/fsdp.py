@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .lora import check_policy_state, is_lora
+from distil_core.models.lora import check_policy_state, is_lora
 
 _FULL = dict(full_state_dict=True, cpu_offload=True)  # gathered on rank 0, in CPU memory
 
@@ -88,7 +88,7 @@ def _trainable_names(model: torch.nn.Module) -> list[str]:
 
 def model_state(model: torch.nn.Module) -> dict[str, Any]:
     """The full weights on rank 0 (empty elsewhere); collective. Under LoRA, as
-    :func:`~distil_core.lora.policy_state` keeps them: the adapters alone."""
+    :func:`~distil_core.models.lora.policy_state` keeps them: the adapters alone."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     full = get_model_state_dict(model, options=_options(**_FULL))
@@ -147,8 +147,8 @@ def norm_value(norm: Any) -> float:
 
 def check_config(config: Any) -> None:
     """Refuse, at the start, what ``train.parallel: fsdp`` does not support."""
-    from .chunked import CHUNKED_METHODS
-    from .errors import ConfigError
+    from distil_core.losses.chunked import CHUNKED_METHODS
+    from distil_core.errors import ConfigError
 
     if config.loss.chunk_size > 0 and config.method in CHUNKED_METHODS:
         raise ConfigError(

@@ -27,7 +27,7 @@ The CE and KL costs differ by E_P Σ_t H(q_t), the teacher's entropy along the s
 the CE cost also rewards stopping early and steering into states where the teacher is
 confident, and p = q is a fixed point of the KL cost only.
 
-The frozen-weight versions are what the sampled losses in :mod:`distil_core.losses` estimate:
+The frozen-weight versions are what the sampled losses in :mod:`distil_core.losses.reference` estimate:
 ``distil_surrogate(future_credit=False)``, ``reverse_kl_sampled(gamma=0)`` and
 ``generalized_jsd`` on the student's own rollouts; ``distil_loss`` with future credit (and its
 ``future_cost`` / ``stop_credit`` options) and ``reverse_kl_sampled(gamma=1)`` estimate the

@@ -1,6 +1,6 @@
 """One micro-batch's loss for each method, from student logits and the expert's signals.
 
-The losses themselves live in :mod:`distil_core.losses`; this module lays the expert's
+The losses themselves live in :mod:`distil_core.losses.reference`; this module lays the expert's
 per-rollout signals out as batch tensors, picks the loss path from the expert's access level,
 and returns the diagnostics the trainer logs (CE and KL to the expert).
 """
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import losses
-from .config import LossConfig
-from .errors import ConfigError
-from .types import ExpertSignal
+from distil_core.losses import reference as losses
+from distil_core.config import LossConfig
+from distil_core.errors import ConfigError
+from distil_core.types import ExpertSignal
 
 DISTILLATION = ("distil", "distil_local", "jsd", "reverse_kl")
 
@@ -177,8 +177,8 @@ def chunked_distillation_loss(
     rows: RowContext,
 ) -> LossOutput:
     """:func:`distillation_loss` from the student's hidden states and output projection, the
-    logits made ``cfg.chunk_size`` positions at a time (:mod:`distil_core.chunked`)."""
-    from .chunked import ExpertHead, ExpertTopK, chunked_loss
+    logits made ``cfg.chunk_size`` positions at a time (:mod:`distil_core.losses.chunked`)."""
+    from distil_core.losses.chunked import ExpertHead, ExpertTopK, chunked_loss
 
     response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)

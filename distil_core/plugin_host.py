@@ -22,11 +22,11 @@ from typing import Any, Callable, Optional
 
 import pluggy
 
-from . import hookspecs
-from .errors import ConfigError, PluginError, did_you_mean
+from distil_core import hookspecs
+from distil_core.errors import ConfigError, PluginError, did_you_mean
 
 GROUP = "distil"
-DEFAULT_PLUGINS = ("distil_core.builtin",)
+DEFAULT_PLUGINS = ("distil_core.builtin", "distil_core.models.experts")
 KINDS = {
     "verifier": "register_verifiers",
     "feedback_source": "register_feedback_sources",
@@ -67,7 +67,7 @@ class PluginInfo:
 
 
 def _core_version() -> str:
-    from . import __version__
+    from distil_core import __version__
 
     return __version__
 
@@ -211,7 +211,7 @@ class PluginHost:
         reg = self.get(kind, name)
         options = dict(options or {})
         check_options(reg, options)
-        params = _parameters(reg.factory)
+        params = factory_parameters(reg.factory)
         if params is not None and "runtime" in params:
             options["runtime"] = runtime
         return reg.factory(**options)
@@ -220,7 +220,7 @@ class PluginHost:
         return {n: p.error for n, p in self.plugins.items() if p.error}
 
 
-def _parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Parameter]]:
+def factory_parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Parameter]]:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -231,7 +231,7 @@ def _parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Param
 
 
 def option_names(reg: Registration) -> Optional[list[str]]:
-    params = _parameters(reg.factory)
+    params = factory_parameters(reg.factory)
     if params is None:
         return None
     return [n for n, p in params.items() if n not in ("self", "runtime") and p.kind is not inspect.Parameter.VAR_POSITIONAL]

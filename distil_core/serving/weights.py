@@ -1,7 +1,7 @@
 """The weights ``distil serve`` answers with: its base model, LoRA adapters loaded by name at
 run time, and full-weight reloads from a checkpoint directory.
 
-This is the model side of vLLM's weight-update endpoints, which :mod:`distil_core.serve`
+This is the model side of vLLM's weight-update endpoints, which :mod:`distil_core.serving.http`
 exposes (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``/collective_rpc`` with
 ``reload_weights``). Adapters are peft adapters injected into the served model; a request's
 ``model`` names the adapter to answer with, or the base. Every method here must be called

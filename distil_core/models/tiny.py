@@ -18,6 +18,8 @@ from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distil_core.builtin import AnswerCheckFeedback, ExactMatchVerifier, wrong_answer
+
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -154,17 +156,6 @@ class TinyBase(BaseModel):
     seed: int = 0
 
 
-def _wrong_answer(answer: str, rng: random.Random) -> str:
-    """A plausible wrong answer: one or two characters changed, or the answer cut short."""
-    chars = list(answer) or ["0"]
-    if len(chars) > 1 and rng.random() < 0.15:
-        return "".join(chars[: rng.randrange(1, len(chars))])
-    for _ in range(1 + (rng.random() < 0.3)):
-        i = rng.randrange(len(chars))
-        chars[i] = rng.choice([d for d in "0123456789" if d != chars[i]])
-    return "".join(chars)
-
-
 class BaseFeedback:
     """What the base's pretraining examples show: answers, wrong answers and their feedback.
 
@@ -179,7 +170,6 @@ class BaseFeedback:
     """
 
     def __init__(self, task: Any = None, verifier: Any = None, sources: Any = None, pool: int = 0):
-        from .builtin import AnswerCheckFeedback, ExactMatchVerifier
 
         self.task = task
         self.verifier = verifier if verifier is not None else ExactMatchVerifier()
@@ -193,12 +183,12 @@ class BaseFeedback:
 
     def wrong(self, problem, answer: str, rng: random.Random) -> str:
         hook = getattr(self.task, "wrong_answer", None)
-        return hook(problem, rng) if callable(hook) else _wrong_answer(answer, rng)
+        return hook(problem, rng) if callable(hook) else wrong_answer(answer, rng)
 
     def feedback_many(self, pairs) -> list:
         """Feedback for each (problem, wrong answer), graded and rendered concurrently."""
-        from .protocols import resolve_all
-        from .types import Rollout
+        from distil_core.protocols import resolve_all
+        from distil_core.types import Rollout
 
         rollouts = [Rollout(problem_id=p.id, group_index=0, response_text=w, response_ids=[]) for p, w in pairs]
         verdicts = resolve_all([self.verifier.verify(p, r) for (p, _), r in zip(pairs, rollouts)])
@@ -221,7 +211,7 @@ class BaseFeedback:
 
 def base_examples(problems, template, rng: random.Random, count: int, plain_fraction: float, teacher=None):
     """(messages, answer) pairs: bare prompts, or expert contexts with feedback/demonstration."""
-    from .context import ContextBuilder
+    from distil_core.context import ContextBuilder
 
     builder = ContextBuilder(tokenizer=None, template=template)
     teacher = teacher or BaseFeedback()
@@ -253,7 +243,7 @@ def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True,
     """
     import torch
 
-    from .modeling import pad_batch, position_ids
+    from distil_core.models.forward import pad_batch, position_ids
 
     teacher = teacher or BaseFeedback()
     problems = [p for p in problems if teacher.answer(p) is not None]

@@ -1,6 +1,6 @@
 """Chunked losses: the student's ``[B, T, V]`` logits are never held whole.
 
-The reference losses in :mod:`distil_core.losses` take full logits. Here the student enters as
+The reference losses in :mod:`distil_core.losses.reference` take full logits. Here the student enters as
 its last hidden states ``[B, T, H]`` and its output projection (``lm_head``); logits are made
 one chunk of positions at a time, the chunk's loss and its gradients with respect to the hidden
 states and the projection are computed at once, and the logits are freed before the next chunk.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import losses
+from distil_core.losses import reference as losses
 
 CHUNKED_METHODS = ("distil", "distil_local", "jsd", "reverse_kl")
 
@@ -88,9 +88,9 @@ def chunked_loss(
     """The loss of ``method`` from student hidden states, chunk by chunk; a scalar with a graph.
 
     ``hidden`` ``[B, T, H]`` is the student's last hidden state at the positions whose logits
-    predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses`); ``weight``
+    predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses.reference`); ``weight``
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
-    The other options mean what they mean in :mod:`distil_core.losses`: ``future_credit``,
+    The other options mean what they mean in :mod:`distil_core.losses.reference`: ``future_credit``,
     ``future_cost``, ``stop_credit``, ``eos_id``, ``baseline``, ``gamma``, ``group_size``,
     ``baseline_exclude``, ``rewards``, ``reward_weight`` and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for
     ``jsd``; ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64

@@ -1,6 +1,6 @@
 """A local causal LM answering OpenAI's completions and chat requests, with real log-probs.
 
-:class:`LocalLM` is the model side of ``distil serve`` (:mod:`distil_core.serve` is the HTTP
+:class:`LocalLM` is the model side of ``distil serve`` (:mod:`distil_core.serving.http` is the HTTP
 side). It takes a request body as a dict and returns the response body, in OpenAI's shapes:
 
     completions       prompt (text or token ids), max_tokens, temperature, top_p, top_k, n, seed, stop,
@@ -12,12 +12,12 @@ Log-probs are ``log_softmax`` of the model's logits (before temperature, top-k o
 vLLM's default ``raw_logprobs``), so an echoed prompt's log-probs are exactly what the model
 assigns to each prompt token. A sample that ends at EOS keeps the EOS token (with its log-prob)
 among its tokens but not in its text, as vLLM does. A request's ``model`` may name a LoRA
-adapter loaded onto the served model (:mod:`distil_core.served_weights`).
+adapter loaded onto the served model (:mod:`distil_core.serving.weights`).
 
 Generation runs on one model thread (:class:`_Batcher`): requests that arrive together and
 share an adapter, ``max_tokens`` and sampling parameters are decoded as one left-padded,
 KV-cached batch, each request answered as soon as its own rows end. Sampling is keyed as in
-:mod:`distil_core.generation`: row ``j`` of prompt ``p`` draws its token at position ``t`` by
+:mod:`distil_core.rollouts.local`: row ``j`` of prompt ``p`` draws its token at position ``t`` by
 inverse CDF at a uniform hashed from (the request's ``seed``, ``p``, ``j``, ``t``), so a seeded
 request gets the same samples whether it is decoded alone or beside others. One lock serialises
 the forward passes (batches and prompt scoring) and the weight changes.
@@ -126,7 +126,7 @@ class LocalLM:
                  max_batch_rows: int = 256, on_batch: Optional[Callable[[int, int], None]] = None):
         """``max_batch_rows``: the most rows one batch gathers from several requests (a request
         with more is decoded alone). ``on_batch(requests, rows)`` is called for every batch."""
-        from .served_weights import ServedWeights
+        from distil_core.serving.weights import ServedWeights
 
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.weights = ServedWeights(model, source)
@@ -233,7 +233,7 @@ class LocalLM:
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def _chat_ids(self, messages: list[Any]) -> list[int]:
-        from .context import prompt_ids
+        from distil_core.context import prompt_ids
 
         clean = []
         for m in messages:
@@ -292,7 +292,7 @@ class LocalLM:
 
     @contextlib.contextmanager
     def updating(self) -> Iterator[Any]:
-        """The served weights (:class:`~distil_core.served_weights.ServedWeights`), for one
+        """The served weights (:class:`~distil_core.serving.weights.ServedWeights`), for one
         change, while no request is being answered."""
         with self._model_lock:
             yield self.weights
@@ -322,7 +322,7 @@ class LocalLM:
         Row ``j`` of prompt ``p`` is keyed by (``seed``, ``p``, ``j``); without a seed, by a
         random one.
         """
-        from .generation import row_key
+        from distil_core.rollouts.local import row_key
 
         job = _Job([ids for ids in prompts for _ in range(n)], max_tokens, sampling, k, adapter)
         if max_tokens == 0:
@@ -348,8 +348,8 @@ class LocalLM:
         """
         import torch
 
-        from .generation import SamplingParams, sampling_warpers, inverse_cdf, keyed_uniform
-        from .modeling import pad_batch, position_ids
+        from distil_core.rollouts.local import SamplingParams, sampling_warpers, inverse_cdf, keyed_uniform
+        from distil_core.models.forward import pad_batch, position_ids
 
         first = jobs[0]
         s, max_tokens = first.sampling, first.max_tokens

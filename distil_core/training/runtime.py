@@ -14,15 +14,15 @@ from typing import Any, Optional
 
 import torch
 
-from . import __version__
-from .checkpoint import atomic_directory
-from .config import METHODS_NEEDING_EXPERT, RunConfig
-from .context import ContextBuilder
-from .errors import ConfigError
-from .generation import Generator, SamplingParams
-from .plugins import PluginHost, _parameters, get_host
-from .protocols import Expert, FeedbackSource, Task, Verifier
-from .tiny import BaseFeedback, build_tiny_base, cached_path
+from distil_core import __version__
+from distil_core.io import atomic_directory
+from distil_core.config import METHODS_NEEDING_EXPERT, RunConfig
+from distil_core.context import ContextBuilder
+from distil_core.errors import ConfigError
+from distil_core.rollouts.local import Generator, SamplingParams
+from distil_core.plugin_host import PluginHost, factory_parameters, get_host
+from distil_core.protocols import Expert, FeedbackSource, Task, Verifier
+from distil_core.models.tiny import BaseFeedback, build_tiny_base, cached_path
 
 
 @dataclass
@@ -57,7 +57,7 @@ def pick_device(name: str) -> torch.device:
 def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True) -> Runtime:
     """Build every component named in ``config``; errors name the component and the fix."""
     host = host or get_host()
-    task = _build(host, "task", config.task.name, config.task.options)
+    task = build_component(host, "task", config.task.name, config.task.options)
     _check_protocol(task, Task, "task", config.task.name)
     model, tokenizer, source = load_policy(config, task, progress=progress, host=host)
     device = pick_device(config.model.device)
@@ -69,25 +69,25 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
         top_p=config.rollout.top_p,
     )
     if config.rollout.backend == "server":  # an inference server samples; the policy is synced to it
-        from .server_rollouts import server_generator
+        from distil_core.rollouts.server import server_generator
 
         rt.generator = server_generator(config, model, tokenizer, params)
     else:
         rt.generator = Generator(model, tokenizer, params)
     rt.context = ContextBuilder(tokenizer, config.context, config.system_prompt)
-    rt.verifier = _build(host, "verifier", config.verifier.name, config.verifier.options, rt)
+    rt.verifier = build_component(host, "verifier", config.verifier.name, config.verifier.options, rt)
     _check_protocol(rt.verifier, Verifier, "verifier", config.verifier.name)
     for comp in config.feedback:
-        source = _build(host, "feedback_source", comp.name, comp.options, rt)
+        source = build_component(host, "feedback_source", comp.name, comp.options, rt)
         _check_protocol(source, FeedbackSource, "feedback source", comp.name)
         rt.feedback_sources.append((comp.name, source))
     if config.method in METHODS_NEEDING_EXPERT:
-        rt.expert = _build(host, "expert", config.expert.name, config.expert.options, rt)
+        rt.expert = build_component(host, "expert", config.expert.name, config.expert.options, rt)
         _check_protocol(rt.expert, Expert, "expert", config.expert.name)
     return rt
 
 
-def _build(host: PluginHost, kind: str, name: str, options: dict[str, Any], runtime: Any = None) -> Any:
+def build_component(host: PluginHost, kind: str, name: str, options: dict[str, Any], runtime: Any = None) -> Any:
     try:
         return host.build(kind, name, options, runtime=runtime)
     except (ValueError, TypeError) as exc:
@@ -117,8 +117,8 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .lora import adapter_base, attach_lora, is_adapter_dir
-    from .smollm2 import ensure_gguf_model, is_gguf_name
+    from distil_core.models.lora import adapter_base, attach_lora, is_adapter_dir
+    from distil_core.models.gguf import ensure_gguf_model, is_gguf_name
 
     dtype = getattr(torch, config.model.dtype)
     name = config.model.name
@@ -155,7 +155,7 @@ def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, A
     Without a usable verifier or source, the built-in ``exact_match`` / ``answer_check``."""
 
     def usable(kind: str, comp: Any) -> bool:
-        params = _parameters(host.get(kind, comp.name).factory)
+        params = factory_parameters(host.get(kind, comp.name).factory)
         return params is None or "runtime" not in params
 
     verifier = config.verifier if usable("verifier", config.verifier) else None
@@ -191,8 +191,8 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     path = cached_path(f"tiny-{config.task.name}-{digest}")
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    verifier = _build(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
-    sources = [_build(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
+    verifier = build_component(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
+    sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
     teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
     try:
         model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress, teacher=teacher)

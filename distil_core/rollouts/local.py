@@ -28,8 +28,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .modeling import pad_batch
-from .types import Rollout
+from distil_core.models.forward import pad_batch
+from distil_core.types import Rollout
 
 
 @dataclass

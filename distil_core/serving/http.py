@@ -1,6 +1,6 @@
 """``distil serve``: an OpenAI-compatible HTTP server for a local causal LM, with real log-probs.
 
-Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil_core.lm_api`):
+Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil_core.serving.engine`):
 
     GET  /v1/models
     POST /v1/completions        prompt (text or token ids), max_tokens, temperature, top_p, top_k,
@@ -10,7 +10,7 @@ Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil
     POST /v1/chat/completions   messages (the model's chat template), logprobs + top_logprobs
 
 and vLLM's endpoints for changing the served weights while it runs (the model side is
-:mod:`distil_core.served_weights`):
+:mod:`distil_core.serving.weights`):
 
     POST /v1/load_lora_adapter    lora_name, lora_path (a peft adapter directory), load_inplace
     POST /v1/unload_lora_adapter  lora_name
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Sequence
 
-from .lm_api import ApiError, LocalLM, token_bytes_table, token_string
+from distil_core.serving.engine import ApiError, LocalLM, token_bytes_table, token_string
 
 FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "no_logprobs", "no_token_ids", "ok")
 
@@ -346,9 +346,9 @@ def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: boo
     """(model, tokenizer, served name) for ``distil serve --model``: ``tiny`` or a local directory."""
     import os
 
-    from .config import load_config
-    from .plugins import get_host
-    from .runtime import load_policy, pick_device
+    from distil_core.config import load_config
+    from distil_core.plugin_host import get_host
+    from distil_core.training.runtime import load_policy, pick_device
 
     config = load_config(None, [f"model.name={model}", *overrides])
     task = get_host().build("task", config.task.name, config.task.options) if model == "tiny" else None

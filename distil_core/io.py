@@ -1,0 +1,75 @@
+"""Atomic writes: a file or directory appears at its path only once complete.
+
+Every writer in the toolkit that must not leave a half-written file behind (checkpoints, run
+summaries, plots, caches, the corrections export) goes through here. Torch-free, so that
+lightweight plugins such as the API expert's cache can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, BinaryIO, Iterator
+
+__all__ = ["atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A binary file handle whose content appears at ``path`` only once complete.
+
+    Writes go to a temporary file in the same directory, which is fsynced and renamed over
+    ``path`` when the block exits normally; on an exception it is removed and ``path`` keeps
+    its old content.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, *, replace: bool = True) -> Iterator[str]:
+    """A temporary directory that becomes ``path`` when the block exits normally.
+
+    With ``replace=False`` an existing ``path`` (another process got there first) is kept and
+    the new copy discarded.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            if not replace:
+                return
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsynced, then renamed into place)."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
+    atomic_write_bytes(path, text.encode(encoding))
