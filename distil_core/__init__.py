@@ -1,13 +1,38 @@
 """DistIL toolkit: train language models from rich feedback with Distributional DAgger.
 
-The package root holds what a plugin author needs — the types, the protocols and the hook
-marker — and imports neither torch nor transformers.
+The package root is the plugin contract — the data types, the protocols a component
+implements, the hook marker, the errors a plugin raises, and the plugin host — and imports
+neither torch nor transformers, so a plugin that only grades text or gives feedback stays
+light. Everything a plugin needs is importable from here; the subpackages (``training``,
+``losses``, ``rollouts``, ``models``, ``serving``, ``cli``) export their own public names in
+their ``__all__``, and :mod:`distil_core.testing` holds the builders and pytest fixtures for
+plugin tests.
 """
 
 __version__ = "0.1.0"
 
+from distil_core.context import ContextTemplate, prompt_ids
+from distil_core.errors import ConfigError, DistilError, PluginError, did_you_mean, nearest
 from distil_core.hookspecs import hookimpl
-from distil_core.protocols import Expert, FeedbackSource, Task, Verifier
+from distil_core.plugin_host import PluginHost, Registration, Registry, get_host
+from distil_core.protocols import (
+    AnswerTextTask,
+    BatchFeedbackSource,
+    CapabilityExpert,
+    ClosableVerifier,
+    Expert,
+    FeedbackSource,
+    HiddenStateExpert,
+    Register,
+    Runtime,
+    StatefulExpert,
+    SyncedGenerator,
+    Task,
+    UpdatingExpert,
+    Verifier,
+    resolve,
+    resolve_all,
+)
 from distil_core.types import (
     ExpertCapability,
     ExpertQuery,
@@ -20,11 +45,7 @@ from distil_core.types import (
 
 __all__ = [
     "__version__",
-    "hookimpl",
-    "Expert",
-    "FeedbackSource",
-    "Task",
-    "Verifier",
+    # the data
     "ExpertCapability",
     "ExpertQuery",
     "ExpertSignal",
@@ -32,4 +53,36 @@ __all__ = [
     "Problem",
     "Rollout",
     "Verdict",
+    # the components and their optional methods
+    "Task",
+    "AnswerTextTask",
+    "Verifier",
+    "ClosableVerifier",
+    "FeedbackSource",
+    "BatchFeedbackSource",
+    "Expert",
+    "CapabilityExpert",
+    "HiddenStateExpert",
+    "UpdatingExpert",
+    "StatefulExpert",
+    "SyncedGenerator",
+    "Runtime",
+    # registering
+    "hookimpl",
+    "Register",
+    "Registry",
+    "Registration",
+    "PluginHost",
+    "get_host",
+    # errors
+    "DistilError",
+    "ConfigError",
+    "PluginError",
+    "did_you_mean",
+    "nearest",
+    # helpers
+    "resolve",
+    "resolve_all",
+    "prompt_ids",
+    "ContextTemplate",
 ]

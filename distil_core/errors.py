@@ -29,8 +29,13 @@ def nearest(name: str, choices: Iterable[str]) -> Optional[str]:
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """The tail of an "unknown name" message: a close spelling if there is one, then every valid
+    name, so that a user who misspelt a component, option or hook sees the fix in the error."""
     choices = sorted(set(choices))
     guess = nearest(name, choices)
     hint = f" Did you mean {guess!r}?" if guess else ""
     valid = ", ".join(choices) if choices else "(none)"
     return f"{hint} Valid: {valid}."
+
+
+__all__ = ["DistilError", "ConfigError", "PluginError", "nearest", "did_you_mean"]

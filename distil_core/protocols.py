@@ -2,6 +2,14 @@
 
 Each method may be a plain function or a coroutine function: the engine calls
 :func:`resolve` on the result, so ``async def feedback(...)`` works as well as ``def``.
+
+The four component protocols (:class:`Task`, :class:`Verifier`, :class:`FeedbackSource`,
+:class:`Expert`) hold what the core always calls; the run checks each built component against
+its protocol and stops with an error naming it when a method is missing. Every method the core
+calls only when a component has it is declared in a protocol of its own (``StatefulExpert``,
+``HiddenStateExpert`` …): a component implements one by having the method, and the trainer finds
+it by looking for that method. :class:`Runtime` is what a factory that asks for ``runtime``
+receives, and :class:`Register` the callback every registration hook is handed.
 """
 
 from __future__ import annotations
@@ -9,12 +17,57 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from typing import Any, Awaitable, Protocol, Sequence, TypeVar, Union, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Optional,
+    Protocol,
+    Sequence,
+    TypeVar,
+    Union,
+    runtime_checkable,
+)
 
 from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
 
+if TYPE_CHECKING:  # annotations only: the root stays free of the trainer's imports
+    from distil_core.config import RunConfig
+    from distil_core.context import ContextBuilder
+    from distil_core.plugin_host import PluginHost
+
 T = TypeVar("T")
 MaybeAwaitable = Union[T, Awaitable[T]]
+
+FeedbackItem = tuple[Problem, Rollout, Verdict, Sequence[tuple[Rollout, Verdict]]]
+"""One rollout as :meth:`BatchFeedbackSource.feedback_batch` receives it."""
+
+
+# -- the components -----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A source of problems. ``split`` is "train" or "test" (held out).
+
+    A task is built before the policy exists (the tiny base is pretrained on its problems), so a
+    task factory that asks for ``runtime`` receives ``None``.
+    """
+
+    def problems(self, split: str) -> Sequence[Problem]: ...
+
+
+@runtime_checkable
+class AnswerTextTask(Task, Protocol):
+    """Optional for a task: the text a correct response writes, when it is not ``reference``.
+
+    Called on the training problems when the tiny base is built (the base learns to write it,
+    and it is part of the cached base's key) and on the evaluation problems for the reference
+    length set beside the student's response length. Without it, ``str(problem.reference)``.
+    """
+
+    def answer_text(self, problem: Problem) -> str: ...
 
 
 @runtime_checkable
@@ -25,16 +78,22 @@ class Verifier(Protocol):
 
 
 @runtime_checkable
+class ClosableVerifier(Verifier, Protocol):
+    """Optional for a verifier: release what it holds (worker processes, sandboxes).
+
+    Called on the verifier built to pretrain the tiny base, once the base is built. The run's
+    own verifier lives as long as the process and is not closed by the trainer.
+    """
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class FeedbackSource(Protocol):
     """Turns a graded rollout into feedback items for the expert's context.
 
     ``group`` holds all rollouts of the same problem with their verdicts, so a source can
     compare siblings. Return an empty list when there is nothing useful to say.
-
-    Optional: ``feedback_batch(items) -> list[list[Feedback]]``, where each item is
-    ``(problem, rollout, verdict, group)``. When a source has it, the trainer calls it once
-    per step with every rollout instead of calling ``feedback`` per rollout (a source that
-    runs a model batches its work this way); it returns one list per item, in order.
     """
 
     def feedback(
@@ -47,20 +106,140 @@ class FeedbackSource(Protocol):
 
 
 @runtime_checkable
-class Expert(Protocol):
-    """Gives its next-token distribution (or the best it can) on the student's states."""
+class BatchFeedbackSource(FeedbackSource, Protocol):
+    """Optional for a feedback source: every rollout of a step in one call.
 
-    @property
-    def capability(self) -> ExpertCapability: ...
+    When a source has it, the trainer calls it once per step with every rollout, as
+    ``(problem, rollout, verdict, group)`` items, instead of calling ``feedback`` per rollout (a
+    source that runs a model batches its work this way); it returns one list per item, in order.
+    """
+
+    def feedback_batch(self, items: Sequence[FeedbackItem]) -> MaybeAwaitable[list[list[Feedback]]]: ...
+
+
+@runtime_checkable
+class Expert(Protocol):
+    """Gives its next-token distribution (or the best it can) on the student's states.
+
+    Each signal's ``access`` says what it holds; the loss adapts to it signal by signal.
+    """
 
     def score(self, queries: Sequence[ExpertQuery]) -> MaybeAwaitable[list[ExpertSignal]]: ...
 
 
 @runtime_checkable
-class Task(Protocol):
-    """A source of problems. ``split`` is "train" or "test" (held out)."""
+class CapabilityExpert(Expert, Protocol):
+    """Optional for an expert: what it can give, best first (dense > topk > sampled > text).
 
-    def problems(self, split: str) -> Sequence[Problem]: ...
+    For people and tools that inspect an expert (``distil_api_expert`` reports the level its
+    endpoint allows); the trainer does not read it — it goes by the ``access`` of each signal
+    ``score`` returns.
+    """
+
+    @property
+    def capability(self) -> ExpertCapability: ...
+
+
+@runtime_checkable
+class HiddenStateExpert(Expert, Protocol):
+    """Optional for an expert that runs a local model: its last hidden states, not its logits.
+
+    Used instead of ``score`` when the loss runs chunked (long responses, large vocabularies):
+    each signal has ``access="hidden"``, ``hidden`` [T, H] and ``head`` (the output projection),
+    so the expert's [T, V] logits are formed a chunk at a time and never stored whole.
+    """
+
+    def score_hidden(self, queries: Sequence[ExpertQuery]) -> MaybeAwaitable[list[ExpertSignal]]: ...
+
+
+@runtime_checkable
+class UpdatingExpert(Expert, Protocol):
+    """Optional for an expert: called after every optimiser step with the updated policy.
+
+    An expert that follows the student (a lagged copy of the policy, say) refreshes itself here.
+    Under sharded training the whole policy is gathered for the call.
+    """
+
+    def on_policy_update(self, model: Any) -> None: ...
+
+
+@runtime_checkable
+class StatefulExpert(Expert, Protocol):
+    """Optional for an expert with state of its own: saved in every checkpoint, restored on resume.
+
+    ``state_dict()`` returns what ``torch.save`` can write; ``load_state_dict(state)`` receives
+    it back on ``--resume`` (an empty dict when the checkpoint has none).
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class SyncedGenerator(Protocol):
+    """Optional for the rollout generator (``runtime.generator``): hear of every policy update.
+
+    A generator outside the trainer's process (an inference server) gets the new weights here;
+    the dict it returns is merged into the step's metrics.
+    """
+
+    def after_update(self, model: Any, step: int) -> Optional[dict[str, float]]: ...
+
+
+# -- what a plugin is handed ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What a component factory receives as ``runtime`` when its signature asks for it.
+
+    Built by the trainer's ``build_runtime`` once the policy is loaded; verifiers, feedback
+    sources and experts are built in that order, so a factory sees the components before it
+    (a feedback source sees ``verifier``; ``expert`` is set last). Task factories get ``None``.
+    """
+
+    config: RunConfig
+    """The run's validated config."""
+    model: Any
+    """The policy (a ``transformers`` causal LM), on ``device``."""
+    tokenizer: Any
+    """The policy's tokenizer, with a chat template and a pad token."""
+    device: Any
+    """The ``torch.device`` the policy runs on."""
+    host: PluginHost
+    """The plugin host the components were built from (build others by name with it)."""
+    task: Any
+    verifier: Any
+    feedback_sources: list[tuple[str, Any]]
+    """(config name, source) of every feedback source built so far."""
+    expert: Any
+    generator: Any
+    """Samples the student's rollouts (in-process, or an inference server)."""
+    context: Optional[ContextBuilder]
+    """Renders problems and feedback into expert contexts in the student's chat template."""
+    model_source: str
+    """Where the policy came from (a directory, or the cached tiny base)."""
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad id (its end-of-sequence id when it has none)."""
+        ...
+
+
+class Register(Protocol):
+    """The ``register`` callback a registration hook is handed.
+
+    ``name`` is what config files use; ``factory`` a class or function the host calls with the
+    component's options (and ``runtime=`` when it asks for it); ``description`` defaults to the
+    first line of the factory's docstring. Raises :class:`~distil_core.errors.PluginError` for a
+    name already taken, an empty name or a factory that is not callable.
+    """
+
+    def __call__(self, name: str, factory: Callable[..., Any], description: str = "") -> None: ...
+
+
+# -- calling plugins -----------------------------------------------------------------------------
 
 
 def resolve(value: MaybeAwaitable[T]) -> T:
@@ -110,10 +289,22 @@ def resolve_all(values: Sequence[MaybeAwaitable[T]]) -> list[T]:
 
 
 __all__ = [
-    "Verifier",
-    "FeedbackSource",
-    "Expert",
     "Task",
+    "AnswerTextTask",
+    "Verifier",
+    "ClosableVerifier",
+    "FeedbackSource",
+    "BatchFeedbackSource",
+    "FeedbackItem",
+    "Expert",
+    "CapabilityExpert",
+    "HiddenStateExpert",
+    "UpdatingExpert",
+    "StatefulExpert",
+    "SyncedGenerator",
+    "Runtime",
+    "Register",
+    "MaybeAwaitable",
     "ExpertCapability",
     "ExpertQuery",
     "ExpertSignal",
