@@ -10,15 +10,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
+import pluggy
 import pytest
 
-from distil_core.errors import ConfigError, PluginError
-from distil_core.hookspecs import hookimpl
-from distil_core.plugin_host import PluginHost, get_host
-from distil_core.types import Problem, Rollout, Verdict
+from distil_core import ConfigError, PluginError, PluginHost, Problem, Registry, Rollout, Verdict, get_host, hookimpl
 
 BUILTIN = "distil_core.builtin"
+EXPERTS = "distil_core.models.experts"  # the built-in experts: a second default plugin
+BUILTINS = {BUILTIN, EXPERTS}
 
 TOY_MODULE = '''
 """A third-party plugin as a distribution ships it: one module, hooks at top level."""
@@ -119,11 +120,13 @@ def test_builtins_register_through_the_hooks():
     for kind, names in expected.items():
         assert host.names(kind) == names
         for name in names:
-            assert host.get(kind, name).plugin == BUILTIN
-    info = host.plugins[BUILTIN]
-    assert info.error is None
-    assert info.distribution == "distil-toolkit"
-    assert sorted(info.registered) == sorted((k, n) for k, names in expected.items() for n in names)
+            assert host.get(kind, name).plugin == (EXPERTS if kind == "expert" else BUILTIN)
+    assert set(host.plugins) == BUILTINS
+    for name in BUILTINS:
+        assert host.plugins[name].error is None
+        assert host.plugins[name].distribution == "distil-toolkit"
+    registered = host.plugins[BUILTIN].registered + host.plugins[EXPERTS].registered
+    assert sorted(registered) == sorted((k, n) for k, names in expected.items() for n in names)
     # The built-in module is an ordinary pluggy plugin: its hook implementations are what ran.
     impl_plugins = [impl.plugin_name for impl in host.pm.hook.register_verifiers.get_hookimpls()]
     assert impl_plugins == [BUILTIN]
@@ -140,7 +143,7 @@ def test_registration_description_defaults_to_the_factory_docstring():
 
 
 def test_entry_point_plugin_loads_from_an_installed_distribution(site):
-    host = PluginHost(load_entrypoints=True)
+    host = PluginHost(load_entrypoints=True, allow=list(DISTRIBUTIONS))
 
     toy = host.plugins["toy"]
     assert toy.error is None
@@ -168,7 +171,7 @@ def test_entry_point_plugin_loads_from_an_installed_distribution(site):
 
 
 def test_broken_plugins_are_reported_by_name_and_the_rest_still_load(site):
-    host = PluginHost(load_entrypoints=True)
+    host = PluginHost(load_entrypoints=True, allow=list(DISTRIBUTIONS))
 
     errors = host.errors()
     assert set(errors) == {"broken", "typo"}
@@ -186,7 +189,7 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_still_load(site):
 
 
 def test_unknown_component_name_mentions_plugins_that_failed_to_load(site):
-    host = PluginHost(load_entrypoints=True)
+    host = PluginHost(load_entrypoints=True, allow=list(DISTRIBUTIONS))
 
     with pytest.raises(ConfigError, match="plugins that failed to load: broken, typo"):
         host.get("verifier", "frobnicate_verifier")
@@ -194,31 +197,31 @@ def test_unknown_component_name_mentions_plugins_that_failed_to_load(site):
 
 def test_allow_list_selects_entry_points(site, monkeypatch):
     monkeypatch.setenv("DISTIL_PLUGINS", "toy")
-    assert set(PluginHost(load_entrypoints=True).plugins) == {BUILTIN, "toy"}
+    assert set(PluginHost(load_entrypoints=True).plugins) == BUILTINS | {"toy"}
 
     monkeypatch.setenv("DISTIL_PLUGINS", " toy , broken ")
-    assert set(PluginHost(load_entrypoints=True).plugins) == {BUILTIN, "toy", "broken"}
+    assert set(PluginHost(load_entrypoints=True).plugins) == BUILTINS | {"toy", "broken"}
 
     monkeypatch.setenv("DISTIL_PLUGINS", "")
     host = PluginHost(load_entrypoints=True)
-    assert set(host.plugins) == {BUILTIN}
+    assert set(host.plugins) == BUILTINS
     assert "exact_match" in host.names("verifier")
 
     monkeypatch.delenv("DISTIL_PLUGINS")
     # Unset: every installed entry point loads (the toolkit's own plugins may be installed too).
-    assert set(PluginHost(load_entrypoints=True).plugins) >= {BUILTIN, "toy", "broken", "typo"}
+    assert set(PluginHost(load_entrypoints=True).plugins) >= BUILTINS | {"toy", "broken", "typo"}
 
 
 def test_allow_argument_overrides_the_environment(site, monkeypatch):
     monkeypatch.setenv("DISTIL_PLUGINS", "")
 
-    assert set(PluginHost(load_entrypoints=True, allow=["typo"]).plugins) == {BUILTIN, "typo"}
+    assert set(PluginHost(load_entrypoints=True, allow=["typo"]).plugins) == BUILTINS | {"typo"}
 
 
 def test_no_entrypoints_env_keeps_only_the_builtins(site, monkeypatch):
     monkeypatch.setenv("DISTIL_NO_ENTRYPOINTS", "1")
-    assert set(PluginHost().plugins) == {BUILTIN}
-    assert set(get_host().plugins) == {BUILTIN}
+    assert set(PluginHost().plugins) == BUILTINS
+    assert set(get_host().plugins) == BUILTINS
 
     monkeypatch.delenv("DISTIL_NO_ENTRYPOINTS")
     assert "toy" in PluginHost().plugins
@@ -414,7 +417,7 @@ def test_distil_plugins_lists_versions_and_registrations(site):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
-    assert set(rows) == {BUILTIN, "toy", "broken", "typo"}
+    assert set(rows) == BUILTINS | {"toy", "broken", "typo"}
     assert rows["toy"].split()[1] == "1.2.3"
     assert "verifiers: toy_contains" in rows["toy"]
     assert "feedback sources: toy_length" in rows["toy"]
@@ -428,14 +431,14 @@ def test_distil_plugins_json(site):
 
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert set(plugins) == {BUILTIN, "toy", "broken", "typo"}
+    assert set(plugins) == BUILTINS | {"toy", "broken", "typo"}
     assert plugins["toy"] == {
         "name": "toy",
         "distribution": "toy-distil-plugin",
         "version": "1.2.3",
         "registered": {"verifier": ["toy_contains"], "feedback_source": ["toy_length"], "expert": [], "task": [], "command": []},
     }
-    assert plugins[BUILTIN]["registered"]["expert"] == ["self", "hf"]
+    assert plugins[EXPERTS]["registered"]["expert"] == ["self", "hf"]
     assert "ImportError" in plugins["broken"]["error"]
     assert "register_verifiers" in plugins["typo"]["error"]
     assert "error" not in plugins["toy"]
@@ -485,3 +488,177 @@ def test_plugin_commands_become_distil_subcommands(capsys):
         host.unregister_plugin("greeter")
     with pytest.raises(SystemExit):
         main(["greet", "world"])  # gone with its plugin
+
+
+# -- the core version a plugin asks for --------------------------------------------------------
+
+
+FUTURE_MODULE = '''
+raise RuntimeError("imported although it asks for another distil-toolkit")
+'''
+
+
+@pytest.fixture
+def future_site(tmp_path, monkeypatch):
+    """Two installed plugins: one made for a later distil-toolkit, one for this one."""
+    write_distribution(tmp_path, "future", "future-distil-plugin", "2.0", "future_distil_plugin", FUTURE_MODULE)
+    write_distribution(tmp_path, "toy", "toy-distil-plugin", "1.2.3", "toy_distil_plugin", TOY_MODULE)
+    for dist, version, requirement in (("future_distil_plugin", "2.0", "distil-toolkit>=0.2,<0.3"),
+                                       ("toy_distil_plugin", "1.2.3", "distil-toolkit>=0.1,<0.2")):
+        metadata_file = tmp_path / f"{dist}-{version}.dist-info" / "METADATA"
+        metadata_file.write_text(metadata_file.read_text() + f"Requires-Dist: {requirement}\n"
+                                 'Requires-Dist: distil-toolkit>=9; extra == "test"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for module in ("future_distil_plugin", "toy_distil_plugin"):
+        sys.modules.pop(module, None)
+
+
+def test_a_plugin_for_another_core_version_is_refused_by_name(future_site):
+    host = PluginHost(load_entrypoints=True, allow=["future", "toy"])
+
+    error = host.errors()["future"]
+    assert error.startswith("requires distil-toolkit<0.3,>=0.2 but distil-toolkit 0.1.0 is running")
+    assert "future-distil-plugin" in error
+    assert host.plugins["future"].registered == []
+    assert "future_distil_plugin" not in sys.modules  # refused before its code runs
+    # A compatible range loads; a requirement under an extra is not the plugin's to run with.
+    assert host.plugins["toy"].error is None and "toy_contains" in host.names("verifier")
+
+
+def test_distil_plugins_reports_the_version_mismatch(future_site):
+    env = {k: v for k, v in os.environ.items() if k != "DISTIL_NO_ENTRYPOINTS"}
+    env.update(PYTHONPATH=str(future_site), DISTIL_PLUGINS="future,toy")
+    result = subprocess.run([sys.executable, "-m", "distil_core.cli", "plugins"], env=env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert "FAILED: requires distil-toolkit<0.3,>=0.2" in rows["future"]
+    assert "verifiers: toy_contains" in rows["toy"]
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+
+def test_the_package_root_is_the_whole_contract_and_imports_no_torch():
+    code = ("import sys, distil_core; from distil_core import *; get_host().names('expert'); "
+            "import distil_core.models, distil_core.testing; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+    import distil_core
+    import distil_core.models
+
+    for name in distil_core.__all__:
+        assert getattr(distil_core, name) is not None
+    assert distil_core.models.pad_batch.__module__ == "distil_core.models.forward"
+
+
+def test_optional_methods_are_protocols_the_builtin_experts_satisfy():
+    import distil_core
+    from distil_core.models.experts import SelfExpert
+    from distil_core.training.runtime import Runtime
+
+    expert = SelfExpert.__new__(SelfExpert)  # the methods are what is checked, not a loaded model
+    expert.access, expert.k = "dense", None
+    for protocol in ("Expert", "HiddenStateExpert", "CapabilityExpert", "UpdatingExpert", "StatefulExpert"):
+        assert isinstance(expert, getattr(distil_core, protocol)), protocol
+    assert expert.capability.access == "dense"
+
+    class Plain:
+        def score(self, queries):
+            return []
+
+    # `capability` is optional: an expert with `score` alone is an Expert.
+    assert isinstance(Plain(), distil_core.Expert) and not isinstance(Plain(), distil_core.CapabilityExpert)
+    tokenizer = types.SimpleNamespace(pad_token_id=None, eos_token_id=7)
+    runtime = Runtime(config=None, model=None, tokenizer=tokenizer, device=None, host=PluginHost(load_entrypoints=False))
+    assert isinstance(runtime, distil_core.Runtime) and runtime.pad_id == 7  # the trainer's class has every member
+
+
+# -- a registry of another project's hooks -----------------------------------------------------
+
+
+class GadgetSpecs:
+    """A plugin's own extension point, declared as the tools plugin declares ``register_tools``."""
+
+    @pluggy.HookspecMarker("gadgets")
+    def register_gadgets(register):
+        """Register gadget factories."""
+
+
+gadget_impl = pluggy.HookimplMarker("gadgets")
+
+
+class Gadgets:
+    """Registers through both projects: the core ignores the gadget hook and vice versa."""
+
+    @gadget_impl
+    def register_gadgets(register):
+        register("spring", lambda coils=3: ("spring", coils), description="A spring.")
+
+    @hookimpl
+    def register_verifiers(register):
+        register("gadget_verifier", ShoutVerifier)
+
+
+def test_a_registry_for_a_plugins_own_hook_kind():
+    gadgets = Registry("gadgets", GadgetSpecs, {"gadget": "register_gadgets"}, group="distil.gadgets",
+                       load_entrypoints=False)
+    gadgets.register_plugin(Gadgets, "gadgets")
+    assert gadgets.names("gadget") == ["spring"]
+    assert gadgets.get("gadget", "spring").options == ["coils"]
+    assert gadgets.build("gadget", "spring", {"coils": 5}) == ("spring", 5)
+    with pytest.raises(ConfigError, match="Unknown option 'coil' for gadget 'spring'.*Did you mean 'coils'"):
+        gadgets.build("gadget", "spring", {"coil": 1})
+    with pytest.raises(PluginError, match="gadget 'spring' is already registered by plugin 'gadgets'"):
+        gadgets.register_plugin(type("MoreGadgets", (Gadgets,), {}), "again")
+
+    host = PluginHost(load_entrypoints=False)
+    host.register_plugin(Gadgets, "gadgets")
+    assert host.plugins["gadgets"].registered == [("verifier", "gadget_verifier")]
+
+
+# -- distil_core.testing, the pytest plugin ------------------------------------------------------
+
+PROJECT_TEST = '''
+import os
+import distil_core
+
+
+def test_fixtures(plugin_host, tiny_base_cache):
+    assert distil_core.get_host() is plugin_host and "exact_match" in plugin_host.names("verifier")
+    assert os.environ["DISTIL_CACHE"] == tiny_base_cache and os.path.isdir(tiny_base_cache)
+
+
+def test_environment():
+    print("ENV", {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "DISTIL_NO_ENTRYPOINTS", "DISTIL_PLUGINS")})
+    print("CACHE", os.environ.get("DISTIL_CACHE"))
+'''
+
+
+def run_project(tmp_path, ini):
+    """pytest in a project of its own, from a shell where none of the isolation is set."""
+    (tmp_path / "test_project.py").write_text(PROJECT_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n" + ini)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "DISTIL_NO_ENTRYPOINTS", "DISTIL_CACHE")}
+    env["DISTIL_PLUGINS"] = "toy"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_the_pytest_plugin_changes_nothing_for_a_project_that_does_not_ask(tmp_path):
+    out = run_project(tmp_path, "")
+    assert "ENV {'HF_HUB_OFFLINE': None, 'DISTIL_NO_ENTRYPOINTS': None, 'DISTIL_PLUGINS': 'toy'}" in out
+    assert "CACHE None" in out  # the fixture's cache is gone once the test that asked for it ends
+
+
+def test_an_isolated_project_runs_offline_with_one_shared_cache(tmp_path):
+    out = run_project(tmp_path, "distil_isolate = true\n")
+    assert "ENV {'HF_HUB_OFFLINE': '1', 'DISTIL_NO_ENTRYPOINTS': '1', 'DISTIL_PLUGINS': None}" in out
+    assert "CACHE " + str(tmp_path) not in out and "distil-cache" in out.split("CACHE ")[1]

@@ -1,9 +1,3 @@
-"""Puts this folder on sys.path (for tasks_testlib) and keeps installed plugins out, as the core
-suite does; tests that need a plugin register it on their own host."""
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ["DISTIL_NO_ENTRYPOINTS"] = "1"
-os.environ.pop("DISTIL_PLUGINS", None)
+"""distil-tasks's tests, isolated by distil_core.testing; tasks_testlib sits beside this file."""
+import os, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E401,E702
+from distil_core.testing import isolate; isolate()  # noqa: E402,E702
