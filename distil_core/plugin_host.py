@@ -261,15 +261,17 @@ class Registry:
         records through :meth:`add`."""
 
         def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
-            self.add(kind, name, factory, info, description)
+            self.add(kind, name, factory, info, description or None)
 
         return register
 
     def check(self, kind: str, name: str, factory: Callable[..., Any], info: PluginInfo) -> None:
         """Refuse a registration (raise :class:`PluginError`) before it is recorded."""
 
-    def add(self, kind: str, name: str, factory: Callable[..., Any], info: PluginInfo, description: str = "") -> Registration:
-        """Record one registration of ``info``'s plugin; a name already taken is refused."""
+    def add(self, kind: str, name: str, factory: Callable[..., Any], info: PluginInfo,
+            description: Optional[str] = None) -> Registration:
+        """Record one registration of ``info``'s plugin; a name already taken is refused.
+        ``description`` defaults to the first line of the factory's docstring."""
         label = kind.replace("_", " ")
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {info.name!r} registered a {label} with an empty name")
@@ -281,7 +283,7 @@ class Registry:
             raise PluginError(
                 f"{kind} {name!r} is already registered by plugin {existing.plugin!r}; pick another name"
             )
-        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        doc = description if description is not None else (inspect.getdoc(factory) or "").split("\n")[0]
         reg = Registration(kind, name, factory, info.name, doc.strip())
         self.registry[kind][name] = reg
         info.registered.append((kind, name))
@@ -390,22 +392,7 @@ def reset_host() -> None:
 
 
 __all__ = [
-    "GROUP",
-    "CORE_DISTRIBUTION",
-    "DEFAULT_PLUGINS",
-    "KINDS",
-    "BUILTIN_COMMANDS",
-    "Register",
-    "Registration",
-    "PluginInfo",
-    "Registry",
-    "PluginHost",
-    "core_version",
-    "unmet_requirement",
-    "factory_parameters",
-    "option_names",
-    "check_options",
-    "get_host",
-    "set_host",
-    "reset_host",
+    "GROUP", "CORE_DISTRIBUTION", "DEFAULT_PLUGINS", "KINDS", "BUILTIN_COMMANDS", "Register", "Registration",
+    "PluginInfo", "Registry", "PluginHost", "core_version", "unmet_requirement", "factory_parameters",
+    "option_names", "check_options", "get_host", "set_host", "reset_host",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Sequence
 
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import Feedback, Problem, Rollout, Verdict
 
 SOURCE = "code_exec"
 KIND = "execution_trace"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import distil_sandbox
-from distil_core.types import Problem, Rollout, Verdict
+from distil_core import Problem, Rollout, Verdict
 from distil_sandbox.engines import parse_engines
 
 from .spec import CodeTests, extract_code

@@ -7,7 +7,8 @@ from typing import Any
 
 import distil_sandbox
 import pytest
-from distil_core.types import Problem, Rollout
+from distil_core import Problem, Rollout
+from distil_core import testing
 
 from distil_code_exec import CodeExecVerifier
 
@@ -15,13 +16,13 @@ _verifiers: dict[str, CodeExecVerifier] = {}
 
 
 def problem(reference: Any, pid: str = "p") -> Problem:
-    return Problem(id=pid, prompt="solve it", reference=reference)
+    return testing.problem(reference, pid)
 
 
 def rollout(code: str, fenced: bool = True) -> Rollout:
     code = textwrap.dedent(code).strip() + "\n"
     text = f"Here is my solution.\n```python\n{code}```\n" if fenced else code
-    return Rollout(problem_id="p", group_index=0, response_text=text, response_ids=[])
+    return testing.rollout(text)
 
 
 def verifier(backend: str = "bwrap") -> CodeExecVerifier:

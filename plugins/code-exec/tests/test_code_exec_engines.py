@@ -12,7 +12,7 @@ import yaml
 from code_exec_testlib import ADD_CALLS, problem, rollout
 
 from distil_code_exec import CodeExecVerifier
-from distil_core.plugin_host import PluginHost
+from distil_core import PluginHost
 
 SANDBOX_TESTS = Path(__file__).resolve().parents[3] / "sandbox" / "tests"  # the second dockerd's helpers
 

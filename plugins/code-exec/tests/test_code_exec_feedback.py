@@ -4,7 +4,7 @@ from code_exec_testlib import ADD_ASSERTS, ADD_CALLS, ADD_IO, grade, problem, ro
 
 from distil_code_exec import CodeExecFeedback
 from distil_code_exec.feedback import trim_traceback, truncate
-from distil_core.types import Verdict
+from distil_core import Verdict
 
 
 def trace_for(code, reference, **options):

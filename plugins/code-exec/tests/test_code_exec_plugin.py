@@ -9,9 +9,9 @@ import sys
 import pytest
 from code_exec_testlib import ADD_CALLS, problem, rollout
 
-from distil_core.errors import ConfigError
-from distil_core.plugin_host import PluginHost
-from distil_core.protocols import FeedbackSource, Verifier, resolve
+from distil_core import ConfigError
+from distil_core import PluginHost
+from distil_core import FeedbackSource, Verifier, resolve
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import inspect
 import os
 from typing import Any, NamedTuple, Optional, Sequence
 
-from distil_core.context import prompt_ids
-from distil_core.errors import ConfigError, PluginError, did_you_mean, nearest
+from distil_core import prompt_ids
+from distil_core import ConfigError, PluginError, did_you_mean, nearest
 
 Messages = list[dict[str, str]]
 
@@ -38,7 +38,7 @@ class LocalCritic:
         """One ``generate`` call for the whole batch; decoded with special tokens skipped."""
         import torch
 
-        from distil_core.models.forward import pad_batch
+        from distil_core.models import pad_batch
 
         prompts = [prompt_ids(self.tokenizer, messages) for messages in conversations]
         device = next(self.model.parameters()).device
@@ -84,7 +84,7 @@ class TextExpertCritic:
         self._keywords = _accepted_keywords(expert.generate, ("max_new_tokens", "temperature"))
 
     def write(self, conversations: Sequence[Messages], max_new_tokens: int, temperature: float) -> list[Critique]:
-        from distil_core.protocols import resolve
+        from distil_core import resolve
 
         wanted = {"max_new_tokens": max_new_tokens, "temperature": temperature}
         prompts = [list(c) for c in conversations]
@@ -154,7 +154,7 @@ def _expert_critic(spec: dict, runtime: Any, where: str) -> TextExpertCritic:
         raise ConfigError(f"{where}: the options of expert {name!r} must be a mapping (got {options!r}).")
     host = getattr(runtime, "host", None)
     if host is None:
-        from distil_core.plugin_host import get_host
+        from distil_core import get_host
 
         host = get_host()
     reg = host.get("expert", name)

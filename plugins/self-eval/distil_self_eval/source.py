@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from distil_core.errors import ConfigError
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import ConfigError
+from distil_core import Feedback, Problem, Rollout, Verdict
 
 from .critics import Critique, build_critic
 from .template import DEFAULT_TEMPLATE, CritiqueTemplate

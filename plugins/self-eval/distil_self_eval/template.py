@@ -12,8 +12,8 @@ import re
 import string
 from typing import Any
 
-from distil_core.errors import ConfigError, did_you_mean
-from distil_core.types import Problem, Rollout, Verdict
+from distil_core import ConfigError, did_you_mean
+from distil_core import Problem, Rollout, Verdict
 
 VARIABLES = {
     "problem": "the problem's text (its last user message)",

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any, Optional
 
-import torch
-from distil_core import ExpertCapability, ExpertSignal, hookimpl
-from distil_core.plugin_host import PluginHost
-from distil_core.types import Problem, Rollout, Verdict
-from helpers import tiny_model, tiny_tokenizer
+from distil_core import ExpertCapability, ExpertSignal, PluginHost, hookimpl, testing
+from distil_core.testing import tiny_model
 
 import distil_self_eval.plugin
 
 
 def graded(text: str, passed: bool, pid: str = "sort-31", reference: Any = "13", answer: Optional[str] = "31", score: Optional[float] = None):
     """(problem, rollout, verdict, group) as the trainer hands them to a source."""
-    problem = Problem(id=pid, prompt=f"sort {pid.split('-')[-1]}", reference=reference)
-    rollout = Rollout(problem_id=pid, group_index=0, response_text=text, response_ids=[])
-    verdict = Verdict(score=float(passed) if score is None else score, passed=passed, answer=answer)
+    problem = testing.problem(reference, pid, prompt=f"sort {pid.split('-')[-1]}")
+    rollout = testing.rollout(text, pid)
+    verdict = testing.verdict(passed, score, answer)
     return problem, rollout, verdict, [(rollout, verdict)]
 
 
 def student_runtime(seed: int = 0, host: Optional[PluginHost] = None):
     """What a feedback source's factory reads from the run: the policy, its tokenizer, the host."""
-    return types.SimpleNamespace(model=tiny_model(seed=seed), tokenizer=tiny_tokenizer(), device=torch.device("cpu"),
-                                 host=host, config=None)
+    return testing.stub_runtime(model=tiny_model(seed=seed), host=host)
 
 
 def host_with_plugin(*extra: tuple[Any, str]) -> PluginHost:

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from distil_core.errors import ConfigError
-from distil_core.plugin_host import PluginHost
-from distil_core.protocols import FeedbackSource
+from distil_core import ConfigError
+from distil_core import PluginHost
+from distil_core import FeedbackSource
 from distil_core.models.tiny import save_pretrained
-from helpers import tiny_model, tiny_tokenizer
+from distil_core.testing import tiny_model, tiny_tokenizer
 from self_eval_testlib import GenerateCounter, WriterPlugin, graded, host_with_plugin, student_runtime
 
 SPECIALS = ("<|end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|pad|>")
@@ -127,7 +127,7 @@ def test_a_registered_expert_that_writes_text_is_the_critic(host):
 
 
 def test_a_critic_that_returns_the_wrong_count_is_reported(host):
-    from distil_core.errors import PluginError
+    from distil_core import PluginError
 
     runtime = SimpleNamespace(host=host)
     source = host.build("feedback_source", "self_eval", {"model": {"expert": "writer"}}, runtime=runtime)

@@ -3,8 +3,8 @@
 from types import SimpleNamespace
 
 import pytest
-from distil_core.errors import ConfigError
-from distil_core.types import Problem
+from distil_core import ConfigError
+from distil_core import Problem
 from self_eval_testlib import WriterPlugin, graded, host_with_plugin
 
 from distil_self_eval import DEFAULT_TEMPLATE, VARIABLES, CritiqueTemplate

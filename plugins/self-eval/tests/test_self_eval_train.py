@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 import yaml
-from distil_core.cli.main import main
+from distil_core.cli import main
 from distil_core.models.tiny import save_pretrained
-from helpers import FAST_RUN, tiny_model, tiny_tokenizer
+from distil_core.testing import FAST_RUN, tiny_model, tiny_tokenizer
 
 from distil_self_eval import LocalCritic
 
@@ -20,11 +20,10 @@ SELF_EVAL = {"source": "self_eval", "kind": "self_evaluation"}
 
 
 @pytest.fixture
-def with_plugin(monkeypatch, tmp_path):
-    """The installed entry point, as a user's `distil` sees it, and a cache of this test's own."""
+def with_plugin(monkeypatch, tiny_base_cache):
+    """The installed entry point, as a user's `distil` sees it, and the session's tiny bases."""
     monkeypatch.delenv("DISTIL_NO_ENTRYPOINTS", raising=False)
     monkeypatch.setenv("DISTIL_PLUGINS", "self_eval")
-    monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
 
 
 def write_config(path, options, **top):

@@ -32,7 +32,7 @@ import random
 import re
 from typing import Any, Optional
 
-from distil_core.types import Problem
+from distil_core import Problem
 
 from .common import Record, SuiteTask, split_procedural
 

@@ -19,7 +19,7 @@ import os
 import random
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from distil_core.types import Problem
+from distil_core import Problem
 
 
 class RecordError(ValueError):

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from distil_core.builtin import AnswerCheckFeedback
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import Feedback, Problem, Rollout, Verdict, get_host
 
 
 class AnswerWithheldFeedback:
     """On a failed rollout: only that the answer found is wrong, never the expected one."""
 
     def __init__(self, runtime: Any = None):
-        self._check = AnswerCheckFeedback(include_expected=False)
+        host = getattr(runtime, "host", None) or get_host()  # the run's host: the built-in answer_check
+        self._check = host.build("feedback_source", "answer_check", {"include_expected": False})
 
     def feedback(
         self,

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from fractions import Fraction
 from typing import Any, Optional, Sequence
 
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import Feedback, Problem, Rollout, Verdict
 
 from . import arith
 from .common import Record, SuiteTask, split_procedural

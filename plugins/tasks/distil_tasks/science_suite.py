@@ -22,7 +22,7 @@ import re
 import string
 from typing import Any, Callable, Optional, Sequence
 
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import Feedback, Problem, Rollout, Verdict
 
 from .common import Record, SuiteTask, split_procedural
 

@@ -6,13 +6,9 @@ import json
 import os
 from typing import Any
 
-from distil_core.types import Rollout
+from distil_core.testing import rollout  # noqa: F401 (the tests import it from here)
 
 from distil_tasks import DATA_DIR
-
-
-def rollout(text: str, pid: str = "p") -> Rollout:
-    return Rollout(problem_id=pid, group_index=0, response_text=text, response_ids=[])
 
 
 def fixture(name: str) -> str:

@@ -147,7 +147,7 @@ def test_split_depends_on_ids_not_on_line_order(tmp_path):
 
 
 def test_split_keeps_one_test_record_on_tiny_files_and_test_path_overrides(tmp_path):
-    from distil_core.types import Problem
+    from distil_core import Problem
 
     two = [Problem(id=i, prompt="q") for i in ("a", "b")]
     assert [len(v) for v in split_by_id(two, 0.2).values()] == [1, 1]

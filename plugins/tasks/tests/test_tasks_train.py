@@ -2,11 +2,11 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from distil_core.config import load_config
-from distil_core.context import ContextTemplate
-from distil_core.plugin_host import PluginHost
+from distil_core import ContextTemplate
 from distil_core.training.runtime import base_feedback_components
 from distil_core.models.tiny import BaseFeedback, base_examples
 from distil_core.training.trainer import Trainer
@@ -18,11 +18,12 @@ from distil_tasks import MathAnswerVerifier, MathStepsFeedback, MathTask, MCLett
 CONFIGS = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "configs")
 
 
-def _host():
-    host = PluginHost(load_entrypoints=False)
-    host.register_plugin(distil_tasks.plugin, "tasks")
-    host.register_plugin(distil_code_exec.plugin, "code_exec")
-    return host
+@pytest.fixture
+def host(plugin_host):
+    """The test's process-wide host, with the suites' plugins registered in-process."""
+    plugin_host.register_plugin(distil_tasks.plugin, "tasks")
+    plugin_host.register_plugin(distil_code_exec.plugin, "code_exec")
+    return plugin_host
 
 
 def test_base_examples_show_the_suites_feedback_and_answers():
@@ -62,8 +63,7 @@ def test_feedback_pool_bounds_how_often_the_verifier_runs():
             assert answer == task.answer_text(problem) == problem.reference
 
 
-def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_key_is_kept():
-    host = _host()
+def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_key_is_kept(host):
     config = load_config(f"{CONFIGS}/science.yaml")
     assert base_feedback_components(config, host) == {
         "verifier": {"name": "mc_letter", "options": {}},
@@ -103,11 +103,10 @@ SMOKE = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["math", "code", "science"])
-def test_a_few_training_steps_on_each_suite(tmp_path, monkeypatch, suite):
-    monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
+def test_a_few_training_steps_on_each_suite(tmp_path, tiny_base_cache, host, suite):
     overrides = SMOKE + ["task.options.train_size=200", "task.options.test_size=8"]
     config = load_config(f"{CONFIGS}/{suite}.yaml", overrides)
-    trainer = Trainer(config, run_dir=str(tmp_path / "run"), host=_host(), echo=lambda *_: None)
+    trainer = Trainer(config, run_dir=str(tmp_path / "run"), host=host, echo=lambda *_: None)
     try:
         summary = trainer.fit()
     finally:
@@ -116,7 +115,7 @@ def test_a_few_training_steps_on_each_suite(tmp_path, monkeypatch, suite):
             close()
     assert summary["task"] == suite and summary["steps"] == 2
     assert 0.0 <= summary["after"]["pass@1"] <= 1.0
-    recipe = json.loads(next((tmp_path / "cache").glob(f"tiny-{suite}-*/recipe.json")).read_text())
+    recipe = json.loads(next(Path(tiny_base_cache).glob(f"tiny-{suite}-*/recipe.json")).read_text())
     assert recipe["base_feedback"]["feedback"][0]["name"] == config.feedback[0].name
     kinds = {"math": "worked_steps", "code": "execution_trace", "science": "worked_explanation"}[suite]
     rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]

@@ -1,7 +1,7 @@
 """Verifiers and feedback sources of the math and science suites."""
 
 import pytest
-from distil_core.types import Problem
+from distil_core import Problem
 
 from distil_tasks import MathAnswerVerifier, MathStepsFeedback, MathTask, MCLetterVerifier, ScienceTask, WorkedExplanationFeedback
 from distil_tasks.math_suite import extract_final

@@ -22,8 +22,7 @@ import asyncio
 import json
 from typing import Any, Optional, Sequence, Union
 
-from distil_core.errors import ConfigError, nearest
-from distil_core.types import Feedback, Problem, Rollout, Verdict
+from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, nearest
 
 from .base import Tool, excerpt, one_line
 from .calls import ToolCall, parse_calls
@@ -57,7 +56,7 @@ class ToolFeedback:
         self.max_calls, self.max_chars, self.only_failed = max_calls, max_chars, bool(only_failed)
         if isinstance(tools, str):
             tools = [tools]
-        names = list(tools) if tools is not None else self.registry.names()
+        names = list(tools) if tools is not None else self.registry.names("tool")
         tool_options = dict(tool_options or {})
         for name in tool_options:
             if name not in names:
@@ -70,7 +69,7 @@ class ToolFeedback:
             options = tool_options.get(name) or {}
             if not isinstance(options, dict):
                 raise ConfigError(f"tools feedback: tool_options.{name} must be a mapping of option names to values")
-            self.tools[name] = self.registry.build(name, options)
+            self.tools[name] = self.registry.build("tool", name, options)
 
     async def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()

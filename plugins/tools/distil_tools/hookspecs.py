@@ -3,8 +3,11 @@
 Tools get their own pluggy project (``distil_tools``) and entry-point group (``distil.tools``)
 rather than a hook in the core: only this feedback source runs tools, so the core need not know
 they exist. A tool plugin marks its hook with :data:`hookimpl` from this module; the core's
-host ignores it, so one module may carry core hooks and tool hooks side by side.
+host ignores it, so one module may carry core hooks and tool hooks side by side. The registry
+behind the hook is the core's own :class:`distil_core.Registry` (see ``registry.py``).
 """
+
+from typing import Any, Optional, Protocol
 
 import pluggy
 
@@ -15,8 +18,14 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class ToolRegister(Protocol):
+    """The ``register`` callback of ``register_tools``."""
+
+    def __call__(self, tool: Any, name: Optional[str] = None, description: Optional[str] = None) -> None: ...
+
+
 @hookspec
-def register_tools(register):
+def register_tools(register: ToolRegister) -> None:
     """Register tools: ``register(tool, name=None, description=None)``.
 
     ``tool`` is one of

@@ -21,21 +21,21 @@ class ToolsCommand:
 
     @staticmethod
     def run(args: Any) -> int:
-        from distil_core.errors import ConfigError
+        from distil_core import ConfigError
 
         from .registry import get_registry, run_tool
 
         registry = get_registry()
         if args.name is None:
-            rows = [(n, registry.tools[n].plugin, registry.tools[n].description) for n in registry.names()]
+            rows = [(n, registry.tools[n].plugin, registry.tools[n].description) for n in registry.names("tool")]
             if args.json:
                 print(json.dumps({"tools": [dict(zip(("name", "plugin", "description"), r)) for r in rows],
-                                  "errors": registry.errors}, indent=2))
+                                  "errors": registry.errors()}, indent=2))
                 return 0
             width = max(len(r[0]) for r in rows) if rows else 4
             for name, plugin, description in rows:
                 print(f"{name:<{width}}  {description}  [{plugin}]")
-            for plugin, error in sorted(registry.errors.items()):
+            for plugin, error in sorted(registry.errors().items()):
                 print(f"error in tool plugin {plugin}: {error}")
             return 0
         if args.input is None:
@@ -46,7 +46,7 @@ class ToolsCommand:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 pass  # a tool may take text that starts with a brace
-        result = run_tool(registry.build(args.name), value)
+        result = run_tool(registry.build("tool", args.name), value)
         if args.json:
             print(json.dumps({"text": result.text, "ok": result.ok, "data": result.data}, default=str))
         else:

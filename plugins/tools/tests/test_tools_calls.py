@@ -3,7 +3,7 @@
 import pytest
 from tools_testlib import FAILED, PASSED, PROBLEM, rollout
 
-from distil_core.protocols import resolve
+from distil_core import resolve
 from distil_tools import ToolFeedback, parse_calls
 
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 from tools_testlib import FAILED, PROBLEM, isolating_backend, rollout
 
-from distil_core.context import ContextTemplate
-from distil_core.errors import ConfigError
-from distil_core.plugin_host import PluginHost
-from distil_core.protocols import FeedbackSource, resolve, resolve_all
+from distil_core import ContextTemplate
+from distil_core import ConfigError
+from distil_core import PluginHost
+from distil_core import FeedbackSource, resolve, resolve_all
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import uuid
 import pytest
 from tools_testlib import FAILED, PROBLEM, isolating_backend, rollout
 
-from distil_core.errors import ConfigError
-from distil_core.protocols import resolve
+from distil_core import ConfigError
+from distil_core import resolve
 from distil_tools import ToolFeedback, ToolRegistry
 
 
 @pytest.fixture(scope="module")
 def python_tool():
-    return ToolRegistry(load_entrypoints=False).build("python", {"backend": isolating_backend(), "timeout_s": 5})
+    return ToolRegistry(load_entrypoints=False).build("tool", "python", {"backend": isolating_backend(), "timeout_s": 5})
 
 
 def test_a_program_that_succeeds_gives_its_output(python_tool):
@@ -37,7 +37,7 @@ def test_stdin_is_given_with_the_object_form(python_tool):
 
 
 def test_a_program_that_runs_too_long_is_stopped():
-    tool = ToolRegistry(load_entrypoints=False).build("python", {"backend": isolating_backend(), "timeout_s": 1})
+    tool = ToolRegistry(load_entrypoints=False).build("tool", "python", {"backend": isolating_backend(), "timeout_s": 1})
     result = tool.run("print('started', flush=True)\nwhile True:\n    pass")
     assert not result.ok and result.data["timed_out"]
     assert result.text.startswith("timed out after 1 s")

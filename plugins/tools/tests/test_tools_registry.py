@@ -5,9 +5,8 @@ import textwrap
 
 import pytest
 
+from distil_core import ConfigError, PluginError, PluginHost
 from distil_core import hookimpl as core_hookimpl
-from distil_core.errors import ConfigError, PluginError
-from distil_core.plugin_host import PluginHost
 from distil_tools import ToolFeedback, ToolRegistry, ToolResult, get_registry, hookimpl
 from distil_tools.registry import reset_registry
 
@@ -68,14 +67,14 @@ def third_party():
 
 def test_builtin_tools_register_through_the_same_hook():
     registry = ToolRegistry(load_entrypoints=False)
-    assert registry.names() == ["calculator", "python", "sympy"]
+    assert registry.names("tool") == ["calculator", "python", "sympy"]
     assert {reg.plugin for reg in registry.tools.values()} == {"distil_tools.builtin"}
     assert registry.pm.hook.register_tools.get_hookimpls()[0].plugin_name == "distil_tools.builtin"
     assert registry.tools["python"].options == ["backend", "timeout_s", "memory_mb"]
 
 
 def test_a_third_party_tool_shows_up_and_runs(third_party):
-    assert third_party.names() == ["broken", "calculator", "count", "echo", "odd", "python", "reverse", "shout", "sympy"]
+    assert third_party.names("tool") == ["broken", "calculator", "count", "echo", "odd", "python", "reverse", "shout", "sympy"]
     assert third_party.tools["reverse"].description == "Reverses its input."
     assert third_party.tools["shout"].description == "Upper-cases its input."
     source = ToolFeedback(tools=["shout", "reverse", "count", "echo"], tool_options={"shout": {"times": 2}}, max_calls=8)
@@ -101,7 +100,7 @@ def test_a_tool_that_raises_or_returns_nonsense_gives_a_failed_result(third_part
 
 def test_unregistering_a_plugin_removes_its_tools(third_party):
     third_party.unregister_plugin("third_party")
-    assert third_party.names() == ["calculator", "python", "sympy"]
+    assert third_party.names("tool") == ["calculator", "python", "sympy"]
     third_party.register_plugin(ThirdParty, "third_party")  # the fixture unregisters it again
 
 
@@ -125,14 +124,14 @@ class Nameless:
 
 @pytest.mark.parametrize("plugin, message", [
     (Usurper, "tool 'calculator' is already registered by plugin 'distil_tools.builtin'"),
-    (Misspelt, "unknown hook 'register_tool'; the tool hook is 'register_tools'"),
+    (Misspelt, "unknown hook 'register_tool'. Did you mean 'register_tools'?"),
     (Nameless, "neither a class, a tool nor a function"),
 ])
 def test_bad_tool_plugins_are_refused_and_leave_the_registry_as_it_was(plugin, message):
     registry = ToolRegistry(load_entrypoints=False)
     with pytest.raises(PluginError, match=message):
         registry.register_plugin(plugin, "bad")
-    assert registry.names() == ["calculator", "python", "sympy"] and not registry.errors
+    assert registry.names("tool") == ["calculator", "python", "sympy"] and not registry.errors()
     assert registry.tools["calculator"].plugin == "distil_tools.builtin"
 
 
@@ -213,17 +212,20 @@ def dice_distribution(tmp_path, monkeypatch):
 def test_a_tool_from_an_entry_point_shows_up_and_runs(dice_distribution):
     registry = ToolRegistry(load_entrypoints=True)
     assert registry.tools["dice"].plugin == "dice"
-    assert "needs a missing dependency" in registry.errors["broken_dice"]
+    assert "needs a missing dependency" in registry.errors()["broken_dice"]
     source = ToolFeedback(tools=["dice", "calculator"], tool_options={"dice": {"faces": 20}}, registry=registry)
     items = source.run_calls('<tool name="dice">d20</tool> <tool name="calculator">20 / 2</tool>')
     assert [i.text for i in items] == ["Tool dice(d20) → d20: a die with 20 faces", "Tool calculator(20 / 2) → 10"]
-    assert "dice" not in ToolRegistry(load_entrypoints=False).names()
+    assert "dice" not in ToolRegistry(load_entrypoints=False).names("tool")
 
 
 def test_the_default_registry_loads_entry_points_unless_told_not_to(dice_distribution, monkeypatch):
-    assert "dice" not in get_registry().names()  # DISTIL_NO_ENTRYPOINTS=1 in this suite
+    assert "dice" not in get_registry().names("tool")  # DISTIL_NO_ENTRYPOINTS=1 in this suite
     monkeypatch.delenv("DISTIL_NO_ENTRYPOINTS")
     reset_registry()
-    assert "dice" in get_registry().names()
-    [item] = ToolFeedback(tools=["dice"]).run_calls('<tool name="dice">roll</tool>')
-    assert item.text == "Tool dice(roll) → roll: a die with 6 faces"
+    try:
+        assert "dice" in get_registry().names("tool")
+        [item] = ToolFeedback(tools=["dice"]).run_calls('<tool name="dice">roll</tool>')
+        assert item.text == "Tool dice(roll) → roll: a die with 6 faces"
+    finally:
+        reset_registry()  # the next test's registry loads without the dice distribution

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import distil_sandbox
 import pytest
-from distil_core.types import Problem, Rollout, Verdict
+from distil_core.testing import problem, rollout, verdict
 
-PROBLEM = Problem(id="p", prompt="What is 12 * (3 + 4)?", reference="84")
-FAILED = Verdict(score=0.0, passed=False)
-PASSED = Verdict(score=1.0, passed=True)
-
-
-def rollout(text: str) -> Rollout:
-    return Rollout(problem_id="p", group_index=0, response_text=text, response_ids=[])
+PROBLEM = problem("84", prompt="What is 12 * (3 + 4)?")
+FAILED = verdict(False)
+PASSED = verdict(True)
 
 
 def isolating_backend() -> str:
