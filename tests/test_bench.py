@@ -7,8 +7,9 @@ import statistics
 import pytest
 import yaml
 
-from distil_core.cli.bench import Bench, aggregate, load_spec, table_metrics
+from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
+from distil_core.cli.report import aggregate, table_metrics
 from distil_core.errors import ConfigError
 
 from helpers import distil_cache

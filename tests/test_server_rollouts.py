@@ -24,7 +24,7 @@ from distil_core.models.lora import attach_lora
 from distil_core.models.forward import response_logits
 from distil_core.plugin_host import PluginHost, get_host
 from distil_core.training.runtime import ensure_tiny_base
-from distil_core.serving.http import LocalOpenAIServer
+from distil_core.serving import FaultyServer, LocalOpenAIServer
 from distil_core.rollouts.server import ServerClient, ServerError, ServerGenerator
 from distil_core.training.trainer import Trainer
 
@@ -50,9 +50,9 @@ def load(path):
 
 @pytest.fixture
 def server(base):
-    """A fresh server on its own copy of the base, named 'tiny'."""
+    """A fresh server on its own copy of the base, named 'tiny', whose answers can fail on schedule."""
     model, tok = load(base)
-    with LocalOpenAIServer(model, tok, model_name="tiny") as srv:
+    with FaultyServer(model, tok, model_name="tiny") as srv:
         yield srv
 
 
@@ -258,6 +258,26 @@ def test_servers_without_token_ids_or_log_probs_and_unknown_models_are_clear_err
     with pytest.raises(ServerError, match=r"/v1/completions answered 500: The server had an error"):
         gen.sample(ids, names, 2)
     assert len(gen.sample(ids, names, 2)) == 2  # and the next request is served
+
+
+def test_the_client_retries_overload_honouring_retry_after_but_not_a_server_error(server):
+    client = ServerClient(server.base_url + "/v1", retries=2)
+    body = {"model": "tiny", "prompt": [1, 2], "max_tokens": 1}
+    server.reset_stats()
+    server.add_faults("429:0.3", "503")  # Retry-After 0.3 s, then the backoff's 1 s (0.5 s doubled)
+    started = time.monotonic()
+    assert client.post("/v1/completions", body)["choices"]
+    assert time.monotonic() - started >= 1.3 and server.stats["requests"] == 3
+    server.reset_stats()
+    server.add_faults("500")  # a bug in the server: retrying would not help
+    with pytest.raises(ServerError, match="answered 500"):
+        client.post("/v1/completions", body)
+    assert server.stats["requests"] == 1
+    server.reset_stats()
+    server.add_faults("429:0", "429:0", "429:0")
+    with pytest.raises(ServerError, match="answered 429"):
+        client.post("/v1/completions", body)
+    assert server.stats["requests"] == 3  # the first attempt and two retries
 
 
 def test_adapter_and_weight_endpoints_refuse_what_does_not_fit(server, base, tmp_path):

@@ -1,4 +1,4 @@
-"""``distil``: train, evaluate, list plugins.
+"""``distil``: train, evaluate, list plugins, benchmark, serve; plugins add their own commands.
 
     distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume]
     distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import sys
-import threading
 from typing import Any, Optional, Sequence
 
 from distil_core import __version__
+from distil_core.cli.tables import render_table
 from distil_core.errors import ConfigError, DistilError
 
 
@@ -42,10 +42,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    parser, sub = _builtin_parser()
+    _add_plugin_commands(sub)
+    return parser
+
+
+def _builtin_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The parser with the built-in commands only, and its subparsers action."""
     parser = argparse.ArgumentParser(prog="distil", description="Train language models from rich feedback with DistIL.")
     parser.add_argument("--version", action="version", version=f"distil-toolkit {__version__}")
     sub = parser.add_subparsers(dest="command")
+    for add in (_add_train, _add_eval, _add_plugins, _add_bench, _add_serve):
+        add(sub)
+    return parser, sub
 
+
+def builtin_commands() -> list[str]:
+    """The names of the built-in commands, read from the parser itself (plugins cannot take these)."""
+    return list(_builtin_parser()[1].choices)
+
+
+def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train a model (no CONFIG: the embedded default)")
     train.add_argument("config", nargs="?", help="YAML config file (default: the embedded default run)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -57,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate a run's final model (or a config's model) on held-out problems")
     ev.add_argument("target", nargs="?", help="a run directory or a YAML config (default: the embedded default)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -64,10 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_plugins(sub: Any) -> None:
     plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
 
+
+def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="train every method on every suite and seed with one budget; tables and plots")
     bench.add_argument("spec", nargs="?", help="bench spec YAML (default: the embedded math/code/science bench)")
     bench.add_argument("--quick", action="store_true", help="the spec's smoke-test sizes (one seed, a few steps)")
@@ -85,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                        "problems): every value is run and the best mean validation metric wins; writes sweep.md/json")
     bench.set_defaults(func=cmd_bench)
 
+
+def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API, with log-probs")
     serve.add_argument("--model", default="tiny", help="'tiny' (the embedded default's base model) or a local model directory")
     serve.add_argument("--host", default="127.0.0.1")
@@ -95,11 +120,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="config overrides that pick the tiny base, e.g. --set model.tiny.steps=60")
     serve.add_argument("--fault", dest="faults", action="append", default=[], metavar="SPEC",
                        help="test hook for clients: make the next request fail (429[:RETRY_AFTER], 500, 503, "
-                            "slow:SECONDS, malformed, no_logprobs, ok); repeat to queue several")
+                            "slow:SECONDS, malformed, no_logprobs, no_token_ids, ok); repeat to queue several")
     serve.add_argument("--verbose", action="store_true", help="log every request")
     serve.set_defaults(func=cmd_serve)
-    _add_plugin_commands(sub)
-    return parser
 
 
 def _names(text: str) -> list[str]:
@@ -114,12 +137,21 @@ def _seeds(text: str) -> list[int]:
 
 
 def _add_plugin_commands(sub: Any) -> None:
-    """Subcommands that plugins registered through ``register_commands``."""
+    """Subcommands that plugins registered through ``register_commands``.
+
+    A plugin command named like a built-in one is skipped with a one-line error naming the
+    plugin: argparse would refuse the duplicate and take every other command down with it.
+    """
     from distil_core.plugin_host import get_host
 
     host = get_host()
+    builtin = set(sub.choices)
     for name in host.names("command"):
         reg = host.get("command", name)
+        if name in builtin:
+            print(f"error: plugin {reg.plugin!r} registers a command {name!r}, but `distil {name}` is built in; "
+                  "its command is ignored (rename it in the plugin).", file=sys.stderr)
+            continue
         command = reg.factory
         parser = sub.add_parser(name, help=f"{reg.description} [plugin {reg.plugin}]")
         command.configure(parser)
@@ -175,19 +207,7 @@ def render_before_after(summary: dict[str, Any]) -> str:
     for key in summary["before"]:
         b, a = summary["before"][key], summary["after"][key]
         rows.append((key, f"{100 * b:.1f}", f"{100 * a:.1f}", f"{100 * (a - b):+.1f}"))
-    return head + "\n" + _table(rows)
-
-
-def _table(rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
-    """Columns in ``left`` are text (left-aligned); the others are numbers (right-aligned)."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return head + "\n" + render_table(rows)
 
 
 # -- eval -------------------------------------------------------------------------------------
@@ -209,24 +229,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = load_config(target, overrides)
     if args.quiet or args.json:
         config.train.progress = False
-    config.method = "grpo"  # evaluation builds no expert
     _quiet_libraries()
-    from distil_core.training.evaluate import evaluate
+    from distil_core.training.evaluate import EVAL_SEED_OFFSET, evaluate
     from distil_core.training.runtime import build_runtime
 
-    rt = build_runtime(config, progress=config.train.progress)
+    rt = build_runtime(config, progress=config.train.progress, with_expert=False)  # evaluation needs no expert
     problems = list(rt.task.problems("test"))[: config.eval.problems]
     result = evaluate(
         rt.generator, [rt.context.student_prompt_ids(p) for p in problems], problems, rt.verifier,
         samples=config.eval.samples, ks=config.eval.ks, temperature=config.eval.temperature,
         max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
-        seed=config.seed + 7919,
+        seed=config.seed + EVAL_SEED_OFFSET,  # the seed training's own evaluations use
     )
     if args.json:
         print(json.dumps({"model": rt.model_source, "task": config.task.name, **result}, indent=2))
     else:
         print(f"{rt.model_source} on held-out {config.task.name} ({len(problems)} problems × {config.eval.samples} samples)")
-        print(_table([("metric", "value")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
+        print(render_table([("metric", "value")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
     return 0
 
 
@@ -250,7 +269,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 parts.append(f"{kind.replace('_', ' ')}s: {', '.join(names)}")
         registered = "; ".join(parts) or ("FAILED: " + info.error if info.error else "(nothing)")
         rows.append((info.name, info.version or "-", registered))
-    print(_table(rows, left=(0, 2)))
+    print(render_table(rows, left=(0, 2)))
     errors = host.errors()
     for name, error in errors.items():
         if any(n for k, n in host.plugins[name].registered):
@@ -273,27 +292,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from distil_core.serving.http import LocalOpenAIServer, load_for_serving, parse_fault
+    from distil_core.cli.serve import main_serve
 
-    try:
-        faults = [parse_fault(f) for f in args.faults]
-    except ValueError as exc:
-        raise ConfigError(f"--fault: {exc}") from None
-    model, tokenizer, name = load_for_serving(args.model, args.overrides)
-    server = LocalOpenAIServer(model, tokenizer, model_name=args.name or name, host=args.host, port=args.port,
-                               api_key=args.api_key, faults=faults, verbose=args.verbose)
-    try:
-        base = server.start()
-    except OSError as exc:
-        raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); pick another --port.") from None
-    print(f"Serving {server.model_name!r} at {base}/v1 (Ctrl-C stops)", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return main_serve(args)
 
 
 def _quiet_libraries() -> None:

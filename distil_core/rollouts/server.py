@@ -43,10 +43,11 @@ import torch
 from distil_core.io import atomic_directory
 from distil_core.training.distributed import current_world
 from distil_core.errors import ConfigError, DistilError
+from distil_core.retry import RetryPolicy, retry_after_seconds
 from distil_core.rollouts.local import SamplingParams
 from distil_core.types import Rollout
 
-RETRY_STATUSES = (429, 502, 503, 504)
+RETRY_STATUSES = (429, 502, 503, 504)  # overloaded or restarting; a 500 is a server bug and is not retried
 KEEP_VERSIONS = 2  # the served version and the one before it stay on disk
 
 
@@ -62,11 +63,18 @@ class ServerError(DistilError):
 
 
 class ServerClient:
-    """JSON over HTTP to one server, with retries on overload and errors that say what to do."""
+    """JSON over HTTP to one server, with retries on overload and errors that say what to do.
+
+    ``retries`` more attempts follow a refused connection or a status in :data:`RETRY_STATUSES`,
+    waiting as :class:`~distil_core.retry.RetryPolicy` says: the server's Retry-After (at most
+    10 s), else 0.5 s doubling. A timeout is not retried: the server is busy, not gone.
+    """
 
     def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 300.0, retries: int = 2):
         self.root = base_url.rstrip("/").removesuffix("/v1")
-        self.api_key, self.timeout_s, self.retries = api_key, timeout_s, retries
+        self.api_key, self.timeout_s = api_key, timeout_s
+        self.policy = RetryPolicy(retries=retries, backoff_s=0.5, backoff_max_s=float("inf"),
+                                  retry_after_max_s=10.0, jitter=False)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -74,31 +82,31 @@ class ServerClient:
     def post(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
         return self.request("POST", path, body)
 
-    def request(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+    def request(self, verb: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
         """The parsed JSON answer (or its text); raises :class:`ServerError` on an error status."""
         url = self.root + path
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(body).encode() if body is not None else None
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        for attempt in range(self.policy.retries + 1):
+            last = attempt == self.policy.retries
             try:
-                req = urllib.request.Request(url, data=data, method=method, headers=headers)
+                req = urllib.request.Request(url, data=data, method=verb, headers=headers)
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
                     return _parsed(response.read())
             except urllib.error.HTTPError as exc:
                 text = exc.read().decode("utf-8", "replace")
                 if exc.code in RETRY_STATUSES and not last:
-                    time.sleep(_retry_after(exc.headers, attempt))
+                    time.sleep(self.policy.delay(attempt, retry_after_seconds(exc.headers)))
                     continue
-                raise ServerError(f"{method} {url} answered {exc.code}: {_message(text)}", exc.code) from None
+                raise ServerError(f"{verb} {url} answered {exc.code}: {_message(text)}", exc.code) from None
             except (socket.timeout, TimeoutError):
-                raise ServerError(f"{method} {url} did not answer within {self.timeout_s:g} s; raise "
+                raise ServerError(f"{verb} {url} did not answer within {self.timeout_s:g} s; raise "
                                   "rollout.server.timeout_s or lower rollout.server.max_concurrency.") from None
             except (urllib.error.URLError, ConnectionError) as exc:
                 if not last:
-                    time.sleep(0.5 * 2 ** attempt)
+                    time.sleep(self.policy.delay(attempt))
                     continue
                 reason = getattr(exc, "reason", exc)
                 raise ServerError(f"Cannot reach the rollout server at {url} ({reason}). Start it (`vllm serve ...` "
@@ -124,13 +132,6 @@ def _message(text: str) -> str:
         if isinstance(body.get("detail"), str):
             return body["detail"]
     return text.strip()[:500] or "(empty body)"
-
-
-def _retry_after(headers: Any, attempt: int) -> float:
-    try:
-        return min(float(headers.get("Retry-After")), 10.0)
-    except (TypeError, ValueError):
-        return 0.5 * 2 ** attempt
 
 
 # -- syncing the policy ---------------------------------------------------------------------------

@@ -1,8 +1,28 @@
 """Serving: ``distil serve``, an OpenAI-compatible HTTP server over a local policy.
 
-``http`` is the server and its request handling, ``engine`` the batched generation and scoring
-behind it (``LocalLM``), ``weights`` the hot-swapped weights a trainer pushes to it, and
-``tokens`` the byte-level token tables the API answers with.
+``http`` is the server and its request handling, ``requests`` the validated request bodies,
+``engine`` the generation and scoring behind it (``LocalLM``), ``batcher`` the model thread
+that decodes concurrent requests together, ``logprobs`` the answer formats, ``weights`` the
+hot-swapped weights a trainer pushes to it, ``tokens`` the byte-level token tables the API
+answers with, and ``faults`` a server whose answers fail on schedule, for testing clients.
 
 May import the contract layer, ``models`` and ``rollouts``; never ``training`` or ``cli``.
+Importing this package loads neither torch nor transformers.
 """
+
+from distil_core.serving.faults import FAULT_KINDS, Fault, FaultyServer, parse_fault
+from distil_core.serving.http import LocalOpenAIServer
+from distil_core.serving.requests import ApiError
+from distil_core.serving.tokens import Vocabulary, token_bytes_table, token_string
+
+__all__ = [
+    "LocalOpenAIServer",
+    "FaultyServer",
+    "Fault",
+    "FAULT_KINDS",
+    "parse_fault",
+    "ApiError",
+    "Vocabulary",
+    "token_bytes_table",
+    "token_string",
+]

@@ -1,6 +1,7 @@
 """``distil serve``: an OpenAI-compatible HTTP server for a local causal LM, with real log-probs.
 
-Endpoints (JSON in, JSON out, OpenAI's shapes; what they compute is :mod:`distil_core.serving.engine`):
+Endpoints (JSON in, JSON out, OpenAI's shapes; the bodies are :mod:`distil_core.serving.requests`,
+what they compute is :mod:`distil_core.serving.engine`):
 
     GET  /v1/models
     POST /v1/completions        prompt (text or token ids), max_tokens, temperature, top_p, top_k,
@@ -24,61 +25,36 @@ threads; their generations are decoded on one model thread, concurrent requests 
 a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
 model runs one batch at a time, and weight changes wait for it.
 
-For testing clients, a *fault schedule* makes the next requests fail on purpose (see
-:func:`parse_fault`): ``LocalOpenAIServer(..., faults=["429", "slow:2"])`` or
-``distil serve --fault 429 --fault slow:2``.
+Clients' failure handling is tested against :class:`~distil_core.serving.faults.FaultyServer`,
+which answers through :meth:`LocalOpenAIServer.complete`; this module has no faults of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import os
 import threading
-from collections import deque
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
-from distil_core.serving.engine import ApiError, LocalLM, token_bytes_table, token_string
+from distil_core.serving.engine import LocalLM
+from distil_core.serving.requests import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    LoadAdapterRequest,
+    ReloadRequest,
+    UnloadAdapterRequest,
+    parse_body,
+    validated,
+)
 
-FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "no_logprobs", "no_token_ids", "ok")
+__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS"]
 
-__all__ = ["LocalOpenAIServer", "Fault", "parse_fault", "load_for_serving", "token_bytes_table", "token_string"]
-
-
-# -- faults -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    """One scheduled misbehaviour: ``kind`` in FAULT_KINDS, with its delay or Retry-After."""
-
-    kind: str
-    seconds: float = 0.0
-
-
-def parse_fault(spec: str | Fault) -> Fault:
-    """``429[:retry_after_s]``, ``500``, ``503``, ``slow:delay_s``, ``malformed``, ``no_logprobs``,
-    ``no_token_ids``, ``ok``.
-
-    ``slow`` answers normally after the delay; ``malformed`` answers 200 with broken JSON;
-    ``no_logprobs`` answers 200 with every log-prob field removed; ``no_token_ids`` ignores
-    ``return_tokens_as_token_ids`` (tokens come as text, as from a server without that option);
-    ``ok`` is a normal answer (a placeholder in a schedule).
-    """
-    if isinstance(spec, Fault):
-        return spec
-    kind, _, arg = str(spec).strip().partition(":")
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {spec!r}; use one of {', '.join(FAULT_KINDS)} (slow:SECONDS, 429:RETRY_AFTER)")
-    try:
-        seconds = float(arg) if arg else (0.0 if kind != "slow" else 1.0)
-    except ValueError:
-        raise ValueError(f"fault {spec!r}: {arg!r} is not a number of seconds") from None
-    return Fault(kind, seconds)
-
-
-# -- the server ---------------------------------------------------------------------------------
+Response = tuple[int, dict[str, str], bytes]  # status, headers, body
+COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 class LocalOpenAIServer:
@@ -87,25 +63,22 @@ class LocalOpenAIServer:
     ``start()`` returns the base URL (clients use ``base_url + "/v1"``); ``stop()`` shuts down.
     ``source`` is the model directory a full-weight reload without a path reads (default: the
     directory the model was loaded from, when known).
-    ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``faults`` is a
-    schedule consumed one entry per completion request (see :func:`parse_fault`); more can be
-    queued with :meth:`add_faults`. ``stats`` counts requests, the most in flight at once, and
-    the batches generations were decoded in (``batches``; ``max_batch_requests``: the most
-    requests one batch served). ``max_batch_rows`` caps the rows one batch gathers.
+    ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``stats`` counts
+    completion requests, the most in flight at once, requests per path, and the batches
+    generations were decoded in (``batches``; ``max_batch_requests``: the most requests one batch
+    served). ``max_batch_rows`` caps the rows one batch gathers.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
-                 port: int = 0, api_key: Optional[str] = None, faults: Sequence[str | Fault] = (),
-                 verbose: bool = False, source: Optional[str] = None, max_batch_rows: int = 256):
+                 port: int = 0, api_key: Optional[str] = None, verbose: bool = False,
+                 source: Optional[str] = None, max_batch_rows: int = 256):
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
         self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
                           on_batch=self._count_batch)
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
-        self._faults: deque[Fault] = deque(parse_fault(f) for f in faults)
         self._stats_lock = threading.Lock()
-        self._stopping = threading.Event()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self.reset_stats()
@@ -126,7 +99,6 @@ class LocalOpenAIServer:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -140,15 +112,7 @@ class LocalOpenAIServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    # -- test hooks
-
-    def add_faults(self, *faults: str | Fault) -> None:
-        with self._stats_lock:
-            self._faults.extend(parse_fault(f) for f in faults)
-
-    def clear_faults(self) -> None:
-        with self._stats_lock:
-            self._faults.clear()
+    # -- counters
 
     def reset_stats(self) -> None:
         with self._stats_lock:
@@ -164,89 +128,76 @@ class LocalOpenAIServer:
         with self._stats_lock:
             self.stats["paths"][path] = self.stats["paths"].get(path, 0) + 1
 
-    def _enter(self, path: str) -> Optional[Fault]:
+    @contextlib.contextmanager
+    def _in_flight(self, path: str) -> Iterator[None]:
+        """Counts one completion request while it is answered."""
         with self._stats_lock:
             s = self.stats
             s["requests"] += 1
             s["paths"][path] = s["paths"].get(path, 0) + 1
             s["in_flight"] += 1
             s["max_in_flight"] = max(s["max_in_flight"], s["in_flight"])
-            return self._faults.popleft() if self._faults else None
-
-    def _leave(self) -> None:
-        with self._stats_lock:
-            self.stats["in_flight"] -= 1
+        try:
+            yield
+        finally:
+            with self._stats_lock:
+                self.stats["in_flight"] -= 1
 
     # -- request handling
 
-    def handle(self, method: str, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(self, verb: str, path: str, headers: Any, raw: bytes) -> Response:
         """One request → (status, headers, body). Never raises."""
         path = path.split("?", 1)[0].rstrip("/")
         try:
-            if self.api_key is not None:
-                given = headers.get("Authorization", "")
-                if given != f"Bearer {self.api_key}":
-                    raise ApiError(401, "Incorrect API key provided. Pass the key given to `distil serve --api-key`.",
-                                   "authentication_error", code="invalid_api_key")
-            if method == "GET" and path in ("/v1/models", "/models"):
+            self._authorize(headers)
+            if verb == "GET" and path in ("/v1/models", "/models"):
                 cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
                 return _json(200, {"object": "list", "data": cards})
-            if method == "GET" and path in ("/health", "/v1/health"):
+            if verb == "GET" and path in ("/health", "/v1/health"):
                 return _json(200, {"status": "ok"})
-            updates = {"/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
-                       "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
-            if method == "POST" and path in updates:
+            updates: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = {
+                "/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
+                "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
+            if verb == "POST" and path in updates:
                 self._count(path)
-                status, text = updates[path](_body(raw, required=path != "/reset_prefix_cache"))
+                status, text = updates[path](parse_body(raw, required=path != "/reset_prefix_cache"))
                 return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
-            routes = {"/v1/completions": self.lm.completions, "/v1/chat/completions": self.lm.chat_completions}
-            route = routes.get(path)
-            if route is None or method != "POST":
-                raise ApiError(404, f"Unknown endpoint {method} {path}.", code="not_found")
-            return self._handle_completion(path, route, raw)
+            if verb != "POST" or path not in COMPLETION_PATHS:
+                raise ApiError(404, f"Unknown endpoint {verb} {path}.", code="not_found")
+            with self._in_flight(path):
+                return self.complete(path, raw)
         except ApiError as exc:
             return _json(exc.status, exc.body(), exc.headers)
         except Exception as exc:  # a bug or a model failure: a 500 in OpenAI's shape
             return _json(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
 
-    def _handle_completion(self, path: str, route: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        fault = self._enter(path)
-        try:
-            if fault is not None and fault.kind in ("429", "500", "503"):
-                return self._fault_error(fault)
-            if fault is not None and fault.kind == "slow":
-                self._stopping.wait(fault.seconds)
-            body = _body(raw)
-            name = body.get("model")
-            if name != self.model_name and name not in self.lm.weights.adapters:
-                served = [self.model_name, *self.lm.weights.adapters]
-                raise ApiError(404, f"The model {name!r} does not exist; this server serves "
-                                    f"{', '.join(repr(s) for s in served)}.", param="model", code="model_not_found")
-            if fault is not None and fault.kind == "no_token_ids":
-                body = {**body, "return_tokens_as_token_ids": False}
-            result = route(body, None if name == self.model_name else name)
-            if fault is not None and fault.kind == "malformed":
-                text = json.dumps(result)
-                return 200, {"Content-Type": "application/json"}, text[: len(text) // 2].encode()
-            if fault is not None and fault.kind == "no_logprobs":
-                for choice in result["choices"]:
-                    choice["logprobs"] = None
-                    choice.pop("prompt_logprobs", None)
-            return _json(200, result)
-        finally:
-            self._leave()
+    def complete(self, path: str, raw: bytes) -> Response:
+        """The answer to one completion request (``path`` in :data:`COMPLETION_PATHS`); raises
+        :class:`ApiError` for the client's mistakes. Counted in ``stats`` while it runs.
 
-    def _fault_error(self, fault: Fault) -> tuple[int, dict[str, str], bytes]:
-        if fault.kind == "429":
-            seconds = fault.seconds
-            headers = {"Retry-After": f"{seconds:g}", "retry-after-ms": str(int(seconds * 1000))}
-            err = ApiError(429, "Rate limit reached (scheduled fault). Retry after the given delay.",
-                           "rate_limit_error", code="rate_limit_exceeded", headers=headers)
-        elif fault.kind == "503":
-            err = ApiError(503, "The server is overloaded (scheduled fault).", "service_unavailable")
+        The one place a request's answer is made, so a wrapper (the fault schedule of
+        :mod:`distil_core.serving.faults`) can replace or alter it without touching the rest.
+        """
+        body = parse_body(raw)
+        name = body.get("model")
+        if name != self.model_name and name not in self.lm.weights.adapters:
+            served = [self.model_name, *self.lm.weights.adapters]
+            raise ApiError(404, f"The model {name!r} does not exist; this server serves "
+                                f"{', '.join(repr(s) for s in served)}.", param="model", code="model_not_found")
+        adapter = None if name == self.model_name else name
+        if path == "/v1/completions":
+            result = self.lm.completions(validated(CompletionRequest, body), adapter)
         else:
-            err = ApiError(500, "The server had an error (scheduled fault).", "server_error")
-        return _json(err.status, err.body(), err.headers)
+            result = self.lm.chat_completions(validated(ChatRequest, body), adapter)
+        return _json(200, result)
+
+    def _authorize(self, headers: Any) -> None:
+        if self.api_key is None:
+            return
+        given = str(headers.get("Authorization", "")).encode("utf-8")
+        if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode("utf-8")):  # no timing leak
+            raise ApiError(401, "Incorrect API key provided. Pass the key given to `distil serve --api-key`.",
+                           "authentication_error", code="invalid_api_key")
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "distil"}
@@ -254,59 +205,38 @@ class LocalOpenAIServer:
     # -- weight updates (vLLM's endpoints and request shapes)
 
     def _load_adapter(self, body: dict[str, Any]) -> tuple[int, str]:
-        name, path = body.get("lora_name"), body.get("lora_path")
-        if not isinstance(name, str) or not isinstance(path, str):
-            raise ApiError(400, "Send 'lora_name' and 'lora_path' (strings), and 'load_inplace': true to "
-                                "replace a loaded adapter.", param="lora_name")
+        request = validated(LoadAdapterRequest, body)
+        name = request.lora_name
         if name == self.model_name:
             raise ApiError(400, f"'lora_name' {name!r} is the base model's name; pick another.", param="lora_name")
         with self.lm.updating() as weights:
             try:
-                weights.load_adapter(name, path, inplace=bool(body.get("load_inplace", False)))
+                weights.load_adapter(name, request.lora_path, inplace=request.load_inplace)
             except ValueError as exc:
                 raise ApiError(400, str(exc), param="lora_path") from None
         return 200, f"Success: LoRA adapter '{name}' added successfully."
 
     def _unload_adapter(self, body: dict[str, Any]) -> tuple[int, str]:
-        name = body.get("lora_name")
+        name = validated(UnloadAdapterRequest, body).lora_name
         with self.lm.updating() as weights:
             try:
-                weights.unload_adapter(str(name))
+                weights.unload_adapter(name)
             except KeyError as exc:
                 raise ApiError(404, exc.args[0], param="lora_name", code="not_found") from None
         return 200, f"Success: LoRA adapter '{name}' removed successfully."
 
     def _collective_rpc(self, body: dict[str, Any]) -> tuple[int, str]:
-        """vLLM's development-mode RPC; of the worker methods only ``reload_weights`` exists here."""
-        if body.get("method") != "reload_weights":
-            raise ApiError(400, f"Method {body.get('method')!r} is not available here; this server runs "
-                                "'reload_weights' (kwargs: weights_path) only.", param="method")
-        kwargs = body.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise ApiError(400, "'kwargs' must be an object, e.g. {\"weights_path\": \"/path/to/model\"}.",
-                           param="kwargs")
+        """vLLM's development-mode RPC; of the worker procedures only ``reload_weights`` exists here."""
+        request = validated(ReloadRequest, body)
         with self.lm.updating() as weights:
             try:
-                weights.reload(kwargs.get("weights_path"))
+                weights.reload(request.kwargs.weights_path)
             except ValueError as exc:
                 raise ApiError(400, str(exc), param="weights_path") from None
         return 200, json.dumps({"results": [None]})
 
 
-def _body(raw: bytes, required: bool = True) -> dict[str, Any]:
-    """The request's JSON object; an empty body is ``{}`` unless ``required``."""
-    if not raw and not required:
-        return {}
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
-
-
-def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:
+def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> Response:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 
@@ -314,10 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     app: LocalOpenAIServer
 
-    def _serve(self, method: str) -> None:
+    def _serve(self, verb: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        status, headers, body = self.app.handle(method, self.path, self.headers, raw)
+        status, headers, body = self.app.handle(verb, self.path, self.headers, raw)
         try:
             self.send_response(status)
             for key, value in headers.items():
@@ -337,23 +267,3 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet; `distil serve --verbose` logs
         if self.app.verbose:
             super().log_message(format, *args)
-
-
-# -- the command --------------------------------------------------------------------------------
-
-
-def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: bool = True) -> tuple[Any, Any, str]:
-    """(model, tokenizer, served name) for ``distil serve --model``: ``tiny`` or a local directory."""
-    import os
-
-    from distil_core.config import load_config
-    from distil_core.plugin_host import get_host
-    from distil_core.training.runtime import load_policy, pick_device
-
-    config = load_config(None, [f"model.name={model}", *overrides])
-    task = get_host().build("task", config.task.name, config.task.options) if model == "tiny" else None
-    policy, tokenizer, source = load_policy(config, task, progress=progress)
-    policy.to(pick_device(config.model.device))
-    policy.eval()
-    name = "tiny" if model == "tiny" else os.path.basename(os.path.normpath(source))
-    return policy, tokenizer, name

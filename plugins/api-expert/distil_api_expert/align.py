@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from distil_core.serving.engine import token_bytes_table
+from distil_core.serving import token_bytes_table
 
 PAD_LOGPROB = -1e4
 _HEX = re.compile(r"\\x([0-9a-fA-F]{2})")

@@ -26,9 +26,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distil_core.errors import ConfigError
-from distil_core.protocols import resolve
-from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal
+from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, resolve
 
 from . import align
 from .transport import (
@@ -38,10 +36,10 @@ from .transport import (
     OpenAITransport,
     Pricing,
     ResponseCache,
-    RetryPolicy,
     Session,
     Usage,
     redact,
+    retry_policy,
 )
 
 Access = Literal["auto", "prompt_scoring", "topk", "text"]
@@ -149,7 +147,7 @@ class ApiExpert:
         self.cache = ResponseCache(opts.cache_dir) if opts.cache_dir else None
         self.pricing = Pricing(opts.price_prompt_per_1k, opts.price_completion_per_1k, opts.model,
                                use_litellm=opts.client == "litellm")
-        self.retry = RetryPolicy(opts.max_retries, opts.backoff_s, opts.backoff_max_s)
+        self.retry = retry_policy(opts.max_retries, opts.backoff_s, opts.backoff_max_s)
         self.probe_result: Optional[Probe] = None
         if opts.probe:
             resolve(self.probe())
@@ -223,8 +221,6 @@ class ApiExpert:
         )
 
     def _probe_query(self) -> ExpertQuery:
-        from distil_core.context import prompt_ids
-
         tok = self.tokenizer
         context = prompt_ids(tok, PROBE_MESSAGES) if getattr(tok, "chat_template", None) else tok.encode(PROBE_MESSAGES[0]["content"])
         response = list(tok.encode(PROBE_RESPONSE, add_special_tokens=False))

@@ -3,25 +3,25 @@
 - :class:`OpenAITransport` and :class:`LiteLLMTransport` send a request through the ``openai``
   SDK or ``litellm`` (imported only when chosen) and return the answer as a plain dict.
 - :class:`Session` wraps a transport for one scoring call: a semaphore caps the requests in
-  flight, transient failures are retried with exponential backoff and jitter (honouring
-  Retry-After), identical requests share one answer, and answers go to a disk cache.
+  flight, transient failures are retried as the core's :class:`~distil_core.retry.RetryPolicy`
+  says (exponential backoff with jitter, honouring Retry-After), identical requests share one
+  answer, and answers go to a disk cache.
 - :func:`classify` sorts exceptions from either SDK into what to do about them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import os
-import random
 import re
-import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
+
+from distil_core.io import atomic_write_json
+from distil_core.retry import RetryPolicy, is_transient_status, retry_after_seconds
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ def classify(exc: BaseException) -> str:
         return "auth"
     if status == 404 or "NotFoundError" in names:
         return "not_found"
-    if status in (408, 409, 425, 429) or (status is not None and status >= 500):
+    if is_transient_status(status):
         return "transient"
     if names & _TRANSIENT_NAMES or isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
         return "transient"
@@ -85,27 +85,8 @@ def provider_message(exc: BaseException) -> str:
 
 def retry_after(exc: BaseException) -> Optional[float]:
     """Seconds the provider asked us to wait (``retry-after-ms`` or ``Retry-After``), if it said."""
-    headers: Any = getattr(getattr(exc, "response", None), "headers", None) or {}
-    extra = getattr(exc, "litellm_response_headers", None)
-    for source in (headers, extra or {}):
-        try:
-            ms = source.get("retry-after-ms")
-            if ms is not None:
-                return max(0.0, float(ms) / 1000)
-            value = source.get("retry-after")
-        except Exception:
-            continue
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - time.time())
-            except (TypeError, ValueError):
-                continue
-    return None
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return retry_after_seconds(headers, getattr(exc, "litellm_response_headers", None))
 
 
 # -- transports ---------------------------------------------------------------------------------
@@ -254,7 +235,8 @@ class Pricing:
 
 
 class ResponseCache:
-    """Answers on disk, one JSON file per request hash; written atomically (temp file + rename)."""
+    """Answers on disk, one JSON file per request hash; each written whole or not at all, so a
+    run killed mid-write never leaves an answer that reads as garbage."""
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -276,36 +258,18 @@ class ResponseCache:
             return None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(value, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_json(self._path(key), value)
 
 
 # -- one scoring call ---------------------------------------------------------------------------
 
 
-@dataclass
-class RetryPolicy:
-    max_retries: int = 4
-    backoff_s: float = 0.5
-    backoff_max_s: float = 30.0
-
-    def delay(self, attempt: int, exc: BaseException) -> float:
-        asked = retry_after(exc)
-        if asked is not None:
-            return min(asked, max(self.backoff_max_s, 60.0))
-        base = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
-        return base * (0.5 + random.random() / 2)  # jitter: spread retries of concurrent queries
+def retry_policy(max_retries: int = 4, backoff_s: float = 0.5, backoff_max_s: float = 30.0) -> RetryPolicy:
+    """The plugin's options as the core's retry policy: a provider's Retry-After is believed up
+    to a minute (or ``backoff_max_s`` if longer); backoff has jitter, to spread the retries of
+    concurrent queries."""
+    return RetryPolicy(retries=max_retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s,
+                       retry_after_max_s=max(backoff_max_s, 60.0), jitter=True)
 
 
 @dataclass
@@ -378,8 +342,8 @@ class Session:
                 message = provider_message(exc)
                 if kind in ("auth", "not_found"):
                     raise FatalApiError(kind, message) from None
-                if kind == "transient" and attempt < self.retry.max_retries:
-                    await asyncio.sleep(self.retry.delay(attempt, exc))
+                if kind == "transient" and attempt < self.retry.retries:
+                    await asyncio.sleep(self.retry.delay(attempt, retry_after(exc)))
                     attempt += 1
                     usage.retries += 1
                     continue

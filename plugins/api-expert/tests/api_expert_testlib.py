@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 from types import SimpleNamespace
 
+import pytest
+
+from distil_core import ContextTemplate, ExpertQuery, Feedback, Rollout, resolve
 from distil_core.builtin import DigitsTask
-from distil_core.context import ContextBuilder, ContextTemplate
+from distil_core.context import ContextBuilder
 from distil_core.models.tiny import build_model, build_tokenizer
-from distil_core.types import ExpertQuery, Feedback, Rollout
+from distil_core.serving import FaultyServer
 
 TEMPLATE = ContextTemplate()
 
@@ -83,6 +86,15 @@ def api_expert(server, **options):
 
 
 def score(expert, qs):
-    from distil_core.protocols import resolve
-
     return resolve(expert.score(qs))
+
+
+@pytest.fixture(scope="session")
+def served():
+    """The tiny model served as 'tiny' on 127.0.0.1, with a fault schedule the tests fill.
+
+    Test modules import this fixture so that the ``server`` fixture of conftest.py gets a
+    server that can fail on purpose (a plain LocalOpenAIServer has no fault schedule).
+    """
+    with FaultyServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
+        yield server

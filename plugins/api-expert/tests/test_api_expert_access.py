@@ -6,11 +6,10 @@ import os
 import pytest
 import torch
 
-from distil_core.errors import ConfigError
+from distil_core import ConfigError
 from distil_core.models.experts import SelfExpert
-from distil_core.serving.engine import token_bytes_table
-from distil_core.plugin_host import PluginHost
-from distil_core.serving.http import LocalOpenAIServer
+from distil_core import PluginHost
+from distil_core.serving import LocalOpenAIServer, token_bytes_table
 
 from api_expert_testlib import (
     api_expert,
@@ -22,6 +21,7 @@ from api_expert_testlib import (
     tiny_model,
     tiny_tokenizer,
 )
+from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def test_prompt_scoring_gives_the_same_topk_as_the_self_expert_on_the_same_model(server):

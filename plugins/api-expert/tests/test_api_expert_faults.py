@@ -6,11 +6,12 @@ import httpx
 import openai
 import pytest
 
-from distil_core.errors import ConfigError
-from distil_core.serving.http import LocalOpenAIServer
-from distil_api_expert.transport import RetryPolicy, classify, retry_after
+from distil_core import ConfigError
+from distil_core.serving import LocalOpenAIServer
+from distil_api_expert.transport import classify, retry_after, retry_policy
 
 from api_expert_testlib import api_expert, queries, score, tiny_model, tiny_tokenizer
+from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def test_a_burst_of_429s_is_retried_and_counted(server):
@@ -30,10 +31,11 @@ def test_retry_after_is_honoured_and_backoff_grows_with_jitter(server):
         client.completions.create(model="tiny", prompt="sort 1", max_tokens=1)
     assert classify(caught.value) == "transient"
     assert retry_after(caught.value) == 7.0
-    policy = RetryPolicy(max_retries=5, backoff_s=1.0, backoff_max_s=8.0)
-    assert policy.delay(0, caught.value) == 7.0  # the server's word wins over the backoff
+    policy = retry_policy(max_retries=5, backoff_s=1.0, backoff_max_s=8.0)
+    assert policy.delay(0, retry_after(caught.value)) == 7.0  # the server's word wins over the backoff
     plain = httpx.ConnectError("refused")
-    delays = [policy.delay(attempt, plain) for attempt in range(6)]
+    assert retry_after(plain) is None
+    delays = [policy.delay(attempt, retry_after(plain)) for attempt in range(6)]
     for attempt, delay in enumerate(delays):
         ceiling = min(8.0, 2.0 ** attempt)
         assert ceiling / 2 <= delay <= ceiling

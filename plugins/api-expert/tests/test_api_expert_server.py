@@ -10,10 +10,10 @@ import urllib.request
 import pytest
 import torch
 
-from distil_core.serving.engine import token_bytes_table, token_string
-from distil_core.serving.http import LocalOpenAIServer, parse_fault
+from distil_core.serving import LocalOpenAIServer, parse_fault, token_bytes_table, token_string
 
 from api_expert_testlib import tiny_model, tiny_tokenizer
+from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def post(server, path, body, key=None, raw=None):

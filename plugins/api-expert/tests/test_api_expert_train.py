@@ -6,8 +6,9 @@ import os
 import pytest
 
 from distil_core.config import load_config
-from distil_core.plugin_host import PluginHost
-from distil_core.serving.http import LocalOpenAIServer, load_for_serving
+from distil_core import PluginHost
+from distil_core.cli import load_for_serving
+from distil_core.serving import FaultyServer
 from distil_core.training.trainer import Trainer
 
 FAST_TINY = [
@@ -35,7 +36,7 @@ def test_training_with_the_api_expert_logs_its_access_level_and_tokens(tmp_path,
     import distil_api_expert
 
     model, tokenizer, name = load_for_serving("tiny", FAST_TINY, progress=False)  # builds the tiny base once, cached
-    with LocalOpenAIServer(model, tokenizer, model_name=name) as server:
+    with FaultyServer(model, tokenizer, model_name=name) as server:
         expert = f"expert={{name: api, options: {{api_base: '{server.base_url}/v1', model: tiny, access: auto, k: 8}}}}"
         config = load_config(None, FAST_RUN + [expert])
         host = PluginHost(load_entrypoints=False)

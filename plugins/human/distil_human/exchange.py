@@ -1,20 +1,20 @@
 """JSONL import and export: one :class:`~distil_human.store.Correction` object per line.
 
-Export writes a temporary file beside the target and renames it into place, so a reader
-never sees half a file. Import validates every line first and stores all of them in one
-transaction, or none: a bad line is reported as ``FILE:LINE`` with the field at fault.
+Export writes the file atomically (:mod:`distil_core.io`), so a reader never sees half a
+file. Import validates every line first and stores all of them in one transaction, or none:
+a bad line is reported as ``FILE:LINE`` with the field at fault.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional
 
 from pydantic import ValidationError
 
-from distil_core.errors import ConfigError
+from distil_core import ConfigError
+from distil_core.io import atomic_write_text
 
 from .store import Correction, CorrectionStore, DuplicateIdError
 
@@ -26,6 +26,7 @@ def export_jsonl(store: CorrectionStore, path: str, problem_id: Optional[str] = 
     entries = store.all(problem_id)
     text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries)
     atomic_write_text(path, text)
+    os.chmod(path, 0o644)  # an export is for others to read; the temporary file it was renamed from was private
     return len(entries)
 
 
@@ -83,20 +84,3 @@ def import_jsonl(store: CorrectionStore, path: str) -> tuple[int, int]:
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from distil_core import Feedback, Problem, Rollout, Verdict
-from distil_core.errors import ConfigError
+from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict
 
 from .store import Correction, CorrectionStore
 

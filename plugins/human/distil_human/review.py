@@ -21,7 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from distil_core.errors import ConfigError, DistilError
+from distil_core import ConfigError, DistilError
 
 from .store import Correction, CorrectionStore
 

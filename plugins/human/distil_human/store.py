@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from distil_core.errors import ConfigError, DistilError
+from distil_core import ConfigError, DistilError
 
 SCHEMA_VERSION = 1
 ENV_DB = "DISTIL_HUMAN_DB"

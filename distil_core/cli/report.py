@@ -1,0 +1,232 @@
+"""The results of ``distil bench``: aggregation over seeds, the markdown report and the terminal table.
+
+``bench.json`` rows (one per run: suite, method, seed, before/after metrics, the held-out curve,
+response lengths) are what everything here reads; :mod:`distil_core.cli.bench` produces them
+and :mod:`distil_core.cli.plots` draws them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from distil_core.cli.tables import render_table
+
+if TYPE_CHECKING:
+    from distil_core.cli.bench import Bench
+
+__all__ = ["mean_std", "aggregate", "mean_curve", "rollouts_to_reach", "final_lengths", "table_metrics",
+           "format_cell", "render_markdown", "terminal_table", "render_sweep"]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """suite → method (and ``base``, the starting model) → metric → (mean, std, n)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        mine = [r for r in rows if r["suite"] == suite]
+        table: dict[str, dict[str, Any]] = {}
+        # The starting model is the same for every method of a seed; its eval uses the same seed.
+        base_by_seed = {r["seed"]: r["before"] for r in mine}
+        keys = list(next(iter(base_by_seed.values())))
+        table["base"] = {k: (*mean_std([b[k] for b in base_by_seed.values() if k in b]), len(base_by_seed)) for k in keys}
+        for method in dict.fromkeys(r["method"] for r in mine):
+            runs = [r for r in mine if r["method"] == method]
+            entry = {k: (*mean_std([r["after"][k] for r in runs if k in r["after"]]), len(runs)) for k in keys}
+            entry["wall_s"] = (*mean_std([r["wall_s"] for r in runs]), len(runs))
+            table[method] = entry
+        out[suite] = table
+    return out
+
+
+def mean_curve(runs: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """(step, mean over seeds of ``metric``) at every step all runs evaluated."""
+    steps = sorted(set.intersection(*({p["step"] for p in r["curve"] if metric in p} for r in runs))) if runs else []
+    return [(step, statistics.fmean(p[metric] for r in runs for p in r["curve"] if p["step"] == step and metric in p))
+            for step in steps]
+
+
+def rollouts_to_reach(rows: list[dict[str, Any]], suite: str, target_method: str, metric: str,
+                      rollouts_per_step: int) -> dict[str, Optional[int]]:
+    """Per method: rollouts consumed when its mean ``metric`` curve first reaches ``target_method``'s
+    final mean (None: never within the budget). The sample-efficiency view of the bench."""
+    mine = [r for r in rows if r["suite"] == suite]
+    target_runs = [r for r in mine if r["method"] == target_method]
+    if not target_runs:
+        return {}
+    target = statistics.fmean(r["after"][metric] for r in target_runs)
+    out: dict[str, Optional[int]] = {}
+    for method in dict.fromkeys(r["method"] for r in mine):
+        curve = mean_curve([r for r in mine if r["method"] == method], metric)
+        reached = [step for step, value in curve if step > 0 and value >= target - 1e-12]
+        out[method] = reached[0] * rollouts_per_step if reached else None
+    return out
+
+
+def final_lengths(rows: list[dict[str, Any]], suite: str, method: str, tail: float = 0.1) -> Optional[float]:
+    """Mean response tokens over the last ``tail`` share of the steps, averaged over seeds."""
+    values = []
+    for r in rows:
+        if r["suite"] == suite and r["method"] == method and r.get("response_tokens"):
+            series = r["response_tokens"]
+            last = series[-max(1, int(len(series) * tail)):]
+            values.append(statistics.fmean(v for _, v in last))
+    return statistics.fmean(values) if values else None
+
+
+def table_metrics(keys: Any) -> list[str]:
+    """The columns: avg@n, pass@k (by k), maj@n — what the eval measured (observed pass@n aside)."""
+    def k(name: str) -> int:
+        return int(name.split("@")[1]) if name.split("@")[1].isdigit() else 0
+
+    avg = [m for m in keys if m.startswith("avg@")]
+    passes = sorted((m for m in keys if m.startswith("pass@")), key=k)
+    maj = [m for m in keys if m.startswith("maj@")]
+    greedy = [m for m in keys if m.startswith("greedy@")]
+    return avg + passes + maj + greedy
+
+
+def format_cell(value: tuple[float, float, int], pct: bool = True) -> str:
+    """``mean ± std`` (percent unless not ``pct``); the mean alone for one run; – for none."""
+    mean, std, n = value
+    if math.isnan(mean):
+        return "–"
+    scale = 100 if pct else 1
+    return f"{scale * mean:.1f} ± {scale * std:.1f}" if n > 1 else f"{scale * mean:.1f}"
+
+
+def render_markdown(bench: "Bench", rows: list[dict[str, Any]], plots: dict[str, str], command: str) -> str:
+    """``bench.md``: how it was run, then per suite the table, the efficiency view and the plots,
+    then every run's before and after."""
+    lines = _header_lines(bench, command)
+    for suite, table in aggregate(rows).items():
+        lines += _suite_lines(bench, rows, suite, table, plots)
+    shown = [m for m in table_metrics(rows[0]["before"]) if m.startswith("pass@")]
+    shown = shown[:1] + shown[-1:] if len(shown) > 1 else shown
+    lines += ["## Every run", "", "| suite | method | seed | " + " | ".join(f"{m} before → after" for m in shown)
+              + " | wall s |", "|---|---|---:|" + "---:|" * (len(shown) + 1)]
+    for r in rows:
+        cells = [f"{100 * r['before'].get(m, math.nan):.1f} → {100 * r['after'].get(m, math.nan):.1f}" for m in shown]
+        lines.append(f"| {r['suite']} | {r['method']} | {r['seed']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _header_lines(bench: "Bench", command: str) -> list[str]:
+    """Who wrote the report on what machine, what the numbers mean, and the methods compared."""
+    import torch
+
+    return [
+        "# Head-to-head benchmark",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')} "
+        f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
+        + (f", source {bench.revision}" if bench.revision else "") + ").",
+        "",
+        f"Every method trains the same starting model on the same suites with the same rollout budget; "
+        f"seeds {', '.join(map(str, bench.seeds))} (a seed fixes the problem order and the sampling, so "
+        "every method starts from the same first batch). Numbers are held-out percentages after training, "
+        "mean ± sample standard deviation over seeds; `base` is the starting model, evaluated the same way. "
+        "pass@k is the unbiased estimator, avg@n the mean correctness of n samples, maj@n the "
+        "accuracy of the majority-voted answer; greedy@1 decodes each problem once greedily.",
+        "",
+        "| method | trains with | settings of its own |",
+        "|---|---|---|",
+        *(f"| {label} | `{m.method}` | " + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in m.set.items()) or "–") + " |"
+          for label, m in bench.spec.methods.items() if label in bench.methods),
+        "",
+    ]
+
+
+def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any],
+                 plots: dict[str, str]) -> list[str]:
+    """One suite's section: its budget, the mean ± std table, the efficiency view, its plots."""
+    b = bench.budget(suite)
+    desc = bench.spec.suites[suite].description
+    lines = [f"## {suite}", ""] + ([desc, ""] if desc else [])
+    lines += [
+        f"Budget per run: {b['steps']} steps × {b['problems_per_step']} problems × {b['samples_per_problem']} "
+        f"samples = {b['rollouts']} rollouts (≤ {b['max_new_tokens']} new tokens each); held-out eval "
+        f"{b['eval_problems']} problems × {b['eval_samples']} samples.",
+        "",
+    ]
+    metrics = table_metrics(table["base"])
+    header = ["method", *metrics, f"Δ {bench.spec.plot_metric} vs base", "wall s / run"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    base, key = table["base"], bench.spec.plot_metric
+    for method, entry in table.items():
+        cells = [format_cell(entry[m]) for m in metrics]
+        if method == "base":
+            delta, wall = "", ""
+        else:
+            delta = f"{100 * (entry[key][0] - base[key][0]):+.1f}" if key in entry else "–"
+            wall = format_cell(entry["wall_s"], pct=False)
+        label = f"**{method}**" if method != "base" else "base"
+        lines.append("| " + " | ".join([label, *cells, delta, wall]) + " |")
+    lines.append("")
+    lines += _efficiency_lines(bench, rows, suite, table)
+    if suite in plots:
+        lines += [f"![{key} vs rollouts on {suite}]({os.path.basename(plots[suite])})", ""]
+    if f"{suite}:length" in plots:
+        lines += [f"![response length vs step on {suite}]({os.path.basename(plots[suite + ':length'])})", ""]
+    return lines
+
+
+def _efficiency_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any]) -> list[str]:
+    """Sample efficiency against GRPO and response length against the reference, per method."""
+    b = bench.budget(suite)
+    per_step = b["problems_per_step"] * b["samples_per_problem"]
+    metric = bench.spec.plot_metric
+    reach = rollouts_to_reach(rows, suite, "grpo", metric, per_step)
+    refs = [r["reference_tokens"] for r in rows if r["suite"] == suite and r.get("reference_tokens")]
+    ref = statistics.fmean(refs) if refs else None
+    methods = [m for m in table if m != "base"]
+    if not reach and ref is None:
+        return []
+    head = "| method | rollouts to reach grpo's final " + metric + " | vs grpo's budget | response tokens (last 10 % of steps) | vs reference |"
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for method in methods:
+        got = reach.get(method) if reach else None
+        cells = [f"{got}" if got is not None else ("–" if not reach else "not reached"),
+                 f"{got / b['rollouts']:.2f}×" if got is not None else "–"]
+        length = final_lengths(rows, suite, method)
+        cells += [f"{length:.1f}" if length is not None else "–",
+                  f"{length / ref:.2f}×" if length is not None and ref else "–"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if ref is not None:
+        lines += ["", f"Reference responses average {ref:.1f} tokens (with the end token)."]
+    return lines + [""]
+
+
+def terminal_table(bench: "Bench", rows: list[dict[str, Any]]) -> str:
+    """Per suite, the mean ± std table of ``bench.md``, for the terminal."""
+    out = []
+    for suite, table in aggregate(rows).items():
+        metrics = table_metrics(table["base"])
+        body = [("method", *metrics)] + [(m, *(format_cell(e[k]) for k in metrics)) for m, e in table.items()]
+        out.append(f"{suite}\n{render_table(body)}")
+    return "\n\n".join(out)
+
+
+def render_sweep(result: dict[str, Any], command: str) -> str:
+    """``sweep.md``: per method, the mean validation metric at every value, and the value chosen."""
+    values = [json.dumps(v) for v in result["values"]]
+    lines = [f"# Sweep of `{result['key']}` on the validation split", "",
+             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Mean validation {result['metric']} (%) "
+             "over the suites and seeds; validation problems are held out of the train split, never the test set.",
+             "", "| method | " + " | ".join(values) + " | chosen |", "|---|" + "---:|" * (len(values) + 1)]
+    for method, entry in result["chosen"].items():
+        cells = [f"{100 * entry['validation'][v]:.1f}" if v in entry["validation"] else "–" for v in values]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** |")
+    return "\n".join(lines) + "\n"

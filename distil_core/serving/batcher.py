@@ -1,0 +1,140 @@
+"""The model thread of ``distil serve``: concurrent requests that can share a batch are decoded together.
+
+A request's thread queues a :class:`Job` (its rows, how to sample them) and waits; one model
+thread decodes the waiting jobs with the same batch key (adapter, ``max_tokens``, sampling
+parameters) as one batch, as vLLM batches concurrent requests. What a batch computes is the
+``decode`` function the :class:`Batcher` is given (:meth:`distil_core.serving.engine.LocalLM.decode`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from distil_core.serving.requests import ApiError
+
+__all__ = ["Generation", "Job", "Batcher"]
+
+
+@dataclass
+class Generation:
+    """One row's generated tokens, their log-probs and top alternatives, and how it ended."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+    cut_text: Optional[str] = None  # the text before a stop string, once one was hit
+    done: bool = False
+
+
+class Job:
+    """One request's rows to generate, how to sample them, and (once decoded) their generations."""
+
+    def __init__(self, rows: list[list[int]], max_tokens: int, sampling: dict[str, Any], k: int,
+                 adapter: Optional[str]):
+        self.rows, self.max_tokens, self.sampling, self.k, self.adapter = rows, max_tokens, sampling, k, adapter
+        self.keys: Optional[list[int]] = None  # each row's sampling key; None: greedy
+        self.gens = [Generation() for _ in rows]
+        self.error: Optional[BaseException] = None
+        self.finished = threading.Event()
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys can be decoded in one batch."""
+        s = self.sampling
+        return self.adapter, self.max_tokens, s["temperature"], s["top_p"], s["top_k"]
+
+
+class Batcher:
+    """The model thread: decodes the waiting jobs that can share a batch together.
+
+    A request's thread queues its job and waits. The model thread takes the oldest job, lets
+    the jobs that arrive right behind it join (until ``GATHER_S`` passes without a new one, at
+    most ``MAX_GATHER_S``), and decodes it with every waiting job of the same batch key, up to
+    ``max_rows`` rows; the others wait for the next batch, oldest first.
+    """
+
+    GATHER_S, MAX_GATHER_S = 0.003, 0.02
+
+    def __init__(self, decode: Callable[[list[Job]], None], max_rows: int):
+        self._decode, self.max_rows = decode, max_rows
+        self._cond = threading.Condition()
+        self._waiting: list[Job] = []
+        self._thread: Optional[threading.Thread] = None
+
+    def run(self, job: Job) -> list[Generation]:
+        """Queue ``job``, wait until its rows are decoded, and return its generations."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="distil-serve-model", daemon=True)
+                self._thread.start()
+            self._waiting.append(job)
+            self._cond.notify_all()
+        job.finished.wait()
+        if job.error is not None:
+            raise job.error
+        return job.gens
+
+    def close(self) -> None:
+        """End the model thread after its batch; the jobs still waiting fail (a later job starts a new one)."""
+        with self._cond:
+            self._thread = None
+            self._fail(self._waiting, ApiError(503, "The server is shutting down.", "service_unavailable"))
+            self._waiting = []
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._waiting and self._thread is me:
+                    self._cond.wait()
+                if self._thread is not me:
+                    return
+                self._gather()
+                if self._thread is not me:  # closed while gathering: close() failed the waiting jobs
+                    return
+                batch = self._take()
+            try:
+                self._decode(batch)
+            except Exception as exc:  # answered to every request of the batch (a 500)
+                self._fail(batch, exc)
+            finally:  # no request waits for ever, whatever stopped the decoding
+                self._fail(batch, RuntimeError("The model thread stopped before this request's rows were decoded."))
+
+    def _gather(self) -> None:
+        """Wait (holding the condition's lock only between waits) while jobs keep arriving."""
+        deadline = time.monotonic() + self.MAX_GATHER_S
+        while True:
+            seen, left = len(self._waiting), deadline - time.monotonic()
+            if left <= 0 or self._rows(self._waiting) >= self.max_rows:
+                return
+            self._cond.wait(min(self.GATHER_S, left))
+            if len(self._waiting) == seen:
+                return
+
+    def _take(self) -> list[Job]:
+        """The oldest job and the waiting jobs that can share its batch, within ``max_rows``."""
+        key, rows, batch, rest = self._waiting[0].batch_key(), 0, [], []
+        for job in self._waiting:
+            if job.batch_key() == key and (not batch or rows + len(job.rows) <= self.max_rows):
+                batch.append(job)
+                rows += len(job.rows)
+            else:
+                rest.append(job)
+        self._waiting = rest
+        return batch
+
+    @staticmethod
+    def _rows(jobs: list[Job]) -> int:
+        return sum(len(job.rows) for job in jobs)
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: BaseException) -> None:
+        for job in jobs:
+            if not job.finished.is_set():
+                job.error = error
+                job.finished.set()

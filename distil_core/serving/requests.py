@@ -1,0 +1,188 @@
+"""Request bodies of ``distil serve``, validated, and the errors it answers in OpenAI's shape.
+
+Each endpoint's body is a pydantic model, so a bad field is refused before any model work with
+a 400 that names it (``param``), as OpenAI's API does. Fields a client may send that this
+server does not use (``user``, ``frequency_penalty``, ...) are ignored, and ``null`` means the
+field was not sent: the OpenAI SDKs and vLLM's clients send both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+
+__all__ = ["ApiError", "MAX_LOGPROBS", "CompletionRequest", "ChatRequest", "LoadAdapterRequest",
+           "UnloadAdapterRequest", "ReloadRequest", "parse_body", "validated"]
+
+MAX_LOGPROBS = 20
+
+Count = Annotated[int, Field(strict=True, ge=0)]
+TopK = Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS)]
+Number = Annotated[float, Field(strict=True)]
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's JSON shape."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model: Any = None  # checked against the served names before the body is validated
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class Sampling(_Body):
+    """How to draw tokens; shared by completions and chat."""
+
+    temperature: Number = Field(1.0, ge=0)
+    top_p: Number = Field(1.0, gt=0, le=1)
+    top_k: StrictInt = Field(-1, ge=-1, description="-1 or 0 turns it off")
+    stop: list[str] = Field(default_factory=list)
+    seed: Optional[StrictInt] = None
+    skip_special_tokens: bool = True
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stops(cls, stop: Any) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ValueError("'stop' must be a string or a list of strings.")
+        return stops
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters as the engine's batches key and use them."""
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": max(self.top_k, 0),
+                "stop": list(self.stop), "seed": self.seed, "skip_special": self.skip_special_tokens}
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+class CompletionRequest(Sampling):
+    """``POST /v1/completions``. ``prompt`` comes out as a list of prompts (texts or token ids)."""
+
+    prompt: list[Union[str, list[int]]] = Field(default=None, validate_default=True)
+    max_tokens: Count = 16
+    n: StrictInt = Field(1, ge=1, le=128)
+    logprobs: Optional[TopK] = None
+    prompt_logprobs: Optional[TopK] = None
+    echo: bool = False
+    return_tokens_as_token_ids: bool = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompts(cls, prompt: Any) -> list[Any]:
+        if isinstance(prompt, str) or _token_ids(prompt):
+            return [prompt]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
+            return list(prompt)
+        raise ValueError("'prompt' must be a string, a list of token ids, or a list of those.")
+
+
+class ChatRequest(Sampling):
+    """``POST /v1/chat/completions``. ``messages`` come out as {role, content} with text content."""
+
+    messages: list[dict[str, Any]] = Field(default=None, validate_default=True)
+    max_completion_tokens: Optional[Count] = None
+    max_tokens: Optional[Count] = None
+    n: StrictInt = Field(1, ge=1, le=128)
+    logprobs: bool = False
+    top_logprobs: TopK = 0
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, messages: Any) -> list[dict[str, Any]]:
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list of {role, content} objects.")
+        clean = []
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError("each message needs a 'role' and 'content'.")
+            content = m.get("content") or ""
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            clean.append({"role": m["role"], "content": content})
+        return clean
+
+
+class LoadAdapterRequest(_Body):
+    """``POST /v1/load_lora_adapter`` (vLLM's shape)."""
+
+    lora_name: StrictStr
+    lora_path: StrictStr
+    load_inplace: bool = False
+
+
+class UnloadAdapterRequest(_Body):
+    """``POST /v1/unload_lora_adapter``."""
+
+    lora_name: StrictStr
+
+
+class ReloadKwargs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    weights_path: Optional[StrictStr] = None
+
+
+class ReloadRequest(_Body):
+    """``POST /collective_rpc``: vLLM's worker RPC; ``reload_weights`` is the one procedure here."""
+
+    procedure: StrictStr = Field(alias="method")
+    kwargs: ReloadKwargs = Field(default_factory=ReloadKwargs)
+
+    @field_validator("procedure")
+    @classmethod
+    def _reload_only(cls, name: str) -> str:
+        if name != "reload_weights":
+            raise ValueError(f"Method {name!r} is not available here; this server runs 'reload_weights' "
+                             "(kwargs: weights_path) only.")
+        return name
+
+
+def parse_body(raw: bytes, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}`` unless ``required``."""
+    if not raw and not required:
+        return {}
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+Request = TypeVar("Request", bound=BaseModel)
+
+
+def validated(kind: type[Request], body: dict[str, Any]) -> Request:
+    """``body`` as ``kind``, or a 400 naming the first field that is wrong and why."""
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"]) or None
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] != "value_error":  # pydantic's wording: say which field and what was sent
+            sent = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+            message = f"'{field}': {message}{sent}."
+        param = field.split(".")[0] if field else None
+        raise ApiError(400, message, param=param) from None
