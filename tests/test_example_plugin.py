@@ -1,7 +1,9 @@
-"""The plugin in docs/example-plugin, installed into a fresh environment and used to train."""
+"""The plugin in docs/example-plugin, installed into a fresh environment, tested with its own
+tests (through distil-toolkit's pytest fixtures) and used to train."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -15,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-plugin"
 
 
 @pytest.mark.slow
-def test_example_plugin_installs_into_a_fresh_environment_and_trains(tmp_path):
+def test_example_plugin_installs_into_a_fresh_environment_and_trains(tmp_path, tiny_base_cache):
     env_dir = tmp_path / "venv"
     # A new environment that sees the toolkit (installed in the base interpreter) but not the plugin.
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
@@ -28,7 +30,15 @@ def test_example_plugin_installs_into_a_fresh_environment_and_trains(tmp_path):
     )
     assert install.returncode == 0, install.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("DISTIL_NO_ENTRYPOINTS", "DISTIL_PLUGINS")}
-    env.update(DISTIL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    env.update(HF_HUB_OFFLINE="1")
+
+    # The plugin's own tests, as its author runs them: the installed package, the fixtures of
+    # distil-toolkit's pytest plugin, isolation from its pyproject.toml.
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("distil_length", "build", "*.egg-info"))
+    own = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout + own.stderr
 
     listed = subprocess.run([python, "-m", "distil_core.cli", "plugins", "--json"], env=env,
                             capture_output=True, text=True, check=True)
@@ -59,3 +69,14 @@ def _pip_has_python_option() -> bool:
     out = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True).stdout
     major, minor = (int(x) for x in out.split()[1].split(".")[:2])
     return (major, minor) >= (22, 3)
+
+
+def test_docs_plugins_md_shows_the_example_plugin_as_it_is():
+    """Step 1, 2 and 5 of docs/plugins.md are the example's files, so the walkthrough cannot drift."""
+    guide = (EXAMPLE.parent / "plugins.md").read_text()
+    module = (EXAMPLE / "distil_length" / "__init__.py").read_text().split('"""\n\n', 1)[1]
+    pyproject = "[project]" + (EXAMPLE / "pyproject.toml").read_text().split("[project]", 1)[1]
+    tests = (EXAMPLE / "tests" / "test_length.py").read_text()
+    for text in (module, pyproject, tests):
+        assert f"\n{text.rstrip()}\n```" in guide
+    assert "distil_length:sort_digits" in guide and "def sort_digits(" in module

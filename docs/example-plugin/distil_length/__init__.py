@@ -2,12 +2,11 @@
 
 - feedback source ``length_critic``: tells the expert how far a failed answer's length is
   from the reference answer's (kind ``critique``);
-- expert ``function``: turns any Python function ``rewrite(problem_prompt, response) -> str``
-  into a text-level expert; the engine re-tokenises its output with the student's tokenizer
-  and trains on it with sequence cross-entropy.
+- expert ``function``: turns any Python function ``rewrite(prompt, response) -> str`` into a
+  text-level expert; the engine re-tokenises its output with the student's tokenizer and
+  trains on it with sequence cross-entropy. ``sort_digits`` is such a function, for the
+  built-in ``digits`` task.
 """
-
-from __future__ import annotations
 
 import importlib
 
@@ -17,7 +16,7 @@ from distil_core import ExpertCapability, ExpertSignal, Feedback, hookimpl
 class LengthCritic:
     """Says how many characters too long or too short a failed answer is."""
 
-    def __init__(self, min_gap: int = 1):
+    def __init__(self, min_gap: int = 1):  # options come from the config
         if min_gap < 0:
             raise ValueError("length_critic: min_gap must be >= 0")
         self.min_gap = min_gap
@@ -29,14 +28,8 @@ class LengthCritic:
         if abs(gap) < self.min_gap:
             return []
         word = "longer" if gap > 0 else "shorter"
-        return [
-            Feedback(
-                source="length_critic",
-                kind="critique",
-                text=f"Your answer is {abs(gap)} characters {word} than the correct one.",
-                data={"gap": gap},
-            )
-        ]
+        return [Feedback(source="length_critic", kind="critique", data={"gap": gap},
+                         text=f"Your answer is {abs(gap)} characters {word} than the correct one.")]
 
 
 class FunctionExpert:
@@ -50,7 +43,7 @@ class FunctionExpert:
             raise ValueError(f"expert 'function': cannot load {function!r} ({exc}); use 'module:function'") from None
 
     @property
-    def capability(self):
+    def capability(self):  # optional: for people and tools that inspect the expert
         return ExpertCapability(access="text", same_tokenizer=False)
 
     def score(self, queries):
@@ -64,11 +57,10 @@ class FunctionExpert:
         return signals
 
 
-def sort_digits(prompt: str, response: str) -> str:
+def sort_digits(prompt, response):
     """A rewrite for the built-in ``digits`` task with ``op: sort``: the sorted digits."""
     first_line = prompt.splitlines()[0] if prompt else ""
-    digits = "".join(ch for ch in first_line if ch.isdigit())
-    return "".join(sorted(digits))
+    return "".join(sorted(ch for ch in first_line if ch.isdigit()))
 
 
 @hookimpl

@@ -101,7 +101,7 @@ def test_every_variable_renders():
         ("model", "studnet", "'studnet' is neither 'student' nor a local model directory. Did you mean 'student'?"),
         ("model", {"expert": "writer", "option": {}}, "unknown key 'option'. Did you mean 'options'?"),
         ("model", {"expert": "writr"}, "No expert named 'writr' is registered. Did you mean 'writer'?"),
-        ("model", {"expert": "self"}, "expert 'self' .from plugin 'distil_core.builtin'. cannot write text"),
+        ("model", {"expert": "self"}, "expert 'self' .from plugin 'distil_core.models.experts'. cannot write text"),
         ("model", 3, "must be 'student', a local model directory or"),
     ],
 )
