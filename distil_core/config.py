@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distil_core.context import ContextTemplate
 from distil_core.errors import ConfigError, did_you_mean
-from distil_core.models.tiny import TinyBase
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
-METHODS_NEEDING_EXPERT = ("distil", "distil_local", "jsd", "reverse_kl")
+"""The training methods a config may name. What each one does is its entry in the registry
+``distil_core.losses.methods.METHODS`` (this layer cannot import it, so the names are repeated
+here, for the config's own error message; a test keeps the two in step)."""
 
 
 class _Section(BaseModel):
@@ -50,6 +51,35 @@ class LoraSettings(_Section):
         return value
 
 
+class TinyBase(BaseModel):
+    """How the tiny base model is built and pretrained before any DistIL step.
+
+    The aim is a base LM that reads feedback in its context but has seen little of the task:
+    most pretraining examples show a problem with the run's feedback on a wrong answer (see
+    :class:`distil_core.models.tiny.BaseFeedback`) and/or a correct demonstration in the expert
+    template, followed by the answer; a share ``plain_fraction`` shows the bare problem. The
+    student starts weak on bare prompts while the same weights, conditioned on feedback, are
+    strong — the gap DistIL closes. Part of the run config (``model.tiny``), so it lives here,
+    below the model code that reads it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    vocab_size: int = 400
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    plain_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    feedback_pool: int = Field(
+        default=0, ge=0,
+        description="0: feedback computed for every example; N: for N (problem, wrong answer) pairs, reused.",
+    )
+    seed: int = 0
+
+
 class ModelConfig(_Section):
     name: str = Field(
         default="tiny",
@@ -79,7 +109,7 @@ class ModelConfig(_Section):
 class RolloutServer(_Section):
     """An OpenAI-compatible inference server that samples the rollouts (``rollout.backend: server``).
 
-    See ``distil_core/server_rollouts.py`` and the guide's "Rollouts from an inference server".
+    See :mod:`distil_core.rollouts.server` and the guide's "Rollouts from an inference server".
     """
 
     base_url: str = Field(description="The server's address, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted).")
@@ -404,4 +434,4 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
     return f"{where}: invalid config. " + "; ".join(problems) + "."
 
 
-__all__ = ["RunConfig", "load_config", "apply_override", "check_keys", "Component", "METHODS_NEEDING_EXPERT"]
+__all__ = ["RunConfig", "load_config", "apply_override", "check_keys", "Component", "TinyBase", "Method"]

@@ -184,7 +184,8 @@ def test_bfloat16_hidden_states_compute_in_float32_and_match_closely():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="grpo"), "unknown method 'grpo'"),
+        (dict(method="grpo"), "no chunked loss for method 'grpo'"),
+        (dict(method="dpo"), "no chunked loss for method 'dpo'"),
         (dict(chunk_size=0), "chunk_size must be at least 1"),
         (dict(baseline="group_loo"), "needs group_size"),
         (dict(gamma=1.5), "gamma must lie in"),
@@ -200,12 +201,12 @@ def test_bad_options_are_refused_with_the_reason(kwargs, message):
 
 
 def test_stats_report_the_token_mean_ce_and_kl_to_the_expert():
-    from distil_core.losses.methods import _dense_stats
+    from distil_core.losses.methods import dense_stats
 
     hidden, weight, _, eh, ew, tokens, mask = _problem(17)
     stats: dict = {}
     chunked_loss("jsd", hidden, weight, tokens, mask, ExpertHead(eh, ew), chunk_size=2, stats=stats)
-    expected = _dense_stats(F.linear(hidden, weight), F.linear(eh, ew), mask)
+    expected = dense_stats(F.linear(hidden, weight), F.linear(eh, ew), mask)
     assert stats == pytest.approx(expected, rel=1e-9)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_core.losses.reference import (
+from distil_core.losses import (
     distil_loss,
     distil_loss_sampled,
     distil_loss_topk,

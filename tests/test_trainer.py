@@ -260,7 +260,7 @@ def test_chunked_losses_give_the_same_update_as_full_logits(tmp_path, method, ex
 
 
 def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
-    from distil_core.training.trainer import baseline_exclusions
+    from distil_core.training.update import baseline_exclusions
     from distil_core.types import ExpertQuery
 
     def query(index, demo=None):

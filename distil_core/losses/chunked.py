@@ -7,9 +7,9 @@ states and the projection are computed at once, and the logits are freed before 
 The backward pass only scales the stored gradients. Peak memory for logits is one chunk
 (``B × chunk × V`` floats for the student, as much for the expert) instead of the whole batch.
 
-The expert enters as full logits, as top-k ids and log-probs, or — for a local model, where its
-logits would be as large as the student's — as its own hidden states and projection
-(:class:`ExpertHead`), projected chunk by chunk too.
+The expert enters as full logits, as top-k ids and log-probs, or as a local model's hidden
+states and projection (see :mod:`distil_core.losses.chunk_terms`, which also holds each
+method's terms on one chunk).
 
 Terms that couple positions (DistIL's future credit G_t, the discounted reverse-KL return) are
 detached sums over *later* positions, so chunks run from the last position to the first and
@@ -19,48 +19,24 @@ reference implementations (tests/test_chunked.py checks both in float64).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distil_core.losses import reference as losses
+from distil_core.config import LossConfig
+from distil_core.errors import ConfigError
+from distil_core.losses import credit
+from distil_core.losses.chunk_terms import Chunk, ChunkTerms, Expert, ExpertHead, ExpertTopK
+from distil_core.losses.expert_batch import ExpertBatch, LossOutput, RowContext, tempered
+from distil_core.losses.methods import METHODS, Method, credit_options, method_named
 
-CHUNKED_METHODS = ("distil", "distil_local", "jsd", "reverse_kl")
-
-
-@dataclass
-class ExpertHead:
-    """A local expert given as hidden states ``[B, T, H]`` and its output projection.
-
-    Its logits are ``hidden @ weight.T + bias``, computed one chunk at a time and never
-    differentiated. ``weight`` may be the student's own (a ``live`` self expert costs no copy).
-    """
-
-    hidden: Tensor
-    weight: Tensor
-    bias: Optional[Tensor] = None
-
-    def logits(self, start: int, stop: int) -> Tensor:
-        with torch.no_grad():
-            return F.linear(self.hidden[:, start:stop], self.weight, self.bias)
-
-
-@dataclass
-class ExpertTopK:
-    """The expert's top-k ids and log-probs ``[B, T, k]`` (the tail bucket is implicit)."""
-
-    ids: Tensor
-    logprobs: Tensor
-
-
-Expert = Union[Tensor, ExpertHead, ExpertTopK]
+__all__ = ["chunked_loss", "chunked_distillation_loss", "ExpertHead", "ExpertTopK", "Expert"]
 
 
 def chunked_loss(
-    method: str,
+    method: Union[str, Method],
     hidden: Tensor,
     weight: Tensor,
     tokens: Tensor,
@@ -69,71 +45,77 @@ def chunked_loss(
     *,
     bias: Optional[Tensor] = None,
     chunk_size: int = 256,
-    future_credit: bool = True,
-    future_cost: str = "kl",
-    stop_credit: str = "full",
-    eos_id: Optional[int] = None,
-    baseline: str = "none",
-    gamma: float = 1.0,
-    group_size: Optional[int] = None,
-    baseline_exclude: Optional[Tensor] = None,
-    rewards: Optional[Tensor] = None,
-    reward_weight: float = 0.0,
-    response_mask: Optional[Tensor] = None,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    reverse_kl_gamma: float = 0.0,
     stats: Optional[dict] = None,
+    **options,
 ) -> Tensor:
     """The loss of ``method`` from student hidden states, chunk by chunk; a scalar with a graph.
 
     ``hidden`` ``[B, T, H]`` is the student's last hidden state at the positions whose logits
     predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses.reference`); ``weight``
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
-    The other options mean what they mean in :mod:`distil_core.losses.reference`: ``future_credit``,
-    ``future_cost``, ``stop_credit``, ``eos_id``, ``baseline``, ``gamma``, ``group_size``,
-    ``baseline_exclude``, ``rewards``, ``reward_weight`` and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for
-    ``jsd``; ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64
-    inputs stay float64). A ``stats`` dict, when given, receives the token means of CE and KL
-    to the expert (``ce_to_expert``, ``kl_to_expert``; dense experts only), as the trainer logs.
+    The ``options`` mean what they mean in :mod:`distil_core.losses.reference` (defaults in
+    :data:`CHUNK_DEFAULTS`): ``future_credit``, ``future_cost``, ``stop_credit``, ``eos_id``,
+    ``baseline``, ``gamma``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``
+    and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for ``jsd``;
+    ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64 inputs stay
+    float64). A ``stats`` dict, when given, receives the token means of CE and KL to the expert
+    (``ce_to_expert``, ``kl_to_expert``; dense experts only), as the trainer logs.
     """
-    if method not in CHUNKED_METHODS:
-        raise ValueError(f"chunked_loss: unknown method {method!r}; choose one of {', '.join(CHUNKED_METHODS)}")
+    terms = _terms(method)
     if chunk_size < 1:
         raise ValueError(f"chunked_loss: chunk_size must be at least 1 (got {chunk_size})")
-    credit = future_credit and method == "distil"
-    if credit:
-        losses.check_future_credit(baseline, group_size, hidden.shape[0], gamma)
-        losses.check_credit(future_cost, stop_credit, eos_id)
-        if reward_weight > 0 and (rewards is None or group_size is None or group_size < 2):
-            raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
-    rewarded = credit and reward_weight > 0
-    counted = mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool()
-    if method == "jsd" and temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if method == "reverse_kl":
-        losses.check_future_credit("none", None, hidden.shape[0], reverse_kl_gamma)
-    centred = None
-    if rewarded:
-        centred = reward_weight * losses.leave_one_out_rewards(torch.as_tensor(rewards), group_size)
-    options = dict(
-        chunk_size=chunk_size, future_credit=credit, future_cost=future_cost, stop_credit=stop_credit,
-        eos_id=eos_id, baseline=baseline, gamma=gamma, group_size=group_size, exclude=baseline_exclude,
-        centred_rewards=centred, counted=counted, beta=beta, temperature=temperature,
-        reverse_kl_gamma=reverse_kl_gamma, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None,
-    )
-    loss = _ChunkedLoss.apply(hidden, weight, bias, method, tokens, mask, expert, options)
+    unknown = set(options) - set(CHUNK_DEFAULTS)
+    if unknown:
+        raise TypeError(f"chunked_loss: unexpected options {', '.join(sorted(unknown))}")
+    o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0])
+    o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None)
+    loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
     if stats is not None and not isinstance(expert, ExpertTopK):
         n = max(float(mask.bool().sum()), 1.0)
-        stats["ce_to_expert"] = options["stats"]["ce"] / n
-        stats["kl_to_expert"] = options["stats"]["kl"] / n
+        stats["ce_to_expert"] = o["stats"]["ce"] / n
+        stats["kl_to_expert"] = o["stats"]["kl"] / n
     return loss
+
+
+CHUNK_DEFAULTS = dict(
+    future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, baseline="none", gamma=1.0,
+    group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
+    beta=0.5, temperature=1.0, reverse_kl_gamma=0.0,
+)
+"""The options of :func:`chunked_loss` and their defaults."""
+
+
+def _terms(method: Union[str, Method]) -> ChunkTerms:
+    spec = method if isinstance(method, Method) else METHODS.get(method)
+    if spec is None or spec.chunk is None:
+        chunkable = ", ".join(name for name, m in METHODS.items() if m.chunkable)
+        raise ValueError(f"chunked_loss: no chunked loss for method {method!r}; choose one of {chunkable}")
+    return spec.chunk
+
+
+def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch: int) -> dict:
+    """The options every chunk reads, checked: credit only for a method with future credit."""
+    on = given["future_credit"] and method.future_credit
+    rewarded = on and given["reward_weight"] > 0
+    if on:
+        credit.check_future_credit(given["baseline"], given["group_size"], batch, given["gamma"])
+        credit.check_credit(given["future_cost"], given["stop_credit"], given["eos_id"])
+        if rewarded and (given["rewards"] is None or given["group_size"] is None or given["group_size"] < 2):
+            raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
+    response_mask = given["response_mask"]
+    o = dict(given, future_credit=on, exclude=given["baseline_exclude"], centred_rewards=None,
+             counted=mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool())
+    terms.check(o, batch)
+    if rewarded:
+        o["centred_rewards"] = given["reward_weight"] * credit.leave_one_out_rewards(
+            torch.as_tensor(given["rewards"]), given["group_size"])
+    return o
 
 
 class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, method, tokens, mask, expert, options):  # type: ignore[override]
-        loss, grads = _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, options)
+    def forward(ctx, hidden, weight, bias, terms, tokens, mask, expert, options):  # type: ignore[override]
+        loss, grads = _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, options)
         ctx.save_for_backward(*grads)
         ctx.has_bias = bias is not None
         return loss
@@ -152,7 +134,7 @@ class _ChunkedLoss(torch.autograd.Function):
         )
 
 
-def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
+def _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, o):
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     batch, length = tokens.shape
     keep = mask.bool()
@@ -174,8 +156,9 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
             logits = F.linear(h, w, b_)
         logits.requires_grad_(True)
         with torch.enable_grad():
-            part, carry = _chunk_loss(method, logits, tokens[:, start:stop], keep[:, start:stop], expert, start, stop,
-                                      carry, o, o["counted"][:, start:stop])
+            chunk = Chunk(logits, tokens[:, start:stop], keep[:, start:stop], o["counted"][:, start:stop], expert,
+                          start, stop, carry)
+            part, carry = terms.total(chunk, o)
             part = part / count
             (grad_logits,) = torch.autograd.grad(part, [logits])
         total = total + part.detach()
@@ -184,78 +167,44 @@ def _forward_and_grads(method, hidden, weight, bias, tokens, mask, expert, o):
         grad_weight.addmm_(grad_logits.flatten(0, 1).T, h.flatten(0, 1))
         if b_ is not None:
             grad_bias += grad_logits.sum((0, 1))
-        del logits, part, grad_logits
+        del logits, part, grad_logits, chunk
     return total, (
         grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if bias is not None else grad_bias,
     )
 
 
-def _chunk_loss(method, logits, tokens, keep, expert, start, stop, carry, o, counted):
-    """Σ over the chunk's masked tokens of the per-token loss; returns (sum, new carry)."""
-    if method == "jsd":
-        student = F.log_softmax(logits / o["temperature"], dim=-1)
+def chunked_distillation_loss(
+    method: Union[str, Method],
+    cfg: LossConfig,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    tokens: Tensor,
+    mask: Tensor,
+    expert: ExpertBatch,
+    rows: RowContext,
+) -> LossOutput:
+    """:func:`~distil_core.losses.methods.distillation_loss` from the student's hidden states and
+    output projection, the logits made ``cfg.chunk_size`` positions at a time."""
+    spec = method_named(method)
+    response_mask = mask
+    mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
+    expert = tempered(expert, cfg.expert_temperature)
+    if expert.access == "none":  # every row masked out of the expert terms: the student's own head
+        expert = ExpertBatch("hidden", expert.rows, hidden=hidden.detach(), head=(weight.detach(), bias))
+    if expert.access == "topk":
+        target = ExpertTopK(expert.topk_ids, expert.topk_logprobs)
+    elif expert.access == "hidden":
+        target = ExpertHead(expert.hidden, *expert.head)
+    elif expert.access == "dense":
+        target = expert.logits
     else:
-        student = F.log_softmax(logits, dim=-1)
-    token_lp = losses.token_logprobs_from(student, tokens)
-    entropy = None
-    if isinstance(expert, ExpertTopK):
-        ids, lps = expert.ids[:, start:stop], expert.logprobs[:, start:stop].detach().to(student.dtype)
-        if method == "jsd":
-            lps = losses.temper_topk(lps, o["temperature"])
-        teacher_buckets = losses.with_tail(lps)
-        student_buckets = losses.with_tail(student.gather(-1, ids))
-        if method in ("distil", "distil_local"):
-            per_token = losses.cross_entropy(teacher_buckets.exp(), student_buckets)
-            entropy = losses.cross_entropy(teacher_buckets.exp(), teacher_buckets)
-        elif method == "jsd":
-            per_token = losses.generalized_jsd_per_token(student_buckets, teacher_buckets, o["beta"])
-        else:
-            teacher_lp = losses.topk_token_logprobs(ids, lps, tokens)
-            return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
-    else:
-        teacher_logits = expert.logits(start, stop) if isinstance(expert, ExpertHead) else expert[:, start:stop]
-        teacher_logits = teacher_logits.detach().to(student.dtype)
-        if o["stats"] is not None:
-            _accumulate_stats(o["stats"], logits.detach(), teacher_logits, keep)
-        if method == "jsd":
-            teacher = F.log_softmax(teacher_logits / o["temperature"], dim=-1)
-            per_token = losses.generalized_jsd_per_token(student, teacher, o["beta"])
-        elif method == "reverse_kl":
-            teacher_lp = losses.token_logprobs(teacher_logits, tokens)
-            return _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o)
-        else:
-            teacher = F.log_softmax(teacher_logits, dim=-1)
-            per_token = losses.cross_entropy(teacher.exp(), student)
-            entropy = losses.cross_entropy(teacher.exp(), teacher)
-    per_token = torch.where(keep, per_token, 0.0)
-    if o["future_credit"]:
-        pieces = losses.credit_inputs(student, per_token, entropy, tokens, future_cost=o["future_cost"],
-                                      stop_credit=o["stop_credit"], eos_id=o["eos_id"])
-        token_cost = pieces.get("token_cost", per_token.detach())
-        cost, carry = losses.future_sum_with_carry(torch.where(keep, token_cost, 0.0), keep, o["gamma"], carry)
-        if o["baseline"] == "group_loo":
-            cost = cost - losses.group_baseline(cost, keep, o["group_size"], o["exclude"])
-        cost = torch.where(keep, cost, 0.0)
-        if o["centred_rewards"] is not None:
-            rewards = o["centred_rewards"].to(device=cost.device, dtype=cost.dtype)
-            cost = cost - torch.where(counted, rewards[:, None], 0.0)
-        score = token_lp
-        if "continue_logprobs" in pieces:
-            score = torch.where(pieces["stops"], 0.0, token_lp - pieces["continue_logprobs"])
-        per_token = per_token + torch.where(counted, cost, 0.0) * score
-    return torch.where(counted, per_token, 0.0).sum(), carry
-
-
-def _accumulate_stats(acc: dict, logits: Tensor, teacher_logits: Tensor, keep: Tensor) -> None:
-    ce, kl = losses.ce_kl_per_token(logits, teacher_logits)
-    acc["ce"] += float(torch.where(keep, ce, 0.0).sum())
-    acc["kl"] += float(torch.where(keep, kl, 0.0).sum())
-
-
-def _reverse_kl_chunk(token_lp, teacher_lp, keep, carry, o):
-    log_ratio = torch.where(keep, (token_lp - teacher_lp).detach(), 0.0)  # counted = keep here
-    cost = log_ratio
-    if o["reverse_kl_gamma"] > 0:
-        future, carry = losses.future_sum_with_carry(log_ratio, keep, o["reverse_kl_gamma"], carry)
-        cost = log_ratio + o["reverse_kl_gamma"] * future
-    return torch.where(keep, cost * token_lp, 0.0).sum(), carry
+        raise ConfigError(f"the chunked losses take dense, hidden or top-k experts, not {expert.access!r}")
+    stats: dict[str, float] = {}
+    loss = chunked_loss(
+        spec, hidden, weight, tokens, mask, target, bias=bias, chunk_size=cfg.chunk_size,
+        beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
+        **credit_options(spec, cfg, rows, response_mask),
+    )
+    stats["signal_tokens"] = float(mask.sum())
+    return LossOutput(loss, stats)

@@ -1,114 +1,131 @@
-"""One micro-batch's loss for each method, from student logits and the expert's signals.
+"""The training methods: one :class:`Method` entry each in :data:`METHODS`.
 
-The losses themselves live in :mod:`distil_core.losses.reference`; this module lays the expert's
-per-rollout signals out as batch tensors, picks the loss path from the expert's access level,
-and returns the diagnostics the trainer logs (CE and KL to the expert).
+An entry holds every fact about a method that the trainer, the runtime and the losses act on —
+whether it asks an expert, whether it has DistIL's future credit, whether it learns from
+group advantages, how its micro-batch loss is made on each expert access level and in chunks,
+and how a micro-batch's loss is weighted when micro-batches are accumulated. Nothing else
+branches on a method's name, so adding a method is one entry here (and its name in the
+config's ``Method`` literal, which is what a user may write).
+
+The losses themselves live in :mod:`distil_core.losses.reference` (full logits) and
+:mod:`distil_core.losses.chunk_terms` (a chunk of positions at a time); see
+``docs/algorithms.md`` for what each method optimises.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from distil_core.losses import reference as losses
 from distil_core.config import LossConfig
 from distil_core.errors import ConfigError
+from distil_core.losses import chunk_terms
+from distil_core.losses import reference as losses
+from distil_core.losses.expert_batch import (
+    ExpertBatch,
+    LossOutput,
+    RowContext,
+    dense_stats,
+    stack_signals,
+    tempered,
+)
 from distil_core.types import ExpertSignal
 
-DISTILLATION = ("distil", "distil_local", "jsd", "reverse_kl")
-
 
 @dataclass
-class ExpertBatch:
-    """Expert signals laid out like the student's ``[B, T]`` response tensors."""
+class MicroBatch:
+    """One micro-batch on the full-logit path, as a method's loss reads it.
 
-    access: str
-    rows: Tensor  # [B] 1 where the row has a usable signal
-    logits: Optional[Tensor] = None  # dense  [B, T, V]
-    topk_ids: Optional[Tensor] = None  # topk   [B, T, k]
-    topk_logprobs: Optional[Tensor] = None
-    sample_ids: Optional[Tensor] = None  # sampled [B, T, m]
-    hidden: Optional[Tensor] = None  # hidden [B, T, H], with head = (weight [V, H], bias)
-    head: Optional[tuple] = None
-
-    def dense_logits(self) -> Tensor:
-        """The expert's [B, T, V] logits (projected from hidden states when that is what it sent)."""
-        if self.access == "hidden":
-            weight, bias = self.head
-            with torch.no_grad():
-                return F.linear(self.hidden, weight, bias).float()
-        return self.logits
-
-
-@dataclass
-class LossOutput:
-    loss: Tensor
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-def stack_signals(signals: Sequence[Optional[ExpertSignal]], width: int, vocab: int, device) -> ExpertBatch:
-    """Pad per-rollout signals (None = no signal for that row) to ``[B, T, ...]``."""
-    usable = [s for s in signals if s is not None and s.ok]
-    if not usable:  # only a success term reads these rows: no expert tensors to lay out
-        return ExpertBatch("none", torch.zeros(len(signals), device=device))
-    access = usable[0].access
-    if any(s.access != access for s in usable):
-        raise ConfigError("the expert returned signals of mixed access levels in one batch")
-    rows = torch.tensor([1.0 if s is not None and s.ok else 0.0 for s in signals], device=device)
-    batch = len(signals)
-
-    def fill(attr: str, shape_tail: tuple[int, ...], dtype, pad) -> Tensor:
-        out = torch.full((batch, width, *shape_tail), pad, dtype=dtype, device=device)
-        for b, s in enumerate(signals):
-            if s is not None and s.ok:
-                value = torch.as_tensor(getattr(s, attr), device=device)
-                out[b, : value.shape[0]] = value[:width].to(dtype)
-        return out
-
-    if access == "dense":
-        return ExpertBatch(access, rows, logits=fill("logits", (vocab,), torch.float32, 0.0))
-    if access == "hidden":
-        head = usable[0].head
-        if any(s.head[0] is not head[0] for s in usable):
-            raise ConfigError("the expert's hidden-state signals in one batch name different output projections")
-        width_h = usable[0].hidden.shape[-1]
-        dtype = usable[0].hidden.dtype
-        return ExpertBatch(access, rows, hidden=fill("hidden", (width_h,), dtype, 0.0), head=head)
-    if access == "topk":
-        k = usable[0].topk_ids.shape[-1]
-        return ExpertBatch(
-            access,
-            rows,
-            topk_ids=fill("topk_ids", (k,), torch.long, 0),
-            topk_logprobs=fill("topk_logprobs", (k,), torch.float32, -1e4),
-        )
-    if access == "sampled":
-        m = usable[0].sample_ids.shape[-1]
-        return ExpertBatch(access, rows, sample_ids=fill("sample_ids", (m,), torch.long, -100))
-    raise ConfigError("a text-level expert signal must go through the sequence path, not stack_signals")
-
-
-@dataclass
-class RowContext:
-    """What the future credit needs beyond the logits: the micro-batch's rows and their groups.
-
-    ``rewards`` ``[B]`` feed ``loss.reward_weight``; ``baseline_exclude`` ``[B, group_size]``
-    marks, per row, the siblings whose expert context read that row (left out of its
-    ``group_loo`` baseline); ``eos_id`` is what ``loss.stop_credit: local`` holds fixed.
+    ``signals`` are the expert's answers for these rows (None: no signal); ``advantages``
+    ``[B]`` are filled for methods that learn from group advantages; ``total_tokens`` is the
+    token count of the whole accumulated batch (the divisor of token-summed losses).
     """
 
-    group_size: int
-    eos_id: Optional[int] = None
-    rewards: Optional[Tensor] = None
-    baseline_exclude: Optional[Tensor] = None
+    loss: LossConfig
+    logits: Tensor
+    tokens: Tensor
+    mask: Tensor
+    signals: Sequence[Optional[ExpertSignal]]
+    rows: RowContext
+    advantages: Optional[Tensor] = None
+    total_tokens: float = 0.0
+    max_new_tokens: Optional[int] = None
+
+
+@dataclass
+class Share:
+    """A micro-batch's size beside the whole batch's (summed over ranks), for its weight."""
+
+    micro_rows: int
+    rows: int
+    micro_batches: int
+    micro_tokens: int
+    total_tokens: int
+
+
+# (cfg, student logits, expert tensors..., tokens, mask, credit options) -> loss
+AccessLoss = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    ``batch_loss(method, micro_batch)`` is the micro-batch loss on full logits; ``scale(cfg,
+    share)`` the weight of a micro-batch's loss in the accumulated gradient. A distillation
+    method gives its loss per expert access level (``dense_loss`` on ``[B, T, V]`` logits,
+    ``topk_loss`` on top-k ids and log-probs, ``sampled_loss`` on sampled ids; None refuses
+    that access) and, when it can run without the full logits, ``chunk`` — its terms for
+    :func:`distil_core.losses.chunked.chunked_loss`.
+    """
+
+    name: str
+    needs_expert: bool
+    batch_loss: Callable[["Method", MicroBatch], LossOutput]
+    scale: Callable[[LossConfig, Share], float]
+    future_credit: bool = False
+    group_advantages: bool = False
+    dense_loss: Optional[AccessLoss] = None
+    topk_loss: Optional[AccessLoss] = None
+    sampled_loss: Optional[AccessLoss] = None
+    chunk: Optional[chunk_terms.ChunkTerms] = None
+
+    @property
+    def chunkable(self) -> bool:
+        """Whether ``loss.chunk_size`` applies: the loss can be made a chunk of positions at a time."""
+        return self.chunk is not None
+
+    def loss(self, batch: MicroBatch) -> LossOutput:
+        return self.batch_loss(self, batch)
+
+    def rewarded(self, cfg: LossConfig, group_size: int) -> bool:
+        """Whether DistIL's terminal success term applies: it rides on the future credit and
+        centres rewards on the siblings, so it needs both."""
+        return self.future_credit and cfg.future_credit and cfg.reward_weight > 0 and group_size > 1
+
+    def reads_every_row(self, cfg: LossConfig, group_size: int) -> bool:
+        """Whether rows without an expert signal still enter the loss (GRPO's rows, or a success term)."""
+        return self.group_advantages or self.rewarded(cfg, group_size)
+
+
+def method_named(name: Union[str, Method]) -> Method:
+    """The registered method ``name``; an unknown name is a :class:`ConfigError` listing the valid ones."""
+    if isinstance(name, Method):
+        return name
+    found = METHODS.get(name)
+    if found is None:
+        raise ConfigError(f"method {name!r} is not a training method; choose one of {', '.join(METHODS)}")
+    return found
+
+
+# -- full-logit losses ----------------------------------------------------------------------------
 
 
 def distillation_loss(
-    method: str,
+    method: Union[str, Method],
     cfg: LossConfig,
     student_logits: Tensor,
     tokens: Tensor,
@@ -121,92 +138,35 @@ def distillation_loss(
     ``loss.expert_temperature`` is applied to the expert's distribution here, before any loss,
     so every distillation method learns towards the same q.
     """
+    spec = method_named(method)
     response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
-    student_logits_f = student_logits.float()
+    student = student_logits.float()
     expert = tempered(expert, cfg.expert_temperature)
-    credit = _credit(method, cfg, rows, response_mask)
+    credit = credit_options(spec, cfg, rows, response_mask)
     if expert.access == "none":  # every row masked out of the expert terms: any target will do
-        expert = ExpertBatch("dense", expert.rows, logits=student_logits_f.detach())
+        expert = ExpertBatch("dense", expert.rows, logits=student.detach())
+    stats: dict[str, float] = {}
     if expert.access in ("dense", "hidden"):
         teacher = expert.dense_logits()
-        if method in ("distil", "distil_local"):
-            loss = losses.distil_loss(student_logits_f, teacher, tokens, mask, **credit)
-        elif method == "jsd":
-            loss = losses.generalized_jsd(student_logits_f, teacher, mask, beta=cfg.beta, temperature=cfg.temperature)
-        else:
-            teacher_lp = losses.token_logprobs(teacher, tokens)
-            student_lp = losses.token_logprobs(student_logits_f, tokens)
-            loss = losses.reverse_kl_sampled(student_lp, teacher_lp, mask, gamma=cfg.reverse_kl_gamma)
-        stats = _dense_stats(student_logits_f.detach(), teacher, mask)
+        loss = spec.dense_loss(cfg, student, teacher, tokens, mask, credit)
+        stats = dense_stats(student.detach(), teacher, mask)
     elif expert.access == "topk":
-        ids, lps = expert.topk_ids, expert.topk_logprobs
-        if method in ("distil", "distil_local"):
-            loss = losses.distil_loss_topk(student_logits_f, ids, lps, tokens, mask, **credit)
-        elif method == "jsd":
-            loss = losses.generalized_jsd_topk(student_logits_f, ids, lps, mask, beta=cfg.beta,
-                                               temperature=cfg.temperature)
-        else:
-            teacher_lp = losses.topk_token_logprobs(ids, lps, tokens)
-            student_lp = losses.token_logprobs(student_logits_f, tokens)
-            loss = losses.reverse_kl_sampled(student_lp, teacher_lp, mask, gamma=cfg.reverse_kl_gamma)
-        stats = {}
+        loss = spec.topk_loss(cfg, student, expert.topk_ids, expert.topk_logprobs, tokens, mask, credit)
     elif expert.access == "sampled":
-        if method not in ("distil", "distil_local"):
-            raise ConfigError(f"method {method!r} needs expert log-probs; this expert only samples tokens")
-        if credit["future_credit"] and cfg.future_cost == "kl":
-            raise ConfigError("loss.future_cost: kl needs the expert's log-probs, and this expert only samples "
-                              "tokens. Set loss.future_cost: ce (or use an expert with dense or top-k access)")
-        loss = losses.distil_loss_sampled(student_logits_f, expert.sample_ids, tokens, mask, **credit)
-        stats = {}
+        if spec.sampled_loss is None:
+            raise ConfigError(f"method {spec.name!r} needs expert log-probs; this expert only samples tokens")
+        loss = spec.sampled_loss(cfg, student, expert.sample_ids, tokens, mask, credit)
     else:
         raise ConfigError(f"unknown expert access {expert.access!r}")
     stats["signal_tokens"] = float(mask.sum())
     return LossOutput(loss, stats)
 
 
-def chunked_distillation_loss(
-    method: str,
-    cfg: LossConfig,
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    tokens: Tensor,
-    mask: Tensor,
-    expert: ExpertBatch,
-    rows: RowContext,
-) -> LossOutput:
-    """:func:`distillation_loss` from the student's hidden states and output projection, the
-    logits made ``cfg.chunk_size`` positions at a time (:mod:`distil_core.losses.chunked`)."""
-    from distil_core.losses.chunked import ExpertHead, ExpertTopK, chunked_loss
-
-    response_mask = mask
-    mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
-    expert = tempered(expert, cfg.expert_temperature)
-    if expert.access == "none":  # every row masked out of the expert terms: the student's own head
-        expert = ExpertBatch("hidden", expert.rows, hidden=hidden.detach(), head=(weight.detach(), bias))
-    if expert.access == "topk":
-        target = ExpertTopK(expert.topk_ids, expert.topk_logprobs)
-    elif expert.access == "hidden":
-        target = ExpertHead(expert.hidden, *expert.head)
-    elif expert.access == "dense":
-        target = expert.logits
-    else:
-        raise ConfigError(f"the chunked losses take dense, hidden or top-k experts, not {expert.access!r}")
-    stats: dict[str, float] = {}
-    loss = chunked_loss(
-        method, hidden, weight, tokens, mask, target, bias=bias, chunk_size=cfg.chunk_size,
-        beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
-        **_credit(method, cfg, rows, response_mask),
-    )
-    stats["signal_tokens"] = float(mask.sum())
-    return LossOutput(loss, stats)
-
-
-def _credit(method: str, cfg: LossConfig, rows: RowContext, response_mask: Tensor) -> dict:
-    """DistIL's future-credit options (only ``distil`` has future credit)."""
+def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_mask: Tensor) -> dict:
+    """DistIL's future-credit options for ``method`` (off for methods without future credit)."""
     credit = dict(
-        future_credit=(method == "distil") and cfg.future_credit,
+        future_credit=method.future_credit and cfg.future_credit,
         future_cost=cfg.future_cost,
         stop_credit=cfg.stop_credit,
         eos_id=rows.eos_id,
@@ -222,36 +182,11 @@ def _credit(method: str, cfg: LossConfig, rows: RowContext, response_mask: Tenso
     return credit
 
 
-def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
-    """The expert's signal at ``temperature`` τ: q ∝ exp(z / τ) for every access level that has logits.
-
-    Dense logits are divided by τ; hidden states keep their values and the output projection is
-    divided instead; top-k log-probs go through :func:`losses.temper_topk`. Sampled tokens carry
-    no distribution to temper.
-    """
-    if temperature == 1.0 or expert.access == "none":
-        return expert
-    if expert.access == "dense":
-        return replace(expert, logits=expert.logits / temperature)
-    if expert.access == "hidden":
-        weight, bias = expert.head
-        return replace(expert, head=(weight / temperature, None if bias is None else bias / temperature))
-    if expert.access == "topk":
-        return replace(expert, topk_logprobs=losses.temper_topk(expert.topk_logprobs, temperature))
-    raise ConfigError(f"loss.expert_temperature needs an expert with log-probs; a {expert.access!r} expert "
-                      "sends none. Set loss.expert_temperature: 1.0")
-
-
-def _dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> dict[str, float]:
-    ce, kl = losses.ce_kl_per_token(student_logits, teacher_logits)
-    n = mask.sum().clamp(min=1)
-    return {"ce_to_expert": float((ce * mask).sum() / n), "kl_to_expert": float((kl * mask).sum() / n)}
-
-
 def grpo_micro_loss(
     cfg: LossConfig, student_logits: Tensor, tokens: Tensor, mask: Tensor, advantages: Tensor,
     old_logprobs: Optional[Tensor], normalizer: Optional[float], max_completion_length: Optional[int] = None,
 ) -> LossOutput:
+    """The clipped policy-gradient loss of one micro-batch (old log-probs: the current ones, detached)."""
     logprobs = losses.token_logprobs(student_logits.float(), tokens)
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     loss = losses.grpo_loss(
@@ -260,3 +195,92 @@ def grpo_micro_loss(
         max_completion_length=max_completion_length,
     )
     return LossOutput(loss, {"signal_tokens": float(mask.sum())})
+
+
+def _grpo_batch_loss(method: Method, b: MicroBatch) -> LossOutput:
+    return grpo_micro_loss(b.loss, b.logits, b.tokens, b.mask, b.advantages.to(b.logits.device), None,
+                           float(b.total_tokens), max_completion_length=b.max_new_tokens)
+
+
+def _distillation_batch_loss(method: Method, b: MicroBatch) -> LossOutput:
+    """A text expert's rows learn its continuation by plain CE; any other access goes through
+    :func:`distillation_loss`."""
+    if any(s is not None and s.ok and s.access == "text" for s in b.signals):
+        rows = torch.tensor([1.0 if s is not None and s.ok else 0.0 for s in b.signals], device=b.mask.device)
+        masked = b.mask * rows.unsqueeze(1)
+        return LossOutput(losses.sequence_ce_loss(b.logits.float(), b.tokens, masked),
+                          {"signal_tokens": float(masked.sum())})
+    expert = stack_signals(b.signals, b.tokens.shape[1], b.logits.shape[-1], b.logits.device)
+    return distillation_loss(method, b.loss, b.logits, b.tokens, b.mask, expert, b.rows)
+
+
+def token_share(cfg: LossConfig, share: Share) -> float:
+    """The micro-batch's share of the batch's tokens: token means over micro-batches add up to
+    the token mean over the batch."""
+    return share.micro_tokens / share.total_tokens
+
+
+def grpo_share(cfg: LossConfig, share: Share) -> float:
+    """Weight of one micro-batch so accumulation matches each GRPO aggregation's definition."""
+    if cfg.loss_type == "dapo":
+        return 1.0  # the loss already divides by the whole batch's token count
+    if cfg.loss_type == "bnpo":
+        return 1.0 / share.micro_batches  # token mean per micro-batch, averaged
+    return share.micro_rows / share.rows  # grpo / dr_grpo: means over sequences
+
+
+# -- each method's loss per expert access level ------------------------------------------------
+
+
+def _distil_dense(cfg, student, teacher, tokens, mask, credit) -> Tensor:
+    return losses.distil_loss(student, teacher, tokens, mask, **credit)
+
+
+def _distil_topk(cfg, student, ids, lps, tokens, mask, credit) -> Tensor:
+    return losses.distil_loss_topk(student, ids, lps, tokens, mask, **credit)
+
+
+def _distil_sampled(cfg, student, sample_ids, tokens, mask, credit) -> Tensor:
+    if credit["future_credit"] and cfg.future_cost == "kl":
+        raise ConfigError("loss.future_cost: kl needs the expert's log-probs, and this expert only samples "
+                          "tokens. Set loss.future_cost: ce (or use an expert with dense or top-k access)")
+    return losses.distil_loss_sampled(student, sample_ids, tokens, mask, **credit)
+
+
+def _jsd_dense(cfg, student, teacher, tokens, mask, credit) -> Tensor:
+    return losses.generalized_jsd(student, teacher, mask, beta=cfg.beta, temperature=cfg.temperature)
+
+
+def _jsd_topk(cfg, student, ids, lps, tokens, mask, credit) -> Tensor:
+    return losses.generalized_jsd_topk(student, ids, lps, mask, beta=cfg.beta, temperature=cfg.temperature)
+
+
+def _reverse_kl_dense(cfg, student, teacher, tokens, mask, credit) -> Tensor:
+    return losses.reverse_kl_sampled(losses.token_logprobs(student, tokens), losses.token_logprobs(teacher, tokens),
+                                     mask, gamma=cfg.reverse_kl_gamma)
+
+
+def _reverse_kl_topk(cfg, student, ids, lps, tokens, mask, credit) -> Tensor:
+    return losses.reverse_kl_sampled(losses.token_logprobs(student, tokens), losses.topk_token_logprobs(ids, lps, tokens),
+                                     mask, gamma=cfg.reverse_kl_gamma)
+
+
+def _distillation(name: str, **facts) -> Method:
+    return Method(name, needs_expert=True, batch_loss=_distillation_batch_loss, scale=token_share, **facts)
+
+
+METHODS: dict[str, Method] = {
+    entry.name: entry
+    for entry in (
+        _distillation("distil", future_credit=True, dense_loss=_distil_dense, topk_loss=_distil_topk,
+                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS),
+        # the ablation without future credit: only the per-token term
+        _distillation("distil_local", dense_loss=_distil_dense, topk_loss=_distil_topk,
+                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS),
+        _distillation("jsd", dense_loss=_jsd_dense, topk_loss=_jsd_topk, chunk=chunk_terms.JSD_TERMS),
+        _distillation("reverse_kl", dense_loss=_reverse_kl_dense, topk_loss=_reverse_kl_topk,
+                      chunk=chunk_terms.REVERSE_KL_TERMS),
+        Method("grpo", needs_expert=False, batch_loss=_grpo_batch_loss, scale=grpo_share, group_advantages=True),
+    )
+}
+"""Every training method by name, in the order the docs list them."""

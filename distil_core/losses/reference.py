@@ -10,13 +10,13 @@ DistIL, one function per way the expert can answer:
     distil_loss_topk       the expert's top-k log-probs plus one tail bucket
     distil_loss_sampled    tokens sampled from the expert
     sequence_ce_loss       an expert continuation, re-tokenised for the student
-    distil_surrogate       the surrogate they share; future_cost is its G_t
-    group_baseline         the masked leave-one-out baseline b_t of ``baseline="group_loo"``
+They share the surrogate of :mod:`distil_core.losses.credit` (future cost, group baseline and
+success term), which turns their per-token CE into credit.
 Baselines:
     generalized_jsd, generalized_jsd_topk    GKD / SDPO / OPSD family
     reverse_kl_sampled                       on-policy distillation, sampled-token reverse KL
-    grpo_loss, group_advantages              GRPO, BNPO, Dr. GRPO, DAPO
-Helpers: token_logprobs, topk_with_tail.
+    grpo_loss                                GRPO, BNPO, Dr. GRPO, DAPO (advantages: credit)
+Helpers: token_logprobs, topk_with_tail, and the per-token pieces the chunked losses share.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BASELINES = ("none", "group_loo")
-FUTURE_COSTS = ("kl", "ce")
-STOP_CREDITS = ("full", "local")
+from distil_core.losses.credit import check_gamma, credit_inputs, discounted_future_sum, distil_surrogate, log1mexp
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -54,138 +52,6 @@ def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     logprobs, ids = torch.topk(F.log_softmax(logits, dim=-1), k, dim=-1)
     return ids, logprobs
-
-
-def future_cost(token_cost: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """G_t = Σ_{i>t, mask_i} γ^(i-t-1) · c_i within each row, detached; 0 where masked out.
-
-    ``token_cost`` is the per-token cost c_i: KL(q_i‖p_i) or CE(q_i, p_i) (``future_cost``).
-    The discount counts positions, so a masked-out gap still ages the cost behind it.
-    """
-    _check_gamma(gamma)
-    return _discounted_future_sum(token_cost.detach(), mask, gamma)
-
-
-def group_baseline(values: Tensor, mask: Tensor, group_size: int,
-                   exclude: Optional[Tensor] = None) -> Tensor:
-    """b_{i,t} = Σ_{j} w_ij m_{j,t} v_{j,t} / Σ_{j} w_ij m_{j,t}, 0 where no sibling qualifies.
-
-    Rows form contiguous groups of ``group_size`` rollouts of one prompt; w_ij = 1 for the
-    other rows j of i's group, except where ``exclude`` ``[B, group_size]`` is True (row i
-    must not read sibling j: its expert context used rollout i, so its cost depends on y_i).
-    The mean is over siblings that still contribute at t (``mask``): a sibling that ended, or
-    that has no expert signal, is not a zero that drags the baseline down. Detached.
-
-    Unbiased when the siblings' costs and masks do not depend on y_i. Leaving out the readers
-    removes the direct dependence; which sibling a context picks as its demonstration (and so
-    which are left out) can still depend on whether rollout i passed — a selection effect this
-    does not remove.
-    """
-    batch, length = values.shape
-    groups = batch // group_size
-    keep = mask.bool().view(groups, group_size, length).to(values.dtype)
-    grouped = torch.where(mask.bool(), values.detach(), 0.0).view(groups, group_size, length)
-    weights = 1.0 - torch.eye(group_size, dtype=values.dtype, device=values.device)
-    weights = weights.expand(groups, group_size, group_size)
-    if exclude is not None:
-        allowed = ~exclude.to(device=values.device, dtype=torch.bool).view(groups, group_size, group_size)
-        weights = weights * allowed.to(values.dtype)
-    total = torch.einsum("gij,gjt->git", weights, grouped)
-    count = torch.einsum("gij,gjt->git", weights, keep)
-    return torch.where(count > 0, total / count.clamp(min=1), 0.0).reshape(batch, length)
-
-
-def leave_one_out_rewards(rewards: Tensor, group_size: int) -> Tensor:
-    """r_i - mean of the other rewards of i's contiguous group, ``[B]``."""
-    grouped = rewards.detach().reshape(-1, group_size)
-    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - others).reshape(-1)
-
-
-def stop_score(student_logprobs: Tensor, tokens: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
-    """(log(1 - p_t(EOS)), y_t == EOS) per position, for ``stop_credit="local"``.
-
-    log p_t(y_t) - log(1 - p_t(EOS)) is the log-prob of y_t under the student's content
-    distribution given that it does not stop; its score has zero mean under the student, so
-    future credit through it moves *what* is written and never *when* the student stops.
-    """
-    eos = student_logprobs[..., eos_id].clamp(max=-torch.finfo(student_logprobs.dtype).eps)
-    return _log1mexp(eos), tokens == eos_id
-
-
-def distil_surrogate(
-    token_ce: Tensor,
-    token_logprobs: Tensor,
-    mask: Tensor,
-    *,
-    future_credit: bool = True,
-    token_cost: Optional[Tensor] = None,
-    continue_logprobs: Optional[Tensor] = None,
-    stops: Optional[Tensor] = None,
-    baseline: str = "none",
-    gamma: float = 1.0,
-    group_size: Optional[int] = None,
-    baseline_exclude: Optional[Tensor] = None,
-    rewards: Optional[Tensor] = None,
-    reward_weight: float = 0.0,
-    response_mask: Optional[Tensor] = None,
-    normalizer: Optional[float] = None,
-) -> Tensor:
-    """DistIL surrogate: token mean of ℓ_t = CE_t + sg(A_t) · s_t over the masked tokens.
-
-    ``token_ce`` ``[B, T]`` is the differentiable CE(q_t, p_t) (or an unbiased estimate of it);
-    ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens.
-
-    Future credit: A_t = G_t - b_t - λ(r - r̄_{-i}). G_t is :func:`future_cost` of
-    ``token_cost`` (the per-token cost c_i, detached; default ``token_ce``, the CE reading).
-    Averaged over rollouts y ~ π_θ, the gradient is the local term plus REINFORCE with the
-    future cost (at γ = 1 with c = CE: ∇ E[Σ_t CE(q_t, p_t)] when the expert depends on the
-    state alone; an expert that reads feedback about the whole rollout makes it the
-    reward-to-go estimator instead). γ < 1 scales the credit for a cost i - t steps later by
-    γ^(i-t-1).
-
-    The score s_t is log p_t(y_t), or — when ``continue_logprobs`` (log(1 - p_t(EOS))) and
-    ``stops`` (y_t is EOS) are given, ``stop_credit="local"`` — 1[y_t ≠ EOS] · (log p_t(y_t) -
-    log(1 - p_t(EOS))): future credit then never moves the decision to stop.
-
-    ``baseline``: "none" (b = 0) or "group_loo" (:func:`group_baseline`: the masked mean G of
-    the other rollouts of the group, leaving out ``baseline_exclude``). It depends only on
-    siblings, so the estimator stays unbiased as long as their costs do not depend on y_i (see
-    :func:`group_baseline` for what remains). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0
-    add a terminal success term centred on the siblings' mean reward; it applies on
-    ``response_mask`` (default ``mask``), so a rollout without an expert signal — a lone
-    success — still gets it. ``future_credit=False`` keeps only the local term (the
-    "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
-
-    The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
-    """
-    if future_credit:
-        _check_baseline(baseline, group_size, token_ce.shape[0])
-    rewarded = future_credit and reward_weight > 0
-    if rewarded and (rewards is None or group_size is None or group_size < 2):
-        raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2 (rewards are "
-                         "centred on the other rollouts of the same prompt)")
-    keep = mask.bool()
-    per_token = torch.where(keep, token_ce, 0.0)
-    counted = keep
-    if future_credit:
-        cost = future_cost(token_ce if token_cost is None else token_cost, mask, gamma)
-        if baseline == "group_loo":
-            cost = cost - group_baseline(cost, mask, group_size, baseline_exclude)
-        cost = torch.where(keep, cost, 0.0)
-        if rewarded:
-            responses = keep if response_mask is None else response_mask.bool()
-            counted = keep | responses
-            centred = leave_one_out_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size)
-            cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
-        score = token_logprobs
-        if continue_logprobs is not None:
-            score = torch.where(stops, 0.0, token_logprobs - continue_logprobs)
-        per_token = per_token + torch.where(counted, cost, 0.0) * score
-    total = torch.where(counted, per_token, 0.0).sum()
-    if normalizer is not None:
-        return total / normalizer
-    return total / counted.sum().clamp(min=1).to(per_token.dtype)
 
 
 # ------------------------------------------------------------------------ DistIL loss paths
@@ -290,31 +156,6 @@ def distil_loss_sampled(
                    baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
-def credit_inputs(student_logprobs: Tensor, token_ce: Tensor, entropy: Optional[Tensor], tokens: Tensor,
-                  *, future_cost: str, stop_credit: str, eos_id: Optional[int]) -> dict[str, Tensor]:
-    """The per-token pieces :func:`distil_surrogate` needs for ``future_cost``/``stop_credit``.
-
-    Shared by the reference losses and the chunked ones (:mod:`distil_core.losses.chunked`), which
-    call it on one chunk of positions at a time.
-    """
-    check_credit(future_cost, stop_credit, eos_id)
-    pieces: dict[str, Tensor] = {}
-    if future_cost == "kl":
-        pieces["token_cost"] = token_ce.detach() - entropy
-    if stop_credit == "local":
-        pieces["continue_logprobs"], pieces["stops"] = stop_score(student_logprobs, tokens, eos_id)
-    return pieces
-
-
-def check_credit(future_cost: str, stop_credit: str, eos_id: Optional[int]) -> None:
-    if future_cost not in FUTURE_COSTS:
-        raise ValueError(f"unknown future_cost {future_cost!r}; choose one of {', '.join(FUTURE_COSTS)}")
-    if stop_credit not in STOP_CREDITS:
-        raise ValueError(f"unknown stop_credit {stop_credit!r}; choose one of {', '.join(STOP_CREDITS)}")
-    if stop_credit == "local" and eos_id is None:
-        raise ValueError("stop_credit='local' needs eos_id, the id of the token that ends a response")
-
-
 def _distil(student_logprobs, token_ce, entropy, tokens, mask, *, future_credit, future_cost, stop_credit,
             eos_id, **rest) -> Tensor:
     pieces = {}
@@ -395,12 +236,12 @@ def reverse_kl_sampled(student_logprobs: Tensor, teacher_logprobs: Tensor, mask:
     reward log q - log p. γ = 0 keeps only i = t. Inputs are log-probs ``[B, T]`` of the
     sampled tokens.
     """
-    _check_gamma(gamma)
+    check_gamma(gamma)
     keep = mask.bool()
     log_ratio = torch.where(keep, (student_logprobs - teacher_logprobs).detach(), 0.0)
     cost = log_ratio
     if gamma > 0:
-        cost = log_ratio + gamma * _discounted_future_sum(log_ratio, mask, gamma)
+        cost = log_ratio + gamma * discounted_future_sum(log_ratio, mask, gamma)
     return _masked_token_mean(cost * student_logprobs, mask)
 
 
@@ -440,34 +281,6 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     row_means = masked.sum(-1) / tokens_per_row.clamp(min=1)
     nonempty = tokens_per_row > 0
     return torch.where(nonempty, row_means, 0.0).sum() / nonempty.sum().clamp(min=1)
-
-
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
-    """A_i = r_i - mean(r of i's group), divided by (std + 1e-4) depending on ``scale``.
-
-    Rows form contiguous groups of ``group_size``. scale "group": the group's std; "batch":
-    the std of all rewards in the batch; "none": no division. std is the unbiased (n-1)
-    estimate, torch's default.
-    """
-    if scale not in ADVANTAGE_SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(ADVANTAGE_SCALES)}")
-    rewards = torch.as_tensor(rewards)
-    if not rewards.is_floating_point():
-        rewards = rewards.to(torch.get_default_dtype())
-    n = rewards.shape[0]
-    if group_size < 1 or n % group_size:
-        raise ValueError(f"{n} rewards cannot be split into groups of {group_size}; "
-                         "pass the number of rollouts per prompt, laid out contiguously")
-    if scale == "group" and group_size < 2:
-        raise ValueError("scale='group' needs group_size >= 2 to estimate a std; "
-                         "use scale='batch' or 'none'")
-    grouped = rewards.reshape(-1, group_size)
-    advantages = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale == "group":
-        advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
-    elif scale == "batch":
-        advantages = advantages / (rewards.std() + 1e-4)
-    return advantages.reshape(n)
 
 
 # ------------------------------------------------------- pieces shared with the chunked losses
@@ -524,50 +337,7 @@ def with_tail(logprobs_on_ids: Tensor) -> Tensor:
     """
     eps = torch.finfo(logprobs_on_ids.dtype).eps
     covered = torch.logsumexp(logprobs_on_ids, dim=-1, keepdim=True).clamp(max=-eps)
-    return torch.cat([logprobs_on_ids, _log1mexp(covered)], dim=-1)
-
-
-def _log1mexp(x: Tensor) -> Tensor:
-    """log(1 - e^x) for x < 0: log(-expm1(x)) near 0, log1p(-exp(x)) below -log 2.
-
-    Each branch sees only inputs where it is finite, so torch.where passes no NaN gradient.
-    """
-    split = -math.log(2.0)
-    near_zero = x > split
-    near = torch.log(-torch.expm1(torch.where(near_zero, x, split)))
-    far = torch.log1p(-torch.exp(torch.where(near_zero, split, x)))
-    return torch.where(near_zero, near, far)
-
-
-def _discounted_future_sum(values: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """S_t = Σ_{i>t, mask_i} γ^(i-t-1) values_i per row, 0 at masked-out positions."""
-    return future_sum_with_carry(values, mask, gamma)[0]
-
-
-def future_sum_with_carry(values: Tensor, mask: Tensor, gamma: float,
-                          carry: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """:func:`_discounted_future_sum` of a block of columns that more columns follow.
-
-    ``carry`` ``[B]`` is the later columns' Σ_{i≥T} γ^(i-T) v_i (default 0), so S_t also gets
-    γ^(T-1-t)·carry. Returns (S masked, the carry for the block before: Σ_{i≥0} γ^i v_i with
-    the later columns folded in). The chunked losses walk a sequence backwards with it.
-    """
-    keep = mask.bool()
-    values = torch.where(keep, values, 0.0)
-    carry = torch.zeros_like(values[:, 0]) if carry is None else carry
-    if gamma == 1.0:
-        # suffix sums shifted left by one position: exact, and one kernel on long sequences
-        inclusive = values.flip(-1).cumsum(-1).flip(-1) + carry.unsqueeze(1)
-        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)
-        running = inclusive[:, 0]
-    else:
-        running = carry
-        columns = []
-        for t in reversed(range(values.shape[1])):  # S_t = v_{t+1} + γ S_{t+1}
-            columns.append(running)
-            running = values[:, t] + gamma * running
-        future = torch.stack(columns[::-1], dim=1)
-    return torch.where(keep, future, 0.0), running
+    return torch.cat([logprobs_on_ids, log1mexp(covered)], dim=-1)
 
 
 def ce_kl_per_token(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -586,28 +356,3 @@ def topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
     return torch.where(hit.any(-1), in_topk, tail)
 
 
-def check_future_credit(baseline: str, group_size: Optional[int], batch_size: int, gamma: float) -> None:
-    """Refuse a baseline, group layout or discount the losses cannot use, saying what to pass."""
-    _check_baseline(baseline, group_size, batch_size)
-    _check_gamma(gamma)
-
-
-def _check_gamma(gamma: float) -> None:
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-
-
-def _check_baseline(baseline: str, group_size: Optional[int], batch_size: int) -> None:
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-    if baseline != "group_loo":
-        return
-    if group_size is None:
-        raise ValueError("baseline='group_loo' needs group_size: the number of rollouts per "
-                         "prompt, laid out as contiguous rows")
-    if group_size < 2:
-        raise ValueError(f"baseline='group_loo' needs group_size >= 2 (got {group_size}): "
-                         "each rollout needs a sibling to compare with")
-    if batch_size % group_size:
-        raise ValueError(f"batch of {batch_size} rows does not split into groups of "
-                         f"{group_size}; keep whole prompt groups in each micro-batch")

@@ -16,9 +16,8 @@ import os
 import random
 from typing import Any, Iterable, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from distil_core.builtin import AnswerCheckFeedback, ExactMatchVerifier, wrong_answer
+from distil_core.config import TinyBase
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -127,33 +126,6 @@ def cached_path(name: str, cache_dir: Optional[str] = None) -> str:
 
 
 # -- the embedded default's base model ----------------------------------------------------------
-
-
-class TinyBase(BaseModel):
-    """How the tiny base model is built and pretrained before any DistIL step.
-
-    The aim is a base LM that reads feedback in its context but has seen little of the task:
-    most pretraining examples show a problem with the run's feedback on a wrong answer (see
-    :class:`BaseFeedback`) and/or a correct demonstration in the expert template, followed by
-    the answer; a share ``plain_fraction`` shows the bare problem. The student starts weak on bare prompts while the same weights,
-    conditioned on feedback, are strong — the gap DistIL closes.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    vocab_size: int = 400
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
-    plain_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
-    feedback_pool: int = Field(
-        default=0, ge=0,
-        description="0: feedback computed for every example; N: for N (problem, wrong answer) pairs, reused.",
-    )
-    seed: int = 0
 
 
 class BaseFeedback:

@@ -14,7 +14,10 @@ from typing import Any, Optional
 
 import torch
 
+from distil_core.errors import DistilError
 from distil_core.io import atomic_file, atomic_write_bytes
+from distil_core.models.lora import load_policy_state, policy_state
+from distil_core.training import fsdp
 
 LATEST = "latest"
 
@@ -59,3 +62,49 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed: float) -> str:
+    """Checkpoint the run at ``step`` (collective: under fsdp the state is gathered whole on rank
+    0, which alone writes). A checkpoint holds no per-rank state, so it resumes on any number
+    of ranks."""
+    model, optimizer, world = learner.model, learner.optimizer, learner.world
+    expert_state = getattr(learner.runtime.expert, "state_dict", None)
+    if learner.sharded:
+        policy, optim = fsdp.model_state(model), fsdp.optimizer_state(model, optimizer)
+    else:
+        policy, optim = policy_state(model), optimizer.state_dict()
+    state = {
+        "step": step,
+        "model": policy,  # under LoRA: the adapters only
+        "optimizer": optim,
+        "scheduler": learner.scheduler.state_dict(),
+        "expert": expert_state() if callable(expert_state) else {},
+        "rng": rng_state(),
+        "evals": evals,
+        "elapsed": elapsed,
+        "world_size": world.size,  # for the record
+    }
+    path = save_checkpoint(run_dir, step, state) if world.main else ""
+    world.barrier()
+    return path
+
+
+def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
+    """Load the latest checkpoint of ``run_dir`` into the learner (policy, optimizer, schedule,
+    expert, RNG); returns the checkpoint's state for the trainer's own progress."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints; start without --resume.")
+    state = load_checkpoint(path)
+    if learner.sharded:
+        fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=path)
+    else:
+        load_policy_state(learner.model, state["model"], where=path)
+        learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scheduler.load_state_dict(state["scheduler"])
+    loader = getattr(learner.runtime.expert, "load_state_dict", None)
+    if callable(loader):
+        loader(state.get("expert", {}))
+    set_rng_state(state["rng"])
+    return state

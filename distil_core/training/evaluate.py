@@ -6,10 +6,60 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from distil_core.training import metrics
+from distil_core.errors import ConfigError
+from distil_core.protocols import resolve, resolve_all
 from distil_core.rollouts.local import Generator, SamplingParams
-from distil_core.protocols import resolve_all
+from distil_core.training import metrics
+from distil_core.training.distributed import World
+from distil_core.training.runlog import progress_bar
 from distil_core.types import Problem
+
+EVAL_SEED_OFFSET = 7919
+"""Evaluations sample with seed ``config.seed + EVAL_SEED_OFFSET``: every evaluation of a run
+(before, during, after, and ``distil eval`` of its final model) draws the same random numbers,
+so their differences are the policy's (common random numbers), and none shares the training
+rollouts' seed."""
+
+
+def evaluation_split(task: Any, split: str, count: int) -> tuple[list[Problem], list[Problem]]:
+    """(training problems, evaluation problems) for ``eval.split``.
+
+    "validation" holds out the last ``count`` train problems — never the test problems — and
+    trains on the rest, so knobs chosen on it say nothing about the test set in advance. A
+    task's ``problems`` may be a coroutine function; it is resolved like every other hook.
+    """
+    train = list(resolve(task.problems("train")))
+    if split == "test":
+        return train, list(resolve(task.problems("test")))[:count]
+    if count >= len(train):
+        raise ConfigError(f"eval.split: validation takes eval.problems={count} problems out of the "
+                          f"{len(train)} train problems and leaves none to train on; lower eval.problems")
+    return train[:-count], train[-count:]
+
+
+def evaluate_on_ranks(rt: Any, config: Any, world: World, problems: Sequence[Problem], *, label: str,
+                      progress: bool) -> dict[str, float]:
+    """pass@k of the policy on ``problems``, each rank sampling a contiguous share (collective);
+    with ``eval.greedy``, ``greedy@1`` from one greedy decode per problem beside it. Call it with
+    the whole policy in place (under fsdp: inside ``full_weights``)."""
+    lo, hi = world.shard(len(problems))
+    mine = list(problems[lo:hi])
+    bar = progress_bar(len(mine), f"eval ({label})", progress)
+    prompts = [rt.context.student_prompt_ids(p) for p in mine]
+    ev = config.eval
+    options = dict(max_new_tokens=ev.max_new_tokens or config.rollout.max_new_tokens,
+                   seed=config.seed + EVAL_SEED_OFFSET)
+    correct, answers = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=ev.samples,
+                                        temperature=ev.temperature, progress=bar, **options)
+    greedy = None
+    if ev.greedy:
+        greedy, _ = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=1, temperature=0.0, **options)
+    bar.close()
+    result = summarise(world.concat(correct), world.concat(answers), ks=ev.ks, samples=ev.samples)
+    if greedy is not None:
+        greedy = world.concat(greedy)
+        result["greedy@1"] = sum(row[0] for row in greedy) / max(len(greedy), 1)
+    return result
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
+from distil_core.errors import ConfigError
+from distil_core.losses.methods import method_named
 from distil_core.models.lora import check_policy_state, is_lora
 
 _FULL = dict(full_state_dict=True, cpu_offload=True)  # gathered on rank 0, in CPU memory
@@ -147,10 +149,7 @@ def norm_value(norm: Any) -> float:
 
 def check_config(config: Any) -> None:
     """Refuse, at the start, what ``train.parallel: fsdp`` does not support."""
-    from distil_core.losses.chunked import CHUNKED_METHODS
-    from distil_core.errors import ConfigError
-
-    if config.loss.chunk_size > 0 and config.method in CHUNKED_METHODS:
+    if config.loss.chunk_size > 0 and method_named(config.method).chunkable:
         raise ConfigError(
             "loss.chunk_size is not supported with train.parallel: fsdp (the chunked losses read the "
             "output projection's weight outside the model's forward, where it is sharded). Set "

@@ -16,12 +16,14 @@ import torch
 
 from distil_core import __version__
 from distil_core.io import atomic_directory
-from distil_core.config import METHODS_NEEDING_EXPERT, RunConfig
+from distil_core.config import RunConfig
 from distil_core.context import ContextBuilder
 from distil_core.errors import ConfigError
+from distil_core.losses.methods import method_named
+from distil_core.training.distributed import current_world
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.plugin_host import PluginHost, factory_parameters, get_host
-from distil_core.protocols import Expert, FeedbackSource, Task, Verifier
+from distil_core.protocols import Expert, FeedbackSource, Task, Verifier, resolve
 from distil_core.models.tiny import BaseFeedback, build_tiny_base, cached_path
 
 
@@ -54,8 +56,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True) -> Runtime:
-    """Build every component named in ``config``; errors name the component and the fix."""
+def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True,
+                  with_expert: bool = True) -> Runtime:
+    """Build every component named in ``config``; errors name the component and the fix.
+
+    The expert is built when the run's method asks one and ``with_expert`` is true; an
+    evaluation passes ``with_expert=False``, since it samples and grades the policy alone and an
+    expert can be costly to build (a second model, or an API client). The method is looked up
+    first, so a name without a registered method fails before anything slow runs.
+    """
+    method = method_named(config.method)
     host = host or get_host()
     task = build_component(host, "task", config.task.name, config.task.options)
     _check_protocol(task, Task, "task", config.task.name)
@@ -71,7 +81,7 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
     if config.rollout.backend == "server":  # an inference server samples; the policy is synced to it
         from distil_core.rollouts.server import server_generator
 
-        rt.generator = server_generator(config, model, tokenizer, params)
+        rt.generator = server_generator(config, model, tokenizer, params, world=current_world())
     else:
         rt.generator = Generator(model, tokenizer, params)
     rt.context = ContextBuilder(tokenizer, config.context, config.system_prompt)
@@ -81,7 +91,7 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
         source = build_component(host, "feedback_source", comp.name, comp.options, rt)
         _check_protocol(source, FeedbackSource, "feedback source", comp.name)
         rt.feedback_sources.append((comp.name, source))
-    if config.method in METHODS_NEEDING_EXPERT:
+    if with_expert and method.needs_expert:
         rt.expert = build_component(host, "expert", config.expert.name, config.expert.options, rt)
         _check_protocol(rt.expert, Expert, "expert", config.expert.name)
     return rt
@@ -174,6 +184,7 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     """
     host = host or get_host()
     recipe = config.model.tiny
+    train = list(resolve(task.problems("train")))  # a task's problems() may be a coroutine function
     components = base_feedback_components(config, host)
     identity: dict[str, Any] = {
         "version": __version__,
@@ -184,7 +195,7 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
         identity["base_feedback"] = components
     if callable(getattr(task, "answer_text", None)):  # what the base learns to answer
-        answers = [task.answer_text(p) for p in list(task.problems("train"))[:200]]
+        answers = [task.answer_text(p) for p in train[:200]]
         identity["answers"] = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
     key = json.dumps(identity, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -195,7 +206,7 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
     teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
     try:
-        model, tokenizer = build_tiny_base(task.problems("train"), config.context, recipe, progress=progress, teacher=teacher)
+        model, tokenizer = build_tiny_base(train, config.context, recipe, progress=progress, teacher=teacher)
     finally:
         closer = getattr(verifier, "close", None)
         if callable(closer):

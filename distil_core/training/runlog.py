@@ -1,0 +1,213 @@
+"""What a run writes: JSONL logs, the per-step metrics row merged over ranks, and summary.json.
+
+Every rank computes its own share of a step; rank 0 alone writes. A line written after the
+checkpoint a run resumes from is dropped (it will be written again), so the logs of a resumed
+run read as those of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from distil_core.io import atomic_write_bytes, atomic_write_json
+from distil_core.training.distributed import World
+from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
+
+STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl")
+
+
+class RunLog:
+    """The files of one run directory, written by rank 0 (every call is collective where it gathers)."""
+
+    def __init__(self, run_dir: str, world: World):
+        self.run_dir, self.world = run_dir, world
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        if self.world.main:
+            with open(self.path(name), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def write_lines(self, name: str, lines: list[str]) -> None:
+        """Every rank's lines, in rank order (the global order), appended once by rank 0."""
+        lines = self.world.concat(lines)
+        if self.world.main and lines:
+            with open(self.path(name), "a", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
+
+    def start_fresh(self) -> None:
+        """A new run in an old directory: the old run's logs and summary go."""
+        if self.world.main:
+            for name in (*STEP_LOGS, "summary.json"):
+                if os.path.exists(self.path(name)):
+                    os.unlink(self.path(name))
+
+    def truncate(self, last_step: int) -> None:
+        """Drop records written after the checkpoint we resume from (they will be written again)."""
+        if not self.world.main:
+            return
+        for name in STEP_LOGS:
+            path = self.path(name)
+            if not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8") as fh:
+                kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
+            atomic_write_bytes(path, "".join(kept).encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.world.main:
+            atomic_write_bytes(self.path(name), data)
+
+    def write_json(self, name: str, value: Any) -> None:
+        if self.world.main:
+            atomic_write_json(self.path(name), value)
+
+
+def default_run_dir(method: str) -> str:
+    return os.path.join("runs", f"{method}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def provenance_lines(step: int, rollouts, verdicts, queries, signals) -> list[str]:
+    """One line per expert query: which feedback built its context, and whether its signal was used."""
+    lines = []
+    for q in queries:
+        r, v, s = rollouts[q.rollout_index], verdicts[q.rollout_index], signals[q.rollout_index]
+        lines.append(json.dumps({
+            "step": step, "problem_id": q.problem_id, "rollout": r.group_index,
+            "response_hash": r.response_hash, "passed": v.passed, "feedback": q.provenance,
+            "has_signal": q.has_signal, "used": s is not None and s.ok,
+        }))
+    return lines
+
+
+def rollout_lines(step: int, problems, rollouts, verdicts, feedback, n: int) -> list[str]:
+    """Every rollout with its problem, verdict and feedback: what ``distil review`` shows."""
+    return [json.dumps(rollout_record(step, problems[j // n], r, verdicts[j], feedback[j]))
+            for j, r in enumerate(rollouts)]
+
+
+def rollout_record(
+    step: int, problem: Problem, rollout: Rollout, verdict: Verdict, feedback: Sequence[Feedback]
+) -> dict[str, Any]:
+    """One line of ``rollouts.jsonl``; long references, details and feedback texts are cut short."""
+    return {
+        "step": step, "problem_id": problem.id, "prompt": problem.user_text(),
+        "reference": trimmed(problem.reference, 2000), "group_index": rollout.group_index,
+        "response_text": rollout.response_text, "response_hash": rollout.response_hash, "finished": rollout.finished,
+        "verdict": {"score": verdict.score, "passed": verdict.passed, "answer": verdict.answer,
+                    "details": {k: trimmed(v, 500) for k, v in verdict.details.items()}},
+        "feedback": [{"source": f.source, "kind": f.kind, "text": trimmed(f.text, 2000)} for f in feedback],
+    }
+
+
+def trimmed(value: Any, limit: int) -> Any:
+    """``value`` itself when it is JSON of at most ``limit`` characters; else its text, cut there."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "…"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    else:
+        if len(text) <= limit:
+            return value
+    return text[:limit] + "…"
+
+
+def expert_accounting(signals: Sequence[Optional[ExpertSignal]]) -> dict[str, Any]:
+    """Which access level the expert's answers used, and what they cost (summed ``usage``)."""
+    answered = [s for s in signals if s is not None]
+    if not answered:
+        return {}
+    levels = sorted({s.access for s in answered if s.ok})
+    out: dict[str, Any] = {"expert_access": ",".join(levels) if levels else "none"}
+    for s in answered:
+        for key, value in s.usage.items():
+            out[f"expert_{key}"] = out.get(f"expert_{key}", 0.0) + float(value)
+    return out
+
+
+def merge_accounting(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ranks' :func:`expert_accounting` as one: access levels joined, costs summed."""
+    out: dict[str, Any] = {}
+    levels = sorted({lvl for p in parts for lvl in p.get("expert_access", "").split(",") if lvl and lvl != "none"})
+    if any("expert_access" in p for p in parts):
+        out["expert_access"] = ",".join(levels) if levels else "none"
+    for p in parts:
+        for key, value in p.items():
+            if key != "expert_access":
+                out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def step_row(step: int, world: World, counts: dict[str, float], accounting: dict[str, Any],
+             timings: dict[str, float], stats: dict[str, float], lr: float) -> dict[str, Any]:
+    """The step's metrics row over every rank: counts summed, costs merged, each time the
+    slowest rank's (the step waits for it). Collective."""
+    ranks = world.gather((counts, accounting, timings))
+    total = {k: sum(c[k] for c, _, _ in ranks) for k in counts}
+    timings = {k: max(t.get(k, 0.0) for _, _, t in ranks) for k in timings}
+    rows = total["rollouts"]
+    row: dict[str, Any] = {
+        "step": step,
+        "loss": stats.pop("loss"),
+        "reward": total["reward"] / rows,
+        "pass_rate": total["pass_rate"] / rows,
+        **stats,
+        "feedback_coverage": total["feedback_coverage"] / rows,
+        "demo_coverage": total["demo_coverage"] / rows,
+        "signal_rollouts": total["signal_rollouts"],
+        "dropped_no_signal": total["dropped_no_signal"],
+        "expert_failed": total["expert_failed"],
+        **merge_accounting([a for _, a, _ in ranks]),
+        "response_tokens": total["generated"] / rows,
+        "tokens_per_s": total["generated"] / max(timings["time_generate"], 1e-9),
+        "lr": lr,
+        **timings,
+    }
+    if world.distributed:
+        row["world_size"] = world.size
+    return row
+
+
+def reference_tokens(task: Any, tokenizer: Any, problems: Sequence[Problem]) -> Optional[float]:
+    """Mean length in tokens (with the end token) of the reference responses of the evaluation
+    problems: the length an expert that reproduces the reference writes, to set beside the
+    student's ``response_tokens``."""
+    hook = getattr(task, "answer_text", None)
+    texts = [hook(p) if callable(hook) else p.reference for p in problems]
+    texts = [t for t in texts if isinstance(t, str)]
+    if not texts:
+        return None
+    return sum(len(tokenizer.encode(t, add_special_tokens=False)) + 1 for t in texts) / len(texts)
+
+
+def run_summary(config: Any, before: dict[str, float], after: dict[str, float], **facts: Any) -> dict[str, Any]:
+    """summary.json: the run's pass@k before and after training and their gain, with ``facts``
+    (model, steps, wall time, evaluation set, run directory) beside them."""
+    keys = [k for k in before if "@" in k]
+    return {
+        "method": config.method,
+        "task": config.task.name,
+        "model": facts["model"],
+        "steps": facts["steps"],
+        "seed": config.seed,
+        "wall_s": facts["wall_s"],
+        "before": {k: before[k] for k in keys},
+        "after": {k: after[k] for k in keys},
+        "gain": {k: after[k] - before[k] for k in keys},
+        "eval": {"problems": facts["problems"], "samples": config.eval.samples, "split": config.eval.split},
+        "reference_tokens": facts["reference_tokens"],
+        "run_dir": facts["run_dir"],
+    }
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)

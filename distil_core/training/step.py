@@ -1,0 +1,191 @@
+"""One step's data, in pipeline order: rollout → verify → feedback → context → expert signal.
+
+Plain functions over the run's components (:class:`~distil_core.training.runtime.Runtime`):
+each takes what the one before produced, so a step reads top to bottom in
+:func:`collect_step`, and each piece can be called alone. Plugin results are validated where
+they enter (a wrong type, count or signal names the plugin), never deep inside a loss.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from distil_core.config import RunConfig
+from distil_core.errors import PluginError
+from distil_core.losses.methods import Method
+from distil_core.protocols import resolve, resolve_all
+from distil_core.training.signals import check_signals
+from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+
+
+@dataclass
+class StepBatch:
+    """Everything one rank's share of a step produced before the update, row for row
+    (``n`` rollouts per problem, problem ``j // n`` for rollout ``j``)."""
+
+    problems: list[Problem]
+    prompts: list[list[int]]
+    n: int
+    rollouts: list[Rollout] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    feedback: list[list[Feedback]] = field(default_factory=list)
+    queries: list[ExpertQuery] = field(default_factory=list)
+    signals: list[Optional[ExpertSignal]] = field(default_factory=list)
+
+
+class Clock:
+    """Seconds per phase of a step, as ``time_<phase>`` (what metrics.jsonl reports)."""
+
+    def __init__(self) -> None:
+        self.began = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[f"time_{name}"] = now - self.last
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "time_step": time.perf_counter() - self.began}
+
+
+def step_key(seed: int, step: int) -> int:
+    """The key of step ``step``: its problems and its rollouts' sampling (see
+    :mod:`distil_core.rollouts.local`) depend on (seed, step) alone, so a resumed run sees the
+    same problems and rollouts as an uninterrupted one."""
+    return seed * 1_000_003 + step
+
+
+def problems_for_step(config: RunConfig, train_problems: Sequence[Problem], step: int) -> list[Problem]:
+    rng = random.Random(step_key(config.seed, step))
+    k = min(config.rollout.problems_per_step, len(train_problems))
+    return rng.sample(list(train_problems), k)
+
+
+def collect_step(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *, key: int, chunked: bool,
+                 clock: Clock) -> StepBatch:
+    """Fill ``batch`` from its problems: sample, grade, and — for a method that asks an expert —
+    gather feedback, build the expert's contexts and ask it."""
+    n = batch.n
+    batch.rollouts = rt.generator.sample(batch.prompts, [p.id for p in batch.problems], n, key=key)
+    clock.lap("generate")
+    batch.verdicts = verify(rt.verifier, config.verifier.name, batch.problems, batch.rollouts, n)
+    clock.lap("verify")
+    batch.signals = [None] * len(batch.rollouts)
+    batch.feedback = [[] for _ in batch.rollouts]
+    if not method.needs_expert:
+        return batch
+    groups = sibling_groups(batch)
+    batch.feedback = collect_feedback(rt.feedback_sources, batch, groups)
+    clock.lap("feedback")
+    batch.queries = [
+        rt.context.build(batch.problems[j // n], j, batch.rollouts[j], batch.feedback[j], groups[j // n])
+        for j in range(len(batch.rollouts))
+    ]
+    asked = [q for q in batch.queries if q.has_signal or config.loss.no_signal == "keep"]
+    for q, s in zip(asked, ask_expert(rt, config, asked, chunked=chunked)):
+        batch.signals[q.rollout_index] = s
+    clock.lap("expert")
+    return batch
+
+
+def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequence[Rollout], n: int) -> list[Verdict]:
+    verdicts = resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)])
+    return checked(verdicts, Verdict, name)
+
+
+def sibling_groups(batch: StepBatch) -> list[list[tuple[int, Rollout, Verdict]]]:
+    """Per problem, its rollouts with their row index and verdict (what feedback and contexts compare)."""
+    n = batch.n
+    return [[(j, batch.rollouts[j], batch.verdicts[j]) for j in range(i * n, (i + 1) * n)]
+            for i in range(len(batch.problems))]
+
+
+def collect_feedback(sources: Sequence[tuple[str, Any]], batch: StepBatch, groups) -> list[list[Feedback]]:
+    """Per rollout and source; a source with ``feedback_batch(items)`` gets the step in one call."""
+    n = batch.n
+    items = [
+        (batch.problems[j // n], rollout, verdict, [(r, v) for _, r, v in groups[j // n]])
+        for j, (rollout, verdict) in enumerate(zip(batch.rollouts, batch.verdicts))
+    ]
+    calls, owners = [], []
+    for name, source in sources:
+        whole = getattr(source, "feedback_batch", None)
+        if callable(whole):
+            calls.append(whole(items))
+            owners.append((name, None))
+            continue
+        for j, item in enumerate(items):
+            calls.append(source.feedback(*item))
+            owners.append((name, j))
+    out: list[list[Feedback]] = [[] for _ in items]
+    for (name, j), result in zip(owners, resolve_all(calls)):
+        if j is not None:
+            out[j].extend(checked(list(result or []), Feedback, name))
+            continue
+        result = list(result or [])
+        if len(result) != len(items):
+            raise PluginError(f"feedback source {name!r}: feedback_batch returned {len(result)} lists for {len(items)} rollouts")
+        for k, per_rollout in enumerate(result):
+            out[k].extend(checked(list(per_rollout or []), Feedback, name))
+    return out
+
+
+def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, chunked: bool) -> list[ExpertSignal]:
+    """The expert's signal for each query, checked before any loss reads it (see
+    :func:`~distil_core.training.signals.check_signals`)."""
+    if not queries:
+        return []
+    score = rt.expert.score
+    if chunked and callable(getattr(rt.expert, "score_hidden", None)):
+        score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
+    name = config.expert.name
+    answered = resolve(score(list(queries)))
+    if not isinstance(answered, (list, tuple)) or len(answered) != len(queries):
+        count = len(answered) if isinstance(answered, (list, tuple)) else type(answered).__name__
+        raise PluginError(f"expert {name!r} returned {count} signals for {len(queries)} queries; "
+                          "score() must return one ExpertSignal per query, in order")
+    answered = checked(list(answered), ExpertSignal, name)
+    check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer), expert=name)
+    return answered
+
+
+def vocab_size(model: Any, tokenizer: Any) -> int:
+    """The width of the policy's logits: what a dense expert's logits must match and every
+    expert token id must lie below (it can exceed the tokenizer's length: padded vocabularies)."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else len(tokenizer)
+
+
+def checked(items: Sequence[Any], model: type, plugin: str) -> list[Any]:
+    """``items`` as ``model`` instances; anything that does not validate is the plugin's error."""
+    out = []
+    for item in items:
+        if isinstance(item, model):
+            out.append(item)
+            continue
+        try:
+            out.append(model.model_validate(item))
+        except Exception as exc:
+            raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__}: {exc}") from None
+    return out
+
+
+def step_counts(batch: StepBatch, config: RunConfig) -> dict[str, float]:
+    """This rank's sums behind the step's metrics row (merged over ranks by
+    :func:`~distil_core.training.runlog.step_row`)."""
+    signals, queries = batch.signals, batch.queries
+    return {
+        "rollouts": len(batch.rollouts),
+        "reward": sum(v.score for v in batch.verdicts),
+        "pass_rate": sum(v.passed for v in batch.verdicts),
+        "feedback_coverage": sum(bool(f) for f in batch.feedback),
+        "demo_coverage": sum(any(p["kind"] == "demonstration" for p in q.provenance) for q in queries),
+        "signal_rollouts": sum(s is not None and s.ok for s in signals),
+        "dropped_no_signal": sum(not q.has_signal for q in queries) if config.loss.no_signal == "skip" else 0,
+        "expert_failed": sum(s is not None and not s.ok for s in signals),
+        "generated": sum(len(r.response_ids) for r in batch.rollouts),
+    }

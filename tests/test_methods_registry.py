@@ -1,0 +1,76 @@
+"""The method registry: one entry per training method, and the only place a method's facts live."""
+
+import typing
+
+import pytest
+import torch
+
+from distil_core.config import Method as ConfigMethod
+from distil_core.config import LossConfig, load_config
+from distil_core.errors import ConfigError
+from distil_core.losses.chunked import chunked_loss
+from distil_core.losses.chunk_terms import ExpertHead
+from distil_core.losses.methods import METHODS, Share, method_named
+from distil_core.plugin_host import PluginHost
+from distil_core.training.runtime import build_runtime
+
+
+def test_the_config_accepts_exactly_the_registered_methods():
+    assert set(typing.get_args(ConfigMethod)) == set(METHODS)
+    assert all(name == entry.name for name, entry in METHODS.items())
+
+
+def test_the_registry_says_which_methods_ask_an_expert_and_run_chunked():
+    assert {n for n, m in METHODS.items() if m.needs_expert} == {"distil", "distil_local", "jsd", "reverse_kl"}
+    assert {n for n, m in METHODS.items() if m.chunkable} == {"distil", "distil_local", "jsd", "reverse_kl"}
+    assert [n for n, m in METHODS.items() if m.future_credit] == ["distil"]
+    assert [n for n, m in METHODS.items() if m.group_advantages] == ["grpo"]
+
+
+def test_an_unknown_method_is_refused_naming_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        method_named("dpo")
+    assert "'dpo'" in str(err.value)
+    for name in METHODS:
+        assert name in str(err.value)
+
+
+def test_the_runtime_refuses_an_unregistered_method_before_loading_a_model(monkeypatch):
+    """A config built around validation still fails at the runtime's door, not after the model loads."""
+    from distil_core.training import runtime
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the method was checked")
+
+    monkeypatch.setattr(runtime, "load_policy", no_model)
+    config = load_config(None, []).model_copy(update={"method": "dpo"})
+    with pytest.raises(ConfigError, match="'dpo' is not a training method"):
+        build_runtime(config, PluginHost(load_entrypoints=False))
+
+
+@pytest.mark.parametrize("loss_type, expected", [("dapo", 1.0), ("bnpo", 0.25), ("grpo", 0.5), ("dr_grpo", 0.5)])
+def test_grpo_weights_micro_batches_by_its_aggregation_and_distillation_by_tokens(loss_type, expected):
+    share = Share(micro_rows=8, rows=16, micro_batches=4, micro_tokens=30, total_tokens=120)
+    cfg = LossConfig(loss_type=loss_type)
+    assert METHODS["grpo"].scale(cfg, share) == expected
+    assert METHODS["distil"].scale(cfg, share) == 0.25
+
+
+def test_only_distil_has_a_success_term_and_only_with_siblings():
+    cfg = LossConfig(reward_weight=1.0)
+    assert METHODS["distil"].rewarded(cfg, 4) and not METHODS["distil"].rewarded(cfg, 1)
+    assert not METHODS["distil_local"].rewarded(cfg, 4)
+    assert not METHODS["distil"].rewarded(LossConfig(reward_weight=0.0), 4)
+    assert METHODS["grpo"].reads_every_row(LossConfig(reward_weight=0.0), 4)
+    assert not METHODS["jsd"].reads_every_row(cfg, 4)
+
+
+def test_the_chunked_loss_takes_a_registry_entry_as_well_as_its_name():
+    torch.manual_seed(0)
+    hidden, weight, expert = torch.randn(2, 5, 4), torch.randn(7, 4), ExpertHead(torch.randn(2, 5, 4), torch.randn(7, 4))
+    tokens, mask = torch.randint(0, 7, (2, 5)), torch.ones(2, 5)
+    by_name = chunked_loss("jsd", hidden, weight, tokens, mask, expert, chunk_size=2)
+    by_entry = chunked_loss(METHODS["jsd"], hidden, weight, tokens, mask, expert, chunk_size=2)
+    assert torch.equal(by_name, by_entry)
+    with pytest.raises(TypeError, match="unexpected options betta"):
+        chunked_loss("jsd", hidden, weight, tokens, mask, expert, betta=0.3)

@@ -1,0 +1,179 @@
+"""The trainer's boundaries with plugins: expert signals are checked as they arrive, and a task
+whose ``problems`` is a coroutine function is awaited like every other hook."""
+
+import math
+
+import pytest
+import torch
+
+from distil_core import ExpertCapability, ExpertSignal, hookimpl
+from distil_core.builtin import DigitsTask
+from distil_core.config import load_config
+from distil_core.errors import PluginError
+from distil_core.plugin_host import PluginHost
+from distil_core.training.evaluate import evaluation_split
+from distil_core.training.signals import check_signal
+from distil_core.training.trainer import Trainer
+
+from helpers import FAST_RUN, distil_cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with distil_cache(tmp_path_factory.mktemp("cache")):
+        yield
+
+
+def _dense(t, v):
+    return torch.zeros(t, v)
+
+
+def _topk(t, v, k=2):
+    ids = torch.arange(k).repeat(t, 1)
+    return ids, torch.full((t, k), math.log(0.4))
+
+
+def _faulty_signal(fault, t, v):
+    """A signal for a response of ``t`` tokens over a vocabulary of ``v``, wrong in one way."""
+    if fault.endswith("logits"):
+        logits = {"short_logits": lambda: _dense(t + 1, v), "wide_logits": lambda: _dense(t, v + 1)}.get(
+            fault, lambda: _dense(t, v))()
+        if fault == "nan_logits":
+            logits[0, 3] = float("nan")
+        if fault == "inf_logits":
+            logits[0, 3] = -float("inf")
+        return ExpertSignal(access="dense", logits=logits)
+    if fault.startswith("topk"):
+        ids, lps = _topk(t, v)
+        if fault == "topk_positive":
+            lps[0, 1] = 0.5
+        elif fault == "topk_mass":
+            lps[0] = math.log(0.6)
+        elif fault == "topk_id_past_vocab":
+            ids[0, 0] = v
+        elif fault == "topk_negative_id":
+            ids[0, 1] = -1
+        elif fault == "topk_nan":
+            lps[0, 1] = float("nan")
+        elif fault == "topk_shape":
+            lps = torch.full((t, 3), math.log(0.2))
+        return ExpertSignal(access="topk", topk_ids=ids, topk_logprobs=lps)
+    if fault == "sampled_past_vocab":
+        ids = torch.zeros(t, 1, dtype=torch.long)
+        ids[0, 0] = v + 5
+        return ExpertSignal(access="sampled", sample_ids=ids)
+    if fault == "hidden_head":
+        return ExpertSignal(access="hidden", hidden=torch.zeros(t, 8), head=(torch.zeros(v - 1, 8), None))
+    raise AssertionError(fault)
+
+
+class _FaultyExpert:
+    def __init__(self, runtime, fault: str):
+        self.vocab, self.fault = runtime.model.config.vocab_size, fault
+
+    @property
+    def capability(self):
+        return ExpertCapability(access="dense")
+
+    def score(self, queries):
+        if self.fault == "one_short":
+            return [ExpertSignal(access="dense", logits=_dense(len(q.response_ids), self.vocab)) for q in queries][1:]
+        return [_faulty_signal(self.fault, len(q.response_ids), self.vocab) for q in queries]
+
+
+class _AsyncDigits(DigitsTask):
+    """A task whose problems are served by a coroutine function (as a remote dataset would be)."""
+
+    async def problems(self, split):
+        return DigitsTask.problems(self, split)
+
+
+class _Plugin:
+    @hookimpl
+    def register_experts(register):
+        register("faulty", _FaultyExpert)
+
+    @hookimpl
+    def register_tasks(register):
+        register("async_digits", _AsyncDigits)
+
+
+def _host():
+    host = PluginHost(load_entrypoints=False)
+    host.register_plugin(_Plugin, "signals-test-plugin")
+    return host
+
+
+def _trainer(tmp_path, *overrides):
+    config = load_config(None, FAST_RUN + ["loss.no_signal=keep"] + list(overrides))  # every rollout is asked
+    return Trainer(config, run_dir=str(tmp_path), host=_host(), echo=lambda *_: None)
+
+
+BAD_SIGNALS = [
+    ("nan_logits", "logits is nan at position 0, column 3", "finite logits"),
+    ("inf_logits", "logits is -inf at position 0, column 3", "finite logits"),
+    ("short_logits", "logits has shape [", "[response tokens, vocabulary]"),
+    ("wide_logits", "logits has shape [", "[response tokens, vocabulary]"),
+    ("topk_positive", "topk_logprobs is 0.5 at position 0, column 1: above 0", "log q(a) ≤ 0"),
+    ("topk_mass", "topk_logprobs at position 0 have logsumexp 0.1823 > 0", "sum to at most 1"),
+    ("topk_nan", "topk_logprobs is nan at position 0, column 1", "log q(a) ≤ 0"),
+    ("topk_id_past_vocab", "topk_ids holds id {v} at position 0, column 0, outside the vocabulary [0, {v})",
+     "token ids in [0, {v})"),
+    ("topk_negative_id", "topk_ids holds id -1 at position 0, column 1", "token ids in [0, {v})"),
+    ("topk_shape", "topk_logprobs has shape [", "the shape of topk_ids"),
+    ("sampled_past_vocab", "sample_ids holds id {v5} at position 0, column 0",
+     "a negative id (no sample at that position) or token ids in [0, {v})"),
+    ("hidden_head", "head weight has shape [{v1}, 8], not [{v}, 8]", "[vocabulary, hidden size]"),
+]
+
+
+@pytest.mark.parametrize("fault, problem, fix", BAD_SIGNALS, ids=[b[0] for b in BAD_SIGNALS])
+def test_a_bad_expert_signal_stops_the_step_naming_the_expert_field_and_fix(tmp_path, fault, problem, fix):
+    trainer = _trainer(tmp_path, f"expert={{name: faulty, options: {{fault: {fault}}}}}")
+    v = trainer.model.config.vocab_size
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(PluginError) as err:
+        trainer.train_step(1)
+    message = str(err.value)
+    assert message.startswith("expert 'faulty' returned an unusable")
+    assert "for rollout " in message
+    for fragment in (problem, fix):
+        assert fragment.format(v=v, v1=v - 1, v5=v + 5) in message
+    assert "The expert should return" in message
+    # refused before the update: the policy is untouched
+    assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_an_expert_that_answers_fewer_queries_than_asked_is_named(tmp_path):
+    trainer = _trainer(tmp_path, "expert={name: faulty, options: {fault: one_short}}")
+    with pytest.raises(PluginError, match=r"expert 'faulty' returned \d+ signals for \d+ queries; score\(\) must"):
+        trainer.train_step(1)
+
+
+@pytest.mark.parametrize("signal", [
+    ExpertSignal(access="dense", logits=torch.randn(3, 5)),
+    ExpertSignal(access="topk", topk_ids=torch.tensor([[0, 4]] * 3), topk_logprobs=torch.log(torch.tensor([[0.7, 0.3]] * 3))),
+    ExpertSignal(access="sampled", sample_ids=torch.tensor([[1], [-100], [4]])),
+    ExpertSignal(access="hidden", hidden=torch.randn(3, 2), head=(torch.randn(5, 2), torch.zeros(5))),
+    ExpertSignal(access="text", text="42"),
+    ExpertSignal.failed("dense", "rate limited"),
+], ids=["dense", "topk", "sampled", "hidden", "text", "failed"])
+def test_well_formed_signals_pass(signal):
+    check_signal(signal, 3, 5)  # raises on any problem
+
+
+def test_a_coroutine_problems_hook_is_awaited_for_the_splits():
+    train, test = evaluation_split(_AsyncDigits(length=2, train_size=30, test_size=8), "test", 5)
+    assert len(train) == 30 and len(test) == 5
+    train, held_out = evaluation_split(_AsyncDigits(length=2, train_size=30, test_size=8), "validation", 5)
+    assert len(train) == 25 and len(held_out) == 5
+
+
+@pytest.mark.slow
+def test_a_task_with_async_problems_trains(tmp_path):
+    trainer = _trainer(tmp_path, "task={name: async_digits, options: {length: 2, train_size: 80, test_size: 16}}",
+                       "train.steps=2", "train.save_every=0")
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    summary = trainer.fit()
+    assert summary["steps"] == 2 and "pass@1" in summary["after"]
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
