@@ -41,7 +41,6 @@ from typing import Any, Optional, Sequence
 import torch
 
 from distil_core.io import atomic_directory
-from distil_core.training.distributed import current_world
 from distil_core.errors import ConfigError, DistilError
 from distil_core.retry import RetryPolicy, retry_after_seconds
 from distil_core.rollouts.local import SamplingParams
@@ -245,8 +244,9 @@ class ServerGenerator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, settings: Any, params: SamplingParams, *, mode: str,
-                 sync_dir: str, api_key: Optional[str] = None, sync_steps: Sequence[int] = ()):
+                 sync_dir: str, api_key: Optional[str] = None, sync_steps: Sequence[int] = (), world: Any = None):
         self.model, self.tokenizer, self.settings, self.params, self.mode = model, tokenizer, settings, params, mode
+        self.world = world  # the trainer's ranks (``main``, ``barrier()``); None: one process
         self.eos_id = tokenizer.eos_token_id
         self.client = ServerClient(settings.base_url, api_key, settings.timeout_s, settings.retries)
         self.sync = PolicySync(self.client, mode, settings, os.path.abspath(sync_dir))
@@ -358,10 +358,11 @@ class ServerGenerator:
     def _push(self, model: Any) -> tuple[float, int]:
         """Sync ``model`` to the server. Under torchrun every rank holds the same weights: rank 0
         writes and loads them, and the others wait for it before sampling again."""
-        world = current_world()
+        world = self.world
         start = time.perf_counter()
-        size = self.sync.push(model, write=world.main)
-        world.barrier()
+        size = self.sync.push(model, write=world is None or world.main)
+        if world is not None:
+            world.barrier()
         return time.perf_counter() - start, size
 
     def close(self) -> None:
@@ -384,8 +385,13 @@ def _token_id(token: Any, url: str) -> int:
 # -- building one from the config -----------------------------------------------------------------
 
 
-def server_generator(config: Any, model: Any, tokenizer: Any, params: SamplingParams) -> ServerGenerator:
-    """The :class:`ServerGenerator` that ``config.rollout.server`` describes, checked against the policy."""
+def server_generator(config: Any, model: Any, tokenizer: Any, params: SamplingParams,
+                     world: Any = None) -> ServerGenerator:
+    """The :class:`ServerGenerator` that ``config.rollout.server`` describes, checked against the policy.
+
+    ``world`` is the trainer's ranks, handed in by the caller (rollouts sit below training and
+    cannot look it up): under torchrun rank 0 syncs the policy while the others wait.
+    """
     from distil_core.models.lora import is_lora
 
     s = config.rollout.server
@@ -404,7 +410,7 @@ def server_generator(config: Any, model: Any, tokenizer: Any, params: SamplingPa
                               "environment; export it or give rollout.server.api_key.")
     sync_dir = s.sync_dir or (os.path.join(config.train.output_dir, "sync") if config.train.output_dir else None)
     generator = ServerGenerator(model, tokenizer, s, params, mode=mode, sync_dir=sync_dir or tempfile.mkdtemp(
-        prefix="distil-sync-"), api_key=api_key, sync_steps=_eval_steps(config))
+        prefix="distil-sync-"), api_key=api_key, sync_steps=_eval_steps(config), world=world)
     if sync_dir is None:  # a temporary directory goes when the generator does
         weakref.finalize(generator, shutil.rmtree, generator.sync.dir, True)
     return generator
