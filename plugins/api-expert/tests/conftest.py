@@ -1,18 +1,7 @@
-"""Puts this folder on sys.path (for api_expert_testlib), keeps the suite offline and installed
-plugins out, and serves a tiny model with real log-probs on 127.0.0.1 for the whole session."""
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-os.environ["DISTIL_NO_ENTRYPOINTS"] = "1"
-os.environ.pop("DISTIL_PLUGINS", None)
-for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):  # never reach a real provider
-    os.environ.pop(key, None)
+"""distil-api-expert's tests, isolated by distil_core.testing and never reaching a real provider;
+api_expert_testlib sits beside this file. Serves a tiny model with real log-probs on 127.0.0.1."""
+import os, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E401,E702
+from distil_core.testing import isolate; isolate(unset=["OPENAI_API_KEY", "OPENAI_BASE_URL"])  # noqa: E402,E702
 
 import pytest  # noqa: E402
 
