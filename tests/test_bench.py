@@ -23,6 +23,7 @@ def cache(tmp_path_factory):
         yield path
 
 
+@pytest.mark.slow
 def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", SPEC, "--suites", "sort", "--methods", "grpo", "distil", "--output-dir", str(out)]
@@ -74,6 +75,7 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     assert {p: p.stat().st_mtime_ns for p in out.glob("sort/*/seed*/summary.json")} == stamps
 
 
+@pytest.mark.slow
 def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_path, capsys):
     out = tmp_path / "bench"
     base = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out)]
@@ -83,6 +85,7 @@ def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_p
     assert "holds a finished run with a different config" in err and str(out / "sort" / "grpo" / "seed0") in err
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_started_again(cache, tmp_path, capsys):
     out = tmp_path / "bench"
     half = out / "sort" / "distil" / "seed0"
@@ -159,6 +162,7 @@ def test_the_embedded_bench_trains_each_suite_as_its_run_config_does(suite):
         assert ours["rollout"][key] == theirs["rollout"][key], key
 
 
+@pytest.mark.slow
 def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problems(cache, tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "distil",

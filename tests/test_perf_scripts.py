@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_step_throughput_measures_every_figure_on_a_small_model(tmp_path):
     out = tmp_path / "figures.json"
     proc = subprocess.run(
@@ -86,6 +87,7 @@ def _diagnostics(tmp_path, *args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_bench_diagnostics_expert_gap_shows_the_feedback_helps_on_digits(tmp_path):
     """On digits the feedback states the answer: the expert must give it more probability."""
     result = _diagnostics(tmp_path, "expert-gap", "digits", "--problems", "16", *TINY)
@@ -95,6 +97,7 @@ def test_bench_diagnostics_expert_gap_shows_the_feedback_helps_on_digits(tmp_pat
     assert expert["p_answer"] > student["p_answer"]
 
 
+@pytest.mark.slow
 def test_bench_diagnostics_memorise_reports_train_set_and_held_out_pass_rates(tmp_path):
     result = _diagnostics(tmp_path, "memorise", "digits", "grpo", "--problems", "4", *TINY,
                           "--set", "train.steps=2", "--set", "rollout.problems_per_step=4",
@@ -106,6 +109,7 @@ def test_bench_diagnostics_memorise_reports_train_set_and_held_out_pass_rates(tm
     assert (tmp_path / "runs" / "digits-grpo" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_path):
     """The base and a run trained from it: per-problem answer probabilities and token shares."""
     run = tmp_path / "run"

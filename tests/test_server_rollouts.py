@@ -31,6 +31,8 @@ from distil_core.training.trainer import Trainer
 from helpers import FAST_RUN, distil_cache, tiny_model
 
 N = 4
+# Every test here runs on the tiny base that the module's fixture pretrains.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)

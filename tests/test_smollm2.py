@@ -42,6 +42,7 @@ def _base_model(trainer):
     return AutoModelForCausalLM.from_pretrained(trainer.rt.model_source, local_files_only=True)
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapters_and_the_frozen_expert_is_the_base(tmp_path):
     trainer = _trainer(tmp_path, "train.steps=2")
     model = trainer.model
@@ -99,6 +100,7 @@ def _rollout(trainer, problem):
     return trainer.rt.generator.sample([trainer.rt.context.student_prompt_ids(problem)], [problem.id], 1)[0]
 
 
+@pytest.mark.slow
 def test_lora_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(tmp_path):
     whole = _trainer(tmp_path / "whole", "train.steps=4", "train.save_every=2")
     whole.fit()
@@ -114,6 +116,7 @@ def test_lora_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does
     assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
 
 
+@pytest.mark.slow
 def test_lora_ema_expert_averages_adapters_only_and_survives_resume(tmp_path):
     ema = ["expert={name: self, options: {weights: ema, ema_rate: 0.5}}", "train.steps=2", "train.save_every=2"]
     trainer = _trainer(tmp_path, *ema)
@@ -142,6 +145,7 @@ def test_lora_settings_are_validated():
     assert load_config(None, []).model.lora is None
 
 
+@pytest.mark.slow
 def test_lora_target_modules_that_match_nothing_name_the_modules_there(tmp_path):
     with pytest.raises(ConfigError, match=r"model.lora.target_modules.*q_proj"):
         _trainer(tmp_path, "model.lora.target_modules=[no_such_proj]")

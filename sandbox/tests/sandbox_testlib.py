@@ -142,5 +142,18 @@ def host_sleeper(marker: Optional[str] = None) -> subprocess.Popen:
     if marker:
         argv.append(marker)
     proc = subprocess.Popen(argv)
-    time.sleep(0.05)
+    expected = b"\0".join(arg.encode() for arg in argv) + b"\0"
+    deadline = time.monotonic() + 30
+    while _cmdline(proc.pid) != expected:  # until it runs (and shows) its own command line
+        assert proc.poll() is None, f"the host sleeper exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "the host sleeper did not start"
+        time.sleep(0.01)
     return proc
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""

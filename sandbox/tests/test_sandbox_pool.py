@@ -9,7 +9,7 @@ import pytest
 
 from distil_sandbox import Job
 from distil_sandbox.pool import Pool
-from sandbox_docker_testlib import backend_or_skip, labelled_containers
+from sandbox_docker_testlib import backend_or_skip, labelled_containers, wait_until
 
 
 @pytest.fixture
@@ -110,10 +110,15 @@ def test_a_killed_container_is_replaced_and_the_pool_keeps_going(docker_sandbox)
 
         # and during a job: the job is run again on a fresh container
         slow = pool.submit("import time\ntime.sleep(1.5)\nprint('done')")
-        time.sleep(0.7)
-        busy = [cid for cid in running_pool_containers(docker_sandbox, before)
-                if "main.py" in str(client.containers.get(cid).top()["Processes"])]
-        assert len(busy) == 1
+        busy: list = []
+
+        def job_running() -> bool:
+            busy[:] = [cid for cid in running_pool_containers(docker_sandbox, before)
+                       if "main.py" in str(client.containers.get(cid).top()["Processes"])]
+            return bool(busy)
+
+        wait_until(job_running, "the slow job to run in a container", timeout_s=30)
+        assert len(busy) == 1 and not slow.done()
         client.containers.get(busy[0]).kill()
         assert slow.result().stdout == "done\n"
         assert pool.containers_started == 4
