@@ -32,6 +32,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_training_with_the_api_expert_logs_its_access_level_and_tokens(tmp_path, cache):
     import distil_api_expert
 

@@ -42,6 +42,7 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_stored_solutions_reach_the_expert_context(run):
     run_dir, solved = run
     provenance, rollouts = _rows(run_dir / "provenance.jsonl"), _rows(run_dir / "rollouts.jsonl")
@@ -54,6 +55,7 @@ def test_stored_solutions_reach_the_expert_context(run):
         assert texts == ([f"Correct solution: {r['reference']}"] if r["problem_id"] in solved else [])
 
 
+@pytest.mark.slow
 def test_review_in_a_terminal_saves_each_entry_as_it_is_entered(run, tmp_path):
     run_dir, _ = run
     items, _ = load_failed_rollouts(str(run_dir))

@@ -67,6 +67,7 @@ def test_unbalanced_braces_stop_distil_train_with_exit_code_2(tmp_path, with_plu
     assert "\n" not in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_short_run_critiques_failures_in_one_call_per_step(tmp_path, with_plugin, monkeypatch, capsys):
     batches = []
     write = LocalCritic.write
