@@ -2,8 +2,8 @@
 
     python benchmarks/tabular_study.py [--out docs/results] [--lr 0.5] [--steps 40] [--chain-steps 400]
 
-Runs every method of :mod:`tabular` on every instance of
-``tabular.study_instances()`` (``--steps``) and of ``chain_instances()``
+Runs every method of ``benchmarks/tabular.py`` on every instance of
+``study_instances()`` (``--steps``) and of ``chain_instances()``
 (variable-length, ``--chain-steps``) with plain gradient steps on the logit table, prints the
 tables, and writes ``tabular.md`` (always) and ``tabular.png`` (when matplotlib imports) into
 ``--out``. Everything is exact (enumerated, float64); it takes well under a minute on one core.
@@ -485,7 +485,7 @@ EOS token), for DistIL (forward cross-entropy on the student's states, with and 
 future credit, with the CE or the KL future cost and with full or local stop credit) and the
 distillation baselines it is compared with (reverse KL, generalised JSD). Regenerate with
 `python benchmarks/tabular_study.py` (about {seconds:.0f} s on one CPU core; library:
-`distil_core/tabular.py`; the claims below are asserted in `tests/test_tabular.py`).
+`benchmarks/tabular.py`; the claims below are asserted in `tests/test_tabular.py`).
 
 ## Setting and update rules
 
@@ -508,7 +508,7 @@ sampled.
 sg is stop-gradient. On a bandit every DistIL variant is forward CE; on a tree without EOS
 the stop-local variants are the full ones, so the fixed-horizon instances show the CE and KL
 costs only. The per-token versions are what the sampled losses of
-`distil_core/losses.py` estimate on the student's own rollouts (`distil_loss` with
+`distil_core/losses/` estimate on the student's own rollouts (`distil_loss` with
 `future_credit=False`, `reverse_kl_sampled` with γ = 0, `generalized_jsd`); `distil_loss` with
 future credit (`future_cost` "ce" or "kl", `stop_credit` "full" or "local") and
 `reverse_kl_sampled` with γ = 1 estimate the differentiated ones. The tests check each of

@@ -1,6 +1,6 @@
 """The tabular study (docs/results/tabular.md): exact objectives, their gradients, and the claims.
 
-Part 1 checks tabular against finite differences, closed forms, the per-token
+Part 1 checks benchmarks/tabular.py against finite differences, closed forms, the per-token
 DistIL loss written out for each future cost and stop credit, and the sampled losses of
 distil_core.losses.reference (whose expectation over all enumerated sequences, fixed-horizon or
 variable-length, must give the exact gradients). Part 2 asserts, on the study's instances
