@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from human_testlib import distil_argv, entry, plugin_env
 
-from distil_core.errors import ConfigError
+from distil_core import ConfigError
 from distil_human.exchange import export_jsonl, import_jsonl
 from distil_human.store import CorrectionStore
 

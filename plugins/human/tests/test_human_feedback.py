@@ -5,11 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from human_testlib import entry
 
-from distil_core import Problem, Rollout, Verdict
-from distil_core.context import ContextTemplate
-from distil_core.errors import ConfigError
-from distil_core.plugin_host import PluginHost
-from distil_core.protocols import FeedbackSource
+from distil_core import ConfigError, ContextTemplate, FeedbackSource, PluginHost, Problem, Rollout, Verdict
 from distil_human.feedback import HumanFeedback
 from distil_human.store import CorrectionStore
 

@@ -3,7 +3,7 @@
 import pytest
 from human_testlib import Terminal, distil_argv, entry, plugin_env, response_hash, rollout_record, write_run
 
-from distil_core.errors import ConfigError
+from distil_core import ConfigError
 from distil_human.review import PROMPT, TEXT_PROMPT, ReviewSession, load_failed_rollouts
 from distil_human.store import CorrectionStore
 

@@ -7,7 +7,7 @@ from datetime import timezone
 import pytest
 from human_testlib import entry, response_hash, write_entries
 
-from distil_core.errors import ConfigError
+from distil_core import ConfigError
 from distil_human.store import SCHEMA_VERSION, CorrectionStore, default_db_path
 
 
