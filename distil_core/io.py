@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any, BinaryIO, Iterator
 
@@ -29,6 +30,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -59,6 +61,27 @@ def atomic_directory(path: str, *, replace: bool = True) -> Iterator[str]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mode_for(path: str) -> int:
+    """The permissions a plain ``open(path, "w")`` would give: the old file's, else 0666 less
+    the umask. (``mkstemp`` creates 0600 files; renamed into place they would otherwise change
+    who can read an export or a summary.)"""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

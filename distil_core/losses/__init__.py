@@ -9,7 +9,8 @@ expert, whether it can run chunked, and which loss it computes. Adding a method 
 there.
 
 The public loss functions are re-exported here, so ``distil_core.losses.distil_loss`` works.
-Imports torch and the contract layer only.
+Imports torch, the contract layer and ``models`` (``topk_with_tail``, which experts use to
+send top-k signals, lives in ``models.forward``).
 """
 
 from distil_core.losses.credit import (
@@ -45,9 +46,9 @@ from distil_core.losses.reference import (
     token_logprobs,
     token_logprobs_from,
     topk_token_logprobs,
-    topk_with_tail,
     with_tail,
 )
+from distil_core.models.forward import topk_with_tail
 
 __all__ = [
     "ADVANTAGE_SCALES", "BASELINES", "FUTURE_COSTS", "LOSS_TYPES", "STOP_CREDITS",

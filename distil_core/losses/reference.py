@@ -16,7 +16,7 @@ Baselines:
     generalized_jsd, generalized_jsd_topk    GKD / SDPO / OPSD family
     reverse_kl_sampled                       on-policy distillation, sampled-token reverse KL
     grpo_loss                                GRPO, BNPO, Dr. GRPO, DAPO (advantages: credit)
-Helpers: token_logprobs, topk_with_tail, and the per-token pieces the chunked losses share.
+Helpers: token_logprobs and the per-token pieces the chunked losses share.
 """
 
 from __future__ import annotations
@@ -42,16 +42,6 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     Negative ids (the -100 "ignore" label) are read as id 0; such positions must be masked out.
     """
     return token_logprobs_from(F.log_softmax(logits, dim=-1), tokens)
-
-
-def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(ids, log-probs) of the k most likely tokens of softmax(logits), each ``[..., k]``.
-
-    The tail bucket is implicit (1 - Σ exp(log-probs)); the top-k losses add it. This is what an
-    expert with dense logits sends when it can only afford top-k.
-    """
-    logprobs, ids = torch.topk(F.log_softmax(logits, dim=-1), k, dim=-1)
-    return ids, logprobs
 
 
 # ------------------------------------------------------------------------ DistIL loss paths

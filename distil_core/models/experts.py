@@ -38,7 +38,7 @@ def score_queries(
     """
     import torch
 
-    from distil_core.losses.reference import topk_with_tail
+    from distil_core.models.forward import topk_with_tail
     from distil_core.models.forward import output_projection, response_hidden, response_logits
 
     if access == "hidden":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -102,3 +103,13 @@ def check_projection(model: Any, pad_id: int, sample: Sequence[int] = (1, 2, 3, 
             f"{type(model).__name__} does not compute its logits as a plain projection of its last "
             "hidden states (scaled or soft-capped logits?); set loss.chunk_size: 0 for this model"
         )
+
+
+def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(ids, log-probs) of the k most likely tokens of softmax(logits), each ``[..., k]``.
+
+    The tail bucket is implicit (1 - Σ exp(log-probs)); the top-k losses add it. This is what an
+    expert with dense logits sends when it can only afford top-k.
+    """
+    logprobs, ids = torch.topk(F.log_softmax(logits, dim=-1), k, dim=-1)
+    return ids, logprobs

@@ -8,7 +8,6 @@ a bad line is reported as ``FILE:LINE`` with the field at fault.
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 from pydantic import ValidationError
@@ -26,7 +25,6 @@ def export_jsonl(store: CorrectionStore, path: str, problem_id: Optional[str] = 
     entries = store.all(problem_id)
     text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries)
     atomic_write_text(path, text)
-    os.chmod(path, 0o644)  # an export is for others to read; the temporary file it was renamed from was private
     return len(entries)
 
 

@@ -1,0 +1,27 @@
+"""Run configuration: the sections of a run (``sections``) and how a YAML file and
+``--set`` overrides become one validated :class:`RunConfig` (``loading``).
+
+Part of the contract layer: imports only ``types``, ``errors``, ``context`` and pydantic/yaml.
+"""
+
+from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config
+from distil_core.config.sections import (
+    Component,
+    EvalConfig,
+    LoraSettings,
+    LossConfig,
+    Method,
+    ModelConfig,
+    OptimConfig,
+    RolloutConfig,
+    RolloutServer,
+    RunConfig,
+    TinyBase,
+    TrainConfig,
+)
+
+__all__ = [
+    "RunConfig", "load_config", "apply_override", "check_keys", "format_validation_error",
+    "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
+    "OptimConfig", "RolloutConfig", "RolloutServer", "TinyBase", "TrainConfig",
+]

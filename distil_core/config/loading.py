@@ -1,0 +1,135 @@
+"""Reading a run config: YAML → :class:`RunConfig`, ``--set a.b=c`` overrides, and errors
+that name the file, the key and the nearest valid key (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Optional, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from distil_core.config.sections import RunConfig
+from distil_core.errors import ConfigError, did_you_mean
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read ``path`` (YAML; None = the embedded default), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "the default config"
+    if path is not None:
+        source = path
+        if not os.path.exists(path):
+            raise ConfigError(f"Config file {path!r} does not exist.")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Config file {path!r} cannot be read as a UTF-8 text file ({exc}).") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}.")
+        data = loaded
+    defaults = RunConfig().model_dump(mode="json") if overrides else {}
+    for item in overrides or []:
+        apply_override(data, item, defaults)
+    check_keys(RunConfig, data, source)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line (PyYAML's own message spans several, with a code snippet)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = ", ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    return f"{where}: {what or ' '.join(str(exc).split())}."
+
+
+def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str, Any]] = None) -> None:
+    """``a.b.c=value``: the value is parsed as YAML (``3`` is an int, ``[1, 2]`` a list).
+
+    A section the file does not set starts from its default, so ``--set expert.options.k=20``
+    keeps the default expert's name. A section the file sets is the file's alone: with
+    ``expert: hf``, ``--set expert.options.k=20`` does not bring in the default expert's options.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, for example --set train.steps=20")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node, default = data, defaults or {}
+    for part in parts[:-1]:
+        default = default.get(part) if isinstance(default, dict) else None
+        child = node.get(part)
+        if child is None and isinstance(default, dict):
+            child = copy.deepcopy(default)
+        else:
+            default = None
+        if not isinstance(child, dict):
+            child = {} if child is None else _as_dict(child, part)
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _as_dict(value: Any, part: str) -> dict[str, Any]:
+    if isinstance(value, str):  # task: digits → task: {name: digits}
+        return {"name": value}
+    raise ConfigError(f"--set: {part!r} is not a section")
+
+
+def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") -> None:
+    """Reject unknown keys anywhere in ``data``, naming the key and the nearest valid one."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key {dotted!r}.{did_you_mean(str(key), fields)}"
+                " Run `distil train --print-config` to see every key with its default."
+            )
+        sub = _section_type(fields[key].annotation)
+        if sub is None:
+            continue
+        if isinstance(value, list) and fields[key].annotation is not None and get_origin(fields[key].annotation) is list:
+            for i, item in enumerate(value):
+                check_keys(sub, item, where, f"{dotted}[{i}]")
+        else:
+            check_keys(sub, value, where, dotted)
+
+
+def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err.get("type") == "literal_error" and err.get("ctx", {}).get("expected"):
+            msg = f"must be one of {err['ctx']['expected']}"
+        problems.append(f"{loc}: {msg} (got {err.get('input')!r})")
+    return f"{where}: invalid config. " + "; ".join(problems) + "."
+

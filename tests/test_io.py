@@ -1,0 +1,46 @@
+"""distil_core.io: a file appears whole or not at all, with the permissions a plain write gives."""
+
+import os
+import stat
+
+import pytest
+
+from distil_core.io import atomic_directory, atomic_file, atomic_write_json, atomic_write_text
+
+
+def test_a_failed_write_leaves_the_old_content_and_no_temporary_file(tmp_path):
+    path = tmp_path / "summary.json"
+    atomic_write_json(str(path), {"step": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_file(str(path)) as fh:
+            fh.write(b'{"step": 2, "half')
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == '{\n  "step": 1\n}\n'
+    assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fresh = tmp_path / "fresh.txt"
+        atomic_write_text(str(fresh), "a")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640
+        private = tmp_path / "private.txt"
+        private.write_text("x")
+        private.chmod(0o600)
+        atomic_write_text(str(private), "y")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text() == "y"
+    finally:
+        os.umask(old)
+
+
+def test_a_directory_appears_only_when_complete(tmp_path):
+    target = tmp_path / "final"
+    with pytest.raises(ValueError):
+        with atomic_directory(str(target)) as tmp:
+            open(os.path.join(tmp, "weights.bin"), "wb").write(b"partial")
+            raise ValueError("interrupted")
+    assert not target.exists() and os.listdir(tmp_path) == []
+    with atomic_directory(str(target)) as tmp:
+        open(os.path.join(tmp, "weights.bin"), "wb").write(b"whole")
+    assert (target / "weights.bin").read_bytes() == b"whole"
