@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distil_core.rollouts.local import Generator, SamplingParams
     from distil_core.models.lora import attach_lora
     from distil_core.serving.http import LocalOpenAIServer
-    from distil_core.rollouts.server import ServerClient, ServerGenerator
+    from distil_core.rollouts.client import ServerClient
+    from distil_core.rollouts.server import ServerGenerator
     from distil_core.types import Problem
     from helpers import builder, tiny_tokenizer
 

@@ -25,7 +25,8 @@ from distil_core.models.forward import response_logits
 from distil_core.plugin_host import PluginHost, get_host
 from distil_core.training.runtime import ensure_tiny_base
 from distil_core.serving import FaultyServer, LocalOpenAIServer
-from distil_core.rollouts.server import ServerClient, ServerError, ServerGenerator
+from distil_core.rollouts.client import ServerClient, ServerError
+from distil_core.rollouts.server import ServerGenerator
 from distil_core.training.trainer import Trainer
 
 from helpers import FAST_RUN, distil_cache, tiny_model

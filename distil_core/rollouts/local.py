@@ -94,9 +94,12 @@ class Generator:
             )
         finally:
             self.model.train(was_training)
-        width = ids.shape[1]
-        new_tokens = out[:, width:]
-        chosen = sampler.finish(new_tokens)
+        new_tokens = out[:, ids.shape[1]:]
+        return self.to_rollouts(new_tokens, sampler.finish(new_tokens), prompts, problem_ids, n)
+
+    def to_rollouts(self, new_tokens: torch.Tensor, chosen: torch.Tensor, prompts: Sequence[Sequence[int]],
+                    problem_ids: Sequence[str], n: int) -> list[Rollout]:
+        """One :class:`Rollout` per generated row, cut after its first EOS (kept: the policy chose it)."""
         rollouts = []
         for row in range(new_tokens.shape[0]):
             toks = new_tokens[row].tolist()
