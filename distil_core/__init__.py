@@ -9,7 +9,7 @@ their ``__all__``, and :mod:`distil_core.testing` holds the builders and pytest 
 plugin tests.
 """
 
-__version__ = "0.1.0"
+from distil_core.version import __version__
 
 from distil_core.context import ContextTemplate, prompt_ids
 from distil_core.errors import ConfigError, DistilError, PluginError, did_you_mean, nearest

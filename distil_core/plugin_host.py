@@ -82,7 +82,7 @@ class PluginInfo:
 
 def core_version() -> str:
     """The running ``distil-toolkit`` version (what plugins' requirements are checked against)."""
-    from distil_core import __version__
+    from distil_core.version import __version__
 
     return __version__
 

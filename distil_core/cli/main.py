@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from distil_core import __version__
+from distil_core.version import __version__
 from distil_core.cli.tables import render_table
 from distil_core.errors import ConfigError, DistilError
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from distil_core import __version__
+from distil_core.version import __version__
 from distil_core.io import atomic_directory
 from distil_core.config import RunConfig
 from distil_core.context import ContextBuilder
