@@ -31,7 +31,7 @@ def _sets(*extra):
 
 
 def _run(tmp_path, out_dir, args, procs=1):
-    env = dict(os.environ, DISTIL_CACHE=str(tmp_path.parent / "distil-cache"), HF_HUB_OFFLINE="1",
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS="1")
     if procs == 1:
         cmd = [sys.executable, "-m", "distil_core", "train", "--quiet", "--output-dir", str(out_dir), *args]
@@ -126,7 +126,7 @@ def test_resume_on_another_number_of_processes(tmp_path):
 
 
 def test_more_ranks_than_problems_is_refused(tmp_path):
-    env = dict(os.environ, DISTIL_CACHE=str(tmp_path.parent / "distil-cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "distil_core",
            "train", "--quiet", "--output-dir", str(tmp_path / "run"), *_sets("rollout.problems_per_step=1")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -135,7 +135,7 @@ def test_more_ranks_than_problems_is_refused(tmp_path):
 
 
 def test_fsdp_refuses_chunked_losses_with_a_clear_error(tmp_path):
-    env = dict(os.environ, DISTIL_CACHE=str(tmp_path.parent / "distil-cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "distil_core",
            "train", "--quiet", "--output-dir", str(tmp_path / "run"),
            *_sets("train.parallel=fsdp", "loss.chunk_size=4")]

@@ -80,7 +80,7 @@ TINY = ["--set", "model.tiny={hidden_size: 64, layers: 2, heads: 2, steps: 80, b
 def _diagnostics(tmp_path, *args):
     import os
 
-    env = dict(os.environ, DISTIL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")  # DISTIL_CACHE: the session's shared tiny-base cache
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), *args],
                           capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,8 +49,7 @@ def _install_gate(root):
 def _env(tmp_path, **extra):
     env = dict(os.environ)
     env.pop("DISTIL_NO_ENTRYPOINTS", None)
-    env.update(PYTHONPATH=str(tmp_path / "plugins"), DISTIL_PLUGINS="gate",
-               DISTIL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", **extra)
+    env.update(PYTHONPATH=str(tmp_path / "plugins"), DISTIL_PLUGINS="gate", HF_HUB_OFFLINE="1", **extra)
     return env
 
 

@@ -91,10 +91,15 @@ def score(expert, qs):
 
 @pytest.fixture(scope="session")
 def served():
-    """The tiny model served as 'tiny' on 127.0.0.1, with a fault schedule the tests fill.
-
-    Test modules import this fixture so that the ``server`` fixture of conftest.py gets a
-    server that can fail on purpose (a plain LocalOpenAIServer has no fault schedule).
-    """
+    """The tiny model served as 'tiny' on 127.0.0.1, with a fault schedule the tests fill."""
     with FaultyServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
         yield server
+
+
+@pytest.fixture
+def server(served):
+    """The session's server with an empty fault schedule and fresh counters."""
+    served.clear_faults()
+    served.reset_stats()
+    yield served
+    served.clear_faults()

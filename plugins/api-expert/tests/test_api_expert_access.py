@@ -21,7 +21,6 @@ from api_expert_testlib import (
     tiny_model,
     tiny_tokenizer,
 )
-from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def test_prompt_scoring_gives_the_same_topk_as_the_self_expert_on_the_same_model(server):

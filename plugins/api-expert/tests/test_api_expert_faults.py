@@ -11,7 +11,6 @@ from distil_core.serving import LocalOpenAIServer
 from distil_api_expert.transport import classify, retry_after, retry_policy
 
 from api_expert_testlib import api_expert, queries, score, tiny_model, tiny_tokenizer
-from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def test_a_burst_of_429s_is_retried_and_counted(server):

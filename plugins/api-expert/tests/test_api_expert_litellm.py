@@ -7,7 +7,6 @@ from distil_core import ConfigError
 from distil_core.models.experts import SelfExpert
 
 from api_expert_testlib import api_expert, queries, runtime, score, tiny_model
-from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 litellm = pytest.importorskip("litellm")
 pytestmark = pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")

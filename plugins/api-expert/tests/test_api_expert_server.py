@@ -13,7 +13,6 @@ import torch
 from distil_core.serving import LocalOpenAIServer, parse_fault, token_bytes_table, token_string
 
 from api_expert_testlib import tiny_model, tiny_tokenizer
-from api_expert_testlib import served  # noqa: F401 (the fixture: the served model, with a fault schedule)
 
 
 def post(server, path, body, key=None, raw=None):
@@ -178,7 +177,7 @@ def test_distil_serve_command_serves_a_model_directory(tmp_path):
     model_dir = tmp_path / "tiny-model"
     tiny_model().save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
-    env = dict(os.environ, DISTIL_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "distil_core.cli", "serve", "--model", str(model_dir),
                              "--port", "0", "--name", "mine", "--fault", "503"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

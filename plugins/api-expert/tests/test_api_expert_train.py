@@ -27,13 +27,8 @@ FAST_RUN = FAST_TINY + [
 ]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.mark.slow
-def test_training_with_the_api_expert_logs_its_access_level_and_tokens(tmp_path, cache):
+def test_training_with_the_api_expert_logs_its_access_level_and_tokens(tmp_path, tiny_base_cache):
     import distil_api_expert
 
     model, tokenizer, name = load_for_serving("tiny", FAST_TINY, progress=False)  # builds the tiny base once, cached

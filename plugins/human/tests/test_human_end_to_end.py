@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     feedback = f"feedback=[answer_check, {{name: human, options: {{db: '{root / 'solutions.sqlite'}'}}}}]"
     args = [a for item in RUN + [feedback] for a in ("--set", item)]
     done = subprocess.run(distil_argv("train", *args, "--output-dir", str(root / "run"), "--quiet"),
-                          env=plugin_env(DISTIL_CACHE=str(root / "cache")), capture_output=True, text=True)
+                          env=plugin_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "run", set(solved)
 
