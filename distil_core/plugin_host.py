@@ -42,7 +42,6 @@ KINDS = {
     "task": "register_tasks",
     "command": "register_commands",
 }
-BUILTIN_COMMANDS = ("train", "eval", "plugins", "serve")
 
 
 @dataclass
@@ -332,8 +331,6 @@ class PluginHost(Registry):
     def check(self, kind: str, name: str, factory: Callable[..., Any], info: PluginInfo) -> None:
         if kind != "command":
             return
-        if name in BUILTIN_COMMANDS:
-            raise PluginError(f"plugin {info.name!r} cannot register command {name!r}: it is built in")
         if not (callable(getattr(factory, "configure", None)) and callable(getattr(factory, "run", None))):
             raise PluginError(f"plugin {info.name!r}: command {name!r} needs configure(parser) and run(args)")
 
@@ -392,7 +389,7 @@ def reset_host() -> None:
 
 
 __all__ = [
-    "GROUP", "CORE_DISTRIBUTION", "DEFAULT_PLUGINS", "KINDS", "BUILTIN_COMMANDS", "Register", "Registration",
+    "GROUP", "CORE_DISTRIBUTION", "DEFAULT_PLUGINS", "KINDS", "Register", "Registration",
     "PluginInfo", "Registry", "PluginHost", "core_version", "unmet_requirement", "factory_parameters",
     "option_names", "check_options", "get_host", "set_host", "reset_host",
 ]

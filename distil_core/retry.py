@@ -1,6 +1,6 @@
 """When to try an HTTP request again, and how long to wait first: one policy for every client.
 
-The rollout client (:class:`distil_core.rollouts.server.ServerClient`) and plugins that call
+The rollout client (:class:`distil_core.rollouts.client.ServerClient`) and plugins that call
 remote models (the api-expert plugin) retry the same way: a server that says how long to wait
 (``retry-after-ms`` or ``Retry-After``, in seconds or as an HTTP date) is believed, up to a cap;
 otherwise the wait doubles with each attempt, up to a ceiling, with jitter so that the retries

@@ -63,6 +63,7 @@ def _stable(rows):
             for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,extra,parallels", [
     ("distil", [], ["ddp", "fsdp"]),
     ("grpo", ["optim.grad_accum=2", "loss.advantage_scale=batch"], ["ddp", "fsdp"]),
@@ -93,6 +94,7 @@ def _check_two_processes_match(tmp_path, one, two, args, problems=4):
     assert len(list((two / "checkpoints").glob("step-*.pt"))) == 1  # written once, by rank 0
 
 
+@pytest.mark.slow
 def test_fsdp_ranks_with_uneven_micro_batches_pad_with_idle_passes(tmp_path):
     """3 problems on 2 ranks in 2 micro-batches: rank 0 has 2, rank 1 has 1 and runs a
     zero-weighted forward/backward so that its collectives meet rank 0's."""
@@ -103,6 +105,7 @@ def test_fsdp_ranks_with_uneven_micro_batches_pad_with_idle_passes(tmp_path):
     _check_two_processes_match(tmp_path, one, tmp_path / "fsdp", args + ["--set", "train.parallel=fsdp"], problems=3)
 
 
+@pytest.mark.slow
 def test_resume_on_another_number_of_processes(tmp_path):
     """2 steps on 2 processes, resumed for 2 more on 1 process, end where 4 steps on 1 end;
     and the other way round; and the same with the 2 processes sharding the policy (fsdp), whose
@@ -166,6 +169,7 @@ sys.stdout.flush()
 """
 
 
+@pytest.mark.slow
 def test_fsdp_forwards_on_gathered_weights_run_no_collective(tmp_path):
     """Inside ``full_weights`` the ranks may call the sharded model different numbers of times."""
     script = tmp_path / "uneven.py"
@@ -177,6 +181,7 @@ def test_fsdp_forwards_on_gathered_weights_run_no_collective(tmp_path):
     assert "rank 0 done" in done.stdout and "rank 1 done" in done.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
     """Rollouts from the loopback server under torchrun: rank 0 alone writes and reloads the
     weights (the server sees one reload per sync, as with one process), every rank samples its

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -63,6 +64,7 @@ def _stable_rows(run):
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     (tmp_path / "plugins").mkdir()
     _install_gate(tmp_path / "plugins")

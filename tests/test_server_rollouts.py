@@ -151,9 +151,10 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_solo_samples(server
     with ThreadPoolExecutor(len(bodies)) as pool:
         with server.lm.updating():  # the model is busy: the requests queue up behind it
             answers = [pool.submit(post, url, body) for body in bodies]
-            while server.stats["in_flight"] < len(bodies):
+            deadline = time.monotonic() + 60
+            while server.lm.open_jobs() < len(bodies) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(0.2)
+            assert server.lm.open_jobs() == len(bodies)
         together = [a.result() for a in answers]
     # the first requests taken (as many as had arrived, all of one kind), then one batch per kind
     # of sampling: 8 requests in at most 3 batches, so one batch held at least 3 of them

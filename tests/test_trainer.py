@@ -12,15 +12,11 @@ from distil_core.config import load_config
 from distil_core.plugin_host import PluginHost
 from distil_core.training.trainer import Trainer
 
-from helpers import FAST_RUN, distil_cache
+from helpers import FAST_RUN
+
+pytestmark = pytest.mark.slow  # every test here trains (or builds) a tiny run
 
 METHODS = ["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with distil_cache(tmp_path_factory.mktemp("cache")):
-        yield
 
 
 def _trainer(run_dir, *overrides, resume=False):
@@ -257,25 +253,6 @@ def test_chunked_losses_give_the_same_update_as_full_logits(tmp_path, method, ex
     assert rows[0]["expert_access"] == ("topk" if "topk" in extra else "dense")
     if "ce_to_expert" in rows[0]:
         assert rows[1]["ce_to_expert"] == pytest.approx(rows[0]["ce_to_expert"], rel=1e-5)
-
-
-def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
-    from distil_core.training.update import baseline_exclusions
-    from distil_core.types import ExpertQuery
-
-    def query(index, demo=None):
-        provenance = [{"source": "answer_check", "kind": "answer_check"}]
-        if demo is not None:
-            provenance.append({"source": "sibling", "kind": "demonstration", "rollout": str(demo)})
-        return ExpertQuery(problem_id="p", rollout_index=index, context_messages=[], context_ids=[1],
-                           response_ids=[2], response_text="", provenance=provenance)
-
-    # two groups of 3: rows 1 and 2 were shown row 0; row 5 was shown row 4
-    got = baseline_exclusions([query(0), query(1, demo=0), query(2, demo=0), query(3), query(5, demo=4)], 6, 3)
-    expected = torch.zeros(6, 3, dtype=torch.bool)
-    expected[0, 1] = expected[0, 2] = True
-    expected[4, 2] = True
-    assert torch.equal(got, expected)
 
 
 def test_a_success_term_teaches_rows_that_have_no_expert_signal(tmp_path):

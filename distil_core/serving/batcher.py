@@ -64,6 +64,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._waiting: list[Job] = []
         self._thread: Optional[threading.Thread] = None
+        self._open = 0  # jobs queued and not yet answered
 
     def run(self, job: Job) -> list[Generation]:
         """Queue ``job``, wait until its rows are decoded, and return its generations."""
@@ -72,11 +73,19 @@ class Batcher:
                 self._thread = threading.Thread(target=self._loop, name="distil-serve-model", daemon=True)
                 self._thread.start()
             self._waiting.append(job)
+            self._open += 1
             self._cond.notify_all()
         job.finished.wait()
+        with self._cond:
+            self._open -= 1
         if job.error is not None:
             raise job.error
         return job.gens
+
+    def open_jobs(self) -> int:
+        """How many jobs are queued or being decoded (a test waits on this, not on a clock)."""
+        with self._cond:
+            return self._open
 
     def close(self) -> None:
         """End the model thread after its batch; the jobs still waiting fail (a later job starts a new one)."""

@@ -165,6 +165,10 @@ class LocalLM:
             finally:
                 module.train(was_training)
 
+    def open_jobs(self) -> int:
+        """Generation requests queued for the model thread or being decoded now."""
+        return self._batcher.open_jobs()
+
     @contextlib.contextmanager
     def updating(self) -> Iterator[Any]:
         """The served weights (:class:`~distil_core.serving.weights.ServedWeights`), for one
