@@ -104,7 +104,6 @@ class TokenTree:
     states: tuple[tuple[int, ...], ...] = field(init=False, repr=False)     # row -> prefix
     terminals: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # index -> sequence
     _row_of: dict = field(init=False, repr=False, compare=False)
-    _index_of: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         states, terminals = _enumerate(self.vocab, self.horizon, self.eos)
@@ -119,8 +118,7 @@ class TokenTree:
                              for seq, tail in zip(terminals, pad)]).reshape(-1, self.horizon)
         for name, value in (("sequences", seqs), ("rows", rows), ("mask", mask),
                             ("states", tuple(states)), ("terminals", tuple(terminals)),
-                            ("_row_of", row_of),
-                            ("_index_of", {seq: i for i, seq in enumerate(terminals)})):
+                            ("_row_of", row_of)):
             object.__setattr__(self, name, value)
 
     @property
@@ -138,12 +136,6 @@ class TokenTree:
         if key not in self._row_of:
             raise ValueError(f"{key} is not a state of this tree (it has ended or is too long)")
         return self._row_of[key]
-
-    def sequence_index(self, sequence: Sequence[int]) -> int:
-        key = tuple(int(token) for token in sequence)
-        if key not in self._index_of:
-            raise ValueError(f"{key} is not a terminal sequence of this tree")
-        return self._index_of[key]
 
 
 def bandit(rewards: Sequence[float] | Tensor, teacher: Sequence[float] | Tensor) -> TokenTree:

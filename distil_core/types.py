@@ -19,16 +19,9 @@ ChatMessage = dict[str, str]
 """One chat message: ``{"role": "user" | "system" | "assistant", "content": "..."}``."""
 
 FeedbackKind = str
-"""Free-form, but these are the kinds the toolkit's plugins emit."""
-KNOWN_FEEDBACK_KINDS = (
-    "execution_trace",
-    "tool_output",
-    "human_correction",
-    "self_evaluation",
-    "critique",
-    "demonstration",
-    "answer_check",
-)
+"""Free-form. The bundled components emit ``answer_check``, ``execution_trace``, ``tool_output``,
+``human_correction``, ``self_evaluation``, ``critique`` and ``demonstration``; a context template
+can pick a kind's heading, and provenance records the kind of every item."""
 
 
 class _Model(BaseModel):

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: what each rank does, and what they share.
 
-    torchrun --nproc-per-node 8 -m distil_core train --config run.yaml
+    torchrun --nproc-per-node 8 -m distil_core train run.yaml
 
 Every rank holds the whole policy. A step's problems are split into contiguous shards, one
 per rank; each rank generates, verifies, gathers feedback, asks the expert and computes the
