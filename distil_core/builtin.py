@@ -198,13 +198,8 @@ class AnswerCheckFeedback:
     def __init__(self, include_expected: bool = True):
         self.include_expected = include_expected
 
-    def feedback(
-        self,
-        problem: Problem,
-        rollout: Rollout,
-        verdict: Verdict,
-        group: Sequence[tuple[Rollout, Verdict]] = (),
-    ) -> list[Feedback]:
+    def feedback(self, problem: Problem, rollout: Rollout, verdict: Verdict,
+                 group: Sequence[tuple[Rollout, Verdict]] = ()) -> list[Feedback]:
         if verdict.passed:
             return []
         got = verdict.answer if verdict.answer is not None else extract_answer(rollout.response_text)

@@ -24,7 +24,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import pluggy
 
@@ -132,6 +132,25 @@ class Registry:
 
     list_command = "distil plugins"
     """Where a user sees what is installed; named in the error for an unknown component."""
+
+    _shared: ClassVar[dict[type, "Registry"]] = {}
+
+    @classmethod
+    def shared(cls) -> Any:
+        """The process-wide instance of this class, created (with no arguments, under the
+        environment of that moment) on first use: one host for the core, one registry per
+        plugin that keeps its own, never rebuilt per call."""
+        if cls not in Registry._shared:
+            Registry._shared[cls] = cls()
+        return Registry._shared[cls]
+
+    @classmethod
+    def set_shared(cls, instance: Optional["Registry"]) -> None:
+        """Make ``instance`` the process-wide one (``None``: the next :meth:`shared` builds anew)."""
+        if instance is None:
+            Registry._shared.pop(cls, None)
+        else:
+            Registry._shared[cls] = instance
 
     def __init__(
         self,
@@ -367,21 +386,14 @@ def check_options(reg: Registration, options: dict[str, Any]) -> None:
             )
 
 
-_host: Optional[PluginHost] = None
-
-
 def get_host() -> PluginHost:
     """The process-wide host, created on first use (under the environment of that moment)."""
-    global _host
-    if _host is None:
-        _host = PluginHost()
-    return _host
+    return PluginHost.shared()
 
 
 def set_host(host: Optional[PluginHost]) -> None:
     """Make ``host`` the process-wide host (``None``: the next :func:`get_host` builds a new one)."""
-    global _host
-    _host = host
+    PluginHost.set_shared(host)
 
 
 def reset_host() -> None:

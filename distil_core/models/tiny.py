@@ -60,13 +60,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> Any:
 def build_model(
     vocab_size: int,
     *,
-    hidden_size: int = 128,
-    layers: int = 2,
-    heads: int = 4,
-    max_positions: int = 256,
-    seed: int = 0,
-    pad_token_id: int = 0,
-    eos_token_id: int = 1,
+    hidden_size: int = 128, layers: int = 2, heads: int = 4, max_positions: int = 256,
+    seed: int = 0, pad_token_id: int = 0, eos_token_id: int = 1,
 ) -> Any:
     """A randomly initialised ``LlamaForCausalLM`` of about ``12 * layers * hidden_size**2`` weights."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -194,9 +194,9 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # at the configured or litellm's prices; 0 for a local server
     cached: int = 0
-    retries: int = 0
+    retries: int = 0  # attempts after the first, whatever the cause
     requests: int = 0
     misaligned: int = 0
 

@@ -118,18 +118,11 @@ class ToolRegistry(Registry):
         return tool
 
 
-_registry: Optional[ToolRegistry] = None
-
-
 def get_registry() -> ToolRegistry:
     """The process-wide registry, created on first use."""
-    global _registry
-    if _registry is None:
-        _registry = ToolRegistry()
-    return _registry
+    return ToolRegistry.shared()
 
 
 def reset_registry() -> None:
     """Drop the process-wide registry; the next :func:`get_registry` loads the plugins again."""
-    global _registry
-    _registry = None
+    ToolRegistry.set_shared(None)
