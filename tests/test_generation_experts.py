@@ -171,7 +171,7 @@ def test_keyed_draws_follow_the_distribution_and_never_pick_a_masked_token():
     """Inverse-CDF draws at keyed uniforms: over 40 000 keys the frequencies match the
     distribution within 4 standard errors, a token of probability 0 (masked by top-p, say) is
     never drawn, and the uniforms are a function of (key, position)."""
-    from distil_core.rollouts.local import inverse_cdf, keyed_uniform, row_key
+    from distil_core.rollouts.sampling import inverse_cdf, keyed_uniform, row_key
 
     logits = torch.tensor([0.0, 1.0, float("-inf"), 2.0, -1.0, 0.5, float("-inf")])
     keys = torch.tensor([row_key(7, f"p{i}", i % 3) for i in range(40_000)], dtype=torch.int64)

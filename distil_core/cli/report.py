@@ -165,14 +165,14 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
     header = ["method", *metrics, f"Δ {bench.spec.plot_metric} vs base", "wall s / run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     base, key = table["base"], bench.spec.plot_metric
-    for method, entry in table.items():
+    for row_name, entry in table.items():  # "base", then each method
         cells = [format_cell(entry[m]) for m in metrics]
-        if method == "base":
+        if row_name == "base":
             delta, wall = "", ""
         else:
             delta = f"{100 * (entry[key][0] - base[key][0]):+.1f}" if key in entry else "–"
             wall = format_cell(entry["wall_s"], pct=False)
-        label = f"**{method}**" if method != "base" else "base"
+        label = "base" if row_name == "base" else f"**{row_name}**"
         lines.append("| " + " | ".join([label, *cells, delta, wall]) + " |")
     lines.append("")
     lines += _efficiency_lines(bench, rows, suite, table)

@@ -39,7 +39,7 @@ import torch
 from distil_core.io import atomic_directory
 from distil_core.errors import ConfigError
 from distil_core.rollouts.client import ServerClient, ServerError
-from distil_core.rollouts.local import SamplingParams
+from distil_core.rollouts.sampling import SamplingParams
 from distil_core.types import Rollout
 
 KEEP_VERSIONS = 2  # the served version and the one before it stay on disk

@@ -201,7 +201,7 @@ class LocalLM:
         Row ``j`` of prompt ``p`` is keyed by (``seed``, ``p``, ``j``); without a seed, by a
         random one.
         """
-        from distil_core.rollouts.local import row_key
+        from distil_core.rollouts.sampling import row_key
 
         job = Job([ids for ids in prompts for _ in range(n)], max_tokens, sampling, k, adapter)
         if max_tokens == 0:
@@ -226,7 +226,7 @@ class LocalLM:
         import torch
 
         from distil_core.models.forward import pad_batch, position_ids
-        from distil_core.rollouts.local import SamplingParams, sampling_warpers
+        from distil_core.rollouts.sampling import SamplingParams, sampling_warpers
 
         first = jobs[0]
         s, max_tokens = first.sampling, first.max_tokens
@@ -265,7 +265,7 @@ class LocalLM:
         """
         import torch
 
-        from distil_core.rollouts.local import inverse_cdf, keyed_uniform
+        from distil_core.rollouts.sampling import inverse_cdf, keyed_uniform
 
         logp = torch.log_softmax(logits, dim=-1)
         if keys is None:
