@@ -230,11 +230,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.quiet or args.json:
         config.train.progress = False
     _quiet_libraries()
+    from distil_core.protocols import resolve
     from distil_core.training.evaluate import EVAL_SEED_OFFSET, evaluate
     from distil_core.training.runtime import build_runtime
 
     rt = build_runtime(config, progress=config.train.progress, with_expert=False)  # evaluation needs no expert
-    problems = list(rt.task.problems("test"))[: config.eval.problems]
+    problems = list(resolve(rt.task.problems("test")))[: config.eval.problems]  # problems() may be async
     result = evaluate(
         rt.generator, [rt.context.student_prompt_ids(p) for p in problems], problems, rt.verifier,
         samples=config.eval.samples, ks=config.eval.ks, temperature=config.eval.temperature,
