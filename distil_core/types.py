@@ -20,8 +20,8 @@ ChatMessage = dict[str, str]
 
 FeedbackKind = str
 """Free-form. The bundled components emit ``answer_check``, ``execution_trace``, ``tool_output``,
-``human_correction``, ``self_evaluation``, ``critique`` and ``demonstration``; a context template
-can pick a kind's heading, and provenance records the kind of every item."""
+``human_correction``, ``self_evaluation``, ``critique`` and ``demonstration``. The expert's context
+shows only an item's text; provenance records its source and kind."""
 
 
 class _Model(BaseModel):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_core.losses import reference as losses
+from distil_core import losses
 from distil_core.losses.chunked import ExpertHead, ExpertTopK, chunked_loss
 
 B, T, H, V, GROUP = 4, 7, 5, 11, 2

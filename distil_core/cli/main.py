@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = trainer.fit()
         if world.main:
             print(render_before_after(summary))
-            print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, provenance.jsonl, final/)")
+            print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, rollouts.jsonl, provenance.jsonl, final/)")
     finally:
         close_world(world)
     return 0
