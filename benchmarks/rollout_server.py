@@ -28,14 +28,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Callable
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
 def build(layers: int, hidden: int, device: str, vocab: int, pad: int, eos: int) -> Any:
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distil_core.rollouts.client import ServerClient
     from distil_core.rollouts.server import ServerGenerator
     from distil_core.types import Problem
-    from helpers import builder, tiny_tokenizer
+    from distil_core.testing import context_builder as builder, tiny_tokenizer
 
     hf_logging.disable_progress_bar()
     tok = tiny_tokenizer()

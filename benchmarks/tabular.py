@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distil_core.losses import FUTURE_COSTS, STOP_CREDITS  # the same names the real losses accept
+
 DTYPE = torch.float64
 
 
@@ -291,8 +293,6 @@ def jsd_rows(teacher: Tensor, logits: Tensor, beta: float) -> Tensor:
     return beta * kl_rows(logq, log_m) + (1 - beta) * kl_rows(logp, log_m)
 
 
-FUTURE_COSTS = ("ce", "kl")
-STOP_CREDITS = ("full", "local")
 
 
 def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True,

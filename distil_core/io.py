@@ -30,8 +30,8 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _mode_for(path))
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -12,14 +12,14 @@ from distil_core.cli.main import main
 from distil_core.cli.report import aggregate, table_metrics
 from distil_core.errors import ConfigError
 
-from helpers import distil_cache
+from distil_core.testing import use_cache as distil_cache
 
 SPEC = os.path.join(os.path.dirname(__file__), "data", "bench_digits.yaml")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with distil_cache(tmp_path_factory.mktemp("cache")) as path:
+def cache(tiny_base_cache_dir):
+    with distil_cache(tiny_base_cache_dir) as path:
         yield path
 
 
@@ -182,7 +182,7 @@ def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problem
             assert config["optim"]["lr"] == float(value)
     # the validation problems are train problems held out of training, disjoint from the test split
     from distil_core.builtin import DigitsTask
-    from distil_core.training.trainer import evaluation_split
+    from distil_core.training.evaluate import evaluation_split
 
     task = DigitsTask(op="sort", length=2, train_size=80, test_size=16)
     train, validation = evaluation_split(task, "validation", 16)

@@ -8,7 +8,7 @@ from distil_core.models.experts import score_queries
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.types import Feedback, Rollout, Verdict
 
-from helpers import builder, tiny_model, tiny_tokenizer
+from distil_core.testing import context_builder as builder, tiny_model, tiny_tokenizer
 
 PROBLEM = DigitsTask(train_size=50, test_size=10).problems("test")[0]
 

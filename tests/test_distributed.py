@@ -14,10 +14,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from helpers import FAST_RUN
+from distil_core.testing import FAST_RUN
 
 TOLERANCE = 1e-5
 VOLATILE = ("time_", "tokens_per_s", "world_size", "grad_norm")
@@ -192,11 +191,8 @@ def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
     from distil_core.serving.http import LocalOpenAIServer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import distil_cache
-
-    with distil_cache(str(tmp_path.parent / "distil-cache")):
-        config = load_config(None, FAST_RUN)
-        base = ensure_tiny_base(config, get_host().build("task", config.task.name, config.task.options), progress=False)
+    config = load_config(None, FAST_RUN)  # the tiny base from the session's cache
+    base = ensure_tiny_base(config, get_host().build("task", config.task.name, config.task.options), progress=False)
     model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
     runs = {}
     with LocalOpenAIServer(model, tok, model_name="tiny") as server:

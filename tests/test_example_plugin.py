@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST_RUN
+from distil_core.testing import FAST_RUN
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-plugin"
 

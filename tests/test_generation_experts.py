@@ -13,7 +13,7 @@ from distil_core.models.forward import response_logits
 from distil_core.models.tiny import build_model, build_tokenizer
 from distil_core.types import ExpertQuery
 
-from helpers import builder, tiny_model, tiny_tokenizer
+from distil_core.testing import context_builder as builder, tiny_model, tiny_tokenizer
 
 
 def _runtime(model):

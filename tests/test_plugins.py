@@ -654,3 +654,19 @@ def test_an_isolated_project_runs_offline_with_one_shared_cache(tmp_path):
     out = run_project(tmp_path, "distil_isolate = true\n")
     assert "ENV {'HF_HUB_OFFLINE': '1', 'DISTIL_NO_ENTRYPOINTS': '1', 'DISTIL_PLUGINS': None}" in out
     assert "CACHE " + str(tmp_path) not in out and "distil-cache" in out.split("CACHE ")[1]
+
+
+def test_distil_env_makes_a_subprocess_load_exactly_the_named_entry_points():
+    from distil_core.testing import distil_env
+
+    def listed(env):
+        out = subprocess.run([sys.executable, "-m", "distil_core", "plugins", "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return {p["name"] for p in json.loads(out.stdout)}
+
+    assert listed(distil_env(["tools"])) == BUILTINS | {"tools"}
+    assert listed(distil_env([])) == BUILTINS
+    env = distil_env(["tools", "human"], DISTIL_CACHE="/elsewhere")
+    assert env["DISTIL_PLUGINS"] == "tools,human" and env["DISTIL_CACHE"] == "/elsewhere"
+    assert "DISTIL_NO_ENTRYPOINTS" not in env

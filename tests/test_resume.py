@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import FAST_RUN
+from distil_core.testing import FAST_RUN
 
 GATE_PLUGIN = '''
 """answer_check that, when GATE_FILE is set, stops dead after GATE_AFTER calls (to be killed there)."""

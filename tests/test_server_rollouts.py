@@ -29,7 +29,7 @@ from distil_core.rollouts.client import ServerClient, ServerError
 from distil_core.rollouts.server import ServerGenerator
 from distil_core.training.trainer import Trainer
 
-from helpers import FAST_RUN, distil_cache, tiny_model
+from distil_core.testing import FAST_RUN, use_cache as distil_cache, tiny_model
 
 N = 4
 # Every test here runs on the tiny base that the module's fixture pretrains.
@@ -37,9 +37,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def base(tmp_path_factory):
+def base(tiny_base_cache_dir):
     """The directory of the tiny base (pretrained briefly on digits), built once for the module."""
-    with distil_cache(tmp_path_factory.mktemp("cache")):
+    with distil_cache(tiny_base_cache_dir):
         config = load_config(None, FAST_RUN)
         task = get_host().build("task", config.task.name, config.task.options)
         yield ensure_tiny_base(config, task, progress=False)

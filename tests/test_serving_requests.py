@@ -13,7 +13,7 @@ import distil_core.serving
 from distil_core.serving import ApiError, FaultyServer, LocalOpenAIServer
 from distil_core.serving.requests import ChatRequest, CompletionRequest, LoadAdapterRequest, ReloadRequest, validated
 
-from helpers import tiny_model, tiny_tokenizer
+from distil_core.testing import tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("kind, body, param, words", [

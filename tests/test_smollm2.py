@@ -19,14 +19,14 @@ from distil_core.errors import ConfigError
 from distil_core.plugin_host import PluginHost
 from distil_core.training.trainer import Trainer
 
-from helpers import FAST_RUN, distil_cache
+from distil_core.testing import FAST_RUN, use_cache as distil_cache
 
 LORA = ["model.lora={r: 4, alpha: 8}"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with distil_cache(tmp_path_factory.mktemp("cache")):
+def _cache(tiny_base_cache_dir):
+    with distil_cache(tiny_base_cache_dir):
         yield
 
 

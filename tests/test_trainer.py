@@ -12,7 +12,7 @@ from distil_core.config import load_config
 from distil_core.plugin_host import PluginHost
 from distil_core.training.trainer import Trainer
 
-from helpers import FAST_RUN
+from distil_core.testing import FAST_RUN
 
 pytestmark = pytest.mark.slow  # every test here trains (or builds) a tiny run
 

@@ -15,12 +15,12 @@ from distil_core.training.evaluate import evaluation_split
 from distil_core.training.signals import check_signal
 from distil_core.training.trainer import Trainer
 
-from helpers import FAST_RUN, distil_cache
+from distil_core.testing import FAST_RUN, use_cache as distil_cache
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with distil_cache(tmp_path_factory.mktemp("cache")):
+def _cache(tiny_base_cache_dir):
+    with distil_cache(tiny_base_cache_dir):
         yield
 
 

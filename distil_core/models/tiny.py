@@ -137,7 +137,6 @@ class BaseFeedback:
     """
 
     def __init__(self, task: Any = None, verifier: Any = None, sources: Any = None, pool: int = 0):
-
         self.task = task
         self.verifier = verifier if verifier is not None else ExactMatchVerifier()
         self.sources = list(sources) if sources else [AnswerCheckFeedback()]

@@ -18,7 +18,7 @@ adapter loaded onto the served model (:mod:`distil_core.serving.weights`).
 Generation runs on one model thread (:mod:`distil_core.serving.batcher`): requests that arrive
 together and share an adapter, ``max_tokens`` and sampling parameters are decoded as one
 left-padded, KV-cached batch, each request answered as soon as its own rows end. Sampling is
-keyed as in :mod:`distil_core.rollouts.local`: row ``j`` of prompt ``p`` draws its token at
+keyed as in :mod:`distil_core.rollouts.sampling`: row ``j`` of prompt ``p`` draws its token at
 position ``t`` by inverse CDF at a uniform hashed from (the request's ``seed``, ``p``, ``j``,
 ``t``), so a seeded request gets the same samples whether it is decoded alone or beside others.
 One lock serialises the forward passes (batches and prompt scoring) and the weight changes.

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-ADAPTER_CONFIG = "adapter_config.json"
+from distil_core.models.lora import ADAPTER_CONFIG
 
 
 @dataclass

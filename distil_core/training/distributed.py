@@ -9,7 +9,7 @@ loss for its shard alone. The gradients are then summed over ranks in one all-re
 optimizer step. The loss of each micro-batch is weighted by its share of the *global* batch
 (tokens or rows, whatever the method averages over), so the sum is the 1-process gradient.
 
-Sampling is keyed (see :mod:`distil_core.rollouts.local`): a problem's rollouts depend on the
+Sampling is keyed (see :mod:`distil_core.rollouts.sampling`): a problem's rollouts depend on the
 step's key, the problem and the sample index, not on which rank generates them. So 1 and N
 processes see the same rollouts and, up to floating-point summation order, take the same steps.
 

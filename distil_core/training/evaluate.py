@@ -101,7 +101,7 @@ def sample_and_grade(
 ) -> tuple[list[list[float]], list[list[Optional[str]]]]:
     """Per problem: whether each sample passed, and the answer it gave.
 
-    Sampling is keyed by ``seed`` (see :mod:`distil_core.rollouts.local`), so a problem's samples
+    Sampling is keyed by ``seed`` (see :mod:`distil_core.rollouts.sampling`), so a problem's samples
     do not depend on the problems evaluated with it: evaluations split across ranks add up to
     the one-process evaluation. A generator without keys gets its own seeded RNG stream
     (``torch.random.fork_rng``); either way an evaluation never shifts the training run's

@@ -38,7 +38,7 @@ class Runtime:
     verifier: Any = None
     feedback_sources: list[tuple[str, Any]] = field(default_factory=list)
     expert: Any = None
-    generator: Any = None  # Generator, or server_rollouts.ServerGenerator
+    generator: Any = None  # Generator, or rollouts.server.ServerGenerator
     context: Optional[ContextBuilder] = None
     model_source: str = ""
 
@@ -184,7 +184,14 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     """
     host = host or get_host()
     recipe = config.model.tiny
-    train = list(resolve(task.problems("train")))  # a task's problems() may be a coroutine function
+    train: Optional[list[Any]] = None  # read only when the base's key or its building needs it
+
+    def train_problems() -> list[Any]:
+        nonlocal train
+        if train is None:
+            train = list(resolve(task.problems("train")))  # problems() may be a coroutine function
+        return train
+
     components = base_feedback_components(config, host)
     identity: dict[str, Any] = {
         "version": __version__,
@@ -195,7 +202,7 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
         identity["base_feedback"] = components
     if callable(getattr(task, "answer_text", None)):  # what the base learns to answer
-        answers = [task.answer_text(p) for p in train[:200]]
+        answers = [task.answer_text(p) for p in train_problems()[:200]]
         identity["answers"] = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
     key = json.dumps(identity, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -206,7 +213,7 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
     teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
     try:
-        model, tokenizer = build_tiny_base(train, config.context, recipe, progress=progress, teacher=teacher)
+        model, tokenizer = build_tiny_base(train_problems(), config.context, recipe, progress=progress, teacher=teacher)
     finally:
         closer = getattr(verifier, "close", None)
         if callable(closer):

@@ -54,12 +54,13 @@ class Clock:
 
 def step_key(seed: int, step: int) -> int:
     """The key of step ``step``: its problems and its rollouts' sampling (see
-    :mod:`distil_core.rollouts.local`) depend on (seed, step) alone, so a resumed run sees the
+    :mod:`distil_core.rollouts.sampling`) depend on (seed, step) alone, so a resumed run sees the
     same problems and rollouts as an uninterrupted one."""
     return seed * 1_000_003 + step
 
 
 def problems_for_step(config: RunConfig, train_problems: Sequence[Problem], step: int) -> list[Problem]:
+    """A deterministic function of (seed, step): a resumed run, or another rank, sees the same problems."""
     rng = random.Random(step_key(config.seed, step))
     k = min(config.rollout.problems_per_step, len(train_problems))
     return rng.sample(list(train_problems), k)
@@ -93,6 +94,8 @@ def collect_step(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *
 
 
 def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequence[Rollout], n: int) -> list[Verdict]:
+    """Every rollout's verdict, the verifier's coroutines run together; a verdict that is not a
+    :class:`Verdict` stops the run naming the verifier ``name``."""
     verdicts = resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)])
     return checked(verdicts, Verdict, name)
 

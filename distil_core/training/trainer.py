@@ -26,7 +26,7 @@ from distil_core.plugin_host import PluginHost
 from distil_core.training import checkpointing as ckpt
 from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
-from distil_core.training.evaluate import EVAL_SEED_OFFSET, evaluate_on_ranks, evaluation_split
+from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.runlog import RunLog, default_run_dir, expert_accounting, progress_bar, provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
@@ -127,7 +127,7 @@ class Trainer:
         return problems_for_step(self.config, self.train_problems, step)
 
     def sampling_key(self, step: int) -> int:
-        """The key of step ``step``'s rollouts (see :mod:`distil_core.rollouts.local`)."""
+        """The key of step ``step``'s rollouts (see :mod:`distil_core.rollouts.sampling`)."""
         return step_key(self.config.seed, step)
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -219,5 +219,4 @@ class Trainer:
         return summary
 
 
-# EVAL_SEED_OFFSET is defined in training.evaluate; named here too for callers that import it from the trainer
-__all__ = ["Trainer", "evaluation_split", "EVAL_SEED_OFFSET"]
+__all__ = ["Trainer"]

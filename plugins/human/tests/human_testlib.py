@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Optional
 
+from distil_core.testing import distil_env
 from distil_human.store import Correction, CorrectionStore
 
 
@@ -53,10 +54,11 @@ def distil_argv(*args: str) -> list[str]:
 
 
 def plugin_env(**extra: str) -> dict[str, str]:
-    """The environment of a `distil` process that loads this plugin (and no other)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DISTIL_NO_ENTRYPOINTS", "DISTIL_HUMAN_DB")}
-    env["DISTIL_PLUGINS"] = "human"
-    env.update(extra)
+    """The environment of a `distil` process that loads this plugin (and no other), with no
+    corrections store inherited from the caller's environment."""
+    env = distil_env(["human"], **extra)
+    if "DISTIL_HUMAN_DB" not in extra:
+        env.pop("DISTIL_HUMAN_DB", None)
     return env
 
 

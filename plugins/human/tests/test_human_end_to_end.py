@@ -13,7 +13,7 @@ from human_testlib import Terminal, distil_argv, entry, plugin_env
 from distil_core.builtin import DigitsTask
 from distil_human.review import PROMPT, TEXT_PROMPT, load_failed_rollouts
 from distil_human.store import CorrectionStore
-from helpers import FAST_RUN
+from distil_core.testing import FAST_RUN
 
 TASK = {"length": 2, "train_size": 80, "test_size": 16}
 RUN = FAST_RUN + [
