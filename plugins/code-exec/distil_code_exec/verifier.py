@@ -120,7 +120,7 @@ class CodeExecVerifier:
         self.max_output_bytes, self.workers, self.cache_size = max_output_bytes, workers, cache_size
         self._cache: "OrderedDict[str, Verdict]" = OrderedDict()
         self._lock = threading.Lock()
-        self.stats = {"sandbox_runs": 0, "cache_hits": 0}  # what grading cost: jobs sent, verdicts reused
+        self.counts = {"sandbox_runs": 0, "cache_hits": 0}  # what grading cost: jobs sent, verdicts reused
         self._pool: Any = None
         self._harness, self._child = script("harness.py"), script("child.py")
 
@@ -204,7 +204,7 @@ class CodeExecVerifier:
 
     def _submit(self, run: _Run) -> "Future[distil_sandbox.ExecResult]":
         with self._lock:
-            self.stats["sandbox_runs"] += 1
+            self.counts["sandbox_runs"] += 1
             if self._pool is None and self.engines is not None:
                 self._pool = distil_sandbox.EnginePool(self.engines, max_pending=self.max_pending,
                                                        memory_mb=self.memory_mb)
@@ -229,7 +229,7 @@ class CodeExecVerifier:
             if verdict is None:
                 return None
             self._cache.move_to_end(key)
-            self.stats["cache_hits"] += 1
+            self.counts["cache_hits"] += 1
         return verdict.model_copy(deep=True)
 
     def _remember(self, key: str, verdict: Verdict) -> None:
