@@ -4,7 +4,7 @@
 Part of the contract layer: imports only ``types``, ``errors``, ``context`` and pydantic/yaml.
 """
 
-from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config
+from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config, read_yaml
 from distil_core.config.sections import (
     Component,
     EvalConfig,
@@ -21,7 +21,7 @@ from distil_core.config.sections import (
 )
 
 __all__ = [
-    "RunConfig", "load_config", "apply_override", "check_keys", "format_validation_error",
+    "RunConfig", "load_config", "read_yaml", "apply_override", "check_keys", "format_validation_error",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "TinyBase", "TrainConfig",
 ]

@@ -5,6 +5,7 @@ that name the file, the key and the nearest valid key (a typo must not be silent
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any, Optional, get_args, get_origin
 
@@ -25,7 +26,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             raise ConfigError(f"Config file {path!r} does not exist.")
         try:
             with open(path, encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh)
+                loaded = read_yaml(fh.read(), path)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -39,10 +40,98 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     for item in overrides or []:
         apply_override(data, item, defaults)
     check_keys(RunConfig, data, source)
+    check_finite(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+SHOWN = 200
+"""How many characters of a value an error message shows (a config value can be megabytes)."""
+
+ALIAS_BUDGET = 100_000
+"""How many values YAML aliases may add to a document beyond its own: anchors for shared
+settings stay usable, while nine aliases of nine aliases of … (a "billion laughs" document of a
+few hundred bytes) expand to billions of values that every later step — validation, the error
+that shows the value, config.yaml — would copy out in full."""
+
+
+def shown(value: Any, *, plain: bool = False) -> str:
+    """``repr(value)`` (or ``str`` with ``plain``) cut to :data:`SHOWN` characters, for messages."""
+    if isinstance(value, (list, dict, tuple)) and len(value) > SHOWN:  # never repr a huge container whole
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    try:
+        text = str(value) if plain else repr(value)
+    except RecursionError:
+        return f"<a nested {type(value).__name__}>"
+    return text if len(text) <= SHOWN else text[:SHOWN] + f"… ({len(text)} characters)"
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a document whose aliases expand past :data:`ALIAS_BUDGET`
+    values or refer to themselves (measured on the parsed node graph, before anything is built)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        distinct, expanded = alias_expansion(node)
+        if expanded == math.inf:
+            raise ConfigError(f"{where}: a YAML alias (*name) refers to a value that contains it; a config "
+                              "cannot be recursive.")
+        if expanded - distinct > ALIAS_BUDGET:
+            raise ConfigError(
+                f"{where}: YAML aliases (*name) expand to more than {ALIAS_BUDGET} values beyond the document's "
+                f"{distinct}; write the values out, or refer to fewer anchors.")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML is nested too deeply to read.") from None
+    finally:
+        loader.dispose()
+
+
+def alias_expansion(root: Any) -> tuple[int, float]:
+    """(distinct nodes, nodes once every alias is expanded) of a composed YAML node graph; a
+    node that contains itself expands without end (inf). Iterative: documents can be deep."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = _children(node)
+        if finished:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            continue
+        if id(node) in size:
+            continue
+        if any(id(c) in open_nodes for c in children) or id(node) in open_nodes:
+            return len(size), math.inf
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+    return len(size), size[id(root)]
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_finite(data: Any, where: str, path: str = "") -> None:
+    """Refuse NaN and ±inf anywhere in the config, plugin options included (YAML reads ``.nan``,
+    ``.inf`` and ``1.0e999`` as such floats), naming the key."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{where}: {shown(path or '(top level)', plain=True)} is {data}; every number in a "
+                          "config must be finite.")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        sub = f"{path}[{key}]" if isinstance(data, list) else (f"{path}.{key}" if path else str(key))
+        check_finite(value, where, sub)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -61,13 +150,13 @@ def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str,
     ``expert: hf``, ``--set expert.options.k=20`` does not bring in the default expert's options.
     """
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, for example --set train.steps=20")
+        raise ConfigError(f"--set {shown(item)}: expected key=value, for example --set train.steps=20")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"--set {item!r}: empty key")
+        raise ConfigError(f"--set {shown(item)}: empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw, f"--set {shown(key)}")
     except yaml.YAMLError:
         value = raw
     node, default = data, defaults or {}
@@ -88,7 +177,7 @@ def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str,
 def _as_dict(value: Any, part: str) -> dict[str, Any]:
     if isinstance(value, str):  # task: digits → task: {name: digits}
         return {"name": value}
-    raise ConfigError(f"--set: {part!r} is not a section")
+    raise ConfigError(f"--set: {shown(part)} is not a section")
 
 
 def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") -> None:
@@ -100,7 +189,7 @@ def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") ->
         dotted = f"{path}.{key}" if path else str(key)
         if key not in fields:
             raise ConfigError(
-                f"{where}: unknown key {dotted!r}.{did_you_mean(str(key), fields)}"
+                f"{where}: unknown key {shown(dotted)}.{did_you_mean(str(key)[:SHOWN], fields)}"
                 " Run `distil train --print-config` to see every key with its default."
             )
         sub = _section_type(fields[key].annotation)
@@ -130,6 +219,6 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         msg = err["msg"]
         if err.get("type") == "literal_error" and err.get("ctx", {}).get("expected"):
             msg = f"must be one of {err['ctx']['expected']}"
-        problems.append(f"{loc}: {msg} (got {err.get('input')!r})")
+        problems.append(f"{shown(loc, plain=True)}: {msg} (got {shown(err.get('input'))})")
     return f"{where}: invalid config. " + "; ".join(problems) + "."
 

@@ -12,14 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from distil_core.context import ContextTemplate
 
+MAX_ROLLOUTS_PER_STEP = 1 << 20
+"""Rollouts one step may sample (problems_per_step × samples_per_problem): each is a sequence
+held in memory with its logits, so past this the run would fail allocating, not train."""
+
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 """The training methods a config may name. What each one does is its entry in the registry
 ``distil_core.losses.methods.METHODS`` (this layer cannot import it, so the names are repeated
 here, for the config's own error message; a test keeps the two in step)."""
 
 
+BIG = 1_000_000_000
+"""The upper bound of counts of steps and problems: far above any real run, low enough that a
+typo (an extra zero or three) is an error naming the key rather than an allocation that fails
+deep inside torch."""
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and ±inf are refused in every float (a learning rate of .inf trains nothing but NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component(_Section):
@@ -32,7 +43,7 @@ class Component(_Section):
 class LoraSettings(_Section):
     """LoRA adapters (peft) on the policy: only they are trained; the base weights stay as loaded."""
 
-    r: int = Field(default=16, ge=1, description="Adapter rank.")
+    r: int = Field(default=16, ge=1, le=65536, description="Adapter rank.")
     alpha: float = Field(default=32.0, gt=0.0, description="Scale: the update is (alpha / r) * B A.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: Union[Literal["all-linear"], list[str]] = Field(
@@ -60,21 +71,28 @@ class TinyBase(BaseModel):
     below the model code that reads it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    vocab_size: int = 400
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
+    hidden_size: int = Field(default=128, ge=1, le=65536)
+    layers: int = Field(default=2, ge=1, le=1024)
+    heads: int = Field(default=4, ge=1, le=1024)
+    vocab_size: int = Field(default=400, ge=1, le=1_000_000)
+    steps: int = Field(default=300, ge=0, le=BIG)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    lr: float = Field(default=3e-3, gt=0.0)
     plain_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     feedback_pool: int = Field(
-        default=0, ge=0,
+        default=0, ge=0, le=BIG,
         description="0: feedback computed for every example; N: for N (problem, wrong answer) pairs, reused.",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyBase":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"model.tiny.hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"model.tiny.heads ({self.heads}): each head gets hidden_size / heads dimensions")
+        return self
 
 
 class ModelConfig(_Section):
@@ -114,15 +132,15 @@ class RolloutServer(_Section):
     api_key: Optional[str] = Field(default=None, description="Sent as 'Authorization: Bearer KEY'.")
     api_key_env: Optional[str] = Field(default=None, description="Name of an environment variable holding the key.")
     timeout_s: float = Field(default=300.0, gt=0.0, description="Per HTTP request.")
-    max_concurrency: int = Field(default=16, ge=1, description="Completion requests in flight at once (one per prompt).")
-    retries: int = Field(default=2, ge=0, description="Retries of a request the server refused for load (429, 503) or dropped.")
+    max_concurrency: int = Field(default=16, ge=1, le=65536, description="Completion requests in flight at once (one per prompt).")
+    retries: int = Field(default=2, ge=0, le=1000, description="Retries of a request the server refused for load (429, 503) or dropped.")
     sync: Literal["auto", "lora", "weights", "none"] = Field(
         default="auto",
         description="How the server gets the trained policy: 'lora' (adapters, hot-loaded), 'weights' (full "
         "safetensors, reloaded), 'none' (never; rollouts stay on the server's weights). 'auto': lora when "
         "model.lora is set, else weights.",
     )
-    sync_every: int = Field(default=1, ge=1, description="Sync after every k optimizer steps (and before evaluations and at the end).")
+    sync_every: int = Field(default=1, ge=1, le=BIG, description="Sync after every k optimizer steps (and before evaluations and at the end).")
     sync_dir: Optional[str] = Field(
         default=None,
         description="Where adapters/weights are written for the server to read; it must see the same path. "
@@ -153,9 +171,9 @@ class RolloutServer(_Section):
 
 
 class RolloutConfig(_Section):
-    problems_per_step: int = Field(default=16, ge=1)
-    samples_per_problem: int = Field(default=8, ge=1)
-    max_new_tokens: int = Field(default=10, ge=1)
+    problems_per_step: int = Field(default=16, ge=1, le=1_000_000)
+    samples_per_problem: int = Field(default=8, ge=1, le=65536)
+    max_new_tokens: int = Field(default=10, ge=1, le=10_000_000)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     backend: Literal["local", "server"] = Field(
@@ -166,6 +184,11 @@ class RolloutConfig(_Section):
 
     @model_validator(mode="after")
     def _server_named(self) -> "RolloutConfig":
+        rows = self.problems_per_step * self.samples_per_problem
+        if rows > MAX_ROLLOUTS_PER_STEP:
+            raise ValueError(
+                f"rollout.problems_per_step × rollout.samples_per_problem = {rows} rollouts per step, more than "
+                f"{MAX_ROLLOUTS_PER_STEP}; lower one of them (or split the work over more steps)")
         if self.backend == "server" and self.server is None:
             raise ValueError(
                 "backend 'server' needs a rollout.server section with at least base_url and model, e.g. "
@@ -211,7 +234,7 @@ class LossConfig(_Section):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     advantage_scale: Literal["group", "batch", "none"] = "group"
     chunk_size: int = Field(
-        default=0, ge=0,
+        default=0, ge=0, le=10_000_000,
         description="0: the student's full [B, T, V] logits (reference losses); N: logits N "
         "positions at a time, from hidden states (distil, distil_local, jsd, reverse_kl; see "
         "distil_core.losses.chunked).",
@@ -227,16 +250,16 @@ class OptimConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
-    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    warmup_steps: int = Field(default=0, ge=0)
+    grad_accum: int = Field(default=1, ge=1, le=65536, description="Micro-batches per optimizer step.")
+    warmup_steps: int = Field(default=0, ge=0, le=BIG)
 
 
 class TrainConfig(_Section):
-    steps: int = Field(default=200, ge=0)
+    steps: int = Field(default=200, ge=0, le=BIG)
     output_dir: Optional[str] = Field(default=None, description="Default: runs/<method>-<time>.")
-    eval_every: int = Field(default=0, ge=0, description="0: evaluate before and after only.")
-    save_every: int = Field(default=50, ge=0, description="0: save at the end only.")
-    log_every: int = Field(default=1, ge=1)
+    eval_every: int = Field(default=0, ge=0, le=BIG, description="0: evaluate before and after only.")
+    save_every: int = Field(default=50, ge=0, le=BIG, description="0: save at the end only.")
+    log_every: int = Field(default=1, ge=1, le=BIG)
     progress: bool = True
     log_rollouts: bool = Field(
         default=True, description="Write every rollout with its verdict and feedback to rollouts.jsonl."
@@ -246,19 +269,30 @@ class TrainConfig(_Section):
         description="Under torchrun: ddp (every rank holds the whole policy) or fsdp (FSDP2: parameters, "
         "gradients and optimizer state sharded across ranks). Ignored with one process.",
     )
+    max_expert_failed_fraction: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Stop the run when more than this share of the expert's answers failed (unreachable, "
+        "or a signal that is not a distribution over the student's vocabulary), counted over the last 5 "
+        "steps once they hold at least 8 answers. 1: never stop for failed answers.",
+    )
+    max_nonfinite_steps: int = Field(
+        default=3, ge=1, le=1000,
+        description="A step whose loss or gradient norm is NaN or inf is skipped (the optimizer does not "
+        "move); this many such steps in a row stop the run.",
+    )
 
 
 class EvalConfig(_Section):
-    problems: int = Field(default=200, ge=1)
+    problems: int = Field(default=200, ge=1, le=10_000_000)
     split: Literal["test", "validation"] = Field(
         default="test",
         description="test: the task's held-out problems. validation: the last `problems` of the train split, "
         "taken out of training — for choosing learning rates and other knobs without touching the test set.",
     )
-    samples: int = Field(default=8, ge=1)
+    samples: int = Field(default=8, ge=1, le=65536)
     ks: list[int] = Field(default_factory=lambda: [1, 8])
     temperature: float = Field(default=1.0, ge=0.0)
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: Optional[int] = Field(default=None, ge=1, le=10_000_000)
     greedy: bool = Field(
         default=False,
         description="Also decode each problem once greedily and report greedy@1 beside the sampled metrics "
