@@ -174,8 +174,11 @@ class WarmSandbox:
         kill: Callable[[], None],
         exited: Callable[[], bool],
         release: Callable[[], None],
+        memory_peak: Optional[Callable[[], Optional[int]]] = None,
     ) -> None:
         self.proc = proc
+        self._memory_peak = memory_peak
+        self.memory_peak_bytes: Optional[int] = None  # the job's, read when it is over
         self._kill = kill
         self._exited = exited
         self._release = release
@@ -213,6 +216,8 @@ class WarmSandbox:
                 started=started,
                 stdout=stdout,
             )
+            if self._memory_peak is not None:
+                self.memory_peak_bytes = self._memory_peak()
         finally:
             self._release()
         return seen if stdout.acked or seen.timed_out else None

@@ -11,7 +11,12 @@ Inside the sandbox the program sees:
   ``/tmp`` and ``/dev/shm`` — the only writable places, all gone when it ends;
 - uid/gid 65534, no capabilities, a new session (no controlling terminal), and an
   environment of HOME=/work, PATH, LANG and PWD only, in that order;
-- the job's rlimits, set on bubblewrap itself and so inherited by everything inside.
+- the job's rlimits, set on bubblewrap itself and so inherited by everything inside;
+- a memory cgroup of its own (:mod:`._cgroup`) that bubblewrap joins before it starts, so
+  ``memory_mb`` bounds every process of the job together (RLIMIT_AS still caps each one); where
+  no cgroup can be made here, only RLIMIT_AS holds and ``distil-sandbox backends`` says so;
+- the directories of the toolkit's own ``distil*`` packages, where installed under ``/usr``,
+  covered by an empty read-only tmpfs (a task's dataset holds its reference solutions).
 
 bubblewrap starts with an empty environment (its own is readable from inside through
 ``/proc``) and dies with its parent. Started by root, it runs under a per-job host uid (see
@@ -51,8 +56,10 @@ import threading
 import time
 from contextlib import ExitStack
 from functools import partial
-from typing import Optional
+from dataclasses import replace
+from typing import Callable, Optional
 
+from . import _cgroup
 from ._common import (
     SANDBOX_LANG,
     SANDBOX_PATH,
@@ -67,6 +74,7 @@ from ._common import (
     validate_job,
 )
 from ._hostuid import count_tasks_of, job_uid
+from ._isolate import package_dirs
 from ._warm import ENV, TAR, WarmSandbox, bootstrap_argv, launcher
 from ._warmer import IDLE_S, Warmer
 from .result import ExecResult, Job
@@ -218,6 +226,11 @@ class BwrapBackend:
         """Jobs run ``warm`` and ``cold``; warm sandboxes ``started`` and ``discarded`` unused."""
         return dict(self._warmer.stats)
 
+    def guarantees(self) -> dict[str, str]:
+        """How ``memory_mb`` holds here (whole job, or per process where no cgroup can be made)."""
+        ok, where = _cgroup.support()
+        return {"memory": f"whole job (memory cgroup, {where})" if ok else f"per process (RLIMIT_AS): {where}"}
+
     def available(self) -> tuple[bool, str]:
         """Whether a trivial sandbox starts here (checked once, then remembered)."""
         with self._probe_lock:
@@ -257,7 +270,7 @@ class BwrapBackend:
             seen = box.hand_over(job, files, on_start=self._warmer.wake)
             self._warmer.done(job, warm=seen is not None, failed=seen is None)
             if seen is not None:
-                return make_result(self.name, seen, shell_style=True)
+                return replace(make_result(self.name, seen, shell_style=True), memory_peak_bytes=box.memory_peak_bytes)
         else:
             self._warmer.done(job, warm=False)
         return self._run_cold(job, files)
@@ -283,11 +296,12 @@ class BwrapBackend:
     def _run_cold(self, job: Job, files: dict[str, bytes]) -> ExecResult:
         """Run ``job`` in a sandbox started for it."""
         status_r, status_w = os.pipe()
+        cgroup = None
         try:
-            with job_uid(contained=True) as owner:
+            with job_uid(contained=True) as owner, _cgroup.job_cgroup(job.memory_mb) as cgroup:
                 started = time.monotonic()
                 try:
-                    proc = self._spawn(job, status_w, owner, files)
+                    proc = self._spawn(job, status_w, owner, files, cgroup)
                 except (OSError, subprocess.SubprocessError) as exc:
                     return error_result(self.name, f"could not start bwrap: {exc}")
                 finally:
@@ -302,12 +316,13 @@ class BwrapBackend:
                     started=started,
                 )
                 program_ran = _exit_reported(status_r)
+                peak = cgroup.peak_bytes() if cgroup is not None else None
         finally:
             os.close(status_r)
         error = None
         if not seen.timed_out and not program_ran:
             error = "bwrap could not set up the sandbox: " + (seen.stderr.text.strip() or "no reason given")
-        return make_result(self.name, seen, shell_style=True, error=error)
+        return replace(make_result(self.name, seen, shell_style=True, error=error), memory_peak_bytes=peak)
 
     def _start_warm(self, job: Job) -> WarmSandbox:
         """Start a sandbox of ``job``'s shape whose bootstrap waits for a job (see :mod:`._warm`)."""
@@ -316,19 +331,28 @@ class BwrapBackend:
             holding.callback(os.close, status_r)
             try:
                 owner = holding.enter_context(job_uid(contained=True))
-                proc = self._spawn(job, status_w, owner, None)
+                cgroup = holding.enter_context(_cgroup.job_cgroup(job.memory_mb))
+                proc = self._spawn(job, status_w, owner, None, cgroup)
             finally:
                 os.close(status_w)  # bubblewrap holds its copy
-            release = holding.pop_all().close  # the sandbox holds its uid until it is used or discarded
+            # the sandbox holds its uid and cgroup until it is used or discarded
+            release = holding.pop_all().close
         return WarmSandbox(
-            proc, kill=partial(_kill_job, proc), exited=partial(_exit_reported, status_r), release=release
+            proc, kill=partial(_kill_job, proc), exited=partial(_exit_reported, status_r), release=release,
+            memory_peak=cgroup.peak_bytes if cgroup is not None else None,
         )
 
     def _spawn(
-        self, job: Job, status_w: int, owner: Optional[tuple[int, int]], files: Optional[dict[str, bytes]]
+        self,
+        job: Job,
+        status_w: int,
+        owner: Optional[tuple[int, int]],
+        files: Optional[dict[str, bytes]],
+        cgroup: Optional[_cgroup.JobCgroup] = None,
     ) -> subprocess.Popen:
-        """Start bubblewrap for ``job``. The job's ``files`` travel as memfds it copies in; without
-        them, the sandbox is warm: its bootstrap waits for them on stdin, always a pipe."""
+        """Start bubblewrap for ``job``, in ``cgroup`` when given. The job's ``files`` travel as
+        memfds it copies in; without them, the sandbox is warm: its bootstrap waits for them on
+        stdin, always a pipe."""
         fds: list[int] = []
         try:
             file_fds = {rel: _remember(fds, _memfd("job-file", data)) for rel, data in (files or {}).items()}
@@ -353,9 +377,11 @@ class BwrapBackend:
             command = self._arguments(job, status_w, file_fds, etc_fds, program)
             prefix = launcher(limits, owner) if files is None else None
             if prefix:
+                if cgroup is not None:  # the shell joins the cgroup, then execs the launcher
+                    prefix = ["/bin/sh", "-c", 'printf 0 > "$0" && exec "$@"', cgroup.procs_path, *prefix]
                 command, started_as = prefix + command, {}
             else:
-                started_as = {"preexec_fn": preexec_setting(limits), **identity}
+                started_as = {"preexec_fn": _joining(cgroup, preexec_setting(limits)), **identity}
             return subprocess.Popen(
                 command,
                 env={},
@@ -408,8 +434,33 @@ class BwrapBackend:
             args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
         for rel, fd in file_fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{rel}"]
+        for path in _hidden_under_usr():
+            args += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
         args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", *INIT, *program]
         return args
+
+
+def _joining(cgroup: Optional[_cgroup.JobCgroup], then: Callable[[], None]) -> Callable[[], None]:
+    """A ``preexec_fn`` that joins ``cgroup`` (when there is one), then calls ``then``."""
+    if cgroup is None:
+        return then
+
+    def join_then() -> None:
+        cgroup.join()
+        then()
+
+    return join_then
+
+
+_HIDDEN: Optional[list[str]] = None
+
+
+def _hidden_under_usr() -> list[str]:
+    """The toolkit's package directories that the read-only ``/usr`` would show (found once)."""
+    global _HIDDEN
+    if _HIDDEN is None:
+        _HIDDEN = sorted(path for path in package_dirs() if path.startswith("/usr/"))
+    return _HIDDEN
 
 
 BACKEND_CLASS = BwrapBackend

@@ -11,11 +11,21 @@ Started by root, each job also gets a host uid of its own (see :mod:`._hostuid`)
 program cannot touch root's files or processes, RLIMIT_NPROC counts only the job, every
 process left with that uid afterwards is killed (so escapees that double-fork and
 ``setsid()`` do not survive) and the files it left at the top of /tmp, /var/tmp, /dev/shm
-and /run/lock are removed.
+and /run/lock are removed. Started by root, it also gets (:mod:`._isolate`):
 
-What it cannot do, root or not: keep the program off the network, hide world-readable files
-or other processes (``/proc``), or cap the total size of what it writes (only each file's
-size). Not started by root, the program runs as the calling user, so it can also read and
+- a memory cgroup of its own (:mod:`._cgroup`), so ``memory_mb`` bounds all its processes
+  together, not each one; where none can be made, only RLIMIT_AS per process holds;
+- a new IPC namespace: System V shared memory, semaphores and message queues and POSIX message
+  queues are its own and vanish with it; and a private tmpfs ``/dev/shm`` (POSIX shared memory);
+- a new mount namespace in which every top-level directory but the system's (``/usr``,
+  ``/bin``, ``/lib*``, ``/sbin``, ``/etc``, ``/dev``, ``/proc``, ``/sys``, ``/tmp``) is an empty
+  read-only tmpfs, and so are the directories of the installed ``distil*`` packages (a task's
+  dataset, with its reference solutions, must not be readable by the code being graded).
+
+What it cannot do, root or not: keep the program off the network, hide other processes
+(``/proc``) or the world-readable files in the system directories it sees, or cap the total
+size of what it writes to its work directory (only each file's size). Not started by root, the
+program runs as the calling user with none of the above but the rlimits, so it can also read and
 write everything that user can, signal that user's processes, and leave escapees running;
 RLIMIT_NPROC then has to leave room for the user's other processes. Use ``bwrap`` or
 ``docker`` for code you do not trust.
@@ -30,8 +40,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator, Optional
 
+from ._cgroup import job_cgroup
 from ._common import (
     SANDBOX_LANG,
     SANDBOX_PATH,
@@ -43,10 +56,14 @@ from ._common import (
     rlimits_for,
     supervise,
     validate_job,
+    within_hard_limits,
     write_files,
 )
 from ._hostuid import count_tasks_of, job_uid, kill_uid
+from ._isolate import isolation
 from .result import ExecResult, Job
+
+SHM_MB = 16  # the private /dev/shm's size cap (at most the work directory's)
 
 
 class ProcessBackend:
@@ -57,6 +74,17 @@ class ProcessBackend:
     def __init__(self) -> None:
         self._probe: Optional[tuple[bool, str]] = None
         self._probe_lock = threading.Lock()
+
+    def guarantees(self) -> dict[str, str]:
+        """What holds for jobs here beyond the rlimits, and where it does not, why."""
+        if os.geteuid() != 0:
+            reason = "not started by root: the job runs as the caller, with rlimits only"
+            return {"memory": "per process (RLIMIT_AS): " + reason, "namespaces": "none: " + reason}
+        plan = isolation()
+        return {
+            "memory": plan.memory,
+            "namespaces": "ipc, mount (system directories only)" if plan.namespaces else "none: " + plan.why_not,
+        }
 
     def available(self) -> tuple[bool, str]:
         with self._probe_lock:
@@ -91,12 +119,17 @@ class ProcessBackend:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _run_in(self, job: Job, argv: list[str], work: str, owner: Optional[tuple[int, int]]) -> ExecResult:
-        if owner:
-            nproc = job.max_processes
-            identity = {"user": owner[0], "group": owner[1], "extra_groups": []}
-        else:  # RLIMIT_NPROC counts all of this user's tasks: leave room for them
+        if not owner:  # RLIMIT_NPROC counts all of this user's tasks: leave room for them
             nproc = count_tasks_of(os.getuid()) + job.max_processes
-            identity = {}
+            return self._supervise(job, argv, work, None, preexec_setting(rlimits_for(job, nproc=nproc)), None)
+        plan = isolation()
+        with job_cgroup(job.memory_mb) if plan.cgroups else _nothing() as cgroup:
+            limits = within_hard_limits(rlimits_for(job, nproc=job.max_processes))
+            enter = plan.entering(owner, limits, cgroup, shm_bytes=min(job.work_mb, SHM_MB) << 20)
+            return self._supervise(job, argv, work, owner, enter, cgroup)
+
+    def _supervise(self, job, argv, work, owner, preexec, cgroup) -> ExecResult:
+        """Start the program (``preexec`` sets its limits, namespaces and uid) and supervise it."""
         stdin = job.stdin.encode("utf-8") if isinstance(job.stdin, str) else job.stdin
         started = time.monotonic()
         try:
@@ -109,8 +142,7 @@ class ProcessBackend:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=preexec_setting(rlimits_for(job, nproc=nproc)),
-                **identity,
+                preexec_fn=preexec,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return error_result(self.name, f"could not start {argv[0]}: {exc}")
@@ -126,7 +158,15 @@ class ProcessBackend:
         seen = supervise(
             proc, stdin=stdin, output_limit=job.output_limit, timeout_s=job.timeout_s, kill=kill, started=started
         )
-        return make_result(self.name, seen)
+        result = make_result(self.name, seen)
+        if cgroup is not None:
+            result = replace(result, memory_peak_bytes=cgroup.peak_bytes())
+        return result
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 BACKEND_CLASS = ProcessBackend

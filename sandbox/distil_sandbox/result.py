@@ -42,6 +42,10 @@ class ExecResult:
     stdout_bytes: bytes = b""
     stderr_bytes: bytes = b""
     error: Optional[str] = None  # the sandbox itself failed (not the program)
+    # The most memory the whole job held at once (its memory cgroup's peak: resident pages,
+    # tmpfs files and shared memory it wrote, page cache); None where the backend has no
+    # cgroup of the job's own to ask.
+    memory_peak_bytes: Optional[int] = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,189 @@
+"""Limits that must hold for the whole job, and what a job may leave behind or read, on every
+backend: memory summed over forked processes, IPC objects that outlive the job, and the
+toolkit's own files (a task's dataset holds its reference solutions)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+
+import pytest
+from sandbox_testlib import AS_ROOT, run, weakness
+
+NOT_ROOT_REASON = "the process backend runs as the calling user, without cgroups or namespaces, when not root"
+
+# Six children each touch 300 MiB and hold it until the parent has looked: the parent waits until
+# every child has either reported its block allocated or died, then adds up the resident memory
+# of those still alive. With memory_mb=512 for the whole job, at most one block fits.
+FORKED_MEMORY = """
+import os, select, time
+N, MB = 6, 300
+report_r, report_w = os.pipe()
+hold_r, hold_w = os.pipe()
+children = []
+for index in range(N):
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r); os.close(hold_w)
+        try:
+            block = b"\\1" * (MB << 20)
+        except MemoryError:
+            os._exit(3)
+        os.write(report_w, b"a")
+        os.read(hold_r, 1)   # until the parent has counted
+        os._exit(0)
+    children.append(pid)
+os.close(report_w); os.close(hold_r)
+reported, dead = 0, set()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    if select.select([report_r], [], [], 0.05)[0]:
+        reported += len(os.read(report_r, 64))
+    for pid in children:
+        if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]:
+            dead.add(pid)
+    alive = [pid for pid in children if pid not in dead]
+    if len(dead) == N or reported >= N or (reported >= len(alive) and len(alive) <= 1 and len(dead) >= N - 1):
+        break
+held = 0
+for pid in children:
+    if pid in dead:
+        continue
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            held += sum(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) // 1024
+    except OSError:
+        pass
+print(f"reported={reported} died={len(dead)} held_mib={held}", flush=True)
+os.close(hold_w)
+"""
+
+
+def _fields(stdout: str) -> dict[str, int]:
+    return {key: int(value) for key, value in (part.split("=") for part in stdout.split())}
+
+
+def test_forked_processes_share_one_memory_limit(backend, request):
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    result = run(backend, FORKED_MEMORY, memory_mb=512, timeout_s=60)
+    assert not result.timed_out and result.error is None, result
+    seen = _fields(result.stdout)
+    # one 300 MiB block and the interpreters fit in 512 MiB; two blocks never do
+    assert seen["held_mib"] < 512, (seen, result.memory_peak_bytes)
+    assert seen["died"] >= 5, seen
+    if backend != "docker":  # the job's own cgroup reports what it held at most
+        assert result.memory_peak_bytes is not None and result.memory_peak_bytes <= 512 << 20
+
+
+def test_memory_limit_of_the_whole_job_counts_shared_memory(backend, request):
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    # 4 × 64 MiB of System V shared memory, each segment well under the address-space limit of
+    # the process that maps it in turn, 256 MiB in all against memory_mb=128
+    code = SYSV_PRELUDE + (
+        "made = 0\n"
+        "for n in range(4):\n"
+        "    shm_fill(0, 64 << 20, 0x41)\n"
+        "    made += 1\n"
+        "    print(made, flush=True)\n"
+    )
+    result = run(backend, code, memory_mb=128, timeout_s=30)
+    assert not result.timed_out
+    made = result.stdout.split()
+    assert len(made) <= 1 and result.signal == "SIGKILL", result  # the OOM killer, at the second
+
+
+SYSV_PRELUDE = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.mq_open.restype = ctypes.c_int
+IPC_CREAT, IPC_PRIVATE = 0o1000, 0
+
+def shm_fill(key, size, byte):
+    ident = libc.shmget(key, size, IPC_CREAT | 0o666)
+    assert ident >= 0, os.strerror(ctypes.get_errno())
+    address = libc.shmat(ident, None, 0)
+    ctypes.memset(address, byte, size)
+    libc.shmdt(ctypes.c_void_p(address))
+    return ident
+"""
+
+
+def _host_shm_keys() -> set[int]:
+    with open("/proc/sysvipc/shm") as fh:
+        return {int(line.split()[0]) for line in list(fh)[1:] if line.strip()}
+
+
+def _host_mq_exists(name: bytes) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.mq_open(name, os.O_RDONLY)
+    if fd >= 0:
+        libc.mq_close(fd)
+        libc.mq_unlink(name)
+        return True
+    assert ctypes.get_errno() == errno.ENOENT, os.strerror(ctypes.get_errno())
+    return False
+
+
+def test_ipc_objects_do_not_outlive_the_job(backend, request):
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    key = secrets.randbelow(1 << 30) + 1
+    queue = f"/distil-{secrets.token_hex(6)}".encode()
+    secret = secrets.token_hex(8)
+    leave = SYSV_PRELUDE + (
+        f"shm_fill({key}, 8 << 20, 0x42)\n"
+        f"q = libc.mq_open({queue!r}, os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+        "assert q >= 0, os.strerror(ctypes.get_errno())\n"
+        f"assert libc.mq_send(q, {secret.encode()!r}, {len(secret)}, 0) == 0\n"
+        "print('left', flush=True)\n"
+    )
+    first = run(backend, leave, memory_mb=128)
+    assert first.stdout == "left\n", first
+    # nothing of it on the host ...
+    assert key not in _host_shm_keys()
+    assert not _host_mq_exists(queue)
+    # ... nor for the next job
+    look = SYSV_PRELUDE + (
+        f"print('shm', libc.shmget({key}, 0, 0) >= 0)\n"
+        "buf = ctypes.create_string_buffer(8192)\n"
+        f"q = libc.mq_open({queue!r}, os.O_RDONLY | os.O_NONBLOCK)\n"
+        "print('mq', q >= 0 and libc.mq_receive(q, buf, 8192, None) > 0 and buf.value.decode())\n"
+    )
+    second = run(backend, look)
+    assert second.stdout == "shm False\nmq False\n", second
+
+
+def test_posix_shared_memory_does_not_outlive_the_job(backend, request):
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    name = f"distil-{secrets.token_hex(6)}"
+    code = f"with open('/dev/shm/{name}', 'wb') as fh:\n    fh.write(b'x' * (4 << 20))\nprint('left')\n"
+    assert run(backend, code).stdout == "left\n"
+    assert not os.path.exists(f"/dev/shm/{name}")
+    look = f"import os\nprint(os.path.exists('/dev/shm/{name}'))\n"
+    assert run(backend, look).stdout == "False\n"
+
+
+def test_the_toolkits_package_data_cannot_be_read(backend, request):
+    """A task's dataset (reference solutions included) must not be readable by the code being
+    graded. Docker shows the engine host's /usr only, so an installed package there is hidden
+    as on bwrap; the process backend covers the package directories and every top-level
+    directory but the system's."""
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    distil_tasks = pytest.importorskip("distil_tasks")
+    data = os.path.join(os.path.dirname(os.path.realpath(distil_tasks.__file__)), "data")
+    files = sorted(os.path.join(data, name) for name in os.listdir(data))
+    assert files and all(os.stat(path).st_mode & 0o004 for path in files)  # world-readable on the host
+    code = (
+        "import os\n"
+        f"for path in {files!r}:\n"
+        "    try:\n"
+        "        print('READ', len(open(path).read()))\n"
+        "    except OSError as exc:\n"
+        "        print('no', exc.errno)\n"
+        f"print('listed', os.path.isdir({data!r}) and os.listdir({data!r}))\n"
+    )
+    result = run(backend, code)
+    assert "READ" not in result.stdout and result.stdout.endswith("listed False\n"), result
