@@ -145,26 +145,46 @@ def kill_everything(reaped, deadline_s=5.0):
 
 
 def empty_dir(root):
-    """Remove everything under ``root``, even directories a job made unwritable."""
+    """Remove everything under ``root``, even directories a job made unwritable; True when all went.
+
+    Iterative, and by names relative to the current directory (the supervisor walks down with
+    ``chdir``): a job may nest directories deeper than any recursion limit, any path length
+    limit and any number of open descriptors. It runs after every process of the job is dead,
+    so nothing changes under it.
+    """
     try:
-        names = os.listdir(root)
+        os.chdir(root)
     except FileNotFoundError:
         return True
     except OSError:
         return False
     ok = True
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                os.chmod(path, 0o700)
-                ok = empty_dir(path) and ok
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-        except OSError:
-            ok = False
+    try:
+        levels = [(None, os.listdir("."))]  # (name in its parent, names still to remove) per depth
+        while True:
+            name, pending = levels[-1]
+            if not pending:
+                if name is None:
+                    break
+                os.chdir("..")
+                levels.pop()
+                try:
+                    os.rmdir(name)
+                except OSError:
+                    ok = False
+                continue
+            entry = pending.pop()
+            try:
+                if stat.S_ISDIR(os.lstat(entry).st_mode):
+                    os.chmod(entry, 0o700)
+                    os.chdir(entry)
+                    levels.append((entry, os.listdir(".")))
+                else:
+                    os.unlink(entry)
+            except OSError:
+                ok = False
+    finally:
+        os.chdir("/")
     return ok
 
 
@@ -293,22 +313,42 @@ def run_job(job, stdin_data):
 
 
 def clean_up():
-    """Kill what is left and empty every place a job can write; True when all of it worked."""
-    killed = kill_everything({})
-    try:
-        os.chmod(WORK, 0o700)  # the job owns /work and may have locked it
-        wiped = all([empty_dir(root) for root in WIPED])
-    except OSError:
-        wiped = False
-    try:
-        ipc = remove_sysv_ipc()
-    except OSError:
-        ipc = False
-    return killed and wiped and ipc
+    """Kill what is left and empty every place a job can write; True when all of it worked.
+
+    Never raises: whatever goes wrong makes it False, and the host replaces the container.
+    """
+    steps = []
+    for step in (lambda: kill_everything({}), lambda: os.chmod(WORK, 0o700) or True,  # the job may lock /work
+                 *(lambda root=root: empty_dir(root) for root in WIPED), remove_sysv_ipc):
+        try:
+            steps.append(bool(step()))
+        except BaseException:  # noqa: B036 - a failed clean-up must never lose the job's result
+            steps.append(False)
+    return all(steps)
+
+
+def shield_from_signals():
+    """Make every signal a job can send to pid 1 do nothing.
+
+    The kernel drops a signal sent to a namespace's init from inside the namespace only while
+    the init leaves it at SIG_DFL (or ignores it). Python installs its own handler for SIGINT
+    (KeyboardInterrupt), which would let any job end the supervisor; every signal with a Python
+    handler goes back to SIG_DFL, except SIGCHLD, whose handler does nothing but wake the wait.
+    Ignored signals stay ignored (the jobs get SIG_DFL back at exec, see ``restore_signals``).
+    """
+    for sig in signal.valid_signals():
+        if sig == signal.SIGCHLD:
+            continue
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
 
 
 def main():
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    shield_from_signals()
     signal.signal(signal.SIGCHLD, lambda *_: None)
     os.umask(0o022)
     while True:
@@ -326,8 +366,10 @@ def main():
         else:
             try:
                 result = run_job(job, stdin_data)
-            except Exception as exc:  # report it and stay up; the host replaces this container
+            except BaseException as exc:  # noqa: B036 - report it and stay up; the host replaces this container
                 result = {"error": "the sandbox supervisor failed: %r" % exc, "all_dead": False}
+        # the job's result is sent whatever the clean-up meets: a failed clean-up only retires
+        # the container (clean: false), the job stays done
         result["clean"] = clean_up() and result.pop("all_dead", True)
         send(b"R", json.dumps(result).encode())
 

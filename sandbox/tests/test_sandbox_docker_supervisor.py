@@ -1,0 +1,75 @@
+"""The container supervisor (pid 1 of every docker sandbox) against jobs that aim at it: signals
+sent to pid 1, and trees of directories too deep to remove recursively. A job's result must come
+back once, from the container it ran in, and a warm container must stay usable."""
+
+from __future__ import annotations
+
+import pytest
+
+import distil_sandbox
+from distil_sandbox import Job
+from distil_sandbox.pool import Pool
+from sandbox_docker_testlib import backend_or_skip
+
+# Every signal a program may send, to pid 1 (the supervisor): SIGINT raised KeyboardInterrupt in
+# it. SIGKILL and SIGSTOP from inside the namespace are dropped by the kernel all the same.
+SIGNAL_PID_1 = """
+import os, signal
+sent = []
+for sig in sorted(signal.valid_signals()):
+    try:
+        os.kill(1, sig)
+        sent.append(int(sig))
+    except OSError:
+        pass
+print("sent", len(sent), "then", "alive", flush=True)
+"""
+
+# 1,100 nested directories (and files in them) under /tmp and /work: more than Python's
+# recursion limit, which a recursive clean-up hit.
+DEEP_TREE = """
+import os
+for top in ("/tmp", "/work"):
+    os.chdir(top)
+    for depth in range(1100):
+        os.mkdir("d")
+        os.chdir("d")
+        if depth % 100 == 0:
+            open("f", "w").close()
+    os.chmod(".", 0o500)   # a locked leaf as well
+print("deep", flush=True)
+"""
+
+LOOK = "import os\nprint(sorted(os.listdir('/tmp')), sorted(os.listdir('/work')))\n"
+
+
+@pytest.fixture
+def docker_sandbox():
+    """The docker backend, or a skip (a failure where DISTIL_SANDBOX_REQUIRE names it)."""
+    return backend_or_skip("docker")
+
+
+@pytest.mark.parametrize("code,expected", [(SIGNAL_PID_1, "alive"), (DEEP_TREE, "deep")], ids=["signals", "deep-tree"])
+def test_a_fresh_container_returns_the_jobs_result(docker_sandbox, code, expected):
+    result = distil_sandbox.run(code, backend="docker", timeout_s=30, memory_mb=256)
+    assert result.ok, result
+    assert result.stdout.split()[-1] == expected
+
+
+@pytest.mark.parametrize("code,expected", [(SIGNAL_PID_1, "alive"), (DEEP_TREE, "deep")], ids=["signals", "deep-tree"])
+def test_a_warm_container_runs_the_job_once_and_stays_usable(docker_sandbox, code, expected):
+    with Pool(backend="docker", workers=1, timeout_s=30, memory_mb=256) as pool:
+        first = pool.submit(code).result()
+        after = pool.submit(LOOK).result()
+        # one container: the job was not run again on a second one, and the first was kept
+        assert pool.containers_started == 1
+    assert first.ok and first.stdout.split()[-1] == expected, first
+    assert after.ok and after.stdout == "[] ['main.py']\n", after
+
+
+def test_a_job_that_signals_pid_1_still_has_its_timeout_enforced(docker_sandbox):
+    code = SIGNAL_PID_1 + "while True:\n    pass\n"
+    with Pool(backend="docker", workers=1, timeout_s=1, memory_mb=256) as pool:
+        result = pool.submit(Job(code=code, timeout_s=1, memory_mb=256)).result()
+        assert pool.containers_started == 1
+    assert result.timed_out and result.stdout.endswith("alive\n")
