@@ -229,7 +229,8 @@ class BwrapBackend:
     def guarantees(self) -> dict[str, str]:
         """How ``memory_mb`` holds here (whole job, or per process where no cgroup can be made)."""
         ok, where = _cgroup.support()
-        return {"memory": f"whole job (memory cgroup, {where})" if ok else f"per process (RLIMIT_AS): {where}"}
+        return {"memory": f"whole job (memory cgroup, {where})" if ok else f"per process (RLIMIT_AS): {where}",
+                "namespaces": "user, pid, mount, network, ipc, uts, cgroup"}
 
     def available(self) -> tuple[bool, str]:
         """Whether a trivial sandbox starts here (checked once, then remembered)."""

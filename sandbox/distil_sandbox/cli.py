@@ -1,6 +1,8 @@
 """The ``distil-sandbox`` command.
 
-    distil-sandbox backends                      which backends work here, and why not
+    distil-sandbox backends                      which backends work here, and why not; for
+                                                 those that do, how memory_mb holds (whole job
+                                                 or per process) and the namespaces they add
     distil-sandbox image build [--tag TAG]       build the docker image locally (no pull)
     distil-sandbox run FILE [--backend B] [--timeout S] [--stdin PATH]
                                                  run FILE in a sandbox, print the result as JSON
@@ -46,10 +48,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _backends() -> int:
+    from .backends import get_backend
+
     reasons = available_backends()
     width = max(map(len, reasons))
     for name, why in reasons.items():
         print(f"{name:<{width}}  {'available' if not why else 'unavailable: ' + why}")
+        guarantees = getattr(get_backend(name), "guarantees", None) if not why else None
+        for topic, how in (guarantees() if guarantees else {}).items():
+            print(f"{'':<{width}}    {topic}: {how}")
     return 0 if any(not why for why in reasons.values()) else 1
 
 

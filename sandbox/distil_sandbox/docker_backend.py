@@ -51,6 +51,11 @@ class DockerBackend:
         """The engine this backend talks to: ``base_url``, else ``DOCKER_HOST``, else the local socket."""
         return self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
+    def guarantees(self) -> dict[str, str]:
+        """How ``memory_mb`` holds: the container's memory cgroup, for the whole job."""
+        return {"memory": "whole job (the container's memory cgroup, no swap)",
+                "namespaces": "the container's: pid, mount, network (none), ipc, uts"}
+
     def available(self) -> tuple[bool, str]:
         try:
             import docker.errors  # noqa: F401  (is the SDK installed?)

@@ -10,6 +10,7 @@ import os
 import secrets
 
 import pytest
+from distil_sandbox import _cgroup, available_backends, cli
 from sandbox_testlib import AS_ROOT, run, weakness
 
 NOT_ROOT_REASON = "the process backend runs as the calling user, without cgroups or namespaces, when not root"
@@ -187,3 +188,22 @@ def test_the_toolkits_package_data_cannot_be_read(backend, request):
     )
     result = run(backend, code)
     assert "READ" not in result.stdout and result.stdout.endswith("listed False\n"), result
+
+
+def test_the_cli_says_how_memory_mb_holds_on_each_backend(capsys):
+    """``distil-sandbox backends`` tells whether memory_mb bounds the whole job or, where no
+    memory cgroup can be made here, each process only (RLIMIT_AS)."""
+    cgroups, why = _cgroup.support()
+    cli.main(["backends"])
+    out = capsys.readouterr().out
+    for name, unavailable in available_backends().items():
+        if unavailable:
+            continue
+        lines = out.splitlines()
+        block = lines[lines.index(next(line for line in lines if line.startswith(name + " "))) + 1]
+        if name == "docker" or (cgroups and (AS_ROOT or name == "bwrap")):
+            assert block.strip().startswith("memory: whole job"), out
+        else:
+            assert block.strip().startswith("memory: per process (RLIMIT_AS)"), out
+    if not cgroups:
+        assert why in out
