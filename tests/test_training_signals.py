@@ -1,6 +1,7 @@
 """The trainer's boundaries with plugins: expert signals are checked as they arrive, and a task
 whose ``problems`` is a coroutine function is awaited like every other hook."""
 
+import json
 import math
 
 import pytest
@@ -128,20 +129,45 @@ BAD_SIGNALS = [
 
 
 @pytest.mark.parametrize("fault, problem, fix", BAD_SIGNALS, ids=[b[0] for b in BAD_SIGNALS])
-def test_a_bad_expert_signal_stops_the_step_naming_the_expert_field_and_fix(tmp_path, fault, problem, fix):
+def test_a_bad_expert_signal_is_a_failed_signal_counted_and_explained(tmp_path, fault, problem, fix):
     trainer = _trainer(tmp_path, f"expert={{name: faulty, options: {{fault: {fault}}}}}")
     v = trainer.model.config.vocab_size
+    row = trainer.train_step(1)
+    # every query was answered badly: each answer is failed, none is used by the loss
+    assert row["expert_failed"] == 16 and row["signal_rollouts"] == 0  # 4 problems × 4 samples, all asked
+    reasons = row["expert_fail_reasons"]  # the first 3 distinct ones (they differ in the response length)
+    assert 1 <= len(reasons) <= 3 and all(r.startswith("unusable ") for r in reasons)
+    reason = reasons[0]
+    for fragment in (problem, fix):
+        assert fragment.format(v=v, v1=v - 1, v5=v + 5) in reason
+    assert "the expert should return" in reason
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_run_of_only_bad_signals_stops_with_one_line_naming_the_expert(tmp_path):
+    # no success term (loss.reward_weight=0): the expert's signals are all the loss reads
+    trainer = _trainer(tmp_path, "expert={name: faulty, options: {fault: topk_positive}}", "train.steps=3",
+                       "loss.reward_weight=0")
     start = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.raises(PluginError) as err:
-        trainer.train_step(1)
+        trainer.fit()
     message = str(err.value)
-    assert message.startswith("expert 'faulty' returned an unusable")
-    assert "for rollout " in message
-    for fragment in (problem, fix):
-        assert fragment.format(v=v, v1=v - 1, v5=v + 5) in message
-    assert "The expert should return" in message
-    # refused before the update: the policy is untouched
+    assert "\n" not in message
+    assert message.startswith("expert 'faulty': 16 of 16 answers failed over step 1, more than "
+                              "train.max_expert_failed_fraction = 0.5; first reasons: unusable 'topk' signal")
+    assert "topk_logprobs is 0.5 at position 0, column 1: above 0" in message
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["expert_failed"] == 16  # the stopping step is logged
+    # no signal reached the loss: the policy is untouched
     assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_a_failed_fraction_under_the_threshold_trains_on(tmp_path):
+    trainer = _trainer(tmp_path, "expert={name: faulty, options: {fault: topk_nan}}",
+                       "train.max_expert_failed_fraction=1", "train.steps=2", "train.save_every=0")
+    summary = trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and [r["expert_failed"] for r in rows] == [16, 16]
 
 
 def test_an_expert_that_answers_fewer_queries_than_asked_is_named(tmp_path):

@@ -146,12 +146,15 @@ def merge_accounting(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def step_row(step: int, world: World, counts: dict[str, float], accounting: dict[str, Any],
-             timings: dict[str, float], stats: dict[str, float], lr: float) -> dict[str, Any]:
+             timings: dict[str, float], stats: dict[str, float], lr: float,
+             reasons: Sequence[str] = ()) -> dict[str, Any]:
     """The step's metrics row over every rank: counts summed, costs merged, each time the
-    slowest rank's (the step waits for it). Collective."""
-    ranks = world.gather((counts, accounting, timings))
-    total = {k: sum(c[k] for c, _, _ in ranks) for k in counts}
-    timings = {k: max(t.get(k, 0.0) for _, _, t in ranks) for k in timings}
+    slowest rank's (the step waits for it), and the first few distinct reasons the expert's
+    failed answers gave (``expert_fail_reasons``, only on a step with failures). Collective."""
+    ranks = world.gather((counts, accounting, timings, list(reasons)))
+    total = {k: sum(c[k] for c, _, _, _ in ranks) for k in counts}
+    timings = {k: max(t.get(k, 0.0) for _, _, t, _ in ranks) for k in timings}
+    why = list(dict.fromkeys(r for _, _, _, rs in ranks for r in rs))[:3]
     rows = total["rollouts"]
     row: dict[str, Any] = {
         "step": step,
@@ -164,7 +167,8 @@ def step_row(step: int, world: World, counts: dict[str, float], accounting: dict
         "signal_rollouts": total["signal_rollouts"],
         "dropped_no_signal": total["dropped_no_signal"],
         "expert_failed": total["expert_failed"],
-        **merge_accounting([a for _, a, _ in ranks]),
+        **({"expert_fail_reasons": why} if why else {}),
+        **merge_accounting([a for _, a, _, _ in ranks]),
         "response_tokens": total["generated"] / rows,
         "tokens_per_s": total["generated"] / max(timings["time_generate"], 1e-9),
         "lr": lr,

@@ -1,11 +1,14 @@
 """The expert's signals checked where they enter the trainer, before any loss reads them.
 
-An expert is a plugin: a wrong shape, a NaN, an id past the vocabulary or log-probs that are
-not log-probs would otherwise surface deep inside a loss (an index error on the GPU, a NaN
-step, or a silently wrong gradient from a padded row). :func:`check_signals` refuses such a
-signal with a :class:`~distil_core.errors.PluginError` that names the expert, the field, the
-rollout and position, and what the expert should return instead. Each check is one vectorised
-pass over the signal's tensors.
+An expert is a plugin, often a remote one: a wrong shape, a NaN, an id past the vocabulary or
+log-probs that are not log-probs would otherwise surface deep inside a loss (an index error on
+the GPU, a NaN step, or a silently wrong gradient from a padded row). :func:`check_signals`
+turns such a signal into a *failed* one (``ok=False``) whose ``error`` names the field, the
+position and what the expert should return instead: it is left out of the loss and counted in
+the step's ``expert_failed``, like an answer the expert never gave. One bad answer from an API
+must not end a long run; an expert whose answers are mostly bad does, through
+:class:`~distil_core.training.guards.RunGuard` (``train.max_expert_failed_fraction``). Each
+check is one vectorised pass over the signal's tensors.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from distil_core.errors import PluginError
 from distil_core.types import ExpertQuery, ExpertSignal
 
 LOGPROB_TOLERANCE = 1e-3
@@ -31,20 +33,26 @@ class SignalProblem(Exception):
         self.field, self.problem, self.fix = field, problem, fix
 
 
-def check_signals(signals: Sequence[ExpertSignal], queries: Sequence[ExpertQuery], *, vocab_size: int,
-                  expert: str) -> None:
-    """Refuse the first usable signal (``ok``) whose tensors do not fit its query's response."""
+def check_signals(signals: Sequence[ExpertSignal], queries: Sequence[ExpertQuery], *,
+                  vocab_size: int) -> list[ExpertSignal]:
+    """``signals`` with every usable one (``ok``) whose tensors do not fit its query's response
+    replaced by a failed signal saying why (see :func:`signal_problem`)."""
+    out = []
     for signal, query in zip(signals, queries):
-        if not signal.ok:
-            continue
-        try:
-            check_signal(signal, len(query.response_ids), vocab_size)
-        except SignalProblem as bad:
-            raise PluginError(
-                f"expert {expert!r} returned an unusable {signal.access!r} signal for rollout "
-                f"{query.rollout_index} (problem {query.problem_id!r}, {len(query.response_ids)} response "
-                f"tokens): {bad.field} {bad.problem}. The expert should return {bad.fix}."
-            ) from None
+        problem = signal_problem(signal, len(query.response_ids), vocab_size)
+        out.append(signal if problem is None else ExpertSignal.failed(signal.access, problem))
+    return out
+
+
+def signal_problem(signal: ExpertSignal, length: int, vocab_size: int) -> Optional[str]:
+    """None when ``signal`` fits a response of ``length`` tokens; else one line: the field, what
+    is wrong with it and where, and what the expert should return instead."""
+    try:
+        check_signal(signal, length, vocab_size)
+    except SignalProblem as bad:
+        return (f"unusable {signal.access!r} signal for {length} response tokens: {bad.field} {bad.problem}; "
+                f"the expert should return {bad.fix}")
+    return None
 
 
 def check_signal(signal: ExpertSignal, length: int, vocab_size: int) -> None:

@@ -138,8 +138,8 @@ def collect_feedback(sources: Sequence[tuple[str, Any]], batch: StepBatch, group
 
 
 def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, chunked: bool) -> list[ExpertSignal]:
-    """The expert's signal for each query, checked before any loss reads it (see
-    :func:`~distil_core.training.signals.check_signals`)."""
+    """The expert's signal for each query, checked before any loss reads it: one that does not fit
+    comes back failed (see :func:`~distil_core.training.signals.check_signals`)."""
     if not queries:
         return []
     score = rt.expert.score
@@ -152,8 +152,7 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
         raise PluginError(f"expert {name!r} returned {count} signals for {len(queries)} queries; "
                           "score() must return one ExpertSignal per query, in order")
     answered = checked(list(answered), ExpertSignal, name)
-    check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer), expert=name)
-    return answered
+    return check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer))
 
 
 def vocab_size(model: Any, tokenizer: Any) -> int:
@@ -174,6 +173,25 @@ def checked(items: Sequence[Any], model: type, plugin: str) -> list[Any]:
             out.append(model.model_validate(item))
         except Exception as exc:
             raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__}: {exc}") from None
+    return out
+
+
+REASONS_SHOWN = 3
+"""Distinct failure reasons a step's metrics row keeps (``expert_fail_reasons``)."""
+
+
+def fail_reasons(signals: Sequence[Optional[ExpertSignal]], limit: int = REASONS_SHOWN) -> list[str]:
+    """The first ``limit`` distinct reasons this rank's failed signals give, each one line of at
+    most 300 characters (an API's error text can be long)."""
+    out: list[str] = []
+    for s in signals:
+        if s is not None and not s.ok:
+            reason = " ".join(str(s.error or "no reason given").split())
+            reason = reason if len(reason) <= 300 else reason[:300] + "…"
+            if reason not in out:
+                out.append(reason)
+            if len(out) == limit:
+                break
     return out
 
 

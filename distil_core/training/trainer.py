@@ -27,10 +27,12 @@ from distil_core.training import checkpointing as ckpt
 from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
+from distil_core.training.guards import RunGuard
 from distil_core.training.runlog import RunLog, default_run_dir, expert_accounting, progress_bar, provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
-from distil_core.training.step import Clock, StepBatch, collect_step, problems_for_step, step_counts, step_key
+from distil_core.training.step import Clock, StepBatch, collect_step, fail_reasons, problems_for_step, step_counts
+from distil_core.training.step import step_key
 from distil_core.training.update import Learner, update_policy
 from distil_core.types import Problem
 
@@ -67,6 +69,7 @@ class Trainer:
         self.run_dir = self.world.gather(run_dir or config.train.output_dir or default_run_dir(config.method))[0]
         self.step = 0
         self.evals: dict[str, dict[str, float]] = {}
+        self.guard = RunGuard(config)
         os.makedirs(self.run_dir, exist_ok=True)
         self.log = RunLog(self.run_dir, self.world)
         if resume:
@@ -151,7 +154,7 @@ class Trainer:
             self.log.write_lines("rollouts.jsonl", rollout_lines(step, batch.problems, batch.rollouts,
                                                                  batch.verdicts, batch.feedback, batch.n))
         return step_row(step, self.world, step_counts(batch, cfg), expert_accounting(batch.signals),
-                        clock.total(), stats, self.scheduler.get_last_lr()[0])
+                        clock.total(), stats, self.scheduler.get_last_lr()[0], fail_reasons(batch.signals))
 
     # -- evaluation, checkpoints, the loop ----------------------------------------------------
 
@@ -188,6 +191,7 @@ class Trainer:
             self.step += 1
             row = self.train_step(self.step)
             self.log.append("metrics.jsonl", row)
+            self.guard.observe(row)  # logged first: the row that stops the run is on record
             bar.set_postfix(reward=f"{row['reward']:.2f}", loss=f"{row['loss']:.3f}")
             bar.update()
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:

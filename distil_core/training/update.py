@@ -10,6 +10,7 @@ fewer micro-batches runs zero-weighted idle passes, whose collectives match the 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -170,11 +171,22 @@ def micro_loss(learner: Learner, batch: StepBatch, rows: RowInputs, plan: Plan, 
 
 
 def optimizer_step(learner: Learner, totals: dict[str, float]) -> dict[str, float]:
-    """Clip, step, schedule; then tell an expert that follows the policy (``on_policy_update``)."""
+    """Clip, step, schedule; then tell an expert that follows the policy (``on_policy_update``).
+
+    A step whose loss or gradient norm is NaN or inf is skipped: its gradients are dropped and
+    neither the optimizer (whose moment estimates one NaN would poison for good) nor the
+    schedule moves. ``skipped_nonfinite`` says so in the metrics row; every rank sees the same
+    summed loss and norm, so all skip together. Stopping after repeated skips is the
+    :class:`~distil_core.training.guards.RunGuard`'s decision (``train.max_nonfinite_steps``).
+    """
     cfg = learner.config
-    if cfg.optim.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.optim.grad_clip)
-        totals["grad_norm"] = fsdp.norm_value(norm)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measured, not clipped
+    norm = fsdp.norm_value(torch.nn.utils.clip_grad_norm_(learner.model.parameters(), clip))
+    totals["grad_norm"] = norm
+    totals["skipped_nonfinite"] = 0 if math.isfinite(totals["loss"]) and math.isfinite(norm) else 1
+    if totals["skipped_nonfinite"]:
+        learner.optimizer.zero_grad(set_to_none=True)
+        return totals
     learner.optimizer.step()
     learner.scheduler.step()
     learner.optimizer.zero_grad(set_to_none=True)
