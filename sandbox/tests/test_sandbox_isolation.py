@@ -169,9 +169,8 @@ def test_posix_shared_memory_does_not_outlive_the_job(backend, request):
 
 def test_the_toolkits_package_data_cannot_be_read(backend, request):
     """A task's dataset (reference solutions included) must not be readable by the code being
-    graded. Docker shows the engine host's /usr only, so an installed package there is hidden
-    as on bwrap; the process backend covers the package directories and every top-level
-    directory but the system's."""
+    graded. bwrap and docker show only /usr of the host; the process backend covers every
+    top-level directory but the system's, and the toolkit's package directories."""
     weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
     distil_tasks = pytest.importorskip("distil_tasks")
     data = os.path.join(os.path.dirname(os.path.realpath(distil_tasks.__file__)), "data")
