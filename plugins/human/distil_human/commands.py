@@ -7,7 +7,7 @@ import getpass
 import os
 import sys
 
-from .exchange import export_jsonl, import_jsonl
+from .exchange import export_jsonl, read_jsonl, store_entries
 from .review import ReviewSession, load_failed_rollouts
 from .store import ENV_DB, CorrectionStore
 
@@ -29,6 +29,7 @@ class ReviewCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        _tolerant_terminal()
         items, unreadable = load_failed_rollouts(args.run_dir, args.problem)
         if unreadable:
             print(f"note: skipped {unreadable} unreadable line(s) of {args.run_dir}/rollouts.jsonl", file=sys.stderr)
@@ -70,15 +71,27 @@ class CorrectionsCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        with CorrectionStore(args.db) as store:
-            if args.action == "export":
+        if args.action == "export":
+            with CorrectionStore(args.db) as store:
                 count = export_jsonl(store, args.file, args.problem)
                 print(f"Exported {count} entries from {store.path} to {args.file}.")
-            else:
-                added, same = import_jsonl(store, args.file)
-                already = f" ({same} already present)" if same else ""
-                print(f"Imported {added} entries from {args.file} into {store.path}{already}.")
+            return 0
+        entries = read_jsonl(args.file)  # a bad file is reported before a store is created for it
+        with CorrectionStore(args.db) as store:
+            added, same = store_entries(store, args.file, entries)
+            already = f" ({same} already present)" if same else ""
+            print(f"Imported {added} entries from {args.file} into {store.path}{already}.")
         return 0
+
+
+def _tolerant_terminal() -> None:
+    """Read undecodable input bytes as surrogate escapes (the session turns them into U+FFFD and
+    says so) and print what the terminal cannot show as escapes: an encoding mismatch between
+    the terminal and the locale must never end a review with a traceback and lose the text."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors=errors)
 
 
 def _login() -> str:

@@ -11,6 +11,11 @@ times is shown once. For each, the reviewer types a key:
 A correction or solution is several lines, ended by a line holding only ``.``; it is
 committed to the store the moment that line is entered. Ctrl-C or Ctrl-D (end of input) at
 any prompt quits at once: what was saved stays saved, the entry being typed is discarded.
+
+What a person types is never dropped by an error. A save that fails for any reason (the store
+locked, the disk full, the file damaged) prints the text back and the session goes on. Bytes
+that are not valid UTF-8 (a terminal in another encoding, a stray paste) are kept as U+FFFD
+with a note, since a line refused outright would be a line lost.
 """
 
 from __future__ import annotations
@@ -111,6 +116,20 @@ class ReviewSession:
         self.read, self.write = read, write
         self.saved = 0
 
+    def _ask(self, prompt: str) -> str:
+        """One line from ``read``, as text SQLite can store (see :func:`_as_text`)."""
+        while True:
+            try:
+                raw = self.read(prompt)
+            except UnicodeDecodeError as exc:  # a strict stream could not decode the line at all
+                self.write(f"That line was not valid UTF-8 ({exc.reason} at byte {exc.start}) and could not be "
+                           "read; type it again.")
+                continue
+            line = _as_text(raw)
+            if line != raw:
+                self.write("(That line held bytes that are not valid UTF-8; each is kept as U+FFFD.)")
+            return line
+
     def run(self) -> int:
         """Review until the last item or a quit; returns how many entries were saved."""
         try:
@@ -126,7 +145,7 @@ class ReviewSession:
             if show:
                 self.write(self.render(index))
             show = True
-            choice = self.read(PROMPT).strip().lower()
+            choice = self._ask(PROMPT).strip().lower()
             action = ACTIONS.get(choice)
             if action in ("correction", "solution"):
                 text = self._read_text(action)
@@ -157,7 +176,7 @@ class ReviewSession:
         self.write(f"Type the {kind}; end it with a line holding only '.':")
         lines: list[str] = []
         while True:
-            line = self.read(TEXT_PROMPT)
+            line = self._ask(TEXT_PROMPT)
             if line.strip() == ".":
                 break
             lines.append(line.rstrip())
@@ -170,15 +189,17 @@ class ReviewSession:
     def _save(self, item: ReviewItem, kind: str, text: str) -> bool:
         rec = item.record
         verdict = rec.get("verdict") or {}
-        entry = Correction(
-            problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
-            author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
-            verdict={k: verdict.get(k) for k in ("score", "passed", "answer")},
-        )
         try:
+            entry = Correction(
+                problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
+                author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
+                verdict={k: verdict.get(k) for k in ("score", "passed", "answer")},
+            )
             self.store.add(entry)
-        except DistilError as exc:  # the store is busy: give the text back rather than lose it
-            self.write(f"NOT saved: {exc}\nYour {kind} was:\n{_indent(text)}\nChoose c or s to enter it again.")
+        except Exception as exc:  # busy, disk full, damaged, a bad rollout record: give the text back
+            reason = str(exc) if isinstance(exc, DistilError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            self.write(f"NOT saved: {reason}\nYour {kind} was:\n{_indent(text)}\n"
+                       "Copy it now; choose c or s to enter it again, or q to quit.")
             return False
         self.saved += 1
         self.write(f"Saved {kind} {entry.id[:8]}.")
@@ -209,7 +230,10 @@ class ReviewSession:
         return "\n".join(out)
 
     def _on_record(self, problem_id: str, response_hash: str) -> list[str]:
-        entries = self.store.all(problem_id)
+        try:
+            entries = self.store.all(problem_id)
+        except DistilError as exc:  # still show the rollout: the reviewer may have text to copy
+            return [f"On record: (cannot read the store: {exc})"]
         mine = [e for e in entries if e.response_hash in (response_hash, None)]
         others = len(entries) - len(mine)
         out = [f"On record: {'none' if not mine else ''}".rstrip()]
@@ -220,6 +244,25 @@ class ReviewSession:
         if others:
             out.append(f"    ({others} more on other responses to this problem)")
         return out
+
+
+def _as_text(line: str) -> str:
+    """``line`` with undecodable input made visible as U+FFFD instead of lone surrogates.
+
+    A stream decoding with ``surrogateescape`` (what ``distil review`` sets on its standard
+    input) turns each byte that is not UTF-8 into a lone surrogate, which SQLite cannot store.
+    Re-encoding the escapes and decoding with ``replace`` keeps every valid character, and
+    bytes that were valid UTF-8 after all come back as the characters they spell.
+    """
+    try:
+        line.encode("utf-8")
+        return line
+    except UnicodeEncodeError:
+        pass
+    try:
+        return line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in line)
 
 
 def _indent(text: str, width: int = 4) -> str:

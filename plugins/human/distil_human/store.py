@@ -10,6 +10,13 @@ write lock up front (``BEGIN IMMEDIATE``) and waits for it up to ``busy_timeout_
 failing with "database is locked"; each entry is committed as soon as it is added. The
 ``meta`` table records the schema version, and a store written by a newer version of this
 plugin is refused with a message rather than misread.
+
+Every SQLite failure leaves this module as a :class:`~distil_core.DistilError` naming the file
+and what to do: a reviewer, an import or a training run should never die on a raw
+``sqlite3`` traceback. A failed write is rolled back at once, so it never holds the write lock
+that other processes are waiting for. A store is checked (``PRAGMA quick_check``) when it is
+opened, so a damaged file is reported before anyone types into a review session, with the
+ways to recover it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import sqlite3
 import threading
 import time
@@ -52,6 +60,10 @@ _SCHEMA = (
 _COLUMNS = ("id", "problem_id", "response_hash", "kind", "text", "author", "created_at",
             "run_dir", "step", "response_text", "verdict")
 _MIGRATIONS: dict[int, Sequence[str]] = {}  # version v → statements that bring v - 1 to v
+MAX_STEP = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
+MAX_VERDICT_DEPTH = 32  # a verdict is score, passed, answer: deeper nesting is a broken record
+_SQLITE_CORRUPT = 11
+_TEXT_FIELDS = ("id", "problem_id", "response_hash", "text", "author", "run_dir", "response_text")
 
 
 def default_db_path() -> str:
@@ -78,7 +90,7 @@ class Correction(BaseModel):
     author: str = ""
     created_at: datetime = Field(default_factory=_now)
     run_dir: Optional[str] = None
-    step: Optional[int] = Field(default=None, ge=0)
+    step: Optional[int] = Field(default=None, ge=0, le=MAX_STEP)
     response_text: Optional[str] = None
     verdict: Optional[dict[str, Any]] = Field(default=None, description="score, passed, answer of the response.")
 
@@ -89,12 +101,46 @@ class Correction(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator(*_TEXT_FIELDS)
+    @classmethod
+    def _is_text(cls, value: Optional[str]) -> Optional[str]:
+        """A lone UTF-16 surrogate (JSON ``"\\ud800"``, or an undecodable byte smuggled in by
+        ``surrogateescape``) is not text: SQLite could not store it, so it is refused here."""
+        if value is not None:
+            _check_text(value, "")
+        return value
+
     @field_validator("created_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
+            raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 once converted to UTC") from None
+
+    @field_validator("verdict")
+    @classmethod
+    def _plain_verdict(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """Checked without recursion, so that a hostile nesting depth is an error, not a crash."""
+        if value is None:
+            return value
+        stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+        while stack:
+            item, where, depth = stack.pop()
+            if isinstance(item, str):
+                _check_text(item, where)
+            elif isinstance(item, (dict, list)):
+                if depth > MAX_VERDICT_DEPTH:
+                    raise ValueError(f"nested more than {MAX_VERDICT_DEPTH} levels deep (at {where or 'the top'}); "
+                                     "a verdict holds score, passed and answer")
+                pairs = item.items() if isinstance(item, dict) else enumerate(item)
+                for key, sub in pairs:
+                    if isinstance(key, str):
+                        _check_text(key, where)
+                    stack.append((sub, f"{where}.{key}" if where else str(key), depth + 1))
+        return value
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
@@ -116,12 +162,30 @@ class Correction(BaseModel):
         return cls.model_validate(data)
 
 
-class DuplicateIdError(ValueError):
+def _check_text(value: str, where: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        at = f" in {where}" if where else ""
+        raise ValueError(
+            f"holds {value[exc.start]!r}{at} at position {exc.start}, a lone UTF-16 surrogate, which is not a "
+            "character; write the character itself or its complete \\uXXXX\\uXXXX pair"
+        ) from None
+
+
+class EntryError(ValueError):
+    """Entry ``index`` of a batch cannot be stored; ``field`` is the one at fault, if known."""
+
+    def __init__(self, index: int, message: str, field: str = "(record)"):
+        super().__init__(message)
+        self.index, self.field = index, field
+
+
+class DuplicateIdError(EntryError):
     """An entry's id is already in the store with different content."""
 
     def __init__(self, index: int, correction_id: str):
-        super().__init__(f"id {correction_id!r} is already in the store with different content")
-        self.index = index
+        super().__init__(index, f"id {correction_id!r} is already in the store with different content", "id")
 
 
 class CorrectionStore:
@@ -151,12 +215,18 @@ class CorrectionStore:
             self._db.execute("PRAGMA synchronous = FULL")
             self._retry_while_locked(self._enable_wal)
             self._retry_while_locked(self._check_schema)
+            self._retry_while_locked(self._check_intact)
         except sqlite3.OperationalError as exc:
             self._db.close()
             raise self._busy(exc) if "locked" in str(exc) else ConfigError(f"Cannot use {self.path}: {exc}.") from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise ConfigError(f"{self.path} is not a usable SQLite corrections store ({exc}).") from None
+            if _is_damage(exc):
+                raise self._damaged(exc) from None
+            raise ConfigError(
+                f"{self.path} is not a usable SQLite corrections store ({exc}). If it was one, it is damaged: "
+                f"{self._recovery()}"
+            ) from None
         except BaseException:
             self._db.close()
             raise
@@ -184,6 +254,42 @@ class CorrectionStore:
             mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 self._db.execute("PRAGMA journal_mode = WAL")
+
+    def _check_intact(self) -> None:
+        """``PRAGMA quick_check`` (it reads every page): a damaged store is reported when it is
+        opened, before a reviewer types anything that could then not be saved."""
+        with self._lock:
+            result = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        if result != ["ok"]:
+            raise self._damaged("; ".join(map(str, result[:3])))
+
+    def _recovery(self) -> str:
+        path, out = shlex.quote(self.path), shlex.quote(self.path + ".recovered")
+        return (
+            f"recover what it still holds into a new file, `sqlite3 {path} .recover | sqlite3 {out}` "
+            f"(if your sqlite3's .recover fails: `sqlite3 {path} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {out}`), "
+            f"and point --db / the `db` option (or ${ENV_DB}) at it; or move {path} aside and import your last "
+            f"export with `distil corrections import FILE --db {path}`."
+        )
+
+    def _damaged(self, cause: object) -> DistilError:
+        return DistilError(f"The corrections store {self.path} is damaged ({cause}); nothing was changed. To continue, "
+                           + self._recovery())
+
+    def _failure(self, exc: sqlite3.Error, doing: str) -> DistilError:
+        """The DistilError for a failed SQLite call: locked, damaged, or the disk refusing a write."""
+        if "locked" in str(exc):
+            return self._busy(exc)
+        if _is_damage(exc):
+            return self._damaged(exc)
+        if isinstance(exc, sqlite3.IntegrityError):
+            return DistilError(f"The corrections store {self.path} refused the entry ({exc}); nothing was changed.")
+        check = "has free space and that the file and its folder are writable" if doing != "read" else \
+            "is mounted and that the file is readable"
+        return DistilError(
+            f"Could not {doing} the corrections store {self.path} ({exc}); nothing was changed. Check that the disk "
+            f"{check}, then try again."
+        )
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -223,24 +329,40 @@ class CorrectionStore:
         )
 
     def schema_version(self) -> int:
+        return int(self._query("SELECT value FROM meta WHERE key = ?", ("schema_version",))[0][0])
+
+    def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            return int(self._db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()[0])
+            try:
+                return self._db.execute(query, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failure(exc, "read") from None
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction holding the write lock from its start, committed on a normal exit."""
+        """One transaction holding the write lock from its start, committed on a normal exit.
+
+        On any failure (the disk full, the file damaged, an error in the block) it is rolled
+        back before the error leaves, so the lock is never kept from other writers.
+        """
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise self._busy(exc) from None
+            except sqlite3.Error as exc:
+                raise self._failure(exc, "write to") from None
             try:
                 yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failure(exc, "write to") from None
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error being raised says more
+                self._db.execute("ROLLBACK")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -259,11 +381,16 @@ class CorrectionStore:
         added = same = 0
         with self._write() as db:
             for index, correction in enumerate(corrections):
-                row = db.execute(_SELECT + " WHERE id = ?", (correction.id,)).fetchone()
-                if row is None:
-                    db.execute(_INSERT, correction._row())
-                    added += 1
-                elif tuple(row) == correction._row():
+                try:
+                    new = correction._row()
+                    row = db.execute(_SELECT + " WHERE id = ?", (correction.id,)).fetchone()
+                    if row is None:
+                        db.execute(_INSERT, new)
+                        added += 1
+                        continue
+                except (ValueError, OverflowError, RecursionError) as exc:  # a value SQLite cannot hold
+                    raise EntryError(index, f"cannot be stored ({type(exc).__name__}: {exc})") from None
+                if tuple(row) == new:
                     same += 1
                 else:
                     raise DuplicateIdError(index, correction.id)
@@ -272,10 +399,16 @@ class CorrectionStore:
     # -- reading -----------------------------------------------------------------------------
 
     def _select(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Correction]:
-        query = f"{_SELECT} {where} ORDER BY created_at, id"
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        return [Correction._from_row(r) for r in rows]
+        out = []
+        for row in self._query(f"{_SELECT} {where} ORDER BY created_at, id", params):
+            try:
+                out.append(Correction._from_row(row))
+            except ValueError as exc:  # a row changed by hand outside distil-human
+                raise DistilError(
+                    f"The corrections store {self.path} holds an entry that cannot be read (id {row[0]!r}: "
+                    f"{' '.join(str(exc).split())}). Fix or delete that row with the sqlite3 tool, then try again."
+                ) from None
+        return out
 
     def all(self, problem_id: Optional[str] = None) -> list[Correction]:
         """Every entry (of one problem), oldest first."""
@@ -289,15 +422,12 @@ class CorrectionStore:
 
     def reviewed(self) -> set[tuple[str, str]]:
         """(problem_id, response_hash) of every response that has at least one entry."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT DISTINCT problem_id, response_hash FROM corrections WHERE response_hash IS NOT NULL"
-            ).fetchall()
+        rows = self._query(
+            "SELECT DISTINCT problem_id, response_hash FROM corrections WHERE response_hash IS NOT NULL")
         return {(p, h) for p, h in rows}
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM corrections").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM corrections")[0][0])
 
     def close(self) -> None:
         with self._lock:
@@ -308,6 +438,11 @@ class CorrectionStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == _SQLITE_CORRUPT) or "malformed" in str(exc)
 
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM corrections"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pty
+import resource
 import select
 import shutil
 import signal
@@ -66,9 +67,12 @@ class Terminal:
     """A command on a real pseudo-terminal; the test types on the master side and reads it.
 
     What the terminal shows includes the echo of what was typed. Carriage returns are dropped.
+    ``max_file_size`` (bytes) makes every file the program writes fail beyond that size, as a
+    full disk does: the kernel answers the write with EFBIG (SIGXFSZ is ignored, so the program
+    sees the error instead of being killed).
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
+    def __init__(self, argv: list[str], env: dict[str, str], max_file_size: Optional[int] = None):
         pid, fd = pty.fork()
         if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
             try:
@@ -76,6 +80,9 @@ class Terminal:
                 # started in the background by a non-interactive shell inherits SIGINT ignored,
                 # and an ignored signal stays ignored across exec.)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if max_file_size is not None:
+                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
@@ -106,11 +113,12 @@ class Terminal:
         before, _, self.screen = self.screen.partition(text)
         return before
 
-    def type(self, text: str) -> None:
-        os.write(self.fd, text.encode("utf-8"))
+    def type(self, text: "str | bytes") -> None:
+        """Type ``text`` (UTF-8 encoded), or exactly the bytes given."""
+        os.write(self.fd, text if isinstance(text, bytes) else text.encode("utf-8"))
 
-    def line(self, text: str) -> None:
-        self.type(text + "\r")  # the Enter key sends a carriage return
+    def line(self, text: "str | bytes") -> None:
+        self.type(text + (b"\r" if isinstance(text, bytes) else "\r"))  # the Enter key sends a carriage return
 
     def wait(self, timeout: float = 60.0) -> int:
         """Read to the end of the output and return the exit code."""

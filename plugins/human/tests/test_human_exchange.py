@@ -88,3 +88,72 @@ def test_distil_corrections_command(tmp_path):
     done = run("import", str(bad), "--db", str(tmp_path / "b.sqlite"))
     assert done.returncode == 2 and f"error: {bad} has invalid records" in done.stderr
     assert f"{bad}:1: field 'text': Field required" in done.stderr and "Traceback" not in done.stderr
+
+
+LINE_BREAKS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r\n"]
+
+
+def test_every_line_break_character_survives_export_and_import(tmp_path):
+    source = CorrectionStore(str(tmp_path / "a.sqlite"))
+    for n, brk in enumerate(LINE_BREAKS):
+        source.add(entry(problem_id=f"p{brk}{n}", text=f"first{brk}second", author=f"a{brk}b", run_dir=f"/r{brk}",
+                         response_text=f"2{brk}1", verdict={"answer": f"x{brk}y", f"k{brk}": [brk]}))
+    source.add(entry(text="\n".join(LINE_BREAKS) + "\nend"))
+    source.close()
+    out, again = tmp_path / "backup.jsonl", tmp_path / "again.jsonl"
+
+    def run(*args):
+        done = subprocess.run(distil_argv("corrections", *args), env=plugin_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "Exported 11 entries" in run("export", str(out), "--db", str(tmp_path / "a.sqlite"))
+    # one record a line for every reader: no character that any of them takes for a line break
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 11
+    assert "Imported 11 entries" in run("import", str(out), "--db", str(tmp_path / "b.sqlite"))
+    with CorrectionStore(str(tmp_path / "a.sqlite")) as a, CorrectionStore(str(tmp_path / "b.sqlite")) as b:
+        assert b.all() == a.all() and len(a.all()) == 11
+    run("export", str(again), "--db", str(tmp_path / "b.sqlite"))
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_a_file_with_raw_line_break_characters_inside_strings_still_imports(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    texts = [f"before{brk}after" for brk in ("\x85", "\u2028", "\u2029")]
+    path.write_text("".join(json.dumps({"problem_id": "p", "kind": "correction", "text": t}, ensure_ascii=False)
+                            + "\n" for t in texts), encoding="utf-8")
+    store = CorrectionStore(str(tmp_path / "s.sqlite"))
+    assert import_jsonl(store, str(path)) == (3, 0)
+    assert sorted(e.text for e in store.all()) == sorted(texts)
+
+
+def test_hostile_values_are_reported_by_line_and_field_and_nothing_is_imported(tmp_path):
+    good = {"problem_id": "sort-12", "kind": "correction", "text": "Up, not down."}
+    deep = '{"a": ' * 100_000 + "1" + "}" * 100_000
+    cases = [
+        ('{"problem_id": "p", "kind": "correction", "text": "\\ud800"}', "text", "lone UTF-16 surrogate"),
+        ('{"problem_id": "p", "kind": "correction", "text": "ok", "author": "x\\udc80"}', "author", "surrogate"),
+        (json.dumps({**good, "created_at": "9999-12-31T23:59:59-05:00"}), "created_at", "outside the years 1 to 9999"),
+        (json.dumps({**good, "created_at": "0001-01-01T00:00:00+05:00"}), "created_at", "outside the years 1 to 9999"),
+        (json.dumps({**good, "step": 10**20}), "step", "less than or equal to 9223372036854775807"),
+        ('{"problem_id": "p", "kind": "correction", "text": "ok", "verdict": ' + deep + "}", "verdict",
+         "nested too deeply"),
+        (json.dumps({**good, "verdict": json.loads("[" * 40 + "]" * 40)}), "verdict", "Input should be a valid"),
+        (json.dumps({**good, "verdict": {"answer": json.loads('{"a":' * 40 + "1" + "}" * 40)}}), "verdict",
+         "nested more than 32 levels deep (at answer.a.a."),
+    ]
+    store_path = tmp_path / "s.sqlite"
+    for line, field, why in cases:
+        path = tmp_path / "in.jsonl"
+        path.write_text(json.dumps(good) + "\n" + line + "\n", encoding="utf-8")
+        store = CorrectionStore(str(store_path))
+        with pytest.raises(ConfigError) as err:
+            import_jsonl(store, str(path))
+        message = str(err.value)
+        assert f"{path}:2: field '{field}'" in message and why in message, message
+        assert "nothing was imported" in message and len(message) < 2000 and store.count() == 0
+        store.close()
+    done = subprocess.run(distil_argv("corrections", "import", str(path), "--db", str(tmp_path / "new.sqlite")),
+                          env=plugin_env(), capture_output=True, text=True)
+    assert done.returncode == 2 and f"{path}:2: field 'verdict'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "new.sqlite").exists()  # a bad file does not create a store either

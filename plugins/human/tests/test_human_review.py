@@ -26,9 +26,12 @@ def _session(tmp_path, answers):
 
     def read(prompt):
         try:
-            return next(replies)
+            answer = next(replies)
         except StopIteration:
             raise EOFError from None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     return ReviewSession(items, store, author="ada", run_dir=run, read=read, write=shown.append), store, shown
 
@@ -115,3 +118,63 @@ def test_end_of_input_in_a_real_terminal_quits_and_keeps_what_was_saved(tmp_path
     assert term.wait() == 0
     stored = [(e.problem_id, e.kind, e.text, e.author) for e in CorrectionStore(db).all()]
     assert stored == [("sort-34", "solution", "34", "bo")]
+
+
+def test_a_save_the_disk_refuses_gives_the_text_back_and_the_session_goes_on(tmp_path):
+    run = write_run(tmp_path / "run", RECORDS)
+    db = str(tmp_path / "human.sqlite")
+    CorrectionStore(db).close()
+    limit = 32 * 1024  # any file the review writes past 32 KiB fails, as on a full disk
+    term = Terminal(distil_argv("review", run, "--db", db, "--author", "bo"), plugin_env(), max_file_size=limit)
+    term.expect(PROMPT)
+    term.line("c")
+    term.expect(TEXT_PROMPT)
+    term.line("Swapped digits.")
+    term.expect(TEXT_PROMPT)
+    term.line(".")
+    term.expect("Saved correction")
+    term.expect(PROMPT)
+    term.line("s")
+    long_lines = [f"line {i}: " + "x" * 3000 for i in range(14)]  # 42 KB: the write-ahead log outgrows the limit
+    for text in long_lines:
+        term.expect(TEXT_PROMPT)
+        term.line(text)
+    term.expect(TEXT_PROMPT)
+    term.line(".")
+    term.expect("NOT saved: Could not write to the corrections store")
+    term.expect("Your solution was:\n")
+    shown = term.expect(PROMPT)  # the session is still there, on the same rollout
+    assert [line.strip() for line in shown.splitlines()[: len(long_lines)]] == long_lines
+    term.line("q")
+    term.expect("Saved 1 entry this session")
+    assert term.wait() == 0 and "Traceback" not in term.screen
+    with CorrectionStore(db) as store:  # the failed write was rolled back: the store is whole and writable
+        assert [e.text for e in store.all()] == ["Swapped digits."]
+        store.add(entry(text="after the failure"))
+
+
+def test_input_that_is_not_utf8_is_kept_as_replacement_characters(tmp_path):
+    run = write_run(tmp_path / "run", RECORDS)
+    db = str(tmp_path / "human.sqlite")
+    term = Terminal(distil_argv("review", run, "--db", db, "--author", "bo", "--problem", "sort-34"), plugin_env())
+    term.expect(PROMPT)
+    term.line("c")
+    term.expect(TEXT_PROMPT)
+    term.line("caf\xe9 is Latin-1: ".encode("latin-1") + "ünï".encode("utf-8") + b" \xff\xfe end")
+    term.expect("(That line held bytes that are not valid UTF-8; each is kept as U+FFFD.)")
+    term.expect(TEXT_PROMPT)
+    term.line(".")
+    term.expect("Saved correction")
+    term.expect("That was the last failed rollout.")
+    assert term.wait() == 0 and "Traceback" not in term.screen
+    [saved] = CorrectionStore(db).all()
+    assert saved.text == "caf\ufffd is Latin-1: ünï \ufffd\ufffd end"
+
+
+def test_a_line_a_strict_reader_cannot_decode_is_asked_again(tmp_path):
+    bad = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    session, store, written = _session(tmp_path, ["c", bad, "kept", ".", "q"])
+    assert session.run() == 1
+    assert "That line was not valid UTF-8 (invalid start byte at byte 0) and could not be read; type it again." \
+        in written
+    assert [e.text for e in store.all()] == ["kept"]
