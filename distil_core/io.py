@@ -13,25 +13,28 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Optional
 
 __all__ = ["atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
 
 
 @contextlib.contextmanager
-def atomic_file(path: str) -> Iterator[BinaryIO]:
+def atomic_file(path: str, *, mode: Optional[int] = None) -> Iterator[BinaryIO]:
     """A binary file handle whose content appears at ``path`` only once complete.
 
     Writes go to a temporary file in the same directory, which is fsynced and renamed over
-    ``path`` when the block exits normally; on an exception it is removed and ``path`` keeps
-    its old content.
+    ``path`` when the block exits normally; on an exception (a full disk included) it is
+    removed and ``path`` keeps its old content. The file gets the permissions a plain
+    ``open(path, "w")`` would give (the old file's, else 0666 less the umask), or with ``mode``
+    that mode less the umask, as ``os.open(path, flags, mode)`` gives a new file — for what
+    only its owner should read (logs holding reference answers, configs holding keys).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _mode_for(path))
+            os.fchmod(fh.fileno(), _mode_for(path) if mode is None else mode & ~_umask())
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -84,15 +87,16 @@ def _umask() -> int:
     return 0o022
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (fsynced, then renamed into place)."""
-    with atomic_file(path) as fh:
+def atomic_write_bytes(path: str, data: bytes, *, mode: Optional[int] = None) -> None:
+    """Write ``data`` to ``path`` atomically (fsynced, then renamed into place); ``mode`` as in
+    :func:`atomic_file`."""
+    with atomic_file(path, mode=mode) as fh:
         fh.write(data)
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def atomic_write_json(path: str, obj: Any, *, mode: Optional[int] = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), mode=mode)
 
 
-def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
-    atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8", *, mode: Optional[int] = None) -> None:
+    atomic_write_bytes(path, text.encode(encoding), mode=mode)

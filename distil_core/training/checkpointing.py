@@ -37,12 +37,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 2) -> str:
-    """Write ``state`` for ``step`` atomically, point ``latest`` at it, prune old ones."""
+    """Write ``state`` for ``step`` atomically, point ``latest`` at it, prune old ones.
+
+    Nothing older is touched until the new checkpoint and its pointer are both in place, so a
+    write that fails (a full disk: ``OSError``) leaves ``latest`` on the last good one; a new
+    file whose pointer could not be written is removed again, to give the space back.
+    """
     directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    os.makedirs(directory, mode=0o750, exist_ok=True)
     name = f"step-{step:06d}.pt"
-    with atomic_file(os.path.join(directory, name)) as fh:
+    with atomic_file(os.path.join(directory, name), mode=0o600) as fh:  # weights, RNG, expert state
         torch.save(state, fh)
-    atomic_write_bytes(os.path.join(directory, LATEST), name.encode())
+    try:
+        atomic_write_bytes(os.path.join(directory, LATEST), name.encode())
+    except OSError:
+        if latest_name(directory) != name:
+            os.unlink(os.path.join(directory, name))
+        raise
     existing = sorted(f for f in os.listdir(directory) if f.startswith("step-") and f.endswith(".pt"))
     for old in existing[:-keep] if keep > 0 else []:
         if old != name:
@@ -50,14 +61,19 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 
     return os.path.join(directory, name)
 
 
-def latest_checkpoint(run_dir: str) -> Optional[str]:
-    pointer = os.path.join(run_dir, "checkpoints", LATEST)
-    if not os.path.exists(pointer):
+def latest_name(directory: str) -> Optional[str]:
+    """The file name ``latest`` in checkpoint ``directory`` points at, if any."""
+    try:
+        with open(os.path.join(directory, LATEST)) as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
         return None
-    with open(pointer) as fh:
-        name = fh.read().strip()
-    path = os.path.join(run_dir, "checkpoints", name)
-    return path if os.path.exists(path) else None
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    name = latest_name(os.path.join(run_dir, "checkpoints"))
+    path = os.path.join(run_dir, "checkpoints", name) if name else None
+    return path if path and os.path.exists(path) else None
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -85,9 +101,24 @@ def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed
         "elapsed": elapsed,
         "world_size": world.size,  # for the record
     }
-    path = save_checkpoint(run_dir, step, state) if world.main else ""
-    world.barrier()
+    path, problem = "", ""
+    if world.main:
+        try:
+            path = save_checkpoint(run_dir, step, state)
+        except OSError as exc:
+            problem = unsaved(run_dir, step, exc)
+    problem = world.gather(problem)[0]  # every rank stops together
+    if problem:
+        raise DistilError(problem)
     return path
+
+
+def unsaved(run_dir: str, step: int, exc: OSError) -> str:
+    """One line: the checkpoint of ``step`` could not be written, and what is kept instead."""
+    kept = latest_checkpoint(run_dir)
+    keeps = (f"the last good checkpoint, {kept}, is kept: free some space, then continue from it with "
+             f"--output-dir {run_dir} --resume") if kept else "there is no earlier checkpoint to resume from"
+    return f"step {step}: the checkpoint could not be written to {run_dir}/checkpoints ({exc.strerror or exc}); {keeps}."
 
 
 def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:

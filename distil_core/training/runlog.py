@@ -12,11 +12,53 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
+from distil_core.errors import DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.training.distributed import World
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl")
+
+DIR_MODE = 0o750
+"""A run directory's permissions (less the umask): its logs hold the task's reference answers
+and its config.yaml any key given in an expert's options, so others get no access; the group
+may look in, and read what the owner shares."""
+
+PRIVATE = 0o600
+"""The step logs' and config.yaml's permissions: readable by the run's owner alone."""
+
+
+def prepare_run_dir(path: str) -> None:
+    """Create the run directory (``DIR_MODE``), or say in one line why it cannot be one."""
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    except OSError as exc:
+        raise DistilError(f"run directory {path!r} (--output-dir / train.output_dir) cannot be created: "
+                          f"{exc.strerror or exc}. Choose a directory you can write to.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DistilError(f"run directory {path!r} (--output-dir / train.output_dir) is not writable. "
+                          "Choose a directory you can write to.")
+
+
+def shared_run_dir(world: World, path: str) -> str:
+    """Rank 0's ``path``, prepared by rank 0 (:func:`prepare_run_dir`); when it cannot be, every
+    rank raises the same one-line error (none is left waiting for the others). Collective."""
+    path = world.gather(path)[0]
+    problem = ""
+    if world.main:
+        try:
+            prepare_run_dir(path)
+        except DistilError as exc:
+            problem = str(exc)
+    problem = world.gather(problem)[0]
+    if problem:
+        raise DistilError(problem)
+    return path
+
+
+def open_log(path: str):
+    """``path`` opened to append text; created ``PRIVATE`` (an existing file keeps its mode)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE), "a", encoding="utf-8")
 
 
 class RunLog:
@@ -30,14 +72,14 @@ class RunLog:
 
     def append(self, name: str, record: dict[str, Any]) -> None:
         if self.world.main:
-            with open(self.path(name), "a", encoding="utf-8") as fh:
+            with open_log(self.path(name)) as fh:
                 fh.write(json.dumps(record) + "\n")
 
     def write_lines(self, name: str, lines: list[str]) -> None:
         """Every rank's lines, in rank order (the global order), appended once by rank 0."""
         lines = self.world.concat(lines)
         if self.world.main and lines:
-            with open(self.path(name), "a", encoding="utf-8") as fh:
+            with open_log(self.path(name)) as fh:
                 fh.write("\n".join(lines) + "\n")
 
     def start_fresh(self) -> None:
@@ -57,11 +99,11 @@ class RunLog:
                 continue
             with open(path, encoding="utf-8") as fh:
                 kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
-            atomic_write_bytes(path, "".join(kept).encode())
+            atomic_write_bytes(path, "".join(kept).encode(), mode=PRIVATE)
 
-    def write_bytes(self, name: str, data: bytes) -> None:
+    def write_bytes(self, name: str, data: bytes, *, mode: Optional[int] = None) -> None:
         if self.world.main:
-            atomic_write_bytes(self.path(name), data)
+            atomic_write_bytes(self.path(name), data, mode=mode)
 
     def write_json(self, name: str, value: Any) -> None:
         if self.world.main:

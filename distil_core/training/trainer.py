@@ -28,7 +28,8 @@ from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.guards import RunGuard
-from distil_core.training.runlog import RunLog, default_run_dir, expert_accounting, progress_bar, provenance_lines
+from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, shared_run_dir
+from distil_core.training.runlog import progress_bar, provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
 from distil_core.training.step import Clock, StepBatch, collect_step, fail_reasons, problems_for_step, step_counts
@@ -57,6 +58,9 @@ class Trainer:
         self.sharded = self.world.distributed and config.train.parallel == "fsdp"
         if self.sharded:
             fsdp.check_config(config)
+        # one run directory for every rank: rank 0's (a default name holds the time), made before
+        # anything slow runs, so a path that cannot be one fails at once
+        self.run_dir = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method))
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.rt: Runtime = self._build_runtime(host)
@@ -65,18 +69,15 @@ class Trainer:
         self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
         if not self.train_problems or not self.test_problems:
             raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
-        # one run directory for every rank: rank 0's (a default name holds the time)
-        self.run_dir = self.world.gather(run_dir or config.train.output_dir or default_run_dir(config.method))[0]
         self.step = 0
         self.evals: dict[str, dict[str, float]] = {}
         self.guard = RunGuard(config)
-        os.makedirs(self.run_dir, exist_ok=True)
         self.log = RunLog(self.run_dir, self.world)
         if resume:
             self._resume()
         else:
             self.log.start_fresh()
-        self.log.write_bytes("config.yaml", config.to_yaml().encode())
+        self.log.write_bytes("config.yaml", config.to_yaml().encode(), mode=PRIVATE)  # may hold API keys
         self.world.barrier()
 
     def _build_runtime(self, host: Optional[PluginHost]) -> Runtime:
@@ -207,11 +208,19 @@ class Trainer:
 
     def _save_final_model(self) -> None:
         weights = {"state_dict": fsdp.full_model_state(self.model)} if self.sharded else {}
+        problem = ""
         if self.world.main:
-            with atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
-                self.model.save_pretrained(tmp, **weights)
-                self.rt.tokenizer.save_pretrained(tmp)
-        self.world.barrier()
+            try:
+                with atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
+                    self.model.save_pretrained(tmp, **weights)
+                    self.rt.tokenizer.save_pretrained(tmp)
+            except OSError as exc:  # a full disk: the checkpoint just saved holds the same weights
+                problem = (f"the final model could not be written to {self.run_dir}/final ({exc.strerror or exc}); "
+                           f"the checkpoint of step {self.step} is kept: free some space, then run again with "
+                           f"--output-dir {self.run_dir} --resume.")
+        problem = self.world.gather(problem)[0]
+        if problem:
+            raise DistilError(problem)
 
     def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         summary = run_summary(

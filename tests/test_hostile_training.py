@@ -1,0 +1,159 @@
+"""A run under attack from its own numbers and its own disk: NaN gradients never move the
+weights, a run directory that cannot be one is refused in one line, a full disk while
+checkpointing keeps the last good checkpoint, and what the run writes is private."""
+
+import errno
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distil_core.config import load_config
+from distil_core.errors import DistilError
+from distil_core.testing import FAST_RUN, distil_env, use_cache
+from distil_core.training import checkpointing
+from distil_core.training.checkpointing import latest_checkpoint, load_checkpoint
+from distil_core.training.trainer import Trainer
+from distil_core.training.update import optimizer_step
+
+# z / τ overflows float32 for τ this small: the expert's distribution, and so the gradient, is
+# NaN, though every input is a finite, valid config value
+NAN_GRADIENT = ["loss.expert_temperature=1e-45", "loss.no_signal=keep"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tiny_base_cache_dir):
+    with use_cache(tiny_base_cache_dir):
+        yield
+
+
+def trainer_for(run_dir, *overrides):
+    return Trainer(load_config(None, FAST_RUN + list(overrides)), run_dir=str(run_dir), echo=lambda *_: None)
+
+
+def weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- non-finite steps ------------------------------------------------------------------------
+
+
+def test_a_nan_gradient_skips_the_update_and_leaves_the_weights_as_they_were(tmp_path):
+    trainer = trainer_for(tmp_path, *NAN_GRADIENT)
+    start = weights(trainer.model)
+    row = trainer.train_step(1)
+    assert row["skipped_nonfinite"] == 1 and math.isnan(row["grad_norm"])
+    assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert not trainer.optimizer.state  # AdamW's moments never saw the NaN
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert trainer.scheduler.last_epoch == 0
+
+
+def test_an_optimizer_step_with_nan_or_inf_gradients_or_loss_is_skipped(tmp_path):
+    trainer = trainer_for(tmp_path)
+    learner, start = trainer.learner, weights(trainer.model)
+    for loss, poison in ((1.0, math.nan), (1.0, math.inf), (math.nan, 0.0), (math.inf, 0.0)):
+        for p in trainer.model.parameters():
+            p.grad = torch.full_like(p, poison)
+        totals = optimizer_step(learner, {"loss": loss})
+        assert totals["skipped_nonfinite"] == 1, (loss, poison)
+        assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+    for p in trainer.model.parameters():  # a finite step still moves them
+        p.grad = torch.full_like(p, 0.01)
+    assert optimizer_step(learner, {"loss": 1.0})["skipped_nonfinite"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_in_one_line(tmp_path):
+    trainer = trainer_for(tmp_path, *NAN_GRADIENT, "train.max_nonfinite_steps=2", "train.save_every=0")
+    start = weights(trainer.model)
+    with pytest.raises(DistilError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("step 2: the loss or gradient norm was not finite for 2 steps in a row")
+    assert "none of them moved the weights, which are those after step 0" in message and "train.max_nonfinite_steps" in message
+    assert [r["skipped_nonfinite"] for r in rows(tmp_path)] == [1, 1]
+    assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+# -- the run directory -------------------------------------------------------------------------
+
+
+def read_only_place(tmp_path):
+    """A directory this process cannot create anything in (root ignores permission bits; sysfs
+    refuses even root)."""
+    if os.geteuid() == 0:
+        return "/sys/distil-run"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return str(locked / "run")
+
+
+@pytest.mark.parametrize("place", ["read_only", "file_in_the_way", "file_as_parent"])
+def test_an_output_dir_that_cannot_be_a_run_directory_is_one_line_before_any_work(tmp_path, place):
+    (tmp_path / "a_file").write_text("not a directory")
+    target = {"read_only": read_only_place(tmp_path), "file_in_the_way": str(tmp_path / "a_file"),
+              "file_as_parent": str(tmp_path / "a_file" / "run")}[place]
+    with pytest.raises(DistilError) as err:
+        trainer_for(target)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"run directory {target!r} (--output-dir / train.output_dir)")
+    assert "Choose a directory you can write to." in message
+
+
+def test_the_cli_says_so_in_one_line_without_a_traceback(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    result = subprocess.run([sys.executable, "-m", "distil_core.cli", "train", "--output-dir", str(tmp_path / "a_file"),
+                             "--set", "train.progress=false"], capture_output=True, text=True, timeout=120,
+                            env=distil_env())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be created: File exists" in lines[0]
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = trainer_for(tmp_path)  # 4 steps, a checkpoint every 2
+    real_save = torch.save
+
+    def save(obj, fh, *args, **kwargs):
+        if obj.get("step", 0) >= 4:  # the disk fills up after the first checkpoint
+            fh.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "save", save)
+    with pytest.raises(DistilError) as err:
+        trainer.fit()
+    message, kept = str(err.value), os.path.join(str(tmp_path), "checkpoints", "step-000002.pt")
+    assert "\n" not in message
+    assert message == (f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints (No space left on "
+                       f"device); the last good checkpoint, {kept}, is kept: free some space, then continue from "
+                       f"it with --output-dir {tmp_path} --resume.")
+    assert latest_checkpoint(str(tmp_path)) == kept and load_checkpoint(kept)["step"] == 2
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-000002.pt"]  # no half-written file
+
+
+def test_run_files_are_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        trainer_for(run, "train.steps=1", "train.save_every=1").fit()
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(run) == 0o750 and mode(run / "checkpoints") == 0o750
+    for name in ("metrics.jsonl", "rollouts.jsonl", "provenance.jsonl", "eval.jsonl", "config.yaml"):
+        assert mode(run / name) == 0o600, name
+    assert mode(run / "checkpoints" / "step-000001.pt") == 0o600
+    assert "reference" in (run / "rollouts.jsonl").read_text()  # what the privacy is for
