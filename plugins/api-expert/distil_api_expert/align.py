@@ -18,10 +18,17 @@ Two ways to put them on the student's positions:
 
 Rows have exactly ``k`` entries, best first; missing entries are distinct unused ids with
 log-prob ``PAD_LOGPROB`` (no mass, so they add nothing to the loss).
+
+Answers are checked as they are parsed: every log-prob must be a finite number ≤ 0 (−∞, no
+mass, becomes ``PAD_LOGPROB``), or the answer is refused with :class:`BadLogprobs` naming the
+position, since a string, a boolean or +∞ would otherwise reach the loss. An alternative whose
+id lies outside the student's vocabulary has no student token to put mass on, and folds into
+the tail like any alternative the student cannot spell.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -29,6 +36,7 @@ from typing import Any, Optional, Sequence
 from distil_core.serving import token_bytes_table
 
 PAD_LOGPROB = -1e4
+LOGPROB_SLACK = 1e-3  # rounding lets a server report log p = 0 as a hair above it
 _HEX = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 
@@ -44,7 +52,7 @@ class ApiToken:
 
 def parse_token(text: str) -> tuple[Optional[bytes], Optional[int]]:
     """(bytes, id) of one token as an API spells it: text, ``bytes:\\xNN…`` or ``token_id:N``."""
-    if text.startswith("token_id:") and text[9:].lstrip("-").isdigit():
+    if text.startswith("token_id:") and text[9:].isdigit():
         return None, int(text[9:])
     if text.startswith("bytes:"):
         return bytes(int(h, 16) for h in _HEX.findall(text[6:])), None
@@ -57,12 +65,39 @@ class NoLogprobs(ValueError):
     """The answer has no (or incomplete) log-probs where the request asked for them."""
 
 
+class BadLogprobs(ValueError):
+    """The answer's log-probs are there but are not log-probabilities (or not where they belong)."""
+
+
+def logprob(value: Any, where: str) -> float:
+    """``value`` as a log-prob: a finite real ≤ 0 (a hair above 0 is rounding; −∞ is no mass)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadLogprobs(f"{where}: the log-prob {_short(value)} is not a number")
+    value = float(value)
+    if math.isnan(value) or value > LOGPROB_SLACK:
+        raise BadLogprobs(f"{where}: the log-prob {value!r} is not a number ≤ 0")
+    return min(0.0, max(PAD_LOGPROB, value))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadLogprobs(f"{where}: expected an object, got {_short(value)}")
+    return value
+
+
 def parse_echo(choice: dict[str, Any]) -> list[ApiToken]:
     """OpenAI's legacy ``logprobs`` of an echoed prompt: tokens, token_logprobs, top_logprobs."""
     lp = choice.get("logprobs")
     if not isinstance(lp, dict) or not lp.get("tokens"):
         raise NoLogprobs("the answer has no log-probs for the echoed prompt")
     tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
+    if not all(isinstance(x, list) for x in (tokens, token_lps, tops)):
+        raise BadLogprobs("tokens, token_logprobs and top_logprobs must be lists")
     if len(token_lps) != len(tokens) or len(tops) != len(tokens):
         raise NoLogprobs("the answer's token_logprobs/top_logprobs do not cover every prompt token")
     out = []
@@ -70,12 +105,13 @@ def parse_echo(choice: dict[str, Any]) -> list[ApiToken]:
         raw, tid = parse_token(str(text))
         top = []
         if j > 0:
-            if not isinstance(tops[j], dict) or token_lps[j] is None:
+            if tops[j] is None or token_lps[j] is None:
                 raise NoLogprobs(f"the answer has no top log-probs at prompt token {j}")
-            for alt, value in tops[j].items():
+            for alt, value in _mapping(tops[j], f"top_logprobs at prompt token {j}").items():
                 a_raw, a_id = parse_token(str(alt))
-                top.append((a_raw, a_id, float(value)))
-        out.append(ApiToken(raw, tid, None if j == 0 else float(token_lps[j]), top))
+                top.append((a_raw, a_id, logprob(value, f"top_logprobs at prompt token {j}")))
+        own = None if j == 0 else logprob(token_lps[j], f"token_logprobs at prompt token {j}")
+        out.append(ApiToken(raw, tid, own, top))
     return out
 
 
@@ -91,14 +127,42 @@ def parse_prompt_logprobs(choice: dict[str, Any], prompt_ids: Sequence[int]) -> 
             continue
         if not isinstance(entry, dict) or str(tid) not in entry:
             raise NoLogprobs(f"prompt_logprobs at token {j} does not include the prompt token")
-        own = entry[str(tid)]
-        raw, _ = parse_token(str(own.get("decoded_token", "")))
+        where = f"prompt_logprobs at prompt token {j}"
         top = []
         for key, item in entry.items():  # the top-k, plus the prompt token when it is not among them
+            item = _mapping(item, where)
+            if not str(key).isdigit():
+                raise BadLogprobs(f"{where}: {_short(key)} is not a token id")
             a_raw, _ = parse_token(str(item.get("decoded_token", "")))
-            top.append((a_raw, int(key), float(item["logprob"])))
-        out.append(ApiToken(raw, tid, float(own["logprob"]), top))
+            top.append((a_raw, int(key), logprob(item.get("logprob"), where)))
+        own = _mapping(entry[str(tid)], where)
+        raw, _ = parse_token(str(own.get("decoded_token", "")))
+        out.append(ApiToken(raw, tid, logprob(own.get("logprob"), where), top))
     return out
+
+
+def check_written_logprobs(lp: Any, chat: bool) -> None:
+    """The log-probs of an answer the expert wrote: present (NoLogprobs) and numbers (BadLogprobs).
+
+    They are not trained on (they lie on the expert's path), but an answer whose log-probs are
+    not log-probabilities is not the answer that was asked for.
+    """
+    entries = lp.get("content") if isinstance(lp, dict) and chat else None
+    if not chat and isinstance(lp, dict) and isinstance(lp.get("tokens"), list):
+        entries = [{"logprob": v, "top_logprobs": t} for v, t in
+                   zip(lp.get("token_logprobs") or [], lp.get("top_logprobs") or [])]
+    if not isinstance(entries, list):
+        raise NoLogprobs("the answer has no log-probs")
+    for j, entry in enumerate(entries):
+        where = f"log-probs of answer token {j}"
+        entry = _mapping(entry, where)
+        logprob(entry.get("logprob"), where)
+        tops = entry.get("top_logprobs") or []
+        tops = list(tops.values()) if isinstance(tops, dict) else tops
+        if not isinstance(tops, list):
+            raise BadLogprobs(f"{where}: top_logprobs is {_short(tops)}, not a list")
+        for alt in tops:
+            logprob(alt.get("logprob") if isinstance(alt, dict) else alt, where)
 
 
 class StudentVocab:
@@ -116,6 +180,10 @@ class StudentVocab:
 
     def text(self, ids: Sequence[int]) -> bytes:
         return b"".join(self.bytes[i] for i in ids)
+
+    def known(self, tid: int) -> Optional[int]:
+        """``tid`` when the student has such a token, else None (an id only the API's model has)."""
+        return tid if 0 <= tid < len(self.bytes) else None
 
 
 def topk_row(alternatives: Sequence[tuple[Optional[int], float]], own: Optional[tuple[int, float]],
@@ -176,7 +244,7 @@ def rows_by_id(tokens: Sequence[ApiToken], context_ids: Sequence[int], response_
         tok = tokens[len(context_ids) + t]
         if tok.logprob is None:
             return Alignment(unaligned_at=t, reason=f"no log-prob for response token {t}")
-        alts = [(a_id if a_id is not None else vocab.ids_of.get(a_raw), lp) for a_raw, a_id, lp in tok.top]
+        alts = [(vocab.known(a_id) if a_id is not None else vocab.ids_of.get(a_raw), lp) for a_raw, a_id, lp in tok.top]
         row = topk_row(alts, (student_id, tok.logprob), k)
         ids.append(row[0])
         lps.append(row[1])

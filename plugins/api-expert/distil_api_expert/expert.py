@@ -14,7 +14,9 @@ Access levels, best first (``access: auto`` probes them once, in this order):
 
 Failures: authentication and unknown-model errors raise :class:`ConfigError` (at the probe,
 before training, or at the first call that meets them); transient errors are retried; a query
-whose retries run out, or whose answer is malformed or lacks log-probs, gets a failed signal.
+whose retries run out, whose answer misses the ``timeout_s`` deadline or the ``max_answer_mb``
+cap, or whose answer is malformed (not a JSON object, log-probs that are not numbers ≤ 0) or lacks
+log-probs, gets a failed signal: ``score`` does not raise for what one answer says.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ApiExpertOptions(BaseModel):
     max_concurrency: int = Field(ge=1)
     max_retries: int = Field(ge=0)
     timeout_s: float = Field(gt=0)
+    max_answer_mb: float = Field(gt=0)
     backoff_s: float = Field(ge=0)
     backoff_max_s: float = Field(ge=0)
     cache_dir: Optional[str]
@@ -110,6 +113,7 @@ class ApiExpert:
         max_concurrency: int = 8,
         max_retries: int = 4,
         timeout_s: float = 60.0,
+        max_answer_mb: float = 64.0,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
         cache_dir: Optional[str] = None,
@@ -378,7 +382,8 @@ class ApiExpert:
         if opts.client == "litellm":
             transport: Any = LiteLLMTransport(opts.model, opts.api_base, self.api_key, opts.timeout_s, opts.litellm_kwargs)
         else:
-            transport = OpenAITransport(opts.model, opts.api_base, self.api_key, opts.timeout_s)
+            transport = OpenAITransport(opts.model, opts.api_base, self.api_key, opts.timeout_s,
+                                        max_answer_bytes=int(opts.max_answer_mb * 2**20))
         scope = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
         return Session(transport, self.retry, self.pricing, opts.max_concurrency,
                        cache=self.cache if use_cache else None, cache_scope=scope)
@@ -413,6 +418,8 @@ def _echo_tokens(answer: dict[str, Any]) -> list[align.ApiToken]:
         return align.parse_echo(_first_choice(answer))
     except align.NoLogprobs as exc:
         raise CallError("no_logprobs", str(exc)) from None
+    except align.BadLogprobs as exc:
+        raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
 
 
 def _prompt_logprobs_tokens(answer: dict[str, Any], ids: Sequence[int]) -> list[align.ApiToken]:
@@ -423,18 +430,23 @@ def _prompt_logprobs_tokens(answer: dict[str, Any], ids: Sequence[int]) -> list[
         return align.parse_prompt_logprobs(choice, ids)
     except align.NoLogprobs as exc:
         raise CallError("no_logprobs", str(exc)) from None
+    except align.BadLogprobs as exc:
+        raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
 
 
 def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool) -> str:
     choice = _first_choice(answer)
-    text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    message = choice.get("message")
+    text = (message if isinstance(message, dict) else {}).get("content") if chat else choice.get("text")
     if not isinstance(text, str):
         raise CallError("malformed", "the answer has no text")
     if with_logprobs:
-        lp = choice.get("logprobs")
-        present = isinstance(lp, dict) and (isinstance(lp.get("content"), list) if chat else isinstance(lp.get("tokens"), list))
-        if not present:
-            raise CallError("no_logprobs", "the answer has no log-probs")
+        try:
+            align.check_written_logprobs(choice.get("logprobs"), chat)
+        except align.NoLogprobs as exc:
+            raise CallError("no_logprobs", str(exc)) from None
+        except align.BadLogprobs as exc:
+            raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
     return text
 
 

@@ -3,9 +3,12 @@
 - :class:`OpenAITransport` and :class:`LiteLLMTransport` send a request through the ``openai``
   SDK or ``litellm`` (imported only when chosen) and return the answer as a plain dict.
 - :class:`Session` wraps a transport for one scoring call: a semaphore caps the requests in
-  flight, transient failures are retried as the core's :class:`~distil_core.retry.RetryPolicy`
-  says (exponential backoff with jitter, honouring Retry-After), identical requests share one
-  answer, and answers go to a disk cache.
+  flight, each request must be answered whole within ``timeout_s`` (a deadline, not a per-read
+  timeout: a server that trickles bytes cannot stall training), transient failures are retried
+  as the core's :class:`~distil_core.retry.RetryPolicy` says (exponential backoff with jitter,
+  honouring Retry-After up to the maximum back-off), identical requests share one answer, and
+  answers go to a disk cache. Token counts in an answer's ``usage`` are believed only when they
+  are non-negative integers.
 - :func:`classify` sorts exceptions from either SDK into what to do about them.
 """
 
@@ -17,6 +20,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -58,7 +62,7 @@ def status_of(exc: BaseException) -> Optional[int]:
 
 def classify(exc: BaseException) -> str:
     """``auth`` | ``not_found`` | ``transient`` | ``malformed`` | ``bad_request`` | ``error``."""
-    if isinstance(exc, json.JSONDecodeError):
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
         return "malformed"
     status = status_of(exc)
     names = {cls.__name__ for cls in type(exc).__mro__}
@@ -93,12 +97,18 @@ def retry_after(exc: BaseException) -> Optional[float]:
 
 
 class OpenAITransport:
-    """The ``openai`` SDK's async client; any OpenAI-compatible server through ``api_base``."""
+    """The ``openai`` SDK's async client; any OpenAI-compatible server through ``api_base``.
+
+    Answers are read as a stream and refused past ``max_answer_bytes`` (declared or received),
+    so a runaway or hostile server cannot make the trainer hold an arbitrarily large body.
+    """
 
     name = "openai"
 
-    def __init__(self, model: str, api_base: Optional[str], api_key: str, timeout_s: float):
+    def __init__(self, model: str, api_base: Optional[str], api_key: str, timeout_s: float,
+                 max_answer_bytes: int = 64 * 2**20):
         self.model, self.api_base, self.api_key, self.timeout_s = model, api_base, api_key, timeout_s
+        self.max_answer_bytes = max_answer_bytes
         self.client: Any = None
 
     async def open(self) -> None:
@@ -118,8 +128,33 @@ class OpenAITransport:
         body = {"model": self.model, **{k: v for k, v in params.items() if k != "extra_body"}}
         body.update(params.get("extra_body") or {})
         path = "/chat/completions" if endpoint == "chat" else "/completions"
-        response = await self.client.post(path, body=body, cast_to=httpx.Response)
-        return json.loads(response.text)  # JSONDecodeError: a malformed answer
+        # the SDK's raw-stream mode: the answer's body is left unread for us to read with a cap
+        response = await self.client.post(path, body=body, cast_to=httpx.Response,
+                                          options={"headers": {"X-Stainless-Raw-Response": "stream"}})
+        try:
+            data = await read_capped(response, self.max_answer_bytes)
+        finally:
+            await response.aclose()
+        return json.loads(data)  # JSONDecodeError (a ValueError): a malformed answer
+
+
+async def read_capped(response: Any, limit: int) -> bytes:
+    """The (decoded) body of a streamed response, or CallError("too_large") past ``limit`` bytes."""
+    declared = str(response.headers.get("content-length") or "")
+    if declared.isdigit() and int(declared) > limit:
+        raise CallError("too_large", _too_large(f"declares {int(declared)} bytes", limit))
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise CallError("too_large", _too_large(f"passed {limit} bytes and was not finished", limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(what: str, limit: int) -> str:
+    return (f"the answer {what}, over the cap of {limit / 2**20:g} MB; it was not read. "
+            "Raise options.max_answer_mb if answers this large are expected")
 
 
 class LiteLLMTransport:
@@ -265,16 +300,21 @@ class ResponseCache:
 
 
 def retry_policy(max_retries: int = 4, backoff_s: float = 0.5, backoff_max_s: float = 30.0) -> RetryPolicy:
-    """The plugin's options as the core's retry policy: a provider's Retry-After is believed up
-    to a minute (or ``backoff_max_s`` if longer); backoff has jitter, to spread the retries of
-    concurrent queries."""
+    """The plugin's options as the core's retry policy. A provider's Retry-After is believed up
+    to ``backoff_max_s`` and no further: the server cannot make one query wait longer than the
+    configured maximum back-off (a ``Retry-After: 3600`` would otherwise park training for an
+    hour per retry). Backoff has jitter, to spread the retries of concurrent queries."""
     return RetryPolicy(retries=max_retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s,
-                       retry_after_max_s=max(backoff_max_s, 60.0), jitter=True)
+                       retry_after_max_s=backoff_max_s, jitter=True)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The whole answer did not arrive within ``timeout_s`` (connecting and every read together)."""
 
 
 @dataclass
 class Session:
-    """One scoring call's requests: concurrency cap, retries, shared answers, cache, usage."""
+    """One scoring call's requests: concurrency cap, deadline, retries, shared answers, cache, usage."""
 
     transport: Any
     retry: RetryPolicy
@@ -301,7 +341,7 @@ class Session:
             stored = self.cache.get(key)
             if stored is not None:
                 try:
-                    return check(stored), Usage(cached=1)
+                    return checked(check, stored), Usage(cached=1)
                 except CallError:
                     pass  # an answer this version cannot use: ask again
         if key in self._pending:  # the same request is already on its way: share its answer
@@ -309,7 +349,7 @@ class Session:
                 answer = await asyncio.shield(self._pending[key])
             except CallError as exc:
                 raise CallError(exc.kind, str(exc)) from None
-            return check(answer), Usage(cached=1)
+            return checked(check, answer), Usage(cached=1)
         future = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
@@ -321,7 +361,7 @@ class Session:
             raise
         future.set_result(answer)
         try:
-            result = check(answer)
+            result = checked(check, answer)
         except CallError as exc:
             exc.usage = usage  # the request was made (and paid for) even if its answer is unusable
             raise
@@ -329,14 +369,30 @@ class Session:
             self.cache.put(key, answer)
         return result, usage
 
+    async def _attempt(self, endpoint: str, params: dict[str, Any]) -> Any:
+        """One request, answered whole within the transport's ``timeout_s`` or DeadlineExceeded.
+
+        The SDKs' own timeouts apply to each read, so a server sending a byte now and then
+        would never trip them; this deadline covers connecting and reading the whole answer.
+        Waiting for a free slot under ``max_concurrency`` does not count.
+        """
+        timeout_s = self.transport.timeout_s
+        async with self._semaphore:
+            try:
+                return await asyncio.wait_for(self.transport.request(endpoint, params), timeout_s)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"the request timed out: no complete answer within timeout_s={timeout_s:g} s "
+                                       "(connecting and reading the whole answer)") from None
+
     async def _fetch(self, endpoint: str, params: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
         usage = Usage()
         attempt = 0
         while True:
             usage.requests += 1
             try:
-                async with self._semaphore:
-                    answer = await self.transport.request(endpoint, params)
+                answer = await self._attempt(endpoint, params)
+            except CallError as exc:  # the transport's own verdict (an answer too large): not retried
+                raise CallError(exc.kind, str(exc), usage) from None
             except Exception as exc:
                 kind = classify(exc)
                 message = provider_message(exc)
@@ -350,15 +406,61 @@ class Session:
                 if kind == "transient":
                     tries = f"{attempt + 1} attempt" + ("s" if attempt else "")
                     message = f"gave up after {tries}: {message}"
+                if kind == "malformed":
+                    message = f"the answer is malformed: not JSON ({message})"
                 raise CallError(kind, message, usage) from None
             if not isinstance(answer, dict):
                 raise CallError("malformed", f"the answer is a JSON {type(answer).__name__}, not an object", usage)
-            counts = answer.get("usage") or {}
-            usage.prompt_tokens += int(counts.get("prompt_tokens") or 0)
-            usage.completion_tokens += int(counts.get("completion_tokens") or 0)
-            usage.cost_usd += self.pricing.cost(int(counts.get("prompt_tokens") or 0),
-                                                int(counts.get("completion_tokens") or 0))
+            prompt_tokens, completion_tokens = token_counts(answer.get("usage"))
+            usage.prompt_tokens += prompt_tokens
+            usage.completion_tokens += completion_tokens
+            usage.cost_usd += self.pricing.cost(prompt_tokens, completion_tokens)
             return answer, usage
+
+
+def checked(check: Callable[[dict[str, Any]], Any], answer: dict[str, Any]) -> Any:
+    """``check(answer)``, with anything it trips over in a hostile answer (a string where a
+    number belongs, a missing key) reported as a malformed answer rather than escaping raw."""
+    try:
+        return check(answer)
+    except CallError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise CallError("malformed", f"the answer is malformed ({type(exc).__name__}: {provider_message(exc)})") from None
+
+
+def token_counts(counts: Any) -> tuple[int, int]:
+    """``prompt_tokens`` and ``completion_tokens`` of an answer's ``usage``, for accounting.
+
+    Only non-negative integers are believed. Anything else (a string, a negative or fractional
+    count, a ``usage`` that is not an object) counts 0 with a warning: the answer itself may be
+    fine, so it is still used, but the cost it reports cannot be, and a negative count would
+    otherwise subtract from the run's totals.
+    """
+    if counts is None:
+        return 0, 0  # servers may leave usage out
+    if not isinstance(counts, Mapping):
+        _bad_usage(f"usage is {type(counts).__name__} {_short(counts)}, not an object")
+        return 0, 0
+    out = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = counts.get(name)
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        if not ok:
+            _bad_usage(f"usage.{name} is {_short(value)}, not a non-negative integer")
+        out.append(value if ok and value is not None else 0)
+    return out[0], out[1]
+
+
+def _bad_usage(what: str) -> None:
+    warnings.warn(f"expert 'api': the provider's answer has {what}; it counts as 0 tokens (and 0 USD) "
+                  "in expert_prompt_tokens / expert_completion_tokens / expert_cost_usd. The answer itself "
+                  "is used; check the server's usage reporting if the totals matter.", RuntimeWarning, stacklevel=2)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")

@@ -1,0 +1,426 @@
+"""A hostile or broken server at the transport: trickled bytes, huge Retry-After, bogus usage,
+log-probs that are not numbers, bodies that are not JSON objects or are far too large.
+
+Each case is a real HTTP server on 127.0.0.1: either a scripted one, or a proxy in front of the
+session's real model server that rewrites its answers. Whatever the server does, ``score()``
+returns on time with a failed signal naming the reason (which the trainer counts as
+``expert_failed``), never a raw exception or a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+
+import pytest
+
+from distil_api_expert.align import PAD_LOGPROB
+from distil_api_expert.transport import retry_policy
+
+from api_expert_testlib import api_expert, queries, tiny_tokenizer
+
+# -- a scripted server on 127.0.0.1 ---------------------------------------------------------------
+
+
+class Hostile:
+    """A real HTTP server whose POST answers come from ``self.behave(handler, path, request)``.
+
+    ``proxy_to`` (a base URL) makes the default behaviour forward the request to a real server
+    and return its answer through ``self.mutate(path, request, answer)`` when one is set.
+    """
+
+    def __init__(self, proxy_to: Optional[str] = None):
+        self.proxy_to = proxy_to
+        self.behave: Callable[..., None] = self.forward
+        self.mutate: Optional[Callable[[str, dict, Any], Any]] = None
+        self.reject_echo = False  # answer 400 to echo requests (an endpoint without echo)
+        self.requests: list[float] = []  # monotonic arrival times of the POSTs
+        self.stop = threading.Event()
+        self.finished = threading.Event()  # a streaming behaviour ended (completed or aborted)
+        self.completed: Optional[bool] = None  # whether that behaviour wrote its whole body
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length") or 0)
+                request = json.loads(self.rfile.read(length) or b"{}")
+                owner.requests.append(time.monotonic())
+                owner.behave(self, self.path, request)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Hostile":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # behaviours
+
+    def forward(self, handler, path: str, request: dict) -> None:
+        if self.reject_echo and request.get("echo"):
+            return send(handler, 400, {"error": {"message": "echo is not supported", "type": "invalid_request_error"}})
+        upstream = urllib.request.Request(self.proxy_to + path, data=json.dumps(request).encode(),
+                                          headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(upstream, timeout=30) as answer:
+                status, data = answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, json.loads(exc.read())
+        if status == 200 and self.mutate is not None:
+            data = self.mutate(path, request, data)
+        send(handler, status, data)
+
+    def stream(self, handler, head: dict[str, str], pieces, interval_s: float = 0.0) -> None:
+        """Headers at once, then ``pieces`` of the body, ``interval_s`` apart, until the client leaves."""
+        self.completed = False
+        try:
+            handler.send_response(200)
+            for name, value in head.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            for piece in pieces:
+                handler.wfile.write(piece)
+                handler.wfile.flush()
+                if interval_s and self.stop.wait(interval_s):
+                    return
+            self.completed = True
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.finished.set()
+
+
+def send(handler, status: int, data: Any, headers: Optional[dict[str, str]] = None) -> None:
+    body = data if isinstance(data, bytes) else json.dumps(data).encode()  # NaN/inf as JSON5-style literals
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.fixture
+def hostile():
+    with Hostile() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(server):
+    with Hostile(proxy_to=server.base_url) as front:
+        yield front
+
+
+def score_within(expert, qs, seconds: float):
+    """``expert.score(qs)`` and how long it took; a hang past ``seconds`` fails the test (the
+    bound is generous: what is under test is that the call ends, not how fast the machine is)."""
+    async def run():
+        return await asyncio.wait_for(expert.score(qs), seconds)
+
+    start = time.monotonic()
+    signals = asyncio.run(run())
+    return signals, time.monotonic() - start
+
+
+def fake(base_url: str):
+    return type("S", (), {"base_url": base_url})
+
+
+def client_options(client: str) -> dict[str, Any]:
+    if client == "litellm":
+        pytest.importorskip("litellm")
+        return {"client": "litellm", "model": "openai/tiny"}
+    return {}
+
+
+CHAT_ANSWER = {"id": "x", "object": "chat.completion", "model": "tiny",
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "The expected answer is 123."}}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}}
+
+# -- 1. a trickling server meets the deadline -------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")
+@pytest.mark.parametrize("client", ["openai", "litellm"])
+def test_a_server_that_trickles_bytes_fails_the_query_at_the_deadline(hostile, client):
+    body = json.dumps(CHAT_ANSWER).encode()
+    # one byte every half second: each read arrives well within timeout_s, the whole never does
+    hostile.behave = lambda h, path, request: hostile.stream(
+        h, {"Content-Type": "application/json", "Content-Length": str(len(body))},
+        (body[i:i + 1] for i in range(len(body))), interval_s=0.5)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, timeout_s=2.0, max_retries=0,
+                        **client_options(client))
+    [signal], took = score_within(expert, queries(1), 30)
+    assert not signal.ok and "timed out" in signal.error.lower()
+    assert signal.usage["requests"] == 1
+    assert took < 2.0 + 3.0  # the deadline (timeout_s) is the behaviour under test; 3 s of slack
+    assert hostile.finished.wait(10) and hostile.completed is False  # the client hung up on it
+
+
+def test_each_retry_of_a_trickling_server_has_its_own_deadline(hostile):
+    body = json.dumps(CHAT_ANSWER).encode()
+    hostile.behave = lambda h, path, request: hostile.stream(
+        h, {"Content-Type": "application/json", "Content-Length": str(len(body))},
+        (body[i:i + 1] for i in range(len(body))), interval_s=0.5)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, timeout_s=1.0, max_retries=1,
+                        backoff_s=0.0)
+    [signal], took = score_within(expert, queries(1), 30)
+    assert not signal.ok and "gave up after 2 attempts" in signal.error and "timeout_s=1" in signal.error
+    assert signal.usage["requests"] == 2 and len(hostile.requests) == 2
+    assert took < 2 * 1.0 + 3.0  # two deadlines of timeout_s, plus slack
+
+
+# -- 2. Retry-After is capped by backoff_max_s ------------------------------------------------------
+
+
+def _in_an_hour() -> dict[str, str]:
+    return {"Retry-After": email.utils.formatdate(time.time() + 3600, usegmt=True)}
+
+
+@pytest.mark.parametrize("asked", [{"Retry-After": "3600"}, {"retry-after-ms": "3600000"}, "date"])
+def test_a_retry_after_of_an_hour_waits_no_longer_than_backoff_max_s(hostile, asked):
+    headers = _in_an_hour() if asked == "date" else asked
+    hostile.behave = lambda h, path, request: send(
+        h, 429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, headers)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_retries=2, backoff_max_s=0.2)
+    [signal], took = score_within(expert, queries(1), 20)
+    assert not signal.ok and "gave up after 3 attempts" in signal.error
+    gaps = [b - a for a, b in zip(hostile.requests, hostile.requests[1:])]
+    assert len(gaps) == 2 and all(gap < 0.2 + 2.0 for gap in gaps)  # backoff_max_s, plus slack
+    assert took < 2 * 0.2 + 3.0
+    assert retry_policy(max_retries=2, backoff_s=0.5, backoff_max_s=0.2).delay(0, 3600.0) == 0.2
+
+
+def test_a_capped_retry_after_still_gets_the_answer_when_the_server_recovers(proxy):
+    first = {"done": False}
+
+    def once_429(h, path, request):
+        if not first["done"]:
+            first["done"] = True
+            return send(h, 429, {"error": {"message": "slow down"}}, {"Retry-After": "3600"})
+        return proxy.forward(h, path, request)
+
+    proxy.behave = once_429
+    expert = api_expert(fake(proxy.base_url), access="text", probe=False, max_retries=2, backoff_max_s=0.2)
+    [signal], _ = score_within(expert, queries(1), 20)
+    assert signal.ok and signal.usage["retries"] == 1 and signal.usage["requests"] == 2
+
+
+# -- 3. usage that is not a count -----------------------------------------------------------------
+
+BAD_USAGE = [
+    ({"prompt_tokens": "lots", "completion_tokens": 0}, "usage.prompt_tokens is 'lots'"),
+    ({"prompt_tokens": -500, "completion_tokens": -3}, "usage.prompt_tokens is -500"),
+    ({"prompt_tokens": 1.5, "completion_tokens": 0}, "usage.prompt_tokens is 1.5"),
+    ({"prompt_tokens": True, "completion_tokens": 0}, "usage.prompt_tokens is True"),
+    ("lots", "usage is str 'lots'"),
+    ([7, 7], "usage is list"),
+]
+
+
+@pytest.mark.parametrize("usage, warned", BAD_USAGE)
+def test_usage_that_is_not_a_non_negative_count_is_ignored_with_a_warning(proxy, usage, warned):
+    expert = api_expert(fake(proxy.base_url), price_prompt_per_1k=1.0, price_completion_per_1k=1.0)
+    assert expert.probe_result.level == "prompt_scoring"  # the probe went through unchanged
+    proxy.mutate = lambda path, request, answer: {**answer, "usage": usage}
+    with pytest.warns(RuntimeWarning, match="counts as 0 tokens") as caught:
+        [signal], _ = score_within(expert, queries(1), 30)
+    assert any(warned in str(w.message) for w in caught)
+    assert signal.ok and signal.access == "topk"  # the answer itself is used
+    assert signal.usage["prompt_tokens"] == 0 and signal.usage["completion_tokens"] == 0
+    assert signal.usage["cost_usd"] == 0.0
+
+
+def test_a_good_count_next_to_a_bad_one_is_kept(proxy):
+    expert = api_expert(fake(proxy.base_url), access="text", probe=False, price_prompt_per_1k=1.0,
+                        price_completion_per_1k=1.0)
+    proxy.mutate = lambda path, request, answer: {**answer, "usage": {"prompt_tokens": 40, "completion_tokens": -9}}
+    with pytest.warns(RuntimeWarning, match="usage.completion_tokens is -9"):
+        [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.ok and signal.usage["prompt_tokens"] == 40 and signal.usage["completion_tokens"] == 0
+    assert signal.usage["cost_usd"] == pytest.approx(0.04)
+
+
+# -- 4. log-probs that are not log-probs ----------------------------------------------------------
+
+NOT_LOGPROBS = ["-0.5", True, math.inf, math.nan, [-1.0], 2.5]
+
+
+def _echo_at(answer: dict, position: int, value: Any, field: str) -> dict:
+    lp = answer["choices"][0]["logprobs"]
+    if field == "token_logprobs":
+        lp["token_logprobs"][position] = value
+    else:
+        top = lp["top_logprobs"][position]
+        top[next(iter(top))] = value
+    return answer
+
+
+@pytest.mark.parametrize("value", NOT_LOGPROBS, ids=repr)
+@pytest.mark.parametrize("probe, field", [(True, "token_logprobs"), (True, "top_logprobs"), (False, "top_logprobs")],
+                         ids=["by_id-own", "by_id-top", "by_bytes-top"])
+def test_echoed_logprobs_that_are_not_numbers_fail_that_query(proxy, field, value, probe):
+    options = {} if probe else {"access": "prompt_scoring", "probe": False}
+    expert = api_expert(fake(proxy.base_url), misaligned="skip", **options)
+    proxy.mutate = lambda path, request, answer: _echo_at(answer, -2, value, field)
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert not signal.ok and "log-probs are malformed" in signal.error and "prompt token" in signal.error
+    assert signal.usage["requests"] == 1  # a broken answer is not asked again
+
+
+def _prompt_logprobs_at(answer: dict, position: int, edit: Callable[[dict], None]) -> dict:
+    edit(answer["choices"][0]["prompt_logprobs"][position])
+    return answer
+
+
+def _first_item(entry: dict) -> dict:
+    return entry[next(iter(entry))]
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda e: _first_item(e).update(logprob="-0.5"), "is not a number"),
+    (lambda e: _first_item(e).update(logprob=math.inf), "not a number ≤ 0"),
+    (lambda e: _first_item(e).update(logprob=[-1.0]), "is not a number"),
+    (lambda e: e.update({"seven": {"logprob": -1.0, "decoded_token": "7"}}), "is not a token id"),
+    (lambda e: e.update({"9": "-1.0"}), "expected an object"),
+], ids=["string", "inf", "list", "key", "item"])
+def test_prompt_logprobs_that_are_not_numbers_fail_that_query(proxy, edit, said):
+    proxy.reject_echo = True  # a vLLM-like endpoint: prompt_logprobs instead of echo
+    expert = api_expert(fake(proxy.base_url))
+    assert (expert.probe_result.level, expert.probe_result.variant) == ("prompt_scoring", "prompt_logprobs")
+    proxy.mutate = lambda path, request, answer: _prompt_logprobs_at(answer, -2, edit)
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert not signal.ok and "log-probs are malformed" in signal.error and said in signal.error
+
+
+def test_alternatives_the_student_has_no_token_for_fold_into_the_tail(proxy):
+    proxy.reject_echo = True
+    expert = api_expert(fake(proxy.base_url))
+    vocab = len(tiny_tokenizer())
+
+    def foreign(entry: dict) -> None:  # ids only the API's model has (padding rows, added tokens)
+        entry[str(vocab + 5)] = {"logprob": -0.01, "decoded_token": "\u2603"}
+        entry[str(10 ** 12)] = {"logprob": -0.02, "decoded_token": "zz"}
+
+    proxy.mutate = lambda path, request, answer: _prompt_logprobs_at(answer, -2, foreign)
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.ok and signal.topk_ids.min() >= 0 and signal.topk_ids.max() < vocab
+
+
+def test_echoed_alternatives_spelled_as_ids_outside_the_vocabulary_fold_into_the_tail(proxy):
+    expert = api_expert(fake(proxy.base_url))
+    vocab = len(tiny_tokenizer())
+
+    def foreign(path, request, answer):
+        top = answer["choices"][0]["logprobs"]["top_logprobs"][-2]
+        top.update({"token_id:-5": -0.01, f"token_id:{vocab + 3}": -0.02, "\u2603\u2603": -0.03})
+        return answer
+
+    proxy.mutate = foreign
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.ok and signal.topk_ids.min() >= 0 and signal.topk_ids.max() < vocab
+
+
+@pytest.mark.parametrize("misaligned", ["skip", "text"])
+def test_echoed_tokens_the_student_cannot_spell_are_misaligned_not_a_crash(proxy, misaligned):
+    expert = api_expert(fake(proxy.base_url), misaligned=misaligned, max_tokens=3)
+
+    def garbled(path, request, answer):
+        if request.get("echo"):
+            answer["choices"][0]["logprobs"]["tokens"][-2] = "\u2603 no such token"
+        return answer
+
+    proxy.mutate = garbled
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.usage["misaligned"] == 1
+    if misaligned == "skip":
+        assert not signal.ok and signal.error.startswith("not aligned:")
+    else:  # the documented fallback: the query is answered as text
+        assert signal.ok and signal.access == "text"
+
+
+@pytest.mark.parametrize("value", ["-0.5", True, math.inf, [-1.0]], ids=repr)
+def test_chat_logprobs_that_are_not_numbers_fail_that_query(proxy, value):
+    expert = api_expert(fake(proxy.base_url), access="topk", probe=False, max_tokens=3)
+
+    def spoil(path, request, answer):
+        entry = answer["choices"][0]["logprobs"]["content"][0]
+        entry["top_logprobs"][0]["logprob"] = value
+        return answer
+
+    proxy.mutate = spoil
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert not signal.ok and "log-probs are malformed" in signal.error and "answer token 0" in signal.error
+
+
+# -- 5. bodies that are not a JSON object, or far too large ----------------------------------------
+
+
+@pytest.mark.parametrize("body, said", [
+    (b"<html>502 Bad Gateway</html>", "malformed"),
+    (b"[1, 2, 3]", "not an object"),
+    (b'"just a string"', "not an object"),
+    (b"null", "not an object"),
+    (b"\xff\xfe\xfa not utf-8", "malformed"),
+    (b'{"choices": "none"}', "no choices"),
+    (b'{"choices": [{"message": "hi"}]}', "no text"),
+], ids=["html", "array", "string", "null", "bytes", "choices", "message"])
+def test_an_answer_that_is_not_a_usable_json_object_fails_that_query(hostile, body, said):
+    hostile.behave = lambda h, path, request: send(h, 200, body)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_retries=2)
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert not signal.ok and said in signal.error
+    assert signal.usage["requests"] == 1  # not retried: the same server would say the same
+
+
+FIFTY_MB = 50 * 2**20
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content_length", "until_close"])
+def test_a_huge_answer_is_refused_at_the_cap_not_read_whole(hostile, declared):
+    head = {"Content-Type": "application/json"}
+    if declared:
+        head["Content-Length"] = str(FIFTY_MB)
+    chunk = b" " * 2**20
+    hostile.behave = lambda h, path, request: hostile.stream(h, head, (chunk for _ in range(50)))
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_answer_mb=1)
+    [signal], _ = score_within(expert, queries(1), 60)
+    assert not signal.ok and "max_answer_mb" in signal.error and "1 MB" in signal.error
+    assert signal.usage["requests"] == 1
+    # the client hung up long before the 50 MB were through (socket buffers hold a few MB at most)
+    assert hostile.finished.wait(30) and hostile.completed is False
+
+
+def test_minus_infinity_is_no_mass_not_a_broken_answer(proxy):
+    expert = api_expert(fake(proxy.base_url))
+
+    def impossible(path, request, answer):  # log p = -inf: a token the expert rules out
+        top = answer["choices"][0]["logprobs"]["top_logprobs"][-2]
+        top[next(iter(top))] = -math.inf
+        return answer
+
+    proxy.mutate = impossible
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.ok and bool(signal.topk_logprobs.isfinite().all())
+    assert float(signal.topk_logprobs.min()) >= PAD_LOGPROB
