@@ -42,9 +42,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-from ._cgroup import job_cgroup
+from ._cgroup import JobCgroup, job_cgroup
 from ._common import (
     SANDBOX_LANG,
     SANDBOX_PATH,
@@ -128,7 +128,15 @@ class ProcessBackend:
             enter = plan.entering(owner, limits, cgroup, shm_bytes=min(job.work_mb, SHM_MB) << 20)
             return self._supervise(job, argv, work, owner, enter, cgroup)
 
-    def _supervise(self, job, argv, work, owner, preexec, cgroup) -> ExecResult:
+    def _supervise(
+        self,
+        job: Job,
+        argv: list[str],
+        work: str,
+        owner: Optional[tuple[int, int]],
+        preexec: Callable[[], None],
+        cgroup: Optional[JobCgroup],
+    ) -> ExecResult:
         """Start the program (``preexec`` sets its limits, namespaces and uid) and supervise it."""
         stdin = job.stdin.encode("utf-8") if isinstance(job.stdin, str) else job.stdin
         started = time.monotonic()
