@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from distil_core import DistilError
 from distil_core.training import checkpointing as ckpt
 from distil_core.config import load_config
 from distil_core.plugin_host import PluginHost
@@ -111,8 +112,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DistilError, match="disk full") as err:
         trainer.save()
+    assert first in str(err.value) and "--resume" in str(err.value)  # names the last good one
     assert ckpt.latest_checkpoint(str(tmp_path)) == first
     assert ckpt.load_checkpoint(first)["step"] == 2
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-000002.pt"]

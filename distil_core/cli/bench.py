@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.report import aggregate, final_lengths, render_markdown, render_sweep, table_metrics, terminal_table
-from distil_core.config import Method, RunConfig, format_validation_error, load_config
+from distil_core.config import Method, RunConfig, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
@@ -81,7 +81,7 @@ def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
         raise ConfigError(f"Bench spec {path!r} does not exist.")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = read_yaml(fh.read(), path)  # the same alias budget as a run config
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the bench spec ({' '.join(str(exc).split())}).") from None
     if not isinstance(data, dict):
