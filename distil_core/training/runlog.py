@@ -7,10 +7,11 @@ run read as those of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from distil_core.errors import DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
@@ -28,8 +29,10 @@ PRIVATE = 0o600
 """The step logs' and config.yaml's permissions: readable by the run's owner alone."""
 
 
-def prepare_run_dir(path: str) -> None:
-    """Create the run directory (``DIR_MODE``), or say in one line why it cannot be one."""
+def prepare_run_dir(path: str) -> bool:
+    """Create the run directory (``DIR_MODE``), or say in one line why it cannot be one; True
+    when this call created it (so a run that fails before writing anything can take it away)."""
+    created = not os.path.lexists(path)
     try:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     except OSError as exc:
@@ -38,22 +41,37 @@ def prepare_run_dir(path: str) -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise DistilError(f"run directory {path!r} (--output-dir / train.output_dir) is not writable. "
                           "Choose a directory you can write to.")
+    return created
 
 
-def shared_run_dir(world: World, path: str) -> str:
-    """Rank 0's ``path``, prepared by rank 0 (:func:`prepare_run_dir`); when it cannot be, every
+@contextlib.contextmanager
+def removed_if_unused(path: str, created: bool) -> Iterator[None]:
+    """A run that fails while it is being set up (a bad plugin option, a missing model) leaves no
+    empty run directory behind it: only one this run created, and only while still empty."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # refuses a directory that holds anything
+        raise
+
+
+def shared_run_dir(world: World, path: str) -> tuple[str, bool]:
+    """Rank 0's ``path``, prepared by rank 0 (:func:`prepare_run_dir`), and whether rank 0 created
+    it (False on the other ranks); when it cannot be, every
     rank raises the same one-line error (none is left waiting for the others). Collective."""
     path = world.gather(path)[0]
-    problem = ""
+    problem, created = "", False
     if world.main:
         try:
-            prepare_run_dir(path)
+            created = prepare_run_dir(path)
         except DistilError as exc:
             problem = str(exc)
     problem = world.gather(problem)[0]
     if problem:
         raise DistilError(problem)
-    return path
+    return path, created
 
 
 def open_log(path: str):

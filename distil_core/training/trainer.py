@@ -28,7 +28,7 @@ from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.guards import RunGuard
-from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, shared_run_dir
+from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, removed_if_unused, shared_run_dir
 from distil_core.training.runlog import progress_bar, provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
@@ -60,24 +60,25 @@ class Trainer:
             fsdp.check_config(config)
         # one run directory for every rank: rank 0's (a default name holds the time), made before
         # anything slow runs, so a path that cannot be one fails at once
-        self.run_dir = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method))
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
-        self.rt: Runtime = self._build_runtime(host)
-        self.chunked = config.loss.chunk_size > 0 and self.method.chunkable
-        self.learner = self._build_learner()
-        self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
-        if not self.train_problems or not self.test_problems:
-            raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
-        self.step = 0
-        self.evals: dict[str, dict[str, float]] = {}
-        self.guard = RunGuard(config)
-        self.log = RunLog(self.run_dir, self.world)
-        if resume:
-            self._resume()
-        else:
-            self.log.start_fresh()
-        self.log.write_bytes("config.yaml", config.to_yaml().encode(), mode=PRIVATE)  # may hold API keys
+        self.run_dir, created = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method))
+        with removed_if_unused(self.run_dir, created):
+            random.seed(config.seed)
+            torch.manual_seed(config.seed)
+            self.rt: Runtime = self._build_runtime(host)
+            self.chunked = config.loss.chunk_size > 0 and self.method.chunkable
+            self.learner = self._build_learner()
+            self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
+            if not self.train_problems or not self.test_problems:
+                raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
+            self.step = 0
+            self.evals: dict[str, dict[str, float]] = {}
+            self.guard = RunGuard(config)
+            self.log = RunLog(self.run_dir, self.world)
+            if resume:
+                self._resume()
+            else:
+                self.log.start_fresh()
+            self.log.write_bytes("config.yaml", config.to_yaml().encode(), mode=PRIVATE)  # may hold API keys
         self.world.barrier()
 
     def _build_runtime(self, host: Optional[PluginHost]) -> Runtime:
