@@ -185,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
     world = trainer.world
+    finished = False
     try:
         if world.main:
             ranks = f" ranks={world.size}" if world.distributed else ""
@@ -194,8 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world.main:
             print(render_before_after(summary))
             print(f"\nRun directory: {summary['run_dir']} (summary.json, metrics.jsonl, rollouts.jsonl, provenance.jsonl, final/)")
+        finished = True
     finally:
-        close_world(world)
+        close_world(world, finished)
     return 0
 
 

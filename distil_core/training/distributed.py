@@ -149,6 +149,12 @@ def rank_device(device: str, world: World) -> str:
     return device
 
 
-def close_world(world: World) -> None:
+def close_world(world: World, finished: bool = False) -> None:
+    """Tear the process group down. After a run that ``finished`` on every rank, the ranks meet
+    at a barrier first: a rank that closes its connections while a peer is still reading the
+    last collective's bytes makes gloo abort that peer ("terminate called without an active
+    exception"). After a failure there is no barrier, since a peer may never arrive."""
     if world.distributed and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
