@@ -30,6 +30,8 @@ from distil_core.errors import ConfigError
 from distil_core.losses import credit
 from distil_core.losses.chunk_terms import Chunk, ChunkTerms, Expert, ExpertHead, ExpertTopK
 from distil_core.losses.expert_batch import ExpertBatch, LossOutput, RowContext, tempered
+from distil_core.losses.importance import importance_weights
+from distil_core.losses.reference import token_logprobs
 from distil_core.losses.methods import METHODS, Method, credit_options, method_named
 
 __all__ = ["chunked_loss", "chunked_distillation_loss", "ExpertHead", "ExpertTopK", "Expert"]
@@ -59,7 +61,9 @@ def chunked_loss(
     and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for ``jsd``;
     ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64 inputs stay
     float64). A ``stats`` dict, when given, receives the token means of CE and KL to the expert
-    (``ce_to_expert``, ``kl_to_expert``; dense experts only), as the trainer logs.
+    (``ce_to_expert``, ``kl_to_expert``; over the k+1 buckets for a top-k expert), as the trainer logs.
+    ``old_logprobs`` ``[B, T]`` (the sampling policy's, when a batch is optimised more than once)
+    weighs each position's gradient by ``min(π/π_old, is_clip)`` (:mod:`distil_core.losses.importance`).
     """
     terms = _terms(method)
     if chunk_size < 1:
@@ -68,19 +72,21 @@ def chunked_loss(
     if unknown:
         raise TypeError(f"chunked_loss: unexpected options {', '.join(sorted(unknown))}")
     o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0])
-    o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None)
+    o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None, ratios=[0.0, 0.0])
     loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
     if stats is not None and not isinstance(expert, ExpertTopK):
         n = max(float(mask.bool().sum()), 1.0)
         stats["ce_to_expert"] = o["stats"]["ce"] / n
         stats["kl_to_expert"] = o["stats"]["kl"] / n
+        if options.get("old_logprobs") is not None:
+            stats["ratio_mean"], stats["is_truncated_fraction"] = (v / n for v in o["ratios"])
     return loss
 
 
 CHUNK_DEFAULTS = dict(
     future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, baseline="none", gamma=1.0,
     group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
-    beta=0.5, temperature=1.0, reverse_kl_gamma=0.0,
+    beta=0.5, temperature=1.0, reverse_kl_gamma=0.0, old_logprobs=None, is_clip=2.0,
 )
 """The options of :func:`chunked_loss` and their defaults."""
 
@@ -161,6 +167,8 @@ def _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, o):
             part, carry = terms.total(chunk, o)
             part = part / count
             (grad_logits,) = torch.autograd.grad(part, [logits])
+        if o["old_logprobs"] is not None:
+            grad_logits = _importance_weighted(grad_logits, logits, chunk, o)
         total = total + part.detach()
         # the projection's gradients by hand, accumulated in place: no [V, H] temporary per chunk
         grad_hidden[:, start:stop] = (grad_logits @ w).to(hidden.dtype)
@@ -173,6 +181,17 @@ def _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, o):
     )
 
 
+def _importance_weighted(grad_logits: Tensor, logits: Tensor, chunk: Chunk, o: dict) -> Tensor:
+    """The chunk's logit gradients times the truncated importance weights; adds the chunk's sums
+    of the (untruncated) ratio and of truncated positions over its kept positions to ``o["ratios"]``."""
+    current = token_logprobs(logits.detach(), chunk.tokens)
+    old = o["old_logprobs"][:, chunk.start : chunk.stop].to(current.dtype)
+    ratio = torch.where(chunk.keep, (current - old).exp(), 0.0)
+    o["ratios"][0] += float(ratio.sum())
+    o["ratios"][1] += float((ratio > o["is_clip"]).sum())
+    return grad_logits * importance_weights(current, old, o["is_clip"]).unsqueeze(-1)
+
+
 def chunked_distillation_loss(
     method: Union[str, Method],
     cfg: LossConfig,
@@ -183,9 +202,11 @@ def chunked_distillation_loss(
     mask: Tensor,
     expert: ExpertBatch,
     rows: RowContext,
+    old_logprobs: Optional[Tensor] = None,
 ) -> LossOutput:
     """:func:`~distil_core.losses.methods.distillation_loss` from the student's hidden states and
-    output projection, the logits made ``cfg.chunk_size`` positions at a time."""
+    output projection, the logits made ``cfg.chunk_size`` positions at a time; ``old_logprobs``
+    as in :func:`chunked_loss`."""
     spec = method_named(method)
     response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
@@ -204,7 +225,7 @@ def chunked_distillation_loss(
     loss = chunked_loss(
         spec, hidden, weight, tokens, mask, target, bias=bias, chunk_size=cfg.chunk_size,
         beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
-        **credit_options(spec, cfg, rows, response_mask),
+        old_logprobs=old_logprobs, is_clip=cfg.is_clip, **credit_options(spec, cfg, rows, response_mask),
     )
     stats["signal_tokens"] = float(mask.sum())
     return LossOutput(loss, stats)

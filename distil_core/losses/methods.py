@@ -32,6 +32,7 @@ from distil_core.losses.expert_batch import (
     stack_signals,
     tempered,
 )
+from distil_core.losses.importance import clip_stats
 from distil_core.types import ExpertSignal
 
 
@@ -41,7 +42,9 @@ class MicroBatch:
 
     ``signals`` are the expert's answers for these rows (None: no signal); ``advantages``
     ``[B]`` are filled for methods that learn from group advantages; ``total_tokens`` is the
-    token count of the whole accumulated batch (the divisor of token-summed losses).
+    token count of the whole accumulated batch (the divisor of token-summed losses);
+    ``old_logprobs`` ``[B, T]`` those of the policy that sampled the rows, when the batch is
+    optimised more than once (None: the current ones, detached).
     """
 
     loss: LossConfig
@@ -53,6 +56,7 @@ class MicroBatch:
     advantages: Optional[Tensor] = None
     total_tokens: float = 0.0
     max_new_tokens: Optional[int] = None
+    old_logprobs: Optional[Tensor] = None
 
 
 @dataclass
@@ -79,7 +83,8 @@ class Method:
     method gives its loss per expert access level (``dense_loss`` on ``[B, T, V]`` logits,
     ``topk_loss`` on top-k ids and log-probs, ``sampled_loss`` on sampled ids; None refuses
     that access) and, when it can run without the full logits, ``chunk`` — its terms for
-    :func:`distil_core.losses.chunked.chunked_loss`.
+    :func:`distil_core.losses.chunked.chunked_loss`. ``clipped_ratio``: the loss holds its own
+    ratio π/π_old (GRPO), so it takes the old log-probs itself instead of importance weights.
     """
 
     name: str
@@ -92,6 +97,7 @@ class Method:
     topk_loss: Optional[AccessLoss] = None
     sampled_loss: Optional[AccessLoss] = None
     chunk: Optional[chunk_terms.ChunkTerms] = None
+    clipped_ratio: bool = False
 
     @property
     def chunkable(self) -> bool:
@@ -194,11 +200,12 @@ def grpo_micro_loss(
         eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_type=cfg.loss_type, normalizer=normalizer,
         max_completion_length=max_completion_length,
     )
-    return LossOutput(loss, {"signal_tokens": float(mask.sum())})
+    stats = clip_stats(logprobs, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+    return LossOutput(loss, {**stats, "signal_tokens": float(mask.sum())})
 
 
 def _grpo_batch_loss(method: Method, b: MicroBatch) -> LossOutput:
-    return grpo_micro_loss(b.loss, b.logits, b.tokens, b.mask, b.advantages.to(b.logits.device), None,
+    return grpo_micro_loss(b.loss, b.logits, b.tokens, b.mask, b.advantages.to(b.logits.device), b.old_logprobs,
                            float(b.total_tokens), max_completion_length=b.max_new_tokens)
 
 
@@ -280,7 +287,8 @@ METHODS: dict[str, Method] = {
         _distillation("jsd", dense_loss=_jsd_dense, topk_loss=_jsd_topk, chunk=chunk_terms.JSD_TERMS),
         _distillation("reverse_kl", dense_loss=_reverse_kl_dense, topk_loss=_reverse_kl_topk,
                       chunk=chunk_terms.REVERSE_KL_TERMS),
-        Method("grpo", needs_expert=False, batch_loss=_grpo_batch_loss, scale=grpo_share, group_advantages=True),
+        Method("grpo", needs_expert=False, batch_loss=_grpo_batch_loss, scale=grpo_share, group_advantages=True,
+               clipped_ratio=True),
     )
 }
 """Every training method by name, in the order the docs list them."""

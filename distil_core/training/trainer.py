@@ -34,6 +34,7 @@ from distil_core.training.runlog import reference_tokens, rollout_lines, run_sum
 from distil_core.training.runtime import Runtime, build_runtime
 from distil_core.training.step import Clock, StepBatch, collect_step, fail_reasons, problems_for_step, step_counts
 from distil_core.training.step import step_key
+from distil_core.training.reference_policy import ReferencePolicy
 from distil_core.training.update import Learner, update_policy
 from distil_core.types import Problem
 
@@ -104,6 +105,7 @@ class Trainer:
                 check_projection(model, self.rt.pad_id)
             except (ValueError, AttributeError) as exc:
                 raise ConfigError(f"loss.chunk_size: {exc}") from None
+        reference = ReferencePolicy.build(self.config, model)  # the initial weights, before sharding
         if self.sharded:  # after the runtime: self/hf expert copies stay whole, local copies
             fsdp.shard_policy(model)
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=opt.lr, betas=opt.betas,
@@ -111,7 +113,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0)
         return Learner(self.config, self.rt, model, optimizer, scheduler, self.world, self.method,
-                       sharded=self.sharded, chunked=self.chunked)
+                       sharded=self.sharded, chunked=self.chunked, reference=reference)
 
     @property
     def model(self) -> Any:

@@ -35,6 +35,7 @@ from typing import Any, Optional
 from distil_core import Problem
 
 from .common import Record, SuiteTask, split_procedural
+from .fields import Fields, Preset, parse_python
 
 # -- procedural ------------------------------------------------------------------------------
 
@@ -68,13 +69,6 @@ def _apply(steps: list[tuple[str, int]], x: int) -> int:
 # -- loaders -----------------------------------------------------------------------------------
 
 
-def _parse(record: Record, field: str, source: str) -> ast.Module:
-    try:
-        return ast.parse(source)
-    except SyntaxError as exc:
-        raise record.error(field, f"is not valid Python: {exc.msg} (line {exc.lineno})") from None
-
-
 class _Rename(ast.NodeTransformer):
     def __init__(self, old: str, new: str):
         self.old, self.new = old, new
@@ -95,11 +89,11 @@ def _identifier(record: Record, field: str) -> str:
 FENCE_NOTE = "Reply with the whole program in a ```python block."
 
 
-def _humaneval(record: Record) -> Problem:
+def _humaneval(record: Record, problem: Problem) -> Problem:
     prompt = record.text("prompt")
     test = record.text("test")
     entry = _identifier(record, "entry_point")
-    tree = _parse(record, "test", test)
+    tree = parse_python(record, "test", test)
     check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None or not check.args.args:
         raise record.error("test", "must define check(candidate), the HumanEval test function")
@@ -111,30 +105,28 @@ def _humaneval(record: Record) -> Problem:
         asserts = [f"check({entry})"]
     solution = record.text("canonical_solution", required=False)
     if solution is not None:
-        _parse(record, "canonical_solution", prompt + solution)
+        parse_python(record, "canonical_solution", prompt + solution)
     return Problem(
-        id=record.ident("task_id", "id"),
+        id=problem.id,
         prompt=f"Complete this Python function. {FENCE_NOTE}\n```python\n{prompt}```",
         reference={"asserts": asserts, "setup": test},
         metadata={"entry_point": entry, "solution": prompt + solution if solution is not None else None},
     )
 
 
-def _mbpp(record: Record) -> Problem:
+def _mbpp(record: Record, problem: Problem) -> Problem:
     text = record.text("text")
-    tests = record.listing("test_list")
-    for i, test in enumerate(tests):
-        if not isinstance(test, str) or not test.strip():
-            raise record.error(f"test_list[{i}]", "must be a non-empty assert statement")
-        _parse(record, f"test_list[{i}]", test)
+    tests = problem.reference.get("asserts")
+    if tests is None:
+        raise record.error("test_list", "must be a list of assert statements")
     setup = record.text("test_setup_code", required=False, default="") or ""
-    _parse(record, "test_setup_code", setup)
+    parse_python(record, "test_setup_code", setup)
     code = record.text("code", required=False)
     if code is not None:
-        _parse(record, "code", code)
+        parse_python(record, "code", code)
     listed = "\n".join(tests)
     return Problem(
-        id=record.ident("task_id", "id"),
+        id=problem.id,
         prompt=f"{text.strip()}\nYour code should pass these tests:\n{listed}\n{FENCE_NOTE}",
         reference={"asserts": tests, "setup": setup},
         metadata={"solution": code},
@@ -155,7 +147,7 @@ def _lcb_cases(record: Record, field: str, required: bool) -> list[dict[str, Any
     return cases
 
 
-def _livecodebench(record: Record) -> Problem:
+def _livecodebench(record: Record, problem: Problem) -> Problem:
     content = record.text("question_content")
     cases = _lcb_cases(record, "public_test_cases", True) + _lcb_cases(record, "private_test_cases", False)
     types = {case.get("testtype", "stdin") for case in cases}
@@ -190,11 +182,22 @@ def _livecodebench(record: Record) -> Problem:
         prompt += f"\nStarter code:\n```python\n{starter}```"
     solution = record.text("solution", required=False)
     return Problem(
-        id=record.ident("question_id", "id", "question_title"),
+        id=problem.id,
         prompt=f"{prompt}\n{FENCE_NOTE}",
         reference=reference,
         metadata={"solution": solution, **{k: record.data[k] for k in ("platform", "difficulty") if record.has(k)}},
     )
+
+
+FORMATS = {
+    # check(candidate)'s asserts become one test each; the prompt is the function to complete
+    "humaneval": Preset(Fields(prompt_key="prompt", id_keys=("task_id", "id")), _humaneval),
+    # test_list is the generic tests key (assert statements); test_setup_code runs first
+    "mbpp": Preset(Fields(prompt_key="text", tests_key="test_list", id_keys=("task_id", "id")), _mbpp),
+    # public and private test cases, stdin or functional, become io or calls tests
+    "livecodebench": Preset(Fields(prompt_key="question_content", id_keys=("question_id", "id", "question_title")),
+                            _livecodebench),
+}
 
 
 class CodeTask(SuiteTask):
@@ -208,7 +211,7 @@ class CodeTask(SuiteTask):
     """
 
     name = "code"
-    formats = {"humaneval": _humaneval, "mbpp": _mbpp, "livecodebench": _livecodebench}
+    formats = FORMATS
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from distil_core import Feedback, Problem, Rollout, Verdict
 
 from . import arith
 from .common import Record, SuiteTask, split_procedural
+from .fields import Fields, Preset
 
 # -- the task ------------------------------------------------------------------------------------
 
@@ -34,8 +35,7 @@ _GSM_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 _GSM_STEP = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 
 
-def _gsm8k(record: Record) -> Problem:
-    question = record.text("question")
+def _gsm8k(record: Record, problem: Problem) -> Problem:
     answer = record.text("answer")
     match = _GSM_FINAL.search(answer)
     if match is None:
@@ -48,16 +48,13 @@ def _gsm8k(record: Record) -> Problem:
         if arith.evaluate(expr) is not None:
             steps.append({"expr": expr.strip(), "value": value.strip()})
     worked = _GSM_STEP.sub("", answer[: match.start()]).strip()
-    return Problem(
-        id=record.ident("id", "task_id"),
-        prompt=question,
-        reference=arith.show(arith.number(final)),
-        metadata={"steps": steps, "solution": worked},
-    )
+    return problem.model_copy(update={
+        "reference": arith.show(arith.number(final)),
+        "metadata": {"steps": steps, "solution": worked},
+    })
 
 
-def _math(record: Record) -> Problem:
-    problem = record.text("problem")
+def _math(record: Record, problem: Problem) -> Problem:
     solution = record.text("solution")
     answer = record.text("answer", required=False)
     if answer is None:
@@ -66,11 +63,17 @@ def _math(record: Record) -> Problem:
             raise record.error("solution", "has no \\boxed{...} answer; add one or give an 'answer' field")
     if not answer.strip():
         raise record.error("answer", "is empty")
-    meta: dict[str, Any] = {"solution": solution}
-    for key in ("level", "type", "subject"):
-        if record.has(key):
-            meta[key] = record.data[key]
-    return Problem(id=record.ident("id", "unique_id", "task_id"), prompt=problem, reference=answer.strip(), metadata=meta)
+    meta: dict[str, Any] = {"solution": solution, **problem.metadata}
+    return problem.model_copy(update={"reference": answer.strip(), "metadata": meta})
+
+
+FORMATS = {
+    # the text after '####' is the reference; the <<expr=value>> annotations are the worked steps
+    "gsm8k": Preset(Fields(prompt_key="question", answer_key="answer", id_keys=("id", "task_id")), _gsm8k),
+    # the reference is 'answer', else the last \boxed{} of the solution
+    "math": Preset(Fields(prompt_key="problem", id_keys=("id", "unique_id", "task_id"),
+                          metadata_keys=("level", "type", "subject")), _math),
+}
 
 
 class MathTask(SuiteTask):
@@ -85,7 +88,7 @@ class MathTask(SuiteTask):
     """
 
     name = "math"
-    formats = {"gsm8k": _gsm8k, "math": _math}
+    formats = FORMATS
 
     def __init__(
         self,
@@ -239,6 +242,9 @@ class MathAnswerVerifier:
         self._lock = threading.Lock()
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
+        if isinstance(problem.reference, (dict, list)):  # tests, not an answer: every verdict would fail
+            raise ValueError(f"math_answer: problem {problem.id!r} holds code tests, not an answer; "
+                             "grade it with verifier code_exec")
         answer, where = extract_final(rollout.response_text)
         expected = normalize(str(problem.reference))
         got = normalize(answer) if answer is not None else None

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 from distil_core import Feedback, Problem, Rollout, Verdict
 
 from .common import Record, SuiteTask, split_procedural
+from .fields import Fields, Preset
 
 INSTRUCTION = "Reply with the letter in <answer></answer> tags."
 _TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S | re.I)
@@ -38,7 +39,7 @@ def format_question(question: str, labels: Sequence[str], texts: Sequence[str], 
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _sciknoweval(record: Record) -> Problem:
+def _sciknoweval(record: Record, problem: Problem) -> Problem:
     question = record.text("question")
     choices = record.data.get("choices")
     if isinstance(choices, dict):
@@ -78,7 +79,7 @@ def _sciknoweval(record: Record) -> Problem:
         if record.has(name):
             meta[name] = record.data[name]
     return Problem(
-        id=record.ident("id", "question_id"),
+        id=problem.id,
         prompt=format_question(question, labels, [str(t) for t in texts]),
         reference=key,
         metadata=meta,
@@ -173,7 +174,7 @@ class ScienceTask(SuiteTask):
     """
 
     name = "science"
-    formats = {"sciknoweval": _sciknoweval}
+    formats = {"sciknoweval": Preset(Fields(prompt_key="question", id_keys=("id", "question_id")), _sciknoweval)}
 
     def __init__(
         self,

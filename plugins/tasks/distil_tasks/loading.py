@@ -1,0 +1,122 @@
+"""The one loading path: tables of records → problems → a train and a test split.
+
+Split rule, first that applies:
+
+1. ``test_path``: ``path`` is the train split and ``test_path`` the test split.
+2. ``split_key``: a column naming each record's split; records whose value is ``split``
+   (default ``train``) train, those whose value is ``test_split`` (default ``test``) are held
+   out, others are left out.
+3. A dataset with named splits (a ``DatasetDict`` directory, a Hub dataset): the split named
+   ``split`` trains and the one named ``test_split`` is held out when there is one.
+4. Otherwise the held-out share: records are ordered by the SHA-256 of their problem id and the
+   first ``round(n * test_fraction)`` of them (at least one when there are two or more records
+   and ``test_fraction > 0``) form the test split. The rule depends only on the ids, not on the
+   order of the records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from distil_core import Problem
+
+from .records import Record
+from .sources import Table, open_tables
+
+Converter = Callable[[Record], Problem]
+
+
+def load_records(records: Iterable[Record], convert: Converter, what: str) -> list[Problem]:
+    """Every record converted; ids must be unique within ``what`` (a file or a split)."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for record in records:
+        problem = convert(record)
+        if problem.id in seen:
+            raise record.error(None, f"duplicate problem id {problem.id!r} (first at {seen[problem.id]})")
+        seen[problem.id] = f"{record.unit} {record.line}"
+        problem.metadata.setdefault("source", record.where)
+        problems.append(problem)
+    if not problems:
+        raise ValueError(f"task file {what!r} holds no records")
+    return problems
+
+
+def split_by_id(problems: Sequence[Problem], test_fraction: float) -> dict[str, list[Problem]]:
+    """The documented split rule: order by SHA-256 of the id, the first share is the test split."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1) (got {test_fraction})")
+    ordered = sorted(problems, key=lambda p: hashlib.sha256(p.id.encode("utf-8")).hexdigest())
+    n_test = round(len(ordered) * test_fraction)
+    if test_fraction > 0 and len(ordered) >= 2:
+        n_test = min(max(n_test, 1), len(ordered) - 1)
+    test_ids = {p.id for p in ordered[:n_test]}
+    return {
+        "train": [p for p in problems if p.id not in test_ids],
+        "test": [p for p in problems if p.id in test_ids],
+    }
+
+
+def load_splits(
+    path: str,
+    convert: Converter,
+    *,
+    test_path: Optional[str] = None,
+    test_fraction: float = 0.2,
+    split: str = "train",
+    test_split: str = "test",
+    split_key: Optional[str] = None,
+    subset: Optional[str] = None,
+) -> dict[str, list[Problem]]:
+    """``{"train": [...], "test": [...]}`` from ``path`` by the split rule of this module."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1) (got {test_fraction})")
+    tables = open_tables(path, subset)
+    if split_key:
+        return by_column(path, tables, convert, split_key, split, test_split)
+    named = {t.name: t for t in tables if t.name is not None}
+    if named and split not in named:
+        raise ValueError(f"{path!r} has the splits {sorted(named)}; set options.split to one of them (got {split!r})")
+    train_table = named[split] if named else tables[0]
+    train = load_records(train_table.records, convert, path)
+    if test_path is not None:
+        return {"train": train, "test": load_whole(test_path, convert, test_split, subset)}
+    if test_split in named and test_split != split:
+        return {"train": train, "test": load_records(named[test_split].records, convert, f"{path} ({test_split})")}
+    return split_by_id(train, test_fraction)
+
+
+def load_whole(path: str, convert: Converter, prefer: str, subset: Optional[str]) -> list[Problem]:
+    """A test file: its one table, or its split named ``prefer``."""
+    tables = open_tables(path, subset)
+    named = {t.name: t for t in tables if t.name is not None}
+    if named and prefer not in named:
+        raise ValueError(f"{path!r} has the splits {sorted(named)}; set options.test_split to one of them (got {prefer!r})")
+    return load_records((named[prefer] if named else tables[0]).records, convert, path)
+
+
+def by_column(
+    path: str, tables: list[Table], convert: Converter, key: str, split: str, test_split: str
+) -> dict[str, list[Problem]]:
+    """Split by the value each record holds under ``key``."""
+    groups: dict[str, list[Record]] = {split: [], test_split: []}
+    values: set[str] = set()
+    for table in tables:
+        for record in table.records:
+            if key not in record.data:
+                raise record.error(key, f"missing; options.split_key needs every record's split (keys: {sorted(record.data)})")
+            value: Any = record.data[key]
+            values.add(repr(value))
+            if isinstance(value, str) and value in groups:
+                groups[value].append(record)
+    for name in (split, test_split):
+        if not groups[name]:
+            raise ValueError(
+                f"{path!r}: no record has {key} = {name!r} (values found: {', '.join(sorted(values)) or 'none'}); "
+                f"set options.split and options.test_split to the values of the {key!r} column"
+            )
+    return {
+        "train": load_records(groups[split], convert, f"{path} ({key}={split})"),
+        "test": load_records(groups[test_split], convert, f"{path} ({key}={test_split})"),
+    }

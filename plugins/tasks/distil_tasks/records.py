@@ -1,0 +1,91 @@
+"""One record of a task's data with its place, and the error that names that place.
+
+A record comes from a JSONL line (its place is ``file:line``) or a table row of a Parquet
+file or a ``datasets`` dataset (``file row N``, counting from 0 as ``ds[N]`` and
+``df.iloc[N]`` do). Every check of a field goes through :class:`Record`, so a bad record
+always stops the load with its place, the field and what it should be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+
+class RecordError(ValueError):
+    """A record does not fit its format: ``file:line: field 'x': what is wrong`` (or ``file row N: ...``)."""
+
+    def __init__(self, path: str, line: int, field: Optional[str], message: str, unit: str = "line"):
+        self.path, self.line, self.field, self.unit = path, line, field, unit
+        where = place(path, line, unit)
+        super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
+
+
+def place(path: str, line: int, unit: str = "line") -> str:
+    """``file:line`` for a line of a text file, ``file row N`` for a table row."""
+    return f"{path}:{line}" if unit == "line" else f"{path} row {line}"
+
+
+class Record:
+    """One record with its place, and typed field access that names the field.
+
+    ``label`` is the id a record without one gets (``train.jsonl:3``, ``train:3`` for a row
+    of a dataset's ``train`` split); it defaults to the file's name and the line or row.
+    """
+
+    def __init__(self, path: str, line: int, data: dict[str, Any], unit: str = "line", label: Optional[str] = None):
+        self.path, self.line, self.data, self.unit = path, line, data, unit
+        self.label = label or f"{os.path.basename(path.rstrip(os.sep))}:{line}"
+
+    @property
+    def where(self) -> str:
+        return place(self.path, self.line, self.unit)
+
+    def error(self, field: Optional[str], message: str) -> RecordError:
+        return RecordError(self.path, self.line, field, message, self.unit)
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def text(self, name: str, *, required: bool = True, default: Optional[str] = None) -> Optional[str]:
+        """A string field; required ones must be present and not blank."""
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise self.error(name, "missing (a non-empty string is required)")
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {type(value).__name__}")
+        if required and not value.strip():
+            raise self.error(name, "is empty")
+        return value
+
+    def ident(self, *names: str) -> str:
+        """The record's id from the first of ``names`` present (a string or an integer), else its label."""
+        for name in names:
+            value = self.data.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+                raise self.error(name, "an id must be a non-empty string or an integer")
+            return str(value)
+        return self.label
+
+    def listing(self, name: str, *, required: bool = True) -> Optional[list[Any]]:
+        """A list field, or a JSON string holding one (as some dataset dumps store it)."""
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise self.error(name, "missing (a list is required)")
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise self.error(name, "is a string but not a JSON list") from None
+        if not isinstance(value, list):
+            raise self.error(name, f"must be a list, not {type(value).__name__}")
+        if required and not value:
+            raise self.error(name, "is empty")
+        return value

@@ -1,0 +1,164 @@
+"""Where a task's records come from, as tables of :class:`~distil_tasks.records.Record`.
+
+``path`` may be
+
+- a JSONL file (any extension but the ones below; one JSON object per line, blank lines
+  skipped), whose records are placed by ``file:line``;
+- a Parquet file (``.parquet``, read with pyarrow);
+- a CSV or JSON file (``.csv``, ``.tsv``, ``.json``, read with ``datasets.load_dataset``);
+- a directory written by ``datasets``' ``save_to_disk``: a ``DatasetDict`` (one table per
+  split, named by the split) or a single ``Dataset``;
+- otherwise, a dataset name on the Hugging Face Hub (``owner/name``), read with
+  ``load_dataset`` when the Hub can be reached or the dataset is in the local cache.
+
+Table rows are placed by ``file row N``. pyarrow and datasets are optional (the tasks
+plugin's ``datasets`` extra) and imported only when a path needs them, so JSONL loading works
+without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional
+
+from .records import Record, RecordError
+
+LOADERS = {".csv": "csv", ".tsv": "csv", ".json": "json"}  # read through datasets.load_dataset
+TABLE_SUFFIXES = {".parquet", ".jsonl", *LOADERS}
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+KINDS_HELP = ("a JSONL, Parquet, CSV or JSON file, a directory written by datasets' save_to_disk, "
+              "or a Hugging Face Hub dataset name")
+
+
+@dataclass
+class Table:
+    """The records of one file or one split; ``name`` is the split's name, or None for a file."""
+
+    name: Optional[str]
+    records: Iterable[Record]
+
+
+def require(module: str, package: str, what: str) -> Any:
+    """Import an optional library, or say which pip command installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"reading {what} needs the {package} package: pip install {package} "
+            f"(or install the tasks plugin with its extra: pip install 'distil-tasks[datasets]')"
+        ) from None
+
+
+def open_tables(path: str, subset: Optional[str] = None) -> list[Table]:
+    """The tables ``path`` holds: one for a file or a single dataset, one per split otherwise."""
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"path must be {KINDS_HELP} (got {path!r})")
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        return saved_dataset(path)
+    if os.path.isfile(path):
+        if suffix == ".parquet":
+            return [Table(None, parquet_rows(path))]
+        if suffix in LOADERS:
+            return [Table(None, loaded_rows(path, LOADERS[suffix]))]
+        return [Table(None, jsonl_rows(path))]
+    if suffix in TABLE_SUFFIXES or not _HUB_NAME.match(path):
+        raise ValueError(f"task file {path!r} does not exist; give the path of {KINDS_HELP}")
+    return hub_dataset(path, subset)
+
+
+def jsonl_rows(path: str) -> Iterator[Record]:
+    """Each non-blank line of a JSONL file; a line that is not a JSON object raises RecordError."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(path, number, None, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(data, dict):
+                raise RecordError(path, number, None, f"a record must be a JSON object, not {type(data).__name__}")
+            yield Record(path, number, data)
+
+
+def parquet_rows(path: str) -> Iterator[Record]:
+    """Each row of a Parquet file, read a batch at a time."""
+    pq = require("pyarrow.parquet", "pyarrow", f"the Parquet file {path!r}")
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError subclasses for a bad file
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    row = 0
+    for batch in handle.iter_batches(batch_size=1024):
+        for data in batch.to_pylist():
+            yield Record(path, row, data, unit="row")
+            row += 1
+
+
+def dataset_rows(dataset: Any, path: str, split: Optional[str] = None) -> Iterator[Record]:
+    """Each row of a ``datasets.Dataset``; rows of a split are placed ``path (split) row N``."""
+    where = f"{path} ({split})" if split else path
+    for row, data in enumerate(dataset):
+        yield Record(where, row, dict(data), unit="row", label=f"{split}:{row}" if split else None)
+
+
+def saved_dataset(path: str) -> list[Table]:
+    """The splits of a ``save_to_disk`` directory (one table for a single ``Dataset``)."""
+    datasets = require("datasets", "datasets", f"the directory {path!r}")
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"{path!r} is a directory but not one written by datasets' save_to_disk ({exc}); "
+            f"give {KINDS_HELP}"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        return [Table(name, dataset_rows(loaded[name], path, name)) for name in loaded]
+    return [Table(None, dataset_rows(loaded, path))]
+
+
+def loaded_rows(path: str, builder: str) -> list[Record]:
+    """A CSV or JSON file through ``datasets.load_dataset``, its cache in a directory removed after."""
+    datasets = require("datasets", "datasets", f"the {builder.upper()} file {path!r}")
+    options = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+    with tempfile.TemporaryDirectory(prefix="distil-tasks-") as cache:
+        try:
+            dataset = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache, **options)
+        except Exception as exc:  # the builders raise many types for a malformed file
+            raise ValueError(f"{path}: datasets could not read it as {builder.upper()} ({exc})") from None
+        return list(dataset_rows(dataset, path))
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_dataset(name: str, subset: Optional[str]) -> list[Table]:
+    """A Hub dataset's splits (from the local cache when the Hub is offline)."""
+    datasets = require("datasets", "datasets", f"the Hub dataset {name!r}")
+    local = f"{name!r} is not a local file or directory"
+    try:
+        loaded = datasets.load_dataset(name, subset)
+    except OSError as exc:  # ConnectionError, and FileNotFoundError for an unknown name, are OSErrors
+        if hub_offline():
+            raise ValueError(
+                f"{local}, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1) with no cached copy of it: "
+                "give the path of a local file or save_to_disk directory, or unset HF_HUB_OFFLINE "
+                "on a machine that can reach the Hub"
+            ) from None
+        if isinstance(exc, ConnectionError):
+            raise ValueError(
+                f"{local}, and the Hugging Face Hub could not be reached ({exc}): give the path of a "
+                "local file or save_to_disk directory, or check the network"
+            ) from None
+        raise ValueError(f"{local}, and the Hub has no dataset of that name ({exc}); check the path") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        return [Table(split, dataset_rows(loaded[split], name, split)) for split in loaded]
+    return [Table(None, dataset_rows(loaded, name))]
