@@ -197,6 +197,21 @@ class RolloutConfig(_Section):
         return self
 
 
+class KLReference(_Section):
+    """A KL penalty from the policy to a reference policy, per token (docs/algorithms.md)."""
+
+    coef: float = Field(default=0.0, ge=0.0, description="β of the penalty; 0 turns it off.")
+    estimator: Literal["k1", "k3"] = Field(
+        default="k3",
+        description="k1: log π - log π_ref. k3: r - 1 - log r with r = π_ref / π (never negative).",
+    )
+    reference: Literal["initial", "lora_base"] = Field(
+        default="initial",
+        description="initial: a frozen copy of the starting weights. lora_base: with model.lora, the "
+        "base model with the adapters switched off (no copy).",
+    )
+
+
 class LossConfig(_Section):
     future_credit: bool = Field(default=True, description="distil: propagate future disagreement to earlier tokens.")
     future_cost: Literal["kl", "ce"] = Field(
@@ -243,6 +258,12 @@ class LossConfig(_Section):
         default="skip",
         description="Rollouts whose expert context adds nothing (q = p): skip them or keep them.",
     )
+    is_clip: float = Field(
+        default=2.0, ge=1.0,
+        description="With several passes per batch (optim.epochs, optim.minibatches): the distillation "
+        "losses weigh each token by min(π/π_old, is_clip).",
+    )
+    kl_to_reference: KLReference = Field(default_factory=KLReference)
 
 
 class OptimConfig(_Section):
@@ -251,6 +272,11 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
     grad_accum: int = Field(default=1, ge=1, le=65536, description="Micro-batches per optimizer step.")
+    epochs: int = Field(default=1, ge=1, le=1000, description="Optimisation passes over each batch of rollouts.")
+    minibatches: int = Field(
+        default=1, ge=1, le=65536,
+        description="Mini-batches per pass (whole prompt groups), one optimizer step each.",
+    )
     warmup_steps: int = Field(default=0, ge=0, le=BIG)
 
 

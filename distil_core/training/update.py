@@ -1,6 +1,12 @@
-"""The update: a step's rows → micro-batch losses (through the method registry) → one optimizer step.
+"""The update: a step's rows → micro-batch losses (through the method registry) → optimizer steps.
 
-Every micro-batch's loss is weighted by its share of the *global* batch (the method's
+By default one optimizer step per batch; with ``optim.epochs`` and ``optim.minibatches``, one
+per mini-batch and pass (:mod:`~distil_core.training.epochs`), off-policy passes corrected by
+GRPO's clipped ratio or the distillation losses' importance weights
+(:mod:`~distil_core.losses.importance`). ``loss.kl_to_reference`` adds a per-token penalty
+(:mod:`~distil_core.losses.reference_kl`).
+
+Every micro-batch's loss is weighted by its share of the *global* (mini-)batch (the method's
 ``scale``: tokens for the distillation methods, GRPO's aggregation for GRPO), so accumulating
 micro-batches, and summing gradients over ranks, gives the gradient of the whole batch at once.
 Under FSDP every rank runs as many forward/backward passes as the busiest rank: a rank with
@@ -19,18 +25,24 @@ import torch
 from distil_core.config import RunConfig
 from distil_core.losses.chunked import chunked_distillation_loss
 from distil_core.losses.credit import group_advantages
+from distil_core.losses.importance import importance_weights, ratio_stats, weighted_gradient
 from distil_core.losses.methods import LossOutput, Method, MicroBatch, RowContext, Share, stack_signals
+from distil_core.losses.reference import token_logprobs
+from distil_core.losses.reference_kl import kl_penalty_sum
 from distil_core.models.forward import output_projection, response_hidden, response_logits
 from distil_core.models.lora import trainable_parameters
 from distil_core.training import fsdp
 from distil_core.training.distributed import World
+from distil_core.training.epochs import Recorded, check_passes, mini_batches, record_logprobs
+from distil_core.training.reference_policy import ReferencePolicy
 from distil_core.training.step import StepBatch
 from distil_core.types import ExpertQuery, ExpertSignal
 
 
 @dataclass
 class Learner:
-    """What an update reads and changes: the policy, its optimizer and schedule, the ranks."""
+    """What an update reads and changes: the policy, its optimizer and schedule, the ranks, and
+    the reference policy of ``loss.kl_to_reference`` (None: no penalty)."""
 
     config: RunConfig
     runtime: Any
@@ -41,6 +53,10 @@ class Learner:
     method: Method
     sharded: bool = False
     chunked: bool = False
+    reference: Optional[ReferencePolicy] = None
+
+    def __post_init__(self) -> None:
+        check_passes(self.config, self.world.size, self.chunked)
 
     def full_weights(self) -> Any:
         """Under fsdp, the whole policy gathered for the block (see :func:`fsdp.full_weights`)."""
@@ -49,7 +65,7 @@ class Learner:
 
 @dataclass
 class Plan:
-    """How this rank's rows go into the loss: targets, per-row token weights, micro-batches,
+    """How a (mini-)batch's rows go into the loss: targets, per-row token weights, micro-batches,
     and the batch-wide totals each micro-batch's weight is a share of."""
 
     targets: list[list[int]]
@@ -62,21 +78,40 @@ class Plan:
 
 
 def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
-    """One optimizer step on ``batch``; returns the step's loss and stats, summed over ranks."""
-    cfg, world = learner.config, learner.world
+    """The batch's optimizer steps (one per mini-batch and epoch); returns the loss and stats
+    summed over ranks, averaged over the steps."""
+    cfg = learner.config
     rows = RowInputs.of(learner, batch)
-    plan = plan_update(learner, batch, rows.text_mode)
+    targets, weight_of = row_targets(learner, batch, rows.text_mode)
+    everything = list(range(len(targets)))
+    importance = learner.method.clipped_ratio or not rows.text_mode
+    recorded = record_logprobs(learner, [batch.prompts[j // batch.n] for j in everything], targets,
+                               micro_batches(everything, batch.n, cfg.optim.grad_accum), importance=importance)
+    steps = []
+    for _ in range(cfg.optim.epochs):
+        for subset in mini_batches(len(targets), batch.n, cfg.optim.minibatches):
+            plan = plan_update(learner, batch, targets, weight_of, subset)
+            steps.append(optimizer_step(learner, accumulate(learner, batch, rows, plan, recorded), schedule=False))
+    if any(not s["skipped_nonfinite"] for s in steps):
+        end_of_batch(learner)
+    return merged_steps(steps)
+
+
+def accumulate(learner: Learner, batch: StepBatch, rows: "RowInputs", plan: Plan, recorded: Recorded) -> dict[str, float]:
+    """Gradients of one (mini-)batch's loss, accumulated over its micro-batches (and summed over
+    ranks); returns its loss and token-weighted stats, summed over ranks."""
+    cfg, world = learner.config, learner.world
     totals: dict[str, float] = {"loss": 0.0}
     learner.optimizer.zero_grad(set_to_none=True)
     for chunk in plan.micro:
         micro_tokens = sum(plan.weight_of[j] for j in chunk)
         if micro_tokens == 0:
             continue
-        out = micro_loss(learner, batch, rows, plan, chunk)
+        out, penalty = micro_loss(learner, batch, rows, plan, chunk, recorded)
         share = Share(len(chunk), plan.total_rows, plan.total_micro, micro_tokens, plan.total_tokens)
         scale = learner.method.scale(cfg.loss, share)
-        (out.loss * scale).backward()
-        totals["loss"] += float(out.loss.detach()) * scale
+        (out.loss * scale if penalty is None else out.loss * scale + penalty).backward()
+        totals["loss"] += float(out.loss.detach()) * scale + (0.0 if penalty is None else float(penalty.detach()))
         for key, value in out.stats.items():
             if key != "signal_tokens":
                 totals[key] = totals.get(key, 0.0) + value * micro_tokens / plan.total_tokens
@@ -89,7 +124,19 @@ def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
             world.sum_grads(trainable_parameters(learner.model))
         parts = world.gather(totals)
         totals = {k: sum(p.get(k, 0.0) for p in parts) for k in {k for p in parts for k in p}}
-    return optimizer_step(learner, totals)
+    return totals
+
+
+def merged_steps(steps: list[dict[str, float]]) -> dict[str, float]:
+    """One row for the batch: each key's mean over its optimizer steps (a single step's row as it
+    is); ``skipped_nonfinite`` is 1 when any step was skipped, ``optimizer_steps`` counts them."""
+    if len(steps) == 1:
+        return steps[0]
+    keys = {k for s in steps for k in s}
+    out = {k: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in keys}
+    out["skipped_nonfinite"] = max(s["skipped_nonfinite"] for s in steps)
+    out["optimizer_steps"] = len(steps)
+    return out
 
 
 @dataclass
@@ -133,45 +180,80 @@ def rank_advantages(world: World, scores: list[float], n: int, scale: str) -> to
     return advantages[offset : offset + len(scores)]
 
 
-def plan_update(learner: Learner, batch: StepBatch, text_mode: bool) -> Plan:
-    """Rows the loss reads: every row for a method that reads them all (GRPO, a success term);
-    else rows with a usable signal. Totals are gathered over ranks (collective)."""
+def row_targets(learner: Learner, batch: StepBatch, text_mode: bool) -> tuple[list[list[int]], list[int]]:
+    """Each row's target tokens and the tokens it weighs in the loss: every row for a method that
+    reads them all (GRPO, a success term); else rows with a usable signal."""
     cfg, signals, n = learner.config, batch.signals, batch.n
     tok = learner.runtime.tokenizer
     targets = [text_target(tok, s) if text_mode else r.response_ids for r, s in zip(batch.rollouts, signals)]
     every_row = learner.method.reads_every_row(cfg.loss, n)
     weight_of = [len(t) if (every_row or (signals[j] is not None and signals[j].ok)) else 0
                  for j, t in enumerate(targets)]
-    micro = micro_batches(len(targets), n, cfg.optim.grad_accum)
+    return targets, weight_of
+
+
+def plan_update(learner: Learner, batch: StepBatch, targets: list[list[int]], weight_of: list[int],
+                subset: list[int]) -> Plan:
+    """The micro-batches of the rows ``subset`` (whole groups); totals are gathered over ranks
+    (collective)."""
+    micro = micro_batches(subset, batch.n, learner.config.optim.grad_accum)
     learning = sum(any(weight_of[j] for j in chunk) for chunk in micro)
-    parts = learner.world.gather((sum(weight_of), len(targets), len(micro), learning))
+    parts = learner.world.gather((sum(weight_of[j] for j in subset), len(subset), len(micro), learning))
     total_tokens, total_rows, total_micro = (sum(part[i] for part in parts) for i in range(3))
     idle = max(part[3] for part in parts) - learning if learner.sharded else 0
     return Plan(targets, weight_of, micro, total_tokens, total_rows, total_micro, idle)
 
 
-def micro_loss(learner: Learner, batch: StepBatch, rows: RowInputs, plan: Plan, chunk: list[int]) -> LossOutput:
+def micro_loss(learner: Learner, batch: StepBatch, rows: RowInputs, plan: Plan, chunk: list[int],
+               recorded: Recorded) -> tuple[LossOutput, Optional[torch.Tensor]]:
     """One micro-batch's loss: chunked from hidden states when the method and the expert's
-    signals allow it, else from full logits through the method's own loss."""
+    signals allow it, else from full logits through the method's own loss; and the KL penalty
+    to the reference, already divided by the batch's token count (None: no penalty)."""
     cfg, model, n, pad = learner.config, learner.model, batch.n, learner.runtime.pad_id
     prompts = [batch.prompts[j // n] for j in chunk]
     targets = [plan.targets[j] for j in chunk]
     signals = [batch.signals[j] for j in chunk]
     context = rows.context(learner, chunk, n)
+    width = max((len(t) for t in targets), default=0)
     if learner.chunked and not rows.text_mode and not rows.sampled:
         hidden, tokens, mask = response_hidden(model, prompts, targets, pad)
         weight, bias = output_projection(model)
         expert = stack_signals(signals, tokens.shape[1], weight.shape[0], hidden.device)
-        return chunked_distillation_loss(learner.method, cfg.loss, hidden, weight, bias, tokens, mask, expert, context)
+        old = recorded.old_for(chunk, width, hidden.device)
+        return chunked_distillation_loss(learner.method, cfg.loss, hidden, weight, bias, tokens, mask, expert, context,
+                                         old_logprobs=old), None
     logits, tokens, mask = response_logits(model, prompts, targets, pad)
+    old = recorded.old_for(chunk, width, logits.device)
+    read = mask * torch.tensor([float(plan.weight_of[j] > 0) for j in chunk], device=mask.device).unsqueeze(1)
+    weighted, stats = logits, {}
+    if old is not None and not learner.method.clipped_ratio:  # importance weights for the distillation losses
+        current = token_logprobs(logits.detach().float(), tokens)
+        weighted = weighted_gradient(logits, importance_weights(current, old, cfg.loss.is_clip))
+        stats = ratio_stats(current, old, read, cfg.loss.is_clip)
     advantages = None if rows.advantages is None else rows.advantages[chunk]
-    return learner.method.loss(MicroBatch(
-        cfg.loss, logits, tokens, mask, signals, context, advantages=advantages,
-        total_tokens=float(plan.total_tokens), max_new_tokens=cfg.rollout.max_new_tokens))
+    out = learner.method.loss(MicroBatch(
+        cfg.loss, weighted, tokens, mask, signals, context, advantages=advantages,
+        total_tokens=float(plan.total_tokens), max_new_tokens=cfg.rollout.max_new_tokens,
+        old_logprobs=old if learner.method.clipped_ratio else None))
+    out.stats.update(stats)
+    return out, kl_penalty(learner, recorded.ref_for(chunk, width, logits.device), logits, tokens, read, plan, out)
 
 
-def optimizer_step(learner: Learner, totals: dict[str, float]) -> dict[str, float]:
-    """Clip, step, schedule; then tell an expert that follows the policy (``on_policy_update``).
+def kl_penalty(learner: Learner, ref: Optional[torch.Tensor], logits: torch.Tensor, tokens: torch.Tensor,
+               read: torch.Tensor, plan: Plan, out: LossOutput) -> Optional[torch.Tensor]:
+    """``coef · Σ KL estimate / N`` over the micro-batch's read tokens, N the batch's token count
+    (so the batch's penalty is ``coef`` times the token mean); logs the estimate's token mean."""
+    if ref is None:
+        return None
+    reference = learner.reference
+    total = kl_penalty_sum(token_logprobs(logits.float(), tokens), ref, read, reference.estimator)
+    out.stats["kl_to_reference"] = float(total.detach()) / max(float(read.sum()), 1.0)
+    return reference.coef * total / plan.total_tokens
+
+
+def optimizer_step(learner: Learner, totals: dict[str, float], *, schedule: bool = True) -> dict[str, float]:
+    """Clip, step, and (``schedule``) :func:`end_of_batch`: the schedule, then an expert that
+    follows the policy. With several optimizer steps per batch, the caller ends the batch once.
 
     A step whose loss or gradient norm is NaN or inf is skipped: its gradients are dropped and
     neither the optimizer (whose moment estimates one NaN would poison for good) nor the
@@ -188,13 +270,21 @@ def optimizer_step(learner: Learner, totals: dict[str, float]) -> dict[str, floa
         learner.optimizer.zero_grad(set_to_none=True)
         return totals
     learner.optimizer.step()
-    learner.scheduler.step()
     learner.optimizer.zero_grad(set_to_none=True)
+    if schedule:
+        end_of_batch(learner)
+    return totals
+
+
+def end_of_batch(learner: Learner) -> None:
+    """After a batch's optimizer steps (at least one taken): the learning-rate schedule moves one
+    step (it counts batches of rollouts, however many passes each gets), and an expert that
+    follows the policy is told (``on_policy_update``)."""
+    learner.scheduler.step()
     hook = getattr(learner.runtime.expert, "on_policy_update", None)
     if callable(hook):
         with learner.full_weights():
             hook(learner.model)
-    return totals
 
 
 def text_target(tokenizer: Any, signal: Optional[ExpertSignal]) -> list[int]:
@@ -204,9 +294,11 @@ def text_target(tokenizer: Any, signal: Optional[ExpertSignal]) -> list[int]:
     return tokenizer.encode(signal.text, add_special_tokens=False) + [tokenizer.eos_token_id]
 
 
-def micro_batches(count: int, group_size: int, accum: int) -> list[list[int]]:
-    """Split rows into ``accum`` micro-batches on group boundaries (group baselines need whole groups)."""
-    groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
+def micro_batches(rows: Sequence[int], group_size: int, accum: int) -> list[list[int]]:
+    """Split ``rows`` (whole groups, in order) into ``accum`` micro-batches on group boundaries
+    (group baselines need whole groups)."""
+    rows = list(rows)
+    groups = [rows[i : i + group_size] for i in range(0, len(rows), group_size)]
     per = max(1, -(-len(groups) // accum))
     return [sum(groups[i : i + per], []) for i in range(0, len(groups), per)]
 

@@ -1,0 +1,103 @@
+"""Several optimisation passes per batch of rollouts (``optim.epochs``, ``optim.minibatches``).
+
+Each pass splits the batch into ``optim.minibatches`` mini-batches of whole prompt groups, and
+each mini-batch into ``optim.grad_accum`` micro-batches: one optimizer step per mini-batch,
+``epochs × minibatches`` per batch, the same split every epoch. Everything a step's loss is a
+share of (token and row counts) is the mini-batch's, so each optimizer step follows the gradient
+of its mini-batch's loss, and with one mini-batch and one epoch the update is the one it always
+was. Advantages are computed once, over the whole batch.
+
+Before the first update, :func:`record_logprobs` records what every later pass compares with,
+under ``no_grad``: the log-probs of the policy that sampled the rows (``old``: only when there is
+more than one pass — on the only pass the current ones, detached, are exactly those) and the
+reference policy's (``ref``: only with ``loss.kl_to_reference``). Each rank records its own rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from distil_core.errors import ConfigError
+from distil_core.training.reference_policy import padded, row_logprobs
+
+
+def passes(config: Any) -> int:
+    """Optimizer steps per batch of rollouts."""
+    return config.optim.epochs * config.optim.minibatches
+
+
+def check_passes(config: Any, world_size: int, chunked: bool) -> None:
+    """Refuse what several passes or the KL penalty cannot do, naming both options."""
+    groups = config.rollout.problems_per_step // world_size
+    if config.optim.minibatches > groups:
+        raise ConfigError(
+            f"optim.minibatches ({config.optim.minibatches}) is more than the prompt groups each process gets "
+            f"per step (rollout.problems_per_step {config.rollout.problems_per_step} over {world_size} "
+            f"process(es) = {groups}); a mini-batch holds whole groups. Lower optim.minibatches or raise "
+            "rollout.problems_per_step")
+    if chunked and config.loss.kl_to_reference.coef > 0:
+        raise ConfigError("loss.kl_to_reference is not available with loss.chunk_size > 0 (the chunked losses never "
+                          "form the policy's log-probs with a gradient); set loss.chunk_size: 0 or "
+                          "loss.kl_to_reference.coef: 0")
+
+
+def mini_batches(count: int, group_size: int, k: int) -> list[list[int]]:
+    """Rows ``0..count-1`` in exactly ``k`` mini-batches of whole groups, sizes within one group of
+    each other (a rank with fewer groups than ``k`` gets empty ones, so every rank takes as many
+    optimizer steps)."""
+    groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
+    per, extra = divmod(len(groups), k)
+    out, start = [], 0
+    for i in range(k):
+        stop = start + per + (1 if i < extra else 0)
+        out.append(sum(groups[start:stop], []))
+        start = stop
+    return out
+
+
+@dataclass
+class Recorded:
+    """Per-row log-probs recorded before the first update (None: not needed)."""
+
+    old: Optional[list[torch.Tensor]] = None
+    ref: Optional[list[torch.Tensor]] = None
+
+    def old_for(self, rows: Sequence[int], width: int, device: Any) -> Optional[torch.Tensor]:
+        return None if self.old is None else padded(self.old, rows, width, device)
+
+    def ref_for(self, rows: Sequence[int], width: int, device: Any) -> Optional[torch.Tensor]:
+        return None if self.ref is None else padded(self.ref, rows, width, device)
+
+
+def record_logprobs(learner: Any, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                    micro: Sequence[Sequence[int]], *, importance: bool) -> Recorded:
+    """The old and reference log-probs of every row the loss reads, ``micro`` (lists of rows)
+    at a time. ``importance``: whether any loss will read old log-probs (GRPO's ratio, or the
+    distillation losses' importance weights; not a text expert's rows, which the policy did not
+    sample)."""
+    model, pad = learner.model, learner.runtime.pad_id
+    reference = getattr(learner, "reference", None)
+    want_old = importance and passes(learner.config) > 1
+    if not want_old and reference is None:
+        return Recorded()
+    chunk = learner.config.loss.chunk_size if learner.chunked else 0
+    old: list[torch.Tensor] = [torch.zeros(0)] * len(targets)
+    ref: list[torch.Tensor] = [torch.zeros(0)] * len(targets)
+    with learner.full_weights():
+        for rows in micro:
+            rows = [j for j in rows if targets[j]]
+            if not rows:
+                continue
+            p, t = [prompts[j] for j in rows], [targets[j] for j in rows]
+            if want_old:
+                for j, values in zip(rows, row_logprobs(model, p, t, pad, chunk_size=chunk)):
+                    old[j] = values
+            if reference is not None:
+                module, context = reference.scoring(model)
+                with context:
+                    for j, values in zip(rows, row_logprobs(module, p, t, pad)):
+                        ref[j] = values
+    return Recorded(old if want_old else None, ref if reference is not None else None)
