@@ -23,6 +23,7 @@ from distil_core.protocols import (
     Expert,
     FeedbackSource,
     HiddenStateExpert,
+    Logger,
     Register,
     Runtime,
     StatefulExpert,
@@ -66,6 +67,7 @@ __all__ = [
     "UpdatingExpert",
     "StatefulExpert",
     "SyncedGenerator",
+    "Logger",
     "Runtime",
     # registering
     "hookimpl",

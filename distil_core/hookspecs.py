@@ -40,6 +40,15 @@ def register_tasks(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment trackers: register("my-tracker", MyLogger), a :class:`~distil_core.protocols.Logger`.
+
+    A run builds those named in ``train.report_to``, calling the factory with ``run_dir=`` (the run
+    directory, where a local tracker writes) and the options in ``train.tracker_options.<name>``.
+    """
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register `distil` subcommands: register("review", ReviewCommand).
 
@@ -49,4 +58,4 @@ def register_commands(register: Register) -> None:
 
 
 __all__ = ["PROJECT", "hookspec", "hookimpl", "register_verifiers", "register_feedback_sources",
-           "register_experts", "register_tasks", "register_commands"]
+           "register_experts", "register_tasks", "register_loggers", "register_commands"]

@@ -7,7 +7,7 @@ requires a ``distil-toolkit`` version other than the one running, is reported by
 rest still load.
 
 The machinery is :class:`Registry`, one pluggy project with its registration hooks; the core's
-:class:`PluginHost` is the registry of the five component kinds, and a plugin that lets other
+:class:`PluginHost` is the registry of the six component kinds, and a plugin that lets other
 plugins extend it (``distil-tools`` and its ``register_tools`` hook) builds its own registry
 from the same class.
 
@@ -35,12 +35,13 @@ from distil_core.version import core_version, unmet_requirement
 
 GROUP = "distil"
 CORE_DISTRIBUTION = "distil-toolkit"
-DEFAULT_PLUGINS = ("distil_core.builtin", "distil_core.models.experts")
+DEFAULT_PLUGINS = ("distil_core.builtin", "distil_core.models.experts", "distil_core.tracking.plugin")
 KINDS = {
     "verifier": "register_verifiers",
     "feedback_source": "register_feedback_sources",
     "expert": "register_experts",
     "task": "register_tasks",
+    "logger": "register_loggers",
     "command": "register_commands",
 }
 
@@ -301,7 +302,7 @@ class Registry:
 
 
 class PluginHost(Registry):
-    """The core's registry: tasks, verifiers, feedback sources, experts and commands."""
+    """The core's registry: tasks, verifiers, feedback sources, experts, loggers and commands."""
 
     def __init__(self, *, load_entrypoints: Optional[bool] = None, allow: Optional[list[str]] = None):
         super().__init__(

@@ -187,6 +187,38 @@ class SyncedGenerator(Protocol):
     def after_update(self, model: Any, step: int) -> Optional[dict[str, float]]: ...
 
 
+@runtime_checkable
+class Logger(Protocol):
+    """An experiment tracker (``train.report_to``), registered through ``register_loggers``.
+
+    Its factory is called with ``run_dir=`` (the run directory: a local tracker writes under it)
+    and the options in ``train.tracker_options.<name>``; it should import its library there, so a
+    missing one stops the run before the model loads. Only rank 0 builds and calls it, after the
+    same record is in the run's JSONL files; a method that raises gets the tracker closed
+    (``close(failed=True)``) and dropped with a warning, and the run goes on.
+    """
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Once, when training starts: the run's config as nested sections (secret-looking
+        option values replaced by ``"***"``)."""
+        ...
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """A row of numbers at ``step``: every numeric value of a metrics.jsonl row, and every
+        evaluation as ``eval/<metric>`` (step 0: before training)."""
+        ...
+
+    def log_table(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Every ``train.log_rollout_table_every`` steps: a few rollouts, one dict each, with the
+        same keys (``prompt``, ``response``, ``reward``, ``passed``, ``feedback``,
+        ``expert_context`` …)."""
+        ...
+
+    def close(self, failed: bool = False) -> None:
+        """Once, at the end of the run (``failed``: it stopped with an error): flush and finish."""
+        ...
+
+
 # -- what a plugin is handed ---------------------------------------------------------------------
 
 
@@ -302,6 +334,7 @@ __all__ = [
     "UpdatingExpert",
     "StatefulExpert",
     "SyncedGenerator",
+    "Logger",
     "Runtime",
     "Register",
     "MaybeAwaitable",

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
+from distil_core.cli.runlogs import read_jsonl
 from distil_core.cli.report import aggregate, final_lengths, render_markdown, render_sweep, table_metrics, terminal_table
 from distil_core.config import Method, RunConfig, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
@@ -235,18 +236,11 @@ class Bench:
 
     @staticmethod
     def _row(suite: str, method: str, seed: int, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
-        curve = []
-        eval_path = os.path.join(run_dir, "eval.jsonl")
-        if os.path.exists(eval_path):
-            with open(eval_path, encoding="utf-8") as fh:
-                for line in fh:
-                    rec = json.loads(line)
-                    curve.append({"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k}})
-        lengths = []
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        if os.path.exists(metrics_path):
-            with open(metrics_path, encoding="utf-8") as fh:
-                lengths = [[rec["step"], rec["response_tokens"]] for rec in map(json.loads, fh) if "response_tokens" in rec]
+        eval_path, metrics_path = os.path.join(run_dir, "eval.jsonl"), os.path.join(run_dir, "metrics.jsonl")
+        evals = read_jsonl(eval_path) if os.path.exists(eval_path) else []
+        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k}} for rec in evals]
+        metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+        lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if "response_tokens" in rec]
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
                 "before": summary["before"], "after": summary["after"], "curve": curve,
                 "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens")}

@@ -1,7 +1,8 @@
-"""``distil``: train, evaluate, list plugins, benchmark, serve; plugins add their own commands.
+"""``distil``: train, evaluate, plot runs, list plugins, benchmark, serve; plugins add their own commands.
 
-    distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume]
+    distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume | --overwrite]
     distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
+    distil plot  RUN_DIR [RUN_DIR ...] [--output PNG] [--metrics M ...] [--json]
     distil plugins [--json]
     distil bench [SPEC] [--quick] [--suites S ...] [--methods M ...] [--seeds N ...] [--output-dir DIR] [--report-dir DIR]
     distil serve [--model tiny|PATH] [--port 0] [--host 127.0.0.1] [--api-key KEY] [--fault SPEC ...]
@@ -52,7 +53,7 @@ def _builtin_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="distil", description="Train language models from rich feedback with DistIL.")
     parser.add_argument("--version", action="version", version=f"distil-toolkit {__version__}")
     sub = parser.add_subparsers(dest="command")
-    for add in (_add_train, _add_eval, _add_plugins, _add_bench, _add_serve):
+    for add in (_add_train, _add_eval, _add_plot, _add_plugins, _add_bench, _add_serve):
         add(sub)
     return parser, sub
 
@@ -70,6 +71,8 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--output-dir", help="run directory (default: runs/<method>-<time>)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from its latest checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --output-dir (its logs, checkpoints and final model are deleted)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
@@ -82,6 +85,18 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+
+def _add_plot(sub: Any) -> None:
+    plot = sub.add_parser("plot", help="draw the curves of one or several runs, overlaid, into one PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (written by distil train)")
+    plot.add_argument("--output", help="the PNG to write (default: RUN_DIR/curves.png for one run, "
+                                       "./curves.png for several)")
+    plot.add_argument("--metrics", nargs="+", type=_names, metavar="M",
+                      help="panels to draw (default: reward pass@1 response_tokens ce_to_expert kl_to_expert "
+                           "feedback_coverage time); any numeric key of metrics.jsonl or eval.jsonl also works")
+    plot.add_argument("--json", action="store_true", help="print what was drawn (panels, legend labels) as JSON")
+    plot.set_defaults(func=cmd_plot)
 
 
 def _add_plugins(sub: Any) -> None:
@@ -165,6 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distil_core.config import load_config
 
     config_path = args.config
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --output-dir and --overwrite replaces it: give one of them.")
     if args.resume:
         if not args.output_dir:
             raise ConfigError("--resume needs --output-dir: the run directory to continue.")
@@ -183,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distil_core.training.distributed import close_world
     from distil_core.training.trainer import Trainer
 
-    trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume)
+    trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
     world = trainer.world
     finished = False
     try:
@@ -204,12 +221,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def render_before_after(summary: dict[str, Any]) -> str:
     ev = summary["eval"]
     head = (f"Held-out {summary['task']}: {ev['problems']} problems × {ev['samples']} samples, "
-            f"{summary['method']} for {summary['steps']} steps ({summary['wall_s']:.0f} s)")
-    rows = [("metric", "before", "after", "change")]
+            f"{summary['method']} for {summary['steps']} steps ({_time_breakdown(summary)})")
+    rows = [("metric (%)", "before", "after", "change")]
     for key in summary["before"]:
         b, a = summary["before"][key], summary["after"][key]
         rows.append((key, f"{100 * b:.1f}", f"{100 * a:.1f}", f"{100 * (a - b):+.1f}"))
     return head + "\n" + render_table(rows)
+
+
+def _time_breakdown(summary: dict[str, Any]) -> str:
+    """'412 s: setup 200 s, training 150 s, evaluation 62 s' — setup is building or loading the
+    models (a first run builds the tiny base); a resumed run's parts are its last session's."""
+    parts = summary.get("time_s") or {}
+    if not parts:
+        return f"{summary['wall_s']:.0f} s"
+    names = {"setup": "setup", "train": "training", "eval": "evaluation"}
+    split = ", ".join(f"{names[k]} {parts[k]:.0f} s" for k in names if k in parts)
+    session = sum(parts.values())
+    if abs(session - summary["wall_s"]) > 1.0:  # earlier sessions: a resumed run
+        return f"{summary['wall_s']:.0f} s in all; this session {split}"
+    return f"{summary['wall_s']:.0f} s: {split}"
 
 
 # -- eval -------------------------------------------------------------------------------------
@@ -245,11 +276,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=config.seed + EVAL_SEED_OFFSET,  # the seed training's own evaluations use
     )
     if args.json:
-        print(json.dumps({"model": rt.model_source, "task": config.task.name, **result}, indent=2))
+        # JSON holds fractions in [0, 1] (as summary.json and eval.jsonl do); the table, percent
+        print(json.dumps({"model": rt.model_source, "task": config.task.name, "problems": len(problems),
+                          "samples": config.eval.samples, "units": "fraction", **result}, indent=2))
     else:
         print(f"{rt.model_source} on held-out {config.task.name} ({len(problems)} problems × {config.eval.samples} samples)")
-        print(render_table([("metric", "value")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
+        print(render_table([("metric", "value (%)")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
     return 0
+
+
+# -- plot -------------------------------------------------------------------------------------
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from distil_core.cli.curves import main_plot
+
+    args.metrics = [name for group in args.metrics for name in group] if args.metrics else None
+    return main_plot(args)
 
 
 # -- plugins ----------------------------------------------------------------------------------

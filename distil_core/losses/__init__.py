@@ -32,6 +32,7 @@ from distil_core.losses.credit import (
 from distil_core.losses.reference import (
     LOSS_TYPES,
     ce_kl_per_token,
+    ce_kl_topk_per_token,
     cross_entropy,
     distil_loss,
     distil_loss_sampled,
@@ -52,7 +53,7 @@ from distil_core.models.forward import topk_with_tail
 
 __all__ = [
     "ADVANTAGE_SCALES", "BASELINES", "FUTURE_COSTS", "LOSS_TYPES", "STOP_CREDITS",
-    "ce_kl_per_token", "check_credit", "check_future_credit", "credit_inputs", "cross_entropy",
+    "ce_kl_per_token", "ce_kl_topk_per_token", "check_credit", "check_future_credit", "credit_inputs", "cross_entropy",
     "distil_loss", "distil_loss_sampled", "distil_loss_topk", "distil_surrogate", "future_cost",
     "future_sum_with_carry", "generalized_jsd", "generalized_jsd_per_token", "generalized_jsd_topk",
     "group_advantages", "group_baseline", "grpo_loss", "leave_one_out_rewards", "reverse_kl_sampled",

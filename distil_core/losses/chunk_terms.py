@@ -82,11 +82,15 @@ class ChunkTerms:
     check: Callable[[dict, int], None] = lambda options, batch_size: None
 
 
-def expert_topk(chunk: Chunk, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The chunk's top-k ids and detached log-probs, in ``dtype``."""
+def expert_topk(chunk: Chunk, dtype: torch.dtype, options: dict) -> tuple[Tensor, Tensor]:
+    """The chunk's top-k ids and detached log-probs, in ``dtype``; adds the chunk's CE and KL to
+    the expert over the k+1 buckets to ``options["stats"]`` when it is kept."""
     expert = chunk.expert
-    return (expert.ids[:, chunk.start : chunk.stop],
-            expert.logprobs[:, chunk.start : chunk.stop].detach().to(dtype))
+    ids, lps = (expert.ids[:, chunk.start : chunk.stop],
+                expert.logprobs[:, chunk.start : chunk.stop].detach().to(dtype))
+    if options["stats"] is not None:
+        add_stats(chunk, *losses.ce_kl_topk_per_token(chunk.logits.detach(), ids, lps), options["stats"])
+    return ids, lps
 
 
 def expert_logits(chunk: Chunk, dtype: torch.dtype, options: dict) -> Tensor:
@@ -97,17 +101,21 @@ def expert_logits(chunk: Chunk, dtype: torch.dtype, options: dict) -> Tensor:
         expert[:, chunk.start : chunk.stop])
     teacher = teacher.detach().to(dtype)
     if options["stats"] is not None:
-        ce, kl = losses.ce_kl_per_token(chunk.logits.detach(), teacher)
-        options["stats"]["ce"] += float(torch.where(chunk.keep, ce, 0.0).sum())
-        options["stats"]["kl"] += float(torch.where(chunk.keep, kl, 0.0).sum())
+        add_stats(chunk, *losses.ce_kl_per_token(chunk.logits.detach(), teacher), options["stats"])
     return teacher
+
+
+def add_stats(chunk: Chunk, ce: Tensor, kl: Tensor, stats: dict) -> None:
+    """Sums of per-position CE and KL over the chunk's signal positions (the caller divides)."""
+    stats["ce"] += float(torch.where(chunk.keep, ce, 0.0).sum())
+    stats["kl"] += float(torch.where(chunk.keep, kl, 0.0).sum())
 
 
 def distil_total(chunk: Chunk, o: dict) -> tuple[Tensor, Tensor]:
     """DistIL (and ``distil_local``, whose options turn the future credit off) on one chunk."""
     student = F.log_softmax(chunk.logits, dim=-1)
     if isinstance(chunk.expert, ExpertTopK):
-        ids, lps = expert_topk(chunk, student.dtype)
+        ids, lps = expert_topk(chunk, student.dtype, o)
         teacher, student_q = losses.with_tail(lps), losses.with_tail(student.gather(-1, ids))
     else:
         teacher, student_q = F.log_softmax(expert_logits(chunk, student.dtype, o), dim=-1), student
@@ -145,7 +153,7 @@ def jsd_total(chunk: Chunk, o: dict) -> tuple[Tensor, Tensor]:
     """Generalised JSD on one chunk, both sides at ``temperature``."""
     student = F.log_softmax(chunk.logits / o["temperature"], dim=-1)
     if isinstance(chunk.expert, ExpertTopK):
-        ids, lps = expert_topk(chunk, student.dtype)
+        ids, lps = expert_topk(chunk, student.dtype, o)
         teacher = losses.with_tail(losses.temper_topk(lps, o["temperature"]))
         student = losses.with_tail(student.gather(-1, ids))
     else:
@@ -164,7 +172,7 @@ def reverse_kl_total(chunk: Chunk, o: dict) -> tuple[Tensor, Tensor]:
     student = F.log_softmax(chunk.logits, dim=-1)
     token_lp = losses.token_logprobs_from(student, chunk.tokens)
     if isinstance(chunk.expert, ExpertTopK):
-        ids, lps = expert_topk(chunk, student.dtype)
+        ids, lps = expert_topk(chunk, student.dtype, o)
         teacher_lp = losses.topk_token_logprobs(ids, lps, chunk.tokens)
     else:
         teacher_lp = losses.token_logprobs(expert_logits(chunk, student.dtype, o), chunk.tokens)

@@ -74,7 +74,7 @@ def chunked_loss(
     o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0])
     o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None, ratios=[0.0, 0.0])
     loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
-    if stats is not None and not isinstance(expert, ExpertTopK):
+    if stats is not None:
         n = max(float(mask.bool().sum()), 1.0)
         stats["ce_to_expert"] = o["stats"]["ce"] / n
         stats["kl_to_expert"] = o["stats"]["kl"] / n

@@ -127,9 +127,25 @@ def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
                       "sends none. Set loss.expert_temperature: 1.0")
 
 
+DIVERGENCE_KEYS = ("ce_to_expert", "kl_to_expert")
+"""The metrics row's distances from the student to the expert: every row carries both, null
+where the expert sent no distribution to compare with (sampled tokens, text)."""
+
+
 def dense_stats(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> dict[str, float]:
     """Token means of CE and KL from the student to a dense expert: how far apart they are,
     logged beside the loss (which for most methods is neither)."""
-    ce, kl = losses.ce_kl_per_token(student_logits, teacher_logits)
+    return divergence_stats(*losses.ce_kl_per_token(student_logits, teacher_logits), mask)
+
+
+def topk_stats(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """:func:`dense_stats` for a top-k expert, over the k+1 buckets its losses see (the k ids
+    and the rest of the mass), so the curve exists whatever the expert's access."""
+    return divergence_stats(*losses.ce_kl_topk_per_token(student_logits, topk_ids, topk_logprobs), mask)
+
+
+def divergence_stats(ce: Tensor, kl: Tensor, mask: Tensor) -> dict[str, float]:
+    """Per-position CE and KL as the row's :data:`DIVERGENCE_KEYS`: means over ``mask``."""
     n = mask.sum().clamp(min=1)
-    return {"ce_to_expert": float((ce * mask).sum() / n), "kl_to_expert": float((kl * mask).sum() / n)}
+    ce_key, kl_key = DIVERGENCE_KEYS
+    return {ce_key: float((ce * mask).sum() / n), kl_key: float((kl * mask).sum() / n)}

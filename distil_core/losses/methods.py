@@ -31,6 +31,7 @@ from distil_core.losses.expert_batch import (
     dense_stats,
     stack_signals,
     tempered,
+    topk_stats,
 )
 from distil_core.losses.importance import clip_stats
 from distil_core.types import ExpertSignal
@@ -159,6 +160,7 @@ def distillation_loss(
         stats = dense_stats(student.detach(), teacher, mask)
     elif expert.access == "topk":
         loss = spec.topk_loss(cfg, student, expert.topk_ids, expert.topk_logprobs, tokens, mask, credit)
+        stats = topk_stats(student.detach(), expert.topk_ids, expert.topk_logprobs, mask)
     elif expert.access == "sampled":
         if spec.sampled_loss is None:
             raise ConfigError(f"method {spec.name!r} needs expert log-probs; this expert only samples tokens")
@@ -192,7 +194,8 @@ def grpo_micro_loss(
     cfg: LossConfig, student_logits: Tensor, tokens: Tensor, mask: Tensor, advantages: Tensor,
     old_logprobs: Optional[Tensor], normalizer: Optional[float], max_completion_length: Optional[int] = None,
 ) -> LossOutput:
-    """The clipped policy-gradient loss of one micro-batch (old log-probs: the current ones, detached)."""
+    """The clipped policy-gradient loss of one micro-batch (old log-probs None: the current ones,
+    detached); stats add ``clip_fraction`` and ``ratio_mean``."""
     logprobs = losses.token_logprobs(student_logits.float(), tokens)
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     loss = losses.grpo_loss(

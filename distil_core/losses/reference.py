@@ -338,6 +338,16 @@ def ce_kl_per_token(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Ten
     return -(q * log_p).sum(-1), (q * (log_q - log_p)).sum(-1)
 
 
+def ce_kl_topk_per_token(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+    """CE(q, p) and KL(q‖p) per position over the k+1 buckets the top-k losses learn on: the
+    expert's k ids, and one tail bucket holding the rest of each side's mass (:func:`with_tail`).
+    All a top-k expert's signal can say about the gap; equal to :func:`ce_kl_per_token` when the
+    ids cover the vocabulary. Detached."""
+    log_p = with_tail(F.log_softmax(student_logits.detach(), dim=-1).gather(-1, topk_ids))
+    log_q = with_tail(topk_logprobs.detach().to(log_p.dtype))
+    return cross_entropy(log_q.exp(), log_p), _kl(log_q, log_p)
+
+
 def topk_token_logprobs(ids: Tensor, lps: Tensor, tokens: Tensor) -> Tensor:
     """The expert's log-prob of each sampled token; outside the top-k, the tail's log-mass (an upper bound)."""
     hit = ids == tokens.unsqueeze(-1)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distil_core.models.precision import full_precision, policy_autocast, to_float32
+
 
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, side: str = "right", device: Any = "cpu"
@@ -80,7 +82,10 @@ def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns) ->
     lengths = [len(r) for r in responses]
     width = max(lengths, default=0)
     ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
-    window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
+    with policy_autocast(model) as autocast:  # model.autocast; the losses get float32 either way
+        window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
+    if autocast is not None:
+        window = to_float32(window)
     # Shift each row left so its response starts at column 0 (ragged lengths end-aligned above).
     starts = torch.tensor([width - n for n in lengths], device=device)
     cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
@@ -94,8 +99,9 @@ def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns) ->
 def check_projection(model: Any, pad_id: int, sample: Sequence[int] = (1, 2, 3, 4)) -> None:
     """Raise ValueError unless the model's logits are its output projection of its decoder's
     last hidden states (no logit scaling or soft-capping), as the chunked losses assume."""
-    logits, _, _ = response_logits(model, [list(sample[:2])], [list(sample[2:])], pad_id)
-    hidden, _, _ = response_hidden(model, [list(sample[:2])], [list(sample[2:])], pad_id)
+    with full_precision(model):  # a structural check: bfloat16 rounding would hide nothing but fail it
+        logits, _, _ = response_logits(model, [list(sample[:2])], [list(sample[2:])], pad_id)
+        hidden, _, _ = response_hidden(model, [list(sample[:2])], [list(sample[2:])], pad_id)
     weight, bias = output_projection(model)
     projected = torch.nn.functional.linear(hidden, weight, bias)
     if not torch.allclose(projected.float(), logits.float(), rtol=1e-3, atol=1e-3):

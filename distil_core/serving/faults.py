@@ -14,7 +14,7 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from distil_core.serving.http import LocalOpenAIServer, Response
 from distil_core.serving.requests import ApiError, parse_body
@@ -102,6 +102,8 @@ class FaultyServer(LocalOpenAIServer):
         if fault.kind == "no_token_ids":
             raw = json.dumps({**parse_body(raw), "return_tokens_as_token_ids": False}).encode()
         status, headers, body = super().complete(path, raw)
+        if not isinstance(body, bytes):  # a stream (which has no log-probs): malformed cuts its first event
+            return (status, headers, _cut_stream(body)) if fault.kind == "malformed" else (status, headers, body)
         if fault.kind == "malformed":
             return status, headers, body[: len(body) // 2]
         if fault.kind == "no_logprobs":
@@ -111,3 +113,14 @@ class FaultyServer(LocalOpenAIServer):
                 choice.pop("prompt_logprobs", None)
             return status, headers, json.dumps(result).encode()
         return status, headers, body
+
+
+def _cut_stream(events: Iterator[bytes]) -> Iterator[bytes]:
+    """The first half of a stream's first event, then the end of the stream."""
+    try:
+        first = next(iter(events), b"")
+        yield first[: len(first) // 2]
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()

@@ -10,6 +10,10 @@ what they compute is :mod:`distil_core.serving.engine`):
                                 return_tokens_as_token_ids (vLLM's ``token_id:N`` tokens)
     POST /v1/chat/completions   messages (the model's chat template), logprobs + top_logprobs
 
+Both take ``stream`` (server-sent events, :mod:`distil_core.serving.streaming`) and
+``stream_options.include_usage``; any parameter they do not implement (``tools``,
+``response_format``, an unknown name) is a 400 naming it (:mod:`distil_core.serving.requests`).
+
 and vLLM's endpoints for changing the served weights while it runs (the model side is
 :mod:`distil_core.serving.weights`):
 
@@ -20,7 +24,8 @@ and vLLM's endpoints for changing the served weights while it runs (the model si
     POST /reset_prefix_cache      accepted; there is no prefix cache to reset
 
 A request's ``model`` is the base model's name or a loaded adapter's. Errors come in OpenAI's
-JSON shape with their status (400, 401 with an API key, 404, 500). Requests are served on
+JSON shape with their status (400, 401 with an API key, 404 naming the routes there are, 405,
+500). Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
 a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
 model runs one batch at a time, and weight changes wait for it.
@@ -37,7 +42,7 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 from distil_core.serving.engine import LocalLM
 from distil_core.serving.requests import (
@@ -50,11 +55,18 @@ from distil_core.serving.requests import (
     parse_body,
     validated,
 )
+from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
-__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS"]
+__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES"]
 
-Response = tuple[int, dict[str, str], bytes]  # status, headers, body
+Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
+UPDATE_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/collective_rpc", "/reset_prefix_cache")
+ROUTES = (("GET", "/v1/models"), ("GET", "/health"), *(("POST", p) for p in COMPLETION_PATHS + UPDATE_PATHS))
+NOT_HERE = {"/v1/responses": "The Responses API (POST /v1/responses) is not supported by distil serve; "
+                             "use POST /v1/chat/completions.",
+            "/v1/embeddings": "Embeddings (POST /v1/embeddings) are not supported by distil serve."}
+STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 class LocalOpenAIServer:
@@ -163,13 +175,26 @@ class LocalOpenAIServer:
                 status, text = updates[path](parse_body(raw, required=path != "/reset_prefix_cache"))
                 return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
             if verb != "POST" or path not in COMPLETION_PATHS:
-                raise ApiError(404, f"Unknown endpoint {verb} {path}.", code="not_found")
-            with self._in_flight(path):
-                return self.complete(path, raw)
+                raise _no_route(verb, path)
+            return self._answer(path, raw)
         except ApiError as exc:
             return _json(exc.status, exc.body(), exc.headers)
         except Exception as exc:  # a bug or a model failure: a 500 in OpenAI's shape
             return _json(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
+
+    def _answer(self, path: str, raw: bytes) -> Response:
+        """:meth:`complete`, counted in flight until its answer is sent (a stream's last byte)."""
+        counting = contextlib.ExitStack()
+        counting.enter_context(self._in_flight(path))
+        try:
+            status, headers, body = self.complete(path, raw)
+        except BaseException:
+            counting.close()
+            raise
+        if isinstance(body, bytes):
+            counting.close()
+            return status, headers, body
+        return status, headers, _closing_after(body, counting)
 
     def complete(self, path: str, raw: bytes) -> Response:
         """The answer to one completion request (``path`` in :data:`COMPLETION_PATHS`); raises
@@ -186,9 +211,15 @@ class LocalOpenAIServer:
                                 f"{', '.join(repr(s) for s in served)}.", param="model", code="model_not_found")
         adapter = None if name == self.model_name else name
         if path == "/v1/completions":
-            result = self.lm.completions(validated(CompletionRequest, body), adapter)
+            request = validated(CompletionRequest, body)
+            if request.stream:
+                return 200, dict(STREAM_HEADERS), server_sent_events(completion_chunks(self.lm, request, adapter))
+            result = self.lm.completions(request, adapter)
         else:
-            result = self.lm.chat_completions(validated(ChatRequest, body), adapter)
+            chat = validated(ChatRequest, body)
+            if chat.stream:
+                return 200, dict(STREAM_HEADERS), server_sent_events(chat_chunks(self.lm, chat, adapter))
+            result = self.lm.chat_completions(chat, adapter)
         return _json(200, result)
 
     def _authorize(self, headers: Any) -> None:
@@ -240,6 +271,29 @@ def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> R
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 
+def _no_route(verb: str, path: str) -> ApiError:
+    """A 404 (405 for a known path with another verb) that says what there is instead."""
+    if path in NOT_HERE:
+        return ApiError(404, NOT_HERE[path], param=None, code="not_found")
+    allowed = [v for v, p in ROUTES if p == path or (p == "/health" and path == "/v1/health")]
+    if allowed:
+        return ApiError(405, f"{verb} {path} is not allowed; use {' or '.join(allowed)} {path}.",
+                        code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+    routes = ", ".join(f"{v} {p}" for v, p in ROUTES)
+    return ApiError(404, f"Unknown endpoint {verb} {path}; distil serve answers {routes}.", code="not_found")
+
+
+def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterator[bytes]:
+    """``body``, then ``done`` closed, however the sending ends (the client may hang up)."""
+    try:
+        yield from body
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        done.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     app: LocalOpenAIServer
@@ -252,11 +306,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+            if isinstance(body, bytes):
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:  # a stream: HTTP/1.1 chunks, each event sent as soon as it is made
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for piece in body:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout, a closed stream)
             self.close_connection = True
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:  # a stream not sent to its end stops its decoding
+                close()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve("GET")

@@ -1,9 +1,14 @@
 """Request bodies of ``distil serve``, validated, and the errors it answers in OpenAI's shape.
 
 Each endpoint's body is a pydantic model, so a bad field is refused before any model work with
-a 400 that names it (``param``), as OpenAI's API does. Fields a client may send that this
-server does not use (``user``, ``frequency_penalty``, ...) are ignored, and ``null`` means the
-field was not sent: the OpenAI SDKs and vLLM's clients send both.
+a 400 that names it (``param``), as OpenAI's API does. ``null`` means the field was not sent
+(the OpenAI SDKs and vLLM's clients send nulls).
+
+A completions or chat parameter this server does not implement (``tools``, ``response_format``,
+``logit_bias``, a misspelt name) is refused with a 400 naming it, never ignored: an ignored
+parameter answers a different question than the client asked, with status 200. Parameters
+whose value asks for nothing (``frequency_penalty: 0``, ``best_of`` equal to ``n``, ``user``,
+which only labels the request) are accepted.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Annotated, Any, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "CompletionRequest", "ChatRequest", "LoadAdapterRequest",
+__all__ = ["ApiError", "MAX_LOGPROBS", "UNSUPPORTED", "StreamOptions", "CompletionRequest", "ChatRequest", "LoadAdapterRequest",
            "UnloadAdapterRequest", "ReloadRequest", "parse_body", "validated"]
 
 MAX_LOGPROBS = 20
@@ -47,9 +52,49 @@ class _Body(BaseModel):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-class Sampling(_Body):
-    """How to draw tokens; shared by completions and chat."""
+UNSUPPORTED = {
+    **dict.fromkeys(("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"),
+                    "tool and function calling is not supported by distil serve (answers are plain text)"),
+    "response_format": "structured output (response_format) is not supported by distil serve",
+}
+"""Parameters known to be refused, with why; any other unknown field is refused by name."""
 
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    include_obfuscation: bool = Field(False, description="obfuscation padding is not implemented")
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("'include_obfuscation': true is not supported; this server adds no padding "
+                             "to its chunks. Leave it out or set it to false.")
+        return value
+
+
+def _neutral(name: str, value: Any, neutral: Any) -> Any:
+    if value != neutral:
+        raise ValueError(f"'{name}' other than {neutral!r} is not supported by distil serve; leave it out.")
+    return value
+
+
+class Sampling(_Body):
+    """How to draw tokens, whether to stream, and the accepted no-op fields; shared by
+    completions and chat. Any other field is refused (see :func:`validated`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[StrictStr] = None  # a label for the caller's own records; changes nothing
+    frequency_penalty: Number = 0.0
+    presence_penalty: Number = 0.0
+    logit_bias: dict[str, Any] = Field(default_factory=dict)
     temperature: Number = Field(1.0, ge=0)
     top_p: Number = Field(1.0, gt=0, le=1)
     top_k: StrictInt = Field(-1, ge=-1, description="-1 or 0 turns it off")
@@ -64,6 +109,18 @@ class Sampling(_Body):
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise ValueError("'stop' must be a string or a list of strings.")
         return stops
+
+    @field_validator("frequency_penalty", "presence_penalty", "logit_bias")
+    @classmethod
+    def _no_penalties(cls, value: Any, info: Any) -> Any:
+        return _neutral(info.field_name, value, {} if info.field_name == "logit_bias" else 0)
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: Optional[StreamOptions], info: Any) -> Optional[StreamOptions]:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("'stream_options' is only allowed with 'stream': true.")
+        return value
 
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters as the engine's batches key and use them."""
@@ -85,6 +142,21 @@ class CompletionRequest(Sampling):
     prompt_logprobs: Optional[TopK] = None
     echo: bool = False
     return_tokens_as_token_ids: bool = False
+    best_of: Optional[StrictInt] = None
+    suffix: Optional[StrictStr] = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: Optional[str]) -> Optional[str]:
+        return _neutral("suffix", value or "", "") or None
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: Optional[int], info: Any) -> Optional[int]:
+        n = info.data.get("n", 1)
+        if value is not None and value != n:
+            raise ValueError(f"'best_of' other than 'n' ({n}) is not supported by distil serve; leave it out.")
+        return value
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -181,8 +253,23 @@ def validated(kind: type[Request], body: dict[str, Any]) -> Request:
         error = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"]) or None
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] != "value_error":  # pydantic's wording: say which field and what was sent
+        if error["type"] == "extra_forbidden":
+            message = _unsupported(kind, field or "")
+        elif error["type"] != "value_error":  # pydantic's wording: say which field and what was sent
             sent = f" (got {error['input']!r})" if error["type"] != "missing" else ""
             message = f"'{field}': {message}{sent}."
         param = field.split(".")[0] if field else None
         raise ApiError(400, message, param=param) from None
+
+
+def _unsupported(kind: type[BaseModel], field: str) -> str:
+    """The message for a field ``kind`` does not have: why, when it is a known feature, and the
+    fields there are."""
+    name = field.split(".")[0]
+    if name in UNSUPPORTED:
+        return f"Unsupported parameter '{name}': {UNSUPPORTED[name]}; send the request without it."
+    if "." in field:  # inside an object such as stream_options
+        return f"Unsupported parameter '{field}'; remove it."
+    known = ", ".join(sorted(f.alias or n for n, f in kind.model_fields.items() if n != "model"))
+    return (f"Unsupported parameter '{name}': distil serve does not implement it and does not ignore it; "
+            f"remove it. The parameters it takes here: model, {known}.")

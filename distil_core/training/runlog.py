@@ -13,12 +13,12 @@ import os
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from distil_core.errors import DistilError
+from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
+from distil_core.losses.expert_batch import DIVERGENCE_KEYS
+from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, remove_run, rewrite_segments, rotate_if_large
 from distil_core.training.distributed import World
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
-
-STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl")
 
 DIR_MODE = 0o750
 """A run directory's permissions (less the umask): its logs hold the task's reference answers
@@ -29,10 +29,17 @@ PRIVATE = 0o600
 """The step logs' and config.yaml's permissions: readable by the run's owner alone."""
 
 
-def prepare_run_dir(path: str) -> bool:
+def prepare_run_dir(path: str, reuse: str = "refuse") -> bool:
     """Create the run directory (``DIR_MODE``), or say in one line why it cannot be one; True
-    when this call created it (so a run that fails before writing anything can take it away)."""
+    when this call created it (so a run that fails before writing anything can take it away).
+
+    A directory that already holds a run is refused unless ``reuse`` is ``resume`` (continue
+    it) or ``overwrite`` (the old run's files go, once the new run is set up): a second run
+    never mixes into or silently replaces the first. Refusing changes nothing on disk."""
     created = not os.path.lexists(path)
+    if reuse == "refuse" and holds_run(path):
+        raise ConfigError(f"run directory {path!r} already holds a run. Continue it with --resume, replace it "
+                          "with --overwrite (its logs and checkpoints are deleted), or choose another --output-dir.")
     try:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     except OSError as exc:
@@ -57,20 +64,20 @@ def removed_if_unused(path: str, created: bool) -> Iterator[None]:
         raise
 
 
-def shared_run_dir(world: World, path: str) -> tuple[str, bool]:
+def shared_run_dir(world: World, path: str, reuse: str = "refuse") -> tuple[str, bool]:
     """Rank 0's ``path``, prepared by rank 0 (:func:`prepare_run_dir`), and whether rank 0 created
     it (False on the other ranks); when it cannot be, every
     rank raises the same one-line error (none is left waiting for the others). Collective."""
     path = world.gather(path)[0]
-    problem, created = "", False
+    problem, created = None, False
     if world.main:
         try:
-            created = prepare_run_dir(path)
+            created = prepare_run_dir(path, reuse)
         except DistilError as exc:
-            problem = str(exc)
+            problem = (isinstance(exc, ConfigError), str(exc))
     problem = world.gather(problem)[0]
     if problem:
-        raise DistilError(problem)
+        raise (ConfigError if problem[0] else DistilError)(problem[1])
     return path, created
 
 
@@ -82,8 +89,10 @@ def open_log(path: str):
 class RunLog:
     """The files of one run directory, written by rank 0 (every call is collective where it gathers)."""
 
-    def __init__(self, run_dir: str, world: World):
+    def __init__(self, run_dir: str, world: World, *, max_mb: float = 0.0, keep_segments: Optional[int] = None):
         self.run_dir, self.world = run_dir, world
+        self.max_bytes = int(max_mb * 2**20)  # 0: never rotate
+        self.keep_segments = keep_segments
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -99,24 +108,31 @@ class RunLog:
         if self.world.main and lines:
             with open_log(self.path(name)) as fh:
                 fh.write("\n".join(lines) + "\n")
+            if self.max_bytes and name in GROWING_LOGS:
+                rotate_if_large(self.run_dir, name, self.max_bytes, self.keep_segments, mode=PRIVATE)
 
     def start_fresh(self) -> None:
-        """A new run in an old directory: the old run's logs and summary go."""
+        """A new run where an old one was (``--overwrite``, checked when the directory was
+        prepared): everything the old run wrote goes, its checkpoints and final model too, so
+        nothing of it can be mistaken for the new run's. Called once the new run is set up."""
         if self.world.main:
-            for name in (*STEP_LOGS, "summary.json"):
-                if os.path.exists(self.path(name)):
-                    os.unlink(self.path(name))
+            remove_run(self.run_dir)
 
     def truncate(self, last_step: int) -> None:
         """Drop records written after the checkpoint we resume from (they will be written again)."""
         if not self.world.main:
             return
+        def keep(line: str) -> bool:
+            return bool(line.strip()) and json.loads(line).get("step", 0) <= last_step
+
         for name in STEP_LOGS:
+            if name in GROWING_LOGS:
+                rewrite_segments(self.run_dir, name, keep, mode=PRIVATE)
             path = self.path(name)
             if not os.path.exists(path):
                 continue
             with open(path, encoding="utf-8") as fh:
-                kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
+                kept = [line for line in fh if keep(line)]
             atomic_write_bytes(path, "".join(kept).encode(), mode=PRIVATE)
 
     def write_bytes(self, name: str, data: bytes, *, mode: Optional[int] = None) -> None:
@@ -221,6 +237,7 @@ def step_row(step: int, world: World, counts: dict[str, float], accounting: dict
         "loss": stats.pop("loss"),
         "reward": total["reward"] / rows,
         "pass_rate": total["pass_rate"] / rows,
+        **dict.fromkeys(DIVERGENCE_KEYS),  # null unless the expert sent a distribution (dense, top-k)
         **stats,
         "feedback_coverage": total["feedback_coverage"] / rows,
         "demo_coverage": total["demo_coverage"] / rows,
@@ -253,7 +270,8 @@ def reference_tokens(task: Any, tokenizer: Any, problems: Sequence[Problem]) -> 
 
 def run_summary(config: Any, before: dict[str, float], after: dict[str, float], **facts: Any) -> dict[str, Any]:
     """summary.json: the run's pass@k before and after training and their gain, with ``facts``
-    (model, steps, wall time, evaluation set, run directory) beside them."""
+    (model, steps, wall time, evaluation set, run directory) beside them. ``time_s`` splits the
+    last session's time into setup (building or loading the models), training and evaluation."""
     keys = [k for k in before if "@" in k]
     return {
         "method": config.method,
@@ -262,6 +280,7 @@ def run_summary(config: Any, before: dict[str, float], after: dict[str, float], 
         "steps": facts["steps"],
         "seed": config.seed,
         "wall_s": facts["wall_s"],
+        "time_s": facts.get("time_s", {}),
         "before": {k: before[k] for k in keys},
         "after": {k: after[k] for k in keys},
         "gain": {k: after[k] - before[k] for k in keys},

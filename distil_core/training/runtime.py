@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,11 +21,13 @@ from distil_core.config import RunConfig
 from distil_core.context import ContextBuilder
 from distil_core.errors import ConfigError
 from distil_core.losses.methods import method_named
+from distil_core.models.activation_checkpointing import enable_gradient_checkpointing
+from distil_core.models.precision import configure_autocast
 from distil_core.training.distributed import current_world
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.plugin_host import PluginHost, factory_parameters, get_host
 from distil_core.protocols import Expert, FeedbackSource, Task, Verifier, resolve
-from distil_core.models.tiny import BaseFeedback, build_tiny_base, cached_path
+from distil_core.models.tiny import BaseFeedback, announce, build_tiny_base, cached_path
 
 
 @dataclass
@@ -72,6 +75,9 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
     model, tokenizer, source = load_policy(config, task, progress=progress, host=host)
     device = pick_device(config.model.device)
     model.to(device)
+    configure_autocast(model, config.model, device)  # before any copy of the policy (the self expert's)
+    if config.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     rt = Runtime(config=config, model=model, tokenizer=tokenizer, device=device, host=host, task=task, model_source=source)
     params = SamplingParams(
         max_new_tokens=config.rollout.max_new_tokens,
@@ -212,6 +218,9 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     verifier = build_component(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
     sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
     teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
+    began = time.time()
+    announce(f"building the tiny base model for task {config.task.name!r}: {recipe.steps} pretraining steps "
+             f"(first use of this task and recipe; cached in {path})")
     try:
         model, tokenizer = build_tiny_base(train_problems(), config.context, recipe, progress=progress, teacher=teacher)
     finally:
@@ -223,4 +232,5 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "recipe.json"), "w") as fh:
             fh.write(key)
+    announce(f"tiny base model built in {time.time() - began:.0f} s")
     return path

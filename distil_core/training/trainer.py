@@ -23,6 +23,7 @@ from distil_core.losses.methods import method_named
 from distil_core.models.forward import check_projection
 from distil_core.models.lora import trainable_parameters
 from distil_core.plugin_host import PluginHost
+from distil_core.tracking import Trackers
 from distil_core.training import checkpointing as ckpt
 from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
@@ -35,6 +36,7 @@ from distil_core.training.runtime import Runtime, build_runtime
 from distil_core.training.step import Clock, StepBatch, collect_step, fail_reasons, problems_for_step, step_counts
 from distil_core.training.step import step_key
 from distil_core.training.reference_policy import ReferencePolicy
+from distil_core.training.schedule import build_scheduler
 from distil_core.training.update import Learner, update_policy
 from distil_core.types import Problem
 
@@ -43,13 +45,13 @@ class Trainer:
     """One run: its components, policy and optimizer, logs, evaluations and checkpoints."""
 
     def __init__(self, config: RunConfig, *, run_dir: Optional[str] = None, resume: bool = False,
-                 host: Optional[PluginHost] = None, echo: Callable[[str], None] = print,
+                 overwrite: bool = False, host: Optional[PluginHost] = None, echo: Callable[[str], None] = print,
                  world: Optional[World] = None):
         self.config = config
         self.world = world or init_world(config.model.device)
         self.echo = echo if self.world.main else (lambda _msg: None)
         self.progress = config.train.progress and self.world.main
-        self.started = time.time()
+        self.started = self.started_session = time.time()  # started moves back by the time of earlier sessions
         self.method = method_named(config.method)
         if self.world.size > config.rollout.problems_per_step:
             raise ConfigError(
@@ -61,20 +63,26 @@ class Trainer:
             fsdp.check_config(config)
         # one run directory for every rank: rank 0's (a default name holds the time), made before
         # anything slow runs, so a path that cannot be one fails at once
-        self.run_dir, created = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method))
+        reuse = "resume" if resume else "overwrite" if overwrite else "refuse"
+        self.run_dir, created = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method),
+                                               reuse)
         with removed_if_unused(self.run_dir, created):
             random.seed(config.seed)
             torch.manual_seed(config.seed)
+            # train.report_to: checked now (names, options, libraries); each opens on its first call
+            self.trackers = Trackers.open(host, config.train, self.run_dir, enabled=self.world.main, warn=self.echo)
             self.rt: Runtime = self._build_runtime(host)
             self.chunked = config.loss.chunk_size > 0 and self.method.chunkable
             self.learner = self._build_learner()
+            self.times = {"setup": time.time() - self.started, "eval": 0.0}  # this session's, for the summary
             self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
             if not self.train_problems or not self.test_problems:
                 raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
             self.step = 0
             self.evals: dict[str, dict[str, float]] = {}
             self.guard = RunGuard(config)
-            self.log = RunLog(self.run_dir, self.world)
+            self.log = RunLog(self.run_dir, self.world, max_mb=config.train.log_max_mb,
+                              keep_segments=config.train.log_keep_segments)
             if resume:
                 self._resume()
             else:
@@ -110,8 +118,7 @@ class Trainer:
             fsdp.shard_policy(model)
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=opt.lr, betas=opt.betas,
                                       weight_decay=opt.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0)
+        scheduler = build_scheduler(optimizer, opt, total_steps=self.config.train.steps)
         return Learner(self.config, self.rt, model, optimizer, scheduler, self.world, self.method,
                        sharded=self.sharded, chunked=self.chunked, reference=reference)
 
@@ -146,29 +153,35 @@ class Trainer:
         batch = StepBatch(problems, [rt.context.student_prompt_ids(p) for p in problems], cfg.rollout.samples_per_problem)
         with self.learner.full_weights():  # generation and scoring call the model unevenly across ranks
             collect_step(rt, cfg, self.method, batch, key=self.sampling_key(step), chunked=self.chunked, clock=clock)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (the schedule moves after it)
         stats = update_policy(self.learner, batch)
         clock.lap("update")
         synced = getattr(rt.generator, "after_update", None)
         if callable(synced):  # a generator outside this process gets the new policy (server rollouts)
             stats.update(synced(self.model, step) or {})
             clock.lap("sync")
-        self.log.write_lines("provenance.jsonl", provenance_lines(step, batch.rollouts, batch.verdicts,
-                                                                  batch.queries, batch.signals))
-        if cfg.train.log_rollouts:
+        if step % cfg.train.log_rollouts_every == 0:  # the growing logs: every k-th step's rollouts
+            self.log.write_lines("provenance.jsonl", provenance_lines(step, batch.rollouts, batch.verdicts,
+                                                                      batch.queries, batch.signals))
+        if cfg.train.log_rollouts and step % cfg.train.log_rollouts_every == 0:
             self.log.write_lines("rollouts.jsonl", rollout_lines(step, batch.problems, batch.rollouts,
                                                                  batch.verdicts, batch.feedback, batch.n))
+        self.trackers.log_rollouts(step, batch)  # every train.log_rollout_table_every steps: a few of rank 0's
         return step_row(step, self.world, step_counts(batch, cfg), expert_accounting(batch.signals),
-                        clock.total(), stats, self.scheduler.get_last_lr()[0], fail_reasons(batch.signals))
+                        clock.total(), stats, lr, fail_reasons(batch.signals))
 
     # -- evaluation, checkpoints, the loop ----------------------------------------------------
 
     def run_eval(self, label: str) -> dict[str, float]:
         """pass@k on the test problems; under several ranks each evaluates a contiguous share."""
+        began = time.time()
         with self.learner.full_weights():
             result = evaluate_on_ranks(self.rt, self.config, self.world, self.test_problems, label=label,
                                        progress=self.progress)
+        self.times["eval"] += time.time() - began
         self.evals[label] = result
         self.log.append("eval.jsonl", {"step": self.step, "label": label, **result})
+        self.trackers.log_eval(self.step, label, result)
         return result
 
     def save(self) -> str:
@@ -184,6 +197,12 @@ class Trainer:
         self.echo(f"Resumed {self.run_dir} at step {self.step}.")
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps`` and evaluate; the trackers see the run from start to end and are
+        closed when it ends, however it ends."""
+        with self.trackers.session(self.config.model_dump(mode="json")):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config
         total = cfg.train.steps
         if "before" not in self.evals:
@@ -195,6 +214,7 @@ class Trainer:
             self.step += 1
             row = self.train_step(self.step)
             self.log.append("metrics.jsonl", row)
+            self.trackers.log_metrics(self.step, row)  # after the JSONL record: a tracker is a copy
             self.guard.observe(row)  # logged first: the row that stops the run is on record
             bar.set_postfix(reward=f"{row['reward']:.2f}", loss=f"{row['loss']:.3f}")
             bar.update()
@@ -226,9 +246,13 @@ class Trainer:
             raise DistilError(problem)
 
     def _summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+        session = time.time() - self.started_session
+        times = {"setup": self.times["setup"], "train": session - self.times["setup"] - self.times["eval"],
+                 "eval": self.times["eval"]}
         summary = run_summary(
             self.config, before, after, model=self.rt.model_source, steps=self.step,
-            wall_s=round(time.time() - self.started, 1), problems=len(self.test_problems),
+            time_s={k: round(v, 1) for k, v in times.items()}, wall_s=round(time.time() - self.started, 1),
+            problems=len(self.test_problems),
             reference_tokens=reference_tokens(self.rt.task, self.rt.tokenizer, self.test_problems),
             run_dir=os.path.abspath(self.run_dir))
         self.log.write_json("summary.json", summary)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from distil_core import ConfigError, DistilError
+from distil_core.run_files import log_exists, log_lines
 
 from .store import Correction, CorrectionStore
 
@@ -68,33 +69,31 @@ def load_failed_rollouts(run_dir: str, problem_id: Optional[str] = None) -> tupl
     """The run's failed responses in the order they were sampled, and the unreadable lines."""
     if not os.path.isdir(run_dir):
         raise ConfigError(f"{run_dir!r} is not a directory; give the run directory that `distil train` wrote.")
-    path = os.path.join(run_dir, ROLLOUTS)
-    if not os.path.exists(path):
+    if not log_exists(run_dir, ROLLOUTS):
         raise ConfigError(
             f"{run_dir} has no {ROLLOUTS}: the run was made with train.log_rollouts: false or by an older "
             "distil. Train again with rollout logging on (the default) to review its rollouts."
         )
     items: dict[tuple[str, str], ReviewItem] = {}
     unreadable = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a run killed mid-write leaves half a line
-                unreadable += 1
-                continue
-            if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
-                unreadable += 1
-                continue
-            if (record.get("verdict") or {}).get("passed") or (problem_id and record["problem_id"] != problem_id):
-                continue
-            item = ReviewItem(record)
-            if item.key in items:
-                items[item.key].seen += 1
-            else:
-                items[item.key] = item
+    for _file, _number, line in log_lines(run_dir, ROLLOUTS):  # rotated segments first, then the live file
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
+            unreadable += 1
+            continue
+        if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
+            unreadable += 1
+            continue
+        if (record.get("verdict") or {}).get("passed") or (problem_id and record["problem_id"] != problem_id):
+            continue
+        item = ReviewItem(record)
+        if item.key in items:
+            items[item.key].seen += 1
+        else:
+            items[item.key] = item
     return list(items.values()), unreadable
 
 

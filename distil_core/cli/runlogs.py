@@ -1,0 +1,92 @@
+"""A run directory as the reports read it: its per-step metrics, its evaluations, its method.
+
+``distil plot`` and ``distil bench`` read run directories through here, so a path that is not a
+run, or a damaged log line, is reported the same way everywhere: the path (``file:line`` for a
+line) and what to do. Reading needs no torch and never writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from distil_core.errors import ConfigError, DistilError
+
+__all__ = ["RUN_DIR_HOLDS", "RunLogs", "load_run", "read_jsonl", "run_method"]
+
+RUN_DIR_HOLDS = ("metrics.jsonl (a row per training step), eval.jsonl (held-out evaluations), "
+                 "config.yaml and summary.json")
+"""What `distil train` writes into a run directory, as the errors here name it."""
+
+
+@dataclass
+class RunLogs:
+    """One run's logs: ``metrics`` (a row per step) and ``evals`` (a row per evaluation), each
+    row with its ``step``; ``method`` from summary.json or config.yaml (None when neither says)."""
+
+    path: str
+    method: Optional[str]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+
+def load_run(path: str) -> RunLogs:
+    """The logs of run directory ``path``; a ConfigError naming ``path`` when it is not one."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path!r} is not a run directory (no such directory). A run directory, "
+                          f"written by `distil train`, holds {RUN_DIR_HOLDS}.")
+    metrics_path = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(metrics_path):
+        raise ConfigError(f"{path!r} is not a run directory: it has no metrics.jsonl. A run directory, "
+                          f"written by `distil train`, holds {RUN_DIR_HOLDS}.")
+    eval_path = os.path.join(path, "eval.jsonl")
+    evals = read_jsonl(eval_path) if os.path.isfile(eval_path) else []
+    return RunLogs(path, run_method(path), read_jsonl(metrics_path), evals)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The rows of a step log, each a JSON object with a numeric ``step``.
+
+    A line that is not one is a DistilError naming ``file:line``. The one exception is an
+    unfinished last line (no newline yet): a run still writing it, which the next read sees whole.
+    """
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                break  # being written
+            raise DistilError(f"{path}:{number}: not a JSON line ({exc.msg}); the log is damaged: "
+                              "delete that line (or rerun the run) and try again.") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            raise DistilError(f"{path}:{number}: not a step record (a JSON object with a numeric \"step\"); "
+                              "is this a log written by `distil train`?")
+        rows.append(row)
+    return rows
+
+
+def run_method(path: str) -> Optional[str]:
+    """The run's method, from summary.json (a finished run) or config.yaml (any run)."""
+    for name, parse in (("summary.json", json.loads), ("config.yaml", yaml.safe_load)):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as fh:
+                data = parse(fh.read())
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("method"), str):
+            return data["method"]
+    return None

@@ -1,0 +1,22 @@
+"""What every config section shares: strict validation and the bounds of counts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+MAX_ROLLOUTS_PER_STEP = 1 << 20
+"""Rollouts one step may sample (problems_per_step × samples_per_problem): each is a sequence
+held in memory with its logits, so past this the run would fail allocating, not train."""
+
+BIG = 1_000_000_000
+"""The upper bound of counts of steps and problems: far above any real run, low enough that a
+typo (an extra zero or three) is an error naming the key rather than an allocation that fails
+deep inside torch."""
+
+
+class Section(BaseModel):
+    # NaN and ±inf are refused in every float (a learning rate of .inf trains nothing but NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+__all__ = ["Section", "BIG", "MAX_ROLLOUTS_PER_STEP"]

@@ -1,0 +1,89 @@
+"""The ``rollout`` section: how rollouts are sampled, in this process or by a server."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from distil_core.config.base import BIG, MAX_ROLLOUTS_PER_STEP
+from distil_core.config.base import Section as _Section
+
+
+class RolloutServer(_Section):
+    """An OpenAI-compatible inference server that samples the rollouts (``rollout.backend: server``).
+
+    See :mod:`distil_core.rollouts.server` and the guide's "Rollouts from an inference server".
+    """
+
+    base_url: str = Field(description="The server's address, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted).")
+    model: str = Field(description="The served name of the policy's base model (what GET /v1/models lists).")
+    api_key: Optional[str] = Field(default=None, description="Sent as 'Authorization: Bearer KEY'.")
+    api_key_env: Optional[str] = Field(default=None, description="Name of an environment variable holding the key.")
+    timeout_s: float = Field(default=300.0, gt=0.0, description="Per HTTP request.")
+    max_concurrency: int = Field(default=16, ge=1, le=65536, description="Completion requests in flight at once (one per prompt).")
+    retries: int = Field(default=2, ge=0, le=1000, description="Retries of a request the server refused for load (429, 503) or dropped.")
+    sync: Literal["auto", "lora", "weights", "none"] = Field(
+        default="auto",
+        description="How the server gets the trained policy: 'lora' (adapters, hot-loaded), 'weights' (full "
+        "safetensors, reloaded), 'none' (never; rollouts stay on the server's weights). 'auto': lora when "
+        "model.lora is set, else weights.",
+    )
+    sync_every: int = Field(default=1, ge=1, le=BIG, description="Sync after every k optimizer steps (and before evaluations and at the end).")
+    sync_dir: Optional[str] = Field(
+        default=None,
+        description="Where adapters/weights are written for the server to read; it must see the same path. "
+        "Default: <train.output_dir>/sync, else a temporary directory.",
+    )
+    adapter_name: str = Field(default="distil-policy", description="The lora_name the adapters are served under.")
+    lora_inplace: bool = Field(
+        default=True,
+        description="Replace the adapter under one name (load_inplace: true, recent vLLM). false: a new name "
+        "per version, the previous one unloaded (any vLLM with runtime LoRA updating).",
+    )
+    initial_sync: bool = Field(
+        default=True,
+        description="Push the policy before the first rollouts. false: trust that the server already serves "
+        "the policy's starting weights (saves one full-weight write).",
+    )
+    reset_prefix_cache: bool = Field(
+        default=True,
+        description="POST /reset_prefix_cache after each sync, so no KV computed by older weights is reused.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000")
+        return value
+
+
+class RolloutConfig(_Section):
+    problems_per_step: int = Field(default=16, ge=1, le=1_000_000)
+    samples_per_problem: int = Field(default=8, ge=1, le=65536)
+    max_new_tokens: int = Field(default=10, ge=1, le=10_000_000)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    backend: Literal["local", "server"] = Field(
+        default="local",
+        description="'local': HF generate in this process. 'server': an OpenAI-compatible server (rollout.server).",
+    )
+    server: Optional[RolloutServer] = Field(default=None, description="Needed with backend: server.")
+
+    @model_validator(mode="after")
+    def _server_named(self) -> "RolloutConfig":
+        rows = self.problems_per_step * self.samples_per_problem
+        if rows > MAX_ROLLOUTS_PER_STEP:
+            raise ValueError(
+                f"rollout.problems_per_step × rollout.samples_per_problem = {rows} rollouts per step, more than "
+                f"{MAX_ROLLOUTS_PER_STEP}; lower one of them (or split the work over more steps)")
+        if self.backend == "server" and self.server is None:
+            raise ValueError(
+                "backend 'server' needs a rollout.server section with at least base_url and model, e.g. "
+                "--set rollout.server='{base_url: http://127.0.0.1:8000, model: tiny}'"
+            )
+        return self
+
+
+__all__ = ["RolloutServer", "RolloutConfig"]

@@ -1,0 +1,171 @@
+"""The files of a run directory, and how its growing logs are rotated and read back.
+
+A run writes ``metrics.jsonl`` and ``eval.jsonl`` (a line per step or evaluation: small), and
+``rollouts.jsonl`` and ``provenance.jsonl`` (a line per rollout or expert query: these grow with
+the run). Once a growing log passes ``train.log_max_mb`` it is closed and compressed into a
+numbered segment beside it (``rollouts.000001.jsonl.gz``, ``rollouts.000002.jsonl.gz``, ...) and
+a new live file starts; only the newest ``train.log_keep_segments`` segments are kept, so a long
+run's logs stay bounded. :func:`log_lines` reads a log back whole, segments first, so a reader
+(the review desk, a resumed run) never needs to know whether it was rotated.
+
+A rotation never loses or repeats a line, even when the process dies half way: the live file is
+first renamed to an uncompressed segment (one atomic step), then compressed beside it through an
+atomic write, and the uncompressed copy removed last; a reader that finds both takes the
+compressed one, which exists only once complete.
+
+Torch-free: plugins that read runs (``distil review``) use it without the training stack.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+from typing import Iterator, Optional
+
+from distil_core.io import atomic_file
+
+GROWING_LOGS = ("rollouts.jsonl", "provenance.jsonl")
+"""The logs that grow with the number of rollouts; these are rotated."""
+
+STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl")
+"""Every log keyed by step: a resumed run drops their lines past its checkpoint."""
+
+RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", "trackers")
+"""What a run writes into its directory (besides rotated segments); ``--overwrite`` removes
+exactly these, and a directory holding any of them already holds a run."""
+
+_SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<index>\d{6})\.jsonl(?P<gz>\.gz)?$")
+
+
+def holds_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` already holds (part of) a run that a new run would overwrite."""
+    if not os.path.isdir(run_dir):
+        return False
+    return any(os.path.lexists(p) for p in run_paths(run_dir))
+
+
+def run_paths(run_dir: str) -> list[str]:
+    """The paths in ``run_dir`` that a run wrote: its files, folders and log segments."""
+    found = [os.path.join(run_dir, name) for name in RUN_ENTRIES if os.path.lexists(os.path.join(run_dir, name))]
+    for name in GROWING_LOGS:
+        found += [path for _, path in _segment_files(run_dir, name)]
+    return found
+
+
+def remove_run(run_dir: str) -> None:
+    """Take away everything a run wrote into ``run_dir``; other files there stay."""
+    for path in run_paths(run_dir):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def segments(run_dir: str, name: str) -> list[str]:
+    """The rotated segments of log ``name`` (e.g. ``rollouts.jsonl``), oldest first."""
+    return [path for _, path in _segment_files(run_dir, name)]
+
+
+def _segment_files(run_dir: str, name: str) -> list[tuple[int, str]]:
+    """(index, path) of each segment; where a crash left a segment both plain and compressed,
+    the compressed one (complete, since it was written atomically) and the plain one both."""
+    stem = name[:-len(".jsonl")]
+    found: list[tuple[int, str]] = []
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return []
+    for entry in entries:
+        match = _SEGMENT.match(entry)
+        if match and match["stem"] == stem:
+            found.append((int(match["index"]), os.path.join(run_dir, entry)))
+    return sorted(found)
+
+
+def _readable_segments(run_dir: str, name: str) -> list[str]:
+    """One path per segment index, the compressed copy preferred."""
+    chosen: dict[int, str] = {}
+    for index, path in _segment_files(run_dir, name):
+        if index not in chosen or path.endswith(".gz"):
+            chosen[index] = path
+    return [chosen[i] for i in sorted(chosen)]
+
+
+def log_exists(run_dir: str, name: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, name)) or bool(_segment_files(run_dir, name))
+
+
+def log_lines(run_dir: str, name: str) -> Iterator[tuple[str, int, str]]:
+    """Every line of log ``name`` in the order written: (file, line number, text), rotated
+    segments first, then the live file. Bytes that are not UTF-8 read as U+FFFD."""
+    paths = _readable_segments(run_dir, name)
+    live = os.path.join(run_dir, name)
+    if os.path.exists(live):
+        paths.append(live)
+    for path in paths:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                yield path, number, line
+
+
+def rotate_if_large(run_dir: str, name: str, max_bytes: int, keep: Optional[int], *, mode: int) -> Optional[str]:
+    """Compress log ``name`` into its next segment once it holds ``max_bytes`` or more, then
+    drop the oldest segments past ``keep`` (None keeps all). The segment's path, or None."""
+    live = os.path.join(run_dir, name)
+    try:
+        if os.path.getsize(live) < max_bytes:
+            return None
+    except OSError:
+        return None
+    existing = _segment_files(run_dir, name)
+    index = (existing[-1][0] + 1) if existing else 1
+    plain = os.path.join(run_dir, f"{name[:-len('.jsonl')]}.{index:06d}.jsonl")
+    os.replace(live, plain)  # the live file is a segment now, in one step
+    finish_rotation(plain, mode=mode)
+    if keep is not None:
+        readable = _readable_segments(run_dir, name)
+        for path in readable[:max(0, len(readable) - keep)]:
+            _remove_segment(path)
+    return plain + ".gz"
+
+
+def finish_rotation(plain: str, *, mode: int) -> None:
+    """Compress an uncompressed segment beside itself, atomically, and remove the plain copy."""
+    with open(plain, "rb") as src, atomic_file(plain + ".gz", mode=mode) as out:
+        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+            shutil.copyfileobj(src, gz)
+    os.unlink(plain)
+
+
+def _remove_segment(path: str) -> None:
+    for candidate in {path, path[:-3] if path.endswith(".gz") else path + ".gz"}:
+        if os.path.exists(candidate):
+            os.unlink(candidate)
+
+
+def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
+    """Rewrite each rotated segment of ``name`` keeping only the lines ``keep_line(text)``
+    accepts (a resumed run drops what came after its checkpoint); emptied segments go."""
+    for path in _readable_segments(run_dir, name):
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+        kept = [line for line in lines if keep_line(line)]
+        if len(kept) == len(lines):
+            continue
+        if not kept:
+            _remove_segment(path)
+            continue
+        target = path if path.endswith(".gz") else path + ".gz"
+        with atomic_file(target, mode=mode) as out:
+            with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+                gz.write("".join(kept).encode("utf-8"))
+        if not path.endswith(".gz"):
+            os.unlink(path)
+
+
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
+           "log_exists", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

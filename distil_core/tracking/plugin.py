@@ -1,0 +1,20 @@
+"""The built-in trackers, registered like any plugin's (a default plugin of the host).
+
+Registering imports none of their libraries: each is imported when its tracker is built.
+"""
+
+from __future__ import annotations
+
+from distil_core.hookspecs import hookimpl
+from distil_core.tracking.mlflow_logger import MlflowLogger
+from distil_core.tracking.tensorboard_logger import TensorBoardLogger
+from distil_core.tracking.trackio_logger import TrackioLogger
+from distil_core.tracking.wandb_logger import WandbLogger
+
+
+@hookimpl
+def register_loggers(register):
+    register("tensorboard", TensorBoardLogger, description="TensorBoard event files in <run_dir>/tensorboard.")
+    register("trackio", TrackioLogger, description="A local trackio store in <run_dir>/trackio.")
+    register("wandb", WandbLogger, description="An offline Weights & Biases run in <run_dir>/wandb.")
+    register("mlflow", MlflowLogger, description="An MLflow file store in <run_dir>/mlruns.")

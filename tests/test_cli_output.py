@@ -1,0 +1,54 @@
+"""What `distil train` and `distil eval` print: the slow first-use phase even under --quiet, a
+header that says where the time went, and JSON whose units are stated."""
+
+import json
+
+from distil_core.cli.main import main
+from distil_core.testing import FAST_RUN
+
+
+def _sets(*extra):
+    out = []
+    for item in FAST_RUN + list(extra):
+        out += ["--set", item]
+    return out
+
+
+def test_quiet_still_says_the_tiny_base_is_being_built_and_only_the_first_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTIL_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--quiet", "--output-dir", str(tmp_path / "a"), *_sets("train.steps=1")]) == 0
+    first = capsys.readouterr()
+    lines = [line for line in first.err.splitlines() if line.startswith("distil: ")]
+    assert len(lines) == 2 and "building the tiny base model for task 'digits'" in lines[0], first.err
+    assert str(tmp_path / "cache") in lines[0] and lines[1].startswith("distil: tiny base model built in ")
+    assert main(["train", "--quiet", "--output-dir", str(tmp_path / "b"), *_sets("train.steps=1")]) == 0
+    assert "building the tiny base" not in capsys.readouterr().err  # cached now
+
+
+def test_the_header_splits_the_time_and_summary_json_holds_the_parts(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=2")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    parts = summary["time_s"]
+    assert set(parts) == {"setup", "train", "eval"} and all(v >= 0 for v in parts.values())
+    assert abs(sum(parts.values()) - summary["wall_s"]) <= 0.5  # one session: the parts add up
+    head = out.splitlines()[0]
+    assert f"{summary['wall_s']:.0f} s: setup {parts['setup']:.0f} s, training {parts['train']:.0f} s, " \
+           f"evaluation {parts['eval']:.0f} s" in head
+    assert "metric (%)" in out
+
+
+def test_eval_json_states_its_units_and_matches_the_table(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["units"] == "fraction" and 0.0 <= data["pass@1"] <= 1.0
+    assert data["problems"] == 16 and data["samples"] == 4
+    assert main(["eval", str(run), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "value (%)" in table
+    row = next(line for line in table.splitlines() if line.startswith("pass@1 "))
+    assert float(row.split()[-1]) == round(100 * data["pass@1"], 1)

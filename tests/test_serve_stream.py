@@ -1,0 +1,234 @@
+"""`distil serve` with `"stream": true`, through the official openai client against a real server
+on 127.0.0.1: the chunks add up to the unstreamed answer, arrive while the model is still
+decoding, never split a UTF-8 character or show part of a stop string, and a client that hangs
+up stops the decoding. Two models: the untrained tiny model (random bytes, seeded sampling) and
+a scripted one whose greedy answer is a chain of tokens we choose."""
+
+import asyncio
+import threading
+import time
+
+import openai
+import pytest
+import torch
+
+from distil_core.serving import LocalOpenAIServer, Vocabulary
+from distil_core.testing import tiny_model, tiny_tokenizer
+
+CHAT = [{"role": "user", "content": "Sort the digits 3 1 2."}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def texts_by_choice(chunks, field):
+    out = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            piece = getattr(choice, field) if field == "text" else choice.delta.content
+            out[choice.index] = out.get(choice.index, "") + (piece or "")
+    return out
+
+
+def finish_reasons(chunks):
+    return {c.index: c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason}
+
+
+def test_streamed_completions_add_up_to_the_unstreamed_answer_with_usage(client):
+    ask = dict(model="tiny", prompt=["1 2 3", "4 5"], max_tokens=24, temperature=1.0, seed=11, n=2)
+    whole = client.completions.create(**ask)
+    chunks = list(client.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert all(chunk.object == "text_completion" for chunk in chunks)
+    assert texts_by_choice(chunks, "text") == {c.index: c.text for c in whole.choices}
+    assert finish_reasons(chunks) == {c.index: c.finish_reason for c in whole.choices}
+    assert len(chunks) > 2 * 4  # piece by piece, not one chunk per choice
+    *pieces, last = chunks
+    assert last.choices == [] and last.usage == whole.usage and all(c.usage is None for c in pieces)
+    assert len({chunk.id for chunk in chunks}) == 1
+
+
+def test_streamed_chat_sends_the_role_then_the_content_then_the_finish(client):
+    ask = dict(model="tiny", messages=CHAT, max_tokens=20, seed=5, n=2)
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert all(chunk.object == "chat.completion.chunk" and chunk.usage is None for chunk in chunks)
+    for index in (0, 1):
+        mine = [chunk.choices[0] for chunk in chunks if chunk.choices[0].index == index]
+        assert mine[0].delta.role == "assistant" and mine[0].delta.content == ""
+        assert mine[-1].finish_reason == whole.choices[index].finish_reason and mine[-1].delta.content is None
+        assert all(c.finish_reason is None for c in mine[:-1])
+    assert texts_by_choice(chunks, "delta") == {c.index: c.message.content for c in whole.choices}
+
+
+def test_async_streams_run_side_by_side_and_match_the_unstreamed_answers(server, client):
+    completion = dict(model="tiny", prompt="7 7", max_tokens=30, temperature=0.8, seed=3)
+    chat = dict(model="tiny", messages=CHAT, max_tokens=30, temperature=0.8, seed=4,
+                stream_options={"include_usage": True})
+
+    async def both():
+        async with openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as aclient:
+            async def collect(stream):
+                return [chunk async for chunk in await stream]
+            return await asyncio.gather(collect(aclient.completions.create(**completion, stream=True)),
+                                        collect(aclient.chat.completions.create(**chat, stream=True)))
+
+    streamed_completion, streamed_chat = asyncio.run(both())
+    assert texts_by_choice(streamed_completion, "text")[0] == client.completions.create(**completion).choices[0].text
+    whole_chat = client.chat.completions.create(**{k: v for k, v in chat.items() if k != "stream_options"})
+    assert texts_by_choice(streamed_chat, "delta")[0] == whole_chat.choices[0].message.content
+    assert streamed_chat[-1].usage == whole_chat.usage
+
+
+# -- a scripted model: greedy decoding walks a chain of tokens we choose
+
+
+def chain_model(chain):
+    """The tiny model rewired so that, greedily, token ``chain[i]`` is followed by ``chain[i+1]``:
+    one-hot embeddings, attention and MLP outputs zeroed, and an untied head mapping each token
+    to its successor. A real transformers model, only its weights are set by hand."""
+    tok = tiny_tokenizer()
+    model = tiny_model(hidden_size=len(tok))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(len(tok)))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        head = torch.zeros(len(tok), len(tok))
+        for a, b in zip(chain, chain[1:]):
+            head[b, a] = 1.0
+        model.lm_head.weight = torch.nn.Parameter(head)
+    return model
+
+
+def byte_ids(text):
+    """The single-byte tokens that spell ``text`` byte by byte (the tiny tokenizer is byte-level)."""
+    vocab = Vocabulary(tiny_tokenizer())
+    return [vocab.bytes.index(bytes([b])) for b in text.encode("utf-8")]
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """x → é ☃ 日 ! → EOS (characters of 2, 3 and 3 bytes, one token per byte), and
+    y → a b c … z → a … (a loop that never ends)."""
+    eos = tiny_tokenizer().eos_token_id
+    utf8 = [*byte_ids("x"), *byte_ids("é☃日!"), eos]
+    loop = [*byte_ids("y" + LETTERS), byte_ids("a")[0]]
+    model = chain_model(utf8)
+    with torch.no_grad():
+        for a, b in zip(loop, loop[1:]):
+            model.lm_head.weight[b, a] = 1.0
+    with LocalOpenAIServer(model, tiny_tokenizer(), model_name="scripted") as server:
+        with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
+            yield server, client
+
+
+def test_a_character_split_across_tokens_is_sent_whole(scripted):
+    _, client = scripted
+    ask = dict(model="scripted", prompt=byte_ids("x"), max_tokens=20, temperature=0)
+    whole = client.completions.create(**ask)
+    assert whole.choices[0].text == "é☃日!" and whole.usage.completion_tokens == 10  # 9 bytes and EOS
+    chunks = list(client.completions.create(**ask, stream=True))
+    pieces = [c.choices[0].text for c in chunks if c.choices[0].text]
+    # how steps group into chunks depends on thread timing; what a piece may hold does not
+    assert "".join(pieces) == "é☃日!" and not any("\ufffd" in p for p in pieces)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def rows_growing(ids, done_at=None):
+    """A row after each of its tokens, as the model thread publishes it."""
+    from distil_core.serving.batcher import Generation
+
+    for end in range(1, len(ids) + 1):
+        yield Generation(ids=list(ids[:end]), done=end == done_at)
+
+
+def test_text_pieces_wait_for_whole_characters_and_hold_back_stop_string_starts():
+    from distil_core.serving.text import TextDeltas
+
+    vocab = Vocabulary(tiny_tokenizer())
+    deltas = TextDeltas(vocab, stops=[], skip_special=True)
+    assert [deltas.update(row) for row in rows_growing(byte_ids("é☃日!"))] == ["", "é", "", "", "☃", "", "", "日", "!"]
+    deltas = TextDeltas(vocab, stops=["cdx", "e"], skip_special=True)
+    assert [deltas.update(row) for row in rows_growing(byte_ids("abcdf"))] == ["a", "b", "", "", "cdf"]
+    stopped = list(rows_growing(byte_ids("abcdx"), done_at=5))[-1]
+    stopped.finish_reason, stopped.cut_text = "stop", "ab"
+    deltas = TextDeltas(vocab, stops=["cdx"], skip_special=True)
+    assert [deltas.update(row) for row in [*rows_growing(byte_ids("abcd")), stopped]] == ["a", "b", "", "", ""]
+
+
+def test_a_stop_string_across_tokens_is_never_shown(scripted):
+    _, client = scripted
+    ask = dict(model="scripted", prompt=byte_ids("y"), max_tokens=40, temperature=0, stop=["klmn", "zz"])
+    whole = client.completions.create(**ask)
+    assert whole.choices[0].text == "abcdefghij" and whole.choices[0].finish_reason == "stop"
+    streamed = list(client.completions.create(**ask, stream=True))
+    pieces = [c.choices[0].text for c in streamed if c.choices[0].text]
+    assert "".join(pieces) == "abcdefghij" and not any("k" in p for p in pieces)
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def wait_until(condition, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.01)
+
+
+class Gate:
+    """A forward hook that holds the model thread at its ``at``-th forward pass until opened."""
+
+    def __init__(self, model, at):
+        self.calls, self.at, self.open, self.waiting = 0, at, threading.Event(), threading.Event()
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        if self.calls == self.at:
+            self.waiting.set()
+            assert self.open.wait(60)
+
+
+def test_chunks_arrive_while_the_model_is_still_decoding(scripted):
+    server, client = scripted
+    gate = Gate(server.lm.model, at=4)  # the prompt's pass and two steps: 3 tokens, then it waits
+    try:
+        stream = client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=26,
+                                           temperature=0, stream=True)
+        first = [next(stream).choices[0].text for _ in range(3)]
+        assert first == ["a", "b", "c"] and gate.waiting.is_set() and server.lm.open_jobs() == 1
+        gate.open.set()
+        rest = "".join(chunk.choices[0].text for chunk in stream)
+        assert "".join(first) + rest == LETTERS
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+
+
+def test_a_client_that_hangs_up_stops_the_decoding(scripted):
+    server, client = scripted
+    gate = Gate(server.lm.model, at=3)
+    try:
+        stream = client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=240,
+                                           temperature=0, stream=True)
+        assert next(stream).choices[0].text == "a"
+        stream.close()
+        gate.open.set()
+        wait_until(lambda: server.lm.open_jobs() == 0 and server.stats["in_flight"] == 0)
+        assert gate.calls < 120  # far fewer forward passes than the 240 tokens asked for
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+    assert client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=3,
+                                     temperature=0).choices[0].text == "abc"  # the server goes on
