@@ -158,10 +158,10 @@ def test_options_that_cannot_work_together_are_refused():
 
 @pytest.mark.parametrize("fmt,task", [("gsm8k", MathTask), ("mbpp", __import__("distil_tasks").CodeTask)])
 def test_a_fixed_format_loads_the_same_from_parquet_as_from_jsonl(tmp_path, fmt, task):
-    records = fixture_records(fmt)
+    records = [dict(r, id=f"r{i}") for i, r in enumerate(fixture_records(fmt))]
     columns = {k for r in records for k in r}
     rows = [{k: (json.dumps(r[k]) if isinstance(r.get(k), list) else r.get(k)) for k in columns} for r in records]
-    from_jsonl = task(path=fixture(fmt), format=fmt)
+    from_jsonl = task(path=write_jsonl(tmp_path / f"{fmt}.jsonl", records), format=fmt)
     from_parquet = task(path=parquet(tmp_path / f"{fmt}.parquet", rows), format=fmt)
     for split in ("train", "test"):
         a, b = from_jsonl.problems(split), from_parquet.problems(split)
