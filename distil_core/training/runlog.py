@@ -149,7 +149,10 @@ def default_run_dir(method: str) -> str:
 
 
 def provenance_lines(step: int, rollouts, verdicts, queries, signals) -> list[str]:
-    """One line per expert query: which feedback built its context, and whether its signal was used."""
+    """One line per expert query: which feedback built its context, and whether its signal was used.
+
+    ``context`` is the expert's context messages as built (each text cut to 4,000 characters),
+    so a reviewer can read exactly what the expert was shown."""
     lines = []
     for q in queries:
         r, v, s = rollouts[q.rollout_index], verdicts[q.rollout_index], signals[q.rollout_index]
@@ -157,6 +160,8 @@ def provenance_lines(step: int, rollouts, verdicts, queries, signals) -> list[st
             "step": step, "problem_id": q.problem_id, "rollout": r.group_index,
             "response_hash": r.response_hash, "passed": v.passed, "feedback": q.provenance,
             "has_signal": q.has_signal, "used": s is not None and s.ok,
+            "context": [{"role": m.get("role", ""), "content": trimmed(str(m.get("content", "")), 4000)}
+                        for m in q.context_messages],
         }))
     return lines
 
