@@ -128,12 +128,13 @@ def accumulate(learner: Learner, batch: StepBatch, rows: "RowInputs", plan: Plan
 
 
 def merged_steps(steps: list[dict[str, float]]) -> dict[str, float]:
-    """One row for the batch: each key's mean over its optimizer steps (a single step's row as it
-    is); ``skipped_nonfinite`` is 1 when any step was skipped, ``optimizer_steps`` counts them."""
+    """One row for the batch: each key's mean over the optimizer steps that report it (a single
+    step's row as it is); ``skipped_nonfinite`` is 1 when any step was skipped, ``optimizer_steps``
+    counts them."""
     if len(steps) == 1:
         return steps[0]
     keys = {k for s in steps for k in s}
-    out = {k: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in keys}
+    out = {k: sum(s[k] for s in steps if k in s) / sum(k in s for s in steps) for k in keys}
     out["skipped_nonfinite"] = max(s["skipped_nonfinite"] for s in steps)
     out["optimizer_steps"] = len(steps)
     return out
