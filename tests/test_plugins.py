@@ -19,7 +19,8 @@ from distil_core import ConfigError, PluginError, PluginHost, Problem, Registry,
 
 BUILTIN = "distil_core.builtin"
 EXPERTS = "distil_core.models.experts"  # the built-in experts: a second default plugin
-BUILTINS = {BUILTIN, EXPERTS}
+TRACKERS = "distil_core.tracking.plugin"  # the built-in experiment trackers: a third
+BUILTINS = {BUILTIN, EXPERTS, TRACKERS}
 
 TOY_MODULE = '''
 """A third-party plugin as a distribution ships it: one module, hooks at top level."""
@@ -156,6 +157,7 @@ def test_entry_point_plugin_loads_from_an_installed_distribution(site):
         "feedback_source": ["toy_length"],
         "expert": [],
         "task": [],
+        "logger": [],
         "command": [],
     }
 
@@ -436,7 +438,7 @@ def test_distil_plugins_json(site):
         "name": "toy",
         "distribution": "toy-distil-plugin",
         "version": "1.2.3",
-        "registered": {"verifier": ["toy_contains"], "feedback_source": ["toy_length"], "expert": [], "task": [], "command": []},
+        "registered": {"verifier": ["toy_contains"], "feedback_source": ["toy_length"], "expert": [], "task": [], "logger": [], "command": []},
     }
     assert plugins[EXPERTS]["registered"]["expert"] == ["self", "hf"]
     assert "ImportError" in plugins["broken"]["error"]
