@@ -20,7 +20,6 @@ OFFLINE_ENV = {
     "WANDB_SILENT": "true",
     "WANDB_DISABLE_GIT": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "GRADIO_ANALYTICS_ENABLED": "False",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
 }
