@@ -18,6 +18,7 @@ from distil_core.plugin_host import PluginHost, Registration, Registry, get_host
 from distil_core.protocols import (
     AnswerTextTask,
     BatchFeedbackSource,
+    BatchVerifier,
     CapabilityExpert,
     ClosableVerifier,
     Expert,
@@ -59,6 +60,7 @@ __all__ = [
     "AnswerTextTask",
     "Verifier",
     "ClosableVerifier",
+    "BatchVerifier",
     "FeedbackSource",
     "BatchFeedbackSource",
     "Expert",

@@ -89,6 +89,20 @@ class ClosableVerifier(Verifier, Protocol):
 
 
 @runtime_checkable
+class BatchVerifier(Verifier, Protocol):
+    """Optional for a verifier: every rollout of a step in one call.
+
+    When a verifier has it, the trainer calls it once per step instead of ``verify`` per rollout,
+    with ``problems[i]`` the problem of ``rollouts[i]``; it returns one verdict per rollout, in
+    order. A verifier whose grading has a fixed cost per call (a sandbox to start, a request to
+    send) shares that cost across the step this way. Its verdicts must be the ones ``verify``
+    gives: evaluation and the tiny base's pretraining still call ``verify``.
+    """
+
+    def verify_batch(self, problems: Sequence[Problem], rollouts: Sequence[Rollout]) -> MaybeAwaitable[list[Verdict]]: ...
+
+
+@runtime_checkable
 class FeedbackSource(Protocol):
     """Turns a graded rollout into feedback items for the expert's context.
 
@@ -325,6 +339,7 @@ __all__ = [
     "AnswerTextTask",
     "Verifier",
     "ClosableVerifier",
+    "BatchVerifier",
     "FeedbackSource",
     "BatchFeedbackSource",
     "FeedbackItem",

@@ -94,10 +94,18 @@ def collect_step(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *
 
 
 def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequence[Rollout], n: int) -> list[Verdict]:
-    """Every rollout's verdict, the verifier's coroutines run together; a verdict that is not a
-    :class:`Verdict` stops the run naming the verifier ``name``."""
-    verdicts = resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)])
-    return checked(verdicts, Verdict, name)
+    """Every rollout's verdict: in one ``verify_batch`` call when the verifier has one (a
+    :class:`~distil_core.protocols.BatchVerifier`), else its ``verify`` coroutines run together.
+    A wrong count, or a verdict that is not a :class:`Verdict`, stops the run naming ``name``."""
+    whole = getattr(verifier, "verify_batch", None)
+    if not callable(whole):
+        return checked(resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, name)
+    verdicts = resolve(whole([problems[i // n] for i in range(len(rollouts))], list(rollouts)))
+    if not isinstance(verdicts, (list, tuple)) or len(verdicts) != len(rollouts):
+        count = len(verdicts) if isinstance(verdicts, (list, tuple)) else type(verdicts).__name__
+        raise PluginError(f"verifier {name!r}: verify_batch returned {count} verdicts for {len(rollouts)} rollouts; "
+                          "it must return one Verdict per rollout, in order")
+    return checked(list(verdicts), Verdict, name)
 
 
 def sibling_groups(batch: StepBatch) -> list[list[tuple[int, Rollout, Verdict]]]:

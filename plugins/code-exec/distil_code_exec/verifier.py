@@ -22,7 +22,9 @@ at its word.
    rest of stdout are ignored.
 
 ``verify`` is a coroutine, so the engine grades a step's rollouts concurrently; ``grade`` does
-one synchronously and ``verify_many`` a batch. Verdicts of identical (code, tests) pairs are
+one synchronously and ``verify_many`` a batch, each rollout in a job of its own.
+``verify_batch`` (what the trainer calls once per step) grades several rollouts per sandbox job
+and each distinct one once (see ``batch.py``); its verdicts are the ones ``verify`` gives. Verdicts of identical (code, tests) pairs are
 cached for the life of the verifier. With ``engines``, grading runs are spread over several Docker
 engines and local sandboxes by a :class:`distil_sandbox.EnginePool`: a run whose engine dies is
 run again on another, and each rollout still gets exactly one verdict.
@@ -38,15 +40,17 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import distil_sandbox
 from distil_core import Problem, Rollout, Verdict
 from distil_sandbox.engines import parse_engines
 
+from . import batch
 from .spec import CodeTests, extract_code
 
 MARKER = "DISTIL-RESULT"
@@ -70,6 +74,8 @@ class _Run:
     nonce: str
     job: dict[str, Any]
     cache_key: str
+    spec: dict[str, Any]  # the harness's run, without the key
+    code: str  # the solution's source
 
 
 class CodeExecVerifier:
@@ -78,7 +84,9 @@ class CodeExecVerifier:
     Options: ``backend`` (a distil_sandbox backend, ``auto`` by default), ``timeout_s`` (for the
     whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per
     process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
-    ``workers`` (runs at once; default one per CPU) and ``cache_size`` (verdicts remembered; 0 turns caching off).
+    ``workers`` (sandbox jobs at once; default one per CPU), ``cache_size`` (verdicts remembered,
+    least recently used dropped first; 0 turns caching off) and ``batch_size`` (rollouts one
+    sandbox job grades in ``verify_batch``; 1 gives each its own job).
     ``engines`` (instead of ``backend``): engine specs for an :class:`~distil_sandbox.EnginePool`,
     e.g. ``["docker:unix:///run/d1.sock*4", "docker:tcp://10.0.0.2:2375*8", "bwrap*2"]``, where
     ``workers`` is the count for a spec without ``*N``; ``max_pending``: runs queued at most
@@ -95,9 +103,13 @@ class CodeExecVerifier:
         cache_size: int = 4096,
         engines: Optional[list[str]] = None,
         max_pending: Optional[int] = None,
+        batch_size: int = 32,
     ):
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
+        if batch_size < 1:
+            raise ValueError(f"code_exec: batch_size must be at least 1 (got {batch_size})")
+        self.batch_size = batch_size
         workers = workers or min(32, os.cpu_count() or 4)
         if workers < 1:
             raise ValueError(f"code_exec: workers must be at least 1 (got {workers})")
@@ -120,9 +132,11 @@ class CodeExecVerifier:
         self.max_output_bytes, self.workers, self.cache_size = max_output_bytes, workers, cache_size
         self._cache: "OrderedDict[str, Verdict]" = OrderedDict()
         self._lock = threading.Lock()
-        self.counts = {"sandbox_runs": 0, "cache_hits": 0}  # what grading cost: jobs sent, verdicts reused
+        # What grading cost: sandbox jobs sent, verdicts reused, rollouts graded inside a batch
+        # job, and rollouts a batch job left ungraded (graded again in a job of their own).
+        self.counts = {"sandbox_runs": 0, "cache_hits": 0, "batched_runs": 0, "batch_fallbacks": 0}
         self._pool: Any = None
-        self._harness, self._child = script("harness.py"), script("child.py")
+        self.harness_source, self.child_source = script("harness.py"), script("child.py")
 
     # -- the three ways in ---------------------------------------------------------------------
 
@@ -144,6 +158,17 @@ class CodeExecVerifier:
         cached = [self._cached(run.cache_key) for run in runs]
         futures = {i: self._submit(run) for i, run in enumerate(runs) if cached[i] is None}
         return [v if v is not None else self._finish(runs[i], futures[i].result()) for i, v in enumerate(cached)]
+
+    def verify_batch(self, problems: list[Problem], rollouts: list[Rollout]) -> list[Verdict]:
+        """A whole step at once: ``rollouts[i]`` against ``problems[i]``, several rollouts to a
+        sandbox job, identical ones graded once; the same verdicts as ``verify``."""
+        return batch.verify_batch(self, problems, rollouts)
+
+    @contextmanager
+    def counting(self) -> Iterator[dict[str, int]]:
+        """``counts``, held under the verifier's lock while the block updates it."""
+        with self._lock:
+            yield self.counts
 
     def grading_job(self, problem: Problem, rollout: Rollout) -> dict[str, Any]:
         """The sandbox job one grading run executes: ``distil_sandbox.run(**job)`` arguments.
@@ -189,9 +214,9 @@ class CodeExecVerifier:
             "child": CHILD_FILE,
         }
         job = {
-            "code": self._harness,
+            "code": self.harness_source,
             "stdin": key.hex() + "\n" + json.dumps(spec),
-            "files": {SOLUTION_FILE: code, CHILD_FILE: self._child},
+            "files": {SOLUTION_FILE: code, CHILD_FILE: self.child_source},
             "timeout_s": overall,
             "memory_mb": self.memory_mb,
             "output_limit": (64 << 10) + (24 << 10) * len(tests.cases),
@@ -200,9 +225,13 @@ class CodeExecVerifier:
             [code, tests.model_dump(mode="json"), self.backend, overall, self.memory_mb, self.max_output_bytes],
             sort_keys=True,
         )
-        return _Run(tests, key, nonce, job, hashlib.sha256(identity.encode()).hexdigest())
+        return _Run(tests, key, nonce, job, hashlib.sha256(identity.encode()).hexdigest(), spec, code)
 
     def _submit(self, run: _Run) -> "Future[distil_sandbox.ExecResult]":
+        return self.submit_job(run.job)
+
+    def submit_job(self, job: dict[str, Any]) -> "Future[distil_sandbox.ExecResult]":
+        """Queue one sandbox job on the verifier's pool (started on first use)."""
         with self._lock:
             self.counts["sandbox_runs"] += 1
             if self._pool is None and self.engines is not None:
@@ -212,14 +241,26 @@ class CodeExecVerifier:
                 self._pool = _make_pool(self.backend, self.workers, self.memory_mb)
             pool = self._pool
         if isinstance(pool, ThreadPoolExecutor):
-            return pool.submit(lambda: distil_sandbox.run(backend=self.backend, **run.job))
-        return pool.submit(run.job["code"], **{k: v for k, v in run.job.items() if k != "code"})
+            return pool.submit(lambda: distil_sandbox.run(backend=self.backend, **job))
+        return pool.submit(job["code"], **{k: v for k, v in job.items() if k != "code"})
 
     def _finish(self, run: _Run, result: distil_sandbox.ExecResult) -> Verdict:
         verdict = build_verdict(run.tests, result, read_signed(result.stdout, run.key, run.nonce, len(run.tests.cases)))
         if result.error is None:
             self._remember(run.cache_key, verdict)
         return verdict
+
+    def finish(self, run: _Run, result: distil_sandbox.ExecResult) -> Verdict:
+        """The verdict of a finished run (remembered in the cache unless the sandbox failed)."""
+        return self._finish(run, result)
+
+    def prepare(self, problem: Problem, rollout: Rollout) -> _Run:
+        """One grading run: its tests, key, nonce, sandbox job and cache key."""
+        return self._prepare(problem, rollout)
+
+    def cached(self, key: str) -> Optional[Verdict]:
+        """The remembered verdict for a run's cache key (a copy), or None."""
+        return self._cached(key)
 
     # -- cache -------------------------------------------------------------------------------
 
@@ -257,6 +298,7 @@ class SignedResults:
         self.error: Optional[dict[str, Any]] = None
         self.done = False
         self.rejected = 0  # result-looking lines that failed the check
+        self.seconds: Optional[float] = None  # how long the harness took over the run
 
 
 def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResults:
@@ -289,6 +331,8 @@ def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResult
             out.error = payload
         elif kind == "done":
             out.done = True
+            seconds = payload.get("seconds")
+            out.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
     return out
 
 

@@ -259,9 +259,9 @@ def test_memory_attack_forges_a_pass_without_the_dumpable_protection(backend):
     """The control for ``read_harness_memory_and_fds``: the same attack against a harness that
     skips ``prctl(PR_SET_DUMPABLE, 0)`` does forge a pass, so that call is what stops it."""
     weakened = CodeExecVerifier(backend=backend, cache_size=0)
-    protected = weakened._harness
+    protected = weakened.harness_source
     assert protected.count("\n    _make_undumpable()\n") == 1
-    weakened._harness = protected.replace("\n    _make_undumpable()\n", "\n    pass\n")
+    weakened.harness_source = protected.replace("\n    _make_undumpable()\n", "\n    pass\n")
     try:
         verdict = weakened.grade(problem(ASSERTS), rollout(READ_HARNESS_MEMORY))
     finally:

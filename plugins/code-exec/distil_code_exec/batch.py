@@ -1,0 +1,98 @@
+"""A step's grading in a few sandbox jobs: ``CodeExecVerifier.verify_batch``.
+
+Starting a sandbox and the trusted harness costs more than grading a short solution, so a
+step's rollouts are graded several to a job: the rollouts left after the cache (and after
+folding identical ones together) are split into at most ``workers`` jobs of at most
+``batch_size`` rollouts, all submitted to the pool at once. Inside a job the harness grades its
+runs one after another, each exactly as a job of its own would (its own nonce, fresh child
+processes, the same per-test time limits; see ``grade_batch`` in ``harness.py``), and stops at
+the first run that leaves a process or a file behind. Every run without a signed end record
+in its job's output — the runs after such a stop, or all of a job that failed — is graded again
+in a job of its own, so a verdict never depends on which rollouts shared a sandbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+from typing import TYPE_CHECKING, Any, Sequence
+
+from distil_core import Problem, Rollout, Verdict
+
+if TYPE_CHECKING:
+    from .verifier import CodeExecVerifier
+
+
+def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], rollouts: Sequence[Rollout]) -> list[Verdict]:
+    """Verdicts for ``rollouts[i]`` against ``problems[i]``, in order (see the module docstring)."""
+    from .verifier import build_verdict, read_signed
+
+    if len(problems) != len(rollouts):
+        raise ValueError(f"code_exec: verify_batch got {len(problems)} problems for {len(rollouts)} rollouts")
+    runs = [verifier.prepare(p, r) for p, r in zip(problems, rollouts)]
+    verdicts: list[Any] = [verifier.cached(run.cache_key) for run in runs]
+    first: dict[str, int] = {}  # cache key -> the row that grades it
+    for i, run in enumerate(runs):
+        if verdicts[i] is None:
+            first.setdefault(run.cache_key, i)
+    todo = sorted(first.values())
+    chunks = split(todo, verifier.workers, verifier.batch_size)
+    jobs = [(chunk, key, verifier.submit_job(job)) for chunk, (job, key) in
+            ((chunk, batch_job(verifier, [runs[i] for i in chunk])) for chunk in chunks)]
+    alone: list[int] = []
+    for chunk, key, future in jobs:
+        result = future.result()
+        lines = result.stdout.splitlines()
+        for i in chunk:
+            run = runs[i]
+            mine = "\n".join(line for line in lines if f'"nonce":"{run.nonce}"' in line)
+            signed = read_signed(mine, key, run.nonce, len(run.tests.cases))
+            if not signed.done:
+                alone.append(i)
+                continue
+            own = dataclasses.replace(result, stdout=mine, wall_s=signed.seconds or 0.0, timed_out=False, error=None)
+            verdicts[i] = verifier.finish(dataclasses.replace(run, key=key), own)
+    with verifier.counting() as counts:
+        counts["batched_runs"] += len(todo) - len(alone)
+        counts["batch_fallbacks"] += len(alone)
+    solo = {i: verifier.submit_job(runs[i].job) for i in alone}
+    for i, future in solo.items():
+        verdicts[i] = verifier.finish(runs[i], future.result())
+    for i, run in enumerate(runs):
+        if verdicts[i] is None:
+            verdicts[i] = verdicts[first[run.cache_key]].model_copy(deep=True)
+    return verdicts
+
+
+def split(rows: list[int], workers: int, batch_size: int) -> list[list[int]]:
+    """``rows`` in at most ``workers`` runs of consecutive rows (more when a job would hold more
+    than ``batch_size``), as even as possible."""
+    if not rows:
+        return []
+    jobs = max(min(workers, len(rows)), math.ceil(len(rows) / max(1, batch_size)))
+    size = math.ceil(len(rows) / jobs)
+    return [rows[k:k + size] for k in range(0, len(rows), size)]
+
+
+def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, Any], bytes]:
+    """One sandbox job grading ``runs`` in turn, and the key its results are signed with.
+
+    The solutions travel on stdin (read to the end before any of them runs) and the harness
+    writes each one's file just before its turn, so no run can rewrite a later run's code.
+    """
+    key = secrets.token_bytes(32)
+    batch = {
+        "runs": [dict(run.spec, source=run.code) for run in runs],
+        "child_source": verifier.child_source,
+    }
+    job = {
+        "code": verifier.harness_source,
+        "stdin": key.hex() + "\n" + json.dumps(batch),
+        "files": {},
+        "timeout_s": sum(run.job["timeout_s"] for run in runs),
+        "memory_mb": verifier.memory_mb,
+        "output_limit": sum(run.job["output_limit"] for run in runs),
+    }
+    return job, key
