@@ -92,3 +92,20 @@ def test_a_resumed_run_continues_the_schedule(tmp_path):
     _trainer(tmp_path / "cut", "optim.schedule=cosine", *DECAY, "train.save_every=3", resume=True).fit()
     assert _logged(tmp_path / "cut") == _logged(tmp_path / "whole") == pytest.approx([LR * f for f in EXPECTED["cosine"]])
     assert _logged(tmp_path / "cut", "loss") == _logged(tmp_path / "whole", "loss")
+
+
+# The first steps of the default method on FAST_RUN, as the trainer computed them before the
+# schedule, precision and checkpointing options existed; with those options at their defaults the
+# numbers must not move (bit for bit on the machine they were measured on: the tolerance is for
+# other CPUs' kernels, far below what any change to the computation would shift).
+DEFAULT_LOSSES = [-1.427320122718811, -0.26008498668670654, 0.20898324251174927, -0.2530214488506317]
+DEFAULT_GRAD_NORMS = [3.7891929149627686, 2.967958688735962, 0.6249844431877136, 3.689314365386963]
+
+
+@pytest.mark.slow
+def test_the_defaults_keep_the_runs_numbers(tmp_path):
+    trainer = _trainer(tmp_path)
+    rows = [trainer.train_step(step) for step in range(1, 5)]
+    assert [r["lr"] for r in rows] == [3e-4] * 4
+    assert [r["loss"] for r in rows] == pytest.approx(DEFAULT_LOSSES, rel=1e-5, abs=1e-7)
+    assert [r["grad_norm"] for r in rows] == pytest.approx(DEFAULT_GRAD_NORMS, rel=1e-5)

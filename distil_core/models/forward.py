@@ -44,7 +44,8 @@ def response_logits(
     logits for the last T + 1 positions only (``logits_to_keep``), not for the prefixes.
     """
     def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1,
+                    use_cache=False)  # one pass: no KV cache to build (and none to refuse under checkpointing)
         return out.logits
 
     return _at_responses(model, prefixes, responses, pad_id, last_columns)
@@ -68,7 +69,7 @@ def response_hidden(
     logits that way.
     """
     def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
-        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
         return out.last_hidden_state[:, -(width + 1) :]
 
     return _at_responses(model, prefixes, responses, pad_id, last_columns)
