@@ -9,7 +9,7 @@ import pytest
 from distil_core import Logger, hookimpl
 from distil_core.cli.main import main
 from distil_core.config import load_config
-from distil_core.errors import DistilError
+from distil_core.errors import ConfigError, DistilError
 from distil_core.testing import FAST_RUN
 from distil_core.tracking import Trackers
 from distil_core.training.trainer import Trainer
@@ -122,13 +122,17 @@ def test_a_run_that_fails_closes_its_trackers_as_failed(tmp_path, host):
     assert [step for step, values in rec.of("log_metrics") if "loss" in values] == [1]  # the row that stopped it
 
 
-def test_only_rank_0_builds_trackers(tmp_path, host):
+def test_only_rank_0_keeps_trackers_and_every_rank_checks_them(tmp_path, host):
     config = load_config(None, ["train.report_to=[recorder]"])
     other = Trackers.open(host, config.train, str(tmp_path), enabled=False)
-    assert not other and not Recorder.built
-    other.log_metrics(1, {"loss": 1.0})  # costs nothing, calls nothing
-    main_rank = Trackers.open(host, config.train, str(tmp_path))
-    assert main_rank and len(Recorder.built) == 1
+    assert not other
+    other.log_metrics(1, {"loss": 1.0})
+    other.close()
+    assert all(rec.calls == [] for rec in Recorder.built)  # built (checked) but never called
+    assert Trackers.open(host, config.train, str(tmp_path))
+    bad = load_config(None, ["train.report_to=[recorder]", "train.tracker_options={recorder: {lable: x}}"])
+    with pytest.raises(ConfigError, match="Unknown option 'lable' for logger 'recorder'.*Did you mean 'label'"):
+        Trackers.open(host, bad.train, str(tmp_path), enabled=False)  # the same error on every rank
 
 
 def test_distil_plugins_lists_the_loggers(capsys, plugin_host):

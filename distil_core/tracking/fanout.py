@@ -33,9 +33,9 @@ class Trackers:
     def open(cls, host: Any, train: Any, run_dir: str, *, enabled: bool = True,
              warn: Callable[[str], None] = print) -> "Trackers":
         """Build every tracker of ``train.report_to`` (``train`` is the config's ``train``
-        section) from ``host`` (default: the process-wide one); on a rank other than 0
-        (``enabled`` false) none, so that calls cost nothing. Building starts nothing: a tracker
-        opens its run on its first call, so this can check the names, options and libraries
+        section) from ``host`` (default: the process-wide one), and keep them on rank 0 alone
+        (``enabled``): elsewhere calls cost nothing. Building starts nothing — a tracker opens
+        its run on its first call — so this checks names, options and libraries, on every rank,
         before the model loads."""
         names = list(dict.fromkeys(train.report_to))
         options: Mapping[str, Any] = train.tracker_options or {}
@@ -44,15 +44,15 @@ class Trackers:
             raise ConfigError(f"train.tracker_options has options for {', '.join(map(repr, stray))}, which "
                               f"train.report_to does not name (it names {names or 'none'}); add it there or "
                               "remove its options.")
-        if not enabled:
-            return cls([], warn=warn)
         loggers: list[tuple[str, Any]] = []
-        try:
+        try:  # on every rank, so that a bad name, option or library stops them all alike
             for name in names:
                 loggers.append((name, build_logger(host or get_host(), name, dict(options.get(name) or {}), run_dir)))
         except BaseException:
             cls(loggers, warn=warn).close(failed=True)
             raise
+        if not enabled:
+            return cls([], warn=warn)
         return cls(loggers, table_every=train.log_rollout_table_every, warn=warn)
 
     def __bool__(self) -> bool:
