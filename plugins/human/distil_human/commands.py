@@ -6,10 +6,13 @@ import argparse
 import getpass
 import os
 import sys
+from dataclasses import replace
 
 from .exchange import export_jsonl, read_jsonl, store_entries
-from .review import ReviewSession, load_failed_rollouts
+from .review import ReviewSession
+from .review_queue import SORTS, VERDICTS, QueueFilter, build_queue, parse_steps, queue_items, read_records
 from .store import ENV_DB, CorrectionStore
+from .verify import SolutionChecker
 
 DB_HELP = f"the corrections store (default: ${ENV_DB}, else ~/.local/share/distil/human.sqlite)"
 
@@ -26,30 +29,51 @@ class ReviewCommand:
         parser.add_argument("--only-unreviewed", action="store_true",
                             help="leave out responses that already have a correction or solution in the store")
         parser.add_argument("--problem", metavar="ID", help="review only this problem's failed rollouts")
+        parser.add_argument("--sort", choices=list(SORTS), default="failing",
+                            help="order of the problems: " + "; ".join(f"{k}: {v}" for k, v in SORTS.items())
+                            + " (default: failing)")
+        parser.add_argument("--verdict", choices=list(VERDICTS), default="failed",
+                            help="only failed responses of this kind (default: failed, all of them)")
+        parser.add_argument("--source", metavar="NAME", help="only rollouts that got feedback from this source")
+        parser.add_argument("--steps", metavar="A-B", help="only rollouts of these steps (7, 5-10, 5-, -10)")
+        web = parser.add_argument_group("the review desk in a browser")
+        web.add_argument("--web", action="store_true", help="serve the review desk instead of the terminal loop")
+        web.add_argument("--port", type=int, default=8765, help="the desk's port (default 8765; 0: any free port)")
+        web.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (default 127.0.0.1); any other needs a token")
+        web.add_argument("--token", help="required on every request (as ?token=... once; the browser keeps it); "
+                         "generated and printed when --host is not a loopback address")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        filters = QueueFilter(verdict=args.verdict, source=args.source, steps=parse_steps(args.steps),
+                              problem_id=args.problem, only_unreviewed=args.only_unreviewed)
+        author = args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login()
+        if args.web:
+            from .web.serve import serve  # starlette and uvicorn: the optional `web` extra
+
+            return serve(args.run_dir, db=args.db, author=author, host=args.host, port=args.port,
+                         token=args.token, sort=args.sort, filters=filters)
         _tolerant_terminal()
-        items, unreadable = load_failed_rollouts(args.run_dir, args.problem)
+        records, unreadable = read_records(args.run_dir)
         if unreadable:
             print(f"note: skipped {unreadable} unreadable line(s) of {args.run_dir}/rollouts.jsonl", file=sys.stderr)
         with CorrectionStore(args.db) as store:
-            found = len(items)
-            if args.only_unreviewed:
-                done = store.reviewed()
-                items = [i for i in items if i.key not in done]
+            done = store.reviewed()
+            found = len(queue_items(build_queue(records, done, args.sort, replace(filters, only_unreviewed=False))))
+            items = queue_items(build_queue(records, done, args.sort, filters))
             which = f" of problem {args.problem!r}" if args.problem else ""
             if not items:
                 left = f" ({found} already reviewed)" if found else ""
                 print(f"Nothing to review: no failed rollout{which} in {args.run_dir}{left}.")
                 return 0
-            author = args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login()
             left_out = f", {found - len(items)} already reviewed left out" if found > len(items) else ""
             plural = "" if len(items) == 1 else "s"
             print(f"{len(items)} failed response{plural}{which} from {args.run_dir}{left_out}. "
                   f"Entries go to {store.path} as {author!r}; type ? for help.")
             try:
-                ReviewSession(items, store, author=author, run_dir=args.run_dir).run()
+                ReviewSession(items, store, author=author, run_dir=args.run_dir,
+                              checker=SolutionChecker(args.run_dir)).run()
             except KeyboardInterrupt:  # between two prompts; the session itself handles the rest
                 print("\nStopped.")
         return 0

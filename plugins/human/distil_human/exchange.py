@@ -40,11 +40,16 @@ def _dump_line(entry: Correction) -> str:
     return _RAW_BREAK.sub(lambda m: _RAW_BREAKS[m.group()], text) + "\n"
 
 
+def dump_entries(entries: list[Correction]) -> str:
+    """The JSONL text of ``entries``: what an export file holds (the desk's export button too)."""
+    return "".join(_dump_line(e) for e in entries)
+
+
 def export_jsonl(store: CorrectionStore, path: str, problem_id: Optional[str] = None) -> int:
     """Write every entry (of one problem), oldest first, to ``path``; returns how many."""
     entries = store.all(problem_id)
     try:
-        atomic_write_text(path, "".join(_dump_line(e) for e in entries))
+        atomic_write_text(path, dump_entries(entries))
     except OSError as exc:
         raise DistilError(f"Cannot write {path} ({exc}); it was left as it was. Free some space or choose "
                           "another FILE, and export again.") from None

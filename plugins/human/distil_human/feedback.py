@@ -23,15 +23,20 @@ class HumanFeedback:
     ``match: response`` (the default) uses the entries about exactly this response, plus the
     entries about the problem as a whole (no response hash); ``match: problem`` uses every
     entry of the problem, whichever response it was written about. At most ``max_items``
-    items, those about this response first, then the newest.
+    items, those about this response first, then the newest. ``skip_unverified: true`` leaves
+    out every solution the run's verifier did not pass when it was stored (stored anyway, or
+    never checked).
     """
 
-    def __init__(self, db: Optional[str] = None, match: str = "response", max_items: int = 3):
+    def __init__(self, db: Optional[str] = None, match: str = "response", max_items: int = 3,
+                 skip_unverified: bool = False):
         if match not in MATCHES:
             raise ConfigError(f"feedback source 'human': match must be 'response' or 'problem' (got {match!r}).")
         if not isinstance(max_items, int) or max_items < 1:
             raise ConfigError(f"feedback source 'human': max_items must be a whole number >= 1 (got {max_items!r}).")
-        self.match, self.max_items = match, max_items
+        if not isinstance(skip_unverified, bool):
+            raise ConfigError(f"feedback source 'human': skip_unverified must be true or false (got {skip_unverified!r}).")
+        self.match, self.max_items, self.skip_unverified = match, max_items, skip_unverified
         self.store = CorrectionStore(db, create=False)
 
     def feedback(
@@ -45,6 +50,8 @@ class HumanFeedback:
         entries = self.store.all(problem.id)
         if self.match == "response":
             entries = [e for e in entries if e.response_hash in (own, None)]
+        if self.skip_unverified:  # a solution the verifier did not pass could teach a wrong answer
+            entries = [e for e in entries if e.kind != "solution" or e.verified is True]
         # newest first, then a stable sort puts this response's entries, then the problem's, first
         entries.sort(key=lambda e: e.created_at, reverse=True)
         entries.sort(key=lambda e: 0 if e.response_hash == own else 1 if e.response_hash is None else 2)

@@ -1,8 +1,9 @@
 """``distil review RUN_DIR``: a run's failed rollouts, one at a time, in the terminal.
 
 The run's ``rollouts.jsonl`` (written by the trainer unless ``train.log_rollouts: false``)
-holds every rollout with its verdict and feedback. A failed response that occurs several
-times is shown once. For each, the reviewer types a key:
+holds every rollout with its verdict and feedback. The command steps through the queue of
+:mod:`distil_human.review_queue` (grouped by problem, worst first); a failed response that
+occurs several times is shown once. For each, the reviewer types a key:
 
     c  record a correction (what is wrong)       s  record a better solution
     n  skip (Enter does the same)                b  go back one
@@ -11,6 +12,8 @@ times is shown once. For each, the reviewer types a key:
 A correction or solution is several lines, ended by a line holding only ``.``; it is
 committed to the store the moment that line is entered. Ctrl-C or Ctrl-D (end of input) at
 any prompt quits at once: what was saved stays saved, the entry being typed is discarded.
+A solution is graded by the run's verifier first (:mod:`distil_human.verify`); a failing one
+is stored only when the reviewer answers yes to keeping it, marked unverified.
 
 What a person types is never dropped by an error. A save that fails for any reason (the store
 locked, the disk full, the file damaged) prints the text back and the session goes on. Bytes
@@ -23,17 +26,17 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from distil_core import ConfigError, DistilError
-from distil_core.run_files import log_exists, log_lines
+from distil_core import DistilError
 
+from .review_queue import QueueFilter, ReviewItem, failed_items, read_records
 from .store import Correction, CorrectionStore
+from .verify import SolutionChecker
 
-ROLLOUTS = "rollouts.jsonl"
 PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
 TEXT_PROMPT = "| "
+STORE_ANYWAY = "Store it anyway, marked unverified? [y/N] "
 HELP = """\
   c  record a correction: what is wrong with this response
   s  record a better solution (a demonstration for the expert)
@@ -50,51 +53,12 @@ ACTIONS = {
     "q": "quit", "quit": "quit", "exit": "quit",
     "?": "help", "h": "help", "help": "help",
 }
-_REQUIRED = ("problem_id", "response_hash", "response_text", "verdict")
-
-
-@dataclass
-class ReviewItem:
-    """A failed response (first occurrence in the run) and how often the run produced it."""
-
-    record: dict[str, Any]
-    seen: int = 1
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.record["problem_id"], self.record["response_hash"]
 
 
 def load_failed_rollouts(run_dir: str, problem_id: Optional[str] = None) -> tuple[list[ReviewItem], int]:
     """The run's failed responses in the order they were sampled, and the unreadable lines."""
-    if not os.path.isdir(run_dir):
-        raise ConfigError(f"{run_dir!r} is not a directory; give the run directory that `distil train` wrote.")
-    if not log_exists(run_dir, ROLLOUTS):
-        raise ConfigError(
-            f"{run_dir} has no {ROLLOUTS}: the run was made with train.log_rollouts: false or by an older "
-            "distil. Train again with rollout logging on (the default) to review its rollouts."
-        )
-    items: dict[tuple[str, str], ReviewItem] = {}
-    unreadable = 0
-    for _file, _number, line in log_lines(run_dir, ROLLOUTS):  # rotated segments first, then the live file
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
-            unreadable += 1
-            continue
-        if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
-            unreadable += 1
-            continue
-        if (record.get("verdict") or {}).get("passed") or (problem_id and record["problem_id"] != problem_id):
-            continue
-        item = ReviewItem(record)
-        if item.key in items:
-            items[item.key].seen += 1
-        else:
-            items[item.key] = item
-    return list(items.values()), unreadable
+    records, unreadable = read_records(run_dir)
+    return list(failed_items(records, QueueFilter(problem_id=problem_id))), unreadable
 
 
 class ReviewSession:
@@ -109,9 +73,11 @@ class ReviewSession:
         run_dir: str,
         read: Callable[[str], str] = input,
         write: Callable[[str], None] = print,
+        checker: Optional[SolutionChecker] = None,
     ):
         self.items, self.store, self.author = items, store, author
         self.run_dir = os.path.abspath(run_dir)
+        self.checker = checker
         self.read, self.write = read, write
         self.saved = 0
 
@@ -152,7 +118,8 @@ class ReviewSession:
                     self.write("Nothing entered, nothing saved.")
                     show = False
                     continue
-                if not self._save(self.items[index], action, text):
+                verified = self._check(self.items[index], text) if action == "solution" else None
+                if verified == "refused" or not self._save(self.items[index], action, text, verified):
                     show = False
                     continue
                 index += 1
@@ -185,14 +152,28 @@ class ReviewSession:
             lines.pop()
         return "\n".join(lines) or None
 
-    def _save(self, item: ReviewItem, kind: str, text: str) -> bool:
+    def _check(self, item: ReviewItem, text: str) -> "Optional[bool] | str":
+        """The solution's ``verified`` value, or "refused" when it failed and was not kept anyway."""
+        if self.checker is None:
+            return None
+        result = self.checker.check(item.key[0], text)
+        if not result.refused:
+            self.write(f"Checked: {result.reason}.")
+            return result.verified
+        self.write(f"Refused: {result.reason}.")
+        if self._ask(STORE_ANYWAY).strip().lower() in ("y", "yes"):
+            return False
+        self.write(f"Not saved. Your solution was:\n{_indent(text)}")
+        return "refused"
+
+    def _save(self, item: ReviewItem, kind: str, text: str, verified: Optional[bool] = None) -> bool:
         rec = item.record
         verdict = rec.get("verdict") or {}
         try:
             entry = Correction(
                 problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
                 author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
-                verdict={k: verdict.get(k) for k in ("score", "passed", "answer")},
+                verdict={k: verdict.get(k) for k in ("score", "passed", "answer")}, verified=verified,
             )
             self.store.add(entry)
         except Exception as exc:  # busy, disk full, damaged, a bad rollout record: give the text back
@@ -211,6 +192,8 @@ class ReviewSession:
         seen = f", seen {item.seen} times" if item.seen > 1 else ""
         out = [f"\n=== {index + 1}/{len(self.items)}: problem {rec['problem_id']} "
                f"(step {rec.get('step', '?')}, sample {rec.get('group_index', '?')}{seen}) ==="]
+        if item.group is not None:
+            out.append(f"Problem {item.group.problem_id}: {item.group.summary()}")
         out += ["Problem:", _indent(str(rec.get("prompt", "")))]
         if rec.get("reference") is not None:
             out.append(f"Reference: {_short(rec['reference'], 300)}")

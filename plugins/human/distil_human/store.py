@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distil_core import ConfigError, DistilError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENV_DB = "DISTIL_HUMAN_DB"
 KINDS = ("correction", "solution")
 
@@ -53,13 +53,16 @@ _SCHEMA = (
         run_dir TEXT,
         step INTEGER,
         response_text TEXT,
-        verdict TEXT
+        verdict TEXT,
+        verified INTEGER
     )""",
     "CREATE INDEX corrections_by_response ON corrections (problem_id, response_hash)",
 )
 _COLUMNS = ("id", "problem_id", "response_hash", "kind", "text", "author", "created_at",
-            "run_dir", "step", "response_text", "verdict")
-_MIGRATIONS: dict[int, Sequence[str]] = {}  # version v → statements that bring v - 1 to v
+            "run_dir", "step", "response_text", "verdict", "verified")
+_MIGRATIONS: dict[int, Sequence[str]] = {  # version v → statements that bring v - 1 to v
+    2: ("ALTER TABLE corrections ADD COLUMN verified INTEGER",),
+}
 MAX_STEP = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
 MAX_VERDICT_DEPTH = 32  # a verdict is score, passed, answer: deeper nesting is a broken record
 _SQLITE_CORRUPT = 11
@@ -93,6 +96,9 @@ class Correction(BaseModel):
     step: Optional[int] = Field(default=None, ge=0, le=MAX_STEP)
     response_text: Optional[str] = None
     verdict: Optional[dict[str, Any]] = Field(default=None, description="score, passed, answer of the response.")
+    verified: Optional[bool] = Field(
+        default=None, description="For a solution: True when the task's verifier passed it, False when it was "
+        "stored although it failed (or could not be checked), None when it was never checked.")
 
     @field_validator("text")
     @classmethod
@@ -153,7 +159,7 @@ class Correction(BaseModel):
     def _row(self) -> tuple[Any, ...]:
         verdict = json.dumps(self.verdict) if self.verdict is not None else None
         return (self.id, self.problem_id, self.response_hash, self.kind, self.text, self.author,
-                self._stamp(), self.run_dir, self.step, self.response_text, verdict)
+                self._stamp(), self.run_dir, self.step, self.response_text, verdict, self.verified)
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> "Correction":

@@ -1,0 +1,233 @@
+"""The review queue: a run's failed rollouts grouped by problem, filtered and sorted.
+
+Both front ends (``distil review`` in the terminal and the browser desk) build their queue
+here, so a reviewer sees the same problems in the same order whichever one they use. A run
+of a few dozen steps fails hundreds of times, mostly on a few problems answered the same
+wrong way over and over; grouping by problem and putting the worst first lets a reviewer
+spend their time where one correction teaches the most.
+
+Reads ``rollouts.jsonl`` only through :func:`distil_core.run_files.log_lines`, so rotated
+gzip segments are read too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from distil_core import ConfigError
+from distil_core.run_files import log_exists, log_lines
+
+ROLLOUTS = "rollouts.jsonl"
+REQUIRED = ("problem_id", "response_hash", "response_text", "verdict")
+SORTS = {
+    "failing": "most failing samples",
+    "pass_rate": "lowest pass rate",
+    "recent": "most recent step",
+    "unreviewed": "most responses not yet reviewed",
+}
+VERDICTS = {
+    "failed": "every failed response",
+    "wrong_answer": "an answer, but a wrong one",
+    "no_answer": "no answer found",
+    "cut_off": "cut off at max_new_tokens",
+}
+
+
+@dataclass
+class ReviewItem:
+    """A failed response (its first occurrence in the run) and how often the run produced it."""
+
+    record: dict[str, Any]
+    seen: int = 1
+    steps: list[int] = field(default_factory=list)
+    group: Optional["ProblemGroup"] = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.record["problem_id"], self.record["response_hash"]
+
+    @property
+    def sources(self) -> set[str]:
+        return {str(f.get("source")) for f in self.record.get("feedback") or []}
+
+
+@dataclass
+class ProblemGroup:
+    """One problem of the run: every sample's count, and its distinct failed responses."""
+
+    problem_id: str
+    prompt: str = ""
+    reference: Any = None
+    samples: int = 0
+    passed: int = 0
+    failing: int = 0
+    last_step: int = 0
+    items: list[ReviewItem] = field(default_factory=list)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.samples if self.samples else 0.0
+
+    @property
+    def sources(self) -> list[str]:
+        """The feedback sources that spoke on its failed responses."""
+        return sorted(set().union(*(i.sources for i in self.items)))
+
+    def unreviewed(self, reviewed: set[tuple[str, str]]) -> int:
+        return sum(1 for i in self.items if i.key not in reviewed)
+
+    def summary(self) -> str:
+        return (f"{self.failing} of {self.samples} samples failed (pass rate {self.pass_rate:.0%}), "
+                f"{len(self.items)} distinct failed response{'' if len(self.items) == 1 else 's'}, "
+                f"last step {self.last_step}")
+
+
+@dataclass
+class QueueFilter:
+    """Which failed rollouts enter the queue. ``steps`` is an inclusive (first, last) range."""
+
+    verdict: str = "failed"
+    source: Optional[str] = None
+    steps: tuple[Optional[int], Optional[int]] = (None, None)
+    problem_id: Optional[str] = None
+    only_unreviewed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ConfigError(f"verdict filter {self.verdict!r} is not one of {', '.join(VERDICTS)}.")
+
+    def in_steps(self, record: dict[str, Any]) -> bool:
+        step = record.get("step")
+        first, last = self.steps
+        if not isinstance(step, int):
+            return first is None and last is None
+        return (first is None or step >= first) and (last is None or step <= last)
+
+    def admits(self, record: dict[str, Any]) -> bool:
+        """Whether a failed record of a problem in range passes the verdict and source filters."""
+        verdict = record.get("verdict") or {}
+        if self.verdict == "no_answer" and verdict.get("answer") is not None:
+            return False
+        if self.verdict == "wrong_answer" and verdict.get("answer") is None:
+            return False
+        if self.verdict == "cut_off" and record.get("finished", True):
+            return False
+        if self.source and self.source not in {f.get("source") for f in record.get("feedback") or []}:
+            return False
+        return True
+
+
+def parse_steps(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """``"7"`` → (7, 7); ``"5-10"``, ``"5-"``, ``"-10"`` → ranges; None or ``""`` → everything."""
+    if not text or not text.strip():
+        return None, None
+    first, sep, last = text.strip().partition("-")
+    try:
+        low = int(first) if first.strip() else None
+        high = (int(last) if last.strip() else None) if sep else low
+    except ValueError:
+        raise ConfigError(f"--steps {text!r}: give a step (7) or a range (5-10, 5-, -10).") from None
+    return low, high
+
+
+def read_records(run_dir: str) -> tuple[list[dict[str, Any]], int]:
+    """Every readable record of the run's rollouts, in sampling order, and the unreadable lines."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir!r} is not a directory; give the run directory that `distil train` wrote.")
+    if not log_exists(run_dir, ROLLOUTS):
+        raise ConfigError(
+            f"{run_dir} has no {ROLLOUTS}: the run was made with train.log_rollouts: false or by an older "
+            "distil. Train again with rollout logging on (the default) to review its rollouts."
+        )
+    records, unreadable = [], 0
+    for _file, _number, line in log_lines(run_dir, ROLLOUTS):  # rotated segments first, then the live file
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
+            unreadable += 1
+            continue
+        if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+            unreadable += 1
+            continue
+        records.append(record)
+    return records, unreadable
+
+
+def failed_items(records: list[dict[str, Any]], filters: QueueFilter) -> Iterator[ReviewItem]:
+    """Distinct failed responses in sampling order, counting repeats."""
+    items: dict[tuple[str, str], ReviewItem] = {}
+    for record in records:
+        if (record.get("verdict") or {}).get("passed"):
+            continue
+        if filters.problem_id and record["problem_id"] != filters.problem_id:
+            continue
+        if not (filters.in_steps(record) and filters.admits(record)):
+            continue
+        key = record["problem_id"], record["response_hash"]
+        step = record.get("step")
+        if key in items:
+            items[key].seen += 1
+        else:
+            items[key] = ReviewItem(record)
+        if isinstance(step, int):
+            items[key].steps.append(step)
+    return iter(items.values())
+
+
+def group_by_problem(records: list[dict[str, Any]], filters: QueueFilter) -> dict[str, ProblemGroup]:
+    """Every problem with at least one failed response the filters admit, in first-seen order."""
+    groups: dict[str, ProblemGroup] = {}
+    for item in failed_items(records, filters):
+        pid = item.record["problem_id"]
+        group = groups.setdefault(pid, ProblemGroup(pid, str(item.record.get("prompt", "")),
+                                                    item.record.get("reference")))
+        item.group = group
+        group.items.append(item)
+    for record in records:  # pass rates count every sample of the problem in the step range
+        group = groups.get(record["problem_id"])
+        if group is None or not filters.in_steps(record):
+            continue
+        group.samples += 1
+        if (record.get("verdict") or {}).get("passed"):
+            group.passed += 1
+        else:
+            group.failing += 1
+        if isinstance(record.get("step"), int):
+            group.last_step = max(group.last_step, record["step"])
+    return groups
+
+
+def build_queue(records: list[dict[str, Any]], reviewed: set[tuple[str, str]], sort: str = "failing",
+                filters: Optional[QueueFilter] = None) -> list[ProblemGroup]:
+    """The problems to review, best first by ``sort`` (ties: more failing samples, then problem id)."""
+    filters = filters or QueueFilter()
+    if sort not in SORTS:
+        raise ConfigError(f"sort {sort!r} is not one of {', '.join(SORTS)}.")
+    groups = list(group_by_problem(records, filters).values())
+    if filters.only_unreviewed:
+        for group in groups:
+            group.items = [i for i in group.items if i.key not in reviewed]
+        groups = [g for g in groups if g.items]
+    keys = {
+        "failing": lambda g: (-g.failing, g.problem_id),
+        "pass_rate": lambda g: (g.pass_rate, -g.failing, g.problem_id),
+        "recent": lambda g: (-g.last_step, -g.failing, g.problem_id),
+        "unreviewed": lambda g: (-g.unreviewed(reviewed), -g.failing, g.problem_id),
+    }
+    return sorted(groups, key=keys[sort])
+
+
+def queue_items(queue: list[ProblemGroup]) -> list[ReviewItem]:
+    """The queue as one list of responses, problem after problem (what the terminal steps through)."""
+    return [item for group in queue for item in group.items]
+
+
+def sources_in(records: list[dict[str, Any]]) -> list[str]:
+    """The feedback sources that spoke on some failed rollout of the run (for the source filter)."""
+    return sorted({str(f.get("source")) for r in records if not (r.get("verdict") or {}).get("passed")
+                   for f in r.get("feedback") or []})

@@ -1,0 +1,145 @@
+"""The desk's routes (Starlette): the queue, a problem's page, saving an entry, the export.
+
+Pages are rendered on the server from the Jinja2 templates beside this module; the only
+script is a small inline one for keyboard shortcuts, so the desk needs no build step and
+fetches nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Optional
+from urllib.parse import quote, urlencode, urlsplit
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from distil_core import ConfigError
+
+from .desk import Desk, Outcome, View
+
+TOKEN_COOKIE = "distil_desk_token"
+AUTHOR_COOKIE = "distil_desk_author"
+QUEUE_ROWS = 500  # a page a browser draws at once; the counts cover the whole queue
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
+def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
+    """The ASGI app over ``desk``; with ``token``, every request must carry it (see :func:`_allowed`)."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["pct"] = lambda x: f"{x:.0%}"
+    templates = Jinja2Templates(env=env)
+
+    def page(request: Request, name: str, status: int = 200, **values) -> Response:
+        values.setdefault("author", request.cookies.get(AUTHOR_COOKIE) or desk.author)
+        return templates.TemplateResponse(request, name, {"desk": desk, **values}, status_code=status)
+
+    def settings(request: Request) -> View:
+        try:
+            return desk.view(request.query_params)
+        except ConfigError as exc:
+            raise _BadRequest(str(exc)) from None
+
+    async def queue(request: Request) -> Response:
+        view = settings(request)
+        groups = desk.queue(view)
+        reviewed = desk.store.reviewed()
+        return page(request, "queue.html", view=view, groups=groups, shown=groups[:QUEUE_ROWS], reviewed=reviewed,
+                    qs=_qs(view),
+                    entries=desk.store.count(), unreviewed=sum(g.unreviewed(reviewed) for g in groups))
+
+    def problem_page(request: Request, problem_id: str, view: View, outcome: Optional[Outcome] = None,
+                     form: Optional[dict] = None) -> Response:
+        group, prev_id, next_id = desk.problem(problem_id, view)
+        if group is None:
+            return PlainTextResponse(f"This run has no failed response to problem {problem_id!r}.", 404)
+        entries = desk.store.all(problem_id)
+        status = 200 if outcome is None or outcome.entry else 422
+        return page(request, "problem.html", status, view=view, group=group, prev_id=prev_id, next_id=next_id,
+                    entries=entries, qs=_qs(view), outcome=outcome, form=form or {},
+                    saved=request.query_params.get("saved", ""), quote=quote)
+
+    async def problem(request: Request) -> Response:
+        return problem_page(request, request.path_params["problem_id"], settings(request))
+
+    async def save(request: Request) -> Response:
+        problem_id = request.path_params["problem_id"]
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        view = settings(request)
+        group, _, _ = desk.problem(problem_id, view)
+        if group is None:
+            return PlainTextResponse(f"This run has no failed response to problem {problem_id!r}.", 404)
+        outcome = desk.save(group, form)
+        if outcome.entry is None:
+            return problem_page(request, problem_id, view, outcome, form)
+        where = f"/problem/{quote(problem_id, safe='')}?{_qs(view, saved=outcome.entry.id[:8])}"
+        response = RedirectResponse(where, status_code=303)
+        if outcome.entry.author:
+            response.set_cookie(AUTHOR_COOKIE, quote(outcome.entry.author), samesite="strict")
+        return response
+
+    async def export(request: Request) -> Response:
+        return Response(desk.export(), media_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="corrections.jsonl"'})
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse(str(exc), 400)
+
+    app = Starlette(routes=[
+        Route("/", queue),
+        Route("/problem/{problem_id:path}", problem, methods=["GET"]),
+        Route("/save/{problem_id:path}", save, methods=["POST"]),
+        Route("/export", export),
+    ], exception_handlers={_BadRequest: bad_request})
+    return _Guard(app, token)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _qs(view: View, **extra: str) -> str:
+    return urlencode({**view.query(), **extra})
+
+
+class _Guard:
+    """Every request passes here first: the token when one is set, the same origin for a POST
+    (so that another web page open in the reviewer's browser cannot write into the store)."""
+
+    def __init__(self, app: Starlette, token: Optional[str]):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        sent_token = self.token and request.query_params.get("token") == self.token
+
+        async def send_with_cookie(message) -> None:
+            if sent_token and message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+    def _refusal(self, request: Request) -> Optional[Response]:
+        if self.token:
+            given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                     or request.headers.get("authorization", "").removeprefix("Bearer "))
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return PlainTextResponse("This review desk needs its token: open the address that "
+                                         "`distil review --web` printed (it ends in ?token=...).", 401)
+        if request.method == "POST":
+            origin = request.headers.get("origin")
+            if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+                return PlainTextResponse(f"Refused a form sent from another site ({origin}).", 403)
+        return None

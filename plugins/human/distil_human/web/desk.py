@@ -1,0 +1,140 @@
+"""The desk's state and actions, free of HTTP: one run, one store, the queue and the saves.
+
+Kept apart from the routes so that the rules (what a save needs, when a solution is refused)
+are written once and read plainly; :mod:`distil_human.web.app` only turns requests into calls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from distil_core import ConfigError, DistilError
+
+from ..exchange import dump_entries
+from ..provenance import read_provenance
+from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_records,
+                            sources_in)
+from ..store import Correction, CorrectionStore
+from ..verify import SolutionCheck, SolutionChecker
+
+MAX_TEXT = 100_000  # characters: a reviewer's entry, not a file upload
+
+
+@dataclass
+class View:
+    """The queue settings of one page: sort order and filters, as the query string carries them."""
+
+    sort: str
+    filters: QueueFilter
+
+    @property
+    def steps_text(self) -> str:
+        first, last = self.filters.steps
+        if first is None and last is None:
+            return ""
+        return str(first) if first == last else f"{'' if first is None else first}-{'' if last is None else last}"
+
+    def query(self) -> dict[str, str]:
+        out = {"sort": self.sort, "verdict": self.filters.verdict}
+        if self.filters.source:
+            out["source"] = self.filters.source
+        if self.steps_text:
+            out["steps"] = self.steps_text
+        if self.filters.only_unreviewed:
+            out["unreviewed"] = "1"
+        return out
+
+
+@dataclass
+class Outcome:
+    """What a save did: ``entry`` when stored; else ``error`` (and ``check`` for a refused solution)."""
+
+    entry: Optional[Correction] = None
+    error: str = ""
+    check: Optional[SolutionCheck] = None
+
+
+class Desk:
+    """The run's rollouts and provenance (read once, at start) and the shared store."""
+
+    def __init__(self, run_dir: str, store: CorrectionStore, *, author: str = "", sort: str = "failing",
+                 filters: Optional[QueueFilter] = None):
+        self.run_dir = os.path.abspath(run_dir)
+        self.store, self.author = store, author
+        self.records, self.unreadable = read_records(run_dir)
+        self.provenance = read_provenance(run_dir)
+        self.sources = sources_in(self.records)
+        self.checker = SolutionChecker(run_dir)
+        self.default = View(sort, replace(filters or QueueFilter(), problem_id=None))
+        self.sorts, self.verdicts = SORTS, VERDICTS
+
+    def view(self, params: Any) -> View:
+        """The settings from a query string (a mapping): the command line's until the filter form
+        has been sent once (then ``sort`` is always present). ConfigError names a bad value."""
+        if "sort" not in params:
+            return self.default
+        steps_text = (params.get("steps") or "").strip()
+        filters = QueueFilter(verdict=params.get("verdict") or "failed", source=params.get("source") or None,
+                              steps=parse_steps(steps_text), only_unreviewed=params.get("unreviewed") == "1")
+        if params["sort"] not in SORTS:
+            raise ConfigError(f"sort {params['sort']!r} is not one of {', '.join(SORTS)}.")
+        return View(params["sort"], filters)
+
+    def queue(self, view: View) -> list[ProblemGroup]:
+        return build_queue(self.records, self.store.reviewed(), view.sort, view.filters)
+
+    def problem(self, problem_id: str, view: View) -> tuple[Optional[ProblemGroup], Optional[str], Optional[str]]:
+        """The problem's group (every failed response, whatever the filters) and its queue neighbours."""
+        order = [g.problem_id for g in self.queue(view)]
+        groups = build_queue(self.records, set(), "failing", QueueFilter(problem_id=problem_id))
+        group = groups[0] if groups else None
+        if problem_id not in order:
+            return group, None, (order[0] if order else None)
+        at = order.index(problem_id)
+        return group, (order[at - 1] if at > 0 else None), (order[at + 1] if at + 1 < len(order) else None)
+
+    def context_of(self, problem_id: str, response_hash: str) -> Optional[dict[str, Any]]:
+        """The newest provenance record of this response (what the expert last read about it)."""
+        records = self.provenance.get((problem_id, response_hash)) or []
+        return records[-1] if records else None
+
+    def save(self, group: ProblemGroup, form: dict[str, str]) -> Outcome:
+        """Check and store one entry from a submitted form."""
+        kind, text = form.get("kind", ""), (form.get("text") or "").strip("\n")
+        author = (form.get("author") or "").strip() or self.author
+        if kind not in ("correction", "solution"):
+            return Outcome(error=f"kind must be correction or solution (got {kind!r}).")
+        if not text.strip():
+            return Outcome(error=f"The {kind} is empty; nothing was saved.")
+        if len(text) > MAX_TEXT:
+            return Outcome(error=f"The {kind} is {len(text):,} characters long; at most {MAX_TEXT:,} are kept.")
+        record: dict[str, Any] = {}
+        wanted = form.get("response_hash") or None
+        if wanted:
+            found = [i for i in group.items if i.record["response_hash"] == wanted]
+            if not found:
+                return Outcome(error=f"Problem {group.problem_id} has no failed response {wanted!r} in this run.")
+            record = found[0].record
+        verified, check = None, None
+        if kind == "solution":
+            check = self.checker.check(group.problem_id, text)
+            if check.refused and form.get("store_anyway") != "1":
+                return Outcome(error=f"Refused: {check.reason}.", check=check)
+            verified = check.verified
+        verdict = record.get("verdict") or {}
+        entry = Correction(
+            problem_id=group.problem_id, response_hash=wanted, kind=kind, text=text, author=author,
+            run_dir=self.run_dir, step=record.get("step"), response_text=record.get("response_text"),
+            verdict={k: verdict.get(k) for k in ("score", "passed", "answer")} if record else None,
+            verified=verified,
+        )
+        try:
+            self.store.add(entry)
+        except DistilError as exc:
+            return Outcome(error=f"NOT saved: {exc}", check=check)
+        return Outcome(entry=entry, check=check)
+
+    def export(self) -> str:
+        return dump_entries(self.store.all())
