@@ -242,7 +242,10 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     steps: int = Field(default=200, ge=0, le=BIG)
     output_dir: Optional[str] = Field(default=None, description="Default: runs/<method>-<time>.")
-    eval_every: int = Field(default=0, ge=0, le=BIG, description="0: evaluate before and after only.")
+    eval_every: int = Field(
+        default=50, ge=0, le=BIG,
+        description="Also evaluate every this many steps (eval.jsonl: the held-out curve `distil plot` draws); "
+        "0: before and after only. Evaluations sample with their own seed: they never change the training.")
     save_every: int = Field(default=50, ge=0, le=BIG, description="0: save at the end only.")
     log_every: int = Field(default=1, ge=1, le=BIG)
     progress: bool = True
