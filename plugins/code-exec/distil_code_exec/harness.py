@@ -761,8 +761,10 @@ WATCH_LIMIT = 2000  # entries; a busier place is never called unchanged
 
 
 def _surroundings(work):
-    """What a run could leave behind for the next one (None: too much to compare)."""
-    seen = []
+    """What a run could leave behind for the next one (None: too much to compare). Outside the
+    work directory only what this uid owns counts: a shared /tmp (the process backend's) changes
+    under others' hands, and what a run creates there is its own."""
+    seen, uid = [], os.getuid()
     for top in (work,) + WATCHED:
         if not os.path.isdir(top):
             continue
@@ -775,11 +777,15 @@ def _surroundings(work):
                     st = os.lstat(path)
                 except OSError:
                     return None
-                seen.append((path, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
+                if top == work or st.st_uid == uid:
+                    seen.append((path, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
                 if len(seen) > WATCH_LIMIT:
                     return None
-            if folder != work:
+            try:
                 st = os.lstat(folder)
+            except OSError:
+                return None
+            if folder != work and st.st_uid == uid:
                 seen.append((folder, st.st_mode, st.st_mtime_ns))
     for table in ("shm", "msg", "sem"):
         try:
@@ -839,7 +845,7 @@ def grade_batch(batch, key):
             os.unlink(solution)
             os.unlink(child)
         except OSError:
-            return
+            return _stop("the run's files could not be removed")
         left = _descendants()
         if left:
             for pid in left:
@@ -847,9 +853,16 @@ def grade_batch(batch, key):
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            return
-        if baseline is None or _surroundings(work) != baseline:
-            return
+            return _stop(f"the run left {len(left)} processes running")
+        now = _surroundings(work)
+        if baseline is None or now != baseline:
+            changed = sorted({e[0] for e in set(now or []) ^ set(baseline or [])})[:3]
+            return _stop(f"the run changed the writable places or IPC {changed}")
+
+
+def _stop(reason):
+    """Say on stderr (for whoever debugs the grading) why the batch stopped early."""
+    print(f"distil-batch: stopped after a run: {reason}", file=sys.stderr, flush=True)
 
 
 def main():

@@ -1,0 +1,111 @@
+"""``verify_batch`` gives the verdicts ``verify`` gives, on the real sandbox backends.
+
+A fixed set of rollouts — right, wrong, raising, timing out, not Python, repeated, and two that
+try to reach a later rollout of the same sandbox job (a process left running, a file left in
+/tmp) — is graded one rollout per job (the old path) and through the batch path.
+"""
+
+from __future__ import annotations
+
+import pytest
+from code_exec_testlib import problem, rollout
+
+from distil_code_exec import CodeExecVerifier
+from distil_core import BatchVerifier, testing
+from distil_core.training.step import verify
+
+CALLS = {"entry_point": "f", "calls": [{"args": [1], "expected": 2}, {"args": [3], "expected": 6}], "timeout_s": 0.5}
+ASSERTS = {"asserts": ["assert f(1) == 2", "assert f(3) == 6"], "timeout_s": 0.5}
+IO = {"io": [{"stdin": "1\n", "stdout": "2\n"}, {"stdin": "3\n", "stdout": "6\n"}], "timeout_s": 0.5}
+
+RIGHT = "def f(x): return 2 * x"
+WRONG = "def f(x): return x + 1"  # right on the first test only
+RAISES = "def f(x):\n    if x == 3:\n        raise ValueError('no threes')\n    return 2 * x"
+SLOW = "def f(x):\n    while x == 3:\n        pass\n    return 2 * x"
+BROKEN = "def f(x) return 2 * x"
+EXITS = "import os\ndef f(x):\n    os._exit(3)"
+LINGER = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+          "    os._exit(0)\ndef f(x): return 2 * x")
+PLANT = "open('/tmp/answer', 'w').write('6')\ndef f(x): return 2 * x"
+READ_PLANTED = "def f(x):\n    return int(open('/tmp/answer').read()) if x == 3 else 2 * x"
+PROGRAM_RIGHT = "print(2 * int(input()))"
+PROGRAM_SLOW = "x = int(input())\nwhile x == 3:\n    pass\nprint(2 * x)"
+
+ROWS = [
+    (CALLS, RIGHT), (CALLS, WRONG), (CALLS, RAISES), (CALLS, SLOW), (CALLS, BROKEN), (CALLS, RIGHT),
+    (CALLS, EXITS), (ASSERTS, RIGHT), (ASSERTS, WRONG), (ASSERTS, RAISES), (ASSERTS, BROKEN),
+    (IO, PROGRAM_RIGHT), (IO, PROGRAM_SLOW), (IO, RAISES), (CALLS, WRONG),
+    (CALLS, PLANT), (CALLS, READ_PLANTED), (CALLS, LINGER), (CALLS, RIGHT + "  # after a leftover"),
+    (ASSERTS, READ_PLANTED),
+]
+
+
+def what_matters(verdict):
+    """A verdict without its timings."""
+    details = verdict.details
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in details["tests"]]
+    kept = {k: v for k, v in details.items() if k not in ("tests", "wall_s")}
+    return verdict.passed, verdict.score, rows, kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["bwrap", "process", "docker"])
+def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
+    old = CodeExecVerifier(backend=backend, cache_size=0, workers=2)
+    new = CodeExecVerifier(backend=backend, cache_size=0, workers=1)  # one job: every row shares it
+    problems = [problem(ref, pid=f"p{i}") for i, (ref, _) in enumerate(ROWS)]
+    rollouts = [rollout(code) for _, code in ROWS]
+    try:
+        alone = old.verify_many(zip(problems, rollouts))
+        together = new.verify_batch(problems, rollouts)
+    finally:
+        old.close()
+        new.close()
+    assert [what_matters(v) for v in together] == [what_matters(v) for v in alone]
+    assert [v.passed for v in alone][:3] == [True, False, False]
+    assert alone[16].details["tests"][1]["status"] == "error"  # no file from an earlier rollout
+    assert alone[3].details["tests"][1]["status"] == "timeout"
+    # Batched for real: the repeated rollout graded once, most rows in the shared job; the rows
+    # after the planted file and after the lingering process each re-graded in a job of their own.
+    assert new.counts["batched_runs"] >= 12 and new.counts["batch_fallbacks"] >= 2
+    assert new.counts["sandbox_runs"] == 1 + new.counts["batch_fallbacks"]
+    assert old.counts["sandbox_runs"] == len(ROWS)
+
+
+def test_the_trainer_grades_a_step_in_one_call():
+    verifier = CodeExecVerifier(backend="bwrap", workers=2)
+    assert isinstance(verifier, BatchVerifier)
+    problems = [problem(CALLS, pid="a"), problem(ASSERTS, pid="b")]
+    rollouts = [rollout(RIGHT), rollout(WRONG), rollout(RIGHT), rollout(RIGHT), rollout(BROKEN), rollout(RIGHT)]
+    try:
+        verdicts = verify(verifier, "code_exec", problems, rollouts, 3)
+        assert [v.passed for v in verdicts] == [True, False, True, True, False, True]
+        assert verifier.counts["sandbox_runs"] == 2  # four distinct rollouts, two jobs
+        assert verifier.counts["batched_runs"] == 4 and verifier.counts["cache_hits"] == 0
+        again = verify(verifier, "code_exec", problems, rollouts, 3)  # the next step: all remembered
+        assert [what_matters(v) for v in again] == [what_matters(v) for v in verdicts]
+        assert verifier.counts["sandbox_runs"] == 2 and verifier.counts["cache_hits"] == 6
+    finally:
+        verifier.close()
+
+
+def test_batch_size_is_checked_and_bounds_a_job():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        CodeExecVerifier(backend="bwrap", batch_size=0)
+    verifier = CodeExecVerifier(backend="bwrap", workers=1, batch_size=2, cache_size=0)
+    try:
+        codes = [f"def f(x): return 2 * x + {k} - {k}" for k in range(5)]
+        verdicts = verifier.verify_batch([problem(CALLS)] * 5, [rollout(c) for c in codes])
+    finally:
+        verifier.close()
+    assert all(v.passed for v in verdicts)
+    assert verifier.counts["sandbox_runs"] == 3 and verifier.counts["batched_runs"] == 5
+
+
+def test_a_batch_verifier_that_miscounts_is_named():
+    class Short:
+        def verify_batch(self, problems, rollouts):
+            return []
+
+    with pytest.raises(Exception, match=r"verifier 'short': verify_batch returned 0 verdicts for 1 rollouts"):
+        verify(Short(), "short", [testing.problem("x")], [testing.rollout("x")], 1)
