@@ -1,7 +1,9 @@
 """The learning-rate schedule: a linear warmup, then a constant rate or a decay over the run.
 
-The rate of an optimizer step is ``optim.lr × lr_factor(steps_done)``, where ``steps_done`` is
-the number of optimizer steps already taken (a step skipped for a NaN loss takes none):
+The rate of a training step's update is ``optim.lr × lr_factor(steps_done)``, where
+``steps_done`` counts the earlier training steps whose update was taken (one per batch of
+rollouts, however many optimizer steps ``optim.epochs`` × ``optim.minibatches`` make of it; a
+batch skipped for a NaN loss counts none). ``metrics.jsonl``'s ``lr`` is that rate.
 
 - warmup: ``(steps_done + 1) / warmup_steps`` for the first ``warmup_steps`` steps;
 - ``constant``: 1 after that;
@@ -26,7 +28,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 def lr_factor(steps_done: int, *, schedule: str, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """The multiple of ``optim.lr`` that the optimizer step after ``steps_done`` steps uses."""
+    """The multiple of ``optim.lr`` that the update after ``steps_done`` scheduled steps uses."""
     if steps_done < warmup:  # the same numbers as min(1, (s + 1) / warmup): warmup / warmup == 1.0
         return (steps_done + 1) / warmup
     if schedule == "constant":
