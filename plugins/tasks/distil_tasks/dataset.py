@@ -72,7 +72,7 @@ class DatasetTask:
             system_prompt_key=system_prompt_key,
             solution_key=solution_key,
             id_keys=(id_key or "id",),
-            metadata_keys=tuple(metadata_keys),
+            metadata_keys=(metadata_keys,) if isinstance(metadata_keys, str) else tuple(metadata_keys),
             id_required=id_key is not None,
             hint=True,
         )

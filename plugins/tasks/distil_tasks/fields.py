@@ -100,7 +100,7 @@ class Fields:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if any(m["role"] == "system" for m in messages):
-            raise record.error(key, f"already has a system message; drop it or unset options.system_prompt_key")
+            raise record.error(key, "already has a system message; drop it or unset options.system_prompt_key")
         return [{"role": "system", "content": system}, *messages]
 
     def answer(self, record: Record) -> str:
