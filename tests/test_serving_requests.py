@@ -36,9 +36,13 @@ def test_a_bad_field_is_a_400_that_names_it(kind, body, param, words):
     assert words in caught.value.message
 
 
-def test_null_means_not_sent_and_unknown_fields_are_ignored():
-    request = validated(CompletionRequest, {"prompt": [1, 2], "max_tokens": None, "user": "me", "stream": False})
+def test_null_means_not_sent_and_unknown_fields_are_refused_by_name():
+    request = validated(CompletionRequest, {"prompt": [1, 2], "max_tokens": None, "user": "me", "stream": False,
+                                            "tools": None})
     assert request.max_tokens == 16 and request.prompt == [[1, 2]]
+    with pytest.raises(ApiError) as caught:
+        validated(CompletionRequest, {"prompt": [1, 2], "temprature": 0.5})
+    assert caught.value.param == "temprature" and "'temprature'" in caught.value.message
     assert validated(CompletionRequest, {"prompt": ["a", [3]], "stop": "\n"}).sampling()["stop"] == ["\n"]
 
 

@@ -126,10 +126,10 @@ def _add_bench(sub: Any) -> None:
 
 def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API, with log-probs")
-    serve.add_argument("--model", default="tiny", help="'tiny' (the embedded default's base model) or a local model directory")
+    serve.add_argument("--model", default="tiny", help="'tiny' (the embedded default's base model), 'smollm2', a .gguf file, or a local model directory")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
-    serve.add_argument("--name", help="the model name clients send (default: 'tiny' or the directory's name)")
+    serve.add_argument("--name", help="the model name clients send (default: 'tiny', a GGUF file's model name, or the directory's name)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config overrides that pick the tiny base, e.g. --set model.tiny.steps=60")
