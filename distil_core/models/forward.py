@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+import weakref
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +42,32 @@ def response_logits(
 
     Returns ``logits [B, T, V]``, ``tokens [B, T]`` and ``mask [B, T]`` with every response
     starting at column 0 (T = longest response): ``logits[b, t]`` predicts ``tokens[b, t]``.
-    Sequences are left-padded so all responses end on the last column, and the model computes
-    logits for the last T + 1 positions only (``logits_to_keep``), not for the prefixes.
+    Sequences are left-padded so all responses end on the last column. The decoder's hidden
+    states are re-aligned at the response positions first and only those ``B × T`` rows go
+    through the output projection, so ragged rows cost what plain slicing of equal rows costs
+    (moving ``[B, T, V]`` logits around would cost more than the projection saves). A model
+    whose logits are not a plain projection of its hidden states (:func:`projects_plainly`)
+    has the model compute logits for the last T + 1 positions (``logits_to_keep``) instead.
     """
+    if projects_plainly(model):
+        return _at_responses(model, prefixes, responses, pad_id, _decoder_columns(model),
+                             project=model.get_output_embeddings())
+    return _at_responses(model, prefixes, responses, pad_id, _logit_columns(model))
+
+
+def _logit_columns(model: Any):
     def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=width + 1,
                     use_cache=False)  # one pass: no KV cache to build (and none to refuse under checkpointing)
         return out.logits
+    return last_columns
 
-    return _at_responses(model, prefixes, responses, pad_id, last_columns)
+
+def _decoder_columns(model: Any):
+    def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
+        return out.last_hidden_state[:, -(width + 1) :]
+    return last_columns
 
 
 def output_projection(model: Any) -> tuple[Tensor, Optional[Tensor]]:
@@ -68,29 +87,27 @@ def response_hidden(
     predict ``tokens[b, t]``; :func:`check_projection` verifies that a model computes its
     logits that way.
     """
-    def last_columns(ids: Tensor, mask: Tensor, width: int) -> Tensor:
-        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-        return out.last_hidden_state[:, -(width + 1) :]
-
-    return _at_responses(model, prefixes, responses, pad_id, last_columns)
+    return _at_responses(model, prefixes, responses, pad_id, _decoder_columns(model))
 
 
-def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns) -> tuple[Tensor, Tensor, Tensor]:
+def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns, project: Any = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``last_columns(ids, mask, width)`` (the model's output for the last width + 1
-    positions of the left-padded ``prefix + response`` rows) and shift each row so that
-    column t holds what predicts ``response[t]``, responses starting at column 0."""
+    positions of the left-padded ``prefix + response`` rows), shift each row so that column t
+    holds what predicts ``response[t]``, responses starting at column 0, then ``project`` it."""
     device = next(model.parameters()).device
     lengths = [len(r) for r in responses]
     width = max(lengths, default=0)
     ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
     with policy_autocast(model) as autocast:  # model.autocast; the losses get float32 either way
         window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
+        if any(n != width for n in lengths):  # shift ragged rows left (they were end-aligned above)
+            starts = torch.tensor([width - n for n in lengths], device=device)
+            cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
+            window = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+        aligned = window if project is None else project(window)
     if autocast is not None:
-        window = to_float32(window)
-    # Shift each row left so its response starts at column 0 (ragged lengths end-aligned above).
-    starts = torch.tensor([width - n for n in lengths], device=device)
-    cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
-    aligned = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+        aligned = to_float32(aligned)
     resp_mask = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
     return aligned, tokens[:, :width], resp_mask.to(aligned.dtype)
@@ -99,10 +116,12 @@ def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns) ->
 @torch.no_grad()
 def check_projection(model: Any, pad_id: int, sample: Sequence[int] = (1, 2, 3, 4)) -> None:
     """Raise ValueError unless the model's logits are its output projection of its decoder's
-    last hidden states (no logit scaling or soft-capping), as the chunked losses assume."""
-    with full_precision(model):  # a structural check: bfloat16 rounding would hide nothing but fail it
-        logits, _, _ = response_logits(model, [list(sample[:2])], [list(sample[2:])], pad_id)
-        hidden, _, _ = response_hidden(model, [list(sample[:2])], [list(sample[2:])], pad_id)
+    last hidden states (no logit scaling or soft-capping), as the chunked losses and the
+    projection of gathered hidden states in :func:`response_logits` assume."""
+    prefix, response = [list(sample[:2])], [list(sample[2:])]
+    with full_precision(model), without_dropout(model):  # structural: rounding or dropout would fail it
+        logits, _, _ = _at_responses(model, prefix, response, pad_id, _logit_columns(model))
+        hidden, _, _ = response_hidden(model, prefix, response, pad_id)
     weight, bias = output_projection(model)
     projected = torch.nn.functional.linear(hidden, weight, bias)
     if not torch.allclose(projected.float(), logits.float(), rtol=1e-3, atol=1e-3):
@@ -110,6 +129,48 @@ def check_projection(model: Any, pad_id: int, sample: Sequence[int] = (1, 2, 3, 
             f"{type(model).__name__} does not compute its logits as a plain projection of its last "
             "hidden states (scaled or soft-capped logits?); set loss.chunk_size: 0 for this model"
         )
+
+
+_PLAIN: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def projects_plainly(model: Any) -> bool:
+    """Whether ``model``'s logits are a plain projection of its decoder's output, so that
+    :func:`response_logits` may project gathered hidden states itself; checked once per model
+    object (:func:`check_projection`). A model sharded by FSDP never is (its root forward is
+    what gathers the embeddings and head, so it must be called whole); sharding changes the
+    model's class in place, so that part is asked on every call."""
+    if _sharded(model):
+        return False
+    known = _PLAIN.get(model)
+    if known is None:
+        try:
+            check_projection(model, 0)
+            known = True
+        except (ValueError, AttributeError, TypeError, NotImplementedError):
+            known = False
+        _PLAIN[model] = known
+    return known
+
+
+def _sharded(model: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def without_dropout(model: Any) -> Iterator[None]:
+    """The block with every module in eval mode, each module's own mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from distil_core.config import RunConfig
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_directory
 from distil_core.losses.methods import method_named
-from distil_core.models.forward import check_projection
+from distil_core.models.forward import check_projection, projects_plainly
 from distil_core.models.lora import trainable_parameters
 from distil_core.plugin_host import PluginHost
 from distil_core.tracking import Trackers
@@ -113,6 +113,7 @@ class Trainer:
                 check_projection(model, self.rt.pad_id)
             except (ValueError, AttributeError) as exc:
                 raise ConfigError(f"loss.chunk_size: {exc}") from None
+        projects_plainly(model)  # settled now, at full precision: which path response_logits takes
         reference = ReferencePolicy.build(self.config, model)  # the initial weights, before sharding
         if self.sharded:  # after the runtime: self/hf expert copies stay whole, local copies
             fsdp.shard_policy(model)
