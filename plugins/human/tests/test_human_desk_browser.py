@@ -147,7 +147,9 @@ def test_two_reviewers_saving_at_the_same_moment_lose_nothing(run, tmp_path):
             browser.get(desk.url)
             browser.find_element(By.CSS_SELECTOR, "#queue a.problem").click()
             _wait(browser, "#problem")
-            browser.find_element(By.ID, "reviewer").send_keys(name)
+            reviewer = browser.find_element(By.ID, "reviewer")
+            reviewer.clear()
+            reviewer.send_keys(name)
             before = ""
             for i in range(rounds):
                 browser.find_element(By.CSS_SELECTOR, "form.entry.response textarea").send_keys(f"{name} note {i}")

@@ -11,7 +11,8 @@ import pytest
 from human_testlib import Terminal, distil_argv, entry, plugin_env
 
 from distil_core.builtin import DigitsTask
-from distil_human.review import PROMPT, TEXT_PROMPT, load_failed_rollouts
+from distil_human.review import PROMPT, TEXT_PROMPT
+from distil_human.review_queue import build_queue, queue_items, read_records
 from distil_human.store import CorrectionStore
 from distil_core.testing import FAST_RUN
 
@@ -58,7 +59,7 @@ def test_stored_solutions_reach_the_expert_context(run):
 @pytest.mark.slow
 def test_review_in_a_terminal_saves_each_entry_as_it_is_entered(run, tmp_path):
     run_dir, _ = run
-    items, _ = load_failed_rollouts(str(run_dir))
+    items = queue_items(build_queue(read_records(str(run_dir))[0], set()))  # the order the terminal shows
     assert len(items) >= 4, "the run needs four distinct failed responses for this test"
     db, n = str(tmp_path / "review.sqlite"), len(items)
     review = distil_argv("review", str(run_dir), "--db", db, "--author", "tester")

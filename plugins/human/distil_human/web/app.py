@@ -60,8 +60,10 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
             return PlainTextResponse(f"This run has no failed response to problem {problem_id!r}.", 404)
         entries = desk.store.all(problem_id)
         status = 200 if outcome is None or outcome.entry else 422
-        return page(request, "problem.html", status, view=view, group=group, prev_id=prev_id, next_id=next_id,
-                    entries=entries, qs=_qs(view), outcome=outcome, form=form or {},
+        sent = (form or {}).get("author", "").strip()  # a refused save keeps the name it was sent with
+        extra = {"author": sent} if sent else {}
+        return page(request, "problem.html", status, **extra, view=view, group=group, prev_id=prev_id,
+                    next_id=next_id, entries=entries, qs=_qs(view), outcome=outcome, form=form or {},
                     saved=request.query_params.get("saved", ""), quote=quote)
 
     async def problem(request: Request) -> Response:
