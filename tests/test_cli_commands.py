@@ -27,7 +27,7 @@ class _BenchPlugin:
 
 
 def test_the_builtin_commands_are_the_parsers_own():
-    assert builtin_commands() == ["train", "eval", "plugins", "bench", "serve"]
+    assert builtin_commands() == ["train", "eval", "plot", "plugins", "bench", "serve"]
 
 
 def test_a_plugin_command_named_like_a_builtin_is_refused_and_the_rest_keep_working(capsys, tmp_path):
