@@ -1,8 +1,10 @@
 """Serving: ``distil serve``, an OpenAI-compatible HTTP server over a local policy.
 
-``http`` is the server and its request handling, ``requests`` the validated request bodies,
-``engine`` the generation and scoring behind it (``LocalLM``), ``batcher`` the model thread
-that decodes concurrent requests together, ``logprobs`` the answer formats, ``weights`` the
+``http`` is the server and its request handling, ``requests`` the validated request bodies
+(and the parameters refused by name), ``engine`` the generation and scoring behind it
+(``LocalLM``), ``batcher`` the model thread that decodes concurrent requests together,
+``streaming`` the server-sent chunks of ``"stream": true``, ``text`` a generation's text
+(whole, or in pieces that never split a character), ``logprobs`` the answer formats, ``weights`` the
 hot-swapped weights a trainer pushes to it, ``tokens`` the byte-level token tables the API
 answers with, and ``faults`` a server whose answers fail on schedule, for testing clients.
 

@@ -22,6 +22,8 @@ keyed as in :mod:`distil_core.rollouts.sampling`: row ``j`` of prompt ``p`` draw
 position ``t`` by inverse CDF at a uniform hashed from (the request's ``seed``, ``p``, ``j``,
 ``t``), so a seeded request gets the same samples whether it is decoded alone or beside others.
 One lock serialises the forward passes (batches and prompt scoring) and the weight changes.
+:meth:`LocalLM.stream` is :meth:`LocalLM.generate` seen step by step, for streamed answers
+(:mod:`distil_core.serving.streaming`).
 """
 
 from __future__ import annotations
