@@ -1,11 +1,18 @@
 """Where a `distil train` step spends its time, from the run's own metrics.jsonl.
 
     python benchmarks/step_profile.py RUN_DIR [RUN_DIR ...] [--skip 2]
+    python benchmarks/step_profile.py --code OUT_DIR [--steps 8] [--skip 2]
 
 The trainer times each phase of every step (generation, verification, feedback, expert scoring,
 update = loss + backward + optimizer) and logs it as ``time_<phase>``. This prints the mean
 per phase over the run's steps (the first ``--skip`` steps left out as warm-up) and its share
 of the step.
+
+``--code OUT_DIR`` first trains the embedded bench's ``code`` suite (``distil``, seed 0, ``--steps``
+steps, a small evaluation) twice — the verifier grading each rollout in a sandbox job of its own
+(``batch: false``, what ``verify`` does), then a step's rollouts several to a job
+(``verify_batch``, the default) — into OUT_DIR/one-job-per-rollout and OUT_DIR/batched, and
+profiles both.
 """
 
 from __future__ import annotations
@@ -40,12 +47,37 @@ def render(run_dir: str, means: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def train_code(out_dir: str, steps: int) -> list[str]:
+    """Train the code suite once per grading path; their run directories."""
+    import shutil
+
+    from distil_core.cli.bench import Bench, load_spec
+    from distil_core.training.trainer import Trainer
+
+    spec, base = load_spec()
+    runs = []
+    for name, batch in (("one-job-per-rollout", "false"), ("batched", "true")):
+        run_dir = os.path.join(out_dir, name)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        overrides = [f"train.steps={steps}", "train.eval_every=0", "eval.problems=8", "eval.samples=2", "eval.ks=[1,2]",
+                     f"verifier.options.batch={batch}"]
+        bench = Bench(spec, base, out_dir, suites=["code"], methods=["distil"], seeds=[0], overrides=overrides)
+        Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
+        runs.append(run_dir)
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (each holds metrics.jsonl)")
+    parser.add_argument("runs", nargs="*", help="run directories (each holds metrics.jsonl)")
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps to leave out")
+    parser.add_argument("--code", metavar="OUT_DIR", help="train the code suite per grading path first, into OUT_DIR")
+    parser.add_argument("--steps", type=int, default=8, help="training steps of each --code run")
     args = parser.parse_args()
-    print("\n\n".join(render(run, profile(run, args.skip)) for run in args.runs))
+    runs = list(args.runs) + (train_code(args.code, args.steps) if args.code else [])
+    if not runs:
+        parser.error("give run directories, or --code OUT_DIR")
+    print("\n\n".join(render(run, profile(run, args.skip)) for run in runs))
     return 0
 
 

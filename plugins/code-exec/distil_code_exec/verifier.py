@@ -86,7 +86,8 @@ class CodeExecVerifier:
     process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
     ``workers`` (sandbox jobs at once; default one per CPU), ``cache_size`` (verdicts remembered,
     least recently used dropped first; 0 turns caching off) and ``batch_size`` (rollouts one
-    sandbox job grades in ``verify_batch``; 1 gives each its own job).
+    sandbox job grades in ``verify_batch``; 1 gives each its own job). ``batch: false`` makes
+    ``verify_batch`` grade each rollout in a job of its own, as ``verify`` does (for comparison).
     ``engines`` (instead of ``backend``): engine specs for an :class:`~distil_sandbox.EnginePool`,
     e.g. ``["docker:unix:///run/d1.sock*4", "docker:tcp://10.0.0.2:2375*8", "bwrap*2"]``, where
     ``workers`` is the count for a spec without ``*N``; ``max_pending``: runs queued at most
@@ -104,12 +105,13 @@ class CodeExecVerifier:
         engines: Optional[list[str]] = None,
         max_pending: Optional[int] = None,
         batch_size: int = 32,
+        batch: bool = True,
     ):
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
         if batch_size < 1:
             raise ValueError(f"code_exec: batch_size must be at least 1 (got {batch_size})")
-        self.batch_size = batch_size
+        self.batch_size, self.batch = batch_size, batch
         workers = workers or min(32, os.cpu_count() or 4)
         if workers < 1:
             raise ValueError(f"code_exec: workers must be at least 1 (got {workers})")
@@ -162,6 +164,8 @@ class CodeExecVerifier:
     def verify_batch(self, problems: list[Problem], rollouts: list[Rollout]) -> list[Verdict]:
         """A whole step at once: ``rollouts[i]`` against ``problems[i]``, several rollouts to a
         sandbox job, identical ones graded once; the same verdicts as ``verify``."""
+        if not self.batch:
+            return self.verify_many(zip(problems, rollouts))
         return batch.verify_batch(self, problems, rollouts)
 
     @contextmanager
