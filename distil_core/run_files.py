@@ -32,9 +32,13 @@ GROWING_LOGS = ("rollouts.jsonl", "provenance.jsonl")
 STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl")
 """Every log keyed by step: a resumed run drops their lines past its checkpoint."""
 
-RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", "trackers")
-"""What a run writes into its directory (besides rotated segments); ``--overwrite`` removes
-exactly these, and a directory holding any of them already holds a run."""
+TRACKER_DIRS = ("tensorboard", "trackio", "wandb", "mlruns")
+"""Where the built-in trackers (``train.report_to``) write by default, inside the run directory."""
+
+RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", *TRACKER_DIRS, "curves.png")
+"""What a run writes into its directory (besides rotated segments), and ``distil plot``'s
+default picture of it; ``--overwrite`` removes exactly these, and a directory holding any of
+them already holds a run."""
 
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<index>\d{6})\.jsonl(?P<gz>\.gz)?$")
 
@@ -167,5 +171,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
            "log_exists", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

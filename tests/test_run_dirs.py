@@ -51,11 +51,14 @@ def test_overwrite_replaces_the_old_run_checkpoints_included(tmp_path):
     assert main(_train(run, "train.steps=4", "train.save_every=2")) == 0
     assert {"step-000002.pt", "step-000004.pt"} <= set(os.listdir(run / "checkpoints"))
     (run / "notes.txt").write_text("mine")  # not the run's: stays
+    (run / "tensorboard").mkdir()  # a tracker's output (train.report_to) is the run's: goes
+    (run / "tensorboard" / "events.out").write_text("old")
     assert main(_train(run, "train.steps=1", "train.save_every=1") + ["--overwrite"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1]
     assert not any(name.startswith(("step-000002", "step-000004")) for name in os.listdir(run / "checkpoints"))
     assert (run / "notes.txt").read_text() == "mine"
+    assert not (run / "tensorboard").exists()
 
 
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
