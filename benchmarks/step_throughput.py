@@ -2,7 +2,7 @@
 
     python benchmarks/step_throughput.py [--device cpu|cuda] [--layers 30] [--batch 4]
         [--prompt 32] [--response 96] [--repeats 3] [--gen-repeats 8] [--memory-lengths 256 1024 4096]
-        [--skip-trl] [--json out.json]
+        [--skip-trl] [--only sft sft_plain ...] [--json out.json]
 
 One model, one batch, one run; every ratio below is measured in this run:
 
@@ -67,16 +67,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+def timed_alternating(steps: dict[str, Callable[[], Any]], repeats: int, device: str) -> dict[str, float]:
+    """Median seconds per step of each variant, the variants taking turns within each repeat
+    (after one warm-up each), so that drift in the machine's speed hits all of them alike."""
+    for fn in steps.values():
         fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 # -- the steps ----------------------------------------------------------------------------------
@@ -312,6 +316,8 @@ def main() -> int:
                         help="timed generation calls per side, alternated (single calls vary by ±15%% on 2 cores)")
     parser.add_argument("--memory-lengths", type=int, nargs="*", default=[256, 1024, 4096])
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=["sft", "sft_plain", "distil", "distil_full", "trl"],
+                        help="time only these steps (sft and sft_plain are always kept: the baseline)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--memory-case", nargs=2, metavar=("KIND", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -332,7 +338,9 @@ def main() -> int:
     steps = make_steps(model, data, args.group)
     if args.skip_trl:
         steps.pop("trl", None)
-    times = {name: timed(fn, args.repeats, args.device) for name, fn in steps.items()}
+    if args.only:
+        steps = {name: fn for name, fn in steps.items() if name in {"sft", "sft_plain", *args.only}}
+    times = timed_alternating(steps, args.repeats, args.device)
     report["step_s"] = times
     sft = min(times["sft"], times["sft_plain"])  # the faster SFT step is the baseline
     labels = {"sft": "sft step (response_logits)", "sft_plain": "sft step (plain slicing)",
@@ -340,7 +348,9 @@ def main() -> int:
               "trl": "trl gkd step (generalized JSD)"}
     for name, seconds in times.items():
         print(f"{labels[name]:<34} {seconds * 1000:9.1f} ms   {seconds / sft:5.2f}× sft")
-    print(f"\ndistil / sft step time: {times['distil'] / sft:.2f}× (floor ≈ 1.33, target ≤ 1.5)")
+    print(f"\nsft step, response_logits / plain slicing: {times['sft'] / times['sft_plain']:.2f}× (target ≤ 1.1)")
+    if "distil" in times:
+        print(f"distil / sft step time: {times['distil'] / sft:.2f}× (floor ≈ 1.33, target ≤ 1.5)")
     if "trl" in times:
         print(f"distil / trl gkd step time: {times['distil'] / times['trl']:.2f}× (below 1 = ours faster)")
     elif not args.skip_trl:
