@@ -124,3 +124,38 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     assert 0.0 < r["median_p_answer"] <= 1.0 and 0.0 < r["mean_p_answer"] <= 1.0
     assert 0.0 <= r["tokens_below_0.1"] <= 1.0 and 0.0 <= r["tokens_above_0.9"] <= 1.0
     assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
+
+
+def _has_trl() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_trl(), reason="benchmarks/loop_vs_trl.py needs TRL (pip install trl), a benchmark-only dependency")
+def test_loop_vs_trl_runs_every_trainer_on_one_budget_and_prints_the_ratios(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loop_vs_trl.py"), "--steps", "2", "--problems", "2",
+         "--samples", "2", "--eval-every", "1", "--eval-problems", "2", "--eval-samples", "1", "--threads", "1",
+         "--out", str(tmp_path / "runs"), "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    runs = figures["runs"]
+    assert set(runs) == {"grpo", "jsd", "distil", "trl-grpo", "trl-gkd"}
+    for name, run in runs.items():
+        assert run["steps"] == 2 and run["train_s"] > 0 and run["tokens"] > 0 and run["peak_mb"] > 100, name
+        # evaluated before training and after each step, on a training-time clock that only grows
+        assert [step for step, _, _ in run["curve"]] == [0, 1, 2], name
+        assert run["curve"][0][1] == 0 < run["curve"][1][1] < run["curve"][2][1], name
+    # the same held-out problems and sampling seed: every run starts from the same pass@1
+    assert len({run["curve"][0][2] for run in runs.values()}) == 1
+    # the budget reached each trainer: as many completion tokens as rollouts × tokens each
+    assert all(run["tokens"] <= 2 * 2 * 2 * 10 for run in runs.values())
+    text = proc.stdout
+    for row in ("distil train, method: grpo / TRL GRPOTrainer", "distil train, method: jsd / TRL GKDTrainer"):
+        assert row in text
+    assert f"time to pass@1 ≥ {figures['target']:.3f}" in text
