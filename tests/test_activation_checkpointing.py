@@ -34,6 +34,8 @@ def _gradients(checkpointing, lora):
     if checkpointing:
         enable_gradient_checkpointing(model)
     model.train()
+    with torch.no_grad():  # the first call settles how response_logits projects (it may run the model to check)
+        response_logits(model, [[5, 6, 7]], [[10]], 0)
     calls = Calls(model.get_decoder().layers[0].mlp)
     logits, tokens, mask = response_logits(model, [[5, 6, 7], [8, 9]], [[10, 11, 12], [13]], 0)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
