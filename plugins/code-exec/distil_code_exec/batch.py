@@ -42,6 +42,7 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
     jobs = [(chunk, key, verifier.submit_job(job)) for chunk, (job, key) in
             ((chunk, batch_job(verifier, [runs[i] for i in chunk])) for chunk in chunks)]
     alone: list[int] = []
+    forked = 0
     for chunk, key, future in jobs:
         result = future.result()
         lines = result.stdout.splitlines()
@@ -52,11 +53,13 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
             if not signed.done:
                 alone.append(i)
                 continue
+            forked += signed.forked
             own = dataclasses.replace(result, stdout=mine, wall_s=signed.seconds or 0.0, timed_out=False, error=None)
             verdicts[i] = verifier.finish(dataclasses.replace(run, key=key), own)
     with verifier.counting() as counts:
         counts["batched_runs"] += len(todo) - len(alone)
         counts["batch_fallbacks"] += len(alone)
+        counts["forked_children"] += forked
     solo = {i: verifier.submit_job(runs[i].job) for i in alone}
     for i, future in solo.items():
         verdicts[i] = verifier.finish(runs[i], future.result())

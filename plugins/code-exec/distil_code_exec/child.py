@@ -7,6 +7,12 @@ A standalone script (standard library only). The harness starts it with a fresh 
 so it never holds the run's key or any expected value. Requests and replies are JSON lines;
 values travel as ``repr`` text. The harness treats every reply as untrusted: whatever the
 solution does to this process can only change the values it answers with.
+
+    python3 -I -c 'exec(compile(<this file>, CHILD_PY, "exec"))' --serve CONTROL_FD
+
+makes it a fork server instead (see ``serve``): a job that grades several rollouts starts one
+clean interpreter this way and forks each rollout's child from it, which costs a fork instead
+of an interpreter start.
 """
 
 import ast
@@ -122,5 +128,100 @@ def main():
         send({"ok": True, "value": text, "type": type(value).__name__})
 
 
+# -- the fork server -----------------------------------------------------------------------------
+#
+# Started by the harness with a fresh exec (never a fork of the harness), before any solution of
+# the job runs, from the harness's own copy of this file (not the work directory's): it holds no
+# key, no expected value and no solution. It never runs solution code itself; each request forks
+# a child that becomes exactly what ``python3 -I child.py SOLUTION 3 4`` would be (its own
+# session, stdin /dev/null, stdout and stderr and the two request pipes as the harness sent them,
+# no other descriptor open, its own random state) and runs ``main``. A child's memory is a
+# copy: nothing it does changes this process. What it could still do from outside — signal it,
+# lower its resource limits, pin its CPUs — the harness checks between rollouts (``state``), and
+# it cannot trace or read it: this process is not dumpable.
+
+
+def serve(control_fd):
+    main_line = sys._getframe(1).f_lineno + 2  # the script calls main() two lines below, indented 8
+    import ctypes
+    import fcntl  # noqa: F401 (used by the forked children)
+    import resource
+    import socket
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        os._exit(2)
+    control = socket.socket(fileno=control_fd)
+
+    def reply(message):
+        control.send(json.dumps(message).encode())
+
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 1 << 16, 8)
+        except OSError:
+            os._exit(1)
+        if not data:
+            os._exit(0)  # the harness is gone
+        request = json.loads(data)
+        if request["op"] == "fork":
+            pid = os.fork()
+            if pid == 0:
+                _forked(control, fds, request["argv"], libc, main_line)
+            for fd in fds:
+                os.close(fd)
+            reply({"pid": pid})
+        elif request["op"] == "wait":
+            try:
+                done, status = os.waitpid(request["pid"], os.WNOHANG)
+            except ChildProcessError:
+                reply({"status": "gone"})
+                continue
+            reply({"status": os.waitstatus_to_exitcode(status) if done else None})
+        elif request["op"] == "state":
+            limits = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")}
+            reply({"pid": os.getpid(), "limits": limits, "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                   "cpus": sorted(os.sched_getaffinity(0))})
+
+
+def _forked(control, fds, argv, libc, main_line):
+    """In the new child: become a freshly started ``child.py`` and run it; never returns."""
+    import fcntl
+
+    code = 1
+    try:
+        os.setsid()
+        control.close()
+        libc.prctl(4, 1, 0, 0, 0)  # dumpable again, as after an exec: its memory holds nothing to hide
+        null = os.open(os.devnull, os.O_RDONLY)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 5) for fd in [null] + list(fds)]  # clear of 0..4 first
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        os.closerange(5, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
+        if "random" in sys.modules:  # not imported here; should that change, no two children share a seed
+            sys.modules["random"].seed()
+        sys.argv = list(argv)
+        # ``main()`` as the script's own last line calls it, so that a crash of this process
+        # (a solution can break what it runs on) prints the traceback an exec would print.
+        top = compile("\n" * (main_line - 2) + "if 1:\n        main()\n", os.path.abspath(argv[0]), "exec")
+        try:
+            exec(top, globals())
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException as exc:
+            code = 1
+            exc = exc.with_traceback(exc.__traceback__.tb_next)  # from the script's line on
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+        _flush()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--serve"]:
+        serve(int(sys.argv[2]))
+    else:
+        main()  # two lines below serve(): see ``serve``

@@ -69,6 +69,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -237,9 +238,10 @@ class Capture:
 
 
 class Child:
-    """A fresh interpreter (a new exec, never a fork of this process) with captured output."""
+    """A fresh interpreter (a new exec, or a fork of a ``Zygote``; never a fork of this process)
+    with captured output."""
 
-    def __init__(self, argv, env, output_limit, stdin_data=None, rpc=False):
+    def __init__(self, argv, env, output_limit, stdin_data=None, rpc=False, zygote=None):
         self.out, self.err = Capture(output_limit), Capture(output_limit)
         self.pending = {}  # fd -> bytes still to write
         self.rpc_in = self.rpc_out = None
@@ -251,7 +253,10 @@ class Child:
             pass_fds = (req_r, rep_w)
             argv = argv + [str(req_r), str(rep_w)]
         try:
-            self.proc = subprocess.Popen(
+            # With a fork server, the same child (argv[2:], its pipes as fds 3 and 4) is forked
+            # from it; should that fail, it is started with an exec as without one.
+            self.proc = zygote.spawn(argv[2:-2] + ["3", "4"], pass_fds) if zygote is not None and rpc else None
+            self.proc = self.proc or subprocess.Popen(
                 argv, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds, close_fds=True,
                 start_new_session=True, cwd=os.getcwd(), env=env,
@@ -422,14 +427,133 @@ class Child:
         self.reading, self.pending = {}, {}
 
 
+
+# -- the fork server of a batch --------------------------------------------------------------
+
+
+class Zygote:
+    """A clean interpreter (``child.py --serve``) from which a batch forks its solutions' children.
+
+    Started with a fresh exec from this process's copy of ``child.py`` (the work directory's copy
+    may have been rewritten by a solution), before the first solution of the job runs; it never
+    sees the key. Each child it forks is the process an exec of ``child.py`` would give (see
+    ``serve`` there), so a verdict does not depend on which way its child was started. Between
+    rollouts ``healthy`` checks that the last one did not get at it (alive, same resource limits,
+    priority and CPUs); if it did, the batch starts a new one.
+    """
+
+    REPLY_S = 5.0  # it answers at once; one that does not within this is broken
+
+    BOOT = "import sys; exec(compile(sys.argv.pop(), sys.argv.pop(), 'exec'))"
+
+    def __init__(self, source, env, path):
+        """``source``: ``child.py``'s text; ``path``: where a run's copy lies (its tracebacks name it)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", self.BOOT, "--serve", str(theirs.fileno()), path, source],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), close_fds=True, start_new_session=True, cwd=os.getcwd(), env=env,
+            )
+        finally:
+            theirs.close()
+        self.control, self.pid, self.broken = mine, self.proc.pid, False
+        self.first = self._ask({"op": "state"})
+
+    def _ask(self, message, fds=()):
+        if self.broken:
+            raise OSError("the fork server is gone")
+        try:
+            self.control.settimeout(self.REPLY_S)
+            socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
+            reply = json.loads(self.control.recv(1 << 16) or b"null")
+            if not isinstance(reply, dict):
+                raise ValueError("no reply")
+            return reply
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise OSError(f"the fork server failed: {exc}") from None
+
+    def spawn(self, argv, rpc_fds):
+        """A ``ForkedProc`` running ``child.py`` with ``argv``; None if the server cannot fork."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = self._ask({"op": "fork", "argv": argv}, [out_w, err_w, *rpc_fds]).get("pid")
+        except OSError:
+            pid = None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        if not isinstance(pid, int) or pid <= 0:
+            os.close(out_r)
+            os.close(err_r)
+            return None
+        return ForkedProc(self, pid, out_r, err_r)
+
+    def reap(self, pid):
+        """The exit code of a child that ended (negative: killed by that signal), else None."""
+        try:
+            status = self._ask({"op": "wait", "pid": pid}).get("status")
+        except OSError:  # the server died: its children came to this process (the subreaper)
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                return os.waitstatus_to_exitcode(status) if done else None
+            except ChildProcessError:
+                return None if os.path.exists(f"/proc/{pid}") else -signal.SIGKILL
+        return -signal.SIGKILL if status == "gone" else status
+
+    def healthy(self):
+        try:
+            return self._ask({"op": "state"}) == self.first
+        except OSError:
+            return False
+
+    def close(self):
+        self.broken = True
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.control.close()
+
+
+class ForkedProc:
+    """What ``Child`` needs of a ``subprocess.Popen``, for a child forked by a ``Zygote``."""
+
+    def __init__(self, zygote, pid, out_r, err_r):
+        self.zygote, self.pid, self.returncode, self.stdin = zygote, pid, None, None
+        self.stdout, self.stderr = os.fdopen(out_r, "rb", buffering=0), os.fdopen(err_r, "rb", buffering=0)
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.zygote.reap(self.pid)
+        return self.returncode
+
+    def wait(self, timeout):
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > end:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.001)
+        return self.returncode
+
+    def kill(self):
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)  # not reaped yet (only on request): the pid is still its own
+
+
 class Session:
     """A child serving the solution's functions; reused across tests until one goes wrong."""
 
     def __init__(self, grader):
         self.grader = grader
         self.child = Child(
-            [sys.executable, "-I", grader.child_script, grader.solution], grader.env, grader.output_limit, rpc=True
+            [sys.executable, "-I", grader.child_script, grader.solution], grader.env, grader.output_limit, rpc=True,
+            zygote=grader.zygote,
         )
+        grader.forked += isinstance(self.child.proc, ForkedProc)
         self.names = {}
 
     def wait_ready(self, deadline):
@@ -543,9 +667,15 @@ def _traceback_in(stderr):
     return stderr[start:] if start >= 0 else "\n".join(stderr.strip().splitlines()[-20:])
 
 
+def child_env(work):
+    """The environment every process of the solution starts with."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work}
+
+
 class Grader:
-    def __init__(self, run, reporter):
-        self.run, self.reporter = run, reporter
+    def __init__(self, run, reporter, zygote=None):
+        self.run, self.reporter, self.zygote = run, reporter, zygote
+        self.forked = 0  # children forked from the zygote (the rest were started with an exec)
         self.kind, self.tests = run["kind"], run["tests"]
         self.timeout = float(run["timeout_s"])
         self.import_timeout = float(run["import_timeout_s"])
@@ -554,7 +684,7 @@ class Grader:
         work = os.getcwd()
         self.solution = os.path.join(work, run["solution"])
         self.child_script = os.path.join(work, run["child"])
-        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work}
+        self.env = child_env(work)
         self.session = None
         self.broken = None  # why the remaining tests cannot run
         self.deadline = 0.0
@@ -585,7 +715,8 @@ class Grader:
                 result = self.run_test(index, test)
             self.reporter.emit(dict(result, type="test", index=index, passed=result["status"] == "passed"))
         self.drop_session()
-        self.reporter.emit({"type": "done", "tests": len(self.tests), "seconds": round(time.monotonic() - self.began, 4)})
+        self.reporter.emit({"type": "done", "tests": len(self.tests), "seconds": round(time.monotonic() - self.began, 4),
+                           "forked": self.forked})
 
     def drop_session(self):
         if self.session is not None:
@@ -835,29 +966,56 @@ def grade_batch(batch, key):
     if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER: without it, stop after one run
         batch["runs"] = batch["runs"][:1]
     baseline = _surroundings(work)
-    for run in batch["runs"]:
-        solution, child = os.path.join(work, run["solution"]), os.path.join(work, run["child"])
-        _place(solution, run.pop("source"))
-        _place(child, batch["child_source"])
-        Grader(run, Reporter(key, run["nonce"])).grade()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            os.unlink(solution)
-            os.unlink(child)
-        except OSError:
-            return _stop("the run's files could not be removed")
-        left = _descendants()
-        if left:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            return _stop(f"the run left {len(left)} processes running")
-        now = _surroundings(work)
-        if baseline is None or now != baseline:
-            changed = sorted({e[0] for e in set(now or []) ^ set(baseline or [])})[:3]
-            return _stop(f"the run changed the writable places or IPC {changed}")
+    zygote = None
+    try:
+        for run in batch["runs"]:
+            if zygote is None and run["kind"] != "io" and len(batch["runs"]) > 1:
+                # started before this run's solution exists (a later restart: once none is left)
+                zygote = _start_zygote(batch["child_source"], work, os.path.join(work, run["child"]))
+            reason = _grade_one(run, batch["child_source"], key, work, baseline, zygote)
+            if reason:
+                return _stop(reason)
+            if zygote is not None and not zygote.healthy():
+                zygote.close()
+                zygote = None
+    finally:
+        if zygote is not None:
+            zygote.close()
+
+
+def _start_zygote(source, work, path):
+    try:
+        return Zygote(source, child_env(work), path)
+    except OSError as exc:
+        print(f"distil-batch: no fork server ({exc}); each child is started with an exec", file=sys.stderr)
+        return None
+
+
+def _grade_one(run, child_source, key, work, baseline, zygote):
+    """Grade one run of a batch; why the batch must stop after it, or None."""
+    solution, child = os.path.join(work, run["solution"]), os.path.join(work, run["child"])
+    _place(solution, run.pop("source"))
+    _place(child, child_source)
+    Grader(run, Reporter(key, run["nonce"]), zygote).grade()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.unlink(solution)
+        os.unlink(child)
+    except OSError:
+        return "the run's files could not be removed"
+    left = _descendants() - ({zygote.pid} if zygote is not None else set())
+    if left:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        return f"the run left {len(left)} processes running"
+    now = _surroundings(work)
+    if baseline is None or now != baseline:
+        changed = sorted({e[0] for e in set(now or []) ^ set(baseline or [])})[:3]
+        return f"the run changed the writable places or IPC {changed}"
+    return None
 
 
 def _stop(reason):

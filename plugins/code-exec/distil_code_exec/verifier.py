@@ -135,8 +135,10 @@ class CodeExecVerifier:
         self._cache: "OrderedDict[str, Verdict]" = OrderedDict()
         self._lock = threading.Lock()
         # What grading cost: sandbox jobs sent, verdicts reused, rollouts graded inside a batch
-        # job, and rollouts a batch job left ungraded (graded again in a job of their own).
-        self.counts = {"sandbox_runs": 0, "cache_hits": 0, "batched_runs": 0, "batch_fallbacks": 0}
+        # job, rollouts a batch job left ungraded (graded again in a job of their own), and the
+        # solutions' processes a batch job forked from its fork server instead of starting anew.
+        self.counts = {"sandbox_runs": 0, "cache_hits": 0, "batched_runs": 0, "batch_fallbacks": 0,
+                       "forked_children": 0}
         self._pool: Any = None
         self.harness_source, self.child_source = script("harness.py"), script("child.py")
 
@@ -303,6 +305,7 @@ class SignedResults:
         self.done = False
         self.rejected = 0  # result-looking lines that failed the check
         self.seconds: Optional[float] = None  # how long the harness took over the run
+        self.forked = 0  # its children forked from a batch job's fork server
 
 
 def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResults:
@@ -337,6 +340,7 @@ def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResult
             out.done = True
             seconds = payload.get("seconds")
             out.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+            out.forked = payload.get("forked") if isinstance(payload.get("forked"), int) else 0
     return out
 
 

@@ -7,6 +7,9 @@ try to reach a later rollout of the same sandbox job (a process left running, a 
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from code_exec_testlib import problem, rollout
 
@@ -28,22 +31,45 @@ LINGER = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork(
           "    os._exit(0)\ndef f(x): return 2 * x")
 PLANT = "open('/tmp/answer', 'w').write('6')\ndef f(x): return 2 * x"
 READ_PLANTED = "def f(x):\n    return int(open('/tmp/answer').read()) if x == 3 else 2 * x"
+# Rollouts that change their interpreter's global state, each followed by one that would see it
+# had it leaked through the fork server (whose children are copies of one interpreter).
+PATCH_BUILTINS = "import builtins\nbuiltins.len = lambda x: 7\ndef f(x): return 2 * x"
+USES_LEN = "def f(x): return len('ab') * x"
+PATCH_MODULES = "import sys, types\nsys.modules['math'] = types.ModuleType('math')\ndef f(x): return 2 * x"
+USES_MATH = "import math\ndef f(x): return int(math.sqrt(4)) * x"
+SET_ENV = "import os\nos.environ['SCALE'] = '3'\ndef f(x): return 2 * x"
+READS_ENV = "import os\ndef f(x): return int(os.environ.get('SCALE', '2')) * x"
+SEEDS = "import random\nrandom.seed(0)\ndef f(x): return 2 * x"
+RANDOM = "import random\nFIRST = random.random()\ndef f(x): return 2 * x if FIRST != 0.8444218515250481 else -1"
+FORKS = "import os\nif os.fork() == 0:\n    os._exit(0)\ndef f(x): return 2 * x"
+CLOSES_STDOUT = "import os, sys\nsys.stdout.close()\nos.close(1)\ndef f(x): return 2 * x"
+PRINTS = "def f(x):\n    print('twice', x)\n    return 2 * x"
+IGNORES_SIGNALS = "import signal\nfor s in (signal.SIGTERM, signal.SIGINT):\n    signal.signal(s, signal.SIG_IGN)\n" + SLOW
+OPEN_FDS = "import os\nOPEN = len(os.listdir('/proc/self/fd'))\ndef f(x): return 2 * x if OPEN == 6 else OPEN"
+STATE_ROWS = [
+    (CALLS, PATCH_BUILTINS), (CALLS, USES_LEN), (ASSERTS, PATCH_BUILTINS), (ASSERTS, USES_LEN),
+    (CALLS, PATCH_MODULES), (CALLS, USES_MATH), (CALLS, SET_ENV), (CALLS, READS_ENV), (CALLS, SEEDS),
+    (CALLS, RANDOM), (CALLS, CLOSES_STDOUT), (CALLS, PRINTS), (CALLS, IGNORES_SIGNALS), (CALLS, PRINTS + " "),
+    (CALLS, OPEN_FDS), (CALLS, FORKS), (CALLS, RIGHT + "  # after a fork"),
+]
 PROGRAM_RIGHT = "print(2 * int(input()))"
 PROGRAM_SLOW = "x = int(input())\nwhile x == 3:\n    pass\nprint(2 * x)"
 
 ROWS = [
     (CALLS, RIGHT), (CALLS, WRONG), (CALLS, RAISES), (CALLS, SLOW), (CALLS, BROKEN), (CALLS, RIGHT),
     (CALLS, EXITS), (ASSERTS, RIGHT), (ASSERTS, WRONG), (ASSERTS, RAISES), (ASSERTS, BROKEN),
-    (IO, PROGRAM_RIGHT), (IO, PROGRAM_SLOW), (IO, RAISES), (CALLS, WRONG),
+    (IO, PROGRAM_RIGHT), (IO, PROGRAM_SLOW), (IO, RAISES), (CALLS, WRONG), *STATE_ROWS,
     (CALLS, PLANT), (CALLS, READ_PLANTED), (CALLS, LINGER), (CALLS, RIGHT + "  # after a leftover"),
     (ASSERTS, READ_PLANTED),
 ]
 
 
 def what_matters(verdict):
-    """A verdict without its timings."""
+    """A verdict without its timings, and without the work directory's name (the process
+    backend gives every job a new one; tracebacks name it)."""
     details = verdict.details
     rows = [{k: v for k, v in row.items() if k != "seconds"} for row in details["tests"]]
+    rows = json.loads(re.sub(r"/tmp/distil-sandbox-[A-Za-z0-9_]+", "WORK", json.dumps(rows)))
     kept = {k: v for k, v in details.items() if k not in ("tests", "wall_s")}
     return verdict.passed, verdict.score, rows, kept
 
@@ -52,7 +78,7 @@ def what_matters(verdict):
 @pytest.mark.parametrize("backend", ["bwrap", "process", "docker"])
 def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
     old = CodeExecVerifier(backend=backend, cache_size=0, workers=2)
-    new = CodeExecVerifier(backend=backend, cache_size=0, workers=1)  # one job: every row shares it
+    new = CodeExecVerifier(backend=backend, cache_size=0, workers=1, batch_size=len(ROWS))  # one job for all
     problems = [problem(ref, pid=f"p{i}") for i, (ref, _) in enumerate(ROWS)]
     rollouts = [rollout(code) for _, code in ROWS]
     try:
@@ -63,11 +89,16 @@ def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
         new.close()
     assert [what_matters(v) for v in together] == [what_matters(v) for v in alone]
     assert [v.passed for v in alone][:3] == [True, False, False]
-    assert alone[16].details["tests"][1]["status"] == "error"  # no file from an earlier rollout
+    assert alone[ROWS.index((CALLS, READ_PLANTED))].details["tests"][1]["status"] == "error"  # no earlier file
     assert alone[3].details["tests"][1]["status"] == "timeout"
-    # Batched for real: the repeated rollout graded once, most rows in the shared job; the rows
-    # after the planted file and after the lingering process each re-graded in a job of their own.
-    assert new.counts["batched_runs"] >= 12 and new.counts["batch_fallbacks"] >= 2
+    state = {code: v for (_, code), v in zip(ROWS, alone)}
+    assert all(state[code].passed for code in (USES_LEN, USES_MATH, READS_ENV, RANDOM, OPEN_FDS, PRINTS))
+    assert "twice 1" in state[PRINTS].details["tests"][0]["stdout"]
+    # Batched for real: the repeated rollout graded once, most rows in the shared job, their
+    # children forked from the job's fork server; the rows after the planted file and after the
+    # lingering process each re-graded in a job of their own.
+    assert new.counts["batched_runs"] >= 12 + len(STATE_ROWS) and new.counts["batch_fallbacks"] >= 2
+    assert new.counts["forked_children"] >= new.counts["batched_runs"] - 3
     assert new.counts["sandbox_runs"] == 1 + new.counts["batch_fallbacks"]
     assert old.counts["sandbox_runs"] == len(ROWS)
 
