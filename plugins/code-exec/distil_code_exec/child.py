@@ -136,9 +136,10 @@ def main():
 # a child that becomes exactly what ``python3 -I child.py SOLUTION 3 4`` would be (its own
 # session, stdin /dev/null, stdout and stderr and the two request pipes as the harness sent them,
 # no other descriptor open, its own random state) and runs ``main``. A child's memory is a
-# copy: nothing it does changes this process. What it could still do from outside — signal it,
-# lower its resource limits, pin its CPUs — the harness checks between rollouts (``state``), and
-# it cannot trace or read it: this process is not dumpable.
+# copy: nothing it does changes this process. What it could still do from outside: signal it
+# (it dies, and the harness starts another), lower its resource limits or move it to other CPUs
+# (it checks that before each fork and exits instead), or trace or read it (refused: this
+# process is not dumpable).
 
 
 def serve(control_fd):
@@ -156,6 +157,11 @@ def serve(control_fd):
     def reply(message):
         control.send(json.dumps(message).encode())
 
+    def state():
+        limits = [resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")]
+        return limits, os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))
+
+    first = state()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 1 << 16, 8)
@@ -165,23 +171,28 @@ def serve(control_fd):
             os._exit(0)  # the harness is gone
         request = json.loads(data)
         if request["op"] == "fork":
+            if state() != first:  # a child lowered its limits or moved it: fork nothing more
+                os._exit(3)
             pid = os.fork()
             if pid == 0:
                 _forked(control, fds, request["argv"], libc, main_line)
             for fd in fds:
                 os.close(fd)
             reply({"pid": pid})
-        elif request["op"] == "wait":
+        elif request["op"] in ("wait", "kill"):
+            pid = request["pid"]
+            if request["op"] == "kill":  # then wait for it: a killed process ends at once
+                for target in (os.killpg, os.kill):
+                    try:
+                        target(pid, 9)
+                    except OSError:
+                        pass
             try:
-                done, status = os.waitpid(request["pid"], os.WNOHANG)
+                done, status = os.waitpid(pid, 0 if request["op"] == "kill" else os.WNOHANG)
             except ChildProcessError:
                 reply({"status": "gone"})
                 continue
             reply({"status": os.waitstatus_to_exitcode(status) if done else None})
-        elif request["op"] == "state":
-            limits = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")}
-            reply({"pid": os.getpid(), "limits": limits, "nice": os.getpriority(os.PRIO_PROCESS, 0),
-                   "cpus": sorted(os.sched_getaffinity(0))})
 
 
 def _forked(control, fds, argv, libc, main_line):

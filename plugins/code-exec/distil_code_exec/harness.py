@@ -437,9 +437,10 @@ class Zygote:
     Started with a fresh exec from this process's copy of ``child.py`` (the work directory's copy
     may have been rewritten by a solution), before the first solution of the job runs; it never
     sees the key. Each child it forks is the process an exec of ``child.py`` would give (see
-    ``serve`` there), so a verdict does not depend on which way its child was started. Between
-    rollouts ``healthy`` checks that the last one did not get at it (alive, same resource limits,
-    priority and CPUs); if it did, the batch starts a new one.
+    ``serve`` there), so a verdict does not depend on which way its child was started. One that
+    a rollout got at (killed, or changed its limits, priority or CPUs: then it refuses to fork
+    and exits) is ``broken``: that rollout's next child is started with an exec, and the batch
+    starts a new server for the next rollout.
     """
 
     REPLY_S = 5.0  # it answers at once; one that does not within this is broken
@@ -458,7 +459,6 @@ class Zygote:
         finally:
             theirs.close()
         self.control, self.pid, self.broken = mine, self.proc.pid, False
-        self.first = self._ask({"op": "state"})
 
     def _ask(self, message, fds=()):
         if self.broken:
@@ -491,10 +491,11 @@ class Zygote:
             return None
         return ForkedProc(self, pid, out_r, err_r)
 
-    def reap(self, pid):
-        """The exit code of a child that ended (negative: killed by that signal), else None."""
+    def reap(self, pid, kill=False):
+        """The exit code of a child that ended (negative: killed by that signal), else None;
+        ``kill``: kill it first, and wait for it."""
         try:
-            status = self._ask({"op": "wait", "pid": pid}).get("status")
+            status = self._ask({"op": "kill" if kill else "wait", "pid": pid}).get("status")
         except OSError:  # the server died: its children came to this process (the subreaper)
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -502,12 +503,6 @@ class Zygote:
             except ChildProcessError:
                 return None if os.path.exists(f"/proc/{pid}") else -signal.SIGKILL
         return -signal.SIGKILL if status == "gone" else status
-
-    def healthy(self):
-        try:
-            return self._ask({"op": "state"}) == self.first
-        except OSError:
-            return False
 
     def close(self):
         self.broken = True
@@ -540,8 +535,10 @@ class ForkedProc:
         return self.returncode
 
     def kill(self):
-        if self.returncode is None:
-            os.kill(self.pid, signal.SIGKILL)  # not reaped yet (only on request): the pid is still its own
+        if self.returncode is None:  # not reaped yet (only on request): the pid is still its own
+            self.returncode = self.zygote.reap(self.pid, kill=True)
+            if self.returncode is None:
+                os.kill(self.pid, signal.SIGKILL)
 
 
 class Session:
@@ -975,8 +972,7 @@ def grade_batch(batch, key):
             reason = _grade_one(run, batch["child_source"], key, work, baseline, zygote)
             if reason:
                 return _stop(reason)
-            if zygote is not None and not zygote.healthy():
-                zygote.close()
+            if zygote is not None and zygote.broken:  # gone, or it found itself changed
                 zygote = None
     finally:
         if zygote is not None:

@@ -31,11 +31,11 @@ def backend(request):
     return request.param
 
 
-def grade_together(backend, rows, harness_source=None):
+def grade_together(backend, rows, child_source=None):
     """``rows`` of (reference, code) graded in one batch job; the verdicts and the counts."""
     verifier = CodeExecVerifier(backend=backend, cache_size=0, workers=1, batch_size=len(rows))
-    if harness_source is not None:
-        verifier.harness_source = harness_source
+    if child_source is not None:
+        verifier.child_source = child_source
     try:
         verdicts = verifier.verify_batch([problem(ref, pid=f"p{i}") for i, (ref, _) in enumerate(rows)],
                                          [rollout(code) for _, code in rows])
@@ -56,19 +56,22 @@ def test_attacks_graded_many_to_a_job_fail(backend):
 
 
 def test_a_rollout_that_kills_the_fork_server_does_not_touch_the_next(backend):
-    verdicts, counts = grade_together(backend, [(CALLS, KILL_PARENT), (CALLS, RIGHT), (CALLS, RIGHT + "  # again")])
-    assert [v.passed for v in verdicts[1:]] == [True, True]
-    assert counts["batch_fallbacks"] == 0 and counts["batched_runs"] == 3
-    assert counts["forked_children"] == 3  # a new fork server after the first rollout
+    rows = [(CALLS, KILL_PARENT), (CALLS, RIGHT), (CALLS, RIGHT + "  # again"), (CALLS, RIGHT + "  # and again")]
+    verdicts, counts = grade_together(backend, rows)
+    assert [v.passed for v in verdicts[1:]] == [True, True, True]
+    assert counts["batch_fallbacks"] == 0 and counts["batched_runs"] == 4
+    # the first rollout's own clean-up finds the server gone: the next ones fork from a new one
+    assert counts["forked_children"] == 4
 
 
 def test_a_rollout_that_lowers_the_fork_servers_limits_does_not_touch_the_next(backend):
     rows = [(CALLS, LOWER_PARENT_LIMITS), (CALLS, CHECK_LIMITS)]
     verdicts, counts = grade_together(backend, rows)
     assert verdicts[1].passed, verdicts[1].details["tests"]
-    assert counts["batch_fallbacks"] == 0 and counts["forked_children"] == 2
-    # The control: without the check between rollouts, the next child inherits the lowered limit.
-    source = CodeExecVerifier(backend=backend).harness_source
-    assert source.count("not zygote.healthy()") == 1
-    verdicts, _ = grade_together(backend, rows, source.replace("not zygote.healthy()", "False"))
+    # the fork server refused to fork again: the next child started with an exec, then a new server
+    assert counts["batch_fallbacks"] == 0 and counts["forked_children"] == 1
+    # The control: without the fork server's check of itself, the next child inherits the limit.
+    source = CodeExecVerifier(backend=backend).child_source
+    assert source.count("if state() != first:") == 1
+    verdicts, _ = grade_together(backend, rows, source.replace("if state() != first:", "if False:"))
     assert not verdicts[1].passed and verdicts[1].details["tests"][0]["actual"] == "40"
