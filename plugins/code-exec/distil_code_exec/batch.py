@@ -4,9 +4,11 @@ Starting a sandbox and the trusted harness costs more than grading a short solut
 step's rollouts are graded several to a job: the rollouts left after the cache (and after
 folding identical ones together) are split into at most ``workers`` jobs of at most
 ``batch_size`` rollouts, all submitted to the pool at once. Inside a job the harness grades its
-runs one after another, each exactly as a job of its own would (its own nonce, fresh child
+runs one after another, each exactly as a job of its own would (its own nonce, new child
 processes, the same per-test time limits; see ``grade_batch`` in ``harness.py``), and stops at
-the first run that leaves a process or a file behind. Every run without a signed end record
+the first run that leaves a process or a file behind. The children of function-call and
+assert runs are forked from one clean interpreter per job (``Zygote`` in ``harness.py``, the
+``--serve`` mode of ``child.py``) instead of each starting Python anew. Every run without a signed end record
 in its job's output — the runs after such a stop, or all of a job that failed — is graded again
 in a job of its own, so a verdict never depends on which rollouts shared a sandbox.
 """

@@ -17,8 +17,9 @@ Why it holds against hostile code:
   can neither ptrace it nor open /proc/<pid>/mem or /proc/<pid>/fd/*.
 - Modules load only from directories this process cannot write, never from the work directory
   the solution shares (a planted ``json.py`` would otherwise run with the key in reach).
-- The solution runs in a child started by a fresh exec of the interpreter: its memory holds
-  no copy of the key or of any expected value, and only pipes to this process are open in it.
+- The solution runs in a child started by a fresh exec of the interpreter (in a batch job,
+  forked from a fork server that a fresh exec started, see ``Zygote``): its memory holds no
+  copy of the key or of any expected value, and only pipes to this process are open in it.
 - Function calls cross the boundary as ``repr`` text and come back through a parser that
   builds literals only, so a returned object cannot steer a comparison; assert statements run
   here, with the solution's functions replaced by proxies that make those calls.
@@ -878,7 +879,8 @@ class Grader:
 # -- several rollouts in one sandbox job ---------------------------------------------------------
 #
 # A batch grades its runs one after another, each exactly as a run of its own would be graded
-# (its own nonce, a fresh child, the same per-test limits). What one run could leave for the
+# (its own nonce, a new child, the same per-test limits; the children of call and assert runs are
+# forked from the batch's ``Zygote`` rather than started with an exec). What one run could leave for the
 # next is checked before the next starts: processes that outlived it (this process is their
 # subreaper, so none can hide by double-forking), and any change to the writable places and
 # System V IPC since the batch began. If anything is left, the batch stops there: the runs not

@@ -24,7 +24,8 @@ at its word.
 ``verify`` is a coroutine, so the engine grades a step's rollouts concurrently; ``grade`` does
 one synchronously and ``verify_many`` a batch, each rollout in a job of its own.
 ``verify_batch`` (what the trainer calls once per step) grades several rollouts per sandbox job
-and each distinct one once (see ``batch.py``); its verdicts are the ones ``verify`` gives. Verdicts of identical (code, tests) pairs are
+and each distinct one once, forking their children from one clean interpreter per job (see
+``batch.py``); its verdicts are the ones ``verify`` gives. Verdicts of identical (code, tests) pairs are
 cached for the life of the verifier. With ``engines``, grading runs are spread over several Docker
 engines and local sandboxes by a :class:`distil_sandbox.EnginePool`: a run whose engine dies is
 run again on another, and each rollout still gets exactly one verdict.
