@@ -70,7 +70,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -450,7 +449,9 @@ class Zygote:
 
     def __init__(self, source, env, path):
         """``source``: ``child.py``'s text; ``path``: where a run's copy lies (its tracebacks name it)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        import _socket  # not ``socket``, whose import costs more than a fork server's round trips
+
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", self.BOOT, "--serve", str(theirs.fileno()), path, source],
@@ -462,11 +463,15 @@ class Zygote:
         self.control, self.pid, self.broken = mine, self.proc.pid, False
 
     def _ask(self, message, fds=()):
+        import _socket
+        import array
+
         if self.broken:
             raise OSError("the fork server is gone")
         try:
             self.control.settimeout(self.REPLY_S)
-            socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            self.control.sendmsg([json.dumps(message).encode()], rights)
             reply = json.loads(self.control.recv(1 << 16) or b"null")
             if not isinstance(reply, dict):
                 raise ValueError("no reply")
