@@ -8,10 +8,11 @@ One budget for every run: the cached tiny base model of the default run (built o
 the ``digits`` task, its reward (``exact_match``: the answer equals the reference), ``--problems``
 × ``--samples`` rollouts per step, ``--steps`` steps, the default run's ``max_new_tokens`` (10),
 learning rate (3e-4), AdamW betas, gradient clipping and sampling (temperature 1, top-p 1).
-Five runs, one after another, each in a fresh process with ``OMP_NUM_THREADS=--threads``:
+Six runs, one after another, each in a fresh process with ``OMP_NUM_THREADS=--threads``:
 
 - ``distil train`` with ``method: grpo``, ``jsd`` and ``distil`` (the ``self`` expert with frozen
-  weights, which sees the problem with the run's feedback and a successful sibling's answer);
+  weights, which sees the problem with the run's feedback and a successful sibling's answer),
+  and ``jsd-same-input``: ``jsd`` whose expert sees only the student's own input, as GKD's does;
 - TRL's ``GRPOTrainer`` (``num_generations`` = ``--samples``, β = 0 as in our GRPO, the same
   ``dapo`` loss and group-scaled advantages, the reward a function around the same verifier);
 - TRL's ``GKDTrainer`` (fully on-policy: λ = 1, β = 0.5, one completion per prompt, as many
@@ -41,9 +42,13 @@ import time
 from typing import Any
 
 HERE = os.path.abspath(__file__)
-DISTIL_METHODS = ("grpo", "jsd", "distil")
+DISTIL_METHODS = ("grpo", "jsd", "jsd-same-input", "distil")
 TRL_KINDS = ("trl-grpo", "trl-gkd")
-PAIRS = (("grpo", "trl-grpo"), ("jsd", "trl-gkd"))
+PAIRS = (("grpo", "trl-grpo"), ("jsd", "trl-gkd"), ("jsd-same-input", "trl-gkd"))
+VARIANTS = {"jsd-same-input": ["method=jsd", "feedback=[]", "context.use_demonstrations=false", "loss.no_signal=keep"]}
+"""Runs that are a method with other settings: ``jsd-same-input`` gives the expert exactly the
+student's input (no feedback, no sibling's answer), as GKD gives its teacher — the like-for-like
+speed pair for ``GKDTrainer`` (and, like it, nothing to teach from the same weights)."""
 
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def run_child(argv: list[str], threads: int) -> tuple[int, float, str]:
 
 def distil_run(method: str, b: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
     run_dir = os.path.join(out, method)
-    sets = [f"method={method}", f"seed={b['seed']}", f"train.steps={b['steps']}", f"train.eval_every={b['eval_every']}",
+    sets = [*VARIANTS.get(method, [f"method={method}"]), f"seed={b['seed']}", f"train.steps={b['steps']}", f"train.eval_every={b['eval_every']}",
             "train.save_every=0", "train.log_rollouts=false", f"rollout.problems_per_step={b['problems']}",
             f"rollout.samples_per_problem={b['samples']}", f"rollout.max_new_tokens={b['max_new_tokens']}",
             f"optim.lr={b['lr']}", f"eval.problems={b['eval_problems']}", f"eval.samples={b['eval_samples']}",
@@ -275,7 +280,8 @@ def table(runs: dict[str, dict[str, Any]], target: float) -> str:
 
 
 def label(name: str) -> str:
-    return {"trl-grpo": "TRL GRPOTrainer", "trl-gkd": "TRL GKDTrainer"}.get(name, f"distil train, method: {name}")
+    return {"trl-grpo": "TRL GRPOTrainer", "trl-gkd": "TRL GKDTrainer",
+            "jsd-same-input": "distil train, method: jsd, expert input = student's"}.get(name, f"distil train, method: {name}")
 
 
 def main() -> int:

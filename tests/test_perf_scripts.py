@@ -145,7 +145,7 @@ def test_loop_vs_trl_runs_every_trainer_on_one_budget_and_prints_the_ratios(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     runs = figures["runs"]
-    assert set(runs) == {"grpo", "jsd", "distil", "trl-grpo", "trl-gkd"}
+    assert set(runs) == {"grpo", "jsd", "jsd-same-input", "distil", "trl-grpo", "trl-gkd"}
     for name, run in runs.items():
         assert run["steps"] == 2 and run["train_s"] > 0 and run["tokens"] > 0 and run["peak_mb"] > 100, name
         # evaluated before training and after each step, on a training-time clock that only grows
@@ -156,6 +156,7 @@ def test_loop_vs_trl_runs_every_trainer_on_one_budget_and_prints_the_ratios(tmp_
     # the budget reached each trainer: as many completion tokens as rollouts × tokens each
     assert all(run["tokens"] <= 2 * 2 * 2 * 10 for run in runs.values())
     text = proc.stdout
-    for row in ("distil train, method: grpo / TRL GRPOTrainer", "distil train, method: jsd / TRL GKDTrainer"):
+    for row in ("distil train, method: grpo / TRL GRPOTrainer", "distil train, method: jsd / TRL GKDTrainer",
+                "distil train, method: jsd, expert input = student's / TRL GKDTrainer"):
         assert row in text
     assert f"time to pass@1 ≥ {figures['target']:.3f}" in text
