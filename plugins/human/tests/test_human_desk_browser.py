@@ -38,13 +38,15 @@ def _wait(browser, css, timeout=30):
 
 def _saved_after(browser, before: str, timeout=30):
     """Wait until the page says an entry was saved, other than ``before``; return its text."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def shown(b):
         found = b.find_elements(By.CSS_SELECTOR, "#saved")
         return found and found[0].text != before and found[0].text
-    return WebDriverWait(browser, timeout).until(shown)
+    # the page is replaced after the save: an element found on the old one goes stale; look again
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(shown)
 
 
 def _wrong(reference: str) -> str:
