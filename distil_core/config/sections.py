@@ -289,9 +289,9 @@ class TrainConfig(_Section):
         description="Options per tracker of report_to, e.g. {wandb: {project: my-project, mode: online}}.",
     )
     log_rollout_table_every: int = Field(
-        default=0, ge=0, le=BIG,
+        default=50, ge=0, le=BIG,
         description="Send a table of a few sampled rollouts (prompt, response, reward, feedback, expert "
-        "context) to the trackers every k-th step (0: never).",
+        "context) to the trackers (train.report_to) every k-th step (0: never).",
     )
 
 
