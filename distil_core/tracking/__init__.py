@@ -13,7 +13,7 @@ Every tracker is a :class:`~distil_core.protocols.Logger` registered through the
   the ``pip install`` to run) and its offline defaults.
 - :mod:`.tensorboard_logger`, :mod:`.trackio_logger`, :mod:`.wandb_logger`,
   :mod:`.mlflow_logger`: the four built-in trackers, each writing under the run directory by
-  default.
+  default; :mod:`.run_style` holds what the wandb and trackio ones share (the same API).
 - :mod:`.plugin`: the built-in plugin that registers them (a default plugin of the host).
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from distil_core.tracking.library import require, run_name
+from distil_core.tracking.run_style import RunStyleLogger
 
 
 def point_store(path: str) -> None:
@@ -34,14 +35,14 @@ def point_store(path: str) -> None:
                 setattr(module, attr, new)
 
 
-class TrackioLogger:
+class TrackioLogger(RunStyleLogger):
     """A trackio run in a local store, in <run_dir>/trackio unless dir says otherwise."""
 
     def __init__(self, run_dir: str, project: str = "distil", name: Optional[str] = None,
                  dir: Optional[str] = None, space_id: Optional[str] = None):
         self.store = os.path.abspath(dir or os.path.join(run_dir, "trackio"))
         point_store(self.store)  # before trackio is first imported: it reads the location then
-        self.trackio = require("trackio", "trackio", "trackio")
+        self.trackio = self.module = require("trackio", "trackio", "trackio")
         self.project, self.name, self.space_id = project, name or run_name(run_dir), space_id
         self.run: Any = None
 
@@ -55,22 +56,8 @@ class TrackioLogger:
                                              auto_log_cpu=False, auto_log_gpu=False)
         return self.run
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        self.start(config)
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.start().log(metrics, step=step)
-
-    def log_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0])
-        table = self.trackio.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-        self.start().log({"rollouts": table}, step=step)
-
-    def close(self, failed: bool = False) -> None:
-        if self.run is not None:
-            run, self.run = self.run, None
-            with contextlib.redirect_stdout(io.StringIO()):
-                run.finish()
-
+    def finish(self, run: Any, failed: bool) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run.finish()
 
 __all__ = ["TrackioLogger", "point_store"]

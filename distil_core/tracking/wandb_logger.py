@@ -10,15 +10,16 @@ import os
 from typing import Any, Optional
 
 from distil_core.tracking.library import require, run_name
+from distil_core.tracking.run_style import RunStyleLogger
 
 
-class WandbLogger:
+class WandbLogger(RunStyleLogger):
     """A Weights & Biases run, offline and under the run directory by default."""
 
     def __init__(self, run_dir: str, project: str = "distil", name: Optional[str] = None,
                  mode: Optional[str] = None, dir: Optional[str] = None, entity: Optional[str] = None,
                  group: Optional[str] = None, tags: Optional[list[str]] = None):
-        self.wandb = require("wandb", "wandb", "wandb")
+        self.wandb = self.module = require("wandb", "wandb", "wandb")
         self.init = {
             "project": project, "name": name or run_name(run_dir), "entity": entity, "group": group,
             "tags": tags, "mode": mode or os.environ.get("WANDB_MODE") or "offline", "dir": dir or run_dir,
@@ -32,21 +33,7 @@ class WandbLogger:
             self.run = self.wandb.init(config=config or {}, settings=settings, **self.init)
         return self.run
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        self.start(config)
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.start().log(metrics, step=step)
-
-    def log_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0])
-        table = self.wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-        self.start().log({"rollouts": table}, step=step)
-
-    def close(self, failed: bool = False) -> None:
-        if self.run is not None:
-            run, self.run = self.run, None
-            run.finish(exit_code=1 if failed else 0)
-
+    def finish(self, run: Any, failed: bool) -> None:
+        run.finish(exit_code=1 if failed else 0)
 
 __all__ = ["WandbLogger"]
