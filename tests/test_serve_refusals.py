@@ -14,20 +14,11 @@ from distil_core.serving import LocalOpenAIServer
 from distil_core.serving.requests import CompletionRequest, validated
 from distil_core.testing import tiny_model, tiny_tokenizer
 
+
 CHAT = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
-        yield client
 
 
 def refused(call):

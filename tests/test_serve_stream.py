@@ -15,19 +15,10 @@ import torch
 from distil_core.serving import LocalOpenAIServer, Vocabulary
 from distil_core.testing import tiny_model, tiny_tokenizer
 
+
 CHAT = [{"role": "user", "content": "Sort the digits 3 1 2."}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
-        yield client
 
 
 def texts_by_choice(chunks, field):
