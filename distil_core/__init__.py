@@ -32,6 +32,7 @@ from distil_core.protocols import (
     Task,
     UpdatingExpert,
     Verifier,
+    WrongAnswerTask,
     resolve,
     resolve_all,
 )
@@ -58,6 +59,7 @@ __all__ = [
     # the components and their optional methods
     "Task",
     "AnswerTextTask",
+    "WrongAnswerTask",
     "Verifier",
     "ClosableVerifier",
     "BatchVerifier",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import threading
 from typing import (
     TYPE_CHECKING,
@@ -68,6 +69,19 @@ class AnswerTextTask(Task, Protocol):
     """
 
     def answer_text(self, problem: Problem) -> str: ...
+
+
+@runtime_checkable
+class WrongAnswerTask(Task, Protocol):
+    """Optional for a task: a plausible wrong response to a problem, for the tiny base to see.
+
+    Called only when the tiny base is pretrained: it learns what the run's feedback says about
+    a wrong answer, so a task whose typical mistakes are not typo-like (a slipped step, another
+    option) gives better ones here. ``rng`` is the pretraining's own, so the base stays
+    reproducible. Without it, one or two characters of the correct answer are changed.
+    """
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str: ...
 
 
 @runtime_checkable
@@ -337,6 +351,7 @@ def resolve_all(values: Sequence[MaybeAwaitable[T]]) -> list[T]:
 __all__ = [
     "Task",
     "AnswerTextTask",
+    "WrongAnswerTask",
     "Verifier",
     "ClosableVerifier",
     "BatchVerifier",

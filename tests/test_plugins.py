@@ -7,6 +7,7 @@ host finds them through ``importlib.metadata`` like any installed plugin.
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -571,6 +572,17 @@ def test_optional_methods_are_protocols_the_builtin_experts_satisfy():
     tokenizer = types.SimpleNamespace(pad_token_id=None, eos_token_id=7)
     runtime = Runtime(config=None, model=None, tokenizer=tokenizer, device=None, host=PluginHost(load_entrypoints=False))
     assert isinstance(runtime, distil_core.Runtime) and runtime.pad_id == 7  # the trainer's class has every member
+
+
+def test_the_optional_task_methods_the_tiny_base_calls_are_protocols():
+    import distil_core
+    from distil_core.builtin import DigitsTask, RingTask
+
+    ring, digits = RingTask(train_size=4, test_size=1), DigitsTask()
+    assert isinstance(ring, distil_core.WrongAnswerTask) and not isinstance(digits, distil_core.WrongAnswerTask)
+    assert isinstance(digits, distil_core.Task) and not isinstance(digits, distil_core.AnswerTextTask)
+    problem = ring.problems("train")[0]
+    assert ring.wrong_answer(problem, random.Random(0)) != problem.reference
 
 
 # -- a registry of another project's hooks -----------------------------------------------------
