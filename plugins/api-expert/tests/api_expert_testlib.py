@@ -1,4 +1,5 @@
-"""Builders shared by the api-expert tests: a tiny model and tokenizer, queries, experts."""
+"""Builders shared by the api-expert tests: the core's tiny model and tokenizer (one model for
+the session), a second tokenizer that splits words differently, queries, experts."""
 
 from __future__ import annotations
 
@@ -12,28 +13,16 @@ from distil_core.builtin import DigitsTask
 from distil_core.context import ContextBuilder
 from distil_core.models.tiny import build_model, build_tokenizer
 from distil_core.serving import FaultyServer
+from distil_core.testing import tiny_model as untrained_tiny_model
+from distil_core.testing import tiny_tokenizer
 
 TEMPLATE = ContextTemplate()
 
 
-def _corpus(extra: tuple[str, ...] = ()) -> list[str]:
-    task = DigitsTask(train_size=60, test_size=10)
-    corpus = [TEMPLATE.render(p.user_text(), [], p.reference) for p in task.problems("train")]
-    corpus.append("Feedback on an earlier unsuccessful attempt: Your answer 1 is wrong. The expected answer is 2.")
-    return corpus + list(extra)
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_tokenizer():
-    return build_tokenizer(_corpus(), vocab_size=300)
-
-
 @functools.lru_cache(maxsize=None)
 def tiny_model():
-    tok = tiny_tokenizer()
-    model = build_model(len(tok), hidden_size=32, layers=1, heads=2, seed=0,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return model.eval()
+    """The core's untrained tiny model over :func:`tiny_tokenizer`, one for the session."""
+    return untrained_tiny_model().eval()
 
 
 @functools.lru_cache(maxsize=None)
