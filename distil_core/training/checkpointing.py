@@ -47,7 +47,7 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 
     os.makedirs(directory, mode=0o750, exist_ok=True)
     name = f"step-{step:06d}.pt"
     with atomic_file(os.path.join(directory, name), mode=0o600) as fh:  # weights, RNG, expert state
-        torch.save(state, fh)
+        write_torch(state, fh)
     try:
         atomic_write_bytes(os.path.join(directory, LATEST), name.encode())
     except OSError:
@@ -59,6 +59,43 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 
         if old != name:
             os.unlink(os.path.join(directory, old))
     return os.path.join(directory, name)
+
+
+class _WriteErrors:
+    """A file's ``write`` and ``flush`` for ``torch.save``, keeping the first ``OSError`` seen."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def write_torch(state: Any, fh: Any) -> None:
+    """``torch.save(state, fh)``, where a write the file system refuses is that ``OSError``.
+
+    torch's zip writer swallows the error its write callback raised and fails later with a
+    ``RuntimeError`` from ``inline_container.cc`` ("unexpected pos ...") that says nothing of a
+    full disk; the error it swallowed is what callers can act on.
+    """
+    writer = _WriteErrors(fh)
+    try:
+        torch.save(state, writer)
+    except RuntimeError as exc:
+        if writer.error is None:
+            raise
+        raise writer.error from exc
 
 
 def latest_name(directory: str) -> Optional[str]:
