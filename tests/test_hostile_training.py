@@ -165,38 +165,48 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-000002.pt"]  # no half-written file
 
 
-# The run directory on a 3.5 MiB tmpfs in a mount namespace of its own: the logs and the first
-# checkpoint (about 2.5 MB for FAST_RUN's model) fit, the second does not. What the disk held
-# is copied out before the namespace, and the tmpfs with it, goes away.
+# The run directory on a small tmpfs in a mount namespace of its own; what the disk held is
+# copied out before the namespace, and the tmpfs with it, goes away. A checkpoint of FAST_RUN's
+# model is about 2,450 KiB, the logs about 50 KiB, the final model directory about 615 KiB.
 ON_A_SMALL_DISK = """
-mount -t tmpfs -o size=3584k distil-full "$1" || exit 99
-"$0" -m distil_core.cli train --output-dir "$1/run" "${@:3}" >"$2/stdout" 2>"$2/stderr"
+mount -t tmpfs -o size="$3" distil-full "$1" || exit 99
+"$0" -m distil_core.cli train --output-dir "$1/run" "${@:4}" >"$2/stdout" 2>"$2/stderr"
 echo $? >"$2/rc"
+ls -A "$1/run" >"$2/run"
 ls -A "$1/run/checkpoints" >"$2/checkpoints"
 cat "$1/run/checkpoints/latest" >"$2/latest"
 """
+FULL_DISKS = {  # what fills the disk: (its size, the checkpoints, what the one line says)
+    "second_checkpoint": ("3584k", "train.save_every=2", "step-000002.pt",
+                          "step 4: the checkpoint could not be written to {run}/checkpoints (No space left on "
+                          "device); the last good checkpoint, {run}/checkpoints/step-000002.pt, is kept: free some "
+                          "space, then continue from it with --output-dir {run} --resume."),
+    "final_model": ("2800k", "train.save_every=4", "step-000004.pt",
+                    "the final model could not be written to {run}/final (Error while serializing: I/O error: No "
+                    "space left on device (os error 28)); the checkpoint of step 4 is kept: free some space, then "
+                    "run again with --output-dir {run} --resume."),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="mounting a small tmpfs needs root")
-def test_a_really_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("filled_by", sorted(FULL_DISKS))
+def test_a_really_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, filled_by):
+    size, save_every, kept, said = FULL_DISKS[filled_by]
     disk, seen = tmp_path / "disk", tmp_path / "seen"
     disk.mkdir()
     seen.mkdir()
-    overrides = [arg for override in FAST_RUN for arg in ("--set", override)]
+    overrides = [arg for override in FAST_RUN + [save_every] for arg in ("--set", override)]
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", ON_A_SMALL_DISK,
-                             sys.executable, str(disk), str(seen), *overrides],
+                             sys.executable, str(disk), str(seen), size, *overrides],
                             capture_output=True, text=True, timeout=300, env=distil_env())
     assert result.returncode == 0, result.stderr  # the script's own status; the run's is in seen/rc
     stderr = (seen / "stderr").read_text()
     assert (seen / "rc").read_text().strip() == "1" and "Traceback" not in stderr, stderr
-    run = f"{disk}/run"
-    assert stderr.strip().splitlines()[-1] == (  # after the run's header
-        f"error: step 4: the checkpoint could not be written to {run}/checkpoints (No space left on device); the "
-        f"last good checkpoint, {run}/checkpoints/step-000002.pt, is kept: free some space, then continue from it "
-        f"with --output-dir {run} --resume.")
-    assert (seen / "checkpoints").read_text().split() == ["latest", "step-000002.pt"]
-    assert (seen / "latest").read_text() == "step-000002.pt"
+    assert stderr.strip().splitlines()[-1] == "error: " + said.format(run=f"{disk}/run")  # after the run's header
+    assert (seen / "checkpoints").read_text().split() == ["latest", kept]  # nothing half-written
+    assert (seen / "latest").read_text() == kept
+    assert "final" not in (seen / "run").read_text().split()
 
 
 def test_run_files_are_private(tmp_path):

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 
 from distil_core.config import RunConfig
 from distil_core.errors import ConfigError, DistilError
@@ -238,8 +239,9 @@ class Trainer:
                 with atomic_directory(os.path.join(self.run_dir, "final")) as tmp:
                     self.model.save_pretrained(tmp, **weights)
                     self.rt.tokenizer.save_pretrained(tmp)
-            except OSError as exc:  # a full disk: the checkpoint just saved holds the same weights
-                problem = (f"the final model could not be written to {self.run_dir}/final ({exc.strerror or exc}); "
+            except (OSError, SafetensorError) as exc:  # a full disk: the checkpoint just saved holds the same weights
+                reason = getattr(exc, "strerror", None) or exc  # safetensors reports an I/O error as its own
+                problem = (f"the final model could not be written to {self.run_dir}/final ({reason}); "
                            f"the checkpoint of step {self.step} is kept: free some space, then run again with "
                            f"--output-dir {self.run_dir} --resume.")
         problem = self.world.gather(problem)[0]
