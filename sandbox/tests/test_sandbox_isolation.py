@@ -11,6 +11,8 @@ import secrets
 
 import pytest
 from distil_sandbox import _cgroup, available_backends, cli
+from distil_sandbox.pool import Pool
+from sandbox_docker_testlib import backend_or_skip
 from sandbox_testlib import AS_ROOT, run, weakness
 
 NOT_ROOT_REASON = "the process backend runs as the calling user, without cgroups or namespaces, when not root"
@@ -129,10 +131,9 @@ def _host_mq_exists(name: bytes) -> bool:
     return False
 
 
-def test_ipc_objects_do_not_outlive_the_job(backend, request):
-    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
-    key = secrets.randbelow(1 << 30) + 1
-    queue = f"/distil-{secrets.token_hex(6)}".encode()
+def _leave_and_look(key: int, queue: bytes) -> tuple[str, str]:
+    """A job that leaves a System V segment and a POSIX queue holding a message, and one that
+    looks for both (and for the message)."""
     secret = secrets.token_hex(8)
     leave = SYSV_PRELUDE + (
         f"shm_fill({key}, 8 << 20, 0x42)\n"
@@ -141,19 +142,40 @@ def test_ipc_objects_do_not_outlive_the_job(backend, request):
         f"assert libc.mq_send(q, {secret.encode()!r}, {len(secret)}, 0) == 0\n"
         "print('left', flush=True)\n"
     )
-    first = run(backend, leave, memory_mb=128)
-    assert first.stdout == "left\n", first
-    # nothing of it on the host ...
-    assert key not in _host_shm_keys()
-    assert not _host_mq_exists(queue)
-    # ... nor for the next job
     look = SYSV_PRELUDE + (
         f"print('shm', libc.shmget({key}, 0, 0) >= 0)\n"
         "buf = ctypes.create_string_buffer(8192)\n"
         f"q = libc.mq_open({queue!r}, os.O_RDONLY | os.O_NONBLOCK)\n"
         "print('mq', q >= 0 and libc.mq_receive(q, buf, 8192, None) > 0 and buf.value.decode())\n"
     )
+    return leave, look
+
+
+def test_ipc_objects_do_not_outlive_the_job(backend, request):
+    weakness(request, backend, NOT_ROOT_REASON, when=not AS_ROOT)
+    key = secrets.randbelow(1 << 30) + 1
+    queue = f"/distil-{secrets.token_hex(6)}".encode()
+    leave, look = _leave_and_look(key, queue)
+    first = run(backend, leave, memory_mb=128)
+    assert first.stdout == "left\n", first
+    # nothing of it on the host ...
+    assert key not in _host_shm_keys()
+    assert not _host_mq_exists(queue)
+    # ... nor for the next job
     second = run(backend, look)
+    assert second.stdout == "shm False\nmq False\n", second
+
+
+def test_ipc_objects_do_not_reach_the_next_job_in_a_warm_docker_container():
+    """Pooled docker jobs share a container, and so its IPC namespace: the supervisor removes
+    what a job left there before the next one starts."""
+    backend_or_skip("docker")
+    leave, look = _leave_and_look(secrets.randbelow(1 << 30) + 1, f"/distil-{secrets.token_hex(6)}".encode())
+    with Pool(backend="docker", workers=1, timeout_s=10, memory_mb=128) as pool:
+        first = pool.submit(leave).result()
+        second = pool.submit(look).result()
+        assert pool.containers_started == 1
+    assert first.stdout == "left\n", first
     assert second.stdout == "shm False\nmq False\n", second
 
 
