@@ -50,9 +50,15 @@ class ApiToken:
     top: list[tuple[Optional[bytes], Optional[int], float]] = field(default_factory=list)
 
 
+def is_token_id(text: str) -> bool:
+    """Whether ``text`` spells a token id: ASCII digits only (``str.isdigit`` also accepts "²",
+    which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_token(text: str) -> tuple[Optional[bytes], Optional[int]]:
     """(bytes, id) of one token as an API spells it: text, ``bytes:\\xNN…`` or ``token_id:N``."""
-    if text.startswith("token_id:") and text[9:].isdigit():
+    if text.startswith("token_id:") and is_token_id(text[9:]):
         return None, int(text[9:])
     if text.startswith("bytes:"):
         return bytes(int(h, 16) for h in _HEX.findall(text[6:])), None
@@ -131,7 +137,7 @@ def parse_prompt_logprobs(choice: dict[str, Any], prompt_ids: Sequence[int]) -> 
         top = []
         for key, item in entry.items():  # the top-k, plus the prompt token when it is not among them
             item = _mapping(item, where)
-            if not str(key).isdigit():
+            if not is_token_id(str(key)):
                 raise BadLogprobs(f"{where}: {_short(key)} is not a token id")
             a_raw, _ = parse_token(str(item.get("decoded_token", "")))
             top.append((a_raw, int(key), logprob(item.get("logprob"), where)))

@@ -303,8 +303,10 @@ def _first_item(entry: dict) -> dict:
     (lambda e: _first_item(e).update(logprob=math.inf), "not a number ≤ 0"),
     (lambda e: _first_item(e).update(logprob=[-1.0]), "is not a number"),
     (lambda e: e.update({"seven": {"logprob": -1.0, "decoded_token": "7"}}), "is not a token id"),
+    (lambda e: e.update({"\u00b2": {"logprob": -1.0, "decoded_token": "7"}}), "is not a token id"),  # isdigit()
+    (lambda e: e.update({"-3": {"logprob": -1.0, "decoded_token": "7"}}), "is not a token id"),
     (lambda e: e.update({"9": "-1.0"}), "expected an object"),
-], ids=["string", "inf", "list", "key", "item"])
+], ids=["string", "inf", "list", "key", "superscript_key", "negative_key", "item"])
 def test_prompt_logprobs_that_are_not_numbers_fail_that_query(proxy, edit, said):
     proxy.reject_echo = True  # a vLLM-like endpoint: prompt_logprobs instead of echo
     expert = api_expert(fake(proxy.base_url))
@@ -335,6 +337,19 @@ def test_echoed_alternatives_spelled_as_ids_outside_the_vocabulary_fold_into_the
     def foreign(path, request, answer):
         top = answer["choices"][0]["logprobs"]["top_logprobs"][-2]
         top.update({"token_id:-5": -0.01, f"token_id:{vocab + 3}": -0.02, "\u2603\u2603": -0.03})
+        return answer
+
+    proxy.mutate = foreign
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert signal.ok and signal.topk_ids.min() >= 0 and signal.topk_ids.max() < vocab
+
+
+def test_echoed_ids_spelled_with_digits_int_cannot_read_are_text_not_a_crash(proxy):
+    expert = api_expert(fake(proxy.base_url))
+    vocab = len(tiny_tokenizer())
+
+    def foreign(path, request, answer):  # "\u00b2".isdigit() is true, int("\u00b2") is an error
+        answer["choices"][0]["logprobs"]["top_logprobs"][-2].update({"token_id:\u00b2": -0.01, "token_id:\u0663": -0.02})
         return answer
 
     proxy.mutate = foreign
