@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Union
 from ._common import validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
 from .engines import EnginePool
+from .conversation import Conversation
 from .pool import Pool
 from .result import DEFAULT_OUTPUT_LIMIT, ExecResult, Job
 
@@ -58,6 +59,7 @@ def run(
 
 __all__ = [
     "run",
+    "Conversation",
     "Pool",
     "EnginePool",
     "Job",

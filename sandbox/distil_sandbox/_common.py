@@ -24,9 +24,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 from .result import ExecResult, Job
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
 
 WORK_DIR = "/work"  # where backends with their own filesystem put the job's files
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -262,6 +265,7 @@ def supervise(
     kill: Callable[[], None],
     started: Optional[float] = None,
     stdout: Optional[CappedBuffer] = None,
+    conversation: Optional["Conversation"] = None,
 ) -> Supervised:
     """Feed ``stdin``, collect capped stdout/stderr and reap ``proc``, within ``timeout_s``.
 
@@ -274,7 +278,9 @@ def supervise(
     :data:`KILL_GRACE_S`, its process group is killed. Output still flowing that long after
     exit is abandoned. ``started`` is the ``time.monotonic()`` taken just before the spawn (or
     the hand-over of the job); ``stdout`` is a buffer to collect stdout into, a
-    :class:`CappedBuffer` of ``output_limit`` bytes by default.
+    :class:`CappedBuffer` of ``output_limit`` bytes by default. With a ``conversation``
+    (:mod:`.conversation`), stdin stays open after ``stdin``: what the conversation queues is
+    written as it comes, until it closes its input (``proc`` needs ``stdin=PIPE``).
     """
     started = time.monotonic() if started is None else started
     deadline = started + timeout_s
@@ -285,12 +291,17 @@ def supervise(
     for fd in readers:
         sel.register(fd, selectors.EVENT_READ, "out")
     pending = memoryview(stdin or b"")
+    writing = False
     if proc.stdin is not None:
-        if pending:
+        if pending or conversation is not None:
             os.set_blocking(proc.stdin.fileno(), False)
+        if pending:
             sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "in")
-        else:
+            writing = True
+        elif conversation is None:
             proc.stdin.close()
+    if conversation is not None and proc.stdin is not None:
+        sel.register(conversation.wake_fd, selectors.EVENT_READ, "wake")
     try:
         pidfd = os.pidfd_open(proc.pid)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -354,9 +365,22 @@ def supervise(
                         continue
                     except OSError:  # the program closed its stdin
                         pending = pending[:0]
+                        conversation = _hang_up(sel, conversation)
                     if not pending:
                         sel.unregister(key.fd)
-                        _close_quietly(proc.stdin)
+                        writing = False
+                        if conversation is None:
+                            _close_quietly(proc.stdin)
+                elif key.data == "wake":
+                    more, closing = conversation.take_input()
+                    pending = memoryview(bytes(pending) + more)
+                    if pending and not writing:
+                        sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "in")
+                        writing = True
+                    if closing:
+                        conversation = _hang_up(sel, conversation)
+                        if not pending:
+                            _close_quietly(proc.stdin)
     finally:
         sel.close()
         if pidfd is not None:
@@ -369,6 +393,16 @@ def supervise(
             proc.wait()
     end = exited_at if exited_at is not None else time.monotonic()
     return Supervised(status, timed_out, end - started, cpu_s, out, err)
+
+
+def _hang_up(sel: selectors.BaseSelector, conversation: Optional["Conversation"]) -> None:
+    """Stop taking input from ``conversation``: its input closed, or the program's stdin did."""
+    if conversation is not None:
+        try:
+            sel.unregister(conversation.wake_fd)
+        except (KeyError, ValueError):
+            pass
+    return None
 
 
 def _killpg(pgid: int) -> None:

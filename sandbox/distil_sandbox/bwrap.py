@@ -74,6 +74,8 @@ from ._common import (
     validate_job,
 )
 from ._hostuid import count_tasks_of, job_uid
+from .conversation import Conversation, conversation_job
+from .conversation import start as start_conversation
 from ._isolate import package_dirs
 from ._warm import ENV, TAR, WarmSandbox, bootstrap_argv, launcher
 from ._warmer import IDLE_S, Warmer
@@ -276,6 +278,12 @@ class BwrapBackend:
             self._warmer.done(job, warm=False)
         return self._run_cold(job, files)
 
+    def converse(self, job: Job) -> Conversation:
+        """Start ``job`` in a sandbox of its own whose stdin and stdout are a
+        :class:`~.conversation.Conversation` (see there); ``job.stdin`` must be None."""
+        files = conversation_job(job)
+        return start_conversation(lambda talk: self._run_cold(job, files, talk), job.output_limit, self.name)
+
     def keep_warm(self, job: Job, count: int = 1, wait_s: float = 0.0) -> bool:
         """Keep ``count`` warm sandboxes of ``job``'s shape (its language and limits) ready, and
         wait up to ``wait_s`` for them; True once they are. False when warm sandboxes are off."""
@@ -294,20 +302,22 @@ class BwrapBackend:
         init), and its RLIMIT_NOFILE must not depend on how many files a cold start copies in."""
         return job.max_processes >= 2 and job.max_open_files >= len(files) + len(ETC_FILES) + BWRAP_FDS
 
-    def _run_cold(self, job: Job, files: dict[str, bytes]) -> ExecResult:
-        """Run ``job`` in a sandbox started for it."""
+    def _run_cold(self, job: Job, files: dict[str, bytes], talk: Optional[Conversation] = None) -> ExecResult:
+        """Run ``job`` in a sandbox started for it (its stdin and stdout ``talk`` when given)."""
         status_r, status_w = os.pipe()
         cgroup = None
         try:
             with job_uid(contained=True) as owner, _cgroup.job_cgroup(job.memory_mb) as cgroup:
                 started = time.monotonic()
                 try:
-                    proc = self._spawn(job, status_w, owner, files, cgroup)
+                    proc = self._spawn(job, status_w, owner, files, cgroup, piped=talk is not None)
                 except (OSError, subprocess.SubprocessError) as exc:
                     return error_result(self.name, f"could not start bwrap: {exc}")
                 finally:
                     os.close(status_w)  # bubblewrap holds its copy: EOF once it has exited
                 stdin = job.stdin.encode("utf-8") if isinstance(job.stdin, str) else job.stdin
+                if talk is not None:
+                    talk.attach(partial(_kill_job, proc))
                 seen = supervise(
                     proc,
                     stdin=stdin,
@@ -315,6 +325,8 @@ class BwrapBackend:
                     timeout_s=job.timeout_s,
                     kill=partial(_kill_job, proc),
                     started=started,
+                    stdout=talk.output() if talk is not None else None,
+                    conversation=talk,
                 )
                 program_ran = _exit_reported(status_r)
                 peak = cgroup.peak_bytes() if cgroup is not None else None
@@ -350,10 +362,11 @@ class BwrapBackend:
         owner: Optional[tuple[int, int]],
         files: Optional[dict[str, bytes]],
         cgroup: Optional[_cgroup.JobCgroup] = None,
+        piped: bool = False,
     ) -> subprocess.Popen:
         """Start bubblewrap for ``job``, in ``cgroup`` when given. The job's ``files`` travel as
         memfds it copies in; without them, the sandbox is warm: its bootstrap waits for them on
-        stdin, always a pipe."""
+        stdin, always a pipe (``piped``: a pipe in any case)."""
         fds: list[int] = []
         try:
             file_fds = {rel: _remember(fds, _memfd("job-file", data)) for rel, data in (files or {}).items()}
@@ -387,7 +400,7 @@ class BwrapBackend:
                 command,
                 env={},
                 cwd="/",
-                stdin=subprocess.DEVNULL if files is not None and job.stdin is None else subprocess.PIPE,
+                stdin=subprocess.DEVNULL if files is not None and job.stdin is None and not piped else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,

@@ -45,6 +45,8 @@ from dataclasses import replace
 from typing import Callable, Iterator, Optional
 
 from ._cgroup import JobCgroup, job_cgroup
+from .conversation import Conversation, conversation_job
+from .conversation import start as start_conversation
 from ._common import (
     SANDBOX_LANG,
     SANDBOX_PATH,
@@ -105,7 +107,15 @@ class ProcessBackend:
 
     def run(self, job: Job) -> ExecResult:
         validate_job(job)
-        files = job_files(job)
+        return self._run(job, job_files(job), None)
+
+    def converse(self, job: Job) -> Conversation:
+        """Start ``job`` with a :class:`~.conversation.Conversation` for its stdin and stdout (see
+        there); ``job.stdin`` must be None."""
+        files = conversation_job(job)
+        return start_conversation(lambda talk: self._run(job, files, talk), job.output_limit, self.name)
+
+    def _run(self, job: Job, files: dict[str, bytes], talk: Optional[Conversation]) -> ExecResult:
         argv = list(language_for(job.language).argv)
         with job_uid() as owner:
             # Under its own uid the program must be able to reach its work directory.
@@ -114,19 +124,21 @@ class ProcessBackend:
                 if owner:
                     os.chown(work, *owner)
                 write_files(work, files, owner=owner)
-                return self._run_in(job, argv, work, owner)
+                return self._run_in(job, argv, work, owner, talk)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _run_in(self, job: Job, argv: list[str], work: str, owner: Optional[tuple[int, int]]) -> ExecResult:
+    def _run_in(
+        self, job: Job, argv: list[str], work: str, owner: Optional[tuple[int, int]], talk: Optional[Conversation]
+    ) -> ExecResult:
         if not owner:  # RLIMIT_NPROC counts all of this user's tasks: leave room for them
             nproc = count_tasks_of(os.getuid()) + job.max_processes
-            return self._supervise(job, argv, work, None, preexec_setting(rlimits_for(job, nproc=nproc)), None)
+            return self._supervise(job, argv, work, None, preexec_setting(rlimits_for(job, nproc=nproc)), None, talk)
         plan = isolation()
         with job_cgroup(job.memory_mb) if plan.cgroups else _nothing() as cgroup:
             limits = within_hard_limits(rlimits_for(job, nproc=job.max_processes))
             enter = plan.entering(owner, limits, cgroup, shm_bytes=min(job.work_mb, SHM_MB) << 20)
-            return self._supervise(job, argv, work, owner, enter, cgroup)
+            return self._supervise(job, argv, work, owner, enter, cgroup, talk)
 
     def _supervise(
         self,
@@ -136,8 +148,10 @@ class ProcessBackend:
         owner: Optional[tuple[int, int]],
         preexec: Callable[[], None],
         cgroup: Optional[JobCgroup],
+        talk: Optional[Conversation] = None,
     ) -> ExecResult:
-        """Start the program (``preexec`` sets its limits, namespaces and uid) and supervise it."""
+        """Start the program (``preexec`` sets its limits, namespaces and uid) and supervise it
+        (its stdin and stdout ``talk`` when given)."""
         stdin = job.stdin.encode("utf-8") if isinstance(job.stdin, str) else job.stdin
         started = time.monotonic()
         try:
@@ -145,7 +159,7 @@ class ProcessBackend:
                 argv,
                 cwd=work,
                 env={"PATH": SANDBOX_PATH, "HOME": work, "LANG": SANDBOX_LANG},
-                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                stdin=subprocess.DEVNULL if stdin is None and talk is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -163,8 +177,11 @@ class ProcessBackend:
             if owner:
                 kill_uid(*owner)
 
+        if talk is not None:
+            talk.attach(kill)
         seen = supervise(
-            proc, stdin=stdin, output_limit=job.output_limit, timeout_s=job.timeout_s, kill=kill, started=started
+            proc, stdin=stdin, output_limit=job.output_limit, timeout_s=job.timeout_s, kill=kill, started=started,
+            stdout=talk.output() if talk is not None else None, conversation=talk,
         )
         result = make_result(self.name, seen)
         if cgroup is not None:

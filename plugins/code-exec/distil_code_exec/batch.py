@@ -8,7 +8,9 @@ runs one after another, each exactly as a job of its own would (its own nonce, n
 processes, the same per-test time limits; see ``grade_batch`` in ``harness.py``), and stops at
 the first run that leaves a process or a file behind. The children of function-call and
 assert runs are forked from one clean interpreter per job (``Zygote`` in ``harness.py``, the
-``--serve`` mode of ``child.py``) instead of each starting Python anew. Every run without a signed end record
+``--serve`` mode of ``child.py``) instead of each starting Python anew. With ``sessions``
+(the default where the backend allows it) the jobs' harnesses stay up across steps and each
+step's chunks are sent to them (``sessions.py``). Every run without a signed end record
 in its job's output — the runs after such a stop, or all of a job that failed — is graded again
 in a job of its own, so a verdict never depends on which rollouts shared a sandbox.
 """
@@ -41,7 +43,7 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
             first.setdefault(run.cache_key, i)
     todo = sorted(first.values())
     chunks = split(todo, verifier.workers, verifier.batch_size)
-    jobs = [(chunk, key, verifier.submit_job(job)) for chunk, (job, key) in
+    jobs = [(chunk, key, verifier.submit_batch(job, key)) for chunk, (job, key) in
             ((chunk, batch_job(verifier, [runs[i] for i in chunk])) for chunk in chunks)]
     alone: list[int] = []
     forked = 0

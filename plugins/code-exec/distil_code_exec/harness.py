@@ -75,6 +75,8 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 
 MARKER = "DISTIL-RESULT"
+SESSION = b"DISTIL-SESSION\n"  # stdin's first line when the job is a session (see ``serve``)
+END_MARKER = "DISTIL-BATCH-END"
 REPLY_LIMIT = 4 << 20  # bytes of one reply from the child
 EXCERPT_CHARS = 400
 VALUE_CHARS = 1000
@@ -964,26 +966,67 @@ def _place(path, text):
         fh.write(text)
 
 
-def grade_batch(batch, key):
-    work = os.getcwd()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER: without it, stop after one run
-        batch["runs"] = batch["runs"][:1]
-    baseline = _surroundings(work)
-    zygote = None
-    try:
-        for run in batch["runs"]:
-            if zygote is None and run["kind"] != "io" and len(batch["runs"]) > 1:
+class BatchGrader:
+    """Grades runs one after another in this sandbox, each as a job of its own would be: the
+    places a run could write are compared with how they were before the first run, and no
+    process may be left. A batch job grades one batch; a session, one batch per request."""
+
+    def __init__(self, child_source):
+        self.work = os.getcwd()
+        self.child_source = child_source
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.subreaper = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: orphans come here
+        self.baseline = _surroundings(self.work)
+        self.zygote = None
+
+    def grade(self, runs, key):
+        """Grade ``runs``; why grading in this sandbox must stop after them, or None."""
+        if not self.subreaper:  # left processes could not be found: one run, then stop
+            runs = runs[:1]
+        for run in runs:
+            if self.zygote is None and run["kind"] != "io" and len(runs) > 1:
                 # started before this run's solution exists (a later restart: once none is left)
-                zygote = _start_zygote(batch["child_source"], work, os.path.join(work, run["child"]))
-            reason = _grade_one(run, batch["child_source"], key, work, baseline, zygote)
+                self.zygote = _start_zygote(self.child_source, self.work, os.path.join(self.work, run["child"]))
+            reason = _grade_one(run, self.child_source, key, self.work, self.baseline, self.zygote)
+            if reason:
+                return reason
+            if self.zygote is not None and self.zygote.broken:  # gone, or it found itself changed
+                self.zygote = None
+        return None if self.subreaper else "no subreaper"
+
+    def close(self):
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+
+
+def grade_batch(batch, key):
+    grader = BatchGrader(batch["child_source"])
+    try:
+        reason = grader.grade(batch["runs"], key)
+        if reason:
+            _stop(reason)
+    finally:
+        grader.close()
+
+
+def serve(requests):
+    """A session: one batch per line read from ``requests`` (a file of this process alone), each
+    answered with its results and then ``END_MARKER <id> <"ok" | why the session stops>``.
+    The session ends at the end of its input, or after a batch that leaves something behind."""
+    grader = None
+    try:
+        for line in requests:
+            request = json.loads(line)
+            if grader is None:
+                grader = BatchGrader(request["child_source"])
+            reason = grader.grade(request["runs"], bytes.fromhex(request["key"]))
+            _say(f"{END_MARKER} {int(request['id'])} {'ok' if not reason else 'stop'}")
             if reason:
                 return _stop(reason)
-            if zygote is not None and zygote.broken:  # gone, or it found itself changed
-                zygote = None
     finally:
-        if zygote is not None:
-            zygote.close()
+        if grader is not None:
+            grader.close()
 
 
 def _start_zygote(source, work, path):
@@ -992,6 +1035,12 @@ def _start_zygote(source, work, path):
     except OSError as exc:
         print(f"distil-batch: no fork server ({exc}); each child is started with an exec", file=sys.stderr)
         return None
+
+
+def _say(line):
+    data = (line + "\n").encode("ascii")
+    while data:
+        data = data[os.write(1, data):]
 
 
 def _grade_one(run, child_source, key, work, baseline, zygote):
@@ -1027,10 +1076,17 @@ def _stop(reason):
 
 
 def main():
-    raw = sys.stdin.buffer.read()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    first = _first_line()  # unbuffered: in a session, nothing past it may be read yet
+    if first == SESSION:
+        # the requests keep coming on stdin: read them from a descriptor no child inherits
+        requests = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+        _stdin_from_devnull()
+        sys.stdout = sys.stderr
+        if hasattr(sys, "set_int_max_str_digits"):
+            sys.set_int_max_str_digits(100_000)
+        return serve(requests)
+    raw = first + sys.stdin.buffer.read()
+    _stdin_from_devnull()
     key_line, _, body = raw.partition(b"\n")
     key = bytes.fromhex(key_line.decode("ascii").strip())
     if hasattr(sys, "set_int_max_str_digits"):
@@ -1042,6 +1098,22 @@ def main():
         grade_batch(run, key)
     else:
         Grader(run, Reporter(key, run["nonce"])).grade()
+
+
+def _first_line():
+    line = b""
+    while not line.endswith(b"\n") and len(line) <= len(SESSION):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    return line
+
+
+def _stdin_from_devnull():
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

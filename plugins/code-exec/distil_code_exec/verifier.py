@@ -52,6 +52,7 @@ from distil_core import Problem, Rollout, Verdict
 from distil_sandbox.engines import parse_engines
 
 from . import batch
+from .sessions import SessionPool
 from .spec import CodeTests, extract_code
 
 MARKER = "DISTIL-RESULT"
@@ -89,6 +90,8 @@ class CodeExecVerifier:
     least recently used dropped first; 0 turns caching off) and ``batch_size`` (rollouts one
     sandbox job grades in ``verify_batch``; 1 gives each its own job). ``batch: false`` makes
     ``verify_batch`` grade each rollout in a job of its own, as ``verify`` does (for comparison).
+    ``sessions`` (default true; ``bwrap`` and ``process``): keep the batch jobs' harnesses
+    running across ``verify_batch`` calls and send each step's batches to them (``sessions.py``).
     ``engines`` (instead of ``backend``): engine specs for an :class:`~distil_sandbox.EnginePool`,
     e.g. ``["docker:unix:///run/d1.sock*4", "docker:tcp://10.0.0.2:2375*8", "bwrap*2"]``, where
     ``workers`` is the count for a spec without ``*N``; ``max_pending``: runs queued at most
@@ -107,6 +110,7 @@ class CodeExecVerifier:
         max_pending: Optional[int] = None,
         batch_size: int = 32,
         batch: bool = True,
+        sessions: bool = True,
     ):
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
@@ -139,8 +143,10 @@ class CodeExecVerifier:
         # job, rollouts a batch job left ungraded (graded again in a job of their own), and the
         # solutions' processes a batch job forked from its fork server instead of starting anew.
         self.counts = {"sandbox_runs": 0, "cache_hits": 0, "batched_runs": 0, "batch_fallbacks": 0,
-                       "forked_children": 0}
+                       "forked_children": 0, "sessions_started": 0, "session_batches": 0, "session_failures": 0}
         self._pool: Any = None
+        self.sessions = sessions and self.engines is None
+        self.session_pool: Optional[SessionPool] = None
         self.harness_source, self.child_source = script("harness.py"), script("child.py")
 
     # -- the three ways in ---------------------------------------------------------------------
@@ -195,6 +201,9 @@ class CodeExecVerifier:
     def close(self) -> None:
         """Stop the worker pool (warm containers on docker). The verifier can still be used."""
         pool, self._pool = self._pool, None
+        sessions, self.session_pool = self.session_pool, None
+        if sessions is not None:
+            sessions.close()
         if pool is not None:
             (pool.close if hasattr(pool, "close") else pool.shutdown)()
 
@@ -250,6 +259,17 @@ class CodeExecVerifier:
         if isinstance(pool, ThreadPoolExecutor):
             return pool.submit(lambda: distil_sandbox.run(backend=self.backend, **job))
         return pool.submit(job["code"], **{k: v for k, v in job.items() if k != "code"})
+
+    def submit_batch(self, job: dict[str, Any], key: bytes) -> "Future[distil_sandbox.ExecResult]":
+        """Queue one batch job (``batch.batch_job``): to a grading session where the backend
+        keeps one (see ``sessions.py``), else to the pool as a sandbox job."""
+        with self._lock:
+            if self.session_pool is None and self.sessions:
+                self.session_pool = SessionPool(self)
+            sessions = self.session_pool
+        if sessions is not None and sessions.usable(job):
+            return sessions.submit(job, key)
+        return self.submit_job(job)
 
     def _finish(self, run: _Run, result: distil_sandbox.ExecResult) -> Verdict:
         verdict = build_verdict(run.tests, result, read_signed(result.stdout, run.key, run.nonce, len(run.tests.cases)))

@@ -100,7 +100,10 @@ def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
     # had not yet exited when the harness looked).
     assert new.counts["batched_runs"] >= 12 + len(STATE_ROWS) - 4 and new.counts["batch_fallbacks"] >= 2
     assert new.counts["forked_children"] >= new.counts["batched_runs"] - 3
-    assert new.counts["sandbox_runs"] == 1 + new.counts["batch_fallbacks"]
+    # the shared job: a grading session on bwrap and process (sessions.py), a sandbox job on docker
+    sessions = 0 if backend == "docker" else 1
+    assert new.counts["session_batches"] == sessions and new.counts["sessions_started"] == sessions
+    assert new.counts["sandbox_runs"] == 1 - sessions + new.counts["batch_fallbacks"]
     assert old.counts["sandbox_runs"] == len(ROWS)
 
 
@@ -112,11 +115,12 @@ def test_the_trainer_grades_a_step_in_one_call():
     try:
         verdicts = verify(verifier, "code_exec", problems, rollouts, 3)
         assert [v.passed for v in verdicts] == [True, False, True, True, False, True]
-        assert verifier.counts["sandbox_runs"] == 2  # four distinct rollouts, two jobs
+        assert verifier.counts["session_batches"] == 2  # four distinct rollouts, two batches
         assert verifier.counts["batched_runs"] == 4 and verifier.counts["cache_hits"] == 0
         again = verify(verifier, "code_exec", problems, rollouts, 3)  # the next step: all remembered
         assert [what_matters(v) for v in again] == [what_matters(v) for v in verdicts]
-        assert verifier.counts["sandbox_runs"] == 2 and verifier.counts["cache_hits"] == 6
+        assert verifier.counts["session_batches"] == 2 and verifier.counts["cache_hits"] == 6
+        assert verifier.counts["sandbox_runs"] == 0
     finally:
         verifier.close()
 
@@ -131,7 +135,7 @@ def test_batch_size_is_checked_and_bounds_a_job():
     finally:
         verifier.close()
     assert all(v.passed for v in verdicts)
-    assert verifier.counts["sandbox_runs"] == 3 and verifier.counts["batched_runs"] == 5
+    assert verifier.counts["session_batches"] == 3 and verifier.counts["batched_runs"] == 5
 
 
 def test_a_batch_verifier_that_miscounts_is_named():

@@ -1,0 +1,100 @@
+"""Grading sessions (``sessions.py``): the batch harness kept running across steps gives the
+verdicts one job per rollout gives, step after step, on the real bwrap and process backends.
+
+The rows of ``test_code_exec_batch`` are split into steps so that a rollout that changes
+something (its interpreter's builtins, modules, environment, random state; a file in /tmp; a
+process left running) is graded at the end of one step and a rollout that would see the change
+at the start of the next.
+"""
+
+from __future__ import annotations
+
+import pytest
+from code_exec_testlib import problem, rollout
+from test_code_exec_batch import (
+    ASSERTS, CALLS, PATCH_BUILTINS, PATCH_MODULES, PLANT, READ_PLANTED, READS_ENV, RIGHT, ROWS, SET_ENV,
+    USES_LEN, USES_MATH, WRONG, what_matters,
+)
+
+from distil_code_exec import CodeExecVerifier
+from distil_code_exec.sessions import GradingSession
+
+# Kills its grading harness (the nearest ancestor running main.py), whichever way it was started.
+KILLS_THE_HARNESS = """import os, signal
+pid = os.getppid()
+while pid > 1 and not open(f"/proc/{pid}/cmdline", "rb").read().endswith(b"main.py\\0"):
+    pid = int(open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1])
+os.kill(pid, signal.SIGKILL)
+def f(x): return 2 * x"""
+# A process that outlives its run for sure: the solution loads only once it has started.
+LINGER = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+          "        os.write(w, b'up')\n        time.sleep(60)\n    os._exit(0)\nos.read(r, 2)\ndef f(x): return 2 * x")
+STEPS = [
+    # nothing here leaves anything behind: one session grades both steps
+    [(CALLS, RIGHT), (CALLS, WRONG), (CALLS, PATCH_BUILTINS), (CALLS, PATCH_MODULES), (CALLS, SET_ENV)],
+    [(CALLS, USES_LEN), (ASSERTS, USES_LEN), (CALLS, USES_MATH), (CALLS, READS_ENV), (ASSERTS, WRONG)],
+    # a planted file ends the session after its batch; the next step starts another
+    [(CALLS, RIGHT + "  # 3"), (CALLS, PLANT), (CALLS, RIGHT + "  # after the plant")],
+    [(CALLS, READ_PLANTED), (ASSERTS, READ_PLANTED), (CALLS, LINGER)],
+    [(CALLS, RIGHT + "  # after the leftover"), (CALLS, KILLS_THE_HARNESS), (CALLS, WRONG + "  # after the kill")],
+    [(CALLS, RIGHT + "  # last"), *ROWS[:6]],
+]
+
+
+def grade_in_steps(verifier, steps):
+    verdicts = []
+    for s, rows in enumerate(steps):
+        problems = [problem(ref, pid=f"s{s}p{i}") for i, (ref, _) in enumerate(rows)]
+        verdicts.append(verifier.verify_batch(problems, [rollout(code) for _, code in rows]))
+    return verdicts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_sessions_grade_step_after_step_as_one_job_per_rollout_would(backend):
+    alone = CodeExecVerifier(backend=backend, cache_size=0, workers=2, batch=False)
+    sessions = CodeExecVerifier(backend=backend, cache_size=0, workers=1)
+    try:
+        expected = grade_in_steps(alone, STEPS)
+        first = grade_in_steps(sessions, STEPS[:2])
+        assert sessions.counts["sessions_started"] == 1 and sessions.counts["session_batches"] == 2
+        rest = grade_in_steps(sessions, STEPS[2:])
+    finally:
+        alone.close()
+        sessions.close()
+    got = first + rest
+    assert [[what_matters(v) for v in step] for step in got] == [[what_matters(v) for v in step] for step in expected]
+    flat = {code: v for rows, step in zip(STEPS, expected) for (_, code), v in zip(rows, step)}
+    assert all(flat[code].passed for code in (USES_LEN, USES_MATH, READS_ENV))  # nothing leaked across steps
+    assert flat[READ_PLANTED].details["tests"][1]["status"] == "error"  # the planted file was not there
+    # The plant and the leftover process each ended their session; the kill ended one mid-batch,
+    # whose unanswered runs were graded again in jobs of their own, as were the runs after each stop.
+    assert sessions.counts["session_failures"] == 1
+    assert sessions.counts["sessions_started"] == 4
+    assert sessions.counts["sandbox_runs"] == sessions.counts["batch_fallbacks"] >= 3
+    assert alone.counts["sandbox_runs"] == sum(len(rows) for rows in STEPS)
+
+
+def test_a_dead_session_is_replaced_between_steps():
+    verifier = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1)
+    try:
+        assert verifier.verify_batch([problem(CALLS)] * 2, [rollout(RIGHT), rollout(WRONG)])[0].passed
+        (session,) = verifier.session_pool.idle_sessions()
+        assert isinstance(session, GradingSession) and session.alive
+        session.conversation.kill()
+        assert session.conversation.wait(10) and not session.alive
+        verdicts = verifier.verify_batch([problem(CALLS)] * 2, [rollout(RIGHT + " "), rollout(WRONG + " ")])
+        assert [v.passed for v in verdicts] == [True, False]
+        assert verifier.counts["sessions_started"] == 2 and verifier.counts["session_failures"] == 0
+    finally:
+        verifier.close()
+
+
+def test_sessions_off_or_unavailable_grade_in_batch_jobs():
+    off = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1, sessions=False)
+    try:
+        assert [v.passed for v in off.verify_batch([problem(CALLS)] * 2, [rollout(RIGHT), rollout(WRONG)])] == \
+            [True, False]
+        assert off.counts["sandbox_runs"] == 1 and off.counts["sessions_started"] == 0
+    finally:
+        off.close()

@@ -1,0 +1,106 @@
+"""``backend.converse(job)``: a job's stdin written and its stdout read while it runs.
+
+On bwrap and process; docker has no conversations. Each test waits on the program's answers
+(``receive_until`` with a deadline), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from distil_sandbox import Conversation, Job
+from sandbox_testlib import required, sandbox, unavailable_reason
+
+ECHO = r"""
+import sys
+for line in sys.stdin:
+    sys.stdout.write("got " + line.strip() + "\nEND\n")
+    sys.stdout.flush()
+print("stdin ended", file=sys.stderr)
+"""
+
+
+@pytest.fixture(params=["bwrap", "process"])
+def talker(request):
+    """A backend that holds conversations; one unavailable here is skipped, or fails when
+    ``DISTIL_SANDBOX_REQUIRE`` names it."""
+    why = unavailable_reason(request.param)
+    if why and required(request.param):
+        pytest.fail(f"required by DISTIL_SANDBOX_REQUIRE, but {why}", pytrace=False)
+    if why:
+        pytest.skip(why)
+    return sandbox(request.param)
+
+
+def test_requests_and_answers_while_the_program_runs(talker):
+    talk = talker.converse(Job(code=ECHO, timeout_s=30))
+    assert isinstance(talk, Conversation)
+    for i in range(3):
+        talk.send(f"hello {i}\n".encode())
+        assert talk.receive_until(b"END\n", 10) == f"got hello {i}\nEND\n".encode()
+    talk.send(b"a\nb\n")  # two requests at once: two answers, taken one at a time
+    assert talk.receive_until(b"END\n", 10) == b"got a\nEND\n"
+    assert talk.receive_until(b"END\n", 10) == b"got b\nEND\n"
+    assert talk.alive
+    result = talk.close()
+    assert result.ok and result.stderr == "stdin ended\n" and result.stdout == ""
+    assert result.backend == talker.name and not talk.alive
+    assert talk.receive_until(b"END\n", 1) is None  # after the end: nothing, at once
+
+
+def test_an_answer_not_there_yet_is_waited_for_and_then_not_lost(talker):
+    slow = "import sys, time\nline = sys.stdin.readline()\ntime.sleep(0.5)\nprint('late')\nsys.stdout.flush()\n" \
+           "sys.stdin.readline()"
+    talk = talker.converse(Job(code=slow, timeout_s=30))
+    talk.send(b"go\n")
+    assert talk.receive_until(b"late\n", 0.05) is None  # not yet: nothing consumed
+    assert talk.receive_until(b"late\n", 10) == b"late\n"
+    assert talk.close().ok
+
+
+def test_timeout_s_bounds_the_whole_conversation(talker):
+    talk = talker.converse(Job(code="import sys\nfor line in sys.stdin:\n    pass", timeout_s=1))
+    started = time.monotonic()
+    assert talk.receive_until(b"never", 30) is None  # the program is killed at its deadline
+    assert time.monotonic() - started < 20
+    result = talk.close()
+    assert result.timed_out and not talk.alive
+
+
+def test_a_reader_that_falls_behind_does_not_buffer_without_bound(talker):
+    flood = "import sys\nsys.stdout.write('x' * 200000)\nsys.stdout.flush()\nsys.stdin.readline()"
+    talk = talker.converse(Job(code=flood, timeout_s=30, output_limit=50000))
+    assert talk.receive_until(b"y", 10) is None
+    assert talk.overflowed
+    talk.close()
+
+
+def test_a_program_that_closes_its_stdin_early(talker):
+    talk = talker.converse(Job(code="import os\nos.close(0)\nprint('closed', flush=True)\ninput_ = 1", timeout_s=30))
+    assert talk.receive_until(b"closed\n", 10) == b"closed\n"
+    talk.send(b"x" * 300000)  # nowhere to go: dropped, never blocking the caller
+    result = talk.close()
+    assert result.exit_code == 0
+
+
+def test_a_program_that_never_reads_is_killed_when_closing_takes_too_long(talker):
+    talk = talker.converse(Job(code="import time\nprint('up', flush=True)\ntime.sleep(60)", timeout_s=30))
+    assert talk.receive_until(b"up\n", 10) == b"up\n"
+    started = time.monotonic()
+    result = talk.close(timeout_s=0.5)
+    assert time.monotonic() - started < 10
+    assert result is not None and not result.ok and not talk.alive
+
+
+def test_a_job_with_stdin_of_its_own_is_refused(talker):
+    with pytest.raises(ValueError, match="no stdin of its own"):
+        talker.converse(Job(code="pass", stdin="x"))
+    with pytest.raises(ValueError, match="timeout_s"):
+        talker.converse(Job(code="pass", timeout_s=0))
+
+
+def test_docker_holds_no_conversation():
+    from distil_sandbox.docker_backend import DockerBackend
+
+    assert not hasattr(DockerBackend, "converse")
