@@ -9,10 +9,11 @@ per phase over the run's steps (the first ``--skip`` steps left out as warm-up) 
 of the step.
 
 ``--code OUT_DIR`` first trains the embedded bench's ``code`` suite (``distil``, seed 0, ``--steps``
-steps, a small evaluation) twice — the verifier grading each rollout in a sandbox job of its own
-(``batch: false``, what ``verify`` does), then a step's rollouts several to a job
-(``verify_batch``, the default) — into OUT_DIR/one-job-per-rollout and OUT_DIR/batched, and
-profiles both.
+steps, a small evaluation) three times, once per grading path of ``code_exec``, and profiles
+each: every rollout in a sandbox job of its own (``batch: false``, what ``verify`` does) into
+OUT_DIR/one-job-per-rollout; a step's rollouts several to a sandbox job (``sessions: false``)
+into OUT_DIR/batch-jobs; and the default, those batches sent to grading sessions that stay up
+across steps, into OUT_DIR/sessions.
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def train_code(out_dir: str, steps: int) -> list[str]:
 
     spec, base = load_spec()
     runs = []
-    for name, batch in (("one-job-per-rollout", "false"), ("batched", "true")):
+    paths = (("one-job-per-rollout", ["verifier.options.batch=false"]),
+             ("batch-jobs", ["verifier.options.sessions=false"]),
+             ("sessions", []))
+    for name, grading in paths:
         run_dir = os.path.join(out_dir, name)
         shutil.rmtree(run_dir, ignore_errors=True)
         overrides = [f"train.steps={steps}", "train.eval_every=0", "eval.problems=8", "eval.samples=2", "eval.ks=[1,2]",
-                     f"verifier.options.batch={batch}"]
+                     *grading]
         bench = Bench(spec, base, out_dir, suites=["code"], methods=["distil"], seeds=[0], overrides=overrides)
         Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
         runs.append(run_dir)
