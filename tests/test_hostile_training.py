@@ -165,6 +165,36 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-000002.pt"]  # no half-written file
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device every write to fails with ENOSPC)")
+def test_a_log_write_the_disk_refuses_is_one_line_and_the_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = trainer_for(run, "train.save_every=2")  # 4 steps
+    metrics, real_save = run / "metrics.jsonl", Trainer.save
+
+    def save_then_fill_the_disk(self):
+        real_save(self)
+        if self.step == 2:  # from now on every write of metrics.jsonl meets a full disk (ENOSPC)
+            os.replace(metrics, tmp_path / "kept.jsonl")
+            os.symlink("/dev/full", metrics)
+
+    monkeypatch.setattr(Trainer, "save", save_then_fill_the_disk)
+    with pytest.raises(DistilError) as err:
+        trainer.fit()
+    assert str(err.value) == (f"could not write {metrics} (No space left on device); the checkpoints are kept: free "
+                              f"some space (or fix the directory), then continue from the last one with --output-dir "
+                              f"{run} --resume.")
+    # space again, and the line the refused write had begun on disk
+    os.unlink(metrics)
+    os.replace(tmp_path / "kept.jsonl", metrics)
+    with open(metrics, "a") as fh:
+        fh.write('{"step": 3, "loss": 0.1')
+    monkeypatch.undo()
+    resumed = Trainer(load_config(None, FAST_RUN + ["train.save_every=2"]), run_dir=str(run), resume=True,
+                      echo=lambda *_: None)
+    resumed.fit()
+    assert [row["step"] for row in rows(run)] == [1, 2, 3, 4]
+
+
 # The run directory on a small tmpfs in a mount namespace of its own; what the disk held is
 # copied out before the namespace, and the tmpfs with it, goes away. A checkpoint of FAST_RUN's
 # model is about 2,450 KiB, the logs about 50 KiB, the final model directory about 615 KiB.

@@ -97,19 +97,33 @@ class RunLog:
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """A write of ``name`` the disk refuses (full, read-only, gone) ends the run in one line
+        that says how to go on: a resumed run starts from its last checkpoint and drops every
+        log line after it, a line the refused write left half-written included."""
+        try:
+            yield
+        except OSError as exc:
+            raise DistilError(
+                f"could not write {self.path(name)} ({exc.strerror or exc}); the checkpoints are kept: free some "
+                f"space (or fix the directory), then continue from the last one with --output-dir {self.run_dir} "
+                "--resume.") from None
+
     def append(self, name: str, record: dict[str, Any]) -> None:
         if self.world.main:
-            with open_log(self.path(name)) as fh:
+            with self.writing(name), open_log(self.path(name)) as fh:
                 fh.write(json.dumps(record) + "\n")
 
     def write_lines(self, name: str, lines: list[str]) -> None:
         """Every rank's lines, in rank order (the global order), appended once by rank 0."""
         lines = self.world.concat(lines)
         if self.world.main and lines:
-            with open_log(self.path(name)) as fh:
-                fh.write("\n".join(lines) + "\n")
-            if self.max_bytes and name in GROWING_LOGS:
-                rotate_if_large(self.run_dir, name, self.max_bytes, self.keep_segments, mode=PRIVATE)
+            with self.writing(name):
+                with open_log(self.path(name)) as fh:
+                    fh.write("\n".join(lines) + "\n")
+                if self.max_bytes and name in GROWING_LOGS:
+                    rotate_if_large(self.run_dir, name, self.max_bytes, self.keep_segments, mode=PRIVATE)
 
     def start_fresh(self) -> None:
         """A new run where an old one was (``--overwrite``, checked when the directory was
@@ -123,7 +137,10 @@ class RunLog:
         if not self.world.main:
             return
         def keep(line: str) -> bool:
-            return bool(line.strip()) and json.loads(line).get("step", 0) <= last_step
+            try:
+                return bool(line.strip()) and json.loads(line).get("step", 0) <= last_step
+            except ValueError:  # cut short by a write the disk refused
+                return False
 
         for name in STEP_LOGS:
             if name in GROWING_LOGS:
@@ -137,11 +154,13 @@ class RunLog:
 
     def write_bytes(self, name: str, data: bytes, *, mode: Optional[int] = None) -> None:
         if self.world.main:
-            atomic_write_bytes(self.path(name), data, mode=mode)
+            with self.writing(name):
+                atomic_write_bytes(self.path(name), data, mode=mode)
 
     def write_json(self, name: str, value: Any) -> None:
         if self.world.main:
-            atomic_write_json(self.path(name), value)
+            with self.writing(name):
+                atomic_write_json(self.path(name), value)
 
 
 def default_run_dir(method: str) -> str:
