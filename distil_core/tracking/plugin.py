@@ -12,9 +12,15 @@ from distil_core.tracking.trackio_logger import TrackioLogger
 from distil_core.tracking.wandb_logger import WandbLogger
 
 
+BUILT_IN = {  # name: (logger class, what ``distil plugins`` says of it)
+    "tensorboard": (TensorBoardLogger, "TensorBoard event files in <run_dir>/tensorboard."),
+    "trackio": (TrackioLogger, "A local trackio store in <run_dir>/trackio."),
+    "wandb": (WandbLogger, "An offline Weights & Biases run in <run_dir>/wandb."),
+    "mlflow": (MlflowLogger, "An MLflow file store in <run_dir>/mlruns."),
+}
+
+
 @hookimpl
 def register_loggers(register):
-    register("tensorboard", TensorBoardLogger, description="TensorBoard event files in <run_dir>/tensorboard.")
-    register("trackio", TrackioLogger, description="A local trackio store in <run_dir>/trackio.")
-    register("wandb", WandbLogger, description="An offline Weights & Biases run in <run_dir>/wandb.")
-    register("mlflow", MlflowLogger, description="An MLflow file store in <run_dir>/mlruns.")
+    for name, (logger, description) in BUILT_IN.items():
+        register(name, logger, description=description)
