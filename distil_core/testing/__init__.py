@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from types import SimpleNamespace
 from typing import Any, Iterable, Iterator, Optional
 
@@ -49,12 +50,18 @@ FAST_RUN = [
 _state = {"isolated": False}
 
 
-def isolate(unset: Iterable[str] = ()) -> None:
-    """Set :data:`ISOLATED_ENV` in this process and remove ``DISTIL_PLUGINS`` and ``unset``.
+def isolate(beside: Optional[str] = None, unset: Iterable[str] = ()) -> None:
+    """Set :data:`ISOLATED_ENV` in this process and remove ``DISTIL_PLUGINS`` and ``unset``;
+    ``beside`` (a conftest's ``__file__``): its folder becomes importable, so the test helpers
+    that sit beside it can be imported by name.
 
     From then on the pytest plugin also gives every test a fresh process-wide plugin host and
     points ``DISTIL_CACHE`` at the session's shared cache (see ``tiny_base_cache``).
     """
+    if beside is not None:
+        folder = os.path.dirname(os.path.abspath(beside))
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     os.environ.update(ISOLATED_ENV)
     for key in (*UNSET_ENV, *unset):
         os.environ.pop(key, None)
