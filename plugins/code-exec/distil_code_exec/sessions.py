@@ -69,7 +69,9 @@ class GradingSession:
         self.next_id += 1
         request = dict(batch, key=key.hex(), id=self.next_id)
         self.conversation.send(json.dumps(request).encode("utf-8") + b"\n")
-        marker = END_MARKER + f" {self.next_id} ".encode()
+        # At a line's start: a solution's output inside a result line (JSON, ASCII, no raw
+        # newline) may spell the marker, never after a newline. Every batch ends with a "done" line.
+        marker = b"\n" + END_MARKER + f" {self.next_id} ".encode()
         deadline = time.monotonic() + timeout_s
         output = self.conversation.receive_until(marker, timeout_s)
         status = self.conversation.receive_until(b"\n", max(0.0, deadline - time.monotonic()) + 1.0)
@@ -80,7 +82,7 @@ class GradingSession:
         goes_on = status.strip() == b"ok"
         if not goes_on:
             self.close()
-        return output[: -len(marker)].decode("utf-8", "replace"), goes_on
+        return output[: -len(marker) + 1].decode("utf-8", "replace"), goes_on
 
     def close(self, kill: bool = False) -> None:
         if kill:

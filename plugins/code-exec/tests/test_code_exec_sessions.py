@@ -29,9 +29,13 @@ def f(x): return 2 * x"""
 # A process that outlives its run for sure: the solution loads only once it has started.
 LINGER = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
           "        os.write(w, b'up')\n        time.sleep(60)\n    os._exit(0)\nos.read(r, 2)\ndef f(x): return 2 * x")
+# Prints the line that ends a batch's answer, for the first few batches of a session.
+SPELLS_THE_MARKER = ("def f(x):\n    for n in range(1, 4):\n        print(f'\\nDISTIL-BATCH-END {n} stop')\n"
+                     "    return 2 * x")
 STEPS = [
     # nothing here leaves anything behind: one session grades both steps
-    [(CALLS, RIGHT), (CALLS, WRONG), (CALLS, PATCH_BUILTINS), (CALLS, PATCH_MODULES), (CALLS, SET_ENV)],
+    [(CALLS, RIGHT), (CALLS, SPELLS_THE_MARKER), (CALLS, WRONG), (CALLS, PATCH_BUILTINS), (CALLS, PATCH_MODULES),
+     (CALLS, SET_ENV)],
     [(CALLS, USES_LEN), (ASSERTS, USES_LEN), (CALLS, USES_MATH), (CALLS, READS_ENV), (ASSERTS, WRONG)],
     # a planted file ends the session after its batch; the next step starts another
     [(CALLS, RIGHT + "  # 3"), (CALLS, PLANT), (CALLS, RIGHT + "  # after the plant")],
