@@ -87,6 +87,13 @@ class Conversation:
                     return None
                 self._cond.wait(left)
 
+    def receive_rest(self) -> bytes:
+        """Whatever stdout has arrived and was not received yet (all of it, once the program ended)."""
+        with self._cond:
+            taken = bytes(self._incoming)
+            self._incoming.clear()
+            return taken
+
     def close(self, timeout_s: float = 5.0) -> Optional[ExecResult]:
         """End the program's stdin, wait up to ``timeout_s`` for it to exit (killing it after
         that) and return its result (None if the backend never reported one)."""

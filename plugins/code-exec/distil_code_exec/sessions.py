@@ -12,9 +12,9 @@ is graded in new child processes forked from a clean interpreter, its files are 
 and after each run the harness checks that no process is left and that the writable places and
 IPC are as they were when the session started. A run that leaves something behind ends the
 session after its batch (the harness says so and exits); the runs after it in that batch are
-graded again in jobs of their own, and the next batch starts a new session. A session that does
-not answer a batch within the batch's time limit is killed, and that batch's runs are graded
-again in jobs of their own too. So a verdict still never depends on which rollouts shared a
+graded again in jobs of their own, and the next batch starts a new session. A session that dies
+during a batch, or does not answer it within the batch's time limit (it is killed then), keeps
+the verdicts of the runs it finished; the others are graded again in jobs of their own too. So a verdict still never depends on which rollouts shared a
 sandbox, within a step or across steps (``tests/test_code_exec_batch.py`` compares them).
 
 Sessions need a backend that can hold a conversation (``bwrap``, ``process``); on ``docker``
@@ -63,9 +63,10 @@ class GradingSession:
         """Whether a batch with this time limit ends well before the session's own."""
         return self.alive and time.monotonic() - self.born + timeout_s + 60.0 < LIFETIME_S
 
-    def grade(self, batch: dict[str, Any], key: bytes, timeout_s: float) -> Optional[tuple[str, bool]]:
-        """The harness's output for ``batch`` and whether the session goes on after it; None when
-        it died or did not answer within ``timeout_s`` (it is killed then)."""
+    def grade(self, batch: dict[str, Any], key: bytes, timeout_s: float) -> tuple[str, Optional[bool]]:
+        """The harness's output for ``batch`` and whether the session goes on after it (None: it
+        died or did not answer within ``timeout_s``, and is killed; the output is then what came
+        before, whose runs with a signed end record were graded in full)."""
         self.next_id += 1
         request = dict(batch, key=key.hex(), id=self.next_id)
         self.conversation.send(json.dumps(request).encode("utf-8") + b"\n")
@@ -74,10 +75,12 @@ class GradingSession:
         marker = b"\n" + END_MARKER + f" {self.next_id} ".encode()
         deadline = time.monotonic() + timeout_s
         output = self.conversation.receive_until(marker, timeout_s)
-        status = self.conversation.receive_until(b"\n", max(0.0, deadline - time.monotonic()) + 1.0)
+        status = None
+        if output is not None:
+            status = self.conversation.receive_until(b"\n", max(0.0, deadline - time.monotonic()) + 1.0)
         if output is None or status is None:
             self.close(kill=True)
-            return None
+            return self.conversation.receive_rest().decode("utf-8", "replace"), None
         self.batches += 1
         goes_on = status.strip() == b"ok"
         if not goes_on:
@@ -112,23 +115,23 @@ class SessionPool:
         return self.enabled and job["output_limit"] <= OUTPUT_LIMIT and job["timeout_s"] + 60.0 < LIFETIME_S
 
     def submit(self, job: dict[str, Any], key: bytes) -> "Future[distil_sandbox.ExecResult]":
-        """Grade a batch job's runs in a session; the result reads like the batch job's (its
-        stdout empty if the session failed, so that every run is graded again alone)."""
+        """Grade a batch job's runs in a session; the result reads like the batch job's (if the
+        session failed, its stdout is what came before: the runs without a signed end record in
+        it are graded again alone)."""
         return self._executor.submit(self._grade, job, key)
 
     def _grade(self, job: dict[str, Any], key: bytes) -> distil_sandbox.ExecResult:
         batch = json.loads(job["stdin"].partition("\n")[2])
         session = self._take(job["timeout_s"])
         started = time.monotonic()
-        answer = session.grade(batch, key, job["timeout_s"]) if session is not None else None
-        if answer is not None and answer[1]:
+        stdout, goes_on = session.grade(batch, key, job["timeout_s"]) if session is not None else ("", None)
+        if goes_on:
             self._give_back(session)
-        self._count(session, answer)
-        stdout = answer[0] if answer is not None else ""
+        self._count(session, answered=goes_on is not None)
         return distil_sandbox.ExecResult(
-            exit_code=0 if answer is not None else None, signal=None, timed_out=False, stdout=stdout, stderr="",
+            exit_code=0 if goes_on is not None else None, signal=None, timed_out=False, stdout=stdout, stderr="",
             stdout_truncated=False, stderr_truncated=False, wall_s=time.monotonic() - started, cpu_s=0.0,
-            backend=self.backend.name, error=None if answer is not None else "the grading session ended early",
+            backend=self.backend.name, error=None if goes_on is not None else "the grading session ended early",
         )
 
     def _take(self, timeout_s: float) -> Optional[GradingSession]:
@@ -153,9 +156,9 @@ class SessionPool:
         with self._lock:
             self._idle.append(session)
 
-    def _count(self, session: Optional[GradingSession], answer: Any) -> None:
+    def _count(self, session: Optional[GradingSession], answered: bool) -> None:
         with self.verifier.counting() as counts:
-            counts["session_batches" if answer is not None else "session_failures"] += 1
+            counts["session_batches" if answered else "session_failures"] += 1
         if session is not None and session.batches == 0:
             with self._lock:
                 self._failed_starts += 1

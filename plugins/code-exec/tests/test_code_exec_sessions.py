@@ -72,7 +72,7 @@ def test_sessions_grade_step_after_step_as_one_job_per_rollout_would(backend):
     assert all(flat[code].passed for code in (USES_LEN, USES_MATH, READS_ENV))  # nothing leaked across steps
     assert flat[READ_PLANTED].details["tests"][1]["status"] == "error"  # the planted file was not there
     # The plant and the leftover process each ended their session; the kill ended one mid-batch,
-    # whose unanswered runs were graded again in jobs of their own, as were the runs after each stop.
+    # whose unfinished runs were graded again in jobs of their own, as were the runs after each stop.
     assert sessions.counts["session_failures"] == 1
     assert sessions.counts["sessions_started"] == 4
     assert sessions.counts["sandbox_runs"] == sessions.counts["batch_fallbacks"] >= 3
