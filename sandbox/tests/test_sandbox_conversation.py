@@ -104,3 +104,11 @@ def test_docker_holds_no_conversation():
     from distil_sandbox.docker_backend import DockerBackend
 
     assert not hasattr(DockerBackend, "converse")
+
+
+def test_what_a_program_said_before_it_died_can_still_be_read(talker):
+    talk = talker.converse(Job(code="import os, sys\nsys.stdout.write('half an answer')\nsys.stdout.flush()\n"
+                                    "os.kill(os.getpid(), 9)", timeout_s=30))
+    assert talk.receive_until(b"END\n", 10) is None  # it died first
+    assert talk.receive_rest() == b"half an answer" and talk.receive_rest() == b""
+    assert talk.close().signal == "SIGKILL"
