@@ -1011,17 +1011,29 @@ def grade_batch(batch, key):
 
 
 def serve(requests):
-    """A session: one batch per line read from ``requests`` (a file of this process alone), each
-    answered with its results and then ``END_MARKER <id> <"ok" | why the session stops>``.
-    The session ends at the end of its input, or after a batch that leaves something behind."""
+    """A session: the session's secret (hex) on the first line read from ``requests`` (a file of
+    this process alone), then one batch per line, ``<hex hmac-sha256(secret, body)> <body JSON>``,
+    each answered with its results and then ``END_MARKER <the batch's end token> <"ok" | "stop">``.
+    The session ends at the end of its input, at a request not signed with the secret, or after a
+    batch that leaves something behind.
+
+    Why the signature and the token: the sandbox's init holds this job's stdin and stdout too, and
+    a solution's process of this uid can reach them through it. The secret and each batch (its key
+    and end token) are read before any solution runs and no solution's process outlives its run,
+    so a solution can neither write a request this process would take, nor end a batch early
+    (the host would send the next one, key included, while that process still runs)."""
     grader = None
+    secret = bytes.fromhex(requests.readline().decode("ascii").strip())
     try:
         for line in requests:
-            request = json.loads(line)
+            mac, _, body = line.rstrip(b"\n").partition(b" ")
+            if not secret or not hmac.compare_digest(mac, hmac.new(secret, body, hashlib.sha256).hexdigest().encode()):
+                return _stop("a request not signed with the session's secret")
+            request = json.loads(body)
             if grader is None:
                 grader = BatchGrader(request["child_source"])
             reason = grader.grade(request["runs"], bytes.fromhex(request["key"]))
-            _say(f"{END_MARKER} {int(request['id'])} {'ok' if not reason else 'stop'}")
+            _say(f"{END_MARKER} {request['end']} {'ok' if not reason else 'stop'}")
             if reason:
                 return _stop(reason)
     finally:

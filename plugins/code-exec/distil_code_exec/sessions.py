@@ -5,7 +5,11 @@ imports and its fork server before grading anything: on two cores about as long 
 step's rollouts. A session is the same harness, in the same kind of sandbox with the same
 limits, started once and then sent one batch per step over its stdin (a
 :class:`distil_sandbox.Conversation`; see ``serve`` in ``harness.py``). Each batch carries a
-fresh key, and each run its own nonce, so results are checked exactly as a batch job's are.
+fresh key, and each run its own nonce, so results are checked exactly as a batch job's are. The
+sandbox's init holds the session's stdin and stdout as well, where a solution's process can reach
+them; so each request is signed with a secret the harness reads before any solution runs, and a
+batch's answer ends at a token sent with it: a solution can neither slip in a request nor end a
+batch early to read the next one (and its key) while it still runs.
 
 What keeps one rollout from affecting another is what keeps it so inside a batch job: every run
 is graded in new child processes forked from a clean interpreter, its files are placed fresh,
@@ -24,7 +28,10 @@ a new one replaces it between batches.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,11 +56,12 @@ class GradingSession:
         job = distil_sandbox.Job(code=verifier.harness_source, timeout_s=LIFETIME_S, memory_mb=verifier.memory_mb,
                                  output_limit=OUTPUT_LIMIT)
         self.conversation = backend.converse(job)
-        self.conversation.send(SESSION_HEADER)
+        # Read by the harness before any solution runs: it signs every request (see ``serve``).
+        self.secret = secrets.token_bytes(32)
+        self.conversation.send(SESSION_HEADER + self.secret.hex().encode() + b"\n")
         self.backend = backend.name
         self.born = time.monotonic()
         self.batches = 0  # answered
-        self.next_id = 0
 
     @property
     def alive(self) -> bool:
@@ -67,12 +75,14 @@ class GradingSession:
         """The harness's output for ``batch`` and whether the session goes on after it (None: it
         died or did not answer within ``timeout_s``, and is killed; the output is then what came
         before, whose runs with a signed end record were graded in full)."""
-        self.next_id += 1
-        request = dict(batch, key=key.hex(), id=self.next_id)
-        self.conversation.send(json.dumps(request).encode("utf-8") + b"\n")
-        # At a line's start: a solution's output inside a result line (JSON, ASCII, no raw
-        # newline) may spell the marker, never after a newline. Every batch ends with a "done" line.
-        marker = b"\n" + END_MARKER + f" {self.next_id} ".encode()
+        # A batch's end is known by a token no solution can guess (a solution's process can
+        # write to the session's stdout: see ``serve`` in harness.py), read at a line's start.
+        # Every batch ends with a "done" line.
+        token = secrets.token_hex(16)
+        body = json.dumps(dict(batch, key=key.hex(), end=token)).encode("utf-8")
+        mac = hmac.new(self.secret, body, hashlib.sha256).hexdigest().encode()
+        self.conversation.send(mac + b" " + body + b"\n")
+        marker = b"\n" + END_MARKER + f" {token} ".encode()
         deadline = time.monotonic() + timeout_s
         output = self.conversation.receive_until(marker, timeout_s)
         status = None

@@ -9,6 +9,7 @@ at the start of the next.
 
 from __future__ import annotations
 
+import distil_sandbox
 import pytest
 from code_exec_testlib import problem, rollout
 from test_code_exec_batch import (
@@ -102,3 +103,66 @@ def test_sessions_off_or_unavailable_grade_in_batch_jobs():
         assert off.counts["sandbox_runs"] == 1 and off.counts["sessions_started"] == 0
     finally:
         off.close()
+
+
+# Reaches the session's stdin and stdout through the sandbox's init (pid 1 on bwrap, which holds
+# them), says the batch is over, reads the next request that comes while it still runs and answers
+# it with results signed with that request's key.
+STEALS_THE_NEXT_BATCH = r'''
+import ctypes, hashlib, hmac, json, os, select, sys, time
+def sign(key, payload):
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "DISTIL-RESULT " + hmac.new(key, body.encode(), hashlib.sha256).hexdigest() + " " + body + "\n"
+try:
+    init, pidfd_getfd = os.pidfd_open(1), ctypes.CDLL(None, use_errno=True).syscall
+    requests, answers = pidfd_getfd(438, init, 0, 0), pidfd_getfd(438, init, 1, 0)
+except OSError:
+    requests = answers = -1
+if requests >= 0 and answers >= 0:
+    print("reached the session's stdin and stdout", file=sys.stderr, flush=True)
+    os.write(answers, b"\nDISTIL-BATCH-END 1 ok\n")  # a session's first batch was numbered 1
+    seen, end = b"", time.monotonic() + 3
+    while b"\n" not in seen and time.monotonic() < end:
+        if select.select([requests], [], [], 0.05)[0]:
+            seen += os.read(requests, 1 << 20)
+    line = seen.partition(b"\n")[0]
+    request = json.loads(line[line.find(b"{"):]) if line else None
+    if request:
+        key, forged = bytes.fromhex(request["key"]), ""
+        for run in request["runs"]:
+            for i in range(len(run["tests"])):
+                forged += sign(key, {"type": "test", "index": i, "passed": True, "status": "passed", "nonce": run["nonce"]})
+            forged += sign(key, {"type": "done", "tests": len(run["tests"]), "seconds": 0.1, "nonce": run["nonce"]})
+        end = request.get("end", request.get("id"))
+        os.write(answers, (forged + f"\nDISTIL-BATCH-END {end} ok\n").encode())
+def f(x): return 2 * x'''
+
+
+def test_a_solution_cannot_end_its_batch_early_and_answer_the_next():
+    """One session grades two batches in turn (workers 1, batch size 1); the first rollout's
+    process, still running, would take the second batch and sign passing results for it."""
+    verifier = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1, batch_size=1)
+    try:
+        verdicts = verifier.verify_batch([problem(dict(CALLS, timeout_s=5)), problem(CALLS, pid="q")],
+                                         [rollout(STEALS_THE_NEXT_BATCH), rollout(WRONG)])
+    finally:
+        verifier.close()
+    if "reached the session's stdin" not in verdicts[0].details["tests"][0]["stderr"]:
+        pytest.skip("a solution's process cannot reach the sandbox init's descriptors here")
+    assert [v.passed for v in verdicts] == [True, False]
+    assert verdicts[1].details["tests"][1]["actual"] == "4"  # graded for real
+    assert verifier.counts["sessions_started"] == 1 and verifier.counts["session_batches"] == 2
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_a_request_not_signed_with_the_sessions_secret_ends_the_session(backend):
+    verifier = CodeExecVerifier(backend=backend, cache_size=0, workers=1)
+    session = GradingSession(distil_sandbox.get_backend(backend), verifier)
+    try:
+        session.secret = bytes(32)  # the harness holds another one
+        assert session.grade({"runs": [], "child_source": verifier.child_source}, bytes(32), 10.0)[1] is None
+        result = session.conversation.close()
+        assert "a request not signed with the session's secret" in result.stderr
+    finally:
+        session.close(kill=True)
+        verifier.close()
