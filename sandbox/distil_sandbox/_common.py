@@ -371,7 +371,7 @@ def supervise(
                         writing = False
                         if conversation is None:
                             _close_quietly(proc.stdin)
-                elif key.data == "wake":
+                elif key.data == "wake" and conversation is not None:
                     more, closing = conversation.take_input()
                     pending = memoryview(bytes(pending) + more)
                     if pending and not writing:
@@ -398,6 +398,7 @@ def supervise(
 def _hang_up(sel: selectors.BaseSelector, conversation: Optional["Conversation"]) -> None:
     """Stop taking input from ``conversation``: its input closed, or the program's stdin did."""
     if conversation is not None:
+        conversation.stop_input()
         try:
             sel.unregister(conversation.wake_fd)
         except (KeyError, ValueError):

@@ -93,6 +93,13 @@ SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # with its status (128 + n for death by signal n), printing nothing. A duration of 0 never
 # times out; the wall-clock limit is enforced from outside.
 INIT = ("/usr/bin/timeout", "0")
+# A conversation's init: the shell starts the program on the job's pipes, then points its own
+# descriptors at /dev/null before it waits, so that no process inside can take the conversation's
+# stdin or stdout from the init (pidfd_getfd, /proc/1/fd) while the program serves requests.
+# (An asynchronous command's stdin would be /dev/null: the pipe goes to it through descriptor 3.)
+CONVERSATION_INIT = (
+    "/bin/sh", "-c", 'exec 3<&0; "$@" <&3 3<&- & exec </dev/null >/dev/null 2>/dev/null 3<&-; wait $!', "sh"
+)
 # The program's environment, in this order, and bubblewrap adds PWD (the work directory) last:
 # the order in which dash, as /bin/sh, exports these, so a warm sandbox's bootstrap can exec the
 # program with them as they are (see _warm.bootstrap_argv).
@@ -388,7 +395,7 @@ class BwrapBackend:
             ]
             argv = language_for(job.language).argv
             program = argv if files is not None else bootstrap_argv(argv, (*SANDBOX_ENV, ("PWD", WORK_DIR)))
-            command = self._arguments(job, status_w, file_fds, etc_fds, program)
+            command = self._arguments(job, status_w, file_fds, etc_fds, program, conversation=piped)
             prefix = launcher(limits, owner) if files is None else None
             if prefix:
                 if cgroup is not None:  # the shell joins the cgroup, then execs the launcher
@@ -419,6 +426,7 @@ class BwrapBackend:
         file_fds: dict[str, int],
         etc_fds: dict[str, int],
         program: tuple[str, ...],
+        conversation: bool = False,
     ) -> list[str]:
         work_bytes = str(job.work_mb << 20)
         args = [
@@ -450,7 +458,8 @@ class BwrapBackend:
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{rel}"]
         for path in _hidden_under_usr():
             args += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
-        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", *INIT, *program]
+        init = CONVERSATION_INIT if conversation else INIT
+        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", *init, *program]
         return args
 
 

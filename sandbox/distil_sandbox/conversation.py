@@ -151,6 +151,12 @@ class Conversation:
             self._outgoing.clear()
             return data, self._input_closed
 
+    def stop_input(self) -> None:
+        """The program's stdin is closed (by the caller, or by the program): later sends are dropped."""
+        with self._cond:
+            self._input_closed = True
+            self._outgoing.clear()
+
     def output(self) -> "ConversationOutput":
         """The buffer :func:`~._common.supervise` feeds the program's stdout into."""
         return ConversationOutput(self)

@@ -112,3 +112,19 @@ def test_what_a_program_said_before_it_died_can_still_be_read(talker):
     assert talk.receive_until(b"END\n", 10) is None  # it died first
     assert talk.receive_rest() == b"half an answer" and talk.receive_rest() == b""
     assert talk.close().signal == "SIGKILL"
+
+
+def test_no_process_inside_can_take_the_conversation_from_the_sandbox_init():
+    """On bwrap the namespace's init is the job's first process, of the job's uid: it holds none of
+    the conversation's pipes, so a process of the job cannot take them from it."""
+    why = unavailable_reason("bwrap")
+    if why:
+        pytest.skip(why)
+    look = "import os\nprint([os.readlink(f'/proc/1/fd/{n}') for n in (0, 1, 2)], flush=True)\ninput()"
+    talk = sandbox("bwrap").converse(Job(code=look, timeout_s=30))
+    try:
+        assert talk.receive_until(b"\n", 10) == b"['/dev/null', '/dev/null', '/dev/null']\n"
+        talk.send(b"bye\n")
+    finally:
+        result = talk.close()
+    assert result.ok

@@ -147,8 +147,8 @@ def test_a_solution_cannot_end_its_batch_early_and_answer_the_next():
                                          [rollout(STEALS_THE_NEXT_BATCH), rollout(WRONG)])
     finally:
         verifier.close()
-    if "reached the session's stdin" not in verdicts[0].details["tests"][0]["stderr"]:
-        pytest.skip("a solution's process cannot reach the sandbox init's descriptors here")
+    # (on bwrap the init holds none of the session's pipes; were it to, the signed requests and
+    # the end token would still hold)
     assert [v.passed for v in verdicts] == [True, False]
     assert verdicts[1].details["tests"][1]["actual"] == "4"  # graded for real
     assert verifier.counts["sessions_started"] == 1 and verifier.counts["session_batches"] == 2
