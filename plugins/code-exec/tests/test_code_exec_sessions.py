@@ -166,3 +166,20 @@ def test_a_request_not_signed_with_the_sessions_secret_ends_the_session(backend)
     finally:
         session.close(kill=True)
         verifier.close()
+
+
+def test_sessions_that_never_answer_are_given_up_for_batch_jobs():
+    verifier = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1)
+    verifier.harness_source = "raise SystemExit(3)"  # every session (and job) ends before answering
+    pairs = [([problem(CALLS, pid=f"p{k}")] * 2, [rollout(f"{RIGHT}  # {k}"), rollout(f"{WRONG}  # {k}")])
+             for k in range(4)]
+    try:
+        with pytest.warns(RuntimeWarning, match="3 grading sessions in a row ended before answering a batch"):
+            for problems, rollouts in pairs[:3]:
+                verifier.verify_batch(problems, rollouts)
+        assert verifier.counts["session_failures"] == 3 and not verifier.session_pool.enabled
+        jobs = verifier.counts["sandbox_runs"]
+        verifier.verify_batch(*pairs[3])  # a batch job now, then each run alone
+        assert verifier.counts["sessions_started"] == 3 and verifier.counts["sandbox_runs"] == jobs + 3
+    finally:
+        verifier.close()
