@@ -589,8 +589,10 @@ def test_the_optional_task_methods_the_tiny_base_calls_are_protocols():
 
 
 class GadgetSpecs:
-    """A plugin's own extension point, declared as the tools plugin declares ``register_tools``."""
+    """A plugin's own extension point, declared on a class (the tools plugin declares
+    ``register_tools`` in a module)."""
 
+    @staticmethod
     @pluggy.HookspecMarker("gadgets")
     def register_gadgets(register):
         """Register gadget factories."""
