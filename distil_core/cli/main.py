@@ -274,6 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         samples=config.eval.samples, ks=config.eval.ks, temperature=config.eval.temperature,
         max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
         seed=config.seed + EVAL_SEED_OFFSET,  # the seed training's own evaluations use
+        verifier_name=config.verifier.name,
     )
     if args.json:
         # JSON holds fractions in [0, 1] (as summary.json and eval.jsonl do); the table, percent

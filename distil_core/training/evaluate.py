@@ -7,11 +7,12 @@ from typing import Any, Optional, Sequence
 import torch
 
 from distil_core.errors import ConfigError
-from distil_core.protocols import resolve, resolve_all
+from distil_core.protocols import resolve
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.training import metrics
 from distil_core.training.distributed import World
 from distil_core.training.runlog import progress_bar
+from distil_core.training.step import verify
 from distil_core.types import Problem
 
 EVAL_SEED_OFFSET = 7919
@@ -49,6 +50,7 @@ def evaluate_on_ranks(rt: Any, config: Any, world: World, problems: Sequence[Pro
     ev = config.eval
     options = dict(max_new_tokens=ev.max_new_tokens or config.rollout.max_new_tokens,
                    seed=config.seed + EVAL_SEED_OFFSET)
+    options = dict(options, verifier_name=config.verifier.name)
     correct, answers = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=ev.samples,
                                         temperature=ev.temperature, progress=bar, **options)
     greedy = None
@@ -76,11 +78,13 @@ def evaluate(
     seed: int = 0,
     chunk_problems: int = 32,
     progress: Optional[Any] = None,
+    verifier_name: str = "verifier",
 ) -> dict[str, float]:
     """Sample ``samples`` responses per problem, grade them, and summarise (see :func:`summarise`)."""
     correct, answers = sample_and_grade(
         generator, prompt_ids, problems, verifier, samples=samples, temperature=temperature,
         max_new_tokens=max_new_tokens, seed=seed, chunk_problems=chunk_problems, progress=progress,
+        verifier_name=verifier_name,
     )
     return summarise(correct, answers, ks=ks, samples=samples)
 
@@ -98,8 +102,11 @@ def sample_and_grade(
     seed: int = 0,
     chunk_problems: int = 32,
     progress: Optional[Any] = None,
+    verifier_name: str = "verifier",
 ) -> tuple[list[list[float]], list[list[Optional[str]]]]:
-    """Per problem: whether each sample passed, and the answer it gave.
+    """Per problem: whether each sample passed, and the answer it gave. Each chunk's samples are
+    graded as a training step's are (:func:`~distil_core.training.step.verify`: in one
+    ``verify_batch`` call where the verifier has one), ``verifier_name`` naming it in errors.
 
     Sampling is keyed by ``seed`` (see :mod:`distil_core.rollouts.sampling`), so a problem's samples
     do not depend on the problems evaluated with it: evaluations split across ranks add up to
@@ -118,7 +125,7 @@ def sample_and_grade(
             rollouts = generator.sample(
                 prompt_ids[start : start + chunk_problems], [p.id for p in chunk], samples, params=params, key=seed
             )
-            verdicts = resolve_all([verifier.verify(chunk[i // samples], r) for i, r in enumerate(rollouts)])
+            verdicts = verify(verifier, verifier_name, chunk, rollouts, samples)
             for i in range(len(chunk)):
                 group = verdicts[i * samples : (i + 1) * samples]
                 correct.append([1.0 if v.passed else 0.0 for v in group])
