@@ -1,0 +1,52 @@
+"""Evaluation grades its samples as a training step does: a verifier with ``verify_batch`` gets
+each chunk of problems with all their samples in one call, and the summary is the one that
+grading each sample with ``verify`` gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from distil_core.builtin import ExactMatchVerifier
+from distil_core.errors import PluginError
+from distil_core.rollouts.local import Generator, SamplingParams
+from distil_core.testing import problem, tiny_model, tiny_tokenizer
+from distil_core.training.evaluate import evaluate
+
+
+class Batching(ExactMatchVerifier):
+    """exact_match, graded a batch at a time, with a record of the calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[int] = []
+
+    def verify_batch(self, problems, rollouts):
+        self.batches.append(len(rollouts))
+        return [self.verify(p, r) for p, r in zip(problems, rollouts)]
+
+
+def setup(count):
+    tok = tiny_tokenizer()
+    generator = Generator(tiny_model(), tok, SamplingParams(max_new_tokens=3))
+    problems = [problem(str(k % 3), pid=f"p{k}", prompt=f"{k}") for k in range(count)]
+    return generator, [tok.encode(p.prompt) for p in problems], problems
+
+
+def test_each_chunk_is_graded_in_one_verify_batch_call_with_the_same_summary():
+    generator, prompts, problems = setup(5)
+    batching = Batching()
+    options = dict(samples=4, ks=[1, 2], seed=3, chunk_problems=2)
+    by_batch = evaluate(generator, prompts, problems, batching, **options)
+    one_by_one = evaluate(generator, prompts, problems, ExactMatchVerifier(), **options)
+    assert batching.batches == [8, 8, 4]  # chunks of 2, 2 and 1 problems, 4 samples each
+    assert by_batch == one_by_one
+
+
+def test_a_verify_batch_that_miscounts_is_named():
+    class Short(ExactMatchVerifier):
+        def verify_batch(self, problems, rollouts):
+            return []
+
+    generator, prompts, problems = setup(2)
+    with pytest.raises(PluginError, match="verifier 'short': verify_batch returned 0 verdicts for 4 rollouts"):
+        evaluate(generator, prompts, problems, Short(), samples=2, ks=[1], verifier_name="short")
