@@ -211,3 +211,29 @@ def test_two_processes_sampling_from_one_server_sync_it_once_per_step(tmp_path):
     assert [r["staleness"] for r in rows] == [0, 0] and [r["policy_version"] for r in rows] == [0, 1]
     assert all(r["sync_bytes"] > 0 for r in rows)
     assert _max_diff(_weights(one), _weights(two)) < TOLERANCE
+
+
+MEETING = """
+import os, sys, time
+from distil_core.training.distributed import close_world, init_world, meet_outside
+world = init_world("cpu")
+arrived = os.path.join(sys.argv[1], "rank1-arrived")
+if world.rank == 1:
+    time.sleep(0.5)  # the late rank: rank 0 must wait for it
+    open(arrived, "w").close()
+met = meet_outside(world, "probe")
+print(f"rank {world.rank} met={met} saw_rank1={os.path.exists(arrived)}", flush=True)
+close_world(world, finished=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_ranks_meet_outside_the_process_group_before_it_is_torn_down(tmp_path):
+    script = tmp_path / "meet.py"
+    script.write_text(MEETING)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(tmp_path)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert said == ["rank 0 met=True saw_rank1=True", "rank 1 met=True saw_rank1=True"]

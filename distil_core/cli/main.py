@@ -215,6 +215,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         finished = True
     finally:
         close_world(world, finished)
+    if finished and world.distributed:
+        # Everything the run writes is closed by now. A rank skips the interpreter's own tear-down:
+        # gloo's worker threads can abort a process while the interpreter is being finalized.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

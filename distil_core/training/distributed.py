@@ -151,10 +151,33 @@ def rank_device(device: str, world: World) -> str:
 
 def close_world(world: World, finished: bool = False) -> None:
     """Tear the process group down. After a run that ``finished`` on every rank, the ranks meet
-    at a barrier first: a rank that closes its connections while a peer is still reading the
-    last collective's bytes makes gloo abort that peer ("terminate called without an active
-    exception"). After a failure there is no barrier, since a peer may never arrive."""
+    at a barrier first, and then once more outside the process group (:func:`meet_outside`),
+    so that no rank closes its connections while a peer is still finishing the barrier itself:
+    gloo aborts a peer whose connection closes under it ("terminate called without an active
+    exception"). After a failure there is no meeting, since a peer may never arrive."""
     if world.distributed and torch.distributed.is_initialized():
         if finished:
             torch.distributed.barrier()
+            meet_outside(world, "closed")
         torch.distributed.destroy_process_group()
+
+
+def meet_outside(world: World, name: str, timeout_s: float = 60.0) -> bool:
+    """Wait until every rank has called this with ``name``, through the rendezvous store that
+    ``torchrun`` (or the rank-0 launcher) keeps at ``MASTER_ADDR:MASTER_PORT`` rather than
+    through the process group; False where there is no such store or it does not answer (the
+    caller goes on without the meeting)."""
+    from datetime import timedelta
+
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return False
+    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}.{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    keys = [f"distil/{run}/{name}/{rank}" for rank in range(world.size)]
+    try:
+        store = torch.distributed.TCPStore(addr, int(port), None, False, timedelta(seconds=timeout_s))
+        store.set(keys[world.rank], "1")
+        store.wait(keys, timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError, OSError):  # the store is gone or slow: nothing to wait on
+        return False
+    return True
