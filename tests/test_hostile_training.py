@@ -248,7 +248,7 @@ def test_run_files_are_private(tmp_path):
         os.umask(old)
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(run) == 0o750 and mode(run / "checkpoints") == 0o750
-    for name in ("metrics.jsonl", "rollouts.jsonl", "provenance.jsonl", "eval.jsonl", "config.yaml"):
+    for name in ("metrics.jsonl", "rollouts.jsonl", "provenance.jsonl", "eval.jsonl", "config.yaml", "summary.json"):
         assert mode(run / name) == 0o600, name
     assert mode(run / "checkpoints" / "step-000001.pt") == 0o600
     assert "reference" in (run / "rollouts.jsonl").read_text()  # what the privacy is for

@@ -160,7 +160,7 @@ class RunLog:
     def write_json(self, name: str, value: Any) -> None:
         if self.world.main:
             with self.writing(name):
-                atomic_write_json(self.path(name), value)
+                atomic_write_json(self.path(name), value, mode=PRIVATE)
 
 
 def default_run_dir(method: str) -> str:
