@@ -1017,8 +1017,9 @@ def serve(requests):
     The session ends at the end of its input, at a request not signed with the secret, or after a
     batch that leaves something behind.
 
-    Why the signature and the token: the sandbox's init holds this job's stdin and stdout too, and
-    a solution's process of this uid can reach them through it. The secret and each batch (its key
+    Why the signature and the token: were a solution's process of this uid to reach this job's
+    stdin and stdout (through a sandbox init that held them too; bwrap's does not), it could
+    still not make use of them. The secret and each batch (its key
     and end token) are read before any solution runs and no solution's process outlives its run,
     so a solution can neither write a request this process would take, nor end a batch early
     (the host would send the next one, key included, while that process still runs)."""

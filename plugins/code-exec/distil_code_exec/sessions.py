@@ -5,11 +5,12 @@ imports and its fork server before grading anything: on two cores about as long 
 step's rollouts. A session is the same harness, in the same kind of sandbox with the same
 limits, started once and then sent one batch per step over its stdin (a
 :class:`distil_sandbox.Conversation`; see ``serve`` in ``harness.py``). Each batch carries a
-fresh key, and each run its own nonce, so results are checked exactly as a batch job's are. The
-sandbox's init holds the session's stdin and stdout as well, where a solution's process can reach
-them; so each request is signed with a secret the harness reads before any solution runs, and a
-batch's answer ends at a token sent with it: a solution can neither slip in a request nor end a
-batch early to read the next one (and its key) while it still runs.
+fresh key, and each run its own nonce, so results are checked exactly as a batch job's are. On bwrap
+the sandbox's init keeps none of the session's pipes (see ``distil_sandbox.bwrap``), so no
+process of the job can reach them. Behind that, each request is signed with a secret the harness
+reads before any solution runs, and a batch's answer ends at a token sent with it: a solution's
+process that did reach them could neither slip in a request nor end a batch early to read the
+next one (and its key) while it still runs.
 
 What keeps one rollout from affecting another is what keeps it so inside a batch job: every run
 is graded in new child processes forked from a clean interpreter, its files are placed fresh,
