@@ -49,8 +49,7 @@ def evaluate_on_ranks(rt: Any, config: Any, world: World, problems: Sequence[Pro
     prompts = [rt.context.student_prompt_ids(p) for p in mine]
     ev = config.eval
     options = dict(max_new_tokens=ev.max_new_tokens or config.rollout.max_new_tokens,
-                   seed=config.seed + EVAL_SEED_OFFSET)
-    options = dict(options, verifier_name=config.verifier.name)
+                   seed=config.seed + EVAL_SEED_OFFSET, verifier_name=config.verifier.name)
     correct, answers = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=ev.samples,
                                         temperature=ev.temperature, progress=bar, **options)
     greedy = None

@@ -43,7 +43,7 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
             first.setdefault(run.cache_key, i)
     todo = sorted(first.values())
     chunks = split(todo, verifier.workers, verifier.batch_size)
-    jobs = [(chunk, key, verifier.submit_batch(job, key)) for chunk, (job, key) in
+    jobs = [(chunk, key, verifier.submit_batch(job, key, batch)) for chunk, (job, key, batch) in
             ((chunk, batch_job(verifier, [runs[i] for i in chunk])) for chunk in chunks)]
     alone: list[int] = []
     forked = 0
@@ -83,8 +83,9 @@ def split(rows: list[int], workers: int, batch_size: int) -> list[list[int]]:
     return [rows[k:k + size] for k in range(0, len(rows), size)]
 
 
-def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, Any], bytes]:
-    """One sandbox job grading ``runs`` in turn, and the key its results are signed with.
+def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    """One sandbox job grading ``runs`` in turn, the key its results are signed with, and the
+    batch its stdin carries (what a grading session is sent instead).
 
     The solutions travel on stdin (read to the end before any of them runs) and the harness
     writes each one's file just before its turn, so no run can rewrite a later run's code. The
@@ -105,4 +106,4 @@ def batch_job(verifier: "CodeExecVerifier", runs: list[Any]) -> tuple[dict[str, 
         "memory_mb": verifier.memory_mb,
         "output_limit": sum(run.job["output_limit"] for run in runs),
     }
-    return job, key
+    return job, key, batch

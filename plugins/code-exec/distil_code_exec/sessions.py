@@ -50,6 +50,12 @@ OUTPUT_LIMIT = 32 << 20  # bytes of a session's output not yet read; a batch tha
 MAX_FAILED_STARTS = 3  # sessions in a row that died before answering: then batch jobs only
 
 
+def within_lifetime(age_s: float, timeout_s: float) -> bool:
+    """Whether a batch with this time limit, sent to a session this old, ends a minute or more
+    before the session's own time limit."""
+    return age_s + timeout_s + 60.0 < LIFETIME_S
+
+
 class GradingSession:
     """One harness running in one sandbox, answering one batch at a time."""
 
@@ -70,7 +76,7 @@ class GradingSession:
 
     def fits(self, timeout_s: float) -> bool:
         """Whether a batch with this time limit ends well before the session's own."""
-        return self.alive and time.monotonic() - self.born + timeout_s + 60.0 < LIFETIME_S
+        return self.alive and within_lifetime(time.monotonic() - self.born, timeout_s)
 
     def grade(self, batch: dict[str, Any], key: bytes, timeout_s: float) -> tuple[str, Optional[bool]]:
         """The harness's output for ``batch`` and whether the session goes on after it (None: it
@@ -123,19 +129,18 @@ class SessionPool:
 
     def usable(self, job: dict[str, Any]) -> bool:
         """Whether a batch job like ``job`` can go to a session instead."""
-        return self.enabled and job["output_limit"] <= OUTPUT_LIMIT and job["timeout_s"] + 60.0 < LIFETIME_S
+        return self.enabled and job["output_limit"] <= OUTPUT_LIMIT and within_lifetime(0.0, job["timeout_s"])
 
-    def submit(self, job: dict[str, Any], key: bytes) -> "Future[distil_sandbox.ExecResult]":
+    def submit(self, batch: dict[str, Any], key: bytes, timeout_s: float) -> "Future[distil_sandbox.ExecResult]":
         """Grade a batch job's runs in a session; the result reads like the batch job's (if the
         session failed, its stdout is what came before: the runs without a signed end record in
         it are graded again alone)."""
-        return self._executor.submit(self._grade, job, key)
+        return self._executor.submit(self._grade, batch, key, timeout_s)
 
-    def _grade(self, job: dict[str, Any], key: bytes) -> distil_sandbox.ExecResult:
-        batch = json.loads(job["stdin"].partition("\n")[2])
-        session = self._take(job["timeout_s"])
+    def _grade(self, batch: dict[str, Any], key: bytes, timeout_s: float) -> distil_sandbox.ExecResult:
+        session = self._take(timeout_s)
         started = time.monotonic()
-        stdout, goes_on = session.grade(batch, key, job["timeout_s"]) if session is not None else ("", None)
+        stdout, goes_on = session.grade(batch, key, timeout_s) if session is not None else ("", None)
         if goes_on:
             self._give_back(session)
         self._count(session, answered=goes_on is not None)

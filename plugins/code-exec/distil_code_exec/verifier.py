@@ -260,15 +260,17 @@ class CodeExecVerifier:
             return pool.submit(lambda: distil_sandbox.run(backend=self.backend, **job))
         return pool.submit(job["code"], **{k: v for k, v in job.items() if k != "code"})
 
-    def submit_batch(self, job: dict[str, Any], key: bytes) -> "Future[distil_sandbox.ExecResult]":
-        """Queue one batch job (``batch.batch_job``): to a grading session where the backend
-        keeps one (see ``sessions.py``), else to the pool as a sandbox job."""
+    def submit_batch(
+        self, job: dict[str, Any], key: bytes, batch: dict[str, Any]
+    ) -> "Future[distil_sandbox.ExecResult]":
+        """Queue one batch (``batch.batch_job``'s job, key and batch): to a grading session where
+        the backend keeps one (see ``sessions.py``), else to the pool as a sandbox job."""
         with self._lock:
             if self.session_pool is None and self.sessions:
                 self.session_pool = SessionPool(self)
             sessions = self.session_pool
         if sessions is not None and sessions.usable(job):
-            return sessions.submit(job, key)
+            return sessions.submit(batch, key, job["timeout_s"])
         return self.submit_job(job)
 
     def _finish(self, run: _Run, result: distil_sandbox.ExecResult) -> Verdict:
