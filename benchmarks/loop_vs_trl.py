@@ -2,13 +2,15 @@
 
     pip install trl     # a benchmark dependency only; the toolkit never imports it
     python benchmarks/loop_vs_trl.py [--steps 40] [--problems 8] [--samples 8] [--eval-every 5]
-        [--eval-problems 48] [--eval-samples 4] [--target P] [--threads 2] [--out DIR] [--json FILE]
+        [--eval-problems 48] [--eval-samples 4] [--target P] [--repeats 3] [--threads 2] [--out DIR]
+        [--json FILE]
 
 One budget for every run: the cached tiny base model of the default run (built on first use),
 the ``digits`` task, its reward (``exact_match``: the answer equals the reference), ``--problems``
 × ``--samples`` rollouts per step, ``--steps`` steps, the default run's ``max_new_tokens`` (10),
 learning rate (3e-4), AdamW betas, gradient clipping and sampling (temperature 1, top-p 1).
-Six runs, one after another, each in a fresh process with ``OMP_NUM_THREADS=--threads``:
+Six runs, one after another, each in a fresh process with ``OMP_NUM_THREADS=--threads``, and
+all six ``--repeats`` times:
 
 - ``distil train`` with ``method: grpo``, ``jsd`` and ``distil`` (the ``self`` expert with frozen
   weights, which sees the problem with the run's feedback and a successful sibling's answer),
@@ -28,6 +30,15 @@ first ``--eval-problems`` test problems, ``--eval-samples`` samples each, the sa
 the toolkit's own evaluation, called from a TRL callback for TRL's runs), and the training time
 until pass@1 first reaches the target. The default target is the lower of the two GRPO runs'
 best pass@1, a level both reach; ``--target`` sets it.
+
+Each run trains for a few seconds on the default budget, and one timing moves by 20 % or more
+with whatever else the machine's cores are doing, for minutes at a time. So the runs are
+paired: each like-for-like pair runs back to back (``grpo`` then ``GRPOTrainer``,
+``jsd-same-input`` then ``GKDTrainer``), every other repeat in the reverse order, and a pair's
+ratios are the median over repeats of the two back-to-back runs' ratio; each repeat's ratio is
+printed too, so the spread stays visible. A run's own figures are those of its *median repeat*
+by training time (one real run, not a mix of several). The pass@1 curves do not change between
+repeats (same seeds, same keyed sampling).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +56,8 @@ from typing import Any
 HERE = os.path.abspath(__file__)
 DISTIL_METHODS = ("grpo", "jsd", "jsd-same-input", "distil")
 TRL_KINDS = ("trl-grpo", "trl-gkd")
+RUN_ORDER = ("grpo", "trl-grpo", "jsd-same-input", "trl-gkd", "jsd", "distil")
+"""Each like-for-like pair back to back, so that the two runs of a ratio see the same machine."""
 PAIRS = (("grpo", "trl-grpo"), ("jsd", "trl-gkd"), ("jsd-same-input", "trl-gkd"))
 VARIANTS = {"jsd-same-input": ["method=jsd", "feedback=[]", "context.use_demonstrations=false", "loss.no_signal=keep"]}
 """Runs that are a method with other settings: ``jsd-same-input`` gives the expert exactly the
@@ -255,7 +269,17 @@ def time_to(run: dict[str, Any], target: float) -> float | None:
     return next((seconds for _, seconds, score in run["curve"] if score >= target - 1e-9), None)
 
 
-def table(runs: dict[str, dict[str, Any]], target: float) -> str:
+def median_repeat(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat whose training time is the median (the lower middle one of an even count)."""
+    return sorted(reps, key=lambda r: r["train_s"])[(len(reps) - 1) // 2]
+
+
+def speed_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
+    """Optimizer steps per second of ``ours`` over ``theirs``."""
+    return (ours["steps"] / ours["train_s"]) / (theirs["steps"] / theirs["train_s"])
+
+
+def table(runs: dict[str, dict[str, Any]], target: float, repeats: dict[str, list[dict[str, Any]]]) -> str:
     lines = [f"| run | steps/s | tokens/s | peak memory MB | pass@1 start → best | time to pass@1 ≥ {target:.3f} |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():
@@ -264,18 +288,20 @@ def table(runs: dict[str, dict[str, Any]], target: float) -> str:
         lines.append(f"| {label(name)} | {r['steps'] / r['train_s']:.2f} | {r['tokens'] / r['train_s']:,.0f} | "
                      f"{r['peak_mb']:,.0f} | {scores[0]:.3f} → {max(scores):.3f} | "
                      + (f"{reach:.1f} s" if reach is not None else f"not in {r['steps']} steps") + " |")
-    lines += ["", "| pair | steps/s ratio (ours / TRL) | tokens/s ratio | peak memory ratio | time-to-target ratio |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "| pair | steps/s ratio (ours / TRL) | each repeat's steps/s ratio | tokens/s ratio | "
+              "peak memory ratio | time-to-target ratio |", "|---|---:|---:|---:|---:|---:|"]
     for ours, theirs in PAIRS:
         if ours not in runs or theirs not in runs:
             continue
-        a, t = runs[ours], runs[theirs]
-        speed = (a["steps"] / a["train_s"]) / (t["steps"] / t["train_s"])
-        tps = (a["tokens"] / a["train_s"]) / max(t["tokens"] / t["train_s"], 1e-9)
-        reach_a, reach_t = time_to(a, target), time_to(t, target)
-        ttt = f"{reach_a / reach_t:.2f}×" if reach_a and reach_t else "—"
-        lines.append(f"| {label(ours)} / {label(theirs)} | {speed:.2f}× | {tps:.2f}× | "
-                     f"{a['peak_mb'] / t['peak_mb']:.2f}× | {ttt} |")
+        each = list(zip(repeats[ours], repeats[theirs]))  # a repeat's two runs, back to back for the main pairs
+        speed = [speed_ratio(a, t) for a, t in each]
+        tps = [(a["tokens"] / a["train_s"]) / max(t["tokens"] / t["train_s"], 1e-9) for a, t in each]
+        reach = [(time_to(a, target), time_to(t, target)) for a, t in each]
+        ttt = [a / t for a, t in reach if a and t]
+        lines.append(f"| {label(ours)} / {label(theirs)} | {statistics.median(speed):.2f}× | "
+                     f"{', '.join(f'{x:.2f}' for x in speed)} | {statistics.median(tps):.2f}× | "
+                     f"{runs[ours]['peak_mb'] / runs[theirs]['peak_mb']:.2f}× | "
+                     + (f"{statistics.median(ttt):.2f}×" if ttt else "—") + " |")
     return "\n".join(lines)
 
 
@@ -293,6 +319,7 @@ def main() -> int:
     parser.add_argument("--eval-problems", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--target", type=float, help="pass@1 to reach (default: the lower GRPO run's best)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every trainer, taking turns; figures are each one's median")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run (they run one at a time)")
     parser.add_argument("--runs", nargs="+", default=[*DISTIL_METHODS, *TRL_KINDS], choices=[*DISTIL_METHODS, *TRL_KINDS])
     parser.add_argument("--out", help="run directories and figures (default: a temporary directory)")
@@ -314,27 +341,34 @@ def main() -> int:
           f"{b['max_new_tokens']}, lr {b['lr']}; pass@1 on {args.eval_problems} held-out problems × "
           f"{args.eval_samples} samples every {args.eval_every} steps; OMP_NUM_THREADS={args.threads}, "
           f"{'cuda' if _cuda() else 'cpu'}; runs in {out}", flush=True)
-    runs: dict[str, dict[str, Any]] = {}
+    order = [name for name in RUN_ORDER if name in args.runs]
     base = None
-    for method in [m for m in DISTIL_METHODS if m in args.runs]:
-        runs[method] = distil_run(method, b, out, args.threads)
-        base = runs[method]["base"]
-        print(f"  {method}: {runs[method]['train_s']:.1f} s of training", flush=True)
-    if base is None:
-        base = distil_run("grpo", dict(b, steps=1), out, args.threads)["base"]  # the cached base's path
-    for kind in [k for k in TRL_KINDS if k in args.runs]:
-        runs[kind] = trl_run(kind, base, b, out, args.threads)
-        print(f"  {kind}: {runs[kind]['train_s']:.1f} s of training", flush=True)
+    repeats: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    for r in range(args.repeats):
+        where = os.path.join(out, f"repeat-{r + 1}")
+        os.makedirs(where, exist_ok=True)
+        for name in order if r % 2 == 0 else order[::-1]:  # take turns: drift falls on both sides
+            if name in TRL_KINDS and base is None:  # the cached base's path, from a one-step run
+                os.makedirs(os.path.join(out, "base"), exist_ok=True)
+                base = distil_run("grpo", dict(b, steps=1), os.path.join(out, "base"), args.threads)["base"]
+            run = distil_run(name, b, where, args.threads) if name in DISTIL_METHODS else trl_run(name, base, b, where, args.threads)
+            base = run.pop("base", base)
+            repeats[name].append(run)
+            print(f"  repeat {r + 1}/{args.repeats} {name}: {run['train_s']:.1f} s of training", flush=True)
+    runs = {name: median_repeat(reps) for name, reps in repeats.items()}
     target = args.target if args.target is not None else default_target(runs)
     print()
-    print(table(runs, target))
+    print(f"each run's figures are those of its median repeat of {args.repeats} by training time; a pair's "
+          "ratios are the median of its repeats' ratios")
+    print(table(runs, target, repeats))
     start = max(r["curve"][0][2] for r in runs.values())
     if target <= start:
         print(f"\nnote: the target {target:.3f} is no higher than a run's starting pass@1 ({start:.3f}): "
               "the GRPO runs did not improve within the budget; give more --steps or a --target")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"budget": b, "target": target, "runs": runs}, fh, indent=2)
+            json.dump({"budget": b, "target": target, "repeats": args.repeats, "runs": runs, "every_repeat": repeats},
+                      fh, indent=2)
     return 0
 
 

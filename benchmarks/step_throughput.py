@@ -263,7 +263,7 @@ class _Ids:
 
 def generation(model: Any, data: Batch, n: int, new_tokens: int, repeats: int, device: str) -> tuple[float, float]:
     from distil_core.rollouts.local import Generator, SamplingParams
-    from distil_core.models.forward import pad_batch
+    from distil_core.models.padding import pad_batch
 
     model.config.use_cache = True
     generator = Generator(model, _Ids(), SamplingParams(max_new_tokens=new_tokens, temperature=1.0))

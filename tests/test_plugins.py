@@ -549,7 +549,7 @@ def test_the_package_root_is_the_whole_contract_and_imports_no_torch():
 
     for name in distil_core.__all__:
         assert getattr(distil_core, name) is not None
-    assert distil_core.models.pad_batch.__module__ == "distil_core.models.forward"
+    assert distil_core.models.pad_batch.__module__ == "distil_core.models.padding"
 
 
 def test_optional_methods_are_protocols_the_builtin_experts_satisfy():

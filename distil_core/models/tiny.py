@@ -216,7 +216,7 @@ def build_tiny_base(problems, template, recipe: TinyBase, progress: bool = True,
     """
     import torch
 
-    from distil_core.models.forward import pad_batch, position_ids
+    from distil_core.models.padding import pad_batch, position_ids
 
     teacher = teacher or BaseFeedback()
     problems = [p for p in problems if teacher.answer(p) is not None]

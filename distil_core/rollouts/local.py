@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from distil_core.models.forward import pad_batch
+from distil_core.models.padding import pad_batch
 from distil_core.models.precision import policy_autocast
 from distil_core.rollouts.sampling import KeyedSampler, SamplingParams, row_key, sampling_warpers
 from distil_core.types import Rollout

@@ -249,7 +249,7 @@ class LocalLM:
         """
         import torch
 
-        from distil_core.models.forward import pad_batch, position_ids
+        from distil_core.models.padding import pad_batch, position_ids
         from distil_core.rollouts.sampling import SamplingParams, sampling_warpers
 
         first = jobs[0]

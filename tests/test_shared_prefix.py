@@ -1,0 +1,192 @@
+"""Rows that continue the same prompt compute it once, with the single pass's values and gradients.
+
+The reference is the model's own forward over every whole row (left-padded, positions skipping
+the padding), sliced to the positions that predict each response.
+"""
+
+import pytest
+import torch
+
+from distil_core.config import load_config
+from distil_core.models import shared_prefix
+from distil_core.models.activation_checkpointing import enable_gradient_checkpointing
+from distil_core.models.forward import projects_plainly, response_hidden, response_logits
+from distil_core.models.padding import pad_batch, position_ids
+from distil_core.models.lora import attach_lora
+from distil_core.plugin_host import PluginHost
+from distil_core.testing import FAST_RUN, tiny_model
+from distil_core.training.trainer import Trainer
+
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+PREFIXES = [p for p in PROMPTS for _ in range(3)]  # three samples of each prompt, as a GRPO group
+RESPONSES = [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30], [], [31, 32, 33, 34], [35], [36, 37, 38], [39, 40]]
+
+
+def reference_logits(model, prefixes, responses):
+    """[B, T, V] logits predicting each response token, from one forward over each whole row."""
+    rows = [p + r for p, r in zip(prefixes, responses)]
+    ids, mask = pad_batch(rows, 0, side="left")
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
+    width = max(len(r) for r in responses)
+    out = torch.zeros(len(rows), width, logits.shape[-1])
+    for b, (p, r) in enumerate(zip(prefixes, responses)):
+        start = ids.shape[1] - len(p) - len(r) + len(p) - 1
+        out[b, : len(r)] = logits[b, start : start + len(r)]
+    return out
+
+
+def masked_loss(logits, tokens, mask):
+    weights = torch.linspace(0.5, 1.5, logits.shape[1]).unsqueeze(0)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+    return (nll * mask * weights).sum()
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def lora_model():
+    torch.manual_seed(0)
+    model = attach_lora(tiny_model(hidden_size=64), load_config(None, ["model.lora=true"]).model.lora)
+    with torch.no_grad():  # lora_B starts at zero: make the adapters change the outputs
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+class TokenCount:
+    """Token positions that go through the model's input embeddings, summed over calls (after
+    the model's one-time check of its output projection)."""
+
+    def __init__(self, model):
+        projects_plainly(model)
+        self.total = 0
+        model.get_input_embeddings().register_forward_hook(lambda m, args, out: self.add(args[0]))
+
+    def add(self, ids):
+        self.total += ids.numel()
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_model(hidden_size=64), lora_model], ids=["plain", "lora"])
+def test_shared_prompts_give_the_single_passs_values_and_gradients(build):
+    model = build()
+    model.train()
+    assert shared_prefix.plan_sharing(PREFIXES, RESPONSES) is not None
+    logits, tokens, mask = response_logits(model, PREFIXES, RESPONSES, 0)
+    reference = reference_logits(model, PREFIXES, RESPONSES)
+    keep = mask.bool()
+    assert mask.sum(1).tolist() == [len(r) for r in RESPONSES]
+    torch.testing.assert_close(logits[keep], reference[keep], rtol=1e-5, atol=1e-5)
+
+    masked_loss(logits, tokens, mask).backward()
+    ours = grads(model)
+    model.zero_grad(set_to_none=True)
+    masked_loss(reference_logits(model, PREFIXES, RESPONSES), tokens, mask).backward()
+    theirs = grads(model)
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_hidden_states_of_the_chunked_losses_are_shared_too():
+    model = tiny_model()
+    with torch.no_grad():
+        hidden, _, mask = response_hidden(model, PREFIXES, RESPONSES, 0)
+        reference = reference_logits(model, PREFIXES, RESPONSES)
+    projected = model.get_output_embeddings()(hidden)
+    torch.testing.assert_close(projected[mask.bool()], reference[mask.bool()], rtol=1e-5, atol=1e-5)
+
+
+def test_each_distinct_prompt_goes_through_the_decoder_once():
+    model = tiny_model()
+    count = TokenCount(model)
+    with torch.no_grad():
+        response_logits(model, PREFIXES, RESPONSES, 0)
+    width = max(len(r) for r in RESPONSES)
+    # the distinct prompts but their last token (left-padded to the longest), then every row's
+    # last prompt token and response but its last, instead of every whole row padded
+    assert count.total == len(PROMPTS) * (max(map(len, PROMPTS)) - 1) + len(PREFIXES) * width
+    assert count.total < 0.75 * len(PREFIXES) * max(len(p) + len(r) for p, r in zip(PREFIXES, RESPONSES))
+
+
+def test_sharing_stands_aside_where_it_saves_too_little_or_cannot_apply():
+    distinct = [[5, 6, 7], [8, 9, 10], [11, 12]]
+    assert shared_prefix.plan_sharing(distinct, [[1], [2], [3]]) is None  # nothing shared
+    assert shared_prefix.plan_sharing([[5, 6]] * 2, [[1, 2, 3, 4, 5, 6]] * 2) is None  # saves under 25 %
+    assert shared_prefix.plan_sharing([[5]] * 4, [[1]] * 4) is None  # a one-token prompt: nothing to cache
+    assert shared_prefix.plan_sharing([[5, 6, 7]] * 4, [[]] * 4) is None  # no response
+    plan = shared_prefix.plan_sharing([[5, 6, 7, 8], [9, 10, 11, 12]] * 2, [[1]] * 4)
+    assert plan.heads == [[5, 6, 7], [9, 10, 11]] and plan.index == [0, 1, 0, 1]
+
+    # a model with the single pass's own numbers: counted, the prompts go through once per row
+    model = tiny_model()
+    count = TokenCount(model)
+    with torch.no_grad():
+        response_logits(model, distinct, [[1], [2], [3]], 0)
+    assert count.total == 3 * 4
+
+
+def test_gradient_checkpointing_keeps_the_single_pass_in_training_only():
+    model = tiny_model()
+    enable_gradient_checkpointing(model)
+    decoder = model.get_decoder()
+    model.train()
+    assert not shared_prefix.can_share(model, decoder)  # the checkpointed layers would drop the cache
+    with torch.no_grad():
+        assert shared_prefix.can_share(model, decoder)  # no backward: the cache is kept
+    model.eval()
+    assert shared_prefix.can_share(model, decoder)
+    model.train()
+    logits, tokens, mask = response_logits(model, PREFIXES, RESPONSES, 0)
+    torch.testing.assert_close(logits[mask.bool()], reference_logits(model, PREFIXES, RESPONSES)[mask.bool()],
+                               rtol=1e-5, atol=1e-5)
+
+
+class NoCache(torch.nn.Module):
+    """A decoder that returns its hidden states and no cache, whatever it is asked."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kw):
+        kw["use_cache"] = False
+        out = self.inner(**kw)
+        out["cache" if "cache" in out else "past_key_values"] = None
+        return out
+
+
+def test_a_decoder_without_a_cache_falls_back_to_the_single_pass_and_is_remembered():
+    model = tiny_model()
+    wrapped = NoCache(model.get_decoder())
+    model.get_decoder = lambda: wrapped
+    with torch.no_grad():
+        logits, _, mask = response_logits(model, PREFIXES, RESPONSES, 0)
+        reference = reference_logits(model, PREFIXES, RESPONSES)
+    torch.testing.assert_close(logits[mask.bool()], reference[mask.bool()], rtol=1e-5, atol=1e-5)
+    assert not shared_prefix.can_share(model, wrapped)
+
+
+def test_a_training_step_is_the_same_with_and_without_sharing(tmp_path, monkeypatch):
+    rows, gradients, tokens = [], [], []
+    for share in (True, False):
+        monkeypatch.setattr(shared_prefix, "MIN_SAVING", 0.25 if share else 2.0)
+        config = load_config(None, FAST_RUN + ["optim.grad_clip=0"])
+        trainer = Trainer(config, run_dir=str(tmp_path / str(share)), host=PluginHost(load_entrypoints=False),
+                          echo=lambda *_: None)
+        count = TokenCount(trainer.model)
+        step = trainer.learner.optimizer.step
+
+        def record_then_step(*args, step=step, model=trainer.model, **kw):  # the gradients, before they are freed
+            gradients.append([p.grad.clone() for p in model.parameters()])
+            return step(*args, **kw)
+
+        monkeypatch.setattr(trainer.learner.optimizer, "step", record_then_step)
+        rows.append(trainer.train_step(1))
+        tokens.append(count.total)
+    assert len(gradients) == 2 and tokens[0] < tokens[1]  # the update (and any local expert) ran fewer positions
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+    assert rows[0]["grad_norm"] == pytest.approx(rows[1]["grad_norm"], rel=1e-4)
+    for a, b in zip(*gradients):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
