@@ -9,6 +9,7 @@ the learner's states).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Optional, Sequence
 
@@ -75,12 +76,33 @@ def pick_demonstration(
 
 
 class ContextBuilder:
-    """Builds one :class:`ExpertQuery` per rollout."""
+    """Builds one :class:`ExpertQuery` per rollout.
+
+    Siblings often get the same context (no feedback, or the same demonstration and the same
+    feedback), and rendering the chat template is the costly part of building one; so the ids of
+    the last :data:`RENDERED` distinct contexts are kept and reused.
+    """
+
+    RENDERED = 4096
 
     def __init__(self, tokenizer: Any, template: Optional[ContextTemplate] = None, system_prompt: Optional[str] = None):
         self.tokenizer = tokenizer
         self.template = template or ContextTemplate()
         self.system_prompt = system_prompt
+        self._rendered = functools.lru_cache(maxsize=self.RENDERED)(self._render)
+
+    def context_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """:func:`prompt_ids` of ``messages``, rendered once per distinct context (a new list each
+        call); messages with unhashable parts (structured content) are rendered every time."""
+        key = tuple(tuple(sorted(m.items())) for m in messages)
+        try:
+            hash(key)
+        except TypeError:
+            return prompt_ids(self.tokenizer, messages)
+        return list(self._rendered(key))
+
+    def _render(self, key: tuple[tuple[tuple[str, str], ...], ...]) -> tuple[int, ...]:
+        return tuple(prompt_ids(self.tokenizer, [dict(m) for m in key]))
 
     def student_prompt_ids(self, problem: Problem) -> list[int]:
         return prompt_ids(self.tokenizer, problem.messages(self.system_prompt))
@@ -120,7 +142,7 @@ class ContextBuilder:
             problem_id=problem.id,
             rollout_index=rollout_index,
             context_messages=messages,
-            context_ids=prompt_ids(self.tokenizer, messages),
+            context_ids=self.context_ids(messages),
             response_ids=list(rollout.response_ids),
             response_text=rollout.response_text,
             provenance=provenance,

@@ -100,3 +100,20 @@ def test_demonstrations_can_be_switched_off():
     r0, r1 = _rollout([tok.eos_token_id], 0), _rollout([tok.eos_token_id], 1)
     group = [(0, r0, Verdict(score=1.0, passed=True)), (1, r1, Verdict(score=0.0, passed=False))]
     assert not cb.build(PROBLEM, 1, r1, [], group).has_signal
+
+
+def test_a_context_shared_by_siblings_is_rendered_once_and_each_query_owns_its_ids():
+    tok = tiny_tokenizer()
+    cb = builder()
+    rendered = []
+    template = tok.apply_chat_template
+    tok.apply_chat_template = lambda *a, **kw: rendered.append(1) or template(*a, **kw)
+    cb.tokenizer = tok
+    wrong = [Feedback(source="answer_check", kind="answer_check", text="Your answer 1 is wrong.")]
+    queries = [cb.build(PROBLEM, i, _rollout([tok.eos_token_id], index=i), fb)
+               for i, fb in enumerate([[], [], wrong, wrong, []])]
+    assert len(rendered) == 2  # two distinct contexts: the bare question, the question with feedback
+    for q in queries:
+        assert q.context_ids == prompt_ids(tok, q.context_messages)
+    queries[0].context_ids.append(-1)  # a query's ids are its own list
+    assert queries[1].context_ids == prompt_ids(tok, queries[1].context_messages)
