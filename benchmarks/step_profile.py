@@ -1,7 +1,7 @@
 """Where a `distil train` step spends its time, from the run's own metrics.jsonl.
 
     python benchmarks/step_profile.py RUN_DIR [RUN_DIR ...] [--skip 2]
-    python benchmarks/step_profile.py --code OUT_DIR [--steps 8] [--skip 2]
+    python benchmarks/step_profile.py --code OUT_DIR [--steps 8] [--threads 1] [--skip 2]
 
 The trainer times each phase of every step (generation, verification, feedback, expert scoring,
 update = loss + backward + optimizer) and logs it as ``time_<phase>``. This prints the mean
@@ -13,7 +13,9 @@ steps, a small evaluation) three times, once per grading path of ``code_exec``, 
 each: every rollout in a sandbox job of its own (``batch: false``, what ``verify`` does) into
 OUT_DIR/one-job-per-rollout; a step's rollouts several to a sandbox job (``sessions: false``)
 into OUT_DIR/batch-jobs; and the default, those batches sent to grading sessions that stay up
-across steps, into OUT_DIR/sessions.
+across steps, into OUT_DIR/sessions. The trainer runs with ``--threads`` torch threads (1 by
+default, leaving the second of two cores to the sandboxes; the share of grading depends on it,
+since more threads make the other phases faster on the tiny model).
 """
 
 from __future__ import annotations
@@ -77,7 +79,13 @@ def main() -> int:
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps to leave out")
     parser.add_argument("--code", metavar="OUT_DIR", help="train the code suite per grading path first, into OUT_DIR")
     parser.add_argument("--steps", type=int, default=8, help="training steps of each --code run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the --code runs")
     args = parser.parse_args()
+    if args.code:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"code suite, {args.steps} steps per grading path, {args.threads} torch thread(s)", flush=True)
     runs = list(args.runs) + (train_code(args.code, args.steps) if args.code else [])
     if not runs:
         parser.error("give run directories, or --code OUT_DIR")

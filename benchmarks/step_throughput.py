@@ -353,7 +353,7 @@ def main() -> int:
         print(f"distil / sft step time: {times['distil'] / sft:.2f}× (floor ≈ 1.33, target ≤ 1.5)")
     if "trl" in times:
         print(f"distil / trl gkd step time: {times['distil'] / times['trl']:.2f}× (below 1 = ours faster)")
-    elif not args.skip_trl:
+    elif not args.skip_trl and (not args.only or "trl" in args.only):
         print("trl gkd: TRL is not installed (pip install trl) — not measured")
 
     if args.memory_lengths:

@@ -126,6 +126,32 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
 
 
+def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
+    from distil_core.models.tiny import save_pretrained
+    from distil_core.testing import tiny_model, tiny_tokenizer
+
+    save_pretrained(tiny_model(), tiny_tokenizer(), str(tmp_path / "model"))
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"), "--base", str(tmp_path / "model"),
+         "--prompts", "2", "--samples", "4", "--prompt-tokens", "8", "--response-tokens", "3", "--repeats", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # 2 prompts of 7 cached positions, then 8 rows of 3; against 8 whole rows of 8 + 3
+    assert (figures["positions_shared"], figures["positions_single"]) == (2 * 7 + 8 * 3, 8 * 11)
+    for case in ("training pass", "scoring pass"):
+        assert figures[case]["shared_ms"] > 0 and figures[case]["single_ms"] > 0
+        assert case in proc.stdout
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"), "--base", str(tmp_path / "model"),
+         "--samples", "1"], capture_output=True, text=True, timeout=300,
+    )
+    assert refused.returncode != 0 and "sharing would save under 25 %" in refused.stderr
+
+
 def _has_trl() -> bool:
     import importlib.util
 
