@@ -26,11 +26,11 @@ export HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
 if [ "${QUICK:-0}" = 1 ]; then  # toy sizes: checks the plumbing, not the figures
   BIG=(--layers 1 --batch 2 --group 2 --prompt 4 --response 6 --new-tokens 3 --repeats 1 --gen-repeats 1 --memory-lengths 256)
   SMALL=(--layers 1 --batch 2 --group 2 --prompt 4 --response 6 --new-tokens 3 --repeats 1 --gen-repeats 1 --memory-lengths)
-  LOOP=(--steps 2 --problems 2 --samples 2 --eval-every 1 --eval-problems 2 --eval-samples 1 --threads 1)
+  LOOP=(--steps 2 --problems 2 --samples 2 --eval-every 1 --eval-problems 2 --eval-samples 1 --threads 1 --repeats 1)
 else
   BIG=(--batch 16 --group 4 --prompt 128 --response 512 --new-tokens 256 --repeats 5 --memory-lengths 256 1024 4096 8192)
   SMALL=(--repeats 5 --memory-lengths)
-  LOOP=()
+  LOOP=(--repeats 2)  # six trainers twice: about 3 minutes
 fi
 
 has_trl=0
