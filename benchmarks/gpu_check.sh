@@ -30,7 +30,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # toy sizes: checks the plumbing, not the figure
 else
   BIG=(--batch 16 --group 4 --prompt 128 --response 512 --new-tokens 256 --repeats 5 --memory-lengths 256 1024 4096 8192)
   SMALL=(--repeats 5 --memory-lengths)
-  LOOP=(--repeats 2)  # six trainers twice: about 3 minutes
+  LOOP=(--repeats 3 --runs grpo trl-grpo jsd-same-input trl-gkd)  # the like-for-like pairs, 3 times each
 fi
 
 has_trl=0

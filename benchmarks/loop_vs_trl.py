@@ -37,8 +37,8 @@ paired: each like-for-like pair runs back to back (``grpo`` then ``GRPOTrainer``
 ``jsd-same-input`` then ``GKDTrainer``), every other repeat in the reverse order, and a pair's
 ratios are the median over repeats of the two back-to-back runs' ratio; each repeat's ratio is
 printed too, so the spread stays visible. A run's own figures are those of its *median repeat*
-by training time (one real run, not a mix of several). The pass@1 curves do not change between
-repeats (same seeds, same keyed sampling).
+by training time (one real run, not a mix of several; ``--repeats`` is odd). On a CPU the
+pass@1 curves do not change between repeats (same seeds, same keyed sampling).
 """
 
 from __future__ import annotations
@@ -270,8 +270,8 @@ def time_to(run: dict[str, Any], target: float) -> float | None:
 
 
 def median_repeat(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The repeat whose training time is the median (the lower middle one of an even count)."""
-    return sorted(reps, key=lambda r: r["train_s"])[(len(reps) - 1) // 2]
+    """The repeat whose training time is the median (``--repeats`` is odd)."""
+    return sorted(reps, key=lambda r: r["train_s"])[len(reps) // 2]
 
 
 def speed_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
@@ -296,12 +296,12 @@ def table(runs: dict[str, dict[str, Any]], target: float, repeats: dict[str, lis
         each = list(zip(repeats[ours], repeats[theirs]))  # a repeat's two runs, back to back for the main pairs
         speed = [speed_ratio(a, t) for a, t in each]
         tps = [(a["tokens"] / a["train_s"]) / max(t["tokens"] / t["train_s"], 1e-9) for a, t in each]
+        memory = [a["peak_mb"] / t["peak_mb"] for a, t in each]
         reach = [(time_to(a, target), time_to(t, target)) for a, t in each]
-        ttt = [a / t for a, t in reach if a and t]
+        ttt = [a / t for a, t in reach if a is not None and t]  # repeats where both reach it
         lines.append(f"| {label(ours)} / {label(theirs)} | {statistics.median(speed):.2f}× | "
                      f"{', '.join(f'{x:.2f}' for x in speed)} | {statistics.median(tps):.2f}× | "
-                     f"{runs[ours]['peak_mb'] / runs[theirs]['peak_mb']:.2f}× | "
-                     + (f"{statistics.median(ttt):.2f}×" if ttt else "—") + " |")
+                     f"{statistics.median(memory):.2f}× | " + (f"{statistics.median(ttt):.2f}×" if ttt else "—") + " |")
     return "\n".join(lines)
 
 
@@ -319,7 +319,8 @@ def main() -> int:
     parser.add_argument("--eval-problems", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--target", type=float, help="pass@1 to reach (default: the lower GRPO run's best)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of every trainer, taking turns; figures are each one's median")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of every trainer (odd), taking turns; figures are each one's median")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run (they run one at a time)")
     parser.add_argument("--runs", nargs="+", default=[*DISTIL_METHODS, *TRL_KINDS], choices=[*DISTIL_METHODS, *TRL_KINDS])
     parser.add_argument("--out", help="run directories and figures (default: a temporary directory)")
@@ -328,6 +329,8 @@ def main() -> int:
     if sys.argv[1:2] == ["--distil-worker"]:
         return distil_worker(sys.argv[2], sys.argv[3:])
     args = parser.parse_args()
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error(f"--repeats must be odd (got {args.repeats}): each run's figures are its median repeat")
     if args.worker:
         trl_worker(args.worker[0], args.worker[1], json.loads(args.worker[2]), args.worker[3])
         return 0

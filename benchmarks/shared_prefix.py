@@ -94,9 +94,13 @@ def main() -> int:
         (nll * mask).sum().backward()
         model.zero_grad(set_to_none=True)
 
-    def scoring_pass() -> None:
-        with torch.no_grad():
-            response_logits(model, prefixes, responses, pad)
+    def scoring_pass() -> None:  # as a local expert scores: eval mode, no gradients
+        model.eval()
+        try:
+            with torch.no_grad():
+                response_logits(model, prefixes, responses, pad)
+        finally:
+            model.train()
 
     width = max(map(len, responses))
     single = len(prefixes) * max(len(p) + len(r) for p, r in zip(prefixes, responses))

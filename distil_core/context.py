@@ -9,8 +9,9 @@ the learner's states).
 
 from __future__ import annotations
 
-import functools
 import re
+from array import array
+from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -80,29 +81,34 @@ class ContextBuilder:
 
     Siblings often get the same context (no feedback, or the same demonstration and the same
     feedback), and rendering the chat template is the costly part of building one; so the ids of
-    the last :data:`RENDERED` distinct contexts are kept and reused.
+    the last :data:`RENDERED` distinct contexts are kept (compactly) and reused, keyed by the
+    messages and the tokenizer and chat template that rendered them.
     """
 
-    RENDERED = 4096
+    RENDERED = 512
 
     def __init__(self, tokenizer: Any, template: Optional[ContextTemplate] = None, system_prompt: Optional[str] = None):
         self.tokenizer = tokenizer
         self.template = template or ContextTemplate()
         self.system_prompt = system_prompt
-        self._rendered = functools.lru_cache(maxsize=self.RENDERED)(self._render)
+        self._rendered: "OrderedDict[Any, array]" = OrderedDict()
 
     def context_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """:func:`prompt_ids` of ``messages``, rendered once per distinct context (a new list each
         call); messages with unhashable parts (structured content) are rendered every time."""
-        key = tuple(tuple(sorted(m.items())) for m in messages)
+        key = (id(self.tokenizer), getattr(self.tokenizer, "chat_template", None),
+               tuple(tuple(sorted(m.items())) for m in messages))
         try:
-            hash(key)
+            ids = self._rendered.get(key)
         except TypeError:
             return prompt_ids(self.tokenizer, messages)
-        return list(self._rendered(key))
-
-    def _render(self, key: tuple[tuple[tuple[str, str], ...], ...]) -> tuple[int, ...]:
-        return tuple(prompt_ids(self.tokenizer, [dict(m) for m in key]))
+        if ids is None:
+            ids = self._rendered[key] = array("q", prompt_ids(self.tokenizer, messages))
+            if len(self._rendered) > self.RENDERED:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return ids.tolist()
 
     def student_prompt_ids(self, problem: Problem) -> list[int]:
         return prompt_ids(self.tokenizer, problem.messages(self.system_prompt))

@@ -103,7 +103,9 @@ def test_demonstrations_can_be_switched_off():
 
 
 def test_a_context_shared_by_siblings_is_rendered_once_and_each_query_owns_its_ids():
-    tok = tiny_tokenizer()
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer())  # its own object: the shared one stays unpatched
     cb = builder()
     rendered = []
     template = tok.apply_chat_template
@@ -114,6 +116,13 @@ def test_a_context_shared_by_siblings_is_rendered_once_and_each_query_owns_its_i
                for i, fb in enumerate([[], [], wrong, wrong, []])]
     assert len(rendered) == 2  # two distinct contexts: the bare question, the question with feedback
     for q in queries:
-        assert q.context_ids == prompt_ids(tok, q.context_messages)
+        assert q.context_ids == prompt_ids(tiny_tokenizer(), q.context_messages)
     queries[0].context_ids.append(-1)  # a query's ids are its own list
-    assert queries[1].context_ids == prompt_ids(tok, queries[1].context_messages)
+    assert queries[1].context_ids == prompt_ids(tiny_tokenizer(), queries[1].context_messages)
+
+    other, again = copy.deepcopy(tiny_tokenizer()), []  # another tokenizer renders for itself
+    other_template = other.apply_chat_template
+    other.apply_chat_template = lambda *a, **kw: again.append(1) or other_template(*a, **kw)
+    cb.tokenizer = other
+    cb.build(PROBLEM, 0, _rollout([tok.eos_token_id]), [])
+    assert len(again) == 1 and len(rendered) == 2

@@ -4,6 +4,8 @@ The reference is the model's own forward over every whole row (left-padded, posi
 the padding), sliced to the positions that predict each response.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -127,45 +129,105 @@ def test_sharing_stands_aside_where_it_saves_too_little_or_cannot_apply():
     assert count.total == 3 * 4
 
 
-def test_gradient_checkpointing_keeps_the_single_pass_in_training_only():
+def single_pass_positions(model, prefixes, responses):
+    """Token positions through the embeddings for one call (the single pass: every whole row)."""
+    count = TokenCount(model)
+    response_logits(model, prefixes, responses, 0)
+    return count.total
+
+
+SINGLE = len(PREFIXES) * max(len(p) + len(r) for p, r in zip(PREFIXES, RESPONSES))
+
+
+def test_gradient_checkpointing_or_dropout_in_training_keep_the_single_pass():
     model = tiny_model()
     enable_gradient_checkpointing(model)
-    decoder = model.get_decoder()
     model.train()
-    assert not shared_prefix.can_share(model, decoder)  # the checkpointed layers would drop the cache
-    with torch.no_grad():
-        assert shared_prefix.can_share(model, decoder)  # no backward: the cache is kept
+    assert single_pass_positions(model, PREFIXES, RESPONSES) == SINGLE  # the checkpointed layers would drop the cache
+    with torch.no_grad():  # in training mode without gradients too (older transformers drop it there as well)
+        assert single_pass_positions(model, PREFIXES, RESPONSES) == SINGLE
     model.eval()
-    assert shared_prefix.can_share(model, decoder)
+    with torch.no_grad():
+        assert single_pass_positions(model, PREFIXES, RESPONSES) < SINGLE
     model.train()
     logits, tokens, mask = response_logits(model, PREFIXES, RESPONSES, 0)
     torch.testing.assert_close(logits[mask.bool()], reference_logits(model, PREFIXES, RESPONSES)[mask.bool()],
                                rtol=1e-5, atol=1e-5)
 
+    # dropout: the siblings would share one draw of their prompt's dropout instead of each their own
+    dropped = attach_lora(tiny_model(), load_config(None, ["model.lora={dropout: 0.1}"]).model.lora)
+    dropped.train()
+    assert shared_prefix.has_dropout(dropped)
+    assert single_pass_positions(dropped, PREFIXES, RESPONSES) == SINGLE
+    dropped.eval()
+    assert not shared_prefix.has_dropout(dropped)
+    with torch.no_grad():
+        assert single_pass_positions(dropped, PREFIXES, RESPONSES) < SINGLE
+    functional = tiny_model()
+    functional.config.attention_dropout = 0.1  # applied functionally in training: no module to see
+    functional.train()
+    assert shared_prefix.has_dropout(functional)
+    assert single_pass_positions(functional, PREFIXES, RESPONSES) == SINGLE
 
-class NoCache(torch.nn.Module):
-    """A decoder that returns its hidden states and no cache, whatever it is asked."""
 
-    def __init__(self, inner):
+def test_without_gradients_a_large_selected_cache_keeps_the_single_pass(monkeypatch):
+    model = tiny_model()
+    config = model.config
+    rows, positions = len(PREFIXES), (max(map(len, PROMPTS)) - 1) + max(map(len, RESPONSES))
+    expected = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4 * rows * positions
+    assert shared_prefix.selected_cache_bytes(model, rows, positions) == expected
+    monkeypatch.setattr(shared_prefix, "NO_GRAD_CACHE_BYTES", expected - 1)
+    with torch.no_grad():
+        assert single_pass_positions(model, PREFIXES, RESPONSES) == SINGLE
+    assert single_pass_positions(model, PREFIXES, RESPONSES) < SINGLE  # with gradients: kept for backward anyway
+    monkeypatch.setattr(shared_prefix, "NO_GRAD_CACHE_BYTES", expected)
+    with torch.no_grad():
+        assert single_pass_positions(model, PREFIXES, RESPONSES) < SINGLE
+
+
+class Decoder(torch.nn.Module):
+    """The real decoder, changed in what it does with the cache."""
+
+    def __init__(self, inner, returns=True, reads=True):
         super().__init__()
-        self.inner = inner
+        self.inner, self.returns, self.reads = inner, returns, reads
 
     def forward(self, **kw):
-        kw["use_cache"] = False
+        if not self.reads:  # takes the cache argument and ignores it
+            kw.pop("cache", None)
+            kw.pop("past_key_values", None)
         out = self.inner(**kw)
-        out["cache" if "cache" in out else "past_key_values"] = None
+        if not self.returns:
+            out["cache" if "cache" in out else "past_key_values"] = None
         return out
 
 
-def test_a_decoder_without_a_cache_falls_back_to_the_single_pass_and_is_remembered():
+@pytest.mark.parametrize("returns, reads", [(False, True), (True, False)], ids=["no-cache", "cache-ignored"])
+def test_a_decoder_that_does_not_keep_to_its_cache_falls_back_to_the_single_pass(returns, reads):
     model = tiny_model()
-    wrapped = NoCache(model.get_decoder())
+    wrapped = Decoder(model.get_decoder(), returns=returns, reads=reads)
     model.get_decoder = lambda: wrapped
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         logits, _, mask = response_logits(model, PREFIXES, RESPONSES, 0)
         reference = reference_logits(model, PREFIXES, RESPONSES)
     torch.testing.assert_close(logits[mask.bool()], reference[mask.bool()], rtol=1e-5, atol=1e-5)
-    assert not shared_prefix.can_share(model, wrapped)
+    said = any("cannot be split by rows" in str(w.message) for w in caught)
+    if not returns:  # no cache of a kind to split: said once, and not tried again
+        assert said and wrapped in shared_prefix._UNABLE
+    else:  # the cache was not read: this call fell back; nothing is said or remembered
+        assert not said and wrapped not in shared_prefix._UNABLE
+
+
+def test_only_plain_dynamic_caches_are_split_by_rows():
+    model = tiny_model()
+    with torch.no_grad():
+        out = model.get_decoder()(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    assert shared_prefix.selectable(cache) and not shared_prefix.selectable(None)
+    if hasattr(cache, "layers"):  # transformers >= 5
+        cache.layers.append(type("LinearAttentionLayer", (), {})())  # a hybrid model's recurrent state
+        assert not shared_prefix.selectable(cache)
 
 
 def test_a_training_step_is_the_same_with_and_without_sharing(tmp_path, monkeypatch):

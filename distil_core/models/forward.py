@@ -19,11 +19,13 @@ from distil_core.models.precision import full_precision, policy_autocast, to_flo
 def response_logits(
     model: Any, prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits that predict each response token, given its prefix, in one forward pass.
+    """Logits that predict each response token, given its prefix.
 
     Returns ``logits [B, T, V]``, ``tokens [B, T]`` and ``mask [B, T]`` with every response
     starting at column 0 (T = longest response): ``logits[b, t]`` predicts ``tokens[b, t]``.
-    Sequences are left-padded so all responses end on the last column. The decoder's hidden
+    One forward pass over the rows, left-padded so all responses end on the last column; or,
+    where rows share a prompt, one pass over the distinct prompts and one over the responses
+    (:mod:`~distil_core.models.shared_prefix`). The decoder's hidden
     states are re-aligned at the response positions first and only those ``B × T`` rows go
     through the output projection, so ragged rows cost what plain slicing of equal rows costs
     (moving ``[B, T, V]`` logits around would cost more than the projection saves). A model
@@ -73,11 +75,10 @@ def response_hidden(
 
 def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns, project: Any = None,
                   share: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Run ``last_columns(ids, mask, width)`` (the model's output for the last width + 1
-    positions of the left-padded ``prefix + response`` rows), shift each row so that column t
-    holds what predicts ``response[t]``, responses starting at column 0, then ``project`` it.
-    With ``share`` (``last_columns`` returns the decoder's hidden states), rows that share a
-    prompt compute it once where that applies (:mod:`~distil_core.models.shared_prefix`)."""
+    """What predicts each response token, column t of row b predicting ``responses[b][t]``,
+    then ``project`` it: from :func:`_one_pass` with ``last_columns``, or, with ``share``
+    (``last_columns`` returns the decoder's hidden states), from the shared-prompt passes where
+    they apply (:mod:`~distil_core.models.shared_prefix`)."""
     device = next(model.parameters()).device
     lengths = [len(r) for r in responses]
     width = max(lengths, default=0)
@@ -94,7 +95,9 @@ def _at_responses(model: Any, prefixes, responses, pad_id: int, last_columns, pr
 
 
 def _one_pass(prefixes, responses, pad_id: int, device: Any, last_columns, lengths: list[int], width: int) -> Tensor:
-    """``[B, T, ·]`` outputs predicting each response token, from one pass over the left-padded rows."""
+    """``[B, T, ·]`` outputs predicting each response token: ``last_columns(ids, mask, width)``
+    (the model's output for the last width + 1 positions of the left-padded ``prefix + response``
+    rows), each row shifted so that its response starts at column 0."""
     ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prefixes, responses)], pad_id, side="left", device=device)
     window = last_columns(ids, mask, width)[:, :-1]  # window[:, j] predicts the token in column L - width + j
     if any(n != width for n in lengths):  # shift ragged rows left (they were end-aligned above)
@@ -110,8 +113,11 @@ def _shared(model: Any, prefixes, responses, pad_id: int, device: Any) -> Option
     if _sharded(model):
         return None
     plan = shared_prefix.plan_sharing(prefixes, responses)
+    if plan is None:
+        return None
     decoder = model.get_decoder()
-    if plan is None or not shared_prefix.can_share(model, decoder):
+    positions = max(map(len, plan.heads)) + max(map(len, responses))
+    if not shared_prefix.can_share(model, decoder, plan, positions):
         return None
     return shared_prefix.shared_prefix_hidden(decoder, plan, prefixes, responses, pad_id, device)
 

@@ -13,15 +13,24 @@ Selecting cache entries is differentiable, so gradients flow from every row into
 one pass, and values and gradients equal those of the single padded pass (the tests compare
 them). Positions skip padding in both passes, as in :func:`~distil_core.models.padding.position_ids`.
 
-The single pass is kept where sharing cannot help or cannot run: every prompt distinct, a
-saving under :data:`MIN_SAVING`, a one-token prompt, gradient checkpointing (which drops the
-cache in training), a model sharded by FSDP (whose root forward must be the one called), or a
-decoder that returns no selectable cache.
+The single pass is kept where sharing cannot help or would not be the same computation:
+
+- every prompt distinct, a saving under :data:`MIN_SAVING`, a one-token prompt;
+- a model in training mode with gradient checkpointing (its layers drop the cache) or with
+  dropout (the siblings would share one dropout draw of their prompt instead of each their own);
+- a model sharded by FSDP (its root forward must be the one called; decided by the caller);
+- without gradients, when the rows' selected keys and values would exceed
+  :data:`NO_GRAD_CACHE_BYTES` (the single pass frees each layer's as it goes; with gradients it
+  keeps them for the backward pass either way);
+- a decoder whose cache is not one whose rows can be selected (only the dynamic full and
+  sliding-window layers qualify, not linear-attention or static ones), or that does not hand
+  the cache back as long as it should be after either pass: then the single pass runs, and a
+  decoder whose cache is of the wrong kind is not tried again (with a warning, once).
 """
 
 from __future__ import annotations
 
-import inspect
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -36,7 +45,13 @@ MIN_SAVING = 0.25
 """The least share of token positions sharing must save: below it, the second pass's fixed
 cost (a small model's whole step is per-call overhead) outweighs the work saved."""
 
-_UNABLE: "weakref.WeakSet[Any]" = weakref.WeakSet()  # decoders whose forward returned no usable cache
+NO_GRAD_CACHE_BYTES = 1 << 29
+"""Without gradients, the most the rows' selected keys and values may take (512 MiB)."""
+
+SELECTABLE_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer"})
+"""Cache layers (transformers ≥ 5) whose rows ``batch_select_indices`` selects whole."""
+
+_UNABLE: "weakref.WeakSet[Any]" = weakref.WeakSet()  # decoders whose cache is of a kind rows cannot be selected from
 
 
 @dataclass
@@ -62,26 +77,57 @@ def plan_sharing(prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence
     return SharingPlan(heads=[list(p[:-1]) for p in distinct], index=index)
 
 
-def can_share(model: Any, decoder: Any) -> bool:
-    """Whether this (unsharded) model's forward may run as two passes over a shared cache (see
-    the module docstring for when it may not)."""
+def can_share(model: Any, decoder: Any, plan: SharingPlan, positions: int) -> bool:
+    """Whether this (unsharded) model's forward may run as two passes over a shared cache for
+    ``plan`` with ``positions`` per row (see the module docstring for when it may not)."""
     if decoder in _UNABLE:
         return False
-    if model.training and torch.is_grad_enabled():
-        return not is_checkpointing(model)
+    if model.training and (is_checkpointing(model) or has_dropout(model)):
+        return False
+    if not torch.is_grad_enabled() and selected_cache_bytes(model, len(plan.index), positions) > NO_GRAD_CACHE_BYTES:
+        return False
     return True
+
+
+def has_dropout(model: Any) -> bool:
+    """Whether any dropout of ``model`` is live: a dropout module in training mode with p > 0
+    (peft's ``lora_dropout`` included), or a dropout rate in its config (attention dropout is
+    applied functionally in training)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.training and module.p > 0:
+            return True
+    config = getattr(model, "config", None)
+    rates = vars(config).items() if config is not None and hasattr(config, "__dict__") else ()
+    return any("dropout" in name and isinstance(rate, (int, float)) and rate > 0 for name, rate in rates)
+
+
+def selected_cache_bytes(model: Any, rows: int, positions: int) -> int:
+    """Bytes of the keys and values of ``rows`` rows × ``positions`` positions, every layer."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 0) // max(heads, 1))
+    size = next(model.parameters()).element_size()
+    return 2 * layers * kv_heads * head_dim * size * rows * positions
 
 
 def shared_prefix_hidden(decoder: Any, plan: SharingPlan, prefixes: Sequence[Sequence[int]],
                          responses: Sequence[Sequence[int]], pad_id: int, device: Any) -> Optional[Tensor]:
     """``[B, T, H]`` last hidden states, column t predicting ``responses[b][t]`` (responses
-    start at column 0), from the two passes; None (and the decoder remembered) when its
-    forward returns no cache whose rows can be selected."""
+    start at column 0), from the two passes; None when the decoder's cache does not allow them
+    (see the module docstring)."""
     head_ids, head_mask = pad_batch(plan.heads, pad_id, side="left", device=device)
     out = decoder(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids(head_mask), use_cache=True)
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")
-    if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
+    name = "cache" if "cache" in out else "past_key_values"  # the decoder takes it back under the name it gave it
+    cache = out.get(name)
+    if not selectable(cache):
         _UNABLE.add(decoder)
+        warnings.warn(f"{type(decoder).__name__}: its KV cache ({type(cache).__name__}) cannot be split by rows; "
+                      "rows that share a prompt compute it once per row", RuntimeWarning, stacklevel=3)
+        return None
+    if cache.get_seq_length() != head_ids.shape[1]:
         return None
     index = torch.tensor(plan.index, device=device)
     cache.batch_select_indices(index)  # row b's entry is its prompt's: differentiable indexing
@@ -89,12 +135,18 @@ def shared_prefix_hidden(decoder: Any, plan: SharingPlan, prefixes: Sequence[Seq
     tail_ids, tail_mask = pad_batch(tails, pad_id, side="right", device=device)
     mask = torch.cat([head_mask[index], tail_mask], dim=1)
     out = decoder(input_ids=tail_ids, attention_mask=mask, position_ids=position_ids(mask)[:, -tail_ids.shape[1]:],
-                  use_cache=True, **{cache_argument(decoder): cache})
+                  use_cache=True, **{name: cache})
+    grown = out.get(name)
+    if grown is None or grown.get_seq_length() != mask.shape[1]:  # the cache was not read: not the same computation
+        return None
     return out.last_hidden_state
 
 
-def cache_argument(module: Any) -> str:
-    """The name under which ``module``'s forward takes a KV cache: ``cache`` in recent
-    transformers, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
+def selectable(cache: Any) -> bool:
+    """Whether ``cache`` holds plain keys and values per layer whose rows can be selected."""
+    if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
+        return False
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # transformers < 5: a DynamicCache keeps key and value lists
+        return type(cache).__name__ == "DynamicCache"
+    return all(type(layer).__name__ in SELECTABLE_LAYERS for layer in layers)
