@@ -111,7 +111,8 @@ class ContextBuilder:
         return ids.tolist()
 
     def student_prompt_ids(self, problem: Problem) -> list[int]:
-        return prompt_ids(self.tokenizer, problem.messages(self.system_prompt))
+        """The problem in the chat template, as the student reads it (rendered once while kept)."""
+        return self.context_ids(problem.messages(self.system_prompt))
 
     def expert_messages(
         self, problem: Problem, feedback: Sequence[Feedback], demonstration: Optional[str]
