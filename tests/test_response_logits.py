@@ -1,4 +1,5 @@
-"""response_logits projects only the response positions, and equals full logits + slicing.
+"""response_logits projects only the response positions, and equals full logits + slicing
+(whether every row's prompt is its own, or rows share prompts that are then computed once).
 
 The reference here is what a user would write: the model's own forward on the whole padded
 batch (right-padded, and left-padded with positions that skip the padding), logits at every
@@ -10,20 +11,26 @@ import torch
 
 from distil_core.models.forward import projects_plainly, response_logits
 from distil_core.models.padding import pad_batch, position_ids
+from distil_core.models.shared_prefix import plan_sharing
 from distil_core.testing import tiny_model
 
 PREFIXES = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 RESPONSES = [[20, 21, 22], [23], [24, 25, 26, 27, 28]]
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+GROUPS = (  # three samples of each prompt, as GRPO samples them: each prompt is computed once
+    [p for p in PROMPTS for _ in range(3)],
+    [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30], [], [31, 32, 33, 34], [35], [36, 37, 38], [39, 40]],
+)
 
 
-def sliced_full_logits(model, side):
+def sliced_full_logits(model, side, prefixes=PREFIXES, responses=RESPONSES):
     """[B, T, V] logits sliced from a full forward over ``side``-padded rows (zeros past each response)."""
-    rows = [p + r for p, r in zip(PREFIXES, RESPONSES)]
+    rows = [p + r for p, r in zip(prefixes, responses)]
     ids, mask = pad_batch(rows, 0, side=side)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
-    width = max(len(r) for r in RESPONSES)
+    width = max(len(r) for r in responses)
     out = torch.zeros(len(rows), width, logits.shape[-1])
-    for b, (p, r) in enumerate(zip(PREFIXES, RESPONSES)):
+    for b, (p, r) in enumerate(zip(prefixes, responses)):
         start = len(p) - 1 + (0 if side == "right" else ids.shape[1] - len(p) - len(r))
         out[b, : len(r)] = logits[b, start : start + len(r)]
     return out
@@ -75,20 +82,23 @@ class ScaledHead(torch.nn.Module):
 @pytest.mark.parametrize("build", [lambda: tiny_model(hidden_size=64), lora_model, lambda: ScaledHead(tiny_model())],
                          ids=["plain", "lora", "scaled-logits"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_response_logits_equal_full_logits_sliced_in_values_and_gradients(build, side):
+@pytest.mark.parametrize("rows", [(PREFIXES, RESPONSES), GROUPS], ids=["distinct-prompts", "shared-prompts"])
+def test_response_logits_equal_full_logits_sliced_in_values_and_gradients(build, side, rows):
+    prefixes, responses = rows
+    assert (plan_sharing(prefixes, responses) is not None) == (rows is GROUPS)
     model = build()
     model.train()
-    logits, tokens, mask = response_logits(model, PREFIXES, RESPONSES, 0)
-    reference = sliced_full_logits(model, side)
-    assert tokens.tolist() == [r + [0] * (5 - len(r)) for r in RESPONSES]
-    assert mask.tolist() == [[1.0] * len(r) + [0.0] * (5 - len(r)) for r in RESPONSES]
+    logits, tokens, mask = response_logits(model, prefixes, responses, 0)
+    reference = sliced_full_logits(model, side, prefixes, responses)
+    assert tokens.tolist() == [r + [0] * (5 - len(r)) for r in responses]
+    assert mask.tolist() == [[1.0] * len(r) + [0.0] * (5 - len(r)) for r in responses]
     keep = mask.bool()
     torch.testing.assert_close(logits[keep], reference[keep], rtol=1e-5, atol=1e-5)
 
     masked_loss(logits, tokens, mask).backward()
     ours = grads(model)
     model.zero_grad(set_to_none=True)
-    masked_loss(sliced_full_logits(model, side), tokens, mask).backward()
+    masked_loss(sliced_full_logits(model, side, prefixes, responses), tokens, mask).backward()
     theirs = grads(model)
     assert ours.keys() == theirs.keys() and ours
     for name in ours:

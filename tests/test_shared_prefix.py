@@ -1,7 +1,8 @@
-"""Rows that continue the same prompt compute it once, with the single pass's values and gradients.
+"""When rows that continue the same prompt compute it once, and when they keep the single pass.
 
-The reference is the model's own forward over every whole row (left-padded, positions skipping
-the padding), sliced to the positions that predict each response.
+That the shared pass gives the single pass's values and gradients (plain and LoRA models) is
+checked in tests/test_response_logits.py; here, which pass runs, what it costs in token
+positions, its fallbacks, and a whole trainer step both ways.
 """
 
 import warnings
@@ -13,7 +14,6 @@ from distil_core.config import load_config
 from distil_core.models import shared_prefix
 from distil_core.models.activation_checkpointing import enable_gradient_checkpointing
 from distil_core.models.forward import projects_plainly, response_hidden, response_logits
-from distil_core.models.padding import pad_batch, position_ids
 from distil_core.models.lora import attach_lora
 from distil_core.plugin_host import PluginHost
 from distil_core.testing import FAST_RUN, tiny_model
@@ -25,36 +25,13 @@ RESPONSES = [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30], [], [31, 32, 33
 
 
 def reference_logits(model, prefixes, responses):
-    """[B, T, V] logits predicting each response token, from one forward over each whole row."""
-    rows = [p + r for p, r in zip(prefixes, responses)]
-    ids, mask = pad_batch(rows, 0, side="left")
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
-    width = max(len(r) for r in responses)
-    out = torch.zeros(len(rows), width, logits.shape[-1])
-    for b, (p, r) in enumerate(zip(prefixes, responses)):
-        start = ids.shape[1] - len(p) - len(r) + len(p) - 1
-        out[b, : len(r)] = logits[b, start : start + len(r)]
-    return out
-
-
-def masked_loss(logits, tokens, mask):
-    weights = torch.linspace(0.5, 1.5, logits.shape[1]).unsqueeze(0)
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
-    return (nll * mask * weights).sum()
-
-
-def grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def lora_model():
-    torch.manual_seed(0)
-    model = attach_lora(tiny_model(hidden_size=64), load_config(None, ["model.lora=true"]).model.lora)
-    with torch.no_grad():  # lora_B starts at zero: make the adapters change the outputs
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model
+    """[B, T, V] logits from the single pass over every whole row (sharing turned off); that it
+    equals the model's own forward, sliced, is tests/test_response_logits.py's."""
+    saved, shared_prefix.MIN_SAVING = shared_prefix.MIN_SAVING, 2.0
+    try:
+        return response_logits(model, prefixes, responses, 0)[0]
+    finally:
+        shared_prefix.MIN_SAVING = saved
 
 
 class TokenCount:
@@ -68,27 +45,6 @@ class TokenCount:
 
     def add(self, ids):
         self.total += ids.numel()
-
-
-@pytest.mark.parametrize("build", [lambda: tiny_model(hidden_size=64), lora_model], ids=["plain", "lora"])
-def test_shared_prompts_give_the_single_passs_values_and_gradients(build):
-    model = build()
-    model.train()
-    assert shared_prefix.plan_sharing(PREFIXES, RESPONSES) is not None
-    logits, tokens, mask = response_logits(model, PREFIXES, RESPONSES, 0)
-    reference = reference_logits(model, PREFIXES, RESPONSES)
-    keep = mask.bool()
-    assert mask.sum(1).tolist() == [len(r) for r in RESPONSES]
-    torch.testing.assert_close(logits[keep], reference[keep], rtol=1e-5, atol=1e-5)
-
-    masked_loss(logits, tokens, mask).backward()
-    ours = grads(model)
-    model.zero_grad(set_to_none=True)
-    masked_loss(reference_logits(model, PREFIXES, RESPONSES), tokens, mask).backward()
-    theirs = grads(model)
-    assert ours.keys() == theirs.keys() and ours
-    for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_the_hidden_states_of_the_chunked_losses_are_shared_too():
