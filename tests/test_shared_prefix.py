@@ -169,10 +169,15 @@ def test_a_decoder_that_does_not_keep_to_its_cache_falls_back_to_the_single_pass
         reference = reference_logits(model, PREFIXES, RESPONSES)
     torch.testing.assert_close(logits[mask.bool()], reference[mask.bool()], rtol=1e-5, atol=1e-5)
     said = any("cannot be split by rows" in str(w.message) for w in caught)
-    if not returns:  # no cache of a kind to split: said once, and not tried again
-        assert said and wrapped in shared_prefix._UNABLE
-    else:  # the cache was not read: this call fell back; nothing is said or remembered
-        assert not said and wrapped not in shared_prefix._UNABLE
+    assert said == (not returns)  # a cache of the wrong kind is said; one that was not read is not
+    with torch.no_grad(), warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        positions = single_pass_positions(model, PREFIXES, RESPONSES)
+    assert not any("cannot be split by rows" in str(w.message) for w in again)  # said once
+    if not returns:  # not tried again: the single pass alone
+        assert positions == SINGLE
+    else:  # tried again (the cache may be read next time), then the single pass
+        assert positions > SINGLE
 
 
 def test_only_plain_dynamic_caches_are_split_by_rows():
