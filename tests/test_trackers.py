@@ -44,7 +44,9 @@ def jsonl(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("tracker", TRACKERS)
 def test_a_tracker_holds_what_the_jsonl_logs_hold(tmp_path, tracker):
-    config = train(tmp_path, f"train.report_to=[{tracker}]")
+    said = []
+    config = train(tmp_path, f"train.report_to=[{tracker}]", echo=said.append)
+    assert not [m for m in said if "tracker" in m], said  # no tracker was dropped along the way
     metrics, evals = jsonl(tmp_path / "metrics.jsonl"), jsonl(tmp_path / "eval.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3] and [e["label"] for e in evals] == ["before", "step 2", "after"]
 
@@ -188,10 +190,11 @@ def wandb_run(run_dir):
     from wandb.proto import wandb_internal_pb2
 
     (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    series, config, tables, finished = {}, {}, {}, None
+    series, config, tables, finished, kinds = {}, {}, {}, None, []
     for raw in leveldb_records(path.read_bytes()):
         record = wandb_internal_pb2.Record.FromString(raw)
         kind = record.WhichOneof("record_type")
+        kinds.append(kind)
         if kind == "history":
             step = record.history.step.num
             items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
@@ -205,6 +208,11 @@ def wandb_run(run_dir):
             config.update({u.key: json.loads(u.value_json) for u in updates if u.key != "_wandb"})
         elif kind == "exit":
             finished = record.exit.exit_code == 0
+    if not series:  # say what the log held, and what wandb's own service logged, in the failure
+        logs = path.parent / "logs" / "debug-internal.log"
+        tail = logs.read_text().splitlines()[-20:] if logs.exists() else ["(no debug-internal.log)"]
+        raise AssertionError(f"{path} holds no history ({len(path.read_bytes())} bytes; records: {kinds}); "
+                             "wandb's debug-internal.log ends:\n" + "\n".join(tail))
     return Run(series, flat_config(config), tables, finished)
 
 
