@@ -20,7 +20,10 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   temperature 1 is right with that probability), and the share of answer tokens the model
   gives less than 0.1 (confidently wrong) or more than 0.9. It tells a student that hedges on
   every token (lower pass@1 at temperature 1, higher pass@k) from one that is sharp but wrong
-  on some problems.
+  on some problems. Per answer position it also gives the mean probability of the reference
+  token and the mean entropy of the model's distribution there: a run whose entropy fell while
+  the reference's probability did not rise has sharpened what it already did rather than
+  learned. ``--base`` adds the starting model as the first row.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def memorise(suite: str, method: str, problems: int, overrides: list[str], outpu
     }
 
 
-def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[str]) -> dict[str, Any]:
+def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[str], base: bool = False) -> dict[str, Any]:
     import statistics
 
     import torch
@@ -130,17 +133,23 @@ def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[st
     prompts = [rt.context.student_prompt_ids(p) for p in held_out]
     targets = [tok.encode(teacher.answer(p), add_special_tokens=False) + [tok.eos_token_id] for p in held_out]
     out: dict[str, Any] = {"suite": suite, "problems": len(held_out), "runs": {}}
-    for run_dir in run_dirs:
-        model = AutoModelForCausalLM.from_pretrained(f"{run_dir}/final").eval()
+    models = [("base", rt.model)] if base else []
+    models += [(run_dir, AutoModelForCausalLM.from_pretrained(f"{run_dir}/final")) for run_dir in run_dirs]
+    for name, model in models:
         with torch.no_grad():
-            logits, tokens, mask = response_logits(model, prompts, targets, tok.pad_token_id)
-        logprobs = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+            logits, tokens, mask = response_logits(model.eval(), prompts, targets, tok.pad_token_id)
+        all_logprobs = torch.log_softmax(logits.float(), -1)
+        logprobs = all_logprobs.gather(-1, tokens[..., None]).squeeze(-1)
+        entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
         keep = mask.bool()
         token_p = logprobs.exp()[keep]
         answer_p = torch.where(keep, logprobs, 0.0).sum(-1).exp().tolist()
-        out["runs"][run_dir] = {
+        counts = keep.sum(0).clamp(min=1)
+        out["runs"][name] = {
             "mean_p_answer": statistics.fmean(answer_p), "median_p_answer": statistics.median(answer_p),
             "tokens_below_0.1": float((token_p < 0.1).float().mean()), "tokens_above_0.9": float((token_p > 0.9).float().mean()),
+            "p_reference_by_position": (torch.where(keep, logprobs.exp(), 0.0).sum(0) / counts).tolist(),
+            "entropy_by_position": (torch.where(keep, entropy, 0.0).sum(0) / counts).tolist(),
         }
     return out
 
@@ -160,16 +169,24 @@ def main() -> int:
     sharp.add_argument("suite")
     sharp.add_argument("run_dirs", nargs="+")
     sharp.add_argument("--problems", type=int, default=100)
+    sharp.add_argument("--base", action="store_true", help="add the starting model as the first row")
     for p in (gap, mem, sharp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if args.command == "sharpness":
-        result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides)
+        result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides, base=args.base)
         print("| run | mean P(answer) | median P(answer) | tokens p < 0.1 | tokens p > 0.9 |")
         print("|---|---:|---:|---:|---:|")
         for run, r in result["runs"].items():
             print(f"| {run} | {r['mean_p_answer']:.3f} | {r['median_p_answer']:.3f} | "
                   f"{100 * r['tokens_below_0.1']:.1f} % | {100 * r['tokens_above_0.9']:.1f} % |")
+        print("\nBy answer position: P(reference token) / entropy (nats) of the model's distribution")
+        positions = max(len(r["entropy_by_position"]) for r in result["runs"].values())
+        print("| run | " + " | ".join(f"position {i}" for i in range(positions)) + " |")
+        print("|---|" + "---:|" * positions)
+        for run, r in result["runs"].items():
+            cells = [f"{p:.2f} / {h:.2f}" for p, h in zip(r["p_reference_by_position"], r["entropy_by_position"])]
+            print(f"| {run} | " + " | ".join(cells) + " |")
     elif args.command == "expert-gap":
         result = expert_gap(args.suite, args.problems, args.overrides)
         for who in ("student", "expert"):

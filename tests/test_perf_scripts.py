@@ -118,12 +118,16 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
                  "--set", "eval.problems=8", "--set", "eval.samples=2", "--set", "eval.ks=[1, 2]",
                  "--output-dir", str(run))
     trained = run / "digits-distil"
-    result = _diagnostics(tmp_path, "sharpness", "digits", str(trained), "--problems", "8", *TINY)
-    assert result["problems"] == 8
-    r = result["runs"][str(trained)]
-    assert 0.0 < r["median_p_answer"] <= 1.0 and 0.0 < r["mean_p_answer"] <= 1.0
-    assert 0.0 <= r["tokens_below_0.1"] <= 1.0 and 0.0 <= r["tokens_above_0.9"] <= 1.0
-    assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
+    result = _diagnostics(tmp_path, "sharpness", "digits", str(trained), "--problems", "8", "--base", *TINY)
+    assert result["problems"] == 8 and list(result["runs"]) == ["base", str(trained)]
+    for r in result["runs"].values():
+        assert 0.0 < r["median_p_answer"] <= 1.0 and 0.0 < r["mean_p_answer"] <= 1.0
+        assert 0.0 <= r["tokens_below_0.1"] <= 1.0 and 0.0 <= r["tokens_above_0.9"] <= 1.0
+        assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
+        # one position per answer token: five digits and the end token
+        assert len(r["p_reference_by_position"]) == len(r["entropy_by_position"]) == 6
+        assert all(0.0 < p <= 1.0 for p in r["p_reference_by_position"]) and all(h >= 0.0 for h in r["entropy_by_position"])
+    assert result["runs"]["base"] != result["runs"][str(trained)]  # the trained model is not the base
 
 
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
