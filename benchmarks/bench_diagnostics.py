@@ -1,6 +1,7 @@
 """Diagnostics behind docs/results/README.md: is the expert right, and does the update learn?
 
     python benchmarks/bench_diagnostics.py expert-gap SUITE [--problems 60] [--set KEY=VALUE ...]
+    python benchmarks/bench_diagnostics.py expert-on-policy SUITE [--problems 40] [--samples 8] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
 
@@ -11,6 +12,14 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   reference answer (teacher-forced, the whole answer and its end token) on the bare prompt —
   the student — and with the suite's feedback on a wrong answer in its context — the expert.
   Also the first token alone.
+- ``expert-on-policy``: the expert where DistIL asks it, on the student's own states. The
+  starting model samples ``--samples`` answers to each of ``--problems`` training problems;
+  each failed answer is teacher-forced under the expert's context (the feedback on that very
+  answer) and under the student's prompt. Reported apart: the states still on the reference
+  answer (the expert's and the student's probability of the reference token, KL(q‖p)) and the
+  states after the answer's first wrong token (how sure the expert is, how often its top token
+  is the reference's token at that position, KL(q‖p)). It tells an expert that misleads the
+  student after its mistakes from one that is right everywhere.
 - ``memorise``: trains METHOD with the suite's budget on a fixed set of ``--problems`` training
   problems (each seen many times), then reports pass@1 on those problems and on the held-out
   split, before and after. It separates "the update does not move the student towards the
@@ -90,6 +99,80 @@ def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any
     return out
 
 
+def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[str]) -> dict[str, Any]:
+    import statistics
+
+    import torch
+
+    from distil_core.context import prompt_ids
+    from distil_core.protocols import resolve_all
+    from distil_core.training.runtime import build_runtime
+    from distil_core.models.tiny import BaseFeedback
+    from distil_core.types import Rollout
+
+    config = suite_config(suite, "distil", overrides, "unused")
+    rt = build_runtime(config, progress=False)
+    tok, model = rt.tokenizer, rt.model.eval()  # the bench's expert: this model, feedback in context
+    teacher = BaseFeedback(rt.task)
+    torch.manual_seed(0)
+    values: dict[str, list[float]] = {key: [] for key in (
+        "passed", "on_expert_p", "on_student_p", "on_kl", "first_expert_p", "first_student_p",
+        "after_expert_max", "after_follows", "after_kl")}
+
+    @torch.no_grad()
+    def distributions(context: list[int], response: list[int]) -> torch.Tensor:
+        ids = torch.tensor([context + response], device=rt.device)
+        return model(input_ids=ids).logits[0, len(context) - 1:-1].float().log_softmax(-1)
+
+    for problem in rt.task.problems("train")[:problems]:
+        reference = tok.encode(teacher.answer(problem), add_special_tokens=False) + [tok.eos_token_id]
+        prompt = rt.context.student_prompt_ids(problem)
+        ids = torch.tensor([prompt] * samples, device=rt.device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=1.0, max_new_tokens=config.rollout.max_new_tokens,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in out[:, len(prompt):].tolist():
+            if tok.eos_token_id in row:
+                row = row[:row.index(tok.eos_token_id) + 1]
+            text = tok.decode([t for t in row if t != tok.eos_token_id])
+            rollout = Rollout(problem_id=problem.id, group_index=0, response_text=text, response_ids=row)
+            (verdict,) = resolve_all([rt.verifier.verify(problem, rollout)])
+            values["passed"].append(float(verdict.passed))
+            if verdict.passed:
+                continue
+            feedback: list = []
+            for _, source in rt.feedback_sources:
+                feedback += resolve_all([source.feedback(problem, rollout, verdict, [(rollout, verdict)])])[0] or []
+            q = distributions(prompt_ids(tok, rt.context.expert_messages(problem, feedback, None)), row)
+            p = distributions(prompt, row)
+            kl = (q.exp() * (q - p)).sum(-1)
+            wrong = next((i for i, (a, b) in enumerate(zip(row, reference)) if a != b), min(len(row), len(reference)))
+            for t in range(len(row)):
+                if t <= wrong and t < len(reference):  # the response so far is the reference's prefix
+                    values["on_expert_p"].append(float(q[t, reference[t]].exp()))
+                    values["on_student_p"].append(float(p[t, reference[t]].exp()))
+                    values["on_kl"].append(float(kl[t]))
+                else:
+                    values["after_expert_max"].append(float(q[t].max().exp()))
+                    values["after_follows"].append(float(t < len(reference) and int(q[t].argmax()) == reference[t]))
+                    values["after_kl"].append(float(kl[t]))
+            values["first_expert_p"].append(float(q[0, reference[0]].exp()))
+            values["first_student_p"].append(float(p[0, reference[0]].exp()))
+
+    def mean(key: str) -> float:
+        return statistics.fmean(values[key]) if values[key] else float("nan")
+
+    return {
+        "suite": suite, "rollouts": len(values["passed"]), "pass_rate": mean("passed"),
+        "first_token": {"expert_p_reference": mean("first_expert_p"), "student_p_reference": mean("first_student_p")},
+        "on_reference": {"states": len(values["on_kl"]), "expert_p_reference": mean("on_expert_p"),
+                         "student_p_reference": mean("on_student_p"), "kl": mean("on_kl")},
+        "after_first_error": {"states": len(values["after_kl"]), "expert_max_p": mean("after_expert_max"),
+                              "expert_top_is_reference": mean("after_follows"), "kl": mean("after_kl")},
+    }
+
+
 def memorise(suite: str, method: str, problems: int, overrides: list[str], output_dir: str) -> dict[str, Any]:
     from distil_core.training.trainer import Trainer
 
@@ -160,6 +243,10 @@ def main() -> int:
     gap = sub.add_parser("expert-gap", help="P(reference answer): bare prompt vs feedback in context")
     gap.add_argument("suite")
     gap.add_argument("--problems", type=int, default=60)
+    onp = sub.add_parser("expert-on-policy", help="the expert on the starting student's own samples")
+    onp.add_argument("suite")
+    onp.add_argument("--problems", type=int, default=40)
+    onp.add_argument("--samples", type=int, default=8)
     mem = sub.add_parser("memorise", help="train on a fixed subset; pass@1 there and held out")
     mem.add_argument("suite")
     mem.add_argument("method")
@@ -170,7 +257,7 @@ def main() -> int:
     sharp.add_argument("run_dirs", nargs="+")
     sharp.add_argument("--problems", type=int, default=100)
     sharp.add_argument("--base", action="store_true", help="add the starting model as the first row")
-    for p in (gap, mem, sharp):
+    for p in (gap, onp, mem, sharp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if args.command == "sharpness":
@@ -191,6 +278,17 @@ def main() -> int:
         result = expert_gap(args.suite, args.problems, args.overrides)
         for who in ("student", "expert"):
             print(f"{args.suite} {who:<8} P(answer) {result[who]['p_answer']:.3f}   P(first token) {result[who]['p_first_token']:.3f}")
+    elif args.command == "expert-on-policy":
+        result = expert_on_policy(args.suite, args.problems, args.samples, args.overrides)
+        on, after, first = result["on_reference"], result["after_first_error"], result["first_token"]
+        print(f"{args.suite}: {result['rollouts']} samples of the starting model, {100 * result['pass_rate']:.1f} % right")
+        print(f"  first token: expert P(reference) {first['expert_p_reference']:.3f}, "
+              f"student {first['student_p_reference']:.3f}")
+        print(f"  {on['states']} states on the reference: expert P(reference) {on['expert_p_reference']:.3f}, "
+              f"student {on['student_p_reference']:.3f}, KL(q||p) {on['kl']:.3f}")
+        print(f"  {after['states']} states after the first wrong token: expert's top token p {after['expert_max_p']:.3f}, "
+              f"it is the reference's token there {100 * after['expert_top_is_reference']:.1f} % of the time, "
+              f"KL(q||p) {after['kl']:.3f}")
     else:
         result = memorise(args.suite, args.method, args.problems, args.overrides,
                           f"{args.output_dir}/{args.suite}-{args.method}")

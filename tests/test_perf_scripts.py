@@ -98,6 +98,20 @@ def test_bench_diagnostics_expert_gap_shows_the_feedback_helps_on_digits(tmp_pat
 
 
 @pytest.mark.slow
+def test_bench_diagnostics_expert_on_policy_splits_states_at_the_first_wrong_token(tmp_path):
+    """The starting student's own samples: states on the reference and after its first error
+    are counted apart, and the feedback (which states the answer) makes the expert surer of
+    the reference than the student on the states still on it."""
+    result = _diagnostics(tmp_path, "expert-on-policy", "digits", "--problems", "6", "--samples", "4", *TINY)
+    assert result["rollouts"] == 24 and 0.0 <= result["pass_rate"] < 1.0
+    on, after = result["on_reference"], result["after_first_error"]
+    assert on["states"] > 0 and after["states"] > 0
+    assert on["expert_p_reference"] > on["student_p_reference"] and on["kl"] >= 0.0 and after["kl"] >= 0.0
+    assert 0.0 < after["expert_max_p"] <= 1.0 and 0.0 <= after["expert_top_is_reference"] <= 1.0
+    assert 0.0 < result["first_token"]["expert_p_reference"] <= 1.0
+
+
+@pytest.mark.slow
 def test_bench_diagnostics_memorise_reports_train_set_and_held_out_pass_rates(tmp_path):
     result = _diagnostics(tmp_path, "memorise", "digits", "grpo", "--problems", "4", *TINY,
                           "--set", "train.steps=2", "--set", "rollout.problems_per_step=4",
