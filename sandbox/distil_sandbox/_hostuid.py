@@ -11,6 +11,12 @@ The range sits above the uids that distributions and systemd hand out (regular u
 to container user namespaces. A uid that /etc/passwd names, or that already runs a process,
 is skipped, and so is one whose killed processes wait, as zombies, for a slow init to reap
 them: the kernel still counts them against the next job's RLIMIT_NPROC.
+
+The sweep of the world-writable directories lists them whole, which costs time on a host
+whose /tmp holds tens of thousands of entries (about 6 µs each). A directory whose
+modification time did not move during the job holds no new top-level entry, so only the
+directories that changed are swept. For /tmp to stay unchanged, root makes the jobs' work
+directories inside :data:`JOBS_DIR`, not in /tmp itself.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import pwd
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
@@ -32,6 +39,12 @@ JOB_UID_COUNT = 1000
 LOCK_DIR = "/run/distil-sandbox"
 # Directories any uid may write to; what a job leaves at their top level is removed.
 SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# Root's parent for jobs' work directories: every uid may enter it, none but root list or write it.
+JOBS_DIR = "/tmp/distil-sandbox-jobs"
+# A directory changed more recently than this before a job started may change again, during the
+# job, within its timestamp's granularity (a clock tick; two seconds on the coarsest file systems):
+# it is swept whatever its modification time says.
+SETTLED_S = 2.0
 _NEXT_SLOT = itertools.count(random.SystemRandom().randrange(JOB_UID_COUNT))
 
 
@@ -128,6 +141,56 @@ def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
                 continue
 
 
+def settled_mtimes(directories=SHARED_WRITABLE_DIRS) -> dict[str, int]:
+    """The modification time (ns) of each of ``directories`` that last changed at least
+    :data:`SETTLED_S` ago; the others are left out, so :func:`changed_since` names them."""
+    now, found = time.time_ns(), {}
+    for directory in directories:
+        try:
+            mtime = os.stat(directory).st_mtime_ns
+        except OSError:
+            continue
+        if now - mtime >= SETTLED_S * 1e9:
+            found[directory] = mtime
+    return found
+
+
+def changed_since(settled: dict[str, int], directories=SHARED_WRITABLE_DIRS) -> list[str]:
+    """Those of ``directories`` that may have gained an entry since :func:`settled_mtimes`
+    gave ``settled``: every one it left out, and every one whose modification time moved.
+    Making, renaming or linking an entry sets a directory's time to the present, and only its
+    owner (root, for these) may set it back."""
+    changed = []
+    for directory in directories:
+        try:
+            if os.stat(directory).st_mtime_ns == settled.get(directory):
+                continue
+        except OSError:
+            pass
+        changed.append(directory)
+    return changed
+
+
+def jobs_dir() -> str:
+    """Where root makes a job's work directory: :data:`JOBS_DIR` (made on first use, mode 0711,
+    so a job reaches its own work directory by name but cannot list the others'), or /tmp
+    itself if that path is not a directory of root's with that mode (someone else made it)."""
+    try:
+        os.mkdir(JOBS_DIR, 0o700)
+        os.chmod(JOBS_DIR, 0o711)  # after mkdir, whatever the umask
+    except FileExistsError:
+        pass
+    except OSError:
+        return "/tmp"
+    try:
+        st = os.lstat(JOBS_DIR)
+    except OSError:
+        return "/tmp"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o711:
+        return "/tmp"
+    return JOBS_DIR
+
+
 def _lock_dir() -> str:
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     st = os.lstat(LOCK_DIR)
@@ -149,7 +212,8 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     """Hold a free (uid, gid) for one job when running as root; yield None otherwise.
 
     On exit every process of the uid is killed and its files in the shared writable
-    directories removed, before the uid is released. If a process survives, the uid stays
+    directories that changed during the job (:func:`changed_since`) removed, before the uid
+    is released. If a process survives, the uid stays
     held (and unused) until this process ends.
 
     ``contained=True`` is for jobs whose processes all live in a pid namespace of their own
@@ -180,6 +244,7 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     else:
         raise RuntimeError(f"all {JOB_UID_COUNT} sandbox uids from {JOB_UID_BASE} are in use")
     clean = False
+    settled = {} if contained else settled_mtimes()
     try:
         yield uid, uid
     finally:
@@ -188,7 +253,7 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
                 clean = True
             else:
                 clean = kill_uid(uid, uid)
-                remove_files_of(uid)
+                remove_files_of(uid, changed_since(settled))
         finally:
             if clean:
                 os.close(fd)

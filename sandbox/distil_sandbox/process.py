@@ -61,7 +61,7 @@ from ._common import (
     within_hard_limits,
     write_files,
 )
-from ._hostuid import count_tasks_of, job_uid, kill_uid
+from ._hostuid import count_tasks_of, job_uid, jobs_dir, kill_uid
 from ._isolate import isolation
 from .result import ExecResult, Job
 
@@ -119,7 +119,7 @@ class ProcessBackend:
         argv = list(language_for(job.language).argv)
         with job_uid() as owner:
             # Under its own uid the program must be able to reach its work directory.
-            work = tempfile.mkdtemp(prefix="distil-sandbox-", dir="/tmp" if owner else None)
+            work = tempfile.mkdtemp(prefix="distil-sandbox-", dir=jobs_dir() if owner else None)
             try:
                 if owner:
                     os.chown(work, *owner)
