@@ -224,6 +224,10 @@ class Logger(Protocol):
     missing one stops the run before the model loads. Only rank 0 builds and calls it, after the
     same record is in the run's JSONL files; a method that raises gets the tracker closed
     (``close(failed=True)``) and dropped with a warning, and the run goes on.
+
+    A tracker may also have ``resume(step)``, called before anything is logged when the run
+    resumes from its checkpoint at ``step``: what an earlier session logged past that step
+    came from training the resumed session repeats, and the run's JSONL files drop it too.
     """
 
     def log_config(self, config: dict[str, Any]) -> None:

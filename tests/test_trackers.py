@@ -119,6 +119,39 @@ def test_every_tracker_at_once_and_the_jsonl_logs_stay_complete(tmp_path):
             r["step"]: pytest.approx(r["loss"], rel=1e-6) for r in jsonl(tmp_path / "metrics.jsonl")}
 
 
+@pytest.mark.slow
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    """A session checkpoints at step 2, logs step 3 and dies; the resumed session trains step 3
+    again. TensorBoard's own reader then holds one value per step, the resumed session's, as
+    metrics.jsonl does."""
+    overrides = ["train.steps=4", "train.save_every=2", "train.eval_every=0", "train.report_to=[tensorboard]"]
+    config = load_config(None, FAST_RUN + overrides)
+    first = Trainer(config, run_dir=str(tmp_path), echo=lambda *_: None)
+    observe = first.guard.observe
+
+    def dies_after_step_3(row):
+        observe(row)
+        if row["step"] == 3:
+            raise KeyboardInterrupt  # the process stops after step 3 is logged, before its checkpoint
+
+    first.guard.observe = dies_after_step_3
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002.pt"
+
+    said = []
+    Trainer(config, run_dir=str(tmp_path), resume=True, echo=said.append).fit()
+    assert any("Resumed" in m for m in said) and not [m for m in said if "tracker" in m], said
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    metrics = jsonl(tmp_path / "metrics.jsonl")
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == [r["step"] for r in metrics] == [1, 2, 3, 4]
+    assert [e.value for e in events] == [pytest.approx(r["loss"], rel=1e-6, abs=1e-7) for r in metrics]
+
+
 def seeded(row):
     """A log row less its wall-clock times, which differ between two runs of the same config."""
     return {k: v for k, v in row.items() if not k.startswith("time_") and k != "tokens_per_s"}

@@ -82,6 +82,16 @@ class Trackers:
             if rows:
                 self.each("log_table", step, rows)
 
+    def resume(self, step: int) -> None:
+        """The run resumes from its checkpoint at ``step``: each tracker that can drop what it
+        holds past that step (its optional ``resume``) is told, before anything is logged."""
+        for name, logger in list(self.loggers):
+            if callable(getattr(logger, "resume", None)):
+                try:
+                    logger.resume(step)
+                except Exception as exc:
+                    self.drop(name, logger, "resume", exc)
+
     def close(self, failed: bool = False) -> None:
         """Finish every tracker (``failed``: the run stopped with an error); each is closed once."""
         loggers, self.loggers = self.loggers, []

@@ -22,13 +22,21 @@ class TensorBoardLogger:
         self.tb = require("torch.utils.tensorboard", "tensorboard", "tensorboard")
         self.log_dir = log_dir or os.path.join(run_dir, "tensorboard")
         self._writer: Any = None
+        self.purge_step: Optional[int] = None
 
     @property
     def writer(self) -> Any:
         """Opened on first use: a trainer built but never run leaves no event file open."""
         if self._writer is None:
-            self._writer = self.tb.SummaryWriter(log_dir=self.log_dir)
+            self._writer = self.tb.SummaryWriter(log_dir=self.log_dir, purge_step=self.purge_step)
         return self._writer
+
+    def resume(self, step: int) -> None:
+        """The run goes on from its checkpoint at ``step``: the events an earlier session wrote
+        past it are hidden (TensorBoard's ``purge_step``), so every step shows once."""
+        if self._writer is not None:
+            raise RuntimeError("resume() comes before anything is logged")
+        self.purge_step = step + 1
 
     def log_config(self, config: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
