@@ -13,10 +13,11 @@ is skipped, and so is one whose killed processes wait, as zombies, for a slow in
 them: the kernel still counts them against the next job's RLIMIT_NPROC.
 
 The sweep of the world-writable directories lists them whole, which costs time on a host
-whose /tmp holds tens of thousands of entries (about 6 µs each). A directory whose
-modification time did not move during the job holds no new top-level entry, so only the
-directories that changed are swept. For /tmp to stay unchanged, root makes the jobs' work
-directories inside :data:`JOBS_DIR`, not in /tmp itself.
+whose /tmp holds tens of thousands of entries (about 6 µs each). A directory whose change
+time did not move during the job holds no new top-level entry, so only the directories that
+changed are swept (:func:`changed_since`). For /tmp to stay unchanged, root makes the jobs'
+work directories inside :data:`JOBS_DIR`, not in /tmp itself; that directory is swept after
+every job, for a work directory a surviving process kept from being removed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import itertools
 import os
 import pwd
 import random
+import re
 import shutil
 import signal
 import stat
@@ -43,8 +45,10 @@ SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 JOBS_DIR = "/tmp/distil-sandbox-jobs"
 # A directory changed more recently than this before a job started may change again, during the
 # job, within its timestamp's granularity (a clock tick; two seconds on the coarsest file systems):
-# it is swept whatever its modification time says.
-SETTLED_S = 2.0
+# it is swept whatever its times say.
+SETTLED_S = 3.0
+# File systems whose directory times the local kernel sets; on any other the sweep always runs.
+KERNEL_TIMED = frozenset({"tmpfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "overlay", "zfs"})
 _NEXT_SLOT = itertools.count(random.SystemRandom().randrange(JOB_UID_COUNT))
 
 
@@ -141,34 +145,66 @@ def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
                 continue
 
 
-def settled_mtimes(directories=SHARED_WRITABLE_DIRS) -> dict[str, int]:
-    """The modification time (ns) of each of ``directories`` that last changed at least
-    :data:`SETTLED_S` ago; the others are left out, so :func:`changed_since` names them."""
+def settled_mtimes(directories=SHARED_WRITABLE_DIRS) -> dict[str, tuple[int, int, int]]:
+    """What identifies the present state of each of ``directories`` whose status last changed
+    at least :data:`SETTLED_S` ago, on a file system whose times the local kernel sets
+    (:data:`KERNEL_TIMED`): its device, inode and change time (ctime, in ns). The others are
+    left out, so :func:`changed_since` names them.
+
+    The change time, not the modification time: making, renaming or removing an entry moves
+    both to the present, but the modification time may be set back afterwards (root's cleaners
+    do: systemd-tmpfiles restores a directory's times after removing old entries), while the
+    change time moves again whenever anything is set and cannot be set back at all."""
     now, found = time.time_ns(), {}
+    trusted = kernel_timed(directories)
     for directory in directories:
         try:
-            mtime = os.stat(directory).st_mtime_ns
+            st = os.stat(directory)
         except OSError:
             continue
-        if now - mtime >= SETTLED_S * 1e9:
-            found[directory] = mtime
+        if directory in trusted and now - st.st_ctime_ns >= SETTLED_S * 1e9:
+            found[directory] = (st.st_dev, st.st_ino, st.st_ctime_ns)
     return found
 
 
-def changed_since(settled: dict[str, int], directories=SHARED_WRITABLE_DIRS) -> list[str]:
+def changed_since(settled: dict[str, tuple[int, int, int]], directories=SHARED_WRITABLE_DIRS) -> list[str]:
     """Those of ``directories`` that may have gained an entry since :func:`settled_mtimes`
-    gave ``settled``: every one it left out, and every one whose modification time moved.
-    Making, renaming or linking an entry sets a directory's time to the present, and only its
-    owner (root, for these) may set it back."""
+    gave ``settled``: every one it left out, and every one whose device, inode or change time
+    is not what it was."""
     changed = []
     for directory in directories:
         try:
-            if os.stat(directory).st_mtime_ns == settled.get(directory):
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino, st.st_ctime_ns) == settled.get(directory):
                 continue
         except OSError:
             pass
         changed.append(directory)
     return changed
+
+
+def kernel_timed(directories) -> set[str]:
+    """Those of ``directories`` that sit on a local file system (:data:`KERNEL_TIMED`, from
+    /proc/self/mounts): there the local kernel stamps every change with its own clock. On a
+    network or FUSE file system the server's clock and caching decide, and the sweep runs."""
+    try:
+        with open("/proc/self/mounts", "rb") as fh:
+            mounts = [line.split()[1:3] for line in fh.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return set()
+    trusted = set()
+    for directory in directories:
+        real = os.path.realpath(directory)
+        best = ""
+        kind = ""
+        for point, fstype in mounts:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040 is a space
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):  # the last of equal mounts is the one on top
+                best, kind = point, fstype
+        if kind in KERNEL_TIMED:
+            trusted.add(directory)
+    return trusted
 
 
 def jobs_dir() -> str:
@@ -212,8 +248,8 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     """Hold a free (uid, gid) for one job when running as root; yield None otherwise.
 
     On exit every process of the uid is killed and its files in the shared writable
-    directories that changed during the job (:func:`changed_since`) removed, before the uid
-    is released. If a process survives, the uid stays
+    directories that changed during the job (:func:`changed_since`) and in :data:`JOBS_DIR`
+    removed, before the uid is released. If a process survives, the uid stays
     held (and unused) until this process ends.
 
     ``contained=True`` is for jobs whose processes all live in a pid namespace of their own
@@ -253,7 +289,7 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
                 clean = True
             else:
                 clean = kill_uid(uid, uid)
-                remove_files_of(uid, changed_since(settled))
+                remove_files_of(uid, [*changed_since(settled), JOBS_DIR])
         finally:
             if clean:
                 os.close(fd)

@@ -7,36 +7,37 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 
 import pytest
 from distil_sandbox import _hostuid
 from sandbox_testlib import AS_ROOT, run
 
-SHARED = ("/tmp", "/var/tmp", "/dev/shm")
 
-
-def age(path, seconds):
-    """Set ``path``'s modification time ``seconds`` into the past."""
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, time.time_ns() - int(seconds * 1e9)))
-
-
-def test_a_directory_unchanged_since_it_settled_is_not_named(tmp_path):
-    quiet, busy, gone = tmp_path / "quiet", tmp_path / "busy", tmp_path / "gone"
-    quiet.mkdir(), busy.mkdir()
-    (busy / "just-now").touch()  # changed this instant: it may change again within one clock tick
-    age(quiet, 60)
-    dirs = [str(quiet), str(busy), str(gone)]
+def test_a_directory_is_named_unless_its_change_time_stood_still(tmp_path, monkeypatch):
+    quiet, gone = tmp_path / "quiet", tmp_path / "gone"
+    quiet.mkdir()
+    dirs = [str(quiet), str(gone)]
+    monkeypatch.setattr(_hostuid, "SETTLED_S", -1.0)  # any time counts as long ago
     settled = _hostuid.settled_mtimes(dirs)
     assert set(settled) == {str(quiet)}
-    assert _hostuid.changed_since(settled, dirs) == [str(busy), str(gone)]
+    assert _hostuid.changed_since(settled, dirs) == [str(gone)]
 
-    (quiet / "new").touch()  # an entry made later moves the time to the present
+    before = os.stat(quiet)
+    (quiet / "new").touch()  # an entry made later moves the change time
+    os.utime(quiet, ns=(before.st_atime_ns, before.st_mtime_ns))  # the modification time set back, as a cleaner does
+    assert os.stat(quiet).st_mtime_ns == before.st_mtime_ns
     assert _hostuid.changed_since(settled, dirs) == dirs
-    (quiet / "new").unlink()
-    age(quiet, 60)  # the same time again is "unchanged"; only the directory's owner may do this
-    assert str(quiet) not in _hostuid.changed_since(_hostuid.settled_mtimes(dirs), dirs)
+
+    monkeypatch.setattr(_hostuid, "SETTLED_S", 3600.0)  # changed within the hour: never trusted
+    assert _hostuid.settled_mtimes(dirs) == {} and _hostuid.changed_since({}, dirs) == dirs
+
+
+def test_only_local_file_systems_are_trusted():
+    """The local kernel stamps /tmp (tmpfs, ext4, overlay …) with its own clock; /proc and /sys
+    are not among the trusted kinds, so a directory there is always swept."""
+    assert "/tmp" in _hostuid.kernel_timed(["/tmp"])
+    assert _hostuid.kernel_timed(["/proc", "/sys"]) == set()
+    assert _hostuid.settled_mtimes(["/proc"]) == {}
 
 
 def test_jobs_dir_is_roots_and_falls_back_to_tmp_when_someone_else_made_it(tmp_path, monkeypatch):
@@ -57,8 +58,15 @@ def test_jobs_dir_is_roots_and_falls_back_to_tmp_when_someone_else_made_it(tmp_p
     assert _hostuid.jobs_dir() == "/tmp"
 
 
+def roots_jobs_dir():
+    st = os.lstat(_hostuid.JOBS_DIR) if os.path.lexists(_hostuid.JOBS_DIR) else None
+    if st is not None and (st.st_uid != 0 or not os.path.isdir(_hostuid.JOBS_DIR)):
+        pytest.skip(f"{_hostuid.JOBS_DIR} was made by someone else on this host: work directories go in /tmp")
+
+
 @pytest.mark.skipif(not AS_ROOT, reason="the process backend runs as the caller without root: no sweep, no own uid")
 def test_a_job_reaches_its_work_directory_but_cannot_list_the_others():
+    roots_jobs_dir()
     code = ("import os\nprint(os.getcwd())\n"
             "try:\n    os.listdir(os.path.dirname(os.getcwd()))\n    print('listed')\n"
             "except PermissionError:\n    print('refused')\n")
@@ -69,19 +77,24 @@ def test_a_job_reaches_its_work_directory_but_cannot_list_the_others():
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="the process backend runs as the caller without root: what it writes stays")
-def test_what_a_job_leaves_in_a_settled_directory_is_still_removed():
-    """The case the skip could get wrong: every shared directory settled long before the job,
-    so only the job's own entry moves its time."""
-    _hostuid.jobs_dir()  # made now if it was not there, not during the job
-    name = "distil-settled-" + secrets.token_hex(6)
-    targets = [f"{d}/{name}" for d in SHARED]
-    for directory in SHARED:
-        age(directory, 60)
-    code = "".join(f"open({t!r}, 'w').write('x')\n" for t in targets[:1]) + (
-        "for path in %r:\n    try:\n        open(path, 'w').write('x')\n    except OSError:\n        pass\n" % targets[1:])
-    result = run("process", code)
+def test_what_a_job_leaves_in_a_settled_directory_is_still_removed(monkeypatch):
+    """Every shared directory counts as settled when the job starts, so only the job's own
+    entry can get /tmp swept; the work directories' parent is swept after every job."""
+    roots_jobs_dir()
+    monkeypatch.setattr(_hostuid, "SETTLED_S", -1.0)
+    listed = []
+    sweep = _hostuid.remove_files_of
+
+    def remove_files_of(uid, directories):
+        listed.append(list(directories))
+        sweep(uid, directories)
+
+    monkeypatch.setattr(_hostuid, "remove_files_of", remove_files_of)
+    target = "/tmp/distil-settled-" + secrets.token_hex(6)
+    result = run("process", f"open({target!r}, 'w').write('x')\n")
     assert result.exit_code == 0, result.stderr
-    leaked = [t for t in targets if os.path.exists(t)]
-    for path in leaked:
-        os.unlink(path)
-    assert leaked == []
+    leaked = os.path.exists(target)
+    if leaked:
+        os.unlink(target)
+    assert not leaked
+    assert len(listed) == 1 and "/tmp" in listed[0] and _hostuid.JOBS_DIR in listed[0]
