@@ -97,9 +97,15 @@ def test_importance_weights_scale_each_positions_gradient_and_are_truncated():
             torch.testing.assert_close(got, want)
 
 
-BEFORE = {  # sha256 of the weights after 2 steps of FAST_RUN, from the trainer before optim.epochs existed
-    "distil": "33c410739b5ce4ee8134c7e4a441ee11d3e4885a958bf4ff2b46d56a131b31fc",
-    "grpo": "9d967bf5b7227995619d3afe53207c72483ccc4dc68598a881ad8e4876ffcc8b",
+# sha256 of the weights after 2 steps of FAST_RUN, from the trainer as it was when optim.epochs
+# came in, on each of two machines: their CPUs' kernels round differently, the tiny base the
+# session builds differs in its last bits, and sampling carries that into other rollouts. A
+# machine whose digest is neither gets its own from that revision (4799889), not from this code.
+BEFORE = {
+    "distil": {"33c410739b5ce4ee8134c7e4a441ee11d3e4885a958bf4ff2b46d56a131b31fc",
+               "678078b54f79bee81c5ddc4bc0f9ad595276efe02978b1c5ed7fb4f8aa7a7323"},
+    "grpo": {"9d967bf5b7227995619d3afe53207c72483ccc4dc68598a881ad8e4876ffcc8b",
+             "de2ae6208f9b8bc783e1577a9af375f95521afb85a97da5cfed546fd86f9be7b"},
 }
 
 
@@ -111,7 +117,7 @@ def test_one_epoch_of_one_mini_batch_is_the_update_it_always_was(tmp_path, metho
     monkeypatch.setattr(shared_prefix, "MIN_SAVING", 2.0)
     trainer = _trainer(tmp_path, f"method={method}", "train.steps=2", "optim.epochs=1", "optim.minibatches=1", *extra)
     rows = [trainer.train_step(step) for step in (1, 2)]
-    assert _digest(trainer.model) == BEFORE[method]
+    assert _digest(trainer.model) in BEFORE[method]
     assert trainer.learner.reference is None and all("kl_to_reference" not in r for r in rows)
     assert all("optimizer_steps" not in r for r in rows)
     if method == "grpo":

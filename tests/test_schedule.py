@@ -96,10 +96,16 @@ def test_a_resumed_run_continues_the_schedule(tmp_path):
 
 # The first steps of the default method on FAST_RUN, as the trainer computed them before the
 # schedule, precision and checkpointing options existed; with those options at their defaults the
-# numbers must not move (bit for bit on the machine they were measured on: the tolerance is for
-# other CPUs' kernels, far below what any change to the computation would shift).
-DEFAULT_LOSSES = [-1.427320122718811, -0.26008498668670654, 0.20898324251174927, -0.2530214488506317]
-DEFAULT_GRAD_NORMS = [3.7891929149627686, 2.967958688735962, 0.6249844431877136, 3.689314365386963]
+# numbers must not move. Measured at that revision (3b88623) on each of two machines: their CPUs'
+# kernels round differently, the tiny base the session builds differs in its last bits, and
+# sampling carries that into other rollouts; the tolerance is for rounding, far below what any
+# change to the computation would shift. Losses, then gradient norms:
+DEFAULT_RUNS = [
+    ([-1.427320122718811, -0.26008498668670654, 0.20898324251174927, -0.2530214488506317],
+     [3.7891929149627686, 2.967958688735962, 0.6249844431877136, 3.689314365386963]),
+    ([-1.4652345180511475, -0.2713557779788971, 0.21100904047489166, -0.2496068924665451],
+     [3.868056535720825, 2.9295268058776855, 0.6331082582473755, 3.740903615951538]),
+]
 
 
 @pytest.mark.slow
@@ -107,5 +113,6 @@ def test_the_defaults_keep_the_runs_numbers(tmp_path):
     trainer = _trainer(tmp_path)
     rows = [trainer.train_step(step) for step in range(1, 5)]
     assert [r["lr"] for r in rows] == [3e-4] * 4
-    assert [r["loss"] for r in rows] == pytest.approx(DEFAULT_LOSSES, rel=1e-5, abs=1e-7)
-    assert [r["grad_norm"] for r in rows] == pytest.approx(DEFAULT_GRAD_NORMS, rel=1e-5)
+    losses, grad_norms = [r["loss"] for r in rows], [r["grad_norm"] for r in rows]
+    assert any(losses == pytest.approx(want_losses, rel=1e-5, abs=1e-7) and grad_norms == pytest.approx(want_norms, rel=1e-5)
+               for want_losses, want_norms in DEFAULT_RUNS), (losses, grad_norms)

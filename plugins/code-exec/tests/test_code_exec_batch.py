@@ -69,7 +69,7 @@ def what_matters(verdict):
     backend gives every job a new one; tracebacks name it)."""
     details = verdict.details
     rows = [{k: v for k, v in row.items() if k != "seconds"} for row in details["tests"]]
-    rows = json.loads(re.sub(r"/tmp/distil-sandbox-[A-Za-z0-9_]+", "WORK", json.dumps(rows)))
+    rows = json.loads(re.sub(r"/tmp/(?:distil-sandbox-jobs/)?distil-sandbox-[A-Za-z0-9_]+", "WORK", json.dumps(rows)))
     kept = {k: v for k, v in details.items() if k not in ("tests", "wall_s")}
     return verdict.passed, verdict.score, rows, kept
 
