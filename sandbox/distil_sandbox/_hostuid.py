@@ -145,7 +145,7 @@ def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
                 continue
 
 
-def settled_mtimes(directories=SHARED_WRITABLE_DIRS) -> dict[str, tuple[int, int, int]]:
+def settled_states(directories=SHARED_WRITABLE_DIRS) -> dict[str, tuple[int, int, int]]:
     """What identifies the present state of each of ``directories`` whose status last changed
     at least :data:`SETTLED_S` ago, on a file system whose times the local kernel sets
     (:data:`KERNEL_TIMED`): its device, inode and change time (ctime, in ns). The others are
@@ -168,7 +168,7 @@ def settled_mtimes(directories=SHARED_WRITABLE_DIRS) -> dict[str, tuple[int, int
 
 
 def changed_since(settled: dict[str, tuple[int, int, int]], directories=SHARED_WRITABLE_DIRS) -> list[str]:
-    """Those of ``directories`` that may have gained an entry since :func:`settled_mtimes`
+    """Those of ``directories`` that may have gained an entry since :func:`settled_states`
     gave ``settled``: every one it left out, and every one whose device, inode or change time
     is not what it was."""
     changed = []
@@ -189,16 +189,18 @@ def kernel_timed(directories) -> set[str]:
     network or FUSE file system the server's clock and caching decide, and the sweep runs."""
     try:
         with open("/proc/self/mounts", "rb") as fh:
-            mounts = [line.split()[1:3] for line in fh.read().decode("utf-8", "replace").splitlines()]
+            lines = fh.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return set()
+    unescape = re.compile(r"\\([0-7]{3})")  # the table writes a space in a mount point as \040
+    mounts = [(unescape.sub(lambda m: chr(int(m.group(1), 8)), fields[1]), fields[2])
+              for fields in (line.split() for line in lines) if len(fields) >= 3]
     trusted = set()
     for directory in directories:
         real = os.path.realpath(directory)
         best = ""
         kind = ""
         for point, fstype in mounts:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040 is a space
             inside = real == point or real.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best):  # the last of equal mounts is the one on top
                 best, kind = point, fstype
@@ -280,7 +282,7 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     else:
         raise RuntimeError(f"all {JOB_UID_COUNT} sandbox uids from {JOB_UID_BASE} are in use")
     clean = False
-    settled = {} if contained else settled_mtimes()
+    settled = {} if contained else settled_states()
     try:
         yield uid, uid
     finally:

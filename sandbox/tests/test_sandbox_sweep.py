@@ -19,7 +19,7 @@ def test_a_directory_is_named_unless_its_change_time_stood_still(tmp_path, monke
     quiet.mkdir()
     dirs = [str(quiet), str(gone)]
     monkeypatch.setattr(_hostuid, "SETTLED_S", -1.0)  # any time counts as long ago
-    settled = _hostuid.settled_mtimes(dirs)
+    settled = _hostuid.settled_states(dirs)
     assert set(settled) == {str(quiet)}
     assert _hostuid.changed_since(settled, dirs) == [str(gone)]
 
@@ -30,7 +30,7 @@ def test_a_directory_is_named_unless_its_change_time_stood_still(tmp_path, monke
     assert _hostuid.changed_since(settled, dirs) == dirs
 
     monkeypatch.setattr(_hostuid, "SETTLED_S", 3600.0)  # changed within the hour: never trusted
-    assert _hostuid.settled_mtimes(dirs) == {} and _hostuid.changed_since({}, dirs) == dirs
+    assert _hostuid.settled_states(dirs) == {} and _hostuid.changed_since({}, dirs) == dirs
 
 
 def test_only_local_file_systems_are_trusted():
@@ -40,7 +40,7 @@ def test_only_local_file_systems_are_trusted():
     if kind != "tmpfs":
         pytest.skip(f"/dev/shm is {kind or 'unknown'} here, not tmpfs")
     assert _hostuid.kernel_timed(["/dev/shm", "/proc", "/sys"]) == {"/dev/shm"}
-    assert _hostuid.settled_mtimes(["/proc"]) == {}
+    assert _hostuid.settled_states(["/proc"]) == {}
 
 
 def test_jobs_dir_is_roots_and_falls_back_to_tmp_when_someone_else_made_it(tmp_path, monkeypatch):
