@@ -53,6 +53,16 @@ def suite_config(suite: str, method: str, overrides: list[str], output_dir: str)
     return bench.configs[(suite, method, 0)]
 
 
+def suite_feedback(rt: Any, problem: Any, rollout: Any, verdict: Any) -> list:
+    """What the suite's feedback sources say about ``rollout`` alone (its only sibling is itself)."""
+    from distil_core.protocols import resolve_all
+
+    feedback: list = []
+    for _, source in rt.feedback_sources:
+        feedback += resolve_all([source.feedback(problem, rollout, verdict, [(rollout, verdict)])])[0] or []
+    return feedback
+
+
 def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any]:
     import torch
 
@@ -84,9 +94,7 @@ def expert_gap(suite: str, problems: int, overrides: list[str]) -> dict[str, Any
 
     rows: dict[str, list[tuple[float, float]]] = {"student": [], "expert": []}
     for problem, rollout, verdict in zip(held_out, rollouts, verdicts):
-        feedback = []
-        for _, source in rt.feedback_sources:
-            feedback += resolve_all([source.feedback(problem, rollout, verdict, [(rollout, verdict)])])[0] or []
+        feedback = suite_feedback(rt, problem, rollout, verdict)
         target = tok.encode(teacher.answer(problem), add_special_tokens=False) + [tok.eos_token_id]
         rows["student"].append(answer_logprob(rt.context.student_prompt_ids(problem), target))
         rows["expert"].append(answer_logprob(prompt_ids(tok, rt.context.expert_messages(problem, feedback, None)), target))
@@ -141,9 +149,7 @@ def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[st
             values["passed"].append(float(verdict.passed))
             if verdict.passed:
                 continue
-            feedback: list = []
-            for _, source in rt.feedback_sources:
-                feedback += resolve_all([source.feedback(problem, rollout, verdict, [(rollout, verdict)])])[0] or []
+            feedback = suite_feedback(rt, problem, rollout, verdict)
             q = distributions(prompt_ids(tok, rt.context.expert_messages(problem, feedback, None)), row)
             p = distributions(prompt, row)
             kl = (q.exp() * (q - p)).sum(-1)
