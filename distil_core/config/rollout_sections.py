@@ -70,6 +70,12 @@ class RolloutConfig(_Section):
         description="'local': HF generate in this process. 'server': an OpenAI-compatible server (rollout.server).",
     )
     server: Optional[RolloutServer] = Field(default=None, description="Needed with backend: server.")
+    overlap_grading: bool = Field(
+        default=False,
+        description="true: step k+1's rollouts are sampled while step k's are graded, by the policy before step "
+                    "k's update, so every method trains one step off-policy (importance-corrected as with "
+                    "optim.epochs). Pays where grading is slow (sandboxed code); off: every step on-policy.",
+    )
 
     @model_validator(mode="after")
     def _server_named(self) -> "RolloutConfig":

@@ -73,31 +73,42 @@ class Recorded:
 
 
 def record_logprobs(learner: Any, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-                    micro: Sequence[Sequence[int]], *, importance: bool) -> Recorded:
+                    micro: Sequence[Sequence[int]], *, importance: bool,
+                    behaviour: Optional[Sequence[torch.Tensor]] = None) -> Recorded:
     """The old and reference log-probs of every row the loss reads, ``micro`` (lists of rows)
     at a time. ``importance``: whether any loss will read old log-probs (GRPO's ratio, or the
     distillation losses' importance weights; not a text expert's rows, which the policy did not
-    sample)."""
-    model, pad = learner.model, learner.runtime.pad_id
+    sample). ``behaviour``: the sampling policy's, recorded when the rows were sampled by a
+    policy that is not the current one (``rollout.overlap_grading``); they are the old log-probs
+    then, even on a single pass."""
     reference = getattr(learner, "reference", None)
-    want_old = importance and passes(learner.config) > 1
+    want_old = importance and (passes(learner.config) > 1 or behaviour is not None)
     if not want_old and reference is None:
         return Recorded()
-    chunk = learner.config.loss.chunk_size if learner.chunked else 0
-    old: list[torch.Tensor] = [torch.zeros(0)] * len(targets)
-    ref: list[torch.Tensor] = [torch.zeros(0)] * len(targets)
+    old = list(behaviour) if want_old and behaviour is not None else None
+    ref = None
     with learner.full_weights():
-        for rows in micro:
-            rows = [j for j in rows if targets[j]]
-            if not rows:
-                continue
-            p, t = [prompts[j] for j in rows], [targets[j] for j in rows]
-            if want_old:
-                for j, values in zip(rows, row_logprobs(model, p, t, pad, chunk_size=chunk)):
-                    old[j] = values
-            if reference is not None:
-                module, context = reference.scoring(model)
-                with context:
-                    for j, values in zip(rows, row_logprobs(module, p, t, pad)):
-                        ref[j] = values
-    return Recorded(old if want_old else None, ref if reference is not None else None)
+        if want_old and old is None:
+            old = score_rows(learner, learner.model, prompts, targets, micro)
+        if reference is not None:
+            module, context = reference.scoring(learner.model)
+            with context:
+                ref = score_rows(learner, module, prompts, targets, micro, chunked=False)
+    return Recorded(old, ref)
+
+
+def score_rows(learner: Any, model: Any, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+               micro: Sequence[Sequence[int]], *, chunked: bool = True) -> list[torch.Tensor]:
+    """``model``'s log-prob of each row's target tokens under ``no_grad``, ``micro`` rows at a
+    time (an empty tensor for a row without targets); ``chunked``: through the run's chunked
+    projection when it has one. The caller holds the whole weights (under fsdp)."""
+    chunk = learner.config.loss.chunk_size if learner.chunked and chunked else 0
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(targets)
+    for rows in micro:
+        rows = [j for j in rows if targets[j]]
+        if rows:
+            scored = row_logprobs(model, [prompts[j] for j in rows], [targets[j] for j in rows],
+                                  learner.runtime.pad_id, chunk_size=chunk)
+            for j, values in zip(rows, scored):
+                out[j] = values
+    return out

@@ -34,6 +34,9 @@ class StepBatch:
     feedback: list[list[Feedback]] = field(default_factory=list)
     queries: list[ExpertQuery] = field(default_factory=list)
     signals: list[Optional[ExpertSignal]] = field(default_factory=list)
+    behaviour: Optional[list[Any]] = None
+    """Per row, the log-probs of the policy that sampled it, when that is not the policy the
+    update starts from (``rollout.overlap_grading``: sampled one update earlier); None: on-policy."""
 
 
 class Clock:
@@ -44,8 +47,9 @@ class Clock:
         self.timings: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
+        """The time since the last lap, added to phase ``name`` (a phase may run twice in a step)."""
         now = time.perf_counter()
-        self.timings[f"time_{name}"] = now - self.last
+        self.timings[f"time_{name}"] = self.timings.get(f"time_{name}", 0.0) + now - self.last
         self.last = now
 
     def total(self) -> dict[str, float]:
@@ -70,11 +74,24 @@ def collect_step(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *
                  clock: Clock) -> StepBatch:
     """Fill ``batch`` from its problems: sample, grade, and — for a method that asks an expert —
     gather feedback, build the expert's contexts and ask it."""
-    n = batch.n
-    batch.rollouts = rt.generator.sample(batch.prompts, [p.id for p in batch.problems], n, key=key)
+    sample_rollouts(rt, batch, key=key)
     clock.lap("generate")
-    batch.verdicts = verify(rt.verifier, config.verifier.name, batch.problems, batch.rollouts, n)
+    batch.verdicts = verify(rt.verifier, config.verifier.name, batch.problems, batch.rollouts, batch.n)
     clock.lap("verify")
+    return consult_expert(rt, config, method, batch, chunked=chunked, clock=clock)
+
+
+def sample_rollouts(rt: Any, batch: StepBatch, *, key: int) -> StepBatch:
+    """The batch's ``n`` rollouts per problem, from the run's generator."""
+    batch.rollouts = rt.generator.sample(batch.prompts, [p.id for p in batch.problems], batch.n, key=key)
+    return batch
+
+
+def consult_expert(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *, chunked: bool,
+                   clock: Clock) -> StepBatch:
+    """After grading: for a method that asks an expert, the feedback, the expert's contexts and
+    its signals; for one that does not, empty signals."""
+    n = batch.n
     batch.signals = [None] * len(batch.rollouts)
     batch.feedback = [[] for _ in batch.rollouts]
     if not method.needs_expert:

@@ -34,8 +34,9 @@ from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert
 from distil_core.training.runlog import progress_bar, provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
-from distil_core.training.step import Clock, StepBatch, collect_step, fail_reasons, problems_for_step, step_counts
-from distil_core.training.step import step_key
+from distil_core.training.overlap import GradingOverlap
+from distil_core.training.step import Clock, StepBatch, consult_expert, fail_reasons, problems_for_step, sample_rollouts
+from distil_core.training.step import step_counts, step_key
 from distil_core.training.reference_policy import ReferencePolicy
 from distil_core.training.schedule import build_scheduler
 from distil_core.training.update import Learner, update_policy
@@ -75,6 +76,7 @@ class Trainer:
             self.rt: Runtime = self._build_runtime(host)
             self.chunked = config.loss.chunk_size > 0 and self.method.chunkable
             self.learner = self._build_learner()
+            self.overlap = GradingOverlap(self.learner)
             self.times = {"setup": time.time() - self.started, "eval": 0.0}  # this session's, for the summary
             self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
             if not self.train_problems or not self.test_problems:
@@ -146,15 +148,24 @@ class Trainer:
         """The key of step ``step``'s rollouts (see :mod:`distil_core.rollouts.sampling`)."""
         return step_key(self.config.seed, step)
 
-    def train_step(self, step: int) -> dict[str, Any]:
-        """One step on this rank's shard of the step's problems; the returned row is global."""
-        cfg, rt, clock = self.config, self.rt, Clock()
+    def sampled_batch(self, step: int) -> StepBatch:
+        """This rank's shard of step ``step``'s problems with their rollouts, sampled now."""
         everyone = self.problems_for_step(step)
         lo, hi = self.world.shard(len(everyone))
         problems = everyone[lo:hi]
-        batch = StepBatch(problems, [rt.context.student_prompt_ids(p) for p in problems], cfg.rollout.samples_per_problem)
+        batch = StepBatch(problems, [self.rt.context.student_prompt_ids(p) for p in problems],
+                          self.config.rollout.samples_per_problem)
+        return sample_rollouts(self.rt, batch, key=self.sampling_key(step))
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One step on this rank's shard of the step's problems; the returned row is global."""
+        cfg, rt, clock = self.config, self.rt, Clock()
+        ahead = step + 1 if cfg.rollout.overlap_grading and step < cfg.train.steps else None
         with self.learner.full_weights():  # generation and scoring call the model unevenly across ranks
-            collect_step(rt, cfg, self.method, batch, key=self.sampling_key(step), chunked=self.chunked, clock=clock)
+            batch = self.overlap.take(step) or self.sampled_batch(step)
+            clock.lap("generate")
+            self.overlap.grade(batch, clock, next_step=ahead, sample=self.sampled_batch)
+            consult_expert(rt, cfg, self.method, batch, chunked=self.chunked, clock=clock)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (the schedule moves after it)
         stats = update_policy(self.learner, batch)
         clock.lap("update")

@@ -86,7 +86,8 @@ def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
     everything = list(range(len(targets)))
     importance = learner.method.clipped_ratio or not rows.text_mode
     recorded = record_logprobs(learner, [batch.prompts[j // batch.n] for j in everything], targets,
-                               micro_batches(everything, batch.n, cfg.optim.grad_accum), importance=importance)
+                               micro_batches(everything, batch.n, cfg.optim.grad_accum), importance=importance,
+                               behaviour=batch.behaviour)
     steps = []
     for _ in range(cfg.optim.epochs):
         for subset in mini_batches(len(targets), batch.n, cfg.optim.minibatches):
