@@ -9,11 +9,13 @@ per phase over the run's steps (the first ``--skip`` steps left out as warm-up) 
 of the step.
 
 ``--code OUT_DIR`` first trains the embedded bench's ``code`` suite (``distil``, seed 0, ``--steps``
-steps, a small evaluation) three times, once per grading path of ``code_exec``, and profiles
+steps, a small evaluation) four times, once per grading path of ``code_exec``, and profiles
 each: every rollout in a sandbox job of its own (``batch: false``, what ``verify`` does) into
 OUT_DIR/one-job-per-rollout; a step's rollouts several to a sandbox job (``sessions: false``)
-into OUT_DIR/batch-jobs; and the default, those batches sent to grading sessions that stay up
-across steps, into OUT_DIR/sessions. The trainer runs with ``--threads`` torch threads (1 by
+into OUT_DIR/batch-jobs; the default, those batches sent to grading sessions that stay up
+across steps, into OUT_DIR/sessions; and sessions with ``rollout.overlap_grading: true`` (each
+step graded while the next one samples, one step off-policy) into OUT_DIR/sessions-overlap,
+whose ``verify`` is only the wait for the verdicts once the next step's batch is sampled. The trainer runs with ``--threads`` torch threads (1 by
 default, as docs/performance.md's table was measured). Grading's share depends on it: more
 threads make the other phases faster on the tiny model while grading stays as it is (on 2
 cores, 22.7–24.8 % of the step with 1 thread, 31–32 % with 2).
@@ -59,17 +61,21 @@ def train_code(out_dir: str, steps: int) -> list[str]:
     from distil_core.training.trainer import Trainer
 
     spec, base = load_spec()
-    runs = []
+    runs, model = [], []
     paths = (("one-job-per-rollout", ["verifier.options.batch=false"]),
              ("batch-jobs", ["verifier.options.sessions=false"]),
-             ("sessions", []))
+             ("sessions", []),
+             ("sessions-overlap", ["rollout.overlap_grading=true"]))
     for name, grading in paths:
         run_dir = os.path.join(out_dir, name)
         shutil.rmtree(run_dir, ignore_errors=True)
         overrides = [f"train.steps={steps}", "train.eval_every=0", "eval.problems=8", "eval.samples=2", "eval.ks=[1,2]",
-                     *grading]
+                     *grading, *model]
         bench = Bench(spec, base, out_dir, suites=["code"], methods=["distil"], seeds=[0], overrides=overrides)
-        Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
+        summary = Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
+        # one base for every path: the tiny base's cache key holds the verifier's options, and
+        # the grading options would otherwise pretrain the same base once per path
+        model = model or [f"model.name={summary['model']}"]
         runs.append(run_dir)
     return runs
 
