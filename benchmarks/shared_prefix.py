@@ -1,12 +1,14 @@
 """Rows that share a prompt, computed once or once per row: the update's and the expert's pass.
 
     python benchmarks/shared_prefix.py [--prompts 8] [--samples 8] [--prompt-tokens 10]
-        [--response-tokens 6] [--repeats 20] [--base tiny|PATH] [--json FILE]
+        [--feedback-tokens 0] [--response-tokens 6] [--repeats 20] [--base tiny|PATH] [--json FILE]
 
 ``response_logits`` over ``--prompts`` × ``--samples`` rows (each prompt's samples share it,
 responses of ragged lengths up to ``--response-tokens``), timed two ways in one run, taking
 turns: with the shared-prompt pass (the default) and with one pass over every whole row
-(sharing turned off). Two cases: a training pass (forward, a loss over the response positions,
+(sharing turned off). With ``--feedback-tokens N``, each row's prefix is its prompt and then
+N tokens of its own, as an expert's contexts are: the question, then each rollout's feedback;
+the rows then share only the prompt. Two cases: a training pass (forward, a loss over the response positions,
 backward), as in the update, and a pass without gradients, as in a local expert's scoring.
 Prints the median of ``--repeats`` timings of each and their ratio, and the token positions
 each way. The model is the default run's cached tiny base (``--base tiny``, built on first use)
@@ -42,7 +44,8 @@ def rows(args: argparse.Namespace, vocab: int) -> tuple[list[list[int]], list[li
 
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, vocab, (args.prompt_tokens,), generator=g).tolist() for _ in range(args.prompts)]
-    prefixes = [p for p in prompts for _ in range(args.samples)]
+    prefixes = [p + torch.randint(3, vocab, (args.feedback_tokens,), generator=g).tolist()
+                for p in prompts for _ in range(args.samples)]
     lengths = [max(1, args.response_tokens - (j % 3)) for j in range(len(prefixes))]
     return prefixes, [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
 
@@ -69,6 +72,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=10)
+    parser.add_argument("--feedback-tokens", type=int, default=0, help="tokens of each row's own after its prompt")
     parser.add_argument("--response-tokens", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--base", default="tiny", help="'tiny' (the default run's base) or a model directory")
@@ -83,7 +87,8 @@ def main() -> int:
     model = build(args.base)
     pad = model.config.pad_token_id or 0
     prefixes, responses = rows(args, model.config.vocab_size)
-    if plan_sharing(prefixes, responses) is None:
+    plan = plan_sharing(prefixes, responses)
+    if plan is None:
         raise SystemExit("shared_prefix: at this shape sharing would save under 25 % of the positions; "
                          "give more --samples or longer --prompt-tokens")
     projects_plainly(model)  # settled once, outside the timings
@@ -102,10 +107,10 @@ def main() -> int:
         finally:
             model.train()
 
-    width = max(map(len, responses))
     single = len(prefixes) * max(len(p) + len(r) for p, r in zip(prefixes, responses))
-    shared = args.prompts * (args.prompt_tokens - 1) + len(prefixes) * width
-    print(f"{args.prompts} prompts × {args.samples} samples, prompt {args.prompt_tokens} tokens, responses ≤ "
+    shared = len(plan.heads) * max(map(len, plan.heads)) + len(prefixes) * plan.width
+    print(f"{args.prompts} prompts × {args.samples} samples, prompt {args.prompt_tokens} tokens"
+          f"{f' + {args.feedback_tokens} of its own per row' if args.feedback_tokens else ''}, responses ≤ "
           f"{args.response_tokens}; {torch.get_num_threads()} torch threads; token positions: {shared} shared, "
           f"{single} one pass per row ({shared / single:.2f}×); median of {args.repeats}")
     figures: dict[str, Any] = {"positions_shared": shared, "positions_single": single}

@@ -163,6 +163,19 @@ def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_
     for case in ("training pass", "scoring pass"):
         assert figures[case]["shared_ms"] > 0 and figures[case]["single_ms"] > 0
         assert case in proc.stdout
+    # rows whose prefixes go on with 2 tokens of their own: the prompts' beginnings are shared
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"), "--base", str(tmp_path / "model"),
+         "--prompts", "2", "--samples", "4", "--prompt-tokens", "8", "--feedback-tokens", "2",
+         "--response-tokens", "3", "--repeats", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 2 prompts of 8 cached positions, then 8 rows of their 2 tokens and the response but its
+    # last (3 - 1); against 8 rows of 10 + 3
+    figures = json.loads(out.read_text())
+    assert (figures["positions_shared"], figures["positions_single"]) == (2 * 8 + 8 * 4, 8 * 13)
+    assert "2 of its own per row" in proc.stdout
     refused = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"), "--base", str(tmp_path / "model"),
          "--samples", "1"], capture_output=True, text=True, timeout=300,

@@ -68,6 +68,33 @@ def test_each_distinct_prompt_goes_through_the_decoder_once():
     assert count.total < 0.75 * len(PREFIXES) * max(len(p) + len(r) for p, r in zip(PREFIXES, RESPONSES))
 
 
+def test_prefixes_that_begin_alike_compute_their_common_beginning_once():
+    """An expert's contexts for one problem: the question, then each rollout's own feedback."""
+    question, other = [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]
+    prefixes = [question + [40, 41], question + [42], question + [43, 44, 45], other + [46], other + [47, 48]]
+    responses = [[20, 21, 22], [23], [24, 25, 26, 27], [28, 29], [30]]
+    plan = shared_prefix.plan_sharing(prefixes, responses)
+    assert plan.heads == [question, other] and plan.index == [0, 0, 0, 1, 1]
+    # each row's tail: the rest of its prefix, then its response but the last token
+    assert plan.width == max(len(p) - len(plan.heads[g]) + len(r) - 1 for p, r, g in zip(prefixes, responses, plan.index))
+    model = tiny_model()
+    count = TokenCount(model)
+    with torch.no_grad():
+        logits, _, mask = response_logits(model, prefixes, responses, 0)
+        assert count.total == len(plan.heads) * len(question) + len(prefixes) * plan.width
+        reference = reference_logits(model, prefixes, responses)
+    torch.testing.assert_close(logits[mask.bool()], reference[mask.bool()], rtol=1e-5, atol=1e-5)
+    # a prefix that holds another whole still leaves it a token of its own to run
+    short = [5, 6, 7, 8, 9, 10, 11, 12]
+    plan = shared_prefix.plan_sharing([short, short + [13]] * 4, [[1]] * 8)
+    assert plan.heads == [short[:-1]]
+    # a family is formed only where it costs fewer positions than each prefix on its own
+    plan = shared_prefix.plan_sharing([[5, 6, 7, 8], [5, 6, 7, 8, 9, 10]] * 2, [[1, 2]] * 4)
+    assert plan.heads == [[5, 6, 7], [5, 6, 7, 8, 9]]
+    # beginnings shorter than half the family's first prefix are not worth a family
+    assert shared_prefix.plan_sharing([[5, 6, 7, 8, 9, 10], [5, 6, 11, 12, 13, 14]], [[1], [2]]) is None
+
+
 def test_sharing_stands_aside_where_it_saves_too_little_or_cannot_apply():
     distinct = [[5, 6, 7], [8, 9, 10], [11, 12]]
     assert shared_prefix.plan_sharing(distinct, [[1], [2], [3]]) is None  # nothing shared

@@ -116,7 +116,7 @@ def _shared(model: Any, prefixes, responses, pad_id: int, device: Any) -> Option
     if plan is None:
         return None
     decoder = model.get_decoder()
-    positions = max(map(len, plan.heads)) + max(map(len, responses))
+    positions = max(map(len, plan.heads)) + plan.width
     if not shared_prefix.can_share(model, decoder, plan, positions):
         return None
     return shared_prefix.shared_prefix_hidden(decoder, plan, prefixes, responses, pad_id, device)

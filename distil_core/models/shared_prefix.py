@@ -9,6 +9,10 @@ the hidden states that predict the response. For ``B`` rows over ``U`` distinct 
 length ``P`` and responses of width ``T`` that is ``U·(P − 1) + B·T`` token positions instead
 of ``B·(P + T)``: about half, for 8 samples of a prompt as long as its responses.
 
+Prefixes that only begin alike share their common beginning the same way: an expert's
+contexts for one problem repeat the question and differ from each rollout's feedback on, so
+the question is computed once and each row runs the rest of its context, then its response.
+
 Selecting cache entries is differentiable, so gradients flow from every row into its prompt's
 one pass, and values and gradients equal those of the single padded pass (the tests compare
 them). Positions skip padding in both passes, as in :func:`~distil_core.models.padding.position_ids`.
@@ -30,6 +34,7 @@ The single pass is kept where sharing cannot help or would not be the same compu
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -56,25 +61,77 @@ _UNABLE: "weakref.WeakSet[Any]" = weakref.WeakSet()  # decoders whose cache is o
 
 @dataclass
 class SharingPlan:
-    """Distinct prompts (without their last token) and, per row, the index of its prompt."""
+    """The heads computed once (each a prefix its rows share, left out of their tails), per row
+    the index of its head, and the width of the rows' tails (the rest of the prefix, then the
+    response but its last token)."""
 
     heads: list[list[int]]
     index: list[int]
+    width: int
+
+
+JOIN_FRACTIONS = (1.0, 0.75, 0.5)
+"""How much of a family's first prefix a distinct prefix must share to join it; 1: none joins
+(each distinct prefix is its own head). The plan takes whichever costs the fewest positions: a
+shorter head lengthens every tail, and the tails of all rows are padded to the longest."""
 
 
 def plan_sharing(prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> Optional[SharingPlan]:
     """The plan when sharing saves at least :data:`MIN_SAVING` of the single pass's padded
-    positions, else None."""
+    positions, else None.
+
+    Rows with the same prefix share it but its last token. Distinct prefixes that begin alike
+    (an expert's contexts for one problem: the question, then each rollout's own feedback) may
+    also share their longest common prefix, when it is long enough (:data:`JOIN_FRACTIONS`)."""
     distinct: dict[tuple[int, ...], int] = {}
-    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prefixes]
-    width = max((len(r) for r in responses), default=0)
-    if len(distinct) == len(index) or width == 0 or any(len(p) < 2 for p in distinct):
+    row_prefix = [distinct.setdefault(tuple(p), len(distinct)) for p in prefixes]
+    if max((len(r) for r in responses), default=0) == 0 or any(len(p) < 2 for p in distinct):
         return None
-    single = len(index) * max(len(p) + len(r) for p, r in zip(prefixes, responses))
-    shared = len(distinct) * (max(len(p) for p in distinct) - 1) + len(index) * width
-    if shared > (1.0 - MIN_SAVING) * single:
+    best: Optional[tuple[int, SharingPlan]] = None
+    for fraction in JOIN_FRACTIONS:
+        heads, family = prefix_families(list(distinct), fraction)
+        index = [family[d] for d in row_prefix]
+        if len(heads) == len(index):
+            continue  # every row its own head: nothing shared
+        tail = max(len(p) - len(heads[g]) + len(r) - 1 for p, r, g in zip(prefixes, responses, index))
+        cost = len(heads) * max(map(len, heads)) + len(index) * tail
+        if best is None or cost < best[0]:
+            best = (cost, SharingPlan(heads=heads, index=index, width=tail))
+    single = len(prefixes) * max(len(p) + len(r) for p, r in zip(prefixes, responses))
+    if best is None or best[0] > (1.0 - MIN_SAVING) * single:
         return None
-    return SharingPlan(heads=[list(p[:-1]) for p in distinct], index=index)
+    return best[1]
+
+
+def prefix_families(distinct: Sequence[Sequence[int]], fraction: float) -> tuple[list[list[int]], list[int]]:
+    """(heads, per distinct prefix the index of its head). The prefixes are taken sorted, so
+    that those beginning alike are neighbours; each joins the family of the one before it when
+    they share at least ``fraction`` of that family's first prefix. A head is the common prefix
+    of its family, at least one token short of each member."""
+    heads: list[list[int]] = []
+    first: list[int] = []  # per head, the length of its family's first prefix
+    family = [0] * len(distinct)
+    for d, prefix in sorted(enumerate(distinct), key=lambda item: tuple(item[1])):
+        if heads:
+            common = common_length(heads[-1], prefix)
+            if common >= max(1, math.ceil(fraction * first[-1])):
+                heads[-1] = heads[-1][: min(common, len(prefix) - 1)]
+                family[d] = len(heads) - 1
+                continue
+        heads.append(list(prefix[:-1]))
+        first.append(len(prefix))
+        family[d] = len(heads) - 1
+    return heads, family
+
+
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def can_share(model: Any, decoder: Any, plan: SharingPlan, positions: int) -> bool:
@@ -130,8 +187,9 @@ def shared_prefix_hidden(decoder: Any, plan: SharingPlan, prefixes: Sequence[Seq
     if cache.get_seq_length() != head_ids.shape[1]:
         return None
     index = torch.tensor(plan.index, device=device)
-    cache.batch_select_indices(index)  # row b's entry is its prompt's: differentiable indexing
-    tails = [[p[-1], *r[:-1]] for p, r in zip(prefixes, responses)]
+    cache.batch_select_indices(index)  # row b's entry is its head's: differentiable indexing
+    cut = [len(plan.heads[g]) for g in plan.index]
+    tails = [[*p[c:], *r[:-1]] for p, r, c in zip(prefixes, responses, cut)]
     tail_ids, tail_mask = pad_batch(tails, pad_id, side="right", device=device)
     mask = torch.cat([head_mask[index], tail_mask], dim=1)
     out = decoder(input_ids=tail_ids, attention_mask=mask, position_ids=position_ids(mask)[:, -tail_ids.shape[1]:],
@@ -139,7 +197,14 @@ def shared_prefix_hidden(decoder: Any, plan: SharingPlan, prefixes: Sequence[Seq
     grown = out.get(name)
     if grown is None or grown.get_seq_length() != mask.shape[1]:  # the cache was not read: not the same computation
         return None
-    return out.last_hidden_state
+    hidden = out.last_hidden_state
+    starts = [len(p) - c - 1 for p, c in zip(prefixes, cut)]  # the column of each row's last prefix token
+    if not any(starts):  # every tail begins with it (rows of the same prefix): responses start at column 0
+        return hidden
+    width = max(len(r) for r in responses)
+    cols = (torch.arange(width, device=device).unsqueeze(0) + torch.tensor(starts, device=device).unsqueeze(1))
+    cols = cols.clamp(max=hidden.shape[1] - 1)  # past a short row's response: padding, masked by the caller
+    return hidden.gather(1, cols.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 def selectable(cache: Any) -> bool:
