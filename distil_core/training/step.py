@@ -1,9 +1,11 @@
 """One step's data, in pipeline order: rollout → verify → feedback → context → expert signal.
 
 Plain functions over the run's components (:class:`~distil_core.training.runtime.Runtime`):
-each takes what the one before produced, so a step reads top to bottom in
-:func:`collect_step`, and each piece can be called alone. Plugin results are validated where
-they enter (a wrong type, count or signal names the plugin), never deep inside a loss.
+each takes what the one before produced — :func:`sample_rollouts`, :func:`verify` (or, with
+``rollout.overlap_grading``, :class:`~distil_core.training.overlap.GradingOverlap`), then
+:func:`consult_expert` — so the trainer's step reads top to bottom, and each piece can be
+called alone. Plugin results are validated where they enter (a wrong type, count or signal
+names the plugin), never deep inside a loss.
 """
 
 from __future__ import annotations
@@ -68,17 +70,6 @@ def problems_for_step(config: RunConfig, train_problems: Sequence[Problem], step
     rng = random.Random(step_key(config.seed, step))
     k = min(config.rollout.problems_per_step, len(train_problems))
     return rng.sample(list(train_problems), k)
-
-
-def collect_step(rt: Any, config: RunConfig, method: Method, batch: StepBatch, *, key: int, chunked: bool,
-                 clock: Clock) -> StepBatch:
-    """Fill ``batch`` from its problems: sample, grade, and — for a method that asks an expert —
-    gather feedback, build the expert's contexts and ask it."""
-    sample_rollouts(rt, batch, key=key)
-    clock.lap("generate")
-    batch.verdicts = verify(rt.verifier, config.verifier.name, batch.problems, batch.rollouts, batch.n)
-    clock.lap("verify")
-    return consult_expert(rt, config, method, batch, chunked=chunked, clock=clock)
 
 
 def sample_rollouts(rt: Any, batch: StepBatch, *, key: int) -> StepBatch:
