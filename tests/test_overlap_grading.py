@@ -4,9 +4,11 @@ policy before step k's update, and the off-policy update corrected with that pol
 import json
 import threading
 
+import pytest
 import torch
 
 from distil_core.config import load_config
+from distil_core.errors import ConfigError
 from distil_core.plugin_host import PluginHost
 from distil_core.protocols import resolve
 from distil_core.testing import FAST_RUN
@@ -105,10 +107,19 @@ def test_recorded_sampling_log_probs_are_the_old_ones_even_on_one_pass(tmp_path)
 
 
 def test_a_resumed_overlapping_run_samples_its_first_step_again(tmp_path):
+    """Nothing sampled ahead survives a checkpoint: the first resumed step is sampled by the
+    restored policy (GRPO's ratio exactly 1), the one after it one update earlier again."""
     run = tmp_path / "run"
-    _trainer(run, OVERLAP, "train.steps=2").fit()
-    resumed = Trainer(load_config(None, FAST_RUN + [OVERLAP, "train.steps=4"]), run_dir=str(run), resume=True,
-                      host=PluginHost(load_entrypoints=False), echo=lambda *_: None)
-    assert resumed.overlap.ahead == {}  # nothing sampled ahead survives a checkpoint
+    _trainer(run, OVERLAP, "method=grpo", "optim.lr=0.01", "train.steps=2").fit()
+    resumed = Trainer(load_config(None, FAST_RUN + [OVERLAP, "method=grpo", "optim.lr=0.01", "train.steps=4"]),
+                      run_dir=str(run), resume=True, host=PluginHost(load_entrypoints=False), echo=lambda *_: None)
     resumed.fit()
-    assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4]
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[2]["ratio_mean"] == 1.0 and abs(rows[3]["ratio_mean"] - 1.0) > 1e-6
+
+
+def test_server_rollouts_refuse_the_overlap():
+    with pytest.raises(ConfigError, match="overlap_grading is not available with rollout.backend: server"):
+        load_config(None, [OVERLAP, "rollout.backend=server",
+                           "rollout.server={base_url: 'http://127.0.0.1:1', model: tiny}"])

@@ -84,6 +84,11 @@ class RolloutConfig(_Section):
             raise ValueError(
                 f"rollout.problems_per_step × rollout.samples_per_problem = {rows} rollouts per step, more than "
                 f"{MAX_ROLLOUTS_PER_STEP}; lower one of them (or split the work over more steps)")
+        if self.backend == "server" and self.overlap_grading:
+            raise ValueError(
+                "rollout.overlap_grading is not available with rollout.backend: server: the server's weights already "
+                "lag the trainer's (rollout.server.sync_every), and the overlap's correction reads the trainer's own "
+                "policy as the one that sampled; set rollout.overlap_grading: false")
         if self.backend == "server" and self.server is None:
             raise ValueError(
                 "backend 'server' needs a rollout.server section with at least base_url and model, e.g. "

@@ -19,7 +19,7 @@ them). Positions skip padding in both passes, as in :func:`~distil_core.models.p
 
 The single pass is kept where sharing cannot help or would not be the same computation:
 
-- every prompt distinct, a saving under :data:`MIN_SAVING`, a one-token prompt;
+- no two prompts sharing a beginning, a saving under :data:`MIN_SAVING`, a one-token prompt;
 - a model in training mode with gradient checkpointing (its layers drop the cache) or with
   dropout (the siblings would share one dropout draw of their prompt instead of each their own);
 - a model sharded by FSDP (its root forward must be the one called; decided by the caller);
@@ -93,7 +93,7 @@ def plan_sharing(prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence
         index = [family[d] for d in row_prefix]
         if len(heads) == len(index):
             continue  # every row its own head: nothing shared
-        tail = max(len(p) - len(heads[g]) + len(r) - 1 for p, r, g in zip(prefixes, responses, index))
+        tail = max(len(p) - len(heads[g]) + max(len(r) - 1, 0) for p, r, g in zip(prefixes, responses, index))
         cost = len(heads) * max(map(len, heads)) + len(index) * tail
         if best is None or cost < best[0]:
             best = (cost, SharingPlan(heads=heads, index=index, width=tail))

@@ -87,6 +87,8 @@ def record_logprobs(learner: Any, prompts: Sequence[Sequence[int]], targets: Seq
         return Recorded()
     old = list(behaviour) if want_old and behaviour is not None else None
     ref = None
+    if old is not None and reference is None:  # recorded when sampled: nothing to score (no collective)
+        return Recorded(old, None)
     with learner.full_weights():
         if want_old and old is None:
             old = score_rows(learner, learner.model, prompts, targets, micro)
