@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from array import array
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -87,51 +88,70 @@ def plan_sharing(prefixes: Sequence[Sequence[int]], responses: Sequence[Sequence
     row_prefix = [distinct.setdefault(tuple(p), len(distinct)) for p in prefixes]
     if max((len(r) for r in responses), default=0) == 0 or any(len(p) < 2 for p in distinct):
         return None
-    best: Optional[tuple[int, SharingPlan]] = None
+    prefixes_in_order = list(distinct)
+    # sorted, so that those beginning alike are neighbours: as fixed-width bytes, which sort and
+    # compare in C (a token prefix is a byte prefix, so alike ones still come together)
+    keys = [array("q", p).tobytes() for p in prefixes_in_order]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    neighbours = [0] + [common_length(keys[a], keys[b]) // TOKEN_BYTES for a, b in zip(order, order[1:])]
+    best: Optional[tuple[int, list[tuple[int, int]], list[int], int]] = None
     for fraction in JOIN_FRACTIONS:
-        heads, family = prefix_families(list(distinct), fraction)
+        heads, family = prefix_families([len(p) for p in prefixes_in_order], order, neighbours, fraction)
         index = [family[d] for d in row_prefix]
         if len(heads) == len(index):
             continue  # every row its own head: nothing shared
-        tail = max(len(p) - len(heads[g]) + max(len(r) - 1, 0) for p, r, g in zip(prefixes, responses, index))
-        cost = len(heads) * max(map(len, heads)) + len(index) * tail
+        tail = max(len(p) - heads[g][1] + max(len(r) - 1, 0) for p, r, g in zip(prefixes, responses, index))
+        cost = len(heads) * max(n for _, n in heads) + len(index) * tail
         if best is None or cost < best[0]:
-            best = (cost, SharingPlan(heads=heads, index=index, width=tail))
+            best = (cost, heads, index, tail)
     single = len(prefixes) * max(len(p) + len(r) for p, r in zip(prefixes, responses))
     if best is None or best[0] > (1.0 - MIN_SAVING) * single:
         return None
-    return best[1]
+    _, heads, index, tail = best
+    return SharingPlan(heads=[list(prefixes_in_order[d][:n]) for d, n in heads], index=index, width=tail)
 
 
-def prefix_families(distinct: Sequence[Sequence[int]], fraction: float) -> tuple[list[list[int]], list[int]]:
-    """(heads, per distinct prefix the index of its head). The prefixes are taken sorted, so
-    that those beginning alike are neighbours; each joins the family of the one before it when
-    they share at least ``fraction`` of that family's first prefix. A head is the common prefix
-    of its family, at least one token short of each member."""
-    heads: list[list[int]] = []
+TOKEN_BYTES = 8
+"""Bytes per token id in the keys :func:`plan_sharing` sorts and compares."""
+
+
+def prefix_families(lengths: Sequence[int], order: Sequence[int], neighbours: Sequence[int],
+                    fraction: float) -> tuple[list[tuple[int, int]], list[int]]:
+    """(heads as (a member's index, length), per distinct prefix the index of its head), for
+    distinct prefixes of ``lengths`` taken in ``order`` (sorted, so that those beginning alike
+    are neighbours; ``neighbours[k]``: how many leading tokens the k-th shares with the one
+    before it). Each joins the family of the one before it when they share at least
+    ``fraction`` of that family's first prefix. A head is the common prefix of its family, at
+    least one token short of each member."""
+    heads: list[tuple[int, int]] = []
     first: list[int] = []  # per head, the length of its family's first prefix
-    family = [0] * len(distinct)
-    for d, prefix in sorted(enumerate(distinct), key=lambda item: tuple(item[1])):
+    family = [0] * len(lengths)
+    for k, d in enumerate(order):
         if heads:
-            common = common_length(heads[-1], prefix)
+            member, length = heads[-1]
+            # the head is a prefix of the one before: what it shares with this one is the lesser
+            common = min(length, neighbours[k])
             if common >= max(1, math.ceil(fraction * first[-1])):
-                heads[-1] = heads[-1][: min(common, len(prefix) - 1)]
+                heads[-1] = (member, min(common, lengths[d] - 1))
                 family[d] = len(heads) - 1
                 continue
-        heads.append(list(prefix[:-1]))
-        first.append(len(prefix))
+        heads.append((d, lengths[d] - 1))
+        first.append(lengths[d])
         family[d] = len(heads) - 1
     return heads, family
 
 
-def common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` have in common."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items ``a`` and ``b`` have in common (a binary search over slice
+    comparisons, which run in C: this is on every forward pass's path)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def can_share(model: Any, decoder: Any, plan: SharingPlan, positions: int) -> bool:
