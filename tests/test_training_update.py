@@ -1,4 +1,4 @@
-"""Pieces of the update that need no model: which siblings a row's baseline leaves out."""
+"""Which siblings a row's group baseline leaves out: built from provenance, and delivered to the loss."""
 
 import torch
 
@@ -20,3 +20,46 @@ def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
     expected[0, 1] = expected[0, 2] = True
     expected[4, 2] = True
     assert torch.equal(got, expected)
+
+
+def test_the_loss_receives_each_rows_exclusions_from_the_steps_provenance(tmp_path, monkeypatch):
+    """End to end: the exclusions the group baseline sees in a real distil step are the ones the
+    step's expert queries record, row for row, with micro-batches split on groups."""
+    from distil_core.config import load_config
+    from distil_core.losses import credit
+    from distil_core.plugin_host import PluginHost
+    from distil_core.testing import FAST_RUN
+    from distil_core.training import update
+    from distil_core.training.trainer import Trainer
+
+    expected, seen = [], []
+    record = update.baseline_exclusions
+
+    def recording_exclusions(queries, rows, group_size):
+        out = record(queries, rows, group_size)
+        expected.append(out)
+        return out
+
+    group_baseline = credit.group_baseline
+
+    def seeing_baseline(values, mask, group_size, exclude=None):
+        seen.append(None if exclude is None else exclude.clone())
+        return group_baseline(values, mask, group_size, exclude)
+
+    monkeypatch.setattr(update, "baseline_exclusions", recording_exclusions)
+    monkeypatch.setattr(credit, "group_baseline", seeing_baseline)
+    config = load_config(None, FAST_RUN + ["method=distil", "loss.baseline=group_loo", "optim.grad_accum=2",
+                                           "train.steps=3"])
+    trainer = Trainer(config, run_dir=str(tmp_path / "run"), host=PluginHost(load_entrypoints=False),
+                      echo=lambda *_: None)
+    for step in (1, 2, 3):
+        trainer.train_step(step)
+
+    assert len(expected) == 3  # one per step
+    per_step = len(seen) // 3
+    assert per_step == 2 and len(seen) == 6  # two micro-batches of whole groups per step
+    for step, exclusions in enumerate(expected):
+        got = torch.cat(seen[2 * step : 2 * step + 2])
+        assert torch.equal(got, exclusions), step
+    # the step's contexts did show siblings as demonstrations, so something was left out
+    assert any(bool(e.any()) for e in expected)
