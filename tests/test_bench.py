@@ -7,9 +7,9 @@ import statistics
 import pytest
 import yaml
 
-from distil_core.cli.bench import Bench, load_spec
+from distil_core.cli.bench import Bench, load_spec, weights_fingerprint
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, table_metrics
 from distil_core.errors import ConfigError
 
 from distil_core.testing import use_cache as distil_cache
@@ -65,6 +65,11 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
         assert [s for s, _ in r["response_tokens"]] == [1, 2, 3, 4]
         assert r["reference_tokens"] > 1
     assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
+    assert cpu_name() in md.splitlines()[2]
+    # every run started from the suite's one tiny base, named with its weights' fingerprint
+    [model] = {r["model"] for r in runs}
+    assert {r["model_sha256"] for r in runs} == {weights_fingerprint(model)}
+    assert f"Starting model: `{os.path.basename(model)}` (weights sha256 `{runs[0]['model_sha256']}`)" in md
     png = (out / "bench-sort.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -191,3 +196,23 @@ def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problem
     assert "| **" in (out / "sweep.md").read_text()
     with pytest.raises(ConfigError, match="leaves none to train on"):
         evaluation_split(task, "validation", 80)
+
+
+def test_the_weights_fingerprint_tells_starting_models_apart(tmp_path):
+    """Two bases differing in one byte get different fingerprints; the file order does not
+    matter; a path without local weights (a hub name, a GGUF file) has none."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, last in ((a, b"\x00"), (b, b"\x01")):
+        d.mkdir()
+        (d / "model-00002-of-00002.safetensors").write_bytes(b"second")
+        (d / "model-00001-of-00002.safetensors").write_bytes(b"first" + last)
+        (d / "config.json").write_text("{}")
+    fa, fb = weights_fingerprint(str(a)), weights_fingerprint(str(b))
+    assert fa and fb and fa != fb and len(fa) == 12 and int(fa, 16) >= 0
+    import hashlib
+
+    assert fa == hashlib.sha256(b"first\x00second").hexdigest()[:12]
+    (tmp_path / "empty").mkdir()
+    assert weights_fingerprint(str(tmp_path / "empty")) is None
+    assert weights_fingerprint("HuggingFaceTB/SmolLM2-135M-Instruct") is None
+    assert cpu_name().strip()

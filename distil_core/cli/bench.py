@@ -19,6 +19,8 @@ metric vs step; :mod:`distil_core.cli.plots`).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shlex
@@ -241,9 +243,34 @@ class Bench:
         curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k}} for rec in evals]
         metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
         lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if "response_tokens" in rec]
+        model = summary.get("model")
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
                 "before": summary["before"], "after": summary["after"], "curve": curve,
-                "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens")}
+                "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens"),
+                "model": model, "model_sha256": weights_fingerprint(model) if isinstance(model, str) else None}
+
+
+@functools.lru_cache(maxsize=None)
+def weights_fingerprint(path: str) -> Optional[str]:
+    """The first 12 hex digits of a sha256 over a local model directory's ``*.safetensors`` files
+    (sorted by name), or None when ``path`` holds none (a hub name, a GGUF file).
+
+    The starting model is the one input every run of a suite shares: a tiny base is pretrained
+    on the machine that first runs the bench, and float rounding differs between CPUs, so two
+    machines can start a suite from different bases. Printed in the report, the fingerprint
+    says whether two reports started from the same weights.
+    """
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in files:
+        with open(os.path.join(path, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:

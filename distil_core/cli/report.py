@@ -131,7 +131,7 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
         "# Head-to-head benchmark",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} "
-        f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
+        f"({cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
         + (f", source {bench.revision}" if bench.revision else "") + ").",
         "",
         f"Every method trains the same starting model on the same suites with the same rollout budget; "
@@ -149,6 +149,30 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
     ]
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else the machine type: a tiny base
+    pretrained on another CPU can differ, so a report names the one it ran on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return f"{value.strip()}, {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
+    """The suite's starting model(s): the directory's name and its weights' fingerprint."""
+    seen = {(os.path.basename(str(r.get("model") or "")), r.get("model_sha256")) for r in rows if r["suite"] == suite}
+    named = sorted(f"`{name}` (weights sha256 `{sha}`)" for name, sha in seen if name and sha)
+    if not named:
+        return []
+    return [f"Starting model: {', '.join(named)}. Two reports whose fingerprints differ started this "
+            "suite from different weights.", ""]
+
+
 def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any],
                  plots: dict[str, str]) -> list[str]:
     """One suite's section: its budget, the mean ± std table, the efficiency view, its plots."""
@@ -160,7 +184,7 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
         f"samples = {b['rollouts']} rollouts (≤ {b['max_new_tokens']} new tokens each); held-out eval "
         f"{b['eval_problems']} problems × {b['eval_samples']} samples.",
         "",
-    ]
+    ] + _starting_models(rows, suite)
     metrics = table_metrics(table["base"])
     header = ["method", *metrics, f"Δ {bench.spec.plot_metric} vs base", "wall s / run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
