@@ -126,12 +126,14 @@ def render_markdown(bench: "Bench", rows: list[dict[str, Any]], plots: dict[str,
 def _header_lines(bench: "Bench", command: str) -> list[str]:
     """Who wrote the report on what machine, what the numbers mean, and the methods compared."""
     import torch
+    import transformers
 
     return [
         "# Head-to-head benchmark",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} "
-        f"({cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
+        f"({cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
         + (f", source {bench.revision}" if bench.revision else "") + ").",
         "",
         f"Every method trains the same starting model on the same suites with the same rollout budget; "
