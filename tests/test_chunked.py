@@ -233,3 +233,19 @@ def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
     sharp = [ExpertSignal(access="dense", logits=2.0 * F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
     c = distillation_loss("distil", LossConfig(), logits, tokens, mask, stack_signals(sharp, T, V, "cpu"), rows)
     torch.testing.assert_close(c.loss, b.loss)
+
+
+@pytest.mark.parametrize("vocab", [3, 500])
+def test_tempering_a_hidden_state_expert_divides_the_smaller_tensor(vocab):
+    """z / τ for z = h Wᵀ + b: the micro-batch's hidden states are divided when they are smaller
+    than the head (the head is then used as it is, not copied), else the head."""
+    from distil_core.losses.expert_batch import ExpertBatch, tempered
+
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(2, 4, 8), torch.randn(vocab, 8), torch.randn(vocab)
+    expert = ExpertBatch("hidden", torch.ones(2), hidden=hidden, head=(weight, bias))
+    out = tempered(expert, 0.5)
+    torch.testing.assert_close(out.dense_logits(), F.linear(hidden, weight, bias) / 0.5)
+    assert (out.head[0] is weight) == (hidden.numel() <= weight.numel())
+    assert (out.hidden is hidden) == (hidden.numel() > weight.numel())
+    assert tempered(expert, 1.0) is expert

@@ -110,9 +110,11 @@ class RowContext:
 def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
     """The expert's signal at ``temperature`` τ: q ∝ exp(z / τ) for every access level that has logits.
 
-    Dense logits are divided by τ; hidden states keep their values and the output projection is
-    divided instead; top-k log-probs go through :func:`losses.temper_topk`. Sampled tokens carry
-    no distribution to temper.
+    Dense logits are divided by τ. Hidden-state signals give z = h Wᵀ + b, so z / τ divides
+    whichever of ``hidden`` ``[B, T, H]`` and ``weight`` ``[V, H]`` is smaller, and the bias: a
+    micro-batch is usually far smaller than a large vocabulary's projection, and that head is
+    then never copied. Top-k log-probs go through :func:`losses.temper_topk`. Sampled tokens
+    carry no distribution to temper.
     """
     if temperature == 1.0 or expert.access == "none":
         return expert
@@ -120,7 +122,10 @@ def tempered(expert: ExpertBatch, temperature: float) -> ExpertBatch:
         return replace(expert, logits=expert.logits / temperature)
     if expert.access == "hidden":
         weight, bias = expert.head
-        return replace(expert, head=(weight / temperature, None if bias is None else bias / temperature))
+        bias = None if bias is None else bias / temperature
+        if expert.hidden.numel() <= weight.numel():
+            return replace(expert, hidden=expert.hidden / temperature, head=(weight, bias))
+        return replace(expert, head=(weight / temperature, bias))
     if expert.access == "topk":
         return replace(expert, topk_logprobs=losses.temper_topk(expert.topk_logprobs, temperature))
     raise ConfigError(f"loss.expert_temperature needs an expert with log-probs; a {expert.access!r} expert "
