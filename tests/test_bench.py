@@ -7,9 +7,9 @@ import statistics
 import pytest
 import yaml
 
-from distil_core.cli.bench import Bench, load_spec, weights_fingerprint
+from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, table_metrics, weights_fingerprint
 from distil_core.errors import ConfigError
 
 from distil_core.testing import use_cache as distil_cache
@@ -216,3 +216,44 @@ def test_the_weights_fingerprint_tells_starting_models_apart(tmp_path):
     assert weights_fingerprint(str(tmp_path / "empty")) is None
     assert weights_fingerprint("HuggingFaceTB/SmolLM2-135M-Instruct") is None
     assert cpu_name().strip()
+
+
+def _spec_with_base(tmp_path, band):
+    spec = yaml.safe_load(open(SPEC))
+    spec["suites"]["sort"]["base"] = {"pass@1": band}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _row(seed, before, after=0.5):
+    return {"suite": "sort", "method": "distil", "seed": seed, "run_dir": "", "wall_s": 1.0,
+            "before": {"pass@1": before}, "after": {"pass@1": after}, "curve": [], "response_tokens": [],
+            "reference_tokens": None, "model": None, "model_sha256": None}
+
+
+def test_a_starting_model_outside_the_suites_calibration_is_flagged(tmp_path):
+    """A sparse suite names the range its starting model must fall in; the mean over seeds
+    outside it is flagged in bench.md and on the terminal, inside it is not."""
+    from distil_core.cli.report import calibration_warnings, render_markdown
+
+    spec, base = load_spec(_spec_with_base(tmp_path, [0.0, 0.1]))
+    bench = Bench(spec, base, str(tmp_path / "out"), suites=["sort"], methods=["distil"])
+    outside = [_row(0, 0.11), _row(1, 0.13)]  # mean 12 %
+    [warning] = calibration_warnings(bench, outside)
+    assert warning.startswith("sort: the starting model's pass@1 is 12.0 %, outside the suite's 0–10 %")
+    assert f"**Outside the calibration.** {warning}" in render_markdown(bench, outside, {}, "distil bench")
+    inside = [_row(0, 0.09), _row(1, 0.1)]  # the range is closed: 10 % is in it
+    assert calibration_warnings(bench, inside) == []
+    assert "Outside the calibration" not in render_markdown(bench, inside, {}, "distil bench")
+    # a suite without a range is never flagged
+    plain, base = load_spec(SPEC)
+    assert calibration_warnings(Bench(plain, base, str(tmp_path / "o2"), suites=["sort"], methods=["distil"]), outside) == []
+
+
+@pytest.mark.parametrize("band", [[0.2, 0.1], [-0.1, 0.1], [0.0, 1.5]])
+def test_a_calibration_range_that_is_not_one_is_refused_naming_the_suite(tmp_path, capsys, band):
+    path = _spec_with_base(tmp_path, band)
+    assert main(["bench", path, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert path in err and "suites.sort.base" in err and "not a range of fractions" in err

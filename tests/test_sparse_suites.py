@@ -144,6 +144,8 @@ def test_the_bench_has_sparse_suites_each_with_a_negative_control():
     bench = Bench(spec, base, "unused", suites=[*SPARSE, *(f"{s}_noanswer" for s in SPARSE)], methods=["grpo", "distil_local"], seeds=[0])
     for suite, task in SPARSE.items():
         assert spec.suites[suite].description and spec.suites[f"{suite}_noanswer"].description
+        # sparse means a starting model at most 10 % pass@1; a bench outside it says so
+        assert spec.suites[suite].base == spec.suites[f"{suite}_noanswer"].base == {"pass@1": (0.0, 0.1)}
         ours = bench.configs[(suite, "distil_local", 0)].model_dump(mode="json")
         control = bench.configs[(f"{suite}_noanswer", "distil_local", 0)].model_dump(mode="json")
         assert ours["task"]["name"] == task

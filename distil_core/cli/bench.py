@@ -3,7 +3,10 @@
 A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
 
 - ``suites``: per suite, a run config (``config``, optional, relative to the spec file) and
-  dotted overrides (``set``) — the task, verifier, feedback sources and sizes;
+  dotted overrides (``set``) — the task, verifier, feedback sources and sizes — and, optionally,
+  ``base``: the range each named metric of the starting model must fall in for the suite to be
+  what it says (a sparse suite: ``pass@1: [0.0, 0.1]``); the report and the terminal flag a
+  suite whose starting model falls outside it;
 - ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``);
 - ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × problems
   per step × samples per problem), the evaluation and how often it runs;
@@ -19,8 +22,6 @@ metric vs step; :mod:`distil_core.cli.plots`).
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import shlex
@@ -31,11 +32,12 @@ import time
 from typing import Any, Callable, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import read_jsonl
-from distil_core.cli.report import aggregate, final_lengths, render_markdown, render_sweep, table_metrics, terminal_table
+from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
+                                    table_metrics, terminal_table, weights_fingerprint)
 from distil_core.config import Method, RunConfig, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
@@ -56,6 +58,20 @@ class SuiteSpec(_Strict):
     config: Optional[str] = Field(default=None, description="A run config file, relative to the spec file.")
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides, e.g. rollout.max_new_tokens: 8")
     description: str = ""
+    base: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="The range, as fractions, each named metric of the starting model must fall in for "
+        "the suite to be what it says (a sparse suite: pass@1 in [0, 0.1]); the report flags a mean "
+        "over seeds outside it.",
+    )
+
+    @field_validator("base")
+    @classmethod
+    def _ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for metric, (low, high) in value.items():
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"{metric}: [{low}, {high}] is not a range of fractions (0 <= low <= high <= 1)")
+        return value
 
 
 class MethodSpec(_Strict):
@@ -250,28 +266,6 @@ class Bench:
                 "model": model, "model_sha256": weights_fingerprint(model) if isinstance(model, str) else None}
 
 
-@functools.lru_cache(maxsize=None)
-def weights_fingerprint(path: str) -> Optional[str]:
-    """The first 12 hex digits of a sha256 over a local model directory's ``*.safetensors`` files
-    (sorted by name), or None when ``path`` holds none (a hub name, a GGUF file).
-
-    The starting model is the one input every run of a suite shares: a tiny base is pretrained
-    on the machine that first runs the bench, and float rounding differs between CPUs, so two
-    machines can start a suite from different bases. Printed in the report, the fingerprint
-    says whether two reports started from the same weights.
-    """
-    if not os.path.isdir(path):
-        return None
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for name in files:
-        with open(os.path.join(path, name), "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
-
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:
     """``bench.json``, ``bench.md`` and the plots in ``report_dir`` (each written atomically)."""
@@ -368,6 +362,8 @@ def main_bench(args: Any) -> int:
     rows = bench.run()
     written = write_report(bench, rows, args.report_dir or output_dir, command)
     print(terminal_table(bench, rows))
+    for warning in calibration_warnings(bench, rows):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"\nReport: {written['markdown']}")
     return 0
 

@@ -7,6 +7,8 @@ and :mod:`distil_core.cli.plots` draws them.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
 __all__ = ["mean_std", "aggregate", "mean_curve", "rollouts_to_reach", "final_lengths", "table_metrics",
-           "format_cell", "render_markdown", "terminal_table", "render_sweep"]
+           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings",
+           "cpu_name", "weights_fingerprint"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -151,6 +154,29 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=None)
+def weights_fingerprint(path: str) -> Optional[str]:
+    """The first 12 hex digits of a sha256 over a local model directory's ``*.safetensors`` files
+    (sorted by name), or None when ``path`` holds none (a hub name, a GGUF file).
+
+    The starting model is the one input every run of a suite shares: a tiny base is pretrained
+    on the machine that first runs the bench, and float rounding differs between CPUs, so two
+    machines can start a suite from different bases. Printed in the report, the fingerprint
+    says whether two reports started from the same weights.
+    """
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in files:
+        with open(os.path.join(path, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def cpu_name() -> str:
     """The processor's model name (Linux's /proc/cpuinfo), else the machine type: a tiny base
     pretrained on another CPU can differ, so a report names the one it ran on."""
@@ -175,6 +201,21 @@ def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
             "suite from different weights.", ""]
 
 
+def calibration_warnings(bench: "Bench", rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per suite whose starting model falls outside the suite's ``base`` ranges."""
+    out = []
+    for suite, table in aggregate(rows).items():
+        for metric, (low, high) in bench.spec.suites[suite].base.items():
+            mean = table["base"].get(metric, (math.nan, 0.0, 0))[0]
+            if math.isnan(mean) or not low <= mean <= high:
+                got = "was not measured" if math.isnan(mean) else f"is {100 * mean:.1f} %"
+                out.append(f"{suite}: the starting model's {metric} {got}, outside the suite's "
+                           f"{100 * low:g}–{100 * high:g} %, so these runs are not in the regime the suite "
+                           "is built for (a tiny base is pretrained by the machine that runs the bench: "
+                           "compare the starting model's fingerprint with the reference report's).")
+    return out
+
+
 def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any],
                  plots: dict[str, str]) -> list[str]:
     """One suite's section: its budget, the mean ± std table, the efficiency view, its plots."""
@@ -187,6 +228,7 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
         f"{b['eval_problems']} problems × {b['eval_samples']} samples.",
         "",
     ] + _starting_models(rows, suite)
+    lines += [f"**Outside the calibration.** {w}\n" for w in calibration_warnings(bench, [r for r in rows if r["suite"] == suite])]
     metrics = table_metrics(table["base"])
     header = ["method", *metrics, f"Δ {bench.spec.plot_metric} vs base", "wall s / run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
