@@ -8,6 +8,7 @@ lightweight plugins such as the API expert's cache can use it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import stat
 import tempfile
 from typing import Any, BinaryIO, Iterator, Optional
 
-__all__ = ["atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "weights_fingerprint"]
 
 
 @contextlib.contextmanager
@@ -100,3 +102,24 @@ def atomic_write_json(path: str, obj: Any, *, mode: Optional[int] = None) -> Non
 
 def atomic_write_text(path: str, text: str, encoding: str = "utf-8", *, mode: Optional[int] = None) -> None:
     atomic_write_bytes(path, text.encode(encoding), mode=mode)
+
+
+def weights_fingerprint(path: str) -> Optional[str]:
+    """The first 12 hex digits of a sha256 over a local model directory's ``*.safetensors`` files
+    (sorted by name), or None when ``path`` holds none (a hub name, a GGUF file).
+
+    A tiny base is pretrained on the machine that first needs it, and two machines can build
+    different weights from one recipe: a run's summary records this fingerprint of the weights
+    it started from, and the bench report prints it, so two reports can be told apart.
+    """
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in files:
+        with open(os.path.join(path, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]

@@ -9,7 +9,8 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, table_metrics, weights_fingerprint
+from distil_core.cli.report import aggregate, cpu_name, table_metrics
+from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
 
 from distil_core.testing import use_cache as distil_cache
@@ -66,10 +67,12 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
         assert r["reference_tokens"] > 1
     assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
     assert cpu_name() in md.splitlines()[2]
-    # every run started from the suite's one tiny base, named with its weights' fingerprint
-    [model] = {r["model"] for r in runs}
-    assert {r["model_sha256"] for r in runs} == {weights_fingerprint(model)}
-    assert f"Starting model: `{os.path.basename(model)}` (weights sha256 `{runs[0]['model_sha256']}`)" in md
+    # every run started from the suite's one tiny base; its summary records the weights' fingerprint
+    summaries = [json.loads((out / "sort" / r["method"] / f"seed{r['seed']}" / "summary.json").read_text()) for r in runs]
+    [path] = {s["model"] for s in summaries}
+    assert {s["model_sha256"] for s in summaries} == {r["model_sha256"] for r in runs} == {weights_fingerprint(path)}
+    assert {r["model"] for r in runs} == {os.path.basename(path)}  # no machine path in bench.json
+    assert f"Starting model: `{os.path.basename(path)}` (weights sha256 `{runs[0]['model_sha256']}`)" in md
     png = (out / "bench-sort.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -208,7 +211,7 @@ def test_the_weights_fingerprint_tells_starting_models_apart(tmp_path):
         (d / "model-00001-of-00002.safetensors").write_bytes(b"first" + last)
         (d / "config.json").write_text("{}")
     fa, fb = weights_fingerprint(str(a)), weights_fingerprint(str(b))
-    assert fa and fb and fa != fb and len(fa) == 12 and int(fa, 16) >= 0
+    assert fa and fb and fa != fb and len(fa) == 12
     import hashlib
 
     assert fa == hashlib.sha256(b"first\x00second").hexdigest()[:12]
@@ -245,6 +248,11 @@ def test_a_starting_model_outside_the_suites_calibration_is_flagged(tmp_path):
     assert f"**Outside the calibration.** {warning}" in render_markdown(bench, outside, {}, "distil bench")
     inside = [_row(0, 0.09), _row(1, 0.1)]  # the range is closed: 10 % is in it
     assert calibration_warnings(bench, inside) == []
+    edge = [_row(0, 0.1), _row(1, 0.1), _row(2, 0.1)]  # a float mean of 0.10000000000000002 is still 10.0 %
+    assert calibration_warnings(bench, edge) == []
+    unmeasured = [{**_row(0, 0.05), "before": {"pass@4": 0.05}}]
+    [missing] = calibration_warnings(bench, unmeasured)
+    assert "pass@1 was not measured, so its range 0–10 % cannot be checked" in missing
     assert "Outside the calibration" not in render_markdown(bench, inside, {}, "distil bench")
     # a suite without a range is never flagged
     plain, base = load_spec(SPEC)

@@ -37,10 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import read_jsonl
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
-                                    table_metrics, terminal_table, weights_fingerprint)
+                                    table_metrics, terminal_table)
 from distil_core.config import Method, RunConfig, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
-from distil_core.io import atomic_write_json, atomic_write_text
+from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 
 __all__ = ["DEFAULT_SPEC", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
            "source_revision", "parse_sweep", "run_sweep", "main_bench",
@@ -260,11 +260,12 @@ class Bench:
         metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
         lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if "response_tokens" in rec]
         model = summary.get("model")
+        sha = summary["model_sha256"] if "model_sha256" in summary else (
+            weights_fingerprint(model) if isinstance(model, str) else None)  # a summary without the field
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
                 "before": summary["before"], "after": summary["after"], "curve": curve,
                 "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens"),
-                "model": model, "model_sha256": weights_fingerprint(model) if isinstance(model, str) else None}
-
+                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha}
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:

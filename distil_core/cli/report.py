@@ -7,8 +7,6 @@ and :mod:`distil_core.cli.plots` draws them.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
 import os
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["mean_std", "aggregate", "mean_curve", "rollouts_to_reach", "final_lengths", "table_metrics",
            "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings",
-           "cpu_name", "weights_fingerprint"]
+           "cpu_name"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -154,41 +152,24 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
     ]
 
 
-@functools.lru_cache(maxsize=None)
-def weights_fingerprint(path: str) -> Optional[str]:
-    """The first 12 hex digits of a sha256 over a local model directory's ``*.safetensors`` files
-    (sorted by name), or None when ``path`` holds none (a hub name, a GGUF file).
-
-    The starting model is the one input every run of a suite shares: a tiny base is pretrained
-    on the machine that first runs the bench, and float rounding differs between CPUs, so two
-    machines can start a suite from different bases. Printed in the report, the fingerprint
-    says whether two reports started from the same weights.
-    """
-    if not os.path.isdir(path):
-        return None
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for name in files:
-        with open(os.path.join(path, name), "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def cpu_name() -> str:
-    """The processor's model name (Linux's /proc/cpuinfo), else the machine type: a tiny base
-    pretrained on another CPU can differ, so a report names the one it ran on."""
+    """The processor's model name and the machine type: a tiny base pretrained on another CPU can
+    differ, so a report names the one it ran on. Linux reads /proc/cpuinfo, macOS sysctl."""
+    name = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return f"{value.strip()}, {platform.machine()}"
+            name = next((line.partition(":")[2].strip() for line in fh
+                         if line.partition(":")[0].strip() == "model name"), "")
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        if platform.system() == "Darwin":
+            import subprocess
+
+            try:
+                name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                      text=True, timeout=5).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                name = ""
+    return ", ".join(part for part in (name or platform.processor(), platform.machine()) if part)
 
 
 def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
@@ -202,17 +183,20 @@ def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
 
 
 def calibration_warnings(bench: "Bench", rows: list[dict[str, Any]]) -> list[str]:
-    """One sentence per suite whose starting model falls outside the suite's ``base`` ranges."""
+    """One sentence per suite whose starting model falls outside the suite's ``base`` ranges
+    (compared as the percentages the report prints, so a mean of 10.0 % is inside 0–10 %)."""
     out = []
     for suite, table in aggregate(rows).items():
         for metric, (low, high) in bench.spec.suites[suite].base.items():
             mean = table["base"].get(metric, (math.nan, 0.0, 0))[0]
-            if math.isnan(mean) or not low <= mean <= high:
-                got = "was not measured" if math.isnan(mean) else f"is {100 * mean:.1f} %"
-                out.append(f"{suite}: the starting model's {metric} {got}, outside the suite's "
+            if math.isnan(mean):
+                out.append(f"{suite}: the starting model's {metric} was not measured, so its range "
+                           f"{100 * low:g}–{100 * high:g} % cannot be checked (is the metric in eval.ks?).")
+            elif not round(100 * low, 1) <= round(100 * mean, 1) <= round(100 * high, 1):
+                out.append(f"{suite}: the starting model's {metric} is {100 * mean:.1f} %, outside the suite's "
                            f"{100 * low:g}–{100 * high:g} %, so these runs are not in the regime the suite "
                            "is built for (a tiny base is pretrained by the machine that runs the bench: "
-                           "compare the starting model's fingerprint with the reference report's).")
+                           "compare the starting model's fingerprint with the one in docs/results/).")
     return out
 
 

@@ -294,13 +294,15 @@ def reference_tokens(task: Any, tokenizer: Any, problems: Sequence[Problem]) -> 
 
 def run_summary(config: Any, before: dict[str, float], after: dict[str, float], **facts: Any) -> dict[str, Any]:
     """summary.json: the run's pass@k before and after training and their gain, with ``facts``
-    (model, steps, wall time, evaluation set, run directory) beside them. ``time_s`` splits the
+    (model and, for a tiny base, its weights' fingerprint; steps, wall time, evaluation set,
+    run directory) beside them. ``time_s`` splits the
     last session's time into setup (building or loading the models), training and evaluation."""
     keys = [k for k in before if "@" in k]
     return {
         "method": config.method,
         "task": config.task.name,
         "model": facts["model"],
+        "model_sha256": facts.get("model_sha256"),
         "steps": facts["steps"],
         "seed": config.seed,
         "wall_s": facts["wall_s"],

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from distil_core.config import RunConfig
 from distil_core.errors import ConfigError, DistilError
-from distil_core.io import atomic_directory
+from distil_core.io import atomic_directory, weights_fingerprint
 from distil_core.losses.methods import method_named
 from distil_core.models.forward import check_projection, projects_plainly
 from distil_core.models.lora import trainable_parameters
@@ -266,6 +266,7 @@ class Trainer:
                  "eval": self.times["eval"]}
         summary = run_summary(
             self.config, before, after, model=self.rt.model_source, steps=self.step,
+            model_sha256=weights_fingerprint(self.rt.model_source) if self.config.model.name == "tiny" else None,
             time_s={k: round(v, 1) for k, v in times.items()}, wall_s=round(time.time() - self.started, 1),
             problems=len(self.test_problems),
             reference_tokens=reference_tokens(self.rt.task, self.rt.tokenizer, self.test_problems),
