@@ -1,5 +1,6 @@
 """`distil bench`: every method on the same budget, runs reused, reports and plots written."""
 
+import hashlib
 import json
 import os
 import statistics
@@ -212,8 +213,6 @@ def test_the_weights_fingerprint_tells_starting_models_apart(tmp_path):
         (d / "config.json").write_text("{}")
     fa, fb = weights_fingerprint(str(a)), weights_fingerprint(str(b))
     assert fa and fb and fa != fb and len(fa) == 12
-    import hashlib
-
     assert fa == hashlib.sha256(b"first\x00second").hexdigest()[:12]
     (tmp_path / "empty").mkdir()
     assert weights_fingerprint(str(tmp_path / "empty")) is None

@@ -174,7 +174,7 @@ def cpu_name() -> str:
 
 def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
     """The suite's starting model(s): the directory's name and its weights' fingerprint."""
-    seen = {(os.path.basename(str(r.get("model") or "")), r.get("model_sha256")) for r in rows if r["suite"] == suite}
+    seen = {(r.get("model"), r.get("model_sha256")) for r in rows if r["suite"] == suite}
     named = sorted(f"`{name}` (weights sha256 `{sha}`)" for name, sha in seen if name and sha)
     if not named:
         return []
@@ -183,20 +183,24 @@ def _starting_models(rows: list[dict[str, Any]], suite: str) -> list[str]:
 
 
 def calibration_warnings(bench: "Bench", rows: list[dict[str, Any]]) -> list[str]:
-    """One sentence per suite whose starting model falls outside the suite's ``base`` ranges
-    (compared as the percentages the report prints, so a mean of 10.0 % is inside 0–10 %)."""
+    """One sentence per suite whose starting model falls outside the suite's ``base`` ranges."""
+    return [w for suite, table in aggregate(rows).items() for w in outside_calibration(bench, suite, table["base"])]
+
+
+def outside_calibration(bench: "Bench", suite: str, base: dict[str, Any]) -> list[str]:
+    """:func:`calibration_warnings` for one suite, given its starting model's (mean, std, n) per
+    metric; ranges are compared as the percentages the report prints, so 10.0 % is inside 0–10 %."""
     out = []
-    for suite, table in aggregate(rows).items():
-        for metric, (low, high) in bench.spec.suites[suite].base.items():
-            mean = table["base"].get(metric, (math.nan, 0.0, 0))[0]
-            if math.isnan(mean):
-                out.append(f"{suite}: the starting model's {metric} was not measured, so its range "
-                           f"{100 * low:g}–{100 * high:g} % cannot be checked (is the metric in eval.ks?).")
-            elif not round(100 * low, 1) <= round(100 * mean, 1) <= round(100 * high, 1):
-                out.append(f"{suite}: the starting model's {metric} is {100 * mean:.1f} %, outside the suite's "
-                           f"{100 * low:g}–{100 * high:g} %, so these runs are not in the regime the suite "
-                           "is built for (a tiny base is pretrained by the machine that runs the bench: "
-                           "compare the starting model's fingerprint with the one in docs/results/).")
+    for metric, (low, high) in bench.spec.suites[suite].base.items():
+        mean = base.get(metric, (math.nan, 0.0, 0))[0]
+        if math.isnan(mean):
+            out.append(f"{suite}: the starting model's {metric} was not measured, so its range "
+                       f"{100 * low:g}–{100 * high:g} % cannot be checked (is the metric in eval.ks?).")
+        elif not round(100 * low, 1) <= round(100 * mean, 1) <= round(100 * high, 1):
+            out.append(f"{suite}: the starting model's {metric} is {100 * mean:.1f} %, outside the suite's "
+                       f"{100 * low:g}–{100 * high:g} %, so these runs are not in the regime the suite "
+                       "is built for (a tiny base is pretrained by the machine that runs the bench: "
+                       "compare the starting model's fingerprint with the one in docs/results/).")
     return out
 
 
@@ -212,7 +216,7 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
         f"{b['eval_problems']} problems × {b['eval_samples']} samples.",
         "",
     ] + _starting_models(rows, suite)
-    lines += [f"**Outside the calibration.** {w}\n" for w in calibration_warnings(bench, [r for r in rows if r["suite"] == suite])]
+    lines += [f"**Outside the calibration.** {w}\n" for w in outside_calibration(bench, suite, table["base"])]
     metrics = table_metrics(table["base"])
     header = ["method", *metrics, f"Δ {bench.spec.plot_metric} vs base", "wall s / run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
