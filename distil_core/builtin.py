@@ -181,8 +181,8 @@ class ExactMatchVerifier:
     """Passes when the extracted answer equals the problem's reference (as strings)."""
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
+        expected = problem.reference_text("exact_match")
         answer = extract_answer(rollout.response_text)
-        expected = str(problem.reference).strip()
         passed = answer is not None and answer == expected
         return Verdict(
             score=1.0 if passed else 0.0,
@@ -202,8 +202,8 @@ class AnswerCheckFeedback:
                  group: Sequence[tuple[Rollout, Verdict]] = ()) -> list[Feedback]:
         if verdict.passed:
             return []
+        expected = problem.reference_text("answer_check")
         got = verdict.answer if verdict.answer is not None else extract_answer(rollout.response_text)
-        expected = str(problem.reference).strip()
         said = f"Your answer {got} is wrong." if got is not None else "Your response gave no answer."
         text = f"{said} The expected answer is {expected}." if self.include_expected else said
         return [

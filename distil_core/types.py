@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distil_core.errors import ConfigError
+
 ChatMessage = dict[str, str]
 """One chat message: ``{"role": "user" | "system" | "assistant", "content": "..."}``."""
 
@@ -54,6 +56,21 @@ class Problem(_Model):
             return self.prompt
         users = [m["content"] for m in self.prompt if m.get("role") == "user"]
         return users[-1] if users else ""
+
+    def reference_text(self, reader: str) -> str:
+        """The reference as text, for ``reader``, a component that compares answers as text.
+
+        A reference that is a mapping or a list holds code tests (or other structure): compared
+        as text it would fail every rollout, and feedback would show the tests as "the expected
+        answer". That is a wrong pairing of task and component, refused here with a
+        :class:`~distil_core.errors.ConfigError` naming the problem and the fix.
+        """
+        if isinstance(self.reference, (dict, list, tuple)):
+            raise ConfigError(
+                f"{reader}: problem {self.id!r} holds code tests, not an answer, so every rollout would fail; "
+                "grade it with a verifier that runs the tests (verifier: code_exec, feedback: [code_exec]), "
+                "or give the task an answer (the dataset task's options.answer_key)")
+        return str(self.reference).strip()
 
 
 class Rollout(_Model):

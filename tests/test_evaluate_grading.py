@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from distil_core.builtin import ExactMatchVerifier
-from distil_core.errors import PluginError
+from distil_core.builtin import AnswerCheckFeedback, ExactMatchVerifier
+from distil_core.errors import ConfigError, PluginError
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.testing import problem, tiny_model, tiny_tokenizer
+from distil_core.types import Rollout, Verdict
 from distil_core.training.evaluate import evaluate
 
 
@@ -50,3 +51,18 @@ def test_a_verify_batch_that_miscounts_is_named():
     generator, prompts, problems = setup(2)
     with pytest.raises(PluginError, match="verifier 'short': verify_batch returned 0 verdicts for 4 rollouts"):
         evaluate(generator, prompts, problems, Short(), samples=2, ks=[1], verifier_name="short")
+
+
+@pytest.mark.parametrize("reference", [{"asserts": ["assert f(1) == 2"]}, ["assert f(1) == 2"]])
+def test_text_graders_refuse_a_reference_that_holds_tests(reference):
+    """Compared as text, tests fail every rollout and feedback would quote them as the answer."""
+    tests, answer = problem(reference, pid="code-7"), problem("42", pid="sum-1")
+    rollout = Rollout(problem_id="code-7", group_index=0, response_text="42", response_ids=[1])
+    verdict = Verdict(score=0.0, passed=False)
+    with pytest.raises(ConfigError, match="exact_match: problem 'code-7' holds code tests.*verifier: code_exec"):
+        ExactMatchVerifier().verify(tests, rollout)
+    with pytest.raises(ConfigError, match="answer_check: problem 'code-7' holds code tests"):
+        AnswerCheckFeedback().feedback(tests, rollout, verdict)
+    assert ExactMatchVerifier().verify(answer, rollout).passed
+    [said] = AnswerCheckFeedback().feedback(answer, rollout.model_copy(update={"response_text": "41"}), verdict)
+    assert said.data["expected"] == "42"

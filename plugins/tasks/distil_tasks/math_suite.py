@@ -242,11 +242,8 @@ class MathAnswerVerifier:
         self._lock = threading.Lock()
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
-        if isinstance(problem.reference, (dict, list)):  # tests, not an answer: every verdict would fail
-            raise ValueError(f"math_answer: problem {problem.id!r} holds code tests, not an answer; "
-                             "grade it with verifier code_exec")
+        expected = normalize(problem.reference_text("math_answer"))
         answer, where = extract_final(rollout.response_text)
-        expected = normalize(str(problem.reference))
         got = normalize(answer) if answer is not None else None
         passed = got is not None and self.equivalent(got, expected)
         return Verdict(
@@ -312,6 +309,7 @@ class MathStepsFeedback:
     ) -> list[Feedback]:
         if verdict.passed:
             return []
+        expected = problem.reference_text("math_steps")
         got = verdict.answer if verdict.answer is not None else extract_final(rollout.response_text)[0]
         parts = []
         wrong = arith.first_wrong_claim(rollout.response_text)
@@ -332,11 +330,11 @@ class MathStepsFeedback:
                 text = text[: self.max_chars - 3].rstrip() + "..."
             parts.append(f"Worked solution: {text}")
         if self.show_answer:
-            parts.append(f"The answer is {problem.reference}.")
+            parts.append(f"The answer is {expected}.")
         data = {
             "got": got,
             "first_wrong_step": list(wrong) if wrong else None,
             "steps": len(steps),
-            "expected": str(problem.reference) if self.show_answer else None,
+            "expected": expected if self.show_answer else None,
         }
         return [Feedback(source="math_steps", kind="worked_steps", text=" ".join(parts), data=data)]

@@ -280,7 +280,7 @@ class MCLetterVerifier:
         self.require_tags = require_tags
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
-        expected = str(problem.reference).strip().upper()
+        expected = problem.reference_text("mc_letter").upper()
         got = extract_letter(rollout.response_text, problem.metadata.get("labels"), self.require_tags)
         passed = got == expected
         return Verdict(
@@ -312,7 +312,7 @@ class WorkedExplanationFeedback:
         labels = problem.metadata.get("labels") or []
         choices = problem.metadata.get("choices") or []
         got = verdict.answer if verdict.answer is not None else extract_letter(rollout.response_text, labels)
-        expected = str(problem.reference).strip().upper()
+        expected = problem.reference_text("worked_explanation").upper()
         if got is None:
             said = "Your response has no letter in <answer></answer> tags."
         elif got in labels and labels.index(got) < len(choices):

@@ -8,6 +8,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from distil_core import ConfigError
 
 from distil_tasks import DatasetTask, MathAnswerVerifier, MathTask, RecordError
 
@@ -87,7 +88,7 @@ def test_tests_key_gives_code_exec_tests_and_math_answer_refuses_them(tmp_path):
     assert first.reference == {"asserts": ["assert f(1) == 2"]} and task.answer_text(first) == "def f(x): return x + 1"
     assert second.reference == {"io": [{"stdin": "a\n", "stdout": "a"}]} and task.answer_text(second) is None
     assert third.reference["entry_point"] == "g" and task.kind == "tests" and "code_exec" in task.fits
-    with pytest.raises(ValueError, match="holds code tests, not an answer; grade it with verifier code_exec"):
+    with pytest.raises(ConfigError, match="math_answer: problem .* holds code tests, not an answer.*verifier: code_exec"):
         MathAnswerVerifier().verify(first, rollout("2"))
 
 

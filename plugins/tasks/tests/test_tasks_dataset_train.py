@@ -8,6 +8,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from distil_core import ConfigError
 from distil_core.config import load_config
 from distil_core.testing import FAST_RUN
 from distil_core.training.trainer import Trainer
@@ -80,3 +81,14 @@ def test_a_jsonl_file_with_its_own_keys_trains_with_math_answer(tmp_path, tiny_b
     summary, logged = train(tmp_path, host, options, "verifier=math_answer", "feedback=[math_steps]")
     assert summary["steps"] == 2
     assert {r["prompt"] for r in logged} <= {r["q"] for r in rows} and len({r["prompt"] for r in logged}) > 1
+
+
+def test_code_tests_graded_as_text_stop_the_run_before_it_trains(tmp_path, tiny_base_cache, host):
+    """The default verifier (exact_match) on a dataset of code tests would fail every rollout
+    and show the tests as "the expected answer": the first grade stops the run, naming the fix."""
+    rows = [{"prompt": f"Write f(x) = x + {c}.", "tests": [f"assert f(1) == {1 + c}"],
+             "code": f"def f(x): return x + {c}"} for c in range(12)]
+    options = {"path": write_jsonl(tmp_path / "code.jsonl", rows), "tests_key": "tests", "solution_key": "code"}
+    with pytest.raises(ConfigError, match=r"exact_match: problem 'code.jsonl:\d+' holds code tests.*verifier: code_exec"):
+        train(tmp_path, host, options)
+    assert not (tmp_path / "run" / "final").exists()
