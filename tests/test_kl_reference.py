@@ -116,3 +116,18 @@ def test_the_lora_base_reference_is_the_policy_with_its_adapters_off_and_no_copy
 def test_lora_base_without_lora_is_refused_naming_both_options(tmp_path):
     with pytest.raises(ConfigError, match="reference: lora_base needs model.lora"):
         _trainer(tmp_path, "loss.kl_to_reference={coef: 0.1, reference: lora_base}")
+
+
+def test_the_initial_reference_shares_a_frozen_self_experts_copy_and_neither_moves(tmp_path):
+    trainer = _trainer(tmp_path / "frozen", "train.steps=2", "optim.lr=0.01", "rollout.temperature=2.0",
+                       "loss.kl_to_reference={coef: 0.5}")
+    shared, expert = trainer.learner.reference.copy, trainer.rt.expert
+    assert shared is expert.model and shared is not trainer.model  # one copy of the start, not two
+    start = {name: p.detach().clone() for name, p in shared.named_parameters()}
+    rows = [trainer.train_step(step) for step in (1, 2)]
+    assert rows[1]["kl_to_reference"] > 0  # the policy moved away from the shared start
+    assert all(torch.equal(start[name], p) for name, p in shared.named_parameters())
+    assert not shared.training and not any(p.requires_grad for p in shared.parameters())
+    # an EMA teacher's copy moves with the policy: the reference keeps its own
+    ema = _trainer(tmp_path / "ema", "expert={name: self, options: {weights: ema}}", "loss.kl_to_reference={coef: 0.5}")
+    assert ema.learner.reference.copy is not ema.rt.expert.model

@@ -148,6 +148,18 @@ class SelfExpert(_LocalModelExpert):
         else:
             self.model = copy.deepcopy(self.policy)
             self.model.requires_grad_(False)
+            if weights == "frozen":
+                self.model.eval()
+
+    def initial_copy(self) -> Optional[Any]:
+        """The frozen copy of the policy's starting weights this expert scores with, or None.
+
+        ``loss.kl_to_reference``'s ``initial`` reference is the same weights: it reuses this copy
+        instead of holding a second one (a whole model's worth of memory). Only ``frozen``
+        without LoRA holds such a copy; ``ema`` changes its copy, ``live`` and LoRA hold none.
+        """
+        frozen = self.weights == "frozen" and self.model is not self.policy
+        return self.model if frozen else None
 
     def _scoring(self) -> Any:
         """The weights to score with: adapters off (frozen under LoRA), the EMA adapters, or as is."""

@@ -1,7 +1,8 @@
 """The reference policy of ``loss.kl_to_reference``, and per-row log-probs under a policy.
 
 ``reference: initial`` keeps a frozen copy of the policy's starting weights, made before the
-policy is sharded or trained (so a resumed run rebuilds the same copy from the same start);
+policy is sharded or trained (so a resumed run rebuilds the same copy from the same start), or
+shares the one a frozen ``self`` expert already holds;
 ``reference: lora_base`` keeps nothing: the policy itself with its LoRA adapters switched off
 (peft's ``disable_adapter()``) *is* the base model, whose weights are never trained.
 Reference log-probs are computed once per batch, under ``no_grad``, before the first update.
@@ -31,9 +32,11 @@ class ReferencePolicy:
         self.copy, self.estimator, self.coef = copy_, estimator, coef
 
     @classmethod
-    def build(cls, config: RunConfig, model: Any) -> Optional["ReferencePolicy"]:
+    def build(cls, config: RunConfig, model: Any, expert: Any = None) -> Optional["ReferencePolicy"]:
         """The run's reference, or None when ``loss.kl_to_reference.coef`` is 0. Call before the
-        policy is sharded or trained."""
+        policy is sharded or trained. An ``expert`` that already holds a frozen copy of the
+        starting weights (its optional ``initial_copy()``, e.g. ``self`` with ``weights: frozen``)
+        lends it to the ``initial`` reference: both only read it, so one copy serves both."""
         kl = config.loss.kl_to_reference
         if kl.coef == 0:
             return None
@@ -42,6 +45,10 @@ class ReferencePolicy:
                 raise ConfigError("loss.kl_to_reference.reference: lora_base needs model.lora (LoRA adapters on "
                                   "the policy); set model.lora, or use reference: initial")
             return cls(None, kl.estimator, kl.coef)
+        lent = getattr(expert, "initial_copy", None)
+        frozen = lent() if callable(lent) else None
+        if frozen is not None:
+            return cls(frozen, kl.estimator, kl.coef)
         frozen = copy.deepcopy(model)
         frozen.requires_grad_(False)
         frozen.eval()

@@ -117,7 +117,7 @@ class Trainer:
             except (ValueError, AttributeError) as exc:
                 raise ConfigError(f"loss.chunk_size: {exc}") from None
         projects_plainly(model)  # settled now, at full precision: which path response_logits takes
-        reference = ReferencePolicy.build(self.config, model)  # the initial weights, before sharding
+        reference = ReferencePolicy.build(self.config, model, self.rt.expert)  # the initial weights, before sharding
         if self.sharded:  # after the runtime: self/hf expert copies stay whole, local copies
             fsdp.shard_policy(model)
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=opt.lr, betas=opt.betas,
