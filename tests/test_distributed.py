@@ -68,7 +68,8 @@ def _stable(rows):
     ("distil", [], ["ddp", "fsdp"]),
     ("grpo", ["optim.grad_accum=2", "loss.advantage_scale=batch"], ["ddp", "fsdp"]),
     ("distil", ["model.lora={r: 4}"], ["fsdp"]),
-], ids=["distil", "grpo-accum2", "distil-lora"])
+    ("distil", ["optim.minibatches=2", "optim.epochs=2"], ["ddp"]),
+], ids=["distil", "grpo-accum2", "distil-lora", "distil-minibatches2"])
 def test_two_gloo_processes_take_the_steps_of_one(tmp_path, method, extra, parallels):
     args = _sets(f"method={method}", "train.steps=3", "train.save_every=0", *extra)
     one = tmp_path / "one"

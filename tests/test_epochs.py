@@ -14,6 +14,7 @@ from distil_core.losses.methods import grpo_micro_loss
 from distil_core.models import shared_prefix
 from distil_core.plugin_host import PluginHost
 from distil_core.testing import FAST_RUN
+from distil_core.training.distributed import World
 from distil_core.training.epochs import mini_batches
 from distil_core.training.trainer import Trainer
 
@@ -36,6 +37,24 @@ def test_mini_batches_are_exactly_k_runs_of_whole_groups():
     assert mini_batches(9, 3, 2) == [[0, 1, 2, 3, 4, 5], [6, 7, 8]]
     assert mini_batches(3, 3, 2) == [[0, 1, 2], []]  # every rank takes as many optimizer steps
     assert mini_batches(8, 4, 1) == [list(range(8))]
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 5])
+def test_a_step_holds_the_same_groups_on_any_number_of_ranks(ranks):
+    """Each rank splits its rows by the global groups: mini-batch k is the same set of prompt
+    groups as on one process (a rank whose groups it does not hold gets an empty one)."""
+    n, groups, k = 4, 5, 2
+    one = [{j // n for j in rows} for rows in mini_batches(groups * n, n, k)]
+    assert one == [{0, 1, 2}, {3, 4}]
+    held = [set() for _ in range(k)]
+    for rank in range(ranks):
+        lo, hi = World(rank, ranks).shard(groups)
+        split = mini_batches((hi - lo) * n, n, k, first_group=lo, total_groups=groups)
+        assert len(split) == k  # as many optimizer steps on every rank
+        for step, rows in enumerate(split):
+            assert len(rows) % n == 0  # whole groups
+            held[step] |= {lo + j // n for j in rows}
+    assert held == one
 
 
 def test_grpo_clip_bounds_the_update_on_hand_made_log_probs():

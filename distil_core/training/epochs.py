@@ -2,7 +2,9 @@
 
 Each pass splits the batch into ``optim.minibatches`` mini-batches of whole prompt groups, and
 each mini-batch into ``optim.grad_accum`` micro-batches: one optimizer step per mini-batch,
-``epochs × minibatches`` per batch, the same split every epoch. Everything a step's loss is a
+``epochs × minibatches`` per batch, the same split every epoch. The split is of the *global*
+batch, each rank taking its own rows of each mini-batch, so an optimizer step holds the same
+groups on one process as on several. Everything a step's loss is a
 share of (token and row counts) is the mini-batch's, so each optimizer step follows the gradient
 of its mini-batch's loss, and with one mini-batch and one epoch the update is the one it always
 was. Advantages are computed once, over the whole batch.
@@ -31,29 +33,36 @@ def passes(config: Any) -> int:
 
 def check_passes(config: Any, world_size: int, chunked: bool) -> None:
     """Refuse what several passes or the KL penalty cannot do, naming both options."""
-    groups = config.rollout.problems_per_step // world_size
+    groups = config.rollout.problems_per_step
     if config.optim.minibatches > groups:
         raise ConfigError(
-            f"optim.minibatches ({config.optim.minibatches}) is more than the prompt groups each process gets "
-            f"per step (rollout.problems_per_step {config.rollout.problems_per_step} over {world_size} "
-            f"process(es) = {groups}); a mini-batch holds whole groups. Lower optim.minibatches or raise "
-            "rollout.problems_per_step")
+            f"optim.minibatches ({config.optim.minibatches}) is more than the prompt groups of a step "
+            f"(rollout.problems_per_step {groups}); a mini-batch holds whole groups. Lower "
+            "optim.minibatches or raise rollout.problems_per_step")
     if chunked and config.loss.kl_to_reference.coef > 0:
         raise ConfigError("loss.kl_to_reference is not available with loss.chunk_size > 0 (the chunked losses never "
                           "form the policy's log-probs with a gradient); set loss.chunk_size: 0 or "
                           "loss.kl_to_reference.coef: 0")
 
 
-def mini_batches(count: int, group_size: int, k: int) -> list[list[int]]:
-    """Rows ``0..count-1`` in exactly ``k`` mini-batches of whole groups, sizes within one group of
-    each other (a rank with fewer groups than ``k`` gets empty ones, so every rank takes as many
-    optimizer steps)."""
-    groups = [list(range(i, min(i + group_size, count))) for i in range(0, count, group_size)]
-    per, extra = divmod(len(groups), k)
+def mini_batches(count: int, group_size: int, k: int, *, first_group: int = 0,
+                 total_groups: Optional[int] = None) -> list[list[int]]:
+    """Rows ``0..count-1`` in exactly ``k`` mini-batches of whole groups.
+
+    The rows are one rank's groups, global groups ``first_group ..`` of ``total_groups`` (default:
+    this rank's alone). The global groups are cut into ``k`` runs whose sizes differ by at most one
+    group, and each mini-batch is this rank's rows of one run: empty where the run holds none of
+    its groups, so every rank takes as many optimizer steps, and a step holds the same groups
+    whatever the number of ranks.
+    """
+    mine = -(-count // group_size)
+    total = mine if total_groups is None else total_groups
+    per, extra = divmod(total, k)
     out, start = [], 0
     for i in range(k):
         stop = start + per + (1 if i < extra else 0)
-        out.append(sum(groups[start:stop], []))
+        lo, hi = max(start - first_group, 0), min(stop - first_group, mine)
+        out.append(list(range(lo * group_size, min(hi * group_size, count))) if lo < hi else [])
         start = stop
     return out
 

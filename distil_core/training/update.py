@@ -89,8 +89,11 @@ def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
                                micro_batches(everything, batch.n, cfg.optim.grad_accum), importance=importance,
                                behaviour=batch.behaviour)
     steps = []
+    groups = learner.world.gather(len(batch.problems)) if cfg.optim.minibatches > 1 else [len(batch.problems)]
+    split = mini_batches(len(targets), batch.n, cfg.optim.minibatches,
+                         first_group=sum(groups[: learner.world.rank]), total_groups=sum(groups))
     for _ in range(cfg.optim.epochs):
-        for subset in mini_batches(len(targets), batch.n, cfg.optim.minibatches):
+        for subset in split:
             plan = plan_update(learner, batch, targets, weight_of, subset)
             steps.append(optimizer_step(learner, accumulate(learner, batch, rows, plan, recorded), schedule=False))
     if any(not s["skipped_nonfinite"] for s in steps):
