@@ -62,3 +62,51 @@ def test_the_loss_receives_each_rows_exclusions_from_the_steps_provenance(tmp_pa
         assert torch.equal(got, exclusions), step
     # the step's contexts did show siblings as demonstrations, so something was left out
     assert any(bool(e.any()) for e in expected)
+
+
+def test_every_rank_takes_the_text_path_when_any_rank_got_a_text_signal():
+    """A text expert's rows are trained on its text; a row without a usable signal weighs
+    nothing. That is decided over all ranks: a rank whose rows all lack a signal must not fall
+    back to training on the student's own responses (with the success term, every row would
+    count, and the ranks would also disagree on their collectives)."""
+    from types import SimpleNamespace
+
+    from distil_core.config import RunConfig
+    from distil_core.losses.methods import METHODS
+    from distil_core.training.distributed import World
+    from distil_core.training.update import RowInputs, row_targets
+    from distil_core.types import ExpertSignal
+
+    class Tokenizer:
+        eos_token_id = 9
+
+        def encode(self, text, add_special_tokens=False):
+            return [1] * len(text.split())
+
+    text = ExpertSignal(access="text", text="a b c")
+    signals, responses, n = [text, None, None, None], [[5, 6, 9], [5, 9], [7, 7, 7, 9], [8, 9]], 2
+
+    def rows_on(world, lo, hi):
+        batch = SimpleNamespace(signals=signals[lo:hi], n=n, queries=[], rollouts=[
+            SimpleNamespace(response_ids=r) for r in responses[lo:hi]],
+            verdicts=[SimpleNamespace(score=float(j % 2)) for j in range(lo, hi)])
+        learner = SimpleNamespace(method=METHODS["distil"], config=RunConfig(), world=world,
+                                  runtime=SimpleNamespace(tokenizer=Tokenizer()))
+        rows = RowInputs.of(learner, batch)
+        return rows.text_mode, row_targets(learner, batch, rows.text_mode)[1]
+
+    assert RunConfig().loss.reward_weight > 0  # the success term reads every row it trains on
+    one = rows_on(World(), 0, 4)
+    assert one == (True, [4, 0, 0, 0])  # the text plus its end token; no signal, no weight
+    sent = {}
+
+    class Ranks(World):  # all_gather_object between the two shards, answered in-process
+        def gather(self, obj):
+            sent[self.rank] = obj
+            return [sent.get(rank, obj) for rank in range(self.size)]
+
+    rows_on(Ranks(1, 2), 2, 4)  # rank 1 sends what its rows hold
+    first = rows_on(Ranks(0, 2), 0, 2)
+    second = rows_on(Ranks(1, 2), 2, 4)
+    assert first == (True, [4, 0]) and second == (True, [0, 0])
+    assert first[1] + second[1] == one[1]

@@ -161,13 +161,17 @@ class RowInputs:
         if learner.method.group_advantages:
             advantages = rank_advantages(learner.world, [v.score for v in batch.verdicts], n,
                                          learner.config.loss.advantage_scale)
+        # Decided over every rank's rows, so that a rank whose rows got no usable signal takes the
+        # same path (and the same collectives) as the others, and N ranks weigh rows as one would.
+        flags = learner.world.gather((any(s is not None and s.ok and s.access == "text" for s in signals),
+                                      any(s is not None and s.ok and s.access == "sampled" for s in signals)))
         return cls(
             scores=torch.tensor([v.score for v in batch.verdicts], dtype=torch.float32),  # this rank's rows
             readers=baseline_exclusions(batch.queries, len(batch.rollouts), n),
             advantages=advantages,
-            text_mode=any(s is not None and s.ok and s.access == "text" for s in signals),
+            text_mode=any(text for text, _ in flags),
             # sampled-token experts never hold a distribution: they keep the full-logit path
-            sampled=any(s is not None and s.ok and s.access == "sampled" for s in signals),
+            sampled=any(sampled for _, sampled in flags),
         )
 
     def context(self, learner: Learner, chunk: list[int], n: int) -> RowContext:
