@@ -249,3 +249,25 @@ def test_tempering_a_hidden_state_expert_divides_the_smaller_tensor(vocab):
     assert (out.head[0] is weight) == (hidden.numel() <= weight.numel())
     assert (out.hidden is hidden) == (hidden.numel() > weight.numel())
     assert tempered(expert, 1.0) is expert
+
+
+def test_importance_ratio_stats_cover_the_positions_the_loss_counts():
+    """With a success term the loss counts every response token, with an expert signal or not;
+    the importance weights apply there, and the ratio stats are over exactly those positions,
+    as the full-logit path's ``ratio_stats``."""
+    from distil_core.losses.importance import ratio_stats
+    from distil_core.losses.reference import token_logprobs
+
+    hidden, weight, bias, eh, ew, tokens, response = _problem(5)
+    signal = response.clone()
+    signal[2] = 0  # a row without an expert signal, still counted by the success term
+    current = token_logprobs(F.linear(hidden, weight, bias), tokens)
+    old = current + 0.8 * torch.randn(current.shape, generator=torch.Generator().manual_seed(1), dtype=current.dtype)
+    stats: dict = {}
+    chunked_loss("distil", hidden, weight, tokens, signal, ExpertHead(eh, ew), bias=bias, chunk_size=3, stats=stats,
+                 old_logprobs=old, is_clip=2.0, baseline="group_loo", group_size=GROUP,
+                 rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), reward_weight=1.0, response_mask=response)
+    expected = ratio_stats(current, old, response, 2.0)
+    assert 0 < expected["is_truncated_fraction"] < 1
+    assert stats["ratio_mean"] == pytest.approx(expected["ratio_mean"], rel=1e-9)
+    assert stats["is_truncated_fraction"] == pytest.approx(expected["is_truncated_fraction"], rel=1e-9)

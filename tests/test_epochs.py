@@ -171,3 +171,16 @@ def test_impossible_pass_settings_are_refused_naming_the_options(tmp_path):
         _trainer(tmp_path / "a", "optim.minibatches=5")
     with pytest.raises(ConfigError, match="loss.kl_to_reference .* loss.chunk_size"):
         _trainer(tmp_path / "b", "loss.chunk_size=2", "loss.kl_to_reference={coef: 0.1}")
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_a_bfloat16_model_records_old_log_probs_as_its_loss_computes_them(tmp_path, chunk_size):
+    """The first pass is on-policy: its importance ratio is 1 at every token. Under a bfloat16
+    model the chunked loss projects in float32, so the old log-probs must be projected so too
+    (a bfloat16 projection put ratios off 1 before any update). A rate too small to move bfloat16
+    weights keeps the second pass where the first was."""
+    trainer = _trainer(tmp_path, "method=distil", "model.dtype=bfloat16", f"loss.chunk_size={chunk_size}",
+                       "train.steps=1", "optim.epochs=2", "optim.lr=1e-12")
+    row = trainer.train_step(1)
+    assert row["optimizer_steps"] == 2
+    assert row["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and row["is_truncated_fraction"] == 0.0

@@ -1,5 +1,6 @@
 """Which siblings a row's group baseline leaves out: built from provenance, and delivered to the loss."""
 
+import pytest
 import torch
 
 from distil_core.training.update import baseline_exclusions
@@ -110,3 +111,40 @@ def test_every_rank_takes_the_text_path_when_any_rank_got_a_text_signal():
     second = rows_on(Ranks(1, 2), 2, 4)
     assert first == (True, [4, 0]) and second == (True, [0, 0])
     assert first[1] + second[1] == one[1]
+
+
+@pytest.mark.parametrize("dropped", [range(8, 16), range(16)], ids=["half", "all"])
+def test_divergences_to_the_expert_are_means_over_signal_tokens_whatever_the_micro_batches(tmp_path, monkeypatch, dropped):
+    """ce_to_expert and kl_to_expert average over tokens with an expert signal. With the success
+    term the loss also counts rows without one; the logged divergences must not change with how
+    the rows fall into micro-batches, and a step that read no signal token logs null, not 0."""
+    from distil_core.config import load_config
+    from distil_core.plugin_host import PluginHost
+    from distil_core.testing import FAST_RUN
+    from distil_core.training import trainer as trainer_module
+    from distil_core.training.trainer import Trainer
+
+    update_policy = trainer_module.update_policy
+
+    def without_signals(learner, batch):  # these rows get no expert signal, as a lone success
+        for j in dropped:
+            batch.signals[j] = None
+        return update_policy(learner, batch)
+
+    monkeypatch.setattr(trainer_module, "update_policy", without_signals)
+    seen = {}
+    for accum in (1, 2, 4):
+        config = load_config(None, FAST_RUN + ["method=distil", "train.steps=1", "rollout.temperature=2.0",
+                                               f"optim.grad_accum={accum}"])
+        assert config.loss.reward_weight > 0 and config.rollout.problems_per_step * config.rollout.samples_per_problem == 16
+        trainer = Trainer(config, run_dir=str(tmp_path / str(accum)), host=PluginHost(load_entrypoints=False),
+                          echo=lambda *_: None)
+        row = trainer.train_step(1)
+        seen[accum] = (row["loss"], row.get("ce_to_expert"), row.get("kl_to_expert"))
+    if len(dropped) == 16:
+        assert all(ce is None and kl is None for _, ce, kl in seen.values())
+    else:
+        loss, ce, kl = seen[1]
+        assert ce > kl > 0
+        for accum in (2, 4):
+            assert seen[accum] == pytest.approx((loss, ce, kl), rel=1e-5)

@@ -78,8 +78,9 @@ def chunked_loss(
         n = max(float(mask.bool().sum()), 1.0)
         stats["ce_to_expert"] = o["stats"]["ce"] / n
         stats["kl_to_expert"] = o["stats"]["kl"] / n
-        if options.get("old_logprobs") is not None:
-            stats["ratio_mean"], stats["is_truncated_fraction"] = (v / n for v in o["ratios"])
+        if options.get("old_logprobs") is not None:  # over the positions the weights apply to
+            counted = max(float(o["counted"].sum()), 1.0)
+            stats["ratio_mean"], stats["is_truncated_fraction"] = (v / counted for v in o["ratios"])
     return loss
 
 
@@ -183,10 +184,11 @@ def _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, o):
 
 def _importance_weighted(grad_logits: Tensor, logits: Tensor, chunk: Chunk, o: dict) -> Tensor:
     """The chunk's logit gradients times the truncated importance weights; adds the chunk's sums
-    of the (untruncated) ratio and of truncated positions over its kept positions to ``o["ratios"]``."""
+    of the (untruncated) ratio and of truncated positions over its counted positions (those the
+    loss averages over, as the full-logit path's ``ratio_stats``) to ``o["ratios"]``."""
     current = token_logprobs(logits.detach(), chunk.tokens)
     old = o["old_logprobs"][:, chunk.start : chunk.stop].to(current.dtype)
-    ratio = torch.where(chunk.keep, (current - old).exp(), 0.0)
+    ratio = torch.where(chunk.counted, (current - old).exp(), 0.0)
     o["ratios"][0] += float(ratio.sum())
     o["ratios"][1] += float((ratio > o["is_clip"]).sum())
     return grad_logits * importance_weights(current, old, o["is_clip"]).unsqueeze(-1)
@@ -227,5 +229,5 @@ def chunked_distillation_loss(
         beta=cfg.beta, temperature=cfg.temperature, reverse_kl_gamma=cfg.reverse_kl_gamma, stats=stats,
         old_logprobs=old_logprobs, is_clip=cfg.is_clip, **credit_options(spec, cfg, rows, response_mask),
     )
-    stats["signal_tokens"] = float(mask.sum())
+    stats["signal_tokens"] = float(mask.bool().sum())
     return LossOutput(loss, stats)

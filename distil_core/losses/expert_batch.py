@@ -151,6 +151,7 @@ def topk_stats(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, 
 
 def divergence_stats(ce: Tensor, kl: Tensor, mask: Tensor) -> dict[str, float]:
     """Per-position CE and KL as the row's :data:`DIVERGENCE_KEYS`: means over ``mask``."""
-    n = mask.sum().clamp(min=1)
+    keep = mask.bool()
+    n = max(int(keep.sum()), 1)  # counted exactly: a bfloat16 mask's sum rounds past 256
     ce_key, kl_key = DIVERGENCE_KEYS
-    return {ce_key: float((ce * mask).sum() / n), kl_key: float((kl * mask).sum() / n)}
+    return {ce_key: float(torch.where(keep, ce, 0.0).sum()) / n, kl_key: float(torch.where(keep, kl, 0.0).sum()) / n}

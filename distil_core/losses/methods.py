@@ -167,7 +167,7 @@ def distillation_loss(
         loss = spec.sampled_loss(cfg, student, expert.sample_ids, tokens, mask, credit)
     else:
         raise ConfigError(f"unknown expert access {expert.access!r}")
-    stats["signal_tokens"] = float(mask.sum())
+    stats["signal_tokens"] = float(mask.bool().sum())
     return LossOutput(loss, stats)
 
 
@@ -204,7 +204,7 @@ def grpo_micro_loss(
         max_completion_length=max_completion_length,
     )
     stats = clip_stats(logprobs, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
-    return LossOutput(loss, {**stats, "signal_tokens": float(mask.sum())})
+    return LossOutput(loss, {**stats, "signal_tokens": float(mask.bool().sum())})
 
 
 def _grpo_batch_loss(method: Method, b: MicroBatch) -> LossOutput:
@@ -219,7 +219,7 @@ def _distillation_batch_loss(method: Method, b: MicroBatch) -> LossOutput:
         rows = torch.tensor([1.0 if s is not None and s.ok else 0.0 for s in b.signals], device=b.mask.device)
         masked = b.mask * rows.unsqueeze(1)
         return LossOutput(losses.sequence_ce_loss(b.logits.float(), b.tokens, masked),
-                          {"signal_tokens": float(masked.sum())})
+                          {"signal_tokens": float(masked.bool().sum())})
     expert = stack_signals(b.signals, b.tokens.shape[1], b.logits.shape[-1], b.logits.device)
     return distillation_loss(method, b.loss, b.logits, b.tokens, b.mask, expert, b.rows)
 

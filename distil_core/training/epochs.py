@@ -82,14 +82,15 @@ class Recorded:
 
 
 def record_logprobs(learner: Any, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-                    micro: Sequence[Sequence[int]], *, importance: bool,
+                    micro: Sequence[Sequence[int]], *, importance: bool, chunked: bool = True,
                     behaviour: Optional[Sequence[torch.Tensor]] = None) -> Recorded:
     """The old and reference log-probs of every row the loss reads, ``micro`` (lists of rows)
     at a time. ``importance``: whether any loss will read old log-probs (GRPO's ratio, or the
     distillation losses' importance weights; not a text expert's rows, which the policy did not
     sample). ``behaviour``: the sampling policy's, recorded when the rows were sampled by a
     policy that is not the current one (``rollout.overlap_grading``); they are the old log-probs
-    then, even on a single pass."""
+    then, even on a single pass. ``chunked``: whether the loss will take these rows on the chunked
+    path; old log-probs are recorded the way the loss will compute the current ones."""
     reference = getattr(learner, "reference", None)
     want_old = importance and (passes(learner.config) > 1 or behaviour is not None)
     if not want_old and reference is None:
@@ -100,7 +101,7 @@ def record_logprobs(learner: Any, prompts: Sequence[Sequence[int]], targets: Seq
         return Recorded(old, None)
     with learner.full_weights():
         if want_old and old is None:
-            old = score_rows(learner, learner.model, prompts, targets, micro)
+            old = score_rows(learner, learner.model, prompts, targets, micro, chunked=chunked)
         if reference is not None:
             module, context = reference.scoring(learner.model)
             with context:

@@ -70,7 +70,11 @@ def row_logprobs(model: Any, prompts: Sequence[Sequence[int]], targets: Sequence
     if chunk_size:
         hidden, tokens, _ = response_hidden(model, prompts, targets, pad_id)
         weight, bias = output_projection(model)
-        parts = [token_logprobs(F.linear(hidden[:, a : a + chunk_size], weight, bias).float(), tokens[:, a : a + chunk_size])
+        # projected as the chunked losses project (float32, float64 kept): the first pass's
+        # importance ratio is then exactly 1 under a bfloat16 model too
+        compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        weight, bias = weight.to(compute), bias.to(compute) if bias is not None else None
+        parts = [token_logprobs(F.linear(hidden[:, a : a + chunk_size].to(compute), weight, bias), tokens[:, a : a + chunk_size])
                  for a in range(0, tokens.shape[1], chunk_size)]
         logprobs = torch.cat(parts, dim=1) if parts else tokens.float()
     else:

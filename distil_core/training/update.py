@@ -25,6 +25,7 @@ import torch
 from distil_core.config import RunConfig
 from distil_core.losses.chunked import chunked_distillation_loss
 from distil_core.losses.credit import group_advantages
+from distil_core.losses.expert_batch import DIVERGENCE_KEYS
 from distil_core.losses.importance import importance_weights, ratio_stats, weighted_gradient
 from distil_core.losses.methods import LossOutput, Method, MicroBatch, RowContext, Share, stack_signals
 from distil_core.losses.reference import token_logprobs
@@ -87,9 +88,9 @@ def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
     importance = learner.method.clipped_ratio or not rows.text_mode
     recorded = record_logprobs(learner, [batch.prompts[j // batch.n] for j in everything], targets,
                                micro_batches(everything, batch.n, cfg.optim.grad_accum), importance=importance,
-                               behaviour=batch.behaviour)
+                               chunked=not rows.text_mode and not rows.sampled, behaviour=batch.behaviour)
     steps = []
-    groups = learner.world.gather(len(batch.problems)) if cfg.optim.minibatches > 1 else [len(batch.problems)]
+    groups = learner.world.gather(len(batch.problems))  # every rank's prompt groups, in rank order
     split = mini_batches(len(targets), batch.n, cfg.optim.minibatches,
                          first_group=sum(groups[: learner.world.rank]), total_groups=sum(groups))
     for _ in range(cfg.optim.epochs):
@@ -116,9 +117,7 @@ def accumulate(learner: Learner, batch: StepBatch, rows: "RowInputs", plan: Plan
         scale = learner.method.scale(cfg.loss, share)
         (out.loss * scale if penalty is None else out.loss * scale + penalty).backward()
         totals["loss"] += float(out.loss.detach()) * scale + (0.0 if penalty is None else float(penalty.detach()))
-        for key, value in out.stats.items():
-            if key != "signal_tokens":
-                totals[key] = totals.get(key, 0.0) + value * micro_tokens / plan.total_tokens
+        add_stats(totals, out.stats, micro_tokens / plan.total_tokens)
     pad = learner.runtime.pad_id
     for _ in range(plan.idle):  # a zero-weighted pass: its collectives match the other ranks'
         logits, _, _ = response_logits(learner.model, [batch.prompts[0]], [[pad]], pad)
@@ -128,7 +127,37 @@ def accumulate(learner: Learner, batch: StepBatch, rows: "RowInputs", plan: Plan
             world.sum_grads(trainable_parameters(learner.model))
         parts = world.gather(totals)
         totals = {k: sum(p.get(k, 0.0) for p in parts) for k in {k for p in parts for k in p}}
+    return divergence_means(totals)
+
+
+def add_stats(totals: dict[str, float], stats: dict[str, float], share: float) -> None:
+    """Add one micro-batch's stats to ``totals``: each stat times ``share`` (the micro-batch's
+    share of the tokens the loss counts), except the divergences to the expert
+    (:data:`DIVERGENCE_KEYS`), which are means over its *signal* tokens: those are summed with
+    their token counts, and :func:`divergence_means` divides once every rank's are in."""
+    signal = stats.get("signal_tokens", 0.0)
+    if any(key in stats for key in DIVERGENCE_KEYS):
+        totals[SIGNAL_SUM] = totals.get(SIGNAL_SUM, 0.0) + signal
+    for key, value in stats.items():
+        if key != "signal_tokens":
+            totals[key] = totals.get(key, 0.0) + value * (signal if key in DIVERGENCE_KEYS else share)
+
+
+def divergence_means(totals: dict[str, float]) -> dict[str, float]:
+    """``totals`` with the divergences' sums divided by their signal tokens; left out (null in the
+    metrics row) where no signal token was read, instead of a 0 that no token measured."""
+    signal = totals.pop(SIGNAL_SUM, 0.0)
+    for key in DIVERGENCE_KEYS:
+        if key in totals:
+            if signal > 0:
+                totals[key] /= signal
+            else:
+                del totals[key]
     return totals
+
+
+SIGNAL_SUM = "signal_tokens_read"
+"""The key under which :func:`add_stats` counts the signal tokens its divergence sums weigh."""
 
 
 def merged_steps(steps: list[dict[str, float]]) -> dict[str, float]:
