@@ -64,6 +64,39 @@ def test_sizes_are_positive_and_bounded_naming_the_key(override, fragment):
     assert fragment in refused(override)
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("seed=18446744073709551616", "seed: Input should be less than or equal to 9223372036854775807"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("model.tiny.seed=18446744073709551615", "model.tiny.seed: Input should be less than or equal to"),
+])
+def test_seeds_are_what_torch_takes_naming_the_key(override, fragment):
+    assert fragment in refused(override)
+    load_config(None, ["seed=9223372036854775807"])  # 2**63 - 1: torch.manual_seed takes it
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: the first section would vanish without a word."""
+    path = write(tmp_path, "train:\n  steps: 1\n  output_dir: /tmp/x\ntrain:\n  save_every: 10\n")
+    message = refused(path=path)
+    assert message.startswith(path) and "line 4: key 'train' appears twice in one mapping (first at line 1)" in message
+    nested = write(tmp_path, "optim:\n  lr: 0.1\n  betas: [0.9, 0.99]\n  lr: 0.2\n", "nested.yaml")
+    assert "line 4: key 'lr' appears twice" in refused(path=nested)
+    merged = write(tmp_path, "task: &t {name: digits}\nverifier: {<<: *t, name: exact_match}\n", "merge.yaml")
+    assert load_config(merged).verifier.name == "exact_match"  # a merge key (<<) is not a repeat
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  output_dir: 2024-01-01\n", "train.output_dir is a YAML date (2024-01-01); quote it"),
+    ("task:\n  name: digits\n  options: {note: !!binary aGk=}\n", "task.options.note is a YAML bytes"),
+    ("task:\n  name: digits\n  options: {ops: !!set {a, b}}\n", "task.options.ops is a YAML set"),
+])
+def test_values_json_cannot_hold_are_refused_naming_the_key(tmp_path, text, fragment):
+    """A date would run as a date but be saved to config.yaml as text: the two would differ."""
+    assert fragment in refused(path=write(tmp_path, text))
+    assert "the value is a YAML date" in refused("train.output_dir=2024-01-01")
+    assert load_config(None, ["train.output_dir='2024-01-01'"]).train.output_dir == "2024-01-01"
+
+
 def test_the_rollouts_of_one_step_are_bounded_naming_both_keys():
     message = refused("rollout.problems_per_step=1000000", "rollout.samples_per_problem=4096")
     assert "rollout.problems_per_step × rollout.samples_per_problem = 4096000000 rollouts per step" in message

@@ -38,7 +38,7 @@ from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import read_jsonl
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
                                     table_metrics, terminal_table)
-from distil_core.config import Method, RunConfig, format_validation_error, load_config, read_yaml
+from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 
@@ -80,14 +80,14 @@ class MethodSpec(_Strict):
 
 
 class QuickSpec(_Strict):
-    seeds: Optional[list[int]] = None
+    seeds: Optional[list[Seed]] = None
     set: dict[str, Any] = Field(default_factory=dict)
 
 
 class BenchSpec(_Strict):
     suites: dict[str, SuiteSpec]
     methods: dict[str, MethodSpec]
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     common: dict[str, Any] = Field(default_factory=dict)
     quick: QuickSpec = Field(default_factory=QuickSpec)
     plot_metric: str = "pass@1"

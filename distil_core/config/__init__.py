@@ -5,6 +5,7 @@ shared ``base``) and how a YAML file and
 Part of the contract layer: imports only ``types``, ``errors``, ``context`` and pydantic/yaml.
 """
 
+from distil_core.config.base import Seed
 from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config, read_yaml
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
@@ -23,5 +24,5 @@ from distil_core.config.sections import (
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "apply_override", "check_keys", "format_validation_error",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
-    "OptimConfig", "RolloutConfig", "RolloutServer", "TinyBase", "TrainConfig",
+    "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
 ]

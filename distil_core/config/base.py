@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ROLLOUTS_PER_STEP = 1 << 20
 """Rollouts one step may sample (problems_per_step × samples_per_problem): each is a sequence
@@ -14,9 +16,13 @@ typo (an extra zero or three) is an error naming the key rather than an allocati
 deep inside torch."""
 
 
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="A random seed: torch takes 0 to 2**63 - 1.")]
+"""A seed as torch's generators take it (a larger one fails deep inside ``torch.manual_seed``)."""
+
+
 class Section(BaseModel):
     # NaN and ±inf are refused in every float (a learning rate of .inf trains nothing but NaN)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-__all__ = ["Section", "BIG", "MAX_ROLLOUTS_PER_STEP"]
+__all__ = ["Section", "BIG", "MAX_ROLLOUTS_PER_STEP", "Seed"]

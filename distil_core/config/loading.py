@@ -84,11 +84,60 @@ def read_yaml(text: str, where: str) -> Any:
             raise ConfigError(
                 f"{where}: YAML aliases (*name) expand to more than {ALIAS_BUDGET} values beyond the document's "
                 f"{distinct}; write the values out, or refer to fewer anchors.")
-        return loader.construct_document(node)
+        twice = duplicate_key(node)
+        if twice is not None:
+            key, first, again = twice
+            raise ConfigError(f"{where}: line {again}: key {shown(key)} appears twice in one mapping (first at line "
+                              f"{first}); YAML would keep only the last, silently: write it once.")
+        data = loader.construct_document(node)
+        check_plain(data, where)
+        return data
     except RecursionError:
         raise ConfigError(f"{where}: the YAML is nested too deeply to read.") from None
     finally:
         loader.dispose()
+
+
+def duplicate_key(root: Any) -> Optional[tuple[str, int, int]]:
+    """(key, first line, repeated line) of the first mapping that holds a key twice, or None.
+    Merge keys (``<<``) may repeat. Iterative, each node once: documents can be deep or aliased."""
+    done: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in done:
+            continue
+        done.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    return key.value, first[(key.tag, key.value)], line
+                first[(key.tag, key.value)] = line
+        stack.extend(_children(node))
+    return None
+
+
+PLAIN = (type(None), bool, int, float, str, list, dict)
+"""What a config value may be: what JSON holds. YAML also reads dates (``2024-01-01``), binary
+(``!!binary``) and sets (``!!set``), which a run's saved config.yaml would write back as text."""
+
+
+def check_plain(data: Any, where: str, path: str = "") -> None:
+    """Refuse a value that is not a JSON value (a YAML date, binary or set), naming its key."""
+    stack = [(data, path)]
+    while stack:
+        value, at = stack.pop()
+        if not isinstance(value, PLAIN):
+            raise ConfigError(f"{where}: {shown(at, plain=True) if at else 'the value'} is a YAML {type(value).__name__} "
+                              f"({shown(value, plain=True)}); quote it to give it as text.")
+        if isinstance(value, dict):
+            stack.extend((v, f"{at}.{k}" if at else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
 
 
 def alias_expansion(root: Any) -> tuple[int, float]:

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from distil_core.config.base import BIG
+from distil_core.config.base import BIG, Seed
 from distil_core.config.base import Section as _Section
 from distil_core.config.rollout_sections import RolloutConfig
 from distil_core.context import ContextTemplate
@@ -73,7 +73,7 @@ class TinyBase(BaseModel):
         default=0, ge=0, le=BIG,
         description="0: feedback computed for every example; N: for N (problem, wrong answer) pairs, reused.",
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "TinyBase":
@@ -324,7 +324,7 @@ class RunConfig(_Section):
     """Everything a run needs. Registered components are named, never imported."""
 
     method: Method = "distil"
-    seed: int = 0
+    seed: Seed = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: Component = Field(default_factory=lambda: Component(name="digits"))
     verifier: Component = Field(default_factory=lambda: Component(name="exact_match"))
