@@ -36,7 +36,9 @@ class _DrawnSplits:
     name = "task"
 
     def _draw(self, space: int, train_size: int, test_size: int, seed: int, options: str) -> None:
-        if train_size < 1 or test_size < 1 or train_size + test_size > space:
+        if train_size < 1 or test_size < 1:
+            raise ValueError(f"{self.name}: train_size and test_size must be at least 1 (got {train_size} and {test_size})")
+        if train_size + test_size > space:
             raise ValueError(f"{self.name}: train_size + test_size must be at most {space} for {options}")
         codes = random.Random(seed).sample(range(space), test_size + train_size)
         self._splits = {"test": codes[:test_size], "train": codes[test_size:]}

@@ -233,6 +233,41 @@ def test_distil_eval_scores_a_finished_run_like_the_trainer_did(tmp_path, capsys
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
 
 
+def test_distil_eval_evaluates_the_split_and_greedy_decode_the_run_was_evaluated_on(tmp_path, capsys):
+    """eval.split=validation and eval.greedy reach `distil eval` as they reach the trainer's
+    evaluation: the same problems, the same greedy@1."""
+    from distil_core.cli.main import main
+
+    summary = _trainer(tmp_path, "train.steps=1", "eval.split=validation", "eval.problems=6", "eval.greedy=true").fit()
+    assert main(["eval", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "validation" and result["problems"] == 6 and "greedy@1" in result
+    for key, value in summary["after"].items():
+        assert result[key] == pytest.approx(value), key
+    assert main(["eval", str(tmp_path), "--quiet"]) == 0
+    assert "on validation digits (6 problems" in capsys.readouterr().out
+
+
+def test_distil_eval_of_a_task_without_test_problems_says_what_to_set(tmp_path, capsys, plugin_host, tiny_base_cache):
+    from distil_core import hookimpl
+    from distil_core.builtin import DigitsTask
+    from distil_core.cli.main import main
+
+    class TrainOnly(DigitsTask):
+        def problems(self, split):
+            return DigitsTask.problems(self, split) if split == "train" else []
+
+    class Plugin:
+        @hookimpl
+        def register_tasks(register):
+            register("train_only", TrainOnly)
+
+    plugin_host.register_plugin(Plugin, "train-only")
+    assert main(["eval", "--quiet", *[a for item in FAST_RUN for a in ("--set", item)], "--set", "task.name=train_only"]) == 2
+    error = capsys.readouterr().err
+    assert "task 'train_only' has no test problems to evaluate on" in error and "eval.split=validation" in error
+
+
 @pytest.mark.parametrize("method, extra", [("distil", "loss.baseline=group_loo"), ("distil_local", "seed=0"),
                                            ("jsd", "loss.beta=0.5"), ("reverse_kl", "loss.reverse_kl_gamma=0.5"),
                                            ("distil", "expert.options={weights: live, access: topk, k: 5}")])

@@ -269,25 +269,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.quiet or args.json:
         config.train.progress = False
     _quiet_libraries()
-    from distil_core.protocols import resolve
-    from distil_core.training.evaluate import EVAL_SEED_OFFSET, evaluate
+    from distil_core.training.distributed import World
+    from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
     from distil_core.training.runtime import build_runtime
 
     rt = build_runtime(config, progress=config.train.progress, with_expert=False)  # evaluation needs no expert
-    problems = list(resolve(rt.task.problems("test")))[: config.eval.problems]  # problems() may be async
-    result = evaluate(
-        rt.generator, [rt.context.student_prompt_ids(p) for p in problems], problems, rt.verifier,
-        samples=config.eval.samples, ks=config.eval.ks, temperature=config.eval.temperature,
-        max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
-        seed=config.seed + EVAL_SEED_OFFSET,  # the seed training's own evaluations use
-        verifier_name=config.verifier.name,
-    )
+    split = config.eval.split
+    _, problems = evaluation_split(rt.task, split, config.eval.problems)  # the problems training evaluates on
+    if not problems:
+        raise ConfigError(f"task {config.task.name!r} has no {split} problems to evaluate on; give it a test split "
+                          "(for the dataset task: options.test_path or options.test_fraction > 0), or set "
+                          "eval.split=validation")
+    # the evaluation training runs (its seed, eval.greedy), on one process
+    result = evaluate_on_ranks(rt, config, World(), problems, label=split, progress=config.train.progress)
     if args.json:
         # JSON holds fractions in [0, 1] (as summary.json and eval.jsonl do); the table, percent
-        print(json.dumps({"model": rt.model_source, "task": config.task.name, "problems": len(problems),
-                          "samples": config.eval.samples, "units": "fraction", **result}, indent=2))
+        print(json.dumps({"model": rt.model_source, "task": config.task.name, "split": split,
+                          "problems": len(problems), "samples": config.eval.samples, "units": "fraction", **result},
+                         indent=2))
     else:
-        print(f"{rt.model_source} on held-out {config.task.name} ({len(problems)} problems × {config.eval.samples} samples)")
+        where = "held-out" if split == "test" else "validation"
+        print(f"{rt.model_source} on {where} {config.task.name} ({len(problems)} problems × {config.eval.samples} samples)")
         print(render_table([("metric", "value (%)")] + [(k, f"{100 * v:.1f}") for k, v in result.items() if "@" in k]))
     return 0
 
