@@ -92,6 +92,17 @@ def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_p
     assert main(base + ["--set", "optim.lr=0.001"]) == 2
     err = capsys.readouterr().err
     assert "holds a finished run with a different config" in err and str(out / "sort" / "grpo" / "seed0") in err
+    # a damaged summary cannot be reported: a one-line error naming it, not a traceback
+    summary = out / "sort" / "grpo" / "seed0" / "summary.json"
+    kept = summary.read_text()
+    for damage, reason in [("[]", "a JSON list, not an object"), ('{"before": {}}', "no valid after, wall_s"),
+                           (kept[: len(kept) // 2], "column")]:
+        summary.write_text(damage)
+        assert main(base) == 2
+        err = capsys.readouterr().err
+        assert f"{summary}: not a finished run's summary (" in err and reason in err and "delete" in err
+    summary.write_text(kept)
+    assert main(base) == 0
 
 
 @pytest.mark.slow

@@ -114,6 +114,29 @@ def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
     return spec, os.path.dirname(os.path.abspath(path))
 
 
+def read_summary(path: str, run_dir: str) -> dict[str, Any]:
+    """A finished run's summary.json, checked for what the report reads (``before``, ``after``,
+    ``wall_s``); a damaged one is a one-line error, since the run cannot be reused as it is."""
+    problem = None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        summary, problem = None, " ".join(str(exc).split())[:200]
+    if problem is None:
+        if not isinstance(summary, dict):
+            problem = f"a JSON {type(summary).__name__}, not an object"
+        else:
+            missing = [k for k in ("before", "after") if not isinstance(summary.get(k), dict)]
+            if not isinstance(summary.get("wall_s"), (int, float)) or isinstance(summary.get("wall_s"), bool):
+                missing.append("wall_s")
+            if missing:
+                problem = f"no valid {', '.join(missing)}"
+    if problem is not None:
+        raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
+    return summary
+
+
 def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
@@ -249,8 +272,7 @@ class Bench:
                 f"{run_dir} holds a finished run with a different config; give distil bench another "
                 "--output-dir, or delete that directory to run it again."
             )
-        with open(summary_path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return read_summary(summary_path, run_dir)
 
     @staticmethod
     def _row(suite: str, method: str, seed: int, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
