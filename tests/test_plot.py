@@ -1,6 +1,7 @@
 """``distil plot``: the curves of real runs overlaid in one PNG, and its errors."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -132,6 +133,19 @@ def test_a_malformed_metrics_line_is_named_by_file_and_line(tmp_path, capsys):
     with open(f"{run}/eval.jsonl", "w") as fh:
         fh.write('["step", 0]\n')
     with pytest.raises(DistilError, match=r"eval\.jsonl:1: not a step record"):
+        load_run(run)
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"step": 2, "reward": %s}' % (10 ** 400), "'reward' is an integer too large for a float"),
+    ('{"step": 2, "x": %s}' % ("[" * 100_000 + "]" * 100_000), "not a JSON line (nested too deeply)"),
+    ('{"step": 2, "x": %s}' % ("9" * 5000), "not a JSON line (an integer too long to read)"),
+])
+def test_numbers_and_nesting_no_reader_can_take_are_named_by_file_and_line(tmp_path, line, reason):
+    run = _hand_run(tmp_path / "r", [{"step": 1, "reward": 0.5}])
+    with open(f"{run}/metrics.jsonl", "a") as fh:
+        fh.write(line + "\n")
+    with pytest.raises(DistilError, match=re.escape(f"metrics.jsonl:2: {reason}")):
         load_run(run)
 
 

@@ -66,17 +66,34 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4300 digits
             if number == len(lines) and not line.endswith("\n"):
                 break  # being written
-            raise DistilError(f"{path}:{number}: not a JSON line ({exc.msg}); the log is damaged: "
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply" if isinstance(
+                exc, RecursionError) else "an integer too long to read"
+            raise DistilError(f"{path}:{number}: not a JSON line ({why}); the log is damaged: "
                               "delete that line (or rerun the run) and try again.") from None
         step = row.get("step") if isinstance(row, dict) else None
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             raise DistilError(f"{path}:{number}: not a step record (a JSON object with a numeric \"step\"); "
                               "is this a log written by `distil train`?")
+        huge = next((key for key, value in row.items() if not fits_a_float(value)), None)
+        if huge is not None:
+            raise DistilError(f"{path}:{number}: {huge!r} is an integer too large for a float; the log is damaged: "
+                              "delete that line (or rerun the run) and try again.")
         rows.append(row)
     return rows
+
+
+def fits_a_float(value: Any) -> bool:
+    """False for an integer past float's range (JSON allows any size; every reader converts)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return True
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def run_method(path: str) -> Optional[str]:
