@@ -74,6 +74,15 @@ def test_seeds_are_what_torch_takes_naming_the_key(override, fragment):
     load_config(None, ["seed=9223372036854775807"])  # 2**63 - 1: torch.manual_seed takes it
 
 
+@pytest.mark.parametrize("override, key", [
+    ("seed=true", "seed"), ("train.steps=yes", "train.steps"), ("optim.lr=true", "optim.lr"),
+    ("eval.max_new_tokens=false", "eval.max_new_tokens"),
+])
+def test_a_boolean_where_a_number_goes_is_refused_not_read_as_1(override, key):
+    assert f"{key}: Value error, is " in refused(override)
+    assert load_config(None, ["eval.greedy=true"]).eval.greedy is True  # booleans stay booleans
+
+
 def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     """YAML keeps the last of two equal keys: the first section would vanish without a word."""
     path = write(tmp_path, "train:\n  steps: 1\n  output_dir: /tmp/x\ntrain:\n  save_every: 10\n")
