@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from distil_core import DistilError
+from distil_core import DistilError, hookimpl
+from distil_core.builtin import DigitsTask
 from distil_core.training import checkpointing as ckpt
 from distil_core.config import load_config
 from distil_core.plugin_host import PluginHost
@@ -248,24 +249,30 @@ def test_distil_eval_evaluates_the_split_and_greedy_decode_the_run_was_evaluated
     assert "on validation digits (6 problems" in capsys.readouterr().out
 
 
-def test_distil_eval_of_a_task_without_test_problems_says_what_to_set(tmp_path, capsys, plugin_host, tiny_base_cache):
-    from distil_core import hookimpl
-    from distil_core.builtin import DigitsTask
+class _TrainOnly(DigitsTask):
+    """A task with no test split (a dataset whose test_fraction is 0)."""
+
+    def problems(self, split):
+        return DigitsTask.problems(self, split) if split == "train" else []
+
+
+class _TrainOnlyPlugin:
+    @hookimpl
+    def register_tasks(register):
+        register("train_only", _TrainOnly)
+
+
+def test_a_task_without_test_problems_says_what_to_set(tmp_path, capsys, plugin_host, tiny_base_cache):
     from distil_core.cli.main import main
 
-    class TrainOnly(DigitsTask):
-        def problems(self, split):
-            return DigitsTask.problems(self, split) if split == "train" else []
-
-    class Plugin:
-        @hookimpl
-        def register_tasks(register):
-            register("train_only", TrainOnly)
-
-    plugin_host.register_plugin(Plugin, "train-only")
+    plugin_host.register_plugin(_TrainOnlyPlugin, "train-only")
     assert main(["eval", "--quiet", *[a for item in FAST_RUN for a in ("--set", item)], "--set", "task.name=train_only"]) == 2
     error = capsys.readouterr().err
     assert "task 'train_only' has no test problems to evaluate on" in error and "eval.split=validation" in error
+    with pytest.raises(DistilError, match="task 'train_only' returned no test problems; check its options .* "
+                                          "or set eval.split=validation"):
+        Trainer(load_config(None, FAST_RUN + ["task.name=train_only"]), run_dir=str(tmp_path / "run"),
+                host=plugin_host, echo=lambda *_: None)
 
 
 @pytest.mark.parametrize("method, extra", [("distil", "loss.baseline=group_loo"), ("distil_local", "seed=0"),

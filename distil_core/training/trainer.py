@@ -80,7 +80,10 @@ class Trainer:
             self.times = {"setup": time.time() - self.started, "eval": 0.0}  # this session's, for the summary
             self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
             if not self.train_problems or not self.test_problems:
-                raise DistilError(f"task {config.task.name!r} returned no train or no test problems")
+                empty = "train" if not self.train_problems else config.eval.split
+                raise DistilError(f"task {config.task.name!r} returned no {empty} problems; check its options "
+                                  "(for the dataset task: options.path, options.test_path or options.test_fraction)"
+                                  + (", or set eval.split=validation" if empty == "test" else ""))
             self.step = 0
             self.evals: dict[str, dict[str, float]] = {}
             self.guard = RunGuard(config)
