@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from distil_core import Problem
+from distil_core import ConfigError, Problem
 
 from .fields import Fields
-from .loading import load_splits
+from .loading import check_option, load_splits
 
 FITS = {
     "answer": "verifier math_answer (or exact_match) with feedback math_steps (or answer_check)",
@@ -60,11 +60,18 @@ class DatasetTask:
         if not path:
             raise ValueError("dataset: set options.path to a JSONL, Parquet, CSV or JSON file, a save_to_disk "
                              "directory or a Hub dataset name")
+        check_option("prompt_key", prompt_key, (str,), "a key of the records")
+        for name, value in (("answer_key", answer_key), ("tests_key", tests_key), ("system_prompt_key", system_prompt_key),
+                            ("solution_key", solution_key), ("id_key", id_key)):
+            check_option(name, value, (str, type(None)), "a key of the records")
+        if isinstance(metadata_keys, str):
+            metadata_keys = (metadata_keys,)
+        check_option("metadata_keys", metadata_keys, (list, tuple), "a list of keys of the records")
+        for key in metadata_keys:
+            check_option("metadata_keys", key, (str,), "a list of keys of the records")
         if answer_key and tests_key:
             raise ValueError("dataset: set options.answer_key or options.tests_key, not both "
                              "(an answer is checked as text, tests are run as code)")
-        if split == test_split:
-            raise ValueError(f"dataset: options.split and options.test_split must differ (both {split!r})")
         self.fields = Fields(
             prompt_key=prompt_key,
             answer_key=None if tests_key else (answer_key or "answer"),
@@ -72,7 +79,7 @@ class DatasetTask:
             system_prompt_key=system_prompt_key,
             solution_key=solution_key,
             id_keys=(id_key or "id",),
-            metadata_keys=(metadata_keys,) if isinstance(metadata_keys, str) else tuple(metadata_keys),
+            metadata_keys=tuple(metadata_keys),
             id_required=id_key is not None,
             hint=True,
         )
@@ -89,8 +96,15 @@ class DatasetTask:
         return FITS[self.kind]
 
     def problems(self, split: str) -> list[Problem]:
+        """A split's problems. An empty test split (one record, ``test_fraction: 0``) is refused
+        only when asked for, since a run that evaluates on held-out train problems
+        (``eval.split: validation``) needs none; a ConfigError, so the CLI prints it as one line."""
         if split not in self._splits:
             raise ValueError(f"dataset: unknown split {split!r}; use 'train' or 'test'")
+        if split == "test" and not self._splits["test"]:
+            raise ConfigError(f"dataset: {self.source!r} leaves no problem to test on ({len(self._splits['train'])} "
+                             "train problems); raise options.test_fraction (a file of two or more records), give "
+                             "options.test_path, or set eval.split: validation")
         return list(self._splits[split])
 
     def answer_text(self, problem: Problem) -> Any:

@@ -71,7 +71,7 @@ class Fields:
                 metadata["solution"] = solution
         for key in self.metadata_keys:
             if record.has(key):
-                metadata[key] = record.data[key]
+                metadata[key] = record.unicode(key, record.data[key])
         if self.id_required:
             self.present(record, self.id_keys[0], "id_key")
         return Problem(id=record.ident(*self.id_keys), prompt=prompt, reference=reference, metadata=metadata)
@@ -108,7 +108,7 @@ class Fields:
         self.present(record, key, "answer_key")
         value = record.data.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+            return record.number(key, value)
         if value is not None and not isinstance(value, str):
             raise record.error(key, f"must be a string or a number, not {type(value).__name__}")
         return record.text(key).strip()
@@ -138,7 +138,7 @@ class Fields:
             CodeTests.from_reference(value, "?")
         except ValueError as exc:
             raise record.error(key, str(exc).removeprefix("problem ?: ")) from None
-        return value
+        return record.unicode(key, value)
 
 
 def asserts(record: Record, key: str, tests: list[Any]) -> list[str]:
@@ -146,6 +146,7 @@ def asserts(record: Record, key: str, tests: list[Any]) -> list[str]:
     for i, test in enumerate(tests):
         if not isinstance(test, str) or not test.strip():
             raise record.error(f"{key}[{i}]", "must be a non-empty assert statement")
+        record.unicode(f"{key}[{i}]", test)
         parse_python(record, f"{key}[{i}]", test)
     return tests
 
@@ -164,7 +165,7 @@ def chat(record: Record, key: str, messages: list[Any]) -> list[dict[str, str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
             raise record.error(f"{key}[{i}]", f"a chat message must be {{role: one of {list(ROLES)}, content: string}}")
-        out.append({"role": message["role"], "content": message["content"]})
+        out.append({"role": message["role"], "content": record.unicode(f"{key}[{i}].content", message["content"])})
     if out[-1]["role"] != "user":
         raise record.error(key, "the last chat message must be the user's")
     return out

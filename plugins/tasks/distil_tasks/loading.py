@@ -5,18 +5,24 @@ Split rule, first that applies:
 1. ``test_path``: ``path`` is the train split and ``test_path`` the test split.
 2. ``split_key``: a column naming each record's split; records whose value is ``split``
    (default ``train``) train, those whose value is ``test_split`` (default ``test``) are held
-   out, others are left out.
+   out, others are left out. Values compare as text, so ``split: 1`` selects a column of
+   integers ``1`` (or of strings ``"1"``).
 3. A dataset with named splits (a ``DatasetDict`` directory, a Hub dataset): the split named
    ``split`` trains and the one named ``test_split`` is held out when there is one.
 4. Otherwise the held-out share: records are ordered by the SHA-256 of their problem id and the
    first ``round(n * test_fraction)`` of them (at least one when there are two or more records
    and ``test_fraction > 0``) form the test split. The rule depends only on the ids, not on the
    order of the records.
+
+A test split given by ``test_path`` or ``split_key`` must be held out: a prompt in both splits is
+refused, since evaluating on it would measure what was trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from numbers import Real
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from distil_core import Problem
@@ -58,6 +64,21 @@ def split_by_id(problems: Sequence[Problem], test_fraction: float) -> dict[str, 
     }
 
 
+def check_option(name: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:
+    """An option as given, or a ValueError naming it: values from a config are checked here,
+    before anything compares or computes with them."""
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ValueError(f"options.{name} must be {what} (got {value!r}, a {type(value).__name__})")
+    return value
+
+
+def split_name(name: str, value: Any) -> str:
+    """A split's name or ``split_key`` value, as text: a config's ``1`` or ``true`` names the
+    column values ``1`` and ``True``."""
+    return str(check_option(name, value, (str, int, bool), "a split name (a string, or an integer or boolean "
+                                                           "value of options.split_key's column)"))
+
+
 def load_splits(
     path: str,
     convert: Converter,
@@ -70,8 +91,14 @@ def load_splits(
     subset: Optional[str] = None,
 ) -> dict[str, list[Problem]]:
     """``{"train": [...], "test": [...]}`` from ``path`` by the split rule of this module."""
+    check_option("test_fraction", test_fraction, (Real,), "a number in [0, 1)")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1) (got {test_fraction})")
+        raise ValueError(f"options.test_fraction must be in [0, 1) (got {test_fraction})")
+    for name, value in (("test_path", test_path), ("split_key", split_key), ("subset", subset)):
+        check_option(name, value, (str, type(None)), "a string")
+    split, test_split = split_name("split", split), split_name("test_split", test_split)
+    if split == test_split:
+        raise ValueError(f"options.split and options.test_split must differ (both {split!r})")
     tables = open_tables(path, subset)
     if split_key:
         return by_column(path, tables, convert, split_key, split, test_split)
@@ -81,10 +108,32 @@ def load_splits(
     train_table = named[split] if named else tables[0]
     train = load_records(train_table.records, convert, path)
     if test_path is not None:
-        return {"train": train, "test": load_whole(test_path, convert, test_split, subset)}
-    if test_split in named and test_split != split:
+        test = load_whole(test_path, convert, test_split, subset)
+        return held_out(train, test, "test_path", "path")
+    if test_split in named:
         return {"train": train, "test": load_records(named[test_split].records, convert, f"{path} ({test_split})")}
     return split_by_id(train, test_fraction)
+
+
+def held_out(train: list[Problem], test: list[Problem], test_from: str, train_from: str) -> dict[str, list[Problem]]:
+    """The two splits, refused when a test problem is also a train problem (the same prompt):
+    evaluating on it would measure recall, not what was learned. Prompts, not ids, decide:
+    splits are often numbered independently (ids 1, 2, … in each file), and a file without ids
+    gives its records ids from its name and line, which a test file of the same name repeats."""
+    seen = {prompt_key(p): p.id for p in train}
+    shared = [(p.id, seen[prompt_key(p)]) for p in test if prompt_key(p) in seen]
+    if shared:
+        problems = "problem" if len(shared) == 1 else "problems"
+        test_id, train_id = shared[0]
+        raise ValueError(f"{test_from} shares {len(shared)} {problems} with {train_from}: the same prompt (e.g. "
+                         f"test {test_id!r} is train {train_id!r}); the test split must be held out: drop those "
+                         "records from one split")
+    return {"train": train, "test": test}
+
+
+def prompt_key(problem: Problem) -> str:
+    """What makes two problems the same problem: the prompt (text, or the chat messages)."""
+    return problem.prompt if isinstance(problem.prompt, str) else json.dumps(problem.prompt, sort_keys=True)
 
 
 def load_whole(path: str, convert: Converter, prefer: str, subset: Optional[str]) -> list[Problem]:
@@ -99,7 +148,8 @@ def load_whole(path: str, convert: Converter, prefer: str, subset: Optional[str]
 def by_column(
     path: str, tables: list[Table], convert: Converter, key: str, split: str, test_split: str
 ) -> dict[str, list[Problem]]:
-    """Split by the value each record holds under ``key``."""
+    """Split by the value each record holds under ``key``, compared as text (see
+    :func:`split_name`); a null value names no split."""
     groups: dict[str, list[Record]] = {split: [], test_split: []}
     values: set[str] = set()
     for table in tables:
@@ -107,16 +157,15 @@ def by_column(
             if key not in record.data:
                 raise record.error(key, f"missing; options.split_key needs every record's split (keys: {sorted(record.data)})")
             value: Any = record.data[key]
-            values.add(repr(value))
-            if isinstance(value, str) and value in groups:
-                groups[value].append(record)
+            values.add("null" if value is None else repr(str(value)))
+            if value is not None and str(value) in groups:
+                groups[str(value)].append(record)
     for name in (split, test_split):
         if not groups[name]:
             raise ValueError(
                 f"{path!r}: no record has {key} = {name!r} (values found: {', '.join(sorted(values)) or 'none'}); "
                 f"set options.split and options.test_split to the values of the {key!r} column"
             )
-    return {
-        "train": load_records(groups[split], convert, f"{path} ({key}={split})"),
-        "test": load_records(groups[test_split], convert, f"{path} ({key}={test_split})"),
-    }
+    return held_out(load_records(groups[split], convert, f"{path} ({key}={split})"),
+                    load_records(groups[test_split], convert, f"{path} ({key}={test_split})"),
+                    f"{path!r} ({key}={test_split})", f"{key}={split}")

@@ -9,8 +9,14 @@ always stops the load with its place, the field and what it should be.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from typing import Any, Optional
+
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+"""A surrogate code point: JSON's ``\\ud800`` escapes decode to one when unpaired, and no
+encoder (the tokenizer's included) can write it, so a text holding one is refused at load."""
 
 
 class RecordError(ValueError):
@@ -59,7 +65,32 @@ class Record:
             raise self.error(name, f"must be a string, not {type(value).__name__}")
         if required and not value.strip():
             raise self.error(name, "is empty")
+        return self.unicode(name, value)
+
+    def unicode(self, name: str, value: Any) -> Any:
+        """``value`` unchanged when every string in it (nested in lists and dicts too) is valid
+        Unicode; a lone surrogate is refused here rather than crash the tokenizer mid-run."""
+        if isinstance(value, str):
+            found = SURROGATE.search(value)
+            if found:
+                raise self.error(name, f"holds an unpaired surrogate (\\u{ord(found.group()):04x}); "
+                                       "the text is not valid Unicode")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.unicode(name, key)
+                self.unicode(name, item)
+        elif isinstance(value, list):
+            for item in value:
+                self.unicode(name, item)
         return value
+
+    def number(self, name: str, value: float) -> str:
+        """A number as the text a prompt or reference shows; NaN and infinity (JSON's ``NaN``,
+        ``Infinity``, ``1e999``; a float column's NaN) are no answer, so they are refused."""
+        if isinstance(value, float) and not math.isfinite(value):
+            what = "NaN" if math.isnan(value) else "infinite"
+            raise self.error(name, f"is {what}; give a finite number or a string")
+        return str(value)
 
     def ident(self, *names: str) -> str:
         """The record's id from the first of ``names`` present (a string or an integer), else its label."""
@@ -69,7 +100,7 @@ class Record:
                 continue
             if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
                 raise self.error(name, "an id must be a non-empty string or an integer")
-            return str(value)
+            return self.unicode(name, str(value))
         return self.label
 
     def listing(self, name: str, *, required: bool = True) -> Optional[list[Any]]:
@@ -88,4 +119,4 @@ class Record:
             raise self.error(name, f"must be a list, not {type(value).__name__}")
         if required and not value:
             raise self.error(name, "is empty")
-        return value
+        return self.unicode(name, value)

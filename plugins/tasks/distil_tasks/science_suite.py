@@ -56,9 +56,12 @@ def _sciknoweval(record: Record, problem: Problem) -> Problem:
         raise record.error("choices", "missing: give {'text': [...], 'label': [...]} or a list of option texts")
     if len(texts) < 2 or len(texts) > 26:
         raise record.error("choices", f"a question needs 2 to 26 options (got {len(texts)})")
+    shown = []  # each option as the prompt shows it
     for i, text in enumerate(texts):
         if not isinstance(text, (str, int, float)) or isinstance(text, bool) or not str(text).strip():
             raise record.error(f"choices.text[{i}]", "must be a non-empty string")
+        field = f"choices.text[{i}]"
+        shown.append(record.unicode(field, text) if isinstance(text, str) else record.number(field, text))
     for i, label in enumerate(labels):
         if not isinstance(label, str) or len(label.strip()) != 1 or not label.strip().isalpha():
             raise record.error(f"choices.label[{i}]", f"must be one letter (got {label!r})")
@@ -71,16 +74,16 @@ def _sciknoweval(record: Record, problem: Problem) -> Problem:
     key = key.strip().upper()
     if key not in labels:
         raise record.error("answerKey", f"{key!r} is not one of the option letters {labels}")
-    meta: dict[str, Any] = {"labels": labels, "choices": [str(t) for t in texts]}
+    meta: dict[str, Any] = {"labels": labels, "choices": shown}
     explanation = record.text("explanation", required=False)
     if explanation:
         meta["explanation"] = explanation
     for name in ("domain", "type"):
         if record.has(name):
-            meta[name] = record.data[name]
+            meta[name] = record.unicode(name, record.data[name])
     return Problem(
         id=problem.id,
-        prompt=format_question(question, labels, [str(t) for t in texts]),
+        prompt=format_question(question, labels, shown),
         reference=key,
         metadata=meta,
     )

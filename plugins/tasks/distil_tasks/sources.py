@@ -5,14 +5,16 @@
 - a JSONL file (any extension but the ones below; one JSON object per line, blank lines
   skipped), whose records are placed by ``file:line``;
 - a Parquet file (``.parquet``, read with pyarrow);
-- a CSV or JSON file (``.csv``, ``.tsv``, ``.json``, read with ``datasets.load_dataset``);
+- a CSV or TSV file (``.csv``, ``.tsv``, read with pandas): every cell is the string the file
+  holds (no type guessing turns ``3`` into ``3.0``) and only an empty cell is missing;
+- a JSON file (``.json``): a list of JSON objects, or JSON Lines under that extension;
 - a directory written by ``datasets``' ``save_to_disk``: a ``DatasetDict`` (one table per
   split, named by the split) or a single ``Dataset``;
 - otherwise, a dataset name on the Hugging Face Hub (``owner/name``), read with
   ``load_dataset`` when the Hub can be reached or the dataset is in the local cache.
 
-Table rows are placed by ``file row N``. pyarrow and datasets are optional (the tasks
-plugin's ``datasets`` extra) and imported only when a path needs them, so JSONL loading works
+Table rows are placed by ``file row N``. pyarrow, pandas and datasets are optional (the tasks
+plugin's ``datasets`` extra) and imported only when a path needs them, so JSON loading works
 without them.
 """
 
@@ -22,14 +24,14 @@ import importlib
 import json
 import os
 import re
-import tempfile
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
 from .records import Record, RecordError
 
-LOADERS = {".csv": "csv", ".tsv": "csv", ".json": "json"}  # read through datasets.load_dataset
-TABLE_SUFFIXES = {".parquet", ".jsonl", *LOADERS}
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = {".parquet", ".jsonl", ".json", *DELIMITERS}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 KINDS_HELP = ("a JSONL, Parquet, CSV or JSON file, a directory written by datasets' save_to_disk, "
               "or a Hugging Face Hub dataset name")
@@ -64,8 +66,10 @@ def open_tables(path: str, subset: Optional[str] = None) -> list[Table]:
     if os.path.isfile(path):
         if suffix == ".parquet":
             return [Table(None, parquet_rows(path))]
-        if suffix in LOADERS:
-            return [Table(None, loaded_rows(path, LOADERS[suffix]))]
+        if suffix in DELIMITERS:
+            return [Table(None, csv_rows(path, DELIMITERS[suffix]))]
+        if suffix == ".json":
+            return [Table(None, json_rows(path))]
         return [Table(None, jsonl_rows(path))]
     if suffix in TABLE_SUFFIXES or not _HUB_NAME.match(path):
         raise ValueError(f"task file {path!r} does not exist; give the path of {KINDS_HELP}")
@@ -73,18 +77,70 @@ def open_tables(path: str, subset: Optional[str] = None) -> list[Table]:
 
 
 def jsonl_rows(path: str) -> Iterator[Record]:
-    """Each non-blank line of a JSONL file; a line that is not a JSON object raises RecordError."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    """Each non-blank line of a JSONL file; a line that is not a JSON object raises RecordError.
+
+    Lines are decoded one at a time, so a byte that is not UTF-8 is named by its line."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecordError(path, number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                                                      f"{exc.start + 1} of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(path, number, None, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            data = parse_json(line, path, number)
             if not isinstance(data, dict):
                 raise RecordError(path, number, None, f"a record must be a JSON object, not {type(data).__name__}")
             yield Record(path, number, data)
+
+
+def parse_json(text: str, path: str, line: int) -> Any:
+    """``json.loads`` of line ``line`` of ``path``, its every failure a RecordError there."""
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        raise json_error(exc, path, line) from None
+
+
+def json_error(exc: Exception, path: str, line: Optional[int]) -> ValueError:
+    """What ``json.loads`` failed on, placed at ``path:line`` (``line`` None: the whole file,
+    placed by the decoder's line where it has one)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return RecordError(path, exc.lineno if line is None else line, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    if isinstance(exc, RecursionError):
+        what = "not readable JSON: nested too deeply"
+    else:  # json parses integers with int(), which refuses more than sys.get_int_max_str_digits() digits
+        what = f"not readable JSON: an integer has more than {sys.get_int_max_str_digits()} digits; write it as a string"
+    return RecordError(path, line, None, what) if line is not None else ValueError(f"{path}: {what}")
+
+
+def json_rows(path: str) -> Iterator[Record]:
+    """Each object of a JSON file holding a list of them (``file row N``); a file of one object
+    per line is read as JSONL, whatever its extension."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RecordError(path, line, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":  # extra data after the first value: one value per line, JSON Lines
+            raise json_error(exc, path, None) from None
+        yield from jsonl_rows(path)
+        return
+    except (RecursionError, ValueError) as exc:
+        raise json_error(exc, path, None) from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a JSON file must hold a list of records (JSON objects), not {type(data).__name__}; "
+                         "or give one object per line (JSONL)")
+    for row, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise RecordError(path, row, None, f"a record must be a JSON object, not {type(item).__name__}", unit="row")
+        yield Record(path, row, item, unit="row")
 
 
 def parquet_rows(path: str) -> Iterator[Record]:
@@ -123,16 +179,19 @@ def saved_dataset(path: str) -> list[Table]:
     return [Table(None, dataset_rows(loaded, path))]
 
 
-def loaded_rows(path: str, builder: str) -> list[Record]:
-    """A CSV or JSON file through ``datasets.load_dataset``, its cache in a directory removed after."""
-    datasets = require("datasets", "datasets", f"the {builder.upper()} file {path!r}")
-    options = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
-    with tempfile.TemporaryDirectory(prefix="distil-tasks-") as cache:
-        try:
-            dataset = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache, **options)
-        except Exception as exc:  # the builders raise many types for a malformed file
-            raise ValueError(f"{path}: datasets could not read it as {builder.upper()} ({exc})") from None
-        return list(dataset_rows(dataset, path))
+def csv_rows(path: str, delimiter: str) -> list[Record]:
+    """Each row of a CSV or TSV file, its cells the strings the file holds: pandas' type
+    guessing would write ``3`` as ``3.0`` in a column that also holds ``2.5`` (and an id as
+    ``1.0`` in a column with a blank cell), and read ``NA`` or ``None`` as missing. Only an
+    empty cell is missing."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    pandas = require("pandas", "pandas", f"the {kind} file {path!r}")
+    try:
+        frame = pandas.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, na_values=[""])
+    except ValueError as exc:  # pandas' ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not readable as {kind} ({exc})") from None
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [Record(path, row, data, unit="row") for row, data in enumerate(rows)]
 
 
 def hub_offline() -> bool:

@@ -31,11 +31,13 @@ def _by_prompt(task):
     return {p.user_text(): p.reference for split in ("train", "test") for p in task.problems(split)}
 
 
-def test_the_same_records_load_alike_from_jsonl_parquet_csv_and_a_datasets_directory(tmp_path):
+def test_the_same_records_load_alike_from_jsonl_parquet_csv_json_and_a_datasets_directory(tmp_path):
     csv = tmp_path / "rows.csv"
     csv.write_text("question,target\n" + "".join(f"{r['question']},{r['target']}\n" for r in ROWS))
+    whole = tmp_path / "rows.json"
+    whole.write_text(json.dumps(ROWS, indent=1))
     paths = [write_jsonl(tmp_path / "rows.jsonl", ROWS), parquet(tmp_path / "rows.parquet", ROWS),
-             str(csv), saved(tmp_path / "rows_ds", ROWS)]
+             str(csv), saved(tmp_path / "rows_ds", ROWS), str(whole)]
     loaded = [DatasetTask(path=p, prompt_key="question", answer_key="target", test_fraction=0.25) for p in paths]
     expected = {r["question"]: r["target"] for r in ROWS}
     for task in loaded:
@@ -43,7 +45,7 @@ def test_the_same_records_load_alike_from_jsonl_parquet_csv_and_a_datasets_direc
         assert (len(task.problems("train")), len(task.problems("test"))) == (9, 3)
     sources = [{p.user_text(): p.metadata["source"] for s in ("train", "test") for p in t.problems(s)} for t in loaded]
     assert [s[ROWS[3]["question"]] for s in sources] == [
-        f"{paths[0]}:4", f"{paths[1]} row 3", f"{paths[2]} row 3", f"{paths[3]} row 3"]
+        f"{paths[0]}:4", f"{paths[1]} row 3", f"{paths[2]} row 3", f"{paths[3]} row 3", f"{paths[4]} row 3"]
 
 
 def test_datasetdict_splits_are_the_train_and_test_splits_and_split_names_are_options(tmp_path):
@@ -167,3 +169,154 @@ def test_a_fixed_format_loads_the_same_from_parquet_as_from_jsonl(tmp_path, fmt,
     for split in ("train", "test"):
         a, b = from_jsonl.problems(split), from_parquet.problems(split)
         assert [(p.id, p.prompt, p.reference) for p in a] == [(p.id, p.prompt, p.reference) for p in b]
+
+
+def test_csv_and_tsv_cells_are_the_strings_the_file_holds(tmp_path):
+    """No type guessing: 3 stays '3' beside 2.5, an id 1 stays '1' beside a blank one, 'NA' is an
+    answer; only an empty cell is missing."""
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,question,target\n1,one,3\n,two,2.5\n3,three,NA\n4,four,007\n")
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text(csv.read_text().replace(",", "\t"))
+    for path in (csv, tsv):
+        task = DatasetTask(path=str(path), prompt_key="question", answer_key="target", test_fraction=0.0)
+        assert [(p.id, p.reference) for p in task.problems("train")] == [
+            ("1", "3"), (f"{path.name}:1", "2.5"), ("3", "NA"), ("4", "007")]
+    csv.write_text("question,target\none,3\ntwo,\n")
+    with pytest.raises(RecordError, match=r"rows\.csv row 1: field 'target': missing"):
+        DatasetTask(path=str(csv), prompt_key="question", answer_key="target")
+
+
+def test_a_json_file_keeps_its_numbers_and_may_hold_json_lines(tmp_path):
+    whole = tmp_path / "a.json"
+    whole.write_text(json.dumps([{"prompt": "p1", "answer": 3}, {"prompt": "p2", "answer": 2.5}]))
+    task = DatasetTask(path=str(whole), test_fraction=0.0)
+    assert [p.reference for p in task.problems("train")] == ["3", "2.5"]
+    lines = tmp_path / "b.json"
+    lines.write_text('{"prompt": "p1", "answer": 3}\n{"prompt": "p2", "answer": 4}\n')
+    assert [p.id for p in DatasetTask(path=str(lines), test_fraction=0.0).problems("train")] == ["b.json:1", "b.json:2"]
+    whole.write_text('{"prompt": "p1"}')
+    with pytest.raises(ValueError, match=r"a\.json: a JSON file must hold a list of records \(JSON objects\), not dict"):
+        DatasetTask(path=str(whole))
+
+
+def test_a_test_split_that_shares_problems_with_the_train_split_is_refused(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"q{i}") for i, r in enumerate(ROWS[:8])])
+    test = write_jsonl(tmp_path / "test.jsonl", [dict(r, id=f"t{i}") for i, r in enumerate(ROWS)][6:])
+    with pytest.raises(ValueError, match=r"test_path shares 2 problems with path: the same prompt \(e\.g\. test "
+                                         r"'t6' is train 'q6'\); the test split must be held out"):
+        DatasetTask(path=train, test_path=test, prompt_key="question", answer_key="target")
+    rows = [dict(ROWS[i % 6], id=f"q{i}", part="fit" if i < 6 else "eval") for i in range(8)]
+    path = write_jsonl(tmp_path / "parts.jsonl", rows)
+    with pytest.raises(ValueError, match=r"\(part=eval\) shares 2 problems with part=fit: the same prompt \(e\.g\. "
+                                         r"test 'q6' is train 'q0'\); the test split must be held out"):
+        DatasetTask(path=path, prompt_key="question", answer_key="target", split_key="part", split="fit",
+                    test_split="eval")
+    # splits numbered on their own, or files of the same name without ids, hold different problems: fine
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    own = write_jsonl(tmp_path / "a" / "qa.jsonl", [dict(r, id=i) for i, r in enumerate(ROWS[:8])])
+    other = write_jsonl(tmp_path / "b" / "qa.jsonl", [dict(r, id=i) for i, r in enumerate(ROWS[8:])])
+    task = DatasetTask(path=own, test_path=other, prompt_key="question", answer_key="target")
+    assert len(task.problems("test")) == len(ROWS) - 8
+    bare = [write_jsonl(tmp_path / d / "bare.jsonl", rows) for d, rows in (("a", ROWS[:8]), ("b", ROWS[8:]))]
+    task = DatasetTask(path=bare[0], test_path=bare[1], prompt_key="question", answer_key="target")
+    assert {p.id for p in task.problems("test")} & {p.id for p in task.problems("train")}  # same ids, other problems
+
+
+def test_a_split_column_of_integers_or_booleans_is_selected_by_its_text(tmp_path):
+    rows = [dict(r, fold=1 + i % 2, held=i % 3 == 0) for i, r in enumerate(ROWS)]
+    path = parquet(tmp_path / "folds.parquet", rows)
+    task = DatasetTask(path=path, prompt_key="question", answer_key="target", split_key="fold", split=1, test_split=2)
+    assert (len(task.problems("train")), len(task.problems("test"))) == (6, 6)
+    task = DatasetTask(path=path, prompt_key="question", answer_key="target", split_key="held", split=False,
+                       test_split="True")
+    assert sorted(int(p.reference) - 2 for p in task.problems("test")) == [0, 3, 6, 9]
+    with pytest.raises(ValueError, match=r"no record has fold = '3' \(values found: '1', '2'\)"):
+        DatasetTask(path=path, prompt_key="question", answer_key="target", split_key="fold", split=1, test_split=3)
+
+
+UNFIT_JSONL = [  # (line as written, field named, message)
+    ('{"prompt": "p", "answer": NaN}', "answer", "is NaN; give a finite number or a string"),
+    ('{"prompt": "p", "answer": Infinity}', "answer", "is infinite; give a finite number or a string"),
+    ('{"prompt": "p", "answer": -Infinity}', "answer", "is infinite; give a finite number or a string"),
+    ('{"prompt": "p", "answer": 1e999}', "answer", "is infinite; give a finite number or a string"),
+    ('{"prompt": "x\\ud800", "answer": "1"}', "prompt", r"holds an unpaired surrogate (\ud800); the text is not valid Unicode"),
+    ('{"prompt": [{"role": "user", "content": "\\udfff"}], "answer": "1"}', "prompt[0].content", "unpaired surrogate (\\udfff)"),
+    ('{"prompt": "p", "answer": "1\\ud83d"}', "answer", "unpaired surrogate (\\ud83d)"),
+    ('{"prompt": "p", "answer": "1", "id": "\\ud800"}', "id", "unpaired surrogate"),
+    ('{"prompt": "p", "answer": "1", "sys": "\\ud800"}', "sys", "unpaired surrogate"),
+    ('{"prompt": "p", "answer": "1", "m": ["\\ud800"]}', "m", "unpaired surrogate"),
+]
+
+
+@pytest.mark.parametrize("line,field,message", UNFIT_JSONL, ids=[f"{u[1]}-{i}" for i, u in enumerate(UNFIT_JSONL)])
+def test_a_value_no_prompt_or_answer_can_hold_is_refused_by_place_and_field(tmp_path, line, field, message):
+    path = write_jsonl(tmp_path / "a.jsonl", ['{"prompt": "ok", "answer": "2", "id": "first", "sys": "s"}', line])
+    with pytest.raises(RecordError) as info:
+        DatasetTask(path=path, system_prompt_key="sys" if field == "sys" else None, metadata_keys=["m"])
+    assert info.value.field == field and str(info.value).startswith(f"{path}:2: field {field!r}: ")
+    assert message in str(info.value)
+    str(info.value).encode("utf-8")  # the message names the surrogate without holding it
+
+
+def test_a_float_column_nan_answer_is_refused(tmp_path):
+    path = parquet(tmp_path / "n.parquet", [{"prompt": "a", "answer": 1.5}, {"prompt": "b", "answer": float("nan")}])
+    with pytest.raises(RecordError, match=r"n\.parquet row 1: field 'answer': is NaN; give a finite number or a string"):
+        DatasetTask(path=path)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[" * 100_000, "not readable JSON: nested too deeply"),
+    ('{"prompt": "p", "answer": ' + "1" * 5000 + "}", "not readable JSON: an integer has more than 4300 digits"),
+    ('{"prompt": "p", "answer": "', "not valid JSON"),
+], ids=["nested", "long-integer", "cut-short"])
+def test_json_that_cannot_be_read_names_the_file_and_line(tmp_path, content, message):
+    path = write_jsonl(tmp_path / "a.jsonl", ['{"prompt": "ok", "answer": "2"}', content])
+    with pytest.raises(RecordError, match=rf"a\.jsonl:2: {message}"):
+        DatasetTask(path=path)
+    whole = tmp_path / "a.json"
+    whole.write_text(content)
+    with pytest.raises(ValueError, match=rf"a\.json(:1)?: {message}"):
+        DatasetTask(path=str(whole))
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"prompt": "ok", "answer": "2"}\n\n{"prompt": "caf\xff", "answer": "2"}\n')
+    with pytest.raises(RecordError, match=r"a\.jsonl:3: not valid UTF-8 \(byte 0xff at byte 16 of the line\); "
+                                          r"save the file as UTF-8"):
+        DatasetTask(path=str(path))
+    whole = tmp_path / "a.json"
+    whole.write_bytes(b'[\n{"prompt": "caf\xff", "answer": "2"}]')
+    with pytest.raises(RecordError, match=r"a\.json:2: not valid UTF-8 \(byte 0xff\)"):
+        DatasetTask(path=str(whole))
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("test_fraction", "0.2", r"options\.test_fraction must be a number in \[0, 1\) \(got '0\.2', a str\)"),
+    ("test_fraction", True, r"options\.test_fraction must be a number"),
+    ("test_fraction", 1.0, r"options\.test_fraction must be in \[0, 1\) \(got 1\.0\)"),
+    ("test_path", 3, r"options\.test_path must be a string \(got 3, a int\)"),
+    ("split", ["train"], r"options\.split must be a split name"),
+    ("prompt_key", None, r"options\.prompt_key must be a key of the records \(got None"),
+    ("answer_key", 1, r"options\.answer_key must be a key of the records"),
+    ("metadata_keys", [1], r"options\.metadata_keys must be a list of keys"),
+    ("test_split", "train", r"options\.split and options\.test_split must differ \(both 'train'\)"),
+])
+def test_option_values_of_the_wrong_type_are_refused_naming_the_option(tmp_path, option, value, message):
+    path = write_jsonl(tmp_path / "a.jsonl", ROWS)
+    options = {"prompt_key": "question", "answer_key": "target", option: value}
+    with pytest.raises(ValueError, match=message):
+        DatasetTask(path=path, **options)
+
+
+def test_an_empty_test_split_is_refused_when_asked_for_naming_the_options(tmp_path):
+    one = DatasetTask(path=write_jsonl(tmp_path / "one.jsonl", ROWS[:1]), prompt_key="question", answer_key="target")
+    assert len(one.problems("train")) == 1  # eval.split: validation needs no test split
+    with pytest.raises(ConfigError, match=r"one\.jsonl' leaves no problem to test on \(1 train problems\); raise "
+                                         r"options\.test_fraction .*options\.test_path, or set eval\.split: validation"):
+        one.problems("test")
+    none = DatasetTask(path=write_jsonl(tmp_path / "a.jsonl", ROWS), prompt_key="question", answer_key="target",
+                       test_fraction=0.0)
+    with pytest.raises(ConfigError, match="leaves no problem to test on"):
+        none.problems("test")

@@ -99,6 +99,8 @@ BAD = [
     ("sciknoweval", "answerKey", None, "answerKey", "missing"),
     ("sciknoweval", "choices", {"text": ["a", "b"], "label": ["A"]}, "choices.label", "one per option"),
     ("sciknoweval", "choices", "A or B", "choices", "missing"),
+    ("sciknoweval", "choices", [1.5, float("inf"), 3, 4], "choices.text[1]", "is infinite; give a finite number"),
+    ("sciknoweval", "explanation", "\udc80", "explanation", "unpaired surrogate (\\udc80)"),
 ]
 
 
@@ -152,5 +154,9 @@ def test_split_keeps_one_test_record_on_tiny_files_and_test_path_overrides(tmp_p
     two = [Problem(id=i, prompt="q") for i in ("a", "b")]
     assert [len(v) for v in split_by_id(two, 0.2).values()] == [1, 1]
     assert split_by_id(two, 0.0)["test"] == []
-    task = MathTask(path=fixture("gsm8k"), format="gsm8k", test_path=fixture("gsm8k"))
-    assert len(task.problems("train")) == len(task.problems("test")) == len(fixture_records("gsm8k"))
+    records = fixture_records("gsm8k")
+    half = len(records) // 2
+    train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"t{i}") for i, r in enumerate(records[:half])])
+    test = write_jsonl(tmp_path / "test.jsonl", [dict(r, id=f"h{i}") for i, r in enumerate(records[half:])])
+    task = MathTask(path=train, format="gsm8k", test_path=test)
+    assert (len(task.problems("train")), len(task.problems("test"))) == (half, len(records) - half)
