@@ -19,10 +19,11 @@ Torch-free: plugins that read runs (``distil review``) use it without the traini
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from distil_core.io import atomic_file
 
@@ -99,6 +100,40 @@ def _readable_segments(run_dir: str, name: str) -> list[str]:
 
 def log_exists(run_dir: str, name: str) -> bool:
     return os.path.exists(os.path.join(run_dir, name)) or bool(_segment_files(run_dir, name))
+
+
+def step_record(line: str) -> dict[str, Any]:
+    """A line of a step log as its record: a JSON object with a numeric ``step`` whose numbers a
+    float can hold. Anything else is a ValueError saying what the line is instead; the readers
+    (resume, plot, bench) place it at ``file:line``."""
+    if "\ufffd" in line:  # what a byte that is not UTF-8 reads as (the logs are written as ASCII JSON)
+        raise ValueError("not UTF-8 text")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a JSON line ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError("not a JSON line (nested too deeply)") from None
+    except ValueError:  # json reads integers with int(), which refuses more than 4300 digits
+        raise ValueError("not a JSON line (an integer too long to read)") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise ValueError('not a step record (a JSON object with a numeric "step")')
+    huge = next((key for key, value in record.items() if not fits_a_float(value)), None)
+    if huge is not None:
+        raise ValueError(f"{huge!r} is an integer too large for a float")
+    return record
+
+
+def fits_a_float(value: Any) -> bool:
+    """False for an integer past float's range (JSON allows any size; every reader converts)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return True
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def log_lines(run_dir: str, name: str) -> Iterator[tuple[str, int, str]]:

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
-from distil_core.cli.runlogs import read_jsonl
+from distil_core.cli.runlogs import read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
                                     table_metrics, terminal_table)
 from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
@@ -112,29 +112,6 @@ def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
     if not spec.suites or not spec.methods:
         raise ConfigError(f"{path}: name at least one suite and one method.")
     return spec, os.path.dirname(os.path.abspath(path))
-
-
-def read_summary(path: str, run_dir: str) -> dict[str, Any]:
-    """A finished run's summary.json, checked for what the report reads (``before``, ``after``,
-    ``wall_s``); a damaged one is a one-line error, since the run cannot be reused as it is."""
-    problem = None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            summary = json.load(fh)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        summary, problem = None, " ".join(str(exc).split())[:200]
-    if problem is None:
-        if not isinstance(summary, dict):
-            problem = f"a JSON {type(summary).__name__}, not an object"
-        else:
-            missing = [k for k in ("before", "after") if not isinstance(summary.get(k), dict)]
-            if not isinstance(summary.get("wall_s"), (int, float)) or isinstance(summary.get("wall_s"), bool):
-                missing.append("wall_s")
-            if missing:
-                problem = f"no valid {', '.join(missing)}"
-    if problem is not None:
-        raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
-    return summary
 
 
 def _overrides(values: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from distil_core.errors import ConfigError, DistilError
+from distil_core.run_files import step_record
 
 __all__ = ["RUN_DIR_HOLDS", "RunLogs", "load_run", "read_jsonl", "run_method"]
 
@@ -65,35 +66,37 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4300 digits
+            row = step_record(line)
+        except ValueError as exc:
             if number == len(lines) and not line.endswith("\n"):
                 break  # being written
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply" if isinstance(
-                exc, RecursionError) else "an integer too long to read"
-            raise DistilError(f"{path}:{number}: not a JSON line ({why}); the log is damaged: "
-                              "delete that line (or rerun the run) and try again.") from None
-        step = row.get("step") if isinstance(row, dict) else None
-        if isinstance(step, bool) or not isinstance(step, (int, float)):
-            raise DistilError(f"{path}:{number}: not a step record (a JSON object with a numeric \"step\"); "
-                              "is this a log written by `distil train`?")
-        huge = next((key for key, value in row.items() if not fits_a_float(value)), None)
-        if huge is not None:
-            raise DistilError(f"{path}:{number}: {huge!r} is an integer too large for a float; the log is damaged: "
-                              "delete that line (or rerun the run) and try again.")
+            raise DistilError(f"{path}:{number}: {exc}; the log is damaged: delete that line (or rerun the run) "
+                              "and try again.") from None
         rows.append(row)
     return rows
 
 
-def fits_a_float(value: Any) -> bool:
-    """False for an integer past float's range (JSON allows any size; every reader converts)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return True
+def read_summary(path: str, run_dir: str) -> dict[str, Any]:
+    """A finished run's summary.json, checked for what the report reads (``before``, ``after``,
+    ``wall_s``); a damaged one is a one-line error, since the run cannot be reused as it is."""
+    problem = None
     try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
+        with open(path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        summary, problem = None, " ".join(str(exc).split())[:200]
+    if problem is None:
+        if not isinstance(summary, dict):
+            problem = f"a JSON {type(summary).__name__}, not an object"
+        else:
+            missing = [k for k in ("before", "after") if not isinstance(summary.get(k), dict)]
+            if not isinstance(summary.get("wall_s"), (int, float)) or isinstance(summary.get("wall_s"), bool):
+                missing.append("wall_s")
+            if missing:
+                problem = f"no valid {', '.join(missing)}"
+    if problem is not None:
+        raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
+    return summary
 
 
 def run_method(path: str) -> Optional[str]:

@@ -95,24 +95,47 @@ def load_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoin
 
 
 def check_policy_state(model: Any, state: dict[str, Any], where: str = "checkpoint") -> None:
-    """Raise a ConfigError unless ``state`` is what :func:`policy_state` keeps of ``model``."""
+    """Raise a ConfigError unless ``state`` is what :func:`policy_state` keeps of ``model``:
+    the same weights (all of them, or under LoRA the adapters), each of the same shape."""
     if not is_lora(model):
         if any("lora_" in key for key in state):
             raise ConfigError(f"{where} holds LoRA adapter weights but model.lora is not set; resume with the run's model.lora.")
+        check_shapes(model.state_dict(), state, where)
         return
-    wanted = {name for name, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(wanted - set(state))
+    wanted = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(wanted) - set(state))
     if missing:
         raise ConfigError(
             f"{where} lacks {len(missing)} adapter weights of this model (e.g. {missing[0]!r}); "
             "resume with the run's own model.lora settings."
         )
-    extra = sorted(set(state) - wanted)
+    extra = sorted(set(state) - set(wanted))
     if extra:
         raise ConfigError(
             f"{where} holds weights this LoRA model does not train (e.g. {extra[0]!r}); it was "
             "saved with other model.lora settings (or without LoRA)."
         )
+    check_shapes(wanted, state, where)
+
+
+def check_shapes(own: dict[str, Any], state: dict[str, Any], where: str) -> None:
+    """A ConfigError naming the first weight that ``state`` lacks, adds or holds in another
+    shape than ``own`` (the model's): a checkpoint of another model size, which torch would
+    report as a page of every mismatch."""
+    def fits(key: str) -> bool:
+        return key in own and key in state and tuple(getattr(state[key], "shape", ())) == tuple(own[key].shape)
+
+    key = next((k for k in [*own, *state] if not fits(k)), None)
+    if key is None:
+        return
+    if key not in state:
+        why = f"it lacks {key!r}"
+    elif key not in own:
+        why = f"it holds {key!r}, which this model has not"
+    else:
+        why = f"{key!r} is {list(getattr(state[key], 'shape', ()))} in it, {list(own[key].shape)} in this model"
+    raise ConfigError(f"{where} does not fit this run's model ({why}): resume with the config the run was started "
+                      "with (its config.yaml, without --set changes to the model).")
 
 
 def adapters_are_identity(model: Any) -> bool:

@@ -9,6 +9,7 @@ Layout inside a run directory::
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from typing import Any, Optional
 
@@ -54,7 +55,7 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any], keep: int = 
         if latest_name(directory) != name:
             os.unlink(os.path.join(directory, name))
         raise
-    existing = sorted(f for f in os.listdir(directory) if f.startswith("step-") and f.endswith(".pt"))
+    existing = checkpoint_names(directory)
     for old in existing[:-keep] if keep > 0 else []:
         if old != name:
             os.unlink(os.path.join(directory, old))
@@ -99,22 +100,82 @@ def write_torch(state: Any, fh: Any) -> None:
 
 
 def latest_name(directory: str) -> Optional[str]:
-    """The file name ``latest`` in checkpoint ``directory`` points at, if any."""
+    """The file name ``latest`` in checkpoint ``directory`` points at, if any; a ``latest`` that
+    cannot be such a name (a directory, bytes that are not text) is a DistilError saying so."""
+    path = os.path.join(directory, LATEST)
     try:
-        with open(os.path.join(directory, LATEST)) as fh:
+        with open(path, encoding="utf-8") as fh:
             return fh.read().strip() or None
     except FileNotFoundError:
         return None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        what = "a directory" if isinstance(exc, IsADirectoryError) else "not text"
+        raise DistilError(f"checkpoint pointer {path} is damaged ({what}, not the name of the newest checkpoint); "
+                          "delete it to resume from the newest checkpoint there, or start the run again "
+                          "(--overwrite).") from None
+
+
+def checkpoint_names(directory: str) -> list[str]:
+    """The checkpoint files in ``directory``, oldest first."""
+    try:
+        return sorted(f for f in os.listdir(directory) if f.startswith("step-") and f.endswith(".pt"))
+    except FileNotFoundError:
+        return []
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
-    name = latest_name(os.path.join(run_dir, "checkpoints"))
-    path = os.path.join(run_dir, "checkpoints", name) if name else None
-    return path if path and os.path.exists(path) else None
+    """The checkpoint ``latest`` names; when it names none that is there (its checkpoint was
+    deleted, as the error of a damaged one says to do), the newest one there is."""
+    directory = os.path.join(run_dir, "checkpoints")
+    name = latest_name(directory)
+    if not (name and os.path.isfile(os.path.join(directory, name))):
+        names = checkpoint_names(directory)
+        name = names[-1] if names else None
+    return os.path.join(directory, name) if name else None
+
+
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "rng")
+"""What every checkpoint :func:`save_training` writes holds (and resuming reads)."""
+
+UNREADABLE = (pickle.UnpicklingError, EOFError, UnicodeDecodeError)
+"""What ``torch.load`` raises for a file that is not a checkpoint, or one cut short; its zip
+reader's own errors are RuntimeErrors that name ``PytorchStreamReader``."""
+
+
+def damaged(path: str, reason: str) -> DistilError:
+    """The one line for a checkpoint that cannot be resumed from; deleting it is safe, since
+    :func:`latest_checkpoint` then finds the newest one left."""
+    return DistilError(f"checkpoint {path} is damaged ({reason}); delete it to resume from an earlier one, "
+                       "or start the run again (--overwrite).")
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The state :func:`save_training` wrote to ``path``; a file that is not one (cut short,
+    overwritten, lacking a part) is a DistilError that names it and what to do."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE as exc:
+        raise damaged(path, f"not a checkpoint: {first_line(exc)}") from None
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc):
+            raise
+        raise damaged(path, f"cut short or not a checkpoint: {first_line(exc)}") from None
+    except IsADirectoryError:
+        raise damaged(path, "a directory, not a file") from None
+    if not isinstance(state, dict):
+        raise damaged(path, f"it holds a {type(state).__name__}, not a checkpoint")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise damaged(path, f"it lacks {', '.join(map(repr, missing))}")
+    if isinstance(state["step"], bool) or not isinstance(state["step"], int) or not isinstance(state["model"], dict):
+        raise damaged(path, "its step or model is not what a checkpoint holds")
+    return state
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message up to its first sentence's end (torch's go on for lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed: float) -> str:
@@ -164,11 +225,11 @@ def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
     path = latest_checkpoint(run_dir)
     if path is None:
         raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints; start without --resume.")
-    state = load_checkpoint(path)
+    state, where = load_checkpoint(path), f"checkpoint {path}"
     if learner.sharded:
-        fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=path)
+        fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=where)
     else:
-        load_policy_state(learner.model, state["model"], where=path)
+        load_policy_state(learner.model, state["model"], where=where)
         learner.optimizer.load_state_dict(state["optimizer"])
     learner.scheduler.load_state_dict(state["scheduler"])
     loader = getattr(learner.runtime.expert, "load_state_dict", None)

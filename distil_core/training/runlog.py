@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional, Sequence
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
-from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, remove_run, rewrite_segments, rotate_if_large
+from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, rewrite_segments
+from distil_core.run_files import rotate_if_large, step_record
 from distil_core.training.distributed import World
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
 
@@ -133,13 +134,30 @@ class RunLog:
             remove_run(self.run_dir)
 
     def truncate(self, last_step: int) -> None:
-        """Drop records written after the checkpoint we resume from (they will be written again)."""
-        if not self.world.main:
-            return
+        """Drop records written after the checkpoint we resume from (they will be written again).
+
+        Every log is checked whole before any is rewritten, so a damaged one stops the resume with
+        one line naming ``file:line`` and loses nothing (see :func:`check_step_log`). Collective:
+        every rank raises rank 0's error, so none goes on to wait for the others."""
+        problem = None
+        if self.world.main:
+            try:
+                self.drop_after(last_step)
+            except DistilError as exc:
+                problem = str(exc)
+        problem = self.world.gather(problem)[0]
+        if problem:
+            raise DistilError(problem)
+
+    def drop_after(self, last_step: int) -> None:
+        """Rank 0's part of :meth:`truncate`."""
+        for name in STEP_LOGS:
+            check_step_log(self.run_dir, name)
+
         def keep(line: str) -> bool:
             try:
-                return bool(line.strip()) and json.loads(line).get("step", 0) <= last_step
-            except ValueError:  # cut short by a write the disk refused
+                return bool(line.strip()) and step_record(line)["step"] <= last_step
+            except ValueError:  # only an unfinished last line gets here: check_step_log passed
                 return False
 
         for name in STEP_LOGS:
@@ -148,8 +166,8 @@ class RunLog:
             path = self.path(name)
             if not os.path.exists(path):
                 continue
-            with open(path, encoding="utf-8") as fh:
-                kept = [line for line in fh if keep(line)]
+            with open(path, encoding="utf-8", errors="replace") as fh:  # bad bytes: only in a line dropped
+                kept = [line if line.endswith("\n") else line + "\n" for line in fh if keep(line)]
             atomic_write_bytes(path, "".join(kept).encode(), mode=PRIVATE)
 
     def write_bytes(self, name: str, data: bytes, *, mode: Optional[int] = None) -> None:
@@ -161,6 +179,30 @@ class RunLog:
         if self.world.main:
             with self.writing(name):
                 atomic_write_json(self.path(name), value, mode=PRIVATE)
+
+
+def check_step_log(run_dir: str, name: str) -> None:
+    """A DistilError naming ``file:line`` at the first line of log ``name`` that is not a step
+    record, and what to do. The one line let pass is an unfinished last one (no newline): the
+    tail of a write that a crash or a full disk cut short, which the resumed run writes again."""
+    previous = None
+    for line in log_lines(run_dir, name):
+        if previous is not None:
+            check_step_line(*previous)
+        previous = line
+    if previous is not None and previous[2].endswith("\n"):
+        check_step_line(*previous)
+
+
+def check_step_line(path: str, number: int, line: str) -> None:
+    """A DistilError naming ``path:number`` unless ``line`` is blank or a step record."""
+    if not line.strip():
+        return
+    try:
+        step_record(line)
+    except ValueError as exc:
+        raise DistilError(f"{path}:{number}: {exc}; the log is damaged and --resume changed nothing: fix or "
+                          "delete that line, then resume again.") from None
 
 
 def default_run_dir(method: str) -> str:

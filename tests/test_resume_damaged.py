@@ -1,0 +1,230 @@
+"""A damaged run resumes, or says in one line what is damaged and what to do, and loses nothing:
+a bad log line names ``file:line`` (only an unfinished last line, a crash's cut-off write, is
+dropped), a bad checkpoint names the file, a bad model directory names the file it lacks."""
+
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from distil_core.cli.main import main
+from distil_core.config import load_config
+from distil_core.errors import ConfigError, DistilError
+from distil_core.models.lora import load_policy_state
+from distil_core.testing import FAST_RUN, use_cache
+from distil_core.training.checkpointing import latest_checkpoint, load_checkpoint
+from distil_core.training.distributed import World
+from distil_core.training.runlog import RunLog
+from distil_core.training.runtime import load_policy
+from distil_core.training.trainer import Trainer
+
+RUN = ["train.steps=2", "train.save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base_cache_dir):
+    """A finished two-step run with a checkpoint at each step, made once for the module."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    with use_cache(tiny_base_cache_dir):
+        Trainer(load_config(None, FAST_RUN + RUN), run_dir=str(run), echo=lambda *_: None).fit()
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy of the trained run, to damage."""
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def snapshot(root):
+    found = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                found[os.path.relpath(os.path.join(folder, name), root)] = fh.read()
+    return found
+
+
+def one_line(exc_info):
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
+
+
+# -- the step logs ---------------------------------------------------------------------------
+
+
+def write_log(path, lines):
+    path.write_bytes(b"".join(line if isinstance(line, bytes) else line.encode() for line in lines))
+
+
+BAD_LINES = {
+    "cut_short": ('{"step": 0, "note": "precious"\n', "not a JSON line (Expecting ',' delimiter)"),
+    "list": ("[1, 2]\n", 'not a step record (a JSON object with a numeric "step")'),
+    "string_step": ('{"step": "3"}\n', 'not a step record (a JSON object with a numeric "step")'),
+    "null_step": ('{"step": null}\n', 'not a step record (a JSON object with a numeric "step")'),
+    "not_utf8": (b'{"step": 0, "note": "\xff"}\n', "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "eval.jsonl", "rollouts.jsonl", "provenance.jsonl"])
+@pytest.mark.parametrize("bad", sorted(BAD_LINES))
+def test_a_damaged_line_stops_the_resume_naming_file_and_line_and_changes_nothing(tmp_path, name, bad):
+    line, said = BAD_LINES[bad]
+    write_log(tmp_path / name, ['{"step": 1}\n', line, '{"step": 2}\n', '{"step": 3}\n'])
+    before = snapshot(tmp_path)
+    with pytest.raises(DistilError) as err:
+        RunLog(str(tmp_path), World()).truncate(2)
+    assert one_line(err) == (f"{tmp_path / name}:2: {said}; the log is damaged and --resume changed nothing: "
+                             "fix or delete that line, then resume again.")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_damaged_first_line_is_kept_and_named(tmp_path):
+    write_log(tmp_path / "metrics.jsonl", ['{"step": 0, "note": "precious"\n', '{"step": 1}\n'])
+    with pytest.raises(DistilError, match=r"metrics\.jsonl:1: not a JSON line"):
+        RunLog(str(tmp_path), World()).truncate(1)
+    assert (tmp_path / "metrics.jsonl").read_text().startswith('{"step": 0, "note": "precious"\n')
+
+
+def test_a_damaged_line_in_a_rotated_segment_is_named_there(tmp_path):
+    segment = tmp_path / "rollouts.000001.jsonl.gz"
+    segment.write_bytes(gzip.compress(b'{"step": 1}\n[1, 2]\n'))
+    (tmp_path / "rollouts.jsonl").write_text('{"step": 2}\n')
+    with pytest.raises(DistilError, match=rf"^{segment}:2: not a step record"):
+        RunLog(str(tmp_path), World()).truncate(2)
+
+
+@pytest.mark.parametrize("tail", ['{"step": 4, "lo', b'{"step": 4, "note": "\xe2\x82', "[1, "])
+def test_an_unfinished_last_line_is_dropped(tmp_path, tail):
+    """The tail of a write a crash cut short (no newline) is written again by the resumed run."""
+    write_log(tmp_path / "metrics.jsonl", ['{"step": 1}\n', '{"step": 2}\n', '{"step": 3}\n', tail])
+    RunLog(str(tmp_path), World()).truncate(2)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_whole_last_line_without_its_newline_is_kept_and_ended(tmp_path):
+    """The next line appended starts a line of its own instead of running into this one."""
+    write_log(tmp_path / "eval.jsonl", ['{"step": 1}\n', '{"step": 2}'])
+    RunLog(str(tmp_path), World()).truncate(2)
+    assert (tmp_path / "eval.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_the_cli_says_which_line_in_one_line_and_the_run_is_left_as_it_was(run, capsys):
+    metrics = run / "metrics.jsonl"
+    metrics.write_text('{"step": 0, "note": "precious"\n' + metrics.read_text())
+    before = snapshot(run)
+    args = ["train", "--quiet", "--output-dir", str(run), "--resume"]
+    for item in FAST_RUN + ["train.steps=3", "train.save_every=1"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{metrics}:1: not a JSON line" in err.strip().splitlines()[-1]
+    assert snapshot(run) == before
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def resume(run, *overrides):
+    return Trainer(load_config(None, FAST_RUN + RUN + list(overrides)), run_dir=str(run), resume=True,
+                   echo=lambda *_: None)
+
+
+DAMAGES = {
+    "cut_short": (lambda p: os.truncate(p, os.path.getsize(p) // 2), "cut short or not a checkpoint: PytorchStreamReader"),
+    "text": (lambda p: open(p, "w").write("not a checkpoint\n"), "not a checkpoint: "),
+    "empty": (lambda p: open(p, "w").close(), "not a checkpoint: Ran out of input"),
+    "lacks_keys": (lambda p: torch.save({"step": 2}, p), "it lacks 'model', 'optimizer', 'scheduler', 'rng'"),
+    "not_a_dict": (lambda p: torch.save([1, 2], p), "it holds a list, not a checkpoint"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_checkpoint_is_one_line_that_says_to_delete_it(run, damage):
+    spoil, said = DAMAGES[damage]
+    path = latest_checkpoint(str(run))
+    assert path.endswith("step-000002.pt")
+    spoil(path)
+    with pytest.raises(DistilError) as err:
+        load_checkpoint(path)
+    message = one_line(err)
+    assert message.startswith(f"checkpoint {path} is damaged ({said}")
+    assert message.endswith("); delete it to resume from an earlier one, or start the run again (--overwrite).")
+
+
+def test_a_deleted_damaged_checkpoint_resumes_from_the_earlier_one(run):
+    newest = latest_checkpoint(str(run))
+    os.truncate(newest, 100)
+    with pytest.raises(DistilError, match="is damaged"):
+        resume(run)
+    os.unlink(newest)  # as the error says
+    assert latest_checkpoint(str(run)).endswith("step-000001.pt")
+    assert resume(run).step == 1
+
+
+def test_a_latest_pointer_that_is_a_directory_is_one_line(run):
+    latest = run / "checkpoints" / "latest"
+    latest.unlink()
+    latest.mkdir()
+    with pytest.raises(DistilError) as err:
+        latest_checkpoint(str(run))
+    assert one_line(err).startswith(f"checkpoint pointer {latest} is damaged (a directory")
+    latest.rmdir()  # as the error says
+    assert latest_checkpoint(str(run)).endswith("step-000002.pt")
+
+
+def test_a_checkpoint_of_another_model_size_is_one_line(run):
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    width = state["model"]["model.embed_tokens.weight"].shape
+    state["model"]["model.embed_tokens.weight"] = torch.zeros(width[0], width[1] * 2)
+    torch.save(state, path)
+    with pytest.raises(ConfigError) as err:
+        resume(run)
+    assert one_line(err) == (
+        f"checkpoint {path} does not fit this run's model ('model.embed_tokens.weight' is "
+        f"[{width[0]}, {width[1] * 2}] in it, [{width[0]}, {width[1]}] in this model): resume with the config the "
+        "run was started with (its config.yaml, without --set changes to the model).")
+
+
+def test_a_policy_state_lacking_or_adding_a_weight_is_one_line():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    with pytest.raises(ConfigError, match=r"^checkpoint x does not fit this run's model \(it lacks '0.bias'\)"):
+        load_policy_state(model, {"0.weight": torch.zeros(3, 2)}, where="checkpoint x")
+    extra = {**model.state_dict(), "1.weight": torch.zeros(1)}
+    with pytest.raises(ConfigError, match=r"\(it holds '1.weight', which this model has not\)"):
+        load_policy_state(model, extra, where="checkpoint x")
+
+
+# -- model directories -----------------------------------------------------------------------
+
+
+def remove_tokenizer(path):
+    for name in os.listdir(path):
+        if name.startswith("tokenizer"):
+            os.unlink(os.path.join(path, name))
+
+
+MODEL_DAMAGES = {
+    "no_weights": (lambda d: os.unlink(d / "model.safetensors"), "it has no weights file (model.safetensors)"),
+    "cut_weights": (lambda d: os.truncate(d / "model.safetensors", 100), "model.safetensors is damaged (Error "),
+    "no_config": (lambda d: os.unlink(d / "config.json"), "it has no config.json"),
+    "bad_config": (lambda d: (d / "config.json").write_text("{"), "config.json is damaged (not valid JSON)"),
+    "no_tokenizer": (remove_tokenizer, "it has no tokenizer file (tokenizer.json or "),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGES))
+def test_a_damaged_model_directory_names_the_file_in_one_line(run, damage):
+    final = run / "final"
+    config = load_config(None, FAST_RUN + [f"model.name={final}"])
+    load_policy(config, None, progress=False)  # whole, it loads
+    spoil, said = MODEL_DAMAGES[damage]
+    spoil(final)
+    with pytest.raises(ConfigError) as err:
+        load_policy(config, None, progress=False)
+    assert one_line(err).startswith(f"model directory {str(final)!r} cannot be loaded: {said}")
