@@ -275,3 +275,13 @@ def test_a_calibration_range_that_is_not_one_is_refused_naming_the_suite(tmp_pat
     assert main(["bench", path, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert path in err and "suites.sort.base" in err and "not a range of fractions" in err
+
+
+def test_a_boolean_seed_is_refused_not_read_as_seed_1(tmp_path):
+    """`seeds: [true, 1]` would run seed 1 twice into the same directories."""
+    spec = yaml.safe_load(open(SPEC))
+    spec["seeds"] = [True, 1]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"seeds\.0: Value error, is true; give an integer"):
+        load_spec(str(path))

@@ -66,20 +66,23 @@ def test_sizes_are_positive_and_bounded_naming_the_key(override, fragment):
 
 @pytest.mark.parametrize("override, fragment", [
     ("seed=18446744073709551616", "seed: Input should be less than or equal to 9223372036854775807"),
-    ("seed=-1", "seed: Input should be greater than or equal to 0"),
-    ("model.tiny.seed=18446744073709551615", "model.tiny.seed: Input should be less than or equal to"),
+    ("seed=-9223372036854775809", "seed: Input should be greater than or equal to -9223372036854775808"),
+    ("model.tiny.seed=9223372036854775808", "model.tiny.seed: Input should be less than or equal to"),
 ])
-def test_seeds_are_what_torch_takes_naming_the_key(override, fragment):
+def test_seeds_are_signed_64_bit_integers_naming_the_key(override, fragment):
     assert fragment in refused(override)
-    load_config(None, ["seed=9223372036854775807"])  # 2**63 - 1: torch.manual_seed takes it
+    for seed in (2**63 - 1, -1, -(2**63)):  # torch.manual_seed and the keyed sampling take these
+        assert load_config(None, [f"seed={seed}"]).seed == seed
 
 
 @pytest.mark.parametrize("override, key", [
     ("seed=true", "seed"), ("train.steps=yes", "train.steps"), ("optim.lr=true", "optim.lr"),
-    ("eval.max_new_tokens=false", "eval.max_new_tokens"),
+    ("eval.max_new_tokens=false", "eval.max_new_tokens"), ("model.tiny.seed=true", "model.tiny.seed"),
+    ("model.tiny.layers=true", "model.tiny.layers"), ("context.success_threshold=true", "context.success_threshold"),
+    ("eval.ks=[1, true]", "eval.ks[1]"), ("optim.betas=[0.9, false]", "optim.betas[1]"),
 ])
 def test_a_boolean_where_a_number_goes_is_refused_not_read_as_1(override, key):
-    assert f"{key}: Value error, is " in refused(override)
+    assert f"{key} is a boolean where a number goes" in refused(override)
     assert load_config(None, ["eval.greedy=true"]).eval.greedy is True  # booleans stay booleans
 
 

@@ -269,7 +269,7 @@ def test_a_task_without_test_problems_says_what_to_set(tmp_path, capsys, plugin_
     assert main(["eval", "--quiet", *[a for item in FAST_RUN for a in ("--set", item)], "--set", "task.name=train_only"]) == 2
     error = capsys.readouterr().err
     assert "task 'train_only' has no test problems to evaluate on" in error and "eval.split=validation" in error
-    with pytest.raises(DistilError, match="task 'train_only' returned no test problems; check its options .* "
+    with pytest.raises(DistilError, match="task 'train_only' has no test problems to evaluate on; .* "
                                           "or set eval.split=validation"):
         Trainer(load_config(None, FAST_RUN + ["task.name=train_only"]), run_dir=str(tmp_path / "run"),
                 host=plugin_host, echo=lambda *_: None)

@@ -275,11 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     rt = build_runtime(config, progress=config.train.progress, with_expert=False)  # evaluation needs no expert
     split = config.eval.split
-    _, problems = evaluation_split(rt.task, split, config.eval.problems)  # the problems training evaluates on
-    if not problems:
-        raise ConfigError(f"task {config.task.name!r} has no {split} problems to evaluate on; give it a test split "
-                          "(for the dataset task: options.test_path or options.test_fraction > 0), or set "
-                          "eval.split=validation")
+    _, problems = evaluation_split(rt.task, split, config.eval.problems, config.task.name)  # the problems training evaluates on
     # the evaluation training runs (its seed, eval.greedy), on one process
     result = evaluate_on_ranks(rt, config, World(), problems, label=split, progress=config.train.progress)
     if args.json:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import Any, Optional, get_args, get_origin
+from typing import Annotated, Any, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -230,7 +230,9 @@ def _as_dict(value: Any, part: str) -> dict[str, Any]:
 
 
 def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") -> None:
-    """Reject unknown keys anywhere in ``data``, naming the key and the nearest valid one."""
+    """Reject unknown keys anywhere in ``data``, naming the key and the nearest valid one, and
+    booleans where only numbers go (pydantic would read ``true`` as 1: ``train.steps: yes``
+    would run one step)."""
     if not isinstance(data, dict):
         return
     fields = model.model_fields
@@ -241,6 +243,10 @@ def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") ->
                 f"{where}: unknown key {shown(dotted)}.{did_you_mean(str(key)[:SHOWN], fields)}"
                 " Run `distil train --print-config` to see every key with its default."
             )
+        boolean = boolean_for_number(fields[key].annotation, value)
+        if boolean is not None:
+            raise ConfigError(f"{where}: {shown(dotted + boolean, plain=True)} is a boolean where a number goes; "
+                              "give a number.")
         sub = _section_type(fields[key].annotation)
         if sub is None:
             continue
@@ -249,6 +255,31 @@ def check_keys(model: type[BaseModel], data: Any, where: str, path: str = "") ->
                 check_keys(sub, item, where, f"{dotted}[{i}]")
         else:
             check_keys(sub, value, where, dotted)
+
+
+def boolean_for_number(annotation: Any, value: Any) -> Optional[str]:
+    """Where in ``value`` a boolean stands for a number of ``annotation`` ("" for the value
+    itself, "[i]" for an item of a list of numbers), or None."""
+    if isinstance(value, bool):
+        return "" if numbers_only(annotation) else None
+    if isinstance(value, list) and get_origin(annotation) in (list, tuple):
+        args = [a for a in get_args(annotation) if a is not Ellipsis]
+        for i, item in enumerate(value):
+            if isinstance(item, bool) and args and numbers_only(args[min(i, len(args) - 1)]):
+                return f"[{i}]"
+    return None
+
+
+def numbers_only(annotation: Any) -> bool:
+    """Whether a field's type takes numbers (int or float, maybe optional or annotated) and no boolean."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Annotated:
+        return numbers_only(get_args(annotation)[0])
+    if get_origin(annotation) is Union:
+        kinds = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(kinds) and all(numbers_only(a) for a in kinds)
+    return False
 
 
 def _section_type(annotation: Any) -> Optional[type[BaseModel]]:

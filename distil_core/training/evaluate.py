@@ -22,16 +22,27 @@ so their differences are the policy's (common random numbers), and none shares t
 rollouts' seed."""
 
 
-def evaluation_split(task: Any, split: str, count: int) -> tuple[list[Problem], list[Problem]]:
+def evaluation_split(task: Any, split: str, count: int, name: Optional[str] = None) -> tuple[list[Problem], list[Problem]]:
     """(training problems, evaluation problems) for ``eval.split``.
 
     "validation" holds out the last ``count`` train problems — never the test problems — and
     trains on the rest, so knobs chosen on it say nothing about the test set in advance. A
-    task's ``problems`` may be a coroutine function; it is resolved like every other hook.
+    task's ``problems`` may be a coroutine function; it is resolved like every other hook. No
+    train problems, or no test problems to evaluate on, is a ConfigError saying what to set
+    (``name``: the task's name in the config); a task may return an empty test split, since a
+    run on the validation split needs none.
     """
     train = list(resolve(task.problems("train")))
+    name = name or getattr(task, "name", type(task).__name__)  # the config's name for it, in messages
+    if not train:
+        raise ConfigError(f"task {name!r} returned no train problems; check its options")
     if split == "test":
-        return train, list(resolve(task.problems("test")))[:count]
+        test = list(resolve(task.problems("test")))[:count]
+        if not test:
+            raise ConfigError(f"task {name!r} has no test problems to evaluate on; give it a test split (for the "
+                              "dataset task: options.test_path, or options.test_fraction > 0), or set "
+                              "eval.split=validation")
+        return train, test
     if count >= len(train):
         raise ConfigError(f"eval.split: validation takes eval.problems={count} problems out of the "
                           f"{len(train)} train problems and leaves none to train on; lower eval.problems")

@@ -78,12 +78,8 @@ class Trainer:
             self.learner = self._build_learner()
             self.overlap = GradingOverlap(self.learner)
             self.times = {"setup": time.time() - self.started, "eval": 0.0}  # this session's, for the summary
-            self.train_problems, self.test_problems = evaluation_split(self.rt.task, config.eval.split, config.eval.problems)
-            if not self.train_problems or not self.test_problems:
-                empty = "train" if not self.train_problems else config.eval.split
-                raise DistilError(f"task {config.task.name!r} returned no {empty} problems; check its options "
-                                  "(for the dataset task: options.path, options.test_path or options.test_fraction)"
-                                  + (", or set eval.split=validation" if empty == "test" else ""))
+            self.train_problems, self.test_problems = evaluation_split(
+                self.rt.task, config.eval.split, config.eval.problems, config.task.name)
             self.step = 0
             self.evals: dict[str, dict[str, float]] = {}
             self.guard = RunGuard(config)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from distil_core import ConfigError, Problem
+from distil_core import Problem
 
 from .fields import Fields
 from .loading import check_option, load_splits
@@ -96,15 +96,11 @@ class DatasetTask:
         return FITS[self.kind]
 
     def problems(self, split: str) -> list[Problem]:
-        """A split's problems. An empty test split (one record, ``test_fraction: 0``) is refused
-        only when asked for, since a run that evaluates on held-out train problems
-        (``eval.split: validation``) needs none; a ConfigError, so the CLI prints it as one line."""
+        """A split's problems; the test split may be empty (one record, ``test_fraction: 0``): a
+        run that evaluates on held-out train problems (``eval.split: validation``) needs none, and
+        one that needs them is told so where the evaluation problems are chosen."""
         if split not in self._splits:
             raise ValueError(f"dataset: unknown split {split!r}; use 'train' or 'test'")
-        if split == "test" and not self._splits["test"]:
-            raise ConfigError(f"dataset: {self.source!r} leaves no problem to test on ({len(self._splits['train'])} "
-                             "train problems); raise options.test_fraction (a file of two or more records), give "
-                             "options.test_path, or set eval.split: validation")
         return list(self._splits[split])
 
     def answer_text(self, problem: Problem) -> Any:

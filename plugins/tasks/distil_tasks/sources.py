@@ -116,8 +116,8 @@ def json_error(exc: Exception, path: str, line: Optional[int]) -> ValueError:
 
 
 def json_rows(path: str) -> Iterator[Record]:
-    """Each object of a JSON file holding a list of them (``file row N``); a file of one object
-    per line is read as JSONL, whatever its extension."""
+    """Each object of a JSON file holding a list of them (``file row N``), or its one object; a
+    file of one object per line is read as JSONL, whatever its extension."""
     with open(path, "rb") as fh:
         raw = fh.read()
     try:
@@ -134,6 +134,9 @@ def json_rows(path: str) -> Iterator[Record]:
         return
     except (RecursionError, ValueError) as exc:
         raise json_error(exc, path, None) from None
+    if isinstance(data, dict):  # one record (JSON Lines of one line, or one object written out)
+        yield Record(path, 1, data)
+        return
     if not isinstance(data, list):
         raise ValueError(f"{path}: a JSON file must hold a list of records (JSON objects), not {type(data).__name__}; "
                          "or give one object per line (JSONL)")

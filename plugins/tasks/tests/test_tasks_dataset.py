@@ -195,8 +195,12 @@ def test_a_json_file_keeps_its_numbers_and_may_hold_json_lines(tmp_path):
     lines = tmp_path / "b.json"
     lines.write_text('{"prompt": "p1", "answer": 3}\n{"prompt": "p2", "answer": 4}\n')
     assert [p.id for p in DatasetTask(path=str(lines), test_fraction=0.0).problems("train")] == ["b.json:1", "b.json:2"]
-    whole.write_text('{"prompt": "p1"}')
-    with pytest.raises(ValueError, match=r"a\.json: a JSON file must hold a list of records \(JSON objects\), not dict"):
+    one = tmp_path / "one.json"
+    one.write_text('{"prompt": "p1", "answer": 5}\n')  # one object: one record (JSON Lines of one line)
+    [problem] = DatasetTask(path=str(one), test_fraction=0.0).problems("train")
+    assert (problem.id, problem.reference) == ("one.json:1", "5")
+    whole.write_text('"p1"')
+    with pytest.raises(ValueError, match=r"a\.json: a JSON file must hold a list of records \(JSON objects\), not str"):
         DatasetTask(path=str(whole))
 
 
@@ -310,13 +314,17 @@ def test_option_values_of_the_wrong_type_are_refused_naming_the_option(tmp_path,
         DatasetTask(path=path, **options)
 
 
-def test_an_empty_test_split_is_refused_when_asked_for_naming_the_options(tmp_path):
+def test_an_empty_test_split_is_empty_and_evaluating_on_it_says_what_to_set(tmp_path):
+    from distil_core.training.evaluate import evaluation_split
+
     one = DatasetTask(path=write_jsonl(tmp_path / "one.jsonl", ROWS[:1]), prompt_key="question", answer_key="target")
-    assert len(one.problems("train")) == 1  # eval.split: validation needs no test split
-    with pytest.raises(ConfigError, match=r"one\.jsonl' leaves no problem to test on \(1 train problems\); raise "
-                                         r"options\.test_fraction .*options\.test_path, or set eval\.split: validation"):
-        one.problems("test")
+    assert len(one.problems("train")) == 1 and one.problems("test") == []  # eval.split: validation needs none
     none = DatasetTask(path=write_jsonl(tmp_path / "a.jsonl", ROWS), prompt_key="question", answer_key="target",
                        test_fraction=0.0)
-    with pytest.raises(ConfigError, match="leaves no problem to test on"):
-        none.problems("test")
+    for task in (one, none):
+        with pytest.raises(ConfigError, match=r"task 'dataset' has no test problems to evaluate on; give it a test "
+                                             r"split \(for the dataset task: options\.test_path, or "
+                                             r"options\.test_fraction > 0\), or set eval\.split=validation"):
+            evaluation_split(task, "test", 10)
+    train, held = evaluation_split(none, "validation", 2)
+    assert (len(train), len(held)) == (len(ROWS) - 2, 2)
