@@ -228,3 +228,34 @@ def test_a_damaged_model_directory_names_the_file_in_one_line(run, damage):
     with pytest.raises(ConfigError) as err:
         load_policy(config, None, progress=False)
     assert one_line(err).startswith(f"model directory {str(final)!r} cannot be loaded: {said}")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_base_cache_dir):
+    """The final/ of a finished LoRA run: a peft adapter directory on the cached tiny base."""
+    run = tmp_path_factory.mktemp("lora") / "run"
+    with use_cache(tiny_base_cache_dir):
+        Trainer(load_config(None, FAST_RUN + ["model.lora={}", "train.steps=1", "train.save_every=0"]),
+                run_dir=str(run), echo=lambda *_: None).fit()
+    return run / "final"
+
+
+ADAPTER_DAMAGES = {
+    "no_weights": (lambda d: os.remove(d / "adapter_model.safetensors"),
+                   "it has no adapter weights (adapter_model.safetensors)"),
+    "cut_weights": (lambda d: os.truncate(d / "adapter_model.safetensors", 20), "adapter_model.safetensors is damaged ("),
+    "config_not_json": (lambda d: (d / "adapter_config.json").write_text("{not json"),
+                        "adapter_config.json is damaged (not valid JSON)"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(ADAPTER_DAMAGES))
+def test_a_damaged_adapter_directory_names_the_file_in_one_line(adapters, tmp_path, tiny_base_cache, damage):
+    final = shutil.copytree(adapters, tmp_path / "final")
+    config = load_config(None, FAST_RUN + [f"model.name={final}"])
+    load_policy(config, None, progress=False)  # whole, it loads
+    spoil, said = ADAPTER_DAMAGES[damage]
+    spoil(final)
+    with pytest.raises(ConfigError) as err:
+        load_policy(config, None, progress=False)
+    assert one_line(err).startswith(f"adapter directory {str(final)!r} cannot be loaded: {said}")

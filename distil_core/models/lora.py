@@ -39,8 +39,12 @@ def is_adapter_dir(path: str) -> bool:
 
 def adapter_base(path: str) -> str:
     """The base model directory an adapter directory was trained on."""
-    with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as fh:
-        base = json.load(fh).get("base_model_name_or_path")
+    try:
+        with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except ValueError:  # not JSON, or not text
+        raise adapter_damaged(path, f"{ADAPTER_CONFIG} is damaged (not valid JSON)") from None
+    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
     if not base or not os.path.isdir(base):
         raise ConfigError(
             f"model.name {path!r} holds LoRA adapters whose base model directory {base!r} (named in "
@@ -51,6 +55,31 @@ def adapter_base(path: str) -> str:
     return base
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_weights_problem(path: str) -> Optional[str]:
+    """What is wrong with the adapter weights in ``path`` (missing, or a safetensors file whose
+    header cannot be read), as a short phrase; None when they look whole."""
+    present = [name for name in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(path, name))]
+    if not present:
+        return f"it has no adapter weights ({ADAPTER_WEIGHTS[0]})"
+    if present[0].endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.path.join(path, present[0]), framework="pt"):
+                pass
+        except Exception as exc:  # SafetensorError, or an OSError for a file that is not one
+            return f"{present[0]} is damaged ({' '.join(str(exc).split())[:120]})"
+    return None
+
+
+def adapter_damaged(path: str, problem: str) -> ConfigError:
+    return ConfigError(f"adapter directory {path!r} cannot be loaded: {problem}. Restore that file, or give a "
+                       "complete model directory (model.name, or the run given to distil eval).")
+
+
 def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) -> Any:
     """``model`` with adapters: new ones from ``settings`` (``model.lora``), or those saved in
     ``adapter_dir`` — trainable when ``settings`` is set, merged into the weights otherwise."""
@@ -58,7 +87,13 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
         return model
     peft = _peft()
     if adapter_dir is not None:
-        loaded = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=settings is not None)
+        try:
+            loaded = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=settings is not None)
+        except Exception as exc:  # peft and safetensors raise several types for a missing or cut file
+            problem = adapter_weights_problem(adapter_dir)
+            if problem is None:
+                raise
+            raise adapter_damaged(adapter_dir, problem) from exc
         return loaded if settings is not None else loaded.merge_and_unload()
     config = peft.LoraConfig(
         task_type="CAUSAL_LM",
