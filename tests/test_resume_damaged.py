@@ -218,16 +218,21 @@ MODEL_DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGES))
-def test_a_damaged_model_directory_names_the_file_in_one_line(run, damage):
-    final = run / "final"
+def assert_damage_is_named(final, damage, kind):
+    """``final`` loads whole; spoiled by ``damage`` (spoil, what the error says), loading it is one
+    line naming the ``kind`` of directory and its file."""
     config = load_config(None, FAST_RUN + [f"model.name={final}"])
-    load_policy(config, None, progress=False)  # whole, it loads
-    spoil, said = MODEL_DAMAGES[damage]
+    load_policy(config, None, progress=False)
+    spoil, said = damage
     spoil(final)
     with pytest.raises(ConfigError) as err:
         load_policy(config, None, progress=False)
-    assert one_line(err).startswith(f"model directory {str(final)!r} cannot be loaded: {said}")
+    assert one_line(err).startswith(f"{kind} directory {str(final)!r} cannot be loaded: {said}")
+
+
+@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGES))
+def test_a_damaged_model_directory_names_the_file_in_one_line(run, damage):
+    assert_damage_is_named(run / "final", MODEL_DAMAGES[damage], "model")
 
 
 @pytest.fixture(scope="module")
@@ -251,11 +256,4 @@ ADAPTER_DAMAGES = {
 
 @pytest.mark.parametrize("damage", sorted(ADAPTER_DAMAGES))
 def test_a_damaged_adapter_directory_names_the_file_in_one_line(adapters, tmp_path, tiny_base_cache, damage):
-    final = shutil.copytree(adapters, tmp_path / "final")
-    config = load_config(None, FAST_RUN + [f"model.name={final}"])
-    load_policy(config, None, progress=False)  # whole, it loads
-    spoil, said = ADAPTER_DAMAGES[damage]
-    spoil(final)
-    with pytest.raises(ConfigError) as err:
-        load_policy(config, None, progress=False)
-    assert one_line(err).startswith(f"adapter directory {str(final)!r} cannot be loaded: {said}")
+    assert_damage_is_named(shutil.copytree(adapters, tmp_path / "final"), ADAPTER_DAMAGES[damage], "adapter")
