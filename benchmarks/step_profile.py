@@ -61,7 +61,7 @@ def train_code(out_dir: str, steps: int) -> list[str]:
     from distil_core.training.trainer import Trainer
 
     spec, base = load_spec()
-    runs, model = [], []
+    runs = []
     paths = (("one-job-per-rollout", ["verifier.options.batch=false"]),
              ("batch-jobs", ["verifier.options.sessions=false"]),
              ("sessions", []),
@@ -70,12 +70,9 @@ def train_code(out_dir: str, steps: int) -> list[str]:
         run_dir = os.path.join(out_dir, name)
         shutil.rmtree(run_dir, ignore_errors=True)
         overrides = [f"train.steps={steps}", "train.eval_every=0", "eval.problems=8", "eval.samples=2", "eval.ks=[1,2]",
-                     *grading, *model]
+                     *grading]  # grading options are run options of code_exec: every path starts from one tiny base
         bench = Bench(spec, base, out_dir, suites=["code"], methods=["distil"], seeds=[0], overrides=overrides)
-        summary = Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
-        # one base for every path: the tiny base's cache key holds the verifier's options, and
-        # the grading options would otherwise pretrain the same base once per path
-        model = model or [f"model.name={summary['model']}"]
+        Trainer(bench.configs[("code", "distil", 0)], run_dir=run_dir, echo=lambda _m: None).fit()
         runs.append(run_dir)
     return runs
 

@@ -219,6 +219,19 @@ def model_dir_problem(path: str, part: str, exc: BaseException) -> Optional[str]
 DEFAULT_BASE_FEEDBACK = {"verifier": {"name": "exact_match", "options": {}}, "feedback": [{"name": "answer_check", "options": {}}]}
 
 
+def base_feedback_key(components: dict[str, Any], host: PluginHost) -> dict[str, Any]:
+    """``components`` as the tiny base's cache key holds them: without the options a component
+    declares as changing how it runs, not what it returns (its optional ``run_options``, e.g.
+    code_exec's ``workers``), so a speed setting neither pretrains a second base nor changes
+    the starting weights."""
+    def kept(kind: str, comp: dict[str, Any]) -> dict[str, Any]:
+        neutral = getattr(host.get(kind, comp["name"]).factory, "run_options", ())
+        return {**comp, "options": {k: v for k, v in comp["options"].items() if k not in neutral}}
+
+    return {"verifier": kept("verifier", components["verifier"]),
+            "feedback": [kept("feedback_source", c) for c in components["feedback"]]}
+
+
 def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, Any]:
     """The run's verifier and feedback sources that the tiny base is pretrained with: those whose
     factory does not need the runtime (a model-backed source cannot run before the model exists).
@@ -236,22 +249,11 @@ def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, A
     }
 
 
-def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, host: Optional[PluginHost] = None) -> str:
-    """Path of the tiny base model for this task and template, building it on first use.
-
-    The base is pretrained with the run's own verifier and feedback sources (see
-    :func:`base_feedback_components`), so it reads the feedback text the run will give.
-    """
-    host = host or get_host()
+def tiny_base_key(config: RunConfig, task: Any, host: PluginHost) -> tuple[str, str]:
+    """(the cache path, the key) of the tiny base for this run: what decides its weights — the
+    toolkit version, the recipe, the task, the template, the verifier and feedback it pretrains
+    with (:func:`base_feedback_key`) and the answers it learns."""
     recipe = config.model.tiny
-    train: Optional[list[Any]] = None  # read only when the base's key or its building needs it
-
-    def train_problems() -> list[Any]:
-        nonlocal train
-        if train is None:
-            train = list(resolve(task.problems("train")))  # problems() may be a coroutine function
-        return train
-
     components = base_feedback_components(config, host)
     identity: dict[str, Any] = {
         "version": __version__,
@@ -260,15 +262,27 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
         "template": config.context.model_dump(),
     }
     if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
-        identity["base_feedback"] = components
+        identity["base_feedback"] = base_feedback_key(components, host)
     if callable(getattr(task, "answer_text", None)):  # what the base learns to answer
-        answers = [task.answer_text(p) for p in train_problems()[:200]]
+        train = list(resolve(task.problems("train")))  # problems() may be a coroutine function
+        answers = [task.answer_text(p) for p in train[:200]]
         identity["answers"] = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
     key = json.dumps(identity, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = cached_path(f"tiny-{config.task.name}-{digest}")
+    return cached_path(f"tiny-{config.task.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"), key
+
+
+def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, host: Optional[PluginHost] = None) -> str:
+    """Path of the tiny base model for this task and template, building it on first use.
+
+    The base is pretrained with the run's own verifier and feedback sources (see
+    :func:`base_feedback_components`), so it reads the feedback text the run will give.
+    """
+    host = host or get_host()
+    recipe = config.model.tiny
+    path, key = tiny_base_key(config, task, host)
     if os.path.exists(os.path.join(path, "config.json")):
         return path
+    components = base_feedback_components(config, host)
     verifier = build_component(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
     sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
     teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
@@ -276,7 +290,8 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     announce(f"building the tiny base model for task {config.task.name!r}: {recipe.steps} pretraining steps "
              f"(first use of this task and recipe; cached in {path})")
     try:
-        model, tokenizer = build_tiny_base(train_problems(), config.context, recipe, progress=progress, teacher=teacher)
+        train = list(resolve(task.problems("train")))
+        model, tokenizer = build_tiny_base(train, config.context, recipe, progress=progress, teacher=teacher)
     finally:
         closer = getattr(verifier, "close", None)
         if callable(closer):

@@ -98,6 +98,9 @@ class CodeExecVerifier:
     (grading waits for room; default twice all workers).
     """
 
+    run_options = frozenset({"workers", "cache_size", "max_pending", "batch_size", "batch", "sessions"})
+    """Options that change how grading runs, not its verdicts: left out of the tiny base's cache key."""
+
     def __init__(
         self,
         backend: str = "auto",

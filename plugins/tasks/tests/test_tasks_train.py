@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from distil_core.config import load_config
 from distil_core import ContextTemplate
-from distil_core.training.runtime import base_feedback_components
+from distil_core.training.runtime import base_feedback_components, tiny_base_key
 from distil_core.models.tiny import BaseFeedback, base_examples
 from distil_core.training.trainer import Trainer
 
@@ -86,6 +86,20 @@ def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_ke
     host.register_plugin(Plugin, "needs-model")
     config = load_config(None, ["feedback=[needs_model]"])
     assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+
+
+def test_grading_speed_options_share_one_tiny_base_and_verdict_options_do_not(host):
+    """code_exec's workers or batching change how fast it grades, not its verdicts: the tiny
+    base (its pretraining reads those verdicts) is the same; a time limit can change verdicts."""
+    def path(*verifier_options):
+        options = ", ".join(verifier_options)
+        config = load_config(f"{CONFIGS}/code.yaml", [f"verifier={{name: code_exec, options: {{{options}}}}}"])
+        task = host.build("task", config.task.name, config.task.options)
+        return tiny_base_key(config, task, host)[0]
+
+    plain = path()
+    assert path("workers: 4", "batch: false", "sessions: false", "batch_size: 8", "cache_size: 0") == plain
+    assert path("timeout_s: 5") != plain and path("memory_mb: 256") != plain
 
 
 SMOKE = [
