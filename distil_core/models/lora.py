@@ -15,6 +15,7 @@ import os
 from typing import Any, Iterator, Optional
 
 from distil_core.errors import ConfigError
+from distil_core.models.model_dir import adapter_weights_problem, unloadable
 
 ADAPTER_CONFIG = "adapter_config.json"
 INSTALL_HINT = "pip install peft (or pip install 'distil-toolkit[smollm2]')"
@@ -43,7 +44,7 @@ def adapter_base(path: str) -> str:
         with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as fh:
             saved = json.load(fh)
     except ValueError:  # not JSON, or not text
-        raise adapter_damaged(path, f"{ADAPTER_CONFIG} is damaged (not valid JSON)") from None
+        raise unloadable("adapter", path, f"{ADAPTER_CONFIG} is damaged (not valid JSON)") from None
     base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
     if not base or not os.path.isdir(base):
         raise ConfigError(
@@ -53,31 +54,6 @@ def adapter_base(path: str) -> str:
             f"base_model_name_or_path in {ADAPTER_CONFIG}."
         )
     return base
-
-
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def adapter_weights_problem(path: str) -> Optional[str]:
-    """What is wrong with the adapter weights in ``path`` (missing, or a safetensors file whose
-    header cannot be read), as a short phrase; None when they look whole."""
-    present = [name for name in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(path, name))]
-    if not present:
-        return f"it has no adapter weights ({ADAPTER_WEIGHTS[0]})"
-    if present[0].endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(os.path.join(path, present[0]), framework="pt"):
-                pass
-        except Exception as exc:  # SafetensorError, or an OSError for a file that is not one
-            return f"{present[0]} is damaged ({' '.join(str(exc).split())[:120]})"
-    return None
-
-
-def adapter_damaged(path: str, problem: str) -> ConfigError:
-    return ConfigError(f"adapter directory {path!r} cannot be loaded: {problem}. Restore that file, or give a "
-                       "complete model directory (model.name, or the run given to distil eval).")
 
 
 def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) -> Any:
@@ -93,7 +69,7 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
             problem = adapter_weights_problem(adapter_dir)
             if problem is None:
                 raise
-            raise adapter_damaged(adapter_dir, problem) from exc
+            raise unloadable("adapter", adapter_dir, problem) from exc
         return loaded if settings is not None else loaded.merge_and_unload()
     config = peft.LoraConfig(
         task_type="CAUSAL_LM",

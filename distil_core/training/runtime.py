@@ -6,16 +6,14 @@ an expert or a feedback source reaches the policy model, the tokenizer or the ge
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorError
 
 from distil_core.version import __version__
 from distil_core.io import atomic_directory
@@ -29,6 +27,7 @@ from distil_core.training.distributed import current_world
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.plugin_host import PluginHost, factory_parameters, get_host
 from distil_core.protocols import Expert, FeedbackSource, Task, Verifier, resolve
+from distil_core.models.model_dir import reading_model_dir
 from distil_core.models.tiny import BaseFeedback, announce, build_tiny_base, cached_path
 
 
@@ -164,56 +163,6 @@ def load_policy(
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
     model = attach_lora(model, config.model.lora, adapters)
     return model, tokenizer, path
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
-"""What from_pretrained reads of a model directory, as :func:`model_dir_problem` looks for it."""
-
-
-@contextlib.contextmanager
-def reading_model_dir(path: str, part: str) -> Iterator[None]:
-    """Loading the ``part`` (``tokenizer`` or ``weights``) of model directory ``path``: when a file
-    of it is missing or damaged (a run's ``final/`` copied in part, a download cut short), the
-    one line names the directory and the file instead of transformers' traceback. A failure
-    whose files look whole is not converted: it has another cause."""
-    try:
-        yield
-    except (OSError, ValueError, SafetensorError) as exc:
-        problem = model_dir_problem(path, part, exc)
-        if problem is None:
-            raise
-        raise ConfigError(f"model directory {path!r} cannot be loaded: {problem}. Restore that file, or give a "
-                          "complete model directory (model.name, or the run given to distil eval).") from None
-
-
-def model_dir_problem(path: str, part: str, exc: BaseException) -> Optional[str]:
-    """Which file of model directory ``path`` kept its ``part`` from loading, and how, as a short
-    phrase; None when none is missing or damaged."""
-    found = {}
-    for name in JSON_FILES:
-        try:
-            with open(os.path.join(path, name), encoding="utf-8") as fh:
-                found[name] = json.load(fh)
-        except FileNotFoundError:
-            continue
-        except ValueError:  # not JSON, or not text at all
-            return f"{name} is damaged (not valid JSON)"
-    if part == "tokenizer" and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
-        return f"it has no tokenizer file ({' or '.join(TOKENIZER_FILES)})"
-    if "config.json" not in found:
-        return "it has no config.json"
-    if not isinstance(found["config.json"], dict) or "model_type" not in found["config.json"]:
-        return "config.json names no model_type"
-    if part != "weights":
-        return None
-    if isinstance(exc, SafetensorError):
-        files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
-        return f"{files[0] if len(files) == 1 else 'a .safetensors weights file'} is damaged ({exc})"
-    if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
-        return f"it has no weights file ({WEIGHT_FILES[0]})"
-    return None
 
 
 DEFAULT_BASE_FEEDBACK = {"verifier": {"name": "exact_match", "options": {}}, "feedback": [{"name": "answer_check", "options": {}}]}

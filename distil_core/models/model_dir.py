@@ -1,0 +1,92 @@
+"""Why a model or adapter directory cannot be loaded, in one line that names the file.
+
+transformers and peft report a directory copied in part (a run's ``final/``) or a file cut short
+as a traceback about what they tried; the loaders here find which file is missing or damaged and
+say that instead. A failure whose files look whole is left as it was: it has another cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator, Optional
+
+from safetensors import SafetensorError
+
+from distil_core.errors import ConfigError
+
+
+def unloadable(kind: str, path: str, problem: str) -> ConfigError:
+    """The one line for a ``kind`` ("model" or "adapter") directory that cannot be loaded."""
+    return ConfigError(f"{kind} directory {path!r} cannot be loaded: {problem}. Restore that file, or give a "
+                       "complete model directory (model.name, or the run given to distil eval).")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+"""What from_pretrained reads of a model directory, as :func:`model_dir_problem` looks for it."""
+
+
+@contextlib.contextmanager
+def reading_model_dir(path: str, part: str) -> Iterator[None]:
+    """Loading the ``part`` (``tokenizer`` or ``weights``) of model directory ``path``: when a file
+    of it is missing or damaged (a run's ``final/`` copied in part, a download cut short), the
+    one line names the directory and the file instead of transformers' traceback. A failure
+    whose files look whole is not converted: it has another cause."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as exc:
+        problem = model_dir_problem(path, part, exc)
+        if problem is None:
+            raise
+        raise unloadable("model", path, problem) from None
+
+
+def model_dir_problem(path: str, part: str, exc: BaseException) -> Optional[str]:
+    """Which file of model directory ``path`` kept its ``part`` from loading, and how, as a short
+    phrase; None when none is missing or damaged."""
+    found = {}
+    for name in JSON_FILES:
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as fh:
+                found[name] = json.load(fh)
+        except FileNotFoundError:
+            continue
+        except ValueError:  # not JSON, or not text at all
+            return f"{name} is damaged (not valid JSON)"
+    if part == "tokenizer" and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        return f"it has no tokenizer file ({' or '.join(TOKENIZER_FILES)})"
+    if "config.json" not in found:
+        return "it has no config.json"
+    if not isinstance(found["config.json"], dict) or "model_type" not in found["config.json"]:
+        return "config.json names no model_type"
+    if part != "weights":
+        return None
+    if isinstance(exc, SafetensorError):
+        files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+        return f"{files[0] if len(files) == 1 else 'a .safetensors weights file'} is damaged ({exc})"
+    if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+        return f"it has no weights file ({WEIGHT_FILES[0]})"
+    return None
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_weights_problem(path: str) -> Optional[str]:
+    """What is wrong with the adapter weights in ``path`` (missing, or a safetensors file whose
+    header cannot be read), as a short phrase; None when they look whole."""
+    present = [name for name in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(path, name))]
+    if not present:
+        return f"it has no adapter weights ({ADAPTER_WEIGHTS[0]})"
+    if present[0].endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.path.join(path, present[0]), framework="pt"):
+                pass
+        except Exception as exc:  # SafetensorError, or an OSError for a file that is not one
+            return f"{present[0]} is damaged ({' '.join(str(exc).split())[:120]})"
+    return None
