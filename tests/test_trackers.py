@@ -120,11 +120,12 @@ def test_every_tracker_at_once_and_the_jsonl_logs_stay_complete(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+@pytest.mark.parametrize("tracker", ["tensorboard", "trackio"])
+def test_a_resumed_run_shows_each_step_once(tmp_path, tracker):
     """A session checkpoints at step 2, logs step 3 and dies; the resumed session trains step 3
-    again. TensorBoard's own reader then holds one value per step, the resumed session's, as
+    again. The tracker's own reader then holds one value per step, the resumed session's, as
     metrics.jsonl does."""
-    overrides = ["train.steps=4", "train.save_every=2", "train.eval_every=0", "train.report_to=[tensorboard]"]
+    overrides = ["train.steps=4", "train.save_every=2", "train.eval_every=0", f"train.report_to=[{tracker}]"]
     config = load_config(None, FAST_RUN + overrides)
     first = Trainer(config, run_dir=str(tmp_path), echo=lambda *_: None)
     observe = first.guard.observe
@@ -138,18 +139,60 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002.pt"
+    assert [step for step, _ in LOGGED[tracker](tmp_path, "loss")] == [1, 2, 3]  # step 3 reached the tracker
 
     said = []
     Trainer(config, run_dir=str(tmp_path), resume=True, echo=said.append).fit()
     assert any("Resumed" in m for m in said) and not [m for m in said if "tracker" in m], said
+    metrics = jsonl(tmp_path / "metrics.jsonl")
+    logged = LOGGED[tracker](tmp_path, "loss")
+    assert [step for step, _ in logged] == [r["step"] for r in metrics] == [1, 2, 3, 4]
+    assert [value for _, value in logged] == [pytest.approx(r["loss"], rel=1e-6, abs=1e-7) for r in metrics]
+
+
+def tensorboard_logged(run_dir, key):
+    """(step, value) of every event TensorBoard's reader gives for ``key``, in order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
-    metrics = jsonl(tmp_path / "metrics.jsonl")
-    events = acc.Scalars("loss")
-    assert [e.step for e in events] == [r["step"] for r in metrics] == [1, 2, 3, 4]
-    assert [e.value for e in events] == [pytest.approx(r["loss"], rel=1e-6, abs=1e-7) for r in metrics]
+    return [(e.step, e.value) for e in acc.Scalars(key)]
+
+
+def trackio_logged(run_dir, key):
+    """(step, value) of every row trackio's store gives for ``key``, in order, repeats kept."""
+    point_store(str(run_dir / "trackio"))
+    from trackio.sqlite_storage import SQLiteStorage
+
+    return [(log["step"], log[key]) for log in SQLiteStorage.get_logs("distil", run_dir.name) if key in log]
+
+
+LOGGED = {"tensorboard": tensorboard_logged, "trackio": trackio_logged}
+
+
+def test_dropping_steps_leaves_other_runs_and_earlier_steps(tmp_path):
+    """The store keeps rows by run: only the resumed run's rows past the step go; an unknown
+    store shape is an error naming the file, and a missing store drops nothing."""
+    import sqlite3
+
+    from distil_core.tracking.trackio_logger import drop_steps_after
+
+    db = tmp_path / "distil.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, run_id TEXT, run_name TEXT, step INTEGER, metrics TEXT)")
+        conn.executemany("INSERT INTO metrics (run_id, run_name, step, metrics) VALUES (?, ?, ?, '{}')",
+                         [("a", "run", s) for s in (1, 2, 3, 4)] + [("b", "run", s) for s in (1, 2, 3, 4)])
+    assert drop_steps_after(db, "a", "run", 2) == 2
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT run_id, step FROM metrics ORDER BY run_id, step").fetchall()
+    assert rows == [("a", 1), ("a", 2), ("b", 1), ("b", 2), ("b", 3), ("b", 4)]
+
+    assert drop_steps_after(tmp_path / "absent.db", "a", "run", 0) == 0
+    odd = tmp_path / "odd.db"
+    with sqlite3.connect(odd) as conn:
+        conn.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, name TEXT)")
+    with pytest.raises(RuntimeError, match=r"odd\.db.*'run_name' and 'step'"):
+        drop_steps_after(odd, "a", "run", 0)
 
 
 def seeded(row):
