@@ -4,6 +4,7 @@
     python benchmarks/bench_diagnostics.py expert-on-policy SUITE [--problems 40] [--samples 8] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
+    python benchmarks/bench_diagnostics.py temperatures RUN_DIR [RUN_DIR ...] [--temperatures 0.5 0.7 1.0]
 
 SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
 `distil bench` configures it, seed 0.
@@ -32,7 +33,13 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   on some problems. Per answer position it also gives the mean probability of the reference
   token and the mean entropy of the model's distribution there: a run whose entropy fell while
   the reference's probability did not rise has sharpened what it already did rather than
-  learned. ``--base`` adds the starting model as the first row.
+  learned. ``--base`` adds the starting model as the first row. Per problem it also bins
+  P(answer) and gives the mean probability of the model's own greedy answer: a model that
+  reaches as many problems as another but spreads its mass within each has this low.
+- ``temperatures``: each trained run's final model evaluated as training evaluates it (its own
+  config, split and seed), at several sampling temperatures. Sharpening a model trades pass@k
+  for pass@1; comparing methods along that trade, rather than at one temperature, tells a
+  method that knows more from one that is only sharper.
 """
 
 from __future__ import annotations
@@ -234,13 +241,94 @@ def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[st
         token_p = logprobs.exp()[keep]
         answer_p = torch.where(keep, logprobs, 0.0).sum(-1).exp().tolist()
         counts = keep.sum(0).clamp(min=1)
+        greedy_p = greedy_answer_p(model, prompts, config.rollout.max_new_tokens, tok)
         out["runs"][name] = {
             "mean_p_answer": statistics.fmean(answer_p), "median_p_answer": statistics.median(answer_p),
             "tokens_below_0.1": float((token_p < 0.1).float().mean()), "tokens_above_0.9": float((token_p > 0.9).float().mean()),
             "p_reference_by_position": (torch.where(keep, logprobs.exp(), 0.0).sum(0) / counts).tolist(),
             "entropy_by_position": (torch.where(keep, entropy, 0.0).sum(0) / counts).tolist(),
+            "problems_by_p_answer": {label: statistics.fmean(low <= a < high for a in answer_p)
+                                     for label, low, high in P_ANSWER_BINS},
+            "mean_p_greedy_answer": statistics.fmean(greedy_p),
         }
     return out
+
+
+P_ANSWER_BINS = [("< 0.05", 0.0, 0.05), ("0.05-0.5", 0.05, 0.5), ("0.5-0.9", 0.5, 0.9), (">= 0.9", 0.9, 1.01)]
+"""Bins of a problem's P(reference answer): never sampled right, sometimes, mostly, almost always."""
+
+
+def greedy_answer_p(model: Any, prompts: list[list[int]], max_new_tokens: int, tok: Any) -> list[float]:
+    """Per problem, the probability of the model's greedy answer (end token included): how much
+    of its mass the model puts on its own best answer, right or wrong. A model that hedges
+    within a problem has it low; one that is sure of some answer has it near 1."""
+    import torch
+
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=model.device)
+        with torch.no_grad():
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id, output_scores=True, return_dict_in_generate=True)
+        row = generated.sequences[0, len(prompt):]
+        logp = sum(float(score[0].float().log_softmax(-1)[token]) for score, token in zip(generated.scores, row))
+        out.append(math.exp(logp))
+    return out
+
+
+def temperatures(run_dirs: list[str], temps: list[float], samples: int, overrides: list[str]) -> dict[str, Any]:
+    import os
+
+    from distil_core.config import load_config
+    from distil_core.training.distributed import World
+    from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
+    from distil_core.training.runtime import build_runtime
+
+    out: dict[str, Any] = {"temperatures": temps, "runs": {}}
+    for run_dir in run_dirs:
+        final = os.path.abspath(os.path.join(run_dir, "final"))
+        config = load_config(os.path.join(run_dir, "config.yaml"),
+                             overrides + [f"model.name={final}", f"eval.samples={samples}"])
+        rt = build_runtime(config, progress=False, with_expert=False)
+        _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
+        rows = {}
+        for temp in temps:
+            config.eval.temperature = temp
+            rows[str(temp)] = evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)
+        out["runs"][run_dir] = {"method": config.method, "split": config.eval.split, "problems": len(problems),
+                                "by_temperature": rows}
+    return out
+
+
+def method_means(result: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """Per method, (mean pass@1, mean pass@8) over its runs at each temperature, in order."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {}
+    for r in result["runs"].values():
+        runs.setdefault(r["method"], []).append(r["by_temperature"])
+    return {method: [(statistics.fmean(r[str(t)]["pass@1"] for r in rows), statistics.fmean(r[str(t)]["pass@8"] for r in rows))
+                     for t in result["temperatures"]] for method, rows in runs.items()}
+
+
+def plot_frontier(means: dict[str, list[tuple[float, float]]], temps: list[float], path: str) -> None:
+    """pass@8 against pass@1, one line per method through its temperatures (labelled)."""
+    from distil_core.cli.plots import require_matplotlib, save_figure
+
+    plt = require_matplotlib("bench_diagnostics.py temperatures --plot")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for method, points in means.items():
+        xs, ys = [100 * a for a, _ in points], [100 * b for _, b in points]
+        ax.plot(xs, ys, marker="o", label=method)
+        for x, y, t in zip(xs, ys, temps):
+            ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("pass@1 (%)")
+    ax.set_ylabel("pass@8 (%)")
+    ax.set_title("Sampling temperature moves each method along its trade (labels: T)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    print(f"Plot: {save_figure(plt, fig, path)}")
 
 
 def main() -> int:
@@ -263,16 +351,44 @@ def main() -> int:
     sharp.add_argument("run_dirs", nargs="+")
     sharp.add_argument("--problems", type=int, default=100)
     sharp.add_argument("--base", action="store_true", help="add the starting model as the first row")
-    for p in (gap, onp, mem, sharp):
+    temp = sub.add_parser("temperatures", help="trained runs: pass@1 and pass@k at several sampling temperatures")
+    temp.add_argument("run_dirs", nargs="+")
+    temp.add_argument("--temperatures", nargs="+", type=float, default=[0.5, 0.7, 1.0])
+    temp.add_argument("--samples", type=int, default=8, help="samples per problem (pass@k needs k ≤ samples)")
+    temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against pass@8")
+    for p in (gap, onp, mem, sharp, temp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    if args.command == "sharpness":
+    if args.command == "temperatures":
+        result = temperatures(args.run_dirs, args.temperatures, args.samples, args.overrides)
+        ks = [k for k in next(iter(next(iter(result["runs"].values()))["by_temperature"].values())) if k.startswith("pass@")]
+        print("| run | " + " | ".join(f"T {t}: " + " / ".join(ks) for t in args.temperatures) + " |")
+        print("|---|" + "---:|" * len(args.temperatures))
+        for run, r in result["runs"].items():
+            cells = [" / ".join(f"{100 * r['by_temperature'][str(t)][k]:.1f}" for k in ks) for t in args.temperatures]
+            print(f"| {run} | " + " | ".join(cells) + " |")
+        means = method_means(result)
+        print("\nMean over each method's runs, pass@1 / pass@8:")
+        print("| method | " + " | ".join(f"T {t}" for t in args.temperatures) + " |")
+        print("|---|" + "---:|" * len(args.temperatures))
+        for method, points in means.items():
+            print(f"| {method} | " + " | ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in points) + " |")
+        if args.plot:
+            plot_frontier(means, args.temperatures, args.plot)
+    elif args.command == "sharpness":
         result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides, base=args.base)
         print("| run | mean P(answer) | median P(answer) | tokens p < 0.1 | tokens p > 0.9 |")
         print("|---|---:|---:|---:|---:|")
         for run, r in result["runs"].items():
             print(f"| {run} | {r['mean_p_answer']:.3f} | {r['median_p_answer']:.3f} | "
                   f"{100 * r['tokens_below_0.1']:.1f} % | {100 * r['tokens_above_0.9']:.1f} % |")
+        bins = [label for label, _, _ in P_ANSWER_BINS]
+        print("\nProblems by P(reference answer), and the mean probability of the model's own greedy answer")
+        print("| run | " + " | ".join(f"P {b}" for b in bins) + " | P(greedy answer) |")
+        print("|---|" + "---:|" * (len(bins) + 1))
+        for run, r in result["runs"].items():
+            cells = [f"{100 * r['problems_by_p_answer'][b]:.0f} %" for b in bins]
+            print(f"| {run} | " + " | ".join(cells) + f" | {r['mean_p_greedy_answer']:.3f} |")
         print("\nBy answer position: P(reference token) / entropy (nats) of the model's distribution")
         positions = max(len(r["entropy_by_position"]) for r in result["runs"].values())
         print("| run | " + " | ".join(f"position {i}" for i in range(positions)) + " |")
