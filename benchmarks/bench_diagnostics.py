@@ -301,19 +301,22 @@ def temperatures(run_dirs: list[str], temps: list[float], samples: int, override
     return out
 
 
-def method_means(result: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
-    """Per method, (mean pass@1, mean pass@8) over its runs at each temperature, in order."""
+def method_means(result: dict[str, Any]) -> tuple[str, dict[str, list[tuple[float, float]]]]:
+    """The largest pass@k measured, and per method (mean pass@1, mean pass@k) over its runs at
+    each temperature, in order."""
     import statistics
 
     runs: dict[str, list[dict]] = {}
     for r in result["runs"].values():
         runs.setdefault(r["method"], []).append(r["by_temperature"])
-    return {method: [(statistics.fmean(r[str(t)]["pass@1"] for r in rows), statistics.fmean(r[str(t)]["pass@8"] for r in rows))
-                     for t in result["temperatures"]] for method, rows in runs.items()}
+    first = next(iter(next(iter(runs.values()))[0].values()))
+    top = max((key for key in first if key.startswith("pass@")), key=lambda key: int(key[5:]))
+    return top, {method: [(statistics.fmean(r[str(t)]["pass@1"] for r in rows), statistics.fmean(r[str(t)][top] for r in rows))
+                          for t in result["temperatures"]] for method, rows in runs.items()}
 
 
-def plot_frontier(means: dict[str, list[tuple[float, float]]], temps: list[float], path: str) -> None:
-    """pass@8 against pass@1, one line per method through its temperatures (labelled)."""
+def plot_frontier(top: str, means: dict[str, list[tuple[float, float]]], temps: list[float], path: str) -> None:
+    """``top`` (the largest pass@k) against pass@1, one line per method through its temperatures."""
     from distil_core.cli.plots import require_matplotlib, save_figure
 
     plt = require_matplotlib("bench_diagnostics.py temperatures --plot")
@@ -324,7 +327,7 @@ def plot_frontier(means: dict[str, list[tuple[float, float]]], temps: list[float
         for x, y, t in zip(xs, ys, temps):
             ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("pass@1 (%)")
-    ax.set_ylabel("pass@8 (%)")
+    ax.set_ylabel(f"{top} (%)")
     ax.set_title("Sampling temperature moves each method along its trade (labels: T)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -355,7 +358,7 @@ def main() -> int:
     temp.add_argument("run_dirs", nargs="+")
     temp.add_argument("--temperatures", nargs="+", type=float, default=[0.5, 0.7, 1.0])
     temp.add_argument("--samples", type=int, default=8, help="samples per problem (pass@k needs k ≤ samples)")
-    temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against pass@8")
+    temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against its largest pass@k")
     for p in (gap, onp, mem, sharp, temp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -367,14 +370,14 @@ def main() -> int:
         for run, r in result["runs"].items():
             cells = [" / ".join(f"{100 * r['by_temperature'][str(t)][k]:.1f}" for k in ks) for t in args.temperatures]
             print(f"| {run} | " + " | ".join(cells) + " |")
-        means = method_means(result)
-        print("\nMean over each method's runs, pass@1 / pass@8:")
+        top, means = method_means(result)
+        print(f"\nMean over each method's runs, pass@1 / {top}:")
         print("| method | " + " | ".join(f"T {t}" for t in args.temperatures) + " |")
         print("|---|" + "---:|" * len(args.temperatures))
         for method, points in means.items():
             print(f"| {method} | " + " | ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in points) + " |")
         if args.plot:
-            plot_frontier(means, args.temperatures, args.plot)
+            plot_frontier(top, means, args.temperatures, args.plot)
     elif args.command == "sharpness":
         result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides, base=args.base)
         print("| run | mean P(answer) | median P(answer) | tokens p < 0.1 | tokens p > 0.9 |")

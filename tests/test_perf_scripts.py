@@ -138,10 +138,23 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
         assert 0.0 < r["median_p_answer"] <= 1.0 and 0.0 < r["mean_p_answer"] <= 1.0
         assert 0.0 <= r["tokens_below_0.1"] <= 1.0 and 0.0 <= r["tokens_above_0.9"] <= 1.0
         assert r["tokens_below_0.1"] + r["tokens_above_0.9"] <= 1.0
+        assert sum(r["problems_by_p_answer"].values()) == pytest.approx(1.0)
+        assert 0.0 < r["mean_p_greedy_answer"] <= 1.0
         # one position per answer token: five digits and the end token
         assert len(r["p_reference_by_position"]) == len(r["entropy_by_position"]) == 6
         assert all(0.0 < p <= 1.0 for p in r["p_reference_by_position"]) and all(h >= 0.0 for h in r["entropy_by_position"])
     assert result["runs"]["base"] != result["runs"][str(trained)]  # the trained model is not the base
+
+    # the same run along the sampling temperature: greedy (T 0) draws one answer per problem, so
+    # pass@2 equals pass@1 there; the table's mean row and the plot come with it
+    out = _diagnostics(tmp_path, "temperatures", str(trained), "--temperatures", "0", "1", "--samples", "2",
+                       "--plot", str(tmp_path / "frontier.png"))
+    (row,) = out["runs"].values()
+    assert row["method"] == "distil" and out["temperatures"] == [0.0, 1.0]
+    greedy, sampled = row["by_temperature"]["0.0"], row["by_temperature"]["1.0"]
+    assert greedy["pass@1"] == greedy["pass@2"]
+    assert 0.0 <= sampled["pass@1"] <= sampled["pass@2"] <= 1.0
+    assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
