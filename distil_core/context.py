@@ -14,11 +14,19 @@ from array import array
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from distil_core.errors import ConfigError
+from distil_core.templates import check_format_template
 from distil_core.types import ExpertQuery, Feedback, Problem, Rollout, Verdict
 
 _THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+_TEMPLATE_VARIABLES = {
+    "demonstration": "a successful sibling's response",
+    "feedback": "the feedback",
+}
 
 
 class ContextTemplate(BaseModel):
@@ -28,17 +36,31 @@ class ContextTemplate(BaseModel):
 
     demonstration: str = Field(
         default="Correct solution: {demonstration}",
-        description="Rendered when a successful sibling exists. Variable: {demonstration}.",
+        description="Rendered when a successful sibling exists. Variable: {demonstration} (required).",
     )
     feedback: str = Field(
         default="Feedback on an earlier unsuccessful attempt: {feedback}",
-        description="Rendered when feedback exists. Variable: {feedback}.",
+        description="Rendered when feedback exists. Variable: {feedback} (required).",
     )
     instruction: str = "Solve the original question correctly."
     separator: str = "\n"
     use_demonstrations: bool = True
     success_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     strip_think: bool = True
+
+    @field_validator("demonstration", "feedback")
+    @classmethod
+    def _check_template(cls, text: str, info: ValidationInfo) -> str:
+        """Checked at load, so a typo is a config error before training rather than a KeyError
+        at the first step with feedback, and a template without its variable cannot silently
+        drop what the expert was meant to read."""
+        name = info.field_name
+        try:
+            check_format_template(text, {name: _TEMPLATE_VARIABLES[name]}, f"context.{name}",
+                                  required=(name,), example=cls.model_fields[name].default)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return text
 
     def render(self, question: str, feedback: Sequence[Feedback], demonstration: Optional[str]) -> str:
         parts = [question]

@@ -1,8 +1,11 @@
 """The expert sees problem + feedback (+ a successful sibling) and scores the student's own ids."""
 
+import pytest
 import torch
 
+from distil_core import ConfigError, ContextTemplate
 from distil_core.builtin import AnswerCheckFeedback, DigitsTask, ExactMatchVerifier
+from distil_core.config.loading import load_config
 from distil_core.context import prompt_ids
 from distil_core.models.experts import score_queries
 from distil_core.rollouts.local import Generator, SamplingParams
@@ -126,3 +129,28 @@ def test_a_context_shared_by_siblings_is_rendered_once_and_each_query_owns_its_i
     cb.tokenizer = other
     cb.build(PROBLEM, 0, _rollout([tok.eos_token_id]), [])
     assert len(again) == 1 and len(rendered) == 2
+
+
+@pytest.mark.parametrize("field, text, message", [
+    ("feedback", "Hints: {feedbak}", r"context\.feedback uses unknown variable \{feedbak\}\. Did you mean 'feedback'\?"),
+    ("feedback", 'As JSON: {"text": {feedback}}', r'unknown variable \{"text"\}\. Valid: feedback\. Write a literal brace as \{\{ or \}\}'),
+    ("feedback", "Feedback follows.", r"context\.feedback does not use \{feedback\}, so the feedback would never be shown"),
+    ("feedback", "Notes: {feedback", r"context\.feedback: braces do not pair: the '\{' at character 8 is never closed"),
+    ("feedback", "Notes: {}", r"context\.feedback: \{\} is a positional placeholder"),
+    ("feedback", "Notes: {feedback:.2f}", r"context\.feedback cannot be rendered: Unknown format code 'f'"),
+    ("demonstration", "Correct solution: {solution}", r"context\.demonstration uses unknown variable \{solution\}"),
+    ("demonstration", "A sibling got it right.", r"context\.demonstration does not use \{demonstration\}"),
+])
+def test_context_templates_are_checked_when_the_config_is_loaded(tmp_path, field, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"context:\n  {field}: {text!r}\n")
+    with pytest.raises(ConfigError, match=f"context\\.{field}: .*{message}"):
+        load_config(str(config))
+    with pytest.raises(ValueError, match=message):
+        ContextTemplate(**{field: text})
+
+
+def test_context_templates_may_use_literal_braces_format_specs_and_a_variable_twice():
+    template = ContextTemplate(feedback="{{notes}} {feedback!r} / {feedback}", demonstration="Solution: {demonstration:>4}")
+    fb = [Feedback(source="a", kind="k", text="4")]
+    assert template.render("Q?", fb, "A") == "Q?\nSolution:    A\n{notes} '4' / 4\nSolve the original question correctly."

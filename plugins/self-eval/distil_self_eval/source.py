@@ -8,6 +8,7 @@ a batch of one.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 from distil_core import ConfigError
@@ -48,8 +49,9 @@ class SelfEvalFeedback:
         self.max_new_tokens = _count(max_new_tokens, "max_new_tokens")
         self.batch_size = _count(batch_size, "batch_size")
         self.max_chars = None if max_chars is None else _count(max_chars, "max_chars")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ConfigError(f"{_where('temperature')} must be a number >= 0; 0 means greedy (got {temperature!r}).")
+        # NaN compares false with everything, so `temperature < 0` alone would let it (and inf) through.
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise ConfigError(f"{_where('temperature')} must be a number >= 0, and finite; 0 means greedy (got {temperature!r}).")
         self.temperature = float(temperature)
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigError(f"{_where('system_prompt')} must be a string (got {system_prompt!r}).")

@@ -8,12 +8,9 @@ must succeed, so a typo stops ``distil train`` at once with the nearest valid na
 from __future__ import annotations
 
 import json
-import re
-import string
 from typing import Any
 
-from distil_core import ConfigError, did_you_mean
-from distil_core import Problem, Rollout, Verdict
+from distil_core import Problem, Rollout, Verdict, check_format_template
 
 VARIABLES = {
     "problem": "the problem's text (its last user message)",
@@ -24,10 +21,11 @@ VARIABLES = {
     "answer": "the answer the verifier extracted from the response, '(none)' when it found none",
 }
 
-# Names a user may reasonably expect, with the reason they are not offered.
+# Names a user may reasonably expect, with the reason they are not offered (it completes
+# "{name} is not available ...").
 NOT_AVAILABLE = {
-    "feedback": "feedback sources see the same rollout side by side, so a source cannot read "
-    "what the others said about it; quote the verdict, score or answer instead",
+    "feedback": "to a feedback source (feedback sources see the same rollout side by side, so a source cannot "
+    "read what the others said about it; quote the verdict, score or answer instead)",
 }
 
 DEFAULT_TEMPLATE = (
@@ -39,7 +37,6 @@ DEFAULT_TEMPLATE = (
 )
 
 _SAMPLE = {"problem": "p", "response": "r", "verdict": "incorrect", "score": 0.5, "reference": "x", "answer": "y"}
-_NAME = re.compile(r"[^.\[]*")
 
 
 class CritiqueTemplate:
@@ -73,82 +70,11 @@ def values(problem: Problem, rollout: Rollout, verdict: Verdict) -> dict[str, An
 
 
 def check_template(text: Any, where: str = "template") -> list[str]:
-    """The variables ``text`` uses, in order; :class:`ConfigError` naming the first problem."""
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{where} must be a non-empty string with {{variables}}, for example {DEFAULT_TEMPLATE!r}.")
-    try:
-        fields = _fields(text)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{where}: braces do not pair: {_brace_problem(text) or exc}. Write a variable as "
-            "{name} and a literal brace as {{ or }}."
-        ) from None
-    used: list[str] = []
-    for field in fields:
-        name = _NAME.match(field).group(0)
-        if not name or name.isdigit():
-            raise ConfigError(
-                f"{where}: {{{field}}} is a positional placeholder; name a variable instead, for "
-                f"example {{response}}. Valid: {', '.join(sorted(VARIABLES))}."
-            )
-        if name in NOT_AVAILABLE:
-            raise ConfigError(
-                f"{where}: {{{name}}} is not available to a feedback source ({NOT_AVAILABLE[name]}). "
-                f"Valid: {', '.join(sorted(VARIABLES))}."
-            )
-        if name not in VARIABLES:
-            raise ConfigError(f"{where} uses unknown variable {{{name}}}.{did_you_mean(name, VARIABLES)}")
-        if name != field:
-            raise ConfigError(
-                f"{where}: {{{field}}} reaches into {{{name}}}; only plain variable names are "
-                f"allowed ({{{name}}} is {VARIABLES[name]})."
-            )
-        if name not in used:
-            used.append(name)
-    try:
-        text.format(**_SAMPLE)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ConfigError(
-            f"{where} cannot be rendered: {exc}. Every variable is text except {{score}}, a number "
-            "(so {score:.2f} works, {problem:.2f} does not)."
-        ) from None
-    return used
+    """The variables ``text`` uses, in order; :class:`ConfigError` naming the first problem.
 
-
-def _fields(text: str) -> list[str]:
-    """Field names of every replacement field, including those nested in format specs."""
-    out = []
-    for _, field, spec, _ in string.Formatter().parse(text):
-        if field is None:
-            continue
-        out.append(field)
-        if spec and "{" in spec:
-            out.extend(_fields(spec))
-    return out
-
-
-def _brace_problem(text: str) -> str:
-    """Where the braces stop pairing, as a reader would count characters (1-based)."""
-    depth, opened, i = 0, 0, 0
-    while i < len(text):
-        char = text[i]
-        if depth == 0:
-            if char in "{}" and text[i + 1 : i + 2] == char:
-                i += 2
-                continue
-            if char == "}":
-                return f"a lone '}}' at character {i + 1} (near {_excerpt(text, i)})"
-            if char == "{":
-                depth, opened = 1, i
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        i += 1
-    if depth:
-        return f"the '{{' at character {opened + 1} is never closed (near {_excerpt(text, opened)})"
-    return ""
-
-
-def _excerpt(text: str, at: int) -> str:
-    return repr(text[max(0, at - 20) : at + 20])
+    The checks themselves are the core's (:func:`distil_core.check_format_template`, which also
+    checks the expert context templates); this binds them to the critique's variables."""
+    return check_format_template(
+        text, VARIABLES, where, unavailable=NOT_AVAILABLE, sample=_SAMPLE, example=DEFAULT_TEMPLATE,
+        render_hint="Every variable is text except {score}, a number (so {score:.2f} works, {problem:.2f} does not).",
+    )

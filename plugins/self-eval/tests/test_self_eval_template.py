@@ -97,6 +97,8 @@ def test_every_variable_renders():
         ("batch_size", 2.5, "option 'batch_size' must be a whole number >= 1"),
         ("max_chars", 0, "option 'max_chars' must be a whole number >= 1"),
         ("temperature", -1, "option 'temperature' must be a number >= 0"),
+        ("temperature", float("nan"), r"option 'temperature' must be a number >= 0, and finite; 0 means greedy \(got nan\)"),
+        ("temperature", float("inf"), r"option 'temperature' must be a number >= 0, and finite; 0 means greedy \(got inf\)"),
         ("only_failed", "yes", "option 'only_failed' must be true or false"),
         ("model", "studnet", "'studnet' is neither 'student' nor a local model directory. Did you mean 'student'?"),
         ("model", {"expert": "writer", "option": {}}, "unknown key 'option'. Did you mean 'options'?"),

@@ -9,10 +9,13 @@ such a result anyway.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 ToolInput = Union[str, dict]
+DATA_REPR_CHARS = 2000  # of the repr of a tool's data that JSON cannot hold
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,17 @@ class Tool(Protocol):
     def run(self, input: ToolInput) -> ToolResult: ...
 
 
+def seconds(value: Any, tool: str, option: str = "timeout_s") -> float:
+    """A tool's time limit, checked: a finite number > 0.
+
+    NaN compares false with everything, so ``value <= 0`` alone lets it through; a NaN or
+    infinite limit then fails inside ``select``/``time`` on every call instead of at load.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{tool} tool: {option} must be positive and finite, in seconds (got {value!r})")
+    return float(value)
+
+
 def excerpt(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` characters, keeping its head and its tail.
 
@@ -63,8 +77,6 @@ def excerpt(text: str, limit: int) -> str:
 def one_line(value: Any, limit: int) -> str:
     """A short single-line rendering of a tool input (newlines shown as ``\\n``)."""
     if isinstance(value, dict):
-        import json
-
         text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     else:
         text = str(value).strip()
@@ -72,3 +84,34 @@ def one_line(value: Any, limit: int) -> str:
     if len(text) > limit:
         text = text[: max(limit - 1, 0)] + "…"
     return text
+
+
+def printable(value: Any, convert: Callable[[Any], Any] = str) -> str:
+    """``convert(value)``, or a placeholder when that fails or gives no string.
+
+    Used on what third-party tools hand over (their exceptions, their data): a broken
+    ``__str__`` or ``__repr__`` there must become a message, not a crash of the feedback step.
+    """
+    try:
+        text = convert(value)
+    except Exception:  # whatever the object's own method raises
+        text = None
+    return text if isinstance(text, str) else f"<{type(value).__name__} object that cannot be printed>"
+
+
+def jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    """A tool's data as JSON-able values (run logs write it as JSON).
+
+    Values JSON does not know become strings; data JSON cannot hold at all (a circular
+    reference, a tuple key, nesting too deep) is kept as ``{"repr": ...}``, cut to
+    :data:`DATA_REPR_CHARS`, so one odd tool cannot stop the feedback step.
+    """
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(json.dumps(value, default=printable))
+    except (TypeError, ValueError, RecursionError):
+        return {"repr": excerpt(printable(value, repr), DATA_REPR_CHARS)}

@@ -9,7 +9,7 @@ and evaluation is a walk over the checked tree: no ``eval``, ``exec`` or ``compi
 called.
 
 Size guards keep a hostile expression cheap: at most :data:`MAX_CHARS` characters, :data:`MAX_DEPTH`
-levels and :data:`MAX_NODES` nodes; integers stay under :data:`MAX_INT_BITS` bits, and a power
+levels (a flat chain such as ``1 + 2 - 3`` is one level) and :data:`MAX_NODES` nodes; integers stay under :data:`MAX_INT_BITS` bits, and a power
 or factorial that would exceed that is refused before it is computed (``9**9**9`` is refused at
 once). Floats must stay finite.
 """
@@ -22,6 +22,7 @@ import operator
 from typing import Any, Callable, Union
 
 from .base import ToolInput, ToolResult
+from .symbolic import same_level  # shared with the sympy tool, whose worker runs symbolic.py alone
 
 Number = Union[int, float]
 MAX_CHARS = 1000
@@ -81,8 +82,8 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "factorial": (_factorial, 1, 1),
     "gcd": (math.gcd, 2, 2),
     "hypot": (math.hypot, 1, 16),
-    "min": (min, 1, 16),
-    "max": (max, 1, 16),
+    "min": (min, 2, 16),  # min(5) would iterate over its one argument
+    "max": (max, 2, 16),
 }
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
@@ -182,6 +183,10 @@ def _check(tree: ast.AST) -> None:
             _check_call(node)
             # The function name itself is not a value: skip it, check the arguments.
             stack.extend((arg, depth + 1) for arg in node.args)
+            continue
+        elif isinstance(node, ast.BinOp):
+            left_depth = depth if same_level(node.left, node) else depth + 1
+            stack += [(node.op, depth + 1), (node.right, depth + 1), (node.left, left_depth)]
             continue
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 

@@ -17,7 +17,9 @@ JSON, in a fenced block whose info string is ``tool``::
     ```
 
 The block holds one JSON object with exactly the keys ``name`` (a string) and ``input`` (a
-string or an object). Tags inside a ``tool`` block belong to its JSON and are not calls.
+string or an object). Whichever call opens first owns what lies inside it: tags inside a
+``tool`` block belong to its JSON, and a ``tool`` block inside a closed tag to the tag's input.
+``<tool-use>``, ``<tool:call>`` and the like are other markup, not calls.
 
 Anything that starts like a call but is not a valid one — a tag without ``name`` or without
 ``</tool>``, a block with invalid JSON, missing or extra keys, an unclosed fence — becomes a
@@ -32,13 +34,16 @@ import textwrap
 from dataclasses import dataclass
 from typing import Optional, Union
 
-_TAG_OPEN = re.compile(r"<tool\b(?P<attrs>[^<>]*?)(?P<selfclose>/?)>")
+# `<tool` then a space, `/` or `>`: `<tool-use …>`, `<tool:call>` and `<tool.result>` are other markup.
+_TAG_OPEN = re.compile(r"<tool(?=[\s/>])(?P<attrs>[^<>]*?)(?P<selfclose>/?)>")
 _TAG_CLOSE = "</tool>"
 _NAME_ATTR = re.compile(r"""\bname\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'/>]+))""")
 _FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*tool[ \t]*\r?$", re.MULTILINE)
 _FENCE_CLOSE = re.compile(r"^[ \t]*```[ \t]*\r?$", re.MULTILINE)
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RAW_EXCERPT = 200  # characters of a malformed call kept to show it
+SHOWN_NAME = 40  # characters of an invalid name or an unexpected key quoted in an error
+SHOWN_KEYS = 5  # unexpected keys listed in an error
 
 
 @dataclass(frozen=True)
@@ -59,20 +64,32 @@ class ToolCall:
 
 
 def parse_calls(text: str) -> list[ToolCall]:
-    """Every tool call in ``text``, well-formed or not, in order of appearance."""
-    calls = _fenced_calls(text)
-    blocks = [(c.start, c.end) for c in calls]
-    calls.extend(c for c in _tag_calls(text) if not any(s <= c.start < e for s, e in blocks))
-    return sorted(calls, key=lambda c: c.start)
+    """Every tool call in ``text``, well-formed or not, in order of appearance.
+
+    Whichever call opens first owns what lies inside it: a tag inside a ```tool block is part of
+    its JSON, and a ```tool block inside a closed tag is part of the tag's input — run once, as
+    the tag's, not a second time on its own.
+    """
+    fenced = _fenced_calls(text)
+    tags, closed = _tag_calls(text, [(c.start, c.end) for c in fenced])
+    fenced = [c for c in fenced if not any(s < c.start < e for s, e in closed)]
+    return sorted(fenced + tags, key=lambda c: c.start)
 
 
-def _tag_calls(text: str) -> list[ToolCall]:
+def _tag_calls(text: str, blocks: list[tuple[int, int]]) -> tuple[list[ToolCall], list[tuple[int, int]]]:
+    """The tags outside ``blocks`` (the spans of the ```tool blocks), and the spans of those
+    that are closed."""
     calls: list[ToolCall] = []
+    spans: list[tuple[int, int]] = []
     pos = 0
     while True:
         match = _TAG_OPEN.search(text, pos)
         if match is None:
-            return calls
+            return calls, spans
+        inside = next((e for s, e in blocks if s <= match.start() < e), None)
+        if inside is not None:
+            pos = inside
+            continue
         start, attrs = match.start(), match.group("attrs")
         name_match = _NAME_ATTR.search(attrs)
         name = None
@@ -90,10 +107,12 @@ def _tag_calls(text: str) -> list[ToolCall]:
         if name is None:
             error = 'the <tool> tag has no name attribute; write <tool name="calculator">…</tool>'
         elif not _VALID_NAME.match(name):
-            error = f"the tool name {name!r} is not valid (letters, digits, '_', '.', '-')"
+            error, name = _invalid_name(name), None  # the error quotes it, cut: it can be any length
         elif not closed:
             error = f'the <tool name="{name}"> tag is not closed with </tool>'
         calls.append(ToolCall(name, None if error else _clean_body(body), "tag", start, end, error, raw[:RAW_EXCERPT]))
+        if closed:
+            spans.append((start, end))
         # An unclosed tag swallows the rest, so no call can follow it.
         pos = end if closed else len(text)
 
@@ -132,18 +151,30 @@ def _decode_json_call(body: str) -> tuple[Optional[str], Union[str, dict, None],
     name = obj.get("name")
     extra = sorted(set(obj) - {"name", "input"})
     if extra:
-        listed = ", ".join(json.dumps(k) for k in extra)
+        listed = ", ".join(json.dumps(_cut(k), ensure_ascii=False) for k in extra[:SHOWN_KEYS])
+        if len(extra) > SHOWN_KEYS:
+            listed += f" and {len(extra) - SHOWN_KEYS} more"
         return _str_or_none(name), None, f'unexpected key {listed} in the tool call; it has exactly "name" and "input"'
     if not isinstance(name, str) or not name:
         return None, None, f'the tool call has no "name" string; {example}'
     if not _VALID_NAME.match(name):
-        return name, None, f"the tool name {name!r} is not valid (letters, digits, '_', '.', '-')"
+        return None, None, _invalid_name(name)
     if "input" not in obj:
         return name, None, f'the call to {name!r} has no "input"; {example}'
     value = obj["input"]
     if not isinstance(value, (str, dict)):
         return name, None, f'the "input" of the call to {name!r} is a JSON {type(value).__name__}; give a string or an object'
     return name, value, None
+
+
+def _invalid_name(name: str) -> str:
+    return f"the tool name {_cut(name)!r} is not valid (letters, digits, '_', '.', '-'; at most 64)"
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`SHOWN_NAME` characters: a response can hold a name or key of any
+    length, and the error quoting it is feedback with a length budget."""
+    return text if len(text) <= SHOWN_NAME else text[: SHOWN_NAME - 1] + "…"
 
 
 def _str_or_none(value: object) -> Optional[str]:

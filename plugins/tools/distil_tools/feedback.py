@@ -19,12 +19,11 @@ feedback as being about an unsuccessful attempt.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Optional, Sequence, Union
 
-from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, nearest
+from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, did_you_mean, nearest
 
-from .base import Tool, excerpt, one_line
+from .base import Tool, excerpt, jsonable, one_line, printable
 from .calls import ToolCall, parse_calls
 from .registry import ToolRegistry, get_registry, run_tool
 
@@ -46,30 +45,52 @@ class ToolFeedback:
         tool_options: Optional[dict[str, dict[str, Any]]] = None,
         registry: Optional[ToolRegistry] = None,
     ):
-        if not isinstance(max_calls, int) or max_calls < 1:
+        # bool is an int to Python; `max_calls: true` in YAML is a mistake, not one call.
+        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
             raise ConfigError(f"tools feedback: max_calls must be a whole number ≥ 1 (got {max_calls!r})")
-        if not isinstance(max_chars, int) or max_chars < 40:
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 40:
             raise ConfigError(f"tools feedback: max_chars must be a whole number ≥ 40 (got {max_chars!r})")
         if registry is not None and not isinstance(registry, ToolRegistry):
             raise ConfigError("tools feedback: `registry` is for Python callers and takes a ToolRegistry; leave it out of config files")
         self.registry = registry if registry is not None else get_registry()
         self.max_calls, self.max_chars, self.only_failed = max_calls, max_chars, bool(only_failed)
+        names = self._names(tools)
+        tool_options = self._options(tool_options, names)
+        self.tools: dict[str, Tool] = {name: self.registry.build("tool", name, tool_options.get(name) or {}) for name in names}
+
+    def _names(self, tools: Any) -> list[str]:
+        """The tools in use: ``tools`` (a name or a list of names), or every registered one."""
+        if tools is None:
+            return self.registry.names("tool")
         if isinstance(tools, str):
-            tools = [tools]
-        names = list(tools) if tools is not None else self.registry.names("tool")
-        tool_options = dict(tool_options or {})
-        for name in tool_options:
+            return [tools]
+        if not isinstance(tools, (list, tuple)) or not all(isinstance(name, str) for name in tools):
+            raise ConfigError(
+                f"tools feedback: tools must be a list of tool names, e.g. [calculator, sympy] (got {_shown(tools)}); "
+                "leave it out to use every registered tool"
+            )
+        return list(tools)
+
+    @staticmethod
+    def _options(tool_options: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+        """``tool_options`` checked: a mapping from tools in use to mappings of their options."""
+        if tool_options is None:
+            return {}
+        if not isinstance(tool_options, dict):
+            raise ConfigError(
+                "tools feedback: tool_options must be a mapping from tool names to their options, "
+                f"e.g. {{python: {{timeout_s: 5}}}} (got {_shown(tool_options)})"
+            )
+        for name, options in tool_options.items():
             if name not in names:
                 raise ConfigError(
-                    f"tools feedback: tool_options names {name!r}, which is not among the tools in use "
-                    f"({', '.join(names) or 'none'}). Add it to `tools` or fix the name."
+                    f"tools feedback: tool_options names {_shown(name)}, which is not among the tools in use."
+                    f"{did_you_mean(str(name), names)} Add it to `tools` or fix the name."
                 )
-        self.tools: dict[str, Tool] = {}
-        for name in names:
-            options = tool_options.get(name) or {}
-            if not isinstance(options, dict):
-                raise ConfigError(f"tools feedback: tool_options.{name} must be a mapping of option names to values")
-            self.tools[name] = self.registry.build("tool", name, options)
+            if options is not None and not isinstance(options, dict):
+                raise ConfigError(f"tools feedback: tool_options.{name} must be a mapping of option names to values "
+                                  f"(got {_shown(options)})")
+        return tool_options
 
     async def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()
@@ -117,15 +138,11 @@ class ToolFeedback:
         output = excerpt(result.text.strip() or "(empty output)", self.max_chars)
         data.update(output=output, ok=result.ok)
         if result.data:
-            data["data"] = _jsonable(result.data)
+            data["data"] = jsonable(result.data)
         said = output if result.ok else f"error: {output}"
         return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → {said}", data=data)
 
 
-def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
-    """A tool's data as JSON-able values (run logs write it as JSON); others become strings."""
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str))
+def _shown(value: Any) -> str:
+    """A config value quoted in an error, on one line and short."""
+    return one_line(printable(value, repr), 80)

@@ -23,6 +23,7 @@ class ToolsCommand:
     def run(args: Any) -> int:
         from distil_core import ConfigError
 
+        from .base import jsonable
         from .registry import get_registry, run_tool
 
         registry = get_registry()
@@ -48,7 +49,7 @@ class ToolsCommand:
                 pass  # a tool may take text that starts with a brace
         result = run_tool(registry.build("tool", args.name), value)
         if args.json:
-            print(json.dumps({"text": result.text, "ok": result.ok, "data": result.data}, default=str))
+            print(json.dumps({"text": result.text, "ok": result.ok, "data": jsonable(result.data)}))
         else:
             print(result.text)
         return 0 if result.ok else 1

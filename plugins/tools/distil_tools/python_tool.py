@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .base import ToolInput, ToolResult, excerpt
+from .base import ToolInput, ToolResult, excerpt, seconds
 
 OUTPUT_CHARS = 4000  # of stdout and of stderr each, before the feedback source's own cap
 
@@ -22,15 +22,14 @@ class PythonTool:
     description = "Runs Python 3 code in the sandbox (standard library only); returns stdout, stderr and exit status."
 
     def __init__(self, backend: str = "auto", timeout_s: float = 10.0, memory_mb: int = 256):
-        if timeout_s <= 0:
-            raise ValueError(f"python tool: timeout_s must be positive (got {timeout_s})")
+        timeout_s = seconds(timeout_s, "python")
         if memory_mb < 32:
             raise ValueError(f"python tool: memory_mb must be at least 32 (got {memory_mb})")
         import distil_sandbox
 
         if backend != "auto" and backend not in distil_sandbox.AUTO_ORDER:
             raise ValueError(f"python tool: unknown sandbox backend {backend!r}; use auto, {', '.join(distil_sandbox.AUTO_ORDER)}")
-        self.backend, self.timeout_s, self.memory_mb = backend, float(timeout_s), int(memory_mb)
+        self.backend, self.timeout_s, self.memory_mb = backend, timeout_s, int(memory_mb)
 
     def run(self, input: ToolInput) -> ToolResult:
         stdin: Optional[str] = None

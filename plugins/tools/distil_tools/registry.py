@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from distil_core import ConfigError, PluginError, Registration, Registry
 
 from . import hookspecs
-from .base import Tool, ToolInput, ToolResult
+from .base import Tool, ToolInput, ToolResult, printable
 
 DEFAULT_TOOL_PLUGINS = ("distil_tools.builtin",)
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -34,16 +34,32 @@ class FunctionTool:
 
 
 def run_tool(tool: Tool, input: ToolInput) -> ToolResult:
-    """Run one call; an exception or an odd return value becomes a failed result."""
+    """Run one call; an exception or an odd return value becomes a failed result.
+
+    A tool's bug must not stop training, and "exception" is meant broadly: a tool that wraps a
+    command-line parser exits through ``SystemExit`` (argparse on bad arguments), and
+    ``GeneratorExit`` or a stray ``CancelledError`` from inside ``run`` cannot be meant for this
+    plain function either. Only ``KeyboardInterrupt`` — the user stopping the run — goes through.
+    """
     try:
         result = tool.run(input)
-    except Exception as exc:  # a tool's bug must not stop training
-        return ToolResult.error(f"the tool failed: {type(exc).__name__}: {exc}")
-    if isinstance(result, ToolResult):
-        return result
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # see the docstring
+        detail = printable(exc)
+        what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        exited = " (the tool called sys.exit)" if isinstance(exc, SystemExit) else ""
+        return ToolResult.error(f"the tool failed: {what}{exited}")
     if isinstance(result, str):
         return ToolResult(result)
-    return ToolResult.error(f"the tool returned {type(result).__name__}, not a ToolResult or a string")
+    if not isinstance(result, ToolResult):
+        return ToolResult.error(f"the tool returned {type(result).__name__}, not a ToolResult or a string")
+    name = printable(getattr(tool, "name", type(tool).__name__), repr)
+    if not isinstance(result.text, str):
+        return ToolResult.error(f"tool {name} returned a ToolResult whose text is {type(result.text).__name__}, not a string")
+    if not isinstance(result.data, dict):
+        return ToolResult.error(f"tool {name} returned a ToolResult whose data is {type(result.data).__name__}, not a dict")
+    return result
 
 
 def same(obj: Any) -> Any:

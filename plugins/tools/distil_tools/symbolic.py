@@ -85,6 +85,17 @@ def split_equation(text: str) -> tuple[str, Optional[str]]:
 # -- the whitelist ------------------------------------------------------------------------
 
 
+def same_level(child: ast.AST, parent: ast.BinOp) -> bool:
+    """Whether ``child``, the left operand of ``parent``, continues a flat chain of operators of
+    one precedence level: ``1 + 2 - 3 + …`` parses as a tree as deep as it is long, but is read
+    flat, so it counts as one level of nesting. (The chain's length is bounded by the node count,
+    and so is the recursion of the evaluation.)"""
+    levels = ((ast.Add, ast.Sub), (ast.Mult, ast.Div, ast.FloorDiv, ast.Mod))
+    return isinstance(child, ast.BinOp) and any(
+        isinstance(child.op, level) and isinstance(parent.op, level) for level in levels
+    )
+
+
 def check_expression(text: str) -> ast.Expression:
     """Parse ``text`` and refuse anything outside the whitelist (nothing is evaluated)."""
     # "^" is a power, as in sympy's own parser; replaced before parsing so it binds like "**".
@@ -121,7 +132,8 @@ def check_expression(text: str) -> ast.Expression:
         elif isinstance(node, ast.BinOp):
             if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod)):
                 raise SymbolicError(f"the operator {type(node.op).__name__} is not allowed; {HELP}")
-            stack += [(node.left, depth + 1), (node.right, depth + 1)]
+            left_depth = depth if same_level(node.left, node) else depth + 1
+            stack += [(node.left, left_depth), (node.right, depth + 1)]
         elif isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.UAdd, ast.USub)):
                 raise SymbolicError(f"the operator {type(node.op).__name__} is not allowed; {HELP}")
@@ -192,7 +204,13 @@ def _guard_power(base: Any, exponent: Any) -> None:
         return
     size = max(abs(int(base.p)), abs(int(base.q)), 1)
     if size > 1 and abs(int(exponent)) * math.log2(size) > MAX_POWER_BITS:
-        raise SymbolicError(f"the power {base}**{exponent} is too large to compute exactly")
+        raise SymbolicError(f"the power {_brief(base)}**{_brief(exponent)} is too large to compute exactly")
+
+
+def _brief(number: Any) -> str:
+    """A rational number quoted in a message: a short one in full, a long one by its size."""
+    bits = max(abs(int(number.p)), int(number.q)).bit_length()
+    return str(number) if bits <= 128 else f"(a number of about {int((bits - 1) * math.log10(2)) + 1} digits)"
 
 
 def _guard_call(name: str, args: list[Any], sp: Any) -> None:
@@ -224,8 +242,8 @@ def compute(request: dict[str, Any]) -> dict[str, Any]:
     if op == "solve":
         return _solve(request, sympy, symbols)
     expr = build(request["exprs"][0], sympy, symbols)
-    result = getattr(sympy, op)(expr)
-    return {"ok": True, "text": str(result), "data": {"result": str(result)}}
+    text = _show(getattr(sympy, op)(expr))
+    return {"ok": True, "text": text, "data": {"result": text}}
 
 
 def _equals(left: Any, right: Any, sp: Any) -> dict[str, Any]:
@@ -237,12 +255,13 @@ def _equals(left: Any, right: Any, sp: Any) -> dict[str, Any]:
         equal = False
     else:
         equal = left.equals(right)
-    data = {"equal": equal, "difference": str(difference)}
+    shown = _show(difference)
+    data = {"equal": equal, "difference": shown}
     if equal:
         return {"ok": True, "text": "equal", "data": data}
     if equal is None:
-        return {"ok": True, "text": f"undecided: the difference simplifies to {difference}", "data": data}
-    text = f"not equal: the difference simplifies to {difference}"
+        return {"ok": True, "text": f"undecided: the difference simplifies to {shown}", "data": data}
+    text = f"not equal: the difference simplifies to {shown}"
     witness = _counterexample(left, right, sp)
     if witness:
         text += f"; {witness}"
@@ -274,6 +293,7 @@ def _number(value: complex) -> str:
 
 
 def _solve(request: dict[str, Any], sp: Any, symbols: dict[str, Any]) -> dict[str, Any]:
+    _check_unknowns(request["for"] or [])
     equations = []
     for text in request["exprs"]:
         left, right = split_equation(text)
@@ -287,7 +307,11 @@ def _solve(request: dict[str, Any], sp: Any, symbols: dict[str, Any]) -> dict[st
     if not equations:
         return {"ok": True, "text": "every value is a solution", "data": {"solutions": "all"}}
     if request["for"]:
-        unknowns = [symbols.get(name) or sp.Symbol(name) for name in request["for"]]
+        missing = [name for name in request["for"] if name not in symbols]
+        if missing:
+            raise SymbolicError(f"cannot solve for {', '.join(missing)}: not in the equations (their symbols: "
+                                f"{', '.join(sorted(symbols)) or 'none'})")
+        unknowns = [symbols[name] for name in request["for"]]
     else:
         unknowns = sorted(set().union(*(e.free_symbols for e in equations)), key=str)
         if not unknowns:
@@ -301,12 +325,39 @@ def _solve(request: dict[str, Any], sp: Any, symbols: dict[str, Any]) -> dict[st
         solutions = sp.solve(equations, unknowns, dict=True)
     except NotImplementedError:
         raise SymbolicError("sympy cannot solve this equation in closed form") from None
-    rows = [{str(k): str(v) for k, v in sorted(sol.items(), key=lambda kv: str(kv[0]))} for sol in solutions]
+    rows = [{str(k): _show(v) for k, v in sorted(sol.items(), key=lambda kv: str(kv[0]))} for sol in solutions]
     if not rows:
         text = "no solution"
     else:
         text = " or ".join(", ".join(f"{k} = {v}" for k, v in row.items()) for row in rows)
     return {"ok": True, "text": text, "data": {"solutions": rows}}
+
+
+def _check_unknowns(names: list[str]) -> None:
+    """Refuse a ``for`` that names a constant: ``e`` is Euler's number in an expression, not a
+    symbol, and sympy would answer "no solution", which reads as a fact about the equation."""
+    for name in names:
+        if name in CONSTANTS:
+            raise SymbolicError(f"cannot solve for {name}: in an expression it is the constant {CONSTANTS[name]}, "
+                                "not a symbol; name a symbol of the equation, or rename that unknown")
+
+
+def _show(value: Any) -> str:
+    """``str(value)``, or :class:`SymbolicError` for a number too long to print.
+
+    Python refuses to turn an integer of more than ``sys.get_int_max_str_digits()`` digits (4300
+    by default) into text, and sympy prints through that conversion; a result such as
+    ``factorial(2000)`` is then reported by its size rather than with Python's advice to raise
+    the limit, which is no advice for the model.
+    """
+    try:
+        return str(value)
+    except ValueError:
+        limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+        if not limit:
+            raise
+        raise SymbolicError(f"the result has a number with more than {limit} digits, too long to show; "
+                            "ask for something smaller (a remainder, a ratio, a logarithm)") from None
 
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import weakref
 from typing import Any, Optional, Union
 
 from . import symbolic
-from .base import ToolInput, ToolResult
+from .base import ToolInput, ToolResult, seconds
 from .symbolic import SymbolicError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "symbolic.py")
@@ -204,13 +204,12 @@ class SympyTool:
     description = 'Symbolic math with sympy: {"expr": "...", "equals": "..."}, "simplify: ...", "solve: x**2 = 4".'
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2, isolate: bool = True):
-        if timeout_s <= 0:
-            raise ValueError(f"sympy tool: timeout_s must be positive (got {timeout_s})")
+        timeout_s = seconds(timeout_s, "sympy")
         if memory_mb < 128:
             raise ValueError(f"sympy tool: memory_mb must be at least 128 (got {memory_mb})")
         if workers < 1:
             raise ValueError(f"sympy tool: workers must be at least 1 (got {workers})")
-        self.timeout_s, self.memory_mb, self.isolate = float(timeout_s), int(memory_mb), isolate
+        self.timeout_s, self.memory_mb, self.isolate = timeout_s, int(memory_mb), isolate
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(workers)
@@ -236,12 +235,17 @@ class SympyTool:
                 worker: Optional[_Worker] = self._idle.pop() if self._idle else None
             if worker is None:
                 worker = _Worker(self.memory_mb)
-            reply = worker.ask(request, self.timeout_s)  # closes the worker itself on failure
-            if worker.alive and worker.served < RECYCLE_AFTER and not reply.get("restart"):
-                with self._lock:
-                    self._idle.append(worker)
-            else:
-                worker.close()
+            reply: Optional[dict[str, Any]] = None
+            try:
+                reply = worker.ask(request, self.timeout_s)
+            finally:
+                # Whatever ask raised (not only WorkerError), the worker goes back to the pool
+                # or is stopped: a worker left in neither is a process outside the `workers` limit.
+                if reply is not None and worker.alive and worker.served < RECYCLE_AFTER and not reply.get("restart"):
+                    with self._lock:
+                        self._idle.append(worker)
+                else:
+                    worker.close()
             return reply
 
     def close(self) -> None:

@@ -45,6 +45,11 @@ TABLE = [
     ("2 ** 100", "1267650600228229401496703205376"),
     ("12 × 3 ÷ 4 − 1 =", "8"),
     ("(((((1 + 2)))))", "3"),
+    ("+".join(["1"] * 101), "101"),  # flat chains are one level of nesting, however long
+    ("1" + "-1+1" * 80, "1"),
+    ("*".join(["2"] * 120), str(2**120)),
+    ("2 * 3 / 4 * 8 // 3 % 5", "4"),
+    ("max(1, 2)", "2"),
 ]
 
 
@@ -71,6 +76,8 @@ def test_arithmetic(expression, expected):
     ("sqrt", "'sqrt' is a function: call it"),
     ("sqrt(1, 2)", "sqrt takes 1 argument (got 2)"),
     ("factorial(-1)", "factorial: the argument must be a whole number ≥ 0"),
+    ("max(5)", "max takes 2 to 16 arguments (got 1)"),
+    ("min(3)", "min takes 2 to 16 arguments (got 1)"),
 ])
 def test_errors_are_clear_messages(expression, message):
     result = CalculatorTool().run(expression)
@@ -147,6 +154,8 @@ def test_code_in_an_expression_is_refused_and_never_runs(tmp_path, monkeypatch):
     ("(" * 300 + "1" + ")" * 300, "too many nested parentheses"),
     ("1+" * 600 + "1", "the expression is too long"),
     ("sqrt(" * 150 + "1" + ")" * 150, "nested too deeply"),
+    ("1" + "+1" * 170, "the expression is too large (more than 500 parts)"),  # a chain is bounded by its parts
+    ("2 ** " * 101 + "1", "nested too deeply"),  # ** is not a flat chain: it nests to the right
 ])
 def test_attacks_and_huge_results_are_refused(expression, message):
     result = CalculatorTool().run(expression)

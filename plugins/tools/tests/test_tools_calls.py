@@ -1,5 +1,8 @@
 """Finding tool calls: the tag and the fenced-JSON formats, malformed calls, the caps."""
 
+import json
+from pathlib import Path
+
 import pytest
 from tools_testlib import FAILED, PASSED, PROBLEM, rollout
 
@@ -49,9 +52,45 @@ def test_both_formats_come_in_order_of_appearance_and_tags_inside_a_tool_block_a
 @pytest.mark.parametrize("text", [
     "no calls at all", "<tool_call>{\"name\": \"x\"}</tool_call>", "<tools>list</tools>",
     "```python\nprint(1)\n```", "```tools\n{}\n```",
+    '<tool-use name="calculator">2+2</tool-use>', '<tool:call>{"x": 1}</tool:call>', "<tool.result>4</tool.result>",
 ])
 def test_other_markup_is_not_a_call(text):
     assert parse_calls(text) == []
+
+
+def test_a_look_alike_tag_does_not_swallow_the_call_after_it():
+    text = '<tool-use name="calculator">2+2</tool-use> then <tool name="calculator">3+3</tool>'
+    assert [(c.name, c.input, c.ok) for c in parse_calls(text)] == [("calculator", "3+3", True)]
+    assert [i.text for i in ToolFeedback(tools=["calculator"]).run_calls(text)] == ["Tool calculator(3+3) → 6"]
+
+
+def test_a_tool_block_inside_a_tag_is_the_tags_input_and_runs_once():
+    block = '```tool\n{"name": "calculator", "input": "1+1"}\n```'
+    text = f'<tool name="python">\n{block}\n</tool> and <tool name="calculator">2+2</tool>'
+    calls = parse_calls(text)
+    assert [(c.format, c.name, c.input) for c in calls] == [("tag", "python", block), ("tag", "calculator", "2+2")]
+    # Not inside a closed tag (an unclosed one is malformed and owns nothing), the block is a call.
+    unclosed = parse_calls(f'<tool name="python">\n{block}\n')
+    assert [(c.format, c.name, c.ok) for c in unclosed] == [("tag", "python", False), ("json", "calculator", True)]
+
+
+def test_a_tag_inside_a_tool_block_cannot_hide_the_calls_after_the_block():
+    text = ('```tool\n{"name": "python", "input": "print(\'<tool name=\\"calculator\\">\')"}\n```\n'
+            '<tool name="calculator">3+3</tool>')
+    assert [(c.format, c.name, c.ok) for c in parse_calls(text)] == [("json", "python", True), ("tag", "calculator", True)]
+
+
+@pytest.mark.parametrize("text, error", [
+    ('<tool name="' + "x y" * 30000 + '">1+1</tool>', "the tool name 'x yx yx yx yx yx yx yx yx yx yx yx yx y…' is not valid"),
+    ('```tool\n{"name": "' + "a b" * 30000 + '", "input": "1"}\n```', "the tool name 'a ba ba ba ba ba ba ba ba ba ba ba ba b…' is not valid"),
+    ('```tool\n{"name": "calculator", "input": "1", "' + "k" * 50000 + '": 1}\n```', 'unexpected key "' + "k" * 39 + '…" in'),
+    ('```tool\n{"name": "calculator", "input": "1", ' + ", ".join(f'"k{i}": 1' for i in range(5000)) + "}\n```",
+     'unexpected key "k0", "k1", "k10", "k100", "k1000" and 4995 more in the tool call'),
+], ids=["long-tag-name", "long-json-name", "long-key", "many-keys"])
+def test_malformed_call_messages_stay_short_whatever_the_response_holds(text, error):
+    [item] = ToolFeedback(tools=["calculator"], max_chars=40).run_calls(text)
+    assert error in item.text and len(item.text) < 200
+    assert len(json.dumps(item.data)) < 600
 
 
 @pytest.mark.parametrize("text, error", [
@@ -138,3 +177,13 @@ def test_unknown_tools_are_named_with_the_ones_that_exist():
     assert item.data["error"] == "unknown_tool" and item.data["ok"] is False
     [item] = ToolFeedback(tools=["calculator"]).run_calls('<tool name="python">print(1)</tool>')
     assert item.text.endswith("unknown tool 'python'. Available tools: calculator.")
+
+
+def test_the_unknown_tool_example_in_the_docs_is_what_the_source_says():
+    docs = Path(__file__).resolve().parents[3] / "docs" / "plugins" / "tools.md"
+    if not docs.exists():
+        pytest.skip("docs/plugins/tools.md is not beside this checkout")
+    [row] = [line for line in docs.read_text().splitlines() if "unknown tool" in line and line.startswith("| `<tool")]
+    call, said = row.split("`")[1], row.split("`")[3]
+    assert "Did you mean" in said
+    assert [i.text for i in ToolFeedback().run_calls(call)] == [said]

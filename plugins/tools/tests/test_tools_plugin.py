@@ -60,6 +60,20 @@ def test_the_engine_resolves_many_rollouts_at_once_in_order(host):
     ({"tools": ["calculator"], "tool_options": {"python": {}}}, "tool_options names 'python', which is not among the tools in use"),
     ({"max_calls": 0}, "max_calls must be a whole number ≥ 1"),
     ({"tool_options": {"sympy": {"timeout_s": -1}}}, "tool 'sympy': sympy tool: timeout_s must be positive"),
+    ({"max_calls": True}, r"max_calls must be a whole number ≥ 1 \(got True\)"),
+    ({"max_chars": True}, r"max_chars must be a whole number ≥ 40 \(got True\)"),
+    ({"tools": 5}, r"tools must be a list of tool names, e.g. \[calculator, sympy\] \(got 5\)"),
+    ({"tools": ["calculator", 5]}, r"tools must be a list of tool names"),
+    ({"tool_options": ["python"]}, r"tool_options must be a mapping from tool names to their options, .* \(got \['python'\]\)"),
+    ({"tool_options": "python"}, r"tool_options must be a mapping from tool names to their options, .* \(got 'python'\)"),
+    ({"tool_options": {"python": [1]}}, r"tool_options.python must be a mapping of option names to values \(got \[1\]\)"),
+    ({"tool_options": {"pyhton": {"timeout_s": 5}}},
+     "tool_options names 'pyhton', which is not among the tools in use. Did you mean 'python'\\? Valid: calculator, python, sympy."),
+    ({"tool_options": {"python": {"timeout_s": float("nan")}}}, r"tool 'python': python tool: timeout_s must be positive and finite, in seconds \(got nan\)"),
+    ({"tool_options": {"python": {"timeout_s": float("inf")}}}, r"python tool: timeout_s must be positive and finite"),
+    ({"tool_options": {"sympy": {"timeout_s": float("nan")}}}, r"tool 'sympy': sympy tool: timeout_s must be positive and finite, in seconds \(got nan\)"),
+    ({"tool_options": {"sympy": {"timeout_s": float("inf")}}}, r"sympy tool: timeout_s must be positive and finite"),
+    ({"tool_options": {"sympy": {"timeout_s": True}}}, r"sympy tool: timeout_s must be positive and finite"),
 ])
 def test_bad_options_are_config_errors(host, options, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,5 +1,7 @@
 """Tools register through the plugin's own ``register_tools`` hook, built-in and third-party alike."""
 
+import argparse
+import json
 import sys
 import textwrap
 
@@ -8,6 +10,7 @@ import pytest
 from distil_core import ConfigError, PluginError, PluginHost
 from distil_core import hookimpl as core_hookimpl
 from distil_tools import ToolFeedback, ToolRegistry, ToolResult, get_registry, hookimpl
+from distil_tools.base import DATA_REPR_CHARS, jsonable
 from distil_tools.registry import reset_registry
 
 
@@ -96,6 +99,100 @@ def test_a_tool_that_raises_or_returns_nonsense_gives_a_failed_result(third_part
         "Tool odd(x) → error: the tool returned int, not a ToolResult or a string",
     ]
     assert [i.data["ok"] for i in items] == [False, False]
+
+
+def wants_a_number(input):
+    """Doubles a number, parsing its input as a command line (argparse exits on bad arguments)."""
+    parser = argparse.ArgumentParser(prog="wants_a_number")
+    parser.add_argument("n", type=int)
+    return str(parser.parse_args(input.split()).n * 2)
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def unprintable(input):
+    """Raises an exception whose str() raises."""
+    raise Unprintable()
+
+
+def closes(input):
+    """Raises GeneratorExit, which cannot be meant for run_tool: it is no generator."""
+    raise GeneratorExit()
+
+
+def interrupted(input):
+    """The user pressing Ctrl-C while the tool runs."""
+    raise KeyboardInterrupt()
+
+
+def circular(input):
+    data = {"n": 1}
+    data["self"] = data
+    return ToolResult("ok", data=data)
+
+
+class Odd:
+    @hookimpl
+    def register_tools(register):
+        for function in (wants_a_number, unprintable, closes, interrupted, circular):
+            register(function)
+        register(lambda text: ToolResult(42), name="number_text")
+        register(lambda text: ToolResult(None, ok=False), name="no_text")
+        register(lambda text: ToolResult("ok", data=["a", "list"]), name="list_data")
+        register(lambda text: ToolResult("ok", data={(1, 2): "tuple key", "v": {1, 2}}), name="tuple_key")
+
+
+@pytest.fixture
+def odd():
+    registry = ToolRegistry(load_entrypoints=False)
+    registry.register_plugin(Odd, "odd")
+    return registry
+
+
+def test_a_tool_that_exits_or_cannot_print_its_error_fails_the_call_not_the_run(odd, capsys):
+    source = ToolFeedback(tools=["wants_a_number", "unprintable", "closes"], registry=odd)
+    text = ('<tool name="wants_a_number">21</tool><tool name="wants_a_number">two</tool>'
+            '<tool name="unprintable">x</tool><tool name="closes">x</tool>')
+    assert [i.text for i in source.run_calls(text)] == [
+        "Tool wants_a_number(21) → 42",
+        "Tool wants_a_number(two) → error: the tool failed: SystemExit: 2 (the tool called sys.exit)",
+        "Tool unprintable(x) → error: the tool failed: Unprintable: <Unprintable object that cannot be printed>",
+        "Tool closes(x) → error: the tool failed: GeneratorExit",
+    ]
+    assert "invalid int value: 'two'" in capsys.readouterr().err  # argparse's own message, on stderr
+
+
+def test_ctrl_c_in_a_tool_still_stops_the_run(odd):
+    with pytest.raises(KeyboardInterrupt):
+        ToolFeedback(tools=["interrupted"], registry=odd).run_calls('<tool name="interrupted">x</tool>')
+
+
+def test_a_result_with_text_or_data_of_the_wrong_kind_is_a_failed_call_naming_the_tool(odd):
+    source = ToolFeedback(tools=["number_text", "no_text", "list_data"], registry=odd)
+    items = source.run_calls('<tool name="number_text">x</tool><tool name="no_text">x</tool><tool name="list_data">x</tool>')
+    assert [i.text for i in items] == [
+        "Tool number_text(x) → error: tool 'number_text' returned a ToolResult whose text is int, not a string",
+        "Tool no_text(x) → error: tool 'no_text' returned a ToolResult whose text is NoneType, not a string",
+        "Tool list_data(x) → error: tool 'list_data' returned a ToolResult whose data is list, not a dict",
+    ]
+    assert [i.data["ok"] for i in items] == [False, False, False]
+
+
+def test_data_json_cannot_hold_is_kept_as_a_bounded_repr(odd):
+    source = ToolFeedback(tools=["circular", "tuple_key"], registry=odd)
+    items = source.run_calls('<tool name="circular">x</tool><tool name="tuple_key">x</tool>')
+    assert [i.text for i in items] == ["Tool circular(x) → ok", "Tool tuple_key(x) → ok"]
+    assert items[0].data["data"] == {"repr": "{'n': 1, 'self': {...}}"}
+    assert items[1].data["data"]["repr"].startswith("{(1, 2): 'tuple key', 'v': {1, 2}")
+    for item in items:
+        json.dumps(item.data)  # what the run logs do with it
+    huge = {i: [0] * 100 for i in range(200)}
+    huge[(0, 0)] = 0
+    assert len(jsonable(huge)["repr"]) == DATA_REPR_CHARS
+    assert jsonable({"n": {1, 2}}) == {"n": "{1, 2}"}  # a value JSON does not know becomes its string
 
 
 def test_unregistering_a_plugin_removes_its_tools(third_party):

@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 
-from distil_tools import symbolic
+from distil_tools import run_tool, symbolic
 from distil_tools.sympy_tool import SympyTool
 
 
@@ -43,6 +43,10 @@ def isolated():
     ("solve: x + y = 3; x - y = 1", "x = 2, y = 1"),
     ({"op": "solve", "expr": "x**2 + 1", "for": "x"}, "x = -I or x = I"),
     ("solve: exp(x) = 0", "no solution"),
+    ("simplify: " + " + ".join(f"x**{k}" for k in range(101)), "x**100 + x**99 + x**98"),  # a flat chain: one level
+    ("+".join(["x"] * 300) + " == 300*x", "equal"),
+    ("solve: x + e = 3", "x = 3 - E"),
+    ("factorial(2000) == factorial(2000)", "equal"),  # a long number is fine until it has to be shown
 ])
 def test_symbolic_answers(in_process, input, text):
     result = in_process.run(input)
@@ -70,6 +74,16 @@ def test_equality_data_and_the_isolated_worker(isolated):
     ('{"expr": ', "the input looks like JSON but is not valid"),
     ("diff(x**2, 2) == 0", "diff: the second argument must be a symbol"),
     ("solve: sin(x) = 2*x + exp(x)", "sympy cannot solve this equation in closed form"),
+    ("solve: x + e = 3 for e", "cannot solve for e: in an expression it is the constant E, not a symbol"),
+    ("solve: 2*pi = 6 for pi", "cannot solve for pi: in an expression it is the constant pi, not a symbol"),
+    ({"op": "solve", "expr": "E*x = 1", "for": "E"}, "cannot solve for E: in an expression it is the constant E"),
+    ("solve: x + 1 = 3 for z", "cannot solve for z: not in the equations (their symbols: x)"),
+    ({"op": "solve", "expr": ["x + y = 3", "x - y = 1"], "for": ["x", "w"]}, "cannot solve for w: not in the equations (their symbols: x, y)"),
+    ("simplify: factorial(2000)", "the result has a number with more than 4300 digits, too long to show"),
+    ("simplify: 2**20000", "the result has a number with more than 4300 digits, too long to show"),
+    ("2**20000 == x", "the result has a number with more than 4300 digits"),
+    ("(2**99999)**2 == 1", "the power (a number of about 30103 digits)**2 is too large to compute exactly"),
+    ("simplify: " + "sqrt(" * 100 + "x" + ")" * 100, "too deep"),  # real nesting is still bounded
 ])
 def test_bad_requests_are_explained(in_process, input, message):
     result = in_process.run(input)
@@ -147,5 +161,21 @@ def test_a_call_that_needs_too_much_memory_is_stopped_and_the_next_one_works():
         assert not big.ok and big.text == "sympy ran out of memory on this input"
         assert tool._idle == []  # that worker is not reused
         assert tool.run("x + x == 2*x").text == "equal"
+    finally:
+        tool.close()
+
+
+def test_a_call_that_fails_inside_the_worker_exchange_never_leaves_a_worker_outside_the_pool():
+    """Whatever ask raises, the worker is returned to the pool or stopped: one left in neither is a
+    process beyond the `workers` limit, one per such call."""
+    tool = SympyTool(timeout_s=20, workers=1)
+    try:
+        assert tool.run("x + x == 2*x").text == "equal"
+        [worker] = tool._idle
+        tool.timeout_s = float("nan")  # refused by the constructor; here it makes select() raise ValueError
+        assert run_tool(tool, "x + x == 2*x").text == "the tool failed: ValueError: Invalid value NaN (not a number)"
+        assert tool._idle == [] and not worker.alive
+        tool.timeout_s = 20.0
+        assert tool.run("x + x == 2*x").text == "equal"  # a fresh worker
     finally:
         tool.close()
