@@ -14,8 +14,8 @@ Split rule, first that applies:
    and ``test_fraction > 0``) form the test split. The rule depends only on the ids, not on the
    order of the records.
 
-A test split given by ``test_path`` or ``split_key`` must be held out: a prompt in both splits is
-refused, since evaluating on it would measure what was trained on.
+A test split given by ``test_path``, ``split_key`` or a named split must be held out: a prompt in
+both splits is refused, since evaluating on it would measure what was trained on.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def load_splits(
         test = load_whole(test_path, convert, test_split, subset)
         return held_out(train, test, "test_path", "path")
     if test_split in named:
-        return {"train": train, "test": load_records(named[test_split].records, convert, f"{path} ({test_split})")}
+        return held_out(train, load_records(named[test_split].records, convert, f"{path} ({test_split})"),
+                        f"{path!r} ({test_split})", f"({split})")
     return split_by_id(train, test_fraction)
 
 

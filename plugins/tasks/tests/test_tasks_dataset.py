@@ -57,6 +57,13 @@ def test_datasetdict_splits_are_the_train_and_test_splits_and_split_names_are_op
     assert len(task.problems("train")) == 8 and task.problems("test")[0].id == "validation:0"
     with pytest.raises(ValueError, match=r"has the splits \['train', 'validation'\]; set options.split"):
         DatasetTask(path=path, prompt_key="question", answer_key="target", split="training")
+    # a named test split that repeats a train prompt is refused like any other test split
+    leaky = str(tmp_path / "leaky")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:8]),
+                          "test": datasets.Dataset.from_list(ROWS[6:])}).save_to_disk(leaky)
+    with pytest.raises(ValueError, match=r"leaky' \(test\) shares 2 problems with \(train\): the same prompt "
+                                         r"\(e\.g\. test 'test:0' is train 'train:6'\); the test split must be held out"):
+        DatasetTask(path=leaky, prompt_key="question", answer_key="target")
 
 
 def test_a_split_column_decides_each_records_split(tmp_path):
