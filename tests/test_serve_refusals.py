@@ -2,6 +2,7 @@
 127.0.0.1: parameters it does not implement are a 400 naming them (never ignored), routes it
 does not have say which ones it has, and the default served name is readable."""
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -99,6 +100,46 @@ def test_routes_it_does_not_have_say_what_to_use(client, server):
     assert "POST /v1/completions" in body["error"]["message"] and "GET /v1/models" in body["error"]["message"]
     status, body = get(server.base_url + "/v1/chat/completions")
     assert status == 405 and "use POST /v1/chat/completions" in body["error"]["message"]
+
+
+def test_every_method_is_answered_in_openais_shape(server):
+    def ask(verb, path):
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        try:
+            connection.request(verb, path, headers={"Content-Length": "0"})
+            response = connection.getresponse()
+            return response.status, response.getheader("Allow"), response.getheader("Content-Type"), response.read()
+        finally:
+            connection.close()
+
+    for verb in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, allow, kind, body = ask(verb, "/v1/completions")
+        assert (status, allow, kind) == (405, "POST", "application/json"), verb
+        assert f"{verb} /v1/completions is not allowed; use POST" in json.loads(body)["error"]["message"]
+    status, _, _, body = ask("DELETE", "/v1/nothing")
+    assert status == 404 and "GET /v1/models" in json.loads(body)["error"]["message"]
+    assert ask("HEAD", "/v1/completions")[:2] == (405, "POST")
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:  # HEAD is GET without the body: the next answer on the connection is read whole
+        connection.request("HEAD", "/v1/models")
+        head = connection.getresponse()
+        assert head.status == 200 and int(head.getheader("Content-Length")) > 0 and head.read() == b""
+        connection.request("GET", "/v1/models")
+        assert json.loads(connection.getresponse().read())["data"][0]["id"] == "tiny"
+    finally:
+        connection.close()
+
+
+def test_distil_serve_refuses_a_port_out_of_range_before_loading_the_model(monkeypatch, capsys):
+    from distil_core.cli.main import main
+
+    loaded = []
+    monkeypatch.setattr("distil_core.cli.serve.load_for_serving",
+                        lambda *args, **kwargs: loaded.append(1) or (tiny_model(), tiny_tokenizer(), "tiny"))
+    assert main(["serve", "--port", "70000"]) != 0
+    assert "--port 70000: a port is a number from 0 to 65535" in capsys.readouterr().err and not loaded
+    assert main(["serve", "--fault", "slow:inf"]) != 0
+    assert "--fault: fault 'slow:inf': the seconds must be a finite number" in capsys.readouterr().err
 
 
 def test_a_gguf_model_is_served_under_its_model_name(tmp_path):

@@ -137,6 +137,28 @@ def test_a_character_split_across_tokens_is_sent_whole(scripted):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("stop, text, tokens", [("☃", "é", 2), ("日", "é☃", 5), ("!", "é☃日", 8)])
+def test_a_stop_string_after_split_characters_keeps_every_token_of_the_text(scripted, stop, text, tokens):
+    """Tokens, log-probs, usage and text_offset agree with the text: each character here is 2 or 3
+    one-byte tokens, and a token holding part of one decodes alone as one U+FFFD."""
+    _, client = scripted
+    vocab = Vocabulary(tiny_tokenizer())
+    ask = dict(model="scripted", prompt=byte_ids("x"), max_tokens=20, temperature=0, stop=[stop], logprobs=0,
+               extra_body={"return_tokens_as_token_ids": True})
+    whole = client.completions.create(**ask)
+    choice = whole.choices[0]
+    ids = [int(t.removeprefix("token_id:")) for t in choice.logprobs.tokens]
+    assert choice.text == text and choice.finish_reason == "stop" and vocab.text(ids) == text
+    assert len(ids) == len(choice.logprobs.token_logprobs) == whole.usage.completion_tokens == tokens
+    starts = [0, 0, 1, 1, 1, 2, 2, 2]  # where each token's character starts: é, then ☃, then 日
+    assert choice.logprobs.text_offset == starts[:tokens]
+    echoed = client.completions.create(**{**ask, "prompt": byte_ids("xé"), "echo": True}).choices[0]
+    # the echoed prompt x é (3 tokens), then the same answer without its é: offsets from "xé"'s 2
+    assert echoed.text == "x" + text and echoed.logprobs.text_offset == [0, 1, 1] + [1 + s for s in starts[2:tokens]]
+    streamed = client.completions.create(**{k: v for k, v in ask.items() if k != "logprobs"}, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == text
+
+
 def rows_growing(ids, done_at=None):
     """A row after each of its tokens, as the model thread publishes it."""
     from distil_core.serving.batcher import Generation

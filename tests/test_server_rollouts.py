@@ -5,9 +5,12 @@ Everything goes over real HTTP on 127.0.0.1; the served model and the policy are
 copies of the same tiny base, so only a sync can make them agree after the policy changes.
 """
 
+import contextlib
 import json
 import os
+import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -282,6 +285,71 @@ def test_the_client_retries_overload_honouring_retry_after_but_not_a_server_erro
     with pytest.raises(ServerError, match="answered 429"):
         client.post("/v1/completions", body)
     assert server.stats["requests"] == 3  # the first attempt and two retries
+
+
+@contextlib.contextmanager
+def scripted_server(answer):
+    """(url, request lines seen) of a server on 127.0.0.1 that reads each request whole, then
+    lets ``answer(connection)`` send whatever it likes, and closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the test is over
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                while length and len(body) < int(length.group(1)) and (chunk := connection.recv(65536)):
+                    body += chunk
+                seen.append(head.split(b"\r\n")[0])
+                with contextlib.suppress(OSError):  # the client may be gone
+                    answer(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", seen
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+
+
+@pytest.mark.parametrize("reply, kind", [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"choices\":", "IncompleteRead"),
+    (b"garbage\r\n\r\n", "BadStatusLine"),
+])
+def test_an_answer_cut_off_or_not_http_is_retried_then_a_server_error(reply, kind):
+    with scripted_server(lambda connection: connection.sendall(reply)) as (url, seen):
+        with pytest.raises(ServerError, match=rf"answered with a broken HTTP response \({kind}.*2 times"):
+            ServerClient(url, retries=1, timeout_s=30).post("/v1/completions", {"prompt": [1]})
+        assert len(seen) == 2  # the first attempt and one retry
+
+
+def test_timeout_s_bounds_the_whole_answer_not_each_read():
+    body = b'{"choices": []}' + b" " * 40
+    done = threading.Event()
+
+    def trickle(connection):  # a byte every 0.1 s: each read is quick, the whole answer takes 5.5 s
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for byte in body:
+            if done.wait(0.1):
+                return
+            connection.sendall(bytes([byte]))
+
+    with scripted_server(trickle) as (url, seen):
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="did not answer within 1 s"):
+            ServerClient(url, retries=2, timeout_s=1.0).post("/v1/completions", {})
+        elapsed = time.monotonic() - started
+        done.set()
+    assert 1.0 <= elapsed < 4.0 and len(seen) == 1  # cut off at the deadline, and a timeout is not retried
 
 
 def test_adapter_and_weight_endpoints_refuse_what_does_not_fit(server, base, tmp_path):

@@ -69,6 +69,8 @@ def main_serve(args: argparse.Namespace) -> int:
         faults = [parse_fault(f) for f in args.faults]
     except ValueError as exc:
         raise ConfigError(f"--fault: {exc}") from None
+    if not 0 <= args.port <= 65535:  # checked before the model loads
+        raise ConfigError(f"--port {args.port}: a port is a number from 0 to 65535 (0 picks a free one).")
     model, tokenizer, name = load_for_serving(args.model, args.overrides)
     options = dict(model_name=args.name or name, host=args.host, port=args.port, api_key=args.api_key,
                    verbose=args.verbose)
@@ -76,7 +78,7 @@ def main_serve(args: argparse.Namespace) -> int:
         LocalOpenAIServer(model, tokenizer, **options)
     try:
         base = server.start()
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # a port taken or not allowed; OverflowError: out of range
         raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); pick another --port.") from None
     print(f"Serving {server.model_name!r} at {base}/v1 (Ctrl-C stops)", flush=True)
     try:

@@ -20,7 +20,7 @@ class RolloutServer(_Section):
     model: str = Field(description="The served name of the policy's base model (what GET /v1/models lists).")
     api_key: Optional[str] = Field(default=None, description="Sent as 'Authorization: Bearer KEY'.")
     api_key_env: Optional[str] = Field(default=None, description="Name of an environment variable holding the key.")
-    timeout_s: float = Field(default=300.0, gt=0.0, description="Per HTTP request.")
+    timeout_s: float = Field(default=300.0, gt=0.0, description="Per HTTP request, the whole answer (connecting and reading all of it); retries get their own.")
     max_concurrency: int = Field(default=16, ge=1, le=65536, description="Completion requests in flight at once (one per prompt).")
     retries: int = Field(default=2, ge=0, le=1000, description="Retries of a request the server refused for load (429, 503) or dropped.")
     sync: Literal["auto", "lora", "weights", "none"] = Field(

@@ -1,11 +1,19 @@
 """JSON over HTTP to a rollout server (vLLM or ``distil serve``), with retries on overload and
 errors that say what to do. :mod:`distil_core.rollouts.server` builds on it.
+
+Each request must be answered whole within ``timeout_s``: urllib's timeout bounds each read of
+the socket only, so a server sending a byte now and then could hold a rollout step for ever.
+A deadline timer shuts the request's socket down when the time is up, which ends a read
+blocked on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,9 +38,11 @@ class ServerError(DistilError):
 class ServerClient:
     """JSON over HTTP to one server, with retries on overload and errors that say what to do.
 
-    ``retries`` more attempts follow a refused connection or a status in :data:`RETRY_STATUSES`,
-    waiting as :class:`~distil_core.retry.RetryPolicy` says: the server's Retry-After (at most
-    10 s), else 0.5 s doubling. A timeout is not retried: the server is busy, not gone.
+    ``retries`` more attempts follow a refused connection, an answer broken off or not HTTP, or
+    a status in :data:`RETRY_STATUSES`, waiting as :class:`~distil_core.retry.RetryPolicy` says:
+    the server's Retry-After (at most 10 s), else 0.5 s doubling. ``timeout_s`` bounds each
+    attempt whole (connecting and reading all of the answer); a timeout is not retried: the
+    server is busy, not gone.
     """
 
     def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 300.0, retries: int = 2):
@@ -57,15 +67,8 @@ class ServerClient:
         for attempt in range(self.policy.retries + 1):
             last = attempt == self.policy.retries
             try:
-                req = urllib.request.Request(url, data=data, method=verb, headers=headers)
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
-                    return _parsed(response.read())
-            except urllib.error.HTTPError as exc:
-                text = exc.read().decode("utf-8", "replace")
-                if exc.code in RETRY_STATUSES and not last:
-                    time.sleep(self.policy.delay(attempt, retry_after_seconds(exc.headers)))
-                    continue
-                raise ServerError(f"{verb} {url} answered {exc.code}: {_message(text)}", exc.code) from None
+                status, answer_headers, raw = self._exchange(
+                    urllib.request.Request(url, data=data, method=verb, headers=headers))
             except (socket.timeout, TimeoutError):
                 raise ServerError(f"{verb} {url} did not answer within {self.timeout_s:g} s; raise "
                                   "rollout.server.timeout_s or lower rollout.server.max_concurrency.") from None
@@ -76,7 +79,116 @@ class ServerClient:
                 reason = getattr(exc, "reason", exc)
                 raise ServerError(f"Cannot reach the rollout server at {url} ({reason}). Start it (`vllm serve ...` "
                                   "or `distil serve ...`), or fix rollout.server.base_url.") from None
+            except http.client.HTTPException as exc:  # cut off mid-answer, or not HTTP at all
+                if not last:
+                    time.sleep(self.policy.delay(attempt))
+                    continue
+                raise ServerError(f"{verb} {url} answered with a broken HTTP response ({type(exc).__name__}: "
+                                  f"{str(exc).strip()[:200]}), {attempt + 1} times. Is the server restarting, or "
+                                  "is rollout.server.base_url another kind of server?") from None
+            if status >= 400:
+                if status in RETRY_STATUSES and not last:
+                    time.sleep(self.policy.delay(attempt, retry_after_seconds(answer_headers)))
+                    continue
+                message = _message(raw.decode("utf-8", "replace"))
+                raise ServerError(f"{verb} {url} answered {status}: {message}", status)
+            return _parsed(raw)
         raise AssertionError("unreachable")
+
+    def _exchange(self, request: urllib.request.Request) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of one attempt, all of it within ``timeout_s`` or TimeoutError."""
+        with _Deadline(self.timeout_s) as deadline:
+            opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+            try:
+                try:
+                    with opener.open(request, timeout=self.timeout_s) as response:
+                        answer = response.status, response.headers, response.read()
+                except urllib.error.HTTPError as exc:  # an error status: its body says why
+                    answer = exc.code, exc.headers, exc.read()
+                    exc.close()
+            except (OSError, http.client.HTTPException):
+                if deadline.expired:
+                    raise TimeoutError from None
+                raise
+        if deadline.expired:  # shut down at the deadline: what was read may be cut short
+            raise TimeoutError
+        return answer
+
+
+class _Deadline:
+    """Shuts down the sockets it watches once ``seconds`` have passed since it was entered."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """An http.client connection whose socket a :class:`_Deadline` watches."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.deadline.watch(self.sock)  # type: ignore[attr-defined]
+
+
+class _WatchedHTTP(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _Watching:
+    """A urllib handler that opens its connections watched by ``deadline``."""
+
+    connection: type
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self.connection, req, deadline=self.deadline, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPHandler(_Watching, urllib.request.HTTPHandler):
+    connection = _WatchedHTTP
+
+
+class _HTTPSHandler(_Watching, urllib.request.HTTPSHandler):
+    connection = _WatchedHTTPS
 
 
 def _parsed(raw: bytes) -> Any:

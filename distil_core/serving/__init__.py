@@ -2,11 +2,12 @@
 
 ``http`` is the server and its request handling, ``requests`` the validated request bodies
 (and the parameters refused by name), ``engine`` the generation and scoring behind it
-(``LocalLM``), ``batcher`` the model thread that decodes concurrent requests together,
-``streaming`` the server-sent chunks of ``"stream": true``, ``text`` a generation's text
-(whole, or in pieces that never split a character), ``logprobs`` the answer formats, ``weights`` the
-hot-swapped weights a trainer pushes to it, ``tokens`` the byte-level token tables the API
-answers with, and ``faults`` a server whose answers fail on schedule, for testing clients.
+(``LocalLM``), ``next_token`` how a decoding step picks its tokens from the logits, ``batcher``
+the model thread that decodes concurrent requests together, ``streaming`` the server-sent
+chunks of ``"stream": true``, ``text`` a generation's text (whole, or in pieces that never
+split a character), ``logprobs`` the answer formats, ``weights`` the hot-swapped weights a
+trainer pushes to it, ``tokens`` the byte-level token tables the API answers with, and
+``faults`` a server whose answers fail on schedule, for testing clients.
 
 May import the contract layer, ``models`` and ``rollouts``; never ``training`` or ``cli``.
 Importing this package loads neither torch nor transformers.

@@ -11,9 +11,13 @@ response body, in OpenAI's shapes:
 
 Log-probs are ``log_softmax`` of the model's logits (before temperature, top-k or top-p, as
 vLLM's default ``raw_logprobs``), so an echoed prompt's log-probs are exactly what the model
-assigns to each prompt token. A sample that ends at EOS keeps the EOS token (with its log-prob)
-among its tokens but not in its text, as vLLM does. A request's ``model`` may name a LoRA
-adapter loaded onto the served model (:mod:`distil_core.serving.weights`).
+assigns to each prompt token. They are over all the model's ids, but the tokens answered
+(sampled, or among the top-k) are only ever ids the tokenizer has, for a model whose head is
+padded past its tokenizer (:mod:`distil_core.serving.next_token`). A sample that ends at EOS
+keeps the EOS token (with its log-prob) among its tokens but not in its text, as vLLM does. A
+request's ``model`` may name a LoRA adapter loaded onto the served model
+(:mod:`distil_core.serving.weights`). A temperature under ``GREEDY_BELOW``
+(:mod:`distil_core.serving.requests`) is greedy decoding.
 
 Generation runs on one model thread (:mod:`distil_core.serving.batcher`): requests that arrive
 together and share an adapter, ``max_tokens`` and sampling parameters are decoded as one
@@ -37,6 +41,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.batcher import Batcher, Generation, Job
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
+from distil_core.serving.next_token import checked_logits, next_tokens
 from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest
 from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
@@ -70,6 +75,28 @@ class LocalLM:
         self._batcher.close()
 
     # -- the endpoints
+
+    def resolve(self, name: Any) -> Optional[str]:
+        """The adapter a request's ``model`` names (None: the base model). A missing or
+        non-string ``model`` is a 400, a name nothing is served under a 404."""
+        if name is None:
+            raise ApiError(400, f"You must provide a model parameter: 'model' names the model to answer with "
+                                f"({self._served()}).", param="model")
+        if not isinstance(name, str):
+            raise ApiError(400, f"'model' must be a string naming a served model ({self._served()}); got a "
+                                f"{type(name).__name__}.", param="model")
+        if name == self.model_name:
+            return None
+        if name not in self.weights.adapters:
+            raise self._not_served(name)
+        return name
+
+    def _served(self) -> str:
+        return "this server serves " + ", ".join(repr(s) for s in [self.model_name, *self.weights.adapters])
+
+    def _not_served(self, name: str, *, waited: bool = False) -> ApiError:
+        why = "was unloaded while this request waited" if waited else "does not exist"
+        return ApiError(404, f"The model {name!r} {why}; {self._served()}.", param="model", code="model_not_found")
 
     def completions(self, request: CompletionRequest, adapter: Optional[str] = None) -> dict[str, Any]:
         """``adapter``: the loaded LoRA adapter to answer with (None: the base weights)."""
@@ -166,16 +193,20 @@ class LocalLM:
     @contextlib.contextmanager
     def _inference(self, adapter: Optional[str] = None) -> Iterator[tuple[Any, Any]]:
         """(module, device) for one forward pass or one generation, under the model lock, in
-        eval mode without gradients; ``adapter`` picks the loaded LoRA adapter (None: base)."""
+        eval mode without gradients; ``adapter`` picks the loaded LoRA adapter (None: base). An
+        adapter unloaded while the request waited for the lock is a 404 for that request only."""
         import torch
 
-        with self._model_lock, torch.no_grad(), self.weights.active(adapter) as module:
-            was_training = module.training
-            module.eval()
-            try:
-                yield module, next(module.parameters()).device
-            finally:
-                module.train(was_training)
+        with self._model_lock:
+            if adapter is not None and adapter not in self.weights.adapters:
+                raise self._not_served(adapter, waited=True)  # its name was checked before the request queued
+            with torch.no_grad(), self.weights.active(adapter) as module:
+                was_training = module.training
+                module.eval()
+                try:
+                    yield module, next(module.parameters()).device
+                finally:
+                    module.train(was_training)
 
     def open_jobs(self) -> int:
         """Generation requests queued for the model thread or being decoded now."""
@@ -193,12 +224,13 @@ class LocalLM:
         import torch
 
         with self._inference(adapter) as (model, device):
-            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+            logits = checked_logits(model(input_ids=torch.tensor([ids], device=device)).logits[0].float())
             logp = torch.log_softmax(logits, dim=-1)[:-1]  # row j-1 predicts ids[j]
             target = torch.tensor(ids[1:], device=device)
             chosen = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            ranks = (logp > chosen.unsqueeze(-1)).sum(-1) + 1
-            top_lp, top_ids = torch.topk(logp, k, dim=-1) if k else (None, None)
+            spelt = logp[:, : len(self.vocab)]  # ids past the tokenizer's (a padded head) are no tokens
+            ranks = (spelt > chosen.unsqueeze(-1)).sum(-1) + 1
+            top_lp, top_ids = torch.topk(spelt, k, dim=-1) if k else (None, None)
         return {
             "chosen": chosen.tolist(), "ranks": ranks.tolist(),
             "top_ids": top_ids.tolist() if k else [[] for _ in ids[1:]],
@@ -290,26 +322,19 @@ class LocalLM:
 
     def _step(self, logits: Any, ids: Any, warpers: list[Any], keys: Any, step: int,
               rows: list[tuple[Job, Generation]], live: list[int]) -> Any:
-        """Draw every row's next token (greedy without ``keys``) and append it to the live rows.
+        """Draw every row's next token (:func:`~distil_core.serving.next_token.next_tokens`; greedy
+        without ``keys``) and append it to the live rows.
 
         A row stops at EOS (kept, with its log-prob, as vLLM returns it) or at one of its
         request's stop strings.
         """
         import torch
 
-        from distil_core.rollouts.sampling import inverse_cdf, keyed_uniform
-
-        logp = torch.log_softmax(logits, dim=-1)
-        if keys is None:
-            tokens = torch.argmax(logits, dim=-1)
-        else:  # the warpers ignore their ids argument
-            scores = logits
-            for warp in warpers:
-                scores = warp(ids, scores)
-            tokens = inverse_cdf(torch.log_softmax(scores, dim=-1), keyed_uniform(keys, step)).squeeze(-1)
+        logp = torch.log_softmax(checked_logits(logits), dim=-1)  # the model's own log-probs, over all its ids
+        tokens = next_tokens(logits, len(self.vocab), ids, warpers, keys, step)
         chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
         k = max(job.k for job, _ in rows)
-        top = torch.topk(logp, k, dim=-1) if k else None
+        top = torch.topk(logp[:, : len(self.vocab)], k, dim=-1) if k else None
         top_ids, top_lp = (top.indices.tolist(), top.values.tolist()) if k else (None, None)
         token_list = tokens.tolist()
         for row in live:
@@ -329,10 +354,8 @@ class LocalLM:
         hits = [text.find(s) for s in stops if s and s in text]
         if not hits:
             return False
-        cut, kept, used = min(hits), 0, 0
-        while kept < len(gen.ids) and used < cut:
-            used += len(self.vocab.text(gen.ids[kept : kept + 1], skip_special))
-            kept += 1
+        cut, counts = min(hits), self.vocab.char_counts(gen.ids, skip_special)
+        kept = next(k for k, count in enumerate(counts) if count >= cut or k == len(gen.ids))  # up to the stop
         del gen.ids[kept:], gen.logprobs[kept:], gen.top[kept:]
         gen.finish_reason = "stop"
         gen.cut_text = text[:cut]

@@ -11,6 +11,7 @@ client's), and ``distil serve --fault SPEC`` serves through it.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ def parse_fault(spec: str | Fault) -> Fault:
     ``slow`` answers normally after the delay; ``malformed`` answers 200 with broken JSON;
     ``no_logprobs`` answers 200 with every log-prob field removed; ``no_token_ids`` ignores
     ``return_tokens_as_token_ids`` (tokens come as text, as from a server without that option);
-    ``ok`` is a normal answer (a placeholder in a schedule).
+    ``ok`` is a normal answer (a placeholder in a schedule). Seconds are a finite number >= 0:
+    a NaN or infinite Retry-After or delay would only fail every request it meets with a 500.
     """
     if isinstance(spec, Fault):
         return spec
@@ -50,6 +52,8 @@ def parse_fault(spec: str | Fault) -> Fault:
         seconds = float(arg) if arg else (0.0 if kind != "slow" else 1.0)
     except ValueError:
         raise ValueError(f"fault {spec!r}: {arg!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:  # a Retry-After header or a wait cannot be made of it
+        raise ValueError(f"fault {spec!r}: the seconds must be a finite number >= 0 (e.g. {kind}:2)")
     return Fault(kind, seconds)
 
 

@@ -23,9 +23,13 @@ and vLLM's endpoints for changing the served weights while it runs (the model si
                                   model directory; default: where the model was loaded from)
     POST /reset_prefix_cache      accepted; there is no prefix cache to reset
 
-A request's ``model`` is the base model's name or a loaded adapter's. Errors come in OpenAI's
-JSON shape with their status (400, 401 with an API key, 404 naming the routes there are, 405,
-500). Requests are served on
+A request's ``model`` is the base model's name or a loaded adapter's (missing or not a string:
+a 400; another name: a 404). Errors come in OpenAI's JSON shape with their status (400, 401
+with an API key, 404 naming the routes there are, 405 for a known path with another method,
+whatever the method, 500). A body is read by its ``Content-Length``: one that is not a
+non-negative integer is a 400, one over :data:`MAX_BODY_BYTES` a 413 (neither is read), a
+chunked body a 411; a client that stops sending for :data:`READ_TIMEOUT_S` loses its
+connection, so it cannot hold a thread. Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
 a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
 model runs one batch at a time, and weight changes wait for it.
@@ -57,7 +61,7 @@ from distil_core.serving.requests import (
 )
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
-__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES"]
+__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S"]
 
 Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -66,6 +70,10 @@ ROUTES = (("GET", "/v1/models"), ("GET", "/health"), *(("POST", p) for p in COMP
 NOT_HERE = {"/v1/responses": "The Responses API (POST /v1/responses) is not supported by distil serve; "
                              "use POST /v1/chat/completions.",
             "/v1/embeddings": "Embeddings (POST /v1/embeddings) are not supported by distil serve."}
+MAX_BODY_BYTES = 64 << 20
+"""The largest request body read (64 MiB: a prompt of a million token ids is about 7 MiB)."""
+READ_TIMEOUT_S = 60.0
+"""How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -78,18 +86,20 @@ class LocalOpenAIServer:
     ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``stats`` counts
     completion requests, the most in flight at once, requests per path, and the batches
     generations were decoded in (``batches``; ``max_batch_requests``: the most requests one batch
-    served). ``max_batch_rows`` caps the rows one batch gathers.
+    served). ``max_batch_rows`` caps the rows one batch gathers. ``read_timeout_s``: how long a
+    connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
                  port: int = 0, api_key: Optional[str] = None, verbose: bool = False,
-                 source: Optional[str] = None, max_batch_rows: int = 256):
+                 source: Optional[str] = None, max_batch_rows: int = 256, read_timeout_s: float = READ_TIMEOUT_S):
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
         self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
                           on_batch=self._count_batch)
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
+        self.read_timeout_s = read_timeout_s
         self._stats_lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -98,7 +108,7 @@ class LocalOpenAIServer:
     # -- lifecycle
 
     def start(self) -> str:
-        handler = type("Handler", (_Handler,), {"app": self})
+        handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
         self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -158,14 +168,16 @@ class LocalOpenAIServer:
     # -- request handling
 
     def handle(self, verb: str, path: str, headers: Any, raw: bytes) -> Response:
-        """One request → (status, headers, body). Never raises."""
+        """One request → (status, headers, body). Never raises. HEAD is answered as GET (the
+        handler sends no body)."""
         path = path.split("?", 1)[0].rstrip("/")
+        get = verb in ("GET", "HEAD")
         try:
             self._authorize(headers)
-            if verb == "GET" and path in ("/v1/models", "/models"):
+            if get and path in ("/v1/models", "/models"):
                 cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
                 return _json(200, {"object": "list", "data": cards})
-            if verb == "GET" and path in ("/health", "/v1/health"):
+            if get and path in ("/health", "/v1/health"):
                 return _json(200, {"status": "ok"})
             updates: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = {
                 "/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
@@ -204,12 +216,7 @@ class LocalOpenAIServer:
         :mod:`distil_core.serving.faults`) can replace or alter it without touching the rest.
         """
         body = parse_body(raw)
-        name = body.get("model")
-        if name != self.model_name and name not in self.lm.weights.adapters:
-            served = [self.model_name, *self.lm.weights.adapters]
-            raise ApiError(404, f"The model {name!r} does not exist; this server serves "
-                                f"{', '.join(repr(s) for s in served)}.", param="model", code="model_not_found")
-        adapter = None if name == self.model_name else name
+        adapter = self.lm.resolve(body.get("model"))
         if path == "/v1/completions":
             request = validated(CompletionRequest, body)
             if request.stream:
@@ -296,12 +303,39 @@ def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterato
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT_S  # the socket's (read_timeout_s): a read that waits longer ends the connection
     app: LocalOpenAIServer
 
     def _serve(self, verb: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            raw = self._body()
+        except ApiError as exc:  # the body was not read, so the connection cannot carry another request
+            response = _json(exc.status, exc.body(), {"Connection": "close"})
+        else:
+            if raw is None:  # the client hung up halfway through its body
+                self.close_connection = True
+                return
+            response = self.app.handle(verb, self.path, self.headers, raw)
+        self._send(*response, head=verb == "HEAD")
+
+    def _body(self) -> Optional[bytes]:
+        """The request body by its Content-Length (None: the client closed before sending it all)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ApiError(411, "Chunked request bodies are not supported; send the body with a Content-Length "
+                                "header.", code="length_required")
+        given = self.headers.get("Content-Length")
+        if given is None:
+            return b""
+        if not given.strip().isascii() or not given.strip().isdigit():
+            raise ApiError(400, f"Content-Length {given!r} is not a number of bytes.")
+        length = int(given)
+        if length > MAX_BODY_BYTES:
+            raise ApiError(413, f"The request body ({length} bytes) is larger than distil serve reads "
+                                f"({MAX_BODY_BYTES >> 20} MiB).", code="request_too_large")
         raw = self.rfile.read(length) if length else b""
-        status, headers, body = self.app.handle(verb, self.path, self.headers, raw)
+        return raw if len(raw) == length else None
+
+    def _send(self, status: int, headers: dict[str, str], body: Union[bytes, Iterator[bytes]], head: bool) -> None:
         try:
             self.send_response(status)
             for key, value in headers.items():
@@ -309,7 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(body, bytes):
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
             else:  # a stream: HTTP/1.1 chunks, each event sent as soon as it is made
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -323,11 +358,28 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:  # a stream not sent to its end stops its decoding
                 close()
 
+    # http.server calls do_<VERB>; every verb goes through the routes, so another method on a known
+    # path is a 405 in OpenAI's shape (not http.server's HTML 501), and HEAD is GET without the body
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve("GET")
 
     def do_POST(self) -> None:  # noqa: N802
         self._serve("POST")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve("HEAD")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve("PATCH")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._serve("OPTIONS")
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet; `distil serve --verbose` logs
         if self.app.verbose:

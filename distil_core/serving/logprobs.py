@@ -1,7 +1,9 @@
 """The three log-prob formats ``distil serve`` answers in, from the model's numbers.
 
 - legacy completions ``logprobs`` (:class:`LegacyLogprobs`): tokens, token_logprobs,
-  top_logprobs (token text → log-prob) and text_offset, the prompt's first when echoed;
+  top_logprobs (token text → log-prob) and text_offset (where each token's text starts, in
+  characters of the choice's text: :meth:`~distil_core.serving.tokens.Vocabulary.char_counts`),
+  the prompt's first when echoed;
 - chat ``logprobs.content`` (:func:`chat_logprobs`): per token its text, log-prob, bytes and
   top alternatives;
 - vLLM's ``prompt_logprobs`` (:func:`vllm_prompt_logprobs`): per prompt position, token id →
@@ -28,30 +30,28 @@ class LegacyLogprobs:
     def __init__(self, vocab: Vocabulary, as_ids: bool):
         self.vocab, self.as_ids = vocab, as_ids
         self.out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-        self.offset = 0
 
-    def _add(self, token_id: int, logprob: Optional[float], top: Optional[dict[str, float]],
-             skip_special: bool = False) -> None:
+    def _add(self, token_id: int, logprob: Optional[float], top: Optional[dict[str, float]], offset: int) -> None:
         self.out["tokens"].append(self.vocab.token(token_id, self.as_ids))
         self.out["token_logprobs"].append(logprob)
         self.out["top_logprobs"].append(top)
-        self.out["text_offset"].append(self.offset)
-        self.offset += len(self.vocab.text([token_id], skip_special))
+        self.out["text_offset"].append(offset)
 
     def add_prompt(self, ids: list[int], scored: dict[str, Any], k: int) -> None:
         """The echoed prompt: its first token has no log-prob (nothing comes before it)."""
+        starts = self.vocab.char_counts(ids)
         for j, tid in enumerate(ids):
             if j == 0:
-                self._add(tid, None, None)
+                self._add(tid, None, None, 0)
                 continue
             pairs = zip(scored["top_ids"][j - 1][:k], scored["top_lp"][j - 1][:k])
-            self._add(tid, scored["chosen"][j - 1], {self.vocab.token(a, self.as_ids): b for a, b in pairs})
+            self._add(tid, scored["chosen"][j - 1], {self.vocab.token(a, self.as_ids): b for a, b in pairs}, starts[j])
 
     def add_generated(self, gen: Generation, start: int, skip_special: bool) -> None:
         """The generated tokens, their offsets counted from ``start`` (the echoed prompt's length)."""
-        self.offset = start
-        for tid, lp, alts in zip(gen.ids, gen.logprobs, gen.top):
-            self._add(tid, lp, {self.vocab.token(a, self.as_ids): b for a, b in alts}, skip_special)
+        starts = self.vocab.char_counts(gen.ids, skip_special)
+        for j, (tid, lp, alts) in enumerate(zip(gen.ids, gen.logprobs, gen.top)):
+            self._add(tid, lp, {self.vocab.token(a, self.as_ids): b for a, b in alts}, start + starts[j])
 
 
 def _chat_token(vocab: Vocabulary, token_id: int, logprob: float) -> dict[str, Any]:

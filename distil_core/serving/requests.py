@@ -8,7 +8,8 @@ A completions or chat parameter this server does not implement (``tools``, ``res
 ``logit_bias``, a misspelt name) is refused with a 400 naming it, never ignored: an ignored
 parameter answers a different question than the client asked, with status 200. Parameters
 whose value asks for nothing (``frequency_penalty: 0``, ``best_of`` equal to ``n``, ``user``,
-which only labels the request) are accepted.
+which only labels the request) are accepted. A chat message is text: content parts other than
+text (images, audio) and a message's ``tool_calls`` are refused the same way, never dropped.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from typing import Annotated, Any, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "UNSUPPORTED", "StreamOptions", "CompletionRequest", "ChatRequest", "LoadAdapterRequest",
-           "UnloadAdapterRequest", "ReloadRequest", "parse_body", "validated"]
+__all__ = ["ApiError", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "StreamOptions", "CompletionRequest",
+           "ChatRequest", "LoadAdapterRequest", "UnloadAdapterRequest", "ReloadRequest", "parse_body", "validated"]
 
 MAX_LOGPROBS = 20
+GREEDY_BELOW = 1e-5
+"""A temperature under this is greedy decoding (temperature 0), as in vLLM: dividing the logits by
+it would overflow them to infinity, and the distribution to NaN."""
 
 Count = Annotated[int, Field(strict=True, ge=0)]
 TopK = Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS)]
-Number = Annotated[float, Field(strict=True)]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class ApiError(Exception):
@@ -124,7 +128,8 @@ class Sampling(_Body):
 
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters as the engine's batches key and use them."""
-        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": max(self.top_k, 0),
+        temperature = float(self.temperature) if self.temperature >= GREEDY_BELOW else 0.0
+        return {"temperature": temperature, "top_p": float(self.top_p), "top_k": max(self.top_k, 0),
                 "stop": list(self.stop), "seed": self.seed, "skip_special": self.skip_special_tokens}
 
 
@@ -183,15 +188,36 @@ class ChatRequest(Sampling):
     def _messages(cls, messages: Any) -> list[dict[str, Any]]:
         if not isinstance(messages, list) or not messages:
             raise ValueError("'messages' must be a non-empty list of {role, content} objects.")
-        clean = []
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m:
-                raise ValueError("each message needs a 'role' and 'content'.")
-            content = m.get("content") or ""
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            clean.append({"role": m["role"], "content": content})
-        return clean
+        return [_text_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+
+
+def _text_message(message: Any, where: str) -> dict[str, str]:
+    """One chat message as {role, content} with its text; what is not text is refused by name
+    (a ValueError, which pydantic turns into a 400), so that nothing the client sent is dropped."""
+    if not isinstance(message, dict) or "role" not in message:
+        raise ValueError(f"'{where}' needs a 'role' and 'content'.")
+    role = message["role"]
+    if not isinstance(role, str) or not role:
+        raise ValueError(f"'{where}.role' must be a string such as 'user' or 'assistant' (got {role!r}).")
+    for key in ("tool_calls", "function_call"):
+        if message.get(key):  # null or [] asks for nothing
+            raise ValueError(f"'{where}.{key}': {UNSUPPORTED['tools']}; send the conversation without it.")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return {"role": role, "content": content or ""}
+    if not isinstance(content, list):
+        raise ValueError(f"'{where}.content' must be a string or a list of text parts (got {type(content).__name__}).")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            got = f"type {kind!r}" if isinstance(part, dict) else type(part).__name__
+            raise ValueError(f"'{where}.content[{j}]': distil serve takes text parts only "
+                             f'({{"type": "text", "text": ...}}); got {got}. Send the message as text.')
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"'{where}.content[{j}].text' must be a string (got {part.get('text')!r}).")
+        texts.append(part["text"])
+    return {"role": role, "content": "".join(texts)}
 
 
 class LoadAdapterRequest(_Body):
@@ -237,6 +263,8 @@ def parse_body(raw: bytes, required: bool = True) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise ApiError(400, "The request body is not valid JSON.") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ApiError(400, "The request body is nested too deeply to parse; send flatter JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body

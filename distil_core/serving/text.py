@@ -10,7 +10,6 @@ tail that could still grow into a stop string. Torch-free.
 
 from __future__ import annotations
 
-import codecs
 from typing import Sequence
 
 from distil_core.serving.batcher import Generation
@@ -52,17 +51,9 @@ class TextDeltas:
         if final or gen.done:
             text = generation_text(self.vocab, gen, self.skip_special)
         else:
-            text = self._clean_prefix(gen.ids)
+            text = self.vocab.whole_text(gen.ids, self.skip_special)
             text = text[: len(text) - held_stop_prefix(text, self.stops)]
         if len(text) <= len(self.sent) or not text.startswith(self.sent):
             return ""
         new, self.sent = text[len(self.sent):], text
         return new
-
-    def _clean_prefix(self, ids: list[int]) -> str:
-        """The text of ``ids`` up to the last whole character: an incomplete UTF-8 sequence at
-        the end waits for the bytes that finish it (bytes that can never be UTF-8 read as
-        U+FFFD, as in the whole text)."""
-        special = self.vocab.special_ids if self.skip_special else ()
-        raw = b"".join(self.vocab.bytes[i] for i in ids if i not in special)
-        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=False)

@@ -7,6 +7,7 @@ text: a byte-level BPE token can be half of a UTF-8 character. Torch-free.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any
@@ -93,6 +94,26 @@ class Vocabulary:
         UTF-8 read as U+FFFD."""
         kept = (i for i in ids if not (skip_special and i in self.special_ids))
         return b"".join(self.bytes[i] for i in kept).decode("utf-8", errors="replace")
+
+    def whole_text(self, ids: Any, skip_special: bool = False) -> str:
+        """:meth:`text` up to its last whole character: an incomplete UTF-8 sequence at the end
+        (a character whose other bytes are still to come) is left out, not read as U+FFFD."""
+        raw = b"".join(self.bytes[i] for i in ids if not (skip_special and i in self.special_ids))
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=False)
+
+    def char_counts(self, ids: Any, skip_special: bool = False) -> list[int]:
+        """``counts[k]``: the characters of ``whole_text(ids[:k])``, for k = 0 … len(ids).
+
+        So ``counts[k]`` is where token ``k``'s text starts in the text of ``ids``: the tokens
+        that hold the bytes of one character all start where it starts (it is counted once the
+        token that completes it is in). Decoding each token alone instead would count every
+        token holding part of a character as one U+FFFD."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        counts = [0]
+        for i in ids:
+            raw = b"" if skip_special and i in self.special_ids else self.bytes[i]
+            counts.append(counts[-1] + len(decoder.decode(raw)))
+        return counts
 
     def token(self, token_id: int, as_ids: bool = False) -> str:
         """A token as the legacy log-probs name it: its text, or vLLM's ``token_id:N``."""

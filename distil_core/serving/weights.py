@@ -8,7 +8,7 @@ exposes (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``/collective_r
 under the caller's model lock: loading, reloading and answering never overlap.
 
 Errors are ``KeyError`` (no such adapter) or ``ValueError`` (a path or checkpoint that does
-not fit), with messages meant for the client.
+not fit, or a damaged file, named), with messages meant for the client.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from distil_core.models.lora import ADAPTER_CONFIG
+from distil_core.models.model_dir import adapter_weights_problem
 
 
 @dataclass
@@ -43,7 +44,9 @@ class ServedWeights:
     @contextlib.contextmanager
     def active(self, adapter: Optional[str]) -> Iterator[Any]:
         """The module to run for ``adapter`` (None: the base weights)."""
-        if self._peft is None:
+        if self._peft is None or (adapter is None and not self.adapters):
+            # with every adapter unloaded, peft's layers add nothing (and its disable_adapter()
+            # looks up the last active one, which is gone)
             yield self.base
         elif adapter is None:
             with self._peft.disable_adapter():
@@ -95,6 +98,10 @@ class ServedWeights:
         file = os.path.join(path, "adapter_model.safetensors")
         if not os.path.isfile(file):
             raise ValueError(f"No adapter_model.safetensors in {path!r}; save adapters with peft's save_pretrained.")
+        problem = adapter_weights_problem(path)
+        if problem is not None:  # a file cut short or not safetensors at all
+            raise ValueError(f"The adapter at {path!r} cannot be loaded: {problem}. Save it again with peft's "
+                             "save_pretrained.")
         modules = dict(self.base.named_modules())
         with safe_open(file, framework="pt") as fh:
             for key in fh.keys():
@@ -183,6 +190,7 @@ class ServedWeights:
 
 def _read_safetensors(path: str) -> tuple[dict[str, Any], int]:
     """Every tensor of the safetensors checkpoint in directory ``path`` (one file or shards)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not os.path.isdir(path):
@@ -190,8 +198,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], int]:
                          "saved to with save_pretrained (safetensors).")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as fh:
-            files = sorted(set(json.load(fh)["weight_map"].values()))
+        files = _shards(index)
     else:
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") and not f.startswith("adapter_"))
     if not files:
@@ -201,9 +208,26 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], int]:
     size = 0
     for name in files:
         full = os.path.join(path, name)
-        tensors.update(load_file(full))
+        try:
+            tensors.update(load_file(full))
+        except (SafetensorError, OSError) as exc:  # missing, cut short, or not safetensors at all
+            raise ValueError(f"The weights file {full!r} cannot be read ({_first_line(exc)}); save the model "
+                             "again with save_pretrained.") from None
         size += os.path.getsize(full)
     return tensors, size
+
+
+def _shards(index: str) -> list[str]:
+    """The shard files that the index file ``index`` (``model.safetensors.index.json``) names."""
+    try:
+        with open(index, encoding="utf-8") as fh:
+            weight_map = json.load(fh).get("weight_map")
+    except (ValueError, AttributeError):  # not JSON, or not a JSON object
+        weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(f"The index file {index!r} is damaged: it needs a 'weight_map' from weight names to shard "
+                         "files, as save_pretrained writes it.")
+    return sorted(set(weight_map.values()))
 
 
 def _first_line(exc: BaseException) -> str:
