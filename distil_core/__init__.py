@@ -14,6 +14,7 @@ from distil_core.version import __version__
 from distil_core.context import ContextTemplate, prompt_ids
 from distil_core.errors import ConfigError, DistilError, PluginError, did_you_mean, nearest
 from distil_core.templates import check_format_template
+from distil_core.redaction import SECRET_NAME, redacted
 from distil_core.hookspecs import hookimpl
 from distil_core.plugin_host import PluginHost, Registration, Registry, get_host
 from distil_core.protocols import (
@@ -93,4 +94,6 @@ __all__ = [
     "prompt_ids",
     "ContextTemplate",
     "check_format_template",
+    "SECRET_NAME",
+    "redacted",
 ]

@@ -7,8 +7,8 @@ Every tracker is a :class:`~distil_core.protocols.Logger` registered through the
 
 - :mod:`.fanout`: :class:`Trackers`, the run's set of trackers (rank 0 only): what the trainer
   calls once per event, and where a tracker that fails at run time is dropped with a warning.
-- :mod:`.values`: what a tracker is given: numeric scalars of a row, the flattened and redacted
-  config, the rows of the rollout table.
+- :mod:`.values`: what a tracker is given: numeric scalars of a row, the flattened config
+  (its secrets hidden first by :mod:`distil_core.redaction`), the rows of the rollout table.
 - :mod:`.library`: importing a tracker's library lazily (a missing one is a ``ConfigError`` with
   the ``pip install`` to run) and its offline defaults.
 - :mod:`.tensorboard_logger`, :mod:`.trackio_logger`, :mod:`.wandb_logger`,

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from distil_core.errors import ConfigError
 from distil_core.plugin_host import check_options, factory_parameters, get_host
-from distil_core.tracking.values import redacted, rollout_table, scalars
+from distil_core.redaction import redacted
+from distil_core.tracking.values import rollout_table, scalars
 
 KIND = "logger"
 """The plugin host's kind for trackers (registered through ``register_loggers``)."""

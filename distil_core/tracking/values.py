@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from typing import Any, Mapping, Optional
-
-SECRET = re.compile(r"(?i)(api_?key|token|secret|password|authorization)$")
-"""Option names whose values a tracker never receives: config.yaml stays private to the run's
-owner, but a tracker may send what it is given to a server."""
 
 TABLE_ROWS = 4
 """Rollouts in one rollout table: enough to read, few enough to log every few steps."""
@@ -34,15 +29,6 @@ def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-d tensor or numpy scalar
             out[prefix + key] = float(value.item())
     return out
-
-
-def redacted(value: Any) -> Any:
-    """``value`` with the value of every secret-looking key replaced by ``"***"``."""
-    if isinstance(value, Mapping):
-        return {k: "***" if isinstance(k, str) and SECRET.search(k) and v else redacted(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redacted(v) for v in value]
-    return value
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,4 +83,4 @@ def context_text(query: Any) -> str:
     return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in query.context_messages)
 
 
-__all__ = ["SECRET", "TABLE_ROWS", "scalars", "redacted", "flat_config", "rollout_table", "context_text", "cut"]
+__all__ = ["TABLE_ROWS", "scalars", "flat_config", "rollout_table", "context_text", "cut"]

@@ -20,8 +20,11 @@ Rows have exactly ``k`` entries, best first; missing entries are distinct unused
 log-prob ``PAD_LOGPROB`` (no mass, so they add nothing to the loss).
 
 Answers are checked as they are parsed: every log-prob must be a finite number ≤ 0 (−∞, no
-mass, becomes ``PAD_LOGPROB``), or the answer is refused with :class:`BadLogprobs` naming the
-position, since a string, a boolean or +∞ would otherwise reach the loss. An alternative whose
+mass, becomes ``PAD_LOGPROB``), and the alternatives at one position must not hold more than
+all the probability there is (their log-sum-exp at most ``LOGPROB_SLACK`` above 0, the
+trainer's own tolerance), or the answer is refused with :class:`BadLogprobs` naming the
+position, since a string, a boolean, +∞ or a row of near-certain alternatives would otherwise
+reach the loss. An alternative whose
 id lies outside the student's vocabulary has no student token to put mass on, and folds into
 the tail like any alternative the student cannot spell.
 """
@@ -90,6 +93,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
+def check_mass(top: Sequence[tuple[Any, Any, float]], where: str) -> None:
+    """The alternatives at one position are distinct tokens: together they hold at most all of
+    the probability (rounding allowed for), or the answer is not a distribution."""
+    values = [lp for _, _, lp in top]
+    if not values:
+        return
+    peak = max(values)
+    total = peak + math.log(sum(math.exp(v - peak) for v in values))
+    if total > LOGPROB_SLACK:
+        raise BadLogprobs(f"{where}: the top log-probs add up to a probability of {math.exp(total):.4g}, more than 1")
+
+
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadLogprobs(f"{where}: expected an object, got {_short(value)}")
@@ -116,6 +131,7 @@ def parse_echo(choice: dict[str, Any]) -> list[ApiToken]:
             for alt, value in _mapping(tops[j], f"top_logprobs at prompt token {j}").items():
                 a_raw, a_id = parse_token(str(alt))
                 top.append((a_raw, a_id, logprob(value, f"top_logprobs at prompt token {j}")))
+            check_mass(top, f"top_logprobs at prompt token {j}")
         own = None if j == 0 else logprob(token_lps[j], f"token_logprobs at prompt token {j}")
         out.append(ApiToken(raw, tid, own, top))
     return out
@@ -141,6 +157,7 @@ def parse_prompt_logprobs(choice: dict[str, Any], prompt_ids: Sequence[int]) -> 
                 raise BadLogprobs(f"{where}: {_short(key)} is not a token id")
             a_raw, _ = parse_token(str(item.get("decoded_token", "")))
             top.append((a_raw, int(key), logprob(item.get("logprob"), where)))
+        check_mass(top, where)
         own = _mapping(entry[str(tid)], where)
         raw, _ = parse_token(str(own.get("decoded_token", "")))
         out.append(ApiToken(raw, tid, logprob(own.get("logprob"), where), top))

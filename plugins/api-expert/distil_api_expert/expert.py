@@ -15,8 +15,10 @@ Access levels, best first (``access: auto`` probes them once, in this order):
 Failures: authentication and unknown-model errors raise :class:`ConfigError` (at the probe,
 before training, or at the first call that meets them); transient errors are retried; a query
 whose retries run out, whose answer misses the ``timeout_s`` deadline or the ``max_answer_mb``
-cap, or whose answer is malformed (not a JSON object, log-probs that are not numbers ≤ 0) or lacks
-log-probs, gets a failed signal: ``score`` does not raise for what one answer says.
+cap, or whose answer is malformed (not a JSON object, log-probs that are not numbers ≤ 0 or rows
+holding more than all the probability), lacks log-probs or has no text to train on, gets a
+failed signal: ``score`` does not raise for what one answer says. The key and the secrets among
+``litellm_kwargs`` are replaced by ``***`` in every message the expert produces.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from .transport import (
     ResponseCache,
     Session,
     Usage,
+    public_options,
     redact,
     retry_policy,
+    secret_values,
 )
 
 Access = Literal["auto", "prompt_scoring", "topk", "text"]
@@ -51,9 +55,10 @@ PROBE_RESPONSE = "The sorted digits are 1 2 3."
 
 
 class ApiExpertOptions(BaseModel):
-    """The options, validated (their defaults live in :class:`ApiExpert`'s signature)."""
+    """The options, validated (their defaults live in :class:`ApiExpert`'s signature). Numbers
+    must be finite: an infinite cap or price would only fail later, inside a scoring call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     api_base: Optional[str]
@@ -130,8 +135,7 @@ class ApiExpert:
         try:
             self.options = opts = ApiExpertOptions(**values)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
-            raise ConfigError(f"expert 'api': invalid options: {problems}.") from None
+            raise ConfigError(f"expert 'api': invalid options: {_problems(exc)}.") from None
         tokenizer = getattr(runtime, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError("expert 'api' needs the student's tokenizer (the trainer passes its runtime).")
@@ -141,6 +145,7 @@ class ApiExpert:
         self.max_tokens = opts.max_tokens or getattr(getattr(config, "rollout", None), "max_new_tokens", None) or 256
         self.where = opts.api_base or ("the OpenAI API" if opts.client == "openai" else "litellm's endpoint for the model")
         self.api_key = opts.api_key or os.environ.get(opts.api_key_env) or None
+        self.secrets = secret_values(self.api_key, opts.litellm_kwargs)  # never in a message we produce
         if self.api_key is None and opts.api_base is not None:
             self.api_key = "EMPTY"  # servers started without a key accept anything
         if self.api_key is None and opts.client == "openai":
@@ -182,6 +187,8 @@ class ApiExpert:
         for outcome in outcomes:
             signal = outcome.signal
             signal.usage = outcome.usage.as_dict()
+            if signal.error:  # what the provider said may quote the key; it reaches metrics.jsonl
+                signal.error = self._redact(signal.error)
             signals.append(signal)
         return signals
 
@@ -210,18 +217,18 @@ class ApiExpert:
                     if exc.kind == "transient":
                         raise ConfigError(
                             f"expert 'api': no answer from {self.options.model!r} at {self.where} while probing "
-                            f"({redact(str(exc))}). Check that the server is up and reachable, or raise "
+                            f"({self._redact(str(exc))}). Check that the server is up and reachable, or raise "
                             "options.timeout_s / options.max_retries."
                         ) from None
                     notes.append(f"{level}: {exc}")
                     continue
                 if found is not None:
-                    found.notes = notes
+                    found.notes = [self._redact(note) for note in notes]
                     self.probe_result = found
                     return found
         raise ConfigError(
             f"expert 'api': {self.options.model!r} at {self.where} offers none of the access levels tried "
-            f"({', '.join(wanted)}): {redact('; '.join(notes))}. Pick another access level or endpoint."
+            f"({', '.join(wanted)}): {self._redact('; '.join(notes))}. Pick another access level or endpoint."
         )
 
     def _probe_query(self) -> ExpertQuery:
@@ -365,7 +372,7 @@ class ApiExpert:
                 params["logprobs"] = opts.k
 
         def check(answer: dict[str, Any]) -> str:
-            return _written_text(answer, chat, with_logprobs)
+            return _written_text(answer, chat, with_logprobs, usable=not strict)
 
         try:
             text, usage = await session.call("chat" if chat else "completions", params, check, use_cache=use_cache)
@@ -384,13 +391,18 @@ class ApiExpert:
         else:
             transport = OpenAITransport(opts.model, opts.api_base, self.api_key, opts.timeout_s,
                                         max_answer_bytes=int(opts.max_answer_mb * 2**20))
-        scope = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
+        scope: dict[str, Any] = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
+        if opts.litellm_kwargs:  # they shape the answer (a seed, a region); their secrets do not
+            scope["litellm_kwargs"] = public_options(opts.litellm_kwargs)
         return Session(transport, self.retry, self.pricing, opts.max_concurrency,
                        cache=self.cache if use_cache else None, cache_scope=scope)
 
+    def _redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
     def _config_error(self, exc: FatalApiError) -> ConfigError:
         opts = self.options
-        said = redact(str(exc)).rstrip(". ")
+        said = self._redact(str(exc)).rstrip(". ")
         if exc.kind == "auth":
             return ConfigError(
                 f"expert 'api': {self.where} rejected the credentials for model {opts.model!r}: {said}. "
@@ -401,6 +413,19 @@ class ApiExpert:
             "(the name the server serves; with client litellm, with its provider prefix such as openai/) "
             "and options.api_base (OpenAI-compatible servers usually end in /v1)."
         )
+
+
+def _problems(exc: ValidationError) -> str:
+    """The validation errors, each naming its option; the value given is shown except for
+    secrets (a key given as a number is still a key)."""
+    out = []
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"]))
+        secret = any(name in ("api_key", "litellm_kwargs") for name in map(str, error["loc"]))
+        given = error.get("input")
+        shown = f"a value of type {type(given).__name__}, not shown" if secret else repr(given)
+        out.append(f"{where}: {error['msg']} (got {shown})")
+    return "; ".join(out)
 
 
 # -- answers ------------------------------------------------------------------------------------
@@ -434,7 +459,13 @@ def _prompt_logprobs_tokens(answer: dict[str, Any], ids: Sequence[int]) -> list[
         raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
 
 
-def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool) -> str:
+def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool, usable: bool = True) -> str:
+    """The text of an answer the expert wrote. With ``usable`` (every query but the probe's),
+    an answer with nothing to train on fails: an empty text (a reasoning model that spent
+    ``max_tokens`` before writing, say) would teach the student to stop at once, and one the
+    provider cut for its content filter is not the expert's answer. An answer cut at
+    ``max_tokens`` (``finish_reason: length``) with text is kept: ``max_tokens`` defaults to the
+    student's own ``max_new_tokens``."""
     choice = _first_choice(answer)
     message = choice.get("message")
     text = (message if isinstance(message, dict) else {}).get("content") if chat else choice.get("text")
@@ -447,6 +478,15 @@ def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool) -> st
             raise CallError("no_logprobs", str(exc)) from None
         except align.BadLogprobs as exc:
             raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
+    finish = choice.get("finish_reason")
+    if usable and finish == "content_filter":
+        raise CallError("filtered", "the provider withheld the answer (finish_reason 'content_filter')")
+    if usable and not text.strip():
+        hint = f" (finish_reason {finish!r})" if finish else ""
+        if finish == "length":
+            hint = (" (finish_reason 'length': max_tokens ran out before any text; a reasoning model may need a "
+                    "larger options.max_tokens)")
+        raise CallError("empty", f"the answer is empty{hint}")
     return text
 
 

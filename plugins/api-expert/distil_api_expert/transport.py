@@ -15,15 +15,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from distil_core import SECRET_NAME
 from distil_core.io import atomic_write_json
 from distil_core.retry import RetryPolicy, is_transient_status, retry_after_seconds
 
@@ -62,7 +64,7 @@ def status_of(exc: BaseException) -> Optional[int]:
 
 def classify(exc: BaseException) -> str:
     """``auth`` | ``not_found`` | ``transient`` | ``malformed`` | ``bad_request`` | ``error``."""
-    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError, RecursionError)):  # nested past the JSON reader
         return "malformed"
     status = status_of(exc)
     names = {cls.__name__ for cls in type(exc).__mro__}
@@ -99,8 +101,11 @@ def retry_after(exc: BaseException) -> Optional[float]:
 class OpenAITransport:
     """The ``openai`` SDK's async client; any OpenAI-compatible server through ``api_base``.
 
-    Answers are read as a stream and refused past ``max_answer_bytes`` (declared or received),
-    so a runaway or hostile server cannot make the trainer hold an arbitrarily large body.
+    Every answer body, an error's included, is read through :func:`capped_body` and refused
+    past ``max_answer_bytes`` (declared or received): a runaway or hostile server cannot make
+    the trainer hold an arbitrarily large body. The SDK reads an error's body whole before it
+    raises, so the cap is put on the HTTP client the SDK is given (a response hook), where it
+    covers every response whatever the SDK does with it.
     """
 
     name = "openai"
@@ -112,10 +117,17 @@ class OpenAITransport:
         self.client: Any = None
 
     async def open(self) -> None:
+        import httpx
         import openai
 
+        http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True,
+                                 event_hooks={"response": [self._cap]})
         self.client = openai.AsyncOpenAI(base_url=self.api_base, api_key=self.api_key,
-                                         timeout=self.timeout_s, max_retries=0)
+                                         timeout=self.timeout_s, max_retries=0, http_client=http)
+
+    async def _cap(self, response: Any) -> None:
+        response.stream = capped_body(response.stream, self.max_answer_bytes, response.status_code,
+                                      response.headers.get("content-length"))
 
     async def close(self) -> None:
         if self.client is not None:
@@ -138,22 +150,54 @@ class OpenAITransport:
         return json.loads(data)  # JSONDecodeError (a ValueError): a malformed answer
 
 
+def capped_body(inner: Any, limit: int, status: int, declared: Optional[str]) -> Any:
+    """A response's body as it arrives, refused with CallError("too_large") once it declares
+    (``Content-Length``) or has sent more than ``limit`` bytes: nothing past the cap is read."""
+    return _capped_body_class()(inner, limit, status, declared)
+
+
+@functools.lru_cache(maxsize=None)
+def _capped_body_class() -> type:
+    import httpx  # only with client openai: importing this module stays cheap
+
+    class CappedBody(httpx.AsyncByteStream):
+        def __init__(self, inner: Any, limit: int, status: int, declared: Optional[str]):
+            self.inner, self.limit, self.declared = inner, limit, str(declared or "")
+            self.what = "the answer" if 200 <= status < 300 else f"the error answer (HTTP {status})"
+
+        async def __aiter__(self) -> Any:
+            if self.declared.isascii() and self.declared.isdigit() and int(self.declared) > self.limit:
+                raise CallError("too_large", _too_large(f"{self.what} declares {int(self.declared)} bytes", self.limit))
+            size = 0
+            async for chunk in self.inner:
+                size += len(chunk)
+                if size > self.limit:
+                    raise CallError("too_large", _too_large(
+                        f"{self.what} passed {self.limit} bytes and was not finished", self.limit))
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return CappedBody
+
+
 async def read_capped(response: Any, limit: int) -> bytes:
-    """The (decoded) body of a streamed response, or CallError("too_large") past ``limit`` bytes."""
-    declared = str(response.headers.get("content-length") or "")
-    if declared.isdigit() and int(declared) > limit:
-        raise CallError("too_large", _too_large(f"declares {int(declared)} bytes", limit))
+    """The decoded body of a streamed response, or CallError("too_large") past ``limit`` bytes.
+
+    :func:`capped_body` bounds the bytes received; this bounds them once decoded, so that a
+    compressed answer cannot unpack past the cap either."""
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
-            raise CallError("too_large", _too_large(f"passed {limit} bytes and was not finished", limit))
+            raise CallError("too_large", _too_large(f"the answer passed {limit} bytes and was not finished", limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _too_large(what: str, limit: int) -> str:
-    return (f"the answer {what}, over the cap of {limit / 2**20:g} MB; it was not read. "
+    return (f"{what}, over the cap of {limit / 2**20:g} MB; it was not read. "
             "Raise options.max_answer_mb if answers this large are expected")
 
 
@@ -271,15 +315,21 @@ class Pricing:
 
 class ResponseCache:
     """Answers on disk, one JSON file per request hash; each written whole or not at all, so a
-    run killed mid-write never leaves an answer that reads as garbage."""
+    run killed mid-write never leaves an answer that reads as garbage.
+
+    The cache only saves requests: a file that cannot be read back (damaged, even nested too
+    deeply for the JSON reader) is a miss, and a write the disk refuses (full, read-only) is
+    warned about once and the run goes on uncached, since the answer itself has arrived.
+    """
 
     def __init__(self, directory: str):
         self.directory = directory
+        self.write_failed = False
         os.makedirs(directory, exist_ok=True)
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
-        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def _path(self, key: str) -> str:
@@ -289,11 +339,18 @@ class ResponseCache:
         try:
             with open(self._path(key), encoding="utf-8") as fh:
                 return json.load(fh)
-        except (OSError, ValueError):  # missing, or damaged by something other than us
+        except (OSError, ValueError, RecursionError):  # missing, or damaged by something other than us
             return None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        atomic_write_json(self._path(key), value)
+        try:
+            atomic_write_json(self._path(key), value)
+        except OSError as exc:
+            if not self.write_failed:
+                self.write_failed = True
+                warnings.warn(f"expert 'api': cannot write to the answer cache {self.directory} ({exc}); answers "
+                              "are used but not cached. Free some space there, or change options.cache_dir.",
+                              RuntimeWarning, stacklevel=2)
 
 
 # -- one scoring call ---------------------------------------------------------------------------
@@ -464,8 +521,33 @@ def _short(value: Any) -> str:
 
 
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")
+MIN_SECRET_CHARS = 4  # shorter values would blot out ordinary words of a message
 
 
-def redact(text: str) -> str:
-    """Keep API keys out of messages that end up in logs."""
+def secret_values(api_key: Optional[str], options: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """The configured key and every text value under a secret-looking name in ``options``
+    (nested mappings included): what :func:`redact` must never let through."""
+    found = [api_key] if api_key else []
+    stack = [options or {}]
+    while stack:
+        for name, value in stack.pop().items():
+            if isinstance(value, Mapping):
+                stack.append(value)
+            elif isinstance(value, str) and SECRET_NAME.search(str(name)):
+                found.append(value)
+    return sorted({v for v in found if len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def public_options(options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """``options`` without the entries under secret-looking names (for a cache key: an answer
+    does not depend on the credentials it was fetched with)."""
+    return {name: public_options(value) if isinstance(value, Mapping) else value
+            for name, value in (options or {}).items() if not SECRET_NAME.search(str(name))}
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with every value of ``secrets`` (see :func:`secret_values`) replaced by ``***``
+    and anything shaped like an OpenAI key shortened: messages end up in logs and metrics."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return _SECRET.sub(r"\1…", text)

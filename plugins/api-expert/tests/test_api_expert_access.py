@@ -1,6 +1,7 @@
 """The api expert against a real server: access levels, alignment, caching, concurrency."""
 
 import json
+import math
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from distil_core import PluginHost
 from distil_core.serving import LocalOpenAIServer, token_bytes_table
 
 from api_expert_testlib import (
+    SAMPLED,
     api_expert,
     other_model,
     other_tokenizer,
@@ -71,7 +73,7 @@ def _split_response(tok, text):
 @pytest.mark.parametrize("policy", ["text", "skip"])
 def test_a_response_that_does_not_align_falls_back_to_text_or_is_skipped(server, policy):
     tok = tiny_tokenizer()
-    expert = api_expert(server, k=5, misaligned=policy, max_tokens=4)
+    expert = api_expert(server, k=5, misaligned=policy, max_tokens=4, temperature=SAMPLED)
     expert.probe_result.send_ids = False
     qs = queries(2, response="sort 12")
     assert tok.encode("sort", add_special_tokens=False) != _split_response(tok, "sort")  # "sort" is one merged token
@@ -120,7 +122,7 @@ def test_another_tokenizer_is_aligned_through_bytes_where_tokens_coincide():
 def test_text_and_topk_levels_return_the_experts_own_answer(server):
     qs = queries(2)
     for access in ("text", "topk"):
-        expert = api_expert(server, access=access, max_tokens=4)
+        expert = api_expert(server, access=access, max_tokens=4, temperature=SAMPLED)
         assert expert.capability.access == "text" and expert.probe_result.level == access
         signals = score(expert, qs)
         assert all(s.ok and s.access == "text" and isinstance(s.text, str) for s in signals)
@@ -156,6 +158,37 @@ def test_a_second_identical_call_is_served_from_the_disk_cache(server, tmp_path)
     again = api_expert(server, cache_dir=str(cache))  # a new run reads the same cache
     server.reset_stats()
     assert score(again, qs)[0].usage["cached"] == 1 and server.stats["requests"] == 0
+
+
+def test_a_cache_the_disk_refuses_is_warned_about_once_and_the_answers_used(server, tmp_path):
+    cache = tmp_path / "cache"
+    expert = api_expert(server, cache_dir=str(cache))
+    for shard in range(256):  # every folder an answer would go into is a file: each write fails
+        (cache / f"{shard:02x}").write_text("")
+    with pytest.warns(RuntimeWarning, match=f"cannot write to the answer cache {cache} .*not cached") as caught:
+        signals = score(expert, queries(3))
+    assert all(s.ok and s.access == "topk" for s in signals)
+    assert sum("answer cache" in str(w.message) for w in caught) == 1
+
+
+def test_a_damaged_cache_file_is_a_miss_however_it_is_damaged(server, tmp_path):
+    cache = tmp_path / "cache"
+    expert = api_expert(server, cache_dir=str(cache))
+    qs = queries(1)
+    score(expert, qs)
+    [path] = [os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs]
+    for damage in ("{half an answer", "[" * 200_000 + "]" * 200_000):  # the second too deep for the JSON reader
+        with open(path, "w") as fh:
+            fh.write(damage)
+        server.reset_stats()
+        [signal] = score(expert, qs)
+        assert signal.ok and signal.usage["cached"] == 0 and server.stats["requests"] == 1
+
+
+@pytest.mark.parametrize("option", ["max_answer_mb", "timeout_s", "backoff_max_s", "price_prompt_per_1k"])
+def test_options_must_be_finite_numbers(server, option):
+    with pytest.raises(ConfigError, match=f"{option}: Input should be a finite number \\(got inf\\)"):
+        api_expert(server, access="text", probe=False, **{option: math.inf})
 
 
 def test_identical_queries_in_one_batch_share_one_request(server):

@@ -10,7 +10,7 @@ from distil_core import ConfigError
 from distil_core.serving import LocalOpenAIServer
 from distil_api_expert.transport import classify, retry_after, retry_policy
 
-from api_expert_testlib import api_expert, queries, score, tiny_model, tiny_tokenizer
+from api_expert_testlib import SAMPLED, api_expert, queries, score, tiny_model, tiny_tokenizer
 
 
 def test_a_burst_of_429s_is_retried_and_counted(server):
@@ -71,7 +71,7 @@ def test_malformed_json_fails_that_query_without_a_retry(server):
 
 @pytest.mark.parametrize("access", ["prompt_scoring", "topk"])
 def test_an_answer_without_logprobs_fails_that_query(server, access):
-    expert = api_expert(server, access=access, max_tokens=3)
+    expert = api_expert(server, access=access, max_tokens=3, temperature=SAMPLED)
     server.add_faults("no_logprobs")
     signals = score(expert, queries(3))
     failed = [s for s in signals if not s.ok]

@@ -78,9 +78,10 @@ REASONS = {  # the plugin refuses what it can see in one number; the trainer's c
     "positive": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the log-prob 5.0 is not a number ≤ 0",
     "nan": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the log-prob nan is not a number ≤ 0",
     "out_of_vocab": "unusable 'topk' signal for ",
-    "mass_over_one": "unusable 'topk' signal for ",
+    "mass_over_one": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the top log-probs add up "
+                     "to a probability of 4.5, more than 1",
 }
-DETAIL = {"out_of_vocab": "outside the vocabulary [0, ", "mass_over_one": "their probabilities sum to more than 1"}
+DETAIL = {"out_of_vocab": "outside the vocabulary [0, "}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import math
+import os
 import threading
 import time
 import urllib.error
@@ -22,10 +23,11 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from distil_core import ConfigError
 from distil_api_expert.align import PAD_LOGPROB
 from distil_api_expert.transport import retry_policy
 
-from api_expert_testlib import api_expert, queries, tiny_tokenizer
+from api_expert_testlib import SAMPLED, api_expert, queries, tiny_tokenizer
 
 # -- a scripted server on 127.0.0.1 ---------------------------------------------------------------
 
@@ -88,11 +90,11 @@ class Hostile:
             data = self.mutate(path, request, data)
         send(handler, status, data)
 
-    def stream(self, handler, head: dict[str, str], pieces, interval_s: float = 0.0) -> None:
+    def stream(self, handler, head: dict[str, str], pieces, interval_s: float = 0.0, status: int = 200) -> None:
         """Headers at once, then ``pieces`` of the body, ``interval_s`` apart, until the client leaves."""
         self.completed = False
         try:
-            handler.send_response(200)
+            handler.send_response(status)
             for name, value in head.items():
                 handler.send_header(name, value)
             handler.end_headers()
@@ -222,7 +224,8 @@ def test_a_capped_retry_after_still_gets_the_answer_when_the_server_recovers(pro
         return proxy.forward(h, path, request)
 
     proxy.behave = once_429
-    expert = api_expert(fake(proxy.base_url), access="text", probe=False, max_retries=2, backoff_max_s=0.2)
+    expert = api_expert(fake(proxy.base_url), access="text", probe=False, max_retries=2, backoff_max_s=0.2,
+                        temperature=SAMPLED)
     [signal], _ = score_within(expert, queries(1), 20)
     assert signal.ok and signal.usage["retries"] == 1 and signal.usage["requests"] == 2
 
@@ -254,7 +257,7 @@ def test_usage_that_is_not_a_non_negative_count_is_ignored_with_a_warning(proxy,
 
 def test_a_good_count_next_to_a_bad_one_is_kept(proxy):
     expert = api_expert(fake(proxy.base_url), access="text", probe=False, price_prompt_per_1k=1.0,
-                        price_completion_per_1k=1.0)
+                        price_completion_per_1k=1.0, temperature=SAMPLED)
     proxy.mutate = lambda path, request, answer: {**answer, "usage": {"prompt_tokens": 40, "completion_tokens": -9}}
     with pytest.warns(RuntimeWarning, match="usage.completion_tokens is -9"):
         [signal], _ = score_within(expert, queries(1), 30)
@@ -322,8 +325,8 @@ def test_alternatives_the_student_has_no_token_for_fold_into_the_tail(proxy):
     vocab = len(tiny_tokenizer())
 
     def foreign(entry: dict) -> None:  # ids only the API's model has (padding rows, added tokens)
-        entry[str(vocab + 5)] = {"logprob": -0.01, "decoded_token": "\u2603"}
-        entry[str(10 ** 12)] = {"logprob": -0.02, "decoded_token": "zz"}
+        entry[str(vocab + 5)] = {"logprob": -8.01, "decoded_token": "\u2603"}
+        entry[str(10 ** 12)] = {"logprob": -8.02, "decoded_token": "zz"}
 
     proxy.mutate = lambda path, request, answer: _prompt_logprobs_at(answer, -2, foreign)
     [signal], _ = score_within(expert, queries(1), 30)
@@ -336,7 +339,7 @@ def test_echoed_alternatives_spelled_as_ids_outside_the_vocabulary_fold_into_the
 
     def foreign(path, request, answer):
         top = answer["choices"][0]["logprobs"]["top_logprobs"][-2]
-        top.update({"token_id:-5": -0.01, f"token_id:{vocab + 3}": -0.02, "\u2603\u2603": -0.03})
+        top.update({"token_id:-5": -8.01, f"token_id:{vocab + 3}": -8.02, "\u2603\u2603": -8.03})
         return answer
 
     proxy.mutate = foreign
@@ -349,7 +352,8 @@ def test_echoed_ids_spelled_with_digits_int_cannot_read_are_text_not_a_crash(pro
     vocab = len(tiny_tokenizer())
 
     def foreign(path, request, answer):  # "\u00b2".isdigit() is true, int("\u00b2") is an error
-        answer["choices"][0]["logprobs"]["top_logprobs"][-2].update({"token_id:\u00b2": -0.01, "token_id:\u0663": -0.02})
+        top = answer["choices"][0]["logprobs"]["top_logprobs"][-2]
+        top.update({"token_id:\u00b2": -8.01, "token_id:\u0663": -8.02})
         return answer
 
     proxy.mutate = foreign
@@ -359,7 +363,7 @@ def test_echoed_ids_spelled_with_digits_int_cannot_read_are_text_not_a_crash(pro
 
 @pytest.mark.parametrize("misaligned", ["skip", "text"])
 def test_echoed_tokens_the_student_cannot_spell_are_misaligned_not_a_crash(proxy, misaligned):
-    expert = api_expert(fake(proxy.base_url), misaligned=misaligned, max_tokens=3)
+    expert = api_expert(fake(proxy.base_url), misaligned=misaligned, max_tokens=3, temperature=SAMPLED)
 
     def garbled(path, request, answer):
         if request.get("echo"):
@@ -439,3 +443,93 @@ def test_minus_infinity_is_no_mass_not_a_broken_answer(proxy):
     [signal], _ = score_within(expert, queries(1), 30)
     assert signal.ok and bool(signal.topk_logprobs.isfinite().all())
     assert float(signal.topk_logprobs.min()) >= PAD_LOGPROB
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content_length", "until_close"])
+def test_a_huge_error_answer_is_refused_at_the_cap_not_read_whole(hostile, declared):
+    head = {"Content-Type": "text/html"}
+    if declared:
+        head["Content-Length"] = str(FIFTY_MB)
+    chunk = b"<p>busy</p>" * 2**16
+    hostile.behave = lambda h, path, request: hostile.stream(h, head, (chunk for _ in range(80)), status=503)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_answer_mb=1)
+    [signal], _ = score_within(expert, queries(1), 60)
+    assert not signal.ok and "the error answer (HTTP 503)" in signal.error and "max_answer_mb" in signal.error
+    assert signal.usage["requests"] == 1  # refused, not retried like a 503 that could be read
+    assert hostile.finished.wait(30) and hostile.completed is False
+
+
+@pytest.mark.parametrize("variant", ["echo", "prompt_logprobs"])
+def test_alternatives_holding_more_than_all_the_probability_fail_that_query(proxy, variant):
+    proxy.reject_echo = variant == "prompt_logprobs"
+    expert = api_expert(fake(proxy.base_url))
+    assert expert.probe_result.variant == variant
+
+    def inflate(path, request, answer):  # every alternative nearly certain: about k times all there is
+        choice = answer["choices"][0]
+        if variant == "echo":
+            top = choice["logprobs"]["top_logprobs"][-2]
+            top.update({token: -0.0001 for token in top})
+        else:
+            for item in choice["prompt_logprobs"][-2].values():
+                item["logprob"] = -0.0001
+        return answer
+
+    proxy.mutate = inflate
+    [signal], _ = score_within(expert, queries(1), 30)
+    assert not signal.ok and "log-probs are malformed" in signal.error and "prompt token" in signal.error
+    assert "add up to a probability of" in signal.error and "more than 1" in signal.error
+
+
+# -- 6. answers with nothing to train on -----------------------------------------------------------
+
+
+def _written(content: str, finish: str) -> dict:
+    return {**CHAT_ANSWER, "choices": [{"index": 0, "finish_reason": finish,
+                                        "message": {"role": "assistant", "content": content}}]}
+
+
+@pytest.mark.parametrize("content, finish, said", [
+    ("", "length", "the answer is empty (finish_reason 'length': max_tokens ran out before any text"),
+    (" \n ", "stop", "the answer is empty (finish_reason 'stop')"),
+    ("The expected", "content_filter", "the provider withheld the answer (finish_reason 'content_filter')"),
+    ("The expected answer is", "length", None),  # cut at max_tokens, but text: kept
+], ids=["empty_length", "blank", "content_filter", "cut_with_text"])
+def test_an_answer_with_nothing_to_train_on_fails_that_query(hostile, tmp_path, content, finish, said):
+    hostile.behave = lambda h, path, request: send(h, 200, _written(content, finish))
+    assert api_expert(fake(hostile.base_url), access="text").probe_result.level == "text"  # the probe only asks
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, cache_dir=str(tmp_path))
+    [signal], _ = score_within(expert, queries(1), 30)
+    if said is None:
+        assert signal.ok and signal.text == content
+        return
+    assert not signal.ok and said in signal.error
+    assert signal.usage["requests"] == 1 and not any(files for _, _, files in os.walk(tmp_path))  # never cached
+
+
+# -- 7. keys in what the provider says --------------------------------------------------------------
+
+
+def _echo_key(status: int):
+    def behave(handler, path, request):  # as some providers do: quote the key that was refused
+        key = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+        send(handler, status, {"error": {"message": f"Invalid API key provided: {key}",
+                                         "type": "invalid_request_error"}})
+    return behave
+
+
+def test_the_key_never_appears_in_a_message_the_expert_produces(hostile):
+    hostile.behave = _echo_key(401)
+    for key in ("gsk_LIVE0123456789abcdefXYZ", "AIzaSyD-0123456789abcdefghij"):
+        with pytest.raises(ConfigError) as caught:
+            api_expert(fake(hostile.base_url), api_key=key, access="text")
+        assert key not in str(caught.value) and "Invalid API key provided: ***" in str(caught.value)
+    hostile.behave = _echo_key(400)
+    key = "sk-proj-SECRET0123456789abcdef"
+    [signal], _ = score_within(api_expert(fake(hostile.base_url), api_key=key, access="text", probe=False),
+                               queries(1), 30)
+    assert not signal.ok and "Invalid API key provided: ***" in signal.error  # what metrics.jsonl records
+    assert "SECRET" not in signal.error
+    with pytest.raises(ConfigError, match="api_key: Input should be a valid string") as caught:
+        api_expert(fake(hostile.base_url), api_key=12345678901234567890)
+    assert "12345678901234567890" not in str(caught.value)

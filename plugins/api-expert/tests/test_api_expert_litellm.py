@@ -1,5 +1,7 @@
 """The litellm client path: a real server through litellm, and provider error shapes via mock_response."""
 
+import os
+
 import pytest
 import torch
 
@@ -61,3 +63,30 @@ def test_provider_rate_limits_are_retried_then_fail_the_query(server):
     signals = score(expert, queries(2))
     assert [s.ok for s in signals] == [False, False]
     assert all(s.usage["retries"] == 2 and "rate limit" in s.error.lower() for s in signals)
+
+
+def test_litellm_kwargs_are_in_the_cache_key_and_their_secrets_are_not(server, tmp_path):
+    def answer(text, secret):
+        expert = api_expert(server, client="litellm", model="gpt-4o-mini", access="text", probe=False,
+                            cache_dir=str(tmp_path), litellm_kwargs={"mock_response": text,
+                                                                     "aws_secret_access_key": secret})
+        [signal] = score(expert, queries(1))
+        return signal.text, signal.usage["cached"]
+
+    assert answer("The answer is 1.", "first-secret") == ("The answer is 1.", 0)
+    assert answer("The answer is 2.", "first-secret") == ("The answer is 2.", 0)  # other kwargs: asked again
+    assert answer("The answer is 2.", "rotated-secret") == ("The answer is 2.", 1)  # another key: the same answer
+    for folder, _, files in os.walk(tmp_path):
+        for name in files:
+            with open(os.path.join(folder, name)) as fh:
+                assert "secret" not in fh.read()
+
+
+def test_a_secret_in_litellm_kwargs_never_reaches_a_failed_signal(server):
+    secret = "AWS-SECRET-VALUE-42"
+    error = litellm.BadRequestError(message=f"The signature for {secret} does not match.", llm_provider="bedrock",
+                                    model="gpt-4o-mini")
+    expert = api_expert(server, client="litellm", model="gpt-4o-mini", access="text", probe=False,
+                        litellm_kwargs={"mock_response": error, "aws_secret_access_key": secret})
+    [signal] = score(expert, queries(1))
+    assert not signal.ok and "The signature for *** does not match" in signal.error and secret not in signal.error

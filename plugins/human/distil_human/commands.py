@@ -58,7 +58,7 @@ class ReviewCommand:
         records, unreadable = read_records(args.run_dir)
         if unreadable:
             print(f"note: skipped {unreadable} unreadable line(s) of {args.run_dir}/rollouts.jsonl", file=sys.stderr)
-        with CorrectionStore(args.db) as store:
+        with CorrectionStore(args.db, read_only=False) as store:
             done = store.reviewed()
             found = len(queue_items(build_queue(records, done, args.sort, replace(filters, only_unreviewed=False))))
             items = queue_items(build_queue(records, done, args.sort, filters))
@@ -101,7 +101,7 @@ class CorrectionsCommand:
                 print(f"Exported {count} entries from {store.path} to {args.file}.")
             return 0
         entries = read_jsonl(args.file)  # a bad file is reported before a store is created for it
-        with CorrectionStore(args.db) as store:
+        with CorrectionStore(args.db, read_only=False) as store:
             added, same = store_entries(store, args.file, entries)
             already = f" ({same} already present)" if same else ""
             print(f"Imported {added} entries from {args.file} into {store.path}{already}.")

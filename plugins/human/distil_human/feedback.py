@@ -8,6 +8,7 @@ any successful sibling) and counted in ``demo_coverage``, since its kind is ``de
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict
@@ -32,7 +33,9 @@ class HumanFeedback:
                  skip_unverified: bool = False):
         if match not in MATCHES:
             raise ConfigError(f"feedback source 'human': match must be 'response' or 'problem' (got {match!r}).")
-        if not isinstance(max_items, int) or max_items < 1:
+        if db is not None and not isinstance(db, (str, os.PathLike)):
+            raise ConfigError(f"feedback source 'human': db must be the path of a store (got {db!r}).")
+        if not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1:
             raise ConfigError(f"feedback source 'human': max_items must be a whole number >= 1 (got {max_items!r}).")
         if not isinstance(skip_unverified, bool):
             raise ConfigError(f"feedback source 'human': skip_unverified must be true or false (got {skip_unverified!r}).")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from distil_core import DistilError
 
-from .review_queue import QueueFilter, ReviewItem, failed_items, read_records
+from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
 from .store import Correction, CorrectionStore
 from .verify import SolutionChecker
 
@@ -168,12 +168,11 @@ class ReviewSession:
 
     def _save(self, item: ReviewItem, kind: str, text: str, verified: Optional[bool] = None) -> bool:
         rec = item.record
-        verdict = rec.get("verdict") or {}
         try:
             entry = Correction(
                 problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
                 author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
-                verdict={k: verdict.get(k) for k in ("score", "passed", "answer")}, verified=verified,
+                verdict=verdict_summary(rec), verified=verified,
             )
             self.store.add(entry)
         except Exception as exc:  # busy, disk full, damaged, a bad rollout record: give the text back

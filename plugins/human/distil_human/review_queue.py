@@ -13,15 +13,20 @@ gzip segments are read too.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from distil_core import ConfigError
 from distil_core.run_files import log_exists, log_lines
 
+from .store import MAX_STEP, RESPONSE_HASH
+
 ROLLOUTS = "rollouts.jsonl"
 REQUIRED = ("problem_id", "response_hash", "response_text", "verdict")
+_HASH = re.compile(RESPONSE_HASH)
 SORTS = {
     "failing": "most failing samples",
     "pass_rate": "lowest pass rate",
@@ -151,11 +156,36 @@ def read_records(run_dir: str) -> tuple[list[dict[str, Any]], int]:
         except json.JSONDecodeError:  # a run killed mid-write leaves half a line
             unreadable += 1
             continue
-        if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+        if not isinstance(record, dict) or any(k not in record for k in REQUIRED) or not well_formed(record):
             unreadable += 1
             continue
         records.append(record)
     return records, unreadable
+
+
+def well_formed(record: dict[str, Any]) -> bool:
+    """Whether a record's fields have the types the trainer writes, so that nothing downstream
+    (the queue, the terminal, the desk, a store entry) trips over a hand-edited or foreign line:
+    such a line is skipped and counted like a half-written one."""
+    verdict, feedback, step = record["verdict"], record.get("feedback"), record.get("step")
+    return (isinstance(record["problem_id"], str) and bool(record["problem_id"])
+            and isinstance(record["response_hash"], str) and bool(_HASH.match(record["response_hash"]))
+            and isinstance(record["response_text"], str)
+            and isinstance(verdict, dict) and isinstance(verdict.get("details") or {}, dict)
+            and (feedback is None or (isinstance(feedback, list) and all(isinstance(f, dict) for f in feedback)))
+            and (step is None or (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP))
+            and isinstance(record.get("finished", True), bool))
+
+
+def verdict_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``score``, ``passed`` and ``answer`` of a record's verdict, as a store entry keeps them.
+    A score that is not a finite number (a verifier's NaN) is kept as null, which JSON can hold."""
+    verdict = record.get("verdict") or {}
+    summary = {k: verdict.get(k) for k in ("score", "passed", "answer")}
+    score = summary["score"]
+    if isinstance(score, float) and not math.isfinite(score):
+        summary["score"] = None
+    return summary
 
 
 def failed_items(records: list[dict[str, Any]], filters: QueueFilter) -> Iterator[ReviewItem]:

@@ -17,6 +17,13 @@ and what to do: a reviewer, an import or a training run should never die on a ra
 that other processes are waiting for. A store is checked (``PRAGMA quick_check``) when it is
 opened, so a damaged file is reported before anyone types into a review session, with the
 ways to recover it.
+
+Each thread talks to the file through its own connection, and no Python lock is held while
+SQLite waits for the write lock: one save waiting for another process never holds up the
+reads of other threads (the review desk serves several reviewers from a thread pool), and in
+WAL mode reads never wait for writes. A store whose file or folder this process cannot write
+(read-only media, another user's file) is opened read-only: it can be read and exported, and
+a write is refused by name.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import os
 import random
 import shlex
 import sqlite3
+import math
 import threading
 import time
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
@@ -65,7 +74,8 @@ _MIGRATIONS: dict[int, Sequence[str]] = {  # version v → statements that bring
 }
 MAX_STEP = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
 MAX_VERDICT_DEPTH = 32  # a verdict is score, passed, answer: deeper nesting is a broken record
-_SQLITE_CORRUPT = 11
+RESPONSE_HASH = r"^[0-9a-f]{8,64}$"
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_CANTOPEN = 5, 6, 11, 14
 _TEXT_FIELDS = ("id", "problem_id", "response_hash", "text", "author", "run_dir", "response_text")
 
 
@@ -86,7 +96,7 @@ class Correction(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1)
     problem_id: str = Field(min_length=1)
     response_hash: Optional[str] = Field(
-        default=None, pattern=r"^[0-9a-f]{8,64}$", description="None: about the problem as a whole."
+        default=None, pattern=RESPONSE_HASH, description="None: about the problem as a whole."
     )
     kind: Literal["correction", "solution"]
     text: str
@@ -129,7 +139,10 @@ class Correction(BaseModel):
     @field_validator("verdict")
     @classmethod
     def _plain_verdict(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        """Checked without recursion, so that a hostile nesting depth is an error, not a crash."""
+        """Checked without recursion, so that a hostile nesting depth is an error, not a crash.
+
+        NaN and infinity are refused: JSON has no such numbers, so an export would write them
+        as something else and the entry would not come back as it was stored."""
         if value is None:
             return value
         stack: list[tuple[Any, str, int]] = [(value, "", 1)]
@@ -137,6 +150,9 @@ class Correction(BaseModel):
             item, where, depth = stack.pop()
             if isinstance(item, str):
                 _check_text(item, where)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"holds {item!r} at {where or 'the top'}, which is not a finite number (JSON "
+                                 "has no NaN or infinity); write a number or null")
             elif isinstance(item, (dict, list)):
                 if depth > MAX_VERDICT_DEPTH:
                     raise ValueError(f"nested more than {MAX_VERDICT_DEPTH} levels deep (at {where or 'the top'}); "
@@ -164,7 +180,9 @@ class Correction(BaseModel):
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> "Correction":
         data = dict(zip(_COLUMNS, row))
-        data["verdict"] = json.loads(data["verdict"]) if data["verdict"] is not None else None
+        # a NaN stored by an older distil-human reads back as null, which is what its export wrote
+        data["verdict"] = json.loads(data["verdict"], parse_constant=lambda _: None) \
+            if data["verdict"] is not None else None
         return cls.model_validate(data)
 
 
@@ -194,39 +212,61 @@ class DuplicateIdError(EntryError):
         super().__init__(index, f"id {correction_id!r} is already in the store with different content", "id")
 
 
+class StoreBusyError(DistilError):
+    """Another process held the store's write lock past ``busy_timeout_s``."""
+
+
 class CorrectionStore:
     """The SQLite file at ``path`` (default: :func:`default_db_path`).
 
-    ``create=False`` refuses a path where no store exists yet (a training run reading
-    corrections should not quietly start from an empty one). Safe to share between threads.
+    ``create=False`` refuses a path where no store exists yet, or an empty file (a training
+    run reading corrections should not quietly start from an empty one). ``read_only``: None
+    (the default) opens read-only when the file or its folder is not writable, True always,
+    False refuses such a store (a command that writes). Safe to share between threads: each
+    thread gets its own connection.
     """
 
-    def __init__(self, path: Optional[str] = None, *, create: bool = True, busy_timeout_s: float = 30.0):
+    def __init__(self, path: Optional[str] = None, *, create: bool = True, busy_timeout_s: float = 30.0,
+                 read_only: Optional[bool] = None):
         self.path = os.path.abspath(os.path.expanduser(path or default_db_path()))
-        if not os.path.exists(self.path):
+        self.busy_timeout_s = busy_timeout_s
+        exists = os.path.exists(self.path)
+        if not exists or (not create and os.path.isfile(self.path) and os.path.getsize(self.path) == 0):
             if not create:
+                empty = f"{self.path} is an empty file, not a corrections store" if exists else \
+                    f"No corrections store at {self.path}"
                 raise ConfigError(
-                    f"No corrections store at {self.path}. Record corrections with `distil review RUN_DIR` "
+                    f"{empty}. Record corrections with `distil review RUN_DIR` "
                     f"or import some with `distil corrections import FILE` first, or point the `db` option "
                     f"(or ${ENV_DB}) at an existing store."
                 )
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._lock = threading.RLock()
-        self.busy_timeout_s = busy_timeout_s
+        self.read_only_reason = _not_writable(self.path) if exists else ""
+        if read_only is False and self.read_only_reason:
+            raise ConfigError(
+                f"The corrections store {self.path} is read-only here ({self.read_only_reason}), and this command "
+                "writes to it. Make it writable, or copy it to a writable folder and point --db at the copy."
+            )
+        if read_only and not self.read_only_reason:
+            self.read_only_reason = "opened read-only as asked"
+        self.read_only = bool(self.read_only_reason)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._registry = threading.Lock()  # guards _connections only; never held while SQLite waits
+        self._closed = False
         try:
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"Cannot open the corrections store {self.path}: {exc}.") from None
-        try:
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._retry_while_locked(self._enable_wal)
+            self._connection()
+            if not self.read_only:
+                self._retry_while_locked(self._enable_wal)
             self._retry_while_locked(self._check_schema)
             self._retry_while_locked(self._check_intact)
         except sqlite3.OperationalError as exc:
-            self._db.close()
-            raise self._busy(exc) if "locked" in str(exc) else ConfigError(f"Cannot use {self.path}: {exc}.") from None
+            self.close()
+            if _is_busy(exc):
+                raise self._busy(exc) from None
+            raise ConfigError(f"Cannot open the corrections store {self.path}: {exc}.") from None
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self.close()
             if _is_damage(exc):
                 raise self._damaged(exc) from None
             raise ConfigError(
@@ -234,8 +274,49 @@ class CorrectionStore:
                 f"{self._recovery()}"
             ) from None
         except BaseException:
-            self._db.close()
+            self.close()
             raise
+
+    # -- connections -------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3.Error if it cannot be opened)."""
+        return self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            return db
+        db = self._open_read_only() if self.read_only else self._connect(self.path)
+        if not self.read_only:
+            db.execute("PRAGMA synchronous = FULL")
+        with self._registry:
+            if self._closed:
+                db.close()
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            self._connections.append(db)
+        self._local.db = db
+        return db
+
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False,
+                               uri=uri)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """``mode=ro``; where SQLite cannot open a WAL store that way (read-only media, where
+        the ``-shm`` file it needs can be neither found nor created), ``immutable=1``: nothing
+        can change a file there, so reading it as it is is exact."""
+        base = "file:" + urllib.parse.quote(self.path)
+        db = self._connect(base + "?mode=ro", uri=True)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if not _is_cantopen(exc):
+                raise
+        return self._connect(base + "?mode=ro&immutable=1", uri=True)
 
     def _retry_while_locked(self, step: Callable[[], None]) -> None:
         """Run ``step``, retrying "database is locked" until ``busy_timeout_s`` has passed.
@@ -249,23 +330,21 @@ class CorrectionStore:
         while True:
             try:
                 return step()
-            except (sqlite3.OperationalError, DistilError) as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
+            except (sqlite3.OperationalError, StoreBusyError) as exc:
+                if not (isinstance(exc, StoreBusyError) or _is_busy(exc)) or time.monotonic() >= deadline:
                     raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
 
     def _enable_wal(self) -> None:
-        with self._lock:
-            mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
+        mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            self._db.execute("PRAGMA journal_mode = WAL")
 
     def _check_intact(self) -> None:
         """``PRAGMA quick_check`` (it reads every page): a damaged store is reported when it is
         opened, before a reviewer types anything that could then not be saved."""
-        with self._lock:
-            result = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        result = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
         if result != ["ok"]:
             raise self._damaged("; ".join(map(str, result[:3])))
 
@@ -284,7 +363,7 @@ class CorrectionStore:
 
     def _failure(self, exc: sqlite3.Error, doing: str) -> DistilError:
         """The DistilError for a failed SQLite call: locked, damaged, or the disk refusing a write."""
-        if "locked" in str(exc):
+        if _is_busy(exc):
             return self._busy(exc)
         if _is_damage(exc):
             return self._damaged(exc)
@@ -300,36 +379,58 @@ class CorrectionStore:
     # -- schema ------------------------------------------------------------------------------
 
     def _check_schema(self) -> None:
+        if self.read_only:
+            version = self._stored_version(self._db)
+            if version is None:
+                raise ConfigError(f"{self.path} is an empty database, not a corrections store, and it is read-only "
+                                  f"({self.read_only_reason}); choose another --db / `db` path.")
+            if version < SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} has schema version {version}, and this distil-human reads version {SCHEMA_VERSION}; "
+                    f"it upgrades a store when it opens it, but this one is read-only ({self.read_only_reason}). "
+                    "Open it once where it is writable (any `distil corrections export` does), then use it here."
+                )
+            return
         with self._write() as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "meta" not in tables:
-                if tables:
-                    raise ConfigError(
-                        f"{self.path} is a SQLite database but not a corrections store (it has tables "
-                        f"{', '.join(sorted(tables))} and no 'meta' table); choose another --db / `db` path."
-                    )
+            version = self._stored_version(db)
+            if version is None:  # a new (or empty) file
                 db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", str(SCHEMA_VERSION)))
                 return
-            row = db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()
-            version = int(row[0]) if row and str(row[0]).isdigit() else None
-            if version is None:
-                raise ConfigError(f"{self.path}: the 'meta' table has no valid schema_version; the store is damaged.")
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{self.path} has schema version {version}, but this distil-human reads versions up to "
-                    f"{SCHEMA_VERSION}: a newer distil-human wrote it. Upgrade distil-human "
-                    "(pip install -U distil-human), or use another store with --db / the `db` option."
-                )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[target]:
                     db.execute(statement)
                 db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(target), "schema_version"))
 
-    def _busy(self, exc: Exception) -> DistilError:
-        return DistilError(
+    def _stored_version(self, db: sqlite3.Connection) -> Optional[int]:
+        """The store's schema version (1 to SCHEMA_VERSION), or None for a database with no tables."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if tables:
+                raise ConfigError(
+                    f"{self.path} is a SQLite database but not a corrections store (it has tables "
+                    f"{', '.join(sorted(tables))} and no 'meta' table); choose another --db / `db` path."
+                )
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()
+        text = str(row[0]) if row else ""
+        version = int(text) if text.isascii() and text.isdigit() else 0  # "²".isdigit(), but int() refuses it
+        if version < 1:
+            raise ConfigError(f"{self.path}: the 'meta' table has no valid schema_version (it holds {text[:40]!r}); "
+                              f"the store is damaged. Move it aside and import your last export with "
+                              f"`distil corrections import FILE --db {shlex.quote(self.path)}`.")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} has schema version {version}, but this distil-human reads versions up to "
+                f"{SCHEMA_VERSION}: a newer distil-human wrote it. Upgrade distil-human "
+                "(pip install -U distil-human), or use another store with --db / the `db` option."
+            )
+        return version
+
+    def _busy(self, exc: Exception) -> StoreBusyError:
+        return StoreBusyError(
             f"The corrections store {self.path} stayed locked by another process for {self.busy_timeout_s:g} s "
             f"({exc}); try again when the other writer is done."
         )
@@ -338,37 +439,41 @@ class CorrectionStore:
         return int(self._query("SELECT value FROM meta WHERE key = ?", ("schema_version",))[0][0])
 
     def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._db.execute(query, params).fetchall()
-            except sqlite3.Error as exc:
-                raise self._failure(exc, "read") from None
+        try:
+            return self._db.execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "read") from None
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction holding the write lock from its start, committed on a normal exit.
 
         On any failure (the disk full, the file damaged, an error in the block) it is rolled
-        back before the error leaves, so the lock is never kept from other writers.
+        back before the error leaves, so the lock is never kept from other writers. The wait
+        for the lock happens in SQLite, on this thread's connection, with no Python lock held.
         """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+        if self.read_only:
+            raise DistilError(f"The corrections store {self.path} is open read-only ({self.read_only_reason}); "
+                              "nothing was saved. Make it writable, or use a copy in a writable folder with --db.")
+        try:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "write to") from None
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(db)
+            if isinstance(exc, sqlite3.Error):
                 raise self._failure(exc, "write to") from None
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise self._failure(exc, "write to") from None
-                raise
+            raise
 
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # the error being raised says more
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -436,8 +541,12 @@ class CorrectionStore:
         return int(self._query("SELECT COUNT(*) FROM corrections")[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close every thread's connection; the store cannot be used afterwards."""
+        with self._registry:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
 
     def __enter__(self) -> "CorrectionStore":
         return self
@@ -449,6 +558,32 @@ class CorrectionStore:
 def _is_damage(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return (code is not None and code & 0xFF == _SQLITE_CORRUPT) or "malformed" in str(exc)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, by SQLite's error code (Python 3.11 and later), else by the
+    start of SQLite's own message: never "locked" anywhere in the text, which a path such as
+    ``/data/unlocked/`` would match."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return str(exc).startswith(("database is locked", "database table is locked", "database schema is locked"))
+
+
+def _is_cantopen(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF == _SQLITE_CANTOPEN if code is not None else str(exc).startswith("unable to open")
+
+
+def _not_writable(path: str) -> str:
+    """Why this process cannot write the store at ``path`` (an existing file), or "": SQLite
+    needs the file and, for its WAL and shared-memory files, the folder."""
+    folder = os.path.dirname(path)
+    if not os.access(path, os.W_OK):
+        return f"the file {path} is not writable"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is not writable"
+    return ""
 
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM corrections"

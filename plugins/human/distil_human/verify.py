@@ -70,19 +70,21 @@ class SolutionChecker:
 
     def check(self, problem_id: str, text: str) -> SolutionCheck:
         """Grade ``text`` as a response to ``problem_id`` with the run's verifier."""
-        with self._lock:  # the desk serves requests from several threads; build once
+        # the desk saves from several threads: build once, and grade one solution at a time,
+        # since a verifier plugin need not be safe to call from two threads at once
+        with self._lock:
             if not self._built:
                 self._build()
-        if self._unavailable:
-            return SolutionCheck(None, f"not checked: {self._unavailable}")
-        problem = self._problems.get(problem_id)
-        if problem is None:
-            return SolutionCheck(None, f"not checked: the run's task has no problem {problem_id!r}")
-        rollout = Rollout(problem_id=problem_id, group_index=0, response_text=text, response_ids=[])
-        try:
-            verdict = resolve(self._verifier.verify(problem, rollout))
-        except Exception as exc:  # a verifier plugin's own failure (a sandbox missing, say)
-            return SolutionCheck(None, f"not checked: verifier {self._name!r} failed ({type(exc).__name__}: {exc})")
+            if self._unavailable:
+                return SolutionCheck(None, f"not checked: {self._unavailable}")
+            problem = self._problems.get(problem_id)
+            if problem is None:
+                return SolutionCheck(None, f"not checked: the run's task has no problem {problem_id!r}")
+            rollout = Rollout(problem_id=problem_id, group_index=0, response_text=text, response_ids=[])
+            try:
+                verdict = resolve(self._verifier.verify(problem, rollout))
+            except Exception as exc:  # a verifier plugin's own failure (a sandbox missing, say)
+                return SolutionCheck(None, f"not checked: verifier {self._name!r} failed ({type(exc).__name__}: {exc})")
         details = "; ".join(f"{k}: {_short(v)}" for k, v in verdict.details.items())
         said = (f"verifier {self._name!r}: {'passed' if verdict.passed else 'failed'}, score {verdict.score:.2f}, "
                 f"answer {verdict.answer!r}" + (f" ({details})" if details else ""))

@@ -104,3 +104,32 @@ class DeskProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()
+
+
+class DeskThread:
+    """The desk's app over ``desk`` served by uvicorn in a thread of the test process, on
+    127.0.0.1 (a free port): for tests that reach into the desk's store while it serves."""
+
+    def __init__(self, desk, token: Optional[str] = None, timeout: float = 60.0):
+        import threading
+
+        import uvicorn
+
+        from distil_human.web.app import build_app
+        from distil_human.web.serve import bind
+
+        self.sock = bind("127.0.0.1", 0)
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(build_app(desk, token), log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("the desk's server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()

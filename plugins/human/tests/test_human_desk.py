@@ -1,13 +1,17 @@
-"""The desk's HTTP side, on a real `distil review --web` process on 127.0.0.1: the token, forms
-from other sites, bad query values, saving and the export (no browser needed)."""
+"""The desk's HTTP side, on a real `distil review --web` process on 127.0.0.1 (or the app served
+in a thread of the test): the token, forms and names from other sites, bad query values,
+saving, the export, and a save waiting for the store's lock (no browser needed)."""
 
 import json
+import re
+import sqlite3
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
-from desk_testlib import DeskProcess
+from desk_testlib import DeskProcess, DeskThread
 from human_testlib import response_hash, rollout_record, write_run
 
 from distil_human.store import CorrectionStore
@@ -19,11 +23,11 @@ RECORDS = [rollout_record("sort-12", "21"), rollout_record("sort-34", "43", refe
            rollout_record("sort-34", "44", step=2, reference="34")]
 
 
-def _get(url, headers=None, data=None):
+def _get(url, headers=None, data=None, timeout=60):
     """(status, body, headers) of one request; an error status is an answer, not an exception."""
     request = urllib.request.Request(url, headers=headers or {}, data=data)
     try:
-        with urllib.request.urlopen(request) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, reply.read().decode(), reply.headers
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), exc.headers
@@ -88,3 +92,137 @@ def test_saves_forms_from_other_sites_and_bad_values(desk, tmp_path):
 def test_only_loopback_addresses_go_without_a_token():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("desk.example")
+
+
+def _form(text, author="ada", response="43", **extra):
+    return urllib.parse.urlencode({"response_hash": response_hash(response), "kind": "correction", "text": text,
+                                   "author": author, **extra}).encode()
+
+
+@pytest.fixture
+def open_desk(tmp_path):
+    """The desk on 127.0.0.1 without a token, as `distil review RUN --web` starts it."""
+    run = write_run(tmp_path / "run", RECORDS)
+    process = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"), "--author", "cli")
+    yield process
+    process.stop()
+
+
+def test_pages_of_other_sites_can_neither_write_nor_read_the_store(open_desk, tmp_path):
+    base, port = open_desk.base, open_desk.base.rsplit(":", 1)[1]
+    opener = urllib.request.build_opener(_NoRedirect)
+    refused = [
+        {"Origin": "null"},  # a sandboxed frame or a data: page posting a form
+        {},  # no Origin at all
+        {"Origin": base, "Sec-Fetch-Site": "cross-site"},
+        {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"},  # DNS rebinding
+        {"Host": f"127.0.0.1:{int(port) + 1}", "Origin": f"http://127.0.0.1:{int(port) + 1}"},
+    ]
+    for headers in refused:
+        status, body, _ = _get(base + "/save/sort-34", headers, _form(f"from {headers}", author="evil"))
+        assert status == 403 and "Refused" in body, (headers, status, body)
+    status, body, _ = _get(base + "/export", {"Host": f"evil.example:{port}"})
+    assert status == 403 and "answers only at 127.0.0.1, localhost or [::1]" in body
+    for name in ("127.0.0.1", "localhost"):  # the desk's own pages, by either loopback name
+        request = urllib.request.Request(base + "/save/sort-34", data=_form(f"via {name}"),
+                                         headers={"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(request)
+        assert redirect.value.code == 303
+    assert _get(base + "/export", {"Host": f"localhost:{port}"})[0] == 200
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert [(e.author, e.text) for e in store.all()] == [("ada", "via 127.0.0.1"), ("ada", "via localhost")]
+
+
+def test_the_reviewers_name_survives_its_cookie(open_desk, tmp_path):
+    origin = {"Origin": open_desk.base}
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as saved:
+        opener.open(urllib.request.Request(open_desk.base + "/save/sort-34", data=_form("first", "Ada Lovelace"),
+                                           headers=origin))
+    cookie = saved.value.headers["set-cookie"].split(";")[0]
+    _, page, _ = _get(open_desk.base + "/problem/sort-34", {"Cookie": cookie})
+    shown = re.search(r'id="reviewer" value="([^"]*)"', page).group(1)
+    assert shown == "Ada Lovelace"
+    with pytest.raises(urllib.error.HTTPError):
+        opener.open(urllib.request.Request(open_desk.base + "/save/sort-34", data=_form("second", shown),
+                                           headers={**origin, "Cookie": cookie}))
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert [e.author for e in store.all()] == ["Ada Lovelace", "Ada Lovelace"]
+
+
+def test_a_token_with_characters_urls_and_cookies_reserve_works_from_the_printed_address(tmp_path):
+    token = "Ab+c;d%2F/e=f g"
+    desk = DeskProcess(write_run(tmp_path / "run", RECORDS), "--db", str(tmp_path / "h.sqlite"), "--token", token)
+    try:
+        status, _, headers = _get(desk.url)
+        assert status == 200, desk.url
+        cookie = headers["set-cookie"].split(";")[0]
+        assert _get(desk.base + "/", {"Cookie": cookie})[0] == 200
+        assert _get(desk.base + "/", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert _get(desk.base + "/", {"Cookie": "distil_desk_token=Ab+c"})[0] == 401
+    finally:
+        desk.stop()
+
+
+def test_a_file_upload_is_refused_not_stored_as_its_name(open_desk, tmp_path):
+    bound = "B0UND"
+    body = (f"--{bound}\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\ncorrection\r\n"
+            f"--{bound}\r\nContent-Disposition: form-data; name=\"text\"; filename=\"a.txt\"\r\n"
+            f"Content-Type: text/plain\r\n\r\nhello file\r\n--{bound}--\r\n").encode()
+    status, said, _ = _get(open_desk.base + "/save/sort-34", {"Origin": open_desk.base,
+                           "Content-Type": f"multipart/form-data; boundary={bound}"}, body)
+    assert status == 400 and "field 'text' was sent as a file upload" in said
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert store.count() == 0
+
+
+def test_a_save_waiting_for_the_store_lock_holds_up_no_other_request(tmp_path):
+    from distil_human.web.desk import Desk
+
+    db = str(tmp_path / "h.sqlite")
+    store = CorrectionStore(db)
+    desk = Desk(write_run(tmp_path / "run", RECORDS), store, author="cli")
+    waiting, add = threading.Event(), store.add
+
+    def add_when_told(entry):  # set when SQLite starts the BEGIN IMMEDIATE that must wait for the lock
+        store._db.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and waiting.set())
+        return add(entry)
+
+    store.add = add_when_told
+    server, holder, result = DeskThread(desk), sqlite3.connect(db, isolation_level=None), {}
+    holder.execute("BEGIN IMMEDIATE")  # another process (an import, say) holds the write lock
+    try:
+        def save():
+            result["save"] = _get(server.base + "/save/sort-34", {"Origin": server.base}, _form("patient"))[0]
+
+        saver = threading.Thread(target=save)
+        saver.start()
+        assert waiting.wait(30)
+        # while that save waits for the lock, other reviewers read pages and the export
+        assert _get(server.base + "/export", timeout=10)[0] == 200
+        assert _get(server.base + "/problem/sort-12", timeout=10)[0] == 200
+        assert saver.is_alive() and "save" not in result  # it is still waiting: nothing waited on it
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    saver.join(60)
+    assert result["save"] == 200  # redirected to the problem's page, saved
+    assert [e.text for e in store.all()] == ["patient"]
+    server.stop()
+    store.close()
+
+
+def test_a_rollout_the_store_cannot_hold_gives_the_form_back_with_the_text(tmp_path):
+    odd = rollout_record("sort-34", "43", reference="34")
+    answer: list = []
+    for _ in range(40):  # an answer nested deeper than a stored verdict may be
+        answer = [answer]
+    odd["verdict"]["answer"] = answer
+    desk = DeskProcess(write_run(tmp_path / "run", [odd]), "--db", str(tmp_path / "h.sqlite"))
+    try:
+        typed = "My long and careful correction."
+        status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form(typed))
+        assert status == 422 and "NOT saved: verdict: Value error, nested more than 32" in page and typed in page
+    finally:
+        desk.stop()

@@ -157,3 +157,22 @@ def test_hostile_values_are_reported_by_line_and_field_and_nothing_is_imported(t
                           env=plugin_env(), capture_output=True, text=True)
     assert done.returncode == 2 and f"{path}:2: field 'verdict'" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "new.sqlite").exists()  # a bad file does not create a store either
+
+
+def test_numbers_json_cannot_hold_are_refused_by_line_and_field(tmp_path):
+    path = tmp_path / "in.jsonl"
+    good = '{"problem_id": "p", "kind": "correction", "text": "t"'
+    path.write_text(good + "}\n" + good + ', "verdict": {"score": NaN}}\n'
+                    + good + ', "verdict": {"answer": [1, -Infinity]}}\n')
+    store = CorrectionStore(str(tmp_path / "s.sqlite"))
+    with pytest.raises(ConfigError) as err:
+        import_jsonl(store, str(path))
+    assert f"{path}:2: field 'verdict': Value error, holds nan at score, which is not a finite number" in str(err.value)
+    assert f"{path}:3: field 'verdict': Value error, holds -inf at answer.1" in str(err.value)
+    assert store.count() == 0
+    out = tmp_path / "out.jsonl"  # so an export always reads back as exactly what was stored
+    path.write_text(good + ', "verdict": {"score": 0.5, "passed": false}}\n')
+    import_jsonl(store, str(path))
+    export_jsonl(store, str(out))
+    again = CorrectionStore(str(tmp_path / "t.sqlite"))
+    assert import_jsonl(again, str(out)) == (1, 0) and import_jsonl(store, str(out)) == (0, 1)

@@ -79,3 +79,13 @@ def test_built_by_name_through_the_entry_point(db, tmp_path):
         host.build("feedback_source", "human", {"db": db, "match": "exact"})
     with pytest.raises(ConfigError, match="No corrections store at .*point the `db` option"):
         host.build("feedback_source", "human", {"db": str(tmp_path / "missing.sqlite")})
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"db": 123}, "db must be the path of a store \\(got 123\\)"),
+    ({"max_items": True}, "max_items must be a whole number >= 1 \\(got True\\)"),
+])
+def test_option_values_of_the_wrong_type_are_named(db, options, said):
+    host = PluginHost(load_entrypoints=True, allow=["human"])
+    with pytest.raises(ConfigError, match=f"feedback source 'human': {said}"):
+        host.build("feedback_source", "human", {"db": db, **options})

@@ -178,3 +178,40 @@ def test_a_line_a_strict_reader_cannot_decode_is_asked_again(tmp_path):
     assert "That line was not valid UTF-8 (invalid start byte at byte 0) and could not be read; type it again." \
         in written
     assert [e.text for e in store.all()] == ["kept"]
+
+
+def test_records_with_fields_of_the_wrong_type_are_skipped_not_a_crash(tmp_path):
+    good = rollout_record("sort-34", "43", reference="34")
+    odd = [{**rollout_record("sort-12", "21"), **change} for change in (
+        {"verdict": "failed"}, {"feedback": {"source": "x"}}, {"step": 2.5}, {"problem_id": 12},
+        {"response_text": None}, {"response_hash": "not hex"}, {"feedback": ["text"]}, {"finished": "no"},
+        {"verdict": {"passed": False, "details": "none"}}, {"step": -1},
+    )]
+    run = write_run(tmp_path / "run", odd + [good])
+    items, unreadable = load_failed_rollouts(run)
+    assert [i.key for i in items] == [("sort-34", response_hash("43"))] and unreadable == len(odd)
+    term = Terminal(distil_argv("review", run, "--db", str(tmp_path / "h.sqlite")), plugin_env())
+    term.expect(f"note: skipped {len(odd)} unreadable line(s)")
+    term.expect(PROMPT)
+    term.line("c")
+    term.expect(TEXT_PROMPT)
+    term.line("Ascending.")
+    term.expect(TEXT_PROMPT)
+    term.line(".")
+    term.expect("Saved correction")
+    assert term.wait() == 0 and "Traceback" not in term.screen
+
+
+def test_a_verdict_score_that_is_not_a_finite_number_is_stored_as_null(tmp_path):
+    record = rollout_record("sort-12", "21")
+    record["verdict"]["score"] = float("nan")  # json.dumps writes NaN, json.loads reads it back
+    run = write_run(tmp_path / "run", [record])
+    items, _ = load_failed_rollouts(run)
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        written = []
+        replies = iter(["c", "Up.", ".", "q"])
+        session = ReviewSession(items, store, author="ada", run_dir=run, read=lambda _: next(replies),
+                                write=written.append)
+        assert session.run() == 1, written
+        [stored] = store.all()
+        assert stored.verdict == {"score": None, "passed": False, "answer": "21"}

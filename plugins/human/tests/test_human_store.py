@@ -5,6 +5,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
 from datetime import timezone
 
 import pytest
@@ -159,4 +161,100 @@ def test_a_write_the_disk_refuses_is_rolled_back_and_reported(tmp_path):
     with CorrectionStore(db, busy_timeout_s=0.5) as other:  # no write lock left behind
         other.add(entry(text="another writer"))
     assert [e.text for e in store.all()] == ["kept", "another writer"]
+    store.close()
+
+
+@pytest.mark.parametrize("version", ["0", "\u00b2", "two", ""])
+def test_a_schema_version_that_is_not_a_version_is_reported_as_damage(tmp_path, version):
+    db = tmp_path / "human.sqlite"
+    CorrectionStore(str(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    with pytest.raises(ConfigError, match=f"no valid schema_version \\(it holds {version!r}\\); the store is damaged"):
+        CorrectionStore(str(db))
+
+
+def test_an_error_is_not_taken_for_a_lock_because_the_path_says_locked(tmp_path):
+    db = tmp_path / "unlocked" / "human.sqlite"  # "locked" in the path, not in SQLite's answer
+    CorrectionStore(str(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="a newer distil-human wrote it"):
+        CorrectionStore(str(db), busy_timeout_s=30)
+    assert time.monotonic() - start < 10  # refused at once, not retried until the 30 s lock wait is over
+
+
+def test_an_empty_file_is_no_store_to_read_but_may_become_one(tmp_path):
+    empty = tmp_path / "human.sqlite"
+    empty.write_bytes(b"")  # `touch human.sqlite`
+    with pytest.raises(ConfigError, match=f"{empty} is an empty file, not a corrections store"):
+        CorrectionStore(str(empty), create=False)
+    with pytest.raises(ConfigError, match="is an empty file, not a corrections store"):
+        PluginHost(load_entrypoints=True, allow=["human"]).build("feedback_source", "human", {"db": str(empty)})
+    with CorrectionStore(str(empty)) as store:  # a command that creates stores makes it one
+        store.add(entry(text="first"))
+    with CorrectionStore(str(empty), create=False) as store:
+        assert [e.text for e in store.all()] == ["first"]
+
+
+def test_a_store_that_cannot_be_written_is_read_read_only(tmp_path, monkeypatch):
+    db = tmp_path / "human.sqlite"
+    with CorrectionStore(str(db)) as store:
+        store.add(entry(text="kept"))
+    with CorrectionStore(str(db), create=False, read_only=True) as store:
+        assert [e.text for e in store.all()] == ["kept"] and store.read_only
+        with pytest.raises(DistilError, match=f"{db} is open read-only .*nothing was saved"):
+            store.add(entry(text="more"))
+    # as on read-only media or another user's file: os.access says no (root may write anything)
+    import distil_human.store as module
+
+    monkeypatch.setattr(module.os, "access", lambda path, mode: mode != os.W_OK)
+    with CorrectionStore(str(db), create=False) as store:
+        assert store.read_only and store.count() == 1
+        assert store.read_only_reason == f"the file {db} is not writable"
+    with pytest.raises(ConfigError, match=f"{db} is read-only here .*this command writes to it"):
+        CorrectionStore(str(db), read_only=False)
+    run = write_run(tmp_path / "run", [rollout_record("sort-12", "21")])
+    monkeypatch.undo()
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as conn:  # a version-1 store cannot be upgraded where it cannot be written
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("CREATE TABLE corrections (id TEXT PRIMARY KEY)")
+    with pytest.raises(ConfigError, match="schema version 1.*this one is read-only"):
+        CorrectionStore(str(old), read_only=True)
+    done = subprocess.run(distil_argv("corrections", "export", str(tmp_path / "out.jsonl"), "--db", str(db)),
+                          env=plugin_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and run
+
+
+def test_a_write_waiting_for_the_lock_holds_up_no_read_of_another_thread(tmp_path):
+    db = str(tmp_path / "human.sqlite")
+    store = CorrectionStore(db, busy_timeout_s=60)
+    store.add(entry(text="before"))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    started, errors = threading.Event(), []
+
+    def write():
+        # set when SQLite starts the BEGIN IMMEDIATE that must wait for the lock
+        store._db.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and started.set())
+        try:
+            store.add(entry(text="after"))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert started.wait(30)
+    reads = []
+    reader = threading.Thread(target=lambda: reads.append([e.text for e in store.all()]))
+    reader.start()
+    reader.join(10)
+    assert reads == [["before"]] and writer.is_alive()  # read while the write still waits
+    holder.execute("COMMIT")
+    holder.close()
+    writer.join(60)
+    assert errors == [] and [e.text for e in store.all()] == ["before", "after"]
     store.close()

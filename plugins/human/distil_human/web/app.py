@@ -3,6 +3,11 @@
 Pages are rendered on the server from the Jinja2 templates beside this module; the only
 script is a small inline one for keyboard shortcuts, so the desk needs no build step and
 fetches nothing from elsewhere.
+
+The store and the verifier block (a save may wait up to 30 s for another process's write
+lock), so no handler runs them on the event loop: pages and the export are plain functions,
+which Starlette runs in its thread pool, and a save reads its form asynchronously and then
+does its work in that pool too. One reviewer's save waiting for the lock holds up nobody else.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import hmac
 import os
 from typing import Optional
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -36,7 +42,7 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
     templates = Jinja2Templates(env=env)
 
     def page(request: Request, name: str, status: int = 200, **values) -> Response:
-        values.setdefault("author", request.cookies.get(AUTHOR_COOKIE) or desk.author)
+        values.setdefault("author", unquote(request.cookies.get(AUTHOR_COOKIE) or "") or desk.author)
         return templates.TemplateResponse(request, name, {"desk": desk, **values}, status_code=status)
 
     def settings(request: Request) -> View:
@@ -45,7 +51,7 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
         except ConfigError as exc:
             raise _BadRequest(str(exc)) from None
 
-    async def queue(request: Request) -> Response:
+    def queue(request: Request) -> Response:
         view = settings(request)
         groups = desk.queue(view)
         reviewed = desk.store.reviewed()
@@ -66,12 +72,19 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
                     next_id=next_id, entries=entries, qs=_qs(view), outcome=outcome, form=form or {},
                     saved=request.query_params.get("saved", ""), quote=quote)
 
-    async def problem(request: Request) -> Response:
+    def problem(request: Request) -> Response:
         return problem_page(request, request.path_params["problem_id"], settings(request))
 
     async def save(request: Request) -> Response:
+        sent = await request.form()
+        files = [k for k, v in sent.items() if not isinstance(v, str)]
+        if files:
+            return PlainTextResponse(f"Refused: field {files[0]!r} was sent as a file upload; the desk takes text "
+                                     "typed into its forms.", 400)
+        return await run_in_threadpool(store_form, request, {k: str(v) for k, v in sent.items()})
+
+    def store_form(request: Request, form: dict[str, str]) -> Response:
         problem_id = request.path_params["problem_id"]
-        form = {k: str(v) for k, v in (await request.form()).items()}
         view = settings(request)
         group, _, _ = desk.problem(problem_id, view)
         if group is None:
@@ -85,7 +98,7 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
             response.set_cookie(AUTHOR_COOKIE, quote(outcome.entry.author), samesite="strict")
         return response
 
-    async def export(request: Request) -> Response:
+    def export(request: Request) -> Response:
         return Response(desk.export(), media_type="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="corrections.jsonl"'})
 
@@ -110,8 +123,21 @@ def _qs(view: View, **extra: str) -> str:
 
 
 class _Guard:
-    """Every request passes here first: the token when one is set, the same origin for a POST
-    (so that another web page open in the reviewer's browser cannot write into the store)."""
+    """Every request passes here first, so that only the reviewer's own browser tab (or a
+    client holding the token) can read or write the store:
+
+    - with a token, every request must carry it (the address, its cookie, or ``Authorization:
+      Bearer``);
+    - without one (the desk on a loopback address), the ``Host`` must be 127.0.0.1, localhost
+      or [::1] with the desk's port: a web page whose own name was re-pointed at 127.0.0.1 (DNS
+      rebinding) sends its own name, and is refused before it can post or read the export;
+    - a write (any method but GET and HEAD) must come from the desk's own pages: an ``Origin``
+      equal to the desk's address. Browsers send it with every form they post; a missing or
+      ``null`` one (a sandboxed frame, a ``data:`` page, a redirect) is refused too, as is a
+      ``Sec-Fetch-Site`` other than same-origin. A request holding the token in its
+      ``Authorization`` header (a script) may leave the origin out: a browser never adds that
+      header by itself. Another site's ``Origin`` is refused whatever else the request holds.
+    """
 
     def __init__(self, app: Starlette, token: Optional[str]):
         self.app, self.token = app, token
@@ -127,21 +153,49 @@ class _Guard:
 
         async def send_with_cookie(message) -> None:
             if sent_token and message["type"] == "http.response.start":
-                cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                cookie = f"{TOKEN_COOKIE}={quote(self.token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
                 message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
 
     def _refusal(self, request: Request) -> Optional[Response]:
+        host = request.headers.get("host", "")
+        bearer = False
         if self.token:
-            given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                     or request.headers.get("authorization", "").removeprefix("Bearer "))
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            header = request.headers.get("authorization", "")
+            bearer = header.startswith("Bearer ") and _same(header.removeprefix("Bearer "), self.token)
+            cookie = unquote(request.cookies.get(TOKEN_COOKIE) or "")
+            if not (bearer or _same(request.query_params.get("token") or cookie, self.token)):
                 return PlainTextResponse("This review desk needs its token: open the address that "
                                          "`distil review --web` printed (it ends in ?token=...).", 401)
-        if request.method == "POST":
-            origin = request.headers.get("origin")
-            if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-                return PlainTextResponse(f"Refused a form sent from another site ({origin}).", 403)
+        elif not _loopback_host(host, (request.scope.get("server") or ("", 0))[1]):
+            return PlainTextResponse(f"Refused a request for {host or 'no host'!r}: this desk answers only at "
+                                     "127.0.0.1, localhost or [::1] with its port (start it with --host and a "
+                                     "--token to reach it by another name).", 403)
+        if request.method in ("GET", "HEAD"):
+            return None
+        origin = request.headers.get("origin")
+        site = request.headers.get("sec-fetch-site", "same-origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != host:
+            return PlainTextResponse(f"Refused a form sent from another site ({origin}).", 403)
+        if (not origin or origin == "null" or site != "same-origin") and not bearer:
+            return PlainTextResponse(f"Refused a write without the desk's own origin (Origin: {origin or 'none'}, "
+                                     f"Sec-Fetch-Site: {site}): save from the desk's pages.", 403)
         return None
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _loopback_host(host: str, port: int) -> bool:
+    """Whether a ``Host`` header names this desk on a loopback address (the port may be left
+    out only where it is HTTP's default, 80)."""
+    name, _, given = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or (given and not given.isdigit()):
+        name, given = host, ""
+    return name.lower() in LOOPBACK_NAMES and (int(given) if given else 80) == port

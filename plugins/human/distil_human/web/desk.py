@@ -10,12 +10,14 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+from pydantic import ValidationError
+
 from distil_core import ConfigError, DistilError
 
 from ..exchange import dump_entries
 from ..provenance import read_provenance
 from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_records,
-                            sources_in)
+                            sources_in, verdict_summary)
 from ..store import Correction, CorrectionStore
 from ..verify import SolutionCheck, SolutionChecker
 
@@ -123,15 +125,16 @@ class Desk:
             if check.refused and form.get("store_anyway") != "1":
                 return Outcome(error=f"Refused: {check.reason}.", check=check)
             verified = check.verified
-        verdict = record.get("verdict") or {}
-        entry = Correction(
-            problem_id=group.problem_id, response_hash=wanted, kind=kind, text=text, author=author,
-            run_dir=self.run_dir, step=record.get("step"), response_text=record.get("response_text"),
-            verdict={k: verdict.get(k) for k in ("score", "passed", "answer")} if record else None,
-            verified=verified,
-        )
         try:
+            entry = Correction(
+                problem_id=group.problem_id, response_hash=wanted, kind=kind, text=text, author=author,
+                run_dir=self.run_dir, step=record.get("step"), response_text=record.get("response_text"),
+                verdict=verdict_summary(record) if record else None, verified=verified,
+            )
             self.store.add(entry)
+        except ValidationError as exc:  # a value from the form or the run's record the store cannot hold
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+            return Outcome(error=f"NOT saved: {problems}.", check=check)
         except DistilError as exc:
             return Outcome(error=f"NOT saved: {exc}", check=check)
         return Outcome(entry=entry, check=check)

@@ -11,6 +11,7 @@ import ipaddress
 import secrets
 import socket
 from typing import Optional
+from urllib.parse import quote
 
 from distil_core import ConfigError
 
@@ -49,11 +50,11 @@ def serve(run_dir: str, *, db: Optional[str], author: str, host: str = "127.0.0.
 
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(18)
-    with CorrectionStore(db) as store:
+    with CorrectionStore(db, read_only=False) as store:
         desk = Desk(run_dir, store, author=author, sort=sort, filters=filters)
         sock = bind(host, port)
         shown = f"[{host}]" if ":" in host else host
-        url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
+        url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={quote(token, safe='')}" if token else "")
         problems = len(desk.queue(desk.default))
         print(f"Review desk for {run_dir}: {problems} problems with failed responses; entries go to {store.path}.")
         if desk.unreadable:
