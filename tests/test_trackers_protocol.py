@@ -148,3 +148,15 @@ def test_secret_options_never_reach_a_tracker(tmp_path, host):
     trackers.log_config({"expert": {"name": "api", "options": {"api_key": "sk-live", "api_key_env": "KEY", "model": "m"}}})
     ((config,),) = Recorder.built[0].of("config")
     assert config["expert"]["options"] == {"api_key": "***", "api_key_env": "KEY", "model": "m"}
+
+
+def test_provider_credentials_under_any_usual_name_never_reach_a_tracker(tmp_path, host):
+    trackers = Trackers.open(host, load_config(None, ["train.report_to=[recorder]"]).train, str(tmp_path))
+    secret = {name: f"value-of-{name}" for name in (
+        "aws_secret_access_key", "aws_session_token", "vertex_credentials", "client_secret", "db_password",
+        "x-api-key", "apikey", "Authorization", "hf_token", "private_key")}
+    public = {"api_key_env": "KEY", "aws_region_name": "us-east-1", "max_new_tokens": 64, "future_credit": 0.5,
+              "pass_rate": 0.5, "tokenizer": "gpt2"}
+    trackers.log_config({"expert": {"options": {"litellm_kwargs": {**secret, **public}}}})
+    ((config,),) = Recorder.built[-1].of("config")
+    assert config["expert"]["options"]["litellm_kwargs"] == {**dict.fromkeys(secret, "***"), **public}
