@@ -17,6 +17,11 @@ everything the job ever starts is inside. When the job is over, what is left ins
 and the cgroup removed. Where no cgroup can be made (no memory controller reachable, no write
 access), :func:`support` says why, jobs keep only RLIMIT_AS per process, and
 ``distil-sandbox backends`` shows that.
+
+A process killed outright (SIGKILL, the OOM killer) removes none of its groups. Each group's
+name therefore holds the pid of the process that made it (``distil-job-<pid>-<random>``), and
+the first time a process makes one it removes the empty groups beside it whose maker is gone
+(:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Iterator, Optional
 
 PREFIX = "distil-job-"
 REMOVE_WAIT_S = 5.0  # how long the job's last processes may take to leave before it is given up
+STALE_S = 60.0  # an empty group unchanged this long, whose maker is gone, is a leftover
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -190,7 +196,40 @@ def _parent_info() -> tuple[Optional[str], str, str]:
     with _parent_lock:
         if _parent is None:
             _parent = _find_parent()
+            if _parent[0] is not None:
+                remove_stale(_parent[0])
         return _parent
+
+
+def remove_stale(parent: str) -> list[str]:
+    """Remove the job groups under ``parent`` left by processes that are gone; the paths removed.
+
+    A group goes only when the pid in its name (``distil-job-<pid>-<random>``) is no live process
+    here, it holds no process, and it was made :data:`STALE_S` ago or more (its modification
+    time, which the kernel sets when the group is made): a live maker may be about to move a
+    job into a group it just made. A group named before names held a pid (``distil-job-<random>``)
+    has no known maker and goes on the last two conditions. The kernel refuses to remove a group
+    that still holds a process in any case.
+    """
+    removed = []
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        maker, _, rest = name[len(PREFIX):].partition("-")
+        if rest and (not maker.isdigit() or int(maker) == os.getpid() or os.path.exists(f"/proc/{maker}")):
+            continue  # made by a live process (or not a name of ours)
+        try:
+            if now - os.stat(path).st_mtime < STALE_S or _read(os.path.join(path, "cgroup.procs")).strip():
+                continue
+            os.rmdir(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def create(memory_mb: int) -> tuple[Optional[JobCgroup], str]:
@@ -206,7 +245,7 @@ def create(memory_mb: int) -> tuple[Optional[JobCgroup], str]:
             _LEFT_BEHIND.discard(path)
         except OSError:
             pass
-    path = os.path.join(parent, PREFIX + secrets.token_hex(6))
+    path = os.path.join(parent, f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
     limit = str(memory_mb << 20)
     try:
         os.mkdir(path, 0o755)

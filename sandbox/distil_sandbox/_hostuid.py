@@ -10,7 +10,9 @@ The range sits above the uids that distributions and systemd hand out (regular u
 60000, systemd's dynamic users at 65519) and below the ranges /etc/subuid allots from 100000
 to container user namespaces. A uid that /etc/passwd names, or that already runs a process,
 is skipped, and so is one whose killed processes wait, as zombies, for a slow init to reap
-them: the kernel still counts them against the next job's RLIMIT_NPROC.
+them: the kernel still counts them against the next job's RLIMIT_NPROC. So is one that owns
+kernel keys, which would carry data from one job of the uid to the next (see :mod:`._keys`:
+a job's keyrings are invalidated after it).
 
 The sweep of the world-writable directories lists them whole, which costs time on a host
 whose /tmp holds tens of thousands of entries (about 6 µs each). A directory whose change
@@ -18,6 +20,15 @@ time did not move during the job holds no new top-level entry, so only the direc
 changed are swept (:func:`changed_since`). For /tmp to stay unchanged, root makes the jobs'
 work directories inside :data:`JOBS_DIR`, not in /tmp itself; that directory is swept after
 every job, for a work directory a surviving process kept from being removed.
+
+Any uid may also write into the world-writable directories below those (``/tmp/.X11-unix``, a
+``1777`` directory a user made): those up to :data:`SWEEP_DEPTH` levels down, through
+directories any uid may enter and not through links, are swept too, each when its own change
+time moved since the job began. They are found by listing their parents, again only when a
+parent changed (:func:`writable_subdirs`): a directory made world-writable later by a chmod,
+its parent unchanged, is found at the parent's next change. Every directory is swept through
+descriptors opened without following links, as root, so that another uid owning a directory on
+the way cannot redirect the removal elsewhere.
 """
 
 from __future__ import annotations
@@ -28,19 +39,23 @@ import os
 import pwd
 import random
 import re
-import shutil
 import signal
 import stat
 import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import PurePosixPath
 from typing import Iterator, Optional
+
+from ._keys import clear_keys_of, owns_keys
 
 JOB_UID_BASE = 70000
 JOB_UID_COUNT = 1000
 LOCK_DIR = "/run/distil-sandbox"
 # Directories any uid may write to; what a job leaves at their top level is removed.
 SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# How far below those the world-writable directories are swept too.
+SWEEP_DEPTH = 3
 # Root's parent for jobs' work directories: every uid may enter it, none but root list or write it.
 JOBS_DIR = "/tmp/distil-sandbox-jobs"
 # A directory changed more recently than this before a job started may change again, during the
@@ -126,23 +141,128 @@ def kill_uid(uid: int, gid: int, *, attempts: int = 50) -> bool:
 
 
 def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
-    """Remove what ``uid`` owns at the top level of ``directories`` (links are not followed)."""
+    """Remove what ``uid`` owns at the top level of ``directories``. Each directory is reached
+    from ``/`` and everything below it is removed through descriptors, never following a link."""
     for directory in directories:
+        fd = _open_without_links(directory)
+        if fd is None:
+            continue
         try:
-            entries = list(os.scandir(directory))
+            for entry in list(os.scandir(fd)):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_uid != uid:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        _remove_tree(fd, entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                except (OSError, RecursionError):  # RecursionError: nested deeper than fwalk goes
+                    continue
+        finally:
+            os.close(fd)
+
+
+def _open_without_links(path: str) -> Optional[int]:
+    """A descriptor of directory ``path``, each component opened without following a link
+    (the shared directories and :data:`JOBS_DIR` are root's: where links, they are resolved
+    first); None if it cannot be opened so."""
+    try:
+        real = os.path.realpath(path) if path in (*SHARED_WRITABLE_DIRS, JOBS_DIR) else path
+        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    for part in PurePosixPath(real).parts[1:]:
+        try:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            inner = None
+        os.close(fd)
+        if inner is None:
+            return None
+        fd = inner
+    return fd
+
+
+def _remove_tree(parent_fd: int, name: str) -> None:
+    """Remove directory ``name`` of ``parent_fd`` and everything in it, links not followed."""
+    for _, dirs, files, fd in os.fwalk(name, topdown=False, follow_symlinks=False, dir_fd=parent_fd):
+        for entry in files:
+            try:
+                os.unlink(entry, dir_fd=fd)
+            except OSError:
+                pass
+        for entry in dirs:  # links to directories are listed here too
+            try:
+                os.rmdir(entry, dir_fd=fd)
+            except NotADirectoryError:
+                os.unlink(entry, dir_fd=fd)
+            except OSError:
+                pass
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+# directory -> (its device, inode and change time; its subdirectories others may enter, and
+# whether others may write to each)
+_CHILDREN: dict[str, tuple[tuple[int, int, int], list[tuple[str, bool]]]] = {}
+
+
+def writable_subdirs(directories=SHARED_WRITABLE_DIRS, depth: int = SWEEP_DEPTH) -> list[str]:
+    """The world-writable directories below ``directories``, at most ``depth`` levels down,
+    through directories any uid may enter, links not followed. What a directory holds is listed
+    again only when its change time moved (and had stood still for :data:`SETTLED_S` when it was
+    last listed), so an unchanged /tmp costs one ``stat`` per directory kept."""
+    found: list[str] = []
+    level = [os.path.realpath(d) for d in directories]
+    for _ in range(depth):
+        children = [child for parent in level for child in _children(parent)]
+        found += [path for path, writable in children if writable]
+        level = [path for path, _ in children]
+    return found
+
+
+def _children(directory: str) -> list[tuple[str, bool]]:
+    now = time.time_ns()
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return []
+    state = (st.st_dev, st.st_ino, st.st_ctime_ns)
+    kept = _CHILDREN.get(directory)
+    if kept is not None and kept[0] == state:
+        return kept[1]
+    children = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode if entry.is_dir(follow_symlinks=False) else 0
         except OSError:
             continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-                if st.st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
-            except OSError:
+        if mode & stat.S_IXOTH:
+            children.append((entry.path, bool(mode & stat.S_IWOTH)))
+    if now - st.st_ctime_ns >= SETTLED_S * 1e9:  # else it may change again within the same tick
+        _CHILDREN[directory] = (state, children)
+    return children
+
+
+def changed_below(started_ns: int, directories=SHARED_WRITABLE_DIRS) -> list[str]:
+    """The world-writable directories below ``directories`` (:func:`writable_subdirs`) that may
+    have gained an entry since ``started_ns`` (``time.time_ns()``): changed less than
+    :data:`SETTLED_S` before it or later, or on a file system whose times are not the kernel's."""
+    below = writable_subdirs(directories)
+    trusted = kernel_timed(below) if below else set()
+    changed = []
+    for directory in below:
+        try:
+            if directory in trusted and os.lstat(directory).st_ctime_ns < started_ns - SETTLED_S * 1e9:
                 continue
+        except OSError:
+            continue
+        changed.append(directory)
+    return changed
 
 
 def settled_states(directories=SHARED_WRITABLE_DIRS) -> dict[str, tuple[int, int, int]]:
@@ -249,10 +369,12 @@ def _uid_is_named(uid: int) -> bool:
 def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     """Hold a free (uid, gid) for one job when running as root; yield None otherwise.
 
-    On exit every process of the uid is killed and its files in the shared writable
-    directories that changed during the job (:func:`changed_since`) and in :data:`JOBS_DIR`
-    removed, before the uid is released. If a process survives, the uid stays
-    held (and unused) until this process ends.
+    On exit every process of the uid is killed, its files in the shared writable
+    directories and the world-writable directories below them that changed during the job
+    (:func:`changed_since`, :func:`changed_below`) and in :data:`JOBS_DIR` removed, and its
+    kernel keyrings invalidated (:func:`~._keys.clear_keys_of`), before the uid is released. If
+    a process survives, or the keyrings cannot be invalidated, the uid stays held (and unused)
+    until this process ends.
 
     ``contained=True`` is for jobs whose processes all live in a pid namespace of their own
     and that cannot write to host directories (bwrap): the kernel kills every process of the
@@ -275,13 +397,14 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
         except BlockingIOError:
             os.close(fd)
             continue
-        if _uid_is_named(uid) or (not contained and tasks_of(uid, zombies=True)):
+        if _uid_is_named(uid) or (not contained and (tasks_of(uid, zombies=True) or _keeps_keys(uid))):
             os.close(fd)
             continue
         break
     else:
         raise RuntimeError(f"all {JOB_UID_COUNT} sandbox uids from {JOB_UID_BASE} are in use")
     clean = False
+    started_ns = time.time_ns()
     settled = {} if contained else settled_states()
     try:
         yield uid, uid
@@ -291,7 +414,17 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
                 clean = True
             else:
                 clean = kill_uid(uid, uid)
-                remove_files_of(uid, [*changed_since(settled), JOBS_DIR])
+                remove_files_of(uid, [*changed_since(settled), JOBS_DIR, *changed_below(started_ns)])
+                clean = clear_keys_of(uid, uid) and clean
         finally:
             if clean:
                 os.close(fd)
+
+
+def _keeps_keys(uid: int) -> bool:
+    """Whether ``uid`` owns kernel keys: then it is passed over, and its keyrings invalidated for
+    the next time round (:mod:`._keys`)."""
+    if not owns_keys(uid):
+        return False
+    clear_keys_of(uid, uid)
+    return True

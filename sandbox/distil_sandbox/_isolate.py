@@ -16,7 +16,9 @@ memory and descriptors prepared by the parent), in this order:
    tmpfs (POSIX shared memory is files there);
 4. drops to the job's uid and gid with no supplementary groups (as ``Popen(user=...)`` would,
    but after the steps above, which need root);
-5. sets the job's rlimits.
+5. where this process has a session keyring of its own, joins a new one (:mod:`._keys`): the
+   job would otherwise share this process's, where it could leave keys for the next job to read;
+6. sets the job's rlimits.
 
 Namespaces need CAP_SYS_ADMIN: where ``unshare`` is refused (a container without it), jobs run
 without steps 2 and 3 and :func:`isolation` says why; where no cgroup can be made, without
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import _cgroup
+from ._keys import has_own_session_keyring, join_new_session
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -113,6 +116,7 @@ class Isolation:
     namespaces: bool
     why_not: str = ""  # why there are no namespaces
     hidden: list[str] = field(default_factory=list)
+    new_session_keyring: bool = False  # this process has a session keyring of its own: jobs join a new one
 
     def entering(
         self,
@@ -138,6 +142,8 @@ class Isolation:
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
+            if self.new_session_keyring:
+                join_new_session()
             for res, soft, hard in limits:
                 resource.setrlimit(res, (soft, hard))
 
@@ -165,5 +171,5 @@ def isolation() -> Isolation:
                 namespaces, why = True, ""
             except (OSError, subprocess.SubprocessError) as exc:
                 namespaces, why = False, f"cannot enter new ipc and mount namespaces: {exc}"
-            _plan = Isolation(cgroups, memory, namespaces, why, hidden)
+            _plan = Isolation(cgroups, memory, namespaces, why, hidden, has_own_session_keyring())
         return _plan

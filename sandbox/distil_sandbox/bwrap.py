@@ -77,6 +77,7 @@ from ._hostuid import count_tasks_of, job_uid
 from .conversation import Conversation, conversation_job
 from .conversation import start as start_conversation
 from ._isolate import package_dirs
+from ._keys import has_own_session_keyring, join_new_session
 from ._warm import ENV, TAR, WarmSandbox, bootstrap_argv, launcher
 from ._warmer import IDLE_S, Warmer
 from .result import ExecResult, Job
@@ -224,6 +225,9 @@ class BwrapBackend:
             warm = os.environ.get("DISTIL_SANDBOX_WARM", "1").strip() != "0"
         warm = warm and all(os.access(tool, os.X_OK) for tool in ("/bin/sh", TAR, ENV))
         self._warmer = Warmer(self._start_warm, idle_s=idle_s, enabled=warm)
+        # Every job would inherit this process's session keyring, and could leave keys there
+        # for the next job to read: where it has one of its own, each job joins a new one.
+        self._new_session_keyring = has_own_session_keyring()
 
     @property
     def warm(self) -> bool:
@@ -396,13 +400,14 @@ class BwrapBackend:
             argv = language_for(job.language).argv
             program = argv if files is not None else bootstrap_argv(argv, (*SANDBOX_ENV, ("PWD", WORK_DIR)))
             command = self._arguments(job, status_w, file_fds, etc_fds, program, conversation=piped)
-            prefix = launcher(limits, owner) if files is None else None
+            prefix = launcher(limits, owner) if files is None and not self._new_session_keyring else None
             if prefix:
                 if cgroup is not None:  # the shell joins the cgroup, then execs the launcher
                     prefix = ["/bin/sh", "-c", 'printf 0 > "$0" && exec "$@"', cgroup.procs_path, *prefix]
                 command, started_as = prefix + command, {}
             else:
-                started_as = {"preexec_fn": _joining(cgroup, preexec_setting(limits)), **identity}
+                started_as = {"preexec_fn": _joining(cgroup, preexec_setting(limits), self._new_session_keyring),
+                              **identity}
             return subprocess.Popen(
                 command,
                 env={},
@@ -463,13 +468,19 @@ class BwrapBackend:
         return args
 
 
-def _joining(cgroup: Optional[_cgroup.JobCgroup], then: Callable[[], None]) -> Callable[[], None]:
-    """A ``preexec_fn`` that joins ``cgroup`` (when there is one), then calls ``then``."""
-    if cgroup is None:
+def _joining(
+    cgroup: Optional[_cgroup.JobCgroup], then: Callable[[], None], new_session_keyring: bool = False
+) -> Callable[[], None]:
+    """A ``preexec_fn`` that joins ``cgroup`` (when there is one) and, if asked, a new session
+    keyring (after the job's uid is taken: it is the job's, :mod:`._keys`), then calls ``then``."""
+    if cgroup is None and not new_session_keyring:
         return then
 
     def join_then() -> None:
-        cgroup.join()
+        if cgroup is not None:
+            cgroup.join()
+        if new_session_keyring:
+            join_new_session()
         then()
 
     return join_then

@@ -19,15 +19,20 @@ reader that falls behind cannot make the host buffer without bound. Stderr is co
 any job (the first ``output_limit`` bytes) and comes with the result.
 
 A ``Conversation`` is for one reader and one writer at a time; the backend's thread feeds it.
+That thread is a daemon, which the interpreter would stop wherever it is at exit, before the
+backend's clean-up (the job's memory cgroup, its uid) ran: so at exit every conversation still
+running is killed and its clean-up waited for (:func:`end_all`), as ``close()`` would.
 Docker jobs cross a socket to the container's supervisor as a whole, so docker has no
 ``converse``.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from typing import Callable, Optional
 
 from ._common import CappedBuffer, job_files, validate_job
@@ -202,9 +207,27 @@ class ConversationOutput(CappedBuffer):
         self.conversation.feed(data)
 
 
+EXIT_WAIT_S = 10.0  # how long exiting waits for each conversation's clean-up
+_running: "weakref.WeakSet[Conversation]" = weakref.WeakSet()
+
+
+def end_all(wait_s: float = EXIT_WAIT_S) -> None:
+    """Kill every conversation still running and wait (up to ``wait_s`` each) until its backend
+    has cleaned up after it. Run at exit."""
+    running = list(_running)
+    for conversation in running:
+        conversation.kill()
+    for conversation in running:
+        conversation.wait(wait_s)
+
+
+atexit.register(end_all)
+
+
 def start(run: Callable[["Conversation"], ExecResult], output_limit: int, name: str) -> Conversation:
     """A conversation whose job ``run`` (a backend's) executes on a thread of its own."""
     conversation = Conversation(output_limit)
+    _running.add(conversation)
 
     def body() -> None:
         result = None

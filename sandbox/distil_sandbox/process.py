@@ -10,8 +10,9 @@ The program runs as an ordinary child process with:
 Started by root, each job also gets a host uid of its own (see :mod:`._hostuid`): the
 program cannot touch root's files or processes, RLIMIT_NPROC counts only the job, every
 process left with that uid afterwards is killed (so escapees that double-fork and
-``setsid()`` do not survive) and the files it left at the top of /tmp, /var/tmp, /dev/shm
-and /run/lock are removed. Started by root, it also gets (:mod:`._isolate`):
+``setsid()`` do not survive), the files it left at the top of /tmp, /var/tmp, /dev/shm
+and /run/lock and in the world-writable directories below them are removed, and its kernel
+keyrings are invalidated (:mod:`._keys`). Started by root, it also gets (:mod:`._isolate`):
 
 - a memory cgroup of its own (:mod:`._cgroup`), so ``memory_mb`` bounds all its processes
   together, not each one; where none can be made, only RLIMIT_AS per process holds;

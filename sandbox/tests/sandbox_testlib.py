@@ -7,7 +7,8 @@ import secrets
 import subprocess
 import sys
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import pytest
 from distil_sandbox import AUTO_ORDER, Backend, BackendUnavailable, ExecResult, Job, get_backend
@@ -157,3 +158,31 @@ def _cmdline(pid: int) -> bytes:
             return fh.read()
     except OSError:
         return b""
+
+
+@contextmanager
+def cgroup_of_its_own() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A new cgroup beside this process's jobs' memory cgroups, and a ``preexec_fn`` that moves a
+    child process into it: the groups that child's jobs make are then inside it, apart from this
+    process's own. Skips where no job cgroup can be made; removed afterwards, with what is left."""
+    from distil_sandbox import _cgroup
+
+    probe, why = _cgroup.create(16)
+    if probe is None:
+        pytest.skip(f"no memory cgroup can be made here: {why}")
+    probe.remove()
+    path = os.path.join(os.path.dirname(probe.path), "distil-test-" + secrets.token_hex(6))
+    os.mkdir(path)
+    procs = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        yield path, lambda: os.write(procs, b"0")
+    finally:
+        os.close(procs)
+        deadline = time.monotonic() + 30
+        for inner in [*(e.path for e in os.scandir(path) if e.is_dir()), path]:
+            while os.path.isdir(inner):
+                try:
+                    os.rmdir(inner)
+                except OSError:  # busy while its last processes leave
+                    assert time.monotonic() < deadline, f"{inner} could not be removed"
+                    time.sleep(0.01)

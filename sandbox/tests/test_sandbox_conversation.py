@@ -6,11 +6,14 @@ On bwrap and process; docker has no conversations. Each test waits on the progra
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from distil_sandbox import Conversation, Job
-from sandbox_testlib import required, sandbox, unavailable_reason
+from sandbox_testlib import cgroup_of_its_own, marked, new_marker, processes_with, required, sandbox, unavailable_reason
 
 ECHO = r"""
 import sys
@@ -128,3 +131,28 @@ def test_no_process_inside_can_take_the_conversation_from_the_sandbox_init():
     finally:
         result = talk.close()
     assert result.ok
+
+
+# Starts a conversation, sees its program answer, and exits without closing it.
+LEAVES_A_CONVERSATION = """
+import sys
+from distil_sandbox import Job, get_backend
+talk = get_backend(sys.argv[1]).converse(Job(code=sys.argv[2], timeout_s=120))
+talk.send(b"hello\\n")
+assert talk.receive_until(b"END\\n", 30) == b"got hello\\nEND\\n"
+print("talking", flush=True)
+"""
+
+
+def test_a_conversation_left_open_at_exit_is_ended_and_cleaned_up(talker):
+    """Its thread is a daemon, which exiting would stop before the backend removed the job's
+    memory cgroup: the job is ended and its clean-up waited for at exit."""
+    marker = new_marker()
+    with cgroup_of_its_own() as (group, move_into_it):
+        child = subprocess.run(
+            [sys.executable, "-c", LEAVES_A_CONVERSATION, talker.name, marked(ECHO, marker)],
+            capture_output=True, text=True, timeout=120, preexec_fn=move_into_it,
+        )
+        assert child.stdout == "talking\n", child.stderr
+        assert [e.name for e in os.scandir(group) if e.is_dir()] == []
+        assert processes_with(marker) == []

@@ -1,6 +1,7 @@
 """Limits that must hold for the whole job, and what a job may leave behind or read, on every
-backend: memory summed over forked processes, IPC objects that outlive the job, and the
-toolkit's own files (a task's dataset holds its reference solutions)."""
+backend: memory summed over forked processes, IPC objects that outlive the job, the toolkit's
+own files (a task's dataset holds its reference solutions), and the memory cgroups of a process
+killed before it removed them."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import ctypes
 import errno
 import os
 import secrets
+import signal
+import subprocess
+import sys
 
 import pytest
 from distil_sandbox import _cgroup, available_backends, cli
 from distil_sandbox.pool import Pool
 from sandbox_docker_testlib import backend_or_skip
-from sandbox_testlib import AS_ROOT, run, weakness
+from sandbox_testlib import AS_ROOT, cgroup_of_its_own, run, weakness
 
 NOT_ROOT_REASON = "the process backend runs as the calling user, without cgroups or namespaces, when not root"
 
@@ -228,3 +232,50 @@ def test_the_cli_says_how_memory_mb_holds_on_each_backend(capsys):
             assert block.strip().startswith("memory: per process (RLIMIT_AS)"), out
     if not cgroups:
         assert why in out
+
+
+# Makes a job's memory cgroup and is killed before it could remove it.
+KILLED_WITH_A_GROUP = """
+import os, signal
+from distil_sandbox import _cgroup
+group, why = _cgroup.create(16)
+assert group is not None, why
+print(os.path.basename(group.path), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+# Its first job removes the stale groups beside its own (at any age, for the test).
+FIRST_JOB = """
+import distil_sandbox
+from distil_sandbox import _cgroup
+_cgroup.STALE_S = 0.0
+print(distil_sandbox.run("print('ran')", backend="process").stdout, end="")
+"""
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the process backend makes memory cgroups only as root")
+def test_groups_a_killed_process_left_are_removed_by_the_next_one():
+    """A process killed outright runs no clean-up: the groups it made stay. The next process to
+    make one removes them, and no group of a live process, nor one that holds a process."""
+    with cgroup_of_its_own() as (parent, move_into_it):
+        killed = subprocess.run([sys.executable, "-c", KILLED_WITH_A_GROUP], capture_output=True, text=True,
+                                timeout=60, preexec_fn=move_into_it)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        left = killed.stdout.strip()
+        legacy = f"{_cgroup.PREFIX}{secrets.token_hex(6)}"  # named before names held their maker's pid
+        live = f"{_cgroup.PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        holder = f"{_cgroup.PREFIX}{int(left.split('-')[2])}-{secrets.token_hex(6)}"  # its maker is gone
+        for name in (legacy, live, holder):
+            os.mkdir(os.path.join(parent, name))
+        sleeper = subprocess.Popen(["sleep", "60"])
+        try:
+            with open(os.path.join(parent, holder, "cgroup.procs"), "w") as fh:
+                fh.write(str(sleeper.pid))
+            assert left in os.listdir(parent)
+            after = subprocess.run([sys.executable, "-c", FIRST_JOB], capture_output=True, text=True, timeout=60,
+                                   preexec_fn=move_into_it)
+            assert after.stdout == "ran\n", after.stderr
+            kept = sorted(e.name for e in os.scandir(parent) if e.is_dir())
+            assert kept == sorted([live, holder])
+        finally:
+            sleeper.kill()
+            sleeper.wait()

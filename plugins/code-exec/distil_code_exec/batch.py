@@ -6,7 +6,8 @@ folding identical ones together) are split into at most ``workers`` jobs of at m
 ``batch_size`` rollouts, all submitted to the pool at once. Inside a job the harness grades its
 runs one after another, each exactly as a job of its own would (its own nonce, new child
 processes, the same per-test time limits; see ``grade_batch`` in ``harness.py``), and stops at
-the first run that leaves a process or a file behind. The children of function-call and
+the first run that leaves something behind: a process, a file, an IPC object, a kernel key, or
+a change to the harness's own limits, priority or CPUs. The children of function-call and
 assert runs are forked from one clean interpreter per job (``Zygote`` in ``harness.py``, the
 ``--serve`` mode of ``child.py``) instead of each starting Python anew. With ``sessions``
 (the default where the backend allows it) the jobs' harnesses stay up across steps and each

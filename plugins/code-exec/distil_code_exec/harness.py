@@ -68,6 +68,7 @@ import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import resource  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -821,11 +822,17 @@ class Grader:
         if self.broken is not None:
             return {"status": "not_run", "error": f"not run: {self.broken}"}
         if self.session is None:
+            # Loading the code again (after a test timed out or crashed) is not this test's
+            # doing: it gets the load's own limit, as the first load did, and the test its full
+            # time once the code is loaded.
+            signal.setitimer(signal.ITIMER_REAL, self.import_timeout + 1.0)
             problem = self.start_session()
             if problem is not None:  # it loaded before: do not pay the load timeout again
                 self.broken = f"the code failed to load again after an earlier test: {problem[1]}"
                 return {"status": "timeout" if problem[0] == "timeout" else "error",
                         "error": f"{problem[1]}\n{problem[2]}".strip()}
+            self.deadline = time.monotonic() + self.timeout
+            signal.setitimer(signal.ITIMER_REAL, self.timeout + 1.0)
         session = self.session
         try:
             if self.kind == "call":
@@ -889,9 +896,12 @@ class Grader:
 # (its own nonce, a new child, the same per-test limits; the children of call and assert runs are
 # forked from the batch's ``Zygote`` rather than started with an exec). What one run could leave for the
 # next is checked before the next starts: processes that outlived it (this process is their
-# subreaper, so none can hide by double-forking), and any change to the writable places and
-# System V IPC since the batch began. If anything is left, the batch stops there: the runs not
-# yet graded get no result, and the verifier grades each of them in a sandbox job of its own.
+# subreaper, so none can hide by double-forking), any change to the writable places and System V
+# IPC, to this process's own resource limits, priority, scheduling and CPUs (a process of the same
+# uid may change them from outside, and every later child inherits them), and to the kernel keys
+# of this uid, since the batch began (see ``Baseline``). If anything is left, the batch stops
+# there: the runs not yet graded get no result, and the verifier grades each of them in a sandbox
+# job of its own.
 
 WATCHED = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
 WATCH_LIMIT = 2000  # entries; a busier place is never called unchanged
@@ -931,6 +941,64 @@ def _surroundings(work):
         except OSError:
             pass
     return seen
+
+
+def _own_state():
+    """What a process of this uid can change about this one from outside, for every child it
+    starts later to inherit: its resource limits (``prlimit``), priority (``setpriority``),
+    scheduling policy and CPUs (``sched_setaffinity``). None of it can be set back without
+    privileges (a lowered hard limit or a raised nice value stays), so it is compared."""
+    limits = tuple(resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
+    return (limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0), os.sched_getparam(0).sched_priority,
+            tuple(sorted(os.sched_getaffinity(0))))
+
+
+def _keyrings():
+    """The kernel keys of this uid: how many it owns and their bytes (/proc/key-users), and each
+    it can see as /proc/keys shows it (flags, expiry, permissions, what a keyring holds), without
+    the usage counts. Keys belong to the uid, not to a process: one a run adds to its user,
+    session or persistent keyring outlives the run, for every later run of the uid to read."""
+    uid, found = str(os.getuid()), []
+    for path, column in (("/proc/key-users", 0), ("/proc/keys", 5)):
+        try:
+            with open(path, encoding="ascii", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > column and fields[column].rstrip(":") == uid:
+                found.append((path, *fields[:2], *fields[3:]) if column else (path, *fields[2:]))
+    return sorted(found)
+
+
+KEYS_SETTLE_S = 2.0  # keys the run's processes held die with them, freed by the kernel shortly after
+
+
+class Baseline:
+    """How this sandbox was when grading began; a run must leave it so for the next one."""
+
+    def __init__(self, work):
+        self.work = work
+        self.surroundings = _surroundings(work)
+        self.own = _own_state()
+        self.keys = _keyrings()
+
+    def changed(self):
+        """What the last run left changed (a reason, for the log), or None."""
+        now = _surroundings(self.work)
+        if self.surroundings is None or now != self.surroundings:
+            changed = sorted({e[0] for e in set(now or []) ^ set(self.surroundings or [])})[:3]
+            return f"the run changed the writable places or IPC {changed}"
+        if _own_state() != self.own:
+            return "the run changed the grader's resource limits, priority, scheduling or CPUs"
+        end, pause = time.monotonic() + KEYS_SETTLE_S, 0.001
+        while _keyrings() != self.keys:
+            if time.monotonic() >= end:
+                return "the run left keys in the kernel's keyrings"
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return None
 
 
 def _descendants():
@@ -976,7 +1044,7 @@ class BatchGrader:
         self.child_source = child_source
         libc = ctypes.CDLL(None, use_errno=True)
         self.subreaper = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: orphans come here
-        self.baseline = _surroundings(self.work)
+        self.baseline = Baseline(self.work)
         self.zygote = None
 
     def grade(self, runs, key):
@@ -987,7 +1055,7 @@ class BatchGrader:
             if self.zygote is None and run["kind"] != "io" and len(runs) > 1:
                 # started before this run's solution exists (a later restart: once none is left)
                 self.zygote = _start_zygote(self.child_source, self.work, os.path.join(self.work, run["child"]))
-            reason = _grade_one(run, self.child_source, key, self.work, self.baseline, self.zygote)
+            reason = _grade_one(run, self.child_source, key, self.baseline, self.zygote)
             if reason:
                 return reason
             if self.zygote is not None and self.zygote.broken:  # gone, or it found itself changed
@@ -1056,8 +1124,9 @@ def _say(line):
         data = data[os.write(1, data):]
 
 
-def _grade_one(run, child_source, key, work, baseline, zygote):
+def _grade_one(run, child_source, key, baseline, zygote):
     """Grade one run of a batch; why the batch must stop after it, or None."""
+    work = baseline.work
     solution, child = os.path.join(work, run["solution"]), os.path.join(work, run["child"])
     _place(solution, run.pop("source"))
     _place(child, child_source)
@@ -1076,11 +1145,7 @@ def _grade_one(run, child_source, key, work, baseline, zygote):
             except OSError:
                 pass
         return f"the run left {len(left)} processes running"
-    now = _surroundings(work)
-    if baseline is None or now != baseline:
-        changed = sorted({e[0] for e in set(now or []) ^ set(baseline or [])})[:3]
-        return f"the run changed the writable places or IPC {changed}"
-    return None
+    return baseline.changed()
 
 
 def _stop(reason):

@@ -14,8 +14,9 @@ next one (and its key) while it still runs.
 
 What keeps one rollout from affecting another is what keeps it so inside a batch job: every run
 is graded in new child processes forked from a clean interpreter, its files are placed fresh,
-and after each run the harness checks that no process is left and that the writable places and
-IPC are as they were when the session started. A run that leaves something behind ends the
+and after each run the harness checks that no process is left and that the writable places, IPC,
+the kernel keys of its uid and its own limits, priority and CPUs are as they were when the
+session started. A run that leaves something behind ends the
 session after its batch (the harness says so and exits); the runs after it in that batch are
 graded again in jobs of their own, and the next batch starts a new session. A session that dies
 during a batch, or does not answer it within the batch's time limit (it is killed then), keeps

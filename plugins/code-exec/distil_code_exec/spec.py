@@ -17,9 +17,9 @@ plus ``timeout_s`` per test and ``language`` (only ``"python"``).
 
 from __future__ import annotations
 
-import ast
 import json
 import re
+import unicodedata
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,27 +59,27 @@ class CodeTests(_Spec):
     @field_validator("entry_point")
     @classmethod
     def _identifier(cls, value: Optional[str]) -> Optional[str]:
+        """Python reads every identifier in NFKC form (``def \ufb01nd`` defines ``find``), so the
+        name is looked up in that form too, or a solution could never define it."""
         if value is not None and not value.isidentifier():
             raise ValueError(f"must be a Python function name (got {value!r})")
-        return value
+        return unicodedata.normalize("NFKC", value) if value is not None else None
 
     @field_validator("asserts")
     @classmethod
-    def _parses(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+    def _compiles(cls, value: Optional[list[str]]) -> Optional[list[str]]:
         for i, source in enumerate(value or []):
-            try:
-                ast.parse(source)
-            except SyntaxError as exc:
-                raise ValueError(f"assert {i} is not valid Python: {exc.msg} (line {exc.lineno})") from None
+            problem = compile_problem(source, f"<test {i}>")
+            if problem:
+                raise ValueError(f"assert {i} is not valid Python: {problem}")
         return value
 
     @field_validator("setup")
     @classmethod
-    def _setup_parses(cls, value: str) -> str:
-        try:
-            ast.parse(value)
-        except SyntaxError as exc:
-            raise ValueError(f"not valid Python: {exc.msg} (line {exc.lineno})") from None
+    def _setup_compiles(cls, value: str) -> str:
+        problem = compile_problem(value, "<setup>")
+        if problem:
+            raise ValueError(f"not valid Python: {problem}")
         return value
 
     @model_validator(mode="after")
@@ -147,31 +147,83 @@ class CodeTests(_Spec):
             raise ValueError(f"problem {problem_id}: invalid code tests in reference: {problems}") from None
 
 
+def compile_problem(source: str, name: str) -> Optional[str]:
+    """Why ``source`` does not compile as a module, or None. Compiling, not only parsing: a
+    ``return`` or ``nonlocal`` at the top level parses, then fails when the harness compiles
+    it, and the solution would be blamed for the problem's own mistake."""
+    try:
+        compile(source, name, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return f"{exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes; nesting too deep
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def call_text(name: str, args: list[Any], kwargs: Optional[dict[str, Any]] = None) -> str:
     parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
     return f"{name}({', '.join(parts)})"
 
 
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
+_OPENING = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*([\w+#.-]*)")
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
 
 
 def extract_code(text: str) -> str:
     """The last fenced ```python block of a response; else its last untagged fenced block;
-    else the whole text (bare code). An unclosed last fence runs to the end of the text."""
+    else the whole text (bare code). An unclosed last fence runs to the end of the text.
+
+    Lone surrogates (half of an emoji cut by a client) cannot be written as UTF-8 source: they
+    become U+FFFD here, so such a response is graded for the code it can be, never stops the
+    grading of its batch."""
+    text = _without_lone_surrogates(text)
     tagged: list[str] = []
     untagged: list[str] = []
-    for match in _FENCE.finditer(text):
-        tag = match.group(2).lower()
-        if tag in _PYTHON_TAGS:
-            tagged.append(match.group(3))
+    for tag, body in fenced_blocks(text):
+        if tag.lower() in _PYTHON_TAGS:
+            tagged.append(body)
         elif not tag:
-            untagged.append(match.group(3))
+            untagged.append(body)
     if tagged:
         return tagged[-1]
     if untagged:
         return untagged[-1]
     return text
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(info tag, body) of each fenced block, in one pass over the lines (time linear in the
+    text: a model's response is untrusted, and a backtracking pattern took seconds on one long
+    line of backticks).
+
+    A block opens at a line (followed by a newline) that starts, after spaces or tabs, with three
+    or more backticks or tildes; its tag is the run of word characters and ``+#.-`` after them.
+    It closes at the next line that holds the same fence alone (spaces and tabs around it
+    allowed), or at the end of the text."""
+    lines = text.split("\n")
+    blocks = []
+    i = 0
+    while i < len(lines) - 1:
+        opening = _OPENING.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        fence, tag = opening.group(1), opening.group(2)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip(" \t") == fence), None)
+        if end is None:
+            blocks.append((tag, "\n".join(lines[i + 1:])))
+            break
+        blocks.append((tag, "".join(line + "\n" for line in lines[i + 1:end])))
+        i = end + 1
+    return blocks
+
+
+def _without_lone_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # pairs written as two code points are joined; the rest replaced
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 Reference = Union[CodeTests, dict, list, str]

@@ -2,12 +2,16 @@
 
 A fixed set of rollouts — right, wrong, raising, timing out, not Python, repeated, and two that
 try to reach a later rollout of the same sandbox job (a process left running, a file left in
-/tmp) — is graded one rollout per job (the old path) and through the batch path.
+/tmp) — is graded one rollout per job (the old path) and through the batch path. So are rollouts
+that change what is not a process or a file (the harness's limits, priority or CPUs; a kernel
+key), each followed by one that passes only where that change reached it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 
 import pytest
@@ -147,3 +151,57 @@ def test_a_batch_verifier_that_miscounts_is_named():
 
     with pytest.raises(Exception, match=r"verifier 'short': verify_batch returned 0 verdicts for 1 rollouts"):
         verify(Short(), "short", [testing.problem("x")], [testing.rollout("x")], 1)
+
+
+# Each "leaves" rollout passes on its own and changes something outside its processes that the
+# rollout after it could see: the grading harness's own limits, priority or CPUs (a process of
+# the same uid may change them from outside: the harness is the parent of a program's process),
+# or a kernel key of the sandbox's uid. Each "sees" rollout passes only where that change reached it.
+KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}.get(platform.machine())
+HOLDS = {"io": [{"stdin": "", "stdout": "ok"}], "timeout_s": 2}
+KEYS = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nADD_KEY, KEYCTL = {}\n".format(KEYCTL)
+LEAVES_AND_SEES = {
+    "limits": ("import os, resource\nresource.prlimit(os.getppid(), resource.RLIMIT_FSIZE, (12345, 12345))\nprint('ok')",
+               "import resource\nprint('ok' if resource.getrlimit(resource.RLIMIT_FSIZE)[0] == 12345 else 'no')"),
+    "priority": ("import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\nprint('ok')",
+                 "import os\nprint('ok' if os.getpriority(os.PRIO_PROCESS, 0) == 19 else 'no')"),
+    "cpus": ("import os\nos.sched_setaffinity(os.getppid(), {max(os.sched_getaffinity(0))})\nprint('ok')",
+             "import os\nprint('ok' if len(os.sched_getaffinity(0)) == 1 else 'no')"),
+    "user keyring": (KEYS + "libc.syscall(ADD_KEY, b'user', b'answer', b'3', 1, -4)\nprint('ok')",
+                     KEYS + "print('ok' if libc.syscall(KEYCTL, 10, -4, b'user', b'answer', 0) > 0 else 'no')"),
+    "persistent keyring": (
+        KEYS + "mine = libc.syscall(KEYCTL, 22, -1, -3)\nlibc.syscall(ADD_KEY, b'user', b'answer', b'3', 1, mine)\nprint('ok')",
+        KEYS + "mine = libc.syscall(KEYCTL, 22, -1, -3)\n"
+               "print('ok' if libc.syscall(KEYCTL, 10, mine, b'user', b'answer', 0) > 0 else 'no')"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_what_a_rollout_changes_outside_its_processes_does_not_reach_the_next(backend):
+    if KEYCTL is None:
+        pytest.skip(f"keyctl's system call number on {platform.machine()} is not known to this test")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: a rollout cannot move the harness to fewer")
+    alone = CodeExecVerifier(backend=backend, cache_size=0, workers=1, batch=False)
+    together = CodeExecVerifier(backend=backend, workers=1)  # its verdicts are cached
+    names = list(LEAVES_AND_SEES)
+    try:
+        expected = [alone.grade(problem(HOLDS, pid=name), rollout(LEAVES_AND_SEES[name][1])) for name in names]
+        got = []
+        for name in names:  # one step each: the change, then a rollout that would see it
+            leaves, sees = LEAVES_AND_SEES[name]
+            left, seen = together.verify_batch([problem(HOLDS, pid=f"{name}-a"), problem(HOLDS, pid=name)],
+                                               [rollout(leaves), rollout(sees)])
+            assert left.passed, (name, left.details["tests"])
+            got.append(seen)
+        again = [together.grade(problem(HOLDS, pid=name), rollout(LEAVES_AND_SEES[name][1])) for name in names]
+    finally:
+        alone.close()
+        together.close()
+    assert [what_matters(v) for v in got] == [what_matters(v) for v in expected], dict(zip(names, got))
+    assert not any(v.passed for v in expected)
+    # each change ended its batch: the rollout after it was graded in a job of its own, and the
+    # verdict the cache keeps is that one
+    assert together.counts["batch_fallbacks"] == len(names)
+    assert together.counts["cache_hits"] == len(names) and [what_matters(v) for v in again] == [what_matters(v) for v in got]

@@ -185,6 +185,40 @@ def test_slow_test_times_out_and_the_next_one_still_runs():
     assert verdict.details["first_error"]["stage"] == "timeout"
 
 
+def test_loading_the_code_again_after_a_timeout_is_not_charged_to_the_next_test():
+    """After a test times out, the code is loaded in a new process before the next test; that
+    load (here 1.2 s, past the 1 s a test may take) has a limit of its own, as the first had."""
+    code = """
+    import time
+    time.sleep(1.2)
+    def add(a, b):
+        while a == 1:
+            pass
+        return a + b
+    """
+    reference = dict(ADD_CALLS, calls=[{"args": [1, 2], "expected": 3}, *ADD_CALLS["calls"], {"args": [5, 5], "expected": 10}])
+    rows = grade(code, reference).details["tests"]
+    assert [row["status"] for row in rows] == ["timeout", "timeout", "passed", "passed"], rows
+
+
+def test_a_lone_surrogate_in_a_response_is_graded_not_raised():
+    """Half of an emoji in the response (a client cut it) cannot go to the sandbox as UTF-8: it
+    is graded as U+FFFD, alone and in a step's batch, where it must not stop the others."""
+    graded = CodeExecVerifier(backend="bwrap", cache_size=0, workers=2)
+    cut = rollout(ADD + "# \ud83d")
+    try:
+        assert graded.grade(problem(ADD_CALLS), cut).passed
+        verdicts = graded.verify_batch([problem(ADD_CALLS)] * 3, [cut, rollout(ADD), rollout(ADD_WRONG)])
+    finally:
+        graded.close()
+    assert [v.passed for v in verdicts] == [True, True, False]
+
+
+def test_an_entry_point_not_in_nfkc_form_can_pass():
+    verdict = grade("def \ufb01nd(x):\n    return x + 1", {"entry_point": "\ufb01nd", "calls": [{"args": [1], "expected": 2}]})
+    assert verdict.passed, verdict.details["tests"]
+
+
 def test_program_that_prints_too_much_fails():
     started = time.monotonic()
     verdict = grade("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", ADD_IO)
