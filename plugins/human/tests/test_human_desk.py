@@ -199,9 +199,10 @@ def test_a_save_waiting_for_the_store_lock_holds_up_no_other_request(tmp_path):
         saver = threading.Thread(target=save)
         saver.start()
         assert waiting.wait(30)
-        # while that save waits for the lock, other reviewers read pages and the export
-        assert _get(server.base + "/export", timeout=10)[0] == 200
-        assert _get(server.base + "/problem/sort-12", timeout=10)[0] == 200
+        # while that save waits for the lock, other reviewers read pages and the export (held up,
+        # they would wait for the save's 30 s busy timeout; 20 s leaves room for a loaded machine)
+        assert _get(server.base + "/export", timeout=20)[0] == 200
+        assert _get(server.base + "/problem/sort-12", timeout=20)[0] == 200
         assert saver.is_alive() and "save" not in result  # it is still waiting: nothing waited on it
     finally:
         holder.execute("COMMIT")
