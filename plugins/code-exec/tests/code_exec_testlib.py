@@ -25,12 +25,17 @@ def rollout(code: str, fenced: bool = True) -> Rollout:
     return testing.rollout(text)
 
 
+def skip_unless_available(backend: str) -> None:
+    """Skip the test, saying why, where the sandbox backend cannot run (docker without dockerd)."""
+    reason = distil_sandbox.available_backends().get(backend)
+    if reason:
+        pytest.skip(f"sandbox backend {backend} is unavailable here: {reason}")
+
+
 def verifier(backend: str = "bwrap") -> CodeExecVerifier:
     """One verifier per backend for the whole session (caching off: every call really runs)."""
     if backend not in _verifiers:
-        reason = distil_sandbox.available_backends().get(backend)
-        if reason:
-            pytest.skip(f"sandbox backend {backend} is unavailable here: {reason}")
+        skip_unless_available(backend)
         _verifiers[backend] = CodeExecVerifier(backend=backend, cache_size=0, workers=4)
     return _verifiers[backend]
 

@@ -15,7 +15,7 @@ import platform
 import re
 
 import pytest
-from code_exec_testlib import problem, rollout
+from code_exec_testlib import problem, rollout, skip_unless_available
 
 from distil_code_exec import CodeExecVerifier
 from distil_core import BatchVerifier, testing
@@ -81,6 +81,7 @@ def what_matters(verdict):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bwrap", "process", "docker"])
 def test_batch_verdicts_are_the_verdicts_of_one_job_per_rollout(backend):
+    skip_unless_available(backend)
     # One job per rollout, two at a time, except on the process backend: its jobs share the host's
     # /tmp (docs/sandbox.md), so READ_PLANTED could read PLANT's file while both run.
     old = CodeExecVerifier(backend=backend, cache_size=0, workers=1 if backend == "process" else 2)
