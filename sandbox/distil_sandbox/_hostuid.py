@@ -379,7 +379,8 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
     ``contained=True`` is for jobs whose processes all live in a pid namespace of their own
     and that cannot write to host directories (bwrap): the kernel kills every process of the
     namespace when its init exits, so the /proc scans on taking and releasing the uid are
-    skipped. The kernel may still be tearing down the last job's tasks (a fork bomb's) when its
+    skipped. A uid that owns kernel keys is passed over for every job alike: keys left by an
+    earlier ``process`` job of that uid would be readable from a bwrap job running as it. The kernel may still be tearing down the last job's tasks (a fork bomb's) when its
     uid is released; the round robin keeps that uid out of use for the next 999 jobs.
     """
     if os.geteuid() != 0:
@@ -397,7 +398,7 @@ def job_uid(*, contained: bool = False) -> Iterator[Optional[tuple[int, int]]]:
         except BlockingIOError:
             os.close(fd)
             continue
-        if _uid_is_named(uid) or (not contained and (tasks_of(uid, zombies=True) or _keeps_keys(uid))):
+        if _uid_is_named(uid) or (not contained and tasks_of(uid, zombies=True)) or _keeps_keys(uid):
             os.close(fd)
             continue
         break

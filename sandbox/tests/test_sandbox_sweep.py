@@ -197,7 +197,9 @@ def test_kernel_keys_a_job_leaves_do_not_outlive_it():
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="uids of their own are for jobs started by root")
-def test_a_uid_that_owns_keys_is_passed_over_and_cleaned(monkeypatch):
+@pytest.mark.parametrize("contained", [False, True], ids=["process", "bwrap"])
+def test_a_uid_that_owns_keys_is_passed_over_and_cleaned(monkeypatch, contained):
+    """For every backend: a bwrap job running as a uid that owns a process job's keys could read them."""
     if KEYCTL is None:
         pytest.skip(f"keyctl's system call number on {platform.machine()} is not known to this test")
     slot = secrets.randbelow(_hostuid.JOB_UID_COUNT - 1)
@@ -205,7 +207,7 @@ def test_a_uid_that_owns_keys_is_passed_over_and_cleaned(monkeypatch):
     as_uid(keeper, LEAVES_KEYS)  # as if a toolkit process had died before its clean-up
     assert _keys.owns_keys(keeper)
     monkeypatch.setattr(_hostuid, "_NEXT_SLOT", itertools.count(slot))
-    with _hostuid.job_uid() as owner:
+    with _hostuid.job_uid(contained=contained) as owner:
         assert owner is not None and owner[0] != keeper
     assert no_keys_within(keeper, 10)
 

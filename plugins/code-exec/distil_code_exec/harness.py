@@ -954,21 +954,25 @@ def _own_state():
 
 
 def _keyrings():
-    """The kernel keys of this uid: how many it owns and their bytes (/proc/key-users), and each
-    it can see as /proc/keys shows it (flags, expiry, permissions, what a keyring holds), without
-    the usage counts. Keys belong to the uid, not to a process: one a run adds to its user,
-    session or persistent keyring outlives the run, for every later run of the uid to read."""
+    """The kernel keys of this uid that it can see, as /proc/keys shows them (flags, expiry,
+    permissions, what a keyring holds), without the usage counts. Keys belong to the uid, not
+    to a process: one a run adds to its user, session or persistent keyring outlives the run,
+    for every later run of the uid to read.
+
+    Left out: session keyrings themselves (``_ses``), and the uid's key counts. Where jobs run
+    under the caller's own uid (bwrap without root), every job that starts beside this one
+    joins a new session keyring of that uid; counting those would end a neighbour's batch for
+    nothing. A key a run adds to any keyring this one reaches still shows as a line of its own."""
     uid, found = str(os.getuid()), []
-    for path, column in (("/proc/key-users", 0), ("/proc/keys", 5)):
-        try:
-            with open(path, encoding="ascii", errors="replace") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > column and fields[column].rstrip(":") == uid:
-                found.append((path, *fields[:2], *fields[3:]) if column else (path, *fields[2:]))
+    try:
+        with open("/proc/keys", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 8 and fields[5] == uid and not (fields[7] == "keyring" and fields[8].startswith("_ses")):
+            found.append((*fields[:2], *fields[3:]))
     return sorted(found)
 
 

@@ -206,3 +206,37 @@ def test_what_a_rollout_changes_outside_its_processes_does_not_reach_the_next(ba
     # verdict the cache keeps is that one
     assert together.counts["batch_fallbacks"] == len(names)
     assert together.counts["cache_hits"] == len(names) and [what_matters(v) for v in again] == [what_matters(v) for v in got]
+
+
+# A job started beside a running batch (another worker, a fallback job) joins a session keyring
+# of its own, under the same uid where jobs run as the caller (bwrap without root): that must not
+# read as a key the running batch's last rollout left. A key added to a keyring is still seen.
+JOINS_A_SESSION = "import ctypes, sys\nlibc = ctypes.CDLL(None)\nlibc.syscall({keyctl}, 1, None)\nprint('in', flush=True)\nsys.stdin.read()"
+ADDS_A_KEY = "import ctypes\nctypes.CDLL(None).syscall({add_key}, b'user', b'left-behind', b'3', 1, -4)"
+
+
+def test_the_key_check_ignores_a_neighbours_new_session_keyring_and_sees_a_new_key():
+    import subprocess
+    import sys
+
+    from distil_code_exec import harness
+
+    if KEYCTL is None:
+        pytest.skip(f"keyctl's system call number on {platform.machine()} is not known to this test")
+    add_key, keyctl = KEYCTL
+    before = harness._keyrings()
+    neighbour = subprocess.Popen([sys.executable, "-c", JOINS_A_SESSION.format(keyctl=keyctl)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert neighbour.stdout.readline().strip() == "in"  # its session keyring exists now
+        assert harness._keyrings() == before
+    finally:
+        neighbour.communicate("")
+    subprocess.run([sys.executable, "-c", ADDS_A_KEY.format(add_key=add_key)], check=True)
+    try:
+        assert harness._keyrings() != before
+    finally:  # unlink it again: KEYCTL_UNLINK needs its id, found by searching the user keyring
+        libc = __import__("ctypes").CDLL(None)
+        found = libc.syscall(keyctl, 10, -4, b"user", b"left-behind", 0)
+        if found > 0:
+            libc.syscall(keyctl, 9, found, -4)

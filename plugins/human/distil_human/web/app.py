@@ -169,9 +169,9 @@ class _Guard:
             if not (bearer or _same(request.query_params.get("token") or cookie, self.token)):
                 return PlainTextResponse("This review desk needs its token: open the address that "
                                          "`distil review --web` printed (it ends in ?token=...).", 401)
-        elif not _loopback_host(host, (request.scope.get("server") or ("", 0))[1]):
+        elif not _loopback_host(host):
             return PlainTextResponse(f"Refused a request for {host or 'no host'!r}: this desk answers only at "
-                                     "127.0.0.1, localhost or [::1] with its port (start it with --host and a "
+                                     "127.0.0.1, localhost or [::1] (start it with --host and a "
                                      "--token to reach it by another name).", 403)
         if request.method in ("GET", "HEAD"):
             return None
@@ -192,10 +192,11 @@ def _same(given: str, token: str) -> bool:
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
-def _loopback_host(host: str, port: int) -> bool:
-    """Whether a ``Host`` header names this desk on a loopback address (the port may be left
-    out only where it is HTTP's default, 80)."""
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names a loopback address, on any port. A page that rebinds its
+    own name to 127.0.0.1 still sends that name, which is what this refuses; the port is left
+    free so a forwarded port (``ssh -L 9000:localhost:8765``, an editor's port mapping) works."""
     name, _, given = host.rpartition(":") if not host.endswith("]") else (host, "", "")
     if not name or (given and not given.isdigit()):
-        name, given = host, ""
-    return name.lower() in LOOPBACK_NAMES and (int(given) if given else 80) == port
+        name = host
+    return name.lower() in LOOPBACK_NAMES
