@@ -136,8 +136,8 @@ def resume(run, *overrides):
 
 DAMAGES = {
     "cut_short": (lambda p: os.truncate(p, os.path.getsize(p) // 2), "cut short or not a checkpoint: PytorchStreamReader"),
-    "text": (lambda p: open(p, "w").write("not a checkpoint\n"), "not a checkpoint: "),
-    "empty": (lambda p: open(p, "w").close(), "not a checkpoint: Ran out of input"),
+    "text": (lambda p: open(p, "w").write("not a checkpoint\n"), "not a checkpoint: Unsupported operand"),
+    "empty": (lambda p: open(p, "w").close(), "not a checkpoint: it ends before its data"),
     "lacks_keys": (lambda p: torch.save({"step": 2}, p), "it lacks 'model', 'optimizer', 'scheduler', 'rng'"),
     "not_a_dict": (lambda p: torch.save([1, 2], p), "it holds a list, not a checkpoint"),
 }
@@ -154,6 +154,29 @@ def test_a_damaged_checkpoint_is_one_line_that_says_to_delete_it(run, damage):
     message = one_line(err)
     assert message.startswith(f"checkpoint {path} is damaged ({said}")
     assert message.endswith("); delete it to resume from an earlier one, or start the run again (--overwrite).")
+
+
+class RunsACommand:
+    """What a crafted checkpoint can hold: unpickling it calls ``os.system``."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused_and_runs_nothing(run, tmp_path):
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    marker = tmp_path / "ran"
+    state["expert"] = {"model": RunsACommand(f"touch {marker}")}
+    torch.save(state, path)
+    with pytest.raises(DistilError) as err:
+        resume(run)
+    assert not marker.exists()
+    assert one_line(err).startswith(f"checkpoint {path} holds GLOBAL posix.system, which is not a tensor or a "
+                                    "plain value; loading it would run code stored in the file, so it is refused.")
 
 
 def test_a_deleted_damaged_checkpoint_resumes_from_the_earlier_one(run):

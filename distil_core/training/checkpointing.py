@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from typing import Any, Optional
 
 import torch
@@ -151,11 +152,27 @@ def damaged(path: str, reason: str) -> DistilError:
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """The state :func:`save_training` wrote to ``path``; a file that is not one (cut short,
-    overwritten, lacking a part) is a DistilError that names it and what to do."""
+    overwritten, lacking a part) is a DistilError that names it and what to do.
+
+    The file is read with ``weights_only``: tensors, numbers, strings and the containers that hold
+    them, which is all a checkpoint holds. A pickle may name any Python callable to run while it
+    loads, and run directories get copied between people and machines, so a checkpoint holding
+    anything else (``os.system`` in a crafted file, an expert state of its own classes) is
+    refused, naming the object, rather than run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = refused_object(exc)
+        if refused is None:
+            raise damaged(path, f"not a checkpoint: {unpickling_problem(exc)}") from None
+        raise DistilError(
+            f"checkpoint {path} holds {refused}, which is not a tensor or a plain value; loading it would run "
+            "code stored in the file, so it is refused. Resume only from checkpoints this toolkit wrote; an "
+            "expert plugin whose state holds its own types registers them with "
+            "torch.serialization.add_safe_globals."
+        ) from None
     except UNREADABLE as exc:
-        raise damaged(path, f"not a checkpoint: {first_line(exc)}") from None
+        raise damaged(path, f"not a checkpoint: {first_line(exc) if str(exc) else 'it ends before its data'}") from None
     except RuntimeError as exc:
         if "PytorchStreamReader" not in str(exc):
             raise
@@ -170,6 +187,24 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if isinstance(state["step"], bool) or not isinstance(state["step"], int) or not isinstance(state["model"], dict):
         raise damaged(path, "its step or model is not what a checkpoint holds")
     return state
+
+
+REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+"""How ``torch.load(weights_only=True)`` names a callable or class it refused to load."""
+
+
+def refused_object(exc: BaseException) -> Optional[str]:
+    """What a weights-only load refused to build (``GLOBAL posix.system``), or None when ``exc``
+    says the file is not a pickle of anything (garbage, text) rather than a pickle of something else."""
+    found = REFUSED_GLOBAL.search(str(exc)) if "Weights only load failed" in str(exc) else None
+    return f"GLOBAL {found.group(1)}" if found else None
+
+
+def unpickling_problem(exc: BaseException) -> str:
+    """The line of a weights-only load's long message that says what was wrong with the file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("Unsupported")]
+    return said[0] if said else first_line(exc)
 
 
 def first_line(exc: BaseException) -> str:
