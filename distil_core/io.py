@@ -45,27 +45,71 @@ def atomic_file(path: str, *, mode: Optional[int] = None) -> Iterator[BinaryIO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_directory(directory)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, *, replace: bool = True) -> Iterator[str]:
+def atomic_directory(path: str, *, replace: bool = True, durable: bool = True) -> Iterator[str]:
     """A temporary directory that becomes ``path`` when the block exits normally.
 
+    Its files are fsynced before it is renamed into place, so a machine that loses power just
+    after cannot show a complete-looking directory of empty files. An existing ``path`` is
+    moved aside first and deleted only once the new one is in place: a failure in between puts
+    it back, and a crash in between leaves it whole under ``.old-<name>-*`` beside ``path``.
     With ``replace=False`` an existing ``path`` (another process got there first) is kept and
-    the new copy discarded.
+    the new copy discarded. ``durable=False`` skips the fsyncs, for a directory nobody needs
+    after a crash (weights handed to an inference server every step).
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
         yield tmp
+        if os.path.exists(path) and not replace:
+            return
+        if durable:
+            fsync_tree(tmp)
+        aside = None
         if os.path.exists(path):
-            if not replace:
-                return
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            aside = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
+            os.replace(path, aside)  # onto the empty directory just made: an unused name
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, path)
+            raise
+        if durable:
+            fsync_directory(parent)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the names just created or renamed in ``directory`` durable (where the platform can
+    open a directory; elsewhere the rename is as durable as the platform makes it)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file and directory under ``root`` (a model written by a library that does
+    not sync its own files)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(directory)
 
 
 def _mode_for(path: str) -> int:

@@ -44,3 +44,48 @@ def test_a_directory_appears_only_when_complete(tmp_path):
     with atomic_directory(str(target)) as tmp:
         open(os.path.join(tmp, "weights.bin"), "wb").write(b"whole")
     assert (target / "weights.bin").read_bytes() == b"whole"
+
+
+def test_replacing_a_directory_that_fails_keeps_the_old_one_whole(tmp_path, monkeypatch):
+    target = tmp_path / "final"
+    with atomic_directory(str(target)) as tmp:
+        open(os.path.join(tmp, "weights.bin"), "wb").write(b"old")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if os.path.basename(src).startswith(".tmp-"):  # the new directory moving into place
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_directory(str(target)) as tmp:
+            open(os.path.join(tmp, "weights.bin"), "wb").write(b"new")
+    assert (target / "weights.bin").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["final"]
+
+
+def synced_paths(monkeypatch):
+    """The paths ``os.fsync`` is called on from now on."""
+    synced, real_fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names file descriptors through /proc")
+def test_a_directory_is_synced_before_it_appears_and_its_parent_after(tmp_path, monkeypatch):
+    synced = synced_paths(monkeypatch)
+    with atomic_directory(str(tmp_path / "final")) as tmp:
+        os.mkdir(os.path.join(tmp, "sub"))
+        open(os.path.join(tmp, "sub", "weights.bin"), "wb").write(b"whole")
+        staged = os.path.realpath(tmp)
+    assert os.path.join(staged, "sub", "weights.bin") in synced  # synced under its temporary name
+    assert synced[-1] == os.path.realpath(tmp_path)  # the rename, made durable
+    synced.clear()
+    atomic_write_text(str(tmp_path / "summary.json"), "{}")
+    assert synced[-1] == os.path.realpath(tmp_path)

@@ -75,7 +75,7 @@ class PolicySync:
                 self.served_name = self._adapter_name()
             return 0
         path = os.path.join(self.dir, f"{self.mode}-{self._serial:06d}")
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, durable=False) as tmp:  # read at once, never after a crash
             model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         if self.mode == "lora":
