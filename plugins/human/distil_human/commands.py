@@ -10,8 +10,9 @@ from dataclasses import replace
 
 from .exchange import export_jsonl, read_jsonl, store_entries
 from .review import ReviewSession
-from .review_queue import SORTS, VERDICTS, QueueFilter, build_queue, parse_steps, queue_items, read_records
+from .review_queue import SORTS, VERDICTS, QueueFilter, build_queue, parse_steps, queue_items, read_rollouts
 from .store import ENV_DB, CorrectionStore
+from .text import author_name, skipped_note
 from .verify import SolutionChecker
 
 DB_HELP = f"the corrections store (default: ${ENV_DB}, else ~/.local/share/distil/human.sqlite)"
@@ -48,16 +49,16 @@ class ReviewCommand:
     def run(args: argparse.Namespace) -> int:
         filters = QueueFilter(verdict=args.verdict, source=args.source, steps=parse_steps(args.steps),
                               problem_id=args.problem, only_unreviewed=args.only_unreviewed)
-        author = args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login()
+        author = author_name(args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login())
         if args.web:
             from .web.serve import serve  # starlette and uvicorn: the optional `web` extra
 
             return serve(args.run_dir, db=args.db, author=author, host=args.host, port=args.port,
                          token=args.token, sort=args.sort, filters=filters)
         _tolerant_terminal()
-        records, unreadable = read_records(args.run_dir)
-        if unreadable:
-            print(f"note: skipped {unreadable} unreadable line(s) of {args.run_dir}/rollouts.jsonl", file=sys.stderr)
+        records, skipped = read_rollouts(args.run_dir)
+        if skipped:
+            print(skipped_note(skipped), file=sys.stderr)
         with CorrectionStore(args.db, read_only=False) as store:
             done = store.reviewed()
             found = len(queue_items(build_queue(records, done, args.sort, replace(filters, only_unreviewed=False))))

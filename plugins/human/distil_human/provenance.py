@@ -8,28 +8,49 @@ response: the automatic feedback may already say what a correction would say.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, Optional
 
 from distil_core.run_files import log_exists, log_lines
+
+from .text import json_line
 
 PROVENANCE = "provenance.jsonl"
 
 
-def read_provenance(run_dir: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def read_provenance(run_dir: str, skipped: Optional[list[str]] = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(problem_id, response_hash) → the provenance records of that response, in step order.
 
     A run without the file (no expert queries were logged) gives an empty mapping; unreadable
-    lines (a run killed mid-write) are skipped: provenance only adds to what a reviewer sees.
+    lines (a run killed mid-write, a record of the wrong shape) are left out, each noted in
+    ``skipped`` as ``file:line: what is wrong``: provenance only adds to what a reviewer sees.
+    Lone surrogates in its text read as U+FFFD (see :mod:`distil_human.text`).
     """
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if not log_exists(run_dir, PROVENANCE):
         return found
-    for _file, _number, line in log_lines(run_dir, PROVENANCE):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    for path, number, line in log_lines(run_dir, PROVENANCE):
+        if not line.strip():
             continue
-        if isinstance(record, dict) and "problem_id" in record and "response_hash" in record:
-            found.setdefault((str(record["problem_id"]), str(record["response_hash"])), []).append(record)
+        try:
+            record = json_line(line, record_problem)
+        except ValueError as exc:
+            if skipped is not None:
+                skipped.append(f"{path}:{number}: {exc}")
+            continue
+        found.setdefault((str(record["problem_id"]), str(record["response_hash"])), []).append(record)
     return found
+
+
+def record_problem(record: Any) -> Optional[str]:
+    """What keeps a provenance line from the desk, or None: the desk lists its ``feedback`` and
+    its ``context`` messages, so those must be lists of objects."""
+    if not isinstance(record, dict):
+        return f"not a provenance record (a JSON {type(record).__name__}, not an object)"
+    missing = [k for k in ("problem_id", "response_hash") if k not in record]
+    if missing:
+        return f"not a provenance record (no {', '.join(repr(k) for k in missing)})"
+    for key in ("feedback", "context"):
+        value = record.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            return f"field {key!r} is not a list of objects"
+    return None

@@ -32,6 +32,7 @@ from distil_core import DistilError
 
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
 from .store import Correction, CorrectionStore
+from .text import as_text
 from .verify import SolutionChecker
 
 PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
@@ -76,7 +77,7 @@ class ReviewSession:
         checker: Optional[SolutionChecker] = None,
     ):
         self.items, self.store, self.author = items, store, author
-        self.run_dir = os.path.abspath(run_dir)
+        self.run_dir = as_text(os.path.abspath(run_dir))  # stored with each entry: text, even from odd bytes
         self.checker = checker
         self.read, self.write = read, write
         self.saved = 0
@@ -231,19 +232,10 @@ def _as_text(line: str) -> str:
     """``line`` with undecodable input made visible as U+FFFD instead of lone surrogates.
 
     A stream decoding with ``surrogateescape`` (what ``distil review`` sets on its standard
-    input) turns each byte that is not UTF-8 into a lone surrogate, which SQLite cannot store.
-    Re-encoding the escapes and decoding with ``replace`` keeps every valid character, and
-    bytes that were valid UTF-8 after all come back as the characters they spell.
+    input) turns each byte that is not UTF-8 into a lone surrogate, which SQLite cannot store;
+    :func:`distil_human.text.as_text` re-reads those bytes, keeping every valid character.
     """
-    try:
-        line.encode("utf-8")
-        return line
-    except UnicodeEncodeError:
-        pass
-    try:
-        return line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte
-        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in line)
+    return as_text(line)
 
 
 def _indent(text: str, width: int = 4) -> str:

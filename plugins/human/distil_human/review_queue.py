@@ -12,7 +12,6 @@ gzip segments are read too.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from distil_core import ConfigError
 from distil_core.run_files import log_exists, log_lines
 
 from .store import MAX_STEP, RESPONSE_HASH
+from .text import is_text, json_line
 
 ROLLOUTS = "rollouts.jsonl"
 REQUIRED = ("problem_id", "response_hash", "response_text", "verdict")
@@ -120,7 +120,7 @@ class QueueFilter:
             return False
         if self.verdict == "cut_off" and record.get("finished", True):
             return False
-        if self.source and self.source not in {f.get("source") for f in record.get("feedback") or []}:
+        if self.source and self.source not in {str(f.get("source")) for f in record.get("feedback") or []}:
             return False
         return True
 
@@ -140,6 +140,17 @@ def parse_steps(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 
 def read_records(run_dir: str) -> tuple[list[dict[str, Any]], int]:
     """Every readable record of the run's rollouts, in sampling order, and the unreadable lines."""
+    records, skipped = read_rollouts(run_dir)
+    return records, len(skipped)
+
+
+def read_rollouts(run_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable record of the run's rollouts, in sampling order, and a ``file:line: what is
+    wrong`` for each line left out (see :func:`distil_human.text.skipped_note`).
+
+    A lone surrogate in a record's text (a truncated emoji escaped as ``"\\ud83d"``) is read as
+    U+FFFD, so that the record can be shown and a correction of it stored; in ``problem_id``,
+    which must match the task's own id, it makes the line unreadable instead."""
     if not os.path.isdir(run_dir):
         raise ConfigError(f"{run_dir!r} is not a directory; give the run directory that `distil train` wrote.")
     if not log_exists(run_dir, ROLLOUTS):
@@ -147,34 +158,50 @@ def read_records(run_dir: str) -> tuple[list[dict[str, Any]], int]:
             f"{run_dir} has no {ROLLOUTS}: the run was made with train.log_rollouts: false or by an older "
             "distil. Train again with rollout logging on (the default) to review its rollouts."
         )
-    records, unreadable = [], 0
-    for _file, _number, line in log_lines(run_dir, ROLLOUTS):  # rotated segments first, then the live file
+    records: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for path, number, line in log_lines(run_dir, ROLLOUTS):  # rotated segments first, then the live file
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
-            unreadable += 1
-            continue
-        if not isinstance(record, dict) or any(k not in record for k in REQUIRED) or not well_formed(record):
-            unreadable += 1
-            continue
-        records.append(record)
-    return records, unreadable
+        try:  # a line that is not a record: half a line (a run killed mid-write), a hand edit, another tool's
+            records.append(json_line(line, record_problem))
+        except ValueError as exc:
+            skipped.append(f"{path}:{number}: {exc}")
+    return records, skipped
+
+
+def record_problem(record: Any) -> Optional[str]:
+    """What keeps a rollout record from the queue, or None: it must be a JSON object with the
+    fields and types the trainer writes, so that nothing downstream (the queue, the terminal, the
+    desk, a store entry) trips over a hand-edited or foreign line."""
+    if not isinstance(record, dict):
+        return f"not a rollout record (a JSON {type(record).__name__}, not an object)"
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        return f"not a rollout record (no {', '.join(repr(k) for k in missing)})"
+    verdict, feedback, step = record["verdict"], record.get("feedback"), record.get("step")
+    if not (isinstance(record["problem_id"], str) and record["problem_id"]):
+        return "field 'problem_id' is not a non-empty string"
+    if not is_text(record["problem_id"]):
+        return "field 'problem_id' holds a lone UTF-16 surrogate (half of an escaped surrogate pair)"
+    if not (isinstance(record["response_hash"], str) and _HASH.match(record["response_hash"])):
+        return "field 'response_hash' is not 8 to 64 lowercase hex digits"
+    if not isinstance(record["response_text"], str):
+        return "field 'response_text' is not a string"
+    if not (isinstance(verdict, dict) and isinstance(verdict.get("details") or {}, dict)):
+        return "field 'verdict' is not an object (with an object of 'details')"
+    if not (feedback is None or (isinstance(feedback, list) and all(isinstance(f, dict) for f in feedback))):
+        return "field 'feedback' is not a list of objects"
+    if not (step is None or (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP)):
+        return f"field 'step' is not a whole number from 0 to {MAX_STEP}"
+    if not isinstance(record.get("finished", True), bool):
+        return "field 'finished' is not true or false"
+    return None
 
 
 def well_formed(record: dict[str, Any]) -> bool:
-    """Whether a record's fields have the types the trainer writes, so that nothing downstream
-    (the queue, the terminal, the desk, a store entry) trips over a hand-edited or foreign line:
-    such a line is skipped and counted like a half-written one."""
-    verdict, feedback, step = record["verdict"], record.get("feedback"), record.get("step")
-    return (isinstance(record["problem_id"], str) and bool(record["problem_id"])
-            and isinstance(record["response_hash"], str) and bool(_HASH.match(record["response_hash"]))
-            and isinstance(record["response_text"], str)
-            and isinstance(verdict, dict) and isinstance(verdict.get("details") or {}, dict)
-            and (feedback is None or (isinstance(feedback, list) and all(isinstance(f, dict) for f in feedback)))
-            and (step is None or (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP))
-            and isinstance(record.get("finished", True), bool))
+    """Whether a record's fields have the types the trainer writes (see :func:`record_problem`)."""
+    return record_problem(record) is None
 
 
 def verdict_summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -228,3 +228,99 @@ def test_a_rollout_the_store_cannot_hold_gives_the_form_back_with_the_text(tmp_p
         assert status == 422 and "NOT saved: verdict: Value error, nested more than 32" in page and typed in page
     finally:
         desk.stop()
+
+
+def _saved(base, path, form, headers=None):
+    """The status of a form posted from the desk's own page (303: saved, redirected)."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    request = urllib.request.Request(base + path, data=form, headers={"Origin": base, **(headers or {})})
+    try:
+        with opener.open(request, timeout=60) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_rollout_holding_half_a_surrogate_pair_is_shown_and_can_be_corrected(tmp_path):
+    record = rollout_record("sort-12", "21")
+    record.update(prompt="sort 12 \ud83d", response_text="21 \ud83d")  # an emoji cut in half, escaped in the JSON
+    record["verdict"].update(answer="2\ud83d", details={"got\udc00": "\ud83d"})
+    record["feedback"][0]["text"] = "wrong \udc00"
+    run = write_run(tmp_path / "run", [record])
+    with open(f"{run}/provenance.jsonl", "w") as fh:
+        fh.write(json.dumps({"step": 1, "problem_id": "sort-12", "response_hash": response_hash("21"),
+                             "feedback": [{"source": "answer_check", "kind": "answer_check"}],
+                             "context": [{"role": "user", "content": "what \ud83d"}]}) + "\n")
+    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"))
+    try:
+        status, page, _ = _get(desk.base + "/")
+        assert status == 200 and "sort 12 \ufffd" in page
+        status, page, _ = _get(desk.base + "/problem/sort-12")
+        assert status == 200, page
+        assert all(shown in page for shown in ("21 \ufffd", "answer 2\ufffd", "got\ufffd: \ufffd", "wrong \ufffd",
+                                               "what \ufffd"))
+        assert _saved(desk.base, "/save/sort-12", _form("Ascending.", response="21")) == 303
+        status, exported, _ = _get(desk.base + "/export")
+        [entry] = [json.loads(line) for line in exported.splitlines()]
+        assert status == 200 and entry["response_text"] == "21 \ufffd" and entry["verdict"]["answer"] == "2\ufffd"
+    finally:
+        desk.stop()
+
+
+def test_each_skipped_line_is_named_by_file_and_line_and_odd_records_break_no_page(tmp_path):
+    good, odd_source = rollout_record("sort-34", "43", reference="34"), rollout_record("sort-12", "21")
+    odd_source["feedback"][0]["source"] = ["a", "list"]  # hashable nowhere; a source filter compared it
+    lines = [json.dumps(good), '{"step": 3, "problem_id": "sort-1', "[" * 100_000, '{"step": ' + "9" * 5000 + "}",
+             json.dumps({**good, "problem_id": "p\ud83d"}), json.dumps({**good, "verdict": "failed"}),
+             json.dumps(odd_source)]
+    run = str(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "rollouts.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "run" / "provenance.jsonl").write_text(
+        json.dumps({"problem_id": "sort-34", "response_hash": response_hash("43"), "context": 5}) + "\n"
+        + json.dumps({"problem_id": "sort-34", "response_hash": response_hash("43"), "feedback": [],
+                      "context": [{"role": "user", "content": "the expert read this"}]}) + "\n")
+    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"))
+    try:
+        said = [f"{run}/rollouts.jsonl:2: not a JSON line (Unterminated string",
+                f"{run}/rollouts.jsonl:3: not a JSON line (nested too deeply)",
+                f"{run}/rollouts.jsonl:4: not a JSON line (an integer too long to read)",
+                f"{run}/rollouts.jsonl:5: field 'problem_id' holds a lone UTF-16 surrogate",
+                f"{run}/rollouts.jsonl:6: field 'verdict' is not an object",
+                f"{run}/provenance.jsonl:1: field 'context' is not a list of objects"]
+        assert "note: skipped 6 unreadable line(s): " in desk.output
+        assert all(s in desk.output for s in said[:5]) and "; and 1 more" in desk.output, desk.output
+        status, page, _ = _get(desk.base + "/")
+        assert status == 200 and 'id="skipped"' in page and said[0] in page
+        status, page, _ = _get(desk.base + "/problem/sort-34")
+        assert status == 200 and "the expert read this" in page
+        for query in ("/?sort=failing&verdict=failed&source=x", "/problem/sort-12?source=x&sort=failing"):
+            assert _get(desk.base + query)[0] == 200, query
+    finally:
+        desk.stop()
+
+
+def test_names_and_paths_that_are_not_plain_text_neither_break_pages_nor_saves(tmp_path):
+    import os
+
+    run = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"run-\xff"))  # a folder name that is not UTF-8
+    write_run(run, RECORDS)
+    with open(os.path.join(run, "rollouts.jsonl"), "a") as fh:
+        fh.write("{half a line\n")  # noted on the queue page, under the path
+    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"), "--author", os.fsdecode(b"cli-\xff"))
+    try:
+        for path in ("/", "/problem/sort-34"):
+            status, page, _ = _get(desk.base + path)
+            assert status == 200 and "run-\ufffd" in page and 'value="cli-\ufffd"' in page, path
+        assert "run-\ufffd/rollouts.jsonl:4: not a JSON line" in _get(desk.base + "/")[1]
+        names = ["\u202eadA", "x\x00y", "Ada\nOn record: none", "\uff21\uff44\uff41", "Ada\u200b Lovelace", "  "]
+        for name in names:
+            assert _saved(desk.base, "/save/sort-34", _form(f"by {name!r}", author=name)) == 303, name
+        status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form("long", author="n" * 201))
+        assert status == 422 and "at most 200 are kept" in page
+        with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+            entries = store.all()
+        assert [e.author for e in entries] == ["adA", "xy", "Ada On record: none", "Ada", "Ada Lovelace", "cli-\ufffd"]
+        assert {e.run_dir for e in entries} == {os.path.abspath(run).replace("\udcff", "\ufffd")}
+    finally:
+        desk.stop()

@@ -180,3 +180,25 @@ def test_two_reviewers_saving_at_the_same_moment_lose_nothing(run, tmp_path):
     assert {(e.author, e.text) for e in stored} == expected and len(stored) == 2 * rounds
     assert all(e.response_hash == top.items[0].key[1] for e in stored)
     assert all(text in shown for _, text in expected), "every reviewer's entry is on the page"
+
+
+def test_a_long_id_or_text_without_spaces_wraps_instead_of_widening_the_page(tmp_path):
+    from human_testlib import rollout_record, write_run
+
+    browser_paths()
+    record, long = rollout_record("sort-12", "21"), "x" * 3000
+    record.update(problem_id="p" + "y" * 400, prompt=long, reference=long)
+    record["verdict"]["details"] = {"got": long}
+    record["feedback"][0]["text"] = long
+    desk = DeskProcess(write_run(tmp_path / "run", [record]), "--db", str(tmp_path / "h.sqlite"))
+    browser = chrome(width=1280, height=900)
+    try:
+        for path in ("/", "/problem/" + record["problem_id"]):
+            browser.get(desk.base + path)
+            _wait(browser, "main")
+            wide, shown = browser.execute_script(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert wide <= shown, (path[:20], wide, shown)
+    finally:
+        browser.quit()
+        desk.stop()

@@ -215,3 +215,44 @@ def test_a_verdict_score_that_is_not_a_finite_number_is_stored_as_null(tmp_path)
         assert session.run() == 1, written
         [stored] = store.all()
         assert stored.verdict == {"score": None, "passed": False, "answer": "21"}
+
+
+def test_a_rollout_holding_half_a_surrogate_pair_can_be_corrected_in_the_terminal(tmp_path):
+    record = rollout_record("sort-12", "21")
+    record.update(prompt="sort \ud83d", response_text="21 \ud83d")  # an emoji cut in half, escaped in the JSON
+    record["verdict"]["answer"] = "2\ud83d"
+    run = write_run(tmp_path / "run", [record])
+    items, unreadable = load_failed_rollouts(run)
+    assert unreadable == 0 and items[0].record["response_text"] == "21 \ufffd"
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        written, replies = [], iter(["c", "Up.", ".", "q"])
+        session = ReviewSession(items, store, author="ada", run_dir=run, read=lambda _: next(replies),
+                                write=written.append)
+        assert session.run() == 1, written
+        [stored] = store.all()
+        assert (stored.response_text, stored.verdict["answer"]) == ("21 \ufffd", "2\ufffd")
+
+
+def test_the_terminal_names_each_skipped_line_and_keeps_odd_names_as_text(tmp_path):
+    import json
+    import os
+
+    run = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"run-\xff"))  # a folder name that is not UTF-8
+    write_run(run, RECORDS)
+    with open(f"{run}/rollouts.jsonl", "a") as fh:
+        fh.write("[" * 100_000 + "\n")  # no JSON reader reads this deep
+        fh.write(json.dumps({**RECORDS[1], "step": True}) + "\n")
+    term = Terminal(distil_argv("review", run, "--db", str(tmp_path / "h.sqlite"), "--problem", "sort-34",
+                                "--author", os.fsdecode("\uff21da\u202e-".encode("utf-8") + b"\xff")),
+                    plugin_env())
+    term.expect(f"note: skipped 2 unreadable line(s): {run}/rollouts.jsonl:7: not a JSON line (nested too deeply); "
+                f"{run}/rollouts.jsonl:8: field 'step' is not a whole number".replace("\udcff", "\\udcff"))
+    term.expect(PROMPT)
+    for line in ("c", "Ascending.", "."):
+        term.line(line)
+    term.expect("Saved correction")
+    term.line("q")
+    assert term.wait() == 0 and "Traceback" not in term.screen
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        [stored] = store.all()
+    assert stored.author == "Ada-\ufffd" and stored.run_dir == os.path.abspath(run).replace("\udcff", "\ufffd")

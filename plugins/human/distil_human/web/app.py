@@ -27,6 +27,7 @@ from starlette.templating import Jinja2Templates
 
 from distil_core import ConfigError
 
+from ..text import author_name
 from .desk import Desk, Outcome, View
 
 TOKEN_COOKIE = "distil_desk_token"
@@ -42,7 +43,7 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
     templates = Jinja2Templates(env=env)
 
     def page(request: Request, name: str, status: int = 200, **values) -> Response:
-        values.setdefault("author", unquote(request.cookies.get(AUTHOR_COOKIE) or "") or desk.author)
+        values.setdefault("author", author_name(unquote(request.cookies.get(AUTHOR_COOKIE) or "")) or desk.author)
         return templates.TemplateResponse(request, name, {"desk": desk, **values}, status_code=status)
 
     def settings(request: Request) -> View:
@@ -66,7 +67,7 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
             return PlainTextResponse(f"This run has no failed response to problem {problem_id!r}.", 404)
         entries = desk.store.all(problem_id)
         status = 200 if outcome is None or outcome.entry else 422
-        sent = (form or {}).get("author", "").strip()  # a refused save keeps the name it was sent with
+        sent = author_name((form or {}).get("author", ""))  # a refused save keeps the name it was sent with
         extra = {"author": sent} if sent else {}
         return page(request, "problem.html", status, **extra, view=view, group=group, prev_id=prev_id,
                     next_id=next_id, entries=entries, qs=_qs(view), outcome=outcome, form=form or {},

@@ -16,9 +16,10 @@ from distil_core import ConfigError, DistilError
 
 from ..exchange import dump_entries
 from ..provenance import read_provenance
-from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_records,
+from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_rollouts,
                             sources_in, verdict_summary)
 from ..store import Correction, CorrectionStore
+from ..text import MAX_AUTHOR, as_text, author_name
 from ..verify import SolutionCheck, SolutionChecker
 
 MAX_TEXT = 100_000  # characters: a reviewer's entry, not a file upload
@@ -59,14 +60,21 @@ class Outcome:
 
 
 class Desk:
-    """The run's rollouts and provenance (read once, at start) and the shared store."""
+    """The run's rollouts and provenance (read once, at start) and the shared store.
+
+    ``skipped`` says where each line of those logs that could not be read is, and why;
+    ``run_dir`` and ``author`` are as pages show them and entries store them (text, see
+    :mod:`distil_human.text`: a path or a name given with bytes that are not UTF-8 would
+    otherwise fail every page and every save)."""
 
     def __init__(self, run_dir: str, store: CorrectionStore, *, author: str = "", sort: str = "failing",
                  filters: Optional[QueueFilter] = None):
-        self.run_dir = os.path.abspath(run_dir)
-        self.store, self.author = store, author
-        self.records, self.unreadable = read_records(run_dir)
-        self.provenance = read_provenance(run_dir)
+        self.run_dir = as_text(os.path.abspath(run_dir))
+        self.store, self.author = store, author_name(author)
+        self.records, skipped = read_rollouts(run_dir)
+        self.provenance = read_provenance(run_dir, skipped)
+        self.skipped = [as_text(where) for where in skipped]  # each starts with the file's path
+        self.unreadable = len(self.skipped)
         self.sources = sources_in(self.records)
         self.checker = SolutionChecker(run_dir)
         self.default = View(sort, replace(filters or QueueFilter(), problem_id=None))
@@ -104,10 +112,13 @@ class Desk:
 
     def save(self, group: ProblemGroup, form: dict[str, str]) -> Outcome:
         """Check and store one entry from a submitted form."""
-        kind, text = form.get("kind", ""), (form.get("text") or "").strip("\n")
-        author = (form.get("author") or "").strip() or self.author
+        kind, text = form.get("kind", ""), as_text(form.get("text") or "").strip("\n")
+        author = author_name(form.get("author") or "") or self.author
         if kind not in ("correction", "solution"):
             return Outcome(error=f"kind must be correction or solution (got {kind!r}).")
+        if len(author) > MAX_AUTHOR:
+            return Outcome(error=f"The reviewer's name is {len(author):,} characters long; at most {MAX_AUTHOR} "
+                           "are kept.")
         if not text.strip():
             return Outcome(error=f"The {kind} is empty; nothing was saved.")
         if len(text) > MAX_TEXT:

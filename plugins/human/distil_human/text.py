@@ -1,0 +1,111 @@
+"""Text from outside (a run's logs, the command line, a browser's form) made safe to show and store.
+
+A Python string can hold what is not text: a lone UTF-16 surrogate, from a JSON log's escaped
+half of a surrogate pair (``"\\ud83d"``, a truncated emoji) or from a byte that is not UTF-8
+in a path, an argument or an environment variable (Python's ``surrogateescape``). Neither
+UTF-8 (every page and JSON reply the desk sends) nor SQLite can hold it, so the first use of
+such a string fails. The readers here turn it into U+FFFD once, where it enters, so that
+nothing downstream has to care.
+
+A reviewer's name is also made plain: one line, no control or direction-override characters
+(U+202E would reverse the text shown after the name), compatibility forms folded by NFKC
+(fullwidth "Ａｄａ" is "Ada"), so that one person is one name in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any, Callable, Optional
+
+MAX_AUTHOR = 200  # characters of a reviewer's name
+
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # how a JSON line spells a surrogate
+_SPACES = re.compile(r"\s+")
+
+
+def as_text(value: str) -> str:
+    """``value`` with each lone surrogate made U+FFFD (and unchanged when it holds none).
+
+    Bytes that ``surrogateescape`` smuggled in are re-read as UTF-8 first, so an escaped
+    sequence that does spell a character comes back as that character.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def clean(value: Any) -> Any:
+    """A value read from JSON with :func:`as_text` applied to every string in it, keys too.
+
+    Containers are changed in place, without recursion (a record may nest deeply)."""
+    if isinstance(value, str):
+        return as_text(value)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            pairs = [(as_text(k) if isinstance(k, str) else k, v) for k, v in item.items()]
+            item.clear()
+            for key, sub in pairs:
+                item[key] = as_text(sub) if isinstance(sub, str) else sub
+                if isinstance(sub, (dict, list)):
+                    stack.append(sub)
+        elif isinstance(item, list):
+            for index, sub in enumerate(item):
+                if isinstance(sub, str):
+                    item[index] = as_text(sub)
+                elif isinstance(sub, (dict, list)):
+                    stack.append(sub)
+    return value
+
+
+def json_line(line: str, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+    """The value of one line of a JSON log, its strings made text (:func:`clean`).
+
+    A line that is not JSON, or whose value ``check`` (given the value as read, lone surrogates
+    and all) says something is wrong with, is a ValueError saying what, worded as
+    ``distil_core.run_files.step_record`` words it; the caller places it at ``file:line``."""
+    try:
+        value = json.loads(line.rstrip("\n"))  # a half line's own break is no "control character" in it
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a JSON line ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError("not a JSON line (nested too deeply)") from None
+    except ValueError:  # json reads integers with int(), which refuses more than 4300 digits
+        raise ValueError("not a JSON line (an integer too long to read)") from None
+    problem = check(value) if check is not None else None
+    if problem:
+        raise ValueError(problem)
+    return clean(value) if _ESCAPED_SURROGATE.search(line) else value
+
+
+def author_name(value: str) -> str:
+    """A reviewer's name as stored and shown: NFKC, one line, without control, format (direction
+    overrides, zero-width) or lone-surrogate characters, spaces collapsed."""
+    text = unicodedata.normalize("NFKC", as_text(value))
+    text = "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf"))
+    return _SPACES.sub(" ", text).strip()
+
+
+def skipped_note(skipped: list[str], limit: int = 5) -> str:
+    """``note: skipped N unreadable line(s): FILE:LINE: what; ...`` for the lines a reader left out."""
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"note: skipped {len(skipped)} unreadable line(s): {'; '.join(skipped[:limit])}{more}"
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` holds no lone surrogate (UTF-8, and so SQLite, can hold it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
