@@ -190,6 +190,8 @@ def record_problem(record: Any) -> Optional[str]:
         return "field 'response_text' is not a string"
     if not (isinstance(verdict, dict) and isinstance(verdict.get("details") or {}, dict)):
         return "field 'verdict' is not an object (with an object of 'details')"
+    if not isinstance(verdict.get("passed", False), bool):  # "false" is a true string: a failure read as a pass
+        return "field 'verdict.passed' is not true or false"
     if not (feedback is None or (isinstance(feedback, list) and all(isinstance(f, dict) for f in feedback))):
         return "field 'feedback' is not a list of objects"
     if not (step is None or (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP)):

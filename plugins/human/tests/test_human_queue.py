@@ -11,7 +11,7 @@ from distil_core import ConfigError, Problem, Verdict
 from distil_core.builtin import DigitsTask
 from distil_human.feedback import HumanFeedback
 from distil_human.review import PROMPT, STORE_ANYWAY, TEXT_PROMPT
-from distil_human.review_queue import QueueFilter, build_queue, parse_steps, queue_items, read_records
+from distil_human.review_queue import QueueFilter, build_queue, parse_steps, queue_items, read_records, read_rollouts
 from distil_human.store import SCHEMA_VERSION, CorrectionStore
 from distil_human.verify import SolutionChecker
 
@@ -54,6 +54,14 @@ def test_problems_are_grouped_and_sorted_by_each_criterion(tmp_path):
     assert [i.key[0] for i in queue_items(queue)] == ["sort-34", "sort-34", "sort-12", "sort-56", "sort-78"]
     with pytest.raises(ConfigError, match="sort 'worst' is not one of failing, pass_rate"):
         _queue(tmp_path, "worst")
+
+
+def test_a_verdict_whose_passed_is_not_a_boolean_is_skipped_naming_the_field(tmp_path):
+    odd = rollout_record("sort-90", "90", step=1, reference="09")
+    odd["verdict"]["passed"] = "false"  # a true string: it would hide a failure from the queue
+    records, skipped = read_rollouts(write_run(tmp_path / "run", RECORDS + [odd]))
+    assert len(records) == len(RECORDS)
+    assert len(skipped) == 1 and skipped[0].endswith(f":{len(RECORDS) + 1}: field 'verdict.passed' is not true or false")
 
 
 def test_filters_by_verdict_source_and_step(tmp_path):
