@@ -7,7 +7,10 @@ response body, in OpenAI's shapes:
     completions       prompt (text or token ids), max_tokens, temperature, top_p, top_k, n, seed, stop,
                       logprobs (top-k, legacy format), echo (prompt scoring with max_tokens=0),
                       prompt_logprobs (vLLM's format), return_tokens_as_token_ids
-    chat_completions  messages (the model's chat template), logprobs + top_logprobs
+    chat_completions  messages (the model's chat template; the roles taken and how ``developer``
+                      reaches the template: :mod:`distil_core.serving.requests`), logprobs +
+                      top_logprobs; messages the template refuses (its ``raise_exception``, as
+                      templates that allow no system message do) are a 400 with its words
 
 Log-probs are ``log_softmax`` of the model's logits (before temperature, top-k or top-p, as
 vLLM's default ``raw_logprobs``), so an echoed prompt's log-probs are exactly what the model
@@ -42,7 +45,7 @@ from typing import Any, Callable, Iterator, Optional
 from distil_core.serving.batcher import Batcher, Generation, Job
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
 from distil_core.serving.next_token import checked_logits, next_tokens
-from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest
+from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages
 from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
 
@@ -165,9 +168,17 @@ class LocalLM:
         """(the prompt's token ids through the chat template, max_tokens) of a chat request."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ApiError(400, f"The model {self.model_name!r} has no chat template; use /v1/completions.")
+        from jinja2 import TemplateError, TemplateSyntaxError
+
         from distil_core.context import prompt_ids
 
-        ids = prompt_ids(self.tokenizer, r.messages)
+        try:
+            ids = prompt_ids(self.tokenizer, template_messages(self.tokenizer.chat_template, r.messages))
+        except TemplateSyntaxError:  # the template itself is broken: the server's fault (a 500)
+            raise
+        except TemplateError as exc:  # the template refused these messages (``raise_exception``)
+            raise ApiError(400, f"The chat template of {self.model_name!r} refused the messages: {exc}",
+                           param="messages") from None
         room = self.max_positions() - len(ids)
         max_tokens = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
         max_tokens = max(min(room, 512), 0) if max_tokens is None else max_tokens

@@ -26,10 +26,13 @@ and vLLM's endpoints for changing the served weights while it runs (the model si
 A request's ``model`` is the base model's name or a loaded adapter's (missing or not a string:
 a 400; another name: a 404). Errors come in OpenAI's JSON shape with their status (400, 401
 with an API key, 404 naming the routes there are, 405 for a known path with another method,
-whatever the method, 500). A body is read by its ``Content-Length``: one that is not a
-non-negative integer is a 400, one over :data:`MAX_BODY_BYTES` a 413 (neither is read), a
-chunked body a 411; a client that stops sending for :data:`READ_TIMEOUT_S` loses its
-connection, so it cannot hold a thread. Requests are served on
+whatever the method, 500). A body is read by its ``Content-Length``, or chunked, under
+:data:`MAX_BODY_BYTES` (:mod:`distil_core.serving.bodies`: what is refused, and how); a client
+that stops sending for :data:`READ_TIMEOUT_S` (idle between requests, or within its headers or
+body) loses its connection, so it cannot hold a thread. Each connection has its own thread, so a
+slow one delays no other, and the listening socket queues :data:`ACCEPT_BACKLOG` connections, so
+a burst of clients connecting at once is not made to retry (with ``http.server``'s queue of 5 the
+kernel drops the rest and they connect a second later, on the SYN's retry). Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
 a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
 model runs one batch at a time, and weight changes wait for it.
@@ -48,6 +51,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional, Union
 
+from distil_core.serving.bodies import MAX_BODY_BYTES, read_body
 from distil_core.serving.engine import LocalLM
 from distil_core.serving.requests import (
     ApiError,
@@ -61,7 +65,8 @@ from distil_core.serving.requests import (
 )
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
-__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S"]
+__all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S",
+           "ACCEPT_BACKLOG"]
 
 Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -70,10 +75,10 @@ ROUTES = (("GET", "/v1/models"), ("GET", "/health"), *(("POST", p) for p in COMP
 NOT_HERE = {"/v1/responses": "The Responses API (POST /v1/responses) is not supported by distil serve; "
                              "use POST /v1/chat/completions.",
             "/v1/embeddings": "Embeddings (POST /v1/embeddings) are not supported by distil serve."}
-MAX_BODY_BYTES = 64 << 20
-"""The largest request body read (64 MiB: a prompt of a million token ids is about 7 MiB)."""
 READ_TIMEOUT_S = 60.0
 """How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
+ACCEPT_BACKLOG = 1024
+"""Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -109,7 +114,7 @@ class LocalOpenAIServer:
 
     def start(self) -> str:
         handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd = _HTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="distil-serve", daemon=True)
@@ -301,6 +306,10 @@ def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterato
         done.close()
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = ACCEPT_BACKLOG  # socketserver's 5 makes a burst of connections wait for SYN retries
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = READ_TIMEOUT_S  # the socket's (read_timeout_s): a read that waits longer ends the connection
@@ -319,21 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*response, head=verb == "HEAD")
 
     def _body(self) -> Optional[bytes]:
-        """The request body by its Content-Length (None: the client closed before sending it all)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise ApiError(411, "Chunked request bodies are not supported; send the body with a Content-Length "
-                                "header.", code="length_required")
-        given = self.headers.get("Content-Length")
-        if given is None:
-            return b""
-        if not given.strip().isascii() or not given.strip().isdigit():
-            raise ApiError(400, f"Content-Length {given!r} is not a number of bytes.")
-        length = int(given)
-        if length > MAX_BODY_BYTES:
-            raise ApiError(413, f"The request body ({length} bytes) is larger than distil serve reads "
-                                f"({MAX_BODY_BYTES >> 20} MiB).", code="request_too_large")
-        raw = self.rfile.read(length) if length else b""
-        return raw if len(raw) == length else None
+        """The request body (:func:`~distil_core.serving.bodies.read_body`; None: the client hung up)."""
+        return read_body(self.headers, self.request_version, self.rfile, MAX_BODY_BYTES)
 
     def _send(self, status: int, headers: dict[str, str], body: Union[bytes, Iterator[bytes]], head: bool) -> None:
         try:

@@ -10,17 +10,32 @@ parameter answers a different question than the client asked, with status 200. P
 whose value asks for nothing (``frequency_penalty: 0``, ``best_of`` equal to ``n``, ``user``,
 which only labels the request) are accepted. A chat message is text: content parts other than
 text (images, audio) and a message's ``tool_calls`` are refused the same way, never dropped.
+
+A message's ``role`` is one of OpenAI's chat roles, spelt as OpenAI spells them (lower case):
+``system``, ``developer``, ``user`` or ``assistant`` (:data:`CHAT_ROLES`). Any other role
+(``"wizard"``, ``""``, ``"System"``) is a 400 naming the message, the role sent and the roles
+taken, as OpenAI answers it, never handed to the chat template: most templates print whatever
+role they are given as text the model was never trained on (the tiny test models' template
+writes ``<|wizard|>``, SmolLM2's ``<|im_start|>wizard``). ``tool`` and ``function`` messages
+carry the result of a tool call, and tool calling is not supported (an assistant message's
+``tool_calls`` are refused), so they are refused too, as OpenAI refuses a tool message that
+answers no tool call. ``developer`` is OpenAI's newer name for ``system``: it reaches the
+template as ``system`` unless the template names a developer role itself
+(:func:`template_messages`; the tiny models' and SmolLM2's templates do not, and SmolLM2's
+would otherwise add its default system prompt before the developer's).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "StreamOptions", "CompletionRequest",
-           "ChatRequest", "LoadAdapterRequest", "UnloadAdapterRequest", "ReloadRequest", "parse_body", "validated"]
+__all__ = ["ApiError", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "CHAT_ROLES", "StreamOptions",
+           "CompletionRequest", "ChatRequest", "LoadAdapterRequest", "UnloadAdapterRequest", "ReloadRequest",
+           "parse_body", "template_messages", "validated"]
 
 MAX_LOGPROBS = 20
 GREEDY_BELOW = 1e-5
@@ -62,6 +77,10 @@ UNSUPPORTED = {
     "response_format": "structured output (response_format) is not supported by distil serve",
 }
 """Parameters known to be refused, with why; any other unknown field is refused by name."""
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+"""The roles a chat message may have: OpenAI's, less ``tool`` and ``function`` (tool calling is not supported)."""
+TOOL_ROLES = ("tool", "function")
 
 
 class StreamOptions(BaseModel):
@@ -197,8 +216,16 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
     if not isinstance(message, dict) or "role" not in message:
         raise ValueError(f"'{where}' needs a 'role' and 'content'.")
     role = message["role"]
-    if not isinstance(role, str) or not role:
-        raise ValueError(f"'{where}.role' must be a string such as 'user' or 'assistant' (got {role!r}).")
+    roles = ", ".join(repr(r) for r in CHAT_ROLES)
+    if not isinstance(role, str):
+        raise ValueError(f"'{where}.role' must be a string, one of {roles} (got {role!r}).")
+    if role in TOOL_ROLES:
+        raise ValueError(f"'{where}.role' is {role!r}: a {role} message answers a tool call, and "
+                         f"{UNSUPPORTED['tools']}; send its text in a 'user' message. The roles taken: {roles}.")
+    if role not in CHAT_ROLES:
+        near = f" (did you mean {role.strip().lower()!r}?)" if role.strip().lower() in CHAT_ROLES else ""
+        raise ValueError(f"'{where}.role' is {role!r}, which is not a chat role{near}; distil serve takes the "
+                         f"roles {roles} (OpenAI's, in lower case).")
     for key in ("tool_calls", "function_call"):
         if message.get(key):  # null or [] asks for nothing
             raise ValueError(f"'{where}.{key}': {UNSUPPORTED['tools']}; send the conversation without it.")
@@ -218,6 +245,14 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
             raise ValueError(f"'{where}.content[{j}].text' must be a string (got {part.get('text')!r}).")
         texts.append(part["text"])
     return {"role": role, "content": "".join(texts)}
+
+
+def template_messages(chat_template: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` as a chat template is given them: a ``developer`` message becomes a
+    ``system`` message unless the template names the developer role (as a quoted string)."""
+    if re.search(r"""["']developer["']""", str(chat_template or "")):
+        return messages
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
 
 
 class LoadAdapterRequest(_Body):
