@@ -220,7 +220,9 @@ def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[st
     from distil_core.models.forward import response_logits
     from distil_core.training.runtime import build_runtime
     from distil_core.models.tiny import BaseFeedback
+    from distil_core.config import run_dir_config
 
+    finals = {run_dir: run_dir_config(run_dir).model.name for run_dir in run_dirs}  # every run checked first
     config = suite_config(suite, "distil", overrides, "unused")
     rt = build_runtime(config, progress=False)
     held_out = rt.task.problems("test")[:problems]
@@ -230,7 +232,7 @@ def sharpness(suite: str, run_dirs: list[str], problems: int, overrides: list[st
     targets = [tok.encode(teacher.answer(p), add_special_tokens=False) + [tok.eos_token_id] for p in held_out]
     out: dict[str, Any] = {"suite": suite, "problems": len(held_out), "runs": {}}
     models = [("base", rt.model)] if base else []
-    models += [(run_dir, AutoModelForCausalLM.from_pretrained(f"{run_dir}/final")) for run_dir in run_dirs]
+    models += [(run_dir, AutoModelForCausalLM.from_pretrained(final)) for run_dir, final in finals.items()]
     for name, model in models:
         with torch.no_grad():
             logits, tokens, mask = response_logits(model.eval(), prompts, targets, tok.pad_token_id)
@@ -278,18 +280,16 @@ def greedy_answer_p(model: Any, prompts: list[list[int]], max_new_tokens: int, t
 
 
 def temperatures(run_dirs: list[str], temps: list[float], samples: int, overrides: list[str]) -> dict[str, Any]:
-    import os
-
-    from distil_core.config import load_config
+    from distil_core.config import run_dir_config
     from distil_core.training.distributed import World
     from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
     from distil_core.training.runtime import build_runtime
 
+    # each run's own config with its final/ model, as `distil eval RUN_DIR` reads it; every run is
+    # checked before the first model loads, so a mistyped last path fails at once
+    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}"]) for run_dir in run_dirs}
     out: dict[str, Any] = {"temperatures": temps, "runs": {}}
-    for run_dir in run_dirs:
-        final = os.path.abspath(os.path.join(run_dir, "final"))
-        config = load_config(os.path.join(run_dir, "config.yaml"),
-                             overrides + [f"model.name={final}", f"eval.samples={samples}"])
+    for run_dir, config in configs.items():
         rt = build_runtime(config, progress=False, with_expert=False)
         _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
         rows = {}
@@ -335,6 +335,18 @@ def plot_frontier(top: str, means: dict[str, list[tuple[float, float]]], temps: 
 
 
 def main() -> int:
+    """Run one diagnostic; an error the user can fix (a path that is not a finished run, a bad
+    ``--set``) prints as one line, as ``distil`` prints it, not as a traceback."""
+    from distil_core.errors import DistilError
+
+    try:
+        return run(sys.argv[1:])
+    except DistilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gap = sub.add_parser("expert-gap", help="P(reference answer): bare prompt vs feedback in context")
@@ -361,7 +373,7 @@ def main() -> int:
     temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against its largest pass@k")
     for p in (gap, onp, mem, sharp, temp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "temperatures":
         result = temperatures(args.run_dirs, args.temperatures, args.samples, args.overrides)
         ks = [k for k in next(iter(next(iter(result["runs"].values()))["by_temperature"].values())) if k.startswith("pass@")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -119,6 +120,8 @@ def step_record(line: str) -> dict[str, Any]:
     step = record.get("step") if isinstance(record, dict) else None
     if isinstance(step, bool) or not isinstance(step, (int, float)):
         raise ValueError('not a step record (a JSON object with a numeric "step")')
+    if isinstance(step, float) and not math.isfinite(step):  # JSON's NaN and Infinity: no step to order by
+        raise ValueError(f'not a step record ("step" is {step}, not a finite number)')
     huge = next((key for key, value in record.items() if not fits_a_float(value)), None)
     if huge is not None:
         raise ValueError(f"{huge!r} is an integer too large for a float")
@@ -207,4 +210,4 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
 
 
 __all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
-           "log_exists", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]
+           "log_exists", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

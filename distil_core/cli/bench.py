@@ -8,6 +8,8 @@ A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
   what it says (a sparse suite: ``pass@1: [0.0, 0.1]``); the report and the terminal flag a
   suite whose starting model falls outside it;
 - ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``);
+  suite and method labels are plain names (:data:`LABEL`), since each becomes a directory, a
+  file name, a table cell and a legend entry;
 - ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × problems
   per step × samples per problem), the evaluation and how often it runs;
 - ``quick``: what ``--quick`` changes (fewer seeds, steps and eval problems) for a smoke test.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -35,14 +38,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
-from distil_core.cli.runlogs import read_jsonl, read_summary
+from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
                                     table_metrics, terminal_table)
 from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 
-__all__ = ["DEFAULT_SPEC", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
+__all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
            "source_revision", "parse_sweep", "run_sweep", "main_bench",
            # the results, for callers that import them from here (distil_core.cli.report has them)
            "aggregate", "final_lengths", "table_metrics"]
@@ -111,7 +114,19 @@ def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
         raise ConfigError(format_validation_error(exc, path)) from None
     if not spec.suites or not spec.methods:
         raise ConfigError(f"{path}: name at least one suite and one method.")
+    for kind, names in (("suites", spec.suites), ("methods", spec.methods)):
+        odd = next((name for name in names if not LABEL.fullmatch(name)), None)
+        if odd is not None:
+            raise ConfigError(f"{path}: {kind}: {odd!r} is not a plain name; a suite or method label becomes a "
+                              "directory, a file name, a markdown table cell and a plot legend, so use letters, "
+                              "digits and _ . + - only (starting with a letter or digit).")
     return spec, os.path.dirname(os.path.abspath(path))
+
+
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""What a suite or method label may be: it names ``OUTPUT_DIR/<suite>/<method>/`` and
+``bench-<suite>.png`` (no ``/``, no ``..``), a cell of bench.md (no ``|``, no HTML, no line
+break) and a legend entry (no ``$``, which matplotlib would read as math)."""
 
 
 def _overrides(values: dict[str, Any]) -> list[str]:
@@ -242,8 +257,9 @@ class Bench:
         try:
             with open(config_path, encoding="utf-8") as fh:
                 saved = RunConfig.model_validate(yaml.safe_load(fh)).model_dump(mode="json")
-        except (OSError, yaml.YAMLError, ValidationError):
-            saved = None  # unreadable, or written by an incompatible version: not the same run
+        except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError):
+            saved = None  # unreadable (bytes not UTF-8, nested past the recursion limit), or written by an
+            # incompatible version: not the same run
         if saved != config.model_dump(mode="json"):
             raise ConfigError(
                 f"{run_dir} holds a finished run with a different config; give distil bench another "
@@ -254,16 +270,20 @@ class Bench:
     @staticmethod
     def _row(suite: str, method: str, seed: int, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
         eval_path, metrics_path = os.path.join(run_dir, "eval.jsonl"), os.path.join(run_dir, "metrics.jsonl")
+        # only the values a report can average: a hand-edited log's string, null or NaN is left out,
+        # as `distil plot` leaves out what is not a number (summary.json's metrics are checked whole)
         evals = read_jsonl(eval_path) if os.path.exists(eval_path) else []
-        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k}} for rec in evals]
+        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k and finite_number(v)}}
+                 for rec in evals]
         metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
-        lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if "response_tokens" in rec]
+        lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if finite_number(rec.get("response_tokens"))]
+        reference = summary.get("reference_tokens")
         model = summary.get("model")
         sha = summary["model_sha256"] if "model_sha256" in summary else (
             weights_fingerprint(model) if isinstance(model, str) else None)  # a summary without the field
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
                 "before": summary["before"], "after": summary["after"], "curve": curve,
-                "response_tokens": lengths, "reference_tokens": summary.get("reference_tokens"),
+                "response_tokens": lengths, "reference_tokens": reference if finite_number(reference) else None,
                 "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha}
 
 

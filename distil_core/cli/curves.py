@@ -142,14 +142,18 @@ def build_figure(plt: Any, runs: Sequence[RunLogs], panels: Sequence[Panel]) -> 
     colors = [f"C{i % 10}" for i in range(len(runs))]
     flat = [ax for row in axes for ax in row]
     for ax, panel in zip(flat, panels):
-        ax.set_title(panel.title, fontsize=10)
+        ax.set_title(panel.title, fontsize=10, parse_math=False)  # a logged key, read as it is
         drawn = draw_time(ax, runs, colors) if panel.source == "time" else draw_lines(ax, panel, runs, colors)
         if not drawn:
             mark_not_logged(ax, panel)
     for ax in flat[len(panels):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=c, linewidth=2) for c in colors]
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
+    legend = fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
+    for text in legend.get_texts():
+        # a method or directory name is text: "$" in it would be parsed as math (and an unknown
+        # symbol there fails only when the figure is saved)
+        text.set_parse_math(False)
     return fig, 1.0 - legend_h / height
 
 
@@ -176,7 +180,7 @@ def draw_lines(ax: Any, panel: Panel, runs: Sequence[RunLogs], colors: Sequence[
     if any_drawn:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("training step", fontsize=9)
-        ax.set_ylabel(panel.ylabel, fontsize=9)
+        ax.set_ylabel(panel.ylabel, fontsize=9, parse_math=False)
         ax.grid(alpha=0.3)
     return any_drawn
 
@@ -194,7 +198,7 @@ def draw_time(ax: Any, runs: Sequence[RunLogs], colors: Sequence[str]) -> bool:
         ax.barh([i + offset for i in range(len(stages))], [m.get(s, 0.0) for s in stages],
                 height=height, color=color)
     ax.set_yticks(range(len(stages)))
-    ax.set_yticklabels([s[len("time_"):] for s in stages], fontsize=8)
+    ax.set_yticklabels([s[len("time_"):] for s in stages], fontsize=8, parse_math=False)
     ax.invert_yaxis()  # stages top to bottom in the order a step runs them
     ax.set_xlabel("mean seconds per step", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
@@ -215,7 +219,7 @@ def mark_not_logged(ax: Any, panel: Panel) -> None:
     """The panel's place kept, saying that no run logs it, and why a run might not."""
     ax.text(0.5, 0.55, NOT_LOGGED, ha="center", va="center", fontsize=12, color="0.4", transform=ax.transAxes)
     ax.text(0.5, 0.4, panel.missing, ha="center", va="center", fontsize=7, color="0.5", wrap=True,
-            transform=ax.transAxes)
+            transform=ax.transAxes, parse_math=False)
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -253,17 +253,11 @@ def _time_breakdown(summary: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distil_core.config import load_config
+    from distil_core.config import load_config, run_dir_config
 
     target, overrides = args.target, list(args.overrides)
     if target and os.path.isdir(target):
-        saved = os.path.join(target, "config.yaml")
-        if not os.path.exists(saved):
-            raise ConfigError(f"{target!r} is not a run directory (no config.yaml).")
-        final = os.path.join(target, "final")
-        if not os.path.isdir(final):
-            raise ConfigError(f"{target!r} has no final/ model yet; finish the run (or resume it) first.")
-        config = load_config(saved, overrides + [f"model.name={os.path.abspath(final)}"])
+        config = run_dir_config(target, overrides)  # its config.yaml, its final/ model
     else:
         config = load_config(target, overrides)
     if args.quiet or args.json:

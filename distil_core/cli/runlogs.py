@@ -8,6 +8,7 @@ line) and what to do. Reading needs no torch and never writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -15,9 +16,9 @@ from typing import Any, Optional
 import yaml
 
 from distil_core.errors import ConfigError, DistilError
-from distil_core.run_files import step_record
+from distil_core.run_files import fits_a_float, step_record
 
-__all__ = ["RUN_DIR_HOLDS", "RunLogs", "load_run", "read_jsonl", "run_method"]
+__all__ = ["RUN_DIR_HOLDS", "RunLogs", "load_run", "read_jsonl", "read_summary", "run_method", "finite_number"]
 
 RUN_DIR_HOLDS = ("metrics.jsonl (a row per training step), eval.jsonl (held-out evaluations), "
                  "config.yaml and summary.json")
@@ -60,8 +61,12 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     unfinished last line (no newline yet): a run still writing it, which the next read sees whole.
     """
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        lines = fh.readlines()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+    except OSError as exc:  # a directory, a file no one may read: there are no lines to name
+        raise DistilError(f"{path}: the log cannot be read ({exc.strerror or exc}); it should be the file "
+                          "`distil train` wrote: restore it (or rerun the run) and try again.") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -85,28 +90,44 @@ def read_summary(path: str, run_dir: str) -> dict[str, Any]:
             summary = json.load(fh)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         summary, problem = None, " ".join(str(exc).split())[:200]
+    except RecursionError:  # json.load recurses once per [ or {: a few thousand take the interpreter down
+        summary, problem = None, "JSON nested too deeply"
     if problem is None:
         if not isinstance(summary, dict):
             problem = f"a JSON {type(summary).__name__}, not an object"
         else:
             missing = [k for k in ("before", "after") if not isinstance(summary.get(k), dict)]
-            if not isinstance(summary.get("wall_s"), (int, float)) or isinstance(summary.get("wall_s"), bool):
+            if not finite_number(summary.get("wall_s")):
                 missing.append("wall_s")
             if missing:
                 problem = f"no valid {', '.join(missing)}"
+            else:  # every metric is averaged and printed as a percentage: a string or NaN cannot be
+                bad = next((f"{k}.{m} is {json.dumps(v)[:40]}" for k in ("before", "after")
+                            for m, v in summary[k].items() if not finite_number(v)), None)
+                if bad:
+                    problem = f"{bad}, not a finite number"
     if problem is not None:
         raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
     return summary
 
 
 def run_method(path: str) -> Optional[str]:
-    """The run's method, from summary.json (a finished run) or config.yaml (any run)."""
+    """The run's method, from summary.json (a finished run) or config.yaml (any run); a file that
+    cannot be read or parsed (nested past the recursion limit included) only tells no method."""
     for name, parse in (("summary.json", json.loads), ("config.yaml", yaml.safe_load)):
         try:
             with open(os.path.join(path, name), encoding="utf-8") as fh:
                 data = parse(fh.read())
-        except (OSError, ValueError, yaml.YAMLError):
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):
             continue
         if isinstance(data, dict) and isinstance(data.get("method"), str):
             return data["method"]
     return None
+
+
+def finite_number(value: Any) -> bool:
+    """A number a report can average and print: an int or float (not a bool), neither NaN nor
+    infinite, nor an integer past a float's range (JSON allows all of these)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not fits_a_float(value):
+        return False
+    return math.isfinite(value)

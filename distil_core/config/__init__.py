@@ -6,7 +6,14 @@ Part of the contract layer: imports only ``types``, ``errors``, ``context`` and 
 """
 
 from distil_core.config.base import Seed
-from distil_core.config.loading import apply_override, check_keys, format_validation_error, load_config, read_yaml
+from distil_core.config.loading import (
+    apply_override,
+    check_keys,
+    format_validation_error,
+    load_config,
+    read_yaml,
+    run_dir_config,
+)
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
     Component,
@@ -22,7 +29,7 @@ from distil_core.config.sections import (
 )
 
 __all__ = [
-    "RunConfig", "load_config", "read_yaml", "apply_override", "check_keys", "format_validation_error",
+    "RunConfig", "load_config", "read_yaml", "run_dir_config", "apply_override", "check_keys", "format_validation_error",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
 ]

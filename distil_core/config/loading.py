@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import Annotated, Any, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Optional, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -302,3 +302,22 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         problems.append(f"{shown(loc, plain=True)}: {msg} (got {shown(err.get('input'))})")
     return f"{where}: invalid config. " + "; ".join(problems) + "."
 
+
+def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """The config a finished run was trained with (its ``config.yaml``, then ``overrides``), with
+    ``model.name`` pointing at its ``final/`` model: what ``distil eval RUN_DIR`` and the
+    diagnostics that reload a trained run evaluate. A path that is not a run directory, a missing
+    or damaged ``config.yaml`` or a missing ``final/`` is a ConfigError naming the path and what
+    to do, raised before any model is loaded (a diagnostic over several runs checks them all first)."""
+    if not os.path.isdir(run_dir):
+        what = "not a directory" if os.path.exists(run_dir) else "no such directory"
+        raise ConfigError(f"{run_dir!r} is not a run directory ({what}); give the directory `distil train` "
+                          "wrote (it holds config.yaml and final/).")
+    saved = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml file: {saved}); give the "
+                          "directory `distil train` wrote.")
+    final = os.path.join(run_dir, "final")
+    if not os.path.isdir(final):
+        raise ConfigError(f"{run_dir!r} has no final/ model yet; finish the run (or resume it) first.")
+    return load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"])

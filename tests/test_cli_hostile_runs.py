@@ -1,0 +1,235 @@
+"""Odd or damaged run directories given to the commands that read them (`distil bench`'s report,
+`distil plot`, `distil eval RUN_DIR`, benchmarks/bench_diagnostics.py): a one-line error naming
+the file, or a sensible result; never a traceback, never a half-written report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from distil_core.cli.bench import Bench, load_spec
+from distil_core.cli.main import main
+from distil_core.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "tests", "data", "bench_digits.yaml")
+NO_MODEL = ["model.name=/nonexistent/model"]  # not "tiny": a bench over reused runs builds nothing
+
+
+def _finished_bench(out):
+    """A bench output directory whose two runs (sort × grpo, distil; seed 0) are finished and
+    reusable, so `distil bench` only writes its report; the grpo run's directory."""
+    spec, base = load_spec(SPEC)
+    bench = Bench(spec, base, str(out), suites=["sort"], methods=["grpo", "distil"], seeds=[0], overrides=NO_MODEL)
+    for (suite, method, seed), config in bench.configs.items():
+        run = out / suite / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(config.to_yaml())
+        (run / "summary.json").write_text(json.dumps({
+            "method": method, "before": {"pass@1": 0.1, "pass@4": 0.3}, "after": {"pass@1": 0.2, "pass@4": 0.4},
+            "wall_s": 3.0, "model": "/nonexistent/model", "model_sha256": None, "reference_tokens": 4.0}))
+        (run / "eval.jsonl").write_text("".join(json.dumps({"step": s, "pass@1": v, "pass@4": v + 0.2}) + "\n"
+                                                for s, v in ((0, 0.1), (2, 0.15), (4, 0.2))))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "response_tokens": 5.0}) + "\n"
+                                                   for s in range(1, 5)))
+    return out / "sort" / "grpo" / "seed0"
+
+
+def _bench(out):
+    argv = ["bench", SPEC, "--suites", "sort", "--methods", "grpo", "distil", "--seeds", "0",
+            "--output-dir", str(out)]
+    for item in NO_MODEL:
+        argv += ["--set", item]
+    return main(argv)
+
+
+def _summary(run, **changes):
+    summary = json.loads((run / "summary.json").read_text())
+    for key, value in changes.items():
+        section, _, metric = key.partition("__")
+        if metric:
+            summary[section][metric.replace("_at_", "@")] = value
+        else:
+            summary[section] = value
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.mark.parametrize("changes, shown", [
+    ({"before__pass_at_1": "0.1"}, 'before.pass@1 is "0.1", not a finite number'),
+    ({"after__pass_at_1": None}, "after.pass@1 is null, not a finite number"),
+    ({"after__pass_at_4": [1]}, "after.pass@4 is [1], not a finite number"),
+    ({"after__pass_at_1": float("nan")}, "after.pass@1 is NaN, not a finite number"),
+    ({"after__pass_at_1": float("inf")}, "after.pass@1 is Infinity, not a finite number"),
+    ({"wall_s": float("nan")}, "no valid wall_s"),
+])
+def test_a_summary_metric_that_is_not_a_finite_number_is_named_and_no_report_is_written(tmp_path, capsys,
+                                                                                         changes, shown):
+    """A string, null or list in summary.json's before/after was a traceback in the report (a
+    format code, a mean); NaN and Infinity were printed into bench.md and written to bench.json as
+    JSON no strict reader takes."""
+    run = _finished_bench(tmp_path / "bench")
+    _summary(run, **changes)
+    assert _bench(tmp_path / "bench") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == \
+        [err.splitlines()[-1]], err
+    assert f"{run}/summary.json: not a finished run's summary ({shown}); delete {run}" in err
+    assert not (tmp_path / "bench" / "bench.md").exists() and not (tmp_path / "bench" / "bench.json").exists()
+
+
+def test_a_summary_nested_past_the_recursion_limit_is_named(tmp_path, capsys):
+    run = _finished_bench(tmp_path / "bench")
+    (run / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert _bench(tmp_path / "bench") == 2
+    assert f"{run}/summary.json: not a finished run's summary (JSON nested too deeply)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"# \xff\n", b"[" * 100_000 + b"]" * 100_000], ids=["not-utf8", "nested"])
+def test_a_run_config_not_utf8_or_nested_too_deeply_is_not_the_same_run(tmp_path, capsys, content):
+    """bench's reuse check read config.yaml with yaml.safe_load, which let a UnicodeDecodeError
+    or a RecursionError through as a traceback."""
+    run = _finished_bench(tmp_path / "bench")
+    (run / "config.yaml").write_bytes(content)
+    assert _bench(tmp_path / "bench") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{run} holds a finished run with a different config" in err
+
+
+def test_log_values_that_are_not_numbers_are_left_out_of_the_report_as_plot_leaves_them(tmp_path, capsys):
+    """A string or null in eval.jsonl's pass@k, metrics.jsonl's response_tokens or summary.json's
+    reference_tokens was a traceback when the plots averaged them; NaN went into bench.json."""
+    run = _finished_bench(tmp_path / "bench")
+    with open(run / "eval.jsonl", "a") as fh:
+        fh.write('{"step": 6, "pass@1": "0.5", "pass@4": null}\n{"step": 8, "pass@1": NaN}\n')
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 5, "response_tokens": "x"}\n{"step": 6, "response_tokens": null}\n')
+    _summary(run, reference_tokens="abc")
+    assert _bench(tmp_path / "bench") == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"bench.json holds {name}"))
+    grpo = next(r for r in report["runs"] if r["method"] == "grpo")
+    assert grpo["curve"][-2:] == [{"step": 6}, {"step": 8}]
+    assert [s for s, _ in grpo["response_tokens"]] == [1, 2, 3, 4] and grpo["reference_tokens"] is None
+    assert (tmp_path / "bench" / "bench-sort.png").exists()
+
+
+@pytest.mark.parametrize("name", ["eval.jsonl", "metrics.jsonl"])
+def test_a_directory_where_a_log_goes_is_named(tmp_path, capsys, name):
+    run = _finished_bench(tmp_path / "bench")
+    (run / name).unlink()
+    (run / name).mkdir()
+    assert _bench(tmp_path / "bench") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{run}/{name}: the log cannot be read (Is a directory)" in err
+
+
+@pytest.mark.parametrize("step", ["NaN", "Infinity", "-Infinity"])
+def test_a_step_that_is_not_finite_is_named_by_file_and_line(tmp_path, capsys, step):
+    """JSON's NaN read as a numeric step; the report's mean curve then averaged no value
+    (a StatisticsError traceback)."""
+    run = _finished_bench(tmp_path / "bench")
+    with open(run / "eval.jsonl", "a") as fh:
+        fh.write('{"step": %s, "pass@1": 0.9}\n' % step)
+    assert _bench(tmp_path / "bench") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{run}/eval.jsonl:4: not a step record" in err and "not a finite number" in err
+
+
+@pytest.mark.parametrize("kind, label", [("methods", "gr|po"), ("methods", "a $\\foo$"), ("suites", "../up"),
+                                         ("suites", "two\nlines"), ("methods", "<b>bold</b>")])
+def test_a_label_that_is_not_a_plain_name_is_refused_naming_the_spec(tmp_path, capsys, kind, label):
+    """A label becomes a run directory (`..` left the output directory), a bench.md table cell
+    (`|` split it, HTML rendered) and a plot legend (`$\\foo$` was a mathtext traceback after
+    every run had trained)."""
+    spec = yaml.safe_load(open(SPEC))
+    spec[kind] = {label: next(iter(spec[kind].values())), **spec[kind]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {kind}: {label!r} is not a plain name" in err and not (tmp_path / "runs").exists()
+
+
+def test_plot_draws_dollar_signs_in_names_as_text_not_math(tmp_path, capsys):
+    """A method in config.yaml, a directory name or a logged key holding `$...$` that is not
+    valid mathtext failed as a traceback when the PNG was saved; they are names, drawn as written."""
+    runs = []
+    for name, method in (("a$\\foo$", "x$\\bar$"), ("b", "distil")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.1 * s, "time_$\\q$": 0.5}) + "\n"
+                                                   for s in (1, 2)))
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": method}))
+        runs.append(str(run))
+    out = tmp_path / "p.png"
+    assert main(["plot", *runs, "--output", str(out), "--json"]) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["labels"] == ["x$\\bar$", "distil"] and out.exists()
+    assert main(["plot", runs[0], "--output", str(out), "--metrics", "time_$\\q$", "time"]) == 0
+    assert "panels: time_$\\q$, time per stage" in capsys.readouterr().out
+
+
+def _final_run(path):
+    path.mkdir()
+    (path / "config.yaml").write_text("method: grpo\n")
+    (path / "final").mkdir()
+    return path
+
+
+@pytest.mark.parametrize("damage, shown", [
+    (lambda p: None, "is not a run directory (no such directory)"),
+    (lambda p: p.write_text("x"), "is not a run directory (not a directory)"),
+    (lambda p: p.mkdir(), "is not a run directory (no config.yaml file"),
+    (lambda p: (_final_run(p) / "config.yaml").write_text("method: [\n"), "config.yaml: not valid YAML"),
+    (lambda p: (_final_run(p) / "config.yaml").write_bytes(b"method: \xff\n"), "cannot be read as a UTF-8 text file"),
+    (lambda p: (_final_run(p) / "final").rmdir(), "has no final/ model yet"),
+])
+def test_run_dir_config_names_what_is_wrong(tmp_path, damage, shown):
+    run = tmp_path / "run"
+    damage(run)
+    from distil_core.config import run_dir_config
+
+    with pytest.raises(ConfigError) as caught:
+        run_dir_config(str(run))
+    assert shown in str(caught.value) and str(run) in str(caught.value)
+
+
+def test_run_dir_config_points_the_model_at_final(tmp_path):
+    from distil_core.config import run_dir_config
+
+    run = _final_run(tmp_path / "run")
+    config = run_dir_config(str(run), ["eval.samples=9"])
+    assert config.method == "grpo" and config.model.name == str(run / "final") and config.eval.samples == 9
+
+
+@pytest.mark.parametrize("command", ["temperatures", "sharpness digits"])
+@pytest.mark.parametrize("damage, shown", [
+    ("missing", "{run}' is not a run directory (no such directory)"),
+    ("no_config", "no config.yaml file: {run}/config.yaml"),
+    ("bad_yaml", "{run}/config.yaml: not valid YAML"),
+    ("no_final", "{run}' has no final/ model yet"),
+])
+def test_bench_diagnostics_names_a_damaged_run_directory_in_one_line(tmp_path, command, damage, shown):
+    """bench_diagnostics.py read config.yaml and final/ its own way: a missing or damaged one was
+    a traceback (or, without final/, a model.name error about a path the user never gave)."""
+    run = tmp_path / "run"
+    if damage != "missing":
+        _final_run(run)
+    if damage == "no_config":
+        (run / "config.yaml").unlink()
+    elif damage == "bad_yaml":
+        (run / "config.yaml").write_text("method: [\n")
+    elif damage == "no_final":
+        (run / "final").rmdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_diagnostics.py"),
+                           *command.split(), str(run)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+    assert shown.format(run=run) in proc.stderr
