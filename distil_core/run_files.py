@@ -103,20 +103,27 @@ def log_exists(run_dir: str, name: str) -> bool:
     return os.path.exists(os.path.join(run_dir, name)) or bool(_segment_files(run_dir, name))
 
 
-def step_record(line: str) -> dict[str, Any]:
-    """A line of a step log as its record: a JSON object with a numeric ``step`` whose numbers a
-    float can hold. Anything else is a ValueError saying what the line is instead; the readers
-    (resume, plot, bench) place it at ``file:line``."""
-    if "\ufffd" in line:  # what a byte that is not UTF-8 reads as (the logs are written as ASCII JSON)
-        raise ValueError("not UTF-8 text")
+def json_line(line: str) -> Any:
+    """The value of one line of a JSON log; a line that is not JSON is a ValueError saying why
+    (``not a JSON line (...)``), which the readers place at ``file:line``. Deep nesting and
+    integers too long for ``int()`` are such lines too, not a RecursionError or a crash."""
     try:
-        record = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a JSON line ({exc.msg})") from None
     except RecursionError:
         raise ValueError("not a JSON line (nested too deeply)") from None
     except ValueError:  # json reads integers with int(), which refuses more than 4300 digits
         raise ValueError("not a JSON line (an integer too long to read)") from None
+
+
+def step_record(line: str) -> dict[str, Any]:
+    """A line of a step log as its record: a JSON object with a numeric ``step`` whose numbers a
+    float can hold. Anything else is a ValueError saying what the line is instead; the readers
+    (resume, plot, bench) place it at ``file:line``."""
+    if "\ufffd" in line:  # what a byte that is not UTF-8 reads as (the logs are written as ASCII JSON)
+        raise ValueError("not UTF-8 text")
+    record = json_line(line)
     step = record.get("step") if isinstance(record, dict) else None
     if isinstance(step, bool) or not isinstance(step, (int, float)):
         raise ValueError('not a step record (a JSON object with a numeric "step")')
@@ -210,4 +217,4 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
 
 
 __all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
-           "log_exists", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]
+           "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -8,8 +8,7 @@ A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
   what it says (a sparse suite: ``pass@1: [0.0, 0.1]``); the report and the terminal flag a
   suite whose starting model falls outside it;
 - ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``);
-  suite and method labels are plain names (:data:`LABEL`), since each becomes a directory, a
-  file name, a table cell and a legend entry;
+  labels of suites and methods are plain names (:data:`LABEL`): paths, table cells, legends;
 - ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × problems
   per step × samples per problem), the evaluation and how often it runs;
 - ``quick``: what ``--quick`` changes (fewer seeds, steps and eval problems) for a smoke test.

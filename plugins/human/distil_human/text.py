@@ -14,10 +14,11 @@ A reviewer's name is also made plain: one line, no control or direction-override
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from typing import Any, Callable, Optional
+
+from distil_core.run_files import json_line as read_json_line
 
 MAX_AUTHOR = 200  # characters of a reviewer's name
 
@@ -70,17 +71,10 @@ def clean(value: Any) -> Any:
 def json_line(line: str, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
     """The value of one line of a JSON log, its strings made text (:func:`clean`).
 
-    A line that is not JSON, or whose value ``check`` (given the value as read, lone surrogates
-    and all) says something is wrong with, is a ValueError saying what, worded as
-    ``distil_core.run_files.step_record`` words it; the caller places it at ``file:line``."""
-    try:
-        value = json.loads(line.rstrip("\n"))  # a half line's own break is no "control character" in it
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not a JSON line ({exc.msg})") from None
-    except RecursionError:
-        raise ValueError("not a JSON line (nested too deeply)") from None
-    except ValueError:  # json reads integers with int(), which refuses more than 4300 digits
-        raise ValueError("not a JSON line (an integer too long to read)") from None
+    A line that is not JSON (``distil_core.run_files.json_line``), or whose value ``check`` (given
+    the value as read, lone surrogates and all) says something is wrong with, is a ValueError
+    saying what; the caller places it at ``file:line``."""
+    value = read_json_line(line.rstrip("\n"))  # a half line's own break is no "control character" in it
     problem = check(value) if check is not None else None
     if problem:
         raise ValueError(problem)
