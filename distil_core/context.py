@@ -47,6 +47,11 @@ class ContextTemplate(BaseModel):
     use_demonstrations: bool = True
     success_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     strip_think: bool = True
+    max_feedback_chars: Optional[int] = Field(
+        default=16_000, ge=100,
+        description="The feedback block (every source's text joined) is cut to this many characters, keeping "
+        "its head and tail; null: never cut.",
+    )
 
     @field_validator("demonstration", "feedback")
     @classmethod
@@ -67,10 +72,32 @@ class ContextTemplate(BaseModel):
         if demonstration is not None:
             parts.append(self.demonstration.format(demonstration=demonstration))
         if feedback:
-            parts.append(self.feedback.format(feedback=self.separator.join(f.text for f in feedback)))
+            parts.append(self.feedback.format(feedback=self.feedback_text(feedback)[0]))
         if demonstration is not None or feedback:
             parts.append(self.instruction)
         return self.separator.join(parts)
+
+    def feedback_text(self, feedback: Sequence[Feedback]) -> tuple[str, int]:
+        """The feedback block the expert reads, and how many characters of it were cut.
+
+        A source's text comes from outside (an execution trace, a tool's output, a person, an
+        API): one that runs to megabytes would make every expert forward pass quadratic in it,
+        or run past the model's positions. Past ``max_feedback_chars`` the middle is cut, since
+        a trace's head (the first failure) and tail (the final error) say the most, and the cut
+        says how much went."""
+        text = self.separator.join(f.text for f in feedback)
+        limit = self.max_feedback_chars
+        if limit is None or len(text) <= limit:
+            return text, 0
+        room = limit - len(cut_marker(len(text)))  # the longest the marker can be
+        head, tail = room - room // 2, room // 2
+        cut = len(text) - head - tail
+        return text[:head] + cut_marker(cut) + text[len(text) - tail:], cut
+
+
+def cut_marker(cut: int) -> str:
+    """What stands in the feedback where ``cut`` characters were left out."""
+    return f"\n[... {cut:,} characters of feedback cut ...]\n"
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -167,6 +194,9 @@ class ContextBuilder:
                     {"source": "sibling", "kind": "demonstration", "rollout": str(demo_index)}
                 )
         messages = self.expert_messages(problem, feedback, demo_text)
+        cut = self.template.feedback_text(feedback)[1] if feedback else 0
+        if cut:  # recorded with the context, counted in the step's feedback_cut
+            provenance.append({"source": "context", "kind": "feedback_cut", "chars": str(cut)})
         return ExpertQuery(
             problem_id=problem.id,
             rollout_index=rollout_index,

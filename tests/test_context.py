@@ -74,6 +74,25 @@ def test_render_order_and_instruction_only_with_extra_information():
     assert cb.template.render("Q?", [], None) == "Q?"
 
 
+def test_feedback_past_the_cap_keeps_its_head_and_tail_and_says_how_much_was_cut():
+    tok = tiny_tokenizer()
+    cb = builder(max_feedback_chars=1000)
+    trace = "Traceback: first failure here\n" + "x" * 1_000_000 + "\nValueError: the final error"
+    fb = [Feedback(source="code_exec", kind="execution_trace", text=trace)]
+    rollout = _rollout(tok.encode("123", add_special_tokens=False))
+    query = cb.build(PROBLEM, 0, rollout, fb)
+    block, cut = cb.template.feedback_text(fb)
+    assert len(block) <= 1000 and len(block) - len(f"\n[... {cut:,} characters of feedback cut ...]\n") == len(trace) - cut
+    assert block.startswith("Traceback: first failure here") and block.endswith("ValueError: the final error")
+    assert f"[... {cut:,} characters of feedback cut ...]" in query.context_messages[-1]["content"]
+    assert len(query.context_messages[-1]["content"]) < 1200
+    assert query.provenance == [{"source": "code_exec", "kind": "execution_trace"},
+                                {"source": "context", "kind": "feedback_cut", "chars": str(cut)}]
+    short = [Feedback(source="a", kind="critique", text="y" * 1000)]  # at the cap: untouched
+    assert cb.template.feedback_text(short) == ("y" * 1000, 0)
+    assert builder(max_feedback_chars=None).template.feedback_text(fb) == (trace, 0)
+
+
 def test_demonstration_is_a_successful_sibling_never_itself_with_provenance():
     tok = tiny_tokenizer()
     cb = builder()

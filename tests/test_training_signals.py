@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distil_core import ExpertCapability, ExpertSignal, hookimpl
+from distil_core import ExpertCapability, ExpertSignal, Feedback, hookimpl
 from distil_core.builtin import DigitsTask
 from distil_core.config import load_config
 from distil_core.errors import PluginError
@@ -89,10 +89,25 @@ class _AsyncDigits(DigitsTask):
         return DigitsTask.problems(self, split)
 
 
+class _FloodFeedback:
+    """A source whose every item runs to 50,000 characters (a trace that never ends); it reads
+    the runtime, so the tiny base pretrains without it."""
+
+    def __init__(self, runtime):
+        pass
+
+    def feedback(self, problem, rollout, verdict, group):
+        return [Feedback(source="flood", kind="execution_trace", text="start\n" + "x" * 50_000 + "\nend")]
+
+
 class _Plugin:
     @hookimpl
     def register_experts(register):
         register("faulty", _FaultyExpert)
+
+    @hookimpl
+    def register_feedback_sources(register):
+        register("flood", _FloodFeedback)
 
     @hookimpl
     def register_tasks(register):
@@ -203,3 +218,13 @@ def test_a_task_with_async_problems_trains(tmp_path):
     summary = trainer.fit()
     assert summary["steps"] == 2 and "pass@1" in summary["after"]
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_feedback_past_the_cap_is_cut_counted_and_recorded(tmp_path):
+    trainer = _trainer(tmp_path, "feedback=[{name: flood}]", "train.steps=1")
+    trainer.fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["feedback_cut"] == row["feedback_coverage"] * 16 == 16  # every rollout, 4 problems x 4 samples
+    provenance = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]
+    cuts = [item for rec in provenance for item in rec["feedback"] if item["kind"] == "feedback_cut"]
+    assert len(cuts) == 16 and all(int(c["chars"]) > 50_000 - 16_000 for c in cuts)

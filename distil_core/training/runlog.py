@@ -307,6 +307,7 @@ def step_row(step: int, world: World, counts: dict[str, float], accounting: dict
         **stats,
         "feedback_coverage": total["feedback_coverage"] / rows,
         "demo_coverage": total["demo_coverage"] / rows,
+        "feedback_cut": total["feedback_cut"],
         "signal_rollouts": total["signal_rollouts"],
         "dropped_no_signal": total["dropped_no_signal"],
         "expert_failed": total["expert_failed"],

@@ -18,7 +18,7 @@ import torch
 from distil_core.version import __version__
 from distil_core.io import atomic_directory
 from distil_core.config import RunConfig
-from distil_core.context import ContextBuilder
+from distil_core.context import ContextBuilder, ContextTemplate
 from distil_core.errors import ConfigError
 from distil_core.losses.methods import method_named
 from distil_core.models.activation_checkpointing import enable_gradient_checkpointing
@@ -198,6 +198,14 @@ def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, A
     }
 
 
+def template_key(template: ContextTemplate) -> dict[str, Any]:
+    """The context template's part of a tiny base's key. The feedback cap is left out at its
+    default, so the bases cached before the cap existed keep their keys (a cap that cuts none
+    of the pretraining feedback leaves the weights as they were)."""
+    default = ContextTemplate.model_fields["max_feedback_chars"].default
+    return template.model_dump(exclude={"max_feedback_chars"} if template.max_feedback_chars == default else None)
+
+
 def tiny_base_key(config: RunConfig, task: Any, host: PluginHost) -> tuple[str, str]:
     """(the cache path, the key) of the tiny base for this run: what decides its weights — the
     toolkit version, the recipe, the task, the template, the verifier and feedback it pretrains
@@ -208,7 +216,7 @@ def tiny_base_key(config: RunConfig, task: Any, host: PluginHost) -> tuple[str, 
         "version": __version__,
         "recipe": recipe.model_dump(exclude={"feedback_pool"} if not recipe.feedback_pool else None),
         "task": config.task.model_dump(),
-        "template": config.context.model_dump(),
+        "template": template_key(config.context),
     }
     if components != DEFAULT_BASE_FEEDBACK:  # the default's key (and cached base) stays as it was
         identity["base_feedback"] = base_feedback_key(components, host)

@@ -221,6 +221,7 @@ def step_counts(batch: StepBatch, config: RunConfig) -> dict[str, float]:
         "pass_rate": sum(v.passed for v in batch.verdicts),
         "feedback_coverage": sum(bool(f) for f in batch.feedback),
         "demo_coverage": sum(any(p["kind"] == "demonstration" for p in q.provenance) for q in queries),
+        "feedback_cut": sum(any(p["kind"] == "feedback_cut" for p in q.provenance) for q in queries),
         "signal_rollouts": sum(s is not None and s.ok for s in signals),
         "dropped_no_signal": sum(not q.has_signal for q in queries) if config.loss.no_signal == "skip" else 0,
         "expert_failed": sum(s is not None and not s.ok for s in signals),
