@@ -8,6 +8,7 @@ lightweight plugins such as the API expert's cache can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -56,8 +57,8 @@ def atomic_directory(path: str, *, replace: bool = True, durable: bool = True) -
     after cannot show a complete-looking directory of empty files. An existing ``path`` is
     moved aside first and deleted only once the new one is in place: a failure in between puts
     it back, and a crash in between leaves it whole under ``.old-<name>-*`` beside ``path``.
-    With ``replace=False`` an existing ``path`` (another process got there first) is kept and
-    the new copy discarded. ``durable=False`` skips the fsyncs, for a directory nobody needs
+    With ``replace=False`` an existing ``path`` (another process got there first, even while
+    this one synced) is kept and the new copy discarded. ``durable=False`` skips the fsyncs, for a directory nobody needs
     after a crash (weights handed to an inference server every step).
     """
     parent = os.path.dirname(os.path.abspath(path))
@@ -69,32 +70,72 @@ def atomic_directory(path: str, *, replace: bool = True, durable: bool = True) -
             return
         if durable:
             fsync_tree(tmp)
-        aside = None
-        if os.path.exists(path):
-            aside = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
-            os.replace(path, aside)  # onto the empty directory just made: an unused name
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if aside is not None:
-                os.replace(aside, path)
-            raise
+        if not replace:
+            place_new(tmp, path)
+        else:
+            replace_directory(tmp, path)
         if durable:
             fsync_directory(parent)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def place_new(tmp: str, path: str) -> None:
+    """Rename ``tmp`` to ``path`` unless another process put a directory there meanwhile (the
+    fsyncs take a while): then that one is kept, and ``tmp`` is left to be removed."""
+    try:
+        os.rename(tmp, path)  # onto a directory with files: refused, never replaced
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+
+
+def replace_directory(tmp: str, path: str) -> None:
+    """Rename ``tmp`` to ``path``, moving an existing ``path`` aside first and deleting it only
+    once ``tmp`` is in place; a failure in between puts it back."""
+    if not os.path.exists(path):
+        os.replace(tmp, path)
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory, so not replaced by one; remove it", path)
+    parent = os.path.dirname(os.path.abspath(path))
+    aside = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
+    try:
+        os.replace(path, aside)  # onto the empty directory just made: an unused name
+    except BaseException:
+        os.rmdir(aside)
+        raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+UNSYNCABLE = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES, errno.EPERM, errno.EISDIR)
+"""What opening or fsyncing a directory raises where the file system does not sync directories
+(some network, FUSE and shared-folder mounts) or the directory cannot be opened for reading."""
+
+
 def fsync_directory(directory: str) -> None:
-    """Make the names just created or renamed in ``directory`` durable (where the platform can
-    open a directory; elsewhere the rename is as durable as the platform makes it)."""
+    """Make the names just created or renamed in ``directory`` durable, where the platform and
+    file system can sync a directory. The rename has already happened when this runs, so a file
+    system that cannot is no failure of the write (SQLite treats it the same way); an I/O error
+    still is."""
     if not hasattr(os, "O_DIRECTORY"):
         return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        if exc.errno in UNSYNCABLE:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in UNSYNCABLE:
+            raise
     finally:
         os.close(fd)
 

@@ -89,3 +89,48 @@ def test_a_directory_is_synced_before_it_appears_and_its_parent_after(tmp_path, 
     synced.clear()
     atomic_write_text(str(tmp_path / "summary.json"), "{}")
     assert synced[-1] == os.path.realpath(tmp_path)
+
+
+def test_a_directory_another_process_finished_meanwhile_is_kept_when_not_replacing(tmp_path, monkeypatch):
+    import distil_core.io as io
+
+    target, real_sync = tmp_path / "base", io.fsync_tree
+
+    def other_process_finishes_first(root):  # while this one syncs its copy
+        real_sync(root)
+        target.mkdir()
+        (target / "who").write_text("first")
+
+    monkeypatch.setattr(io, "fsync_tree", other_process_finishes_first)
+    with atomic_directory(str(target), replace=False) as tmp:
+        open(os.path.join(tmp, "who"), "w").write("second")
+    assert (target / "who").read_text() == "first"
+    assert os.listdir(tmp_path) == ["base"]
+
+
+def test_a_file_system_that_cannot_sync_directories_fails_no_write(tmp_path, monkeypatch):
+    import errno
+    import stat as st
+
+    real_fsync = os.fsync
+
+    def no_directory_sync(fd):
+        if st.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_directory_sync)
+    atomic_write_text(str(tmp_path / "summary.json"), "{}")
+    with atomic_directory(str(tmp_path / "final")) as tmp:
+        open(os.path.join(tmp, "weights.bin"), "wb").write(b"whole")
+    assert (tmp_path / "summary.json").read_text() == "{}"
+    assert (tmp_path / "final" / "weights.bin").read_bytes() == b"whole"
+
+
+def test_a_file_where_the_directory_goes_is_named_and_nothing_is_left_beside_it(tmp_path):
+    (tmp_path / "final").write_text("a file")
+    with pytest.raises(NotADirectoryError) as err:
+        with atomic_directory(str(tmp_path / "final")) as tmp:
+            open(os.path.join(tmp, "weights.bin"), "wb").write(b"whole")
+    assert str(tmp_path / "final") in str(err.value) and "remove it" in str(err.value)
+    assert os.listdir(tmp_path) == ["final"] and (tmp_path / "final").read_text() == "a file"
