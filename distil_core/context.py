@@ -82,22 +82,37 @@ class ContextTemplate(BaseModel):
 
         A source's text comes from outside (an execution trace, a tool's output, a person, an
         API): one that runs to megabytes would make every expert forward pass quadratic in it,
-        or run past the model's positions. Past ``max_feedback_chars`` the middle is cut, since
-        a trace's head (the first failure) and tail (the final error) say the most, and the cut
-        says how much went."""
-        text = self.separator.join(f.text for f in feedback)
+        or run past the model's positions. Past ``max_feedback_chars`` the longest items are
+        cut, each to an equal share of what the shorter ones leave, so one flood cannot push a
+        short correction out; a cut item keeps its head (a trace's first failure) and tail (its
+        final error), and says how much went."""
+        texts = [f.text for f in feedback]
         limit = self.max_feedback_chars
-        if limit is None or len(text) <= limit:
-            return text, 0
-        room = limit - len(cut_marker(len(text)))  # the longest the marker can be
-        head, tail = room - room // 2, room // 2
-        cut = len(text) - head - tail
-        return text[:head] + cut_marker(cut) + text[len(text) - tail:], cut
+        if limit is None or len(self.separator.join(texts)) <= limit:
+            return self.separator.join(texts), 0
+        room = limit - len(self.separator) * (len(texts) - 1)
+        shares = dict.fromkeys(range(len(texts)), 0)
+        for rank, i in enumerate(sorted(range(len(texts)), key=lambda i: len(texts[i]))):
+            shares[i] = min(len(texts[i]), max(room, 0) // (len(texts) - rank))
+            room -= shares[i]
+        kept = [cut_to(text, shares[i]) for i, text in enumerate(texts)]
+        return self.separator.join(k for k, _ in kept), sum(c for _, c in kept)
 
 
 def cut_marker(cut: int) -> str:
     """What stands in the feedback where ``cut`` characters were left out."""
     return f"\n[... {cut:,} characters of feedback cut ...]\n"
+
+
+def cut_to(text: str, room: int) -> tuple[str, int]:
+    """``text`` in at most ``room`` characters (or just the marker, when even that is less), its
+    middle replaced by :func:`cut_marker`; and how many of its characters went."""
+    if len(text) <= room:
+        return text, 0
+    keep = max(room - len(cut_marker(len(text))), 0)  # the longest the marker can be
+    head, tail = keep - keep // 2, keep // 2
+    cut = len(text) - head - tail
+    return text[:head] + cut_marker(cut) + text[len(text) - tail:], cut
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

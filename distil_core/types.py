@@ -146,7 +146,10 @@ class ExpertQuery(_Model):
     response_ids: list[int] = Field(description="Exactly the ids the student sampled.")
     response_text: str
     provenance: list[dict[str, str]] = Field(
-        default_factory=list, description="(source, kind) of every feedback item used."
+        default_factory=list,
+        description="(source, kind) of every feedback item used; a successful sibling shown as a "
+        "demonstration (source 'sibling', with its 'rollout' index); feedback cut to fit "
+        "context.max_feedback_chars (source 'context', kind 'feedback_cut', with 'chars').",
     )
     has_signal: bool = Field(
         default=True,

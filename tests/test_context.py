@@ -88,6 +88,12 @@ def test_feedback_past_the_cap_keeps_its_head_and_tail_and_says_how_much_was_cut
     assert len(query.context_messages[-1]["content"]) < 1200
     assert query.provenance == [{"source": "code_exec", "kind": "execution_trace"},
                                 {"source": "context", "kind": "feedback_cut", "chars": str(cut)}]
+    correction = Feedback(source="human", kind="correction", text="Sort ascending, not descending.")
+    second = Feedback(source="code_exec", kind="execution_trace", text="second test\n" + "z" * 50_000 + "\nAssertionError")
+    block, cut = cb.template.feedback_text([fb[0], correction, second])  # one flood pushes nothing short out
+    assert len(block) <= 1000 and correction.text in block
+    assert block.count("characters of feedback cut") == 2 and "ValueError: the final error" in block
+    assert block.endswith("AssertionError") and cut > 2 * 50_000 - 1000
     short = [Feedback(source="a", kind="critique", text="y" * 1000)]  # at the cap: untouched
     assert cb.template.feedback_text(short) == ("y" * 1000, 0)
     assert builder(max_feedback_chars=None).template.feedback_text(fb) == (trace, 0)
