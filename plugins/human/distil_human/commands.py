@@ -8,11 +8,13 @@ import os
 import sys
 from dataclasses import replace
 
+from distil_core import ConfigError
+
 from .exchange import export_jsonl, read_jsonl, store_entries
 from .review import ReviewSession
 from .review_queue import SORTS, VERDICTS, QueueFilter, build_queue, parse_steps, queue_items, read_rollouts
 from .store import ENV_DB, CorrectionStore
-from .text import author_name, skipped_note
+from .text import MAX_AUTHOR, author_name, skipped_note
 from .verify import SolutionChecker
 
 DB_HELP = f"the corrections store (default: ${ENV_DB}, else ~/.local/share/distil/human.sqlite)"
@@ -50,6 +52,11 @@ class ReviewCommand:
         filters = QueueFilter(verdict=args.verdict, source=args.source, steps=parse_steps(args.steps),
                               problem_id=args.problem, only_unreviewed=args.only_unreviewed)
         author = author_name(args.author or os.environ.get("DISTIL_HUMAN_AUTHOR") or _login())
+        if len(author) > MAX_AUTHOR:  # checked once, for both front ends, before anything is read
+            given = "--author" if args.author else "DISTIL_HUMAN_AUTHOR" if os.environ.get("DISTIL_HUMAN_AUTHOR") \
+                else "the login name"
+            raise ConfigError(f"the reviewer's name ({given}) is {len(author):,} characters long; give one of at "
+                              f"most {MAX_AUTHOR} with --author.")
         if args.web:
             from .web.serve import serve  # starlette and uvicorn: the optional `web` extra
 

@@ -83,7 +83,10 @@ class ReviewSession:
         self.saved = 0
 
     def _ask(self, prompt: str) -> str:
-        """One line from ``read``, as text SQLite can store (see :func:`_as_text`)."""
+        """One line from ``read``, as text SQLite can store: a stream decoding with
+        ``surrogateescape`` (what ``distil review`` sets on its standard input) turns each byte
+        that is not UTF-8 into a lone surrogate, which :func:`distil_human.text.as_text` makes
+        U+FFFD, keeping every valid character."""
         while True:
             try:
                 raw = self.read(prompt)
@@ -91,7 +94,7 @@ class ReviewSession:
                 self.write(f"That line was not valid UTF-8 ({exc.reason} at byte {exc.start}) and could not be "
                            "read; type it again.")
                 continue
-            line = _as_text(raw)
+            line = as_text(raw)
             if line != raw:
                 self.write("(That line held bytes that are not valid UTF-8; each is kept as U+FFFD.)")
             return line
@@ -226,16 +229,6 @@ class ReviewSession:
         if others:
             out.append(f"    ({others} more on other responses to this problem)")
         return out
-
-
-def _as_text(line: str) -> str:
-    """``line`` with undecodable input made visible as U+FFFD instead of lone surrogates.
-
-    A stream decoding with ``surrogateescape`` (what ``distil review`` sets on its standard
-    input) turns each byte that is not UTF-8 into a lone surrogate, which SQLite cannot store;
-    :func:`distil_human.text.as_text` re-reads those bytes, keeping every valid character.
-    """
-    return as_text(line)
 
 
 def _indent(text: str, width: int = 4) -> str:

@@ -201,11 +201,6 @@ def record_problem(record: Any) -> Optional[str]:
     return None
 
 
-def well_formed(record: dict[str, Any]) -> bool:
-    """Whether a record's fields have the types the trainer writes (see :func:`record_problem`)."""
-    return record_problem(record) is None
-
-
 def verdict_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The ``score``, ``passed`` and ``answer`` of a record's verdict, as a store entry keeps them.
     A score that is not a finite number (a verifier's NaN) is kept as null, which JSON can hold."""

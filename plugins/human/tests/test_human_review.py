@@ -256,3 +256,16 @@ def test_the_terminal_names_each_skipped_line_and_keeps_odd_names_as_text(tmp_pa
     with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
         [stored] = store.all()
     assert stored.author == "Ada-\ufffd" and stored.run_dir == os.path.abspath(run).replace("\udcff", "\ufffd")
+
+
+@pytest.mark.parametrize("front_end", [[], ["--web", "--port", "0"]])
+def test_a_reviewer_name_past_the_limit_is_refused_before_anything_starts(tmp_path, front_end):
+    import subprocess
+
+    run = write_run(tmp_path / "run", [rollout_record("sort-12", "21", step=1)])
+    done = subprocess.run(distil_argv("review", run, "--db", str(tmp_path / "h.sqlite"), "--author", "n" * 300,
+                                      *front_end),
+                          env=plugin_env(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the reviewer's name (--author) is 300 characters long; give one of at most 200" in done.stderr
+    assert not (tmp_path / "h.sqlite").exists()

@@ -19,7 +19,7 @@ from ..provenance import read_provenance
 from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_rollouts,
                             sources_in, verdict_summary)
 from ..store import Correction, CorrectionStore
-from ..text import MAX_AUTHOR, as_text, author_name
+from ..text import MAX_AUTHOR, as_text, author_name, skipped_note
 from ..verify import SolutionCheck, SolutionChecker
 
 MAX_TEXT = 100_000  # characters: a reviewer's entry, not a file upload
@@ -74,7 +74,7 @@ class Desk:
         self.records, skipped = read_rollouts(run_dir)
         self.provenance = read_provenance(run_dir, skipped)
         self.skipped = [as_text(where) for where in skipped]  # each starts with the file's path
-        self.unreadable = len(self.skipped)
+        self.skipped_note = skipped_note(self.skipped) if self.skipped else ""
         self.sources = sources_in(self.records)
         self.checker = SolutionChecker(run_dir)
         self.default = View(sort, replace(filters or QueueFilter(), problem_id=None))

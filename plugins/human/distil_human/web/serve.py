@@ -17,7 +17,6 @@ from distil_core import ConfigError
 
 from ..review_queue import QueueFilter
 from ..store import CorrectionStore
-from ..text import skipped_note
 from .app import build_app
 from .desk import Desk
 
@@ -58,8 +57,8 @@ def serve(run_dir: str, *, db: Optional[str], author: str, host: str = "127.0.0.
         url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={quote(token, safe='')}" if token else "")
         problems = len(desk.queue(desk.default))
         print(f"Review desk for {run_dir}: {problems} problems with failed responses; entries go to {store.path}.")
-        if desk.skipped:
-            print(skipped_note(desk.skipped))
+        if desk.skipped_note:
+            print(desk.skipped_note)
         print(f"Open {url}  (Ctrl-C stops the desk)", flush=True)
         server = uvicorn.Server(uvicorn.Config(build_app(desk, token), log_level="warning", lifespan="off"))
         try:
