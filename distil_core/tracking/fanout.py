@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from distil_core.errors import ConfigError
 from distil_core.plugin_host import check_options, factory_parameters, get_host
 from distil_core.redaction import redacted
-from distil_core.tracking.values import rollout_table, scalars
+from distil_core.tracking.values import readable, rollout_table, scalars
 
 KIND = "logger"
 """The plugin host's kind for trackers (registered through ``register_loggers``)."""
@@ -62,9 +62,10 @@ class Trackers:
     # -- one call per event -----------------------------------------------------------------
 
     def log_config(self, config: Mapping[str, Any]) -> None:
-        """The run's config as nested sections, secret-looking option values replaced."""
+        """The run's config as nested sections, secret-looking option values replaced (and lone
+        surrogates, which no tracker can encode)."""
         if self.loggers:
-            self.each("log_config", redacted(dict(config)))
+            self.each("log_config", readable(redacted(dict(config))))
 
     def log_metrics(self, step: int, row: Mapping[str, Any]) -> None:
         """A metrics.jsonl row: its numeric values, at ``step``."""

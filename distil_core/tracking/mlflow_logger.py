@@ -10,13 +10,15 @@ process do not mix.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from distil_core.tracking import library
-from distil_core.tracking.values import flat_config
+from distil_core.tracking.values import cut, flat_config
 
 NOT_IN_NAMES = re.compile(r"[^\w./\- :]")
 """What an MLflow metric or parameter name may not hold (``pass@1`` is logged as ``pass_at_1``)."""
@@ -25,11 +27,27 @@ BATCH = 100
 """Parameters per ``log_batch`` call (MLflow's limit)."""
 
 VALUE_LIMIT = 500
-"""Characters kept of a parameter's value (older MLflow servers take no more)."""
+"""Characters kept of a parameter's value, ``…`` included where cut (older MLflow servers take no
+more; config.json, an artifact of the run, holds the whole config)."""
+
+NAME_LIMIT = 250
+"""Characters MLflow takes in a metric or parameter name."""
 
 
 def metric_name(key: str) -> str:
     return NOT_IN_NAMES.sub("_", key.replace("@", "_at_"))
+
+
+def refusal(name: str) -> Optional[str]:
+    """Why MLflow refuses ``name`` (as a metric or parameter name), or None. MLflow refuses the
+    whole batch a name is in, so each such name is left out instead."""
+    if not name:
+        return "an empty name"
+    if len(name) > NAME_LIMIT:
+        return f"longer than MLflow's {NAME_LIMIT} characters"
+    if posixpath.normpath(name) != name or name.startswith(("/", "..")):
+        return "MLflow refuses a name that reads as another path (a leading '/', '..', '//')"
+    return None
 
 
 class MlflowLogger:
@@ -44,6 +62,8 @@ class MlflowLogger:
         self.experiment, self.name = experiment, run_name or library.run_name(run_dir)
         self.client: Any = None
         self.run_id: Optional[str] = None
+        self.names: dict[str, dict[str, str]] = {"metric": {}, "param": {}}  # MLflow's name: the key logged as it
+        self.left_out: set[tuple[str, str]] = set()
 
     def start(self) -> str:
         if self.run_id is None:
@@ -57,7 +77,8 @@ class MlflowLogger:
         from mlflow.entities import Param
 
         run_id = self.start()
-        params = [Param(metric_name(k), str(v)[:VALUE_LIMIT]) for k, v in flat_config(config).items()]
+        params = [Param(name, cut(v, VALUE_LIMIT - 1)) for k, v in flat_config(config).items()
+                  if (name := self.logged_name("param", k)) is not None]
         for i in range(0, len(params), BATCH):
             self.client.log_batch(run_id, params=params[i:i + BATCH])
         self.client.log_dict(run_id, config, "config.json")
@@ -67,7 +88,24 @@ class MlflowLogger:
 
         now = int(time.time() * 1000)
         run_id = self.start()
-        self.client.log_batch(run_id, metrics=[Metric(metric_name(k), v, now, step) for k, v in metrics.items()])
+        self.client.log_batch(run_id, metrics=[Metric(name, v, now, step) for k, v in metrics.items()
+                                               if (name := self.logged_name("metric", k)) is not None])
+
+    def logged_name(self, kind: str, key: str) -> Optional[str]:
+        """The MLflow name of the ``kind`` (metric or param) ``key``, or None where MLflow cannot
+        hold it: a name it refuses, or one another key is already logged as (``pass@1`` and
+        ``pass_at_1`` both read ``pass_at_1``; the first keeps it, rather than two series mixing
+        in one). A key left out is named in one warning; the JSONL files hold it."""
+        name = metric_name(key)
+        why = refusal(name)
+        if why is None and self.names[kind].setdefault(name, key) != key:
+            why = f"it would be logged as {name!r}, which {self.names[kind][name]!r} already is"
+        if why is None:
+            return name
+        if (kind, key) not in self.left_out:
+            self.left_out.add((kind, key))
+            warnings.warn(f"tracker 'mlflow' leaves out the {kind} {cut(key, 80)!r}: {why}.", stacklevel=2)
+        return None
 
     def log_table(self, step: int, rows: list[dict[str, Any]]) -> None:
         """The table as MLflow writes one (``columns`` and ``data``), one JSON artifact per step."""

@@ -6,8 +6,10 @@ hyperparameters are flat), so they are given the simplest common form and adapt 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import re
 from typing import Any, Mapping, Optional
 
 TABLE_ROWS = 4
@@ -16,18 +18,25 @@ TABLE_ROWS = 4
 TEXT_LIMIT = 2000
 """Characters kept of a prompt, response, feedback or expert context in a table row."""
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone UTF-16 surrogate (``"\\ud83d"``, half an emoji cut in two): no UTF-8 encoder takes one, so
+one in a table cell or config value cost a tracker (TensorBoard, MLflow) or the whole table (trackio)."""
+
 
 def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric values of ``row`` (booleans as 0/1), keys prefixed; text, lists and None
-    are left out (they stay in the JSONL files)."""
+    """The numeric values of ``row`` (booleans as 0/1; NaN and infinities as they are), keys
+    prefixed; text, lists and None are left out (they stay in the JSONL files), and so is a number
+    no float holds (an int past 1e308, a complex): it is called on the trainer's own path, where a
+    value that cannot be converted must not stop the run."""
     out: dict[str, float] = {}
     for key, value in row.items():
         if key == "step" or value is None or isinstance(value, (str, bytes)):
             continue
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-d tensor or numpy scalar
+            value = value.item()
         if isinstance(value, (bool, int, float)):
-            out[prefix + key] = float(value)
-        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-d tensor or numpy scalar
-            out[prefix + key] = float(value.item())
+            with contextlib.suppress(OverflowError):
+                out[prefix + key] = float(value)
     return out
 
 
@@ -47,8 +56,21 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cut(text: Any, limit: int = TEXT_LIMIT) -> str:
-    text = "" if text is None else str(text)
+    """``text`` as readable text of at most ``limit`` characters, then ``…`` where cut."""
+    text = readable("" if text is None else str(text))
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def readable(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys of mappings too) replaced by
+    U+FFFD, so that every tracker can encode it; anything else as it is."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {readable(k): readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [readable(v) for v in value]
+    return value
 
 
 def rollout_table(step: int, batch: Any, rows: int = TABLE_ROWS) -> list[dict[str, Any]]:
@@ -83,4 +105,4 @@ def context_text(query: Any) -> str:
     return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in query.context_messages)
 
 
-__all__ = ["TABLE_ROWS", "scalars", "flat_config", "rollout_table", "context_text", "cut"]
+__all__ = ["TABLE_ROWS", "scalars", "flat_config", "rollout_table", "context_text", "cut", "readable"]

@@ -2,11 +2,17 @@
 
 Offline by default, so a run needs no account and no network; ``wandb sync <run_dir>/wandb/
 offline-run-*`` uploads it later. ``mode: online`` (or ``WANDB_MODE``) logs live.
+
+wandb's run metadata is off: it records the command line, where ``--set expert.options.api_key=…``
+would pass a secret that the config given to every tracker has hidden. wandb takes steps in
+order only (it drops a row at a step below one it logged, saying nothing under
+``WANDB_SILENT``), so such a row is left out here with a warning naming the tracker and the step.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Optional
 
 from distil_core.tracking.library import require, run_name
@@ -25,15 +31,33 @@ class WandbLogger(RunStyleLogger):
             "tags": tags, "mode": mode or os.environ.get("WANDB_MODE") or "offline", "dir": dir or run_dir,
         }
         self.run: Any = None
+        self.step = 0  # the highest step logged
 
     def start(self, config: Optional[dict[str, Any]] = None) -> Any:
         if self.run is None:
             os.makedirs(self.init["dir"], exist_ok=True)
-            settings = self.wandb.Settings(console="off", x_disable_stats=True, save_code=False)
+            settings = self.wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, save_code=False)
             self.run = self.wandb.init(config=config or {}, settings=settings, **self.init)
         return self.run
 
     def finish(self, run: Any, failed: bool) -> None:
         run.finish(exit_code=1 if failed else 0)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.in_order(step, metrics):
+            super().log_metrics(step, metrics)
+
+    def log_table(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self.in_order(step, ["rollouts"]):
+            super().log_table(step, rows)
+
+    def in_order(self, step: int, keys: Any) -> bool:
+        """Whether wandb takes a row at ``step``; if not, a warning names what is left out."""
+        if step < self.step:
+            warnings.warn(f"tracker 'wandb' leaves out {', '.join(map(repr, keys))} at step {step}: wandb takes "
+                          f"steps in order only, and step {self.step} is logged.", stacklevel=3)
+            return False
+        self.step = step
+        return True
 
 __all__ = ["WandbLogger"]
