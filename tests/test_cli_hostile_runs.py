@@ -70,9 +70,9 @@ pytest.importorskip("matplotlib")
 ])
 def test_a_summary_metric_that_is_not_a_finite_number_is_named_and_no_report_is_written(tmp_path, capsys,
                                                                                          changes, shown):
-    """A string, null or list in summary.json's before/after was a traceback in the report (a
-    format code, a mean); NaN and Infinity were printed into bench.md and written to bench.json as
-    JSON no strict reader takes."""
+    """Every before/after metric is averaged and printed as a percentage, and bench.json must stay
+    JSON a strict reader takes: a string, null, list, NaN or Infinity there is named, and nothing
+    is written."""
     run = _finished_bench(tmp_path / "bench")
     _summary(run, **changes)
     assert _bench(tmp_path / "bench") == 2
@@ -92,8 +92,8 @@ def test_a_summary_nested_past_the_recursion_limit_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [b"# \xff\n", b"[" * 100_000 + b"]" * 100_000], ids=["not-utf8", "nested"])
 def test_a_run_config_not_utf8_or_nested_too_deeply_is_not_the_same_run(tmp_path, capsys, content):
-    """bench's reuse check read config.yaml with yaml.safe_load, which let a UnicodeDecodeError
-    or a RecursionError through as a traceback."""
+    """bench's reuse check reads a run's config.yaml: bytes that are not UTF-8, or nesting past
+    the recursion limit, make it another run (one line), not an exception."""
     run = _finished_bench(tmp_path / "bench")
     (run / "config.yaml").write_bytes(content)
     assert _bench(tmp_path / "bench") == 2
@@ -102,8 +102,8 @@ def test_a_run_config_not_utf8_or_nested_too_deeply_is_not_the_same_run(tmp_path
 
 
 def test_log_values_that_are_not_numbers_are_left_out_of_the_report_as_plot_leaves_them(tmp_path, capsys):
-    """A string or null in eval.jsonl's pass@k, metrics.jsonl's response_tokens or summary.json's
-    reference_tokens was a traceback when the plots averaged them; NaN went into bench.json."""
+    """A string, null or NaN in eval.jsonl's pass@k, metrics.jsonl's response_tokens or
+    summary.json's reference_tokens is left out of the averages the plots and bench.json hold."""
     run = _finished_bench(tmp_path / "bench")
     with open(run / "eval.jsonl", "a") as fh:
         fh.write('{"step": 6, "pass@1": "0.5", "pass@4": null}\n{"step": 8, "pass@1": NaN}\n')
@@ -131,8 +131,8 @@ def test_a_directory_where_a_log_goes_is_named(tmp_path, capsys, name):
 
 @pytest.mark.parametrize("step", ["NaN", "Infinity", "-Infinity"])
 def test_a_step_that_is_not_finite_is_named_by_file_and_line(tmp_path, capsys, step):
-    """JSON's NaN read as a numeric step; the report's mean curve then averaged no value
-    (a StatisticsError traceback)."""
+    """JSON's NaN and Infinity are numbers to the reader but no step to order a curve by: the
+    line is named."""
     run = _finished_bench(tmp_path / "bench")
     with open(run / "eval.jsonl", "a") as fh:
         fh.write('{"step": %s, "pass@1": 0.9}\n' % step)
@@ -144,9 +144,9 @@ def test_a_step_that_is_not_finite_is_named_by_file_and_line(tmp_path, capsys, s
 @pytest.mark.parametrize("kind, label", [("methods", "gr|po"), ("methods", "a $\\foo$"), ("suites", "../up"),
                                          ("suites", "two\nlines"), ("methods", "<b>bold</b>")])
 def test_a_label_that_is_not_a_plain_name_is_refused_naming_the_spec(tmp_path, capsys, kind, label):
-    """A label becomes a run directory (`..` left the output directory), a bench.md table cell
-    (`|` split it, HTML rendered) and a plot legend (`$\\foo$` was a mathtext traceback after
-    every run had trained)."""
+    """A label becomes a run directory (`..` must not leave the output directory), a bench.md
+    table cell (`|` splits it, HTML renders) and a plot legend (`$\\foo$` reads as mathtext), so
+    it is checked when the spec loads, before any run trains."""
     spec = yaml.safe_load(open(SPEC))
     spec[kind] = {label: next(iter(spec[kind].values())), **spec[kind]}
     path = tmp_path / "spec.yaml"
@@ -157,8 +157,8 @@ def test_a_label_that_is_not_a_plain_name_is_refused_naming_the_spec(tmp_path, c
 
 
 def test_plot_draws_dollar_signs_in_names_as_text_not_math(tmp_path, capsys):
-    """A method in config.yaml, a directory name or a logged key holding `$...$` that is not
-    valid mathtext failed as a traceback when the PNG was saved; they are names, drawn as written."""
+    """A method in config.yaml, a directory name or a logged key holding `$...$` is a name, drawn
+    as written, whether or not it would be valid mathtext."""
     runs = []
     for name, method in (("a$\\foo$", "x$\\bar$"), ("b", "distil")):
         run = tmp_path / name
@@ -216,8 +216,8 @@ def test_run_dir_config_points_the_model_at_final(tmp_path):
     ("no_final", "{run}' has no final/ model yet"),
 ])
 def test_bench_diagnostics_names_a_damaged_run_directory_in_one_line(tmp_path, command, damage, shown):
-    """bench_diagnostics.py read config.yaml and final/ its own way: a missing or damaged one was
-    a traceback (or, without final/, a model.name error about a path the user never gave)."""
+    """bench_diagnostics.py reads a trained run as `distil eval` does (run_dir_config): a
+    missing or damaged config.yaml or final/ is one line naming the directory."""
     run = tmp_path / "run"
     if damage != "missing":
         _final_run(run)

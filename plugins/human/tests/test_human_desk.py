@@ -269,7 +269,7 @@ def test_a_rollout_holding_half_a_surrogate_pair_is_shown_and_can_be_corrected(t
 
 def test_each_skipped_line_is_named_by_file_and_line_and_odd_records_break_no_page(tmp_path):
     good, odd_source = rollout_record("sort-34", "43", reference="34"), rollout_record("sort-12", "21")
-    odd_source["feedback"][0]["source"] = ["a", "list"]  # hashable nowhere; a source filter compared it
+    odd_source["feedback"][0]["source"] = ["a", "list"]  # not hashable: the source filter compares it as text
     lines = [json.dumps(good), '{"step": 3, "problem_id": "sort-1', "[" * 100_000, '{"step": ' + "9" * 5000 + "}",
              json.dumps({**good, "problem_id": "p\ud83d"}), json.dumps({**good, "verdict": "failed"}),
              json.dumps(odd_source)]
