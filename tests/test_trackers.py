@@ -18,16 +18,7 @@ STEPS = 3
 TRACKERS = ["tensorboard", "trackio", "wandb", "mlflow"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """Nothing reaches a network and nothing outside tmp_path is written, whatever the shell set."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for key in ("MLFLOW_TRACKING_URI", "TRACKIO_DIR", "MLFLOW_ALLOW_FILE_STORE", "WANDB_DIR"):
-        monkeypatch.delenv(key, raising=False)  # restored after the test, whatever a tracker set
+pytestmark = pytest.mark.usefixtures("offline_trackers")
 
 
 def train(run_dir, *overrides, echo=lambda *_: None):

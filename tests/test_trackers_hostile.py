@@ -18,15 +18,7 @@ from distil_core.tracking.tensorboard_logger import TensorBoardLogger
 from distil_core.tracking.wandb_logger import WandbLogger
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for key in ("MLFLOW_TRACKING_URI", "TRACKIO_DIR", "MLFLOW_ALLOW_FILE_STORE", "WANDB_DIR"):
-        monkeypatch.delenv(key, raising=False)
+pytestmark = pytest.mark.usefixtures("offline_trackers")
 
 
 class Kept:
