@@ -21,6 +21,7 @@ import json
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -120,14 +121,17 @@ class OpenAITransport:
         import httpx
         import openai
 
-        http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True,
-                                 event_hooks={"response": [self._cap]})
+        http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True, event_hooks={"response": [self._cap]},
+                                 headers={"Accept-Encoding": ", ".join(DECODED)})
         self.client = openai.AsyncOpenAI(base_url=self.api_base, api_key=self.api_key,
                                          timeout=self.timeout_s, max_retries=0, http_client=http)
 
     async def _cap(self, response: Any) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
         response.stream = capped_body(response.stream, self.max_answer_bytes, response.status_code,
-                                      response.headers.get("content-length"))
+                                      response.headers.get("content-length"), encoding)
+        if encoding and encoding != "identity":  # decoded (and capped) by the capped body itself
+            del response.headers["content-encoding"]
 
     async def close(self) -> None:
         if self.client is not None:
@@ -150,10 +154,18 @@ class OpenAITransport:
         return json.loads(data)  # JSONDecodeError (a ValueError): a malformed answer
 
 
-def capped_body(inner: Any, limit: int, status: int, declared: Optional[str]) -> Any:
+DECODED = ("gzip", "deflate")
+"""The content codings asked for and decoded under the cap (zlib's; anything else is refused)."""
+
+
+def capped_body(inner: Any, limit: int, status: int, declared: Optional[str], encoding: str = "") -> Any:
     """A response's body as it arrives, refused with CallError("too_large") once it declares
-    (``Content-Length``) or has sent more than ``limit`` bytes: nothing past the cap is read."""
-    return _capped_body_class()(inner, limit, status, declared)
+    (``Content-Length``) or has sent more than ``limit`` bytes: nothing past the cap is read.
+
+    A compressed body (``encoding``: gzip or deflate) is decoded here, and the cap counts the
+    decoded bytes too: a few hundred kilobytes of gzip can unpack to gigabytes, and the SDK reads
+    an error's body whole. The caller drops the Content-Encoding header, so nothing decodes it twice."""
+    return _capped_body_class()(inner, limit, status, declared, encoding)
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,25 +173,45 @@ def _capped_body_class() -> type:
     import httpx  # only with client openai: importing this module stays cheap
 
     class CappedBody(httpx.AsyncByteStream):
-        def __init__(self, inner: Any, limit: int, status: int, declared: Optional[str]):
-            self.inner, self.limit, self.declared = inner, limit, str(declared or "")
+        def __init__(self, inner: Any, limit: int, status: int, declared: Optional[str], encoding: str):
+            self.inner, self.limit, self.declared, self.encoding = inner, limit, str(declared or ""), encoding
             self.what = "the answer" if 200 <= status < 300 else f"the error answer (HTTP {status})"
 
         async def __aiter__(self) -> Any:
             if self.declared.isascii() and self.declared.isdigit() and int(self.declared) > self.limit:
                 raise CallError("too_large", _too_large(f"{self.what} declares {int(self.declared)} bytes", self.limit))
-            size = 0
+            decode = body_decoder(self.encoding, self.what)
+            size = unpacked = 0
             async for chunk in self.inner:
                 size += len(chunk)
                 if size > self.limit:
                     raise CallError("too_large", _too_large(
                         f"{self.what} passed {self.limit} bytes and was not finished", self.limit))
+                if decode is not None:
+                    chunk = decode.decompress(chunk, self.limit + 1 - unpacked)
+                    unpacked += len(chunk)
+                    if unpacked > self.limit or decode.unconsumed_tail:
+                        raise CallError("too_large", _too_large(
+                            f"{self.what} unpacks ({self.encoding}) past {self.limit} bytes", self.limit))
                 yield chunk
+            if decode is not None:
+                yield decode.flush()
 
         async def aclose(self) -> None:
             await self.inner.aclose()
 
     return CappedBody
+
+
+def body_decoder(encoding: str, what: str) -> Any:
+    """A zlib decompressor for a body sent with Content-Encoding ``encoding`` (None for none); a
+    coding that was not asked for is a CallError naming it."""
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in DECODED:
+        raise CallError("malformed", f"{what} is encoded as {encoding!r}, which was not asked for "
+                        f"(Accept-Encoding: {', '.join(DECODED)})")
+    return zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
 
 
 async def read_capped(response: Any, limit: int) -> bytes:

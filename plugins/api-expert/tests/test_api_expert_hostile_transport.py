@@ -440,6 +440,32 @@ def test_a_huge_answer_is_refused_at_the_cap_not_read_whole(hostile, declared, k
     assert hostile.finished.wait(30) and hostile.completed is False
 
 
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_compressed_answer_that_unpacks_past_the_cap_is_refused(hostile, status):
+    """A small gzip body that unpacks to 50 MB: the cap counts what it unpacks to, for an answer
+    and for an error answer (which the provider's SDK reads whole on its own)."""
+    import gzip
+
+    bomb = gzip.compress(b" " * FIFTY_MB)  # about 50 KB on the wire
+    head = {"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": str(len(bomb))}
+    hostile.behave = lambda h, path, request: hostile.stream(h, head, [bomb], status=status)
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_answer_mb=1)
+    [signal], _ = score_within(expert, queries(1), 60)
+    assert not signal.ok and "unpacks (gzip) past 1048576 bytes" in signal.error and "max_answer_mb" in signal.error
+    assert signal.usage["requests"] == 1
+
+
+def test_a_compressed_answer_within_the_cap_is_read(hostile):
+    import gzip
+
+    body = gzip.compress(json.dumps(CHAT_ANSWER).encode())
+    head = {"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": str(len(body))}
+    hostile.behave = lambda h, path, request: hostile.stream(h, head, [body])
+    expert = api_expert(fake(hostile.base_url), access="text", probe=False, max_answer_mb=1)
+    [signal], _ = score_within(expert, queries(1), 60)
+    assert signal.ok and signal.text == "The expected answer is 123."
+
+
 def test_minus_infinity_is_no_mass_not_a_broken_answer(proxy):
     expert = api_expert(fake(proxy.base_url))
 
