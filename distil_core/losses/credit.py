@@ -65,6 +65,7 @@ def group_baseline(values: Tensor, mask: Tensor, group_size: int,
     does not remove.
     """
     batch, length = values.shape
+    check_groups(group_size, batch)
     groups = batch // group_size
     keep = mask.bool().view(groups, group_size, length).to(values.dtype)
     grouped = torch.where(mask.bool(), values.detach(), 0.0).view(groups, group_size, length)
@@ -80,6 +81,10 @@ def group_baseline(values: Tensor, mask: Tensor, group_size: int,
 
 def leave_one_out_rewards(rewards: Tensor, group_size: int) -> Tensor:
     """r_i - mean of the other rewards of i's contiguous group, ``[B]``."""
+    if group_size < 2:
+        raise ValueError(f"leave_one_out_rewards needs group_size >= 2 (got {group_size}): a lone "
+                         "rollout has no other rewards to be centred on")
+    check_groups(group_size, rewards.shape[0])
     grouped = rewards.detach().reshape(-1, group_size)
     others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - others).reshape(-1)
@@ -200,19 +205,19 @@ def future_sum_with_carry(values: Tensor, mask: Tensor, gamma: float,
     """
     keep = mask.bool()
     values = torch.where(keep, values, 0.0)
-    carry = torch.zeros_like(values[:, 0]) if carry is None else carry
+    carry = values.new_zeros(values.shape[0]) if carry is None else carry
     if gamma == 1.0:
         # suffix sums shifted left by one position: exact, and one kernel on long sequences
         inclusive = values.flip(-1).cumsum(-1).flip(-1) + carry.unsqueeze(1)
-        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)
-        running = inclusive[:, 0]
+        future = torch.cat([inclusive[:, 1:], carry.unsqueeze(1)], dim=1)[:, : values.shape[1]]
+        running = inclusive[:, 0] if values.shape[1] else carry  # no columns: the carry passes through
     else:
         running = carry
         columns = []
         for t in reversed(range(values.shape[1])):  # S_t = v_{t+1} + γ S_{t+1}
             columns.append(running)
             running = values[:, t] + gamma * running
-        future = torch.stack(columns[::-1], dim=1)
+        future = torch.stack(columns[::-1], dim=1) if columns else values
     return torch.where(keep, future, 0.0), running
 
 
@@ -238,9 +243,13 @@ def check_baseline(baseline: str, group_size: Optional[int], batch_size: int) ->
     if group_size < 2:
         raise ValueError(f"baseline='group_loo' needs group_size >= 2 (got {group_size}): "
                          "each rollout needs a sibling to compare with")
-    if batch_size % group_size:
+    check_groups(group_size, batch_size)
+
+
+def check_groups(group_size: int, batch_size: int) -> None:
+    if group_size < 1 or batch_size % group_size:
         raise ValueError(f"batch of {batch_size} rows does not split into groups of "
-                         f"{group_size}; keep whole prompt groups in each micro-batch")
+                         f"{group_size} (group_size); keep whole prompt groups in each micro-batch")
 
 
 def log1mexp(x: Tensor) -> Tensor:
@@ -279,5 +288,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
     if scale == "group":
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
     elif scale == "batch":
-        advantages = advantages / (rewards.std() + 1e-4)
+        # one reward has no spread to estimate (its std is NaN), and its advantage is 0 already
+        spread = rewards.std() if n > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+        advantages = advantages / (spread + 1e-4)
     return advantages.reshape(n)

@@ -26,6 +26,8 @@ from torch import Tensor
 
 def importance_weights(logprobs: Tensor, old_logprobs: Tensor, clip: float) -> Tensor:
     """``min(exp(logprobs - old_logprobs), clip)``, detached, ``[B, T]``."""
+    if not clip > 0:  # a weight of 0 or below would drop or reverse every token's gradient
+        raise ValueError(f"clip (loss.is_clip) must be positive, got {clip}")
     return (logprobs.detach() - old_logprobs.detach()).exp().clamp(max=clip)
 
 

@@ -251,16 +251,23 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    if eps_high <= -1:
+        raise ValueError(f"eps_high must be above -1 (the clip's upper end 1 + eps_high is a ratio), got {eps_high}")
     advantages = advantages.detach()
     if advantages.dim() == 1:
         advantages = advantages[:, None]
-    ratio = torch.exp(logprobs - old_logprobs.detach())
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
-    per_token = -torch.minimum(ratio * advantages, clipped * advantages)
+    keep = mask.bool()
+    # min(ρA, clip(ρ)A) is A·min(ρ, 1+ε_high) for A ≥ 0 and A·max(ρ, 1-ε_low) for A < 0. The cap of
+    # the first is taken on log ρ, so a ratio past exp's range (old log-probs far below the new) is
+    # never formed where the clip holds: inf · 0 would make the value or the gradient NaN there
+    log_ratio = torch.where(keep, logprobs - old_logprobs.detach(), 0.0)
+    gains = advantages >= 0
+    ratio = torch.exp(torch.where(gains, log_ratio.clamp(max=math.log1p(eps_high)), log_ratio))
+    ratio = torch.where(gains, ratio, ratio.clamp(min=1 - eps_low))
+    per_token = -ratio * advantages
 
     if loss_type == "bnpo" or (loss_type == "dapo" and normalizer is None):
         return _masked_token_mean(per_token, mask)
-    keep = mask.bool()
     masked = torch.where(keep, per_token, 0.0)
     if loss_type == "dapo":
         return masked.sum() / normalizer
@@ -300,7 +307,11 @@ def cross_entropy(target_probs: Tensor, logprobs: Tensor) -> Tensor:
 def _kl(logprobs_a: Tensor, logprobs_b: Tensor) -> Tensor:
     """KL(a‖b) = Σ a (log a - log b), taking 0 · log 0 as 0."""
     probs_a = logprobs_a.exp()
-    return torch.where(probs_a > 0, probs_a * (logprobs_a - logprobs_b), 0.0).sum(-1)
+    support = probs_a > 0
+    # the difference is zeroed off a's support too: there it may be -inf or NaN (a masked
+    # vocabulary entry, log a = -inf), and 0 · it would send NaN back into a's gradient
+    log_ratio = torch.where(support, logprobs_a - logprobs_b, 0.0)
+    return torch.where(support, probs_a * log_ratio, 0.0).sum(-1)
 
 
 def generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor,
@@ -312,8 +323,11 @@ def generalized_jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor
         return _kl(teacher_logprobs, student_logprobs)
     if beta == 1.0:
         return _kl(student_logprobs, teacher_logprobs)
-    mixture = torch.logsumexp(torch.stack([student_logprobs + math.log(1 - beta),
-                                           teacher_logprobs + math.log(beta)]), dim=0)
+    # where neither side has mass (a vocabulary both mask) M is never read, but logsumexp of two
+    # -inf would send NaN back: give those entries any finite value
+    neither = torch.isneginf(student_logprobs) & torch.isneginf(teacher_logprobs)
+    mixture = torch.logsumexp(torch.stack([torch.where(neither, 0.0, student_logprobs) + math.log(1 - beta),
+                                           torch.where(neither, 0.0, teacher_logprobs) + math.log(beta)]), dim=0)
     return beta * _kl(teacher_logprobs, mixture) + (1 - beta) * _kl(student_logprobs, mixture)
 
 

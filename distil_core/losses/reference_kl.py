@@ -16,6 +16,7 @@ docs/algorithms.md ("KL penalty to a reference policy") derives both.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 ESTIMATORS = ("k1", "k3")
@@ -34,6 +35,8 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tenso
 
 def kl_penalty_sum(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str) -> Tensor:
     """Σ over the masked tokens of :func:`kl_estimate` (``where``, not multiplication: padding
-    may hold -inf log-probs)."""
-    per_token = kl_estimate(logprobs, ref_logprobs, estimator)
-    return per_token.masked_fill(~mask.bool(), 0.0).sum()
+    may hold -inf log-probs). Padding is zeroed before the estimate too: k3's ``exp`` of a
+    padded position's log-ratio may overflow, and 0 · inf would make the gradient NaN."""
+    keep = mask.bool()
+    per_token = kl_estimate(torch.where(keep, logprobs, 0.0), torch.where(keep, ref_logprobs.detach(), 0.0), estimator)
+    return torch.where(keep, per_token, 0.0).sum()
