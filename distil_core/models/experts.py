@@ -30,11 +30,13 @@ def score_queries(
     access: Scored = "dense",
     k: Optional[int] = None,
     batch_size: int = 64,
+    vocab: Optional[int] = None,
 ) -> list[ExpertSignal]:
     """One batched prefill per ``batch_size`` queries; logits at the student's response positions.
 
     ``access="hidden"``: the last hidden states there instead, with the model's output
-    projection (shared, not copied), for the chunked losses.
+    projection (shared, not copied), for the chunked losses. ``vocab``: only the first ``vocab``
+    columns (a model whose padded vocabulary is wider than the student's logits).
     """
     import torch
 
@@ -43,7 +45,7 @@ def score_queries(
 
     if access == "hidden":
         weight, bias = output_projection(model)
-        head = (weight.detach(), bias.detach() if bias is not None else None)
+        head = (weight.detach()[:vocab], bias.detach()[:vocab] if bias is not None else None)
 
     was_training = model.training
     model.eval()
@@ -61,7 +63,7 @@ def score_queries(
                     continue
                 logits, _, _ = response_logits(model, [q.context_ids for q in chunk], [q.response_ids for q in chunk], pad_id)
             for row, query in enumerate(chunk):
-                resp = logits[row, : len(query.response_ids)].float()
+                resp = logits[row, : len(query.response_ids), :vocab].float()
                 if access == "topk":
                     top_ids, top_logprobs = topk_with_tail(resp, k)
                     signals.append(ExpertSignal(access="topk", topk_ids=top_ids, topk_logprobs=top_logprobs))
@@ -77,6 +79,7 @@ class _LocalModelExpert:
     k: Optional[int]
     model: Any
     pad_id: int
+    vocab: Optional[int] = None  # cut signals to the student's logits' width (HFExpert, padded vocabularies)
 
     def _check_access(self, access: str, k: Optional[int]) -> None:
         if access not in ("dense", "topk"):
@@ -90,14 +93,14 @@ class _LocalModelExpert:
 
     def score(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
         with self._scoring():
-            return score_queries(self.model, queries, self.pad_id, access=self.access, k=self.k)
+            return score_queries(self.model, queries, self.pad_id, access=self.access, k=self.k, vocab=self.vocab)
 
     def score_hidden(self, queries: Sequence[ExpertQuery]) -> list[ExpertSignal]:
         """Hidden states instead of [T, V] logits, for the trainer's chunked losses
         (``loss.chunk_size``); a top-k expert answers with its top-k as usual."""
         with self._scoring():
             access = "hidden" if self.access == "dense" else self.access
-            return score_queries(self.model, queries, self.pad_id, access=access, k=self.k)
+            return score_queries(self.model, queries, self.pad_id, access=access, k=self.k, vocab=self.vocab)
 
     def _scoring(self) -> Any:
         return contextlib.nullcontext()
@@ -208,22 +211,44 @@ class HFExpert(_LocalModelExpert):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from distil_core.models.model_dir import remote_code_problem
+
         self._check_access(access, k)
         self.access, self.k = access, k
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        problem = remote_code_problem(path)
+        if problem is not None:
+            raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {problem}")
+        try:  # never the directory's own code, never a download
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
+                                                              trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {exc}") from None
+            raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {' '.join(str(exc).split())}") from None
         if tokenizer.get_vocab() != runtime.tokenizer.get_vocab():
             raise ConfigError(
                 f"expert 'hf': the tokenizer at {path!r} differs from the student's. Dense and "
                 "top-k signals need the same vocabulary; use a text-level expert (the API expert "
                 "plugin) for a model with another tokenizer."
             )
+        self.vocab = self._check_vocab(path, tokenizer, runtime)
         self.model.to(runtime.device)
         self.model.requires_grad_(False)
         self.pad_id = runtime.pad_id
+
+    def _check_vocab(self, path: str, tokenizer: Any, runtime: Any) -> Optional[int]:
+        """The width of the student's logits when this model's is larger (a padded vocabulary: its
+        signals are cut to it), else None; a ConfigError when the widths cannot be matched."""
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if rows < len(tokenizer):
+            raise ConfigError(f"expert 'hf': the model at {path!r} has {rows} token embeddings, fewer than the "
+                              f"{len(tokenizer)} tokens of its tokenizer; its config.json vocab_size does not fit it")
+        size = getattr(getattr(runtime.model, "config", None), "vocab_size", None)
+        student = int(size) if isinstance(size, int) and size > 0 else len(runtime.tokenizer)
+        width = self.model.get_output_embeddings().weight.shape[0]
+        if width < student and self.access == "dense":
+            raise ConfigError(f"expert 'hf': the model at {path!r} scores {width} tokens, the student {student} (a "
+                              "padded vocabulary); dense signals need the same width: use access: topk")
+        return student if width > student else None
 
 
 @hookimpl

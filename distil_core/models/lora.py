@@ -71,6 +71,7 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
                 raise
             raise unloadable("adapter", adapter_dir, problem) from exc
         return loaded if settings is not None else loaded.merge_and_unload()
+    check_rank(model, settings.r)
     config = peft.LoraConfig(
         task_type="CAUSAL_LM",
         r=settings.r,
@@ -81,11 +82,23 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
     try:
         return peft.get_peft_model(model, config)
     except ValueError as exc:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name} - {str(i) for i in range(10000)})
         raise ConfigError(
             f"model.lora.target_modules {settings.target_modules!r}: {exc} Module names in this "
             f"model: {', '.join(names[:40])}."
         ) from None
+
+
+def check_rank(model: Any, r: Any) -> None:
+    """A ConfigError for a ``model.lora.r`` below 1, or above every layer's width: an adapter of
+    rank above min(in, out) adds weights (a copy of the model's size, or more) but no capacity."""
+    widest = max((min(m.weight.shape) for _, m in model.named_modules()
+                  if getattr(getattr(m, "weight", None), "dim", lambda: 0)() == 2), default=None)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"model.lora.r must be an integer of at least 1 (got {r!r})")
+    if widest is not None and r > widest:
+        raise ConfigError(f"model.lora.r {r} is above the width of every layer of this model (at most {widest}): "
+                          f"use r <= {widest} (ranks of 8 to 64 are usual)")
 
 
 def trainable_parameters(model: Any) -> list[Any]:

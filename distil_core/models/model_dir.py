@@ -34,7 +34,11 @@ def reading_model_dir(path: str, part: str) -> Iterator[None]:
     """Loading the ``part`` (``tokenizer`` or ``weights``) of model directory ``path``: when a file
     of it is missing or damaged (a run's ``final/`` copied in part, a download cut short), the
     one line names the directory and the file instead of transformers' traceback. A failure
-    whose files look whole is not converted: it has another cause."""
+    whose files look whole is not converted: it has another cause. A directory that needs its own
+    Python code (``auto_map``) is refused before transformers is asked (:func:`remote_code_problem`)."""
+    problem = remote_code_problem(path)
+    if problem is not None:
+        raise unloadable("model", path, problem)
     try:
         yield
     except (OSError, ValueError, SafetensorError) as exc:
@@ -42,6 +46,34 @@ def reading_model_dir(path: str, part: str) -> Iterator[None]:
         if problem is None:
             raise
         raise unloadable("model", path, problem) from None
+
+
+def remote_code_problem(path: str) -> Optional[str]:
+    """What in ``path`` would make transformers run the directory's own Python code (an ``auto_map``
+    for a model or tokenizer class it does not have; transformers asks on stdin whether to run it),
+    as a short phrase; None when transformers loads it with its own classes. distil never runs it."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as fh:
+                found = json.load(fh)
+        except (OSError, ValueError):
+            continue  # missing or damaged: model_dir_problem names it if loading fails
+        if not isinstance(found, dict) or not found.get("auto_map"):
+            continue
+        if name == "config.json" and found.get("model_type") not in CONFIG_MAPPING:
+            what = f"model_type {found.get('model_type')!r}"
+        elif name == "tokenizer_config.json" and found.get("tokenizer_class") and \
+                tokenizer_class_from_name(str(found["tokenizer_class"])) is None:
+            what = f"tokenizer_class {found['tokenizer_class']!r}"
+        else:
+            continue
+        return (f"{name} maps {what}, which transformers does not have, to Python code in the directory "
+                "(auto_map), and distil never runs a model directory's code; use a model of an architecture "
+                "transformers has")
+    return None
 
 
 def model_dir_problem(path: str, part: str, exc: BaseException) -> Optional[str]:

@@ -12,7 +12,16 @@ from transformers import LogitsProcessorList
 
 from distil_core.models.padding import pad_batch
 from distil_core.models.precision import policy_autocast
-from distil_core.rollouts.sampling import KeyedSampler, SamplingParams, row_key, sampling_warpers
+from distil_core.errors import ConfigError, DistilError
+from distil_core.rollouts.sampling import (
+    GREEDY_BELOW,
+    KeyedSampler,
+    NonFiniteLogits,
+    SamplingParams,
+    check_sampling,
+    row_key,
+    sampling_warpers,
+)
 from distil_core.types import Rollout
 
 __all__ = ["Generator", "SamplingParams"]
@@ -27,6 +36,9 @@ class Generator:
         self.params = params or SamplingParams()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ConfigError("the tokenizer has neither a pad token nor an EOS token; generation needs one to pad "
+                              "prompts and to stop (set eos_token in the model directory's tokenizer_config.json)")
 
     @torch.no_grad()
     def sample(
@@ -45,10 +57,12 @@ class Generator:
         a key, one is drawn from torch's global generator (``torch.manual_seed`` applies).
         """
         p = params or self.params
+        check_sampling(p)
+        self.check_prompts(prompts, problem_ids)
         device = next(self.model.parameters()).device
         ids, mask = pad_batch(prompts, self.pad_id, side="left", device=device)
         ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        sampling = p.temperature > 0
+        sampling = p.temperature >= GREEDY_BELOW  # below it, dividing by the temperature overflows: greedy
         keys = None
         if sampling:
             if key is None:
@@ -71,10 +85,30 @@ class Generator:
                     pad_token_id=self.pad_id,
                     eos_token_id=self.eos_id,
                 )
+        except NonFiniteLogits as bad:
+            where = sorted({f"{problem_ids[row // n]!r} sample {row % n}" for row in bad.rows})
+            raise DistilError(
+                f"the model's logits are NaN or infinite at generated token {bad.step} (problem {', '.join(where[:4])}): "
+                "it has diverged or its weights are damaged; resume from an earlier checkpoint or lower optim.lr"
+            ) from None
         finally:
             self.model.train(was_training)
         new_tokens = out[:, ids.shape[1]:]
         return self.to_rollouts(new_tokens, sampler.finish(new_tokens), prompts, problem_ids, n)
+
+    def check_prompts(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str]) -> None:
+        """A ConfigError for a prompt the model cannot start from: empty, or holding a token id
+        past its embeddings (a tokenizer larger than the model's vocabulary)."""
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        rows = embeddings.weight.shape[0] if embeddings is not None else None
+        for pid, prompt in zip(problem_ids, prompts):
+            if not len(prompt):
+                raise ConfigError(f"problem {pid!r}: its prompt is empty (no token ids); generation needs at least one")
+            top = max(prompt)
+            if rows is not None and (top >= rows or min(prompt) < 0):
+                raise ConfigError(
+                    f"problem {pid!r}: its prompt holds token id {top if top >= rows else min(prompt)}, outside the "
+                    f"model's {rows} embeddings; the tokenizer does not belong to this model (check model.name)")
 
     def to_rollouts(self, new_tokens: torch.Tensor, chosen: torch.Tensor, prompts: Sequence[Sequence[int]],
                     problem_ids: Sequence[str], n: int) -> list[Rollout]:

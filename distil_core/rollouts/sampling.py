@@ -17,6 +17,7 @@ for 64 rows × 1024 tokens at V = 49152).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -28,6 +29,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from distil_core.errors import ConfigError
+
 
 @dataclass
 class SamplingParams:
@@ -35,6 +38,27 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+
+
+GREEDY_BELOW = 1e-5
+"""A temperature under this is greedy decoding (as the server's ``GREEDY_BELOW``): dividing the
+logits by it would overflow them to infinity."""
+
+
+def check_sampling(p: SamplingParams) -> None:
+    """A ConfigError naming the first of ``p``'s settings that generation cannot use."""
+    def bad(field: str, rule: str, value: object) -> ConfigError:
+        return ConfigError(f"sampling parameter {field} must be {rule} (got {value!r}); check rollout.{field} "
+                           "or eval settings, or the SamplingParams a plugin passes")
+
+    if isinstance(p.max_new_tokens, bool) or not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
+        raise bad("max_new_tokens", "an integer of at least 1", p.max_new_tokens)
+    if not (isinstance(p.temperature, (int, float)) and math.isfinite(p.temperature) and p.temperature >= 0):
+        raise bad("temperature", "a finite number >= 0 (0: greedy)", p.temperature)
+    if not (isinstance(p.top_p, (int, float)) and 0.0 <= p.top_p <= 1.0):
+        raise bad("top_p", "in [0, 1]", p.top_p)
+    if isinstance(p.top_k, bool) or not isinstance(p.top_k, int) or p.top_k < 0:
+        raise bad("top_k", "an integer >= 0 (0: no top-k)", p.top_k)
 
 
 def sampling_warpers(p: SamplingParams) -> list[LogitsProcessor]:
@@ -93,6 +117,15 @@ def inverse_cdf(logprobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True)
 
 
+class NonFiniteLogits(FloatingPointError):
+    """The model's scores for ``rows`` at generated token ``step`` hold NaN or +inf, or no finite
+    value: nothing can be drawn from them (a diverged model)."""
+
+    def __init__(self, rows: list[int], step: int):
+        super().__init__(f"the model's logits are NaN or infinite in rows {rows} at generated token {step}")
+        self.rows, self.step = rows, step
+
+
 class KeyedSampler(LogitsProcessor):
     """Draws each row's token by :func:`inverse_cdf` at its keyed uniform (``keys`` None:
     greedy) and records the token's log-prob under the scores it was drawn from.
@@ -108,7 +141,11 @@ class KeyedSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         logprobs = scores.float()
-        logprobs = logprobs - torch.logsumexp(logprobs, dim=-1, keepdim=True)
+        norm = torch.logsumexp(logprobs, dim=-1, keepdim=True)
+        if not bool(torch.isfinite(norm).all()):  # a NaN or +inf score, or no finite one, in some row
+            rows = (~torch.isfinite(norm)).squeeze(-1).nonzero().flatten().tolist()
+            raise NonFiniteLogits(rows, input_ids.shape[1] - self.start)
+        logprobs = logprobs - norm
         if self.keys is None:
             choice = logprobs.argmax(-1, keepdim=True)
         else:
