@@ -68,14 +68,19 @@ class ContextTemplate(BaseModel):
         return text
 
     def render(self, question: str, feedback: Sequence[Feedback], demonstration: Optional[str]) -> str:
-        parts = [question]
+        return self.rendered(question, feedback, demonstration)[0]
+
+    def rendered(self, question: str, feedback: Sequence[Feedback], demonstration: Optional[str]) -> tuple[str, int]:
+        """:meth:`render`'s text, and how many characters of feedback it cut (:meth:`feedback_text`)."""
+        parts, cut = [question], 0
         if demonstration is not None:
             parts.append(self.demonstration.format(demonstration=demonstration))
         if feedback:
-            parts.append(self.feedback.format(feedback=self.feedback_text(feedback)[0]))
+            block, cut = self.feedback_text(feedback)
+            parts.append(self.feedback.format(feedback=block))
         if demonstration is not None or feedback:
             parts.append(self.instruction)
-        return self.separator.join(parts)
+        return self.separator.join(parts), cut
 
     def feedback_text(self, feedback: Sequence[Feedback]) -> tuple[str, int]:
         """The feedback block the expert reads, and how many characters of it were cut.
@@ -181,11 +186,17 @@ class ContextBuilder:
     def expert_messages(
         self, problem: Problem, feedback: Sequence[Feedback], demonstration: Optional[str]
     ) -> list[dict[str, str]]:
+        return self.expert_context(problem, feedback, demonstration)[0]
+
+    def expert_context(
+        self, problem: Problem, feedback: Sequence[Feedback], demonstration: Optional[str]
+    ) -> tuple[list[dict[str, str]], int]:
+        """:meth:`expert_messages`, and how many characters of feedback they cut."""
         messages = problem.messages(self.system_prompt)
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        content = self.template.render(messages[last_user]["content"], feedback, demonstration)
+        content, cut = self.template.rendered(messages[last_user]["content"], feedback, demonstration)
         messages[last_user] = {"role": "user", "content": content}
-        return messages
+        return messages, cut
 
     def build(
         self,
@@ -208,8 +219,7 @@ class ContextBuilder:
                 provenance.append(
                     {"source": "sibling", "kind": "demonstration", "rollout": str(demo_index)}
                 )
-        messages = self.expert_messages(problem, feedback, demo_text)
-        cut = self.template.feedback_text(feedback)[1] if feedback else 0
+        messages, cut = self.expert_context(problem, feedback, demo_text)
         if cut:  # recorded with the context, counted in the step's feedback_cut
             provenance.append({"source": "context", "kind": "feedback_cut", "chars": str(cut)})
         return ExpertQuery(
