@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.batcher import Batcher, Generation, Job
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
-from distil_core.serving.next_token import checked_logits, next_tokens
+from distil_core.serving.next_token import checked_logprobs, next_tokens
 from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages
 from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
@@ -235,8 +235,8 @@ class LocalLM:
         import torch
 
         with self._inference(adapter) as (model, device):
-            logits = checked_logits(model(input_ids=torch.tensor([ids], device=device)).logits[0].float())
-            logp = torch.log_softmax(logits, dim=-1)[:-1]  # row j-1 predicts ids[j]
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+            logp = checked_logprobs(logits)[:-1]  # row j-1 predicts ids[j]
             target = torch.tensor(ids[1:], device=device)
             chosen = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             spelt = logp[:, : len(self.vocab)]  # ids past the tokenizer's (a padded head) are no tokens
@@ -341,7 +341,7 @@ class LocalLM:
         """
         import torch
 
-        logp = torch.log_softmax(checked_logits(logits), dim=-1)  # the model's own log-probs, over all its ids
+        logp = checked_logprobs(logits)  # the model's own log-probs, over all its ids
         tokens = next_tokens(logits, len(self.vocab), ids, warpers, keys, step)
         chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
         k = max(job.k for job, _ in rows)

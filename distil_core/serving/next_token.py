@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["checked_logits", "next_tokens"]
+__all__ = ["checked_logprobs", "next_tokens"]
 
 
-def checked_logits(logits: Any) -> Any:
-    """``logits`` ([rows, vocab]), refused when a row holds NaN or no finite value."""
+def checked_logprobs(logits: Any) -> Any:
+    """The log-probs of ``logits`` ([rows, vocab]); refused when a row holds NaN or +inf, or no
+    finite value. One reduction tells all three: the row's logsumexp is then not finite."""
     import torch
 
-    if torch.isnan(logits).any() or not torch.isfinite(logits).any(-1).all():
+    norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if not bool(torch.isfinite(norm).all()):
         raise RuntimeError("The served model's logits are NaN or infinite: its weights are broken or overflow "
                            "in their dtype. Reload sound weights (or serve the model in float32).")
-    return logits
+    return logits - norm
 
 
 def next_tokens(logits: Any, tokens: int, ids: Any, warpers: list[Any], keys: Any, step: int) -> Any:
