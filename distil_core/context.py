@@ -92,9 +92,9 @@ class ContextTemplate(BaseModel):
         short correction out; a cut item keeps its head (a trace's first failure) and tail (its
         final error), and says how much went."""
         texts = [f.text for f in feedback]
-        limit = self.max_feedback_chars
-        if limit is None or len(self.separator.join(texts)) <= limit:
-            return self.separator.join(texts), 0
+        joined, limit = self.separator.join(texts), self.max_feedback_chars
+        if limit is None or len(joined) <= limit:
+            return joined, 0
         room = limit - len(self.separator) * (len(texts) - 1)
         shares = dict.fromkeys(range(len(texts)), 0)
         for rank, i in enumerate(sorted(range(len(texts)), key=lambda i: len(texts[i]))):

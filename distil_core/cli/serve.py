@@ -78,7 +78,7 @@ def main_serve(args: argparse.Namespace) -> int:
         LocalOpenAIServer(model, tokenizer, **options)
     try:
         base = server.start()
-    except (OSError, OverflowError) as exc:  # a port taken or not allowed; OverflowError: out of range
+    except OSError as exc:  # a port taken or not allowed (its range is checked above)
         raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); pick another --port.") from None
     print(f"Serving {server.model_name!r} at {base}/v1 (Ctrl-C stops)", flush=True)
     try:

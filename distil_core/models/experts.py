@@ -242,9 +242,10 @@ class HFExpert(_LocalModelExpert):
         if rows < len(tokenizer):
             raise ConfigError(f"expert 'hf': the model at {path!r} has {rows} token embeddings, fewer than the "
                               f"{len(tokenizer)} tokens of its tokenizer; its config.json vocab_size does not fit it")
-        size = getattr(getattr(runtime.model, "config", None), "vocab_size", None)
-        student = int(size) if isinstance(size, int) and size > 0 else len(runtime.tokenizer)
-        width = self.model.get_output_embeddings().weight.shape[0]
+        from distil_core.models.forward import output_projection, vocab_size
+
+        student = vocab_size(runtime.model, runtime.tokenizer)  # what check_signals holds signals to
+        width = output_projection(self.model)[0].shape[0]
         if width < student and self.access == "dense":
             raise ConfigError(f"expert 'hf': the model at {path!r} scores {width} tokens, the student {student} (a "
                               "padded vocabulary); dense signals need the same width: use access: topk")

@@ -190,3 +190,10 @@ def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     logprobs, ids = torch.topk(F.log_softmax(logits, dim=-1), k, dim=-1)
     return ids, logprobs
+
+
+def vocab_size(model: Any, tokenizer: Any) -> int:
+    """The width of the policy's logits: what a dense expert's logits must match and every
+    expert token id must lie below (it can exceed the tokenizer's length: padded vocabularies)."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else len(tokenizer)

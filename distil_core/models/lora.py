@@ -82,7 +82,8 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
     try:
         return peft.get_peft_model(model, config)
     except ValueError as exc:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name} - {str(i) for i in range(10000)})
+        names = sorted({last for name, _ in model.named_modules()
+                        if name and not (last := name.rsplit(".", 1)[-1]).isdigit()})  # no layer numbers
         raise ConfigError(
             f"model.lora.target_modules {settings.target_modules!r}: {exc} Module names in this "
             f"model: {', '.join(names[:40])}."

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from distil_core.config import RunConfig
 from distil_core.errors import PluginError
 from distil_core.losses.methods import Method
+from distil_core.models.forward import vocab_size
 from distil_core.protocols import resolve, resolve_all
 from distil_core.training.signals import check_signals
 from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
@@ -169,13 +170,6 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
                           "score() must return one ExpertSignal per query, in order")
     answered = checked(list(answered), ExpertSignal, name)
     return check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer))
-
-
-def vocab_size(model: Any, tokenizer: Any) -> int:
-    """The width of the policy's logits: what a dense expert's logits must match and every
-    expert token id must lie below (it can exceed the tokenizer's length: padded vocabularies)."""
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(size) if isinstance(size, int) and size > 0 else len(tokenizer)
 
 
 def checked(items: Sequence[Any], model: type, plugin: str) -> list[Any]:

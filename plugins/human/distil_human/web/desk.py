@@ -62,7 +62,7 @@ class Outcome:
 class Desk:
     """The run's rollouts and provenance (read once, at start) and the shared store.
 
-    ``skipped`` says where each line of those logs that could not be read is, and why;
+    ``skipped_note`` says where each line of those logs that could not be read is, and why;
     ``run_dir`` and ``author`` are as pages show them and entries store them (text, see
     :mod:`distil_human.text`: a path or a name given with bytes that are not UTF-8 would
     otherwise fail every page and every save)."""
@@ -73,8 +73,8 @@ class Desk:
         self.store, self.author = store, author_name(author)
         self.records, skipped = read_rollouts(run_dir)
         self.provenance = read_provenance(run_dir, skipped)
-        self.skipped = [as_text(where) for where in skipped]  # each starts with the file's path
-        self.skipped_note = skipped_note(self.skipped) if self.skipped else ""
+        # each entry starts with the file's path
+        self.skipped_note = skipped_note([as_text(where) for where in skipped]) if skipped else ""
         self.sources = sources_in(self.records)
         self.checker = SolutionChecker(run_dir)
         self.default = View(sort, replace(filters or QueueFilter(), problem_id=None))
