@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, resolve
+from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, redacted, resolve
 
 from . import align
 from .transport import (
@@ -42,7 +42,6 @@ from .transport import (
     ResponseCache,
     Session,
     Usage,
-    public_options,
     redact,
     retry_policy,
     secret_values,
@@ -393,7 +392,7 @@ class ApiExpert:
                                         max_answer_bytes=int(opts.max_answer_mb * 2**20))
         scope: dict[str, Any] = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
         if opts.litellm_kwargs:  # they shape the answer (a seed, a region); their secrets do not
-            scope["litellm_kwargs"] = public_options(opts.litellm_kwargs)
+            scope["litellm_kwargs"] = redacted(opts.litellm_kwargs)  # an answer does not depend on credentials
         return Session(transport, self.retry, self.pricing, opts.max_concurrency,
                        cache=self.cache if use_cache else None, cache_scope=scope)
 

@@ -144,11 +144,11 @@ class OpenAITransport:
         body = {"model": self.model, **{k: v for k, v in params.items() if k != "extra_body"}}
         body.update(params.get("extra_body") or {})
         path = "/chat/completions" if endpoint == "chat" else "/completions"
-        # the SDK's raw-stream mode: the answer's body is left unread for us to read with a cap
+        # the SDK's raw-stream mode: the answer's body is read here, through the capped body (_cap)
         response = await self.client.post(path, body=body, cast_to=httpx.Response,
                                           options={"headers": {"X-Stainless-Raw-Response": "stream"}})
         try:
-            data = await read_capped(response, self.max_answer_bytes)
+            data = await response.aread()
         finally:
             await response.aclose()
         return json.loads(data)  # JSONDecodeError (a ValueError): a malformed answer
@@ -212,20 +212,6 @@ def body_decoder(encoding: str, what: str) -> Any:
         raise CallError("malformed", f"{what} is encoded as {encoding!r}, which was not asked for "
                         f"(Accept-Encoding: {', '.join(DECODED)})")
     return zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-
-
-async def read_capped(response: Any, limit: int) -> bytes:
-    """The decoded body of a streamed response, or CallError("too_large") past ``limit`` bytes.
-
-    :func:`capped_body` bounds the bytes received; this bounds them once decoded, so that a
-    compressed answer cannot unpack past the cap either."""
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise CallError("too_large", _too_large(f"the answer passed {limit} bytes and was not finished", limit))
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _too_large(what: str, limit: int) -> str:
@@ -568,13 +554,6 @@ def secret_values(api_key: Optional[str], options: Optional[Mapping[str, Any]] =
             elif isinstance(value, str) and SECRET_NAME.search(str(name)):
                 found.append(value)
     return sorted({v for v in found if len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-
-
-def public_options(options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """``options`` without the entries under secret-looking names (for a cache key: an answer
-    does not depend on the credentials it was fetched with)."""
-    return {name: public_options(value) if isinstance(value, Mapping) else value
-            for name, value in (options or {}).items() if not SECRET_NAME.search(str(name))}
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
