@@ -32,13 +32,14 @@ import contextlib
 import json
 import os
 import random
+import math
 import shlex
 import sqlite3
-import math
 import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
@@ -285,9 +286,12 @@ class CorrectionStore:
         return self._connection()
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            return db
+        """This thread's connection, opened on its first use and closed when the thread ends: a
+        server's worker threads come and go (Starlette's pool retires idle ones), and a connection
+        kept for each thread that ever ran would hold its files open for as long as the desk runs."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            return held.db
         db = self._open_read_only() if self.read_only else self._connect(self.path)
         if not self.read_only:
             db.execute("PRAGMA synchronous = FULL")
@@ -296,7 +300,9 @@ class CorrectionStore:
                 db.close()
                 raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
             self._connections.append(db)
-        self._local.db = db
+        held = ThreadConnection(db)
+        weakref.finalize(held, release_connection, self._registry, self._connections, db)
+        self._local.held = held
         return db
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
@@ -553,6 +559,24 @@ class CorrectionStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class ThreadConnection:
+    """One thread's connection, held in the store's thread-local storage: when the thread ends,
+    this goes with it, and :func:`release_connection` closes the connection."""
+
+    __slots__ = ("db", "__weakref__")
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+
+def release_connection(registry: threading.Lock, connections: list[sqlite3.Connection],
+                       db: sqlite3.Connection) -> None:
+    with registry:
+        if db in connections:
+            connections.remove(db)
+    db.close()
 
 
 def _is_damage(exc: sqlite3.Error) -> bool:

@@ -258,3 +258,21 @@ def test_a_write_waiting_for_the_lock_holds_up_no_read_of_another_thread(tmp_pat
     writer.join(60)
     assert errors == [] and [e.text for e in store.all()] == ["before", "after"]
     store.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_a_thread_that_ends_leaves_no_connection_open(tmp_path):
+    """A server's worker threads come and go; each one's connection closes when it ends."""
+    import gc
+
+    store = CorrectionStore(str(tmp_path / "h.sqlite"))
+    store.count()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):  # one short-lived worker after another, each reading the store
+        worker = threading.Thread(target=store.count)
+        worker.start()
+        worker.join()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert store.count() == 0  # the store itself stays usable
+    store.close()
