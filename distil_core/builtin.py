@@ -5,8 +5,12 @@
 - task ``ring``: write a ring of distinct digits starting after its largest one; the first
   digit written decides the whole answer (the bench's sparse, early-choice suite).
 - task ``column_add``: add two numbers whose columns never carry (the bench's sparse math suite).
+- task ``two_ways``: a number answered by its digits sorted or by a multiple, the first digit
+  naming the way; sorting is learnable and multiplying is not (the bench's suite where only sequence-level credit can
+  learn the choice).
 - verifier ``exact_match``: the first number (or, failing that, the first line) of the
   response equals the problem's reference answer.
+- verifier ``two_ways``: the answer is right for the way its first digit names.
 - feedback source ``answer_check``: on a failed rollout, reports the answer found and the
   expected one — the information a failing unit test gives.
 - the experts ``self`` and ``hf`` are registered by :mod:`distil_core.models.experts`, a second
@@ -20,6 +24,7 @@ import random
 import re
 from typing import Optional, Sequence
 
+from distil_core.errors import ConfigError
 from distil_core.hookspecs import hookimpl
 from distil_core.types import Feedback, Problem, Rollout, Verdict
 
@@ -157,6 +162,79 @@ class ColumnAddTask(_DrawnSplits):
         return Problem(id=f"column_add-{a}-{b}", prompt=f"add {a} {b}", reference=str(int(a) + int(b)).zfill(self.length))
 
 
+class TwoWaysTask(_DrawnSplits):
+    """A number answered one of two ways, the first digit of the answer naming the way.
+
+    "ways 4831" → "11348" (way 1: the digits sorted) or "23817" (way 2: the last ``length``
+    digits of ``multiplier`` × the number, 7 × 4831 = 33817). Both are right (verifier
+    ``two_ways``). Sorting is a skill the tiny student learns in the bench's budget;
+    multiplying, with a carry through every digit, is not. The problem's ``reference`` — the
+    answer the tiny base is pretrained on — is written the second way for a share
+    ``second_way_share`` of the problems (drawn per problem from ``seed``), so the base
+    prefers the way it cannot carry out.
+
+    With feedback on the student's own attempt (``answer_check`` reports the right answer for
+    the way the attempt took), the expert completes whichever way the student chose: its
+    next-token distribution at the first digit repeats the student's choice, and only the
+    tokens after it show which way the student can carry out. A method learns to choose the
+    learnable way only if it sends that later disagreement — or the final success — back to
+    the first token.
+    """
+
+    name = "two_ways"
+
+    def __init__(self, length: int = 4, multiplier: int = 7, second_way_share: float = 0.6,
+                 train_size: int = 5000, test_size: int = 200, seed: int = 0):
+        if not 2 <= length <= 9:
+            raise ValueError(f"two_ways: length must be between 2 and 9 (got {length})")
+        if not 2 <= multiplier <= 99:
+            raise ValueError(f"two_ways: multiplier must be between 2 and 99 (got {multiplier})")
+        if not 0.0 <= second_way_share <= 1.0:
+            raise ValueError(f"two_ways: second_way_share must be between 0 and 1 (got {second_way_share})")
+        self.length, self.multiplier, self.share, self.seed = length, multiplier, second_way_share, seed
+        self._draw(10**length, train_size, test_size, seed, f"length={length}")
+
+    def answers(self, digits: str) -> dict[str, str]:
+        """The right answer for each way, keyed by the way's digit."""
+        product = str(int(digits) * self.multiplier).zfill(self.length)[-self.length:]
+        return {"1": "1" + "".join(sorted(digits)), "2": "2" + product}
+
+    def problem(self, code: int) -> Problem:
+        digits = str(code).zfill(self.length)
+        answers = self.answers(digits)
+        way = "2" if random.Random(f"{self.seed}-{code}").random() < self.share else "1"
+        return Problem(id=f"two_ways-{digits}", prompt=f"ways {digits}", reference=answers[way],
+                       metadata={"answers": answers})
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        """A wrong answer the same way as the reference: one or two of its digits changed."""
+        reference = str(problem.reference)
+        while True:
+            wrong = reference[0] + wrong_answer(reference[1:], rng)
+            if wrong != reference:
+                return wrong
+
+
+class TwoWaysVerifier:
+    """Passes when the answer is right for the way its first digit names (task ``two_ways``).
+
+    ``details["expected"]`` is the right answer for the way the attempt took (the problem's
+    reference when it names no way), so ``answer_check`` reports what this attempt should have
+    said, not an answer the other way.
+    """
+
+    def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
+        answers = problem.metadata.get("answers")
+        if not isinstance(answers, dict) or not answers:
+            raise ConfigError(f"two_ways: problem {problem.id!r} has no metadata.answers; "
+                              "this verifier grades the two_ways task only")
+        answer = extract_answer(rollout.response_text)
+        expected = answers.get(answer[:1], problem.reference_text("two_ways")) if answer else problem.reference_text("two_ways")
+        passed = answer is not None and answer == expected
+        return Verdict(score=float(passed), passed=passed, answer=answer,
+                       details={"expected": expected, "got": answer, "finished": rollout.finished})
+
+
 def wrong_answer(answer: str, rng: random.Random) -> str:
     """A plausible wrong answer: one or two characters changed, or the answer cut short."""
     chars = list(answer) or ["0"]
@@ -195,7 +273,12 @@ class ExactMatchVerifier:
 
 
 class AnswerCheckFeedback:
-    """On a failed rollout: the answer found and the expected one, like a failing test."""
+    """On a failed rollout: the answer found and the expected one, like a failing test.
+
+    The expected answer is the verifier's ``details["expected"]`` when it gives one as text —
+    for a problem with several right answers, the one this attempt was aiming at — else the
+    problem's reference.
+    """
 
     def __init__(self, include_expected: bool = True):
         self.include_expected = include_expected
@@ -204,7 +287,9 @@ class AnswerCheckFeedback:
                  group: Sequence[tuple[Rollout, Verdict]] = ()) -> list[Feedback]:
         if verdict.passed:
             return []
-        expected = problem.reference_text("answer_check")
+        expected = verdict.details.get("expected")  # the verifier's word for this attempt
+        if not isinstance(expected, str):
+            expected = problem.reference_text("answer_check")
         got = verdict.answer if verdict.answer is not None else extract_answer(rollout.response_text)
         said = f"Your answer {got} is wrong." if got is not None else "Your response gave no answer."
         text = f"{said} The expected answer is {expected}." if self.include_expected else said
@@ -223,11 +308,13 @@ def register_tasks(register):
     register("digits", DigitsTask)
     register("ring", RingTask)
     register("column_add", ColumnAddTask)
+    register("two_ways", TwoWaysTask)
 
 
 @hookimpl
 def register_verifiers(register):
     register("exact_match", ExactMatchVerifier)
+    register("two_ways", TwoWaysVerifier)
 
 
 @hookimpl

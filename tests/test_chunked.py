@@ -60,6 +60,17 @@ def test_distil_equals_the_reference(baseline, gamma, future_cost, stop_credit):
     )
 
 
+@pytest.mark.parametrize("stop_credit", ["full", "local"])
+def test_distil_with_a_credit_floor_equals_the_reference(stop_credit):
+    options = dict(baseline="group_loo", group_size=GROUP, stop_credit=stop_credit, eos_id=3, credit_floor=0.05)
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, **options
+        ),
+    )
+
+
 def test_distil_with_exclusions_and_a_success_term_equals_the_reference():
     exclude = torch.zeros(B, GROUP, dtype=torch.bool)
     exclude[0, 1] = True

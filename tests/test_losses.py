@@ -604,12 +604,15 @@ def response_logprobs(theta, responses):
     return torch.where(mask.bool(), logp, 0.0).sum(-1)
 
 
-def exact_objective(theta, teacher, future_cost, stop_credit):
+def exact_objective(theta, teacher, future_cost, stop_credit, floor=0.0):
     """The objective whose gradient the estimator's expectation is, by enumeration.
 
     Σ_y sg(P(y)) Σ_t CE_t, plus Σ_y P̂(y) Σ_t sg(c_t) with P̂ differentiated through the path:
     through every factor (stop_credit full) or only through the content factors p̃ = p / (1 - p(EOS))
     (stop_credit local). The CE reading differentiates its own cost in place: Σ_y P(y) Σ_t CE_t.
+    With ``floor`` > 0 the path is differentiated only through p(y_t) / p(S_t), S_t the tokens
+    the student gives at least ``floor`` (EOS left out under stop_credit local), and not at all
+    through a token outside S_t.
     """
     rows, tokens, mask = var_batch(RESPONSES)
     logp = F.log_softmax(theta, -1)[rows]
@@ -619,7 +622,15 @@ def exact_objective(theta, teacher, future_cost, stop_credit):
     kl = (q * (logq - logp)).sum(-1)
     token_lp = logp.gather(-1, tokens[..., None]).squeeze(-1)
     keep = mask.bool()
-    if stop_credit == "local":
+    if floor > 0:
+        inside = logp.detach().exp() >= floor
+        if stop_credit == "local":
+            inside[..., EOS] = False
+        support = torch.logsumexp(torch.where(inside, logp, -math.inf), -1)
+        content = token_lp - support
+        chosen = inside.gather(-1, tokens[..., None]).squeeze(-1)
+        path_lp = token_lp.detach() + torch.where(chosen, content - content.detach(), 0.0)
+    elif stop_credit == "local":
         content = token_lp - torch.log1p(-logp[..., EOS].exp())
         path_lp = token_lp.detach() + torch.where(tokens == EOS, 0.0, content - content.detach())
     else:
@@ -698,6 +709,67 @@ def test_stop_credit_local_gives_the_stop_logit_no_future_credit():
     # nothing of it reaches the EOS logit, whereas the full score pushes on it
     assert (runs["local"] - runs["none"])[:, EOS].abs().max() < 1e-12
     assert (runs["full"] - runs["none"])[:, EOS].abs().max() > 1e-3
+
+
+FLOOR = 0.25
+
+
+def test_var_tables_put_tokens_on_both_sides_of_the_floor():
+    theta, _ = var_tables()
+    p = F.softmax(theta.detach(), -1)
+    assert (p < FLOOR).any() and (p[:, 1:] >= FLOOR).sum(-1).ge(1).all()
+
+
+@pytest.mark.parametrize("future_cost, stop_credit", VARIANTS)
+def test_credit_floor_estimator_is_the_exact_gradient(future_cost, stop_credit):
+    theta, teacher = var_tables()
+    (exact,) = torch.autograd.grad(exact_objective(theta, teacher, future_cost, stop_credit, FLOOR), theta)
+    got, _, _ = expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES], future_cost=future_cost,
+                                            stop_credit=stop_credit, credit_floor=FLOOR)
+    torch.testing.assert_close(got, exact, atol=1e-10, rtol=0)
+    # and the floor changes the estimator: the plain score's gradient is another one
+    plain, _, _ = expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES],
+                                              future_cost=future_cost, stop_credit=stop_credit)
+    assert (plain - got).abs().max() > 1e-4
+
+
+def test_credit_floor_keeps_the_group_baseline_unbiased():
+    theta, teacher = var_tables(seed=5)
+    (exact,) = torch.autograd.grad(exact_objective(theta, teacher, "kl", "local", FLOOR), theta)
+    pairs = [[a, b] for a, b in itertools.product(RESPONSES, repeat=2)]
+    got, _, _ = expected_estimator_gradient(theta, teacher, pairs, future_cost="kl", stop_credit="local",
+                                            credit_floor=FLOOR, baseline="group_loo", group_size=2)
+    torch.testing.assert_close(got, 2 * exact, atol=1e-10, rtol=0)
+
+
+def test_credit_floor_gives_tokens_under_it_no_future_credit():
+    theta, teacher = var_tables()
+    runs = {name: expected_estimator_gradient(theta, teacher, [[y] for y in RESPONSES], **options)[0]
+            for name, options in (("floor", {"credit_floor": FLOOR}), ("plain", {}),
+                                  ("none", {"future_credit": False}))}
+    under = F.softmax(theta.detach(), -1) < FLOOR
+    # a token the student gives less than the floor is moved by the per-token term alone ...
+    assert (runs["floor"] - runs["none"])[under].abs().max() < 1e-12
+    # ... whereas the plain score sends future credit to it too
+    assert (runs["plain"] - runs["none"])[under].abs().max() > 1e-3
+
+
+def test_credit_floor_of_zero_is_the_plain_and_the_stop_score():
+    theta, teacher = var_tables()
+    for stop_credit in ("full", "local"):
+        rows, tokens, mask = var_batch(RESPONSES)
+        args = (theta[rows], teacher[rows], tokens, mask)
+        torch.testing.assert_close(
+            distil_loss(*args, eos_id=EOS, stop_credit=stop_credit, credit_floor=0.0),
+            distil_loss(*args, eos_id=EOS, stop_credit=stop_credit), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.0, float("nan")])
+def test_credit_floor_outside_its_range_is_refused(floor):
+    theta, teacher = var_tables()
+    rows, tokens, mask = var_batch(RESPONSES)
+    with pytest.raises(ValueError, match="credit_floor"):
+        distil_loss(theta[rows], teacher[rows], tokens, mask, eos_id=EOS, credit_floor=floor)
 
 
 def test_group_baseline_averages_only_siblings_that_still_contribute():

@@ -7,13 +7,16 @@ import random
 import pytest
 
 from distil_core.cli.bench import Bench, load_spec
-from distil_core.builtin import AnswerCheckFeedback, ColumnAddTask, DigitsTask, ExactMatchVerifier, RingTask
+from distil_core.builtin import (
+    AnswerCheckFeedback, ColumnAddTask, DigitsTask, ExactMatchVerifier, RingTask, TwoWaysTask, TwoWaysVerifier,
+)
+from distil_core.errors import ConfigError
 from distil_core.context import ContextTemplate
 from distil_core.plugin_host import PluginHost
 from distil_core.models.tiny import BaseFeedback, base_examples
 from distil_core.types import Rollout
 
-SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring", "sparse_add": "column_add"}
+SPARSE = {"sparse_digits": "digits", "sparse_ring": "ring", "sparse_add": "column_add", "sparse_ways": "two_ways"}
 
 
 def _rollout(text):
@@ -105,6 +108,60 @@ def test_column_add_problems_are_carry_free_sums_split_and_registered():
         ColumnAddTask(length=1, train_size=50, test_size=10)  # 55 carry-free digit pairs
     built = PluginHost(load_entrypoints=False).build("task", "column_add", {"length": 2, "train_size": 20, "test_size": 5})
     assert isinstance(built, ColumnAddTask) and built.problems("test")[0].prompt.startswith("add ")
+
+
+def test_two_ways_answers_by_hand_split_and_registered():
+    task = TwoWaysTask(length=4, train_size=2000, test_size=200)
+    assert task.answers("4831") == {"1": "11348", "2": "23817"}  # sorted; 7 × 4831 = 33817
+    assert task.answers("0007") == {"1": "10007", "2": "20049"}
+    train, test = task.problems("train"), task.problems("test")
+    ids = [p.id for p in train + test]
+    assert len(set(ids)) == len(ids) == 2200
+    for p in test:
+        digits = p.prompt.removeprefix("ways ")
+        assert p.metadata["answers"] == task.answers(digits) and p.reference in p.metadata["answers"].values()
+    # the base is pretrained on the second way for about second_way_share of the problems
+    share = sum(p.reference.startswith("2") for p in train) / len(train)
+    assert 0.56 < share < 0.64
+    assert all(p.reference.startswith("1") for p in TwoWaysTask(train_size=50, test_size=5, second_way_share=0.0).problems("train"))
+    assert [p.model_dump() for p in TwoWaysTask(train_size=50, test_size=5).problems("test")] == \
+        [p.model_dump() for p in TwoWaysTask(train_size=50, test_size=5).problems("test")]
+    for bad, match in (({"length": 1}, "length"), ({"multiplier": 1}, "multiplier"), ({"second_way_share": 1.5}, "share")):
+        with pytest.raises(ValueError, match=match):
+            TwoWaysTask(**bad)
+    built = PluginHost(load_entrypoints=False).build("task", "two_ways", {"train_size": 20, "test_size": 5})
+    assert isinstance(built, TwoWaysTask)
+    assert isinstance(PluginHost(load_entrypoints=False).build("verifier", "two_ways", {}), TwoWaysVerifier)
+
+
+def test_two_ways_verifier_passes_either_way_and_expects_the_attempts_own_way():
+    task = TwoWaysTask(length=4, train_size=50, test_size=10)
+    verifier = TwoWaysVerifier()
+    for p in task.problems("test"):
+        answers = p.metadata["answers"]
+        for way, answer in answers.items():
+            verdict = verifier.verify(p, _rollout(answer))
+            assert verdict.passed and verdict.score == 1.0 and verdict.details["expected"] == answer
+            wrong = way + ("0" if answer[1] != "0" else "1") + answer[2:]
+            verdict = verifier.verify(p, _rollout(wrong))
+            assert not verdict.passed and verdict.details["expected"] == answer
+            # answer_check tells the attempt what it should have said, the way it took
+            [item] = AnswerCheckFeedback().feedback(p, _rollout(wrong), verdict)
+            assert item.text == f"Your answer {wrong} is wrong. The expected answer is {answer}."
+        for other in ("3" + answers["1"][1:], "no digits"):  # no way named: the reference is expected
+            verdict = verifier.verify(p, _rollout(other))
+            assert not verdict.passed and verdict.details["expected"] == p.reference
+    with pytest.raises(ConfigError, match="two_ways"):
+        verifier.verify(DigitsTask(train_size=5, test_size=5).problems("test")[0], _rollout("1"))
+
+
+def test_two_ways_wrong_answers_for_the_base_keep_the_references_way():
+    task = TwoWaysTask(length=4, train_size=200, test_size=10)
+    rng = random.Random(0)
+    for p in task.problems("train"):
+        wrong = task.wrong_answer(p, rng)
+        assert wrong != p.reference and wrong[0] == p.reference[0] and len(wrong) >= 2
+        assert not TwoWaysVerifier().verify(p, _rollout(wrong)).passed
 
 
 def test_sparse_suites_are_calibrated_as_documented():

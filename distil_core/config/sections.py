@@ -169,6 +169,13 @@ class LossConfig(_Section):
         description="distil: full — future credit may move when the student stops; local — only what it "
         "writes (p(EOS) is left to the per-token term).",
     )
+    credit_floor: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="distil: the least probability the student must give a token for future credit to "
+        "move it. 0: every token (but EOS under stop_credit local). τ > 0: future credit only re-ranks "
+        "the tokens the student already considers; a rarer one is moved by the per-token term alone, "
+        "towards the expert.",
+    )
     baseline: Literal["none", "group_loo"] = Field(
         default="group_loo",
         description="distil: group_loo subtracts the masked mean future cost of the other rollouts of the "

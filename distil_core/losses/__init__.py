@@ -28,6 +28,7 @@ from distil_core.losses.credit import (
     group_baseline,
     leave_one_out_rewards,
     stop_score,
+    support_score,
 )
 from distil_core.losses.reference import (
     LOSS_TYPES,
@@ -57,6 +58,6 @@ __all__ = [
     "distil_loss", "distil_loss_sampled", "distil_loss_topk", "distil_surrogate", "future_cost",
     "future_sum_with_carry", "generalized_jsd", "generalized_jsd_per_token", "generalized_jsd_topk",
     "group_advantages", "group_baseline", "grpo_loss", "leave_one_out_rewards", "reverse_kl_sampled",
-    "sequence_ce_loss", "stop_score", "temper_topk", "token_logprobs", "token_logprobs_from",
+    "sequence_ce_loss", "stop_score", "support_score", "temper_topk", "token_logprobs", "token_logprobs_from",
     "topk_token_logprobs", "topk_with_tail", "with_tail",
 ]

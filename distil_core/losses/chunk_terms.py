@@ -134,7 +134,7 @@ def future_credit_terms(chunk: Chunk, student: Tensor, per_token: Tensor, entrop
     with the future cost of later chunks carried in."""
     keep, tokens = chunk.keep, chunk.tokens
     pieces = credit.credit_inputs(student, per_token, entropy, tokens, future_cost=o["future_cost"],
-                                  stop_credit=o["stop_credit"], eos_id=o["eos_id"])
+                                  stop_credit=o["stop_credit"], eos_id=o["eos_id"], credit_floor=o["credit_floor"])
     token_cost = pieces.get("token_cost", per_token.detach())
     cost, carry = credit.future_sum_with_carry(torch.where(keep, token_cost, 0.0), keep, o["gamma"], chunk.carry)
     if o["baseline"] == "group_loo":
@@ -143,9 +143,7 @@ def future_credit_terms(chunk: Chunk, student: Tensor, per_token: Tensor, entrop
     if o["centred_rewards"] is not None:
         rewards = o["centred_rewards"].to(device=cost.device, dtype=cost.dtype)
         cost = cost - torch.where(chunk.counted, rewards[:, None], 0.0)
-    score = losses.token_logprobs_from(student, tokens)
-    if "continue_logprobs" in pieces:
-        score = torch.where(pieces["stops"], 0.0, score - pieces["continue_logprobs"])
+    score = credit.scored(losses.token_logprobs_from(student, tokens), pieces)
     return torch.where(chunk.counted, cost, 0.0) * score, carry
 
 

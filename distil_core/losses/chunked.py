@@ -56,7 +56,7 @@ def chunked_loss(
     predict ``tokens`` ``[B, T]`` (already shifted, as in :mod:`distil_core.losses.reference`); ``weight``
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
     The ``options`` mean what they mean in :mod:`distil_core.losses.reference` (defaults in
-    :data:`CHUNK_DEFAULTS`): ``future_credit``, ``future_cost``, ``stop_credit``, ``eos_id``,
+    :data:`CHUNK_DEFAULTS`): ``future_credit``, ``future_cost``, ``stop_credit``, ``eos_id``, ``credit_floor``,
     ``baseline``, ``gamma``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``
     and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for ``jsd``;
     ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64 inputs stay
@@ -85,7 +85,7 @@ def chunked_loss(
 
 
 CHUNK_DEFAULTS = dict(
-    future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, baseline="none", gamma=1.0,
+    future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, credit_floor=0.0, baseline="none", gamma=1.0,
     group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
     beta=0.5, temperature=1.0, reverse_kl_gamma=0.0, old_logprobs=None, is_clip=2.0,
 )
@@ -106,7 +106,7 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
     rewarded = on and given["reward_weight"] > 0
     if on:
         credit.check_future_credit(given["baseline"], given["group_size"], batch, given["gamma"])
-        credit.check_credit(given["future_cost"], given["stop_credit"], given["eos_id"])
+        credit.check_credit(given["future_cost"], given["stop_credit"], given["eos_id"], given["credit_floor"])
         if rewarded and (given["rewards"] is None or given["group_size"] is None or given["group_size"] < 2):
             raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
     response_mask = given["response_mask"]

@@ -16,9 +16,12 @@ The advantage A_t = G_t - b_t - λ(r - r̄_{-i}) holds three pieces, each here:
 * λ(r - r̄_{-i}), a terminal **success term** (:func:`leave_one_out_rewards`), centred on the
   siblings' mean reward; a rollout without an expert signal — a lone success — still gets it.
 
-The score s_t is log p_t(y_t), or with ``stop_credit="local"`` (:func:`stop_score`)
-1[y_t ≠ EOS] · (log p_t(y_t) - log(1 - p_t(EOS))): future credit then never moves the decision
-to stop. GRPO's group advantages (:func:`group_advantages`) are here too: they are the same
+The score s_t is log p_t(y_t), or, restricted to a set S_t of tokens (:func:`support_score`),
+1[y_t ∈ S_t] · (log p_t(y_t) - log p_t(S_t)): future credit then moves mass only among the
+tokens of S_t, never into or out of it. ``stop_credit="local"`` leaves EOS out of S_t, so future
+credit never moves the decision to stop; ``credit_floor`` τ > 0 also leaves out every token the
+student gives less than τ, so future credit never promotes a token the student does not already
+consider — such a token is moved by the per-token term alone, towards the expert. GRPO's group advantages (:func:`group_advantages`) are here too: they are the same
 kind of sibling-relative credit, for a whole sequence. ``docs/algorithms.md`` derives each.
 
 Shapes as in :mod:`distil_core.losses.reference`: ``[B, T]`` per-token tensors, rows in
@@ -101,6 +104,27 @@ def stop_score(student_logprobs: Tensor, tokens: Tensor, eos_id: int) -> tuple[T
     return log1mexp(eos), tokens == eos_id
 
 
+def support_score(student_logprobs: Tensor, tokens: Tensor, floor: float,
+                  eos_id: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """(log p_t(S_t), y_t ∉ S_t) per position, S_t = {a : p_t(a) ≥ ``floor``}, EOS left out when
+    ``eos_id`` is given.
+
+    Membership is decided on the detached probabilities; log p_t(S_t) keeps its gradient. The
+    score log p_t(y_t) - log p_t(S_t) of a token in S_t has zero mean under the student given
+    y_t ∈ S_t, so any baseline stays valid, and future credit through it re-ranks the tokens
+    the student already gives at least ``floor`` and moves no mass towards the rest. A sampled
+    token outside S_t (a rare one, or EOS) gets no future credit. Where S_t is empty (every
+    token under the floor) no token is in it and the log is -inf, never read.
+    """
+    detached = student_logprobs.detach()
+    inside = detached >= math.log(floor)
+    if eos_id is not None:
+        inside[..., eos_id] = False
+    support = torch.logsumexp(torch.where(inside, student_logprobs, -math.inf), dim=-1)
+    outside = ~inside.gather(-1, tokens.clamp(min=0)[..., None])[..., 0]
+    return support, outside
+
+
 def distil_surrogate(
     token_ce: Tensor,
     token_logprobs: Tensor,
@@ -108,8 +132,8 @@ def distil_surrogate(
     *,
     future_credit: bool = True,
     token_cost: Optional[Tensor] = None,
-    continue_logprobs: Optional[Tensor] = None,
-    stops: Optional[Tensor] = None,
+    support_logprobs: Optional[Tensor] = None,
+    unsupported: Optional[Tensor] = None,
     baseline: str = "none", gamma: float = 1.0,
     group_size: Optional[int] = None, baseline_exclude: Optional[Tensor] = None,
     rewards: Optional[Tensor] = None, reward_weight: float = 0.0,
@@ -121,8 +145,8 @@ def distil_surrogate(
     ``token_ce`` ``[B, T]`` is the differentiable CE(q_t, p_t) (or an unbiased estimate of it);
     ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens. G_t is the
     :func:`future_cost` of ``token_cost`` (detached; default ``token_ce``, the CE reading).
-    ``continue_logprobs`` (log(1 - p_t(EOS))) and ``stops`` (y_t is EOS) switch the score to
-    ``stop_credit="local"``. ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving
+    ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from :func:`credit_inputs`,
+    restrict the score to S_t (``stop_credit="local"``, ``credit_floor``). ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving
     out ``baseline_exclude``). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
     term on ``response_mask`` (default ``mask``). ``future_credit=False`` keeps only the local
     term (the "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
@@ -146,9 +170,8 @@ def distil_surrogate(
             counted = keep | responses
             centred = leave_one_out_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size)
             cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
-        score = token_logprobs
-        if continue_logprobs is not None:
-            score = torch.where(stops, 0.0, token_logprobs - continue_logprobs)
+        score = scored(token_logprobs, {} if support_logprobs is None else
+                       {"support_logprobs": support_logprobs, "unsupported": unsupported})
         per_token = per_token + torch.where(counted, cost, 0.0) * score
     total = torch.where(counted, per_token, 0.0).sum()
     if normalizer is not None:
@@ -166,28 +189,44 @@ def credit_advantage(token_cost: Tensor, mask: Tensor, *, gamma: float, baseline
 
 
 def credit_inputs(student_logprobs: Tensor, token_ce: Tensor, entropy: Optional[Tensor], tokens: Tensor,
-                  *, future_cost: str, stop_credit: str, eos_id: Optional[int]) -> dict[str, Tensor]:
-    """The per-token pieces :func:`distil_surrogate` needs for ``future_cost``/``stop_credit``.
+                  *, future_cost: str, stop_credit: str, eos_id: Optional[int],
+                  credit_floor: float = 0.0) -> dict[str, Tensor]:
+    """The per-token pieces :func:`distil_surrogate` needs for ``future_cost``/``stop_credit``/
+    ``credit_floor``.
 
     Shared by the reference losses and the chunked ones (:mod:`distil_core.losses.chunked`), which
     call it on one chunk of positions at a time.
     """
-    check_credit(future_cost, stop_credit, eos_id)
+    check_credit(future_cost, stop_credit, eos_id, credit_floor)
     pieces: dict[str, Tensor] = {}
     if future_cost == "kl":
         pieces["token_cost"] = token_ce.detach() - entropy
-    if stop_credit == "local":
-        pieces["continue_logprobs"], pieces["stops"] = stop_score(student_logprobs, tokens, eos_id)
+    stop_eos = eos_id if stop_credit == "local" else None
+    if credit_floor > 0:
+        pieces["support_logprobs"], pieces["unsupported"] = support_score(student_logprobs, tokens, credit_floor, stop_eos)
+    elif stop_eos is not None:  # S = every token but EOS: log(1 - p(EOS)), exact near p(EOS) = 1
+        pieces["support_logprobs"], pieces["unsupported"] = stop_score(student_logprobs, tokens, stop_eos)
     return pieces
 
 
-def check_credit(future_cost: str, stop_credit: str, eos_id: Optional[int]) -> None:
+def scored(token_logprobs: Tensor, pieces: dict[str, Tensor]) -> Tensor:
+    """The future credit's score s_t from :func:`credit_inputs`' pieces: log p_t(y_t), or its
+    conditional on S_t (0 for a token outside S_t)."""
+    if "support_logprobs" not in pieces:
+        return token_logprobs
+    return torch.where(pieces["unsupported"], 0.0, token_logprobs - pieces["support_logprobs"])
+
+
+def check_credit(future_cost: str, stop_credit: str, eos_id: Optional[int], credit_floor: float = 0.0) -> None:
     if future_cost not in FUTURE_COSTS:
         raise ValueError(f"unknown future_cost {future_cost!r}; choose one of {', '.join(FUTURE_COSTS)}")
     if stop_credit not in STOP_CREDITS:
         raise ValueError(f"unknown stop_credit {stop_credit!r}; choose one of {', '.join(STOP_CREDITS)}")
     if stop_credit == "local" and eos_id is None:
         raise ValueError("stop_credit='local' needs eos_id, the id of the token that ends a response")
+    if not 0.0 <= credit_floor < 1.0 or credit_floor != credit_floor:
+        raise ValueError(f"credit_floor must be in [0, 1) (got {credit_floor!r}): the least probability "
+                         "a token needs for future credit to move it")
 
 
 def discounted_future_sum(values: Tensor, mask: Tensor, gamma: float) -> Tensor:

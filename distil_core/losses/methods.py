@@ -178,6 +178,7 @@ def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_m
         future_cost=cfg.future_cost,
         stop_credit=cfg.stop_credit,
         eos_id=rows.eos_id,
+        credit_floor=cfg.credit_floor,
         baseline=cfg.baseline,
         gamma=cfg.gamma,
         group_size=rows.group_size if rows.group_size > 1 else None,

@@ -54,6 +54,7 @@ def distil_loss(
     future_cost: str = "kl",
     stop_credit: str = "full",
     eos_id: Optional[int] = None,
+    credit_floor: float = 0.0,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
@@ -65,7 +66,8 @@ def distil_loss(
     CE_t - H(q_t): only disagreement costs, so p = q is a fixed point) or "ce" (CE_t itself,
     which also rewards reaching states where the expert is confident, and stopping early).
     ``stop_credit``: "full" (the score is log p_t(y_t)) or "local" (the future credit never
-    moves p_t(EOS); needs ``eos_id``). Further ``options`` (``baseline_exclude``, ``rewards``,
+    moves p_t(EOS); needs ``eos_id``). ``credit_floor`` τ > 0: the future credit moves only
+    tokens the student gives at least τ (:func:`~distil_core.losses.credit.support_score`). Further ``options`` (``baseline_exclude``, ``rewards``,
     ``reward_weight``, ``response_mask``, ``normalizer``) and the rest are those of
     :func:`distil_surrogate`.
     """
@@ -76,7 +78,7 @@ def distil_loss(
     entropy = cross_entropy(teacher_probs, teacher_logprobs)
     return _distil(student_logprobs, token_ce, entropy, tokens, mask, future_credit=future_credit,
                    future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
-                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
+                   credit_floor=credit_floor, baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
 def distil_loss_topk(
@@ -87,6 +89,7 @@ def distil_loss_topk(
     future_cost: str = "kl",
     stop_credit: str = "full",
     eos_id: Optional[int] = None,
+    credit_floor: float = 0.0,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
@@ -108,7 +111,7 @@ def distil_loss_topk(
     entropy = cross_entropy(teacher_probs, teacher_buckets)
     return _distil(student_logprobs, token_ce, entropy, tokens, mask, future_credit=future_credit,
                    future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
-                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
+                   credit_floor=credit_floor, baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
 def distil_loss_sampled(
@@ -118,6 +121,7 @@ def distil_loss_sampled(
     future_cost: str = "ce",
     stop_credit: str = "full",
     eos_id: Optional[int] = None,
+    credit_floor: float = 0.0,
     baseline: str = "none",
     gamma: float = 1.0,
     group_size: Optional[int] = None,
@@ -143,15 +147,15 @@ def distil_loss_sampled(
     token_ce = -torch.where(valid, sample_logprobs, 0.0).sum(-1) / n_valid
     return _distil(student_logprobs, token_ce, None, tokens, mask, future_credit=future_credit,
                    future_cost=future_cost, stop_credit=stop_credit, eos_id=eos_id,
-                   baseline=baseline, gamma=gamma, group_size=group_size, **options)
+                   credit_floor=credit_floor, baseline=baseline, gamma=gamma, group_size=group_size, **options)
 
 
 def _distil(student_logprobs, token_ce, entropy, tokens, mask, *, future_credit, future_cost, stop_credit,
-            eos_id, **rest) -> Tensor:
+            eos_id, credit_floor, **rest) -> Tensor:
     pieces = {}
     if future_credit:
         pieces = credit_inputs(student_logprobs, token_ce, entropy, tokens, future_cost=future_cost,
-                               stop_credit=stop_credit, eos_id=eos_id)
+                               stop_credit=stop_credit, eos_id=eos_id, credit_floor=credit_floor)
     return distil_surrogate(token_ce, token_logprobs_from(student_logprobs, tokens), mask, future_credit=future_credit,
                             **pieces, **rest)
 
