@@ -114,8 +114,8 @@ def test_builtins_register_through_the_hooks():
     host = PluginHost(load_entrypoints=False)
 
     expected = {
-        "task": ["column_add", "digits", "ring"],
-        "verifier": ["exact_match"],
+        "task": ["column_add", "digits", "ring", "two_ways"],
+        "verifier": ["exact_match", "two_ways"],
         "feedback_source": ["answer_check"],
         "expert": ["hf", "self"],
     }

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 from distil_core.cli.plots import require_matplotlib, save_figure
-from distil_core.cli.runlogs import RunLogs, load_run
+from distil_core.cli.runlogs import RunLogs, finite_number, load_run
 from distil_core.errors import ConfigError, DistilError, did_you_mean
 
 __all__ = ["Panel", "PANELS", "PlotReport", "plot_runs", "build_figure", "choose_panels", "run_labels", "main_plot"]
@@ -96,7 +96,7 @@ def choose_panels(names: Optional[Sequence[str]], runs: Sequence[RunLogs]) -> li
     becomes one when some run logs it as a number; otherwise a ConfigError lists what exists."""
     if not names:
         return list(PANELS.values())
-    logged = {source: {k for r in runs for row in getattr(r, source) for k, v in row.items() if _number(v)}
+    logged = {source: {k for r in runs for row in getattr(r, source) for k, v in row.items() if finite_number(v)}
               for source in ("metrics", "evals")}
     chosen = []
     for name in dict.fromkeys(names):
@@ -165,7 +165,7 @@ def draw_lines(ax: Any, panel: Panel, runs: Sequence[RunLogs], colors: Sequence[
     any_drawn = False
     for run, color in zip(runs, colors):
         rows = run.evals if panel.source == "eval" else run.metrics
-        points = sorted((row["step"], row[panel.key] * panel.scale) for row in rows if _number(row.get(panel.key)))
+        points = sorted((row["step"], row[panel.key] * panel.scale) for row in rows if finite_number(row.get(panel.key)))
         if not points:
             continue
         any_drawn = True
@@ -210,7 +210,7 @@ def stage_means(run: RunLogs) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for row in run.metrics:
         for key, value in row.items():
-            if key.startswith("time_") and key != "time_step" and _number(value):
+            if key.startswith("time_") and key != "time_step" and finite_number(value):
                 sums.setdefault(key, []).append(float(value))
     return {key: sum(values) / len(values) for key, values in sums.items()}
 
@@ -244,10 +244,6 @@ def read_back(fig: Any, path: str) -> PlotReport:
         not_logged=[ax.get_title() for ax in axes if any(t.get_text() == NOT_LOGGED for t in ax.texts)],
         labels=[text.get_text() for legend in fig.legends for text in legend.get_texts()],
     )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def main_plot(args: Any) -> int:

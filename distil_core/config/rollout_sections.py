@@ -9,6 +9,11 @@ from pydantic import Field, field_validator, model_validator
 from distil_core.config.base import BIG, MAX_ROLLOUTS_PER_STEP
 from distil_core.config.base import Section as _Section
 
+GREEDY_BELOW = 1e-5
+"""A temperature under this is greedy decoding (temperature 0), for local generation and the
+server alike, as in vLLM: dividing the logits by it would overflow them to infinity, and the
+distribution to NaN."""
+
 
 class RolloutServer(_Section):
     """An OpenAI-compatible inference server that samples the rollouts (``rollout.backend: server``).

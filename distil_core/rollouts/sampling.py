@@ -29,6 +29,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from distil_core.config.rollout_sections import GREEDY_BELOW
 from distil_core.errors import ConfigError
 
 
@@ -38,11 +39,6 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-
-
-GREEDY_BELOW = 1e-5
-"""A temperature under this is greedy decoding (as the server's ``GREEDY_BELOW``): dividing the
-logits by it would overflow them to infinity."""
 
 
 def check_sampling(p: SamplingParams) -> None:

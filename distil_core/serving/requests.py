@@ -33,14 +33,13 @@ from typing import Annotated, Any, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
+from distil_core.config.rollout_sections import GREEDY_BELOW
+
 __all__ = ["ApiError", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "CHAT_ROLES", "StreamOptions",
            "CompletionRequest", "ChatRequest", "LoadAdapterRequest", "UnloadAdapterRequest", "ReloadRequest",
            "parse_body", "template_messages", "validated"]
 
 MAX_LOGPROBS = 20
-GREEDY_BELOW = 1e-5
-"""A temperature under this is greedy decoding (temperature 0), as in vLLM: dividing the logits by
-it would overflow them to infinity, and the distribution to NaN."""
 
 Count = Annotated[int, Field(strict=True, ge=0)]
 TopK = Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS)]
