@@ -218,21 +218,25 @@ class TwoWaysTask(_DrawnSplits):
 class TwoWaysVerifier:
     """Passes when the answer is right for the way its first digit names (task ``two_ways``).
 
-    ``details["expected"]`` is the right answer for the way the attempt took (the problem's
-    reference when it names no way), so ``answer_check`` reports what this attempt should have
-    said, not an answer the other way.
+    ``details["expected"]`` and ``details["expected_for_attempt"]`` are the right answer for the
+    way the attempt took (the problem's reference when it names no way), so ``answer_check``
+    reports what this attempt should have said, not an answer the other way.
     """
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
         answers = problem.metadata.get("answers")
         if not isinstance(answers, dict) or not answers:
-            raise ConfigError(f"two_ways: problem {problem.id!r} has no metadata.answers; "
-                              "this verifier grades the two_ways task only")
+            raise ConfigError(f"two_ways: problem {problem.id!r} needs metadata.answers, a mapping from each "
+                              f"way's first digit to its answer (got {type(answers).__name__}); this "
+                              "verifier grades the two_ways task")
+        answers = {str(way): str(text) for way, text in answers.items()}
         answer = extract_answer(rollout.response_text)
-        expected = answers.get(answer[:1], problem.reference_text("two_ways")) if answer else problem.reference_text("two_ways")
+        expected = answers.get(answer[:1]) if answer else None
+        expected = expected if expected is not None else problem.reference_text("two_ways")
         passed = answer is not None and answer == expected
         return Verdict(score=float(passed), passed=passed, answer=answer,
-                       details={"expected": expected, "got": answer, "finished": rollout.finished})
+                       details={"expected": expected, "expected_for_attempt": expected, "got": answer,
+                                "finished": rollout.finished})
 
 
 def wrong_answer(answer: str, rng: random.Random) -> str:
@@ -275,9 +279,9 @@ class ExactMatchVerifier:
 class AnswerCheckFeedback:
     """On a failed rollout: the answer found and the expected one, like a failing test.
 
-    The expected answer is the verifier's ``details["expected"]`` when it gives one as text —
-    for a problem with several right answers, the one this attempt was aiming at — else the
-    problem's reference.
+    The expected answer is the problem's reference, or, for a problem with several right
+    answers, the one this attempt was aiming at when the verifier names it as text in
+    ``details["expected_for_attempt"]`` (as ``two_ways`` does).
     """
 
     def __init__(self, include_expected: bool = True):
@@ -287,7 +291,7 @@ class AnswerCheckFeedback:
                  group: Sequence[tuple[Rollout, Verdict]] = ()) -> list[Feedback]:
         if verdict.passed:
             return []
-        expected = verdict.details.get("expected")  # the verifier's word for this attempt
+        expected = verdict.details.get("expected_for_attempt")  # a verifier's word for this attempt
         if not isinstance(expected, str):
             expected = problem.reference_text("answer_check")
         got = verdict.answer if verdict.answer is not None else extract_answer(rollout.response_text)

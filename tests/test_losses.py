@@ -29,6 +29,7 @@ from distil_core.losses import (
     temper_topk,
     token_logprobs,
     topk_with_tail,
+    support_score,
 )
 
 
@@ -754,14 +755,26 @@ def test_credit_floor_gives_tokens_under_it_no_future_credit():
     assert (runs["plain"] - runs["none"])[under].abs().max() > 1e-3
 
 
-def test_credit_floor_of_zero_is_the_plain_and_the_stop_score():
-    theta, teacher = var_tables()
-    for stop_credit in ("full", "local"):
-        rows, tokens, mask = var_batch(RESPONSES)
-        args = (theta[rows], teacher[rows], tokens, mask)
-        torch.testing.assert_close(
-            distil_loss(*args, eos_id=EOS, stop_credit=stop_credit, credit_floor=0.0),
-            distil_loss(*args, eos_id=EOS, stop_credit=stop_credit), atol=0, rtol=0)
+def test_a_floor_above_every_token_leaves_the_per_token_term_alone_and_finite():
+    # uniform students over 20 tokens: each gets 0.05, all under a floor of 0.5, so S_t is empty
+    student = torch.zeros(4, 5, 20, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(4, 5, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 20, (4, 5), generator=torch.Generator().manual_seed(1))
+    tokens[0, 2] = -100  # an ignored label inside the mask's zeros
+    mask = torch.ones(4, 5, dtype=torch.float64)
+    mask[0, 2:] = 0
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    options = dict(eos_id=0, stop_credit="local", baseline="group_loo", group_size=2,
+                   rewards=rewards, reward_weight=1.0)
+    (floored,) = torch.autograd.grad(distil_loss(student, teacher, tokens, mask, credit_floor=0.5, **options), student)
+    (local,) = torch.autograd.grad(distil_loss(student, teacher, tokens, mask, future_credit=False), student)
+    (plain,) = torch.autograd.grad(distil_loss(student, teacher, tokens, mask, **options), student)
+    assert torch.isfinite(floored).all()
+    # token mean over the same counted positions: the future credit and success term add nothing
+    torch.testing.assert_close(floored, local, atol=1e-12, rtol=0)
+    assert (plain - local).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="floor"):
+        support_score(F.log_softmax(student.detach(), -1), tokens.clamp(min=0), 0.0)
 
 
 @pytest.mark.parametrize("floor", [-0.1, 1.0, float("nan")])

@@ -153,6 +153,25 @@ def test_two_ways_verifier_passes_either_way_and_expects_the_attempts_own_way():
             assert not verdict.passed and verdict.details["expected"] == p.reference
     with pytest.raises(ConfigError, match="two_ways"):
         verifier.verify(DigitsTask(train_size=5, test_size=5).problems("test")[0], _rollout("1"))
+    listed = task.problems("test")[0].model_copy(update={"metadata": {"answers": ["11348", "23817"]}})
+    with pytest.raises(ConfigError, match="mapping"):
+        verifier.verify(listed, _rollout("1"))
+    # answers read from a dataset as numbers are compared as text
+    numeric = task.problems("test")[0].model_copy(update={"metadata": {"answers": {1: 10478, 2: 25236}}, "reference": "25236"})
+    assert verifier.verify(numeric, _rollout("10478")).passed and verifier.verify(numeric, _rollout("25236")).passed
+
+
+def test_answer_check_reports_the_reference_for_verifiers_that_name_no_attempt():
+    """Only ``expected_for_attempt`` changes what answer_check reports: a verifier whose
+    ``expected`` is a normalised reference (as math_answer's) keeps the reference in the text."""
+    class Normalising:
+        def verify(self, problem, rollout):
+            return ExactMatchVerifier().verify(problem, rollout).model_copy(update={"details": {"expected": "1/2"}})
+
+    problem = DigitsTask(train_size=5, test_size=5).problems("test")[0].model_copy(update={"reference": "$\\dfrac{1}{2}$"})
+    verdict = Normalising().verify(problem, _rollout("3"))
+    [item] = AnswerCheckFeedback().feedback(problem, _rollout("3"), verdict)
+    assert item.text == "Your answer 3 is wrong. The expected answer is $\\dfrac{1}{2}$."
 
 
 def test_two_ways_wrong_answers_for_the_base_keep_the_references_way():
@@ -175,7 +194,11 @@ def test_sparse_suites_are_calibrated_as_documented():
     assert add.task.name == "column_add" and add.task.options == {"length": 3}
     assert add.model.tiny.plain_fraction == 0.12 and add.model.tiny.steps == 150
     assert add.rollout.max_new_tokens >= 4  # the answer's three digits and its end token
-    for config in (ring, add):
+    ways = Bench(spec, base, "unused", suites=["sparse_ways"], methods=["distil_local"], seeds=[0]).configs[("sparse_ways", "distil_local", 0)]
+    assert ways.task.name == "two_ways" and ways.task.options == {"length": 4, "second_way_share": 0.6}
+    assert ways.verifier.name == "two_ways" and ways.model.tiny.plain_fraction == 0.3 and ways.model.tiny.steps == 300
+    assert ways.rollout.max_new_tokens >= 6  # the way, four digits and the end token
+    for config in (ring, add, ways):
         assert config.rollout.problems_per_step == 16 and config.rollout.samples_per_problem == 8
         assert config.train.steps == 60 and config.eval.problems == 100
 

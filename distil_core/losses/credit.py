@@ -17,11 +17,12 @@ The advantage A_t = G_t - b_t - λ(r - r̄_{-i}) holds three pieces, each here:
   siblings' mean reward; a rollout without an expert signal — a lone success — still gets it.
 
 The score s_t is log p_t(y_t), or, restricted to a set S_t of tokens (:func:`support_score`),
-1[y_t ∈ S_t] · (log p_t(y_t) - log p_t(S_t)): future credit then moves mass only among the
-tokens of S_t, never into or out of it. ``stop_credit="local"`` leaves EOS out of S_t, so future
-credit never moves the decision to stop; ``credit_floor`` τ > 0 also leaves out every token the
-student gives less than τ, so future credit never promotes a token the student does not already
-consider — such a token is moved by the per-token term alone, towards the expert. GRPO's group advantages (:func:`group_advantages`) are here too: they are the same
+1[y_t ∈ S_t] · (log p_t(y_t) - log p_t(S_t)): future credit (and the success term, which rides
+on the same score) then reaches only the logits of the tokens in S_t. ``stop_credit="local"``
+leaves EOS out of S_t, so future credit never pushes on the EOS logit; ``credit_floor`` τ > 0 also
+leaves out every token the student gives less than τ, so future credit never pushes up a token
+the student does not already consider — the per-token term alone moves its logit, towards the
+expert. (Its probability still shifts a little with the softmax's normaliser.) GRPO's group advantages (:func:`group_advantages`) are here too: they are the same
 kind of sibling-relative credit, for a whole sequence. ``docs/algorithms.md`` derives each.
 
 Shapes as in :mod:`distil_core.losses.reference`: ``[B, T]`` per-token tensors, rows in
@@ -111,11 +112,15 @@ def support_score(student_logprobs: Tensor, tokens: Tensor, floor: float,
 
     Membership is decided on the detached probabilities; log p_t(S_t) keeps its gradient. The
     score log p_t(y_t) - log p_t(S_t) of a token in S_t has zero mean under the student given
-    y_t ∈ S_t, so any baseline stays valid, and future credit through it re-ranks the tokens
-    the student already gives at least ``floor`` and moves no mass towards the rest. A sampled
-    token outside S_t (a rare one, or EOS) gets no future credit. Where S_t is empty (every
-    token under the floor) no token is in it and the log is -inf, never read.
+    y_t ∈ S_t, so any baseline stays valid; it depends on the logits of S_t alone, so future
+    credit through it re-ranks the tokens the student already gives at least ``floor`` and
+    never pushes on the logit of the rest. A sampled token outside S_t (a rare one, or EOS)
+    gets no future credit. Where S_t is empty (every token under the floor) no token is in it
+    and the log is -inf, never read. ``floor`` must be in (0, 1).
     """
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"support_score: floor must be in (0, 1) (got {floor!r}); a floor of 0 is "
+                         "every token (stop_score leaves out EOS alone)")
     detached = student_logprobs.detach()
     inside = detached >= math.log(floor)
     if eos_id is not None:
