@@ -231,6 +231,62 @@ def test_a_burst_of_clients_connecting_at_once_is_accepted_without_retries(serve
     assert waits[-1] < 0.5, waits[-8:]
 
 
+def _held(server):
+    """A connection the server has accepted (it answered on it) and keeps open, holding a slot."""
+    sock = socket.create_connection((server.host, server.port), timeout=20)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    assert response.status == 200 and response.read() == b'{"status": "ok"}'
+    return sock
+
+
+def _health(server):
+    """(status, headers, JSON) of GET /health on a fresh connection."""
+    with socket.create_connection((server.host, server.port), timeout=20) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+
+
+def _until(condition, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_connections_past_the_cap_are_answered_503_and_a_freed_slot_serves_again():
+    """Without a cap a flood of idle connections starts a thread each, for as long as the read timeout."""
+    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", max_connections=2) as server:
+        held = [_held(server), _held(server)]
+        status, headers, body = _health(server)
+        assert status == 503 and headers["Retry-After"] == "1" and headers["Connection"] == "close"
+        assert body["error"]["type"] == "server_busy" and "--max-connections" in body["error"]["message"]
+        assert "(2)" in body["error"]["message"] and server.stats["busy_refused"] == 1
+        held.pop().close()  # its thread reads the end of the stream, ends, and frees its slot
+        _until(lambda: _health(server)[0] == 200)
+        for sock in held:
+            sock.close()
+    with pytest.raises(ValueError, match="max_connections"):
+        LocalOpenAIServer(tiny_model(), tiny_tokenizer(), max_connections=0)
+
+
+def test_the_rollout_client_retries_a_busy_server_after_its_retry_after():
+    from distil_core.rollouts.client import ServerClient
+
+    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", max_connections=1) as server:
+        held = _held(server)
+        got = []
+        client = threading.Thread(target=lambda: got.append(ServerClient(server.base_url, retries=3).get("/health")))
+        client.start()
+        _until(lambda: server.stats["busy_refused"] >= 1)  # refused once while the slot is held
+        held.close()
+        client.join(30)
+        assert got == [{"status": "ok"}]
+
+
 def test_clients_dribbling_their_headers_or_idle_between_requests_delay_no_one():
     with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", read_timeout_s=1.0) as server:
         idle = socket.create_connection((server.host, server.port), timeout=20)

@@ -140,6 +140,8 @@ def test_distil_serve_refuses_a_port_out_of_range_before_loading_the_model(monke
     assert "--port 70000: a port is a number from 0 to 65535" in capsys.readouterr().err and not loaded
     assert main(["serve", "--fault", "slow:inf"]) != 0
     assert "--fault: fault 'slow:inf': the seconds must be a finite number" in capsys.readouterr().err
+    assert main(["serve", "--max-connections", "0"]) != 0
+    assert "--max-connections 0: give at least 1" in capsys.readouterr().err and not loaded
 
 
 def test_a_gguf_model_is_served_under_its_model_name(tmp_path):

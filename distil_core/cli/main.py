@@ -136,6 +136,8 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--fault", dest="faults", action="append", default=[], metavar="SPEC",
                        help="test hook for clients: make the next request fail (429[:RETRY_AFTER], 500, 503, "
                             "slow:SECONDS, malformed, no_logprobs, no_token_ids, ok); repeat to queue several")
+    serve.add_argument("--max-connections", type=int, default=None, metavar="N",
+                       help="connections served at once (default 256); one more is answered 503 with Retry-After")
     serve.add_argument("--verbose", action="store_true", help="log every request")
     serve.set_defaults(func=cmd_serve)
 

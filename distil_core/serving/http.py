@@ -30,7 +30,10 @@ whatever the method, 500). A body is read by its ``Content-Length``, or chunked,
 :data:`MAX_BODY_BYTES` (:mod:`distil_core.serving.bodies`: what is refused, and how); a client
 that stops sending for :data:`READ_TIMEOUT_S` (idle between requests, or within its headers or
 body) loses its connection, so it cannot hold a thread. Each connection has its own thread, so a
-slow one delays no other, and the listening socket queues :data:`ACCEPT_BACKLOG` connections, so
+slow one delays no other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at
+once, and one past that is answered 503 with ``Retry-After`` and closed at once (the rollout
+client retries it), so a flood of connections cannot start a thread each until memory runs
+out. The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
 a burst of clients connecting at once is not made to retry (with ``http.server``'s queue of 5 the
 kernel drops the rest and they connect a second later, on the SYN's retry). Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
@@ -66,7 +69,7 @@ from distil_core.serving.requests import (
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
 __all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S",
-           "ACCEPT_BACKLOG"]
+           "ACCEPT_BACKLOG", "MAX_CONNECTIONS"]
 
 Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -79,6 +82,9 @@ READ_TIMEOUT_S = 60.0
 """How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
 ACCEPT_BACKLOG = 1024
 """Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
+MAX_CONNECTIONS = 256
+"""Connections served at once, each on its own thread; one more is answered 503 and closed."""
+BUSY_RETRY_AFTER_S = 1
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -92,12 +98,17 @@ class LocalOpenAIServer:
     completion requests, the most in flight at once, requests per path, and the batches
     generations were decoded in (``batches``; ``max_batch_requests``: the most requests one batch
     served). ``max_batch_rows`` caps the rows one batch gathers. ``read_timeout_s``: how long a
-    connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`).
+    connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`). ``max_connections``:
+    how many connections are served at once (:data:`MAX_CONNECTIONS`); ``stats["busy_refused"]``
+    counts those answered 503 because that many were open.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
                  port: int = 0, api_key: Optional[str] = None, verbose: bool = False,
-                 source: Optional[str] = None, max_batch_rows: int = 256, read_timeout_s: float = READ_TIMEOUT_S):
+                 source: Optional[str] = None, max_batch_rows: int = 256, read_timeout_s: float = READ_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be a whole number of at least 1 (got {max_connections!r})")
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
         self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
@@ -105,6 +116,7 @@ class LocalOpenAIServer:
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
         self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
         self._stats_lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -115,6 +127,7 @@ class LocalOpenAIServer:
     def start(self) -> str:
         handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
         self._httpd = _HTTPServer((self.host, self.port), handler)
+        self._httpd.limit(self.max_connections, self._count_busy)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="distil-serve", daemon=True)
@@ -144,7 +157,11 @@ class LocalOpenAIServer:
     def reset_stats(self) -> None:
         with self._stats_lock:
             self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {},
-                                          "batches": 0, "max_batch_requests": 0}
+                                          "batches": 0, "max_batch_requests": 0, "busy_refused": 0}
+
+    def _count_busy(self) -> None:
+        with self._stats_lock:
+            self.stats["busy_refused"] += 1
 
     def _count_batch(self, requests: int, rows: int) -> None:
         with self._stats_lock:
@@ -307,7 +324,43 @@ def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterato
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``slots`` of them: a connection past that is answered 503
+    on the accepting thread, in one small write, and closed."""
+
     request_queue_size = ACCEPT_BACKLOG  # socketserver's 5 makes a burst of connections wait for SYN retries
+    def limit(self, connections: int, on_busy: Callable[[], None]) -> None:
+        self.connections, self.on_busy = connections, on_busy
+        self.slots = threading.BoundedSemaphore(connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.on_busy()
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:  # no thread started (e.g. the system has no more): the slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse_busy(self, request: Any) -> None:
+        message = (f"distil serve is serving as many connections as it may ({self.connections}); "
+                   f"retry after {BUSY_RETRY_AFTER_S} s, or start it with a larger --max-connections")
+        body = json.dumps(ApiError(503, message, "server_busy").body()).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: {BUSY_RETRY_AFTER_S}\r\nConnection: close\r\n\r\n")
+        try:
+            request.settimeout(1.0)  # a small write; a client that reads nothing cannot stall accepting
+            request.sendall(head.encode("ascii") + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
