@@ -64,7 +64,7 @@ def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: boo
 def main_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; with ``--fault`` the server answers through a fault schedule."""
     from distil_core.serving import FaultyServer, LocalOpenAIServer, parse_fault
-    from distil_core.serving.http import MAX_CONNECTIONS
+    from distil_core.serving.connections import MAX_CONNECTIONS
 
     try:
         faults = [parse_fault(f) for f in args.faults]

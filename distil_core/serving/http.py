@@ -51,10 +51,11 @@ import hmac
 import json
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator, Optional, Union
 
 from distil_core.serving.bodies import MAX_BODY_BYTES, read_body
+from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer
 from distil_core.serving.engine import LocalLM
 from distil_core.serving.requests import (
     ApiError,
@@ -80,11 +81,6 @@ NOT_HERE = {"/v1/responses": "The Responses API (POST /v1/responses) is not supp
             "/v1/embeddings": "Embeddings (POST /v1/embeddings) are not supported by distil serve."}
 READ_TIMEOUT_S = 60.0
 """How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
-ACCEPT_BACKLOG = 1024
-"""Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
-MAX_CONNECTIONS = 256
-"""Connections served at once, each on its own thread; one more is answered 503 and closed."""
-BUSY_RETRY_AFTER_S = 1
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -118,7 +114,7 @@ class LocalOpenAIServer:
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self._stats_lock = threading.Lock()
-        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._httpd: Optional[CappedHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self.reset_stats()
 
@@ -126,7 +122,7 @@ class LocalOpenAIServer:
 
     def start(self) -> str:
         handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
-        self._httpd = _HTTPServer((self.host, self.port), handler)
+        self._httpd = CappedHTTPServer((self.host, self.port), handler)
         self._httpd.limit(self.max_connections, self._count_busy)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -321,46 +317,6 @@ def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterato
         if close is not None:
             close()
         done.close()
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most ``slots`` of them: a connection past that is answered 503
-    on the accepting thread, in one small write, and closed."""
-
-    request_queue_size = ACCEPT_BACKLOG  # socketserver's 5 makes a burst of connections wait for SYN retries
-    def limit(self, connections: int, on_busy: Callable[[], None]) -> None:
-        self.connections, self.on_busy = connections, on_busy
-        self.slots = threading.BoundedSemaphore(connections)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.on_busy()
-            self._refuse_busy(request)
-            return
-        try:
-            super().process_request(request, client_address)  # starts the connection's thread
-        except BaseException:  # no thread started (e.g. the system has no more): the slot is free again
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def _refuse_busy(self, request: Any) -> None:
-        message = (f"distil serve is serving as many connections as it may ({self.connections}); "
-                   f"retry after {BUSY_RETRY_AFTER_S} s, or start it with a larger --max-connections")
-        body = json.dumps(ApiError(503, message, "server_busy").body()).encode()
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: {BUSY_RETRY_AFTER_S}\r\nConnection: close\r\n\r\n")
-        try:
-            request.settimeout(1.0)  # a small write; a client that reads nothing cannot stall accepting
-            request.sendall(head.encode("ascii") + body)
-        except OSError:
-            pass
-        self.shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):

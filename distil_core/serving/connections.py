@@ -1,0 +1,66 @@
+"""The listening side of ``distil serve``: a thread per connection, a bounded number of them.
+
+A connection past :data:`MAX_CONNECTIONS` (``distil serve --max-connections``) is answered 503
+with ``Retry-After`` on the accepting thread, in one small write, and closed: without a bound a
+flood of idle connections starts a thread each, for as long as the read timeout lets it wait.
+The rollout client and the API expert retry a 503 after its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import ThreadingHTTPServer
+from typing import Any, Callable
+
+from distil_core.serving.requests import ApiError
+
+__all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer"]
+
+ACCEPT_BACKLOG = 1024
+"""Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
+MAX_CONNECTIONS = 256
+"""Connections served at once, each on its own thread; one more is answered 503 and closed."""
+BUSY_RETRY_AFTER_S = 1
+"""Seconds a refused client is told to wait before it retries."""
+
+
+class CappedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``slots`` of them: a connection past that is answered 503
+    on the accepting thread, in one small write, and closed."""
+
+    request_queue_size = ACCEPT_BACKLOG  # socketserver's 5 makes a burst of connections wait for SYN retries
+
+    def limit(self, connections: int, on_busy: Callable[[], None]) -> None:
+        self.connections, self.on_busy = connections, on_busy
+        self.slots = threading.BoundedSemaphore(connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.on_busy()
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:  # no thread started (e.g. the system has no more): the slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse_busy(self, request: Any) -> None:
+        message = (f"distil serve is serving as many connections as it may ({self.connections}); "
+                   f"retry after {BUSY_RETRY_AFTER_S} s, or start it with a larger --max-connections")
+        body = json.dumps(ApiError(503, message, "server_busy").body()).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: {BUSY_RETRY_AFTER_S}\r\nConnection: close\r\n\r\n")
+        try:
+            request.settimeout(1.0)  # a small write; a client that reads nothing cannot stall accepting
+            request.sendall(head.encode("ascii") + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
