@@ -22,7 +22,7 @@ import distil_core.serving.http as serving_http
 from distil_core.models.tiny import CHAT_TEMPLATE
 from distil_core.serving import LocalOpenAIServer
 from distil_core.serving.requests import CHAT_ROLES, ChatRequest, template_messages, validated
-from distil_core.testing import tiny_model, tiny_tokenizer
+from distil_core.testing import tiny_model, tiny_tokenizer, wait_until
 
 
 ASK = {"model": "tiny", "prompt": "1 2", "max_tokens": 3, "temperature": 0}
@@ -250,13 +250,6 @@ def _health(server):
         return response.status, dict(response.getheaders()), json.loads(response.read())
 
 
-def _until(condition, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_connections_past_the_cap_are_answered_503_and_a_freed_slot_serves_again():
     """Without a cap a flood of idle connections starts a thread each, for as long as the read timeout."""
     with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", max_connections=2) as server:
@@ -266,7 +259,7 @@ def test_connections_past_the_cap_are_answered_503_and_a_freed_slot_serves_again
         assert body["error"]["type"] == "server_busy" and "--max-connections" in body["error"]["message"]
         assert "(2)" in body["error"]["message"] and server.stats["busy_refused"] == 1
         held.pop().close()  # its thread reads the end of the stream, ends, and frees its slot
-        _until(lambda: _health(server)[0] == 200)
+        wait_until(lambda: _health(server)[0] == 200)
         for sock in held:
             sock.close()
     with pytest.raises(ValueError, match="max_connections"):
@@ -281,7 +274,7 @@ def test_the_rollout_client_retries_a_busy_server_after_its_retry_after():
         got = []
         client = threading.Thread(target=lambda: got.append(ServerClient(server.base_url, retries=3).get("/health")))
         client.start()
-        _until(lambda: server.stats["busy_refused"] >= 1)  # refused once while the slot is held
+        wait_until(lambda: server.stats["busy_refused"] >= 1)  # refused once while the slot is held
         held.close()
         client.join(30)
         assert got == [{"status": "ok"}]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from distil_core.serving import LocalOpenAIServer, Vocabulary
-from distil_core.testing import tiny_model, tiny_tokenizer
+from distil_core.testing import tiny_model, tiny_tokenizer, wait_until
 
 
 CHAT = [{"role": "user", "content": "Sort the digits 3 1 2."}]
@@ -190,13 +190,6 @@ def test_a_stop_string_across_tokens_is_never_shown(scripted):
     pieces = [c.choices[0].text for c in streamed if c.choices[0].text]
     assert "".join(pieces) == "ABCDEFGHIJ" and not any("K" in p for p in pieces)
     assert streamed[-1].choices[0].finish_reason == "stop"
-
-
-def wait_until(condition, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.01)
 
 
 class Gate:

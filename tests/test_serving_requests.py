@@ -21,7 +21,7 @@ from distil_core.serving import ApiError, FaultyServer, LocalOpenAIServer, parse
 from distil_core.serving.requests import (GREEDY_BELOW, ChatRequest, CompletionRequest, LoadAdapterRequest,
                                           ReloadRequest, validated)
 
-from distil_core.testing import tiny_model, tiny_tokenizer
+from distil_core.testing import tiny_model, tiny_tokenizer, wait_until
 
 
 def user(content, **extra):
@@ -92,13 +92,6 @@ def post(base, path, body, key=None, raw=None):
         return status, json.loads(text)
     except ValueError:
         return status, text.decode()
-
-
-def wait_until(condition, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.01)
 
 
 def test_over_http_a_bad_field_and_a_wrong_key_are_answered_in_openais_shape():

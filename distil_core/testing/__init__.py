@@ -155,7 +155,22 @@ def stub_runtime(model: Any = None, tokenizer: Any = None, **attrs: Any) -> Simp
     return SimpleNamespace(**values)
 
 
+def wait_until(condition: Any, timeout_s: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it is true; an AssertionError after ``timeout_s`` seconds.
+
+    What a test waits on (a server thread ending, a counter moving) is a condition, never a
+    fixed sleep: a slow machine only makes the wait longer, not the test wrong.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not come true within {timeout_s:g} s"
+        time.sleep(0.01)
+
+
 __all__ = [
     "ISOLATED_ENV", "UNSET_ENV", "FAST_RUN", "isolate", "is_isolated", "use_cache", "distil_env",
     "problem", "rollout", "verdict", "tiny_tokenizer", "tiny_model", "context_builder", "stub_runtime",
+    "wait_until",
 ]
