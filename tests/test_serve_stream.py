@@ -6,7 +6,6 @@ a scripted one whose greedy answer is a chain of tokens we choose."""
 
 import asyncio
 import threading
-import time
 
 import openai
 import pytest

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import socket
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
