@@ -187,16 +187,21 @@ def test_a_temperature_too_small_to_divide_by_is_greedy(server):
     assert status == 400 and out["error"]["param"] == "temperature"
 
 
-def test_a_model_whose_logits_are_nan_answers_a_500_that_says_so():
-    model = tiny_model()
-    with torch.no_grad():
-        model.model.norm.weight.fill_(float("nan"))  # broken weights: every logit is NaN
+def assert_every_decoding_path_answers_500(model):
+    """Greedy, sampled and prompt-scoring requests to ``model`` each get the 500 naming the logits."""
     with LocalOpenAIServer(model, tiny_tokenizer(), model_name="tiny") as server:
         ask = {"model": "tiny", "prompt": "1 2", "max_tokens": 3}
         for extra in ({"temperature": 0}, {"temperature": 1.0, "seed": 1},
                       {"max_tokens": 0, "echo": True, "logprobs": 1}):
             status, out = post(server.base_url, "/v1/completions", {**ask, **extra})
             assert status == 500 and "logits are NaN or infinite" in out["error"]["message"], (extra, out)
+
+
+def test_a_model_whose_logits_are_nan_answers_a_500_that_says_so():
+    model = tiny_model()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))  # broken weights: every logit is NaN
+    assert_every_decoding_path_answers_500(model)
 
 
 def test_a_model_whose_logits_hold_plus_infinity_answers_a_500_not_nan_log_probs():
@@ -204,12 +209,7 @@ def test_a_model_whose_logits_hold_plus_infinity_answers_a_500_not_nan_log_probs
     overflow = torch.zeros(model.config.vocab_size)
     overflow[7] = float("inf")  # one logit overflowed in a low-precision dtype; the rest are finite
     model.lm_head.register_forward_hook(lambda module, args, out: out + overflow)
-    with LocalOpenAIServer(model, tiny_tokenizer(), model_name="tiny") as server:
-        ask = {"model": "tiny", "prompt": "1 2", "max_tokens": 3}
-        for extra in ({"temperature": 0}, {"temperature": 1.0, "seed": 1},
-                      {"max_tokens": 0, "echo": True, "logprobs": 1}):
-            status, out = post(server.base_url, "/v1/completions", {**ask, **extra})
-            assert status == 500 and "logits are NaN or infinite" in out["error"]["message"], (extra, out)
+    assert_every_decoding_path_answers_500(model)
 
 
 def test_a_model_with_more_ids_than_its_tokenizer_answers_with_the_tokenizers_ids_only():
