@@ -143,7 +143,8 @@ def future_credit_terms(chunk: Chunk, student: Tensor, per_token: Tensor, entrop
     if o["centred_rewards"] is not None:
         rewards = o["centred_rewards"].to(device=cost.device, dtype=cost.dtype)
         cost = cost - torch.where(chunk.counted, rewards[:, None], 0.0)
-    score = credit.scored(losses.token_logprobs_from(student, tokens), pieces)
+    score = credit.scored(losses.token_logprobs_from(student, tokens), pieces.get("support_logprobs"),
+                          pieces.get("unsupported"))
     return torch.where(chunk.counted, cost, 0.0) * score, carry
 
 

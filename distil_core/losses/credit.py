@@ -22,8 +22,9 @@ on the same score) then reaches only the logits of the tokens in S_t. ``stop_cre
 leaves EOS out of S_t, so future credit never pushes on the EOS logit; ``credit_floor`` τ > 0 also
 leaves out every token the student gives less than τ, so future credit never pushes up a token
 the student does not already consider — the per-token term alone moves its logit, towards the
-expert. (Its probability still shifts a little with the softmax's normaliser.) GRPO's group advantages (:func:`group_advantages`) are here too: they are the same
-kind of sibling-relative credit, for a whole sequence. ``docs/algorithms.md`` derives each.
+expert. (Its probability still shifts a little with the softmax's normaliser.) GRPO's group
+advantages (:func:`group_advantages`) are here too: they are the same kind of
+sibling-relative credit, for a whole sequence. ``docs/algorithms.md`` derives each.
 
 Shapes as in :mod:`distil_core.losses.reference`: ``[B, T]`` per-token tensors, rows in
 contiguous groups of ``group_size`` rollouts of one prompt.
@@ -150,9 +151,9 @@ def distil_surrogate(
     ``token_ce`` ``[B, T]`` is the differentiable CE(q_t, p_t) (or an unbiased estimate of it);
     ``token_logprobs`` ``[B, T]`` is log p_t(y_t) of the sampled tokens. G_t is the
     :func:`future_cost` of ``token_cost`` (detached; default ``token_ce``, the CE reading).
-    ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from :func:`credit_inputs`,
-    restrict the score to S_t (``stop_credit="local"``, ``credit_floor``). ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving
-    out ``baseline_exclude``). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
+    ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from
+    :func:`credit_inputs`, restrict the score to S_t (``stop_credit="local"``, ``credit_floor``).
+    ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving out ``baseline_exclude``). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
     term on ``response_mask`` (default ``mask``). ``future_credit=False`` keeps only the local
     term (the "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
 
@@ -175,8 +176,7 @@ def distil_surrogate(
             counted = keep | responses
             centred = leave_one_out_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size)
             cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
-        score = scored(token_logprobs, {} if support_logprobs is None else
-                       {"support_logprobs": support_logprobs, "unsupported": unsupported})
+        score = scored(token_logprobs, support_logprobs, unsupported)
         per_token = per_token + torch.where(counted, cost, 0.0) * score
     total = torch.where(counted, per_token, 0.0).sum()
     if normalizer is not None:
@@ -214,12 +214,13 @@ def credit_inputs(student_logprobs: Tensor, token_ce: Tensor, entropy: Optional[
     return pieces
 
 
-def scored(token_logprobs: Tensor, pieces: dict[str, Tensor]) -> Tensor:
-    """The future credit's score s_t from :func:`credit_inputs`' pieces: log p_t(y_t), or its
-    conditional on S_t (0 for a token outside S_t)."""
-    if "support_logprobs" not in pieces:
+def scored(token_logprobs: Tensor, support_logprobs: Optional[Tensor] = None,
+           unsupported: Optional[Tensor] = None) -> Tensor:
+    """The future credit's score s_t: log p_t(y_t), or, given :func:`credit_inputs`'
+    ``support_logprobs`` and ``unsupported``, its conditional on S_t (0 for a token outside S_t)."""
+    if support_logprobs is None:
         return token_logprobs
-    return torch.where(pieces["unsupported"], 0.0, token_logprobs - pieces["support_logprobs"])
+    return torch.where(unsupported, 0.0, token_logprobs - support_logprobs)
 
 
 def check_credit(future_cost: str, stop_credit: str, eos_id: Optional[int], credit_floor: float = 0.0) -> None:
