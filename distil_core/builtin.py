@@ -6,8 +6,8 @@
   digit written decides the whole answer (the bench's sparse, early-choice suite).
 - task ``column_add``: add two numbers whose columns never carry (the bench's sparse math suite).
 - task ``two_ways``: a number answered by its digits sorted or by a multiple, the first digit
-  naming the way; sorting is learnable and multiplying is not (the bench's suite where only sequence-level credit can
-  learn the choice).
+  naming the way; sorting is learnable and multiplying is not (the bench's suite where only
+  sequence-level credit can learn the choice).
 - verifier ``exact_match``: the first number (or, failing that, the first line) of the
   response equals the problem's reference answer.
 - verifier ``two_ways``: the answer is right for the way its first digit names.
