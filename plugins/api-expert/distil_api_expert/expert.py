@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, redacted, resolve
 
@@ -77,6 +77,7 @@ class ApiExpertOptions(BaseModel):
     price_completion_per_1k: Optional[float] = Field(ge=0)
     temperature: float = Field(ge=0)
     max_tokens: Optional[int] = Field(ge=1)
+    seed: Optional[StrictInt]
     text_endpoint: Literal["chat", "completions"]
     misaligned: Literal["text", "skip"]
     probe: bool
@@ -125,6 +126,7 @@ class ApiExpert:
         price_completion_per_1k: Optional[float] = None,
         temperature: float = 0.0,
         max_tokens: Optional[int] = None,
+        seed: Optional[int] = None,
         text_endpoint: str = "chat",
         misaligned: str = "text",
         probe: bool = True,
@@ -360,6 +362,8 @@ class ApiExpert:
                      max_tokens: Optional[int] = None, strict: bool = False) -> _Outcome:
         opts = self.options
         params: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens, "temperature": opts.temperature}
+        if opts.seed is not None:  # sampled answers repeat where the server honours a seed
+            params["seed"] = opts.seed
         chat = opts.text_endpoint == "chat"
         if chat:
             params["messages"] = query.context_messages

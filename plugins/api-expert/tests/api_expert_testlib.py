@@ -17,10 +17,11 @@ from distil_core.testing import tiny_model as untrained_tiny_model
 from distil_core.testing import tiny_tokenizer
 
 TEMPLATE = ContextTemplate()
-SAMPLED = 1.0
-"""The temperature for tests that need the served model to write an answer: the untrained tiny
-model's greedy choice is a special token, which decodes to nothing, and an empty answer is a
-failed query (nothing to train on). Sampled, its four tokens are text."""
+SAMPLED = {"temperature": 1.0, "seed": 0}
+"""Options for tests that need the served model to write an answer: the untrained tiny model's
+greedy choice is a special token, which decodes to nothing, and an empty answer is a failed query
+(nothing to train on). Sampled, its tokens are mostly text; the seed makes each answer the same on
+every run, since an unseeded sample is now and then end-of-text at once."""
 
 
 @functools.lru_cache(maxsize=None)

@@ -73,7 +73,7 @@ def _split_response(tok, text):
 @pytest.mark.parametrize("policy", ["text", "skip"])
 def test_a_response_that_does_not_align_falls_back_to_text_or_is_skipped(server, policy):
     tok = tiny_tokenizer()
-    expert = api_expert(server, k=5, misaligned=policy, max_tokens=4, temperature=SAMPLED)
+    expert = api_expert(server, k=5, misaligned=policy, max_tokens=4, **SAMPLED)
     expert.probe_result.send_ids = False
     qs = queries(2, response="sort 12")
     assert tok.encode("sort", add_special_tokens=False) != _split_response(tok, "sort")  # "sort" is one merged token
@@ -122,7 +122,7 @@ def test_another_tokenizer_is_aligned_through_bytes_where_tokens_coincide():
 def test_text_and_topk_levels_return_the_experts_own_answer(server):
     qs = queries(2)
     for access in ("text", "topk"):
-        expert = api_expert(server, access=access, max_tokens=4, temperature=SAMPLED)
+        expert = api_expert(server, access=access, max_tokens=4, **SAMPLED)
         assert expert.capability.access == "text" and expert.probe_result.level == access
         signals = score(expert, qs)
         assert all(s.ok and s.access == "text" and isinstance(s.text, str) for s in signals)
@@ -189,6 +189,25 @@ def test_a_damaged_cache_file_is_a_miss_however_it_is_damaged(server, tmp_path):
 def test_options_must_be_finite_numbers(server, option):
     with pytest.raises(ConfigError, match=f"{option}: Input should be a finite number \\(got inf\\)"):
         api_expert(server, access="text", probe=False, **{option: math.inf})
+
+
+def test_a_seed_makes_sampled_answers_repeat_and_different_seeds_differ(server):
+    """The seed travels with each written answer: the same seed gives the same sampled text on a
+    fresh expert (no cache), and the answers across seeds are not all one text."""
+    qs = queries(3)
+
+    def texts(seed):
+        expert = api_expert(server, access="text", probe=False, max_tokens=6, temperature=1.0, seed=seed)
+        return [s.text for s in score(expert, qs)]
+
+    assert texts(7) == texts(7)
+    assert len({tuple(texts(seed)) for seed in range(4)}) > 1
+
+
+@pytest.mark.parametrize("seed", [True, 1.5, "7"])
+def test_a_seed_must_be_an_integer(server, seed):
+    with pytest.raises(ConfigError, match="seed: Input should be a valid integer"):
+        api_expert(server, access="text", probe=False, seed=seed)
 
 
 def test_identical_queries_in_one_batch_share_one_request(server):

@@ -71,7 +71,7 @@ def test_malformed_json_fails_that_query_without_a_retry(server):
 
 @pytest.mark.parametrize("access", ["prompt_scoring", "topk"])
 def test_an_answer_without_logprobs_fails_that_query(server, access):
-    expert = api_expert(server, access=access, max_tokens=3, temperature=SAMPLED)
+    expert = api_expert(server, access=access, max_tokens=3, **SAMPLED)
     server.add_faults("no_logprobs")
     signals = score(expert, queries(3))
     failed = [s for s in signals if not s.ok]

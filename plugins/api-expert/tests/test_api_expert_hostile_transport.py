@@ -225,7 +225,7 @@ def test_a_capped_retry_after_still_gets_the_answer_when_the_server_recovers(pro
 
     proxy.behave = once_429
     expert = api_expert(fake(proxy.base_url), access="text", probe=False, max_retries=2, backoff_max_s=0.2,
-                        temperature=SAMPLED)
+                        **SAMPLED)
     [signal], _ = score_within(expert, queries(1), 20)
     assert signal.ok and signal.usage["retries"] == 1 and signal.usage["requests"] == 2
 
@@ -257,7 +257,7 @@ def test_usage_that_is_not_a_non_negative_count_is_ignored_with_a_warning(proxy,
 
 def test_a_good_count_next_to_a_bad_one_is_kept(proxy):
     expert = api_expert(fake(proxy.base_url), access="text", probe=False, price_prompt_per_1k=1.0,
-                        price_completion_per_1k=1.0, temperature=SAMPLED)
+                        price_completion_per_1k=1.0, **SAMPLED)
     proxy.mutate = lambda path, request, answer: {**answer, "usage": {"prompt_tokens": 40, "completion_tokens": -9}}
     with pytest.warns(RuntimeWarning, match="usage.completion_tokens is -9"):
         [signal], _ = score_within(expert, queries(1), 30)
@@ -363,7 +363,7 @@ def test_echoed_ids_spelled_with_digits_int_cannot_read_are_text_not_a_crash(pro
 
 @pytest.mark.parametrize("misaligned", ["skip", "text"])
 def test_echoed_tokens_the_student_cannot_spell_are_misaligned_not_a_crash(proxy, misaligned):
-    expert = api_expert(fake(proxy.base_url), misaligned=misaligned, max_tokens=3, temperature=SAMPLED)
+    expert = api_expert(fake(proxy.base_url), misaligned=misaligned, max_tokens=3, **SAMPLED)
 
     def garbled(path, request, answer):
         if request.get("echo"):
