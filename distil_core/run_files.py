@@ -37,7 +37,11 @@ STEP_LOGS = ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl"
 TRACKER_DIRS = ("tensorboard", "trackio", "wandb", "mlruns")
 """Where the built-in trackers (``train.report_to``) write by default, inside the run directory."""
 
-RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", *TRACKER_DIRS, "curves.png")
+TRACKER_IDS = "trackers.json"
+"""The trackers' own run ids (wandb, MLflow), which a resumed run logs on into."""
+
+RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", *TRACKER_DIRS, TRACKER_IDS,
+               "curves.png")
 """What a run writes into its directory (besides rotated segments), and ``distil plot``'s
 default picture of it; ``--overwrite`` removes exactly these, and a directory holding any of
 them already holds a run."""

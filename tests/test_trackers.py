@@ -110,15 +110,13 @@ def test_every_tracker_at_once_and_the_jsonl_logs_stay_complete(tmp_path):
             r["step"]: pytest.approx(r["loss"], rel=1e-6) for r in jsonl(tmp_path / "metrics.jsonl")}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tracker", ["tensorboard", "trackio"])
-def test_a_resumed_run_shows_each_step_once(tmp_path, tracker):
-    """A session checkpoints at step 2, logs step 3 and dies; the resumed session trains step 3
-    again. The tracker's own reader then holds one value per step, the resumed session's, as
-    metrics.jsonl does."""
+def interrupted_then_resumed(run_dir, tracker, logged):
+    """A session checkpoints at step 2, logs step 3 and dies; a second session resumes the run
+    and trains steps 3 and 4. ``logged(run_dir)`` gives the steps the tracker holds for loss
+    after the first session. What the second session said is returned."""
     overrides = ["train.steps=4", "train.save_every=2", "train.eval_every=0", f"train.report_to=[{tracker}]"]
     config = load_config(None, FAST_RUN + overrides)
-    first = Trainer(config, run_dir=str(tmp_path), echo=lambda *_: None)
+    first = Trainer(config, run_dir=str(run_dir), echo=lambda *_: None)
     observe = first.guard.observe
 
     def dies_after_step_3(row):
@@ -129,16 +127,73 @@ def test_a_resumed_run_shows_each_step_once(tmp_path, tracker):
     first.guard.observe = dies_after_step_3
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002.pt"
-    assert [step for step, _ in LOGGED[tracker](tmp_path, "loss")] == [1, 2, 3]  # step 3 reached the tracker
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000002.pt"
+    assert logged(run_dir) == [1, 2, 3]  # step 3 reached the tracker
 
     said = []
-    Trainer(config, run_dir=str(tmp_path), resume=True, echo=said.append).fit()
+    Trainer(config, run_dir=str(run_dir), resume=True, echo=said.append).fit()
     assert any("Resumed" in m for m in said) and not [m for m in said if "tracker" in m], said
+    return said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["tensorboard", "trackio"])
+def test_a_resumed_run_shows_each_step_once(tmp_path, tracker):
+    """After :func:`interrupted_then_resumed`, the tracker's own reader holds one value per step,
+    the resumed session's, as metrics.jsonl does."""
+    interrupted_then_resumed(tmp_path, tracker, lambda d: [step for step, _ in LOGGED[tracker](d, "loss")])
     metrics = jsonl(tmp_path / "metrics.jsonl")
     logged = LOGGED[tracker](tmp_path, "loss")
     assert [step for step, _ in logged] == [r["step"] for r in metrics] == [1, 2, 3, 4]
     assert [value for _, value in logged] == [pytest.approx(r["loss"], rel=1e-6, abs=1e-7) for r in metrics]
+
+
+@pytest.mark.slow
+def test_a_resumed_wandb_run_logs_on_under_the_id_it_started_with(tmp_path):
+    """Offline, the resumed session is a second ``offline-run-*`` folder with the first's run id
+    (``wandb sync`` uploads both into one run), logging from the step after the checkpoint."""
+    def folders():
+        return sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+    interrupted_then_resumed(tmp_path, "wandb", lambda d: sorted(wandb_run(d).series("loss")))
+    first, second = folders()
+    run_id = json.loads((tmp_path / "trackers.json").read_text())["wandb"]
+    assert first.name == second.name == f"run-{run_id}.wandb"
+    resumed = wandb_run(tmp_path, second)
+    metrics = jsonl(tmp_path / "metrics.jsonl")
+    assert resumed.series("loss") == {r["step"]: pytest.approx(r["loss"]) for r in metrics if r["step"] > 2}
+    assert resumed.finished and resumed.config["train.steps"] == 4
+
+
+@pytest.mark.slow
+def test_a_resumed_mlflow_run_logs_on_into_the_same_run(tmp_path):
+    """One run, finished, tagged with the step it resumed at. MLflow deletes no metric point, so
+    step 3 holds the interrupted session's value and then the resumed session's."""
+    interrupted_then_resumed(tmp_path, "mlflow", lambda d: [m.step for m in mlflow_history(d, "loss")])
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["distil.resumed_at"] == "2"
+    assert run.info.run_id == json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    history = mlflow_history(tmp_path, "loss")
+    metrics = {r["step"]: r["loss"] for r in jsonl(tmp_path / "metrics.jsonl")}
+    assert [m.step for m in history] == [1, 2, 3, 3, 4]
+    assert history[-2].value == pytest.approx(metrics[3]) and history[-1].value == pytest.approx(metrics[4])
+    assert run.data.params["train.steps"] == "4"
+
+
+def mlflow_runs(run_dir):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    return client.search_runs([client.get_experiment_by_name("distil").experiment_id])
+
+
+def mlflow_history(run_dir, key):
+    """Every point of ``key`` in the run's history, in the order logged (by timestamp, then step)."""
+    from mlflow import MlflowClient
+
+    (run,) = mlflow_runs(run_dir)
+    points = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri()).get_metric_history(run.info.run_id, key)
+    return sorted(points, key=lambda m: (m.timestamp, m.step))
 
 
 def tensorboard_logged(run_dir, key):
@@ -249,14 +304,15 @@ def trackio_run(run_dir):
     return Run(series, flat_config({k: v for k, v in config.items() if not k.startswith("_")}), tables)
 
 
-def wandb_run(run_dir):
-    """The offline run's transaction log (``run-<id>.wandb``), decoded with wandb's own protobuf
+def wandb_run(run_dir, path=None):
+    """The offline run's transaction log (``run-<id>.wandb``; ``path``: one of several), decoded with wandb's own protobuf
     ``Record``. wandb 0.31 keeps no Python reader for it (its datastore module went with the
     move to wandb-core), so the record framing — LevelDB's log format, which wandb documents —
     is read here."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    if path is None:
+        (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     series, config, tables, finished, kinds = {}, {}, {}, None, []
     for raw in leveldb_records(path.read_bytes()):
         record = wandb_internal_pb2.Record.FromString(raw)
@@ -312,7 +368,7 @@ def mlflow_run(run_dir):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
-    (run,) = client.search_runs([client.get_experiment_by_name("distil").experiment_id])
+    (run,) = mlflow_runs(run_dir)
     run_id = run.info.run_id
     series = {key.replace("_at_", "@"): {m.step: m.value for m in client.get_metric_history(run_id, key)}
               for key in run.data.metrics}  # pass@1 is logged as pass_at_1

@@ -4,7 +4,9 @@ command line, steps that go back, a tracker failing at each call. Each is read b
 library's own reader: the run never stops, no tracker is lost over one value, and what a
 tracker cannot hold is left out with a warning naming the tracker and the key."""
 
+import json
 import math
+import re
 import sys
 from types import SimpleNamespace
 
@@ -169,6 +171,54 @@ def test_wandb_says_when_a_step_goes_back(tmp_path):
         for step in (1, 5, 3, 5, 6):
             trackers.log_metrics(step, {"loss": float(step)})
     trackers.close()
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"{not json", "cannot be read (JSONDecodeError)"),
+    (b"[1, 2]", "cannot be read (AttributeError)"),
+    (b'{"mlflow": 7}', "holds 7 as its run id"),
+    (b'{"mlflow": ""}', "holds '' as its run id"),
+    (b"[" * 100_000, "cannot be read (RecursionError)"),
+], ids=["not-json", "a-list", "a-number", "empty", "deeply-nested"])
+def test_a_damaged_trackers_json_starts_a_new_run_with_a_warning(tmp_path, content, why):
+    """A resumed run reads the trackers' run ids from trackers.json; one it cannot use is named,
+    a new run starts, and the file is written anew with that run's id."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "trackers.json").write_bytes(content)
+    logger = MlflowLogger(str(tmp_path))
+    logger.resume(2)
+    with pytest.warns(UserWarning, match=f"tracker 'mlflow': .*trackers.json {re.escape(why)}"):
+        logger.log_metrics(3, {"loss": 1.0})
+    logger.close()
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("distil").experiment_id])
+    assert json.loads((tmp_path / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+
+
+def test_a_resumed_mlflow_run_keeps_each_param_once_and_names_one_that_changed(tmp_path):
+    """MLflow refuses to change a parameter: the whole batch failed on resume, and the tracker
+    was dropped. Now a param it holds is not sent again, and one that changed is named."""
+    from mlflow import MlflowClient
+
+    first = MlflowLogger(str(tmp_path))
+    first.log_config({"optim": {"lr": 0.001}, "train": {"steps": 4}})
+    first.log_metrics(1, {"loss": 1.0})
+    first.close(failed=True)
+    said = []
+    second = MlflowLogger(str(tmp_path))
+    trackers = Trackers([("mlflow", second)], warn=said.append)
+    trackers.resume(1)
+    with pytest.warns(UserWarning, match="leaves out the param 'train.steps': the resumed run holds '4'"):
+        trackers.log_config({"optim": {"lr": 0.001}, "train": {"steps": 8}, "seed": 3})
+    trackers.log_metrics(2, {"loss": 0.5})
+    trackers.close()
+    assert not said  # never dropped
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("distil").experiment_id])
+    assert run.data.params == {"optim.lr": "0.001", "train.steps": "4", "seed": "3"}
+    assert run.info.status == "FINISHED" and run.data.tags["distil.resumed_at"] == "1"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(1, 1.0), (2, 0.5)]
 
 
 @pytest.mark.parametrize("fail_in", ["log_config", "log_metrics", "log_table", "resume"])

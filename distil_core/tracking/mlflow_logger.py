@@ -5,6 +5,13 @@ legacy and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set; for that local 
 variable is set (a database store needs SQLAlchemy, which ``mlflow-skinny`` leaves out).
 Everything goes through one ``MlflowClient``: no process-wide active run, so several runs in one
 process do not mix.
+
+A resumed run logs on into the MLflow run it started: its id is kept in the run directory's
+``trackers.json``. MLflow cannot delete a metric's points, so the steps the interrupted session
+logged past the checkpoint hold two points each, the later one the resumed session's; the run's
+``distil.resumed_at`` tag names the steps it resumed at. A parameter is logged once: MLflow
+refuses to change one, so a value that differs on resume is left out with a warning (config.json,
+written again, holds the resumed session's config).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from distil_core.tracking import library
+from distil_core.tracking.library import remember_id, remembered_id
 from distil_core.tracking.values import cut, flat_config
 
 NOT_IN_NAMES = re.compile(r"[^\w./\- :]")
@@ -60,18 +68,49 @@ class MlflowLogger:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.mlflow = library.require("mlflow", "mlflow", "mlflow")
         self.experiment, self.name = experiment, run_name or library.run_name(run_dir)
+        self.run_dir = run_dir
         self.client: Any = None
         self.run_id: Optional[str] = None
+        self.resumed_at: Optional[int] = None
+        self.logged_params: dict[str, str] = {}  # what the run already holds, on resume
         self.names: dict[str, dict[str, str]] = {"metric": {}, "param": {}}  # MLflow's name: the key logged as it
         self.left_out: set[tuple[str, str]] = set()
+
+    def resume(self, step: int) -> None:
+        """The run goes on from its checkpoint at ``step``: it logs on into the MLflow run it started."""
+        if self.run_id is not None:
+            raise RuntimeError("resume() comes before anything is logged")
+        self.resumed_at = step
 
     def start(self) -> str:
         if self.run_id is None:
             self.client = self.mlflow.MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-            self.run_id = self.client.create_run(experiment_id, run_name=self.name).info.run_id
+            self.run_id = self.earlier_run() if self.resumed_at is not None else None
+            if self.run_id is None:
+                found = self.client.get_experiment_by_name(self.experiment)
+                experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+                self.run_id = self.client.create_run(experiment_id, run_name=self.name).info.run_id
+                remember_id(self.run_dir, "mlflow", self.run_id)
         return self.run_id
+
+    def earlier_run(self) -> Optional[str]:
+        """The run this run directory started, marked running again, or None (with a warning
+        where the id names no run in the store: a new run starts)."""
+        run_id = remembered_id(self.run_dir, "mlflow")
+        if run_id is None:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except self.mlflow.exceptions.MlflowException as exc:
+            warnings.warn(f"tracker 'mlflow': the run {run_id!r} that trackers.json names is not in {self.uri} "
+                          f"({cut(str(exc), 120)}); the resumed session logs into a new run.", stacklevel=2)
+            return None
+        self.logged_params = dict(run.data.params)
+        earlier = run.data.tags.get("distil.resumed_at")
+        self.client.set_tag(run_id, "distil.resumed_at",
+                            f"{earlier},{self.resumed_at}" if earlier else str(self.resumed_at))
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -79,9 +118,20 @@ class MlflowLogger:
         run_id = self.start()
         params = [Param(name, cut(v, VALUE_LIMIT - 1)) for k, v in flat_config(config).items()
                   if (name := self.logged_name("param", k)) is not None]
+        params = [p for p in params if self.new_param(p)]
         for i in range(0, len(params), BATCH):
             self.client.log_batch(run_id, params=params[i:i + BATCH])
         self.client.log_dict(run_id, config, "config.json")
+
+    def new_param(self, param: Any) -> bool:
+        """Whether ``param`` is still to be logged: not where the run holds it already (a resumed
+        run), nor, with a warning, where it holds another value, which MLflow refuses to change."""
+        held = self.logged_params.get(param.key)
+        if held is not None and held != param.value:
+            warnings.warn(f"tracker 'mlflow' leaves out the param {cut(param.key, 80)!r}: the resumed run holds "
+                          f"{cut(held, 80)!r} and MLflow does not change a param; config.json holds the new "
+                          "value.", stacklevel=3)
+        return held is None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
