@@ -49,6 +49,7 @@ def user(content, **extra):
     (ChatRequest, {"messages": user({"text": "hi"})}, "messages", "'messages[0].content' must be a string or a list"),
     (ChatRequest, {"messages": user(123)}, "messages", "(got int)"),
     (ChatRequest, {"messages": [{"role": 5, "content": "hi"}]}, "messages", "'messages[0].role' must be a string"),
+    (ChatRequest, {"messages": user("hi", name=["al"])}, "messages", "'messages[0].name' must be a string (got list)"),
     (ChatRequest, {"messages": user("hi") + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages",
      "'messages[1].tool_calls': tool and function calling is not supported"),
@@ -74,6 +75,21 @@ def test_chat_text_parts_are_joined():
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     assert validated(ChatRequest, {"messages": user(parts)}).messages == [{"role": "user", "content": "ab"}]
     assert validated(ChatRequest, {"messages": user(None)}).messages == [{"role": "user", "content": ""}]
+
+
+def test_a_messages_name_reaches_a_template_that_renders_it():
+    """A participant's ``name`` was dropped: a template that renders it never saw it."""
+    import copy
+
+    from distil_core import prompt_ids
+
+    parsed = validated(ChatRequest, {"messages": user("hi", name="alice") + user([{"type": "text", "text": "yo"}],
+                                                                              name="bob") + user("x", name=None)})
+    assert parsed.messages == [{"role": "user", "content": "hi", "name": "alice"},
+                               {"role": "user", "content": "yo", "name": "bob"}, {"role": "user", "content": "x"}]
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok.chat_template = "{% for m in messages %}{{ m.get('name', 'anon') }}: {{ m.content }}\n{% endfor %}"
+    assert tok.decode(prompt_ids(tok, parsed.messages)) == "alice: hi\nbob: yo\nanon: x\n"
 
 
 def post(base, path, body, key=None, raw=None):

@@ -22,7 +22,9 @@ carry the result of a tool call, and tool calling is not supported (an assistant
 answers no tool call. ``developer`` is OpenAI's newer name for ``system``: it reaches the
 template as ``system`` unless the template names a developer role itself
 (:func:`template_messages`; the tiny models' and SmolLM2's templates do not, and SmolLM2's
-would otherwise add its default system prompt before the developer's).
+would otherwise add its default system prompt before the developer's). A message's ``name`` (a
+participant's name, a string) reaches the template beside its role and content; most templates
+do not render it, as most models were not trained with one.
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ class CompletionRequest(Sampling):
 
 
 class ChatRequest(Sampling):
-    """``POST /v1/chat/completions``. ``messages`` come out as {role, content} with text content."""
+    """``POST /v1/chat/completions``. ``messages`` come out as {role, content} with text content,
+    and the message's ``name`` where one is sent (a chat template that renders it gets it)."""
 
     messages: list[dict[str, Any]] = Field(default=None, validate_default=True)
     max_completion_tokens: Optional[Count] = None
@@ -210,7 +213,7 @@ class ChatRequest(Sampling):
 
 
 def _text_message(message: Any, where: str) -> dict[str, str]:
-    """One chat message as {role, content} with its text; what is not text is refused by name
+    """One chat message as {role, content} with its text (and ``name``); what is not text is refused by name
     (a ValueError, which pydantic turns into a 400), so that nothing the client sent is dropped."""
     if not isinstance(message, dict) or "role" not in message:
         raise ValueError(f"'{where}' needs a 'role' and 'content'.")
@@ -228,9 +231,14 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
     for key in ("tool_calls", "function_call"):
         if message.get(key):  # null or [] asks for nothing
             raise ValueError(f"'{where}.{key}': {UNSUPPORTED['tools']}; send the conversation without it.")
+    named = {}
+    if message.get("name") is not None:  # a participant's name: templates that render it get it
+        if not isinstance(message["name"], str):
+            raise ValueError(f"'{where}.name' must be a string (got {type(message['name']).__name__}).")
+        named = {"name": message["name"]}
     content = message.get("content")
     if content is None or isinstance(content, str):
-        return {"role": role, "content": content or ""}
+        return {"role": role, "content": content or "", **named}
     if not isinstance(content, list):
         raise ValueError(f"'{where}.content' must be a string or a list of text parts (got {type(content).__name__}).")
     texts = []
@@ -243,7 +251,7 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
         if not isinstance(part.get("text"), str):
             raise ValueError(f"'{where}.content[{j}].text' must be a string (got {part.get('text')!r}).")
         texts.append(part["text"])
-    return {"role": role, "content": "".join(texts)}
+    return {"role": role, "content": "".join(texts), **named}
 
 
 def template_messages(chat_template: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
