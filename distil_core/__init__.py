@@ -15,6 +15,7 @@ from distil_core.context import ContextTemplate, prompt_ids
 from distil_core.errors import ConfigError, DistilError, PluginError, did_you_mean, nearest
 from distil_core.templates import check_format_template
 from distil_core.redaction import SECRET_NAME, redacted
+from distil_core.text import SURROGATE, as_text
 from distil_core.hookspecs import hookimpl
 from distil_core.plugin_host import PluginHost, Registration, Registry, get_host
 from distil_core.protocols import (
@@ -96,4 +97,6 @@ __all__ = [
     "check_format_template",
     "SECRET_NAME",
     "redacted",
+    "SURROGATE",
+    "as_text",
 ]

@@ -9,19 +9,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import re
 from typing import Any, Mapping, Optional
+
+from distil_core.text import as_text
 
 TABLE_ROWS = 4
 """Rollouts in one rollout table: enough to read, few enough to log every few steps."""
 
 TEXT_LIMIT = 2000
 """Characters kept of a prompt, response, feedback or expert context in a table row."""
-
-SURROGATE = re.compile("[\ud800-\udfff]")
-"""A lone UTF-16 surrogate (``"\\ud83d"``, half an emoji cut in two): no UTF-8 encoder takes one, so
-one in a table cell or config value cost a tracker (TensorBoard, MLflow) or the whole table (trackio)."""
-
 
 def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric values of ``row`` (booleans as 0/1; NaN and infinities as they are), keys
@@ -65,7 +61,7 @@ def readable(value: Any) -> Any:
     """``value`` with every lone surrogate in its strings (keys of mappings too) replaced by
     U+FFFD, so that every tracker can encode it; anything else as it is."""
     if isinstance(value, str):
-        return SURROGATE.sub("\ufffd", value)
+        return as_text(value)
     if isinstance(value, Mapping):
         return {readable(k): readable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

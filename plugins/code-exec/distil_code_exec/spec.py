@@ -24,6 +24,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distil_core import as_text
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -176,7 +178,7 @@ def extract_code(text: str) -> str:
     Lone surrogates (half of an emoji cut by a client) cannot be written as UTF-8 source: they
     become U+FFFD here, so such a response is graded for the code it can be, never stops the
     grading of its batch."""
-    text = _without_lone_surrogates(text)
+    text = as_text(text)
     tagged: list[str] = []
     untagged: list[str] = []
     for tag, body in fenced_blocks(text):
@@ -216,14 +218,6 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
         blocks.append((tag, "".join(line + "\n" for line in lines[i + 1:end])))
         i = end + 1
     return blocks
-
-
-def _without_lone_surrogates(text: str) -> str:
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:  # pairs written as two code points are joined; the rest replaced
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 Reference = Union[CodeTests, dict, list, str]

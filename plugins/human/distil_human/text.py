@@ -4,8 +4,8 @@ A Python string can hold what is not text: a lone UTF-16 surrogate, from a JSON 
 half of a surrogate pair (``"\\ud83d"``, a truncated emoji) or from a byte that is not UTF-8
 in a path, an argument or an environment variable (Python's ``surrogateescape``). Neither
 UTF-8 (every page and JSON reply the desk sends) nor SQLite can hold it, so the first use of
-such a string fails. The readers here turn it into U+FFFD once, where it enters, so that
-nothing downstream has to care.
+such a string fails. The readers here turn it into U+FFFD once, where it enters
+(:func:`distil_core.text.as_text`), so that nothing downstream has to care.
 
 A reviewer's name is also made plain: one line, no control or direction-override characters
 (U+202E would reverse the text shown after the name), compatibility forms folded by NFKC
@@ -19,28 +19,12 @@ import unicodedata
 from typing import Any, Callable, Optional
 
 from distil_core.run_files import json_line as read_json_line
+from distil_core import as_text
 
 MAX_AUTHOR = 200  # characters of a reviewer's name
 
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # how a JSON line spells a surrogate
 _SPACES = re.compile(r"\s+")
-
-
-def as_text(value: str) -> str:
-    """``value`` with each lone surrogate made U+FFFD (and unchanged when it holds none).
-
-    Bytes that ``surrogateescape`` smuggled in are re-read as UTF-8 first, so an escaped
-    sequence that does spell a character comes back as that character.
-    """
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte
-        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def clean(value: Any) -> Any:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from typing import Any, Optional
 
-SURROGATE = re.compile(r"[\ud800-\udfff]")
-"""A surrogate code point: JSON's ``\\ud800`` escapes decode to one when unpaired, and no
-encoder (the tokenizer's included) can write it, so a text holding one is refused at load."""
+from distil_core import SURROGATE
 
 
 class RecordError(ValueError):
@@ -69,7 +66,8 @@ class Record:
 
     def unicode(self, name: str, value: Any) -> Any:
         """``value`` unchanged when every string in it (nested in lists and dicts too) is valid
-        Unicode; a lone surrogate is refused here rather than crash the tokenizer mid-run."""
+        Unicode; a lone surrogate (JSON's ``\\ud800`` unpaired), which no encoder can write, is
+        refused here rather than crash the tokenizer mid-run."""
         if isinstance(value, str):
             found = SURROGATE.search(value)
             if found:
