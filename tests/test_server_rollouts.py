@@ -115,7 +115,8 @@ def test_server_rollouts_follow_the_generator_protocol(server, base, tmp_path):
     policy, tok = load(base)
     gen = generator(server, policy, tok, tmp_path, mode="none", sync="none")
     ids, names = prompts(tok)
-    rollouts = gen.sample(ids, names, N, params=SamplingParams(max_new_tokens=10, temperature=1.0))
+    # keyed: the samples are the same whichever tests ran before (else seeds come from torch's global stream)
+    rollouts = gen.sample(ids, names, N, params=SamplingParams(max_new_tokens=10, temperature=1.0), key=0)
     assert [(r.problem_id, r.group_index) for r in rollouts] == [(p, j) for p in names for j in range(N)]
     assert len({tuple(r.response_ids) for r in rollouts}) > 1  # n samples, not n copies
     assert any(r.finished for r in rollouts)
