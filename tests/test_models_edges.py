@@ -143,6 +143,30 @@ def test_remote_code_is_refused_before_transformers_asks(tmp_path, monkeypatch, 
     assert not os.path.exists(tmp_path / MARKER)
 
 
+EXPERT_DAMAGES = {
+    "cut_weights": (lambda d: os.truncate(d / "model.safetensors", 100), "model.safetensors is damaged (Error "),
+    "no_weights": (lambda d: os.unlink(d / "model.safetensors"), "it has no weights file (model.safetensors)"),
+    "bad_config": (lambda d: (d / "config.json").write_text("{"), "config.json is damaged (not valid JSON)"),
+    "no_tokenizer": (lambda d: [os.unlink(p) for p in d.glob("tokenizer*")], "it has no tokenizer file"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(EXPERT_DAMAGES))
+def test_a_damaged_hf_expert_directory_is_one_line_naming_the_file_and_the_option(tmp_path, damage):
+    """A weights file cut short reached the user as safetensors' own SafetensorError."""
+    from distil_core.models.experts import HFExpert
+
+    path = model_dir(tmp_path, "expert")
+    HFExpert(stub_runtime(), path)  # whole, it loads
+    spoil, said = EXPERT_DAMAGES[damage]
+    spoil(tmp_path / "expert")
+    with pytest.raises(ConfigError) as err:
+        HFExpert(stub_runtime(), path)
+    message = str(err.value)
+    assert message.startswith(f"expert 'hf': model directory {str(path)!r} cannot be loaded: {said}")
+    assert "(expert.options.path)" in message and "\n" not in message
+
+
 def test_auto_map_of_a_known_architecture_loads_natively(tmp_path):
     from distil_core.models.experts import HFExpert
 

@@ -211,17 +211,22 @@ class HFExpert(_LocalModelExpert):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from distil_core.models.model_dir import remote_code_problem
+        from distil_core.models.model_dir import reading_model_dir, remote_code_problem
 
         self._check_access(access, k)
         self.access, self.k = access, k
         problem = remote_code_problem(path)
         if problem is not None:
             raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {problem}")
-        try:  # never the directory's own code, never a download
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
-                                                              trust_remote_code=False)
+        named_by = "expert.options.path"
+        try:  # never the directory's own code, never a download; a missing or damaged file named
+            with reading_model_dir(path, "tokenizer", named_by):
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            with reading_model_dir(path, "weights", named_by):
+                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                                  local_files_only=True, trust_remote_code=False)
+        except ConfigError as exc:
+            raise ConfigError(f"expert 'hf': {exc}") from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {' '.join(str(exc).split())}") from None
         if tokenizer.get_vocab() != runtime.tokenizer.get_vocab():

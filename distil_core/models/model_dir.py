@@ -17,10 +17,15 @@ from safetensors import SafetensorError
 from distil_core.errors import ConfigError
 
 
-def unloadable(kind: str, path: str, problem: str) -> ConfigError:
-    """The one line for a ``kind`` ("model" or "adapter") directory that cannot be loaded."""
+STUDENT = "model.name, or the run given to distil eval"
+"""Where a user names the student's model directory: what :func:`unloadable` says to fix."""
+
+
+def unloadable(kind: str, path: str, problem: str, named_by: str = STUDENT) -> ConfigError:
+    """The one line for a ``kind`` ("model" or "adapter") directory that cannot be loaded;
+    ``named_by`` is where the user gave that directory."""
     return ConfigError(f"{kind} directory {path!r} cannot be loaded: {problem}. Restore that file, or give a "
-                       "complete model directory (model.name, or the run given to distil eval).")
+                       f"complete model directory ({named_by}).")
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -30,22 +35,23 @@ JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
 
 
 @contextlib.contextmanager
-def reading_model_dir(path: str, part: str) -> Iterator[None]:
+def reading_model_dir(path: str, part: str, named_by: str = STUDENT) -> Iterator[None]:
     """Loading the ``part`` (``tokenizer`` or ``weights``) of model directory ``path``: when a file
     of it is missing or damaged (a run's ``final/`` copied in part, a download cut short), the
     one line names the directory and the file instead of transformers' traceback. A failure
     whose files look whole is not converted: it has another cause. A directory that needs its own
-    Python code (``auto_map``) is refused before transformers is asked (:func:`remote_code_problem`)."""
+    Python code (``auto_map``) is refused before transformers is asked (:func:`remote_code_problem`).
+    ``named_by`` is where the user gave the directory (the student's by default)."""
     problem = remote_code_problem(path)
     if problem is not None:
-        raise unloadable("model", path, problem)
+        raise unloadable("model", path, problem, named_by)
     try:
         yield
     except (OSError, ValueError, SafetensorError) as exc:
         problem = model_dir_problem(path, part, exc)
         if problem is None:
             raise
-        raise unloadable("model", path, problem) from None
+        raise unloadable("model", path, problem, named_by) from None
 
 
 def remote_code_problem(path: str) -> Optional[str]:
