@@ -63,6 +63,9 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     efficiency = [line for line in md.splitlines() if line.startswith("| grpo |")][1]
     reached = int(efficiency.split("|")[2])
     assert reached in (32, 64)  # eval at step 2 or 4, 16 rollouts a step
+    widest = max((k for k in runs[0]["after"] if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
+    assert widest != "pass@1" and f"rollouts to reach grpo's final {widest} | vs grpo's budget" in md
+    assert int(efficiency.split("|")[4]) in (32, 64)  # and its own final pass@k, likewise
     for r in runs:  # the length series is the run's own metrics.jsonl
         assert [s for s, _ in r["response_tokens"]] == [1, 2, 3, 4]
         assert r["reference_tokens"] > 1

@@ -240,22 +240,30 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
 
 
 def _efficiency_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any]) -> list[str]:
-    """Sample efficiency against GRPO and response length against the reference, per method."""
+    """Sample efficiency against GRPO and response length against the reference, per method.
+
+    Efficiency is read for the plot metric and, where the evals measured it, the widest pass@k:
+    a method that hedges can reach GRPO's pass@k long before its pass@1 at temperature 1."""
     b = bench.budget(suite)
     per_step = b["problems_per_step"] * b["samples_per_problem"]
-    metric = bench.spec.plot_metric
-    reach = rollouts_to_reach(rows, suite, "grpo", metric, per_step)
-    refs = [r["reference_tokens"] for r in rows if r["suite"] == suite and r.get("reference_tokens")]
+    mine = [r for r in rows if r["suite"] == suite]
+    metrics = [bench.spec.plot_metric] + widest_pass(mine, bench.spec.plot_metric)
+    reaches = {m: rollouts_to_reach(rows, suite, "grpo", m, per_step) for m in metrics}
+    refs = [r["reference_tokens"] for r in mine if r.get("reference_tokens")]
     ref = statistics.fmean(refs) if refs else None
     methods = [m for m in table if m != "base"]
-    if not reach and ref is None:
+    if not reaches[metrics[0]] and ref is None:
         return []
-    head = "| method | rollouts to reach grpo's final " + metric + " | vs grpo's budget | response tokens (last 10 % of steps) | vs reference |"
-    lines = [head, "|---|---:|---:|---:|---:|"]
+    head = "| method | " + " | ".join(f"rollouts to reach grpo's final {m} | vs grpo's budget" for m in metrics)
+    head += " | response tokens (last 10 % of steps) | vs reference |"
+    lines = [head, "|---|" + "---:|---:|" * len(metrics) + "---:|---:|"]
     for method in methods:
-        got = reach.get(method) if reach else None
-        cells = [f"{got}" if got is not None else ("–" if not reach else "not reached"),
-                 f"{got / b['rollouts']:.2f}×" if got is not None else "–"]
+        cells = []
+        for metric in metrics:
+            reach = reaches[metric]
+            got = reach.get(method) if reach else None
+            cells += [f"{got}" if got is not None else ("–" if not reach else "not reached"),
+                      f"{got / b['rollouts']:.2f}×" if got is not None else "–"]
         length = final_lengths(rows, suite, method)
         cells += [f"{length:.1f}" if length is not None else "–",
                   f"{length / ref:.2f}×" if length is not None and ref else "–"]
@@ -263,6 +271,17 @@ def _efficiency_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, ta
     if ref is not None:
         lines += ["", f"Reference responses average {ref:.1f} tokens (with the end token)."]
     return lines + [""]
+
+
+def widest_pass(runs: list[dict[str, Any]], metric: str) -> list[str]:
+    """``[pass@k]`` for the largest k every run's final eval and curve hold, when it is not
+    ``metric``; else ``[]``."""
+    if not runs:
+        return []
+    held = set.intersection(*({k for k in r["after"] if k.startswith("pass@") and k.split("@")[1].isdigit()}
+                              & set().union(*(p.keys() for p in r.get("curve") or [{}])) for r in runs))
+    widest = max(held, key=lambda k: int(k.split("@")[1]), default=None)
+    return [widest] if widest is not None and widest != metric else []
 
 
 def terminal_table(bench: "Bench", rows: list[dict[str, Any]]) -> str:
