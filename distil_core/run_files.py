@@ -220,5 +220,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -22,7 +22,8 @@ def as_text(value: str) -> str:
 
     Bytes that ``surrogateescape`` smuggled in are re-read as UTF-8 first, so an escaped
     sequence that does spell a character comes back as that character; a pair of surrogates
-    written as two code points is joined into the character it spells.
+    written as two code points is joined into the character it spells. A string that holds
+    both kinds is repaired by the second way alone: its escaped bytes become U+FFFD too.
     """
     try:
         value.encode("utf-8")

@@ -167,6 +167,14 @@ def test_a_damaged_hf_expert_directory_is_one_line_naming_the_file_and_the_optio
     assert "(expert.options.path)" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("given", ["missing/dir", "HuggingFaceTB/SmolLM2-135M"])
+def test_an_hf_expert_path_that_is_no_directory_says_so(tmp_path, given):
+    from distil_core.models.experts import HFExpert
+
+    with pytest.raises(ConfigError, match=r"^expert 'hf': options.path '.*' is not a local model directory"):
+        HFExpert(stub_runtime(), str(tmp_path / given) if given.startswith("missing") else given)
+
+
 def test_auto_map_of_a_known_architecture_loads_natively(tmp_path):
     from distil_core.models.experts import HFExpert
 

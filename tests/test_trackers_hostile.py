@@ -175,7 +175,7 @@ def test_wandb_says_when_a_step_goes_back(tmp_path):
 
 @pytest.mark.parametrize("content, why", [
     (b"{not json", "cannot be read (JSONDecodeError)"),
-    (b"[1, 2]", "cannot be read (AttributeError)"),
+    (b"[1, 2]", "is not a JSON object (a list)"),
     (b'{"mlflow": 7}', "holds 7 as its run id"),
     (b'{"mlflow": ""}', "holds '' as its run id"),
     (b"[" * 100_000, "cannot be read (RecursionError)"),
@@ -194,6 +194,65 @@ def test_a_damaged_trackers_json_starts_a_new_run_with_a_warning(tmp_path, conte
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("distil").experiment_id])
     assert json.loads((tmp_path / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+
+
+@pytest.mark.parametrize("gone", ["never there", "deleted"])
+def test_a_remembered_mlflow_run_the_store_lacks_starts_a_new_run_with_a_warning(tmp_path, gone):
+    """A run deleted from the store (or a trackers.json from elsewhere) is named, and a new run
+    takes its place, rather than the tracker failing on its first write."""
+    first = MlflowLogger(str(tmp_path))
+    first.log_metrics(1, {"loss": 1.0})
+    first.close()
+    old = json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    if gone == "deleted":
+        first.client.delete_run(old)
+    else:
+        (tmp_path / "trackers.json").write_text(json.dumps({"mlflow": "0" * 32}))
+    second = MlflowLogger(str(tmp_path))
+    second.resume(1)
+    said = "was deleted from" if gone == "deleted" else "is not in"
+    with pytest.warns(UserWarning, match=f"tracker 'mlflow': the run '.*' that trackers.json names {said} file:"):
+        second.log_metrics(2, {"loss": 0.5})
+    second.close()
+    new = json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    assert new not in (old, "0" * 32)
+    assert [m.step for m in second.client.get_metric_history(new, "loss")] == [2]
+
+
+def test_the_mlflow_store_is_named_without_its_password(tmp_path):
+    logger = MlflowLogger(str(tmp_path), tracking_uri="postgresql://ann:s3cret@db.example:5432/mlflow")
+    assert logger.where() == "postgresql://db.example:5432/mlflow"
+    assert MlflowLogger(str(tmp_path)).where() == (tmp_path / "mlruns").absolute().as_uri()
+
+
+def test_trackers_json_that_cannot_be_written_costs_a_warning_not_the_tracker(tmp_path):
+    (tmp_path / "trackers.json").mkdir()  # where the file would go, a directory
+    said = []
+    trackers = Trackers([("mlflow", MlflowLogger(str(tmp_path)))], warn=said.append)
+    with pytest.warns(UserWarning, match="tracker 'mlflow': its run id could not be written to .*trackers.json"):
+        trackers.log_metrics(1, {"loss": 1.0})
+    trackers.log_metrics(2, {"loss": 0.5})
+    trackers.close()
+    assert not said  # never dropped
+
+
+def test_a_resumed_online_wandb_run_leaves_out_the_steps_it_holds_with_one_warning(tmp_path, monkeypatch):
+    """Online, wandb goes on from the step after the last it holds (its ``starting_step``) and drops
+    earlier rows silently under WANDB_SILENT; here they are left out, named in one warning. (A
+    wandb server cannot run here: ``wandb.init`` gives a stand-in run that records its rows.)"""
+    (tmp_path / "trackers.json").write_text(json.dumps({"wandb": "abc12345"}))
+    logger = WandbLogger(str(tmp_path))
+    given, logged = {}, []
+    run = SimpleNamespace(id="abc12345", starting_step=6, log=lambda row, step: logged.append(step),
+                          finish=lambda exit_code: None)
+    monkeypatch.setattr(logger.wandb, "init", lambda **kw: given.update(kw) or run)
+    logger.resume(2)
+    with pytest.warns(UserWarning, match="tracker 'wandb' goes on from step 6.*steps 3–5 are left out") as caught:
+        for step in (3, 4, 5, 6, 7):
+            logger.log_metrics(step, {"loss": float(step)})
+    logger.close()
+    assert len(caught) == 1 and logged == [6, 7]
+    assert given["id"] == "abc12345" and given["resume"] == "allow"
 
 
 def test_a_resumed_mlflow_run_keeps_each_param_once_and_names_one_that_changed(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from typing import Any, Literal, Optional, Sequence
 
 from distil_core.errors import ConfigError
@@ -215,6 +216,10 @@ class HFExpert(_LocalModelExpert):
 
         self._check_access(access, k)
         self.access, self.k = access, k
+        if not os.path.isdir(path):
+            raise ConfigError(f"expert 'hf': options.path {path!r} is not a local model directory. Give the path "
+                              "of a directory that transformers' from_pretrained can read (models are never "
+                              "downloaded at run time).")
         problem = remote_code_problem(path)
         if problem is not None:
             raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {problem}")

@@ -11,6 +11,8 @@ Every tracker is a :class:`~distil_core.protocols.Logger` registered through the
   (its secrets hidden first by :mod:`distil_core.redaction`), the rows of the rollout table.
 - :mod:`.library`: importing a tracker's library lazily (a missing one is a ``ConfigError`` with
   the ``pip install`` to run) and its offline defaults.
+- :mod:`.run_ids`: each tracker's own run id, kept in the run directory, so that a resumed run
+  logs on into the tracker run it started.
 - :mod:`.tensorboard_logger`, :mod:`.trackio_logger`, :mod:`.wandb_logger`,
   :mod:`.mlflow_logger`: the four built-in trackers, each writing under the run directory by
   default; :mod:`.run_style` holds what the wandb and trackio ones share (the same API).

@@ -85,8 +85,9 @@ class Trackers:
                 self.each("log_table", step, rows)
 
     def resume(self, step: int) -> None:
-        """The run resumes from its checkpoint at ``step``: each tracker that can drop what it
-        holds past that step (its optional ``resume``) is told, before anything is logged."""
+        """The run resumes from its checkpoint at ``step``: each tracker with the optional
+        ``resume`` is told, before anything is logged, so that it can drop what it holds past that
+        step, or log on into the run it started."""
         for name, logger in list(self.loggers):
             if callable(getattr(logger, "resume", None)):
                 try:

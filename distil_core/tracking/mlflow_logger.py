@@ -7,11 +7,13 @@ Everything goes through one ``MlflowClient``: no process-wide active run, so sev
 process do not mix.
 
 A resumed run logs on into the MLflow run it started: its id is kept in the run directory's
-``trackers.json``. MLflow cannot delete a metric's points, so the steps the interrupted session
-logged past the checkpoint hold two points each, the later one the resumed session's; the run's
-``distil.resumed_at`` tag names the steps it resumed at. A parameter is logged once: MLflow
-refuses to change one, so a value that differs on resume is left out with a warning (config.json,
-written again, holds the resumed session's config).
+``trackers.json`` (:mod:`~distil_core.tracking.run_ids`). MLflow cannot delete a metric's points,
+so the steps the interrupted session logged past the checkpoint hold two points each, the later
+one the resumed session's; the run's ``distil.resumed_at`` tag names the steps it resumed at. A
+parameter is logged once: MLflow refuses to change one, so a value that differs on resume (as
+sent: cut to 500 characters) is left out with a warning (config.json, written again, holds the
+resumed session's config). A remembered run the store no longer has, or has deleted, means a new
+run, with a warning.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import os
 import posixpath
 import re
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from distil_core.tracking import library
-from distil_core.tracking.library import remember_id, remembered_id
+from distil_core.tracking.run_ids import remember_id, remembered_id
 from distil_core.tracking.values import cut, flat_config
 
 NOT_IN_NAMES = re.compile(r"[^\w./\- :]")
@@ -95,15 +98,21 @@ class MlflowLogger:
 
     def earlier_run(self) -> Optional[str]:
         """The run this run directory started, marked running again, or None (with a warning
-        where the id names no run in the store: a new run starts)."""
+        where the store no longer has it, or has deleted it: a new run starts). Any other error
+        of the store (unreachable, refused) is raised: it would fail a new run as well."""
         run_id = remembered_id(self.run_dir, "mlflow")
         if run_id is None:
             return None
         try:
             run = self.client.get_run(run_id)
         except self.mlflow.exceptions.MlflowException as exc:
-            warnings.warn(f"tracker 'mlflow': the run {run_id!r} that trackers.json names is not in {self.uri} "
-                          f"({cut(str(exc), 120)}); the resumed session logs into a new run.", stacklevel=2)
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage != "active":
+            gone = "is not in" if run is None else "was deleted from"
+            warnings.warn(f"tracker 'mlflow': the run {run_id!r} that trackers.json names {gone} {self.where()}; "
+                          "the resumed session logs into a new run.", stacklevel=2)
             return None
         self.logged_params = dict(run.data.params)
         earlier = run.data.tags.get("distil.resumed_at")
@@ -111,6 +120,15 @@ class MlflowLogger:
                             f"{earlier},{self.resumed_at}" if earlier else str(self.resumed_at))
         self.client.update_run(run_id, status="RUNNING")
         return run_id
+
+    def where(self) -> str:
+        """The tracking URI without its user and password (a database or server URI may hold them)."""
+        parts = urllib.parse.urlsplit(self.uri)
+        if parts.username is None and parts.password is None:
+            return self.uri
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -19,6 +19,7 @@ TABLE_ROWS = 4
 TEXT_LIMIT = 2000
 """Characters kept of a prompt, response, feedback or expert context in a table row."""
 
+
 def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric values of ``row`` (booleans as 0/1; NaN and infinities as they are), keys
     prefixed; text, lists and None are left out (they stay in the JSONL files), and so is a number

@@ -206,7 +206,7 @@ class Trainer:
         self.evals = state.get("evals", {})
         self.started -= state.get("elapsed", 0.0)
         self.log.truncate(self.step)
-        self.trackers.resume(self.step)  # as the JSONL files: what a tracker holds past the checkpoint goes
+        self.trackers.resume(self.step)  # each tracker goes on from the checkpoint, as the JSONL files do
         self.echo(f"Resumed {self.run_dir} at step {self.step}.")
 
     def fit(self) -> dict[str, Any]:

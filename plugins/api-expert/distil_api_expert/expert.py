@@ -24,6 +24,8 @@ failed signal: ``score`` does not raise for what one answer says. The key and th
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
@@ -51,6 +53,15 @@ Access = Literal["auto", "prompt_scoring", "topk", "text"]
 LEVELS = ("prompt_scoring", "topk", "text")
 PROBE_MESSAGES = [{"role": "user", "content": "Sort the digits 3 1 2."}]
 PROBE_RESPONSE = "The sorted digits are 1 2 3."
+
+
+def context_seed(seed: int, context: Any) -> int:
+    """The request seed for one context: ``seed`` and the context hashed together. The same seed
+    and context give the same answer; different contexts never share their random draws (with
+    one seed for every request, a server that keys its sampling on the seed would draw the same
+    numbers for every query, and the answers would be correlated)."""
+    digest = hashlib.sha256(json.dumps([seed, context], ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    return int.from_bytes(digest.digest()[:4], "big") >> 1  # 31 bits: every server takes it
 
 
 class ApiExpertOptions(BaseModel):
@@ -362,8 +373,6 @@ class ApiExpert:
                      max_tokens: Optional[int] = None, strict: bool = False) -> _Outcome:
         opts = self.options
         params: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens, "temperature": opts.temperature}
-        if opts.seed is not None:  # sampled answers repeat where the server honours a seed
-            params["seed"] = opts.seed
         chat = opts.text_endpoint == "chat"
         if chat:
             params["messages"] = query.context_messages
@@ -373,6 +382,8 @@ class ApiExpert:
             params["prompt"] = self.vocab.text(query.context_ids).decode("utf-8", errors="replace")
             if with_logprobs:
                 params["logprobs"] = opts.k
+        if opts.seed is not None:  # sampled answers repeat where the server honours a seed
+            params["seed"] = context_seed(opts.seed, params.get("messages", params.get("prompt")))
 
         def check(answer: dict[str, Any]) -> str:
             return _written_text(answer, chat, with_logprobs, usable=not strict)

@@ -192,8 +192,10 @@ def test_options_must_be_finite_numbers(server, option):
 
 
 def test_a_seed_makes_sampled_answers_repeat_and_different_seeds_differ(server):
-    """The seed travels with each written answer: the same seed gives the same sampled text on a
-    fresh expert (no cache), and the answers across seeds are not all one text."""
+    """The seed travels with each written answer, hashed with its context: the same seed gives the
+    same sampled text on a fresh expert (no cache), the answers across seeds are not all one text,
+    and neither are the answers to different contexts under one seed (one seed sent with every
+    request gave every query the same random draws, and so the same text)."""
     qs = queries(3)
 
     def texts(seed):
@@ -202,6 +204,7 @@ def test_a_seed_makes_sampled_answers_repeat_and_different_seeds_differ(server):
 
     assert texts(7) == texts(7)
     assert len({tuple(texts(seed)) for seed in range(4)}) > 1
+    assert len(set(texts(0))) > 1
 
 
 @pytest.mark.parametrize("seed", [True, 1.5, "7"])

@@ -28,11 +28,10 @@ import os
 import textwrap
 from typing import Any, Callable, Optional
 
-from distil_core import DistilError
+from distil_core import DistilError, as_text
 
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
 from .store import Correction, CorrectionStore
-from .text import as_text
 from .verify import SolutionChecker
 
 PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
@@ -85,7 +84,7 @@ class ReviewSession:
     def _ask(self, prompt: str) -> str:
         """One line from ``read``, as text SQLite can store: a stream decoding with
         ``surrogateescape`` (what ``distil review`` sets on its standard input) turns each byte
-        that is not UTF-8 into a lone surrogate, which :func:`distil_human.text.as_text` makes
+        that is not UTF-8 into a lone surrogate, which :func:`distil_core.as_text` makes
         U+FFFD, keeping every valid character."""
         while True:
             try:

@@ -18,8 +18,8 @@ import re
 import unicodedata
 from typing import Any, Callable, Optional
 
-from distil_core.run_files import json_line as read_json_line
 from distil_core import as_text
+from distil_core.run_files import json_line as read_json_line
 
 MAX_AUTHOR = 200  # characters of a reviewer's name
 

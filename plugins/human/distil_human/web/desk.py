@@ -12,14 +12,14 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from distil_core import ConfigError, DistilError
+from distil_core import ConfigError, DistilError, as_text
 
 from ..exchange import dump_entries
 from ..provenance import read_provenance
 from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_rollouts,
                             sources_in, verdict_summary)
 from ..store import Correction, CorrectionStore
-from ..text import MAX_AUTHOR, as_text, author_name, skipped_note
+from ..text import MAX_AUTHOR, author_name, skipped_note
 from ..verify import SolutionCheck, SolutionChecker
 
 MAX_TEXT = 100_000  # characters: a reviewer's entry, not a file upload
