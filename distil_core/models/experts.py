@@ -217,9 +217,9 @@ class HFExpert(_LocalModelExpert):
         self._check_access(access, k)
         self.access, self.k = access, k
         if not os.path.isdir(path):
-            raise ConfigError(f"expert 'hf': options.path {path!r} is not a local model directory. Give the path "
-                              "of a directory that transformers' from_pretrained can read (models are never "
-                              "downloaded at run time).")
+            raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: it is not a local model directory. "
+                              "Give expert.options.path as a directory that transformers' from_pretrained can read "
+                              "(models are never downloaded at run time).")
         problem = remote_code_problem(path)
         if problem is not None:
             raise ConfigError(f"expert 'hf': cannot load a model from {path!r}: {problem}")
