@@ -1,7 +1,7 @@
 """`distil serve` with `"stream": true`, through the official openai client against a real server
 on 127.0.0.1: the chunks add up to the unstreamed answer, arrive while the model is still
 decoding, never split a UTF-8 character or show part of a stop string, and a client that hangs
-up stops the decoding. Two models: the untrained tiny model (random bytes, seeded sampling) and
+up stops the decoding, streamed or not. Two models: the untrained tiny model (random bytes, seeded sampling) and
 a scripted one whose greedy answer is a chain of tokens we choose."""
 
 import asyncio
@@ -240,3 +240,69 @@ def test_a_client_that_hangs_up_stops_the_decoding(scripted):
         gate.handle.remove()
     assert client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=3,
                                      temperature=0).choices[0].text == "ABC"  # the server goes on
+
+
+def test_a_client_that_times_out_withdraws_its_unstreamed_request(scripted):
+    """The common case of a hang-up: the client's own timeout (then, usually, a retry). The
+    abandoned request's rows stop at the next step instead of running to max_tokens."""
+    server, client = scripted
+    server.reset_stats()
+    gate = Gate(server.lm.model, at=3)
+    try:
+        with pytest.raises(openai.APITimeoutError):
+            client.with_options(timeout=0.5).completions.create(model="scripted", prompt=byte_ids("y"),
+                                                                max_tokens=240, temperature=0)
+        # the model thread is held at its third pass; the request notices its client left meanwhile
+        wait_until(lambda: server.stats["hung_up"] == 1)
+        gate.open.set()
+        wait_until(lambda: server.lm.open_jobs() == 0 and server.stats["in_flight"] == 0)
+        assert gate.calls <= 4  # the pass it was held in, and at most one more: not 240
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+    assert client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=3,
+                                     temperature=0).choices[0].text == "ABC"  # the server goes on
+
+
+def test_a_queued_request_whose_client_hangs_up_is_never_decoded(scripted):
+    server, client = scripted
+    server.reset_stats()
+    gate = Gate(server.lm.model, at=1)  # holds the first request's prompt pass
+    held = threading.Thread(target=lambda: client.completions.create(
+        model="scripted", prompt=byte_ids("x"), max_tokens=20, temperature=0))
+    try:
+        held.start()
+        assert gate.waiting.wait(30)
+        # another batch key (max_tokens), so it waits in the queue behind the held batch
+        with pytest.raises(openai.APITimeoutError):
+            client.with_options(timeout=0.5).completions.create(model="scripted", prompt=byte_ids("y"),
+                                                                max_tokens=50, temperature=0)
+        wait_until(lambda: server.stats["hung_up"] == 1 and server.lm.open_jobs() == 1)
+        gate.open.set()
+        held.join(30)
+        assert not held.is_alive()
+        wait_until(lambda: server.lm.open_jobs() == 0)
+        assert server.stats["batches"] == 1  # the held request's; the withdrawn one never ran
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+
+
+def test_hung_up_tells_a_waiting_client_from_one_that_left():
+    import socket
+
+    from distil_core.serving.connections import hung_up
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        with served:
+            served.settimeout(30)  # as the handler's socket: a peek must not wait for it
+            assert not hung_up(served)
+            client.sendall(b"GET")  # a pipelined next request: still there
+            wait_until(lambda: served.recv(3, socket.MSG_PEEK) == b"GET")
+            assert not hung_up(served)
+            served.recv(3)
+            client.close()
+            wait_until(lambda: hung_up(served))
+        assert hung_up(served)  # closed under us

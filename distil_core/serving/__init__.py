@@ -1,6 +1,7 @@
 """Serving: ``distil serve``, an OpenAI-compatible HTTP server over a local policy.
 
-``http`` is the server and its request handling, ``bodies`` the request bodies read off the
+``http`` is the server and its request handling, ``routes`` the paths it answers, ``connections``
+the listening side (a bounded thread per connection; whether a client hung up), ``bodies`` the request bodies read off the
 connection (by Content-Length or chunked), ``requests`` the validated request bodies
 (and the parameters refused by name), ``engine`` the generation and scoring behind it
 (``LocalLM``), ``next_token`` how a decoding step picks its tokens from the logits, ``batcher``

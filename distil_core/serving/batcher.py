@@ -9,19 +9,52 @@ A streamed request (:meth:`Batcher.stream`) does not wait for the end: after eve
 step the model thread publishes a copy of its rows, which the request's thread turns into
 chunks while the batch goes on. A stream whose client hangs up cancels its job, and the model
 thread stops decoding its rows at the next step.
+
+A request that waits for its whole answer (:meth:`Batcher.run`) inside :func:`watching_client`
+asks, every :data:`HANGUP_POLL_S`, whether its client is still there: one that gave up (a
+client's timeout, a killed process) withdraws its job, which is taken out of the queue or whose
+rows end at the next step, and the request ends with :class:`ClientGone`. Without this, a client
+that times out and retries leaves the abandoned request decoding beside its retry, and under
+load the abandoned work piles up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.requests import ApiError
 
-__all__ = ["Generation", "Job", "Batcher"]
+__all__ = ["Generation", "Job", "Batcher", "ClientGone", "HANGUP_POLL_S", "watching_client"]
+
+HANGUP_POLL_S = 0.1
+"""How often a request waiting for its rows checks that its client is still connected."""
+_CLIENT_GONE: ContextVar[Optional[Callable[[], bool]]] = ContextVar("distil_serve_client_gone", default=None)
+
+
+class ClientGone(Exception):
+    """The client of a request hung up before its answer was ready: its job was withdrawn and
+    there is no one to answer."""
+
+
+@contextlib.contextmanager
+def watching_client(gone: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, :meth:`Batcher.run` withdraws its job once ``gone()`` is true.
+
+    A context variable rather than a parameter: the request's thread sets it where it knows its
+    connection (the HTTP handler), and the layers in between (the fault schedule, the engine)
+    need not carry it.
+    """
+    token = _CLIENT_GONE.set(gone)
+    try:
+        yield
+    finally:
+        _CLIENT_GONE.reset(token)
 
 
 @dataclass
@@ -48,7 +81,8 @@ class Job:
         self.error: Optional[BaseException] = None
         self.finished = threading.Event()
         self.streaming = False  # publish a copy of the rows after every step (set by Batcher.stream)
-        self.cancelled = False  # the streamed request's client is gone: stop decoding its rows
+        self.cancelled = False  # the request's client is gone: stop decoding its rows
+        self.abandoned = False  # withdrawn by its request while being decoded (Batcher._withdraw)
         self._progress = threading.Condition()
         self._published: list[Generation] = []
         self._version = 0
@@ -102,16 +136,40 @@ class Batcher:
         self._waiting: list[Job] = []
         self._thread: Optional[threading.Thread] = None
         self._open = 0  # jobs queued and not yet answered
+        self._decoding: list[Job] = []  # the batch the model thread is decoding
 
     def run(self, job: Job) -> list[Generation]:
-        """Queue ``job``, wait until its rows are decoded, and return its generations."""
+        """Queue ``job``, wait until its rows are decoded, and return its generations.
+
+        Within :func:`watching_client`, a client that hangs up meanwhile withdraws the job
+        (:meth:`_withdraw`) and this raises :class:`ClientGone` at once, without waiting for
+        the model thread: the connection and its thread are free while a long batch goes on.
+        """
+        gone = _CLIENT_GONE.get()
         self._queue(job)
-        job.finished.wait()
+        while not job.finished.wait(None if gone is None else HANGUP_POLL_S):
+            if gone is not None and gone():
+                self._withdraw(job)
+                raise ClientGone("the client hung up before its answer was ready")
         with self._cond:
             self._open -= 1
         if job.error is not None:
             raise job.error
         return job.gens
+
+    def _withdraw(self, job: Job) -> None:
+        """Stop work on ``job``, whose request no longer waits for it: out of the queue if it is
+        still there; in the batch being decoded, its rows end at the next step and the model
+        thread counts it answered after the batch (:meth:`_loop`)."""
+        with self._cond:
+            job.cancelled = True
+            if any(other is job for other in self._decoding):
+                job.abandoned = True
+                return
+            if any(other is job for other in self._waiting):
+                self._waiting = [other for other in self._waiting if other is not job]
+                self._fail([job], ClientGone("the client hung up while its request was queued"))
+            self._open -= 1
 
     def stream(self, job: Job) -> Iterator[list[Generation]]:
         """Queue ``job`` and yield copies of its rows as the model thread decodes them, the
@@ -165,13 +223,16 @@ class Batcher:
                 self._gather()
                 if self._thread is not me:  # closed while gathering: close() failed the waiting jobs
                     return
-                batch = self._take()
+                batch = self._decoding = self._take()
             try:
                 self._decode(batch)
             except Exception as exc:  # answered to every request of the batch (a 500)
                 self._fail(batch, exc)
             finally:  # no request waits for ever, whatever stopped the decoding
                 self._fail(batch, RuntimeError("The model thread stopped before this request's rows were decoded."))
+                with self._cond:  # jobs whose request left while they were decoded are answered now
+                    self._open -= sum(job.abandoned for job in batch)
+                    self._decoding = []
 
     def _gather(self) -> None:
         """Wait (holding the condition's lock only between waits) while jobs keep arriving."""

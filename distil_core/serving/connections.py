@@ -4,18 +4,23 @@ A connection past :data:`MAX_CONNECTIONS` (``distil serve --max-connections``) i
 with ``Retry-After`` on the accepting thread, in one small write, and closed: without a bound a
 flood of idle connections starts a thread each, for as long as the read timeout lets it wait.
 The rollout client and the API expert retry a 503 after its ``Retry-After``.
+
+:func:`hung_up` tells a request's thread that its client closed the connection while it waited
+for the model (:func:`~distil_core.serving.batcher.watching_client`).
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
 from distil_core.serving.requests import ApiError
 
-__all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer"]
+__all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer", "hung_up"]
 
 ACCEPT_BACKLOG = 1024
 """Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
@@ -64,3 +69,24 @@ class CappedHTTPServer(ThreadingHTTPServer):
         except OSError:
             pass
         self.shutdown_request(request)
+
+
+def hung_up(connection: socket.socket) -> bool:
+    """Whether the client has closed ``connection`` (or it broke), without reading from it.
+
+    Asked without waiting: a connection with nothing to read is a client still waiting for its
+    answer, and a byte to read is one that already sent its next request. Only the end of the
+    stream, or an error, is a client that is gone; a client that shuts down only its sending
+    side and still reads reads as gone too (HTTP clients do not do that).
+    """
+    try:
+        if hasattr(select, "poll"):  # no limit on the descriptor's number, unlike select()
+            poller = select.poll()
+            poller.register(connection, select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:
+            readable = bool(select.select([connection], [], [], 0)[0])
+        # readable: a peek returns at once, with a byte or with the end of the stream
+        return readable and connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset by the peer, or closed under us
+        return True

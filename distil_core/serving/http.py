@@ -33,7 +33,10 @@ body) loses its connection, so it cannot hold a thread. Each connection has its 
 slow one delays no other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at
 once, and one past that is answered 503 with ``Retry-After`` and closed at once (the rollout
 client retries it), so a flood of connections cannot start a thread each until memory runs
-out. The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
+out. A client that hangs up while its request waits for the model (its own timeout, say) has
+its request withdrawn: taken out of the queue, or its rows end at the next decoding step
+(:func:`~distil_core.serving.batcher.watching_client`); nothing is answered, and
+``stats["hung_up"]`` counts it. The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
 a burst of clients connecting at once is not made to retry (with ``http.server``'s queue of 5 the
 kernel drops the rest and they connect a second later, on the SYN's retry). Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
@@ -54,8 +57,9 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator, Optional, Union
 
+from distil_core.serving.batcher import ClientGone, watching_client
 from distil_core.serving.bodies import MAX_BODY_BYTES, read_body
-from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer
+from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer, hung_up
 from distil_core.serving.engine import LocalLM
 from distil_core.serving.requests import (
     ApiError,
@@ -67,18 +71,13 @@ from distil_core.serving.requests import (
     parse_body,
     validated,
 )
+from distil_core.serving.routes import COMPLETION_PATHS, ROUTES, no_route
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
 __all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S",
            "ACCEPT_BACKLOG", "MAX_CONNECTIONS"]
 
 Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
-COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
-UPDATE_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/collective_rpc", "/reset_prefix_cache")
-ROUTES = (("GET", "/v1/models"), ("GET", "/health"), *(("POST", p) for p in COMPLETION_PATHS + UPDATE_PATHS))
-NOT_HERE = {"/v1/responses": "The Responses API (POST /v1/responses) is not supported by distil serve; "
-                             "use POST /v1/chat/completions.",
-            "/v1/embeddings": "Embeddings (POST /v1/embeddings) are not supported by distil serve."}
 READ_TIMEOUT_S = 60.0
 """How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -96,7 +95,8 @@ class LocalOpenAIServer:
     served). ``max_batch_rows`` caps the rows one batch gathers. ``read_timeout_s``: how long a
     connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`). ``max_connections``:
     how many connections are served at once (:data:`MAX_CONNECTIONS`); ``stats["busy_refused"]``
-    counts those answered 503 because that many were open.
+    counts those answered 503 because that many were open, ``stats["hung_up"]`` the requests
+    withdrawn because their client hung up while they waited.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
@@ -153,11 +153,16 @@ class LocalOpenAIServer:
     def reset_stats(self) -> None:
         with self._stats_lock:
             self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {},
-                                          "batches": 0, "max_batch_requests": 0, "busy_refused": 0}
+                                          "batches": 0, "max_batch_requests": 0, "busy_refused": 0,
+                                          "hung_up": 0}
 
     def _count_busy(self) -> None:
         with self._stats_lock:
             self.stats["busy_refused"] += 1
+
+    def count_hangup(self) -> None:
+        with self._stats_lock:
+            self.stats["hung_up"] += 1
 
     def _count_batch(self, requests: int, rows: int) -> None:
         with self._stats_lock:
@@ -186,8 +191,8 @@ class LocalOpenAIServer:
     # -- request handling
 
     def handle(self, verb: str, path: str, headers: Any, raw: bytes) -> Response:
-        """One request → (status, headers, body). Never raises. HEAD is answered as GET (the
-        handler sends no body)."""
+        """One request → (status, headers, body). Raises only :class:`ClientGone` (there is no
+        one to answer). HEAD is answered as GET (the handler sends no body)."""
         path = path.split("?", 1)[0].rstrip("/")
         get = verb in ("GET", "HEAD")
         try:
@@ -205,10 +210,12 @@ class LocalOpenAIServer:
                 status, text = updates[path](parse_body(raw, required=path != "/reset_prefix_cache"))
                 return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
             if verb != "POST" or path not in COMPLETION_PATHS:
-                raise _no_route(verb, path)
+                raise no_route(verb, path)
             return self._answer(path, raw)
         except ApiError as exc:
             return _json(exc.status, exc.body(), exc.headers)
+        except ClientGone:
+            raise
         except Exception as exc:  # a bug or a model failure: a 500 in OpenAI's shape
             return _json(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
 
@@ -296,18 +303,6 @@ def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> R
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 
-def _no_route(verb: str, path: str) -> ApiError:
-    """A 404 (405 for a known path with another verb) that says what there is instead."""
-    if path in NOT_HERE:
-        return ApiError(404, NOT_HERE[path], param=None, code="not_found")
-    allowed = [v for v, p in ROUTES if p == path or (p == "/health" and path == "/v1/health")]
-    if allowed:
-        return ApiError(405, f"{verb} {path} is not allowed; use {' or '.join(allowed)} {path}.",
-                        code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
-    routes = ", ".join(f"{v} {p}" for v, p in ROUTES)
-    return ApiError(404, f"Unknown endpoint {verb} {path}; distil serve answers {routes}.", code="not_found")
-
-
 def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterator[bytes]:
     """``body``, then ``done`` closed, however the sending ends (the client may hang up)."""
     try:
@@ -333,7 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
             if raw is None:  # the client hung up halfway through its body
                 self.close_connection = True
                 return
-            response = self.app.handle(verb, self.path, self.headers, raw)
+            try:
+                with watching_client(lambda: hung_up(self.connection)):
+                    response = self.app.handle(verb, self.path, self.headers, raw)
+            except ClientGone:  # withdrawn while it waited for the model: no one to answer
+                self.app.count_hangup()
+                self.close_connection = True
+                return
         self._send(*response, head=verb == "HEAD")
 
     def _body(self) -> Optional[bytes]:
