@@ -197,6 +197,31 @@ def test_a_chunked_body_whose_chunks_together_pass_the_cap_is_a_413(server, monk
     assert got == 200  # up to the cap exactly is read
 
 
+@pytest.mark.parametrize("head, first", [
+    (b"Content-Length: %d\r\n" % ((64 << 20) + 1), b"HTTP/1.1 413 "),
+    (b"Transfer-Encoding: gzip\r\n", b"HTTP/1.1 400 "),
+    (b"Content-Length: %d\r\n" % len(BODY), b"HTTP/1.1 100 Continue\r\n"),
+])
+def test_expect_100_continue_is_answered_with_the_refusal_when_the_headers_refuse_the_body(server, head, first):
+    """A client that waits for 100 (Continue) before sending its body (curl does for large
+    bodies) hears the 413 or 400 first and never sends it; a body that is taken gets the 100."""
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + head + b"\r\n")
+        reader = sock.makefile("rb")
+        line = reader.readline()
+        assert line.startswith(first), line
+        if first.startswith(b"HTTP/1.1 100"):
+            assert reader.readline() == b"\r\n"
+            sock.sendall(BODY)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 200 and json.loads(response.read())["choices"][0]["text"] == answer(server)
+        else:
+            rest = reader.read()  # the server closes the connection after the refusal
+            assert b"Connection: close" in rest and b"distil serve" in rest
+    assert answer(server)  # the server goes on
+
+
 @pytest.mark.parametrize("sent", [
     HEAD + b"40\r\n" + BODY[:10],  # half a chunk
     HEAD + b"%x\r\n%b" % (len(BODY), BODY),  # a chunk without its CRLF

@@ -11,7 +11,9 @@ line ended by a bare LF, a size line over :data:`MAX_CHUNK_LINE` bytes, trailers
 end within :data:`MAX_TRAILERS` lines, or more bytes of framing than the cap. So are a transfer
 coding other than ``chunked`` alone, ``Transfer-Encoding`` beside ``Content-Length`` (which one
 frames the body is how requests are smuggled past proxies), and ``Transfer-Encoding`` in an
-HTTP/1.0 request. A refused body is not read on, so its connection is closed after the answer.
+HTTP/1.0 request. A refused body is not read on, so its connection is closed after the answer;
+to a client that sent ``Expect: 100-continue`` the refusal is sent instead of the 100 (Continue),
+so it never sends the body (:func:`body_length` checks the headers alone).
 
 Every read is bounded, and a client that stops sending (half a chunk, a size line without its
 end, trailers without their empty line) is left to the socket's read timeout, which closes the
@@ -25,7 +27,7 @@ from typing import Any, Optional
 
 from distil_core.serving.requests import ApiError
 
-__all__ = ["MAX_BODY_BYTES", "MAX_CHUNK_LINE", "MAX_TRAILERS", "read_body", "read_chunked"]
+__all__ = ["MAX_BODY_BYTES", "MAX_CHUNK_LINE", "MAX_TRAILERS", "body_length", "read_body", "read_chunked"]
 
 MAX_BODY_BYTES = 64 << 20
 """The largest request body read (64 MiB: a prompt of a million token ids is about 7 MiB)."""
@@ -44,6 +46,17 @@ def read_body(headers: Any, version: str, rfile: Any, cap: int = MAX_BODY_BYTES)
     """The body of a request with ``headers`` (an ``http.client.HTTPMessage``) and HTTP
     ``version``, from ``rfile``. None: the client closed before sending it all. Raises
     :class:`ApiError` for a body it will not read."""
+    length = body_length(headers, version, cap)
+    if length is None:
+        return read_chunked(rfile, cap)
+    raw = rfile.read(length) if length else b""
+    return raw if len(raw) == length else None
+
+
+def body_length(headers: Any, version: str, cap: int = MAX_BODY_BYTES) -> Optional[int]:
+    """The body's length by its headers alone, None when it is chunked; raises :class:`ApiError`
+    for framing it will not read. Checked before a client that sent ``Expect: 100-continue`` is
+    told to send its body, so a body that would be refused is never sent."""
     codings = ",".join(headers.get_all("Transfer-Encoding") or [])
     lengths = {v.strip() for value in headers.get_all("Content-Length") or [] for v in value.split(",")}
     if codings.strip():
@@ -55,9 +68,9 @@ def read_body(headers: Any, version: str, rfile: Any, cap: int = MAX_BODY_BYTES)
         if [c.strip().lower() for c in codings.split(",")] != ["chunked"]:
             raise ApiError(400, f"Transfer-Encoding {codings!r} is not supported; distil serve decodes "
                                 "'chunked' alone (send the body uncompressed, chunked or with a Content-Length).")
-        return read_chunked(rfile, cap)
+        return None
     if not lengths:
-        return b""
+        return 0
     if len(lengths) > 1:
         raise ApiError(400, f"The request has several Content-Length values ({', '.join(sorted(lengths))}); "
                             "send one.")
@@ -67,8 +80,7 @@ def read_body(headers: Any, version: str, rfile: Any, cap: int = MAX_BODY_BYTES)
     length = int(given)
     if length > cap:
         raise _too_large(f"The request body ({length} bytes)", cap)
-    raw = rfile.read(length) if length else b""
-    return raw if len(raw) == length else None
+    return length
 
 
 def read_chunked(rfile: Any, cap: int = MAX_BODY_BYTES) -> Optional[bytes]:

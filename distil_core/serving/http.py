@@ -33,10 +33,9 @@ body) loses its connection, so it cannot hold a thread. Each connection has its 
 slow one delays no other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at
 once, and one past that is answered 503 with ``Retry-After`` and closed at once (the rollout
 client retries it), so a flood of connections cannot start a thread each until memory runs
-out. A client that hangs up while its request waits for the model (its own timeout, say) has
-its request withdrawn: taken out of the queue, or its rows end at the next decoding step
-(:func:`~distil_core.serving.batcher.watching_client`); nothing is answered, and
-``stats["hung_up"]`` counts it. The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
+out. A client that hangs up while its request waits for the model (its timeout, say) has its
+request withdrawn, unanswered (:func:`~distil_core.serving.batcher.watching_client`;
+``stats["hung_up"]``). The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
 a burst of clients connecting at once is not made to retry (with ``http.server``'s queue of 5 the
 kernel drops the rest and they connect a second later, on the SYN's retry). Requests are served on
 threads; their generations are decoded on one model thread, concurrent requests that can share
@@ -58,7 +57,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator, Optional, Union
 
 from distil_core.serving.batcher import ClientGone, watching_client
-from distil_core.serving.bodies import MAX_BODY_BYTES, read_body
+from distil_core.serving.bodies import MAX_BODY_BYTES, body_length, read_body
 from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer, hung_up
 from distil_core.serving.engine import LocalLM
 from distil_core.serving.requests import (
@@ -336,6 +335,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
         self._send(*response, head=verb == "HEAD")
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: a body refused by its headers is answered instead of the 100."""
+        try:
+            body_length(self.headers, self.request_version, MAX_BODY_BYTES)
+        except ApiError as exc:
+            self._send(*_json(exc.status, exc.body(), {"Connection": "close"}), head=False)  # closes after
+            return False
+        return super().handle_expect_100()
 
     def _body(self) -> Optional[bytes]:
         """The request body (:func:`~distil_core.serving.bodies.read_body`; None: the client hung up)."""
