@@ -494,6 +494,16 @@ def test_grpo_dapo_normalizer_and_asymmetric_clip():
     assert got == pytest.approx((-1.0 - 1.28 - 0.5 + 2.6 + 1.6) / 5, abs=1e-12)
 
 
+@pytest.mark.parametrize("normalizer", [0, 0.0, -3.0, float("nan")])
+def test_a_normalizer_that_is_not_a_positive_count_is_refused_not_a_nan(normalizer):
+    """0/0 would make the loss and every gradient NaN; the error says what to pass instead."""
+    with pytest.raises(ValueError, match="normalizer must be a positive token count"):
+        grpo_loss(*grpo_inputs(), normalizer=normalizer)
+    ce, mask = torch.ones(2, 3), torch.ones(2, 3)
+    with pytest.raises(ValueError, match="pass None to divide by this micro-batch's own token count"):
+        distil_surrogate(ce, torch.zeros(2, 3), mask, normalizer=normalizer)
+
+
 def test_grpo_clipped_tokens_get_no_gradient():
     logprobs, old, advantages, mask = grpo_inputs()
     grpo_loss(logprobs, old, advantages, mask, loss_type="bnpo").backward()

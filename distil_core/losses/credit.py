@@ -33,7 +33,7 @@ contiguous groups of ``group_size`` rollouts of one prompt.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -159,6 +159,7 @@ def distil_surrogate(
 
     The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
     """
+    check_normalizer(normalizer)
     if future_credit:
         check_baseline(baseline, group_size, token_ce.shape[0])
     rewarded = future_credit and reward_weight > 0
@@ -182,6 +183,14 @@ def distil_surrogate(
     if normalizer is not None:
         return total / normalizer
     return total / counted.sum().clamp(min=1).to(per_token.dtype)
+
+
+def check_normalizer(normalizer: Any) -> None:
+    """A loss divided by ``normalizer`` (the accumulated batch's token count) needs a positive
+    one: 0 gives 0/0 = NaN in the loss and in every gradient. Tensors pass unchecked (no sync)."""
+    if isinstance(normalizer, (int, float)) and not normalizer > 0:
+        raise ValueError(f"normalizer must be a positive token count (got {normalizer!r}); pass None to divide "
+                         "by this micro-batch's own token count")
 
 
 def credit_advantage(token_cost: Tensor, mask: Tensor, *, gamma: float, baseline: str,

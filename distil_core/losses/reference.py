@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distil_core.losses.credit import check_gamma, credit_inputs, discounted_future_sum, distil_surrogate, log1mexp
+from distil_core.losses.credit import check_gamma, check_normalizer, credit_inputs, discounted_future_sum, distil_surrogate, log1mexp
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
@@ -257,6 +257,7 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
     if eps_high <= -1:
         raise ValueError(f"eps_high must be above -1 (the clip's upper end 1 + eps_high is a ratio), got {eps_high}")
+    check_normalizer(normalizer)
     advantages = advantages.detach()
     if advantages.dim() == 1:
         advantages = advantages[:, None]
