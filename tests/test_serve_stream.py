@@ -276,6 +276,60 @@ def test_a_queued_request_whose_client_hangs_up_is_never_decoded(scripted):
         gate.handle.remove()
 
 
+def test_a_scoring_request_whose_client_hangs_up_while_the_model_is_busy_is_never_scored(scripted):
+    """Prompt scoring (echo, log-probs, max_tokens 0: the API expert's prompt_scoring) waits for the
+    model itself, not in the batcher's queue; a client that left meanwhile is not scored."""
+    server, client = scripted
+    server.reset_stats()
+    gate = Gate(server.lm.model, at=1)  # a generation holds the model
+    held = threading.Thread(target=lambda: client.completions.create(
+        model="scripted", prompt=byte_ids("x"), max_tokens=20, temperature=0))
+    try:
+        held.start()
+        assert gate.waiting.wait(30)
+        with pytest.raises(openai.APITimeoutError):
+            client.with_options(timeout=0.5).completions.create(model="scripted", prompt=byte_ids("yAB"),
+                                                                max_tokens=0, echo=True, logprobs=1)
+        wait_until(lambda: server.stats["hung_up"] == 1)
+        gate.open.set()
+        held.join(30)
+        assert not held.is_alive()
+        wait_until(lambda: server.stats["in_flight"] == 0)
+        passes = gate.calls
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+    scored = client.completions.create(model="scripted", prompt=byte_ids("yAB"), max_tokens=0, echo=True, logprobs=1)
+    assert scored.choices[0].text == "yAB"  # the server goes on
+    assert passes == 10  # the held generation's prompt pass and its 9 steps (é☃日! and EOS): no scoring pass
+
+
+def test_a_watcher_that_fails_withdraws_its_job_and_leaves_no_open_job():
+    from distil_core.serving.batcher import Batcher, Job, watching_client
+
+    release = threading.Event()
+
+    def decode(jobs):  # holds the batch until released, then ends every row
+        release.wait(30)
+        for job in jobs:
+            for gen in job.gens:
+                gen.done = True
+            job.finish()
+
+    def broken():
+        raise RuntimeError("watcher broke")
+
+    batcher = Batcher(decode, max_rows=8)
+    try:
+        with watching_client(broken), pytest.raises(RuntimeError, match="watcher broke"):
+            batcher.run(Job([[1, 2]], 4, {"temperature": 0, "top_p": 1.0, "top_k": 0}, 0, None))
+        release.set()  # the batch it was in ends; the job is not left open
+        wait_until(lambda: batcher.open_jobs() == 0)
+    finally:
+        release.set()
+        batcher.close()
+
+
 def test_hung_up_tells_a_waiting_client_from_one_that_left():
     import socket
 
@@ -294,3 +348,11 @@ def test_hung_up_tells_a_waiting_client_from_one_that_left():
             client.close()
             wait_until(lambda: hung_up(served))
         assert hung_up(served)  # closed under us
+        if hasattr(socket, "TCP_INFO"):  # Linux: the end of the stream behind bytes not read yet
+            client = socket.create_connection(listener.getsockname())
+            served, _ = listener.accept()
+            with served:
+                client.sendall(b"x" * 65536)  # a large pipelined request, then gone
+                client.close()
+                wait_until(lambda: hung_up(served))
+                assert served.recv(1, socket.MSG_PEEK) == b"x"  # its bytes were not read to see it

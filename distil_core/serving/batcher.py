@@ -13,9 +13,11 @@ thread stops decoding its rows at the next step.
 A request that waits for its whole answer (:meth:`Batcher.run`) inside :func:`watching_client`
 asks, every :data:`HANGUP_POLL_S`, whether its client is still there: one that gave up (a
 client's timeout, a killed process) withdraws its job, which is taken out of the queue or whose
-rows end at the next step, and the request ends with :class:`ClientGone`. Without this, a client
-that times out and retries leaves the abandoned request decoding beside its retry, and under
-load the abandoned work piles up.
+rows end at the next step, and the request ends with :class:`ClientGone`; a prompt-scoring
+request waiting for the model (:func:`held_while_watched`) ends the same way. Without this, a
+client that times out and retries leaves the abandoned request decoding beside its retry, and
+under load the abandoned work piles up. A client that shuts down only its sending side and then
+reads its answer (``nc -N``) cannot be told from one that left, and is taken for gone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.requests import ApiError
 
-__all__ = ["Generation", "Job", "Batcher", "ClientGone", "HANGUP_POLL_S", "watching_client"]
+__all__ = ["Generation", "Job", "Batcher", "ClientGone", "HANGUP_POLL_S", "watching_client", "held_while_watched"]
 
 HANGUP_POLL_S = 0.1
 """How often a request waiting for its rows checks that its client is still connected."""
@@ -55,6 +57,23 @@ def watching_client(gone: Callable[[], bool]) -> Iterator[None]:
         yield
     finally:
         _CLIENT_GONE.reset(token)
+
+
+@contextlib.contextmanager
+def held_while_watched(lock: threading.Lock) -> Iterator[None]:
+    """``lock`` held for the block; within :func:`watching_client`, a client that hangs up while
+    this waits for it ends the wait with :class:`ClientGone` (the lock not taken)."""
+    gone = _CLIENT_GONE.get()
+    if gone is None:
+        lock.acquire()
+    else:
+        while not lock.acquire(timeout=HANGUP_POLL_S):
+            if gone():
+                raise ClientGone("the client hung up while its request waited for the model")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -148,7 +167,12 @@ class Batcher:
         gone = _CLIENT_GONE.get()
         self._queue(job)
         while not job.finished.wait(None if gone is None else HANGUP_POLL_S):
-            if gone is not None and gone():
+            try:
+                left = gone is not None and gone()
+            except BaseException:  # a watcher that fails leaves no job behind it
+                self._withdraw(job)
+                raise
+            if left:
                 self._withdraw(job)
                 raise ClientGone("the client hung up before its answer was ready")
         with self._cond:

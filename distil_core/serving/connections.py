@@ -16,7 +16,7 @@ import select
 import socket
 import threading
 from http.server import ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from distil_core.serving.requests import ApiError
 
@@ -76,9 +76,13 @@ def hung_up(connection: socket.socket) -> bool:
 
     Asked without waiting: a connection with nothing to read is a client still waiting for its
     answer, and a byte to read is one that already sent its next request. Only the end of the
-    stream, or an error, is a client that is gone; a client that shuts down only its sending
-    side and still reads reads as gone too (HTTP clients do not do that).
+    stream, or an error, is a client that is gone; on Linux the TCP state says so too when the
+    end is queued behind bytes not read yet (a large pipelined request, then the close). A
+    client that shuts down only its sending side and still reads reads as gone too (HTTP
+    clients do not do that).
     """
+    if _tcp_state(connection) in _PEER_CLOSED:
+        return True
     try:
         if hasattr(select, "poll"):  # no limit on the descriptor's number, unlike select()
             poller = select.poll()
@@ -90,3 +94,18 @@ def hung_up(connection: socket.socket) -> bool:
         return readable and connection.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):  # reset by the peer, or closed under us
         return True
+
+
+_PEER_CLOSED = (7, 8)  # Linux's TCP_CLOSE and TCP_CLOSE_WAIT (include/net/tcp_states.h)
+
+
+def _tcp_state(connection: socket.socket) -> Optional[int]:
+    """The connection's TCP state (``tcpi_state``, the first byte of ``TCP_INFO``); None where
+    the platform does not tell."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None or not hasattr(socket, "IPPROTO_TCP"):
+        return None
+    try:
+        return connection.getsockopt(socket.IPPROTO_TCP, option, 1)[0]
+    except (OSError, ValueError, IndexError):
+        return None

@@ -42,7 +42,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator, Optional
 
-from distil_core.serving.batcher import Batcher, Generation, Job
+from distil_core.serving.batcher import Batcher, Generation, Job, held_while_watched
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
 from distil_core.serving.next_token import checked_logprobs, next_tokens
 from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages
@@ -208,7 +208,7 @@ class LocalLM:
         adapter unloaded while the request waited for the lock is a 404 for that request only."""
         import torch
 
-        with self._model_lock:
+        with held_while_watched(self._model_lock):  # a scoring request whose client left stops waiting
             if adapter is not None and adapter not in self.weights.adapters:
                 raise self._not_served(adapter, waited=True)  # its name was checked before the request queued
             with torch.no_grad(), self.weights.active(adapter) as module:
