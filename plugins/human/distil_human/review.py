@@ -32,6 +32,7 @@ from distil_core import DistilError, as_text
 
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
 from .store import Correction, CorrectionStore
+from .text import for_terminal
 from .verify import SolutionChecker
 
 PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
@@ -62,7 +63,8 @@ def load_failed_rollouts(run_dir: str, problem_id: Optional[str] = None) -> tupl
 
 
 class ReviewSession:
-    """The interactive loop. ``read`` and ``write`` default to ``input`` and ``print``."""
+    """The interactive loop. ``read`` and ``write`` default to ``input`` and ``print``; every line
+    written goes through :func:`~distil_human.text.for_terminal` (it shows text from outside)."""
 
     def __init__(
         self,
@@ -78,7 +80,8 @@ class ReviewSession:
         self.items, self.store, self.author = items, store, author
         self.run_dir = as_text(os.path.abspath(run_dir))  # stored with each entry: text, even from odd bytes
         self.checker = checker
-        self.read, self.write = read, write
+        self.read = read
+        self.write: Callable[[str], None] = lambda line: write(for_terminal(line))
         self.saved = 0
 
     def _ask(self, prompt: str) -> str:
@@ -231,7 +234,8 @@ class ReviewSession:
 
 
 def _indent(text: str, width: int = 4) -> str:
-    return textwrap.indent(text, " " * width, lambda _: True) if text else " " * width + "(empty)"
+    """``text`` indented, its control characters escaped first (a bare CR would break its line)."""
+    return textwrap.indent(for_terminal(text), " " * width, lambda _: True) if text else " " * width + "(empty)"
 
 
 def _short(value: Any, limit: int) -> str:

@@ -7,6 +7,11 @@ UTF-8 (every page and JSON reply the desk sends) nor SQLite can hold it, so the 
 such a string fails. The readers here turn it into U+FFFD once, where it enters
 (:func:`distil_core.text.as_text`), so that nothing downstream has to care.
 
+What ``distil review`` prints comes from outside too: a model's response, a program's output in
+code-exec feedback, an imported correction. :func:`for_terminal` shows their control characters
+as escapes, so that none of them is sent to the terminal (ESC begins the sequences that move
+the cursor, hide text, set the window title or write the clipboard; CR overwrites a line).
+
 A reviewer's name is also made plain: one line, no control or direction-override characters
 (U+202E would reverse the text shown after the name), compatibility forms folded by NFKC
 (fullwidth "Ａｄａ" is "Ada"), so that one person is one name in the store.
@@ -63,6 +68,17 @@ def json_line(line: str, check: Optional[Callable[[Any], Optional[str]]] = None)
     if problem:
         raise ValueError(problem)
     return clean(value) if _ESCAPED_SURROGATE.search(line) else value
+
+
+_TERMINAL_UNSAFE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
+"""C0 and C1 controls but newline, tab and a CR ending a line; DEL; the direction marks and overrides."""
+
+
+def for_terminal(text: str) -> str:
+    """``text`` safe to print on a terminal: each control character (newlines, tabs and CRLF kept) and
+    each direction mark or override shown as its Python escape (``\\x1b``, ``\\r``, ``\\u202e``)."""
+    return _TERMINAL_UNSAFE.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def author_name(value: str) -> str:

@@ -91,6 +91,30 @@ def test_what_a_rollout_shows(tmp_path):
     assert "On record: none" in session.render(1)
 
 
+CLIPBOARD = "\x1b]52;c;ZWNobyBvd25lZA==\x07"  # OSC 52: write the reviewer's clipboard
+CLEAR = "\x1b[2J\x1b[H"  # clear the screen, cursor home
+
+
+def test_control_sequences_from_a_run_are_shown_as_escapes_not_sent_to_the_terminal(tmp_path):
+    """A response, a program's output in feedback and a stored correction are text from outside:
+    on a real terminal their escape sequences, a bare CR and a direction override are shown as
+    escapes, so none of them can rewrite the screen, the clipboard or the order of the text."""
+    record = rollout_record("sort-12", f"21{CLIPBOARD}")
+    record["feedback"][0]["text"] = f"stdout: ok{CLEAR}\rall tests passed \u202edessap"
+    run = write_run(tmp_path / "run", [record])
+    db = str(tmp_path / "human.sqlite")
+    CorrectionStore(db).add(entry(response=f"21{CLIPBOARD}", text="Looks fine\x1b[8m hidden"))
+    term = Terminal(distil_argv("review", run, "--db", db, "--author", "bo"), plugin_env())
+    shown = term.expect(PROMPT)
+    term.line("q")
+    assert term.wait() == 0
+    for raw in (CLIPBOARD, CLEAR, "\x1b[8m", "\u202e"):
+        assert raw not in shown
+    for escaped in ("21\\x1b]52;c;ZWNobyBvd25lZA==\\x07", "ok\\x1b[2J\\x1b[H\\rall tests passed \\u202edessap",
+                    "Looks fine\\x1b[8m hidden"):
+        assert escaped in shown, escaped
+
+
 def test_end_of_input_in_a_real_terminal_quits_and_keeps_what_was_saved(tmp_path):
     run = write_run(tmp_path / "run", RECORDS)
     db = str(tmp_path / "human.sqlite")
