@@ -31,8 +31,22 @@ def atomic_file(path: str, *, mode: Optional[int] = None) -> Iterator[BinaryIO]:
     ``open(path, "w")`` would give (the old file's, else 0666 less the umask), or with ``mode``
     that mode less the umask, as ``os.open(path, flags, mode)`` gives a new file — for what
     only its owner should read (logs holding reference answers, configs holding keys).
+
+    Through a symbolic link the file it names is replaced and the link stays. A ``path`` that
+    is neither a file nor a directory (a terminal, a pipe, a device: ``/dev/stdout``) has
+    nothing to replace, and is written straight through; renaming over it would put a file
+    where the device was.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        kind = os.stat(path).st_mode  # through links
+    except FileNotFoundError:
+        kind = None
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        with open(path, "wb") as stream:
+            yield stream
+        return
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:

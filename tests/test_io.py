@@ -34,6 +34,29 @@ def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
         os.umask(old)
 
 
+def test_through_a_link_the_file_is_replaced_and_a_pipe_is_written_straight_through(tmp_path):
+    real = tmp_path / "store" / "export.jsonl"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    atomic_write_text(str(link), "new")
+    assert link.is_symlink() and real.read_text() == "new"  # the link stays, its file has the new text
+    dangling = tmp_path / "next.jsonl"
+    dangling.symlink_to(tmp_path / "store" / "next-target.jsonl")
+    atomic_write_text(str(dangling), "made")
+    assert dangling.is_symlink() and (tmp_path / "store" / "next-target.jsonl").read_text() == "made"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer's open does not wait
+    try:
+        atomic_write_text(str(fifo), "through")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the pipe, not a file renamed over it
+        assert os.read(reader, 100) == b"through"
+    finally:
+        os.close(reader)
+
+
 def test_a_directory_appears_only_when_complete(tmp_path):
     target = tmp_path / "final"
     with pytest.raises(ValueError):

@@ -107,7 +107,8 @@ def _add_plugins(sub: Any) -> None:
 
 def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="train every method on every suite and seed with one budget; tables and plots")
-    bench.add_argument("spec", nargs="?", help="bench spec YAML (default: the embedded math/code/science bench)")
+    bench.add_argument("spec", nargs="?", help="bench spec YAML (default: the embedded bench, "
+                                               "distil_core/cli/bench.yaml: every suite, method and seed)")
     bench.add_argument("--quick", action="store_true", help="the spec's smoke-test sizes (one seed, a few steps)")
     bench.add_argument("--suites", nargs="+", type=_names, metavar="SUITE", help="run only these suites (space- or comma-separated)")
     bench.add_argument("--methods", nargs="+", type=_names, metavar="METHOD", help="run only these methods (space- or comma-separated)")

@@ -93,7 +93,8 @@ class CorrectionsCommand:
     @staticmethod
     def configure(parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", metavar="{export,import}", required=True)
-        export = sub.add_parser("export", help="write the store's entries to FILE (atomically)")
+        export = sub.add_parser("export", help="write the store's entries to FILE (atomically; - for standard "
+                                               "output)")
         export.add_argument("file", metavar="FILE")
         export.add_argument("--db", help=DB_HELP)
         export.add_argument("--problem", metavar="ID", help="only this problem's entries")
@@ -106,7 +107,9 @@ class CorrectionsCommand:
         if args.action == "export":
             with CorrectionStore(args.db) as store:
                 count = export_jsonl(store, args.file, args.problem)
-                print(f"Exported {count} entries from {store.path} to {args.file}.")
+                where = "standard output" if args.file == "-" else args.file
+                print(f"Exported {count} entries from {store.path} to {where}.",  # not into the entries
+                      file=sys.stderr if args.file in ("-", "/dev/stdout") else sys.stdout)
             return 0
         entries = read_jsonl(args.file)  # a bad file is reported before a store is created for it
         with CorrectionStore(args.db, read_only=False) as store:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
+import sys
 from typing import Optional
 
 from pydantic import ValidationError
@@ -46,8 +47,13 @@ def dump_entries(entries: list[Correction]) -> str:
 
 
 def export_jsonl(store: CorrectionStore, path: str, problem_id: Optional[str] = None) -> int:
-    """Write every entry (of one problem), oldest first, to ``path``; returns how many."""
+    """Write every entry (of one problem), oldest first, to ``path`` (``-``: standard output);
+    returns how many."""
     entries = store.all(problem_id)
+    if path == "-":
+        sys.stdout.write(dump_entries(entries))
+        sys.stdout.flush()
+        return len(entries)
     try:
         atomic_write_text(path, dump_entries(entries))
     except OSError as exc:

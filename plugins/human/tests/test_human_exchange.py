@@ -84,6 +84,14 @@ def test_distil_corrections_command(tmp_path):
     assert done.returncode == 0 and "Exported 3 entries" in done.stdout
     done = run("import", str(out), "--db", str(tmp_path / "b.sqlite"))
     assert done.returncode == 0 and "Imported 3 entries" in done.stdout
+    done = run("export", "-", "--db", str(tmp_path / "a.sqlite"))  # the entries alone on stdout, the note on stderr
+    assert done.returncode == 0 and done.stdout == out.read_text(encoding="utf-8")
+    assert "Exported 3 entries from" in done.stderr and "to standard output" in done.stderr
+    stdout = tmp_path / "stdout"  # what /dev/stdout is: a link to the process's output, here a pipe
+    stdout.symlink_to("/proc/self/fd/1")
+    done = run("export", str(stdout), "--db", str(tmp_path / "a.sqlite"))
+    assert done.returncode == 0 and done.stdout.startswith(out.read_text(encoding="utf-8"))
+    assert stdout.is_symlink()  # written through, not a file renamed over the link
     bad.write_text('{"problem_id": "p", "kind": "correction"}\n')
     done = run("import", str(bad), "--db", str(tmp_path / "b.sqlite"))
     assert done.returncode == 2 and f"error: {bad} has invalid records" in done.stderr
