@@ -109,7 +109,7 @@ class CorrectionsCommand:
                 count = export_jsonl(store, args.file, args.problem)
                 where = "standard output" if args.file == "-" else args.file
                 print(f"Exported {count} entries from {store.path} to {where}.",  # not into the entries
-                      file=sys.stderr if args.file in ("-", "/dev/stdout") else sys.stdout)
+                      file=sys.stderr if _is_stdout(args.file) else sys.stdout)
             return 0
         entries = read_jsonl(args.file)  # a bad file is reported before a store is created for it
         with CorrectionStore(args.db, read_only=False) as store:
@@ -117,6 +117,17 @@ class CorrectionsCommand:
             already = f" ({same} already present)" if same else ""
             print(f"Imported {added} entries from {args.file} into {store.path}{already}.")
         return 0
+
+
+def _is_stdout(path: str) -> bool:
+    """Whether ``path`` is this process's standard output: ``-``, or any name that leads to it
+    (``/dev/stdout``, ``/proc/self/fd/1``, a link to either)."""
+    if path == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file yet, or stdout has no descriptor
+        return False
 
 
 def _tolerant_terminal() -> None:
