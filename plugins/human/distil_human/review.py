@@ -32,7 +32,7 @@ from distil_core import DistilError, as_text
 
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
 from .store import Correction, CorrectionStore
-from .text import for_terminal
+from .text import shown_escaped
 from .verify import SolutionChecker
 
 PROMPT = "[c]orrection [s]olution [n]ext [b]ack [q]uit [?] > "
@@ -64,7 +64,7 @@ def load_failed_rollouts(run_dir: str, problem_id: Optional[str] = None) -> tupl
 
 class ReviewSession:
     """The interactive loop. ``read`` and ``write`` default to ``input`` and ``print``; every line
-    written goes through :func:`~distil_human.text.for_terminal` (it shows text from outside)."""
+    written goes through :func:`~distil_human.text.shown_escaped` (it shows text from outside)."""
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class ReviewSession:
         self.run_dir = as_text(os.path.abspath(run_dir))  # stored with each entry: text, even from odd bytes
         self.checker = checker
         self.read = read
-        self.write: Callable[[str], None] = lambda line: write(for_terminal(line))
+        self.write: Callable[[str], None] = lambda line: write(shown_escaped(line))
         self.saved = 0
 
     def _ask(self, prompt: str) -> str:
@@ -235,7 +235,7 @@ class ReviewSession:
 
 def _indent(text: str, width: int = 4) -> str:
     """``text`` indented, its control characters escaped first (a bare CR would break its line)."""
-    return textwrap.indent(for_terminal(text), " " * width, lambda _: True) if text else " " * width + "(empty)"
+    return textwrap.indent(shown_escaped(text), " " * width, lambda _: True) if text else " " * width + "(empty)"
 
 
 def _short(value: Any, limit: int) -> str:

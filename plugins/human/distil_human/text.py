@@ -7,10 +7,12 @@ UTF-8 (every page and JSON reply the desk sends) nor SQLite can hold it, so the 
 such a string fails. The readers here turn it into U+FFFD once, where it enters
 (:func:`distil_core.text.as_text`), so that nothing downstream has to care.
 
-What ``distil review`` prints comes from outside too: a model's response, a program's output in
-code-exec feedback, an imported correction. :func:`for_terminal` shows their control characters
-as escapes, so that none of them is sent to the terminal (ESC begins the sequences that move
-the cursor, hide text, set the window title or write the clipboard; CR overwrites a line).
+What either front end shows comes from outside too: a model's response, a program's output in
+code-exec feedback, an imported correction. :func:`shown_escaped` shows their control characters
+and direction marks as escapes. On a terminal, ESC begins the sequences that move the cursor,
+hide text, set the window title or write the clipboard, and CR overwrites a line. On a page as
+on a terminal, a direction override (U+202E) reverses what follows it: a response ending
+"passed \\u202edeliaf" reads "passed failed" to a reviewer who is never shown the override.
 
 A reviewer's name is also made plain: one line, no control or direction-override characters
 (U+202E would reverse the text shown after the name), compatibility forms folded by NFKC
@@ -70,15 +72,16 @@ def json_line(line: str, check: Optional[Callable[[Any], Optional[str]]] = None)
     return clean(value) if _ESCAPED_SURROGATE.search(line) else value
 
 
-_TERMINAL_UNSAFE = re.compile(
+_UNSAFE_TO_SHOW = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
 """C0 and C1 controls but newline, tab and a CR ending a line; DEL; the direction marks and overrides."""
 
 
-def for_terminal(text: str) -> str:
-    """``text`` safe to print on a terminal: each control character (newlines, tabs and CRLF kept) and
-    each direction mark or override shown as its Python escape (``\\x1b``, ``\\r``, ``\\u202e``)."""
-    return _TERMINAL_UNSAFE.sub(lambda found: ascii(found.group())[1:-1], text)
+def shown_escaped(text: str) -> str:
+    """``text`` as a reviewer should see it, on a terminal or a page: each control character (newlines,
+    tabs and CRLF kept) and each direction mark or override shown as its Python escape (``\\x1b``,
+    ``\\r``, ``\\u202e``), so that it neither acts on the terminal nor reorders what is read."""
+    return _UNSAFE_TO_SHOW.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def author_name(value: str) -> str:

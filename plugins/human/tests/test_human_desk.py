@@ -267,6 +267,50 @@ def test_a_rollout_holding_half_a_surrogate_pair_is_shown_and_can_be_corrected(t
         desk.stop()
 
 
+def test_controls_and_direction_overrides_from_outside_are_shown_as_escapes(tmp_path):
+    """A response, its feedback, the expert's context and a stored entry are the desk's text from
+    outside: a direction override in them would reverse what the reviewer reads after it ("passed
+    \\u202edeliaf" reads "passed failed"), so each is shown as its escape, as on the terminal."""
+    record = rollout_record("sort-12", "21")
+    record["response_text"] = "21 tests passed \u202edeliaf"
+    record["feedback"][0]["text"] = "stdout: ok\x1b[2J\rall good \u2067x"
+    run = write_run(tmp_path / "run", [record])
+    with open(f"{run}/provenance.jsonl", "w") as fh:
+        fh.write(json.dumps({"step": 1, "problem_id": "sort-12", "response_hash": response_hash("21"),
+                             "feedback": [{"source": "answer_check", "kind": "answer_check"}],
+                             "context": [{"role": "user", "content": "shown \u200fto the expert"}]}) + "\n")
+    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"))
+    try:
+        assert _saved(desk.base, "/save/sort-12", _form("a note \u202eton", response="21")) == 303
+        status, page, _ = _get(desk.base + "/problem/sort-12")
+        assert status == 200, page
+        for raw in ("\u202e", "\u2067", "\u200f", "\x1b"):
+            assert raw not in page, ascii(raw)
+        for escaped in ("21 tests passed \\u202edeliaf", "stdout: ok\\x1b[2J\\rall good \\u2067x",
+                        "shown \\u200fto the expert", "a note \\u202eton"):
+            assert escaped in page, escaped
+        status, exported, _ = _get(desk.base + "/export")
+        assert status == 200 and json.loads(exported)["text"] == "a note \u202eton"  # stored as written
+    finally:
+        desk.stop()
+
+
+def test_a_refused_entry_comes_back_in_its_form_as_it_was_written(tmp_path):
+    odd = rollout_record("sort-34", "43", reference="34")
+    answer: list = []
+    for _ in range(40):  # an answer nested deeper than a stored verdict may be: the save is refused
+        answer = [answer]
+    odd["verdict"]["answer"] = answer
+    desk = DeskProcess(write_run(tmp_path / "run", [odd]), "--db", str(tmp_path / "h.sqlite"))
+    try:
+        typed = "keep \u202eme <b>as typed</b>"
+        status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form(typed))
+        assert status == 422
+        assert "keep \u202eme &lt;b&gt;as typed&lt;/b&gt;</textarea>" in page  # saving again sends the same text
+    finally:
+        desk.stop()
+
+
 def test_each_skipped_line_is_named_by_file_and_line_and_odd_records_break_no_page(tmp_path):
     good, odd_source = rollout_record("sort-34", "43", reference="34"), rollout_record("sort-12", "21")
     odd_source["feedback"][0]["source"] = ["a", "list"]  # not hashable: the source filter compares it as text

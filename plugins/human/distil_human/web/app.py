@@ -2,7 +2,11 @@
 
 Pages are rendered on the server from the Jinja2 templates beside this module; the only
 script is a small inline one for keyboard shortcuts, so the desk needs no build step and
-fetches nothing from elsewhere.
+fetches nothing from elsewhere. Every value a template writes is HTML-escaped and has its
+control characters and direction marks shown as escapes (:func:`~distil_human.text.shown_escaped`),
+as the terminal review does: a response's U+202E would otherwise reverse what the reviewer
+reads after it. The one exception is a refused entry's own text, put back in its form
+unchanged (``| e``) so that saving it again sends what the reviewer wrote.
 
 The store and the verifier block (a save may wait up to 30 s for another process's write
 lock), so no handler runs them on the event loop: pages and the export are plain functions,
@@ -27,7 +31,7 @@ from starlette.templating import Jinja2Templates
 
 from distil_core import ConfigError
 
-from ..text import author_name
+from ..text import author_name, shown_escaped
 from .desk import Desk, Outcome, View
 
 TOKEN_COOKIE = "distil_desk_token"
@@ -38,7 +42,8 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates"
 
 def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
     """The ASGI app over ``desk``; with ``token``, every request must carry it (see :func:`_allowed`)."""
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                      finalize=_shown)
     env.filters["pct"] = lambda x: f"{x:.0%}"
     templates = Jinja2Templates(env=env)
 
@@ -117,6 +122,12 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
 
 class _BadRequest(Exception):
     pass
+
+
+def _shown(value: object) -> object:
+    """What a template writes for ``value``: text from outside with its controls and direction marks
+    escaped; markup the template made safe itself (``| e``, a str subclass) passes as it is."""
+    return shown_escaped(value) if type(value) is str else value
 
 
 def _qs(view: View, **extra: str) -> str:
