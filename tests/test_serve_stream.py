@@ -245,6 +245,7 @@ def test_a_client_that_hangs_up_stops_the_decoding(scripted, streamed):
         wait_until(lambda: server.lm.open_jobs() == 0 and server.stats["in_flight"] == 0)
         # far fewer forward passes than the 240 tokens asked for; unstreamed, the held one and one more
         assert gate.calls < (120 if streamed else 5)
+        wait_until(lambda: server.stats["hung_up"] == 1)  # counted alike, streamed or not
     finally:
         gate.open.set()
         gate.handle.remove()

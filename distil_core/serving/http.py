@@ -95,7 +95,7 @@ class LocalOpenAIServer:
     connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`). ``max_connections``:
     how many connections are served at once (:data:`MAX_CONNECTIONS`); ``stats["busy_refused"]``
     counts those answered 503 because that many were open, ``stats["hung_up"]`` the requests
-    withdrawn because their client hung up while they waited.
+    withdrawn because their client hung up while they waited, or before their stream ended.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
@@ -122,7 +122,7 @@ class LocalOpenAIServer:
     def start(self) -> str:
         handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
         self._httpd = CappedHTTPServer((self.host, self.port), handler)
-        self._httpd.limit(self.max_connections, self._count_busy)
+        self._httpd.limit(self.max_connections, lambda: self.count("busy_refused"))
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="distil-serve", daemon=True)
@@ -155,13 +155,10 @@ class LocalOpenAIServer:
                                           "batches": 0, "max_batch_requests": 0, "busy_refused": 0,
                                           "hung_up": 0}
 
-    def _count_busy(self) -> None:
+    def count(self, key: str) -> None:
+        """One more of ``stats[key]`` (``busy_refused``, ``hung_up``)."""
         with self._stats_lock:
-            self.stats["busy_refused"] += 1
-
-    def count_hangup(self) -> None:
-        with self._stats_lock:
-            self.stats["hung_up"] += 1
+            self.stats[key] += 1
 
     def _count_batch(self, requests: int, rows: int) -> None:
         with self._stats_lock:
@@ -331,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with watching_client(lambda: hung_up(self.connection)):
                     response = self.app.handle(verb, self.path, self.headers, raw)
             except ClientGone:  # withdrawn while it waited for the model: no one to answer
-                self.app.count_hangup()
+                self.app.count("hung_up")
                 self.close_connection = True
                 return
         self._send(*response, head=verb == "HEAD")
@@ -367,6 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout, a closed stream)
             self.close_connection = True
+            if not isinstance(body, bytes):  # a stream cut short: withdrawn like an unstreamed request
+                self.app.count("hung_up")
         finally:
             close = getattr(body, "close", None)
             if close is not None:  # a stream not sent to its end stops its decoding
