@@ -215,13 +215,18 @@ def test_a_save_waiting_for_the_store_lock_holds_up_no_other_request(tmp_path):
     store.close()
 
 
-def test_a_rollout_the_store_cannot_hold_gives_the_form_back_with_the_text(tmp_path):
+def _unstorable(tmp_path):
+    """A desk on a run whose one rollout (sort-34, "43") the store cannot hold: every save is refused."""
     odd = rollout_record("sort-34", "43", reference="34")
     answer: list = []
     for _ in range(40):  # an answer nested deeper than a stored verdict may be
         answer = [answer]
     odd["verdict"]["answer"] = answer
-    desk = DeskProcess(write_run(tmp_path / "run", [odd]), "--db", str(tmp_path / "h.sqlite"))
+    return DeskProcess(write_run(tmp_path / "run", [odd]), "--db", str(tmp_path / "h.sqlite"))
+
+
+def test_a_rollout_the_store_cannot_hold_gives_the_form_back_with_the_text(tmp_path):
+    desk = _unstorable(tmp_path)
     try:
         typed = "My long and careful correction."
         status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form(typed))
@@ -241,17 +246,22 @@ def _saved(base, path, form, headers=None):
         return exc.code
 
 
+def _run_with_context(tmp_path, record, context):
+    """A run of one rollout of problem sort-12 (response "21") whose expert was shown ``context``."""
+    run = write_run(tmp_path / "run", [record])
+    with open(f"{run}/provenance.jsonl", "w") as fh:
+        fh.write(json.dumps({"step": 1, "problem_id": "sort-12", "response_hash": response_hash("21"),
+                             "feedback": [{"source": "answer_check", "kind": "answer_check"}],
+                             "context": [{"role": "user", "content": context}]}) + "\n")
+    return run
+
+
 def test_a_rollout_holding_half_a_surrogate_pair_is_shown_and_can_be_corrected(tmp_path):
     record = rollout_record("sort-12", "21")
     record.update(prompt="sort 12 \ud83d", response_text="21 \ud83d")  # an emoji cut in half, escaped in the JSON
     record["verdict"].update(answer="2\ud83d", details={"got\udc00": "\ud83d"})
     record["feedback"][0]["text"] = "wrong \udc00"
-    run = write_run(tmp_path / "run", [record])
-    with open(f"{run}/provenance.jsonl", "w") as fh:
-        fh.write(json.dumps({"step": 1, "problem_id": "sort-12", "response_hash": response_hash("21"),
-                             "feedback": [{"source": "answer_check", "kind": "answer_check"}],
-                             "context": [{"role": "user", "content": "what \ud83d"}]}) + "\n")
-    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"))
+    desk = DeskProcess(_run_with_context(tmp_path, record, "what \ud83d"), "--db", str(tmp_path / "h.sqlite"))
     try:
         status, page, _ = _get(desk.base + "/")
         assert status == 200 and "sort 12 \ufffd" in page
@@ -274,11 +284,7 @@ def test_controls_and_direction_overrides_from_outside_are_shown_as_escapes(tmp_
     record = rollout_record("sort-12", "21")
     record["response_text"] = "21 tests passed \u202edeliaf"
     record["feedback"][0]["text"] = "stdout: ok\x1b[2J\rall good \u2067x"
-    run = write_run(tmp_path / "run", [record])
-    with open(f"{run}/provenance.jsonl", "w") as fh:
-        fh.write(json.dumps({"step": 1, "problem_id": "sort-12", "response_hash": response_hash("21"),
-                             "feedback": [{"source": "answer_check", "kind": "answer_check"}],
-                             "context": [{"role": "user", "content": "shown \u200fto the expert"}]}) + "\n")
+    run = _run_with_context(tmp_path, record, "shown \u200fto the expert")
     desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"))
     try:
         assert _saved(desk.base, "/save/sort-12", _form("a note \u202eton", response="21")) == 303
@@ -296,12 +302,7 @@ def test_controls_and_direction_overrides_from_outside_are_shown_as_escapes(tmp_
 
 
 def test_a_refused_entry_comes_back_in_its_form_as_it_was_written(tmp_path):
-    odd = rollout_record("sort-34", "43", reference="34")
-    answer: list = []
-    for _ in range(40):  # an answer nested deeper than a stored verdict may be: the save is refused
-        answer = [answer]
-    odd["verdict"]["answer"] = answer
-    desk = DeskProcess(write_run(tmp_path / "run", [odd]), "--db", str(tmp_path / "h.sqlite"))
+    desk = _unstorable(tmp_path)
     try:
         typed = "keep \u202eme <b>as typed</b>"
         status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form(typed))
