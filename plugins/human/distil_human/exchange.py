@@ -92,7 +92,7 @@ def read_jsonl(path: str) -> list[tuple[int, Correction]]:
             problems.append(f"{where}: expected a JSON object, got {type(data).__name__}")
             continue
         try:
-            entries.append((number, Correction.model_validate(data)))
+            entries.append((number, Correction.entered(data)))
         except ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "(record)"

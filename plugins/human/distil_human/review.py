@@ -28,10 +28,12 @@ import os
 import textwrap
 from typing import Any, Callable, Optional
 
+from pydantic import ValidationError
+
 from distil_core import DistilError, as_text
 
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
-from .store import Correction, CorrectionStore
+from .store import Correction, CorrectionStore, problems_of
 from .text import shown_escaped
 from .verify import SolutionChecker
 
@@ -175,14 +177,15 @@ class ReviewSession:
     def _save(self, item: ReviewItem, kind: str, text: str, verified: Optional[bool] = None) -> bool:
         rec = item.record
         try:
-            entry = Correction(
+            entry = Correction.entered(dict(
                 problem_id=rec["problem_id"], response_hash=rec["response_hash"], kind=kind, text=text,
                 author=self.author, run_dir=self.run_dir, step=rec.get("step"), response_text=rec["response_text"],
                 verdict=verdict_summary(rec), verified=verified,
-            )
+            ))
             self.store.add(entry)
         except Exception as exc:  # busy, disk full, damaged, a bad rollout record: give the text back
-            reason = str(exc) if isinstance(exc, DistilError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            reason = (f"{problems_of(exc)}." if isinstance(exc, ValidationError) else str(exc)
+                      if isinstance(exc, DistilError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             self.write(f"NOT saved: {reason}\nYour {kind} was:\n{_indent(text)}\n"
                        "Copy it now; choose c or s to enter it again, or q to quit.")
             return False

@@ -37,13 +37,14 @@ import shlex
 import sqlite3
 import threading
 import time
+import re
 import urllib.parse
 import uuid
 import weakref
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from distil_core import ConfigError, DistilError
 
@@ -78,6 +79,14 @@ MAX_VERDICT_DEPTH = 32  # a verdict is score, passed, answer: deeper nesting is 
 RESPONSE_HASH = r"^[0-9a-f]{8,64}$"
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_CANTOPEN = 5, 6, 11, 14
 _TEXT_FIELDS = ("id", "problem_id", "response_hash", "text", "author", "run_dir", "response_text")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+"""C0 and C1 controls and DEL, but the tab and what ``str.splitlines`` takes for a line break."""
+ENTERED = {"entered": True}
+"""The validation context of an entry being entered (:meth:`Correction.entered`: the desk, the
+terminal review, an import). Its text, which the expert will read, is also checked for control
+characters: a NUL or an escape sequence pasted from a terminal is an accident, and some
+providers refuse a NUL outright. Entries read back from the store are not checked again, so
+that one stored before the check still reads."""
 
 
 def default_db_path() -> str:
@@ -113,10 +122,20 @@ class Correction(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        control = _CONTROL.search(value) if info.context == ENTERED else None
+        if control:
+            raise ValueError(f"holds the control character {ascii(control.group())[1:-1]} at position "
+                             f"{control.start()}; this is text the expert reads: remove it (tabs and line "
+                             "breaks are kept)")
         return value
+
+    @classmethod
+    def entered(cls, data: dict[str, Any]) -> "Correction":
+        """A new entry, from a reviewer or a file: validated with the :data:`ENTERED` checks."""
+        return cls.model_validate(data, context=ENTERED)
 
     @field_validator(*_TEXT_FIELDS)
     @classmethod
@@ -185,6 +204,11 @@ class Correction(BaseModel):
         data["verdict"] = json.loads(data["verdict"], parse_constant=lambda _: None) \
             if data["verdict"] is not None else None
         return cls.model_validate(data)
+
+
+def problems_of(exc: ValidationError) -> str:
+    """``field: what is wrong; ...`` for an entry that failed validation (no pydantic boilerplate)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
 
 
 def _check_text(value: str, where: str) -> None:

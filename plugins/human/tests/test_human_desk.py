@@ -301,6 +301,19 @@ def test_controls_and_direction_overrides_from_outside_are_shown_as_escapes(tmp_
         desk.stop()
 
 
+def test_an_entry_holding_a_control_character_is_refused_and_given_back(tmp_path):
+    desk = DeskProcess(write_run(tmp_path / "run", RECORDS), "--db", str(tmp_path / "h.sqlite"))
+    try:
+        status, page, _ = _get(desk.base + "/save/sort-34", {"Origin": desk.base}, _form("up\x00wards"))
+        assert status == 422 and "holds the control character \\x00 at position 2" in page
+        assert "up\x00wards</textarea>" in page  # the form holds what was sent, to be mended
+        assert _saved(desk.base, "/save/sort-34", _form("up\r\nwards")) == 303  # a form's own line breaks are text
+        status, exported, _ = _get(desk.base + "/export")
+        assert json.loads(exported)["text"] == "up\r\nwards"
+    finally:
+        desk.stop()
+
+
 def test_a_refused_entry_comes_back_in_its_form_as_it_was_written(tmp_path):
     desk = _unstorable(tmp_path)
     try:

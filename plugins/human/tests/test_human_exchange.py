@@ -36,6 +36,23 @@ def test_export_then_import_gives_the_same_entries(tmp_path):
     assert json.loads(out.read_text())["text"] == "09"
 
 
+def test_an_imported_entry_holding_a_control_character_is_refused_by_line_and_field(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"problem_id": "sort-12", "kind": "correction", "text": "Up,\u0000 not down."}) + "\n")
+    store = CorrectionStore(str(tmp_path / "h.sqlite"))
+    with pytest.raises(ConfigError, match=r"in\.jsonl:1: field 'text': Value error, holds the control character "
+                       r"\\x00 at position 3"):
+        import_jsonl(store, str(path))
+    assert store.count() == 0
+
+
+def test_an_entry_stored_before_the_control_character_check_still_reads_and_exports(tmp_path):
+    store = CorrectionStore(str(tmp_path / "h.sqlite"))
+    store.add(entry(text="old\x00entry"))  # as an earlier version stored it: only entries being entered are checked
+    assert [e.text for e in CorrectionStore(str(tmp_path / "h.sqlite")).all()] == ["old\x00entry"]
+    assert export_jsonl(store, str(tmp_path / "out.jsonl")) == 1
+
+
 def test_a_bad_record_is_reported_by_line_and_field_and_nothing_is_imported(tmp_path):
     good = {"problem_id": "sort-12", "kind": "correction", "text": "Up, not down."}
     path = tmp_path / "in.jsonl"

@@ -195,6 +195,17 @@ def test_input_that_is_not_utf8_is_kept_as_replacement_characters(tmp_path):
     assert saved.text == "caf\ufffd is Latin-1: ünï \ufffd\ufffd end"
 
 
+def test_a_correction_holding_a_control_character_is_given_back_not_saved(tmp_path):
+    """A NUL or a terminal's escape sequence pasted into an entry is refused, naming it, and the
+    entry is given back; the next try is saved."""
+    session, store, written = _session(tmp_path, ["c", "sort \x1b[201~them", ".", "c", "sort them", ".", "q"])
+    session.run()
+    shown = "\n".join(written)
+    assert "NOT saved: text: Value error, holds the control character \\x1b at position 5" in shown
+    assert "\x1b" not in shown  # given back as an escape
+    assert [e.text for e in store.all()] == ["sort them"]
+
+
 def test_a_line_a_strict_reader_cannot_decode_is_asked_again(tmp_path):
     bad = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
     session, store, written = _session(tmp_path, ["c", bad, "kept", ".", "q"])

@@ -18,7 +18,7 @@ from ..exchange import dump_entries
 from ..provenance import read_provenance
 from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_rollouts,
                             sources_in, verdict_summary)
-from ..store import Correction, CorrectionStore
+from ..store import Correction, CorrectionStore, problems_of
 from ..text import MAX_AUTHOR, author_name, skipped_note
 from ..verify import SolutionCheck, SolutionChecker
 
@@ -137,15 +137,14 @@ class Desk:
                 return Outcome(error=f"Refused: {check.reason}.", check=check)
             verified = check.verified
         try:
-            entry = Correction(
+            entry = Correction.entered(dict(
                 problem_id=group.problem_id, response_hash=wanted, kind=kind, text=text, author=author,
                 run_dir=self.run_dir, step=record.get("step"), response_text=record.get("response_text"),
                 verdict=verdict_summary(record) if record else None, verified=verified,
-            )
+            ))
             self.store.add(entry)
         except ValidationError as exc:  # a value from the form or the run's record the store cannot hold
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
-            return Outcome(error=f"NOT saved: {problems}.", check=check)
+            return Outcome(error=f"NOT saved: {problems_of(exc)}.", check=check)
         except DistilError as exc:
             return Outcome(error=f"NOT saved: {exc}", check=check)
         return Outcome(entry=entry, check=check)
