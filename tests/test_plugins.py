@@ -429,6 +429,43 @@ def test_distil_plugins_lists_versions_and_registrations(site):
     assert "FAILED" in rows["typo"] and "register_verifiers" in rows["typo"]
 
 
+def test_distil_plugins_names_each_components_options_with_their_defaults(site):
+    """`distil plugins NAME...` reads the options off the factories, the toy plugin's and the core's."""
+    result = run_distil_plugins(site, "toy_contains", "toy_length", "digits")
+
+    assert result.returncode == 0, result.stderr
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in result.stdout.strip().split("\n\n")}
+    assert blocks == {
+        "verifier toy_contains  (plugin toy; set in verifier)": [
+            "  Passes when the reference appears anywhere in the response.", "    ignore_case: false"],
+        "feedback source toy_length  (plugin toy; set in feedback)": [
+            "  How long the response is.", "    (no options)"],
+        f"task digits  (plugin {BUILTIN}; set in task)": [
+            "  Procedural digit puzzles with a fixed held-out split.", "    op: sort", "    length: 5",
+            "    train_size: 5000", "    test_size: 200", "    seed: 0"],
+    }
+
+
+def test_distil_plugins_options_json_covers_every_configurable_component(site):
+    result = run_distil_plugins(site, "--options", "--json")
+
+    assert result.returncode == 0, result.stderr
+    components = {(c["kind"], c["name"]): c for c in json.loads(result.stdout)}
+    assert components[("verifier", "toy_contains")]["options"] == [{"name": "ignore_case", "default": False}]
+    assert components[("expert", "hf")]["options"][0] == {"name": "path", "required": True}
+    assert "runtime" not in {o["name"] for c in components.values() for o in c["options"] or []}
+    assert all(o["name"] != "run_dir" for o in components[("logger", "wandb")]["options"])  # the run gives it
+    assert components[("logger", "wandb")]["section"] == "train.tracker_options"
+    assert not [name for kind, name in components if kind == "command"]  # run, not configured
+
+
+def test_distil_plugins_names_a_misspelt_component(site):
+    result = run_distil_plugins(site, "toy_contain")
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "No configurable component is named 'toy_contain'. Did you mean 'toy_contains'?" in result.stderr
+
+
 def test_distil_plugins_json(site):
     result = run_distil_plugins(site, "--json")
 

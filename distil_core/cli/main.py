@@ -100,7 +100,11 @@ def _add_plot(sub: Any) -> None:
 
 
 def _add_plugins(sub: Any) -> None:
-    plugins = sub.add_parser("plugins", help="list installed plugins and what each registered")
+    plugins = sub.add_parser("plugins", help="list installed plugins and what each registered; with --options "
+                             "or NAMEs, each component's options and defaults")
+    plugins.add_argument("components", nargs="*", metavar="NAME",
+                         help="components (tasks, verifiers, feedback sources, experts, ...) whose options to list")
+    plugins.add_argument("--options", action="store_true", help="every component's options and their defaults")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
 
@@ -301,28 +305,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from distil_core.plugin_host import KINDS, get_host
+    from distil_core.cli.plugins import main_plugins
 
-    host = get_host()
-    infos = list(host.plugins.values())
-    if args.json:
-        print(json.dumps([i.as_dict() for i in infos], indent=2))
-        return 0
-    rows = [("plugin", "version", "registered")]
-    for info in infos:
-        parts = []
-        for kind in KINDS:
-            names = [n for k, n in info.registered if k == kind]
-            if names:
-                parts.append(f"{kind.replace('_', ' ')}s: {', '.join(names)}")
-        registered = "; ".join(parts) or ("FAILED: " + info.error if info.error else "(nothing)")
-        rows.append((info.name, info.version or "-", registered))
-    print(render_table(rows, left=(0, 2)))
-    errors = host.errors()
-    for name, error in errors.items():
-        if any(n for k, n in host.plugins[name].registered):
-            print(f"warning: plugin {name!r}: {error}", file=sys.stderr)
-    return 0
+    return main_plugins(args)
 
 
 # -- bench ------------------------------------------------------------------------------------
