@@ -5,6 +5,9 @@ up stops the decoding, streamed or not. Two models: the untrained tiny model (ra
 a scripted one whose greedy answer is a chain of tokens we choose."""
 
 import asyncio
+import json
+import socket
+import struct
 import threading
 
 import openai
@@ -251,6 +254,29 @@ def test_a_client_that_hangs_up_stops_the_decoding(scripted, streamed):
         gate.handle.remove()
     assert client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=3,
                                      temperature=0).choices[0].text == "ABC"  # the server goes on
+
+
+def test_a_stream_read_to_its_end_is_not_counted_as_a_hang_up_however_the_client_closes(scripted):
+    """A client may reset the connection as soon as it has read ``data: [DONE]``, before the
+    chunked body's last empty chunk is sent: its answer was whole, so it did not hang up."""
+    server, client = scripted
+    server.reset_stats()
+    assert "".join(c.choices[0].text for c in client.completions.create(
+        model="scripted", prompt=byte_ids("x"), max_tokens=20, temperature=0, stream=True)) == "é☃日!"
+    body = json.dumps({"model": "scripted", "prompt": byte_ids("x"), "max_tokens": 20, "temperature": 0,
+                       "stream": True}).encode()
+    for _ in range(20):
+        with socket.create_connection((server.host, server.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+            seen = b""
+            while b"data: [DONE]" not in seen:
+                piece = sock.recv(65536)
+                assert piece, seen
+                seen += piece
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    wait_until(lambda: server.stats["in_flight"] == 0)
+    assert server.stats["hung_up"] == 0
 
 
 @pytest.mark.parametrize("asked", [

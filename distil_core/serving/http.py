@@ -27,20 +27,19 @@ A request's ``model`` is the base model's name or a loaded adapter's (missing or
 a 400; another name: a 404). Errors come in OpenAI's JSON shape with their status (400, 401
 with an API key, 404 naming the routes there are, 405 for a known path with another method,
 whatever the method, 500). A body is read by its ``Content-Length``, or chunked, under
-:data:`MAX_BODY_BYTES` (:mod:`distil_core.serving.bodies`: what is refused, and how); a client
-that stops sending for :data:`READ_TIMEOUT_S` (idle between requests, or within its headers or
-body) loses its connection, so it cannot hold a thread. Each connection has its own thread, so a
-slow one delays no other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at
-once, and one past that is answered 503 with ``Retry-After`` and closed at once (the rollout
-client retries it), so a flood of connections cannot start a thread each until memory runs
-out. A client that hangs up while its request waits for the model (its timeout, say) has its
-request withdrawn, unanswered (:func:`~distil_core.serving.batcher.watching_client`;
-``stats["hung_up"]``). The listening socket queues :data:`ACCEPT_BACKLOG` connections, so
-a burst of clients connecting at once is not made to retry (with ``http.server``'s queue of 5 the
-kernel drops the rest and they connect a second later, on the SYN's retry). Requests are served on
-threads; their generations are decoded on one model thread, concurrent requests that can share
-a batch (same adapter, max_tokens and sampling parameters) together, as vLLM batches them. The
-model runs one batch at a time, and weight changes wait for it.
+:data:`MAX_BODY_BYTES` (:mod:`distil_core.serving.bodies`: what is refused, and how); a client that
+stops sending for :data:`READ_TIMEOUT_S` (idle between requests, or within its headers or body) loses
+its connection, so it cannot hold a thread. Each connection has its own thread, so a slow one delays no
+other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at once, and one past that is
+answered 503 with ``Retry-After`` and closed at once (the rollout client retries it), so a flood of
+connections cannot start a thread each until memory runs out. A client that hangs up while its request
+waits for the model (its timeout, say) has its request withdrawn, unanswered
+(:func:`~distil_core.serving.batcher.watching_client`; ``stats["hung_up"]``). The listening socket
+queues :data:`ACCEPT_BACKLOG` connections, so a burst of clients connecting at once is not made to retry
+(with ``http.server``'s queue of 5 the kernel drops the rest and they connect a second later, on the
+SYN's retry). Requests are served on threads; their generations are decoded on one model thread,
+concurrent requests that can share a batch (same adapter, max_tokens and sampling parameters) together,
+as vLLM batches them. The model runs one batch at a time, and weight changes wait for it.
 
 Clients' failure handling is tested against :class:`~distil_core.serving.faults.FaultyServer`,
 which answers through :meth:`LocalOpenAIServer.complete`; this module has no faults of its own.
@@ -347,6 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
         return read_body(self.headers, self.request_version, self.rfile, MAX_BODY_BYTES)
 
     def _send(self, status: int, headers: dict[str, str], body: Union[bytes, Iterator[bytes]], head: bool) -> None:
+        streamed = False  # every event of a stream sent: a client resetting before the last chunk did not hang up
         try:
             self.send_response(status)
             for key, value in headers.items():
@@ -361,10 +361,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 for piece in body:
                     self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                streamed = True
                 self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout, a closed stream)
             self.close_connection = True
-            if not isinstance(body, bytes):  # a stream cut short: withdrawn like an unstreamed request
+            if not isinstance(body, bytes) and not streamed:  # a stream cut short: withdrawn, as unstreamed
                 self.app.count("hung_up")
         finally:
             close = getattr(body, "close", None)

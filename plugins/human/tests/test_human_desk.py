@@ -314,6 +314,20 @@ def test_an_entry_holding_a_control_character_is_refused_and_given_back(tmp_path
         desk.stop()
 
 
+def test_the_source_filter_sends_the_source_as_recorded_though_it_shows_its_escape(tmp_path):
+    record = rollout_record("sort-12", "21")
+    record["feedback"][0]["source"] = "src\u202e"
+    desk = DeskProcess(write_run(tmp_path / "run", [record, rollout_record("sort-34", "43")]),
+                       "--db", str(tmp_path / "h.sqlite"))
+    try:
+        status, page, _ = _get(desk.base + "/")
+        assert status == 200 and '<option value="src\u202e">src\\u202e</option>' in page
+        status, page, _ = _get(desk.base + "/?sort=failing&source=" + urllib.parse.quote("src\u202e"))  # the form
+        assert status == 200 and "sort-12" in page and "sort-34" not in page
+    finally:
+        desk.stop()
+
+
 def test_a_refused_entry_comes_back_in_its_form_as_it_was_written(tmp_path):
     desk = _unstorable(tmp_path)
     try:
