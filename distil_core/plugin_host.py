@@ -96,6 +96,10 @@ class Registry:
     list_command = "distil plugins"
     """Where a user sees what is installed; named in the error for an unknown component."""
 
+    options_command: Optional[str] = None
+    """A command that, given a component's name, lists its options with their defaults; named
+    in the error for an unknown option (None: there is none)."""
+
     _shared: ClassVar[dict[type, "Registry"]] = {}
 
     @classmethod
@@ -291,7 +295,7 @@ class Registry:
         and with ``runtime`` when the factory has a parameter of that name."""
         reg = self.get(kind, name)
         options = dict(options or {})
-        check_options(reg, options)
+        check_options(reg, options, self.options_command)
         params = factory_parameters(reg.factory)
         if params is not None and "runtime" in params:
             options["runtime"] = runtime
@@ -303,6 +307,8 @@ class Registry:
 
 class PluginHost(Registry):
     """The core's registry: tasks, verifiers, feedback sources, experts, loggers and commands."""
+
+    options_command = "distil plugins"
 
     def __init__(self, *, load_entrypoints: Optional[bool] = None, allow: Optional[list[str]] = None):
         super().__init__(
@@ -335,17 +341,21 @@ def option_names(reg: Registration) -> Optional[list[str]]:
     return [n for n, p in params.items() if n not in ("self", "runtime") and p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
-def check_options(reg: Registration, options: dict[str, Any]) -> None:
-    """Refuse an option the factory does not take, with the closest valid spelling."""
+def check_options(reg: Registration, options: dict[str, Any],
+                  options_command: Optional[str] = None) -> None:
+    """Refuse an option the factory does not take, with the closest valid spelling (and, given
+    ``options_command``, the command that lists the valid ones with their defaults)."""
     valid = option_names(reg)
     if valid is None:
         return
     for key in options:
         if key not in valid:
             hint = did_you_mean(key, valid) if valid else " It takes no options."
+            listed = (f" `{options_command} {reg.name}` lists them with their defaults."
+                      if options_command and valid else "")
             raise ConfigError(
                 f"Unknown option {key!r} for {reg.kind.replace('_', ' ')} {reg.name!r} "
-                f"(from plugin {reg.plugin!r}).{hint}"
+                f"(from plugin {reg.plugin!r}).{hint}{listed}"
             )
 
 

@@ -167,6 +167,10 @@ def test_entry_point_plugin_loads_from_an_installed_distribution(site):
     assert isinstance(verdict, Verdict) and verdict.passed and verdict.score == 1.0
     strict = host.build("verifier", "toy_contains")
     assert not strict.verify(make_problem("ABC"), make_rollout("it is abc")).passed
+    with pytest.raises(ConfigError, match=r"Unknown option 'ignorecase' for verifier 'toy_contains' \(from plugin "
+                       r"'toy'\)\. Did you mean 'ignore_case'\? Valid: ignore_case\. `distil plugins toy_contains` "
+                       r"lists them with their defaults\."):
+        host.build("verifier", "toy_contains", {"ignorecase": True})
 
     source = host.build("feedback_source", "toy_length")
     (item,) = source.feedback(make_problem(), make_rollout("abcd"), verdict, [])
@@ -657,8 +661,10 @@ def test_a_registry_for_a_plugins_own_hook_kind():
     assert gadgets.names("gadget") == ["spring"]
     assert gadgets.get("gadget", "spring").options == ["coils"]
     assert gadgets.build("gadget", "spring", {"coils": 5}) == ("spring", 5)
-    with pytest.raises(ConfigError, match="Unknown option 'coil' for gadget 'spring'.*Did you mean 'coils'"):
+    with pytest.raises(ConfigError, match="Unknown option 'coil' for gadget 'spring'.*Did you mean 'coils'") \
+            as refused:
         gadgets.build("gadget", "spring", {"coil": 1})
+    assert "distil plugins" not in str(refused.value)  # it lists the core's components, not a plugin's own kinds
     with pytest.raises(PluginError, match="gadget 'spring' is already registered by plugin 'gadgets'"):
         gadgets.register_plugin(type("MoreGadgets", (Gadgets,), {}), "again")
 

@@ -138,7 +138,7 @@ def build_logger(host: Any, name: str, options: dict[str, Any], run_dir: str) ->
     if "run_dir" in options:
         raise ConfigError(f"train.tracker_options.{name}.run_dir: the run directory is given by the run "
                           "(--output-dir / train.output_dir); remove it here.")
-    check_options(reg, options)
+    check_options(reg, options, host.options_command)
     params: Optional[dict[str, Any]] = factory_parameters(reg.factory)
     if params is not None and "run_dir" not in params:
         raise ConfigError(f"logger {name!r} (from plugin {reg.plugin!r}) cannot be built: its factory takes no "
