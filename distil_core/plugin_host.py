@@ -334,11 +334,18 @@ def factory_parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspec
     return dict(params)
 
 
+SUPPLIED = {"logger": ("run_dir",)}
+"""Factory parameters the toolkit fills itself, per kind, which a config may not set (a tracker's run
+directory): never listed as options, nor offered as a spelling."""
+
+
 def option_names(reg: Registration) -> Optional[list[str]]:
+    """The options a config may give ``reg`` (``None``: its factory takes ``**kwargs``, so any)."""
     params = factory_parameters(reg.factory)
     if params is None:
         return None
-    return [n for n, p in params.items() if n not in ("self", "runtime") and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    supplied = ("self", "runtime", *SUPPLIED.get(reg.kind, ()))
+    return [n for n, p in params.items() if n not in supplied and p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
 def check_options(reg: Registration, options: dict[str, Any],
@@ -376,5 +383,5 @@ def reset_host() -> None:
 __all__ = [
     "GROUP", "CORE_DISTRIBUTION", "DEFAULT_PLUGINS", "KINDS", "Register", "Registration",
     "PluginInfo", "Registry", "PluginHost", "core_version", "unmet_requirement", "factory_parameters",
-    "option_names", "check_options", "get_host", "set_host", "reset_host",
+    "SUPPLIED", "option_names", "check_options", "get_host", "set_host", "reset_host",
 ]

@@ -21,9 +21,6 @@ from distil_core.plugin_host import KINDS, Registration, factory_parameters, get
 __all__ = ["component_options", "main_plugins"]
 
 
-SUPPLIED = {"logger": ("run_dir",)}
-"""Factory parameters the toolkit fills itself, which a config may not set (a tracker's run directory)."""
-
 SECTION = {"task": "task", "verifier": "verifier", "feedback_source": "feedback", "expert": "expert",
            "logger": "train.tracker_options"}
 """Where a config names a component of each kind (commands are run, not configured)."""
@@ -37,8 +34,6 @@ def component_options(reg: Registration) -> Optional[list[dict[str, Any]]]:
         return None
     out = []
     for name in reg.options or []:
-        if name in SUPPLIED.get(reg.kind, ()):
-            continue
         default = params[name].default
         out.append({"name": name, "required": True} if default is inspect.Parameter.empty
                    else {"name": name, "default": _plain(default)})
