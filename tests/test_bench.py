@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import statistics
 
 import pytest
@@ -105,6 +106,16 @@ def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_p
         err = capsys.readouterr().err
         assert f"{summary}: not a finished run's summary (" in err and reason in err and "delete" in err
     summary.write_text(kept)
+    assert main(base) == 0
+    # a finished run's eval log, cut short, would give a wrong curve: refused, naming the file
+    evals = out / "sort" / "grpo" / "seed0" / "eval.jsonl"
+    whole = evals.read_text()
+    for cut, said in [(whole[:-20], f"{evals}:3: "), (whole[: whole.rindex("{")], "the log ends at step 1, before the final")]:
+        evals.write_text(cut)
+        assert main(base) == 1  # damaged data, not a config mistake
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+    evals.write_text(whole)
     assert main(base) == 0
 
 
@@ -288,3 +299,69 @@ def test_a_boolean_seed_is_refused_not_read_as_seed_1(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"seeds\.0: Value error, is true; give an integer"):
         load_spec(str(path))
+
+
+def test_what_would_fail_after_training_is_refused_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    spec = yaml.safe_load(open(SPEC))
+    spec["plot_metric"] = "pass@3"  # eval.ks is [1, 4]: no run would report it
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for argv in (["bench", str(path), "--output-dir", str(out)], ["bench", str(path), "--dry-run"],
+                 ["bench", SPEC, "--set", "eval.ks=[4]", "--output-dir", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"plot_metric 'pass@[13]' is not among what suite '\w+', method '\w+' evaluates \(avg@4", err)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert main(["bench", SPEC, "--quick", "--output-dir", str(out), "--report-dir", str(not_a_dir / "rep")]) == 2
+    assert f"--report-dir {not_a_dir / 'rep'}: cannot be made a directory" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--seeds", "1", "1"], "the command line names seed 1 more than once"),
+    (["--suites", "sort", "sort"], "names suite sort more than once"),
+    (["--methods", "grpo,distil", "grpo"], "names method grpo more than once"),
+])
+def test_a_run_named_twice_is_refused(capsys, argv, said):
+    assert main(["bench", SPEC, "--dry-run", *argv]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_duplicate_or_empty_seeds_in_a_spec_or_argument_are_refused(tmp_path, capsys):
+    spec = yaml.safe_load(open(SPEC))
+    spec["seeds"] = [0, 0]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    assert "the spec names seed 0 more than once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an argument naming nothing is an argparse error, not "every seed"
+        main(["bench", SPEC, "--dry-run", "--seeds", ","])
+    assert "',' names no seed" in capsys.readouterr().err
+
+
+def test_a_sweep_is_planned_and_checked_whole_before_anything_trains(tmp_path, capsys):
+    from distil_core.cli.sweep import parse_sweep
+
+    assert parse_sweep("optim.lr=1e-4,3e-4") == ("optim.lr", [0.0001, 0.0003])  # YAML reads 1e-4 as text
+    assert parse_sweep("loss.future_cost=kl,ce") == ("loss.future_cost", ["kl", "ce"])
+    out = tmp_path / "sweep"
+    argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out)]
+    assert main(argv + ["--sweep", "optim.lr=0.001,0.003", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["optim.lr=0.001", "optim.lr=0.003"]
+    assert main(argv + ["--sweep", "optim.lr=0.001,abc"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "'abc'" in err
+    assert not out.exists()  # neither value trained: the bad one was found first
+
+
+def test_an_interrupted_bench_says_to_run_the_same_command_again(monkeypatch, tmp_path, capsys):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bench, "run", interrupted)
+    assert main(["bench", SPEC, "--quick", "--output-dir", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again" in err and "--resume" not in err

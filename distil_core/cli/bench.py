@@ -38,14 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
-from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, render_sweep,
+from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, source_revision,
                                     table_metrics, terminal_table)
 from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
-from distil_core.errors import ConfigError
+from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
-           "source_revision", "parse_sweep", "run_sweep", "main_bench",
+           "evaluated_metrics", "writable_dir", "flat_args", "command_line", "progress", "main_bench",
            # the results, for callers that import them from here (distil_core.cli.report has them)
            "aggregate", "final_lengths", "table_metrics"]
 
@@ -132,6 +132,14 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
+def evaluated_metrics(config: RunConfig) -> set[str]:
+    """The metrics a run's evaluation reports (:func:`distil_core.training.metrics.summarize`):
+    pass@k for each k up to the samples, avg/obs_pass/maj at the samples, greedy@1 if asked."""
+    n = config.eval.samples
+    reported = {f"pass@{k}" for k in config.eval.ks if k <= n} | {f"avg@{n}", f"obs_pass@{n}", f"maj@{n}"}
+    return reported | ({"greedy@1"} if config.eval.greedy else set())
+
+
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
 
@@ -152,19 +160,25 @@ class Bench:
         self.quick, self.echo = quick, echo
         self.suites = self._pick("suite", suites, list(spec.suites))
         self.methods = self._pick("method", methods, list(spec.methods))
-        self.seeds = seeds or (spec.quick.seeds if quick and spec.quick.seeds else spec.seeds)
+        self.seeds = self._pick("seed", seeds, list(spec.quick.seeds if quick and spec.quick.seeds else spec.seeds))
         self.user_overrides = list(overrides or [])
         self.revision: Optional[str] = None
         self.configs = {(s, m, k): self.config_for(s, m, k) for s in self.suites for m in self.methods for k in self.seeds}
 
     @staticmethod
-    def _pick(kind: str, wanted: Optional[list[str]], known: list[str]) -> list[str]:
-        if not wanted:
-            return known
-        unknown = [w for w in wanted if w not in known]
+    def _pick(kind: str, wanted: Optional[list[Any]], known: list[Any]) -> list[Any]:
+        """``wanted`` (None: all ``known``), each once; a suite or method the spec lacks is refused
+        (any seed may be asked for)."""
+        chosen = known if wanted is None else list(wanted)
+        twice = sorted({str(w) for w in chosen if chosen.count(w) > 1})
+        if twice or not chosen:
+            what = f"names {kind} {', '.join(twice)} more than once" if twice else f"names no {kind}"
+            raise ConfigError(f"distil bench: the {'spec' if wanted is None else 'command line'} {what}; "
+                              f"name each {kind} once.")
+        unknown = [w for w in chosen if kind != "seed" and w not in known]
         if unknown:
             raise ConfigError(f"distil bench: unknown {kind} {', '.join(map(repr, unknown))}; the spec has {', '.join(known)}.")
-        return list(wanted)
+        return chosen
 
     def config_for(self, suite: str, method: str, seed: int) -> RunConfig:
         s, m = self.spec.suites[suite], self.spec.methods[method]
@@ -201,11 +215,24 @@ class Bench:
             )
         return next(iter(seen.values()))
 
+    def check(self) -> None:
+        """Refuse what can be known wrong before anything trains: a suite whose methods would get
+        different budgets, or runs whose evaluation would not report the metric the curves plot."""
+        for suite in self.suites:
+            self.budget(suite)
+        metric = self.spec.plot_metric
+        for (suite, method, _seed), cfg in self.configs.items():
+            reported = evaluated_metrics(cfg)
+            if metric not in reported:
+                raise ConfigError(
+                    f"distil bench: the spec's plot_metric {metric!r} is not among what suite {suite!r}, method "
+                    f"{method!r} evaluates ({', '.join(sorted(reported))}); set plot_metric to one of those, or "
+                    "add its k to eval.ks (at most eval.samples).")
+
     def run(self) -> list[dict[str, Any]]:
         from distil_core.training.trainer import Trainer
 
-        for suite in self.suites:
-            self.budget(suite)
+        self.check()
         plan = list(self.configs.items())
         self.prepare()
         started = time.time()
@@ -260,8 +287,9 @@ class Bench:
             saved = None  # unreadable (bytes not UTF-8, nested past the recursion limit), or written by an
             # incompatible version: not the same run
         if saved != config.model_dump(mode="json"):
+            what = "a different config" if saved is not None else "no readable config.yaml"
             raise ConfigError(
-                f"{run_dir} holds a finished run with a different config; give distil bench another "
+                f"{run_dir} holds a finished run with {what}; give distil bench another "
                 "--output-dir, or delete that directory to run it again."
             )
         return read_summary(summary_path, run_dir)
@@ -271,10 +299,13 @@ class Bench:
         eval_path, metrics_path = os.path.join(run_dir, "eval.jsonl"), os.path.join(run_dir, "metrics.jsonl")
         # only the values a report can average: a hand-edited log's string, null or NaN is left out,
         # as `distil plot` leaves out what is not a number (summary.json's metrics are checked whole)
-        evals = read_jsonl(eval_path) if os.path.exists(eval_path) else []
+        evals = read_jsonl(eval_path, finished=True) if os.path.exists(eval_path) else []
+        if evals and isinstance(summary.get("steps"), int) and evals[-1]["step"] != summary["steps"]:
+            raise DistilError(f"{eval_path}: the log ends at step {evals[-1]['step']:g}, before the final evaluation "
+                              f"(step {summary['steps']}) that summary.json holds; delete {run_dir} to run it again.")
         curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k and finite_number(v)}}
                  for rec in evals]
-        metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+        metrics = read_jsonl(metrics_path, finished=True) if os.path.exists(metrics_path) else []
         lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if finite_number(rec.get("response_tokens"))]
         reference = summary.get("reference_tokens")
         model = summary.get("model")
@@ -300,101 +331,60 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
     return {"markdown": os.path.join(report_dir, "bench.md"), **{f"plot:{k}": v for k, v in plots.items()}}
 
 
-def source_revision() -> Optional[str]:
-    """The git revision of the toolkit's source (``-dirty`` with uncommitted changes), if it is a
-    checkout; None for an installed wheel."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
+def writable_dir(path: str, option: str) -> str:
+    """``path``, created if need be; a ConfigError naming ``option`` when it cannot hold the report."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot be made a directory ({exc.strerror or exc}); "
+                          "give a directory the report can be written to.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: the directory is not writable; give one the report can be written to.")
+    return path
 
 
-def _flat(groups: Optional[list[Any]]) -> Optional[list[Any]]:
+def flat_args(groups: Optional[list[Any]]) -> Optional[list[Any]]:
     """``--methods a,b c`` arrives as [[a, b], [c]]; a plain list passes through."""
     if not groups:
         return None
     return [item for group in groups for item in (group if isinstance(group, list) else [group])]
 
 
-def parse_sweep(text: str) -> tuple[str, list[Any]]:
-    """``optim.lr=1e-4,3e-4,1e-3`` → ("optim.lr", [0.0001, 0.0003, 0.001]); values parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,..., for example --sweep optim.lr=1e-4,3e-4,1e-3")
-    key, raw = text.split("=", 1)
-    values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-    if not key.strip() or len(values) < 2:
-        raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
-    return key.strip(), values
+def command_line(args: Any) -> str:
+    """The command as typed, for the report to say what wrote it."""
+    return "distil " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
 
 
-def run_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values: list[Any], *,
-              quick: bool = False, suites: Optional[list[str]] = None, methods: Optional[list[str]] = None,
-              seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every method at every value of ``key`` on the validation split; per method, the value whose
-    mean validation ``plot_metric`` (over suites and seeds) is highest.
-
-    The validation problems are the last ``eval.problems`` of each task's train split, taken out of
-    training (``eval.split: validation``): the choice never looks at the test problems.
-    """
-    results: dict[str, dict[str, list[float]]] = {}
-    for value in values:
-        bench = Bench(spec, base_dir, os.path.join(output_dir, f"{key}={value}"), quick=quick, suites=suites,
-                      methods=methods, seeds=seeds, echo=echo,
-                      overrides=list(overrides or []) + ["eval.split=validation", f"{key}={json.dumps(value)}"])
-        for row in bench.run():
-            results.setdefault(row["method"], {}).setdefault(json.dumps(value), []).append(row["after"][spec.plot_metric])
-    chosen = {}
-    for method, by_value in results.items():
-        means = {v: statistics.fmean(scores) for v, scores in by_value.items()}
-        best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
-        chosen[method] = {"value": json.loads(best), "validation": means}
-    return {"key": key, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+def progress(message: str) -> None:
+    """Where a bench says how far it is: stderr, so that stdout holds only its tables."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def main_bench(args: Any) -> int:
-    """``distil bench``: the sweep with ``--sweep``, else the bench (``--dry-run``: only its plan)."""
+    """``distil bench`` without ``--sweep`` (:mod:`distil_core.cli.sweep`): the bench, or with
+    ``--dry-run`` only its plan."""
     spec, base_dir = load_spec(args.spec)
-    command = "distil " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
-    echo = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if getattr(args, "sweep", None):
-        return _main_sweep(args, spec, base_dir, command, echo)
+    command, echo = command_line(args), progress
     output_dir = args.output_dir or os.path.join("runs", "bench-quick" if args.quick else "bench")
     bench = Bench(
-        spec, base_dir, output_dir, quick=args.quick, suites=_flat(args.suites), methods=_flat(args.methods),
-        seeds=_flat(args.seeds), overrides=args.overrides, echo=echo,
+        spec, base_dir, output_dir, quick=args.quick, suites=flat_args(args.suites),
+        methods=flat_args(args.methods), seeds=flat_args(args.seeds), overrides=args.overrides, echo=echo,
     )
     n = len(bench.configs)
     print(f"distil bench: {len(bench.suites)} suites × {len(bench.methods)} methods × {len(bench.seeds)} seeds "
           f"= {n} runs → {output_dir}", file=sys.stderr)
+    bench.check()  # before hours of training, not after
     if args.dry_run:
         for (suite, method, seed), cfg in bench.configs.items():
             print(f"{suite}\t{method}\tseed {seed}\t{cfg.task.name}\t{cfg.train.steps} steps\t{bench.run_dir(suite, method, seed)}")
         return 0
-    require_matplotlib()  # before hours of training, not after
+    require_matplotlib()
+    report_dir = writable_dir(args.report_dir or output_dir, "--report-dir" if args.report_dir else "--output-dir")
     bench.revision = source_revision()  # what the runs were trained with, read before they start
     rows = bench.run()
-    written = write_report(bench, rows, args.report_dir or output_dir, command)
+    written = write_report(bench, rows, report_dir, command)
     print(terminal_table(bench, rows))
     for warning in calibration_warnings(bench, rows):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"\nReport: {written['markdown']}")
-    return 0
-
-
-def _main_sweep(args: Any, spec: BenchSpec, base_dir: str, command: str, echo: Callable[[str], None]) -> int:
-    key, values = parse_sweep(args.sweep)
-    output_dir = args.output_dir or os.path.join("runs", "sweep")
-    result = run_sweep(spec, base_dir, output_dir, key, values, quick=args.quick, suites=_flat(args.suites),
-                       methods=_flat(args.methods), seeds=_flat(args.seeds), overrides=args.overrides, echo=echo)
-    report_dir = args.report_dir or output_dir
-    atomic_write_json(os.path.join(report_dir, "sweep.json"), {"command": command, **result})
-    md = render_sweep(result, command)
-    atomic_write_text(os.path.join(report_dir, "sweep.md"), md)
-    print(md)
     return 0

@@ -38,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
         return 130
 
 
@@ -75,7 +75,7 @@ def _add_train(sub: Any) -> None:
                        help="replace the run in --output-dir (its logs, checkpoints and final model are deleted)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, interrupted="interrupted; the last checkpoint is intact (continue with --resume)")
 
 
 def _add_eval(sub: Any) -> None:
@@ -126,7 +126,8 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--sweep", metavar="KEY=V1,V2,...",
                        help="choose KEY per method on the validation split (eval.split=validation, never the test "
                        "problems): every value is run and the best mean validation metric wins; writes sweep.md/json")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, interrupted="interrupted; the finished runs are kept: run the same command "
+                       "again to go on (they are reused, the interrupted one starts again)")
 
 
 def _add_serve(sub: Any) -> None:
@@ -148,14 +149,20 @@ def _add_serve(sub: Any) -> None:
 
 
 def _names(text: str) -> list[str]:
-    return [name for name in text.split(",") if name]
+    names = [name for name in text.split(",") if name]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+    return names
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(seed) for seed in text.split(",") if seed]
+        seeds = [int(seed) for seed in text.split(",") if seed]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds are integers (got {text!r})") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seed")
+    return seeds
 
 
 def _add_plugin_commands(sub: Any) -> None:
@@ -315,6 +322,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _quiet_libraries()
+    if args.sweep:
+        from distil_core.cli.sweep import main_sweep
+
+        return main_sweep(args)
     from distil_core.cli.bench import main_bench
 
     return main_bench(args)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
 __all__ = ["mean_std", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
-           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings",
+           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_revision",
            "cpu_name"]
 
 
@@ -292,6 +292,20 @@ def terminal_table(bench: "Bench", rows: list[dict[str, Any]]) -> str:
         body = [("method", *metrics)] + [(m, *(format_cell(e[k]) for k in metrics)) for m, e in table.items()]
         out.append(f"{suite}\n{render_table(body)}")
     return "\n\n".join(out)
+
+
+def source_revision() -> Optional[str]:
+    """The git revision of the toolkit's source (``-dirty`` with uncommitted changes), if it is a
+    checkout; None for an installed wheel."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def render_sweep(result: dict[str, Any], command: str) -> str:

@@ -54,11 +54,12 @@ def load_run(path: str) -> RunLogs:
     return RunLogs(path, run_method(path), read_jsonl(metrics_path), evals)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str, *, finished: bool = False) -> list[dict[str, Any]]:
     """The rows of a step log, each a JSON object with a numeric ``step``.
 
     A line that is not one is a DistilError naming ``file:line``. The one exception is an
     unfinished last line (no newline yet): a run still writing it, which the next read sees whole.
+    A ``finished`` run writes nothing more, so there such a line is damage too (a cut file).
     """
     rows = []
     try:
@@ -73,7 +74,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         try:
             row = step_record(line)
         except ValueError as exc:
-            if number == len(lines) and not line.endswith("\n"):
+            if number == len(lines) and not line.endswith("\n") and not finished:
                 break  # being written
             raise DistilError(f"{path}:{number}: {exc}; the log is damaged: delete that line (or rerun the run) "
                               "and try again.") from None

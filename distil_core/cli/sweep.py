@@ -1,0 +1,104 @@
+"""``distil bench --sweep KEY=V1,V2,...``: choose one setting per method on the validation split.
+
+Every value of ``KEY`` is a whole bench (every suite, method and seed asked for) under
+``OUTPUT_DIR/KEY=VALUE/``, evaluated on the validation problems (``eval.split: validation``, held
+out of the train split), never the test problems; per method, the value whose mean validation
+metric over suites and seeds is highest is chosen (the first value on a tie). The benches are
+all planned and checked before the first one trains, so a bad value is an error at once, not
+after hours of the good ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from typing import Any, Callable, Optional
+
+import yaml
+
+from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, writable_dir
+from distil_core.cli.report import render_sweep
+from distil_core.errors import ConfigError
+from distil_core.io import atomic_write_json, atomic_write_text
+
+__all__ = ["parse_sweep", "plan_sweep", "run_sweep", "main_sweep"]
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``optim.lr=1e-4,3e-4,1e-3`` → ("optim.lr", [0.0001, 0.0003, 0.001]); values parsed as YAML,
+    and a number YAML reads as text (``1e-4``, which YAML 1.1 does not call a float) as a number."""
+    if "=" not in text:
+        raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,..., for example --sweep optim.lr=1e-4,3e-4,1e-3")
+    key, raw = text.split("=", 1)
+    values = [_value(v) for v in raw.split(",") if v.strip()]
+    if not key.strip() or len(values) < 2:
+        raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
+    if len({json.dumps(v) for v in values}) < len(values):
+        raise ConfigError(f"--sweep {text!r}: a value is named twice; name each once")
+    return key.strip(), values
+
+
+def _value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values: list[Any], *,
+               quick: bool = False, suites: Optional[list[str]] = None, methods: Optional[list[str]] = None,
+               seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
+               echo: Callable[[str], None] = print) -> list[tuple[Any, Bench]]:
+    """One checked bench per value, on the validation split: every value's configs are built and
+    checked here, before any of them trains."""
+    plan = []
+    for value in values:
+        bench = Bench(spec, base_dir, os.path.join(output_dir, f"{key}={value}"), quick=quick, suites=suites,
+                      methods=methods, seeds=seeds, echo=echo,
+                      overrides=list(overrides or []) + ["eval.split=validation", f"{key}={json.dumps(value)}"])
+        bench.check()
+        plan.append((value, bench))
+    return plan
+
+
+def run_sweep(spec: BenchSpec, key: str, values: list[Any], plan: list[tuple[Any, Bench]]) -> dict[str, Any]:
+    """Run ``plan`` (:func:`plan_sweep`); per method, the value of ``key`` whose mean validation
+    ``plot_metric`` (over suites and seeds) is highest."""
+    results: dict[str, dict[str, list[float]]] = {}
+    for value, bench in plan:
+        for row in bench.run():
+            results.setdefault(row["method"], {}).setdefault(json.dumps(value), []).append(row["after"][spec.plot_metric])
+    chosen = {}
+    for method, by_value in results.items():
+        means = {v: statistics.fmean(scores) for v, scores in by_value.items()}
+        best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
+        chosen[method] = {"value": json.loads(best), "validation": means}
+    return {"key": key, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+
+
+def main_sweep(args: Any) -> int:
+    """``distil bench --sweep``; with ``--dry-run``, only its plan."""
+    spec, base_dir = load_spec(args.spec)
+    command, echo = command_line(args), progress
+    key, values = parse_sweep(args.sweep)
+    output_dir = args.output_dir or os.path.join("runs", "sweep")
+    options = dict(quick=args.quick, suites=flat_args(args.suites), methods=flat_args(args.methods),
+                   seeds=flat_args(args.seeds), overrides=args.overrides, echo=echo)
+    plan = plan_sweep(spec, base_dir, output_dir, key, values, **options)
+    if args.dry_run:
+        for value, bench in plan:
+            for (suite, method, seed), cfg in bench.configs.items():
+                print(f"{key}={json.dumps(value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
+                      f"{bench.run_dir(suite, method, seed)}")
+        return 0
+    report_dir = writable_dir(args.report_dir or output_dir, "--report-dir" if args.report_dir else "--output-dir")
+    result = run_sweep(spec, key, values, plan)
+    atomic_write_json(os.path.join(report_dir, "sweep.json"), {"command": command, **result})
+    md = render_sweep(result, command)
+    atomic_write_text(os.path.join(report_dir, "sweep.md"), md)
+    print(md)
+    return 0
