@@ -86,7 +86,11 @@ class ServerClient:
                 raise ServerError(f"{verb} {url} answered with a broken HTTP response ({type(exc).__name__}: "
                                   f"{str(exc).strip()[:200]}), {attempt + 1} times. Is the server restarting, or "
                                   "is rollout.server.base_url another kind of server?") from None
-            if status >= 400:
+            if not 200 <= status < 300:
+                if 300 <= status < 400:  # urllib follows a GET's redirect; a POST's comes back here
+                    where = answer_headers.get("Location") if answer_headers is not None else None
+                    raise ServerError(f"{verb} {url} answered {status}, a redirect{f' to {where}' if where else ''}; "
+                                      "rollout.server.base_url must name the server itself.", status)
                 if status in RETRY_STATUSES and not last:
                     time.sleep(self.policy.delay(attempt, retry_after_seconds(answer_headers)))
                     continue

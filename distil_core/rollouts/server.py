@@ -38,6 +38,7 @@ import torch
 
 from distil_core.io import atomic_directory
 from distil_core.errors import ConfigError
+from distil_core.rollouts.answers import choices_of, sampled_tokens, served_models
 from distil_core.rollouts.client import ServerClient, ServerError
 from distil_core.rollouts.sampling import SamplingParams
 from distil_core.types import Rollout
@@ -160,6 +161,7 @@ class ServerGenerator:
         self.model, self.tokenizer, self.settings, self.params, self.mode = model, tokenizer, settings, params, mode
         self.world = world  # the trainer's ranks (``main``, ``barrier()``); None: one process
         self.eos_id = tokenizer.eos_token_id
+        self.vocab_size = _vocab_size(model, tokenizer)  # what a sampled id may index
         self.client = ServerClient(settings.base_url, api_key, settings.timeout_s, settings.retries)
         self.sync = PolicySync(self.client, mode, settings, os.path.abspath(sync_dir))
         self._sync_steps = set(sync_steps)  # evaluations and the last step need the current policy
@@ -189,8 +191,8 @@ class ServerGenerator:
         answers = list(self._pool.map(lambda body: self.client.post("/v1/completions", body), bodies))
         rollouts = []
         for i, answer in enumerate(answers):
-            for j, choice in enumerate(self._choices(answer, n)):
-                rollouts.append(self._rollout(choice, prompts[i], problem_ids[i], j))
+            for j, choice in enumerate(choices_of(answer, n, f"{self.client.root}/v1/completions")):
+                rollouts.append(self._rollout(choice, prompts[i], problem_ids[i], j, p.max_new_tokens))
         self._rollouts_version = self._version
         return rollouts
 
@@ -202,25 +204,10 @@ class ServerGenerator:
             body["top_k"] = p.top_k
         return body
 
-    def _choices(self, answer: Any, n: int) -> list[dict[str, Any]]:
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not isinstance(choices, list) or len(choices) != n:
-            got = len(choices) if isinstance(choices, list) else "no"
-            raise ServerError(f"{self.client.root}/v1/completions answered with {got} choices for n={n}; the "
-                              "server must support 'n' (vLLM does).")
-        return sorted(choices, key=lambda c: c.get("index", 0))
-
-    def _rollout(self, choice: dict[str, Any], prompt: Sequence[int], problem_id: str, group_index: int) -> Rollout:
+    def _rollout(self, choice: dict[str, Any], prompt: Sequence[int], problem_id: str, group_index: int,
+                 max_tokens: int) -> Rollout:
         url = f"{self.client.root}/v1/completions"
-        lp = choice.get("logprobs")
-        if not isinstance(lp, dict) or lp.get("tokens") is None or lp.get("token_logprobs") is None:
-            raise ServerError(f"{url} returned no log-probs for the sampled tokens; the server backend needs "
-                              "'logprobs' in completions (vLLM and `distil serve` give them).")
-        ids = [_token_id(t, url) for t in lp["tokens"]]
-        logprobs = lp["token_logprobs"]
-        if len(logprobs) != len(ids) or any(not isinstance(x, (int, float)) for x in logprobs):
-            raise ServerError(f"{url} returned {len(logprobs)} log-probs for {len(ids)} tokens (or nulls among "
-                              "them); each sampled token needs its log-prob.")
+        ids, logprobs = sampled_tokens(choice, url, self.vocab_size, max_tokens)
         finished = choice.get("finish_reason") == "stop"
         if finished and (not ids or (ids[-1] != self.eos_id and choice.get("stop_reason") != ids[-1])):
             raise ServerError(f"{url} stopped a completion without returning the stop token; the rollouts need it "
@@ -228,7 +215,7 @@ class ServerGenerator:
         return Rollout(
             problem_id=problem_id, group_index=group_index,
             response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
-            response_ids=ids, prompt_ids=list(prompt), sampling_logprobs=[float(x) for x in logprobs],
+            response_ids=ids, prompt_ids=list(prompt), sampling_logprobs=logprobs,
             finished=finished,
         )
 
@@ -236,8 +223,7 @@ class ServerGenerator:
 
     def _start(self) -> None:
         """Check that the server serves the configured model, then push the starting policy."""
-        models = self.client.get("/v1/models")
-        served = [m.get("id") for m in (models or {}).get("data", [])] if isinstance(models, dict) else []
+        served = served_models(self.client.get("/v1/models"), f"{self.client.root}/v1/models")
         if self.settings.model not in served:
             raise ConfigError(f"rollout.server.model {self.settings.model!r} is not served at {self.client.root} "
                               f"(it serves {', '.join(map(repr, served)) or 'nothing'}); set it to the base "
@@ -281,17 +267,15 @@ class ServerGenerator:
         self._pool.shutdown(wait=False)
 
 
+def _vocab_size(model: Any, tokenizer: Any) -> int:
+    """The policy's vocabulary: its config's (the embedding's rows, padding included), else the tokenizer's."""
+    size = getattr(getattr(getattr(model, "module", model), "config", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else len(tokenizer)
+
+
 def _seed(key: int, problem_id: str) -> int:
     digest = hashlib.blake2b(f"{key}\x00{problem_id}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
-def _token_id(token: Any, url: str) -> int:
-    if isinstance(token, str) and token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
-        return int(token[9:])
-    raise ServerError(f"{url} returned the token {token!r} as text, not as 'token_id:N': the server ignored "
-                      "return_tokens_as_token_ids. Use a server that supports it (vLLM, `distil serve`), so "
-                      "rollouts keep the exact sampled ids.")
 
 
 # -- building one from the config -----------------------------------------------------------------
