@@ -131,8 +131,10 @@ def parse_echo(choice: dict[str, Any]) -> list[ApiToken]:
             for alt, value in _mapping(tops[j], f"top_logprobs at prompt token {j}").items():
                 a_raw, a_id = parse_token(str(alt))
                 top.append((a_raw, a_id, logprob(value, f"top_logprobs at prompt token {j}")))
-            check_mass(top, f"top_logprobs at prompt token {j}")
         own = None if j == 0 else logprob(token_lps[j], f"token_logprobs at prompt token {j}")
+        if j > 0:  # the prompt's own token holds probability too, among the top-k or beside them
+            among = any(a_raw == raw and (a_id is None or tid is None or a_id == tid) for a_raw, a_id, _ in top)
+            check_mass(top if among else [*top, (raw, tid, own)], f"top_logprobs at prompt token {j}")
         out.append(ApiToken(raw, tid, own, top))
     return out
 

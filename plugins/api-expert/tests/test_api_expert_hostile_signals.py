@@ -20,7 +20,7 @@ from distil_core.serving import LocalOpenAIServer
 from distil_core.testing import FAST_RUN, use_cache
 from distil_core.training.trainer import Trainer
 
-HOSTILE = ("positive", "nan", "out_of_vocab", "mass_over_one")
+HOSTILE = ("positive", "nan", "out_of_vocab", "mass_over_one", "own_beside_top")
 
 
 class HostileServer(LocalOpenAIServer):
@@ -45,8 +45,14 @@ class HostileServer(LocalOpenAIServer):
         for j, top in enumerate(tops):
             if not top:
                 continue
-            if self.mode == "out_of_vocab":  # ids past the vocabulary, spelled as vLLM spells ids
-                tops[j] = {f"token_id:{self.vocab + 1000 + i}": lp for i, lp in enumerate(top.values())}
+            if self.mode == "out_of_vocab":  # ids past the vocabulary, spelled as vLLM spells ids (the
+                # prompt's own token kept, so the answer still holds at most all of the probability)
+                tops[j] = {(t if t == logprobs["tokens"][j] else f"token_id:{self.vocab + 1000 + i}"): lp
+                           for i, (t, lp) in enumerate(top.items())}
+                continue
+            if self.mode == "own_beside_top":  # one other token at 0.99 and the prompt's own at 0.99
+                other = next(t for t in top if t != logprobs["tokens"][j])
+                tops[j], own[j] = {other: math.log(0.99)}, math.log(0.99)
                 continue
             value = {"positive": 5.0, "nan": math.nan, "mass_over_one": math.log(0.9)}[self.mode]
             tops[j] = {token: value for token in top}
@@ -78,8 +84,11 @@ REASONS = {  # the plugin refuses what it can see in one number; the trainer's c
     "positive": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the log-prob 5.0 is not a number ≤ 0",
     "nan": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the log-prob nan is not a number ≤ 0",
     "out_of_vocab": "unusable 'topk' signal for ",
+    # five alternatives at 0.9 each, and the prompt's own token at 0.9 beside them when not among them
     "mass_over_one": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the top log-probs add up "
-                     "to a probability of 4.5, more than 1",
+                     "to a probability of ",
+    "own_beside_top": "the answer's log-probs are malformed: top_logprobs at prompt token 1: the top log-probs add "
+                      "up to a probability of 1.98, more than 1",
 }
 DETAIL = {"out_of_vocab": "outside the vocabulary [0, "}
 
