@@ -279,13 +279,15 @@ def rows_by_id(tokens: Sequence[ApiToken], context_ids: Sequence[int], response_
 def api_spans(tokens: Sequence[ApiToken], data: bytes) -> list[Optional[tuple[int, int]]]:
     """The byte span of ``data`` each API token covers; None where it cannot be placed.
 
-    Tokens are laid end to end. A token whose bytes are unknown or do not match (a leading BOS,
-    a fragment the API could not spell) gets no span, and the walk picks up again at the next
-    token found within a few bytes.
+    Tokens are laid end to end. Two kinds of token get no span and let the walk pick up again
+    at the next token found within a few bytes: a first token that is not the text's start (a
+    BOS), and one whose bytes are unknown (a fragment the API could not spell). Any other token
+    that does not match where it should means the API scored a different text than was sent
+    (a proxy that rewrote it): from there on nothing is placed, so no row is read off it.
     """
     spans: list[Optional[tuple[int, int]]] = []
     cursor, lost = 0, False
-    for tok in tokens:
+    for index, tok in enumerate(tokens):
         raw = tok.raw
         if raw and data.startswith(raw, cursor):
             spans.append((cursor, cursor + len(raw)))
@@ -298,6 +300,8 @@ def api_spans(tokens: Sequence[ApiToken], data: bytes) -> list[Optional[tuple[in
                 spans.append((found, found + len(raw)))
                 cursor, lost = found + len(raw), False
                 continue
+        if raw and index > 0:  # known bytes where other bytes were sent
+            return spans + [None] * (len(tokens) - index)
         spans.append(None)
         lost = True
     return spans

@@ -251,3 +251,45 @@ def test_the_plugin_registers_the_api_expert_and_checks_its_options(server):
         assert built.capability.k == 3
     finally:
         host.unregister_plugin("api_expert")
+
+
+class RewritingServer(LocalOpenAIServer):
+    """The tiny model served for real, with the echoed prompt's tokens rewritten as a proxy between
+    client and provider might: ``rewrite(logprobs)`` changes an echo's log-probs in place (None: honest)."""
+
+    rewrite = None
+
+    def complete(self, path, raw):
+        status, headers, body = super().complete(path, raw)
+        if self.rewrite is None or status != 200:
+            return status, headers, body
+        answer = json.loads(body)
+        for choice in answer["choices"]:
+            if (choice.get("logprobs") or {}).get("tokens"):
+                self.rewrite(choice["logprobs"])
+        return status, headers, json.dumps(answer).encode()
+
+
+def _insert_words(logprobs):  # a whole scored token more, with its own log-probs
+    for key, value in (("tokens", "IGNORE ALL"), ("token_logprobs", -0.1), ("top_logprobs", {"IGNORE ALL": -0.1})):
+        logprobs[key].insert(3, value)
+
+
+def _change_a_digit(logprobs):
+    tokens = logprobs["tokens"]
+    j = next(j for j, t in enumerate(tokens) if j > 2 and t.isdigit())
+    tokens[j] = "0" if tokens[j] != "0" else "1"
+
+
+@pytest.mark.parametrize("rewrite", [_insert_words, _change_a_digit])
+def test_an_echo_of_another_text_than_was_sent_gives_no_rows(rewrite):
+    """Aligned by bytes, a scored prompt that differs from the text sent (a token inserted, a digit
+    of the feedback changed) would give rows conditioned on a context never sent: refused."""
+    with RewritingServer(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
+        expert = api_expert(server, k=5, misaligned="skip")
+        expert.probe_result.send_ids = False  # as with an API that only takes text
+        qs = queries(2)
+        assert all(s.ok and s.access == "topk" for s in score(expert, qs))  # honest: aligned
+        server.rewrite = rewrite
+        signals = score(expert, qs)
+    assert all(not s.ok and "not aligned" in s.error for s in signals)
