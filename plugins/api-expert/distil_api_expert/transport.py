@@ -63,15 +63,24 @@ def status_of(exc: BaseException) -> Optional[int]:
     return None
 
 
+_UNPARSED_BY_LITELLM = re.compile(r"object has no attribute 'model_dump'|line \d+ column \d+ \(char \d+\)")
+"""What litellm's own 500 says when the provider's 200 answer could not be parsed: a JSON
+decoder's position (broken JSON) or the missing ``model_dump`` of a text or a JSON list; a
+provider's real 500 reads "Error code: 500"."""
+
+
 def classify(exc: BaseException) -> str:
     """``auth`` | ``not_found`` | ``transient`` | ``malformed`` | ``bad_request`` | ``error``."""
     if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError, RecursionError)):  # nested past the JSON reader
         return "malformed"
     status = status_of(exc)
     names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc)
+    if "InternalServerError" in names and "Error code:" not in text and _UNPARSED_BY_LITELLM.search(text):
+        return "malformed"  # asking again gets the same answer
     if status in (401, 403) or names & {"AuthenticationError", "PermissionDeniedError"}:
         return "auth"
-    if "missing credentials" in str(exc).lower():  # litellm reports a missing key as a server error
+    if "missing credentials" in text.lower():  # litellm reports a missing key as a server error
         return "auth"
     if status == 404 or "NotFoundError" in names:
         return "not_found"

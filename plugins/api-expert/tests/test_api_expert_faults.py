@@ -59,13 +59,18 @@ def test_answers_slower_than_the_timeout_fail_those_queries(server):
     assert all(s.ok for s in signals if s not in failed)
 
 
-def test_malformed_json_fails_that_query_without_a_retry(server):
-    expert = api_expert(server, max_retries=3)
+@pytest.mark.parametrize("client", ["openai", "litellm"])
+def test_malformed_json_fails_that_query_without_a_retry(server, client):
+    """litellm reports an answer it cannot parse as a 500 of its own: still not retried."""
+    if client == "litellm":
+        pytest.importorskip("litellm")
+    expert = api_expert(server, max_retries=3, client=client, model="openai/tiny" if client == "litellm" else "tiny")
     server.reset_stats()
     server.add_faults("malformed")
     signals = score(expert, queries(3))
     failed = [s for s in signals if not s.ok]
     assert len(failed) == 1 and failed[0].usage["requests"] == 1 and failed[0].usage["retries"] == 0
+    assert "malformed" in failed[0].error
     assert sum(s.ok for s in signals) == 2 and server.stats["requests"] == 3
 
 
