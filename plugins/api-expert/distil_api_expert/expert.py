@@ -448,7 +448,10 @@ def _problems(exc: ValidationError) -> str:
 def _first_choice(answer: dict[str, Any]) -> dict[str, Any]:
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise CallError("malformed", "the answer has no choices")
+        error = answer.get("error")  # some providers answer 200 with an error object instead
+        said = error.get("message") if isinstance(error, dict) else error
+        said = " ".join(said.split())[:300] if isinstance(said, str) and said.strip() else None
+        raise CallError("malformed", "the answer has no choices" + (f"; the provider said: {said}" if said else ""))
     return choices[0]
 
 

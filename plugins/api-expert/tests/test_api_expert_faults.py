@@ -107,3 +107,25 @@ def test_an_unreachable_server_is_a_config_error_at_the_probe():
     fake = type("S", (), {"base_url": f"http://127.0.0.1:{port}"})
     with pytest.raises(ConfigError, match="no answer from 'tiny'.*while probing"):
         api_expert(fake, max_retries=1)
+
+
+class ErrorIn200Server(LocalOpenAIServer):
+    """Answers every completion 200 with an error object and no choices, as some providers do."""
+
+    refuse = False
+
+    def complete(self, path, raw):
+        if not self.refuse:
+            return super().complete(path, raw)
+        body = b'{"error": {"message": "quota exceeded for\\n org-123", "type": "insufficient_quota"}}'
+        return 200, {"Content-Type": "application/json"}, body
+
+
+def test_an_error_object_in_a_200_answer_is_reported_with_what_the_provider_said():
+    """(litellm builds its own answer object from such a body and drops the error: it fails as an
+    answer without log-probs.)"""
+    with ErrorIn200Server(tiny_model(), tiny_tokenizer(), model_name="tiny") as server:
+        expert = api_expert(server)
+        server.refuse = True
+        signals = score(expert, queries(2))
+    assert all(not s.ok and "the provider said: quota exceeded for org-123" in s.error for s in signals)
