@@ -20,9 +20,10 @@ MAX_TOKENS = 4
 
 
 @contextlib.contextmanager
-def json_server(models, completion, status=200, headers=()):
+def json_server(models, completion, status=200, headers=(), declare_length=True):
     """A server on 127.0.0.1 answering GET /v1/models with ``models`` and any POST with
-    ``completion`` (JSON, NaN allowed), with ``status`` and extra ``headers``."""
+    ``completion`` (JSON, NaN allowed), with ``status`` and extra ``headers``; without
+    ``declare_length``, the body is sent without Content-Length, ended by closing."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
@@ -43,8 +44,10 @@ def json_server(models, completion, status=200, headers=()):
                 answer = models if head.startswith(b"GET /v1/models") else completion
                 payload = json.dumps(answer).encode()
                 extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+                if declare_length:
+                    extra += f"Content-Length: {len(payload)}\r\n"
                 connection.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
-                                   f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+                                   "Connection: close\r\n\r\n".encode() + payload)
 
     threading.Thread(target=serve, daemon=True).start()
     try:
@@ -129,3 +132,12 @@ def test_a_redirect_is_an_error_not_an_answer(status):
     with json_server(MODELS, {"choices": []}, status=status, headers=[("Location", "https://elsewhere/")]) as url:
         with pytest.raises(ServerError, match=rf"answered {status}, a redirect.*base_url must name the server itself"):
             ServerClient(url, retries=0).post("/load_lora_adapter", {"lora_name": "x"})
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_answer_past_the_size_cap_is_refused_not_read_whole(declared):
+    big = {"choices": [choice(["token_id:1"], [-0.1])], "padding": "x" * 5000}
+    with json_server(MODELS, big, declare_length=declared) as url:
+        with pytest.raises(ServerError, match=r"answered more than 4,000 bytes"):
+            ServerClient(url, retries=0, max_answer_bytes=4000).post("/completions", {})
+        assert ServerClient(url, retries=0, max_answer_bytes=6000).post("/completions", {})["choices"]

@@ -25,6 +25,9 @@ from distil_core.retry import RetryPolicy, retry_after_seconds
 __all__ = ["RETRY_STATUSES", "ServerClient", "ServerError"]
 
 RETRY_STATUSES = (429, 502, 503, 504)  # overloaded or restarting; a 500 is a server bug and is not retried
+MAX_ANSWER_BYTES = 256 * 2**20
+"""The largest answer read: n samples' tokens and log-probs take kilobytes to a few megabytes,
+so more is a runaway or hostile server, refused before the trainer holds it all."""
 
 
 class ServerError(DistilError):
@@ -45,9 +48,10 @@ class ServerClient:
     server is busy, not gone.
     """
 
-    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 300.0, retries: int = 2):
+    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 300.0, retries: int = 2,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES):
         self.root = base_url.rstrip("/").removesuffix("/v1")
-        self.api_key, self.timeout_s = api_key, timeout_s
+        self.api_key, self.timeout_s, self.max_answer_bytes = api_key, timeout_s, max_answer_bytes
         self.policy = RetryPolicy(retries=retries, backoff_s=0.5, backoff_max_s=float("inf"),
                                   retry_after_max_s=10.0, jitter=False)
 
@@ -106,9 +110,9 @@ class ServerClient:
             try:
                 try:
                     with opener.open(request, timeout=self.timeout_s) as response:
-                        answer = response.status, response.headers, response.read()
+                        answer = response.status, response.headers, self._read(request, response)
                 except urllib.error.HTTPError as exc:  # an error status: its body says why
-                    answer = exc.code, exc.headers, exc.read()
+                    answer = exc.code, exc.headers, self._read(request, exc)
                     exc.close()
             except (OSError, http.client.HTTPException):
                 if deadline.expired:
@@ -117,6 +121,17 @@ class ServerClient:
         if deadline.expired:  # shut down at the deadline: what was read may be cut short
             raise TimeoutError
         return answer
+
+
+    def _read(self, request: urllib.request.Request, response: Any) -> bytes:
+        """The answer's body, refused past ``max_answer_bytes`` (declared or received)."""
+        declared = (response.headers.get("Content-Length") if response.headers is not None else None) or ""
+        too_big = declared.isdigit() and int(declared) > self.max_answer_bytes
+        body = b"" if too_big else response.read(self.max_answer_bytes + 1)
+        if too_big or len(body) > self.max_answer_bytes:
+            raise ServerError(f"{request.get_method()} {request.full_url} answered more than "
+                              f"{self.max_answer_bytes:,} bytes; a rollout answer takes a few megabytes at most.")
+        return body
 
 
 class _Deadline:
