@@ -131,6 +131,10 @@ class ServerClient:
         if too_big or len(body) > self.max_answer_bytes:
             raise ServerError(f"{request.get_method()} {request.full_url} answered more than "
                               f"{self.max_answer_bytes:,} bytes; a rollout answer takes a few megabytes at most.")
+        raw = response if isinstance(response, http.client.HTTPResponse) else getattr(response, "fp", None)
+        left = getattr(raw, "length", None)  # what a declared length still expects (0 for a 204 or 304)
+        if isinstance(left, int) and left > 0:  # read(n) returns what came before a cut, without a word
+            raise http.client.IncompleteRead(body, left)
         return body
 
 
