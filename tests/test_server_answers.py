@@ -5,8 +5,6 @@ OverflowError or a device-side assert, or passing silently into training."""
 import contextlib
 import json
 import math
-import socket
-import threading
 
 import pytest
 
@@ -14,7 +12,7 @@ from distil_core.config import RolloutServer
 from distil_core.rollouts.client import ServerClient, ServerError
 from distil_core.rollouts.sampling import SamplingParams
 from distil_core.rollouts.server import ServerGenerator
-from distil_core.testing import tiny_model, tiny_tokenizer
+from distil_core.testing import scripted_server, tiny_model, tiny_tokenizer
 
 MAX_TOKENS = 4
 
@@ -24,38 +22,17 @@ def json_server(models, completion, status=200, headers=(), declare_length=True)
     """A server on 127.0.0.1 answering GET /v1/models with ``models`` and any POST with
     ``completion`` (JSON, NaN allowed), with ``status`` and extra ``headers``; without
     ``declare_length``, the body is sent without Content-Length, ended by closing."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve():
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:  # the test is over
-                return
-            with connection, contextlib.suppress(OSError):
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(body) < length and (chunk := connection.recv(65536)):
-                    body += chunk
-                answer = models if head.startswith(b"GET /v1/models") else completion
-                payload = json.dumps(answer).encode()
-                extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
-                if declare_length:
-                    extra += f"Content-Length: {len(payload)}\r\n"
-                connection.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
-                                   "Connection: close\r\n\r\n".encode() + payload)
+    def answer(connection, request_line):
+        payload = json.dumps(models if request_line.startswith(b"GET /v1/models") else completion).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        if declare_length:
+            extra += f"Content-Length: {len(payload)}\r\n"
+        connection.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
+                           "Connection: close\r\n\r\n".encode() + payload)
 
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    finally:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
+    with scripted_server(answer) as (url, _seen):
+        yield url
 
 
 MODELS = {"data": [{"id": "tiny"}]}

@@ -32,7 +32,7 @@ from distil_core.rollouts.client import ServerClient, ServerError
 from distil_core.rollouts.server import ServerGenerator
 from distil_core.training.trainer import Trainer
 
-from distil_core.testing import FAST_RUN, use_cache as distil_cache, tiny_model
+from distil_core.testing import FAST_RUN, scripted_server, use_cache as distil_cache, tiny_model
 
 N = 4
 # Every test here runs on the tiny base that the module's fixture pretrains.
@@ -288,46 +288,12 @@ def test_the_client_retries_overload_honouring_retry_after_but_not_a_server_erro
     assert server.stats["requests"] == 3  # the first attempt and two retries
 
 
-@contextlib.contextmanager
-def scripted_server(answer):
-    """(url, request lines seen) of a server on 127.0.0.1 that reads each request whole, then
-    lets ``answer(connection)`` send whatever it likes, and closes the connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    seen = []
-
-    def serve():
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:  # the test is over
-                return
-            with connection:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
-                while length and len(body) < int(length.group(1)) and (chunk := connection.recv(65536)):
-                    body += chunk
-                seen.append(head.split(b"\r\n")[0])
-                with contextlib.suppress(OSError):  # the client may be gone
-                    answer(connection)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", seen
-    finally:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        listener.close()
-
-
 @pytest.mark.parametrize("reply, kind", [
     (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"choices\":", "IncompleteRead"),
     (b"garbage\r\n\r\n", "BadStatusLine"),
 ])
 def test_an_answer_cut_off_or_not_http_is_retried_then_a_server_error(reply, kind):
-    with scripted_server(lambda connection: connection.sendall(reply)) as (url, seen):
+    with scripted_server(lambda connection, _request: connection.sendall(reply)) as (url, seen):
         with pytest.raises(ServerError, match=rf"answered with a broken HTTP response \({kind}.*2 times"):
             ServerClient(url, retries=1, timeout_s=30).post("/v1/completions", {"prompt": [1]})
         assert len(seen) == 2  # the first attempt and one retry
@@ -337,7 +303,7 @@ def test_timeout_s_bounds_the_whole_answer_not_each_read():
     body = b'{"choices": []}' + b" " * 40
     done = threading.Event()
 
-    def trickle(connection):  # a byte every 0.1 s: each read is quick, the whole answer takes 5.5 s
+    def trickle(connection, _request):  # a byte every 0.1 s: each read is quick, the whole answer takes 5.5 s
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
         for byte in body:
             if done.wait(0.1):

@@ -169,8 +169,47 @@ def wait_until(condition: Any, timeout_s: float = 30.0, what: str = "the conditi
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def scripted_server(answer: Any) -> Iterator[tuple[str, list[bytes]]]:
+    """``(url, request lines seen)`` of an HTTP server on 127.0.0.1 that reads each request whole,
+    then lets ``answer(connection, request_line)`` send whatever it likes (a broken reply, a
+    hostile one), and closes the connection: for clients facing what no real server would send."""
+    import re
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the test is over
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                while length and len(body) < int(length.group(1)) and (chunk := connection.recv(65536)):
+                    body += chunk
+                seen.append(head.split(b"\r\n")[0])
+                with contextlib.suppress(OSError):  # the client may be gone
+                    answer(connection, seen[-1])
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", seen
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+
+
 __all__ = [
     "ISOLATED_ENV", "UNSET_ENV", "FAST_RUN", "isolate", "is_isolated", "use_cache", "distil_env",
     "problem", "rollout", "verdict", "tiny_tokenizer", "tiny_model", "context_builder", "stub_runtime",
-    "wait_until",
+    "wait_until", "scripted_server",
 ]

@@ -4,6 +4,7 @@ the session), a second tokenizer that splits words differently, queries, experts
 from __future__ import annotations
 
 import functools
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ from distil_core import ContextTemplate, ExpertQuery, Feedback, Rollout, resolve
 from distil_core.builtin import DigitsTask
 from distil_core.context import ContextBuilder
 from distil_core.models.tiny import build_model, build_tokenizer
-from distil_core.serving import FaultyServer
+from distil_core.serving import FaultyServer, LocalOpenAIServer
 from distil_core.testing import tiny_model as untrained_tiny_model
 from distil_core.testing import tiny_tokenizer
 
@@ -97,3 +98,20 @@ def server(served):
     served.reset_stats()
     yield served
     served.clear_faults()
+
+
+class RewritingServer(LocalOpenAIServer):
+    """The tiny model served for real, each answer's log-probs changed in place by
+    ``rewrite(logprobs)`` as a hostile endpoint or a proxy on the way might (None: honest)."""
+
+    rewrite = None
+
+    def complete(self, path, raw):
+        status, headers, body = super().complete(path, raw)
+        if self.rewrite is None or status != 200:
+            return status, headers, body
+        answer = json.loads(body)
+        for choice in answer["choices"]:
+            if isinstance(choice.get("logprobs"), dict):
+                self.rewrite(choice["logprobs"])
+        return status, headers, json.dumps(answer).encode()  # NaN goes out as the bare NaN token

@@ -14,6 +14,7 @@ from distil_core.serving import LocalOpenAIServer, token_bytes_table
 
 from api_expert_testlib import (
     SAMPLED,
+    RewritingServer,
     api_expert,
     other_model,
     other_tokenizer,
@@ -251,23 +252,6 @@ def test_the_plugin_registers_the_api_expert_and_checks_its_options(server):
         assert built.capability.k == 3
     finally:
         host.unregister_plugin("api_expert")
-
-
-class RewritingServer(LocalOpenAIServer):
-    """The tiny model served for real, with the echoed prompt's tokens rewritten as a proxy between
-    client and provider might: ``rewrite(logprobs)`` changes an echo's log-probs in place (None: honest)."""
-
-    rewrite = None
-
-    def complete(self, path, raw):
-        status, headers, body = super().complete(path, raw)
-        if self.rewrite is None or status != 200:
-            return status, headers, body
-        answer = json.loads(body)
-        for choice in answer["choices"]:
-            if (choice.get("logprobs") or {}).get("tokens"):
-                self.rewrite(choice["logprobs"])
-        return status, headers, json.dumps(answer).encode()
 
 
 def _insert_words(logprobs):  # a whole scored token more, with its own log-probs

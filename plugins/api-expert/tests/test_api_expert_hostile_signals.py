@@ -16,27 +16,23 @@ from distil_core import PluginHost
 from distil_core.cli import load_for_serving
 from distil_core.config import load_config
 from distil_core.errors import PluginError
-from distil_core.serving import LocalOpenAIServer
 from distil_core.testing import FAST_RUN, use_cache
 from distil_core.training.trainer import Trainer
+
+from api_expert_testlib import RewritingServer
 
 HOSTILE = ("positive", "nan", "out_of_vocab", "mass_over_one", "own_beside_top")
 
 
-class HostileServer(LocalOpenAIServer):
+class HostileServer(RewritingServer):
     """The tiny model served for real, its answers' log-probs rewritten by ``mode`` (None: honest)."""
 
     mode = None
     vocab = 0  # the served tokenizer's size
 
-    def complete(self, path, raw):
-        status, headers, body = super().complete(path, raw)
-        if self.mode is None or status != 200:
-            return status, headers, body
-        answer = json.loads(body)
-        for choice in answer["choices"]:
-            self.poison(choice.get("logprobs") or {})
-        return status, headers, json.dumps(answer).encode()  # NaN goes out as the bare NaN token
+    @property
+    def rewrite(self):
+        return None if self.mode is None else self.poison
 
     def poison(self, logprobs):
         if "top_logprobs" not in logprobs:
