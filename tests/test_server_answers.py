@@ -20,15 +20,17 @@ MAX_TOKENS = 4
 @contextlib.contextmanager
 def json_server(models, completion, status=200, headers=(), declare_length=True):
     """A server on 127.0.0.1 answering GET /v1/models with ``models`` and any POST with
-    ``completion`` (JSON, NaN allowed), with ``status`` and extra ``headers``; without
+    ``completion`` (JSON, NaN allowed) under ``status`` and extra ``headers``; without
     ``declare_length``, the body is sent without Content-Length, ended by closing."""
 
     def answer(connection, request_line):
-        payload = json.dumps(models if request_line.startswith(b"GET /v1/models") else completion).encode()
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        listing = request_line.startswith(b"GET /v1/models")
+        payload = json.dumps(models if listing else completion).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in ([] if listing else headers))
+        status_line = "200 OK" if listing else f"{status} X"
         if declare_length:
             extra += f"Content-Length: {len(payload)}\r\n"
-        connection.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
+        connection.sendall(f"HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\n{extra}"
                            "Connection: close\r\n\r\n".encode() + payload)
 
     with scripted_server(answer) as (url, _seen):
@@ -102,12 +104,13 @@ def test_a_model_list_of_the_wrong_shape_is_refused(models):
             sample(url)
 
 
-@pytest.mark.parametrize("status", [300, 304, 307, 308])
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
 def test_a_redirect_is_an_error_not_an_answer(status):
-    """A POST's 307/308 comes back to the client as its own answer: taken for success, a policy
-    sync would be lost without a word."""
-    with json_server(MODELS, {"choices": []}, status=status, headers=[("Location", "https://elsewhere/")]) as url:
-        with pytest.raises(ServerError, match=rf"answered {status}, a redirect.*base_url must name the server itself"):
+    """Followed, a POST's 301/302/303 becomes a bodiless GET whose answer passes for the POST's,
+    and a 307/308 came back as its own answer: either way a policy sync would be lost without a
+    word. The redirect here points at the server itself, so following it would succeed."""
+    with json_server(MODELS, {"choices": []}, status=status, headers=[("Location", "/v1/models")]) as url:
+        with pytest.raises(ServerError, match=rf"answered {status}, a redirect to /v1/models.*base_url must name"):
             ServerClient(url, retries=0).post("/load_lora_adapter", {"lora_name": "x"})
 
 

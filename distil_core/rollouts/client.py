@@ -91,7 +91,7 @@ class ServerClient:
                                   f"{str(exc).strip()[:200]}), {attempt + 1} times. Is the server restarting, or "
                                   "is rollout.server.base_url another kind of server?") from None
             if not 200 <= status < 300:
-                if 300 <= status < 400:  # urllib follows a GET's redirect; a POST's comes back here
+                if 300 <= status < 400:  # never followed (_NoRedirect): a POST would come back a bodiless GET
                     where = answer_headers.get("Location") if answer_headers is not None else None
                     raise ServerError(f"{verb} {url} answered {status}, a redirect{f' to {where}' if where else ''}; "
                                       "rollout.server.base_url must name the server itself.", status)
@@ -106,7 +106,7 @@ class ServerClient:
     def _exchange(self, request: urllib.request.Request) -> tuple[int, Any, bytes]:
         """(status, headers, body) of one attempt, all of it within ``timeout_s`` or TimeoutError."""
         with _Deadline(self.timeout_s) as deadline:
-            opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+            opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline), _NoRedirect())
             try:
                 try:
                     with opener.open(request, timeout=self.timeout_s) as response:
@@ -204,6 +204,14 @@ class _Watching:
 
     def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
         return super().do_open(self.connection, req, deadline=self.deadline, **kwargs)  # type: ignore[misc]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Every 3xx comes back as an error status: urllib would follow a POST's 301/302/303 as a GET
+    without its body, and a policy sync answered that way would be lost without a word."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _HTTPHandler(_Watching, urllib.request.HTTPHandler):
