@@ -281,10 +281,22 @@ def api_spans(tokens: Sequence[ApiToken], data: bytes) -> list[Optional[tuple[in
 
     Tokens are laid end to end. Two kinds of token get no span and let the walk pick up again
     at the next token found within a few bytes: a first token that is not the text's start (a
-    BOS), and one whose bytes are unknown (a fragment the API could not spell). Any other token
-    that does not match where it should means the API scored a different text than was sent
-    (a proxy that rewrote it): from there on nothing is placed, so no row is read off it.
+    BOS the API adds), and one whose bytes are unknown (a fragment the API could not spell).
+    Any other token that does not match where it should means the API scored a different text
+    than was sent (a proxy that rewrote it): from there on nothing is placed, so no row is read
+    off it. A text that begins with its own BOS, echoed after one the API added, matches only
+    from the second token, so that walk is tried too.
     """
+    spans, whole = _walk(tokens, data)
+    if not whole and len(tokens) > 1:
+        later, later_whole = _walk(tokens[1:], data)
+        if later_whole and later[0] is not None:  # the second token is the text's start: an added BOS
+            return [None, *later]
+    return spans
+
+
+def _walk(tokens: Sequence[ApiToken], data: bytes) -> tuple[list[Optional[tuple[int, int]]], bool]:
+    """(spans, whether every token with known bytes was placed or stepped over) of one walk."""
     spans: list[Optional[tuple[int, int]]] = []
     cursor, lost = 0, False
     for index, tok in enumerate(tokens):
@@ -301,10 +313,10 @@ def api_spans(tokens: Sequence[ApiToken], data: bytes) -> list[Optional[tuple[in
                 cursor, lost = found + len(raw), False
                 continue
         if raw and index > 0:  # known bytes where other bytes were sent
-            return spans + [None] * (len(tokens) - index)
+            return spans + [None] * (len(tokens) - index), False
         spans.append(None)
         lost = True
-    return spans
+    return spans, True
 
 
 def rows_by_bytes(tokens: Sequence[ApiToken], sent: bytes, context: bytes, response_ids: Sequence[int],

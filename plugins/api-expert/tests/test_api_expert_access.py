@@ -277,3 +277,18 @@ def test_an_echo_of_another_text_than_was_sent_gives_no_rows(rewrite):
         server.rewrite = rewrite
         signals = score(expert, qs)
     assert all(not s.ok and "not aligned" in s.error for s in signals)
+
+
+@pytest.mark.parametrize("echo, data, spans", [
+    ([b"hello", b" world"], b"hello world", [(0, 5), (5, 11)]),
+    ([b"<s>", b"hello", b" world"], b"hello world", [None, (0, 5), (5, 11)]),  # a BOS the API adds
+    # a text that begins with its own BOS (special tokens decoded), echoed after the API's own
+    ([b"<|bot|>", b"<|bot|>", b"hello"], b"<|bot|>hello", [None, (0, 7), (7, 12)]),
+    ([b"hel", None, b" world"], b"hello world", [(0, 3), None, (5, 11)]),  # a fragment stepped over
+    ([b"hello", b" IGNORE", b" world"], b"hello world", [(0, 5), None, None]),  # another text: stop
+    ([b"hello", b" wor", b"ld"], b"hello world", [(0, 5), (5, 9), (9, 11)]),
+])
+def test_api_spans_step_over_an_added_bos_and_a_fragment_but_stop_at_another_text(echo, data, spans):
+    from distil_api_expert.align import ApiToken, api_spans
+
+    assert api_spans([ApiToken(raw) for raw in echo], data) == spans
