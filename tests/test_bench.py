@@ -346,6 +346,7 @@ def test_a_sweep_is_planned_and_checked_whole_before_anything_trains(tmp_path, c
 
     assert parse_sweep("optim.lr=1e-4,3e-4") == ("optim.lr", [0.0001, 0.0003])  # YAML reads 1e-4 as text
     assert parse_sweep("loss.future_cost=kl,ce") == ("loss.future_cost", ["kl", "ce"])
+    assert parse_sweep("x=nan,inf") == ("x", ["nan", "inf"])  # words stay words
     out = tmp_path / "sweep"
     argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out)]
     assert main(argv + ["--sweep", "optim.lr=0.001,0.003", "--dry-run"]) == 0

@@ -287,7 +287,7 @@ class Bench:
             saved = None  # unreadable (bytes not UTF-8, nested past the recursion limit), or written by an
             # incompatible version: not the same run
         if saved != config.model_dump(mode="json"):
-            what = "a different config" if saved is not None else "no readable config.yaml"
+            what = "a different config" if saved is not None else "no config.yaml this version can read"
             raise ConfigError(
                 f"{run_dir} holds a finished run with {what}; give distil bench another "
                 "--output-dir, or delete that directory to run it again."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 from typing import Any, Callable, Optional
 
@@ -39,14 +40,12 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     return key.strip(), values
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # 1e-4, 3.E5: YAML 1.1 calls them text
+
+
 def _value(text: str) -> Any:
     value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else value
 
 
 def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values: list[Any], *,
