@@ -14,6 +14,7 @@ from distil_core.training.metrics import (
     observed_pass_at_n,
     pass_at_k,
     pass_at_k_mean,
+    reported_metrics,
     summarize,
 )
 
@@ -113,3 +114,11 @@ def test_summarize_keys():
     assert set(summarize(CORRECT)) == {"pass@1", "avg@4", "obs_pass@4"}
     with pytest.raises(ValueError):
         summarize(CORRECT, answers=answers)
+
+
+def test_reported_metrics_names_exactly_what_summarize_writes():
+    correct = [[1, 0, 1, 0], [0, 0, 0, 1]]
+    answers = [["a", "b", "a", "c"], ["x", "y", "x", "z"]]
+    written = summarize(correct, ks=[1, 2, 8], answers=answers, is_correct=lambda i, a: a in ("a", "z"))
+    assert set(written) == reported_metrics([1, 2, 8], 4)  # pass@8 left out: only 4 samples
+    assert reported_metrics([1], 4, greedy=True) - reported_metrics([1], 4) == {"greedy@1"}

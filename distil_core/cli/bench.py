@@ -43,9 +43,10 @@ from distil_core.cli.report import (aggregate, calibration_warnings, final_lengt
 from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
+from distil_core.training.metrics import reported_metrics
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
-           "evaluated_metrics", "writable_dir", "flat_args", "command_line", "progress", "main_bench",
+           "report_dir", "flat_args", "command_line", "progress", "main_bench",
            # the results, for callers that import them from here (distil_core.cli.report has them)
            "aggregate", "final_lengths", "table_metrics"]
 
@@ -132,14 +133,6 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-def evaluated_metrics(config: RunConfig) -> set[str]:
-    """The metrics a run's evaluation reports (:func:`distil_core.training.metrics.summarize`):
-    pass@k for each k up to the samples, avg/obs_pass/maj at the samples, greedy@1 if asked."""
-    n = config.eval.samples
-    reported = {f"pass@{k}" for k in config.eval.ks if k <= n} | {f"avg@{n}", f"obs_pass@{n}", f"maj@{n}"}
-    return reported | ({"greedy@1"} if config.eval.greedy else set())
-
-
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
 
@@ -222,7 +215,7 @@ class Bench:
             self.budget(suite)
         metric = self.spec.plot_metric
         for (suite, method, _seed), cfg in self.configs.items():
-            reported = evaluated_metrics(cfg)
+            reported = reported_metrics(cfg.eval.ks, cfg.eval.samples, greedy=cfg.eval.greedy)
             if metric not in reported:
                 raise ConfigError(
                     f"distil bench: the spec's plot_metric {metric!r} is not among what suite {suite!r}, method "
@@ -331,8 +324,10 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
     return {"markdown": os.path.join(report_dir, "bench.md"), **{f"plot:{k}": v for k, v in plots.items()}}
 
 
-def writable_dir(path: str, option: str) -> str:
-    """``path``, created if need be; a ConfigError naming ``option`` when it cannot hold the report."""
+def report_dir(args: Any, output_dir: str) -> str:
+    """``--report-dir`` (default: ``output_dir``), created if need be: a ConfigError naming the
+    option when it cannot hold the report, found before any run trains rather than after."""
+    path, option = (args.report_dir, "--report-dir") if args.report_dir else (output_dir, "--output-dir")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -379,10 +374,10 @@ def main_bench(args: Any) -> int:
             print(f"{suite}\t{method}\tseed {seed}\t{cfg.task.name}\t{cfg.train.steps} steps\t{bench.run_dir(suite, method, seed)}")
         return 0
     require_matplotlib()
-    report_dir = writable_dir(args.report_dir or output_dir, "--report-dir" if args.report_dir else "--output-dir")
+    reports = report_dir(args, output_dir)
     bench.revision = source_revision()  # what the runs were trained with, read before they start
     rows = bench.run()
-    written = write_report(bench, rows, report_dir, command)
+    written = write_report(bench, rows, reports, command)
     print(terminal_table(bench, rows))
     for warning in calibration_warnings(bench, rows):
         print(f"warning: {warning}", file=sys.stderr)

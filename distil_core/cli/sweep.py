@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, writable_dir
+from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
 from distil_core.cli.report import render_sweep
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
@@ -94,10 +94,10 @@ def main_sweep(args: Any) -> int:
                 print(f"{key}={json.dumps(value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
                       f"{bench.run_dir(suite, method, seed)}")
         return 0
-    report_dir = writable_dir(args.report_dir or output_dir, "--report-dir" if args.report_dir else "--output-dir")
+    reports = report_dir(args, output_dir)
     result = run_sweep(spec, key, values, plan)
-    atomic_write_json(os.path.join(report_dir, "sweep.json"), {"command": command, **result})
+    atomic_write_json(os.path.join(reports, "sweep.json"), {"command": command, **result})
     md = render_sweep(result, command)
-    atomic_write_text(os.path.join(report_dir, "sweep.md"), md)
+    atomic_write_text(os.path.join(reports, "sweep.md"), md)
     print(md)
     return 0

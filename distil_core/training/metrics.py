@@ -120,6 +120,14 @@ def bootstrap_maj_at_n(answers: Sequence[Sequence[Answer]], is_correct: AnswerCh
     return _summarize_replicates(replicates)
 
 
+def reported_metrics(ks: Sequence[int], n: int, *, greedy: bool = False) -> set[str]:
+    """The keys an evaluation of ``n`` samples per problem reports: those :func:`summarize` writes
+    (``maj@n`` with answers) and, with a greedy decode beside the samples, ``greedy@1``. A report
+    checks its metric against these before any run trains."""
+    keys = {f"pass@{k}" for k in ks if k <= n} | {f"avg@{n}", f"obs_pass@{n}", f"maj@{n}"}
+    return keys | ({"greedy@1"} if greedy else set())
+
+
 def summarize(correct: Sequence[Sequence[Score]], ks: Sequence[int] = (1, 8),
               answers: Optional[Sequence[Sequence[Answer]]] = None,
               is_correct: Optional[AnswerCheck] = None) -> dict[str, float]:
