@@ -17,7 +17,11 @@ import stat
 import tempfile
 from typing import Any, BinaryIO, Iterator, Optional
 
-__all__ = ["atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+TEMPORARY_PREFIX = ".tmp-"
+"""What an atomic write names its file or folder until it is complete (then renamed into place);
+one left behind belongs to a process killed mid-write and is never read."""
+
+__all__ = ["TEMPORARY_PREFIX", "atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "weights_fingerprint"]
 
 
@@ -48,7 +52,7 @@ def atomic_file(path: str, *, mode: Optional[int] = None) -> Iterator[BinaryIO]:
     path = os.path.realpath(path)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), _mode_for(path) if mode is None else mode & ~_umask())
@@ -77,7 +81,7 @@ def atomic_directory(path: str, *, replace: bool = True, durable: bool = True) -
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent)
     try:
         yield tmp
         if os.path.exists(path) and not replace:

@@ -18,15 +18,18 @@ Torch-free: plugins that read runs (``distil review``) use it without the traini
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
 import os
 import re
 import shutil
+import zlib
 from typing import Any, Iterator, Optional
 
-from distil_core.io import atomic_file
+from distil_core.errors import DistilError
+from distil_core.io import TEMPORARY_PREFIX, atomic_file
 
 GROWING_LOGS = ("rollouts.jsonl", "provenance.jsonl")
 """The logs that grow with the number of rollouts; these are rotated."""
@@ -57,16 +60,42 @@ def holds_run(run_dir: str) -> bool:
 
 
 def run_paths(run_dir: str) -> list[str]:
-    """The paths in ``run_dir`` that a run wrote: its files, folders and log segments."""
+    """The paths in ``run_dir`` that a run wrote: its files, folders, log segments and the
+    :func:`temporaries` of writes a crash cut short."""
     found = [os.path.join(run_dir, name) for name in RUN_ENTRIES if os.path.lexists(os.path.join(run_dir, name))]
     for name in GROWING_LOGS:
         found += [path for _, path in _segment_files(run_dir, name)]
+    return found + temporaries(run_dir)
+
+
+def temporaries(run_dir: str) -> list[str]:
+    """The unfinished atomic writes in ``run_dir`` and its ``checkpoints/``: left by a run killed
+    while writing (a checkpoint, the final model), never read, and as large as what they held."""
+    found = []
+    for directory in (run_dir, os.path.join(run_dir, "checkpoints")):
+        try:
+            names = os.listdir(directory)
+        except OSError:  # absent, or not a directory: nothing of a run there
+            continue
+        found += [os.path.join(directory, n) for n in sorted(names) if n.startswith(TEMPORARY_PREFIX)]
     return found
+
+
+def remove_temporaries(run_dir: str) -> None:
+    """Take away :func:`temporaries` (a resumed run's first act: they belong to a dead process)."""
+    for path in temporaries(run_dir):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def remove_run(run_dir: str) -> None:
     """Take away everything a run wrote into ``run_dir``; other files there stay."""
     for path in run_paths(run_dir):
+        if not os.path.lexists(path):  # inside a folder removed before it (checkpoints/.tmp-*)
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
@@ -159,9 +188,14 @@ def log_lines(run_dir: str, name: str) -> Iterator[tuple[str, int, str]]:
         paths.append(live)
     for path in paths:
         opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
-                yield path, number, line
+        try:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+                for number, line in enumerate(fh, 1):
+                    yield path, number, line
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            what = "cut short" if isinstance(exc, EOFError) else exc.strerror or str(exc) or type(exc).__name__
+            raise DistilError(f"{path}: log {name} cannot be read ({what}); the file is damaged: move it aside "
+                              "(a rotated segment holds only older lines) or restore it, then try again.") from None
 
 
 def rotate_if_large(run_dir: str, name: str, max_bytes: int, keep: Optional[int], *, mode: int) -> Optional[str]:
@@ -220,5 +254,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -200,7 +200,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.output_dir:
             raise ConfigError("--resume needs --output-dir: the run directory to continue.")
         saved = os.path.join(args.output_dir, "config.yaml")
-        if config_path is None and os.path.exists(saved):
+        if config_path is None and os.path.isdir(args.output_dir):
+            if not os.path.exists(saved):
+                raise ConfigError(f"--resume: {args.output_dir} has no config.yaml, so the config the run started "
+                                  "with is unknown; give it as CONFIG (distil train CONFIG --output-dir ... --resume).")
             config_path = saved
     config = load_config(config_path, args.overrides)
     if args.quiet:

@@ -2,7 +2,7 @@
 shared ``base``) and how a YAML file and
 ``--set`` overrides become one validated :class:`RunConfig` (``loading``).
 
-Part of the contract layer: imports only ``types``, ``errors``, ``context`` and pydantic/yaml.
+Part of the contract layer: imports only ``types``, ``errors``, ``context``, ``redaction`` and pydantic/yaml.
 """
 
 from distil_core.config.base import Seed
@@ -14,6 +14,7 @@ from distil_core.config.loading import (
     read_yaml,
     run_dir_config,
 )
+from distil_core.config.resume import RESUMABLE, check_resume_config, resume_changes
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
     Component,
@@ -30,6 +31,7 @@ from distil_core.config.sections import (
 
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "apply_override", "check_keys", "format_validation_error",
+    "RESUMABLE", "check_resume_config", "resume_changes",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
 ]

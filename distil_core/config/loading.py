@@ -127,17 +127,26 @@ PLAIN = (type(None), bool, int, float, str, list, dict)
 
 
 def check_plain(data: Any, where: str, path: str = "") -> None:
-    """Refuse a value that is not a JSON value (a YAML date, binary or set), naming its key."""
-    stack = [(data, path)]
+    """Refuse a value that is not a JSON value (a YAML date, binary or set), or one nested deeper
+    than :data:`MAX_DEPTH`, naming its key."""
+    stack = [(data, path, 0)]
     while stack:
-        value, at = stack.pop()
+        value, at, depth = stack.pop()
         if not isinstance(value, PLAIN):
             raise ConfigError(f"{where}: {shown(at, plain=True) if at else 'the value'} is a YAML {type(value).__name__} "
                               f"({shown(value, plain=True)}); quote it to give it as text.")
+        if depth > MAX_DEPTH and isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: {shown(at, plain=True)} is nested more than {MAX_DEPTH} levels deep; no "
+                              "option takes such a value (flatten it).")
         if isinstance(value, dict):
-            stack.extend((v, f"{at}.{k}" if at else str(k)) for k, v in value.items())
+            stack.extend((v, f"{at}.{k}" if at else str(k), depth + 1) for k, v in value.items())
         elif isinstance(value, list):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+            stack.extend((v, f"{at}[{i}]", depth + 1) for i, v in enumerate(value))
+
+
+MAX_DEPTH = 32
+"""How deep a config value may nest: far past any option's need, and short of the depth at which
+writing config.yaml (pydantic's serialiser) or reading it back would fail."""
 
 
 def alias_expansion(root: Any) -> tuple[int, float]:

@@ -5,7 +5,7 @@ Every default below is the embedded default run: ``distil train`` with no config
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -195,8 +195,8 @@ class LossConfig(_Section):
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
     temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature (both sides).")
     reverse_kl_gamma: float = Field(default=0.0, ge=0.0, le=1.0)
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: float = Field(default=0.2, ge=0.0, le=1.0, description="The ratio's lower clip: 1 - eps_low.")
+    eps_high: float = Field(default=0.2, ge=0.0, description="The ratio's upper clip: 1 + eps_high.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     advantage_scale: Literal["group", "batch", "none"] = "group"
     chunk_size: int = Field(
@@ -220,7 +220,8 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     lr: float = Field(default=3e-4, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default=(0.9, 0.99), description="AdamW's decay rates of its moment estimates, each in [0, 1).")
     grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
     grad_accum: int = Field(default=1, ge=1, le=65536, description="Micro-batches per optimizer step.")
     epochs: int = Field(default=1, ge=1, le=1000, description="Optimisation passes over each batch of rollouts.")

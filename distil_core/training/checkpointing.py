@@ -8,14 +8,17 @@ Layout inside a run directory::
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pickle
 import random
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
+from distil_core.config.base import BIG
 from distil_core.errors import DistilError
 from distil_core.io import atomic_file, atomic_write_bytes
 from distil_core.models.lora import load_policy_state, policy_state
@@ -116,19 +119,32 @@ def latest_name(directory: str) -> Optional[str]:
                           "(--overwrite).") from None
 
 
+CHECKPOINT_NAME = re.compile(r"step-(\d+)\.pt")
+"""A checkpoint's file name; its step is zero-padded to six digits and may have more."""
+
+
 def checkpoint_names(directory: str) -> list[str]:
-    """The checkpoint files in ``directory``, oldest first."""
+    """The checkpoint files in ``directory``, oldest first (by step: ``step-1000000.pt`` is newer
+    than ``step-999999.pt`` although it sorts before it as text)."""
     try:
-        return sorted(f for f in os.listdir(directory) if f.startswith("step-") and f.endswith(".pt"))
+        names = [f for f in os.listdir(directory) if CHECKPOINT_NAME.fullmatch(f)]
     except FileNotFoundError:
         return []
+    return sorted(names, key=lambda f: int(CHECKPOINT_NAME.fullmatch(f).group(1)))
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
     """The checkpoint ``latest`` names; when it names none that is there (its checkpoint was
     deleted, as the error of a damaged one says to do), the newest one there is."""
     directory = os.path.join(run_dir, "checkpoints")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise DistilError(f"{directory} is not a directory, so it holds no checkpoints; move it aside and start "
+                          "the run again (--overwrite), or put the run's checkpoints/ directory back.")
     name = latest_name(directory)
+    if name is not None and not CHECKPOINT_NAME.fullmatch(name):
+        raise DistilError(f"checkpoint pointer {os.path.join(directory, LATEST)} is damaged (it names {name[:80]!r}, "
+                          "not a step-N.pt file beside it); delete it to resume from the newest checkpoint there, "
+                          "or start the run again (--overwrite).")
     if not (name and os.path.isfile(os.path.join(directory, name))):
         names = checkpoint_names(directory)
         name = names[-1] if names else None
@@ -186,6 +202,14 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise damaged(path, f"it lacks {', '.join(map(repr, missing))}")
     if isinstance(state["step"], bool) or not isinstance(state["step"], int) or not isinstance(state["model"], dict):
         raise damaged(path, "its step or model is not what a checkpoint holds")
+    if not 0 <= state["step"] <= BIG:
+        raise damaged(path, f"its step is {state['step']}, outside 0…{BIG}")
+    for key in ("optimizer", "scheduler", "rng", "expert", "evals"):
+        if key in state and not isinstance(state[key], dict):
+            raise damaged(path, f"its {key} state is a {type(state[key]).__name__}, not a mapping")
+    elapsed = state.get("elapsed", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) or elapsed < 0:
+        raise damaged(path, f"its elapsed time is {str(elapsed)[:40]!r}, not a number of seconds")
     return state
 
 
@@ -265,10 +289,34 @@ def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
         fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=where)
     else:
         load_policy_state(learner.model, state["model"], where=where)
-        learner.optimizer.load_state_dict(state["optimizer"])
-    learner.scheduler.load_state_dict(state["scheduler"])
+        with part_of(path, "optimizer"):
+            learner.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_shapes(learner.optimizer)
+    with part_of(path, "scheduler"):
+        learner.scheduler.load_state_dict(state["scheduler"])
     loader = getattr(learner.runtime.expert, "load_state_dict", None)
     if callable(loader):
         loader(state.get("expert", {}))
-    set_rng_state(state["rng"])
+    with part_of(path, "rng"):
+        set_rng_state(state["rng"])
     return state
+
+
+@contextlib.contextmanager
+def part_of(path: str, part: str) -> Iterator[None]:
+    """A part of checkpoint ``path`` that torch or Python cannot take back (an optimizer state of
+    another model, an empty RNG state) is :func:`damaged`, named, rather than a traceback."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        problem = f"it lacks {exc}" if isinstance(exc, KeyError) else first_line(exc) or type(exc).__name__
+        raise damaged(path, f"its {part} state does not fit this run: {problem}") from None
+
+
+def check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Each per-parameter tensor of a loaded optimizer state (Adam's moments) has its parameter's
+    shape; ``load_state_dict`` does not check it, and a mismatch would fail in the first step."""
+    for param, slots in optimizer.state.items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")

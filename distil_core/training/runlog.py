@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
-from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, rewrite_segments
+from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, remove_temporaries, rewrite_segments
 from distil_core.run_files import rotate_if_large, step_record
 from distil_core.training.distributed import World
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
@@ -133,14 +133,27 @@ class RunLog:
         if self.world.main:
             remove_run(self.run_dir)
 
+    def evaluation_at(self, step: int, label: str) -> Optional[dict[str, Any]]:
+        """The metrics of evaluation ``label`` that eval.jsonl holds at ``step``, if any (the last
+        such line). Read by rank 0 after :meth:`truncate` has checked the log; collective."""
+        found = None
+        if self.world.main:
+            for _path, _number, line in log_lines(self.run_dir, "eval.jsonl"):
+                record = json.loads(line) if line.strip() and line.endswith("\n") else None
+                if isinstance(record, dict) and record.get("step") == step and record.get("label") == label:
+                    found = {k: v for k, v in record.items() if k not in ("step", "label")}
+        return self.world.gather(found)[0]
+
     def truncate(self, last_step: int) -> None:
-        """Drop records written after the checkpoint we resume from (they will be written again).
+        """Drop records written after the checkpoint we resume from (they will be written again),
+        and the temporaries of writes the stopped run left unfinished.
 
         Every log is checked whole before any is rewritten, so a damaged one stops the resume with
         one line naming ``file:line`` and loses nothing (see :func:`check_step_log`). Collective:
         every rank raises rank 0's error, so none goes on to wait for the others."""
         problem = None
         if self.world.main:
+            remove_temporaries(self.run_dir)
             try:
                 self.drop_after(last_step)
             except DistilError as exc:

@@ -53,11 +53,20 @@ class Runtime:
 
 
 def pick_device(name: str) -> torch.device:
+    """``model.device`` as a torch device ("auto": CUDA when there is one, else the CPU); a name
+    torch does not know, or CUDA on a machine without it, is a ConfigError naming the key."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"model.device: {name!r} is not a device name torch knows; use auto, cpu, cuda or "
+                          "cuda:N (or another torch device such as mps).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r}, but this torch sees no CUDA device; use auto or cpu.")
+    return device
 
 
 def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True,

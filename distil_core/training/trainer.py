@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 from safetensors import SafetensorError
 
-from distil_core.config import RunConfig
+from distil_core.config import RunConfig, check_resume_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_directory, weights_fingerprint
 from distil_core.losses.methods import method_named
@@ -68,6 +68,8 @@ class Trainer:
         reuse = "resume" if resume else "overwrite" if overwrite else "refuse"
         self.run_dir, created = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method),
                                                reuse)
+        if resume:
+            self._check_resume_config()
         with removed_if_unused(self.run_dir, created):
             random.seed(config.seed)
             torch.manual_seed(config.seed)
@@ -200,12 +202,29 @@ class Trainer:
         return ckpt.save_training(self.learner, self.run_dir, step=self.step, evals=self.evals,
                                   elapsed=time.time() - self.started)
 
+    def _check_resume_config(self) -> None:
+        """Rank 0 compares the config with the run's saved one before anything slow is built;
+        every rank raises the same error."""
+        problem = None
+        if self.world.main:
+            try:
+                check_resume_config(self.run_dir, self.config)
+            except ConfigError as exc:
+                problem = str(exc)
+        problem = self.world.gather(problem)[0]
+        if problem:
+            raise ConfigError(problem)
+
     def _resume(self) -> None:
         state = ckpt.restore_training(self.learner, self.run_dir)
         self.step = state["step"]
         self.evals = state.get("evals", {})
         self.started -= state.get("elapsed", 0.0)
         self.log.truncate(self.step)
+        if "after" not in self.evals:  # a checkpoint written at the last step, before the final evaluation
+            logged = self.log.evaluation_at(self.step, "after")
+            if logged is not None:
+                self.evals["after"] = logged  # a finished run resumed again is not evaluated twice
         self.trackers.resume(self.step)  # each tracker goes on from the checkpoint, as the JSONL files do
         self.echo(f"Resumed {self.run_dir} at step {self.step}.")
 

@@ -1,0 +1,95 @@
+"""What a resumed run may change: how it is run, never what it trains.
+
+A checkpoint holds the optimizer's and the schedule's own state (the learning rate, the betas),
+the policy trained on one task with one method and one expert. Resuming it under another
+``optim.lr``, ``method`` or ``task.options`` would train on with the old values while
+``config.yaml`` claimed the new ones, or compare a "before" on one task with an "after" on
+another. So ``--resume`` compares the config it is given with the run's saved ``config.yaml``
+and refuses any difference outside :data:`RESUMABLE`, naming each key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from distil_core.config.loading import shown
+from distil_core.config.sections import RunConfig
+from distil_core.errors import ConfigError
+from distil_core.redaction import SECRET_NAME
+
+RESUMABLE = (
+    "train.steps", "train.output_dir", "train.progress", "train.save_every", "train.eval_every",
+    "train.log_every", "train.log_rollouts", "train.log_rollouts_every", "train.log_max_mb",
+    "train.log_keep_segments", "train.report_to", "train.tracker_options", "train.log_rollout_table_every",
+    "train.max_expert_failed_fraction", "train.max_nonfinite_steps",
+    "model.device",
+    "rollout.server.base_url", "rollout.server.api_key_env", "rollout.server.timeout_s",
+    "rollout.server.max_concurrency", "rollout.server.retries",
+)
+"""Keys (and whole sections below them) a resumed run may change: its length, where and how
+often it logs, saves and evaluates, its trackers and guards, the device, and how the rollout
+server is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NAME` matches) may change
+too: a rotated API key trains the same run."""
+
+
+def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, given value)`` for every leaf that differs and may not change."""
+    old, new = _leaves(saved.model_dump(mode="json")), _leaves(given.model_dump(mode="json"))
+    missing = object()
+    changed = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before == after or _resumable(key):
+            continue
+        changed.append((key, None if before is missing else before, None if after is missing else after))
+    return changed
+
+
+def check_resume_config(run_dir: str, given: RunConfig) -> None:
+    """Refuse to resume ``run_dir`` under ``given`` where it changes what the run trains.
+
+    A run directory without a ``config.yaml`` is let through: the caller chose the config (the
+    CLI refuses to guess one). A ``config.yaml`` that cannot be read is a ConfigError naming it.
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = RunConfig.model_validate(yaml.safe_load(fh))
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__}), so --resume "
+                          "cannot tell whether the run would change; restore it, or start a new run.") from None
+    changes = resume_changes(saved, given)
+    if changes:
+        listed = "; ".join(f"{key}: {shown(before)} → {shown(after)}" for key, before, after in changes[:8])
+        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+        raise ConfigError(
+            f"{run_dir}: --resume continues the run with the config it started with ({path}), and the config "
+            f"given differs in what the run trains: {listed}{more}. Drop those changes to resume, or start a new "
+            "run with another --output-dir. A resumed run may change only its length, logging, saving, evaluation "
+            "interval, trackers, guards, device and how the rollout server is reached."
+        )
+
+
+def _resumable(key: str) -> bool:
+    if SECRET_NAME.search(key.rsplit(".", 1)[-1]):
+        return True
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key → value for every mapping leaf; lists are leaves (compared whole)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+__all__ = ["RESUMABLE", "resume_changes", "check_resume_config"]

@@ -1,0 +1,216 @@
+"""What ``--resume`` checks before it continues a run: that the config changes only how the run
+is run (never what it trains), that every part of the checkpoint fits the run, that the logs and
+the checkpoint folder can be read; and what it tidies (writes a killed run left unfinished)."""
+
+import gzip
+import os
+import shutil
+
+import pytest
+import torch
+
+from distil_core.cli.main import main
+from distil_core.config import load_config, resume_changes
+from distil_core.errors import ConfigError, DistilError
+from distil_core.run_files import temporaries
+from distil_core.testing import FAST_RUN, use_cache
+from distil_core.training.checkpointing import checkpoint_names, latest_checkpoint, load_checkpoint, save_checkpoint
+from distil_core.training.trainer import Trainer
+
+RUN = ["train.steps=2", "train.save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base_cache_dir):
+    """A finished two-step run with a checkpoint at each step, made once for the module."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    with use_cache(tiny_base_cache_dir):
+        Trainer(load_config(None, FAST_RUN + RUN), run_dir=str(run), echo=lambda *_: None).fit()
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path, tiny_base_cache_dir):
+    """A copy of the trained run, to resume or damage."""
+    with use_cache(tiny_base_cache_dir):
+        yield shutil.copytree(trained, tmp_path / "run")
+
+
+def resume(run, *overrides):
+    return Trainer(load_config(None, FAST_RUN + RUN + list(overrides)), run_dir=str(run), resume=True,
+                   echo=lambda *_: None)
+
+
+def files(root):
+    return {os.path.relpath(os.path.join(d, n), root): os.path.getmtime(os.path.join(d, n))
+            for d, _, names in os.walk(root) for n in names}
+
+
+# -- the config --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, named", [
+    ("optim.lr=0.05", "optim.lr: 0.0003 → 0.05"),
+    ("method=grpo", "method: 'distil' → 'grpo'"),
+    ("seed=7", "seed: 0 → 7"),
+    ("task.options.length=4", "task.options.length: 2 → 4"),
+])
+def test_a_resume_that_changes_what_the_run_trains_is_refused_naming_the_key_and_touches_nothing(run, change, named):
+    """Before: accepted; config.yaml said the new value while the optimizer's saved state kept
+    the old learning rate, and a changed task compared a "before" on one task with an "after"
+    on another."""
+    before = files(run)
+    with pytest.raises(ConfigError) as err:
+        resume(run, change)
+    message = str(err.value)
+    assert "\n" not in message and named in message and "--resume continues the run" in message
+    assert files(run) == before
+
+
+def test_length_logging_saving_and_device_may_change_on_resume(run):
+    trainer = resume(run, "train.steps=3", "train.save_every=3", "train.eval_every=0", "train.log_every=2",
+                     "model.device=cpu", "train.progress=false")
+    trainer.fit()
+    assert trainer.step == 3 and "steps: 3" in (run / "config.yaml").read_text()
+
+
+def test_a_rotated_secret_is_not_a_change_but_a_plugin_option_is():
+    saved = load_config(None, ["expert.options={weights: frozen, api_key: old}"])
+    rotated = load_config(None, ["expert.options={weights: frozen, api_key: new}"])
+    other = load_config(None, ["expert.options={weights: live, api_key: old}"])
+    assert resume_changes(saved, rotated) == []
+    assert resume_changes(saved, other) == [("expert.options.weights", "frozen", "live")]
+
+
+def test_the_cli_refuses_to_guess_the_config_of_a_run_without_config_yaml(run, capsys):
+    """Before: the embedded default config was used without a word."""
+    (run / "config.yaml").unlink()
+    assert main(["train", "--quiet", "--output-dir", str(run), "--resume"]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_a_finished_run_resumed_twice_holds_one_after_evaluation(run):
+    """Before: the last checkpoint was written before the final evaluation, so every resume of a
+    finished run evaluated again and appended another "after" row."""
+    for _ in range(2):
+        resume(run).fit()
+    labels = [line for line in (run / "eval.jsonl").read_text().splitlines() if '"label": "after"' in line]
+    assert len(labels) == 1
+
+
+# -- the checkpoint's parts --------------------------------------------------------------------
+
+
+def spoil_shape(state):
+    slots = next(iter(state["optimizer"]["state"].values()))
+    slots["exp_avg"] = torch.zeros(3)
+
+
+PART_DAMAGES = {
+    "optimizer_empty": (lambda s: s.update(optimizer={}), "its optimizer state does not fit this run: it lacks 'param_groups'"),
+    "optimizer_none": (lambda s: s.update(optimizer=None), "its optimizer state is a NoneType, not a mapping"),
+    "optimizer_shape": (spoil_shape, "its optimizer state does not fit this run: exp_avg has shape (3,)"),
+    "scheduler_empty": (lambda s: s.update(scheduler={}), "its scheduler state does not fit this run: it lacks"),
+    "rng_empty": (lambda s: s.update(rng={}), "its rng state does not fit this run: it lacks 'python'"),
+    "rng_not_bytes": (lambda s: s["rng"].update(torch=torch.zeros(3)), "its rng state does not fit this run: RNG state"),
+    "evals_list": (lambda s: s.update(evals=[1]), "its evals state is a list, not a mapping"),
+    "elapsed_text": (lambda s: s.update(elapsed="x"), "its elapsed time is 'x', not a number of seconds"),
+    "step_negative": (lambda s: s.update(step=-5), "its step is -5, outside 0…1000000000"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(PART_DAMAGES))
+def test_a_checkpoint_part_that_does_not_fit_is_one_line_naming_it(run, damage):
+    """Before: a raw KeyError or ValueError, an error in the first update step (the moments'
+    shape), or a run that trained steps -4…2 and dropped every log line."""
+    spoil, said = PART_DAMAGES[damage]
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    spoil(state)
+    torch.save(state, path)
+    with pytest.raises(DistilError) as err:
+        resume(run)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"checkpoint {path} is damaged ({said}")
+
+
+def test_checkpoints_past_step_999999_are_ordered_by_step(tmp_path):
+    """Before: names sorted as text, so step-1000000.pt came before step-999999.pt: pruning
+    deleted the newest and the fallback resumed from an older one."""
+    for step in (999_998, 999_999, 1_000_000, 1_000_001):
+        save_checkpoint(str(tmp_path), step, {"step": step}, keep=2)
+    assert checkpoint_names(str(tmp_path / "checkpoints")) == ["step-1000000.pt", "step-1000001.pt"]
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert latest_checkpoint(str(tmp_path)).endswith("step-1000001.pt")
+
+
+@pytest.mark.parametrize("pointer", ["../summary.json", "/etc/passwd", "step-2.pt.bak"])
+def test_a_latest_pointer_naming_no_checkpoint_file_is_refused(run, pointer):
+    (run / "checkpoints" / "latest").write_text(pointer)
+    with pytest.raises(DistilError, match=r"checkpoint pointer .* is damaged \(it names .*not a step-N.pt file"):
+        latest_checkpoint(str(run))
+
+
+def test_a_checkpoints_entry_that_is_a_file_is_one_line(run):
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").write_text("x")
+    with pytest.raises(DistilError, match=r"checkpoints is not a directory, so it holds no checkpoints"):
+        resume(run)
+
+
+# -- logs and leftovers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spoil, said", [
+    (lambda p: p.write_bytes(gzip.compress(b'{"step": 1}\n' * 50)[:30]), "cut short"),
+    (lambda p: p.write_bytes(b"hello, not gzip\n"), "Not a gzipped file"),
+    (lambda p: p.mkdir(), "Is a directory"),
+])
+def test_a_damaged_rotated_segment_is_one_line_naming_it_and_changes_nothing(run, spoil, said):
+    """Before: a raw EOFError, BadGzipFile or IsADirectoryError out of the resume."""
+    segment = run / "metrics.000001.jsonl.gz"
+    spoil(segment)
+    before = files(run)
+    with pytest.raises(DistilError) as err:
+        resume(run)
+    assert str(err.value).startswith(f"{segment}: log metrics.jsonl cannot be read ({said}")
+    assert files(run) == before
+
+
+def test_writes_a_killed_run_left_unfinished_go_on_resume_and_on_overwrite(run, tiny_base_cache_dir):
+    """Before: a checkpoint-sized ``.tmp-*`` stayed for good after a kill mid-save."""
+    (run / "checkpoints" / ".tmp-abc").write_bytes(b"x" * 1000)
+    (run / ".tmp-final").mkdir()
+    assert len(temporaries(str(run))) == 2
+    resume(run)
+    assert temporaries(str(run)) == []
+    (run / ".tmp-final").mkdir()
+    Trainer(load_config(None, FAST_RUN + RUN), run_dir=str(run), overwrite=True, echo=lambda *_: None).fit()
+    assert temporaries(str(run)) == []
+
+
+# -- config values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item, said", [
+    ("optim.betas=[1.5, 0.99]", "optim.betas.0: Input should be less than 1"),
+    ("loss.eps_high=-2", "loss.eps_high: Input should be greater than or equal to 0"),
+    ("loss.eps_low=-0.5", "loss.eps_low: Input should be greater than or equal to 0"),
+    ("expert.options={a: " + "[" * 40 + "]" * 40 + "}", "is nested more than 32 levels deep"),
+])
+def test_config_values_torch_or_the_losses_would_reject_are_refused_naming_the_key(item, said):
+    """Before: a raw ValueError from AdamW or the GRPO loss, a run whose negative-advantage tokens
+    had no gradient (eps_low < 0), or a pydantic error while config.yaml was written."""
+    with pytest.raises(ConfigError, match=said):
+        load_config(None, [item])
+
+
+@pytest.mark.parametrize("device, said", [("banana", "is not a device name torch knows"),
+                                          ("cuda:0", "this torch sees no CUDA device")])
+def test_a_device_torch_cannot_use_is_one_line_naming_model_device(tmp_path, device, said):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=f"model.device: '{device}'.*{said}"):
+        Trainer(load_config(None, FAST_RUN + [f"model.device={device}"]), run_dir=str(tmp_path / "r"),
+                echo=lambda *_: None)
+    assert not (tmp_path / "r").exists()
