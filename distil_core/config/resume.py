@@ -25,14 +25,15 @@ RESUMABLE = (
     "train.steps", "train.output_dir", "train.progress", "train.save_every", "train.eval_every",
     "train.log_every", "train.log_rollouts", "train.log_rollouts_every", "train.log_max_mb",
     "train.log_keep_segments", "train.report_to", "train.tracker_options", "train.log_rollout_table_every",
-    "train.max_expert_failed_fraction", "train.max_nonfinite_steps",
+    "train.max_expert_failed_fraction", "train.max_nonfinite_steps", "train.parallel",
     "model.device",
     "rollout.server.base_url", "rollout.server.api_key_env", "rollout.server.timeout_s",
     "rollout.server.max_concurrency", "rollout.server.retries",
 )
 """Keys (and whole sections below them) a resumed run may change: its length, where and how
-often it logs, saves and evaluates, its trackers and guards, the device, and how the rollout
-server is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NAME` matches) may change
+often it logs, saves and evaluates, its trackers and guards, the device and how the ranks share
+the policy (checkpoints hold the whole policy: ddp and fsdp resume each other), and how the
+rollout server is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NAME` matches) may change
 too: a rotated API key trains the same run."""
 
 
@@ -72,7 +73,7 @@ def check_resume_config(run_dir: str, given: RunConfig) -> None:
             f"{run_dir}: --resume continues the run with the config it started with ({path}), and the config "
             f"given differs in what the run trains: {listed}{more}. Drop those changes to resume, or start a new "
             "run with another --output-dir. A resumed run may change only its length, logging, saving, evaluation "
-            "interval, trackers, guards, device and how the rollout server is reached."
+            "interval, trackers, guards, device, parallelism and how the rollout server is reached."
         )
 
 
