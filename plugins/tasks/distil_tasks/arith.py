@@ -19,8 +19,19 @@ _OPS = {
     ast.FloorDiv: lambda a, b: Fraction(a // b),
     ast.Mod: lambda a, b: a % b,
 }
-_CLAIM = re.compile(r"([0-9.()+\-*/%x× ]*[0-9)])\s*=\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)")
+# A claim is ``expression = value``: the value is matched after each ``=`` and the expression
+# read backwards from it (see :func:`claims`), so a long response costs linear time.
+_CLAIMED = re.compile(r"=\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)")
+_EXPR_CHARS = frozenset("0123456789.()+-*/%x× ")
 MAX_CHARS = 80
+# Minus signs a response may write: ASCII, U+2212 (typeset minus), small and fullwidth hyphen-minus.
+MINUS = "-\u2212\ufe63\uff0d"
+SIGNS = MINUS + "+\uff0b"
+_SIGN_MAP = str.maketrans({ch: "-" for ch in MINUS[1:]} | {"\uff0b": "+"})
+# A plain number: ``12``, ``-3.5``, ``.5``, ``1,234`` (commas only as thousands separators),
+# ``1e5`` and ``3/4``. Exponents are bounded: ``1e999999999`` is no answer worth computing.
+_PLAIN = re.compile(r"([-+]?)((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE]([-+]?\d{1,4}))?(?:/(\d+))?")
+MAX_EXPONENT = 400
 
 
 def evaluate(expr: str) -> Optional[Fraction]:
@@ -54,14 +65,23 @@ def _eval(node: ast.AST) -> Fraction:
 
 
 def number(text: str) -> Optional[Fraction]:
-    """A plain number: ``12``, ``-3.5``, ``1,000``, ``3/4``; else None."""
-    text = text.strip().replace(",", "")
-    if not re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?", text):
+    """A plain number: ``12``, ``-3.5``, ``−3`` (U+2212), ``.5``, ``1,000``, ``1e5``, ``3/4``; else None.
+
+    A comma counts only as a thousands separator: ``1,2`` is a pair, not twelve, so it is no
+    plain number (the caller compares it as a list)."""
+    match = _PLAIN.fullmatch(text.strip().translate(_SIGN_MAP))
+    if match is None:
+        return None
+    sign, digits, exponent, denominator = match.groups()
+    if exponent is not None and abs(int(exponent)) > MAX_EXPONENT:
         return None
     try:
-        return Fraction(text)
+        value = Fraction(digits.replace(",", "")) * Fraction(10) ** int(exponent or 0)
+        if denominator is not None:
+            value /= int(denominator)
     except (ValueError, ZeroDivisionError):
         return None
+    return -value if sign == "-" else value
 
 
 def show(value: Fraction) -> str:
@@ -75,12 +95,26 @@ def show(value: Fraction) -> str:
 
 
 def claims(text: str) -> list[tuple[str, str]]:
-    """Every ``expression = number`` written in ``text`` (an arithmetic expression on the left)."""
+    """Every ``expression = number`` written in ``text`` (an arithmetic expression on the left).
+
+    The expression is the run of arithmetic characters before the ``=`` (ending in a digit or
+    ``)``), read backwards from it: no further than the previous claim or the previous ``=``, so
+    every character is read a bounded number of times however long the response is."""
     out = []
-    for match in _CLAIM.finditer(text):
-        expr = match.group(1).strip().lstrip(")").strip()
+    floor = 0  # the end of the previous claim: an expression starts after it
+    for match in _CLAIMED.finditer(text):
+        end = match.start()
+        while end > floor and text[end - 1].isspace():
+            end -= 1
+        if end == floor or text[end - 1] not in "0123456789)":
+            continue
+        start = end
+        while start > floor and text[start - 1] in _EXPR_CHARS:
+            start -= 1
+        floor = match.end()
+        expr = text[start:end].strip().lstrip(")").strip()
         if any(ch.isdigit() for ch in expr) and any(op in expr for op in "+-*/%x×") and evaluate(expr) is not None:
-            out.append((expr, match.group(2)))
+            out.append((expr, match.group(1)))
     return out
 
 

@@ -27,14 +27,13 @@ tested on a few calls. Loaded files:
 from __future__ import annotations
 
 import ast
-import json
 import random
 import re
 from typing import Any, Optional
 
 from distil_core import Problem
 
-from .common import Record, SuiteTask, split_procedural
+from .common import Record, SuiteTask, choices, split_procedural, whole
 from .fields import Fields, Preset, parse_python
 
 # -- procedural ------------------------------------------------------------------------------
@@ -161,20 +160,15 @@ def _livecodebench(record: Record, problem: Problem) -> Problem:
     else:
         meta = record.data.get("metadata")
         if isinstance(meta, str):
-            try:
-                meta = json.loads(meta)
-            except json.JSONDecodeError:
-                raise record.error("metadata", "is a string but not JSON") from None
+            meta = record.json("metadata", meta, "JSON")
         func = meta.get("func_name") if isinstance(meta, dict) else None
         if not isinstance(func, str) or not func.isidentifier():
             raise record.error("metadata.func_name", "functional tests need the name of the function to call")
         calls = []
         for i, case in enumerate(cases):
-            try:
-                args = [json.loads(line) for line in case["input"].splitlines() if line.strip()]
-                expected = json.loads(case["output"])
-            except json.JSONDecodeError:
-                raise record.error(f"test case {i}", "functional input and output must be JSON, one value per line") from None
+            what = "JSON (functional input and output are JSON, one value per line)"
+            args = [record.json(f"test case {i}", line, what) for line in case["input"].splitlines() if line.strip()]
+            expected = record.json(f"test case {i}", case["output"], what)
             calls.append({"args": args, "expected": expected})
         reference = {"entry_point": func, "calls": calls}
         prompt += f"\nDefine a top-level function {func}."
@@ -227,15 +221,11 @@ class CodeTask(SuiteTask):
         test_size: int = 100,
         seed: int = 0,
     ):
-        ops = list(ops or OPS)
-        if not ops or [o for o in ops if o not in OPS]:
-            raise ValueError(f"code: ops must be a non-empty list of {list(OPS)} (got {ops})")
-        if not 1 <= steps <= 3:
-            raise ValueError(f"code: steps must be between 1 and 3 (got {steps})")
-        if not 2 <= max_constant <= 99:
-            raise ValueError(f"code: max_constant must be between 2 and 99 (got {max_constant})")
+        ops = choices("code", "ops", ops, list(OPS))
+        whole("code", "steps", steps, 1, 3)
+        whole("code", "max_constant", max_constant, 2, 99)
         if phrasing not in ("mixed", "then"):
-            raise ValueError(f"code: phrasing must be 'mixed' or 'then' (got {phrasing!r})")
+            raise ValueError(f"code: option phrasing must be 'mixed' or 'then' (got {phrasing!r})")
         self.steps, self.ops, self.max_constant, self.phrasing = steps, ops, max_constant, phrasing
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 

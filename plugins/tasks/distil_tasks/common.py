@@ -13,7 +13,7 @@ fit its format stops the load with a :class:`RecordError` naming ``file:line`` (
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from distil_core import Problem
 
@@ -21,7 +21,56 @@ from .fields import Preset
 from .loading import load_records, load_splits, split_by_id
 from .records import Record, RecordError
 
-__all__ = ["Record", "RecordError", "Preset", "SuiteTask", "load_records", "split_by_id", "draw_unique", "split_procedural"]
+__all__ = ["Record", "RecordError", "Preset", "SuiteTask", "load_records", "split_by_id", "draw_unique", "split_procedural",
+           "whole", "flag", "choices"]
+
+
+# -- options, checked when a component is built ----------------------------------------------------
+# A config's value reaches the constructor as YAML wrote it: ``"2"``, ``"false"``, ``null``. Unchecked,
+# it fails at the first comparison (mid-run for a verifier) without naming the option, or, for
+# ``"false"``, silently counts as true.
+
+
+def _got(value: Any) -> str:
+    hint = ": write it without quotes" if isinstance(value, str) else ""
+    return f"(got {value!r}, a {type(value).__name__}{hint})"
+
+
+def whole(owner: str, name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """An integer option in ``[low, high]`` (either end open when None); ``true`` (an int to
+    Python) is refused."""
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or (low is not None and value < low) or (high is not None and value > high)):
+        bounds = (f" between {low} and {high}" if low is not None and high is not None
+                  else f" at least {low}" if low is not None else "")
+        raise ValueError(f"{owner}: option {name} must be a whole number{bounds} {_got(value)}")
+    return value
+
+
+def flag(owner: str, name: str, value: Any) -> bool:
+    """A boolean option; the string ``"false"`` is refused, not taken as true."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: option {name} must be true or false {_got(value)}")
+    return value
+
+
+def choices(owner: str, name: str, value: Any, allowed: Sequence[str]) -> list[str]:
+    """A non-empty list of names from ``allowed``, or all of them when the option is left out
+    (None). A bare string would be iterated letter by letter and an empty list read as "all",
+    so both are refused."""
+    if value is None:
+        return list(allowed)
+    if isinstance(value, str):
+        example = value if value in allowed else allowed[0]
+        raise ValueError(f"{owner}: option {name} must be a list of names from {list(allowed)}, not a string "
+                         f"{_got(value).replace(': write it without quotes', '')}; write [{example}]")
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{owner}: option {name} must be a non-empty list of names from {list(allowed)} {_got(value)}; "
+                         f"leave it out for all of them")
+    unknown = [item for item in value if not isinstance(item, str) or item not in allowed]
+    if unknown:
+        raise ValueError(f"{owner}: option {name} must be names from {list(allowed)} (unknown: {unknown})")
+    return list(value)
 
 
 class SuiteTask:
@@ -44,9 +93,11 @@ class SuiteTask:
         test_size: int,
         seed: int,
     ):
-        if train_size < 1 or test_size < 1:
-            raise ValueError(f"{self.name}: train_size and test_size must be at least 1")
-        self.seed = seed
+        whole(self.name, "train_size", train_size, 1)
+        whole(self.name, "test_size", test_size, 1)
+        self.seed = whole(self.name, "seed", seed)
+        if format is not None and not isinstance(format, str):
+            raise ValueError(f"{self.name}: option format must be one of {sorted(self.formats)} {_got(format)}")
         if path is None:
             if format is not None or test_path is not None:
                 raise ValueError(f"{self.name}: format and test_path only apply with path (a file to load)")

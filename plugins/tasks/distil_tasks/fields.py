@@ -19,7 +19,6 @@ What the reference holds decides how a run grades it:
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -121,10 +120,7 @@ class Fields:
         if value is None:
             raise record.error(key, "missing (code tests are required)")
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise record.error(key, "is a string but not a JSON list or object of tests") from None
+            value = record.json(key, value, "a JSON list or object of tests")
         if isinstance(value, list):
             if not value:
                 raise record.error(key, "is empty")

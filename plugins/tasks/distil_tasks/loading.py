@@ -11,8 +11,9 @@ Split rule, first that applies:
    ``split`` trains and the one named ``test_split`` is held out when there is one.
 4. Otherwise the held-out share: records are ordered by the SHA-256 of their problem id and the
    first ``round(n * test_fraction)`` of them (at least one when there are two or more records
-   and ``test_fraction > 0``) form the test split. The rule depends only on the ids, not on the
-   order of the records.
+   and ``test_fraction > 0``) form the test split, with every other record of the same prompt
+   (a duplicated question under another id, or a file without ids) so that no test prompt is
+   also trained on. The rule depends only on the ids and prompts, not on the order of the records.
 
 A test split given by ``test_path``, ``split_key`` or a named split must be held out: a prompt in
 both splits is refused, since evaluating on it would measure what was trained on.
@@ -50,18 +51,24 @@ def load_records(records: Iterable[Record], convert: Converter, what: str) -> li
 
 
 def split_by_id(problems: Sequence[Problem], test_fraction: float) -> dict[str, list[Problem]]:
-    """The documented split rule: order by SHA-256 of the id, the first share is the test split."""
+    """The documented split rule: order by SHA-256 of the id, the first share is the test split,
+    joined by the records that repeat one of its prompts: with them in train, evaluating would
+    measure recall (as :func:`held_out` refuses for a given test split)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1) (got {test_fraction})")
     ordered = sorted(problems, key=lambda p: hashlib.sha256(p.id.encode("utf-8")).hexdigest())
     n_test = round(len(ordered) * test_fraction)
     if test_fraction > 0 and len(ordered) >= 2:
         n_test = min(max(n_test, 1), len(ordered) - 1)
-    test_ids = {p.id for p in ordered[:n_test]}
-    return {
-        "train": [p for p in problems if p.id not in test_ids],
-        "test": [p for p in problems if p.id in test_ids],
+    test_prompts = {prompt_key(p) for p in ordered[:n_test]}
+    split = {
+        "train": [p for p in problems if prompt_key(p) not in test_prompts],
+        "test": [p for p in problems if prompt_key(p) in test_prompts],
     }
+    if n_test and not split["train"]:
+        raise ValueError(f"test_fraction {test_fraction} leaves no train problem: every record repeats a prompt of "
+                         "the test split; give distinct prompts, or a test_path to evaluate on")
+    return split
 
 
 def check_option(name: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:

@@ -26,28 +26,27 @@ from typing import Any, Optional, Sequence
 from distil_core import Feedback, Problem, Rollout, Verdict
 
 from . import arith
-from .common import Record, SuiteTask, split_procedural
+from .common import Record, SuiteTask, flag, split_procedural, whole
 from .fields import Fields, Preset
 
 # -- the task ------------------------------------------------------------------------------------
 
-_GSM_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 _GSM_STEP = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 
 
 def _gsm8k(record: Record, problem: Problem) -> Problem:
     answer = record.text("answer")
-    match = _GSM_FINAL.search(answer)
-    if match is None:
+    marker = answer.rfind("####")
+    final = answer[marker + 4 :].strip() if marker >= 0 else ""
+    if not final:
         raise record.error("answer", "must end with '#### <final answer>' (the GSM8K format)")
-    final = match.group(1).strip()
     if arith.number(final) is None:
         raise record.error("answer", f"the text after '####' must be a number (got {final!r})")
     steps = []
     for expr, value in _GSM_STEP.findall(answer):
         if arith.evaluate(expr) is not None:
             steps.append({"expr": expr.strip(), "value": value.strip()})
-    worked = _GSM_STEP.sub("", answer[: match.start()]).strip()
+    worked = _GSM_STEP.sub("", answer[:marker]).strip()
     return problem.model_copy(update={
         "reference": arith.show(arith.number(final)),
         "metadata": {"steps": steps, "solution": worked},
@@ -104,14 +103,12 @@ class MathTask(SuiteTask):
         test_size: int = 200,
         seed: int = 0,
     ):
-        if not 1 <= steps <= 4:
-            raise ValueError(f"math: steps must be between 1 and 4 (got {steps})")
-        if not 2 <= max_operand <= 99:
-            raise ValueError(f"math: max_operand must be between 2 and 99 (got {max_operand})")
-        if not ops or set(ops) - set("+-*"):
-            raise ValueError(f"math: ops must be a non-empty subset of '+-*' (got {ops!r})")
+        whole("math", "steps", steps, 1, 4)
+        whole("math", "max_operand", max_operand, 2, 99)
+        if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
+            raise ValueError(f"math: option ops must be a non-empty string of the operators '+-*', e.g. '+-' (got {ops!r})")
         self.steps, self.max_operand, self.ops = steps, max_operand, "".join(dict.fromkeys(ops))
-        self.worked_answer = worked_answer
+        self.worked_answer = flag("math", "worked_answer", worked_answer)
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 
     def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
@@ -173,7 +170,13 @@ def worked(steps: Sequence[dict[str, str]]) -> str:
 # -- the verifier --------------------------------------------------------------------------------
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+# A whole number token of running text, commas joining digits kept (``1,234``; ``1,2`` is a pair
+# for arith.number to refuse): never part of one (the ``5`` of ``.5``, ``1e5`` or ``1.2.3``). A
+# sign counts unless it follows an operand (the ``-`` of ``7-3`` is subtraction).
+_NUM = r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?"
+_NUMBER = re.compile(
+    rf"(?<![\d.,])(?:(?<![\w)\]}}])[{arith.SIGNS}])?{_NUM}(?:,[{arith.SIGNS}]?{_NUM})*(?![\d]|[.,]\d)"
+)
 
 
 def last_boxed(text: str) -> Optional[str]:
@@ -204,9 +207,12 @@ def extract_final(text: str) -> tuple[Optional[str], Optional[str]]:
     tags = _ANSWER_TAG.findall(text)
     if tags and tags[-1].strip():
         return tags[-1].strip(), "answer_tag"
-    match = _GSM_FINAL.search(text)
-    if match and match.group(1).strip():
-        return match.group(1).strip().splitlines()[0].strip(), "####"
+    marker = text.rfind("####")
+    while marker >= 0:  # the last '####' with text after it, as boxed and tagged answers take the last
+        rest = text[marker + 4 :].strip()
+        if rest:
+            return rest.splitlines()[0].strip(), "####"
+        marker = text.rfind("####", 0, marker)
     numbers = _NUMBER.findall(text)
     if numbers:
         return numbers[-1], "last_number"
@@ -214,7 +220,7 @@ def extract_final(text: str) -> tuple[Optional[str], Optional[str]]:
 
 
 def normalize(answer: str) -> str:
-    text = answer.strip().strip("$").strip()
+    text = answer.strip().strip("$").strip().replace("\u2212", "-")
     text = re.sub(r"\\[,!;: ]|\\text\{\s*\}", "", text)
     text = text.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = text.rstrip(".").strip()
@@ -229,7 +235,8 @@ class MathAnswerVerifier:
     The final answer is the last ``\\boxed{}``, else the last ``<answer>...</answer>``, else the
     text after ``####``, else the last number of the response. Plain numbers are compared exactly
     first; anything else goes to ``math-verify``. Results are cached by (answer, reference).
-    Options: ``cache_size``, ``max_answer_chars`` (a longer final answer fails without parsing).
+    Options: ``cache_size`` (0: no cache), ``max_answer_chars`` (a longer final answer fails
+    without parsing).
     """
 
     def __init__(self, cache_size: int = 65536, max_answer_chars: int = 200):
@@ -237,7 +244,8 @@ class MathAnswerVerifier:
             import math_verify  # noqa: F401
         except ImportError:
             raise ValueError("math_answer needs the math-verify package: pip install math-verify") from None
-        self.cache_size, self.max_answer_chars = cache_size, max_answer_chars
+        self.cache_size = whole("math_answer", "cache_size", cache_size, 0)
+        self.max_answer_chars = whole("math_answer", "max_answer_chars", max_answer_chars, 1)
         self._cache: "OrderedDict[tuple[str, str], bool]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -300,9 +308,9 @@ class MathStepsFeedback:
     """
 
     def __init__(self, show_answer: bool = True, max_steps: int = 8, max_chars: int = 600):
-        if max_steps < 1 or max_chars < 40:
-            raise ValueError("math_steps: max_steps must be at least 1 and max_chars at least 40")
-        self.show_answer, self.max_steps, self.max_chars = show_answer, max_steps, max_chars
+        self.show_answer = flag("math_steps", "show_answer", show_answer)
+        self.max_steps = whole("math_steps", "max_steps", max_steps, 1)
+        self.max_chars = whole("math_steps", "max_chars", max_chars, 40)
 
     def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from decimal import Decimal
 from typing import Any, Optional
 
 from distil_core import SURROGATE
@@ -84,10 +86,19 @@ class Record:
 
     def number(self, name: str, value: float) -> str:
         """A number as the text a prompt or reference shows; NaN and infinity (JSON's ``NaN``,
-        ``Infinity``, ``1e999``; a float column's NaN) are no answer, so they are refused."""
+        ``Infinity``, ``1e999``; a float column's NaN) are no answer, so they are refused.
+
+        A float is written as a plain decimal, the shortest one that reads back as the same
+        float, and a whole one as an integer (``1e-05`` → ``0.00001``, ``1e+20`` →
+        ``100000000000000000000``): a response writes its answer that way, and an exponent in
+        the reference would fail it."""
         if isinstance(value, float) and not math.isfinite(value):
             what = "NaN" if math.isnan(value) else "infinite"
             raise self.error(name, f"is {what}; give a finite number or a string")
+        if isinstance(value, float):
+            if value.is_integer():
+                return str(int(value))
+            return format(Decimal(repr(value)), "f")
         return str(value)
 
     def ident(self, *names: str) -> str:
@@ -109,12 +120,24 @@ class Record:
                 raise self.error(name, "missing (a list is required)")
             return None
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise self.error(name, "is a string but not a JSON list") from None
+            value = self.json(name, value, "a JSON list")
         if not isinstance(value, list):
             raise self.error(name, f"must be a list, not {type(value).__name__}")
         if required and not value:
             raise self.error(name, "is empty")
         return self.unicode(name, value)
+
+    def json(self, name: str, text: str, expected: str) -> Any:
+        """The JSON a string field holds, its every failure a RecordError naming the field: not
+        JSON, nested too deeply for the parser (Python's recursion limit), or an integer longer
+        than ``int()`` reads (``sys.get_int_max_str_digits()``), which ``json`` raises as a bare
+        RecursionError or ValueError."""
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise self.error(name, f"is a string but not {expected}") from None
+        except RecursionError:
+            raise self.error(name, "holds JSON nested too deeply to read; flatten it") from None
+        except ValueError:
+            raise self.error(name, f"holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+                                   "more than Python reads from JSON; write it as a string") from None

@@ -24,11 +24,12 @@ from typing import Any, Callable, Optional, Sequence
 
 from distil_core import Feedback, Problem, Rollout, Verdict
 
-from .common import Record, SuiteTask, split_procedural
+from .common import Record, SuiteTask, choices, flag, split_procedural, whole
 from .fields import Fields, Preset
 
 INSTRUCTION = "Reply with the letter in <answer></answer> tags."
 _TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S | re.I)
+_LONE_CAPITAL = re.compile(r"(?<![^\W_])[A-Z](?![^\W_])")  # a capital letter standing alone: an option named
 
 
 def format_question(question: str, labels: Sequence[str], texts: Sequence[str], instruction: str = INSTRUCTION) -> str:
@@ -192,13 +193,9 @@ class ScienceTask(SuiteTask):
         test_size: int = 120,
         seed: int = 0,
     ):
-        kinds = list(kinds or KINDS)
-        unknown = [k for k in kinds if k not in KINDS]
-        if unknown or not kinds:
-            raise ValueError(f"science: kinds must be a non-empty list of {sorted(KINDS)} (got {kinds})")
-        if not 2 <= options <= 5:
-            raise ValueError(f"science: options must be between 2 and 5 (got {options})")
-        self.kinds, self.options, self.worked_answer = kinds, options, worked_answer
+        self.kinds = choices("science", "kinds", kinds, list(KINDS))
+        self.options = whole("science", "options", options, 2, 5)
+        self.worked_answer = flag("science", "worked_answer", worked_answer)
         super().__init__(path, format, test_path, test_fraction, train_size, test_size, seed)
 
     def generate(self, train_size: int, test_size: int, rng: random.Random) -> dict[str, list[Problem]]:
@@ -257,15 +254,20 @@ class ScienceTask(SuiteTask):
 def extract_letter(text: str, labels: Optional[Sequence[str]] = None, require_tags: bool = True) -> Optional[str]:
     """The letter inside the last ``<answer>...</answer>`` (``B``, ``(B)``, ``B)`` or ``B. text``).
 
+    A tag that names another option letter as well (``A or B``, ``A B C D``, ``A. No wait, C``)
+    is a hedge, not an answer: None, else listing every letter would pass.
     Without tags, and only when ``require_tags`` is false, a response that is a lone letter counts.
     """
     valid = set(labels or string.ascii_uppercase)
     tags = _TAG.findall(text)
     if tags:
-        match = re.match(r"^\(?([A-Za-z])(?:[).:\s]|$)", tags[-1].strip())
-        if match and match.group(1).upper() in valid:
-            return match.group(1).upper()
-        return None
+        tag = tags[-1].strip()
+        match = re.match(r"^\(?([A-Za-z])(?:[).:\s]|$)", tag)
+        if not match or match.group(1).upper() not in valid:
+            return None
+        letter = match.group(1).upper()
+        named = {other for other in _LONE_CAPITAL.findall(tag[match.end() :]) if other in valid}
+        return None if named - {letter} else letter
     if not require_tags:
         match = re.fullmatch(r"\s*\(?([A-Za-z])\)?\.?\s*", text)
         if match and match.group(1).upper() in valid:
@@ -280,7 +282,7 @@ class MCLetterVerifier:
     """
 
     def __init__(self, require_tags: bool = True):
-        self.require_tags = require_tags
+        self.require_tags = flag("mc_letter", "require_tags", require_tags)
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
         expected = problem.reference_text("mc_letter").upper()
@@ -303,9 +305,8 @@ class WorkedExplanationFeedback:
     """
 
     def __init__(self, show_answer: bool = True, max_chars: int = 600):
-        if max_chars < 40:
-            raise ValueError("worked_explanation: max_chars must be at least 40")
-        self.show_answer, self.max_chars = show_answer, max_chars
+        self.show_answer = flag("worked_explanation", "show_answer", show_answer)
+        self.max_chars = whole("worked_explanation", "max_chars", max_chars, 40)
 
     def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()

@@ -79,14 +79,16 @@ def open_tables(path: str, subset: Optional[str] = None) -> list[Table]:
 def jsonl_rows(path: str) -> Iterator[Record]:
     """Each non-blank line of a JSONL file; a line that is not a JSON object raises RecordError.
 
-    Lines are decoded one at a time, so a byte that is not UTF-8 is named by its line."""
+    Lines are decoded one at a time, so a byte that is not UTF-8 is named by its line. A UTF-8
+    byte-order mark (as Windows Notepad and PowerShell write) opening the file is skipped."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise RecordError(path, number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
-                                                      f"{exc.start + 1} of the line); save the file as UTF-8") from None
+                bad = exc.start + len(raw) - len(exc.object)  # exc.object lacks a byte-order mark
+                raise RecordError(path, number, None, f"not valid UTF-8 (byte 0x{raw[bad]:02x} at byte "
+                                                      f"{bad + 1} of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             data = parse_json(line, path, number)
@@ -121,10 +123,11 @@ def json_rows(path: str) -> Iterator[Record]:
     with open(path, "rb") as fh:
         raw = fh.read()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark opening the file is skipped
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise RecordError(path, line, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+        bad = exc.start + len(raw) - len(exc.object)  # exc.object lacks a byte-order mark
+        line = raw.count(b"\n", 0, bad) + 1
+        raise RecordError(path, line, None, f"not valid UTF-8 (byte 0x{raw[bad]:02x}); save the file as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

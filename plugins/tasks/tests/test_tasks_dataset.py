@@ -335,3 +335,51 @@ def test_an_empty_test_split_is_empty_and_evaluating_on_it_says_what_to_set(tmp_
             evaluation_split(task, "test", 10)
     train, held = evaluation_split(none, "validation", 2)
     assert (len(train), len(held)) == (len(ROWS) - 2, 2)
+
+
+def test_numeric_answers_are_written_as_plain_decimals(tmp_path):
+    rows = [{"prompt": "p1", "answer": 0.00001}, {"prompt": "p2", "answer": 1e20}, {"prompt": "p3", "answer": float(2**60)},
+            {"prompt": "p4", "answer": 2.5}, {"prompt": "p5", "answer": -0.1}, {"prompt": "p6", "answer": 7}]
+    expected = ["0.00001", "100000000000000000000", "1152921504606846976", "2.5", "-0.1", "7"]
+    jsonl = DatasetTask(path=write_jsonl(tmp_path / "a.jsonl", rows), test_fraction=0.0)
+    assert [p.reference for p in jsonl.problems("train")] == expected
+    table = DatasetTask(path=parquet(tmp_path / "a.parquet", [dict(r, answer=float(r["answer"])) for r in rows]),
+                        test_fraction=0.0)
+    assert [p.reference for p in table.problems("train")] == expected
+    verifier = MathAnswerVerifier()
+    assert all(verifier.verify(p, rollout(f"\\boxed{{{p.reference}}}")).passed for p in jsonl.problems("train"))
+
+
+def test_a_utf8_byte_order_mark_opening_a_file_is_skipped(tmp_path):
+    body = "".join(json.dumps(r) + "\n" for r in ROWS)
+    for name, text in (("a.jsonl", body), ("a.json", json.dumps(ROWS))):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        task = DatasetTask(path=str(path), prompt_key="question", answer_key="target", test_fraction=0.0)
+        assert [p.prompt for p in task.problems("train")] == [r["question"] for r in ROWS]
+    path = tmp_path / "bad.jsonl"  # a bad byte after the mark is still placed by the file's bytes
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xff", "answer": "2"}\n')
+    with pytest.raises(RecordError, match=r"bad\.jsonl:1: not valid UTF-8 \(byte 0xff at byte 19 of the line\)"):
+        DatasetTask(path=str(path))
+
+
+@pytest.mark.parametrize("tests,message", [
+    ("[" * 100_000, "holds JSON nested too deeply to read"),
+    ("[" + "9" * 5000 + "]", "holds an integer of more than 4300 digits, more than Python reads from JSON; write it as a string"),
+], ids=["nested", "long-integer"])
+def test_a_json_string_field_that_cannot_be_read_names_its_place_and_field(tmp_path, tests, message):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "ok", "tests": ["assert True"]}, {"prompt": "p", "tests": tests}])
+    with pytest.raises(RecordError, match=rf"t\.jsonl:2: field 'tests': {message}"):
+        DatasetTask(path=path, tests_key="tests", test_fraction=0.0)
+
+
+def test_the_held_out_share_keeps_every_record_of_a_test_prompt_out_of_train(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"prompt": r["question"], "answer": r["target"]} for r in ROWS] * 2)
+    task = DatasetTask(path=path)
+    train, test = task.problems("train"), task.problems("test")
+    assert test and len(train) + len(test) == 2 * len(ROWS)
+    assert not {p.prompt for p in train} & {p.prompt for p in test}
+    assert len(test) == 2 * len({p.prompt for p in test})  # both copies of each held-out prompt
+    same = write_jsonl(tmp_path / "same.jsonl", [{"prompt": "q", "answer": "1"}] * 3)
+    with pytest.raises(ValueError, match=r"test_fraction 0\.2 leaves no train problem: every record repeats a prompt"):
+        DatasetTask(path=same)

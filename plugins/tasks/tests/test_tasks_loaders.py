@@ -140,18 +140,22 @@ def test_unknown_format_missing_file_and_empty_file_are_clear(tmp_path):
 
 
 def test_split_depends_on_ids_not_on_line_order(tmp_path):
-    records = [dict(r, id=f"q{i}") for i, r in enumerate(fixture_records("gsm8k") * 3)]
+    # distinct prompts: a repeated prompt follows its held-out copy (see the test below)
+    records = [dict(r, id=f"q{i}", question=f"{r['question']} (#{i})") for i, r in enumerate(fixture_records("gsm8k") * 3)]
     a = MathTask(path=write_jsonl(tmp_path / "a.jsonl", records), format="gsm8k", test_fraction=0.25)
     b = MathTask(path=write_jsonl(tmp_path / "b.jsonl", records[::-1]), format="gsm8k", test_fraction=0.25)
     assert sorted(p.id for p in a.problems("test")) == sorted(p.id for p in b.problems("test"))
     assert len(a.problems("test")) == round(len(records) * 0.25)
     assert not {p.id for p in a.problems("test")} & {p.id for p in a.problems("train")}
+    repeated = [dict(r, id=f"q{i}") for i, r in enumerate(fixture_records("gsm8k") * 3)]
+    c = MathTask(path=write_jsonl(tmp_path / "c.jsonl", repeated), format="gsm8k", test_fraction=0.25)
+    assert not {p.prompt for p in c.problems("test")} & {p.prompt for p in c.problems("train")}
 
 
 def test_split_keeps_one_test_record_on_tiny_files_and_test_path_overrides(tmp_path):
     from distil_core import Problem
 
-    two = [Problem(id=i, prompt="q") for i in ("a", "b")]
+    two = [Problem(id=i, prompt=f"q{i}") for i in ("a", "b")]
     assert [len(v) for v in split_by_id(two, 0.2).values()] == [1, 1]
     assert split_by_id(two, 0.0)["test"] == []
     records = fixture_records("gsm8k")
@@ -160,3 +164,23 @@ def test_split_keeps_one_test_record_on_tiny_files_and_test_path_overrides(tmp_p
     test = write_jsonl(tmp_path / "test.jsonl", [dict(r, id=f"h{i}") for i, r in enumerate(records[half:])])
     task = MathTask(path=train, format="gsm8k", test_path=test)
     assert (len(task.problems("train")), len(task.problems("test"))) == (half, len(records) - half)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("public_test_cases", json.dumps([{"input": "2\n1000", "output": "1" + "0" * 5000, "testtype": "functional"}]),
+     r"field 'test case 0': holds an integer of more than 4300 digits"),
+    ("public_test_cases", "[" * 50_000, r"field 'public_test_cases': holds JSON nested too deeply to read"),
+    ("metadata", "[" * 50_000, r"field 'metadata': holds JSON nested too deeply to read"),
+], ids=["long-integer-output", "nested-cases", "nested-metadata"])
+def test_livecodebench_json_that_cannot_be_read_names_its_place_and_field(tmp_path, field, value, message):
+    good = {"question_id": "a", "question_content": "Add.", "metadata": json.dumps({"func_name": "add"}),
+            "public_test_cases": json.dumps([{"input": "1\n2", "output": "3", "testtype": "functional"}])}
+    path = write_jsonl(tmp_path / "lcb.jsonl", [good, dict(good, question_id="b", **{field: value})])
+    with pytest.raises(RecordError, match=rf"lcb\.jsonl:2: {message}"):
+        CodeTask(path=path, format="livecodebench")
+
+
+def test_gsm8k_reference_is_the_text_after_the_last_marker(tmp_path):
+    record = {"question": "q", "answer": "First #### was a slip. <<2+3=5>> #### 5"}
+    [problem] = MathTask(path=write_jsonl(tmp_path / "g.jsonl", [record]), format="gsm8k", test_fraction=0.0).problems("train")
+    assert problem.reference == "5" and problem.metadata["steps"] == [{"expr": "2+3", "value": "5"}]

@@ -127,3 +127,21 @@ def test_code_mixed_phrasing_names_the_last_step_first_half_the_time():
     a, b = re.findall(r"\d+", p.prompt.split(":", 1)[1])
     assert p.metadata["solution"] == f"def f(x): return (x + {b}) * {a}"
     assert not any(" after " in p.prompt for p in CodeTask(train_size=100, test_size=10, phrasing="then").problems("train"))
+
+
+@pytest.mark.parametrize("factory,options,message", [
+    (MathTask, {"steps": "2"}, r"math: option steps must be a whole number between 1 and 4 \(got '2', a str: write it without quotes\)"),
+    (MathTask, {"train_size": "100"}, r"math: option train_size must be a whole number at least 1"),
+    (MathTask, {"worked_answer": "false"}, r"math: option worked_answer must be true or false"),
+    (MathTask, {"seed": 1.5}, r"math: option seed must be a whole number \(got 1\.5, a float\)"),
+    (MathTask, {"ops": ["+"]}, r"math: option ops must be a non-empty string of the operators '\+-\*'"),
+    (ScienceTask, {"options": "4"}, r"science: option options must be a whole number between 2 and 5"),
+    (ScienceTask, {"kinds": "density"}, r"science: option kinds must be a list of names from .*not a string .*write \[density\]"),
+    (ScienceTask, {"kinds": []}, r"science: option kinds must be a non-empty list .*leave it out for all of them"),
+    (CodeTask, {"ops": "mul"}, r"code: option ops must be a list of names from .*write \[mul\]"),
+    (CodeTask, {"steps": True}, r"code: option steps must be a whole number between 1 and 3 \(got True"),
+    (CodeTask, {"format": ["mbpp"], "path": "x.jsonl"}, r"code: option format must be one of \['humaneval', 'livecodebench', 'mbpp'\]"),
+])
+def test_option_values_of_the_wrong_type_name_the_option_and_the_fix(factory, options, message):
+    with pytest.raises(ValueError, match=message):
+        factory(**options)

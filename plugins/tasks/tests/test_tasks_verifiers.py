@@ -140,3 +140,101 @@ def test_worked_explanation_without_one_names_the_correct_option():
     verdict = MCLetterVerifier().verify(problem, rollout("<answer>A</answer>"))
     [fb] = WorkedExplanationFeedback().feedback(problem, rollout("<answer>A</answer>"), verdict)
     assert fb.text == "Your answer A (Ribosome) is wrong. The correct option is B (Mitochondrion)."
+
+
+@pytest.mark.parametrize("reference,response,passed", [
+    ("3", "The answer is −3.", False),  # U+2212: the sign belongs to the number
+    ("-3", "The answer is −3.", True),
+    ("5", "The answer is .5", False),  # a leading dot: the number is 0.5, not 5
+    ("0.5", "The answer is .5", True),
+    ("5", "That is 1e5.", False),  # an exponent is part of the number
+    ("100000", "That is 1e5.", True),
+    ("12", "\\boxed{1,2}", False),  # a comma between single digits is a pair, not a thousands separator
+    ("1,2", "\\boxed{12}", False),
+    ("-2,1", "\\boxed{-21}", False),
+    ("1234567", "\\boxed{1,234,567}", True),
+    ("-3", "7-3", False),  # subtraction: the last number is 3, not -3
+    ("3", "7-3", True),
+    ("4", "#### 4\nWait, that is wrong; let me redo it.\n#### 5", False),  # the last '####', as for boxed and tags
+    ("5", "#### 4\nWait, that is wrong; let me redo it.\n#### 5", True),
+    ("5", "\\boxed{５}", True),  # unchanged: fullwidth digits, -0, a plus sign, spaces
+    ("0", "-0", True),
+    ("5", "+5", True),
+    ("5", "<answer> 5 </answer>", True),
+])
+def test_math_answer_reads_whole_numbers(math_answer, reference, response, passed):
+    verdict = math_answer.verify(Problem(id="p", prompt="q", reference=reference), rollout(response))
+    assert verdict.passed is passed, verdict
+
+
+def test_plain_numbers_strip_only_thousands_separators():
+    from fractions import Fraction
+
+    from distil_tasks.arith import number
+
+    assert number("1,234") == 1234 and number("-1,234.5") == Fraction(-2469, 2)
+    assert number("1,2") is None and number("-2,1") is None and number("1234,567") is None
+    assert number("−3") == -3 and number(".5") == Fraction(1, 2) and number("1e5") == 100000
+    assert number("2.5e-1/5") == Fraction(1, 20)
+    assert number("1e99999") is None  # no exponent worth computing
+
+
+def test_long_responses_are_read_in_one_pass():
+    # Both used to backtrack quadratically (seconds on these); the result is what matters here.
+    problem = Problem(id="p", prompt="q", reference="9", metadata={"steps": [{"expr": "4+5", "value": "9"}]})
+    looping = "12 " * 20_000 + "\n4+5=10"
+    verdict = MathAnswerVerifier().verify(problem, rollout(looping))
+    [fb] = MathStepsFeedback().feedback(problem, rollout(looping), verdict)
+    assert fb.data["first_wrong_step"] == ["4+5", "10", "9"]
+    padded = Problem(id="p", prompt="q", reference="5")
+    assert MathAnswerVerifier().verify(padded, rollout("#### 5" + " " * 200_000 + ".")).answer == "5"
+    assert extract_final("#### 5" + " " * 200_000 + "\n") == ("5", "####")
+
+
+def test_claims_are_the_same_as_before_on_ordinary_text():
+    from distil_tasks.arith import claims
+
+    assert claims("7+5=12, 12*3=36") == [("7+5", "12"), ("12*3", "36")]
+    assert claims("1+1=2+3=5") == [("1+1", "2"), ("+3", "5")]
+    assert claims("x = 5 + 3 = 8 and (2+2) = 4") == [("5 + 3", "8"), ("(2+2)", "4")]
+    assert claims("12 3+4=7") == []  # "12 3+4" is no expression
+    assert claims("3+4\n= 7") == [("3+4", "7")]
+
+
+@pytest.mark.parametrize("factory,options,message", [
+    (MathAnswerVerifier, {"cache_size": -1}, r"math_answer: option cache_size must be a whole number at least 0 \(got -1"),
+    (MathAnswerVerifier, {"max_answer_chars": None}, r"math_answer: option max_answer_chars must be a whole number"),
+    (MathAnswerVerifier, {"max_answer_chars": "200"}, r"max_answer_chars .*got '200', a str: write it without quotes"),
+    (MathStepsFeedback, {"show_answer": "false"}, r"math_steps: option show_answer must be true or false \(got 'false'"),
+    (MathStepsFeedback, {"max_steps": "8"}, r"math_steps: option max_steps must be a whole number at least 1"),
+    (MCLetterVerifier, {"require_tags": "false"}, r"mc_letter: option require_tags must be true or false"),
+    (WorkedExplanationFeedback, {"max_chars": None}, r"worked_explanation: option max_chars must be a whole number at least 40"),
+    (WorkedExplanationFeedback, {"show_answer": 0}, r"worked_explanation: option show_answer must be true or false"),
+])
+def test_verifier_and_feedback_options_are_checked_when_built(factory, options, message):
+    with pytest.raises(ValueError, match=message):
+        factory(**options)
+
+
+def test_math_answer_without_a_cache_still_judges():
+    verifier = MathAnswerVerifier(cache_size=0)
+    problem = Problem(id="p", prompt="q", reference="\\frac{1}{2}")
+    assert verifier.verify(problem, rollout("\\boxed{0.5}")).passed
+    assert verifier.verify(problem, rollout("\\boxed{0.5}")).passed and not verifier._cache
+
+
+@pytest.mark.parametrize("text", [
+    "<answer>A or B</answer>", "<answer>A B C D</answer>", "<answer>A. No wait, C</answer>", "<answer>(A) (B)</answer>",
+])
+def test_mc_letter_refuses_an_answer_naming_several_options(text):
+    problem = Problem(id="s", prompt="q", reference="A", metadata={"labels": list("ABCD")})
+    verdict = MCLetterVerifier().verify(problem, rollout(text))
+    assert not verdict.passed and verdict.score == 0.0 and verdict.answer is None
+
+
+@pytest.mark.parametrize("text,letter", [
+    ("<answer>D) 4 mol</answer>", "D"), ("<answer>B. because 3 m/s</answer>", "B"), ("<answer>A. It is A</answer>", "A"),
+    ("<answer>B (E is not an option)</answer>", "B"),
+])
+def test_mc_letter_still_reads_an_answer_with_its_option_text(text, letter):
+    assert extract_letter(text, ["A", "B", "C", "D"]) == letter
