@@ -28,6 +28,7 @@ from distil_core import Feedback, Problem, Rollout, Verdict
 from . import arith
 from .common import Record, SuiteTask, flag, split_procedural, whole
 from .fields import Fields, Preset
+from .judge import math_verify_equal
 
 # -- the task ------------------------------------------------------------------------------------
 
@@ -236,7 +237,8 @@ class MathAnswerVerifier:
     text after ``####``, else the last number of the response. Plain numbers are compared exactly
     first; anything else goes to ``math-verify``. Results are cached by (answer, reference).
     Options: ``cache_size`` (0: no cache), ``max_answer_chars`` (a longer final answer fails
-    without parsing).
+    without parsing). Each math-verify judgement is bounded in time on any thread
+    (:mod:`distil_tasks.judge`): one that does not finish fails.
     """
 
     def __init__(self, cache_size: int = 65536, max_answer_chars: int = 200):
@@ -280,20 +282,6 @@ class MathAnswerVerifier:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
-
-
-def math_verify_equal(answer: str, reference: str) -> bool:
-    """``math-verify``'s judgement; its signal-based timeouts only work on the main thread."""
-    from math_verify import parse, verify
-
-    main = threading.current_thread() is threading.main_thread()
-    timeout = 5 if main else None
-    try:
-        gold = parse(f"${reference}$", parsing_timeout=timeout)
-        pred = parse(f"${answer}$", parsing_timeout=timeout)
-        return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
-    except Exception:  # math-verify raises on pathological input; that answer is simply not equal
-        return False
 
 
 # -- the feedback source -------------------------------------------------------------------------

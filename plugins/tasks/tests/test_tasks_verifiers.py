@@ -238,3 +238,37 @@ def test_mc_letter_refuses_an_answer_naming_several_options(text):
 ])
 def test_mc_letter_still_reads_an_answer_with_its_option_text(text, letter):
     assert extract_letter(text, ["A", "B", "C", "D"]) == letter
+
+
+def test_a_hostile_answer_graded_off_the_main_thread_is_cut_off_and_grading_goes_on():
+    """Grading runs on a helper thread under rollout.overlap_grading, where math-verify's alarm
+    cannot fire: before, this answer held the thread (and the GIL) for minutes. Now the child
+    judge is killed, the answer fails, and the next answer is judged by a new child."""
+    import threading
+
+    verifier, results = MathAnswerVerifier(), {}
+
+    def grade():
+        results["hostile"] = verifier.verify(Problem(id="p", prompt="q", reference="5"), rollout("\\boxed{9^{9^{9^{9}}}}"))
+        results["next"] = verifier.verify(Problem(id="q", prompt="q", reference="\\frac{1}{2}"), rollout("\\boxed{0.5}"))
+
+    worker = threading.Thread(target=grade, daemon=True)
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive()
+    assert results["hostile"].passed is False and results["next"].passed is True
+
+
+def test_a_judge_process_that_died_is_replaced():
+    from distil_tasks.judge import ChildJudge
+
+    judge = ChildJudge(timeout_s=5)
+    try:
+        assert judge.judge("0.5", "\\frac{1}{2}") is True
+        first = judge.process
+        first.kill()
+        first.wait()
+        assert judge.judge("0.5", "\\frac{1}{2}") is True  # a new child
+        assert judge.process is not first and first.poll() is not None
+    finally:
+        judge.stop()
