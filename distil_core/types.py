@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distil_core.errors import ConfigError
+from distil_core.text import as_text
 
 ChatMessage = dict[str, str]
 """One chat message: ``{"role": "user" | "system" | "assistant", "content": "..."}``."""
@@ -116,6 +117,14 @@ class Feedback(_Model):
     kind: FeedbackKind
     text: str = Field(description="What the expert reads in its context.")
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _whole_characters(cls, text: str) -> str:
+        """A lone surrogate (half a character: from JSON's ``"\\ud83d"`` in a tool call, or a
+        critic's reply) cannot be encoded, so no tokenizer or log could take the text: it becomes
+        U+FFFD here, where feedback from any source enters."""
+        return as_text(text)
 
     @property
     def provenance(self) -> dict[str, str]:

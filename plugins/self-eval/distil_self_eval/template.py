@@ -70,11 +70,14 @@ def values(problem: Problem, rollout: Rollout, verdict: Verdict) -> dict[str, An
 
 
 def check_template(text: Any, where: str = "template") -> list[str]:
-    """The variables ``text`` uses, in order; :class:`ConfigError` naming the first problem.
+    """The variables ``text`` uses, in order; :class:`ConfigError` naming the first problem. A
+    template must show the attempt (``{response}``): a critic that never sees it, as under a
+    Jinja-style ``{{response}}`` (a literal brace pair in ``str.format``), critiques nothing.
 
     The checks themselves are the core's (:func:`distil_core.check_format_template`, which also
     checks the expert context templates); this binds them to the critique's variables."""
     return check_format_template(
-        text, VARIABLES, where, unavailable=NOT_AVAILABLE, sample=_SAMPLE, example=DEFAULT_TEMPLATE,
+        text, VARIABLES, where, required=("response",), unavailable=NOT_AVAILABLE, sample=_SAMPLE,
+        example=DEFAULT_TEMPLATE,
         render_hint="Every variable is text except {score}, a number (so {score:.2f} works, {problem:.2f} does not).",
     )

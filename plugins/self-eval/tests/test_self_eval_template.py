@@ -59,7 +59,10 @@ def test_unbalanced_braces_say_where(host, template, expected):
         ("Attempt: {0}", r"\{0\} is a positional placeholder"),
         ("{problem.upper}", r"\{problem.upper\} reaches into \{problem\}"),
         ("{response[0]}", r"\{response\[0\]\} reaches into \{response\}"),
-        ("{problem:.2f}", r"cannot be rendered: Unknown format code 'f'"),
+        ("{response} {problem:.2f}", r"cannot be rendered: Unknown format code 'f'"),
+        # before: accepted, and the critic was sent the literal text "{response}"
+        ("Problem: {{problem}}\nAttempt: {{response}}", r"does not use \{response\}"),
+        ("What went wrong?", r"does not use \{response\}"),
         ("{score:{width}}", r"unknown variable \{width\}"),
         ("   ", r"must be a non-empty string"),
     ],
@@ -70,9 +73,9 @@ def test_other_template_mistakes_are_config_errors(host, template, expected):
 
 
 def test_literal_braces_and_format_specs_are_fine(host):
-    source = build(host, template="{{json}} score={score:.2f} {verdict!r}")
+    source = build(host, template="{{json}} score={score:.2f} {verdict!r} {response}")
     problem, rollout, verdict, _ = graded("31", passed=False, score=0.25)
-    assert source.template.render(problem, rollout, verdict) == "{json} score=0.25 'incorrect'"
+    assert source.template.render(problem, rollout, verdict) == "{json} score=0.25 'incorrect' 31"
 
 
 def test_every_variable_renders():

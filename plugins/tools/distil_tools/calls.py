@@ -146,6 +146,10 @@ def _decode_json_call(body: str) -> tuple[Optional[str], Union[str, dict, None],
         obj = json.loads(body)
     except json.JSONDecodeError as exc:
         return None, None, f"the ```tool block is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except RecursionError:  # valid JSON nested past the interpreter's depth
+        return None, None, f"the ```tool block nests its JSON too deeply to read; {example}"
+    except ValueError:  # an integer of more digits than Python converts
+        return None, None, f"the ```tool block holds a number of more digits than can be read; {example}"
     if not isinstance(obj, dict):
         return None, None, f"the ```tool block holds a JSON {type(obj).__name__}, not an object; {example}"
     name = obj.get("name")

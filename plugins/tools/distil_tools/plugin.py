@@ -45,7 +45,7 @@ class ToolsCommand:
         if value.lstrip().startswith("{"):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or past Python's limits: the text as given
                 pass  # a tool may take text that starts with a brace
         result = run_tool(registry.build("tool", args.name), value)
         if args.json:

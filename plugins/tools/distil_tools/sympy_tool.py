@@ -49,8 +49,9 @@ def parse_request(input: Union[str, dict]) -> dict[str, Any]:
         if text.startswith("{"):
             try:
                 input = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SymbolicError(f"the input looks like JSON but is not valid: {exc.msg}") from None
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, or nesting or digits past Python's limits
+                problem = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply or a number too long"
+                raise SymbolicError(f"the input looks like JSON but is not valid: {problem}") from None
         else:
             return _request_from_text(text)
     if not isinstance(input, dict):

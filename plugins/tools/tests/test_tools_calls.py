@@ -105,6 +105,9 @@ def test_malformed_call_messages_stay_short_whatever_the_response_holds(text, er
     ('```tool\n{"name": "calculator", "input": 42}\n```', 'the "input" of the call to \'calculator\' is a JSON int'),
     ('```tool\n{"name": "python", "input": "print(1)"}\n', "the ```tool block is not closed with ```"),
     ("```tool\n\n```", "the ```tool block is empty"),
+    # valid JSON that Python's reader refuses: before, a RecursionError or ValueError ended the run
+    ("```tool\n" + "[" * 100_000 + "]" * 100_000 + "\n```", "nests its JSON too deeply to read"),
+    ('```tool\n{"name": "calculator", "input": ' + "9" * 5000 + "}\n```", "holds a number of more digits than can be read"),
 ])
 def test_malformed_calls_say_what_is_wrong(text, error):
     [call] = parse_calls(text)
@@ -187,3 +190,11 @@ def test_the_unknown_tool_example_in_the_docs_is_what_the_source_says():
     call, said = row.split("`")[1], row.split("`")[3]
     assert "Did you mean" in said
     assert [i.text for i in ToolFeedback().run_calls(call)] == [said]
+
+
+def test_a_call_holding_half_a_character_gives_feedback_that_encodes():
+    """JSON reads ``"\\ud83d"`` as a lone surrogate; the feedback text built from it must still
+    encode, or the expert context cannot be tokenized."""
+    [item] = ToolFeedback(tools=["calculator"]).run_calls('```tool\n{"name": "calculator", "input": "2+2 \\ud83d"}\n```')
+    assert "\ufffd" in item.text
+    item.text.encode("utf-8")
