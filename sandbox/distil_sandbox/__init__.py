@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
-from ._common import validate_job
+from ._common import MAX_TIMEOUT_S, validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
 from .engines import EnginePool
 from .conversation import Conversation
@@ -59,6 +59,7 @@ def run(
 
 __all__ = [
     "run",
+    "MAX_TIMEOUT_S",
     "Conversation",
     "Pool",
     "EnginePool",

@@ -108,17 +108,26 @@ def job_files(job: Job) -> dict[str, bytes]:
     return out
 
 
+MAX_TIMEOUT_S = 86_400
+"""The longest time limit a job may ask for: past it (``inf``, ``1e12``) the deadlines the
+backends compute overflow the clocks and timers they are handed to."""
+
+
 def validate_job(job: Job) -> None:
     """Raise ValueError when ``job`` cannot run anywhere: language, files (see
     :func:`job_files`; each at most ``max_file_mb``, all together at most ``work_mb``) and
     limits."""
     files = job_files(job)
-    if not job.timeout_s > 0:
-        raise ValueError(f"timeout_s must be positive, not {job.timeout_s!r}")
+    timeout = job.timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be a number of seconds above 0 and at most {MAX_TIMEOUT_S} (a day), "
+                         f"not {timeout!r}")
     for field in ("memory_mb", "output_limit", "max_processes", "max_file_mb", "max_open_files", "work_mb"):
         value = getattr(job, field)
-        if not isinstance(value, int) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{field} must be a positive integer, not {value!r}")
+    if job.stdin is not None and not isinstance(job.stdin, (str, bytes)):
+        raise ValueError(f"stdin must be text or bytes, not {type(job.stdin).__name__}")
     for path, data in files.items():
         if len(data) > job.max_file_mb << 20:
             raise ValueError(f"job file {path!r} has {len(data)} bytes; max_file_mb is {job.max_file_mb}")

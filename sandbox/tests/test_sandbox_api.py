@@ -85,6 +85,19 @@ def test_files_larger_than_a_job_may_write_are_refused():
         distil_sandbox.run("print(1)", files={"big.bin": b"0" * (17 << 20)})
 
 
+@pytest.mark.parametrize("limits, fragment", [
+    # before: an OverflowError from a timer or a selector, after the job had started
+    ({"timeout_s": float("inf")}, "timeout_s must be a number of seconds above 0 and at most 86400"),
+    ({"timeout_s": 1e12}, "timeout_s must be a number of seconds above 0 and at most 86400"),
+    ({"timeout_s": 0}, "timeout_s must be a number of seconds above 0"),
+    ({"stdin": 123}, "stdin must be text or bytes, not int"),  # before: a TypeError deep inside
+    ({"output_limit": True}, "output_limit must be a positive integer, not True"),
+])
+def test_limits_no_backend_can_keep_are_refused_before_anything_runs(backend, limits, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        distil_sandbox.run("print(1)", backend=backend, **limits)
+
+
 def test_bash_programs(backend):
     result = run(backend, 'read name; echo "hello $name"; echo oops >&2; exit 2', language="bash", stdin="world\n")
     assert (result.stdout, result.stderr, result.exit_code) == ("hello world\n", "oops\n", 2)

@@ -158,9 +158,10 @@ def serve(control_fd):
     def reply(message):
         control.send(json.dumps(message).encode())
 
-    def state():
+    def state():  # as the harness's own check: what a child can change from outside and not set back
         limits = [resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")]
-        return limits, os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))
+        return (limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0),
+                os.sched_getparam(0).sched_priority, sorted(os.sched_getaffinity(0)))
 
     first = state()
     while True:
@@ -176,7 +177,7 @@ def serve(control_fd):
             os._exit(0)  # the harness is gone
         request = json.loads(data)
         if request["op"] == "fork":
-            if state() != first:  # a child lowered its limits or moved it: fork nothing more
+            if state() != first:  # a child lowered its limits or priority, or moved it: fork nothing more
                 os._exit(3)
             pid = os.fork()
             if pid == 0:

@@ -115,8 +115,10 @@ class CodeExecVerifier:
         batch: bool = True,
         sessions: bool = True,
     ):
-        if timeout_s is not None and timeout_s <= 0:
-            raise ValueError(f"code_exec: timeout_s must be positive (got {timeout_s})")
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                      or not 0 < timeout_s <= distil_sandbox.MAX_TIMEOUT_S):
+            raise ValueError("code_exec: timeout_s must be a number of seconds above 0 and at most "
+                             f"{distil_sandbox.MAX_TIMEOUT_S} (got {timeout_s!r})")
         if batch_size < 1:
             raise ValueError(f"code_exec: batch_size must be at least 1 (got {batch_size})")
         self.batch_size, self.batch = batch_size, batch

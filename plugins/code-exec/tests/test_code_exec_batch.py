@@ -132,6 +132,13 @@ def test_the_trainer_grades_a_step_in_one_call():
         verifier.close()
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 1e12, 0, True, "5"])
+def test_a_timeout_no_sandbox_can_keep_is_refused_when_built(timeout):
+    """Before: inf was accepted, and every grade then raised an OverflowError."""
+    with pytest.raises(ValueError, match="code_exec: timeout_s must be a number of seconds above 0 and at most 86400"):
+        CodeExecVerifier(backend="bwrap", timeout_s=timeout)
+
+
 def test_batch_size_is_checked_and_bounds_a_job():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         CodeExecVerifier(backend="bwrap", batch_size=0)
@@ -157,6 +164,7 @@ def test_a_batch_verifier_that_miscounts_is_named():
 # Each "leaves" rollout passes on its own and changes something outside its processes that the
 # rollout after it could see: the grading harness's own limits, priority or CPUs (a process of
 # the same uid may change them from outside: the harness is the parent of a program's process),
+# its scheduling policy included,
 # or a kernel key of the sandbox's uid. Each "sees" rollout passes only where that change reached it.
 KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}.get(platform.machine())
 HOLDS = {"io": [{"stdin": "", "stdout": "ok"}], "timeout_s": 2}
@@ -166,6 +174,8 @@ LEAVES_AND_SEES = {
                "import resource\nprint('ok' if resource.getrlimit(resource.RLIMIT_FSIZE)[0] == 12345 else 'no')"),
     "priority": ("import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\nprint('ok')",
                  "import os\nprint('ok' if os.getpriority(os.PRIO_PROCESS, 0) == 19 else 'no')"),
+    "scheduling": ("import os\nos.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))\nprint('ok')",
+                   "import os\nprint('ok' if os.sched_getscheduler(0) == os.SCHED_IDLE else 'no')"),
     "cpus": ("import os\nos.sched_setaffinity(os.getppid(), {max(os.sched_getaffinity(0))})\nprint('ok')",
              "import os\nprint('ok' if len(os.sched_getaffinity(0)) == 1 else 'no')"),
     "user keyring": (KEYS + "libc.syscall(ADD_KEY, b'user', b'answer', b'3', 1, -4)\nprint('ok')",

@@ -75,3 +75,17 @@ def test_a_rollout_that_lowers_the_fork_servers_limits_does_not_touch_the_next(b
     assert source.count("if state() != first:") == 1
     verdicts, _ = grade_together(backend, rows, source.replace("if state() != first:", "if False:"))
     assert not verdicts[1].passed and verdicts[1].details["tests"][0]["actual"] == "40"
+
+
+IDLE_PARENT = "import os\nos.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))\n" + RIGHT
+CHECK_POLICY = "import os\nPOLICY = os.sched_getscheduler(0)\ndef f(x): return 2 * x if POLICY != os.SCHED_IDLE else -1"
+
+
+def test_a_rollout_that_idles_the_fork_server_does_not_idle_the_next(backend):
+    """A process of the same uid may set its parent's scheduling policy to SCHED_IDLE, which no
+    later child can undo; before, the fork server did not compare its policy, and every later
+    rollout of the batch (and of the session) ran idle."""
+    rows = [(CALLS, IDLE_PARENT), (CALLS, CHECK_POLICY)]
+    verdicts, counts = grade_together(backend, rows)
+    assert verdicts[1].passed, verdicts[1].details["tests"]
+    assert counts["batch_fallbacks"] == 0 and counts["forked_children"] == 1
