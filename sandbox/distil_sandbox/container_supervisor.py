@@ -312,14 +312,28 @@ def run_job(job, stdin_data):
             "oom": oom_before is not None and oom_after is not None and oom_after > oom_before, "all_dead": all_dead}
 
 
+def own_state():
+    """What a job can change about this process from outside and not set back, for every later
+    job to inherit: its resource limits (``prlimit``), priority (``setpriority``), scheduling
+    policy and CPUs. The jobs run under this process's uid, so the kernel lets them."""
+    limits = tuple(resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
+    return (limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0), os.sched_getparam(0).sched_priority,
+            tuple(sorted(os.sched_getaffinity(0))))
+
+
+FIRST_STATE = []  # own_state() as main() started: a container whose supervisor differs is replaced
+
+
 def clean_up():
-    """Kill what is left and empty every place a job can write; True when all of it worked.
+    """Kill what is left and empty every place a job can write; True when all of it worked and
+    the supervisor is as it started (:func:`own_state`).
 
     Never raises: whatever goes wrong makes it False, and the host replaces the container.
     """
     steps = []
     for step in (lambda: kill_everything({}), lambda: os.chmod(WORK, 0o700) or True,  # the job may lock /work
-                 *(lambda root=root: empty_dir(root) for root in WIPED), remove_sysv_ipc):
+                 *(lambda root=root: empty_dir(root) for root in WIPED), remove_sysv_ipc,
+                 lambda: [own_state()] == FIRST_STATE):
         try:
             steps.append(bool(step()))
         except BaseException:  # noqa: B036 - a failed clean-up must never lose the job's result
@@ -351,6 +365,7 @@ def main():
     shield_from_signals()
     signal.signal(signal.SIGCHLD, lambda *_: None)
     os.umask(0o022)
+    FIRST_STATE.append(own_state())
     while True:
         head = read_exact(4)
         if head is None:

@@ -73,3 +73,31 @@ def test_a_job_that_signals_pid_1_still_has_its_timeout_enforced(docker_sandbox)
         result = pool.submit(Job(code=code, timeout_s=1, memory_mb=256)).result()
         assert pool.containers_started == 1
     assert result.timed_out and result.stdout.endswith("alive\n")
+
+
+# The jobs run under the supervisor's uid, so the kernel lets a job lower pid 1's limits and
+# priority; every later job of a warm container started from it would inherit them.
+LOWER_PID_1 = """
+import os, resource
+resource.prlimit(1, resource.RLIMIT_AS, (150 << 20, 150 << 20))
+os.setpriority(os.PRIO_PROCESS, 1, 19)
+os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))
+print("lowered", flush=True)
+"""
+PROBE = """
+import os, resource
+print(resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY, os.getpriority(os.PRIO_PROCESS, 0),
+      os.sched_getscheduler(0) == os.SCHED_IDLE)
+"""
+
+
+def test_a_job_that_lowers_pid_1_retires_its_container(docker_sandbox):
+    """Before: the container was kept, and every later job in it ran with 150 MiB of address
+    space, nice 19 and SCHED_IDLE (a correct rollout needing 160 MB failed with MemoryError)."""
+    with Pool(backend="docker", workers=1, timeout_s=30, memory_mb=512) as pool:
+        before = pool.submit(PROBE).result()
+        lowered = pool.submit(LOWER_PID_1).result()
+        after = pool.submit(PROBE).result()
+        assert pool.containers_started == 2  # the lowered one was replaced
+    assert lowered.ok and lowered.stdout == "lowered\n", lowered
+    assert before.stdout == after.stdout == "True 0 False\n", (before, after)
