@@ -4,8 +4,9 @@ model (one per test module), the official openai client pointed at it, and offli
 import openai
 import pytest
 
+from distil_core.config import load_config
 from distil_core.serving import LocalOpenAIServer
-from distil_core.testing import tiny_model, tiny_tokenizer
+from distil_core.testing import FAST_RUN, tiny_model, tiny_tokenizer, use_cache
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,19 @@ def server():
 def client(server):
     with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base_cache_dir):
+    """A finished two-step run (``train.steps=2``, a checkpoint at each step), made once per test
+    module, for tests that resume or damage a copy of it."""
+    from distil_core.training.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    with use_cache(tiny_base_cache_dir):
+        Trainer(load_config(None, FAST_RUN + ["train.steps=2", "train.save_every=1"]), run_dir=str(run),
+                echo=lambda *_: None).fit()
+    return run
 
 
 @pytest.fixture

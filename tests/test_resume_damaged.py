@@ -21,16 +21,7 @@ from distil_core.training.runlog import RunLog
 from distil_core.training.runtime import load_policy
 from distil_core.training.trainer import Trainer
 
-RUN = ["train.steps=2", "train.save_every=1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_base_cache_dir):
-    """A finished two-step run with a checkpoint at each step, made once for the module."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    with use_cache(tiny_base_cache_dir):
-        Trainer(load_config(None, FAST_RUN + RUN), run_dir=str(run), echo=lambda *_: None).fit()
-    return run
+RUN = ["train.steps=2", "train.save_every=1"]  # as the shared `trained` run (conftest.py)
 
 
 @pytest.fixture
