@@ -136,7 +136,7 @@ def _literal(node, depth):
         return node.value
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         items = [_literal(e, depth + 1) for e in node.elts]
-        return tuple(items) if isinstance(node, ast.Tuple) else set(items) if isinstance(node, ast.Set) else items
+        return tuple(items) if isinstance(node, ast.Tuple) else _set_of(items) if isinstance(node, ast.Set) else items
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ValueError("dict unpacking is not a literal")
@@ -155,8 +155,19 @@ def _literal(node, depth):
         if node.func.id in ("set", "frozenset") and len(node.args) <= 1:
             items = _literal(node.args[0], depth + 1) if node.args else ()
             if isinstance(items, (set, list, tuple)):
-                return set(items) if node.func.id == "set" else frozenset(items)
+                return _set_of(items) if node.func.id == "set" else frozenset(_set_of(items))
     raise ValueError(f"{type(node).__name__} is not a literal")
+
+
+def _set_of(items):
+    """``set(items)``, one item at a time. Items that all share a hash (``{0, M, 2*M, ...}`` with
+    ``M = 2**61 - 1``) make building the set quadratic; as one ``set()`` call that runs in C, where
+    the per-test alarm cannot interrupt it, so a solution returning such a value would outlast its
+    test's time. Between the additions made here the alarm is handled as usual."""
+    result = set()
+    for item in items:
+        result.add(item)
+    return result
 
 
 def to_literal_text(value, what):

@@ -185,6 +185,25 @@ def test_slow_test_times_out_and_the_next_one_still_runs():
     assert verdict.details["first_error"]["stage"] == "timeout"
 
 
+def test_a_value_slow_to_read_back_times_out_its_test_alone():
+    """A returned value whose repr is a set literal of numbers that share one hash is quadratic
+    to read back. Read in one C call it outlasted the test's alarm and the whole run was cut
+    (every test "missing"); read item by item, its own test times out and the next one runs."""
+    code = """
+    M = (1 << 61) - 1
+    TEXT = "{" + ", ".join(str(k * M) for k in range(50_000)) + "}"
+    class Colliding:
+        def __repr__(self):
+            return TEXT
+    def add(a, b):
+        return Colliding() if a == 1 else a + b
+    """
+    verdict = grade(code, ADD_CALLS)
+    first, second = verdict.details["tests"]
+    assert first["status"] == "timeout" and "timed out after 1 s" in first["error"], first
+    assert second["passed"], second
+
+
 def test_loading_the_code_again_after_a_timeout_is_not_charged_to_the_next_test():
     """After a test times out, the code is loaded in a new process before the next test; that
     load (here 1.2 s, past the 1 s a test may take) has a limit of its own, as the first had."""

@@ -34,6 +34,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from distil_core import as_text
+
 # `<tool` then a space, `/` or `>`: `<tool-use …>`, `<tool:call>` and `<tool.result>` are other markup.
 _TAG_OPEN = re.compile(r"<tool(?=[\s/>])(?P<attrs>[^<>]*?)(?P<selfclose>/?)>")
 _TAG_CLOSE = "</tool>"
@@ -168,7 +170,19 @@ def _decode_json_call(body: str) -> tuple[Optional[str], Union[str, dict, None],
     value = obj["input"]
     if not isinstance(value, (str, dict)):
         return name, None, f'the "input" of the call to {name!r} is a JSON {type(value).__name__}; give a string or an object'
-    return name, value, None
+    return name, _whole(value), None
+
+
+def _whole(value: Union[str, dict]) -> Union[str, dict]:
+    """``value`` with each lone surrogate made U+FFFD. JSON spells half a character as
+    ``"\\ud83d"``; passed on as it is, no tool could encode its input (the python tool's sandbox
+    refused the job, the calculator failed with UnicodeEncodeError) and the feedback named the
+    encoding instead of the input."""
+    if isinstance(value, str):
+        return as_text(value)
+    text = json.dumps(value, ensure_ascii=False)
+    whole = as_text(text)
+    return value if whole is text else json.loads(whole)
 
 
 def _invalid_name(name: str) -> str:

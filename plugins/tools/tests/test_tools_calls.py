@@ -198,3 +198,16 @@ def test_a_call_holding_half_a_character_gives_feedback_that_encodes():
     [item] = ToolFeedback(tools=["calculator"]).run_calls('```tool\n{"name": "calculator", "input": "2+2 \\ud83d"}\n```')
     assert "\ufffd" in item.text
     item.text.encode("utf-8")
+
+
+@pytest.mark.parametrize("value,whole", [
+    ('"2+2 \\ud83d"', "2+2 \ufffd"),
+    ('{"expression": "\\ud83d", "\\udc00": ["\\ud83d\\ude00"]}', {"expression": "\ufffd", "\ufffd": ["\U0001f600"]}),
+])
+def test_a_tool_is_given_whole_characters(value, whole):
+    """Half a character written as a JSON escape reaches the tool as U+FFFD (a pair still spells
+    its character), so the tool can encode its input and the feedback names the input's fault."""
+    [call] = parse_calls('```tool\n{"name": "calculator", "input": ' + value + "}\n```")
+    assert call.error is None and call.input == whole
+    [item] = ToolFeedback(tools=["calculator"]).run_calls('```tool\n{"name": "calculator", "input": "2+2 \\ud83d"}\n```')
+    assert "UnicodeEncodeError" not in item.text, item.text
