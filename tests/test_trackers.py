@@ -2,6 +2,7 @@
 library's reader gives back equal to metrics.jsonl and eval.jsonl; errors name the fix."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -183,7 +184,10 @@ def test_ctrl_c_leaves_a_whole_offline_wandb_run_marked_failed(tmp_path):
     for override in overrides:
         command += ["--set", override]
     metrics = tmp_path / "metrics.jsonl"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # as from a user's shell: not attached to a wandb service an earlier test of this process started
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                               env=env)
     try:
         # four logged steps: the tracker then holds at least three (the last copy may not be made)
         wait_until(lambda: process.poll() is not None or (metrics.exists() and metrics.read_text().count("\n") >= 4),
