@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from distil_core.config import RunConfig, load_config
+from distil_core.config import RunConfig, load_config, saved_config
 from distil_core.errors import ConfigError
 from distil_core.plugin_host import PluginHost, check_options
 
@@ -233,3 +233,17 @@ def test_cli_print_config_applies_typed_overrides(tmp_path):
     assert load_config(write(tmp_path, result.stdout, name="printed.yaml")) == load_config(
         path, ["train.steps=7", "expert.options.weights=ema"]
     )
+
+
+def test_saved_config_reads_back_what_a_run_wrote_and_names_a_damaged_file(tmp_path):
+    """One reader of a run's config.yaml for --resume and the bench's reuse check: nothing there
+    is None, what the trainer wrote is the same config, and a file that exists but cannot be read
+    is a ConfigError naming it, never a different config."""
+    assert saved_config(str(tmp_path)) is None
+    config = load_config(None, ["method=jsd", "loss.beta=0.25", "train.steps=7"])
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    assert saved_config(str(tmp_path)) == config
+    for content in (b"# \xff\n", b"method: [", b"method: no_such_method\n"):
+        (tmp_path / "config.yaml").write_bytes(content)
+        with pytest.raises(ConfigError, match="config.yaml: the run's saved config cannot be read"):
+            saved_config(str(tmp_path))

@@ -40,7 +40,7 @@ from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, source_revision,
                                     table_metrics, terminal_table)
-from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml
+from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.training.metrics import reported_metrics
@@ -270,15 +270,14 @@ class Bench:
 
     @staticmethod
     def _reusable(run_dir: str, config: RunConfig) -> Optional[dict[str, Any]]:
-        summary_path, config_path = os.path.join(run_dir, "summary.json"), os.path.join(run_dir, "config.yaml")
+        summary_path = os.path.join(run_dir, "summary.json")
         if not os.path.exists(summary_path):
             return None
         try:
-            with open(config_path, encoding="utf-8") as fh:
-                saved = RunConfig.model_validate(yaml.safe_load(fh)).model_dump(mode="json")
-        except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError):
-            saved = None  # unreadable (bytes not UTF-8, nested past the recursion limit), or written by an
-            # incompatible version: not the same run
+            found = saved_config(run_dir)
+        except ConfigError:
+            found = None  # unreadable, or written by an incompatible version: not the same run
+        saved = found.model_dump(mode="json") if found is not None else None
         if saved != config.model_dump(mode="json"):
             what = "a different config" if saved is not None else "no config.yaml this version can read"
             raise ConfigError(

@@ -13,6 +13,7 @@ from distil_core.config.loading import (
     load_config,
     read_yaml,
     run_dir_config,
+    saved_config,
 )
 from distil_core.config.resume import RESUMABLE, check_resume_config, resume_changes
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
@@ -30,7 +31,8 @@ from distil_core.config.sections import (
 )
 
 __all__ = [
-    "RunConfig", "load_config", "read_yaml", "run_dir_config", "apply_override", "check_keys", "format_validation_error",
+    "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
+    "format_validation_error",
     "RESUMABLE", "check_resume_config", "resume_changes",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",

@@ -312,6 +312,24 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
     return f"{where}: invalid config. " + "; ".join(problems) + "."
 
 
+def saved_config(run_dir: str) -> Optional[RunConfig]:
+    """The config a run directory's ``config.yaml`` records, or None when it has none.
+
+    Whatever reads a run back to compare it (``--resume``, a bench reusing a finished run) needs
+    the same answer to "what did this run train with?"; a file that exists but cannot be read
+    (bytes not UTF-8, nested past the recursion limit, written by an incompatible version) is a
+    ConfigError naming it, never silently a different config.
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return RunConfig.model_validate(yaml.safe_load(fh))
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__})") from None
+
+
 def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
     """The config a finished run was trained with (its ``config.yaml``, then ``overrides``), with
     ``model.name`` pointing at its ``final/`` model: what ``distil eval RUN_DIR`` and the

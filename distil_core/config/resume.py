@@ -13,10 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from distil_core.config.loading import shown
+from distil_core.config.loading import saved_config, shown
 from distil_core.config.sections import RunConfig
 from distil_core.errors import ConfigError
 from distil_core.redaction import SECRET_NAME
@@ -56,15 +53,14 @@ def check_resume_config(run_dir: str, given: RunConfig) -> None:
     A run directory without a ``config.yaml`` is let through: the caller chose the config (the
     CLI refuses to guess one). A ``config.yaml`` that cannot be read is a ConfigError naming it.
     """
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(path):
-        return
     try:
-        with open(path, encoding="utf-8") as fh:
-            saved = RunConfig.model_validate(yaml.safe_load(fh))
-    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__}), so --resume "
-                          "cannot tell whether the run would change; restore it, or start a new run.") from None
+        saved = saved_config(run_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}, so --resume cannot tell whether the run would change; restore it, or start "
+                          "a new run.") from None
+    if saved is None:
+        return
+    path = os.path.join(run_dir, "config.yaml")
     changes = resume_changes(saved, given)
     if changes:
         listed = "; ".join(f"{key}: {shown(before)} → {shown(after)}" for key, before, after in changes[:8])
