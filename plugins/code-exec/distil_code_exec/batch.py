@@ -13,7 +13,9 @@ assert runs are forked from one clean interpreter per job (``Zygote`` in ``harne
 (the default where the backend allows it) the jobs' harnesses stay up across steps and each
 step's chunks are sent to them (``sessions.py``). Every run without a signed end record
 in its job's output — the runs after such a stop, or all of a job that failed — is graded again
-in a job of its own, so a verdict never depends on which rollouts shared a sandbox.
+in a job of its own, and so is every run that took longer in its batch than its own job's time
+limit allows (see ``within_own_limit``), so a verdict never depends on which rollouts shared a
+sandbox.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import dataclasses
 import json
 import math
 import secrets
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from distil_core import Problem, Rollout, Verdict
 
@@ -55,7 +57,7 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
             run = runs[i]
             mine = "\n".join(line for line in lines if f'"nonce":"{run.nonce}"' in line)
             signed = read_signed(mine, key, run.nonce, len(run.tests.cases))
-            if not signed.done:
+            if not signed.done or not within_own_limit(run, signed.seconds):
                 alone.append(i)
                 continue
             forked += signed.forked
@@ -72,6 +74,24 @@ def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], roll
         if verdicts[i] is None:
             verdicts[i] = verdicts[first[run.cache_key]].model_copy(deep=True)
     return verdicts
+
+
+def within_own_limit(run: Any, seconds: Optional[float]) -> bool:
+    """Whether a run whose grading took ``seconds`` in a batch could not have been cut short in a
+    sandbox job of its own.
+
+    Inside a batch nothing stops a run at its own job's time limit (``run.job["timeout_s"]``, the
+    whole run's budget); only its tests are timed. A run can outlast that budget with every test
+    within its limit: each test after one that timed out or crashed loads the code again, with
+    the load's own limit, and the default budget counts one load. Alone, such a run is killed at
+    the limit and its later tests have no result; so a run that took longer than the limit, less
+    the start-up a job of its own spends first (``START_UP_S``, or half a smaller limit), is
+    graded again alone, which gives exactly that verdict.
+    """
+    from .verifier import START_UP_S
+
+    limit = run.job["timeout_s"]
+    return seconds is not None and seconds <= limit - min(START_UP_S, limit / 2)
 
 
 def split(rows: list[int], workers: int, batch_size: int) -> list[list[int]]:

@@ -59,6 +59,8 @@ MARKER = "DISTIL-RESULT"
 SOLUTION_FILE = "solution.py"
 CHILD_FILE = "distil_child.py"
 _HERE = Path(__file__).resolve().parent
+START_UP_S = 3.0
+"""Of a grading job's default time limit, the part set aside for starting its sandbox and harness."""
 _MISSING = "no trustworthy result for this test: the grading run was cut short (killed, out of time or out of output)"
 
 
@@ -219,7 +221,7 @@ class CodeExecVerifier:
         code = extract_code(rollout.response_text)
         timeout = tests.timeout_s
         import_timeout = max(3.0, timeout)
-        overall = self.timeout_s or 3.0 + import_timeout + 1.1 * timeout * len(tests.cases)
+        overall = self.timeout_s or START_UP_S + import_timeout + 1.1 * timeout * len(tests.cases)
         key, nonce = secrets.token_bytes(32), secrets.token_hex(16)
         spec = {
             "nonce": nonce,

@@ -132,6 +132,37 @@ def test_the_trainer_grades_a_step_in_one_call():
         verifier.close()
 
 
+# Loads in 2.4 s (a load's limit is 3 s), then hangs on every call but f(9). Each test after a
+# timeout loads the code again, so the run outlasts the whole run's default budget (3 + 3 +
+# 1.1 * 0.2 * 3 s) by more than a second, though no load and no test outlasts its own limit: alone,
+# the sandbox kills it in the second reload. (The sleeps are the graded solution's, not the test's.)
+RELOADS = {"entry_point": "f", "calls": [{"args": [1], "expected": 2}, {"args": [3], "expected": 6},
+                                         {"args": [9], "expected": 18}], "timeout_s": 0.2}
+SLOW_RELOADS = "import time\ntime.sleep(2.4)\ndef f(x):\n    while x != 9:\n        time.sleep(0.05)\n    return 2 * x"
+
+
+@pytest.mark.slow
+def test_a_run_that_outlasts_its_own_budget_in_a_batch_gets_the_verdict_of_a_job_of_its_own():
+    skip_unless_available("bwrap")
+    rows = [(RELOADS, SLOW_RELOADS), (CALLS, RIGHT), (CALLS, WRONG)]  # then two graded after its timeouts
+    problems = [problem(ref, pid=f"p{i}") for i, (ref, _) in enumerate(rows)]
+    rollouts = [rollout(code) for _, code in rows]
+    alone = CodeExecVerifier(backend="bwrap", cache_size=0, workers=2, batch=False)
+    in_sessions = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1)  # one batch for all three
+    in_jobs = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1, sessions=False)
+    try:
+        expected = alone.verify_batch(problems, rollouts)
+        got = {name: v.verify_batch(problems, rollouts) for name, v in (("sessions", in_sessions), ("jobs", in_jobs))}
+    finally:
+        for v in (alone, in_sessions, in_jobs):
+            v.close()
+    assert [v.passed for v in expected] == [False, True, False]
+    assert expected[0].details["tests"][0]["status"] == "timeout"
+    for name, verdicts in got.items():
+        assert [what_matters(v) for v in verdicts] == [what_matters(v) for v in expected], name
+    assert in_sessions.counts["session_batches"] == 1 and in_jobs.counts["session_batches"] == 0
+
+
 @pytest.mark.parametrize("timeout", [float("inf"), 1e12, 0, True, "5"])
 def test_a_timeout_no_sandbox_can_keep_is_refused_when_built(timeout):
     """Before: inf was accepted, and every grade then raised an OverflowError."""
