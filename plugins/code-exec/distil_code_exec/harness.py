@@ -675,6 +675,18 @@ def _bound_names(tree):
     return names
 
 
+def _reaches_no_solution(builtin_names):
+    """Why a test that uses none of the solution's names cannot grade it."""
+    if not builtin_names:
+        return "the problem's test uses no name of the solution, so it passes or fails alike for every solution"
+    names = ", ".join(builtin_names[:5])
+    return (f"the problem's test calls no function of the solution: in a test, {names} always "
+            f"mean{'s' if len(builtin_names) == 1 else ''} Python's builtin{'s' if len(builtin_names) > 1 else ''}, "
+            "never the solution's (so that a solution cannot swap in its own), and the test passes or "
+            "fails alike for every solution; the problem must name its function otherwise, or test it "
+            "with calls and an entry_point")
+
+
 def _normalize_lines(text):
     return [line.strip() for line in text.strip().splitlines()]
 
@@ -875,9 +887,25 @@ class Grader:
         return {"status": status, "actual": repr(value)}
 
     def assert_test(self, session, index, source):
+        """Run one assert test here, with the solution's names it uses bound to proxies.
+
+        Only names that are neither bound by the test itself, nor defined by the setup, nor
+        builtins come from the solution. A builtin name in a test is always the real builtin,
+        whatever the solution binds to it: with ``len = lambda x: 2`` or ``def sorted(x): ...``
+        in the solution, ``assert len(f(x)) == 2`` still checks ``f`` with Python's ``len``
+        (the solution's own functions, in its own process, still see what it defined).
+
+        The other side of that rule: a test that uses no name of the solution at all, such as
+        ``assert pow(2, 3) == 8`` for a problem that asks for a function named ``pow``, checks
+        Python's ``pow`` and would pass for every solution, even one that defines nothing. Such
+        a test is the problem's mistake; it is an error for every solution, with a message
+        saying why, rather than a free pass."""
         tree = ast.parse(source)
         loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        wanted = sorted(loaded - _bound_names(tree) - set(self.setup_ns) - set(dir(builtins)))
+        free = loaded - _bound_names(tree) - set(self.setup_ns)
+        wanted = sorted(free - set(dir(builtins)))
+        if not wanted:
+            return {"status": "error", "error": _reaches_no_solution(sorted(free))}
         namespace = dict(self.setup_ns)
         namespace.update(session.bind(wanted, self.deadline))
         self.missing = [n for n in wanted if n not in namespace]
