@@ -15,8 +15,9 @@ tested on a few calls. Loaded files:
   ``entry_point``, optional ``canonical_solution``. The asserts inside ``check`` become one test
   each (``candidate`` renamed to the entry point); a ``check`` with anything but asserts is one
   test, ``check(<entry_point>)``.
-- ``mbpp``: ``task_id``, ``text``, ``test_list`` (assert statements), optional ``code`` and
-  ``test_setup_code``.
+- ``mbpp``: ``task_id``, ``text``, ``test_list`` (assert statements), optional ``code``,
+  ``test_setup_code`` and ``test_imports`` (the sanitized release's import statements, run
+  before the tests).
 - ``livecodebench``: ``question_id``, ``question_content``, ``public_test_cases`` and optional
   ``private_test_cases`` (lists, or JSON strings of lists, of ``{"input", "output",
   "testtype"}``), optional ``starter_code`` and ``metadata`` (``{"func_name": ...}`` for
@@ -120,6 +121,14 @@ def _mbpp(record: Record, problem: Problem) -> Problem:
         raise record.error("test_list", "must be a list of assert statements")
     setup = record.text("test_setup_code", required=False, default="") or ""
     parse_python(record, "test_setup_code", setup)
+    # the sanitized MBPP lists the imports its asserts use (math.isclose, re) apart from them;
+    # without them every test of such a problem fails alike, right solution or not
+    imports = record.listing("test_imports", required=False) or []
+    for i, line in enumerate(imports):
+        if not isinstance(line, str) or not all(isinstance(n, (ast.Import, ast.ImportFrom))
+                                                 for n in parse_python(record, f"test_imports[{i}]", line).body):
+            raise record.error(f"test_imports[{i}]", "must be an import statement, such as 'import math'")
+    setup = "\n".join([*imports, setup]) if imports else setup
     code = record.text("code", required=False)
     if code is not None:
         parse_python(record, "code", code)

@@ -92,6 +92,8 @@ BAD = [
     ("mbpp", "test_list", [], "test_list", "is empty"),
     ("mbpp", "test_list", ["assert f(1) == 1", 5], "test_list[1]", "assert statement"),
     ("mbpp", "test_list", "not json", "test_list", "not a JSON list"),
+    ("mbpp", "test_imports", ["import math", "math.pi = 3"], "test_imports[1]", "import statement"),
+    ("mbpp", "test_imports", ["import"], "test_imports[0]", "not valid Python"),
     ("livecodebench", "public_test_cases", [{"input": "1", "testtype": "stdin"}], "public_test_cases[0].output", "must be a string"),
     ("livecodebench", "public_test_cases", [{"input": "1", "output": "1", "testtype": "file"}], "public_test_cases[0].testtype", "stdin"),
     ("livecodebench", "metadata", "{}", "metadata.func_name", "function to call"),
