@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 from distil_core import Feedback, Problem, Rollout, Verdict
 
 from . import arith
-from .common import Record, SuiteTask, flag, split_procedural, whole
+from .common import Record, SuiteTask, flag, last_answer_tag, split_procedural, whole
 from .fields import Fields, Preset
 from .judge import math_verify_equal
 
@@ -170,7 +170,6 @@ def worked(steps: Sequence[dict[str, str]]) -> str:
 
 # -- the verifier --------------------------------------------------------------------------------
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 # A whole number token of running text, commas joining digits kept (``1,234``; ``1,2`` is a pair
 # for arith.number to refuse): never part of one (the ``5`` of ``.5``, ``1e5`` or ``1.2.3``). A
 # sign counts unless it follows an operand (the ``-`` of ``7-3`` is subtraction).
@@ -205,9 +204,9 @@ def extract_final(text: str) -> tuple[Optional[str], Optional[str]]:
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return boxed.strip(), "boxed"
-    tags = _ANSWER_TAG.findall(text)
-    if tags and tags[-1].strip():
-        return tags[-1].strip(), "answer_tag"
+    tag = last_answer_tag(text)
+    if tag:
+        return tag, "answer_tag"
     marker = text.rfind("####")
     while marker >= 0:  # the last '####' with text after it, as boxed and tagged answers take the last
         rest = text[marker + 4 :].strip()

@@ -24,12 +24,18 @@ from typing import Any, Callable, Optional, Sequence
 
 from distil_core import Feedback, Problem, Rollout, Verdict
 
-from .common import Record, SuiteTask, choices, flag, split_procedural, whole
+from .common import Record, SuiteTask, choices, flag, last_answer_tag, split_procedural, whole
 from .fields import Fields, Preset
 
 INSTRUCTION = "Reply with the letter in <answer></answer> tags."
-_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S | re.I)
-_LONE_CAPITAL = re.compile(r"(?<![^\W_])[A-Z](?![^\W_])")  # a capital letter standing alone: an option named
+_LEAD = re.compile(  # the answer's letter at the start of a tag, as models write it
+    r"(?:(?:the\s+)?(?:correct\s+|final\s+)?(?:answer|option|choice)(?:\s+is)?(?:\s*:\s*|\s+))?"  # Answer: / The answer is
+    r"[*_`'\"(\[{$]*(?:\\[A-Za-z]+\{)?"  # **B**, `B`, (B), [B], 'B', $B$, \boxed{B}
+    r"([A-Za-z])[*_`'\")\]}$]*(?:[).:,]|\s|$)",
+    re.I,
+)
+# a letter standing alone: an option named. Not one glued to an apostrophe and a letter (B's, I'm, it's).
+_LONE_LETTER = re.compile(r"(?<![^\W_])(?<![A-Za-z]['’])[A-Za-z](?![^\W_]|['’][A-Za-z])")
 
 
 def format_question(question: str, labels: Sequence[str], texts: Sequence[str], instruction: str = INSTRUCTION) -> str:
@@ -251,23 +257,39 @@ class ScienceTask(SuiteTask):
 # -- verifier and feedback ----------------------------------------------------------------------
 
 
-def extract_letter(text: str, labels: Optional[Sequence[str]] = None, require_tags: bool = True) -> Optional[str]:
-    """The letter inside the last ``<answer>...</answer>`` (``B``, ``(B)``, ``B)`` or ``B. text``).
+def extract_letter(
+    text: str, labels: Optional[Sequence[str]] = None, require_tags: bool = True, choices: Optional[Sequence[Any]] = None
+) -> Optional[str]:
+    """The letter inside the last ``<answer>...</answer>`` (``B``, ``(B)``, ``B)``, ``B. text``,
+    ``**B**``, ``Answer: B``, ``Option B``).
 
     A tag that names another option letter as well (``A or B``, ``A B C D``, ``A. No wait, C``)
-    is a hedge, not an answer: None, else listing every letter would pass.
+    is a hedge, not an answer: None, else listing every letter would pass. Read as naming an
+    option: a letter standing alone, in the case the answer's letter was written in (``a or b``
+    is a hedge, the article in ``B. a ball`` is not). Not read: the chosen option's own text from
+    ``choices``, copied after its letter (``B) 5 A`` for 5 amperes, ``A. vitamin C``,
+    ``C. I and III only``), and a letter glued to an apostrophe (``because B's premise``).
+    Other prose in the tag that names a letter (``A. Option B is wrong``) is refused: it cannot
+    be told from a correction like ``A. No wait, C``; reasons belong outside the tags.
     Without tags, and only when ``require_tags`` is false, a response that is a lone letter counts.
     """
     valid = set(labels or string.ascii_uppercase)
-    tags = _TAG.findall(text)
-    if tags:
-        tag = tags[-1].strip()
-        match = re.match(r"^\(?([A-Za-z])(?:[).:\s]|$)", tag)
+    tag = last_answer_tag(text)
+    if tag is not None:
+        match = _LEAD.match(tag)
         if not match or match.group(1).upper() not in valid:
             return None
-        letter = match.group(1).upper()
-        named = {other for other in _LONE_CAPITAL.findall(tag[match.end() :]) if other in valid}
-        return None if named - {letter} else letter
+        written = match.group(1)
+        letter = written.upper()
+        rest = tag[match.end() :]
+        order = list(labels or string.ascii_uppercase)
+        if isinstance(choices, (list, tuple)) and order.index(letter) < len(choices):
+            own = str(choices[order.index(letter)]).strip()
+            rest = rest.lstrip(" \t\r\n(*_`'\"")
+            if own and rest[: len(own)].casefold() == own.casefold():
+                rest = rest[len(own) :]
+        named = {other.upper() for other in _LONE_LETTER.findall(rest) if other.isupper() == written.isupper()}
+        return None if (named & valid) - {letter} else letter
     if not require_tags:
         match = re.fullmatch(r"\s*\(?([A-Za-z])\)?\.?\s*", text)
         if match and match.group(1).upper() in valid:
@@ -286,13 +308,14 @@ class MCLetterVerifier:
 
     def verify(self, problem: Problem, rollout: Rollout) -> Verdict:
         expected = problem.reference_text("mc_letter").upper()
-        got = extract_letter(rollout.response_text, problem.metadata.get("labels"), self.require_tags)
+        meta = problem.metadata
+        got = extract_letter(rollout.response_text, meta.get("labels"), self.require_tags, meta.get("choices"))
         passed = got == expected
         return Verdict(
             score=1.0 if passed else 0.0,
             passed=passed,
             answer=got,
-            details={"expected": expected, "got": got, "tagged": bool(_TAG.search(rollout.response_text))},
+            details={"expected": expected, "got": got, "tagged": last_answer_tag(rollout.response_text) is not None},
         )
 
 
@@ -315,7 +338,7 @@ class WorkedExplanationFeedback:
             return []
         labels = problem.metadata.get("labels") or []
         choices = problem.metadata.get("choices") or []
-        got = verdict.answer if verdict.answer is not None else extract_letter(rollout.response_text, labels)
+        got = verdict.answer if verdict.answer is not None else extract_letter(rollout.response_text, labels, choices=choices)
         expected = problem.reference_text("worked_explanation").upper()
         if got is None:
             said = "Your response has no letter in <answer></answer> tags."
