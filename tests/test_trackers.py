@@ -186,6 +186,7 @@ def test_ctrl_c_leaves_a_whole_offline_wandb_run_marked_failed(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     # as from a user's shell: not attached to a wandb service an earlier test of this process started
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack: where a run that outlives Ctrl-C is stuck
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                                env=env)
     try:
@@ -194,7 +195,12 @@ def test_ctrl_c_leaves_a_whole_offline_wandb_run_marked_failed(tmp_path):
                    timeout_s=300, what="four logged steps")
         assert process.poll() is None, process.communicate()[1].decode()[-2000:]  # it died before step 3
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        try:
+            _, err = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            stacks = process.communicate(timeout=60)[1].decode(errors="replace")
+            pytest.fail(f"distil train was still running 120 s after SIGINT; its threads:\n{stacks[-12000:]}")
     finally:
         process.kill()
     assert process.returncode == 130, err.decode()[-2000:]
