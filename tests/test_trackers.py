@@ -187,8 +187,10 @@ def test_ctrl_c_leaves_a_whole_offline_wandb_run_marked_failed(tmp_path):
     # as from a user's shell: not attached to a wandb service an earlier test of this process started
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack: where a run that outlives Ctrl-C is stuck
+    # and with Ctrl-C's default action: a test runner started in the background (`cmd &` in a
+    # script, nohup) ignores SIGINT, and a child inherits that; it then trained on through SIGINT
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                               env=env)
+                               env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # four logged steps: the tracker then holds at least three (the last copy may not be made)
         wait_until(lambda: process.poll() is not None or (metrics.exists() and metrics.read_text().count("\n") >= 4),
