@@ -115,7 +115,9 @@ def _humaneval(record: Record, problem: Problem) -> Problem:
 
 
 def _mbpp(record: Record, problem: Problem) -> Problem:
-    text = record.text("text")
+    text = problem.prompt  # the description, from text or (the sanitized release) prompt
+    if not isinstance(text, str):
+        raise record.error("text", "must be a string: the problem's description")
     tests = problem.reference.get("asserts")
     if tests is None:
         raise record.error("test_list", "must be a list of assert statements")
@@ -195,8 +197,10 @@ def _livecodebench(record: Record, problem: Problem) -> Problem:
 FORMATS = {
     # check(candidate)'s asserts become one test each; the prompt is the function to complete
     "humaneval": Preset(Fields(prompt_key="prompt", id_keys=("task_id", "id")), _humaneval),
-    # test_list is the generic tests key (assert statements); test_setup_code runs first
-    "mbpp": Preset(Fields(prompt_key="text", tests_key="test_list", id_keys=("task_id", "id")), _mbpp),
+    # test_list is the generic tests key (assert statements); test_setup_code runs first; the
+    # sanitized release names the description prompt and lists its imports in test_imports
+    "mbpp": Preset(Fields(prompt_key="text", prompt_alias="prompt", tests_key="test_list", id_keys=("task_id", "id")),
+                   _mbpp),
     # public and private test cases, stdin or functional, become io or calls tests
     "livecodebench": Preset(Fields(prompt_key="question_content", id_keys=("question_id", "id", "question_title")),
                             _livecodebench),

@@ -37,10 +37,13 @@ class Fields:
     ``hint``: a missing key's error names the option to set and the keys the record has (for
     the ``dataset`` task, whose keys are options); a fixed format has no such options.
     ``id_keys`` are tried in order; a record with none of them gets its place as its id, unless
-    ``id_required``.
+    ``id_required``. ``prompt_alias``: the prompt's key in another release of the same format,
+    read when a record lacks ``prompt_key`` (the sanitized MBPP keeps under ``prompt`` what the
+    original keeps under ``text``).
     """
 
     prompt_key: str = "prompt"
+    prompt_alias: Optional[str] = None
     answer_key: Optional[str] = None
     tests_key: Optional[str] = None
     system_prompt_key: Optional[str] = None
@@ -84,6 +87,11 @@ class Fields:
         """The prompt text, or chat messages (a list of ``{"role", "content"}``), with the system
         prompt first when ``system_prompt_key`` is set."""
         key = self.prompt_key
+        if self.prompt_alias and not record.has(key):
+            if not record.has(self.prompt_alias):
+                raise record.error(key, f"missing, and so is {self.prompt_alias!r}, which another release of "
+                                        "this format uses for it: one of them must hold the prompt")
+            key = self.prompt_alias
         self.present(record, key, "prompt_key")
         value = record.data.get(key)
         if isinstance(value, list):

@@ -35,22 +35,29 @@ def test_fixture_solutions_pass_and_a_stub_fails(verifier, fmt):
     assert not any(v.passed for v in bad)
 
 
-def test_the_sanitized_mbpp_imports_run_before_its_asserts(verifier, tmp_path):
-    """The sanitized MBPP lists the imports its asserts use in test_imports: without them a right
-    solution failed every test (NameError on math), exactly as a wrong one."""
-    record = {"task_id": 7, "text": "Write a function for the area of a circle of radius r.",
+def test_the_sanitized_mbpp_loads_and_its_imports_run_before_its_asserts(verifier, tmp_path):
+    """The sanitized MBPP keeps the description under prompt (the original: text) and lists the
+    imports its asserts use in test_imports: without them a right solution failed every test
+    (NameError on math), exactly as a wrong one."""
+    record = {"source_file": "Benchmark Questions Verification V2.ipynb", "task_id": 7,
+              "prompt": "Write a function for the area of a circle of radius r.",
               "code": "import math\ndef area(r):\n    return math.pi * r * r",
+              "test_imports": ["import math"],
               "test_list": ["assert math.isclose(area(1), 3.14159, rel_tol=1e-4)",
-                            "assert math.isclose(area(2), 12.56637, rel_tol=1e-4)"],
-              "test_imports": ["import math"]}
-    path = write_jsonl(tmp_path / "mbpp.jsonl", [dict(record, task_id=i, text=f"{record['text']} ({i})") for i in range(5)])
+                            "assert math.isclose(area(2), 12.56637, rel_tol=1e-4)"]}
+    path = write_jsonl(tmp_path / "mbpp.jsonl", [dict(record, task_id=i, prompt=f"{record['prompt']} ({i})") for i in range(5)])
     task = CodeTask(path=path, format="mbpp")
     [problem, *_] = task.problems("train") + task.problems("test")
+    assert problem.prompt.startswith("Write a function for the area of a circle of radius r. (")
+    assert "assert math.isclose(area(1)" in problem.prompt
     right, wrong = (rollout(f"```python\n{code}\n```") for code in
                     (record["code"], "def area(r):\n    return 3 * r * r"))
     good, bad = verifier.verify_many([(problem, right), (problem, wrong)])
     assert good.passed, good.details.get("first_error")
     assert not bad.passed and bad.score == 0.0
+    # the original release's text wins where a record has both
+    both = write_jsonl(tmp_path / "both.jsonl", [dict(record, task_id=i, text=f"Original ({i})") for i in range(5)])
+    assert all(p.prompt.startswith("Original (") for p in CodeTask(path=both, format="mbpp").problems("train"))
 
 
 def test_procedural_solutions_pass_and_mistakes_get_execution_traces(verifier):

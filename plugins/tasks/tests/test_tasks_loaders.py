@@ -94,6 +94,7 @@ BAD = [
     ("mbpp", "test_list", "not json", "test_list", "not a JSON list"),
     ("mbpp", "test_imports", ["import math", "math.pi = 3"], "test_imports[1]", "import statement"),
     ("mbpp", "test_imports", ["import"], "test_imports[0]", "not valid Python"),
+    ("mbpp", "text", None, "text", "and so is 'prompt'"),
     ("livecodebench", "public_test_cases", [{"input": "1", "testtype": "stdin"}], "public_test_cases[0].output", "must be a string"),
     ("livecodebench", "public_test_cases", [{"input": "1", "output": "1", "testtype": "file"}], "public_test_cases[0].testtype", "stdin"),
     ("livecodebench", "metadata", "{}", "metadata.func_name", "function to call"),
