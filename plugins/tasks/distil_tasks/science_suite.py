@@ -36,6 +36,9 @@ _LEAD = re.compile(  # the answer's letter at the start of a tag, as models writ
 )
 # a letter standing alone: an option named. Not one glued to an apostrophe and a letter (B's, I'm, it's).
 _LONE_LETTER = re.compile(r"(?<![^\W_])(?<![A-Za-z]['’])[A-Za-z](?![^\W_]|['’][A-Za-z])")
+# a letter offered as the last alternative ("A or b", "A or (b)."): an option in either case;
+# "or a sound" goes on, so its "a" is an article
+_ALTERNATIVE = re.compile(r"(?<![^\W_])or\s+[*_`'\"(\[]*([A-Za-z])[*_`'\")\]]*\s*(?=$|[.,;:!?])")
 
 
 def format_question(question: str, labels: Sequence[str], texts: Sequence[str], instruction: str = INSTRUCTION) -> str:
@@ -266,8 +269,9 @@ def extract_letter(
     A tag that names another option letter as well (``A or B``, ``A B C D``, ``A. No wait, C``)
     is a hedge, not an answer: None, else listing every letter would pass. Read as naming an
     option: a letter standing alone, in the case the answer's letter was written in (``a or b``
-    is a hedge, the article in ``B. a ball`` is not). Not read: the chosen option's own text from
-    ``choices``, copied after its letter (``B) 5 A`` for 5 amperes, ``A. vitamin C``,
+    is a hedge, the article in ``B. a ball`` is not), and a letter of either case offered as the
+    last alternative after ``or`` (``A or b``; not the article in ``D. a color or a sound``).
+    Not read: the chosen option's own text from ``choices``, copied after its letter (``B) 5 A`` for 5 amperes, ``A. vitamin C``,
     ``C. I and III only``), and a letter glued to an apostrophe (``because B's premise``).
     Other prose in the tag that names a letter (``A. Option B is wrong``) is refused: it cannot
     be told from a correction like ``A. No wait, C``; reasons belong outside the tags.
@@ -289,6 +293,7 @@ def extract_letter(
             if own and rest[: len(own)].casefold() == own.casefold():
                 rest = rest[len(own) :]
         named = {other.upper() for other in _LONE_LETTER.findall(rest) if other.isupper() == written.isupper()}
+        named |= {other.upper() for other in _ALTERNATIVE.findall(rest)}
         return None if (named & valid) - {letter} else letter
     if not require_tags:
         match = re.fullmatch(r"\s*\(?([A-Za-z])\)?\.?\s*", text)
