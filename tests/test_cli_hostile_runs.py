@@ -233,3 +233,27 @@ def test_bench_diagnostics_names_a_damaged_run_directory_in_one_line(tmp_path, c
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
     assert shown.format(run=run) in proc.stderr
+
+
+def test_a_plot_that_cannot_be_written_leaves_the_results_and_is_named(tmp_path, capsys):
+    """The report's results go before its plots: a directory where a plot goes (or a full disk)
+    leaves bench.json and a bench.md without plots, and is one line naming the plot."""
+    _finished_bench(tmp_path / "bench")
+    (tmp_path / "bench" / "bench-sort.png").mkdir()
+    assert _bench(tmp_path / "bench") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(
+        f"error: {tmp_path / 'bench' / 'bench-sort.png'}: a plot of the bench cannot be written (Is a directory)"), err
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert {(r["method"], r["after"]["pass@1"]) for r in report["runs"]} == {("grpo", 0.2), ("distil", 0.2)}
+    md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| **grpo** |" in md and ".png)" not in md
+
+
+def test_a_report_file_that_cannot_be_written_is_named(tmp_path, capsys):
+    _finished_bench(tmp_path / "bench")
+    (tmp_path / "bench" / "bench.json").mkdir()
+    assert _bench(tmp_path / "bench") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {tmp_path / 'bench' / 'bench.json'}: the bench report cannot be " \
+        "written (Is a directory); the runs are kept" in err, err

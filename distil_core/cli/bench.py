@@ -310,17 +310,35 @@ class Bench:
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:
-    """``bench.json``, ``bench.md`` and the plots in ``report_dir`` (each written atomically)."""
+    """``bench.json``, then the plots, then ``bench.md`` in ``report_dir``, each written atomically.
+
+    The results go first: a plot that cannot be written (a full disk, a directory in its place)
+    leaves ``bench.json`` and a ``bench.md`` without plots, and is then one error naming it."""
+    json_path, md_path = os.path.join(report_dir, "bench.json"), os.path.join(report_dir, "bench.md")
+    _report_file(json_path, atomic_write_json, {"command": command, "runs": rows, "aggregate": aggregate(rows)})
     per_step = {}
     for suite in dict.fromkeys(r["suite"] for r in rows):
         b = bench.budget(suite)
         per_step[suite] = b["problems_per_step"] * b["samples_per_problem"]
-    plots = plot_curves(rows, bench.spec.plot_metric, report_dir, per_step)
-    md = render_markdown(bench, rows, plots, command)
-    atomic_write_json(os.path.join(report_dir, "bench.json"), {"command": command, "runs": rows,
-                                                                "aggregate": aggregate(rows)})
-    atomic_write_text(os.path.join(report_dir, "bench.md"), md)
-    return {"markdown": os.path.join(report_dir, "bench.md"), **{f"plot:{k}": v for k, v in plots.items()}}
+    try:
+        plots, failed = plot_curves(rows, bench.spec.plot_metric, report_dir, per_step), None
+    except OSError as exc:
+        plots, failed = {}, exc
+    _report_file(md_path, atomic_write_text, render_markdown(bench, rows, plots, command))
+    if failed is not None:
+        where = failed.filename2 or failed.filename or report_dir
+        raise DistilError(f"{where}: a plot of the bench cannot be written ({failed.strerror or failed}); "
+                          f"{json_path} and {md_path} (without plots) were. Free the space or the path and "
+                          "run the same command again: finished runs are reused.")
+    return {"markdown": md_path, **{f"plot:{k}": v for k, v in plots.items()}}
+
+
+def _report_file(path: str, write: Callable[[str, Any], None], content: Any) -> None:
+    try:
+        write(path, content)
+    except OSError as exc:
+        raise DistilError(f"{path}: the bench report cannot be written ({exc.strerror or exc}); the runs are "
+                          "kept: free the space or the path and run the same command again.") from None
 
 
 def report_dir(args: Any, output_dir: str) -> str:
