@@ -117,7 +117,7 @@ def _humaneval(record: Record, problem: Problem) -> Problem:
 def _mbpp(record: Record, problem: Problem) -> Problem:
     text = problem.prompt  # the description, from text or (the sanitized release) prompt
     if not isinstance(text, str):
-        raise record.error("text", "must be a string: the problem's description")
+        raise record.error("text" if record.has("text") else "prompt", "must be a string: the problem's description")
     tests = problem.reference.get("asserts")
     if tests is None:
         raise record.error("test_list", "must be a list of assert statements")

@@ -272,7 +272,8 @@ def extract_letter(
     is a hedge, the article in ``B. a ball`` is not), and a letter of either case offered as the
     last alternative after ``or`` (``A or b``; not the article in ``D. a color or a sound``).
     Not read: the chosen option's own text from ``choices``, copied after its letter (``B) 5 A``
-    for 5 amperes, ``A. vitamin C``, ``C. I and III only``), and a letter glued to an apostrophe (``because B's premise``).
+    for 5 amperes, ``A. vitamin C``, ``C. I and III only``), and a letter glued to an
+    apostrophe (``because B's premise``).
     Other prose in the tag that names a letter (``A. Option B is wrong``) is refused: it cannot
     be told from a correction like ``A. No wait, C``; reasons belong outside the tags.
     Without tags, and only when ``require_tags`` is false, a response that is a lone letter counts.
