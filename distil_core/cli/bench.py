@@ -316,20 +316,17 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
     leaves ``bench.json`` and a ``bench.md`` without plots, and is then one error naming it."""
     json_path, md_path = os.path.join(report_dir, "bench.json"), os.path.join(report_dir, "bench.md")
     _report_file(json_path, atomic_write_json, {"command": command, "runs": rows, "aggregate": aggregate(rows)})
-    per_step = {}
-    for suite in dict.fromkeys(r["suite"] for r in rows):
-        b = bench.budget(suite)
-        per_step[suite] = b["problems_per_step"] * b["samples_per_problem"]
+    per_step = {suite: bench.budget(suite)["problems_per_step"] * bench.budget(suite)["samples_per_problem"]
+                for suite in dict.fromkeys(r["suite"] for r in rows)}
     try:
         plots, failed = plot_curves(rows, bench.spec.plot_metric, report_dir, per_step), None
     except OSError as exc:
         plots, failed = {}, exc
     _report_file(md_path, atomic_write_text, render_markdown(bench, rows, plots, command))
     if failed is not None:
-        where = failed.filename2 or failed.filename or report_dir
-        raise DistilError(f"{where}: a plot of the bench cannot be written ({failed.strerror or failed}); "
-                          f"{json_path} and {md_path} (without plots) were. Free the space or the path and "
-                          "run the same command again: finished runs are reused.")
+        raise DistilError(f"{failed.filename2 or failed.filename or report_dir}: a plot of the bench cannot be written "
+                          f"({failed.strerror or failed}); {json_path} and {md_path} (without plots) were. Free the "
+                          "space or the path and run the same command again: finished runs are reused.")
     return {"markdown": md_path, **{f"plot:{k}": v for k, v in plots.items()}}
 
 
