@@ -237,7 +237,8 @@ def test_bench_diagnostics_names_a_damaged_run_directory_in_one_line(tmp_path, c
 
 def test_a_plot_that_cannot_be_written_leaves_the_results_and_is_named(tmp_path, capsys):
     """The report's results go before its plots: a directory where a plot goes (or a full disk)
-    leaves bench.json and a bench.md without plots, and is one line naming the plot."""
+    leaves bench.json and a bench.md without plots, and is one line naming the plot (the report
+    directory where the system names no file)."""
     _finished_bench(tmp_path / "bench")
     (tmp_path / "bench" / "bench-sort.png").mkdir()
     assert _bench(tmp_path / "bench") == 1

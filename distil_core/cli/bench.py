@@ -313,7 +313,8 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
     """``bench.json``, then the plots, then ``bench.md`` in ``report_dir``, each written atomically.
 
     The results go first: a plot that cannot be written (a full disk, a directory in its place)
-    leaves ``bench.json`` and a ``bench.md`` without plots, and is then one error naming it."""
+    leaves ``bench.json`` and a ``bench.md`` without plots, and is then one error naming the plot
+    (or ``report_dir``, where the system does not say which file: a full disk)."""
     json_path, md_path = os.path.join(report_dir, "bench.json"), os.path.join(report_dir, "bench.md")
     _report_file(json_path, atomic_write_json, {"command": command, "runs": rows, "aggregate": aggregate(rows)})
     per_step = {suite: bench.budget(suite)["problems_per_step"] * bench.budget(suite)["samples_per_problem"]
@@ -324,7 +325,7 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
         plots, failed = {}, exc
     _report_file(md_path, atomic_write_text, render_markdown(bench, rows, plots, command))
     if failed is not None:
-        raise DistilError(f"{failed.filename2 or failed.filename or report_dir}: a plot of the bench cannot be written "
+        raise DistilError(f"{failed.filename2 or report_dir}: a plot of the bench cannot be written "
                           f"({failed.strerror or failed}); {json_path} and {md_path} (without plots) were. Free the "
                           "space or the path and run the same command again: finished runs are reused.")
     return {"markdown": md_path, **{f"plot:{k}": v for k, v in plots.items()}}

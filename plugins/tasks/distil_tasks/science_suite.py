@@ -36,9 +36,6 @@ _LEAD = re.compile(  # the answer's letter at the start of a tag, as models writ
 )
 # a letter standing alone: an option named. Not one glued to an apostrophe and a letter (B's, I'm, it's).
 _LONE_LETTER = re.compile(r"(?<![^\W_])(?<![A-Za-z]['’])[A-Za-z](?![^\W_]|['’][A-Za-z])")
-# a letter offered as the last alternative ("A or b", "A or (b)."): an option in either case;
-# "or a sound" goes on, so its "a" is an article
-_ALTERNATIVE = re.compile(r"(?<![^\W_])or\s+[*_`'\"(\[]*([A-Za-z])[*_`'\")\]]*\s*(?=$|[.,;:!?])")
 
 
 def format_question(question: str, labels: Sequence[str], texts: Sequence[str], instruction: str = INSTRUCTION) -> str:
@@ -269,11 +266,11 @@ def extract_letter(
     A tag that names another option letter as well (``A or B``, ``A B C D``, ``A. No wait, C``)
     is a hedge, not an answer: None, else listing every letter would pass. Read as naming an
     option: a letter standing alone, in the case the answer's letter was written in (``a or b``
-    is a hedge, the article in ``B. a ball`` is not), and a letter of either case offered as the
-    last alternative after ``or`` (``A or b``; not the article in ``D. a color or a sound``).
-    Not read: the chosen option's own text from ``choices``, copied after its letter (``B) 5 A``
-    for 5 amperes, ``A. vitamin C``, ``C. I and III only``), and a letter glued to an
-    apostrophe (``because B's premise``).
+    is a hedge, the article in ``B. a ball`` is not). A letter in the other case is read as
+    prose, even after "or": it is as often a symbol (``A. the speed of light, or c``) as a
+    hedge (``A or b``), and the tag's leading letter is what is graded either way. Not read: the chosen option's own text from
+    ``choices``, copied after its letter (``B) 5 A`` for 5 amperes, ``A. vitamin C``,
+    ``C. I and III only``), and a letter glued to an apostrophe (``because B's premise``).
     Other prose in the tag that names a letter (``A. Option B is wrong``) is refused: it cannot
     be told from a correction like ``A. No wait, C``; reasons belong outside the tags.
     Without tags, and only when ``require_tags`` is false, a response that is a lone letter counts.
@@ -294,7 +291,6 @@ def extract_letter(
             if own and rest[: len(own)].casefold() == own.casefold():
                 rest = rest[len(own) :]
         named = {other.upper() for other in _LONE_LETTER.findall(rest) if other.isupper() == written.isupper()}
-        named |= {other.upper() for other in _ALTERNATIVE.findall(rest)}
         return None if (named & valid) - {letter} else letter
     if not require_tags:
         match = re.fullmatch(r"\s*\(?([A-Za-z])\)?\.?\s*", text)

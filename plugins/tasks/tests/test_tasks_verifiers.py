@@ -277,6 +277,8 @@ def test_mc_letter_still_refuses_a_hedge_after_the_options_own_text(text):
     ("<answer>B, 4 mol</answer>", "B"), ("<answer>A) because B's premise is false</answer>", "A"),
     ("<answer>B. a ball</answer>", "B"), ("<answer>C. 3 m/s</answer>", "C"), ("<answer>A. x or y</answer>", "A"),
     ("<answer>D. a color or a sound</answer>", "D"),
+    # a symbol in the other case, even after "or", is prose: reading it as an option refused right answers
+    ("<answer>A. the speed of light, or c</answer>", "A"), ("<answer>B. its acceleration, or a.</answer>", "B"),
 ])
 def test_mc_letter_reads_a_letter_in_markdown_quotes_or_after_answer_or_option(text, letter):
     assert extract_letter(text, ["A", "B", "C", "D"]) == letter
@@ -285,10 +287,8 @@ def test_mc_letter_reads_a_letter_in_markdown_quotes_or_after_answer_or_option(t
 @pytest.mark.parametrize("text", [
     "<answer>a or b</answer>", "<answer>a b c d</answer>", "<answer>(a) (b)</answer>", "<answer>a. no wait, c</answer>",
     "<answer>Answer: A or B</answer>", "<answer>**A** or **B**</answer>", "<answer>A, B</answer>",
-    "<answer>A or b</answer>", "<answer>a or B</answer>", "<answer>A/b</answer>", "<answer>A or (b)</answer>",
-    "<answer>B. a ball, or c</answer>",
 ])
-def test_mc_letter_refuses_a_lowercase_mixed_case_or_decorated_hedge(text):
+def test_mc_letter_refuses_a_lowercase_or_decorated_hedge(text):
     assert extract_letter(text, ["A", "B", "C", "D"]) is None
 
 
