@@ -198,7 +198,8 @@ class Bench:
             b = {"steps": cfg.train.steps, "problems_per_step": cfg.rollout.problems_per_step,
                  "samples_per_problem": cfg.rollout.samples_per_problem, "max_new_tokens": cfg.rollout.max_new_tokens,
                  "eval_problems": cfg.eval.problems, "eval_samples": cfg.eval.samples}
-            b["rollouts"] = b["steps"] * b["problems_per_step"] * b["samples_per_problem"]
+            b["per_step"] = b["problems_per_step"] * b["samples_per_problem"]  # rollouts a step consumes
+            b["rollouts"] = b["steps"] * b["per_step"]
             seen[m] = b
         budgets = {json.dumps(b, sort_keys=True) for b in seen.values()}
         if len(budgets) > 1:
@@ -317,8 +318,7 @@ def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, comm
     (or ``report_dir``, where the system does not say which file: a full disk)."""
     json_path, md_path = os.path.join(report_dir, "bench.json"), os.path.join(report_dir, "bench.md")
     _report_file(json_path, atomic_write_json, {"command": command, "runs": rows, "aggregate": aggregate(rows)})
-    per_step = {suite: bench.budget(suite)["problems_per_step"] * bench.budget(suite)["samples_per_problem"]
-                for suite in dict.fromkeys(r["suite"] for r in rows)}
+    per_step = {suite: bench.budget(suite)["per_step"] for suite in dict.fromkeys(r["suite"] for r in rows)}
     try:
         plots, failed = plot_curves(rows, bench.spec.plot_metric, report_dir, per_step), None
     except OSError as exc:

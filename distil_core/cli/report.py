@@ -245,7 +245,7 @@ def _efficiency_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, ta
     Efficiency is read for the plot metric and, where the evals measured it, the widest pass@k:
     a method that hedges can reach GRPO's pass@k long before its pass@1 at temperature 1."""
     b = bench.budget(suite)
-    per_step = b["problems_per_step"] * b["samples_per_problem"]
+    per_step = b["per_step"]
     mine = [r for r in rows if r["suite"] == suite]
     metrics = [bench.spec.plot_metric] + widest_pass(mine, bench.spec.plot_metric)
     reaches = {m: rollouts_to_reach(rows, suite, "grpo", m, per_step) for m in metrics}

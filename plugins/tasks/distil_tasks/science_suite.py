@@ -268,9 +268,10 @@ def extract_letter(
     option: a letter standing alone, in the case the answer's letter was written in (``a or b``
     is a hedge, the article in ``B. a ball`` is not). A letter in the other case is read as
     prose, even after "or": it is as often a symbol (``A. the speed of light, or c``) as a
-    hedge (``A or b``), and the tag's leading letter is what is graded either way. Not read: the chosen option's own text from
-    ``choices``, copied after its letter (``B) 5 A`` for 5 amperes, ``A. vitamin C``,
-    ``C. I and III only``), and a letter glued to an apostrophe (``because B's premise``).
+    hedge (``A or b``), and the tag's leading letter is what is graded either way. Not read:
+    the chosen option's own text from ``choices``, copied after its letter (``B) 5 A`` for 5
+    amperes, ``A. vitamin C``, ``C. I and III only``), and a letter glued to an apostrophe
+    (``because B's premise``).
     Other prose in the tag that names a letter (``A. Option B is wrong``) is refused: it cannot
     be told from a correction like ``A. No wait, C``; reasons belong outside the tags.
     Without tags, and only when ``require_tags`` is false, a response that is a lone letter counts.
