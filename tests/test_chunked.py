@@ -242,7 +242,8 @@ def test_hidden_state_signals_give_the_dense_loss_on_the_full_logits_path():
         assert a.stats == pytest.approx(b.stats)
     # the expert's temperature is what the loss learns towards: q = softmax(z / 0.5)
     sharp = [ExpertSignal(access="dense", logits=2.0 * F.linear(eh[b, :n], ew)) for b, n in enumerate(lengths)]
-    c = distillation_loss("distil", LossConfig(), logits, tokens, mask, stack_signals(sharp, T, V, "cpu"), rows)
+    c = distillation_loss("distil", LossConfig(expert_temperature=1.0), logits, tokens, mask,
+                          stack_signals(sharp, T, V, "cpu"), rows)
     torch.testing.assert_close(c.loss, b.loss)
 
 

@@ -74,3 +74,47 @@ def test_the_chunked_loss_takes_a_registry_entry_as_well_as_its_name():
     assert torch.equal(by_name, by_entry)
     with pytest.raises(TypeError, match="unexpected options betta"):
         chunked_loss("jsd", hidden, weight, tokens, mask, expert, betta=0.3)
+
+
+def _expert_rows(access: str, B: int = 2, T: int = 4, V: int = 6, seed: int = 0):
+    """A student's logits and an expert batch of ``access`` over the same rows."""
+    from distil_core.losses.methods import RowContext, stack_signals
+    from distil_core.types import ExpertSignal
+
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(B, T, V, generator=g)
+    tokens = torch.randint(1, V, (B, T), generator=g)
+    mask = torch.ones(B, T)
+    if access == "dense":
+        signals = [ExpertSignal(access="dense", logits=torch.randn(T, V, generator=g)) for _ in range(B)]
+    else:
+        signals = [ExpertSignal(access="sampled", sample_ids=torch.randint(1, V, (T, 1), generator=g)) for _ in range(B)]
+    rows = RowContext(B, eos_id=0, rewards=torch.tensor([1.0] + [0.0] * (B - 1)))
+    return student, tokens, mask, stack_signals(signals, T, V, "cpu"), rows
+
+
+@pytest.mark.parametrize("method, tau", [("distil", 0.5), ("distil_local", 0.5), ("jsd", 1.0), ("reverse_kl", 1.0)])
+def test_an_unset_expert_temperature_is_the_methods_own(method, tau):
+    """Forward cross-entropy learns a tempered expert by default; the mode-seeking losses the expert as is."""
+    from distil_core.losses.methods import distillation_loss
+
+    assert LossConfig().expert_temperature is None
+    assert load_config(None, []).loss.expert_temperature is None
+    student, tokens, mask, expert, rows = _expert_rows("dense")
+    unset = distillation_loss(method, LossConfig(), student, tokens, mask, expert, rows)
+    own = distillation_loss(method, LossConfig(expert_temperature=tau), student, tokens, mask, expert, rows)
+    other = distillation_loss(method, LossConfig(expert_temperature=1.5 - tau), student, tokens, mask, expert, rows)
+    torch.testing.assert_close(unset.loss, own.loss)
+    assert unset.stats == pytest.approx(own.stats)
+    assert not torch.allclose(unset.loss, other.loss)
+
+
+def test_a_sampled_expert_is_read_as_it_is_unless_a_temperature_is_set():
+    from distil_core.losses.methods import distillation_loss
+
+    student, tokens, mask, expert, rows = _expert_rows("sampled")
+    unset = distillation_loss("distil_local", LossConfig(), student, tokens, mask, expert, rows)
+    plain = distillation_loss("distil_local", LossConfig(expert_temperature=1.0), student, tokens, mask, expert, rows)
+    torch.testing.assert_close(unset.loss, plain.loss)
+    with pytest.raises(ConfigError, match="loss.expert_temperature needs an expert with log-probs"):
+        distillation_loss("distil_local", LossConfig(expert_temperature=0.5), student, tokens, mask, expert, rows)

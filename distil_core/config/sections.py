@@ -188,9 +188,13 @@ class LossConfig(_Section):
         "rollouts without an expert signal (a lone success) get it too. With one sample per problem "
         "there are no siblings: neither this term nor the group_loo baseline applies.",
     )
-    expert_temperature: float = Field(
-        default=1.0, gt=0.0,
-        description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z.",
+    expert_temperature: Optional[float] = Field(
+        default=None, gt=0.0,
+        description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z. "
+        "null: the method's own τ — 0.5 for distil and distil_local, whose forward cross-entropy would "
+        "spread the student over the mass the expert leaves off its answer; 1 for jsd and reverse_kl, "
+        "which seek the expert's mode themselves. A sampled-token expert has no distribution to temper: "
+        "null reads it as it is.",
     )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
     temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature (both sides).")

@@ -212,7 +212,7 @@ def chunked_distillation_loss(
     spec = method_named(method)
     response_mask = mask
     mask = mask * expert.rows.unsqueeze(1).to(mask.dtype)
-    expert = tempered(expert, cfg.expert_temperature)
+    expert = tempered(expert, spec.target_temperature(cfg, expert.access))
     if expert.access == "none":  # every row masked out of the expert terms: the student's own head
         expert = ExpertBatch("hidden", expert.rows, hidden=hidden.detach(), head=(weight.detach(), bias))
     if expert.access == "topk":
