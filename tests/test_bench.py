@@ -366,3 +366,19 @@ def test_an_interrupted_bench_says_to_run_the_same_command_again(monkeypatch, tm
     assert main(["bench", SPEC, "--quick", "--output-dir", str(tmp_path / "out")]) == 130
     err = capsys.readouterr().err
     assert "run the same command again" in err and "--resume" not in err
+
+
+def test_a_setting_given_to_every_run_replaces_a_methods_own_in_the_report(tmp_path):
+    """`--set` comes after a method's own settings, so the report must not list the method's
+    value as what it trained with."""
+    from distil_core.cli.report import render_markdown
+
+    spec, base = load_spec(SPEC)
+    plain = render_markdown(Bench(spec, base, str(tmp_path / "a"), suites=["sort"], methods=["jsd"]),
+                            [_row(0, 0.1)], {}, "distil bench")
+    assert "| jsd | `jsd` | `loss.beta: 0.5` |" in plain and "Every run also sets" not in plain
+    given = Bench(spec, base, str(tmp_path / "b"), suites=["sort"], methods=["jsd"], overrides=["loss.beta=1.0"])
+    assert given.configs[("sort", "jsd", 0)].loss.beta == 1.0
+    report = render_markdown(given, [_row(0, 0.1)], {}, "distil bench --set loss.beta=1.0")
+    assert "| jsd | `jsd` | – |" in report
+    assert "Every run also sets `loss.beta=1.0` (`--set`, over any method's own setting of the same key)." in report

@@ -118,3 +118,39 @@ def test_a_sampled_expert_is_read_as_it_is_unless_a_temperature_is_set():
     torch.testing.assert_close(unset.loss, plain.loss)
     with pytest.raises(ConfigError, match="loss.expert_temperature needs an expert with log-probs"):
         distillation_loss("distil_local", LossConfig(expert_temperature=0.5), student, tokens, mask, expert, rows)
+
+
+def test_each_methods_own_expert_temperature_names_a_registered_distillation_method():
+    from distil_core.config import EXPERT_TEMPERATURES
+
+    assert set(EXPERT_TEMPERATURES) <= {n for n, m in METHODS.items() if m.needs_expert}
+    assert all(t > 0 for t in EXPERT_TEMPERATURES.values())
+
+
+@pytest.mark.parametrize("method", ["distil", "jsd"])
+def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(method):
+    """From hidden states, a chunk at a time, an unset τ is the method's own too: the same loss
+    as the full-logit path and as the method's τ written out."""
+    from distil_core.config import method_expert_temperature
+    from distil_core import losses
+    from distil_core.losses.chunked import chunked_distillation_loss
+    from distil_core.losses.methods import RowContext, distillation_loss, stack_signals
+    from distil_core.types import ExpertSignal
+
+    g = torch.Generator().manual_seed(3)
+    B, T, H, V = 4, 5, 8, 12
+    hidden, weight = torch.randn(B, T, H, generator=g, dtype=torch.float64), torch.randn(V, H, generator=g, dtype=torch.float64)
+    tokens, mask = torch.randint(1, V, (B, T), generator=g), torch.ones(B, T, dtype=torch.float64)
+    signals = []
+    for _ in range(B):
+        ids, lps = losses.topk_with_tail(torch.randn(T, V, generator=g, dtype=torch.float64), 4)
+        signals.append(ExpertSignal(access="topk", topk_ids=ids, topk_logprobs=lps))
+    expert = stack_signals(signals, T, V, "cpu")
+    rows = RowContext(2, eos_id=0, rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    own = LossConfig(expert_temperature=method_expert_temperature(method), chunk_size=2)
+    unset = LossConfig(chunk_size=2)
+    chunked = chunked_distillation_loss(method, unset, hidden, weight, None, tokens, mask, expert, rows)
+    written = chunked_distillation_loss(method, own, hidden, weight, None, tokens, mask, expert, rows)
+    full = distillation_loss(method, unset, hidden @ weight.T, tokens, mask, expert, rows)
+    torch.testing.assert_close(chunked.loss, written.loss)
+    assert float(chunked.loss) == pytest.approx(float(full.loss), rel=1e-5)  # the full path computes in float32

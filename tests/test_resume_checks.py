@@ -205,3 +205,16 @@ def test_a_device_torch_cannot_use_is_one_line_naming_model_device(tmp_path, dev
         Trainer(load_config(None, FAST_RUN + [f"model.device={device}"]), run_dir=str(tmp_path / "r"),
                 echo=lambda *_: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_expert_temperature_written_out_or_left_to_the_method_compares_as_it_trains():
+    """A run saved with τ = 1 written out (as every run was before a method could have its own τ)
+    resumes under a config that leaves τ to the method where that method's τ is 1, and is refused,
+    naming the τ it would train with, where the method's own τ differs."""
+    for method, changed in (("grpo", []), ("jsd", []), ("distil", [("loss.expert_temperature", 1.0, 0.5)])):
+        saved = load_config(None, [f"method={method}", "loss.expert_temperature=1.0"])
+        given = load_config(None, [f"method={method}"])
+        assert given.loss.expert_temperature is None
+        assert resume_changes(saved, given) == changed
+    explicit = load_config(None, ["loss.expert_temperature=0.5"])
+    assert resume_changes(explicit, load_config(None, [])) == []

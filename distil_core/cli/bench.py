@@ -40,7 +40,7 @@ from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, source_revision,
                                     table_metrics, terminal_table)
-from distil_core.config import Method, RunConfig, Seed, format_validation_error, load_config, read_yaml, saved_config
+from distil_core.config import Method, RunConfig, Seed, as_trained, format_validation_error, load_config, read_yaml, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.training.metrics import reported_metrics
@@ -278,8 +278,8 @@ class Bench:
             found = saved_config(run_dir)
         except ConfigError:
             found = None  # unreadable, or written by an incompatible version: not the same run
-        saved = found.model_dump(mode="json") if found is not None else None
-        if saved != config.model_dump(mode="json"):
+        saved = as_trained(found) if found is not None else None
+        if saved != as_trained(config):
             what = "a different config" if saved is not None else "no config.yaml this version can read"
             raise ConfigError(
                 f"{run_dir} holds a finished run with {what}; give distil bench another "

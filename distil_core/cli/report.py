@@ -125,10 +125,12 @@ def render_markdown(bench: "Bench", rows: list[dict[str, Any]], plots: dict[str,
 
 
 def _header_lines(bench: "Bench", command: str) -> list[str]:
-    """Who wrote the report on what machine, what the numbers mean, and the methods compared."""
+    """Who wrote the report on what machine, what the numbers mean, and the methods compared
+    (a method's own setting that a ``--set`` of every run replaces is not its own any more)."""
     import torch
     import transformers
 
+    given = {override.split("=", 1)[0].strip() for override in bench.user_overrides}
     return [
         "# Head-to-head benchmark",
         "",
@@ -146,9 +148,12 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
         "",
         "| method | trains with | settings of its own |",
         "|---|---|---|",
-        *(f"| {label} | `{m.method}` | " + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in m.set.items()) or "–") + " |"
+        *(f"| {label} | `{m.method}` | "
+          + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in m.set.items() if k not in given) or "–") + " |"
           for label, m in bench.spec.methods.items() if label in bench.methods),
         "",
+        *([f"Every run also sets {', '.join(f'`{o}`' for o in bench.user_overrides)} (`--set`, over any "
+           "method's own setting of the same key).", ""] if bench.user_overrides else []),
     ]
 
 

@@ -15,9 +15,10 @@ from distil_core.config.loading import (
     run_dir_config,
     saved_config,
 )
-from distil_core.config.resume import RESUMABLE, check_resume_config, resume_changes
+from distil_core.config.resume import RESUMABLE, as_trained, check_resume_config, resume_changes
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
+    EXPERT_TEMPERATURES,
     Component,
     EvalConfig,
     LoraSettings,
@@ -28,12 +29,14 @@ from distil_core.config.sections import (
     RunConfig,
     TinyBase,
     TrainConfig,
+    method_expert_temperature,
 )
 
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
     "format_validation_error",
-    "RESUMABLE", "check_resume_config", "resume_changes",
+    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
+    "EXPERT_TEMPERATURES", "method_expert_temperature",
 ]

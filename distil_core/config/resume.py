@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from distil_core.config.loading import saved_config, shown
-from distil_core.config.sections import RunConfig
+from distil_core.config.sections import RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
 from distil_core.redaction import SECRET_NAME
 
@@ -34,9 +34,19 @@ rollout server is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NA
 too: a rotated API key trains the same run."""
 
 
+def as_trained(config: RunConfig) -> dict[str, Any]:
+    """``config`` as a run trains with it, for comparing two runs: its JSON dump with an unset
+    ``loss.expert_temperature`` replaced by the method's τ, so that a run saved with the τ
+    written out and one that leaves it to the method compare equal when they train alike."""
+    data = config.model_dump(mode="json")
+    if data["loss"]["expert_temperature"] is None:
+        data["loss"]["expert_temperature"] = method_expert_temperature(config.method)
+    return data
+
+
 def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, given value)`` for every leaf that differs and may not change."""
-    old, new = _leaves(saved.model_dump(mode="json")), _leaves(given.model_dump(mode="json"))
+    old, new = _leaves(as_trained(saved)), _leaves(as_trained(given))
     missing = object()
     changed = []
     for key in sorted(old.keys() | new.keys()):
@@ -89,4 +99,4 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-__all__ = ["RESUMABLE", "resume_changes", "check_resume_config"]
+__all__ = ["RESUMABLE", "as_trained", "resume_changes", "check_resume_config"]

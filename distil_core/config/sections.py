@@ -20,6 +20,18 @@ Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 ``distil_core.losses.methods.METHODS`` (this layer cannot import it, so the names are repeated
 here, for the config's own error message; a test keeps the two in step)."""
 
+EXPERT_TEMPERATURES: dict[str, float] = {"distil": 0.5, "distil_local": 0.5}
+"""Each method's expert temperature τ where ``loss.expert_temperature`` is unset (null); 1 for a
+method not named. Forward cross-entropy covers the whole target, so the mass an expert leaves off
+a good answer would spread the student too (docs/guide.md); JSD and reverse KL seek a mode
+themselves. A config can be compared with another as it trains through
+:func:`~distil_core.config.resume.as_trained`."""
+
+
+def method_expert_temperature(method: str) -> float:
+    """The τ ``method`` tempers its expert with where ``loss.expert_temperature`` is unset."""
+    return EXPERT_TEMPERATURES.get(method, 1.0)
+
 
 class Component(_Section):
     """A registered plugin component, by name, with the options its factory accepts."""
@@ -191,10 +203,10 @@ class LossConfig(_Section):
     expert_temperature: Optional[float] = Field(
         default=None, gt=0.0,
         description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z. "
-        "null: the method's own τ — 0.5 for distil and distil_local, whose forward cross-entropy would "
-        "spread the student over the mass the expert leaves off its answer; 1 for jsd and reverse_kl, "
-        "which seek the expert's mode themselves. A sampled-token expert has no distribution to temper: "
-        "null reads it as it is.",
+        f"null: the method's own τ ({', '.join(f'{m} {t:g}' for m, t in EXPERT_TEMPERATURES.items())}, 1 for "
+        "the others): forward cross-entropy would spread the student over the mass the expert leaves off "
+        "its answer, while jsd and reverse_kl seek the expert's mode themselves. A sampled-token expert has "
+        "no distribution to temper: null reads it as it is.",
     )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
     temperature: float = Field(default=1.0, gt=0.0, description="JSD logit temperature (both sides).")

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from distil_core.config import LossConfig
+from distil_core.config import LossConfig, method_expert_temperature
 from distil_core.errors import ConfigError
 from distil_core.losses import chunk_terms
 from distil_core.losses import reference as losses
@@ -86,8 +86,6 @@ class Method:
     that access) and, when it can run without the full logits, ``chunk`` — its terms for
     :func:`distil_core.losses.chunked.chunked_loss`. ``clipped_ratio``: the loss holds its own
     ratio π/π_old (GRPO), so it takes the old log-probs itself instead of importance weights.
-    ``expert_temperature``: the τ this method tempers the expert with when ``loss.expert_temperature``
-    is left unset (:meth:`target_temperature`).
     """
 
     name: str
@@ -101,7 +99,6 @@ class Method:
     sampled_loss: Optional[AccessLoss] = None
     chunk: Optional[chunk_terms.ChunkTerms] = None
     clipped_ratio: bool = False
-    expert_temperature: float = 1.0
 
     @property
     def chunkable(self) -> bool:
@@ -110,11 +107,12 @@ class Method:
 
     def target_temperature(self, cfg: LossConfig, access: str) -> float:
         """The expert temperature τ this method learns with: ``loss.expert_temperature`` where the
-        config sets it, else the method's own. A sampled-token expert sends no distribution to
-        temper, so it is read as it is unless τ is set (which it then refuses)."""
+        config sets it, else the method's own (``config.EXPERT_TEMPERATURES``). A sampled-token
+        expert sends no distribution to temper, so unset it is read as it is (set to anything but
+        1, it is refused)."""
         if cfg.expert_temperature is not None:
             return cfg.expert_temperature
-        return 1.0 if access == "sampled" else self.expert_temperature
+        return 1.0 if access == "sampled" else method_expert_temperature(self.name)
 
     def loss(self, batch: MicroBatch) -> LossOutput:
         return self.batch_loss(self, batch)
@@ -294,13 +292,11 @@ def _distillation(name: str, **facts) -> Method:
 METHODS: dict[str, Method] = {
     entry.name: entry
     for entry in (
-        # forward cross-entropy covers the whole target, so a little mass the expert leaves off
-        # its answer spreads the student too: tempered at 0.5 by default (docs/guide.md)
         _distillation("distil", future_credit=True, dense_loss=_distil_dense, topk_loss=_distil_topk,
-                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS, expert_temperature=0.5),
+                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS),
         # the ablation without future credit: only the per-token term
         _distillation("distil_local", dense_loss=_distil_dense, topk_loss=_distil_topk,
-                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS, expert_temperature=0.5),
+                      sampled_loss=_distil_sampled, chunk=chunk_terms.DISTIL_TERMS),
         _distillation("jsd", dense_loss=_jsd_dense, topk_loss=_jsd_topk, chunk=chunk_terms.JSD_TERMS),
         _distillation("reverse_kl", dense_loss=_reverse_kl_dense, topk_loss=_reverse_kl_topk,
                       chunk=chunk_terms.REVERSE_KL_TERMS),
