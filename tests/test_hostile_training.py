@@ -20,6 +20,7 @@ from distil_core.errors import DistilError
 from distil_core.testing import FAST_RUN, distil_env, use_cache
 from distil_core.training import checkpointing
 from distil_core.training.checkpointing import latest_checkpoint, load_checkpoint
+from distil_core.training.guards import nonfinite_remedies
 from distil_core.training.trainer import Trainer
 from distil_core.training.update import optimizer_step
 
@@ -85,8 +86,24 @@ def test_non_finite_steps_in_a_row_stop_the_run_in_one_line(tmp_path):
     assert "\n" not in message
     assert message.startswith("step 2: the loss or gradient norm was not finite for 2 steps in a row")
     assert "none of them moved the weights, which are those after step 0" in message and "train.max_nonfinite_steps" in message
+    assert "raise loss.expert_temperature (now 1e-45)" in message
     assert [r["skipped_nonfinite"] for r in rows(tmp_path)] == [1, 1]
     assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["method=distil"], "raise loss.expert_temperature (now unset, so distil's own 0.5)"),
+    (["method=distil", "loss.expert_temperature=2"], "raise loss.expert_temperature (now 2)"),
+    (["method=jsd"], "raise loss.expert_temperature (now unset, so jsd's own 1)"),
+])
+def test_the_advice_after_non_finite_steps_names_the_expert_temperature_the_run_uses(overrides, said):
+    """Before: "raise loss.expert_temperature" whether it was set or left to the method, which
+    tempers its expert at 0.5 (`distil`) without the config saying so."""
+    assert said in nonfinite_remedies(load_config(None, overrides))
+
+
+def test_the_advice_after_non_finite_steps_names_no_expert_setting_for_a_method_without_one():
+    assert nonfinite_remedies(load_config(None, ["method=grpo"])) == "Lower optim.lr"
 
 
 # -- the run directory -------------------------------------------------------------------------

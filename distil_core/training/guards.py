@@ -15,8 +15,9 @@ import math
 from collections import deque
 from typing import Any
 
-from distil_core.config import RunConfig
+from distil_core.config import RunConfig, method_expert_temperature
 from distil_core.errors import DistilError, PluginError
+from distil_core.losses.methods import method_named
 
 EXPERT_WINDOW_STEPS = 5
 """The steps over which ``train.max_expert_failed_fraction`` is measured (the most recent ones)."""
@@ -35,6 +36,7 @@ class RunGuard:
         self.max_nonfinite = config.train.max_nonfinite_steps
         self.window: deque[tuple[int, float, float, list[str]]] = deque(maxlen=EXPERT_WINDOW_STEPS)
         self.nonfinite_run = 0
+        self.remedies = nonfinite_remedies(config)
 
     def observe(self, row: dict[str, Any]) -> None:
         """Raise :class:`PluginError` or :class:`DistilError` (one line) when ``row``, the
@@ -74,5 +76,16 @@ class RunGuard:
         raise DistilError(
             f"step {step}: the loss or gradient norm was not finite for {run} steps in a row (last: loss "
             f"{loss:.4g}, grad_norm {norm:.4g}); none of them moved the weights, which are those after step "
-            f"{step - run}. Lower optim.lr, raise loss.expert_temperature or check the expert's signals, or "
-            "raise train.max_nonfinite_steps.")
+            f"{step - run}. {self.remedies}, or raise train.max_nonfinite_steps.")
+
+
+def nonfinite_remedies(config: RunConfig) -> str:
+    """What to change when updates keep coming out non-finite. A method that reads an expert is
+    told its τ by value: left unset (null), ``loss.expert_temperature`` is the method's own, which
+    the user may not know to be below 1."""
+    if not method_named(config.method).needs_expert:
+        return "Lower optim.lr"
+    tau = config.loss.expert_temperature
+    said = f"{tau:g}" if tau is not None else f"unset, so {config.method}'s own {method_expert_temperature(config.method):g}"
+    return f"Lower optim.lr, raise loss.expert_temperature (now {said}) or check the expert's signals"
+
