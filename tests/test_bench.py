@@ -11,7 +11,8 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, render_sweep, table_metrics
+from distil_core.cli.sweep import choose
 from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
 
@@ -382,3 +383,26 @@ def test_a_setting_given_to_every_run_replaces_a_methods_own_in_the_report(tmp_p
     report = render_markdown(given, [_row(0, 0.1)], {}, "distil bench --set loss.beta=1.0")
     assert "| jsd | `jsd` | – |" in report
     assert "Every run also sets `loss.beta=1.0` (`--set`, over any method's own setting of the same key)." in report
+
+
+def test_a_sweep_names_the_values_it_cannot_tell_from_its_choice():
+    """The highest mean is chosen; a value whose paired gap to it (per suite and seed) is within
+    one standard error is named within noise, and one behind it on every run is not. Before: a
+    choice by 0.1 point over three seeds read as firmly as one by ten."""
+    runs = ["sort/0", "sort/1", "sort/2"]
+    by_value = {
+        "0.001": dict(zip(runs, [0.30, 0.26, 0.34])),
+        "0.0006": dict(zip(runs, [0.32, 0.24, 0.33])),  # gaps -0.02, +0.02, +0.01: noise
+        "0.0003": dict(zip(runs, [0.20, 0.17, 0.23])),  # behind by 0.09-0.11 on every run
+    }
+    entry = choose([0.0003, 0.0006, 0.001], by_value)
+    assert entry["value"] == 0.001 and entry["within_noise"] == [0.0006]
+    assert entry["gap"]["0.0003"]["mean"] == pytest.approx(0.1) and entry["gap"]["0.0003"]["runs"] == 3
+    assert entry["std"]["0.001"] == pytest.approx(0.04)
+    # an exact tie goes to the value listed first, and the other is within noise of it
+    tie = choose([1.0, 0.5], {"1.0": dict(zip(runs, [0.2, 0.3, 0.4])), "0.5": dict(zip(runs, [0.4, 0.3, 0.2]))})
+    assert tie["value"] == 1.0 and tie["within_noise"] == [0.5]
+    md = render_sweep({"key": "optim.lr", "values": [0.0003, 0.0006, 0.001], "metric": "pass@1",
+                       "chosen": {"distil": entry}}, "distil bench --sweep optim.lr=0.0003,0.0006,0.001")
+    row = next(line for line in md.splitlines() if line.startswith("| distil |"))
+    assert "30.0 ± 4.0" in row and "**0.001**" in row and "0.0006 (" in row and "0.0003 (" not in row

@@ -314,13 +314,23 @@ def source_revision() -> Optional[str]:
 
 
 def render_sweep(result: dict[str, Any], command: str) -> str:
-    """``sweep.md``: per method, the mean validation metric at every value, and the value chosen."""
+    """``sweep.md``: per method, the mean ± std validation metric at every value, the value
+    chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`)."""
     values = [json.dumps(v) for v in result["values"]]
     lines = [f"# Sweep of `{result['key']}` on the validation split", "",
-             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Mean validation {result['metric']} (%) "
-             "over the suites and seeds; validation problems are held out of the train split, never the test set.",
-             "", "| method | " + " | ".join(values) + " | chosen |", "|---|" + "---:|" * (len(values) + 1)]
+             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
+             "sample std over the suites and seeds; validation problems are held out of the train split, never the "
+             "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
+             "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
+             "sweep does not tell them from the choice.",
+             "", "| method | " + " | ".join(values) + " | chosen | within noise (gap) |",
+             "|---|" + "---:|" * (len(values) + 1) + "---|"]
     for method, entry in result["chosen"].items():
-        cells = [f"{100 * entry['validation'][v]:.1f}" if v in entry["validation"] else "–" for v in values]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** |")
+        std = entry.get("std", {})
+        cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
+                 if v in entry["validation"] else "–" for v in values]
+        gaps = entry.get("gap", {})
+        tied = ", ".join(f"{json.dumps(v)} ({100 * gaps[json.dumps(v)]['mean']:.1f} ± {100 * gaps[json.dumps(v)]['se']:.1f})"
+                         for v in entry.get("within_noise", [])) or "none"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,12 @@ out of the train split), never the test problems; per method, the value whose me
 metric over suites and seeds is highest is chosen (the first value on a tie). The benches are
 all planned and checked before the first one trains, so a bad value is an error at once, not
 after hours of the good ones.
+
+A highest mean over three seeds can be noise. So the report also gives, for every other value,
+its paired gap to the chosen one: the difference on each (suite, seed), which shares the
+problems and the sampling seed and so cancels most of their variance, as a mean ± its standard
+error. A value whose gap is within one standard error is named *within noise* of the choice:
+the choice stands, and the reader sees that the sweep did not resolve it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from distil_core.cli.report import render_sweep
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
-__all__ = ["parse_sweep", "plan_sweep", "run_sweep", "main_sweep"]
+__all__ = ["parse_sweep", "plan_sweep", "run_sweep", "choose", "main_sweep"]
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:
@@ -65,18 +71,37 @@ def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values
 
 
 def run_sweep(spec: BenchSpec, key: str, values: list[Any], plan: list[tuple[Any, Bench]]) -> dict[str, Any]:
-    """Run ``plan`` (:func:`plan_sweep`); per method, the value of ``key`` whose mean validation
-    ``plot_metric`` (over suites and seeds) is highest."""
-    results: dict[str, dict[str, list[float]]] = {}
+    """Run ``plan`` (:func:`plan_sweep`); per method, :func:`choose` over the validation
+    ``plot_metric`` of every (suite, seed)."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
     for value, bench in plan:
         for row in bench.run():
-            results.setdefault(row["method"], {}).setdefault(json.dumps(value), []).append(row["after"][spec.plot_metric])
-    chosen = {}
-    for method, by_value in results.items():
-        means = {v: statistics.fmean(scores) for v, scores in by_value.items()}
-        best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
-        chosen[method] = {"value": json.loads(best), "validation": means}
+            scores = results.setdefault(row["method"], {}).setdefault(json.dumps(value), {})
+            scores[f"{row['suite']}/{row['seed']}"] = row["after"][spec.plot_metric]
+    chosen = {method: choose(values, by_value) for method, by_value in results.items()}
     return {"key": key, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+
+
+def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One method's choice. ``by_value``: JSON-encoded value → {"suite/seed": score}. Returns the
+    value with the highest mean score (the first listed on a tie) as ``value``; per value the
+    mean (``validation``) and the sample std over runs (``std``); and per other value its paired
+    gap to the chosen one (``gap``: chosen minus it, mean and standard error over the runs both
+    have) with ``within_noise`` listing the values whose gap is at most one standard error."""
+    means = {v: statistics.fmean(scores.values()) for v, scores in by_value.items()}
+    stds = {v: statistics.stdev(scores.values()) if len(scores) > 1 else 0.0 for v, scores in by_value.items()}
+    best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
+    gaps, within = {}, []
+    for v, scores in by_value.items():
+        shared = sorted(scores.keys() & by_value[best].keys())
+        if v == best or len(shared) < 2:
+            continue
+        diffs = [by_value[best][run] - scores[run] for run in shared]
+        gap = {"mean": statistics.fmean(diffs), "se": statistics.stdev(diffs) / len(diffs) ** 0.5, "runs": len(diffs)}
+        gaps[v] = gap
+        if gap["mean"] <= gap["se"]:
+            within.append(json.loads(v))
+    return {"value": json.loads(best), "validation": means, "std": stds, "gap": gaps, "within_noise": within}
 
 
 def main_sweep(args: Any) -> int:
