@@ -11,7 +11,7 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, render_sweep, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, table_metrics
 from distil_core.cli.sweep import choose
 from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
@@ -71,6 +71,11 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     for r in runs:  # the length series is the run's own metrics.jsonl
         assert [s for s, _ in r["response_tokens"]] == [1, 2, 3, 4]
         assert r["reference_tokens"] > 1
+    # the leader on each metric, and who is within noise of it (paired by seed)
+    means = {m: statistics.fmean(r["after"]["pass@1"] for r in runs if r["method"] == m) for m in ("grpo", "distil")}
+    best = max(means, key=lambda m: (means[m], m == "grpo"))
+    assert f"Best pass@1: **{best}** ({100 * means[best]:.1f}); within noise of it: " in md
+    assert f"Best {widest}: **" in md
     assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
     assert cpu_name() in md.splitlines()[2]
     # every run started from the suite's one tiny base; its summary records the weights' fingerprint
@@ -406,3 +411,18 @@ def test_a_sweep_names_the_values_it_cannot_tell_from_its_choice():
                        "chosen": {"distil": entry}}, "distil bench --sweep optim.lr=0.0003,0.0006,0.001")
     row = next(line for line in md.splitlines() if line.startswith("| distil |"))
     assert "30.0 ± 4.0" in row and "**0.001**" in row and "0.0006 (" in row and "0.0003 (" not in row
+
+
+def test_the_leader_of_a_metric_and_the_methods_within_noise_of_it():
+    """A method behind the leader on every seed is not within noise of it; one ahead on some
+    seeds and behind on others is, even when its mean is lower; ties go to the first listed."""
+    scores = {
+        "grpo": {0: 0.27, 1: 0.29, 2: 0.27},
+        "distil": {0: 0.25, 1: 0.28, 2: 0.29},   # gaps 0.02, 0.01, -0.02: within noise
+        "jsd": {0: 0.01, 1: 0.00, 2: 0.01},      # far behind on every seed
+        "other": {0: 0.27},                      # one seed: no paired gap to judge
+    }
+    best, within = leaders(scores)
+    assert best == "grpo" and [name for name, _ in within] == ["distil"]
+    assert within[0][1]["mean"] == pytest.approx(0.0033, abs=1e-3) and within[0][1]["runs"] == 3
+    assert leaders({"a": {0: 0.5, 1: 0.5}, "b": {0: 0.5, 1: 0.5}})[0] == "a"

@@ -20,7 +20,7 @@ from distil_core.cli.tables import render_table
 if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
-__all__ = ["mean_std", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
+__all__ = ["mean_std", "paired_gap", "leaders", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
            "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_revision",
            "cpu_name"]
 
@@ -30,6 +30,33 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_gap(best: dict[Any, float], other: dict[Any, float]) -> Optional[dict[str, float]]:
+    """``best`` minus ``other``, paired on the runs both hold (a key per suite and seed): the
+    mean difference, its standard error and the number of pairs; None under two pairs.
+
+    Runs that share a seed share the problem order and the sampling seed, so pairing cancels
+    most of the between-seed variance that a comparison of two means ± std would carry. A gap
+    within one standard error (``mean <= se``) is what the reports call *within noise*."""
+    shared = [key for key in best if key in other]
+    if len(shared) < 2:
+        return None
+    diffs = [best[key] - other[key] for key in shared]
+    return {"mean": statistics.fmean(diffs), "se": statistics.stdev(diffs) / math.sqrt(len(diffs)), "runs": len(diffs)}
+
+
+def leaders(scores: dict[str, dict[Any, float]]) -> tuple[str, list[tuple[str, dict[str, float]]]]:
+    """``scores``: name → {run key: score}. The name with the highest mean (the first on a tie),
+    and every other name within noise of it (:func:`paired_gap`), with its gap, in order."""
+    means = {name: statistics.fmean(s.values()) for name, s in scores.items() if s}
+    best = max(means, key=lambda name: (means[name], -list(scores).index(name)))
+    within = []
+    for name in means:
+        gap = paired_gap(scores[best], scores[name]) if name != best else None
+        if gap is not None and gap["mean"] <= gap["se"]:
+            within.append((name, gap))
+    return best, within
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -236,12 +263,34 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
         label = "base" if row_name == "base" else f"**{row_name}**"
         lines.append("| " + " | ".join([label, *cells, delta, wall]) + " |")
     lines.append("")
+    lines += _leader_lines(rows, suite, [key] + widest_pass([r for r in rows if r["suite"] == suite], key))
     lines += _efficiency_lines(bench, rows, suite, table)
     if suite in plots:
         lines += [f"![{key} vs rollouts on {suite}]({os.path.basename(plots[suite])})", ""]
     if f"{suite}:length" in plots:
         lines += [f"![response length vs step on {suite}]({os.path.basename(plots[suite + ':length'])})", ""]
     return lines
+
+
+def _leader_lines(rows: list[dict[str, Any]], suite: str, metrics: list[str]) -> list[str]:
+    """Per metric, the method with the best mean and the methods within noise of it
+    (:func:`leaders`): a lead of a point over three seeds reads differently from one of ten."""
+    out = []
+    for metric in metrics:
+        scores: dict[str, dict[Any, float]] = {}
+        for r in rows:
+            if r["suite"] == suite and metric in r["after"]:
+                scores.setdefault(r["method"], {})[r["seed"]] = r["after"][metric]
+        if len(scores) < 2:
+            continue
+        best, within = leaders(scores)
+        mean = 100 * statistics.fmean(scores[best].values())
+        tied = ", ".join(f"{name} ({100 * gap['mean']:.1f} ± {100 * gap['se']:.1f})" for name, gap in within)
+        out.append(f"Best {metric}: **{best}** ({mean:.1f}); within noise of it: {tied or 'none'}.")
+    if out:
+        out[-1] += (" *Within noise*: the gap to the best, paired by seed (mean ± standard error), is within one "
+                    "standard error.")
+    return [" ".join(out), ""] if out else []
 
 
 def _efficiency_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any]) -> list[str]:

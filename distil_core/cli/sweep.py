@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 from typing import Any, Callable, Optional
 
 import yaml
 
 from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
-from distil_core.cli.report import render_sweep
+from distil_core.cli.report import leaders, mean_std, paired_gap, render_sweep
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
@@ -85,23 +84,15 @@ def run_sweep(spec: BenchSpec, key: str, values: list[Any], plan: list[tuple[Any
 def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str, Any]:
     """One method's choice. ``by_value``: JSON-encoded value → {"suite/seed": score}. Returns the
     value with the highest mean score (the first listed on a tie) as ``value``; per value the
-    mean (``validation``) and the sample std over runs (``std``); and per other value its paired
-    gap to the chosen one (``gap``: chosen minus it, mean and standard error over the runs both
-    have) with ``within_noise`` listing the values whose gap is at most one standard error."""
-    means = {v: statistics.fmean(scores.values()) for v, scores in by_value.items()}
-    stds = {v: statistics.stdev(scores.values()) if len(scores) > 1 else 0.0 for v, scores in by_value.items()}
-    best = max(means, key=lambda v: (means[v], -values.index(json.loads(v))))
-    gaps, within = {}, []
-    for v, scores in by_value.items():
-        shared = sorted(scores.keys() & by_value[best].keys())
-        if v == best or len(shared) < 2:
-            continue
-        diffs = [by_value[best][run] - scores[run] for run in shared]
-        gap = {"mean": statistics.fmean(diffs), "se": statistics.stdev(diffs) / len(diffs) ** 0.5, "runs": len(diffs)}
-        gaps[v] = gap
-        if gap["mean"] <= gap["se"]:
-            within.append(json.loads(v))
-    return {"value": json.loads(best), "validation": means, "std": stds, "gap": gaps, "within_noise": within}
+    mean (``validation``) and the sample std over runs (``std``); per other value its paired gap
+    to the chosen one (``gap``, :func:`~distil_core.cli.report.paired_gap`); and in
+    ``within_noise`` the values whose gap is at most one standard error."""
+    ordered = {json.dumps(v): by_value[json.dumps(v)] for v in values if json.dumps(v) in by_value}
+    best, within = leaders(ordered)
+    gaps = {v: gap for v in ordered if v != best and (gap := paired_gap(ordered[best], ordered[v])) is not None}
+    return {"value": json.loads(best), "validation": {v: mean_std(list(s.values()))[0] for v, s in ordered.items()},
+            "std": {v: mean_std(list(s.values()))[1] for v, s in ordered.items()}, "gap": gaps,
+            "within_noise": [json.loads(v) for v, _ in within]}
 
 
 def main_sweep(args: Any) -> int:
