@@ -426,3 +426,12 @@ def test_the_leader_of_a_metric_and_the_methods_within_noise_of_it():
     assert best == "grpo" and [name for name, _ in within] == ["distil"]
     assert within[0][1]["mean"] == pytest.approx(0.0033, abs=1e-3) and within[0][1]["runs"] == 3
     assert leaders({"a": {0: 0.5, 1: 0.5}, "b": {0: 0.5, 1: 0.5}})[0] == "a"
+
+
+def test_a_sweep_over_one_seed_says_it_judged_no_noise():
+    """With one seed there is no paired gap: the report says so rather than "none"."""
+    entry = choose([1.0, 0.5], {"1.0": {"sort/0": 0.3}, "0.5": {"sort/0": 0.2}})
+    assert entry["value"] == 1.0 and entry["gap"] == {} and entry["within_noise"] == []
+    md = render_sweep({"key": "loss.expert_temperature", "values": [1.0, 0.5], "metric": "pass@1",
+                       "chosen": {"distil": entry}}, "distil bench --sweep loss.expert_temperature=1.0,0.5")
+    assert "| **1.0** | not judged (one seed) |" in md

@@ -45,3 +45,5 @@ def test_quick_bench_runs_every_method_on_every_suite(tmp_path):
         assert (out / f"bench-{suite}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for method in METHODS:
         assert md.count(f"| **{method}** |") == len(SUITES)
+    # one seed: the leader of each suite is named, and no noise is judged without a second seed
+    assert md.count("Best pass@1: **") == len(SUITES) and "within noise of it: not judged (one seed)" in md

@@ -286,6 +286,8 @@ def _leader_lines(rows: list[dict[str, Any]], suite: str, metrics: list[str]) ->
         best, within = leaders(scores)
         mean = 100 * statistics.fmean(scores[best].values())
         tied = ", ".join(f"{name} ({100 * gap['mean']:.1f} ± {100 * gap['se']:.1f})" for name, gap in within)
+        if len(scores[best]) < 2:
+            tied = "not judged (one seed)"
         out.append(f"Best {metric}: **{best}** ({mean:.1f}); within noise of it: {tied or 'none'}.")
     if out:
         out[-1] += (" *Within noise*: the gap to the best, paired by seed (mean ± standard error), is within one "
@@ -380,6 +382,6 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
                  if v in entry["validation"] else "–" for v in values]
         gaps = entry.get("gap", {})
         tied = ", ".join(f"{json.dumps(v)} ({100 * gaps[json.dumps(v)]['mean']:.1f} ± {100 * gaps[json.dumps(v)]['se']:.1f})"
-                         for v in entry.get("within_noise", [])) or "none"
+                         for v in entry.get("within_noise", [])) or ("none" if gaps else "not judged (one seed)")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
     return "\n".join(lines) + "\n"
