@@ -11,7 +11,7 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, source_line, table_metrics
 from distil_core.cli.sweep import choose
 from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
@@ -77,6 +77,9 @@ def test_bench_trains_every_method_and_seed_and_writes_the_report(cache, tmp_pat
     assert f"Best pass@1: **{best}** ({100 * means[best]:.1f}); within noise of it: " in md
     assert f"Best {widest}: **" in md
     assert ", source " in md.splitlines()[2]  # the toolkit's git revision the runs were trained with
+    from distil_core.version import source_revision
+
+    assert {r["source"] for r in runs} == {source_revision()}  # each run records its own
     assert cpu_name() in md.splitlines()[2]
     # every run started from the suite's one tiny base; its summary records the weights' fingerprint
     summaries = [json.loads((out / "sort" / r["method"] / f"seed{r['seed']}" / "summary.json").read_text()) for r in runs]
@@ -435,3 +438,42 @@ def test_a_sweep_over_one_seed_says_it_judged_no_noise():
     md = render_sweep({"key": "loss.expert_temperature", "values": [1.0, 0.5], "metric": "pass@1",
                        "chosen": {"distil": entry}}, "distil bench --sweep loss.expert_temperature=1.0,0.5")
     assert "| **1.0** | not judged (one seed) |" in md
+
+
+def test_the_report_header_names_the_source_each_run_was_trained_at():
+    """Before: a report rewritten from finished runs named the revision that printed it as the one
+    the runs were trained with."""
+    rows = [{"source": "abc"}, {"source": "abc"}]
+    assert source_line("abc", rows) == ", source abc"
+    mixed = source_line("def", rows + [{"source": None}, {}])
+    assert mixed == "; trained: 2 runs at source abc, 2 runs at an unrecorded source; report written at source def"
+    assert source_line(None, rows).endswith("report written at source unknown (not a git checkout)")
+
+
+def test_the_source_revision_is_the_toolkits_only_where_git_tracks_the_toolkit(tmp_path):
+    """A copy of the toolkit inside another git repository (a virtual environment in a project's
+    folder) does not take that repository's revision for its own."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    import distil_core.version as source
+
+    here = source.source_revision()
+    if here is not None:  # a checkout of the toolkit: git's own answer
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(source.__file__),
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert head.startswith(here.removesuffix("-dirty").rsplit("-g", 1)[-1])
+    project = tmp_path / "project"
+    (project / ".venv" / "distil_core").mkdir(parents=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], cwd=project, check=True)
+    (project / "app.py").write_text("print('the project')\n")
+    subprocess.run(git + ["add", "app.py"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "project"], cwd=project, check=True)
+    copy = project / ".venv" / "distil_core" / "version.py"
+    shutil.copy(source.__file__, copy)
+    spec = importlib.util.spec_from_file_location("copied_version", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.source_revision() is None

@@ -38,11 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
-from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown, source_revision,
+from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
 from distil_core.config import Method, RunConfig, Seed, as_trained, format_validation_error, load_config, read_yaml, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
+from distil_core.version import source_revision
 from distil_core.training.metrics import reported_metrics
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
@@ -307,7 +308,8 @@ class Bench:
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
                 "before": summary["before"], "after": summary["after"], "curve": curve,
                 "response_tokens": lengths, "reference_tokens": reference if finite_number(reference) else None,
-                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha}
+                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha,
+                "source": summary.get("source")}
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:
@@ -390,7 +392,7 @@ def main_bench(args: Any) -> int:
         return 0
     require_matplotlib()
     reports = report_dir(args, output_dir)
-    bench.revision = source_revision()  # what the runs were trained with, read before they start
+    bench.revision = source_revision()  # what writes the report; each run records its own (summary.json)
     rows = bench.run()
     written = write_report(bench, rows, reports, command)
     print(terminal_table(bench, rows))

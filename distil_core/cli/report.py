@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
 __all__ = ["mean_std", "paired_gap", "leaders", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
-           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_revision",
+           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_line",
            "cpu_name"]
 
 
@@ -137,7 +137,7 @@ def format_cell(value: tuple[float, float, int], pct: bool = True) -> str:
 def render_markdown(bench: "Bench", rows: list[dict[str, Any]], plots: dict[str, str], command: str) -> str:
     """``bench.md``: how it was run, then per suite the table, the efficiency view and the plots,
     then every run's before and after."""
-    lines = _header_lines(bench, command)
+    lines = _header_lines(bench, rows, command)
     for suite, table in aggregate(rows).items():
         lines += _suite_lines(bench, rows, suite, table, plots)
     shown = [m for m in table_metrics(rows[0]["before"]) if m.startswith("pass@")]
@@ -151,7 +151,7 @@ def render_markdown(bench: "Bench", rows: list[dict[str, Any]], plots: dict[str,
     return "\n".join(lines)
 
 
-def _header_lines(bench: "Bench", command: str) -> list[str]:
+def _header_lines(bench: "Bench", rows: list[dict[str, Any]], command: str) -> list[str]:
     """Who wrote the report on what machine, what the numbers mean, and the methods compared
     (a method's own setting that a ``--set`` of every run replaces is not its own any more)."""
     import torch
@@ -163,8 +163,7 @@ def _header_lines(bench: "Bench", command: str) -> list[str]:
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} "
         f"({cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}"
-        + (f", source {bench.revision}" if bench.revision else "") + ").",
+        f"transformers {transformers.__version__}" + source_line(bench.revision, rows) + ").",
         "",
         f"Every method trains the same starting model on the same suites with the same rollout budget; "
         f"seeds {', '.join(map(str, bench.seeds))} (a seed fixes the problem order and the sampling, so "
@@ -350,18 +349,16 @@ def terminal_table(bench: "Bench", rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(out)
 
 
-def source_revision() -> Optional[str]:
-    """The git revision of the toolkit's source (``-dirty`` with uncommitted changes), if it is a
-    checkout; None for an installed wheel."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def source_line(revision: Optional[str], rows: list[dict[str, Any]]) -> str:
+    """The report header's source clause: ``, source R`` when every run was trained at the
+    revision ``R`` writing the report; else the revisions the runs were trained at (runs written
+    before summaries recorded one count as unrecorded) and the one that wrote the report."""
+    trained = sorted({r.get("source") or "unrecorded" for r in rows})
+    if trained == [revision]:
+        return f", source {revision}"
+    said = ", ".join(f"{n} runs {'at an unrecorded source' if t == 'unrecorded' else f'at source {t}'}"
+                     for t in trained for n in [sum((r.get("source") or "unrecorded") == t for r in rows)])
+    return f"; trained: {said}; report written at source {revision or 'unknown (not a git checkout)'}"
 
 
 def render_sweep(result: dict[str, Any], command: str) -> str:

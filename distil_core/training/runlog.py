@@ -351,7 +351,8 @@ def reference_tokens(task: Any, tokenizer: Any, problems: Sequence[Problem]) -> 
 def run_summary(config: Any, before: dict[str, float], after: dict[str, float], **facts: Any) -> dict[str, Any]:
     """summary.json: the run's pass@k before and after training and their gain, with ``facts``
     (model and, for a tiny base, its weights' fingerprint; steps, wall time, evaluation set,
-    run directory) beside them. ``time_s`` splits the
+    run directory, and ``source``, the toolkit revision of the session that finished the run)
+    beside them. ``time_s`` splits the
     last session's time into setup (building or loading the models), training and evaluation."""
     keys = [k for k in before if "@" in k]
     return {
@@ -369,6 +370,7 @@ def run_summary(config: Any, before: dict[str, float], after: dict[str, float], 
         "eval": {"problems": facts["problems"], "samples": config.eval.samples, "split": config.eval.split},
         "reference_tokens": facts["reference_tokens"],
         "run_dir": facts["run_dir"],
+        "source": facts.get("source"),
     }
 
 

@@ -24,6 +24,7 @@ from distil_core.losses.methods import method_named
 from distil_core.models.forward import check_projection, projects_plainly
 from distil_core.models.lora import trainable_parameters
 from distil_core.plugin_host import PluginHost
+from distil_core.version import source_revision
 from distil_core.tracking import Trackers
 from distil_core.training import checkpointing as ckpt
 from distil_core.training import fsdp
@@ -288,7 +289,7 @@ class Trainer:
             time_s={k: round(v, 1) for k, v in times.items()}, wall_s=round(time.time() - self.started, 1),
             problems=len(self.test_problems),
             reference_tokens=reference_tokens(self.rt.task, self.rt.tokenizer, self.test_problems),
-            run_dir=os.path.abspath(self.run_dir))
+            run_dir=os.path.abspath(self.run_dir), source=source_revision())
         self.log.write_json("summary.json", summary)
         return summary
 
