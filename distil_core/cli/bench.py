@@ -297,8 +297,7 @@ class Bench:
         if evals and isinstance(summary.get("steps"), int) and evals[-1]["step"] != summary["steps"]:
             raise DistilError(f"{eval_path}: the log ends at step {evals[-1]['step']:g}, before the final evaluation "
                               f"(step {summary['steps']}) that summary.json holds; delete {run_dir} to run it again.")
-        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k and finite_number(v)}}
-                 for rec in evals]
+        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k and finite_number(v)}} for rec in evals]
         metrics = read_jsonl(metrics_path, finished=True) if os.path.exists(metrics_path) else []
         lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if finite_number(rec.get("response_tokens"))]
         reference = summary.get("reference_tokens")
@@ -306,10 +305,9 @@ class Bench:
         sha = summary["model_sha256"] if "model_sha256" in summary else (
             weights_fingerprint(model) if isinstance(model, str) else None)  # a summary without the field
         return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
-                "before": summary["before"], "after": summary["after"], "curve": curve,
-                "response_tokens": lengths, "reference_tokens": reference if finite_number(reference) else None,
-                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha,
-                "source": summary.get("source")}
+                "before": summary["before"], "after": summary["after"], "curve": curve, "response_tokens": lengths,
+                "reference_tokens": reference if finite_number(reference) else None, "source": summary.get("source"),
+                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha}
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:
