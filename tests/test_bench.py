@@ -448,6 +448,7 @@ def test_the_report_header_names_the_source_each_run_was_trained_at():
     mixed = source_line("def", rows + [{"source": None}, {}])
     assert mixed == "; trained: 2 runs at source abc, 2 runs at an unrecorded source; report written at source def"
     assert source_line(None, rows).endswith("report written at source unknown (not a git checkout)")
+    assert source_line(None, [{"source": None}]) == ""  # an installed wheel then and now
 
 
 def test_the_source_revision_is_the_toolkits_only_where_git_tracks_the_toolkit(tmp_path):

@@ -351,11 +351,14 @@ def terminal_table(bench: "Bench", rows: list[dict[str, Any]]) -> str:
 
 def source_line(revision: Optional[str], rows: list[dict[str, Any]]) -> str:
     """The report header's source clause: ``, source R`` when every run was trained at the
-    revision ``R`` writing the report; else the revisions the runs were trained at (runs written
-    before summaries recorded one count as unrecorded) and the one that wrote the report."""
+    revision ``R`` writing the report; nothing when neither knows one (an installed wheel); else
+    the revisions the runs were trained at (runs written before summaries recorded one count as
+    unrecorded) and the one that wrote the report."""
     trained = sorted({r.get("source") or "unrecorded" for r in rows})
     if trained == [revision]:
         return f", source {revision}"
+    if revision is None and trained == ["unrecorded"]:
+        return ""  # an installed wheel, neither then nor now a checkout: nothing to name
     said = ", ".join(f"{n} runs {'at an unrecorded source' if t == 'unrecorded' else f'at source {t}'}"
                      for t in trained for n in [sum((r.get("source") or "unrecorded") == t for r in rows)])
     return f"; trained: {said}; report written at source {revision or 'unknown (not a git checkout)'}"

@@ -88,4 +88,3 @@ def nonfinite_remedies(config: RunConfig) -> str:
     tau = config.loss.expert_temperature
     said = f"{tau:g}" if tau is not None else f"unset, so {config.method}'s own {method_expert_temperature(config.method):g}"
     return f"Lower optim.lr, raise loss.expert_temperature (now {said}) or check the expert's signals"
-
