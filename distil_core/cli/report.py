@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Optional
 
 from distil_core.cli.tables import render_table
@@ -354,13 +355,14 @@ def source_line(revision: Optional[str], rows: list[dict[str, Any]]) -> str:
     revision ``R`` writing the report; nothing when neither knows one (an installed wheel); else
     the revisions the runs were trained at (runs written before summaries recorded one count as
     unrecorded) and the one that wrote the report."""
-    trained = sorted({r.get("source") or "unrecorded" for r in rows})
+    counts = Counter(r.get("source") or "unrecorded" for r in rows)
+    trained = sorted(counts)
     if trained == [revision]:
         return f", source {revision}"
     if revision is None and trained == ["unrecorded"]:
         return ""  # an installed wheel, neither then nor now a checkout: nothing to name
-    said = ", ".join(f"{n} runs {'at an unrecorded source' if t == 'unrecorded' else f'at source {t}'}"
-                     for t in trained for n in [sum((r.get("source") or "unrecorded") == t for r in rows)])
+    said = ", ".join(f"{counts[t]} runs " + ("at an unrecorded source" if t == "unrecorded" else f"at source {t}")
+                     for t in trained)
     return f"; trained: {said}; report written at source {revision or 'unknown (not a git checkout)'}"
 
 

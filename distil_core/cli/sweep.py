@@ -90,8 +90,9 @@ def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str
     ordered = {json.dumps(v): by_value[json.dumps(v)] for v in values if json.dumps(v) in by_value}
     best, within = leaders(ordered)
     gaps = {v: gap for v in ordered if v != best and (gap := paired_gap(ordered[best], ordered[v])) is not None}
-    return {"value": json.loads(best), "validation": {v: mean_std(list(s.values()))[0] for v, s in ordered.items()},
-            "std": {v: mean_std(list(s.values()))[1] for v, s in ordered.items()}, "gap": gaps,
+    stats = {v: mean_std(list(scores.values())) for v, scores in ordered.items()}
+    return {"value": json.loads(best), "validation": {v: mean for v, (mean, _) in stats.items()},
+            "std": {v: std for v, (_, std) in stats.items()}, "gap": gaps,
             "within_noise": [json.loads(v) for v, _ in within]}
 
 
