@@ -67,6 +67,7 @@ pytest.importorskip("matplotlib")
     ({"after__pass_at_1": float("nan")}, "after.pass@1 is NaN, not a finite number"),
     ({"after__pass_at_1": float("inf")}, "after.pass@1 is Infinity, not a finite number"),
     ({"wall_s": float("nan")}, "no valid wall_s"),
+    ({"source": {"rev": 1}}, 'source is {"rev": 1}, not a revision string'),
 ])
 def test_a_summary_metric_that_is_not_a_finite_number_is_named_and_no_report_is_written(tmp_path, capsys,
                                                                                          changes, shown):

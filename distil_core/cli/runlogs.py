@@ -84,7 +84,7 @@ def read_jsonl(path: str, *, finished: bool = False) -> list[dict[str, Any]]:
 
 def read_summary(path: str, run_dir: str) -> dict[str, Any]:
     """A finished run's summary.json, checked for what the report reads (``before``, ``after``,
-    ``wall_s``); a damaged one is a one-line error, since the run cannot be reused as it is."""
+    ``wall_s``, and ``source`` where present); a damaged one is a one-line error, since the run cannot be reused as it is."""
     problem = None
     try:
         with open(path, encoding="utf-8") as fh:
@@ -107,6 +107,8 @@ def read_summary(path: str, run_dir: str) -> dict[str, Any]:
                             for m, v in summary[k].items() if not finite_number(v)), None)
                 if bad:
                     problem = f"{bad}, not a finite number"
+                elif summary.get("source") is not None and not isinstance(summary["source"], str):
+                    problem = f"source is {json.dumps(summary['source'])[:40]}, not a revision string"
     if problem is not None:
         raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
     return summary
