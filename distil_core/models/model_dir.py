@@ -120,11 +120,22 @@ def adapter_weights_problem(path: str) -> Optional[str]:
     if not present:
         return f"it has no adapter weights ({ADAPTER_WEIGHTS[0]})"
     if present[0].endswith(".safetensors"):
-        from safetensors import safe_open
-
         try:
-            with safe_open(os.path.join(path, present[0]), framework="pt"):
-                pass
-        except Exception as exc:  # SafetensorError, or an OSError for a file that is not one
-            return f"{present[0]} is damaged ({' '.join(str(exc).split())[:120]})"
+            adapter_shapes(path)
+        except ValueError as exc:
+            return str(exc)
     return None
+
+
+def adapter_shapes(path: str) -> dict[str, list[int]]:
+    """The shape of every tensor in ``path``/adapter_model.safetensors, read from its header
+    alone (no weights are loaded). A header that cannot be read raises ValueError with a short
+    phrase naming the file, so a check and a loader read the header once between them."""
+    from safetensors import safe_open
+
+    name = ADAPTER_WEIGHTS[0]
+    try:
+        with safe_open(os.path.join(path, name), framework="pt") as fh:
+            return {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
+    except Exception as exc:  # SafetensorError, or an OSError for a file that is not one
+        raise ValueError(f"{name} is damaged ({' '.join(str(exc).split())[:120]})") from exc

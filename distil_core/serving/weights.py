@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from distil_core.models.lora import ADAPTER_CONFIG
-from distil_core.models.model_dir import adapter_weights_problem
+from distil_core.models.model_dir import adapter_shapes
 
 
 @dataclass
@@ -93,32 +93,28 @@ class ServedWeights:
 
         Checked before peft touches the model, so a wrong adapter leaves it as it was.
         """
-        from safetensors import safe_open
-
-        file = os.path.join(path, "adapter_model.safetensors")
-        if not os.path.isfile(file):
+        if not os.path.isfile(os.path.join(path, "adapter_model.safetensors")):
             raise ValueError(f"No adapter_model.safetensors in {path!r}; save adapters with peft's save_pretrained.")
-        problem = adapter_weights_problem(path)
-        if problem is not None:  # a file cut short or not safetensors at all
-            raise ValueError(f"The adapter at {path!r} cannot be loaded: {problem}. Save it again with peft's "
-                             "save_pretrained.")
+        try:
+            shapes = adapter_shapes(path)
+        except ValueError as exc:  # a file cut short or not safetensors at all
+            raise ValueError(f"The adapter at {path!r} cannot be loaded: {exc}. Save it again with peft's "
+                             "save_pretrained.") from None
         modules = dict(self.base.named_modules())
-        with safe_open(file, framework="pt") as fh:
-            for key in fh.keys():
-                owner, _, kind = key.removeprefix("base_model.model.").partition(".lora_")
-                module = modules.get(owner)
-                if module is None:
-                    raise ValueError(f"The adapter at {path!r} adapts {owner!r}, which the served model does not "
-                                     "have: it was trained on another base model.")
-                weight = getattr(getattr(module, "base_layer", module), "weight", None)
-                shape = fh.get_slice(key).get_shape()
-                if weight is None or weight.dim() != 2 or len(shape) != 2:
-                    continue
-                fits = shape[1] == weight.shape[1] if kind.startswith("A") else shape[0] == weight.shape[0]
-                if kind[:1] in "AB" and not fits:
-                    raise ValueError(f"The adapter at {path!r} does not fit {owner!r} (adapter weight {key} has "
-                                     f"shape {tuple(shape)}, the module's weight {tuple(weight.shape)}): it was "
-                                     "trained on another base model.")
+        for key, shape in shapes.items():
+            owner, _, kind = key.removeprefix("base_model.model.").partition(".lora_")
+            module = modules.get(owner)
+            if module is None:
+                raise ValueError(f"The adapter at {path!r} adapts {owner!r}, which the served model does not "
+                                 "have: it was trained on another base model.")
+            weight = getattr(getattr(module, "base_layer", module), "weight", None)
+            if weight is None or weight.dim() != 2 or len(shape) != 2:
+                continue
+            fits = shape[1] == weight.shape[1] if kind.startswith("A") else shape[0] == weight.shape[0]
+            if kind[:1] in "AB" and not fits:
+                raise ValueError(f"The adapter at {path!r} does not fit {owner!r} (adapter weight {key} has "
+                                 f"shape {tuple(shape)}, the module's weight {tuple(weight.shape)}): it was "
+                                 "trained on another base model.")
 
     def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
