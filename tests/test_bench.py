@@ -11,7 +11,7 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, source_line, table_metrics
+from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, source_line, table_metrics, within_noise
 from distil_core.cli.sweep import choose
 from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
@@ -425,9 +425,10 @@ def test_the_leader_of_a_metric_and_the_methods_within_noise_of_it():
         "jsd": {0: 0.01, 1: 0.00, 2: 0.01},      # far behind on every seed
         "other": {0: 0.27},                      # one seed: no paired gap to judge
     }
-    best, within = leaders(scores)
-    assert best == "grpo" and [name for name, _ in within] == ["distil"]
-    assert within[0][1]["mean"] == pytest.approx(0.0033, abs=1e-3) and within[0][1]["runs"] == 3
+    best, gaps = leaders(scores)
+    assert best == "grpo" and list(gaps) == ["distil", "jsd"]  # "other" shares one seed only
+    assert [name for name, gap in gaps.items() if within_noise(gap)] == ["distil"]
+    assert gaps["distil"]["mean"] == pytest.approx(0.0033, abs=1e-3) and gaps["distil"]["runs"] == 3
     assert leaders({"a": {0: 0.5, 1: 0.5}, "b": {0: 0.5, 1: 0.5}})[0] == "a"
 
 

@@ -47,17 +47,19 @@ def paired_gap(best: dict[Any, float], other: dict[Any, float]) -> Optional[dict
     return {"mean": statistics.fmean(diffs), "se": statistics.stdev(diffs) / math.sqrt(len(diffs)), "runs": len(diffs)}
 
 
-def leaders(scores: dict[str, dict[Any, float]]) -> tuple[str, list[tuple[str, dict[str, float]]]]:
+def within_noise(gap: dict[str, float]) -> bool:
+    """Whether a :func:`paired_gap` to the best is within one standard error of zero."""
+    return gap["mean"] <= gap["se"]
+
+
+def leaders(scores: dict[str, dict[Any, float]]) -> tuple[str, dict[str, dict[str, float]]]:
     """``scores``: name → {run key: score}. The name with the highest mean (the first on a tie),
-    and every other name within noise of it (:func:`paired_gap`), with its gap, in order."""
+    and the :func:`paired_gap` to it of every other name that shares two runs with it, in order
+    (:func:`within_noise` tells which of them the reports call within noise)."""
     means = {name: statistics.fmean(s.values()) for name, s in scores.items() if s}
     best = max(means, key=lambda name: (means[name], -list(scores).index(name)))
-    within = []
-    for name in means:
-        gap = paired_gap(scores[best], scores[name]) if name != best else None
-        if gap is not None and gap["mean"] <= gap["se"]:
-            within.append((name, gap))
-    return best, within
+    gaps = {name: paired_gap(scores[best], scores[name]) for name in means if name != best}
+    return best, {name: gap for name, gap in gaps.items() if gap is not None}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -283,9 +285,10 @@ def _leader_lines(rows: list[dict[str, Any]], suite: str, metrics: list[str]) ->
                 scores.setdefault(r["method"], {})[r["seed"]] = r["after"][metric]
         if len(scores) < 2:
             continue
-        best, within = leaders(scores)
+        best, gaps = leaders(scores)
         mean = 100 * statistics.fmean(scores[best].values())
-        tied = ", ".join(f"{name} ({100 * gap['mean']:.1f} ± {100 * gap['se']:.1f})" for name, gap in within)
+        tied = ", ".join(f"{name} ({100 * gap['mean']:.1f} ± {100 * gap['se']:.1f})"
+                         for name, gap in gaps.items() if within_noise(gap))
         if len(scores[best]) < 2:
             tied = "not judged (one seed)"
         out.append(f"Best {metric}: **{best}** ({mean:.1f}); within noise of it: {tied or 'none'}.")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
-from distil_core.cli.report import leaders, mean_std, paired_gap, render_sweep
+from distil_core.cli.report import leaders, mean_std, render_sweep, within_noise
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
@@ -88,12 +88,11 @@ def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str
     to the chosen one (``gap``, :func:`~distil_core.cli.report.paired_gap`); and in
     ``within_noise`` the values whose gap is at most one standard error."""
     ordered = {json.dumps(v): by_value[json.dumps(v)] for v in values if json.dumps(v) in by_value}
-    best, within = leaders(ordered)
-    gaps = {v: gap for v in ordered if v != best and (gap := paired_gap(ordered[best], ordered[v])) is not None}
+    best, gaps = leaders(ordered)
     stats = {v: mean_std(list(scores.values())) for v, scores in ordered.items()}
     return {"value": json.loads(best), "validation": {v: mean for v, (mean, _) in stats.items()},
             "std": {v: std for v, (_, std) in stats.items()}, "gap": gaps,
-            "within_noise": [json.loads(v) for v, _ in within]}
+            "within_noise": [json.loads(v) for v, gap in gaps.items() if within_noise(gap)]}
 
 
 def main_sweep(args: Any) -> int:
