@@ -5,6 +5,7 @@
     python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
     python benchmarks/bench_diagnostics.py temperatures RUN_DIR [RUN_DIR ...] [--temperatures 0.5 0.7 1.0]
+    python benchmarks/bench_diagnostics.py passk RUN_DIR [RUN_DIR ...] [--samples 32] [--plot PNG]
 
 SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
 `distil bench` configures it, seed 0.
@@ -40,6 +41,11 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   config, split and seed), at several sampling temperatures. Sharpening a model trades pass@k
   for pass@1; comparing methods along that trade, rather than at one temperature, tells a
   method that knows more from one that is only sharper.
+- ``passk``: each trained run's final model evaluated as training evaluates it, with
+  ``--samples`` samples per problem, and pass@k for every power of two up to that: how each
+  method's share of solved problems grows with the number of tries. A method that covers the
+  expert's answers (forward cross-entropy) should gain more with k than one that commits to a
+  single answer; the bench's pass@8 shows one point of that curve.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import re
 import sys
 from typing import Any
 
@@ -301,6 +309,65 @@ def temperatures(run_dirs: list[str], temps: list[float], samples: int, override
     return out
 
 
+def pass_at_k(run_dirs: list[str], samples: int, overrides: list[str]) -> dict[str, Any]:
+    """Per run, pass@k for k = 1, 2, 4, ... up to ``samples`` (keyed by k as text, as JSON keeps
+    it), at the run's own evaluation settings (split, problems, temperature, seed) with
+    ``samples`` samples per problem."""
+    from distil_core.config import run_dir_config
+    from distil_core.training.distributed import World
+    from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
+    from distil_core.training.runtime import build_runtime
+
+    ks = [2 ** i for i in range(int(math.log2(samples)) + 1)]
+    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}", f"eval.ks={json.dumps(ks)}"])
+               for run_dir in run_dirs}
+    out: dict[str, Any] = {"ks": ks, "runs": {}}
+    for run_dir, config in configs.items():
+        rt = build_runtime(config, progress=False, with_expert=False)
+        _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
+        metrics = evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)
+        out["runs"][run_dir] = {"method": bench_label(run_dir, config.method), "task": config.task.name,
+                                "split": config.eval.split,
+                                "problems": len(problems), "temperature": config.eval.temperature,
+                                "pass@k": {str(k): metrics[f"pass@{k}"] for k in ks}}
+    return out
+
+
+def bench_label(run_dir: str, method: str) -> str:
+    """The bench's label for a run in its layout (``OUTPUT_DIR/<suite>/<label>/seed<N>``), which
+    tells ``reverse_kl_dense`` from ``jsd`` though both train with ``method: jsd``; else
+    ``method``."""
+    parts = os.path.normpath(run_dir).split(os.sep)
+    return parts[-2] if len(parts) >= 2 and re.fullmatch(r"seed\d+", parts[-1]) else method
+
+
+def plot_pass_at_k(result: dict[str, Any], path: str, title: str) -> None:
+    """Mean pass@k against k (a log scale), one line per method, ± the std over its runs."""
+    import statistics
+
+    from distil_core.cli.plots import require_matplotlib, save_figure
+
+    plt = require_matplotlib("bench_diagnostics.py passk --plot")
+    ks = result["ks"]
+    runs: dict[str, list[dict]] = {}
+    for r in result["runs"].values():
+        runs.setdefault(r["method"], []).append(r["pass@k"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for method, rows in runs.items():
+        means = [100 * statistics.fmean(row[str(k)] for row in rows) for k in ks]
+        spread = [100 * statistics.stdev(row[str(k)] for row in rows) if len(rows) > 1 else 0.0 for k in ks]
+        ax.plot(ks, means, marker="o", label=method)
+        ax.fill_between(ks, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("held-out pass@k (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    print(f"Plot: {save_figure(plt, fig, path)}")
+
+
 def method_means(result: dict[str, Any]) -> tuple[str, dict[str, list[tuple[float, float]]]]:
     """The largest pass@k measured, and per method (mean pass@1, mean pass@k) over its runs at
     each temperature, in order."""
@@ -371,10 +438,26 @@ def run(argv: list[str]) -> int:
     temp.add_argument("--temperatures", nargs="+", type=float, default=[0.5, 0.7, 1.0])
     temp.add_argument("--samples", type=int, default=8, help="samples per problem (pass@k needs k ≤ samples)")
     temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against its largest pass@k")
-    for p in (gap, onp, mem, sharp, temp):
+    passk = sub.add_parser("passk", help="trained runs: pass@k for k = 1, 2, 4, ... up to --samples")
+    passk.add_argument("run_dirs", nargs="+")
+    passk.add_argument("--samples", type=int, default=32, help="samples per problem, a power of two")
+    passk.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@k against k")
+    passk.add_argument("--title", default="pass@k against the number of samples")
+    for p in (gap, onp, mem, sharp, temp, passk):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    if args.command == "temperatures":
+    if args.command == "passk" and (args.samples < 1 or args.samples & (args.samples - 1)):
+        parser.error(f"--samples must be a power of two (1, 2, 4, ...), got {args.samples}")
+    if args.command == "passk":
+        result = pass_at_k(args.run_dirs, args.samples, args.overrides)
+        ks = result["ks"]
+        print("| run | " + " | ".join(f"pass@{k}" for k in ks) + " |")
+        print("|---|" + "---:|" * len(ks))
+        for run, r in result["runs"].items():
+            print(f"| {run} | " + " | ".join(f"{100 * r['pass@k'][str(k)]:.1f}" for k in ks) + " |")
+        if args.plot:
+            plot_pass_at_k(result, args.plot, args.title)
+    elif args.command == "temperatures":
         result = temperatures(args.run_dirs, args.temperatures, args.samples, args.overrides)
         ks = [k for k in next(iter(next(iter(result["runs"].values()))["by_temperature"].values())) if k.startswith("pass@")]
         print("| run | " + " | ".join(f"T {t}: " + " / ".join(ks) for t in args.temperatures) + " |")

@@ -209,7 +209,7 @@ def test_run_dir_config_points_the_model_at_final(tmp_path):
     assert config.method == "grpo" and config.model.name == str(run / "final") and config.eval.samples == 9
 
 
-@pytest.mark.parametrize("command", ["temperatures", "sharpness digits"])
+@pytest.mark.parametrize("command", ["temperatures", "sharpness digits", "passk"])
 @pytest.mark.parametrize("damage, shown", [
     ("missing", "{run}' is not a run directory (no such directory)"),
     ("no_config", "no config.yaml file: {run}/config.yaml"),
@@ -234,6 +234,12 @@ def test_bench_diagnostics_names_a_damaged_run_directory_in_one_line(tmp_path, c
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
     assert shown.format(run=run) in proc.stderr
+
+
+def test_bench_diagnostics_passk_refuses_a_sample_count_that_is_not_a_power_of_two(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_diagnostics.py"), "passk",
+                           str(tmp_path), "--samples", "12"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--samples must be a power of two (1, 2, 4, ...), got 12" in proc.stderr
 
 
 def test_a_plot_that_cannot_be_written_leaves_the_results_and_is_named(tmp_path, capsys):

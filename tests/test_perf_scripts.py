@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,19 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     assert greedy["pass@1"] == greedy["pass@2"]
     assert 0.0 <= sampled["pass@1"] <= sampled["pass@2"] <= 1.0
     assert (tmp_path / "frontier.png").stat().st_size > 0
+
+    # pass@k for every power of two up to --samples, at the run's own temperature; a run in the
+    # bench's layout (<suite>/<label>/seed<N>) is named by its label, any other by its method
+    laid_out = tmp_path / "bench" / "digits" / "distil_wide" / "seed0"
+    shutil.copytree(trained, laid_out)
+    out = _diagnostics(tmp_path, "passk", str(trained), str(laid_out), "--samples", "4",
+                       "--plot", str(tmp_path / "passk.png"))
+    assert out["ks"] == [1, 2, 4] and [r["method"] for r in out["runs"].values()] == ["distil", "distil_wide"]
+    for r in out["runs"].values():
+        curve = [r["pass@k"][str(k)] for k in out["ks"]]
+        assert r["temperature"] == 1.0 and 0.0 <= curve[0] <= curve[1] <= curve[2] <= 1.0
+    assert out["runs"][str(trained)]["pass@k"] == out["runs"][str(laid_out)]["pass@k"]  # same model, same seed
+    assert (tmp_path / "passk.png").stat().st_size > 0
 
 
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
