@@ -5,7 +5,7 @@
     python benchmarks/bench_diagnostics.py memorise SUITE METHOD [--problems 32] [--set KEY=VALUE ...]
     python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
     python benchmarks/bench_diagnostics.py temperatures RUN_DIR [RUN_DIR ...] [--temperatures 0.5 0.7 1.0]
-    python benchmarks/bench_diagnostics.py passk RUN_DIR [RUN_DIR ...] [--samples 32] [--plot PNG]
+    python benchmarks/bench_diagnostics.py passk RUN_DIR [RUN_DIR ...] [--samples 32] [--plot PNG] [--json PATH]
 
 SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
 `distil bench` configures it, seed 0.
@@ -42,7 +42,8 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   for pass@1; comparing methods along that trade, rather than at one temperature, tells a
   method that knows more from one that is only sharper.
 - ``passk``: each trained run's final model evaluated as training evaluates it, with
-  ``--samples`` samples per problem, and pass@k for every power of two up to that: how each
+  ``--samples`` samples per problem (it sets ``eval.samples`` and ``eval.ks``), and pass@k for
+  every power of two up to that: how each
   method's share of solved problems grows with the number of tries. A method that covers the
   expert's answers (forward cross-entropy) should gain more with k than one that commits to a
   single answer; the bench's pass@8 shows one point of that curve.
@@ -443,6 +444,7 @@ def run(argv: list[str]) -> int:
     passk.add_argument("--samples", type=int, default=32, help="samples per problem, a power of two")
     passk.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@k against k")
     passk.add_argument("--title", default="pass@k against the number of samples")
+    passk.add_argument("--json", metavar="PATH", help="also write the result (ks, and per run its pass@k) as JSON")
     for p in (gap, onp, mem, sharp, temp, passk):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -455,6 +457,11 @@ def run(argv: list[str]) -> int:
         print("|---|" + "---:|" * len(ks))
         for run, r in result["runs"].items():
             print(f"| {run} | " + " | ".join(f"{100 * r['pass@k'][str(k)]:.1f}" for k in ks) + " |")
+        if args.json:
+            from distil_core.io import atomic_write_json
+
+            atomic_write_json(args.json, result)
+            print(f"JSON: {args.json}")
         if args.plot:
             plot_pass_at_k(result, args.plot, args.title)
     elif args.command == "temperatures":

@@ -162,7 +162,8 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     laid_out = tmp_path / "bench" / "digits" / "distil_wide" / "seed0"
     shutil.copytree(trained, laid_out)
     out = _diagnostics(tmp_path, "passk", str(trained), str(laid_out), "--samples", "4",
-                       "--plot", str(tmp_path / "passk.png"))
+                       "--plot", str(tmp_path / "passk.png"), "--json", str(tmp_path / "passk.json"))
+    assert json.loads((tmp_path / "passk.json").read_text()) == out
     assert out["ks"] == [1, 2, 4] and [r["method"] for r in out["runs"].values()] == ["distil", "distil_wide"]
     for r in out["runs"].values():
         curve = [r["pass@k"][str(k)] for k in out["ks"]]

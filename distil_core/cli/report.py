@@ -21,7 +21,7 @@ from distil_core.cli.tables import render_table
 if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
-__all__ = ["mean_std", "paired_gap", "leaders", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
+__all__ = ["mean_std", "paired_gap", "within_noise", "leaders", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
            "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_line",
            "cpu_name"]
 
