@@ -414,6 +414,18 @@ def main() -> int:
         return exc.exit_code
 
 
+def written(write: Any, flag: str, path: str) -> None:
+    """Run ``write``; a file that cannot be written (a file where a folder should be, a full
+    disk) is one line naming the flag and the path, after the tables are already printed."""
+    from distil_core.errors import DistilError
+
+    try:
+        write()
+    except OSError as exc:
+        raise DistilError(f"{flag} {path!r} cannot be written ({exc.strerror or exc}); the results above "
+                          "are complete") from None
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -460,10 +472,10 @@ def run(argv: list[str]) -> int:
         if args.json:
             from distil_core.io import atomic_write_json
 
-            atomic_write_json(args.json, result)
+            written(lambda: atomic_write_json(args.json, result), "--json", args.json)
             print(f"JSON: {args.json}")
         if args.plot:
-            plot_pass_at_k(result, args.plot, args.title)
+            written(lambda: plot_pass_at_k(result, args.plot, args.title), "--plot", args.plot)
     elif args.command == "temperatures":
         result = temperatures(args.run_dirs, args.temperatures, args.samples, args.overrides)
         ks = [k for k in next(iter(next(iter(result["runs"].values()))["by_temperature"].values())) if k.startswith("pass@")]
@@ -479,7 +491,7 @@ def run(argv: list[str]) -> int:
         for method, points in means.items():
             print(f"| {method} | " + " | ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in points) + " |")
         if args.plot:
-            plot_frontier(top, means, args.temperatures, args.plot)
+            written(lambda: plot_frontier(top, means, args.temperatures, args.plot), "--plot", args.plot)
     elif args.command == "sharpness":
         result = sharpness(args.suite, args.run_dirs, args.problems, args.overrides, base=args.base)
         print("| run | mean P(answer) | median P(answer) | tokens p < 0.1 | tokens p > 0.9 |")

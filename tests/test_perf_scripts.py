@@ -170,6 +170,17 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
         assert r["temperature"] == 1.0 and 0.0 <= curve[0] <= curve[1] <= curve[2] <= 1.0
     assert out["runs"][str(trained)]["pass@k"] == out["runs"][str(laid_out)]["pass@k"]  # same model, same seed
     assert (tmp_path / "passk.png").stat().st_size > 0
+    # an output that cannot be written (a file where its folder should be) is one line naming it,
+    # after the table
+    (tmp_path / "a_file").write_text("")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "passk", str(trained),
+                           "--samples", "2", "--json", str(tmp_path / "a_file" / "out.json")],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("error: --json ") and "cannot be written (Not a directory)" in last
+    assert str(tmp_path / "a_file" / "out.json") in last
+    assert "| pass@1 | pass@2 |" in proc.stdout
 
 
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
