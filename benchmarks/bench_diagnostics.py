@@ -296,7 +296,8 @@ def temperatures(run_dirs: list[str], temps: list[float], samples: int, override
 
     # each run's own config with its final/ model, as `distil eval RUN_DIR` reads it; every run is
     # checked before the first model loads, so a mistyped last path fails at once
-    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}"]) for run_dir in run_dirs}
+    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}", f"eval.ks={json.dumps(ks)}"])
+               for run_dir in run_dirs for ks in [ks_up_to(run_dir, samples, overrides)]}
     out: dict[str, Any] = {"temperatures": temps, "runs": {}}
     for run_dir, config in configs.items():
         rt = build_runtime(config, progress=False, with_expert=False)
@@ -308,6 +309,15 @@ def temperatures(run_dirs: list[str], temps: list[float], samples: int, override
         out["runs"][run_dir] = {"method": config.method, "split": config.eval.split, "problems": len(problems),
                                 "by_temperature": rows}
     return out
+
+
+def ks_up_to(run_dir: str, samples: int, overrides: list[str]) -> list[int]:
+    """The run's own ``eval.ks`` that ``samples`` samples per problem can estimate (pass@k needs
+    k ≤ samples), so a smaller ``--samples`` than the run evaluated with drops its larger k
+    instead of failing as an invalid config."""
+    from distil_core.config import run_dir_config
+
+    return [k for k in run_dir_config(run_dir, overrides).eval.ks if k <= samples] or [1]
 
 
 def pass_at_k(run_dirs: list[str], samples: int, overrides: list[str]) -> dict[str, Any]:

@@ -156,6 +156,10 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     assert greedy["pass@1"] == greedy["pass@2"]
     assert 0.0 <= sampled["pass@1"] <= sampled["pass@2"] <= 1.0
     assert (tmp_path / "frontier.png").stat().st_size > 0
+    # fewer samples than the run evaluated with: its larger k are dropped, not an invalid config
+    out = _diagnostics(tmp_path, "temperatures", str(trained), "--temperatures", "1", "--samples", "1")
+    (row,) = out["runs"].values()
+    assert [k for k in row["by_temperature"]["1.0"] if k.startswith("pass@")] == ["pass@1"]
 
     # pass@k for every power of two up to --samples, at the run's own temperature; a run in the
     # bench's layout (<suite>/<label>/seed<N>) is named by its label, any other by its method
