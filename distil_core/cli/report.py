@@ -21,9 +21,9 @@ from distil_core.cli.tables import render_table
 if TYPE_CHECKING:
     from distil_core.cli.bench import Bench
 
-__all__ = ["mean_std", "paired_gap", "within_noise", "leaders", "aggregate", "mean_curve", "rollouts_to_reach", "widest_pass", "final_lengths", "table_metrics",
-           "format_cell", "render_markdown", "terminal_table", "render_sweep", "calibration_warnings", "source_line",
-           "cpu_name"]
+__all__ = ["mean_std", "paired_gap", "within_noise", "leaders", "aggregate", "mean_curve", "rollouts_to_reach",
+           "widest_pass", "final_lengths", "table_metrics", "format_cell", "render_markdown", "terminal_table",
+           "render_sweep", "calibration_warnings", "source_line", "cpu_name"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -386,7 +386,8 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
         cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
                  if v in entry["validation"] else "–" for v in values]
         gaps = entry.get("gap", {})
-        tied = ", ".join(f"{json.dumps(v)} ({100 * gaps[json.dumps(v)]['mean']:.1f} ± {100 * gaps[json.dumps(v)]['se']:.1f})"
-                         for v in entry.get("within_noise", [])) or ("none" if gaps else "not judged (one seed)")
+        tied = ", ".join(f"{v} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
+                         for v in map(json.dumps, entry.get("within_noise", [])))
+        tied = tied or ("none" if gaps else "not judged (one seed)")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
     return "\n".join(lines) + "\n"
