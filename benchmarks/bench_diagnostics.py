@@ -289,26 +289,43 @@ def greedy_answer_p(model: Any, prompts: list[list[int]], max_new_tokens: int, t
 
 
 def temperatures(run_dirs: list[str], temps: list[float], samples: int, overrides: list[str]) -> dict[str, Any]:
+    configs = run_configs(run_dirs, lambda run_dir: overrides + [
+        f"eval.samples={samples}", f"eval.ks={json.dumps(ks_up_to(run_dir, samples, overrides))}"])
+    out: dict[str, Any] = {"temperatures": temps, "runs": {}}
+    for run_dir, config in configs.items():
+        evaluate, problems = final_model(config)
+        rows = {}
+        for temp in temps:
+            config.eval.temperature = temp
+            rows[str(temp)] = evaluate()
+        out["runs"][run_dir] = {"method": config.method, "split": config.eval.split, "problems": problems,
+                                "by_temperature": rows}
+    return out
+
+
+def run_configs(run_dirs: list[str], overrides_for: Any) -> dict[str, Any]:
+    """Each run's own config with its final/ model, as `distil eval RUN_DIR` reads it, with
+    ``overrides_for(run_dir)``; every run is checked before the first model loads, so a mistyped
+    last path fails at once."""
     from distil_core.config import run_dir_config
+
+    return {run_dir: run_dir_config(run_dir, overrides_for(run_dir)) for run_dir in run_dirs}
+
+
+def final_model(config: Any) -> tuple[Any, int]:
+    """A run's final model built once (no expert), and a function that evaluates it on its
+    evaluation problems as training does, under ``config.eval`` as it stands at each call;
+    with the number of those problems."""
     from distil_core.training.distributed import World
     from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
     from distil_core.training.runtime import build_runtime
 
-    # each run's own config with its final/ model, as `distil eval RUN_DIR` reads it; every run is
-    # checked before the first model loads, so a mistyped last path fails at once
-    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}", f"eval.ks={json.dumps(ks)}"])
-               for run_dir in run_dirs for ks in [ks_up_to(run_dir, samples, overrides)]}
-    out: dict[str, Any] = {"temperatures": temps, "runs": {}}
-    for run_dir, config in configs.items():
-        rt = build_runtime(config, progress=False, with_expert=False)
-        _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
-        rows = {}
-        for temp in temps:
-            config.eval.temperature = temp
-            rows[str(temp)] = evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)
-        out["runs"][run_dir] = {"method": config.method, "split": config.eval.split, "problems": len(problems),
-                                "by_temperature": rows}
-    return out
+    rt = build_runtime(config, progress=False, with_expert=False)
+    _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
+    def evaluate() -> dict[str, Any]:
+        return evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)
+
+    return evaluate, len(problems)
 
 
 def ks_up_to(run_dir: str, samples: int, overrides: list[str]) -> list[int]:
@@ -324,22 +341,15 @@ def pass_at_k(run_dirs: list[str], samples: int, overrides: list[str]) -> dict[s
     """Per run, pass@k for k = 1, 2, 4, ... up to ``samples`` (keyed by k as text, as JSON keeps
     it), at the run's own evaluation settings (split, problems, temperature, seed) with
     ``samples`` samples per problem."""
-    from distil_core.config import run_dir_config
-    from distil_core.training.distributed import World
-    from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
-    from distil_core.training.runtime import build_runtime
-
     ks = [2 ** i for i in range(int(math.log2(samples)) + 1)]
-    configs = {run_dir: run_dir_config(run_dir, overrides + [f"eval.samples={samples}", f"eval.ks={json.dumps(ks)}"])
-               for run_dir in run_dirs}
+    configs = run_configs(run_dirs, lambda _: overrides + [f"eval.samples={samples}", f"eval.ks={json.dumps(ks)}"])
     out: dict[str, Any] = {"ks": ks, "runs": {}}
     for run_dir, config in configs.items():
-        rt = build_runtime(config, progress=False, with_expert=False)
-        _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
-        metrics = evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)
+        evaluate, problems = final_model(config)
+        metrics = evaluate()
         out["runs"][run_dir] = {"method": bench_label(run_dir, config.method), "task": config.task.name,
-                                "split": config.eval.split,
-                                "problems": len(problems), "temperature": config.eval.temperature,
+                                "split": config.eval.split, "problems": problems,
+                                "temperature": config.eval.temperature,
                                 "pass@k": {str(k): metrics[f"pass@{k}"] for k in ks}}
     return out
 
