@@ -20,9 +20,9 @@ from distil_core.errors import DistilError
 from distil_core.testing import FAST_RUN, distil_env, use_cache
 from distil_core.training import checkpointing
 from distil_core.training.checkpointing import latest_checkpoint, load_checkpoint
-from distil_core.training.guards import nonfinite_remedies
+from distil_core.training.guards import RunGuard, nonfinite_remedies
 from distil_core.training.trainer import Trainer
-from distil_core.training.update import optimizer_step
+from distil_core.training.update import merged_steps, optimizer_step
 
 # z / τ overflows float32 for τ this small: the expert's distribution, and so the gradient, is
 # NaN, though every input is a finite, valid config value
@@ -89,6 +89,25 @@ def test_non_finite_steps_in_a_row_stop_the_run_in_one_line(tmp_path):
     assert "raise loss.expert_temperature (now 1e-45)" in message
     assert [r["skipped_nonfinite"] for r in rows(tmp_path)] == [1, 1]
     assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_a_batch_of_several_optimizer_steps_is_a_non_finite_step_only_when_none_moved_the_weights():
+    """With optim.epochs or optim.minibatches above 1, a batch takes several optimizer steps.
+    Before, one skipped step of two marked the batch ``skipped_nonfinite: 1`` and counted it
+    towards train.max_nonfinite_steps, whose message then said no step had moved the weights."""
+    good = {"loss": 1.0, "grad_norm": 0.5, "skipped_nonfinite": 0}
+    bad = {"loss": math.nan, "grad_norm": math.nan, "skipped_nonfinite": 1}
+    partial, none_taken = merged_steps([bad, good, good]), merged_steps([bad, bad])
+    assert (partial["skipped_nonfinite"], partial["optimizer_steps"]) == (1, 3)
+    assert (none_taken["skipped_nonfinite"], none_taken["optimizer_steps"]) == (2, 2)
+    guard = RunGuard(load_config(None, FAST_RUN + ["train.max_nonfinite_steps=2"]))
+    for step in range(1, 6):
+        guard.observe({"step": step, **partial})  # the weights moved on every step: no stop
+    guard.observe({"step": 6, **none_taken})
+    guard.observe({"step": 7, **partial})  # resets the count
+    guard.observe({"step": 8, **none_taken})
+    with pytest.raises(DistilError, match="not finite for 2 steps in a row .* which are those after step 7"):
+        guard.observe({"step": 9, **none_taken})
 
 
 @pytest.mark.parametrize("overrides, said", [

@@ -65,7 +65,9 @@ class RunGuard:
             "train.max_expert_failed_fraction (1 never stops).")
 
     def check_nonfinite(self, row: dict[str, Any]) -> None:
-        if not row.get("skipped_nonfinite"):
+        # a step of several optimizer steps (optim.epochs, optim.minibatches) that took any of
+        # them moved the weights: only a step that took none counts towards the run
+        if row.get("skipped_nonfinite", 0) < row.get("optimizer_steps", 1):
             self.nonfinite_run = 0
             return
         self.nonfinite_run += 1

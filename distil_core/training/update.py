@@ -162,13 +162,13 @@ SIGNAL_SUM = "signal_tokens_read"
 
 def merged_steps(steps: list[dict[str, float]]) -> dict[str, float]:
     """One row for the batch: each key's mean over the optimizer steps that report it (a single
-    step's row as it is); ``skipped_nonfinite`` is 1 when any step was skipped, ``optimizer_steps``
-    counts them."""
+    step's row as it is); ``skipped_nonfinite`` counts the steps skipped and ``optimizer_steps``
+    all of them, so the weights did not move at all only where the two are equal."""
     if len(steps) == 1:
         return steps[0]
     keys = {k for s in steps for k in s}
     out = {k: sum(s[k] for s in steps if k in s) / sum(k in s for s in steps) for k in keys}
-    out["skipped_nonfinite"] = max(s["skipped_nonfinite"] for s in steps)
+    out["skipped_nonfinite"] = sum(s["skipped_nonfinite"] for s in steps)
     out["optimizer_steps"] = len(steps)
     return out
 
