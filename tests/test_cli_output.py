@@ -52,3 +52,24 @@ def test_eval_json_states_its_units_and_matches_the_table(tmp_path, capsys):
     assert "value (%)" in table
     row = next(line for line in table.splitlines() if line.startswith("pass@1 "))
     assert float(row.split()[-1]) == round(100 * data["pass@1"], 1)
+
+
+def test_without_a_progress_bar_train_prints_a_line_every_log_every_steps_and_one_per_evaluation(tmp_path, capsys):
+    """Before, train.log_every was accepted and never read: a run with train.progress: false (a
+    batch job's log) printed nothing between its first line and its final table."""
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run),
+                 *_sets("train.steps=4", "train.log_every=2", "train.eval_every=2")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in out if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == ["step 2/4", "step 4/4"]
+    for line, row in zip(steps, (rows[1], rows[3])):
+        assert f"reward {row['reward']:.3f}, loss {row['loss']:.4g}, kl_to_expert {row['kl_to_expert']:.4g}" in line
+        assert "skipped_nonfinite" not in line  # shown only when a step was skipped
+    evals = [line for line in out if line.startswith("eval (")]
+    assert [line.split(":")[0] for line in evals] == ["eval (before, step 0)", "eval (step 2)", "eval (after, step 4)"]
+    after = json.loads((run / "summary.json").read_text())["after"]
+    assert f"pass@1 {100 * after['pass@1']:.1f}%" in evals[-1]
+    assert main(["train", "--quiet", "--output-dir", str(tmp_path / "quiet"), *_sets("train.steps=2")]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith(("step ", "eval ("))]

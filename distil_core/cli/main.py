@@ -74,7 +74,7 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run in --output-dir (its logs, checkpoints and final model are deleted)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress bars and no step lines")
     train.set_defaults(func=cmd_train, interrupted="interrupted; the last checkpoint is intact (continue with --resume)")
 
 
@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config_path = saved
     config = load_config(config_path, args.overrides)
     if args.quiet:
-        config.train.progress = False
+        config.train.progress, config.train.log_every = False, 0
     if args.output_dir:
         config.train.output_dir = args.output_dir  # where everything of the run goes (server syncs too)
     if args.print_config:

@@ -271,8 +271,11 @@ class TrainConfig(_Section):
         description="Also evaluate every this many steps (eval.jsonl: the held-out curve `distil plot` draws); "
         "0: before and after only. Evaluations sample with their own seed: they never change the training.")
     save_every: int = Field(default=50, ge=0, le=BIG, description="0: save at the end only.")
-    log_every: int = Field(default=1, ge=1, le=BIG)
-    progress: bool = True
+    log_every: int = Field(
+        default=1, ge=0, le=BIG,
+        description="Without a progress bar (progress: false), print a line of the step's metrics every this "
+        "many steps, and one per evaluation; 0: neither. metrics.jsonl and the trackers record every step.")
+    progress: bool = Field(default=True, description="Show a progress bar (false: lines, every log_every steps).")
     log_rollouts: bool = Field(
         default=True, description="Write every rollout with its verdict and feedback to rollouts.jsonl."
     )

@@ -32,7 +32,7 @@ from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.guards import RunGuard
 from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, removed_if_unused, shared_run_dir
-from distil_core.training.runlog import progress_bar, provenance_lines
+from distil_core.training.runlog import eval_line, progress_bar, provenance_lines, step_line
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
 from distil_core.training.overlap import GradingOverlap
@@ -197,6 +197,8 @@ class Trainer:
         self.evals[label] = result
         self.log.append("eval.jsonl", {"step": self.step, "label": label, **result})
         self.trackers.log_eval(self.step, label, result)
+        if not self.progress and self.config.train.log_every:
+            self.echo(eval_line(self.step, label, result))
         return result
 
     def save(self) -> str:
@@ -251,6 +253,8 @@ class Trainer:
             self.guard.observe(row)  # logged first: the row that stops the run is on record
             bar.set_postfix(reward=f"{row['reward']:.2f}", loss=f"{row['loss']:.3f}")
             bar.update()
+            if not self.progress and cfg.train.log_every and self.step % cfg.train.log_every == 0:
+                self.echo(step_line(self.step, total, row))
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
                 self.run_eval(f"step {self.step}")
             if cfg.train.save_every and self.step % cfg.train.save_every == 0:
