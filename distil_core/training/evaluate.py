@@ -11,7 +11,7 @@ from distil_core.protocols import resolve
 from distil_core.rollouts.local import Generator, SamplingParams
 from distil_core.training import metrics
 from distil_core.training.distributed import World
-from distil_core.training.runlog import progress_bar
+from distil_core.training.console import progress_bar
 from distil_core.training.step import verify
 from distil_core.types import Problem
 

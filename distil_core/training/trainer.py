@@ -32,7 +32,8 @@ from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.guards import RunGuard
 from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, removed_if_unused, shared_run_dir
-from distil_core.training.runlog import eval_line, progress_bar, provenance_lines, step_line
+from distil_core.training.console import eval_line, progress_bar, step_line
+from distil_core.training.runlog import provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
 from distil_core.training.runtime import Runtime, build_runtime
 from distil_core.training.overlap import GradingOverlap
