@@ -95,8 +95,11 @@ class Verifier(Protocol):
 class ClosableVerifier(Verifier, Protocol):
     """Optional for a verifier: release what it holds (worker processes, sandboxes).
 
-    Called on the verifier built to pretrain the tiny base, once the base is built. The run's
-    own verifier lives as long as the process and is not closed by the trainer.
+    Called on the verifier built to pretrain the tiny base, once the base is built, and on the
+    run's own when the run ends (``Trainer.fit`` returns or raises), so that a process training
+    several runs keeps no finished run's workers. The feedback sources, the expert and the
+    generator are closed alike when they have a ``close()``. A closed component may be used
+    again (an evaluation after the run): it reopens what it needs on use.
     """
 
     def close(self) -> None: ...

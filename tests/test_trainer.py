@@ -340,3 +340,36 @@ def test_a_micro_batch_without_any_expert_signal_takes_only_the_success_term(tmp
     row = trainer.train_step(1)
     assert row["signal_rollouts"] == 0
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+
+
+def test_a_run_closes_its_components_once_each_when_it_ends_however_it_ends(tmp_path):
+    """Before, the run's verifier, feedback sources, expert and generator were never closed: a
+    process that trains several runs (distil bench, a notebook) kept every finished run's
+    workers until it exited (code_exec: two worker processes and threads per run)."""
+    for ending, overrides in (("returns", []), ("raises", ["loss.expert_temperature=1e-45", "loss.no_signal=keep",
+                                                           "train.max_nonfinite_steps=1"])):
+        said, closed = [], []
+        trainer = Trainer(load_config(None, FAST_RUN + ["train.steps=2", *overrides]), run_dir=str(tmp_path / ending),
+                          host=PluginHost(load_entrypoints=False), echo=said.append)
+        rt = trainer.rt
+        assert rt.feedback_sources, "the default run has a feedback source"
+
+        async def feedback_close():  # an async close is awaited
+            closed.append("feedback")
+
+        def expert_close():
+            raise RuntimeError("socket gone")
+
+        rt.verifier.close = lambda: closed.append("verifier")
+        rt.feedback_sources[0][1].close = feedback_close
+        rt.feedback_sources.append(("listed twice", rt.feedback_sources[0][1]))  # one object, closed once
+        rt.expert.close = expert_close
+        rt.generator.close = lambda: closed.append("generator")
+        if ending == "raises":
+            with pytest.raises(DistilError, match="not finite"):
+                trainer.fit()
+        else:
+            trainer.fit()
+        assert closed == ["verifier", "feedback", "generator"], ending
+        expert = type(rt.expert).__name__
+        assert f"warning: expert {expert}: close() failed (RuntimeError: socket gone)" in said, ending

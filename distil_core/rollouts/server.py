@@ -165,7 +165,7 @@ class ServerGenerator:
         self.client = ServerClient(settings.base_url, api_key, settings.timeout_s, settings.retries)
         self.sync = PolicySync(self.client, mode, settings, os.path.abspath(sync_dir))
         self._sync_steps = set(sync_steps)  # evaluations and the last step need the current policy
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="distil-rollouts")
+        self._pool: Optional[ThreadPoolExecutor] = None  # made on first use, again after close()
         self._started = False
         self._version: Optional[int] = None  # step whose weights the server holds; None: the start
         self._rollouts_version: Optional[int] = None
@@ -188,6 +188,8 @@ class ServerGenerator:
         else:
             seeds = [_seed(key, pid) for pid in problem_ids[: len(prompts)]]
         bodies = [self._body(prompt, n, p, seed) for prompt, seed in zip(prompts, seeds)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrency, thread_name_prefix="distil-rollouts")
         answers = list(self._pool.map(lambda body: self.client.post("/v1/completions", body), bodies))
         rollouts = []
         for i, answer in enumerate(answers):
@@ -264,7 +266,10 @@ class ServerGenerator:
         return time.perf_counter() - start, size
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        """Stop the request threads (the trainer does when the run ends); sampling again makes new ones."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def _vocab_size(model: Any, tokenizer: Any) -> int:

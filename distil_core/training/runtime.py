@@ -51,6 +51,27 @@ class Runtime:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    def close(self) -> list[str]:
+        """Release what the run's components hold (worker processes, warm sandboxes, thread
+        pools): each of the verifier, the feedback sources, the expert and the generator that has
+        a ``close()`` is closed, once. A process that trains several runs (``distil bench``, a
+        notebook) would otherwise keep every finished run's workers until it exits. Returns one
+        line per close that failed, so the caller can report it without hiding the run's own
+        result or error."""
+        parts = [("verifier", self.verifier), *(("feedback source", source) for _name, source in self.feedback_sources),
+                 ("expert", self.expert), ("generator", self.generator)]
+        failed, seen = [], set()
+        for kind, part in parts:
+            closer = getattr(part, "close", None)
+            if part is None or id(part) in seen or not callable(closer):
+                continue
+            seen.add(id(part))
+            try:
+                resolve(closer())
+            except Exception as exc:  # noqa: BLE001 - a plugin's own failure, reported by the caller
+                failed.append(f"{kind} {type(part).__name__}: close() failed ({type(exc).__name__}: {exc})")
+        return failed
+
 
 def pick_device(name: str) -> torch.device:
     """``model.device`` as a torch device ("auto": CUDA when there is one, else the CPU); a name

@@ -234,9 +234,14 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` and evaluate; the trackers see the run from start to end and are
-        closed when it ends, however it ends."""
-        with self.trackers.session(self.config.model_dump(mode="json")):
-            return self._fit()
+        closed when it ends, however it ends, and so are the run's components
+        (:meth:`~distil_core.training.runtime.Runtime.close`)."""
+        try:
+            with self.trackers.session(self.config.model_dump(mode="json")):
+                return self._fit()
+        finally:
+            for problem in self.rt.close():
+                self.echo(f"warning: {problem}")
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config

@@ -2,6 +2,8 @@
 and a JSONL file with its own keys; each run finishes and its rollouts show the data's prompts."""
 
 import json
+import os
+import time
 from pathlib import Path
 
 import datasets
@@ -34,12 +36,7 @@ def train(tmp_path, host, options, *extra):
     overrides = FAST_RUN + [f"task={json.dumps({'name': 'dataset', 'options': options})}",
                             "train.steps=2", "train.save_every=0", "eval.problems=8", *extra]
     trainer = Trainer(load_config(None, overrides), run_dir=str(tmp_path / "run"), host=host, echo=lambda *_: None)
-    try:
-        summary = trainer.fit()
-    finally:
-        close = getattr(trainer.rt.verifier, "close", None)
-        if callable(close):
-            close()
+    summary = trainer.fit()  # closes the run's verifier and feedback sources when it ends
     rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
     return summary, rows
 
@@ -61,6 +58,7 @@ def test_a_parquet_file_of_code_tests_trains_with_code_exec(tmp_path, tiny_base_
     path = tmp_path / "code.parquet"
     pq.write_table(pa.Table.from_pylist(rows), str(path))
     options = {"path": str(path), "prompt_key": "task", "tests_key": "checks", "solution_key": "program"}
+    before = children()
     # Every graded response is a sandbox run: a smaller base (its feedback is a pool of 8 graded
     # mistakes) and evaluation keep this run short.
     summary, logged = train(tmp_path, host, options, "verifier={name: code_exec, options: {workers: 2}}",
@@ -71,6 +69,25 @@ def test_a_parquet_file_of_code_tests_trains_with_code_exec(tmp_path, tiny_base_
     assert {r["prompt"] for r in logged} <= {r["task"] for r in rows}
     failed = [r for r in logged if not r["verdict"]["passed"]]
     assert all(f["kind"] == "execution_trace" for r in failed for f in r["feedback"])
+    # the run ended and closed code_exec: none of its grading workers outlives it
+    deadline = time.monotonic() + 30
+    while children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not children() - before, children() - before
+
+
+def children() -> set[int]:
+    """This process's child processes."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if int(fields[1]) == os.getpid():
+            found.add(int(entry))
+    return found
 
 
 @pytest.mark.slow
