@@ -113,7 +113,8 @@ class BatchVerifier(Verifier, Protocol):
     with ``problems[i]`` the problem of ``rollouts[i]``; it returns one verdict per rollout, in
     order. A verifier whose grading has a fixed cost per call (a sandbox to start, a request to
     send) shares that cost across the step this way. Its verdicts must be the ones ``verify``
-    gives: evaluation and the tiny base's pretraining still call ``verify``.
+    gives: evaluation grades through it too, and only the tiny base's pretraining still calls
+    ``verify``.
     """
 
     def verify_batch(self, problems: Sequence[Problem], rollouts: Sequence[Rollout]) -> MaybeAwaitable[list[Verdict]]: ...
@@ -185,7 +186,8 @@ class HiddenStateExpert(Expert, Protocol):
 
 @runtime_checkable
 class UpdatingExpert(Expert, Protocol):
-    """Optional for an expert: called after every optimiser step with the updated policy.
+    """Optional for an expert: called after every training step (one batch of rollouts, however
+    many optimizer steps it took; not after a step that took none) with the updated policy.
 
     An expert that follows the student (a lagged copy of the policy, say) refreshes itself here.
     Under sharded training the whole policy is gathered for the call.
@@ -205,6 +207,18 @@ class StatefulExpert(Expert, Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class FrozenCopyExpert(Expert, Protocol):
+    """Optional for an expert that scores with a frozen copy of the policy's starting weights.
+
+    ``initial_copy()`` returns that copy, or None when it holds none. ``loss.kl_to_reference``'s
+    ``initial`` reference is the same weights and borrows the copy rather than making a second
+    one (a whole model's worth of memory); both only read it.
+    """
+
+    def initial_copy(self) -> Optional[Any]: ...
 
 
 @runtime_checkable
@@ -370,6 +384,7 @@ __all__ = [
     "HiddenStateExpert",
     "UpdatingExpert",
     "StatefulExpert",
+    "FrozenCopyExpert",
     "SyncedGenerator",
     "Logger",
     "Runtime",

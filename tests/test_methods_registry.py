@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distil_core.config import Method as ConfigMethod
-from distil_core.config import LossConfig, load_config
+from distil_core.config import EXPERT_TEMPERATURES, LossConfig, load_config
 from distil_core.errors import ConfigError
 from distil_core.losses.chunked import chunked_loss
 from distil_core.losses.chunk_terms import ExpertHead
@@ -18,6 +18,8 @@ from distil_core.training.runtime import build_runtime
 def test_the_config_accepts_exactly_the_registered_methods():
     assert set(typing.get_args(ConfigMethod)) == set(METHODS)
     assert all(name == entry.name for name, entry in METHODS.items())
+    # the one fact kept in the config layer: a misspelt name there would silently give τ 1
+    assert set(EXPERT_TEMPERATURES) <= set(METHODS)
 
 
 def test_the_registry_says_which_methods_ask_an_expert_and_run_chunked():

@@ -34,7 +34,7 @@ class RolloutServer(_Section):
         "safetensors, reloaded), 'none' (never; rollouts stay on the server's weights). 'auto': lora when "
         "model.lora is set, else weights.",
     )
-    sync_every: int = Field(default=1, ge=1, le=BIG, description="Sync after every k optimizer steps (and before evaluations and at the end).")
+    sync_every: int = Field(default=1, ge=1, le=BIG, description="Sync after every k training steps (and before evaluations and at the end).")
     sync_dir: Optional[str] = Field(
         default=None,
         description="Where adapters/weights are written for the server to read; it must see the same path. "

@@ -227,8 +227,8 @@ class LossConfig(_Section):
     )
     is_clip: float = Field(
         default=2.0, ge=1.0,
-        description="With several passes per batch (optim.epochs, optim.minibatches): the distillation "
-        "losses weigh each token by min(π/π_old, is_clip).",
+        description="With several passes per batch (optim.epochs, optim.minibatches) or "
+        "rollout.overlap_grading: the distillation losses weigh each token by min(π/π_old, is_clip).",
     )
     kl_to_reference: KLReference = Field(default_factory=KLReference)
 
@@ -245,7 +245,8 @@ class OptimConfig(_Section):
         default=1, ge=1, le=65536,
         description="Mini-batches per pass (whole prompt groups), one optimizer step each.",
     )
-    warmup_steps: int = Field(default=0, ge=0, le=BIG, description="Optimizer steps of a linear warmup from lr / warmup_steps to lr.")
+    warmup_steps: int = Field(default=0, ge=0, le=BIG, description="Training steps (batches) of a linear warmup from lr / warmup_steps to lr; the "
+                              "schedule moves once per batch, however many optimizer steps it takes.")
     schedule: Literal["constant", "linear", "cosine"] = Field(
         default="constant",
         description="After the warmup: constant lr, or a linear or cosine decay towards lr × min_lr_ratio, "
@@ -299,7 +300,7 @@ class TrainConfig(_Section):
         default=0.5, ge=0.0, le=1.0,
         description="Stop the run when more than this share of the expert's answers failed (unreachable, "
         "or a signal that is not a distribution over the student's vocabulary), counted over the last 5 "
-        "steps once they hold at least 8 answers. 1: never stop for failed answers.",
+        "steps once they hold at least 8 answers or span all 5. 1: never stop for failed answers.",
     )
     max_nonfinite_steps: int = Field(
         default=3, ge=1, le=1000,

@@ -1,7 +1,8 @@
-"""Off-policy corrections when one batch of rollouts is optimised several times.
+"""Off-policy corrections when the policy that learns is not the one that sampled.
 
 With ``optim.epochs`` or ``optim.minibatches`` above 1, every optimizer step after the first
-learns from rollouts that an older policy ``π_old`` sampled. GRPO corrects with its own clipped
+learns from rollouts that an older policy ``π_old`` sampled; under ``rollout.overlap_grading``
+every step does (its batch was sampled before the previous step's update). GRPO corrects with its own clipped
 ratio (:func:`~distil_core.losses.reference.grpo_loss`, given the recorded old log-probs). The
 distillation losses weigh each token's term by a *truncated per-token importance weight*
 

@@ -5,7 +5,10 @@ whether it asks an expert, whether it has DistIL's future credit, whether it lea
 group advantages, how its micro-batch loss is made on each expert access level and in chunks,
 and how a micro-batch's loss is weighted when micro-batches are accumulated. Nothing else
 branches on a method's name, so adding a method is one entry here (and its name in the
-config's ``Method`` literal, which is what a user may write).
+config's ``Method`` literal, which is what a user may write). One fact lives in the config
+layer, which cannot import this one: a method's own expert temperature where
+``loss.expert_temperature`` is unset (``config.EXPERT_TEMPERATURES``, 1 for a method it does not
+name); :meth:`Method.target_temperature` reads it.
 
 The losses themselves live in :mod:`distil_core.losses.reference` (full logits) and
 :mod:`distil_core.losses.chunk_terms` (a chunk of positions at a time); see
@@ -45,7 +48,8 @@ class MicroBatch:
     ``[B]`` are filled for methods that learn from group advantages; ``total_tokens`` is the
     token count of the whole accumulated batch (the divisor of token-summed losses);
     ``old_logprobs`` ``[B, T]`` those of the policy that sampled the rows, when the batch is
-    optimised more than once (None: the current ones, detached).
+    optimised more than once or was sampled a step behind (``rollout.overlap_grading``); None:
+    the current ones, detached.
     """
 
     loss: LossConfig

@@ -112,7 +112,7 @@ class SelfExpert(_LocalModelExpert):
 
     ``weights``: ``frozen`` (the default) the initial weights; ``live`` the student's current
     weights (the same module, no copy; a small model taught this way can collapse); ``ema`` a
-    copy updated in place after every optimizer step,
+    copy updated in place after every training step (one batch, however many optimizer steps),
     ``θ_T ← (1 - ema_rate) θ_T + ema_rate θ``.
 
     Under LoRA (``model.lora``) no copy of the model is made: ``frozen`` scores with the same
@@ -176,7 +176,7 @@ class SelfExpert(_LocalModelExpert):
         return contextlib.nullcontext()
 
     def on_policy_update(self, policy: Any) -> None:
-        """Called by the trainer after each optimizer step."""
+        """Called by the trainer after each training step that moved the weights."""
         if self.weights != "ema":
             return
         import torch

@@ -3,7 +3,8 @@
 ``rollout.backend: server`` puts a :class:`ServerGenerator` where the in-process
 :class:`~distil_core.rollouts.local.Generator` would be. It offers the same ``sample`` (problem-major
 rollouts with token ids and sampling log-probs), and the trainer calls its ``after_update``
-after every optimizer step, which is when the server gets the new policy:
+after every training step (one batch, however many optimizer steps), which is when the server
+gets the new policy:
 
     sample     one ``POST /v1/completions`` per prompt, up to ``max_concurrency`` at once:
                token-id prompt, ``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``,
@@ -16,7 +17,7 @@ after every optimizer step, which is when the server gets the new policy:
                ``POST /collective_rpc {method: reload_weights, kwargs: {weights_path}}``
     after either  ``POST /reset_prefix_cache``, so no KV computed by older weights is reused
 
-Versions count optimizer steps: the server's ``policy_version`` is the step whose weights it
+Versions count training steps: the server's ``policy_version`` is the step whose weights it
 holds, and a step's ``staleness`` is how many updates its rollouts' policy lacked (0 when
 syncing after every step). ``after_update`` returns both, with ``sync_s`` and ``sync_bytes``,
 and the trainer writes them into that step's row of ``metrics.jsonl``.

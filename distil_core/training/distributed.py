@@ -4,9 +4,9 @@
 
 Every rank holds the whole policy. A step's problems are split into contiguous shards, one
 per rank; each rank generates, verifies, gathers feedback, asks the expert and computes the
-loss for its shard alone. The gradients are then summed over ranks in one all-reduce per step
-(after the last micro-batch, as DDP does under ``no_sync``), so every rank takes the same
-optimizer step. The loss of each micro-batch is weighted by its share of the *global* batch
+loss for its shard alone. Before each optimizer step the gradients are summed over ranks
+(after the last micro-batch, as DDP does under ``no_sync``; in buckets of about 32 MB, one
+all-reduce each), so every rank takes the same optimizer step. The loss of each micro-batch is weighted by its share of the *global* batch
 (tokens or rows, whatever the method averages over), so the sum is the 1-process gradient.
 
 Sampling is keyed (see :mod:`distil_core.rollouts.sampling`): a problem's rollouts depend on the
