@@ -118,6 +118,13 @@ def test_every_method_is_answered_in_openais_shape(server):
         assert f"{verb} /v1/completions is not allowed; use POST" in json.loads(body)["error"]["message"]
     status, _, _, body = ask("DELETE", "/v1/nothing")
     assert status == 404 and "GET /v1/models" in json.loads(body)["error"]["message"]
+    # an alias is the route it names, for every verb: before, POST /models was a 404 while
+    # POST /v1/models was a 405
+    for path in ("/models", "/v1/models", "/v1/health", "/health"):
+        status, allow, _, body = ask("POST", path)
+        assert (status, allow) == (405, "GET"), path
+        assert f"POST {path} is not allowed; use GET {path}." in json.loads(body)["error"]["message"]
+        assert ask("GET", path)[0] == 200, path
     assert ask("HEAD", "/v1/completions")[:2] == (405, "POST")
     connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
     try:  # HEAD is GET without the body: the next answer on the connection is read whole

@@ -69,7 +69,7 @@ from distil_core.serving.requests import (
     parse_body,
     validated,
 )
-from distil_core.serving.routes import COMPLETION_PATHS, ROUTES, no_route
+from distil_core.serving.routes import COMPLETION_PATHS, ROUTES, UPDATE_PATHS, no_route, route_of
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
 __all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S",
@@ -189,24 +189,24 @@ class LocalOpenAIServer:
         """One request → (status, headers, body). Raises only :class:`ClientGone` (there is no
         one to answer). HEAD is answered as GET (the handler sends no body)."""
         path = path.split("?", 1)[0].rstrip("/")
-        get = verb in ("GET", "HEAD")
+        route, get = route_of(path), verb in ("GET", "HEAD")
         try:
             self._authorize(headers)
-            if get and path in ("/v1/models", "/models"):
+            if get and route == "/v1/models":
                 cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
                 return _json(200, {"object": "list", "data": cards})
-            if get and path in ("/health", "/v1/health"):
+            if get and route == "/health":
                 return _json(200, {"status": "ok"})
-            updates: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = {
-                "/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
-                "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
-            if verb == "POST" and path in updates:
-                self._count(path)
-                status, text = updates[path](parse_body(raw, required=path != "/reset_prefix_cache"))
+            # the handlers of routes.UPDATE_PATHS, in its order
+            handlers = (self._load_adapter, self._unload_adapter, self._collective_rpc, lambda body: (200, ""))
+            updates: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = dict(zip(UPDATE_PATHS, handlers))
+            if verb == "POST" and route in updates:
+                self._count(route)
+                status, text = updates[route](parse_body(raw, required=route != "/reset_prefix_cache"))
                 return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
-            if verb != "POST" or path not in COMPLETION_PATHS:
+            if verb != "POST" or route not in COMPLETION_PATHS:
                 raise no_route(verb, path)
-            return self._answer(path, raw)
+            return self._answer(route, raw)
         except ApiError as exc:
             return _json(exc.status, exc.body(), exc.headers)
         except ClientGone:
