@@ -64,7 +64,7 @@ def run_paths(run_dir: str) -> list[str]:
     :func:`temporaries` of writes a crash cut short."""
     found = [os.path.join(run_dir, name) for name in RUN_ENTRIES if os.path.lexists(os.path.join(run_dir, name))]
     for name in GROWING_LOGS:
-        found += [path for _, path in _segment_files(run_dir, name)]
+        found += segments(run_dir, name)
     return found + temporaries(run_dir)
 
 

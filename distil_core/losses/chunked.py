@@ -29,7 +29,7 @@ from distil_core.config import LossConfig
 from distil_core.errors import ConfigError
 from distil_core.losses import credit
 from distil_core.losses.chunk_terms import Chunk, ChunkTerms, Expert, ExpertHead, ExpertTopK
-from distil_core.losses.expert_batch import ExpertBatch, LossOutput, RowContext, tempered
+from distil_core.losses.expert_batch import DIVERGENCE_KEYS, ExpertBatch, LossOutput, RowContext, tempered
 from distil_core.losses.importance import importance_weights
 from distil_core.losses.reference import token_logprobs
 from distil_core.losses.methods import METHODS, Method, credit_options, method_named
@@ -76,8 +76,8 @@ def chunked_loss(
     loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
     if stats is not None:
         n = max(float(mask.bool().sum()), 1.0)
-        stats["ce_to_expert"] = o["stats"]["ce"] / n
-        stats["kl_to_expert"] = o["stats"]["kl"] / n
+        ce_key, kl_key = DIVERGENCE_KEYS
+        stats[ce_key], stats[kl_key] = o["stats"]["ce"] / n, o["stats"]["kl"] / n
         if options.get("old_logprobs") is not None:  # over the positions the weights apply to
             counted = max(float(o["counted"].sum()), 1.0)
             stats["ratio_mean"], stats["is_truncated_fraction"] = (v / counted for v in o["ratios"])

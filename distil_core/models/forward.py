@@ -194,6 +194,7 @@ def topk_with_tail(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def vocab_size(model: Any, tokenizer: Any) -> int:
     """The width of the policy's logits: what a dense expert's logits must match and every
-    expert token id must lie below (it can exceed the tokenizer's length: padded vocabularies)."""
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    expert token id must lie below, and every sampled id must index (it can exceed the
+    tokenizer's length: padded vocabularies). A wrapped model (``.module``) is read through."""
+    size = getattr(getattr(getattr(model, "module", model), "config", None), "vocab_size", None)
     return int(size) if isinstance(size, int) and size > 0 else len(tokenizer)

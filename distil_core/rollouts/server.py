@@ -39,6 +39,7 @@ import torch
 
 from distil_core.io import atomic_directory
 from distil_core.errors import ConfigError
+from distil_core.models.forward import vocab_size
 from distil_core.rollouts.answers import choices_of, sampled_tokens, served_models
 from distil_core.rollouts.client import ServerClient, ServerError
 from distil_core.rollouts.sampling import SamplingParams
@@ -162,7 +163,7 @@ class ServerGenerator:
         self.model, self.tokenizer, self.settings, self.params, self.mode = model, tokenizer, settings, params, mode
         self.world = world  # the trainer's ranks (``main``, ``barrier()``); None: one process
         self.eos_id = tokenizer.eos_token_id
-        self.vocab_size = _vocab_size(model, tokenizer)  # what a sampled id may index
+        self.vocab_size = vocab_size(model, tokenizer)  # what a sampled id may index
         self.client = ServerClient(settings.base_url, api_key, settings.timeout_s, settings.retries)
         self.sync = PolicySync(self.client, mode, settings, os.path.abspath(sync_dir))
         self._sync_steps = set(sync_steps)  # evaluations and the last step need the current policy
@@ -272,11 +273,6 @@ class ServerGenerator:
         if pool is not None:
             pool.shutdown(wait=False)
 
-
-def _vocab_size(model: Any, tokenizer: Any) -> int:
-    """The policy's vocabulary: its config's (the embedding's rows, padding included), else the tokenizer's."""
-    size = getattr(getattr(getattr(model, "module", model), "config", None), "vocab_size", None)
-    return size if isinstance(size, int) and size > 0 else len(tokenizer)
 
 
 def _seed(key: int, problem_id: str) -> int:

@@ -80,7 +80,7 @@ class ServedWeights:
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             self._drop(internal)
             raise ValueError(f"The adapter at {path!r} does not fit the served model (was it trained on another "
-                             f"base?): {_first_line(exc)}") from None
+                             f"base?): {_message_head(exc)}") from None
         old = self.adapters.get(name)
         self.adapters[name] = _Adapter(path, internal)
         self._peft.set_adapter(internal)  # so that peft never finds its active adapter deleted
@@ -207,7 +207,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], int]:
         try:
             tensors.update(load_file(full))
         except (SafetensorError, OSError) as exc:  # missing, cut short, or not safetensors at all
-            raise ValueError(f"The weights file {full!r} cannot be read ({_first_line(exc)}); save the model "
+            raise ValueError(f"The weights file {full!r} cannot be read ({_message_head(exc)}); save the model "
                              "again with save_pretrained.") from None
         size += os.path.getsize(full)
     return tensors, size
@@ -226,6 +226,8 @@ def _shards(index: str) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _first_line(exc: BaseException) -> str:
+def _message_head(exc: BaseException) -> str:
+    """An exception's message cut to its first two lines, joined, and 400 characters: enough of a
+    loader's error to name the cause, short enough for one line of ours."""
     text = str(exc).strip().splitlines()
     return " ".join(text[:2])[:400] if text else type(exc).__name__

@@ -67,13 +67,6 @@ class World:
         """The ranks' lists joined in rank order (shards are contiguous: the global order)."""
         return [x for part in self.gather(list(items)) for x in part]
 
-    def sum(self, value: float) -> float:
-        if not self.distributed:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t)
-
     def sum_grads(self, params: Iterable[torch.nn.Parameter], bucket_mb: float = 32.0) -> None:
         """Sum ``.grad`` over ranks in place, in flat buckets of about ``bucket_mb`` (a rank whose
         shard had nothing to learn from contributes zeros)."""

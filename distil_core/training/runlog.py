@@ -19,6 +19,7 @@ from distil_core.losses.expert_batch import DIVERGENCE_KEYS
 from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, remove_temporaries, rewrite_segments
 from distil_core.run_files import rotate_if_large, step_record
 from distil_core.training.distributed import World
+from distil_core.training.step import REASONS_SHOWN
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 DIR_MODE = 0o750
@@ -309,7 +310,7 @@ def step_row(step: int, world: World, counts: dict[str, float], accounting: dict
     ranks = world.gather((counts, accounting, timings, list(reasons)))
     total = {k: sum(c[k] for c, _, _, _ in ranks) for k in counts}
     timings = {k: max(t.get(k, 0.0) for _, _, t, _ in ranks) for k in timings}
-    why = list(dict.fromkeys(r for _, _, _, rs in ranks for r in rs))[:3]
+    why = list(dict.fromkeys(r for _, _, _, rs in ranks for r in rs))[:REASONS_SHOWN]
     rows = total["rollouts"]
     row: dict[str, Any] = {
         "step": step,

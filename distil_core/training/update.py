@@ -96,7 +96,7 @@ def update_policy(learner: Learner, batch: StepBatch) -> dict[str, float]:
     for _ in range(cfg.optim.epochs):
         for subset in split:
             plan = plan_update(learner, batch, targets, weight_of, subset)
-            steps.append(optimizer_step(learner, accumulate(learner, batch, rows, plan, recorded), schedule=False))
+            steps.append(optimizer_step(learner, accumulate(learner, batch, rows, plan, recorded)))
     if any(not s["skipped_nonfinite"] for s in steps):
         end_of_batch(learner)
     return merged_steps(steps)
@@ -289,9 +289,9 @@ def kl_penalty(learner: Learner, ref: Optional[torch.Tensor], logits: torch.Tens
     return reference.coef * total / plan.total_tokens
 
 
-def optimizer_step(learner: Learner, totals: dict[str, float], *, schedule: bool = True) -> dict[str, float]:
-    """Clip, step, and (``schedule``) :func:`end_of_batch`: the schedule, then an expert that
-    follows the policy. With several optimizer steps per batch, the caller ends the batch once.
+def optimizer_step(learner: Learner, totals: dict[str, float]) -> dict[str, float]:
+    """Clip and step. The batch's end (:func:`end_of_batch`: the schedule, then an expert that
+    follows the policy) comes once, after all of its optimizer steps.
 
     A step whose loss or gradient norm is NaN or inf is skipped: its gradients are dropped and
     neither the optimizer (whose moment estimates one NaN would poison for good) nor the
@@ -309,8 +309,6 @@ def optimizer_step(learner: Learner, totals: dict[str, float], *, schedule: bool
         return totals
     learner.optimizer.step()
     learner.optimizer.zero_grad(set_to_none=True)
-    if schedule:
-        end_of_batch(learner)
     return totals
 
 
