@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Optional
 from distil_core.serving.batcher import Batcher, Generation, Job, held_while_watched
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
 from distil_core.serving.next_token import checked_logprobs, next_tokens
-from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages
+from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages, token_usage
 from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
 
@@ -118,7 +118,7 @@ class LocalLM:
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": adapter or self.model_name, "choices": choices,
-            "usage": _usage(prompt_tokens, sum(len(gen.ids) for gen in generations)),
+            "usage": token_usage(prompt_tokens, sum(len(gen.ids) for gen in generations)),
         }
 
     def completion_prompts(self, r: CompletionRequest) -> list[list[int]]:
@@ -161,7 +161,7 @@ class LocalLM:
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": adapter or self.model_name, "choices": choices,
-            "usage": _usage(len(ids), sum(len(gen.ids) for gen in generations)),
+            "usage": token_usage(len(ids), sum(len(gen.ids) for gen in generations)),
         }
 
     def chat_prompt(self, r: ChatRequest) -> tuple[list[int], int]:
@@ -376,8 +376,3 @@ class LocalLM:
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from distil_core.config.rollout_sections import GREEDY_BELOW
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "CHAT_ROLES", "StreamOptions",
+__all__ = ["ApiError", "token_usage", "MAX_LOGPROBS", "GREEDY_BELOW", "UNSUPPORTED", "CHAT_ROLES", "StreamOptions",
            "CompletionRequest", "ChatRequest", "LoadAdapterRequest", "UnloadAdapterRequest", "ReloadRequest",
            "parse_body", "template_messages", "validated"]
 
@@ -343,3 +343,9 @@ def _unsupported(kind: type[BaseModel], field: str) -> str:
     known = ", ".join(sorted(f.alias or n for n, f in kind.model_fields.items() if n != "model"))
     return (f"Unsupported parameter '{name}': distil serve does not implement it and does not ignore it; "
             f"remove it. The parameters it takes here: model, {known}.")
+
+
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """An answer's ``usage`` object, as OpenAI shapes it (whole answers and a stream's last chunk)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

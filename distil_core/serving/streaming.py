@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest
+from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, token_usage
 from distil_core.serving.text import TextDeltas
 
 if TYPE_CHECKING:
@@ -113,8 +113,7 @@ def _chunks(lm: "LocalLM", r: Any, adapter: Optional[str], prompts: list[list[in
     if usage:
         completion = sum(len(gen.ids) for gen in last)
         prompt = sum(len(ids) for ids in prompts)
-        yield {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                                "total_tokens": prompt + completion}}
+        yield {**head, "choices": [], "usage": token_usage(prompt, completion)}
 
 
 def server_sent_events(chunks: Iterator[Chunk]) -> Iterator[bytes]:
