@@ -46,17 +46,33 @@ TRACKER_IDS = "trackers.json"
 RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final", *TRACKER_DIRS, TRACKER_IDS,
                "curves.png")
 """What a run writes into its directory (besides rotated segments), and ``distil plot``'s
-default picture of it; ``--overwrite`` removes exactly these, and a directory holding any of
-them already holds a run."""
+default picture of it; ``--overwrite`` removes exactly these, from a directory that
+:func:`holds_run`."""
+
+CHECKPOINT_NAME = re.compile(r"step-(\d+)\.pt")
+"""A checkpoint's file name in ``checkpoints/`` (match it whole): its step is zero-padded to six
+digits and may have more."""
 
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<index>\d{6})\.jsonl(?P<gz>\.gz)?$")
 
 
 def holds_run(run_dir: str) -> bool:
-    """Whether ``run_dir`` already holds (part of) a run that a new run would overwrite."""
+    """Whether ``run_dir`` holds (part of) a run: a step log or one of its segments,
+    ``summary.json``, or a checkpoint. A run's other names (``config.yaml``, ``final/``,
+    ``checkpoints/``, the trackers' folders, ``curves.png``) are common enough that a user's own
+    files carry them, so alone they are not a run: ``--overwrite`` must not take a folder of
+    someone's own files for one (:func:`run_paths` lists what is there)."""
     if not os.path.isdir(run_dir):
         return False
-    return any(os.path.lexists(p) for p in run_paths(run_dir))
+    if any(os.path.lexists(os.path.join(run_dir, name)) for name in (*STEP_LOGS, "summary.json")):
+        return True
+    if any(segments(run_dir, name) for name in GROWING_LOGS):
+        return True
+    try:
+        saved = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:  # absent, or not a directory
+        return False
+    return any(name == "latest" or CHECKPOINT_NAME.fullmatch(name) for name in saved)
 
 
 def run_paths(run_dir: str) -> list[str]:
@@ -254,5 +270,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "holds_run", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "CHECKPOINT_NAME", "holds_run", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

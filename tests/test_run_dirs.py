@@ -74,6 +74,31 @@ def test_an_empty_or_foreign_directory_is_not_a_run(tmp_path):
     assert holds_run(str(tmp_path))
 
 
+def test_a_folder_of_ones_own_files_with_a_runs_names_is_never_overwritten(tmp_path, capsys):
+    """Before, config.yaml, mlruns/, wandb/ or checkpoints/ alone made a folder "a run":
+    training there was refused with advice to use --overwrite, which then deleted them all."""
+    own = tmp_path / "experiment"
+    (own / "mlruns" / "0").mkdir(parents=True)
+    (own / "mlruns" / "0" / "meta.yaml").write_text("artifact_uri: elsewhere\n")
+    (own / "wandb").mkdir()
+    (own / "wandb" / "run.txt").write_text("an older project's run")
+    (own / "checkpoints").mkdir()
+    (own / "checkpoints" / "other-model.bin").write_bytes(b"weights")
+    (own / "config.yaml").write_text("# my settings\ntrain: {steps: 1}\n")
+    assert not holds_run(str(own))
+    before = _snapshot(own)
+    for flags in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(_train(own, "train.steps=1") + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert f"run directory {str(own)!r} holds " in err and "but no run" in err, err
+        assert "config.yaml" in err and "mlruns" in err and "Move them, or choose another --output-dir" in err
+        assert ("--overwrite would delete" in err) == bool(flags)
+        assert _snapshot(own) == before, flags  # nothing read, written or deleted
+    (own / "checkpoints" / "step-000004.pt").write_bytes(b"")  # a run's checkpoint: now it is a run
+    assert holds_run(str(own))
+
+
 def _lines(n, start=0, step=1):
     return [json.dumps({"step": step, "i": i, "pad": "x" * 200}) for i in range(start, start + n)]
 

@@ -22,6 +22,7 @@ from distil_core.config.base import BIG
 from distil_core.errors import DistilError
 from distil_core.io import atomic_file, atomic_write_bytes
 from distil_core.models.lora import load_policy_state, policy_state
+from distil_core.run_files import CHECKPOINT_NAME
 from distil_core.training import fsdp
 
 LATEST = "latest"
@@ -117,10 +118,6 @@ def latest_name(directory: str) -> Optional[str]:
         raise DistilError(f"checkpoint pointer {path} is damaged ({what}, not the name of the newest checkpoint); "
                           "delete it to resume from the newest checkpoint there, or start the run again "
                           "(--overwrite).") from None
-
-
-CHECKPOINT_NAME = re.compile(r"step-(\d+)\.pt")
-"""A checkpoint's file name; its step is zero-padded to six digits and may have more."""
 
 
 def checkpoint_names(directory: str) -> list[str]:
@@ -283,7 +280,8 @@ def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
     expert, RNG); returns the checkpoint's state for the trainer's own progress."""
     path = latest_checkpoint(run_dir)
     if path is None:
-        raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints; start without --resume.")
+        raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints to continue from; start the run "
+                          "again with --overwrite in place of --resume.")
     state, where = load_checkpoint(path), f"checkpoint {path}"
     if learner.sharded:
         fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=where)

@@ -17,6 +17,7 @@ from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
 from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, remove_temporaries, rewrite_segments
+from distil_core.run_files import run_paths
 from distil_core.run_files import rotate_if_large, step_record
 from distil_core.training.distributed import World
 from distil_core.training.step import REASONS_SHOWN
@@ -37,11 +38,21 @@ def prepare_run_dir(path: str, reuse: str = "refuse") -> bool:
 
     A directory that already holds a run is refused unless ``reuse`` is ``resume`` (continue
     it) or ``overwrite`` (the old run's files go, once the new run is set up): a second run
-    never mixes into or silently replaces the first. Refusing changes nothing on disk."""
+    never mixes into or silently replaces the first. A directory that holds no run but files
+    with the names a run writes (someone's own ``config.yaml``, ``mlruns/``) is refused for a new
+    run, ``--overwrite`` or not: the run would write over them. Refusing changes nothing on disk."""
     created = not os.path.lexists(path)
-    if reuse == "refuse" and holds_run(path):
+    held = holds_run(path)
+    if reuse == "refuse" and held:
         raise ConfigError(f"run directory {path!r} already holds a run. Continue it with --resume, replace it "
                           "with --overwrite (its logs and checkpoints are deleted), or choose another --output-dir.")
+    taken = [os.path.relpath(p, path) for p in run_paths(path)] if reuse != "resume" and not held else []
+    if taken:
+        raise ConfigError(
+            f"run directory {path!r} holds {', '.join(taken[:6])}{' …' if len(taken) > 6 else ''}: names a run "
+            "writes, but no run (no step log, summary.json or checkpoint), so they are taken for your own files, "
+            "which a new run would write over" + (" and --overwrite would delete" if reuse == "overwrite" else "")
+            + ". Move them, or choose another --output-dir.")
     try:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     except OSError as exc:
