@@ -446,6 +446,27 @@ def written(write: Any, flag: str, path: str) -> None:
                           "are complete") from None
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any run is read: ``--json`` and ``--plot`` must not name a file of a run given (its
+    config.yaml replaced by results would still parse, as a different config), and ``--plot``'s
+    suffix must name a format a plot is written in."""
+    from distil_core.cli.plots import figure_format
+    from distil_core.errors import ConfigError
+    from distil_core.run_files import run_file_at
+
+    for flag in ("--json", "--plot"):
+        path = getattr(args, flag[2:], None)
+        if not path:
+            continue
+        if flag == "--plot":
+            figure_format(path, flag)
+        for run_dir in getattr(args, "run_dirs", []):
+            own = run_file_at(path, run_dir)
+            if own is not None:
+                raise ConfigError(f"{flag} {path!r} is {own}, which the run writes: the output would replace it. "
+                                  "Choose a path outside the run's own files.")
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -482,6 +503,7 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "passk" and (args.samples < 1 or args.samples & (args.samples - 1)):
         parser.error(f"--samples must be a power of two (1, 2, 4, ...), got {args.samples}")
+    check_outputs(args)
     if args.command == "passk":
         result = pass_at_k(args.run_dirs, args.samples, args.overrides)
         ks = result["ks"]

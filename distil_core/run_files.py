@@ -84,6 +84,19 @@ def run_paths(run_dir: str) -> list[str]:
     return found + temporaries(run_dir)
 
 
+def run_file_at(path: str, run_dir: str) -> Optional[str]:
+    """The file or folder of the run in ``run_dir`` that ``path`` is, or lies inside, when it is
+    one the run writes (a log, ``config.yaml``, a checkpoint, ``final/``; ``curves.png`` is
+    ``distil plot``'s own default): an output a command writes must never replace it."""
+    target = os.path.realpath(path)
+    names = [os.path.join(run_dir, name) for name in RUN_ENTRIES if name != "curves.png"]
+    for entry in names + [p for name in GROWING_LOGS for p in segments(run_dir, name)]:
+        own = os.path.realpath(entry)
+        if target == own or target.startswith(own + os.sep):
+            return entry
+    return None
+
+
 def temporaries(run_dir: str) -> list[str]:
     """The unfinished atomic writes in ``run_dir`` and its ``checkpoints/``: left by a run killed
     while writing (a checkpoint, the final model), never read, and as large as what they held."""
@@ -270,5 +283,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "CHECKPOINT_NAME", "holds_run", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "CHECKPOINT_NAME", "holds_run", "run_file_at", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

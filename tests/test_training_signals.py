@@ -63,6 +63,12 @@ def _faulty_signal(fault, t, v):
         ids = torch.zeros(t, 1, dtype=torch.long)
         ids[0, 0] = v + 5
         return ExpertSignal(access="sampled", sample_ids=ids)
+    if fault == "text_surrogate":  # valid JSON ("\\ud800") decodes to half a character
+        return ExpertSignal(access="text", text="12\ud80034")
+    if fault == "text_long":
+        return ExpertSignal(access="text", text=" 1" * 100)
+    if fault == "text_huge":  # never tokenized
+        return ExpertSignal(access="text", text="7" * 5_000_000)
     if fault == "hidden_head":
         return ExpertSignal(access="hidden", hidden=torch.zeros(t, 8), head=(torch.zeros(v - 1, 8), None))
     raise AssertionError(fault)
@@ -140,6 +146,12 @@ BAD_SIGNALS = [
     ("sampled_past_vocab", "sample_ids holds id {v5} at position 0, column 0",
      "a negative id (no sample at that position) or token ids in [0, {v})"),
     ("hidden_head", "head weight has shape [{v1}, 8], not [{v}, 8]", "[vocabulary, hidden size]"),
+    # before: a text went to the tokenizer as it came, so half a character was a TypeError that
+    # ended the run and a text of megabytes a target of millions of tokens (gigabytes, then a crash)
+    ("text_surrogate", "text holds half a character (a lone surrogate) at character 2",
+     "UTF-8 text of at most {m} of the student's tokens (rollout.max_new_tokens)"),
+    ("text_long", "text is ", "UTF-8 text of at most {m} of the student's tokens"),
+    ("text_huge", "text is 5000000 characters long, far more than {m} tokens", "UTF-8 text of at most {m}"),
 ]
 
 
@@ -153,8 +165,11 @@ def test_a_bad_expert_signal_is_a_failed_signal_counted_and_explained(tmp_path, 
     reasons = row["expert_fail_reasons"]  # the first 3 distinct ones (they differ in the response length)
     assert 1 <= len(reasons) <= 3 and all(r.startswith("unusable ") for r in reasons)
     reason = reasons[0]
+    m = trainer.config.rollout.max_new_tokens
     for fragment in (problem, fix):
-        assert fragment.format(v=v, v1=v - 1, v5=v + 5) in reason
+        assert fragment.format(v=v, v1=v - 1, v5=v + 5, m=m) in reason
+    if fault == "text_long":
+        assert f"tokens long, more than the {m} a response may be" in reason
     assert "the expert should return" in reason
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 

@@ -20,9 +20,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-from distil_core.cli.plots import require_matplotlib, save_figure
+from distil_core.cli.plots import figure_format, require_matplotlib, save_figure
 from distil_core.cli.runlogs import RunLogs, finite_number, load_run
 from distil_core.errors import ConfigError, DistilError, did_you_mean
+from distil_core.run_files import run_file_at
 
 __all__ = ["Panel", "PANELS", "PlotReport", "plot_runs", "build_figure", "choose_panels", "run_labels", "main_plot"]
 
@@ -81,6 +82,12 @@ def plot_runs(paths: Sequence[str], output: Optional[str] = None,
     runs = [load_run(path) for path in paths]
     panels = choose_panels(metrics, runs)
     output = output or os.path.join(paths[0] if len(paths) == 1 else ".", "curves.png")
+    figure_format(output, "--output")
+    for path in paths:
+        own = run_file_at(output, path)
+        if own is not None:
+            raise ConfigError(f"--output {output!r} is {own}, which the run writes: the plot would replace it. "
+                              "Choose another path (the default is curves.png in the run directory).")
     fig, top = build_figure(plt, runs, panels)
     report = read_back(fig, output)
     try:

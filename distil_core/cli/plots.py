@@ -15,10 +15,10 @@ import statistics
 from typing import Any, Optional
 
 from distil_core.cli.report import mean_std
-from distil_core.errors import DistilError
+from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_file
 
-__all__ = ["require_matplotlib", "save_figure", "plot_curves"]
+__all__ = ["FIGURE_FORMATS", "figure_format", "require_matplotlib", "save_figure", "plot_curves"]
 
 
 def require_matplotlib(command: str = "distil bench") -> Any:
@@ -101,13 +101,30 @@ def _plot_lengths(plt: Any, rows: list[dict[str, Any]], suite: str, out_dir: str
     return save_figure(plt, fig, os.path.join(out_dir, f"bench-{suite}-length.png"))
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""What a plot may be written as, named by the file's suffix (none: PNG)."""
+
+
+def figure_format(path: str, flag: str = "--output") -> str:
+    """The format ``path``'s suffix names; any suffix but those of :data:`FIGURE_FORMATS` is a
+    ConfigError naming ``flag``, given before anything is drawn (a ``.pdf`` file of PNG bytes, or
+    a ``.json`` one, is no use to anyone)."""
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    if not suffix or suffix in FIGURE_FORMATS:
+        return suffix or "png"
+    raise ConfigError(f"{flag} {path!r}: a plot is written as " + ", ".join(f".{f}" for f in FIGURE_FORMATS)
+                      + " (the file's suffix chooses); name the file with one of them.")
+
+
 def save_figure(plt: Any, fig: Any, path: str, *, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> str:
-    """Write ``fig`` to ``path`` as PNG, whole or not at all, and free it; the panels are laid out
-    tightly within ``rect`` (figure fractions: room left outside it for a figure legend)."""
-    fig.tight_layout(rect=rect)
+    """Write ``fig`` to ``path`` in the format its suffix names (:func:`figure_format`), whole or
+    not at all, and free it; the panels are laid out tightly within ``rect`` (figure fractions:
+    room left outside it for a figure legend)."""
     try:
+        kind = figure_format(path)
+        fig.tight_layout(rect=rect)
         with atomic_file(path) as fh:
-            fig.savefig(fh, format="png")
+            fig.savefig(fh, format=kind)
     finally:
         plt.close(fig)
     return path

@@ -2,7 +2,8 @@
 
 An expert is a plugin, often a remote one: a wrong shape, a NaN, an id past the vocabulary or
 log-probs that are not log-probs would otherwise surface deep inside a loss (an index error on
-the GPU, a NaN step, or a silently wrong gradient from a padded row). :func:`check_signals`
+the GPU, a NaN step, or a silently wrong gradient from a padded row), and a text of gigabytes
+or with half a character inside the tokenizer. :func:`check_signals`
 turns such a signal into a *failed* one (``ok=False``) whose ``error`` names the field, the
 position and what the expert should return instead: it is left out of the loss and counted in
 the step's ``expert_failed``, like an answer the expert never gave. One bad answer from an API
@@ -13,7 +14,8 @@ check is one vectorised pass over the signal's tensors.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -33,33 +35,52 @@ class SignalProblem(Exception):
         self.field, self.problem, self.fix = field, problem, fix
 
 
+@dataclass(frozen=True)
+class TextBudget:
+    """What a ``text`` signal is held to: the student's tokens (``encode``, no special tokens) and
+    at most ``max_tokens`` of them (``rollout.max_new_tokens``: the text is trained as the
+    response the student should have written, so it may be no longer than one)."""
+
+    encode: Callable[[str], Sequence[int]]
+    max_tokens: int
+
+
+CHARS_PER_TOKEN = 64
+"""More characters per token than any tokenizer merges: a text this many times longer than its
+budget is refused before it is tokenized (a hostile answer of gigabytes never is)."""
+
+
 def check_signals(signals: Sequence[ExpertSignal], queries: Sequence[ExpertQuery], *,
-                  vocab_size: int) -> list[ExpertSignal]:
-    """``signals`` with every usable one (``ok``) whose tensors do not fit its query's response
-    replaced by a failed signal saying why (see :func:`signal_problem`)."""
+                  vocab_size: int, text: Optional[TextBudget] = None) -> list[ExpertSignal]:
+    """``signals`` with every usable one (``ok``) whose tensors do not fit its query's response,
+    or whose text is not one the student could write (with ``text``), replaced by a failed
+    signal saying why (see :func:`signal_problem`)."""
     out = []
     for signal, query in zip(signals, queries):
-        problem = signal_problem(signal, len(query.response_ids), vocab_size)
+        problem = signal_problem(signal, len(query.response_ids), vocab_size, text)
         out.append(signal if problem is None else ExpertSignal.failed(signal.access, problem))
     return out
 
 
-def signal_problem(signal: ExpertSignal, length: int, vocab_size: int) -> Optional[str]:
+def signal_problem(signal: ExpertSignal, length: int, vocab_size: int,
+                   text: Optional[TextBudget] = None) -> Optional[str]:
     """None when ``signal`` fits a response of ``length`` tokens; else one line: the field, what
     is wrong with it and where, and what the expert should return instead."""
     try:
-        check_signal(signal, length, vocab_size)
+        check_signal(signal, length, vocab_size, text)
     except SignalProblem as bad:
         return (f"unusable {signal.access!r} signal for {length} response tokens: {bad.field} {bad.problem}; "
                 f"the expert should return {bad.fix}")
     return None
 
 
-def check_signal(signal: ExpertSignal, length: int, vocab_size: int) -> None:
+def check_signal(signal: ExpertSignal, length: int, vocab_size: int, text: Optional[TextBudget] = None) -> None:
     """Raise :class:`SignalProblem` unless ``signal`` fits a response of ``length`` tokens (a
     failed signal, ``ok=False``, carries nothing to check)."""
     if not signal.ok:
         return
+    if signal.access == "text" and text is not None:
+        check_text(signal.text or "", text)
     if signal.access == "dense":
         logits = tensor(signal.logits, "logits", f"float logits of shape [{length}, {vocab_size}]")
         shaped(logits, "logits", (length, vocab_size), "[response tokens, vocabulary]")
@@ -72,6 +93,22 @@ def check_signal(signal: ExpertSignal, length: int, vocab_size: int) -> None:
         token_ids(ids, "sample_ids", vocab_size, allow_negative=True)
     elif signal.access == "hidden":
         check_hidden(signal, length, vocab_size)
+
+
+def check_text(value: str, budget: TextBudget) -> None:
+    """A text the student's tokenizer can read (no half characters) and the student could have
+    written (at most ``budget.max_tokens`` tokens); length is judged before tokenizing."""
+    fix = (f"UTF-8 text of at most {budget.max_tokens} of the student's tokens (rollout.max_new_tokens): the "
+           "response the student should have written")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SignalProblem("text", f"holds half a character (a lone surrogate) at character {exc.start}", fix) from None
+    if len(value) > CHARS_PER_TOKEN * budget.max_tokens:
+        raise SignalProblem("text", f"is {len(value)} characters long, far more than {budget.max_tokens} tokens", fix)
+    tokens = len(budget.encode(value))
+    if tokens > budget.max_tokens:
+        raise SignalProblem("text", f"is {tokens} tokens long, more than the {budget.max_tokens} a response may be", fix)
 
 
 def check_topk(signal: ExpertSignal, length: int, vocab_size: int) -> None:
