@@ -458,13 +458,13 @@ def check_outputs(args: argparse.Namespace) -> None:
         path = getattr(args, flag[2:], None)
         if not path:
             continue
-        if flag == "--plot":
-            figure_format(path, flag)
         for run_dir in getattr(args, "run_dirs", []):
             own = run_file_at(path, run_dir)
             if own is not None:
                 raise ConfigError(f"{flag} {path!r} is {own}, which the run writes: the output would replace it. "
                                   "Choose a path outside the run's own files.")
+        if flag == "--plot":
+            figure_format(path, flag)
 
 
 def run(argv: list[str]) -> int:

@@ -265,3 +265,29 @@ def test_a_report_file_that_cannot_be_written_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"error: {tmp_path / 'bench' / 'bench.json'}: the bench report cannot be " \
         "written (Is a directory); the runs are kept" in err, err
+
+
+def test_an_output_that_would_replace_a_runs_own_file_is_refused_before_anything_is_drawn(tmp_path, capsys):
+    """Before, `distil plot RUN --output RUN/config.yaml` wrote a PNG over the run's config (then
+    `distil eval RUN` failed on its bytes), `bench_diagnostics passk --json RUN/config.yaml` put
+    results JSON there (which still parses as YAML), and `--output x.pdf` wrote PNG bytes."""
+    run = _finished_bench(tmp_path / "bench")
+    saved = (run / "config.yaml").read_bytes()
+    for target in (run / "config.yaml", run / "final" / "plot.png", run / "checkpoints"):
+        assert main(["plot", str(run), "--output", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {str(target)!r} is " in err and "which the run writes: the plot would replace it" in err, err
+    assert main(["plot", str(run), "--output", str(tmp_path / "plot.txt")]) == 2
+    assert "a plot is written as .png, .pdf, .svg (the file's suffix chooses)" in capsys.readouterr().err
+    assert (run / "config.yaml").read_bytes() == saved and not (run / "final").exists()
+    assert main(["plot", str(run), "--output", str(tmp_path / "plot.pdf")]) == 0
+    assert (tmp_path / "plot.pdf").read_bytes().startswith(b"%PDF")
+    assert main(["plot", str(run), "--output", str(tmp_path / "plot.svg")]) == 0
+    assert b"<svg" in (tmp_path / "plot.svg").read_bytes()[:1000]
+    script = os.path.join(ROOT, "benchmarks", "bench_diagnostics.py")
+    for flag, target in (("--json", run / "config.yaml"), ("--plot", run / "eval.jsonl"), ("--plot", tmp_path / "p.json")):
+        proc = subprocess.run([sys.executable, script, "passk", str(run), "--samples", "2", flag, str(target)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"error: {flag} {str(target)!r}"), proc.stderr
+    assert (run / "config.yaml").read_bytes() == saved

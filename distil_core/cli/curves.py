@@ -82,12 +82,12 @@ def plot_runs(paths: Sequence[str], output: Optional[str] = None,
     runs = [load_run(path) for path in paths]
     panels = choose_panels(metrics, runs)
     output = output or os.path.join(paths[0] if len(paths) == 1 else ".", "curves.png")
-    figure_format(output, "--output")
     for path in paths:
         own = run_file_at(output, path)
         if own is not None:
             raise ConfigError(f"--output {output!r} is {own}, which the run writes: the plot would replace it. "
                               "Choose another path (the default is curves.png in the run directory).")
+    figure_format(output, "--output")
     fig, top = build_figure(plt, runs, panels)
     report = read_back(fig, output)
     try:

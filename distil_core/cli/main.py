@@ -2,7 +2,7 @@
 
     distil train [CONFIG] [--set key=value ...] [--output-dir DIR] [--resume | --overwrite]
     distil eval  [RUN_DIR | CONFIG] [--set key=value ...] [--json]
-    distil plot  RUN_DIR [RUN_DIR ...] [--output PNG] [--metrics M ...] [--json]
+    distil plot  RUN_DIR [RUN_DIR ...] [--output PNG|PDF|SVG] [--metrics M ...] [--json]
     distil plugins [--json]
     distil bench [SPEC] [--quick] [--suites S ...] [--methods M ...] [--seeds N ...] [--output-dir DIR] [--report-dir DIR]
     distil serve [--model tiny|PATH] [--port 0] [--host 127.0.0.1] [--api-key KEY] [--fault SPEC ...]
@@ -90,8 +90,8 @@ def _add_eval(sub: Any) -> None:
 def _add_plot(sub: Any) -> None:
     plot = sub.add_parser("plot", help="draw the curves of one or several runs, overlaid, into one PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (written by distil train)")
-    plot.add_argument("--output", help="the PNG to write (default: RUN_DIR/curves.png for one run, "
-                                       "./curves.png for several)")
+    plot.add_argument("--output", help="the picture to write, .png, .pdf or .svg by its suffix (default: "
+                                       "RUN_DIR/curves.png for one run, ./curves.png for several)")
     plot.add_argument("--metrics", nargs="+", type=_names, metavar="M",
                       help="panels to draw (default: reward pass@1 response_tokens ce_to_expert kl_to_expert "
                            "feedback_coverage time); any numeric key of metrics.jsonl or eval.jsonl also works")
