@@ -58,7 +58,11 @@ class HumanFeedback:
         # newest first, then a stable sort puts this response's entries, then the problem's, first
         entries.sort(key=lambda e: e.created_at, reverse=True)
         entries.sort(key=lambda e: 0 if e.response_hash == own else 1 if e.response_hash is None else 2)
-        return [_item(e, own) for e in entries[: self.max_items]]
+        # the same advice stored twice (a store older than content ids) takes one place, not two
+        distinct: dict[tuple[str, str], Correction] = {}
+        for entry in entries:
+            distinct.setdefault((entry.kind, entry.text), entry)
+        return [_item(e, own) for e in list(distinct.values())[: self.max_items]]
 
 
 def _item(entry: Correction, own_hash: str) -> Feedback:

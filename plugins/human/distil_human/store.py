@@ -29,6 +29,7 @@ a write is refused by name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -42,7 +43,7 @@ import urllib.parse
 import uuid
 import weakref
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -71,6 +72,11 @@ _SCHEMA = (
 )
 _COLUMNS = ("id", "problem_id", "response_hash", "kind", "text", "author", "created_at",
             "run_dir", "step", "response_text", "verdict", "verified")
+def _content(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A stored row's :data:`Correction.CONTENT_FIELDS`."""
+    return tuple(row[_COLUMNS.index(name)] for name in Correction.CONTENT_FIELDS)
+
+
 _MIGRATIONS: dict[int, Sequence[str]] = {  # version v → statements that bring v - 1 to v
     2: ("ALTER TABLE corrections ADD COLUMN verified INTEGER",),
 }
@@ -134,8 +140,21 @@ class Correction(BaseModel):
 
     @classmethod
     def entered(cls, data: dict[str, Any]) -> "Correction":
-        """A new entry, from a reviewer or a file: validated with the :data:`ENTERED` checks."""
-        return cls.model_validate(data, context=ENTERED)
+        """A new entry, from a reviewer or a file: validated with the :data:`ENTERED` checks. One
+        without an ``id`` gets :meth:`content_id`, so the same entry saved twice (a double click
+        on Save, a file of entries without ids imported twice) is stored once."""
+        entry = cls.model_validate(data, context=ENTERED)
+        if "id" not in data:
+            entry.id = entry.content_id()
+        return entry
+
+    CONTENT_FIELDS: ClassVar[tuple[str, ...]] = ("problem_id", "response_hash", "kind", "text", "author")
+    """What makes two entries the same advice, whenever and from whichever run they were saved."""
+
+    def content_id(self) -> str:
+        """An id made from the entry's :data:`CONTENT_FIELDS`, 32 hex digits like a random one."""
+        key = json.dumps([getattr(self, name) for name in self.CONTENT_FIELDS], ensure_ascii=False)
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     @field_validator(*_TEXT_FIELDS)
     @classmethod
@@ -508,16 +527,17 @@ class CorrectionStore:
     # -- writing -----------------------------------------------------------------------------
 
     def add(self, correction: Correction) -> Correction:
-        """Store one entry; it is committed (durable) when this returns."""
-        with self._write() as db:
-            db.execute(_INSERT, correction._row())
+        """Store one entry (as :meth:`add_many` does); it is committed (durable) when this returns."""
+        self.add_many([correction])
         return correction
 
     def add_many(self, corrections: Sequence[Correction]) -> tuple[int, int]:
         """All entries in one transaction: (added, already present with the same content).
 
-        An id present with different content raises :class:`DuplicateIdError` (its ``index``
-        in ``corrections``) and nothing is stored.
+        An id present with the same content (the :data:`Correction.CONTENT_FIELDS`: a second save
+        of one entry may differ in when and from which run it was saved) is already present; with
+        different content it raises :class:`DuplicateIdError` (its ``index`` in ``corrections``)
+        and nothing is stored.
         """
         added = same = 0
         with self._write() as db:
@@ -531,7 +551,7 @@ class CorrectionStore:
                         continue
                 except (ValueError, OverflowError, RecursionError) as exc:  # a value SQLite cannot hold
                     raise EntryError(index, f"cannot be stored ({type(exc).__name__}: {exc})") from None
-                if tuple(row) == new:
+                if tuple(row) == new or _content(tuple(row)) == _content(new):
                     same += 1
                 else:
                     raise DuplicateIdError(index, correction.id)

@@ -396,3 +396,20 @@ def test_names_and_paths_that_are_not_plain_text_neither_break_pages_nor_saves(t
         assert {e.run_dir for e in entries} == {os.path.abspath(run).replace("\udcff", "\ufffd")}
     finally:
         desk.stop()
+
+
+def test_the_same_entry_saved_twice_at_once_is_stored_once(open_desk, tmp_path):
+    """A double click on Save sends the form twice. Before, each save stored its own entry (40
+    concurrent saves: 40 rows), and the copies took the feedback's max_items places."""
+    form, origin = _form("The 4 goes first."), {"Origin": open_desk.base}
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(_get(open_desk.base + "/save/sort-34", origin, form)[0]))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 8 and set(answers) <= {200, 303}, answers
+    _get(open_desk.base + "/save/sort-34", origin, _form("Another point."))
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert sorted(e.text for e in store.all()) == ["Another point.", "The 4 goes first."]

@@ -201,3 +201,38 @@ def test_numbers_json_cannot_hold_are_refused_by_line_and_field(tmp_path):
     export_jsonl(store, str(out))
     again = CorrectionStore(str(tmp_path / "t.sqlite"))
     assert import_jsonl(again, str(out)) == (1, 0) and import_jsonl(store, str(out)) == (0, 1)
+
+
+def test_a_file_of_entries_without_ids_imported_twice_adds_nothing_the_second_time(tmp_path):
+    """Before, each import gave every id-less line a new random id: the entries doubled."""
+    path = tmp_path / "mine.jsonl"
+    lines = [{"problem_id": "sort-12", "kind": "correction", "text": "Smallest digit first."},
+             {"problem_id": "sort-90", "kind": "solution", "text": "09", "author": "bo"},
+             {"problem_id": "sort-12", "kind": "correction", "text": "Smallest digit first."}]  # the same advice
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    store = CorrectionStore(str(tmp_path / "s.sqlite"))
+    assert import_jsonl(store, str(path)) == (2, 1)
+    assert import_jsonl(store, str(path)) == (0, 3)
+    assert store.count() == 2
+    # the same text from another author is another entry; an id given is kept as given
+    path.write_text(json.dumps({**lines[0], "author": "cy"}) + "\n" + json.dumps({**lines[1], "id": "mine-1"}) + "\n")
+    assert import_jsonl(store, str(path)) == (2, 0) and store.count() == 4
+
+
+def test_export_reads_an_existing_store_only_and_never_writes_over_it(tmp_path):
+    """Before, a mistyped --db made an empty store there and wrote its 0 entries over the backup;
+    exporting a store onto its own path replaced the SQLite file with JSONL."""
+    _filled(tmp_path / "s.sqlite").close()
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text('{"kept": true}\n')
+
+    def run(*args):
+        return subprocess.run(distil_argv("corrections", *args), env=plugin_env(), capture_output=True, text=True)
+
+    done = run("export", str(backup), "--db", str(tmp_path / "s.sqllite"))
+    assert done.returncode == 2 and "No corrections store at" in done.stderr, done.stderr
+    assert backup.read_text() == '{"kept": true}\n' and not (tmp_path / "s.sqllite").exists()
+    done = run("export", str(tmp_path / "s.sqlite"), "--db", str(tmp_path / "s.sqlite"))
+    assert done.returncode == 2 and "is the store being exported; give another FILE" in done.stderr, done.stderr
+    with CorrectionStore(str(tmp_path / "s.sqlite"), create=False) as store:
+        assert store.count() == 3

@@ -89,3 +89,17 @@ def test_option_values_of_the_wrong_type_are_named(db, options, said):
     host = PluginHost(load_entrypoints=True, allow=["human"])
     with pytest.raises(ConfigError, match=f"feedback source 'human': {said}"):
         host.build("feedback_source", "human", {"db": db, **options})
+
+
+def test_the_same_advice_stored_twice_takes_one_place(tmp_path):
+    """A store written before entries had content ids can hold one text twice (a double save);
+    it is given once, so it does not push distinct advice out of max_items."""
+    path = str(tmp_path / "twice.sqlite")
+    with CorrectionStore(path) as store:
+        for hours in (0, 1):
+            store.add(entry(response="21", text="You swapped the digits.", created_at=T0 + timedelta(hours=hours)))
+        store.add(entry(response=None, text="Sorting means smallest digit first.", created_at=T0))
+        assert store.count() == 3
+    items = HumanFeedback(db=path, max_items=2).feedback(PROBLEM, WRONG, FAILED, [])
+    assert _texts(items) == [("human_correction", "You swapped the digits.", "this response"),
+                             ("human_correction", "Sorting means smallest digit first.", "the problem")]
