@@ -12,6 +12,7 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
+from distil_core.config import load_config
 from distil_core.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,7 +179,7 @@ def test_plot_draws_dollar_signs_in_names_as_text_not_math(tmp_path, capsys):
 
 def _final_run(path):
     path.mkdir()
-    (path / "config.yaml").write_text("method: grpo\n")
+    (path / "config.yaml").write_text(load_config(None, ["method=grpo"]).to_yaml())
     (path / "final").mkdir()
     return path
 
@@ -190,6 +191,11 @@ def _final_run(path):
     (lambda p: (_final_run(p) / "config.yaml").write_text("method: [\n"), "config.yaml: not valid YAML"),
     (lambda p: (_final_run(p) / "config.yaml").write_bytes(b"method: \xff\n"), "cannot be read as a UTF-8 text file"),
     (lambda p: (_final_run(p) / "final").rmdir(), "has no final/ model yet"),
+    # before, an emptied or cut config.yaml was read as the defaults (another task, another
+    # evaluation), and `distil eval RUN` evaluated the wrong thing without a word
+    (lambda p: (_final_run(p) / "config.yaml").write_text(""), "saved config cannot be read: it is not whole (it lacks every section"),
+    (lambda p: (_final_run(p) / "config.yaml").write_text("method: distil\nseed: 0\nmodel:\n"),
+     "saved config cannot be read: it is not whole (it lacks task, verifier, feedback, expert, system_prompt, context …"),
 ])
 def test_run_dir_config_names_what_is_wrong(tmp_path, damage, shown):
     run = tmp_path / "run"

@@ -80,6 +80,19 @@ def test_the_cli_refuses_to_guess_the_config_of_a_run_without_config_yaml(run, c
     assert "has no config.yaml" in capsys.readouterr().err
 
 
+def test_a_cut_config_yaml_stops_the_resume_before_anything_trains(run, capsys):
+    """Before: a config.yaml cut to its first lines was read as the defaults wherever it lacked a
+    section; the resume trained a step under them, wrote a checkpoint, then failed on a missing
+    metric (KeyError)."""
+    (run / "config.yaml").write_text("method: distil\nseed: 0\n")
+    before = files(run)
+    assert main(["train", "--quiet", "--output-dir", str(run), "--resume", "--set", "train.steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml: the run's saved config cannot be read: it is not whole (it lacks model, task, verifier" in err, err
+    assert "so --resume cannot tell whether the run would change" in err and "Traceback" not in err
+    assert files(run) == before
+
+
 def test_a_finished_run_resumed_twice_holds_one_after_evaluation(run):
     """Before: the last checkpoint was written before the final evaluation, so every resume of a
     finished run evaluated again and appended another "after" row."""

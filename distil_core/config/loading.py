@@ -325,9 +325,25 @@ def saved_config(run_dir: str) -> Optional[RunConfig]:
         return None
     try:
         with open(path, encoding="utf-8") as fh:
-            return RunConfig.model_validate(yaml.safe_load(fh))
+            data = yaml.safe_load(fh)
+        missing = unsaved_keys(data)
+        if missing:
+            raise ConfigError(f"{path}: the run's saved config cannot be read: it is not whole (it lacks "
+                              f"{', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}; a run writes every "
+                              "section), so it is damaged")
+        return RunConfig.model_validate(data)
     except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__})") from None
+
+
+def unsaved_keys(data: Any) -> list[str]:
+    """The sections of a whole config that ``data`` lacks: a run's config.yaml holds every one,
+    so one that lacks any was cut short or emptied, and read as it is it would silently be the
+    defaults there (another task, another evaluation). Keys inside a section are not required:
+    a key added by a later version is missing from every older run's file."""
+    if not isinstance(data, dict):
+        return ["every section (it is not a mapping)"]
+    return [key for key in RunConfig.model_fields if key not in data]
 
 
 def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
@@ -347,4 +363,6 @@ def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
     final = os.path.join(run_dir, "final")
     if not os.path.isdir(final):
         raise ConfigError(f"{run_dir!r} has no final/ model yet; finish the run (or resume it) first.")
-    return load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"])
+    config = load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"])
+    saved_config(run_dir)  # and whole: a cut or emptied file would be the defaults where it lacks sections
+    return config
