@@ -169,7 +169,7 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin (one that exits, too) must not take the others down
                 info.error = f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"
                 self.plugins[ep.name] = info
                 continue

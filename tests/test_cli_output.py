@@ -3,6 +3,7 @@ header that says where the time went, and JSON whose units are stated."""
 
 import json
 
+from distil_core import hookimpl
 from distil_core.cli.main import main
 from distil_core.testing import FAST_RUN
 
@@ -73,3 +74,21 @@ def test_without_a_progress_bar_train_prints_a_line_every_log_every_steps_and_on
     assert f"pass@1 {100 * after['pass@1']:.1f}%" in evals[-1]
     assert main(["train", "--quiet", "--output-dir", str(tmp_path / "quiet"), *_sets("train.steps=2")]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith(("step ", "eval ("))]
+
+
+def test_an_error_quoting_control_characters_shows_them_as_escapes(plugin_host, tmp_path, capsys):
+    """Errors quote what others wrote (a server's message, a plugin's exception); before, an
+    escape sequence among them reached the terminal as it came and could clear or retitle it."""
+
+    class EvilTasks:
+        @hookimpl
+        def register_tasks(register):
+            def refuse(**options):
+                raise ValueError("no such split \x1b]0;PWNED\x07\x1b[2J\u202e")
+            register("evil", refuse)
+
+    plugin_host.register_plugin(EvilTasks, "evil-tasks")
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *_sets("task.name=evil", "task.options={}")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "no such split \\x1b]0;PWNED\\x07\\x1b[2J\\u202e" in err and err.startswith("error: task 'evil'"), err

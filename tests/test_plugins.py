@@ -729,3 +729,17 @@ def test_distil_env_makes_a_subprocess_load_exactly_the_named_entry_points():
     env = distil_env(["tools", "human"], DISTIL_CACHE="/elsewhere")
     assert env["DISTIL_PLUGINS"] == "tools,human" and env["DISTIL_CACHE"] == "/elsewhere"
     assert "DISTIL_NO_ENTRYPOINTS" not in env
+
+
+def test_a_plugin_that_exits_while_imported_is_a_broken_plugin_not_the_end_of_the_command(tmp_path, monkeypatch):
+    """Before, a plugin that called sys.exit() at import ("needs a GPU") ended every `distil`
+    command, `distil plugins` too, with its own words and no name: SystemExit is no Exception."""
+    write_distribution(tmp_path, "exiter", "exiter-distil-plugin", "0.3", "exiter_distil_plugin",
+                       'import sys\nsys.exit("exiter: needs a GPU")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = PluginHost(load_entrypoints=True, allow=["exiter"])
+    finally:
+        sys.modules.pop("exiter_distil_plugin", None)
+    assert host.errors()["exiter"] == "failed to import 'exiter_distil_plugin': SystemExit: exiter: needs a GPU"
+    assert host.get("verifier", "exact_match").plugin == BUILTIN

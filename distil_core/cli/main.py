@@ -35,11 +35,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except DistilError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown_safely(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
         return 130
+
+
+def shown_safely(message: str) -> str:
+    """``message`` with its control characters written as escapes: an error can quote a remote
+    server's or a plugin's words, and an escape sequence in them must not retitle, clear or
+    recolour the user's terminal, nor a bidirectional override reorder what it shows. Line
+    breaks and tabs stay."""
+    import unicodedata
+
+    return "".join(ascii(c)[1:-1] if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf") else c
+                   for c in message)
 
 
 def _parser() -> argparse.ArgumentParser:
