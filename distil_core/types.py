@@ -4,7 +4,8 @@
     ContextBuilder ─ExpertQuery─▶ Expert ─ExpertSignal─▶ loss
 
 These are pydantic models: plugins hand them to the core, so they are validated at that
-boundary and a bad value gets an error naming the field. Tensors inside an ExpertSignal stay
+boundary (:func:`checked`, wherever the core reads what a plugin returned) and a bad value gets
+an error naming the plugin and the field. Tensors inside an ExpertSignal stay
 tensors (``arbitrary_types_allowed``); everything else is plain JSON-able data.
 """
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from distil_core.errors import ConfigError
+from distil_core.errors import ConfigError, PluginError
 from distil_core.text import as_text
 
 ChatMessage = dict[str, str]
@@ -218,3 +219,30 @@ class ExpertSignal(_Model):
     @classmethod
     def failed(cls, access: str, error: str) -> "ExpertSignal":
         return cls(access=access, ok=False, error=error)
+
+
+def checked(items: Any, model: type, plugin: str) -> list[Any]:
+    """What a plugin's method returned, as a list of ``model`` instances (None: none). Anything
+    else is a :class:`~distil_core.errors.PluginError` naming the plugin: a value that does not
+    validate as ``model``, or a result that is not a list at all (a string is no list of feedback
+    items, though it iterates as one)."""
+    if items is None:
+        return []
+    if not isinstance(items, (list, tuple)):
+        raise PluginError(f"plugin component {plugin!r} returned {type(items).__name__}, not a list of "
+                          f"{model.__name__}")
+    out = []
+    for item in items:
+        if isinstance(item, model):
+            out.append(item)
+            continue
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the value'}: {e['msg']}" for e in exc.errors()[:3])
+            raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__} "
+                              f"({type(item).__name__} {ascii(item)[:80]}): {problems}") from None
+        except Exception as exc:  # an object whose fields raise when read
+            raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__}: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return out

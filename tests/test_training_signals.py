@@ -10,7 +10,7 @@ import torch
 from distil_core import ExpertCapability, ExpertSignal, Feedback, hookimpl
 from distil_core.builtin import DigitsTask
 from distil_core.config import load_config
-from distil_core.errors import PluginError
+from distil_core.errors import ConfigError, PluginError
 from distil_core.plugin_host import PluginHost
 from distil_core.training.evaluate import evaluation_split
 from distil_core.training.signals import check_signal
@@ -106,14 +106,34 @@ class _FloodFeedback:
         return [Feedback(source="flood", kind="execution_trace", text="start\n" + "x" * 50_000 + "\nend")]
 
 
+class _SaysYes:
+    """A verifier that answers a word, not a Verdict."""
+
+    def verify(self, problem, rollout):
+        return "yes"
+
+
+class _Chatty:
+    """A feedback source that answers a string, not a list of items (it iterates as letters)."""
+
+    def feedback(self, problem, rollout, verdict, group):
+        return "try again"
+
+
 class _Plugin:
     @hookimpl
     def register_experts(register):
         register("faulty", _FaultyExpert)
 
     @hookimpl
+    def register_verifiers(register):
+        register("says_yes", _SaysYes)
+        register("not_a_verifier", lambda: 42)
+
+    @hookimpl
     def register_feedback_sources(register):
         register("flood", _FloodFeedback)
+        register("chatty", _Chatty)
 
     @hookimpl
     def register_tasks(register):
@@ -243,3 +263,18 @@ def test_feedback_past_the_cap_is_cut_counted_and_recorded(tmp_path):
     provenance = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]
     cuts = [item for rec in provenance for item in rec["feedback"] if item["kind"] == "feedback_cut"]
     assert len(cuts) == 16 and all(int(c["chars"]) > 50_000 - 16_000 for c in cuts)
+
+
+@pytest.mark.parametrize("overrides, error, said", [
+    (["verifier=not_a_verifier"], ConfigError,
+     "verifier 'not_a_verifier' was built as int, which does not implement the Verifier protocol"),
+    (["verifier=says_yes"], PluginError, "plugin component 'says_yes' returned an invalid Verdict"),
+    (["feedback=[chatty]"], PluginError, "plugin component 'chatty' returned str, not a list of Feedback"),
+], ids=["factory", "verdict", "feedback"])
+def test_what_a_plugin_returns_is_checked_while_the_tiny_base_is_built(tmp_path, overrides, error, said):
+    """The tiny base pretrains with the run's own verifier and feedback sources. Before, none of
+    their answers was checked there: AttributeError tracebacks from deep inside the build."""
+    with distil_cache(str(tmp_path / "cache")):
+        with pytest.raises(error) as caught:
+            _trainer(tmp_path / "run", *overrides)
+    assert said in str(caught.value) and "\n" not in str(caught.value)

@@ -15,7 +15,7 @@ import itertools
 import os
 import random
 import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from distil_core.builtin import AnswerCheckFeedback, ExactMatchVerifier, wrong_answer
 from distil_core.config import TinyBase
@@ -143,10 +143,13 @@ class BaseFeedback:
     that run code in a sandbox). 0 computes it afresh for every example.
     """
 
-    def __init__(self, task: Any = None, verifier: Any = None, sources: Any = None, pool: int = 0):
+    def __init__(self, task: Any = None, verifier: Any = None, sources: Any = None, pool: int = 0,
+                 names: Optional[Sequence[str]] = None):
         self.task = task
         self.verifier = verifier if verifier is not None else ExactMatchVerifier()
         self.sources = list(sources) if sources else [AnswerCheckFeedback()]
+        # the verifier's and each source's registered name, for an error about what one returned
+        self.names = list(names) if names else [type(c).__name__ for c in (self.verifier, *self.sources)]
         self.pool_size = pool
         self.pool: Optional[list] = None
 
@@ -161,15 +164,16 @@ class BaseFeedback:
     def feedback_many(self, pairs) -> list:
         """Feedback for each (problem, wrong answer), graded and rendered concurrently."""
         from distil_core.protocols import resolve_all
-        from distil_core.types import Rollout
+        from distil_core.types import Feedback, Rollout, Verdict, checked
 
         rollouts = [Rollout(problem_id=p.id, group_index=0, response_text=w, response_ids=[]) for p, w in pairs]
-        verdicts = resolve_all([self.verifier.verify(p, r) for (p, _), r in zip(pairs, rollouts)])
+        verdicts = checked(resolve_all([self.verifier.verify(p, r) for (p, _), r in zip(pairs, rollouts)]),
+                           Verdict, self.names[0])
         out: list = [[] for _ in pairs]
-        for source in self.sources:
+        for name, source in zip(self.names[1:], self.sources):
             items = resolve_all([source.feedback(p, r, v, [(r, v)]) for (p, _), r, v in zip(pairs, rollouts, verdicts)])
             for k, items_k in enumerate(items):
-                out[k].extend(items_k or [])
+                out[k].extend(checked(items_k, Feedback, name))
         return out
 
     def fill_pool(self, problems, rng: random.Random) -> None:

@@ -270,9 +270,13 @@ def ensure_tiny_base(config: RunConfig, task: Any, *, progress: bool = True, hos
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     components = base_feedback_components(config, host)
-    verifier = build_component(host, "verifier", components["verifier"]["name"], components["verifier"]["options"])
+    names = [components["verifier"]["name"], *(c["name"] for c in components["feedback"])]
+    verifier = build_component(host, "verifier", names[0], components["verifier"]["options"])
+    _check_protocol(verifier, Verifier, "verifier", names[0])
     sources = [build_component(host, "feedback_source", c["name"], c["options"]) for c in components["feedback"]]
-    teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool)
+    for name, source in zip(names[1:], sources):
+        _check_protocol(source, FeedbackSource, "feedback source", name)
+    teacher = BaseFeedback(task, verifier, sources, pool=recipe.feedback_pool, names=names)
     began = time.time()
     announce(f"building the tiny base model for task {config.task.name!r}: {recipe.steps} pretraining steps "
              f"(first use of this task and recipe; cached in {path})")

@@ -21,7 +21,7 @@ from distil_core.losses.methods import Method
 from distil_core.models.forward import vocab_size
 from distil_core.protocols import resolve, resolve_all
 from distil_core.training.signals import TextBudget, check_signals
-from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
+from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict, checked
 
 
 @dataclass
@@ -144,13 +144,13 @@ def collect_feedback(sources: Sequence[tuple[str, Any]], batch: StepBatch, group
     out: list[list[Feedback]] = [[] for _ in items]
     for (name, j), result in zip(owners, resolve_all(calls)):
         if j is not None:
-            out[j].extend(checked(list(result or []), Feedback, name))
+            out[j].extend(checked(result, Feedback, name))
             continue
         result = list(result or [])
         if len(result) != len(items):
             raise PluginError(f"feedback source {name!r}: feedback_batch returned {len(result)} lists for {len(items)} rollouts")
         for k, per_rollout in enumerate(result):
-            out[k].extend(checked(list(per_rollout or []), Feedback, name))
+            out[k].extend(checked(per_rollout, Feedback, name))
     return out
 
 
@@ -171,20 +171,6 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
     answered = checked(list(answered), ExpertSignal, name)
     budget = TextBudget(lambda text: rt.tokenizer.encode(text, add_special_tokens=False), config.rollout.max_new_tokens)
     return check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer), text=budget)
-
-
-def checked(items: Sequence[Any], model: type, plugin: str) -> list[Any]:
-    """``items`` as ``model`` instances; anything that does not validate is the plugin's error."""
-    out = []
-    for item in items:
-        if isinstance(item, model):
-            out.append(item)
-            continue
-        try:
-            out.append(model.model_validate(item))
-        except Exception as exc:
-            raise PluginError(f"plugin component {plugin!r} returned an invalid {model.__name__}: {exc}") from None
-    return out
 
 
 REASONS_SHOWN = 3
