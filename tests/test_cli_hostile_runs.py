@@ -68,7 +68,11 @@ pytest.importorskip("matplotlib")
     ({"after__pass_at_1": float("nan")}, "after.pass@1 is NaN, not a finite number"),
     ({"after__pass_at_1": float("inf")}, "after.pass@1 is Infinity, not a finite number"),
     ({"wall_s": float("nan")}, "no valid wall_s"),
-    ({"source": {"rev": 1}}, 'source is {"rev": 1}, not a revision string'),
+    ({"source": {"rev": 1}}, 'source is {"rev": 1}, not a string'),
+    # before: 62.5 was reported as 6250.0 %, and a list here was a TypeError traceback
+    ({"after__pass_at_1": 62.5}, "after.pass@1 is 62.5, not a share between 0 and 1"),
+    ({"before__pass_at_4": -0.1}, "before.pass@4 is -0.1, not a share between 0 and 1"),
+    ({"model_sha256": ["x"]}, 'model_sha256 is ["x"], not a string'),
 ])
 def test_a_summary_metric_that_is_not_a_finite_number_is_named_and_no_report_is_written(tmp_path, capsys,
                                                                                          changes, shown):

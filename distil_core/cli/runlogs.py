@@ -83,8 +83,10 @@ def read_jsonl(path: str, *, finished: bool = False) -> list[dict[str, Any]]:
 
 
 def read_summary(path: str, run_dir: str) -> dict[str, Any]:
-    """A finished run's summary.json, checked for what the report reads (``before``, ``after``,
-    ``wall_s``, and ``source`` where present); a damaged one is a one-line error, since the run cannot be reused as it is."""
+    """A finished run's summary.json, checked for what the report reads (``before`` and ``after``,
+    whose metric@k values are shares in [0, 1], ``wall_s``, and ``source``, ``model`` and
+    ``model_sha256`` where present); a damaged one is a one-line error, since the run cannot be
+    reused as it is."""
     problem = None
     try:
         with open(path, encoding="utf-8") as fh:
@@ -107,11 +109,24 @@ def read_summary(path: str, run_dir: str) -> dict[str, Any]:
                             for m, v in summary[k].items() if not finite_number(v)), None)
                 if bad:
                     problem = f"{bad}, not a finite number"
-                elif summary.get("source") is not None and not isinstance(summary["source"], str):
-                    problem = f"source is {json.dumps(summary['source'])[:40]}, not a revision string"
+                else:
+                    problem = summary_shares_and_names(summary)
     if problem is not None:
         raise ConfigError(f"{path}: not a finished run's summary ({problem}); delete {run_dir} to run it again.")
     return summary
+
+
+def summary_shares_and_names(summary: dict[str, Any]) -> Optional[str]:
+    """What is wrong with a summary whose metrics are numbers, if anything: a metric@k outside
+    [0, 1] (a share of problems: 62.5 would be reported as 6250 %), or a ``source``, ``model`` or
+    ``model_sha256`` that is not a string."""
+    share = next((f"{k}.{m} is {v:g}" for k in ("before", "after")
+                  for m, v in summary[k].items() if "@" in m and not 0 <= v <= 1), None)
+    if share:
+        return f"{share}, not a share between 0 and 1"
+    named = next((f"{k} is {json.dumps(summary[k])[:40]}" for k in ("source", "model", "model_sha256")
+                  if summary.get(k) is not None and not isinstance(summary[k], str)), None)
+    return f"{named}, not a string" if named else None
 
 
 def run_method(path: str) -> Optional[str]:
