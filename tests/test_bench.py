@@ -149,6 +149,22 @@ def test_methods_must_share_the_rollout_budget(tmp_path):
         bench.run()
 
 
+@pytest.mark.parametrize("key, value", [("task.options.length", 4), ("eval.temperature", 0.5),
+                                        ("verifier", {"name": "two_ways"}), ("model.tiny.steps", 7)])
+def test_methods_must_be_measured_alike(tmp_path, key, value):
+    """Before: only the rollout budget was compared, so one method of a suite could train and be
+    graded on another task, verifier, starting model or evaluation and sit in the same table."""
+    spec = yaml.safe_load(open(SPEC))
+    spec["methods"]["distil"]["set"] = {key: value}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    loaded, base = load_spec(str(path))
+    bench = Bench(loaded, base, str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=rf"the methods of suite '\w+' would not be measured alike: {key.split('.')[0]}"):
+        bench.check()
+    assert not (tmp_path / "out").exists()
+
+
 def test_spec_errors_name_the_file_and_the_key(tmp_path, capsys):
     spec = yaml.safe_load(open(SPEC))
     spec["methods"]["jsd"]["sett"] = {}

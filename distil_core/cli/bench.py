@@ -134,6 +134,16 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
+SHARED_KEYS = ("task", "verifier", "model", "system_prompt", "rollout.temperature", "rollout.top_p", "eval")
+"""What every method of a suite must share besides its rollout budget (:meth:`Bench.measured_alike`)."""
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
 
@@ -210,11 +220,31 @@ class Bench:
             )
         return next(iter(seen.values()))
 
+    def measured_alike(self, suite: str) -> None:
+        """Refuse a suite whose methods would learn or be graded on different terms: each may set
+        its own loss, rate and expert, never the task, the verifier, the starting model, the
+        sampling or the evaluation (:data:`SHARED_KEYS`), or the rows compared are not a comparison."""
+        seen: dict[str, dict[str, Any]] = {}
+        for (s, method, _seed), cfg in self.configs.items():
+            if s == suite:
+                dumped = cfg.model_dump(mode="json")
+                seen[method] = {key: _dotted(dumped, key) for key in SHARED_KEYS}
+        first, *others = seen.items()
+        for method, values in others:
+            for key in SHARED_KEYS:
+                if values[key] != first[1][key]:
+                    raise ConfigError(
+                        f"distil bench: the methods of suite {suite!r} would not be measured alike: {key} is "
+                        f"{json.dumps(first[1][key])[:120]} for {first[0]} but {json.dumps(values[key])[:120]} for "
+                        f"{method}; move it from a method's `set` to `common` (or to the suite).")
+
     def check(self) -> None:
         """Refuse what can be known wrong before anything trains: a suite whose methods would get
-        different budgets, or runs whose evaluation would not report the metric the curves plot."""
+        different budgets or be measured on different terms, or runs whose evaluation would not
+        report the metric the curves plot."""
         for suite in self.suites:
             self.budget(suite)
+            self.measured_alike(suite)
         metric = self.spec.plot_metric
         for (suite, method, _seed), cfg in self.configs.items():
             reported = reported_metrics(cfg.eval.ks, cfg.eval.samples, greedy=cfg.eval.greedy)
