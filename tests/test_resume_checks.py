@@ -80,6 +80,14 @@ def test_the_cli_refuses_to_guess_the_config_of_a_run_without_config_yaml(run, c
     assert "has no config.yaml" in capsys.readouterr().err
 
 
+def test_a_resume_to_fewer_steps_than_the_run_has_taken_is_refused_and_changes_nothing(run):
+    """Before: accepted; config.yaml was rewritten to say 1 step while summary.json said 2."""
+    before = files(run)
+    with pytest.raises(ConfigError, match=r"is at step 2, past train.steps = 1; a run cannot be resumed backwards"):
+        resume(run, "train.steps=1")
+    assert files(run) == before
+
+
 def test_a_cut_config_yaml_stops_the_resume_before_anything_trains(run, capsys):
     """Before: a config.yaml cut to its first lines was read as the defaults wherever it lacked a
     section; the resume trained a step under them, wrote a checkpoint, then failed on a missing

@@ -222,6 +222,11 @@ class Trainer:
     def _resume(self) -> None:
         state = ckpt.restore_training(self.learner, self.run_dir)
         self.step = state["step"]
+        if self.step > self.config.train.steps:  # before a log is cut or config.yaml rewritten
+            raise ConfigError(f"--resume: {self.run_dir} is at step {self.step}, past train.steps = "
+                              f"{self.config.train.steps}; a run cannot be resumed backwards. Give train.steps "
+                              f"of at least {self.step} (more steps train on), or evaluate the run as it is with "
+                              f"`distil eval {self.run_dir}`.")
         self.evals = state.get("evals", {})
         self.started -= state.get("elapsed", 0.0)
         self.log.truncate(self.step)
