@@ -467,34 +467,56 @@ def check_outputs(args: argparse.Namespace) -> None:
             figure_format(path, flag)
 
 
+def counted(text: str) -> int:
+    """A count of problems or samples: a whole number of at least 1 (argparse names the flag)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+counted.__name__ = "count (a whole number of at least 1)"
+
+
+def temperature(text: str) -> float:
+    """A sampling temperature: a finite number of at least 0 (0: greedy)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+temperature.__name__ = "temperature (a finite number of at least 0)"
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gap = sub.add_parser("expert-gap", help="P(reference answer): bare prompt vs feedback in context")
     gap.add_argument("suite")
-    gap.add_argument("--problems", type=int, default=60)
+    gap.add_argument("--problems", type=counted, default=60)
     onp = sub.add_parser("expert-on-policy", help="the expert on the starting student's own samples")
     onp.add_argument("suite")
-    onp.add_argument("--problems", type=int, default=40)
-    onp.add_argument("--samples", type=int, default=8)
+    onp.add_argument("--problems", type=counted, default=40)
+    onp.add_argument("--samples", type=counted, default=8)
     mem = sub.add_parser("memorise", help="train on a fixed subset; pass@1 there and held out")
     mem.add_argument("suite")
     mem.add_argument("method")
-    mem.add_argument("--problems", type=int, default=32)
+    mem.add_argument("--problems", type=counted, default=32)
     mem.add_argument("--output-dir", default="runs/diagnostics")
     sharp = sub.add_parser("sharpness", help="trained runs: P(reference answer) per problem and per token")
     sharp.add_argument("suite")
     sharp.add_argument("run_dirs", nargs="+")
-    sharp.add_argument("--problems", type=int, default=100)
+    sharp.add_argument("--problems", type=counted, default=100)
     sharp.add_argument("--base", action="store_true", help="add the starting model as the first row")
     temp = sub.add_parser("temperatures", help="trained runs: pass@1 and pass@k at several sampling temperatures")
     temp.add_argument("run_dirs", nargs="+")
-    temp.add_argument("--temperatures", nargs="+", type=float, default=[0.5, 0.7, 1.0])
-    temp.add_argument("--samples", type=int, default=8, help="samples per problem (pass@k needs k ≤ samples)")
+    temp.add_argument("--temperatures", nargs="+", type=temperature, default=[0.5, 0.7, 1.0])
+    temp.add_argument("--samples", type=counted, default=8, help="samples per problem (pass@k needs k ≤ samples)")
     temp.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@1 against its largest pass@k")
     passk = sub.add_parser("passk", help="trained runs: pass@k for k = 1, 2, 4, ... up to --samples")
     passk.add_argument("run_dirs", nargs="+")
-    passk.add_argument("--samples", type=int, default=32, help="samples per problem, a power of two")
+    passk.add_argument("--samples", type=counted, default=32, help="samples per problem, a power of two")
     passk.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@k against k")
     passk.add_argument("--title", default="pass@k against the number of samples")
     passk.add_argument("--json", metavar="PATH", help="also write the result (ks, and per run its pass@k) as JSON")

@@ -301,3 +301,20 @@ def test_an_output_that_would_replace_a_runs_own_file_is_refused_before_anything
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith(f"error: {flag} {str(target)!r}"), proc.stderr
     assert (run / "config.yaml").read_bytes() == saved
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["passk", "RUN", "--samples", "0"], "argument --samples: invalid count (a whole number of at least 1) value: '0'"),
+    (["temperatures", "RUN", "--temperatures", "nan"], "argument --temperatures: invalid temperature"),
+    (["temperatures", "RUN", "--temperatures", "-1"], "argument --temperatures: invalid temperature"),
+    (["sharpness", "digits", "RUN", "--problems", "-1"], "argument --problems: invalid count"),
+    (["expert-gap", "digits", "--problems", "0"], "argument --problems: invalid count"),
+    (["expert-on-policy", "digits", "--samples", "0"], "argument --samples: invalid count"),
+])
+def test_bench_diagnostics_refuses_counts_and_temperatures_that_mean_nothing(tmp_path, argv, said):
+    """Before: a pydantic traceback (a temperature of nan or -1), a ZeroDivisionError, an IndexError
+    or a RuntimeError (0 problems or samples), or -1 problems read by slicing as all but one."""
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_diagnostics.py"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
