@@ -217,6 +217,8 @@ def test_run_dir_config_points_the_model_at_final(tmp_path):
     run = _final_run(tmp_path / "run")
     config = run_dir_config(str(run), ["eval.samples=9"])
     assert config.method == "grpo" and config.model.name == str(run / "final") and config.eval.samples == 9
+    with pytest.raises(ConfigError, match="--set model.name: a run directory .* is evaluated with its own final/"):
+        run_dir_config(str(run), ["model.name=/elsewhere"])  # before: ignored without a word
 
 
 @pytest.mark.parametrize("command", ["temperatures", "sharpness digits", "passk"])

@@ -363,6 +363,9 @@ def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
     final = os.path.join(run_dir, "final")
     if not os.path.isdir(final):
         raise ConfigError(f"{run_dir!r} has no final/ model yet; finish the run (or resume it) first.")
+    if any(item.split("=", 1)[0].strip() == "model.name" for item in overrides):
+        raise ConfigError(f"--set model.name: a run directory ({run_dir}) is evaluated with its own final/ model; "
+                          "to evaluate another model, give a config file instead of the run directory.")
     config = load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"])
     saved_config(run_dir)  # and whole: a cut or emptied file would be the defaults where it lacks sections
     return config
