@@ -179,3 +179,22 @@ def test_context_templates_may_use_literal_braces_format_specs_and_a_variable_tw
     template = ContextTemplate(feedback="{{notes}} {feedback!r} / {feedback}", demonstration="Solution: {demonstration:>4}")
     fb = [Feedback(source="a", kind="k", text="4")]
     assert template.render("Q?", fb, "A") == "Q?\nSolution:    A\n{notes} '4' / 4\nSolve the original question correctly."
+
+
+@pytest.mark.parametrize("template, said", [
+    ("{% for x in %}", "TemplateSyntaxError"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError: division by zero"),
+    ("{{ raise_exception('boom') }}", "boom"),
+    ("", "the chat template renders an empty prompt"),
+], ids=["syntax", "zero-division", "raise", "empty"])
+def test_a_damaged_chat_template_is_one_line_naming_it(template, said):
+    """Before: a jinja traceback from deep inside transformers, or (an empty template) "its
+    prompt is empty" blamed on the problem."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok.chat_template = template
+    with pytest.raises(ConfigError) as caught:
+        prompt_ids(tok, [{"role": "user", "content": "sort 12"}])
+    message = str(caught.value)
+    assert said in message and "\n" not in message and "chat_template.jinja" in message, message
