@@ -120,14 +120,23 @@ def cut_to(text: str, room: int) -> tuple[str, int]:
     return text[:head] + cut_marker(cut) + text[len(text) - tail:], cut
 
 
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of ``messages`` in the tokenizer's chat template, ready for the reply; the
+    template's own errors pass through (``distil serve`` answers a refusal with a 400)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+        ids = ids["input_ids"]
+    return list(ids)
+
+
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of ``messages`` in the tokenizer's chat template, ready for the reply. A template
-    that fails to render (a damaged chat_template.jinja: bad syntax, a division by zero, its own
-    ``raise_exception``) or renders nothing is a ConfigError naming the model's template, not a
-    jinja traceback or an empty prompt blamed on the problem."""
+    """:func:`chat_ids` for a run's own prompts. A template that fails to render (a damaged
+    chat_template.jinja: bad syntax, a division by zero, its own ``raise_exception``) or renders
+    nothing is a ConfigError naming the model's template, not a jinja traceback or an empty
+    prompt blamed on the problem."""
     where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = chat_ids(tokenizer, messages)
     except MemoryError:
         raise
     except Exception as exc:  # jinja's errors, and whatever a template's own expressions raise
@@ -135,9 +144,7 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
         raise ConfigError(f"{where}: the chat template cannot render these messages ({type(exc).__name__}: "
                           f"{message}); if the template itself is damaged, restore its chat_template.jinja "
                           "(or tokenizer_config.json).") from None
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
-        ids = ids["input_ids"]
-    if not len(ids):
+    if not ids:
         raise ConfigError(f"{where}: the chat template renders an empty prompt; its chat_template.jinja (or "
                           "tokenizer_config.json) is damaged: restore it.")
     return list(ids)

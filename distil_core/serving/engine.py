@@ -170,10 +170,10 @@ class LocalLM:
             raise ApiError(400, f"The model {self.model_name!r} has no chat template; use /v1/completions.")
         from jinja2 import TemplateError, TemplateSyntaxError
 
-        from distil_core.context import prompt_ids
+        from distil_core.context import chat_ids
 
         try:
-            ids = prompt_ids(self.tokenizer, template_messages(self.tokenizer.chat_template, r.messages))
+            ids = chat_ids(self.tokenizer, template_messages(self.tokenizer.chat_template, r.messages))
         except TemplateSyntaxError:  # the template itself is broken: the server's fault (a 500)
             raise
         except TemplateError as exc:  # the template refused these messages (``raise_exception``)
