@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
-import statistics
 import sys
 import time
 from typing import Any, Callable, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
+                                        dotted, load_spec, spec_overrides)
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
-from distil_core.config import Method, RunConfig, Seed, as_trained, format_validation_error, load_config, read_yaml, saved_config
+from distil_core.config import RunConfig, as_trained, load_config, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.version import source_revision
@@ -50,99 +48,6 @@ __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "Qui
            "report_dir", "flat_args", "command_line", "progress", "main_bench",
            # the results, for callers that import them from here (distil_core.cli.report has them)
            "aggregate", "final_lengths", "table_metrics"]
-
-DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "bench.yaml")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SuiteSpec(_Strict):
-    config: Optional[str] = Field(default=None, description="A run config file, relative to the spec file.")
-    set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides, e.g. rollout.max_new_tokens: 8")
-    description: str = ""
-    base: dict[str, tuple[float, float]] = Field(
-        default_factory=dict,
-        description="The range, as fractions, each named metric of the starting model must fall in for "
-        "the suite to be what it says (a sparse suite: pass@1 in [0, 0.1]); the report flags a mean "
-        "over seeds outside it.",
-    )
-
-    @field_validator("base")
-    @classmethod
-    def _ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-        for metric, (low, high) in value.items():
-            if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(f"{metric}: [{low}, {high}] is not a range of fractions (0 <= low <= high <= 1)")
-        return value
-
-
-class MethodSpec(_Strict):
-    method: Method
-    set: dict[str, Any] = Field(default_factory=dict)
-
-
-class QuickSpec(_Strict):
-    seeds: Optional[list[Seed]] = None
-    set: dict[str, Any] = Field(default_factory=dict)
-
-
-class BenchSpec(_Strict):
-    suites: dict[str, SuiteSpec]
-    methods: dict[str, MethodSpec]
-    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    common: dict[str, Any] = Field(default_factory=dict)
-    quick: QuickSpec = Field(default_factory=QuickSpec)
-    plot_metric: str = "pass@1"
-
-
-def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
-    """The spec at ``path`` (default: the embedded one) and the directory its paths are relative to."""
-    path = path or DEFAULT_SPEC
-    if not os.path.exists(path):
-        raise ConfigError(f"Bench spec {path!r} does not exist.")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = read_yaml(fh.read(), path)  # the same alias budget as a run config
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the bench spec ({' '.join(str(exc).split())}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with suites, methods, seeds, common.")
-    try:
-        spec = BenchSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
-    if not spec.suites or not spec.methods:
-        raise ConfigError(f"{path}: name at least one suite and one method.")
-    for kind, names in (("suites", spec.suites), ("methods", spec.methods)):
-        odd = next((name for name in names if not LABEL.fullmatch(name)), None)
-        if odd is not None:
-            raise ConfigError(f"{path}: {kind}: {odd!r} is not a plain name; a suite or method label becomes a "
-                              "directory, a file name, a markdown table cell and a plot legend, so use letters, "
-                              "digits and _ . + - only (starting with a letter or digit).")
-    return spec, os.path.dirname(os.path.abspath(path))
-
-
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-"""What a suite or method label may be: it names ``OUTPUT_DIR/<suite>/<method>/`` and
-``bench-<suite>.png`` (no ``/``, no ``..``), a cell of bench.md (no ``|``, no HTML, no line
-break) and a legend entry (no ``$``, which matplotlib would read as math)."""
-
-
-def _overrides(values: dict[str, Any]) -> list[str]:
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
-
-
-SHARED_KEYS = ("task", "verifier", "model", "system_prompt", "rollout.temperature", "rollout.top_p", "eval")
-"""What every method of a suite must share besides its rollout budget (:meth:`Bench.measured_alike`)."""
-
-
-def _dotted(data: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        data = data[part]
-    return data
-
 
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
@@ -188,8 +93,8 @@ class Bench:
         s, m = self.spec.suites[suite], self.spec.methods[method]
         path = os.path.join(self.base_dir, s.config) if s.config else None
         items = (
-            _overrides(self.spec.common) + _overrides(s.set) + [f"method={m.method}"] + _overrides(m.set)
-            + [f"seed={seed}"] + (_overrides(self.spec.quick.set) if self.quick else []) + self.user_overrides
+            spec_overrides(self.spec.common) + spec_overrides(s.set) + [f"method={m.method}"] + spec_overrides(m.set)
+            + [f"seed={seed}"] + (spec_overrides(self.spec.quick.set) if self.quick else []) + self.user_overrides
             + ["train.progress=false"]
         )
         try:
@@ -228,7 +133,7 @@ class Bench:
         for (s, method, _seed), cfg in self.configs.items():
             if s == suite:
                 dumped = cfg.model_dump(mode="json")
-                seen[method] = {key: _dotted(dumped, key) for key in SHARED_KEYS}
+                seen[method] = {key: dotted(dumped, key) for key in SHARED_KEYS}
         first, *others = seen.items()
         for method, values in others:
             for key in SHARED_KEYS:
