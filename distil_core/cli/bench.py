@@ -31,7 +31,6 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-
 from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
                                         dotted, load_spec, spec_overrides)
 from distil_core.cli.plots import plot_curves, require_matplotlib
