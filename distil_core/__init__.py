@@ -14,7 +14,7 @@ from distil_core.version import __version__
 from distil_core.context import ContextTemplate, prompt_ids
 from distil_core.errors import ConfigError, DistilError, PluginError, did_you_mean, nearest
 from distil_core.templates import check_format_template
-from distil_core.redaction import SECRET_NAME, redacted
+from distil_core.redaction import SECRET_NAME, redacted, redacted_url, url_secrets
 from distil_core.text import SURROGATE, as_text
 from distil_core.hookspecs import hookimpl
 from distil_core.plugin_host import PluginHost, Registration, Registry, get_host
@@ -99,6 +99,8 @@ __all__ = [
     "check_format_template",
     "SECRET_NAME",
     "redacted",
+    "redacted_url",
+    "url_secrets",
     "SURROGATE",
     "as_text",
 ]

@@ -554,3 +554,20 @@ def test_the_key_never_appears_in_a_message_the_expert_produces(hostile):
     with pytest.raises(ConfigError, match="api_key: Input should be a valid string") as caught:
         api_expert(fake(hostile.base_url), api_key=12345678901234567890)
     assert "12345678901234567890" not in str(caught.value)
+
+
+def test_a_password_or_key_written_into_api_base_never_appears_in_a_message(hostile):
+    """Before, `api_base: http://alice:PASSWORD@host/v1` (or `?api-key=...`) was quoted whole in
+    every message naming the endpoint, and sent as it was to the experiment trackers."""
+    hostile.behave = _echo_key(401)
+    host = hostile.base_url.removeprefix("http://")
+    base = f"http://alice:S3cretPass@{host}/v1?api-key=S3cretQuery"
+    with pytest.raises(ConfigError) as caught:
+        api_expert(fake(hostile.base_url), api_base=base, api_key="sk-proj-SECRET0123456789abcdef", access="text")
+    message = str(caught.value)
+    assert "S3cretPass" not in message and "S3cretQuery" not in message and "SECRET" not in message, message
+    assert f"http://alice:***@{host}/v1?api-key=***" in message, message
+    from distil_core import redacted
+
+    assert redacted({"expert": {"options": {"api_base": base}}}) == {
+        "expert": {"options": {"api_base": f"http://alice:***@{host}/v1?api-key=***"}}}
