@@ -228,6 +228,10 @@ class Registry:
                     impl.function(**{a: register for a in impl.argnames})
                 except Exception as exc:
                     info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+        if info.error:  # a plugin that failed halfway contributes nothing, not what it registered first
+            self.unregister_plugin(info.name)
+            self.plugins[info.name] = info
+            info.registered = []
 
     def unknown_hooks(self, plugin: Any) -> list[str]:
         """This project's hook implementations on ``plugin`` that name no hook (a misspelling)."""

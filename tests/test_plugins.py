@@ -743,3 +743,25 @@ def test_a_plugin_that_exits_while_imported_is_a_broken_plugin_not_the_end_of_th
         sys.modules.pop("exiter_distil_plugin", None)
     assert host.errors()["exiter"] == "failed to import 'exiter_distil_plugin': SystemExit: exiter: needs a GPU"
     assert host.get("verifier", "exact_match").plugin == BUILTIN
+
+
+def test_a_plugin_whose_hook_fails_halfway_contributes_nothing(tmp_path, monkeypatch):
+    """Before, an installed plugin whose hook raised after registering a component kept it: the
+    plugin was listed as failed, and its half-registered verifier stayed usable by name."""
+    write_distribution(tmp_path, "partial", "partial-distil-plugin", "0.1", "partial_distil_plugin", """
+from distil_core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_verifiers(register):
+    register("half_registered", object)
+    raise RuntimeError("the second verifier needs a GPU")
+""")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = PluginHost(load_entrypoints=True, allow=["partial"])
+    finally:
+        sys.modules.pop("partial_distil_plugin", None)
+    assert host.errors()["partial"] == "register_verifiers raised RuntimeError: the second verifier needs a GPU"
+    assert "half_registered" not in host.names("verifier") and host.plugins["partial"].registered == []
+    assert host.pm.get_plugin("partial") is None
