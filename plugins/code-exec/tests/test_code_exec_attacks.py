@@ -293,3 +293,13 @@ def test_only_lines_signed_with_the_runs_key_and_nonce_count():
     signed = read_signed(stdout, key, nonce, count=2)
     assert signed.tests == {0: good}
     assert signed.rejected == 3 and not signed.done
+
+
+def test_a_returned_value_too_large_to_send_is_named_as_such(backend):
+    """Before, a value whose repr ran to hundreds of megabytes ran the child out of memory while
+    it was encoded for the harness, and the feedback only said the process exited with code 1."""
+    code = "def secret(x):\n    return 'y' * 200_000_000\n"
+    verdict = grade(code, dict(CALLS, calls=CALLS["calls"][:1], timeout_s=20), backend)
+    assert verdict.score == 0.0
+    error = verdict.details["tests"][0]["error"]
+    assert "sent back more than 4194304 bytes for one value" in error, verdict.details["tests"][0]
