@@ -84,6 +84,8 @@ def classify(exc: BaseException) -> str:
         return "auth"
     if status == 404 or "NotFoundError" in names:
         return "not_found"
+    if any(type(cause).__name__ == "TooManyRedirects" for cause in causes(exc)):
+        return "error"  # a redirect loop: asking again only loops again
     if is_transient_status(status):
         return "transient"
     if names & _TRANSIENT_NAMES or isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
@@ -93,9 +95,25 @@ def classify(exc: BaseException) -> str:
     return "error"
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions ``exc`` was raised from (its ``__cause__`` chain, nearest first): an SDK's
+    "Connection error." hides what went wrong (refused, a redirect loop) there."""
+    found, seen = [], {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+        found.append(exc)
+    return found
+
+
 def provider_message(exc: BaseException) -> str:
-    """What the provider said, on one line."""
+    """What the provider said, on one line, with the cause an SDK's own error wraps."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    under = causes(exc)
+    if under:
+        cause = " ".join(str(under[-1]).split())
+        if cause and cause not in text:
+            text = f"{text} ({type(under[-1]).__name__}: {cause})"
     return text if len(text) <= 600 else text[:600] + "…"
 
 

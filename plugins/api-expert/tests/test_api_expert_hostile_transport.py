@@ -571,3 +571,20 @@ def test_a_password_or_key_written_into_api_base_never_appears_in_a_message(host
 
     assert redacted({"expert": {"options": {"api_base": base}}}) == {
         "expert": {"options": {"api_base": f"http://alice:***@{host}/v1?api-key=***"}}}
+
+
+def test_a_redirect_loop_is_named_and_not_asked_again(hostile):
+    """Before: "gave up after 2 attempts: Connection error." after 42 requests: the loop was
+    taken for a passing network failure and retried."""
+    def loop(handler, path, request):
+        handler.send_response(307)
+        handler.send_header("Location", path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    hostile.behave = loop
+    with pytest.raises(ConfigError) as caught:
+        api_expert(fake(hostile.base_url), access="text", max_retries=3)
+    message = str(caught.value)
+    assert "TooManyRedirects" in message and "redirect" in message.lower(), message
+    assert len(hostile.requests) <= 25, len(hostile.requests)  # one client's redirect limit, not retried
