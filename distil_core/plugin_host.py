@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import pluggy
 
 from distil_core import hookspecs
-from distil_core.errors import ConfigError, PluginError, did_you_mean
+from distil_core.errors import ConfigError, PluginError, did_you_mean, nearest
 from distil_core.protocols import Register
 from distil_core.version import core_version, unmet_requirement
 
@@ -138,6 +138,7 @@ class Registry:
         self.pm = pluggy.PluginManager(project)
         self.pm.add_hookspecs(specs)
         self.plugins: dict[str, PluginInfo] = {}
+        self.unmatched: list[str] = []  # allow-list names no installed plugin has (load_entrypoints)
         self.registry: dict[str, dict[str, Registration]] = {kind: {} for kind in self.kinds}
         dist_name, dist_version = distribution or (None, None)
         for module_name in defaults:
@@ -146,6 +147,10 @@ class Registry:
             load_entrypoints = os.environ.get("DISTIL_NO_ENTRYPOINTS", "") not in ("1", "true", "yes")
         if load_entrypoints and group:
             self.load_entrypoints(allow=allow)
+
+    def installed_names(self) -> list[str]:
+        """The entry-point names of every installed plugin of this registry's group."""
+        return sorted(ep.name for ep in metadata.entry_points(group=self.group)) if self.group else []
 
     def new_info(self, name: str, distribution: Optional[str] = None, version: Optional[str] = None) -> PluginInfo:
         return PluginInfo(name, distribution, version, kinds=tuple(self.kinds))
@@ -157,7 +162,10 @@ class Registry:
         else those in ``DISTIL_PLUGINS`` when it is set)."""
         if allow is None and "DISTIL_PLUGINS" in os.environ:
             allow = [n.strip() for n in os.environ["DISTIL_PLUGINS"].split(",") if n.strip()]
-        for ep in sorted(metadata.entry_points(group=self.group), key=lambda e: e.name):
+        points = sorted(metadata.entry_points(group=self.group), key=lambda e: e.name)
+        # names the allow-list gives that no installed plugin has: said where a component is missing
+        self.unmatched = sorted(set(allow or ()) - {ep.name for ep in points} - set(self.plugins))
+        for ep in points:
             if ep.name in self.plugins or (allow is not None and ep.name not in allow):
                 continue
             dist = getattr(ep, "dist", None)
@@ -289,6 +297,10 @@ class Registry:
         except KeyError:
             broken = [p.name for p in self.plugins.values() if p.error]
             extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
+            if self.unmatched:
+                guess = nearest(self.unmatched[0], self.installed_names())
+                extra += (f"; DISTIL_PLUGINS names {', '.join(map(repr, self.unmatched))}, which no installed "
+                          f"plugin is called" + (f" (did you mean {guess!r}?)" if guess else ""))
             raise ConfigError(
                 f"No {kind.replace('_', ' ')} named {name!r} is registered.{did_you_mean(name, self.names(kind))}"
                 f" Run `{self.list_command}` to list what is installed{extra}."

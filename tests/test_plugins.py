@@ -765,3 +765,13 @@ def register_verifiers(register):
     assert host.errors()["partial"] == "register_verifiers raised RuntimeError: the second verifier needs a GPU"
     assert "half_registered" not in host.names("verifier") and host.plugins["partial"].registered == []
     assert host.pm.get_plugin("partial") is None
+
+
+def test_an_allow_list_name_no_plugin_has_is_said_where_a_component_is_missing(site, monkeypatch):
+    """Before, DISTIL_PLUGINS=toyy loaded nothing without a word, and the missing component's error
+    gave no hint that the allow-list was misspelt."""
+    monkeypatch.setenv("DISTIL_PLUGINS", "toyy")
+    host = PluginHost(load_entrypoints=True)
+    with pytest.raises(ConfigError) as caught:
+        host.get("verifier", "toy_contains")
+    assert "DISTIL_PLUGINS names 'toyy', which no installed plugin is called (did you mean 'toy'?)" in str(caught.value)
