@@ -731,16 +731,21 @@ def test_distil_env_makes_a_subprocess_load_exactly_the_named_entry_points():
     assert "DISTIL_NO_ENTRYPOINTS" not in env
 
 
+def host_with_one(tmp_path, monkeypatch, name, source):
+    """A host that loads the one installed plugin ``name`` (module ``<name>_distil_plugin``)."""
+    module = f"{name}_distil_plugin"
+    write_distribution(tmp_path, name, f"{name}-distil-plugin", "0.1", module, source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        return PluginHost(load_entrypoints=True, allow=[name])
+    finally:
+        sys.modules.pop(module, None)
+
+
 def test_a_plugin_that_exits_while_imported_is_a_broken_plugin_not_the_end_of_the_command(tmp_path, monkeypatch):
     """Before, a plugin that called sys.exit() at import ("needs a GPU") ended every `distil`
     command, `distil plugins` too, with its own words and no name: SystemExit is no Exception."""
-    write_distribution(tmp_path, "exiter", "exiter-distil-plugin", "0.3", "exiter_distil_plugin",
-                       'import sys\nsys.exit("exiter: needs a GPU")\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        host = PluginHost(load_entrypoints=True, allow=["exiter"])
-    finally:
-        sys.modules.pop("exiter_distil_plugin", None)
+    host = host_with_one(tmp_path, monkeypatch, "exiter", 'import sys\nsys.exit("exiter: needs a GPU")\n')
     assert host.errors()["exiter"] == "failed to import 'exiter_distil_plugin': SystemExit: exiter: needs a GPU"
     assert host.get("verifier", "exact_match").plugin == BUILTIN
 
@@ -748,7 +753,7 @@ def test_a_plugin_that_exits_while_imported_is_a_broken_plugin_not_the_end_of_th
 def test_a_plugin_whose_hook_fails_halfway_contributes_nothing(tmp_path, monkeypatch):
     """Before, an installed plugin whose hook raised after registering a component kept it: the
     plugin was listed as failed, and its half-registered verifier stayed usable by name."""
-    write_distribution(tmp_path, "partial", "partial-distil-plugin", "0.1", "partial_distil_plugin", """
+    host = host_with_one(tmp_path, monkeypatch, "partial", """
 from distil_core.hookspecs import hookimpl
 
 
@@ -757,11 +762,6 @@ def register_verifiers(register):
     register("half_registered", object)
     raise RuntimeError("the second verifier needs a GPU")
 """)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        host = PluginHost(load_entrypoints=True, allow=["partial"])
-    finally:
-        sys.modules.pop("partial_distil_plugin", None)
     assert host.errors()["partial"] == "register_verifiers raised RuntimeError: the second verifier needs a GPU"
     assert "half_registered" not in host.names("verifier") and host.plugins["partial"].registered == []
     assert host.pm.get_plugin("partial") is None
