@@ -523,7 +523,7 @@ def run(argv: list[str]) -> int:
     for p in (gap, onp, mem, sharp, temp, passk):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    if args.command == "passk" and (args.samples < 1 or args.samples & (args.samples - 1)):
+    if args.command == "passk" and args.samples & (args.samples - 1):
         parser.error(f"--samples must be a power of two (1, 2, 4, ...), got {args.samples}")
     check_outputs(args)
     if args.command == "passk":

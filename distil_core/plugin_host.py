@@ -148,10 +148,6 @@ class Registry:
         if load_entrypoints and group:
             self.load_entrypoints(allow=allow)
 
-    def installed_names(self) -> list[str]:
-        """The entry-point names of every installed plugin of this registry's group."""
-        return sorted(ep.name for ep in metadata.entry_points(group=self.group)) if self.group else []
-
     def new_info(self, name: str, distribution: Optional[str] = None, version: Optional[str] = None) -> PluginInfo:
         return PluginInfo(name, distribution, version, kinds=tuple(self.kinds))
 
@@ -298,8 +294,8 @@ class Registry:
             broken = [p.name for p in self.plugins.values() if p.error]
             extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
             if self.unmatched:
-                guess = nearest(self.unmatched[0], self.installed_names())
-                extra += (f"; DISTIL_PLUGINS names {', '.join(map(repr, self.unmatched))}, which no installed "
+                guess = nearest(self.unmatched[0], [ep.name for ep in metadata.entry_points(group=self.group)])
+                extra += (f"; the allow-list (DISTIL_PLUGINS) names {', '.join(map(repr, self.unmatched))}, which no installed "
                           f"plugin is called" + (f" (did you mean {guess!r}?)" if guess else ""))
             raise ConfigError(
                 f"No {kind.replace('_', ' ')} named {name!r} is registered.{did_you_mean(name, self.names(kind))}"

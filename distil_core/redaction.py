@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Mapping, Optional
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 SECRET_NAME = re.compile(r"(?i)secret|passw|credential|authorization|(^|[_-])(api_?key|key|token|auth)$|apikey$")
 """Option names whose values are secrets. Any name holding ``secret``,
@@ -31,27 +31,54 @@ def redacted(value: Any) -> Any:
 
 
 def url_secrets(url: Optional[str]) -> list[str]:
-    """The secrets an address carries: the password of its user part
-    (``http://alice:pw@host``) and the value of every query parameter with a secret-looking name
+    """The secrets an address carries, as written and decoded: the password of its user part
+    (``http://alice:pw@host``), or the user part itself when it has no password (a token written
+    as ``https://TOKEN@host``), and the value of every query parameter with a secret-looking name
     (``?api-key=…``)."""
     if not url or "://" not in url:
         return []
-    try:
-        parts = urlsplit(url)
-        found = [parts.password] if parts.password else []
-        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if SECRET_NAME.search(k)]
-    except ValueError:  # not an address after all (a port that is no number)
-        return []
-    return [v for v in found if v]
+    netloc, query = _netloc_and_query(url)
+    found = []
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        user, sep, password = userinfo.partition(":")
+        found.append(password if sep else user)
+    for pair in query.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and value and SECRET_NAME.search(unquote_plus(name)):
+            found.append(value)
+    found += [unquote_plus(v) for v in found] + [unquote(v) for v in found]
+    return [v for v in dict.fromkeys(found) if v]
 
 
 def redacted_url(url: str) -> str:
-    """``url`` with each of its :func:`url_secrets` replaced by ``***``: an address can be shown
-    in a message or sent to a tracker, the password in it never."""
-    for secret in sorted(url_secrets(url), key=len, reverse=True):
-        url = url.replace(secret, "***")
-        url = url.replace(quote(secret, safe=""), "***")
-    return url
+    """``url`` with its :func:`url_secrets` masked where they stand (the user part's password,
+    or a user part without one, and each secret-named query value): an address can be shown in
+    a message or sent to a tracker, a password in it never."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        name, sep, value = pair.partition("=")
+        pairs.append(f"{name}=***" if sep and value and SECRET_NAME.search(unquote_plus(name)) else pair)
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
+def _netloc_and_query(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not an address after all (a port that is no number)
+        return "", ""
+    return parts.netloc, parts.query
 
 
 __all__ = ["SECRET_NAME", "redacted", "url_secrets", "redacted_url"]

@@ -49,6 +49,10 @@ RUN_ENTRIES = ("config.yaml", "summary.json", *STEP_LOGS, "checkpoints", "final"
 default picture of it; ``--overwrite`` removes exactly these, from a directory that
 :func:`holds_run`."""
 
+RUN_CONFIG_HEADER = "# distil train: the config this run trains with (written by the run)\n"
+"""The first line of the ``config.yaml`` a run writes, before anything else: a run stopped
+before its first log still holds a run (:func:`holds_run`), unlike someone's own config.yaml."""
+
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.pt")
 """A checkpoint's file name in ``checkpoints/`` (match it whole): its step is zero-padded to six
 digits and may have more."""
@@ -58,7 +62,7 @@ _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<index>\d{6})\.jsonl(?P<gz>\.gz)?$")
 
 def holds_run(run_dir: str) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a step log or one of its segments,
-    ``summary.json``, or a checkpoint. A run's other names (``config.yaml``, ``final/``,
+    ``summary.json``, a checkpoint, or a config.yaml a run wrote. A run's other names (``config.yaml``, ``final/``,
     ``checkpoints/``, the trackers' folders, ``curves.png``) are common enough that a user's own
     files carry them, so alone they are not a run: ``--overwrite`` must not take a folder of
     someone's own files for one (:func:`run_paths` lists what is there)."""
@@ -66,7 +70,7 @@ def holds_run(run_dir: str) -> bool:
         return False
     if any(os.path.lexists(os.path.join(run_dir, name)) for name in (*STEP_LOGS, "summary.json")):
         return True
-    if any(segments(run_dir, name) for name in GROWING_LOGS):
+    if any(segments(run_dir, name) for name in GROWING_LOGS) or _run_config(run_dir):
         return True
     try:
         saved = os.listdir(os.path.join(run_dir, "checkpoints"))
@@ -82,6 +86,15 @@ def run_paths(run_dir: str) -> list[str]:
     for name in GROWING_LOGS:
         found += segments(run_dir, name)
     return found + temporaries(run_dir)
+
+
+def _run_config(run_dir: str) -> bool:
+    """Whether ``run_dir``'s config.yaml is one a run wrote (it begins with :data:`RUN_CONFIG_HEADER`)."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8", errors="replace") as fh:
+            return fh.readline() == RUN_CONFIG_HEADER
+    except OSError:  # absent, a directory, unreadable: not a run's
+        return False
 
 
 def run_file_at(path: str, run_dir: str) -> Optional[str]:
@@ -283,5 +296,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "CHECKPOINT_NAME", "holds_run", "run_file_at", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "run_file_at", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -36,4 +36,15 @@ def as_text(value: str) -> str:
         return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-__all__ = ["SURROGATE", "as_text"]
+def shown_safely(message: str) -> str:
+    """``message`` with its control and format characters written as escapes, for a terminal: a
+    message can quote a remote server's or a plugin's words, and an escape sequence in them must
+    not retitle, clear or recolour the user's terminal, nor a bidirectional override reorder what
+    it shows. Line breaks and tabs stay."""
+    import unicodedata
+
+    return "".join(ascii(c)[1:-1] if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf") else c
+                   for c in message)
+
+
+__all__ = ["SURROGATE", "as_text", "shown_safely"]

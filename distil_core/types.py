@@ -12,6 +12,7 @@ tensors (``arbitrary_types_allowed``); everything else is plain JSON-able data.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -222,13 +223,13 @@ class ExpertSignal(_Model):
 
 
 def checked(items: Any, model: type, plugin: str) -> list[Any]:
-    """What a plugin's method returned, as a list of ``model`` instances (None: none). Anything
-    else is a :class:`~distil_core.errors.PluginError` naming the plugin: a value that does not
-    validate as ``model``, or a result that is not a list at all (a string is no list of feedback
-    items, though it iterates as one)."""
+    """What a plugin's method returned, as a list of ``model`` instances (None: none; a generator
+    is read whole). Anything else is a :class:`~distil_core.errors.PluginError` naming the plugin:
+    a value that does not validate as ``model``, or a result that is no sequence of them (a string
+    or a mapping, though each iterates)."""
     if items is None:
         return []
-    if not isinstance(items, (list, tuple)):
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Iterable):
         raise PluginError(f"plugin component {plugin!r} returned {type(items).__name__}, not a list of "
                           f"{model.__name__}")
     out = []

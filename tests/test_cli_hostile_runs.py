@@ -199,7 +199,7 @@ def _final_run(path):
     # evaluation), and `distil eval RUN` evaluated the wrong thing without a word
     (lambda p: (_final_run(p) / "config.yaml").write_text(""), "saved config cannot be read: it is not whole (it lacks every section"),
     (lambda p: (_final_run(p) / "config.yaml").write_text("method: distil\nseed: 0\nmodel:\n"),
-     "saved config cannot be read: it is not whole (it lacks task, verifier, feedback, expert, system_prompt, context …"),
+     "saved config cannot be read: it is not whole (it lacks task, verifier, feedback, expert, context, rollout …"),
 ])
 def test_run_dir_config_names_what_is_wrong(tmp_path, damage, shown):
     run = tmp_path / "run"

@@ -3,6 +3,8 @@ header that says where the time went, and JSON whose units are stated."""
 
 import json
 
+import yaml
+
 from distil_core import hookimpl
 from distil_core.cli.main import main
 from distil_core.testing import FAST_RUN
@@ -74,6 +76,8 @@ def test_without_a_progress_bar_train_prints_a_line_every_log_every_steps_and_on
     assert f"pass@1 {100 * after['pass@1']:.1f}%" in evals[-1]
     assert main(["train", "--quiet", "--output-dir", str(tmp_path / "quiet"), *_sets("train.steps=2")]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith(("step ", "eval ("))]
+    saved = yaml.safe_load((tmp_path / "quiet" / "config.yaml").read_text())["train"]
+    assert saved["log_every"] == 1  # --quiet is this session's console, not the run's config
 
 
 def test_an_error_quoting_control_characters_shows_them_as_escapes(plugin_host, tmp_path, capsys):

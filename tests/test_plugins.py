@@ -774,4 +774,5 @@ def test_an_allow_list_name_no_plugin_has_is_said_where_a_component_is_missing(s
     host = PluginHost(load_entrypoints=True)
     with pytest.raises(ConfigError) as caught:
         host.get("verifier", "toy_contains")
-    assert "DISTIL_PLUGINS names 'toyy', which no installed plugin is called (did you mean 'toy'?)" in str(caught.value)
+    assert "the allow-list (DISTIL_PLUGINS) names 'toyy', which no installed plugin is called (did you mean 'toy'?)" \
+        in str(caught.value)

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from distil_core.cli.main import main
-from distil_core.run_files import holds_run, log_exists, log_lines, rotate_if_large, segments
+from distil_core.config import load_config
+from distil_core.run_files import RUN_CONFIG_HEADER, holds_run, log_exists, log_lines, rotate_if_large, segments
 from distil_core.testing import FAST_RUN
 from distil_core.training.runlog import RunLog
 from distil_core.training.distributed import World
@@ -97,6 +98,19 @@ def test_a_folder_of_ones_own_files_with_a_runs_names_is_never_overwritten(tmp_p
         assert _snapshot(own) == before, flags  # nothing read, written or deleted
     (own / "checkpoints" / "step-000004.pt").write_bytes(b"")  # a run's checkpoint: now it is a run
     assert holds_run(str(own))
+
+
+def test_a_run_stopped_before_its_first_log_is_still_a_run(tmp_path, capsys):
+    """A run stopped during its first evaluation has written config.yaml (and perhaps a tracker's
+    folder) but no log. Its config.yaml says a run wrote it, so --overwrite may replace it."""
+    run = tmp_path / "run"
+    (run / "mlruns").mkdir(parents=True)
+    (run / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config(None, FAST_RUN).to_yaml())
+    assert holds_run(str(run))
+    assert main(_train(run, "train.steps=1")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(_train(run, "train.steps=1", "train.save_every=1") + ["--overwrite"]) == 0
+    assert not (run / "mlruns").exists() and (run / "config.yaml").read_text().startswith(RUN_CONFIG_HEADER)
 
 
 def _lines(n, start=0, step=1):

@@ -65,8 +65,6 @@ def _faulty_signal(fault, t, v):
         return ExpertSignal(access="sampled", sample_ids=ids)
     if fault == "text_surrogate":  # valid JSON ("\\ud800") decodes to half a character
         return ExpertSignal(access="text", text="12\ud80034")
-    if fault == "text_long":
-        return ExpertSignal(access="text", text=" 1" * 100)
     if fault == "text_huge":  # never tokenized
         return ExpertSignal(access="text", text="7" * 5_000_000)
     if fault == "hidden_head":
@@ -169,9 +167,8 @@ BAD_SIGNALS = [
     # before: a text went to the tokenizer as it came, so half a character was a TypeError that
     # ended the run and a text of megabytes a target of millions of tokens (gigabytes, then a crash)
     ("text_surrogate", "text holds half a character (a lone surrogate) at character 2",
-     "UTF-8 text of at most {m} of the student's tokens (rollout.max_new_tokens)"),
-    ("text_long", "text is ", "UTF-8 text of at most {m} of the student's tokens"),
-    ("text_huge", "text is 5000000 characters long, far more than {m} tokens", "UTF-8 text of at most {m}"),
+     "UTF-8 text, the response the student should have written (it is trained on up to {m} of the student's tokens"),
+    ("text_huge", "text is 5000000 characters long, far more than {m} tokens", "UTF-8 text, the response"),
 ]
 
 
@@ -188,8 +185,7 @@ def test_a_bad_expert_signal_is_a_failed_signal_counted_and_explained(tmp_path, 
     m = trainer.config.rollout.max_new_tokens
     for fragment in (problem, fix):
         assert fragment.format(v=v, v1=v - 1, v5=v + 5, m=m) in reason
-    if fault == "text_long":
-        assert f"tokens long, more than the {m} a response may be" in reason
+
     assert "the expert should return" in reason
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
@@ -278,3 +274,19 @@ def test_what_a_plugin_returns_is_checked_while_the_tiny_base_is_built(tmp_path,
         with pytest.raises(error) as caught:
             _trainer(tmp_path / "run", *overrides)
     assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_text_longer_than_a_response_may_be_is_cut_as_the_students_own_would_be():
+    """An answer the provider cut at its max_tokens counts the expert's tokens; in the student's
+    it is often longer. It is trained on as far as the student could have written it: up to
+    rollout.max_new_tokens tokens, with no end where it was cut."""
+    from distil_core.testing import tiny_tokenizer
+    from distil_core.training.update import text_target
+
+    tok = tiny_tokenizer()
+    whole = tok.encode(" 1" * 100, add_special_tokens=False)
+    assert len(whole) > 10
+    assert text_target(tok, ExpertSignal(access="text", text=" 1" * 100), 10) == whole[:10]
+    short = tok.encode("12", add_special_tokens=False)
+    assert text_target(tok, ExpertSignal(access="text", text="12"), 10) == short + [tok.eos_token_id]
+    assert text_target(tok, ExpertSignal.failed("text", "no answer"), 10) == []

@@ -7,7 +7,9 @@ A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
   ``base``: the range each named metric of the starting model must fall in for the suite to be
   what it says (a sparse suite: ``pass@1: [0.0, 0.1]``); the report and the terminal flag a
   suite whose starting model falls outside it;
-- ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``);
+- ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``):
+  its loss, rate, expert and how it trains, never what every method of a suite shares
+  (``bench_spec.SHARED_KEYS``: the task, verifier, starting model, sampling and evaluation);
   labels of suites and methods are plain names (:data:`LABEL`): paths, table cells, legends;
 - ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × problems
   per step × samples per problem), the evaluation and how often it runs;
@@ -32,7 +34,7 @@ import time
 from typing import Any, Callable, Optional
 
 from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
-                                        dotted, load_spec, spec_overrides)
+                                        dotted, first_difference, load_spec, spec_overrides)
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
@@ -126,21 +128,24 @@ class Bench:
 
     def measured_alike(self, suite: str) -> None:
         """Refuse a suite whose methods would learn or be graded on different terms: each may set
-        its own loss, rate and expert, never the task, the verifier, the starting model, the
-        sampling or the evaluation (:data:`SHARED_KEYS`), or the rows compared are not a comparison."""
+        its own loss, rate, expert and how it trains (LoRA, precision), never the task, the
+        verifier, the starting model, the sampling or the evaluation (:data:`SHARED_KEYS`), or
+        the rows compared are not a comparison."""
         seen: dict[str, dict[str, Any]] = {}
         for (s, method, _seed), cfg in self.configs.items():
             if s == suite:
                 dumped = cfg.model_dump(mode="json")
                 seen[method] = {key: dotted(dumped, key) for key in SHARED_KEYS}
-        first, *others = seen.items()
+        (head, expected), *others = seen.items()
         for method, values in others:
             for key in SHARED_KEYS:
-                if values[key] != first[1][key]:
+                found = first_difference(expected[key], values[key], key)
+                if found:
+                    where, one, other = found
                     raise ConfigError(
-                        f"distil bench: the methods of suite {suite!r} would not be measured alike: {key} is "
-                        f"{json.dumps(first[1][key])[:120]} for {first[0]} but {json.dumps(values[key])[:120]} for "
-                        f"{method}; move it from a method's `set` to `common` (or to the suite).")
+                        f"distil bench: the methods of suite {suite!r} would not be measured alike: {where} is "
+                        f"{json.dumps(one)[:120]} for {head} but {json.dumps(other)[:120]} for {method}; move it "
+                        "from a method's `set` to `common` (or to the suite).")
 
     def check(self) -> None:
         """Refuse what can be known wrong before anything trains: a suite whose methods would get

@@ -15,7 +15,7 @@ from distil_core.config import Method, Seed, format_validation_error, read_yaml
 from distil_core.errors import ConfigError
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
-           "spec_overrides", "dotted"]
+           "spec_overrides", "dotted", "first_difference"]
 
 DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "bench.yaml")
 
@@ -101,7 +101,8 @@ def spec_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-SHARED_KEYS = ("task", "verifier", "model", "system_prompt", "rollout.temperature", "rollout.top_p", "eval")
+SHARED_KEYS = ("task", "verifier", "model.name", "model.tiny", "system_prompt", "rollout.temperature", "rollout.top_p",
+               "eval")
 """What every method of a suite must share besides its rollout budget (:meth:`Bench.measured_alike`)."""
 
 
@@ -110,3 +111,15 @@ def dotted(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         data = data[part]
     return data
+
+
+def first_difference(a: Any, b: Any, key: str) -> Optional[tuple[str, Any, Any]]:
+    """The first dotted key under ``key`` where ``a`` and ``b`` differ, with both values; None
+    when they agree (so a message names ``task.options.length``, not two whole sections)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for inner in sorted(a.keys() | b.keys()):
+            found = first_difference(a.get(inner), b.get(inner), f"{key}.{inner}")
+            if found:
+                return found
+        return None
+    return None if a == b else (key, a, b)

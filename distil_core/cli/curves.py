@@ -79,8 +79,6 @@ def plot_runs(paths: Sequence[str], output: Optional[str] = None,
     """Draw the runs in ``paths`` into one PNG at ``output`` (default: ``curves.png`` in the run
     directory for one run, in the current directory for several); what was drawn."""
     plt = require_matplotlib("distil plot")  # before reading anything
-    runs = [load_run(path) for path in paths]
-    panels = choose_panels(metrics, runs)
     output = output or os.path.join(paths[0] if len(paths) == 1 else ".", "curves.png")
     for path in paths:
         own = run_file_at(output, path)
@@ -88,6 +86,8 @@ def plot_runs(paths: Sequence[str], output: Optional[str] = None,
             raise ConfigError(f"--output {output!r} is {own}, which the run writes: the plot would replace it. "
                               "Choose another path (the default is curves.png in the run directory).")
     figure_format(output, "--output")
+    runs = [load_run(path) for path in paths]
+    panels = choose_panels(metrics, runs)
     fig, top = build_figure(plt, runs, panels)
     report = read_back(fig, output)
     try:

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 from distil_core.version import __version__
 from distil_core.cli.tables import render_table
 from distil_core.errors import ConfigError, DistilError
+from distil_core.text import shown_safely
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -40,17 +41,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
         return 130
-
-
-def shown_safely(message: str) -> str:
-    """``message`` with its control characters written as escapes: an error can quote a remote
-    server's or a plugin's words, and an escape sequence in them must not retitle, clear or
-    recolour the user's terminal, nor a bidirectional override reorder what it shows. Line
-    breaks and tabs stay."""
-    import unicodedata
-
-    return "".join(ascii(c)[1:-1] if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf") else c
-                   for c in message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,8 +207,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   "with is unknown; give it as CONFIG (distil train CONFIG --output-dir ... --resume).")
             config_path = saved
     config = load_config(config_path, args.overrides)
-    if args.quiet:
-        config.train.progress, config.train.log_every = False, 0
     if args.output_dir:
         config.train.output_dir = args.output_dir  # where everything of the run goes (server syncs too)
     if args.print_config:
@@ -228,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distil_core.training.distributed import close_world
     from distil_core.training.trainer import Trainer
 
-    trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(config, run_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     world = trainer.world
     finished = False
     try:

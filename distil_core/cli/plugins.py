@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import sys
 from typing import Any, Optional
 
 from distil_core.cli.tables import render_table
 from distil_core.errors import ConfigError, did_you_mean
+from distil_core.text import shown_safely
 from distil_core.plugin_host import KINDS, Registration, factory_parameters, get_host
 
 __all__ = ["component_options", "main_plugins"]
@@ -55,12 +55,9 @@ def main_plugins(args: argparse.Namespace) -> int:
             names = [n for k, n in info.registered if k == kind]
             if names:
                 parts.append(f"{kind.replace('_', ' ')}s: {', '.join(names)}")
-        registered = "; ".join(parts) or ("FAILED: " + info.error if info.error else "(nothing)")
+        registered = "; ".join(parts) or ("FAILED: " + shown_safely(info.error) if info.error else "(nothing)")
         rows.append((info.name, info.version or "-", registered))
     print(render_table(rows, left=(0, 2)))
-    for name, error in host.errors().items():
-        if any(n for k, n in host.plugins[name].registered):
-            print(f"warning: plugin {name!r}: {error}", file=sys.stderr)
     return 0
 
 

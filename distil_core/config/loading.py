@@ -336,14 +336,20 @@ def saved_config(run_dir: str) -> Optional[RunConfig]:
         raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__})") from None
 
 
+SAVED_SECTIONS = ("method", "seed", "model", "task", "verifier", "feedback", "expert", "context", "rollout", "loss",
+                  "optim", "train", "eval")
+"""The sections every run's config.yaml has held since runs were first saved: one that lacks any
+was cut short or emptied. A section added later is not required (older runs' files lack it)."""
+
+
 def unsaved_keys(data: Any) -> list[str]:
-    """The sections of a whole config that ``data`` lacks: a run's config.yaml holds every one,
-    so one that lacks any was cut short or emptied, and read as it is it would silently be the
-    defaults there (another task, another evaluation). Keys inside a section are not required:
-    a key added by a later version is missing from every older run's file."""
+    """The :data:`SAVED_SECTIONS` that ``data`` lacks: read as it is, a cut or emptied config.yaml
+    would silently be the defaults there (another task, another evaluation). Keys inside a
+    section are not required either: a key added by a later version is missing from every older
+    run's file."""
     if not isinstance(data, dict):
         return ["every section (it is not a mapping)"]
-    return [key for key in RunConfig.model_fields if key not in data]
+    return [key for key in SAVED_SECTIONS if key not in data]
 
 
 def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:

@@ -53,7 +53,7 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from distil_core.serving.batcher import ClientGone, watching_client
 from distil_core.serving.bodies import MAX_BODY_BYTES, body_length, read_body
@@ -197,9 +197,9 @@ class LocalOpenAIServer:
                 return _json(200, {"object": "list", "data": cards})
             if get and route == "/health":
                 return _json(200, {"status": "ok"})
-            # the handlers of routes.UPDATE_PATHS, in its order
-            handlers = (self._load_adapter, self._unload_adapter, self._collective_rpc, lambda body: (200, ""))
-            updates: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = dict(zip(UPDATE_PATHS, handlers))
+            updates = {"/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
+                       "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
+            assert set(updates) == set(UPDATE_PATHS), "routes.UPDATE_PATHS and the handlers here must agree"
             if verb == "POST" and route in updates:
                 self._count(route)
                 status, text = updates[route](parse_body(raw, required=route != "/reset_prefix_cache"))

@@ -35,4 +35,5 @@ def eval_line(step: int, label: str, result: dict[str, Any]) -> str:
     where = f"step {step}" if label == f"step {step}" else f"{label}, step {step}"
     return f"eval ({where}): " + ", ".join(shown)
 
+
 __all__ = ["STEP_LINE_KEYS", "eval_line", "progress_bar", "step_line"]

@@ -14,8 +14,7 @@ check is one vectorised pass over the signal's tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -35,26 +34,18 @@ class SignalProblem(Exception):
         self.field, self.problem, self.fix = field, problem, fix
 
 
-@dataclass(frozen=True)
-class TextBudget:
-    """What a ``text`` signal is held to: the student's tokens (``encode``, no special tokens) and
-    at most ``max_tokens`` of them (``rollout.max_new_tokens``: the text is trained as the
-    response the student should have written, so it may be no longer than one)."""
-
-    encode: Callable[[str], Sequence[int]]
-    max_tokens: int
-
-
 CHARS_PER_TOKEN = 64
-"""More characters per token than any tokenizer merges: a text this many times longer than its
-budget is refused before it is tokenized (a hostile answer of gigabytes never is)."""
+"""More characters per token than any tokenizer merges: a ``text`` signal this many times longer
+than ``rollout.max_new_tokens`` is refused before it is tokenized (a hostile answer of gigabytes
+never is). One within it is trained on as far as the student could have written it
+(:func:`~distil_core.training.update.text_target` cuts it to ``max_new_tokens`` tokens)."""
 
 
 def check_signals(signals: Sequence[ExpertSignal], queries: Sequence[ExpertQuery], *,
-                  vocab_size: int, text: Optional[TextBudget] = None) -> list[ExpertSignal]:
+                  vocab_size: int, text: Optional[int] = None) -> list[ExpertSignal]:
     """``signals`` with every usable one (``ok``) whose tensors do not fit its query's response,
     or whose text is not one the student could write (with ``text``), replaced by a failed
-    signal saying why (see :func:`signal_problem`)."""
+    signal saying why (see :func:`signal_problem`). ``text``: ``rollout.max_new_tokens``."""
     out = []
     for signal, query in zip(signals, queries):
         problem = signal_problem(signal, len(query.response_ids), vocab_size, text)
@@ -63,7 +54,7 @@ def check_signals(signals: Sequence[ExpertSignal], queries: Sequence[ExpertQuery
 
 
 def signal_problem(signal: ExpertSignal, length: int, vocab_size: int,
-                   text: Optional[TextBudget] = None) -> Optional[str]:
+                   text: Optional[int] = None) -> Optional[str]:
     """None when ``signal`` fits a response of ``length`` tokens; else one line: the field, what
     is wrong with it and where, and what the expert should return instead."""
     try:
@@ -74,7 +65,7 @@ def signal_problem(signal: ExpertSignal, length: int, vocab_size: int,
     return None
 
 
-def check_signal(signal: ExpertSignal, length: int, vocab_size: int, text: Optional[TextBudget] = None) -> None:
+def check_signal(signal: ExpertSignal, length: int, vocab_size: int, text: Optional[int] = None) -> None:
     """Raise :class:`SignalProblem` unless ``signal`` fits a response of ``length`` tokens (a
     failed signal, ``ok=False``, carries nothing to check)."""
     if not signal.ok:
@@ -95,20 +86,17 @@ def check_signal(signal: ExpertSignal, length: int, vocab_size: int, text: Optio
         check_hidden(signal, length, vocab_size)
 
 
-def check_text(value: str, budget: TextBudget) -> None:
-    """A text the student's tokenizer can read (no half characters) and the student could have
-    written (at most ``budget.max_tokens`` tokens); length is judged before tokenizing."""
-    fix = (f"UTF-8 text of at most {budget.max_tokens} of the student's tokens (rollout.max_new_tokens): the "
-           "response the student should have written")
+def check_text(value: str, max_tokens: int) -> None:
+    """A text the student's tokenizer can read (no half characters) and not absurdly longer than
+    a response may be (:data:`CHARS_PER_TOKEN`), judged before it is tokenized."""
+    fix = (f"UTF-8 text, the response the student should have written (it is trained on up to "
+           f"{max_tokens} of the student's tokens, rollout.max_new_tokens)")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise SignalProblem("text", f"holds half a character (a lone surrogate) at character {exc.start}", fix) from None
-    if len(value) > CHARS_PER_TOKEN * budget.max_tokens:
-        raise SignalProblem("text", f"is {len(value)} characters long, far more than {budget.max_tokens} tokens", fix)
-    tokens = len(budget.encode(value))
-    if tokens > budget.max_tokens:
-        raise SignalProblem("text", f"is {tokens} tokens long, more than the {budget.max_tokens} a response may be", fix)
+    if len(value) > CHARS_PER_TOKEN * max_tokens:
+        raise SignalProblem("text", f"is {len(value)} characters long, far more than {max_tokens} tokens", fix)
 
 
 def check_topk(signal: ExpertSignal, length: int, vocab_size: int) -> None:

@@ -20,7 +20,7 @@ from distil_core.errors import PluginError
 from distil_core.losses.methods import Method
 from distil_core.models.forward import vocab_size
 from distil_core.protocols import resolve, resolve_all
-from distil_core.training.signals import TextBudget, check_signals
+from distil_core.training.signals import check_signals
 from distil_core.types import ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict, checked
 
 
@@ -169,8 +169,8 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
         raise PluginError(f"expert {name!r} returned {count} signals for {len(queries)} queries; "
                           "score() must return one ExpertSignal per query, in order")
     answered = checked(list(answered), ExpertSignal, name)
-    budget = TextBudget(lambda text: rt.tokenizer.encode(text, add_special_tokens=False), config.rollout.max_new_tokens)
-    return check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer), text=budget)
+    return check_signals(answered, queries, vocab_size=vocab_size(rt.model, rt.tokenizer),
+                         text=config.rollout.max_new_tokens)
 
 
 REASONS_SHOWN = 3

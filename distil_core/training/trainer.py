@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 
 from distil_core.config import RunConfig, check_resume_config
 from distil_core.errors import ConfigError, DistilError
+from distil_core.run_files import RUN_CONFIG_HEADER
+from distil_core.text import shown_safely
 from distil_core.io import atomic_directory, weights_fingerprint
 from distil_core.losses.methods import method_named
 from distil_core.models.forward import check_projection, projects_plainly
@@ -50,11 +52,13 @@ class Trainer:
 
     def __init__(self, config: RunConfig, *, run_dir: Optional[str] = None, resume: bool = False,
                  overwrite: bool = False, host: Optional[PluginHost] = None, echo: Callable[[str], None] = print,
-                 world: Optional[World] = None):
+                 world: Optional[World] = None, quiet: bool = False):
         self.config = config
         self.world = world or init_world(config.model.device)
         self.echo = echo if self.world.main else (lambda _msg: None)
-        self.progress = config.train.progress and self.world.main
+        # what the console shows (``quiet``: neither bar nor lines) is this session's, not the run's config
+        self.progress = config.train.progress and self.world.main and not quiet
+        self.line_every = 0 if quiet or self.progress else config.train.log_every
         self.started = self.started_session = time.time()  # started moves back by the time of earlier sessions
         self.method = method_named(config.method)
         if self.world.size > config.rollout.problems_per_step:
@@ -93,7 +97,8 @@ class Trainer:
                 self._resume()
             else:
                 self.log.start_fresh()
-            self.log.write_bytes("config.yaml", config.to_yaml().encode(), mode=PRIVATE)  # may hold API keys
+            self.log.write_bytes("config.yaml", (RUN_CONFIG_HEADER + config.to_yaml()).encode(),
+                                 mode=PRIVATE)  # may hold API keys
         self.world.barrier()
 
     def _build_runtime(self, host: Optional[PluginHost]) -> Runtime:
@@ -198,7 +203,7 @@ class Trainer:
         self.evals[label] = result
         self.log.append("eval.jsonl", {"step": self.step, "label": label, **result})
         self.trackers.log_eval(self.step, label, result)
-        if not self.progress and self.config.train.log_every:
+        if self.line_every:
             self.echo(eval_line(self.step, label, result))
         return result
 
@@ -246,7 +251,7 @@ class Trainer:
                 return self._fit()
         finally:
             for problem in self.rt.close():
-                self.echo(f"warning: {problem}")
+                self.echo(f"warning: {shown_safely(problem)}")
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
@@ -264,7 +269,7 @@ class Trainer:
             self.guard.observe(row)  # logged first: the row that stops the run is on record
             bar.set_postfix(reward=f"{row['reward']:.2f}", loss=f"{row['loss']:.3f}")
             bar.update()
-            if not self.progress and cfg.train.log_every and self.step % cfg.train.log_every == 0:
+            if self.line_every and self.step % self.line_every == 0:
                 self.echo(step_line(self.step, total, row))
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
                 self.run_eval(f"step {self.step}")

@@ -223,7 +223,8 @@ def row_targets(learner: Learner, batch: StepBatch, text_mode: bool) -> tuple[li
     reads them all (GRPO, a success term); else rows with a usable signal."""
     cfg, signals, n = learner.config, batch.signals, batch.n
     tok = learner.runtime.tokenizer
-    targets = [text_target(tok, s) if text_mode else r.response_ids for r, s in zip(batch.rollouts, signals)]
+    cap = cfg.rollout.max_new_tokens
+    targets = [text_target(tok, s, cap) if text_mode else r.response_ids for r, s in zip(batch.rollouts, signals)]
     every_row = learner.method.reads_every_row(cfg.loss, n)
     weight_of = [len(t) if (every_row or (signals[j] is not None and signals[j].ok)) else 0
                  for j, t in enumerate(targets)]
@@ -323,11 +324,14 @@ def end_of_batch(learner: Learner) -> None:
             hook(learner.model)
 
 
-def text_target(tokenizer: Any, signal: Optional[ExpertSignal]) -> list[int]:
-    """A text expert's continuation in the student's tokens, ended like a response."""
+def text_target(tokenizer: Any, signal: Optional[ExpertSignal], max_tokens: int) -> list[int]:
+    """A text expert's continuation in the student's tokens, ended like a response, and cut to
+    ``max_tokens`` (``rollout.max_new_tokens``, the end included) as the student's own response
+    would have been (an answer the expert's provider cut at its ``max_tokens``, counted
+    in its own tokens, is often longer in the student's)."""
     if signal is None or not signal.ok:
         return []
-    return tokenizer.encode(signal.text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return (tokenizer.encode(signal.text, add_special_tokens=False) + [tokenizer.eos_token_id])[:max_tokens]
 
 
 def micro_batches(rows: Sequence[int], group_size: int, accum: int) -> list[list[int]]:

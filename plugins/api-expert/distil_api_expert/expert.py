@@ -33,7 +33,6 @@ from typing import Any, Literal, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, redacted, redacted_url, resolve
-from distil_core import url_secrets
 
 from . import align
 from .transport import (
@@ -160,8 +159,7 @@ class ApiExpert:
                       "the OpenAI API" if opts.client == "openai" else "litellm's endpoint for the model")
         self.api_key = opts.api_key or os.environ.get(opts.api_key_env) or None
         # never in a message we produce: the key, secret-named options, and a password or key in api_base
-        self.secrets = sorted({*secret_values(self.api_key, opts.litellm_kwargs), *url_secrets(opts.api_base)},
-                              key=len, reverse=True)
+        self.secrets = secret_values(self.api_key, opts.litellm_kwargs, opts.api_base)
         if self.api_key is None and opts.api_base is not None:
             self.api_key = "EMPTY"  # servers started without a key accept anything
         if self.api_key is None and opts.client == "openai":

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from distil_core import SECRET_NAME
+from distil_core import SECRET_NAME, url_secrets
 from distil_core.io import atomic_write_json
 from distil_core.retry import RetryPolicy, is_transient_status, retry_after_seconds
 
@@ -569,10 +569,13 @@ _SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")
 MIN_SECRET_CHARS = 4  # shorter values would blot out ordinary words of a message
 
 
-def secret_values(api_key: Optional[str], options: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """The configured key and every text value under a secret-looking name in ``options``
-    (nested mappings included): what :func:`redact` must never let through."""
+def secret_values(api_key: Optional[str], options: Optional[Mapping[str, Any]] = None,
+                  api_base: Optional[str] = None) -> list[str]:
+    """The configured key, every text value under a secret-looking name in ``options`` (nested
+    mappings included) and the secrets written into ``api_base`` (``url_secrets``): what
+    :func:`redact` must never let through."""
     found = [api_key] if api_key else []
+    found += url_secrets(api_base)
     stack = [options or {}]
     while stack:
         for name, value in stack.pop().items():

@@ -588,3 +588,19 @@ def test_a_redirect_loop_is_named_and_not_asked_again(hostile):
     message = str(caught.value)
     assert "TooManyRedirects" in message and "redirect" in message.lower(), message
     assert len(hostile.requests) <= 25, len(hostile.requests)  # one client's redirect limit, not retried
+
+
+@pytest.mark.parametrize("base, shown", [
+    ("http://h:8000/v1?api-key=abc+def&x=1", "http://h:8000/v1?api-key=***&x=1"),
+    ("http://h:8000/v1?api_key=ab+cd%2Fef%3D%3D", "http://h:8000/v1?api_key=***"),
+    ("http://h:8000/v1?API-Key=a%2bb", "http://h:8000/v1?API-Key=***"),
+    ("https://sk-abc123@h/v1", "https://***@h/v1"),  # a token written as the user part
+    ("http://localhost:11434/v1?token=1", "http://localhost:11434/v1?token=***"),  # the rest untouched
+    ("http://localhost:11434/v1", "http://localhost:11434/v1"),
+])
+def test_secrets_in_an_address_are_masked_where_they_stand(base, shown):
+    """Before, each secret was replaced wherever its text occurred: a `+` or `%2b` in a key left it
+    whole, and `token=1` turned the port 11434 into `******434`."""
+    from distil_core import redacted, redacted_url
+
+    assert redacted_url(base) == shown and redacted({"api_base": base}) == {"api_base": shown}

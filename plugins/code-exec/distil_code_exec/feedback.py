@@ -60,6 +60,13 @@ class CodeExecFeedback:
             self._verifier = CodeExecVerifier(backend=self.backend, workers=1)
         return self._verifier.grade(problem, rollout)
 
+    def close(self) -> None:
+        """Stop the grader this source made for itself (when the run's verifier was not code_exec);
+        the trainer calls it when the run ends, and grading again starts a new one."""
+        grader, self._verifier = self._verifier, None
+        if grader is not None:
+            grader.close()
+
 
 def render(details: dict[str, Any], *, max_failures: int = 3, show_expected: bool = True) -> str:
     """The execution trace of a graded run as compact text."""

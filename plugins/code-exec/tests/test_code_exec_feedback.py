@@ -102,6 +102,14 @@ def test_grades_the_rollout_itself_when_the_verdict_came_from_elsewhere():
     source = CodeExecFeedback(backend="bwrap")
     [item] = source.feedback(problem(ADD_CALLS), rollout("def add(a, b):\n    return 0"), Verdict(score=0.0, passed=False), [])
     assert "returned: 0" in item.text
+    # the grader it made for itself is closed with it (the trainer closes its feedback sources
+    # when a run ends), and grading again makes a new one
+    assert source._verifier is not None
+    source.close()
+    assert source._verifier is None
+    [again] = source.feedback(problem(ADD_CALLS), rollout("def add(a, b):\n    return 0"), Verdict(score=0.0, passed=False), [])
+    assert again.text == item.text
+    source.close()
 
 
 def test_trim_traceback_keeps_only_the_solutions_innermost_frames():

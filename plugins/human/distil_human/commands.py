@@ -107,7 +107,7 @@ class CorrectionsCommand:
         if args.action == "export":
             # an existing store only (a mistyped --db must not write an empty backup over a good
             # one), and never written over by its own export
-            with CorrectionStore(args.db, create=False, read_only=True) as store:
+            with CorrectionStore(args.db, create=False) as store:
                 if not _is_stdout(args.file) and os.path.exists(args.file) and os.path.samefile(args.file, store.path):
                     raise ConfigError(f"{args.file} is the store being exported; give another FILE.")
                 count = export_jsonl(store, args.file, args.problem)

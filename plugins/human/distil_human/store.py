@@ -72,6 +72,8 @@ _SCHEMA = (
 )
 _COLUMNS = ("id", "problem_id", "response_hash", "kind", "text", "author", "created_at",
             "run_dir", "step", "response_text", "verdict", "verified")
+
+
 def _content(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A stored row's :data:`Correction.CONTENT_FIELDS`."""
     return tuple(row[_COLUMNS.index(name)] for name in Correction.CONTENT_FIELDS)

@@ -147,3 +147,18 @@ def write_entries(path: str, worker: int, count: int, barrier, errors) -> None:
     except BaseException as exc:  # reported to the parent, which fails the test
         errors.put(f"writer {worker}: {type(exc).__name__}: {exc}")
         raise
+
+
+def write_version_1_store(path) -> None:
+    """A store in the version-1 layout, as an older distil-human wrote it, with one entry."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("CREATE TABLE corrections (id TEXT PRIMARY KEY, problem_id TEXT NOT NULL, response_hash TEXT, "
+                     "kind TEXT NOT NULL, text TEXT NOT NULL, author TEXT NOT NULL, created_at TEXT NOT NULL, "
+                     "run_dir TEXT, step INTEGER, response_text TEXT, verdict TEXT)")
+        conn.execute("INSERT INTO corrections (id, problem_id, kind, text, author, created_at) VALUES "
+                     "('a1', 'sort-12', 'solution', '12', 'ada', '2025-01-01T00:00:00.000000+00:00')")
+    conn.close()

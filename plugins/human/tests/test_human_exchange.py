@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from human_testlib import distil_argv, entry, plugin_env
+from human_testlib import distil_argv, entry, plugin_env, write_version_1_store
 
 from distil_core import ConfigError
 from distil_human.exchange import export_jsonl, import_jsonl
@@ -236,3 +236,7 @@ def test_export_reads_an_existing_store_only_and_never_writes_over_it(tmp_path):
     assert done.returncode == 2 and "is the store being exported; give another FILE" in done.stderr, done.stderr
     with CorrectionStore(str(tmp_path / "s.sqlite"), create=False) as store:
         assert store.count() == 3
+    old = tmp_path / "v1.sqlite"  # a version-1 store: export upgrades it
+    write_version_1_store(old)
+    done = run("export", str(backup), "--db", str(old))
+    assert done.returncode == 0 and "Exported 1 entries" in done.stdout, done.stderr

@@ -2,10 +2,9 @@
 the terminal and the browser desk; the store's `verified` mark and the feedback option that
 skips unverified solutions."""
 
-import sqlite3
 
 import pytest
-from human_testlib import Terminal, distil_argv, entry, plugin_env, response_hash, rollout_record, write_run
+from human_testlib import Terminal, distil_argv, entry, plugin_env, response_hash, rollout_record, write_run, write_version_1_store
 
 from distil_core import ConfigError, Problem, Verdict
 from distil_core.builtin import DigitsTask
@@ -150,14 +149,7 @@ def test_skip_unverified_leaves_out_solutions_the_verifier_did_not_pass(tmp_path
 
 def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_entries(tmp_path):
     path = str(tmp_path / "old.sqlite")
-    with sqlite3.connect(path) as conn:  # the version 1 layout, as an older distil-human wrote it
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-        conn.execute("CREATE TABLE corrections (id TEXT PRIMARY KEY, problem_id TEXT NOT NULL, response_hash TEXT, "
-                     "kind TEXT NOT NULL, text TEXT NOT NULL, author TEXT NOT NULL, created_at TEXT NOT NULL, "
-                     "run_dir TEXT, step INTEGER, response_text TEXT, verdict TEXT)")
-        conn.execute("INSERT INTO corrections (id, problem_id, kind, text, author, created_at) VALUES "
-                     "('a1', 'sort-12', 'solution', '12', 'ada', '2025-01-01T00:00:00.000000+00:00')")
+    write_version_1_store(path)
     with CorrectionStore(path) as store:
         assert store.schema_version() == SCHEMA_VERSION == 2
         [old] = store.all()
