@@ -247,3 +247,14 @@ def test_saved_config_reads_back_what_a_run_wrote_and_names_a_damaged_file(tmp_p
         (tmp_path / "config.yaml").write_bytes(content)
         with pytest.raises(ConfigError, match="config.yaml: the run's saved config cannot be read"):
             saved_config(str(tmp_path))
+
+
+def test_an_invalid_value_given_by_set_names_the_set_beside_the_file(tmp_path):
+    """Before: "tiny.yaml: invalid config. train.steps: ... (got None)", blaming the file for a
+    value only --set gave."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text("train: {steps: 3}\n")
+    with pytest.raises(ConfigError, match=rf"^{path} \(and set: train\.steps\): invalid config\. train\.steps: "):
+        load_config(str(path), ["train.steps="])
+    with pytest.raises(ConfigError, match=r"^the default config \(and set: eval\.samples, train\.stepz\): unknown key"):
+        load_config(None, ["eval.samples=4", "train.stepz=1"])

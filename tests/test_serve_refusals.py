@@ -151,6 +151,19 @@ def test_distil_serve_refuses_a_port_out_of_range_before_loading_the_model(monke
     assert "--max-connections 0: give at least 1" in capsys.readouterr().err and not loaded
 
 
+def test_distil_serve_on_a_host_that_is_not_this_machines_says_so(monkeypatch, capsys):
+    """Before: "pick another --port", whatever the port, when the address was the problem."""
+    from distil_core.cli.main import main
+
+    monkeypatch.setattr("distil_core.cli.serve.load_for_serving",
+                        lambda *args, **kwargs: (tiny_model(), tiny_tokenizer(), "tiny"))
+    for host in ("256.1.1.1", "10.255.255.1"):  # no such address; an address of another machine
+        assert main(["serve", "--host", host, "--port", "0"]) != 0
+        err = capsys.readouterr().err
+        assert f"cannot listen on {host}:0" in err and "give an address of this machine as --host" in err, err
+        assert "another --port" not in err
+
+
 def test_a_gguf_model_is_served_under_its_model_name(tmp_path):
     converted = tmp_path / "gguf-SmolLM2-135M-Instruct.Q4_1-eb386674df3f"  # the conversion cache's layout
     converted.mkdir()

@@ -82,8 +82,15 @@ def main_serve(args: argparse.Namespace) -> int:
         LocalOpenAIServer(model, tokenizer, **options)
     try:
         base = server.start()
-    except OSError as exc:  # a port taken or not allowed (its range is checked above)
-        raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); pick another --port.") from None
+    except OSError as exc:  # a port taken or not allowed (its range is checked above), or a host that is none here
+        import errno
+        import socket
+
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            fix = "give an address of this machine as --host (127.0.0.1, or 0.0.0.0 for every interface)"
+        else:
+            fix = "pick another --port"
+        raise DistilError(f"distil serve: cannot listen on {args.host}:{args.port} ({exc}); {fix}.") from None
     print(f"Serving {server.model_name!r} at {base}/v1 (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

@@ -39,6 +39,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     defaults = RunConfig().model_dump(mode="json") if overrides else {}
     for item in overrides or []:
         apply_override(data, item, defaults)
+    if overrides:  # an error may be in the file or in what is set over it (--set, a spec's set): name both
+        source += f" (and set: {', '.join(item.split('=', 1)[0].strip() for item in overrides)[:200]})"
     check_keys(RunConfig, data, source)
     check_finite(data, source)
     try:

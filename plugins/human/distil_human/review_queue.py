@@ -135,6 +135,8 @@ def parse_steps(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
         high = (int(last) if last.strip() else None) if sep else low
     except ValueError:
         raise ConfigError(f"--steps {text!r}: give a step (7) or a range (5-10, 5-, -10).") from None
+    if low is not None and high is not None and low > high:  # would select nothing, and say only that
+        raise ConfigError(f"--steps {text!r}: the range runs backwards; give the first step first ({high}-{low}).")
     return low, high
 
 

@@ -75,6 +75,8 @@ def test_filters_by_verdict_source_and_step(tmp_path):
     assert parse_steps("-2") == (None, 2) and parse_steps("") == (None, None)
     with pytest.raises(ConfigError, match=r"--steps 'two': give a step \(7\) or a range"):
         parse_steps("two")
+    with pytest.raises(ConfigError, match=r"--steps '5-1': the range runs backwards; give the first step first \(1-5\)"):
+        parse_steps("5-1")  # before: "Nothing to review"
     with pytest.raises(ConfigError, match="verdict filter 'odd' is not one of failed"):
         QueueFilter(verdict="odd")
 
