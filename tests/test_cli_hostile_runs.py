@@ -195,6 +195,8 @@ def _final_run(path):
     (lambda p: (_final_run(p) / "config.yaml").write_text("method: [\n"), "config.yaml: not valid YAML"),
     (lambda p: (_final_run(p) / "config.yaml").write_bytes(b"method: \xff\n"), "cannot be read as a UTF-8 text file"),
     (lambda p: (_final_run(p) / "final").rmdir(), "has no final/ model yet"),
+    (lambda p: ((_final_run(p) / "final").rmdir(), (p / "final").write_text("x")),
+     "final: the run's final model should be a directory, and this is a file"),  # was "no final/ model yet"
     # before, an emptied or cut config.yaml was read as the defaults (another task, another
     # evaluation), and `distil eval RUN` evaluated the wrong thing without a word
     (lambda p: (_final_run(p) / "config.yaml").write_text(""), "saved config cannot be read: it is not whole (it lacks every section"),
@@ -320,3 +322,16 @@ def test_bench_diagnostics_refuses_counts_and_temperatures_that_mean_nothing(tmp
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_diagnostics.py"), *argv],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "eval.jsonl"])
+def test_plot_names_a_log_that_is_a_directory(tmp_path, capsys, name):
+    """Before: metrics.jsonl as a directory read as "it has no metrics.jsonl", and eval.jsonl as
+    one drew pass@1 as "not logged" without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "reward": 0.5}\n')
+    (run / name).unlink(missing_ok=True)
+    (run / name).mkdir()
+    assert main(["plot", str(run), "--output", str(tmp_path / "p.png")]) == 1
+    assert f"{run / name}: the log cannot be read (Is a directory)" in capsys.readouterr().err

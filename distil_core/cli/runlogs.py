@@ -46,11 +46,12 @@ def load_run(path: str) -> RunLogs:
         raise ConfigError(f"{path!r} is not a run directory (no such directory). A run directory, "
                           f"written by `distil train`, holds {RUN_DIR_HOLDS}.")
     metrics_path = os.path.join(path, "metrics.jsonl")
-    if not os.path.isfile(metrics_path):
+    if not os.path.lexists(metrics_path):
         raise ConfigError(f"{path!r} is not a run directory: it has no metrics.jsonl. A run directory, "
                           f"written by `distil train`, holds {RUN_DIR_HOLDS}.")
     eval_path = os.path.join(path, "eval.jsonl")
-    evals = read_jsonl(eval_path) if os.path.isfile(eval_path) else []
+    # a log that is there but no file (a directory) is read, and named as what cannot be read
+    evals = read_jsonl(eval_path) if os.path.lexists(eval_path) else []
     return RunLogs(path, run_method(path), read_jsonl(metrics_path), evals)
 
 

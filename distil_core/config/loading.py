@@ -369,6 +369,9 @@ def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
         raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml file: {saved}); give the "
                           "directory `distil train` wrote.")
     final = os.path.join(run_dir, "final")
+    if os.path.exists(final) and not os.path.isdir(final):
+        raise ConfigError(f"{final}: the run's final model should be a directory, and this is a file; restore it, "
+                          f"or resume the run to write it again.")
     if not os.path.isdir(final):
         raise ConfigError(f"{run_dir!r} has no final/ model yet; finish the run (or resume it) first.")
     if any(item.split("=", 1)[0].strip() == "model.name" for item in overrides):
