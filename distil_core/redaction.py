@@ -35,18 +35,12 @@ def url_secrets(url: Optional[str]) -> list[str]:
     (``http://alice:pw@host``), or the user part itself when it has no password (a token written
     as ``https://TOKEN@host``), and the value of every query parameter with a secret-looking name
     (``?api-key=…``)."""
-    if not url or "://" not in url:
+    read = _address(url)
+    if read is None:
         return []
-    netloc, query = _netloc_and_query(url)
-    found = []
-    if "@" in netloc:
-        userinfo = netloc.rsplit("@", 1)[0]
-        user, sep, password = userinfo.partition(":")
-        found.append(password if sep else user)
-    for pair in query.split("&"):
-        name, sep, value = pair.partition("=")
-        if sep and value and SECRET_NAME.search(unquote_plus(name)):
-            found.append(value)
+    _parts, userinfo, pairs = read
+    user, sep, password = userinfo or ("", "", "")
+    found = [v for v in (password if sep else user, *(value for _pair, value in pairs)) if v]
     found += [unquote_plus(v) for v in found] + [unquote(v) for v in found]
     return [v for v in dict.fromkeys(found) if v]
 
@@ -55,30 +49,34 @@ def redacted_url(url: str) -> str:
     """``url`` with its :func:`url_secrets` masked where they stand (the user part's password,
     or a user part without one, and each secret-named query value): an address can be shown in
     a message or sent to a tracker, a password in it never."""
-    if "://" not in url:
+    read = _address(url)
+    if read is None:
         return url
+    parts, userinfo, pairs = read
+    netloc = parts.netloc
+    if userinfo:
+        user, sep, _password = userinfo
+        netloc = (f"{user}:***@" if sep else "***@") + netloc.rsplit("@", 1)[1]
+    query = "&".join(pair if value is None else pair.split("=", 1)[0] + "=***" for pair, value in pairs)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _address(url: Optional[str]) -> Optional[tuple[Any, Optional[tuple[str, str, str]], list[tuple[str, Optional[str]]]]]:
+    """``url`` split once for both readers above: its parts, its user part as (user, ":", password)
+    (None without one), and each query pair with its secret value (None: not secret-named).
+    None when ``url`` is no address (no scheme, or a port that is no number)."""
+    if not url or "://" not in url:
+        return None
     try:
         parts = urlsplit(url)
     except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+        return None
+    userinfo = parts.netloc.rsplit("@", 1)[0].partition(":") if "@" in parts.netloc else None
     pairs = []
     for pair in parts.query.split("&") if parts.query else []:
         name, sep, value = pair.partition("=")
-        pairs.append(f"{name}=***" if sep and value and SECRET_NAME.search(unquote_plus(name)) else pair)
-    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
-
-
-def _netloc_and_query(url: str) -> tuple[str, str]:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # not an address after all (a port that is no number)
-        return "", ""
-    return parts.netloc, parts.query
+        pairs.append((pair, value if sep and value and SECRET_NAME.search(unquote_plus(name)) else None))
+    return parts, userinfo, pairs
 
 
 __all__ = ["SECRET_NAME", "redacted", "url_secrets", "redacted_url"]
