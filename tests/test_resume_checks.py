@@ -239,3 +239,14 @@ def test_an_expert_temperature_written_out_or_left_to_the_method_compares_as_it_
         assert resume_changes(saved, given) == changed
     explicit = load_config(None, ["loss.expert_temperature=0.5"])
     assert resume_changes(explicit, load_config(None, [])) == []
+
+
+def test_differences_name_each_leaf_and_give_none_for_a_side_that_lacks_the_key():
+    from distil_core.config import differences
+
+    a = {"task": {"name": "digits", "options": {"length": 5, "alphabet": [1, 2]}}}
+    b = {"task": {"name": "digits", "options": {"length": 6}}, "extra": {}}
+    assert differences(a, b) == [("extra", None, {}), ("task.options.alphabet", [1, 2], None),
+                                 ("task.options.length", 5, 6)]
+    assert differences(a["task"], b["task"], "task")[0] == ("task.options.alphabet", [1, 2], None)
+    assert differences(a, a) == [] and differences(3, 4, "k") == [("k", 3, 4)]

@@ -34,12 +34,12 @@ import time
 from typing import Any, Callable, Optional
 
 from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
-                                        dotted, first_difference, load_spec, spec_overrides)
+                                        dotted, load_spec, spec_overrides)
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
-from distil_core.config import RunConfig, as_trained, load_config, saved_config
+from distil_core.config import RunConfig, as_trained, differences, load_config, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.version import source_revision
@@ -139,9 +139,9 @@ class Bench:
         (head, expected), *others = seen.items()
         for method, values in others:
             for key in SHARED_KEYS:
-                found = first_difference(expected[key], values[key], key)
+                found = differences(expected[key], values[key], key)
                 if found:
-                    where, one, other = found
+                    where, one, other = found[0]
                     raise ConfigError(
                         f"distil bench: the methods of suite {suite!r} would not be measured alike: {where} is "
                         f"{json.dumps(one)[:120]} for {head} but {json.dumps(other)[:120]} for {method}; move it "

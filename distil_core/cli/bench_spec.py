@@ -15,7 +15,7 @@ from distil_core.config import Method, Seed, format_validation_error, read_yaml
 from distil_core.errors import ConfigError
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
-           "spec_overrides", "dotted", "first_difference"]
+           "spec_overrides", "dotted"]
 
 DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "bench.yaml")
 
@@ -111,15 +111,3 @@ def dotted(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         data = data[part]
     return data
-
-
-def first_difference(a: Any, b: Any, key: str) -> Optional[tuple[str, Any, Any]]:
-    """The first dotted key under ``key`` where ``a`` and ``b`` differ, with both values; None
-    when they agree (so a message names ``task.options.length``, not two whole sections)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for inner in sorted(a.keys() | b.keys()):
-            found = first_difference(a.get(inner), b.get(inner), f"{key}.{inner}")
-            if found:
-                return found
-        return None
-    return None if a == b else (key, a, b)

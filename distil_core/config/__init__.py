@@ -1,11 +1,13 @@
 """Run configuration: the sections of a run (``sections``, with ``rollout_sections`` and the
 shared ``base``) and how a YAML file and
-``--set`` overrides become one validated :class:`RunConfig` (``loading``).
+``--set`` overrides become one validated :class:`RunConfig` (``loading``); where two configs differ
+(``diff``) and what a resumed run may change (``resume``).
 
 Part of the contract layer: imports only ``types``, ``errors``, ``context``, ``redaction`` and pydantic/yaml.
 """
 
 from distil_core.config.base import Seed
+from distil_core.config.diff import differences, leaves
 from distil_core.config.loading import (
     apply_override,
     check_keys,
@@ -35,7 +37,7 @@ from distil_core.config.sections import (
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
     "format_validation_error",
-    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes",
+    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes", "differences", "leaves",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
     "EXPERT_TEMPERATURES", "method_expert_temperature",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from distil_core.config.diff import differences
 from distil_core.config.loading import saved_config, shown
 from distil_core.config.sections import RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
@@ -46,15 +47,7 @@ def as_trained(config: RunConfig) -> dict[str, Any]:
 
 def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, given value)`` for every leaf that differs and may not change."""
-    old, new = _leaves(as_trained(saved)), _leaves(as_trained(given))
-    missing = object()
-    changed = []
-    for key in sorted(old.keys() | new.keys()):
-        before, after = old.get(key, missing), new.get(key, missing)
-        if before == after or _resumable(key):
-            continue
-        changed.append((key, None if before is missing else before, None if after is missing else after))
-    return changed
+    return [change for change in differences(as_trained(saved), as_trained(given)) if not _resumable(change[0])]
 
 
 def check_resume_config(run_dir: str, given: RunConfig) -> None:
@@ -87,16 +80,6 @@ def _resumable(key: str) -> bool:
     if SECRET_NAME.search(key.rsplit(".", 1)[-1]):
         return True
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
-
-
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key → value for every mapping leaf; lists are leaves (compared whole)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 __all__ = ["RESUMABLE", "as_trained", "resume_changes", "check_resume_config"]
