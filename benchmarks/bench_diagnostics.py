@@ -451,18 +451,13 @@ def check_outputs(args: argparse.Namespace) -> None:
     config.yaml replaced by results would still parse, as a different config), and ``--plot``'s
     suffix must name a format a plot is written in."""
     from distil_core.cli.plots import figure_format
-    from distil_core.errors import ConfigError
-    from distil_core.run_files import run_file_at
+    from distil_core.run_files import refuse_run_files
 
     for flag in ("--json", "--plot"):
         path = getattr(args, flag[2:], None)
         if not path:
             continue
-        for run_dir in getattr(args, "run_dirs", []):
-            own = run_file_at(path, run_dir)
-            if own is not None:
-                raise ConfigError(f"{flag} {path!r} is {own}, which the run writes: the output would replace it. "
-                                  "Choose a path outside the run's own files.")
+        refuse_run_files(path, getattr(args, "run_dirs", []), flag, "Choose a path outside the run's own files.")
         if flag == "--plot":
             figure_format(path, flag)
 

@@ -26,9 +26,9 @@ import os
 import re
 import shutil
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
-from distil_core.errors import DistilError
+from distil_core.errors import ConfigError, DistilError
 from distil_core.io import TEMPORARY_PREFIX, atomic_file
 
 GROWING_LOGS = ("rollouts.jsonl", "provenance.jsonl")
@@ -108,6 +108,16 @@ def run_file_at(path: str, run_dir: str) -> Optional[str]:
         if target == own or target.startswith(own + os.sep):
             return entry
     return None
+
+
+def refuse_run_files(path: str, run_dirs: Sequence[str], flag: str, advice: str) -> None:
+    """Raise a ConfigError naming ``flag`` when the output ``path`` is a file of one of
+    ``run_dirs`` (:func:`run_file_at`): checked before anything is read, so a command that would
+    replace a run's config.yaml with a plot or with results (which may still parse) does nothing."""
+    for run_dir in run_dirs:
+        own = run_file_at(path, run_dir)
+        if own is not None:
+            raise ConfigError(f"{flag} {path!r} is {own}, which the run writes: the output would replace it. {advice}")
 
 
 def temporaries(run_dir: str) -> list[str]:
@@ -296,5 +306,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "run_file_at", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -290,7 +290,7 @@ def test_an_output_that_would_replace_a_runs_own_file_is_refused_before_anything
     for target in (run / "config.yaml", run / "final" / "plot.png", run / "checkpoints"):
         assert main(["plot", str(run), "--output", str(target)]) == 2
         err = capsys.readouterr().err
-        assert f"--output {str(target)!r} is " in err and "which the run writes: the plot would replace it" in err, err
+        assert f"--output {str(target)!r} is " in err and "which the run writes: the output would replace it" in err, err
     assert main(["plot", str(run), "--output", str(tmp_path / "plot.txt")]) == 2
     assert "a plot is written as .png, .pdf, .svg (the file's suffix chooses)" in capsys.readouterr().err
     assert (run / "config.yaml").read_bytes() == saved and not (run / "final").exists()

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 from distil_core.cli.plots import figure_format, require_matplotlib, save_figure
 from distil_core.cli.runlogs import RunLogs, finite_number, load_run
 from distil_core.errors import ConfigError, DistilError, did_you_mean
-from distil_core.run_files import run_file_at
+from distil_core.run_files import refuse_run_files
 
 __all__ = ["Panel", "PANELS", "PlotReport", "plot_runs", "build_figure", "choose_panels", "run_labels", "main_plot"]
 
@@ -80,11 +80,7 @@ def plot_runs(paths: Sequence[str], output: Optional[str] = None,
     directory for one run, in the current directory for several); what was drawn."""
     plt = require_matplotlib("distil plot")  # before reading anything
     output = output or os.path.join(paths[0] if len(paths) == 1 else ".", "curves.png")
-    for path in paths:
-        own = run_file_at(output, path)
-        if own is not None:
-            raise ConfigError(f"--output {output!r} is {own}, which the run writes: the plot would replace it. "
-                              "Choose another path (the default is curves.png in the run directory).")
+    refuse_run_files(output, paths, "--output", "Choose another path (the default is curves.png in the run directory).")
     figure_format(output, "--output")
     runs = [load_run(path) for path in paths]
     panels = choose_panels(metrics, runs)
