@@ -125,6 +125,23 @@ def test_override_inside_a_section_the_file_sets_does_not_bring_in_defaults(tmp_
     check_options(PluginHost(load_entrypoints=False).get("expert", "hf"), config.expert.options)
 
 
+@pytest.mark.parametrize("overrides, options", [
+    (["expert.name=hf"], {}),
+    (["expert.options.path=/models/teacher", "expert.name=hf"], {"path": "/models/teacher"}),
+    (["expert.name=hf", "expert.options.path=/m"], {"path": "/m"}),
+    (["expert.name=hf", "expert.options={k: 5}"], {"k": 5}),
+    (["expert.name=self"], {"weights": "frozen"}),
+])
+def test_set_that_changes_a_default_components_name_drops_the_default_components_options(overrides, options):
+    """Before, `--set expert.name=hf` kept the self expert's `weights: frozen` and the run failed
+    with "Unknown option 'weights' for expert 'hf'", an option the user never gave."""
+    config = load_config(None, overrides)
+
+    assert config.expert.options == options
+    if config.expert.name == "hf":
+        check_options(PluginHost(load_entrypoints=False).get("expert", "hf"), config.expert.options)
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [("train.steps", "expected key=value"), ("=3", "empty key"), ("train.steps.x=3", "'steps' is not a section")],

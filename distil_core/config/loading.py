@@ -37,8 +37,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}.")
         data = loaded
     defaults = RunConfig().model_dump(mode="json") if overrides else {}
+    from_file = set(data)
     for item in overrides or []:
         apply_override(data, item, defaults)
+    _drop_inherited_options(data, defaults, from_file, overrides or [])
     if overrides:  # an error may be in the file or in what is set over it (--set, a spec's set): name both
         source += f" (and set: {', '.join(item.split('=', 1)[0].strip() for item in overrides)[:200]})"
     check_keys(RunConfig, data, source)
@@ -206,7 +208,8 @@ def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str,
     """``a.b.c=value``: the value is parsed as YAML (``3`` is an int, ``[1, 2]`` a list).
 
     A section the file does not set starts from its default, so ``--set expert.options.k=20``
-    keeps the default expert's name. A section the file sets is the file's alone: with
+    keeps the default expert's name (one whose name ``--set`` changes drops the default's options,
+    :func:`_drop_inherited_options`). A section the file sets is the file's alone: with
     ``expert: hf``, ``--set expert.options.k=20`` does not bring in the default expert's options.
     """
     if "=" not in item:
@@ -232,6 +235,24 @@ def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str,
         node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def _drop_inherited_options(data: dict[str, Any], defaults: dict[str, Any], from_file: set[str],
+                            overrides: list[str]) -> None:
+    """A component section that only ``--set`` wrote, and whose ``name`` it changed, keeps none of
+    the default component's options: ``--set expert.name=api`` must not hand the API expert the
+    self expert's ``weights: frozen`` (an unknown option there). Options set by ``--set`` stay."""
+    for section, default in defaults.items():
+        if section in from_file or not isinstance(default, dict) or set(default) != {"name", "options"}:
+            continue
+        given = data.get(section)
+        if not isinstance(given, dict) or given.get("name") == default["name"] or not isinstance(given.get("options"), dict):
+            continue
+        keys = [item.split("=", 1)[0].strip() for item in overrides]
+        if f"{section}.options" in keys:
+            continue
+        named = {key.split(".")[2] for key in keys if key.startswith(f"{section}.options.") and key.count(".") >= 2}
+        given["options"] = {key: value for key, value in given["options"].items() if key in named}
 
 
 def _as_dict(value: Any, part: str) -> dict[str, Any]:
