@@ -407,7 +407,10 @@ class ApiExpert:
         else:
             transport = OpenAITransport(opts.model, opts.api_base, self.api_key, opts.timeout_s,
                                         max_answer_bytes=int(opts.max_answer_mb * 2**20))
-        scope: dict[str, Any] = {"client": opts.client, "api_base": opts.api_base, "model": opts.model}
+        # The address names the deployment that answers; a password or key written in it does not
+        # change the answer, so a rotated one keeps the cache (and none is hashed into a file name).
+        address = redacted_url(opts.api_base) if opts.api_base else None
+        scope: dict[str, Any] = {"client": opts.client, "api_base": address, "model": opts.model}
         if opts.litellm_kwargs:  # they shape the answer (a seed, a region); their secrets do not
             scope["litellm_kwargs"] = redacted(opts.litellm_kwargs)  # an answer does not depend on credentials
         return Session(transport, self.retry, self.pricing, opts.max_concurrency,

@@ -161,6 +161,20 @@ def test_a_second_identical_call_is_served_from_the_disk_cache(server, tmp_path)
     assert score(again, qs)[0].usage["cached"] == 1 and server.stats["requests"] == 0
 
 
+def test_a_password_in_api_base_is_not_part_of_the_cache_key(server, tmp_path):
+    """Before, the cache key held api_base whole: rotating the password written in the address
+    (http://user:PASSWORD@host/v1) asked every cached question again."""
+    cache, qs = tmp_path / "cache", queries(1)
+    host = server.base_url.split("://", 1)[1]
+    first = api_expert(server, cache_dir=str(cache), api_base=f"http://alice:first-pw@{host}/v1")
+    assert score(first, qs)[0].usage["cached"] == 0
+    rotated = api_expert(server, cache_dir=str(cache), api_base=f"http://alice:rotated-pw@{host}/v1")
+    server.reset_stats()
+    assert score(rotated, qs)[0].usage["cached"] == 1 and server.stats["requests"] == 0
+    other_user = api_expert(server, cache_dir=str(cache), api_base=f"http://bob:first-pw@{host}/v1")
+    assert score(other_user, qs)[0].usage["cached"] == 0  # the user part names whose deployment answers
+
+
 def test_a_cache_the_disk_refuses_is_warned_about_once_and_the_answers_used(server, tmp_path):
     cache = tmp_path / "cache"
     expert = api_expert(server, cache_dir=str(cache))
