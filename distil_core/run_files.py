@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import zlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import TEMPORARY_PREFIX, atomic_file
@@ -220,6 +220,42 @@ def step_record(line: str) -> dict[str, Any]:
     return record
 
 
+def step_records(lines: Iterable[tuple[str, int, str]], *, finished: bool, damaged: str) -> Iterator[dict[str, Any]]:
+    """The records of a step log's ``(file, line number, text)`` lines, blank lines skipped.
+
+    The one rule every reader (resume, plot, bench) applies: a line that is not a step record is
+    a DistilError naming ``file:line``, followed by ``damaged`` (what to do about it), except an
+    unfinished last line (no newline yet), which is a run still writing it or the tail of a
+    write a crash cut short: skipped, since the next read, or the resumed run, sees it whole. A
+    ``finished`` run writes nothing more, so there such a line is damage too (a cut file)."""
+    held = None
+    for item in lines:
+        if held is not None:
+            yield from _record(*held, damaged)
+        held = item
+    if held is None:
+        return
+    path, number, line = held
+    if finished or line.endswith("\n"):
+        yield from _record(path, number, line, damaged)
+        return
+    try:
+        record = step_record(line) if line.strip() else None
+    except ValueError:
+        return  # being written
+    if record is not None:
+        yield record
+
+
+def _record(path: str, number: int, line: str, damaged: str) -> Iterator[dict[str, Any]]:
+    if not line.strip():
+        return
+    try:
+        yield step_record(line)
+    except ValueError as exc:
+        raise DistilError(f"{path}:{number}: {exc}; {damaged}") from None
+
+
 def fits_a_float(value: Any) -> bool:
     """False for an integer past float's range (JSON allows any size; every reader converts)."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -306,5 +342,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
             os.unlink(path)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "step_records", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -131,6 +131,7 @@ def test_override_inside_a_section_the_file_sets_does_not_bring_in_defaults(tmp_
     (["expert.name=hf", "expert.options.path=/m"], {"path": "/m"}),
     (["expert.name=hf", "expert.options={k: 5}"], {"k": 5}),
     (["expert.name=self"], {"weights": "frozen"}),
+    (['expert={"name": "hf", "options": {"k": 3}}'], {"k": 3}),
 ])
 def test_set_that_changes_a_default_components_name_drops_the_default_components_options(overrides, options):
     """Before, `--set expert.name=hf` kept the self expert's `weights: frozen` and the run failed

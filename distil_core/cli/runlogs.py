@@ -16,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from distil_core.errors import ConfigError, DistilError
-from distil_core.run_files import fits_a_float, step_record
+from distil_core.run_files import fits_a_float, step_records
 
 __all__ = ["RUN_DIR_HOLDS", "RunLogs", "load_run", "read_jsonl", "read_summary", "run_method", "finite_number"]
 
@@ -56,31 +56,18 @@ def load_run(path: str) -> RunLogs:
 
 
 def read_jsonl(path: str, *, finished: bool = False) -> list[dict[str, Any]]:
-    """The rows of a step log, each a JSON object with a numeric ``step``.
-
-    A line that is not one is a DistilError naming ``file:line``. The one exception is an
-    unfinished last line (no newline yet): a run still writing it, which the next read sees whole.
-    A ``finished`` run writes nothing more, so there such a line is damage too (a cut file).
-    """
-    rows = []
+    """The rows of a step log, each a JSON object with a numeric ``step``; a damaged line is a
+    DistilError naming ``file:line`` (:func:`~distil_core.run_files.step_records`: an unfinished
+    last line is let pass unless the run is ``finished``)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.readlines()
     except OSError as exc:  # a directory, a file no one may read: there are no lines to name
         raise DistilError(f"{path}: the log cannot be read ({exc.strerror or exc}); it should be the file "
                           "`distil train` wrote: restore it (or rerun the run) and try again.") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = step_record(line)
-        except ValueError as exc:
-            if number == len(lines) and not line.endswith("\n") and not finished:
-                break  # being written
-            raise DistilError(f"{path}:{number}: {exc}; the log is damaged: delete that line (or rerun the run) "
-                              "and try again.") from None
-        rows.append(row)
-    return rows
+    numbered = ((path, number, line) for number, line in enumerate(lines, 1))
+    return list(step_records(numbered, finished=finished,
+                             damaged="the log is damaged: delete that line (or rerun the run) and try again."))
 
 
 def read_summary(path: str, run_dir: str) -> dict[str, Any]:

@@ -249,7 +249,7 @@ def _drop_inherited_options(data: dict[str, Any], defaults: dict[str, Any], from
         if not isinstance(given, dict) or given.get("name") == default["name"] or not isinstance(given.get("options"), dict):
             continue
         keys = [item.split("=", 1)[0].strip() for item in overrides]
-        if f"{section}.options" in keys:
+        if section in keys or f"{section}.options" in keys:  # written whole: every option is the user's
             continue
         named = {key.split(".")[2] for key in keys if key.startswith(f"{section}.options.") and key.count(".") >= 2}
         given["options"] = {key: value for key, value in given["options"].items() if key in named}

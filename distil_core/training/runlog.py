@@ -18,7 +18,7 @@ from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
 from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, remove_temporaries, rewrite_segments
 from distil_core.run_files import run_paths
-from distil_core.run_files import rotate_if_large, step_record
+from distil_core.run_files import rotate_if_large, step_record, step_records
 from distil_core.training.distributed import World
 from distil_core.training.step import REASONS_SHOWN
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
@@ -208,26 +208,12 @@ class RunLog:
 
 def check_step_log(run_dir: str, name: str) -> None:
     """A DistilError naming ``file:line`` at the first line of log ``name`` that is not a step
-    record, and what to do. The one line let pass is an unfinished last one (no newline): the
-    tail of a write that a crash or a full disk cut short, which the resumed run writes again."""
-    previous = None
-    for line in log_lines(run_dir, name):
-        if previous is not None:
-            check_step_line(*previous)
-        previous = line
-    if previous is not None and previous[2].endswith("\n"):
-        check_step_line(*previous)
-
-
-def check_step_line(path: str, number: int, line: str) -> None:
-    """A DistilError naming ``path:number`` unless ``line`` is blank or a step record."""
-    if not line.strip():
-        return
-    try:
-        step_record(line)
-    except ValueError as exc:
-        raise DistilError(f"{path}:{number}: {exc}; the log is damaged and --resume changed nothing: fix or "
-                          "delete that line, then resume again.") from None
+    record, and what to do (:func:`~distil_core.run_files.step_records`; an unfinished last line
+    is the tail of a write that a crash or a full disk cut short, which the resumed run writes again)."""
+    for _ in step_records(log_lines(run_dir, name), finished=False,
+                          damaged="the log is damaged and --resume changed nothing: fix or delete that line, then "
+                                  "resume again."):
+        pass
 
 
 def default_run_dir(method: str) -> str:
