@@ -335,3 +335,17 @@ def test_plot_names_a_log_that_is_a_directory(tmp_path, capsys, name):
     (run / name).mkdir()
     assert main(["plot", str(run), "--output", str(tmp_path / "p.png")]) == 1
     assert f"{run / name}: the log cannot be read (Is a directory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["train", "--output-dir", ""], ["train", "--output-dir", "  "],
+                                  ["plot", "run", "--output", ""], ["bench", "--output-dir", ""],
+                                  ["bench", "--report-dir", ""]])
+def test_an_empty_path_is_refused_not_read_as_the_default(argv, tmp_path, monkeypatch, capsys):
+    """Before, `distil train --output-dir ""` (an unset shell variable) trained into the default
+    runs/<method>-<time>, and `distil bench --report-dir ""` wrote the report beside the runs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "an empty path names nothing" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

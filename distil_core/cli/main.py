@@ -69,7 +69,7 @@ def _add_train(sub: Any) -> None:
     train.add_argument("config", nargs="?", help="YAML config file (default: the embedded default run)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.steps=20 (repeatable)")
-    train.add_argument("--output-dir", help="run directory (default: runs/<method>-<time>)")
+    train.add_argument("--output-dir", type=_path, help="run directory (default: runs/<method>-<time>)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from its latest checkpoint")
     train.add_argument("--overwrite", action="store_true",
@@ -91,7 +91,7 @@ def _add_eval(sub: Any) -> None:
 def _add_plot(sub: Any) -> None:
     plot = sub.add_parser("plot", help="draw the curves of one or several runs, overlaid, into one PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (written by distil train)")
-    plot.add_argument("--output", help="the picture to write, .png, .pdf or .svg by its suffix (default: "
+    plot.add_argument("--output", type=_path, help="the picture to write, .png, .pdf or .svg by its suffix (default: "
                                        "RUN_DIR/curves.png for one run, ./curves.png for several)")
     plot.add_argument("--metrics", nargs="+", type=_names, metavar="M",
                       help="panels to draw (default: reward pass@1 response_tokens ce_to_expert kl_to_expert "
@@ -120,9 +120,9 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--seeds", nargs="+", type=_seeds, metavar="SEED", help="override the spec's seeds")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run config key in every run (e.g. model.name=PATH)")
-    bench.add_argument("--output-dir", help="where the runs go (default: runs/bench or runs/bench-quick); "
+    bench.add_argument("--output-dir", type=_path, help="where the runs go (default: runs/bench or runs/bench-quick); "
                                             "finished runs there are reused")
-    bench.add_argument("--report-dir", help="where bench.md, bench.json and the plots go (default: --output-dir)")
+    bench.add_argument("--report-dir", type=_path, help="where bench.md, bench.json and the plots go (default: --output-dir)")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     bench.add_argument("--sweep", metavar="KEY=V1,V2,...",
                        help="choose KEY per method on the validation split (eval.split=validation, never the test "
@@ -154,6 +154,15 @@ def _names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"{text!r} names nothing")
     return names
+
+
+def _path(text: str) -> str:
+    """A file or directory given on the command line: an empty one (``--output-dir ""``, an unset
+    shell variable) is refused, rather than read as "not given" and the default used."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names nothing; give a path, or leave the flag out for "
+                                         "the default")
+    return text
 
 
 def _seeds(text: str) -> list[int]:

@@ -274,6 +274,9 @@ class CorrectionStore:
 
     def __init__(self, path: Optional[str] = None, *, create: bool = True, busy_timeout_s: float = 30.0,
                  read_only: Optional[bool] = None):
+        if path is not None and not str(path).strip():  # an unset shell variable: not "the default store"
+            raise ConfigError(f"The corrections store's path is empty ({path!r}); give a path with --db or the `db` "
+                              f"option, or leave it out for the default ({default_db_path()}).")
         self.path = os.path.abspath(os.path.expanduser(path or default_db_path()))
         self.busy_timeout_s = busy_timeout_s
         exists = os.path.exists(self.path)

@@ -65,6 +65,18 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path):
         CorrectionStore(str(db))
 
 
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_path_is_refused_not_read_as_the_default_store(path, tmp_path, monkeypatch):
+    """Before, `distil corrections import --db "" FILE` (an unset shell variable) imported into
+    the default store, and a feedback source with `db: ""` read it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISTIL_HUMAN_DB", raising=False)
+    with pytest.raises(ConfigError, match="The corrections store's path is empty"):
+        CorrectionStore(path)
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_foreign_and_broken_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="No corrections store at .*distil review"):
         CorrectionStore(str(tmp_path / "none.sqlite"), create=False)
