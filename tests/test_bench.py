@@ -358,6 +358,17 @@ def test_a_run_named_twice_is_refused(capsys, argv, said):
     assert said in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, words", [("suites: [\n", "the bench spec is not valid YAML at line 2, column 1"),
+                                         ("a: 1\na: 2\n", "key 'a' appears twice in one mapping")])
+def test_a_spec_that_is_not_valid_yaml_is_one_line_naming_where(tmp_path, capsys, text, words):
+    """Before, a spec with a YAML syntax error ended `distil bench` with NameError: name 'yaml'."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{path}: " in err and words in err, err
+
+
 def test_duplicate_or_empty_seeds_in_a_spec_or_argument_are_refused(tmp_path, capsys):
     spec = yaml.safe_load(open(SPEC))
     spec["seeds"] = [0, 0]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from distil_core.config import load_config, read_yaml
-from distil_core.config.loading import ALIAS_BUDGET, SHOWN
+from distil_core.config.yaml_text import ALIAS_BUDGET, SHOWN
 from distil_core.errors import ConfigError
 
 

@@ -3,11 +3,9 @@ one-line error that names the setting or file, or sensible behaviour."""
 
 import json
 import os
-import shutil
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from distil_core.errors import ConfigError, DistilError
 from distil_core.rollouts.local import Generator, SamplingParams

@@ -3,7 +3,6 @@ a bad log line names ``file:line`` (only an unfinished last line, a crash's cut-
 dropped), a bad checkpoint names the file, a bad model directory names the file it lacks."""
 
 import gzip
-import json
 import os
 import shutil
 

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-import distil_core.serving.http as serving_http
+import distil_core.serving.handler as serving_handler
 from distil_core.models.tiny import CHAT_TEMPLATE
 from distil_core.serving import LocalOpenAIServer
 from distil_core.serving.requests import CHAT_ROLES, ChatRequest, template_messages, validated
@@ -133,7 +133,7 @@ def test_chunked_bodies_from_requests_httpx_curl_and_a_raw_socket_are_read(serve
               % (half, BODY[:half], len(BODY) - half, BODY[half:]))
     with socket.create_connection((server.host, server.port), timeout=30) as sock:
         for _ in range(2):
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n" + framed)
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: Chunked\r\n\r\n" + framed)
             response = http.client.HTTPResponse(sock)
             response.begin()
             assert response.status == 200 and response.getheader("Connection") != "close"
@@ -150,7 +150,7 @@ def send_raw(server, raw, timeout_s=10.0):
         return response.status, response.getheader("Connection"), out["error"]["message"] if "error" in out else out
 
 
-HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 ONE = b"%x\r\n%b\r\n" % (len(BODY), BODY)
 
 
@@ -169,15 +169,15 @@ ONE = b"%x\r\n%b\r\n" % (len(BODY), BODY)
     (HEAD + b"4000001\r\n", 413, "(a chunk of 67108865 bytes after 0) is larger than distil serve reads (64 MiB)"),
     (HEAD + b"f" * 40 + b"\r\n", 413, "is larger than distil serve reads (64 MiB)"),
     (HEAD + ONE + b"0\r\n" + b"X-More: 1\r\n" * 101 + b"\r\n", 400, "the trailers after the last chunk do not end"),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n%b0\r\n\r\n"
+    (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n%b0\r\n\r\n"
      % (len(ONE) + 5, ONE), 400, "both Transfer-Encoding and Content-Length"),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + ONE + b"0\r\n\r\n",
+    (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + ONE + b"0\r\n\r\n",
      400, "Transfer-Encoding 'gzip, chunked' is not supported"),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+    (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
      + ONE + b"0\r\n\r\n", 400, "Transfer-Encoding 'chunked,chunked' is not supported"),
     (b"POST /v1/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + ONE + b"0\r\n\r\n",
      400, "Transfer-Encoding is not defined for HTTP/1.0"),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: 2\r\n\r\n%b"
+    (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nContent-Length: 2\r\n\r\n%b"
      % (len(BODY), BODY), 400, "several Content-Length values"),
 ])
 def test_chunked_framing_it_cannot_read_is_refused_and_the_connection_closed(server, raw, status, words):
@@ -187,7 +187,7 @@ def test_chunked_framing_it_cannot_read_is_refused_and_the_connection_closed(ser
 
 
 def test_a_chunked_body_whose_chunks_together_pass_the_cap_is_a_413(server, monkeypatch):
-    monkeypatch.setattr(serving_http, "MAX_BODY_BYTES", len(BODY) + 10)
+    monkeypatch.setattr(serving_handler, "MAX_BODY_BYTES", len(BODY) + 10)
     framed = b"%x\r\n%b\r\n" % (len(BODY), BODY) + b"b\r\n" + b" " * 11 + b"\r\n0\r\n\r\n"
     got, connection, message = send_raw(server, HEAD + framed)
     assert (got, connection) == (413, "close")
@@ -206,7 +206,7 @@ def test_expect_100_continue_is_answered_with_the_refusal_when_the_headers_refus
     """A client that waits for 100 (Continue) before sending its body (curl does for large
     bodies) hears the 413 or 400 first and never sends it; a body that is taken gets the 100."""
     with socket.create_connection((server.host, server.port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + head + b"\r\n")
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n" + head + b"\r\n")
         reader = sock.makefile("rb")
         line = reader.readline()
         assert line.startswith(first), line
@@ -259,7 +259,7 @@ def test_a_burst_of_clients_connecting_at_once_is_accepted_without_retries(serve
 def _held(server):
     """A connection the server has accepted (it answered on it) and keeps open, holding a slot."""
     sock = socket.create_connection((server.host, server.port), timeout=20)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     response = http.client.HTTPResponse(sock)
     response.begin()
     assert response.status == 200 and response.read() == b'{"status": "ok"}'
@@ -269,7 +269,7 @@ def _held(server):
 def _health(server):
     """(status, headers, JSON) of GET /health on a fresh connection."""
     with socket.create_connection((server.host, server.port), timeout=20) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, dict(response.getheaders()), json.loads(response.read())
@@ -308,12 +308,12 @@ def test_the_rollout_client_retries_a_busy_server_after_its_retry_after():
 def test_clients_dribbling_their_headers_or_idle_between_requests_delay_no_one():
     with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", read_timeout_s=1.0) as server:
         idle = socket.create_connection((server.host, server.port), timeout=20)
-        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         health = http.client.HTTPResponse(idle)
         health.begin()
         assert health.status == 200 and health.read() == b'{"status": "ok"}'  # then it says nothing more
         stop, ended = threading.Event(), []
-        head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1000
+        head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000
 
         def dribble():  # a byte every 0.1 s: always inside the read timeout, never a whole request
             with socket.create_connection((server.host, server.port), timeout=20) as sock:

@@ -267,7 +267,7 @@ def test_a_stream_read_to_its_end_is_not_counted_as_a_hang_up_however_the_client
                        "stream": True}).encode()
     for _ in range(20):
         with socket.create_connection((server.host, server.port), timeout=30) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
             seen = b""
             while b"data: [DONE]" not in seen:

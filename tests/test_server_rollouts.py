@@ -5,10 +5,8 @@ Everything goes over real HTTP on 127.0.0.1; the served model and the policy are
 copies of the same tiny base, so only a sync can make them agree after the policy changes.
 """
 
-import contextlib
 import json
 import os
-import re
 import socket
 import threading
 import time

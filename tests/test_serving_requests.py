@@ -176,7 +176,7 @@ def send_raw(server, head, timeout_s=10.0):
 ])
 def test_a_body_length_it_cannot_read_is_refused_unread(server, header, status, words):
     body = b'{"model": "tiny", "prompt": "1", "max_tokens": 1}'
-    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n" + body
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n\r\n" + body
     got, connection, out = send_raw(server, head)
     assert got == status and words in out["error"]["message"] and connection == "close"
     assert post(server.base_url, "/v1/completions", json.loads(body))[0] == 200  # the server goes on
@@ -185,7 +185,7 @@ def test_a_body_length_it_cannot_read_is_refused_unread(server, header, status, 
 def test_a_client_that_stops_sending_its_body_loses_the_connection():
     with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", read_timeout_s=0.5) as server:
         with socket.create_connection((server.host, server.port), timeout=20) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"model\"")
             assert sock.recv(1024) == b""  # closed by the server, long before our 20 s
         assert post(server.base_url, "/v1/completions", {"model": "tiny", "prompt": "1", "max_tokens": 1})[0] == 200
 

@@ -9,9 +9,10 @@ import os
 import re
 from typing import Any, Optional
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from distil_core.config import Method, Seed, format_validation_error, read_yaml
+from distil_core.config import Method, Seed, format_validation_error, read_yaml, yaml_problem
 from distil_core.errors import ConfigError
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
@@ -71,7 +72,9 @@ def load_spec(path: Optional[str] = None) -> tuple[BenchSpec, str]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = read_yaml(fh.read(), path)  # the same alias budget as a run config
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: the bench spec is not valid YAML{yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the bench spec ({' '.join(str(exc).split())}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with suites, methods, seeds, common.")

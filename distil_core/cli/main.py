@@ -145,6 +145,8 @@ def _add_serve(sub: Any) -> None:
                             "slow:SECONDS, malformed, no_logprobs, no_token_ids, ok); repeat to queue several")
     serve.add_argument("--max-connections", type=int, default=None, metavar="N",
                        help="connections served at once (default 256); one more is answered 503 with Retry-After")
+    serve.add_argument("--max-request-rows", type=_positive, default=None, metavar="N",
+                       help="the most generations (prompts × n) one request may ask for (default 1024)")
     serve.add_argument("--verbose", action="store_true", help="log every request")
     serve.set_defaults(func=cmd_serve)
 
@@ -154,6 +156,16 @@ def _names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"{text!r} names nothing")
     return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
+    return value
 
 
 def _path(text: str) -> str:

@@ -78,6 +78,8 @@ def main_serve(args: argparse.Namespace) -> int:
     model, tokenizer, name = load_for_serving(args.model, args.overrides)
     options = dict(model_name=args.name or name, host=args.host, port=args.port, api_key=args.api_key,
                    verbose=args.verbose, max_connections=MAX_CONNECTIONS if limit is None else limit)
+    if getattr(args, "max_request_rows", None) is not None:
+        options["max_request_rows"] = args.max_request_rows
     server = FaultyServer(model, tokenizer, faults=faults, **options) if faults else \
         LocalOpenAIServer(model, tokenizer, **options)
     try:

@@ -1,7 +1,8 @@
 """Run configuration: the sections of a run (``sections``, with ``rollout_sections`` and the
 shared ``base``) and how a YAML file and
 ``--set`` overrides become one validated :class:`RunConfig` (``loading``); where two configs differ
-(``diff``) and what a resumed run may change (``resume``).
+(``diff``), what a resumed run may change (``resume``), and how a YAML document is read
+safely (``yaml_text``).
 
 Part of the contract layer: imports only ``types``, ``errors``, ``context``, ``redaction`` and pydantic/yaml.
 """
@@ -17,6 +18,7 @@ from distil_core.config.loading import (
     run_dir_config,
     saved_config,
 )
+from distil_core.config.yaml_text import yaml_problem
 from distil_core.config.resume import RESUMABLE, as_trained, check_resume_config, resume_changes
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
@@ -37,7 +39,7 @@ from distil_core.config.sections import (
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
     "format_validation_error",
-    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes", "differences", "leaves",
+    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes", "differences", "leaves", "yaml_problem",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
     "EXPERT_TEMPERATURES", "method_expert_temperature",

@@ -13,8 +13,8 @@ from transformers import LogitsProcessorList
 from distil_core.models.padding import pad_batch
 from distil_core.models.precision import policy_autocast
 from distil_core.errors import ConfigError, DistilError
+from distil_core.config.rollout_sections import GREEDY_BELOW
 from distil_core.rollouts.sampling import (
-    GREEDY_BELOW,
     KeyedSampler,
     NonFiniteLogits,
     SamplingParams,

@@ -29,7 +29,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from distil_core.config.rollout_sections import GREEDY_BELOW
 from distil_core.errors import ConfigError
 
 

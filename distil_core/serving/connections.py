@@ -39,15 +39,34 @@ class CappedHTTPServer(ThreadingHTTPServer):
     def limit(self, connections: int, on_busy: Callable[[], None]) -> None:
         self.connections, self.on_busy = connections, on_busy
         self.slots = threading.BoundedSemaphore(connections)
+        self.open: set[Any] = set()  # the sockets of the connections being served
+        self.open_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """End every connection still open (a kept-alive client between requests, one waiting
+        for its answer): after ``shutdown()`` no new one is accepted, and none already accepted
+        may go on being answered by a server that was stopped (or by the model thread, which a
+        later request would start again)."""
+        with self.open_lock:
+            sockets = list(self.open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the connection's thread sees the end and returns
+            except OSError:  # already closed by its thread
+                pass
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             self.on_busy()
             self._refuse_busy(request)
             return
+        with self.open_lock:  # on the accepting thread: once shutdown() returns, every connection is in it
+            self.open.add(request)
         try:
             super().process_request(request, client_address)  # starts the connection's thread
         except BaseException:  # no thread started (e.g. the system has no more): the slot is free again
+            with self.open_lock:
+                self.open.discard(request)
             self.slots.release()
             raise
 
@@ -55,6 +74,8 @@ class CappedHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self.open_lock:
+                self.open.discard(request)
             self.slots.release()
 
     def _refuse_busy(self, request: Any) -> None:

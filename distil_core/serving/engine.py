@@ -43,22 +43,25 @@ import uuid
 from typing import Any, Callable, Iterator, Optional
 
 from distil_core.serving.batcher import Batcher, Generation, Job, held_while_watched
+from distil_core.serving.limits import MAX_REQUEST_ROWS, check_rows, check_text_fits
 from distil_core.serving.logprobs import LegacyLogprobs, chat_logprobs, vllm_prompt_logprobs
 from distil_core.serving.next_token import checked_logprobs, next_tokens
 from distil_core.serving.requests import ApiError, ChatRequest, CompletionRequest, template_messages, token_usage
 from distil_core.serving.text import generation_text
 from distil_core.serving.tokens import Vocabulary
 
-__all__ = ["LocalLM"]
+__all__ = ["LocalLM", "MAX_REQUEST_ROWS"]
 
 
 class LocalLM:
     """``model`` (a HF causal LM) and its ``tokenizer`` behind OpenAI's request and response shapes."""
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str = "local", source: Optional[str] = None, *,
-                 max_batch_rows: int = 256, on_batch: Optional[Callable[[int, int], None]] = None):
+                 max_batch_rows: int = 256, max_request_rows: int = MAX_REQUEST_ROWS,
+                 on_batch: Optional[Callable[[int, int], None]] = None):
         """``max_batch_rows``: the most rows one batch gathers from several requests (a request
-        with more is decoded alone). ``on_batch(requests, rows)`` is called for every batch."""
+        with more is decoded alone); ``max_request_rows``: the most one request may ask for
+        (:mod:`distil_core.serving.limits`). ``on_batch(requests, rows)`` is called for every batch."""
         from distil_core.serving.weights import ServedWeights
 
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
@@ -66,6 +69,8 @@ class LocalLM:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.vocab = Vocabulary(tokenizer)
+        self.max_request_rows = max_request_rows
+        self.longest_token = max((len(b) for b in self.vocab.bytes), default=1)
         # transformers renamed `past_key_values` to `cache`; pass whichever this version takes
         forward = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
@@ -124,6 +129,7 @@ class LocalLM:
     def completion_prompts(self, r: CompletionRequest) -> list[list[int]]:
         """The token ids of every prompt of a completions request, checked to fit the model."""
         vocab = len(self.vocab)
+        check_rows(len(r.prompt), r.n, self.max_request_rows)
         if any(isinstance(p, list) and any(not 0 <= t < vocab for t in p) for p in r.prompt):
             raise ApiError(400, f"'prompt' holds a token id outside the vocabulary (size {vocab}).", param="prompt")
         all_ids = [prompt if isinstance(prompt, list) else self.encode(prompt) for prompt in r.prompt]
@@ -172,6 +178,9 @@ class LocalLM:
 
         from distil_core.context import chat_ids
 
+        check_rows(1, r.n, self.max_request_rows)
+        text = sum(len(str(m.get("content") or "").encode("utf-8", "surrogatepass")) for m in r.messages)
+        check_text_fits(text, self.max_positions(), self.longest_token)
         try:
             ids = chat_ids(self.tokenizer, template_messages(self.tokenizer.chat_template, r.messages))
         except TemplateSyntaxError:  # the template itself is broken: the server's fault (a 500)
@@ -190,6 +199,8 @@ class LocalLM:
     # -- model work
 
     def encode(self, text: str) -> list[int]:
+        """``text``'s token ids; a text too long to fit is refused before it is tokenized."""
+        check_text_fits(len(text.encode("utf-8", "surrogatepass")), self.max_positions(), self.longest_token)
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def max_positions(self) -> int:

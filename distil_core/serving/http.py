@@ -25,21 +25,22 @@ and vLLM's endpoints for changing the served weights while it runs (the model si
 
 A request's ``model`` is the base model's name or a loaded adapter's (missing or not a string:
 a 400; another name: a 404). Errors come in OpenAI's JSON shape with their status (400, 401
-with an API key, 404 naming the routes there are, 405 for a known path with another method,
-whatever the method, 500). A body is read by its ``Content-Length``, or chunked, under
-:data:`MAX_BODY_BYTES` (:mod:`distil_core.serving.bodies`: what is refused, and how); a client that
-stops sending for :data:`READ_TIMEOUT_S` (idle between requests, or within its headers or body) loses
-its connection, so it cannot hold a thread. Each connection has its own thread, so a slow one delays no
-other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are served at once, and one past that is
-answered 503 with ``Retry-After`` and closed at once (the rollout client retries it), so a flood of
-connections cannot start a thread each until memory runs out. A client that hangs up while its request
-waits for the model (its timeout, say) has its request withdrawn, unanswered
-(:func:`~distil_core.serving.batcher.watching_client`; ``stats["hung_up"]``). The listening socket
-queues :data:`ACCEPT_BACKLOG` connections, so a burst of clients connecting at once is not made to retry
-(with ``http.server``'s queue of 5 the kernel drops the rest and they connect a second later, on the
-SYN's retry). Requests are served on threads; their generations are decoded on one model thread,
-concurrent requests that can share a batch (same adapter, max_tokens and sampling parameters) together,
-as vLLM batches them. The model runs one batch at a time, and weight changes wait for it.
+with an API key, 403 for a web page's request (:mod:`~distil_core.serving.guard`), 404 naming the
+routes there are, 405 for a known path with another method, 500). A body is read by its
+``Content-Length``, or chunked, under :data:`MAX_BODY_BYTES` (:mod:`~distil_core.serving.bodies`);
+a client that sends nothing for :data:`READ_TIMEOUT_S`, or whose request has not arrived whole
+:data:`REQUEST_DEADLINE_S` after its first byte, loses its connection
+(:mod:`~distil_core.serving.handler`), so it cannot hold a thread. Each connection has its own
+thread, so a slow one delays no other; at most ``max_connections`` (:data:`MAX_CONNECTIONS`) are
+served at once, and one past that is answered 503 with ``Retry-After`` and closed at once (the
+rollout client retries it). ``stop()`` closes the connections still open, so no client goes on
+being answered by a stopped server. A client that hangs up while its request waits for the model
+has its request withdrawn, unanswered (:func:`~distil_core.serving.batcher.watching_client`;
+``stats["hung_up"]``). The listening socket queues :data:`ACCEPT_BACKLOG` connections, so a burst
+of clients connecting at once is not made to retry. Generations are decoded on one model thread,
+concurrent requests that can share a batch (same adapter, max_tokens and sampling parameters)
+together, as vLLM batches them; one request decodes at most ``max_request_rows`` rows (prompts ×
+``n``), so a few kilobytes of JSON cannot ask for gigabytes. Weight changes wait for the batch.
 
 Clients' failure handling is tested against :class:`~distil_core.serving.faults.FaultyServer`,
 which answers through :meth:`LocalOpenAIServer.complete`; this module has no faults of its own.
@@ -52,13 +53,14 @@ import hmac
 import json
 import os
 import threading
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
-from distil_core.serving.batcher import ClientGone, watching_client
-from distil_core.serving.bodies import MAX_BODY_BYTES, body_length, read_body
-from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer, hung_up
-from distil_core.serving.engine import LocalLM
+from distil_core.serving.batcher import ClientGone
+from distil_core.serving.bodies import MAX_BODY_BYTES
+from distil_core.serving.connections import ACCEPT_BACKLOG, MAX_CONNECTIONS, CappedHTTPServer
+from distil_core.serving.engine import MAX_REQUEST_ROWS, LocalLM
+from distil_core.serving.guard import browser_refusal, loopback_address
+from distil_core.serving.handler import READ_TIMEOUT_S, REQUEST_DEADLINE_S, RequestHandler, Response, json_response
 from distil_core.serving.requests import (
     ApiError,
     ChatRequest,
@@ -73,11 +75,8 @@ from distil_core.serving.routes import COMPLETION_PATHS, ROUTES, UPDATE_PATHS, n
 from distil_core.serving.streaming import chat_chunks, completion_chunks, server_sent_events
 
 __all__ = ["LocalOpenAIServer", "Response", "COMPLETION_PATHS", "ROUTES", "MAX_BODY_BYTES", "READ_TIMEOUT_S",
-           "ACCEPT_BACKLOG", "MAX_CONNECTIONS"]
+           "REQUEST_DEADLINE_S", "ACCEPT_BACKLOG", "MAX_CONNECTIONS", "MAX_REQUEST_ROWS"]
 
-Response = tuple[int, dict[str, str], Union[bytes, Iterator[bytes]]]  # status, headers, body (or a stream)
-READ_TIMEOUT_S = 60.0
-"""How long a connection may send nothing (within a request, or idle between requests) before it is closed."""
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -90,8 +89,10 @@ class LocalOpenAIServer:
     ``api_key`` makes every request need ``Authorization: Bearer <api_key>``. ``stats`` counts
     completion requests, the most in flight at once, requests per path, and the batches
     generations were decoded in (``batches``; ``max_batch_requests``: the most requests one batch
-    served). ``max_batch_rows`` caps the rows one batch gathers. ``read_timeout_s``: how long a
-    connection may send nothing before it is closed (:data:`READ_TIMEOUT_S`). ``max_connections``:
+    served). ``max_batch_rows`` caps the rows one batch gathers, ``max_request_rows`` those one
+    request asks for. ``read_timeout_s``: how long a connection may send nothing before it is
+    closed (:data:`READ_TIMEOUT_S`); ``request_deadline_s``: how long a request may take to arrive
+    whole (:data:`REQUEST_DEADLINE_S`). ``max_connections``:
     how many connections are served at once (:data:`MAX_CONNECTIONS`); ``stats["busy_refused"]``
     counts those answered 503 because that many were open, ``stats["hung_up"]`` the requests
     withdrawn because their client hung up while they waited, or before their stream ended.
@@ -100,16 +101,17 @@ class LocalOpenAIServer:
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str = "local", host: str = "127.0.0.1",
                  port: int = 0, api_key: Optional[str] = None, verbose: bool = False,
                  source: Optional[str] = None, max_batch_rows: int = 256, read_timeout_s: float = READ_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, max_request_rows: int = MAX_REQUEST_ROWS,
+                 request_deadline_s: float = REQUEST_DEADLINE_S):
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a whole number of at least 1 (got {max_connections!r})")
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
         self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
-                          on_batch=self._count_batch)
+                          max_request_rows=max_request_rows, on_batch=self._count_batch)
         self.model_name = model_name
         self.host, self.port, self.api_key, self.verbose = host, port, api_key, verbose
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout_s, self.request_deadline_s = read_timeout_s, request_deadline_s
         self.max_connections = max_connections
         self._stats_lock = threading.Lock()
         self._httpd: Optional[CappedHTTPServer] = None
@@ -119,7 +121,8 @@ class LocalOpenAIServer:
     # -- lifecycle
 
     def start(self) -> str:
-        handler = type("Handler", (_Handler,), {"app": self, "timeout": self.read_timeout_s})
+        handler = type("Handler", (RequestHandler,), {"app": self, "timeout": self.read_timeout_s,
+                                                      "request_deadline_s": self.request_deadline_s})
         self._httpd = CappedHTTPServer((self.host, self.port), handler)
         self._httpd.limit(self.max_connections, lambda: self.count("busy_refused"))
         self._httpd.daemon_threads = True
@@ -136,6 +139,7 @@ class LocalOpenAIServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.close_connections()
             self._httpd = None
         self.lm.close()
 
@@ -191,12 +195,15 @@ class LocalOpenAIServer:
         path = path.split("?", 1)[0].rstrip("/")
         route, get = route_of(path), verb in ("GET", "HEAD")
         try:
+            refusal = browser_refusal(headers, check_host=self.api_key is None and loopback_address(self.host))
+            if refusal is not None:  # a web page's request (:mod:`distil_core.serving.guard`)
+                raise ApiError(403, refusal, "permission_error", code="forbidden")
             self._authorize(headers)
             if get and route == "/v1/models":
                 cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
-                return _json(200, {"object": "list", "data": cards})
+                return json_response(200, {"object": "list", "data": cards})
             if get and route == "/health":
-                return _json(200, {"status": "ok"})
+                return json_response(200, {"status": "ok"})
             updates = {"/v1/load_lora_adapter": self._load_adapter, "/v1/unload_lora_adapter": self._unload_adapter,
                        "/collective_rpc": self._collective_rpc, "/reset_prefix_cache": lambda body: (200, "")}
             assert set(updates) == set(UPDATE_PATHS), "routes.UPDATE_PATHS and the handlers here must agree"
@@ -208,11 +215,11 @@ class LocalOpenAIServer:
                 raise no_route(verb, path)
             return self._answer(route, raw)
         except ApiError as exc:
-            return _json(exc.status, exc.body(), exc.headers)
+            return json_response(exc.status, exc.body(), exc.headers)
         except ClientGone:
             raise
         except Exception as exc:  # a bug or a model failure: a 500 in OpenAI's shape
-            return _json(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
+            return json_response(500, ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").body())
 
     def _answer(self, path: str, raw: bytes) -> Response:
         """:meth:`complete`, counted in flight until its answer is sent (a stream's last byte)."""
@@ -247,7 +254,7 @@ class LocalOpenAIServer:
             if chat.stream:
                 return 200, dict(STREAM_HEADERS), server_sent_events(chat_chunks(self.lm, chat, adapter))
             result = self.lm.chat_completions(chat, adapter)
-        return _json(200, result)
+        return json_response(200, result)
 
     def _authorize(self, headers: Any) -> None:
         if self.api_key is None:
@@ -294,10 +301,6 @@ class LocalOpenAIServer:
         return 200, json.dumps({"results": [None]})
 
 
-def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> Response:
-    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
-
-
 def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterator[bytes]:
     """``body``, then ``done`` closed, however the sending ends (the client may hang up)."""
     try:
@@ -307,94 +310,3 @@ def _closing_after(body: Iterator[bytes], done: contextlib.ExitStack) -> Iterato
         if close is not None:
             close()
         done.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = READ_TIMEOUT_S  # the socket's (read_timeout_s): a read that waits longer ends the connection
-    app: LocalOpenAIServer
-
-    def _serve(self, verb: str) -> None:
-        try:
-            raw = self._body()
-        except ApiError as exc:  # the body was not read, so the connection cannot carry another request
-            response = _json(exc.status, exc.body(), {"Connection": "close"})
-        else:
-            if raw is None:  # the client hung up halfway through its body
-                self.close_connection = True
-                return
-            try:
-                with watching_client(lambda: hung_up(self.connection)):
-                    response = self.app.handle(verb, self.path, self.headers, raw)
-            except ClientGone:  # withdrawn while it waited for the model: no one to answer
-                self.app.count("hung_up")
-                self.close_connection = True
-                return
-        self._send(*response, head=verb == "HEAD")
-
-    def handle_expect_100(self) -> bool:
-        """``Expect: 100-continue``: a body refused by its headers is answered instead of the 100."""
-        try:
-            body_length(self.headers, self.request_version, MAX_BODY_BYTES)
-        except ApiError as exc:
-            self._send(*_json(exc.status, exc.body(), {"Connection": "close"}), head=False)  # closes after
-            return False
-        return super().handle_expect_100()
-
-    def _body(self) -> Optional[bytes]:
-        """The request body (:func:`~distil_core.serving.bodies.read_body`; None: the client hung up)."""
-        return read_body(self.headers, self.request_version, self.rfile, MAX_BODY_BYTES)
-
-    def _send(self, status: int, headers: dict[str, str], body: Union[bytes, Iterator[bytes]], head: bool) -> None:
-        streamed = False  # every event of a stream sent: a client resetting before the last chunk did not hang up
-        try:
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            if isinstance(body, bytes):
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-            else:  # a stream: HTTP/1.1 chunks, each event sent as soon as it is made
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for piece in body:
-                    self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-                streamed = True
-                self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout, a closed stream)
-            self.close_connection = True
-            if not isinstance(body, bytes) and not streamed:  # a stream cut short: withdrawn, as unstreamed
-                self.app.count("hung_up")
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:  # a stream not sent to its end stops its decoding
-                close()
-
-    # http.server calls do_<VERB>; every verb goes through the routes, so another method on a known
-    # path is a 405 in OpenAI's shape (not http.server's HTML 501), and HEAD is GET without the body
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._serve("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._serve("POST")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._serve("HEAD")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._serve("DELETE")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._serve("PATCH")
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._serve("OPTIONS")
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet; `distil serve --verbose` logs
-        if self.app.verbose:
-            super().log_message(format, *args)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], rollouts: Sequence[Rollout]) -> list[Verdict]:
     """Verdicts for ``rollouts[i]`` against ``problems[i]``, in order (see the module docstring)."""
-    from .verifier import build_verdict, read_signed
+    from .verifier import read_signed
 
     if len(problems) != len(rollouts):
         raise ValueError(f"code_exec: verify_batch got {len(problems)} problems for {len(rollouts)} rollouts")

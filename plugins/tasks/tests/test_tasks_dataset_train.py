@@ -4,7 +4,6 @@ and a JSONL file with its own keys; each run finishes and its rollouts show the 
 import json
 import os
 import time
-from pathlib import Path
 
 import datasets
 import pyarrow as pa
