@@ -53,6 +53,16 @@ def user(content, **extra):
     (ChatRequest, {"messages": user("hi") + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages",
      "'messages[1].tool_calls': tool and function calling is not supported"),
+    # a boolean is a JSON boolean: "yes" or 1 was read as true before
+    (CompletionRequest, {"prompt": "x", "stream": "yes"}, "stream", "valid boolean"),
+    (CompletionRequest, {"prompt": "x", "echo": 1}, "echo", "valid boolean"),
+    (CompletionRequest, {"prompt": "x", "skip_special_tokens": "false"}, "skip_special_tokens", "valid boolean"),
+    (CompletionRequest, {"prompt": "x", "return_tokens_as_token_ids": 0}, "return_tokens_as_token_ids", "valid boolean"),
+    (ChatRequest, {"messages": user("hi"), "logprobs": "true"}, "logprobs", "valid boolean"),
+    # a field of a message that is not read is refused by name (it was dropped without a word)
+    (ChatRequest, {"messages": user("hi", foo={"a": 1})}, "messages", "'messages[0].foo' is not a field of a chat"),
+    (ChatRequest, {"messages": [{"role": "assistant", "content": "x", "refusal": "no"}]}, "messages",
+     "'messages[0].refusal'"),
 ])
 def test_a_bad_field_is_a_400_that_names_it(kind, body, param, words):
     with pytest.raises(ApiError) as caught:
@@ -69,6 +79,13 @@ def test_null_means_not_sent_and_unknown_fields_are_refused_by_name():
         validated(CompletionRequest, {"prompt": [1, 2], "temprature": 0.5})
     assert caught.value.param == "temprature" and "'temprature'" in caught.value.message
     assert validated(CompletionRequest, {"prompt": ["a", [3]], "stop": "\n"}).sampling()["stop"] == ["\n"]
+
+
+def test_a_previous_answers_message_sent_back_whole_is_read():
+    """The openai SDK's message dump holds empty fields this server does not read."""
+    sent = {"role": "assistant", "content": "hi", "refusal": None, "annotations": [], "audio": None,
+            "function_call": None, "tool_calls": None}
+    assert validated(ChatRequest, {"messages": [sent]}).messages == [{"role": "assistant", "content": "hi"}]
 
 
 def test_chat_text_parts_are_joined():

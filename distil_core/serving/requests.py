@@ -33,7 +33,8 @@ import json
 import re
 from typing import Annotated, Any, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator,
+                      model_validator)
 
 from distil_core.config.rollout_sections import GREEDY_BELOW
 
@@ -89,8 +90,8 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = False
-    include_obfuscation: bool = Field(False, description="obfuscation padding is not implemented")
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool = Field(False, description="obfuscation padding is not implemented")
 
     @field_validator("include_obfuscation")
     @classmethod
@@ -113,7 +114,7 @@ class Sampling(_Body):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[StrictStr] = None  # a label for the caller's own records; changes nothing
     frequency_penalty: Number = 0.0
@@ -124,7 +125,7 @@ class Sampling(_Body):
     top_k: StrictInt = Field(-1, ge=-1, description="-1 or 0 turns it off")
     stop: list[str] = Field(default_factory=list)
     seed: Optional[StrictInt] = None
-    skip_special_tokens: bool = True
+    skip_special_tokens: StrictBool = True
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -165,8 +166,8 @@ class CompletionRequest(Sampling):
     n: StrictInt = Field(1, ge=1, le=128)
     logprobs: Optional[TopK] = None
     prompt_logprobs: Optional[TopK] = None
-    echo: bool = False
-    return_tokens_as_token_ids: bool = False
+    echo: StrictBool = False
+    return_tokens_as_token_ids: StrictBool = False
     best_of: Optional[StrictInt] = None
     suffix: Optional[StrictStr] = None
 
@@ -201,7 +202,7 @@ class ChatRequest(Sampling):
     max_completion_tokens: Optional[Count] = None
     max_tokens: Optional[Count] = None
     n: StrictInt = Field(1, ge=1, le=128)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: TopK = 0
 
     @field_validator("messages", mode="before")
@@ -210,6 +211,12 @@ class ChatRequest(Sampling):
         if not isinstance(messages, list) or not messages:
             raise ValueError("'messages' must be a non-empty list of {role, content} objects.")
         return [_text_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+
+
+MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "function_call", "refusal")
+"""The fields of a chat message read (the last three only as empty: there is no tool calling, and
+a refusal is the model's to write); another one that is not null or empty (a previous answer's
+message sent back whole holds ``annotations: []``, ``audio: null``) is a 400 naming it."""
 
 
 def _text_message(message: Any, where: str) -> dict[str, str]:
@@ -228,6 +235,13 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
         near = f" (did you mean {role.strip().lower()!r}?)" if role.strip().lower() in CHAT_ROLES else ""
         raise ValueError(f"'{where}.role' is {role!r}, which is not a chat role{near}; distil serve takes the "
                          f"roles {roles} (OpenAI's, in lower case).")
+    unread = next((key for key, value in message.items() if key not in MESSAGE_FIELDS and value not in (None, [], {})), None)
+    if unread is not None:
+        raise ValueError(f"'{where}.{str(unread)[:80]}' is not a field of a chat message that distil serve reads "
+                         f"(it reads {', '.join(MESSAGE_FIELDS[:3])}); leave it out.")
+    if message.get("refusal"):
+        raise ValueError(f"'{where}.refusal': a refusal is read as nothing here; send the assistant's words as its "
+                         "content.")
     for key in ("tool_calls", "function_call"):
         if message.get(key):  # null or [] asks for nothing
             raise ValueError(f"'{where}.{key}': {UNSUPPORTED['tools']}; send the conversation without it.")
