@@ -15,7 +15,7 @@ from desk_testlib import DeskProcess, DeskThread
 from human_testlib import response_hash, rollout_record, write_run
 
 from distil_human.store import CorrectionStore
-from distil_human.web.serve import is_loopback
+from distil_core.serving.guard import loopback_address
 
 pytest.importorskip("starlette", reason="the review desk needs the web extra: pip install -e 'plugins/human[web]'")
 
@@ -53,9 +53,13 @@ def test_every_request_needs_the_token(desk):
     assert _get(desk.base + "/export")[0] == 401 and _get(desk.base + "/problem/sort-12")[0] == 401
     assert _get(desk.base + "/?token=wrong")[0] == 401
     status, body, headers = _get(desk.url)
-    assert status == 200 and "sort-34" in body and "distil_desk_token=s3cret" in headers["set-cookie"]
-    assert _get(desk.base + "/", {"Cookie": "distil_desk_token=s3cret"})[0] == 200
+    port = desk.base.rsplit(":", 1)[1]
+    cookie = f"distil_desk_token_{port}"  # per port: browsers share one host's cookies across its ports
+    assert status == 200 and "sort-34" in body and f"{cookie}=s3cret" in headers["set-cookie"]
+    assert _get(desk.base + "/", {"Cookie": f"{cookie}=s3cret"})[0] == 200
+    assert _get(desk.base + "/", {"Cookie": "distil_desk_token_1=s3cret"})[0] == 401  # another desk's
     assert _get(desk.base + "/export", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in headers["content-security-policy"]
 
 
 def test_saves_forms_from_other_sites_and_bad_values(desk, tmp_path):
@@ -90,8 +94,8 @@ def test_saves_forms_from_other_sites_and_bad_values(desk, tmp_path):
 
 
 def test_only_loopback_addresses_go_without_a_token():
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("desk.example")
+    assert loopback_address("127.0.0.1") and loopback_address("::1") and loopback_address("localhost")
+    assert not loopback_address("0.0.0.0") and not loopback_address("192.168.1.5") and not loopback_address("desk.example")
 
 
 def _form(text, author="ada", response="43", **extra):
@@ -161,7 +165,7 @@ def test_a_token_with_characters_urls_and_cookies_reserve_works_from_the_printed
         cookie = headers["set-cookie"].split(";")[0]
         assert _get(desk.base + "/", {"Cookie": cookie})[0] == 200
         assert _get(desk.base + "/", {"Authorization": f"Bearer {token}"})[0] == 200
-        assert _get(desk.base + "/", {"Cookie": "distil_desk_token=Ab+c"})[0] == 401
+        assert _get(desk.base + "/", {"Cookie": cookie.split("=", 1)[0] + "=Ab+c"})[0] == 401
     finally:
         desk.stop()
 
@@ -176,6 +180,52 @@ def test_a_file_upload_is_refused_not_stored_as_its_name(open_desk, tmp_path):
     assert status == 400 and "field 'text' was sent as a file upload" in said
     with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
         assert store.count() == 0
+
+
+@pytest.mark.parametrize("parts, words", [
+    ([("text", None, "typed"), ("text", "a.txt", "hello file")], "field 'text' was sent as a file upload"),
+    ([("text", "a.txt", "hello file"), ("text", None, "typed")], "field 'text' was sent as a file upload"),
+    ([("text", None, "one"), ("text", None, "two")], "field 'text' was sent more than once"),
+])
+def test_a_file_or_a_field_sent_twice_is_refused_whatever_comes_last(open_desk, tmp_path, parts, words):
+    """Before, only each field's last part was checked: a file behind a text field of its name passed."""
+    bound = "B0UND"
+    body = f"--{bound}\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\ncorrection\r\n"
+    for name, filename, value in parts:
+        file = f'; filename="{filename}"\r\nContent-Type: text/plain' if filename else ""
+        body += f"--{bound}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n{value}\r\n"
+    body += f"--{bound}--\r\n"
+    status, said, _ = _get(open_desk.base + "/save/sort-34", {"Origin": open_desk.base,
+                           "Content-Type": f"multipart/form-data; boundary={bound}"}, body.encode())
+    assert status == 400 and words in said, said
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert store.count() == 0
+
+
+def test_a_problem_id_with_dot_segments_is_linked_and_saved_by_its_whole_id(tmp_path):
+    """Before, links were written with "/" unescaped: a browser dropped the id's "/../" and
+    opened another problem (or a 404), and the form's Save posted to another id."""
+    odd = "set/../a/./b"
+    run = write_run(tmp_path / "run", [rollout_record(odd, "21")])
+    desk = DeskProcess(run, "--db", str(tmp_path / "h.sqlite"), "--author", "cli")
+    try:
+        status, body, _ = _get(desk.base + "/")
+        link = re.search(r'href="(/problem/[^"?]+)\?', body).group(1)
+        assert link == "/problem/" + urllib.parse.quote(odd, safe="")
+        status, page, _ = _get(desk.base + link)  # urllib, like a browser, would drop an unescaped "/../"
+        assert status == 200 and odd in page
+        action = re.search(r'action="(/save/[^"?]+)\?', page).group(1)
+        assert action == "/save/" + urllib.parse.quote(odd, safe="")
+        form = urllib.parse.urlencode({"response_hash": response_hash("21"), "kind": "correction",
+                                       "text": "Sorted, please.", "author": "ada"}).encode()
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(urllib.request.Request(desk.base + action, data=form, headers={"Origin": desk.base}))
+        assert redirect.value.code == 303
+    finally:
+        desk.stop()
+    with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
+        assert [e.problem_id for e in store.all()] == [odd]
 
 
 def test_a_save_waiting_for_the_store_lock_holds_up_no_other_request(tmp_path):
@@ -413,3 +463,13 @@ def test_the_same_entry_saved_twice_at_once_is_stored_once(open_desk, tmp_path):
     _get(open_desk.base + "/save/sort-34", origin, _form("Another point."))
     with CorrectionStore(str(tmp_path / "h.sqlite")) as store:
         assert sorted(e.text for e in store.all()) == ["Another point.", "The 4 goes first."]
+
+
+@pytest.mark.parametrize("port", [70000, -1])
+def test_a_port_out_of_range_is_refused_not_wrapped_around(port):
+    """Before, --port 70000 listened on 4464 (the resolver takes the port modulo 65536)."""
+    from distil_core import ConfigError
+    from distil_human.web.serve import bind
+
+    with pytest.raises(ConfigError, match=f"--port {port}: a port is a number from 0 to 65535"):
+        bind("127.0.0.1", port)

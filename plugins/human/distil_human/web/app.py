@@ -30,11 +30,13 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from distil_core import ConfigError
+from distil_core.serving.guard import loopback_host
 
 from ..text import author_name, shown_escaped
 from .desk import Desk, Outcome, View
 
 TOKEN_COOKIE = "distil_desk_token"
+"""The token cookie's name, followed by the desk's port (:func:`token_cookie`)."""
 AUTHOR_COOKIE = "distil_desk_author"
 QUEUE_ROWS = 500  # a page a browser draws at once; the counts cover the whole queue
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -45,6 +47,8 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                       finalize=_shown)
     env.filters["pct"] = lambda x: f"{x:.0%}"
+    # a problem id in a path: every "/" escaped too, or a browser drops the id's "/../" segments
+    env.filters["path_part"] = lambda x: quote(str(x), safe="")
     templates = Jinja2Templates(env=env)
 
     def page(request: Request, name: str, status: int = 200, **values) -> Response:
@@ -82,12 +86,17 @@ def build_app(desk: Desk, token: Optional[str] = None) -> Starlette:
         return problem_page(request, request.path_params["problem_id"], settings(request))
 
     async def save(request: Request) -> Response:
-        sent = await request.form()
-        files = [k for k, v in sent.items() if not isinstance(v, str)]
+        sent = (await request.form()).multi_items()  # every part: a file hidden behind a text field of its name too
+        files = [k for k, v in sent if not isinstance(v, str)]
         if files:
             return PlainTextResponse(f"Refused: field {files[0]!r} was sent as a file upload; the desk takes text "
                                      "typed into its forms.", 400)
-        return await run_in_threadpool(store_form, request, {k: str(v) for k, v in sent.items()})
+        names = [k for k, _ in sent]
+        twice = next((k for k in names if names.count(k) > 1), None)
+        if twice is not None:
+            return PlainTextResponse(f"Refused: field {twice[:80]!r} was sent more than once; the desk's forms send "
+                                     "each field once.", 400)
+        return await run_in_threadpool(store_form, request, {k: str(v) for k, v in sent})
 
     def store_form(request: Request, form: dict[str, str]) -> Response:
         problem_id = request.path_params["problem_id"]
@@ -163,13 +172,16 @@ class _Guard:
             return await refusal(scope, receive, send)
         sent_token = self.token and request.query_params.get("token") == self.token
 
-        async def send_with_cookie(message) -> None:
-            if sent_token and message["type"] == "http.response.start":
-                cookie = f"{TOKEN_COOKIE}={quote(self.token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
-                message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                extra = list(FRAMING_HEADERS)
+                if sent_token:
+                    cookie = f"{token_cookie(scope)}={quote(self.token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
+                    extra.append((b"set-cookie", cookie.encode()))
+                message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
-        await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send_with_headers)
 
     def _refusal(self, request: Request) -> Optional[Response]:
         host = request.headers.get("host", "")
@@ -177,11 +189,11 @@ class _Guard:
         if self.token:
             header = request.headers.get("authorization", "")
             bearer = header.startswith("Bearer ") and _same(header.removeprefix("Bearer "), self.token)
-            cookie = unquote(request.cookies.get(TOKEN_COOKIE) or "")
+            cookie = unquote(request.cookies.get(token_cookie(request.scope)) or "")
             if not (bearer or _same(request.query_params.get("token") or cookie, self.token)):
                 return PlainTextResponse("This review desk needs its token: open the address that "
                                          "`distil review --web` printed (it ends in ?token=...).", 401)
-        elif not _loopback_host(host):
+        elif not loopback_host(host):
             return PlainTextResponse(f"Refused a request for {host or 'no host'!r}: this desk answers only at "
                                      "127.0.0.1, localhost or [::1] (start it with --host and a "
                                      "--token to reach it by another name).", 403)
@@ -197,18 +209,18 @@ class _Guard:
         return None
 
 
+FRAMING_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
+"""Sent with every page: no other site may show the desk in a frame, where a click on the
+framed Save (a request from the desk's own origin) would pass the origin check."""
+
+
+def token_cookie(scope) -> str:
+    """The token cookie's name for the desk answering ``scope``: cookies are not kept per port, so
+    one name for every desk would let a second desk's token log the reviewer out of the first
+    (and send each token to the other)."""
+    server = scope.get("server") or (None, None)
+    return f"{TOKEN_COOKIE}_{server[1]}" if server[1] is not None else TOKEN_COOKIE
+
+
 def _same(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
-
-
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-
-
-def _loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names a loopback address, on any port. A page that rebinds its
-    own name to 127.0.0.1 still sends that name, which is what this refuses; the port is left
-    free so a forwarded port (``ssh -L 9000:localhost:8765``, an editor's port mapping) works."""
-    name, _, given = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-    if not name or (given and not given.isdigit()):
-        name = host
-    return name.lower() in LOOPBACK_NAMES

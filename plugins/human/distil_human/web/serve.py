@@ -7,13 +7,13 @@ printed in the address to open.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import socket
 from typing import Optional
 from urllib.parse import quote
 
 from distil_core import ConfigError
+from distil_core.serving.guard import loopback_address
 
 from ..review_queue import QueueFilter
 from ..store import CorrectionStore
@@ -21,17 +21,11 @@ from .app import build_app
 from .desk import Desk
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on (host, port); port 0 takes any free port."""
+    """A listening-ready socket on (host, port); port 0 takes any free port. A port outside
+    0–65535 is refused (the resolver would take it modulo 65536 and listen elsewhere)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a port is a number from 0 to 65535 (0 picks a free one).")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -48,7 +42,7 @@ def serve(run_dir: str, *, db: Optional[str], author: str, host: str = "127.0.0.
           token: Optional[str] = None, sort: str = "failing", filters: Optional[QueueFilter] = None) -> int:
     import uvicorn
 
-    if not is_loopback(host) and not token:
+    if not loopback_address(host) and not token:
         token = secrets.token_urlsafe(18)
     with CorrectionStore(db, read_only=False) as store:
         desk = Desk(run_dir, store, author=author, sort=sort, filters=filters)
