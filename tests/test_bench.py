@@ -341,6 +341,12 @@ def test_what_would_fail_after_training_is_refused_before_any_run(tmp_path, caps
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert re.search(r"plot_metric 'pass@[13]' is not among what suite '\w+', method '\w+' evaluates \(avg@4", err)
+    spec = yaml.safe_load(open(SPEC))
+    suite = next(iter(spec["suites"]))
+    spec["suites"][suite]["base"] = {"pass@3": [0.0, 0.1]}  # before, read as "not measured" after every run
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    assert f"suite {suite!r} gives a base range for pass@3, which its runs do not evaluate" in capsys.readouterr().err
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     assert main(["bench", SPEC, "--quick", "--output-dir", str(out), "--report-dir", str(not_a_dir / "rep")]) == 2

@@ -150,7 +150,7 @@ class Bench:
     def check(self) -> None:
         """Refuse what can be known wrong before anything trains: a suite whose methods would get
         different budgets or be measured on different terms, or runs whose evaluation would not
-        report the metric the curves plot."""
+        report the metric the curves plot or a metric the suite's ``base`` ranges name."""
         for suite in self.suites:
             self.budget(suite)
             self.measured_alike(suite)
@@ -162,6 +162,11 @@ class Bench:
                     f"distil bench: the spec's plot_metric {metric!r} is not among what suite {suite!r}, method "
                     f"{method!r} evaluates ({', '.join(sorted(reported))}); set plot_metric to one of those, or "
                     "add its k to eval.ks (at most eval.samples).")
+            unmeasured = sorted(set(self.spec.suites[suite].base) - reported)
+            if unmeasured:  # else the calibration could only be reported as unchecked, after every run
+                raise ConfigError(
+                    f"distil bench: suite {suite!r} gives a base range for {', '.join(unmeasured)}, which its runs do "
+                    f"not evaluate ({', '.join(sorted(reported))}); name one of those, or add its k to eval.ks.")
 
     def run(self) -> list[dict[str, Any]]:
         from distil_core.training.trainer import Trainer
