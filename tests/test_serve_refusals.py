@@ -151,6 +151,21 @@ def test_distil_serve_refuses_a_port_out_of_range_before_loading_the_model(monke
     assert "--max-connections 0: give at least 1" in capsys.readouterr().err and not loaded
 
 
+def test_distil_serve_help_states_the_defaults_the_server_uses(capsys):
+    """The help writes its defaults out (reading the constants would import the server into every
+    `distil` start); this keeps the two from drifting apart."""
+    from distil_core.cli.main import main
+    from distil_core.serving.http import MAX_CONNECTIONS, MAX_REQUEST_ROWS
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default {MAX_CONNECTIONS})" in shown and f"(default {MAX_REQUEST_ROWS})" in shown
+    with pytest.raises(SystemExit):
+        main(["serve", "--max-request-rows", "0"])
+    assert "--max-request-rows: '0': give at least 1" in capsys.readouterr().err
+
+
 def test_distil_serve_on_a_host_that_is_not_this_machines_says_so(monkeypatch, capsys):
     """Before: "pick another --port", whatever the port, when the address was the problem."""
     from distil_core.cli.main import main
