@@ -241,12 +241,18 @@ def test_an_expert_temperature_written_out_or_left_to_the_method_compares_as_it_
     assert resume_changes(explicit, load_config(None, [])) == []
 
 
-def test_differences_name_each_leaf_and_give_none_for_a_side_that_lacks_the_key():
-    from distil_core.config import differences
+def test_differences_name_each_leaf_and_report_a_section_whole_where_the_other_side_has_none():
+    """The review found {'a': None} against {} reported as "options is null but {}" plus a null
+    leaf, and a section against a value named by its leaves."""
+    from distil_core.config import ABSENT, differences
 
     a = {"task": {"name": "digits", "options": {"length": 5, "alphabet": [1, 2]}}}
     b = {"task": {"name": "digits", "options": {"length": 6}}, "extra": {}}
-    assert differences(a, b) == [("extra", None, {}), ("task.options.alphabet", [1, 2], None),
+    assert differences(a, b) == [("extra", ABSENT, {}), ("task.options.alphabet", [1, 2], ABSENT),
                                  ("task.options.length", 5, 6)]
-    assert differences(a["task"], b["task"], "task")[0] == ("task.options.alphabet", [1, 2], None)
+    assert differences(a["task"], b["task"], "task")[0] == ("task.options.alphabet", [1, 2], ABSENT)
     assert differences(a, a) == [] and differences(3, 4, "k") == [("k", 3, 4)]
+    assert differences({"options": {"a": None}}, {"options": {}}, "task") == [("task.options.a", None, ABSENT)]
+    assert differences({"options": {"a": None}}, {"options": {}}, "task", null_is_absent=True) == []
+    assert differences({"options": {"a": 1}}, {"options": 3}, "task") == [("task.options", {"a": 1}, 3)]
+    assert repr(ABSENT) == "(not set)"

@@ -59,7 +59,8 @@ def test_a_web_pages_request_is_refused_before_anything_runs(served, headers):
     assert served.stats["requests"] == 0 and served.stats["paths"] == {}
 
 
-@pytest.mark.parametrize("headers", [{}, {"Host": "localhost:9"}, {"Host": "[::1]"},
+@pytest.mark.parametrize("headers", [{}, {"Host": "localhost:9"}, {"Host": "[::1]"}, {"Host": "127.0.0.2:8000"},
+                                     {"Host": "0.0.0.0:8000"}, {"Host": "[::ffff:127.0.0.1]:9"},
                                      {"Origin": "http://127.0.0.1:{port}"}, {"Sec-Fetch-Site": "none"}])
 def test_clients_and_the_servers_own_origin_are_answered(served, headers):
     headers = {k: v.format(port=served.port) for k, v in headers.items()}
@@ -67,17 +68,32 @@ def test_clients_and_the_servers_own_origin_are_answered(served, headers):
     assert status == 200 and body["choices"][0]["text"] is not None
 
 
-def test_with_an_api_key_the_host_may_be_any_name_but_a_foreign_origin_is_still_refused():
+def test_a_server_on_another_loopback_address_answers_at_its_own_address():
+    """The review found a server on 127.0.0.2 refusing its own base_url as "not loopback"."""
+    with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", host="127.0.0.2") as server:
+        assert post(server, "/v1/completions", BODY)[0] == 200
+
+
+def test_with_an_api_key_the_key_decides_whatever_the_host_or_origin():
     with LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny", api_key="k") as server:
         key = {"Authorization": "Bearer k"}
         assert post(server, "/v1/completions", BODY, {**key, "Host": "gpu-box.internal:8000"})[0] == 200
         assert post(server, "/v1/completions", BODY, {"Host": "gpu-box.internal:8000"})[0] == 401
-        assert post(server, "/v1/completions", BODY, {**key, "Origin": "http://attacker.example"})[0] == 403
+        assert post(server, "/v1/completions", BODY, {"Origin": "http://attacker.example"})[0] == 401
+        # a browser extension sends its own origin, and the key, which no page can send
+        assert post(server, "/v1/completions", BODY, {**key, "Origin": "chrome-extension://abc"})[0] == 200
+
+
+def test_the_constructor_refuses_limits_that_would_refuse_every_request():
+    for options in ({"max_request_rows": 0}, {"request_deadline_s": 0}, {"request_deadline_s": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            LocalOpenAIServer(tiny_model(), tiny_tokenizer(), **options)
 
 
 def test_the_guard_reads_hosts_and_listening_addresses():
     assert loopback_host("127.0.0.1:8000") and loopback_host("LOCALHOST") and loopback_host("[::1]:80")
     assert not loopback_host("127.0.0.1.attacker.example") and not loopback_host("attacker.example:80")
+    assert loopback_host("0.0.0.0:8000") and loopback_host("[0:0:0:0:0:0:0:1]") and not loopback_host("10.0.0.1")
     assert loopback_address("127.0.0.5") and loopback_address("::1") and loopback_address("localhost")
     assert not loopback_address("0.0.0.0") and not loopback_address("10.0.0.2") and not loopback_address("gpu")
     assert browser_refusal({"Host": "x"}, check_host=False) is None  # a server exposed on purpose
@@ -110,7 +126,8 @@ def test_a_text_prompt_too_long_for_the_context_is_refused_before_it_is_tokenize
     assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
     assert f"maximum context length is {positions} tokens" in body["error"]["message"]
     chat = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "7" * (positions * 64 + 1)}]})
-    assert post(served, "/v1/chat/completions", chat.encode())[0] == 400
+    status, body = post(served, "/v1/chat/completions", chat.encode())
+    assert status == 400 and body["error"]["param"] == "messages"
     assert calls == []
     status, body = post(served, "/v1/completions", json.dumps({"model": "tiny", "prompt": "7" * (positions + 1),
                                                               "max_tokens": 1}).encode())
@@ -164,3 +181,50 @@ def test_stop_ends_the_connections_kept_open():
     server.stop()
     wait_until(lambda: closed(connection.sock), what="the kept-alive connection to be closed")
     connection.close()
+
+
+def test_a_request_read_before_stop_starts_no_model_thread_after_it():
+    """Before, a request whose thread was still tokenizing when stop() ran queued its job after
+    the model thread had ended, which started a new one that outlived the server."""
+    import threading
+
+    def model_threads():
+        return {t for t in threading.enumerate() if t.name == "distil-serve-model" and t.is_alive()}
+
+    others = model_threads()  # other tests' servers
+    server = LocalOpenAIServer(tiny_model(), tiny_tokenizer(), model_name="tiny")
+    server.start()
+    inside, release, encode = threading.Event(), threading.Event(), server.lm.encode
+
+    def held_encode(text):  # a long prompt being tokenized while the server stops
+        inside.set()
+        release.wait(30)
+        return encode(text)
+
+    server.lm.encode = held_encode
+    answered = []
+
+    def ask():
+        try:
+            answered.append(post(server, "/v1/completions", BODY)[0])
+        except OSError:  # the connection ended by stop() (http.client's RemoteDisconnected)
+            answered.append(None)
+
+    client = threading.Thread(target=ask, daemon=True)
+    client.start()
+    assert inside.wait(30)
+    server.stop()
+    release.set()
+    handlers = [t for t in threading.enumerate() if t.name.startswith("Thread-") and t is not client]
+    for thread in handlers:
+        thread.join(30)
+    assert server.lm._batcher._thread is None
+    wait_until(lambda: model_threads() <= others, what="no model thread of the stopped server")
+    client.join(30)
+    assert answered in ([None], [503])  # the connection was ended, or its request answered "shutting down"
+    server.lm.encode = encode
+    server.start()  # started again, it answers again
+    try:
+        assert post(server, "/v1/completions", BODY)[0] == 200
+    finally:
+        server.stop()

@@ -39,7 +39,7 @@ from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
-from distil_core.config import RunConfig, as_trained, differences, load_config, saved_config
+from distil_core.config import ABSENT, RunConfig, as_trained, differences, load_config, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.version import source_revision
@@ -49,6 +49,11 @@ __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "Qui
            "report_dir", "flat_args", "command_line", "progress", "main_bench",
            # the results, for callers that import them from here (distil_core.cli.report has them)
            "aggregate", "final_lengths", "table_metrics"]
+
+
+def _value(value: Any) -> str:
+    """A config value as a message quotes it: JSON, cut; a key not set says so."""
+    return repr(value) if value is ABSENT else json.dumps(value)[:120]
 
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
@@ -139,13 +144,13 @@ class Bench:
         (head, expected), *others = seen.items()
         for method, values in others:
             for key in SHARED_KEYS:
-                found = differences(expected[key], values[key], key)
+                found = differences(expected[key], values[key], key, null_is_absent=True)
                 if found:
                     where, one, other = found[0]
                     raise ConfigError(
                         f"distil bench: the methods of suite {suite!r} would not be measured alike: {where} is "
-                        f"{json.dumps(one)[:120]} for {head} but {json.dumps(other)[:120]} for {method}; move it "
-                        "from a method's `set` to `common` (or to the suite).")
+                        f"{_value(one)} for {head} but {_value(other)} for {method}; move it from a method's `set` "
+                        "to `common` (or to the suite).")
 
     def check(self) -> None:
         """Refuse what can be known wrong before anything trains: a suite whose methods would get

@@ -143,7 +143,7 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--fault", dest="faults", action="append", default=[], metavar="SPEC",
                        help="test hook for clients: make the next request fail (429[:RETRY_AFTER], 500, 503, "
                             "slow:SECONDS, malformed, no_logprobs, no_token_ids, ok); repeat to queue several")
-    serve.add_argument("--max-connections", type=int, default=None, metavar="N",
+    serve.add_argument("--max-connections", type=_positive, default=None, metavar="N",
                        help="connections served at once (default 256); one more is answered 503 with Retry-After")
     serve.add_argument("--max-request-rows", type=_positive, default=None, metavar="N",
                        help="the most generations (prompts × n) one request may ask for (default 1024)")

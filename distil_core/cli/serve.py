@@ -64,17 +64,14 @@ def load_for_serving(model: str, overrides: Sequence[str] = (), *, progress: boo
 def main_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; with ``--fault`` the server answers through a fault schedule."""
     from distil_core.serving import FaultyServer, LocalOpenAIServer, parse_fault
-    from distil_core.serving.connections import MAX_CONNECTIONS
+    from distil_core.serving.connections import MAX_CONNECTIONS, check_port
 
     try:
         faults = [parse_fault(f) for f in args.faults]
     except ValueError as exc:
         raise ConfigError(f"--fault: {exc}") from None
-    if not 0 <= args.port <= 65535:  # checked before the model loads
-        raise ConfigError(f"--port {args.port}: a port is a number from 0 to 65535 (0 picks a free one).")
+    check_port(args.port)  # before the model loads
     limit = getattr(args, "max_connections", None)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--max-connections {limit}: give at least 1 (the default is {MAX_CONNECTIONS}).")
     model, tokenizer, name = load_for_serving(args.model, args.overrides)
     options = dict(model_name=args.name or name, host=args.host, port=args.port, api_key=args.api_key,
                    verbose=args.verbose, max_connections=MAX_CONNECTIONS if limit is None else limit)

@@ -8,7 +8,7 @@ Part of the contract layer: imports only ``types``, ``errors``, ``context``, ``r
 """
 
 from distil_core.config.base import Seed
-from distil_core.config.diff import differences, leaves
+from distil_core.config.diff import ABSENT, differences
 from distil_core.config.loading import (
     apply_override,
     check_keys,
@@ -39,7 +39,7 @@ from distil_core.config.sections import (
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
     "format_validation_error",
-    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes", "differences", "leaves", "yaml_problem",
+    "RESUMABLE", "as_trained", "check_resume_config", "resume_changes", "ABSENT", "differences", "yaml_problem",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
     "EXPERT_TEMPERATURES", "method_expert_temperature",

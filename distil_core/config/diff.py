@@ -3,6 +3,8 @@
 Two checks compare configs: ``--resume`` (what a resumed run may not change) and ``distil
 bench`` (what the methods of one suite must share). Both want the same answer, named down to
 the leaf (``task.options.length``, not two whole ``task`` sections), so it is computed here once.
+Where one side holds a section and the other a value, or nothing, the section is reported whole
+at its key; a key one side lacks is reported as :data:`ABSENT`.
 """
 
 from __future__ import annotations
@@ -10,28 +12,29 @@ from __future__ import annotations
 from typing import Any
 
 
-def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key → value for every mapping leaf under ``prefix``; a list or an empty mapping is
-    one leaf (compared whole)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+class _Absent:
+    """The value of a key one side does not hold (shown as such, never as null)."""
+
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+ABSENT = _Absent()
+
+
+def differences(a: Any, b: Any, prefix: str = "", *, null_is_absent: bool = False) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every place where ``a`` and ``b`` differ,
+    sorted by key. ``null_is_absent``: a key set to null on one side and missing on the other
+    is no difference (a component's option left to its default, written out or not)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(a.keys() | b.keys(), key=str):
+            out += differences(a.get(key, ABSENT), b.get(key, ABSENT), f"{prefix}.{key}" if prefix else str(key),
+                               null_is_absent=null_is_absent)
         return out
-    return {prefix: data}
+    if null_is_absent:
+        a, b = (ABSENT if value is None else value for value in (a, b))
+    return [] if a == b else [(prefix, a, b)]
 
 
-def differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, value in a, value in b)`` for every leaf that differs, sorted by key; a key
-    that only one side has is given as None on the other."""
-    old, new = leaves(a, prefix), leaves(b, prefix)
-    missing = object()
-    changed = []
-    for key in sorted(old.keys() | new.keys()):
-        before, after = old.get(key, missing), new.get(key, missing)
-        if before != after:
-            changed.append((key, None if before is missing else before, None if after is missing else after))
-    return changed
-
-
-__all__ = ["leaves", "differences"]
+__all__ = ["ABSENT", "differences"]

@@ -156,6 +156,7 @@ class Batcher:
         self._thread: Optional[threading.Thread] = None
         self._open = 0  # jobs queued and not yet answered
         self._decoding: list[Job] = []  # the batch the model thread is decoding
+        self.closed = False  # by close(): a job queued after it is refused, until open()
 
     def run(self, job: Job) -> list[Generation]:
         """Queue ``job``, wait until its rows are decoded, and return its generations.
@@ -216,6 +217,8 @@ class Batcher:
 
     def _queue(self, job: Job) -> None:
         with self._cond:
+            if self.closed:  # a request read before its server stopped: no model thread starts for it
+                raise ApiError(503, "The server is shutting down.", "service_unavailable")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="distil-serve-model", daemon=True)
                 self._thread.start()
@@ -228,9 +231,16 @@ class Batcher:
         with self._cond:
             return self._open
 
-    def close(self) -> None:
-        """End the model thread after its batch; the jobs still waiting fail (a later job starts a new one)."""
+    def open(self) -> None:
+        """Take jobs again after :meth:`close` (a server started again); the first starts the model thread."""
         with self._cond:
+            self.closed = False
+
+    def close(self) -> None:
+        """End the model thread after its batch; the jobs still waiting fail, and a later one is
+        refused (503) until :meth:`open`."""
+        with self._cond:
+            self.closed = True
             self._thread = None
             self._fail(self._waiting, ApiError(503, "The server is shutting down.", "service_unavailable"))
             self._waiting = []

@@ -17,7 +17,8 @@ so it never sends the body (:func:`body_length` checks the headers alone).
 
 Every read is bounded, and a client that stops sending (half a chunk, a size line without its
 end, trailers without their empty line) is left to the socket's read timeout, which closes the
-connection: no body holds a thread for longer than its client keeps sending.
+connection; one that goes on sending a byte now and then meets its request's deadline
+(:data:`~distil_core.serving.handler.REQUEST_DEADLINE_S`). No body holds a thread for long.
 """
 
 from __future__ import annotations

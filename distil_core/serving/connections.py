@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from distil_core.serving.requests import ApiError
 
-__all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer", "hung_up"]
+__all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer", "hung_up", "check_port"]
 
 ACCEPT_BACKLOG = 1024
 """Connections the listening socket queues before they are accepted (the kernel caps it at somaxconn)."""
@@ -28,6 +28,15 @@ MAX_CONNECTIONS = 256
 """Connections served at once, each on its own thread; one more is answered 503 and closed."""
 BUSY_RETRY_AFTER_S = 1
 """Seconds a refused client is told to wait before it retries."""
+
+
+def check_port(port: int) -> None:
+    """A ConfigError for a ``--port`` outside 0–65535, before anything is loaded: the resolver
+    would take it modulo 65536 and listen on another port without a word."""
+    from distil_core.errors import ConfigError
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a port is a number from 0 to 65535 (0 picks a free one).")
 
 
 class CappedHTTPServer(ThreadingHTTPServer):

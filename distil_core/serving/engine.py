@@ -78,8 +78,12 @@ class LocalLM:
         self._batcher = Batcher(self.decode, max_batch_rows)
         self.on_batch = on_batch
 
+    def open(self) -> None:
+        """Answer requests again after :meth:`close` (the server started again)."""
+        self._batcher.open()
+
     def close(self) -> None:
-        """Stop the model thread; requests still waiting for it are answered 503."""
+        """Stop the model thread; requests still waiting for it, or queued later, are answered 503."""
         self._batcher.close()
 
     # -- the endpoints
@@ -180,7 +184,7 @@ class LocalLM:
 
         check_rows(1, r.n, self.max_request_rows)
         text = sum(len(str(m.get("content") or "").encode("utf-8", "surrogatepass")) for m in r.messages)
-        check_text_fits(text, self.max_positions(), self.longest_token)
+        check_text_fits(text, self.max_positions(), self.longest_token, param="messages")
         try:
             ids = chat_ids(self.tokenizer, template_messages(self.tokenizer.chat_template, r.messages))
         except TemplateSyntaxError:  # the template itself is broken: the server's fault (a 500)

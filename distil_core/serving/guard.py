@@ -13,8 +13,11 @@ header a browser adds):
 - a server without an API key that listens on a loopback address answers only ``Host`` names
   that are loopback addresses (:func:`loopback_host`): a rebound page sends its own name.
 
-A server on another address is exposed on purpose; there, ``--api-key`` is what keeps pages
-(and everyone else) out, since a browser never adds an ``Authorization`` header by itself.
+A server with an API key checks the key instead: a page cannot send it (``Authorization`` is
+not a header a cross-site request may carry without a preflight, which is refused), so a
+browser extension or an app's web view that sends an ``Origin`` of its own works with the key.
+A server on another address is exposed on purpose; there the key is what keeps pages (and
+everyone else) out.
 The review desk of the ``human`` plugin applies the same ``Host`` rule through
 :func:`loopback_host`.
 """
@@ -28,17 +31,27 @@ from urllib.parse import urlsplit
 __all__ = ["LOOPBACK_NAMES", "loopback_host", "loopback_address", "browser_refusal"]
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-"""The names a ``Host`` header may give for a server that answers only on this machine."""
+"""The names a refusal offers for a server that answers only on this machine (:func:`loopback_host`
+takes every loopback address literal too)."""
 
 
 def loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names a loopback address, on any port. A page that rebinds its
-    own name to 127.0.0.1 still sends that name, which is what this refuses; the port is left
-    free so a forwarded port (``ssh -L 9000:localhost:8765``, an editor's port mapping) works."""
+    """Whether a ``Host`` header names this machine by a loopback name, on any port: ``localhost``
+    or an address literal that is loopback (127.0.0.0/8, ::1) or unspecified (``0.0.0.0``, which
+    clients copy from a server's banner). A page that rebinds its own name to 127.0.0.1 still
+    sends that name, which is what this refuses; the port is left free so a forwarded port
+    (``ssh -L 9000:localhost:8765``, an editor's port mapping) works."""
     name, _, given = host.rpartition(":") if not host.endswith("]") else (host, "", "")
     if not name or (given and not given.isdigit()):
         name = host
-    return name.lower() in LOOPBACK_NAMES
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:  # a name: only "localhost" is known not to be a page's own
+        return False
+    mapped = getattr(address, "ipv4_mapped", None) or address
+    return mapped.is_loopback or mapped.is_unspecified
 
 
 def loopback_address(address: str) -> bool:

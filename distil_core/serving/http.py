@@ -103,8 +103,11 @@ class LocalOpenAIServer:
                  source: Optional[str] = None, max_batch_rows: int = 256, read_timeout_s: float = READ_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS, max_request_rows: int = MAX_REQUEST_ROWS,
                  request_deadline_s: float = REQUEST_DEADLINE_S):
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be a whole number of at least 1 (got {max_connections!r})")
+        for name, value in (("max_connections", max_connections), ("max_request_rows", max_request_rows)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1 (got {value!r})")
+        if not 0 < request_deadline_s < float("inf"):
+            raise ValueError(f"request_deadline_s must be a positive number of seconds (got {request_deadline_s!r})")
         if source is None and os.path.isdir(str(getattr(model, "name_or_path", "") or "")):
             source = model.name_or_path  # where ``reload_weights`` without a path reads from
         self.lm = LocalLM(model, tokenizer, model_name, source=source, max_batch_rows=max_batch_rows,
@@ -121,6 +124,7 @@ class LocalOpenAIServer:
     # -- lifecycle
 
     def start(self) -> str:
+        self.lm.open()  # after a stop(), the model thread may start again
         handler = type("Handler", (RequestHandler,), {"app": self, "timeout": self.read_timeout_s,
                                                       "request_deadline_s": self.request_deadline_s})
         self._httpd = CappedHTTPServer((self.host, self.port), handler)
@@ -195,10 +199,12 @@ class LocalOpenAIServer:
         path = path.split("?", 1)[0].rstrip("/")
         route, get = route_of(path), verb in ("GET", "HEAD")
         try:
-            refusal = browser_refusal(headers, check_host=self.api_key is None and loopback_address(self.host))
-            if refusal is not None:  # a web page's request (:mod:`distil_core.serving.guard`)
-                raise ApiError(403, refusal, "permission_error", code="forbidden")
-            self._authorize(headers)
+            if self.api_key is not None:  # a page cannot send the key (Authorization needs a preflight)
+                self._authorize(headers)
+            else:  # a web page's request is refused (:mod:`distil_core.serving.guard`)
+                refusal = browser_refusal(headers, check_host=loopback_address(self.host))
+                if refusal is not None:
+                    raise ApiError(403, refusal, "permission_error", code="forbidden")
             if get and route == "/v1/models":
                 cards = [self._model_card()] + self.lm.weights.cards(self.model_name)
                 return json_response(200, {"object": "list", "data": cards})

@@ -12,9 +12,11 @@ take the server's memory and its model thread:
 - **Text.** A prompt given as text is tokenized before its length in tokens is known; a 30 MB
   prompt (under the body cap) took 12 GB and two minutes to tokenize, only to be refused as
   longer than the model's context. No token of the vocabulary holds more than its longest
-  token's bytes, so a text of more bytes than ``positions × that`` cannot fit and is refused
-  before the tokenizer sees it (:func:`check_text_fits`; a floor of :data:`MIN_BYTES_PER_TOKEN`
-  keeps the bound loose for tokenizers that read a long run of bytes as one unknown token).
+  token's bytes, so for the byte-level and SentencePiece tokenizers the toolkit serves a text of
+  more bytes than ``positions × that`` cannot fit, and is refused before the tokenizer sees it
+  (:func:`check_text_fits`). The bound assumes at least :data:`MIN_BYTES_PER_TOKEN` bytes a token
+  to leave room for tokenizers that read a run of unknown bytes as one token; one that fuses any
+  run, or normalises text to fewer bytes, could fit a text the bound refuses.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ def check_rows(prompts: int, n: int, cap: int) -> None:
                             "fewer prompts per request, or a smaller n.", param="n")
 
 
-def check_text_fits(size: int, positions: int, token_bytes: int) -> None:
-    """A 400 (context length exceeded) when ``size`` bytes of text cannot fit in ``positions``
-    tokens of at most ``token_bytes`` bytes each (:data:`MIN_BYTES_PER_TOKEN` at least)."""
+def check_text_fits(size: int, positions: int, token_bytes: int, param: str = "prompt") -> None:
+    """A 400 (context length exceeded, naming ``param``) when ``size`` bytes of text cannot fit in
+    ``positions`` tokens of at most ``token_bytes`` bytes each (:data:`MIN_BYTES_PER_TOKEN` at least)."""
     bound = positions * max(token_bytes, MIN_BYTES_PER_TOKEN)
     if size > bound:
         raise ApiError(400, f"This model's maximum context length is {positions} tokens, and the prompt's "
                             f"{size} bytes of text are more than that many tokens can hold (at most {bound} "
-                            "bytes); shorten it.", param="prompt", code="context_length_exceeded")
+                            "bytes); shorten it.", param=param, code="context_length_exceeded")

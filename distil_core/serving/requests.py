@@ -215,8 +215,9 @@ class ChatRequest(Sampling):
 
 MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "function_call", "refusal")
 """The fields of a chat message read (the last three only as empty: there is no tool calling, and
-a refusal is the model's to write); another one that is not null or empty (a previous answer's
-message sent back whole holds ``annotations: []``, ``audio: null``) is a 400 naming it."""
+a refusal is the model's to write); another one holding a value (not null, false, 0 or empty: a
+previous answer's message sent back whole holds ``annotations: []``, ``audio: null``) is a 400
+naming it."""
 
 
 def _text_message(message: Any, where: str) -> dict[str, str]:
@@ -235,10 +236,10 @@ def _text_message(message: Any, where: str) -> dict[str, str]:
         near = f" (did you mean {role.strip().lower()!r}?)" if role.strip().lower() in CHAT_ROLES else ""
         raise ValueError(f"'{where}.role' is {role!r}, which is not a chat role{near}; distil serve takes the "
                          f"roles {roles} (OpenAI's, in lower case).")
-    unread = next((key for key, value in message.items() if key not in MESSAGE_FIELDS and value not in (None, [], {})), None)
+    unread = next((key for key, value in message.items() if key not in MESSAGE_FIELDS and value), None)
     if unread is not None:
         raise ValueError(f"'{where}.{str(unread)[:80]}' is not a field of a chat message that distil serve reads "
-                         f"(it reads {', '.join(MESSAGE_FIELDS[:3])}); leave it out.")
+                         "(it reads role, content and name); leave it out.")
     if message.get("refusal"):
         raise ValueError(f"'{where}.refusal': a refusal is read as nothing here; send the assistant's words as its "
                          "content.")

@@ -409,6 +409,7 @@ class ApiExpert:
                                         max_answer_bytes=int(opts.max_answer_mb * 2**20))
         # The address names the deployment that answers; a password or key written in it does not
         # change the answer, so a rotated one keeps the cache (and none is hashed into a file name).
+        # A user part without a password is masked whole: it is read as a token, not as a name.
         address = redacted_url(opts.api_base) if opts.api_base else None
         scope: dict[str, Any] = {"client": opts.client, "api_base": address, "model": opts.model}
         if opts.litellm_kwargs:  # they shape the answer (a seed, a region); their secrets do not

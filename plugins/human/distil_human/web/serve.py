@@ -13,6 +13,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from distil_core import ConfigError
+from distil_core.serving.connections import check_port
 from distil_core.serving.guard import loopback_address
 
 from ..review_queue import QueueFilter
@@ -24,8 +25,7 @@ from .desk import Desk
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on (host, port); port 0 takes any free port. A port outside
     0–65535 is refused (the resolver would take it modulo 65536 and listen elsewhere)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port}: a port is a number from 0 to 65535 (0 picks a free one).")
+    check_port(port)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
