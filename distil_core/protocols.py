@@ -86,7 +86,11 @@ class WrongAnswerTask(Task, Protocol):
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Grades one rollout. ``score`` in [0, 1] is the reward GRPO uses."""
+    """Grades one rollout. ``score`` in [0, 1] is the reward GRPO uses.
+
+    A verifier whose verdicts never carry an ``answer`` (code graded by running its tests) sets
+    the class attribute ``gives_answers = False``: evaluation then reports no maj@n, which
+    would otherwise read 0 for every problem."""
 
     def verify(self, problem: Problem, rollout: Rollout) -> MaybeAwaitable[Verdict]: ...
 

@@ -43,6 +43,21 @@ def test_each_chunk_is_graded_in_one_verify_batch_call_with_the_same_summary():
     assert by_batch == one_by_one
 
 
+def test_a_verifier_without_answers_reports_no_maj_at_n_rather_than_zero():
+    """Before, code_exec's verdicts (no answer) made maj@n read 0.0 however many samples passed."""
+    class Tested(ExactMatchVerifier):
+        gives_answers = False
+
+        def verify(self, problem, rollout):
+            return Verdict(score=1.0, passed=True)  # passes, with no answer, as a program its tests pass
+
+    generator, prompts, problems = setup(3)
+    options = dict(samples=2, ks=[1, 2], seed=0)
+    summary = evaluate(generator, prompts, problems, Tested(), **options)
+    assert "maj@2" not in summary and summary["pass@1"] == 1.0 and summary["obs_pass@2"] == 1.0
+    assert "maj@2" in evaluate(generator, prompts, problems, ExactMatchVerifier(), **options)
+
+
 def test_a_verify_batch_that_miscounts_is_named():
     class Short(ExactMatchVerifier):
         def verify_batch(self, problems, rollouts):

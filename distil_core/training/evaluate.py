@@ -67,7 +67,8 @@ def evaluate_on_ranks(rt: Any, config: Any, world: World, problems: Sequence[Pro
     if ev.greedy:
         greedy, _ = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=1, temperature=0.0, **options)
     bar.close()
-    result = summarise(world.concat(correct), world.concat(answers), ks=ev.ks, samples=ev.samples)
+    result = summarise(world.concat(correct), world.concat(answers), ks=ev.ks, samples=ev.samples,
+                       votes=gives_answers(rt.verifier))
     if greedy is not None:
         greedy = world.concat(greedy)
         result["greedy@1"] = sum(row[0] for row in greedy) / max(len(greedy), 1)
@@ -96,7 +97,13 @@ def evaluate(
         max_new_tokens=max_new_tokens, seed=seed, chunk_problems=chunk_problems, progress=progress,
         verifier_name=verifier_name,
     )
-    return summarise(correct, answers, ks=ks, samples=samples)
+    return summarise(correct, answers, ks=ks, samples=samples, votes=gives_answers(verifier))
+
+
+def gives_answers(verifier: Any) -> bool:
+    """Whether ``verifier``'s verdicts carry an answer to vote on (``gives_answers``, default True;
+    a verifier grading code by its tests has none, and maj@n would read 0 for every problem)."""
+    return bool(getattr(verifier, "gives_answers", True))
 
 
 @torch.no_grad()
@@ -146,9 +153,15 @@ def sample_and_grade(
 
 
 def summarise(
-    correct: Sequence[Sequence[float]], answers: Sequence[Sequence[Optional[str]]], *, ks: Sequence[int], samples: int
+    correct: Sequence[Sequence[float]], answers: Sequence[Sequence[Optional[str]]], *, ks: Sequence[int], samples: int,
+    votes: bool = True,
 ) -> dict[str, float]:
-    """pass@k (unbiased), avg@n, maj@n and observed pass@n over the problems given."""
+    """pass@k (unbiased), avg@n, observed pass@n and, with ``votes`` (the verifier gives
+    answers), maj@n over the problems given."""
+    if not votes:
+        out = metrics.summarize(correct, ks=ks)
+        out["problems"], out["samples"] = float(len(correct)), float(samples)
+        return out
     # An answer counts as correct for maj@n when the verifier passed a sample that gave it.
     passing = [{a for a, c in zip(ans, cor) if c} for ans, cor in zip(answers, correct)]
     out = metrics.summarize(correct, ks=ks, answers=answers, is_correct=lambda i, a: a in passing[i])

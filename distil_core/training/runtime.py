@@ -213,11 +213,16 @@ def base_feedback_key(components: dict[str, Any], host: PluginHost) -> dict[str,
 
 def base_feedback_components(config: RunConfig, host: PluginHost) -> dict[str, Any]:
     """The run's verifier and feedback sources that the tiny base is pretrained with: those whose
-    factory does not need the runtime (a model-backed source cannot run before the model exists).
-    Without a usable verifier or source, the built-in ``exact_match`` / ``answer_check``."""
+    factory does not need the runtime (a model-backed source cannot run before the model exists)
+    and does not declare ``pretrains_base = False`` (a source reading a store that changes between
+    runs: the base's cache key cannot hold what the store held when it was built). Without a
+    usable verifier or source, the built-in ``exact_match`` / ``answer_check``."""
 
     def usable(kind: str, comp: Any) -> bool:
-        params = factory_parameters(host.get(kind, comp.name).factory)
+        factory = host.get(kind, comp.name).factory
+        if getattr(factory, "pretrains_base", True) is False:
+            return False
+        params = factory_parameters(factory)
         return params is None or "runtime" not in params
 
     verifier = config.verifier if usable("verifier", config.verifier) else None

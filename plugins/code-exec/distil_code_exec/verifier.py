@@ -84,6 +84,7 @@ class _Run:
 
 class CodeExecVerifier:
     """Runs the response's code against the problem's tests in the sandbox; score = fraction passed.
+    Its verdicts carry no answer to vote on (``gives_answers``), so no maj@n is reported.
 
     Options: ``backend`` (a distil_sandbox backend, ``auto`` by default), ``timeout_s`` (for the
     whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per
@@ -100,8 +101,13 @@ class CodeExecVerifier:
     (grading waits for room; default twice all workers).
     """
 
-    run_options = frozenset({"workers", "cache_size", "max_pending", "batch_size", "batch", "sessions"})
-    """Options that change how grading runs, not its verdicts: left out of the tiny base's cache key."""
+    run_options = frozenset({"backend", "engines", "workers", "cache_size", "max_pending", "batch_size", "batch",
+                             "sessions"})
+    """Options that change how grading runs, not its verdicts (every backend grades alike,
+    docs/sandbox.md): left out of the tiny base's cache key, so moving grading to another backend
+    does not pretrain a second base."""
+
+    gives_answers = False  # a program is graded by its tests, not by an answer to vote on
 
     def __init__(
         self,

@@ -27,7 +27,13 @@ class HumanFeedback:
     items, those about this response first, then the newest. ``skip_unverified: true`` leaves
     out every solution the run's verifier did not pass when it was stored (stored anyway, or
     never checked).
+
+    It sits out the tiny base's pretraining (``pretrains_base``): the store changes between
+    runs, and a base pretrained on what it held once would start the next run from other
+    weights than the ones whose responses were reviewed.
     """
+
+    pretrains_base = False
 
     def __init__(self, db: Optional[str] = None, match: str = "response", max_items: int = 3,
                  skip_unverified: bool = False):

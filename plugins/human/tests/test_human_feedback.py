@@ -81,6 +81,18 @@ def test_built_by_name_through_the_entry_point(db, tmp_path):
         host.build("feedback_source", "human", {"db": str(tmp_path / "missing.sqlite")})
 
 
+def test_the_store_sits_out_the_tiny_bases_pretraining(db):
+    """Before, the base was pretrained on what the store held that day, under a cache key that
+    held only its path: adding `human` rebuilt the base, and the run that used the corrections
+    started from other weights than the ones whose responses were reviewed."""
+    from distil_core.config import load_config
+    from distil_core.training.runtime import base_feedback_components
+
+    host = PluginHost(load_entrypoints=True, allow=["human"])
+    config = load_config(None, ["feedback=[answer_check, {name: human, options: {db: %s}}]" % db])
+    assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+
+
 @pytest.mark.parametrize("options, said", [
     ({"db": 123}, "db must be the path of a store \\(got 123\\)"),
     ({"max_items": True}, "max_items must be a whole number >= 1 \\(got True\\)"),

@@ -28,18 +28,24 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from distil_core import Problem
 
-from .records import Record
+from .records import Record, content_id
 from .sources import Table, open_tables
 
 Converter = Callable[[Record], Problem]
 
 
 def load_records(records: Iterable[Record], convert: Converter, what: str) -> list[Problem]:
-    """Every record converted; ids must be unique within ``what`` (a file or a split)."""
+    """Every record converted; ids must be unique within ``what`` (a file or a split). An id-less
+    record's id comes from its content, so the copies of a record written twice are told apart
+    by their order (``r-…-2``), which among identical records decides nothing."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}
+    copies: dict[str, int] = {}
     for record in records:
         problem = convert(record)
+        if problem.id in seen and problem.id == record.label == content_id(record.data):
+            copies[problem.id] = copies.get(problem.id, 1) + 1  # an id-less record written again: its n-th copy
+            problem = problem.model_copy(update={"id": f"{problem.id}-{copies[problem.id]}"})
         if problem.id in seen:
             raise record.error(None, f"duplicate problem id {problem.id!r} (first at {seen[problem.id]})")
         seen[problem.id] = f"{record.unit} {record.line}"

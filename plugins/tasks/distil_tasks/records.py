@@ -8,9 +8,9 @@ always stops the load with its place, the field and what it should be.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 import sys
 from decimal import Decimal
 from typing import Any, Optional
@@ -27,6 +27,13 @@ class RecordError(ValueError):
         super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
 
 
+def content_id(data: dict[str, Any]) -> str:
+    """``r-`` and 12 hex digits of the SHA-256 of the record as canonical JSON: the same record
+    gets the same id wherever it stands."""
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return "r-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 def place(path: str, line: int, unit: str = "line") -> str:
     """``file:line`` for a line of a text file, ``file row N`` for a table row."""
     return f"{path}:{line}" if unit == "line" else f"{path} row {line}"
@@ -35,13 +42,16 @@ def place(path: str, line: int, unit: str = "line") -> str:
 class Record:
     """One record with its place, and typed field access that names the field.
 
-    ``label`` is the id a record without one gets (``train.jsonl:3``, ``train:3`` for a row
-    of a dataset's ``train`` split); it defaults to the file's name and the line or row.
+    ``label`` is the id a record without one gets (``train:3`` for a row of a dataset's
+    ``train`` split); it defaults to one made from the record's content (:func:`content_id`), so
+    that neither the record's place nor the file's name decides it: an id-less file's test split
+    is made from the ids, and a line fixed or added, the records reordered or the file renamed
+    must not move a test problem into training (or orphan what was stored about it).
     """
 
     def __init__(self, path: str, line: int, data: dict[str, Any], unit: str = "line", label: Optional[str] = None):
         self.path, self.line, self.data, self.unit = path, line, data, unit
-        self.label = label or f"{os.path.basename(path.rstrip(os.sep))}:{line}"
+        self.label = label or content_id(data)
 
     @property
     def where(self) -> str:

@@ -109,7 +109,9 @@ def json_error(exc: Exception, path: str, line: Optional[int]) -> ValueError:
     """What ``json.loads`` failed on, placed at ``path:line`` (``line`` None: the whole file,
     placed by the decoder's line where it has one)."""
     if isinstance(exc, json.JSONDecodeError):
-        return RecordError(path, exc.lineno if line is None else line, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+        # a line is parsed with its line ending, so an error at its end is read as line 2, column 1
+        column = exc.colno if line is None or exc.lineno == 1 else len(exc.doc.split("\n", 1)[0].rstrip("\r")) + 1
+        return RecordError(path, exc.lineno if line is None else line, None, f"not valid JSON ({exc.msg} at column {column})")
     if isinstance(exc, RecursionError):
         what = "not readable JSON: nested too deeply"
     else:  # json parses integers with int(), which refuses more than sys.get_int_max_str_digits() digits

@@ -2,6 +2,7 @@
 and missing keys named by place and field; the fixed formats load through the same path."""
 
 import json
+import re
 import sys
 
 import datasets
@@ -185,10 +186,13 @@ def test_csv_and_tsv_cells_are_the_strings_the_file_holds(tmp_path):
     csv.write_text("id,question,target\n1,one,3\n,two,2.5\n3,three,NA\n4,four,007\n")
     tsv = tmp_path / "rows.tsv"
     tsv.write_text(csv.read_text().replace(",", "\t"))
+    made = set()
     for path in (csv, tsv):
         task = DatasetTask(path=str(path), prompt_key="question", answer_key="target", test_fraction=0.0)
-        assert [(p.id, p.reference) for p in task.problems("train")] == [
-            ("1", "3"), (f"{path.name}:1", "2.5"), ("3", "NA"), ("4", "007")]
+        got = [(p.id, p.reference) for p in task.problems("train")]
+        assert [ref for _, ref in got] == ["3", "2.5", "NA", "007"] and [got[0][0], *[i for i, _ in got[2:]]] == ["1", "3", "4"]
+        made.add(got[1][0])  # the id-less row's id comes from its content, not from the file or its place
+    assert len(made) == 1 and next(iter(made)).startswith("r-")
     csv.write_text("question,target\none,3\ntwo,\n")
     with pytest.raises(RecordError, match=r"rows\.csv row 1: field 'target': missing"):
         DatasetTask(path=str(csv), prompt_key="question", answer_key="target")
@@ -201,11 +205,12 @@ def test_a_json_file_keeps_its_numbers_and_may_hold_json_lines(tmp_path):
     assert [p.reference for p in task.problems("train")] == ["3", "2.5"]
     lines = tmp_path / "b.json"
     lines.write_text('{"prompt": "p1", "answer": 3}\n{"prompt": "p2", "answer": 4}\n')
-    assert [p.id for p in DatasetTask(path=str(lines), test_fraction=0.0).problems("train")] == ["b.json:1", "b.json:2"]
+    ids = [p.id for p in DatasetTask(path=str(lines), test_fraction=0.0).problems("train")]
+    assert len(set(ids)) == 2 and all(re.fullmatch(r"r-[0-9a-f]{12}", i) for i in ids)  # made from each record
     one = tmp_path / "one.json"
     one.write_text('{"prompt": "p1", "answer": 5}\n')  # one object: one record (JSON Lines of one line)
     [problem] = DatasetTask(path=str(one), test_fraction=0.0).problems("train")
-    assert (problem.id, problem.reference) == ("one.json:1", "5")
+    assert problem.id.startswith("r-") and problem.reference == "5" and problem.metadata["source"].endswith("one.json:1")
     whole.write_text('"p1"')
     with pytest.raises(ValueError, match=r"a\.json: a JSON file must hold a list of records \(JSON objects\), not str"):
         DatasetTask(path=str(whole))
@@ -231,7 +236,26 @@ def test_a_test_split_that_shares_problems_with_the_train_split_is_refused(tmp_p
     assert len(task.problems("test")) == len(ROWS) - 8
     bare = [write_jsonl(tmp_path / d / "bare.jsonl", rows) for d, rows in (("a", ROWS[:8]), ("b", ROWS[8:]))]
     task = DatasetTask(path=bare[0], test_path=bare[1], prompt_key="question", answer_key="target")
-    assert {p.id for p in task.problems("test")} & {p.id for p in task.problems("train")}  # same ids, other problems
+    assert len(task.problems("test")) == len(ROWS) - 8
+
+
+def test_the_split_of_id_less_records_survives_reordering_renaming_and_a_fixed_line(tmp_path):
+    """Before, an id-less record's id was file:line: reversing the file, renaming it, or fixing a
+    bad line (as the loader's own error asks) moved test problems into training."""
+    rows = [{"question": f"What is {i} plus {i}?", "target": str(2 * i)} for i in range(30)]
+
+    def split(path):
+        task = DatasetTask(path=str(path), prompt_key="question", answer_key="target")
+        return {p.prompt for p in task.problems("test")}
+
+    first = split(write_jsonl(tmp_path / "qa.jsonl", rows))
+    assert 0 < len(first) < len(rows)
+    assert split(write_jsonl(tmp_path / "reversed.jsonl", rows[::-1])) == first
+    (tmp_path / "other").mkdir()
+    assert split(write_jsonl(tmp_path / "other" / "renamed.jsonl", rows)) == first
+    for extra in range(5):  # a line added back, whichever: at most one test problem moves (the boundary's)
+        fixed = rows[:3] + [{"question": f"What is {100 + extra} plus 1?", "target": str(101 + extra)}] + rows[3:]
+        assert len(first - split(write_jsonl(tmp_path / f"fixed{extra}.jsonl", fixed))) <= 1
 
 
 def test_a_split_column_of_integers_or_booleans_is_selected_by_its_text(tmp_path):

@@ -29,7 +29,7 @@ def test_fixture_loads_into_both_splits(fmt):
 
 def test_gsm8k_reference_and_steps_come_from_the_answer():
     task = MathTask(path=fixture("gsm8k"), format="gsm8k", test_fraction=0.0)
-    first = {p.id: p for p in task.problems("train")}["gsm8k.jsonl:1"]
+    first = next(p for p in task.problems("train") if p.metadata["source"].endswith("gsm8k.jsonl:1"))
     assert first.reference == "29"
     assert first.metadata["steps"] == [{"expr": "6*8", "value": "48"}, {"expr": "48-19", "value": "29"}]
     assert "<<" not in first.metadata["solution"]
@@ -123,6 +123,11 @@ def test_broken_json_and_non_objects_and_duplicates_name_the_line(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [good, "", '{"question": "x", ', good])
     with pytest.raises(RecordError, match=r"a\.jsonl:3: not valid JSON"):
         MathTask(path=path, format="gsm8k")
+    # a line cut short is placed at its end (it was "column 1": the decoder read past the line's end)
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"question": "What is 3 times 11?", "answer": "#### 33"\n')
+    with pytest.raises(RecordError, match=r"cut\.jsonl:1: not valid JSON \(Expecting ',' delimiter at column 56\)"):
+        MathTask(path=str(path), format="gsm8k")
     path = write_jsonl(tmp_path / "b.jsonl", [good, [1, 2]])
     with pytest.raises(RecordError, match=r"b\.jsonl:2: a record must be a JSON object, not list"):
         MathTask(path=path, format="gsm8k")

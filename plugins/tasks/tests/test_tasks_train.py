@@ -87,6 +87,22 @@ def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_ke
     config = load_config(None, ["feedback=[needs_model]"])
     assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
 
+    class FromAStore(NeedsModel):  # reads a store that changes between runs, as `human` does
+        pretrains_base = False
+
+        def __init__(self, db: str = "x.sqlite"):
+            self.db = db
+
+    class StorePlugin:
+        @staticmethod
+        @__import__("distil_core").hookimpl
+        def register_feedback_sources(register):
+            register("from_a_store", FromAStore)
+
+    host.register_plugin(StorePlugin, "store")
+    config = load_config(None, ["feedback=[answer_check, from_a_store]"])
+    assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+
 
 def test_grading_speed_options_share_one_tiny_base_and_verdict_options_do_not(host):
     """code_exec's workers or batching change how fast it grades, not its verdicts: the tiny
@@ -99,6 +115,8 @@ def test_grading_speed_options_share_one_tiny_base_and_verdict_options_do_not(ho
 
     plain = path()
     assert path("workers: 4", "batch: false", "sessions: false", "batch_size: 8", "cache_size: 0") == plain
+    # the journeys found a move to another backend pretraining a second base (four minutes)
+    assert path("backend: bwrap") == plain and path("backend: process") == plain
     assert path("timeout_s: 5") != plain and path("memory_mb: 256") != plain
 
 
