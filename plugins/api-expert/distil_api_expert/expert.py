@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
@@ -172,6 +173,11 @@ class ApiExpert:
                                use_litellm=opts.client == "litellm")
         self.retry = retry_policy(opts.max_retries, opts.backoff_s, opts.backoff_max_s)
         self.probe_result: Optional[Probe] = None
+        if opts.access == "topk":  # the level's name reads as the signal's: say what it trains on
+            warnings.warn("expert 'api': access 'topk' trains on the answer the expert writes, as text (its "
+                          "log-probs follow its own tokens, not the student's); a top-k signal on the student's "
+                          "tokens needs access 'prompt_scoring' (or 'auto', which tries it first).", UserWarning,
+                          stacklevel=2)
         if opts.probe:
             resolve(self.probe())
         elif opts.access != "auto":
