@@ -347,6 +347,17 @@ def test_what_would_fail_after_training_is_refused_before_any_run(tmp_path, caps
     path.write_text(yaml.safe_dump(spec))
     assert main(["bench", str(path), "--dry-run"]) == 2
     assert f"suite {suite!r} gives a base range for pass@3, which its runs do not evaluate" in capsys.readouterr().err
+    # a verifier without answers reports no maj@n: a spec that plots it is refused before training
+    from distil_core.builtin import ExactMatchVerifier
+    spec = yaml.safe_load(open(SPEC))
+    spec["plot_metric"] = "maj@4"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--dry-run"]) == 0
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ExactMatchVerifier, "gives_answers", False, raising=False)
+        assert main(["bench", str(path), "--dry-run"]) == 2
+    assert "plot_metric 'maj@4' is not among what suite" in capsys.readouterr().err
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     assert main(["bench", SPEC, "--quick", "--output-dir", str(out), "--report-dir", str(not_a_dir / "rep")]) == 2

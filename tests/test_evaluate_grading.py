@@ -81,3 +81,15 @@ def test_text_graders_refuse_a_reference_that_holds_tests(reference):
     assert ExactMatchVerifier().verify(answer, rollout).passed
     [said] = AnswerCheckFeedback().feedback(answer, rollout.model_copy(update={"response_text": "41"}), verdict)
     assert said.data["expected"] == "42"
+
+
+def test_a_summary_keeps_the_metrics_both_evaluations_report():
+    """A run resumed across the version that stopped reporting maj@n for code_exec had maj@8 in
+    its stored "before" and not in its "after": the summary ended the run with a KeyError."""
+    from distil_core.config import load_config
+    from distil_core.training.runlog import run_summary
+
+    facts = dict(model="tiny", steps=2, wall_s=1.0, problems=4, reference_tokens=6.0, run_dir="r")
+    summary = run_summary(load_config(None, []), {"pass@1": 0.1, "maj@8": 0.0, "problems": 4.0},
+                          {"pass@1": 0.3, "problems": 4.0}, **facts)
+    assert summary["before"] == {"pass@1": 0.1} and summary["gain"] == {"pass@1": pytest.approx(0.2)}

@@ -210,13 +210,13 @@ def test_a_request_read_before_stop_starts_no_model_thread_after_it():
         except OSError:  # the connection ended by stop() (http.client's RemoteDisconnected)
             answered.append(None)
 
+    before = set(threading.enumerate())
     client = threading.Thread(target=ask, daemon=True)
     client.start()
     assert inside.wait(30)
     server.stop()
     release.set()
-    handlers = [t for t in threading.enumerate() if t.name.startswith("Thread-") and t is not client]
-    for thread in handlers:
+    for thread in set(threading.enumerate()) - before - {client}:  # the request's handler thread
         thread.join(30)
     assert server.lm._batcher._thread is None
     wait_until(lambda: model_threads() <= others, what="no model thread of the stopped server")

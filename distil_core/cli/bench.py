@@ -51,6 +51,17 @@ __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "Qui
            "aggregate", "final_lengths", "table_metrics"]
 
 
+def _gives_answers(verifier: str) -> bool:
+    """Whether the verifier named ``verifier`` gives answers to vote on (maj@n); one not known
+    here is left for the run to name."""
+    from distil_core.plugin_host import get_host
+
+    try:
+        return bool(getattr(get_host().get("verifier", verifier).factory, "gives_answers", True))
+    except DistilError:
+        return True
+
+
 def _value(value: Any) -> str:
     """A config value as a message quotes it: JSON, cut; a key not set says so."""
     return repr(value) if value is ABSENT else json.dumps(value)[:120]
@@ -161,7 +172,8 @@ class Bench:
             self.measured_alike(suite)
         metric = self.spec.plot_metric
         for (suite, method, _seed), cfg in self.configs.items():
-            reported = reported_metrics(cfg.eval.ks, cfg.eval.samples, greedy=cfg.eval.greedy)
+            reported = reported_metrics(cfg.eval.ks, cfg.eval.samples, greedy=cfg.eval.greedy,
+                                        votes=_gives_answers(cfg.verifier.name))
             if metric not in reported:
                 raise ConfigError(
                     f"distil bench: the spec's plot_metric {metric!r} is not among what suite {suite!r}, method "

@@ -220,9 +220,12 @@ class LocalLM:
     def _inference(self, adapter: Optional[str] = None) -> Iterator[tuple[Any, Any]]:
         """(module, device) for one forward pass or one generation, under the model lock, in
         eval mode without gradients; ``adapter`` picks the loaded LoRA adapter (None: base). An
-        adapter unloaded while the request waited for the lock is a 404 for that request only."""
+        adapter unloaded while the request waited for the lock is a 404 for that request only; after
+        :meth:`close`, a 503."""
         import torch
 
+        if self._batcher.closed:  # a scoring request read before its server stopped runs no forward pass
+            raise ApiError(503, "The server is shutting down.", "service_unavailable")
         with held_while_watched(self._model_lock):  # a scoring request whose client left stops waiting
             if adapter is not None and adapter not in self.weights.adapters:
                 raise self._not_served(adapter, waited=True)  # its name was checked before the request queued

@@ -5,11 +5,11 @@ read a cross-site answer (no CORS headers are sent), but it can *send*: a form o
 with a ``text/plain`` body is a "simple" request that goes without a preflight, so without a
 check any page could reload the served weights or load an adapter. And a page whose own name
 it re-points at 127.0.0.1 (DNS rebinding) is same-origin with the server and can read the
-answers too. Two checks stop both, and cost a real client nothing (SDKs and curl send neither
-header a browser adds):
+answers too. On a server without an API key two checks stop both, and cost a real client
+nothing (SDKs and curl send neither header a browser adds):
 
-- a request with another site's ``Origin`` (or ``Sec-Fetch-Site: cross-site``) is refused
-  whatever it carries: browsers add that header to every cross-site request;
+- a request with another site's ``Origin`` (or ``Sec-Fetch-Site: cross-site``) is refused:
+  browsers add that header to every cross-site request;
 - a server without an API key that listens on a loopback address answers only ``Host`` names
   that are loopback addresses (:func:`loopback_host`): a rebound page sends its own name.
 

@@ -120,11 +120,11 @@ def bootstrap_maj_at_n(answers: Sequence[Sequence[Answer]], is_correct: AnswerCh
     return _summarize_replicates(replicates)
 
 
-def reported_metrics(ks: Sequence[int], n: int, *, greedy: bool = False) -> set[str]:
+def reported_metrics(ks: Sequence[int], n: int, *, greedy: bool = False, votes: bool = True) -> set[str]:
     """The keys an evaluation of ``n`` samples per problem reports: those :func:`summarize` writes
-    (``maj@n`` with answers) and, with a greedy decode beside the samples, ``greedy@1``. A report
-    checks its metric against these before any run trains."""
-    keys = {f"pass@{k}" for k in ks if k <= n} | {f"avg@{n}", f"obs_pass@{n}", f"maj@{n}"}
+    (``maj@n`` when the verifier gives answers to vote on, ``votes``) and, with a greedy decode
+    beside the samples, ``greedy@1``. A report checks its metric against these before any run trains."""
+    keys = {f"pass@{k}" for k in ks if k <= n} | {f"avg@{n}", f"obs_pass@{n}"} | ({f"maj@{n}"} if votes else set())
     return keys | ({"greedy@1"} if greedy else set())
 
 

@@ -351,8 +351,10 @@ def run_summary(config: Any, before: dict[str, float], after: dict[str, float], 
     (model and, for a tiny base, its weights' fingerprint; steps, wall time, evaluation set,
     run directory, and ``source``, the toolkit revision of the session that finished the run)
     beside them. ``time_s`` splits the
-    last session's time into setup (building or loading the models), training and evaluation."""
-    keys = [k for k in before if "@" in k]
+    last session's time into setup (building or loading the models), training and evaluation.
+    Only the metrics both evaluations report are kept (a run resumed across a version that
+    stopped reporting one, as maj@n for a verifier without answers)."""
+    keys = [k for k in before if "@" in k and k in after]  # an evaluation resumed from an older one may lack some
     return {
         "method": config.method,
         "task": config.task.name,

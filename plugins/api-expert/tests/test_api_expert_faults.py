@@ -74,6 +74,7 @@ def test_malformed_json_fails_that_query_without_a_retry(server, client):
     assert sum(s.ok for s in signals) == 2 and server.stats["requests"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:expert 'api'. access 'topk' trains on:UserWarning")
 @pytest.mark.parametrize("access", ["prompt_scoring", "topk"])
 def test_an_answer_without_logprobs_fails_that_query(server, access):
     expert = api_expert(server, access=access, max_tokens=3, **SAMPLED)

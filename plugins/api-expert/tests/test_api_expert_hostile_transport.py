@@ -379,6 +379,7 @@ def test_echoed_tokens_the_student_cannot_spell_are_misaligned_not_a_crash(proxy
         assert signal.ok and signal.access == "text"
 
 
+@pytest.mark.filterwarnings("ignore:expert 'api'. access 'topk' trains on:UserWarning")
 @pytest.mark.parametrize("value", ["-0.5", True, math.inf, [-1.0]], ids=repr)
 def test_chat_logprobs_that_are_not_numbers_fail_that_query(proxy, value):
     expert = api_expert(fake(proxy.base_url), access="topk", probe=False, max_tokens=3)

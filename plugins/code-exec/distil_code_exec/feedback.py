@@ -25,6 +25,10 @@ _OWN_FILES = ("solution.py", "<test ")
 class CodeExecFeedback:
     """The first error and its traceback, else the failing tests (input, expected, actual)."""
 
+    run_options = frozenset({"backend"})
+    """Where it grades a response the verifier did not: the traces are the same on every backend,
+    so the tiny base's cache key leaves it out (as the verifier's own ``run_options`` do)."""
+
     def __init__(self, max_failures: int = 3, max_chars: int = 1200, show_expected: bool = True, backend: str = "auto"):
         if max_failures < 1:
             raise ValueError(f"code_exec feedback: max_failures must be at least 1 (got {max_failures})")

@@ -31,7 +31,7 @@ class DatasetTask:
     Keys: ``prompt_key`` (default ``prompt``: a string or chat messages), then ``answer_key``
     (default ``answer``) or ``tests_key`` (code tests), and optionally ``system_prompt_key``,
     ``solution_key`` (a worked solution or, with tests, a known-good program: what the tiny base
-    learns to write), ``id_key`` (default: ``id`` when present, else the record's place) and
+    learns to write), ``id_key`` (default: ``id`` when present, else one made from the prompt) and
     ``metadata_keys`` (copied into the problem's metadata).
     Splits: ``test_path``, ``split_key`` (a column naming each record's split), ``split`` and
     ``test_split`` (the split names, or the column's values; default ``train``/``test``), else

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Union
 from distil_code_exec import CodeTests
 from distil_core import Problem
 
-from .records import Record
+from .records import Record, prompt_id
 
 ROLES = ("system", "user", "assistant")
 
@@ -36,8 +36,8 @@ class Fields:
 
     ``hint``: a missing key's error names the option to set and the keys the record has (for
     the ``dataset`` task, whose keys are options); a fixed format has no such options.
-    ``id_keys`` are tried in order; a record with none of them gets its place as its id, unless
-    ``id_required``. ``prompt_alias``: the prompt's key in another release of the same format,
+    ``id_keys`` are tried in order; a record with none of them gets an id made from its prompt
+    (:func:`~distil_tasks.records.prompt_id`), unless ``id_required``. ``prompt_alias``: the prompt's key in another release of the same format,
     read when a record lacks ``prompt_key`` (the sanitized MBPP keeps under ``prompt`` what the
     original keeps under ``text``).
     """
@@ -76,7 +76,8 @@ class Fields:
                 metadata[key] = record.unicode(key, record.data[key])
         if self.id_required:
             self.present(record, self.id_keys[0], "id_key")
-        return Problem(id=record.ident(*self.id_keys), prompt=prompt, reference=reference, metadata=metadata)
+        problem_id = record.ident(*self.id_keys) or prompt_id(prompt)
+        return Problem(id=problem_id, prompt=prompt, reference=reference, metadata=metadata)
 
     def present(self, record: Record, key: str, option: str, required: bool = True) -> None:
         """With ``hint``, a key the record lacks names the option and the keys it has."""

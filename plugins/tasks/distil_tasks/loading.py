@@ -22,13 +22,12 @@ both splits is refused, since evaluating on it would measure what was trained on
 from __future__ import annotations
 
 import hashlib
-import json
 from numbers import Real
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from distil_core import Problem
 
-from .records import Record, content_id
+from .records import Record, prompt_id, prompt_text
 from .sources import Table, open_tables
 
 Converter = Callable[[Record], Problem]
@@ -36,15 +35,16 @@ Converter = Callable[[Record], Problem]
 
 def load_records(records: Iterable[Record], convert: Converter, what: str) -> list[Problem]:
     """Every record converted; ids must be unique within ``what`` (a file or a split). An id-less
-    record's id comes from its content, so the copies of a record written twice are told apart
-    by their order (``r-…-2``), which among identical records decides nothing."""
+    record's id comes from its prompt, so further records of the same prompt are told apart by
+    their order (``p-…-2``); the split keeps every record of a prompt together, so that order
+    moves none of them across it."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     copies: dict[str, int] = {}
     for record in records:
         problem = convert(record)
-        if problem.id in seen and problem.id == record.label == content_id(record.data):
-            copies[problem.id] = copies.get(problem.id, 1) + 1  # an id-less record written again: its n-th copy
+        if problem.id in seen and problem.id == prompt_id(problem.prompt):
+            copies[problem.id] = copies.get(problem.id, 1) + 1  # another id-less record of the same prompt
             problem = problem.model_copy(update={"id": f"{problem.id}-{copies[problem.id]}"})
         if problem.id in seen:
             raise record.error(None, f"duplicate problem id {problem.id!r} (first at {seen[problem.id]})")
@@ -132,8 +132,7 @@ def load_splits(
 def held_out(train: list[Problem], test: list[Problem], test_from: str, train_from: str) -> dict[str, list[Problem]]:
     """The two splits, refused when a test problem is also a train problem (the same prompt):
     evaluating on it would measure recall, not what was learned. Prompts, not ids, decide:
-    splits are often numbered independently (ids 1, 2, … in each file), and a file without ids
-    gives its records ids from its name and line, which a test file of the same name repeats."""
+    splits are often numbered independently (ids 1, 2, … in each file)."""
     seen = {prompt_key(p): p.id for p in train}
     shared = [(p.id, seen[prompt_key(p)]) for p in test if prompt_key(p) in seen]
     if shared:
@@ -146,8 +145,8 @@ def held_out(train: list[Problem], test: list[Problem], test_from: str, train_fr
 
 
 def prompt_key(problem: Problem) -> str:
-    """What makes two problems the same problem: the prompt (text, or the chat messages)."""
-    return problem.prompt if isinstance(problem.prompt, str) else json.dumps(problem.prompt, sort_keys=True)
+    """What makes two problems the same problem: the prompt (:func:`~distil_tasks.records.prompt_text`)."""
+    return prompt_text(problem.prompt)
 
 
 def load_whole(path: str, convert: Converter, prefer: str, subset: Optional[str]) -> list[Problem]:

@@ -27,11 +27,21 @@ class RecordError(ValueError):
         super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
 
 
-def content_id(data: dict[str, Any]) -> str:
-    """``r-`` and 12 hex digits of the SHA-256 of the record as canonical JSON: the same record
-    gets the same id wherever it stands."""
-    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return "r-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+def prompt_text(prompt: Any) -> str:
+    """What makes two problems the same problem: the prompt (a text, or the chat messages as
+    canonical JSON)."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = [m.model_dump() if hasattr(m, "model_dump") else m for m in prompt]
+    return json.dumps(messages, sort_keys=True)
+
+
+def prompt_id(prompt: Any) -> str:
+    """The id of a record without one: ``p-`` and 12 hex digits of the SHA-256 of its prompt
+    (:func:`prompt_text`). Neither the record's place, nor the file's name, nor an edit of its
+    answer changes it, so none of them moves the record between the splits that are made from
+    ids, or orphans what was stored about it."""
+    return "p-" + hashlib.sha256(prompt_text(prompt).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def place(path: str, line: int, unit: str = "line") -> str:
@@ -40,18 +50,10 @@ def place(path: str, line: int, unit: str = "line") -> str:
 
 
 class Record:
-    """One record with its place, and typed field access that names the field.
+    """One record with its place, and typed field access that names the field."""
 
-    ``label`` is the id a record without one gets (``train:3`` for a row of a dataset's
-    ``train`` split); it defaults to one made from the record's content (:func:`content_id`), so
-    that neither the record's place nor the file's name decides it: an id-less file's test split
-    is made from the ids, and a line fixed or added, the records reordered or the file renamed
-    must not move a test problem into training (or orphan what was stored about it).
-    """
-
-    def __init__(self, path: str, line: int, data: dict[str, Any], unit: str = "line", label: Optional[str] = None):
+    def __init__(self, path: str, line: int, data: dict[str, Any], unit: str = "line"):
         self.path, self.line, self.data, self.unit = path, line, data, unit
-        self.label = label or content_id(data)
 
     @property
     def where(self) -> str:
@@ -111,8 +113,9 @@ class Record:
             return format(Decimal(repr(value)), "f")
         return str(value)
 
-    def ident(self, *names: str) -> str:
-        """The record's id from the first of ``names`` present (a string or an integer), else its label."""
+    def ident(self, *names: str) -> Optional[str]:
+        """The record's id from the first of ``names`` present (a string or an integer), else None
+        (the caller gives it :func:`prompt_id`)."""
         for name in names:
             value = self.data.get(name)
             if value is None:
@@ -120,7 +123,7 @@ class Record:
             if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
                 raise self.error(name, "an id must be a non-empty string or an integer")
             return self.unicode(name, str(value))
-        return self.label
+        return None
 
     def listing(self, name: str, *, required: bool = True) -> Optional[list[Any]]:
         """A list field, or a JSON string holding one (as some dataset dumps store it)."""

@@ -169,7 +169,7 @@ def dataset_rows(dataset: Any, path: str, split: Optional[str] = None) -> Iterat
     """Each row of a ``datasets.Dataset``; rows of a split are placed ``path (split) row N``."""
     where = f"{path} ({split})" if split else path
     for row, data in enumerate(dataset):
-        yield Record(where, row, dict(data), unit="row", label=f"{split}:{row}" if split else None)
+        yield Record(where, row, dict(data), unit="row")
 
 
 def saved_dataset(path: str) -> list[Table]:

@@ -12,6 +12,7 @@ import pytest
 from distil_core import ConfigError
 
 from distil_tasks import DatasetTask, MathAnswerVerifier, MathTask, RecordError
+from distil_tasks.records import prompt_id
 
 from tasks_testlib import fixture, fixture_records, rollout, write_jsonl
 
@@ -55,7 +56,8 @@ def test_datasetdict_splits_are_the_train_and_test_splits_and_split_names_are_op
                           "validation": datasets.Dataset.from_list(ROWS[8:])}).save_to_disk(path)
     task = DatasetTask(path=path, prompt_key="question", answer_key="target", test_split="validation")
     assert [p.reference for p in task.problems("test")] == ["10", "11", "12", "13"]
-    assert len(task.problems("train")) == 8 and task.problems("test")[0].id == "validation:0"
+    first = task.problems("test")[0]
+    assert len(task.problems("train")) == 8 and first.id == prompt_id(first.prompt)  # not its row in the split
     with pytest.raises(ValueError, match=r"has the splits \['train', 'validation'\]; set options.split"):
         DatasetTask(path=path, prompt_key="question", answer_key="target", split="training")
     # a named test split that repeats a train prompt is refused like any other test split
@@ -63,7 +65,7 @@ def test_datasetdict_splits_are_the_train_and_test_splits_and_split_names_are_op
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:8]),
                           "test": datasets.Dataset.from_list(ROWS[6:])}).save_to_disk(leaky)
     with pytest.raises(ValueError, match=r"leaky' \(test\) shares 2 problems with \(train\): the same prompt "
-                                         r"\(e\.g\. test 'test:0' is train 'train:6'\); the test split must be held out"):
+                                         r"\(e\.g\. test 'p-[0-9a-f]+' is train 'p-[0-9a-f]+'\); the test split must be held out"):
         DatasetTask(path=leaky, prompt_key="question", answer_key="target")
 
 
@@ -191,8 +193,8 @@ def test_csv_and_tsv_cells_are_the_strings_the_file_holds(tmp_path):
         task = DatasetTask(path=str(path), prompt_key="question", answer_key="target", test_fraction=0.0)
         got = [(p.id, p.reference) for p in task.problems("train")]
         assert [ref for _, ref in got] == ["3", "2.5", "NA", "007"] and [got[0][0], *[i for i, _ in got[2:]]] == ["1", "3", "4"]
-        made.add(got[1][0])  # the id-less row's id comes from its content, not from the file or its place
-    assert len(made) == 1 and next(iter(made)).startswith("r-")
+        made.add(got[1][0])  # the id-less row's id comes from its prompt, not from the file or its place
+    assert made == {prompt_id("two")}
     csv.write_text("question,target\none,3\ntwo,\n")
     with pytest.raises(RecordError, match=r"rows\.csv row 1: field 'target': missing"):
         DatasetTask(path=str(csv), prompt_key="question", answer_key="target")
@@ -206,11 +208,11 @@ def test_a_json_file_keeps_its_numbers_and_may_hold_json_lines(tmp_path):
     lines = tmp_path / "b.json"
     lines.write_text('{"prompt": "p1", "answer": 3}\n{"prompt": "p2", "answer": 4}\n')
     ids = [p.id for p in DatasetTask(path=str(lines), test_fraction=0.0).problems("train")]
-    assert len(set(ids)) == 2 and all(re.fullmatch(r"r-[0-9a-f]{12}", i) for i in ids)  # made from each record
+    assert ids == [prompt_id("p1"), prompt_id("p2")] and all(re.fullmatch(r"p-[0-9a-f]{12}", i) for i in ids)
     one = tmp_path / "one.json"
     one.write_text('{"prompt": "p1", "answer": 5}\n')  # one object: one record (JSON Lines of one line)
     [problem] = DatasetTask(path=str(one), test_fraction=0.0).problems("train")
-    assert problem.id.startswith("r-") and problem.reference == "5" and problem.metadata["source"].endswith("one.json:1")
+    assert problem.id == prompt_id("p1") and problem.reference == "5" and problem.metadata["source"].endswith("one.json:1")
     whole.write_text('"p1"')
     with pytest.raises(ValueError, match=r"a\.json: a JSON file must hold a list of records \(JSON objects\), not str"):
         DatasetTask(path=str(whole))
@@ -239,9 +241,10 @@ def test_a_test_split_that_shares_problems_with_the_train_split_is_refused(tmp_p
     assert len(task.problems("test")) == len(ROWS) - 8
 
 
-def test_the_split_of_id_less_records_survives_reordering_renaming_and_a_fixed_line(tmp_path):
+def test_the_split_of_id_less_records_survives_reordering_renaming_and_edits(tmp_path):
     """Before, an id-less record's id was file:line: reversing the file, renaming it, or fixing a
-    bad line (as the loader's own error asks) moved test problems into training."""
+    bad line (as the loader's own error asks) moved test problems into training. Now the id is
+    made from the prompt, so an edited answer does not move its record either."""
     rows = [{"question": f"What is {i} plus {i}?", "target": str(2 * i)} for i in range(30)]
 
     def split(path):
@@ -253,9 +256,12 @@ def test_the_split_of_id_less_records_survives_reordering_renaming_and_a_fixed_l
     assert split(write_jsonl(tmp_path / "reversed.jsonl", rows[::-1])) == first
     (tmp_path / "other").mkdir()
     assert split(write_jsonl(tmp_path / "other" / "renamed.jsonl", rows)) == first
-    for extra in range(5):  # a line added back, whichever: at most one test problem moves (the boundary's)
+    edited = [dict(r, target=r["target"] + " ", note="checked") for r in rows]  # answers and fields edited
+    assert split(write_jsonl(tmp_path / "edited.jsonl", edited)) == first
+    for extra in range(5):  # a line added back, whichever: at most one prompt crosses the boundary, each way
         fixed = rows[:3] + [{"question": f"What is {100 + extra} plus 1?", "target": str(101 + extra)}] + rows[3:]
-        assert len(first - split(write_jsonl(tmp_path / f"fixed{extra}.jsonl", fixed))) <= 1
+        now = split(write_jsonl(tmp_path / f"fixed{extra}.jsonl", fixed)) - {f"What is {100 + extra} plus 1?"}
+        assert len(first - now) <= 1 and len(now - first) <= 1
 
 
 def test_a_split_column_of_integers_or_booleans_is_selected_by_its_text(tmp_path):

@@ -105,6 +105,6 @@ def test_code_tests_graded_as_text_stop_the_run_before_it_trains(tmp_path, tiny_
     rows = [{"prompt": f"Write f(x) = x + {c}.", "tests": [f"assert f(1) == {1 + c}"],
              "code": f"def f(x): return x + {c}"} for c in range(12)]
     options = {"path": write_jsonl(tmp_path / "code.jsonl", rows), "tests_key": "tests", "solution_key": "code"}
-    with pytest.raises(ConfigError, match=r"exact_match: problem 'r-[0-9a-f]+' holds code tests.*verifier: code_exec"):
+    with pytest.raises(ConfigError, match=r"exact_match: problem 'p-[0-9a-f]+' holds code tests.*verifier: code_exec"):
         train(tmp_path, host, options)
     assert not (tmp_path / "run" / "final").exists()

@@ -117,6 +117,11 @@ def test_grading_speed_options_share_one_tiny_base_and_verdict_options_do_not(ho
     assert path("workers: 4", "batch: false", "sessions: false", "batch_size: 8", "cache_size: 0") == plain
     # the journeys found a move to another backend pretraining a second base (four minutes)
     assert path("backend: bwrap") == plain and path("backend: process") == plain
+    config = load_config(f"{CONFIGS}/code.yaml", ["feedback=[{name: code_exec, options: {backend: process}}]"])
+    task = host.build("task", config.task.name, config.task.options)
+    feedback_moved = tiny_base_key(config, task, host)[0]
+    config = load_config(f"{CONFIGS}/code.yaml", ["feedback=[{name: code_exec, options: {backend: bwrap}}]"])
+    assert tiny_base_key(config, task, host)[0] == feedback_moved  # the feedback source's backend too
     assert path("timeout_s: 5") != plain and path("memory_mb: 256") != plain
 
 
