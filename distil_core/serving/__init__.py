@@ -17,7 +17,9 @@ May import the contract layer, ``models`` and ``rollouts``; never ``training`` o
 Importing this package loads neither torch nor transformers.
 """
 
+from distil_core.serving.connections import check_port
 from distil_core.serving.faults import FAULT_KINDS, Fault, FaultyServer, parse_fault
+from distil_core.serving.guard import loopback_address, loopback_host
 from distil_core.serving.http import LocalOpenAIServer
 from distil_core.serving.requests import ApiError
 from distil_core.serving.tokens import Vocabulary, token_bytes_table, token_string
@@ -32,4 +34,7 @@ __all__ = [
     "Vocabulary",
     "token_bytes_table",
     "token_string",
+    "check_port",
+    "loopback_address",
+    "loopback_host",
 ]

@@ -30,7 +30,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from distil_core import ConfigError
-from distil_core.serving.guard import loopback_host
+from distil_core.serving import loopback_host
 
 from ..text import author_name, shown_escaped
 from .desk import Desk, Outcome, View

@@ -13,8 +13,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from distil_core import ConfigError
-from distil_core.serving.connections import check_port
-from distil_core.serving.guard import loopback_address
+from distil_core.serving import check_port, loopback_address
 
 from ..review_queue import QueueFilter
 from ..store import CorrectionStore
