@@ -349,3 +349,39 @@ def test_an_empty_path_is_refused_not_read_as_the_default(argv, tmp_path, monkey
     assert exit_.value.code == 2
     assert "an empty path names nothing" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("changes, said", [
+    ({"method": "distil"}, "the summary of a run with method 'distil', in the folder of one with 'grpo'"),
+    ({"seed": 7}, "the summary of a run with seed 7, in the folder of one with 0"),
+    ({"after": {"pass@4": 0.4}}, "not a finished run's summary (after lack the plotted pass@1)"),
+])
+def test_a_reused_summary_of_another_run_or_without_the_plotted_metric_is_refused(tmp_path, capsys, changes, said):
+    """Before, distil's summary copied into grpo's folder was reported as grpo's row, and one
+    without the plotted metric ended the bench with KeyError: 'pass@1' after bench.json was written."""
+    run = _finished_bench(tmp_path / "bench")
+    _summary(run, **changes)
+    assert _bench(tmp_path / "bench") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{run}/summary.json: {said}" in err, err
+    assert not (tmp_path / "bench" / "bench.json").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--set", "method=grpo"], "--set sets 'method', which the bench gives each run itself"),
+    (["--set", "seed=7"], "--set sets 'seed', which the bench gives each run itself"),
+    (["--sweep", "method=grpo,distil"], "the sweep cannot choose 'method'"),
+    (["--sweep", "seed=5,6"], "the sweep cannot choose 'seed'"),
+    (["--sweep", "eval.split=test,validation"], "the sweep cannot choose 'eval.split'"),
+    (["--sweep", "system_prompt=null,None"], "two values would share one folder"),
+    (["--sweep", "system_prompt=a/../../../escape,b"], "'system_prompt=a/../../../escape' is not a folder name"),
+    (["--sweep", "system_prompt=a|b,c"], "'system_prompt=a|b' is not a folder name"),
+])
+def test_overrides_that_would_run_something_else_than_their_label_are_refused(tmp_path, capsys, argv, said):
+    """Before, `--set method=grpo` ran grpo under every method's label, `--sweep seed=5,6` gave
+    every seed's row one seed, `--sweep eval.split=test,...` chose on the test problems, and a
+    sweep value holding '../' put its runs (and the removal of an unfinished one) outside --output-dir."""
+    assert main(["bench", SPEC, "--dry-run", "--output-dir", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and said in err, err
+    assert not (tmp_path / "out").exists()

@@ -429,3 +429,10 @@ def mlflow_run(run_dir):
 
 
 READERS = {"tensorboard": tensorboard_run, "trackio": trackio_run, "wandb": wandb_run, "mlflow": mlflow_run}
+
+
+def test_integers_no_tracker_can_store_are_given_as_text():
+    """A 20-digit seed emptied trackio's store without a word; a 321-digit one stopped TensorBoard
+    (OverflowError: int too large to convert to float)."""
+    flat = flat_config({"seed": 10**20, "task": {"options": {"seed": -(10**320), "n": 2**63 - 1}}, "ok": True})
+    assert flat == {"seed": str(10**20), "task.options.seed": str(-(10**320)), "task.options.n": 2**63 - 1, "ok": True}

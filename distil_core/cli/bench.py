@@ -51,6 +51,10 @@ __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "Qui
            "aggregate", "final_lengths", "table_metrics"]
 
 
+BENCH_OWNED = ("method", "seed")
+"""Config keys the bench sets for each run from its labels; no override may change them."""
+
+
 def _gives_answers(verifier: str) -> bool:
     """Whether the verifier named ``verifier`` gives answers to vote on (maj@n); one not known
     here is left for the run to name."""
@@ -109,6 +113,16 @@ class Bench:
     def config_for(self, suite: str, method: str, seed: int) -> RunConfig:
         s, m = self.spec.suites[suite], self.spec.methods[method]
         path = os.path.join(self.base_dir, s.config) if s.config else None
+        given = {"the spec's common": self.spec.common, f"suite {suite!r}'s set": s.set,
+                 f"method {method!r}'s set": m.set, "the spec's quick set": self.spec.quick.set,
+                 "--set": dict(item.split("=", 1) for item in self.user_overrides if "=" in item)}
+        for where, values in given.items():
+            owned = next((key.strip() for key in values if key.strip() in BENCH_OWNED), None)
+            if owned is not None:
+                raise ConfigError(
+                    f"distil bench: {where} sets {owned!r}, which the bench gives each run itself (its method's "
+                    f"`method`, the seed in its label); the rows would be labelled with one and train another. "
+                    "Name methods in the spec, and seeds with --seeds.")
         items = (
             spec_overrides(self.spec.common) + spec_overrides(s.set) + [f"method={m.method}"] + spec_overrides(m.set)
             + [f"seed={seed}"] + (spec_overrides(self.spec.quick.set) if self.quick else []) + self.user_overrides
@@ -195,7 +209,7 @@ class Bench:
         rows = []
         for i, ((suite, method, seed), config) in enumerate(plan, 1):
             run_dir = self.run_dir(suite, method, seed)
-            summary = self._reusable(run_dir, config)
+            summary = self._reusable(run_dir, config, self.spec.plot_metric)
             label = f"[{i}/{len(plan)}] {suite} · {method} · seed {seed}"
             if summary is None:
                 if os.path.isdir(run_dir):
@@ -232,7 +246,7 @@ class Bench:
             ensure_tiny_base(config, task, progress=False, host=host)
 
     @staticmethod
-    def _reusable(run_dir: str, config: RunConfig) -> Optional[dict[str, Any]]:
+    def _reusable(run_dir: str, config: RunConfig, metric: str) -> Optional[dict[str, Any]]:
         summary_path = os.path.join(run_dir, "summary.json")
         if not os.path.exists(summary_path):
             return None
@@ -247,7 +261,16 @@ class Bench:
                 f"{run_dir} holds a finished run with {what}; give distil bench another "
                 "--output-dir, or delete that directory to run it again."
             )
-        return read_summary(summary_path, run_dir)
+        summary = read_summary(summary_path, run_dir)
+        for key, wanted in (("method", config.method), ("seed", config.seed)):
+            if key in summary and summary[key] != wanted:  # a summary copied in from another run
+                raise ConfigError(f"{summary_path}: the summary of a run with {key} {summary[key]!r}, in the folder of "
+                                  f"one with {wanted!r}; delete {run_dir} to run it again.")
+        missing = [part for part in ("before", "after") if metric not in summary[part]]
+        if missing:
+            raise ConfigError(f"{summary_path}: not a finished run's summary ({' and '.join(missing)} lack the plotted "
+                              f"{metric}); delete {run_dir} to run it again.")
+        return summary
 
     @staticmethod
     def _row(suite: str, method: str, seed: int, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from distil_core.cli.bench import Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
+from distil_core.cli.bench import BENCH_OWNED, Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
 from distil_core.cli.report import leaders, mean_std, render_sweep, within_noise
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
@@ -42,7 +42,25 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
         raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
     if len({json.dumps(v) for v in values}) < len(values):
         raise ConfigError(f"--sweep {text!r}: a value is named twice; name each once")
-    return key.strip(), values
+    key = key.strip()
+    if key in (*BENCH_OWNED, "eval", "eval.split"):
+        raise ConfigError(f"--sweep {key}: the sweep cannot choose {key!r}: the bench gives each run its method and "
+                          "seed, and a sweep chooses on the validation split, never the test problems.")
+    names = [value_folder(key, v) for v in values]
+    odd = next((n for n in names if not _FOLDER.fullmatch(n)), None)
+    if odd is not None or len(set(names)) < len(names):
+        what = f"{odd!r} is not a folder name" if odd is not None else "two values would share one folder"
+        raise ConfigError(f"--sweep {text!r}: each value's runs go to OUTPUT_DIR/KEY=VALUE, and {what}; give values "
+                          "without '/', '\\' or control characters, each written differently.")
+    return key, values
+
+
+def value_folder(key: str, value: Any) -> str:
+    """The folder of one value's runs under the sweep's output directory."""
+    return f"{key}={value}"
+
+
+_FOLDER = re.compile(r"[^/\\|\x00-\x1f\x7f]{1,200}")  # a cell of sweep.md too: no "|"
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # 1e-4, 3.E5: YAML 1.1 calls them text
@@ -61,7 +79,7 @@ def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values
     checked here, before any of them trains."""
     plan = []
     for value in values:
-        bench = Bench(spec, base_dir, os.path.join(output_dir, f"{key}={value}"), quick=quick, suites=suites,
+        bench = Bench(spec, base_dir, os.path.join(output_dir, value_folder(key, value)), quick=quick, suites=suites,
                       methods=methods, seeds=seeds, echo=echo,
                       overrides=list(overrides or []) + ["eval.split=validation", f"{key}={json.dumps(value)}"])
         bench.check()

@@ -38,14 +38,17 @@ def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config sections as dotted keys (``optim.lr``); lists and None become text, so that
-    every value is a bool, number or string (what hyperparameter tables take)."""
+    """Nested config sections as dotted keys (``optim.lr``); lists, None and integers past 64 bits
+    (which trackers store as int64 or float: a 20-digit seed emptied trackio's store, a 321-digit
+    one stopped TensorBoard) become text, so that every value is a bool, number or string (what
+    hyperparameter tables take)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flat_config(value, name + "."))
-        elif isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        elif isinstance(value, (bool, str)) or (isinstance(value, int) and -2**63 <= value < 2**63) \
+                or (isinstance(value, float) and math.isfinite(value)):
             out[name] = value
         else:
             out[name] = str(value) if value is not None else "None"
