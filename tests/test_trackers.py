@@ -436,3 +436,23 @@ def test_integers_no_tracker_can_store_are_given_as_text():
     (OverflowError: int too large to convert to float)."""
     flat = flat_config({"seed": 10**20, "task": {"options": {"seed": -(10**320), "n": 2**63 - 1}}, "ok": True})
     assert flat == {"seed": str(10**20), "task.options.seed": str(-(10**320)), "task.options.n": 2**63 - 1, "ok": True}
+
+
+@pytest.mark.slow
+def test_a_copied_run_directory_never_writes_mlflow_artifacts_into_the_original(tmp_path):
+    """MLflow keeps its store's absolute artifact location in mlruns/: a copy resumed (with or
+    without its trackers.json) wrote config.json and the rollout tables into the original's folder."""
+    import shutil
+
+    original, copy = tmp_path / "a", tmp_path / "b"
+    train(original, "train.report_to=[mlflow]", "train.save_every=2")
+    before = sorted(p for p in (original / "mlruns").rglob("*"))
+    shutil.copytree(original, copy)
+    (copy / "trackers.json").unlink()
+    said = []
+    config = load_config(None, FAST_RUN + [f"train.steps={STEPS + 2}", "train.eval_every=0", "train.save_every=0",
+                                           "train.report_to=[mlflow]"])
+    Trainer(config, run_dir=str(copy), resume=True, echo=said.append).fit()
+    assert sorted(p for p in (original / "mlruns").rglob("*")) == before
+    assert any("keeps its artifacts in" in str(line) and str(original) in str(line) for line in said), said
+    assert (copy / "metrics.jsonl").exists() and len(jsonl(copy / "metrics.jsonl")) == STEPS + 2

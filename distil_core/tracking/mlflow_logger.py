@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from distil_core.errors import DistilError
 from distil_core.tracking import library
 from distil_core.tracking.run_ids import remember_id, remembered_id
 from distil_core.tracking.values import cut, flat_config
@@ -88,13 +89,31 @@ class MlflowLogger:
     def start(self) -> str:
         if self.run_id is None:
             self.client = self.mlflow.MlflowClient(tracking_uri=self.uri)
-            self.run_id = self.earlier_run() if self.resumed_at is not None else None
-            if self.run_id is None:
-                found = self.client.get_experiment_by_name(self.experiment)
+            run_id = self.earlier_run() if self.resumed_at is not None else None
+            found = self.client.get_experiment_by_name(self.experiment)
+            self.check_artifacts_stay(found)
+            if run_id is None:
                 experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-                self.run_id = self.client.create_run(experiment_id, run_name=self.name).info.run_id
-                remember_id(self.run_dir, "mlflow", self.run_id)
+                run_id = self.client.create_run(experiment_id, run_name=self.name).info.run_id
+                remember_id(self.run_dir, "mlflow", run_id)
+            self.run_id = run_id
         return self.run_id
+
+    def check_artifacts_stay(self, experiment: Any) -> None:
+        """Refuse a local store whose experiment keeps its artifacts outside the store: MLflow
+        writes its absolute ``artifact_location`` into ``mlruns/``, so a run directory copied
+        (or moved) from elsewhere would write config.json and the rollout tables into the
+        original's folder, or make that folder again where it used to be."""
+        store = _local_path(self.uri)
+        where = _local_path(getattr(experiment, "artifact_location", None) or "") if experiment is not None else None
+        if store is None or where is None:
+            return
+        store, where = os.path.realpath(store), os.path.realpath(where)
+        if where != store and not where.startswith(store + os.sep):
+            raise DistilError(
+                f"{store}: this MLflow store's experiment {self.experiment!r} keeps its artifacts in {where}, outside "
+                "it (the run directory was copied or moved from there), and logging would write into that folder; "
+                "move mlruns/ aside to log to a new store here, or give tracker_options.mlflow.tracking_uri.")
 
     def earlier_run(self) -> Optional[str]:
         """The run this run directory started, marked running again, or None (with a warning
@@ -188,3 +207,10 @@ class MlflowLogger:
 
 
 __all__ = ["MlflowLogger", "metric_name"]
+
+
+def _local_path(uri: str) -> Optional[str]:
+    """The directory a ``file:`` URI or a plain path names; None for a server's URI."""
+    if uri.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(uri).path)
+    return uri if uri and "://" not in uri else None
