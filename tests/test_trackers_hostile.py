@@ -179,7 +179,9 @@ def test_wandb_says_when_a_step_goes_back(tmp_path):
     (b'{"mlflow": 7}', "holds 7 as its run id"),
     (b'{"mlflow": ""}', "holds '' as its run id"),
     (b"[" * 100_000, "cannot be read (RecursionError)"),
-], ids=["not-json", "a-list", "a-number", "empty", "deeply-nested"])
+    (b'{"mlflow": "../../../etc"}', "holds '../../../etc' as its run id"),  # refused by MLflow on every resume
+    (b'{"mlflow": "a/b c"}', "holds 'a/b c' as its run id"),
+], ids=["not-json", "a-list", "a-number", "empty", "deeply-nested", "a-path", "spaces"])
 def test_a_damaged_trackers_json_starts_a_new_run_with_a_warning(tmp_path, content, why):
     """A resumed run reads the trackers' run ids from trackers.json; one it cannot use is named,
     a new run starts, and the file is written anew with that run's id."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from typing import Any, Optional
 
@@ -21,6 +22,10 @@ from distil_core.run_files import TRACKER_IDS
 
 LONGEST_ID = 128
 """More characters than any tracker's run id has (wandb's 8, MLflow's 32)."""
+ID = re.compile(rf"[A-Za-z0-9_-]{{1,{LONGEST_ID}}}")
+"""What a run id is made of (wandb's and MLflow's): one that holds anything else (``a/b c``,
+``../etc``) would be refused by its tracker on every resume, and the tracker lost each time;
+read as none, a new run starts and its id replaces it."""
 
 
 def remembered_id(run_dir: str, tracker: str) -> Optional[str]:
@@ -33,7 +38,7 @@ def remembered_id(run_dir: str, tracker: str) -> Optional[str]:
     found = ids.get(tracker)
     if found is None:
         return None
-    if not isinstance(found, str) or not found or len(found) > LONGEST_ID:
+    if not isinstance(found, str) or not ID.fullmatch(found):
         warnings.warn(f"tracker {tracker!r}: {path} holds {found!r:.80} as its run id, not an id; the resumed "
                       "session logs into a new run.", stacklevel=2)
         return None
