@@ -204,6 +204,22 @@ def test_a_checkpoint_of_another_model_size_is_one_line(run):
         "run was started with (its config.yaml, without --set changes to the model).")
 
 
+def test_a_checkpoint_of_another_methods_run_is_refused(run):
+    """Before, a grpo run's checkpoint copied into a distil run resumed without a word: its
+    optimizer state and weights trained on as distil's. One older than the method record passes."""
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    assert state["method"] == load_config(None, FAST_RUN + RUN).method
+    torch.save({**state, "method": "grpo"}, path)
+    with pytest.raises(DistilError) as err:
+        resume(run)
+    assert one_line(err) == (f"{path}: a checkpoint of a grpo run, and this run trains with "
+                             f"{state['method']}; resume it with its own run's config, or start this run again "
+                             "(--overwrite).")
+    torch.save({k: v for k, v in state.items() if k != "method"}, path)
+    resume(run)  # built and restored without the record
+
+
 def test_a_policy_state_lacking_or_adding_a_weight_is_one_line():
     model = torch.nn.Sequential(torch.nn.Linear(2, 3))
     with pytest.raises(ConfigError, match=r"^checkpoint x does not fit this run's model \(it lacks '0.bias'\)"):

@@ -254,6 +254,7 @@ def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed
         "evals": evals,
         "elapsed": elapsed,
         "world_size": world.size,  # for the record
+        "method": learner.config.method,  # what trained these weights and this optimizer state
     }
     path, problem = "", ""
     if world.main:
@@ -283,6 +284,10 @@ def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
         raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints to continue from; start the run "
                           "again with --overwrite in place of --resume.")
     state, where = load_checkpoint(path), f"checkpoint {path}"
+    if isinstance(state.get("method"), str) and state["method"] != learner.config.method:  # a checkpoint copied in
+        raise DistilError(f"{path}: a checkpoint of a {state['method']} run, and this run trains with "
+                          f"{learner.config.method}; resume it with its own run's config, or start this run again "
+                          "(--overwrite).")
     if learner.sharded:
         fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=where)
     else:
