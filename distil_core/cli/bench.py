@@ -43,7 +43,7 @@ from distil_core.config import ABSENT, RunConfig, as_trained, differences, load_
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.version import source_revision
-from distil_core.training.metrics import reported_metrics
+from distil_core.training.metrics import gives_answers, reported_metrics
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec", "Bench", "write_report",
            "report_dir", "flat_args", "command_line", "progress", "main_bench",
@@ -61,7 +61,7 @@ def _gives_answers(verifier: str) -> bool:
     from distil_core.plugin_host import get_host
 
     try:
-        return bool(getattr(get_host().get("verifier", verifier).factory, "gives_answers", True))
+        return gives_answers(get_host().get("verifier", verifier).factory)
     except DistilError:
         return True
 
@@ -92,6 +92,7 @@ class Bench:
         self.methods = self._pick("method", methods, list(spec.methods))
         self.seeds = self._pick("seed", seeds, list(spec.quick.seeds if quick and spec.quick.seeds else spec.seeds))
         self.user_overrides = list(overrides or [])
+        self.refuse_owned_keys()
         self.revision: Optional[str] = None
         self.configs = {(s, m, k): self.config_for(s, m, k) for s in self.suites for m in self.methods for k in self.seeds}
 
@@ -110,12 +111,13 @@ class Bench:
             raise ConfigError(f"distil bench: unknown {kind} {', '.join(map(repr, unknown))}; the spec has {', '.join(known)}.")
         return chosen
 
-    def config_for(self, suite: str, method: str, seed: int) -> RunConfig:
-        s, m = self.spec.suites[suite], self.spec.methods[method]
-        path = os.path.join(self.base_dir, s.config) if s.config else None
-        given = {"the spec's common": self.spec.common, f"suite {suite!r}'s set": s.set,
-                 f"method {method!r}'s set": m.set, "the spec's quick set": self.spec.quick.set,
-                 "--set": dict(item.split("=", 1) for item in self.user_overrides if "=" in item)}
+    def refuse_owned_keys(self) -> None:
+        """No override may set what the bench gives each run from its labels (:data:`BENCH_OWNED`):
+        the rows would be labelled with one method or seed and train another."""
+        given = {"the spec's common": self.spec.common, "the spec's quick set": self.spec.quick.set,
+                 "--set": dict(item.split("=", 1) for item in self.user_overrides if "=" in item),
+                 **{f"suite {name!r}'s set": self.spec.suites[name].set for name in self.suites},
+                 **{f"method {name!r}'s set": self.spec.methods[name].set for name in self.methods}}
         for where, values in given.items():
             owned = next((key.strip() for key in values if key.strip() in BENCH_OWNED), None)
             if owned is not None:
@@ -123,6 +125,10 @@ class Bench:
                     f"distil bench: {where} sets {owned!r}, which the bench gives each run itself (its method's "
                     f"`method`, the seed in its label); the rows would be labelled with one and train another. "
                     "Name methods in the spec, and seeds with --seeds.")
+
+    def config_for(self, suite: str, method: str, seed: int) -> RunConfig:
+        s, m = self.spec.suites[suite], self.spec.methods[method]
+        path = os.path.join(self.base_dir, s.config) if s.config else None
         items = (
             spec_overrides(self.spec.common) + spec_overrides(s.set) + [f"method={m.method}"] + spec_overrides(m.set)
             + [f"seed={seed}"] + (spec_overrides(self.spec.quick.set) if self.quick else []) + self.user_overrides

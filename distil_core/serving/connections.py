@@ -18,6 +18,7 @@ import threading
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
+from distil_core.errors import ConfigError
 from distil_core.serving.requests import ApiError
 
 __all__ = ["ACCEPT_BACKLOG", "MAX_CONNECTIONS", "BUSY_RETRY_AFTER_S", "CappedHTTPServer", "hung_up", "check_port"]
@@ -33,8 +34,6 @@ BUSY_RETRY_AFTER_S = 1
 def check_port(port: int) -> None:
     """A ConfigError for a ``--port`` outside 0–65535, before anything is loaded: the resolver
     would take it modulo 65536 and listen on another port without a word."""
-    from distil_core.errors import ConfigError
-
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: a port is a number from 0 to 65535 (0 picks a free one).")
 

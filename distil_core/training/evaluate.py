@@ -68,7 +68,7 @@ def evaluate_on_ranks(rt: Any, config: Any, world: World, problems: Sequence[Pro
         greedy, _ = sample_and_grade(rt.generator, prompts, mine, rt.verifier, samples=1, temperature=0.0, **options)
     bar.close()
     result = summarise(world.concat(correct), world.concat(answers), ks=ev.ks, samples=ev.samples,
-                       votes=gives_answers(rt.verifier))
+                       votes=metrics.gives_answers(rt.verifier))
     if greedy is not None:
         greedy = world.concat(greedy)
         result["greedy@1"] = sum(row[0] for row in greedy) / max(len(greedy), 1)
@@ -97,13 +97,7 @@ def evaluate(
         max_new_tokens=max_new_tokens, seed=seed, chunk_problems=chunk_problems, progress=progress,
         verifier_name=verifier_name,
     )
-    return summarise(correct, answers, ks=ks, samples=samples, votes=gives_answers(verifier))
-
-
-def gives_answers(verifier: Any) -> bool:
-    """Whether ``verifier``'s verdicts carry an answer to vote on (``gives_answers``, default True;
-    a verifier grading code by its tests has none, and maj@n would read 0 for every problem)."""
-    return bool(getattr(verifier, "gives_answers", True))
+    return summarise(correct, answers, ks=ks, samples=samples, votes=metrics.gives_answers(verifier))
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass
 from statistics import fmean, stdev
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 SUCCESS_THRESHOLD = 0.5
 
@@ -118,6 +118,13 @@ def bootstrap_maj_at_n(answers: Sequence[Sequence[Answer]], is_correct: AnswerCh
                         for i, a in enumerate(answers))
                   for _ in range(num_bootstrap)]
     return _summarize_replicates(replicates)
+
+
+def gives_answers(verifier: Any) -> bool:
+    """Whether ``verifier`` (an instance or its factory) gives answers to vote on: its
+    ``gives_answers``, default True. A verifier grading code by its tests has none, and maj@n
+    would read 0 for every problem."""
+    return bool(getattr(verifier, "gives_answers", True))
 
 
 def reported_metrics(ks: Sequence[int], n: int, *, greedy: bool = False, votes: bool = True) -> set[str]:

@@ -77,13 +77,7 @@ def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_ke
         def feedback(self, *args):
             return []
 
-    class Plugin:
-        @staticmethod
-        @__import__("distil_core").hookimpl
-        def register_feedback_sources(register):
-            register("needs_model", NeedsModel)
-
-    host.register_plugin(Plugin, "needs-model")
+    register_source(host, "needs_model", NeedsModel)
     config = load_config(None, ["feedback=[needs_model]"])
     assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
 
@@ -93,15 +87,20 @@ def test_base_uses_the_runs_sources_but_not_model_backed_ones_and_the_default_ke
         def __init__(self, db: str = "x.sqlite"):
             self.db = db
 
-    class StorePlugin:
+    register_source(host, "from_a_store", FromAStore)
+    config = load_config(None, ["feedback=[answer_check, from_a_store]"])
+    assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+
+
+def register_source(host, name, factory):
+    """A plugin registering one feedback source, registered with ``host`` under ``name``."""
+    class Plugin:
         @staticmethod
         @__import__("distil_core").hookimpl
         def register_feedback_sources(register):
-            register("from_a_store", FromAStore)
+            register(name, factory)
 
-    host.register_plugin(StorePlugin, "store")
-    config = load_config(None, ["feedback=[answer_check, from_a_store]"])
-    assert base_feedback_components(config, host)["feedback"] == [{"name": "answer_check", "options": {}}]
+    host.register_plugin(Plugin, name)
 
 
 def test_grading_speed_options_share_one_tiny_base_and_verdict_options_do_not(host):
