@@ -245,6 +245,13 @@ class ApiExpert:
                 if found is not None:
                     found.notes = [self._redact(note) for note in notes]
                     self.probe_result = found
+                    if self.options.access == "auto" and found.level != LEVELS[0]:
+                        # a top-k signal on the student's tokens was wanted; say why it is text instead
+                        warnings.warn(
+                            f"expert 'api': {self.options.model!r} at {self.where} offers no prompt scoring, so "
+                            f"training uses the answers it writes, as text (access {found.level!r}): "
+                            f"{'; '.join(found.notes)}. Set options.access: text, which trains the same, to silence this.",
+                            UserWarning, stacklevel=2)
                     return found
         raise ConfigError(
             f"expert 'api': {self.options.model!r} at {self.where} offers none of the access levels tried "

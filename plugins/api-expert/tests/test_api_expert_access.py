@@ -137,10 +137,14 @@ def test_text_and_topk_levels_return_the_experts_own_answer(server):
 
 def test_auto_takes_the_best_level_the_endpoint_really_offers(server):
     server.add_faults("no_logprobs", "no_logprobs")  # echo and prompt_logprobs both answer without log-probs
-    expert = api_expert(server)
+    # settling below prompt scoring changes what is trained on (text, not a top-k signal): said once
+    with pytest.warns(UserWarning, match="offers no prompt scoring, so training uses the answers it writes, "
+                                         "as text \\(access 'topk'\\): echo: .*options.access: text"):
+        expert = api_expert(server)
     assert expert.probe_result.level == "topk"
     server.add_faults("no_logprobs", "no_logprobs", "no_logprobs")  # …and chat too
-    expert = api_expert(server)
+    with pytest.warns(UserWarning, match="as text \\(access 'text'\\)"):
+        expert = api_expert(server)
     assert expert.probe_result.level == "text"
     assert expert.capability.access == "text"
 
