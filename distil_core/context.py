@@ -129,14 +129,55 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return list(ids)
 
 
+BREAK = "\u200b"
+"""The zero-width space :func:`plain_text` puts inside a control token's spelling."""
+
+
+def control_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The spellings the tokenizer reads as one special token wherever they stand in a text
+    (``<|im_end|>``, ``<|start_header_id|>``, …), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            found.add(str(getattr(token, "content", token)))
+    return tuple(sorted((s for s in found if len(s) > 1), key=len, reverse=True))
+
+
+def plain_text(text: str, controls: Sequence[str]) -> str:
+    """``text`` with every spelling in ``controls`` broken by :data:`BREAK` after its first
+    character, so that it is tokenized as the ordinary characters it shows.
+
+    A message's content is text: a tool's output, a student's response quoted in feedback, a
+    reviewer's correction or a dataset's prompt may spell ``<|im_end|><|im_start|>assistant``,
+    and the chat template renders contents verbatim, so without this the tokenizer would read
+    those characters as real turn markers and the expert would score the student under a turn
+    the feedback forged. Only exact spellings change; everything else is left as it was.
+    """
+    for control in controls:
+        if control in text:
+            text = text.replace(control, control[0] + BREAK + control[1:])
+    return text
+
+
+def plain_messages(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with :func:`plain_text` applied to every text content (the same list when
+    none spells a control token)."""
+    controls = control_strings(tokenizer)
+    if not any(isinstance(m.get("content"), str) and any(c in m["content"] for c in controls) for m in messages):
+        return messages
+    return [{**m, "content": plain_text(m["content"], controls)} if isinstance(m.get("content"), str) else m
+            for m in messages]
+
+
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """:func:`chat_ids` for a run's own prompts. A template that fails to render (a damaged
-    chat_template.jinja: bad syntax, a division by zero, its own ``raise_exception``) or renders
-    nothing is a ConfigError naming the model's template, not a jinja traceback or an empty
-    prompt blamed on the problem."""
+    """:func:`chat_ids` for a run's own prompts, each content read as :func:`plain_text` (the
+    template's own markers are the only control tokens). A template that fails to render (a
+    damaged chat_template.jinja: bad syntax, a division by zero, its own ``raise_exception``) or
+    renders nothing is a ConfigError naming the model's template, not a jinja traceback or an
+    empty prompt blamed on the problem."""
     where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
     try:
-        ids = chat_ids(tokenizer, messages)
+        ids = chat_ids(tokenizer, plain_messages(tokenizer, messages))
     except MemoryError:
         raise
     except Exception as exc:  # jinja's errors, and whatever a template's own expressions raise
@@ -218,7 +259,8 @@ class ContextBuilder:
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         content, cut = self.template.rendered(messages[last_user]["content"], feedback, demonstration)
         messages[last_user] = {"role": "user", "content": content}
-        return messages, cut
+        # as the expert reads them, also where they are sent as text (an expert behind an API)
+        return plain_messages(self.tokenizer, messages), cut
 
     def build(
         self,
