@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -334,13 +335,13 @@ def resolve(value: MaybeAwaitable[T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_await(value))
+        return run_to_end(value)
     # Called from inside a running loop (a notebook, say): finish it on a helper thread.
     box: dict[str, Any] = {}
 
     def runner() -> None:
         try:
-            box["value"] = asyncio.run(_await(value))
+            box["value"] = run_to_end(value)
         except BaseException as exc:  # re-raised on the caller's thread
             box["error"] = exc
 
@@ -354,6 +355,32 @@ def resolve(value: MaybeAwaitable[T]) -> T:
 
 async def _await(value: Awaitable[T]) -> T:
     return await value
+
+
+def run_to_end(value: Awaitable[T]) -> T:
+    """``asyncio.run(value)``, except that an interrupt does not wait for the loop's threads.
+
+    A plugin that runs blocking work with ``asyncio.to_thread`` (a tool, a critic, a client)
+    may never get it back: Python cannot stop a thread. ``asyncio.run`` cancels the awaiting
+    task at Ctrl-C but then waits for every thread of the loop's executor before it returns,
+    so the interrupt waits for the stuck call — for ever — and the user has to press Ctrl-C
+    three times or kill the process. Here the executor is let go instead: the interrupt reaches
+    the caller at once, and the stuck thread is left to the process's exit (see
+    :func:`distil_core.cli.main.main`, which does not wait for it either).
+    """
+    executor = ThreadPoolExecutor(thread_name_prefix="distil-plugin")
+    runner = asyncio.Runner()
+    runner.get_loop().set_default_executor(executor)
+    try:
+        return runner.run(_await(value))
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            executor.shutdown(wait=False, cancel_futures=True)
+            # what closing the loop then waits for: a fresh executor with no threads
+            runner.get_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        raise
+    finally:
+        runner.close()
 
 
 async def gather_resolved(values: Sequence[MaybeAwaitable[T]]) -> list[T]:

@@ -27,6 +27,7 @@ from distil_core.text import shown_safely
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
@@ -40,7 +41,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
+        if from_command_line:  # a caller in this process keeps its threads
+            exit_past_stuck_threads(130)
         return 130
+
+
+STUCK_GRACE_S = 5.0
+"""How long an interrupted command waits for its other threads before it exits without them."""
+
+
+def exit_past_stuck_threads(code: int) -> None:
+    """End the process with ``code`` now if a thread still runs :data:`STUCK_GRACE_S` seconds
+    after an interrupt; return (a normal exit follows) when every thread has finished.
+
+    A plugin's blocking call (a tool, a critic, a client) can run on a thread that never comes
+    back, and Python cannot stop a thread: a normal exit waits for it, so Ctrl-C would leave the
+    process hanging, and a user would have to press it again and again or kill it. Whatever must
+    be kept is kept before this point: checkpoints and stores are written whole or not at all.
+    """
+    import threading
+    import time
+
+    deadline = time.monotonic() + STUCK_GRACE_S
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:
