@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable, Optional
+import os
+import traceback
+from typing import Awaitable, Iterable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
 
 
 class DistilError(Exception):
@@ -38,4 +43,41 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"{hint} Valid: {valid}."
 
 
-__all__ = ["DistilError", "ConfigError", "PluginError", "nearest", "did_you_mean"]
+@contextlib.contextmanager
+def plugin_call(role: str, name: str) -> Iterator[None]:
+    """Run a plugin's code; an exception it raises, other than the toolkit's own errors, becomes
+    one :class:`PluginError` naming the plugin (``role`` ``name``: "feedback source 'tools'")
+    and the line that raised it.
+
+    A plugin reports what fails for one item in its answer (a failed signal, a verdict, no
+    feedback); what it raises stops the run. Without this, a dropped connection inside a
+    critic reached the user as a traceback that named neither the plugin nor its option, after
+    the first evaluation had already run. The original exception stays chained to it.
+    """
+    try:
+        yield
+    except DistilError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{role} {name!r} raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                          f"{raised_at(exc)}. Check the plugin and its options.") from exc
+
+
+async def plugin_awaited(role: str, name: str, value: Awaitable[T]) -> T:
+    """:func:`plugin_call` around awaiting a plugin's coroutine."""
+    with plugin_call(role, name):
+        return await value
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at FOLDER/FILE.py:LINE in FUNCTION)``: where ``exc`` was raised, or nothing."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    where = os.path.join(*os.path.normpath(last.filename).split(os.sep)[-2:])
+    return f" (at {where}:{last.lineno} in {last.name})"
+
+
+__all__ = ["DistilError", "ConfigError", "PluginError", "nearest", "did_you_mean", "plugin_call",
+           "plugin_awaited", "raised_at"]

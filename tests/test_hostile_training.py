@@ -288,3 +288,46 @@ def test_run_files_are_private(tmp_path):
         assert mode(run / name) == 0o600, name
     assert mode(run / "checkpoints" / "step-000001.pt") == 0o600
     assert "reference" in (run / "rollouts.jsonl").read_text()  # what the privacy is for
+
+
+# -- plugins that raise -----------------------------------------------------------------------
+
+
+class Raising:
+    """A plugin whose call raises what a real one meets: a dropped connection."""
+
+    def __init__(self, asynchronous: bool):
+        self.asynchronous = asynchronous
+
+    def fail(self, *_args, **_kwargs):
+        if not self.asynchronous:
+            raise ConnectionResetError("backend connection reset")
+
+        async def later():
+            raise ConnectionResetError("backend connection reset")
+
+        return later()
+
+    feedback = verify = score = fail
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("role", ["feedback source", "verifier", "expert"])
+def test_a_plugin_that_raises_stops_the_run_with_one_error_naming_it(tmp_path, role, asynchronous):
+    """Before, the exception reached the user as a traceback that named neither the plugin nor
+    where it was raised; a coroutine's, raised among the step's others, had no owner at all."""
+    trainer = trainer_for(tmp_path)
+    rt, plugin = trainer.rt, Raising(asynchronous)
+    if role == "feedback source":
+        rt.feedback_sources = [(name, source) for name, source in rt.feedback_sources] + [("critic", plugin)]
+        name = "critic"
+    elif role == "verifier":
+        rt.verifier, name = plugin, trainer.config.verifier.name
+    else:
+        rt.expert, name = plugin, trainer.config.expert.name
+    with pytest.raises(DistilError) as caught:
+        trainer.train_step(1)
+    message = str(caught.value)
+    assert message.startswith(f"{role} {name!r} raised ConnectionResetError: backend connection reset (at ")
+    assert "test_hostile_training.py:" in message and (" in fail)" in message or " in later)" in message)
+    assert isinstance(caught.value.__cause__, ConnectionResetError)  # kept for whoever debugs the plugin

@@ -10,13 +10,14 @@ names the plugin), never deep inside a loss.
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from distil_core.config import RunConfig
-from distil_core.errors import PluginError
+from distil_core.errors import PluginError, plugin_awaited, plugin_call
 from distil_core.losses.methods import Method
 from distil_core.models.forward import vocab_size
 from distil_core.protocols import resolve, resolve_all
@@ -102,14 +103,22 @@ def consult_expert(rt: Any, config: RunConfig, method: Method, batch: StepBatch,
     return batch
 
 
+def awaited_as(role: str, name: str, value: Any) -> Any:
+    """``value``, or, when it is a coroutine, one that names the plugin if it raises (the
+    step's coroutines all run together, so the error must carry its owner's name)."""
+    return plugin_awaited(role, name, value) if inspect.isawaitable(value) else value
+
+
 def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequence[Rollout], n: int) -> list[Verdict]:
     """Every rollout's verdict: in one ``verify_batch`` call when the verifier has one (a
     :class:`~distil_core.protocols.BatchVerifier`), else its ``verify`` coroutines run together.
     A wrong count, or a verdict that is not a :class:`Verdict`, stops the run naming ``name``."""
     whole = getattr(verifier, "verify_batch", None)
-    if not callable(whole):
-        return checked(resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]), Verdict, name)
-    verdicts = resolve(whole([problems[i // n] for i in range(len(rollouts))], list(rollouts)))
+    with plugin_call("verifier", name):
+        if not callable(whole):
+            return checked(resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]),
+                           Verdict, name)
+        verdicts = resolve(whole([problems[i // n] for i in range(len(rollouts))], list(rollouts)))
     if not isinstance(verdicts, (list, tuple)) or len(verdicts) != len(rollouts):
         count = len(verdicts) if isinstance(verdicts, (list, tuple)) else type(verdicts).__name__
         raise PluginError(f"verifier {name!r}: verify_batch returned {count} verdicts for {len(rollouts)} rollouts; "
@@ -134,13 +143,14 @@ def collect_feedback(sources: Sequence[tuple[str, Any]], batch: StepBatch, group
     calls, owners = [], []
     for name, source in sources:
         whole = getattr(source, "feedback_batch", None)
-        if callable(whole):
-            calls.append(whole(items))
-            owners.append((name, None))
-            continue
-        for j, item in enumerate(items):
-            calls.append(source.feedback(*item))
-            owners.append((name, j))
+        with plugin_call("feedback source", name):
+            if callable(whole):
+                calls.append(awaited_as("feedback source", name, whole(items)))
+                owners.append((name, None))
+                continue
+            for j, item in enumerate(items):
+                calls.append(awaited_as("feedback source", name, source.feedback(*item)))
+                owners.append((name, j))
     out: list[list[Feedback]] = [[] for _ in items]
     for (name, j), result in zip(owners, resolve_all(calls)):
         if j is not None:
@@ -163,7 +173,8 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
     if chunked and callable(getattr(rt.expert, "score_hidden", None)):
         score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
     name = config.expert.name
-    answered = resolve(score(list(queries)))
+    with plugin_call("expert", name):
+        answered = resolve(score(list(queries)))
     if not isinstance(answered, (list, tuple)) or len(answered) != len(queries):
         count = len(answered) if isinstance(answered, (list, tuple)) else type(answered).__name__
         raise PluginError(f"expert {name!r} returned {count} signals for {len(queries)} queries; "
