@@ -320,7 +320,7 @@ def final_model(config: Any) -> tuple[Any, int]:
     from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
     from distil_core.training.runtime import build_runtime
 
-    rt = build_runtime(config, progress=False, with_expert=False)
+    rt = build_runtime(config, progress=False, for_training=False)
     _, problems = evaluation_split(rt.task, config.eval.split, config.eval.problems, config.task.name)
     def evaluate() -> dict[str, Any]:
         return evaluate_on_ranks(rt, config, World(), problems, label=config.eval.split, progress=False)

@@ -96,3 +96,49 @@ def test_an_error_quoting_control_characters_shows_them_as_escapes(plugin_host, 
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
     assert "no such split \\x1b]0;PWNED\\x07\\x1b[2J\\u202e" in err and err.startswith("error: task 'evil'"), err
+
+
+class StoreFeedback:
+    """A feedback source that needs a file only the training machine has (a corrections store)."""
+
+    pretrains_base = False  # the tiny base stays the cached one
+
+    def __init__(self, path):
+        import os
+
+        from distil_core import ConfigError
+
+        if not os.path.exists(path):
+            raise ConfigError(f"feedback source 'store': no store at {path}")
+
+    def feedback(self, problem, rollout, verdict, siblings):
+        return []
+
+
+class StorePlugin:
+    __name__ = "store"
+
+    @hookimpl
+    def register_feedback_sources(self, register):
+        register("store", StoreFeedback)
+
+
+def test_a_trained_run_is_evaluated_without_its_feedback_sources(tmp_path, capsys):
+    """Before, eval built every feedback source although it uses none, so a run trained with a
+    store that has since moved (or on another machine) could not be evaluated at all."""
+    from distil_core import get_host
+
+    host, store, run = get_host(), tmp_path / "store.db", tmp_path / "run"
+    host.register_plugin(StorePlugin(), "store", version="0.0.1")
+    try:
+        store.write_text("")
+        feedback = f"feedback=[answer_check, {{name: store, options: {{path: '{store}'}}}}]"
+        assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", feedback)]) == 0
+        store.unlink()
+        capsys.readouterr()
+        assert main(["eval", str(run), "--json"]) == 0
+        assert 0.0 <= json.loads(capsys.readouterr().out)["pass@1"] <= 1.0
+        assert main(["train", "--quiet", "--output-dir", str(run), "--resume", *_sets("train.steps=2", feedback)]) == 2
+        assert f"no store at {store}" in capsys.readouterr().err  # training still needs it, and says so
+    finally:
+        host.unregister_plugin("store")

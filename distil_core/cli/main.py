@@ -333,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
     from distil_core.training.runtime import build_runtime
 
-    rt = build_runtime(config, progress=config.train.progress, with_expert=False)  # evaluation needs no expert
+    rt = build_runtime(config, progress=config.train.progress, for_training=False)  # evaluation needs no expert and no feedback
     split = config.eval.split
     _, problems = evaluation_split(rt.task, split, config.eval.problems, config.task.name)  # the problems training evaluates on
     # the evaluation training runs (its seed, eval.greedy), on one process

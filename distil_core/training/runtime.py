@@ -91,13 +91,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progress: bool = True,
-                  with_expert: bool = True) -> Runtime:
+                  for_training: bool = True) -> Runtime:
     """Build every component named in ``config``; errors name the component and the fix.
 
-    The expert is built when the run's method asks one and ``with_expert`` is true; an
-    evaluation passes ``with_expert=False``, since it samples and grades the policy alone and an
-    expert can be costly to build (a second model, or an API client). The method is looked up
-    first, so a name without a registered method fails before anything slow runs.
+    The feedback sources, and the expert when the run's method asks one, are built only
+    ``for_training``. An evaluation passes ``for_training=False``: it samples and grades the
+    policy alone; an expert can be costly to build (a second model, or an API client), and a
+    feedback source may need what only the training machine has (a corrections store, a
+    critic's model directory), so a trained run can be evaluated where those are gone. The
+    method is looked up first, so a name without a registered method fails before anything
+    slow runs.
     """
     method = method_named(config.method)
     host = host or get_host()
@@ -124,11 +127,13 @@ def build_runtime(config: RunConfig, host: Optional[PluginHost] = None, *, progr
     rt.context = ContextBuilder(tokenizer, config.context, config.system_prompt)
     rt.verifier = build_component(host, "verifier", config.verifier.name, config.verifier.options, rt)
     _check_protocol(rt.verifier, Verifier, "verifier", config.verifier.name)
+    if not for_training:
+        return rt
     for comp in config.feedback:
         source = build_component(host, "feedback_source", comp.name, comp.options, rt)
         _check_protocol(source, FeedbackSource, "feedback source", comp.name)
         rt.feedback_sources.append((comp.name, source))
-    if with_expert and method.needs_expert:
+    if method.needs_expert:
         rt.expert = build_component(host, "expert", config.expert.name, config.expert.options, rt)
         _check_protocol(rt.expert, Expert, "expert", config.expert.name)
     return rt
