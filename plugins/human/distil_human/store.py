@@ -9,7 +9,9 @@ Several processes may write at once. The database runs in WAL mode; every write 
 write lock up front (``BEGIN IMMEDIATE``) and waits for it up to ``busy_timeout_s`` instead of
 failing with "database is locked"; each entry is committed as soon as it is added. The
 ``meta`` table records the schema version, and a store written by a newer version of this
-plugin is refused with a message rather than misread.
+plugin is refused with a message rather than misread. Opening a store reads that version in a
+read transaction and takes the write lock only to create or upgrade the store, so opening one
+to read (a training run's feedback source, an export) never waits for a writer.
 
 Every SQLite failure leaves this module as a :class:`~distil_core.DistilError` naming the file
 and what to do: a reviewer, an import or a training run should never die on a raw
@@ -433,18 +435,28 @@ class CorrectionStore:
     # -- schema ------------------------------------------------------------------------------
 
     def _check_schema(self) -> None:
+        """Create or upgrade the store if it needs it; otherwise only read its version.
+
+        The version is read in a read transaction, and the write lock is taken only when there
+        is something to write (a new file, an older version), then the version is read again
+        under it, since another process may have done the work meanwhile. Opening a current
+        store must not take the write lock: in WAL mode reads never wait for writers, but a
+        training run's feedback source or an export that took the lock to look at the version
+        would wait behind a long import, and fail after ``busy_timeout_s``, to read nothing.
+        """
+        with self._reading() as db:
+            version = self._stored_version(db)
+        if version == SCHEMA_VERSION:
+            return
         if self.read_only:
-            version = self._stored_version(self._db)
             if version is None:
                 raise ConfigError(f"{self.path} is an empty database, not a corrections store, and it is read-only "
                                   f"({self.read_only_reason}); choose another --db / `db` path.")
-            if version < SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{self.path} has schema version {version}, and this distil-human reads version {SCHEMA_VERSION}; "
-                    f"it upgrades a store when it opens it, but this one is read-only ({self.read_only_reason}). "
-                    "Open it once where it is writable (any `distil corrections export` does), then use it here."
-                )
-            return
+            raise ConfigError(
+                f"{self.path} has schema version {version}, and this distil-human reads version {SCHEMA_VERSION}; "
+                f"it upgrades a store when it opens it, but this one is read-only ({self.read_only_reason}). "
+                "Open it once where it is writable (any `distil corrections export` does), then use it here."
+            )
         with self._write() as db:
             version = self._stored_version(db)
             if version is None:  # a new (or empty) file
@@ -457,6 +469,18 @@ class CorrectionStore:
                 for statement in _MIGRATIONS[target]:
                     db.execute(statement)
                 db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(target), "schema_version"))
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: its queries see one snapshot, and in WAL mode it waits for no
+        writer. It is ended on the way out, whatever happens, so it pins no old snapshot (which
+        would keep a checkpoint from finishing)."""
+        db = self._db
+        db.execute("BEGIN DEFERRED")
+        try:
+            yield db
+        finally:
+            self._rollback(db)  # nothing was written: ending it is all a rollback does
 
     def _stored_version(self, db: sqlite3.Connection) -> Optional[int]:
         """The store's schema version (1 to SCHEMA_VERSION), or None for a database with no tables."""

@@ -162,3 +162,45 @@ def write_version_1_store(path) -> None:
         conn.execute("INSERT INTO corrections (id, problem_id, kind, text, author, created_at) VALUES "
                      "('a1', 'sort-12', 'solution', '12', 'ada', '2025-01-01T00:00:00.000000+00:00')")
     conn.close()
+
+
+class WriteLockHolder:
+    """Another process holding the store's write lock, as a long `distil corrections import`
+    does: it opens the store, starts a write (``BEGIN IMMEDIATE``) and adds an entry with the
+    text ``pending``, says ``locked`` on its output, and keeps the transaction open until its
+    input is closed (:meth:`release`). Use it as a context manager."""
+
+    def __init__(self, path: str):
+        import subprocess
+
+        code = (
+            "import sys\n"
+            "from distil_human.store import _INSERT, Correction, CorrectionStore\n"
+            "store = CorrectionStore(sys.argv[1])\n"
+            "with store._write() as db:\n"
+            "    db.execute(_INSERT, Correction(problem_id='sort-12', kind='correction', text='pending')._row())\n"
+            "    print('locked', flush=True)\n"
+            "    sys.stdin.read()\n"
+            "print('released', flush=True)\n"
+        )
+        self.proc = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        said = self.proc.stdout.readline()
+        if said != "locked\n":
+            self.proc.kill()
+            raise AssertionError(f"the lock holder did not take the lock (it said {said!r})")
+
+    def release(self) -> None:
+        """Commit the pending entry and end the process."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            assert self.proc.stdout.readline() == "released\n"
+        self.proc.wait(60)
+
+    def __enter__(self) -> "WriteLockHolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.release()

@@ -1,5 +1,6 @@
 """The SQLite store: round trip, several writing processes at once, schema versions, location."""
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -10,10 +11,11 @@ import time
 from datetime import timezone
 
 import pytest
-from human_testlib import (Terminal, distil_argv, entry, plugin_env, response_hash, rollout_record, write_entries,
-                           write_run)
+from human_testlib import (Terminal, WriteLockHolder, distil_argv, entry, plugin_env, response_hash, rollout_record,
+                           write_entries, write_run)
 
 from distil_core import ConfigError, DistilError, PluginHost
+from distil_core.testing import problem, rollout, verdict
 from distil_human.store import SCHEMA_VERSION, CorrectionStore, default_db_path
 
 
@@ -270,6 +272,31 @@ def test_a_write_waiting_for_the_lock_holds_up_no_read_of_another_thread(tmp_pat
     writer.join(60)
     assert errors == [] and [e.text for e in store.all()] == ["before", "after"]
     store.close()
+
+
+def test_reading_never_waits_for_another_process_holding_the_write_lock(tmp_path):
+    """Before, opening a store took the write lock to look at its schema version, so while a long
+    `distil corrections import` held it, a training run's `human` source and `distil corrections
+    export` waited 30 s and failed with StoreBusyError. The lock is held for the whole test: a
+    read that waited for it could not succeed."""
+    db = tmp_path / "human.sqlite"
+    with CorrectionStore(str(db)) as store:
+        store.add(entry(text="committed"))
+    out = tmp_path / "out.jsonl"
+    with WriteLockHolder(str(db)) as holder:
+        with CorrectionStore(str(db), create=False) as reader:  # sees the committed entry, not the pending one
+            assert [e.text for e in reader.all()] == ["committed"] and not reader.read_only
+        source = PluginHost(load_entrypoints=True, allow=["human"]).build("feedback_source", "human", {"db": str(db)})
+        items = source.feedback(problem(pid="sort-12"), rollout("21", "sort-12"), verdict(False))
+        assert [i.text for i in items] == ["committed"]
+        source.store.close()
+        done = subprocess.run(distil_argv("corrections", "export", str(out), "--db", str(db)), env=plugin_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Exported 1 entries" in done.stdout, done.stderr
+        assert holder.proc.poll() is None  # the lock was held all along
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["committed"]
+    with CorrectionStore(str(db), create=False) as store:
+        assert [e.text for e in store.all()] == ["committed", "pending"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
