@@ -11,7 +11,10 @@ failing with "database is locked"; each entry is committed as soon as it is adde
 ``meta`` table records the schema version, and a store written by a newer version of this
 plugin is refused with a message rather than misread. Opening a store reads that version in a
 read transaction and takes the write lock only to create or upgrade the store, so opening one
-to read (a training run's feedback source, an export) never waits for a writer.
+to read (a training run's feedback source, an export) never waits for a writer. It also checks
+that the tables hold the columns that version has (an upgrade adds only what is missing), so a
+file changed outside distil-human is refused by name when it is opened, not at the first read;
+a row that is not an entry is reported with its row, id and field.
 
 Every SQLite failure leaves this module as a :class:`~distil_core.DistilError` naming the file
 and what to do: a reviewer, an import or a training run should never die on a raw
@@ -81,9 +84,12 @@ def _content(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(row[_COLUMNS.index(name)] for name in Correction.CONTENT_FIELDS)
 
 
-_MIGRATIONS: dict[int, Sequence[str]] = {  # version v → statements that bring v - 1 to v
-    2: ("ALTER TABLE corrections ADD COLUMN verified INTEGER",),
+_MIGRATIONS: dict[int, Sequence[tuple[str, str]]] = {  # version v → the columns it adds to version v - 1
+    2: (("verified", "INTEGER"),),
 }
+_ADDED_IN = {name: version for version, added in _MIGRATIONS.items() for name, _ in added}
+_NULLABLE = {"response_hash": "TEXT", "run_dir": "TEXT", "step": "INTEGER", "response_text": "TEXT", "verdict": "TEXT",
+             "verified": "INTEGER"}  # the columns that can be added to a table holding entries, with their types
 MAX_STEP = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
 MAX_VERDICT_DEPTH = 32  # a verdict is score, passed, answer: deeper nesting is a broken record
 RESPONSE_HASH = r"^[0-9a-f]{8,64}$"
@@ -221,17 +227,52 @@ class Correction(BaseModel):
                 self._stamp(), self.run_dir, self.step, self.response_text, verdict, self.verified)
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> "Correction":
+    def _from_row(cls, row: Sequence[Any]) -> "Correction":
+        """The entry a stored row holds; :class:`UnreadableRow` naming the field at fault for a row
+        changed outside distil-human (a BLOB for a text, a ``kind`` it does not know, a verdict
+        that is not JSON), so that whoever fixes it by hand knows where to look."""
         data = dict(zip(_COLUMNS, row))
-        # a NaN stored by an older distil-human reads back as null, which is what its export wrote
-        data["verdict"] = json.loads(data["verdict"], parse_constant=lambda _: None) \
-            if data["verdict"] is not None else None
-        return cls.model_validate(data)
+        for name, value in data.items():
+            if isinstance(value, bytes):
+                raise UnreadableRow(f"field {name!r}: holds binary data (a BLOB of {len(value)} bytes), not text")
+        if data["verdict"] is not None:
+            try:  # a NaN stored by an older distil-human reads back as null, which is what its export wrote
+                data["verdict"] = json.loads(data["verdict"], parse_constant=lambda _: None)
+            except (ValueError, RecursionError) as exc:
+                what = f"{exc.msg} at character {exc.pos + 1}" if isinstance(exc, json.JSONDecodeError) else \
+                    type(exc).__name__
+                raise UnreadableRow(f"field 'verdict': not valid JSON ({what}; it holds "
+                                    f"{_shown(data['verdict'])})") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UnreadableRow(problems_of(exc, stored=True)) from None
 
 
-def problems_of(exc: ValidationError) -> str:
-    """``field: what is wrong; ...`` for an entry that failed validation (no pydantic boilerplate)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+class UnreadableRow(ValueError):
+    """A stored row that is not an entry; the message names the field and what is wrong with it."""
+
+
+def problems_of(exc: ValidationError, stored: bool = False) -> str:
+    """``field: what is wrong; ...`` for an entry that failed validation, without pydantic's
+    boilerplate (error types, links). ``stored``: for a row read back from the store, which
+    someone must find and fix by hand: ``field 'name': what is wrong (it holds <value>)``. A
+    reviewer's own entry is given back whole, so its values are not repeated."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"]))
+        if not stored:
+            parts.append(f"{where or 'entry'}: {error['msg']}")
+            continue
+        held = "" if error["type"] == "missing" else f" (it holds {_shown(error.get('input'))})"
+        parts.append(f"{f'field {where!r}' if where else 'the entry'}: {error['msg']}{held}")
+    return "; ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters: enough to find a bad value, never a whole text."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_text(value: str, where: str) -> None:
@@ -421,6 +462,8 @@ class CorrectionStore:
         """The DistilError for a failed SQLite call: locked, damaged, or the disk refusing a write."""
         if _is_busy(exc):
             return self._busy(exc)
+        if _is_undecodable(exc):
+            return self._undecodable(exc)
         if _is_damage(exc):
             return self._damaged(exc)
         if isinstance(exc, sqlite3.IntegrityError):
@@ -446,8 +489,9 @@ class CorrectionStore:
         """
         with self._reading() as db:
             version = self._stored_version(db)
-        if version == SCHEMA_VERSION:
-            return
+            if version == SCHEMA_VERSION:
+                self._check_layout(db, version)
+                return
         if self.read_only:
             if version is None:
                 raise ConfigError(f"{self.path} is an empty database, not a corrections store, and it is read-only "
@@ -465,10 +509,47 @@ class CorrectionStore:
                     db.execute(statement)
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", str(SCHEMA_VERSION)))
                 return
+            self._check_layout(db, version)
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target]:
-                    db.execute(statement)
+                present = _columns(db)
+                for name, kind in _MIGRATIONS[target]:
+                    if name not in present:  # a store upgraded by hand, or half-way by a copy that failed
+                        db.execute(f"ALTER TABLE corrections ADD COLUMN {name} {kind}")
                 db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(target), "schema_version"))
+
+    def _check_layout(self, db: sqlite3.Connection, version: int) -> None:
+        """ConfigError unless the ``corrections`` table has every column a store of ``version``
+        has (more are allowed: a version-1 store may already have a later one).
+
+        The ``meta`` table's version is a claim, and a file changed outside distil-human (or
+        assembled by hand) can make it false. Checked when the store is opened, so such a file
+        is refused by name with what is wrong and what to do, before a run starts; otherwise
+        every read would fail later with SQLite's "no such column", taken for a disk fault.
+        """
+        present = _columns(db)
+        if not present:
+            raise ConfigError(
+                f"{self.path} is not a complete corrections store: its 'meta' table says schema version {version}, "
+                "but it has no 'corrections' table, so it holds no entries (it was changed outside distil-human). "
+                "Move it aside (the next `distil review` or `distil corrections import` "
+                "makes a new store there), or choose another --db / `db` path."
+            )
+        missing = [c for c in _COLUMNS if c not in present and _ADDED_IN.get(c, 1) <= version]
+        if not missing:
+            return
+        lacks = f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        if all(c in _NULLABLE for c in missing):
+            added = "; ".join(f"ALTER TABLE corrections ADD COLUMN {c} {_NULLABLE[c]}" for c in missing)
+            fix = f"Add {'them' if len(missing) > 1 else 'it'} with `sqlite3 {shlex.quote(self.path)} \"{added}\"`"
+        else:
+            fix = "Its entries cannot be read without " + ("them" if len(missing) > 1 else "it")
+            fix += f": move it aside and import your last export with `distil corrections import FILE --db " \
+                   f"{shlex.quote(self.path)}`"
+        raise ConfigError(
+            f"{self.path} is not a complete corrections store: its 'corrections' table {lacks}, which schema version "
+            f"{version} has (it was changed outside distil-human); nothing was changed. {fix}, or choose another "
+            "--db / `db` path."
+        )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -590,15 +671,47 @@ class CorrectionStore:
 
     def _select(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Correction]:
         out = []
-        for row in self._query(f"{_SELECT} {where} ORDER BY created_at, id", params):
+        for row in self._query(f"SELECT rowid, {', '.join(_COLUMNS)} FROM corrections {where} ORDER BY created_at, id",
+                               params):
             try:
-                out.append(Correction._from_row(row))
-            except ValueError as exc:  # a row changed by hand outside distil-human
-                raise DistilError(
-                    f"The corrections store {self.path} holds an entry that cannot be read (id {row[0]!r}: "
-                    f"{' '.join(str(exc).split())}). Fix or delete that row with the sqlite3 tool, then try again."
-                ) from None
+                out.append(Correction._from_row(row[1:]))
+            except UnreadableRow as exc:  # a row changed by hand outside distil-human
+                raise self._unreadable(row[0], row[1], str(exc)) from None
         return out
+
+    def _unreadable(self, rowid: int, entry_id: Any, problem: str) -> DistilError:
+        """The error for a stored row that is not an entry: its row and id, the field and what
+        is wrong with it, and the sqlite3 command that shows it."""
+        if isinstance(entry_id, bytes):
+            entry_id = entry_id.decode("utf-8", "backslashreplace")
+        show = f'sqlite3 {shlex.quote(self.path)} "SELECT * FROM corrections WHERE rowid = {rowid}"'
+        return DistilError(
+            f"The corrections store {self.path} holds an entry that cannot be read: row {rowid} (id "
+            f"{_shown(entry_id)}), {' '.join(problem.split())}. Fix or delete that row with the sqlite3 tool "
+            f"(`{show}` shows it), then try again."
+        )
+
+    def _undecodable(self, exc: sqlite3.Error) -> DistilError:
+        """The error for a read that met text which is not UTF-8 (written by another tool):
+        Python's sqlite3 gives up on the whole query, naming neither the row nor the entry, so
+        the table is read again as bytes to find the first such value."""
+        db = self._db
+        db.text_factory = bytes
+        try:
+            for row in db.execute(f"SELECT rowid, {', '.join(_COLUMNS)} FROM corrections"):
+                for name, value in zip(_COLUMNS, row[1:]):
+                    try:
+                        if isinstance(value, bytes):
+                            value.decode("utf-8")
+                    except UnicodeDecodeError as bad:
+                        return self._unreadable(row[0], row[1], f"field {name!r}: is not UTF-8 text (byte "
+                                                                f"0x{value[bad.start]:02x} at offset {bad.start})")
+        except sqlite3.Error:
+            pass  # the error being reported says more
+        finally:
+            db.text_factory = str
+        return DistilError(f"The corrections store {self.path} holds text that is not UTF-8 ({exc}); nothing was "
+                           "changed. Fix that value with the sqlite3 tool, then try again.")
 
     def all(self, problem_id: Optional[str] = None) -> list[Correction]:
         """Every entry (of one problem), oldest first."""
@@ -655,6 +768,16 @@ def release_connection(registry: threading.Lock, connections: list[sqlite3.Conne
 def _is_damage(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return (code is not None and code & 0xFF == _SQLITE_CORRUPT) or "malformed" in str(exc)
+
+
+def _is_undecodable(exc: BaseException) -> bool:
+    """Python's sqlite3 could not decode a stored text as UTF-8 (it has no SQLite error code)."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("Could not decode to UTF-8")
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    """The columns of the ``corrections`` table; empty when there is no such table."""
+    return {row[1] for row in db.execute("PRAGMA table_info(corrections)")}
 
 
 def _is_busy(exc: BaseException) -> bool:

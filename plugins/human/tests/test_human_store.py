@@ -315,3 +315,106 @@ def test_a_thread_that_ends_leaves_no_connection_open(tmp_path):
     assert len(os.listdir("/proc/self/fd")) <= before + 2
     assert store.count() == 0  # the store itself stays usable
     store.close()
+
+
+_V2_COLUMNS = ("id TEXT PRIMARY KEY, problem_id TEXT NOT NULL, response_hash TEXT, kind TEXT NOT NULL, text TEXT NOT NULL, "
+               "author TEXT NOT NULL, created_at TEXT NOT NULL, run_dir TEXT, step INTEGER, response_text TEXT, "
+               "verdict TEXT, verified INTEGER")
+
+
+def _hand_made_store(path, version, columns=None):
+    """A store as something other than distil-human left it: a `meta` table saying ``version``
+    and, unless ``columns`` is None, a `corrections` table with those columns and no rows."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+        if columns is not None:
+            conn.execute(f"CREATE TABLE corrections ({columns})")
+    conn.close()
+
+
+@pytest.mark.parametrize("columns, said", [
+    (None, r"its 'meta' table says schema version 2, but it has no 'corrections' table, so it holds no entries"
+           r".*Move it aside"),
+    (_V2_COLUMNS.replace(", verified INTEGER", ""),
+     r"its 'corrections' table lacks the column verified, which schema version 2 has.*Add it with `sqlite3 "),
+    (_V2_COLUMNS.replace(", verified INTEGER", "").replace(", text TEXT NOT NULL", ""),
+     r"lacks the columns text, verified, .*cannot be read without them: move it aside and import your last export"),
+], ids=["no-corrections-table", "a-column-that-can-be-added", "a-required-column"])
+def test_a_store_whose_tables_do_not_match_its_version_is_refused_when_opened(tmp_path, columns, said):
+    """Before, it opened, and every read then failed with "no such column" and advice to check
+    that the disk is mounted; a training run's `human` source was built and failed at its first step."""
+    db = tmp_path / "human.sqlite"
+    _hand_made_store(db, SCHEMA_VERSION, columns)
+    refused = f"{db} is not a complete corrections store: .*{said}"
+    for read_only in (None, True):
+        with pytest.raises(ConfigError, match=refused) as err:
+            CorrectionStore(str(db), create=False, read_only=read_only)
+        assert "disk" not in str(err.value)
+    with pytest.raises(ConfigError, match=refused):
+        PluginHost(load_entrypoints=True, allow=["human"]).build("feedback_source", "human", {"db": str(db)})
+    done = subprocess.run(distil_argv("corrections", "export", "-", "--db", str(db)), env=plugin_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is not a complete corrections store" in done.stderr and done.stdout == ""
+    if "Add it with" in str(err.value):  # the advice works: the store opens once it is followed
+        statement = str(err.value).split(f"sqlite3 {db} \"")[1].split('"`')[0]
+        with sqlite3.connect(db) as conn:
+            conn.execute(statement)
+        conn.close()
+        with CorrectionStore(str(db), create=False) as store:
+            assert store.count() == 0
+
+
+def test_upgrading_a_version_1_store_adds_only_the_columns_it_lacks(tmp_path):
+    """Before, a version-1 store that already had `verified` failed its upgrade with "duplicate
+    column" and advice to check the disk's free space, and one without a `corrections` table
+    with "no such table"."""
+    db = tmp_path / "human.sqlite"
+    _hand_made_store(db, 1, _V2_COLUMNS)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO corrections (id, problem_id, kind, text, author, created_at, verified) VALUES "
+                     "('a1', 'sort-12', 'solution', '12', 'ada', '2025-01-01T00:00:00.000000+00:00', 1)")
+    conn.close()
+    with CorrectionStore(str(db), create=False) as store:
+        assert store.schema_version() == SCHEMA_VERSION and [(e.id, e.verified) for e in store.all()] == [("a1", True)]
+    empty = tmp_path / "empty.sqlite"
+    _hand_made_store(empty, 1)
+    with pytest.raises(ConfigError, match=f"{empty} is not a complete corrections store: its 'meta' table says "
+                                          "schema version 1, but it has no 'corrections' table"):
+        CorrectionStore(str(empty))
+    with sqlite3.connect(empty) as conn:  # refused before anything was changed
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("1",)]
+    conn.close()
+
+
+@pytest.mark.parametrize("column, value, said", [
+    ("kind", "'comment'", "field 'kind': Input should be 'correction' or 'solution' (it holds 'comment')"),
+    ("created_at", "'yesterday'", "field 'created_at': Input should be a valid datetime or date, input is too short "
+                                  "(it holds 'yesterday')"),
+    ("verdict", "'{not json'", "field 'verdict': not valid JSON (Expecting property name enclosed in double quotes "
+                               "at character 2; it holds '{not json')"),
+    ("verdict", "'[1, 2]'", "field 'verdict': Input should be a valid dictionary (it holds [1, 2])"),
+    ("text", "X'fffe'", "field 'text': holds binary data (a BLOB of 2 bytes), not text"),
+    ("text", "CAST(X'68ff69' AS TEXT)", "field 'text': is not UTF-8 text (byte 0xff at offset 1)"),
+], ids=["kind", "created_at", "verdict-not-json", "verdict-a-list", "text-a-blob", "text-not-utf8"])
+def test_a_row_that_is_not_an_entry_is_named_by_row_id_and_field(tmp_path, column, value, said):
+    """Before, the message carried pydantic's boilerplate and a URL, or (text that is not UTF-8)
+    advice to check that the disk is mounted."""
+    db = tmp_path / "human.sqlite"
+    _hand_made_store(db, SCHEMA_VERSION, _V2_COLUMNS)  # without distil-human's CHECK on `kind`
+    with CorrectionStore(str(db)) as store:
+        store.add(entry(text="fine", created_at="2025-01-01T00:00:00+00:00"))
+        store._db.execute("INSERT INTO corrections (id, problem_id, kind, text, author, created_at) VALUES "
+                          "('bad', 'sort-12', 'correction', 'x', '', '2025-01-02T00:00:00+00:00')")
+        store._db.execute(f"UPDATE corrections SET {column} = {value} WHERE id = 'bad'")
+    with CorrectionStore(str(db), create=False) as store:
+        with pytest.raises(DistilError) as err:
+            store.all()
+    message = str(err.value)
+    assert message.startswith(f"The corrections store {db} holds an entry that cannot be read: row 2 (id 'bad'), "
+                              f"{said}. Fix or delete that row with the sqlite3 tool (`sqlite3 {db} \"SELECT * FROM "
+                              "corrections WHERE rowid = 2\"` shows it)"), message
+    assert "pydantic" not in message and "http" not in message and "disk" not in message
+    done = subprocess.run(distil_argv("corrections", "export", "-", "--db", str(db)), env=plugin_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr
