@@ -34,6 +34,18 @@ class LocalCritic:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_ids = _stop_ids(model, tokenizer)
 
+    def refusal(self, messages: Messages) -> Optional[str]:
+        """What the chat template says when it cannot render ``messages`` (``None`` when it can):
+        the trial rendering done when the source is built, through the same :func:`prompt_ids`
+        that :meth:`write` uses, so that a template that refuses the critique request stops the
+        run before it starts instead of at its first critique."""
+        try:
+            prompt_ids(self.tokenizer, messages)
+        except ConfigError as exc:
+            cause = exc.__context__  # the template's own error, which prompt_ids wraps
+            return f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}" if cause is not None else str(exc)
+        return None
+
     def write(self, conversations: Sequence[Messages], max_new_tokens: int, temperature: float) -> list[Critique]:
         """One ``generate`` call for the whole batch; decoded with special tokens skipped."""
         import torch

@@ -57,13 +57,42 @@ class SelfEvalFeedback:
             raise ConfigError(f"{_where('system_prompt')} must be a string (got {system_prompt!r}).")
         self.system_prompt = system_prompt
         self.critic = build_critic(model, runtime, _where("model"))
+        self._check_chat_template()
+
+    def _check_chat_template(self) -> None:
+        """Render a critique request through a local critic's chat template once, now.
+
+        Chat templates may refuse what a conversation holds; many refuse a system message. The
+        first critiques are written after the run's first evaluation, so a refusal found then
+        costs that evaluation and is reported as a damaged chat template; found here, it stops
+        the run before anything starts, naming the option to change. A critic that writes
+        through ``generate`` (an API) has no chat template here to try."""
+        refusal = getattr(self.critic, "refusal", None)
+        if refusal is None:
+            return
+        request = [{"role": "user", "content": self.template.sample()}]
+        said = refusal(self._with_system(request))
+        if said is None:
+            return
+        label = self.critic.label
+        if self.system_prompt and refusal(request) is None:
+            raise ConfigError(
+                f"{_where('system_prompt')}: the chat template of the critic ({label!r}) refuses a system message "
+                f"({said}); it renders the critique request without one. Leave system_prompt out and put its "
+                "instructions at the start of option 'template', or choose a critic (option 'model') whose chat "
+                "template takes a system message."
+            )
+        raise ConfigError(
+            f"{_where('model')}: the chat template of the critic ({label!r}) cannot render a critique request "
+            f"({said}). Restore its chat_template.jinja (or tokenizer_config.json), or choose another critic."
+        )
+
+    def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system_prompt}, *messages] if self.system_prompt else messages
 
     def messages(self, problem: Problem, rollout: Rollout, verdict: Verdict) -> list[dict[str, str]]:
         """The conversation the critic answers: the rendered template as one user message."""
-        messages = [{"role": "user", "content": self.template.render(problem, rollout, verdict)}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return messages
+        return self._with_system([{"role": "user", "content": self.template.render(problem, rollout, verdict)}])
 
     def feedback(
         self,

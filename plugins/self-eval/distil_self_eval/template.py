@@ -49,6 +49,10 @@ class CritiqueTemplate:
     def render(self, problem: Problem, rollout: Rollout, verdict: Verdict) -> str:
         return self.text.format(**values(problem, rollout, verdict))
 
+    def sample(self) -> str:
+        """The template filled with stand-in values: a request to try the critic's chat template on."""
+        return self.text.format(**_SAMPLE)
+
 
 def values(problem: Problem, rollout: Rollout, verdict: Verdict) -> dict[str, Any]:
     """Every template variable for one graded rollout."""

@@ -1,5 +1,6 @@
 """The source on real tiny models: batching, the length cap, only_failed, and each kind of critic."""
 
+import copy
 import json
 import os
 from types import SimpleNamespace
@@ -163,3 +164,39 @@ def test_a_local_directory_without_a_chat_template_is_refused(host, tmp_path):
         student_source(host, model=str(path))
     with pytest.raises(ConfigError, match="neither 'student' nor a local model directory"):
         student_source(host, model=str(tmp_path / "missing"))
+
+
+NO_SYSTEM_ROLE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                  "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def critic_with_chat_template(path, chat_template):
+    tokenizer = copy.deepcopy(tiny_tokenizer())  # the shared one stays as it is
+    tokenizer.chat_template = chat_template
+    save_pretrained(tiny_model(seed=1), tokenizer, str(path))
+    return str(path)
+
+
+def test_a_critic_whose_chat_template_refuses_the_system_prompt_is_refused_when_built(host, tmp_path):
+    """Before, the source was built, and the run failed at its first critiques, after the first
+    evaluation, blaming a damaged chat_template.jinja and naming neither self_eval nor system_prompt."""
+    critic = critic_with_chat_template(tmp_path / "critic", NO_SYSTEM_ROLE)
+    with pytest.raises(ConfigError) as err:
+        student_source(host, model=critic, system_prompt="You are a strict grader.")
+    message = str(err.value)
+    assert message.startswith(f"feedback source 'self_eval': option 'system_prompt': the chat template of the "
+                              f"critic ({critic!r}) refuses a system message (TemplateError: System role not "
+                              "supported); it renders the critique request without one. Leave system_prompt out")
+    assert "damaged" not in message and "\n" not in message
+    source, _ = student_source(host, model=critic, max_new_tokens=4)  # without one it critiques
+    torch.manual_seed(0)
+    assert any(source.feedback_batch(step_items(4)))
+
+
+def test_a_critic_whose_chat_template_fails_on_every_request_is_refused_naming_the_model(host, tmp_path):
+    critic = critic_with_chat_template(tmp_path / "critic", "{{ raise_exception('No conversations here') }}")
+    with pytest.raises(ConfigError, match=r"^feedback source 'self_eval': option 'model': the chat template of the "
+                                          r"critic .* cannot render a critique request \(TemplateError: No "
+                                          r"conversations here\)\. Restore its chat_template\.jinja"):
+        student_source(host, model=critic, system_prompt="You are a strict grader.")

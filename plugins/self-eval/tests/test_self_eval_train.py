@@ -1,6 +1,7 @@
 """`distil train` with self_eval: a bad template stops it before training (exit 2), and a short
 run critiques each step's failed rollouts in one generate call and logs them as provenance."""
 
+import copy
 import json
 import os
 import shutil
@@ -65,6 +66,26 @@ def test_unbalanced_braces_stop_distil_train_with_exit_code_2(tmp_path, with_plu
     assert err.startswith("error: feedback source 'self_eval': option 'template': braces do not pair: "
                           "the '{' at character 10 is never closed")
     assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_critic_refusing_the_system_prompt_stops_distil_train_before_the_first_evaluation(tmp_path, with_plugin,
+                                                                                            capsys):
+    """Before, the run evaluated its starting model, then failed at the first step's critiques."""
+    tokenizer = copy.deepcopy(tiny_tokenizer())
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}"
+                               "<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    critic = tmp_path / "critic"
+    save_pretrained(tiny_model(seed=1), tokenizer, str(critic))
+    config = write_config(tmp_path / "run.yaml", {"model": str(critic), "system_prompt": "You are a strict grader."},
+                          model={"name": saved_tiny_model(tmp_path)})
+    capsys.readouterr()
+    assert main(["train", config, "--output-dir", str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().startswith("error: feedback source 'self_eval': option 'system_prompt': the chat template of "
+                                  f"the critic ({str(critic)!r}) refuses a system message")
+    assert "eval (before" not in out + err and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
