@@ -15,6 +15,15 @@ from typing import Any, Mapping, Optional, Sequence
 from distil_core.errors import ConfigError, did_you_mean
 
 _NAME = re.compile(r"[^.\[]*")
+_NUMBER = re.compile(r"\d+")
+
+MAX_FORMAT_CHARS = 10_000
+"""What the widths and precisions in a template's format specs may add up to, in characters.
+
+A prompt is text a model reads: a spec such as ``{response:>20}`` or ``{response:.2000}`` is
+plausible, one of ``>100000000000`` is a mistake that would allocate that much at every
+rendering (and at the check's trial rendering, a MemoryError). Every number in a spec is
+counted, so the check never renders more than this plus the template and its sample values."""
 
 
 def check_format_template(
@@ -36,7 +45,9 @@ def check_format_template(
     step that renders one, or silently drop what the variable carries. Checked here, once, at
     load time: ``variables`` maps each valid name to what it holds; every name in ``required``
     must be used; ``unavailable`` names are refused with their reason ("{name} is not available
-    <reason>"); a trial rendering with ``sample`` (default: ``"x"`` for every variable) catches
+    <reason>"); a format spec must be fixed text (no ``{field}`` inside it) whose widths and
+    precisions stay within :data:`MAX_FORMAT_CHARS`, so that the check and every rendering
+    allocate little; a trial rendering with ``sample`` (default: ``"x"`` for every variable) catches
     format specs the values cannot take, and ``render_hint`` follows that error. ``where``
     starts each message. The self_eval plugin's critique template is checked here too.
     """
@@ -50,10 +61,12 @@ def check_format_template(
             "{name} and a literal brace as {{ or }}."
         ) from None
     used: list[str] = []
-    for field in fields:
+    budget = MAX_FORMAT_CHARS
+    for field, conversion, spec in fields:
         name = _field_name(field, variables, where, unavailable or {})
         if name not in used:
             used.append(name)
+        budget = _check_spec(field, conversion, spec, where, budget)
     for name in required:
         if name not in used:
             raise ConfigError(
@@ -89,16 +102,44 @@ def _field_name(field: str, variables: Mapping[str, str], where: str, unavailabl
     return name
 
 
-def _fields(text: str) -> list[str]:
-    """Field names of every replacement field, including those nested in format specs."""
-    out = []
-    for _, field, spec, _ in string.Formatter().parse(text):
-        if field is None:
+def _check_spec(field: str, conversion: Optional[str], spec: str, where: str, budget: int) -> int:
+    """What is left of ``budget`` (characters of width and precision, :data:`MAX_FORMAT_CHARS`)
+    after this field's format spec; :class:`ConfigError` for a spec that holds a replacement
+    field, or whose numbers exceed what is left.
+
+    A nested field (``{response:{score}}``) makes the format depend on a value: a trial rendering
+    with sample values passes, and the real ones then render the text empty, or fail mid-run,
+    depending on what they hold. So a spec must be written out."""
+    shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    if "{" in spec or "}" in spec:
+        raise ConfigError(
+            f"{where}: {shown} has a replacement field inside its format spec; a format spec must be written out "
+            f"(for example {{{field}:>20}}), since a value put there would change the format at every rendering "
+            "(an empty text, or an error mid-run). Write the spec as fixed text, or leave it out."
+        )
+    for digits in _NUMBER.findall(spec):
+        asked = int(digits) if len(digits) <= 12 else None  # never int() thousands of digits
+        if asked is not None and asked <= budget:
+            budget -= asked
             continue
-        out.append(field)
-        if spec and "{" in spec:
-            out.extend(_fields(spec))
-    return out
+        if asked is None or asked > MAX_FORMAT_CHARS:
+            size = f"{asked:,} characters" if asked is not None else f"a {len(digits):,}-digit number of characters"
+            said = f"asks for {size} of width or precision"
+        else:
+            said = (f"asks for {asked:,} characters of width or precision, which brings the template's widths and "
+                    f"precisions to {MAX_FORMAT_CHARS - budget + asked:,}")
+        raise ConfigError(
+            f"{where}: {shown} {said}; the widths and precisions in a template add up to at most "
+            f"{MAX_FORMAT_CHARS:,} characters (a prompt is text a model reads). Use smaller numbers, for example "
+            f"{{{field}:>20}}."
+        )
+    return budget
+
+
+def _fields(text: str) -> list[tuple[str, Optional[str], str]]:
+    """(field name, conversion, format spec) of every replacement field, in order."""
+    return [(field, conversion, spec or "") for _, field, spec, conversion in string.Formatter().parse(text)
+            if field is not None]
 
 
 def _brace_problem(text: str) -> str:

@@ -163,6 +163,11 @@ def test_a_context_shared_by_siblings_is_rendered_once_and_each_query_owns_its_i
     ("feedback", "Notes: {feedback", r"context\.feedback: braces do not pair: the '\{' at character 8 is never closed"),
     ("feedback", "Notes: {}", r"context\.feedback: \{\} is a positional placeholder"),
     ("feedback", "Notes: {feedback:.2f}", r"context\.feedback cannot be rendered: Unknown format code 'f'"),
+    # before: a MemoryError at load, and a spec with a field inside passed the check
+    ("feedback", "Notes: {feedback:>100000000000}", r"context\.feedback: \{feedback:>100000000000\} asks for "
+                 r"100,000,000,000 characters of width or precision; .* at most 10,000 characters"),
+    ("feedback", "Notes: {feedback:{feedback}}", r"context\.feedback: \{feedback:\{feedback\}\} has a replacement "
+                 r"field inside its format spec"),
     ("demonstration", "Correct solution: {solution}", r"context\.demonstration uses unknown variable \{solution\}"),
     ("demonstration", "A sibling got it right.", r"context\.demonstration does not use \{demonstration\}"),
 ])

@@ -63,13 +63,44 @@ def test_unbalanced_braces_say_where(host, template, expected):
         # before: accepted, and the critic was sent the literal text "{response}"
         ("Problem: {{problem}}\nAttempt: {{response}}", r"does not use \{response\}"),
         ("What went wrong?", r"does not use \{response\}"),
-        ("{score:{width}}", r"unknown variable \{width\}"),
+        ("{score:{width}}", r"\{score:\{width\}\} has a replacement field inside its format spec"),
         ("   ", r"must be a non-empty string"),
     ],
 )
 def test_other_template_mistakes_are_config_errors(host, template, expected):
     with pytest.raises(ConfigError, match=expected):
         build(host, template=template)
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        # before: passed the check, then the score became the spec: the response rendered empty
+        # (0.0: precision 0), as one space (1.0), or failed mid-run (1e-05: no format spec)
+        ("Attempt: {response:{score}}", r"option 'template': \{response:\{score\}\} has a replacement field inside "
+                                        r"its format spec; a format spec must be written out"),
+        ("Attempt: {response!r:>{score}}", r"\{response!r:>\{score\}\} has a replacement field inside"),
+        # before: a MemoryError raised by the check itself
+        ("Attempt: {response:>100000000000}", r"option 'template': \{response:>100000000000\} asks for "
+                                              r"100,000,000,000 characters of width or precision; the widths and "
+                                              r"precisions in a template add up to at most 10,000 characters"),
+        # before: accepted, and every critique request padded to ten million characters
+        ("Attempt: {response:>10000000}", r"asks for 10,000,000 characters of width or precision"),
+        ("{response:.6000} {problem:.6000}", r"\{problem:.6000\} asks for 6,000 characters of width or precision, "
+                                             r"which brings the template's widths and precisions to 12,000"),
+        ("{response} {score:." + "9" * 5000 + "f}", r"asks for a 5,000-digit number of characters"),
+    ],
+    ids=["field-as-spec", "field-in-spec", "huge-width", "large-width", "widths-add-up", "5000-digit-precision"],
+)
+def test_format_specs_with_fields_or_huge_numbers_are_config_errors(host, template, expected):
+    with pytest.raises(ConfigError, match=expected):
+        build(host, template=template)
+
+
+def test_format_specs_within_bounds_render(host):
+    source = build(host, template="{response:.4000}|{response:*^7}|{score:.3f}|{verdict:>12}")
+    problem, rollout, verdict, _ = graded("31", passed=False, score=0.25)
+    assert source.template.render(problem, rollout, verdict) == "31|**31***|0.250|   incorrect"
 
 
 def test_literal_braces_and_format_specs_are_fine(host):
