@@ -14,33 +14,24 @@ receives, and :class:`Register` the callback every registration hook is handed.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import random
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import (
     TYPE_CHECKING,
     Any,
-    Awaitable,
     Callable,
     Optional,
     Protocol,
     Sequence,
-    TypeVar,
-    Union,
     runtime_checkable,
 )
 
+from distil_core.awaiting import MaybeAwaitable, resolve, resolve_all
 from distil_core.types import ExpertCapability, ExpertQuery, ExpertSignal, Feedback, Problem, Rollout, Verdict
 
 if TYPE_CHECKING:  # annotations only: the root stays free of the trainer's imports
     from distil_core.config import RunConfig
     from distil_core.context import ContextBuilder
     from distil_core.plugin_host import PluginHost
-
-T = TypeVar("T")
-MaybeAwaitable = Union[T, Awaitable[T]]
 
 FeedbackItem = tuple[Problem, Rollout, Verdict, Sequence[tuple[Rollout, Verdict]]]
 """One rollout as :meth:`BatchFeedbackSource.feedback_batch` receives it."""
@@ -323,81 +314,6 @@ class Register(Protocol):
     """
 
     def __call__(self, name: str, factory: Callable[..., Any], description: str = "") -> None: ...
-
-
-# -- calling plugins -----------------------------------------------------------------------------
-
-
-def resolve(value: MaybeAwaitable[T]) -> T:
-    """Return ``value``, awaiting it first when a plugin gave a coroutine."""
-    if not inspect.isawaitable(value):
-        return value
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run_to_end(value)
-    # Called from inside a running loop (a notebook, say): finish it on a helper thread.
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            box["value"] = run_to_end(value)
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=runner)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def _await(value: Awaitable[T]) -> T:
-    return await value
-
-
-def run_to_end(value: Awaitable[T]) -> T:
-    """``asyncio.run(value)``, except that an interrupt does not wait for the loop's threads.
-
-    A plugin that runs blocking work with ``asyncio.to_thread`` (a tool, a critic, a client)
-    may never get it back: Python cannot stop a thread. ``asyncio.run`` cancels the awaiting
-    task at Ctrl-C but then waits for every thread of the loop's executor before it returns,
-    so the interrupt waits for the stuck call — for ever — and the user has to press Ctrl-C
-    three times or kill the process. Here the executor is let go instead: the interrupt reaches
-    the caller at once, and the stuck thread is left to the process's exit (see
-    :func:`distil_core.cli.main.main`, which does not wait for it either).
-    """
-    executor = ThreadPoolExecutor(thread_name_prefix="distil-plugin")
-    runner = asyncio.Runner()
-    runner.get_loop().set_default_executor(executor)
-    try:
-        return runner.run(_await(value))
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            executor.shutdown(wait=False, cancel_futures=True)
-            # what closing the loop then waits for: a fresh executor with no threads
-            runner.get_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
-        raise
-    finally:
-        runner.close()
-
-
-async def gather_resolved(values: Sequence[MaybeAwaitable[T]]) -> list[T]:
-    """Await every awaitable among ``values`` concurrently; plain values pass through."""
-    pending = [v if inspect.isawaitable(v) else _ready(v) for v in values]
-    return list(await asyncio.gather(*pending))
-
-
-async def _ready(value: T) -> T:
-    return value
-
-
-def resolve_all(values: Sequence[MaybeAwaitable[T]]) -> list[T]:
-    """Resolve many plugin results at once, running async ones concurrently."""
-    if not any(inspect.isawaitable(v) for v in values):
-        return list(values)
-    return resolve(gather_resolved(values))
 
 
 __all__ = [
