@@ -935,7 +935,8 @@ class Grader:
 # (its own nonce, a new child, the same per-test limits; the children of call and assert runs are
 # forked from the batch's ``Zygote`` rather than started with an exec). What one run could leave for the
 # next is checked before the next starts: processes that outlived it (this process is their
-# subreaper, so none can hide by double-forking), any change to the writable places and System V
+# subreaper, so none can hide by double-forking; one whose main thread ended while another of its
+# threads runs counts too), any change to the writable places and System V
 # IPC, to this process's own resource limits, priority, scheduling and CPUs (a process of the same
 # uid may change them from outside, and every later child inherits them), and to the kernel keys
 # of this uid, since the batch began (see ``Baseline``). If anything is left, the batch stops
@@ -1044,8 +1045,40 @@ class Baseline:
         return None
 
 
+def _processes():
+    """{pid: parent pid} of every live process in /proc. A process whose main thread has ended
+    (a raw ``exit`` system call, not ``exit_group``) while another of its threads runs shows
+    ``Z`` in ``/proc/<pid>/stat`` like a dead one: it counts as live while a thread of it does."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(f"/proc/{entry}/stat")
+            if fields and (fields[0] not in ("Z", "X") or _has_live_thread(entry)):
+                found[int(entry)] = int(fields[1])
+    return found
+
+
+def _stat_fields(path):
+    """The fields of a /proc ``stat`` file after the command name (state first), or []."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
+def _has_live_thread(pid):
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(_stat_fields(f"/proc/{pid}/task/{tid}/stat")[:1] not in ([], ["Z"], ["X"]) for tid in threads)
+
+
 def _descendants():
-    """Live processes below this one (orphans come back to it: it is their subreaper)."""
+    """Live processes below this one (orphans come back to it: it is their subreaper). None can
+    leave the tree: ``clone(CLONE_PARENT)`` gives the new process its caller's parent, which is
+    in the tree too."""
     while True:  # reap what already died
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -1053,16 +1086,7 @@ def _descendants():
             break
         if pid == 0:
             break
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                    fields = fh.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields and fields[0] != "Z":
-                parents[int(entry)] = int(fields[1])
+    parents = _processes()
     found, frontier = set(), {os.getpid()}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
