@@ -48,6 +48,7 @@ from pathlib import PurePosixPath
 from typing import Iterator, Optional
 
 from ._keys import clear_keys_of, owns_keys
+from ._rmtree import remove_tree
 
 JOB_UID_BASE = 70000
 JOB_UID_COUNT = 1000
@@ -142,7 +143,8 @@ def kill_uid(uid: int, gid: int, *, attempts: int = 50) -> bool:
 
 def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
     """Remove what ``uid`` owns at the top level of ``directories``. Each directory is reached
-    from ``/`` and everything below it is removed through descriptors, never following a link."""
+    from ``/`` and everything below it is removed through descriptors, never following a link,
+    however deep it is nested (:func:`~._rmtree.remove_tree`)."""
     for directory in directories:
         fd = _open_without_links(directory)
         if fd is None:
@@ -150,14 +152,9 @@ def remove_files_of(uid: int, directories=SHARED_WRITABLE_DIRS) -> None:
         try:
             for entry in list(os.scandir(fd)):
                 try:
-                    st = entry.stat(follow_symlinks=False)
-                    if st.st_uid != uid:
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        _remove_tree(fd, entry.name)
-                    else:
-                        os.unlink(entry.name, dir_fd=fd)
-                except (OSError, RecursionError):  # RecursionError: nested deeper than fwalk goes
+                    if entry.stat(follow_symlinks=False).st_uid == uid:
+                        remove_tree(fd, entry.name)  # however deep the job nested it
+                except OSError:
                     continue
         finally:
             os.close(fd)
@@ -182,24 +179,6 @@ def _open_without_links(path: str) -> Optional[int]:
             return None
         fd = inner
     return fd
-
-
-def _remove_tree(parent_fd: int, name: str) -> None:
-    """Remove directory ``name`` of ``parent_fd`` and everything in it, links not followed."""
-    for _, dirs, files, fd in os.fwalk(name, topdown=False, follow_symlinks=False, dir_fd=parent_fd):
-        for entry in files:
-            try:
-                os.unlink(entry, dir_fd=fd)
-            except OSError:
-                pass
-        for entry in dirs:  # links to directories are listed here too
-            try:
-                os.rmdir(entry, dir_fd=fd)
-            except NotADirectoryError:
-                os.unlink(entry, dir_fd=fd)
-            except OSError:
-                pass
-    os.rmdir(name, dir_fd=parent_fd)
 
 
 # directory -> (its device, inode and change time; its subdirectories others may enter, and

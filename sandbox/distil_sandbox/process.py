@@ -35,7 +35,6 @@ RLIMIT_NPROC then has to leave room for the user's other processes. Use ``bwrap`
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -64,6 +63,7 @@ from ._common import (
 )
 from ._hostuid import count_tasks_of, job_uid, jobs_dir, kill_uid
 from ._isolate import isolation
+from ._rmtree import remove_path
 from .result import ExecResult, Job
 
 SHM_MB = 16  # the private /dev/shm's size cap (at most the work directory's)
@@ -127,7 +127,7 @@ class ProcessBackend:
                 write_files(work, files, owner=owner)
                 return self._run_in(job, argv, work, owner, talk)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                remove_path(work)  # iteratively: the job may have nested directories thousands deep
 
     def _run_in(
         self, job: Job, argv: list[str], work: str, owner: Optional[tuple[int, int]], talk: Optional[Conversation]

@@ -1,4 +1,5 @@
-"""A process a rollout leaves cannot hide from the check between rollouts of a batch.
+"""What a rollout leaves behind: a process cannot hide from the check between the rollouts of a
+batch, and directories nested thousands deep do not keep a rollout from its verdict.
 
 The hostile rollout here starts a process whose main thread ends with a raw ``exit`` system call
 while another of its threads runs on: ``/proc/<pid>/stat`` then shows it as a zombie. That
@@ -10,10 +11,13 @@ next is graded in a job of its own), in a batch job and in a grading session.
 
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
 from code_exec_testlib import problem, rollout, skip_unless_available
+from distil_sandbox import _hostuid
+from distil_sandbox._rmtree import remove_path
 
 from distil_code_exec import CodeExecVerifier
 
@@ -79,3 +83,28 @@ def test_a_process_whose_main_thread_ended_is_left_over(backend, sessions):
     assert not alone.passed and not hostile.passed
     assert not after.passed, "a process the check did not see fed the next rollout its answer"
     assert verifier.counts["batch_fallbacks"] == 1
+
+
+NESTS = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint(3)\n"
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_a_solution_that_nests_directories_thousands_deep_gets_its_verdict(sessions):
+    """The process backend's work directory is on the host: it is removed however deep it goes."""
+    skip_unless_available("process")
+    before = jobs_dirs()
+    verifier = CodeExecVerifier(backend="process", cache_size=0, workers=1, sessions=sessions)
+    try:
+        reference = {"io": [{"stdin": "", "stdout": "3"}], "timeout_s": 60}
+        [verdict] = verifier.verify_batch([problem(reference)], [rollout(NESTS)])
+    finally:
+        verifier.close()
+        left = sorted(jobs_dirs() - before)
+        for name in left:  # the test's own clean-up; the assert below says what was wrong
+            remove_path(os.path.join(_hostuid.JOBS_DIR, name))
+    assert verdict.passed, verdict.details["tests"]
+    assert not left
+
+
+def jobs_dirs() -> set[str]:
+    return set(os.listdir(_hostuid.JOBS_DIR)) if os.path.isdir(_hostuid.JOBS_DIR) else set()
