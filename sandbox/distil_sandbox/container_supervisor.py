@@ -23,7 +23,8 @@ the result as JSON (``wait_status``, ``timed_out``, ``wall_s``, ``cpu_s``, trunc
 The job's stdin, stdout and stderr are pipes to the supervisor, never the control channel.
 When the program exits or times out every other process is killed too (as in a pid namespace
 of its own); after each job /work, /tmp, /dev/shm, /dev/mqueue and the System V IPC objects
-are emptied, and ``clean`` says whether all of that succeeded.
+are emptied, those places get back the extended attributes they started with (and /work its
+times), and ``clean`` says whether all of that succeeded.
 """
 
 import ctypes
@@ -322,6 +323,39 @@ def own_state():
 
 
 FIRST_STATE = []  # own_state() as main() started: a container whose supervisor differs is replaced
+FIRST_XATTRS = {}  # the extended attributes of each wiped place as main() started
+
+
+def xattrs(path):
+    """{name: value} of the extended attributes of ``path`` ({} where its file system has none),
+    or None when they cannot be read."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        return {name: os.getxattr(path, name, follow_symlinks=False) for name in names}
+    except OSError as exc:
+        return {} if exc.errno in (errno.ENOTSUP, errno.ENOENT) else None
+
+
+def restore_metadata(root):
+    """Give ``root`` back the extended attributes it had when the supervisor started, and /work its
+    times; True when it has them. Emptying a place leaves the place itself as the job left it, and
+    the job owns /work: a user attribute (or an ACL) on it, or its access time, would carry data to
+    the next job."""
+    first, now = FIRST_XATTRS.get(root, {}), xattrs(root)
+    for name in set(now or ()) - set(first):
+        try:
+            os.removexattr(root, name, follow_symlinks=False)
+        except OSError:
+            pass
+    for name, value in first.items():
+        if (now or {}).get(name) != value:
+            try:
+                os.setxattr(root, name, value, follow_symlinks=False)
+            except OSError:
+                pass
+    if root == WORK:
+        os.utime(WORK)
+    return xattrs(root) == first
 
 
 def clean_up():
@@ -332,7 +366,8 @@ def clean_up():
     """
     steps = []
     for step in (lambda: kill_everything({}), lambda: os.chmod(WORK, 0o700) or True,  # the job may lock /work
-                 *(lambda root=root: empty_dir(root) for root in WIPED), remove_sysv_ipc,
+                 *(lambda root=root: empty_dir(root) for root in WIPED),
+                 *(lambda root=root: restore_metadata(root) for root in WIPED), remove_sysv_ipc,
                  lambda: [own_state()] == FIRST_STATE):
         try:
             steps.append(bool(step()))
@@ -366,6 +401,7 @@ def main():
     signal.signal(signal.SIGCHLD, lambda *_: None)
     os.umask(0o022)
     FIRST_STATE.append(own_state())
+    FIRST_XATTRS.update((root, xattrs(root) or {}) for root in WIPED)
     while True:
         head = read_exact(4)
         if head is None:

@@ -101,3 +101,26 @@ def test_a_job_that_lowers_pid_1_retires_its_container(docker_sandbox):
         assert pool.containers_started == 2  # the lowered one was replaced
     assert lowered.ok and lowered.stdout == "lowered\n", lowered
     assert before.stdout == after.stdout == "True 0 False\n", (before, after)
+
+
+# The job owns /work, the tmpfs root its files go in: emptying it leaves the directory itself as
+# the job left it. A user attribute, an ACL entry or its times would carry data to the next job.
+MARKS_WORK = """
+import os
+os.setxattr("/work", "user.answer", b"3")
+os.setxattr("/work", "system.posix_acl_access",
+            bytes.fromhex("02000000" "0100" "0700" "ffffffff" "0200" "0700" "39300000" "0400" "0500" "ffffffff"
+                          "1000" "0700" "ffffffff" "2000" "0500" "ffffffff"))  # user 12345: rwx
+os.utime("/work", ns=(73910558, 73910559))
+print(sorted(os.listxattr("/work")), flush=True)
+"""
+READS_WORK = "import os\nst = os.stat('/work')\nprint(sorted(os.listxattr('/work')), st.st_atime_ns == 73910558)\n"
+
+
+def test_what_a_job_sets_on_the_work_directory_itself_does_not_reach_the_next(docker_sandbox):
+    with Pool(backend="docker", workers=1, timeout_s=30, memory_mb=256) as pool:
+        marked = pool.submit(MARKS_WORK).result()
+        after = pool.submit(READS_WORK).result()
+        assert pool.containers_started == 1
+    assert marked.stdout == "['system.posix_acl_access', 'user.answer']\n", marked
+    assert after.stdout == "[] False\n", after
