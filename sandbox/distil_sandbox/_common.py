@@ -177,8 +177,15 @@ def write_files(directory: str, files: Mapping[str, bytes], owner: Optional[tupl
 
 def rlimits_for(job: Job, *, nproc: Optional[int] = None) -> list[tuple[int, int, int]]:
     """(resource, soft, hard) triples for ``job``: CPU, address space, processes, file size,
-    open files and no core dumps. ``nproc`` overrides RLIMIT_NPROC (it counts every task of
-    the real uid, threads included, so callers sharing a uid with other work raise it)."""
+    open files, no core dumps and no POSIX message queues. ``nproc`` overrides RLIMIT_NPROC (it
+    counts every task of the real uid, threads included, so callers sharing a uid with other
+    work raise it).
+
+    Why no message queues (``mq_open`` fails with EMFILE): a queue outlives the process that
+    made it, and nothing else a job leaves is as hard to see. bwrap mounts no ``/dev/mqueue``,
+    the process backend's own IPC namespace has none mounted, and without root its jobs share
+    the host's: a queue one job left could carry data to the next one under the same uid, or
+    in the same sandbox (code_exec grades several rollouts in one), unseen."""
     cpu = math.ceil(job.timeout_s) + 1
     procs = job.max_processes if nproc is None else nproc
     return [
@@ -188,6 +195,7 @@ def rlimits_for(job: Job, *, nproc: Optional[int] = None) -> list[tuple[int, int
         (resource.RLIMIT_FSIZE, job.max_file_mb << 20, job.max_file_mb << 20),
         (resource.RLIMIT_NOFILE, job.max_open_files, job.max_open_files),
         (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
     ]
 
 

@@ -86,6 +86,7 @@ PRLIMIT_OPTIONS = {
     resource.RLIMIT_FSIZE: "--fsize",
     resource.RLIMIT_NOFILE: "--nofile",
     resource.RLIMIT_CORE: "--core",
+    resource.RLIMIT_MSGQUEUE: "--msgqueue",
 }
 
 

@@ -63,7 +63,7 @@ exec(compile(take(struct.unpack(">I", take(4))[0]), "container_supervisor.py", "
 # RLIMIT_NPROC counts every process of a uid on the whole engine host, and every container runs
 # as uid 65534, so the pids cgroup limits processes instead. Memory is the memory cgroup's job.
 _RLIMIT_NAMES = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_FSIZE: "fsize", resource.RLIMIT_NOFILE: "nofile",
-                 resource.RLIMIT_CORE: "core"}
+                 resource.RLIMIT_CORE: "core", resource.RLIMIT_MSGQUEUE: "msgqueue"}
 
 
 class SandboxBroken(RuntimeError):

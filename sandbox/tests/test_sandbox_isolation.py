@@ -136,14 +136,14 @@ def _host_mq_exists(name: bytes) -> bool:
 
 
 def _leave_and_look(key: int, queue: bytes) -> tuple[str, str]:
-    """A job that leaves a System V segment and a POSIX queue holding a message, and one that
-    looks for both (and for the message)."""
+    """A job that leaves a System V segment and tries to leave a POSIX queue holding a message
+    (RLIMIT_MSGQUEUE refuses it), and one that looks for both (and for the message)."""
     secret = secrets.token_hex(8)
     leave = SYSV_PRELUDE + (
         f"shm_fill({key}, 8 << 20, 0x42)\n"
         f"q = libc.mq_open({queue!r}, os.O_CREAT | os.O_RDWR, 0o666, None)\n"
-        "assert q >= 0, os.strerror(ctypes.get_errno())\n"
-        f"assert libc.mq_send(q, {secret.encode()!r}, {len(secret)}, 0) == 0\n"
+        "assert q >= 0 or ctypes.get_errno() == errno.EMFILE, os.strerror(ctypes.get_errno())\n"
+        f"assert q < 0 or libc.mq_send(q, {secret.encode()!r}, {len(secret)}, 0) == 0\n"
         "print('left', flush=True)\n"
     )
     look = SYSV_PRELUDE + (
@@ -168,6 +168,16 @@ def test_ipc_objects_do_not_outlive_the_job(backend, request):
     # ... nor for the next job
     second = run(backend, look)
     assert second.stdout == "shm False\nmq False\n", second
+
+
+def test_a_job_cannot_make_a_posix_message_queue(backend):
+    """A queue outlives the process that made it, and bwrap and the process backend mount no
+    ``/dev/mqueue`` where it would show: RLIMIT_MSGQUEUE is 0 on every backend."""
+    code = SYSV_PRELUDE + (
+        "q = libc.mq_open(b'/distil-queue', os.O_CREAT | os.O_RDWR, 0o600, None)\n"
+        "print(q, errno.errorcode.get(ctypes.get_errno()))\n"
+    )
+    assert run(backend, code).stdout == "-1 EMFILE\n"
 
 
 def test_ipc_objects_do_not_reach_the_next_job_in_a_warm_docker_container():

@@ -950,11 +950,19 @@ WATCH_LIMIT = 2000  # entries; a busier place is never called unchanged
 def _surroundings(work):
     """What a run could leave behind for the next one (None: too much to compare). Outside the
     work directory only what this uid owns counts: a shared /tmp (the process backend's) changes
-    under others' hands, and what a run creates there is its own."""
+    under others' hands, and what a run creates there is its own.
+
+    Each entry's change time (ctime) is compared, not only its modification time: a run can
+    rewrite a file (this harness's own ``main.py`` included) and set its modification time back,
+    or give it an extended attribute, and either moves the change time, which cannot be set
+    back. The work directory and the watched places themselves change whenever a run's files
+    come and go, so for them the extended attributes are compared instead (a user attribute on
+    the work directory would carry data to the next run), with the work directory's mode."""
     seen, uid = [], os.getuid()
     for top in (work,) + WATCHED:
         if not os.path.isdir(top):
             continue
+        seen.append((top, _xattrs(top)))
         for folder, dirs, files in os.walk(top):
             for name in dirs + files:
                 path = os.path.join(folder, name)
@@ -965,15 +973,17 @@ def _surroundings(work):
                 except OSError:
                     return None
                 if top == work or st.st_uid == uid:
-                    seen.append((path, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
+                    seen.append((path, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
                 if len(seen) > WATCH_LIMIT:
                     return None
             try:
                 st = os.lstat(folder)
             except OSError:
                 return None
-            if folder != work and st.st_uid == uid:
-                seen.append((folder, st.st_mode, st.st_mtime_ns))
+            if folder == work:
+                seen.append((folder, st.st_mode))
+            elif st.st_uid == uid:
+                seen.append((folder, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
     for table in ("shm", "msg", "sem"):
         try:
             with open(f"/proc/sysvipc/{table}", encoding="ascii", errors="replace") as fh:
@@ -981,6 +991,15 @@ def _surroundings(work):
         except OSError:
             pass
     return seen
+
+
+def _xattrs(path):
+    """The extended attributes of ``path`` with their values (none where it has no support for them)."""
+    try:
+        return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False))
+                            for name in os.listxattr(path, follow_symlinks=False)))
+    except OSError:
+        return ()
 
 
 def _own_state():

@@ -1,5 +1,7 @@
-"""What a rollout leaves behind: a process cannot hide from the check between the rollouts of a
-batch, and directories nested thousands deep do not keep a rollout from its verdict.
+"""What a rollout leaves behind: neither a process nor state outside its processes (a message
+queue, an extended attribute of the work directory, the harness's own file rewritten with its
+modification time set back) reaches the next rollout of a batch, and directories nested
+thousands deep do not keep a rollout from its verdict.
 
 The hostile rollout here starts a process whose main thread ends with a raw ``exit`` system call
 while another of its threads runs on: ``/proc/<pid>/stat`` then shows it as a zombie. That
@@ -83,6 +85,65 @@ def test_a_process_whose_main_thread_ended_is_left_over(backend, sessions):
     assert not alone.passed and not hostile.passed
     assert not after.passed, "a process the check did not see fed the next rollout its answer"
     assert verifier.counts["batch_fallbacks"] == 1
+
+
+# Ways to hand the next rollout of the same sandbox a value, each as put() and get().
+CHANNELS = {
+    "message queue": """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+class TS(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+def queue():
+    return libc.mq_open(b"/leak", os.O_CREAT | os.O_RDWR, 0o600, None)
+def put(value):
+    libc.mq_send(queue(), value, len(value), 0)
+def get():
+    buf = ctypes.create_string_buffer(8192)
+    n = libc.mq_timedreceive(queue(), buf, 8192, None, ctypes.byref(TS(int(time.time()), 0)))
+    return buf.raw[:n] if n > 0 else b""
+""",
+    "work directory xattr": """
+import os
+def put(value):
+    os.setxattr(os.getcwd(), "user.leak", value)
+def get():
+    try:
+        return os.getxattr(os.getcwd(), "user.leak")
+    except OSError:
+        return b""
+""",
+    "harness file": """
+import os
+HARNESS = os.path.join(os.getcwd(), "main.py")
+def put(value):
+    st = os.stat(HARNESS)
+    with open(HARNESS, "r+b") as fh:
+        fh.write(b"#" + value + b"\\n")
+    os.utime(HARNESS, ns=(st.st_atime_ns, st.st_mtime_ns))
+def get():
+    with open(HARNESS, "rb") as fh:
+        head = fh.read(10)
+    return head[1:9] if head[:1] == b"#" else b""
+""",
+}
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+@pytest.mark.parametrize("backend,sessions", SETUPS)
+def test_state_a_rollout_leaves_in_its_sandbox_does_not_reach_the_next(backend, sessions, channel):
+    skip_unless_available(backend)
+    leaves = CHANNELS[channel] + "put(b'73910558')\ndef f():\n    return 0\n"
+    reads = CHANNELS[channel] + "def f():\n    value = get()\n    return int(value) if value else 0\n"
+    verifier = CodeExecVerifier(backend=backend, cache_size=0, workers=1, sessions=sessions)
+    try:
+        alone = verifier.verify_many([(problem(ANSWER, "b"), rollout(reads))])[0]
+        _, after = verifier.verify_batch([problem(ANSWER, "a"), problem(ANSWER, "b")],
+                                         [rollout(leaves), rollout(reads)])
+    finally:
+        verifier.close()
+    assert not alone.passed
+    assert not after.passed, f"the {channel} carried the answer to the next rollout"
 
 
 NESTS = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint(3)\n"
