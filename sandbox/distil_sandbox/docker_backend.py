@@ -24,6 +24,7 @@ from .docker_container import (
     engine_errors,
     supervisor_request,
 )
+from ._docker_owner import remove_orphans
 from .image import IMAGE, ensure_image
 from .result import ExecResult, Job
 
@@ -45,6 +46,7 @@ class DockerBackend:
         self._client: Any = None
         self._image_ready = False
         self._checked = False
+        self._swept = False
         self._lock = threading.Lock()
 
     def engine_address(self) -> str:
@@ -116,6 +118,9 @@ class DockerBackend:
         import docker.errors
 
         client = self.client()
+        if not self._swept:  # the containers of processes killed before they could remove them
+            self._swept = True
+            remove_orphans(client)
         self._ensure_image(client)
         try:
             return SandboxContainer(client, limits, self.image).start()

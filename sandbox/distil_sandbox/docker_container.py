@@ -12,7 +12,9 @@ Settings (:func:`container_settings`): no network, read-only root, the engine ho
 bind-mounted read-only (the image itself is empty, see :mod:`distil_sandbox.image`), tmpfs
 ``/work`` and ``/tmp`` capped in size, memory limit with no swap, pids limit, one CPU, every
 capability dropped, ``no-new-privileges``, user 65534, ulimits, no logging, and the labels
-``distil-sandbox=1`` and ``distil-sandbox.pid=<pid of the process that started it>``.
+``distil-sandbox=1``, ``distil-sandbox.pid=<pid of the process that started it>`` and
+``distil-sandbox.owner`` (that process, named so that a later one can tell it is gone: see
+:func:`~._docker_owner.remove_orphans`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ._common import (
     rlimits_for,
     validate_job,
 )
+from ._docker_owner import OWNER_LABEL, owner_of
 from .image import IMAGE, LABEL, SANDBOX_UID
 from .result import ExecResult, Job
 
@@ -137,7 +140,8 @@ def container_settings(limits: ContainerLimits, image: str) -> dict[str, Any]:
         # pid 1 ignores SIGTERM, so an engine stopping the container (or killing what it left
         # running when it died and started again) would otherwise wait 10 s before SIGKILL
         stop_signal="SIGKILL",
-        labels={LABEL: "1", f"{LABEL}.pid": str(os.getpid())},  # the pid tells whose containers they are
+        # the pid tells whose containers they are; the owner, whether that process is gone
+        labels={LABEL: "1", f"{LABEL}.pid": str(os.getpid()), OWNER_LABEL: owner_of(os.getpid())},
     )
 
 

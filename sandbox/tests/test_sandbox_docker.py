@@ -243,6 +243,42 @@ def test_host_deadline_kills_a_container_that_does_not_answer(docker_sandbox, mo
     assert set(labelled_containers(docker_sandbox)) - set(before) == set()
 
 
+# A process that keeps a pool of two warm containers, says so, and waits to be killed.
+KEEPS_A_POOL = """
+import sys
+from distil_sandbox import Pool
+pool = Pool(backend="docker", workers=2)
+print(pool.map(["print(1)"])[0].stdout, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_containers_of_a_killed_process_are_removed_by_the_next_backend(docker_sandbox):
+    """Killed outright, a process removes none of its containers; a docker backend's first use
+    removes those of processes of this machine that are gone, and no one else's."""
+    import signal
+    import subprocess
+    import sys
+
+    keeper = subprocess.Popen([sys.executable, "-c", KEEPS_A_POOL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert keeper.stdout.readline() == "1\n"
+        client = docker_sandbox.client()
+        theirs = client.containers.list(all=True, filters={"label": f"{LABEL}.pid={keeper.pid}"})
+        assert len(theirs) == 2
+        DockerBackend().run(distil_sandbox.Job(code="print(2)"))  # while the keeper lives: kept
+        assert len(client.containers.list(all=True, filters={"label": f"{LABEL}.pid={keeper.pid}"})) == 2
+    finally:
+        keeper.send_signal(signal.SIGKILL)
+        keeper.wait()
+    mine = labelled_containers(docker_sandbox)
+    fresh = DockerBackend()
+    assert fresh.run(distil_sandbox.Job(code="print(3)")).stdout == "3\n"
+    assert client.containers.list(all=True, filters={"label": f"{LABEL}.pid={keeper.pid}"}) == []
+    assert set(mine) <= set(labelled_containers(docker_sandbox))  # this live process's own are kept
+
+
 def test_program_exit_ends_the_job_even_with_a_background_process_holding_stdout(docker_sandbox):
     started = time.monotonic()
     result = run("import subprocess\nsubprocess.Popen(['sleep', '600'])\nprint('bye')", timeout_s=20)
