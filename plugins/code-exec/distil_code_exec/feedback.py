@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 
 from distil_core import Feedback, Problem, Rollout, Verdict
 
+from .options import backend_name, flag, whole_number
+
 SOURCE = "code_exec"
 KIND = "execution_trace"
 FIELD_CHARS = 300  # one input, value or output excerpt
@@ -30,12 +32,13 @@ class CodeExecFeedback:
     so the tiny base's cache key leaves it out (as the verifier's own ``run_options`` do)."""
 
     def __init__(self, max_failures: int = 3, max_chars: int = 1200, show_expected: bool = True, backend: str = "auto"):
-        if max_failures < 1:
-            raise ValueError(f"code_exec feedback: max_failures must be at least 1 (got {max_failures})")
-        if max_chars < 80:
-            raise ValueError(f"code_exec feedback: max_chars must be at least 80 (got {max_chars})")
-        self.max_failures, self.max_chars = max_failures, max_chars
-        self.show_expected, self.backend = show_expected, backend
+        who = "code_exec feedback"
+        self.max_failures = whole_number("max_failures", max_failures, least=1, who=who)
+        self.max_chars = whole_number("max_chars", max_chars, least=80, who=who)
+        self.show_expected = flag("show_expected", show_expected, who=who)
+        # checked by name only: it runs only where the verifier is not code_exec, so a backend
+        # that cannot run here must not stop a run that never uses it
+        self.backend = backend_name(backend, who=who)
         self._verifier: Any = None
 
     def feedback(

@@ -51,7 +51,7 @@ import distil_sandbox
 from distil_core import Problem, Rollout, Verdict
 from distil_sandbox.engines import parse_engines
 
-from . import batch
+from . import batch, options
 from .sessions import SessionPool
 from .spec import CodeTests, extract_code
 
@@ -126,13 +126,16 @@ class CodeExecVerifier:
         if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
                                       or not 0 < timeout_s <= distil_sandbox.MAX_TIMEOUT_S):
             raise ValueError("code_exec: timeout_s must be a number of seconds above 0 and at most "
-                             f"{distil_sandbox.MAX_TIMEOUT_S} (got {timeout_s!r})")
-        if batch_size < 1:
-            raise ValueError(f"code_exec: batch_size must be at least 1 (got {batch_size})")
-        self.batch_size, self.batch = batch_size, batch
+                             f"{distil_sandbox.MAX_TIMEOUT_S} (or null: the tests' limits summed) {options.got(timeout_s)}")
+        memory_mb = options.memory_mb(memory_mb)
+        options.whole_number("max_output_bytes", max_output_bytes, least=1)
+        workers = options.whole_number("workers", workers, least=1, none="one per CPU, at most 32")
+        options.whole_number("cache_size", cache_size, least=0)
+        options.whole_number("batch_size", batch_size, least=1)
+        options.whole_number("max_pending", max_pending, least=1, none="twice all workers")
+        self.batch_size, self.batch = batch_size, options.flag("batch", batch)
+        sessions = options.flag("sessions", sessions)
         workers = workers or min(32, os.cpu_count() or 4)
-        if workers < 1:
-            raise ValueError(f"code_exec: workers must be at least 1 (got {workers})")
         self.engines: Optional[list[str]] = None
         if engines is not None:
             if backend != "auto":
@@ -146,7 +149,7 @@ class CodeExecVerifier:
         elif max_pending is not None:
             raise ValueError("code_exec: max_pending bounds the queue of an engine pool; give engines too")
         else:
-            self.backend = distil_sandbox.get_backend(backend).name  # unavailable: fails here, with the reason
+            self.backend = options.available_backend(backend)  # unavailable: fails here, with the reason
         self.max_pending = max_pending
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self.max_output_bytes, self.workers, self.cache_size = max_output_bytes, workers, cache_size

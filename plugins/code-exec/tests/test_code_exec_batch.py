@@ -171,7 +171,7 @@ def test_a_timeout_no_sandbox_can_keep_is_refused_when_built(timeout):
 
 
 def test_batch_size_is_checked_and_bounds_a_job():
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="code_exec: batch_size must be a whole number of at least 1 \\(got 0\\)"):
         CodeExecVerifier(backend="bwrap", batch_size=0)
     verifier = CodeExecVerifier(backend="bwrap", workers=1, batch_size=2, cache_size=0)
     try:
