@@ -34,12 +34,13 @@ if TYPE_CHECKING:
 
 def verify_batch(verifier: "CodeExecVerifier", problems: Sequence[Problem], rollouts: Sequence[Rollout]) -> list[Verdict]:
     """Verdicts for ``rollouts[i]`` against ``problems[i]``, in order (see the module docstring)."""
-    from .verifier import read_signed
+    from .verdicts import read_signed
 
     if len(problems) != len(rollouts):
         raise ValueError(f"code_exec: verify_batch got {len(problems)} problems for {len(rollouts)} rollouts")
     runs = [verifier.prepare(p, r) for p, r in zip(problems, rollouts)]
     verdicts: list[Any] = [verifier.cached(run.cache_key) for run in runs]
+    verdicts = [verifier.refuse(run) if v is None and run.refused else v for run, v in zip(runs, verdicts)]
     first: dict[str, int] = {}  # cache key -> the row that grades it
     for i, run in enumerate(runs):
         if verdicts[i] is None:

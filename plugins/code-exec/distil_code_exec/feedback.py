@@ -100,6 +100,8 @@ def _render_error(error: dict[str, Any], tests: list[dict[str, Any]], summary: s
         head = "The code does not compile:"
     elif stage == "import":
         head = "The code failed while loading, before any test could run:"
+    elif stage == "refused":
+        return f"The code was not run: {error.get('message', '')}"
     elif stage == "setup":
         return f"The problem's own test setup failed; no test ran. {error.get('message', '')}".strip()
     elif stage == "timeout" and test is None:

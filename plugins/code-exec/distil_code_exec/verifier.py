@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -54,14 +53,16 @@ from distil_sandbox.engines import parse_engines
 from . import batch, options
 from .sessions import SessionPool
 from .spec import CodeTests, extract_code
+from .verdicts import build_verdict, read_signed, refused_verdict
 
-MARKER = "DISTIL-RESULT"
 SOLUTION_FILE = "solution.py"
 CHILD_FILE = "distil_child.py"
 _HERE = Path(__file__).resolve().parent
 START_UP_S = 3.0
 """Of a grading job's default time limit, the part set aside for starting its sandbox and harness."""
-_MISSING = "no trustworthy result for this test: the grading run was cut short (killed, out of time or out of output)"
+MAX_CODE_BYTES = distil_sandbox.Job(code="").max_file_mb << 20
+"""The largest code a grading run takes: a sandbox job's file may be no larger. Larger code gets a
+failed verdict that says so (a sandbox would refuse the job, and ``verify_batch`` raise)."""
 
 
 def script(name: str) -> str:
@@ -80,6 +81,7 @@ class _Run:
     cache_key: str
     spec: dict[str, Any]  # the harness's run, without the key
     code: str  # the solution's source
+    refused: Optional[str] = None  # why it is not run at all (its verdict says so)
 
 
 class CodeExecVerifier:
@@ -172,6 +174,8 @@ class CodeExecVerifier:
         cached = self._cached(run.cache_key)
         if cached is not None:
             return cached
+        if run.refused:
+            return self.refuse(run)
         result = await asyncio.wrap_future(self._submit(run))
         return self._finish(run, result)
 
@@ -183,6 +187,7 @@ class CodeExecVerifier:
         """Grade many (problem, rollout) pairs concurrently; verdicts in the same order."""
         runs = [self._prepare(problem, rollout) for problem, rollout in pairs]
         cached = [self._cached(run.cache_key) for run in runs]
+        cached = [self.refuse(run) if v is None and run.refused else v for run, v in zip(runs, cached)]
         futures = {i: self._submit(run) for i, run in enumerate(runs) if cached[i] is None}
         return [v if v is not None else self._finish(runs[i], futures[i].result()) for i, v in enumerate(cached)]
 
@@ -257,7 +262,10 @@ class CodeExecVerifier:
             [code, tests.model_dump(mode="json"), self.backend, overall, self.memory_mb, self.max_output_bytes],
             sort_keys=True,
         )
-        return _Run(tests, key, nonce, job, hashlib.sha256(identity.encode()).hexdigest(), spec, code)
+        size = len(code.encode("utf-8"))
+        refused = (f"the code is {size} bytes of UTF-8, more than the {MAX_CODE_BYTES} ({MAX_CODE_BYTES >> 20} MiB) "
+                   "a grading run takes; it was not run" if size > MAX_CODE_BYTES else None)
+        return _Run(tests, key, nonce, job, hashlib.sha256(identity.encode()).hexdigest(), spec, code, refused)
 
     def _submit(self, run: _Run) -> "Future[distil_sandbox.ExecResult]":
         return self.submit_job(run.job)
@@ -299,6 +307,12 @@ class CodeExecVerifier:
         """The verdict of a finished run (remembered in the cache unless the sandbox failed)."""
         return self._finish(run, result)
 
+    def refuse(self, run: _Run) -> Verdict:
+        """The failed verdict of a run that is not run at all (``run.refused`` says why), remembered."""
+        verdict = refused_verdict(run.tests, run.refused or "", self.backend)
+        self._remember(run.cache_key, verdict)
+        return verdict
+
     def prepare(self, problem: Problem, rollout: Rollout) -> _Run:
         """One grading run: its tests, key, nonce, sandbox job and cache key."""
         return self._prepare(problem, rollout)
@@ -333,123 +347,3 @@ def _make_pool(backend: str, workers: int, memory_mb: int) -> Any:
     except ImportError:
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distil-code-exec")
     return Pool(backend=backend, workers=workers, memory_mb=memory_mb)
-
-
-class SignedResults:
-    """What the harness reported and signed: test payloads by index, a load error, completion."""
-
-    def __init__(self) -> None:
-        self.tests: dict[int, dict[str, Any]] = {}
-        self.error: Optional[dict[str, Any]] = None
-        self.done = False
-        self.rejected = 0  # result-looking lines that failed the check
-        self.seconds: Optional[float] = None  # how long the harness took over the run
-        self.forked = 0  # its children forked from a batch job's fork server
-
-
-def read_signed(stdout: str, key: bytes, nonce: str, count: int) -> SignedResults:
-    """Keep the lines whose HMAC verifies under ``key`` for this ``nonce``; first one per test wins."""
-    out = SignedResults()
-    for line in stdout.splitlines():
-        if not line.startswith(MARKER + " "):
-            continue
-        parts = line.split(" ", 2)
-        if len(parts) != 3:
-            out.rejected += 1
-            continue
-        _, mac, body = parts
-        expected = hmac.new(key, body.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, mac):
-            out.rejected += 1
-            continue
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(payload, dict) or payload.get("nonce") != nonce:
-            out.rejected += 1
-            continue
-        kind = payload.get("type")
-        index = payload.get("index")
-        if kind == "test" and isinstance(index, int) and 0 <= index < count and index not in out.tests:
-            out.tests[index] = payload
-        elif kind == "error" and out.error is None:
-            out.error = payload
-        elif kind == "done":
-            out.done = True
-            seconds = payload.get("seconds")
-            out.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
-            out.forked = payload.get("forked") if isinstance(payload.get("forked"), int) else 0
-    return out
-
-
-def build_verdict(tests: CodeTests, result: distil_sandbox.ExecResult, signed: SignedResults) -> Verdict:
-    rows = []
-    for index in range(len(tests.cases)):
-        row: dict[str, Any] = {
-            "index": index,
-            "kind": tests.kind,
-            "input": tests.describe(index),
-            "expected": tests.expected(index),
-        }
-        payload = signed.tests.get(index)
-        if payload is None:
-            row.update(passed=False, status="missing", actual=None, error=_MISSING, stdout="", stderr="")
-        else:
-            status = str(payload.get("status"))
-            row.update(
-                passed=payload.get("passed") is True and status == "passed",
-                status=status,
-                actual=payload.get("actual"),
-                error=payload.get("error"),
-                stdout=payload.get("stdout") or "",
-                stderr=payload.get("stderr") or "",
-                seconds=payload.get("seconds"),
-            )
-            if tests.kind == "assert" and payload.get("expected") is not None:
-                row["expected"] = payload["expected"]
-        rows.append(row)
-    passed = sum(row["passed"] for row in rows)
-    details: dict[str, Any] = {
-        "grader": "code_exec",
-        "kind": tests.kind,
-        "tests": rows,
-        "passed_count": passed,
-        "total": len(rows),
-        "first_error": _first_error(signed, rows, tests),
-        "backend": result.backend,
-        "wall_s": result.wall_s,
-        "timeout_s": tests.timeout_s,
-    }
-    if not signed.done:
-        details["incomplete"] = (
-            f"the grading run ended early (sandbox {'timed out' if result.timed_out else 'stopped'}"
-            f"{', ' + result.error if result.error else ''})"
-        )
-    if result.error:
-        details["infrastructure_error"] = result.error
-    if signed.rejected:
-        details["rejected_result_lines"] = signed.rejected
-    all_passed = passed == len(rows) and len(rows) > 0
-    return Verdict(score=passed / len(rows) if rows else 0.0, passed=all_passed, details=details)
-
-
-def _first_error(signed: SignedResults, rows: list[dict[str, Any]], tests: CodeTests) -> Optional[dict[str, Any]]:
-    if signed.error is not None:
-        return {
-            "stage": str(signed.error.get("stage")),
-            "test_index": None,
-            "message": str(signed.error.get("message") or ""),
-            "traceback": str(signed.error.get("traceback") or ""),
-        }
-    for row in rows:
-        if row["status"] in ("error", "timeout", "crashed", "invalid"):
-            error = row.get("error") or ""
-            last = error.strip().splitlines()[-1] if error.strip() else row["status"]
-            return {
-                "stage": {"timeout": "timeout", "invalid": "invalid"}.get(row["status"], "runtime"),
-                "test_index": row["index"],
-                "message": last,
-                "traceback": error,
-            }
-    return None

@@ -279,3 +279,32 @@ def test_many_rollouts_are_graded_concurrently():
     resolved = resolve_all([graded.verify(p, r) for p, r in pairs])
     assert [v.score for v in resolved] == [v.score for v in verdicts]
     graded.close()
+
+
+MAX_CODE_BYTES = 16 << 20  # a sandbox job's file, at most
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_code_larger_than_a_grading_run_takes_gets_a_failed_verdict_saying_so(sessions):
+    """Before: a response over 16 MiB made verify_batch and grade raise the sandbox's ValueError,
+    which stopped training."""
+    from distil_code_exec.feedback import CodeExecFeedback
+
+    code = ADD + "#" * MAX_CODE_BYTES + "\n"
+    big = CodeExecVerifier(backend="bwrap", cache_size=0, workers=1, sessions=sessions)
+    try:
+        verdicts = [big.verify_batch([problem(ADD_CALLS)], [rollout(code)])[0],
+                    big.grade(problem(ADD_CALLS), rollout(code)),
+                    *resolve_all([big.verify(problem(ADD_CALLS), rollout(code))])]
+        just_fits = big.grade(problem(ADD_CALLS), rollout(ADD + "#" * (MAX_CODE_BYTES - len(ADD) - 200)))
+    finally:
+        big.close()
+    size = len((ADD.strip() + "\n" + "#" * MAX_CODE_BYTES + "\n").encode())
+    message = f"the code is {size} bytes of UTF-8, more than the {MAX_CODE_BYTES} (16 MiB) a grading run takes; it was not run"
+    for verdict in verdicts:
+        assert not verdict.passed and verdict.score == 0.0
+        assert verdict.details["first_error"]["message"] == message
+        assert [t["error"] for t in verdict.details["tests"]] == [message, message]
+    [item] = CodeExecFeedback().feedback(problem(ADD_CALLS), rollout(code), verdicts[0])
+    assert item.text == "The code was not run: " + message
+    assert just_fits.passed, just_fits.details
