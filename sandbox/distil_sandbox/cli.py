@@ -67,11 +67,17 @@ def _build_image(tag: str) -> int:
         print("error: the docker Python SDK is not installed: pip install docker", file=sys.stderr)
         return 1
     from .docker_backend import DockerBackend
+    from .docker_container import engine_errors
     from .image import build_image
 
     backend = DockerBackend(image=tag)
     try:
-        image_id = build_image(backend.client(), tag)
+        client = backend.client()
+    except engine_errors() as exc:  # the same words as `distil-sandbox backends`
+        print(f"error: {backend.unreachable(exc)}", file=sys.stderr)
+        return 1
+    try:
+        image_id = build_image(client, tag)
     except docker.errors.DockerException as exc:
         print(f"error: cannot build {tag}: {exc}", file=sys.stderr)
         return 1
@@ -82,21 +88,40 @@ def _build_image(tag: str) -> int:
     return 0
 
 
+# Job fields as the command line names them, for its error messages.
+_OPTIONS = {"timeout_s": "--timeout", "memory_mb": "--memory-mb"}
+
+
 def _run(args: argparse.Namespace) -> int:
+    """Run the file; a job the sandbox refuses (a bad limit or backend, a file that is not UTF-8
+    text) is a usage error: one line and exit code 2, as argparse's own."""
     from . import run
 
     try:
-        code = args.file.read_text()
+        data = args.file.read_bytes()
         stdin = args.stdin.read_bytes() if args.stdin else None
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        code = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        print(f"error: {args.file} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): "
+              "save the program as UTF-8", file=sys.stderr)
+        return 2
     language = args.language or _LANGUAGES.get(args.file.suffix, "python")
     try:
         result = run(code, language=language, stdin=stdin, timeout_s=args.timeout, memory_mb=args.memory_mb,
                      backend=args.backend)
     except BackendUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        message = str(exc)
+        for field, option in _OPTIONS.items():
+            if message.startswith(field + " "):
+                message = option + message[len(field):]
+        print(f"error: {message}", file=sys.stderr)
         return 2
     report = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, bytes)}
     report["ok"] = result.ok

@@ -67,11 +67,7 @@ class DockerBackend:
         try:
             client = self.client()
         except unreachable as exc:
-            cause = _root_cause(exc)
-            hint = " (is this user allowed to use the Docker socket?)" if isinstance(cause, PermissionError) else ""
-            fix = "start dockerd there or correct the address" if self.base_url else \
-                "start dockerd or point DOCKER_HOST at a running engine"
-            return False, f"cannot reach the Docker engine at {self.engine_address()}: {_short(cause)}{hint}; {fix}"
+            return False, self.unreachable(exc)
         try:
             self._ensure_image(client)
         except unreachable as exc:
@@ -86,6 +82,14 @@ class DockerBackend:
                 return False, f"a trivial job failed in a sandbox container: {why}"
             self._checked = True
         return True, ""
+
+    def unreachable(self, exc: BaseException) -> str:
+        """Why the engine could not be reached (``exc``, what :meth:`client` raised), and what to do."""
+        cause = _root_cause(exc)
+        hint = " (is this user allowed to use the Docker socket?)" if isinstance(cause, PermissionError) else ""
+        fix = "start dockerd there or correct the address" if self.base_url else \
+            "start dockerd or point DOCKER_HOST at a running engine"
+        return f"cannot reach the Docker engine at {self.engine_address()}: {_short(cause)}{hint}; {fix}"
 
     def client(self) -> Any:
         """A connected Docker client (raises the SDK's or the socket's error when there is none)."""
