@@ -71,8 +71,9 @@ def send(kind, payload):
 
 
 def safe_path(name):
-    """``name`` resolved under /work; refuses absolute paths and ``..``."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    """``name`` resolved under /work; refuses absolute paths and ``..``. Only ``/`` separates
+    directories: a backslash is part of a name, as on the other backends."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or name.startswith("/") or ".." in parts:
         raise ValueError("refusing file path %r: give a relative path inside the work directory" % name)
     return os.path.join(WORK, *parts)

@@ -63,6 +63,15 @@ def test_files_are_written_in_the_work_directory(backend):
     assert result.stdout == "42\npayload\nb'\\x00\\x01'\n", result.stderr
 
 
+def test_a_backslash_in_a_file_name_is_part_of_the_name_on_every_backend(backend):
+    """Before: the docker supervisor read ``\\`` as a directory separator, so ``a\\b`` and ``a/b``
+    were one file there, and ``e\\f`` beside a file ``e`` could not be written."""
+    files = {"a\\b": "backslash", "c/d": "slash", "c\\d": "other", "e": "file", "e\\f": "beside"}
+    code = "import os\nprint(sorted(os.listdir('.')), open('a\\\\b').read(), open('c\\\\d').read(), open('c/d').read())"
+    result = run(backend, code, files=files)
+    assert result.stdout == "['a\\\\b', 'c', 'c\\\\d', 'e', 'e\\\\f', 'main.py'] backslash other slash\n", result
+
+
 @pytest.mark.parametrize(
     "name, fragment",
     [
