@@ -78,9 +78,20 @@ def check_relative_path(name: str) -> str:
     return str(path)
 
 
-def _as_bytes(name: str, content: Union[str, bytes]) -> bytes:
+def utf8(what: str, text: str) -> bytes:
+    """``text`` as UTF-8; a ValueError naming ``what`` where it holds a lone surrogate (half of a
+    UTF-16 pair), which UTF-8 cannot encode: raised later, it would name neither, from inside a
+    backend, after a warm sandbox was taken."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}, "
+                         "which UTF-8 cannot encode; pass bytes, or text without one") from None
+
+
+def _as_bytes(name: str, content: Union[str, bytes], what: str = "") -> bytes:
     if isinstance(content, str):
-        return content.encode("utf-8")
+        return utf8(what or f"job file {name!r}", content)
     if isinstance(content, (bytes, bytearray, memoryview)):
         return bytes(content)
     raise TypeError(f"job file {name!r}: content must be str or bytes, not {type(content).__name__}")
@@ -93,7 +104,7 @@ def job_files(job: Job) -> dict[str, bytes]:
     would replace the program, or a file that would have to be a directory for another.
     """
     program = language_for(job.language).filename
-    out = {program: _as_bytes(program, job.code)}
+    out = {program: _as_bytes(program, job.code, "the code")}
     for name, content in (job.files or {}).items():
         path = check_relative_path(name)
         if path == program:
@@ -128,6 +139,8 @@ def validate_job(job: Job) -> None:
             raise ValueError(f"{field} must be a positive integer, not {value!r}")
     if job.stdin is not None and not isinstance(job.stdin, (str, bytes)):
         raise ValueError(f"stdin must be text or bytes, not {type(job.stdin).__name__}")
+    if isinstance(job.stdin, str):
+        utf8("stdin", job.stdin)
     for path, data in files.items():
         if len(data) > job.max_file_mb << 20:
             raise ValueError(f"job file {path!r} has {len(data)} bytes; max_file_mb is {job.max_file_mb}")

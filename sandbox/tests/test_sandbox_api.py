@@ -101,6 +101,10 @@ def test_files_larger_than_a_job_may_write_are_refused():
     ({"timeout_s": 0}, "timeout_s must be a number of seconds above 0"),
     ({"stdin": 123}, "stdin must be text or bytes, not int"),  # before: a TypeError deep inside
     ({"output_limit": True}, "output_limit must be a positive integer, not True"),
+    # before: a UnicodeEncodeError naming neither, raised inside the backend (on bwrap after a
+    # warm sandbox was taken, which was then never released)
+    ({"stdin": "x\ud800"}, r"stdin holds a lone surrogate \(U\+D800\) at character 1, which UTF-8 cannot encode"),
+    ({"files": {"a.txt": "\udcff"}}, r"job file 'a.txt' holds a lone surrogate \(U\+DCFF\) at character 0"),
 ])
 def test_limits_no_backend_can_keep_are_refused_before_anything_runs(backend, limits, fragment):
     with pytest.raises(ValueError, match=fragment):

@@ -37,6 +37,18 @@ class IOTest(_Spec):
     stdin: str = ""
     stdout: str
 
+    @field_validator("stdin", "stdout")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        """A program reads its stdin as UTF-8 bytes and its output is read back as such, so a lone
+        surrogate (half of a UTF-16 pair, U+D800 to U+DFFF) can be neither sent nor printed: a test
+        holding one would fail every solution, with "the grading run was cut short"."""
+        for position, char in enumerate(value):
+            if "\ud800" <= char <= "\udfff":
+                raise ValueError(f"holds a lone surrogate (U+{ord(char):04X}) at character {position}, which is "
+                                 "not text UTF-8 can encode; give the test as text without one")
+        return value
+
 
 class CallTest(_Spec):
     """One call of the entry point and the value it must return."""

@@ -67,3 +67,16 @@ def test_lone_surrogates_in_a_response_become_replacement_characters():
     assert code == "def add(a, b):\n    return a + b  # \ufffd\n"
     assert extract_code("print('\ud83d\ude00')") == "print('\U0001f600')"
     code.encode("utf-8")
+
+
+@pytest.mark.parametrize("field", ["stdin", "stdout"])
+def test_a_lone_surrogate_in_a_whole_program_test_is_the_problems_mistake(field):
+    """A program's input and output travel as UTF-8, which cannot hold half of a UTF-16 pair.
+    Before: accepted, then every solution failed with "the grading run was cut short"."""
+    case = {"stdin": "1\n", "stdout": "ok"}
+    case[field] = "x\ud800\n"
+    with pytest.raises(ValueError) as caught:
+        CodeTests.from_reference([{"stdin": "", "stdout": "fine"}, case], problem_id="p8")
+    assert str(caught.value) == (f"problem p8: invalid code tests in reference: io.1.{field}: Value error, holds a lone "
+                                 "surrogate (U+D800) at character 1, which is not text UTF-8 can encode; give the test "
+                                 "as text without one")
