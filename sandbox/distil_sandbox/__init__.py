@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
-from ._common import MAX_TIMEOUT_S, validate_job
+from ._common import MAX_LIMITS, MAX_TIMEOUT_S, validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
 from .engines import EnginePool
 from .conversation import Conversation
@@ -41,8 +41,8 @@ def run(
     paths to contents, written into the work directory first. ``timeout_s`` is wall-clock; on
     expiry every process of the job is killed. stdout and stderr keep ``output_limit`` bytes
     each. Raises ValueError for a job no backend could run (unknown language, a file path that
-    is absolute or contains ``..``, a non-positive limit) and :class:`BackendUnavailable` (with
-    the reason) when the backend cannot run here.
+    is absolute or contains ``..``, a limit that is not positive or past its :data:`MAX_LIMITS`)
+    and :class:`BackendUnavailable` (with the reason) when the backend cannot run here.
     """
     job = Job(
         code=code,
@@ -60,6 +60,7 @@ def run(
 __all__ = [
     "run",
     "MAX_TIMEOUT_S",
+    "MAX_LIMITS",
     "Conversation",
     "Pool",
     "EnginePool",

@@ -124,19 +124,34 @@ MAX_TIMEOUT_S = 86_400
 backends compute overflow the clocks and timers they are handed to."""
 
 
+MAX_LIMITS = {
+    "memory_mb": (1 << 30, "1 PiB"),
+    "max_file_mb": (1 << 30, "1 PiB"),
+    "work_mb": (1 << 30, "1 PiB"),
+    "max_processes": (1 << 22, "the most pids Linux can have"),
+    "max_open_files": (1 << 30, "more than any kernel lets a process open"),
+    "output_limit": (1 << 32, "4 GiB of each stream"),
+}
+"""The largest value of each size limit, and what it is. Past them (``memory_mb=2**44``) the
+bytes overflow what the backends hand them to: rlimits, tmpfs sizes, the engine's 64-bit
+fields, each failing in its own words after the job has started."""
+
+
 def validate_job(job: Job) -> None:
     """Raise ValueError when ``job`` cannot run anywhere: language, files (see
     :func:`job_files`; each at most ``max_file_mb``, all together at most ``work_mb``) and
-    limits."""
+    limits (each at most its :data:`MAX_LIMITS`)."""
     files = job_files(job)
     timeout = job.timeout_s
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout_s must be a number of seconds above 0 and at most {MAX_TIMEOUT_S} (a day), "
                          f"not {timeout!r}")
-    for field in ("memory_mb", "output_limit", "max_processes", "max_file_mb", "max_open_files", "work_mb"):
+    for field, (most, what) in MAX_LIMITS.items():
         value = getattr(job, field)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{field} must be a positive integer, not {value!r}")
+        if value > most:
+            raise ValueError(f"{field} must be at most {most} ({what}), not {value}")
     if job.stdin is not None and not isinstance(job.stdin, (str, bytes)):
         raise ValueError(f"stdin must be text or bytes, not {type(job.stdin).__name__}")
     if isinstance(job.stdin, str):

@@ -127,7 +127,8 @@ def container_settings(limits: ContainerLimits, image: str) -> dict[str, Any]:
         mem_limit=memory,
         memswap_limit=memory,
         # the supervisor is one process of the container; the job gets max_processes of its own
-        pids_limit=limits.max_processes + 1,
+        # (a cgroup takes at most the kernel's largest pid count, PID_MAX_LIMIT: 2**22)
+        pids_limit=min(limits.max_processes + 1, 1 << 22),
         nano_cpus=int(limits.cpus * 1e9),
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],

@@ -111,6 +111,26 @@ def test_limits_no_backend_can_keep_are_refused_before_anything_runs(backend, li
         distil_sandbox.run("print(1)", backend=backend, **limits)
 
 
+# The largest value of each limit (distil_sandbox.MAX_LIMITS), and what it is.
+LARGEST = {
+    "memory_mb": (1 << 30, "1 PiB"), "max_file_mb": (1 << 30, "1 PiB"), "work_mb": (1 << 30, "1 PiB"),
+    "max_processes": (1 << 22, "the most pids Linux can have"),
+    "max_open_files": (1 << 30, "more than any kernel lets a process open"),
+    "output_limit": (1 << 32, "4 GiB of each stream"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(LARGEST))
+def test_each_size_limit_has_a_largest_value_that_every_backend_keeps(backend, field):
+    """Before: ``memory_mb=2**44`` passed the check, then failed in each backend's own words
+    (an rlimit, a tmpfs size, the engine's 64-bit fields) after the job had started."""
+    most, what = LARGEST[field]
+    with pytest.raises(ValueError) as refused:
+        sandbox(backend).run(Job(code="print(1)", **{field: most + 1}))
+    assert str(refused.value) == f"{field} must be at most {most} ({what}), not {most + 1}"
+    assert sandbox(backend).run(Job(code="print(1)", **{field: most})).stdout == "1\n"
+
+
 def test_bash_programs(backend):
     result = run(backend, 'read name; echo "hello $name"; echo oops >&2; exit 2', language="bash", stdin="world\n")
     assert (result.stdout, result.stderr, result.exit_code) == ("hello world\n", "oops\n", 2)

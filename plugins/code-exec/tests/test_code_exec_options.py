@@ -22,6 +22,7 @@ VERIFIER = [
     ({"memory_mb": 0}, "memory_mb must be a whole number of at least 1 (got 0)"),
     ({"memory_mb": "512"}, "memory_mb must be a whole number of at least 1 (got '512', a str: write it without quotes)"),
     ({"memory_mb": 1.5}, "memory_mb must be a whole number of at least 1 (got 1.5)"),
+    ({"memory_mb": 1 << 44}, "memory_mb must be at most 1073741824 (1 PiB), not 17592186044416"),
     ({"max_output_bytes": 0}, "max_output_bytes must be a whole number of at least 1 (got 0)"),
     ({"max_output_bytes": -1}, "max_output_bytes must be a whole number of at least 1 (got -1)"),
     ({"workers": 0}, f"workers must be a whole number of at least 1 (or null: {ONE_CPU}) (got 0)"),
