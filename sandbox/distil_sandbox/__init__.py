@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
-from ._common import MAX_LIMITS, MAX_TIMEOUT_S, validate_job
+from ._job import MAX_LIMITS, MAX_TIMEOUT_S, validate_job
 from .backends import AUTO_ORDER, Backend, BackendUnavailable, available_backends, get_backend
 from .engines import EnginePool
 from .conversation import Conversation

@@ -65,14 +65,12 @@ from ._common import (
     SANDBOX_PATH,
     WORK_DIR,
     error_result,
-    job_files,
-    language_for,
     make_result,
     preexec_setting,
     rlimits_for,
     supervise,
-    validate_job,
 )
+from ._job import job_files, language_for, validate_job
 from ._hostuid import count_tasks_of, job_uid
 from .conversation import Conversation, conversation_job
 from .conversation import start as start_conversation

@@ -35,7 +35,8 @@ import time
 import weakref
 from typing import Callable, Optional
 
-from ._common import CappedBuffer, job_files, validate_job
+from ._common import CappedBuffer
+from ._job import job_files, validate_job
 from .result import ExecResult, Job
 
 

@@ -30,18 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ._common import (
-    SANDBOX_LANG,
-    SANDBOX_PATH,
-    WORK_DIR,
-    CappedBuffer,
-    Supervised,
-    job_files,
-    language_for,
-    make_result,
-    rlimits_for,
-    validate_job,
-)
+from ._common import SANDBOX_LANG, SANDBOX_PATH, WORK_DIR, CappedBuffer, Supervised, make_result, rlimits_for
+from ._job import job_files, language_for, validate_job
 from ._docker_owner import OWNER_LABEL, owner_of
 from .image import IMAGE, LABEL, SANDBOX_UID
 from .result import ExecResult, Job

@@ -35,7 +35,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from ._common import error_result, validate_job
+from ._common import error_result
+from ._job import validate_job
 from .backends import BackendUnavailable, get_backend
 from .pool import WarmContainers, make_job
 from .result import ExecResult, Job

@@ -33,7 +33,7 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Optional, Union
 
-from ._common import validate_job
+from ._job import validate_job
 from .backends import Backend, BackendUnavailable, get_backend
 from .result import ExecResult, Job
 

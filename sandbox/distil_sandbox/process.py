@@ -51,16 +51,13 @@ from ._common import (
     SANDBOX_LANG,
     SANDBOX_PATH,
     error_result,
-    job_files,
-    language_for,
     make_result,
     preexec_setting,
     rlimits_for,
     supervise,
-    validate_job,
     within_hard_limits,
-    write_files,
 )
+from ._job import job_files, language_for, validate_job, write_files
 from ._hostuid import count_tasks_of, job_uid, jobs_dir, kill_uid
 from ._isolate import isolation
 from ._rmtree import remove_path

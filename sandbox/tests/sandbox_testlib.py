@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 from distil_sandbox import AUTO_ORDER, Backend, BackendUnavailable, ExecResult, Job, get_backend
-from distil_sandbox._common import validate_job
+from distil_sandbox._job import validate_job
 from distil_sandbox.bwrap import BwrapBackend
 
 # Every backend, and "bwrap-cold": the bwrap backend with warm sandboxes off. On "bwrap" every job
