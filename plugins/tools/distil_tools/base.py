@@ -74,13 +74,24 @@ def excerpt(text: str, limit: int) -> str:
     return text[:head] + marker + text[len(text) - tail:]
 
 
+# What str.splitlines takes for a line break besides "\n": each is shown escaped (``\\r``,
+# ``\\u2028``), as the characters they are, so the input stays on one line.
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode("ascii")
+                for c in "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def one_line(value: Any, limit: int) -> str:
-    """A short single-line rendering of a tool input (newlines shown as ``\\n``)."""
+    """A short single-line rendering of a tool input (newlines shown as ``\\n``).
+
+    The feedback text is ``Tool NAME(INPUT) → OUTPUT``; a line break left in INPUT (a lone
+    ``\\r`` too, or U+2028, which chat renderings and ``splitlines`` treat as one) would split
+    the call across lines and let the input pass for a line of its own.
+    """
     if isinstance(value, dict):
         text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     else:
         text = str(value).strip()
-    text = text.replace("\r\n", "\n").replace("\n", "\\n").replace("\t", " ")
+    text = text.replace("\r\n", "\n").replace("\n", "\\n").replace("\t", " ").translate(_LINE_BREAKS)
     if len(text) > limit:
         text = text[: max(limit - 1, 0)] + "…"
     return text

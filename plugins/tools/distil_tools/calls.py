@@ -7,7 +7,8 @@ Tag::
     <tool name="calculator">12 * (3 + 4)</tool>
 
 The body, verbatim apart from surrounding blank lines and common indentation, is the tool's
-input (a string). ``name`` may be quoted with ``"`` or ``'``; other attributes are ignored;
+input (a string). ``name`` may be quoted with ``"`` or ``'``; other attributes are ignored
+(and only the attribute called ``name`` names the tool, not ``data-name`` or a value holding ``name=``);
 ``<tool name="x"/>`` is a call with empty input.
 
 JSON, in a fenced block whose info string is ``tool``::
@@ -39,7 +40,9 @@ from distil_core import as_text
 # `<tool` then a space, `/` or `>`: `<tool-use …>`, `<tool:call>` and `<tool.result>` are other markup.
 _TAG_OPEN = re.compile(r"<tool(?=[\s/>])(?P<attrs>[^<>]*?)(?P<selfclose>/?)>")
 _TAG_CLOSE = "</tool>"
-_NAME_ATTR = re.compile(r"""\bname\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'/>]+))""")
+# One attribute: a key, then maybe `=` and a value in "…", '…' or bare. Read one after another,
+# so `data-name="python"` and `title="name=python"` are attributes of their own, never `name`.
+_ATTR = re.compile(r"""\s*(?P<key>[^\s"'=<>/]+)(?:\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'=<>/]+)))?""")
 _FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*tool[ \t]*\r?$", re.MULTILINE)
 _FENCE_CLOSE = re.compile(r"^[ \t]*```[ \t]*\r?$", re.MULTILINE)
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -93,10 +96,7 @@ def _tag_calls(text: str, blocks: list[tuple[int, int]]) -> tuple[list[ToolCall]
             pos = inside
             continue
         start, attrs = match.start(), match.group("attrs")
-        name_match = _NAME_ATTR.search(attrs)
-        name = None
-        if name_match:
-            name = next(g for g in (name_match.group("dq"), name_match.group("sq"), name_match.group("bare")) if g is not None)
+        name = _name_attribute(attrs)
         if match.group("selfclose"):
             end, body, closed = match.end(), "", True
         else:
@@ -117,6 +117,24 @@ def _tag_calls(text: str, blocks: list[tuple[int, int]]) -> tuple[list[ToolCall]
             spans.append((start, end))
         # An unclosed tag swallows the rest, so no call can follow it.
         pos = end if closed else len(text)
+
+
+def _name_attribute(attrs: str) -> Optional[str]:
+    """The value of the tag's ``name`` attribute (the first, if it is given twice), or None.
+
+    The attributes are read in turn, each with its quoted value, so text that merely contains
+    ``name=`` — another attribute's name (``data-name``) or value (``title="name=python"``) —
+    cannot choose the tool. Reading stops at text that is no attribute (a stray quote).
+    """
+    pos = 0
+    while pos < len(attrs) and attrs[pos:].strip():
+        match = _ATTR.match(attrs, pos)
+        if match is None:
+            return None
+        if match.group("key") == "name":
+            return next((v for v in (match.group("dq"), match.group("sq"), match.group("bare")) if v is not None), None)
+        pos = match.end()
+    return None
 
 
 def _fenced_calls(text: str) -> list[ToolCall]:

@@ -8,6 +8,7 @@ from tools_testlib import FAILED, PASSED, PROBLEM, rollout
 
 from distil_core import resolve
 from distil_tools import ToolFeedback, parse_calls
+from distil_tools.base import one_line
 
 
 def test_tag_calls_take_the_body_as_input():
@@ -24,6 +25,30 @@ def test_tag_calls_take_the_body_as_input():
         ("python", "", "tag", True),
     ]
     assert text[calls[0].start:calls[0].end] == '<tool name="calculator">12 * (3 + 4)</tool>'
+
+
+@pytest.mark.parametrize("tag", [
+    '<tool data-name="python" name="calculator">print(6*7)</tool>',
+    '<tool title="name=python" name="calculator">print(6*7)</tool>',
+    "<tool title='a name=python b' name=calculator>print(6*7)</tool>",
+    '<tool name="calculator" data-name="python">print(6*7)</tool>',
+    '<tool name="calculator" name="python">print(6*7)</tool>',
+    '<tool\n  note="x"\n  name = "calculator">print(6*7)</tool>',
+])
+def test_the_tool_is_named_by_the_name_attribute_alone(tag):
+    """Text that merely contains ``name=`` (another attribute, or a value) cannot pick the tool:
+    these calls go to the calculator, which refuses the program, never to python."""
+    [call] = parse_calls(tag)
+    assert call.ok and call.name == "calculator" and call.input == "print(6*7)"
+    [item] = ToolFeedback(tools=["calculator", "python"]).run_calls(tag)
+    assert item.text.startswith("Tool calculator(print(6*7)) → error: ") and item.data["tool"] == "calculator"
+
+
+@pytest.mark.parametrize("tag", ['<tool data-name="python">2+2</tool>', '<tool title="name=python">2+2</tool>',
+                                 "<tool name>2+2</tool>"])
+def test_a_tag_without_a_name_attribute_of_its_own_is_malformed(tag):
+    [call] = parse_calls(tag)
+    assert not call.ok and call.error.startswith("the <tool> tag has no name attribute")
 
 
 def test_fenced_json_calls_take_a_string_or_an_object():
@@ -151,6 +176,19 @@ def test_long_inputs_are_shown_on_one_line_and_cut():
     [item] = ToolFeedback(tools=["calculator"]).run_calls(f'<tool name="calculator">{code}</tool>')
     shown = item.text[len("Tool calculator("):item.text.index(") → ")]
     assert "\n" not in shown and shown.startswith("x = 1\\nx = 1\\n") and shown.endswith("…") and len(shown) == 120
+
+
+@pytest.mark.parametrize("brk, shown", [
+    ("\r", "\\r"), ("\v", "\\x0b"), ("\f", "\\x0c"), ("\x1c", "\\x1c"), ("\x85", "\\x85"),
+    ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\r\n", "\\n"),
+])
+def test_an_input_stays_on_one_line_whatever_breaks_it(brk, shown):
+    """A lone carriage return or a Unicode line separator is a line break to ``splitlines`` and
+    to chat renderings: it is shown escaped, as the character it is."""
+    assert one_line(f"6*7{brk}+1", 120) == f"6*7{shown}+1"
+    [item] = ToolFeedback(tools=["calculator"]).run_calls(f'<tool name="calculator">6*7{brk}+1</tool>')
+    assert item.text.startswith(f"Tool calculator(6*7{shown}+1) → ")
+    assert len(item.text.split(" → ")[0].splitlines()) == 1
 
 
 def test_feedback_is_tool_output_from_the_tools_source():
