@@ -10,7 +10,6 @@ such a result anyway.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Union, runtime_checkable
 
@@ -44,17 +43,6 @@ class Tool(Protocol):
     description: str
 
     def run(self, input: ToolInput) -> ToolResult: ...
-
-
-def seconds(value: Any, tool: str, option: str = "timeout_s") -> float:
-    """A tool's time limit, checked: a finite number > 0.
-
-    NaN compares false with everything, so ``value <= 0`` alone lets it through; a NaN or
-    infinite limit then fails inside ``select``/``time`` on every call instead of at load.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{tool} tool: {option} must be positive and finite, in seconds (got {value!r})")
-    return float(value)
 
 
 def excerpt(text: str, limit: int) -> str:

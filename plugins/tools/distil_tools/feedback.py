@@ -25,7 +25,8 @@ from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, did_yo
 
 from .base import Tool, excerpt, jsonable, one_line, printable
 from .calls import ToolCall, parse_calls
-from .registry import ToolRegistry, get_registry, run_tool
+from .options import OptionError, flag, whole
+from .registry import ToolOptionError, ToolRegistry, get_registry, run_tool
 
 SOURCE = "tools"
 KIND = "tool_output"
@@ -45,18 +46,28 @@ class ToolFeedback:
         tool_options: Optional[dict[str, dict[str, Any]]] = None,
         registry: Optional[ToolRegistry] = None,
     ):
-        # bool is an int to Python; `max_calls: true` in YAML is a mistake, not one call.
-        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
-            raise ConfigError(f"tools feedback: max_calls must be a whole number ≥ 1 (got {max_calls!r})")
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 40:
-            raise ConfigError(f"tools feedback: max_chars must be a whole number ≥ 40 (got {max_chars!r})")
+        try:
+            # bool is an int to Python; `max_calls: true` in YAML is a mistake, not one call.
+            self.max_calls = whole("max_calls", max_calls, 1)
+            self.max_chars = whole("max_chars", max_chars, 40)
+            self.only_failed = flag("only_failed", only_failed)
+        except OptionError as exc:
+            raise ConfigError(f"tools feedback: {exc}") from None
         if registry is not None and not isinstance(registry, ToolRegistry):
             raise ConfigError("tools feedback: `registry` is for Python callers and takes a ToolRegistry; leave it out of config files")
         self.registry = registry if registry is not None else get_registry()
-        self.max_calls, self.max_chars, self.only_failed = max_calls, max_chars, bool(only_failed)
         names = self._names(tools)
         tool_options = self._options(tool_options, names)
-        self.tools: dict[str, Tool] = {name: self.registry.build("tool", name, tool_options.get(name) or {}) for name in names}
+        self.tools: dict[str, Tool] = {name: self._build(name, tool_options.get(name) or {}) for name in names}
+
+    def _build(self, name: str, options: dict[str, Any]) -> Tool:
+        """The tool ``name``; an option it refuses is named where the config sets it."""
+        try:
+            return self.registry.build("tool", name, options)
+        except ToolOptionError as exc:
+            raise ConfigError(f"tools feedback: {exc.error.where(f'tool_options.{name}.{exc.error.option}')}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"tools feedback: {exc}") from None
 
     def _names(self, tools: Any) -> list[str]:
         """The tools in use: ``tools`` (a name or a list of names), or every registered one."""
@@ -64,12 +75,12 @@ class ToolFeedback:
             return self.registry.names("tool")
         if isinstance(tools, str):
             return [tools]
-        if not isinstance(tools, (list, tuple)) or not all(isinstance(name, str) for name in tools):
+        if not isinstance(tools, (list, tuple)) or not tools or not all(isinstance(name, str) for name in tools):
             raise ConfigError(
-                f"tools feedback: tools must be a list of tool names, e.g. [calculator, sympy] (got {_shown(tools)}); "
-                "leave it out to use every registered tool"
+                f"tools feedback: option tools must be a non-empty list of tool names, e.g. [calculator, sympy] "
+                f"(got {_shown(tools)}); leave it out to use every registered tool"
             )
-        return list(tools)
+        return list(dict.fromkeys(tools))
 
     @staticmethod
     def _options(tool_options: Any, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .base import ToolInput, ToolResult, excerpt, seconds
+from .base import ToolInput, ToolResult, excerpt
+from .options import MAX_MEMORY_MB, choice, seconds, whole
 
 OUTPUT_CHARS = 4000  # of stdout and of stderr each, before the feedback source's own cap
 
@@ -22,14 +23,11 @@ class PythonTool:
     description = "Runs Python 3 code in the sandbox (standard library only); returns stdout, stderr and exit status."
 
     def __init__(self, backend: str = "auto", timeout_s: float = 10.0, memory_mb: int = 256):
-        timeout_s = seconds(timeout_s, "python")
-        if memory_mb < 32:
-            raise ValueError(f"python tool: memory_mb must be at least 32 (got {memory_mb})")
         import distil_sandbox
 
-        if backend != "auto" and backend not in distil_sandbox.AUTO_ORDER:
-            raise ValueError(f"python tool: unknown sandbox backend {backend!r}; use auto, {', '.join(distil_sandbox.AUTO_ORDER)}")
-        self.backend, self.timeout_s, self.memory_mb = backend, timeout_s, int(memory_mb)
+        self.timeout_s = seconds("timeout_s", timeout_s, distil_sandbox.MAX_TIMEOUT_S)
+        self.memory_mb = whole("memory_mb", memory_mb, 32, MAX_MEMORY_MB, unit="MiB")
+        self.backend = choice("backend", backend, ("auto", *distil_sandbox.AUTO_ORDER))
 
     def run(self, input: ToolInput) -> ToolResult:
         stdin: Optional[str] = None

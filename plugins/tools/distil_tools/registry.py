@@ -18,6 +18,7 @@ from distil_core import ConfigError, PluginError, Registration, Registry
 
 from . import hookspecs
 from .base import Tool, ToolInput, ToolResult, printable
+from .options import OptionError
 
 DEFAULT_TOOL_PLUGINS = ("distil_tools.builtin",)
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -90,6 +91,16 @@ def first_line(obj: Any) -> str:
     return (inspect.getdoc(obj) or "").strip().split("\n")[0]
 
 
+class ToolOptionError(ConfigError):
+    """A tool refused the value of one of its options: ``tool`` names the tool, ``error`` is the
+    tool's :class:`~distil_tools.options.OptionError` (so the feedback source can name the
+    option where its config sets it, ``tool_options.<tool>.<option>``)."""
+
+    def __init__(self, tool: str, error: OptionError):
+        self.tool, self.error = tool, error
+        super().__init__(f"tool {tool!r}: {error}")
+
+
 class ToolRegistry(Registry):
     """The registry of tools: ``register_tools`` implementations and what they registered."""
 
@@ -126,6 +137,8 @@ class ToolRegistry(Registry):
         factory's signature)."""
         try:
             tool = super().build(kind, name, options, runtime=runtime)
+        except OptionError as exc:
+            raise ToolOptionError(name, exc) from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"tool {name!r}: {exc}") from None
         if not callable(getattr(tool, "run", None)):

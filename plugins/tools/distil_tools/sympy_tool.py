@@ -24,12 +24,14 @@ import weakref
 from typing import Any, Optional, Union
 
 from . import symbolic
-from .base import ToolInput, ToolResult, seconds
+from .base import ToolInput, ToolResult
+from .options import MAX_MEMORY_MB, flag, seconds, whole
 from .symbolic import SymbolicError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "symbolic.py")
 STARTUP_TIMEOUT_S = 60.0
 RECYCLE_AFTER = 200
+MAX_WORKERS = 64  # worker processes, each a Python with sympy imported (about 100 MB)
 _FOR_SUFFIX = re.compile(r"\s+for\s+([A-Za-z][A-Za-z0-9_]*(?:\s*,\s*[A-Za-z][A-Za-z0-9_]*)*)\s*$")
 
 
@@ -205,15 +207,13 @@ class SympyTool:
     description = 'Symbolic math with sympy: {"expr": "...", "equals": "..."}, "simplify: ...", "solve: x**2 = 4".'
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2, isolate: bool = True):
-        timeout_s = seconds(timeout_s, "sympy")
-        if memory_mb < 128:
-            raise ValueError(f"sympy tool: memory_mb must be at least 128 (got {memory_mb})")
-        if workers < 1:
-            raise ValueError(f"sympy tool: workers must be at least 1 (got {workers})")
-        self.timeout_s, self.memory_mb, self.isolate = timeout_s, int(memory_mb), isolate
+        self.timeout_s = seconds("timeout_s", timeout_s)
+        self.memory_mb = whole("memory_mb", memory_mb, 128, MAX_MEMORY_MB, unit="MiB")
+        self.workers = whole("workers", workers, 1, MAX_WORKERS)
+        self.isolate = flag("isolate", isolate)
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(workers)
+        self._slots = threading.BoundedSemaphore(self.workers)
         self._finalizer = weakref.finalize(self, _close_all, self._idle)
 
     def run(self, input: ToolInput) -> ToolResult:

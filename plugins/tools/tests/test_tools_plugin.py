@@ -13,6 +13,8 @@ from distil_core import ContextTemplate
 from distil_core import ConfigError
 from distil_core import PluginHost
 from distil_core import FeedbackSource, resolve, resolve_all
+from distil_tools import ToolFeedback
+from distil_tools.options import MAX_MEMORY_MB
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +60,68 @@ def test_the_engine_resolves_many_rollouts_at_once_in_order(host):
     ({"max_call": 2}, "Unknown option 'max_call' for feedback source 'tools'.*Did you mean 'max_calls'"),
     ({"tools": ["calculater"]}, "No tool named 'calculater' is registered. Did you mean 'calculator'?"),
     ({"tools": ["calculator"], "tool_options": {"python": {}}}, "tool_options names 'python', which is not among the tools in use"),
-    ({"max_calls": 0}, "max_calls must be a whole number ≥ 1"),
-    ({"tool_options": {"sympy": {"timeout_s": -1}}}, "tool 'sympy': sympy tool: timeout_s must be positive"),
-    ({"max_calls": True}, r"max_calls must be a whole number ≥ 1 \(got True\)"),
-    ({"max_chars": True}, r"max_chars must be a whole number ≥ 40 \(got True\)"),
-    ({"tools": 5}, r"tools must be a list of tool names, e.g. \[calculator, sympy\] \(got 5\)"),
-    ({"tools": ["calculator", 5]}, r"tools must be a list of tool names"),
+    ({"max_calls": 0}, r"^tools feedback: option max_calls must be a whole number at least 1 \(got 0, an int\)$"),
+    ({"tool_options": {"sympy": {"timeout_s": -1}}},
+     r"^tools feedback: option tool_options.sympy.timeout_s must be a number of seconds above 0 and at most 86400 \(got -1"),
+    ({"max_calls": True}, r"option max_calls must be a whole number at least 1 \(got True, a bool\)"),
+    ({"max_chars": True}, r"option max_chars must be a whole number at least 40 \(got True, a bool\)"),
+    ({"tools": 5}, r"option tools must be a non-empty list of tool names, e.g. \[calculator, sympy\] \(got 5\)"),
+    ({"tools": ["calculator", 5]}, r"option tools must be a non-empty list of tool names"),
+    ({"tools": []}, r"option tools must be a non-empty list of tool names.*leave it out to use every registered tool"),
     ({"tool_options": ["python"]}, r"tool_options must be a mapping from tool names to their options, .* \(got \['python'\]\)"),
     ({"tool_options": "python"}, r"tool_options must be a mapping from tool names to their options, .* \(got 'python'\)"),
     ({"tool_options": {"python": [1]}}, r"tool_options.python must be a mapping of option names to values \(got \[1\]\)"),
     ({"tool_options": {"pyhton": {"timeout_s": 5}}},
      "tool_options names 'pyhton', which is not among the tools in use. Did you mean 'python'\\? Valid: calculator, python, sympy."),
-    ({"tool_options": {"python": {"timeout_s": float("nan")}}}, r"tool 'python': python tool: timeout_s must be positive and finite, in seconds \(got nan\)"),
-    ({"tool_options": {"python": {"timeout_s": float("inf")}}}, r"python tool: timeout_s must be positive and finite"),
-    ({"tool_options": {"sympy": {"timeout_s": float("nan")}}}, r"tool 'sympy': sympy tool: timeout_s must be positive and finite, in seconds \(got nan\)"),
-    ({"tool_options": {"sympy": {"timeout_s": float("inf")}}}, r"sympy tool: timeout_s must be positive and finite"),
-    ({"tool_options": {"sympy": {"timeout_s": True}}}, r"sympy tool: timeout_s must be positive and finite"),
+    ({"tool_options": {"python": {"timeout_s": float("nan")}}},
+     r"option tool_options.python.timeout_s must be a number of seconds above 0 and at most 86400 \(got nan, a float\)"),
+    ({"tool_options": {"python": {"timeout_s": float("inf")}}}, r"option tool_options.python.timeout_s must be a number of seconds"),
+    ({"tool_options": {"python": {"timeout_s": 10**6}}}, r"option tool_options.python.timeout_s must be .* at most 86400"),
+    ({"tool_options": {"sympy": {"timeout_s": float("nan")}}}, r"option tool_options.sympy.timeout_s must be a number of seconds"),
+    ({"tool_options": {"sympy": {"timeout_s": float("inf")}}}, r"option tool_options.sympy.timeout_s must be a number of seconds"),
+    ({"tool_options": {"sympy": {"timeout_s": True}}}, r"option tool_options.sympy.timeout_s must be a number of seconds"),
+    ({"tool_options": {"sympy": {"timeout_s": "5"}}}, r"tool_options.sympy.timeout_s .* \(got '5', a str: write it without quotes\)"),
 ])
 def test_bad_options_are_config_errors(host, options, message):
     with pytest.raises(ConfigError, match=message):
         host.build("feedback_source", "tools", options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"only_failed": "false"}, r"option only_failed must be true or false \(got 'false', a str: write it without quotes\)"),
+    ({"only_failed": 0.5}, r"option only_failed must be true or false \(got 0.5, a float\)"),
+    ({"only_failed": None}, r"option only_failed must be true or false \(got None"),
+    ({"max_chars": "600"}, r"option max_chars must be a whole number at least 40 \(got '600', a str: write it without quotes\)"),
+    ({"tool_options": {"python": {"memory_mb": "256"}}},
+     r"^tools feedback: option tool_options.python.memory_mb must be a whole number of MiB from 32 to 1048576 "
+     r"\(got '256', a str: write it without quotes\)$"),
+    ({"tool_options": {"python": {"memory_mb": 2**44}}}, r"option tool_options.python.memory_mb must be .* from 32 to 1048576"),
+    ({"tool_options": {"python": {"memory_mb": 256.0}}}, r"option tool_options.python.memory_mb must be a whole number"),
+    ({"tool_options": {"python": {"backend": ["bwrap"]}}}, r"option tool_options.python.backend must be one of auto, bwrap"),
+    ({"tool_options": {"sympy": {"memory_mb": 10**15}}}, r"option tool_options.sympy.memory_mb must be .* from 128 to 1048576"),
+    ({"tool_options": {"sympy": {"memory_mb": "x"}}}, r"option tool_options.sympy.memory_mb must be .* \(got 'x', a str\)$"),
+    ({"tool_options": {"sympy": {"workers": "2"}}}, r"option tool_options.sympy.workers must be a whole number from 1 to 64"),
+    ({"tool_options": {"sympy": {"workers": 10**9}}}, r"option tool_options.sympy.workers must be a whole number from 1 to 64"),
+    ({"tool_options": {"sympy": {"isolate": "false"}}},
+     r"option tool_options.sympy.isolate must be true or false \(got 'false', a str: write it without quotes\)"),
+])
+def test_every_option_is_checked_at_build_naming_it_where_the_config_sets_it(host, options, message):
+    """A value YAML did not mean (a quoted number or boolean, a limit no sandbox can set) stops
+    the run at build with the option's path and what it accepts, instead of counting ``"false"``
+    as true or failing every call with an error the expert reads as feedback."""
+    with pytest.raises(ConfigError, match=message):
+        host.build("feedback_source", "tools", options)
+
+
+def test_the_largest_memory_limits_accepted_still_run():
+    """The ceiling of memory_mb is a limit the sandbox and the sympy worker can set."""
+    source = ToolFeedback(tools=["python", "sympy"], tool_options={
+        "python": {"memory_mb": MAX_MEMORY_MB, "timeout_s": 20}, "sympy": {"memory_mb": MAX_MEMORY_MB, "timeout_s": 30}})
+    try:
+        items = source.run_calls('<tool name="python">print(6 * 7)</tool><tool name="sympy">solve: x**2 = 4</tool>')
+        assert [i.text for i in items] == ["Tool python(print(6 * 7)) → 42", "Tool sympy(solve: x**2 = 4) → x = -2 or x = 2"]
+    finally:
+        source.tools["sympy"].close()
 
 
 def _distil():

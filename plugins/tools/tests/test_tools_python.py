@@ -63,7 +63,7 @@ def test_a_call_that_writes_outside_its_work_dir_leaves_the_host_untouched(pytho
 
 
 def test_options_reach_the_sandbox_and_bad_ones_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown sandbox backend 'bwarp'"):
+    with pytest.raises(ConfigError, match=r"option tool_options.python.backend must be one of auto, bwrap, docker, process \(got 'bwarp'"):
         ToolFeedback(tools=["python"], tool_options={"python": {"backend": "bwarp"}})
     with pytest.raises(ConfigError, match="Unknown option 'timeout' for tool 'python'.*Did you mean 'timeout_s'"):
         ToolFeedback(tools=["python"], tool_options={"python": {"timeout": 3}})
