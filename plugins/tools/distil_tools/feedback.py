@@ -11,7 +11,9 @@ them, one ``tool_output`` item::
 
 with ``data = {"index", "tool", "input", "output", "ok", "format"}`` (plus ``"error":
 "malformed" | "unknown_tool"`` and the tool's own ``"data"``). A response without tool calls
-gets no feedback. With ``only_failed`` (the default) only failed rollouts are looked at: the
+gets no feedback, and neither does a call the tool could not run through no fault of its input
+(a result marked ``infrastructure_error``: the sandbox or a worker failed), which is warned
+about once per tool instead. With ``only_failed`` (the default) only failed rollouts are looked at: the
 expert context of a passed rollout carries demonstrations, and the context template presents
 feedback as being about an unsuccessful attempt.
 """
@@ -19,6 +21,8 @@ feedback as being about an unsuccessful attempt.
 from __future__ import annotations
 
 import asyncio
+import threading
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, did_you_mean, nearest
@@ -59,6 +63,8 @@ class ToolFeedback:
         names = self._names(tools)
         tool_options = self._options(tool_options, names)
         self.tools: dict[str, Tool] = {name: self._build(name, tool_options.get(name) or {}) for name in names}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()  # tools whose machinery failure has been warned about
 
     def _build(self, name: str, options: dict[str, Any]) -> Tool:
         """The tool ``name``; an option it refuses is named where the config sets it."""
@@ -119,7 +125,8 @@ class ToolFeedback:
         """The feedback for the calls in a response text (or already parsed calls)."""
         if isinstance(calls, str):
             calls = parse_calls(calls)
-        items = [self._one(index, call) for index, call in enumerate(calls[: self.max_calls], 1)]
+        found = [self._one(index, call) for index, call in enumerate(calls[: self.max_calls], 1)]
+        items = [item for item in found if item is not None]
         skipped = len(calls) - self.max_calls
         if skipped > 0:
             plural = "s were" if skipped > 1 else " was"
@@ -130,7 +137,7 @@ class ToolFeedback:
             ))
         return items
 
-    def _one(self, index: int, call: ToolCall) -> Feedback:
+    def _one(self, index: int, call: ToolCall) -> Optional[Feedback]:
         data: dict[str, Any] = {"index": index, "tool": call.name, "format": call.format}
         if call.error:
             data.update(input=call.raw, output=call.error, ok=False, error="malformed")
@@ -146,12 +153,28 @@ class ToolFeedback:
             data.update(output=message, ok=False, error="unknown_tool")
             return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → error: {message}", data=data)
         result = run_tool(tool, call.input)
+        if not result.ok and result.data.get("infrastructure_error"):
+            self._machinery_failed(call.name, result.text)
+            return None
         output = excerpt(result.text.strip() or "(empty output)", self.max_chars)
         data.update(output=output, ok=result.ok)
         if result.data:
             data["data"] = jsonable(result.data)
         said = output if result.ok else f"error: {output}"
         return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → {said}", data=data)
+
+
+    def _machinery_failed(self, tool: str, message: str) -> None:
+        """A call the tool could not run (its sandbox or worker failed, not the student's input):
+        no feedback, since the expert would read it as a fault of the attempt; one warning per
+        tool, so the user learns the tool is down without a line per call."""
+        with self._lock:
+            first = tool not in self._warned
+            self._warned.add(tool)
+        if first:
+            warnings.warn(f"tools feedback: tool {tool!r} could not run a call, through no fault of the call "
+                          f"({excerpt(message, 300)}); such calls give the expert no feedback (said once per tool)",
+                          RuntimeWarning, stacklevel=2)
 
 
 def _shown(value: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .base import ToolInput, ToolResult, excerpt
-from .options import MAX_MEMORY_MB, choice, seconds, whole
+from .options import MAX_MEMORY_MB, OptionError, choice, seconds, whole
 
 OUTPUT_CHARS = 4000  # of stdout and of stderr each, before the feedback source's own cap
 
@@ -28,6 +28,11 @@ class PythonTool:
         self.timeout_s = seconds("timeout_s", timeout_s, distil_sandbox.MAX_TIMEOUT_S)
         self.memory_mb = whole("memory_mb", memory_mb, 32, MAX_MEMORY_MB, unit="MiB")
         self.backend = choice("backend", backend, ("auto", *distil_sandbox.AUTO_ORDER))
+        try:  # one probe (remembered by the sandbox), so a backend that cannot run stops the run here
+            distil_sandbox.get_backend(self.backend)
+        except distil_sandbox.BackendUnavailable as exc:
+            raise OptionError("backend", f"a sandbox backend that runs here, and {exc}; pick another of auto, "
+                              f"{', '.join(distil_sandbox.AUTO_ORDER)}, or leave python out of `tools`", backend) from None
 
     def run(self, input: ToolInput) -> ToolResult:
         stdin: Optional[str] = None

@@ -134,21 +134,34 @@ class WorkerError(RuntimeError):
     """The worker timed out, died or could not start."""
 
 
+class WorkerStartError(WorkerError):
+    """No worker could be started: the tool's machinery failed, not the call's input."""
+
+
 class _Worker:
     """One sympy worker process, used by one thread at a time."""
 
     def __init__(self, memory_mb: int):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", WORKER, str(memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", WORKER, str(memory_mb)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkerStartError(f"the sympy worker could not start: {exc}") from None
         self.buffer = b""
         self.served = 0
-        ready = self._read_line(STARTUP_TIMEOUT_S)
-        if json.loads(ready) != {"ready": True}:
+        try:
+            ready = self._read_line(STARTUP_TIMEOUT_S)
+            started = json.loads(ready) == {"ready": True}
+        except WorkerError as exc:
+            raise WorkerStartError(f"the sympy worker could not start: {exc}") from None
+        except ValueError:
+            started = False
+        if not started:
             self.close()
-            raise WorkerError(f"the sympy worker did not start properly: {ready[:200]!r}")
+            raise WorkerStartError(f"the sympy worker did not start properly: {ready[:200]!r}")
 
     def ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         try:
@@ -226,6 +239,8 @@ class SympyTool:
         else:
             try:
                 reply = self._ask(request)
+            except WorkerStartError as exc:  # the tool's machinery, not the input: kept from the expert
+                return ToolResult.error(f"sympy: {exc}", infrastructure_error=True)
             except WorkerError as exc:
                 return ToolResult.error(f"sympy: {exc}")
         return ToolResult(reply["text"], ok=bool(reply["ok"]), data={"op": request["op"], **reply.get("data", {})})
