@@ -25,12 +25,13 @@ import threading
 import warnings
 from typing import Any, Optional, Sequence, Union
 
-from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, did_you_mean, nearest
+from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, nearest
 
-from .base import Tool, excerpt, jsonable, one_line, printable
+from .base import Tool, excerpt, jsonable, one_line
 from .calls import ToolCall, parse_calls
 from .options import OptionError, flag, whole
-from .registry import ToolOptionError, ToolRegistry, get_registry, run_tool
+from .registry import ToolRegistry, get_registry, run_tool
+from .source_options import build_tool, tool_names, tool_options_checked
 
 SOURCE = "tools"
 KIND = "tool_output"
@@ -60,54 +61,11 @@ class ToolFeedback:
         if registry is not None and not isinstance(registry, ToolRegistry):
             raise ConfigError("tools feedback: `registry` is for Python callers and takes a ToolRegistry; leave it out of config files")
         self.registry = registry if registry is not None else get_registry()
-        names = self._names(tools)
-        tool_options = self._options(tool_options, names)
-        self.tools: dict[str, Tool] = {name: self._build(name, tool_options.get(name) or {}) for name in names}
+        names = tool_names(self.registry, tools)
+        options = tool_options_checked(tool_options, names)
+        self.tools: dict[str, Tool] = {name: build_tool(self.registry, name, options.get(name) or {}) for name in names}
         self._lock = threading.Lock()
         self._warned: set[str] = set()  # tools whose machinery failure has been warned about
-
-    def _build(self, name: str, options: dict[str, Any]) -> Tool:
-        """The tool ``name``; an option it refuses is named where the config sets it."""
-        try:
-            return self.registry.build("tool", name, options)
-        except ToolOptionError as exc:
-            raise ConfigError(f"tools feedback: {exc.error.where(f'tool_options.{name}.{exc.error.option}')}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"tools feedback: {exc}") from None
-
-    def _names(self, tools: Any) -> list[str]:
-        """The tools in use: ``tools`` (a name or a list of names), or every registered one."""
-        if tools is None:
-            return self.registry.names("tool")
-        if isinstance(tools, str):
-            return [tools]
-        if not isinstance(tools, (list, tuple)) or not tools or not all(isinstance(name, str) for name in tools):
-            raise ConfigError(
-                f"tools feedback: option tools must be a non-empty list of tool names, e.g. [calculator, sympy] "
-                f"(got {_shown(tools)}); leave it out to use every registered tool"
-            )
-        return list(dict.fromkeys(tools))
-
-    @staticmethod
-    def _options(tool_options: Any, names: list[str]) -> dict[str, dict[str, Any]]:
-        """``tool_options`` checked: a mapping from tools in use to mappings of their options."""
-        if tool_options is None:
-            return {}
-        if not isinstance(tool_options, dict):
-            raise ConfigError(
-                "tools feedback: tool_options must be a mapping from tool names to their options, "
-                f"e.g. {{python: {{timeout_s: 5}}}} (got {_shown(tool_options)})"
-            )
-        for name, options in tool_options.items():
-            if name not in names:
-                raise ConfigError(
-                    f"tools feedback: tool_options names {_shown(name)}, which is not among the tools in use."
-                    f"{did_you_mean(str(name), names)} Add it to `tools` or fix the name."
-                )
-            if options is not None and not isinstance(options, dict):
-                raise ConfigError(f"tools feedback: tool_options.{name} must be a mapping of option names to values "
-                                  f"(got {_shown(options)})")
-        return tool_options
 
     async def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()
@@ -163,7 +121,6 @@ class ToolFeedback:
         said = output if result.ok else f"error: {output}"
         return Feedback(source=SOURCE, kind=KIND, text=f"Tool {call.name}({shown}) → {said}", data=data)
 
-
     def _machinery_failed(self, tool: str, message: str) -> None:
         """A call the tool could not run (its sandbox or worker failed, not the student's input):
         no feedback, since the expert would read it as a fault of the attempt; one warning per
@@ -176,7 +133,3 @@ class ToolFeedback:
                           f"({excerpt(message, 300)}); such calls give the expert no feedback (said once per tool)",
                           RuntimeWarning, stacklevel=2)
 
-
-def _shown(value: Any) -> str:
-    """A config value quoted in an error, on one line and short."""
-    return one_line(printable(value, repr), 80)
