@@ -60,6 +60,19 @@ def build_tool(registry: ToolRegistry, name: str, options: dict[str, Any]) -> To
         raise ConfigError(f"tools feedback: {exc}") from None
 
 
+def check_deadline(call_timeout_s: float, tools: dict[str, Tool]) -> None:
+    """Refuse a deadline no longer than a tool's own time limit: the tool's limit ("timed out after
+    10 s", with what the program printed) would never get to answer."""
+    for name, tool in tools.items():
+        limit = getattr(tool, "timeout_s", None)
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and call_timeout_s <= limit:
+            raise ConfigError(
+                f"tools feedback: option call_timeout_s ({call_timeout_s:g} s) must be longer than tool "
+                f"{name!r}'s own time limit (tool_options.{name}.timeout_s = {limit:g} s), so that limit can answer "
+                "first; raise call_timeout_s or lower the tool's timeout_s"
+            )
+
+
 def shown(value: Any) -> str:
     """A config value quoted in an error, on one line and short."""
     return one_line(printable(value, repr), 80)

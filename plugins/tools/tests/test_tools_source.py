@@ -1,14 +1,18 @@
-"""How the feedback source runs calls: failures of a tool's own machinery kept from the expert."""
+"""How the feedback source runs calls: at the same time, each under a deadline, a stuck one never
+holding up the step or the process, and failures of a tool's own machinery kept from the expert."""
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import warnings
 
 import pytest
 from tools_testlib import FAILED, PROBLEM, rollout
 
-from distil_core import resolve
+from distil_core import ConfigError, resolve, resolve_all
 from distil_tools import ToolFeedback, ToolResult, get_registry, hookimpl
 from distil_tools import sympy_tool
 
@@ -90,3 +94,146 @@ def test_a_sandbox_backend_that_cannot_run_here_stops_the_build():
     assert ("ConfigError: tools feedback: option tool_options.python.backend must be a sandbox backend that runs here, "
             "and sandbox backend 'docker' is unavailable: ") in ran.stderr
     assert "pick another of auto, bwrap, docker, process, or leave python out of `tools` (got 'docker', a str)" in ran.stderr
+
+
+class Gate:
+    """A tool that blocks until ``release`` is set (forever, for a stuck tool); counts who is inside."""
+
+    name = "gate"
+
+    def __init__(self, barrier=None):
+        self.release, self.barrier = threading.Event(), barrier
+        self.lock, self.inside, self.most_inside = threading.Lock(), 0, 0
+
+    def run(self, input):
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if self.barrier is not None:
+                self.barrier.wait()  # returns once `parties` calls are inside at the same time
+            elif input == "stuck":
+                self.release.wait()
+            return ToolResult(f"through {input}")
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.fixture
+def gate():
+    """Registers a fresh Gate; the factory takes the barrier the test wants."""
+    made = []
+
+    def make(barrier=None):
+        tool = Gate(barrier)
+        made.append(tool)
+
+        class Plugin:
+            @hookimpl
+            def register_tools(register):
+                register(tool)
+
+        get_registry().register_plugin(Plugin, "gate_plugin")
+        return tool
+
+    try:
+        yield make
+    finally:
+        for tool in made:
+            tool.release.set()  # a stuck call's thread ends with the test
+        get_registry().unregister_plugin("gate_plugin")
+
+
+def test_a_call_past_its_deadline_is_a_failed_call_and_frees_its_slot(gate):
+    """A tool that never returns costs one deadline, not the step: the call fails in the feedback,
+    and the next call runs although only one may run at a time (the stuck one gave its slot back)."""
+    tool = gate()
+    source = ToolFeedback(tools=["gate", "calculator"], call_timeout_s=0.5, max_parallel=1)
+    text = '<tool name="gate">stuck</tool><tool name="calculator">6*7</tool>'
+    with pytest.warns(RuntimeWarning, match=r"a call to tool 'gate' ran past call_timeout_s \(0.5 s\) and was given up on"):
+        items = source.run_calls(text)
+        again = resolve(source.feedback(PROBLEM, rollout(text), FAILED, []))
+    expected = ["Tool gate(stuck) → error: the call did not finish within 0.5 s", "Tool calculator(6*7) → 42"]
+    assert [i.text for i in items] == [i.text for i in again] == expected
+    assert items[0].data["ok"] is False and items[0].data["data"] == {"deadline_s": 0.5}
+    assert tool.inside == 2 and source.runner.abandoned == 2 and source.runner.running == 0
+
+
+def test_the_calls_of_a_step_run_at_the_same_time(gate):
+    """32 rollouts whose calls each wait until all 32 are running (default max_parallel) all pass:
+    none waits for another to finish first."""
+    parties = 32
+    tool = gate(threading.Barrier(parties, timeout=30))
+    source = ToolFeedback(tools=["gate"])
+    results = resolve_all([source.feedback(PROBLEM, rollout(f'<tool name="gate">{i}</tool>'), FAILED, [])
+                           for i in range(parties)])
+    assert [[i.text for i in items] for items in results] == [[f"Tool gate({i}) → through {i}"] for i in range(parties)]
+    assert tool.most_inside == parties
+
+
+def test_no_more_than_max_parallel_calls_run_at_once(gate):
+    """Calls beyond max_parallel wait for a slot (their deadline starts when they get one)."""
+    tool = gate(threading.Barrier(4, timeout=30))
+    source = ToolFeedback(tools=["gate"], max_parallel=4)
+    text = "".join(f'<tool name="gate">{i}</tool>' for i in range(3))
+    results = resolve_all([source.feedback(PROBLEM, rollout(text), FAILED, []) for _ in range(4)])
+    assert all([i.text for i in items] == [f"Tool gate({i}) → through {i}" for i in range(3)] for items in results)
+    assert tool.most_inside == source.runner.most_running == 4
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"call_timeout_s": 0}, r"option call_timeout_s must be a number of seconds above 0 and at most 86400 \(got 0, an int\)"),
+    ({"call_timeout_s": "60"}, r"option call_timeout_s must be .* \(got '60', a str: write it without quotes\)"),
+    ({"call_timeout_s": float("inf")}, r"option call_timeout_s must be a number of seconds"),
+    ({"max_parallel": 0}, r"option max_parallel must be a whole number from 1 to 1024 \(got 0, an int\)"),
+    ({"max_parallel": 8.0}, r"option max_parallel must be a whole number from 1 to 1024 \(got 8.0, a float\)"),
+    ({"call_timeout_s": 5}, r"option call_timeout_s \(5 s\) must be longer than tool 'python'\'s own time limit "
+                            r"\(tool_options.python.timeout_s = 10 s\), so that limit can answer first"),
+    ({"call_timeout_s": 20, "tool_options": {"sympy": {"timeout_s": 30}}}, r"longer than tool 'sympy'\'s own time limit"),
+])
+def test_the_deadline_and_the_bound_are_checked_at_build(options, message):
+    with pytest.raises(ConfigError, match=message):
+        ToolFeedback(tools=["python", "sympy"], **options)
+
+
+HANGING_RUN = textwrap.dedent("""
+    import sys, threading
+    from distil_core import resolve_all
+    from distil_core.testing import problem, rollout, verdict
+    from distil_tools import ToolFeedback, get_registry, hookimpl
+
+    class Hang:
+        name = "hang"
+        description = "never returns"
+        def run(self, input):
+            print("started", flush=True)
+            threading.Event().wait()
+
+    class Plugin:
+        @hookimpl
+        def register_tools(register):
+            register(Hang())
+
+    get_registry().register_plugin(Plugin, "hang_plugin")
+    source = ToolFeedback(tools=["hang"])
+    try:
+        resolve_all([source.feedback(problem("1", "p"), rollout('<tool name="hang">x</tool>'), verdict(False), [])])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+""")
+
+
+def test_ctrl_c_ends_a_run_whose_tool_hangs():
+    """The stuck call's thread cannot keep the interpreter from exiting: Ctrl-C reaches the caller
+    and the process ends (the event loop's default executor would wait for that thread forever)."""
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"  # the tool is running: now press Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (0, "interrupted\n"), err
