@@ -80,6 +80,25 @@ class ToolFeedback:
         self._lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()  # (what, tool) already warned about
 
+    def close(self) -> None:
+        """Close every tool that has a ``close()`` (the sympy tool's worker processes).
+
+        ``Runtime.close()`` calls this when a run ends; without it a process that trains several
+        runs (``distil bench``, a notebook) kept each finished run's workers. Every tool is
+        closed even if one fails; the failures are raised after, naming each tool.
+        """
+        failed: list[str] = []
+        for name, tool in self.tools.items():
+            closer = getattr(tool, "close", None)
+            if not callable(closer):
+                continue
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - a tool's own failure, reported below
+                failed.append(f"tool {name!r}: {type(exc).__name__}: {exc}")
+        if failed:
+            raise RuntimeError(f"tools feedback: closing failed for {'; '.join(failed)}")
+
     async def feedback(
         self, problem: Problem, rollout: Rollout, verdict: Verdict, group: Sequence[tuple[Rollout, Verdict]] = ()
     ) -> list[Feedback]:

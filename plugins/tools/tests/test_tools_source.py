@@ -237,3 +237,41 @@ def test_ctrl_c_ends_a_run_whose_tool_hangs():
             proc.kill()
             proc.wait()
     assert (proc.returncode, out) == (0, "interrupted\n"), err
+
+
+class Sticky:
+    """A tool whose close() fails."""
+
+    name = "sticky"
+
+    def run(self, input):
+        return "ok"
+
+    def close(self):
+        raise OSError("the handle is gone")
+
+
+def test_the_runs_close_stops_the_sympy_workers_and_reports_a_tool_that_fails_to_close():
+    """Runtime.close() closes each feedback source that has close(): the source closes its tools,
+    all of them even when one fails, so no sympy worker outlives the run."""
+    from distil_core.training.runtime import Runtime
+
+    class StickyPlugin:
+        @hookimpl
+        def register_tools(register):
+            register(Sticky())
+
+    get_registry().register_plugin(StickyPlugin, "sticky_plugin")
+    try:
+        source = ToolFeedback(tools=["sticky", "sympy"])
+        assert [i.text for i in source.run_calls('<tool name="sympy">simplify: x + x</tool>')] == ["Tool sympy(simplify: x + x) → 2*x"]
+        [worker] = source.tools["sympy"]._idle
+        assert worker.alive
+        runtime = Runtime(config=None, model=None, tokenizer=None, device=None, host=None, feedback_sources=[("tools", source)])
+        failures = runtime.close()
+        assert not worker.alive and not os.path.exists(f"/proc/{worker.proc.pid}")
+        assert failures == ["feedback source ToolFeedback: close() failed (RuntimeError: tools feedback: "
+                            "closing failed for tool 'sticky': OSError: the handle is gone)"]
+        assert source.tools["sympy"]._idle == []
+    finally:
+        get_registry().unregister_plugin("sticky_plugin")
