@@ -6,21 +6,29 @@ through the ``distil.tools`` entry-point group. Each entry point is loaded on it
 fails to import, raises in its hook, implements a hook that does not exist or requires another
 ``distil-tools`` version is listed by :meth:`ToolRegistry.errors` and the others still load.
 ``DISTIL_NO_ENTRYPOINTS=1`` keeps entry points out, as it does for the core's plugins.
+
+``DISTIL_PLUGINS``, the core's allow-list, does not apply here: tool plugins are not core plugins,
+and ``DISTIL_PLUGINS=tools`` — which a run needs to enable this plugin at all — would otherwise
+drop every third-party tool. Tools have their own allow-list, ``DISTIL_TOOLS`` (entry-point names
+of the ``distil.tools`` group, comma-separated; ``""`` loads none; unset loads all).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Optional
+import os
+from importlib import metadata
+from typing import Any, Callable, Optional, Sequence
 
-from distil_core import ConfigError, PluginError, Registration, Registry
+from distil_core import ConfigError, PluginError, Registration, Registry, nearest
 
 from . import hookspecs
 from .base import Tool, ToolInput, ToolResult, printable
 from .options import OptionError
 
 DEFAULT_TOOL_PLUGINS = ("distil_tools.builtin",)
+ALLOW_ENV = "DISTIL_TOOLS"  # the tools' allow-list; the core's DISTIL_PLUGINS does not filter them
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -105,6 +113,7 @@ class ToolRegistry(Registry):
     """The registry of tools: ``register_tools`` implementations and what they registered."""
 
     list_command = "distil tools"
+    unmatched_tools: Sequence[str] = ()  # names DISTIL_TOOLS gives that no tool plugin has
 
     def __init__(self, *, load_entrypoints: Optional[bool] = None):
         from . import __version__
@@ -112,6 +121,31 @@ class ToolRegistry(Registry):
         super().__init__(hookspecs.PROJECT, hookspecs, {"tool": "register_tools"}, group=hookspecs.ENTRY_POINT_GROUP,
                          defaults=DEFAULT_TOOL_PLUGINS, distribution=("distil-tools", __version__),
                          load_entrypoints=load_entrypoints)
+
+    def load_entrypoints(self, allow: Optional[list[str]] = None) -> None:
+        """Load the ``distil.tools`` entry points: those in ``allow`` if given, else those
+        ``DISTIL_TOOLS`` names when it is set, else all of them — never filtered by the core's
+        ``DISTIL_PLUGINS`` (see the module docstring)."""
+        if allow is None and ALLOW_ENV in os.environ:
+            allow = [n.strip() for n in os.environ[ALLOW_ENV].split(",") if n.strip()]
+        if allow is None:  # a list, so the core's loader does not fall back on DISTIL_PLUGINS
+            allow = [ep.name for ep in metadata.entry_points(group=self.group)]
+        super().load_entrypoints(allow=allow)
+        # The core's message for these names says DISTIL_PLUGINS; get() says DISTIL_TOOLS instead.
+        self.unmatched_tools, self.unmatched = self.unmatched, []
+
+    def get(self, kind: str, name: str) -> Registration:
+        try:
+            return super().get(kind, name)
+        except ConfigError as exc:
+            if not self.unmatched_tools:
+                raise
+            names = [ep.name for ep in metadata.entry_points(group=self.group)]
+            guess = nearest(self.unmatched_tools[0], names)
+            raise ConfigError(
+                f"{exc} The tool allow-list ({ALLOW_ENV}) names {', '.join(map(repr, self.unmatched_tools))}, which no "
+                f"installed tool plugin is called" + (f" (did you mean {guess!r}?)" if guess else "") + "."
+            ) from None
 
     @property
     def tools(self) -> dict[str, Registration]:

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -299,6 +301,7 @@ def dice_distribution(tmp_path, monkeypatch):
         "[distil.tools]\ndice = distil_tools_dice\nbroken_dice = distil_tools_broken_dice\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("DISTIL_TOOLS", raising=False)  # the tools' own allow-list, as a user may have it set
     try:
         yield
     finally:
@@ -326,3 +329,35 @@ def test_the_default_registry_loads_entry_points_unless_told_not_to(dice_distrib
         assert item.text == "Tool dice(roll) → roll: a die with 6 faces"
     finally:
         reset_registry()  # the next test's registry loads without the dice distribution
+
+
+def test_the_cores_allow_list_does_not_filter_tool_plugins(dice_distribution, monkeypatch):
+    """DISTIL_PLUGINS=tools is what enables this plugin; it names no tool plugin, and tools are not
+    the core's plugins, so the tools still load."""
+    monkeypatch.setenv("DISTIL_PLUGINS", "tools")
+    registry = ToolRegistry(load_entrypoints=True)
+    assert "dice" in registry.names("tool") and "broken_dice" in registry.errors()
+    [item] = ToolFeedback(tools=["dice"], registry=registry).run_calls('<tool name="dice">roll</tool>')
+    assert item.text == "Tool dice(roll) → roll: a die with 6 faces"
+
+
+def test_distil_tools_is_the_tools_own_allow_list(dice_distribution, monkeypatch):
+    monkeypatch.setenv("DISTIL_PLUGINS", "tools")
+    monkeypatch.setenv("DISTIL_TOOLS", "dice")
+    registry = ToolRegistry(load_entrypoints=True)
+    assert "dice" in registry.names("tool") and registry.errors() == {}  # broken_dice was not asked for
+    monkeypatch.setenv("DISTIL_TOOLS", "")
+    assert ToolRegistry(load_entrypoints=True).names("tool") == ["calculator", "python", "sympy"]
+    monkeypatch.setenv("DISTIL_TOOLS", "dcie")
+    with pytest.raises(ConfigError, match=r"No tool named 'dice' is registered.* The tool allow-list \(DISTIL_TOOLS\) "
+                                          r"names 'dcie', which no installed tool plugin is called \(did you mean 'dice'\?\)\.$"):
+        ToolFeedback(tools=["dice"], registry=ToolRegistry(load_entrypoints=True))
+
+
+def test_distil_tools_runs_a_third_party_tool_with_the_tools_plugin_allowed(dice_distribution, tmp_path):
+    """The command line as a user types it: only the tools plugin allowed, the dice tool still runs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTIL_NO_ENTRYPOINTS", "DISTIL_TOOLS")}
+    env.update(DISTIL_PLUGINS="tools", PYTHONPATH=os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]))
+    ran = subprocess.run([sys.executable, "-m", "distil_core.cli", "tools", "dice", "d6"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert (ran.returncode, ran.stdout) == (0, "d6: a die with 6 faces\n"), ran.stderr
