@@ -207,10 +207,29 @@ def base_feedback_key(components: dict[str, Any], host: PluginHost) -> dict[str,
     """``components`` as the tiny base's cache key holds them: without the options a component
     declares as changing how it runs, not what it returns (its optional ``run_options``, e.g.
     code_exec's ``workers``), so a speed setting neither pretrains a second base nor changes
-    the starting weights."""
+    the starting weights.
+
+    An entry of ``run_options`` is an option's name, or the tuple of keys that leads to an option
+    nested in a mapping (the tools source's ``("tool_options", "python", "backend")``). A mapping
+    that removing such options leaves empty goes too, so setting only run options keys the base
+    exactly as setting none."""
+    def without(options: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+        out = {}
+        for key, value in options.items():
+            if (key,) in paths:
+                continue
+            inner = {p[1:] for p in paths if len(p) > 1 and p[0] == key}
+            if inner and isinstance(value, dict) and value:
+                value = without(value, inner)
+                if not value:
+                    continue
+            out[key] = value
+        return out
+
     def kept(kind: str, comp: dict[str, Any]) -> dict[str, Any]:
         neutral = getattr(host.get(kind, comp["name"]).factory, "run_options", ())
-        return {**comp, "options": {k: v for k, v in comp["options"].items() if k not in neutral}}
+        paths = {p if isinstance(p, tuple) else (p,) for p in neutral}
+        return {**comp, "options": without(comp["options"], paths)}
 
     return {"verifier": kept("verifier", components["verifier"]),
             "feedback": [kept("feedback_source", c) for c in components["feedback"]]}
