@@ -35,9 +35,11 @@ from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict, neares
 from .base import Tool, ToolResult, excerpt, jsonable, one_line
 from .calls import ToolCall, parse_calls
 from .options import OptionError, flag, seconds, whole
+from .python_tool import PythonTool
 from .registry import ToolRegistry, get_registry, run_tool
 from .runner import CallRunner
 from .source_options import build_tool, check_deadline, tool_names, tool_options_checked
+from .sympy_tool import SympyTool
 
 SOURCE = "tools"
 KIND = "tool_output"
@@ -48,6 +50,17 @@ MAX_PARALLEL = 1024  # calls running at once: each is a thread, and most a proce
 
 class ToolFeedback:
     """Runs the tool calls in a response (calculator, python, sympy, …) and reports the outputs."""
+
+    run_options = frozenset({"call_timeout_s", "max_parallel", *(
+        ("tool_options", tool.name, option) for tool in (PythonTool, SympyTool) for option in tool.run_options)})
+    """Options that change how calls run, not the feedback they give: the deadline and the bound
+    (they show only in a call that hangs) and the built-in tools' own ``run_options`` (sandbox
+    backend, limits, sympy workers), as paths into ``tool_options``. The tiny base's cache key
+    leaves them out, so changing one does not pretrain another base. ``tools``, ``max_calls``,
+    ``max_chars`` and ``only_failed`` stay in it: they decide the text a call's feedback has
+    (which calls run, how much of the output shows, which rollouts are looked at), and a task
+    whose answers hold tool calls shows that text in the base's examples. A third-party tool's
+    options stay in the key too (its class cannot be known here)."""
 
     def __init__(
         self,

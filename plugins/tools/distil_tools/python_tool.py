@@ -21,6 +21,10 @@ class PythonTool:
 
     name = "python"
     description = "Runs Python 3 code in the sandbox (standard library only); returns stdout, stderr and exit status."
+    run_options = frozenset({"backend", "timeout_s", "memory_mb"})
+    """Where and under what limits a program runs, not what it prints (every backend runs it
+    alike; a limit shows only in a call that reaches it): the feedback source's ``run_options``
+    lists them, so the tiny base's cache key leaves them out."""
 
     def __init__(self, backend: str = "auto", timeout_s: float = 10.0, memory_mb: int = 256):
         import distil_sandbox

@@ -218,6 +218,9 @@ class SympyTool:
 
     name = "sympy"
     description = 'Symbolic math with sympy: {"expr": "...", "equals": "..."}, "simplify: ...", "solve: x**2 = 4".'
+    run_options = frozenset({"timeout_s", "memory_mb", "workers", "isolate"})
+    """How many workers and under what limits, not the answers (the same sympy computes them; a
+    limit shows only in a call that reaches it): left out of the tiny base's cache key."""
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2, isolate: bool = True):
         self.timeout_s = seconds("timeout_s", timeout_s)

@@ -124,6 +124,26 @@ def test_the_largest_memory_limits_accepted_still_run():
         source.tools["sympy"].close()
 
 
+def test_options_that_change_how_calls_run_share_one_tiny_base_and_the_others_do_not(host):
+    """The tiny base is pretrained on the run's feedback: the deadline, the bound and the built-in
+    tools' backend, limits and workers change how calls run, not that feedback, so they key the
+    same base; the options that change the feedback's text key another."""
+    from distil_core.config import load_config
+    from distil_core.training.runtime import tiny_base_key
+
+    def path(options):
+        config = load_config(None, [f"feedback=[answer_check, {{name: tools, options: {options}}}]"])
+        return tiny_base_key(config, host.build("task", config.task.name, config.task.options), host)[0]
+
+    plain = path("{tools: [calculator, python, sympy]}")
+    assert path("{tools: [calculator, python, sympy], call_timeout_s: 120, max_parallel: 4, tool_options: {"
+                "python: {backend: process, timeout_s: 5, memory_mb: 512}, "
+                "sympy: {timeout_s: 20, memory_mb: 2048, workers: 4, isolate: false}}}") == plain
+    for changed in ("max_calls: 2", "max_chars: 100", "only_failed: false"):
+        assert path(f"{{tools: [calculator, python, sympy], {changed}}}") != plain, changed
+    assert path("{tools: [calculator]}") != plain
+
+
 def _distil():
     return [shutil.which("distil")] if shutil.which("distil") else [sys.executable, "-m", "distil_core.cli"]
 
