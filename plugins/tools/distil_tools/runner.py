@@ -10,7 +10,9 @@ hangs must cost neither the step nor the process:
   up on it: its slot is freed at once, so an abandoned call holds no capacity, and its thread is
   left to finish (or not) in the background;
 * at most ``parallel`` calls run at once (a slot each); further calls wait for a slot before
-  their deadline starts, so a busy step delays calls instead of failing them.
+  their deadline starts, so a busy step delays calls instead of failing them;
+* a caller that stops waiting (Ctrl-C, a cancelled step) gives up its calls the same way: one
+  without a slot never starts, a running one gives its slot back.
 """
 
 from __future__ import annotations
@@ -30,28 +32,35 @@ class CallRunner:
         self._lock = threading.Lock()
         self.running = 0  # calls holding a slot now
         self.most_running = 0  # the most that ever held one at once
-        self.abandoned = 0  # calls given up on at their deadline
+        self.abandoned = 0  # running calls given up on: past their deadline, or their caller stopped waiting
 
     def run(self, function: Callable[[], Any]) -> tuple[bool, Any]:
         """``(True, result)``, or ``(False, None)`` when the deadline passed first. An exception
         the function raised (only ``KeyboardInterrupt`` gets through ``run_tool``) is raised here."""
         call = _Call(self, function)
-        call.started.result()
         try:
+            call.started.result()
             return True, call.done.result(timeout=self.deadline_s)
         except concurrent.futures.TimeoutError:
-            call.abandon()
+            call.give_up()
             return False, None
+        except BaseException:  # Ctrl-C while it waited
+            call.give_up()
+            raise
 
     async def run_async(self, function: Callable[[], Any]) -> tuple[bool, Any]:
         """:meth:`run` for a coroutine: the event loop waits, no thread of it blocks."""
         call = _Call(self, function)
-        await asyncio.wrap_future(call.started)
-        done = asyncio.wrap_future(call.done)
-        finished, _ = await asyncio.wait({done}, timeout=self.deadline_s)
+        done: Optional[asyncio.Future] = None
+        try:
+            await asyncio.wrap_future(call.started)
+            done = asyncio.wrap_future(call.done)
+            finished, _ = await asyncio.wait({done}, timeout=self.deadline_s)
+        except BaseException:  # cancelled: Ctrl-C, or a step given up
+            call.give_up(done)
+            raise
         if not finished:
-            done.cancel()  # the loop no longer hears of this call, whenever it ends
-            call.abandon()
+            call.give_up(done)
             return False, None
         return True, done.result()
 
@@ -86,7 +95,15 @@ class _Call:
         finally:
             self._release()
 
-    def abandon(self) -> None:
+    def give_up(self, waiting: Optional[asyncio.Future] = None) -> None:
+        """Stop waiting for this call. One that has no slot yet never starts; one that is running
+        keeps its thread but gives its slot back at once, so a call stuck forever holds no
+        capacity; the event loop's future for it (``waiting``) is cancelled, so a loop closed by
+        the time the call ends hears nothing of it."""
+        if waiting is not None:
+            waiting.cancel()
+        if self.started.cancel() or self.done.done():
+            return
         with self.runner._lock:
             self.runner.abandoned += 1
         self._release()

@@ -1,6 +1,7 @@
 """How the feedback source runs calls: at the same time, each under a deadline, a stuck one never
 holding up the step or the process, and failures of a tool's own machinery kept from the expert."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -102,13 +103,14 @@ class Gate:
     name = "gate"
 
     def __init__(self, barrier=None):
-        self.release, self.barrier = threading.Event(), barrier
+        self.release, self.barrier, self.entered = threading.Event(), barrier, threading.Event()
         self.lock, self.inside, self.most_inside = threading.Lock(), 0, 0
 
     def run(self, input):
         with self.lock:
             self.inside += 1
             self.most_inside = max(self.most_inside, self.inside)
+        self.entered.set()
         try:
             if self.barrier is not None:
                 self.barrier.wait()  # returns once `parties` calls are inside at the same time
@@ -180,6 +182,25 @@ def test_no_more_than_max_parallel_calls_run_at_once(gate):
     results = resolve_all([source.feedback(PROBLEM, rollout(text), FAILED, []) for _ in range(4)])
     assert all([i.text for i in items] == [f"Tool gate({i}) → through {i}" for i in range(3)] for items in results)
     assert tool.most_inside == source.runner.most_running == 4
+
+
+def test_a_cancelled_step_gives_its_calls_slots_back(gate):
+    """A step given up on while a call hangs (Ctrl-C in a notebook, a cancelled task) does not keep
+    that call's slot: with one slot, the next step's call still runs."""
+    tool = gate()
+    source = ToolFeedback(tools=["gate", "calculator"], max_parallel=1)
+
+    async def scenario():
+        stuck = asyncio.ensure_future(source.feedback(PROBLEM, rollout('<tool name="gate">stuck</tool>'), FAILED, []))
+        await asyncio.get_running_loop().run_in_executor(None, tool.entered.wait, 30)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        # waits for the one slot: a bound, so a slot never given back fails the test instead of hanging it
+        return await asyncio.wait_for(source.feedback(PROBLEM, rollout('<tool name="calculator">6*7</tool>'), FAILED, []), 60)
+
+    assert [i.text for i in asyncio.run(scenario())] == ["Tool calculator(6*7) → 42"]
+    assert tool.inside == 1 and source.runner.running == 0
 
 
 @pytest.mark.parametrize("options, message", [
