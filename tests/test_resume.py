@@ -11,7 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distil_core.testing import FAST_RUN
+from distil_core.cli.main import main
+from distil_core.testing import FAST_RUN, wait_until
+from distil_core.training.rundir import prepare_run_dir
+from distil_core.training.runlock import LOCK_NAME
 
 GATE_PLUGIN = '''
 """answer_check that, when GATE_FILE is set, stops dead after GATE_AFTER calls (to be killed there)."""
@@ -21,6 +24,7 @@ from distil_core.hookspecs import hookimpl
 
 class GatedAnswerCheck(AnswerCheckFeedback):
     calls = 0
+    pretrains_base = False  # the default tiny base (the session's): no gate while a base is pretrained
 
     def feedback(self, problem, rollout, verdict, group=()):
         GatedAnswerCheck.calls += 1
@@ -103,3 +107,75 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     wa, wb = load_file(str(whole / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# -- one writer per run directory ----------------------------------------------------------------
+
+HOLDER = '''
+import sys, time
+from distil_core.training.rundir import prepare_run_dir
+created, lock = prepare_run_dir(sys.argv[1])
+print("locked", flush=True)
+while True:
+    time.sleep(1)
+'''
+
+
+def _refusal(capsys, args, pid):
+    """``distil train ARGS`` in this process: refused in one line naming the holder ``pid``."""
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is in use: process" in err and f"process {pid} on host" in err, err
+    assert f"kill {pid}" in err and LOCK_NAME in err
+    return err
+
+
+def test_a_directory_another_process_holds_is_refused_and_free_once_it_is_killed(tmp_path, capsys):
+    """Before: nothing stopped a second trainer; a kill -9 of the holder must leave no stale lock."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        sets = [a for item in FAST_RUN for a in ("--set", item)]
+        for flags in ([], ["--overwrite"], ["--resume"]):
+            _refusal(capsys, ["train", "--quiet", *sets, "--output-dir", str(run), *flags], holder.pid)
+        assert sorted(os.listdir(run)) == [LOCK_NAME]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    created, lock = prepare_run_dir(str(run))  # the lock went with the process
+    assert not created and lock.held
+    lock.release()
+
+
+@pytest.mark.slow
+def test_a_resume_while_the_run_still_trains_is_refused_on_any_number_of_processes(tmp_path, capsys):
+    """Before: a --resume of a live run was accepted, and both trainers wrote the same logs and
+    checkpoints (1,302 metrics rows for 890 steps). The run holds its directory until it ends;
+    once it is killed (-9) the same --resume continues it, each step logged once."""
+    (tmp_path / "plugins").mkdir()
+    _install_gate(tmp_path / "plugins")
+    sets = [a for item in FAST_RUN + ["train.steps=2", "train.save_every=1", "feedback=[gated_answer_check]"]
+            for a in ("--set", item)]
+    run, gate = tmp_path / "run", tmp_path / "gate"
+    # 16 rollouts per step: the 17th feedback call is in step 2, after the step-1 checkpoint
+    live = _train(sets + ["--output-dir", str(run)], _env(tmp_path, GATE_FILE=str(gate), GATE_AFTER="16"))
+    try:
+        wait_until(lambda: gate.exists() or live.poll() is not None, timeout_s=600, what="the run reaching step 2")
+        assert live.poll() is None, live.communicate()[1]
+        before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "checkpoints/latest", LOCK_NAME)}
+        _refusal(capsys, ["train", "--quiet", "--output-dir", str(run), "--resume"], live.pid)
+        _refusal(capsys, ["train", "--quiet", *sets, "--output-dir", str(run), "--overwrite"], live.pid)
+        ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                "-m", "distil_core", "train", "--quiet", "--output-dir", str(run), "--resume"],
+                               env=_env(tmp_path, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+        assert ranks.returncode != 0 and f"is in use: process {live.pid} on host" in ranks.stderr, ranks.stderr[-3000:]
+        assert {name: (run / name).read_bytes() for name in before} == before
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.communicate()
+    resumed = _train(["--output-dir", str(run), "--resume"], _env(tmp_path))
+    _out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -15,6 +15,7 @@ from distil_core.errors import ConfigError, DistilError
 from distil_core.run_files import temporaries
 from distil_core.testing import FAST_RUN, use_cache
 from distil_core.training.checkpointing import checkpoint_names, latest_checkpoint, load_checkpoint, save_checkpoint
+from distil_core.training.runlock import LOCK_NAME
 from distil_core.training.trainer import Trainer
 
 RUN = ["train.steps=2", "train.save_every=1"]  # as the shared `trained` run (conftest.py)
@@ -33,8 +34,9 @@ def resume(run, *overrides):
 
 
 def files(root):
+    """Every file's modification time, but the lock file's (it names the last process to take the run)."""
     return {os.path.relpath(os.path.join(d, n), root): os.path.getmtime(os.path.join(d, n))
-            for d, _, names in os.walk(root) for n in names}
+            for d, _, names in os.walk(root) for n in names if n != LOCK_NAME}
 
 
 # -- the config --------------------------------------------------------------------------------

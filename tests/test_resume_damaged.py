@@ -16,6 +16,7 @@ from distil_core.models.lora import load_policy_state
 from distil_core.testing import FAST_RUN, use_cache
 from distil_core.training.checkpointing import latest_checkpoint, load_checkpoint
 from distil_core.training.distributed import World
+from distil_core.training.runlock import LOCK_NAME
 from distil_core.training.runlog import RunLog
 from distil_core.training.runtime import load_policy
 from distil_core.training.trainer import Trainer
@@ -30,9 +31,12 @@ def run(trained, tmp_path):
 
 
 def snapshot(root):
+    """Every file's bytes, but the lock file's (it names the last process to take the run)."""
     found = {}
     for folder, _dirs, files in os.walk(root):
         for name in files:
+            if name == LOCK_NAME:
+                continue
             with open(os.path.join(folder, name), "rb") as fh:
                 found[os.path.relpath(os.path.join(folder, name), root)] = fh.read()
     return found

@@ -20,7 +20,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from distil_core.version import __version__
-from distil_core.cli.tables import render_table
+from distil_core.cli.tables import render_before_after, render_table
 from distil_core.errors import ConfigError, DistilError
 from distil_core.text import shown_safely
 
@@ -251,6 +251,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.output_dir:
             raise ConfigError("--resume needs --output-dir: the run directory to continue.")
         saved = os.path.join(args.output_dir, "config.yaml")
+        if os.path.isdir(args.output_dir):
+            from distil_core.training.runlock import check_free
+
+            check_free(args.output_dir)  # a run still being set up there has no config.yaml yet
         if config_path is None and os.path.isdir(args.output_dir):
             if not os.path.exists(saved):
                 raise ConfigError(f"--resume: {args.output_dir} has no config.yaml, so the config the run started "
@@ -288,31 +292,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
-
-
-def render_before_after(summary: dict[str, Any]) -> str:
-    ev = summary["eval"]
-    head = (f"Held-out {summary['task']}: {ev['problems']} problems × {ev['samples']} samples, "
-            f"{summary['method']} for {summary['steps']} steps ({_time_breakdown(summary)})")
-    rows = [("metric (%)", "before", "after", "change")]
-    for key in summary["before"]:
-        b, a = summary["before"][key], summary["after"][key]
-        rows.append((key, f"{100 * b:.1f}", f"{100 * a:.1f}", f"{100 * (a - b):+.1f}"))
-    return head + "\n" + render_table(rows)
-
-
-def _time_breakdown(summary: dict[str, Any]) -> str:
-    """'412 s: setup 200 s, training 150 s, evaluation 62 s' — setup is building or loading the
-    models (a first run builds the tiny base); a resumed run's parts are its last session's."""
-    parts = summary.get("time_s") or {}
-    if not parts:
-        return f"{summary['wall_s']:.0f} s"
-    names = {"setup": "setup", "train": "training", "eval": "evaluation"}
-    split = ", ".join(f"{names[k]} {parts[k]:.0f} s" for k in names if k in parts)
-    session = sum(parts.values())
-    if abs(session - summary["wall_s"]) > 1.0:  # earlier sessions: a resumed run
-        return f"{summary['wall_s']:.0f} s in all; this session {split}"
-    return f"{summary['wall_s']:.0f} s: {split}"
 
 
 # -- eval -------------------------------------------------------------------------------------

@@ -10,88 +10,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from typing import Any, Iterator, Optional, Sequence
 
-from distil_core.errors import ConfigError, DistilError
+from distil_core.errors import DistilError
 from distil_core.io import atomic_write_bytes, atomic_write_json
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
-from distil_core.run_files import GROWING_LOGS, STEP_LOGS, holds_run, log_lines, remove_run, remove_temporaries, rewrite_segments
-from distil_core.run_files import run_paths
+from distil_core.run_files import GROWING_LOGS, STEP_LOGS, log_lines, remove_run, remove_temporaries, rewrite_segments
 from distil_core.run_files import rotate_if_large, step_record, step_records
 from distil_core.training.distributed import World
 from distil_core.training.step import REASONS_SHOWN
 from distil_core.types import ExpertSignal, Feedback, Problem, Rollout, Verdict
 
-DIR_MODE = 0o750
-"""A run directory's permissions (less the umask): its logs hold the task's reference answers
-and its config.yaml any key given in an expert's options, so others get no access; the group
-may look in, and read what the owner shares."""
-
 PRIVATE = 0o600
 """The step logs' and config.yaml's permissions: readable by the run's owner alone."""
-
-
-def prepare_run_dir(path: str, reuse: str = "refuse") -> bool:
-    """Create the run directory (``DIR_MODE``), or say in one line why it cannot be one; True
-    when this call created it (so a run that fails before writing anything can take it away).
-
-    A directory that already holds a run is refused unless ``reuse`` is ``resume`` (continue
-    it) or ``overwrite`` (the old run's files go, once the new run is set up): a second run
-    never mixes into or silently replaces the first. A directory that holds no run but files
-    with the names a run writes (someone's own ``config.yaml``, ``mlruns/``) is refused for a new
-    run, ``--overwrite`` or not: the run would write over them. Refusing changes nothing on disk."""
-    created = not os.path.lexists(path)
-    held = holds_run(path)
-    if reuse == "refuse" and held:
-        raise ConfigError(f"run directory {path!r} already holds a run. Continue it with --resume, replace it "
-                          "with --overwrite (its logs and checkpoints are deleted), or choose another --output-dir.")
-    taken = [os.path.relpath(p, path) for p in run_paths(path)] if reuse != "resume" and not held else []
-    if taken:
-        raise ConfigError(
-            f"run directory {path!r} holds {', '.join(taken[:6])}{' …' if len(taken) > 6 else ''}: names a run "
-            "writes, but no run (no step log, summary.json or checkpoint), so they are taken for your own files, "
-            "which a new run would write over" + (" and --overwrite would delete" if reuse == "overwrite" else "")
-            + ". Move them, or choose another --output-dir.")
-    try:
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-    except OSError as exc:
-        raise DistilError(f"run directory {path!r} (--output-dir / train.output_dir) cannot be created: "
-                          f"{exc.strerror or exc}. Choose a directory you can write to.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DistilError(f"run directory {path!r} (--output-dir / train.output_dir) is not writable. "
-                          "Choose a directory you can write to.")
-    return created
-
-
-@contextlib.contextmanager
-def removed_if_unused(path: str, created: bool) -> Iterator[None]:
-    """A run that fails while it is being set up (a bad plugin option, a missing model) leaves no
-    empty run directory behind it: only one this run created, and only while still empty."""
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(path)  # refuses a directory that holds anything
-        raise
-
-
-def shared_run_dir(world: World, path: str, reuse: str = "refuse") -> tuple[str, bool]:
-    """Rank 0's ``path``, prepared by rank 0 (:func:`prepare_run_dir`), and whether rank 0 created
-    it (False on the other ranks); when it cannot be, every
-    rank raises the same one-line error (none is left waiting for the others). Collective."""
-    path = world.gather(path)[0]
-    problem, created = None, False
-    if world.main:
-        try:
-            created = prepare_run_dir(path, reuse)
-        except DistilError as exc:
-            problem = (isinstance(exc, ConfigError), str(exc))
-    problem = world.gather(problem)[0]
-    if problem:
-        raise (ConfigError if problem[0] else DistilError)(problem[1])
-    return path, created
 
 
 def open_log(path: str):
@@ -214,10 +145,6 @@ def check_step_log(run_dir: str, name: str) -> None:
                           damaged="the log is damaged and --resume changed nothing: fix or delete that line, then "
                                   "resume again."):
         pass
-
-
-def default_run_dir(method: str) -> str:
-    return os.path.join("runs", f"{method}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def provenance_lines(step: int, rollouts, verdicts, queries, signals) -> list[str]:

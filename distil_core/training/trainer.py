@@ -33,7 +33,8 @@ from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
 from distil_core.training.guards import RunGuard
-from distil_core.training.runlog import PRIVATE, RunLog, default_run_dir, expert_accounting, removed_if_unused, shared_run_dir
+from distil_core.training.runlog import PRIVATE, RunLog, expert_accounting
+from distil_core.training.rundir import default_run_dir, removed_if_unused, shared_run_dir
 from distil_core.training.console import eval_line, progress_bar, step_line
 from distil_core.training.runlog import provenance_lines
 from distil_core.training.runlog import reference_tokens, rollout_lines, run_summary, step_row
@@ -69,14 +70,15 @@ class Trainer:
         self.sharded = self.world.distributed and config.train.parallel == "fsdp"
         if self.sharded:
             fsdp.check_config(config)
-        # one run directory for every rank: rank 0's (a default name holds the time), made before
-        # anything slow runs, so a path that cannot be one fails at once
+        # one run directory for every rank: rank 0's (a default name holds the time), made and
+        # locked before anything slow runs, so a path that cannot be one fails at once; the lock
+        # is held until the run ends (fit), or given up here when setting the run up fails
         reuse = "resume" if resume else "overwrite" if overwrite else "refuse"
-        self.run_dir, created = shared_run_dir(self.world, run_dir or config.train.output_dir or default_run_dir(config.method),
-                                               reuse)
-        if resume:
-            self._check_resume_config()
-        with removed_if_unused(self.run_dir, created):
+        self.run_dir, created, self.lock = shared_run_dir(
+            self.world, run_dir or config.train.output_dir or default_run_dir(config.method), reuse)
+        with removed_if_unused(self.run_dir, created, self.lock):
+            if resume:
+                self._check_resume_config()
             random.seed(config.seed)
             torch.manual_seed(config.seed)
             # train.report_to: checked now (names, options, libraries); each opens on its first call
@@ -252,6 +254,7 @@ class Trainer:
         finally:
             for problem in self.rt.close():
                 self.echo(f"warning: {shown_safely(problem)}")
+            self.lock.release()  # the run directory is free for the next run (a --resume of this one)
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
