@@ -60,6 +60,48 @@ def test_a_resume_that_changes_what_the_run_trains_is_refused_naming_the_key_and
     assert files(run) == before
 
 
+@pytest.mark.parametrize("line, edit, named", [
+    ("  lr: 0.0003\n", "  lr: 0.05\n", "optim.lr: 0.0003 → 0.05"),
+    ("    length: 2\n", "    length: 4\n", "task.options.length: 2 → 4"),
+])
+def test_an_edited_config_yaml_is_refused_against_the_config_the_checkpoint_records(run, capsys, line, edit, named):
+    """Before: --resume compared the config it read from config.yaml with config.yaml itself, so an
+    edited learning rate resumed silently (the optimizer kept 0.0003), an edited task trained on
+    another task. The checkpoint records the config it was trained with."""
+    saved = (run / "config.yaml").read_text()
+    assert saved.count(line) == 1
+    (run / "config.yaml").write_text(saved.replace(line, edit))
+    before = files(run)
+    assert main(["train", "--quiet", "--output-dir", str(run), "--resume", "--set", "train.steps=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and named in err and "step-000002.pt was trained with" in err, err
+    assert f"config.yaml says so too ({named.split(':')[0]})" in err and "put its old values back" in err
+    assert files(run) == before
+
+
+def test_a_checkpoint_without_the_record_is_compared_with_config_yaml(run):
+    """Checkpoints written before they recorded their config resume as they did: against config.yaml."""
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    assert state["config"]["optim"]["lr"] == 0.0003
+    del state["config"]
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"with the config it started with \(.*config.yaml\).*optim.lr: 0.0003 → 0.05"):
+        resume(run, "optim.lr=0.05")
+    resume(run, "train.steps=3").fit()
+
+
+def test_the_recorded_config_hides_secrets_and_a_rotated_one_is_no_change():
+    from distil_core.config import recorded_changes, trained_record
+
+    saved = load_config(None, ["expert.options={weights: frozen, api_key: old}"])
+    record = trained_record(saved)
+    assert record["expert"]["options"]["api_key"] == "***"
+    assert recorded_changes(record, load_config(None, ["expert.options={weights: frozen, api_key: new}"])) == []
+    assert recorded_changes(record, load_config(None, ["expert.options={weights: live, api_key: old}"])) == [
+        ("expert.options.weights", "frozen", "live")]
+
+
 def test_length_logging_saving_and_device_may_change_on_resume(run):
     trainer = resume(run, "train.steps=3", "train.save_every=3", "train.eval_every=0", "train.log_every=2",
                      "model.device=cpu", "train.progress=false")

@@ -4,20 +4,23 @@ A checkpoint holds the optimizer's and the schedule's own state (the learning ra
 the policy trained on one task with one method and one expert. Resuming it under another
 ``optim.lr``, ``method`` or ``task.options`` would train on with the old values while
 ``config.yaml`` claimed the new ones, or compare a "before" on one task with an "after" on
-another. So ``--resume`` compares the config it is given with the run's saved ``config.yaml``
-and refuses any difference outside :data:`RESUMABLE`, naming each key.
+another. So ``--resume`` compares the config it is given with the config the checkpoint was
+trained with (every checkpoint records it, :func:`trained_record`) and refuses any difference
+outside :data:`RESUMABLE`, naming each key. ``config.yaml`` is the run's copy for people to read:
+compared with it, an edit of that file would pass as the run's own config. A checkpoint written
+before the record existed is compared with ``config.yaml``, as it was then.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from distil_core.config.diff import differences
 from distil_core.config.loading import saved_config, shown
 from distil_core.config.sections import RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
-from distil_core.redaction import SECRET_NAME
+from distil_core.redaction import SECRET_NAME, redacted
 
 RESUMABLE = (
     "train.steps", "train.output_dir", "train.progress", "train.save_every", "train.eval_every",
@@ -50,30 +53,72 @@ def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, A
     return [change for change in differences(as_trained(saved), as_trained(given)) if not _resumable(change[0])]
 
 
-def check_resume_config(run_dir: str, given: RunConfig) -> None:
+def trained_record(config: RunConfig) -> dict[str, Any]:
+    """What a checkpoint records of the config that trained it: :func:`as_trained`, with the values
+    of secrets hidden (checkpoints travel between people; a secret may change on resume anyway)."""
+    return redacted(as_trained(config))
+
+
+def recorded_changes(trained: dict[str, Any], given: RunConfig) -> list[tuple[str, Any, Any]]:
+    """:func:`resume_changes` against a checkpoint's :func:`trained_record`. The record is read as a
+    config first, so keys a later version added compare at their defaults; one this version
+    cannot read is compared as it stands (a key it lacks is then a change, never ignored)."""
+    try:
+        saved = trained_record(RunConfig.model_validate(trained))
+    except ValueError:  # pydantic's ValidationError
+        saved = trained
+    return [change for change in differences(saved, trained_record(given)) if not _resumable(change[0])]
+
+
+def check_resume_config(run_dir: str, given: RunConfig, trained: Optional[dict[str, Any]] = None,
+                        checkpoint: str = "") -> None:
     """Refuse to resume ``run_dir`` under ``given`` where it changes what the run trains.
 
-    A run directory without a ``config.yaml`` is let through: the caller chose the config (the
-    CLI refuses to guess one). A ``config.yaml`` that cannot be read is a ConfigError naming it.
+    ``trained`` is the config ``checkpoint`` records (:func:`trained_record`), what the resumed
+    weights and optimizer state were trained with: compared with that, an edited config.yaml is
+    named as such. Without a record (a checkpoint from an earlier version, or none) the run's
+    config.yaml is compared. A run directory without a ``config.yaml`` is then let through: the
+    caller chose the config (the CLI refuses to guess one). A ``config.yaml`` that cannot be read is
+    a ConfigError naming it.
     """
+    path = os.path.join(run_dir, "config.yaml")
     try:
         saved = saved_config(run_dir)
     except ConfigError as exc:
         raise ConfigError(f"{exc}, so --resume cannot tell whether the run would change; restore it, or start "
                           "a new run.") from None
+    if trained is not None:
+        changes = recorded_changes(trained, given)
+        if changes:
+            raise ConfigError(_changed(run_dir, changes, f"the config its checkpoint {checkpoint} was trained with",
+                                       _edited(saved, trained, changes)))
+        return
     if saved is None:
         return
-    path = os.path.join(run_dir, "config.yaml")
     changes = resume_changes(saved, given)
     if changes:
-        listed = "; ".join(f"{key}: {shown(before)} → {shown(after)}" for key, before, after in changes[:8])
-        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
-        raise ConfigError(
-            f"{run_dir}: --resume continues the run with the config it started with ({path}), and the config "
-            f"given differs in what the run trains: {listed}{more}. Drop those changes to resume, or start a new "
-            "run with another --output-dir. A resumed run may change only its length, logging, saving, evaluation "
-            "interval, trackers, guards, device, parallelism and how the rollout server is reached."
-        )
+        raise ConfigError(_changed(run_dir, changes, f"the config it started with ({path})"))
+
+
+def _changed(run_dir: str, changes: list[tuple[str, Any, Any]], source: str, edited: str = "") -> str:
+    listed = "; ".join(f"{key}: {shown(before)} → {shown(after)}" for key, before, after in changes[:8])
+    more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+    return (f"{run_dir}: --resume continues the run with {source}, and the config given differs in "
+            f"what the run trains: {listed}{more}.{edited} Drop those changes to resume, or start a new run with "
+            "another --output-dir. A resumed run may change only its length, logging, saving, evaluation interval, "
+            "trackers, guards, device, parallelism and how the rollout server is reached.")
+
+
+def _edited(saved: Optional[RunConfig], trained: dict[str, Any], changes: list[tuple[str, Any, Any]]) -> str:
+    """A sentence naming the changed keys that the run's config.yaml (``saved``) holds changed too:
+    it was edited after the checkpoint was written. "" when it holds none of them."""
+    edited = {key for key, _before, _after in recorded_changes(trained, saved)} if saved is not None else set()
+    keys = [key for key, _before, _after in changes if key in edited]
+    if not keys:
+        return ""
+    return (f" The run's config.yaml says so too ({', '.join(keys[:8])}): it was edited after the checkpoint was "
+            "written, and the checkpoint's weights and optimizer state are what the run trains on; put its old "
+            "values back.")
 
 
 def _resumable(key: str) -> bool:
@@ -82,4 +127,4 @@ def _resumable(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
 
 
-__all__ = ["RESUMABLE", "as_trained", "resume_changes", "check_resume_config"]
+__all__ = ["RESUMABLE", "as_trained", "trained_record", "recorded_changes", "resume_changes", "check_resume_config"]

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from distil_core.config import trained_record
 from distil_core.config.base import BIG
 from distil_core.errors import DistilError
 from distil_core.io import atomic_file, atomic_write_bytes
@@ -255,6 +256,7 @@ def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed
         "elapsed": elapsed,
         "world_size": world.size,  # for the record
         "method": learner.config.method,  # what trained these weights and this optimizer state
+        "config": trained_record(learner.config),  # and with what: what a resumed run must match
     }
     path, problem = "", ""
     if world.main:
@@ -274,6 +276,25 @@ def unsaved(run_dir: str, step: int, exc: OSError) -> str:
     keeps = (f"the last good checkpoint, {kept}, is kept: free some space, then continue from it with "
              f"--output-dir {run_dir} --resume") if kept else "there is no earlier checkpoint to resume from"
     return f"step {step}: the checkpoint could not be written to {run_dir}/checkpoints ({exc.strerror or exc}); {keeps}."
+
+
+def recorded_config(run_dir: str) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """The checkpoint a resume of ``run_dir`` continues from, and the config it records having been
+    trained with (:func:`~distil_core.config.trained_record`; None in one written before checkpoints
+    recorded it). Read before anything slow is built, its tensors memory-mapped rather than read;
+    a checkpoint that cannot be read gives None here, and its one-line error when it is restored."""
+    try:
+        path = latest_checkpoint(run_dir)
+    except DistilError:
+        return None, None
+    if path is None:
+        return None, None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - whatever it is, restore_training names it
+        return path, None
+    config = state.get("config") if isinstance(state, dict) else None
+    return path, config if isinstance(config, dict) else None
 
 
 def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:

@@ -214,12 +214,14 @@ class Trainer:
                                   elapsed=time.time() - self.started)
 
     def _check_resume_config(self) -> None:
-        """Rank 0 compares the config with the run's saved one before anything slow is built;
-        every rank raises the same error."""
+        """Rank 0 compares the config with the one the checkpoint was trained with (or, for an
+        older checkpoint, the run's config.yaml) before anything slow is built; every rank raises
+        the same error."""
         problem = None
         if self.world.main:
             try:
-                check_resume_config(self.run_dir, self.config)
+                checkpoint, trained = ckpt.recorded_config(self.run_dir)
+                check_resume_config(self.run_dir, self.config, trained, checkpoint or "")
             except ConfigError as exc:
                 problem = str(exc)
         problem = self.world.gather(problem)[0]
