@@ -22,7 +22,7 @@ TEMPORARY_PREFIX = ".tmp-"
 one left behind belongs to a process killed mid-write and is never read."""
 
 __all__ = ["TEMPORARY_PREFIX", "atomic_file", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "weights_fingerprint"]
+           "staged_writes", "StagedWrites", "weights_fingerprint"]
 
 
 @contextlib.contextmanager
@@ -197,6 +197,62 @@ def atomic_write_bytes(path: str, data: bytes, *, mode: Optional[int] = None) ->
     :func:`atomic_file`."""
     with atomic_file(path, mode=mode) as fh:
         fh.write(data)
+
+
+class StagedWrites:
+    """New contents for several files, each written whole (and fsynced) to a temporary file beside
+    its target before any target changes; see :func:`staged_writes`."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str]] = []  # (temporary, target)
+        self.removals: list[str] = []
+
+    def write(self, path: str, data: bytes, *, mode: Optional[int] = None) -> None:
+        """Stage ``data`` as ``path``'s new content; ``mode`` as in :func:`atomic_file`."""
+        path = os.path.realpath(path)
+        fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=os.path.dirname(path))
+        self.pending.append((tmp, path))
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _mode_for(path) if mode is None else mode & ~_umask())
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def remove(self, path: str) -> None:
+        """Stage the removal of ``path`` (done after every staged file is in place)."""
+        self.removals.append(path)
+
+    def discard(self) -> None:
+        for tmp, _path in self.pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self.pending, self.removals = [], []
+
+    def commit(self) -> None:
+        for tmp, path in self.pending:
+            os.replace(tmp, path)
+        for path in self.removals:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for directory in {os.path.dirname(p) for _tmp, p in self.pending} | {os.path.dirname(p) for p in self.removals}:
+            fsync_directory(directory)
+        self.pending, self.removals = [], []
+
+
+@contextlib.contextmanager
+def staged_writes() -> Iterator[StagedWrites]:
+    """Files rewritten together: every new content is written to a temporary file first, and only
+    once all are written are they renamed into place (and staged removals done). A write the disk
+    refuses (full: ``OSError``) or any other exception in the block removes the temporaries and
+    leaves every file as it was, so several files cut by one rule (a resumed run's logs) are never
+    left half cut. Renames need no space; a crash among them leaves each file old or new, whole."""
+    staged = StagedWrites()
+    try:
+        yield staged
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
 
 
 def atomic_write_json(path: str, obj: Any, *, mode: Optional[int] = None) -> None:

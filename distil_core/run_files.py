@@ -29,7 +29,7 @@ import zlib
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from distil_core.errors import ConfigError, DistilError
-from distil_core.io import TEMPORARY_PREFIX, atomic_file
+from distil_core.io import TEMPORARY_PREFIX, StagedWrites, atomic_file
 
 GROWING_LOGS = ("rollouts.jsonl", "provenance.jsonl")
 """The logs that grow with the number of rollouts; these are rotated."""
@@ -321,9 +321,10 @@ def _remove_segment(path: str) -> None:
             os.unlink(candidate)
 
 
-def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
-    """Rewrite each rotated segment of ``name`` keeping only the lines ``keep_line(text)``
-    accepts (a resumed run drops what came after its checkpoint); emptied segments go."""
+def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int, staged: StagedWrites) -> None:
+    """Stage the rewrite of each rotated segment of ``name`` keeping only the lines
+    ``keep_line(text)`` accepts (a resumed run drops what came after its checkpoint); emptied
+    segments go. Nothing changes until ``staged`` commits (:func:`~distil_core.io.staged_writes`)."""
     for path in _readable_segments(run_dir, name):
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
@@ -331,15 +332,14 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int) -> None:
         kept = [line for line in lines if keep_line(line)]
         if len(kept) == len(lines):
             continue
-        if not kept:
-            _remove_segment(path)
+        plain, packed = (path[:-3], path) if path.endswith(".gz") else (path, path + ".gz")
+        if not kept:  # the segment goes, both its copies where a rotation cut short left two
+            staged.remove(plain)
+            staged.remove(packed)
             continue
-        target = path if path.endswith(".gz") else path + ".gz"
-        with atomic_file(target, mode=mode) as out:
-            with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
-                gz.write("".join(kept).encode("utf-8"))
-        if not path.endswith(".gz"):
-            os.unlink(path)
+        staged.write(packed, gzip.compress("".join(kept).encode("utf-8"), mtime=0), mode=mode)
+        if path == plain:  # a rotation cut short left it uncompressed: the compressed copy replaces it
+            staged.remove(plain)
 
 
 __all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "step_records", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",

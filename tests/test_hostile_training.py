@@ -275,6 +275,44 @@ def test_a_really_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_p
     assert "final" not in (seen / "run").read_text().split()
 
 
+# A run stopped by a full disk, then resumed on that disk with 8 KiB left: too little to write the
+# cut logs. The logs' checksums before and after the resume, and what the run directory holds.
+RESUMED_ON_A_FULL_DISK = """
+mount -t tmpfs -o size=6m distil-full "$1" || exit 99
+"$0" -m distil_core.cli train --output-dir "$1/run" "${@:3}" >"$2/first" 2>&1
+avail=$(df -B1 --output=avail "$1" | tail -1)
+head -c $((avail - 8192)) /dev/zero >"$1/filler"
+sha256sum "$1"/run/*.jsonl >"$2/before"
+"$0" -m distil_core.cli train --output-dir "$1/run" --resume >"$2/stdout" 2>"$2/stderr"
+echo $? >"$2/rc"
+sha256sum "$1"/run/*.jsonl >"$2/after"
+ls -A "$1/run" "$1/run/checkpoints" >"$2/run"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="mounting a small tmpfs needs root")
+def test_a_resume_on_a_full_disk_is_one_line_and_cuts_no_log(tmp_path):
+    """Before: a raw OSError traceback (Errno 28) out of the resume, metrics.jsonl cut back to the
+    checkpoint and the other logs not."""
+    disk, seen = tmp_path / "disk", tmp_path / "seen"
+    disk.mkdir()
+    seen.mkdir()
+    overrides = [arg for override in FAST_RUN + ["train.steps=10", "train.save_every=2"] for arg in ("--set", override)]
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", RESUMED_ON_A_FULL_DISK,
+                             sys.executable, str(disk), str(seen), *overrides],
+                            capture_output=True, text=True, timeout=300, env=distil_env())
+    assert result.returncode == 0, result.stderr
+    assert "No space left on device" in (seen / "first").read_text()  # the first session stopped at a checkpoint
+    stderr = (seen / "stderr").read_text()
+    assert (seen / "rc").read_text().strip() == "1" and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --resume could not cut {disk}/run/"), stderr
+    assert "(No space left on device); no log was changed: free some space" in lines[0]
+    assert (seen / "after").read_text() == (seen / "before").read_text()
+    assert ".tmp-" not in (seen / "run").read_text()
+
+
 def test_run_files_are_private(tmp_path):
     old = os.umask(0o022)
     try:

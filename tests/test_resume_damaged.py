@@ -2,6 +2,7 @@
 a bad log line names ``file:line`` (only an unfinished last line, a crash's cut-off write, is
 dropped), a bad checkpoint names the file, a bad model directory names the file it lacks."""
 
+import errno
 import gzip
 import os
 import shutil
@@ -75,6 +76,36 @@ def test_a_damaged_line_stops_the_resume_naming_file_and_line_and_changes_nothin
     assert one_line(err) == (f"{tmp_path / name}:2: {said}; the log is damaged and --resume changed nothing: "
                              "fix or delete that line, then resume again.")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("refused", [1, 2, 4])
+def test_a_disk_too_full_to_cut_the_logs_is_one_line_and_cuts_none(tmp_path, monkeypatch, refused):
+    """Before: the resume died with a raw OSError (Errno 28) from the log it was rewriting, with
+    metrics.jsonl already cut and the other logs not. Here the disk refuses the ``refused``-th
+    file the resume makes durable (a full disk often says so only then, at fsync)."""
+    for name in ("metrics.jsonl", "provenance.jsonl", "rollouts.jsonl", "eval.jsonl"):
+        write_log(tmp_path / name, [f'{{"step": {step}, "log": "{name}"}}\n' for step in range(1, 5)])
+    write_log(tmp_path / "rollouts.000001.jsonl", ['{"step": 0}\n', '{"step": 3}\n'])  # a rotation cut short
+    before = snapshot(tmp_path)
+    calls, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == refused:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DistilError) as err:
+        RunLog(str(tmp_path), World()).truncate(2)
+    monkeypatch.undo()
+    message = one_line(err)
+    assert message.startswith("--resume could not cut ") and "back to step 2 (No space left on device)" in message
+    assert "no log was changed: free some space" in message
+    assert snapshot(tmp_path) == before and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    RunLog(str(tmp_path), World()).truncate(2)  # with room again, every log is cut
+    assert all((tmp_path / n).read_text().count("step") == 2 for n in ("metrics.jsonl", "eval.jsonl", "rollouts.jsonl"))
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("rollouts.0")) == ["rollouts.000001.jsonl.gz"]
 
 
 def test_a_damaged_first_line_is_kept_and_named(tmp_path):

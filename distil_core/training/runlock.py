@@ -58,7 +58,8 @@ class RunLock:
                 if not create:
                     return None
                 raise DistilError(f"run directory {run_dir!r}: its lock file {path} cannot be created "
-                                  f"({exc.strerror or exc}). Choose a directory you can write to.") from None
+                                  f"({exc.strerror or exc}). Free some space there, or choose a directory you can "
+                                  "write to.") from None
             if fcntl is None:
                 return cls(path, fd)
             try:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from distil_core.errors import DistilError
-from distil_core.io import atomic_write_bytes, atomic_write_json
+from distil_core.io import StagedWrites, atomic_write_bytes, atomic_write_json, staged_writes
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS
 from distil_core.run_files import GROWING_LOGS, STEP_LOGS, log_lines, remove_run, remove_temporaries, rewrite_segments
 from distil_core.run_files import rotate_if_large, step_record, step_records
@@ -92,7 +92,8 @@ class RunLog:
         and the temporaries of writes the stopped run left unfinished.
 
         Every log is checked whole before any is rewritten, so a damaged one stops the resume with
-        one line naming ``file:line`` and loses nothing (see :func:`check_step_log`). Collective:
+        one line naming ``file:line`` and loses nothing (see :func:`check_step_log`), and every new
+        content is written before any log is replaced (a full disk: one line, nothing cut). Collective:
         every rank raises rank 0's error, so none goes on to wait for the others."""
         problem = None
         if self.world.main:
@@ -106,7 +107,10 @@ class RunLog:
             raise DistilError(problem)
 
     def drop_after(self, last_step: int) -> None:
-        """Rank 0's part of :meth:`truncate`."""
+        """Rank 0's part of :meth:`truncate`. Every log's new content (segments too) is written to a
+        temporary file before any log is replaced (:func:`~distil_core.io.staged_writes`), so a disk
+        too full for them stops the resume in one line with every log as it was, never one log cut
+        and the others not."""
         for name in STEP_LOGS:
             check_step_log(self.run_dir, name)
 
@@ -116,15 +120,28 @@ class RunLog:
             except ValueError:  # only an unfinished last line gets here: check_step_log passed
                 return False
 
-        for name in STEP_LOGS:
-            if name in GROWING_LOGS:
-                rewrite_segments(self.run_dir, name, keep, mode=PRIVATE)
-            path = self.path(name)
-            if not os.path.exists(path):
-                continue
-            with open(path, encoding="utf-8", errors="replace") as fh:  # bad bytes: only in a line dropped
-                kept = [line if line.endswith("\n") else line + "\n" for line in fh if keep(line)]
-            atomic_write_bytes(path, "".join(kept).encode(), mode=PRIVATE)
+        with staged_writes() as staged:
+            for name in STEP_LOGS:
+                try:
+                    self._stage_cut(name, keep, staged)
+                except OSError as exc:
+                    raise DistilError(
+                        f"--resume could not cut {self.path(name)} back to step {last_step} ({exc.strerror or exc}); "
+                        "no log was changed: free some space (about the size of the run's logs), then resume "
+                        "again.") from None
+
+    def _stage_cut(self, name: str, keep: Callable[[str], bool], staged: StagedWrites) -> None:
+        """Stage log ``name`` (and its rotated segments) holding only the lines ``keep`` accepts."""
+        if name in GROWING_LOGS:
+            rewrite_segments(self.run_dir, name, keep, mode=PRIVATE, staged=staged)
+        path = self.path(name)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as fh:  # bad bytes: only in a line dropped
+            lines = fh.readlines()
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if keep(line)]
+        if kept != lines:
+            staged.write(path, "".join(kept).encode(), mode=PRIVATE)
 
     def write_bytes(self, name: str, data: bytes, *, mode: Optional[int] = None) -> None:
         if self.world.main:
