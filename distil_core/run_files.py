@@ -79,6 +79,21 @@ def holds_run(run_dir: str) -> bool:
     return any(name == "latest" or CHECKPOINT_NAME.fullmatch(name) for name in saved)
 
 
+def check_resumable(run_dir: str) -> None:
+    """A ConfigError when ``run_dir`` holds no run to ``--resume``: no such directory (a mistyped
+    ``--output-dir``), or one without a step log, summary.json, checkpoint or run's config.yaml.
+    Checked before anything is read, built or created: a resume of nothing must not set up a new
+    run (and pretrain a tiny base) to say so minutes later, nor leave the directory behind."""
+    if not os.path.isdir(run_dir):
+        what = "not a directory" if os.path.lexists(run_dir) else "no such directory"
+        raise ConfigError(f"--resume: {run_dir!r} is not a run directory ({what}), so there is no run to continue; "
+                          "give the --output-dir of the run to resume, or leave --resume out to start a new run.")
+    if not holds_run(run_dir):
+        raise ConfigError(f"--resume: {run_dir!r} holds no run (no step log, summary.json, checkpoint or run's "
+                          "config.yaml), so there is nothing to continue; leave --resume out to start a new run "
+                          "there, or give the --output-dir of the run to resume.")
+
+
 def run_paths(run_dir: str) -> list[str]:
     """The paths in ``run_dir`` that a run wrote: its files, folders, log segments and the
     :func:`temporaries` of writes a crash cut short."""
@@ -342,5 +357,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int, staged: S
             staged.remove(plain)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "step_records", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "check_resumable", "step_records", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

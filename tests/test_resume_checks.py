@@ -12,7 +12,7 @@ import torch
 from distil_core.cli.main import main
 from distil_core.config import load_config, resume_changes
 from distil_core.errors import ConfigError, DistilError
-from distil_core.run_files import temporaries
+from distil_core.run_files import RUN_CONFIG_HEADER, temporaries
 from distil_core.testing import FAST_RUN, use_cache
 from distil_core.training.checkpointing import checkpoint_names, latest_checkpoint, load_checkpoint, save_checkpoint
 from distil_core.training.runlock import LOCK_NAME
@@ -115,6 +115,42 @@ def test_a_rotated_secret_is_not_a_change_but_a_plugin_option_is():
     other = load_config(None, ["expert.options={weights: live, api_key: old}"])
     assert resume_changes(saved, rotated) == []
     assert resume_changes(saved, other) == [("expert.options.weights", "frozen", "live")]
+
+
+@pytest.fixture
+def empty_cache(tmp_path):
+    """A tiny-base cache with nothing in it: what a command builds before it refuses shows there."""
+    with use_cache(tmp_path / "empty-cache") as cache:
+        os.mkdir(cache)
+        yield tmp_path / "empty-cache"
+
+
+def test_resume_of_a_missing_directory_is_refused_at_once_and_creates_nothing(tmp_path, capsys, empty_cache):
+    """Before: a mistyped --output-dir loaded the config, created the directory and built the tiny
+    base (minutes, for the default run) before it said there was no checkpoint."""
+    typo = tmp_path / "runs" / "typo"
+    sets = [a for item in FAST_RUN for a in ("--set", item)]
+    assert main(["train", "--quiet", *sets, "--output-dir", str(typo), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{str(typo)!r} is not a run directory (no such directory)" in err, err
+    assert "leave --resume out to start a new run" in err
+    with pytest.raises(ConfigError, match="no such directory"):  # the library refuses it alike
+        Trainer(load_config(None, FAST_RUN), run_dir=str(typo), resume=True, echo=lambda *_: None)
+    assert not (tmp_path / "runs").exists() and os.listdir(empty_cache) == []
+
+
+def test_resume_of_a_directory_without_a_run_or_checkpoint_is_refused_before_anything_is_built(
+        tmp_path, capsys, empty_cache):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--quiet", "--output-dir", str(empty), "--resume"]) == 2
+    assert f"{str(empty)!r} holds no run" in capsys.readouterr().err
+    assert os.listdir(empty) == []
+    # a run stopped before its first checkpoint (it wrote config.yaml, then was killed)
+    (empty / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config(None, FAST_RUN).to_yaml())
+    assert main(["train", "--quiet", "--output-dir", str(empty), "--resume"]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert os.listdir(empty_cache) == []  # refused before the tiny base was built
 
 
 def test_the_cli_refuses_to_guess_the_config_of_a_run_without_config_yaml(run, capsys):

@@ -250,12 +250,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.output_dir:
             raise ConfigError("--resume needs --output-dir: the run directory to continue.")
-        saved = os.path.join(args.output_dir, "config.yaml")
-        if os.path.isdir(args.output_dir):
-            from distil_core.training.runlock import check_free
+        from distil_core.run_files import check_resumable
+        from distil_core.training.runlock import check_free
 
-            check_free(args.output_dir)  # a run still being set up there has no config.yaml yet
-        if config_path is None and os.path.isdir(args.output_dir):
+        check_free(args.output_dir)  # a run still being set up there has no config.yaml yet
+        check_resumable(args.output_dir)  # before any config is loaded or model built
+        saved = os.path.join(args.output_dir, "config.yaml")
+        if config_path is None:
             if not os.path.exists(saved):
                 raise ConfigError(f"--resume: {args.output_dir} has no config.yaml, so the config the run started "
                                   "with is unknown; give it as CONFIG (distil train CONFIG --output-dir ... --resume).")

@@ -278,32 +278,33 @@ def unsaved(run_dir: str, step: int, exc: OSError) -> str:
     return f"step {step}: the checkpoint could not be written to {run_dir}/checkpoints ({exc.strerror or exc}); {keeps}."
 
 
-def recorded_config(run_dir: str) -> tuple[Optional[str], Optional[dict[str, Any]]]:
-    """The checkpoint a resume of ``run_dir`` continues from, and the config it records having been
-    trained with (:func:`~distil_core.config.trained_record`; None in one written before checkpoints
-    recorded it). Read before anything slow is built, its tensors memory-mapped rather than read;
-    a checkpoint that cannot be read gives None here, and its one-line error when it is restored."""
-    try:
-        path = latest_checkpoint(run_dir)
-    except DistilError:
-        return None, None
+def resume_point(run_dir: str) -> str:
+    """The checkpoint a resume of ``run_dir`` continues from (:func:`latest_checkpoint`); a
+    DistilError saying what to do when there is none. Asked before anything slow is built."""
+    path = latest_checkpoint(run_dir)
     if path is None:
-        return None, None
+        raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints to continue from; start the run "
+                          "again with --overwrite in place of --resume.")
+    return path
+
+
+def recorded_config(path: str) -> Optional[dict[str, Any]]:
+    """The config checkpoint ``path`` records having been trained with
+    (:func:`~distil_core.config.trained_record`; None in one written before checkpoints recorded
+    it). Read before anything slow is built, its tensors memory-mapped rather than read; a
+    checkpoint that cannot be read gives None here, and its one-line error when it is restored."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever it is, restore_training names it
-        return path, None
+        return None
     config = state.get("config") if isinstance(state, dict) else None
-    return path, config if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
     """Load the latest checkpoint of ``run_dir`` into the learner (policy, optimizer, schedule,
     expert, RNG); returns the checkpoint's state for the trainer's own progress."""
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise DistilError(f"--resume: no checkpoint in {run_dir!r}/checkpoints to continue from; start the run "
-                          "again with --overwrite in place of --resume.")
+    path = resume_point(run_dir)
     state, where = load_checkpoint(path), f"checkpoint {path}"
     if isinstance(state.get("method"), str) and state["method"] != learner.config.method:  # a checkpoint copied in
         raise DistilError(f"{path}: a checkpoint of a {state['method']} run, and this run trains with "

@@ -15,7 +15,7 @@ import time
 from typing import Iterator, Optional
 
 from distil_core.errors import ConfigError, DistilError
-from distil_core.run_files import holds_run, run_paths
+from distil_core.run_files import check_resumable, holds_run, run_paths
 from distil_core.training.distributed import World
 from distil_core.training.runlock import RunLock
 
@@ -37,6 +37,8 @@ def prepare_run_dir(path: str, reuse: str = "refuse") -> tuple[bool, RunLock]:
     with the names a run writes (someone's own ``config.yaml``, ``mlruns/``) is refused for a new
     run, ``--overwrite`` or not: the run would write over them. Refusing changes nothing on disk."""
     created = not os.path.lexists(path)
+    if reuse == "resume" and not os.path.isdir(path):
+        check_resumable(path)  # nothing to continue: refused before anything is created
     lock = RunLock.acquire(path, create=False) if os.path.isdir(path) else None
     try:
         _check_run_dir(path, reuse)
@@ -51,6 +53,8 @@ def prepare_run_dir(path: str, reuse: str = "refuse") -> tuple[bool, RunLock]:
 
 def _check_run_dir(path: str, reuse: str) -> None:
     """:func:`prepare_run_dir`'s refusals, and the directory made."""
+    if reuse == "resume":
+        check_resumable(path)
     held = holds_run(path)
     if reuse == "refuse" and held:
         raise ConfigError(f"run directory {path!r} already holds a run. Continue it with --resume, replace it "

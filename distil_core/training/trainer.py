@@ -214,19 +214,19 @@ class Trainer:
                                   elapsed=time.time() - self.started)
 
     def _check_resume_config(self) -> None:
-        """Rank 0 compares the config with the one the checkpoint was trained with (or, for an
-        older checkpoint, the run's config.yaml) before anything slow is built; every rank raises
-        the same error."""
+        """Rank 0 finds the checkpoint to resume from and compares the config with the one it was
+        trained with (or, for an older checkpoint, the run's config.yaml) before anything slow is
+        built; every rank raises the same error."""
         problem = None
         if self.world.main:
             try:
-                checkpoint, trained = ckpt.recorded_config(self.run_dir)
-                check_resume_config(self.run_dir, self.config, trained, checkpoint or "")
-            except ConfigError as exc:
-                problem = str(exc)
+                checkpoint = ckpt.resume_point(self.run_dir)
+                check_resume_config(self.run_dir, self.config, ckpt.recorded_config(checkpoint), checkpoint)
+            except DistilError as exc:
+                problem = (isinstance(exc, ConfigError), str(exc))
         problem = self.world.gather(problem)[0]
         if problem:
-            raise ConfigError(problem)
+            raise (ConfigError if problem[0] else DistilError)(problem[1])
 
     def _resume(self) -> None:
         state = ckpt.restore_training(self.learner, self.run_dir)
