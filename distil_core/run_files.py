@@ -103,6 +103,20 @@ def run_paths(run_dir: str) -> list[str]:
     return found + temporaries(run_dir)
 
 
+def written_paths(run_dir: str) -> list[str]:
+    """:func:`run_paths` but the leftovers of a write a kill cut short: the :func:`temporaries`,
+    and a ``checkpoints/`` holding nothing else. A run made those and reads none of them, and they
+    are no one's own files, so alone they do not stop a new run there (which removes them)."""
+    leftovers = set(temporaries(run_dir))
+    folder = os.path.join(run_dir, "checkpoints")
+    try:
+        if os.path.isdir(folder) and all(os.path.join(folder, n) in leftovers for n in os.listdir(folder)):
+            leftovers.add(folder)
+    except OSError:
+        pass
+    return [path for path in run_paths(run_dir) if path not in leftovers]
+
+
 def _run_config(run_dir: str) -> bool:
     """Whether ``run_dir``'s config.yaml is one a run wrote (it begins with :data:`RUN_CONFIG_HEADER`)."""
     try:
@@ -357,5 +371,5 @@ def rewrite_segments(run_dir: str, name: str, keep_line, *, mode: int, staged: S
             staged.remove(plain)
 
 
-__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "check_resumable", "step_records", "run_file_at", "refuse_run_files", "run_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
+__all__ = ["GROWING_LOGS", "STEP_LOGS", "TRACKER_DIRS", "TRACKER_IDS", "RUN_ENTRIES", "RUN_CONFIG_HEADER", "CHECKPOINT_NAME", "holds_run", "check_resumable", "step_records", "run_file_at", "refuse_run_files", "run_paths", "written_paths", "remove_run", "temporaries", "remove_temporaries", "segments",
            "log_exists", "json_line", "step_record", "fits_a_float", "log_lines", "rotate_if_large", "finish_rotation", "rewrite_segments"]

@@ -100,6 +100,24 @@ def test_a_folder_of_ones_own_files_with_a_runs_names_is_never_overwritten(tmp_p
     assert holds_run(str(own))
 
 
+@pytest.mark.parametrize("leftover", [".tmp-k2j3h4", "checkpoints/.tmp-x8a2"])
+def test_leftovers_of_a_killed_write_alone_do_not_block_a_run(tmp_path, capsys, leftover):
+    """A run killed during its first config.yaml write leaves only ``.tmp-*``. Before, every command
+    refused the directory: a new run and --overwrite as "names a run writes, but no run", --resume
+    as "no checkpoint ... start again with --overwrite"."""
+    run = tmp_path / "run"
+    (run / leftover).parent.mkdir(parents=True, exist_ok=True)
+    (run / leftover).write_text(load_config(None, FAST_RUN).to_yaml())
+    assert main(_train(run, "train.steps=1") + ["--resume"]) == 2
+    assert "holds no run" in capsys.readouterr().err and (run / leftover).exists()
+    assert main(_train(run, "train.steps=1", "train.save_every=1")) == 0
+    assert not (run / leftover).exists() and (run / "summary.json").exists()
+    (run / leftover).parent.mkdir(exist_ok=True)
+    (run / leftover).write_text("half a checkpoint")
+    assert main(_train(run, "train.steps=1", "train.save_every=1") + ["--overwrite"]) == 0
+    assert not (run / leftover).exists()
+
+
 def test_a_run_stopped_before_its_first_log_is_still_a_run(tmp_path, capsys):
     """A run stopped during its first evaluation has written config.yaml (and perhaps a tracker's
     folder) but no log. Its config.yaml says a run wrote it, so --overwrite may replace it."""

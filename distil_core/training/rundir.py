@@ -15,7 +15,7 @@ import time
 from typing import Iterator, Optional
 
 from distil_core.errors import ConfigError, DistilError
-from distil_core.run_files import check_resumable, holds_run, run_paths
+from distil_core.run_files import check_resumable, holds_run, written_paths
 from distil_core.training.distributed import World
 from distil_core.training.runlock import RunLock
 
@@ -35,7 +35,9 @@ def prepare_run_dir(path: str, reuse: str = "refuse") -> tuple[bool, RunLock]:
     it) or ``overwrite`` (the old run's files go, once the new run is set up): a second run
     never mixes into or silently replaces the first. A directory that holds no run but files
     with the names a run writes (someone's own ``config.yaml``, ``mlruns/``) is refused for a new
-    run, ``--overwrite`` or not: the run would write over them. Refusing changes nothing on disk."""
+    run, ``--overwrite`` or not: the run would write over them; the leftovers of a write a kill cut
+    short (``.tmp-*``) are not such files, and the new run removes them. Refusing changes nothing on
+    disk."""
     created = not os.path.lexists(path)
     if reuse == "resume" and not os.path.isdir(path):
         check_resumable(path)  # nothing to continue: refused before anything is created
@@ -59,7 +61,7 @@ def _check_run_dir(path: str, reuse: str) -> None:
     if reuse == "refuse" and held:
         raise ConfigError(f"run directory {path!r} already holds a run. Continue it with --resume, replace it "
                           "with --overwrite (its logs and checkpoints are deleted), or choose another --output-dir.")
-    taken = [os.path.relpath(p, path) for p in run_paths(path)] if reuse != "resume" and not held else []
+    taken = [os.path.relpath(p, path) for p in written_paths(path)] if reuse != "resume" and not held else []
     if taken:
         raise ConfigError(
             f"run directory {path!r} holds {', '.join(taken[:6])}{' …' if len(taken) > 6 else ''}: names a run "
