@@ -3,6 +3,7 @@ is run (never what it trains), that every part of the checkpoint fits the run, t
 the checkpoint folder can be read; and what it tidies (writes a killed run left unfinished)."""
 
 import gzip
+import json
 import os
 import shutil
 
@@ -336,3 +337,91 @@ def test_differences_name_each_leaf_and_report_a_section_whole_where_the_other_s
     assert differences({"options": {"a": None}}, {"options": {}}, "task", null_is_absent=True) == []
     assert differences({"options": {"a": 1}}, {"options": 3}, "task") == [("task.options", {"a": 1}, 3)]
     assert repr(ABSENT) == "(not set)"
+
+
+# -- the base model the run started from -----------------------------------------------------------
+
+
+@pytest.fixture
+def base_copy(tmp_path, tiny_base_cache_dir):
+    """A model directory of one's own: a copy of the session's tiny base."""
+    from distil_core.plugin_host import get_host
+    from distil_core.training.runtime import ensure_tiny_base
+
+    with use_cache(tiny_base_cache_dir):
+        config = load_config(None, FAST_RUN)
+        base = ensure_tiny_base(config, get_host().build("task", config.task.name, config.task.options),
+                                progress=False)
+    return shutil.copytree(base, tmp_path / "mymodel")
+
+
+def replace_weights(model_dir):
+    """The directory's model re-exported with other weights (same names and shapes)."""
+    from safetensors.torch import load_file, save_file
+
+    path = str(model_dir / "model.safetensors")
+    weights = load_file(path)
+    torch.manual_seed(1)
+    save_file({k: (v + 0.5 * torch.randn_like(v)).contiguous() for k, v in weights.items()}, path,
+              metadata={"format": "pt"})
+
+
+def test_lora_adapters_are_not_resumed_onto_a_base_that_changed(tmp_path, base_copy):
+    """Before: the adapters went silently onto the new weights (pass@1 57.8 → 0.0)."""
+    lora = FAST_RUN + RUN + [f"model.name={base_copy}", "model.lora={r: 4}"]
+    run = tmp_path / "lorarun"
+    Trainer(load_config(None, lora), run_dir=str(run), echo=lambda *_: None).fit()
+    kept = tmp_path / "kept.safetensors"
+    shutil.copy(base_copy / "model.safetensors", kept)
+    replace_weights(base_copy)
+    more = load_config(None, lora + ["train.steps=3"])
+    before = files(run)
+    with pytest.raises(DistilError) as err:
+        Trainer(more, run_dir=str(run), resume=True, echo=lambda *_: None)
+    message = str(err.value)
+    assert "\n" not in message and f"the run started from the base model in {base_copy} with weights fingerprint" in message
+    assert "the checkpoint holds LoRA adapters trained on those weights" in message and f"put the run's base model back in {base_copy}".lower() in message.lower()
+    assert files(run) == before
+    # a checkpoint from before the record resumes as it did; the base put back resumes as well
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    del state["base"]
+    torch.save(state, path)
+    Trainer(more, run_dir=str(run), resume=True, echo=lambda *_: None)
+    shutil.copy(kept, base_copy / "model.safetensors")
+    Trainer(more, run_dir=str(run), resume=True, echo=lambda *_: None).fit()
+    assert load_checkpoint(latest_checkpoint(str(run)))["base"]["path"] == str(base_copy)
+
+
+def spoil_base_record(run):
+    """The run's latest checkpoint as if its base had other weights than the cache holds now."""
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    started = state["base"]["sha256"]
+    state["base"]["sha256"] = "0123456789ab"
+    torch.save(state, path)
+    return started
+
+
+def test_a_full_weight_run_resumes_on_a_rebuilt_base_and_keeps_the_fingerprint_it_started_from(run):
+    """A full-weight checkpoint holds the policy and the frozen expert's copy: a tiny base rebuilt
+    with other weights (another machine) resumes, and summary.json names the weights it started from."""
+    started = spoil_base_record(run)
+    assert json.loads((run / "summary.json").read_text())["model_sha256"] == started
+    resume(run, "train.steps=3").fit()
+    assert json.loads((run / "summary.json").read_text())["model_sha256"] == "0123456789ab"
+
+
+def test_a_full_weight_run_whose_kl_reference_is_rebuilt_from_the_base_is_refused_another(tmp_path):
+    """Without a frozen expert to lend its copy, the initial KL reference is a copy of the base made
+    when the run is set up: on another base it would change, with nothing said."""
+    config = load_config(None, FAST_RUN + ["train.steps=1", "train.save_every=1", "expert.options.weights=live",
+                                           "loss.kl_to_reference.coef=0.1"])
+    run = tmp_path / "klrun"
+    Trainer(config, run_dir=str(run), echo=lambda *_: None).fit()
+    spoil_base_record(run)
+    config.train.steps = 2
+    with pytest.raises(DistilError, match=r"with weights fingerprint 0123456789ab, and that directory now holds "
+                                          r"other weights .*the run's KL reference \(loss.kl_to_reference, reference: "
+                                          r"initial\) is a copy of those weights"):
+        Trainer(config, run_dir=str(run), resume=True, echo=lambda *_: None)

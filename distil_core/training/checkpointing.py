@@ -25,6 +25,7 @@ from distil_core.io import atomic_file, atomic_write_bytes
 from distil_core.models.lora import load_policy_state, policy_state
 from distil_core.run_files import CHECKPOINT_NAME
 from distil_core.training import fsdp
+from distil_core.training.base_weights import changed_base
 
 LATEST = "latest"
 
@@ -235,10 +236,11 @@ def first_line(exc: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
-def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed: float) -> str:
+def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed: float,
+                  base: Optional[dict[str, str]] = None) -> str:
     """Checkpoint the run at ``step`` (collective: under fsdp the state is gathered whole on rank
     0, which alone writes). A checkpoint holds no per-rank state, so it resumes on any number
-    of ranks."""
+    of ranks. ``base``: the base model it started from (:mod:`~distil_core.training.base_weights`)."""
     model, optimizer, world = learner.model, learner.optimizer, learner.world
     expert_state = getattr(learner.runtime.expert, "state_dict", None)
     if learner.sharded:
@@ -257,6 +259,7 @@ def save_training(learner: Any, run_dir: str, *, step: int, evals: dict, elapsed
         "world_size": world.size,  # for the record
         "method": learner.config.method,  # what trained these weights and this optimizer state
         "config": trained_record(learner.config),  # and with what: what a resumed run must match
+        **({"base": base} if base else {}),  # and from which base weights
     }
     path, problem = "", ""
     if world.main:
@@ -301,15 +304,21 @@ def recorded_config(path: str) -> Optional[dict[str, Any]]:
     return config if isinstance(config, dict) else None
 
 
-def restore_training(learner: Any, run_dir: str) -> dict[str, Any]:
+def restore_training(learner: Any, run_dir: str, base: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Load the latest checkpoint of ``run_dir`` into the learner (policy, optimizer, schedule,
-    expert, RNG); returns the checkpoint's state for the trainer's own progress."""
+    expert, RNG); returns the checkpoint's state for the trainer's own progress. ``base``: the base
+    model this session started from (rank 0's), refused where it is not the checkpoint's
+    (:func:`~distil_core.training.base_weights.changed_base`); collective."""
     path = resume_point(run_dir)
     state, where = load_checkpoint(path), f"checkpoint {path}"
     if isinstance(state.get("method"), str) and state["method"] != learner.config.method:  # a checkpoint copied in
         raise DistilError(f"{path}: a checkpoint of a {state['method']} run, and this run trains with "
                           f"{learner.config.method}; resume it with its own run's config, or start this run again "
                           "(--overwrite).")
+    changed = changed_base(path, state.get("base"), base, learner) if learner.world.main else None
+    changed = learner.world.gather(changed)[0]
+    if changed:
+        raise DistilError(changed)
     if learner.sharded:
         fsdp.load_state(learner.model, learner.optimizer, state["model"], state["optimizer"], where=where)
     else:

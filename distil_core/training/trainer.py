@@ -21,7 +21,7 @@ from distil_core.config import RunConfig, check_resume_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.run_files import RUN_CONFIG_HEADER
 from distil_core.text import shown_safely
-from distil_core.io import atomic_directory, weights_fingerprint
+from distil_core.io import atomic_directory
 from distil_core.losses.methods import method_named
 from distil_core.models.forward import check_projection, projects_plainly
 from distil_core.models.lora import trainable_parameters
@@ -32,6 +32,7 @@ from distil_core.training import checkpointing as ckpt
 from distil_core.training import fsdp
 from distil_core.training.distributed import World, init_world, rank_device
 from distil_core.training.evaluate import evaluate_on_ranks, evaluation_split
+from distil_core.training.base_weights import starting_weights
 from distil_core.training.guards import RunGuard
 from distil_core.training.runlog import PRIVATE, RunLog, expert_accounting
 from distil_core.training.rundir import default_run_dir, removed_if_unused, shared_run_dir
@@ -86,6 +87,9 @@ class Trainer:
             self.rt: Runtime = self._build_runtime(host)
             self.chunked = config.loss.chunk_size > 0 and self.method.chunkable
             self.learner = self._build_learner()
+            # the base it starts from, which its checkpoints record (rank 0 reads the weights)
+            tiny = config.model.name == "tiny"  # cheap to hash: every rank does, for its summary
+            self.base = starting_weights(self.learner, tiny) if self.world.main or tiny else None
             self.overlap = GradingOverlap(self.learner)
             self.times = {"setup": time.time() - self.started, "eval": 0.0}  # this session's, for the summary
             self.train_problems, self.test_problems = evaluation_split(
@@ -211,7 +215,7 @@ class Trainer:
 
     def save(self) -> str:
         return ckpt.save_training(self.learner, self.run_dir, step=self.step, evals=self.evals,
-                                  elapsed=time.time() - self.started)
+                                  elapsed=time.time() - self.started, base=self.base)
 
     def _check_resume_config(self) -> None:
         """Rank 0 finds the checkpoint to resume from and compares the config with the one it was
@@ -229,7 +233,9 @@ class Trainer:
             raise (ConfigError if problem[0] else DistilError)(problem[1])
 
     def _resume(self) -> None:
-        state = ckpt.restore_training(self.learner, self.run_dir)
+        state = ckpt.restore_training(self.learner, self.run_dir, self.base)
+        if self.base and isinstance(state.get("base"), dict):  # the weights it started from, not today's copy
+            self.base = {**self.base, "sha256": state["base"].get("sha256") or self.base["sha256"]}
         self.step = state["step"]
         if self.step > self.config.train.steps:  # before a log is cut or config.yaml rewritten
             raise ConfigError(f"--resume: {self.run_dir} is at step {self.step}, past train.steps = "
@@ -310,7 +316,7 @@ class Trainer:
                  "eval": self.times["eval"]}
         summary = run_summary(
             self.config, before, after, model=self.rt.model_source, steps=self.step,
-            model_sha256=weights_fingerprint(self.rt.model_source) if self.config.model.name == "tiny" else None,
+            model_sha256=(self.base or {}).get("sha256") if self.config.model.name == "tiny" else None,
             time_s={k: round(v, 1) for k, v in times.items()}, wall_s=round(time.time() - self.started, 1),
             problems=len(self.test_problems),
             reference_tokens=reference_tokens(self.rt.task, self.rt.tokenizer, self.test_problems),
