@@ -270,18 +270,23 @@ class ContextBuilder:
         feedback: Sequence[Feedback],
         group: Sequence[tuple[int, Rollout, Verdict]] = (),
     ) -> ExpertQuery:
-        """``group`` is every rollout of the same problem as (batch index, rollout, verdict)."""
+        """``group`` is every rollout of the same problem as (batch index, rollout, verdict). A
+        demonstration is recorded in the provenance by its ``group_index`` (``rollout``), which
+        names the same sample on any number of processes."""
         demo_text = None
         provenance = [f.provenance for f in feedback]
         if self.template.use_demonstrations:
             demo = pick_demonstration(rollout_index, group, self.template.success_threshold)
             if demo is not None:
-                demo_index, demo_rollout = demo
+                _, demo_rollout = demo
                 demo_text = demo_rollout.response_text
                 if self.template.strip_think:
                     demo_text = _THINK.sub("", demo_text)
+                # named by its sample index within the problem (its group_index), as provenance.jsonl
+                # and rollouts.jsonl name every rollout: the batch index is this rank's own under
+                # torchrun, and would name another problem's sample in the merged log
                 provenance.append(
-                    {"source": "sibling", "kind": "demonstration", "rollout": str(demo_index)}
+                    {"source": "sibling", "kind": "demonstration", "rollout": str(demo_rollout.group_index)}
                 )
         messages, cut = self.expert_context(problem, feedback, demo_text)
         if cut:  # recorded with the context, counted in the step's feedback_cut

@@ -159,7 +159,8 @@ class ExpertQuery(_Model):
     provenance: list[dict[str, str]] = Field(
         default_factory=list,
         description="(source, kind) of every feedback item used; a successful sibling shown as a "
-        "demonstration (source 'sibling', with its 'rollout' index); feedback cut to fit "
+        "demonstration (source 'sibling', with 'rollout': its group_index, the sample index within the "
+        "problem, as a string); feedback cut to fit "
         "context.max_feedback_chars (source 'context', kind 'feedback_cut', with 'chars').",
     )
     has_signal: bool = Field(

@@ -122,6 +122,20 @@ def test_demonstration_is_a_successful_sibling_never_itself_with_provenance():
     assert q0.context_ids == cb.student_prompt_ids(PROBLEM)
 
 
+def test_a_demonstration_is_named_by_its_sample_index_within_the_problem_whatever_its_batch_row():
+    """Under torchrun each rank builds its own shard's contexts: batch rows are rank-local. Before,
+    provenance named the demonstration by that row ('9' on one process, '1' on the second of two for
+    the same sample, pointing at another problem's sample in the merged log)."""
+    tok = tiny_tokenizer()
+    ok, bad = Verdict(score=1.0, passed=True), Verdict(score=0.0, passed=False)
+    wrong = _rollout(tok.encode("123", add_special_tokens=False), 0)
+    right = _rollout(tok.encode(PROBLEM.reference, add_special_tokens=False), 1, text=PROBLEM.reference)
+    for first_row in (0, 8):  # the problem's rows on one process, or on a rank holding it first
+        group = [(first_row, wrong, bad), (first_row + 1, right, ok)]
+        query = builder().build(PROBLEM, first_row, wrong, [], group)
+        assert query.provenance == [{"source": "sibling", "kind": "demonstration", "rollout": "1"}]
+
+
 def test_demonstrations_can_be_switched_off():
     tok = tiny_tokenizer()
     cb = builder(use_demonstrations=False)

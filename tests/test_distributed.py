@@ -85,6 +85,10 @@ def _check_two_processes_match(tmp_path, one, two, args, problems=4):
     # the same rollouts, logged once, in the same order
     hashes = lambda run: [(r["problem_id"], r["group_index"], r["response_hash"]) for r in _rows(run, "rollouts.jsonl")]
     assert hashes(one) == hashes(two) and len(hashes(two)) == 3 * problems * 4
+    # every expert context, and the demonstration it showed, named alike (by sample index, not a rank's row)
+    shown = lambda run: [(r["step"], r["problem_id"], r["rollout"], [f.get("rollout") for f in r["feedback"]])
+                         for r in _rows(run, "provenance.jsonl")] if (run / "provenance.jsonl").exists() else None
+    assert shown(one) == shown(two)
     rows_one, rows_two = _rows(one), _rows(two)
     assert [r["step"] for r in rows_two] == [1, 2, 3] and all(r["world_size"] == 2 for r in rows_two)
     assert _stable(rows_one) == _stable(rows_two)

@@ -15,8 +15,9 @@ def test_baseline_exclusions_name_the_siblings_whose_context_read_a_row():
         return ExpertQuery(problem_id="p", rollout_index=index, context_messages=[], context_ids=[1],
                            response_ids=[2], response_text="", provenance=provenance)
 
-    # two groups of 3: rows 1 and 2 were shown row 0; row 5 was shown row 4
-    got = baseline_exclusions([query(0), query(1, demo=0), query(2, demo=0), query(3), query(5, demo=4)], 6, 3)
+    # two groups of 3: rows 1 and 2 were shown row 0; row 5 was shown row 4, sample 1 of its group
+    # (provenance names a demonstration by its group_index, the same on any number of ranks)
+    got = baseline_exclusions([query(0), query(1, demo=0), query(2, demo=0), query(3), query(5, demo=1)], 6, 3)
     expected = torch.zeros(6, 3, dtype=torch.bool)
     expected[0, 1] = expected[0, 2] = True
     expected[4, 2] = True

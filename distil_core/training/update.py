@@ -348,13 +348,14 @@ def baseline_exclusions(queries: Sequence[ExpertQuery], rows: int, group_size: i
 
     The ``group_loo`` baseline of row j must not depend on j's own rollout; a sibling whose
     context shows j's response has a future cost that does (provenance records which rollout
-    each demonstration came from), so it is left out of j's baseline.
+    each demonstration came from, by its sample index within the group: rows are laid out group
+    by group, so row j is sample ``j % group_size`` of its group), so it is left out of j's baseline.
     """
     exclude = torch.zeros(rows, group_size, dtype=torch.bool)
     for query in queries:
         for item in query.provenance:
             if item.get("kind") == "demonstration" and item.get("source") == "sibling":
-                read = int(item["rollout"])
-                if read // group_size == query.rollout_index // group_size:
-                    exclude[read, query.rollout_index % group_size] = True
+                sample, first = int(item["rollout"]), query.rollout_index - query.rollout_index % group_size
+                if 0 <= sample < group_size:
+                    exclude[first + sample, query.rollout_index % group_size] = True
     return exclude
