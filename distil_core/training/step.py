@@ -103,10 +103,10 @@ def consult_expert(rt: Any, config: RunConfig, method: Method, batch: StepBatch,
     return batch
 
 
-def awaited_as(role: str, name: str, value: Any) -> Any:
+def awaited_as(role: str, name: str, value: Any, owner: Any) -> Any:
     """``value``, or, when it is a coroutine, one that names the plugin if it raises (the
     step's coroutines all run together, so the error must carry its owner's name)."""
-    return plugin_awaited(role, name, value) if inspect.isawaitable(value) else value
+    return plugin_awaited(role, name, value, owner) if inspect.isawaitable(value) else value
 
 
 def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequence[Rollout], n: int) -> list[Verdict]:
@@ -114,7 +114,7 @@ def verify(verifier: Any, name: str, problems: Sequence[Problem], rollouts: Sequ
     :class:`~distil_core.protocols.BatchVerifier`), else its ``verify`` coroutines run together.
     A wrong count, or a verdict that is not a :class:`Verdict`, stops the run naming ``name``."""
     whole = getattr(verifier, "verify_batch", None)
-    with plugin_call("verifier", name):
+    with plugin_call("verifier", name, verifier):
         if not callable(whole):
             return checked(resolve_all([verifier.verify(problems[i // n], r) for i, r in enumerate(rollouts)]),
                            Verdict, name)
@@ -143,24 +143,26 @@ def collect_feedback(sources: Sequence[tuple[str, Any]], batch: StepBatch, group
     calls, owners = [], []
     for name, source in sources:
         whole = getattr(source, "feedback_batch", None)
-        with plugin_call("feedback source", name):
+        with plugin_call("feedback source", name, source):
             if callable(whole):
-                calls.append(awaited_as("feedback source", name, whole(items)))
-                owners.append((name, None))
+                calls.append(awaited_as("feedback source", name, whole(items), source))
+                owners.append((name, source, None))
                 continue
             for j, item in enumerate(items):
-                calls.append(awaited_as("feedback source", name, source.feedback(*item)))
-                owners.append((name, j))
+                calls.append(awaited_as("feedback source", name, source.feedback(*item), source))
+                owners.append((name, source, j))
     out: list[list[Feedback]] = [[] for _ in items]
-    for (name, j), result in zip(owners, resolve_all(calls)):
-        if j is not None:
-            out[j].extend(checked(result, Feedback, name))
-            continue
-        result = list(result or [])
-        if len(result) != len(items):
-            raise PluginError(f"feedback source {name!r}: feedback_batch returned {len(result)} lists for {len(items)} rollouts")
-        for k, per_rollout in enumerate(result):
-            out[k].extend(checked(per_rollout, Feedback, name))
+    for (name, source, j), result in zip(owners, resolve_all(calls)):
+        with plugin_call("feedback source", name, source):  # a generator's body runs here, as it is read
+            if j is not None:
+                out[j].extend(checked(result, Feedback, name))
+                continue
+            result = list(result or [])
+            if len(result) != len(items):
+                raise PluginError(f"feedback source {name!r}: feedback_batch returned {len(result)} lists for "
+                                  f"{len(items)} rollouts")
+            for k, per_rollout in enumerate(result):
+                out[k].extend(checked(per_rollout, Feedback, name))
     return out
 
 
@@ -173,7 +175,7 @@ def ask_expert(rt: Any, config: RunConfig, queries: Sequence[ExpertQuery], *, ch
     if chunked and callable(getattr(rt.expert, "score_hidden", None)):
         score = rt.expert.score_hidden  # a local model: its hidden states, projected a chunk at a time
     name = config.expert.name
-    with plugin_call("expert", name):
+    with plugin_call("expert", name, rt.expert):
         answered = resolve(score(list(queries)))
     if not isinstance(answered, (list, tuple)) or len(answered) != len(queries):
         count = len(answered) if isinstance(answered, (list, tuple)) else type(answered).__name__
