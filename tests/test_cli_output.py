@@ -142,3 +142,46 @@ def test_a_trained_run_is_evaluated_without_its_feedback_sources(tmp_path, capsy
         assert f"no store at {store}" in capsys.readouterr().err  # training still needs it, and says so
     finally:
         host.unregister_plugin("store")
+
+
+class ClosedVerifier:
+    """exact_match that records being closed (its workers and sandboxes released)."""
+
+    def __init__(self, marker):
+        from distil_core.builtin import ExactMatchVerifier
+
+        self.inner, self.marker = ExactMatchVerifier(), marker
+
+    def verify(self, problem, rollout):
+        return self.inner.verify(problem, rollout)
+
+    def close(self):
+        with open(self.marker, "a") as fh:
+            fh.write("closed\n")
+
+
+class ClosedPlugin:
+    __name__ = "closed"
+
+    @hookimpl
+    def register_verifiers(self, register):
+        register("closed", ClosedVerifier)
+
+
+def test_eval_closes_its_verifier_as_a_training_run_does(tmp_path, capsys):
+    """Before, `distil eval` left the verifier open: its sandboxes and worker pools stayed until
+    the process exited, and at Ctrl-C an exit past them skipped their clean-up."""
+    from distil_core import get_host
+
+    host, marker, run = get_host(), tmp_path / "closed.txt", tmp_path / "run"
+    host.register_plugin(ClosedPlugin(), "closed", version="0.0.1")
+    try:
+        verifier = f"verifier={{name: closed, options: {{marker: '{marker}'}}}}"
+        assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", verifier)]) == 0
+        closes = marker.read_text().count("closed")  # the training run's (and the tiny base's when it was built)
+        assert closes >= 1
+        capsys.readouterr()
+        assert main(["eval", str(run), "--json"]) == 0
+        assert marker.read_text().count("closed") == closes + 1
+    finally:
+        host.unregister_plugin("closed")

@@ -18,9 +18,9 @@ STUCK = textwrap.dedent("""
         started.set()
         threading.Event().wait()
 
-    def interrupt_once_stuck():
+    def interrupt_once_stuck():  # Ctrl-C, as the main thread receives it
         started.wait()
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 """)
 
 
@@ -67,11 +67,14 @@ def test_an_interrupted_command_exits_without_its_stuck_thread():
             sub.add_parser("hang").set_defaults(func=command, interrupted="stopped by the user")
             return p
         cli._parser = with_hang
+        import atexit
+        atexit.register(lambda: print("sandboxes cleaned up", flush=True))  # what a sandbox registers
         sys.argv = ["distil", "hang"]
         sys.exit(cli.main())
     """)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped by the user"
+    assert done.stdout == "sandboxes cleaned up\n"  # the exit past the thread still runs the clean-up
 
 
 def test_an_interrupted_command_whose_threads_finish_exits_normally():

@@ -56,8 +56,9 @@ def exit_past_stuck_threads(code: int) -> None:
 
     A plugin's blocking call (a tool, a critic, a client) can run on a thread that never comes
     back, and Python cannot stop a thread: a normal exit waits for it, so Ctrl-C would leave the
-    process hanging, and a user would have to press it again and again or kill it. Whatever must
-    be kept is kept before this point: checkpoints and stores are written whole or not at all.
+    process hanging, and a user would have to press it again and again or kill it. Checkpoints
+    and stores are written whole or not at all, and the commands close their components before
+    this point; what was registered to run at exit (a sandbox's clean-up) runs before the exit.
     """
     import threading
     import time
@@ -67,6 +68,9 @@ def exit_past_stuck_threads(code: int) -> None:
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join(max(deadline - time.monotonic(), 0.0))
     if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        import atexit
+
+        atexit._run_exitfuncs()  # what the process registered to clean up (sandboxes, containers) still runs
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -315,9 +319,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     rt = build_runtime(config, progress=config.train.progress, for_training=False)  # evaluation needs no expert and no feedback
     split = config.eval.split
-    _, problems = evaluation_split(rt.task, split, config.eval.problems, config.task.name)  # the problems training evaluates on
-    # the evaluation training runs (its seed, eval.greedy), on one process
-    result = evaluate_on_ranks(rt, config, World(), problems, label=split, progress=config.train.progress)
+    try:
+        _, problems = evaluation_split(rt.task, split, config.eval.problems, config.task.name)  # what training evaluates on
+        # the evaluation training runs (its seed, eval.greedy), on one process
+        result = evaluate_on_ranks(rt, config, World(), problems, label=split, progress=config.train.progress)
+    finally:  # the verifier's workers and sandboxes, also at Ctrl-C (as a training run's are)
+        for failure in rt.close():
+            print(f"warning: {shown_safely(failure)}", file=sys.stderr)
     if args.json:
         # JSON holds fractions in [0, 1] (as summary.json and eval.jsonl do); the table, percent
         print(json.dumps({"model": rt.model_source, "task": config.task.name, "split": split,
