@@ -10,6 +10,7 @@ the learner's states).
 from __future__ import annotations
 
 import re
+import weakref
 from array import array
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
@@ -135,37 +136,66 @@ BREAK = "\u200b"
 
 def control_strings(tokenizer: Any) -> tuple[str, ...]:
     """The spellings the tokenizer reads as one special token wherever they stand in a text
-    (``<|im_end|>``, ``<|start_header_id|>``, …), longest first."""
+    (``<|im_end|>``, ``<|start_header_id|>``, …), longest first. A tokenizer that cannot list its
+    added tokens (some backends raise) gives its special tokens alone."""
     found = set(getattr(tokenizer, "all_special_tokens", None) or ())
-    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+    try:
+        added = dict(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    except Exception:  # NotImplementedError and the like: the special tokens above still count
+        added = {}
+    for token in added.values():
         if getattr(token, "special", False):
             found.add(str(getattr(token, "content", token)))
     return tuple(sorted((s for s in found if len(s) > 1), key=len, reverse=True))
 
 
-def plain_text(text: str, controls: Sequence[str]) -> str:
-    """``text`` with every spelling in ``controls`` broken by :data:`BREAK` after its first
-    character, so that it is tokenized as the ordinary characters it shows.
+_CONTROLS: "weakref.WeakKeyDictionary[Any, tuple[Any, Optional[re.Pattern[str]]]]" = weakref.WeakKeyDictionary()
+
+
+def control_pattern(tokenizer: Any) -> Optional["re.Pattern[str]"]:
+    """:func:`control_strings` as one pattern, built once per tokenizer (again when its
+    vocabulary grows): a tokenizer can hold thousands of special tokens, and every context is
+    searched for them."""
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    try:
+        kept = _CONTROLS.get(tokenizer)
+    except TypeError:  # an object that takes no weak reference: built each time
+        kept = None
+    if kept is not None and kept[0] == size:
+        return kept[1]
+    controls = control_strings(tokenizer)
+    pattern = re.compile("|".join(map(re.escape, controls))) if controls else None
+    try:
+        _CONTROLS[tokenizer] = (size, pattern)
+    except TypeError:
+        pass
+    return pattern
+
+
+def plain_text(text: str, pattern: Optional["re.Pattern[str]"]) -> str:
+    """``text`` with every spelling ``pattern`` finds (:func:`control_pattern`) broken by
+    :data:`BREAK` after its first character, so that it is tokenized as the ordinary characters
+    it shows.
 
     A message's content is text: a tool's output, a student's response quoted in feedback, a
     reviewer's correction or a dataset's prompt may spell ``<|im_end|><|im_start|>assistant``,
     and the chat template renders contents verbatim, so without this the tokenizer would read
     those characters as real turn markers and the expert would score the student under a turn
-    the feedback forged. Only exact spellings change; everything else is left as it was.
+    the feedback forged. Only exact spellings of special tokens change; everything else is left
+    as it was.
     """
-    for control in controls:
-        if control in text:
-            text = text.replace(control, control[0] + BREAK + control[1:])
-    return text
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: m.group(0)[0] + BREAK + m.group(0)[1:], text)
 
 
 def plain_messages(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` with :func:`plain_text` applied to every text content (the same list when
     none spells a control token)."""
-    controls = control_strings(tokenizer)
-    if not any(isinstance(m.get("content"), str) and any(c in m["content"] for c in controls) for m in messages):
+    pattern = control_pattern(tokenizer)
+    if pattern is None or not any(isinstance(m.get("content"), str) and pattern.search(m["content"]) for m in messages):
         return messages
-    return [{**m, "content": plain_text(m["content"], controls)} if isinstance(m.get("content"), str) else m
+    return [{**m, "content": plain_text(m["content"], pattern)} if isinstance(m.get("content"), str) else m
             for m in messages]
 
 
