@@ -1,6 +1,7 @@
 """What `distil train` and `distil eval` print: the slow first-use phase even under --quiet, a
 header that says where the time went, and JSON whose units are stated."""
 
+import contextlib
 import json
 
 import yaml
@@ -8,6 +9,19 @@ import yaml
 from distil_core import hookimpl
 from distil_core.cli.main import main
 from distil_core.testing import FAST_RUN
+
+
+@contextlib.contextmanager
+def registered(plugin, name):
+    """``plugin`` on the process-wide host for the ``with`` block, whatever the test does."""
+    from distil_core import get_host
+
+    host = get_host()
+    host.register_plugin(plugin, name, version="0.0.1")
+    try:
+        yield host
+    finally:
+        host.unregister_plugin(name)
 
 
 def _sets(*extra):
@@ -126,11 +140,8 @@ class StorePlugin:
 def test_a_trained_run_is_evaluated_without_its_feedback_sources(tmp_path, capsys):
     """Before, eval built every feedback source although it uses none, so a run trained with a
     store that has since moved (or on another machine) could not be evaluated at all."""
-    from distil_core import get_host
-
-    host, store, run = get_host(), tmp_path / "store.db", tmp_path / "run"
-    host.register_plugin(StorePlugin(), "store", version="0.0.1")
-    try:
+    store, run = tmp_path / "store.db", tmp_path / "run"
+    with registered(StorePlugin(), "store"):
         store.write_text("")
         feedback = f"feedback=[answer_check, {{name: store, options: {{path: '{store}'}}}}]"
         assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", feedback)]) == 0
@@ -140,8 +151,6 @@ def test_a_trained_run_is_evaluated_without_its_feedback_sources(tmp_path, capsy
         assert 0.0 <= json.loads(capsys.readouterr().out)["pass@1"] <= 1.0
         assert main(["train", "--quiet", "--output-dir", str(run), "--resume", *_sets("train.steps=2", feedback)]) == 2
         assert f"no store at {store}" in capsys.readouterr().err  # training still needs it, and says so
-    finally:
-        host.unregister_plugin("store")
 
 
 class ClosedVerifier:
@@ -171,11 +180,8 @@ class ClosedPlugin:
 def test_eval_closes_its_verifier_as_a_training_run_does(tmp_path, capsys):
     """Before, `distil eval` left the verifier open: its sandboxes and worker pools stayed until
     the process exited, and at Ctrl-C an exit past them skipped their clean-up."""
-    from distil_core import get_host
-
-    host, marker, run = get_host(), tmp_path / "closed.txt", tmp_path / "run"
-    host.register_plugin(ClosedPlugin(), "closed", version="0.0.1")
-    try:
+    marker, run = tmp_path / "closed.txt", tmp_path / "run"
+    with registered(ClosedPlugin(), "closed"):
         verifier = f"verifier={{name: closed, options: {{marker: '{marker}'}}}}"
         assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", verifier)]) == 0
         closes = marker.read_text().count("closed")  # the training run's (and the tiny base's when it was built)
@@ -183,5 +189,3 @@ def test_eval_closes_its_verifier_as_a_training_run_does(tmp_path, capsys):
         capsys.readouterr()
         assert main(["eval", str(run), "--json"]) == 0
         assert marker.read_text().count("closed") == closes + 1
-    finally:
-        host.unregister_plugin("closed")

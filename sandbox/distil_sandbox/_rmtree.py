@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Optional
+from typing import Callable, Optional
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -47,7 +47,7 @@ def remove_tree(parent_fd: int, name: str) -> bool:
     except OSError:
         return False
     if not stat.S_ISDIR(st.st_mode):
-        return _unlink(parent_fd, name)
+        return _removed(os.unlink, parent_fd, name)
     fd = _enter(parent_fd, name)
     if fd is None:
         return False
@@ -68,7 +68,7 @@ def remove_tree(parent_fd: int, name: str) -> bool:
                 os.close(fd)
                 fd = up
                 levels.pop()
-                ok = _rmdir(fd, here) and ok
+                ok = _removed(os.rmdir, fd, here) and ok
                 continue
             entry = pending.pop()
             try:
@@ -79,7 +79,7 @@ def remove_tree(parent_fd: int, name: str) -> bool:
                 ok = False
                 continue
             if not stat.S_ISDIR(inner.st_mode):
-                ok = _unlink(fd, entry) and ok
+                ok = _removed(os.unlink, fd, entry) and ok
                 continue
             below = _enter(fd, entry)
             if below is None:
@@ -92,7 +92,7 @@ def remove_tree(parent_fd: int, name: str) -> bool:
         return False
     finally:
         os.close(fd)
-    return _rmdir(parent_fd, name) and ok
+    return _removed(os.rmdir, parent_fd, name) and ok
 
 
 def _enter(parent_fd: int, name: str) -> Optional[int]:
@@ -132,19 +132,10 @@ def _names(fd: int) -> Optional[list[str]]:
         return None
 
 
-def _unlink(fd: int, name: str) -> bool:
+def _removed(remove: Callable[..., None], fd: int, name: str) -> bool:
+    """``remove(name, dir_fd=fd)`` (``os.unlink`` or ``os.rmdir``): whether ``name`` is gone."""
     try:
-        os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    return True
-
-
-def _rmdir(fd: int, name: str) -> bool:
-    try:
-        os.rmdir(name, dir_fd=fd)
+        remove(name, dir_fd=fd)
     except FileNotFoundError:
         pass
     except OSError:
