@@ -3,6 +3,7 @@ header that says where the time went, and JSON whose units are stated."""
 
 import contextlib
 import json
+import re
 
 import yaml
 
@@ -189,3 +190,42 @@ def test_eval_closes_its_verifier_as_a_training_run_does(tmp_path, capsys):
         capsys.readouterr()
         assert main(["eval", str(run), "--json"]) == 0
         assert marker.read_text().count("closed") == closes + 1
+
+
+class BrokenCritic:
+    """A feedback source whose parsing fails inside a library, as a critic's would on a bad reply."""
+
+    pretrains_base = False  # the tiny base stays the cached one
+
+    def feedback(self, problem, rollout, verdict, siblings):
+        return json.loads("{not json")
+
+
+class BrokenPlugin:
+    __name__ = "broken"
+
+    @hookimpl
+    def register_feedback_sources(self, register):
+        register("broken", BrokenCritic)
+
+
+def test_an_error_over_another_exception_says_how_to_see_its_traceback(tmp_path, monkeypatch, capsys):
+    """The one-line error is what a user needs; a plugin's author needs the exception under it.
+    Before, only a debugger or an edit of the toolkit showed it."""
+    monkeypatch.delenv("DISTIL_TRACEBACK", raising=False)
+    with registered(BrokenPlugin(), "broken"):
+        argv = ["train", "--quiet", *_sets("train.steps=1", "feedback=[broken]")]
+        assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 1
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[-2].startswith("error: feedback source 'broken' raised JSONDecodeError"), lines
+        assert lines[-1] == "(DISTIL_TRACEBACK=1 prints the traceback of the JSONDecodeError underneath.)"
+
+        monkeypatch.setenv("DISTIL_TRACEBACK", "1")
+        assert main([*argv, "--output-dir", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    # the plugin's own line, the library's, the exception, the error that wraps it, the one line
+    assert re.search(r'test_cli_output\.py", line \d+, in feedback\n\s+return json\.loads', err), err
+    assert re.search(r'json/decoder\.py", line \d+, in raw_decode', err), err
+    assert "\n\nThe above exception was the direct cause of the following exception:\n\n" in err
+    assert err.splitlines()[-1].startswith("error: feedback source 'broken' raised JSONDecodeError")
+    assert "DISTIL_TRACEBACK=1 prints" not in err

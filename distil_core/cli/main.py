@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 
 from distil_core.version import __version__
 from distil_core.cli.tables import render_before_after, render_table
+from distil_core.cli.exits import exit_past_stuck_threads, report_error
 from distil_core.errors import ConfigError, DistilError
 from distil_core.text import shown_safely
 
@@ -37,43 +38,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except DistilError as exc:
-        print(f"error: {shown_safely(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc)
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
         if from_command_line:  # a caller in this process keeps its threads
             exit_past_stuck_threads(130)
         return 130
-
-
-STUCK_GRACE_S = 5.0
-"""How long an interrupted command waits for its other threads before it exits without them."""
-
-
-def exit_past_stuck_threads(code: int) -> None:
-    """End the process with ``code`` now if a thread still runs :data:`STUCK_GRACE_S` seconds
-    after an interrupt; return (a normal exit follows) when every thread has finished.
-
-    A plugin's blocking call (a tool, a critic, a client) can run on a thread that never comes
-    back, and Python cannot stop a thread: a normal exit waits for it, so Ctrl-C would leave the
-    process hanging, and a user would have to press it again and again or kill it. Checkpoints
-    and stores are written whole or not at all, and the commands close their components before
-    this point; what was registered to run at exit (a sandbox's clean-up) runs before the exit.
-    """
-    import threading
-    import time
-
-    deadline = time.monotonic() + STUCK_GRACE_S
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
-        import atexit
-
-        atexit._run_exitfuncs()  # what the process registered to clean up (sandboxes, containers) still runs
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:
