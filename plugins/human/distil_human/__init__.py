@@ -1,6 +1,7 @@
 """distil-human: human corrections of failed rollouts, kept in SQLite and fed to the expert.
 
     store            :class:`CorrectionStore` (SQLite, WAL, safe with concurrent writers)
+    entries          :class:`Correction` (:mod:`distil_human.records`), one per row or JSONL line
     distil review    the terminal review of a run's failed rollouts (:mod:`distil_human.review`)
     distil corrections export|import   JSONL exchange (:mod:`distil_human.exchange`)
     feedback source ``human``          corrections → ``human_correction``, solutions → ``demonstration``
@@ -8,8 +9,11 @@
 
 from .exchange import export_jsonl, import_jsonl, read_jsonl
 from .feedback import HumanFeedback
+from .location import default_db_path
+from .records import Correction
 from .review import ReviewSession, load_failed_rollouts
-from .store import SCHEMA_VERSION, Correction, CorrectionStore, default_db_path
+from .schema import SCHEMA_VERSION
+from .store import CorrectionStore
 
 __version__ = "0.1.0"
 __all__ = [

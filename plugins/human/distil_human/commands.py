@@ -11,9 +11,10 @@ from dataclasses import replace
 from distil_core import ConfigError
 
 from .exchange import export_jsonl, read_jsonl, store_entries
+from .location import ENV_DB
 from .review import ReviewSession
 from .review_queue import SORTS, VERDICTS, QueueFilter, build_queue, parse_steps, queue_items, read_rollouts
-from .store import ENV_DB, CorrectionStore
+from .store import CorrectionStore
 from .text import MAX_AUTHOR, author_name, skipped_note
 from .verify import SolutionChecker
 

@@ -1,4 +1,4 @@
-"""JSONL import and export: one :class:`~distil_human.store.Correction` object per line.
+"""JSONL import and export: one :class:`~distil_human.records.Correction` object per line.
 
 Export writes the file atomically (:mod:`distil_core.io`), so a reader never sees half a
 file. Import validates every line first and stores all of them in one transaction, or none:
@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from distil_core import ConfigError, DistilError
 from distil_core.io import atomic_write_text
 
-from .store import Correction, CorrectionStore, EntryError
+from .records import Correction, EntryError
+from .store import CorrectionStore
 
 MAX_REPORTED = 5
 # json.dumps(ensure_ascii=False) escapes the C0 controls but leaves these raw

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 from distil_core import ConfigError, Feedback, Problem, Rollout, Verdict
 
-from .store import Correction, CorrectionStore
+from .records import Correction
+from .store import CorrectionStore
 
 MATCHES = ("response", "problem")
 

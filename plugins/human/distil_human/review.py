@@ -32,8 +32,9 @@ from pydantic import ValidationError
 
 from distil_core import DistilError, as_text
 
+from .records import Correction, problems_of
 from .review_queue import QueueFilter, ReviewItem, failed_items, read_records, verdict_summary
-from .store import Correction, CorrectionStore, problems_of
+from .store import CorrectionStore
 from .text import shown_escaped
 from .verify import SolutionChecker
 

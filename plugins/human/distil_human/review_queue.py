@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 from distil_core import ConfigError
 from distil_core.run_files import log_exists, log_lines
 
-from .store import MAX_STEP, RESPONSE_HASH
+from .records import MAX_STEP, RESPONSE_HASH
 from .text import is_text, json_line
 
 ROLLOUTS = "rollouts.jsonl"

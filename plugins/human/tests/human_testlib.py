@@ -16,7 +16,8 @@ import time
 from typing import Optional
 
 from distil_core.testing import distil_env
-from distil_human.store import Correction, CorrectionStore
+from distil_human.records import Correction
+from distil_human.store import CorrectionStore
 
 
 def response_hash(text: str) -> str:
@@ -175,10 +176,12 @@ class WriteLockHolder:
 
         code = (
             "import sys\n"
-            "from distil_human.store import _INSERT, Correction, CorrectionStore\n"
+            "from distil_human.records import Correction\n"
+            "from distil_human.schema import INSERT\n"
+            "from distil_human.store import CorrectionStore\n"
             "store = CorrectionStore(sys.argv[1])\n"
             "with store._write() as db:\n"
-            "    db.execute(_INSERT, Correction(problem_id='sort-12', kind='correction', text='pending')._row())\n"
+            "    db.execute(INSERT, Correction(problem_id='sort-12', kind='correction', text='pending').to_row())\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n"
             "print('released', flush=True)\n"

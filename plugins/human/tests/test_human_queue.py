@@ -11,7 +11,8 @@ from distil_core.builtin import DigitsTask
 from distil_human.feedback import HumanFeedback
 from distil_human.review import PROMPT, STORE_ANYWAY, TEXT_PROMPT
 from distil_human.review_queue import QueueFilter, build_queue, parse_steps, queue_items, read_records, read_rollouts
-from distil_human.store import SCHEMA_VERSION, CorrectionStore
+from distil_human.schema import SCHEMA_VERSION
+from distil_human.store import CorrectionStore
 from distil_human.verify import SolutionChecker
 
 TASK = {"length": 2, "train_size": 80, "test_size": 16}

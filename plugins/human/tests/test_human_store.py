@@ -16,7 +16,9 @@ from human_testlib import (Terminal, WriteLockHolder, distil_argv, entry, plugin
 
 from distil_core import ConfigError, DistilError, PluginHost
 from distil_core.testing import problem, rollout, verdict
-from distil_human.store import SCHEMA_VERSION, CorrectionStore, default_db_path
+from distil_human.location import default_db_path
+from distil_human.schema import SCHEMA_VERSION
+from distil_human.store import CorrectionStore
 
 
 def test_round_trip_keeps_every_field(tmp_path):
@@ -221,7 +223,7 @@ def test_a_store_that_cannot_be_written_is_read_read_only(tmp_path, monkeypatch)
         with pytest.raises(DistilError, match=f"{db} is open read-only .*nothing was saved"):
             store.add(entry(text="more"))
     # as on read-only media or another user's file: os.access says no (root may write anything)
-    import distil_human.store as module
+    import distil_human.location as module
 
     monkeypatch.setattr(module.os, "access", lambda path, mode: mode != os.W_OK)
     with CorrectionStore(str(db), create=False) as store:

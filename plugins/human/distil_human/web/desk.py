@@ -16,9 +16,10 @@ from distil_core import ConfigError, DistilError, as_text
 
 from ..exchange import dump_entries
 from ..provenance import read_provenance
+from ..records import Correction, problems_of
 from ..review_queue import (SORTS, VERDICTS, ProblemGroup, QueueFilter, build_queue, parse_steps, read_rollouts,
                             sources_in, verdict_summary)
-from ..store import Correction, CorrectionStore, problems_of
+from ..store import CorrectionStore
 from ..text import MAX_AUTHOR, author_name, skipped_note
 from ..verify import SolutionCheck, SolutionChecker
 
