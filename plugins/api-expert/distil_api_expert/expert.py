@@ -29,28 +29,20 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from typing import Any, Optional, Sequence
 
 from distil_core import ConfigError, ExpertCapability, ExpertQuery, ExpertSignal, prompt_ids, redacted, redacted_url, resolve
 
 from . import align
-from .transport import (
-    CallError,
-    FatalApiError,
-    LiteLLMTransport,
-    OpenAITransport,
-    Pricing,
-    ResponseCache,
-    Session,
-    Usage,
-    redact,
-    retry_policy,
-    secret_values,
-)
+from .answers import echo_tokens, prompt_logprobs_tokens, written_text
+from .cache import ResponseCache
+from .errors import CallError, FatalApiError
+from .options import validated_options
+from .redaction import redact, secret_values
+from .session import Session, retry_policy
+from .transports import LiteLLMTransport, OpenAITransport
+from .usage import Pricing, Usage
 
-Access = Literal["auto", "prompt_scoring", "topk", "text"]
 LEVELS = ("prompt_scoring", "topk", "text")
 PROBE_MESSAGES = [{"role": "user", "content": "Sort the digits 3 1 2."}]
 PROBE_RESPONSE = "The sorted digits are 1 2 3."
@@ -63,37 +55,6 @@ def context_seed(seed: int, context: Any) -> int:
     numbers for every query, and the answers would be correlated)."""
     digest = hashlib.sha256(json.dumps([seed, context], ensure_ascii=False, default=str).encode("utf-8", "replace"))
     return int.from_bytes(digest.digest()[:4], "big") >> 1  # 31 bits: every server takes it
-
-
-class ApiExpertOptions(BaseModel):
-    """The options, validated (their defaults live in :class:`ApiExpert`'s signature). Numbers
-    must be finite: an infinite cap or price would only fail later, inside a scoring call."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    model: str = Field(min_length=1)
-    api_base: Optional[str]
-    api_key: Optional[str]
-    api_key_env: str
-    client: Literal["openai", "litellm"]
-    access: Access
-    k: int = Field(ge=1, le=20)
-    max_concurrency: int = Field(ge=1)
-    max_retries: int = Field(ge=0)
-    timeout_s: float = Field(gt=0)
-    max_answer_mb: float = Field(gt=0)
-    backoff_s: float = Field(ge=0)
-    backoff_max_s: float = Field(ge=0)
-    cache_dir: Optional[str]
-    price_prompt_per_1k: Optional[float] = Field(ge=0)
-    price_completion_per_1k: Optional[float] = Field(ge=0)
-    temperature: float = Field(ge=0)
-    max_tokens: Optional[int] = Field(ge=1)
-    seed: Optional[StrictInt]
-    text_endpoint: Literal["chat", "completions"]
-    misaligned: Literal["text", "skip"]
-    probe: bool
-    litellm_kwargs: Optional[dict[str, Any]]
 
 
 @dataclass
@@ -145,10 +106,7 @@ class ApiExpert:
         litellm_kwargs: Optional[dict[str, Any]] = None,
     ):
         values = {name: value for name, value in locals().items() if name not in ("self", "runtime")}
-        try:
-            self.options = opts = ApiExpertOptions(**values)
-        except ValidationError as exc:
-            raise ConfigError(f"expert 'api': invalid options: {_problems(exc)}.") from None
+        self.options = opts = validated_options(values)
         tokenizer = getattr(runtime, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError("expert 'api' needs the student's tokenizer (the trainer passes its runtime).")
@@ -272,7 +230,7 @@ class ApiExpert:
         text = self._prompt_text(query)
         canonical = list(self.tokenizer.encode(text, add_special_tokens=False))
         try:
-            tokens, _ = await session.call("completions", self._echo_params(text), _echo_tokens, use_cache=False)
+            tokens, _ = await session.call("completions", self._echo_params(text), echo_tokens, use_cache=False)
         except CallError as exc:
             if exc.kind == "transient":
                 raise
@@ -282,7 +240,7 @@ class ApiExpert:
             return Probe("prompt_scoring", "echo", same_tokenizer=False)
         ids = query.context_ids + query.response_ids
         try:
-            tokens, _ = await session.call("completions", self._echo_params(ids), _echo_tokens, use_cache=False)
+            tokens, _ = await session.call("completions", self._echo_params(ids), echo_tokens, use_cache=False)
             send_ids = align.rows_by_id(tokens, query.context_ids, query.response_ids, self.vocab, self.options.k).ok
         except CallError as exc:
             if exc.kind == "transient":
@@ -295,7 +253,7 @@ class ApiExpert:
         ids = query.context_ids + query.response_ids
         try:
             tokens, _ = await session.call("completions", self._prompt_logprobs_params(ids),
-                                           lambda a: _prompt_logprobs_tokens(a, ids), use_cache=False)
+                                           lambda a: prompt_logprobs_tokens(a, ids), use_cache=False)
         except CallError as exc:
             if exc.kind == "transient":
                 raise
@@ -354,9 +312,9 @@ class ApiExpert:
         if probe.send_ids:
             ids = list(query.context_ids) + list(query.response_ids)
             if probe.variant == "prompt_logprobs":
-                params, parse = self._prompt_logprobs_params(ids), (lambda a: _prompt_logprobs_tokens(a, ids))
+                params, parse = self._prompt_logprobs_params(ids), (lambda a: prompt_logprobs_tokens(a, ids))
             else:
-                params, parse = self._echo_params(ids), _echo_tokens
+                params, parse = self._echo_params(ids), echo_tokens
 
             def check(answer: dict[str, Any]) -> align.Alignment:
                 return align.rows_by_id(parse(answer), query.context_ids, query.response_ids, self.vocab, k)
@@ -367,7 +325,7 @@ class ApiExpert:
             params = self._echo_params(text)
 
             def check(answer: dict[str, Any]) -> align.Alignment:
-                return align.rows_by_bytes(_echo_tokens(answer), sent, context, query.response_ids, self.vocab, k)
+                return align.rows_by_bytes(echo_tokens(answer), sent, context, query.response_ids, self.vocab, k)
 
         try:
             result, usage = await session.call("completions", params, check)
@@ -401,7 +359,7 @@ class ApiExpert:
             params["seed"] = context_seed(opts.seed, params.get("messages", params.get("prompt")))
 
         def check(answer: dict[str, Any]) -> str:
-            return _written_text(answer, chat, with_logprobs, usable=not strict)
+            return written_text(answer, chat, with_logprobs, usable=not strict)
 
         try:
             text, usage = await session.call("chat" if chat else "completions", params, check, use_cache=use_cache)
@@ -446,84 +404,6 @@ class ApiExpert:
             "(the name the server serves; with client litellm, with its provider prefix such as openai/) "
             "and options.api_base (OpenAI-compatible servers usually end in /v1)."
         )
-
-
-def _problems(exc: ValidationError) -> str:
-    """The validation errors, each naming its option; the value given is shown except for
-    secrets (a key given as a number is still a key)."""
-    out = []
-    for error in exc.errors():
-        where = ".".join(map(str, error["loc"]))
-        secret = any(name in ("api_key", "litellm_kwargs") for name in map(str, error["loc"]))
-        given = error.get("input")
-        shown = f"a value of type {type(given).__name__}, not shown" if secret else repr(given)
-        out.append(f"{where}: {error['msg']} (got {shown})")
-    return "; ".join(out)
-
-
-# -- answers ------------------------------------------------------------------------------------
-
-
-def _first_choice(answer: dict[str, Any]) -> dict[str, Any]:
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        error = answer.get("error")  # some providers answer 200 with an error object instead
-        said = error.get("message") if isinstance(error, dict) else error
-        said = " ".join(said.split())[:300] if isinstance(said, str) and said.strip() else None
-        raise CallError("malformed", "the answer has no choices" + (f"; the provider said: {said}" if said else ""))
-    return choices[0]
-
-
-def _echo_tokens(answer: dict[str, Any]) -> list[align.ApiToken]:
-    try:
-        return align.parse_echo(_first_choice(answer))
-    except align.NoLogprobs as exc:
-        raise CallError("no_logprobs", str(exc)) from None
-    except align.BadLogprobs as exc:
-        raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
-
-
-def _prompt_logprobs_tokens(answer: dict[str, Any], ids: Sequence[int]) -> list[align.ApiToken]:
-    choice = _first_choice(answer)
-    if "prompt_logprobs" not in choice and isinstance(answer.get("prompt_logprobs"), list):
-        choice = {"prompt_logprobs": answer["prompt_logprobs"]}
-    try:
-        return align.parse_prompt_logprobs(choice, ids)
-    except align.NoLogprobs as exc:
-        raise CallError("no_logprobs", str(exc)) from None
-    except align.BadLogprobs as exc:
-        raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
-
-
-def _written_text(answer: dict[str, Any], chat: bool, with_logprobs: bool, usable: bool = True) -> str:
-    """The text of an answer the expert wrote. With ``usable`` (every query but the probe's),
-    an answer with nothing to train on fails: an empty text (a reasoning model that spent
-    ``max_tokens`` before writing, say) would teach the student to stop at once, and one the
-    provider cut for its content filter is not the expert's answer. An answer cut at
-    ``max_tokens`` (``finish_reason: length``) with text is kept: ``max_tokens`` defaults to the
-    student's own ``max_new_tokens``."""
-    choice = _first_choice(answer)
-    message = choice.get("message")
-    text = (message if isinstance(message, dict) else {}).get("content") if chat else choice.get("text")
-    if not isinstance(text, str):
-        raise CallError("malformed", "the answer has no text")
-    if with_logprobs:
-        try:
-            align.check_written_logprobs(choice.get("logprobs"), chat)
-        except align.NoLogprobs as exc:
-            raise CallError("no_logprobs", str(exc)) from None
-        except align.BadLogprobs as exc:
-            raise CallError("malformed", f"the answer's log-probs are malformed: {exc}") from None
-    finish = choice.get("finish_reason")
-    if usable and finish == "content_filter":
-        raise CallError("filtered", "the provider withheld the answer (finish_reason 'content_filter')")
-    if usable and not text.strip():
-        hint = f" (finish_reason {finish!r})" if finish else ""
-        if finish == "length":
-            hint = (" (finish_reason 'length': max_tokens ran out before any text; a reasoning model may need a "
-                    "larger options.max_tokens)")
-        raise CallError("empty", f"the answer is empty{hint}")
-    return text
 
 
 async def _all(coroutines: list[Any]) -> list[Any]:

@@ -8,7 +8,8 @@ import pytest
 
 from distil_core import ConfigError
 from distil_core.serving import LocalOpenAIServer
-from distil_api_expert.transport import classify, retry_after, retry_policy
+from distil_api_expert.errors import classify, retry_after
+from distil_api_expert.session import retry_policy
 
 from api_expert_testlib import SAMPLED, api_expert, queries, score, tiny_model, tiny_tokenizer
 

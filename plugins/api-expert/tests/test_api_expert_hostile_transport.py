@@ -25,7 +25,7 @@ import pytest
 
 from distil_core import ConfigError
 from distil_api_expert.align import PAD_LOGPROB
-from distil_api_expert.transport import retry_policy
+from distil_api_expert.session import retry_policy
 
 from api_expert_testlib import SAMPLED, api_expert, queries, tiny_tokenizer
 
