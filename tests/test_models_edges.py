@@ -218,3 +218,19 @@ def test_lora_rank_out_of_reach_names_model_lora_r(r, said):
     settings = SimpleNamespace(r=r, alpha=8.0, dropout=0.0, target_modules="all-linear")
     with pytest.raises(ConfigError, match=said):
         attach_lora(tiny_model(), settings)
+
+
+def test_attaching_lora_prints_no_warning_the_user_cannot_act_on():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model;
+    every LoRA run began with that FutureWarning."""
+    pytest.importorskip("peft")
+    import warnings
+
+    from distil_core.models.lora import attach_lora
+
+    settings = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = attach_lora(tiny_model(), settings)
+    assert [str(w.message) for w in caught] == []
+    assert any("lora_A" in name for name, _ in model.named_parameters())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from typing import Any, Iterator, Optional
 
 from distil_core.errors import ConfigError
@@ -56,6 +57,16 @@ def adapter_base(path: str) -> str:
     return base
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hide the FutureWarning peft's wrapping raises on transformers 5: peft reads the model's
+    deprecated ``is_gradient_checkpointing``, and every LoRA run printed the warning first,
+    though nothing in the user's config or code can act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) -> Any:
     """``model`` with adapters: new ones from ``settings`` (``model.lora``), or those saved in
     ``adapter_dir`` — trainable when ``settings`` is set, merged into the weights otherwise."""
@@ -64,7 +75,8 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
     peft = _peft()
     if adapter_dir is not None:
         try:
-            loaded = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=settings is not None)
+            with quiet_peft():
+                loaded = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=settings is not None)
         except Exception as exc:  # peft and safetensors raise several types for a missing or cut file
             problem = adapter_weights_problem(adapter_dir)
             if problem is None:
@@ -80,7 +92,8 @@ def attach_lora(model: Any, settings: Any, adapter_dir: Optional[str] = None) ->
         target_modules=settings.target_modules,
     )
     try:
-        return peft.get_peft_model(model, config)
+        with quiet_peft():
+            return peft.get_peft_model(model, config)
     except ValueError as exc:
         names = sorted({last for name, _ in model.named_modules()
                         if name and not (last := name.rsplit(".", 1)[-1]).isdigit()})  # no layer numbers

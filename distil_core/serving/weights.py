@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-from distil_core.models.lora import ADAPTER_CONFIG
+from distil_core.models.lora import ADAPTER_CONFIG, quiet_peft
 from distil_core.models.model_dir import adapter_shapes
 
 
@@ -74,7 +74,8 @@ class ServedWeights:
             if self._peft is None:
                 import peft
 
-                self._peft = peft.PeftModel.from_pretrained(self.base, path, adapter_name=internal)
+                with quiet_peft():
+                    self._peft = peft.PeftModel.from_pretrained(self.base, path, adapter_name=internal)
             else:
                 self._peft.load_adapter(path, adapter_name=internal)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
