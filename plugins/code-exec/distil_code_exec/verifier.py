@@ -89,8 +89,8 @@ class CodeExecVerifier:
     Its verdicts carry no answer to vote on (``gives_answers``), so no maj@n is reported.
 
     Options: ``backend`` (a distil_sandbox backend, ``auto`` by default), ``timeout_s`` (for the
-    whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per
-    process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
+    whole run; by default the per-test limits summed plus start-up), ``memory_mb`` (per sandbox
+    job where the backend gives it a memory cgroup, else per process), ``max_output_bytes`` (of each program's stdout/stderr kept for checking),
     ``workers`` (sandbox jobs at once; default one per CPU), ``cache_size`` (verdicts remembered,
     least recently used dropped first; 0 turns caching off) and ``batch_size`` (rollouts one
     sandbox job grades in ``verify_batch``; 1 gives each its own job). ``batch: false`` makes
