@@ -229,3 +229,20 @@ def test_an_error_over_another_exception_says_how_to_see_its_traceback(tmp_path,
     assert "\n\nThe above exception was the direct cause of the following exception:\n\n" in err
     assert err.splitlines()[-1].startswith("error: feedback source 'broken' raised JSONDecodeError")
     assert "DISTIL_TRACEBACK=1 prints" not in err
+
+
+def test_the_traceback_escapes_control_characters_as_the_one_line_does(monkeypatch, capsys):
+    """A plugin's exception can quote a server's words; with DISTIL_TRACEBACK=1 they reach the
+    terminal too, and an escape sequence in them must not retitle or clear it."""
+    from distil_core.cli.exits import report_error
+    from distil_core.errors import DistilError, plugin_call
+
+    monkeypatch.setenv("DISTIL_TRACEBACK", "1")
+    try:
+        with plugin_call("feedback source", "critic"):
+            raise ValueError("the server said \x1b]0;retitled\x07\x1b[2J")
+    except DistilError as exc:
+        assert report_error(exc) == exc.exit_code
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err, err
+    assert "ValueError: the server said \\x1b]0;retitled\\x07\\x1b[2J\n" in err, err

@@ -22,8 +22,8 @@ def report_error(exc: DistilError) -> int:
     without it an error that wraps another says how to see it.
     """
     wanted = os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
-    if wanted:
-        traceback.print_exception(exc, file=sys.stderr)
+    if wanted:  # the messages in it quote the same outside words as the one line: escaped alike
+        print(shown_safely("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
     print(f"error: {shown_safely(str(exc))}", file=sys.stderr)
     if not wanted and exc.__cause__ is not None and not isinstance(exc.__cause__, DistilError):
         print(f"({TRACEBACK_VARIABLE}=1 prints the traceback of the "

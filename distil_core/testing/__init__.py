@@ -31,7 +31,7 @@ ISOLATED_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm fetches its price list at import otherwise
     "DISTIL_NO_ENTRYPOINTS": "1",  # only the built-ins: installed plugins cannot change a result
 }
-UNSET_ENV = ("DISTIL_PLUGINS",)
+UNSET_ENV = ("DISTIL_PLUGINS", "DISTIL_TRACEBACK")  # a developer's debugging setting changes what a command prints
 
 FAST_RUN = [
     "model.tiny={hidden_size: 64, layers: 2, heads: 2, steps: 60, batch_size: 32, lr: 0.005, plain_fraction: 0.3}",
