@@ -114,7 +114,8 @@ def test_a_batch_of_several_optimizer_steps_is_a_non_finite_step_only_when_none_
 @pytest.mark.parametrize("overrides, said", [
     (["method=distil"], "raise loss.expert_temperature (now unset, so distil's own 0.5)"),
     (["method=distil", "loss.expert_temperature=2"], "raise loss.expert_temperature (now 2)"),
-    (["method=jsd"], "raise loss.expert_temperature (now unset, so jsd's own 1)"),
+    (["method=jsd"], "raise loss.expert_temperature (now unset, so jsd's own 0.5)"),
+    (["method=reverse_kl"], "raise loss.expert_temperature (now unset, so reverse_kl's own 1)"),
 ])
 def test_the_advice_after_non_finite_steps_names_the_expert_temperature_the_run_uses(overrides, said):
     """Before: "raise loss.expert_temperature" whether it was set or left to the method, which

@@ -313,7 +313,8 @@ def test_an_expert_temperature_written_out_or_left_to_the_method_compares_as_it_
     """A run saved with τ = 1 written out (as every run was before a method could have its own τ)
     resumes under a config that leaves τ to the method where that method's τ is 1, and is refused,
     naming the τ it would train with, where the method's own τ differs."""
-    for method, changed in (("grpo", []), ("jsd", []), ("distil", [("loss.expert_temperature", 1.0, 0.5)])):
+    for method, changed in (("grpo", []), ("reverse_kl", []), ("jsd", [("loss.expert_temperature", 1.0, 0.5)]),
+                            ("distil", [("loss.expert_temperature", 1.0, 0.5)])):
         saved = load_config(None, [f"method={method}", "loss.expert_temperature=1.0"])
         given = load_config(None, [f"method={method}"])
         assert given.loss.expert_temperature is None

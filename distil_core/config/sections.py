@@ -20,12 +20,12 @@ Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
 ``distil_core.losses.methods.METHODS`` (this layer cannot import it, so the names are repeated
 here, for the config's own error message; a test keeps the two in step)."""
 
-EXPERT_TEMPERATURES: dict[str, float] = {"distil": 0.5, "distil_local": 0.5}
+EXPERT_TEMPERATURES: dict[str, float] = {"distil": 0.5, "distil_local": 0.5, "jsd": 0.5}
 """Each method's expert temperature τ where ``loss.expert_temperature`` is unset (null); 1 for a
 method not named. Forward cross-entropy covers the whole target, so the mass an expert leaves off
-a good answer would spread the student too (docs/guide.md); JSD and reverse KL seek a mode
-themselves. A config can be compared with another as it trains through
-:func:`~distil_core.config.resume.as_trained`."""
+a good answer would spread the student too; JSD, though it seeks a mode, learned a real model's
+self-expert's talk about the feedback at τ = 1 as well (docs/guide.md). A config can be
+compared with another as it trains through :func:`~distil_core.config.resume.as_trained`."""
 
 
 def method_expert_temperature(method: str) -> float:
@@ -204,8 +204,8 @@ class LossConfig(_Section):
         default=None, gt=0.0,
         description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z. "
         f"null: the method's own τ ({', '.join(f'{m} {t:g}' for m, t in EXPERT_TEMPERATURES.items())}, 1 for "
-        "the others): forward cross-entropy would spread the student over the mass the expert leaves off "
-        "its answer, while jsd and reverse_kl seek the expert's mode themselves. A sampled-token expert has "
+        "the others): the student would learn the mass the expert leaves off its answer (on a real model, "
+        "its talk about the feedback) along with the answer. A sampled-token expert has "
         "no distribution to temper: null reads it as it is.",
     )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="JSD mixture weight (0 = forward KL).")
