@@ -13,10 +13,16 @@ from distil_core.testing import FAST_RUN
 
 
 @contextlib.contextmanager
-def registered(plugin, name):
-    """``plugin`` on the process-wide host for the ``with`` block, whatever the test does."""
+def registered(kind, name, factory):
+    """``factory`` registered as the ``kind`` (``feedback_sources``, ``verifiers``) ``name``, by a
+    plugin of that name on the process-wide host, for the ``with`` block, whatever the test does."""
     from distil_core import get_host
 
+    def register(self, register):
+        register(name, factory)
+
+    register.__name__ = f"register_{kind}"
+    plugin = type(name, (), {register.__name__: hookimpl(register)})()
     host = get_host()
     host.register_plugin(plugin, name, version="0.0.1")
     try:
@@ -130,19 +136,11 @@ class StoreFeedback:
         return []
 
 
-class StorePlugin:
-    __name__ = "store"
-
-    @hookimpl
-    def register_feedback_sources(self, register):
-        register("store", StoreFeedback)
-
-
 def test_a_trained_run_is_evaluated_without_its_feedback_sources(tmp_path, capsys):
     """Before, eval built every feedback source although it uses none, so a run trained with a
     store that has since moved (or on another machine) could not be evaluated at all."""
     store, run = tmp_path / "store.db", tmp_path / "run"
-    with registered(StorePlugin(), "store"):
+    with registered("feedback_sources", "store", StoreFeedback):
         store.write_text("")
         feedback = f"feedback=[answer_check, {{name: store, options: {{path: '{store}'}}}}]"
         assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", feedback)]) == 0
@@ -170,19 +168,11 @@ class ClosedVerifier:
             fh.write("closed\n")
 
 
-class ClosedPlugin:
-    __name__ = "closed"
-
-    @hookimpl
-    def register_verifiers(self, register):
-        register("closed", ClosedVerifier)
-
-
 def test_eval_closes_its_verifier_as_a_training_run_does(tmp_path, capsys):
     """Before, `distil eval` left the verifier open: its sandboxes and worker pools stayed until
     the process exited, and at Ctrl-C an exit past them skipped their clean-up."""
     marker, run = tmp_path / "closed.txt", tmp_path / "run"
-    with registered(ClosedPlugin(), "closed"):
+    with registered("verifiers", "closed", ClosedVerifier):
         verifier = f"verifier={{name: closed, options: {{marker: '{marker}'}}}}"
         assert main(["train", "--quiet", "--output-dir", str(run), *_sets("train.steps=1", verifier)]) == 0
         closes = marker.read_text().count("closed")  # the training run's (and the tiny base's when it was built)
@@ -201,19 +191,11 @@ class BrokenCritic:
         return json.loads("{not json")
 
 
-class BrokenPlugin:
-    __name__ = "broken"
-
-    @hookimpl
-    def register_feedback_sources(self, register):
-        register("broken", BrokenCritic)
-
-
 def test_an_error_over_another_exception_says_how_to_see_its_traceback(tmp_path, monkeypatch, capsys):
     """The one-line error is what a user needs; a plugin's author needs the exception under it.
     Before, only a debugger or an edit of the toolkit showed it."""
     monkeypatch.delenv("DISTIL_TRACEBACK", raising=False)
-    with registered(BrokenPlugin(), "broken"):
+    with registered("feedback_sources", "broken", BrokenCritic):
         argv = ["train", "--quiet", *_sets("train.steps=1", "feedback=[broken]")]
         assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 1
         lines = capsys.readouterr().err.splitlines()
