@@ -194,6 +194,11 @@ class LossConfig(_Section):
         "prompt (siblings whose expert context read this rollout are left out).",
     )
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
+    future_reduce: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="distil: sum — G_t is the discounted sum of the costs after t; mean — their mean per "
+        "later token, so a token gains no credit for leading to a shorter response.",
+    )
     reward_weight: float = Field(
         default=1.0, ge=0.0,
         description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "

@@ -17,6 +17,7 @@ from distil_core.losses.credit import (
     ADVANTAGE_SCALES,
     BASELINES,
     FUTURE_COSTS,
+    FUTURE_REDUCES,
     STOP_CREDITS,
     check_credit,
     check_future_credit,
@@ -53,7 +54,7 @@ from distil_core.losses.reference import (
 from distil_core.models.forward import topk_with_tail
 
 __all__ = [
-    "ADVANTAGE_SCALES", "BASELINES", "FUTURE_COSTS", "LOSS_TYPES", "STOP_CREDITS",
+    "ADVANTAGE_SCALES", "BASELINES", "FUTURE_COSTS", "FUTURE_REDUCES", "LOSS_TYPES", "STOP_CREDITS",
     "ce_kl_per_token", "ce_kl_topk_per_token", "check_credit", "check_future_credit", "credit_inputs", "cross_entropy",
     "distil_loss", "distil_loss_sampled", "distil_loss_topk", "distil_surrogate", "future_cost",
     "future_sum_with_carry", "generalized_jsd", "generalized_jsd_per_token", "generalized_jsd_topk",

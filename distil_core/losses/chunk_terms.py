@@ -137,6 +137,8 @@ def future_credit_terms(chunk: Chunk, student: Tensor, per_token: Tensor, entrop
                                   stop_credit=o["stop_credit"], eos_id=o["eos_id"], credit_floor=o["credit_floor"])
     token_cost = pieces.get("token_cost", per_token.detach())
     cost, carry = credit.future_sum_with_carry(torch.where(keep, token_cost, 0.0), keep, o["gamma"], chunk.carry)
+    if o["future_weight"] is not None:
+        cost = credit.per_future_token(cost, o["future_weight"][:, chunk.start : chunk.stop])
     if o["baseline"] == "group_loo":
         cost = cost - credit.group_baseline(cost, keep, o["group_size"], o["exclude"])
     cost = torch.where(keep, cost, 0.0)

@@ -57,7 +57,7 @@ def chunked_loss(
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
     The ``options`` mean what they mean in :mod:`distil_core.losses.reference` (defaults in
     :data:`CHUNK_DEFAULTS`): ``future_credit``, ``future_cost``, ``stop_credit``, ``eos_id``, ``credit_floor``,
-    ``baseline``, ``gamma``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``
+    ``baseline``, ``gamma``, ``future_reduce``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``
     and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for ``jsd``;
     ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64 inputs stay
     float64). A ``stats`` dict, when given, receives the token means of CE and KL to the expert
@@ -86,7 +86,7 @@ def chunked_loss(
 
 CHUNK_DEFAULTS = dict(
     future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, credit_floor=0.0, baseline="none", gamma=1.0,
-    group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
+    future_reduce="sum", group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
     beta=0.5, temperature=1.0, reverse_kl_gamma=0.0, old_logprobs=None, is_clip=2.0,
 )
 """The options of :func:`chunked_loss` and their defaults."""
@@ -107,11 +107,14 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
     if on:
         credit.check_future_credit(given["baseline"], given["group_size"], batch, given["gamma"])
         credit.check_credit(given["future_cost"], given["stop_credit"], given["eos_id"], given["credit_floor"])
+        credit.check_reduce(given["future_reduce"])
         if rewarded and (given["rewards"] is None or given["group_size"] is None or given["group_size"] < 2):
             raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
     response_mask = given["response_mask"]
     o = dict(given, future_credit=on, exclude=given["baseline_exclude"], centred_rewards=None,
              counted=mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool())
+    # the mean future cost divides each chunk's carried sums by the whole sequence's weights
+    o["future_weight"] = credit.future_weight(mask.bool(), given["gamma"]) if on and given["future_reduce"] == "mean" else None
     terms.check(o, batch)
     if rewarded:
         o["centred_rewards"] = given["reward_weight"] * credit.leave_one_out_rewards(

@@ -8,7 +8,9 @@ The advantage A_t = G_t - b_t - λ(r - r̄_{-i}) holds three pieces, each here:
   gradient is the local term plus REINFORCE with the future cost (at γ = 1 with c = CE:
   ∇ E[Σ_t CE(q_t, p_t)] when the expert depends on the state alone; an expert that reads
   feedback about the whole rollout makes it the reward-to-go estimator instead). γ < 1 scales
-  the credit for a cost i - t steps later by γ^(i-t-1).
+  the credit for a cost i - t steps later by γ^(i-t-1). The sum is lower wherever fewer tokens
+  follow, so it also credits a token for leading to a short ending the expert agrees with;
+  ``reduce="mean"`` (the mean cost per later token) removes that pull on length.
 * b_t, the **group baseline** (:func:`group_baseline`): the masked mean G of the other
   rollouts of the prompt, leaving out siblings whose expert context read this rollout. It
   depends only on siblings, so the estimator stays unbiased as long as their costs do not
@@ -40,18 +42,45 @@ from torch import Tensor
 
 BASELINES = ("none", "group_loo")
 FUTURE_COSTS = ("kl", "ce")
+FUTURE_REDUCES = ("sum", "mean")
 STOP_CREDITS = ("full", "local")
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
-def future_cost(token_cost: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+def future_cost(token_cost: Tensor, mask: Tensor, gamma: float = 1.0, reduce: str = "sum") -> Tensor:
     """G_t = Σ_{i>t, mask_i} γ^(i-t-1) · c_i within each row, detached; 0 where masked out.
 
     ``token_cost`` is the per-token cost c_i: KL(q_i‖p_i) or CE(q_i, p_i) (``future_cost``).
     The discount counts positions, so a masked-out gap still ages the cost behind it.
+    ``reduce="mean"`` divides by the same discounted count of the later positions
+    (:func:`future_weight`): the mean cost per token ahead, which a shorter future no longer lowers.
     """
     check_gamma(gamma)
-    return discounted_future_sum(token_cost.detach(), mask, gamma)
+    check_reduce(reduce)
+    total = discounted_future_sum(token_cost.detach(), mask, gamma)
+    if reduce == "mean":
+        return per_future_token(total, future_weight(mask, gamma))
+    return total
+
+
+def future_weight(mask: Tensor, gamma: float) -> Tensor:
+    """W_t = Σ_{i>t, mask_i} γ^(i-t-1): the discounted count of the positions after t, ``[B, T]``.
+
+    The denominator of ``reduce="mean"``. It depends on the mask alone, so the chunked losses
+    form it once for the whole sequence and divide each chunk's carried sums by their slice.
+    """
+    return discounted_future_sum(torch.ones_like(mask, dtype=torch.float32), mask, gamma)
+
+
+def per_future_token(total: Tensor, weight: Tensor) -> Tensor:
+    """G_t / W_t where some position follows t (W_t > 0), else 0: the last token has no future."""
+    weight = weight.to(total.dtype)
+    return torch.where(weight > 0, total / weight.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
+
+
+def check_reduce(reduce: str) -> None:
+    if reduce not in FUTURE_REDUCES:
+        raise ValueError(f"unknown future_reduce {reduce!r}; choose one of {', '.join(FUTURE_REDUCES)}")
 
 
 def group_baseline(values: Tensor, mask: Tensor, group_size: int,
@@ -145,6 +174,7 @@ def distil_surrogate(
     rewards: Optional[Tensor] = None, reward_weight: float = 0.0,
     response_mask: Optional[Tensor] = None,
     normalizer: Optional[float] = None,
+    future_reduce: str = "sum",
 ) -> Tensor:
     """DistIL surrogate: token mean of ℓ_t = CE_t + sg(A_t) · s_t over the masked tokens.
 
@@ -154,7 +184,8 @@ def distil_surrogate(
     ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from
     :func:`credit_inputs`, restrict the score to S_t (``stop_credit="local"``, ``credit_floor``).
     ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving out ``baseline_exclude``). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
-    term on ``response_mask`` (default ``mask``). ``future_credit=False`` keeps only the local
+    term on ``response_mask`` (default ``mask``). ``future_reduce="mean"`` makes G_t the mean cost per
+later token instead of their sum (:func:`future_cost`). ``future_credit=False`` keeps only the local
     term (the "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
 
     The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
@@ -171,7 +202,8 @@ def distil_surrogate(
     counted = keep
     if future_credit:
         cost = credit_advantage(token_ce if token_cost is None else token_cost, mask, gamma=gamma,
-                                baseline=baseline, group_size=group_size, baseline_exclude=baseline_exclude)
+                                baseline=baseline, group_size=group_size, baseline_exclude=baseline_exclude,
+                                reduce=future_reduce)
         if rewarded:
             responses = keep if response_mask is None else response_mask.bool()
             counted = keep | responses
@@ -194,9 +226,9 @@ def check_normalizer(normalizer: Any) -> None:
 
 
 def credit_advantage(token_cost: Tensor, mask: Tensor, *, gamma: float, baseline: str,
-                     group_size: Optional[int], baseline_exclude: Optional[Tensor]) -> Tensor:
+                     group_size: Optional[int], baseline_exclude: Optional[Tensor], reduce: str = "sum") -> Tensor:
     """G_t - b_t on the masked positions (0 elsewhere), detached: the advantage before any success term."""
-    cost = future_cost(token_cost, mask, gamma)
+    cost = future_cost(token_cost, mask, gamma, reduce)
     if baseline == "group_loo":
         cost = cost - group_baseline(cost, mask, group_size, baseline_exclude)
     return torch.where(mask.bool(), cost, 0.0)

@@ -194,6 +194,7 @@ def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_m
         credit_floor=cfg.credit_floor,
         baseline=cfg.baseline,
         gamma=cfg.gamma,
+        future_reduce=cfg.future_reduce,
         group_size=rows.group_size if rows.group_size > 1 else None,
         baseline_exclude=rows.baseline_exclude,
     )
