@@ -86,6 +86,19 @@ def test_distil_with_exclusions_and_a_success_term_equals_the_reference():
     )
 
 
+@pytest.mark.parametrize("gamma", [1.0, 0.6])
+def test_distil_with_the_mean_future_cost_equals_the_reference(gamma):
+    # chunks carry the future sums; the mean divides them by the whole sequence's weights
+    options = dict(baseline="group_loo", group_size=GROUP, gamma=gamma, stop_credit="local", eos_id=3,
+                   future_reduce="mean", rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), reward_weight=0.5)
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, **options
+        ),
+    )
+
+
 def test_distil_local_equals_the_reference():
     _compare(
         lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, future_credit=False),

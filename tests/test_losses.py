@@ -258,6 +258,31 @@ def test_future_cost_discounts_by_position_and_skips_masked_tokens():
     torch.testing.assert_close(future_cost(ce, mask), torch.tensor([[10.0, 8.0, 0.0, 0.0]]))
 
 
+def test_mean_future_cost_is_the_discounted_mean_over_later_tokens():
+    ce = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    # t = 0: (2 + 0.25 * 8) / (1 + 0.25); t = 1: 0.5 * 8 / 0.5; the last kept token has no future
+    expected = torch.tensor([[4.0 / 1.25, 8.0, 0.0, 0.0]])
+    torch.testing.assert_close(future_cost(ce, mask, gamma=0.5, reduce="mean"), expected)
+    torch.testing.assert_close(future_cost(ce, mask, reduce="mean"), torch.tensor([[5.0, 8.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="unknown future_reduce 'max'; choose one of sum, mean"):
+        future_cost(ce, mask, reduce="max")
+
+
+def test_mean_future_cost_gives_a_shorter_ending_no_credit_for_its_length():
+    # two rollouts of one prompt, the same cost per token; the second ends three tokens sooner.
+    # The summed future cost credits the first token of the short one for its shortness alone
+    ce = torch.ones(2, 6)
+    mask = torch.tensor([[1.0] * 6, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    grads = {}
+    for reduce in ("sum", "mean"):
+        logprobs = torch.zeros(2, 6, requires_grad=True)
+        distil_surrogate(ce, logprobs, mask, baseline="group_loo", group_size=2, future_reduce=reduce).backward()
+        grads[reduce] = logprobs.grad
+    assert grads["sum"][1, 0] < 0 < grads["sum"][0, 0]  # descent raises the short row's first token
+    torch.testing.assert_close(grads["mean"][:, 0], torch.zeros(2))
+
+
 def test_local_ablation_gradient_is_p_minus_q_per_token():
     student, teacher, tokens, mask = random_batch()
     distil_loss(student, teacher, tokens, mask, future_credit=False).backward()

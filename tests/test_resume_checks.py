@@ -323,6 +323,30 @@ def test_an_expert_temperature_written_out_or_left_to_the_method_compares_as_it_
     assert resume_changes(explicit, load_config(None, [])) == []
 
 
+def test_a_run_saved_before_future_reduce_existed_resumes_with_the_sum_it_trained_with(run, capsys):
+    """Runs saved before ``loss.future_reduce`` existed summed their future costs; today's default
+    is the mean. Read at the default, such a run would resume (or a bench would reuse it) as a
+    mean-trained run. Its own config.yaml resumes it as it trained; a config that asks for the
+    mean is refused, naming the key."""
+    from distil_core.config import recorded_changes, saved_config
+
+    path = latest_checkpoint(str(run))
+    state = load_checkpoint(path)
+    del state["config"]["loss"]["future_reduce"]  # the record as an older version wrote it
+    torch.save(state, path)
+    text = (run / "config.yaml").read_text()
+    assert text.count("  future_reduce: mean\n") == 1
+    (run / "config.yaml").write_text(text.replace("  future_reduce: mean\n", ""))
+    assert saved_config(str(run)).loss.future_reduce == "sum"
+    assert recorded_changes(state["config"], load_config(None, FAST_RUN + RUN)) == [
+        ("loss.future_reduce", "sum", "mean")]
+    with pytest.raises(ConfigError, match="loss.future_reduce: 'sum' → 'mean'"):
+        resume(run, "train.steps=3")
+    assert main(["train", "--quiet", "--output-dir", str(run), "--resume", "--set", "train.steps=3"]) == 0, (
+        capsys.readouterr().err)
+    assert load_checkpoint(latest_checkpoint(str(run)))["config"]["loss"]["future_reduce"] == "sum"
+
+
 def test_differences_name_each_leaf_and_report_a_section_whole_where_the_other_side_has_none():
     """The review found {'a': None} against {} reported as "options is null but {}" plus a null
     leaf, and a section against a value named by its leaves."""

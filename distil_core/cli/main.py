@@ -235,7 +235,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--resume: {args.output_dir} has no config.yaml, so the config the run started "
                                   "with is unknown; give it as CONFIG (distil train CONFIG --output-dir ... --resume).")
             config_path = saved
-    config = load_config(config_path, args.overrides)
+    # the run's own config.yaml: read with the values of keys added since, as the run trained
+    own = bool(args.resume and config_path and os.path.abspath(config_path)
+               == os.path.abspath(os.path.join(args.output_dir, "config.yaml")))
+    config = load_config(config_path, args.overrides, saved=own)
     if args.output_dir:
         config.train.output_dir = args.output_dir  # where everything of the run goes (server syncs too)
     if args.print_config:

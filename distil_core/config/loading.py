@@ -16,8 +16,11 @@ from distil_core.config.yaml_text import SHOWN, check_finite, read_yaml, shown, 
 from distil_core.errors import ConfigError, did_you_mean
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
-    """Read ``path`` (YAML; None = the embedded default), apply ``key=value`` overrides, validate."""
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, *, saved: bool = False) -> RunConfig:
+    """Read ``path`` (YAML; None = the embedded default), apply ``key=value`` overrides, validate.
+
+    ``saved``: ``path`` is a run's own config.yaml, so a key added since it was written takes the
+    value the run trained with (:func:`as_saved_then`), not today's default."""
     data: dict[str, Any] = {}
     source = "the default config"
     if path is not None:
@@ -35,7 +38,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}.")
-        data = loaded
+        data = as_saved_then(loaded) if saved else loaded
     defaults = RunConfig().model_dump(mode="json") if overrides else {}
     from_file = set(data)
     for item in overrides or []:
@@ -201,7 +204,7 @@ def saved_config(run_dir: str) -> Optional[RunConfig]:
             raise ConfigError(f"{path}: the run's saved config cannot be read: it is not whole (it lacks "
                               f"{', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}; a run writes every "
                               "section), so it is damaged")
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(as_saved_then(data))
     except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"{path}: the run's saved config cannot be read ({type(exc).__name__})") from None
 
@@ -210,6 +213,24 @@ SAVED_SECTIONS = ("method", "seed", "model", "task", "verifier", "feedback", "ex
                   "optim", "train", "eval")
 """The sections every run's config.yaml has held since runs were first saved: one that lacks any
 was cut short or emptied. A section added later is not required (older runs' files lack it)."""
+
+
+ADDED_KEYS = {("loss", "future_reduce"): "sum"}
+"""Keys added after runs were first saved whose default is not how runs trained before them: a
+saved config or checkpoint record without one trained with the value here. Read at today's
+default instead, an older run would resume, or be reused by a bench, as a run it never was."""
+
+
+def as_saved_then(data: Any) -> Any:
+    """A saved config's ``data`` with each :data:`ADDED_KEYS` it lacks set to its value then."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for (section, key), value in ADDED_KEYS.items():
+        part = data.get(section)
+        if isinstance(part, dict) and key not in part:
+            data[section] = {**part, key: value}
+    return data
 
 
 def unsaved_keys(data: Any) -> list[str]:
@@ -245,6 +266,6 @@ def run_dir_config(run_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
     if any(item.split("=", 1)[0].strip() == "model.name" for item in overrides):
         raise ConfigError(f"--set model.name: a run directory ({run_dir}) is evaluated with its own final/ model; "
                           "to evaluate another model, give a config file instead of the run directory.")
-    config = load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"])
+    config = load_config(saved, list(overrides) + [f"model.name={os.path.abspath(final)}"], saved=True)
     saved_config(run_dir)  # and whole: a cut or emptied file would be the defaults where it lacks sections
     return config

@@ -17,7 +17,7 @@ import os
 from typing import Any, Optional
 
 from distil_core.config.diff import differences
-from distil_core.config.loading import saved_config, shown
+from distil_core.config.loading import as_saved_then, saved_config, shown
 from distil_core.config.sections import RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
 from distil_core.redaction import SECRET_NAME, redacted
@@ -61,10 +61,11 @@ def trained_record(config: RunConfig) -> dict[str, Any]:
 
 def recorded_changes(trained: dict[str, Any], given: RunConfig) -> list[tuple[str, Any, Any]]:
     """:func:`resume_changes` against a checkpoint's :func:`trained_record`. The record is read as a
-    config first, so keys a later version added compare at their defaults; one this version
+    config first, so keys a later version added compare at their defaults (or, for
+    :data:`~distil_core.config.loading.ADDED_KEYS`, at the value older runs trained with); one this version
     cannot read is compared as it stands (a key it lacks is then a change, never ignored)."""
     try:
-        saved = trained_record(RunConfig.model_validate(trained))
+        saved = trained_record(RunConfig.model_validate(as_saved_then(trained)))
     except ValueError:  # pydantic's ValidationError
         saved = trained
     return [change for change in differences(saved, trained_record(given)) if not _resumable(change[0])]

@@ -194,10 +194,10 @@ class LossConfig(_Section):
         "prompt (siblings whose expert context read this rollout are left out).",
     )
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
-    future_reduce: Literal["sum", "mean"] = Field(
-        default="sum",
-        description="distil: sum — G_t is the discounted sum of the costs after t; mean — their mean per "
-        "later token, so a token gains no credit for leading to a shorter response.",
+    future_reduce: Literal["mean", "sum"] = Field(
+        default="mean",
+        description="distil: mean — G_t is the discounted mean of the costs after t, so a token gains no "
+        "credit for leading to a shorter response; sum — their sum (runs saved before this key existed).",
     )
     reward_weight: float = Field(
         default=1.0, ge=0.0,
