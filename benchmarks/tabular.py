@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distil_core.losses import FUTURE_COSTS, STOP_CREDITS  # the same names the real losses accept
+from distil_core.losses import FUTURE_COSTS, FUTURE_REDUCES, STOP_CREDITS  # the same names the real losses accept
 
 DTYPE = torch.float64
 
@@ -296,7 +296,7 @@ def jsd_rows(teacher: Tensor, logits: Tensor, beta: float) -> Tensor:
 
 
 def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True,
-                     future_cost: str = "ce", stop_credit: str = "full") -> Tensor:
+                     future_cost: str = "ce", stop_credit: str = "full", future_reduce: str = "sum") -> Tensor:
     """DistIL's exact objective: its gradient is the expectation of the sampled per-token loss
 
         ℓ_t = CE(q_t, p_t) + sg(G_t) · s_t,    G_t = Σ_{i>t} c_i,
@@ -319,14 +319,25 @@ def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True
     without ``eos`` no token stops early, so "local" is "full". Without ``future_credit`` the
     state weights are frozen and only the local term is left (forward CE on the student's
     states); ``future_cost`` and ``stop_credit`` then do not matter.
+
+    ``future_reduce="mean"`` makes G_t the mean of the later costs, Ḡ_t = Σ_{i>t} c_i / #{i > t}
+    (the toolkit's ``loss.future_reduce: mean``). That is the gradient of no single objective,
+    so the expected estimator is written out instead:
+    Σ_y sg(P_θ(y)) [Σ_t CE_t + Σ_t (s_t - sg(s_t)) · sg(Ḡ_t)], with s_t the score of the stop
+    credit; its value is the local term's.
     """
-    if future_cost not in FUTURE_COSTS or stop_credit not in STOP_CREDITS:
-        raise ValueError(f"future_cost must be one of {FUTURE_COSTS} and stop_credit one of "
-                         f"{STOP_CREDITS}; got {future_cost!r}, {stop_credit!r}")
+    if future_cost not in FUTURE_COSTS or stop_credit not in STOP_CREDITS or future_reduce not in FUTURE_REDUCES:
+        raise ValueError(f"future_cost must be one of {FUTURE_COSTS}, stop_credit one of {STOP_CREDITS} and "
+                         f"future_reduce one of {FUTURE_REDUCES}; got {future_cost!r}, {stop_credit!r}, "
+                         f"{future_reduce!r}")
     ce = cross_entropy_rows(tree.teacher, logits)
     if not future_credit:
         return _state_weighted(tree, logits, ce, False)
     cost = ce if future_cost == "ce" else forward_kl_rows(tree.teacher, logits)
+    if future_reduce == "mean":
+        score = step_logprobs(tree, logits) if stop_credit == "full" else content_step_scores(tree, logits)
+        credit = torch.where(tree.mask, (score - score.detach()) * _future_mean(tree, cost.detach()), 0.0)
+        return _state_weighted(tree, logits, ce, False) + (sequence_probs(tree, logits).detach() * credit.sum(-1)).sum()
     if stop_credit == "full" or tree.eos is None:
         return _state_weighted(tree, logits, cost, True)
     local = _state_weighted(tree, logits, ce - ce.detach(), False)  # value 0, gradient Σ ∇CE_t
@@ -336,15 +347,28 @@ def distil_objective(tree: TokenTree, logits: Tensor, future_credit: bool = True
 def content_path_probs(tree: TokenTree, logits: Tensor) -> Tensor:
     """P̂_θ(y), ``[N]``: equal to P_θ(y), differentiable only through the content factors
     p̃_t(y_t) = p_t(y_t) / (1 - p_t(EOS)) of its non-EOS tokens (``stop_credit="local"``)."""
+    return content_step_scores(tree, logits).sum(-1).exp()
+
+
+def content_step_scores(tree: TokenTree, logits: Tensor) -> Tensor:
+    """log p_t(y_t) per step, ``[N, T]``, differentiable only through the content factor
+    log p̃_t(y_t) of a non-EOS token (0 past the end): the score of ``stop_credit="local"``."""
     if tree.eos is None:
-        return sequence_probs(tree, logits)
+        return step_logprobs(tree, logits)
     eos_column = torch.arange(tree.vocab) == tree.eos
     log_content = F.log_softmax(logits.masked_fill(eos_column, -math.inf), dim=-1)
     writes = tree.mask & (tree.sequences != tree.eos)
     safe = torch.where(writes, tree.sequences, int(tree.eos == 0))  # never gather the -inf column
     score = log_content[tree.rows, safe]
-    step = step_logprobs(tree, logits).detach() + torch.where(writes, score - score.detach(), 0.0)
-    return step.sum(-1).exp()
+    return step_logprobs(tree, logits).detach() + torch.where(writes, score - score.detach(), 0.0)
+
+
+def _future_mean(tree: TokenTree, per_state: Tensor) -> Tensor:
+    """Ḡ_t = Σ_{i>t} f(s_i) / #{i > t} along every sequence, ``[N, T]``; 0 at its last step."""
+    along = torch.where(tree.mask, per_state[tree.rows], 0.0)
+    later = along.flip(-1).cumsum(-1).flip(-1) - along
+    count = tree.mask.flip(-1).cumsum(-1).flip(-1) - tree.mask.to(torch.long)
+    return torch.where(count > 0, later / count.clamp(min=1), 0.0)
 
 
 def reverse_kl_objective(tree: TokenTree, logits: Tensor, sequence: bool = False) -> Tensor:
@@ -373,6 +397,8 @@ METHODS: dict[str, Objective] = {
                                                                stop_credit="local"),
     "distil_kl_stop_local": lambda tree, logits: distil_objective(
         tree, logits, future_cost="kl", stop_credit="local"),
+    "distil_kl_stop_local_mean": lambda tree, logits: distil_objective(
+        tree, logits, future_cost="kl", stop_credit="local", future_reduce="mean"),
     "forward_ce": lambda tree, logits: distil_objective(tree, logits, future_credit=False),
     "reverse_kl": lambda tree, logits: reverse_kl_objective(tree, logits, sequence=False),
     "reverse_kl_seq": lambda tree, logits: reverse_kl_objective(tree, logits, sequence=True),

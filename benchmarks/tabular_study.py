@@ -3,8 +3,8 @@
     python benchmarks/tabular_study.py [--out docs/results] [--lr 0.5] [--steps 40] [--chain-steps 400]
 
 Runs every method of ``benchmarks/tabular.py`` on every instance of
-``study_instances()`` (``--steps``) and of ``chain_instances()``
-(variable-length, ``--chain-steps``) with plain gradient steps on the logit table, prints the
+``study_instances()`` (``--steps``), of ``chain_instances()`` and of the shortcut chain of
+``benchmarks/tabular_shortcut.py`` (variable-length, ``--chain-steps``) with plain gradient steps on the logit table, prints the
 tables, and writes ``tabular.md`` (always) and ``tabular.png`` (when matplotlib imports) into
 ``--out``. Everything is exact (enumerated, float64); it takes well under a minute on one core.
 """
@@ -43,6 +43,7 @@ from tabular import (
     success_log_lower_bound,
     teacher_reward,
 )
+from tabular_shortcut import shortcut_section
 
 BANDIT_METHODS = ("forward_ce", "reverse_kl", "jsd")
 TREE_METHODS = ("forward_ce", "distil", "distil_kl", "reverse_kl", "reverse_kl_seq", "jsd")
@@ -669,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     body += pass_at_n_section(runs, args.lr)
     chains = chain_runs(args.lr, args.chain_steps)
     body += chain_section(chains, args.lr)
+    body += shortcut_section(args.lr, args.chain_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plotted = write_plot(runs, chains, out / "tabular.png")

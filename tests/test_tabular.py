@@ -44,6 +44,7 @@ from tabular import (
     token_tree,
     variable_length_tree,
 )
+from tabular_shortcut import shortcut_instance, shortcut_share
 
 SWEEP = (0.05, 0.25, 0.5, 1.0, 2.0)
 LR, STEPS = 0.5, 40  # the study's defaults (benchmarks/tabular_study.py)
@@ -236,17 +237,19 @@ def sequence_inputs(tree, theta, i):
     return student, teacher, tokens[None], torch.ones(1, n, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("future_credit,future_cost,stop_credit,method",
-                         [(False, "ce", "full", "forward_ce"), (True, "ce", "full", "distil"),
-                          (True, "kl", "full", "distil_kl"),
-                          (True, "ce", "local", "distil_stop_local"),
-                          (True, "kl", "local", "distil_kl_stop_local")])
+@pytest.mark.parametrize("future_credit,future_cost,stop_credit,method,reduce",
+                         [(False, "ce", "full", "forward_ce", "sum"), (True, "ce", "full", "distil", "sum"),
+                          (True, "kl", "full", "distil_kl", "sum"),
+                          (True, "ce", "local", "distil_stop_local", "sum"),
+                          (True, "kl", "local", "distil_kl_stop_local", "sum"),
+                          (True, "kl", "local", "distil_kl_stop_local_mean", "mean")])
 def test_distil_loss_of_the_losses_module_estimates_the_exact_gradient(future_credit, future_cost,
-                                                                      stop_credit, method):
-    """distil_loss on every enumerated sequence, weighted by P_θ(y): the exact gradient."""
+                                                                      stop_credit, method, reduce):
+    """distil_loss on every enumerated sequence, weighted by P_θ(y): the exact gradient (for the
+    mean future cost, the exact expected update: it is the gradient of no single objective)."""
     tree, theta = random_variable_tree(3, 3, seed=12)
     options = dict(future_credit=future_credit, future_cost=future_cost, stop_credit=stop_credit,
-                   eos_id=EOS)
+                   eos_id=EOS, future_reduce=reduce)
 
     def loss(th, i):
         student, teacher, tokens, mask = sequence_inputs(tree, th, i)
@@ -255,6 +258,8 @@ def test_distil_loss_of_the_losses_module_estimates_the_exact_gradient(future_cr
 
     _, surrogate = weighted_surrogate_gradient(tree, theta, loss)
     assert torch.allclose(surrogate, objective_gradient(tree, theta, method), atol=1e-10)
+    if reduce == "mean":  # and it is not the summed cost's update
+        assert not torch.allclose(surrogate, objective_gradient(tree, theta, "distil_kl_stop_local"), atol=1e-4)
 
 
 @pytest.mark.parametrize("gamma,method", [(0.0, "reverse_kl"), (1.0, "reverse_kl_seq")])
@@ -517,6 +522,21 @@ def random_bandit(g, k, binary=False):
     teacher = torch.softmax(2 * torch.randn(k, generator=g, dtype=torch.float64), -1)
     theta = 2 * torch.randn(1, k, generator=g, dtype=torch.float64)
     return rewards, teacher, theta
+
+
+def test_shortcut_chain_the_summed_cost_takes_the_shortcut_the_mean_learns_as_forward_ce():
+    """A content token after which the teacher agrees to stop: the summed future cost credits it
+    for the short ending (SmolLM2's `<number>`), the mean over later tokens does not."""
+    instance = shortcut_instance()
+    tree = instance.tree
+    runs = {m: run(tree, instance.start, m, 0.5, 200, instance.step_scale)
+            for m in ("forward_ce", "distil_kl_stop_local", "distil_kl_stop_local_mean")}
+    summed, mean, local = (runs[m] for m in ("distil_kl_stop_local", "distil_kl_stop_local_mean", "forward_ce"))
+    assert shortcut_share(instance, summed.probs[-1]) > 0.75 > 0.4 > shortcut_share(instance, summed.probs[0])
+    assert summed.lengths(tree)[-1] < 4.0 and summed.rewards[-1] < summed.rewards[0]
+    assert shortcut_share(instance, mean.probs[-1]) < shortcut_share(instance, mean.probs[0])
+    assert mean.lengths(tree)[-1] > 7.2 and mean.rewards[-1] > 5 * mean.rewards[0]
+    assert abs(mean.rewards[-1] - local.rewards[-1]) < 0.1 * local.rewards[-1]
 
 
 def test_forward_ce_first_order_change_is_the_covariance_and_two_actions_follow_the_teacher():
