@@ -347,6 +347,22 @@ def test_a_run_saved_before_future_reduce_existed_resumes_with_the_sum_it_traine
     assert load_checkpoint(latest_checkpoint(str(run)))["config"]["loss"]["future_reduce"] == "sum"
 
 
+def test_only_runs_whose_future_credit_read_future_reduce_are_read_as_summed():
+    """A saved jsd, grpo or distil_local run (or distil without future credit) never read the key:
+    it compares equal to today's config, so a bench reuses it and a resume goes on. The built-in
+    methods with future credit are exactly those read as summed."""
+    from distil_core.config.loading import SUMMED_METHODS, as_saved_then
+    from distil_core.losses.methods import METHODS
+
+    assert SUMMED_METHODS == tuple(name for name, method in METHODS.items() if method.future_credit)
+    for method, extra, expected in (("distil", [], "sum"), ("distil", ["loss.future_credit=false"], "mean"),
+                                    ("jsd", [], "mean"), ("grpo", [], "mean"), ("distil_local", [], "mean")):
+        data = load_config(None, [f"method={method}", *extra]).model_dump(mode="json")
+        del data["loss"]["future_reduce"]
+        assert as_saved_then(data)["loss"].get("future_reduce", "mean") == expected, (method, extra)
+        assert "future_reduce" not in data["loss"]  # the record read is left as it was
+
+
 def test_differences_name_each_leaf_and_report_a_section_whole_where_the_other_side_has_none():
     """The review found {'a': None} against {} reported as "options is null but {}" plus a null
     leaf, and a section against a value named by its leaves."""

@@ -215,6 +215,16 @@ def _add_plugin_commands(sub: Any) -> None:
 # -- train ------------------------------------------------------------------------------------
 
 
+def is_own_config(config_path: Optional[str], run_dir: Optional[str]) -> bool:
+    """Whether ``config_path`` is ``run_dir``'s own config.yaml (a link to it too): read as the
+    run trained, with the values of keys added since it was written."""
+    saved = os.path.join(run_dir or "", "config.yaml")
+    try:
+        return bool(config_path and run_dir) and os.path.samefile(config_path, saved)
+    except OSError:  # either file missing: not the same file
+        return False
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from distil_core.config import load_config
 
@@ -235,10 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--resume: {args.output_dir} has no config.yaml, so the config the run started "
                                   "with is unknown; give it as CONFIG (distil train CONFIG --output-dir ... --resume).")
             config_path = saved
-    # the run's own config.yaml: read with the values of keys added since, as the run trained
-    own = bool(args.resume and config_path and os.path.abspath(config_path)
-               == os.path.abspath(os.path.join(args.output_dir, "config.yaml")))
-    config = load_config(config_path, args.overrides, saved=own)
+    config = load_config(config_path, args.overrides, saved=args.resume and is_own_config(config_path, args.output_dir))
     if args.output_dir:
         config.train.output_dir = args.output_dir  # where everything of the run goes (server syncs too)
     if args.print_config:

@@ -215,21 +215,26 @@ SAVED_SECTIONS = ("method", "seed", "model", "task", "verifier", "feedback", "ex
 was cut short or emptied. A section added later is not required (older runs' files lack it)."""
 
 
-ADDED_KEYS = {("loss", "future_reduce"): "sum"}
-"""Keys added after runs were first saved whose default is not how runs trained before them: a
-saved config or checkpoint record without one trained with the value here. Read at today's
-default instead, an older run would resume, or be reused by a bench, as a run it never was."""
+SUMMED_METHODS = ("distil",)
+"""The built-in methods whose future credit reads ``loss.future_reduce`` (the registry's methods
+with future credit; a test keeps the two in step)."""
 
 
 def as_saved_then(data: Any) -> Any:
-    """A saved config's ``data`` with each :data:`ADDED_KEYS` it lacks set to its value then."""
+    """A saved config's ``data`` (or a checkpoint's record) as the run trained, where a key added
+    since it was written has a default that is not how runs trained before it.
+
+    ``loss.future_reduce`` came with the mean as its default; a run saved without it summed its
+    future cost, so a ``distil`` run with future credit reads as ``sum``. Read at today's default
+    instead, it would resume, or be reused by a bench, as a run it never was. Other methods never
+    read the key and keep the default, so their older runs compare equal to new ones.
+    """
     if not isinstance(data, dict):
         return data
-    data = dict(data)
-    for (section, key), value in ADDED_KEYS.items():
-        part = data.get(section)
-        if isinstance(part, dict) and key not in part:
-            data[section] = {**part, key: value}
+    loss = data.get("loss")
+    if (isinstance(loss, dict) and "future_reduce" not in loss and data.get("method") in SUMMED_METHODS
+            and loss.get("future_credit", True) is not False):
+        data = {**data, "loss": {**loss, "future_reduce": "sum"}}
     return data
 
 

@@ -71,7 +71,8 @@ def chunked_loss(
     unknown = set(options) - set(CHUNK_DEFAULTS)
     if unknown:
         raise TypeError(f"chunked_loss: unexpected options {', '.join(sorted(unknown))}")
-    o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0])
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32  # as _forward_and_grads
+    o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0], compute)
     o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None, ratios=[0.0, 0.0])
     loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
     if stats is not None:
@@ -100,7 +101,7 @@ def _terms(method: Union[str, Method]) -> ChunkTerms:
     return spec.chunk
 
 
-def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch: int) -> dict:
+def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch: int, dtype: torch.dtype) -> dict:
     """The options every chunk reads, checked: credit only for a method with future credit."""
     on = given["future_credit"] and method.future_credit
     rewarded = on and given["reward_weight"] > 0
@@ -114,7 +115,8 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
     o = dict(given, future_credit=on, exclude=given["baseline_exclude"], centred_rewards=None,
              counted=mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool())
     # the mean future cost divides each chunk's carried sums by the whole sequence's weights
-    o["future_weight"] = credit.future_weight(mask.bool(), given["gamma"]) if on and given["future_reduce"] == "mean" else None
+    o["future_weight"] = (credit.future_weight(mask.bool(), given["gamma"], dtype)
+                          if on and given["future_reduce"] == "mean" else None)
     terms.check(o, batch)
     if rewarded:
         o["centred_rewards"] = given["reward_weight"] * credit.leave_one_out_rewards(

@@ -57,19 +57,23 @@ def future_cost(token_cost: Tensor, mask: Tensor, gamma: float = 1.0, reduce: st
     """
     check_gamma(gamma)
     check_reduce(reduce)
-    total = discounted_future_sum(token_cost.detach(), mask, gamma)
-    if reduce == "mean":
-        return per_future_token(total, future_weight(mask, gamma))
-    return total
+    cost = token_cost.detach()
+    if reduce == "sum":
+        return discounted_future_sum(cost, mask, gamma)
+    # the costs and the count of later positions in one pass (one loop over positions at γ < 1)
+    total, weight = discounted_future_sum(torch.cat([cost, torch.ones_like(cost)]), torch.cat([mask, mask]),
+                                          gamma).chunk(2)
+    return per_future_token(total, weight)
 
 
-def future_weight(mask: Tensor, gamma: float) -> Tensor:
+def future_weight(mask: Tensor, gamma: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """W_t = Σ_{i>t, mask_i} γ^(i-t-1): the discounted count of the positions after t, ``[B, T]``.
 
     The denominator of ``reduce="mean"``. It depends on the mask alone, so the chunked losses
-    form it once for the whole sequence and divide each chunk's carried sums by their slice.
+    form it once for the whole sequence (in their compute ``dtype``) and divide each chunk's
+    carried sums by their slice.
     """
-    return discounted_future_sum(torch.ones_like(mask, dtype=torch.float32), mask, gamma)
+    return discounted_future_sum(torch.ones(mask.shape, dtype=dtype, device=mask.device), mask, gamma)
 
 
 def per_future_token(total: Tensor, weight: Tensor) -> Tensor:
@@ -183,7 +187,8 @@ def distil_surrogate(
     :func:`future_cost` of ``token_cost`` (detached; default ``token_ce``, the CE reading).
     ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from
     :func:`credit_inputs`, restrict the score to S_t (``stop_credit="local"``, ``credit_floor``).
-    ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving out ``baseline_exclude``). ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
+    ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving out ``baseline_exclude``).
+    ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
     term on ``response_mask`` (default ``mask``). ``future_reduce="mean"`` makes G_t the mean cost per
 later token instead of their sum (:func:`future_cost`). ``future_credit=False`` keeps only the local
     term (the "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
