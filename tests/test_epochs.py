@@ -120,7 +120,8 @@ def test_importance_weights_scale_each_positions_gradient_and_are_truncated():
 # came in, on each of two machines: their CPUs' kernels round differently, the tiny base the
 # session builds differs in its last bits, and sampling carries that into other rollouts. A
 # machine whose digest is neither gets its own from that revision (4799889), not from this code.
-# The expert at temperature 1, the default then (distil tempers it at 0.5 now).
+# The expert at temperature 1 and the future cost summed, the defaults then (distil tempers its
+# expert at 0.5 and averages the future cost now).
 BEFORE = {
     "distil": {"33c410739b5ce4ee8134c7e4a441ee11d3e4885a958bf4ff2b46d56a131b31fc",
                "678078b54f79bee81c5ddc4bc0f9ad595276efe02978b1c5ed7fb4f8aa7a7323"},
@@ -130,7 +131,8 @@ BEFORE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, extra", [("distil", ["loss.expert_temperature=1.0"]), ("grpo", ["rollout.temperature=2.0"])])
+@pytest.mark.parametrize("method, extra", [("distil", ["loss.expert_temperature=1.0", "loss.future_reduce=sum"]),
+                                           ("grpo", ["rollout.temperature=2.0"])])
 def test_one_epoch_of_one_mini_batch_is_the_update_it_always_was(tmp_path, method, extra, monkeypatch):
     # bit for bit, so with each row's whole prompt in one pass as then (computing a shared prompt
     # once rounds differently; tests/test_shared_prefix.py compares the two to a tolerance)

@@ -99,8 +99,9 @@ def test_a_resumed_run_continues_the_schedule(tmp_path):
 # numbers must not move. Measured at that revision (3b88623) on each of two machines: their CPUs'
 # kernels round differently, the tiny base the session builds differs in its last bits, and
 # sampling carries that into other rollouts; the tolerance is for rounding, far below what any
-# change to the computation would shift. The expert at temperature 1, the default then (distil
-# tempers it at 0.5 now). Losses, then gradient norms:
+# change to the computation would shift. The expert at temperature 1 and the future cost summed,
+# the defaults then (distil tempers its expert at 0.5 and averages the future cost now). Losses,
+# then gradient norms:
 DEFAULT_RUNS = [
     ([-1.427320122718811, -0.26008498668670654, 0.20898324251174927, -0.2530214488506317],
      [3.7891929149627686, 2.967958688735962, 0.6249844431877136, 3.689314365386963]),
@@ -111,7 +112,7 @@ DEFAULT_RUNS = [
 
 @pytest.mark.slow
 def test_the_defaults_keep_the_runs_numbers(tmp_path):
-    trainer = _trainer(tmp_path, "loss.expert_temperature=1.0")
+    trainer = _trainer(tmp_path, "loss.expert_temperature=1.0", "loss.future_reduce=sum")
     rows = [trainer.train_step(step) for step in range(1, 5)]
     assert [r["lr"] for r in rows] == [3e-4] * 4
     losses, grad_norms = [r["loss"] for r in rows], [r["grad_norm"] for r in rows]
