@@ -62,7 +62,7 @@ def test_a_large_coefficient_keeps_the_policy_near_the_initial_one(tmp_path):
     # The halving below was measured with DistIL's future cost summed (KL 1.32 → 0.51 at coef 2).
     # With the mean, the default now, the unpenalised run moves further in four steps (1.64) and
     # coefficients of 2, 4, 8 and 16 all end at 0.97-1.04: the first step, whose KL to the
-    # reference is 0, is one the penalty cannot resist, and it is larger under the mean.
+    # reference is 0, is one the penalty cannot resist.
     kls, distances = {}, {}
     for coef in (0.0, 2.0):
         trainer = _trainer(tmp_path / str(coef), "train.steps=4", "optim.lr=0.003", "rollout.temperature=2.0",
