@@ -61,8 +61,8 @@ def trained_record(config: RunConfig) -> dict[str, Any]:
 
 def recorded_changes(trained: dict[str, Any], given: RunConfig) -> list[tuple[str, Any, Any]]:
     """:func:`resume_changes` against a checkpoint's :func:`trained_record`. The record is read as a
-    config first, so keys a later version added compare at their defaults (or, for
-    :data:`~distil_core.config.loading.ADDED_KEYS`, at the value older runs trained with); one this version
+    config first, so keys a later version added compare at their defaults, or at the value older
+    runs trained with where the default changed (:func:`~distil_core.config.loading.as_saved_then`); one this version
     cannot read is compared as it stands (a key it lacks is then a change, never ignored)."""
     try:
         saved = trained_record(RunConfig.model_validate(as_saved_then(trained)))
