@@ -19,6 +19,7 @@ from tabular import (
     DTYPE,
     EOS,
     Instance,
+    Trajectory,
     chain_instances,
     expected_length,
     logits_from_probs,
@@ -27,6 +28,7 @@ from tabular import (
     teacher_reward,
     variable_length_tree,
 )
+from tabular_report import report_steps, step_table
 
 RIGHT, WRONG, SHORTCUT = 1, 2, 3
 """The shortcut chain's content tokens: the answer's, a wrong one and the placeholder."""
@@ -82,24 +84,24 @@ def shortcut_share(instance: Instance, probs: torch.Tensor) -> float:
     return float(probs[wrote].sum())
 
 
-def shortcut_section(lr: float, steps: int) -> list[str]:
-    """The markdown of the shortcut chain and of the mean future cost on the other chains."""
+def shortcut_section(lr: float, steps: int, chains: dict[str, dict[str, Trajectory]]) -> list[str]:
+    """The markdown of the shortcut chain and of the mean future cost on the other chains, whose
+    runs of the summed cost ``chains`` (the study's ``chain_runs`` at ``lr`` and ``steps``) holds."""
     instance = shortcut_instance()
     tree = instance.tree
     runs = {m: run(tree, instance.start, m, lr, steps, instance.step_scale) for m in SHORTCUT_METHODS}
-    report = sorted({s for s in (0, 10, 50, 100, 200, steps) if s <= steps})
     teacher = logits_from_probs(tree.teacher)
     lines = [SHORTCUT_INTRO.format(states=tree.num_states, sequences=len(tree.terminals),
                                    slowdown=CONTENT_SLOWDOWN), "",
              (f"Teacher on its own: J = {teacher_reward(tree):.4f}, E|y| = {expected_length(tree, teacher):.3f}, "
               f"P(shortcut) = {shortcut_share(instance, sequence_probs(tree, teacher)):.3f}."),
-             "", f"Per step, η = {lr} (cells: J / E|y| / P(shortcut)):", "",
-             "| step | " + " | ".join(SHORTCUT_LABELS[m] for m in SHORTCUT_METHODS) + " |",
-             "|---" * (len(SHORTCUT_METHODS) + 1) + "|"]
-    for s in report:
-        lines.append(f"| {s} | " + " | ".join(
-            f"{runs[m].rewards[s]:.3f} / {runs[m].lengths(tree)[s]:.2f} / {shortcut_share(instance, runs[m].probs[s]):.2f}"
-            for m in SHORTCUT_METHODS) + " |")
+             "", f"Per step, η = {lr} (cells: J / E|y| / P(shortcut)):", ""]
+
+    def cell(s: int, j: int) -> str:
+        traj = runs[SHORTCUT_METHODS[j]]
+        return f"{traj.rewards[s]:.3f} / {traj.lengths(tree)[s]:.2f} / {shortcut_share(instance, traj.probs[s]):.2f}"
+
+    lines += step_table([SHORTCUT_LABELS[m] for m in SHORTCUT_METHODS], report_steps(steps), cell)
     summed, mean, local = (runs[m] for m in ("distil_kl_stop_local", "distil_kl_stop_local_mean", "forward_ce"))
     lines += ["", (
         f"With the summed cost the student learns the shortcut: after {steps} steps it writes it in "
@@ -114,10 +116,9 @@ def shortcut_section(lr: float, steps: int) -> list[str]:
         "| chain | summed: J / E\\|y\\| / KL along the path | mean: J / E\\|y\\| / KL along the path |",
         "|---|---|---|"]
     for other in chain_instances():
-        cells = []
-        for m in ("distil_kl_stop_local", "distil_kl_stop_local_mean"):
-            traj = run(other.tree, other.start, m, lr, steps, other.step_scale)
-            cells.append(f"{traj.rewards[-1]:.4f} / {traj.lengths(other.tree)[-1]:.3f} / {traj.path_kls[-1]:.3f}")
+        summed = chains[other.key]["distil_kl_stop_local"]
+        mean = run(other.tree, other.start, "distil_kl_stop_local_mean", lr, steps, other.step_scale)
+        cells = [f"{t.rewards[-1]:.4f} / {t.lengths(other.tree)[-1]:.3f} / {t.path_kls[-1]:.3f}" for t in (summed, mean)]
         lines.append(f"| `{other.key}` | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -43,6 +43,7 @@ from tabular import (
     success_log_lower_bound,
     teacher_reward,
 )
+from tabular_report import report_steps, step_table
 from tabular_shortcut import shortcut_section
 
 BANDIT_METHODS = ("forward_ce", "reverse_kl", "jsd")
@@ -317,7 +318,7 @@ def chain_section(runs: dict[str, dict[str, Trajectory]], lr: float) -> list[str
     for instance in chain_instances():
         tree, traj = instance.tree, runs[instance.key]
         steps = _steps_of(runs)
-        report = sorted({s for s in (0, 10, 50, 100, 200, steps) if s <= steps})
+        report = report_steps(steps)
         lines += describe_chain(instance)
         lines += [f"After {steps} steps (η = {lr}):", "",
                   "| method | J = P(success) | E\\|y\\| | lowest E\\|y\\| on the way | "
@@ -326,13 +327,9 @@ def chain_section(runs: dict[str, dict[str, Trajectory]], lr: float) -> list[str
             lengths = traj[m].lengths(tree)
             lines.append(f"| {LABELS[m]} | {traj[m].rewards[-1]:.4f} | {lengths[-1]:.3f} | "
                          f"{min(lengths):.3f} | {traj[m].path_kls[-1]:.3f} |")
-        lines += ["", "J and E|y| per step (cells: J / E|y|):", "",
-                  "| step | " + " | ".join(LABELS[m] for m in CHAIN_METHODS) + " |",
-                  "|---" * (len(CHAIN_METHODS) + 1) + "|"]
-        for s in report:
-            lines.append(f"| {s} | " + " | ".join(
-                f"{traj[m].rewards[s]:.3f} / {traj[m].lengths(tree)[s]:.2f}"
-                for m in CHAIN_METHODS) + " |")
+        lines += ["", "J and E|y| per step (cells: J / E|y|):", ""]
+        lines += step_table([LABELS[m] for m in CHAIN_METHODS], report, lambda s, j, traj=traj, tree=tree: (
+            f"{traj[CHAIN_METHODS[j]].rewards[s]:.3f} / {traj[CHAIN_METHODS[j]].lengths(tree)[s]:.2f}"))
         lines.append("")
     return lines + chain_findings(runs) + fixed_point_section(lr, _steps_of(runs))
 
@@ -670,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     body += pass_at_n_section(runs, args.lr)
     chains = chain_runs(args.lr, args.chain_steps)
     body += chain_section(chains, args.lr)
-    body += shortcut_section(args.lr, args.chain_steps)
+    body += shortcut_section(args.lr, args.chain_steps, chains)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plotted = write_plot(runs, chains, out / "tabular.png")

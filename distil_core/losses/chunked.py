@@ -71,8 +71,8 @@ def chunked_loss(
     unknown = set(options) - set(CHUNK_DEFAULTS)
     if unknown:
         raise TypeError(f"chunked_loss: unexpected options {', '.join(sorted(unknown))}")
-    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32  # as _forward_and_grads
-    o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0], compute)
+    o = _options(method_named(method), terms, {**CHUNK_DEFAULTS, **options}, mask, hidden.shape[0],
+                 compute_dtype(hidden))
     o.update(chunk_size=chunk_size, stats={"ce": 0.0, "kl": 0.0} if stats is not None else None, ratios=[0.0, 0.0])
     loss = _ChunkedLoss.apply(hidden, weight, bias, terms, tokens, mask, expert, o)
     if stats is not None:
@@ -146,8 +146,13 @@ class _ChunkedLoss(torch.autograd.Function):
         )
 
 
+def compute_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the chunked losses compute in: float64 for float64 inputs, else float32."""
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
 def _forward_and_grads(terms, hidden, weight, bias, tokens, mask, expert, o):
-    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(hidden)
     batch, length = tokens.shape
     keep = mask.bool()
     count = o["counted"].sum().clamp(min=1).to(compute)
