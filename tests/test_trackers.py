@@ -165,6 +165,9 @@ def test_a_resumed_wandb_run_logs_on_under_the_id_it_started_with(tmp_path):
         return sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
 
     interrupted_then_resumed(tmp_path, "wandb", None)
+    # the interrupted session's file is created by wandb's service, on its own thread: under load
+    # it can appear after the resumed session has finished
+    wait_until(lambda: len(folders()) == 2, timeout_s=120, what="both sessions' offline run files")
     first, second = folders()
     run_id = json.loads((tmp_path / "trackers.json").read_text())["wandb"]
     assert first.name == second.name == f"run-{run_id}.wandb"
