@@ -21,7 +21,12 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   answer (the expert's and the student's probability of the reference token, KL(q‖p)) and the
   states after the answer's first wrong token (how sure the expert is, how often its top token
   is the reference's token at that position, KL(q‖p)). It tells an expert that misleads the
-  student after its mistakes from one that is right everywhere.
+  student after its mistakes from one that is right everywhere. Per first response token it
+  gives the share of samples, the share right, and the failed samples' mean KL(q‖p) over the
+  tokens after the first: the future cost DistIL's credit gives that first token
+  (``loss.future_reduce: mean``, γ = 1). Where the first token chooses a strategy (sparse_ways'
+  way), future credit moves the student towards the choice whose later tokens it already
+  matches best, whether or not that choice can succeed.
 - ``memorise``: trains METHOD with the suite's budget on a fixed set of ``--problems`` training
   problems (each seen many times), then reports pass@1 on those problems and on the held-out
   split, before and after. It separates "the update does not move the student towards the
@@ -142,6 +147,8 @@ def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[st
     values: dict[str, list[float]] = {key: [] for key in (
         "passed", "on_expert_p", "on_student_p", "on_kl", "first_expert_p", "first_student_p",
         "after_expert_max", "after_follows", "after_kl")}
+    # per first response token: [samples, passed, the failed samples' mean KL over the later tokens]
+    by_first: dict[str, list] = {}
 
     @torch.no_grad()
     def distributions(context: list[int], response: list[int]) -> torch.Tensor:
@@ -163,6 +170,9 @@ def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[st
             rollout = Rollout(problem_id=problem.id, group_index=0, response_text=text, response_ids=row)
             (verdict,) = resolve_all([rt.verifier.verify(problem, rollout)])
             values["passed"].append(float(verdict.passed))
+            first = by_first.setdefault(tok.decode(row[:1]), [0, 0, []])
+            first[0] += 1
+            first[1] += verdict.passed
             if verdict.passed:
                 continue
             feedback = suite_feedback(rt, problem, rollout, verdict)
@@ -179,6 +189,8 @@ def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[st
                     values["after_expert_max"].append(float(q[t].max().exp()))
                     values["after_follows"].append(float(t < len(reference) and int(q[t].argmax()) == reference[t]))
                     values["after_kl"].append(float(kl[t]))
+            if len(row) > 1:  # G_0 with loss.future_reduce=mean and γ = 1: what future credit tells the first token
+                first[2].append(float(kl[1:].mean()))
             values["first_expert_p"].append(float(q[0, reference[0]].exp()))
             values["first_student_p"].append(float(p[0, reference[0]].exp()))
 
@@ -192,6 +204,10 @@ def expert_on_policy(suite: str, problems: int, samples: int, overrides: list[st
                          "student_p_reference": mean("on_student_p"), "kl": mean("on_kl")},
         "after_first_error": {"states": len(values["after_kl"]), "expert_max_p": mean("after_expert_max"),
                               "expert_top_is_reference": mean("after_follows"), "kl": mean("after_kl")},
+        "by_first_token": {
+            text: {"share": n / len(values["passed"]), "pass_rate": passed / n,
+                   "later_kl": statistics.fmean(later) if later else float("nan")}
+            for text, (n, passed, later) in sorted(by_first.items(), key=lambda item: -item[1][0])},
     }
 
 
@@ -587,6 +603,10 @@ def run(argv: list[str]) -> int:
         print(f"  {after['states']} states after the first wrong token: expert's top token p {after['expert_max_p']:.3f}, "
               f"it is the reference's token there {100 * after['expert_top_is_reference']:.1f} % of the time, "
               f"KL(q||p) {after['kl']:.3f}")
+        print("  by first token: share of samples, share right, and the failed samples' mean KL(q||p) over the later tokens")
+        for text, r in result["by_first_token"].items():
+            print(f"    {text!r}: {100 * r['share']:.1f} % of samples, {100 * r['pass_rate']:.1f} % right, "
+                  f"later KL {r['later_kl']:.3f}")
     else:
         result = memorise(args.suite, args.method, args.problems, args.overrides,
                           f"{args.output_dir}/{args.suite}-{args.method}")

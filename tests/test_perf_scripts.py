@@ -110,6 +110,11 @@ def test_bench_diagnostics_expert_on_policy_splits_states_at_the_first_wrong_tok
     assert on["expert_p_reference"] > on["student_p_reference"] and on["kl"] >= 0.0 and after["kl"] >= 0.0
     assert 0.0 < after["expert_max_p"] <= 1.0 and 0.0 <= after["expert_top_is_reference"] <= 1.0
     assert 0.0 < result["first_token"]["expert_p_reference"] <= 1.0
+    # every sample counted once under its first token; a failed one's later tokens give its future cost
+    firsts = result["by_first_token"]
+    assert sum(r["share"] for r in firsts.values()) == pytest.approx(1.0)
+    assert sum(r["share"] * (1 - r["pass_rate"]) for r in firsts.values()) == pytest.approx(1 - result["pass_rate"])
+    assert all(r["later_kl"] >= 0.0 for r in firsts.values() if r["later_kl"] == r["later_kl"])
 
 
 @pytest.mark.slow
