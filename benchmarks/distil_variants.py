@@ -22,14 +22,23 @@ SUMMED = {"loss.future_reduce": "sum"}
 """The grid below was run with the future cost summed over the later tokens, before the mean
 (the last variant) became the default; each summed variant says so, so that it stays what it was."""
 
+NO_SUCCESS = {"loss.reward_weight": 0.0}
+"""The variants without the success term ran when its weight defaulted to 0; they say so, as the
+default has since become 1 and then 3."""
+
 VARIANTS = {
-    "ce · full · none": {"loss.future_cost": "ce", "loss.stop_credit": "full", "loss.baseline": "none", **SUMMED},
-    "ce · full · loo": {"loss.future_cost": "ce", "loss.stop_credit": "full", "loss.baseline": "group_loo", **SUMMED},
-    "kl · full · loo": {"loss.future_cost": "kl", "loss.stop_credit": "full", "loss.baseline": "group_loo", **SUMMED},
-    "kl · local · loo": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "group_loo", **SUMMED},
-    "kl · local · none": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "none", **SUMMED},
+    "ce · full · none": {"loss.future_cost": "ce", "loss.stop_credit": "full", "loss.baseline": "none",
+                         **NO_SUCCESS, **SUMMED},
+    "ce · full · loo": {"loss.future_cost": "ce", "loss.stop_credit": "full", "loss.baseline": "group_loo",
+                        **NO_SUCCESS, **SUMMED},
+    "kl · full · loo": {"loss.future_cost": "kl", "loss.stop_credit": "full", "loss.baseline": "group_loo",
+                        **NO_SUCCESS, **SUMMED},
+    "kl · local · loo": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "group_loo",
+                         **NO_SUCCESS, **SUMMED},
+    "kl · local · none": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "none",
+                          **NO_SUCCESS, **SUMMED},
     "kl · local · loo · γ 0.9": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "group_loo",
-                                 "loss.gamma": 0.9, **SUMMED},
+                                 "loss.gamma": 0.9, **NO_SUCCESS, **SUMMED},
     "kl · local · loo · λ 1": {"loss.future_cost": "kl", "loss.stop_credit": "local", "loss.baseline": "group_loo",
                                "loss.reward_weight": 1.0, **SUMMED},
     "kl · local · loo · λ 1 · mean": {"loss.future_cost": "kl", "loss.stop_credit": "local",

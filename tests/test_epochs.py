@@ -131,7 +131,7 @@ BEFORE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, extra", [("distil", ["loss.expert_temperature=1.0", "loss.future_reduce=sum"]),
+@pytest.mark.parametrize("method, extra", [("distil", ["loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0"]),
                                            ("grpo", ["rollout.temperature=2.0"])])
 def test_one_epoch_of_one_mini_batch_is_the_update_it_always_was(tmp_path, method, extra, monkeypatch):
     # bit for bit, so with each row's whole prompt in one pass as then (computing a shared prompt

@@ -297,3 +297,19 @@ def test_loop_vs_trl_repeats_each_pair_back_to_back_and_reports_each_runs_median
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| distil train, method: grpo / TRL"))
     cells = [c.strip() for c in row.split("|")]
     assert cells[2] == f"{sorted(ratios)[1]:.2f}×" and cells[3] == ", ".join(f"{x:.2f}" for x in ratios)
+
+
+def test_each_distil_variant_names_the_settings_it_was_measured_at():
+    """distil_variants.md's grid ran when the future cost was summed and the success weight was
+    0 unless a variant set it; the defaults have moved since. A variant that leaves either to the
+    default would measure something else than its row reports."""
+    import distil_variants
+    from distil_core.config import load_config
+
+    for name, settings in distil_variants.VARIANTS.items():
+        if settings.get("loss.future_credit") is False:
+            continue  # the local term alone: neither setting applies
+        assert "loss.future_reduce" in settings and "loss.reward_weight" in settings, name
+        assert (settings["loss.reward_weight"] > 0) == ("λ" in name), name
+        config = load_config(None, ["method=distil", *(f"{k}={json.dumps(v)}" for k, v in settings.items())])
+        assert config.loss.reward_weight == settings["loss.reward_weight"], name

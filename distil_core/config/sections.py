@@ -200,10 +200,11 @@ class LossConfig(_Section):
         "credit for leading to a shorter response; sum — their sum (runs saved before this key existed).",
     )
     reward_weight: float = Field(
-        default=1.0, ge=0.0,
+        default=3.0, ge=0.0,
         description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "
         "rollouts without an expert signal (a lone success) get it too. With one sample per problem "
-        "there are no siblings: neither this term nor the group_loo baseline applies.",
+        "there are no siblings: neither this term nor the group_loo baseline applies. 3: with the mean "
+        "future cost, the weight chosen on the bench's validation splits (1 before).",
     )
     expert_temperature: Optional[float] = Field(
         default=None, gt=0.0,
