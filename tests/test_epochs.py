@@ -13,7 +13,7 @@ from distil_core.losses.importance import importance_weights, weighted_gradient
 from distil_core.losses.methods import grpo_micro_loss
 from distil_core.models import shared_prefix
 from distil_core.plugin_host import PluginHost
-from distil_core.testing import FAST_RUN
+from distil_core.testing import EARLIER_DISTIL, FAST_RUN
 from distil_core.training.distributed import World
 from distil_core.training.epochs import mini_batches
 from distil_core.training.trainer import Trainer
@@ -131,7 +131,7 @@ BEFORE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, extra", [("distil", ["loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0"]),
+@pytest.mark.parametrize("method, extra", [("distil", EARLIER_DISTIL),
                                            ("grpo", ["rollout.temperature=2.0"])])
 def test_one_epoch_of_one_mini_batch_is_the_update_it_always_was(tmp_path, method, extra, monkeypatch):
     # bit for bit, so with each row's whole prompt in one pass as then (computing a shared prompt

@@ -8,7 +8,7 @@ import pytest
 from distil_core.config import load_config
 from distil_core.errors import ConfigError
 from distil_core.plugin_host import PluginHost
-from distil_core.testing import FAST_RUN
+from distil_core.testing import EARLIER_DISTIL, FAST_RUN
 from distil_core.training.schedule import lr_factor
 from distil_core.training.trainer import Trainer
 
@@ -112,7 +112,7 @@ DEFAULT_RUNS = [
 
 @pytest.mark.slow
 def test_the_defaults_keep_the_runs_numbers(tmp_path):
-    trainer = _trainer(tmp_path, "loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0")
+    trainer = _trainer(tmp_path, *EARLIER_DISTIL)
     rows = [trainer.train_step(step) for step in range(1, 5)]
     assert [r["lr"] for r in rows] == [3e-4] * 4
     losses, grad_norms = [r["loss"] for r in rows], [r["grad_norm"] for r in rows]

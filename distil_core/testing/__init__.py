@@ -47,6 +47,11 @@ FAST_RUN = [
 ]
 """``--set`` overrides for a run of a few seconds on a CPU: a small tiny base, a few steps."""
 
+EARLIER_DISTIL = ["loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0"]
+"""``--set`` overrides for ``distil``'s settings before their defaults moved (τ 1, the summed
+future cost, the success weight 1): a test that pins figures measured then sets these, so that
+the next change of a default does not change what it measures."""
+
 _state = {"isolated": False}
 
 
@@ -209,7 +214,7 @@ def scripted_server(answer: Any) -> Iterator[tuple[str, list[bytes]]]:
 
 
 __all__ = [
-    "ISOLATED_ENV", "UNSET_ENV", "FAST_RUN", "isolate", "is_isolated", "use_cache", "distil_env",
+    "ISOLATED_ENV", "UNSET_ENV", "FAST_RUN", "EARLIER_DISTIL", "isolate", "is_isolated", "use_cache", "distil_env",
     "problem", "rollout", "verdict", "tiny_tokenizer", "tiny_model", "context_builder", "stub_runtime",
     "wait_until", "scripted_server",
 ]
