@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from distil_core.cli.main import main
+from distil_core.errors import DistilError
 from distil_core.testing import FAST_RUN, wait_until
 from distil_core.training.rundir import prepare_run_dir
-from distil_core.training.runlock import LOCK_NAME
+from distil_core.training.runlock import LOCK_NAME, RunLock, check_free
 
 GATE_PLUGIN = '''
 """answer_check that, when GATE_FILE is set, stops dead after GATE_AFTER calls (to be killed there)."""
@@ -147,6 +149,38 @@ def test_a_directory_another_process_holds_is_refused_and_free_once_it_is_killed
     created, lock = prepare_run_dir(str(run))  # the lock went with the process
     assert not created and lock.held
     lock.release()
+
+
+def test_under_torchrun_only_rank_0_looks_at_the_lock_before_a_resume(tmp_path, monkeypatch):
+    """Before: every rank of a resumed torchrun checked the lock by taking it for a moment, so rank
+    1's check could refuse its own rank 0, or be refused by it once rank 0 held the run."""
+    run = tmp_path / "run"
+    _created, held = prepare_run_dir(str(run))  # rank 0 of the resumed run, which has taken the lock
+    try:
+        monkeypatch.setenv("RANK", "1")
+        check_free(str(run))  # rank 1 leaves the lock to rank 0
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(DistilError, match="is in use: this process"):
+            check_free(str(run))
+    finally:
+        held.release()
+
+
+def test_a_holder_that_has_not_written_its_name_is_not_given_the_last_holders(tmp_path):
+    """Before: the refusal named the process that held the lock last, long ended, and said to kill it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    last = int(ended.stdout)
+    (run / LOCK_NAME).write_text(json.dumps({"pid": last, "host": socket.gethostname(), "since": "2026-01-01"}))
+    held = RunLock.acquire(str(run), create=False)  # taken, its holder not yet recorded
+    try:
+        with pytest.raises(DistilError) as refused:
+            RunLock.acquire(str(run), create=False)
+        said = str(refused.value)
+        assert "another process (it has not written its name yet)" in said and str(last) not in said, said
+    finally:
+        held.release()
 
 
 @pytest.mark.slow

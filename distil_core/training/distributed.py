@@ -106,6 +106,13 @@ def _reduce_bucket(grads: list[torch.Tensor]) -> None:
         offset += g.numel()
 
 
+def launched_rank() -> int:
+    """The rank ``torchrun`` gave this process (0 for a process started alone), read from the
+    environment: for what must be decided before the process group starts, such as which
+    process looks at a run directory's lock."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def current_world() -> World:
     """The :class:`World` of the process group already started (one process when there is none)."""
     dist = torch.distributed
@@ -120,7 +127,7 @@ def init_world(device: str = "auto") -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if torch.cuda.device_count() <= local:

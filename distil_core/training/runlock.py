@@ -25,6 +25,7 @@ import time
 from typing import Any, Optional
 
 from distil_core.errors import DistilError
+from distil_core.training.distributed import launched_rank
 
 try:
     import fcntl
@@ -122,7 +123,13 @@ class RunLock:
 def check_free(run_dir: str) -> None:
     """A DistilError naming the process that holds ``run_dir``'s lock, if one does: for a command
     that reads the directory before it takes the lock (``--resume`` reads its config.yaml, which a
-    run still being set up has not written yet)."""
+    run still being set up has not written yet).
+
+    Under ``torchrun`` only rank 0, the process that will take the lock, looks: checking takes the
+    lock for a moment, and another rank doing so could refuse rank 0 (or, a moment later, be
+    refused by the rank 0 of its own run). Rank 0 refuses for every rank."""
+    if launched_rank() != 0:
+        return
     lock = RunLock.acquire(run_dir, create=False)
     if lock is not None:
         lock.release()
@@ -131,6 +138,19 @@ def check_free(run_dir: str) -> None:
 def _ours(holder: dict[str, Any]) -> bool:
     """Whether ``holder`` is this process (a lock it took for a run it has since dropped)."""
     return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this host still exists (True where that cannot be told)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -154,6 +174,8 @@ def read_holder(fd: int) -> dict[str, Any]:
 def busy(run_dir: str, path: str, holder: dict[str, Any]) -> str:
     """The one line refusing a run directory whose lock ``holder`` holds."""
     pid, host = holder.get("pid"), holder.get("host")
+    if pid is not None and host == socket.gethostname() and not _alive(pid):
+        holder, pid = {}, None  # the file names an earlier holder: the one now has not written its name yet
     if _ours(holder):
         who = "this process (a run it started there has not ended)"
         stop = "let that run finish first (Trainer.fit)"
