@@ -256,6 +256,27 @@ def test_a_client_that_hangs_up_stops_the_decoding(scripted, streamed):
                                      temperature=0).choices[0].text == "ABC"  # the server goes on
 
 
+def test_stats_reset_while_a_request_is_answered_still_count_it_out(scripted):
+    """Before: resetting the stats zeroed ``in_flight`` under a request still being answered, whose
+    end then took it to -1 for good (a test that reset the stats as the previous test's stream sent
+    its last bytes waited in vain for 0)."""
+    server, client = scripted
+    gate = Gate(server.lm.model, at=3)
+    try:
+        stream = client.completions.create(model="scripted", prompt=byte_ids("y"), max_tokens=8, temperature=0,
+                                           stream=True)
+        assert gate.waiting.wait(30) and server.stats["in_flight"] == 1
+        server.reset_stats()
+        assert server.stats["in_flight"] == 1 and server.stats["max_in_flight"] == 1 and server.stats["requests"] == 0
+        gate.open.set()
+        assert "".join(chunk.choices[0].text for chunk in stream) == LETTERS[:8]
+    finally:
+        gate.open.set()
+        gate.handle.remove()
+    wait_until(lambda: server.stats["in_flight"] <= 0)
+    assert server.stats["in_flight"] == 0
+
+
 def test_a_stream_read_to_its_end_is_not_counted_as_a_hang_up_however_the_client_closes(scripted):
     """A client may reset the connection as soon as it has read ``data: [DONE]``, before the
     chunked body's last empty chunk is sent: its answer was whole, so it did not hang up."""

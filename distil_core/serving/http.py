@@ -157,8 +157,12 @@ class LocalOpenAIServer:
     # -- counters
 
     def reset_stats(self) -> None:
+        """Start the counts again. ``in_flight`` is not a count but the requests being answered
+        now, so it is kept (zeroed, a request still finishing would take it below zero), and
+        ``max_in_flight`` starts from it."""
         with self._stats_lock:
-            self.stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "paths": {},
+            now = getattr(self, "stats", {}).get("in_flight", 0)
+            self.stats: dict[str, Any] = {"requests": 0, "in_flight": now, "max_in_flight": now, "paths": {},
                                           "batches": 0, "max_batch_requests": 0, "busy_refused": 0,
                                           "hung_up": 0}
 
