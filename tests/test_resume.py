@@ -157,11 +157,14 @@ def test_under_torchrun_only_rank_0_looks_at_the_lock_before_a_resume(tmp_path, 
     run = tmp_path / "run"
     _created, held = prepare_run_dir(str(run))  # rank 0 of the resumed run, which has taken the lock
     try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", "1")
         check_free(str(run))  # rank 1 leaves the lock to rank 0
-        monkeypatch.setenv("RANK", "0")
-        with pytest.raises(DistilError, match="is in use: this process"):
-            check_free(str(run))
+        for world_size, rank in (("2", "0"), ("1", "1")):  # rank 0; a process alone, a shell's RANK left behind
+            monkeypatch.setenv("WORLD_SIZE", world_size)
+            monkeypatch.setenv("RANK", rank)
+            with pytest.raises(DistilError, match="is in use: this process"):
+                check_free(str(run))
     finally:
         held.release()
 
@@ -178,7 +181,26 @@ def test_a_holder_that_has_not_written_its_name_is_not_given_the_last_holders(tm
         with pytest.raises(DistilError) as refused:
             RunLock.acquire(str(run), create=False)
         said = str(refused.value)
-        assert "another process (it has not written its name yet)" in said and str(last) not in said, said
+        assert f"the one the lock file names, {last}, has ended" in said and "kill" not in said, said
+    finally:
+        held.release()
+
+
+@pytest.mark.parametrize("holder", [{"pid": "1; rm -rf ~", "host": "vm"}, {"pid": 2**31, "host": socket.gethostname()},
+                                    {"pid": 7, "host": "a\nkill 1"}, {"pid": 7, "host": "h", "since": "x" * 41}, [7]])
+def test_a_lock_file_anyone_wrote_is_named_only_as_far_as_it_holds_a_process(tmp_path, holder):
+    """Before: a pid too large for the kernel crashed the refusal, and text from the file went whole
+    into its ``kill`` advice."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps(holder))
+    held = RunLock.acquire(str(run), create=False)
+    try:
+        with pytest.raises(DistilError) as refused:
+            RunLock.acquire(str(run), create=False)
+        said = str(refused.value)
+        assert "\n" not in said and "rm -rf" not in said and "kill 1" not in said and "x" * 41 not in said, said
+        assert "is in use" in said
     finally:
         held.release()
 

@@ -107,9 +107,12 @@ def _reduce_bucket(grads: list[torch.Tensor]) -> None:
 
 
 def launched_rank() -> int:
-    """The rank ``torchrun`` gave this process (0 for a process started alone), read from the
-    environment: for what must be decided before the process group starts, such as which
-    process looks at a run directory's lock."""
+    """The rank ``torchrun`` gave this process, read from the environment as :func:`init_world`
+    reads it (0 for a process started alone, whatever ``RANK`` a shell left behind): for what
+    must be decided before the process group starts, such as which process looks at a run
+    directory's lock."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
     return int(os.environ.get("RANK", "0"))
 
 

@@ -127,7 +127,8 @@ def check_free(run_dir: str) -> None:
 
     Under ``torchrun`` only rank 0, the process that will take the lock, looks: checking takes the
     lock for a moment, and another rank doing so could refuse rank 0 (or, a moment later, be
-    refused by the rank 0 of its own run). Rank 0 refuses for every rank."""
+    refused by the rank 0 of its own run). Rank 0's refusal ends the run: torchrun stops the
+    other ranks when one fails."""
     if launched_rank() != 0:
         return
     lock = RunLock.acquire(run_dir, create=False)
@@ -140,15 +141,13 @@ def _ours(holder: dict[str, Any]) -> bool:
     return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
 
 
-def _alive(pid: Any) -> bool:
+def _alive(pid: int) -> bool:
     """Whether process ``pid`` of this host still exists (True where that cannot be told)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process: it exists
+    except (OSError, OverflowError):  # another user's process exists; a number no process has
         return True
     return True
 
@@ -168,22 +167,42 @@ def read_holder(fd: int) -> dict[str, Any]:
         holder = json.loads(data.decode("utf-8")) if data.strip() else {}
     except (OSError, ValueError):
         return {}
-    return holder if isinstance(holder, dict) else {}
+    return _as_written(holder)
+
+
+def _as_written(holder: Any) -> dict[str, Any]:
+    """Only what :meth:`RunLock.record` could have written: a process number, a host name and a
+    time, short and on one line. Anyone who can write the directory can write the file, and its
+    pid and host go into the refusal's ``kill`` advice."""
+    if not isinstance(holder, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    pid = holder.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31:
+        kept["pid"] = pid
+    for key, limit, spaces in (("host", 255, False), ("since", 40, True)):
+        value = holder.get(key)
+        if (isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+                and (spaces or not any(c.isspace() for c in value))):
+            kept[key] = value
+    return kept
 
 
 def busy(run_dir: str, path: str, holder: dict[str, Any]) -> str:
     """The one line refusing a run directory whose lock ``holder`` holds."""
+    holder = _as_written(holder)
     pid, host = holder.get("pid"), holder.get("host")
-    if pid is not None and host == socket.gethostname() and not _alive(pid):
-        holder, pid = {}, None  # the file names an earlier holder: the one now has not written its name yet
     if _ours(holder):
         who = "this process (a run it started there has not ended)"
         stop = "let that run finish first (Trainer.fit)"
     elif pid is None:
         who = "another process (it has not written its name yet)"
         stop = "wait for it to end, or stop it"
+    elif host == socket.gethostname() and not _alive(pid):  # the file names an earlier holder
+        who = f"a process that has not written its name yet (the one the lock file names, {pid}, has ended)"
+        stop = "wait for it to end, or stop it"
     else:
-        since = f" (since {str(holder['since'])[:40]})" if holder.get("since") else ""
+        since = f" (since {holder['since']})" if holder.get("since") else ""
         who = f"process {pid} on host {host}{since}"
         stop = f"wait for it to end, or stop it (kill {pid}{'' if host == socket.gethostname() else f' on {host}'})"
     return (f"run directory {run_dir!r} is in use: {who} holds its lock ({path}), and two processes writing one "

@@ -15,7 +15,7 @@ from distil_core.context import ContextBuilder
 from distil_core.models.tiny import build_model, build_tokenizer
 from distil_core.serving import FaultyServer, LocalOpenAIServer
 from distil_core.testing import tiny_model as untrained_tiny_model
-from distil_core.testing import tiny_tokenizer
+from distil_core.testing import tiny_tokenizer, wait_until
 
 TEMPLATE = ContextTemplate()
 SAMPLED = {"temperature": 1.0, "seed": 0}
@@ -93,8 +93,10 @@ def served():
 
 @pytest.fixture
 def server(served):
-    """The session's server with an empty fault schedule and fresh counters."""
+    """The session's server with an empty fault schedule and fresh counters (once the requests an
+    earlier test left behind, such as one its client stopped waiting for, are answered)."""
     served.clear_faults()
+    wait_until(lambda: served.stats["in_flight"] == 0, what="the earlier tests' requests to end")
     served.reset_stats()
     yield served
     served.clear_faults()
