@@ -24,7 +24,8 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   student after its mistakes from one that is right everywhere. Per first response token it
   gives the share of samples, the share right, and the failed samples' mean KL(q‖p) over the
   tokens after the first: the future cost DistIL's credit gives that first token
-  (``loss.future_reduce: mean``, γ = 1). Where the first token chooses a strategy (sparse_ways'
+  (``loss.future_reduce: mean``, γ = 1, the expert at temperature 1: a ``loss.expert_temperature``
+  set is not applied here). Where the first token chooses a strategy (sparse_ways'
   way), future credit moves the student towards the choice whose later tokens it already
   matches best, whether or not that choice can succeed.
 - ``memorise``: trains METHOD with the suite's budget on a fixed set of ``--problems`` training
