@@ -39,15 +39,21 @@ def _wait(browser, css, timeout=30):
 
 def _saved_after(browser, before: str, timeout=30):
     """Wait until the page says an entry was saved, other than ``before``; return its text."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def shown(b):
-        found = b.find_elements(By.CSS_SELECTOR, "#saved")
-        return found and found[0].text != before and found[0].text
-    # the page is replaced after the save: an element found on the old one goes stale; look again
-    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(shown)
+        try:
+            found = b.find_elements(By.CSS_SELECTOR, "#saved")
+            return found and found[0].text != before and found[0].text
+        except WebDriverException as exc:
+            # the page is replaced after the save: an element found on the old one goes stale, which
+            # chromedriver reports as stale or, mid-replacement, as a node not in the document; look again
+            if isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc):
+                return False
+            raise
+    return WebDriverWait(browser, timeout).until(shown)
 
 
 def _wrong(reference: str) -> str:
