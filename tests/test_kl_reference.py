@@ -66,7 +66,8 @@ def test_a_large_coefficient_keeps_the_policy_near_the_initial_one(tmp_path):
     kls, distances = {}, {}
     for coef in (0.0, 2.0):
         trainer = _trainer(tmp_path / str(coef), "train.steps=4", "optim.lr=0.003", "rollout.temperature=2.0",
-                           f"loss.kl_to_reference={{coef: {coef}, estimator: k3}}", "loss.future_reduce=sum", "loss.reward_weight=1.0")
+                           f"loss.kl_to_reference={{coef: {coef}, estimator: k3}}", "loss.future_reduce=sum",
+                           "loss.reward_weight=1.0")
         initial = copy.deepcopy(trainer.model)
         rows = [trainer.train_step(step) for step in range(1, 5)]
         if coef:

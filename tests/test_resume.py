@@ -186,7 +186,8 @@ def test_a_holder_that_has_not_written_its_name_is_not_given_the_last_holders(tm
         held.release()
 
 
-@pytest.mark.parametrize("holder", [{"pid": "1; rm -rf ~", "host": "vm"}, {"pid": 2**31, "host": socket.gethostname()},
+@pytest.mark.parametrize("holder", [{"pid": "1; rm -rf ~", "host": "vm"},
+                                    {"pid": 2**31, "host": socket.gethostname()},
                                     {"pid": 7, "host": "a\nkill 1"}, {"pid": 7, "host": "h", "since": "x" * 41}, [7]])
 def test_a_lock_file_anyone_wrote_is_named_only_as_far_as_it_holds_a_process(tmp_path, holder):
     """Before: a pid too large for the kernel crashed the refusal, and text from the file went whole

@@ -189,8 +189,8 @@ def _as_written(holder: Any) -> dict[str, Any]:
 
 
 def busy(run_dir: str, path: str, holder: dict[str, Any]) -> str:
-    """The one line refusing a run directory whose lock ``holder`` holds."""
-    holder = _as_written(holder)
+    """The one line refusing a run directory whose lock ``holder`` (as :func:`read_holder` read
+    it: only what a holder writes) holds."""
     pid, host = holder.get("pid"), holder.get("host")
     if _ours(holder):
         who = "this process (a run it started there has not ended)"
