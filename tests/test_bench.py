@@ -104,7 +104,13 @@ def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_p
     assert main(base) == 0
     assert main(base + ["--set", "optim.lr=0.001"]) == 2
     err = capsys.readouterr().err
-    assert "holds a finished run with a different config" in err and str(out / "sort" / "grpo" / "seed0") in err
+    assert "holds a finished run with a different config (optim.lr: " in err and "→ 0.001)" in err
+    assert str(out / "sort" / "grpo" / "seed0") in err
+    # how a run was logged and kept is not what it computed: reused, not trained again
+    stamp = (out / "sort" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns
+    assert main(base + ["--set", "train.log_every=2", "--set", "train.log_rollouts=true"]) == 0
+    assert "reused" in capsys.readouterr().err
+    assert (out / "sort" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
     # a damaged summary cannot be reported: a one-line error naming it, not a traceback
     summary = out / "sort" / "grpo" / "seed0" / "summary.json"
     kept = summary.read_text()

@@ -118,6 +118,26 @@ def test_a_rotated_secret_is_not_a_change_but_a_plugin_option_is():
     assert resume_changes(saved, other) == [("expert.options.weights", "frozen", "live")]
 
 
+def test_a_finished_run_is_the_same_result_whatever_it_logged_but_not_whatever_it_resumed_with():
+    """A bench reuses a finished run where the configs differ only in how the run was watched and
+    kept (logs, saving, trackers, a secret); a longer run, another evaluation interval or device
+    are other results, though a resume may change them."""
+    from distil_core.config import WATCHING, result_changes
+
+    saved = load_config(None, ["expert.options={weights: frozen, api_key: old}"])
+    watched = load_config(None, ["expert.options={weights: frozen, api_key: new}", "train.log_rollouts=true",
+                                 "train.report_to=[wandb]", "train.save_every=5", "train.output_dir=elsewhere",
+                                 "train.log_every=3", "train.progress=false"])
+    assert result_changes(saved, watched) == []
+    assert {key for key, _old, _new in resume_changes(saved, watched)} == set()
+    other = load_config(None, ["expert.options={weights: frozen, api_key: old}", "train.steps=7",
+                               "train.eval_every=1", "model.device=cpu", "optim.lr=0.5"])
+    changed = {key for key, _old, _new in result_changes(saved, other)}
+    assert changed == {"train.steps", "train.eval_every", "model.device", "optim.lr"}
+    assert {key for key, _old, _new in resume_changes(saved, other)} == {"optim.lr"}
+    assert all(key.startswith("train.") for key in WATCHING)
+
+
 @pytest.fixture
 def empty_cache(tmp_path):
     """A tiny-base cache with nothing in it: what a command builds before it refuses shows there."""

@@ -39,7 +39,7 @@ from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
-from distil_core.config import ABSENT, RunConfig, as_trained, differences, load_config, saved_config
+from distil_core.config import ABSENT, RunConfig, differences, load_config, result_changes, saved_config
 from distil_core.errors import ConfigError, DistilError
 from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
 from distil_core.version import source_revision
@@ -69,6 +69,7 @@ def _gives_answers(verifier: str) -> bool:
 def _value(value: Any) -> str:
     """A config value as a message quotes it: JSON, cut; a key not set says so."""
     return repr(value) if value is ABSENT else json.dumps(value)[:120]
+
 
 class Bench:
     """Plans and runs a bench; :meth:`run` returns the rows written to ``bench.json``."""
@@ -260,13 +261,15 @@ class Bench:
             found = saved_config(run_dir)
         except ConfigError:
             found = None  # unreadable, or written by an incompatible version: not the same run
-        saved = as_trained(found) if found is not None else None
-        if saved != as_trained(config):
-            what = "a different config" if saved is not None else "no config.yaml this version can read"
-            raise ConfigError(
-                f"{run_dir} holds a finished run with {what}; give distil bench another "
-                "--output-dir, or delete that directory to run it again."
-            )
+        if found is None:
+            raise ConfigError(f"{run_dir} holds a finished run with no config.yaml this version can read; give "
+                              "distil bench another --output-dir, or delete that directory to run it again.")
+        changes = result_changes(found, config)  # logging, saving and trackers may differ: the same run
+        if changes:
+            listed = "; ".join(f"{key}: {_value(old)} → {_value(new)}" for key, old, new in changes[:8])
+            more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+            raise ConfigError(f"{run_dir} holds a finished run with a different config ({listed}{more}); give distil "
+                              "bench another --output-dir, or delete that directory to run it again.")
         summary = read_summary(summary_path, run_dir)
         for key, wanted in (("method", config.method), ("seed", config.seed)):
             if key in summary and summary[key] != wanted:  # a summary copied in from another run

@@ -19,7 +19,8 @@ from distil_core.config.loading import (
     saved_config,
 )
 from distil_core.config.yaml_text import yaml_problem
-from distil_core.config.resume import RESUMABLE, as_trained, check_resume_config, recorded_changes, resume_changes, trained_record
+from distil_core.config.resume import (RESUMABLE, WATCHING, as_trained, check_resume_config, recorded_changes,
+                                       result_changes, resume_changes, trained_record)
 from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
 from distil_core.config.sections import (
     EXPERT_TEMPERATURES,
@@ -39,7 +40,8 @@ from distil_core.config.sections import (
 __all__ = [
     "RunConfig", "load_config", "read_yaml", "run_dir_config", "saved_config", "apply_override", "check_keys",
     "format_validation_error",
-    "RESUMABLE", "as_trained", "check_resume_config", "recorded_changes", "resume_changes", "trained_record", "ABSENT", "differences", "yaml_problem",
+    "RESUMABLE", "WATCHING", "as_trained", "check_resume_config", "recorded_changes", "resume_changes", "result_changes",
+    "trained_record", "ABSENT", "differences", "yaml_problem",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
     "EXPERT_TEMPERATURES", "method_expert_temperature",

@@ -22,20 +22,29 @@ from distil_core.config.sections import RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
 from distil_core.redaction import SECRET_NAME, redacted
 
-RESUMABLE = (
-    "train.steps", "train.output_dir", "train.progress", "train.save_every", "train.eval_every",
-    "train.log_every", "train.log_rollouts", "train.log_rollouts_every", "train.log_max_mb",
-    "train.log_keep_segments", "train.report_to", "train.tracker_options", "train.log_rollout_table_every",
-    "train.max_expert_failed_fraction", "train.max_nonfinite_steps", "train.parallel",
-    "model.device",
+WATCHING = (
+    "train.output_dir", "train.progress", "train.save_every", "train.log_every", "train.log_rollouts",
+    "train.log_rollouts_every", "train.log_max_mb", "train.log_keep_segments", "train.report_to",
+    "train.tracker_options", "train.log_rollout_table_every",
+)
+"""Keys (and whole sections below them) that change how a run is watched and kept, never what
+it computes: where it is written, how often it logs and saves, its rollout logs and trackers.
+Two finished runs that differ only here (or in a secret) are the same run, so ``distil bench``
+reuses one for the other: a report asked for again with a tracker on, or with the rollouts
+logged, does not train every run again."""
+
+RESUMABLE = WATCHING + (
+    "train.steps", "train.eval_every", "train.max_expert_failed_fraction", "train.max_nonfinite_steps",
+    "train.parallel", "model.device",
     "rollout.server.base_url", "rollout.server.api_key_env", "rollout.server.timeout_s",
     "rollout.server.max_concurrency", "rollout.server.retries",
 )
-"""Keys (and whole sections below them) a resumed run may change: its length, where and how
-often it logs, saves and evaluates, its trackers and guards, the device and how the ranks share
-the policy (checkpoints hold the whole policy: ddp and fsdp resume each other), and how the
-rollout server is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NAME` matches) may change
-too: a rotated API key trains the same run."""
+"""Keys (and whole sections below them) a resumed run may change: beside :data:`WATCHING`, its
+length, how often it evaluates, its guards, the device and how the ranks share the policy
+(checkpoints hold the whole policy: ddp and fsdp resume each other), and how the rollout server
+is reached. Secrets (keys :data:`~distil_core.redaction.SECRET_NAME` matches) may change too: a
+rotated API key trains the same run. These change what a finished run's results would be (a
+longer run, a curve read at other steps), so a bench compares them (:func:`result_changes`)."""
 
 
 def as_trained(config: RunConfig) -> dict[str, Any]:
@@ -51,6 +60,14 @@ def as_trained(config: RunConfig) -> dict[str, Any]:
 def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, given value)`` for every leaf that differs and may not change."""
     return [change for change in differences(as_trained(saved), as_trained(given)) if not _resumable(change[0])]
+
+
+def result_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, given value)`` for every leaf where a finished run under ``saved``
+    would not be the run ``given`` asks for: every difference outside :data:`WATCHING` and
+    the secrets."""
+    return [change for change in differences(as_trained(saved), as_trained(given))
+            if not _listed(change[0], WATCHING)]
 
 
 def trained_record(config: RunConfig) -> dict[str, Any]:
@@ -123,9 +140,15 @@ def _edited(saved: Optional[RunConfig], trained: dict[str, Any], changes: list[t
 
 
 def _resumable(key: str) -> bool:
+    return _listed(key, RESUMABLE)
+
+
+def _listed(key: str, keys: tuple[str, ...]) -> bool:
+    """Whether ``key`` is a secret, or one of ``keys`` or below one of them."""
     if SECRET_NAME.search(key.rsplit(".", 1)[-1]):
         return True
-    return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
+    return any(key == k or key.startswith(k + ".") for k in keys)
 
 
-__all__ = ["RESUMABLE", "as_trained", "trained_record", "recorded_changes", "resume_changes", "check_resume_config"]
+__all__ = ["WATCHING", "RESUMABLE", "as_trained", "trained_record", "recorded_changes", "resume_changes", "result_changes",
+           "check_resume_config"]
