@@ -9,6 +9,9 @@ trained with (every checkpoint records it, :func:`trained_record`) and refuses a
 outside :data:`RESUMABLE`, naming each key. ``config.yaml`` is the run's copy for people to read:
 compared with it, an edit of that file would pass as the run's own config. A checkpoint written
 before the record existed is compared with ``config.yaml``, as it was then.
+
+A narrower list, :data:`WATCHING` (how a run is logged, saved and tracked), says when two
+finished runs are the same result: what ``distil bench`` may reuse (:func:`result_changes`).
 """
 
 from __future__ import annotations
