@@ -155,6 +155,38 @@ def test_methods_must_share_the_rollout_budget(tmp_path):
         bench.run()
 
 
+def test_a_method_may_split_a_steps_rollouts_its_own_way_but_not_spend_more(tmp_path):
+    """GRPO needs a group of samples per problem, a distillation loss does not: a method may
+    spend a step's 16 rollouts on 8 problems × 2 samples where the others take 4 × 4, and the
+    report says so; 8 × 4 would be more rollouts, and is refused."""
+    from distil_core.cli.report import render_markdown
+
+    spec = yaml.safe_load(open(SPEC))
+    spec["methods"]["distil"]["set"] = {"rollout.problems_per_step": 8, "rollout.samples_per_problem": 2}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    bench = Bench(*load_spec(str(path)), str(tmp_path / "out"), suites=["sort"], methods=["grpo", "distil"],
+                  seeds=[0])
+    bench.check()
+    budget = bench.budget("sort")
+    assert budget["splits"] == {"grpo": (4, 4), "distil": (8, 2)} and budget["rollouts"] == 4 * 16
+    rows = [{"suite": "sort", "method": m, "seed": 0, "run_dir": str(tmp_path), "wall_s": 1.0,
+             "before": {"pass@1": 0.1, "pass@4": 0.3}, "after": {"pass@1": a, "pass@4": 0.5},
+             "curve": [{"step": 0, "pass@1": 0.1}, {"step": 4, "pass@1": a}], "response_tokens": [],
+             "reference_tokens": None, "source": None, "model": None, "model_sha256": None}
+            for m, a in (("grpo", 0.2), ("distil", 0.4))]
+    md = render_markdown(bench, rows, {}, "distil bench")
+    assert "4 steps × 16 rollouts (problems × samples: grpo 4 × 4; distil 8 × 2) = 64 rollouts" in md
+    assert "methods that split a step's rollouts into the same problems × samples start from the same" in md
+    assert "`rollout.problems_per_step: 8`" in md  # the method's own settings name its split
+
+    spec["methods"]["distil"]["set"] = {"rollout.problems_per_step": 8, "rollout.samples_per_problem": 4}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"would not get the same rollout budget \(grpo: 4 steps × 4 × 4 rollouts"):
+        Bench(*load_spec(str(path)), str(tmp_path / "out"), suites=["sort"], methods=["grpo", "distil"],
+              seeds=[0]).check()
+
+
 @pytest.mark.parametrize("key, value", [("task.options.length", 4), ("eval.temperature", 0.5),
                                         ("verifier", {"name": "two_ways"}), ("model.tiny.steps", 7)])
 def test_methods_must_be_measured_alike(tmp_path, key, value):
@@ -419,6 +451,47 @@ def test_a_sweep_is_planned_and_checked_whole_before_anything_trains(tmp_path, c
     err = capsys.readouterr().err
     assert "optim.lr" in err and "'abc'" in err
     assert not out.exists()  # neither value trained: the bad one was found first
+
+
+def test_a_sweep_of_several_keys_takes_their_values_together_in_order(tmp_path, capsys):
+    """A step's rollouts split into problems × samples keeps the rollouts a step consumes only if
+    both keys move at once: ``--sweep`` given twice pairs the values, one run folder per pair,
+    each checked before any trains."""
+    from distil_core.cli.sweep import parse_sweeps
+
+    assert parse_sweeps(["optim.lr=1e-4,3e-4"]) == (["optim.lr"], [0.0001, 0.0003])
+    keys, values = parse_sweeps(["rollout.problems_per_step=4,8", "rollout.samples_per_problem=4,2"])
+    assert keys == ["rollout.problems_per_step", "rollout.samples_per_problem"] and values == [[4, 4], [8, 2]]
+    for texts, said in ((["a.b=1,2", "c.d=1,2,3"], "each must name as many values (a.b: 2, c.d: 3)"),
+                        (["a.b=1,2", "a.b=3,4"], "--sweep a.b: the key is given twice")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            parse_sweeps(texts)
+    out = tmp_path / "sweep"
+    argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "distil", "--output-dir", str(out), "--dry-run"]
+    assert main(argv + ["--sweep", "rollout.problems_per_step=4,8", "--sweep", "rollout.samples_per_problem=4,2"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    folders = ["rollout.problems_per_step=4,rollout.samples_per_problem=4",
+               "rollout.problems_per_step=8,rollout.samples_per_problem=2"]
+    assert [line[0] for line in lines] == folders
+    assert [line[-1] for line in lines] == [str(out / f / "sort" / "distil" / "seed0") for f in folders]
+    assert not out.exists()
+    # one key may repeat a value where its partner differs; the same pair twice is refused
+    assert parse_sweeps(["optim.lr=0.001,0.001", "optim.grad_clip=1,3"])[1] == [[0.001, 1], [0.001, 3]]
+    with pytest.raises(ConfigError, match="two pairs of values are the same"):
+        parse_sweeps(["optim.lr=0.001,0.001", "optim.grad_clip=1,1"])
+
+
+def test_a_paired_sweep_report_says_how_to_read_a_value():
+    result = {"key": "rollout.problems_per_step, rollout.samples_per_problem",
+              "keys": ["rollout.problems_per_step", "rollout.samples_per_problem"], "values": [[16, 8], [64, 2]],
+              "metric": "pass@1",
+              "chosen": {"distil": choose([[16, 8], [64, 2]], {"[16, 8]": {"s/0": 0.2, "s/1": 0.3},
+                                                                "[64, 2]": {"s/0": 0.4, "s/1": 0.5}})}}
+    md = render_sweep(result, "distil bench --sweep ...")
+    assert "# Sweep of `rollout.problems_per_step, rollout.samples_per_problem`" in md
+    assert "(`[16, 8]` is `rollout.problems_per_step` 16, `rollout.samples_per_problem` 8)" in md.replace(
+        "([16, 8] is", "(`[16, 8]` is")
+    assert "| distil | 25.0 ± 7.1 | 45.0 ± 7.1 | **[64, 2]** |" in md
 
 
 def test_an_interrupted_bench_says_to_run_the_same_command_again(monkeypatch, tmp_path, capsys):

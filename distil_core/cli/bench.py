@@ -11,8 +11,9 @@ A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
   its loss, rate, expert and how it trains, never what every method of a suite shares
   (``bench_spec.SHARED_KEYS``: the task, verifier, starting model, sampling and evaluation);
   labels of suites and methods are plain names (:data:`LABEL`): paths, table cells, legends;
-- ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × problems
-  per step × samples per problem), the evaluation and how often it runs;
+- ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × rollouts per
+  step, which a method may split into its own problems × samples per problem), the evaluation
+  and how often it runs;
 - ``quick``: what ``--quick`` changes (fewer seeds, steps and eval problems) for a smoke test.
 
 Runs go to ``OUTPUT_DIR/<suite>/<method>/seed<k>/`` (ordinary run directories). A run whose
@@ -143,25 +144,38 @@ class Bench:
     def run_dir(self, suite: str, method: str, seed: int) -> str:
         return os.path.join(self.output_dir, suite, method, f"seed{seed}")
 
-    def budget(self, suite: str) -> dict[str, int]:
-        """The rollout budget every method of ``suite`` gets (the same for each: checked)."""
-        seen = {}
+    def budget(self, suite: str) -> dict[str, Any]:
+        """The rollout budget every method of ``suite`` gets (the same for each: checked).
+
+        A method may spend a step's rollouts on its own split of problems × samples per problem,
+        as it sets its own rate: GRPO's advantage needs a group of samples of one problem, a
+        distillation loss gets its signal from the expert on every rollout. The rollouts a step
+        consumes, the steps, the tokens per rollout and the evaluation are shared. ``splits``:
+        each method's (problems, samples); ``problems_per_step`` and ``samples_per_problem`` are
+        the first method's."""
+        seen, splits = {}, {}
         for (s, m, k), cfg in self.configs.items():
             if s != suite:
                 continue
-            b = {"steps": cfg.train.steps, "problems_per_step": cfg.rollout.problems_per_step,
-                 "samples_per_problem": cfg.rollout.samples_per_problem, "max_new_tokens": cfg.rollout.max_new_tokens,
-                 "eval_problems": cfg.eval.problems, "eval_samples": cfg.eval.samples}
-            b["per_step"] = b["problems_per_step"] * b["samples_per_problem"]  # rollouts a step consumes
+            split = (cfg.rollout.problems_per_step, cfg.rollout.samples_per_problem)
+            b = {"steps": cfg.train.steps, "per_step": split[0] * split[1],  # rollouts a step consumes
+                 "max_new_tokens": cfg.rollout.max_new_tokens, "eval_problems": cfg.eval.problems,
+                 "eval_samples": cfg.eval.samples}
             b["rollouts"] = b["steps"] * b["per_step"]
-            seen[m] = b
+            seen[m], splits[m] = b, split
         budgets = {json.dumps(b, sort_keys=True) for b in seen.values()}
         if len(budgets) > 1:
+            shown = ", ".join(f"{m}: {b['steps']} steps × {splits[m][0]} × {splits[m][1]} rollouts, "
+                              f"≤ {b['max_new_tokens']} tokens; eval {b['eval_problems']} × {b['eval_samples']}"
+                              for m, b in seen.items())
             raise ConfigError(
-                f"distil bench: the methods of suite {suite!r} would not get the same rollout budget "
-                f"({', '.join(f'{m}: {b}' for m, b in seen.items())}); move budget keys from a method's `set` to `common`."
-            )
-        return next(iter(seen.values()))
+                f"distil bench: the methods of suite {suite!r} would not get the same rollout budget ({shown}); a "
+                "method may split a step's rollouts into its own problems × samples, but the rollouts per step, the "
+                "steps, the tokens per rollout and the evaluation are shared: move those keys from a method's `set` "
+                "to `common`.")
+        first = next(iter(splits.values()))
+        return {**next(iter(seen.values())), "problems_per_step": first[0], "samples_per_problem": first[1],
+                "splits": splits}
 
     def measured_alike(self, suite: str) -> None:
         """Refuse a suite whose methods would learn or be graded on different terms: each may set

@@ -127,9 +127,11 @@ def _add_bench(sub: Any) -> None:
                                             "finished runs there are reused")
     bench.add_argument("--report-dir", type=_path, help="where bench.md, bench.json and the plots go (default: --output-dir)")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    bench.add_argument("--sweep", metavar="KEY=V1,V2,...",
+    bench.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
                        help="choose KEY per method on the validation split (eval.split=validation, never the test "
-                       "problems): every value is run and the best mean validation metric wins; writes sweep.md/json")
+                       "problems): every value is run and the best mean validation metric wins; writes sweep.md/json. "
+                       "Given for several keys, their values are taken together in order (the first of each, then "
+                       "the second, …): --sweep rollout.problems_per_step=16,64 --sweep rollout.samples_per_problem=8,2")
     bench.set_defaults(func=cmd_bench, interrupted="interrupted; the finished runs are kept: run the same command "
                        "again to go on (they are reused, the interrupted one starts again)")
 

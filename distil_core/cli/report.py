@@ -161,6 +161,7 @@ def _header_lines(bench: "Bench", rows: list[dict[str, Any]], command: str) -> l
     import transformers
 
     given = {override.split("=", 1)[0].strip() for override in bench.user_overrides}
+    alike = all(len(set(bench.budget(suite)["splits"].values())) == 1 for suite in bench.suites)
     return [
         "# Head-to-head benchmark",
         "",
@@ -170,7 +171,9 @@ def _header_lines(bench: "Bench", rows: list[dict[str, Any]], command: str) -> l
         "",
         f"Every method trains the same starting model on the same suites with the same rollout budget; "
         f"seeds {', '.join(map(str, bench.seeds))} (a seed fixes the problem order and the sampling, so "
-        "every method starts from the same first batch). Numbers are held-out percentages after training, "
+        + ("every method starts from the same first batch" if alike else
+           "methods that split a step's rollouts into the same problems × samples start from the same first batch")
+        + "). Numbers are held-out percentages after training, "
         "mean ± sample standard deviation over seeds; `base` is the starting model, evaluated the same way. "
         "pass@k is the unbiased estimator, avg@n the mean correctness of n samples, maj@n the "
         "accuracy of the majority-voted answer; greedy@1 decodes each problem once greedily.",
@@ -238,6 +241,15 @@ def outside_calibration(bench: "Bench", suite: str, base: dict[str, Any]) -> lis
     return out
 
 
+def _splits(budget: dict[str, Any]) -> str:
+    """A step's rollouts as problems × samples: one split for every method, or each method's."""
+    splits = budget.get("splits") or {}
+    if len(set(splits.values())) <= 1:
+        return f"{budget['problems_per_step']} problems × {budget['samples_per_problem']} samples"
+    each = "; ".join(f"{method} {p} × {k}" for method, (p, k) in splits.items())
+    return f"{budget['per_step']} rollouts (problems × samples: {each})"
+
+
 def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: dict[str, Any],
                  plots: dict[str, str]) -> list[str]:
     """One suite's section: its budget, the mean ± std table, the efficiency view, its plots."""
@@ -245,9 +257,8 @@ def _suite_lines(bench: "Bench", rows: list[dict[str, Any]], suite: str, table: 
     desc = bench.spec.suites[suite].description
     lines = [f"## {suite}", ""] + ([desc, ""] if desc else [])
     lines += [
-        f"Budget per run: {b['steps']} steps × {b['problems_per_step']} problems × {b['samples_per_problem']} "
-        f"samples = {b['rollouts']} rollouts (≤ {b['max_new_tokens']} new tokens each); held-out eval "
-        f"{b['eval_problems']} problems × {b['eval_samples']} samples.",
+        f"Budget per run: {b['steps']} steps × {_splits(b)} = {b['rollouts']} rollouts (≤ {b['max_new_tokens']} new "
+        f"tokens each); held-out eval {b['eval_problems']} problems × {b['eval_samples']} samples.",
         "",
     ] + _starting_models(rows, suite)
     lines += [f"**Outside the calibration.** {w}\n" for w in outside_calibration(bench, suite, table["base"])]
@@ -369,6 +380,17 @@ def source_line(revision: Optional[str], rows: list[dict[str, Any]]) -> str:
     return f"; trained: {said}; report written at source {revision or 'unknown (not a git checkout)'}"
 
 
+def _paired(result: dict[str, Any]) -> str:
+    """For a sweep of several keys taken together, how to read a value: one entry per key."""
+    keys = result.get("keys") or []
+    if len(keys) < 2:
+        return ""
+    first = result["values"][0]
+    return (" The keys were swept together: each value lists one setting per key, in the order " +
+            ", ".join(f"`{k}`" for k in keys) + " (" + json.dumps(first) + " is " +
+            ", ".join(f"`{k}` {json.dumps(v)}" for k, v in zip(keys, first)) + ").")
+
+
 def render_sweep(result: dict[str, Any], command: str) -> str:
     """``sweep.md``: per method, the mean ± std validation metric at every value, the value
     chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`)."""
@@ -378,7 +400,7 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
              "sample std over the suites and seeds; validation problems are held out of the train split, never the "
              "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
              "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
-             "sweep does not tell them from the choice.",
+             "sweep does not tell them from the choice." + _paired(result),
              "", "| method | " + " | ".join(values) + " | chosen | within noise (gap) |",
              "|---|" + "---:|" * (len(values) + 1) + "---|"]
     for method, entry in result["chosen"].items():

@@ -12,6 +12,11 @@ its paired gap to the chosen one: the difference on each (suite, seed), which sh
 problems and the sampling seed and so cancels most of their variance, as a mean ± its standard
 error. A value whose gap is within one standard error is named *within noise* of the choice:
 the choice stands, and the reader sees that the sweep did not resolve it.
+
+Some settings only make sense together: a step's rollouts split into problems × samples per
+problem keeps the rollouts a step consumes only if both keys move at once. ``--sweep`` given for
+several keys pairs their values in order (:func:`parse_sweeps`); each value is then a list, one
+entry per key, and its runs go under ``OUTPUT_DIR/K1=V1,K2=V2/``.
 """
 
 from __future__ import annotations
@@ -28,19 +33,20 @@ from distil_core.cli.report import leaders, mean_std, render_sweep, within_noise
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
-__all__ = ["parse_sweep", "plan_sweep", "run_sweep", "choose", "main_sweep"]
+__all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "main_sweep"]
 
 
-def parse_sweep(text: str) -> tuple[str, list[Any]]:
+def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
     """``optim.lr=1e-4,3e-4,1e-3`` → ("optim.lr", [0.0001, 0.0003, 0.001]); values parsed as YAML,
-    and a number YAML reads as text (``1e-4``, which YAML 1.1 does not call a float) as a number."""
+    and a number YAML reads as text (``1e-4``, which YAML 1.1 does not call a float) as a number.
+    A value may repeat only where the key is swept with others (``alone`` False): its pairs differ."""
     if "=" not in text:
         raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,..., for example --sweep optim.lr=1e-4,3e-4,1e-3")
     key, raw = text.split("=", 1)
     values = [_value(v) for v in raw.split(",") if v.strip()]
     if not key.strip() or len(values) < 2:
         raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
-    if len({json.dumps(v) for v in values}) < len(values):
+    if alone and len({json.dumps(v) for v in values}) < len(values):
         raise ConfigError(f"--sweep {text!r}: a value is named twice; name each once")
     key = key.strip()
     if key in (*BENCH_OWNED, "eval", "eval.split"):
@@ -48,16 +54,57 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
                           "seed, and a sweep chooses on the validation split, never the test problems.")
     names = [value_folder(key, v) for v in values]
     odd = next((n for n in names if not _FOLDER.fullmatch(n)), None)
-    if odd is not None or len(set(names)) < len(names):
+    if odd is not None or (alone and len(set(names)) < len(names)):
         what = f"{odd!r} is not a folder name" if odd is not None else "two values would share one folder"
         raise ConfigError(f"--sweep {text!r}: each value's runs go to OUTPUT_DIR/KEY=VALUE, and {what}; give values "
                           "without '/', '\\' or control characters, each written differently.")
     return key, values
 
 
-def value_folder(key: str, value: Any) -> str:
-    """The folder of one value's runs under the sweep's output directory."""
-    return f"{key}={value}"
+def parse_sweeps(texts: list[str]) -> tuple[list[str], list[Any]]:
+    """Every ``--sweep`` given: the keys, and the values to run. One key: its values, as
+    :func:`parse_sweep` reads them. Several: their values paired in order, each a list with one
+    entry per key (``a=1,2`` and ``b=x,y`` → ``[[1, "x"], [2, "y"]]``); each key must name as many
+    values, and no key twice."""
+    parsed = [parse_sweep(text, alone=len(texts) == 1) for text in texts]
+    keys = [key for key, _values in parsed]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"--sweep {twice}: the key is given twice; give each key once, with all its values")
+    counts = {key: len(values) for key, values in parsed}
+    if len(set(counts.values())) > 1:
+        raise ConfigError("--sweep: several keys pair their values in order, so each must name as many values ("
+                          + ", ".join(f"{key}: {n}" for key, n in counts.items()) + ")")
+    if len(parsed) == 1:
+        return keys, parsed[0][1]
+    combos = [list(combo) for combo in zip(*(values for _key, values in parsed))]
+    if len({json.dumps(combo) for combo in combos}) < len(combos):
+        raise ConfigError("--sweep: two pairs of values are the same (" + ", ".join(keys) + "); name each once")
+    folders = [value_folder(keys, combo) for combo in combos]
+    too_long = next((f for f in folders if not _FOLDER.fullmatch(f)), None)
+    if too_long is not None:
+        raise ConfigError(f"--sweep: the runs of one pair of values go to OUTPUT_DIR/{too_long}, which is not a folder "
+                          "name (at most 200 characters)")
+    if len(set(folders)) < len(folders):
+        raise ConfigError("--sweep: two pairs of values would share one folder (" + ", ".join(keys) + "); write "
+                          "each pair differently")
+    return keys, combos
+
+
+def value_folder(keys: Any, value: Any) -> str:
+    """The folder of one value's runs under the sweep's output directory (``KEY=VALUE``; for
+    several keys ``K1=V1,K2=V2``), which is also how its reports name it."""
+    if isinstance(keys, str):
+        keys, value = [keys], [value]
+    elif len(keys) == 1:
+        value = [value]
+    return ",".join(f"{key}={v}" for key, v in zip(keys, value))
+
+
+def _assigned(keys: list[str], value: Any) -> list[str]:
+    """The ``--set`` overrides that give the runs one value of the sweep."""
+    values = value if len(keys) > 1 else [value]
+    return [f"{key}={json.dumps(v)}" for key, v in zip(keys, values)]
 
 
 _FOLDER = re.compile(r"[^/\\|\x00-\x1f\x7f]{1,200}")  # a cell of sweep.md too: no "|"
@@ -71,7 +118,7 @@ def _value(text: str) -> Any:
     return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else value
 
 
-def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values: list[Any], *,
+def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, keys: list[str], values: list[Any], *,
                quick: bool = False, suites: Optional[list[str]] = None, methods: Optional[list[str]] = None,
                seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
                echo: Callable[[str], None] = print) -> list[tuple[Any, Bench]]:
@@ -79,15 +126,15 @@ def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, key: str, values
     checked here, before any of them trains."""
     plan = []
     for value in values:
-        bench = Bench(spec, base_dir, os.path.join(output_dir, value_folder(key, value)), quick=quick, suites=suites,
+        bench = Bench(spec, base_dir, os.path.join(output_dir, value_folder(keys, value)), quick=quick, suites=suites,
                       methods=methods, seeds=seeds, echo=echo,
-                      overrides=list(overrides or []) + ["eval.split=validation", f"{key}={json.dumps(value)}"])
+                      overrides=list(overrides or []) + ["eval.split=validation"] + _assigned(keys, value))
         bench.check()
         plan.append((value, bench))
     return plan
 
 
-def run_sweep(spec: BenchSpec, key: str, values: list[Any], plan: list[tuple[Any, Bench]]) -> dict[str, Any]:
+def run_sweep(spec: BenchSpec, keys: list[str], values: list[Any], plan: list[tuple[Any, Bench]]) -> dict[str, Any]:
     """Run ``plan`` (:func:`plan_sweep`); per method, :func:`choose` over the validation
     ``plot_metric`` of every (suite, seed)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -96,7 +143,7 @@ def run_sweep(spec: BenchSpec, key: str, values: list[Any], plan: list[tuple[Any
             scores = results.setdefault(row["method"], {}).setdefault(json.dumps(value), {})
             scores[f"{row['suite']}/{row['seed']}"] = row["after"][spec.plot_metric]
     chosen = {method: choose(values, by_value) for method, by_value in results.items()}
-    return {"key": key, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+    return {"key": ", ".join(keys), "keys": keys, "values": values, "metric": spec.plot_metric, "chosen": chosen}
 
 
 def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -117,19 +164,19 @@ def main_sweep(args: Any) -> int:
     """``distil bench --sweep``; with ``--dry-run``, only its plan."""
     spec, base_dir = load_spec(args.spec)
     command, echo = command_line(args), progress
-    key, values = parse_sweep(args.sweep)
+    keys, values = parse_sweeps(args.sweep)
     output_dir = args.output_dir or os.path.join("runs", "sweep")
     options = dict(quick=args.quick, suites=flat_args(args.suites), methods=flat_args(args.methods),
                    seeds=flat_args(args.seeds), overrides=args.overrides, echo=echo)
-    plan = plan_sweep(spec, base_dir, output_dir, key, values, **options)
+    plan = plan_sweep(spec, base_dir, output_dir, keys, values, **options)
     if args.dry_run:
         for value, bench in plan:
             for (suite, method, seed), cfg in bench.configs.items():
-                print(f"{key}={json.dumps(value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
+                print(f"{value_folder(keys, value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
                       f"{bench.run_dir(suite, method, seed)}")
         return 0
     reports = report_dir(args, output_dir)
-    result = run_sweep(spec, key, values, plan)
+    result = run_sweep(spec, keys, values, plan)
     atomic_write_json(os.path.join(reports, "sweep.json"), {"command": command, **result})
     md = render_sweep(result, command)
     atomic_write_text(os.path.join(reports, "sweep.md"), md)
