@@ -11,8 +11,8 @@ import yaml
 
 from distil_core.cli.bench import Bench, load_spec
 from distil_core.cli.main import main
-from distil_core.cli.report import aggregate, cpu_name, leaders, render_sweep, source_line, table_metrics, within_noise
-from distil_core.cli.sweep import choose
+from distil_core.cli.report import aggregate, cpu_name, leaders, source_line, table_metrics, within_noise
+from distil_core.cli.sweep import choose, render_sweep
 from distil_core.io import weights_fingerprint
 from distil_core.errors import ConfigError
 
@@ -479,6 +479,18 @@ def test_a_sweep_of_several_keys_takes_their_values_together_in_order(tmp_path, 
     assert parse_sweeps(["optim.lr=0.001,0.001", "optim.grad_clip=1,3"])[1] == [[0.001, 1], [0.001, 3]]
     with pytest.raises(ConfigError, match="two pairs of values are the same"):
         parse_sweeps(["optim.lr=0.001,0.001", "optim.grad_clip=1,1"])
+    with pytest.raises(ConfigError, match="--sweep rollout.samples_per_problem: it lies inside --sweep rollout,"):
+        parse_sweeps(["rollout={samples_per_problem: 2},{samples_per_problem: 4}", "rollout.samples_per_problem=4,2"])
+    # one key's dry run names each value as JSON, as before
+    assert main(argv + ["--sweep", "loss.future_cost=kl,ce"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()] == [
+        'loss.future_cost="kl"', 'loss.future_cost="ce"']
+    # values that would spend other rollouts are refused before anything trains: the larger would win
+    for sweep in (["rollout.problems_per_step=4,8", "rollout.samples_per_problem=4,4"], ["train.steps=2,4"]):
+        assert main(argv + [arg for text in sweep for arg in ("--sweep", text)]) == 2
+        err = capsys.readouterr().err
+        assert "would give suite 'sort' another rollout budget than" in err and "the larger budget" in err
+    assert not out.exists()
 
 
 def test_a_paired_sweep_report_says_how_to_read_a_value():
@@ -489,8 +501,10 @@ def test_a_paired_sweep_report_says_how_to_read_a_value():
                                                                 "[64, 2]": {"s/0": 0.4, "s/1": 0.5}})}}
     md = render_sweep(result, "distil bench --sweep ...")
     assert "# Sweep of `rollout.problems_per_step, rollout.samples_per_problem`" in md
-    assert "(`[16, 8]` is `rollout.problems_per_step` 16, `rollout.samples_per_problem` 8)" in md.replace(
-        "([16, 8] is", "(`[16, 8]` is")
+    assert ("The keys were swept together: each value lists one setting per key, in the order "
+            "`rollout.problems_per_step`, `rollout.samples_per_problem` ([16, 8] is `rollout.problems_per_step` 16, "
+            "`rollout.samples_per_problem` 8).") in md
+    assert "swept together" not in render_sweep({**result, "keys": ["optim.lr"], "key": "optim.lr"}, "x")
     assert "| distil | 25.0 ± 7.1 | 45.0 ± 7.1 | **[64, 2]** |" in md
 
 

@@ -36,13 +36,13 @@ from typing import Any, Callable, Optional
 
 from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
                                         dotted, load_spec, spec_overrides)
+from distil_core.cli.finished_runs import config_value, finished_run, run_row
 from distil_core.cli.plots import plot_curves, require_matplotlib
-from distil_core.cli.runlogs import finite_number, read_jsonl, read_summary
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
                                     table_metrics, terminal_table)
-from distil_core.config import ABSENT, RunConfig, differences, load_config, result_changes, saved_config
+from distil_core.config import RunConfig, differences, load_config
 from distil_core.errors import ConfigError, DistilError
-from distil_core.io import atomic_write_json, atomic_write_text, weights_fingerprint
+from distil_core.io import atomic_write_json, atomic_write_text
 from distil_core.version import source_revision
 from distil_core.training.metrics import gives_answers, reported_metrics
 
@@ -65,11 +65,6 @@ def _gives_answers(verifier: str) -> bool:
         return gives_answers(get_host().get("verifier", verifier).factory)
     except DistilError:
         return True
-
-
-def _value(value: Any) -> str:
-    """A config value as a message quotes it: JSON, cut; a key not set says so."""
-    return repr(value) if value is ABSENT else json.dumps(value)[:120]
 
 
 class Bench:
@@ -195,7 +190,7 @@ class Bench:
                     where, one, other = found[0]
                     raise ConfigError(
                         f"distil bench: the methods of suite {suite!r} would not be measured alike: {where} is "
-                        f"{_value(one)} for {head} but {_value(other)} for {method}; move it from a method's `set` "
+                        f"{config_value(one)} for {head} but {config_value(other)} for {method}; move it from a method's `set` "
                         "to `common` (or to the suite).")
 
     def check(self) -> None:
@@ -230,7 +225,7 @@ class Bench:
         rows = []
         for i, ((suite, method, seed), config) in enumerate(plan, 1):
             run_dir = self.run_dir(suite, method, seed)
-            summary = self._reusable(run_dir, config, self.spec.plot_metric)
+            summary, unlike = finished_run(run_dir, config, self.spec.plot_metric)
             label = f"[{i}/{len(plan)}] {suite} · {method} · seed {seed}"
             if summary is None:
                 if os.path.isdir(run_dir):
@@ -240,8 +235,8 @@ class Bench:
                 summary = Trainer(config, run_dir=run_dir, echo=lambda _m: None).fit()
                 done = f"{time.time() - t0:.0f} s"
             else:
-                done = "reused"
-            rows.append(self._row(suite, method, seed, run_dir, summary))
+                done = "reused" + (f", trained without {', '.join(unlike)}" if unlike else "")
+            rows.append(run_row(suite, method, seed, run_dir, summary))
             metric = self.spec.plot_metric
             b, a = summary["before"].get(metric), summary["after"].get(metric)
             change = f"{metric} {100 * b:.1f} → {100 * a:.1f}" if b is not None and a is not None else ""
@@ -265,56 +260,6 @@ class Bench:
             task = build_component(host, "task", config.task.name, config.task.options)
             self.echo(f"{suite}: preparing the tiny base model (built once, then cached)…")
             ensure_tiny_base(config, task, progress=False, host=host)
-
-    @staticmethod
-    def _reusable(run_dir: str, config: RunConfig, metric: str) -> Optional[dict[str, Any]]:
-        summary_path = os.path.join(run_dir, "summary.json")
-        if not os.path.exists(summary_path):
-            return None
-        try:
-            found = saved_config(run_dir)
-        except ConfigError:
-            found = None  # unreadable, or written by an incompatible version: not the same run
-        if found is None:
-            raise ConfigError(f"{run_dir} holds a finished run with no config.yaml this version can read; give "
-                              "distil bench another --output-dir, or delete that directory to run it again.")
-        changes = result_changes(found, config)  # logging, saving and trackers may differ: the same run
-        if changes:
-            listed = "; ".join(f"{key}: {_value(old)} → {_value(new)}" for key, old, new in changes[:8])
-            more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
-            raise ConfigError(f"{run_dir} holds a finished run with a different config ({listed}{more}); give distil "
-                              "bench another --output-dir, or delete that directory to run it again.")
-        summary = read_summary(summary_path, run_dir)
-        for key, wanted in (("method", config.method), ("seed", config.seed)):
-            if key in summary and summary[key] != wanted:  # a summary copied in from another run
-                raise ConfigError(f"{summary_path}: the summary of a run with {key} {summary[key]!r}, in the folder of "
-                                  f"one with {wanted!r}; delete {run_dir} to run it again.")
-        missing = [part for part in ("before", "after") if metric not in summary[part]]
-        if missing:
-            raise ConfigError(f"{summary_path}: not a finished run's summary ({' and '.join(missing)} lack the plotted "
-                              f"{metric}); delete {run_dir} to run it again.")
-        return summary
-
-    @staticmethod
-    def _row(suite: str, method: str, seed: int, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
-        eval_path, metrics_path = os.path.join(run_dir, "eval.jsonl"), os.path.join(run_dir, "metrics.jsonl")
-        # only the values a report can average: a hand-edited log's string, null or NaN is left out,
-        # as `distil plot` leaves out what is not a number (summary.json's metrics are checked whole)
-        evals = read_jsonl(eval_path, finished=True) if os.path.exists(eval_path) else []
-        if evals and isinstance(summary.get("steps"), int) and evals[-1]["step"] != summary["steps"]:
-            raise DistilError(f"{eval_path}: the log ends at step {evals[-1]['step']:g}, before the final evaluation "
-                              f"(step {summary['steps']}) that summary.json holds; delete {run_dir} to run it again.")
-        curve = [{"step": rec["step"], **{k: v for k, v in rec.items() if "@" in k and finite_number(v)}} for rec in evals]
-        metrics = read_jsonl(metrics_path, finished=True) if os.path.exists(metrics_path) else []
-        lengths = [[rec["step"], rec["response_tokens"]] for rec in metrics if finite_number(rec.get("response_tokens"))]
-        reference = summary.get("reference_tokens")
-        model = summary.get("model")
-        sha = summary["model_sha256"] if "model_sha256" in summary else (
-            weights_fingerprint(model) if isinstance(model, str) else None)  # a summary without the field
-        return {"suite": suite, "method": method, "seed": seed, "run_dir": run_dir, "wall_s": summary["wall_s"],
-                "before": summary["before"], "after": summary["after"], "curve": curve, "response_tokens": lengths,
-                "reference_tokens": reference if finite_number(reference) else None, "source": summary.get("source"),
-                "model": os.path.basename(model.rstrip("/")) if isinstance(model, str) else None, "model_sha256": sha}
 
 
 def write_report(bench: Bench, rows: list[dict[str, Any]], report_dir: str, command: str) -> dict[str, str]:

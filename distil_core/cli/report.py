@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["mean_std", "paired_gap", "within_noise", "leaders", "aggregate", "mean_curve", "rollouts_to_reach",
            "widest_pass", "final_lengths", "table_metrics", "format_cell", "render_markdown", "terminal_table",
-           "render_sweep", "calibration_warnings", "source_line", "cpu_name"]
+           "calibration_warnings", "source_line", "cpu_name"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -378,38 +378,3 @@ def source_line(revision: Optional[str], rows: list[dict[str, Any]]) -> str:
     said = ", ".join(f"{counts[t]} runs " + ("at an unrecorded source" if t == "unrecorded" else f"at source {t}")
                      for t in trained)
     return f"; trained: {said}; report written at source {revision or 'unknown (not a git checkout)'}"
-
-
-def _paired(result: dict[str, Any]) -> str:
-    """For a sweep of several keys taken together, how to read a value: one entry per key."""
-    keys = result.get("keys") or []
-    if len(keys) < 2:
-        return ""
-    first = result["values"][0]
-    return (" The keys were swept together: each value lists one setting per key, in the order " +
-            ", ".join(f"`{k}`" for k in keys) + " (" + json.dumps(first) + " is " +
-            ", ".join(f"`{k}` {json.dumps(v)}" for k, v in zip(keys, first)) + ").")
-
-
-def render_sweep(result: dict[str, Any], command: str) -> str:
-    """``sweep.md``: per method, the mean ± std validation metric at every value, the value
-    chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`)."""
-    values = [json.dumps(v) for v in result["values"]]
-    lines = [f"# Sweep of `{result['key']}` on the validation split", "",
-             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
-             "sample std over the suites and seeds; validation problems are held out of the train split, never the "
-             "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
-             "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
-             "sweep does not tell them from the choice." + _paired(result),
-             "", "| method | " + " | ".join(values) + " | chosen | within noise (gap) |",
-             "|---|" + "---:|" * (len(values) + 1) + "---|"]
-    for method, entry in result["chosen"].items():
-        std = entry.get("std", {})
-        cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
-                 if v in entry["validation"] else "–" for v in values]
-        gaps = entry.get("gap", {})
-        tied = ", ".join(f"{v} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
-                         for v in map(json.dumps, entry.get("within_noise", [])))
-        tied = tied or ("none" if gaps else "not judged (one seed)")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
-    return "\n".join(lines) + "\n"

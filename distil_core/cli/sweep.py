@@ -24,16 +24,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Optional
 
 import yaml
 
 from distil_core.cli.bench import BENCH_OWNED, Bench, BenchSpec, command_line, flat_args, load_spec, progress, report_dir
-from distil_core.cli.report import leaders, mean_std, render_sweep, within_noise
+from distil_core.cli.report import leaders, mean_std, within_noise
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
-__all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "main_sweep"]
+__all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "render_sweep",
+           "main_sweep"]
 
 
 def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
@@ -71,6 +73,10 @@ def parse_sweeps(texts: list[str]) -> tuple[list[str], list[Any]]:
     twice = next((key for key in keys if keys.count(key) > 1), None)
     if twice is not None:
         raise ConfigError(f"--sweep {twice}: the key is given twice; give each key once, with all its values")
+    inside = next(((a, b) for a in keys for b in keys if b.startswith(a + ".")), None)
+    if inside is not None:
+        raise ConfigError(f"--sweep {inside[1]}: it lies inside --sweep {inside[0]}, which would set it too; sweep "
+                          "one of them")
     counts = {key: len(values) for key, values in parsed}
     if len(set(counts.values())) > 1:
         raise ConfigError("--sweep: several keys pair their values in order, so each must name as many values ("
@@ -131,7 +137,35 @@ def plan_sweep(spec: BenchSpec, base_dir: str, output_dir: str, keys: list[str],
                       overrides=list(overrides or []) + ["eval.split=validation"] + _assigned(keys, value))
         bench.check()
         plan.append((value, bench))
+    _same_budget(keys, plan)
     return plan
+
+
+def _same_budget(keys: list[str], plan: list[tuple[Any, Bench]]) -> None:
+    """Refuse a sweep whose values would not spend the same rollouts: the highest validation
+    metric would then choose the larger budget. How a step's rollouts split into problems ×
+    samples may differ between values; the rollouts per step, the steps, the tokens per rollout
+    and the evaluation may not."""
+    def shared(bench: Bench, suite: str) -> dict[str, Any]:
+        budget = bench.budget(suite)
+        return {k: v for k, v in budget.items() if k not in ("splits", "problems_per_step", "samples_per_problem")}
+
+    (first, head), *others = plan
+    for value, bench in others:
+        for suite in head.suites:
+            if shared(bench, suite) != shared(head, suite):
+                raise ConfigError(
+                    f"--sweep: {_label(keys, value)} would give suite {suite!r} another rollout budget than "
+                    f"{_label(keys, first)} ({shared(bench, suite)} against {shared(head, suite)}), and the highest "
+                    "validation metric would choose the larger budget; sweep settings that keep the rollouts per "
+                    "step, the steps, the tokens per rollout and the evaluation (a split of the rollouts needs both "
+                    "keys: --sweep rollout.problems_per_step=16,64 --sweep rollout.samples_per_problem=8,2).")
+
+
+def _label(keys: list[str], value: Any) -> str:
+    """One value as the dry run and the messages show it: ``KEY=JSON`` for one key, the folder
+    name (``K1=V1,K2=V2``) for several."""
+    return f"{keys[0]}={json.dumps(value)}" if len(keys) == 1 else value_folder(keys, value)
 
 
 def run_sweep(spec: BenchSpec, keys: list[str], values: list[Any], plan: list[tuple[Any, Bench]]) -> dict[str, Any]:
@@ -160,6 +194,41 @@ def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str
             "within_noise": [json.loads(v) for v, gap in gaps.items() if within_noise(gap)]}
 
 
+def _paired(result: dict[str, Any]) -> str:
+    """For a sweep of several keys taken together, how to read a value: one entry per key."""
+    keys = result.get("keys") or []
+    if len(keys) < 2:
+        return ""
+    first = result["values"][0]
+    return (" The keys were swept together: each value lists one setting per key, in the order " +
+            ", ".join(f"`{k}`" for k in keys) + " (" + json.dumps(first) + " is " +
+            ", ".join(f"`{k}` {json.dumps(v)}" for k, v in zip(keys, first)) + ").")
+
+
+def render_sweep(result: dict[str, Any], command: str) -> str:
+    """``sweep.md``: per method, the mean ± std validation metric at every value, the value
+    chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`)."""
+    values = [json.dumps(v) for v in result["values"]]
+    lines = [f"# Sweep of `{result['key']}` on the validation split", "",
+             f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
+             "sample std over the suites and seeds; validation problems are held out of the train split, never the "
+             "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
+             "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
+             "sweep does not tell them from the choice." + _paired(result),
+             "", "| method | " + " | ".join(values) + " | chosen | within noise (gap) |",
+             "|---|" + "---:|" * (len(values) + 1) + "---|"]
+    for method, entry in result["chosen"].items():
+        std = entry.get("std", {})
+        cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
+                 if v in entry["validation"] else "–" for v in values]
+        gaps = entry.get("gap", {})
+        tied = ", ".join(f"{v} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
+                         for v in map(json.dumps, entry.get("within_noise", [])))
+        tied = tied or ("none" if gaps else "not judged (one seed)")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
+    return "\n".join(lines) + "\n"
+
+
 def main_sweep(args: Any) -> int:
     """``distil bench --sweep``; with ``--dry-run``, only its plan."""
     spec, base_dir = load_spec(args.spec)
@@ -172,7 +241,7 @@ def main_sweep(args: Any) -> int:
     if args.dry_run:
         for value, bench in plan:
             for (suite, method, seed), cfg in bench.configs.items():
-                print(f"{value_folder(keys, value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
+                print(f"{_label(keys, value)}\t{suite}\t{method}\tseed {seed}\t{cfg.train.steps} steps\t"
                       f"{bench.run_dir(suite, method, seed)}")
         return 0
     reports = report_dir(args, output_dir)

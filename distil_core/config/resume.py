@@ -65,12 +65,16 @@ def resume_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, A
     return [change for change in differences(as_trained(saved), as_trained(given)) if not _resumable(change[0])]
 
 
-def result_changes(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
+def result_changes(saved: RunConfig, given: RunConfig, *, watching: bool = False) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, given value)`` for every leaf where a finished run under ``saved``
-    would not be the run ``given`` asks for: every difference outside :data:`WATCHING` and
-    the secrets."""
-    return [change for change in differences(as_trained(saved), as_trained(given))
-            if not _listed(change[0], WATCHING)]
+    would not be the run ``given`` asks for: every difference outside :data:`WATCHING` and the
+    secrets. With ``watching``, the differences inside :data:`WATCHING` instead: what a reused
+    run was not logged, saved or tracked with. Both sides as :func:`trained_record` gives them,
+    since the values go into messages: a secret (a key's, or one inside an address) never shows."""
+    changes = differences(trained_record(saved), trained_record(given))
+    if watching:
+        return [change for change in changes if _under(change[0], WATCHING)]
+    return [change for change in changes if not _listed(change[0], WATCHING)]
 
 
 def trained_record(config: RunConfig) -> dict[str, Any]:
@@ -148,8 +152,10 @@ def _resumable(key: str) -> bool:
 
 def _listed(key: str, keys: tuple[str, ...]) -> bool:
     """Whether ``key`` is a secret, or one of ``keys`` or below one of them."""
-    if SECRET_NAME.search(key.rsplit(".", 1)[-1]):
-        return True
+    return bool(SECRET_NAME.search(key.rsplit(".", 1)[-1])) or _under(key, keys)
+
+
+def _under(key: str, keys: tuple[str, ...]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
 
