@@ -158,11 +158,12 @@ def test_methods_must_share_the_rollout_budget(tmp_path):
 def test_a_method_may_split_a_steps_rollouts_its_own_way_but_not_spend_more(tmp_path):
     """GRPO needs a group of samples per problem, a distillation loss does not: a method may
     spend a step's 16 rollouts on 8 problems × 2 samples where the others take 4 × 4, and the
-    report says so; 8 × 4 would be more rollouts, and is refused."""
+    report says so; 8 × 4 would be more rollouts, and is refused. The method names its samples
+    per problem; each suite's rollouts per step give its problems."""
     from distil_core.cli.report import render_markdown
 
     spec = yaml.safe_load(open(SPEC))
-    spec["methods"]["distil"]["set"] = {"rollout.problems_per_step": 8, "rollout.samples_per_problem": 2}
+    spec["methods"]["distil"]["samples_per_problem"] = 2  # the suite's 4 × 4 rollouts a step: 8 × 2
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     bench = Bench(*load_spec(str(path)), str(tmp_path / "out"), suites=["sort"], methods=["grpo", "distil"],
@@ -178,8 +179,18 @@ def test_a_method_may_split_a_steps_rollouts_its_own_way_but_not_spend_more(tmp_
     md = render_markdown(bench, rows, {}, "distil bench")
     assert "4 steps × 16 rollouts (problems × samples: grpo 4 × 4; distil 8 × 2) = 64 rollouts" in md
     assert "methods that split a step's rollouts into the same problems × samples start from the same" in md
-    assert "`rollout.problems_per_step: 8`" in md  # the method's own settings name its split
+    assert "| distil | `distil` | `samples_per_problem: 2` |" in md  # the method's own settings name its split
+    # a --set of the split for every run replaces the method's own, as for any key
+    given = Bench(*load_spec(str(path)), str(tmp_path / "out"), suites=["sort"], methods=["grpo", "distil"],
+                  seeds=[0], overrides=["rollout.samples_per_problem=2", "rollout.problems_per_step=8"])
+    assert given.budget("sort")["splits"] == {"grpo": (8, 2), "distil": (8, 2)}
+    spec["methods"]["distil"]["samples_per_problem"] = 3
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="suite 'sort', method 'distil': samples_per_problem 3 does not divide the "
+                                          "suite's 16 rollouts per step"):
+        Bench(*load_spec(str(path)), str(tmp_path / "out"), suites=["sort"], methods=["grpo", "distil"], seeds=[0])
 
+    del spec["methods"]["distil"]["samples_per_problem"]
     spec["methods"]["distil"]["set"] = {"rollout.problems_per_step": 8, "rollout.samples_per_problem": 4}
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"would not get the same rollout budget \(grpo: 4 steps × 4 × 4 rollouts"):

@@ -34,8 +34,8 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, BenchSpec, MethodSpec, QuickSpec, SuiteSpec,
-                                        dotted, load_spec, spec_overrides)
+from distil_core.cli.bench_spec import (DEFAULT_SPEC, LABEL, SHARED_KEYS, SPLIT_KEYS, BenchSpec, MethodSpec, QuickSpec,
+                                        SuiteSpec, dotted, load_spec, spec_overrides)
 from distil_core.cli.finished_runs import config_value, finished_run, run_row
 from distil_core.cli.plots import plot_curves, require_matplotlib
 from distil_core.cli.report import (aggregate, calibration_warnings, final_lengths, render_markdown,
@@ -132,7 +132,17 @@ class Bench:
             + ["train.progress=false"]
         )
         try:
-            return load_config(path, items)
+            config = load_config(path, items)
+            samples = m.samples_per_problem
+            given = {override.split("=", 1)[0].strip() for override in self.user_overrides}
+            if samples is None or given & set(SPLIT_KEYS):
+                return config
+            per_step = config.rollout.problems_per_step * config.rollout.samples_per_problem
+            if per_step % samples:
+                raise ConfigError(f"samples_per_problem {samples} does not divide the suite's {per_step} rollouts per "
+                                  "step; give the method a divisor of it")
+            return load_config(path, items + [f"rollout.problems_per_step={per_step // samples}",
+                                              f"rollout.samples_per_problem={samples}"])
         except ConfigError as exc:
             raise ConfigError(f"distil bench, suite {suite!r}, method {method!r}: {exc}") from None
 

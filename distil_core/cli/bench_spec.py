@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distil_core.config import Method, Seed, format_validation_error, read_yaml, yaml_problem
 from distil_core.errors import ConfigError
 
-__all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
+__all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "SPLIT_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
            "spec_overrides", "dotted"]
 
 DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "bench.yaml")
@@ -48,6 +48,12 @@ class SuiteSpec(_Strict):
 class MethodSpec(_Strict):
     method: Method
     set: dict[str, Any] = Field(default_factory=dict)
+    samples_per_problem: Optional[int] = Field(
+        default=None, ge=1,
+        description="The samples this method draws per problem: each suite's rollouts per step are then spent on "
+        "that many fewer problems (16 × 8 → 64 × 2 for 2), so the budget stays the suite's. A --set of either "
+        "rollout split key for every run replaces it.",
+    )
 
 
 class QuickSpec(_Strict):
@@ -103,6 +109,9 @@ def spec_overrides(values: dict[str, Any]) -> list[str]:
     """A spec's ``set`` mapping as ``--set`` items (values written as JSON, which YAML reads back)."""
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
+
+SPLIT_KEYS = ("rollout.problems_per_step", "rollout.samples_per_problem")
+"""How a step's rollouts split into problems × samples: a method's own (``samples_per_problem``)."""
 
 SHARED_KEYS = ("task", "verifier", "model.name", "model.tiny", "system_prompt", "rollout.temperature", "rollout.top_p",
                "eval")

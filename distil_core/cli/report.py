@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Optional
 
+from distil_core.cli.bench_spec import SPLIT_KEYS
 from distil_core.cli.tables import render_table
 
 if TYPE_CHECKING:
@@ -181,7 +182,9 @@ def _header_lines(bench: "Bench", rows: list[dict[str, Any]], command: str) -> l
         "| method | trains with | settings of its own |",
         "|---|---|---|",
         *(f"| {label} | `{m.method}` | "
-          + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in m.set.items() if k not in given) or "–") + " |"
+          + (", ".join([f"`{k}: {json.dumps(v)}`" for k, v in m.set.items() if k not in given]
+                       + ([f"`samples_per_problem: {m.samples_per_problem}`"]
+                          if m.samples_per_problem and not given & set(SPLIT_KEYS) else [])) or "–") + " |"
           for label, m in bench.spec.methods.items() if label in bench.methods),
         "",
         *([f"Every run also sets {', '.join(f'`{o}`' for o in bench.user_overrides)} (`--set`, over any "
