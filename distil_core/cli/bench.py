@@ -7,9 +7,11 @@ A bench spec (YAML; the embedded one is :data:`DEFAULT_SPEC`) names
   ``base``: the range each named metric of the starting model must fall in for the suite to be
   what it says (a sparse suite: ``pass@1: [0.0, 0.1]``); the report and the terminal flag a
   suite whose starting model falls outside it;
-- ``methods``: per label, the ``method`` and its own overrides (``jsd``: ``loss.beta: 0.5``):
-  its loss, rate, expert and how it trains, never what every method of a suite shares
-  (``bench_spec.SHARED_KEYS``: the task, verifier, starting model, sampling and evaluation);
+- ``methods``: per label, the ``method``, its own overrides (``jsd``: ``loss.beta: 0.5``) and,
+  optionally, its ``samples_per_problem`` (each suite's rollouts per step spent on more problems
+  with fewer samples each): its loss, rate, expert and how it trains, never what every method
+  of a suite shares (``bench_spec.SHARED_KEYS``: the task, verifier, starting model, sampling
+  and evaluation);
   labels of suites and methods are plain names (:data:`LABEL`): paths, table cells, legends;
 - ``seeds``; ``common``: overrides every run shares — the rollout budget (steps × rollouts per
   step, which a method may split into its own problems × samples per problem), the evaluation
