@@ -134,6 +134,45 @@ def test_a_finished_run_with_another_config_is_refused_not_mixed_in(cache, tmp_p
     assert main(base) == 0
 
 
+HOLDER = """
+import sys, time
+from distil_core.training.rundir import prepare_run_dir
+created, lock = prepare_run_dir(sys.argv[1])
+open(sys.argv[1] + "/metrics.jsonl", "w").write('{"step": 1}\\n')
+print("training", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_another_bench_is_training_is_refused_not_deleted(cache, tmp_path, capsys):
+    """Before: a second bench on the same output directory found a run without summary.json,
+    took it for an interrupted one and deleted the directory under the process training it; both
+    then wrote the same run. Now the run's lock refuses it, naming the process, and nothing of
+    that run is touched."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    run = out / "sort" / "grpo" / "seed0"
+    run.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "training\n"
+        argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"process {holder.pid} on host" in err and "is in use" in err, err
+        assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'  # the holder's file, untouched
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(argv) == 0  # the holder gone, the interrupted run starts again
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_is_started_again(cache, tmp_path, capsys):
     out = tmp_path / "bench"

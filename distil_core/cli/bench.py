@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -240,11 +239,12 @@ class Bench:
             summary, unlike = finished_run(run_dir, config, self.spec.plot_metric)
             label = f"[{i}/{len(plan)}] {suite} · {method} · seed {seed}"
             if summary is None:
-                if os.path.isdir(run_dir):
-                    shutil.rmtree(run_dir)  # an interrupted run: start it again
                 self.echo(f"{label}: training ({config.train.steps} steps)…")
                 t0 = time.time()
-                summary = Trainer(config, run_dir=run_dir, echo=lambda _m: None).fit()
+                # an interrupted run starts again: its files go, under the run's lock, so a run that
+                # another process (a second bench on this output directory) is training now is
+                # refused, naming that process, instead of deleted under it
+                summary = Trainer(config, run_dir=run_dir, overwrite=True, echo=lambda _m: None).fit()
                 done = f"{time.time() - t0:.0f} s"
             else:
                 done = "reused" + (f", trained without {', '.join(unlike)}" if unlike else "")
