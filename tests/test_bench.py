@@ -309,8 +309,12 @@ def test_the_embedded_bench_trains_each_suite_as_its_run_config_does(suite):
     for key in ("task", "verifier", "feedback", "expert", "context", "system_prompt"):
         assert ours[key] == theirs[key], key
     assert ours["model"]["tiny"] == theirs["model"]["tiny"]
-    for key in ("max_new_tokens", "samples_per_problem", "problems_per_step", "temperature"):
+    for key in ("max_new_tokens", "temperature"):
         assert ours["rollout"][key] == theirs["rollout"][key], key
+    # the same rollouts a step, split the way the method chose on validation
+    per_step = theirs["rollout"]["problems_per_step"] * theirs["rollout"]["samples_per_problem"]
+    assert ours["rollout"]["problems_per_step"] * ours["rollout"]["samples_per_problem"] == per_step
+    assert ours["rollout"]["samples_per_problem"] == spec.methods["distil"].samples_per_problem
 
 
 @pytest.mark.slow

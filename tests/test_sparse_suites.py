@@ -198,9 +198,12 @@ def test_sparse_suites_are_calibrated_as_documented():
     assert ways.task.name == "two_ways" and ways.task.options == {"length": 4, "second_way_share": 0.6}
     assert ways.verifier.name == "two_ways" and ways.model.tiny.plain_fraction == 0.3 and ways.model.tiny.steps == 300
     assert ways.rollout.max_new_tokens >= 6  # the way, four digits and the end token
-    for config in (ring, add, ways):
-        assert config.rollout.problems_per_step == 16 and config.rollout.samples_per_problem == 8
+    for config in (ring, add, ways):  # 128 rollouts a step, which distil_local spends on 64 problems × 2
+        assert config.rollout.problems_per_step == 64 and config.rollout.samples_per_problem == 2
         assert config.train.steps == 60 and config.eval.problems == 100
+    for suite in ("sparse_ring", "sparse_add"):  # the suite's own split, as GRPO's groups need it
+        assert (spec.suites[suite].set["rollout"]["problems_per_step"],
+                spec.suites[suite].set["rollout"]["samples_per_problem"]) == (16, 8)
 
 
 @pytest.mark.parametrize("task", [RingTask(length=7, train_size=50, test_size=20), DigitsTask(train_size=50, test_size=20), ColumnAddTask(train_size=50, test_size=20)])
