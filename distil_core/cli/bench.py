@@ -90,6 +90,8 @@ class Bench:
         self.methods = self._pick("method", methods, list(spec.methods))
         self.seeds = self._pick("seed", seeds, list(spec.quick.seeds if quick and spec.quick.seeds else spec.seeds))
         self.user_overrides = list(overrides or [])
+        # the keys a --set gives every run, over any method's own setting of them
+        self.overridden = {override.split("=", 1)[0].strip() for override in self.user_overrides}
         self.refuse_owned_keys()
         self.revision: Optional[str] = None
         self.configs = {(s, m, k): self.config_for(s, m, k) for s in self.suites for m in self.methods for k in self.seeds}
@@ -135,8 +137,7 @@ class Bench:
         try:
             config = load_config(path, items)
             samples = m.samples_per_problem
-            given = {override.split("=", 1)[0].strip() for override in self.user_overrides}
-            if samples is None or given & set(SPLIT_KEYS):
+            if samples is None or self.overridden & set(SPLIT_KEYS):
                 return config
             per_step = config.rollout.problems_per_step * config.rollout.samples_per_problem
             if per_step % samples:
@@ -157,8 +158,7 @@ class Bench:
         as it sets its own rate: GRPO's advantage needs a group of samples of one problem, a
         distillation loss gets its signal from the expert on every rollout. The rollouts a step
         consumes, the steps, the tokens per rollout and the evaluation are shared. ``splits``:
-        each method's (problems, samples); ``problems_per_step`` and ``samples_per_problem`` are
-        the first method's."""
+        each method's (problems, samples)."""
         seen, splits = {}, {}
         for (s, m, k), cfg in self.configs.items():
             if s != suite:
@@ -179,9 +179,7 @@ class Bench:
                 "method may split a step's rollouts into its own problems × samples, but the rollouts per step, the "
                 "steps, the tokens per rollout and the evaluation are shared: move those keys from a method's `set` "
                 "to `common`.")
-        first = next(iter(splits.values()))
-        return {**next(iter(seen.values())), "problems_per_step": first[0], "samples_per_problem": first[1],
-                "splits": splits}
+        return {**next(iter(seen.values())), "splits": splits}
 
     def measured_alike(self, suite: str) -> None:
         """Refuse a suite whose methods would learn or be graded on different terms: each may set

@@ -161,7 +161,7 @@ def _header_lines(bench: "Bench", rows: list[dict[str, Any]], command: str) -> l
     import torch
     import transformers
 
-    given = {override.split("=", 1)[0].strip() for override in bench.user_overrides}
+    given = bench.overridden
     alike = all(len(set(bench.budget(suite)["splits"].values())) == 1 for suite in bench.suites)
     return [
         "# Head-to-head benchmark",
@@ -246,9 +246,10 @@ def outside_calibration(bench: "Bench", suite: str, base: dict[str, Any]) -> lis
 
 def _splits(budget: dict[str, Any]) -> str:
     """A step's rollouts as problems × samples: one split for every method, or each method's."""
-    splits = budget.get("splits") or {}
-    if len(set(splits.values())) <= 1:
-        return f"{budget['problems_per_step']} problems × {budget['samples_per_problem']} samples"
+    splits = budget["splits"]
+    if len(set(splits.values())) == 1:
+        problems, samples = next(iter(splits.values()))
+        return f"{problems} problems × {samples} samples"
     each = "; ".join(f"{method} {p} × {k}" for method, (p, k) in splits.items())
     return f"{budget['per_step']} rollouts (problems × samples: {each})"
 

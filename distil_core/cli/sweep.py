@@ -54,7 +54,7 @@ def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
     if key in (*BENCH_OWNED, "eval", "eval.split"):
         raise ConfigError(f"--sweep {key}: the sweep cannot choose {key!r}: the bench gives each run its method and "
                           "seed, and a sweep chooses on the validation split, never the test problems.")
-    names = [value_folder(key, v) for v in values]
+    names = [value_folder([key], v) for v in values]
     odd = next((n for n in names if not _FOLDER.fullmatch(n)), None)
     if odd is not None or (alone and len(set(names)) < len(names)):
         what = f"{odd!r} is not a folder name" if odd is not None else "two values would share one folder"
@@ -97,20 +97,20 @@ def parse_sweeps(texts: list[str]) -> tuple[list[str], list[Any]]:
     return keys, combos
 
 
-def value_folder(keys: Any, value: Any) -> str:
+def value_folder(keys: list[str], value: Any) -> str:
     """The folder of one value's runs under the sweep's output directory (``KEY=VALUE``; for
     several keys ``K1=V1,K2=V2``), which is also how its reports name it."""
-    if isinstance(keys, str):
-        keys, value = [keys], [value]
-    elif len(keys) == 1:
-        value = [value]
-    return ",".join(f"{key}={v}" for key, v in zip(keys, value))
+    return ",".join(f"{key}={v}" for key, v in zip(keys, _entries(keys, value)))
 
 
 def _assigned(keys: list[str], value: Any) -> list[str]:
     """The ``--set`` overrides that give the runs one value of the sweep."""
-    values = value if len(keys) > 1 else [value]
-    return [f"{key}={json.dumps(v)}" for key, v in zip(keys, values)]
+    return [f"{key}={json.dumps(v)}" for key, v in zip(keys, _entries(keys, value))]
+
+
+def _entries(keys: list[str], value: Any) -> list[Any]:
+    """One value of the sweep as one setting per key (a value of several keys is already a list)."""
+    return value if len(keys) > 1 else [value]
 
 
 _FOLDER = re.compile(r"[^/\\|\x00-\x1f\x7f]{1,200}")  # a cell of sweep.md too: no "|"
@@ -147,8 +147,7 @@ def _same_budget(keys: list[str], plan: list[tuple[Any, Bench]]) -> None:
     samples may differ between values; the rollouts per step, the steps, the tokens per rollout
     and the evaluation may not."""
     def shared(bench: Bench, suite: str) -> dict[str, Any]:
-        budget = bench.budget(suite)
-        return {k: v for k, v in budget.items() if k not in ("splits", "problems_per_step", "samples_per_problem")}
+        return {k: v for k, v in bench.budget(suite).items() if k != "splits"}
 
     (first, head), *others = plan
     for value, bench in others:
