@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from distil_core.config import RunConfig, load_config, saved_config
+from distil_core.config import METHOD_SPLITS, RolloutConfig, RunConfig, load_config, saved_config
 from distil_core.errors import ConfigError
 from distil_core.plugin_host import PluginHost, check_options
 
@@ -276,3 +276,44 @@ def test_an_invalid_value_given_by_set_names_the_set_beside_the_file(tmp_path):
         load_config(str(path), ["train.steps="])
     with pytest.raises(ConfigError, match=r"^the default config \(and set: eval\.samples, train\.stepz\): unknown key"):
         load_config(None, ["eval.samples=4", "train.stepz=1"])
+
+
+def split(config):
+    return config.rollout.problems_per_step, config.rollout.samples_per_problem
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_SPLITS))
+def test_a_config_that_sets_no_split_takes_its_methods_own(tmp_path, method):
+    """The embedded default, a file whose rollout section names neither key, an override of
+    another rollout key and a config built in Python all split a step as the method does."""
+    expected = METHOD_SPLITS[method]
+    assert split(load_config(None, [f"method={method}"])) == expected
+    path = write(tmp_path, f"method: {method}\nrollout: {{max_new_tokens: 7}}\n")
+    assert split(load_config(path)) == expected
+    # an override starts the rollout section from the defaults: never from the default method's split
+    assert split(load_config(None, [f"method={method}", "rollout.max_new_tokens=7"])) == expected
+    assert split(RunConfig(method=method, rollout=RolloutConfig(max_new_tokens=7))) == expected
+    assert split(RunConfig.model_validate({"method": method})) == expected
+
+
+def test_the_embedded_default_spends_its_rollouts_on_many_problems():
+    assert split(RunConfig()) == METHOD_SPLITS["distil"] == (64, 2)
+    assert split(RunConfig(method="grpo")) == METHOD_SPLITS["grpo"] == (32, 4)
+
+
+def test_a_config_that_sets_one_split_key_keeps_the_other_at_its_field_default(tmp_path):
+    """Setting one key is a choice of the split: the other stays what it always was (16 problems,
+    8 samples), whatever the method, so a config written before method splits trains as it did."""
+    assert split(load_config(None, ["rollout.problems_per_step=4"])) == (4, 8)
+    assert split(load_config(None, ["method=grpo", "rollout.samples_per_problem=2"])) == (16, 2)
+    assert split(load_config(write(tmp_path, "rollout: {samples_per_problem: 4}\n"))) == (16, 4)
+    assert split(RunConfig(rollout=RolloutConfig(problems_per_step=3))) == (3, 8)
+    assert split(load_config(None, ["rollout.problems_per_step=16", "rollout.samples_per_problem=8"])) == (16, 8)
+
+
+def test_a_saved_config_resumes_at_the_split_it_trained_with(tmp_path):
+    """A run's config.yaml writes both keys out, so it reads back as it trained, whatever the
+    method's split is now."""
+    path = write(tmp_path, RunConfig(rollout=RolloutConfig(problems_per_step=16, samples_per_problem=8)).to_yaml())
+    assert split(load_config(path, saved=True)) == (16, 8)
+    assert split(load_config(write(tmp_path, RunConfig().to_yaml(), "b.yaml"), ["method=grpo"])) == (64, 2)

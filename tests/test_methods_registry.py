@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distil_core.config import Method as ConfigMethod
-from distil_core.config import EXPERT_TEMPERATURES, LossConfig, load_config
+from distil_core.config import EXPERT_TEMPERATURES, METHOD_SPLITS, LossConfig, load_config
 from distil_core.errors import ConfigError
 from distil_core.losses.chunked import chunked_loss
 from distil_core.losses.chunk_terms import ExpertHead
@@ -20,6 +20,16 @@ def test_the_config_accepts_exactly_the_registered_methods():
     assert all(name == entry.name for name, entry in METHODS.items())
     # the one fact kept in the config layer: a misspelt name there would silently give τ 1
     assert set(EXPERT_TEMPERATURES) <= set(METHODS)
+    # and each method's split of a step's rollouts: one missing would leave it at 16 × 8 unnoticed
+    assert set(METHOD_SPLITS) == set(METHODS)
+
+
+def test_each_method_splits_the_same_rollouts_per_step_and_grpo_keeps_a_group():
+    """Switching method must not change what a step costs, only how it is spent: GRPO needs
+    several samples of a problem for its advantage, a distillation loss only the expert."""
+    assert len({problems * samples for problems, samples in METHOD_SPLITS.values()}) == 1
+    for name, (_problems, samples) in METHOD_SPLITS.items():
+        assert samples >= 2 if METHODS[name].group_advantages else samples < 8
 
 
 def test_the_registry_says_which_methods_ask_an_expert_and_run_chunked():

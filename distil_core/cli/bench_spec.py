@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distil_core.config import Method, Seed, format_validation_error, read_yaml, yaml_problem
+from distil_core.config import SPLIT_KEYS as ROLLOUT_SPLIT_KEYS
 from distil_core.errors import ConfigError
 
 __all__ = ["DEFAULT_SPEC", "LABEL", "SHARED_KEYS", "SPLIT_KEYS", "BenchSpec", "SuiteSpec", "MethodSpec", "QuickSpec", "load_spec",
@@ -110,7 +111,7 @@ def spec_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-SPLIT_KEYS = ("rollout.problems_per_step", "rollout.samples_per_problem")
+SPLIT_KEYS = tuple(f"rollout.{key}" for key in ROLLOUT_SPLIT_KEYS)
 """How a step's rollouts split into problems × samples: a method's own (``samples_per_problem``)."""
 
 SHARED_KEYS = ("task", "verifier", "model.name", "model.tiny", "system_prompt", "rollout.temperature", "rollout.top_p",

@@ -21,7 +21,7 @@ from distil_core.config.loading import (
 from distil_core.config.yaml_text import yaml_problem
 from distil_core.config.resume import (RESUMABLE, WATCHING, as_trained, check_resume_config, recorded_changes,
                                        result_changes, resume_changes, trained_record)
-from distil_core.config.rollout_sections import RolloutConfig, RolloutServer
+from distil_core.config.rollout_sections import METHOD_SPLITS, SPLIT_KEYS, RolloutConfig, RolloutServer
 from distil_core.config.sections import (
     EXPERT_TEMPERATURES,
     Component,
@@ -44,5 +44,5 @@ __all__ = [
     "trained_record", "ABSENT", "differences", "yaml_problem",
     "Component", "EvalConfig", "LoraSettings", "LossConfig", "Method", "ModelConfig",
     "OptimConfig", "RolloutConfig", "RolloutServer", "Seed", "TinyBase", "TrainConfig",
-    "EXPERT_TEMPERATURES", "method_expert_temperature",
+    "EXPERT_TEMPERATURES", "METHOD_SPLITS", "SPLIT_KEYS", "method_expert_temperature",
 ]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional, Sequence, Union, get_args, get_orig
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from distil_core.config.rollout_sections import SPLIT_KEYS
 from distil_core.config.sections import RunConfig
 from distil_core.config.yaml_text import SHOWN, check_finite, read_yaml, shown, yaml_problem
 from distil_core.errors import ConfigError, did_you_mean
@@ -39,7 +40,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}.")
         data = as_saved_then(loaded) if saved else loaded
-    defaults = RunConfig().model_dump(mode="json") if overrides else {}
+    defaults = default_sections() if overrides else {}
     from_file = set(data)
     for item in overrides or []:
         apply_override(data, item, defaults)
@@ -52,6 +53,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def default_sections() -> dict[str, Any]:
+    """The embedded default as the sections an override starts from, less the split of a step's
+    rollouts: the method decides that where neither key is set (:data:`METHOD_SPLITS`), and a
+    section seeded with the default method's split would set it for any other method."""
+    defaults = RunConfig().model_dump(mode="json")
+    defaults["rollout"] = {k: v for k, v in defaults["rollout"].items() if k not in SPLIT_KEYS}
+    return defaults
 
 
 def apply_override(data: dict[str, Any], item: str, defaults: Optional[dict[str, Any]] = None) -> None:

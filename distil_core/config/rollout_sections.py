@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from distil_core.config.base import BIG, MAX_ROLLOUTS_PER_STEP
 from distil_core.config.base import Section as _Section
@@ -64,9 +64,47 @@ class RolloutServer(_Section):
         return value
 
 
+METHOD_SPLITS: dict[str, tuple[int, int]] = {
+    "grpo": (32, 4), "distil": (64, 2), "distil_local": (64, 2), "jsd": (64, 2), "reverse_kl": (64, 2)}
+"""Each method's problems × samples per step where a run config sets neither ``rollout`` key: 128
+rollouts, split as the bench's validation split of five suites chose for each (docs/results/split).
+GRPO's advantage compares samples of one problem and needs a group of them; a distillation loss
+gets its signal from the expert on every rollout, so the same rollouts teach it more spread over
+more problems. A config that sets one key keeps the other at its field default (16 or 8), as
+before there were method splits."""
+
+SPLIT_KEYS = ("problems_per_step", "samples_per_problem")
+"""The ``rollout`` keys that split a step's rollouts into problems × samples per problem."""
+
+
+def with_method_split(data: Any, default_method: str) -> Any:
+    """A run config's raw ``data`` with the method's :data:`METHOD_SPLITS` filled in where its
+    ``rollout`` names neither split key (``default_method`` where it names no method). Anything
+    else, an unknown method included, is left for validation to judge."""
+    if not isinstance(data, dict):
+        return data
+    split = METHOD_SPLITS.get(data.get("method", default_method))
+    rollout = data.get("rollout", {})
+    if split is None:
+        return data
+    chosen = dict(zip(SPLIT_KEYS, split))
+    if isinstance(rollout, BaseModel):
+        if not rollout.model_fields_set & set(SPLIT_KEYS):
+            return {**data, "rollout": rollout.model_copy(update=chosen)}
+        return data
+    if isinstance(rollout, dict) and not rollout.keys() & set(SPLIT_KEYS):
+        return {**data, "rollout": {**rollout, **chosen}}
+    return data
+
+
 class RolloutConfig(_Section):
-    problems_per_step: int = Field(default=16, ge=1, le=1_000_000)
-    samples_per_problem: int = Field(default=8, ge=1, le=65536)
+    problems_per_step: int = Field(
+        default=16, ge=1, le=1_000_000,
+        description="Problems sampled per step. Neither split key set: the method's own (METHOD_SPLITS).")
+    samples_per_problem: int = Field(
+        default=8, ge=1, le=65536,
+        description="Rollouts per problem. Neither split key set: the method's own (grpo 4, the distillation "
+        "methods 2; METHOD_SPLITS).")
     max_new_tokens: int = Field(default=10, ge=1, le=10_000_000)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -102,4 +140,4 @@ class RolloutConfig(_Section):
         return self
 
 
-__all__ = ["RolloutServer", "RolloutConfig"]
+__all__ = ["METHOD_SPLITS", "SPLIT_KEYS", "RolloutServer", "RolloutConfig", "with_method_split"]

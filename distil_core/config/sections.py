@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from distil_core.config.base import BIG, Seed
 from distil_core.config.base import Section as _Section
-from distil_core.config.rollout_sections import RolloutConfig
+from distil_core.config.rollout_sections import RolloutConfig, with_method_split
 from distil_core.context import ContextTemplate
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
@@ -371,6 +371,11 @@ class RunConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_split(cls, data: Any) -> Any:
+        return with_method_split(data, cls.model_fields["method"].default)
 
     @field_validator("feedback", mode="before")
     @classmethod
