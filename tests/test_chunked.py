@@ -46,11 +46,11 @@ def _compare(reference_fn, chunked_fn, seed: int = 0):
             torch.testing.assert_close(g, r, rtol=RTOL, atol=1e-12)
 
 
-@pytest.mark.parametrize("baseline", ["none", "group_loo"])
+@pytest.mark.parametrize("baseline", ["none", "group_loo", "batch"])
 @pytest.mark.parametrize("gamma", [1.0, 0.6])
 @pytest.mark.parametrize("future_cost, stop_credit", [("kl", "full"), ("ce", "full"), ("kl", "local")])
 def test_distil_equals_the_reference(baseline, gamma, future_cost, stop_credit):
-    options = dict(baseline=baseline, gamma=gamma, group_size=GROUP if baseline == "group_loo" else None,
+    options = dict(baseline=baseline, gamma=gamma, group_size=GROUP if baseline != "none" else None,
                    future_cost=future_cost, stop_credit=stop_credit, eos_id=3)
     _compare(
         lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
@@ -78,6 +78,18 @@ def test_distil_with_exclusions_and_a_success_term_equals_the_reference():
     response[0, 5:] = 0
     options = dict(baseline="group_loo", group_size=GROUP, baseline_exclude=exclude, stop_credit="local", eos_id=2,
                    rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), reward_weight=0.7, response_mask=response)
+    _compare(
+        lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
+        lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(
+            "distil", h, w, tokens, mask, expert, bias=b, chunk_size=chunk, **options
+        ),
+    )
+
+
+@pytest.mark.parametrize("group_size", [1, GROUP])
+def test_distil_with_the_batch_baseline_and_a_success_term_equals_the_reference(group_size):
+    options = dict(baseline="batch", group_size=group_size, stop_credit="local", eos_id=3, future_reduce="mean",
+                   rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), reward_weight=0.5)
     _compare(
         lambda logits, teacher, tokens, mask: losses.distil_loss(logits, teacher, tokens, mask, **options),
         lambda h, w, b, expert, tokens, mask, chunk: chunked_loss(

@@ -721,6 +721,22 @@ def test_masked_group_baseline_is_unbiased_on_variable_lengths(future_cost, stop
     torch.testing.assert_close(got, 2 * exact, atol=1e-10, rtol=0)  # two rollouts per pair
 
 
+@pytest.mark.parametrize("future_cost, stop_credit", VARIANTS)
+def test_batch_baseline_is_unbiased_with_one_sample_per_problem(future_cost, stop_credit):
+    """Two problems of one rollout each: each row's baseline is the other problem's future cost,
+    which cannot depend on it, so the expected gradient is still the exact one (twice)."""
+    theta, teacher = var_tables(seed=5)
+    (exact,) = torch.autograd.grad(exact_objective(theta, teacher, future_cost, stop_credit), theta)
+    pairs = [[a, b] for a, b in itertools.product(RESPONSES, repeat=2)]
+    options = dict(future_cost=future_cost, stop_credit=stop_credit, group_size=1)
+    got, _, _ = expected_estimator_gradient(theta, teacher, pairs, baseline="batch", **options)
+    torch.testing.assert_close(got, 2 * exact, atol=1e-10, rtol=0)
+    # and the baseline is there: the same expectation, a different estimator than none
+    _, per_pair, _ = expected_estimator_gradient(theta, teacher, pairs, baseline="batch", **options)
+    _, plain, _ = expected_estimator_gradient(theta, teacher, pairs, baseline="none", **options)
+    assert (per_pair - plain).abs().max() > 1e-4
+
+
 def test_kl_future_cost_has_the_expert_as_a_fixed_point_and_ce_pushes_towards_stopping():
     _, teacher = var_tables()
     theta = teacher.clone().requires_grad_()  # p = q at every state
@@ -818,6 +834,37 @@ def test_credit_floor_outside_its_range_is_refused(floor):
     rows, tokens, mask = var_batch(RESPONSES)
     with pytest.raises(ValueError, match="credit_floor"):
         distil_loss(theta[rows], teacher[rows], tokens, mask, eos_id=EOS, credit_floor=floor)
+
+
+def test_batch_baseline_averages_the_other_problems_rows_that_still_contribute():
+    from distil_core.losses import batch_baseline
+
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0], [11.0, 12.0]])
+    mask = torch.ones(6, 2)
+    mask[4, 1] = 0.0  # row 4 has ended at t = 1
+    got = batch_baseline(values, mask, 2)  # problems: rows {0, 1}, {2, 3}, {4, 5}
+    assert got[0, 0] == (5 + 7 + 9 + 11) / 4 and got[0, 1] == (6 + 8 + 12) / 3  # never its sibling
+    assert got[2, 1] == (2 + 4 + 12) / 3
+    # a batch of one problem has no other rows: no baseline rather than a sibling's
+    assert torch.equal(batch_baseline(values[:2], mask[:2], 2), torch.zeros(2, 2))
+    # the same baseline whatever row 0 holds: it cannot depend on its own rollout
+    moved = values.clone()
+    moved[0] = -100.0
+    assert torch.equal(batch_baseline(moved, mask, 2)[0], got[0])
+
+
+def test_the_success_term_centres_on_the_other_problems_under_the_batch_baseline():
+    from distil_core.losses.baselines import centred_rewards
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    assert torch.allclose(centred_rewards(rewards, 1, "batch"), rewards - (rewards.sum() - rewards) / 5)
+    grouped = centred_rewards(rewards, 2, "batch")  # other problems: the rows outside i's pair
+    assert grouped[0] == 1.0 - 2.0 / 4 and grouped[2] == 0.0 - 3.0 / 4
+    assert torch.equal(centred_rewards(rewards, 2, "group_loo"), torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(centred_rewards(rewards[:2], 2, "batch"), torch.zeros(2))
+    with pytest.raises(ValueError, match="baseline='batch'"):
+        distil_surrogate(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2, 1), baseline="none", group_size=1,
+                         rewards=rewards[:2], reward_weight=1.0)
 
 
 def test_group_baseline_averages_only_siblings_that_still_contribute():

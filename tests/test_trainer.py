@@ -329,6 +329,25 @@ def test_one_sample_per_problem_trains_without_siblings(tmp_path, method):
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
 
 
+def test_the_batch_baseline_keeps_the_success_term_with_one_sample_per_problem(tmp_path):
+    """With one rollout a problem the group baseline steps aside; the batch baseline compares a
+    row with the other problems' rollouts, so a lone success still teaches (as with siblings)."""
+    trainer = _trainer(tmp_path, "train.steps=1", "rollout.samples_per_problem=1", "rollout.problems_per_step=16",
+                       "loss.baseline=batch", "loss.reward_weight=1.0", "optim.grad_clip=0", "feedback=[]",
+                       "context.use_demonstrations=false")
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    row = trainer.train_step(1)
+    assert row["signal_rollouts"] == 0 and 0 < row["pass_rate"] < 1
+    assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
+    # under the group baseline the same rows have nothing to be centred on: nothing moves
+    plain = _trainer(tmp_path / "group", "train.steps=1", "rollout.samples_per_problem=1",
+                     "rollout.problems_per_step=16", "loss.reward_weight=1.0", "optim.grad_clip=0", "feedback=[]",
+                     "context.use_demonstrations=false")
+    start = [p.detach().clone() for p in plain.model.parameters()]
+    assert plain.train_step(1)["signal_rollouts"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(start, plain.model.parameters()))
+
+
 def test_a_micro_batch_without_any_expert_signal_takes_only_the_success_term(tmp_path):
     """Chunked: rows with no signal get no [B, T, V] target laid out, only the success term."""
     from distil_core.losses.methods import stack_signals

@@ -28,7 +28,7 @@ def test_the_loss_receives_each_rows_exclusions_from_the_steps_provenance(tmp_pa
     """End to end: the exclusions the group baseline sees in a real distil step are the ones the
     step's expert queries record, row for row, with micro-batches split on groups."""
     from distil_core.config import load_config
-    from distil_core.losses import credit
+    from distil_core.losses import baselines
     from distil_core.plugin_host import PluginHost
     from distil_core.testing import FAST_RUN
     from distil_core.training import update
@@ -42,14 +42,14 @@ def test_the_loss_receives_each_rows_exclusions_from_the_steps_provenance(tmp_pa
         expected.append(out)
         return out
 
-    group_baseline = credit.group_baseline
+    group_baseline = baselines.group_baseline
 
     def seeing_baseline(values, mask, group_size, exclude=None):
         seen.append(None if exclude is None else exclude.clone())
         return group_baseline(values, mask, group_size, exclude)
 
     monkeypatch.setattr(update, "baseline_exclusions", recording_exclusions)
-    monkeypatch.setattr(credit, "group_baseline", seeing_baseline)
+    monkeypatch.setattr(baselines, "group_baseline", seeing_baseline)
     config = load_config(None, FAST_RUN + ["method=distil", "loss.baseline=group_loo", "optim.grad_accum=2",
                                            "train.steps=3"])
     trainer = Trainer(config, run_dir=str(tmp_path / "run"), host=PluginHost(load_entrypoints=False),

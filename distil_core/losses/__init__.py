@@ -2,7 +2,7 @@
 
 ``reference`` holds the plain, readable version of each loss (the one the tests check against
 exact gradients) and ``credit`` the future credit, group baselines and rewards that DistIL's
-surrogate and GRPO's advantages are made of; ``chunked`` (with ``chunk_terms``) is the
+surrogate and GRPO's advantages are made of (its baselines in ``baselines``); ``chunked`` (with ``chunk_terms``) is the
 memory-lean version that never materialises the full vocabulary for long responses, and
 ``methods`` the registry ``METHODS`` that says, for each training method, whether it needs an
 expert, whether it can run chunked, and which loss it computes. Adding a method is one entry
@@ -13,9 +13,9 @@ Imports torch, the contract layer and ``models`` (``topk_with_tail``, which expe
 send top-k signals, lives in ``models.forward``).
 """
 
+from distil_core.losses.baselines import BASELINES, batch_baseline, group_baseline, leave_one_out_rewards
 from distil_core.losses.credit import (
     ADVANTAGE_SCALES,
-    BASELINES,
     FUTURE_COSTS,
     FUTURE_REDUCES,
     STOP_CREDITS,
@@ -26,8 +26,6 @@ from distil_core.losses.credit import (
     future_cost,
     future_sum_with_carry,
     group_advantages,
-    group_baseline,
-    leave_one_out_rewards,
     stop_score,
     support_score,
 )
@@ -55,7 +53,7 @@ from distil_core.models.forward import topk_with_tail
 
 __all__ = [
     "ADVANTAGE_SCALES", "BASELINES", "FUTURE_COSTS", "FUTURE_REDUCES", "LOSS_TYPES", "STOP_CREDITS",
-    "ce_kl_per_token", "ce_kl_topk_per_token", "check_credit", "check_future_credit", "credit_inputs", "cross_entropy",
+    "batch_baseline", "ce_kl_per_token", "ce_kl_topk_per_token", "check_credit", "check_future_credit", "credit_inputs", "cross_entropy",
     "distil_loss", "distil_loss_sampled", "distil_loss_topk", "distil_surrogate", "future_cost",
     "future_sum_with_carry", "generalized_jsd", "generalized_jsd_per_token", "generalized_jsd_topk",
     "group_advantages", "group_baseline", "grpo_loss", "leave_one_out_rewards", "reverse_kl_sampled",

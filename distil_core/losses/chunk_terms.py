@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distil_core.losses import credit
+from distil_core.losses import baselines, credit
 from distil_core.losses import reference as losses
 
 
@@ -139,8 +139,7 @@ def future_credit_terms(chunk: Chunk, student: Tensor, per_token: Tensor, entrop
     cost, carry = credit.future_sum_with_carry(torch.where(keep, token_cost, 0.0), keep, o["gamma"], chunk.carry)
     if o["future_weight"] is not None:
         cost = credit.per_future_token(cost, o["future_weight"][:, chunk.start : chunk.stop])
-    if o["baseline"] == "group_loo":
-        cost = cost - credit.group_baseline(cost, keep, o["group_size"], o["exclude"])
+    cost = baselines.subtract_baseline(cost, keep, o["baseline"], o["group_size"], o["exclude"])
     cost = torch.where(keep, cost, 0.0)
     if o["centred_rewards"] is not None:
         rewards = o["centred_rewards"].to(device=cost.device, dtype=cost.dtype)

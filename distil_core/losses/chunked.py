@@ -27,7 +27,7 @@ from torch import Tensor
 
 from distil_core.config import LossConfig
 from distil_core.errors import ConfigError
-from distil_core.losses import credit
+from distil_core.losses import baselines, credit
 from distil_core.losses.chunk_terms import Chunk, ChunkTerms, Expert, ExpertHead, ExpertTopK
 from distil_core.losses.expert_batch import DIVERGENCE_KEYS, ExpertBatch, LossOutput, RowContext, tempered
 from distil_core.losses.importance import importance_weights
@@ -109,8 +109,8 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
         credit.check_future_credit(given["baseline"], given["group_size"], batch, given["gamma"])
         credit.check_credit(given["future_cost"], given["stop_credit"], given["eos_id"], given["credit_floor"])
         credit.check_reduce(given["future_reduce"])
-        if rewarded and (given["rewards"] is None or given["group_size"] is None or given["group_size"] < 2):
-            raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2")
+        if rewarded:
+            baselines.check_rewarded(given["rewards"], given["group_size"], given["baseline"])
     response_mask = given["response_mask"]
     o = dict(given, future_credit=on, exclude=given["baseline_exclude"], centred_rewards=None,
              counted=mask.bool() | response_mask.bool() if rewarded and response_mask is not None else mask.bool())
@@ -119,8 +119,8 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
                           if on and given["future_reduce"] == "mean" else None)
     terms.check(o, batch)
     if rewarded:
-        o["centred_rewards"] = given["reward_weight"] * credit.leave_one_out_rewards(
-            torch.as_tensor(given["rewards"]), given["group_size"])
+        o["centred_rewards"] = given["reward_weight"] * baselines.centred_rewards(
+            torch.as_tensor(given["rewards"]), given["group_size"], given["baseline"])
     return o
 
 

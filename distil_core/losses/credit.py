@@ -11,11 +11,11 @@ The advantage A_t = G_t - b_t - λ(r - r̄_{-i}) holds three pieces, each here:
   the credit for a cost i - t steps later by γ^(i-t-1). The sum is lower wherever fewer tokens
   follow, so it also credits a token for leading to a short ending the expert agrees with;
   ``reduce="mean"`` (the mean cost per later token) removes that pull on length.
-* b_t, the **group baseline** (:func:`group_baseline`): the masked mean G of the other
+* b_t, the **baseline** (:mod:`distil_core.losses.baselines`): by default the masked mean G of the other
   rollouts of the prompt, leaving out siblings whose expert context read this rollout. It
   depends only on siblings, so the estimator stays unbiased as long as their costs do not
   depend on y_i.
-* λ(r - r̄_{-i}), a terminal **success term** (:func:`leave_one_out_rewards`), centred on the
+* λ(r - r̄_{-i}), a terminal **success term** (:func:`~distil_core.losses.baselines.centred_rewards`), centred on the
   siblings' mean reward; a rollout without an expert signal — a lone success — still gets it.
 
 The score s_t is log p_t(y_t), or, restricted to a set S_t of tokens (:func:`support_score`),
@@ -40,7 +40,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-BASELINES = ("none", "group_loo")
+from distil_core.losses.baselines import centred_rewards, check_baseline, check_rewarded, subtract_baseline
+
 FUTURE_COSTS = ("kl", "ce")
 FUTURE_REDUCES = ("sum", "mean")
 STOP_CREDITS = ("full", "local")
@@ -85,47 +86,6 @@ def per_future_token(total: Tensor, weight: Tensor) -> Tensor:
 def check_reduce(reduce: str) -> None:
     if reduce not in FUTURE_REDUCES:
         raise ValueError(f"unknown future_reduce {reduce!r}; choose one of {', '.join(FUTURE_REDUCES)}")
-
-
-def group_baseline(values: Tensor, mask: Tensor, group_size: int,
-                   exclude: Optional[Tensor] = None) -> Tensor:
-    """b_{i,t} = Σ_{j} w_ij m_{j,t} v_{j,t} / Σ_{j} w_ij m_{j,t}, 0 where no sibling qualifies.
-
-    Rows form contiguous groups of ``group_size`` rollouts of one prompt; w_ij = 1 for the
-    other rows j of i's group, except where ``exclude`` ``[B, group_size]`` is True (row i
-    must not read sibling j: its expert context used rollout i, so its cost depends on y_i).
-    The mean is over siblings that still contribute at t (``mask``): a sibling that ended, or
-    that has no expert signal, is not a zero that drags the baseline down. Detached.
-
-    Unbiased when the siblings' costs and masks do not depend on y_i. Leaving out the readers
-    removes the direct dependence; which sibling a context picks as its demonstration (and so
-    which are left out) can still depend on whether rollout i passed — a selection effect this
-    does not remove.
-    """
-    batch, length = values.shape
-    check_groups(group_size, batch)
-    groups = batch // group_size
-    keep = mask.bool().view(groups, group_size, length).to(values.dtype)
-    grouped = torch.where(mask.bool(), values.detach(), 0.0).view(groups, group_size, length)
-    weights = 1.0 - torch.eye(group_size, dtype=values.dtype, device=values.device)
-    weights = weights.expand(groups, group_size, group_size)
-    if exclude is not None:
-        allowed = ~exclude.to(device=values.device, dtype=torch.bool).view(groups, group_size, group_size)
-        weights = weights * allowed.to(values.dtype)
-    total = torch.einsum("gij,gjt->git", weights, grouped)
-    count = torch.einsum("gij,gjt->git", weights, keep)
-    return torch.where(count > 0, total / count.clamp(min=1), 0.0).reshape(batch, length)
-
-
-def leave_one_out_rewards(rewards: Tensor, group_size: int) -> Tensor:
-    """r_i - mean of the other rewards of i's contiguous group, ``[B]``."""
-    if group_size < 2:
-        raise ValueError(f"leave_one_out_rewards needs group_size >= 2 (got {group_size}): a lone "
-                         "rollout has no other rewards to be centred on")
-    check_groups(group_size, rewards.shape[0])
-    grouped = rewards.detach().reshape(-1, group_size)
-    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - others).reshape(-1)
 
 
 def stop_score(student_logprobs: Tensor, tokens: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
@@ -187,7 +147,8 @@ def distil_surrogate(
     :func:`future_cost` of ``token_cost`` (detached; default ``token_ce``, the CE reading).
     ``support_logprobs`` (log p_t(S_t)) and ``unsupported`` (y_t ∉ S_t), from
     :func:`credit_inputs`, restrict the score to S_t (``stop_credit="local"``, ``credit_floor``).
-    ``baseline``: "none" or "group_loo" (:func:`group_baseline`, leaving out ``baseline_exclude``).
+    ``baseline``: "none", "group_loo" (leaving out ``baseline_exclude``) or "batch"
+    (:mod:`~distil_core.losses.baselines`).
     ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
     term on ``response_mask`` (default ``mask``). ``future_reduce="mean"`` makes G_t the mean cost per
 later token instead of their sum (:func:`future_cost`). ``future_credit=False`` keeps only the local
@@ -199,9 +160,8 @@ later token instead of their sum (:func:`future_cost`). ``future_credit=False`` 
     if future_credit:
         check_baseline(baseline, group_size, token_ce.shape[0])
     rewarded = future_credit and reward_weight > 0
-    if rewarded and (rewards is None or group_size is None or group_size < 2):
-        raise ValueError("reward_weight > 0 needs rewards [B] and group_size >= 2 (rewards are "
-                         "centred on the other rollouts of the same prompt)")
+    if rewarded:
+        check_rewarded(rewards, group_size, baseline)
     keep = mask.bool()
     per_token = torch.where(keep, token_ce, 0.0)
     counted = keep
@@ -212,7 +172,8 @@ later token instead of their sum (:func:`future_cost`). ``future_credit=False`` 
         if rewarded:
             responses = keep if response_mask is None else response_mask.bool()
             counted = keep | responses
-            centred = leave_one_out_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size)
+            centred = centred_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size,
+                                      baseline)
             cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
         score = scored(token_logprobs, support_logprobs, unsupported)
         per_token = per_token + torch.where(counted, cost, 0.0) * score
@@ -233,9 +194,7 @@ def check_normalizer(normalizer: Any) -> None:
 def credit_advantage(token_cost: Tensor, mask: Tensor, *, gamma: float, baseline: str,
                      group_size: Optional[int], baseline_exclude: Optional[Tensor], reduce: str = "sum") -> Tensor:
     """G_t - b_t on the masked positions (0 elsewhere), detached: the advantage before any success term."""
-    cost = future_cost(token_cost, mask, gamma, reduce)
-    if baseline == "group_loo":
-        cost = cost - group_baseline(cost, mask, group_size, baseline_exclude)
+    cost = subtract_baseline(future_cost(token_cost, mask, gamma, reduce), mask, baseline, group_size, baseline_exclude)
     return torch.where(mask.bool(), cost, 0.0)
 
 
@@ -321,26 +280,6 @@ def check_future_credit(baseline: str, group_size: Optional[int], batch_size: in
 def check_gamma(gamma: float) -> None:
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-
-
-def check_baseline(baseline: str, group_size: Optional[int], batch_size: int) -> None:
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-    if baseline != "group_loo":
-        return
-    if group_size is None:
-        raise ValueError("baseline='group_loo' needs group_size: the number of rollouts per "
-                         "prompt, laid out as contiguous rows")
-    if group_size < 2:
-        raise ValueError(f"baseline='group_loo' needs group_size >= 2 (got {group_size}): "
-                         "each rollout needs a sibling to compare with")
-    check_groups(group_size, batch_size)
-
-
-def check_groups(group_size: int, batch_size: int) -> None:
-    if group_size < 1 or batch_size % group_size:
-        raise ValueError(f"batch of {batch_size} rows does not split into groups of "
-                         f"{group_size} (group_size); keep whole prompt groups in each micro-batch")
 
 
 def log1mexp(x: Tensor) -> Tensor:

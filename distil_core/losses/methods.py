@@ -123,8 +123,10 @@ class Method:
 
     def rewarded(self, cfg: LossConfig, group_size: int) -> bool:
         """Whether DistIL's terminal success term applies: it rides on the future credit and
-        centres rewards on the siblings, so it needs both."""
-        return self.future_credit and cfg.future_credit and cfg.reward_weight > 0 and group_size > 1
+        centres rewards on the siblings (on the other problems' rollouts under ``baseline:
+        batch``, which needs no sibling), so it needs both."""
+        centred = group_size > 1 or cfg.baseline == "batch"
+        return self.future_credit and cfg.future_credit and cfg.reward_weight > 0 and centred
 
     def reads_every_row(self, cfg: LossConfig, group_size: int) -> bool:
         """Whether rows without an expert signal still enter the loss (GRPO's rows, or a success term)."""
@@ -195,12 +197,12 @@ def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_m
         baseline=cfg.baseline,
         gamma=cfg.gamma,
         future_reduce=cfg.future_reduce,
-        group_size=rows.group_size if rows.group_size > 1 else None,
+        group_size=rows.group_size if rows.group_size > 1 or cfg.baseline == "batch" else None,
         baseline_exclude=rows.baseline_exclude,
     )
-    if rows.group_size < 2:  # one rollout per prompt: no sibling to compare with
+    if rows.group_size < 2 and cfg.baseline != "batch":  # one rollout per prompt: no sibling to compare with
         credit.update(baseline="none", baseline_exclude=None)
-    elif credit["future_credit"] and cfg.reward_weight > 0:
+    elif method.rewarded(cfg, rows.group_size):
         credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, response_mask=response_mask)
     return credit
 
