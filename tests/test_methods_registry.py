@@ -68,11 +68,11 @@ def test_grpo_weights_micro_batches_by_its_aggregation_and_distillation_by_token
     assert METHODS["distil"].scale(cfg, share) == 0.25
 
 
-def test_only_distil_has_a_success_term_and_only_with_siblings():
-    cfg = LossConfig(reward_weight=1.0)
+def test_only_distil_has_a_success_term_and_only_with_rewards_to_centre_it_on():
+    cfg = LossConfig(reward_weight=1.0, baseline="group_loo")
     assert METHODS["distil"].rewarded(cfg, 4) and not METHODS["distil"].rewarded(cfg, 1)
-    # centred on the other problems' rollouts, the success term needs no sibling
-    assert METHODS["distil"].rewarded(LossConfig(reward_weight=1.0, baseline="batch"), 1)
+    # centred on the other problems' rollouts (the default), the success term needs no sibling
+    assert METHODS["distil"].rewarded(LossConfig(reward_weight=1.0), 1)
     assert not METHODS["distil_local"].rewarded(cfg, 4)
     assert not METHODS["distil"].rewarded(LossConfig(reward_weight=0.0), 4)
     assert METHODS["grpo"].reads_every_row(LossConfig(reward_weight=0.0), 4)

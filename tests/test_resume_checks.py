@@ -501,3 +501,23 @@ def test_a_full_weight_run_whose_kl_reference_is_rebuilt_from_the_base_is_refuse
                                           r"other weights .*the run's KL reference \(loss.kl_to_reference, reference: "
                                           r"initial\) is a copy of those weights"):
         Trainer(config, run_dir=str(run), resume=True, echo=lambda *_: None)
+
+
+def test_a_method_without_future_credit_is_the_same_run_whatever_distils_keys_say():
+    """DistIL's future-credit keys change what a distil run trains and nothing in a jsd, grpo or
+    distil_local run: a run saved before one of their defaults changed (loss.baseline was
+    group_loo) is reused by a bench and resumed; a distil run that trained with it is not."""
+    from distil_core.config import LossConfig, result_changes, resume_changes
+    from distil_core.config.resume import FUTURE_CREDIT_KEYS
+
+    assert set(FUTURE_CREDIT_KEYS) <= set(LossConfig.model_fields)
+    for method in ("jsd", "grpo", "distil_local", "reverse_kl"):
+        saved = load_config(None, [f"method={method}", "loss.baseline=group_loo", "loss.gamma=0.9"])
+        given = load_config(None, [f"method={method}"])
+        assert result_changes(saved, given) == [] and resume_changes(saved, given) == [], method
+        # what the method does read still counts
+        other = load_config(None, [f"method={method}", "optim.lr=0.001"])
+        assert [key for key, _, _ in result_changes(saved, other)] == ["optim.lr"], method
+    saved = load_config(None, ["method=distil", "loss.baseline=group_loo"])
+    assert [key for key, _, _ in result_changes(saved, load_config(None, ["method=distil"]))] == ["loss.baseline"]
+    assert [key for key, _, _ in resume_changes(saved, load_config(None, ["method=distil"]))] == ["loss.baseline"]

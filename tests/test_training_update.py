@@ -135,8 +135,9 @@ def test_divergences_to_the_expert_are_means_over_signal_tokens_whatever_the_mic
     monkeypatch.setattr(trainer_module, "update_policy", without_signals)
     seen = {}
     for accum in (1, 2, 4):
+        # the group baseline sees whole groups in any micro-batch (the batch one, each micro-batch's own rows)
         config = load_config(None, FAST_RUN + ["method=distil", "train.steps=1", "rollout.temperature=2.0",
-                                               f"optim.grad_accum={accum}"])
+                                               f"optim.grad_accum={accum}", "loss.baseline=group_loo"])
         assert config.loss.reward_weight > 0 and config.rollout.problems_per_step * config.rollout.samples_per_problem == 16
         trainer = Trainer(config, run_dir=str(tmp_path / str(accum)), host=PluginHost(load_entrypoints=False),
                           echo=lambda *_: None)

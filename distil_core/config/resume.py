@@ -20,8 +20,8 @@ import os
 from typing import Any, Optional
 
 from distil_core.config.diff import differences
-from distil_core.config.loading import as_saved_then, saved_config, shown
-from distil_core.config.sections import RunConfig, method_expert_temperature
+from distil_core.config.loading import SUMMED_METHODS, as_saved_then, saved_config, shown
+from distil_core.config.sections import LossConfig, RunConfig, method_expert_temperature
 from distil_core.errors import ConfigError
 from distil_core.redaction import SECRET_NAME, redacted
 
@@ -50,13 +50,24 @@ rotated API key trains the same run. These change what a finished run's results 
 longer run, a curve read at other steps), so a bench compares them (:func:`result_changes`)."""
 
 
+FUTURE_CREDIT_KEYS = ("future_cost", "stop_credit", "credit_floor", "baseline", "gamma", "future_reduce",
+                      "reward_weight")
+"""The ``loss`` keys only DistIL's future credit reads (methods in ``SUMMED_METHODS``)."""
+
+
 def as_trained(config: RunConfig) -> dict[str, Any]:
     """``config`` as a run trains with it, for comparing two runs: its JSON dump with an unset
     ``loss.expert_temperature`` replaced by the method's τ, so that a run saved with the τ
-    written out and one that leaves it to the method compare equal when they train alike."""
+    written out and one that leaves it to the method compare equal when they train alike; and,
+    for a method without future credit, :data:`FUTURE_CREDIT_KEYS` at today's defaults, since it
+    never reads them: a JSD or GRPO run saved before a default of DistIL's changed is still the
+    same run (resumed, or reused by a bench)."""
     data = config.model_dump(mode="json")
     if data["loss"]["expert_temperature"] is None:
         data["loss"]["expert_temperature"] = method_expert_temperature(config.method)
+    if config.method not in SUMMED_METHODS:
+        defaults = LossConfig().model_dump(mode="json")
+        data["loss"].update({key: defaults[key] for key in FUTURE_CREDIT_KEYS})
     return data
 
 

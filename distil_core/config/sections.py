@@ -188,12 +188,13 @@ class LossConfig(_Section):
         "the tokens the student already considers; a rarer one is moved by the per-token term alone, "
         "towards the expert.",
     )
-    baseline: Literal["none", "group_loo", "batch"] = Field(
-        default="group_loo",
-        description="distil: group_loo subtracts the masked mean future cost of the other rollouts of the "
-        "prompt (siblings whose expert context read this rollout are left out) and centres the success term "
-        "on them; batch, the other problems' rollouts of the micro-batch (any samples per problem, one "
-        "included); none, nothing (the success term still centres on the siblings).",
+    baseline: Literal["batch", "group_loo", "none"] = Field(
+        default="batch",
+        description="distil: batch subtracts the masked mean future cost of the other problems' rollouts of the "
+        "micro-batch and centres the success term on them (any samples per problem, one included; chosen on "
+        "the bench's validation splits); group_loo, the other rollouts of the prompt (siblings whose expert "
+        "context read this rollout are left out; group_loo before); none, nothing (the success term still "
+        "centres on the siblings).",
     )
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
     future_reduce: Literal["mean", "sum"] = Field(
