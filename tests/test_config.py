@@ -317,3 +317,8 @@ def test_a_saved_config_resumes_at_the_split_it_trained_with(tmp_path):
     path = write(tmp_path, RunConfig(rollout=RolloutConfig(problems_per_step=16, samples_per_problem=8)).to_yaml())
     assert split(load_config(path, saved=True)) == (16, 8)
     assert split(load_config(write(tmp_path, RunConfig().to_yaml(), "b.yaml"), ["method=grpo"])) == (64, 2)
+
+
+def test_a_method_that_is_not_a_name_is_a_config_error_not_a_crash():
+    with pytest.raises(ConfigError, match="method"):
+        load_config(None, ["method=[distil]"])

@@ -85,16 +85,17 @@ def test_rollouts_log_holds_each_rollout_with_verdict_and_feedback(tmp_path):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("distil", "loss.baseline=group_loo"),
-    ("distil", "loss.reward_weight=0.5"),
-    ("grpo", "loss.loss_type=dapo"),
-    ("grpo", "loss.loss_type=dr_grpo"),
+    ("distil", ["loss.baseline=group_loo"]),
+    ("distil", ["loss.baseline=group_loo", "loss.reward_weight=0.5"]),
+    ("grpo", ["loss.loss_type=dapo"]),
+    ("grpo", ["loss.loss_type=dr_grpo"]),
 ])
 def test_gradient_accumulation_gives_the_same_update(tmp_path, method, extra):
-    """Micro-batches add up to the whole batch (dr_grpo: the divisor is batch × max_new_tokens)."""
+    """Micro-batches add up to the whole batch (dr_grpo: the divisor is batch × max_new_tokens).
+    DistIL's batch baseline is each micro-batch's own (docs/algorithms.md), so it pins group_loo."""
     params = []
     for accum in (1, 2):
-        trainer = _trainer(tmp_path / f"a{accum}", f"method={method}", "train.steps=1", extra,
+        trainer = _trainer(tmp_path / f"a{accum}", f"method={method}", "train.steps=1", *extra,
                            "rollout.temperature=2.0", f"optim.grad_accum={accum}", "optim.grad_clip=0")
         trainer.train_step(1)
         params.append([p.detach().clone() for p in trainer.model.parameters()])
@@ -321,7 +322,8 @@ def test_greedy_evaluation_is_reported_beside_the_sampled_one(tmp_path):
 
 @pytest.mark.parametrize("method", ["distil", "distil_local"])
 def test_one_sample_per_problem_trains_without_siblings(tmp_path, method):
-    """The default group baseline and success term need siblings; with one rollout each they step aside."""
+    """The group baseline and its success term need siblings; with one rollout each they step aside
+    (the batch baseline, the default, keeps both)."""
     trainer = _trainer(tmp_path, f"method={method}", "train.steps=1", "rollout.samples_per_problem=1",
                        "rollout.temperature=2.0")
     start = [p.detach().clone() for p in trainer.model.parameters()]
@@ -341,8 +343,8 @@ def test_the_batch_baseline_keeps_the_success_term_with_one_sample_per_problem(t
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
     # under the group baseline the same rows have nothing to be centred on: nothing moves
     plain = _trainer(tmp_path / "group", "train.steps=1", "rollout.samples_per_problem=1",
-                     "rollout.problems_per_step=16", "loss.reward_weight=1.0", "optim.grad_clip=0", "feedback=[]",
-                     "context.use_demonstrations=false")
+                     "rollout.problems_per_step=16", "loss.baseline=group_loo", "loss.reward_weight=1.0",
+                     "optim.grad_clip=0", "feedback=[]", "context.use_demonstrations=false")
     start = [p.detach().clone() for p in plain.model.parameters()]
     assert plain.train_step(1)["signal_rollouts"] == 0
     assert all(torch.equal(a, b) for a, b in zip(start, plain.model.parameters()))

@@ -83,7 +83,8 @@ def with_method_split(data: Any, default_method: str) -> Any:
     else, an unknown method included, is left for validation to judge."""
     if not isinstance(data, dict):
         return data
-    split = METHOD_SPLITS.get(data.get("method", default_method))
+    method = data.get("method", default_method)
+    split = METHOD_SPLITS.get(method) if isinstance(method, str) else None
     rollout = data.get("rollout", {})
     if split is None:
         return data

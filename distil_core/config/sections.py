@@ -204,10 +204,10 @@ class LossConfig(_Section):
     )
     reward_weight: float = Field(
         default=3.0, ge=0.0,
-        description="distil: λ of a terminal success term, G_t <- G_t - λ (r - mean r of the siblings); "
-        "rollouts without an expert signal (a lone success) get it too. With one sample per problem "
-        "there are no siblings: neither this term nor the group_loo baseline applies. 3: with the mean "
-        "future cost, the weight chosen on the bench's validation splits (1 before).",
+        description="distil: λ of a terminal success term, G_t <- G_t - λ (r - r̄), r̄ the mean reward of "
+        "what loss.baseline compares with; rollouts without an expert signal (a lone success) get it too. "
+        "With one sample per problem it applies under baseline batch only. 3: with the mean future cost, "
+        "the weight chosen on the bench's validation splits (1 before).",
     )
     expert_temperature: Optional[float] = Field(
         default=None, gt=0.0,

@@ -187,20 +187,28 @@ def distillation_loss(
 
 
 def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_mask: Tensor) -> dict:
-    """DistIL's future-credit options for ``method`` (off for methods without future credit)."""
+    """DistIL's future-credit options for ``method`` (off for methods without future credit).
+
+    A micro-batch that holds a single problem (``optim.grad_accum`` or ``optim.minibatches`` close
+    to the problems per step) has no other problem to measure a row against: there ``batch`` falls
+    back to the siblings, as ``group_loo`` measures them, rather than to no baseline at all."""
+    baseline = cfg.baseline
+    if baseline == "batch" and rows.rewards is not None and len(rows.rewards) <= rows.group_size:
+        baseline = "group_loo"
+    cfg = cfg.model_copy(update={"baseline": baseline}) if baseline != cfg.baseline else cfg
     credit = dict(
         future_credit=method.future_credit and cfg.future_credit,
         future_cost=cfg.future_cost,
         stop_credit=cfg.stop_credit,
         eos_id=rows.eos_id,
         credit_floor=cfg.credit_floor,
-        baseline=cfg.baseline,
+        baseline=baseline,
         gamma=cfg.gamma,
         future_reduce=cfg.future_reduce,
-        group_size=rows.group_size if rows.group_size > 1 or cfg.baseline == "batch" else None,
+        group_size=rows.group_size if rows.group_size > 1 or baseline == "batch" else None,
         baseline_exclude=rows.baseline_exclude,
     )
-    if rows.group_size < 2 and cfg.baseline != "batch":  # one rollout per prompt: no sibling to compare with
+    if rows.group_size < 2 and baseline != "batch":  # one rollout per prompt: no sibling to compare with
         credit.update(baseline="none", baseline_exclude=None)
     elif method.rewarded(cfg, rows.group_size):
         credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, response_mask=response_mask)

@@ -47,9 +47,10 @@ FAST_RUN = [
 ]
 """``--set`` overrides for a run of a few seconds on a CPU: a small tiny base, a few steps."""
 
-EARLIER_DISTIL = ["loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0"]
+EARLIER_DISTIL = ["loss.expert_temperature=1.0", "loss.future_reduce=sum", "loss.reward_weight=1.0",
+                  "loss.baseline=group_loo"]
 """``--set`` overrides for ``distil``'s settings before their defaults moved (τ 1, the summed
-future cost, the success weight 1): a test that pins figures measured then sets these, so that
+future cost, the success weight 1, the group baseline): a test that pins figures measured then sets these, so that
 the next change of a default does not change what it measures."""
 
 _state = {"isolated": False}
