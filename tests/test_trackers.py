@@ -365,6 +365,10 @@ def wandb_run(run_dir, path=None):
 
     if path is None:
         (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    # wandb's service writes the file on its own thread; under load it can still hold only its
+    # header when the run has returned from finish() (once in a CI run): read it once the run's
+    # exit record is there
+    wait_until(lambda: "exit" in wandb_kinds(path), timeout_s=120, what=f"the exit record in {path}")
     series, config, tables, finished, kinds = {}, {}, {}, None, []
     for raw in leveldb_records(path.read_bytes()):
         record = wandb_internal_pb2.Record.FromString(raw)
@@ -389,6 +393,19 @@ def wandb_run(run_dir, path=None):
         raise AssertionError(f"{path} holds no history ({len(path.read_bytes())} bytes; records: {kinds}); "
                              "wandb's debug-internal.log ends:\n" + "\n".join(tail))
     return Run(series, flat_config(config), tables, finished)
+
+
+def wandb_kinds(path):
+    """The kinds of the records an offline wandb run file holds so far (``history``, ``exit``, …);
+    none while its last record is still being written."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    try:
+        return [wandb_internal_pb2.Record.FromString(raw).WhichOneof("record_type")
+                for raw in leveldb_records(path.read_bytes())]
+    except DecodeError:
+        return []
 
 
 def leveldb_records(data, block=32768):
