@@ -85,15 +85,13 @@ def with_method_split(data: Any, default_method: str) -> Any:
         return data
     method = data.get("method", default_method)
     split = METHOD_SPLITS.get(method) if isinstance(method, str) else None
-    rollout = data.get("rollout", {})
     if split is None:
         return data
     chosen = dict(zip(SPLIT_KEYS, split))
-    if isinstance(rollout, BaseModel):
-        if not rollout.model_fields_set & set(SPLIT_KEYS):
-            return {**data, "rollout": rollout.model_copy(update=chosen)}
-        return data
-    if isinstance(rollout, dict) and not rollout.keys() & set(SPLIT_KEYS):
+    rollout = data.get("rollout", {})
+    if isinstance(rollout, BaseModel) and not rollout.model_fields_set & chosen.keys():
+        return {**data, "rollout": rollout.model_copy(update=chosen)}
+    if isinstance(rollout, dict) and not rollout.keys() & chosen.keys():
         return {**data, "rollout": {**rollout, **chosen}}
     return data
 
