@@ -861,10 +861,40 @@ def test_the_success_term_centres_on_the_other_problems_under_the_batch_baseline
     grouped = centred_rewards(rewards, 2, "batch")  # other problems: the rows outside i's pair
     assert grouped[0] == 1.0 - 2.0 / 4 and grouped[2] == 0.0 - 3.0 / 4
     assert torch.equal(centred_rewards(rewards, 2, "group_loo"), torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
-    assert torch.equal(centred_rewards(rewards[:2], 2, "batch"), torch.zeros(2))
+    # one problem: no other to be centred on, so its siblings (as group_loo); a lone rollout: nothing
+    assert torch.equal(centred_rewards(rewards[:2], 2, "batch"), torch.tensor([1.0, -1.0]))
+    assert torch.equal(centred_rewards(rewards[:1], 1, "batch"), torch.zeros(1))
     with pytest.raises(ValueError, match="baseline='batch'"):
         distil_surrogate(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2, 1), baseline="none", group_size=1,
                          rewards=rewards[:2], reward_weight=1.0)
+
+
+def test_the_batch_baseline_over_one_problem_falls_back_to_its_siblings_in_a_direct_call_too():
+    """A batch of one problem has no other problem to measure against: ``batch`` then measures each
+    row against its siblings, with their exclusions, as the trainer does; a lone rollout gets no
+    baseline and no success term. With two problems it reads the other problem, not the siblings."""
+    torch.manual_seed(0)
+    ce = torch.rand(4, 3)
+    logprobs = torch.randn(4, 3, requires_grad=True)
+    mask = torch.ones(4, 3)
+    exclude = torch.zeros(4, 4, dtype=torch.bool)
+    exclude[0, 1] = True
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+
+    def grad(baseline, group_size, rows=4, **options):
+        logprobs.grad = None
+        distil_surrogate(ce[:rows], logprobs[:rows], mask[:rows], baseline=baseline, group_size=group_size,
+                         **options).backward()
+        return logprobs.grad.clone()
+
+    rewarded = dict(rewards=rewards, reward_weight=1.0)
+    one = grad("batch", 4, baseline_exclude=exclude, **rewarded)
+    assert torch.equal(one, grad("group_loo", 4, baseline_exclude=exclude, **rewarded))
+    assert not torch.allclose(one, grad("group_loo", 4, **rewarded))  # the exclusion is kept
+    assert not torch.allclose(one, grad("none", 4, **rewarded))
+    assert not torch.allclose(grad("batch", 2, **rewarded), grad("group_loo", 2, **rewarded))
+    lone = grad("batch", 1, rows=1, rewards=rewards[:1], reward_weight=1.0)
+    assert torch.equal(lone, grad("none", None, rows=1))
 
 
 def test_group_baseline_averages_only_siblings_that_still_contribute():

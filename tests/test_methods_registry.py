@@ -171,9 +171,10 @@ def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(metho
     assert float(chunked.loss) == pytest.approx(float(full.loss), rel=1e-5)  # the full path computes in float32
 
 
-def test_a_micro_batch_of_one_problem_measures_batch_credit_against_its_siblings():
+def test_a_micro_batch_of_one_problem_hands_the_batch_baseline_its_siblings_exclusions():
     """Under the batch baseline a micro-batch that holds a single problem has no other problem:
-    it falls back to the siblings (group_loo, with their exclusions) instead of no baseline."""
+    the loss falls back to the siblings (test_losses), so the trainer must hand it their
+    exclusions and the rewards, and a lone rollout keeps ``batch`` (nothing to compare with)."""
     from distil_core.losses.expert_batch import RowContext
     from distil_core.losses.methods import credit_options
 
@@ -182,9 +183,9 @@ def test_a_micro_batch_of_one_problem_measures_batch_credit_against_its_siblings
     exclude = torch.zeros(4, 4, dtype=torch.bool)
     one_problem = credit_options(METHODS["distil"], cfg, RowContext(group_size=4, rewards=torch.ones(4),
                                                                    baseline_exclude=exclude), mask)
-    assert one_problem["baseline"] == "group_loo" and one_problem["baseline_exclude"] is exclude
+    assert one_problem["baseline"] == "batch" and one_problem["baseline_exclude"] is exclude
     assert one_problem["reward_weight"] == 1.0
     two_problems = credit_options(METHODS["distil"], cfg, RowContext(group_size=2, rewards=torch.ones(4)), mask)
     assert two_problems["baseline"] == "batch" and two_problems["group_size"] == 2
     lone = credit_options(METHODS["distil"], cfg, RowContext(group_size=1, rewards=torch.ones(1)), mask[:1])
-    assert lone["baseline"] == "none" and "rewards" not in lone
+    assert lone["baseline"] == "batch" and lone["group_size"] == 1

@@ -512,7 +512,8 @@ def test_a_method_without_future_credit_is_the_same_run_whatever_distils_keys_sa
 
     assert set(FUTURE_CREDIT_KEYS) <= set(LossConfig.model_fields)
     for method in ("jsd", "grpo", "distil_local", "reverse_kl"):
-        saved = load_config(None, [f"method={method}", "loss.baseline=group_loo", "loss.gamma=0.9"])
+        saved = load_config(None, [f"method={method}", "loss.baseline=group_loo", "loss.gamma=0.9",
+                                    "loss.future_credit=false"])
         given = load_config(None, [f"method={method}"])
         assert result_changes(saved, given) == [] and resume_changes(saved, given) == [], method
         # what the method does read still counts

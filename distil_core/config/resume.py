@@ -50,8 +50,8 @@ rotated API key trains the same run. These change what a finished run's results 
 longer run, a curve read at other steps), so a bench compares them (:func:`result_changes`)."""
 
 
-FUTURE_CREDIT_KEYS = ("future_cost", "stop_credit", "credit_floor", "baseline", "gamma", "future_reduce",
-                      "reward_weight")
+FUTURE_CREDIT_KEYS = ("future_credit", "future_cost", "stop_credit", "credit_floor", "baseline", "gamma",
+                      "future_reduce", "reward_weight")
 """The ``loss`` keys only DistIL's future credit reads (methods in ``SUMMED_METHODS``)."""
 
 

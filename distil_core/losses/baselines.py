@@ -11,7 +11,9 @@ Two kinds, chosen by ``loss.baseline``:
   problems of the micro-batch. None of them can depend on rollout i, so the estimator stays
   unbiased with any number of samples per problem, one included: the same rollouts can then be
   spread over more problems, as the other distillation losses prefer, without losing the
-  baseline or the success term. It does not remove a problem's own difficulty.
+  baseline or the success term. It does not remove a problem's own difficulty. A batch that
+  holds one problem has no other to measure against: there it falls back to the siblings
+  (:func:`batch_or_siblings`), in the trainer and in a direct call of the loss alike.
 
 ``none`` subtracts nothing from the future cost; its success term still centres on the
 siblings, as ``group_loo`` does. Shapes as in :mod:`distil_core.losses.credit`: ``[B, T]``
@@ -72,9 +74,22 @@ def batch_baseline(values: Tensor, mask: Tensor, group_size: int) -> Tensor:
     return group_baseline(values, mask, batch, same_problem)
 
 
+def batch_or_siblings(baseline: str, group_size: Optional[int], batch_size: int) -> str:
+    """The baseline a batch of ``batch_size`` rows is measured with: ``batch`` over a single problem
+    of two or more rollouts (``optim.grad_accum`` or ``optim.minibatches`` close to the problems
+    per step) has no other problem to compare with, so it falls back to that problem's siblings,
+    as ``group_loo`` measures them, rather than to no baseline at all. A lone rollout keeps
+    ``batch``, which then subtracts nothing and centres no reward: there is nothing to compare with."""
+    if baseline == "batch" and group_size is not None and 2 <= group_size == batch_size:
+        return "group_loo"
+    return baseline
+
+
 def subtract_baseline(cost: Tensor, mask: Tensor, baseline: str, group_size: Optional[int],
                       exclude: Optional[Tensor] = None) -> Tensor:
-    """``cost`` - b for ``baseline`` (``exclude`` read by ``group_loo`` alone); ``cost`` itself for "none"."""
+    """``cost`` - b for ``baseline`` (``exclude`` read by ``group_loo`` alone, and by ``batch`` where
+    it falls back to the siblings, :func:`batch_or_siblings`); ``cost`` itself for "none"."""
+    baseline = batch_or_siblings(baseline, group_size, cost.shape[0])
     if baseline == "group_loo":
         return cost - group_baseline(cost, mask, group_size, exclude)  # type: ignore[arg-type]
     if baseline == "batch":
@@ -108,9 +123,10 @@ def other_problem_rewards(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def centred_rewards(rewards: Tensor, group_size: int, baseline: str) -> Tensor:
-    """The success term's r - r̄ for ``baseline``: the other problems' mean under ``batch``, the
-    siblings' under ``group_loo`` and ``none``."""
-    if baseline == "batch":
+    """The success term's r - r̄ for ``baseline``: the other problems' mean under ``batch`` (the
+    siblings' in a batch of one problem, :func:`batch_or_siblings`), the siblings' under
+    ``group_loo`` and ``none``."""
+    if batch_or_siblings(baseline, group_size, rewards.shape[0]) == "batch":
         return other_problem_rewards(rewards, group_size)
     return leave_one_out_rewards(rewards, group_size)
 
@@ -145,5 +161,5 @@ def check_groups(group_size: int, batch_size: int) -> None:
                          f"{group_size} (group_size); keep whole prompt groups in each micro-batch")
 
 
-__all__ = ["BASELINES", "batch_baseline", "centred_rewards", "check_baseline", "check_groups", "check_rewarded",
+__all__ = ["BASELINES", "batch_baseline", "batch_or_siblings", "centred_rewards", "check_baseline", "check_groups", "check_rewarded",
            "group_baseline", "leave_one_out_rewards", "other_problem_rewards", "subtract_baseline"]

@@ -188,14 +188,9 @@ def distillation_loss(
 
 def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_mask: Tensor) -> dict:
     """DistIL's future-credit options for ``method`` (off for methods without future credit).
-
-    A micro-batch that holds a single problem (``optim.grad_accum`` or ``optim.minibatches`` close
-    to the problems per step) has no other problem to measure a row against: there ``batch`` falls
-    back to the siblings, as ``group_loo`` measures them, rather than to no baseline at all."""
+    ``batch`` in a micro-batch of one problem falls back to its siblings inside the loss
+    (:func:`~distil_core.losses.baselines.batch_or_siblings`), so it keeps their exclusions."""
     baseline = cfg.baseline
-    if baseline == "batch" and rows.rewards is not None and len(rows.rewards) <= rows.group_size:
-        baseline = "group_loo"
-    cfg = cfg.model_copy(update={"baseline": baseline}) if baseline != cfg.baseline else cfg
     credit = dict(
         future_credit=method.future_credit and cfg.future_credit,
         future_cost=cfg.future_cost,
