@@ -161,5 +161,5 @@ def check_groups(group_size: int, batch_size: int) -> None:
                          f"{group_size} (group_size); keep whole prompt groups in each micro-batch")
 
 
-__all__ = ["BASELINES", "batch_baseline", "batch_or_siblings", "centred_rewards", "check_baseline", "check_groups", "check_rewarded",
-           "group_baseline", "leave_one_out_rewards", "other_problem_rewards", "subtract_baseline"]
+__all__ = ["BASELINES", "batch_baseline", "batch_or_siblings", "centred_rewards", "check_baseline", "check_groups",
+           "check_rewarded", "group_baseline", "leave_one_out_rewards", "other_problem_rewards", "subtract_baseline"]
