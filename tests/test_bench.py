@@ -343,7 +343,14 @@ def test_sweep_chooses_per_method_on_the_validation_split_never_the_test_problem
     train, validation = evaluation_split(task, "validation", 16)
     test_ids = {p.id for p in task.problems("test")}
     assert len(train) == 64 and not {p.id for p in validation} & (test_ids | {p.id for p in train})
-    assert "| **" in (out / "sweep.md").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "| **" in md
+    # each value's means per suite, the chosen metric's agreeing with the choice's own scores
+    for method, entry in result["chosen"].items():
+        assert f"## {method}: each suite" in md
+        for value, score in entry["validation"].items():
+            suite_scores = result["per_suite"][method][value]["sort"]
+            assert suite_scores["pass@1"] == pytest.approx(score) and "pass@1" in suite_scores
     with pytest.raises(ConfigError, match="leaves none to train on"):
         evaluation_split(task, "validation", 80)
 
@@ -545,6 +552,31 @@ def test_a_sweep_of_several_keys_takes_their_values_together_in_order(tmp_path, 
         err = capsys.readouterr().err
         assert "would give suite 'sort' another rollout budget than" in err and "the larger budget" in err
     assert not out.exists()
+
+
+def test_a_sweep_report_shows_each_suite_and_what_the_choice_does_not_read():
+    """The choice reads one metric's mean over suites; the report also gives each value's means
+    per suite, of that metric and of every other pass@k, so a reader sees what the mean trades."""
+    from distil_core.cli.sweep import per_suite
+
+    def row(suite, seed, p1, p8):
+        return {"suite": suite, "seed": seed, "after": {"pass@1": p1, "pass@8": p8, "greedy@1": 0.5, "flag": True}}
+
+    rows = {"0.001": [row("a", 0, 0.2, 0.6), row("a", 1, 0.4, 0.8), row("b", 0, 0.5, 0.9), row("b", 1, 0.7, 0.9)],
+            "0.002": [row("a", 0, 0.3, 0.5), row("a", 1, 0.5, 0.5), row("b", 0, 0.6, 0.7), row("b", 1, 0.6, 0.7)]}
+    table = per_suite(rows)
+    assert table["0.001"]["a"] == {"pass@1": pytest.approx(0.3), "pass@8": pytest.approx(0.7), "greedy@1": 0.5}
+    scores = {v: {f"{r['suite']}/{r['seed']}": r["after"]["pass@1"] for r in rs} for v, rs in rows.items()}
+    result = {"key": "optim.lr", "keys": ["optim.lr"], "values": [0.001, 0.002], "metric": "pass@1",
+              "chosen": {"distil": choose([0.001, 0.002], scores)}, "per_suite": {"distil": table}}
+    md = render_sweep(result, "distil bench --sweep optim.lr=0.001,0.002")
+    assert "| distil | 45.0 ± 20.8 | 50.0 ± 14.1 | **0.002** |" in md
+    assert "## distil: each suite" in md and "Validation pass@1 / pass@8 (%)" in md
+    assert "| value | a | b | mean |" in md
+    assert "| 0.001 | 30.0 / 70.0 | 60.0 / 90.0 | 45.0 / 80.0 |" in md
+    assert "| 0.002 | 40.0 / 50.0 | 60.0 / 70.0 | 50.0 / 60.0 |" in md
+    # a sweep.json written before the per-suite means renders as it did
+    assert ": each suite" not in render_sweep({k: v for k, v in result.items() if k != "per_suite"}, "x")
 
 
 def test_a_paired_sweep_report_says_how_to_read_a_value():

@@ -11,7 +11,10 @@ A highest mean over three seeds can be noise. So the report also gives, for ever
 its paired gap to the chosen one: the difference on each (suite, seed), which shares the
 problems and the sampling seed and so cancels most of their variance, as a mean ± its standard
 error. A value whose gap is within one standard error is named *within noise* of the choice:
-the choice stands, and the reader sees that the sweep did not resolve it.
+the choice stands, and the reader sees that the sweep did not resolve it. A mean over suites
+can also hide what a value trades: the report ends with each value's means per suite, of the
+chosen metric and of the other pass@k the runs recorded (:func:`per_suite`), which the choice
+does not read.
 
 Some settings only make sense together: a step's rollouts split into problems × samples per
 problem keeps the rollouts a step consumes only if both keys move at once. ``--sweep`` given for
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import time
 from typing import Any, Callable, Optional
 
@@ -34,8 +38,8 @@ from distil_core.cli.report import leaders, mean_std, within_noise
 from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
-__all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "render_sweep",
-           "main_sweep"]
+__all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "per_suite",
+           "render_sweep", "main_sweep"]
 
 
 def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
@@ -171,12 +175,29 @@ def run_sweep(spec: BenchSpec, keys: list[str], values: list[Any], plan: list[tu
     """Run ``plan`` (:func:`plan_sweep`); per method, :func:`choose` over the validation
     ``plot_metric`` of every (suite, seed)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for value, bench in plan:
         for row in bench.run():
             scores = results.setdefault(row["method"], {}).setdefault(json.dumps(value), {})
             scores[f"{row['suite']}/{row['seed']}"] = row["after"][spec.plot_metric]
+            rows.setdefault(row["method"], {}).setdefault(json.dumps(value), []).append(row)
     chosen = {method: choose(values, by_value) for method, by_value in results.items()}
-    return {"key": ", ".join(keys), "keys": keys, "values": values, "metric": spec.plot_metric, "chosen": chosen}
+    return {"key": ", ".join(keys), "keys": keys, "values": values, "metric": spec.plot_metric, "chosen": chosen,
+            "per_suite": {method: per_suite(by_value) for method, by_value in rows.items()}}
+
+
+def per_suite(rows_by_value: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """JSON-encoded value → suite → metric → mean over the seeds, for every number a run's
+    ``after`` holds (bench rows, :meth:`~distil_core.cli.bench.Bench.run`)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for value, value_rows in rows_by_value.items():
+        scores: dict[str, dict[str, list[float]]] = {}
+        for row in value_rows:
+            for metric, score in row["after"].items():
+                if isinstance(score, (int, float)) and not isinstance(score, bool):
+                    scores.setdefault(row["suite"], {}).setdefault(metric, []).append(float(score))
+        out[value] = {suite: {m: statistics.fmean(v) for m, v in metrics.items()} for suite, metrics in scores.items()}
+    return out
 
 
 def choose(values: list[Any], by_value: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -206,7 +227,8 @@ def _paired(result: dict[str, Any]) -> str:
 
 def render_sweep(result: dict[str, Any], command: str) -> str:
     """``sweep.md``: per method, the mean ± std validation metric at every value, the value
-    chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`)."""
+    chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`); then each
+    value's means per suite, where the result holds them (:func:`per_suite`)."""
     values = [json.dumps(v) for v in result["values"]]
     lines = [f"# Sweep of `{result['key']}` on the validation split", "",
              f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
@@ -225,7 +247,38 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
                          for v in map(json.dumps, entry.get("within_noise", [])))
         tied = tied or ("none" if gaps else "not judged (one seed)")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _suite_tables(result)) + "\n"
+
+
+def _shown(metric: str, by_value: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The chosen metric, then every other pass@k the runs recorded, by k."""
+    recorded = {m for suites in by_value.values() for scores in suites.values() for m in scores}
+    others = sorted((m for m in recorded if re.fullmatch(r"pass@\d+", m) and m != metric), key=lambda m: int(m[5:]))
+    return [metric] + others
+
+
+def _suite_tables(result: dict[str, Any]) -> list[str]:
+    """Per method, each value's validation means per suite (:func:`per_suite`) and over suites:
+    what the mean the choice reads is made of, and what it trades on the other pass@k."""
+    if not result.get("per_suite"):
+        return []
+    lines: list[str] = []
+    for method, by_value in result["per_suite"].items():
+        metrics = _shown(result["metric"], by_value)
+        suites = list(dict.fromkeys(suite for by_suite in by_value.values() for suite in by_suite))
+        lines += ["", f"## {method}: each suite", "",
+                  f"Validation {' / '.join(metrics)} (%), mean over seeds; the last column is the mean over suites. "
+                  f"The choice reads {metrics[0]} alone.", "",
+                  "| value | " + " | ".join(suites) + " | mean |", "|---|" + "---:|" * (len(suites) + 1)]
+        for value in (json.dumps(v) for v in result["values"]):
+            by_suite = by_value.get(value)
+            if not by_suite:
+                continue
+            cells = [by_suite.get(suite, {}) for suite in suites]
+            overall = {m: statistics.fmean(c[m] for c in cells if m in c) for m in metrics if any(m in c for c in cells)}
+            row = [" / ".join(f"{100 * c[m]:.1f}" if m in c else "–" for m in metrics) for c in cells + [overall]]
+            lines.append(f"| {value} | " + " | ".join(row) + " |")
+    return lines
 
 
 def main_sweep(args: Any) -> int:
