@@ -869,6 +869,40 @@ def test_the_success_term_centres_on_the_other_problems_under_the_batch_baseline
                          rewards=rewards[:2], reward_weight=1.0)
 
 
+def test_the_success_term_decays_with_the_rewards_it_is_centred_on():
+    """``reward_decay`` weighs r - r̄ by 1 - r̄, r̄ the same mean the term is centred on (the other
+    problems' under ``batch``, the siblings' otherwise), never reading the row's own reward."""
+    from distil_core.losses.baselines import centred_rewards
+
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    others = (rewards.sum() - rewards) / 5
+    assert torch.allclose(centred_rewards(rewards, 1, "batch", decay=True), (rewards - others) * (1 - others))
+    pairs = rewards.view(3, 2).flip(1).reshape(-1)  # each row's one sibling
+    assert torch.allclose(centred_rewards(rewards, 2, "group_loo", decay=True), (rewards - pairs) * (1 - pairs))
+    assert torch.equal(centred_rewards(rewards, 2, "group_loo"), rewards - pairs)
+    # the factor is the same whatever row i's own reward: flipping it moves only r_i
+    flipped = rewards.clone()
+    flipped[0] = 0.0
+    assert torch.allclose(centred_rewards(flipped, 1, "batch", decay=True)[0], (0.0 - others[0]) * (1 - others[0]))
+
+    torch.manual_seed(0)
+    ce = torch.rand(6, 3)
+    logprobs = torch.randn(6, 3, requires_grad=True)
+    mask = torch.ones(6, 3)
+
+    def grad(reward_weight=2.0, **options):
+        logprobs.grad = None
+        distil_surrogate(ce, logprobs, mask, baseline="batch", group_size=1, rewards=rewards,
+                         reward_weight=reward_weight, **options).backward()
+        return logprobs.grad.clone()
+
+    assert not torch.allclose(grad(reward_decay=True), grad())
+    # the decayed term is the plain one with each row's λ scaled by 1 - r̄_{-i}
+    plain, decayed = grad(), grad(reward_decay=True)
+    local = grad(reward_weight=0.0)
+    assert torch.allclose((decayed - local), (plain - local) * (1 - others)[:, None], atol=1e-6)
+
+
 def test_the_batch_baseline_over_one_problem_falls_back_to_its_siblings_in_a_direct_call_too():
     """A batch of one problem has no other problem to measure against: ``batch`` then measures each
     row against its siblings, with their exclusions, as the trainer does; a lone rollout gets no

@@ -171,6 +171,33 @@ def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(metho
     assert float(chunked.loss) == pytest.approx(float(full.loss), rel=1e-5)  # the full path computes in float32
 
 
+def test_the_decayed_success_term_is_the_same_on_the_chunked_and_full_paths():
+    """``loss.reward_decay`` reaches both loss paths from the config: from hidden states a chunk at
+    a time and from full logits, the same loss, and not the loss without it."""
+    from distil_core import losses
+    from distil_core.losses.chunked import chunked_distillation_loss
+    from distil_core.losses.methods import RowContext, distillation_loss, stack_signals
+    from distil_core.types import ExpertSignal
+
+    g = torch.Generator().manual_seed(5)
+    B, T, H, V = 4, 5, 8, 12
+    hidden, weight = torch.randn(B, T, H, generator=g, dtype=torch.float64), torch.randn(V, H, generator=g, dtype=torch.float64)
+    tokens, mask = torch.randint(1, V, (B, T), generator=g), torch.ones(B, T, dtype=torch.float64)
+    signals = []
+    for _ in range(B):
+        ids, lps = losses.topk_with_tail(torch.randn(T, V, generator=g, dtype=torch.float64), 4)
+        signals.append(ExpertSignal(access="topk", topk_ids=ids, topk_logprobs=lps))
+    expert = stack_signals(signals, T, V, "cpu")
+    rows = RowContext(1, eos_id=0, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    decayed = LossConfig(chunk_size=2, baseline="batch", reward_weight=2.0, reward_decay=True)
+    chunked = chunked_distillation_loss("distil", decayed, hidden, weight, None, tokens, mask, expert, rows)
+    full = distillation_loss("distil", decayed, hidden @ weight.T, tokens, mask, expert, rows)
+    plain = distillation_loss("distil", decayed.model_copy(update={"reward_decay": False}), hidden @ weight.T,
+                              tokens, mask, expert, rows)
+    assert float(chunked.loss) == pytest.approx(float(full.loss), rel=1e-5)
+    assert float(full.loss) != pytest.approx(float(plain.loss), rel=1e-3)
+
+
 def test_a_micro_batch_of_one_problem_hands_the_batch_baseline_its_siblings_exclusions():
     """Under the batch baseline a micro-batch that holds a single problem has no other problem:
     the loss falls back to the siblings (test_losses), so the trainer must hand it their

@@ -51,7 +51,7 @@ longer run, a curve read at other steps), so a bench compares them (:func:`resul
 
 
 FUTURE_CREDIT_KEYS = ("future_credit", "future_cost", "stop_credit", "credit_floor", "baseline", "gamma",
-                      "future_reduce", "reward_weight")
+                      "future_reduce", "reward_weight", "reward_decay")
 """The ``loss`` keys only DistIL's future credit reads (methods in ``SUMMED_METHODS``)."""
 
 

@@ -209,6 +209,8 @@ class LossConfig(_Section):
         "With one sample per problem it applies under baseline batch only. 3: with the mean future cost, "
         "the weight chosen on the bench's validation splits (1 before).",
     )
+    reward_decay: bool = Field(default=False, description="distil: the success term weighed by 1 - r̄ too, "
+                               "fading as what it is centred on passes (unbiased: r̄ never reads the row).")
     expert_temperature: Optional[float] = Field(
         default=None, gt=0.0,
         description="Every distillation method learns towards q ∝ exp(z / τ) of the expert's logits z. "

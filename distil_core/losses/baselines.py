@@ -97,20 +97,22 @@ def subtract_baseline(cost: Tensor, mask: Tensor, baseline: str, group_size: Opt
     return cost
 
 
-def leave_one_out_rewards(rewards: Tensor, group_size: int) -> Tensor:
-    """r_i - mean of the other rewards of i's contiguous group, ``[B]``."""
+def leave_one_out_rewards(rewards: Tensor, group_size: int, decay: bool = False) -> Tensor:
+    """r_i - mean of the other rewards of i's contiguous group, ``[B]``; with ``decay``, times
+    (1 - that mean) (:func:`centred_rewards`)."""
     if group_size < 2:
         raise ValueError(f"leave_one_out_rewards needs group_size >= 2 (got {group_size}): a lone "
                          "rollout has no other rewards to be centred on")
     check_groups(group_size, rewards.shape[0])
     grouped = rewards.detach().reshape(-1, group_size)
     others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - others).reshape(-1)
+    return ((grouped - others) * (1 - others if decay else 1)).reshape(-1)
 
 
-def other_problem_rewards(rewards: Tensor, group_size: int) -> Tensor:
+def other_problem_rewards(rewards: Tensor, group_size: int, decay: bool = False) -> Tensor:
     """r_i - mean reward of the rows of the other problems, ``[B]``; 0 in a batch of one problem
-    (nothing to be centred on, so no success term rather than an uncentred one)."""
+    (nothing to be centred on, so no success term rather than an uncentred one). With ``decay``,
+    times (1 - that mean) (:func:`centred_rewards`)."""
     batch = rewards.shape[0]
     check_groups(group_size, batch)
     rewards = rewards.detach()
@@ -119,16 +121,22 @@ def other_problem_rewards(rewards: Tensor, group_size: int) -> Tensor:
     if others == 0:
         return torch.zeros_like(rewards)
     mean = (rewards.sum() - grouped.sum(dim=1, keepdim=True)) / others
-    return (grouped - mean).reshape(-1)
+    return ((grouped - mean) * (1 - mean if decay else 1)).reshape(-1)
 
 
-def centred_rewards(rewards: Tensor, group_size: int, baseline: str) -> Tensor:
+def centred_rewards(rewards: Tensor, group_size: int, baseline: str, decay: bool = False) -> Tensor:
     """The success term's r - r̄ for ``baseline``: the other problems' mean under ``batch`` (the
     siblings' in a batch of one problem, :func:`batch_or_siblings`), the siblings' under
-    ``group_loo`` and ``none``."""
+    ``group_loo`` and ``none``.
+
+    ``decay`` (``loss.reward_decay``) weighs each row by 1 - r̄ as well: a constant λ keeps
+    pushing towards successes and away from failures once most rollouts pass, sharpening the
+    student and costing pass@k on a suite it has mostly learnt, while the term is needed most
+    where successes are rare. r̄ never reads row i's own reward, so the factor is a per-row
+    constant and the term stays an unbiased estimate of λ(1 - r̄)∇E[r]."""
     if batch_or_siblings(baseline, group_size, rewards.shape[0]) == "batch":
-        return other_problem_rewards(rewards, group_size)
-    return leave_one_out_rewards(rewards, group_size)
+        return other_problem_rewards(rewards, group_size, decay)
+    return leave_one_out_rewards(rewards, group_size, decay)
 
 
 def check_rewarded(rewards: Optional[Tensor], group_size: Optional[int], baseline: str) -> None:

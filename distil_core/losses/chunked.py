@@ -57,7 +57,8 @@ def chunked_loss(
     ``[V, H]`` and ``bias`` are its output projection. ``chunk_size`` counts positions per chunk.
     The ``options`` mean what they mean in :mod:`distil_core.losses.reference` (defaults in
     :data:`CHUNK_DEFAULTS`): ``future_credit``, ``future_cost``, ``stop_credit``, ``eos_id``, ``credit_floor``,
-    ``baseline``, ``gamma``, ``future_reduce``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``
+    ``baseline``, ``gamma``, ``future_reduce``, ``group_size``, ``baseline_exclude``, ``rewards``, ``reward_weight``,
+    ``reward_decay``
     and ``response_mask`` for ``distil``; ``beta`` and ``temperature`` for ``jsd``;
     ``reverse_kl_gamma`` for ``reverse_kl``. Logits are computed in float32 (float64 inputs stay
     float64). A ``stats`` dict, when given, receives the token means of CE and KL to the expert
@@ -87,7 +88,8 @@ def chunked_loss(
 
 CHUNK_DEFAULTS = dict(
     future_credit=True, future_cost="kl", stop_credit="full", eos_id=None, credit_floor=0.0, baseline="none", gamma=1.0,
-    future_reduce="sum", group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, response_mask=None,
+    future_reduce="sum", group_size=None, baseline_exclude=None, rewards=None, reward_weight=0.0, reward_decay=False,
+    response_mask=None,
     beta=0.5, temperature=1.0, reverse_kl_gamma=0.0, old_logprobs=None, is_clip=2.0,
 )
 """The options of :func:`chunked_loss` and their defaults."""
@@ -120,7 +122,7 @@ def _options(method: Method, terms: ChunkTerms, given: dict, mask: Tensor, batch
     terms.check(o, batch)
     if rewarded:
         o["centred_rewards"] = given["reward_weight"] * baselines.centred_rewards(
-            torch.as_tensor(given["rewards"]), given["group_size"], given["baseline"])
+            torch.as_tensor(given["rewards"]), given["group_size"], given["baseline"], given["reward_decay"])
     return o
 
 

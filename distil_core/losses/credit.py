@@ -135,7 +135,7 @@ def distil_surrogate(
     unsupported: Optional[Tensor] = None,
     baseline: str = "none", gamma: float = 1.0,
     group_size: Optional[int] = None, baseline_exclude: Optional[Tensor] = None,
-    rewards: Optional[Tensor] = None, reward_weight: float = 0.0,
+    rewards: Optional[Tensor] = None, reward_weight: float = 0.0, reward_decay: bool = False,
     response_mask: Optional[Tensor] = None,
     normalizer: Optional[float] = None,
     future_reduce: str = "sum",
@@ -150,8 +150,9 @@ def distil_surrogate(
     ``baseline``: "none", "group_loo" (leaving out ``baseline_exclude``) or "batch"
     (:mod:`~distil_core.losses.baselines`).
     ``rewards`` ``[B]`` with ``reward_weight`` λ > 0 add the success
-    term on ``response_mask`` (default ``mask``). ``future_reduce="mean"`` makes G_t the mean cost per
-later token instead of their sum (:func:`future_cost`). ``future_credit=False`` keeps only the local
+    term on ``response_mask`` (default ``mask``), weighed by 1 - r̄ too with ``reward_decay``
+    (:func:`~distil_core.losses.baselines.centred_rewards`). ``future_reduce="mean"`` makes G_t the mean
+    cost per later token instead of their sum (:func:`future_cost`). ``future_credit=False`` keeps only the local
     term (the "distil_local" ablation, whose gradient on the logits is p_t - q_t per token).
 
     The result is Σ ℓ / (token count of ``mask`` ∪ ``response_mask``), or Σ ℓ / ``normalizer``.
@@ -173,7 +174,7 @@ later token instead of their sum (:func:`future_cost`). ``future_credit=False`` 
             responses = keep if response_mask is None else response_mask.bool()
             counted = keep | responses
             centred = centred_rewards(torch.as_tensor(rewards, dtype=cost.dtype, device=cost.device), group_size,
-                                      baseline)
+                                      baseline, reward_decay)
             cost = cost - reward_weight * torch.where(responses, centred[:, None], 0.0)
         score = scored(token_logprobs, support_logprobs, unsupported)
         per_token = per_token + torch.where(counted, cost, 0.0) * score

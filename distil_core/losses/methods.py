@@ -206,7 +206,8 @@ def credit_options(method: Method, cfg: LossConfig, rows: RowContext, response_m
     if rows.group_size < 2 and baseline != "batch":  # one rollout per prompt: no sibling to compare with
         credit.update(baseline="none", baseline_exclude=None)
     elif method.rewarded(cfg, rows.group_size):
-        credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, response_mask=response_mask)
+        credit.update(rewards=rows.rewards, reward_weight=cfg.reward_weight, reward_decay=cfg.reward_decay,
+                      response_mask=response_mask)
     return credit
 
 
