@@ -142,17 +142,14 @@ def test_each_methods_own_expert_temperature_names_a_registered_distillation_met
     assert all(t > 0 for t in EXPERT_TEMPERATURES.values())
 
 
-@pytest.mark.parametrize("method", ["distil", "jsd"])
-def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(method):
-    """From hidden states, a chunk at a time, an unset τ is the method's own too: the same loss
-    as the full-logit path and as the method's τ written out."""
-    from distil_core.config import method_expert_temperature
+def _topk_batch(seed: int):
+    """Hidden states, an output projection, tokens, a mask and a top-k expert for 4 rows of 5
+    positions: what a chunked loss and its full-logit twin both read."""
     from distil_core import losses
-    from distil_core.losses.chunked import chunked_distillation_loss
-    from distil_core.losses.methods import RowContext, distillation_loss, stack_signals
+    from distil_core.losses.methods import stack_signals
     from distil_core.types import ExpertSignal
 
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     B, T, H, V = 4, 5, 8, 12
     hidden, weight = torch.randn(B, T, H, generator=g, dtype=torch.float64), torch.randn(V, H, generator=g, dtype=torch.float64)
     tokens, mask = torch.randint(1, V, (B, T), generator=g), torch.ones(B, T, dtype=torch.float64)
@@ -160,7 +157,18 @@ def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(metho
     for _ in range(B):
         ids, lps = losses.topk_with_tail(torch.randn(T, V, generator=g, dtype=torch.float64), 4)
         signals.append(ExpertSignal(access="topk", topk_ids=ids, topk_logprobs=lps))
-    expert = stack_signals(signals, T, V, "cpu")
+    return hidden, weight, tokens, mask, stack_signals(signals, T, V, "cpu")
+
+
+@pytest.mark.parametrize("method", ["distil", "jsd"])
+def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(method):
+    """From hidden states, a chunk at a time, an unset τ is the method's own too: the same loss
+    as the full-logit path and as the method's τ written out."""
+    from distil_core.config import method_expert_temperature
+    from distil_core.losses.chunked import chunked_distillation_loss
+    from distil_core.losses.methods import RowContext, distillation_loss
+
+    hidden, weight, tokens, mask, expert = _topk_batch(3)
     rows = RowContext(2, eos_id=0, rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]))
     own = LossConfig(expert_temperature=method_expert_temperature(method), chunk_size=2)
     unset = LossConfig(chunk_size=2)
@@ -174,20 +182,10 @@ def test_the_chunked_path_tempers_an_unset_top_k_expert_as_the_method_does(metho
 def test_the_decayed_success_term_is_the_same_on_the_chunked_and_full_paths():
     """``loss.reward_decay`` reaches both loss paths from the config: from hidden states a chunk at
     a time and from full logits, the same loss, and not the loss without it."""
-    from distil_core import losses
     from distil_core.losses.chunked import chunked_distillation_loss
-    from distil_core.losses.methods import RowContext, distillation_loss, stack_signals
-    from distil_core.types import ExpertSignal
+    from distil_core.losses.methods import RowContext, distillation_loss
 
-    g = torch.Generator().manual_seed(5)
-    B, T, H, V = 4, 5, 8, 12
-    hidden, weight = torch.randn(B, T, H, generator=g, dtype=torch.float64), torch.randn(V, H, generator=g, dtype=torch.float64)
-    tokens, mask = torch.randint(1, V, (B, T), generator=g), torch.ones(B, T, dtype=torch.float64)
-    signals = []
-    for _ in range(B):
-        ids, lps = losses.topk_with_tail(torch.randn(T, V, generator=g, dtype=torch.float64), 4)
-        signals.append(ExpertSignal(access="topk", topk_ids=ids, topk_logprobs=lps))
-    expert = stack_signals(signals, T, V, "cpu")
+    hidden, weight, tokens, mask, expert = _topk_batch(5)
     rows = RowContext(1, eos_id=0, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]))
     decayed = LossConfig(chunk_size=2, baseline="batch", reward_weight=2.0, reward_decay=True)
     chunked = chunked_distillation_loss("distil", decayed, hidden, weight, None, tokens, mask, expert, rows)
