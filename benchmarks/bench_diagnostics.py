@@ -6,6 +6,7 @@
     python benchmarks/bench_diagnostics.py sharpness SUITE RUN_DIR [RUN_DIR ...] [--problems 100]
     python benchmarks/bench_diagnostics.py temperatures RUN_DIR [RUN_DIR ...] [--temperatures 0.5 0.7 1.0]
     python benchmarks/bench_diagnostics.py passk RUN_DIR [RUN_DIR ...] [--samples 32] [--plot PNG] [--json PATH]
+    python benchmarks/bench_diagnostics.py choices RUN_DIR [RUN_DIR ...] [--every 4]
 
 SUITE is a suite of the embedded bench spec (math, code, science, digits), configured exactly as
 `distil bench` configures it, seed 0.
@@ -53,6 +54,11 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   method's share of solved problems grows with the number of tries. A method that covers the
   expert's answers (forward cross-entropy) should gain more with k than one that commits to a
   single answer; the bench's pass@8 shows one point of that curve.
+- ``choices``: each run's own training rollouts (``rollouts.jsonl``: train with ``--set
+  train.log_rollouts=true``), step by step: the share that open with each first character and
+  how many of those passed, mean over each method's runs. Where the first token chooses a
+  strategy (sparse_ways' way), it tells how fast a method settles the choice from how fast it
+  learns to carry the chosen way out.
 """
 
 from __future__ import annotations
@@ -371,6 +377,73 @@ def pass_at_k(run_dirs: list[str], samples: int, overrides: list[str]) -> dict[s
     return out
 
 
+def first_choices(run_dirs: list[str], every: int) -> dict[str, Any]:
+    """Per run, at step 1 and every ``every`` steps, its training rollouts by the first
+    character of their answer (``""`` for an empty one): each one's share of the step's
+    rollouts and the share of those that passed; and the mean of those over each method's runs
+    (a character a run never opened with counts as share 0 there)."""
+    from distil_core.config import saved_config
+    from distil_core.errors import ConfigError
+
+    out: dict[str, Any] = {"every": every, "runs": {}, "methods": {}}
+    for run_dir in run_dirs:
+        config = saved_config(run_dir) if os.path.isdir(run_dir) else None
+        if config is None:
+            raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml); give the directory "
+                              "`distil train` writes.")
+        out["runs"][run_dir] = {"method": bench_label(run_dir, config.method), "steps": logged_choices(run_dir, every)}
+    for method in dict.fromkeys(r["method"] for r in out["runs"].values()):
+        runs = [r["steps"] for r in out["runs"].values() if r["method"] == method]
+        out["methods"][method] = mean_choices(runs)
+    return out
+
+
+def logged_choices(run_dir: str, every: int) -> dict[str, Any]:
+    """One run's rollouts.jsonl counted by step and first character (see :func:`first_choices`)."""
+    from distil_core.errors import DistilError
+    from distil_core.run_files import log_lines
+
+    counts: dict[int, dict[str, list[int]]] = {}
+    for path, number, line in log_lines(run_dir, "rollouts.jsonl"):
+        try:
+            record = json.loads(line)
+            step, text, passed = int(record["step"]), str(record["response_text"]), bool(record["verdict"]["passed"])
+        except (ValueError, KeyError, TypeError):
+            raise DistilError(f"{path}:{number}: not a rollout record (step, response_text, verdict.passed); "
+                              "the log is damaged: move it aside or train the run again") from None
+        if step == 1 or step % every == 0:
+            seen = counts.setdefault(step, {}).setdefault(text.strip()[:1], [0, 0])
+            seen[0] += 1
+            seen[1] += passed
+    if not counts:
+        raise DistilError(f"{run_dir}: no training rollouts logged (rollouts.jsonl); train it with "
+                          "--set train.log_rollouts=true")
+    out = {}
+    for step, by_first in sorted(counts.items()):
+        total = sum(n for n, _ in by_first.values())
+        out[str(step)] = {"rollouts": total, "pass_rate": sum(p for _, p in by_first.values()) / total,
+                          "by_first": {c: {"share": n / total, "pass_rate": p / n} for c, (n, p) in sorted(by_first.items())}}
+    return out
+
+
+def mean_choices(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over runs, step by step (the steps every run logged), of :func:`logged_choices`:
+    a first character's share counts 0 in a run that never opened with it; its pass rate is
+    the mean over the runs that did."""
+    steps = [s for s in runs[0] if all(s in r for r in runs)]
+    out = {}
+    for step in steps:
+        rows = [r[step] for r in runs]
+        chars = sorted({c for row in rows for c in row["by_first"]})
+        by_first = {}
+        for c in chars:
+            seen = [row["by_first"][c] for row in rows if c in row["by_first"]]
+            by_first[c] = {"share": sum(x["share"] for x in seen) / len(rows),
+                           "pass_rate": sum(x["pass_rate"] for x in seen) / len(seen)}
+        out[step] = {"pass_rate": sum(row["pass_rate"] for row in rows) / len(rows), "by_first": by_first}
+    return out
+
+
 def bench_label(run_dir: str, method: str) -> str:
     """The bench's label for a run in its layout (``OUTPUT_DIR/<suite>/<label>/seed<N>``), which
     tells ``reverse_kl_dense`` from ``jsd`` though both train with ``method: jsd``; else
@@ -437,6 +510,24 @@ def plot_frontier(top: str, means: dict[str, list[tuple[float, float]]], temps: 
     ax.grid(alpha=0.3)
     ax.legend()
     print(f"Plot: {save_figure(plt, fig, path)}")
+
+
+def print_choices(result: dict[str, Any]) -> None:
+    """Per method, a row per reported step: its pass rate, and for each first character (the
+    most frequent over the run first) its share of the rollouts / the share of those that passed."""
+    for method, steps in result["methods"].items():
+        weight: dict[str, float] = {}
+        for row in steps.values():
+            for c, x in row["by_first"].items():
+                weight[c] = weight.get(c, 0.0) + x["share"]
+        chars = sorted(weight, key=lambda c: -weight[c])[:4]
+        print(f"\n{method}: training rollouts by first character, share / passed among them (%)")
+        print("| step | passed | " + " | ".join(f"{c!r}" for c in chars) + " |")
+        print("|---:|---:|" + "---:|" * len(chars))
+        for step, row in steps.items():
+            cells = [f"{100 * row['by_first'][c]['share']:.0f} / {100 * row['by_first'][c]['pass_rate']:.0f}"
+                     if c in row["by_first"] else "0 / –" for c in chars]
+            print(f"| {step} | {100 * row['pass_rate']:.1f} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -532,13 +623,19 @@ def run(argv: list[str]) -> int:
     passk.add_argument("--plot", metavar="PNG", help="also draw each method's mean pass@k against k")
     passk.add_argument("--title", default="pass@k against the number of samples")
     passk.add_argument("--json", metavar="PATH", help="also write the result (ks, and per run its pass@k) as JSON")
+    choices = sub.add_parser("choices", help="trained runs: training rollouts by their first character, step by step")
+    choices.add_argument("run_dirs", nargs="+")
+    choices.add_argument("--every", type=counted, default=4, help="report step 1 and every N-th step")
     for p in (gap, onp, mem, sharp, temp, passk):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.command == "passk" and args.samples & (args.samples - 1):
         parser.error(f"--samples must be a power of two (1, 2, 4, ...), got {args.samples}")
     check_outputs(args)
-    if args.command == "passk":
+    if args.command == "choices":
+        result = first_choices(args.run_dirs, args.every)
+        print_choices(result)
+    elif args.command == "passk":
         result = pass_at_k(args.run_dirs, args.samples, args.overrides)
         ks = result["ks"]
         print("| run | " + " | ".join(f"pass@{k}" for k in ks) + " |")

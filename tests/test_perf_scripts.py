@@ -192,6 +192,60 @@ def test_bench_diagnostics_sharpness_teacher_forces_each_runs_final_model(tmp_pa
     assert "| pass@1 | pass@2 |" in proc.stdout
 
 
+def _logged_run(path, method, steps):
+    """A run directory whose rollouts.jsonl holds ``steps`` ({step: [(answer, passed), ...]}) as
+    the trainer writes them, in the bench's layout when ``path`` is."""
+    from distil_core.config import load_config
+    from distil_core.testing import problem, rollout, verdict
+    from distil_core.training.runlog import rollout_record
+
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(load_config(None, [f"method={method}"]).to_yaml())
+    lines = [json.dumps(rollout_record(step, problem("0"), rollout(text), verdict(passed), []))
+             for step, rows in steps.items() for text, passed in rows]
+    (path / "rollouts.jsonl").write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_bench_diagnostics_choices_counts_first_characters_per_step_and_method(tmp_path):
+    """Each reported step's rollouts by the first character of the answer (leading space
+    ignored, an empty answer its own bucket), per run and as the mean over a method's runs:
+    a character a run never opened with counts as share 0 there; steps between reports are skipped."""
+    first = _logged_run(tmp_path / "bench" / "ways" / "distil" / "seed0", "distil", {
+        1: [(" 12", True), ("21", False), ("23", False), ("", False)],
+        2: [("11", True)] * 4,  # not a reported step at --every 4
+        4: [("12", True), ("13", False), ("14", False), ("15", False)],
+    })
+    second = _logged_run(tmp_path / "bench" / "ways" / "distil" / "seed1", "distil", {
+        1: [("21", False), ("22", False), ("1", False), ("1", True)],
+        4: [("2", False)] * 4,
+    })
+    other = _logged_run(tmp_path / "grpo-run", "grpo", {1: [("9", False)]})
+    out = _diagnostics(tmp_path, "choices", str(first), str(second), str(other), "--every", "4")
+    assert list(out["runs"][str(first)]["steps"]) == ["1", "4"]
+    step1 = out["runs"][str(first)]["steps"]["1"]
+    assert step1["rollouts"] == 4 and step1["pass_rate"] == 0.25
+    assert step1["by_first"] == {"": {"share": 0.25, "pass_rate": 0.0}, "1": {"share": 0.25, "pass_rate": 1.0},
+                                 "2": {"share": 0.5, "pass_rate": 0.0}}
+    mean = out["methods"]["distil"]
+    assert mean["1"]["pass_rate"] == 0.25 and mean["1"]["by_first"]["1"] == {"share": 0.375, "pass_rate": 0.75}
+    assert mean["4"]["by_first"]["1"] == {"share": 0.5, "pass_rate": 0.25}  # seed1 never opened with 1 at step 4
+    assert mean["4"]["by_first"]["2"] == {"share": 0.5, "pass_rate": 0.0}
+    assert out["methods"]["grpo"] == {"1": {"pass_rate": 0.0, "by_first": {"9": {"share": 1.0, "pass_rate": 0.0}}}}
+
+
+def test_bench_diagnostics_choices_names_a_run_without_logged_rollouts(tmp_path):
+    run = _logged_run(tmp_path / "run", "distil", {})
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "choices", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert str(run) in proc.stderr and "train.log_rollouts=true" in proc.stderr
+    (run / "rollouts.jsonl").write_text('{"step": 1}\n')
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "choices", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and f"{run / 'rollouts.jsonl'}:1: not a rollout record" in proc.stderr
+
+
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
     from distil_core.models.tiny import save_pretrained
     from distil_core.testing import tiny_model, tiny_tokenizer
