@@ -56,7 +56,8 @@ SUITE is a suite of the embedded bench spec (math, code, science, digits), confi
   single answer; the bench's pass@8 shows one point of that curve.
 - ``choices``: each run's own training rollouts (``rollouts.jsonl``: train with ``--set
   train.log_rollouts=true``), step by step: the share that open with each first character and
-  how many of those passed, mean over each method's runs. Where the first token chooses a
+  the share of those that passed, per run and as the mean over each method's runs (the table
+  shows the four most frequent first characters; the JSON holds them all). Where the first token chooses a
   strategy (sparse_ways' way), it tells how fast a method settles the choice from how fast it
   learns to carry the chosen way out.
 """
@@ -513,8 +514,10 @@ def plot_frontier(top: str, means: dict[str, list[tuple[float, float]]], temps: 
 
 
 def print_choices(result: dict[str, Any]) -> None:
-    """Per method, a row per reported step: its pass rate, and for each first character (the
-    most frequent over the run first) its share of the rollouts / the share of those that passed."""
+    """Per method, a row per reported step: its pass rate, and for each of the four most frequent
+    first characters (over all its steps) its share of the rollouts / the share of those that
+    passed. Rarer characters are left out of the table (a row's shares may sum below 100); the
+    JSON printed after it holds every one."""
     for method, steps in result["methods"].items():
         weight: dict[str, float] = {}
         for row in steps.values():
