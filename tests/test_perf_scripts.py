@@ -232,6 +232,14 @@ def test_bench_diagnostics_choices_counts_first_characters_per_step_and_method(t
     assert mean["4"]["by_first"]["1"] == {"share": 0.5, "pass_rate": 0.25}  # seed1 never opened with 1 at step 4
     assert mean["4"]["by_first"]["2"] == {"share": 0.5, "pass_rate": 0.0}
     assert out["methods"]["grpo"] == {"1": {"pass_rate": 0.0, "by_first": {"9": {"share": 1.0, "pass_rate": 0.0}}}}
+    # the table a reader sees: per method, the most frequent first characters first; a
+    # character a step never opened with shows as "0 / –"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "choices",
+                           str(first), str(second), "--every", "4"], capture_output=True, text=True, timeout=120)
+    table = proc.stdout.split("\n{")[0]
+    assert "| step | passed | '2' | '1' | '' |" in table
+    assert "| 1 | 25.0 | 50 / 0 | 38 / 75 | 12 / 0 |" in table
+    assert "| 4 | 12.5 | 50 / 0 | 50 / 25 | 0 / – |" in table
 
 
 def test_bench_diagnostics_choices_names_a_run_without_logged_rollouts(tmp_path):
