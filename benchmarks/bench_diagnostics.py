@@ -400,18 +400,22 @@ def first_choices(run_dirs: list[str], every: int) -> dict[str, Any]:
 
 
 def logged_choices(run_dir: str, every: int) -> dict[str, Any]:
-    """One run's rollouts.jsonl counted by step and first character (see :func:`first_choices`)."""
+    """One run's rollouts.jsonl counted by step and first character (see :func:`first_choices`).
+    Its lines are read by the rule every step-log reader applies (:func:`~distil_core.run_files.step_records`:
+    blank lines skipped, a last line still being written left for the next read); each record
+    must then hold a text ``response_text`` and a true/false ``verdict.passed``."""
     from distil_core.errors import DistilError
-    from distil_core.run_files import log_lines
+    from distil_core.run_files import log_lines, step_records
 
+    damaged = "the log is damaged: move it aside or train the run again"
     counts: dict[int, dict[str, list[int]]] = {}
-    for path, number, line in log_lines(run_dir, "rollouts.jsonl"):
-        try:
-            record = json.loads(line)
-            step, text, passed = int(record["step"]), str(record["response_text"]), bool(record["verdict"]["passed"])
-        except (ValueError, KeyError, TypeError):
-            raise DistilError(f"{path}:{number}: not a rollout record (step, response_text, verdict.passed); "
-                              "the log is damaged: move it aside or train the run again") from None
+    for record in step_records(log_lines(run_dir, "rollouts.jsonl"), finished=False, damaged=damaged):
+        text, verdict = record.get("response_text"), record.get("verdict")
+        passed = verdict.get("passed") if isinstance(verdict, dict) else None
+        if not isinstance(text, str) or not isinstance(passed, bool):
+            raise DistilError(f"{run_dir}: rollouts.jsonl holds a record at step {record['step']} that is not a "
+                              f"rollout record (a text response_text and a true/false verdict.passed); {damaged}")
+        step = int(record["step"])
         if step == 1 or step % every == 0:
             seen = counts.setdefault(step, {}).setdefault(text.strip()[:1], [0, 0])
             seen[0] += 1

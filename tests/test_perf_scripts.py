@@ -248,10 +248,25 @@ def test_bench_diagnostics_choices_names_a_run_without_logged_rollouts(tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert str(run) in proc.stderr and "train.log_rollouts=true" in proc.stderr
-    (run / "rollouts.jsonl").write_text('{"step": 1}\n')
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "choices", str(run)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and f"{run / 'rollouts.jsonl'}:1: not a rollout record" in proc.stderr
+    script = [sys.executable, str(ROOT / "benchmarks" / "bench_diagnostics.py"), "choices", str(run)]
+    for damage in ('{"step": 1}\n', '{"step": 1, "response_text": "1", "verdict": {"passed": "false"}}\n'):
+        (run / "rollouts.jsonl").write_text(damage)
+        proc = subprocess.run(script, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"{run}: rollouts.jsonl holds a record at step 1 that is not a rollout record" in proc.stderr
+    (run / "rollouts.jsonl").write_text("not json\n")  # the step-log rule names the line
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and f"{run / 'rollouts.jsonl'}:1: " in proc.stderr
+
+
+def test_bench_diagnostics_choices_reads_a_log_still_being_written(tmp_path):
+    """A blank line is skipped and a last line without its newline (a run still writing it) is
+    left for the next read, as every step-log reader does."""
+    run = _logged_run(tmp_path / "run", "distil", {1: [("1", True), ("2", False)]})
+    with open(run / "rollouts.jsonl", "a") as fh:
+        fh.write('\n{"step": 1, "response_text": "2", "verd')
+    out = _diagnostics(tmp_path, "choices", str(run))
+    assert out["runs"][str(run)]["steps"]["1"]["rollouts"] == 2
 
 
 def test_shared_prefix_times_both_passes_both_ways_and_counts_the_positions(tmp_path):
