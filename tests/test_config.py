@@ -301,6 +301,21 @@ def test_the_embedded_default_spends_its_rollouts_on_many_problems():
     assert split(RunConfig(method="grpo")) == METHOD_SPLITS["grpo"] == (32, 4)
 
 
+def test_a_filled_in_split_follows_the_method_when_its_section_is_reused():
+    """The split a method fills in is a default, not a choice: the rollout section of a DistIL
+    config handed to a GRPO config trains GRPO at its own 32 × 4, and an edited copy too."""
+    distil = RunConfig()
+    assert distil.rollout.model_fields_set == set()
+    assert split(RunConfig(method="grpo", rollout=distil.rollout)) == METHOD_SPLITS["grpo"]
+    edited = distil.rollout.model_copy(update={"max_new_tokens": 7})
+    assert split(RunConfig(method="grpo", rollout=edited)) == METHOD_SPLITS["grpo"]
+    # the section given is never changed in place, and one that names a key keeps it
+    assert split(distil) == METHOD_SPLITS["distil"]
+    chosen = RolloutConfig(samples_per_problem=3)
+    assert split(RunConfig(method="grpo", rollout=chosen)) == (16, 3)
+    assert chosen.model_fields_set == {"samples_per_problem"}
+
+
 def test_a_config_that_sets_one_split_key_keeps_the_other_at_its_field_default(tmp_path):
     """Setting one key is a choice of the split: the other stays what it always was (16 problems,
     8 samples), whatever the method, so a config written before method splits trains as it did."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from distil_core.config.base import BIG, MAX_ROLLOUTS_PER_STEP
 from distil_core.config.base import Section as _Section
@@ -80,7 +80,13 @@ SPLIT_KEYS = ("problems_per_step", "samples_per_problem")
 def with_method_split(data: Any, default_method: str) -> Any:
     """A run config's raw ``data`` with the method's :data:`METHOD_SPLITS` filled in where its
     ``rollout`` names neither split key (``default_method`` where it names no method). Anything
-    else, an unknown method included, is left for validation to judge."""
+    else, an unknown method or a rollout section that fails validation included, is left for
+    validation to judge (its errors then name ``rollout``).
+
+    The filled split is a default that follows the method, not a choice: the section it returns
+    still counts neither key as set, so the same section handed to a run config of another
+    method gets that method's split.
+    """
     if not isinstance(data, dict):
         return data
     method = data.get("method", default_method)
@@ -89,10 +95,14 @@ def with_method_split(data: Any, default_method: str) -> Any:
         return data
     chosen = dict(zip(SPLIT_KEYS, split))
     rollout = data.get("rollout", {})
-    if isinstance(rollout, BaseModel) and not rollout.model_fields_set & chosen.keys():
-        return {**data, "rollout": rollout.model_copy(update=chosen)}
-    if isinstance(rollout, dict) and not rollout.keys() & chosen.keys():
-        return {**data, "rollout": {**rollout, **chosen}}
+    if isinstance(rollout, dict):
+        try:
+            rollout = RolloutConfig.model_validate(rollout)
+        except ValidationError:
+            return data
+    if isinstance(rollout, RolloutConfig) and not rollout.model_fields_set & chosen.keys():
+        filled = RolloutConfig.model_construct(_fields_set=set(rollout.model_fields_set), **{**dict(rollout), **chosen})
+        return {**data, "rollout": filled}
     return data
 
 
