@@ -594,6 +594,36 @@ def test_a_paired_sweep_report_says_how_to_read_a_value():
     assert "| distil | 25.0 ± 7.1 | 45.0 ± 7.1 | **[64, 2]** |" in md
 
 
+def test_a_sweep_value_may_be_a_list_and_the_report_writes_words_bare(tmp_path, capsys):
+    """Before: the values were split at every comma, so a list (AdamW's betas) could not be
+    swept, and the report wrote a word as JSON ("cosine" with its quotes)."""
+    from distil_core.cli.sweep import parse_sweep, parse_sweeps, split_values
+
+    assert parse_sweep("optim.betas=[0.9,0.99],[0.9,0.999]") == ("optim.betas", [[0.9, 0.99], [0.9, 0.999]])
+    assert split_values('a,"x,y",{b: 1, c: 2},[1,[2,3]]') == ['a', '"x,y"', "{b: 1, c: 2}", "[1,[2,3]]"]
+    assert parse_sweeps(["optim.betas=[0.9,0.99],[0.9,0.999]", "optim.schedule=constant,cosine"])[1] == [
+        [[0.9, 0.99], "constant"], [[0.9, 0.999], "cosine"]]
+    out = tmp_path / "sweep"
+    argv = ["bench", SPEC, "--quick", "--suites", "sort", "--methods", "grpo", "--output-dir", str(out), "--dry-run"]
+    assert main(argv + ["--sweep", "optim.betas=[0.9,0.99],[0.9,0.999]"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["optim.betas=[0.9, 0.99]", "optim.betas=[0.9, 0.999]"]
+    folder = str(out / "optim.betas=[0.9, 0.999]" / "sort" / "grpo" / "seed0")
+    assert lines[1].split("\t")[-1] == folder
+    spec, base = load_spec(SPEC)
+    bench = Bench(spec, base, str(out), quick=True, suites=["sort"], methods=["grpo"],
+                  overrides=["optim.betas=[0.9, 0.999]"])
+    assert {cfg.optim.betas for cfg in bench.configs.values()} == {(0.9, 0.999)}
+    runs = ["s/0", "s/1"]
+    entry = choose(["constant", "cosine"], {'"constant"': dict(zip(runs, [0.2, 0.3])),
+                                            '"cosine"': dict(zip(runs, [0.3, 0.2]))})
+    md = render_sweep({"key": "optim.schedule", "values": ["constant", "cosine"], "metric": "pass@1",
+                       "chosen": {"distil": entry}, "per_suite": {"distil": {'"cosine"': {"s": {"pass@1": 0.25}}}}},
+                      "x")
+    assert "| method | constant | cosine | chosen |" in md and '"' not in md
+    assert "| **constant** | cosine (0.0 ± 10.0) |" in md and "| cosine | 25.0 | 25.0 |" in md
+
+
 def test_an_interrupted_bench_says_to_run_the_same_command_again(monkeypatch, tmp_path, capsys):
     def interrupted(self):
         raise KeyboardInterrupt

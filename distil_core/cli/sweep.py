@@ -39,7 +39,7 @@ from distil_core.errors import ConfigError
 from distil_core.io import atomic_write_json, atomic_write_text
 
 __all__ = ["parse_sweep", "parse_sweeps", "value_folder", "plan_sweep", "run_sweep", "choose", "per_suite",
-           "render_sweep", "main_sweep"]
+           "render_sweep", "shown", "split_values", "main_sweep"]
 
 
 def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
@@ -49,7 +49,7 @@ def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
     if "=" not in text:
         raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,..., for example --sweep optim.lr=1e-4,3e-4,1e-3")
     key, raw = text.split("=", 1)
-    values = [_value(v) for v in raw.split(",") if v.strip()]
+    values = [_value(v) for v in split_values(raw) if v.strip()]
     if not key.strip() or len(values) < 2:
         raise ConfigError(f"--sweep {text!r}: name a key and at least two values")
     if alone and len({json.dumps(v) for v in values}) < len(values):
@@ -65,6 +65,26 @@ def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
         raise ConfigError(f"--sweep {text!r}: each value's runs go to OUTPUT_DIR/KEY=VALUE, and {what}; give values "
                           "without '/', '\\' or control characters, each written differently.")
     return key, values
+
+
+def split_values(raw: str) -> list[str]:
+    """``0.1,[0.9,0.99],{a: 1, b: 2}`` → ["0.1", "[0.9,0.99]", "{a: 1, b: 2}"]: the commas that
+    separate values, not those inside a YAML list, mapping or quoted string, so a key whose value is
+    a list (``optim.betas``) can be swept. Brackets left open are the YAML parser's to refuse."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(raw):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    return parts + [raw[start:]]
 
 
 def parse_sweeps(texts: list[str]) -> tuple[list[str], list[Any]]:
@@ -221,8 +241,18 @@ def _paired(result: dict[str, Any]) -> str:
         return ""
     first = result["values"][0]
     return (" The keys were swept together: each value lists one setting per key, in the order " +
-            ", ".join(f"`{k}`" for k in keys) + " (" + json.dumps(first) + " is " +
-            ", ".join(f"`{k}` {json.dumps(v)}" for k, v in zip(keys, first)) + ").")
+            ", ".join(f"`{k}`" for k in keys) + " (" + shown(first) + " is " +
+            ", ".join(f"`{k}` {shown(v)}" for k, v in zip(keys, first)) + ").")
+
+
+def shown(value: Any) -> str:
+    """A swept value as the reports write it: as YAML would take it on the command line, a word
+    bare (``cosine``, not ``"cosine"``), a list in brackets (``[0.9, 0.999]``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def render_sweep(result: dict[str, Any], command: str) -> str:
@@ -230,27 +260,28 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
     chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`); then each
     value's means per suite, where the result holds them (:func:`per_suite`)."""
     values = [json.dumps(v) for v in result["values"]]
+    names = {v: shown(json.loads(v)) for v in values}
     lines = [f"# Sweep of `{result['key']}` on the validation split", "",
              f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
              "sample std over the suites and seeds; validation problems are held out of the train split, never the "
              "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
              "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
              "sweep does not tell them from the choice." + _paired(result),
-             "", "| method | " + " | ".join(values) + " | chosen | within noise (gap) |",
+             "", "| method | " + " | ".join(names[v] for v in values) + " | chosen | within noise (gap) |",
              "|---|" + "---:|" * (len(values) + 1) + "---|"]
     for method, entry in result["chosen"].items():
         std = entry.get("std", {})
         cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
                  if v in entry["validation"] else "–" for v in values]
         gaps = entry.get("gap", {})
-        tied = ", ".join(f"{v} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
+        tied = ", ".join(f"{names.get(v, v)} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
                          for v in map(json.dumps, entry.get("within_noise", [])))
         tied = tied or ("none" if gaps else "not judged (one seed)")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{json.dumps(entry['value'])}** | {tied} |")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{shown(entry['value'])}** | {tied} |")
     return "\n".join(lines + _suite_tables(result)) + "\n"
 
 
-def _shown(metric: str, by_value: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+def _metrics_shown(metric: str, by_value: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """The chosen metric, then every other pass@k the runs recorded, by k."""
     recorded = {m for suites in by_value.values() for scores in suites.values() for m in scores}
     others = sorted((m for m in recorded if re.fullmatch(r"pass@\d+", m) and m != metric), key=lambda m: int(m[5:]))
@@ -264,20 +295,20 @@ def _suite_tables(result: dict[str, Any]) -> list[str]:
         return []
     lines: list[str] = []
     for method, by_value in result["per_suite"].items():
-        metrics = _shown(result["metric"], by_value)
+        metrics = _metrics_shown(result["metric"], by_value)
         suites = list(dict.fromkeys(suite for by_suite in by_value.values() for suite in by_suite))
         lines += ["", f"## {method}: each suite", "",
                   f"Validation {' / '.join(metrics)} (%), mean over seeds; the last column is the mean over suites. "
                   f"The choice reads {metrics[0]} alone.", "",
                   "| value | " + " | ".join(suites) + " | mean |", "|---|" + "---:|" * (len(suites) + 1)]
-        for value in (json.dumps(v) for v in result["values"]):
-            by_suite = by_value.get(value)
+        for value in result["values"]:
+            by_suite = by_value.get(json.dumps(value))
             if not by_suite:
                 continue
             cells = [by_suite.get(suite, {}) for suite in suites]
             overall = {m: statistics.fmean(c[m] for c in cells if m in c) for m in metrics if any(m in c for c in cells)}
             row = [" / ".join(f"{100 * c[m]:.1f}" if m in c else "–" for m in metrics) for c in cells + [overall]]
-            lines.append(f"| {value} | " + " | ".join(row) + " |")
+            lines.append(f"| {shown(value)} | " + " | ".join(row) + " |")
     return lines
 
 
