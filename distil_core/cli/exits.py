@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 import traceback
 
@@ -59,3 +60,27 @@ def exit_past_stuck_threads(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+SIGPIPE_EXIT = 141
+"""A shell's exit status for a command whose output's reader went away (128 + SIGPIPE)."""
+
+
+def stdout_reader_gone() -> bool:
+    """Whether a BrokenPipeError came from stdout, its reader having closed it (``distil bench
+    --dry-run | head``), rather than from a pipe or socket the command itself uses (which is an
+    error to report): the pipe's write end then polls as an error. Where it did, stdout is pointed
+    at os.devnull, so the flush at exit fails no more, and the command stops as a shell tool does,
+    without a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+    except (AttributeError, ValueError, OSError):  # no real stdout, or no poll (Windows)
+        return False
+    poller.register(fd, select.POLLOUT)
+    if not any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
