@@ -622,6 +622,15 @@ def test_a_sweep_value_may_be_a_list_and_the_report_writes_words_bare(tmp_path, 
                       "x")
     assert "| method | constant | cosine | chosen |" in md and '"' not in md
     assert "| **constant** | cosine (0.0 ± 10.0) |" in md and "| cosine | 25.0 | 25.0 |" in md
+    # as in YAML, a quote or bracket opens only where a value starts: words keep their apostrophes
+    assert parse_sweep("system_prompt=Let's think,Answer briefly")[1] == ["Let's think", "Answer briefly"]
+    assert split_values("a[b,c") == ["a[b", "c"] and split_values("{a: 'x,y'},[it's, b]") == ["{a: 'x,y'}", "[it's, b]"]
+    with pytest.raises(ConfigError, match=re.escape("--sweep value '[0.9,0.99'")):
+        parse_sweep("optim.betas=[0.9,0.99")
+    # a word that would read back as something else keeps its quotes, so no two columns look alike
+    from distil_core.cli.sweep import shown
+    assert [shown(v) for v in ("null", None, "true", True, ["a, b"], ["a", "b"])] == [
+        '"null"', "null", '"true"', "true", '["a, b"]', "[a, b]"]
 
 
 def test_an_interrupted_bench_says_to_run_the_same_command_again(monkeypatch, tmp_path, capsys):

@@ -70,3 +70,7 @@ def test_a_command_whose_reader_closed_its_output_stops_quietly():
     # a BrokenPipeError from a pipe or socket of the command's own, stdout still read, is not swallowed
     check = "from distil_core.cli.exits import stdout_reader_gone; import sys; sys.exit(3 if stdout_reader_gone() else 4)"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=60).returncode == 4
+    # a command started with no stdout at all (closed at launch) still succeeds
+    closed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0, closed.stderr.decode()

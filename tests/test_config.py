@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from distil_core.config import METHOD_SPLITS, RolloutConfig, RunConfig, load_config, saved_config
 from distil_core.errors import ConfigError
@@ -314,6 +315,13 @@ def test_a_filled_in_split_follows_the_method_when_its_section_is_reused():
     chosen = RolloutConfig(samples_per_problem=3)
     assert split(RunConfig(method="grpo", rollout=chosen)) == (16, 3)
     assert chosen.model_fields_set == {"samples_per_problem"}
+    # assigning to a validated config leaves its rollout section as it is, the same object
+    section = distil.rollout
+    distil.seed = 3
+    assert distil.rollout is section and split(distil) == METHOD_SPLITS["distil"]
+    # the section is validated once, in the caller's mode: strict still refuses text for a number
+    with pytest.raises(ValidationError, match="rollout.max_new_tokens"):
+        RunConfig.model_validate({"rollout": {"max_new_tokens": "3"}}, strict=True)
 
 
 def test_a_config_that_sets_one_split_key_keeps_the_other_at_its_field_default(tmp_path):

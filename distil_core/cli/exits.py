@@ -66,6 +66,21 @@ SIGPIPE_EXIT = 141
 """A shell's exit status for a command whose output's reader went away (128 + SIGPIPE)."""
 
 
+def flush_output() -> None:
+    """Write out what the command printed, while its errors can still be reported: a closed
+    reader raises BrokenPipeError (:func:`stdout_reader_gone`), a full disk a DistilError naming
+    it. No stdout (closed at launch, or pythonw) has nothing to flush."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise DistilError(f"could not write the command's output: {exc.strerror or exc}; free space where stdout "
+                          "goes, or send it elsewhere") from exc
+
+
 def stdout_reader_gone() -> bool:
     """Whether a BrokenPipeError came from stdout, its reader having closed it (``distil bench
     --dry-run | head``), rather than from a pipe or socket the command itself uses (which is an

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from distil_core.version import __version__
 from distil_core.cli.tables import render_before_after, render_table
-from distil_core.cli.exits import SIGPIPE_EXIT, exit_past_stuck_threads, report_error, stdout_reader_gone
+from distil_core.cli.exits import SIGPIPE_EXIT, exit_past_stuck_threads, flush_output, report_error, stdout_reader_gone
 from distil_core.errors import ConfigError, DistilError
 from distil_core.text import shown_safely
 
@@ -35,16 +35,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    code = 0
     try:
         code = args.func(args)
         if from_command_line:  # a reader that went away is found here, not at the interpreter's exit
-            sys.stdout.flush()
+            flush_output()
         return code
     except DistilError as exc:
         return report_error(exc)
     except BrokenPipeError:
         if from_command_line and stdout_reader_gone():
-            return SIGPIPE_EXIT
+            return code or SIGPIPE_EXIT
         raise
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)

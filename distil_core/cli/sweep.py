@@ -70,20 +70,21 @@ def parse_sweep(text: str, *, alone: bool = True) -> tuple[str, list[Any]]:
 def split_values(raw: str) -> list[str]:
     """``0.1,[0.9,0.99],{a: 1, b: 2}`` → ["0.1", "[0.9,0.99]", "{a: 1, b: 2}"]: the commas that
     separate values, not those inside a YAML list, mapping or quoted string, so a key whose value is
-    a list (``optim.betas``) can be swept. Brackets left open are the YAML parser's to refuse."""
-    parts, depth, quote, start = [], 0, "", 0
+    a list (``optim.betas``) can be swept. As in YAML, a bracket or quote opens only where an entry
+    starts (``Let's think`` and ``a[b`` are plain words); one left open is the YAML parser's to refuse."""
+    parts, depth, quote, start, entry_start = [], 0, "", 0, True
     for i, char in enumerate(raw):
         if quote:
             quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth = max(depth - 1, 0)
+        elif char in "\"'[{" and entry_start:
+            quote, depth = (char, depth) if char in "\"'" else ("", depth + 1)
+        elif char in "]}" and depth:
+            depth -= 1
         elif char == "," and depth == 0:
             parts.append(raw[start:i])
             start = i + 1
+        if not char.isspace():
+            entry_start = char in ",[{:" and not quote
     return parts + [raw[start:]]
 
 
@@ -123,7 +124,7 @@ def parse_sweeps(texts: list[str]) -> tuple[list[str], list[Any]]:
 
 def value_folder(keys: list[str], value: Any) -> str:
     """The folder of one value's runs under the sweep's output directory (``KEY=VALUE``; for
-    several keys ``K1=V1,K2=V2``), which is also how its reports name it."""
+    several keys ``K1=V1,K2=V2``). The reports write the value as :func:`shown` does."""
     return ",".join(f"{key}={v}" for key, v in zip(keys, _entries(keys, value)))
 
 
@@ -144,7 +145,12 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # 1e-4, 3.E5: YA
 
 
 def _value(text: str) -> Any:
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "it is not YAML"
+        raise ConfigError(f"--sweep value {text.strip()!r}: {problem}; write a list as [a,b] and quote a "
+                          "value that holds a comma") from None
     return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else value
 
 
@@ -248,8 +254,8 @@ def _paired(result: dict[str, Any]) -> str:
 def shown(value: Any) -> str:
     """A swept value as the reports write it: as YAML would take it on the command line, a word
     bare (``cosine``, not ``"cosine"``), a list in brackets (``[0.9, 0.999]``)."""
-    if isinstance(value, str):
-        return value
+    if isinstance(value, str):  # bare where it reads back as itself, in a list too
+        return value if _reads_back(value) else json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(shown(v) for v in value) + "]"
     return json.dumps(value)
@@ -279,6 +285,13 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
         tied = tied or ("none" if gaps else "not judged (one seed)")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | **{shown(entry['value'])}** | {tied} |")
     return "\n".join(lines + _suite_tables(result)) + "\n"
+
+
+def _reads_back(word: str) -> bool:
+    try:
+        return not re.search(r"[,\[\]{}]", word) and _value(word) == word
+    except ConfigError:
+        return False
 
 
 def _metrics_shown(metric: str, by_value: dict[str, dict[str, dict[str, float]]]) -> list[str]:

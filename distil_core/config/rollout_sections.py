@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from distil_core.config.base import BIG, MAX_ROLLOUTS_PER_STEP
 from distil_core.config.base import Section as _Section
@@ -77,33 +77,41 @@ SPLIT_KEYS = ("problems_per_step", "samples_per_problem")
 """The ``rollout`` keys that split a step's rollouts into problems × samples per problem."""
 
 
-def with_method_split(data: Any, default_method: str) -> Any:
+def with_method_split(data: Any, default_method: str) -> tuple[Any, tuple[str, ...]]:
     """A run config's raw ``data`` with the method's :data:`METHOD_SPLITS` filled in where its
-    ``rollout`` names neither split key (``default_method`` where it names no method). Anything
-    else, an unknown method or a rollout section that fails validation included, is left for
-    validation to judge (its errors then name ``rollout``).
+    ``rollout`` names neither split key (``default_method`` where it names no method), and the
+    keys it filled (none where it left ``data`` as it was). Anything else, an unknown method
+    included, is left for validation to judge.
 
-    The filled split is a default that follows the method, not a choice: the section it returns
-    still counts neither key as set, so the same section handed to a run config of another
-    method gets that method's split.
+    The filled split is a default that follows the method, not a choice: the run config unmarks
+    the filled keys once validated (:func:`validated_with_method_split`), so its rollout section handed to
+    a run config of another method gets that method's split. A section given as an object is
+    copied, never changed.
     """
     if not isinstance(data, dict):
-        return data
+        return data, ()
     method = data.get("method", default_method)
     split = METHOD_SPLITS.get(method) if isinstance(method, str) else None
     if split is None:
-        return data
+        return data, ()
     chosen = dict(zip(SPLIT_KEYS, split))
     rollout = data.get("rollout", {})
-    if isinstance(rollout, dict):
-        try:
-            rollout = RolloutConfig.model_validate(rollout)
-        except ValidationError:
-            return data
-    if isinstance(rollout, RolloutConfig) and not rollout.model_fields_set & chosen.keys():
-        filled = RolloutConfig.model_construct(_fields_set=set(rollout.model_fields_set), **{**dict(rollout), **chosen})
-        return {**data, "rollout": filled}
-    return data
+    if isinstance(rollout, BaseModel) and not rollout.model_fields_set & chosen.keys():
+        return {**data, "rollout": rollout.model_copy(update=chosen)}, SPLIT_KEYS
+    if isinstance(rollout, dict) and not rollout.keys() & chosen.keys():
+        return {**data, "rollout": {**rollout, **chosen}}, SPLIT_KEYS
+    return data, ()
+
+
+def validated_with_method_split(data: Any, handler: Any, default_method: str) -> Any:
+    """The run config validated (``handler``, pydantic's) from ``data`` with the method's split
+    filled in (:func:`with_method_split`), the filled keys then counted as unset again (pydantic's
+    ``__pydantic_fields_set__``): they hold the method's split, which nobody chose. Assigning to a
+    validated config passes the config itself, which is left as it is."""
+    data, filled = with_method_split(data, default_method)
+    config = handler(data)
+    config.rollout.__pydantic_fields_set__.difference_update(filled)
+    return config
 
 
 class RolloutConfig(_Section):

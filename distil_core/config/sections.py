@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from distil_core.config.base import BIG, Seed
 from distil_core.config.base import Section as _Section
-from distil_core.config.rollout_sections import RolloutConfig, with_method_split
+from distil_core.config.rollout_sections import RolloutConfig, validated_with_method_split
 from distil_core.context import ContextTemplate
 
 Method = Literal["distil", "distil_local", "jsd", "reverse_kl", "grpo"]
@@ -377,10 +377,10 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _method_split(cls, data: Any) -> Any:
-        return with_method_split(data, cls.model_fields["method"].default)
+    def _method_split(cls, data: Any, handler: Any) -> Any:
+        return validated_with_method_split(data, handler, cls.model_fields["method"].default)
 
     @field_validator("feedback", mode="before")
     @classmethod
