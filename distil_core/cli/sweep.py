@@ -266,22 +266,21 @@ def render_sweep(result: dict[str, Any], command: str) -> str:
     chosen, and the values within noise of it (:func:`distil_core.cli.sweep.choose`); then each
     value's means per suite, where the result holds them (:func:`per_suite`)."""
     values = [json.dumps(v) for v in result["values"]]
-    names = {v: shown(json.loads(v)) for v in values}
     lines = [f"# Sweep of `{result['key']}` on the validation split", "",
              f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. Validation {result['metric']} (%), mean ± "
              "sample std over the suites and seeds; validation problems are held out of the train split, never the "
              "test set. The highest mean is chosen. *Within noise*: the values whose paired gap to the chosen one "
              "(the difference on each suite and seed, mean ± standard error) is within one standard error, so the "
              "sweep does not tell them from the choice." + _paired(result),
-             "", "| method | " + " | ".join(names[v] for v in values) + " | chosen | within noise (gap) |",
+             "", "| method | " + " | ".join(map(shown, result["values"])) + " | chosen | within noise (gap) |",
              "|---|" + "---:|" * (len(values) + 1) + "---|"]
     for method, entry in result["chosen"].items():
         std = entry.get("std", {})
         cells = [f"{100 * entry['validation'][v]:.1f}" + (f" ± {100 * std[v]:.1f}" if v in std else "")
                  if v in entry["validation"] else "–" for v in values]
         gaps = entry.get("gap", {})
-        tied = ", ".join(f"{names.get(v, v)} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
-                         for v in map(json.dumps, entry.get("within_noise", [])))
+        tied = ", ".join(f"{shown(w)} ({100 * gaps[v]['mean']:.1f} ± {100 * gaps[v]['se']:.1f})"
+                         for w in entry.get("within_noise", []) for v in [json.dumps(w)])
         tied = tied or ("none" if gaps else "not judged (one seed)")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | **{shown(entry['value'])}** | {tied} |")
     return "\n".join(lines + _suite_tables(result)) + "\n"
